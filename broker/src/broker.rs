@@ -1,0 +1,351 @@
+//! The broker's shared state and its life: start, serve, stop.
+
+use crate::config::BrokerConfig;
+use crate::engine::{self, Engine};
+use crate::patron::{Outbox, PatronConnection, PatronId};
+use crate::registry::TorrentRegistry;
+use crate::{commands, fanout, rendezvous, requests, shutdown};
+use anyhow::Context;
+use proto::{ErrorKind, Event, ProtoError, Request, TorrentId, TorrentInfo, TorrentRef};
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long a stopping broker waits for patrons to take their last event.
+const GOODBYE_WAIT: Duration = Duration::from_secs(2);
+
+/// Mutable state, behind one lock that is never held across an `.await`.
+#[derive(Default)]
+pub struct BrokerState {
+    /// Running torrents and their holders.
+    pub registry: TorrentRegistry,
+    /// Connected patrons.
+    pub patrons: HashMap<PatronId, PatronHandle>,
+}
+
+/// A connected patron plus the queue of its requests (handled one at a time, in order, so
+/// replies come back in request order).
+pub struct PatronHandle {
+    /// Who it is and where its events go.
+    pub connection: PatronConnection,
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+/// The broker: configuration, the engine, and the state every thread shares.
+pub struct Broker {
+    /// Settings.
+    pub config: BrokerConfig,
+    /// The BitTorrent engine.
+    pub engine: Engine,
+    state: Mutex<BrokerState>,
+    next_patron: AtomicU64,
+    /// Stopping is triggered through this (signals, or a patron's stop request).
+    pub shutdown: shutdown::Shutdown,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Broker {
+    /// Starts the engine and restores the torrents of a previous run.
+    pub async fn start(config: BrokerConfig) -> anyhow::Result<Arc<Broker>> {
+        let engine = Engine::start(&config).await?;
+        let broker = Arc::new(Broker {
+            config,
+            engine,
+            state: Mutex::new(BrokerState::default()),
+            next_patron: AtomicU64::new(1),
+            shutdown: shutdown::Shutdown::default(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        broker.restore().await;
+        Ok(broker)
+    }
+
+    /// Runs until SIGTERM/SIGINT or a patron's stop request, then stops cleanly.
+    pub async fn serve(self: &Arc<Self>) -> anyhow::Result<()> {
+        self.shutdown.on_signals()?;
+        let incoming = requests::RequestReader::start(self.clone())?;
+        let listener = rendezvous::Rendezvous::bind(&self.config.socket_path)?;
+        tracing::info!(
+            pid = std::process::id(),
+            socket = %self.config.socket_path.display(),
+            listen = %self.config.listen,
+            loopback_only = self.config.loopback_only,
+            "broker ready"
+        );
+        listener.start(self.clone(), incoming)?;
+        let fanout = tokio::spawn(fanout::run(self.clone()));
+        let reason = self.shutdown.wait().await;
+        self.stop(&reason).await;
+        fanout.abort();
+        Ok(())
+    }
+
+    fn restore_path(&self) -> PathBuf {
+        self.config.state_dir.join("torrents.json")
+    }
+
+    async fn restore(&self) {
+        let records = TorrentRegistry::load_records(&self.restore_path());
+        let mut orphans = Vec::new();
+        {
+            let mut state = self.state();
+            for (id, handle) in self.engine.torrents() {
+                let (save_folder, ephemeral) = records
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| (engine::save_folder_of(&handle), false));
+                if ephemeral {
+                    // Its holders died with the previous broker.
+                    orphans.push(id);
+                    continue;
+                }
+                let info = TorrentInfo {
+                    id,
+                    info_hash: proto::InfoHash(handle.info_hash().0),
+                    name: engine::name_of(&handle),
+                    save_folder: save_folder.display().to_string(),
+                    total_bytes: handle.stats().total_bytes,
+                };
+                tracing::info!(torrent = %id, name = %info.name, "restored torrent");
+                state.registry.insert_or_hold(info, handle, false, None);
+            }
+        }
+        for id in orphans {
+            tracing::info!(torrent = %id, "closing ephemeral torrent left by the previous run");
+            if let Err(e) = self.engine.remove(id, false).await {
+                tracing::warn!(torrent = %id, "cannot close: {e:#}");
+            }
+        }
+        self.save_registry();
+    }
+
+    /// The shared state. Never hold it across an `.await`.
+    pub fn state(&self) -> MutexGuard<'_, BrokerState> {
+        // Every critical section leaves the state consistent before anything can panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the registry's restart records; a failure is logged, not fatal.
+    pub fn save_registry(&self) {
+        let path = self.restore_path();
+        if let Err(e) = self.state().registry.save(&path) {
+            tracing::error!("cannot save {}: {e}", path.display());
+        }
+    }
+
+    /// Whether the broker is stopping (no new patrons, no new torrents).
+    pub fn is_stopping(&self) -> bool {
+        self.shutdown.is_triggered()
+    }
+
+    /// Registers a patron that completed the handshake; its requests are then served in
+    /// order by a task of its own.
+    pub fn add_patron(self: &Arc<Self>, id: PatronId, pid: i32, outbox: Arc<Outbox>) {
+        let (requests, mut queue) = mpsc::unbounded_channel::<Request>();
+        let connection = PatronConnection { id, pid, outbox };
+        self.state().patrons.insert(
+            id,
+            PatronHandle {
+                connection: connection.clone(),
+                requests,
+            },
+        );
+        let broker = self.clone();
+        self.runtime.spawn(async move {
+            while let Some(request) = queue.recv().await {
+                commands::serve(&broker, &connection, request).await;
+            }
+        });
+        tracing::info!(patron = id, pid, "patron connected");
+    }
+
+    /// A fresh patron number.
+    pub fn next_patron_id(&self) -> PatronId {
+        self.next_patron.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// How many patrons are connected.
+    pub fn patron_count(&self) -> usize {
+        self.state().patrons.len()
+    }
+
+    /// Queues a decoded request for its patron's task.
+    pub fn dispatch(&self, patron: PatronId, request: Request) {
+        let state = self.state();
+        if let Some(handle) = state.patrons.get(&patron) {
+            tracing::debug!(patron, request = %request.id, kind = request.body.kind(), "request");
+            let _ = handle.requests.send(request);
+        }
+    }
+
+    /// Tells a patron its message could not be decoded.
+    pub fn protocol_error(&self, patron: PatronId, message: String) {
+        let state = self.state();
+        if let Some(handle) = state.patrons.get(&patron) {
+            tracing::warn!(
+                patron,
+                pid = handle.connection.pid,
+                "undecodable message: {message}"
+            );
+            handle
+                .connection
+                .outbox
+                .push(Event::ProtocolError { message });
+        }
+    }
+
+    /// A patron's channel closed (it exited, crashed or was killed): release what it held.
+    pub fn patron_gone(self: &Arc<Self>, patron: PatronId) {
+        let orphans = {
+            let mut state = self.state();
+            let Some(handle) = state.patrons.remove(&patron) else {
+                return;
+            };
+            handle.connection.outbox.close();
+            tracing::info!(patron, pid = handle.connection.pid, "patron disconnected");
+            state.registry.release_all(patron)
+        };
+        if orphans.is_empty() {
+            return;
+        }
+        let broker = self.clone();
+        self.runtime.spawn(async move {
+            for id in orphans {
+                tracing::info!(torrent = %id, "closing ephemeral torrent: its last holder left");
+                if let Err(e) = broker.engine.remove(id, false).await {
+                    tracing::warn!(torrent = %id, "cannot close: {e:#}");
+                }
+            }
+            broker.save_registry();
+        });
+    }
+
+    /// A running torrent's status now.
+    pub fn current_status(&self, id: TorrentId) -> Option<proto::TorrentStatus> {
+        let state = self.state();
+        let entry = state.registry.get(id)?;
+        Some(engine::status_of(id, &entry.info.name, &entry.handle))
+    }
+
+    /// Resolves a reference to a running torrent's id.
+    pub fn resolve(&self, torrent: TorrentRef) -> Result<TorrentId, ProtoError> {
+        self.state().registry.resolve(torrent).ok_or_else(|| {
+            ProtoError::new(
+                ErrorKind::UnknownTorrent,
+                format!("no torrent {torrent} runs"),
+            )
+        })
+    }
+
+    /// The canonical save folder for a request: the one named (which must be absolute and
+    /// inside a download root, and is created if missing) or the default.
+    pub fn save_folder(&self, requested: Option<&str>) -> Result<PathBuf, ProtoError> {
+        let Some(requested) = requested else {
+            return Ok(self.config.default_download_dir.clone());
+        };
+        let not_allowed = |why: String| ProtoError::new(ErrorKind::PathNotAllowed, why);
+        let path = Path::new(requested);
+        if !path.is_absolute() {
+            return Err(not_allowed(format!(
+                "save folder {requested:?} is not an absolute path"
+            )));
+        }
+        if path.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(not_allowed(format!(
+                "save folder {requested:?} contains `..`"
+            )));
+        }
+        // Check the nearest existing ancestor (symlinks resolved) before creating anything.
+        let existing = path
+            .ancestors()
+            .find(|a| a.exists())
+            .unwrap_or(Path::new("/"));
+        let canonical = existing
+            .canonicalize()
+            .map_err(|e| not_allowed(format!("cannot resolve {}: {e}", existing.display())))?;
+        let full = canonical.join(path.strip_prefix(existing).unwrap_or(Path::new("")));
+        self.check_inside_roots(&full)?;
+        std::fs::create_dir_all(&full).map_err(|e| {
+            ProtoError::new(
+                ErrorKind::Io,
+                format!("cannot create save folder {}: {e}", full.display()),
+            )
+        })?;
+        Ok(full)
+    }
+
+    /// Refuses a canonical path outside every download root.
+    pub fn check_inside_roots(&self, path: &Path) -> Result<(), ProtoError> {
+        if self
+            .config
+            .download_roots
+            .iter()
+            .any(|root| engine::is_inside(path, root))
+        {
+            return Ok(());
+        }
+        let roots: Vec<String> = self
+            .config
+            .download_roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect();
+        Err(ProtoError::new(
+            ErrorKind::PathNotAllowed,
+            format!(
+                "{} is outside the broker's download roots ({}); start the broker with --download-root to allow it",
+                path.display(),
+                roots.join(", ")
+            ),
+        ))
+    }
+
+    /// Stops: no new patrons, every patron told, state persisted, engine stopped.
+    async fn stop(&self, reason: &str) {
+        tracing::info!("stopping: {reason}");
+        let _ = std::fs::remove_file(&self.config.socket_path);
+        let outboxes: Vec<Arc<Outbox>> = self
+            .state()
+            .patrons
+            .values()
+            .map(|p| p.connection.outbox.clone())
+            .collect();
+        // Say goodbye to everyone at once, then wait (bounded) for the slowest reader.
+        let goodbye = Event::BrokerStopping {
+            reason: reason.to_owned(),
+        };
+        let waits: Vec<_> = outboxes
+            .into_iter()
+            .map(|outbox| {
+                let goodbye = goodbye.clone();
+                tokio::task::spawn_blocking(move || outbox.close_with(goodbye, GOODBYE_WAIT))
+            })
+            .collect();
+        for wait in waits {
+            let _ = wait.await;
+        }
+        self.save_registry();
+        self.engine.stop().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Starts the broker on a fresh runtime and serves until stopped. What `main` calls.
+pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("broker")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let broker = Broker::start(config).await?;
+        broker.serve().await
+    })?;
+    // Patron reader/writer threads may still block in ipc calls; they die with the process.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    Ok(())
+}

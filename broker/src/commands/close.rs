@@ -1,0 +1,66 @@
+//! `CloseTorrent`: release the caller's hold; stop the torrent when nobody else holds it
+//! (or when forced).
+
+use crate::broker::Broker;
+use crate::patron::PatronId;
+use proto::{CloseTorrent, ErrorKind, Event, ProtoError, RequestId};
+use std::sync::Arc;
+
+pub async fn run(
+    broker: &Arc<Broker>,
+    patron: PatronId,
+    request: RequestId,
+    close: CloseTorrent,
+) -> Event {
+    let id = match broker.resolve(close.torrent) {
+        Ok(id) => id,
+        Err(error) => return Event::Error { request, error },
+    };
+    let others = {
+        let mut state = broker.state();
+        let Some(entry) = state.registry.get_mut(id) else {
+            return Event::Error {
+                request,
+                error: ProtoError::new(ErrorKind::UnknownTorrent, format!("no torrent {id} runs")),
+            };
+        };
+        entry.holders.remove(&patron);
+        if !entry.holders.is_empty() && !close.force {
+            return Event::TorrentClosed {
+                request,
+                id,
+                stopped: false,
+                data_deleted: false,
+            };
+        }
+        let entry = state.registry.remove(id);
+        let holders = entry.map(|e| e.holders).unwrap_or_default();
+        holders
+            .iter()
+            .filter_map(|h| state.patrons.get(h).map(|p| p.connection.outbox.clone()))
+            .collect::<Vec<_>>()
+    };
+    broker.save_registry();
+    for outbox in others {
+        outbox.push(Event::TorrentGone {
+            id,
+            reason: format!("closed by patron {patron} (forced)"),
+        });
+    }
+    if let Err(e) = broker.engine.remove(id, close.delete_data).await {
+        return Event::Error {
+            request,
+            error: ProtoError::new(
+                ErrorKind::Engine,
+                format!("cannot stop torrent {id}: {e:#}"),
+            ),
+        };
+    }
+    tracing::info!(patron, torrent = %id, delete_data = close.delete_data, "torrent closed");
+    Event::TorrentClosed {
+        request,
+        id,
+        stopped: true,
+        data_deleted: close.delete_data,
+    }
+}

@@ -1,0 +1,175 @@
+//! `CreateNewTorrent`: start a torrent, or join it if its info hash already runs.
+
+use crate::broker::Broker;
+use crate::engine::AddSpec;
+use crate::patron::PatronId;
+use crate::torrent_file::{self, CheckedTorrent};
+use proto::{
+    CreateNewTorrent, ErrorKind, Event, ProtoError, RequestId, TorrentInfo, TorrentSource,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub async fn run(
+    broker: &Arc<Broker>,
+    patron: PatronId,
+    request: RequestId,
+    create: CreateNewTorrent,
+) -> Event {
+    match start(broker, patron, request, create).await {
+        Ok(event) => event,
+        Err(error) => Event::TorrentStartFail { request, error },
+    }
+}
+
+async fn start(
+    broker: &Arc<Broker>,
+    patron: PatronId,
+    request: RequestId,
+    create: CreateNewTorrent,
+) -> Result<Event, ProtoError> {
+    if broker.is_stopping() {
+        return Err(ProtoError::new(
+            ErrorKind::ShuttingDown,
+            "the broker is stopping",
+        ));
+    }
+    let loopback_only = broker.config.loopback_only;
+    let mut peers = parse_peers(&create.peers, loopback_only)?;
+    let save_folder = broker.save_folder(create.output.as_deref())?;
+
+    let checked = match &create.source {
+        TorrentSource::TorrentFile(bytes) => {
+            torrent_file::check_torrent_file(bytes, loopback_only)?
+        }
+        TorrentSource::Magnet(link) => {
+            let magnet = torrent_file::check_magnet(link, loopback_only)?;
+            if let Some(joined) = join(broker, patron, request, magnet.info_hash) {
+                return Ok(joined);
+            }
+            let (bytes, seen) = broker
+                .engine
+                .resolve_magnet(&magnet.uri, peers.clone(), broker.config.magnet_timeout)
+                .await?;
+            peers.extend(seen);
+            // Metadata from the swarm is as untrusted as a patron's .torrent file.
+            torrent_file::check_torrent_file(&bytes, loopback_only)?
+        }
+    };
+    if checked.trackers_removed > 0 {
+        tracing::info!(
+            removed = checked.trackers_removed,
+            "loopback-only: removed off-loopback trackers from {}",
+            checked.name
+        );
+    }
+    if let Some(joined) = join(broker, patron, request, checked.info_hash) {
+        return Ok(joined);
+    }
+    if broker.state().registry.len() >= broker.config.max_torrents {
+        return Err(ProtoError::new(
+            ErrorKind::LimitReached,
+            format!(
+                "the broker already runs its maximum of {} torrents",
+                broker.config.max_torrents
+            ),
+        ));
+    }
+    let data_folder = checked.data_folder(&save_folder);
+    if !create.overwrite {
+        refuse_existing_files(&checked, &data_folder)?;
+    }
+
+    let added = broker
+        .engine
+        .add(AddSpec {
+            torrent: checked.bytes.clone(),
+            data_folder,
+            paused: create.paused,
+            only_files: create
+                .only_files
+                .map(|files| files.into_iter().map(|f| f as usize).collect()),
+            overwrite: create.overwrite,
+            peers,
+        })
+        .await?;
+    let info = TorrentInfo {
+        id: added.id,
+        info_hash: checked.info_hash,
+        name: checked.name.clone(),
+        save_folder: save_folder.display().to_string(),
+        total_bytes: checked.total_bytes,
+    };
+    let is_new = added.is_new;
+    let torrent =
+        broker
+            .state()
+            .registry
+            .insert_or_hold(info, added.handle, create.ephemeral, Some(patron));
+    if is_new {
+        broker.save_registry();
+        tracing::info!(patron, torrent = %torrent.id, name = %torrent.name, "torrent started");
+        Ok(Event::NewTorrentCreated { request, torrent })
+    } else {
+        Ok(Event::TorrentAlreadyDownloading { request, torrent })
+    }
+}
+
+/// If a torrent with this info hash runs, makes `patron` hold it and says so.
+fn join(
+    broker: &Broker,
+    patron: PatronId,
+    request: RequestId,
+    info_hash: proto::InfoHash,
+) -> Option<Event> {
+    let mut state = broker.state();
+    let id = state.registry.by_info_hash(info_hash)?;
+    let entry = state.registry.get_mut(id)?;
+    entry.holders.insert(patron);
+    Some(Event::TorrentAlreadyDownloading {
+        request,
+        torrent: entry.info.clone(),
+    })
+}
+
+fn parse_peers(peers: &[String], loopback_only: bool) -> Result<Vec<SocketAddr>, ProtoError> {
+    peers
+        .iter()
+        .map(|peer| {
+            let addr: SocketAddr = peer.parse().map_err(|_| {
+                ProtoError::new(
+                    ErrorKind::InvalidPeer,
+                    format!("peer {peer:?} is not an IP:PORT address"),
+                )
+            })?;
+            if !torrent_file::peer_allowed(addr.ip(), loopback_only) {
+                return Err(ProtoError::new(
+                    ErrorKind::InvalidPeer,
+                    format!("peer {addr} is off loopback, and this broker is loopback-only"),
+                ));
+            }
+            Ok(addr)
+        })
+        .collect()
+}
+
+/// A user's existing file is never opened by surprise: the engine would hash-check it and
+/// rewrite every piece that does not match.
+fn refuse_existing_files(
+    checked: &CheckedTorrent,
+    data_folder: &std::path::Path,
+) -> Result<(), ProtoError> {
+    for (path, _) in &checked.files {
+        let full = data_folder.join(path);
+        if full.symlink_metadata().is_ok() {
+            return Err(ProtoError::new(
+                ErrorKind::FileExists,
+                format!(
+                    "{} already exists; add with overwrite (--overwrite) to verify it and reuse what matches",
+                    full.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! `Follow`: hold a running torrent to receive its status, without adding anything.
+
+use crate::broker::Broker;
+use crate::patron::PatronId;
+use proto::{ErrorKind, Event, ProtoError, RequestId, TorrentRef};
+
+pub fn run(broker: &Broker, patron: PatronId, request: RequestId, torrent: TorrentRef) -> Event {
+    let mut state = broker.state();
+    let entry = state
+        .registry
+        .resolve(torrent)
+        .and_then(|id| state.registry.get_mut(id));
+    match entry {
+        Some(entry) => {
+            entry.holders.insert(patron);
+            Event::Following {
+                request,
+                torrent: entry.info.clone(),
+            }
+        }
+        None => Event::Error {
+            request,
+            error: ProtoError::new(
+                ErrorKind::UnknownTorrent,
+                format!("no torrent {torrent} runs"),
+            ),
+        },
+    }
+}

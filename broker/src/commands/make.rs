@@ -1,0 +1,97 @@
+//! `MakeTorrent`: hash local data into a .torrent and, if asked, seed it.
+
+use crate::broker::Broker;
+use crate::engine::AddSpec;
+use crate::patron::PatronId;
+use crate::torrent_file;
+use proto::{ErrorKind, Event, MakeTorrent, ProtoError, RequestId, TorrentInfo};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub async fn run(
+    broker: &Arc<Broker>,
+    patron: PatronId,
+    request: RequestId,
+    make: MakeTorrent,
+) -> Event {
+    match make_and_seed(broker, patron, request, make).await {
+        Ok(event) => event,
+        Err(error) => Event::Error { request, error },
+    }
+}
+
+async fn make_and_seed(
+    broker: &Arc<Broker>,
+    patron: PatronId,
+    request: RequestId,
+    make: MakeTorrent,
+) -> Result<Event, ProtoError> {
+    let path = Path::new(&make.path);
+    if !path.is_absolute() {
+        return Err(ProtoError::new(
+            ErrorKind::BadRequest,
+            format!("{} is not an absolute path", make.path),
+        ));
+    }
+    let path = path
+        .canonicalize()
+        .map_err(|e| ProtoError::new(ErrorKind::Io, format!("cannot read {}: {e}", make.path)))?;
+    // The folder the torrent is seeded from: the file's folder, or the folder's parent
+    // (a multi-file torrent's data lives in a folder named after it).
+    let save_folder: PathBuf = path
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| ProtoError::new(ErrorKind::BadRequest, "cannot share the root folder"))?;
+    if make.seed {
+        broker.check_inside_roots(&path)?;
+    }
+    let (piece_size, trackers) = (make.piece_size, make.trackers.clone());
+    let hashed = path.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        torrent_file::make_torrent(&hashed, piece_size, &trackers)
+    })
+    .await
+    .map_err(|e| ProtoError::new(ErrorKind::Engine, format!("hashing failed: {e}")))??;
+
+    let seeding = if make.seed {
+        let checked = torrent_file::check_torrent_file(&made.bytes, broker.config.loopback_only)?;
+        let added = broker
+            .engine
+            .add(AddSpec {
+                torrent: checked.bytes.clone(),
+                data_folder: checked.data_folder(&save_folder),
+                paused: false,
+                only_files: None,
+                // The data is the torrent's own: it was just hashed from it.
+                overwrite: true,
+                peers: Vec::new(),
+            })
+            .await?;
+        let info = TorrentInfo {
+            id: added.id,
+            info_hash: checked.info_hash,
+            name: checked.name.clone(),
+            save_folder: save_folder.display().to_string(),
+            total_bytes: checked.total_bytes,
+        };
+        let info = broker
+            .state()
+            .registry
+            .insert_or_hold(info, added.handle, false, Some(patron));
+        broker.save_registry();
+        tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");
+        Some(info)
+    } else {
+        None
+    };
+    Ok(Event::TorrentMade {
+        request,
+        info_hash: made.checked.info_hash,
+        name: made.checked.name.clone(),
+        pieces: made.pieces,
+        piece_size: made.piece_size,
+        total_bytes: made.checked.total_bytes,
+        torrent_file: made.bytes,
+        seeding,
+    })
+}

@@ -1,0 +1,228 @@
+//! The broker's settings. Each comes from, in order of precedence: a flag, the environment
+//! (`TORRENT_PATRON_<OPTION>`), the state directory's `broker.toml`, a default. The file
+//! matters most for brokers a patron auto-starts: they get no flags, only the state dir.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default BitTorrent listen port (a normal client's, when not in loopback-only mode).
+pub const DEFAULT_LISTEN_PORT: u16 = 4240;
+
+/// torrent-broker: the one BitTorrent engine for a state directory, shared by many patrons.
+///
+/// Patrons (any process using the patron-client library or CLI) connect over ipc-channel;
+/// the broker is usually auto-started by the first of them. Every option can also be set in
+/// the environment as TORRENT_PATRON_<OPTION> or in <state dir>/broker.toml (keys as the long
+/// options, e.g. `loopback-only = true`, `download-root = ["/srv/torrents"]`).
+///
+/// Exit codes: 0 stopped cleanly; 1 failed to start (reason on stderr); 2 usage error;
+/// 3 another broker owns the state directory (its pid on stderr).
+#[derive(Debug, Parser)]
+#[command(name = "torrent-broker", version, about, long_about)]
+pub struct BrokerArgs {
+    /// State directory: lock, engine state, config, logs [default: ~/.local/state/torrent-patron]
+    #[arg(long, env = "TORRENT_PATRON_STATE", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// BitTorrent listen address [default: 0.0.0.0:4240; 127.0.0.1:<free port> with --loopback-only]
+    #[arg(long, env = "TORRENT_PATRON_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+
+    /// A folder torrents may be saved under (repeatable; the first is the default save folder)
+    /// [default: ~/Downloads, with all of $HOME allowed]
+    #[arg(
+        long = "download-root",
+        env = "TORRENT_PATRON_DOWNLOAD_ROOT",
+        value_name = "DIR",
+        value_delimiter = ':'
+    )]
+    pub download_roots: Vec<PathBuf>,
+
+    /// Disable the DHT
+    #[arg(long, env = "TORRENT_PATRON_NO_DHT")]
+    pub no_dht: bool,
+
+    /// Disable local service discovery (LSD multicast)
+    #[arg(long, env = "TORRENT_PATRON_NO_LSD")]
+    pub no_lsd: bool,
+
+    /// How often to check torrents and send changed status to patrons, in milliseconds [default: 1000]
+    #[arg(long, env = "TORRENT_PATRON_STATUS_INTERVAL", value_name = "MS")]
+    pub status_interval: Option<u64>,
+
+    /// Keep ALL engine traffic on 127.0.0.1: no DHT, LSD, UPnP, nor any tracker or peer off loopback
+    #[arg(long, env = "TORRENT_PATRON_LOOPBACK_ONLY")]
+    pub loopback_only: bool,
+
+    /// How long to wait for a magnet link's metadata, in seconds [default: 120]
+    #[arg(long, env = "TORRENT_PATRON_MAGNET_TIMEOUT", value_name = "SECS")]
+    pub magnet_timeout: Option<u64>,
+
+    /// Most patrons connected at once [default: 4096]
+    #[arg(long, env = "TORRENT_PATRON_MAX_PATRONS", value_name = "N")]
+    pub max_patrons: Option<usize>,
+
+    /// Most torrents run at once [default: 10000]
+    #[arg(long, env = "TORRENT_PATRON_MAX_TORRENTS", value_name = "N")]
+    pub max_torrents: Option<usize>,
+}
+
+/// `broker.toml`: the same options as the flags, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    download_root: Vec<PathBuf>,
+    #[serde(default)]
+    no_dht: bool,
+    #[serde(default)]
+    no_lsd: bool,
+    status_interval: Option<u64>,
+    #[serde(default)]
+    loopback_only: bool,
+    magnet_timeout: Option<u64>,
+    max_patrons: Option<usize>,
+    max_torrents: Option<usize>,
+}
+
+/// The settings the broker runs with, every default resolved.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Absolute, canonical state directory.
+    pub state_dir: PathBuf,
+    /// Where patrons connect.
+    pub socket_path: PathBuf,
+    /// BitTorrent listen address (port never 0: the announce port must be the real one).
+    pub listen: SocketAddr,
+    /// Canonical folders torrents may be saved under.
+    pub download_roots: Vec<PathBuf>,
+    /// Where a torrent goes when a request names no folder.
+    pub default_download_dir: PathBuf,
+    /// DHT on?
+    pub dht: bool,
+    /// Local service discovery on?
+    pub lsd: bool,
+    /// Status check period.
+    pub status_interval: Duration,
+    /// Nothing off 127.0.0.1.
+    pub loopback_only: bool,
+    /// Magnet metadata wait.
+    pub magnet_timeout: Duration,
+    /// Patron limit.
+    pub max_patrons: usize,
+    /// Torrent limit.
+    pub max_torrents: usize,
+}
+
+impl BrokerConfig {
+    /// Resolves the parsed flags/environment against the state dir's config file.
+    pub fn resolve(args: BrokerArgs) -> anyhow::Result<BrokerConfig> {
+        let state_dir = proto::paths::resolve_state_dir(args.state_dir.as_deref());
+        create_private_dir(&state_dir)?;
+        let state_dir = state_dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve state dir {}", state_dir.display()))?;
+        let file = read_config_file(&state_dir)?;
+
+        let loopback_only = args.loopback_only || file.loopback_only;
+        let listen = match args.listen.or(file.listen) {
+            Some(addr) if loopback_only && !addr.ip().is_loopback() => bail!(
+                "--listen {addr} is off loopback, but --loopback-only keeps all traffic on 127.0.0.1"
+            ),
+            Some(addr) if addr.port() == 0 => SocketAddr::new(addr.ip(), free_tcp_port(addr.ip())?),
+            Some(addr) => addr,
+            None if loopback_only => {
+                let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+                SocketAddr::new(ip, free_tcp_port(ip)?)
+            }
+            None => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_LISTEN_PORT),
+        };
+
+        let mut roots = if !args.download_roots.is_empty() {
+            args.download_roots
+        } else {
+            file.download_root
+        };
+        let default_download_dir;
+        if roots.is_empty() {
+            let home = PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?);
+            default_download_dir = home.join("Downloads");
+            roots.push(home);
+        } else {
+            default_download_dir = roots[0].clone();
+        }
+        std::fs::create_dir_all(&default_download_dir).with_context(|| {
+            format!(
+                "cannot create download folder {}",
+                default_download_dir.display()
+            )
+        })?;
+        let default_download_dir = default_download_dir.canonicalize()?;
+        let download_roots = roots
+            .iter()
+            .map(|root| {
+                root.canonicalize()
+                    .with_context(|| format!("download root {} does not exist", root.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+
+        Ok(BrokerConfig {
+            socket_path: proto::paths::socket_path(&state_dir),
+            state_dir,
+            listen,
+            download_roots,
+            default_download_dir,
+            dht: !(loopback_only || args.no_dht || file.no_dht),
+            lsd: !(loopback_only || args.no_lsd || file.no_lsd),
+            status_interval: Duration::from_millis(
+                args.status_interval
+                    .or(file.status_interval)
+                    .unwrap_or(1000)
+                    .max(10),
+            ),
+            loopback_only,
+            magnet_timeout: Duration::from_secs(
+                args.magnet_timeout.or(file.magnet_timeout).unwrap_or(120),
+            ),
+            max_patrons: args.max_patrons.or(file.max_patrons).unwrap_or(4096),
+            max_torrents: args.max_torrents.or(file.max_torrents).unwrap_or(10_000),
+        })
+    }
+
+    /// Folder of librqbit's own persistence (torrent list, fast-resume bitfields).
+    pub fn engine_state_dir(&self) -> PathBuf {
+        self.state_dir.join("engine")
+    }
+}
+
+fn read_config_file(state_dir: &Path) -> anyhow::Result<ConfigFile> {
+    let path = state_dir.join(proto::paths::CONFIG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("in {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Creates `dir` (and parents) readable by its owner only.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// A TCP port free right now on `ip`. librqbit announces the port it was told, so a
+/// "port 0" listen must become a real number before the engine starts.
+fn free_tcp_port(ip: IpAddr) -> anyhow::Result<u16> {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0))
+        .with_context(|| format!("cannot find a free port on {ip}"))?;
+    Ok(listener.local_addr()?.port())
+}

@@ -1,0 +1,294 @@
+//! The one librqbit `Session`, and the few things the broker asks of it.
+//!
+//! Everything librqbit-specific stays in this module: the session's network settings
+//! (loopback-only really means no packet off 127.0.0.1), id allocation, and turning its
+//! stats into the protocol's [`TorrentStatus`].
+
+use crate::config::BrokerConfig;
+use anyhow::Context;
+use librqbit::api::TorrentIdOrHash;
+use librqbit::{
+    AddTorrent, AddTorrentOptions, AddTorrentResponse, ListenerMode, ListenerOptions,
+    ManagedTorrent, Session, SessionOptions, SessionPersistenceConfig, TorrentStatsState,
+};
+use proto::{ErrorKind, InfoHash, ProtoError, TorrentId, TorrentState, TorrentStatus};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// librqbit's handle to one torrent.
+pub type ManagedTorrentHandle = Arc<ManagedTorrent>;
+
+/// The engine and what the broker knows about driving it.
+pub struct Engine {
+    session: Arc<Session>,
+    /// Ids are chosen here, not by librqbit: its JSON store hands two concurrent adds the same
+    /// id (and then wrongly reports the second torrent as already managed).
+    next_id: AtomicUsize,
+}
+
+/// A torrent the engine accepted.
+pub struct Added {
+    /// Its id.
+    pub id: TorrentId,
+    /// The engine's handle.
+    pub handle: ManagedTorrentHandle,
+    /// False when the engine already ran a torrent with that info hash (a race with another
+    /// patron's add): the caller joins it instead.
+    pub is_new: bool,
+}
+
+/// What to add.
+pub struct AddSpec {
+    /// Checked .torrent bytes.
+    pub torrent: Vec<u8>,
+    /// The folder the engine writes the torrent's files into.
+    pub data_folder: PathBuf,
+    /// Start paused.
+    pub paused: bool,
+    /// File selection.
+    pub only_files: Option<Vec<usize>>,
+    /// Open existing files (and hash-check them) instead of refusing.
+    pub overwrite: bool,
+    /// Peers to dial.
+    pub peers: Vec<SocketAddr>,
+}
+
+fn engine_error(context: &str, e: anyhow::Error) -> ProtoError {
+    ProtoError::new(ErrorKind::Engine, format!("{context}: {e:#}"))
+}
+
+impl Engine {
+    /// Starts the session; torrents persisted by a previous run come back with it.
+    pub async fn start(config: &BrokerConfig) -> anyhow::Result<Engine> {
+        let state = config.engine_state_dir();
+        crate::config::create_private_dir(&state)?;
+        let allowlist_url = if config.loopback_only {
+            // Belt and braces: even a peer learned from a loopback tracker or PEX is dialled
+            // only if it is on loopback.
+            let path = state.join("loopback-allowlist.txt");
+            std::fs::write(
+                &path,
+                "loopback:127.0.0.0-127.255.255.255\nloopback6:::1-::1\n",
+            )?;
+            Some(format!("file://{}", path.display()))
+        } else {
+            None
+        };
+        let options = SessionOptions {
+            dht: if config.dht {
+                Some(Default::default())
+            } else {
+                None
+            },
+            disable_local_service_discovery: !config.lsd,
+            fastresume: true,
+            persistence: Some(SessionPersistenceConfig::Json {
+                folder: Some(state.clone()),
+            }),
+            listen: Some(ListenerOptions {
+                mode: ListenerMode::TcpOnly,
+                listen_addr: config.listen,
+                enable_upnp_port_forwarding: !config.loopback_only,
+                // librqbit announces port 4240 when it listens on loopback unless told.
+                announce_port: Some(config.listen.port()),
+                ipv4_only: config.listen.is_ipv4(),
+                ..Default::default()
+            }),
+            allowlist_url,
+            ipv4_only: config.listen.is_ipv4(),
+            ..Default::default()
+        };
+        let session = Session::new_with_opts(config.default_download_dir.clone(), options)
+            .await
+            .context("cannot start the BitTorrent engine")?;
+        let next_id = session.with_torrents(|torrents| torrents.map(|(id, _)| id + 1).max());
+        Ok(Engine {
+            session,
+            next_id: AtomicUsize::new(next_id.unwrap_or(0)),
+        })
+    }
+
+    /// Every torrent the engine runs (after a restart: the restored ones).
+    pub fn torrents(&self) -> Vec<(TorrentId, ManagedTorrentHandle)> {
+        self.session.with_torrents(|torrents| {
+            torrents
+                .map(|(id, handle)| (TorrentId(id as u64), handle.clone()))
+                .collect()
+        })
+    }
+
+    /// Fetches a magnet's metadata (bounded by `timeout`) and returns the .torrent bytes and
+    /// the peers seen meanwhile.
+    pub async fn resolve_magnet(
+        &self,
+        uri: &str,
+        peers: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Vec<SocketAddr>), ProtoError> {
+        let options = AddTorrentOptions {
+            list_only: true,
+            initial_peers: Some(peers),
+            ..Default::default()
+        };
+        let add = self
+            .session
+            .add_torrent(AddTorrent::from_url(uri.to_owned()), Some(options));
+        match tokio::time::timeout(timeout, add).await {
+            Err(_) => Err(ProtoError::new(
+                ErrorKind::MetadataTimeout,
+                format!("no peer sent the magnet's metadata within {timeout:?}"),
+            )),
+            Ok(Err(e)) => Err(ProtoError::new(
+                ErrorKind::MetadataTimeout,
+                format!("cannot fetch the magnet's metadata: {e:#}"),
+            )),
+            Ok(Ok(AddTorrentResponse::ListOnly(listed))) => {
+                Ok((listed.torrent_bytes.to_vec(), listed.seen_peers))
+            }
+            Ok(Ok(_)) => Err(ProtoError::new(
+                ErrorKind::Engine,
+                "the engine started a torrent it was only asked to list",
+            )),
+        }
+    }
+
+    /// Adds a torrent.
+    pub async fn add(&self, spec: AddSpec) -> Result<Added, ProtoError> {
+        let output_folder = spec
+            .data_folder
+            .to_str()
+            .ok_or_else(|| {
+                ProtoError::new(ErrorKind::PathNotAllowed, "the save folder is not UTF-8")
+            })?
+            .to_owned();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let options = AddTorrentOptions {
+            paused: spec.paused,
+            only_files: spec.only_files,
+            overwrite: spec.overwrite,
+            output_folder: Some(output_folder),
+            initial_peers: Some(spec.peers),
+            preferred_id: Some(id),
+            ..Default::default()
+        };
+        let response = self
+            .session
+            .add_torrent(AddTorrent::from_bytes(spec.torrent), Some(options))
+            .await
+            .map_err(|e| engine_error("the engine refused the torrent", e))?;
+        match response {
+            AddTorrentResponse::Added(id, handle) => Ok(Added {
+                id: TorrentId(id as u64),
+                handle,
+                is_new: true,
+            }),
+            AddTorrentResponse::AlreadyManaged(id, handle) => Ok(Added {
+                id: TorrentId(id as u64),
+                handle,
+                is_new: false,
+            }),
+            AddTorrentResponse::ListOnly(_) => Err(ProtoError::new(
+                ErrorKind::Engine,
+                "the engine only listed the torrent",
+            )),
+        }
+    }
+
+    /// Stops a torrent and forgets it (its persisted state too), optionally deleting its data.
+    pub async fn remove(&self, id: TorrentId, delete_data: bool) -> anyhow::Result<()> {
+        self.session
+            .delete(TorrentIdOrHash::Id(id.0 as usize), delete_data)
+            .await
+    }
+
+    /// Stops the engine (pausing every torrent, which flushes fast-resume state).
+    pub async fn stop(&self) {
+        self.session.stop().await;
+    }
+}
+
+/// The protocol's view of a torrent's state right now.
+pub fn status_of(id: TorrentId, name: &str, handle: &ManagedTorrentHandle) -> TorrentStatus {
+    let stats = handle.stats();
+    let complete = stats.finished;
+    let state = match (&stats.state, &stats.error) {
+        (TorrentStatsState::Error, error) => {
+            TorrentState::Error(error.clone().unwrap_or_else(|| "unknown error".into()))
+        }
+        (TorrentStatsState::Initializing { .. }, _) => TorrentState::Checking,
+        (TorrentStatsState::Paused, _) => TorrentState::Paused,
+        (TorrentStatsState::Live, _) if complete => TorrentState::Seeding,
+        (TorrentStatsState::Live, _) => TorrentState::Downloading,
+    };
+    let (download_rate, upload_rate, peers, seeds) = match &stats.live {
+        Some(live) => (
+            mib_per_sec_to_bytes(live.download_speed.mbps),
+            mib_per_sec_to_bytes(live.upload_speed.mbps),
+            live.snapshot.peer_stats.live,
+            live.snapshot.peer_stats.live_seeders,
+        ),
+        None => (0, 0, 0, 0),
+    };
+    let remaining = stats.total_bytes.saturating_sub(stats.progress_bytes);
+    let eta_secs = (!complete && download_rate > 0).then(|| remaining.div_ceil(download_rate));
+    let progress = if stats.total_bytes == 0 {
+        if complete {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        stats.progress_bytes as f64 / stats.total_bytes as f64
+    };
+    TorrentStatus {
+        id,
+        info_hash: InfoHash(handle.info_hash().0),
+        name: name.to_owned(),
+        state,
+        progress,
+        bytes_done: stats.progress_bytes,
+        bytes_total: stats.total_bytes,
+        download_rate,
+        upload_rate,
+        uploaded: stats.uploaded_bytes,
+        peers,
+        seeds,
+        eta_secs,
+        complete,
+    }
+}
+
+fn mib_per_sec_to_bytes(mib: f64) -> u64 {
+    if mib.is_finite() && mib > 0.0 {
+        (mib * 1024.0 * 1024.0) as u64
+    } else {
+        0
+    }
+}
+
+/// The name the engine knows a torrent by.
+pub fn name_of(handle: &ManagedTorrentHandle) -> String {
+    handle
+        .name()
+        .unwrap_or_else(|| handle.info_hash().as_string())
+}
+
+/// Where a restored torrent's data lives, when the broker's own record of it was lost.
+pub fn save_folder_of(handle: &ManagedTorrentHandle) -> PathBuf {
+    let data = handle.output_folder();
+    let multi_file = handle
+        .with_metadata(|m| m.info.info().files.is_some())
+        .unwrap_or(false);
+    match (multi_file, data.parent()) {
+        (true, Some(parent)) => parent.to_path_buf(),
+        _ => data.to_path_buf(),
+    }
+}
+
+/// Whether `path` is `root` or inside it (both canonical).
+pub fn is_inside(path: &Path, root: &Path) -> bool {
+    path.starts_with(root)
+}

@@ -1,0 +1,36 @@
+//! torrent-broker: the one BitTorrent engine of a state directory, shared by many patrons.
+//!
+//! Only one BitTorrent client may own a machine's listen port, session state and files
+//! (the *single-client rule*), yet many programs want torrents. The broker owns the only
+//! librqbit `Session` for its state directory and serves any number of *patron* processes
+//! over ipc-channel. A patron that crashes, hangs or sends garbage must never hurt the
+//! broker or another patron; everything here is shaped by that.
+//!
+//! Data path, module by module:
+//!
+//! - [`lock`]: the single-client rule (an `flock` the kernel releases when we die).
+//! - [`rendezvous`]: accept → handshake. A Unix socket front door; each connector gets its
+//!   own private pair of ipc channels through its one-shot server.
+//! - [`requests`]: one thread reads every patron's requests and notices crashes.
+//! - [`commands`]: request → engine → exactly one reply, in request order per patron.
+//! - [`engine`]: the librqbit session and everything specific to it.
+//! - [`registry`]: which torrents run and which patrons hold them.
+//! - [`fanout`]: status → holders, when it changed.
+//! - [`patron`]: each patron's outbox; the broker never blocks on a send.
+//! - [`shutdown`]: SIGTERM/SIGINT or a stop request → tell patrons, persist, stop.
+
+pub mod broker;
+pub mod commands;
+pub mod config;
+pub mod engine;
+pub mod fanout;
+pub mod lock;
+pub mod patron;
+pub mod registry;
+pub mod rendezvous;
+pub mod requests;
+pub mod shutdown;
+pub mod torrent_file;
+
+pub use broker::{run, Broker};
+pub use config::{BrokerArgs, BrokerConfig};

@@ -1,0 +1,261 @@
+//! One connected patron, seen from the broker: who it is and its outbox.
+//!
+//! `IpcSender::send` blocks once the patron's socket buffer is full, so nothing in the broker
+//! ever sends to a patron directly. Events go into the patron's [`Outbox`] — replies in order
+//! and never dropped, status coalesced to the latest per torrent — and a small writer thread
+//! of its own does the blocking sends. A patron that stops reading only ever stalls its own
+//! writer; past [`MAX_QUEUED_REPLIES`] it is cut off.
+
+use ipc_channel::ipc::IpcSender;
+use proto::{Event, TorrentId, TorrentStatus};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Replies queued for a patron that does not read, before it is cut off.
+pub const MAX_QUEUED_REPLIES: usize = 4096;
+
+/// The writer thread's stack: it only serializes one event at a time.
+const WRITER_STACK_BYTES: usize = 128 * 1024;
+
+/// The broker's number for a patron (shown in logs; also sent in the `Welcome`).
+pub type PatronId = u64;
+
+/// A connected patron.
+#[derive(Debug, Clone)]
+pub struct PatronConnection {
+    /// The broker's number for it.
+    pub id: PatronId,
+    /// Its process id (from the socket's peer credentials).
+    pub pid: i32,
+    /// Where its events go.
+    pub outbox: Arc<Outbox>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    replies: VecDeque<Event>,
+    /// Latest status per torrent, sent after the replies; `order` keeps it fair.
+    statuses: HashMap<TorrentId, TorrentStatus>,
+    order: VecDeque<TorrentId>,
+    /// Set once nothing more may be queued; the writer drains what is left, then exits.
+    closed: bool,
+    /// Set when the writer has exited.
+    finished: bool,
+}
+
+/// Events waiting for one patron, and the condition its writer thread waits on.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+impl Outbox {
+    /// Starts the writer thread for `sender` and returns the outbox feeding it.
+    pub fn start(patron: PatronId, sender: IpcSender<Event>) -> std::io::Result<Arc<Outbox>> {
+        let outbox = Arc::new(Outbox::default());
+        let writer = outbox.clone();
+        std::thread::Builder::new()
+            .name(format!("patron-{patron}-writer"))
+            .stack_size(WRITER_STACK_BYTES)
+            .spawn(move || writer.write_until_closed(patron, sender))?;
+        Ok(outbox)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding this lock cannot leave the queue inconsistent (plain pushes
+        // and pops), so a poisoned lock is still usable.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a reply (or any event that must not be coalesced). Returns false if the patron
+    /// is gone or was just cut off for not reading.
+    pub fn push(&self, event: Event) -> bool {
+        let mut queue = self.lock();
+        if queue.closed {
+            return false;
+        }
+        if queue.replies.len() >= MAX_QUEUED_REPLIES {
+            tracing::warn!(
+                queued = queue.replies.len(),
+                "patron does not read its events: cutting it off"
+            );
+            queue.replies.clear();
+            queue.statuses.clear();
+            queue.order.clear();
+            queue.replies.push_back(Event::Disconnected {
+                reason: format!("more than {MAX_QUEUED_REPLIES} replies unread"),
+            });
+            queue.closed = true;
+            self.ready.notify_one();
+            return false;
+        }
+        queue.replies.push_back(event);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Queues a status, replacing any not yet sent for the same torrent.
+    pub fn push_status(&self, status: TorrentStatus) {
+        let mut queue = self.lock();
+        if queue.closed {
+            return;
+        }
+        let id = status.id;
+        if queue.statuses.insert(id, status).is_none() {
+            queue.order.push_back(id);
+        }
+        self.ready.notify_one();
+    }
+
+    /// Lets the writer send what is queued, then stop. Idempotent.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Queues a last event, closes, and waits (bounded) until the writer has sent everything.
+    pub fn close_with(&self, last: Event, wait: Duration) {
+        {
+            let mut queue = self.lock();
+            if !queue.closed {
+                queue.replies.push_back(last);
+                queue.closed = true;
+            }
+        }
+        self.ready.notify_one();
+        let deadline = Instant::now() + wait;
+        let mut queue = self.lock();
+        while !queue.finished {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            queue = match self.ready.wait_timeout(queue, left) {
+                Ok((q, _)) => q,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    /// Number of events waiting (for tests and diagnostics).
+    pub fn queued(&self) -> usize {
+        let queue = self.lock();
+        queue.replies.len() + queue.statuses.len()
+    }
+
+    fn next(&self) -> Option<Event> {
+        let mut queue = self.lock();
+        loop {
+            if let Some(event) = queue.replies.pop_front() {
+                return Some(event);
+            }
+            while let Some(id) = queue.order.pop_front() {
+                if let Some(status) = queue.statuses.remove(&id) {
+                    return Some(Event::TorrentStatusUpdate(status));
+                }
+            }
+            if queue.closed {
+                return None;
+            }
+            queue = match self.ready.wait(queue) {
+                Ok(q) => q,
+                Err(e) => e.into_inner(),
+            };
+        }
+    }
+
+    fn write_until_closed(&self, patron: PatronId, sender: IpcSender<Event>) {
+        while let Some(event) = self.next() {
+            if let Err(e) = sender.send(event) {
+                tracing::debug!(patron, "stopped writing to patron: {e}");
+                break;
+            }
+        }
+        let mut queue = self.lock();
+        queue.closed = true;
+        queue.finished = true;
+        queue.replies.clear();
+        queue.statuses.clear();
+        drop(queue);
+        self.ready.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{InfoHash, RequestId, TorrentState};
+
+    fn status(id: u64, bytes_done: u64) -> TorrentStatus {
+        TorrentStatus {
+            id: TorrentId(id),
+            info_hash: InfoHash([0; 20]),
+            name: String::new(),
+            state: TorrentState::Downloading,
+            progress: 0.0,
+            bytes_done,
+            bytes_total: 100,
+            download_rate: 0,
+            upload_rate: 0,
+            uploaded: 0,
+            peers: 0,
+            seeds: 0,
+            eta_secs: None,
+            complete: false,
+        }
+    }
+
+    #[test]
+    fn statuses_coalesce_per_torrent_and_replies_keep_order() {
+        let outbox = Outbox::default();
+        outbox.push_status(status(1, 10));
+        outbox.push_status(status(2, 10));
+        outbox.push_status(status(1, 20));
+        outbox.push(Event::Ok {
+            request: RequestId(1),
+        });
+        outbox.push(Event::Ok {
+            request: RequestId(2),
+        });
+        assert_eq!(outbox.queued(), 4);
+        outbox.close();
+        let mut seen = Vec::new();
+        while let Some(event) = outbox.next() {
+            seen.push(event);
+        }
+        assert!(matches!(
+            seen[0],
+            Event::Ok {
+                request: RequestId(1)
+            }
+        ));
+        assert!(matches!(
+            seen[1],
+            Event::Ok {
+                request: RequestId(2)
+            }
+        ));
+        assert!(
+            matches!(&seen[2], Event::TorrentStatusUpdate(s) if s.id == TorrentId(1) && s.bytes_done == 20)
+        );
+        assert!(matches!(&seen[3], Event::TorrentStatusUpdate(s) if s.id == TorrentId(2)));
+        assert_eq!(seen.len(), 4);
+    }
+
+    #[test]
+    fn a_patron_that_never_reads_is_cut_off_not_buffered_forever() {
+        let outbox = Outbox::default();
+        for n in 0..MAX_QUEUED_REPLIES as u64 {
+            assert!(outbox.push(Event::Ok {
+                request: RequestId(n)
+            }));
+        }
+        assert!(!outbox.push(Event::Ok {
+            request: RequestId(u64::MAX)
+        }));
+        assert!(matches!(outbox.next(), Some(Event::Disconnected { .. })));
+        assert!(outbox.next().is_none());
+    }
+}

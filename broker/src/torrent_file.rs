@@ -1,0 +1,469 @@
+//! What the broker checks in a torrent before the engine sees it, and how it makes one.
+//!
+//! The bytes come from a patron, so they are hostile until proven otherwise: every file path
+//! must stay inside the save folder, the piece count must match the length, and in
+//! loopback-only mode every tracker that is not on loopback is removed *from the bytes
+//! themselves* — librqbit 9.1 ignores its per-torrent `disable_trackers` and persists the
+//! bytes it was given, so filtering anywhere else would leak on the next restart.
+
+use lava_torrent::torrent::v1::TorrentBuilder;
+use librqbit::{Magnet, ValidatedTorrentMetaV1Info};
+use proto::{ErrorKind, InfoHash, ProtoError};
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
+
+/// Smallest piece size `make` accepts (BitTorrent's block size).
+pub const MIN_PIECE_SIZE: u64 = 16 * 1024;
+/// Largest piece size `make` picks or accepts.
+pub const MAX_PIECE_SIZE: u64 = 64 * 1024 * 1024;
+
+/// A checked .torrent, ready for the engine.
+#[derive(Debug, Clone)]
+pub struct CheckedTorrent {
+    /// Its info hash.
+    pub info_hash: InfoHash,
+    /// Its name (a single safe path component).
+    pub name: String,
+    /// Files as paths relative to the torrent's data folder, with their lengths.
+    pub files: Vec<(PathBuf, u64)>,
+    /// Sum of all file lengths.
+    pub total_bytes: u64,
+    /// Whether its files live in a folder named after the torrent.
+    pub multi_file: bool,
+    /// The bytes to give the engine: announce lists (filtered) and the original info dict.
+    pub bytes: Vec<u8>,
+    /// How many trackers loopback-only mode removed.
+    pub trackers_removed: usize,
+}
+
+impl CheckedTorrent {
+    /// The folder the engine writes into for a torrent saved in `save_folder`: multi-file
+    /// torrents get a folder of their own name, as in every mainstream client.
+    pub fn data_folder(&self, save_folder: &Path) -> PathBuf {
+        if self.multi_file {
+            save_folder.join(&self.name)
+        } else {
+            save_folder.to_path_buf()
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ProtoError {
+    ProtoError::new(ErrorKind::InvalidTorrent, message)
+}
+
+/// Checks .torrent bytes and rebuilds them for the engine.
+pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTorrent, ProtoError> {
+    if bytes.is_empty() {
+        return Err(invalid("the .torrent data is empty"));
+    }
+    let meta = librqbit::torrent_from_bytes(bytes)
+        .map_err(|e| invalid(format!("not a valid .torrent file: {e}")))?;
+    let info_hash = InfoHash(meta.info_hash.0);
+    let piece_length = u64::from(meta.info.data.piece_length);
+    let pieces_len = meta.info.data.pieces.as_ref().len();
+    let validated: ValidatedTorrentMetaV1Info<_> = meta
+        .info
+        .data
+        .clone()
+        .validate()
+        .map_err(|e| invalid(format!("invalid torrent info: {e}")))?;
+
+    let name = validated
+        .name()
+        .map(|n| n.into_owned())
+        .ok_or_else(|| invalid("the torrent has no name"))?;
+    check_component(&name).map_err(|why| invalid(format!("torrent name {name:?} {why}")))?;
+
+    let multi_file = meta.info.data.files.is_some();
+    let mut files = Vec::new();
+    let mut seen = HashSet::new();
+    let mut total_bytes: u64 = 0;
+    for detail in validated.iter_file_details() {
+        let mut path = PathBuf::new();
+        for component in detail.filename.iter_components() {
+            check_component(&component)
+                .map_err(|why| invalid(format!("file path component {component:?} {why}")))?;
+            path.push(&*component);
+        }
+        if path.as_os_str().is_empty() {
+            return Err(invalid("a file in the torrent has an empty path"));
+        }
+        if !seen.insert(path.clone()) {
+            return Err(invalid(format!(
+                "the torrent lists {} twice",
+                path.display()
+            )));
+        }
+        total_bytes = total_bytes
+            .checked_add(detail.len)
+            .ok_or_else(|| invalid("the torrent's total size overflows"))?;
+        files.push((path, detail.len));
+    }
+    // A file may not also be a folder of another ("a" and "a/b").
+    for (path, _) in &files {
+        for ancestor in path.ancestors().skip(1) {
+            if !ancestor.as_os_str().is_empty() && seen.contains(ancestor) {
+                return Err(invalid(format!(
+                    "{} is both a file and a folder in the torrent",
+                    ancestor.display()
+                )));
+            }
+        }
+    }
+    if piece_length == 0 {
+        return Err(invalid("the torrent's piece length is 0"));
+    }
+    let expected_pieces = total_bytes.div_ceil(piece_length);
+    if pieces_len % 20 != 0 || pieces_len as u64 / 20 != expected_pieces {
+        return Err(invalid(format!(
+            "the torrent has {} piece hashes, but {total_bytes} bytes in pieces of {piece_length} need {expected_pieces}",
+            pieces_len / 20
+        )));
+    }
+
+    let mut trackers_removed = 0;
+    let tiers: Vec<Vec<String>> = if meta.announce_list.iter().flatten().next().is_some() {
+        meta.announce_list
+            .iter()
+            .map(|tier| tier.iter().filter_map(|t| utf8(t.as_ref())).collect())
+            .collect()
+    } else {
+        meta.announce
+            .iter()
+            .filter_map(|t| utf8(t.as_ref()))
+            .map(|t| vec![t])
+            .collect()
+    };
+    let tiers: Vec<Vec<String>> = tiers
+        .into_iter()
+        .map(|tier| {
+            let before = tier.len();
+            let kept: Vec<String> = tier
+                .into_iter()
+                .filter(|t| !loopback_only || is_loopback_url(t))
+                .collect();
+            trackers_removed += before - kept.len();
+            kept
+        })
+        .filter(|tier| !tier.is_empty())
+        .collect();
+
+    Ok(CheckedTorrent {
+        info_hash,
+        name,
+        files,
+        total_bytes,
+        multi_file,
+        bytes: encode_torrent(&tiers, meta.info.raw_bytes.as_ref()),
+        trackers_removed,
+    })
+}
+
+fn utf8(bytes: &[u8]) -> Option<String> {
+    std::str::from_utf8(bytes).ok().map(str::to_owned)
+}
+
+/// A path component that is safe to join under a save folder.
+fn check_component(component: &str) -> Result<(), &'static str> {
+    if component.is_empty() {
+        return Err("is empty");
+    }
+    if component.contains(['/', '\\', '\0']) {
+        return Err("contains a path separator or NUL");
+    }
+    let mut parts = Path::new(component).components();
+    match (parts.next(), parts.next()) {
+        (Some(Component::Normal(_)), None) => Ok(()),
+        _ => Err("is not a plain file name (`.`, `..` or absolute)"),
+    }
+}
+
+/// Whether an announce URL points at this machine's loopback.
+pub fn is_loopback_url(url: &str) -> bool {
+    let Ok(url) = url::Url::parse(url) else {
+        return false;
+    };
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Whether a peer address may be dialled in this mode.
+pub fn peer_allowed(ip: IpAddr, loopback_only: bool) -> bool {
+    !loopback_only || ip.is_loopback()
+}
+
+/// Bencodes `{announce, announce-list, info}` around the original info dict's exact bytes
+/// (so the info hash is untouched). Keys are written in bencode's required sorted order.
+fn encode_torrent(tiers: &[Vec<String>], info: &[u8]) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(s.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(s);
+    }
+    let mut out = Vec::with_capacity(info.len() + 256);
+    out.push(b'd');
+    if let Some(first) = tiers.first().and_then(|tier| tier.first()) {
+        string(&mut out, b"announce");
+        string(&mut out, first.as_bytes());
+        string(&mut out, b"announce-list");
+        out.push(b'l');
+        for tier in tiers {
+            out.push(b'l');
+            for tracker in tier {
+                string(&mut out, tracker.as_bytes());
+            }
+            out.push(b'e');
+        }
+        out.push(b'e');
+    }
+    string(&mut out, b"info");
+    out.extend_from_slice(info);
+    out.push(b'e');
+    out
+}
+
+/// A checked magnet link.
+#[derive(Debug, Clone)]
+pub struct CheckedMagnet {
+    /// Its info hash.
+    pub info_hash: InfoHash,
+    /// Its display name, if it has one.
+    pub name: Option<String>,
+    /// The link to give the engine (off-loopback trackers removed in loopback-only mode).
+    pub uri: String,
+}
+
+/// Parses a magnet link (or a bare 40-digit info hash).
+pub fn check_magnet(link: &str, loopback_only: bool) -> Result<CheckedMagnet, ProtoError> {
+    let bad = |why: String| ProtoError::new(ErrorKind::InvalidMagnet, why);
+    let magnet = Magnet::parse(link).map_err(|e| bad(format!("not a valid magnet link: {e}")))?;
+    let id = magnet
+        .as_id20()
+        .ok_or_else(|| bad("the magnet link has no BitTorrent v1 (btih) info hash".into()))?;
+    let trackers = magnet
+        .trackers
+        .iter()
+        .filter(|t| !loopback_only || is_loopback_url(t))
+        .cloned()
+        .collect();
+    let rebuilt = Magnet::from_id20(id, trackers, magnet.get_select_only());
+    Ok(CheckedMagnet {
+        info_hash: InfoHash(id.0),
+        name: magnet.name.clone(),
+        uri: rebuilt.to_string(),
+    })
+}
+
+/// A .torrent made from local data.
+#[derive(Debug, Clone)]
+pub struct MadeTorrent {
+    /// The .torrent file.
+    pub bytes: Vec<u8>,
+    /// The same, checked as any patron's torrent would be.
+    pub checked: CheckedTorrent,
+    /// Number of pieces.
+    pub pieces: u64,
+    /// Piece size.
+    pub piece_size: u64,
+}
+
+/// Hashes a file or folder into a .torrent. Blocking: run it off the async runtime.
+///
+/// Uses lava_torrent rather than librqbit's `create_torrent`, which in 9.1 appends a hash of
+/// an empty piece when the length is an exact multiple of the piece size (other clients then
+/// reject the torrent), drops the last piece when the last file is empty, and panics on file
+/// names that are not UTF-8.
+pub fn make_torrent(
+    path: &Path,
+    piece_size: Option<u64>,
+    trackers: &[String],
+) -> Result<MadeTorrent, ProtoError> {
+    let io = |e: std::io::Error| {
+        ProtoError::new(
+            ErrorKind::Io,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    };
+    let total = data_size(path).map_err(io)?;
+    if total == 0 {
+        return Err(ProtoError::new(
+            ErrorKind::BadRequest,
+            format!("{} holds no data to share", path.display()),
+        ));
+    }
+    let piece_size = match piece_size {
+        Some(size) if !size.is_power_of_two() || !(MIN_PIECE_SIZE..=MAX_PIECE_SIZE).contains(&size) => {
+            return Err(ProtoError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "piece size {size} must be a power of two from {MIN_PIECE_SIZE} to {MAX_PIECE_SIZE}"
+                ),
+            ))
+        }
+        Some(size) => size,
+        None => choose_piece_size(total),
+    };
+    let mut builder = TorrentBuilder::new(path, piece_size as i64).set_num_threads(2);
+    if let Some(first) = trackers.first() {
+        builder = builder.set_announce(Some(first.clone()));
+        if trackers.len() > 1 {
+            builder = builder.set_announce_list(trackers.iter().map(|t| vec![t.clone()]).collect());
+        }
+    }
+    let torrent = builder.build().map_err(|e| {
+        ProtoError::new(
+            ErrorKind::BadRequest,
+            format!("cannot make a torrent of {}: {e}", path.display()),
+        )
+    })?;
+    let pieces = torrent.pieces.len() as u64;
+    let bytes = torrent.encode().map_err(|e| {
+        ProtoError::new(ErrorKind::Engine, format!("cannot encode the torrent: {e}"))
+    })?;
+    // What we make must pass the same checks as what a patron sends.
+    let checked = check_torrent_file(&bytes, false)?;
+    Ok(MadeTorrent {
+        bytes,
+        checked,
+        pieces,
+        piece_size,
+    })
+}
+
+/// Aim for about 1,500 pieces: small enough .torrent files, fine-grained enough verification.
+fn choose_piece_size(total: u64) -> u64 {
+    let mut size = MIN_PIECE_SIZE;
+    while size < MAX_PIECE_SIZE && total.div_ceil(size) > 1500 {
+        size *= 2;
+    }
+    size
+}
+
+fn data_size(path: &Path) -> std::io::Result<u64> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    if !meta.is_dir() {
+        return Ok(0);
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(path)? {
+        total += data_size(&entry?.path())?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn torrent_with(info: &str, announce: &str) -> Vec<u8> {
+        format!("d{announce}4:info{info}e").into_bytes()
+    }
+
+    fn single_file_info(name: &str, length: u64, piece_length: u64, pieces: usize) -> String {
+        let hashes = "x".repeat(20 * pieces);
+        format!(
+            "d6:lengthi{length}e4:name{}:{name}12:piece lengthi{piece_length}e6:pieces{}:{hashes}e",
+            name.len(),
+            hashes.len()
+        )
+    }
+
+    #[test]
+    fn a_valid_torrent_keeps_its_info_hash() {
+        let info = single_file_info("a.bin", 40000, 16384, 3);
+        let bytes = torrent_with(&info, "");
+        let checked = check_torrent_file(&bytes, false).expect("valid");
+        assert_eq!(checked.name, "a.bin");
+        assert_eq!(checked.total_bytes, 40000);
+        assert!(!checked.multi_file);
+        let again = check_torrent_file(&checked.bytes, false).expect("rebuilt is valid");
+        assert_eq!(again.info_hash, checked.info_hash);
+    }
+
+    #[test]
+    fn loopback_only_strips_other_trackers_from_the_bytes() {
+        let info = single_file_info("a.bin", 10, 16384, 1);
+        let (far, near) = (
+            "http://tracker.example/announce",
+            "http://127.0.0.1:6969/announce",
+        );
+        let s = |t: &str| format!("{}:{t}", t.len());
+        let announce = format!(
+            "8:announce{}13:announce-listll{}el{}ee",
+            s(far),
+            s(far),
+            s(near)
+        );
+        let bytes = torrent_with(&info, &announce);
+        let checked = check_torrent_file(&bytes, true).expect("valid");
+        assert_eq!(checked.trackers_removed, 1);
+        let text = String::from_utf8_lossy(&checked.bytes);
+        assert!(!text.contains("example"), "{text}");
+        assert!(text.contains("127.0.0.1:6969"), "{text}");
+        let kept = check_torrent_file(&bytes, false).expect("valid");
+        assert_eq!(kept.trackers_removed, 0);
+    }
+
+    #[test]
+    fn hostile_torrents_are_refused_with_a_reason() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"not bencode".to_vec(), "not a valid"),
+            (Vec::new(), "empty"),
+            (
+                torrent_with(&single_file_info("..", 10, 16384, 1), ""),
+                "..",
+            ),
+            (
+                torrent_with(&single_file_info("a.bin", 40000, 16384, 2), ""),
+                "piece hashes",
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let err = check_torrent_file(&bytes, false).expect_err("must be refused");
+            assert_eq!(err.kind, ErrorKind::InvalidTorrent);
+            assert!(err.message.contains(expected), "{err} lacks {expected:?}");
+        }
+    }
+
+    #[test]
+    fn multi_file_paths_must_stay_inside() {
+        let hashes = "x".repeat(20);
+        for path in ["l2:..1:ae", "l1:/e", "l0:e"] {
+            let info = format!(
+                "d5:filesld6:lengthi5e4:path{path}ee4:name3:dir12:piece lengthi16384e6:pieces20:{hashes}e"
+            );
+            let err = check_torrent_file(&torrent_with(&info, ""), false).expect_err(path);
+            assert_eq!(err.kind, ErrorKind::InvalidTorrent, "{path}: {err}");
+        }
+    }
+
+    #[test]
+    fn made_torrents_have_no_spurious_last_piece() {
+        let dir = std::env::temp_dir().join(format!("tp-make-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("exact.bin");
+        std::fs::write(&file, vec![7u8; 4 * 16384]).unwrap();
+        let made = make_torrent(&file, Some(16384), &[]).expect("made");
+        assert_eq!(made.pieces, 4);
+        assert_eq!(made.checked.total_bytes, 4 * 16384);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn loopback_urls() {
+        assert!(is_loopback_url("http://127.0.0.1:6969/announce"));
+        assert!(is_loopback_url("udp://localhost:1/announce"));
+        assert!(is_loopback_url("http://[::1]:80/announce"));
+        assert!(!is_loopback_url("http://10.0.0.1/announce"));
+        assert!(!is_loopback_url("not a url"));
+    }
+}

@@ -1,0 +1,504 @@
+//! TIPC: the messages a patron and the `torrent-broker` exchange.
+//!
+//! torrent-patron lets many independent processes share one BitTorrent engine. Each of those
+//! processes (a *patron*) talks to the broker over [ipc-channel], which serializes with
+//! postcard. Postcard is not self-describing, so everything in this crate sticks to plain
+//! structs and externally tagged enums: no `flatten`, no untagged enums, no
+//! `skip_serializing_if`, and no foreign types (librqbit's `Id20` cannot be decoded by
+//! postcard). The types here are the whole contract; both sides depend on this crate and on
+//! nothing else of each other.
+//!
+//! # The conversation
+//!
+//! 1. **Rendezvous.** The patron creates an [`ipc_channel::ipc::IpcOneShotServer`] for a
+//!    [`Welcome`], connects to the broker's Unix socket and writes one [`Hello`] line carrying
+//!    its [`PROTOCOL_VERSION`] and the one-shot server's name. The broker checks the peer's
+//!    uid and the version, and answers on the socket with a [`HelloReply`] line.
+//! 2. **Welcome.** On acceptance the broker has already sent the [`Welcome`] through the
+//!    one-shot server: a sender for [`Request`]s and a receiver for [`Event`]s, private to
+//!    this patron. Nothing else ever travels on the Unix socket.
+//! 3. **Requests.** Every [`Request`] carries a patron-chosen [`RequestId`]; the broker answers
+//!    each one with exactly one reply [`Event`] echoing that id, in request order.
+//! 4. **Status.** [`Event::TorrentStatusUpdate`] arrives for every torrent the patron holds
+//!    (it created or joined it) whenever something changed, and once when it completes.
+//! 5. **Goodbye.** Dropping the channels is the disconnect: the broker sees the channel close
+//!    and releases the patron's holds. If the broker stops it sends [`Event::BrokerStopping`].
+//!
+//! [ipc-channel]: https://docs.rs/ipc-channel
+
+mod hello;
+pub mod paths;
+mod status;
+
+use ipc_channel::ipc::{IpcReceiver, IpcSender};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+pub use hello::{Hello, HelloError, HelloReply, MAX_HELLO_LINE};
+pub use status::{TorrentState, TorrentStatus};
+
+/// The protocol version spoken by this build. Bumped on any incompatible wire change;
+/// the broker refuses a patron whose version differs, with a clear error on both sides.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest serialized request the broker accepts (a .torrent file rides inside one).
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Sent by the broker through the patron's one-shot server once the handshake succeeded.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The broker's process id (for messages and `broker status`).
+    pub broker_pid: u32,
+    /// The broker's identifier for this patron, as it appears in the broker's log.
+    pub patron_id: u64,
+    /// Where this patron sends its requests.
+    pub requests: IpcSender<Request>,
+    /// Where this patron receives replies and status events.
+    pub events: IpcReceiver<Event>,
+}
+
+/// A patron-chosen number echoed in the reply to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId(pub u64);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// The broker's identifier for a torrent. Stable across broker restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TorrentId(pub u64);
+
+impl fmt::Display for TorrentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A BitTorrent v1 info hash (SHA-1 of the info dictionary).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InfoHash(pub [u8; 20]);
+
+impl InfoHash {
+    /// Parses 40 hex digits, either case.
+    pub fn from_hex(s: &str) -> Option<InfoHash> {
+        let mut out = [0u8; 20];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(InfoHash(out))
+    }
+}
+
+impl fmt::Display for InfoHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for InfoHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InfoHash({self})")
+    }
+}
+
+/// How a request names a torrent: by the broker's id or by info hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TorrentRef {
+    /// The broker's id, as returned by [`Event::NewTorrentCreated`].
+    Id(TorrentId),
+    /// The torrent's info hash.
+    InfoHash(InfoHash),
+}
+
+impl TorrentRef {
+    /// Parses what a user types: a decimal id or a 40-digit hex info hash.
+    pub fn parse(s: &str) -> Option<TorrentRef> {
+        if s.len() == 40 {
+            return InfoHash::from_hex(s).map(TorrentRef::InfoHash);
+        }
+        s.parse().ok().map(|id| TorrentRef::Id(TorrentId(id)))
+    }
+}
+
+impl fmt::Display for TorrentRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TorrentRef::Id(id) => write!(f, "{id}"),
+            TorrentRef::InfoHash(h) => write!(f, "{h}"),
+        }
+    }
+}
+
+/// One request from a patron. Answered by exactly one reply [`Event`] carrying `id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// Echoed in the reply.
+    pub id: RequestId,
+    /// What is asked.
+    pub body: RequestBody,
+}
+
+/// What a patron can ask of the broker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RequestBody {
+    /// Start a torrent (or join it if it already runs). Replied to with
+    /// [`Event::NewTorrentCreated`], [`Event::TorrentAlreadyDownloading`] or
+    /// [`Event::TorrentStartFail`].
+    CreateNewTorrent(CreateNewTorrent),
+    /// Release this patron's hold on a torrent, stopping it if nobody else holds it.
+    /// Replied to with [`Event::TorrentClosed`] or [`Event::Error`].
+    CloseTorrent(CloseTorrent),
+    /// Every torrent the broker runs. Replied to with [`Event::TorrentList`].
+    List,
+    /// One torrent's status now. Replied to with [`Event::Status`] or [`Event::Error`].
+    Status(TorrentRef),
+    /// Hold a running torrent (receive its status) without adding it.
+    /// Replied to with [`Event::Following`] or [`Event::Error`].
+    Follow(TorrentRef),
+    /// Hash a local file or folder into a .torrent, optionally seeding it.
+    /// Replied to with [`Event::TorrentMade`] or [`Event::Error`].
+    MakeTorrent(MakeTorrent),
+    /// Ask the broker to stop gracefully. Replied to with [`Event::Ok`] before it stops.
+    StopBroker,
+}
+
+impl RequestBody {
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RequestBody::CreateNewTorrent(_) => "create",
+            RequestBody::CloseTorrent(_) => "close",
+            RequestBody::List => "list",
+            RequestBody::Status(_) => "status",
+            RequestBody::Follow(_) => "follow",
+            RequestBody::MakeTorrent(_) => "make",
+            RequestBody::StopBroker => "stop-broker",
+        }
+    }
+}
+
+/// Where a new torrent comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TorrentSource {
+    /// The contents of a .torrent file.
+    TorrentFile(Vec<u8>),
+    /// A `magnet:` link (or a bare 40-digit info hash).
+    Magnet(String),
+}
+
+/// Options of [`RequestBody::CreateNewTorrent`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateNewTorrent {
+    /// The torrent itself.
+    pub source: TorrentSource,
+    /// Absolute folder to save into; `None` means the broker's default download folder.
+    /// Must lie inside one of the broker's download roots.
+    pub output: Option<String>,
+    /// Only download these files (indices into the torrent's file list).
+    pub only_files: Option<Vec<u32>>,
+    /// Add it paused.
+    pub paused: bool,
+    /// Extra peers to dial, as `HOST:PORT`.
+    pub peers: Vec<String>,
+    /// Close the torrent when its last holder goes (default: it outlives its patrons).
+    pub ephemeral: bool,
+    /// Allow the torrent to open files that already exist where it would write, verifying and
+    /// reusing their pieces (pieces that don't match are rewritten). Without it an existing
+    /// file is a [`ErrorKind::FileExists`] start failure.
+    pub overwrite: bool,
+}
+
+impl CreateNewTorrent {
+    /// A request with default options for `source`.
+    pub fn new(source: TorrentSource) -> CreateNewTorrent {
+        CreateNewTorrent {
+            source,
+            output: None,
+            only_files: None,
+            paused: false,
+            peers: Vec::new(),
+            ephemeral: false,
+            overwrite: false,
+        }
+    }
+}
+
+/// Options of [`RequestBody::CloseTorrent`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloseTorrent {
+    /// Which torrent.
+    pub torrent: TorrentRef,
+    /// Also delete the downloaded data (only when the torrent actually stops).
+    pub delete_data: bool,
+    /// Stop it even if other patrons hold it, and even if this patron does not.
+    pub force: bool,
+}
+
+/// Options of [`RequestBody::MakeTorrent`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MakeTorrent {
+    /// Absolute path of the file or folder to hash.
+    pub path: String,
+    /// Piece size in bytes (a power of two, 16 KiB or more); `None` picks one by size.
+    pub piece_size: Option<u64>,
+    /// Announce URLs to put in the torrent.
+    pub trackers: Vec<String>,
+    /// Also start seeding it; this patron then holds it.
+    pub seed: bool,
+}
+
+/// What the broker says about a torrent when it starts or is joined.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TorrentInfo {
+    /// The broker's id.
+    pub id: TorrentId,
+    /// The info hash.
+    pub info_hash: InfoHash,
+    /// The torrent's name (its file or top folder).
+    pub name: String,
+    /// The folder its files are saved in.
+    pub save_folder: String,
+    /// Total size of the selected files, in bytes (0 while a magnet's metadata is unknown).
+    pub total_bytes: u64,
+}
+
+/// One line of [`Event::TorrentList`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TorrentSummary {
+    /// Who it is.
+    pub info: TorrentInfo,
+    /// How it is doing.
+    pub status: TorrentStatus,
+    /// How many connected patrons hold it.
+    pub holders: u32,
+    /// Whether the asking patron is one of them.
+    pub held_by_you: bool,
+    /// Whether it closes when its last holder goes.
+    pub ephemeral: bool,
+}
+
+/// What kind of failure an error reply reports, so programs can react without parsing text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The .torrent bytes could not be decoded or are not a valid torrent.
+    InvalidTorrent,
+    /// The magnet link could not be parsed.
+    InvalidMagnet,
+    /// A magnet's metadata could not be fetched in time.
+    MetadataTimeout,
+    /// The save folder lies outside the broker's download roots, or escapes with `..`.
+    PathNotAllowed,
+    /// A file the torrent would write already exists and the request did not allow reuse.
+    FileExists,
+    /// No torrent with that id or info hash runs.
+    UnknownTorrent,
+    /// The torrent runs, but this patron does not hold it (close without `force`).
+    NotHolder,
+    /// A peer address was malformed or not allowed (e.g. off loopback in loopback-only mode).
+    InvalidPeer,
+    /// A limit was reached (torrents, message size, patrons).
+    LimitReached,
+    /// The request itself was malformed.
+    BadRequest,
+    /// Reading or writing a local file failed.
+    Io,
+    /// The engine refused or failed.
+    Engine,
+    /// The broker is stopping.
+    ShuttingDown,
+}
+
+impl ErrorKind {
+    /// A stable lowercase name, used in JSON output and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorKind::InvalidTorrent => "invalid-torrent",
+            ErrorKind::InvalidMagnet => "invalid-magnet",
+            ErrorKind::MetadataTimeout => "metadata-timeout",
+            ErrorKind::PathNotAllowed => "path-not-allowed",
+            ErrorKind::FileExists => "file-exists",
+            ErrorKind::UnknownTorrent => "unknown-torrent",
+            ErrorKind::NotHolder => "not-holder",
+            ErrorKind::InvalidPeer => "invalid-peer",
+            ErrorKind::LimitReached => "limit-reached",
+            ErrorKind::BadRequest => "bad-request",
+            ErrorKind::Io => "io",
+            ErrorKind::Engine => "engine",
+            ErrorKind::ShuttingDown => "shutting-down",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure with its kind and a message meant for a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtoError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What happened, specifically.
+    pub message: String,
+}
+
+impl ProtoError {
+    /// A new error.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ProtoError {
+        ProtoError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.kind)
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+/// Everything the broker sends a patron: one reply per request, plus status and notices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Event {
+    /// The torrent of that create request runs now, held by this patron.
+    NewTorrentCreated {
+        /// The create request.
+        request: RequestId,
+        /// The torrent.
+        torrent: TorrentInfo,
+    },
+    /// That torrent (same info hash) already ran; this patron now holds it too.
+    TorrentAlreadyDownloading {
+        /// The create request.
+        request: RequestId,
+        /// The torrent that was already running.
+        torrent: TorrentInfo,
+    },
+    /// That create request could not be started.
+    TorrentStartFail {
+        /// The create request.
+        request: RequestId,
+        /// Why.
+        error: ProtoError,
+    },
+    /// A close request was carried out.
+    TorrentClosed {
+        /// The close request.
+        request: RequestId,
+        /// The torrent.
+        id: TorrentId,
+        /// True when the torrent stopped; false when only this patron's hold was released
+        /// because other patrons still hold it.
+        stopped: bool,
+        /// True when its data was deleted.
+        data_deleted: bool,
+    },
+    /// Reply to [`RequestBody::List`].
+    TorrentList {
+        /// The list request.
+        request: RequestId,
+        /// Every torrent the broker runs, by id.
+        torrents: Vec<TorrentSummary>,
+    },
+    /// Reply to [`RequestBody::Status`].
+    Status {
+        /// The status request.
+        request: RequestId,
+        /// The torrent's status now.
+        status: TorrentStatus,
+    },
+    /// Reply to [`RequestBody::Follow`]: this patron now holds the torrent.
+    Following {
+        /// The follow request.
+        request: RequestId,
+        /// The torrent.
+        torrent: TorrentInfo,
+    },
+    /// Reply to [`RequestBody::MakeTorrent`].
+    TorrentMade {
+        /// The make request.
+        request: RequestId,
+        /// The .torrent file's bytes.
+        torrent_file: Vec<u8>,
+        /// Its info hash.
+        info_hash: InfoHash,
+        /// Its name.
+        name: String,
+        /// Number of pieces.
+        pieces: u64,
+        /// Piece size in bytes.
+        piece_size: u64,
+        /// Total size in bytes.
+        total_bytes: u64,
+        /// When seeding was asked: the torrent now running.
+        seeding: Option<TorrentInfo>,
+    },
+    /// A request without a more specific reply succeeded.
+    Ok {
+        /// The request.
+        request: RequestId,
+    },
+    /// A request (other than create) failed.
+    Error {
+        /// The request.
+        request: RequestId,
+        /// Why.
+        error: ProtoError,
+    },
+    /// Status of a torrent this patron holds.
+    TorrentStatusUpdate(TorrentStatus),
+    /// A torrent this patron held was closed by someone else (`--force`) or failed for good.
+    TorrentGone {
+        /// The torrent.
+        id: TorrentId,
+        /// Why.
+        reason: String,
+    },
+    /// The broker is stopping; the connection ends after this.
+    BrokerStopping {
+        /// Why (e.g. "received SIGTERM").
+        reason: String,
+    },
+    /// The broker cut this patron off (it read too slowly or broke a limit).
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// A message from this patron could not be decoded, so it has no request id to answer.
+    ProtocolError {
+        /// What was wrong with it.
+        message: String,
+    },
+}
+
+impl Event {
+    /// The request this event answers, if it is a reply.
+    pub fn request(&self) -> Option<RequestId> {
+        match self {
+            Event::NewTorrentCreated { request, .. }
+            | Event::TorrentAlreadyDownloading { request, .. }
+            | Event::TorrentStartFail { request, .. }
+            | Event::TorrentClosed { request, .. }
+            | Event::TorrentList { request, .. }
+            | Event::Status { request, .. }
+            | Event::Following { request, .. }
+            | Event::TorrentMade { request, .. }
+            | Event::Ok { request }
+            | Event::Error { request, .. } => Some(*request),
+            Event::TorrentStatusUpdate(_)
+            | Event::TorrentGone { .. }
+            | Event::BrokerStopping { .. }
+            | Event::Disconnected { .. }
+            | Event::ProtocolError { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

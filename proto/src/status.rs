@@ -1,0 +1,94 @@
+//! The typed status of one torrent (the original sent a loose dict).
+
+use crate::{InfoHash, TorrentId};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What a torrent is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TorrentState {
+    /// Fetching a magnet's metadata from peers.
+    ResolvingMetadata,
+    /// Checking data already on disk.
+    Checking,
+    /// Downloading.
+    Downloading,
+    /// Complete and serving to others.
+    Seeding,
+    /// Paused by request.
+    Paused,
+    /// Stopped by an error.
+    Error(String),
+}
+
+impl TorrentState {
+    /// A stable lowercase name, used in JSON output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TorrentState::ResolvingMetadata => "resolving-metadata",
+            TorrentState::Checking => "checking",
+            TorrentState::Downloading => "downloading",
+            TorrentState::Seeding => "seeding",
+            TorrentState::Paused => "paused",
+            TorrentState::Error(_) => "error",
+        }
+    }
+}
+
+impl fmt::Display for TorrentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TorrentState::Error(message) => write!(f, "error: {message}"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// The status of one torrent at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TorrentStatus {
+    /// The broker's id.
+    pub id: TorrentId,
+    /// Its info hash.
+    pub info_hash: InfoHash,
+    /// Its name.
+    pub name: String,
+    /// What it is doing.
+    pub state: TorrentState,
+    /// Fraction of the selected data verified, 0.0 to 1.0.
+    pub progress: f64,
+    /// Bytes verified.
+    pub bytes_done: u64,
+    /// Bytes selected in total.
+    pub bytes_total: u64,
+    /// Download rate, bytes per second.
+    pub download_rate: u64,
+    /// Upload rate, bytes per second.
+    pub upload_rate: u64,
+    /// Bytes uploaded since it started in this broker run.
+    pub uploaded: u64,
+    /// Connected peers.
+    pub peers: u32,
+    /// Connected peers that have everything (0 when the engine cannot tell).
+    pub seeds: u32,
+    /// Estimated seconds to completion, when downloading and estimable.
+    pub eta_secs: Option<u64>,
+    /// True once every selected byte is verified.
+    pub complete: bool,
+}
+
+impl TorrentStatus {
+    /// Whether the difference from `previous` is worth telling a patron about. Rates jitter
+    /// constantly, so they count only together with some other change or when they cross zero.
+    pub fn differs_meaningfully(&self, previous: &TorrentStatus) -> bool {
+        self.state != previous.state
+            || self.bytes_done != previous.bytes_done
+            || self.bytes_total != previous.bytes_total
+            || self.uploaded != previous.uploaded
+            || self.peers != previous.peers
+            || self.complete != previous.complete
+            || self.name != previous.name
+            || (self.download_rate == 0) != (previous.download_rate == 0)
+            || (self.upload_rate == 0) != (previous.upload_rate == 0)
+    }
+}

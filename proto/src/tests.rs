@@ -1,0 +1,234 @@
+//! Every message crosses a real ipc-channel (an OS socket pair, postcard on the wire) and
+//! must come back equal: this is what catches a type postcard cannot decode.
+
+use super::*;
+use ipc_channel::ipc;
+
+fn round_trip<T>(value: T) -> T
+where
+    T: Serialize + for<'de> Deserialize<'de>,
+{
+    let (tx, rx) = ipc::channel::<T>().expect("channel");
+    tx.send(value).expect("send");
+    rx.recv().expect("recv")
+}
+
+fn sample_info() -> TorrentInfo {
+    TorrentInfo {
+        id: TorrentId(7),
+        info_hash: InfoHash([0xab; 20]),
+        name: "ubuntu.iso".into(),
+        save_folder: "/home/me/Downloads".into(),
+        total_bytes: 3 << 30,
+    }
+}
+
+fn sample_status() -> TorrentStatus {
+    TorrentStatus {
+        id: TorrentId(7),
+        info_hash: InfoHash([0xab; 20]),
+        name: "ubuntu.iso".into(),
+        state: TorrentState::Error("disk full".into()),
+        progress: 0.25,
+        bytes_done: 1 << 20,
+        bytes_total: 4 << 20,
+        download_rate: 1000,
+        upload_rate: 0,
+        uploaded: 5,
+        peers: 3,
+        seeds: 1,
+        eta_secs: Some(42),
+        complete: false,
+    }
+}
+
+#[test]
+fn every_request_round_trips() {
+    let bodies = vec![
+        RequestBody::CreateNewTorrent(CreateNewTorrent {
+            source: TorrentSource::TorrentFile(vec![b'd', 0, 255, b'e']),
+            output: Some("/tmp/x".into()),
+            only_files: Some(vec![0, 2]),
+            paused: true,
+            peers: vec!["127.0.0.1:6881".into()],
+            ephemeral: true,
+            overwrite: true,
+        }),
+        RequestBody::CreateNewTorrent(CreateNewTorrent::new(TorrentSource::Magnet(
+            "magnet:?xt=urn:btih:abababababababababababababababababababab".into(),
+        ))),
+        RequestBody::CloseTorrent(CloseTorrent {
+            torrent: TorrentRef::InfoHash(InfoHash([1; 20])),
+            delete_data: true,
+            force: false,
+        }),
+        RequestBody::List,
+        RequestBody::Status(TorrentRef::Id(TorrentId(3))),
+        RequestBody::Follow(TorrentRef::Id(TorrentId(4))),
+        RequestBody::MakeTorrent(MakeTorrent {
+            path: "/data/folder".into(),
+            piece_size: Some(1 << 18),
+            trackers: vec!["http://127.0.0.1:6969/announce".into()],
+            seed: true,
+        }),
+        RequestBody::StopBroker,
+    ];
+    for (n, body) in bodies.into_iter().enumerate() {
+        let sent = Request {
+            id: RequestId(n as u64),
+            body,
+        };
+        let got = round_trip(sent.clone());
+        assert_eq!(format!("{got:?}"), format!("{sent:?}"));
+    }
+}
+
+#[test]
+fn every_event_round_trips() {
+    let events = vec![
+        Event::NewTorrentCreated {
+            request: RequestId(1),
+            torrent: sample_info(),
+        },
+        Event::TorrentAlreadyDownloading {
+            request: RequestId(2),
+            torrent: sample_info(),
+        },
+        Event::TorrentStartFail {
+            request: RequestId(3),
+            error: ProtoError::new(ErrorKind::InvalidTorrent, "not bencode"),
+        },
+        Event::TorrentClosed {
+            request: RequestId(4),
+            id: TorrentId(7),
+            stopped: false,
+            data_deleted: false,
+        },
+        Event::TorrentList {
+            request: RequestId(5),
+            torrents: vec![TorrentSummary {
+                info: sample_info(),
+                status: sample_status(),
+                holders: 2,
+                held_by_you: true,
+                ephemeral: false,
+            }],
+        },
+        Event::Status {
+            request: RequestId(6),
+            status: sample_status(),
+        },
+        Event::Following {
+            request: RequestId(7),
+            torrent: sample_info(),
+        },
+        Event::TorrentMade {
+            request: RequestId(8),
+            torrent_file: vec![1, 2, 3],
+            info_hash: InfoHash([9; 20]),
+            name: "f".into(),
+            pieces: 4,
+            piece_size: 16384,
+            total_bytes: 65536,
+            seeding: Some(sample_info()),
+        },
+        Event::Ok {
+            request: RequestId(9),
+        },
+        Event::Error {
+            request: RequestId(10),
+            error: ProtoError::new(ErrorKind::UnknownTorrent, "no torrent 9"),
+        },
+        Event::TorrentStatusUpdate(sample_status()),
+        Event::TorrentGone {
+            id: TorrentId(1),
+            reason: "closed by another patron".into(),
+        },
+        Event::BrokerStopping {
+            reason: "SIGTERM".into(),
+        },
+        Event::Disconnected {
+            reason: "too slow".into(),
+        },
+    ];
+    for sent in events {
+        let got = round_trip(sent.clone());
+        assert_eq!(format!("{got:?}"), format!("{sent:?}"));
+        assert_eq!(got.request(), sent.request());
+    }
+}
+
+#[test]
+fn welcome_carries_working_channels() {
+    let (req_tx, req_rx) = ipc::channel::<Request>().unwrap();
+    let (evt_tx, evt_rx) = ipc::channel::<Event>().unwrap();
+    let welcome = round_trip(Welcome {
+        broker_pid: 1,
+        patron_id: 2,
+        requests: req_tx,
+        events: evt_rx,
+    });
+    welcome
+        .requests
+        .send(Request {
+            id: RequestId(5),
+            body: RequestBody::List,
+        })
+        .unwrap();
+    assert_eq!(req_rx.recv().unwrap().id, RequestId(5));
+    evt_tx
+        .send(Event::Ok {
+            request: RequestId(5),
+        })
+        .unwrap();
+    assert_eq!(welcome.events.recv().unwrap().request(), Some(RequestId(5)));
+}
+
+#[test]
+fn hello_round_trips_and_rejects_garbage() {
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        server_name: "/tmp/.tmpAbC/socket".into(),
+    };
+    assert_eq!(Hello::parse(hello.to_line().as_bytes()), Ok(hello));
+    for garbage in [
+        &b""[..],
+        b"\xff\xfe",
+        b"GET / HTTP/1.1\r\n",
+        b"TIPC\n",
+        b"TIPC x name\n",
+        b"TIPC 1\n",
+        b"TIPC 1 a b\n",
+    ] {
+        assert!(Hello::parse(garbage).is_err(), "{garbage:?} accepted");
+    }
+}
+
+#[test]
+fn hello_reply_round_trips() {
+    for reply in [
+        HelloReply::Accepted {
+            broker_pid: 10,
+            patron_id: 3,
+        },
+        HelloReply::Refused {
+            kind: "version".into(),
+            message: "broker speaks 2, patron 1".into(),
+        },
+    ] {
+        assert_eq!(HelloReply::parse(reply.to_line().as_bytes()), Ok(reply));
+    }
+    assert!(HelloReply::parse(b"OK x\n").is_err());
+}
+
+#[test]
+fn torrent_refs_parse_as_users_type_them() {
+    assert_eq!(TorrentRef::parse("12"), Some(TorrentRef::Id(TorrentId(12))));
+    let hex = "ABABABABABABABABABABABABABABABABABABABAB";
+    assert_eq!(
+        TorrentRef::parse(hex),
+        Some(TorrentRef::InfoHash(InfoHash([0xab; 20])))
+    );
+    assert_eq!(TorrentRef::parse("nope"), None);
+    assert_eq!(TorrentRef::parse(&hex[1..]), None);
+}
