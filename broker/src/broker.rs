@@ -266,7 +266,12 @@ impl Broker {
         let canonical = existing
             .canonicalize()
             .map_err(|e| not_allowed(format!("cannot resolve {}: {e}", existing.display())))?;
-        let full = canonical.join(path.strip_prefix(existing).unwrap_or(Path::new("")));
+        let rest = path.strip_prefix(existing).unwrap_or(Path::new(""));
+        let full = if rest.as_os_str().is_empty() {
+            canonical
+        } else {
+            canonical.join(rest)
+        };
         self.check_inside_roots(&full)?;
         std::fs::create_dir_all(&full).map_err(|e| {
             ProtoError::new(

@@ -3,6 +3,7 @@
 //! matters most for brokers a patron auto-starts: they get no flags, only the state dir.
 
 use anyhow::{bail, Context};
+use clap::builder::BoolishValueParser;
 use clap::Parser;
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -43,11 +44,11 @@ pub struct BrokerArgs {
     pub download_roots: Vec<PathBuf>,
 
     /// Disable the DHT
-    #[arg(long, env = "TORRENT_PATRON_NO_DHT")]
+    #[arg(long, env = "TORRENT_PATRON_NO_DHT", value_parser = BoolishValueParser::new())]
     pub no_dht: bool,
 
     /// Disable local service discovery (LSD multicast)
-    #[arg(long, env = "TORRENT_PATRON_NO_LSD")]
+    #[arg(long, env = "TORRENT_PATRON_NO_LSD", value_parser = BoolishValueParser::new())]
     pub no_lsd: bool,
 
     /// How often to check torrents and send changed status to patrons, in milliseconds [default: 1000]
@@ -55,7 +56,7 @@ pub struct BrokerArgs {
     pub status_interval: Option<u64>,
 
     /// Keep ALL engine traffic on 127.0.0.1: no DHT, LSD, UPnP, nor any tracker or peer off loopback
-    #[arg(long, env = "TORRENT_PATRON_LOOPBACK_ONLY")]
+    #[arg(long, env = "TORRENT_PATRON_LOOPBACK_ONLY", value_parser = BoolishValueParser::new())]
     pub loopback_only: bool,
 
     /// How long to wait for a magnet link's metadata, in seconds [default: 120]

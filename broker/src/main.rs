@@ -1,6 +1,7 @@
 //! `torrent-broker`: parse the settings, take the state lock, serve.
 
 use clap::Parser;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use torrent_broker::lock::{LockError, StateLock};
 use torrent_broker::{BrokerArgs, BrokerConfig};
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,librqbit=warn,librqbit_core=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = match BrokerConfig::resolve(args) {
         Ok(config) => config,

@@ -1,1 +1,318 @@
+//! patron-client: use the machine's one BitTorrent engine from any process.
+//!
+//! Only one BitTorrent client may own a machine's port, state and files, so torrent-patron
+//! runs one `torrent-broker` per state directory and lets any number of processes — patrons —
+//! share it. This crate is the patron side: [`Patron::connect`] finds the broker (starting
+//! one if none runs, safely even when many patrons race to do so), and the methods below send
+//! TIPC requests and wait for their replies. Status updates for the torrents this patron
+//! holds arrive in between; [`Patron::next_event`] hands them out in order.
+//!
+//! A patron is a plain blocking object: no async runtime is needed. Dropping it disconnects,
+//! and the broker releases whatever it held (ephemeral torrents close; others keep running).
+//!
+//! ```no_run
+//! use patron_client::{Patron, Created};
+//! use proto::{CreateNewTorrent, Event, TorrentSource};
+//!
+//! # fn main() -> Result<(), patron_client::Error> {
+//! let mut patron = Patron::connect()?;
+//! let bytes = std::fs::read("debian.iso.torrent").expect("read the .torrent");
+//! let mut request = CreateNewTorrent::new(TorrentSource::TorrentFile(bytes));
+//! request.output = Some("/home/me/Downloads".into());
+//! let torrent = match patron.create(request)? {
+//!     Created::New(info) | Created::AlreadyDownloading(info) => info,
+//! };
+//! loop {
+//!     if let Event::TorrentStatusUpdate(status) = patron.next_event()? {
+//!         if status.id == torrent.id && status.complete {
+//!             break;
+//!         }
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
+mod connect;
+mod error;
+
+pub use connect::{state_dir, ConnectOptions, BROKER_PROGRAM_ENV};
+pub use error::{Error, Result};
+pub use proto;
+
+use ipc_channel::ipc::{IpcReceiver, IpcSender};
+use ipc_channel::{IpcError, TryRecvError};
+use proto::{
+    CloseTorrent, CreateNewTorrent, Event, MakeTorrent, ProtoError, Request, RequestBody,
+    RequestId, TorrentId, TorrentInfo, TorrentRef, TorrentStatus, TorrentSummary,
+};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// A connection to the broker.
+pub struct Patron {
+    requests: IpcSender<Request>,
+    events: IpcReceiver<Event>,
+    /// Events that arrived while waiting for a reply, handed out by `next_event`.
+    backlog: VecDeque<Event>,
+    next_request: u64,
+    broker_pid: u32,
+    patron_id: u64,
+}
+
+/// The outcome of a successful create request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    /// The torrent was started for this request.
+    New(TorrentInfo),
+    /// It already ran (same info hash); this patron now holds it too.
+    AlreadyDownloading(TorrentInfo),
+}
+
+impl Created {
+    /// The torrent, either way.
+    pub fn info(&self) -> &TorrentInfo {
+        match self {
+            Created::New(info) | Created::AlreadyDownloading(info) => info,
+        }
+    }
+}
+
+/// The outcome of a close request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    /// The torrent.
+    pub id: TorrentId,
+    /// False when only this patron's hold was released (others still hold it).
+    pub stopped: bool,
+    /// Whether its data was deleted.
+    pub data_deleted: bool,
+}
+
+/// A torrent made by the broker.
+#[derive(Debug, Clone)]
+pub struct Made {
+    /// The .torrent file.
+    pub torrent_file: Vec<u8>,
+    /// Its info hash.
+    pub info_hash: proto::InfoHash,
+    /// Its name.
+    pub name: String,
+    /// Number of pieces.
+    pub pieces: u64,
+    /// Piece size.
+    pub piece_size: u64,
+    /// Total size.
+    pub total_bytes: u64,
+    /// The running torrent, when seeding was asked.
+    pub seeding: Option<TorrentInfo>,
+}
+
+impl Patron {
+    /// Connects to the broker of the default state directory, starting one if none runs.
+    pub fn connect() -> Result<Patron> {
+        Patron::connect_with(&ConnectOptions::default())
+    }
+
+    /// Connects with explicit options.
+    pub fn connect_with(options: &ConnectOptions) -> Result<Patron> {
+        let connected = connect::connect(options)?;
+        let welcome = connected.welcome;
+        Ok(Patron {
+            requests: welcome.requests,
+            events: welcome.events,
+            backlog: VecDeque::new(),
+            next_request: 1,
+            broker_pid: welcome.broker_pid,
+            patron_id: welcome.patron_id,
+        })
+    }
+
+    /// The broker's process id.
+    pub fn broker_pid(&self) -> u32 {
+        self.broker_pid
+    }
+
+    /// This patron's number in the broker's log.
+    pub fn patron_id(&self) -> u64 {
+        self.patron_id
+    }
+
+    /// Sends a request without waiting; its reply comes through [`Patron::next_event`].
+    pub fn send(&mut self, body: RequestBody) -> Result<RequestId> {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.requests
+            .send(Request { id, body })
+            .map_err(|e| Error::BrokerStopped(format!("cannot send to the broker: {e}")))?;
+        Ok(id)
+    }
+
+    /// Sends a request and waits for its reply. Other events that arrive meanwhile are kept
+    /// for [`Patron::next_event`].
+    pub fn request(&mut self, body: RequestBody) -> Result<Event> {
+        let id = self.send(body)?;
+        loop {
+            let event = self.receive()?;
+            if event.request() == Some(id) {
+                return Ok(event);
+            }
+            check_fatal(&event)?;
+            self.backlog.push_back(event);
+        }
+    }
+
+    /// The next event: a status update, a notice, or a reply to a request sent with
+    /// [`Patron::send`]. Blocks until one arrives.
+    pub fn next_event(&mut self) -> Result<Event> {
+        match self.backlog.pop_front() {
+            Some(event) => Ok(event),
+            None => self.receive(),
+        }
+    }
+
+    /// Like [`Patron::next_event`], but gives up after `timeout` with `Ok(None)`.
+    pub fn next_event_timeout(&mut self, timeout: Duration) -> Result<Option<Event>> {
+        if let Some(event) = self.backlog.pop_front() {
+            return Ok(Some(event));
+        }
+        match self.events.try_recv_timeout(timeout) {
+            Ok(event) => Ok(Some(event)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::IpcError(e)) => Err(lost(e)),
+        }
+    }
+
+    fn receive(&mut self) -> Result<Event> {
+        self.events.recv().map_err(lost)
+    }
+
+    /// Starts (or joins) a torrent. A start failure is [`Error::StartFailed`].
+    pub fn create(&mut self, create: CreateNewTorrent) -> Result<Created> {
+        match self.request(RequestBody::CreateNewTorrent(create))? {
+            Event::NewTorrentCreated { torrent, .. } => Ok(Created::New(torrent)),
+            Event::TorrentAlreadyDownloading { torrent, .. } => {
+                Ok(Created::AlreadyDownloading(torrent))
+            }
+            Event::TorrentStartFail { error, .. } => Err(Error::StartFailed(error)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Releases this patron's hold on a torrent; stops it if nobody else holds it or `force`.
+    pub fn close(&mut self, torrent: TorrentRef, delete_data: bool, force: bool) -> Result<Closed> {
+        let body = RequestBody::CloseTorrent(CloseTorrent {
+            torrent,
+            delete_data,
+            force,
+        });
+        match self.request(body)? {
+            Event::TorrentClosed {
+                id,
+                stopped,
+                data_deleted,
+                ..
+            } => Ok(Closed {
+                id,
+                stopped,
+                data_deleted,
+            }),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
+    /// Every torrent the broker runs.
+    pub fn list(&mut self) -> Result<Vec<TorrentSummary>> {
+        match self.request(RequestBody::List)? {
+            Event::TorrentList { torrents, .. } => Ok(torrents),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
+    /// One torrent's status now.
+    pub fn status(&mut self, torrent: TorrentRef) -> Result<TorrentStatus> {
+        match self.request(RequestBody::Status(torrent))? {
+            Event::Status { status, .. } => Ok(status),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
+    /// Holds a running torrent, to receive its status updates.
+    pub fn follow(&mut self, torrent: TorrentRef) -> Result<TorrentInfo> {
+        match self.request(RequestBody::Follow(torrent))? {
+            Event::Following { torrent, .. } => Ok(torrent),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
+    /// Has the broker hash a local file or folder into a .torrent (and seed it, if asked).
+    pub fn make(&mut self, make: MakeTorrent) -> Result<Made> {
+        match self.request(RequestBody::MakeTorrent(make))? {
+            Event::TorrentMade {
+                torrent_file,
+                info_hash,
+                name,
+                pieces,
+                piece_size,
+                total_bytes,
+                seeding,
+                ..
+            } => Ok(Made {
+                torrent_file,
+                info_hash,
+                name,
+                pieces,
+                piece_size,
+                total_bytes,
+                seeding,
+            }),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
+    /// Asks the broker to stop gracefully. Returns once it has acknowledged.
+    pub fn stop_broker(&mut self) -> Result<()> {
+        match self.request(RequestBody::StopBroker)? {
+            Event::Ok { .. } => Ok(()),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+}
+
+fn lost(e: IpcError) -> Error {
+    match e {
+        IpcError::Disconnected => Error::BrokerStopped("the broker closed the connection".into()),
+        other => Error::Protocol(format!("cannot receive from the broker: {other:?}")),
+    }
+}
+
+/// Events after which no reply will ever come.
+fn check_fatal(event: &Event) -> Result<()> {
+    match event {
+        Event::BrokerStopping { reason } => Err(Error::BrokerStopped(reason.clone())),
+        Event::Disconnected { reason } => Err(Error::BrokerStopped(format!(
+            "the broker disconnected this patron: {reason}"
+        ))),
+        Event::ProtocolError { message } => Err(Error::Protocol(message.clone())),
+        _ => Ok(()),
+    }
+}
+
+fn error_or_unexpected(event: Event) -> Error {
+    match event {
+        Event::Error { error, .. } => Error::Request(error),
+        other => unexpected(other),
+    }
+}
+
+fn unexpected(event: Event) -> Error {
+    Error::Protocol(format!("unexpected reply {event:?}"))
+}
+
+/// The error a request failure carries, if any (for callers sorting errors by kind).
+pub fn proto_error(error: &Error) -> Option<&ProtoError> {
+    match error {
+        Error::StartFailed(e) | Error::Request(e) => Some(e),
+        _ => None,
+    }
+}

@@ -1,0 +1,149 @@
+//! `patron-client add`: start a torrent (or join it), and with `--wait` stay until complete.
+
+use super::output::{info_human, info_json, status_json};
+use super::{Context, Exit};
+use indicatif::{ProgressBar, ProgressStyle};
+use patron_client::proto::{CreateNewTorrent, Event, TorrentId, TorrentSource, TorrentState};
+use patron_client::{Created, Error, Patron};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A .torrent file or a magnet link
+    #[arg(value_name = "FILE.torrent|MAGNET")]
+    source: String,
+    /// Folder to save into [default: the current folder]
+    #[arg(long, short, value_name = "DIR")]
+    output: Option<PathBuf>,
+    /// A peer to connect to (repeatable)
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    peers: Vec<String>,
+    /// Add it paused
+    #[arg(long)]
+    paused: bool,
+    /// Close the torrent when its last patron goes (by default it keeps running in the broker)
+    #[arg(long)]
+    ephemeral: bool,
+    /// Reuse files that already exist where the torrent saves (verified; mismatching pieces are rewritten)
+    #[arg(long)]
+    overwrite: bool,
+    /// Stay until the torrent is complete (progress bar on a terminal, status lines with --json)
+    #[arg(long)]
+    wait: bool,
+}
+
+pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
+    let source = read_source(&args.source)?;
+    let output = match args.output {
+        Some(dir) => absolute(&dir)?,
+        None => std::env::current_dir().map_err(|source| Error::Io {
+            context: "cannot read the current folder".into(),
+            source,
+        })?,
+    };
+    let mut request = CreateNewTorrent::new(source);
+    request.output = Some(output.display().to_string());
+    request.peers = args.peers;
+    request.paused = args.paused;
+    request.ephemeral = args.ephemeral;
+    request.overwrite = args.overwrite;
+
+    let mut patron = ctx.patron()?;
+    let created = patron.create(request)?;
+    let (verb, event, exit) = match &created {
+        Created::New(_) => ("Started", "created", Exit::Success),
+        Created::AlreadyDownloading(_) => (
+            "Already downloading: joined",
+            "already-downloading",
+            Exit::AlreadyDownloading,
+        ),
+    };
+    let info = created.info();
+    ctx.out
+        .emit(|| info_human(verb, info), info_json(event, info));
+    if !args.wait {
+        return Ok(exit);
+    }
+    wait_until_complete(ctx, &mut patron, info.id, info.total_bytes)?;
+    Ok(exit)
+}
+
+fn read_source(source: &str) -> Result<TorrentSource, Error> {
+    let is_hash = source.len() == 40 && source.bytes().all(|b| b.is_ascii_hexdigit());
+    if source.starts_with("magnet:") || (is_hash && !Path::new(source).exists()) {
+        return Ok(TorrentSource::Magnet(source.to_owned()));
+    }
+    let bytes = std::fs::read(source).map_err(|e| Error::Io {
+        context: format!("cannot read {source}"),
+        source: e,
+    })?;
+    Ok(TorrentSource::TorrentFile(bytes))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, Error> {
+    std::path::absolute(path).map_err(|source| Error::Io {
+        context: format!("cannot resolve {}", path.display()),
+        source,
+    })
+}
+
+/// Follows status until the torrent completes. Errors if it fails, vanishes, or the broker stops.
+pub fn wait_until_complete(
+    ctx: &Context,
+    patron: &mut Patron,
+    id: TorrentId,
+    total: u64,
+) -> Result<(), Error> {
+    let bar = (!ctx.out.json && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg:12} [{bar:32}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    loop {
+        match patron.next_event()? {
+            Event::TorrentStatusUpdate(status) if status.id == id => {
+                if ctx.out.json {
+                    println!("{}", status_json(&status));
+                }
+                if let Some(bar) = &bar {
+                    bar.set_length(status.bytes_total);
+                    bar.set_position(status.bytes_done);
+                    bar.set_message(status.state.as_str());
+                }
+                if status.complete {
+                    if let Some(bar) = bar {
+                        bar.finish_with_message("complete");
+                    } else if !ctx.out.json {
+                        println!("Complete: {}", status.name);
+                    }
+                    return Ok(());
+                }
+                if let TorrentState::Error(message) = status.state {
+                    if let Some(bar) = bar {
+                        bar.abandon_with_message("error");
+                    }
+                    return Err(Error::Request(patron_client::proto::ProtoError::new(
+                        patron_client::proto::ErrorKind::Engine,
+                        format!("torrent {id} failed: {message}"),
+                    )));
+                }
+            }
+            Event::TorrentGone { id: gone, reason } if gone == id => {
+                return Err(Error::Request(patron_client::proto::ProtoError::new(
+                    patron_client::proto::ErrorKind::UnknownTorrent,
+                    format!("torrent {id} was closed: {reason}"),
+                )));
+            }
+            Event::BrokerStopping { reason } => return Err(Error::BrokerStopped(reason)),
+            Event::Disconnected { reason } => return Err(Error::BrokerStopped(reason)),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! `patron-client make`: have the broker hash a file or folder into a .torrent.
+
+use super::output::bytes;
+use super::{Context, Exit};
+use patron_client::proto::MakeTorrent;
+use patron_client::Error;
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The file or folder to share
+    path: PathBuf,
+    /// Where to write the .torrent [default: ./<name>.torrent]
+    #[arg(long, short, value_name = "FILE.torrent")]
+    output: Option<PathBuf>,
+    /// Piece size in bytes (a power of two, 16 KiB to 64 MiB) [default: by size]
+    #[arg(long, value_name = "BYTES")]
+    piece_size: Option<u64>,
+    /// An announce URL to put in the torrent (repeatable)
+    #[arg(long = "tracker", value_name = "URL")]
+    trackers: Vec<String>,
+    /// Also seed it from the broker
+    #[arg(long)]
+    seed: bool,
+    /// Replace the output file if it exists
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
+    let io = |context: String| move |source| Error::Io { context, source };
+    let path = args
+        .path
+        .canonicalize()
+        .map_err(io(format!("cannot read {}", args.path.display())))?;
+    let output = match args.output {
+        Some(output) => output,
+        None => {
+            let name = path.file_name().unwrap_or(path.as_os_str());
+            let mut file = name.to_os_string();
+            file.push(".torrent");
+            PathBuf::from(file)
+        }
+    };
+    // Never overwrite a user's file by surprise: check before the (long) hashing too.
+    if output.exists() && !args.force {
+        return Err(Error::Io {
+            context: format!(
+                "{} already exists (use --force to replace it)",
+                output.display()
+            ),
+            source: std::io::ErrorKind::AlreadyExists.into(),
+        });
+    }
+    let mut patron = ctx.patron()?;
+    let made = patron.make(MakeTorrent {
+        path: path.display().to_string(),
+        piece_size: args.piece_size,
+        trackers: args.trackers,
+        seed: args.seed,
+    })?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if args.force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    options
+        .open(&output)
+        .and_then(|mut file| file.write_all(&made.torrent_file))
+        .map_err(io(format!("cannot write {}", output.display())))?;
+    ctx.out.emit(
+        || {
+            let mut text = format!(
+                "Made {}\n  info hash: {}\n  name:      {}\n  size:      {} in {} pieces of {}",
+                output.display(),
+                made.info_hash,
+                made.name,
+                bytes(made.total_bytes),
+                made.pieces,
+                bytes(made.piece_size)
+            );
+            if let Some(seeding) = &made.seeding {
+                text.push_str(&format!("\n  seeding as torrent {}", seeding.id));
+            }
+            text
+        },
+        json!({
+            "event": "made",
+            "torrent_file": output.display().to_string(),
+            "info_hash": made.info_hash.to_string(),
+            "name": made.name,
+            "total_bytes": made.total_bytes,
+            "pieces": made.pieces,
+            "piece_size": made.piece_size,
+            "seeding_id": made.seeding.as_ref().map(|s| s.id.0),
+        }),
+    );
+    Ok(Exit::Success)
+}

@@ -1,0 +1,128 @@
+//! Argument parsing, exit codes and dispatch. Each command lives in a module of its own.
+
+mod add;
+mod broker;
+mod close;
+mod list;
+mod make;
+mod output;
+mod status;
+mod watch;
+
+use clap::{Parser, Subcommand};
+use output::Output;
+use patron_client::{ConnectOptions, Error, Patron};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the request failed (unknown torrent, folder not allowed, I/O error, torrent error...)
+  2  usage error
+  3  the torrent could not be started (reason on stderr)
+  4  the torrent was already downloading (this patron joined it)
+  5  broker unreachable: none runs and none could be started, it refused us, or it stopped";
+
+/// Talk to the torrent-broker of a state directory (starting one if none runs).
+#[derive(Debug, Parser)]
+#[command(name = "patron-client", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// State directory of the broker to use
+    #[arg(long, global = true, env = "TORRENT_PATRON_STATE", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// One JSON object per reply on stdout (JSON Lines for streams)
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a torrent from a .torrent file or a magnet link (or join it if it runs)
+    Add(add::Args),
+    /// Release this patron's hold on a torrent, stopping it unless others hold it
+    Close(close::Args),
+    /// List every torrent the broker runs
+    List,
+    /// Show one torrent's status
+    Status(status::Args),
+    /// Print status updates of torrents (all running ones when none is named)
+    Watch(watch::Args),
+    /// Make a .torrent from a file or folder (and seed it with --seed)
+    Make(make::Args),
+    /// Start, stop or query the broker
+    Broker(broker::Args),
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success = 0,
+    Failure = 1,
+    StartFailed = 3,
+    AlreadyDownloading = 4,
+    Unreachable = 5,
+}
+
+impl Exit {
+    /// The exit code for an error.
+    pub fn of(error: &Error) -> Exit {
+        match error {
+            Error::BrokerUnreachable(_) | Error::Refused { .. } | Error::BrokerStopped(_) => {
+                Exit::Unreachable
+            }
+            Error::StartFailed(_) => Exit::StartFailed,
+            Error::Request(_) | Error::Protocol(_) | Error::Io { .. } => Exit::Failure,
+        }
+    }
+}
+
+/// What every command gets.
+pub struct Context {
+    pub out: Output,
+    pub connect: ConnectOptions,
+}
+
+impl Context {
+    pub fn patron(&self) -> Result<Patron, Error> {
+        Patron::connect_with(&self.connect)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Context {
+        out: Output::new(cli.json),
+        connect: ConnectOptions {
+            state_dir: cli.state_dir,
+            ..ConnectOptions::default()
+        },
+    };
+    let result = match cli.command {
+        Command::Add(args) => add::run(&ctx, args),
+        Command::Close(args) => close::run(&ctx, args),
+        Command::List => list::run(&ctx),
+        Command::Status(args) => status::run(&ctx, args),
+        Command::Watch(args) => watch::run(&ctx, args),
+        Command::Make(args) => make::run(&ctx, args),
+        Command::Broker(args) => broker::run(&ctx, args),
+    };
+    let exit = match result {
+        Ok(exit) => exit,
+        Err(error) => {
+            ctx.out.error(&error);
+            Exit::of(&error)
+        }
+    };
+    ExitCode::from(exit as u8)
+}
+
+/// Parses a torrent reference as users type it.
+pub fn torrent_ref(s: &str) -> Result<patron_client::proto::TorrentRef, String> {
+    patron_client::proto::TorrentRef::parse(s)
+        .ok_or_else(|| format!("{s:?} is neither a torrent id nor a 40-digit info hash"))
+}

@@ -1,0 +1,158 @@
+//! Human output on a terminal, JSON for scripts: every command prints through here.
+
+use patron_client::proto::{TorrentInfo, TorrentStatus, TorrentSummary};
+use patron_client::Error;
+use serde_json::{json, Value};
+
+/// Where and how to print.
+pub struct Output {
+    pub json: bool,
+}
+
+impl Output {
+    pub fn new(json: bool) -> Output {
+        Output { json }
+    }
+
+    /// Prints one result: `human` for people, `value` (one line) with `--json`.
+    pub fn emit(&self, human: impl FnOnce() -> String, value: Value) {
+        if self.json {
+            println!("{value}");
+        } else {
+            println!("{}", human());
+        }
+    }
+
+    /// Reports an error: always on stderr, and as a JSON object on stdout with `--json`.
+    pub fn error(&self, error: &Error) {
+        eprintln!("patron-client: {error}");
+        if self.json {
+            let kind = match patron_client::proto_error(error) {
+                Some(e) => e.kind.as_str().to_owned(),
+                None => match error {
+                    Error::BrokerUnreachable(_) => "broker-unreachable".into(),
+                    Error::Refused { kind, .. } => format!("refused-{kind}"),
+                    Error::BrokerStopped(_) => "broker-stopped".into(),
+                    Error::Protocol(_) => "protocol".into(),
+                    _ => "io".into(),
+                },
+            };
+            let message = match patron_client::proto_error(error) {
+                Some(e) => e.message.clone(),
+                None => error.to_string(),
+            };
+            println!(
+                "{}",
+                json!({"event": "error", "kind": kind, "message": message})
+            );
+        }
+    }
+}
+
+pub fn info_json(event: &str, info: &TorrentInfo) -> Value {
+    json!({
+        "event": event,
+        "id": info.id.0,
+        "info_hash": info.info_hash.to_string(),
+        "name": info.name,
+        "save_folder": info.save_folder,
+        "total_bytes": info.total_bytes,
+    })
+}
+
+pub fn info_human(verb: &str, info: &TorrentInfo) -> String {
+    format!(
+        "{verb} torrent {}\n  info hash: {}\n  name:      {}\n  saved in:  {}\n  size:      {}",
+        info.id,
+        info.info_hash,
+        info.name,
+        info.save_folder,
+        bytes(info.total_bytes)
+    )
+}
+
+pub fn status_json(status: &TorrentStatus) -> Value {
+    let error = match &status.state {
+        patron_client::proto::TorrentState::Error(message) => Value::from(message.clone()),
+        _ => Value::Null,
+    };
+    json!({
+        "event": "status",
+        "id": status.id.0,
+        "info_hash": status.info_hash.to_string(),
+        "name": status.name,
+        "state": status.state.as_str(),
+        "error": error,
+        "progress": status.progress,
+        "bytes_done": status.bytes_done,
+        "bytes_total": status.bytes_total,
+        "download_rate": status.download_rate,
+        "upload_rate": status.upload_rate,
+        "uploaded": status.uploaded,
+        "peers": status.peers,
+        "seeds": status.seeds,
+        "eta_secs": status.eta_secs,
+        "complete": status.complete,
+    })
+}
+
+pub fn status_line(status: &TorrentStatus) -> String {
+    let eta = status
+        .eta_secs
+        .map(|s| format!(" eta {}", duration(s)))
+        .unwrap_or_default();
+    format!(
+        "{:>4}  {:<28}  {:<12} {:>6.2}%  {}/{}  down {}/s  up {}/s  {} peers{eta}",
+        status.id.0,
+        truncate(&status.name, 28),
+        status.state.to_string(),
+        status.progress * 100.0,
+        bytes(status.bytes_done),
+        bytes(status.bytes_total),
+        bytes(status.download_rate),
+        bytes(status.upload_rate),
+        status.peers,
+    )
+}
+
+pub fn summary_json(summary: &TorrentSummary) -> Value {
+    let mut value = status_json(&summary.status);
+    value["event"] = "torrent".into();
+    value["save_folder"] = summary.info.save_folder.clone().into();
+    value["holders"] = summary.holders.into();
+    value["ephemeral"] = summary.ephemeral.into();
+    value
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut cut: String = s.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// Bytes for people: binary units, three significant figures.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
