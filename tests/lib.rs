@@ -1,1 +1,507 @@
+//! Harness for the end-to-end tests: real `torrent-broker` and `patron-client` processes, a
+//! real librqbit swarm on 127.0.0.1, real signals.
+//!
+//! Rules every test follows through this harness:
+//! - every broker runs loopback-only (`TORRENT_PATRON_LOOPBACK_ONLY=1`): no packet leaves
+//!   127.0.0.1;
+//! - every wait is bounded, and a timeout fails the test with the processes' output;
+//! - every process a test started (directly, or auto-started by a patron) is killed by PID
+//!   when the test ends, pass or fail.
+//!
+//! The binaries are the workspace's own, built before the tests run (`scripts/test` does
+//! `cargo build --bins` first); `TORRENT_PATRON_BIN_DIR` overrides where they are looked for.
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rand::{RngCore, SeedableRng};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use patron_client;
+pub use serde_json;
+
+/// The longest any single step (a command, a wait) may take before the test fails.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Path of one of the workspace's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("TORRENT_PATRON_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            // target/<profile>/deps/<test binary> → target/<profile>
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (scripts/test does `cargo build --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// A private folder for one test, and the processes it owns.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+    state_dirs: Mutex<Vec<PathBuf>>,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox::new()
+    }
+}
+
+impl Sandbox {
+    /// A fresh sandbox.
+    pub fn new() -> Sandbox {
+        let dir = tempfile::Builder::new()
+            .prefix("tp-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        Sandbox {
+            dir,
+            state_dirs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A path inside the sandbox (not created).
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// A folder inside the sandbox (created).
+    pub fn folder(&self, relative: &str) -> PathBuf {
+        let path = self.path(relative);
+        std::fs::create_dir_all(&path).expect("create folder");
+        path
+    }
+
+    /// A broker state directory inside the sandbox; any broker on it dies with the sandbox.
+    pub fn state_dir(&self, name: &str) -> PathBuf {
+        let path = self.folder(&format!("{name}-state"));
+        let path = path.canonicalize().expect("canonical state dir");
+        self.state_dirs.lock().unwrap().push(path.clone());
+        path
+    }
+
+    /// A file of `size` pseudo-random bytes (seeded by its name, so reruns are identical).
+    pub fn random_file(&self, relative: &str, size: usize) -> PathBuf {
+        let path = self.path(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create parent");
+        }
+        let seed = relative
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut data = vec![0u8; size];
+        rng.fill_bytes(&mut data);
+        std::fs::write(&path, data).expect("write random file");
+        path
+    }
+
+    /// The environment every process of this sandbox runs with.
+    pub fn apply_env(&self, cmd: &mut Command) {
+        cmd.env("TORRENT_PATRON_LOOPBACK_ONLY", "1")
+            .env("TORRENT_PATRON_DOWNLOAD_ROOT", self.dir.path())
+            .env("TORRENT_PATRON_BROKER", bin("torrent-broker"))
+            .env("TORRENT_PATRON_STATUS_INTERVAL", "100")
+            .env_remove("TORRENT_PATRON_STATE")
+            .env_remove("XDG_RUNTIME_DIR")
+            .env("RUST_LOG", "info");
+    }
+
+    /// A `patron-client` command against `state`.
+    pub fn client(&self, state: &Path) -> Command {
+        let mut cmd = Command::new(bin("patron-client"));
+        self.apply_env(&mut cmd);
+        cmd.arg("--state-dir").arg(state);
+        cmd
+    }
+
+    /// Starts a broker on `state` with extra arguments and waits until it serves.
+    pub fn broker(&self, state: &Path, args: &[&str]) -> BrokerProcess {
+        BrokerProcess::start(self, state, args)
+    }
+
+    /// Connection options for a library patron of `state` (never auto-starts).
+    pub fn connect_options(&self, state: &Path) -> patron_client::ConnectOptions {
+        patron_client::ConnectOptions {
+            state_dir: Some(state.to_path_buf()),
+            auto_start: false,
+            broker_program: Some(bin("torrent-broker")),
+            timeout: STEP_TIMEOUT,
+        }
+    }
+
+    /// A library patron connected to the broker of `state`.
+    pub fn patron(&self, state: &Path) -> patron_client::Patron {
+        patron_client::Patron::connect_with(&self.connect_options(state)).expect("connect patron")
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Brokers a patron auto-started are not our children: find them by their state
+        // dir's lock file, and check the pid still runs a broker on that dir before killing.
+        for state in self.state_dirs.lock().unwrap().iter() {
+            if let Some(pid) = broker_pid_of(state) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The pid of the live broker owning `state`, if any.
+pub fn broker_pid_of(state: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(state.join("broker.lock")).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    (cmdline.contains("torrent-broker") && cmdline.contains(&*state.to_string_lossy()))
+        .then_some(pid)
+}
+
+/// Every process whose command line names `state` as its state dir and that runs
+/// torrent-broker (to count brokers).
+pub fn brokers_on(state: &Path) -> Vec<i32> {
+    let want = state.to_string_lossy().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_broker = args.first().is_some_and(|a| a.ends_with("torrent-broker"));
+        if is_broker && args.iter().any(|a| *a == want) && !is_zombie(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+        })
+        .is_some_and(|state| state == 'Z' || state == 'X')
+}
+
+/// A broker the test started itself.
+pub struct BrokerProcess {
+    child: Child,
+    /// Its pid.
+    pub pid: i32,
+    /// Its state directory.
+    pub state: PathBuf,
+    /// Its BitTorrent listen port on 127.0.0.1.
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl BrokerProcess {
+    fn start(sandbox: &Sandbox, state: &Path, args: &[&str]) -> BrokerProcess {
+        let log = state.with_extension(format!("broker-{}.log", now_millis()));
+        let mut cmd = Command::new(bin("torrent-broker"));
+        sandbox.apply_env(&mut cmd);
+        cmd.arg("--state-dir")
+            .arg(state)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("broker log"));
+        let mut child = cmd.spawn().expect("spawn torrent-broker");
+        let pid = child.id() as i32;
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(port) = ready_port(&text) {
+                return BrokerProcess {
+                    child,
+                    pid,
+                    state: state.to_path_buf(),
+                    port,
+                    log,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("broker exited at start ({status}):\n{text}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("broker not ready within {STEP_TIMEOUT:?}:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `127.0.0.1:<port>`, to pass as `--peer`.
+    pub fn peer(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid), signal).expect("signal broker");
+    }
+
+    /// Waits (bounded) for it to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("broker did not exit within {limit:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn ready_port(log: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains("broker ready"))?;
+    let listen = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))?;
+    listen.rsplit_once(':')?.1.parse().ok()
+}
+
+fn now_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// The result of a finished command.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Everything on stdout.
+    pub stdout: String,
+    /// Everything on stderr.
+    pub stderr: String,
+}
+
+impl Output {
+    /// The exit code (panics if killed by a signal).
+    pub fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {self:?}"))
+    }
+
+    /// stdout parsed as JSON Lines.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Asserts the exit code, showing the output if it differs.
+    pub fn expect_code(self, code: i32) -> Output {
+        assert_eq!(self.status.code(), Some(code), "unexpected exit: {self:#?}");
+        self
+    }
+}
+
+/// A started command whose output is collected.
+pub struct Running {
+    child: Child,
+    out: Option<std::thread::JoinHandle<String>>,
+    err: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    /// Starts `cmd` with piped stdout/stderr.
+    pub fn start(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let out = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            s
+        });
+        let err = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        Running {
+            child,
+            out: Some(out),
+            err: Some(err),
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal).expect("signal");
+    }
+
+    /// Waits (bounded) for it to exit and collects its output. Kills it on timeout.
+    pub fn finish(mut self, limit: Duration) -> Output {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let (stdout, stderr) = self.collect();
+                panic!("command timed out after {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let (stdout, stderr) = self.collect();
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn collect(&mut self) -> (String, String) {
+        let join = |h: Option<std::thread::JoinHandle<String>>| {
+            h.and_then(|h| h.join().ok()).unwrap_or_default()
+        };
+        (join(self.out.take()), join(self.err.take()))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `cmd` to completion (bounded by [`STEP_TIMEOUT`]).
+pub fn run(cmd: Command) -> Output {
+    Running::start(cmd).finish(STEP_TIMEOUT)
+}
+
+/// Polls `condition` until it holds; fails the test after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256(path: &Path) -> String {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    hex::encode(Sha256::digest(data))
+}
+
+/// A broker seeding one file: started, `make --seed` done, .torrent written.
+pub struct Seeder {
+    /// The seeding broker.
+    pub broker: BrokerProcess,
+    /// The .torrent file.
+    pub torrent: PathBuf,
+    /// The torrent's info hash.
+    pub info_hash: String,
+}
+
+impl Seeder {
+    /// Starts a broker on state dir `name` seeding `data` (extra broker args, e.g. a rate limit).
+    pub fn start(
+        sandbox: &Sandbox,
+        name: &str,
+        data: &Path,
+        piece_size: u64,
+        args: &[&str],
+    ) -> Seeder {
+        let state = sandbox.state_dir(name);
+        let broker = sandbox.broker(&state, args);
+        let torrent = sandbox.path(&format!("{name}.torrent"));
+        let mut make = sandbox.client(&state);
+        make.arg("--json")
+            .arg("make")
+            .arg(data)
+            .arg("--seed")
+            .arg("--piece-size")
+            .arg(piece_size.to_string())
+            .arg("--output")
+            .arg(&torrent);
+        let made = run(make).expect_code(0);
+        let line = &made.json_lines()[0];
+        assert_eq!(line["event"], "made", "{line}");
+        let info_hash = line["info_hash"].as_str().expect("info hash").to_owned();
+        Seeder {
+            broker,
+            torrent,
+            info_hash,
+        }
+    }
+}
+
+/// Writes bytes to a file (for corrupt .torrent fixtures).
+pub fn write_file(path: &Path, bytes: &[u8]) {
+    std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .expect("write file");
+}

@@ -1,9 +1,10 @@
 //! The broker's shared state and its life: start, serve, stop.
 
 use crate::config::BrokerConfig;
-use crate::engine::{self, Engine};
+use crate::engine::{self, AddSpec, Added, Engine};
 use crate::patron::{Outbox, PatronConnection, PatronId};
-use crate::registry::TorrentRegistry;
+use crate::registry::{RestoreSpec, TorrentRegistry};
+use crate::torrent_file::{self, CheckedTorrent};
 use crate::{commands, fanout, rendezvous, requests, shutdown};
 use anyhow::Context;
 use proto::{ErrorKind, Event, ProtoError, Request, TorrentId, TorrentInfo, TorrentRef};
@@ -89,37 +90,111 @@ impl Broker {
 
     async fn restore(&self) {
         let records = TorrentRegistry::load_records(&self.restore_path());
-        let mut orphans = Vec::new();
-        {
-            let mut state = self.state();
-            for (id, handle) in self.engine.torrents() {
-                let (save_folder, ephemeral) = records
-                    .get(&id)
-                    .cloned()
-                    .unwrap_or_else(|| (engine::save_folder_of(&handle), false));
-                if ephemeral {
-                    // Its holders died with the previous broker.
-                    orphans.push(id);
-                    continue;
-                }
-                let info = TorrentInfo {
-                    id,
-                    info_hash: proto::InfoHash(handle.info_hash().0),
-                    name: engine::name_of(&handle),
-                    save_folder: save_folder.display().to_string(),
-                    total_bytes: handle.stats().total_bytes,
-                };
-                tracing::info!(torrent = %id, name = %info.name, "restored torrent");
-                state.registry.insert_or_hold(info, handle, false, None);
+        for id in records.keys() {
+            self.engine.reserve_id(*id);
+        }
+        for (id, spec) in records {
+            if let Err(e) = self.restore_one(id, spec).await {
+                tracing::error!(torrent = %id, "cannot restore: {e}");
             }
         }
-        for id in orphans {
-            tracing::info!(torrent = %id, "closing ephemeral torrent left by the previous run");
-            if let Err(e) = self.engine.remove(id, false).await {
-                tracing::warn!(torrent = %id, "cannot close: {e:#}");
+        // Files of torrents that are no longer recorded (ephemeral, or closed mid-save).
+        if let Ok(dir) = std::fs::read_dir(self.config.torrents_dir()) {
+            for file in dir.flatten() {
+                let id = file
+                    .path()
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| s.parse().ok())
+                    .map(TorrentId);
+                if id.is_none_or(|id| self.state().registry.get(id).is_none()) {
+                    let _ = std::fs::remove_file(file.path());
+                }
             }
         }
         self.save_registry();
+    }
+
+    async fn restore_one(&self, id: TorrentId, spec: RestoreSpec) -> Result<(), ProtoError> {
+        let path = self.torrent_file_path(id);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            ProtoError::new(
+                ErrorKind::Io,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let checked = torrent_file::check_torrent_file(&bytes, self.config.loopback_only)?;
+        let added = self
+            .engine
+            .add(AddSpec {
+                torrent: checked.bytes.clone(),
+                data_folder: spec.data_folder.clone(),
+                paused: spec.paused,
+                only_files: spec.only_files.clone(),
+                // The files are this torrent's own; the engine re-verifies them.
+                overwrite: true,
+                peers: spec.peers.clone(),
+                id: Some(id),
+            })
+            .await?;
+        tracing::info!(torrent = %id, name = %checked.name, "restored torrent");
+        let info = TorrentInfo {
+            id: added.id,
+            info_hash: checked.info_hash,
+            name: checked.name.clone(),
+            save_folder: spec.save_folder.display().to_string(),
+            total_bytes: checked.total_bytes,
+        };
+        self.state()
+            .registry
+            .insert_or_hold(info, added.handle, spec, None);
+        Ok(())
+    }
+
+    fn torrent_file_path(&self, id: TorrentId) -> PathBuf {
+        self.config.torrents_dir().join(format!("{id}.torrent"))
+    }
+
+    /// Records a torrent the engine just accepted for `holder` (persisting it, unless it is
+    /// ephemeral), or makes `holder` join it if the engine already ran it.
+    pub fn register(
+        &self,
+        added: Added,
+        checked: &CheckedTorrent,
+        restore: RestoreSpec,
+        holder: PatronId,
+    ) -> (TorrentInfo, bool) {
+        let info = TorrentInfo {
+            id: added.id,
+            info_hash: checked.info_hash,
+            name: checked.name.clone(),
+            save_folder: restore.save_folder.display().to_string(),
+            total_bytes: checked.total_bytes,
+        };
+        if added.is_new && !restore.ephemeral {
+            let path = self.torrent_file_path(added.id);
+            let written = crate::config::create_private_dir(&self.config.torrents_dir())
+                .map_err(|e| e.to_string())
+                .and_then(|()| std::fs::write(&path, &checked.bytes).map_err(|e| e.to_string()));
+            if let Err(e) = written {
+                tracing::error!(torrent = %added.id, "cannot persist {}: {e}", path.display());
+            }
+        }
+        let info = self
+            .state()
+            .registry
+            .insert_or_hold(info, added.handle, restore, Some(holder));
+        if added.is_new {
+            self.save_registry();
+        }
+        (info, added.is_new)
+    }
+
+    /// Stops a torrent already removed from the registry, and forgets its persisted files.
+    pub async fn stop_torrent(&self, id: TorrentId, delete_data: bool) -> anyhow::Result<()> {
+        let _ = std::fs::remove_file(self.torrent_file_path(id));
+        self.save_registry();
+        self.engine.remove(id, delete_data).await
     }
 
     /// The shared state. Never hold it across an `.await`.
@@ -215,11 +290,10 @@ impl Broker {
         self.runtime.spawn(async move {
             for id in orphans {
                 tracing::info!(torrent = %id, "closing ephemeral torrent: its last holder left");
-                if let Err(e) = broker.engine.remove(id, false).await {
+                if let Err(e) = broker.stop_torrent(id, false).await {
                     tracing::warn!(torrent = %id, "cannot close: {e:#}");
                 }
             }
-            broker.save_registry();
         });
     }
 

@@ -63,6 +63,14 @@ pub struct BrokerArgs {
     #[arg(long, env = "TORRENT_PATRON_MAGNET_TIMEOUT", value_name = "SECS")]
     pub magnet_timeout: Option<u64>,
 
+    /// Upload rate limit for the whole engine, bytes per second [default: none]
+    #[arg(long, env = "TORRENT_PATRON_MAX_UPLOAD_RATE", value_name = "BYTES")]
+    pub max_upload_rate: Option<u32>,
+
+    /// Download rate limit for the whole engine, bytes per second [default: none]
+    #[arg(long, env = "TORRENT_PATRON_MAX_DOWNLOAD_RATE", value_name = "BYTES")]
+    pub max_download_rate: Option<u32>,
+
     /// Most patrons connected at once [default: 4096]
     #[arg(long, env = "TORRENT_PATRON_MAX_PATRONS", value_name = "N")]
     pub max_patrons: Option<usize>,
@@ -87,6 +95,8 @@ struct ConfigFile {
     #[serde(default)]
     loopback_only: bool,
     magnet_timeout: Option<u64>,
+    max_upload_rate: Option<u32>,
+    max_download_rate: Option<u32>,
     max_patrons: Option<usize>,
     max_torrents: Option<usize>,
 }
@@ -114,6 +124,10 @@ pub struct BrokerConfig {
     pub loopback_only: bool,
     /// Magnet metadata wait.
     pub magnet_timeout: Duration,
+    /// Engine upload limit, bytes/s.
+    pub max_upload_rate: Option<u32>,
+    /// Engine download limit, bytes/s.
+    pub max_download_rate: Option<u32>,
     /// Patron limit.
     pub max_patrons: usize,
     /// Torrent limit.
@@ -190,14 +204,21 @@ impl BrokerConfig {
             magnet_timeout: Duration::from_secs(
                 args.magnet_timeout.or(file.magnet_timeout).unwrap_or(120),
             ),
+            max_upload_rate: args.max_upload_rate.or(file.max_upload_rate),
+            max_download_rate: args.max_download_rate.or(file.max_download_rate),
             max_patrons: args.max_patrons.or(file.max_patrons).unwrap_or(4096),
             max_torrents: args.max_torrents.or(file.max_torrents).unwrap_or(10_000),
         })
     }
 
-    /// Folder of librqbit's own persistence (torrent list, fast-resume bitfields).
+    /// Folder of the engine's own files (DHT state, the loopback allowlist).
     pub fn engine_state_dir(&self) -> PathBuf {
         self.state_dir.join("engine")
+    }
+
+    /// Folder of the .torrent files the broker restores at start.
+    pub fn torrents_dir(&self) -> PathBuf {
+        self.state_dir.join("torrents")
     }
 }
 

@@ -7,12 +7,14 @@
 use crate::config::BrokerConfig;
 use anyhow::Context;
 use librqbit::api::TorrentIdOrHash;
+use librqbit::limits::LimitsConfig;
 use librqbit::{
     AddTorrent, AddTorrentOptions, AddTorrentResponse, ListenerMode, ListenerOptions,
-    ManagedTorrent, Session, SessionOptions, SessionPersistenceConfig, TorrentStatsState,
+    ManagedTorrent, Session, SessionOptions, TorrentStatsState,
 };
 use proto::{ErrorKind, InfoHash, ProtoError, TorrentId, TorrentState, TorrentStatus};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -54,6 +56,8 @@ pub struct AddSpec {
     pub overwrite: bool,
     /// Peers to dial.
     pub peers: Vec<SocketAddr>,
+    /// Keep this id (a restored torrent); `None` allocates one.
+    pub id: Option<TorrentId>,
 }
 
 fn engine_error(context: &str, e: anyhow::Error) -> ProtoError {
@@ -84,10 +88,12 @@ impl Engine {
                 None
             },
             disable_local_service_discovery: !config.lsd,
-            fastresume: true,
-            persistence: Some(SessionPersistenceConfig::Json {
-                folder: Some(state.clone()),
-            }),
+            // The broker persists torrents itself (see `registry`).
+            persistence: None,
+            ratelimits: LimitsConfig {
+                upload_bps: config.max_upload_rate.and_then(NonZeroU32::new),
+                download_bps: config.max_download_rate.and_then(NonZeroU32::new),
+            },
             listen: Some(ListenerOptions {
                 mode: ListenerMode::TcpOnly,
                 listen_addr: config.listen,
@@ -104,20 +110,16 @@ impl Engine {
         let session = Session::new_with_opts(config.default_download_dir.clone(), options)
             .await
             .context("cannot start the BitTorrent engine")?;
-        let next_id = session.with_torrents(|torrents| torrents.map(|(id, _)| id + 1).max());
         Ok(Engine {
             session,
-            next_id: AtomicUsize::new(next_id.unwrap_or(0)),
+            next_id: AtomicUsize::new(0),
         })
     }
 
-    /// Every torrent the engine runs (after a restart: the restored ones).
-    pub fn torrents(&self) -> Vec<(TorrentId, ManagedTorrentHandle)> {
-        self.session.with_torrents(|torrents| {
-            torrents
-                .map(|(id, handle)| (TorrentId(id as u64), handle.clone()))
-                .collect()
-        })
+    /// Never hand out an id at or below `id` (restored torrents keep theirs).
+    pub fn reserve_id(&self, id: TorrentId) {
+        let next = usize::try_from(id.0).unwrap_or(usize::MAX - 1) + 1;
+        self.next_id.fetch_max(next, Ordering::Relaxed);
     }
 
     /// Fetches a magnet's metadata (bounded by `timeout`) and returns the .torrent bytes and
@@ -164,7 +166,12 @@ impl Engine {
                 ProtoError::new(ErrorKind::PathNotAllowed, "the save folder is not UTF-8")
             })?
             .to_owned();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = match spec.id {
+            Some(id) => usize::try_from(id.0).map_err(|_| {
+                ProtoError::new(ErrorKind::Engine, format!("torrent id {id} is too large"))
+            })?,
+            None => self.next_id.fetch_add(1, Ordering::Relaxed),
+        };
         let options = AddTorrentOptions {
             paused: spec.paused,
             only_files: spec.only_files,
@@ -204,7 +211,7 @@ impl Engine {
             .await
     }
 
-    /// Stops the engine (pausing every torrent, which flushes fast-resume state).
+    /// Stops the engine (pausing every torrent).
     pub async fn stop(&self) {
         self.session.stop().await;
     }
@@ -274,18 +281,6 @@ pub fn name_of(handle: &ManagedTorrentHandle) -> String {
     handle
         .name()
         .unwrap_or_else(|| handle.info_hash().as_string())
-}
-
-/// Where a restored torrent's data lives, when the broker's own record of it was lost.
-pub fn save_folder_of(handle: &ManagedTorrentHandle) -> PathBuf {
-    let data = handle.output_folder();
-    let multi_file = handle
-        .with_metadata(|m| m.info.info().files.is_some())
-        .unwrap_or(false);
-    match (multi_file, data.parent()) {
-        (true, Some(parent)) => parent.to_path_buf(),
-        _ => data.to_path_buf(),
-    }
 }
 
 /// Whether `path` is `root` or inside it (both canonical).

@@ -1,14 +1,19 @@
 //! Which torrents run, who holds each, and what was last said about them.
 //!
-//! The engine persists the torrents themselves; this registry adds what only the broker
-//! knows: each torrent's save folder as the patron named it, whether it is ephemeral, and
-//! (in memory only, since patrons do not survive a broker restart) its holders.
+//! The registry is also what survives a restart: each torrent's .torrent bytes and the
+//! options it was added with (save folder, peers, file selection, ephemeral) are written to
+//! the state directory, and the next broker adds them again. librqbit's own persistence is
+//! not used: it forgets a torrent's peers (so on loopback, with no DHT or tracker, a restored
+//! torrent could never find its swarm) and its id allocation races. Re-adding hash-checks the
+//! data on disk, so nothing verified is downloaded twice. Holders are kept in memory only:
+//! patrons do not survive a broker restart.
 
 use crate::engine::ManagedTorrentHandle;
 use crate::patron::PatronId;
 use proto::{InfoHash, TorrentId, TorrentInfo, TorrentRef, TorrentStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// One running torrent.
@@ -19,17 +24,31 @@ pub struct TorrentEntry {
     pub handle: ManagedTorrentHandle,
     /// Connected patrons that created or joined it.
     pub holders: BTreeSet<PatronId>,
-    /// Close it when its last holder goes.
-    pub ephemeral: bool,
     /// The status its holders were last sent.
     pub last_status: Option<TorrentStatus>,
+    /// How to add it again after a restart.
+    pub restore: RestoreSpec,
 }
 
-/// What survives a restart, per torrent.
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    save_folder: PathBuf,
-    ephemeral: bool,
+/// What survives a restart, per torrent (besides its .torrent bytes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreSpec {
+    /// The save folder as reported to patrons.
+    pub save_folder: PathBuf,
+    /// The folder the engine writes into.
+    pub data_folder: PathBuf,
+    /// Peers the patron named.
+    #[serde(default)]
+    pub peers: Vec<SocketAddr>,
+    /// File selection.
+    #[serde(default)]
+    pub only_files: Option<Vec<usize>>,
+    /// Added paused.
+    #[serde(default)]
+    pub paused: bool,
+    /// Close when the last holder goes (so: not restored).
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// Every torrent the broker runs.
@@ -70,7 +89,7 @@ impl TorrentRegistry {
         &mut self,
         info: TorrentInfo,
         handle: ManagedTorrentHandle,
-        ephemeral: bool,
+        restore: RestoreSpec,
         holder: Option<PatronId>,
     ) -> TorrentInfo {
         let entry = self
@@ -80,8 +99,8 @@ impl TorrentRegistry {
                 info,
                 handle,
                 holders: BTreeSet::new(),
-                ephemeral,
                 last_status: None,
+                restore,
             });
         if let Some(holder) = holder {
             entry.holders.insert(holder);
@@ -99,7 +118,8 @@ impl TorrentRegistry {
     pub fn release_all(&mut self, patron: PatronId) -> Vec<TorrentId> {
         let mut orphans = Vec::new();
         for (id, entry) in self.torrents.iter_mut() {
-            if entry.holders.remove(&patron) && entry.ephemeral && entry.holders.is_empty() {
+            if entry.holders.remove(&patron) && entry.restore.ephemeral && entry.holders.is_empty()
+            {
                 orphans.push(*id);
             }
         }
@@ -129,20 +149,13 @@ impl TorrentRegistry {
         self.torrents.is_empty()
     }
 
-    /// Writes the restart records (atomically: write a temporary file, then rename).
+    /// Writes the restart records (atomically: a temporary file, then a rename).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let records: BTreeMap<u64, Record> = self
+        let records: BTreeMap<u64, &RestoreSpec> = self
             .torrents
             .iter()
-            .map(|(id, entry)| {
-                (
-                    id.0,
-                    Record {
-                        save_folder: PathBuf::from(&entry.info.save_folder),
-                        ephemeral: entry.ephemeral,
-                    },
-                )
-            })
+            .filter(|(_, entry)| !entry.restore.ephemeral)
+            .map(|(id, entry)| (id.0, &entry.restore))
             .collect();
         let json = serde_json::to_vec_pretty(&records)?;
         let tmp = path.with_extension("json.tmp");
@@ -150,15 +163,15 @@ impl TorrentRegistry {
         std::fs::rename(&tmp, path)
     }
 
-    /// Reads the restart records written by [`TorrentRegistry::save`]: id → (save folder, ephemeral).
-    pub fn load_records(path: &Path) -> BTreeMap<TorrentId, (PathBuf, bool)> {
+    /// Reads the restart records written by [`TorrentRegistry::save`].
+    pub fn load_records(path: &Path) -> BTreeMap<TorrentId, RestoreSpec> {
         let Ok(bytes) = std::fs::read(path) else {
             return BTreeMap::new();
         };
-        match serde_json::from_slice::<BTreeMap<u64, Record>>(&bytes) {
+        match serde_json::from_slice::<BTreeMap<u64, RestoreSpec>>(&bytes) {
             Ok(records) => records
                 .into_iter()
-                .map(|(id, r)| (TorrentId(id), (r.save_folder, r.ephemeral)))
+                .map(|(id, spec)| (TorrentId(id), spec))
                 .collect(),
             Err(e) => {
                 tracing::warn!("ignoring unreadable {}: {e}", path.display());

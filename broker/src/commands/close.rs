@@ -40,14 +40,13 @@ pub async fn run(
             .filter_map(|h| state.patrons.get(h).map(|p| p.connection.outbox.clone()))
             .collect::<Vec<_>>()
     };
-    broker.save_registry();
     for outbox in others {
         outbox.push(Event::TorrentGone {
             id,
             reason: format!("closed by patron {patron} (forced)"),
         });
     }
-    if let Err(e) = broker.engine.remove(id, close.delete_data).await {
+    if let Err(e) = broker.stop_torrent(id, close.delete_data).await {
         return Event::Error {
             request,
             error: ProtoError::new(

@@ -3,10 +3,9 @@
 use crate::broker::Broker;
 use crate::engine::AddSpec;
 use crate::patron::PatronId;
+use crate::registry::RestoreSpec;
 use crate::torrent_file::{self, CheckedTorrent};
-use proto::{
-    CreateNewTorrent, ErrorKind, Event, ProtoError, RequestId, TorrentInfo, TorrentSource,
-};
+use proto::{CreateNewTorrent, ErrorKind, Event, ProtoError, RequestId, TorrentSource};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -80,34 +79,30 @@ async fn start(
         refuse_existing_files(&checked, &data_folder)?;
     }
 
+    let restore = RestoreSpec {
+        save_folder,
+        data_folder: data_folder.clone(),
+        peers: peers.clone(),
+        only_files: create
+            .only_files
+            .map(|files| files.into_iter().map(|f| f as usize).collect()),
+        paused: create.paused,
+        ephemeral: create.ephemeral,
+    };
     let added = broker
         .engine
         .add(AddSpec {
             torrent: checked.bytes.clone(),
             data_folder,
-            paused: create.paused,
-            only_files: create
-                .only_files
-                .map(|files| files.into_iter().map(|f| f as usize).collect()),
+            paused: restore.paused,
+            only_files: restore.only_files.clone(),
             overwrite: create.overwrite,
             peers,
+            id: None,
         })
         .await?;
-    let info = TorrentInfo {
-        id: added.id,
-        info_hash: checked.info_hash,
-        name: checked.name.clone(),
-        save_folder: save_folder.display().to_string(),
-        total_bytes: checked.total_bytes,
-    };
-    let is_new = added.is_new;
-    let torrent =
-        broker
-            .state()
-            .registry
-            .insert_or_hold(info, added.handle, create.ephemeral, Some(patron));
+    let (torrent, is_new) = broker.register(added, &checked, restore, patron);
     if is_new {
-        broker.save_registry();
         tracing::info!(patron, torrent = %torrent.id, name = %torrent.name, "torrent started");
         Ok(Event::NewTorrentCreated { request, torrent })
     } else {

@@ -15,7 +15,7 @@ pub fn run(broker: &Broker, patron: PatronId, request: RequestId) -> Event {
             status: engine::status_of(*id, &entry.info.name, &entry.handle),
             holders: entry.holders.len() as u32,
             held_by_you: entry.holders.contains(&patron),
-            ephemeral: entry.ephemeral,
+            ephemeral: entry.restore.ephemeral,
         })
         .collect();
     Event::TorrentList { request, torrents }

@@ -3,8 +3,9 @@
 use crate::broker::Broker;
 use crate::engine::AddSpec;
 use crate::patron::PatronId;
+use crate::registry::RestoreSpec;
 use crate::torrent_file;
-use proto::{ErrorKind, Event, MakeTorrent, ProtoError, RequestId, TorrentInfo};
+use proto::{ErrorKind, Event, MakeTorrent, ProtoError, RequestId};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,30 +56,29 @@ async fn make_and_seed(
 
     let seeding = if make.seed {
         let checked = torrent_file::check_torrent_file(&made.bytes, broker.config.loopback_only)?;
+        let data_folder = checked.data_folder(&save_folder);
         let added = broker
             .engine
             .add(AddSpec {
                 torrent: checked.bytes.clone(),
-                data_folder: checked.data_folder(&save_folder),
+                data_folder: data_folder.clone(),
                 paused: false,
                 only_files: None,
                 // The data is the torrent's own: it was just hashed from it.
                 overwrite: true,
                 peers: Vec::new(),
+                id: None,
             })
             .await?;
-        let info = TorrentInfo {
-            id: added.id,
-            info_hash: checked.info_hash,
-            name: checked.name.clone(),
-            save_folder: save_folder.display().to_string(),
-            total_bytes: checked.total_bytes,
+        let restore = RestoreSpec {
+            save_folder,
+            data_folder,
+            peers: Vec::new(),
+            only_files: None,
+            paused: false,
+            ephemeral: false,
         };
-        let info = broker
-            .state()
-            .registry
-            .insert_or_hold(info, added.handle, false, Some(patron));
-        broker.save_registry();
+        let (info, _) = broker.register(added, &checked, restore, patron);
         tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");
         Some(info)
     } else {
