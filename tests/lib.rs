@@ -190,7 +190,7 @@ pub fn brokers_on(state: &Path) -> Vec<i32> {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         let is_broker = args.first().is_some_and(|a| a.ends_with("torrent-broker"));
-        if is_broker && args.iter().any(|a| *a == want) && !is_zombie(pid) {
+        if is_broker && args.contains(&want) && !is_zombie(pid) {
             pids.push(pid);
         }
     }

@@ -27,6 +27,20 @@ pub struct BrokerState {
     pub patrons: HashMap<PatronId, PatronHandle>,
 }
 
+impl BrokerState {
+    /// Makes `patron` hold torrent `id`, if both still exist, and returns the torrent. A
+    /// patron that left while its request was being served gets no hold: nothing would ever
+    /// release it.
+    pub fn hold(&mut self, id: TorrentId, patron: PatronId) -> Option<TorrentInfo> {
+        let connected = self.patrons.contains_key(&patron);
+        let entry = self.registry.get_mut(id)?;
+        if connected {
+            entry.holders.insert(patron);
+        }
+        Some(entry.info.clone())
+    }
+}
+
 /// A connected patron plus the queue of its requests (handled one at a time, in order, so
 /// replies come back in request order).
 pub struct PatronHandle {
@@ -157,7 +171,7 @@ impl Broker {
 
     /// Records a torrent the engine just accepted for `holder` (persisting it, unless it is
     /// ephemeral), or makes `holder` join it if the engine already ran it.
-    pub fn register(
+    pub async fn register(
         &self,
         added: Added,
         checked: &CheckedTorrent,
@@ -180,14 +194,37 @@ impl Broker {
                 tracing::error!(torrent = %added.id, "cannot persist {}: {e}", path.display());
             }
         }
-        let info = self
-            .state()
-            .registry
-            .insert_or_hold(info, added.handle, restore, Some(holder));
-        if added.is_new {
-            self.save_registry();
+        let id = added.id;
+        let kept = {
+            let mut state = self.state();
+            state
+                .registry
+                .insert_or_hold(info.clone(), added.handle, restore, None);
+            let info = state.hold(id, holder);
+            // An ephemeral torrent whose creator left before it started has nobody to hold it.
+            let entry = state.registry.get(id);
+            if entry.is_some_and(|e| e.restore.ephemeral && e.holders.is_empty()) {
+                state.registry.remove(id);
+                None
+            } else {
+                info
+            }
+        };
+        match kept {
+            Some(info) => {
+                if added.is_new {
+                    self.save_registry();
+                }
+                (info, added.is_new)
+            }
+            None => {
+                tracing::info!(torrent = %id, "closing ephemeral torrent: its creator left");
+                if let Err(e) = self.stop_torrent(id, false).await {
+                    tracing::warn!(torrent = %id, "cannot close: {e:#}");
+                }
+                (info, added.is_new)
+            }
         }
-        (info, added.is_new)
     }
 
     /// Stops a torrent already removed from the registry, and forgets its persisted files.

@@ -270,6 +270,14 @@ impl Patron {
         }
     }
 
+    /// Who the broker is and how it runs.
+    pub fn broker_info(&mut self) -> Result<proto::BrokerInfo> {
+        match self.request(RequestBody::BrokerInfo)? {
+            Event::BrokerInfo { info, .. } => Ok(info),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
     /// Asks the broker to stop gracefully. Returns once it has acknowledged.
     pub fn stop_broker(&mut self) -> Result<()> {
         match self.request(RequestBody::StopBroker)? {

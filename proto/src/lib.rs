@@ -161,6 +161,8 @@ pub enum RequestBody {
     MakeTorrent(MakeTorrent),
     /// Ask the broker to stop gracefully. Replied to with [`Event::Ok`] before it stops.
     StopBroker,
+    /// Who the broker is and how it runs. Replied to with [`Event::BrokerInfo`].
+    BrokerInfo,
 }
 
 impl RequestBody {
@@ -174,6 +176,7 @@ impl RequestBody {
             RequestBody::Follow(_) => "follow",
             RequestBody::MakeTorrent(_) => "make",
             RequestBody::StopBroker => "stop-broker",
+            RequestBody::BrokerInfo => "broker-info",
         }
     }
 }
@@ -261,6 +264,27 @@ pub struct TorrentInfo {
     pub save_folder: String,
     /// Total size of the selected files, in bytes (0 while a magnet's metadata is unknown).
     pub total_bytes: u64,
+}
+
+/// The broker's answer to [`RequestBody::BrokerInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    /// Its process id.
+    pub pid: u32,
+    /// Its version (the `torrent-broker` crate's).
+    pub version: String,
+    /// Its state directory.
+    pub state_dir: String,
+    /// Its BitTorrent listen address.
+    pub listen: String,
+    /// Whether it keeps all traffic on loopback.
+    pub loopback_only: bool,
+    /// Folders torrents may be saved under.
+    pub download_roots: Vec<String>,
+    /// Connected patrons.
+    pub patrons: u32,
+    /// Running torrents.
+    pub torrents: u32,
 }
 
 /// One line of [`Event::TorrentList`].
@@ -439,6 +463,13 @@ pub enum Event {
         /// When seeding was asked: the torrent now running.
         seeding: Option<TorrentInfo>,
     },
+    /// Reply to [`RequestBody::BrokerInfo`].
+    BrokerInfo {
+        /// The request.
+        request: RequestId,
+        /// The broker.
+        info: BrokerInfo,
+    },
     /// A request without a more specific reply succeeded.
     Ok {
         /// The request.
@@ -489,6 +520,7 @@ impl Event {
             | Event::Status { request, .. }
             | Event::Following { request, .. }
             | Event::TorrentMade { request, .. }
+            | Event::BrokerInfo { request, .. }
             | Event::Ok { request }
             | Event::Error { request, .. } => Some(*request),
             Event::TorrentStatusUpdate(_)

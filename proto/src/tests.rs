@@ -72,6 +72,7 @@ fn every_request_round_trips() {
             seed: true,
         }),
         RequestBody::StopBroker,
+        RequestBody::BrokerInfo,
     ];
     for (n, body) in bodies.into_iter().enumerate() {
         let sent = Request {
@@ -134,6 +135,19 @@ fn every_event_round_trips() {
         },
         Event::Ok {
             request: RequestId(9),
+        },
+        Event::BrokerInfo {
+            request: RequestId(11),
+            info: BrokerInfo {
+                pid: 1,
+                version: "0.1.0".into(),
+                state_dir: "/s".into(),
+                listen: "127.0.0.1:4240".into(),
+                loopback_only: true,
+                download_roots: vec!["/d".into()],
+                patrons: 2,
+                torrents: 3,
+            },
         },
         Event::Error {
             request: RequestId(10),

@@ -101,7 +101,7 @@ async fn start(
             id: None,
         })
         .await?;
-    let (torrent, is_new) = broker.register(added, &checked, restore, patron);
+    let (torrent, is_new) = broker.register(added, &checked, restore, patron).await;
     if is_new {
         tracing::info!(patron, torrent = %torrent.id, name = %torrent.name, "torrent started");
         Ok(Event::NewTorrentCreated { request, torrent })
@@ -119,12 +119,8 @@ fn join(
 ) -> Option<Event> {
     let mut state = broker.state();
     let id = state.registry.by_info_hash(info_hash)?;
-    let entry = state.registry.get_mut(id)?;
-    entry.holders.insert(patron);
-    Some(Event::TorrentAlreadyDownloading {
-        request,
-        torrent: entry.info.clone(),
-    })
+    let torrent = state.hold(id, patron)?;
+    Some(Event::TorrentAlreadyDownloading { request, torrent })
 }
 
 fn parse_peers(peers: &[String], loopback_only: bool) -> Result<Vec<SocketAddr>, ProtoError> {

@@ -6,18 +6,12 @@ use proto::{ErrorKind, Event, ProtoError, RequestId, TorrentRef};
 
 pub fn run(broker: &Broker, patron: PatronId, request: RequestId, torrent: TorrentRef) -> Event {
     let mut state = broker.state();
-    let entry = state
+    let held = state
         .registry
         .resolve(torrent)
-        .and_then(|id| state.registry.get_mut(id));
-    match entry {
-        Some(entry) => {
-            entry.holders.insert(patron);
-            Event::Following {
-                request,
-                torrent: entry.info.clone(),
-            }
-        }
+        .and_then(|id| state.hold(id, patron));
+    match held {
+        Some(torrent) => Event::Following { request, torrent },
         None => Event::Error {
             request,
             error: ProtoError::new(

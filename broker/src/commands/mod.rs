@@ -4,6 +4,7 @@
 mod close;
 mod create;
 mod follow;
+mod info;
 mod list;
 mod make;
 mod status;
@@ -25,6 +26,7 @@ pub async fn serve(broker: &Arc<Broker>, patron: &PatronConnection, request: Req
         RequestBody::Status(torrent) => status::run(broker, id, torrent),
         RequestBody::Follow(torrent) => follow::run(broker, patron.id, id, torrent),
         RequestBody::MakeTorrent(make) => make::run(broker, patron.id, id, make).await,
+        RequestBody::BrokerInfo => info::run(broker, id),
         RequestBody::StopBroker => {
             // Reply first: stopping closes every outbox.
             patron.outbox.push(Event::Ok { request: id });

@@ -22,22 +22,13 @@ enum Action {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
-    let state_dir = patron_client::state_dir(&ctx.connect)?;
     let no_start = ConnectOptions {
         auto_start: false,
         ..ctx.connect.clone()
     };
     match args.action {
-        Action::Start => {
-            let patron = ctx.patron()?;
-            report(ctx, "running", &patron, &state_dir);
-            Ok(Exit::Success)
-        }
-        Action::Status => {
-            let patron = Patron::connect_with(&no_start)?;
-            report(ctx, "running", &patron, &state_dir);
-            Ok(Exit::Success)
-        }
+        Action::Start => report(ctx, &mut ctx.patron()?),
+        Action::Status => report(ctx, &mut Patron::connect_with(&no_start)?),
         Action::Stop => {
             let mut patron = match Patron::connect_with(&no_start) {
                 Ok(patron) => patron,
@@ -63,23 +54,43 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     }
 }
 
-fn report(ctx: &Context, state: &str, patron: &Patron, state_dir: &std::path::Path) {
-    let pid = patron.broker_pid();
+fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
+    let info = patron.broker_info()?;
+    // This patron is one of the connected ones.
+    let others = info.patrons.saturating_sub(1);
     ctx.out.emit(
         || {
             format!(
-                "Broker {state}: pid {pid}, state dir {}",
-                state_dir.display()
+                "Broker running: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}",
+                info.pid,
+                info.version,
+                info.state_dir,
+                info.listen,
+                if info.loopback_only { " (loopback only)" } else { "" },
+                info.download_roots.join(", "),
+                info.torrents
             )
         },
-        json!({"event": "broker", "state": state, "pid": pid, "state_dir": state_dir}),
+        json!({
+            "event": "broker",
+            "state": "running",
+            "pid": info.pid,
+            "version": info.version,
+            "state_dir": info.state_dir,
+            "listen": info.listen,
+            "loopback_only": info.loopback_only,
+            "download_roots": info.download_roots,
+            "patrons": others,
+            "torrents": info.torrents,
+        }),
     );
+    Ok(Exit::Success)
 }
 
 fn wait_for_exit(pid: u32, limit: Duration) -> Result<(), Error> {
     let deadline = Instant::now() + limit;
     let pid = nix::unistd::Pid::from_raw(pid as i32);
-    while nix::sys::signal::kill(pid, None).is_ok() {
+    while nix::sys::signal::kill(pid, None).is_ok() && !is_zombie(pid) {
         if Instant::now() >= deadline {
             return Err(Error::BrokerUnreachable(format!(
                 "the broker (pid {pid}) did not exit within {limit:?}"
@@ -88,4 +99,15 @@ fn wait_for_exit(pid: u32, limit: Duration) -> Result<(), Error> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// An exited process its parent has not reaped yet still answers `kill(pid, 0)`.
+fn is_zombie(pid: nix::unistd::Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }

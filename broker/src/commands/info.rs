@@ -1,0 +1,29 @@
+//! `BrokerInfo`: who the broker is and how it runs.
+
+use crate::broker::Broker;
+use proto::{BrokerInfo, Event, RequestId};
+
+pub fn run(broker: &Broker, request: RequestId) -> Event {
+    let config = &broker.config;
+    let (patrons, torrents) = {
+        let state = broker.state();
+        (state.patrons.len() as u32, state.registry.len() as u32)
+    };
+    Event::BrokerInfo {
+        request,
+        info: BrokerInfo {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            state_dir: config.state_dir.display().to_string(),
+            listen: config.listen.to_string(),
+            loopback_only: config.loopback_only,
+            download_roots: config
+                .download_roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect(),
+            patrons,
+            torrents,
+        },
+    }
+}

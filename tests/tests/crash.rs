@@ -1,0 +1,211 @@
+//! Crashes and stops: a killed patron hurts nobody; a stopped broker resumes where it was.
+
+use e2e::patron_client::proto::{Event, TorrentRef, TorrentStatus};
+use e2e::patron_client::Patron;
+use e2e::{run, sha256, wait_for, Running, Sandbox, Seeder, STEP_TIMEOUT};
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
+
+const SIZE: usize = 6 * 1024 * 1024;
+/// The seeder uploads at most this, so a download takes a few seconds: long enough to act
+/// in the middle of it.
+const SEED_RATE: &str = "2000000";
+
+fn slow_seeder(sandbox: &Sandbox) -> (Seeder, std::path::PathBuf) {
+    let data = sandbox.random_file("seed/slow.bin", SIZE);
+    let seeder = Seeder::start(
+        sandbox,
+        "seeder",
+        &data,
+        64 * 1024,
+        &["--max-upload-rate", SEED_RATE],
+    );
+    (seeder, data)
+}
+
+/// The next status of torrent 0 seen by `patron`, bounded.
+fn next_status(patron: &mut Patron) -> TorrentStatus {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match patron.next_event_timeout(left).expect("event") {
+            Some(Event::TorrentStatusUpdate(status)) => return status,
+            Some(_) => {}
+            None => panic!("no status within {STEP_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// Waits until at least `fraction` of the torrent is verified (but not all of it).
+fn wait_until_done(patron: &mut Patron, fraction: f64) -> TorrentStatus {
+    loop {
+        let status = next_status(patron);
+        assert!(
+            !status.complete,
+            "finished before the test could interrupt it"
+        );
+        if status.bytes_done > 0 && status.progress >= fraction {
+            return status;
+        }
+    }
+}
+
+fn start_add(
+    sandbox: &Sandbox,
+    state: &std::path::Path,
+    seeder: &Seeder,
+    extra: &[&str],
+) -> Running {
+    let mut add = sandbox.client(state);
+    add.arg("--json")
+        .arg("add")
+        .arg(&seeder.torrent)
+        .arg("-o")
+        .arg(sandbox.folder("downloads"))
+        .arg("--peer")
+        .arg(seeder.broker.peer())
+        .arg("--wait")
+        .args(extra);
+    Running::start(add)
+}
+
+#[test]
+fn sigkill_of_a_patron_mid_download_leaves_the_broker_and_other_patrons_going() {
+    let sandbox = Sandbox::new();
+    let (seeder, data) = slow_seeder(&sandbox);
+    let state = sandbox.state_dir("leecher");
+    let mut broker = sandbox.broker(&state, &[]);
+
+    let adder = start_add(&sandbox, &state, &seeder, &[]);
+    let mut watcher = sandbox.patron(&state);
+    wait_for("the torrent to run", STEP_TIMEOUT, || {
+        watcher.list().map(|l| !l.is_empty()).unwrap_or(false)
+    });
+    watcher
+        .follow(TorrentRef::InfoHash(
+            e2e::patron_client::proto::InfoHash::from_hex(&seeder.info_hash).unwrap(),
+        ))
+        .expect("follow");
+    let before = wait_until_done(&mut watcher, 0.0);
+
+    adder.signal(Signal::SIGKILL);
+    let killed = adder.finish(STEP_TIMEOUT);
+    assert_eq!(killed.status.code(), None, "the patron was killed");
+
+    // The broker lives on, the other patron keeps getting status, the torrent completes.
+    assert!(broker.is_running());
+    let mut status = next_status(&mut watcher);
+    while !status.complete {
+        assert!(status.bytes_done >= before.bytes_done);
+        status = next_status(&mut watcher);
+    }
+    assert_eq!(sha256(&sandbox.path("downloads/slow.bin")), sha256(&data));
+    assert_eq!(
+        watcher.list().expect("list").len(),
+        1,
+        "a non-ephemeral torrent stays"
+    );
+}
+
+#[test]
+fn sigkill_of_the_only_holder_of_an_ephemeral_torrent_closes_it() {
+    let sandbox = Sandbox::new();
+    let (seeder, _) = slow_seeder(&sandbox);
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+
+    let adder = start_add(&sandbox, &state, &seeder, &["--ephemeral"]);
+    let mut observer = sandbox.patron(&state);
+    wait_for("the torrent to start downloading", STEP_TIMEOUT, || {
+        observer
+            .list()
+            .map(|l| {
+                l.first()
+                    .is_some_and(|t| t.status.bytes_done > 0 && t.ephemeral)
+            })
+            .unwrap_or(false)
+    });
+    adder.signal(Signal::SIGKILL);
+    adder.finish(STEP_TIMEOUT);
+    wait_for("the ephemeral torrent to close", STEP_TIMEOUT, || {
+        observer.list().map(|l| l.is_empty()).unwrap_or(false)
+    });
+}
+
+#[test]
+fn sigterm_tells_patrons_and_a_restarted_broker_resumes_without_refetching() {
+    let sandbox = Sandbox::new();
+    let (seeder, data) = slow_seeder(&sandbox);
+    let state = sandbox.state_dir("leecher");
+    let mut broker = sandbox.broker(&state, &[]);
+
+    let adder = start_add(&sandbox, &state, &seeder, &[]);
+    let mut watcher = sandbox.patron(&state);
+    wait_for("the torrent to run", STEP_TIMEOUT, || {
+        watcher.list().map(|l| !l.is_empty()).unwrap_or(false)
+    });
+    watcher
+        .follow(TorrentRef::Id(e2e::patron_client::proto::TorrentId(0)))
+        .expect("follow");
+    // Far enough that fetching it all again would break the 1.1× bound below.
+    let before = wait_until_done(&mut watcher, 0.3);
+
+    broker.signal(Signal::SIGTERM);
+    let started = Instant::now();
+    assert!(
+        broker.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        broker.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        started.elapsed()
+    );
+
+    // Connected patrons were told, clearly.
+    let out = adder.finish(STEP_TIMEOUT).expect_code(5);
+    assert!(
+        out.stderr.contains("broker stopped: received SIGTERM"),
+        "{}",
+        out.stderr
+    );
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        match watcher.next_event_timeout(deadline - Instant::now()) {
+            Ok(Some(Event::BrokerStopping { reason })) => {
+                assert!(reason.contains("SIGTERM"));
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no BrokerStopping event: {other:?}"),
+        }
+    }
+    drop(watcher);
+
+    // A new broker resumes it (no --peer this time: the broker remembered it) and completes.
+    let _restarted = sandbox.broker(&state, &[]);
+    let mut watcher = sandbox.patron(&state);
+    let resumed = watcher.list().expect("list");
+    assert_eq!(resumed.len(), 1, "the torrent is restored");
+    watcher
+        .follow(TorrentRef::Id(resumed[0].info.id))
+        .expect("follow");
+    let mut status = next_status(&mut watcher);
+    while !status.complete {
+        status = next_status(&mut watcher);
+    }
+    assert_eq!(sha256(&sandbox.path("downloads/slow.bin")), sha256(&data));
+
+    // Verified data was not fetched again: the seeder sent about one copy in all.
+    let mut seeder_status = sandbox.client(&seeder.broker.state);
+    seeder_status.args(["--json", "status", &seeder.info_hash]);
+    let uploaded = run(seeder_status).expect_code(0).json_lines()[0]["uploaded"]
+        .as_u64()
+        .expect("uploaded");
+    assert!(before.progress >= 0.3);
+    assert!(
+        uploaded as f64 <= 1.1 * SIZE as f64,
+        "the seeder uploaded {uploaded} bytes for a {SIZE}-byte file"
+    );
+}

@@ -1,0 +1,226 @@
+//! Several patrons on one broker: joining, failures that leave the session usable, closing.
+
+use e2e::patron_client::proto::{CreateNewTorrent, ErrorKind, Event, TorrentRef, TorrentSource};
+use e2e::patron_client::{Created, Error, Patron};
+use e2e::{run, Sandbox, Seeder, STEP_TIMEOUT};
+use std::path::Path;
+use std::time::Instant;
+
+fn create_request(torrent: &Path, output: &Path, peer: &str) -> CreateNewTorrent {
+    let mut request = CreateNewTorrent::new(TorrentSource::TorrentFile(
+        std::fs::read(torrent).expect("read .torrent"),
+    ));
+    request.output = Some(output.display().to_string());
+    request.peers = vec![peer.to_owned()];
+    request
+}
+
+/// Waits for a status update of `id` on `patron` (bounded).
+fn next_status_of(patron: &mut Patron, id: u64) -> e2e::patron_client::proto::TorrentStatus {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match patron.next_event_timeout(left).expect("event") {
+            Some(Event::TorrentStatusUpdate(status)) if status.id.0 == id => return status,
+            Some(_) => {}
+            None => panic!("no status for torrent {id} within {STEP_TIMEOUT:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_second_patron_adding_the_same_torrent_joins_it_and_both_get_status() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/shared.bin", 2_000_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 64 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let out = sandbox.folder("downloads");
+
+    let mut first = sandbox.patron(&state);
+    let mut second = sandbox.patron(&state);
+    let request = create_request(&seeder.torrent, &out, &seeder.broker.peer());
+    let created = first.create(request.clone()).expect("first create");
+    let joined = second.create(request).expect("second create");
+    let Created::New(created) = created else {
+        panic!("first patron should create: {created:?}");
+    };
+    let Created::AlreadyDownloading(joined) = joined else {
+        panic!("second patron should join: {joined:?}");
+    };
+    assert_eq!(joined.id, created.id);
+    assert_eq!(joined.info_hash, created.info_hash);
+
+    // Both hold it, so both hear about it, through to completion.
+    for patron in [&mut first, &mut second] {
+        let mut status = next_status_of(patron, created.id.0);
+        while !status.complete {
+            status = next_status_of(patron, created.id.0);
+        }
+        assert_eq!(status.bytes_done, 2_000_000);
+    }
+}
+
+#[test]
+fn a_corrupt_torrent_fails_with_a_reason_and_the_next_request_is_answered_right() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/ok.bin", 300_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let out = sandbox.folder("downloads");
+    let mut patron = sandbox.patron(&state);
+
+    // Truncated .torrent bytes, then garbage, then a valid torrent: each gets its own reply.
+    let valid = std::fs::read(&seeder.torrent).unwrap();
+    for corrupt in [valid[..valid.len() / 2].to_vec(), b"d4:infoi3ee".to_vec()] {
+        let mut request = create_request(&seeder.torrent, &out, &seeder.broker.peer());
+        request.source = TorrentSource::TorrentFile(corrupt);
+        match patron.create(request) {
+            Err(Error::StartFailed(e)) => {
+                assert_eq!(e.kind, ErrorKind::InvalidTorrent);
+                assert!(!e.message.is_empty());
+            }
+            other => panic!("corrupt torrent must fail to start: {other:?}"),
+        }
+    }
+    let created = patron
+        .create(create_request(&seeder.torrent, &out, &seeder.broker.peer()))
+        .expect("valid torrent");
+    assert!(
+        matches!(created, Created::New(ref info) if info.info_hash.to_string() == seeder.info_hash)
+    );
+
+    // The CLI reports the same failure with its exit code and the reason on stderr.
+    let bad = sandbox.path("bad.torrent");
+    e2e::write_file(&bad, b"this is not bencode");
+    let mut add = sandbox.client(&state);
+    add.arg("add").arg(&bad).arg("-o").arg(&out);
+    let failed = run(add).expect_code(3);
+    assert!(
+        failed.stderr.contains("not a valid .torrent"),
+        "{}",
+        failed.stderr
+    );
+}
+
+#[test]
+fn close_releases_holds_stops_torrents_and_deletes_data_only_when_asked() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/c.bin", 500_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let out = sandbox.folder("downloads");
+
+    let mut holder = sandbox.patron(&state);
+    let mut other = sandbox.patron(&state);
+    let request = create_request(&seeder.torrent, &out, &seeder.broker.peer());
+    let id = holder.create(request.clone()).expect("create").info().id;
+    other.create(request).expect("join");
+    let mut status = next_status_of(&mut holder, id.0);
+    while !status.complete {
+        status = next_status_of(&mut holder, id.0);
+    }
+
+    // Someone else still holds it: only the caller's hold goes.
+    let closed = holder
+        .close(TorrentRef::Id(id), false, false)
+        .expect("close");
+    assert!(!closed.stopped);
+    assert_eq!(other.list().expect("list").len(), 1);
+
+    // A CLI close without --force from a patron that holds nothing also leaves it running.
+    let mut close = sandbox.client(&state);
+    close.args(["--json", "close", &id.to_string()]);
+    let out_json = run(close).expect_code(0).json_lines();
+    assert_eq!(out_json[0]["stopped"], false);
+
+    // --force stops it for everyone; the remaining holder is told.
+    let mut close = sandbox.client(&state);
+    close.args(["--json", "close", &seeder.info_hash, "--force"]);
+    let out_json = run(close).expect_code(0).json_lines();
+    assert_eq!(out_json[0]["stopped"], true);
+    assert_eq!(out_json[0]["data_deleted"], false);
+    assert!(
+        out.join("c.bin").exists(),
+        "data must be kept without --delete-data"
+    );
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        match other
+            .next_event_timeout(deadline - Instant::now())
+            .expect("event")
+        {
+            Some(Event::TorrentGone { id: gone, .. }) if gone == id => break,
+            Some(_) => {}
+            None => panic!("holder was not told the torrent was closed"),
+        }
+    }
+
+    // Unknown ids are an error (exit 1 from the CLI).
+    let mut close = sandbox.client(&state);
+    close.args(["close", &id.to_string()]);
+    let failed = run(close).expect_code(1);
+    assert!(failed.stderr.contains("no torrent"), "{}", failed.stderr);
+    match holder.close(TorrentRef::Id(id), false, false) {
+        Err(Error::Request(e)) => assert_eq!(e.kind, ErrorKind::UnknownTorrent),
+        other => panic!("closing an unknown torrent must fail: {other:?}"),
+    }
+
+    // Add it again (reusing the complete file), then close with --delete-data.
+    let mut add = sandbox.client(&state);
+    add.arg("--json")
+        .arg("add")
+        .arg(&seeder.torrent)
+        .arg("-o")
+        .arg(&out)
+        .arg("--overwrite");
+    let again = run(add).expect_code(0).json_lines();
+    let new_id = again[0]["id"].as_u64().expect("id").to_string();
+    let mut close = sandbox.client(&state);
+    close.args(["--json", "close", &new_id, "--delete-data"]);
+    let out_json = run(close).expect_code(0).json_lines();
+    assert_eq!(out_json[0]["data_deleted"], true);
+    e2e::wait_for("data deleted", STEP_TIMEOUT, || !out.join("c.bin").exists());
+}
+
+#[test]
+fn an_existing_file_is_not_overwritten_unless_asked() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/mine.bin", 100_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let out = sandbox.folder("downloads");
+    e2e::write_file(&out.join("mine.bin"), b"the user's own precious file");
+
+    let mut add = sandbox.client(&state);
+    add.arg("add")
+        .arg(&seeder.torrent)
+        .arg("-o")
+        .arg(&out)
+        .arg("--peer")
+        .arg(seeder.broker.peer());
+    let failed = run(add).expect_code(3);
+    assert!(
+        failed.stderr.contains("already exists"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(
+        std::fs::read(out.join("mine.bin")).unwrap(),
+        b"the user's own precious file"
+    );
+
+    // Outside the download roots is refused too.
+    let mut add = sandbox.client(&state);
+    add.arg("add").arg(&seeder.torrent).arg("-o").arg("/");
+    let failed = run(add).expect_code(3);
+    assert!(
+        failed
+            .stderr
+            .contains("outside the broker's download roots"),
+        "{}",
+        failed.stderr
+    );
+}
