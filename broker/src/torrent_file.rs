@@ -161,8 +161,13 @@ pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTo
     })
 }
 
+/// An announce URL as text; empty ones (librqbit writes `announce: ""` into the metadata
+/// it resolves for trackerless magnets) are no trackers at all.
 fn utf8(bytes: &[u8]) -> Option<String> {
-    std::str::from_utf8(bytes).ok().map(str::to_owned)
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_owned)
 }
 
 /// A path component that is safe to join under a save folder.
@@ -465,5 +470,23 @@ mod tests {
         assert!(is_loopback_url("http://[::1]:80/announce"));
         assert!(!is_loopback_url("http://10.0.0.1/announce"));
         assert!(!is_loopback_url("not a url"));
+    }
+}
+
+#[cfg(test)]
+mod magnet_tests {
+    use super::*;
+
+    #[test]
+    fn loopback_only_strips_off_loopback_trackers_from_magnets() {
+        let hash = "631f6001c7f4e6d077d47b24b1a68d4a2bf917e1";
+        let link = format!(
+            "magnet:?xt=urn:btih:{hash}&tr=http://tracker.example.com/announce&tr=http://127.0.0.1:1/announce"
+        );
+        let checked = check_magnet(&link, true).expect("valid magnet");
+        assert!(!checked.uri.contains("example"), "{}", checked.uri);
+        assert!(checked.uri.contains("127.0.0.1"), "{}", checked.uri);
+        let kept = check_magnet(&link, false).expect("valid magnet");
+        assert!(kept.uri.contains("example"), "{}", kept.uri);
     }
 }

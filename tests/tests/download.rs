@@ -82,3 +82,39 @@ fn a_folder_torrent_downloads_into_a_folder_of_its_name() {
     assert_eq!(sha256(&downloads.join("album/a.bin")), sha256(&a));
     assert_eq!(sha256(&downloads.join("album/sub/b.bin")), sha256(&b));
 }
+
+#[test]
+fn a_magnet_link_fetches_its_metadata_from_the_peer_and_downloads() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/magnet.bin", 700_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+
+    // The off-loopback tracker is dropped (loopback-only); the metadata comes from --peer.
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&dn=magnet.bin&tr=http%3A%2F%2Ftracker.example.com%2Fannounce",
+        seeder.info_hash
+    );
+    let mut add = sandbox.client(&state);
+    add.arg("--json")
+        .arg("add")
+        .arg(&magnet)
+        .arg("-o")
+        .arg(&downloads)
+        .arg("--peer")
+        .arg(seeder.broker.peer())
+        .arg("--wait");
+    let out = run(add).expect_code(0);
+    assert_eq!(out.json_lines()[0]["name"], "magnet.bin");
+    assert_eq!(sha256(&downloads.join("magnet.bin")), sha256(&data));
+
+    // Without any peer, a magnet cannot resolve on loopback: a clear start failure.
+    let mut add = sandbox.client(&sandbox.state_dir("lonely"));
+    add.arg("add")
+        .arg(format!("magnet:?xt=urn:btih:{}", seeder.info_hash))
+        .arg("-o")
+        .arg(&downloads);
+    let failed = run(add).expect_code(3);
+    assert!(failed.stderr.contains("metadata"), "{}", failed.stderr);
+}
