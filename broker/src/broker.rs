@@ -2,7 +2,7 @@
 
 use crate::config::BrokerConfig;
 use crate::engine::{self, AddSpec, Added, Engine};
-use crate::patron::{Outbox, PatronConnection, PatronId};
+use crate::patron::{Outbox, PatronConnection, PatronId, Pushed, MAX_QUEUED_REPLIES};
 use crate::registry::{RestoreSpec, TorrentRegistry};
 use crate::torrent_file::{self, CheckedTorrent};
 use crate::{commands, fanout, rendezvous, requests, shutdown};
@@ -294,18 +294,34 @@ impl Broker {
     }
 
     /// Tells a patron its message could not be decoded.
-    pub fn protocol_error(&self, patron: PatronId, message: String) {
+    pub fn protocol_error(self: &Arc<Self>, patron: PatronId, message: String) {
+        let Some(connection) = self.connection(patron) else {
+            return;
+        };
+        tracing::warn!(
+            patron,
+            pid = connection.pid,
+            "undecodable message: {message}"
+        );
+        self.deliver(&connection, Event::ProtocolError { message });
+    }
+
+    /// A connected patron.
+    pub fn connection(&self, patron: PatronId) -> Option<PatronConnection> {
         let state = self.state();
-        if let Some(handle) = state.patrons.get(&patron) {
+        state.patrons.get(&patron).map(|p| p.connection.clone())
+    }
+
+    /// Queues an event that must not be lost for a patron. One that left
+    /// [`MAX_QUEUED_REPLIES`] unread is dropped as if it had disconnected.
+    pub fn deliver(self: &Arc<Self>, patron: &PatronConnection, event: Event) {
+        if patron.outbox.push(event) == Pushed::CutOff {
             tracing::warn!(
-                patron,
-                pid = handle.connection.pid,
-                "undecodable message: {message}"
+                patron = patron.id,
+                pid = patron.pid,
+                "cut off: it left {MAX_QUEUED_REPLIES} events unread"
             );
-            handle
-                .connection
-                .outbox
-                .push(Event::ProtocolError { message });
+            self.patron_gone(patron.id);
         }
     }
 

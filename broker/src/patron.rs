@@ -44,6 +44,19 @@ struct Queue {
     finished: bool,
 }
 
+/// What became of a pushed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Pushed {
+    /// Queued for the writer.
+    Queued,
+    /// Dropped: the outbox is closed (the patron left or was cut off earlier).
+    Closed,
+    /// Dropped, and the patron cut off just now: it left [`MAX_QUEUED_REPLIES`] replies unread.
+    /// The caller must drop the patron.
+    CutOff,
+}
+
 /// Events waiting for one patron, and the condition its writer thread waits on.
 #[derive(Debug, Default)]
 pub struct Outbox {
@@ -69,18 +82,13 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a reply (or any event that must not be coalesced). Returns false if the patron
-    /// is gone or was just cut off for not reading.
-    pub fn push(&self, event: Event) -> bool {
+    /// Queues a reply (or any event that must not be coalesced).
+    pub fn push(&self, event: Event) -> Pushed {
         let mut queue = self.lock();
         if queue.closed {
-            return false;
+            return Pushed::Closed;
         }
         if queue.replies.len() >= MAX_QUEUED_REPLIES {
-            tracing::warn!(
-                queued = queue.replies.len(),
-                "patron does not read its events: cutting it off"
-            );
             queue.replies.clear();
             queue.statuses.clear();
             queue.order.clear();
@@ -89,11 +97,11 @@ impl Outbox {
             });
             queue.closed = true;
             self.ready.notify_one();
-            return false;
+            return Pushed::CutOff;
         }
         queue.replies.push_back(event);
         self.ready.notify_one();
-        true
+        Pushed::Queued
     }
 
     /// Queues a status, replacing any not yet sent for the same torrent.
@@ -213,12 +221,14 @@ mod tests {
         outbox.push_status(status(1, 10));
         outbox.push_status(status(2, 10));
         outbox.push_status(status(1, 20));
-        outbox.push(Event::Ok {
-            request: RequestId(1),
-        });
-        outbox.push(Event::Ok {
-            request: RequestId(2),
-        });
+        for n in [1, 2] {
+            assert_eq!(
+                outbox.push(Event::Ok {
+                    request: RequestId(n)
+                }),
+                Pushed::Queued
+            );
+        }
         assert_eq!(outbox.queued(), 4);
         outbox.close();
         let mut seen = Vec::new();
@@ -248,13 +258,16 @@ mod tests {
     fn a_patron_that_never_reads_is_cut_off_not_buffered_forever() {
         let outbox = Outbox::default();
         for n in 0..MAX_QUEUED_REPLIES as u64 {
-            assert!(outbox.push(Event::Ok {
-                request: RequestId(n)
-            }));
+            let pushed = outbox.push(Event::Ok {
+                request: RequestId(n),
+            });
+            assert_eq!(pushed, Pushed::Queued);
         }
-        assert!(!outbox.push(Event::Ok {
-            request: RequestId(u64::MAX)
-        }));
+        let last = Event::Ok {
+            request: RequestId(u64::MAX),
+        };
+        assert_eq!(outbox.push(last.clone()), Pushed::CutOff);
+        assert_eq!(outbox.push(last), Pushed::Closed);
         assert!(matches!(outbox.next(), Some(Event::Disconnected { .. })));
         assert!(outbox.next().is_none());
     }

@@ -37,14 +37,17 @@ pub async fn run(
         let holders = entry.map(|e| e.holders).unwrap_or_default();
         holders
             .iter()
-            .filter_map(|h| state.patrons.get(h).map(|p| p.connection.outbox.clone()))
+            .filter_map(|h| state.patrons.get(h).map(|p| p.connection.clone()))
             .collect::<Vec<_>>()
     };
-    for outbox in others {
-        outbox.push(Event::TorrentGone {
-            id,
-            reason: format!("closed by patron {patron} (forced)"),
-        });
+    for other in others {
+        broker.deliver(
+            &other,
+            Event::TorrentGone {
+                id,
+                reason: format!("closed by patron {patron} (forced)"),
+            },
+        );
     }
     if let Err(e) = broker.stop_torrent(id, close.delete_data).await {
         return Event::Error {

@@ -29,7 +29,7 @@ pub async fn serve(broker: &Arc<Broker>, patron: &PatronConnection, request: Req
         RequestBody::BrokerInfo => info::run(broker, id),
         RequestBody::StopBroker => {
             // Reply first: stopping closes every outbox.
-            patron.outbox.push(Event::Ok { request: id });
+            broker.deliver(patron, Event::Ok { request: id });
             broker.shutdown.trigger(format!(
                 "stop requested by patron {} (pid {})",
                 patron.id, patron.pid
@@ -44,7 +44,7 @@ pub async fn serve(broker: &Arc<Broker>, patron: &PatronConnection, request: Req
         _ => tracing::debug!(patron = patron.id, request = %id, kind, "answered"),
     }
     let now_held = held_by_reply(&reply);
-    patron.outbox.push(reply);
+    broker.deliver(patron, reply);
     // A new holder hears about its torrent at once, not at the next change.
     if let Some(status) = now_held.and_then(|torrent| broker.current_status(torrent)) {
         patron.outbox.push_status(status);
