@@ -130,6 +130,27 @@ impl Sandbox {
         cmd
     }
 
+    /// `patron-client --json add SOURCE --output OUT [--peer PEER]` against `state`; callers
+    /// append what else they need (`--wait`, `--ephemeral`...).
+    pub fn add_command(
+        &self,
+        state: &Path,
+        source: impl AsRef<std::ffi::OsStr>,
+        out: &Path,
+        peer: Option<&str>,
+    ) -> Command {
+        let mut cmd = self.client(state);
+        cmd.arg("--json")
+            .arg("add")
+            .arg(source)
+            .arg("--output")
+            .arg(out);
+        if let Some(peer) = peer {
+            cmd.arg("--peer").arg(peer);
+        }
+        cmd
+    }
+
     /// Starts a broker on `state` with extra arguments and waits until it serves.
     pub fn broker(&self, state: &Path, args: &[&str]) -> BrokerProcess {
         BrokerProcess::start(self, state, args)

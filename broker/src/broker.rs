@@ -152,13 +152,7 @@ impl Broker {
             })
             .await?;
         tracing::info!(torrent = %id, name = %checked.name, "restored torrent");
-        let info = TorrentInfo {
-            id: added.id,
-            info_hash: checked.info_hash,
-            name: checked.name.clone(),
-            save_folder: spec.save_folder.display().to_string(),
-            total_bytes: checked.total_bytes,
-        };
+        let info = checked.info(added.id, &spec.save_folder);
         self.state()
             .registry
             .insert_or_hold(info, added.handle, spec, None);
@@ -178,13 +172,7 @@ impl Broker {
         restore: RestoreSpec,
         holder: PatronId,
     ) -> (TorrentInfo, bool) {
-        let info = TorrentInfo {
-            id: added.id,
-            info_hash: checked.info_hash,
-            name: checked.name.clone(),
-            save_folder: restore.save_folder.display().to_string(),
-            total_bytes: checked.total_bytes,
-        };
+        let info = checked.info(added.id, &restore.save_folder);
         if added.is_new && !restore.ephemeral {
             let path = self.torrent_file_path(added.id);
             let written = crate::config::create_private_dir(&self.config.torrents_dir())

@@ -8,7 +8,7 @@
 
 use lava_torrent::torrent::v1::TorrentBuilder;
 use librqbit::{Magnet, ValidatedTorrentMetaV1Info};
-use proto::{ErrorKind, InfoHash, ProtoError};
+use proto::{ErrorKind, InfoHash, ProtoError, TorrentId, TorrentInfo};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
@@ -38,6 +38,17 @@ pub struct CheckedTorrent {
 }
 
 impl CheckedTorrent {
+    /// What patrons are told about it, once it runs as `id` saved in `save_folder`.
+    pub fn info(&self, id: TorrentId, save_folder: &Path) -> TorrentInfo {
+        TorrentInfo {
+            id,
+            info_hash: self.info_hash,
+            name: self.name.clone(),
+            save_folder: save_folder.display().to_string(),
+            total_bytes: self.total_bytes,
+        }
+    }
+
     /// The folder the engine writes into for a torrent saved in `save_folder`: multi-file
     /// torrents get a folder of their own name, as in every mainstream client.
     pub fn data_folder(&self, save_folder: &Path) -> PathBuf {

@@ -43,8 +43,8 @@ pub use proto;
 use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use ipc_channel::{IpcError, TryRecvError};
 use proto::{
-    CloseTorrent, CreateNewTorrent, Event, MakeTorrent, ProtoError, Request, RequestBody,
-    RequestId, TorrentId, TorrentInfo, TorrentRef, TorrentStatus, TorrentSummary,
+    CloseTorrent, CreateNewTorrent, Event, MadeTorrent, MakeTorrent, ProtoError, Request,
+    RequestBody, RequestId, TorrentId, TorrentInfo, TorrentRef, TorrentStatus, TorrentSummary,
 };
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -87,25 +87,6 @@ pub struct Closed {
     pub stopped: bool,
     /// Whether its data was deleted.
     pub data_deleted: bool,
-}
-
-/// A torrent made by the broker.
-#[derive(Debug, Clone)]
-pub struct Made {
-    /// The .torrent file.
-    pub torrent_file: Vec<u8>,
-    /// Its info hash.
-    pub info_hash: proto::InfoHash,
-    /// Its name.
-    pub name: String,
-    /// Number of pieces.
-    pub pieces: u64,
-    /// Piece size.
-    pub piece_size: u64,
-    /// Total size.
-    pub total_bytes: u64,
-    /// The running torrent, when seeding was asked.
-    pub seeding: Option<TorrentInfo>,
 }
 
 impl Patron {
@@ -246,26 +227,9 @@ impl Patron {
     }
 
     /// Has the broker hash a local file or folder into a .torrent (and seed it, if asked).
-    pub fn make(&mut self, make: MakeTorrent) -> Result<Made> {
+    pub fn make(&mut self, make: MakeTorrent) -> Result<MadeTorrent> {
         match self.request(RequestBody::MakeTorrent(make))? {
-            Event::TorrentMade {
-                torrent_file,
-                info_hash,
-                name,
-                pieces,
-                piece_size,
-                total_bytes,
-                seeding,
-                ..
-            } => Ok(Made {
-                torrent_file,
-                info_hash,
-                name,
-                pieces,
-                piece_size,
-                total_bytes,
-                seeding,
-            }),
+            Event::TorrentMade { made, .. } => Ok(made),
             other => Err(error_or_unexpected(other)),
         }
     }

@@ -266,6 +266,25 @@ pub struct TorrentInfo {
     pub total_bytes: u64,
 }
 
+/// A .torrent the broker made from local data ([`RequestBody::MakeTorrent`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MadeTorrent {
+    /// The .torrent file's bytes.
+    pub torrent_file: Vec<u8>,
+    /// Its info hash.
+    pub info_hash: InfoHash,
+    /// Its name.
+    pub name: String,
+    /// Number of pieces.
+    pub pieces: u64,
+    /// Piece size in bytes.
+    pub piece_size: u64,
+    /// Total size in bytes.
+    pub total_bytes: u64,
+    /// When seeding was asked: the torrent now running.
+    pub seeding: Option<TorrentInfo>,
+}
+
 /// The broker's answer to [`RequestBody::BrokerInfo`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerInfo {
@@ -448,20 +467,8 @@ pub enum Event {
     TorrentMade {
         /// The make request.
         request: RequestId,
-        /// The .torrent file's bytes.
-        torrent_file: Vec<u8>,
-        /// Its info hash.
-        info_hash: InfoHash,
-        /// Its name.
-        name: String,
-        /// Number of pieces.
-        pieces: u64,
-        /// Piece size in bytes.
-        piece_size: u64,
-        /// Total size in bytes.
-        total_bytes: u64,
-        /// When seeding was asked: the torrent now running.
-        seeding: Option<TorrentInfo>,
+        /// The torrent made.
+        made: MadeTorrent,
     },
     /// Reply to [`RequestBody::BrokerInfo`].
     BrokerInfo {

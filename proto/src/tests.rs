@@ -125,13 +125,15 @@ fn every_event_round_trips() {
         },
         Event::TorrentMade {
             request: RequestId(8),
-            torrent_file: vec![1, 2, 3],
-            info_hash: InfoHash([9; 20]),
-            name: "f".into(),
-            pieces: 4,
-            piece_size: 16384,
-            total_bytes: 65536,
-            seeding: Some(sample_info()),
+            made: MadeTorrent {
+                torrent_file: vec![1, 2, 3],
+                info_hash: InfoHash([9; 20]),
+                name: "f".into(),
+                pieces: 4,
+                piece_size: 16384,
+                total_bytes: 65536,
+                seeding: Some(sample_info()),
+            },
         },
         Event::Ok {
             request: RequestId(9),

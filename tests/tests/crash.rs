@@ -56,17 +56,25 @@ fn start_add(
     seeder: &Seeder,
     extra: &[&str],
 ) -> Running {
-    let mut add = sandbox.client(state);
-    add.arg("--json")
-        .arg("add")
-        .arg(&seeder.torrent)
-        .arg("-o")
-        .arg(sandbox.folder("downloads"))
-        .arg("--peer")
-        .arg(seeder.broker.peer())
-        .arg("--wait")
-        .args(extra);
+    let downloads = sandbox.folder("downloads");
+    let peer = seeder.broker.peer();
+    let mut add = sandbox.add_command(state, &seeder.torrent, &downloads, Some(&peer));
+    add.arg("--wait").args(extra);
     Running::start(add)
+}
+
+/// A library patron following the (only) torrent of `state`, once it runs.
+fn follow_the_torrent(sandbox: &Sandbox, state: &std::path::Path) -> Patron {
+    let mut watcher = sandbox.patron(state);
+    let mut running = Vec::new();
+    wait_for("the torrent to run", STEP_TIMEOUT, || {
+        running = watcher.list().unwrap_or_default();
+        !running.is_empty()
+    });
+    watcher
+        .follow(TorrentRef::Id(running[0].info.id))
+        .expect("follow");
+    watcher
 }
 
 #[test]
@@ -77,15 +85,7 @@ fn sigkill_of_a_patron_mid_download_leaves_the_broker_and_other_patrons_going() 
     let mut broker = sandbox.broker(&state, &[]);
 
     let adder = start_add(&sandbox, &state, &seeder, &[]);
-    let mut watcher = sandbox.patron(&state);
-    wait_for("the torrent to run", STEP_TIMEOUT, || {
-        watcher.list().map(|l| !l.is_empty()).unwrap_or(false)
-    });
-    watcher
-        .follow(TorrentRef::InfoHash(
-            e2e::patron_client::proto::InfoHash::from_hex(&seeder.info_hash).unwrap(),
-        ))
-        .expect("follow");
+    let mut watcher = follow_the_torrent(&sandbox, &state);
     let before = wait_until_done(&mut watcher, 0.0);
 
     adder.signal(Signal::SIGKILL);
@@ -140,13 +140,7 @@ fn sigterm_tells_patrons_and_a_restarted_broker_resumes_without_refetching() {
     let mut broker = sandbox.broker(&state, &[]);
 
     let adder = start_add(&sandbox, &state, &seeder, &[]);
-    let mut watcher = sandbox.patron(&state);
-    wait_for("the torrent to run", STEP_TIMEOUT, || {
-        watcher.list().map(|l| !l.is_empty()).unwrap_or(false)
-    });
-    watcher
-        .follow(TorrentRef::Id(e2e::patron_client::proto::TorrentId(0)))
-        .expect("follow");
+    let mut watcher = follow_the_torrent(&sandbox, &state);
     // Far enough that fetching it all again would break the 1.1× bound below.
     let before = wait_until_done(&mut watcher, 0.3);
 
@@ -185,12 +179,12 @@ fn sigterm_tells_patrons_and_a_restarted_broker_resumes_without_refetching() {
 
     // A new broker resumes it (no --peer this time: the broker remembered it) and completes.
     let _restarted = sandbox.broker(&state, &[]);
-    let mut watcher = sandbox.patron(&state);
-    let resumed = watcher.list().expect("list");
-    assert_eq!(resumed.len(), 1, "the torrent is restored");
-    watcher
-        .follow(TorrentRef::Id(resumed[0].info.id))
-        .expect("follow");
+    let mut watcher = follow_the_torrent(&sandbox, &state);
+    assert_eq!(
+        watcher.list().expect("list").len(),
+        1,
+        "the torrent is restored"
+    );
     let mut status = next_status(&mut watcher);
     while !status.complete {
         status = next_status(&mut watcher);

@@ -13,15 +13,13 @@ fn add_wait_downloads_a_multi_mib_file_with_the_same_checksum() {
     let downloads = sandbox.folder("downloads");
 
     // No broker runs for `state`: the patron starts one.
-    let mut add = sandbox.client(&state);
-    add.arg("--json")
-        .arg("add")
-        .arg(&seeder.torrent)
-        .arg("--output")
-        .arg(&downloads)
-        .arg("--peer")
-        .arg(seeder.broker.peer())
-        .arg("--wait");
+    let mut add = sandbox.add_command(
+        &state,
+        &seeder.torrent,
+        &downloads,
+        Some(&seeder.broker.peer()),
+    );
+    add.arg("--wait");
     let out = run(add).expect_code(0);
 
     let lines = out.json_lines();
@@ -43,14 +41,13 @@ fn a_torrent_made_here_from_an_exact_multiple_of_the_piece_size_downloads_comple
     let state = sandbox.state_dir("leecher");
     let downloads = sandbox.folder("downloads");
 
-    let mut add = sandbox.client(&state);
-    add.arg("add")
-        .arg(&seeder.torrent)
-        .arg("-o")
-        .arg(&downloads)
-        .arg("--peer")
-        .arg(seeder.broker.peer())
-        .arg("--wait");
+    let mut add = sandbox.add_command(
+        &state,
+        &seeder.torrent,
+        &downloads,
+        Some(&seeder.broker.peer()),
+    );
+    add.arg("--wait");
     run(add).expect_code(0);
     assert_eq!(sha256(&downloads.join("exact.bin")), sha256(&data));
 }
@@ -70,14 +67,13 @@ fn a_folder_torrent_downloads_into_a_folder_of_its_name() {
     let state = sandbox.state_dir("leecher");
     let downloads = sandbox.folder("downloads");
 
-    let mut add = sandbox.client(&state);
-    add.arg("add")
-        .arg(&seeder.torrent)
-        .arg("-o")
-        .arg(&downloads)
-        .arg("--peer")
-        .arg(seeder.broker.peer())
-        .arg("--wait");
+    let mut add = sandbox.add_command(
+        &state,
+        &seeder.torrent,
+        &downloads,
+        Some(&seeder.broker.peer()),
+    );
+    add.arg("--wait");
     run(add).expect_code(0);
     assert_eq!(sha256(&downloads.join("album/a.bin")), sha256(&a));
     assert_eq!(sha256(&downloads.join("album/sub/b.bin")), sha256(&b));
@@ -96,15 +92,8 @@ fn a_magnet_link_fetches_its_metadata_from_the_peer_and_downloads() {
         "magnet:?xt=urn:btih:{}&dn=magnet.bin&tr=http%3A%2F%2Ftracker.example.com%2Fannounce",
         seeder.info_hash
     );
-    let mut add = sandbox.client(&state);
-    add.arg("--json")
-        .arg("add")
-        .arg(&magnet)
-        .arg("-o")
-        .arg(&downloads)
-        .arg("--peer")
-        .arg(seeder.broker.peer())
-        .arg("--wait");
+    let mut add = sandbox.add_command(&state, &magnet, &downloads, Some(&seeder.broker.peer()));
+    add.arg("--wait");
     let out = run(add).expect_code(0);
     assert_eq!(out.json_lines()[0]["name"], "magnet.bin");
     assert_eq!(sha256(&downloads.join("magnet.bin")), sha256(&data));

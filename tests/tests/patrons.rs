@@ -94,8 +94,7 @@ fn a_corrupt_torrent_fails_with_a_reason_and_the_next_request_is_answered_right(
     // The CLI reports the same failure with its exit code and the reason on stderr.
     let bad = sandbox.path("bad.torrent");
     e2e::write_file(&bad, b"this is not bencode");
-    let mut add = sandbox.client(&state);
-    add.arg("add").arg(&bad).arg("-o").arg(&out);
+    let add = sandbox.add_command(&state, &bad, &out, None);
     let failed = run(add).expect_code(3);
     assert!(
         failed.stderr.contains("not a valid .torrent"),
@@ -169,13 +168,8 @@ fn close_releases_holds_stops_torrents_and_deletes_data_only_when_asked() {
     }
 
     // Add it again (reusing the complete file), then close with --delete-data.
-    let mut add = sandbox.client(&state);
-    add.arg("--json")
-        .arg("add")
-        .arg(&seeder.torrent)
-        .arg("-o")
-        .arg(&out)
-        .arg("--overwrite");
+    let mut add = sandbox.add_command(&state, &seeder.torrent, &out, None);
+    add.arg("--overwrite");
     let again = run(add).expect_code(0).json_lines();
     let new_id = again[0]["id"].as_u64().expect("id").to_string();
     let mut close = sandbox.client(&state);
@@ -194,13 +188,7 @@ fn an_existing_file_is_not_overwritten_unless_asked() {
     let out = sandbox.folder("downloads");
     e2e::write_file(&out.join("mine.bin"), b"the user's own precious file");
 
-    let mut add = sandbox.client(&state);
-    add.arg("add")
-        .arg(&seeder.torrent)
-        .arg("-o")
-        .arg(&out)
-        .arg("--peer")
-        .arg(seeder.broker.peer());
+    let add = sandbox.add_command(&state, &seeder.torrent, &out, Some(&seeder.broker.peer()));
     let failed = run(add).expect_code(3);
     assert!(
         failed.stderr.contains("already exists"),
@@ -213,8 +201,7 @@ fn an_existing_file_is_not_overwritten_unless_asked() {
     );
 
     // Outside the download roots is refused too.
-    let mut add = sandbox.client(&state);
-    add.arg("add").arg(&seeder.torrent).arg("-o").arg("/");
+    let add = sandbox.add_command(&state, &seeder.torrent, Path::new("/"), None);
     let failed = run(add).expect_code(3);
     assert!(
         failed

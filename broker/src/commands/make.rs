@@ -5,7 +5,7 @@ use crate::engine::AddSpec;
 use crate::patron::PatronId;
 use crate::registry::RestoreSpec;
 use crate::torrent_file;
-use proto::{ErrorKind, Event, MakeTorrent, ProtoError, RequestId};
+use proto::{ErrorKind, Event, MadeTorrent, MakeTorrent, ProtoError, RequestId};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -86,12 +86,14 @@ async fn make_and_seed(
     };
     Ok(Event::TorrentMade {
         request,
-        info_hash: made.checked.info_hash,
-        name: made.checked.name.clone(),
-        pieces: made.pieces,
-        piece_size: made.piece_size,
-        total_bytes: made.checked.total_bytes,
-        torrent_file: made.bytes,
-        seeding,
+        made: MadeTorrent {
+            info_hash: made.checked.info_hash,
+            name: made.checked.name.clone(),
+            pieces: made.pieces,
+            piece_size: made.piece_size,
+            total_bytes: made.checked.total_bytes,
+            torrent_file: made.bytes,
+            seeding,
+        },
     })
 }

@@ -56,10 +56,7 @@ fn held_by_reply(reply: &Event) -> Option<TorrentId> {
         Event::NewTorrentCreated { torrent, .. }
         | Event::TorrentAlreadyDownloading { torrent, .. }
         | Event::Following { torrent, .. } => Some(torrent.id),
-        Event::TorrentMade {
-            seeding: Some(torrent),
-            ..
-        } => Some(torrent.id),
+        Event::TorrentMade { made, .. } => made.seeding.as_ref().map(|torrent| torrent.id),
         _ => None,
     }
 }
