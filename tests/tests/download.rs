@@ -1,26 +1,27 @@
 //! Downloads through the broker from a real librqbit seeder over 127.0.0.1.
 
-use e2e::{run, sha256, Sandbox, Seeder};
+use e2e::{run, sha256, Output, Sandbox, Seeder};
+use std::path::PathBuf;
 
 const MIB: usize = 1024 * 1024;
+
+/// `patron-client add --wait` of the seeder's torrent through a fresh leecher broker (which
+/// the patron auto-starts); returns the download folder and the command's output.
+fn download_from(sandbox: &Sandbox, seeder: &Seeder) -> (PathBuf, Output) {
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+    let peer = seeder.broker.peer();
+    let mut add = sandbox.add_command(&state, &seeder.torrent, &downloads, Some(&peer));
+    add.arg("--wait");
+    (downloads, run(add).expect_code(0))
+}
 
 #[test]
 fn add_wait_downloads_a_multi_mib_file_with_the_same_checksum() {
     let sandbox = Sandbox::new();
     let data = sandbox.random_file("seed/data.bin", 6 * MIB + 12345);
     let seeder = Seeder::start(&sandbox, "seeder", &data, 256 * 1024, &[]);
-    let state = sandbox.state_dir("leecher");
-    let downloads = sandbox.folder("downloads");
-
-    // No broker runs for `state`: the patron starts one.
-    let mut add = sandbox.add_command(
-        &state,
-        &seeder.torrent,
-        &downloads,
-        Some(&seeder.broker.peer()),
-    );
-    add.arg("--wait");
-    let out = run(add).expect_code(0);
+    let (downloads, out) = download_from(&sandbox, &seeder);
 
     let lines = out.json_lines();
     assert_eq!(lines[0]["event"], "created");
@@ -38,17 +39,7 @@ fn a_torrent_made_here_from_an_exact_multiple_of_the_piece_size_downloads_comple
     // 64 pieces of 32 KiB exactly: librqbit 9.1's own maker would add a 65th, empty piece.
     let data = sandbox.random_file("seed/exact.bin", 64 * 32 * 1024);
     let seeder = Seeder::start(&sandbox, "seeder", &data, 32 * 1024, &[]);
-    let state = sandbox.state_dir("leecher");
-    let downloads = sandbox.folder("downloads");
-
-    let mut add = sandbox.add_command(
-        &state,
-        &seeder.torrent,
-        &downloads,
-        Some(&seeder.broker.peer()),
-    );
-    add.arg("--wait");
-    run(add).expect_code(0);
+    let (downloads, _) = download_from(&sandbox, &seeder);
     assert_eq!(sha256(&downloads.join("exact.bin")), sha256(&data));
 }
 
@@ -64,17 +55,7 @@ fn a_folder_torrent_downloads_into_a_folder_of_its_name() {
         16 * 1024,
         &[],
     );
-    let state = sandbox.state_dir("leecher");
-    let downloads = sandbox.folder("downloads");
-
-    let mut add = sandbox.add_command(
-        &state,
-        &seeder.torrent,
-        &downloads,
-        Some(&seeder.broker.peer()),
-    );
-    add.arg("--wait");
-    run(add).expect_code(0);
+    let (downloads, _) = download_from(&sandbox, &seeder);
     assert_eq!(sha256(&downloads.join("album/a.bin")), sha256(&a));
     assert_eq!(sha256(&downloads.join("album/sub/b.bin")), sha256(&b));
 }
