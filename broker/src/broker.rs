@@ -272,13 +272,15 @@ impl Broker {
         self.state().patrons.len()
     }
 
-    /// Queues a decoded request for its patron's task.
-    pub fn dispatch(&self, patron: PatronId, request: Request) {
+    /// Queues a decoded request for its patron's task. False if the patron is no longer
+    /// connected (it was cut off), so its channel should be closed.
+    pub fn dispatch(&self, patron: PatronId, request: Request) -> bool {
         let state = self.state();
-        if let Some(handle) = state.patrons.get(&patron) {
-            tracing::debug!(patron, request = %request.id, kind = request.body.kind(), "request");
-            let _ = handle.requests.send(request);
-        }
+        let Some(handle) = state.patrons.get(&patron) else {
+            return false;
+        };
+        tracing::debug!(patron, request = %request.id, kind = request.body.kind(), "request");
+        handle.requests.send(request).is_ok()
     }
 
     /// Tells a patron its message could not be decoded.

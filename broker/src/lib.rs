@@ -9,9 +9,11 @@
 //! Data path, module by module:
 //!
 //! - [`lock`]: the single-client rule (an `flock` the kernel releases when we die).
-//! - [`rendezvous`]: accept → handshake. A Unix socket front door; each connector gets its
-//!   own private pair of ipc channels through its one-shot server.
-//! - [`requests`]: one thread reads every patron's requests and notices crashes.
+//! - [`rendezvous`]: accept → handshake. The front door is the socket patrons' `IpcSender`s
+//!   connect to; each gets a private event channel through its one-shot server.
+//! - [`requests`]: one epoll thread reads and checks every patron's requests (with
+//!   [`proto::wire`], never trusting a declared size) and notices crashes.
+//! - [`socket`]: the raw socket calls those two need.
 //! - [`commands`]: request → engine → exactly one reply, in request order per patron.
 //! - [`engine`]: the librqbit session and everything specific to it.
 //! - [`registry`]: which torrents run and which patrons hold them.
@@ -30,6 +32,7 @@ pub mod registry;
 pub mod rendezvous;
 pub mod requests;
 pub mod shutdown;
+pub mod socket;
 pub mod torrent_file;
 
 pub use broker::{run, Broker};

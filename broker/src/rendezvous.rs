@@ -1,28 +1,34 @@
 //! Accept → handshake: how a patron becomes connected.
 //!
 //! ipc-channel's one-shot server accepts exactly one client and blocks without a timeout,
-//! so it cannot be the broker's front door. The front door is a Unix socket in an
-//! owner-only folder; each connection is handled on a short-lived thread of its own (a
-//! stalled connector only ever stalls its own thread, and only for [`HANDSHAKE_TIMEOUT`]):
+//! so it cannot be the broker's front door. The front door is a SOCK_SEQPACKET Unix socket in
+//! an owner-only folder, which is exactly what `IpcSender::connect` connects to: each accepted
+//! connection *is* a patron's request channel. Each is handshaken on a short-lived thread of
+//! its own (a stalled connector only ever stalls its own thread, and only for
+//! [`HANDSHAKE_TIMEOUT`]):
 //!
 //! 1. check the peer's uid (`SO_PEERCRED`) against our own;
-//! 2. read one bounded [`Hello`] line and check its protocol version;
-//! 3. create the patron's two channels and send the [`Welcome`] through the patron's
-//!    one-shot server;
-//! 4. register the patron, start reading its requests, and answer `OK` on the socket.
+//! 2. read its first message, which must be a [`Hello`], checked like every datagram
+//!    (see `requests`);
+//! 3. answer through the patron's one-shot server: [`Welcome::Refused`] with the reason, or
+//!    [`Welcome::Accepted`] with the receiver of a fresh event channel;
+//! 4. register the patron and hand its channel to the request reader.
 //!
-//! Every refusal is answered with an `ERR` line the patron shows to its user, and logged.
+//! A connector that sends no valid hello has given no address to answer to: it is closed
+//! and logged.
 
 use crate::broker::Broker;
 use crate::patron::Outbox;
 use crate::requests::RequestReader;
+use crate::socket::{self, Received};
 use anyhow::Context;
 use ipc_channel::ipc::{self, IpcSender};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use proto::{Event, Hello, HelloReply, Request, Welcome, MAX_HELLO_LINE, PROTOCOL_VERSION};
-use std::io::{BufRead, BufReader, Read, Write};
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+use nix::sys::time::TimeVal;
+use proto::wire::{self, Datagram};
+use proto::{Event, Hello, ToBroker, Welcome, PROTOCOL_VERSION};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,13 +36,15 @@ use std::time::Duration;
 
 /// How long a connector may take to say hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Handshakes in progress at once; more connectors are refused at once, not queued.
+/// Handshakes in progress at once; more connectors are closed at once, not queued.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// A hello is small; anything bigger is not one.
+const MAX_HELLO_BYTES: usize = 8 * 1024;
 const HANDSHAKE_STACK_BYTES: usize = 256 * 1024;
 
-/// The broker's listening Unix socket.
+/// The broker's listening socket.
 pub struct Rendezvous {
-    listener: UnixListener,
+    listener: OwnedFd,
     path: PathBuf,
 }
 
@@ -52,8 +60,7 @@ impl Rendezvous {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).context(format!("cannot remove {}", path.display())),
         }
-        let listener = UnixListener::bind(path)
-            .with_context(|| format!("cannot listen on {}", path.display()))?;
+        let listener = socket::seqpacket_listener(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         Ok(Rendezvous {
             listener,
@@ -71,12 +78,10 @@ impl Rendezvous {
 
     fn accept_forever(self, broker: Arc<Broker>, reader: RequestReader) {
         let pending = Arc::new(AtomicUsize::new(0));
-        for stream in self.listener.incoming() {
-            if broker.is_stopping() {
-                break;
-            }
-            let mut stream = match stream {
-                Ok(stream) => stream,
+        loop {
+            let channel = match socket::accept(&self.listener) {
+                Ok(channel) => channel,
+                Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("accept on {} failed: {e}", self.path.display());
@@ -84,65 +89,117 @@ impl Rendezvous {
                     continue;
                 }
             };
+            if broker.is_stopping() {
+                break;
+            }
             if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_HANDSHAKES {
                 pending.fetch_sub(1, Ordering::AcqRel);
                 tracing::warn!("refused a connector: too many handshakes in progress");
-                refuse(
-                    &mut stream,
-                    "limit",
-                    "too many patrons connecting at once; retry",
-                );
                 continue;
             }
-            let (broker, reader, pending) = (broker.clone(), reader.clone(), pending.clone());
+            let (broker, reader, done) = (broker.clone(), reader.clone(), pending.clone());
             let spawned = std::thread::Builder::new()
                 .name("handshake".into())
                 .stack_size(HANDSHAKE_STACK_BYTES)
                 .spawn(move || {
-                    handshake(&broker, &reader, stream);
-                    pending.fetch_sub(1, Ordering::AcqRel);
+                    handshake(&broker, &reader, channel);
+                    done.fetch_sub(1, Ordering::AcqRel);
                 });
             if let Err(e) = spawned {
+                pending.fetch_sub(1, Ordering::AcqRel);
                 tracing::error!("cannot start a handshake thread: {e}");
             }
         }
     }
 }
 
-fn refuse(stream: &mut UnixStream, kind: &str, message: &str) {
-    let line = HelloReply::Refused {
-        kind: kind.into(),
-        message: message.into(),
-    }
-    .to_line();
-    let _ = stream.write_all(line.as_bytes());
-}
-
-/// Runs one connector's handshake to the end, answering on the socket either way.
-fn handshake(broker: &Arc<Broker>, reader: &RequestReader, mut stream: UnixStream) {
-    let (pid, uid) = match getsockopt(&stream, PeerCredentials) {
+/// Runs one connector's handshake to the end.
+fn handshake(broker: &Arc<Broker>, reader: &RequestReader, channel: OwnedFd) {
+    let (pid, uid) = match getsockopt(&channel, sockopt::PeerCredentials) {
         Ok(cred) => (cred.pid(), cred.uid()),
         Err(e) => {
             tracing::warn!("refused a connector: no peer credentials: {e}");
-            refuse(&mut stream, "internal", "cannot read peer credentials");
             return;
         }
     };
-    if let Err((kind, message)) = admit(broker, reader, &mut stream, pid, uid) {
-        tracing::warn!(pid, uid, kind, "refused a connector: {message}");
-        refuse(&mut stream, kind, &message);
+    let hello = match read_hello(&channel) {
+        Ok(hello) => hello,
+        Err(why) => {
+            tracing::warn!(pid, uid, "refused a connector: {why}");
+            return;
+        }
+    };
+    let answer = match IpcSender::<Welcome>::connect(hello.server_name.clone()) {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::warn!(
+                pid,
+                uid,
+                "refused a connector: cannot reach its one-shot server: {e}"
+            );
+            return;
+        }
+    };
+    match admit(broker, &hello, uid) {
+        Err((kind, message)) => {
+            tracing::warn!(pid, uid, kind, "refused a patron: {message}");
+            let _ = answer.send(Welcome::Refused {
+                kind: kind.into(),
+                message,
+            });
+        }
+        Ok(()) => {
+            if let Err(e) = welcome(broker, reader, &answer, channel, pid) {
+                tracing::warn!(pid, "handshake failed: {e:#}");
+                let _ = answer.send(Welcome::Refused {
+                    kind: "internal".into(),
+                    message: format!("{e:#}"),
+                });
+            }
+        }
+    }
+}
+
+/// Reads the first datagram, which must be a complete hello, within the handshake timeout.
+fn read_hello(channel: &OwnedFd) -> Result<Hello, String> {
+    let timeout = TimeVal::new(HANDSHAKE_TIMEOUT.as_secs() as _, 0);
+    setsockopt(channel, sockopt::ReceiveTimeout, &timeout).map_err(|e| e.to_string())?;
+    let mut buffer = vec![0u8; MAX_HELLO_BYTES];
+    let len = match socket::receive(channel, &mut buffer, true).map_err(|e| e.to_string())? {
+        Received::Datagram {
+            len,
+            descriptors,
+            truncated: false,
+        } => {
+            if !descriptors.is_empty() {
+                return Err(format!(
+                    "a hello carries no descriptors, this one {}",
+                    descriptors.len()
+                ));
+            }
+            len
+        }
+        Received::Datagram { .. } => return Err("a first message too large for a hello".into()),
+        Received::WouldBlock => {
+            return Err(format!("no hello within {HANDSHAKE_TIMEOUT:?}"));
+        }
+        Received::Closed => return Err("closed without a hello".into()),
+    };
+    let payload = match wire::parse_datagram(&buffer[..len], 0, MAX_HELLO_BYTES) {
+        Ok(Datagram::Complete(payload)) => payload,
+        Ok(Datagram::First { .. }) => return Err("a fragmented hello".into()),
+        Err(e) => return Err(format!("not a TIPC hello: {e}")),
+    };
+    match wire::decode(payload) {
+        Ok(ToBroker::Hello(hello)) => Ok(hello),
+        Ok(ToBroker::Request(_)) => Err("a request before the hello".into()),
+        Err(e) => Err(format!("not a TIPC hello: {e}")),
     }
 }
 
 type Refusal = (&'static str, String);
 
-fn admit(
-    broker: &Arc<Broker>,
-    reader: &RequestReader,
-    stream: &mut UnixStream,
-    pid: i32,
-    uid: u32,
-) -> Result<(), Refusal> {
+fn admit(broker: &Broker, hello: &Hello, uid: u32) -> Result<(), Refusal> {
     let our_uid = nix::unistd::geteuid().as_raw();
     if uid != our_uid {
         return Err((
@@ -150,18 +207,6 @@ fn admit(
             format!("this broker serves uid {our_uid} only; you are uid {uid}"),
         ));
     }
-    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
-    let mut line = Vec::with_capacity(256);
-    let read = BufReader::new(&mut *stream)
-        .take(MAX_HELLO_LINE as u64)
-        .read_until(b'\n', &mut line);
-    match read {
-        Ok(_) if line.ends_with(b"\n") => {}
-        Ok(_) => return Err(("bad-hello", "no complete hello line".into())),
-        Err(e) => return Err(("bad-hello", format!("no hello: {e}"))),
-    }
-    let hello = Hello::parse(&line).map_err(|e| ("bad-hello", e.to_string()))?;
     if hello.version != PROTOCOL_VERSION {
         return Err((
             "version",
@@ -183,37 +228,30 @@ fn admit(
             ),
         ));
     }
+    Ok(())
+}
 
-    let internal = |e: std::io::Error| ("internal", format!("cannot create channels: {e}"));
-    let (requests_tx, requests_rx) = ipc::channel::<Request>().map_err(internal)?;
-    let (events_tx, events_rx) = ipc::channel::<Event>().map_err(internal)?;
+fn welcome(
+    broker: &Arc<Broker>,
+    reader: &RequestReader,
+    answer: &IpcSender<Welcome>,
+    channel: OwnedFd,
+    pid: i32,
+) -> anyhow::Result<()> {
+    let (events_tx, events_rx) = ipc::channel::<Event>().context("cannot create a channel")?;
     let patron_id = broker.next_patron_id();
-    let welcome_tx = IpcSender::<Welcome>::connect(hello.server_name.clone()).map_err(|e| {
-        (
-            "bad-hello",
-            format!("cannot reach your one-shot server: {e}"),
-        )
-    })?;
-    welcome_tx
-        .send(Welcome {
+    answer
+        .send(Welcome::Accepted {
             broker_pid: std::process::id(),
             patron_id,
-            requests: requests_tx,
             events: events_rx,
         })
-        .map_err(|e| ("bad-hello", format!("cannot send the welcome: {e}")))?;
-
-    let outbox = Outbox::start(patron_id, events_tx).map_err(internal)?;
+        .map_err(|e| anyhow::anyhow!("cannot send the welcome: {e}"))?;
+    let outbox = Outbox::start(patron_id, events_tx).context("cannot start a writer")?;
     broker.add_patron(patron_id, pid, outbox);
-    if let Err(e) = reader.add(patron_id, requests_rx) {
+    if let Err(e) = reader.add(patron_id, channel) {
         broker.patron_gone(patron_id);
-        return Err(("internal", e.to_string()));
+        return Err(e);
     }
-    let accepted = HelloReply::Accepted {
-        broker_pid: std::process::id(),
-        patron_id,
-    };
-    // If the patron vanished meanwhile, its closed channel will tell the reader.
-    let _ = stream.write_all(accepted.to_line().as_bytes());
     Ok(())
 }

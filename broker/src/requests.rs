@@ -1,109 +1,405 @@
 //! Reading every patron's requests on one thread.
 //!
-//! All patrons' request channels sit in one `IpcReceiverSet`. The thread decodes each
-//! message at once (a raw `IpcMessage` holds a ~212 KB buffer, so none is ever queued) and
-//! hands it to the patron's own task. A closed channel is how a crash is seen: the set
-//! reports it within a millisecond of the patron's death. New patrons' receivers arrive
-//! through a control channel that sits in the same set, so the thread never needs waking.
+//! Each patron's channel is a SOCK_SEQPACKET connection its `IpcSender` made to the broker's
+//! socket. One thread waits on all of them with epoll, reads datagrams without blocking and
+//! checks them with [`proto::wire`] before anything is decoded or allocated: ipc-channel's
+//! own receive path would reserve whatever size a patron declares, unwrap a missing
+//! continuation channel, and block until every fragment came — one hostile patron could
+//! stall or kill every other's requests. Here a bad datagram costs its sender a
+//! `ProtocolError` event and nobody else anything.
 //!
-//! The router helpers of ipc-channel are not used: they unwrap decode errors, and one bad
-//! message would kill routing for everyone. Decoding here never panics on a `Request` (it
-//! carries no channels), and a panic is still caught, just in case.
+//! A message too large for one datagram (a big .torrent) arrives as a first fragment plus a
+//! continuation channel; while it is reassembled (at most [`proto::MAX_REQUEST_BYTES`], for
+//! at most [`REASSEMBLY_TIMEOUT`]) that patron's other datagrams wait, so its requests keep
+//! their order. A closed socket is how a crash is seen, within a millisecond.
 
 use crate::broker::Broker;
 use crate::patron::PatronId;
+use crate::socket::{self, Received};
 use anyhow::Context;
-use ipc_channel::ipc::{
-    self, IpcMessage, IpcReceiver, IpcReceiverSet, IpcSelectionResult, IpcSender,
-};
-use proto::Request;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use proto::wire::{self, Datagram};
+use proto::ToBroker;
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
+use std::os::fd::OwnedFd;
+use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-type NewPatron = (PatronId, IpcReceiver<Request>);
+/// How long a fragmented message may take to arrive in full.
+pub const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Datagrams read from one patron before the others get a turn.
+const FAIR_SHARE: usize = 64;
+/// The receive buffer: larger than any datagram ipc-channel sends (its fragments are at most
+/// the socket send buffer, 208 KiB by default, 4 MiB at the system maximum). Pages are only
+/// touched as far as datagrams reach.
+const RECEIVE_BUFFER: usize = 4 * 1024 * 1024 + proto::wire::HEADER_BYTES;
+const WAKE: u64 = u64::MAX;
 
-/// Hands new patrons' request channels to the reader thread.
+/// Hands newly connected patrons' channels to the reader thread.
 #[derive(Clone)]
 pub struct RequestReader {
-    control: IpcSender<NewPatron>,
+    incoming: mpsc::Sender<(PatronId, OwnedFd)>,
+    wake: Arc<EventFd>,
 }
 
 impl RequestReader {
     /// Starts the reader thread.
     pub fn start(broker: Arc<Broker>) -> anyhow::Result<RequestReader> {
-        let (control, control_rx) = ipc::channel::<NewPatron>().context("control channel")?;
-        let mut set = IpcReceiverSet::new().context("receiver set")?;
-        let control_id = set.add(control_rx).context("receiver set")?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?;
+        let wake = Arc::new(
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .context("eventfd")?,
+        );
+        epoll
+            .add(&*wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))
+            .context("epoll add")?;
+        let (incoming, patrons) = mpsc::channel();
+        let reader = Reader {
+            broker,
+            epoll,
+            wake: wake.clone(),
+            patrons,
+            conns: HashMap::new(),
+            buffer: vec![0u8; RECEIVE_BUFFER],
+        };
         std::thread::Builder::new()
             .name("requests".into())
-            .spawn(move || read_forever(broker, set, control_id))?;
-        Ok(RequestReader { control })
+            .spawn(move || reader.run())?;
+        Ok(RequestReader { incoming, wake })
     }
 
-    /// Starts reading a patron's requests.
-    pub fn add(&self, patron: PatronId, requests: IpcReceiver<Request>) -> anyhow::Result<()> {
-        self.control
-            .send((patron, requests))
-            .map_err(|e| anyhow::anyhow!("request reader is gone: {e}"))
+    /// Starts reading a patron's requests from its connected channel.
+    pub fn add(&self, patron: PatronId, channel: OwnedFd) -> anyhow::Result<()> {
+        self.incoming
+            .send((patron, channel))
+            .map_err(|_| anyhow::anyhow!("the request reader is gone"))?;
+        self.wake.write(1).context("waking the request reader")?;
+        Ok(())
     }
 }
 
-fn read_forever(broker: Arc<Broker>, mut set: IpcReceiverSet, control_id: u64) {
-    let mut patrons: HashMap<u64, PatronId> = HashMap::new();
-    loop {
-        let results = match set.select() {
-            Ok(results) => results,
-            Err(e) => {
-                tracing::error!("request reader failed: {e}");
-                broker
-                    .shutdown
-                    .trigger(format!("request reader failed: {e}"));
-                return;
+struct Conn {
+    channel: OwnedFd,
+    assembly: Option<Assembly>,
+}
+
+/// A fragmented message being put back together.
+struct Assembly {
+    continuation: OwnedFd,
+    payload: Vec<u8>,
+    total: usize,
+    deadline: Instant,
+}
+
+enum Outcome {
+    KeepGoing,
+    Gone(&'static str),
+}
+
+struct Reader {
+    broker: Arc<Broker>,
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    patrons: mpsc::Receiver<(PatronId, OwnedFd)>,
+    conns: HashMap<PatronId, Conn>,
+    buffer: Vec<u8>,
+}
+
+fn channel_token(patron: PatronId) -> u64 {
+    patron << 1
+}
+
+fn continuation_token(patron: PatronId) -> u64 {
+    (patron << 1) | 1
+}
+
+fn readable() -> EpollFlags {
+    EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP
+}
+
+impl Reader {
+    fn run(mut self) {
+        let mut events = vec![EpollEvent::empty(); 256];
+        loop {
+            let timeout = self
+                .conns
+                .values()
+                .filter_map(|c| c.assembly.as_ref().map(|a| a.deadline))
+                .min()
+                .map(|deadline| {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    EpollTimeout::try_from(left.max(Duration::from_millis(1)))
+                        .unwrap_or(EpollTimeout::NONE)
+                })
+                .unwrap_or(EpollTimeout::NONE);
+            let ready = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!("request reader failed: {e}");
+                    self.broker
+                        .shutdown
+                        .trigger(format!("request reader failed: {e}"));
+                    return;
+                }
+            };
+            for event in &events[..ready] {
+                let token = event.data();
+                if token == WAKE {
+                    self.admit_new_patrons();
+                    continue;
+                }
+                let patron = token >> 1;
+                let outcome = if token & 1 == 0 {
+                    self.read_channel(patron, event.events())
+                } else {
+                    self.read_continuation(patron)
+                };
+                if let Outcome::Gone(why) = outcome {
+                    self.drop_patron(patron, why);
+                }
             }
-        };
-        for result in results {
-            match result {
-                IpcSelectionResult::MessageReceived(id, message) if id == control_id => {
-                    let Ok((patron, receiver)) = decode::<NewPatron>(message) else {
-                        continue;
-                    };
-                    match set.add(receiver) {
-                        Ok(set_id) => {
-                            patrons.insert(set_id, patron);
-                        }
-                        Err(e) => {
-                            tracing::warn!(patron, "cannot watch patron's channel: {e}");
-                            broker.patron_gone(patron);
-                        }
-                    }
+            self.expire_assemblies();
+        }
+    }
+
+    fn admit_new_patrons(&mut self) {
+        let _ = self.wake.read();
+        while let Ok((patron, channel)) = self.patrons.try_recv() {
+            let added = socket::set_nonblocking(&channel).and_then(|()| {
+                self.epoll
+                    .add(&channel, EpollEvent::new(readable(), channel_token(patron)))
+            });
+            match added {
+                Ok(()) => {
+                    self.conns.insert(
+                        patron,
+                        Conn {
+                            channel,
+                            assembly: None,
+                        },
+                    );
                 }
-                IpcSelectionResult::MessageReceived(id, message) => {
-                    let Some(&patron) = patrons.get(&id) else {
-                        continue;
-                    };
-                    match decode::<Request>(message) {
-                        Ok(request) => broker.dispatch(patron, request),
-                        Err(e) => broker.protocol_error(patron, e),
-                    }
-                }
-                IpcSelectionResult::ChannelClosed(id) => {
-                    if let Some(patron) = patrons.remove(&id) {
-                        broker.patron_gone(patron);
-                    }
+                Err(e) => {
+                    tracing::warn!(patron, "cannot watch patron's channel: {e}");
+                    self.broker.patron_gone(patron);
                 }
             }
         }
     }
-}
 
-fn decode<T>(message: IpcMessage) -> Result<T, String>
-where
-    T: for<'de> serde::Deserialize<'de> + serde::Serialize,
-{
-    match std::panic::catch_unwind(AssertUnwindSafe(|| message.to::<T>())) {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(format!("cannot decode message: {e}")),
-        Err(_) => Err("message made the decoder panic".into()),
+    fn read_channel(&mut self, patron: PatronId, flags: EpollFlags) -> Outcome {
+        for _ in 0..FAIR_SHARE {
+            let Some(conn) = self.conns.get_mut(&patron) else {
+                return Outcome::KeepGoing;
+            };
+            if conn.assembly.is_some() {
+                // Only a hang-up matters while a fragmented message is being assembled.
+                if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+                    return Outcome::Gone("its channel closed");
+                }
+                return Outcome::KeepGoing;
+            }
+            let received = match socket::receive(&conn.channel, &mut self.buffer, false) {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::debug!(patron, "receive failed: {e}");
+                    return Outcome::Gone("its channel failed");
+                }
+            };
+            let (len, mut descriptors) = match received {
+                Received::WouldBlock => return Outcome::KeepGoing,
+                Received::Closed => return Outcome::Gone("its channel closed"),
+                Received::Datagram {
+                    truncated: true, ..
+                } => {
+                    self.broker.protocol_error(
+                        patron,
+                        "a datagram larger than any ipc-channel sends".into(),
+                    );
+                    continue;
+                }
+                Received::Datagram {
+                    len, descriptors, ..
+                } => (len, descriptors),
+            };
+            let parsed = wire::parse_datagram(
+                &self.buffer[..len],
+                descriptors.len(),
+                proto::MAX_REQUEST_BYTES,
+            );
+            match parsed {
+                Err(e) => self.broker.protocol_error(patron, e.to_string()),
+                Ok(Datagram::Complete(payload)) => {
+                    let message = wire::decode(payload);
+                    if let Some(gone) = self.deliver(patron, message) {
+                        return gone;
+                    }
+                }
+                Ok(Datagram::First { payload, total }) => {
+                    let Some(continuation) = descriptors.pop() else {
+                        continue; // parse_datagram guarantees one; be safe anyway
+                    };
+                    let mut assembled = Vec::with_capacity(total);
+                    assembled.extend_from_slice(payload);
+                    return self.start_assembly(patron, continuation, assembled, total);
+                }
+            }
+        }
+        Outcome::KeepGoing
+    }
+
+    fn start_assembly(
+        &mut self,
+        patron: PatronId,
+        continuation: OwnedFd,
+        payload: Vec<u8>,
+        total: usize,
+    ) -> Outcome {
+        let Some(conn) = self.conns.get_mut(&patron) else {
+            return Outcome::KeepGoing;
+        };
+        let watched = socket::set_nonblocking(&continuation).and_then(|()| {
+            self.epoll.add(
+                &continuation,
+                EpollEvent::new(readable(), continuation_token(patron)),
+            )
+        });
+        if let Err(e) = watched {
+            tracing::warn!(patron, "cannot watch a continuation channel: {e}");
+            return Outcome::Gone("its continuation channel failed");
+        }
+        // Its later messages wait until this one is whole.
+        if let Err(e) = self.epoll.modify(
+            &conn.channel,
+            &mut EpollEvent::new(EpollFlags::empty(), channel_token(patron)),
+        ) {
+            tracing::warn!(patron, "cannot pause a channel: {e}");
+            return Outcome::Gone("its channel failed");
+        }
+        conn.assembly = Some(Assembly {
+            continuation,
+            payload,
+            total,
+            deadline: Instant::now() + REASSEMBLY_TIMEOUT,
+        });
+        Outcome::KeepGoing
+    }
+
+    fn read_continuation(&mut self, patron: PatronId) -> Outcome {
+        loop {
+            let Some(assembly) = self
+                .conns
+                .get_mut(&patron)
+                .and_then(|c| c.assembly.as_mut())
+            else {
+                return Outcome::KeepGoing;
+            };
+            let received = socket::receive(&assembly.continuation, &mut self.buffer, false);
+            let len = match received {
+                Ok(Received::WouldBlock) => return Outcome::KeepGoing,
+                Ok(Received::Datagram {
+                    len,
+                    descriptors,
+                    truncated: false,
+                }) if descriptors.is_empty() => len,
+                Ok(Received::Closed) => {
+                    return self.abandon_assembly(patron, "the message's fragments stopped early")
+                }
+                Ok(_) => {
+                    return self
+                        .abandon_assembly(patron, "a fragment carried descriptors or was cut")
+                }
+                Err(_) => return self.abandon_assembly(patron, "its continuation channel failed"),
+            };
+            let missing = assembly.total - assembly.payload.len();
+            if len > missing {
+                return self.abandon_assembly(patron, "fragments added up to more than announced");
+            }
+            assembly.payload.extend_from_slice(&self.buffer[..len]);
+            if assembly.payload.len() == assembly.total {
+                let Some(assembly) = self.finish_assembly(patron) else {
+                    return Outcome::KeepGoing;
+                };
+                let message = wire::decode(&assembly.payload);
+                if let Some(gone) = self.deliver(patron, message) {
+                    return gone;
+                }
+                // Datagrams that queued up meanwhile: read them now (level-triggered epoll
+                // would report them anyway; this keeps their latency low).
+                return self.read_channel(patron, EpollFlags::empty());
+            }
+        }
+    }
+
+    /// Ends a patron's reassembly, resuming its channel; returns the assembly.
+    fn finish_assembly(&mut self, patron: PatronId) -> Option<Assembly> {
+        let conn = self.conns.get_mut(&patron)?;
+        let assembly = conn.assembly.take()?;
+        let _ = self.epoll.delete(&assembly.continuation);
+        let resumed = self.epoll.modify(
+            &conn.channel,
+            &mut EpollEvent::new(readable(), channel_token(patron)),
+        );
+        if let Err(e) = resumed {
+            tracing::warn!(patron, "cannot resume a channel: {e}");
+        }
+        Some(assembly)
+    }
+
+    fn abandon_assembly(&mut self, patron: PatronId, why: &str) -> Outcome {
+        self.finish_assembly(patron);
+        self.broker.protocol_error(patron, why.to_owned());
+        Outcome::KeepGoing
+    }
+
+    fn expire_assemblies(&mut self) {
+        let now = Instant::now();
+        let late: Vec<PatronId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.assembly.as_ref().is_some_and(|a| a.deadline <= now))
+            .map(|(patron, _)| *patron)
+            .collect();
+        for patron in late {
+            self.abandon_assembly(
+                patron,
+                "a fragmented message did not arrive in full in time",
+            );
+        }
+    }
+
+    /// Hands a decoded message to the broker. Returns `Some` if the patron is to be dropped.
+    fn deliver(
+        &mut self,
+        patron: PatronId,
+        message: Result<ToBroker, wire::WireError>,
+    ) -> Option<Outcome> {
+        match message {
+            Ok(ToBroker::Request(request)) => {
+                if !self.broker.dispatch(patron, request) {
+                    // Cut off meanwhile: stop reading it.
+                    return Some(Outcome::Gone("it was cut off"));
+                }
+            }
+            Ok(ToBroker::Hello(_)) => self
+                .broker
+                .protocol_error(patron, "a hello after the handshake".into()),
+            Err(e) => self.broker.protocol_error(patron, e.to_string()),
+        }
+        None
+    }
+
+    fn drop_patron(&mut self, patron: PatronId, why: &str) {
+        if let Some(conn) = self.conns.remove(&patron) {
+            let _ = self.epoll.delete(&conn.channel);
+            if let Some(assembly) = conn.assembly {
+                let _ = self.epoll.delete(&assembly.continuation);
+            }
+        }
+        tracing::debug!(patron, "stopped reading: {why}");
+        self.broker.patron_gone(patron);
     }
 }

@@ -1,7 +1,8 @@
 //! Finding the broker of a state directory, starting one if none runs.
 //!
 //! The handshake mirrors the broker's `rendezvous` module: create a one-shot server for the
-//! `Welcome`, write one hello line on the broker's Unix socket, read one reply line.
+//! `Welcome`, connect an `IpcSender<ToBroker>` to the broker's socket, send a `Hello` naming
+//! the one-shot server, and wait (bounded) for the broker's answer there.
 //!
 //! Auto-start is the original TorrentService's "use the one that exists, else create it",
 //! made race-safe: patrons that find no broker queue on an `flock` of
@@ -9,12 +10,10 @@
 //! rest then find it running. The broker's own state lock remains the real guarantee.
 
 use crate::error::{Error, Result};
-use ipc_channel::ipc::{self, IpcOneShotServer, IpcSender};
+use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 use nix::fcntl::{Flock, FlockArg};
-use proto::{Hello, HelloReply, Welcome, MAX_HELLO_LINE, PROTOCOL_VERSION};
+use proto::{Event, Hello, ToBroker, Welcome, PROTOCOL_VERSION};
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,7 +50,10 @@ impl Default for ConnectOptions {
 
 /// A completed handshake.
 pub(crate) struct Connected {
-    pub welcome: Welcome,
+    pub requests: IpcSender<ToBroker>,
+    pub events: ipc_channel::ipc::IpcReceiver<Event>,
+    pub broker_pid: u32,
+    pub patron_id: u64,
 }
 
 enum Attempt {
@@ -189,71 +191,69 @@ fn log_tail(path: &Path, from: u64) -> String {
 }
 
 fn attempt(socket: &Path, timeout: Duration) -> Result<Attempt> {
-    let mut stream = match UnixStream::connect(socket) {
-        Ok(stream) => stream,
+    let requests = match IpcSender::<ToBroker>::connect(socket.display().to_string()) {
+        Ok(requests) => requests,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(Error::BrokerUnreachable(format!(
+                "{}: {e} (the broker of this state dir belongs to another user)",
+                socket.display()
+            )))
+        }
         Err(e) => return Ok(Attempt::NotRunning(format!("{}: {e}", socket.display()))),
     };
-    let (server, name) =
+    let (server, server_name) =
         IpcOneShotServer::<Welcome>::new().map_err(Error::io("cannot create a one-shot server"))?;
-    // accept() blocks with no timeout, so it runs on a thread we can abandon or unblock.
+    // accept() blocks with no timeout, so it runs on a thread we can unblock.
     let (welcome_tx, welcome_rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = welcome_tx.send(server.accept());
     });
-    let hello = Hello {
+    let hello = ToBroker::Hello(Hello {
         version: PROTOCOL_VERSION,
-        server_name: name.clone(),
-    };
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    let reply = stream.write_all(hello.to_line().as_bytes()).and_then(|()| {
-        let mut line = Vec::new();
-        BufReader::new(&mut stream)
-            .take(MAX_HELLO_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .map(|_| line)
+        server_name: server_name.clone(),
     });
-    let line = match reply {
-        Ok(line) if line.ends_with(b"\n") => line,
-        Ok(_) => {
-            unblock_accept(&name);
-            // The broker closed without answering: it is stopping or was just killed.
-            return Ok(Attempt::NotRunning(
-                "the broker closed the connection".into(),
-            ));
+    if requests.send(hello).is_err() {
+        unblock_accept(&server_name);
+        // The broker closed the connection: it is stopping or was just killed.
+        return Ok(Attempt::NotRunning(
+            "the broker closed the connection".into(),
+        ));
+    }
+    match welcome_rx.recv_timeout(timeout) {
+        Ok(Ok((
+            _,
+            Welcome::Accepted {
+                broker_pid,
+                patron_id,
+                events,
+            },
+        ))) => Ok(Attempt::Connected(Connected {
+            requests,
+            events,
+            broker_pid,
+            patron_id,
+        })),
+        Ok(Ok((_, Welcome::Refused { kind, message }))) if kind == "stopping" => {
+            Ok(Attempt::NotRunning(message))
         }
-        Err(e) => {
-            unblock_accept(&name);
-            return Err(Error::BrokerUnreachable(format!("no handshake reply: {e}")));
-        }
-    };
-    match HelloReply::parse(&line).map_err(|e| Error::Protocol(e.to_string()))? {
-        HelloReply::Accepted { .. } => match welcome_rx.recv_timeout(timeout) {
-            Ok(Ok((_, welcome))) => Ok(Attempt::Connected(Connected { welcome })),
-            Ok(Err(e)) => Err(Error::Protocol(format!("bad welcome: {e:?}"))),
-            Err(_) => Err(Error::Protocol("accepted, but no welcome arrived".into())),
-        },
-        HelloReply::Refused { kind, message } => {
-            unblock_accept(&name);
-            if kind == "stopping" {
-                return Ok(Attempt::NotRunning(message));
-            }
-            Err(Error::Refused { kind, message })
+        Ok(Ok((_, Welcome::Refused { kind, message }))) => Err(Error::Refused { kind, message }),
+        Ok(Err(e)) => Err(Error::Protocol(format!("bad welcome: {e:?}"))),
+        Err(_) => {
+            unblock_accept(&server_name);
+            Err(Error::BrokerUnreachable(format!(
+                "the broker at {} did not answer within {timeout:?}",
+                socket.display()
+            )))
         }
     }
 }
 
 /// Completes our own one-shot server so its accept thread ends instead of leaking.
 fn unblock_accept(name: &str) {
-    let Ok(sender) = IpcSender::<Welcome>::connect(name.to_owned()) else {
-        return;
-    };
-    if let (Ok((requests, _)), Ok((_, events))) = (ipc::channel(), ipc::channel()) {
-        let _ = sender.send(Welcome {
-            broker_pid: 0,
-            patron_id: 0,
-            requests,
-            events,
+    if let Ok(sender) = IpcSender::<Welcome>::connect(name.to_owned()) {
+        let _ = sender.send(Welcome::Refused {
+            kind: "timeout".into(),
+            message: String::new(),
         });
     }
 }

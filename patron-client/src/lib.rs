@@ -44,14 +44,15 @@ use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use ipc_channel::{IpcError, TryRecvError};
 use proto::{
     CloseTorrent, CreateNewTorrent, Event, MadeTorrent, MakeTorrent, ProtoError, Request,
-    RequestBody, RequestId, TorrentId, TorrentInfo, TorrentRef, TorrentStatus, TorrentSummary,
+    RequestBody, RequestId, ToBroker, TorrentId, TorrentInfo, TorrentRef, TorrentStatus,
+    TorrentSummary,
 };
 use std::collections::VecDeque;
 use std::time::Duration;
 
 /// A connection to the broker.
 pub struct Patron {
-    requests: IpcSender<Request>,
+    requests: IpcSender<ToBroker>,
     events: IpcReceiver<Event>,
     /// Events that arrived while waiting for a reply, handed out by `next_event`.
     backlog: VecDeque<Event>,
@@ -98,14 +99,13 @@ impl Patron {
     /// Connects with explicit options.
     pub fn connect_with(options: &ConnectOptions) -> Result<Patron> {
         let connected = connect::connect(options)?;
-        let welcome = connected.welcome;
         Ok(Patron {
-            requests: welcome.requests,
-            events: welcome.events,
+            requests: connected.requests,
+            events: connected.events,
             backlog: VecDeque::new(),
             next_request: 1,
-            broker_pid: welcome.broker_pid,
-            patron_id: welcome.patron_id,
+            broker_pid: connected.broker_pid,
+            patron_id: connected.patron_id,
         })
     }
 
@@ -124,7 +124,7 @@ impl Patron {
         let id = RequestId(self.next_request);
         self.next_request += 1;
         self.requests
-            .send(Request { id, body })
+            .send(ToBroker::Request(Request { id, body }))
             .map_err(|e| Error::BrokerStopped(format!("cannot send to the broker: {e}")))?;
         Ok(id)
     }

@@ -10,31 +10,34 @@
 //!
 //! # The conversation
 //!
-//! 1. **Rendezvous.** The patron creates an [`ipc_channel::ipc::IpcOneShotServer`] for a
-//!    [`Welcome`], connects to the broker's Unix socket and writes one [`Hello`] line carrying
-//!    its [`PROTOCOL_VERSION`] and the one-shot server's name. The broker checks the peer's
-//!    uid and the version, and answers on the socket with a [`HelloReply`] line.
-//! 2. **Welcome.** On acceptance the broker has already sent the [`Welcome`] through the
-//!    one-shot server: a sender for [`Request`]s and a receiver for [`Event`]s, private to
-//!    this patron. Nothing else ever travels on the Unix socket.
-//! 3. **Requests.** Every [`Request`] carries a patron-chosen [`RequestId`]; the broker answers
-//!    each one with exactly one reply [`Event`] echoing that id, in request order.
+//! 1. **Connect.** The patron creates an [`ipc_channel::ipc::IpcOneShotServer`] for a
+//!    [`Welcome`], connects an `IpcSender<ToBroker>` to the broker's socket
+//!    (`IpcSender::connect`) and sends [`ToBroker::Hello`]: its [`PROTOCOL_VERSION`] and the
+//!    one-shot server's name.
+//! 2. **Welcome.** The broker checks the peer's uid and the version and answers through the
+//!    one-shot server: [`Welcome::Accepted`] carries the receiver of this patron's private
+//!    event channel; [`Welcome::Refused`] says why not.
+//! 3. **Requests.** Every [`Request`] (sent as [`ToBroker::Request`]) carries a patron-chosen
+//!    [`RequestId`]; the broker answers each with exactly one reply [`Event`] echoing that
+//!    id, in request order.
 //! 4. **Status.** [`Event::TorrentStatusUpdate`] arrives for every torrent the patron holds
 //!    (it created or joined it) whenever something changed, and once when it completes.
-//! 5. **Goodbye.** Dropping the channels is the disconnect: the broker sees the channel close
+//! 5. **Goodbye.** Dropping the sender is the disconnect: the broker sees the socket close
 //!    and releases the patron's holds. If the broker stops it sends [`Event::BrokerStopping`].
+//!
+//! The broker reads what patrons send with its own parser of ipc-channel's datagram format
+//! ([`wire`]), so that sizes are checked before anything is allocated: see that module.
 //!
 //! [ipc-channel]: https://docs.rs/ipc-channel
 
-mod hello;
 pub mod paths;
 mod status;
+pub mod wire;
 
-use ipc_channel::ipc::{IpcReceiver, IpcSender};
+use ipc_channel::ipc::IpcReceiver;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-pub use hello::{Hello, HelloError, HelloReply, MAX_HELLO_LINE};
 pub use status::{TorrentState, TorrentStatus};
 
 /// The protocol version spoken by this build. Bumped on any incompatible wire change;
@@ -44,17 +47,47 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The largest serialized request the broker accepts (a .torrent file rides inside one).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
-/// Sent by the broker through the patron's one-shot server once the handshake succeeded.
+/// Everything a patron sends the broker, on the one channel it connected.
+///
+/// The first message must be [`ToBroker::Hello`], every later one a [`ToBroker::Request`].
+/// `Hello` is variant 0 with the version first, and must stay so: that is what lets a broker
+/// read the version of a patron from any release and refuse it clearly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToBroker {
+    /// Opens the conversation.
+    Hello(Hello),
+    /// A request, answered by exactly one reply [`Event`].
+    Request(Request),
+}
+
+/// The patron's first message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The patron's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The name of the patron's `IpcOneShotServer<Welcome>`, where the answer goes.
+    pub server_name: String,
+}
+
+/// The broker's answer to a [`Hello`], sent through the patron's one-shot server.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Welcome {
-    /// The broker's process id (for messages and `broker status`).
-    pub broker_pid: u32,
-    /// The broker's identifier for this patron, as it appears in the broker's log.
-    pub patron_id: u64,
-    /// Where this patron sends its requests.
-    pub requests: IpcSender<Request>,
-    /// Where this patron receives replies and status events.
-    pub events: IpcReceiver<Event>,
+pub enum Welcome {
+    /// Connected: events arrive on `events` from now on.
+    Accepted {
+        /// The broker's process id.
+        broker_pid: u32,
+        /// The broker's number for this patron, as it appears in the broker's log.
+        patron_id: u64,
+        /// Where this patron receives replies and status events.
+        events: IpcReceiver<Event>,
+    },
+    /// Refused, with a reason for the person running the patron.
+    Refused {
+        /// A stable word: `version`, `user`, `limit`, `stopping`, `internal`.
+        kind: String,
+        /// What to tell the user.
+        message: String,
+    },
 }
 
 /// A patron-chosen number echoed in the reply to a request.

@@ -88,3 +88,39 @@ fn a_magnet_link_fetches_its_metadata_from_the_peer_and_downloads() {
     let failed = run(add).expect_code(3);
     assert!(failed.stderr.contains("metadata"), "{}", failed.stderr);
 }
+
+#[test]
+fn a_torrent_file_larger_than_one_datagram_arrives_whole_and_downloads() {
+    use e2e::patron_client::proto::{CreateNewTorrent, TorrentSource};
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/big-meta.bin", 200_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let downloads = sandbox.folder("downloads");
+
+    // A 1.5 MiB comment makes the .torrent travel as several ipc-channel fragments.
+    let torrent = std::fs::read(&seeder.torrent).unwrap();
+    let comment = "x".repeat(1_500_000);
+    let mut padded = b"d7:comment".to_vec();
+    padded.extend_from_slice(format!("{}:{comment}", comment.len()).as_bytes());
+    padded.extend_from_slice(&torrent[1..]);
+
+    let mut patron = sandbox.patron(&state);
+    let mut request = CreateNewTorrent::new(TorrentSource::TorrentFile(padded));
+    request.output = Some(downloads.display().to_string());
+    request.peers = vec![seeder.broker.peer()];
+    let created = patron
+        .create(request)
+        .expect("a large .torrent is accepted");
+    assert_eq!(created.info().info_hash.to_string(), seeder.info_hash);
+    // The next request is answered in order after it.
+    assert_eq!(patron.list().expect("list").len(), 1);
+    e2e::wait_for("the download", e2e::STEP_TIMEOUT, || {
+        patron
+            .status(e2e::patron_client::proto::TorrentRef::Id(created.info().id))
+            .map(|s| s.complete)
+            .unwrap_or(false)
+    });
+    assert_eq!(sha256(&downloads.join("big-meta.bin")), sha256(&data));
+}

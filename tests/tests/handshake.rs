@@ -1,60 +1,216 @@
-//! The rendezvous: wrong versions and garbage get a clear refusal, and nobody else notices.
+//! The front door and the request path under hostile connectors: wrong versions, garbage,
+//! lying sizes, smuggled descriptors, stalls and connect floods. The broker answers what it
+//! can, logs every refusal, and keeps serving honest patrons.
 
-use e2e::patron_client::proto::{paths, PROTOCOL_VERSION};
-use e2e::{run, Sandbox};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use e2e::patron_client::proto::wire::HEADER_BYTES;
+use e2e::patron_client::proto::{
+    paths, Event, Hello, Request, RequestBody, RequestId, ToBroker, Welcome, PROTOCOL_VERSION,
+};
+use e2e::{run, wait_for, BrokerProcess, Sandbox, STEP_TIMEOUT};
+use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
+use nix::sys::socket::{
+    connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::time::Duration;
 
-/// Writes `bytes` on a fresh connection to the broker's socket and returns its answer line.
-fn exchange(state: &std::path::Path, bytes: &[u8]) -> String {
-    let mut stream = UnixStream::connect(paths::socket_path(state)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    stream.write_all(bytes).expect("write");
-    let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .expect("read reply");
-    line
+/// A raw SOCK_SEQPACKET connection to the broker: what any process can do.
+fn raw_connect(state: &Path) -> OwnedFd {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    let addr = UnixAddr::new(&paths::socket_path(state)).expect("addr");
+    connect(fd.as_raw_fd(), &addr).expect("connect");
+    fd
+}
+
+/// Sends one datagram: `[fragment size][total][payload]` as ipc-channel frames it, with
+/// descriptors attached, and the header fields as given (so they can lie).
+fn send_frame(fd: &OwnedFd, fragment: usize, total: usize, payload: &[u8], fds: &[i32]) {
+    let mut datagram = fragment.to_ne_bytes().to_vec();
+    datagram.extend_from_slice(&total.to_ne_bytes());
+    datagram.extend_from_slice(payload);
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    sendmsg::<()>(
+        fd.as_raw_fd(),
+        &[IoSlice::new(&datagram)],
+        cmsgs,
+        MsgFlags::empty(),
+        None,
+    )
+    .expect("sendmsg");
+}
+
+/// Sends an honest message.
+fn send_message(fd: &OwnedFd, message: &ToBroker) {
+    let payload = postcard::to_stdvec(message).expect("encode");
+    send_frame(
+        fd,
+        HEADER_BYTES + payload.len(),
+        payload.len(),
+        &payload,
+        &[],
+    );
+}
+
+/// Says hello over a raw connection with the given version; returns the broker's answer.
+fn hello(fd: &OwnedFd, version: u32) -> Welcome {
+    let (server, name) = IpcOneShotServer::<Welcome>::new().expect("one-shot");
+    send_message(
+        fd,
+        &ToBroker::Hello(Hello {
+            version,
+            server_name: name,
+        }),
+    );
+    server.accept().expect("welcome").1
+}
+
+fn next_event(events: &IpcReceiver<Event>) -> Event {
+    events
+        .try_recv_timeout(STEP_TIMEOUT)
+        .expect("an event within the step timeout")
+}
+
+fn broker_fds(broker: &BrokerProcess) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", broker.pid))
+        .expect("broker fds")
+        .count()
 }
 
 #[test]
-fn wrong_versions_and_garbage_are_refused_clearly_and_honest_patrons_still_served() {
+fn a_patron_of_another_version_is_refused_by_name() {
     let sandbox = Sandbox::new();
-    let state = sandbox.state_dir("handshake");
+    let state = sandbox.state_dir("versions");
+    let broker = sandbox.broker(&state, &[]);
+
+    // Through ipc-channel itself, as a patron of a future release would.
+    let sender = IpcSender::<ToBroker>::connect(paths::socket_path(&state).display().to_string())
+        .expect("connect");
+    let (server, name) = IpcOneShotServer::<Welcome>::new().expect("one-shot");
+    sender
+        .send(ToBroker::Hello(Hello {
+            version: PROTOCOL_VERSION + 1,
+            server_name: name,
+        }))
+        .expect("send hello");
+    match server.accept().expect("answer").1 {
+        Welcome::Refused { kind, message } => {
+            assert_eq!(kind, "version");
+            assert!(message.contains("protocol version mismatch"), "{message}");
+        }
+        Welcome::Accepted { .. } => panic!("a future version must be refused"),
+    }
+    assert!(broker.log().contains("protocol version mismatch"));
+}
+
+#[test]
+fn lying_and_garbage_messages_get_protocol_errors_and_the_session_goes_on() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("hostile");
     let mut broker = sandbox.broker(&state, &[]);
+    let channel = raw_connect(&state);
+    let Welcome::Accepted { events, .. } = hello(&channel, PROTOCOL_VERSION) else {
+        panic!("an honest hello is accepted");
+    };
 
-    let future = exchange(
-        &state,
-        format!("TIPC {} /tmp/nowhere\n", PROTOCOL_VERSION + 1).as_bytes(),
+    let (spare, _) = nix::unistd::pipe().expect("pipe");
+    let spare = spare.as_raw_fd();
+    // A first fragment claiming an enormous message (ipc-channel would reserve all of it).
+    send_frame(
+        &channel,
+        HEADER_BYTES + 4,
+        usize::MAX / 2,
+        b"abcd",
+        &[spare],
     );
-    assert!(future.starts_with("ERR version "), "{future}");
-    assert!(future.contains("protocol version mismatch"), "{future}");
-
-    let garbage = exchange(&state, b"GET / HTTP/1.1\r\n\r\n");
-    assert!(garbage.starts_with("ERR bad-hello "), "{garbage}");
-
-    let binary = exchange(&state, &[0xff, 0x00, 0x13, b'\n']);
-    assert!(binary.starts_with("ERR bad-hello "), "{binary}");
-
-    let no_server = exchange(
-        &state,
-        format!("TIPC {PROTOCOL_VERSION} /tmp/no-such-one-shot-server\n").as_bytes(),
+    // A fragmented header without the continuation channel (ipc-channel would unwrap None).
+    send_frame(&channel, HEADER_BYTES + 4, 1000, b"abcd", &[]);
+    // A complete request smuggling descriptors, as a corrupt embedded channel would.
+    let list = postcard::to_stdvec(&ToBroker::Request(Request {
+        id: RequestId(1),
+        body: RequestBody::List,
+    }))
+    .unwrap();
+    send_frame(
+        &channel,
+        HEADER_BYTES + list.len(),
+        list.len(),
+        &list,
+        &[spare, spare],
     );
-    assert!(no_server.starts_with("ERR bad-hello "), "{no_server}");
+    // A header that lies about its own datagram, and undecodable bytes.
+    send_frame(&channel, 7, 3, b"xyz", &[]);
+    let garbage = [0xffu8; 40];
+    send_frame(
+        &channel,
+        HEADER_BYTES + garbage.len(),
+        garbage.len(),
+        &garbage,
+        &[],
+    );
 
-    // A connector that says nothing does not hold up the next patron.
-    let _staller = UnixStream::connect(paths::socket_path(&state)).expect("connect");
+    for _ in 0..5 {
+        match next_event(&events) {
+            Event::ProtocolError { message } => assert!(!message.is_empty()),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+    }
+    // And the same connection is still served, in order.
+    send_message(
+        &channel,
+        &ToBroker::Request(Request {
+            id: RequestId(2),
+            body: RequestBody::List,
+        }),
+    );
+    match next_event(&events) {
+        Event::TorrentList { request, torrents } => {
+            assert_eq!(request, RequestId(2));
+            assert!(torrents.is_empty());
+        }
+        other => panic!("expected the list reply, got {other:?}"),
+    }
+    assert!(broker.is_running());
+}
+
+#[test]
+fn garbage_stalls_and_connect_floods_do_not_hold_up_honest_patrons() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("flood");
+    let mut broker = sandbox.broker(&state, &[]);
     let mut list = sandbox.client(&state);
-    list.args(["list"]);
+    list.arg("list");
+    run(list).expect_code(0);
+    let baseline = broker_fds(&broker);
+
+    // Garbage as a first message: closed and logged.
+    let junk = raw_connect(&state);
+    nix::unistd::write(&junk, b"GET / HTTP/1.1\r\n\r\n").expect("write");
+    // Connected and silent: must not block anyone.
+    let _staller = raw_connect(&state);
+    // A thousand connections opened and dropped at once.
+    for _ in 0..1000 {
+        drop(raw_connect(&state));
+    }
+    let mut list = sandbox.client(&state);
+    list.arg("list");
     run(list).expect_code(0);
     assert!(broker.is_running());
-    for refusal in ["protocol version mismatch", "not a TIPC hello"] {
-        assert!(
-            broker.log().contains(refusal),
-            "refusal {refusal:?} not logged"
-        );
-    }
+    wait_for("the refusal to be logged", STEP_TIMEOUT, || {
+        broker.log().contains("not a TIPC hello")
+    });
+    // Every dropped connection was closed again (the staller times out too).
+    wait_for(
+        "the broker's descriptors to return to normal",
+        Duration::from_secs(20),
+        || broker_fds(&broker) <= baseline + 1,
+    );
 }

@@ -1,0 +1,275 @@
+//! The broker's reading of what patrons send: ipc-channel's datagram format, checked.
+//!
+//! Patrons send with ipc-channel's own `IpcSender` (connected to the broker's socket with
+//! `IpcSender::connect`). The broker does not receive with ipc-channel, because its receive
+//! path trusts the sender: it reserves whatever total size the header declares (an abort,
+//! not a panic, when that exceeds memory), unwraps the continuation channel a fragmented
+//! message must carry, and blocks until every fragment has arrived. One hostile patron could
+//! kill or stall the broker that way. Instead the broker reads datagrams itself and hands
+//! them to [`parse_datagram`] and [`decode`], which check every field first and never panic.
+//!
+//! The format (ipc-channel 0.23, Unix): each message starts with a datagram
+//! `[fragment size: usize][total size: usize][payload]`, both sizes in native byte order and
+//! the fragment size counting the whole datagram. When the payload is the whole message the
+//! datagram carries only the message's own descriptors; otherwise it also carries, last, the
+//! receiving end of a channel on which the rest of the payload follows as plain datagrams.
+//! The payload is postcard, as `IpcSender::send` writes it. A [`ToBroker`] holds no channels
+//! or shared memory, so a complete message that carries descriptors is refused.
+
+use crate::ToBroker;
+use std::fmt;
+
+/// Bytes of the header that starts each message's first datagram.
+pub const HEADER_BYTES: usize = 2 * std::mem::size_of::<usize>();
+
+/// What one datagram of a patron holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Datagram<'a> {
+    /// A whole message's payload.
+    Complete(&'a [u8]),
+    /// The start of a message of `total` payload bytes; the rest follows on the
+    /// continuation channel that came with this datagram.
+    First {
+        /// The payload bytes in this datagram.
+        payload: &'a [u8],
+        /// The whole message's payload size.
+        total: usize,
+    },
+}
+
+/// Why a datagram or message was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError(pub String);
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WireError {}
+
+fn read_usize(bytes: &[u8]) -> usize {
+    const WORD: usize = std::mem::size_of::<usize>();
+    let mut word = [0u8; WORD];
+    word.copy_from_slice(&bytes[..WORD]);
+    usize::from_ne_bytes(word)
+}
+
+/// Checks the first datagram of a message. `descriptors` is how many file descriptors came
+/// with it; `max_total` the largest message accepted.
+pub fn parse_datagram(
+    bytes: &[u8],
+    descriptors: usize,
+    max_total: usize,
+) -> Result<Datagram<'_>, WireError> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(WireError(format!(
+            "a datagram of {} bytes is shorter than the {HEADER_BYTES}-byte header",
+            bytes.len()
+        )));
+    }
+    let fragment = read_usize(bytes);
+    let total = read_usize(&bytes[HEADER_BYTES / 2..]);
+    if fragment != bytes.len() {
+        return Err(WireError(format!(
+            "the header claims a {fragment}-byte datagram, but {} bytes came",
+            bytes.len()
+        )));
+    }
+    if total > max_total {
+        return Err(WireError(format!(
+            "a message of {total} bytes exceeds the limit of {max_total}"
+        )));
+    }
+    let payload = &bytes[HEADER_BYTES..];
+    if total == payload.len() {
+        if descriptors != 0 {
+            return Err(WireError(format!(
+                "requests carry no channels or shared memory, but this one carried {descriptors}"
+            )));
+        }
+        Ok(Datagram::Complete(payload))
+    } else if total > payload.len() {
+        if descriptors != 1 {
+            return Err(WireError(format!(
+                "a fragmented message must carry exactly its continuation channel, but carried {descriptors} descriptors"
+            )));
+        }
+        Ok(Datagram::First { payload, total })
+    } else {
+        Err(WireError(format!(
+            "the header claims a {total}-byte message, but the datagram alone holds {}",
+            payload.len()
+        )))
+    }
+}
+
+/// Decodes a whole message's payload.
+pub fn decode(payload: &[u8]) -> Result<ToBroker, WireError> {
+    postcard::from_bytes(payload).map_err(|e| WireError(format!("cannot decode the message: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Hello, Request, RequestBody, RequestId, TorrentSource, PROTOCOL_VERSION};
+    use ipc_channel::ipc::IpcSender;
+    use nix::sys::socket::{
+        accept, bind, listen, recvmsg, socket, AddressFamily, Backlog, ControlMessageOwned,
+        MsgFlags, SockFlag, SockType, UnixAddr,
+    };
+    use proptest::prelude::*;
+    use std::io::IoSliceMut;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    fn header(fragment: usize, total: usize) -> Vec<u8> {
+        let mut bytes = fragment.to_ne_bytes().to_vec();
+        bytes.extend_from_slice(&total.to_ne_bytes());
+        bytes
+    }
+
+    /// Receives one datagram and its descriptors from `fd`.
+    fn receive(fd: &OwnedFd) -> (Vec<u8>, Vec<OwnedFd>) {
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut iov = [IoSliceMut::new(&mut buffer)];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 8]);
+        let msg = recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
+            .expect("recvmsg");
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().expect("cmsgs") {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just gave us these descriptors; nothing else owns them.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        let len = msg.bytes;
+        (buffer[..len].to_vec(), fds)
+    }
+
+    /// What a real `IpcSender` writes is what `parse_datagram` and `decode` read: a small
+    /// message in one datagram, a large one as a first fragment plus continuation.
+    #[test]
+    fn reads_what_ipc_channel_really_sends() {
+        let dir = tempfile_dir();
+        let path = dir.join("wire.sock");
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(listener.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        listen(&listener, Backlog::new(1).unwrap()).unwrap();
+        let sender = IpcSender::<ToBroker>::connect(path.display().to_string()).unwrap();
+        // SAFETY: accept returns a new descriptor that we own.
+        let conn = unsafe { OwnedFd::from_raw_fd(accept(listener.as_raw_fd()).unwrap()) };
+
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            server_name: "/tmp/x".into(),
+        };
+        sender.send(ToBroker::Hello(hello.clone())).unwrap();
+        let (bytes, fds) = receive(&conn);
+        let Ok(Datagram::Complete(payload)) = parse_datagram(&bytes, fds.len(), 1 << 30) else {
+            panic!("a hello is one datagram");
+        };
+        assert!(matches!(decode(payload), Ok(ToBroker::Hello(h)) if h == hello));
+
+        let big = vec![0x5a; 3 << 20];
+        let request = ToBroker::Request(Request {
+            id: RequestId(9),
+            body: RequestBody::CreateNewTorrent(crate::CreateNewTorrent::new(
+                TorrentSource::TorrentFile(big.clone()),
+            )),
+        });
+        let send = std::thread::spawn(move || sender.send(request).unwrap());
+        let (bytes, mut fds) = receive(&conn);
+        let Ok(Datagram::First { payload, total }) = parse_datagram(&bytes, fds.len(), 1 << 30)
+        else {
+            panic!("3 MiB must be fragmented");
+        };
+        let continuation = fds.pop().unwrap();
+        let mut whole = payload.to_vec();
+        while whole.len() < total {
+            let (more, extra) = receive(&continuation);
+            assert!(extra.is_empty());
+            whole.extend_from_slice(&more);
+        }
+        send.join().unwrap();
+        match decode(&whole) {
+            Ok(ToBroker::Request(Request {
+                body: RequestBody::CreateNewTorrent(c),
+                ..
+            })) => assert!(matches!(c.source, TorrentSource::TorrentFile(b) if b == big)),
+            other => panic!("unexpected {other:?}"),
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("tp-wire-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn lying_headers_are_refused() {
+        let mut short = header(10, 0);
+        short.truncate(HEADER_BYTES - 1);
+        assert!(parse_datagram(&short, 0, 100).is_err());
+        // Claims more bytes in this datagram than came.
+        assert!(parse_datagram(&header(1000, 0), 0, 100).is_err());
+        // A huge total is refused before anything is allocated.
+        let huge = header(HEADER_BYTES, usize::MAX);
+        let err = parse_datagram(&huge, 1, 1 << 24).unwrap_err();
+        assert!(err.0.contains("exceeds the limit"), "{err}");
+        // Fragmented, but without its continuation channel (ipc-channel would unwrap None).
+        let mut first = header(HEADER_BYTES + 4, 100);
+        first.extend_from_slice(b"abcd");
+        assert!(parse_datagram(&first, 0, 1000).is_err());
+        assert!(parse_datagram(&first, 1, 1000).is_ok());
+        // A complete request smuggling descriptors.
+        let mut whole = header(HEADER_BYTES + 2, 2);
+        whole.extend_from_slice(b"ab");
+        assert!(parse_datagram(&whole, 3, 1000).is_err());
+        // Total smaller than what came.
+        let mut less = header(HEADER_BYTES + 4, 2);
+        less.extend_from_slice(b"abcd");
+        assert!(parse_datagram(&less, 0, 1000).is_err());
+    }
+
+    proptest! {
+        // No bytes a patron can send make the parser or the decoder panic.
+        #[test]
+        fn arbitrary_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), fds in 0usize..4) {
+            if let Ok(Datagram::Complete(payload)) = parse_datagram(&bytes, fds, 1 << 20) {
+                let _ = decode(payload);
+            }
+        }
+
+        #[test]
+        fn arbitrary_payloads_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = decode(&payload);
+        }
+
+        // Valid requests with random field values decode to themselves.
+        #[test]
+        fn requests_round_trip_through_postcard(id in any::<u64>(), bytes in proptest::collection::vec(any::<u8>(), 0..256), magnet in ".{0,64}") {
+            for body in [
+                RequestBody::CreateNewTorrent(crate::CreateNewTorrent::new(TorrentSource::TorrentFile(bytes.clone()))),
+                RequestBody::CreateNewTorrent(crate::CreateNewTorrent::new(TorrentSource::Magnet(magnet.clone()))),
+                RequestBody::List,
+            ] {
+                let sent = ToBroker::Request(Request { id: RequestId(id), body });
+                let encoded = postcard::to_stdvec(&sent).unwrap();
+                let decoded = decode(&encoded).unwrap();
+                prop_assert_eq!(format!("{decoded:?}"), format!("{sent:?}"));
+            }
+        }
+    }
+}
