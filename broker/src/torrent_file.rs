@@ -72,6 +72,23 @@ pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTo
     let meta = librqbit::torrent_from_bytes(bytes)
         .map_err(|e| invalid(format!("not a valid .torrent file: {e}")))?;
     let info_hash = InfoHash(meta.info_hash.0);
+    // Names are written to disk as given: refuse what would have to be guessed at.
+    let raw_names = meta.info.data.name.iter().chain(
+        meta.info
+            .data
+            .files
+            .iter()
+            .flatten()
+            .flat_map(|file| file.path.iter()),
+    );
+    for raw in raw_names {
+        if std::str::from_utf8(raw.as_ref()).is_err() {
+            return Err(invalid(format!(
+                "a file name is not UTF-8 ({:?})",
+                String::from_utf8_lossy(raw.as_ref())
+            )));
+        }
+    }
     let piece_length = u64::from(meta.info.data.piece_length);
     let pieces_len = meta.info.data.pieces.as_ref().len();
     let validated: ValidatedTorrentMetaV1Info<_> = meta
@@ -499,5 +516,62 @@ mod magnet_tests {
         assert!(checked.uri.contains("127.0.0.1"), "{}", checked.uri);
         let kept = check_magnet(&link, false).expect("valid magnet");
         assert!(kept.uri.contains("example"), "{}", kept.uri);
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Bencode-ish bytes: mostly the characters torrents are made of, so the parser gets deep.
+    fn bencodeish() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just(b'd'),
+                Just(b'l'),
+                Just(b'e'),
+                Just(b'i'),
+                Just(b':'),
+                (b'0'..=b'9'),
+                any::<u8>(),
+            ],
+            0..300,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn no_torrent_bytes_make_the_checker_panic(bytes in bencodeish()) {
+            let _ = check_torrent_file(&bytes, true);
+        }
+
+        #[test]
+        fn no_info_dict_makes_the_checker_panic(
+            name in proptest::collection::vec(any::<u8>(), 0..12),
+            length in any::<u64>(),
+            piece_length in any::<u32>(),
+            pieces in 0usize..4,
+        ) {
+            let mut info = b"d6:lengthi".to_vec();
+            info.extend_from_slice(length.to_string().as_bytes());
+            info.extend_from_slice(format!("e4:name{}:", name.len()).as_bytes());
+            info.extend_from_slice(&name);
+            info.extend_from_slice(format!("12:piece lengthi{piece_length}e6:pieces{}:", pieces * 20).as_bytes());
+            info.extend(std::iter::repeat_n(b'x', pieces * 20));
+            info.push(b'e');
+            let mut torrent = b"d4:info".to_vec();
+            torrent.extend_from_slice(&info);
+            torrent.push(b'e');
+            let _ = check_torrent_file(&torrent, false);
+        }
+
+        #[test]
+        fn no_magnet_makes_the_checker_panic(link in ".{0,200}") {
+            let _ = check_magnet(&link, true);
+            let _ = check_magnet(&format!("magnet:?{link}"), true);
+        }
     }
 }

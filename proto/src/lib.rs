@@ -373,6 +373,8 @@ pub enum ErrorKind {
     NotHolder,
     /// A peer address was malformed or not allowed (e.g. off loopback in loopback-only mode).
     InvalidPeer,
+    /// The save folder's file system has less free space than the torrent needs.
+    NoSpace,
     /// A limit was reached (torrents, message size, patrons).
     LimitReached,
     /// The request itself was malformed.
@@ -397,6 +399,7 @@ impl ErrorKind {
             ErrorKind::UnknownTorrent => "unknown-torrent",
             ErrorKind::NotHolder => "not-holder",
             ErrorKind::InvalidPeer => "invalid-peer",
+            ErrorKind::NoSpace => "no-space",
             ErrorKind::LimitReached => "limit-reached",
             ErrorKind::BadRequest => "bad-request",
             ErrorKind::Io => "io",

@@ -77,6 +77,7 @@ async fn start(
     let data_folder = checked.data_folder(&save_folder);
     if !create.overwrite {
         refuse_existing_files(&checked, &data_folder)?;
+        refuse_if_it_cannot_fit(&checked, &save_folder)?;
     }
 
     let restore = RestoreSpec {
@@ -161,6 +162,30 @@ fn refuse_existing_files(
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A torrent larger than the free space would fail half-way; say so before it starts.
+/// (Reused files are not counted, so `overwrite` skips this check.)
+fn refuse_if_it_cannot_fit(
+    checked: &CheckedTorrent,
+    save_folder: &std::path::Path,
+) -> Result<(), ProtoError> {
+    let Ok(stats) = nix::sys::statvfs::statvfs(save_folder) else {
+        return Ok(()); // cannot tell: let the engine find out
+    };
+    let free = (stats.blocks_available() as u64).saturating_mul(stats.fragment_size() as u64);
+    if checked.total_bytes > free {
+        return Err(ProtoError::new(
+            ErrorKind::NoSpace,
+            format!(
+                "{} needs {} bytes, but only {free} are free in {}",
+                checked.name,
+                checked.total_bytes,
+                save_folder.display()
+            ),
+        ));
     }
     Ok(())
 }

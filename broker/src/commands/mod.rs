@@ -11,7 +11,9 @@ mod status;
 
 use crate::broker::Broker;
 use crate::patron::PatronConnection;
-use proto::{Event, Request, RequestBody, TorrentId};
+use futures::FutureExt;
+use proto::{ErrorKind, Event, ProtoError, Request, RequestBody, RequestId, TorrentId};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 /// Answers one request of `patron`. Called by the patron's own task, one request at a time,
@@ -19,22 +21,39 @@ use std::sync::Arc;
 pub async fn serve(broker: &Arc<Broker>, patron: &PatronConnection, request: Request) {
     let id = request.id;
     let kind = request.body.kind();
-    let reply = match request.body {
-        RequestBody::CreateNewTorrent(create) => create::run(broker, patron.id, id, create).await,
-        RequestBody::CloseTorrent(close) => close::run(broker, patron.id, id, close).await,
-        RequestBody::List => list::run(broker, patron.id, id),
-        RequestBody::Status(torrent) => status::run(broker, id, torrent),
-        RequestBody::Follow(torrent) => follow::run(broker, patron.id, id, torrent),
-        RequestBody::MakeTorrent(make) => make::run(broker, patron.id, id, make).await,
-        RequestBody::BrokerInfo => info::run(broker, id),
-        RequestBody::StopBroker => {
-            // Reply first: stopping closes every outbox.
-            broker.deliver(patron, Event::Ok { request: id });
-            broker.shutdown.trigger(format!(
-                "stop requested by patron {} (pid {})",
-                patron.id, patron.pid
-            ));
-            return;
+    if matches!(request.body, RequestBody::StopBroker) {
+        // Reply first: stopping closes every outbox.
+        broker.deliver(patron, Event::Ok { request: id });
+        broker.shutdown.trigger(format!(
+            "stop requested by patron {} (pid {})",
+            patron.id, patron.pid
+        ));
+        return;
+    }
+    let is_create = matches!(request.body, RequestBody::CreateNewTorrent(_));
+    // A panic below (in the engine, say) must still produce this request's one reply, and
+    // must not end the task that serves this patron's later requests.
+    let reply = match AssertUnwindSafe(answer(broker, patron, id, request.body))
+        .catch_unwind()
+        .await
+    {
+        Ok(reply) => reply,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(patron = patron.id, request = %id, kind, "request panicked: {what}");
+            let error = ProtoError::new(
+                ErrorKind::Engine,
+                "internal error while handling the request (see the broker's log)",
+            );
+            if is_create {
+                Event::TorrentStartFail { request: id, error }
+            } else {
+                Event::Error { request: id, error }
+            }
         }
     };
     match &reply {
@@ -48,6 +67,24 @@ pub async fn serve(broker: &Arc<Broker>, patron: &PatronConnection, request: Req
     // A new holder hears about its torrent at once, not at the next change.
     if let Some(status) = now_held.and_then(|torrent| broker.current_status(torrent)) {
         patron.outbox.push_status(status);
+    }
+}
+
+async fn answer(
+    broker: &Arc<Broker>,
+    patron: &PatronConnection,
+    id: RequestId,
+    body: RequestBody,
+) -> Event {
+    match body {
+        RequestBody::CreateNewTorrent(create) => create::run(broker, patron.id, id, create).await,
+        RequestBody::CloseTorrent(close) => close::run(broker, patron.id, id, close).await,
+        RequestBody::List => list::run(broker, patron.id, id),
+        RequestBody::Status(torrent) => status::run(broker, id, torrent),
+        RequestBody::Follow(torrent) => follow::run(broker, patron.id, id, torrent),
+        RequestBody::MakeTorrent(make) => make::run(broker, patron.id, id, make).await,
+        RequestBody::BrokerInfo => info::run(broker, id),
+        RequestBody::StopBroker => Event::Ok { request: id },
     }
 }
 

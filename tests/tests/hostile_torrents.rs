@@ -1,0 +1,153 @@
+//! Torrents built to escape the save folder, lie, or overwhelm: each is refused with a reason
+//! and nothing is written anywhere.
+
+use e2e::{run, Sandbox};
+use std::path::Path;
+
+/// A bencoded byte string.
+fn b(bytes: &[u8]) -> Vec<u8> {
+    let mut out = format!("{}:", bytes.len()).into_bytes();
+    out.extend_from_slice(bytes);
+    out
+}
+
+fn int(n: u64) -> Vec<u8> {
+    format!("i{n}e").into_bytes()
+}
+
+/// A bencoded dictionary from (key, already-encoded value) pairs, keys as given.
+fn dict(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut out = vec![b'd'];
+    for (key, value) in entries {
+        out.extend(b(key.as_bytes()));
+        out.extend_from_slice(value);
+    }
+    out.push(b'e');
+    out
+}
+
+fn list(items: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = vec![b'l'];
+    for item in items {
+        out.extend_from_slice(item);
+    }
+    out.push(b'e');
+    out
+}
+
+fn hashes(n: usize) -> Vec<u8> {
+    b(&vec![7u8; 20 * n])
+}
+
+fn single(name: &[u8], length: u64, piece_length: u64, pieces: usize) -> Vec<u8> {
+    let info = dict(&[
+        ("length", int(length)),
+        ("name", b(name)),
+        ("piece length", int(piece_length)),
+        ("pieces", hashes(pieces)),
+    ]);
+    dict(&[("info", info)])
+}
+
+fn multi(name: &[u8], paths: &[&[&[u8]]], piece_length: u64) -> Vec<u8> {
+    let files: Vec<Vec<u8>> = paths
+        .iter()
+        .map(|path| {
+            let parts: Vec<Vec<u8>> = path.iter().map(|p| b(p)).collect();
+            dict(&[("length", int(10)), ("path", list(&parts))])
+        })
+        .collect();
+    let total = 10 * paths.len() as u64;
+    let info = dict(&[
+        ("files", list(&files)),
+        ("name", b(name)),
+        ("piece length", int(piece_length)),
+        ("pieces", hashes(total.div_ceil(piece_length) as usize)),
+    ]);
+    dict(&[("info", info)])
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
+#[test]
+fn hostile_torrents_fail_to_start_with_a_reason_and_write_nothing() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("jail/downloads");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("parent name", single(b"..", 10, 16384, 1), ".."),
+        (
+            "parent path",
+            multi(b"dir", &[&[b"..", b"evil"]], 16384),
+            "..",
+        ),
+        (
+            "absolute path",
+            multi(b"dir", &[&[b"/tmp/evil"]], 16384),
+            "separator",
+        ),
+        ("empty name", single(b"", 10, 16384, 1), "name"),
+        (
+            "empty path part",
+            multi(b"dir", &[&[b"a", b""]], 16384),
+            "empty",
+        ),
+        (
+            "duplicate files",
+            multi(b"dir", &[&[b"a"], &[b"a"]], 16384),
+            "duplicate",
+        ),
+        (
+            "file and folder",
+            multi(b"dir", &[&[b"a"], &[b"a", b"b"]], 16384),
+            "both a file and a folder",
+        ),
+        (
+            "piece count",
+            single(b"a.bin", 100_000, 16384, 2),
+            "piece hashes",
+        ),
+        ("not UTF-8", single(b"\xff\xfe.bin", 10, 16384, 1), "UTF-8"),
+        // 1 TiB in 512 pieces of 2 GiB: consistent, small, and far beyond the free space.
+        (
+            "huge size",
+            single(b"huge.bin", 1 << 40, 1 << 31, 512),
+            "free",
+        ),
+        (
+            "not bencode",
+            b"<html>404</html>".to_vec(),
+            "not a valid .torrent",
+        ),
+    ];
+    for (what, bytes, reason) in cases {
+        let file = sandbox.path(&format!("{}.torrent", what.replace(' ', "-")));
+        e2e::write_file(&file, &bytes);
+        let add = sandbox.add_command(&state, &file, &downloads, None);
+        let out = run(add).expect_code(3);
+        let error = &out.json_lines()[0];
+        assert_eq!(error["event"], "error", "{what}: {error}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(reason),
+            "{what}: the reason {message:?} should mention {reason:?}"
+        );
+    }
+    // Nothing was created: not in the save folder, not beside it, not in /tmp.
+    assert!(files_under(&sandbox.path("jail")).is_empty());
+    assert!(!Path::new("/tmp/evil").exists());
+    let mut list = sandbox.client(&state);
+    list.args(["--json", "list"]);
+    assert!(run(list).expect_code(0).json_lines().is_empty());
+}
