@@ -28,6 +28,50 @@ pub use serde_json;
 /// The longest any single step (a command, a wait) may take before the test fails.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The longest a whole test may take. Past it the watchdog kills the test's brokers by PID
+/// and aborts the test binary: a hang inside a blocking call must not hang CI.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Sandboxes alive now: their state dirs and deadlines, for the watchdog.
+static LIVE: Mutex<Vec<(u64, Instant, Vec<PathBuf>)>> = Mutex::new(Vec::new());
+static NEXT_SANDBOX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn start_watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+            if live
+                .iter()
+                .any(|(_, deadline, _)| Instant::now() > *deadline)
+            {
+                eprintln!("a test ran past {TEST_TIMEOUT:?}: killing its brokers and aborting");
+                for state in live.iter().flat_map(|(_, _, dirs)| dirs) {
+                    if let Some(pid) = broker_pid_of(state) {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+                std::process::abort();
+            }
+        });
+    });
+}
+
+/// Children die with the test thread that started them, even if the test is aborted.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Path of one of the workspace's binaries.
 pub fn bin(name: &str) -> PathBuf {
     let dir = match std::env::var_os("TORRENT_PATRON_BIN_DIR") {
@@ -54,6 +98,7 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct Sandbox {
     dir: tempfile::TempDir,
     state_dirs: Mutex<Vec<PathBuf>>,
+    id: u64,
 }
 
 impl Default for Sandbox {
@@ -69,9 +114,17 @@ impl Sandbox {
             .prefix("tp-e2e-")
             .tempdir()
             .expect("tempdir");
+        let id = NEXT_SANDBOX.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push((
+            id,
+            Instant::now() + TEST_TIMEOUT,
+            Vec::new(),
+        ));
+        start_watchdog();
         Sandbox {
             dir,
             state_dirs: Mutex::new(Vec::new()),
+            id,
         }
     }
 
@@ -92,6 +145,10 @@ impl Sandbox {
         let path = self.folder(&format!("{name}-state"));
         let path = path.canonicalize().expect("canonical state dir");
         self.state_dirs.lock().unwrap().push(path.clone());
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, dirs)) = live.iter_mut().find(|(id, _, _)| *id == self.id) {
+            dirs.push(path.clone());
+        }
         path
     }
 
@@ -113,6 +170,7 @@ impl Sandbox {
 
     /// The environment every process of this sandbox runs with.
     pub fn apply_env(&self, cmd: &mut Command) {
+        die_with_parent(cmd);
         cmd.env("TORRENT_PATRON_LOOPBACK_ONLY", "1")
             .env("TORRENT_PATRON_DOWNLOAD_ROOT", self.dir.path())
             .env("TORRENT_PATRON_BROKER", bin("torrent-broker"))
@@ -174,6 +232,9 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(id, _, _)| *id != self.id);
         // Brokers a patron auto-started are not our children: find them by their state
         // dir's lock file, and check the pid still runs a broker on that dir before killing.
         for state in self.state_dirs.lock().unwrap().iter() {

@@ -120,11 +120,30 @@ impl Patron {
     }
 
     /// Sends a request without waiting; its reply comes through [`Patron::next_event`].
+    ///
+    /// A request larger than [`proto::MAX_REQUEST_BYTES`] is refused here, with
+    /// [`ErrorKind::LimitReached`](proto::ErrorKind::LimitReached): the broker would refuse it
+    /// anyway, and ipc-channel's sender would wait forever for it to be read.
     pub fn send(&mut self, body: RequestBody) -> Result<RequestId> {
         let id = RequestId(self.next_request);
+        let message = ToBroker::Request(Request { id, body });
+        if might_be_large(&message) {
+            let size = postcard::to_stdvec(&message)
+                .map_err(|e| Error::Protocol(format!("cannot encode the request: {e}")))?
+                .len();
+            if size > proto::MAX_REQUEST_BYTES {
+                return Err(Error::Request(ProtoError::new(
+                    proto::ErrorKind::LimitReached,
+                    format!(
+                        "the request is {size} bytes; the broker accepts at most {}",
+                        proto::MAX_REQUEST_BYTES
+                    ),
+                )));
+            }
+        }
         self.next_request += 1;
         self.requests
-            .send(ToBroker::Request(Request { id, body }))
+            .send(message)
             .map_err(|e| Error::BrokerStopped(format!("cannot send to the broker: {e}")))?;
         Ok(id)
     }
@@ -248,6 +267,22 @@ impl Patron {
             Event::Ok { .. } => Ok(()),
             other => Err(error_or_unexpected(other)),
         }
+    }
+}
+
+/// Only a .torrent file's bytes can make a request approach the size limit; measuring the
+/// others would be wasted work on every request.
+fn might_be_large(message: &ToBroker) -> bool {
+    const WORTH_MEASURING: usize = 1 << 20;
+    match message {
+        ToBroker::Request(Request {
+            body: RequestBody::CreateNewTorrent(create),
+            ..
+        }) => match &create.source {
+            proto::TorrentSource::TorrentFile(bytes) => bytes.len() > WORTH_MEASURING,
+            proto::TorrentSource::Magnet(link) => link.len() > WORTH_MEASURING,
+        },
+        _ => false,
     }
 }
 

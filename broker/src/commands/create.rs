@@ -175,7 +175,9 @@ fn refuse_if_it_cannot_fit(
     let Ok(stats) = nix::sys::statvfs::statvfs(save_folder) else {
         return Ok(()); // cannot tell: let the engine find out
     };
-    let free = (stats.blocks_available() as u64).saturating_mul(stats.fragment_size() as u64);
+    let free = stats
+        .blocks_available()
+        .saturating_mul(stats.fragment_size());
     if checked.total_bytes > free {
         return Err(ProtoError::new(
             ErrorKind::NoSpace,

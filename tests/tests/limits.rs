@@ -1,0 +1,106 @@
+//! Explicit limits: breaching one is a clear error for that patron alone.
+
+use e2e::patron_client::proto::{
+    CreateNewTorrent, ErrorKind, Event, RequestBody, TorrentSource, MAX_REQUEST_BYTES,
+};
+use e2e::patron_client::{Error, Patron};
+use e2e::{Sandbox, Seeder, STEP_TIMEOUT};
+
+#[test]
+fn the_patron_past_max_patrons_is_refused_and_the_others_carry_on() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("few");
+    let _broker = sandbox.broker(&state, &["--max-patrons", "3"]);
+    let mut patrons: Vec<Patron> = (0..3).map(|_| sandbox.patron(&state)).collect();
+    match Patron::connect_with(&sandbox.connect_options(&state)) {
+        Err(Error::Refused { kind, message }) => {
+            assert_eq!(kind, "limit");
+            assert!(message.contains("maximum of 3 patrons"), "{message}");
+        }
+        other => panic!("a fourth patron must be refused: {:?}", other.map(|_| ())),
+    }
+    for patron in &mut patrons {
+        assert!(patron.list().expect("list").is_empty());
+    }
+    // A place frees up when one leaves.
+    patrons.pop();
+    e2e::wait_for("a free place", STEP_TIMEOUT, || {
+        Patron::connect_with(&sandbox.connect_options(&state)).is_ok()
+    });
+}
+
+#[test]
+fn the_torrent_past_max_torrents_is_refused() {
+    let sandbox = Sandbox::new();
+    let first = sandbox.random_file("seed/one.bin", 20_000);
+    let second = sandbox.random_file("seed/two.bin", 20_000);
+    let one = Seeder::start(&sandbox, "seed-one", &first, 16 * 1024, &[]);
+    let two = Seeder::start(&sandbox, "seed-two", &second, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &["--max-torrents", "1"]);
+    let out = sandbox.folder("downloads");
+    let mut patron = sandbox.patron(&state);
+    let request = |seeder: &Seeder| {
+        let mut r = CreateNewTorrent::new(TorrentSource::TorrentFile(
+            std::fs::read(&seeder.torrent).unwrap(),
+        ));
+        r.output = Some(out.display().to_string());
+        r
+    };
+    patron.create(request(&one)).expect("the first fits");
+    match patron.create(request(&two)) {
+        Err(Error::StartFailed(e)) => {
+            assert_eq!(e.kind, ErrorKind::LimitReached);
+            assert!(e.message.contains("maximum of 1 torrents"), "{}", e.message);
+        }
+        other => panic!("the second must be refused: {other:?}"),
+    }
+}
+
+#[test]
+fn a_request_over_the_size_limit_is_refused_and_the_session_goes_on() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("big");
+    let broker = sandbox.broker(&state, &[]);
+    let mut patron = sandbox.patron(&state);
+    // The library refuses it before sending (the broker's own refusal of a lying or
+    // oversized datagram is tested in `handshake`).
+    let too_big = vec![b'd'; MAX_REQUEST_BYTES + 1];
+    let sent = patron.send(RequestBody::CreateNewTorrent(CreateNewTorrent::new(
+        TorrentSource::TorrentFile(too_big),
+    )));
+    match sent {
+        Err(Error::Request(e)) => {
+            assert_eq!(e.kind, ErrorKind::LimitReached);
+            assert!(e.message.contains("at most"), "{}", e.message);
+        }
+        other => panic!("an oversized request must be refused: {other:?}"),
+    }
+    // Just under the limit travels (fragmented) and gets its reply: not a valid torrent.
+    let just_under = vec![b'd'; MAX_REQUEST_BYTES - 1024];
+    let id = patron
+        .send(RequestBody::CreateNewTorrent(CreateNewTorrent::new(
+            TorrentSource::TorrentFile(just_under),
+        )))
+        .expect("send");
+    match patron.next_event_timeout(STEP_TIMEOUT).expect("event") {
+        Some(Event::TorrentStartFail { request, error }) => {
+            assert_eq!(request, id);
+            assert_eq!(error.kind, ErrorKind::InvalidTorrent);
+        }
+        other => panic!("expected a start failure, got {other:?}"),
+    }
+    assert!(patron.list().expect("still served").is_empty());
+
+    // The broker raised its own descriptor limit at start (each patron costs two).
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", broker.pid)).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        fields[3], fields[4],
+        "soft limit raised to the hard one: {line}"
+    );
+}
