@@ -203,3 +203,55 @@ fn sigterm_tells_patrons_and_a_restarted_broker_resumes_without_refetching() {
         "the seeder uploaded {uploaded} bytes for a {SIZE}-byte file"
     );
 }
+
+#[test]
+fn a_broker_killed_three_times_mid_download_resumes_each_time_without_refetching() {
+    let sandbox = Sandbox::new();
+    let (seeder, data) = slow_seeder(&sandbox);
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+
+    let mut broker = sandbox.broker(&state, &[]);
+    let mut adder = sandbox.patron(&state);
+    let mut request = e2e::patron_client::proto::CreateNewTorrent::new(
+        e2e::patron_client::proto::TorrentSource::TorrentFile(
+            std::fs::read(&seeder.torrent).unwrap(),
+        ),
+    );
+    request.output = Some(downloads.display().to_string());
+    request.peers = vec![seeder.broker.peer()];
+    adder.create(request).expect("create");
+    drop(adder);
+
+    let mut reached = 0.0;
+    for round in 1..=3 {
+        let mut watcher = follow_the_torrent(&sandbox, &state);
+        // Make real progress in every round: at least another 15% of the file.
+        let status = wait_until_done(&mut watcher, reached + 0.15);
+        assert!(
+            status.progress >= reached,
+            "round {round}: progress went back from {reached} to {}",
+            status.progress
+        );
+        reached = status.progress;
+        broker.signal(Signal::SIGKILL);
+        broker.wait_exit(STEP_TIMEOUT);
+        drop(watcher);
+        broker = sandbox.broker(&state, &[]);
+    }
+    let mut watcher = follow_the_torrent(&sandbox, &state);
+    let mut status = next_status(&mut watcher);
+    while !status.complete {
+        status = next_status(&mut watcher);
+    }
+    assert_eq!(sha256(&downloads.join("slow.bin")), sha256(&data));
+    let mut seeder_status = sandbox.client(&seeder.broker.state);
+    seeder_status.args(["--json", "status", &seeder.info_hash]);
+    let uploaded = run(seeder_status).expect_code(0).json_lines()[0]["uploaded"]
+        .as_u64()
+        .expect("uploaded");
+    assert!(
+        uploaded as f64 <= 1.1 * SIZE as f64,
+        "the seeder uploaded {uploaded} bytes for a {SIZE}-byte file over three kills"
+    );
+}
