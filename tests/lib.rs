@@ -59,7 +59,7 @@ fn start_watchdog() {
 }
 
 /// Children die with the test thread that started them, even if the test is aborted.
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {

@@ -1,0 +1,346 @@
+//! Interop with real BitTorrent clients over 127.0.0.1 (Debian's aria2, transmission and
+//! mktorrent; `.ci/run` installs them). DHT, local discovery, PEX and UPnP are off on every
+//! side, and no torrent here names a tracker: peers are given explicitly. Transmission never
+//! dials 127.x peers itself, so where it downloads the broker dials it.
+
+use e2e::{run, sha256, wait_for, Running, Sandbox, STEP_TIMEOUT};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Whether `tool` is installed. Missing tools fail the test in CI and skip it elsewhere.
+fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is missing: .ci/run installs aria2, transmission-cli, transmission-daemon, mktorrent"
+        );
+        eprintln!("skipped: {tool} is not installed");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn tool(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    e2e::die_with_parent(&mut cmd);
+    cmd
+}
+
+/// `aria2c` on a torrent, loopback-only in effect (no DHT, LPD or PEX; the torrent names no
+/// tracker). Seeds forever with `seed`, else exits once downloaded.
+fn aria2(torrent: &Path, dir: &Path, port: u16, seed: bool) -> Running {
+    let mut cmd = tool("aria2c");
+    cmd.args([
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--disable-ipv6=true",
+        "--summary-interval=0",
+        "--console-log-level=warn",
+    ])
+    .arg(format!("--listen-port={port}"))
+    .arg(format!("--dht-listen-port={}", free_port()))
+    .arg("-d")
+    .arg(dir);
+    if seed {
+        cmd.args(["--check-integrity=true", "--seed-ratio=0.0"]);
+    } else {
+        cmd.arg("--seed-time=0");
+    }
+    cmd.arg(torrent);
+    Running::start(cmd)
+}
+
+/// A transmission-daemon bound to 127.0.0.1 with DHT, LPD, PEX, uTP and port mapping off.
+struct Transmission {
+    _daemon: Running,
+    rpc: String,
+    peer_port: u16,
+}
+
+impl Transmission {
+    fn start(sandbox: &Sandbox, name: &str) -> Transmission {
+        let config = sandbox.folder(&format!("{name}-config"));
+        let (peer_port, rpc_port) = (free_port(), free_port());
+        let settings = serde_json::json!({
+            "dht-enabled": false, "lpd-enabled": false, "pex-enabled": false, "utp-enabled": false,
+            "port-forwarding-enabled": false, "blocklist-enabled": false,
+            "bind-address-ipv4": "127.0.0.1", "bind-address-ipv6": "::1",
+            "peer-port": peer_port, "peer-port-random-on-start": false,
+            "rpc-port": rpc_port, "rpc-bind-address": "127.0.0.1",
+            "rpc-authentication-required": false, "rpc-whitelist-enabled": false,
+            "rpc-host-whitelist-enabled": false, "incomplete-dir-enabled": false,
+            "download-dir": sandbox.folder(&format!("{name}-downloads")),
+            "speed-limit-up-enabled": false, "start-added-torrents": true, "message-level": 1,
+        });
+        std::fs::write(config.join("settings.json"), settings.to_string()).unwrap();
+        let mut daemon = tool("transmission-daemon");
+        daemon.arg("-f").arg("-g").arg(&config);
+        let transmission = Transmission {
+            _daemon: Running::start(daemon),
+            rpc: format!("127.0.0.1:{rpc_port}"),
+            peer_port,
+        };
+        wait_for("transmission's RPC", STEP_TIMEOUT, || {
+            transmission.remote(&["-l"]).status.success()
+        });
+        transmission
+    }
+
+    fn remote(&self, args: &[&str]) -> std::process::Output {
+        tool("transmission-remote")
+            .arg(&self.rpc)
+            .args(args)
+            .output()
+            .expect("transmission-remote")
+    }
+
+    fn add(&self, torrent: &Path, dir: &Path) {
+        let out = self.remote(&[
+            "-a",
+            &torrent.display().to_string(),
+            "-w",
+            &dir.display().to_string(),
+        ]);
+        assert!(out.status.success(), "transmission-remote -a: {out:?}");
+    }
+
+    /// Waits until transmission lists `name` as started (not queued or verifying): a peer
+    /// that connects before then is turned away, and a finished librqbit torrent does not
+    /// dial a peer twice.
+    fn wait_active(&self, name: &str) {
+        wait_for(
+            &format!("transmission to start {name}"),
+            STEP_TIMEOUT,
+            || {
+                let list = String::from_utf8_lossy(&self.remote(&["-l"]).stdout).into_owned();
+                list.lines().any(|line| {
+                    line.trim_end().ends_with(name)
+                        && ["Idle", "Downloading", "Seeding", "Up & Down"]
+                            .iter()
+                            .any(|state| line.contains(state))
+                })
+            },
+        );
+    }
+
+    fn peer(&self) -> String {
+        format!("127.0.0.1:{}", self.peer_port)
+    }
+}
+
+/// `patron-client make` (no seeding), with a piece size.
+fn make(sandbox: &Sandbox, state: &Path, data: &Path, name: &str, piece_size: u64) -> PathBuf {
+    let torrent = sandbox.path(&format!("{name}.torrent"));
+    let mut cmd = sandbox.client(state);
+    cmd.arg("make").arg(data).arg("--output").arg(&torrent);
+    cmd.args(["--piece-size", &piece_size.to_string()]);
+    run(cmd).expect_code(0);
+    torrent
+}
+
+/// The broker of `state` downloads `torrent` from `peer`; returns the download folder.
+fn broker_fetch(
+    sandbox: &Sandbox,
+    state: &Path,
+    torrent: &Path,
+    peer: &str,
+    name: &str,
+) -> PathBuf {
+    let out = sandbox.folder(&format!("{name}-fetched"));
+    let mut add = sandbox.add_command(state, torrent, &out, Some(peer));
+    add.arg("--wait");
+    run(add).expect_code(0);
+    out
+}
+
+fn same_tree(a: &Path, b: &Path) {
+    for entry in std::fs::read_dir(a).expect("read dir").flatten() {
+        let other = b.join(entry.file_name());
+        if entry.path().is_dir() {
+            same_tree(&entry.path(), &other);
+        } else {
+            assert_eq!(sha256(&entry.path()), sha256(&other), "{}", other.display());
+        }
+    }
+}
+
+#[test]
+fn the_broker_downloads_from_aria2_and_from_transmission() {
+    if !have("aria2c") || !have("transmission-daemon") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let maker = sandbox.state_dir("maker");
+
+    let data = sandbox.random_file("from-aria/a.bin", 600_000);
+    let torrent = make(&sandbox, &maker, &data, "from-aria", 16 * 1024);
+    let port = free_port();
+    let _seeding = aria2(&torrent, data.parent().unwrap(), port, true);
+    let state = sandbox.state_dir("leech-aria");
+    let got = broker_fetch(
+        &sandbox,
+        &state,
+        &torrent,
+        &format!("127.0.0.1:{port}"),
+        "aria",
+    );
+    assert_eq!(sha256(&got.join("a.bin")), sha256(&data));
+
+    let data = sandbox.random_file("from-transmission/t.bin", 400_000);
+    let torrent = make(&sandbox, &maker, &data, "from-transmission", 16 * 1024);
+    let transmission = Transmission::start(&sandbox, "seeding-transmission");
+    transmission.add(&torrent, data.parent().unwrap());
+    let state = sandbox.state_dir("leech-transmission");
+    let got = broker_fetch(
+        &sandbox,
+        &state,
+        &torrent,
+        &transmission.peer(),
+        "transmission",
+    );
+    assert_eq!(sha256(&got.join("t.bin")), sha256(&data));
+}
+
+/// Three torrents made by `patron-client make` (one file, a folder of several, and a size
+/// that is an exact multiple of the piece size), seeded by the broker, which dials the
+/// waiting leecher.
+fn made_torrents(sandbox: &Sandbox, seeder: &Path) -> Vec<(&'static str, PathBuf)> {
+    sandbox.random_file("shared/single.bin", 300_000);
+    sandbox.random_file("shared/folder/one.bin", 200_000);
+    sandbox.random_file("shared/folder/two/three.bin", 50_000);
+    // 16 pieces of 16 KiB exactly: librqbit 9.1's own maker would add a spurious piece,
+    // which other clients reject.
+    sandbox.random_file("shared/exact.bin", 16 * 16 * 1024);
+    ["single.bin", "folder", "exact.bin"]
+        .into_iter()
+        .map(|name| {
+            let torrent = make(
+                sandbox,
+                seeder,
+                &sandbox.path(&format!("shared/{name}")),
+                name,
+                16 * 1024,
+            );
+            (name, torrent)
+        })
+        .collect()
+}
+
+/// The broker of `seeder` seeds `torrent` from the shared folder and dials `peer`, once the
+/// peer listens (a finished librqbit torrent dials a peer only once).
+fn seed_to(sandbox: &Sandbox, seeder: &Path, torrent: &Path, peer: &str) {
+    wait_for(&format!("{peer} to listen"), STEP_TIMEOUT, || {
+        std::net::TcpStream::connect(peer).is_ok()
+    });
+    let mut add = sandbox.add_command(seeder, torrent, &sandbox.path("shared"), Some(peer));
+    add.arg("--overwrite");
+    run(add).expect_code(0);
+}
+
+fn check_download(original: &Path, dir: &Path, name: &str) {
+    if original.is_dir() {
+        same_tree(original, &dir.join(name));
+    } else {
+        assert_eq!(sha256(&dir.join(name)), sha256(original));
+    }
+}
+
+#[test]
+fn aria2_downloads_torrents_made_by_patron_client_from_the_broker() {
+    if !have("aria2c") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let seeder = sandbox.state_dir("seeder");
+    let _broker = sandbox.broker(&seeder, &[]);
+    for (name, torrent) in made_torrents(&sandbox, &seeder) {
+        let port = free_port();
+        let dir = sandbox.folder(&format!("aria-{name}"));
+        let leeching = aria2(&torrent, &dir, port, false);
+        seed_to(&sandbox, &seeder, &torrent, &format!("127.0.0.1:{port}"));
+        leeching.finish(STEP_TIMEOUT).expect_code(0);
+        check_download(&sandbox.path(&format!("shared/{name}")), &dir, name);
+    }
+}
+
+#[test]
+#[ignore = "librqbit 9.1, dialing out as a seeder, sends its extended handshake before its \
+            bitfield; transmission 3 then never declares interest (traced; see README)"]
+fn transmission_downloads_torrents_made_by_patron_client_from_the_broker() {
+    if !have("transmission-daemon") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let seeder = sandbox.state_dir("seeder");
+    let _broker = sandbox.broker(&seeder, &[]);
+    let transmission = Transmission::start(&sandbox, "leeching-transmission");
+    for (name, torrent) in made_torrents(&sandbox, &seeder) {
+        let dir = sandbox.folder(&format!("transmission-{name}"));
+        transmission.add(&torrent, &dir);
+        transmission.wait_active(name);
+        seed_to(&sandbox, &seeder, &torrent, &transmission.peer());
+        let original = sandbox.path(&format!("shared/{name}"));
+        wait_for(
+            &format!("transmission to download {name}"),
+            STEP_TIMEOUT,
+            || std::panic::catch_unwind(|| check_download(&original, &dir, name)).is_ok(),
+        );
+    }
+}
+
+#[test]
+fn torrents_made_by_mktorrent_and_transmission_create_are_accepted_and_downloaded() {
+    if !have("mktorrent") || !have("transmission-create") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let seeder = sandbox.state_dir("seeder");
+    let seeding = sandbox.broker(&seeder, &[]);
+    let leecher = sandbox.state_dir("leecher");
+    let data = sandbox.folder("data");
+    sandbox.random_file("data/mk.bin", 500_000);
+    sandbox.random_file("data/tc/a.bin", 120_000);
+    sandbox.random_file("data/tc/b.bin", 70_000);
+
+    let mk = sandbox.path("mk.torrent");
+    let status = tool("mktorrent")
+        .args(["-l", "15", "-o"])
+        .arg(&mk)
+        .arg(data.join("mk.bin"))
+        .output()
+        .expect("mktorrent");
+    assert!(status.status.success(), "{status:?}");
+    let tc = sandbox.path("tc.torrent");
+    let status = tool("transmission-create")
+        .arg("-o")
+        .arg(&tc)
+        .arg(data.join("tc"))
+        .output()
+        .expect("transmission-create");
+    assert!(status.status.success(), "{status:?}");
+
+    for (torrent, name) in [(&mk, "mk.bin"), (&tc, "tc")] {
+        let mut add = sandbox.add_command(&seeder, torrent, &data, None);
+        add.arg("--overwrite");
+        run(add).expect_code(0);
+        let got = broker_fetch(&sandbox, &leecher, torrent, &seeding.peer(), name);
+        if name == "tc" {
+            same_tree(&data.join("tc"), &got.join("tc"));
+        } else {
+            assert_eq!(sha256(&got.join(name)), sha256(&data.join(name)));
+        }
+    }
+}
