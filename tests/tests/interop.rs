@@ -117,21 +117,23 @@ impl Transmission {
         assert!(out.status.success(), "transmission-remote -a: {out:?}");
     }
 
-    /// Waits until transmission lists `name` as started (not queued or verifying): a peer
-    /// that connects before then is turned away, and a finished librqbit torrent does not
-    /// dial a peer twice.
-    fn wait_active(&self, name: &str) {
+    /// Waits until transmission lists `name` as started (not queued or verifying), and with
+    /// `complete` also fully verified: a peer that connects before then is turned away, and
+    /// librqbit's backoff before dialing again can outlast a test step.
+    fn wait_active(&self, name: &str, complete: bool) {
+        let started = |line: &str| {
+            line.trim_end().ends_with(name)
+                && (!complete || line.contains("100%"))
+                && ["Idle", "Downloading", "Seeding", "Up & Down"]
+                    .iter()
+                    .any(|state| line.contains(state))
+        };
         wait_for(
             &format!("transmission to start {name}"),
             STEP_TIMEOUT,
             || {
                 let list = String::from_utf8_lossy(&self.remote(&["-l"]).stdout).into_owned();
-                list.lines().any(|line| {
-                    line.trim_end().ends_with(name)
-                        && ["Idle", "Downloading", "Seeding", "Up & Down"]
-                            .iter()
-                            .any(|state| line.contains(state))
-                })
+                list.lines().any(started)
             },
         );
     }
@@ -162,7 +164,9 @@ fn broker_fetch(
     let out = sandbox.folder(&format!("{name}-fetched"));
     let mut add = sandbox.add_command(state, torrent, &out, Some(peer));
     add.arg("--wait");
-    run(add).expect_code(0);
+    // Other clients pace uploads and librqbit backs off between dials: allow more than a
+    // usual step (the whole test stays bounded by the harness's watchdog).
+    Running::start(add).finish(3 * STEP_TIMEOUT).expect_code(0);
     out
 }
 
@@ -203,6 +207,7 @@ fn the_broker_downloads_from_aria2_and_from_transmission() {
     let torrent = make(&sandbox, &maker, &data, "from-transmission", 16 * 1024);
     let transmission = Transmission::start(&sandbox, "seeding-transmission");
     transmission.add(&torrent, data.parent().unwrap());
+    transmission.wait_active("t.bin", true);
     let state = sandbox.state_dir("leech-transmission");
     let got = broker_fetch(
         &sandbox,
@@ -290,7 +295,7 @@ fn transmission_downloads_torrents_made_by_patron_client_from_the_broker() {
     for (name, torrent) in made_torrents(&sandbox, &seeder) {
         let dir = sandbox.folder(&format!("transmission-{name}"));
         transmission.add(&torrent, &dir);
-        transmission.wait_active(name);
+        transmission.wait_active(name, false);
         seed_to(&sandbox, &seeder, &torrent, &transmission.peer());
         let original = sandbox.path(&format!("shared/{name}"));
         wait_for(
