@@ -35,3 +35,67 @@ fn a_patron_that_never_reads_is_cut_off_and_nobody_else_notices() {
     assert!(broker.is_running());
     drop(slow);
 }
+
+#[test]
+fn a_patron_that_reads_late_loses_no_reply_and_slows_nobody() {
+    use e2e::patron_client::proto::{Event, RequestId};
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/late.bin", 4 * 1024 * 1024);
+    let seeder = e2e::Seeder::start(
+        &sandbox,
+        "seeder",
+        &data,
+        64 * 1024,
+        &["--max-upload-rate", "2000000"],
+    );
+    let state = sandbox.state_dir("late");
+    let _broker = sandbox.broker(&state, &[]);
+    let downloads = sandbox.folder("downloads");
+
+    // It holds a torrent whose status changes all the time, asks 2,000 things, and does
+    // not read for a while: more than its socket buffer holds, fewer than the cut-off.
+    let mut late = sandbox.patron(&state);
+    let mut request = e2e::patron_client::proto::CreateNewTorrent::new(
+        e2e::patron_client::proto::TorrentSource::TorrentFile(
+            std::fs::read(&seeder.torrent).unwrap(),
+        ),
+    );
+    request.output = Some(downloads.display().to_string());
+    request.peers = vec![seeder.broker.peer()];
+    let torrent = late.create(request).expect("create").info().id;
+    let first = late.send(RequestBody::List).expect("send").0;
+    for _ in 1..2000 {
+        late.send(RequestBody::List).expect("send");
+    }
+
+    // Meanwhile everyone else is served at once.
+    let mut honest = sandbox.patron(&state);
+    for _ in 0..20 {
+        let started = Instant::now();
+        honest.list().expect("list");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Every reply arrives, in order; status arrives too, coalesced rather than queued up.
+    let mut expected = first;
+    let mut statuses = 0;
+    while expected < first + 2000 {
+        match late.next_event_timeout(STEP_TIMEOUT).expect("event") {
+            Some(Event::TorrentList { request, .. }) => {
+                assert_eq!(request, RequestId(expected), "replies in request order");
+                expected += 1;
+            }
+            Some(Event::TorrentStatusUpdate(status)) => {
+                assert_eq!(status.id, torrent);
+                statuses += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(statuses >= 1, "status kept coming");
+}
