@@ -581,6 +581,18 @@ impl Seeder {
     }
 }
 
+impl Seeder {
+    /// A create request for this seeder's torrent, saved in `output`, dialing the seeder.
+    pub fn create_request(&self, output: &Path) -> patron_client::proto::CreateNewTorrent {
+        use patron_client::proto::{CreateNewTorrent, TorrentSource};
+        let bytes = std::fs::read(&self.torrent).expect("read .torrent");
+        let mut request = CreateNewTorrent::new(TorrentSource::TorrentFile(bytes));
+        request.output = Some(output.display().to_string());
+        request.peers = vec![self.broker.peer()];
+        request
+    }
+}
+
 /// Writes bytes to a file (for corrupt .torrent fixtures).
 pub fn write_file(path: &Path, bytes: &[u8]) {
     std::fs::File::create(path)

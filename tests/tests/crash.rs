@@ -213,13 +213,7 @@ fn a_broker_killed_three_times_mid_download_resumes_each_time_without_refetching
 
     let mut broker = sandbox.broker(&state, &[]);
     let mut adder = sandbox.patron(&state);
-    let mut request = e2e::patron_client::proto::CreateNewTorrent::new(
-        e2e::patron_client::proto::TorrentSource::TorrentFile(
-            std::fs::read(&seeder.torrent).unwrap(),
-        ),
-    );
-    request.output = Some(downloads.display().to_string());
-    request.peers = vec![seeder.broker.peer()];
+    let request = seeder.create_request(&downloads);
     adder.create(request).expect("create");
     drop(adder);
 

@@ -1,6 +1,6 @@
 //! A full disk stops one torrent with a clear error; nothing else notices.
 
-use e2e::patron_client::proto::{CreateNewTorrent, Event, TorrentRef, TorrentSource, TorrentState};
+use e2e::patron_client::proto::{Event, TorrentRef, TorrentState};
 use e2e::{run, sha256, wait_for, Sandbox, Seeder, STEP_TIMEOUT};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,11 +50,7 @@ fn a_full_disk_puts_the_torrent_in_error_and_others_carry_on() {
     let _tmpfs = Tmpfs::mount(&full, "4m");
 
     let mut patron = sandbox.patron(&state);
-    let mut request = CreateNewTorrent::new(TorrentSource::TorrentFile(
-        std::fs::read(&slow.torrent).unwrap(),
-    ));
-    request.output = Some(full.display().to_string());
-    request.peers = vec![slow.broker.peer()];
+    let request = slow.create_request(&full);
     let id = patron
         .create(request)
         .expect("it fits when added")

@@ -55,13 +55,7 @@ fn a_patron_that_reads_late_loses_no_reply_and_slows_nobody() {
     // It holds a torrent whose status changes all the time, asks 2,000 things, and does
     // not read for a while: more than its socket buffer holds, fewer than the cut-off.
     let mut late = sandbox.patron(&state);
-    let mut request = e2e::patron_client::proto::CreateNewTorrent::new(
-        e2e::patron_client::proto::TorrentSource::TorrentFile(
-            std::fs::read(&seeder.torrent).unwrap(),
-        ),
-    );
-    request.output = Some(downloads.display().to_string());
-    request.peers = vec![seeder.broker.peer()];
+    let request = seeder.create_request(&downloads);
     let torrent = late.create(request).expect("create").info().id;
     let first = late.send(RequestBody::List).expect("send").0;
     for _ in 1..2000 {

@@ -40,15 +40,10 @@ fn the_torrent_past_max_torrents_is_refused() {
     let _broker = sandbox.broker(&state, &["--max-torrents", "1"]);
     let out = sandbox.folder("downloads");
     let mut patron = sandbox.patron(&state);
-    let request = |seeder: &Seeder| {
-        let mut r = CreateNewTorrent::new(TorrentSource::TorrentFile(
-            std::fs::read(&seeder.torrent).unwrap(),
-        ));
-        r.output = Some(out.display().to_string());
-        r
-    };
-    patron.create(request(&one)).expect("the first fits");
-    match patron.create(request(&two)) {
+    patron
+        .create(one.create_request(&out))
+        .expect("the first fits");
+    match patron.create(two.create_request(&out)) {
         Err(Error::StartFailed(e)) => {
             assert_eq!(e.kind, ErrorKind::LimitReached);
             assert!(e.message.contains("maximum of 1 torrents"), "{}", e.message);

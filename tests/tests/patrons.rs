@@ -1,19 +1,10 @@
 //! Several patrons on one broker: joining, failures that leave the session usable, closing.
 
-use e2e::patron_client::proto::{CreateNewTorrent, ErrorKind, Event, TorrentRef, TorrentSource};
+use e2e::patron_client::proto::{ErrorKind, Event, TorrentRef, TorrentSource};
 use e2e::patron_client::{Created, Error, Patron};
 use e2e::{run, Sandbox, Seeder, STEP_TIMEOUT};
 use std::path::Path;
 use std::time::Instant;
-
-fn create_request(torrent: &Path, output: &Path, peer: &str) -> CreateNewTorrent {
-    let mut request = CreateNewTorrent::new(TorrentSource::TorrentFile(
-        std::fs::read(torrent).expect("read .torrent"),
-    ));
-    request.output = Some(output.display().to_string());
-    request.peers = vec![peer.to_owned()];
-    request
-}
 
 /// Waits for a status update of `id` on `patron` (bounded).
 fn next_status_of(patron: &mut Patron, id: u64) -> e2e::patron_client::proto::TorrentStatus {
@@ -39,7 +30,7 @@ fn a_second_patron_adding_the_same_torrent_joins_it_and_both_get_status() {
 
     let mut first = sandbox.patron(&state);
     let mut second = sandbox.patron(&state);
-    let request = create_request(&seeder.torrent, &out, &seeder.broker.peer());
+    let request = seeder.create_request(&out);
     let created = first.create(request.clone()).expect("first create");
     let joined = second.create(request).expect("second create");
     let Created::New(created) = created else {
@@ -74,7 +65,7 @@ fn a_corrupt_torrent_fails_with_a_reason_and_the_next_request_is_answered_right(
     // Truncated .torrent bytes, then garbage, then a valid torrent: each gets its own reply.
     let valid = std::fs::read(&seeder.torrent).unwrap();
     for corrupt in [valid[..valid.len() / 2].to_vec(), b"d4:infoi3ee".to_vec()] {
-        let mut request = create_request(&seeder.torrent, &out, &seeder.broker.peer());
+        let mut request = seeder.create_request(&out);
         request.source = TorrentSource::TorrentFile(corrupt);
         match patron.create(request) {
             Err(Error::StartFailed(e)) => {
@@ -85,7 +76,7 @@ fn a_corrupt_torrent_fails_with_a_reason_and_the_next_request_is_answered_right(
         }
     }
     let created = patron
-        .create(create_request(&seeder.torrent, &out, &seeder.broker.peer()))
+        .create(seeder.create_request(&out))
         .expect("valid torrent");
     assert!(
         matches!(created, Created::New(ref info) if info.info_hash.to_string() == seeder.info_hash)
@@ -114,7 +105,7 @@ fn close_releases_holds_stops_torrents_and_deletes_data_only_when_asked() {
 
     let mut holder = sandbox.patron(&state);
     let mut other = sandbox.patron(&state);
-    let request = create_request(&seeder.torrent, &out, &seeder.broker.peer());
+    let request = seeder.create_request(&out);
     let id = holder.create(request.clone()).expect("create").info().id;
     other.create(request).expect("join");
     let mut status = next_status_of(&mut holder, id.0);
