@@ -38,6 +38,23 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         count: usize,
     },
+    /// Broker memory per idle connected patron: RSS before and after connecting `count`
+    IdlePatrons {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+    /// `count` patron processes started at once: how many were served, by how many brokers
+    ConcurrentStart {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// The patron-client program
+        #[arg(long)]
+        client: PathBuf,
+    },
     /// Wall time of a whole command, run `count` times (e.g. `patron-client list`)
     CommandTime {
         #[arg(long, default_value_t = 50)]
@@ -69,6 +86,12 @@ fn main() -> anyhow::Result<()> {
         Bench::IpcEcho { server } => ipc_echo(server),
         Bench::BrokerRoundTrip { state_dir, count } => broker_round_trip(state_dir, count),
         Bench::CommandTime { count, command } => command_time(count, &command),
+        Bench::IdlePatrons { state_dir, count } => idle_patrons(state_dir, count),
+        Bench::ConcurrentStart {
+            state_dir,
+            count,
+            client,
+        } => concurrent_start(state_dir, count, client),
     }
 }
 
@@ -145,6 +168,105 @@ fn command_time(count: usize, command: &[String]) -> anyhow::Result<()> {
         }
     }
     print_latency("command-time", samples);
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}
+
+/// Each patron holds two descriptors here, as in the broker: lift the soft limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn idle_patrons(state_dir: PathBuf, count: usize) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let options = ConnectOptions {
+        state_dir: Some(state_dir),
+        auto_start: false,
+        ..ConnectOptions::default()
+    };
+    let mut first = Patron::connect_with(&options)?;
+    let pid = first.broker_pid();
+    // Warm the broker's allocator with one round of connects before the baseline.
+    drop(
+        (0..count.min(50))
+            .map(|_| Patron::connect_with(&options))
+            .collect::<Vec<_>>(),
+    );
+    first.request(RequestBody::List)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(pid)?;
+    let mut patrons = Vec::with_capacity(count);
+    for _ in 0..count {
+        patrons.push(Patron::connect_with(&options)?);
+    }
+    // Every one of them is served (and so fully set up in the broker).
+    for patron in &mut patrons {
+        patron.request(RequestBody::List)?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = rss_kib(pid)?;
+    println!(
+        "{}",
+        json!({
+            "bench": "idle-patrons",
+            "count": count,
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "kib_per_patron": after.saturating_sub(before) as f64 / count as f64,
+        })
+    );
+    Ok(())
+}
+
+fn concurrent_start(state_dir: PathBuf, count: usize, client: PathBuf) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let children: Vec<_> = (0..count)
+        .map(|_| {
+            Command::new(&client)
+                .arg("--state-dir")
+                .arg(&state_dir)
+                .args(["--json", "broker", "start"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()
+        .context("cannot start patron-client")?;
+    let mut served = 0;
+    let mut pids = std::collections::BTreeSet::new();
+    for child in children {
+        let out = child.wait_with_output()?;
+        if out.status.success() {
+            served += 1;
+            if let Ok(line) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                if let Some(pid) = line["pid"].as_u64() {
+                    pids.insert(pid);
+                }
+            }
+        }
+    }
+    println!(
+        "{}",
+        json!({
+            "bench": "concurrent-start",
+            "count": count,
+            "served": served,
+            "brokers": pids.len(),
+            "wall_ms": started.elapsed().as_secs_f64() * 1e3,
+        })
+    );
     Ok(())
 }
 
