@@ -405,7 +405,7 @@ impl Broker {
             .config
             .download_roots
             .iter()
-            .any(|root| engine::is_inside(path, root))
+            .any(|root| path.starts_with(root))
         {
             return Ok(());
         }

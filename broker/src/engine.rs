@@ -15,7 +15,7 @@ use librqbit::{
 use proto::{ErrorKind, InfoHash, ProtoError, TorrentId, TorrentState, TorrentStatus};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -281,9 +281,4 @@ pub fn name_of(handle: &ManagedTorrentHandle) -> String {
     handle
         .name()
         .unwrap_or_else(|| handle.info_hash().as_string())
-}
-
-/// Whether `path` is `root` or inside it (both canonical).
-pub fn is_inside(path: &Path, root: &Path) -> bool {
-    path.starts_with(root)
 }

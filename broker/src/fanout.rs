@@ -17,20 +17,34 @@ pub async fn run(broker: Arc<Broker>) {
     }
 }
 
-/// One round of the fan-out.
+/// One round of the fan-out. The engine's stats are computed without the broker's lock
+/// (every request, handshake and disconnect needs it); only comparing and queueing hold it.
 pub fn fan_out_once(broker: &Broker) {
+    let held: Vec<_> = {
+        let state = broker.state();
+        state
+            .registry
+            .iter()
+            .filter(|(_, entry)| !entry.holders.is_empty())
+            .map(|(id, entry)| (*id, entry.info.name.clone(), entry.handle.clone()))
+            .collect()
+    };
+    let statuses: Vec<TorrentStatus> = held
+        .iter()
+        .map(|(id, name, handle)| engine::status_of(*id, name, handle))
+        .collect();
     let mut state = broker.state();
     let state = &mut *state;
-    for (id, entry) in state.registry.iter_mut() {
-        if entry.holders.is_empty() {
+    for status in statuses {
+        // Closed meanwhile: nothing to say.
+        let Some(entry) = state.registry.get_mut(status.id) else {
             continue;
-        }
-        let status = engine::status_of(*id, &entry.info.name, &entry.handle);
+        };
         if !changed(entry.last_status.as_ref(), &status) {
             continue;
         }
         if status.complete && !entry.last_status.as_ref().is_some_and(|s| s.complete) {
-            tracing::info!(torrent = %id, name = %entry.info.name, "torrent complete");
+            tracing::info!(torrent = %status.id, name = %entry.info.name, "torrent complete");
         }
         for holder in &entry.holders {
             if let Some(patron) = state.patrons.get(holder) {

@@ -296,9 +296,9 @@ pub fn check_magnet(link: &str, loopback_only: bool) -> Result<CheckedMagnet, Pr
 /// A .torrent made from local data.
 #[derive(Debug, Clone)]
 pub struct MadeTorrent {
-    /// The .torrent file.
+    /// The .torrent file, for the user (trackers as asked).
     pub bytes: Vec<u8>,
-    /// The same, checked as any patron's torrent would be.
+    /// The same, checked as any patron's torrent would be; its `bytes` are the engine's.
     pub checked: CheckedTorrent,
     /// Number of pieces.
     pub pieces: u64,
@@ -316,6 +316,7 @@ pub fn make_torrent(
     path: &Path,
     piece_size: Option<u64>,
     trackers: &[String],
+    loopback_only: bool,
 ) -> Result<MadeTorrent, ProtoError> {
     let io = |e: std::io::Error| {
         ProtoError::new(
@@ -360,7 +361,7 @@ pub fn make_torrent(
         ProtoError::new(ErrorKind::Engine, format!("cannot encode the torrent: {e}"))
     })?;
     // What we make must pass the same checks as what a patron sends.
-    let checked = check_torrent_file(&bytes, false)?;
+    let checked = check_torrent_file(&bytes, loopback_only)?;
     Ok(MadeTorrent {
         bytes,
         checked,
@@ -485,7 +486,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("exact.bin");
         std::fs::write(&file, vec![7u8; 4 * 16384]).unwrap();
-        let made = make_torrent(&file, Some(16384), &[]).expect("made");
+        let made = make_torrent(&file, Some(16384), &[], false).expect("made");
         assert_eq!(made.pieces, 4);
         assert_eq!(made.checked.total_bytes, 4 * 16384);
         std::fs::remove_dir_all(&dir).unwrap();

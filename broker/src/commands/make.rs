@@ -47,15 +47,15 @@ async fn make_and_seed(
         broker.check_inside_roots(&path)?;
     }
     let (piece_size, trackers) = (make.piece_size, make.trackers.clone());
-    let hashed = path.clone();
+    let (hashed, loopback_only) = (path.clone(), broker.config.loopback_only);
     let made = tokio::task::spawn_blocking(move || {
-        torrent_file::make_torrent(&hashed, piece_size, &trackers)
+        torrent_file::make_torrent(&hashed, piece_size, &trackers, loopback_only)
     })
     .await
     .map_err(|e| ProtoError::new(ErrorKind::Engine, format!("hashing failed: {e}")))??;
 
     let seeding = if make.seed {
-        let checked = torrent_file::check_torrent_file(&made.bytes, broker.config.loopback_only)?;
+        let checked = &made.checked;
         let data_folder = checked.data_folder(&save_folder);
         let added = broker
             .engine
@@ -78,7 +78,7 @@ async fn make_and_seed(
             paused: false,
             ephemeral: false,
         };
-        let (info, _) = broker.register(added, &checked, restore, patron).await;
+        let (info, _) = broker.register(added, checked, restore, patron).await;
         tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");
         Some(info)
     } else {

@@ -21,16 +21,8 @@ use std::sync::Arc;
 pub async fn serve(broker: &Arc<Broker>, patron: &PatronConnection, request: Request) {
     let id = request.id;
     let kind = request.body.kind();
-    if matches!(request.body, RequestBody::StopBroker) {
-        // Reply first: stopping closes every outbox.
-        broker.deliver(patron, Event::Ok { request: id });
-        broker.shutdown.trigger(format!(
-            "stop requested by patron {} (pid {})",
-            patron.id, patron.pid
-        ));
-        return;
-    }
     let is_create = matches!(request.body, RequestBody::CreateNewTorrent(_));
+    let is_stop = matches!(request.body, RequestBody::StopBroker);
     // A panic below (in the engine, say) must still produce this request's one reply, and
     // must not end the task that serves this patron's later requests.
     let reply = match AssertUnwindSafe(answer(broker, patron, id, request.body))
@@ -64,6 +56,14 @@ pub async fn serve(broker: &Arc<Broker>, patron: &PatronConnection, request: Req
     }
     let now_held = held_by_reply(&reply);
     broker.deliver(patron, reply);
+    if is_stop {
+        // After the reply is queued: stopping closes every outbox.
+        broker.shutdown.trigger(format!(
+            "stop requested by patron {} (pid {})",
+            patron.id, patron.pid
+        ));
+        return;
+    }
     // A new holder hears about its torrent at once, not at the next change.
     if let Some(status) = now_held.and_then(|torrent| broker.current_status(torrent)) {
         patron.outbox.push_status(status);
