@@ -241,18 +241,34 @@ impl Broker {
         self.shutdown.is_triggered()
     }
 
-    /// Registers a patron that completed the handshake; its requests are then served in
-    /// order by a task of its own.
-    pub fn add_patron(self: &Arc<Self>, id: PatronId, pid: i32, outbox: Arc<Outbox>) {
+    /// Registers a patron that completed the handshake, unless the broker already serves
+    /// its maximum: the count and the insertion happen under one lock, so concurrent
+    /// handshakes cannot overshoot it. Its requests are then served in order by a task of
+    /// its own.
+    pub fn add_patron(
+        self: &Arc<Self>,
+        id: PatronId,
+        pid: i32,
+        outbox: Arc<Outbox>,
+    ) -> Result<(), String> {
         let (requests, mut queue) = mpsc::unbounded_channel::<Request>();
         let connection = PatronConnection { id, pid, outbox };
-        self.state().patrons.insert(
-            id,
-            PatronHandle {
-                connection: connection.clone(),
-                requests,
-            },
-        );
+        {
+            let mut state = self.state();
+            if state.patrons.len() >= self.config.max_patrons {
+                return Err(format!(
+                    "the broker already serves its maximum of {} patrons",
+                    self.config.max_patrons
+                ));
+            }
+            state.patrons.insert(
+                id,
+                PatronHandle {
+                    connection: connection.clone(),
+                    requests,
+                },
+            );
+        }
         let broker = self.clone();
         self.runtime.spawn(async move {
             while let Some(request) = queue.recv().await {
@@ -260,16 +276,12 @@ impl Broker {
             }
         });
         tracing::info!(patron = id, pid, "patron connected");
+        Ok(())
     }
 
     /// A fresh patron number.
     pub fn next_patron_id(&self) -> PatronId {
         self.next_patron.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// How many patrons are connected.
-    pub fn patron_count(&self) -> usize {
-        self.state().patrons.len()
     }
 
     /// Queues a decoded request for its patron's task. False if the patron is no longer

@@ -140,23 +140,14 @@ fn handshake(broker: &Arc<Broker>, reader: &RequestReader, channel: OwnedFd) {
             return;
         }
     };
-    match admit(broker, &hello, uid) {
-        Err((kind, message)) => {
-            tracing::warn!(pid, uid, kind, "refused a patron: {message}");
-            let _ = answer.send(Welcome::Refused {
-                kind: kind.into(),
-                message,
-            });
-        }
-        Ok(()) => {
-            if let Err(e) = welcome(broker, reader, &answer, channel, pid) {
-                tracing::warn!(pid, "handshake failed: {e:#}");
-                let _ = answer.send(Welcome::Refused {
-                    kind: "internal".into(),
-                    message: format!("{e:#}"),
-                });
-            }
-        }
+    let admitted =
+        admit(broker, &hello, uid).and_then(|()| welcome(broker, reader, &answer, channel, pid));
+    if let Err((kind, message)) = admitted {
+        tracing::warn!(pid, uid, kind, "refused a patron: {message}");
+        let _ = answer.send(Welcome::Refused {
+            kind: kind.into(),
+            message,
+        });
     }
 }
 
@@ -219,39 +210,40 @@ fn admit(broker: &Broker, hello: &Hello, uid: u32) -> Result<(), Refusal> {
     if broker.is_stopping() {
         return Err(("stopping", "the broker is stopping".into()));
     }
-    if broker.patron_count() >= broker.config.max_patrons {
-        return Err((
-            "limit",
-            format!(
-                "the broker already serves its maximum of {} patrons",
-                broker.config.max_patrons
-            ),
-        ));
-    }
     Ok(())
 }
 
+/// Registers the patron (which may still be refused: the patron limit is checked in the
+/// same step), then tells it so and starts reading its requests.
 fn welcome(
     broker: &Arc<Broker>,
     reader: &RequestReader,
     answer: &IpcSender<Welcome>,
     channel: OwnedFd,
     pid: i32,
-) -> anyhow::Result<()> {
-    let (events_tx, events_rx) = ipc::channel::<Event>().context("cannot create a channel")?;
+) -> Result<(), Refusal> {
+    let internal = |e: &dyn std::fmt::Display| ("internal", e.to_string());
+    let (events_tx, events_rx) =
+        ipc::channel::<Event>().map_err(|e| internal(&format!("cannot create a channel: {e}")))?;
     let patron_id = broker.next_patron_id();
-    answer
-        .send(Welcome::Accepted {
-            broker_pid: std::process::id(),
-            patron_id,
-            events: events_rx,
-        })
-        .map_err(|e| anyhow::anyhow!("cannot send the welcome: {e}"))?;
-    let outbox = Outbox::start(patron_id, events_tx).context("cannot start a writer")?;
-    broker.add_patron(patron_id, pid, outbox);
+    let outbox = Outbox::start(patron_id, events_tx)
+        .map_err(|e| internal(&format!("cannot start a writer: {e}")))?;
+    if let Err(message) = broker.add_patron(patron_id, pid, outbox.clone()) {
+        outbox.close(); // ends its writer thread
+        return Err(("limit", message));
+    }
+    let welcomed = answer.send(Welcome::Accepted {
+        broker_pid: std::process::id(),
+        patron_id,
+        events: events_rx,
+    });
+    if let Err(e) = welcomed {
+        broker.patron_gone(patron_id);
+        return Err(internal(&format!("cannot send the welcome: {e}")));
+    }
     if let Err(e) = reader.add(patron_id, channel) {
         broker.patron_gone(patron_id);
-        return Err(e);
+        return Err(internal(&e));
     }
     Ok(())
 }

@@ -11,14 +11,31 @@ fn the_patron_past_max_patrons_is_refused_and_the_others_carry_on() {
     let sandbox = Sandbox::new();
     let state = sandbox.state_dir("few");
     let _broker = sandbox.broker(&state, &["--max-patrons", "3"]);
-    let mut patrons: Vec<Patron> = (0..3).map(|_| sandbox.patron(&state)).collect();
-    match Patron::connect_with(&sandbox.connect_options(&state)) {
-        Err(Error::Refused { kind, message }) => {
-            assert_eq!(kind, "limit");
-            assert!(message.contains("maximum of 3 patrons"), "{message}");
+    // Eight at once: the count and the admission are one step, so exactly three get in.
+    let options = sandbox.connect_options(&state);
+    let attempts: Vec<_> = (0..8)
+        .map(|_| {
+            let options = options.clone();
+            std::thread::spawn(move || Patron::connect_with(&options))
+        })
+        .collect();
+    let mut patrons = Vec::new();
+    for attempt in attempts {
+        match attempt.join().expect("thread") {
+            Ok(patron) => patrons.push(patron),
+            Err(Error::Refused { kind, message }) => {
+                assert_eq!(kind, "limit");
+                assert!(message.contains("maximum of 3 patrons"), "{message}");
+            }
+            Err(other) => panic!("unexpected {other}"),
         }
-        other => panic!("a fourth patron must be refused: {:?}", other.map(|_| ())),
     }
+    assert_eq!(patrons.len(), 3, "exactly the limit is admitted");
+    // And a later one too is refused while they stay.
+    assert!(matches!(
+        Patron::connect_with(&options),
+        Err(Error::Refused { .. })
+    ));
     for patron in &mut patrons {
         assert!(patron.list().expect("list").is_empty());
     }
