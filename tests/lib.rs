@@ -247,7 +247,7 @@ impl Drop for Sandbox {
 
 /// The pid of the live broker owning `state`, if any.
 pub fn broker_pid_of(state: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(state.join("broker.lock")).ok()?;
+    let text = std::fs::read_to_string(state.join(patron_client::proto::paths::LOCK_FILE)).ok()?;
     let pid: i32 = text.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let cmdline = String::from_utf8_lossy(&cmdline);
@@ -530,6 +530,48 @@ pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The next status update `patron` receives (of torrent `id`, if given), within a step.
+pub fn next_status(
+    patron: &mut patron_client::Patron,
+    id: Option<patron_client::proto::TorrentId>,
+) -> patron_client::proto::TorrentStatus {
+    use patron_client::proto::Event;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match patron.next_event_timeout(left).expect("event") {
+            Some(Event::TorrentStatusUpdate(status)) if id.is_none_or(|id| status.id == id) => {
+                return status
+            }
+            Some(_) => {}
+            None => panic!("no status within {STEP_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// Follows status updates until the torrent (`id`, if given) is complete; returns that status.
+pub fn wait_complete(
+    patron: &mut patron_client::Patron,
+    id: Option<patron_client::proto::TorrentId>,
+) -> patron_client::proto::TorrentStatus {
+    loop {
+        let status = next_status(patron, id);
+        if status.complete {
+            return status;
+        }
+    }
+}
+
+/// Whether this test can do what needs root (mount, switching uid). CI runs as root; a
+/// developer's run says the test was skipped.
+pub fn have_root(what: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: {what} needs root; CI runs as root");
+    }
+    root
 }
 
 /// SHA-256 of a file, hex.

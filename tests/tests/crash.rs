@@ -2,7 +2,9 @@
 
 use e2e::patron_client::proto::{Event, TorrentRef, TorrentStatus};
 use e2e::patron_client::Patron;
-use e2e::{run, sha256, wait_for, Running, Sandbox, Seeder, STEP_TIMEOUT};
+use e2e::{
+    next_status, run, sha256, wait_complete, wait_for, Running, Sandbox, Seeder, STEP_TIMEOUT,
+};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
@@ -23,23 +25,10 @@ fn slow_seeder(sandbox: &Sandbox) -> (Seeder, std::path::PathBuf) {
     (seeder, data)
 }
 
-/// The next status of torrent 0 seen by `patron`, bounded.
-fn next_status(patron: &mut Patron) -> TorrentStatus {
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match patron.next_event_timeout(left).expect("event") {
-            Some(Event::TorrentStatusUpdate(status)) => return status,
-            Some(_) => {}
-            None => panic!("no status within {STEP_TIMEOUT:?}"),
-        }
-    }
-}
-
 /// Waits until at least `fraction` of the torrent is verified (but not all of it).
 fn wait_until_done(patron: &mut Patron, fraction: f64) -> TorrentStatus {
     loop {
-        let status = next_status(patron);
+        let status = next_status(patron, None);
         assert!(
             !status.complete,
             "finished before the test could interrupt it"
@@ -94,11 +83,8 @@ fn sigkill_of_a_patron_mid_download_leaves_the_broker_and_other_patrons_going() 
 
     // The broker lives on, the other patron keeps getting status, the torrent completes.
     assert!(broker.is_running());
-    let mut status = next_status(&mut watcher);
-    while !status.complete {
-        assert!(status.bytes_done >= before.bytes_done);
-        status = next_status(&mut watcher);
-    }
+    let done = wait_complete(&mut watcher, None);
+    assert!(done.bytes_done >= before.bytes_done);
     assert_eq!(sha256(&sandbox.path("downloads/slow.bin")), sha256(&data));
     assert_eq!(
         watcher.list().expect("list").len(),
@@ -166,7 +152,7 @@ fn sigterm_tells_patrons_and_a_restarted_broker_resumes_without_refetching() {
     );
     let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
-        match watcher.next_event_timeout(deadline - Instant::now()) {
+        match watcher.next_event_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(Some(Event::BrokerStopping { reason })) => {
                 assert!(reason.contains("SIGTERM"));
                 break;
@@ -185,10 +171,7 @@ fn sigterm_tells_patrons_and_a_restarted_broker_resumes_without_refetching() {
         1,
         "the torrent is restored"
     );
-    let mut status = next_status(&mut watcher);
-    while !status.complete {
-        status = next_status(&mut watcher);
-    }
+    wait_complete(&mut watcher, None);
     assert_eq!(sha256(&sandbox.path("downloads/slow.bin")), sha256(&data));
 
     // Verified data was not fetched again: the seeder sent about one copy in all.
@@ -234,10 +217,7 @@ fn a_broker_killed_three_times_mid_download_resumes_each_time_without_refetching
         broker = sandbox.broker(&state, &[]);
     }
     let mut watcher = follow_the_torrent(&sandbox, &state);
-    let mut status = next_status(&mut watcher);
-    while !status.complete {
-        status = next_status(&mut watcher);
-    }
+    wait_complete(&mut watcher, None);
     assert_eq!(sha256(&downloads.join("slow.bin")), sha256(&data));
     let mut seeder_status = sandbox.client(&seeder.broker.state);
     seeder_status.args(["--json", "status", &seeder.info_hash]);

@@ -1,6 +1,6 @@
 //! A full disk stops one torrent with a clear error; nothing else notices.
 
-use e2e::patron_client::proto::{Event, TorrentRef, TorrentState};
+use e2e::patron_client::proto::{TorrentRef, TorrentState};
 use e2e::{run, sha256, wait_for, Sandbox, Seeder, STEP_TIMEOUT};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,8 +29,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_disk_puts_the_torrent_in_error_and_others_carry_on() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root; CI runs as root");
+    if !e2e::have_root("mounting a small tmpfs") {
         return;
     }
     let sandbox = Sandbox::new();
@@ -61,16 +60,14 @@ fn a_full_disk_puts_the_torrent_in_error_and_others_carry_on() {
 
     let deadline = Instant::now() + STEP_TIMEOUT;
     let message = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match patron.next_event_timeout(left).expect("event") {
-            Some(Event::TorrentStatusUpdate(status)) if status.id == id => {
-                assert!(!status.complete, "it cannot complete on a full disk");
-                if let TorrentState::Error(message) = status.state {
-                    break message;
-                }
-            }
-            Some(_) => {}
-            None => panic!("the torrent never reported the full disk"),
+        assert!(
+            Instant::now() < deadline,
+            "the torrent never reported the full disk"
+        );
+        let status = e2e::next_status(&mut patron, Some(id));
+        assert!(!status.complete, "it cannot complete on a full disk");
+        if let TorrentState::Error(message) = status.state {
+            break message;
         }
     };
     assert!(

@@ -1,23 +1,10 @@
 //! Several patrons on one broker: joining, failures that leave the session usable, closing.
 
 use e2e::patron_client::proto::{ErrorKind, Event, TorrentRef, TorrentSource};
-use e2e::patron_client::{Created, Error, Patron};
+use e2e::patron_client::{Created, Error};
 use e2e::{run, Sandbox, Seeder, STEP_TIMEOUT};
 use std::path::Path;
 use std::time::Instant;
-
-/// Waits for a status update of `id` on `patron` (bounded).
-fn next_status_of(patron: &mut Patron, id: u64) -> e2e::patron_client::proto::TorrentStatus {
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match patron.next_event_timeout(left).expect("event") {
-            Some(Event::TorrentStatusUpdate(status)) if status.id.0 == id => return status,
-            Some(_) => {}
-            None => panic!("no status for torrent {id} within {STEP_TIMEOUT:?}"),
-        }
-    }
-}
 
 #[test]
 fn a_second_patron_adding_the_same_torrent_joins_it_and_both_get_status() {
@@ -44,10 +31,7 @@ fn a_second_patron_adding_the_same_torrent_joins_it_and_both_get_status() {
 
     // Both hold it, so both hear about it, through to completion.
     for patron in [&mut first, &mut second] {
-        let mut status = next_status_of(patron, created.id.0);
-        while !status.complete {
-            status = next_status_of(patron, created.id.0);
-        }
+        let status = e2e::wait_complete(patron, Some(created.id));
         assert_eq!(status.bytes_done, 2_000_000);
     }
 }
@@ -108,10 +92,7 @@ fn close_releases_holds_stops_torrents_and_deletes_data_only_when_asked() {
     let request = seeder.create_request(&out);
     let id = holder.create(request.clone()).expect("create").info().id;
     other.create(request).expect("join");
-    let mut status = next_status_of(&mut holder, id.0);
-    while !status.complete {
-        status = next_status_of(&mut holder, id.0);
-    }
+    e2e::wait_complete(&mut holder, Some(id));
 
     // Someone else still holds it: only the caller's hold goes.
     let closed = holder
@@ -139,7 +120,7 @@ fn close_releases_holds_stops_torrents_and_deletes_data_only_when_asked() {
     let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
         match other
-            .next_event_timeout(deadline - Instant::now())
+            .next_event_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("event")
         {
             Some(Event::TorrentGone { id: gone, .. }) if gone == id => break,

@@ -6,9 +6,7 @@ use std::process::Command;
 
 #[test]
 fn a_patron_of_another_user_is_refused_with_a_clear_error() {
-    if !nix::unistd::geteuid().is_root() {
-        // Switching to another uid needs root; CI runs as root.
-        eprintln!("skipped: needs root to run a patron as another user");
+    if !e2e::have_root("running a patron as another user") {
         return;
     }
     let sandbox = Sandbox::new();
