@@ -59,6 +59,10 @@ pub struct Broker {
     next_patron: AtomicU64,
     /// Stopping is triggered through this (signals, or a patron's stop request).
     pub shutdown: shutdown::Shutdown,
+    /// Held from "is it already running?" to "registered": two patrons adding the same
+    /// torrent at once must not see each other's half-added files (one would be refused
+    /// with file-exists instead of joining). Magnet metadata is fetched before taking it.
+    pub adding: tokio::sync::Mutex<()>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -72,6 +76,7 @@ impl Broker {
             state: Mutex::new(BrokerState::default()),
             next_patron: AtomicU64::new(1),
             shutdown: shutdown::Shutdown::default(),
+            adding: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::current(),
         });
         broker.restore().await;

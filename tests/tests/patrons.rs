@@ -183,3 +183,42 @@ fn an_existing_file_is_not_overwritten_unless_asked() {
         failed.stderr
     );
 }
+
+#[test]
+fn twenty_patrons_adding_one_torrent_at_once_get_one_created_and_nineteen_joined() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/race.bin", 1_000_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let out = sandbox.folder("downloads");
+    let request = seeder.create_request(&out);
+    let patrons: Vec<_> = (0..20).map(|_| sandbox.patron(&state)).collect();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(patrons.len()));
+    let adds: Vec<_> = patrons
+        .into_iter()
+        .map(|mut patron| {
+            let (request, start) = (request.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                patron.create(request)
+            })
+        })
+        .collect();
+    let mut created = 0;
+    let mut ids = std::collections::BTreeSet::new();
+    for add in adds {
+        match add.join().expect("thread") {
+            Ok(Created::New(info)) => {
+                created += 1;
+                ids.insert(info.id);
+            }
+            Ok(Created::AlreadyDownloading(info)) => {
+                ids.insert(info.id);
+            }
+            Err(e) => panic!("every patron must get the torrent, one got: {e}"),
+        }
+    }
+    assert_eq!(created, 1, "exactly one patron creates it");
+    assert_eq!(ids.len(), 1, "all hold the same torrent: {ids:?}");
+}

@@ -62,6 +62,7 @@ async fn start(
             checked.name
         );
     }
+    let _adding = broker.adding.lock().await;
     if let Some(joined) = join(broker, patron, request, checked.info_hash) {
         return Ok(joined);
     }
