@@ -9,8 +9,9 @@ use anyhow::Context;
 use librqbit::api::TorrentIdOrHash;
 use librqbit::limits::LimitsConfig;
 use librqbit::{
-    AddTorrent, AddTorrentOptions, AddTorrentResponse, ListenerMode, ListenerOptions,
-    ManagedTorrent, Session, SessionOptions, TorrentStatsState,
+    AddTorrent, AddTorrentOptions, AddTorrentResponse, ConnectionOptions, ListenerMode,
+    ListenerOptions, ManagedTorrent, PeerConnectionOptions, Session, SessionOptions,
+    TorrentStatsState,
 };
 use proto::{ErrorKind, InfoHash, ProtoError, TorrentId, TorrentState, TorrentStatus};
 use std::net::SocketAddr;
@@ -19,6 +20,19 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long a peer link may stay silent. librqbit's default read timeout is 10 s, but
+/// BitTorrent peers only owe a keep-alive every two minutes: transmission, leeching, sends its
+/// extended handshake and then nothing until its 10 s rechoke decides to be interested, so
+/// librqbit hung up on it just before it asked for anything (traced with transmission's
+/// `TR_DEBUG_FD`). The same timeout bounds each write and each handshake.
+const PEER_CONNECTIONS: PeerConnectionOptions = PeerConnectionOptions {
+    connect_timeout: None,
+    read_write_timeout: Some(Duration::from_secs(150)),
+    // Well inside the two minutes other clients wait before dropping a silent peer.
+    keep_alive_interval: Some(Duration::from_secs(60)),
+    max_request_window: None,
+};
 
 /// librqbit's handle to one torrent.
 pub type ManagedTorrentHandle = Arc<ManagedTorrent>;
@@ -105,6 +119,10 @@ impl Engine {
             }),
             allowlist_url,
             ipv4_only: config.listen.is_ipv4(),
+            connect: Some(ConnectionOptions {
+                peer_opts: Some(PEER_CONNECTIONS),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let session = Session::new_with_opts(config.default_download_dir.clone(), options)
