@@ -10,7 +10,7 @@ use anyhow::Context;
 use proto::{ErrorKind, Event, ProtoError, Request, TorrentId, TorrentInfo, TorrentRef};
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -47,6 +47,9 @@ pub struct PatronHandle {
     /// Who it is and where its events go.
     pub connection: PatronConnection,
     requests: mpsc::UnboundedSender<Request>,
+    /// Requests handed to its task and not yet answered. Only while this is zero may a request
+    /// be answered on the reader thread without overtaking an earlier reply.
+    in_flight: Arc<AtomicUsize>,
 }
 
 /// The broker: configuration, the engine, and the state every thread shares.
@@ -258,6 +261,7 @@ impl Broker {
     ) -> Result<(), String> {
         let (requests, mut queue) = mpsc::unbounded_channel::<Request>();
         let connection = PatronConnection { id, pid, outbox };
+        let in_flight = Arc::new(AtomicUsize::new(0));
         {
             let mut state = self.state();
             if state.patrons.len() >= self.config.max_patrons {
@@ -271,6 +275,7 @@ impl Broker {
                 PatronHandle {
                     connection: connection.clone(),
                     requests,
+                    in_flight: in_flight.clone(),
                 },
             );
         }
@@ -278,6 +283,8 @@ impl Broker {
         self.runtime.spawn(async move {
             while let Some(request) = queue.recv().await {
                 commands::serve(&broker, &connection, request).await;
+                // After the reply is queued, so a later immediate reply cannot overtake it.
+                in_flight.fetch_sub(1, Ordering::AcqRel);
             }
         });
         tracing::info!(patron = id, pid, "patron connected");
@@ -291,12 +298,32 @@ impl Broker {
 
     /// Queues a decoded request for its patron's task. False if the patron is no longer
     /// connected (it was cut off), so its channel should be closed.
-    pub fn dispatch(&self, patron: PatronId, request: Request) -> bool {
+    pub fn dispatch(self: &Arc<Self>, patron: PatronId, request: Request) -> bool {
         let state = self.state();
         let Some(handle) = state.patrons.get(&patron) else {
             return false;
         };
         tracing::debug!(patron, request = %request.id, kind = request.body.kind(), "request");
+        // Requests that never wait on the engine are answered right here on the reader
+        // thread, unless an earlier one is still being served: a hop to the patron's task
+        // costs more than the answer itself.
+        let request = if handle.in_flight.load(Ordering::Acquire) == 0 {
+            let connection = handle.connection.clone();
+            drop(state);
+            match commands::serve_immediate(self, &connection, request) {
+                Ok(()) => return true,
+                Err(request) => request,
+            }
+        } else {
+            drop(state);
+            request
+        };
+        // Gone meanwhile (the lock was let go)?
+        let state = self.state();
+        let Some(handle) = state.patrons.get(&patron) else {
+            return false;
+        };
+        handle.in_flight.fetch_add(1, Ordering::AcqRel);
         handle.requests.send(request).is_ok()
     }
 

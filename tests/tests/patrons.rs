@@ -222,3 +222,47 @@ fn twenty_patrons_adding_one_torrent_at_once_get_one_created_and_nineteen_joined
     assert_eq!(created, 1, "exactly one patron creates it");
     assert_eq!(ids.len(), 1, "all hold the same torrent: {ids:?}");
 }
+
+/// Quick requests are answered straight from the broker's reader thread, but never ahead of
+/// an earlier request of the same patron that is still being served.
+#[test]
+fn a_quick_request_sent_behind_a_slow_one_is_answered_after_it() {
+    use e2e::patron_client::proto::{CreateNewTorrent, RequestBody};
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &["--magnet-timeout", "2"]);
+    let mut patron = sandbox.patron(&state);
+
+    // A magnet whose only peer accepts and then says nothing holds its request until the
+    // 2 s magnet timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let magnet = format!("magnet:?xt=urn:btih:{}", "ab".repeat(20));
+    let mut slow = CreateNewTorrent::new(TorrentSource::Magnet(magnet));
+    slow.output = Some(sandbox.folder("downloads").display().to_string());
+    slow.peers = vec![silent.local_addr().unwrap().to_string()];
+    let started = Instant::now();
+    let first = patron.send(RequestBody::CreateNewTorrent(slow)).unwrap();
+    let second = patron.send(RequestBody::BrokerInfo).unwrap();
+    let third = patron.send(RequestBody::List).unwrap();
+
+    let mut order = Vec::new();
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while order.len() < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = patron
+            .next_event_timeout(left)
+            .unwrap()
+            .expect("three replies in time");
+        if let Some(request) = event.request() {
+            if request == first {
+                assert!(matches!(event, Event::TorrentStartFail { .. }), "{event:?}");
+            }
+            order.push(request);
+        }
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "the magnet must have been slow for this test to mean anything"
+    );
+    assert_eq!(order, [first, second, third]);
+}

@@ -19,35 +19,83 @@ use std::sync::Arc;
 /// Answers one request of `patron`. Called by the patron's own task, one request at a time,
 /// so replies leave in request order.
 pub async fn serve(broker: &Arc<Broker>, patron: &PatronConnection, request: Request) {
-    let id = request.id;
-    let kind = request.body.kind();
+    let (id, kind) = (request.id, request.body.kind());
     let is_create = matches!(request.body, RequestBody::CreateNewTorrent(_));
     let is_stop = matches!(request.body, RequestBody::StopBroker);
     // A panic below (in the engine, say) must still produce this request's one reply, and
     // must not end the task that serves this patron's later requests.
-    let reply = match AssertUnwindSafe(answer(broker, patron, id, request.body))
+    let reply = AssertUnwindSafe(answer(broker, patron, id, request.body))
         .catch_unwind()
         .await
-    {
-        Ok(reply) => reply,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(patron = patron.id, request = %id, kind, "request panicked: {what}");
-            let error = ProtoError::new(
-                ErrorKind::Engine,
-                "internal error while handling the request (see the broker's log)",
-            );
-            if is_create {
-                Event::TorrentStartFail { request: id, error }
-            } else {
-                Event::Error { request: id, error }
-            }
+        .unwrap_or_else(|panic| internal_error(patron, id, kind, is_create, panic));
+    finish(broker, patron, id, kind, reply);
+    if is_stop {
+        // After the reply is queued: stopping closes every outbox.
+        broker.shutdown.trigger(format!(
+            "stop requested by patron {} (pid {})",
+            patron.id, patron.pid
+        ));
+    }
+}
+
+/// Answers on the calling thread (the request reader's) a request that never waits on the
+/// engine or the disk; any other request is handed back. The caller makes sure no earlier
+/// request of `patron` is still being served, so replies stay in order.
+pub fn serve_immediate(
+    broker: &Arc<Broker>,
+    patron: &PatronConnection,
+    request: Request,
+) -> Result<(), Request> {
+    let Request { id, body } = request;
+    let kind = body.kind();
+    let run: Box<dyn FnOnce() -> Event + '_> = match body {
+        RequestBody::List => Box::new(|| list::run(broker, patron.id, id)),
+        RequestBody::Status(torrent) => Box::new(move || status::run(broker, id, torrent)),
+        RequestBody::Follow(torrent) => {
+            Box::new(move || follow::run(broker, patron.id, id, torrent))
         }
+        RequestBody::BrokerInfo => Box::new(|| info::run(broker, id)),
+        body => return Err(Request { id, body }),
     };
+    let reply = std::panic::catch_unwind(AssertUnwindSafe(run))
+        .unwrap_or_else(|panic| internal_error(patron, id, kind, false, panic));
+    finish(broker, patron, id, kind, reply);
+    Ok(())
+}
+
+/// The reply to a request whose handling panicked.
+fn internal_error(
+    patron: &PatronConnection,
+    id: RequestId,
+    kind: &str,
+    is_create: bool,
+    panic: Box<dyn std::any::Any + Send>,
+) -> Event {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(patron = patron.id, request = %id, kind, "request panicked: {what}");
+    let error = ProtoError::new(
+        ErrorKind::Engine,
+        "internal error while handling the request (see the broker's log)",
+    );
+    if is_create {
+        Event::TorrentStartFail { request: id, error }
+    } else {
+        Event::Error { request: id, error }
+    }
+}
+
+/// Logs and queues a reply; a patron that now holds a torrent hears its status at once.
+fn finish(
+    broker: &Arc<Broker>,
+    patron: &PatronConnection,
+    id: RequestId,
+    kind: &str,
+    reply: Event,
+) {
     match &reply {
         Event::TorrentStartFail { error, .. } | Event::Error { error, .. } => {
             tracing::info!(patron = patron.id, pid = patron.pid, request = %id, kind, "refused: {error}")
@@ -56,14 +104,6 @@ pub async fn serve(broker: &Arc<Broker>, patron: &PatronConnection, request: Req
     }
     let now_held = held_by_reply(&reply);
     broker.deliver(patron, reply);
-    if is_stop {
-        // After the reply is queued: stopping closes every outbox.
-        broker.shutdown.trigger(format!(
-            "stop requested by patron {} (pid {})",
-            patron.id, patron.pid
-        ));
-        return;
-    }
     // A new holder hears about its torrent at once, not at the next change.
     if let Some(status) = now_held.and_then(|torrent| broker.current_status(torrent)) {
         patron.outbox.push_status(status);
