@@ -4,6 +4,11 @@
 //! reported as percentiles, because this machine is shared and noisy: compare medians, and
 //! compare only figures taken in the same run.
 
+mod download;
+mod fanout;
+mod scaling;
+mod swarm;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender};
@@ -55,6 +60,44 @@ enum Bench {
         #[arg(long)]
         client: PathBuf,
     },
+    /// Download speed through the broker beside a raw librqbit session and aria2c, all
+    /// fetching from one raw librqbit seeder on 127.0.0.1
+    Download {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Scratch folder (inside the broker's download roots)
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Broker CPU while `count` patrons hold one torrent whose status changes every tick
+    Fanout {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Seconds per measuring window
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
+    /// Round trip and broker memory as patrons and torrents grow
+    Scaling {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        patrons: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "10,1000")]
+        torrents: Vec<usize>,
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+    },
     /// Wall time of a whole command, run `count` times (e.g. `patron-client list`)
     CommandTime {
         #[arg(long, default_value_t = 50)]
@@ -92,6 +135,41 @@ fn main() -> anyhow::Result<()> {
             count,
             client,
         } => concurrent_start(state_dir, count, client),
+        Bench::Download {
+            state_dir,
+            work,
+            size_mib,
+            rounds,
+        } => download::run(download::DownloadBench {
+            state_dir,
+            work,
+            size_mib,
+            rounds,
+        }),
+        Bench::Fanout {
+            state_dir,
+            work,
+            count,
+            secs,
+        } => fanout::run(fanout::FanoutBench {
+            state_dir,
+            work,
+            count,
+            window: Duration::from_secs(secs),
+        }),
+        Bench::Scaling {
+            state_dir,
+            work,
+            patrons,
+            torrents,
+            samples,
+        } => scaling::run(scaling::ScalingBench {
+            state_dir,
+            work,
+            patron_levels: patrons,
+            torrent_levels: torrents,
+            samples,
+        }),
     }
 }
 
@@ -171,7 +249,7 @@ fn command_time(count: usize, command: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -181,7 +259,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// Each patron holds two descriptors here, as in the broker: lift the soft limit.
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
