@@ -1,14 +1,21 @@
 //! One connected patron, seen from the broker: who it is and its outbox.
 //!
 //! `IpcSender::send` blocks once the patron's socket buffer is full, so nothing in the broker
-//! ever sends to a patron directly. Events go into the patron's [`Outbox`] — replies in order
-//! and never dropped, status coalesced to the latest per torrent — and a small writer thread
-//! of its own does the blocking sends. A patron that stops reading only ever stalls its own
+//! ever calls it outside a patron's own writer thread. Events go into the patron's [`Outbox`]
+//! — replies in order and never dropped, status coalesced to the latest per torrent — and the
+//! writer does the blocking sends. A patron that stops reading only ever stalls its own
 //! writer; past [`MAX_QUEUED_REPLIES`] it is cut off.
+//!
+//! One shortcut: a small reply to a patron with nothing queued is sent at once by whoever
+//! produced it, with a non-blocking send of the same datagram ipc-channel would write. Waking
+//! the writer thread cost ~50 µs of a ~65 µs round trip on this machine's 2 vCPUs; a full
+//! socket just means the reply is queued as before.
 
+use crate::socket::{self, Sent};
 use ipc_channel::ipc::IpcSender;
 use proto::{Event, TorrentId, TorrentStatus};
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -17,6 +24,9 @@ pub const MAX_QUEUED_REPLIES: usize = 4096;
 
 /// The writer thread's stack: it only serializes one event at a time.
 const WRITER_STACK_BYTES: usize = 128 * 1024;
+
+/// Largest reply sent directly (one datagram, far below ipc-channel's fragment size).
+const DIRECT_MAX_BYTES: usize = 16 * 1024;
 
 /// The broker's number for a patron (shown in logs; also sent in the `Welcome`).
 pub type PatronId = u64;
@@ -40,6 +50,8 @@ struct Queue {
     order: VecDeque<TorrentId>,
     /// Set once nothing more may be queued; the writer drains what is left, then exits.
     closed: bool,
+    /// The writer is sending an event it took: a direct send now could overtake it.
+    sending: bool,
     /// Set when the writer has exited.
     finished: bool,
 }
@@ -62,12 +74,28 @@ pub enum Pushed {
 pub struct Outbox {
     queue: Mutex<Queue>,
     ready: Condvar,
+    direct: Option<DirectSend>,
+}
+
+/// The patron's socket for non-blocking sends of small replies.
+#[derive(Debug)]
+struct DirectSend {
+    fd: RawFd,
+    /// Owns `fd` (a clone of the writer's sender: the socket stays open while either lives).
+    _sender: IpcSender<Event>,
 }
 
 impl Outbox {
     /// Starts the writer thread for `sender` and returns the outbox feeding it.
     pub fn start(patron: PatronId, sender: IpcSender<Event>) -> std::io::Result<Arc<Outbox>> {
-        let outbox = Arc::new(Outbox::default());
+        let direct = socket::ipc_sender_fd(&sender).map(|fd| DirectSend {
+            fd,
+            _sender: sender.clone(),
+        });
+        let outbox = Arc::new(Outbox {
+            direct,
+            ..Outbox::default()
+        });
         let writer = outbox.clone();
         std::thread::Builder::new()
             .name(format!("patron-{patron}-writer"))
@@ -99,9 +127,35 @@ impl Outbox {
             self.ready.notify_one();
             return Pushed::CutOff;
         }
-        queue.replies.push_back(event);
-        self.ready.notify_one();
+        if queue.replies.is_empty() && queue.order.is_empty() && !queue.sending {
+            if let Some(event) = self.try_direct(event) {
+                queue.replies.push_back(event);
+                self.ready.notify_one();
+            }
+        } else {
+            queue.replies.push_back(event);
+            self.ready.notify_one();
+        }
         Pushed::Queued
+    }
+
+    /// Sends a small reply at once, without blocking; hands it back when it must be queued
+    /// (too big, no direct socket, or the patron's socket is full). Called with the queue
+    /// locked and empty, and the writer idle, so it cannot overtake anything.
+    fn try_direct(&self, event: Event) -> Option<Event> {
+        let Some(direct) = &self.direct else {
+            return Some(event);
+        };
+        match proto::wire::encode_complete(&event) {
+            Ok(datagram) if datagram.len() <= DIRECT_MAX_BYTES => {
+                match socket::send_nonblocking(direct.fd, &datagram) {
+                    Ok(Sent::Sent) => None,
+                    // Full, or gone: the writer sends it (or finds the patron gone).
+                    Ok(Sent::WouldBlock) | Err(_) => Some(event),
+                }
+            }
+            _ => Some(event),
+        }
     }
 
     /// Queues a status, replacing any not yet sent for the same torrent.
@@ -153,14 +207,17 @@ impl Outbox {
         queue.replies.len() + queue.statuses.len()
     }
 
+    /// The next event to write, marking the writer busy until [`Outbox::sent`].
     fn next(&self) -> Option<Event> {
         let mut queue = self.lock();
         loop {
             if let Some(event) = queue.replies.pop_front() {
+                queue.sending = true;
                 return Some(event);
             }
             while let Some(id) = queue.order.pop_front() {
                 if let Some(status) = queue.statuses.remove(&id) {
+                    queue.sending = true;
                     return Some(Event::TorrentStatusUpdate(status));
                 }
             }
@@ -176,7 +233,9 @@ impl Outbox {
 
     fn write_until_closed(&self, patron: PatronId, sender: IpcSender<Event>) {
         while let Some(event) = self.next() {
-            if let Err(e) = sender.send(event) {
+            let sent = sender.send(event);
+            self.lock().sending = false;
+            if let Err(e) = sent {
                 tracing::debug!(patron, "stopped writing to patron: {e}");
                 break;
             }
@@ -270,5 +329,50 @@ mod tests {
         assert_eq!(outbox.push(last), Pushed::Closed);
         assert!(matches!(outbox.next(), Some(Event::Disconnected { .. })));
         assert!(outbox.next().is_none());
+    }
+
+    #[test]
+    fn the_ipc_sender_descriptor_is_found_for_direct_sends() {
+        // Fails if an ipc-channel upgrade hides it: replies would still flow (through the
+        // writer thread), only slower.
+        let (sender, _receiver) = ipc_channel::ipc::channel::<Event>().unwrap();
+        assert!(socket::ipc_sender_fd(&sender).is_some());
+    }
+
+    #[test]
+    fn direct_and_queued_replies_reach_an_ipc_channel_receiver_whole_and_in_order() {
+        let (sender, receiver) = ipc_channel::ipc::channel::<Event>().unwrap();
+        let outbox = Outbox::start(1, sender).unwrap();
+        assert!(outbox.direct.is_some());
+        // Nothing is read until all are pushed: the first go straight into the socket, the
+        // rest queue for the writer once it is full. None may block the caller.
+        let count = 2_000u64;
+        for n in 0..count {
+            assert_eq!(
+                outbox.push(Event::Ok {
+                    request: RequestId(n)
+                }),
+                Pushed::Queued
+            );
+        }
+        // A reply bigger than a direct send takes the writer's path, after the others.
+        let big = Event::ProtocolError {
+            message: "x".repeat(4 * DIRECT_MAX_BYTES),
+        };
+        assert_eq!(outbox.push(big), Pushed::Queued);
+        assert!(
+            outbox.queued() > 0,
+            "the socket never filled: nothing was queued"
+        );
+        for n in 0..count {
+            match receiver.recv().unwrap() {
+                Event::Ok { request } => assert_eq!(request, RequestId(n)),
+                other => panic!("expected reply {n}, got {other:?}"),
+            }
+        }
+        assert!(
+            matches!(receiver.recv().unwrap(), Event::ProtocolError { message } if message.len() == 4 * DIRECT_MAX_BYTES)
+        );
+        outbox.close();
     }
 }

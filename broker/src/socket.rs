@@ -1,14 +1,15 @@
 //! The few raw socket operations the broker needs for patrons' channels: a SOCK_SEQPACKET
-//! listener (what `IpcSender::connect` connects to) and receiving one datagram with its
-//! descriptors, every descriptor owned at once so none can leak.
+//! listener (what `IpcSender::connect` connects to), receiving one datagram with its
+//! descriptors, every descriptor owned at once so none can leak, and sending one datagram
+//! without blocking.
 
 use anyhow::Context;
 use nix::sys::socket::{
-    accept4, bind, listen, recvmsg, socket, AddressFamily, Backlog, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType, UnixAddr,
+    accept4, bind, getsockopt, listen, recvmsg, send, socket, sockopt, AddressFamily, Backlog,
+    ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
 };
 use std::io::IoSliceMut;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 /// Most descriptors accepted with one datagram; more are a protocol error (the kernel closes
@@ -100,4 +101,48 @@ pub fn receive(fd: &OwnedFd, buffer: &mut [u8], blocking: bool) -> nix::Result<R
         descriptors,
         truncated,
     })
+}
+
+/// The descriptor under an `IpcSender`, for non-blocking sends beside it.
+///
+/// ipc-channel has no accessor for it. Its `Debug` output names it
+/// (`SharedFileDescriptor(N)`); the number is only trusted if it is a SOCK_SEQPACKET socket.
+/// `None` means "use the sender's own (blocking) send" — slower, never wrong. A unit test
+/// fails if an ipc-channel upgrade changes this.
+pub fn ipc_sender_fd<T: serde::Serialize + std::fmt::Debug>(
+    sender: &ipc_channel::ipc::IpcSender<T>,
+) -> Option<RawFd> {
+    const MARK: &str = "SharedFileDescriptor(";
+    let debug = format!("{sender:?}");
+    let start = debug.find(MARK)? + MARK.len();
+    let end = start + debug[start..].find(')')?;
+    let fd: RawFd = debug[start..end].parse().ok()?;
+    // SAFETY: `sender` owns this descriptor and outlives the borrow.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    match getsockopt(&borrowed, sockopt::SockType) {
+        Ok(SockType::SeqPacket) => Some(fd),
+        _ => None,
+    }
+}
+
+/// What a non-blocking send did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// The whole datagram is queued to the peer.
+    Sent,
+    /// It would have blocked (the peer's queue is full): nothing was sent.
+    WouldBlock,
+}
+
+/// Sends one datagram without blocking. A datagram is all or nothing, so `WouldBlock` means
+/// nothing left. The fd must stay open for the call (its owner outlives it).
+pub fn send_nonblocking(fd: RawFd, datagram: &[u8]) -> nix::Result<Sent> {
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_EOR | MsgFlags::MSG_NOSIGNAL;
+    match send(fd, datagram, flags) {
+        Ok(n) if n == datagram.len() => Ok(Sent::Sent),
+        // A datagram socket never sends part of one.
+        Ok(_) => Err(nix::errno::Errno::EMSGSIZE),
+        Err(nix::errno::Errno::EAGAIN) => Ok(Sent::WouldBlock),
+        Err(e) => Err(e),
+    }
 }

@@ -105,6 +105,19 @@ pub fn parse_datagram(
     }
 }
 
+/// Encodes `message` as one complete datagram, exactly as `IpcSender::send` would write a
+/// message without channels that fits one datagram. The broker writes small replies this
+/// way itself, with a non-blocking send, instead of waking a writer thread.
+pub fn encode_complete<T: serde::Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
+    let mut datagram = postcard::to_extend(message, vec![0u8; HEADER_BYTES])
+        .map_err(|e| WireError(format!("cannot encode the message: {e}")))?;
+    let total = datagram.len() - HEADER_BYTES;
+    let fragment = datagram.len();
+    datagram[..HEADER_BYTES / 2].copy_from_slice(&fragment.to_ne_bytes());
+    datagram[HEADER_BYTES / 2..HEADER_BYTES].copy_from_slice(&total.to_ne_bytes());
+    Ok(datagram)
+}
+
 /// Decodes a whole message's payload.
 pub fn decode(payload: &[u8]) -> Result<ToBroker, WireError> {
     postcard::from_bytes(payload).map_err(|e| WireError(format!("cannot decode the message: {e}")))
