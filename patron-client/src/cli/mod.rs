@@ -3,8 +3,10 @@
 mod add;
 mod broker;
 mod close;
+mod completions;
 mod list;
 mod make;
+mod manpages;
 mod output;
 mod status;
 mod watch;
@@ -56,6 +58,10 @@ enum Command {
     Make(make::Args),
     /// Start, stop or query the broker
     Broker(broker::Args),
+    /// Print a shell completion script (e.g. `source <(patron-client completions bash)`)
+    Completions(completions::Args),
+    /// Write man pages (patron-client(1) and one per command) into a folder
+    Manpages(manpages::Args),
 }
 
 /// How a command ended.
@@ -110,6 +116,8 @@ pub fn main() -> ExitCode {
         Command::Watch(args) => watch::run(&ctx, args),
         Command::Make(args) => make::run(&ctx, args),
         Command::Broker(args) => broker::run(&ctx, args),
+        Command::Completions(args) => completions::run(args),
+        Command::Manpages(args) => manpages::run(&ctx, args),
     };
     let exit = match result {
         Ok(exit) => exit,
