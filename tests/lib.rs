@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -211,7 +212,17 @@ impl Sandbox {
 
     /// Starts a broker on `state` with extra arguments and waits until it serves.
     pub fn broker(&self, state: &Path, args: &[&str]) -> BrokerProcess {
-        BrokerProcess::start(self, state, args)
+        BrokerProcess::start(self, state, args, &[])
+    }
+
+    /// Like [`Sandbox::broker`], with extra environment variables.
+    pub fn broker_with_env(
+        &self,
+        state: &Path,
+        args: &[&str],
+        env: &[(&str, &OsStr)],
+    ) -> BrokerProcess {
+        BrokerProcess::start(self, state, args, env)
     }
 
     /// Connection options for a library patron of `state` (never auto-starts).
@@ -302,10 +313,16 @@ pub struct BrokerProcess {
 }
 
 impl BrokerProcess {
-    fn start(sandbox: &Sandbox, state: &Path, args: &[&str]) -> BrokerProcess {
+    fn start(
+        sandbox: &Sandbox,
+        state: &Path,
+        args: &[&str],
+        env: &[(&str, &OsStr)],
+    ) -> BrokerProcess {
         let log = state.with_extension(format!("broker-{}.log", now_millis()));
         let mut cmd = Command::new(bin("torrent-broker"));
         sandbox.apply_env(&mut cmd);
+        cmd.envs(env.iter().copied());
         cmd.arg("--state-dir")
             .arg(state)
             .args(args)

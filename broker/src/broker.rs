@@ -100,7 +100,13 @@ impl Broker {
         );
         listener.start(self.clone(), incoming)?;
         let fanout = tokio::spawn(fanout::run(self.clone()));
+        // systemd (`Type=notify`): patrons can connect from now on.
+        notify_service_manager(&[sd_notify::NotifyState::Ready]);
         let reason = self.shutdown.wait().await;
+        notify_service_manager(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status(&format!("stopping: {reason}")),
+        ]);
         self.stop(&reason).await;
         fanout.abort();
         Ok(())
@@ -303,7 +309,13 @@ impl Broker {
         let Some(handle) = state.patrons.get(&patron) else {
             return false;
         };
-        tracing::debug!(patron, request = %request.id, kind = request.body.kind(), "request");
+        tracing::info!(
+            patron,
+            pid = handle.connection.pid,
+            request = %request.id,
+            kind = %request.body.kind(),
+            "request"
+        );
         // Requests that never wait on the engine are answered right here on the reader
         // thread, unless an earlier one is still being served: a hop to the patron's task
         // costs more than the answer itself.
@@ -514,4 +526,12 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     // Patron reader/writer threads may still block in ipc calls; they die with the process.
     runtime.shutdown_timeout(Duration::from_millis(500));
     Ok(())
+}
+
+/// Tells systemd (when it started us with `NOTIFY_SOCKET`) how the broker is doing. Nothing
+/// happens without that variable.
+fn notify_service_manager(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!("cannot notify the service manager: {e}");
+    }
 }

@@ -78,6 +78,19 @@ pub struct BrokerArgs {
     /// Most torrents run at once [default: 10000]
     #[arg(long, env = "TORRENT_PATRON_MAX_TORRENTS", value_name = "N")]
     pub max_torrents: Option<usize>,
+
+    /// Append the log to FILE instead of writing it to stderr (relative to the state dir).
+    /// The level comes from RUST_LOG [default: info]
+    #[arg(long, env = "TORRENT_PATRON_LOG_FILE", value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Print a completion script for SHELL and exit
+    #[arg(long, value_name = "SHELL")]
+    pub completions: Option<clap_complete::Shell>,
+
+    /// Print the torrent-broker(1) man page (roff) and exit
+    #[arg(long)]
+    pub manpage: bool,
 }
 
 /// `broker.toml`: the same options as the flags, all optional.
@@ -99,6 +112,7 @@ struct ConfigFile {
     max_download_rate: Option<u32>,
     max_patrons: Option<usize>,
     max_torrents: Option<usize>,
+    log_file: Option<PathBuf>,
 }
 
 /// The settings the broker runs with, every default resolved.
@@ -132,6 +146,8 @@ pub struct BrokerConfig {
     pub max_patrons: usize,
     /// Torrent limit.
     pub max_torrents: usize,
+    /// Where the log goes instead of stderr (absolute).
+    pub log_file: Option<PathBuf>,
 }
 
 impl BrokerConfig {
@@ -186,6 +202,8 @@ impl BrokerConfig {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
 
+        // Joining keeps an absolute path as it is.
+        let log_file = args.log_file.or(file.log_file).map(|f| state_dir.join(f));
         Ok(BrokerConfig {
             socket_path: proto::paths::socket_path(&state_dir),
             state_dir,
@@ -208,6 +226,7 @@ impl BrokerConfig {
             max_download_rate: args.max_download_rate.or(file.max_download_rate),
             max_patrons: args.max_patrons.or(file.max_patrons).unwrap_or(4096),
             max_torrents: args.max_torrents.or(file.max_torrents).unwrap_or(10_000),
+            log_file,
         })
     }
 

@@ -46,6 +46,19 @@ pub fn fan_out_once(broker: &Broker) {
         if status.complete && !entry.last_status.as_ref().is_some_and(|s| s.complete) {
             tracing::info!(torrent = %status.id, name = %entry.info.name, "torrent complete");
         }
+        let before = entry.last_status.as_ref().map(|s| &s.state);
+        if before != Some(&status.state) {
+            let (id, name) = (status.id, &entry.info.name);
+            let from = before.map_or("new", |s| s.as_str());
+            match &status.state {
+                proto::TorrentState::Error(reason) => {
+                    tracing::warn!(torrent = %id, name = %name, from = %from, "torrent failed: {reason}")
+                }
+                to => {
+                    tracing::info!(torrent = %id, name = %name, from = %from, to = %to.as_str(), "torrent state changed")
+                }
+            }
+        }
         for holder in &entry.holders {
             if let Some(patron) = state.patrons.get(holder) {
                 patron.connection.outbox.push_status(status.clone());

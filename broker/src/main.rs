@@ -1,7 +1,7 @@
 //! `torrent-broker`: parse the settings, take the state lock, serve.
 
-use clap::Parser;
-use std::io::IsTerminal;
+use clap::{CommandFactory, Parser};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use torrent_broker::lock::{LockError, StateLock};
 use torrent_broker::{BrokerArgs, BrokerConfig};
@@ -13,14 +13,22 @@ const EXIT_LOCKED: u8 = 3;
 
 fn main() -> ExitCode {
     let args = BrokerArgs::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,librqbit=warn,librqbit_core=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    if let Some(shell) = args.completions {
+        clap_complete::generate(
+            shell,
+            &mut BrokerArgs::command(),
+            "torrent-broker",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    if args.manpage {
+        let mut page = Vec::new();
+        return match clap_mangen::Man::new(BrokerArgs::command()).render(&mut page) {
+            Ok(()) if std::io::stdout().write_all(&page).is_ok() => ExitCode::SUCCESS,
+            _ => ExitCode::from(EXIT_START_FAILED),
+        };
+    }
     let config = match BrokerConfig::resolve(args) {
         Ok(config) => config,
         Err(e) => {
@@ -28,6 +36,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
+    if let Err(e) = init_logging(&config) {
+        eprintln!("torrent-broker: {e:#}");
+        return ExitCode::from(EXIT_START_FAILED);
+    }
     let _lock = match StateLock::acquire(&config.state_dir) {
         Ok(lock) => lock,
         Err(LockError::Held { owner_pid }) => {
@@ -51,6 +63,32 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_START_FAILED)
         }
     }
+}
+
+/// Logs to stderr, or appended to `--log-file`; the level comes from `RUST_LOG`.
+fn init_logging(config: &BrokerConfig) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,librqbit=warn,librqbit_core=warn".into());
+    let logger = tracing_subscriber::fmt().with_env_filter(filter);
+    match &config.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open the log file {}", path.display()))?;
+            logger
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .init();
+        }
+        None => logger
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+    }
+    Ok(())
 }
 
 /// Each patron costs two descriptors and each peer one: lift the soft limit to the hard one.

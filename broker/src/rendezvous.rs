@@ -143,7 +143,7 @@ fn handshake(broker: &Arc<Broker>, reader: &RequestReader, channel: OwnedFd) {
     let admitted =
         admit(broker, &hello, uid).and_then(|()| welcome(broker, reader, &answer, channel, pid));
     if let Err((kind, message)) = admitted {
-        tracing::warn!(pid, uid, kind, "refused a patron: {message}");
+        tracing::warn!(pid, uid, kind = %kind, "refused a patron: {message}");
         let _ = answer.send(Welcome::Refused {
             kind: kind.into(),
             message,

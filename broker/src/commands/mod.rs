@@ -76,7 +76,7 @@ fn internal_error(
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
-    tracing::error!(patron = patron.id, request = %id, kind, "request panicked: {what}");
+    tracing::error!(patron = patron.id, request = %id, kind = %kind, "request panicked: {what}");
     let error = ProtoError::new(
         ErrorKind::Engine,
         "internal error while handling the request (see the broker's log)",
@@ -98,9 +98,9 @@ fn finish(
 ) {
     match &reply {
         Event::TorrentStartFail { error, .. } | Event::Error { error, .. } => {
-            tracing::info!(patron = patron.id, pid = patron.pid, request = %id, kind, "refused: {error}")
+            tracing::info!(patron = patron.id, pid = patron.pid, request = %id, kind = %kind, "refused: {error}")
         }
-        _ => tracing::debug!(patron = patron.id, request = %id, kind, "answered"),
+        _ => tracing::debug!(patron = patron.id, request = %id, kind = %kind, "answered"),
     }
     let now_held = held_by_reply(&reply);
     broker.deliver(patron, reply);
