@@ -171,6 +171,14 @@ impl Outbox {
         self.ready.notify_one();
     }
 
+    /// Drops a status still queued for `torrent` (the patron no longer holds it).
+    pub fn forget_status(&self, torrent: TorrentId) {
+        let mut queue = self.lock();
+        if queue.statuses.remove(&torrent).is_some() {
+            queue.order.retain(|id| *id != torrent);
+        }
+    }
+
     /// Lets the writer send what is queued, then stop. Idempotent.
     pub fn close(&self) {
         self.lock().closed = true;

@@ -48,17 +48,54 @@ use proto::{
     TorrentSummary,
 };
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A connection to the broker.
 pub struct Patron {
-    requests: IpcSender<ToBroker>,
+    requester: Requester,
     events: IpcReceiver<Event>,
     /// Events that arrived while waiting for a reply, handed out by `next_event`.
     backlog: VecDeque<Event>,
-    next_request: u64,
     broker_pid: u32,
     patron_id: u64,
+}
+
+/// Sends a [`Patron`]'s requests from another thread — say one reading commands while the
+/// patron's own thread waits in [`Patron::next_event`], where the replies arrive. Clones
+/// share one sequence of request ids with the patron.
+#[derive(Clone)]
+pub struct Requester {
+    requests: IpcSender<ToBroker>,
+    next_request: Arc<AtomicU64>,
+}
+
+impl Requester {
+    /// Sends a request without waiting; see [`Patron::send`].
+    pub fn send(&self, body: RequestBody) -> Result<RequestId> {
+        // An id refused below is simply never used.
+        let id = RequestId(self.next_request.fetch_add(1, Ordering::Relaxed));
+        let message = ToBroker::Request(Request { id, body });
+        if might_be_large(&message) {
+            let size = postcard::to_stdvec(&message)
+                .map_err(|e| Error::Protocol(format!("cannot encode the request: {e}")))?
+                .len();
+            if size > proto::MAX_REQUEST_BYTES {
+                return Err(Error::Request(ProtoError::new(
+                    proto::ErrorKind::LimitReached,
+                    format!(
+                        "the request is {size} bytes; the broker accepts at most {}",
+                        proto::MAX_REQUEST_BYTES
+                    ),
+                )));
+            }
+        }
+        self.requests
+            .send(message)
+            .map_err(|e| Error::BrokerStopped(format!("cannot send to the broker: {e}")))?;
+        Ok(id)
+    }
 }
 
 /// The outcome of a successful create request.
@@ -100,10 +137,12 @@ impl Patron {
     pub fn connect_with(options: &ConnectOptions) -> Result<Patron> {
         let connected = connect::connect(options)?;
         Ok(Patron {
-            requests: connected.requests,
+            requester: Requester {
+                requests: connected.requests,
+                next_request: Arc::new(AtomicU64::new(1)),
+            },
             events: connected.events,
             backlog: VecDeque::new(),
-            next_request: 1,
             broker_pid: connected.broker_pid,
             patron_id: connected.patron_id,
         })
@@ -125,27 +164,12 @@ impl Patron {
     /// [`ErrorKind::LimitReached`](proto::ErrorKind::LimitReached): the broker would refuse it
     /// anyway, and ipc-channel's sender would wait forever for it to be read.
     pub fn send(&mut self, body: RequestBody) -> Result<RequestId> {
-        let id = RequestId(self.next_request);
-        let message = ToBroker::Request(Request { id, body });
-        if might_be_large(&message) {
-            let size = postcard::to_stdvec(&message)
-                .map_err(|e| Error::Protocol(format!("cannot encode the request: {e}")))?
-                .len();
-            if size > proto::MAX_REQUEST_BYTES {
-                return Err(Error::Request(ProtoError::new(
-                    proto::ErrorKind::LimitReached,
-                    format!(
-                        "the request is {size} bytes; the broker accepts at most {}",
-                        proto::MAX_REQUEST_BYTES
-                    ),
-                )));
-            }
-        }
-        self.next_request += 1;
-        self.requests
-            .send(message)
-            .map_err(|e| Error::BrokerStopped(format!("cannot send to the broker: {e}")))?;
-        Ok(id)
+        self.requester.send(body)
+    }
+
+    /// A handle that sends this patron's requests from another thread.
+    pub fn requester(&self) -> Requester {
+        self.requester.clone()
     }
 
     /// Sends a request and waits for its reply. Other events that arrive meanwhile are kept

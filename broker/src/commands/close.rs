@@ -17,7 +17,9 @@ pub async fn run(
         Err(error) => return Event::Error { request, error },
     };
     let others = {
-        let mut state = broker.state();
+        let mut guard = broker.state();
+        // Borrow the registry and the patrons apart.
+        let state = &mut *guard;
         let Some(entry) = state.registry.get_mut(id) else {
             return Event::Error {
                 request,
@@ -25,6 +27,10 @@ pub async fn run(
             };
         };
         entry.holders.remove(&patron);
+        // A status queued before the release must not arrive after the "closed" reply.
+        if let Some(handle) = state.patrons.get(&patron) {
+            handle.connection.outbox.forget_status(id);
+        }
         if !entry.holders.is_empty() && !close.force {
             return Event::TorrentClosed {
                 request,

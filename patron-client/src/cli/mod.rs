@@ -8,6 +8,7 @@ mod list;
 mod make;
 mod manpages;
 mod output;
+mod pipe;
 mod status;
 mod watch;
 
@@ -62,6 +63,8 @@ enum Command {
     Completions(completions::Args),
     /// Write man pages (patron-client(1) and one per command) into a folder
     Manpages(manpages::Args),
+    /// Be one patron driven by JSON Lines: commands on stdin, replies and status on stdout
+    Pipe,
 }
 
 /// How a command ended.
@@ -118,6 +121,7 @@ pub fn main() -> ExitCode {
         Command::Broker(args) => broker::run(&ctx, args),
         Command::Completions(args) => completions::run(args),
         Command::Manpages(args) => manpages::run(&ctx, args),
+        Command::Pipe => pipe::run(&ctx),
     };
     let exit = match result {
         Ok(exit) => exit,

@@ -1,0 +1,430 @@
+//! `patron-client pipe`: one patron whose inbox is stdin and whose outbox is stdout, as JSON
+//! Lines — the shape of the original components (commands in, events out, `control` to shut
+//! down, `signal` when finished) for scripts in any language.
+//!
+//! Each input line is one command object; each gets exactly one reply line carrying its
+//! `request` (the caller's value, or the line number when it gave none). Status updates of
+//! held torrents come in between, without `request`. A line that is not a valid command gets
+//! an `error` line naming its line number, and the session goes on. EOF or a `shutdown` line
+//! waits for the replies still due, prints `{"event":"finished"}` and exits 0.
+//!
+//! Two threads: this one owns the patron and prints events as they come; a reader thread
+//! parses stdin and sends requests through a [`Requester`]. Shutting down sends one last
+//! request as a barrier: replies come in request order, so when its reply arrives every
+//! earlier request has been answered.
+
+use super::output::{info_json, status_json, summary_json};
+use super::{Context, Exit};
+use patron_client::proto::{
+    CloseTorrent, CreateNewTorrent, Event, MakeTorrent, RequestBody, RequestId, TorrentRef,
+    TorrentSource,
+};
+use patron_client::{Error, Requester};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// One input line, after its `request` has been taken out.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+enum Command {
+    /// Start (or join) a torrent: exactly one of `torrent` (a .torrent path),
+    /// `torrent_base64` (its bytes) or `magnet`.
+    Add {
+        torrent: Option<PathBuf>,
+        torrent_base64: Option<String>,
+        magnet: Option<String>,
+        output: Option<PathBuf>,
+        #[serde(default)]
+        peers: Vec<String>,
+        #[serde(default)]
+        paused: bool,
+        #[serde(default)]
+        ephemeral: bool,
+        #[serde(default)]
+        overwrite: bool,
+    },
+    Close {
+        torrent: String,
+        #[serde(default)]
+        delete_data: bool,
+        #[serde(default)]
+        force: bool,
+    },
+    List {},
+    Status {
+        torrent: String,
+    },
+    Follow {
+        torrent: String,
+    },
+    /// Hash a file or folder; the .torrent is written to `output` (never over an existing
+    /// file) or returned as `torrent_base64`.
+    Make {
+        path: PathBuf,
+        output: Option<PathBuf>,
+        piece_size: Option<u64>,
+        #[serde(default)]
+        trackers: Vec<String>,
+        #[serde(default)]
+        seed: bool,
+    },
+    Info {},
+}
+
+/// A parsed input line.
+enum Line {
+    /// A command to send.
+    Command(Command),
+    /// `{"cmd":"shutdown"}`: the control inbox.
+    Shutdown,
+}
+
+/// What the event thread needs to know about a request it will see the reply of.
+struct Pending {
+    /// The caller's `request` value, echoed in the reply.
+    request: Value,
+    /// `make`: where to write the .torrent.
+    make_output: Option<PathBuf>,
+    /// The shutdown barrier: its reply ends the session.
+    finishes: bool,
+}
+
+type PendingMap = Arc<Mutex<HashMap<RequestId, Pending>>>;
+
+pub fn run(ctx: &Context) -> Result<Exit, Error> {
+    let mut patron = ctx.patron()?;
+    let pending: PendingMap = Arc::default();
+    let reader = {
+        let (requester, pending) = (patron.requester(), pending.clone());
+        std::thread::spawn(move || read_commands(&requester, &pending))
+    };
+    let exit = loop {
+        let event = match patron.next_event() {
+            Ok(event) => event,
+            Err(error) => {
+                println!("{}", error_json(&error, Value::Null));
+                println!(
+                    "{}",
+                    json!({"event": "finished", "reason": error.to_string()})
+                );
+                break Exit::of(&error);
+            }
+        };
+        let waiting = event.request().and_then(|id| lock(&pending).remove(&id));
+        match waiting {
+            Some(Pending {
+                finishes: true,
+                request,
+                ..
+            }) => {
+                println!("{}", json!({"event": "finished", "request": request}));
+                break Exit::Success;
+            }
+            Some(pending) => println!("{}", reply_json(event, pending)),
+            // Status updates and notices. After `broker-stopping` or `disconnected` the
+            // connection closes, and the next receive ends the session above.
+            None => println!("{}", event_json(event)),
+        }
+    };
+    // The reader may still block on stdin: it ends with the process.
+    drop(reader);
+    Ok(exit)
+}
+
+fn lock(pending: &PendingMap) -> std::sync::MutexGuard<'_, HashMap<RequestId, Pending>> {
+    pending.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The reader thread: one command per line until EOF or `shutdown`, then the barrier.
+fn read_commands(requester: &Requester, pending: &PendingMap) {
+    let mut number = 0u64;
+    let mut finish_request = Value::Null;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        number += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (request, line) = match parse(&line, number) {
+            Ok(parsed) => parsed,
+            Err((request, message)) => {
+                println!(
+                    "{}",
+                    json!({"event": "error", "kind": "bad-line", "line": number,
+                           "request": request, "message": message})
+                );
+                continue;
+            }
+        };
+        let command = match line {
+            Line::Command(command) => command,
+            Line::Shutdown => {
+                finish_request = request;
+                break;
+            }
+        };
+        let (body, make_output) = match body_of(command) {
+            Ok(body) => body,
+            Err(message) => {
+                println!(
+                    "{}",
+                    json!({"event": "error", "kind": "bad-line", "line": number,
+                           "request": request, "message": message})
+                );
+                continue;
+            }
+        };
+        let pending_entry = Pending {
+            request: request.clone(),
+            make_output,
+            finishes: false,
+        };
+        if let Err(error) = send(requester, pending, body, pending_entry) {
+            println!("{}", error_json(&error, request));
+        }
+    }
+    // EOF or shutdown: a cheap request whose reply marks the end of all earlier ones.
+    let barrier = Pending {
+        request: finish_request,
+        make_output: None,
+        finishes: true,
+    };
+    if let Err(error) = send(requester, pending, RequestBody::BrokerInfo, barrier) {
+        // No broker to answer: the event thread sees the loss and finishes itself.
+        eprintln!("patron-client: {error}");
+    }
+}
+
+/// Sends while holding the map, so the reply cannot be seen before it is recorded.
+fn send(
+    requester: &Requester,
+    pending: &PendingMap,
+    body: RequestBody,
+    entry: Pending,
+) -> Result<(), Error> {
+    let mut map = lock(pending);
+    let id = requester.send(body)?;
+    map.insert(id, entry);
+    Ok(())
+}
+
+/// Splits a line into its `request` (default: the line number) and its command.
+fn parse(line: &str, number: u64) -> Result<(Value, Line), (Value, String)> {
+    let value: Value = serde_json::from_str(line).map_err(|e| {
+        (
+            Value::from(number),
+            format!("line {number} is not JSON: {e}"),
+        )
+    })?;
+    let Value::Object(mut object) = value else {
+        return Err((
+            Value::from(number),
+            format!("line {number} is not a JSON object"),
+        ));
+    };
+    let request = object.remove("request").unwrap_or(Value::from(number));
+    if object.get("cmd").and_then(Value::as_str) == Some("shutdown") && object.len() == 1 {
+        return Ok((request, Line::Shutdown));
+    }
+    match serde_json::from_value(Value::Object(object)) {
+        Ok(command) => Ok((request, Line::Command(command))),
+        Err(e) => Err((request, format!("line {number}: {e}"))),
+    }
+}
+
+fn absolute(path: &Path) -> Result<String, String> {
+    std::path::absolute(path)
+        .map(|p| p.display().to_string())
+        .map_err(|e| format!("bad path {}: {e}", path.display()))
+}
+
+fn torrent_ref(s: &str) -> Result<TorrentRef, String> {
+    super::torrent_ref(s)
+}
+
+/// The request a command stands for, and for `make` where to write the result.
+fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
+    Ok(match command {
+        Command::Add {
+            torrent,
+            torrent_base64,
+            magnet,
+            output,
+            peers,
+            paused,
+            ephemeral,
+            overwrite,
+        } => {
+            let source = match (torrent, torrent_base64, magnet) {
+                (Some(path), None, None) => TorrentSource::TorrentFile(
+                    std::fs::read(&path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                ),
+                (None, Some(encoded), None) => {
+                    use base64::Engine;
+                    TorrentSource::TorrentFile(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(encoded.trim())
+                            .map_err(|e| format!("torrent_base64 is not base64: {e}"))?,
+                    )
+                }
+                (None, None, Some(link)) => TorrentSource::Magnet(link),
+                _ => {
+                    return Err("add needs exactly one of torrent, torrent_base64 or magnet".into())
+                }
+            };
+            let mut create = CreateNewTorrent::new(source);
+            let output = match output {
+                Some(dir) => dir,
+                None => std::env::current_dir().map_err(|e| e.to_string())?,
+            };
+            create.output = Some(absolute(&output)?);
+            create.peers = peers;
+            create.paused = paused;
+            create.ephemeral = ephemeral;
+            create.overwrite = overwrite;
+            (RequestBody::CreateNewTorrent(create), None)
+        }
+        Command::Close {
+            torrent,
+            delete_data,
+            force,
+        } => (
+            RequestBody::CloseTorrent(CloseTorrent {
+                torrent: torrent_ref(&torrent)?,
+                delete_data,
+                force,
+            }),
+            None,
+        ),
+        Command::List {} => (RequestBody::List, None),
+        Command::Status { torrent } => (RequestBody::Status(torrent_ref(&torrent)?), None),
+        Command::Follow { torrent } => (RequestBody::Follow(torrent_ref(&torrent)?), None),
+        Command::Make {
+            path,
+            output,
+            piece_size,
+            trackers,
+            seed,
+        } => {
+            if let Some(output) = &output {
+                if output.exists() {
+                    return Err(format!("{} already exists", output.display()));
+                }
+            }
+            let make = MakeTorrent {
+                path: absolute(&path)?,
+                piece_size,
+                trackers,
+                seed,
+            };
+            (RequestBody::MakeTorrent(make), output)
+        }
+        Command::Info {} => (RequestBody::BrokerInfo, None),
+    })
+}
+
+fn error_json(error: &Error, request: Value) -> Value {
+    let (kind, message) = match patron_client::proto_error(error) {
+        Some(e) => (e.kind.to_string(), e.message.clone()),
+        None => ("broker".to_owned(), error.to_string()),
+    };
+    json!({"event": "error", "kind": kind, "request": request, "message": message})
+}
+
+/// A reply, with the caller's `request`.
+fn reply_json(event: Event, pending: Pending) -> Value {
+    let mut value = match event {
+        Event::TorrentMade { made, .. } => {
+            let mut value = json!({
+                "event": "made",
+                "info_hash": made.info_hash.to_string(),
+                "name": made.name,
+                "pieces": made.pieces,
+                "piece_size": made.piece_size,
+                "total_bytes": made.total_bytes,
+                "seeding": made.seeding.as_ref().map(|t| t.id.0),
+            });
+            match &pending.make_output {
+                Some(path) => match write_new(path, &made.torrent_file) {
+                    Ok(()) => value["torrent"] = path.display().to_string().into(),
+                    Err(message) => {
+                        value = json!({"event": "error", "kind": "io", "message": message})
+                    }
+                },
+                None => {
+                    use base64::Engine;
+                    value["torrent_base64"] = base64::engine::general_purpose::STANDARD
+                        .encode(&made.torrent_file)
+                        .into();
+                }
+            }
+            value
+        }
+        other => event_json(other),
+    };
+    value["request"] = pending.request;
+    value
+}
+
+/// Writes a file that must not exist yet.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(bytes))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Any event as its JSON line (without `request`).
+fn event_json(event: Event) -> Value {
+    match event {
+        Event::NewTorrentCreated { torrent, .. } => info_json("created", &torrent),
+        Event::TorrentAlreadyDownloading { torrent, .. } => {
+            info_json("already-downloading", &torrent)
+        }
+        Event::Following { torrent, .. } => info_json("following", &torrent),
+        Event::TorrentStartFail { error, .. } => json!({
+            "event": "start-failed", "kind": error.kind.to_string(), "message": error.message,
+        }),
+        Event::Error { error, .. } => json!({
+            "event": "error", "kind": error.kind.to_string(), "message": error.message,
+        }),
+        Event::TorrentClosed {
+            id,
+            stopped,
+            data_deleted,
+            ..
+        } => json!({
+            "event": "closed", "id": id.0, "stopped": stopped, "data_deleted": data_deleted,
+        }),
+        Event::TorrentList { torrents, .. } => json!({
+            "event": "list",
+            "torrents": torrents.iter().map(summary_json).collect::<Vec<_>>(),
+        }),
+        Event::Status { status, .. } | Event::TorrentStatusUpdate(status) => status_json(&status),
+        Event::TorrentMade { made, .. } => json!({
+            "event": "made", "info_hash": made.info_hash.to_string(), "name": made.name,
+        }),
+        Event::BrokerInfo { info, .. } => {
+            let mut value = serde_json::to_value(&info).unwrap_or(Value::Null);
+            value["event"] = "broker-info".into();
+            value
+        }
+        Event::Ok { .. } => json!({"event": "ok"}),
+        Event::TorrentGone { id, reason } => {
+            json!({"event": "gone", "id": id.0, "reason": reason})
+        }
+        Event::BrokerStopping { reason } => json!({"event": "broker-stopping", "reason": reason}),
+        Event::Disconnected { reason } => json!({"event": "disconnected", "reason": reason}),
+        Event::ProtocolError { message } => {
+            json!({"event": "error", "kind": "protocol", "message": message})
+        }
+    }
+}
