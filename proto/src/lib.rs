@@ -28,7 +28,35 @@
 //! The broker reads what patrons send with its own parser of ipc-channel's datagram format
 //! ([`wire`]), so that sizes are checked before anything is allocated: see that module.
 //!
+//! # Example
+//!
+//! A patron asking for one torrent's status, as the broker receives it:
+//!
+//! ```
+//! use proto::wire::{self, Datagram};
+//! use proto::{Request, RequestBody, RequestId, ToBroker, TorrentId, TorrentRef};
+//!
+//! let message = ToBroker::Request(Request {
+//!     id: RequestId(1),
+//!     body: RequestBody::Status(TorrentRef::Id(TorrentId(0))),
+//! });
+//! // `IpcSender::send` writes it as one postcard-encoded datagram...
+//! let datagram = wire::encode_complete(&message).expect("encodes");
+//! // ...which the broker checks (size, descriptors) before decoding anything.
+//! match wire::parse_datagram(&datagram, 0, proto::MAX_REQUEST_BYTES) {
+//!     Ok(Datagram::Complete(payload)) => {
+//!         let ToBroker::Request(request) = wire::decode(payload).expect("decodes") else {
+//!             panic!("not a request");
+//!         };
+//!         assert_eq!(request.id, RequestId(1));
+//!     }
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! ```
+//!
 //! [ipc-channel]: https://docs.rs/ipc-channel
+
+#![deny(missing_docs)]
 
 pub mod paths;
 mod status;
