@@ -124,7 +124,7 @@ pub fn summary_json(summary: &TorrentSummary) -> Value {
     value
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_owned();
     }
@@ -149,7 +149,7 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-fn duration(secs: u64) -> String {
+pub fn duration(secs: u64) -> String {
     match secs {
         s if s < 60 => format!("{s}s"),
         s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),

@@ -1,10 +1,15 @@
-//! `patron-client watch`: print status updates as they come.
+//! `patron-client watch`: status updates as they come. On a terminal, one live line per
+//! torrent (name, bar, %, rates, peers, ETA, state) redrawn in place; otherwise (or with
+//! `--json`) one plain line per update, for logs and scripts.
 
-use super::output::{status_json, status_line};
+use super::output::{bytes, duration, status_json, status_line, truncate};
 use super::{torrent_ref, Context, Exit};
-use patron_client::proto::{Event, TorrentId, TorrentRef};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use patron_client::proto::{Event, TorrentId, TorrentRef, TorrentStatus};
 use patron_client::Error;
 use serde_json::json;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,20 +34,29 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
             .emit(|| "No torrents to watch.".into(), json!({"event": "idle"}));
         return Ok(Exit::Success);
     }
+    let mut screen = (!ctx.out.json && std::io::stdout().is_terminal()).then(Screen::new);
     let mut watched: Vec<TorrentId> = Vec::new();
     for target in targets {
-        watched.push(patron.follow(target)?.id);
+        let info = patron.follow(target)?;
+        if let Some(screen) = &mut screen {
+            screen.add(info.id, &info.name, info.total_bytes);
+        }
+        watched.push(info.id);
     }
     loop {
         match patron.next_event()? {
-            Event::TorrentStatusUpdate(status) => {
-                ctx.out.emit(|| status_line(&status), status_json(&status));
-            }
+            Event::TorrentStatusUpdate(status) => match &mut screen {
+                Some(screen) => screen.update(&status),
+                None => ctx.out.emit(|| status_line(&status), status_json(&status)),
+            },
             Event::TorrentGone { id, reason } => {
-                ctx.out.emit(
-                    || format!("{id:>4}  closed: {reason}"),
-                    json!({"event": "gone", "id": id.0, "reason": reason}),
-                );
+                match &mut screen {
+                    Some(screen) => screen.gone(id, &reason),
+                    None => ctx.out.emit(
+                        || format!("{id:>4}  closed: {reason}"),
+                        json!({"event": "gone", "id": id.0, "reason": reason}),
+                    ),
+                }
                 watched.retain(|w| *w != id);
                 if watched.is_empty() {
                     return Ok(Exit::Success);
@@ -52,6 +66,63 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
                 return Err(Error::BrokerStopped(reason));
             }
             _ => {}
+        }
+    }
+}
+
+/// The live view: one line per torrent, in id order, redrawn where it stands.
+struct Screen {
+    lines: MultiProgress,
+    bars: BTreeMap<TorrentId, ProgressBar>,
+}
+
+impl Screen {
+    fn new() -> Screen {
+        Screen {
+            lines: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
+            bars: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, id: TorrentId, name: &str, total: u64) {
+        // indicatif has one free-form field per side of the bar: the name goes before it,
+        // the figures after.
+        let style = ProgressStyle::with_template("{prefix} [{bar:24}] {percent:>3}% {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let bar = self.lines.add(ProgressBar::new(total.max(1)));
+        bar.set_style(style);
+        bar.set_prefix(format!("{:>4} {:<28}", id.0, truncate(name, 28)));
+        bar.set_message("waiting for status");
+        self.bars.insert(id, bar);
+    }
+
+    fn update(&mut self, status: &TorrentStatus) {
+        let Some(bar) = self.bars.get(&status.id) else {
+            return;
+        };
+        bar.set_length(status.bytes_total.max(1));
+        bar.set_position(status.bytes_done);
+        let eta = status
+            .eta_secs
+            .filter(|_| !status.complete)
+            .map(|s| format!("  eta {}", duration(s)))
+            .unwrap_or_default();
+        let peers = match status.peers {
+            1 => "1 peer".to_owned(),
+            n => format!("{n} peers"),
+        };
+        bar.set_message(format!(
+            "{:<11} ↓{}/s ↑{}/s  {peers}{eta}",
+            status.state.to_string(),
+            bytes(status.download_rate),
+            bytes(status.upload_rate),
+        ));
+    }
+
+    fn gone(&mut self, id: TorrentId, reason: &str) {
+        if let Some(bar) = self.bars.get(&id) {
+            bar.abandon_with_message(format!("closed: {reason}"));
         }
     }
 }

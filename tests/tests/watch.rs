@@ -1,0 +1,187 @@
+//! `patron-client watch` on a real terminal (a tmux pane), read back with `capture-pane`:
+//! one live line per torrent, redrawn in place; and plain lines without a terminal.
+
+use e2e::{bin, run, wait_for, Running, Sandbox, Seeder, STEP_TIMEOUT};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::Path;
+use std::process::Command;
+
+/// A private tmux server (own socket), killed by its pid when dropped.
+struct Tmux {
+    socket: String,
+    server_pid: Option<i32>,
+}
+
+impl Tmux {
+    fn new(sandbox: &Sandbox) -> Tmux {
+        let socket = sandbox.path("tmux.sock").display().to_string();
+        Tmux {
+            socket,
+            server_pid: None,
+        }
+    }
+
+    fn command(&self, sandbox: &Sandbox) -> Command {
+        let mut cmd = Command::new("tmux");
+        // The server inherits this environment: loopback-only, the sandbox's roots.
+        sandbox.apply_env(&mut cmd);
+        cmd.arg("-S")
+            .arg(&self.socket)
+            .env("TERM", "xterm-256color");
+        cmd
+    }
+
+    /// Starts `program` in a detached 150×12 session.
+    fn start(&mut self, sandbox: &Sandbox, program: &str) {
+        let mut cmd = self.command(sandbox);
+        cmd.args(["new-session", "-d", "-x", "150", "-y", "12", program]);
+        run(cmd).expect_code(0);
+        let mut pid = self.command(sandbox);
+        pid.args(["display-message", "-p", "#{pid}"]);
+        self.server_pid = run(pid).expect_code(0).stdout.trim().parse().ok();
+        assert!(self.server_pid.is_some(), "no tmux server pid");
+    }
+
+    fn screen(&self, sandbox: &Sandbox) -> String {
+        let mut cmd = self.command(sandbox);
+        cmd.args(["capture-pane", "-p"]);
+        run(cmd).expect_code(0).stdout
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        if let Some(pid) = self.server_pid {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+fn have_tmux() -> bool {
+    let found = Command::new("tmux").arg("-V").output().is_ok();
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "tmux is missing: .ci/run installs it"
+    );
+    found
+}
+
+fn quoted(path: &Path) -> String {
+    format!("'{}'", path.display())
+}
+
+#[test]
+fn watch_on_a_terminal_draws_one_line_per_torrent_and_redraws_it_in_place() {
+    if !have_tmux() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    // A slow download (1 MB at 200 kB/s) and a torrent complete from the start.
+    let slow = sandbox.random_file("seed/slow-one.bin", 1_000_000);
+    let seeder = Seeder::start(
+        &sandbox,
+        "seeder",
+        &slow,
+        16 * 1024,
+        &["--max-upload-rate", "200000"],
+    );
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let out = sandbox.folder("downloads");
+    let mut patron = sandbox.patron(&state);
+    patron
+        .create(seeder.create_request(&out))
+        .expect("start the slow one");
+    let done = sandbox.random_file("local/done-one.bin", 50_000);
+    patron
+        .make(e2e::patron_client::proto::MakeTorrent {
+            path: done.display().to_string(),
+            piece_size: None,
+            trackers: Vec::new(),
+            seed: true,
+        })
+        .expect("seed the complete one");
+
+    let mut tmux = Tmux::new(&sandbox);
+    tmux.start(
+        &sandbox,
+        &format!(
+            "{} --state-dir {} watch",
+            quoted(&bin("patron-client")),
+            quoted(&state)
+        ),
+    );
+    let lines_of = |screen: &str, name: &str| screen.lines().filter(|l| l.contains(name)).count();
+    // Both torrents on screen, each on one line with a bar and a percentage, the slow one
+    // still downloading.
+    let mut first = String::new();
+    wait_for("both torrents on screen", STEP_TIMEOUT, || {
+        first = tmux.screen(&sandbox);
+        first
+            .lines()
+            .any(|l| l.contains("slow-one.bin") && l.contains("downloading") && l.contains('%'))
+            && first
+                .lines()
+                .any(|l| l.contains("done-one.bin") && l.contains("100%") && l.contains("seeding"))
+    });
+    // Then the slow one finishes: its line changes in place, nothing scrolls.
+    let mut last = String::new();
+    wait_for(
+        "the slow torrent to complete on screen",
+        STEP_TIMEOUT,
+        || {
+            last = tmux.screen(&sandbox);
+            last.lines()
+                .any(|l| l.contains("slow-one.bin") && l.contains("100%") && l.contains("seeding"))
+        },
+    );
+    for screen in [&first, &last] {
+        assert_eq!(lines_of(screen, "slow-one.bin"), 1, "{screen}");
+        assert_eq!(lines_of(screen, "done-one.bin"), 1, "{screen}");
+        assert!(screen.contains("[") && screen.contains("peer"), "{screen}");
+    }
+}
+
+#[test]
+fn watch_without_a_terminal_prints_plain_lines() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let done = sandbox.random_file("local/plain.bin", 50_000);
+    let mut make = sandbox.client(&state);
+    make.arg("make").arg(&done).arg("--seed");
+    make.arg("--output").arg(sandbox.path("plain.torrent"));
+    run(make).expect_code(0);
+    let mut watch = sandbox.client(&state);
+    watch.arg("watch");
+    let watching = Running::start(watch);
+    // Once watch holds the torrent, close it for everyone: watch prints that and exits.
+    wait_for("watch to follow the torrent", STEP_TIMEOUT, || {
+        let mut list = sandbox.client(&state);
+        list.args(["--json", "list"]);
+        run(list).json_lines().iter().any(|t| t["holders"] == 1)
+    });
+    let mut close = sandbox.client(&state);
+    close.args(["close", "0", "--force"]);
+    run(close).expect_code(0);
+    let out = watching.finish(STEP_TIMEOUT).expect_code(0);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("plain.bin"))
+        .expect(&out.stdout);
+    assert!(
+        line.contains("seeding") && line.contains("100.00%"),
+        "{line}"
+    );
+    assert!(
+        out.stdout.lines().any(|l| l.contains("closed:")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains('\u{1b}'),
+        "no escape codes without a terminal"
+    );
+}
