@@ -207,3 +207,16 @@ fn the_install_script_puts_everything_where_a_user_session_finds_it() {
         );
     }
 }
+
+#[test]
+fn both_programs_say_their_version() {
+    for program in ["torrent-broker", "patron-client"] {
+        let mut cmd = Command::new(bin(program));
+        cmd.arg("--version");
+        let out = run(cmd).expect_code(0);
+        assert_eq!(
+            out.stdout.trim(),
+            format!("{program} {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}
