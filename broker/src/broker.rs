@@ -302,41 +302,39 @@ impl Broker {
         self.next_patron.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Queues a decoded request for its patron's task. False if the patron is no longer
-    /// connected (it was cut off), so its channel should be closed.
+    /// Answers a decoded request at once if it never waits on the engine and nothing of its
+    /// patron is in flight; otherwise queues it for the patron's task. False if the patron is
+    /// no longer connected (it was cut off), so its channel should be closed.
     pub fn dispatch(self: &Arc<Self>, patron: PatronId, request: Request) -> bool {
-        let state = self.state();
-        let Some(handle) = state.patrons.get(&patron) else {
+        let found = self.state().patrons.get(&patron).map(|handle| {
+            (
+                handle.connection.clone(),
+                handle.in_flight.clone(),
+                handle.requests.clone(),
+            )
+        });
+        let Some((connection, in_flight, requests)) = found else {
             return false;
         };
         tracing::info!(
             patron,
-            pid = handle.connection.pid,
+            pid = connection.pid,
             request = %request.id,
             kind = %request.body.kind(),
             "request"
         );
-        // Requests that never wait on the engine are answered right here on the reader
-        // thread, unless an earlier one is still being served: a hop to the patron's task
-        // costs more than the answer itself.
-        let request = if handle.in_flight.load(Ordering::Acquire) == 0 {
-            let connection = handle.connection.clone();
-            drop(state);
+        // Only this thread adds to `in_flight`, so zero here means nothing can be overtaken.
+        // A hop to the patron's task costs more than answering a quick request here.
+        let request = if in_flight.load(Ordering::Acquire) == 0 {
             match commands::serve_immediate(self, &connection, request) {
                 Ok(()) => return true,
                 Err(request) => request,
             }
         } else {
-            drop(state);
             request
         };
-        // Gone meanwhile (the lock was let go)?
-        let state = self.state();
-        let Some(handle) = state.patrons.get(&patron) else {
-            return false;
-        };
-        handle.in_flight.fetch_add(1, Ordering::AcqRel);
-        handle.requests.send(request).is_ok()
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        requests.send(request).is_ok()
     }
 
     /// Tells a patron its message could not be decoded.
