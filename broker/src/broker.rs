@@ -396,9 +396,13 @@ impl Broker {
 
     /// A running torrent's status now.
     pub fn current_status(&self, id: TorrentId) -> Option<proto::TorrentStatus> {
-        let state = self.state();
-        let entry = state.registry.get(id)?;
-        Some(engine::status_of(id, &entry.info.name, &entry.handle))
+        // Stats are computed outside the lock (see the fan-out).
+        let (name, handle) = {
+            let state = self.state();
+            let entry = state.registry.get(id)?;
+            (entry.info.name.clone(), entry.handle.clone())
+        };
+        Some(engine::status_of(id, &name, &handle))
     }
 
     /// Resolves a reference to a running torrent's id.
