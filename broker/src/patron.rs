@@ -2,8 +2,9 @@
 //!
 //! `IpcSender::send` blocks once the patron's socket buffer is full, so nothing in the broker
 //! ever calls it outside a patron's own writer thread. Events go into the patron's [`Outbox`]
-//! — replies in order and never dropped, status coalesced to the latest per torrent — and the
-//! writer does the blocking sends. A patron that stops reading only ever stalls its own
+//! — in the order they were produced, replies never dropped, a torrent's status coalesced to
+//! its latest while it waits (keeping its place in line) — and the writer does the blocking
+//! sends. A patron that stops reading only ever stalls its own
 //! writer; past [`MAX_QUEUED_REPLIES`] it is cut off.
 //!
 //! One shortcut: a small reply to a patron with nothing queued is sent at once by whoever
@@ -42,12 +43,23 @@ pub struct PatronConnection {
     pub outbox: Arc<Outbox>,
 }
 
+/// One place in a patron's queue.
+#[derive(Debug)]
+enum Item {
+    /// A reply or notice, sent as it is.
+    Event(Event),
+    /// The latest status of this torrent, whatever it is by the time its turn comes.
+    Status(TorrentId),
+}
+
 #[derive(Debug, Default)]
 struct Queue {
-    replies: VecDeque<Event>,
-    /// Latest status per torrent, sent after the replies; `order` keeps it fair.
+    /// Everything waiting, in the order it was produced.
+    items: VecDeque<Item>,
+    /// How many of `items` are events (the cut-off counts those).
+    events: usize,
+    /// Latest status of each torrent with an [`Item::Status`] waiting.
     statuses: HashMap<TorrentId, TorrentStatus>,
-    order: VecDeque<TorrentId>,
     /// Set once nothing more may be queued; the writer drains what is left, then exits.
     closed: bool,
     /// The writer is sending an event it took: a direct send now could overtake it.
@@ -116,24 +128,25 @@ impl Outbox {
         if queue.closed {
             return Pushed::Closed;
         }
-        if queue.replies.len() >= MAX_QUEUED_REPLIES {
-            queue.replies.clear();
+        if queue.events >= MAX_QUEUED_REPLIES {
+            queue.items.clear();
             queue.statuses.clear();
-            queue.order.clear();
-            queue.replies.push_back(Event::Disconnected {
+            queue.events = 1;
+            queue.items.push_back(Item::Event(Event::Disconnected {
                 reason: format!("more than {MAX_QUEUED_REPLIES} replies unread"),
-            });
+            }));
             queue.closed = true;
             self.ready.notify_one();
             return Pushed::CutOff;
         }
-        if queue.replies.is_empty() && queue.order.is_empty() && !queue.sending {
-            if let Some(event) = self.try_direct(event) {
-                queue.replies.push_back(event);
-                self.ready.notify_one();
-            }
+        let event = if queue.items.is_empty() && !queue.sending {
+            self.try_direct(event)
         } else {
-            queue.replies.push_back(event);
+            Some(event)
+        };
+        if let Some(event) = event {
+            queue.items.push_back(Item::Event(event));
+            queue.events += 1;
             self.ready.notify_one();
         }
         Pushed::Queued
@@ -166,7 +179,7 @@ impl Outbox {
         }
         let id = status.id;
         if queue.statuses.insert(id, status).is_none() {
-            queue.order.push_back(id);
+            queue.items.push_back(Item::Status(id));
         }
         self.ready.notify_one();
     }
@@ -175,7 +188,9 @@ impl Outbox {
     pub fn forget_status(&self, torrent: TorrentId) {
         let mut queue = self.lock();
         if queue.statuses.remove(&torrent).is_some() {
-            queue.order.retain(|id| *id != torrent);
+            queue
+                .items
+                .retain(|item| !matches!(item, Item::Status(id) if *id == torrent));
         }
     }
 
@@ -190,7 +205,8 @@ impl Outbox {
         {
             let mut queue = self.lock();
             if !queue.closed {
-                queue.replies.push_back(last);
+                queue.items.push_back(Item::Event(last));
+                queue.events += 1;
                 queue.closed = true;
             }
         }
@@ -212,22 +228,27 @@ impl Outbox {
     /// Number of events waiting (for tests and diagnostics).
     pub fn queued(&self) -> usize {
         let queue = self.lock();
-        queue.replies.len() + queue.statuses.len()
+        queue.items.len()
     }
 
     /// The next event to write, marking the writer busy until [`Outbox::sent`].
     fn next(&self) -> Option<Event> {
         let mut queue = self.lock();
         loop {
-            if let Some(event) = queue.replies.pop_front() {
-                queue.sending = true;
-                return Some(event);
-            }
-            while let Some(id) = queue.order.pop_front() {
-                if let Some(status) = queue.statuses.remove(&id) {
+            match queue.items.pop_front() {
+                Some(Item::Event(event)) => {
+                    queue.events -= 1;
                     queue.sending = true;
-                    return Some(Event::TorrentStatusUpdate(status));
+                    return Some(event);
                 }
+                Some(Item::Status(id)) => {
+                    if let Some(status) = queue.statuses.remove(&id) {
+                        queue.sending = true;
+                        return Some(Event::TorrentStatusUpdate(status));
+                    }
+                    continue;
+                }
+                None => {}
             }
             if queue.closed {
                 return None;
@@ -251,7 +272,8 @@ impl Outbox {
         let mut queue = self.lock();
         queue.closed = true;
         queue.finished = true;
-        queue.replies.clear();
+        queue.items.clear();
+        queue.events = 0;
         queue.statuses.clear();
         drop(queue);
         self.ready.notify_all();
@@ -283,42 +305,53 @@ mod tests {
     }
 
     #[test]
-    fn statuses_coalesce_per_torrent_and_replies_keep_order() {
+    fn statuses_coalesce_in_place_and_everything_keeps_its_order() {
         let outbox = Outbox::default();
         outbox.push_status(status(1, 10));
+        let reply = |n| Event::Ok {
+            request: RequestId(n),
+        };
+        assert_eq!(outbox.push(reply(1)), Pushed::Queued);
         outbox.push_status(status(2, 10));
+        // Replaces torrent 1's waiting status where it stands: first in line.
         outbox.push_status(status(1, 20));
-        for n in [1, 2] {
-            assert_eq!(
-                outbox.push(Event::Ok {
-                    request: RequestId(n)
-                }),
-                Pushed::Queued
-            );
-        }
+        assert_eq!(outbox.push(reply(2)), Pushed::Queued);
         assert_eq!(outbox.queued(), 4);
         outbox.close();
         let mut seen = Vec::new();
         while let Some(event) = outbox.next() {
             seen.push(event);
         }
+        assert_eq!(seen.len(), 4);
+        assert!(
+            matches!(&seen[0], Event::TorrentStatusUpdate(s) if s.id == TorrentId(1) && s.bytes_done == 20)
+        );
         assert!(matches!(
-            seen[0],
+            seen[1],
             Event::Ok {
                 request: RequestId(1)
             }
         ));
+        assert!(matches!(&seen[2], Event::TorrentStatusUpdate(s) if s.id == TorrentId(2)));
         assert!(matches!(
-            seen[1],
+            seen[3],
             Event::Ok {
                 request: RequestId(2)
             }
         ));
+    }
+
+    #[test]
+    fn a_forgotten_status_is_not_sent() {
+        let outbox = Outbox::default();
+        outbox.push_status(status(1, 10));
+        outbox.push_status(status(2, 10));
+        outbox.forget_status(TorrentId(1));
+        outbox.close();
         assert!(
-            matches!(&seen[2], Event::TorrentStatusUpdate(s) if s.id == TorrentId(1) && s.bytes_done == 20)
+            matches!(outbox.next(), Some(Event::TorrentStatusUpdate(s)) if s.id == TorrentId(2))
         );
-        assert!(matches!(&seen[3], Event::TorrentStatusUpdate(s) if s.id == TorrentId(2)));
-        assert_eq!(seen.len(), 4);
+        assert!(outbox.next().is_none());
     }
 
     #[test]
