@@ -6,6 +6,7 @@
 
 mod download;
 mod fanout;
+mod placement;
 mod scaling;
 mod swarm;
 
@@ -33,15 +34,31 @@ enum Bench {
     IpcRoundTrip {
         #[arg(long, default_value_t = 10_000)]
         count: usize,
+        /// Pin the measuring process to this CPU
+        #[arg(long)]
+        client_cpu: Option<usize>,
+        /// Pin the echoing process to this CPU
+        #[arg(long)]
+        server_cpu: Option<usize>,
     },
     /// (internal) the echoing side of ipc-round-trip
-    IpcEcho { server: String },
-    /// Request → reply round trips through a running broker (a `List` of its torrents)
+    IpcEcho {
+        server: String,
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+    /// Request → reply round trips through a running broker (the status of its first torrent)
     BrokerRoundTrip {
         #[arg(long)]
         state_dir: PathBuf,
         #[arg(long, default_value_t = 10_000)]
         count: usize,
+        /// Pin the measuring process to this CPU
+        #[arg(long)]
+        client_cpu: Option<usize>,
+        /// Pin every broker thread to this CPU for the measurement (restored after)
+        #[arg(long)]
+        server_cpu: Option<usize>,
     },
     /// Broker memory per idle connected patron: RSS before and after connecting `count`
     IdlePatrons {
@@ -125,9 +142,18 @@ struct EchoChannels {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Bench::IpcRoundTrip { count } => ipc_round_trip(count),
-        Bench::IpcEcho { server } => ipc_echo(server),
-        Bench::BrokerRoundTrip { state_dir, count } => broker_round_trip(state_dir, count),
+        Bench::IpcRoundTrip {
+            count,
+            client_cpu,
+            server_cpu,
+        } => ipc_round_trip(count, client_cpu, server_cpu),
+        Bench::IpcEcho { server, cpu } => ipc_echo(server, cpu),
+        Bench::BrokerRoundTrip {
+            state_dir,
+            count,
+            client_cpu,
+            server_cpu,
+        } => broker_round_trip(state_dir, count, client_cpu, server_cpu),
         Bench::CommandTime { count, command } => command_time(count, &command),
         Bench::IdlePatrons { state_dir, count } => idle_patrons(state_dir, count),
         Bench::ConcurrentStart {
@@ -173,10 +199,21 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn ipc_round_trip(count: usize) -> anyhow::Result<()> {
+fn ipc_round_trip(
+    count: usize,
+    client_cpu: Option<usize>,
+    server_cpu: Option<usize>,
+) -> anyhow::Result<()> {
+    if let Some(cpu) = client_cpu {
+        placement::pin(0, cpu)?;
+    }
     let (server, name) = IpcOneShotServer::<EchoChannels>::new()?;
-    let mut echo = Command::new(std::env::current_exe()?)
-        .args(["ipc-echo", &name])
+    let mut echo = Command::new(std::env::current_exe()?);
+    echo.args(["ipc-echo", &name]);
+    if let Some(cpu) = server_cpu {
+        echo.arg("--cpu").arg(cpu.to_string());
+    }
+    let mut echo = echo
         .stdin(Stdio::null())
         .spawn()
         .context("cannot start the echo process")?;
@@ -200,7 +237,10 @@ fn ipc_round_trip(count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ipc_echo(server: String) -> anyhow::Result<()> {
+fn ipc_echo(server: String, cpu: Option<usize>) -> anyhow::Result<()> {
+    if let Some(cpu) = cpu {
+        placement::pin(0, cpu)?;
+    }
     let (to_echo, pings) = ipc::channel::<Ping>()?;
     let (pongs, from_echo) = ipc::channel::<Ping>()?;
     IpcSender::<EchoChannels>::connect(server)?.send(EchoChannels { to_echo, from_echo })?;
@@ -212,19 +252,41 @@ fn ipc_echo(server: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn broker_round_trip(state_dir: PathBuf, count: usize) -> anyhow::Result<()> {
+fn broker_round_trip(
+    state_dir: PathBuf,
+    count: usize,
+    client_cpu: Option<usize>,
+    server_cpu: Option<usize>,
+) -> anyhow::Result<()> {
+    if let Some(cpu) = client_cpu {
+        placement::pin(0, cpu)?;
+    }
     let options = ConnectOptions {
         state_dir: Some(state_dir),
         auto_start: false,
         ..ConnectOptions::default()
     };
     let mut patron = Patron::connect_with(&options)?;
+    // A typical small request: one torrent's status (a reply of ~150 bytes, like a poll).
+    let request = match patron.list()?.first() {
+        Some(torrent) => RequestBody::Status(proto::TorrentRef::Id(torrent.info.id)),
+        None => RequestBody::BrokerInfo,
+    };
+    let broker = patron.broker_pid() as i32;
+    let pinned = server_cpu
+        .map(|cpu| placement::pin(broker, cpu))
+        .transpose()?;
     let mut samples = Vec::with_capacity(count);
-    for _ in 0..count {
+    let measured = (0..count).try_for_each(|_| {
         let started = Instant::now();
-        patron.request(RequestBody::List)?;
+        patron.request(request.clone())?;
         samples.push(started.elapsed());
+        Ok::<_, patron_client::Error>(())
+    });
+    if let Some(mask) = pinned {
+        placement::restore(broker, &mask)?;
     }
+    measured?;
     print_latency("broker-round-trip", samples);
     Ok(())
 }
