@@ -34,12 +34,8 @@ enum Bench {
     IpcRoundTrip {
         #[arg(long, default_value_t = 10_000)]
         count: usize,
-        /// Pin the measuring process to this CPU
-        #[arg(long)]
-        client_cpu: Option<usize>,
-        /// Pin the echoing process to this CPU
-        #[arg(long)]
-        server_cpu: Option<usize>,
+        #[command(flatten)]
+        placement: Placement,
     },
     /// (internal) the echoing side of ipc-round-trip
     IpcEcho {
@@ -53,12 +49,8 @@ enum Bench {
         state_dir: PathBuf,
         #[arg(long, default_value_t = 10_000)]
         count: usize,
-        /// Pin the measuring process to this CPU
-        #[arg(long)]
-        client_cpu: Option<usize>,
-        /// Pin every broker thread to this CPU for the measurement (restored after)
-        #[arg(long)]
-        server_cpu: Option<usize>,
+        #[command(flatten)]
+        placement: Placement,
     },
     /// Broker memory per idle connected patron: RSS before and after connecting `count`
     IdlePatrons {
@@ -124,6 +116,17 @@ enum Bench {
     },
 }
 
+/// Where a round trip's two processes run (see `placement`).
+#[derive(clap::Args, Clone, Copy)]
+struct Placement {
+    /// Pin the measuring process to this CPU
+    #[arg(long)]
+    client_cpu: Option<usize>,
+    /// Pin the answering process (the echo, or every broker thread until the end) to this CPU
+    #[arg(long)]
+    server_cpu: Option<usize>,
+}
+
 /// A small request-sized message, so the anchor moves what a patron's request moves.
 #[derive(Serialize, Deserialize)]
 struct Ping {
@@ -142,18 +145,13 @@ struct EchoChannels {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Bench::IpcRoundTrip {
-            count,
-            client_cpu,
-            server_cpu,
-        } => ipc_round_trip(count, client_cpu, server_cpu),
+        Bench::IpcRoundTrip { count, placement } => ipc_round_trip(count, placement),
         Bench::IpcEcho { server, cpu } => ipc_echo(server, cpu),
         Bench::BrokerRoundTrip {
             state_dir,
             count,
-            client_cpu,
-            server_cpu,
-        } => broker_round_trip(state_dir, count, client_cpu, server_cpu),
+            placement,
+        } => broker_round_trip(state_dir, count, placement),
         Bench::CommandTime { count, command } => command_time(count, &command),
         Bench::IdlePatrons { state_dir, count } => idle_patrons(state_dir, count),
         Bench::ConcurrentStart {
@@ -199,18 +197,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn ipc_round_trip(
-    count: usize,
-    client_cpu: Option<usize>,
-    server_cpu: Option<usize>,
-) -> anyhow::Result<()> {
-    if let Some(cpu) = client_cpu {
+fn ipc_round_trip(count: usize, placement: Placement) -> anyhow::Result<()> {
+    if let Some(cpu) = placement.client_cpu {
         placement::pin(0, cpu)?;
     }
     let (server, name) = IpcOneShotServer::<EchoChannels>::new()?;
     let mut echo = Command::new(std::env::current_exe()?);
     echo.args(["ipc-echo", &name]);
-    if let Some(cpu) = server_cpu {
+    if let Some(cpu) = placement.server_cpu {
         echo.arg("--cpu").arg(cpu.to_string());
     }
     let mut echo = echo
@@ -252,13 +246,8 @@ fn ipc_echo(server: String, cpu: Option<usize>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn broker_round_trip(
-    state_dir: PathBuf,
-    count: usize,
-    client_cpu: Option<usize>,
-    server_cpu: Option<usize>,
-) -> anyhow::Result<()> {
-    if let Some(cpu) = client_cpu {
+fn broker_round_trip(state_dir: PathBuf, count: usize, placement: Placement) -> anyhow::Result<()> {
+    if let Some(cpu) = placement.client_cpu {
         placement::pin(0, cpu)?;
     }
     let options = ConnectOptions {
@@ -273,7 +262,8 @@ fn broker_round_trip(
         None => RequestBody::BrokerInfo,
     };
     let broker = patron.broker_pid() as i32;
-    let pinned = server_cpu
+    let pinned = placement
+        .server_cpu
         .map(|cpu| placement::pin(broker, cpu))
         .transpose()?;
     let mut samples = Vec::with_capacity(count);
