@@ -10,7 +10,7 @@ mod make;
 mod status;
 
 use crate::broker::Broker;
-use crate::patron::PatronConnection;
+use crate::patron::{PatronConnection, PatronId};
 use futures::FutureExt;
 use proto::{ErrorKind, Event, ProtoError, Request, RequestBody, RequestId, TorrentId};
 use std::panic::AssertUnwindSafe;
@@ -48,19 +48,32 @@ pub fn serve_immediate(
 ) -> Result<(), Request> {
     let Request { id, body } = request;
     let kind = body.kind();
-    let run: Box<dyn FnOnce() -> Event + '_> = match body {
-        RequestBody::List => Box::new(|| list::run(broker, patron.id, id)),
-        RequestBody::Status(torrent) => Box::new(move || status::run(broker, id, torrent)),
-        RequestBody::Follow(torrent) => {
-            Box::new(move || follow::run(broker, patron.id, id, torrent))
-        }
-        RequestBody::BrokerInfo => Box::new(|| info::run(broker, id)),
-        body => return Err(Request { id, body }),
+    let reply = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        answer_now(broker, patron.id, id, body)
+    })) {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(body)) => return Err(Request { id, body }),
+        Err(panic) => internal_error(patron, id, kind, false, panic),
     };
-    let reply = std::panic::catch_unwind(AssertUnwindSafe(run))
-        .unwrap_or_else(|panic| internal_error(patron, id, kind, false, panic));
     finish(broker, patron, id, kind, reply);
     Ok(())
+}
+
+/// The answer to a request that never waits on the engine or the disk; any other request
+/// is handed back.
+fn answer_now(
+    broker: &Arc<Broker>,
+    patron: PatronId,
+    id: RequestId,
+    body: RequestBody,
+) -> Result<Event, RequestBody> {
+    Ok(match body {
+        RequestBody::List => list::run(broker, patron, id),
+        RequestBody::Status(torrent) => status::run(broker, id, torrent),
+        RequestBody::Follow(torrent) => follow::run(broker, patron, id, torrent),
+        RequestBody::BrokerInfo => info::run(broker, id),
+        other => return Err(other),
+    })
 }
 
 /// The reply to a request whose handling panicked.
@@ -119,12 +132,19 @@ async fn answer(
     match body {
         RequestBody::CreateNewTorrent(create) => create::run(broker, patron.id, id, create).await,
         RequestBody::CloseTorrent(close) => close::run(broker, patron.id, id, close).await,
-        RequestBody::List => list::run(broker, patron.id, id),
-        RequestBody::Status(torrent) => status::run(broker, id, torrent),
-        RequestBody::Follow(torrent) => follow::run(broker, patron.id, id, torrent),
         RequestBody::MakeTorrent(make) => make::run(broker, patron.id, id, make).await,
-        RequestBody::BrokerInfo => info::run(broker, id),
         RequestBody::StopBroker => Event::Ok { request: id },
+        quick => match answer_now(broker, patron.id, id, quick) {
+            Ok(reply) => reply,
+            // Every kind is handled above or in `answer_now`; a new one must be added there.
+            Err(body) => Event::Error {
+                request: id,
+                error: ProtoError::new(
+                    ErrorKind::Engine,
+                    format!("the broker cannot answer {} requests", body.kind()),
+                ),
+            },
+        },
     }
 }
 
