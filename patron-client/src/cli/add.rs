@@ -1,7 +1,7 @@
 //! `patron-client add`: start a torrent (or join it), and with `--wait` stay until complete.
 
 use super::output::{info_human, info_json, status_json};
-use super::{Context, Exit};
+use super::{absolute, Context, Exit};
 use indicatif::{ProgressBar, ProgressStyle};
 use patron_client::proto::{CreateNewTorrent, Event, TorrentId, TorrentSource, TorrentState};
 use patron_client::{Created, Error, Patron};
@@ -79,13 +79,6 @@ fn read_source(source: &str) -> Result<TorrentSource, Error> {
         source: e,
     })?;
     Ok(TorrentSource::TorrentFile(bytes))
-}
-
-fn absolute(path: &Path) -> Result<PathBuf, Error> {
-    std::path::absolute(path).map_err(|source| Error::Io {
-        context: format!("cannot resolve {}", path.display()),
-        source,
-    })
 }
 
 /// Follows status until the torrent completes. Errors if it fails, vanishes, or the broker stops.

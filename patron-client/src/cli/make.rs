@@ -1,10 +1,9 @@
 //! `patron-client make`: have the broker hash a file or folder into a .torrent.
 
-use super::output::bytes;
+use super::output::{bytes, made_json};
 use super::{Context, Exit};
 use patron_client::proto::MakeTorrent;
 use patron_client::Error;
-use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -88,16 +87,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
             }
             text
         },
-        json!({
-            "event": "made",
-            "torrent_file": output.display().to_string(),
-            "info_hash": made.info_hash.to_string(),
-            "name": made.name,
-            "total_bytes": made.total_bytes,
-            "pieces": made.pieces,
-            "piece_size": made.piece_size,
-            "seeding_id": made.seeding.as_ref().map(|s| s.id.0),
-        }),
+        {
+            let mut value = made_json(&made);
+            value["torrent_file"] = output.display().to_string().into();
+            value
+        },
     );
     Ok(Exit::Success)
 }

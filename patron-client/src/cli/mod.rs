@@ -133,6 +133,14 @@ pub fn main() -> ExitCode {
     ExitCode::from(exit as u8)
 }
 
+/// `path` made absolute against the current folder (the broker has its own).
+pub fn absolute(path: &std::path::Path) -> Result<PathBuf, Error> {
+    std::path::absolute(path).map_err(|source| Error::Io {
+        context: format!("cannot resolve {}", path.display()),
+        source,
+    })
+}
+
 /// Parses a torrent reference as users type it.
 pub fn torrent_ref(s: &str) -> Result<patron_client::proto::TorrentRef, String> {
     patron_client::proto::TorrentRef::parse(s)

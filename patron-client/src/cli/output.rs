@@ -1,6 +1,6 @@
 //! Human output on a terminal, JSON for scripts: every command prints through here.
 
-use patron_client::proto::{TorrentInfo, TorrentStatus, TorrentSummary};
+use patron_client::proto::{MadeTorrent, TorrentInfo, TorrentStatus, TorrentSummary};
 use patron_client::Error;
 use serde_json::{json, Value};
 
@@ -27,26 +27,41 @@ impl Output {
     pub fn error(&self, error: &Error) {
         eprintln!("patron-client: {error}");
         if self.json {
-            let kind = match patron_client::proto_error(error) {
-                Some(e) => e.kind.as_str().to_owned(),
-                None => match error {
-                    Error::BrokerUnreachable(_) => "broker-unreachable".into(),
-                    Error::Refused { kind, .. } => format!("refused-{kind}"),
-                    Error::BrokerStopped(_) => "broker-stopped".into(),
-                    Error::Protocol(_) => "protocol".into(),
-                    _ => "io".into(),
-                },
-            };
-            let message = match patron_client::proto_error(error) {
-                Some(e) => e.message.clone(),
-                None => error.to_string(),
-            };
-            println!(
-                "{}",
-                json!({"event": "error", "kind": kind, "message": message})
-            );
+            println!("{}", error_json(error));
         }
     }
+}
+
+/// An error as a JSON event: `kind` is the protocol's error kind when the broker refused
+/// the request, else what failed on this side.
+pub fn error_json(error: &Error) -> Value {
+    let (kind, message) = match patron_client::proto_error(error) {
+        Some(e) => (e.kind.as_str().to_owned(), e.message.clone()),
+        None => {
+            let kind = match error {
+                Error::BrokerUnreachable(_) => "broker-unreachable".into(),
+                Error::Refused { kind, .. } => format!("refused-{kind}"),
+                Error::BrokerStopped(_) => "broker-stopped".into(),
+                Error::Protocol(_) => "protocol".into(),
+                _ => "io".into(),
+            };
+            (kind, error.to_string())
+        }
+    };
+    json!({"event": "error", "kind": kind, "message": message})
+}
+
+/// A made torrent as a JSON event (callers add where its .torrent went).
+pub fn made_json(made: &MadeTorrent) -> Value {
+    json!({
+        "event": "made",
+        "info_hash": made.info_hash.to_string(),
+        "name": made.name,
+        "total_bytes": made.total_bytes,
+        "pieces": made.pieces,
+        "piece_size": made.piece_size,
+        "seeding_id": made.seeding.as_ref().map(|s| s.id.0),
+    })
 }
 
 pub fn info_json(event: &str, info: &TorrentInfo) -> Value {

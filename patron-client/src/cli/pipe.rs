@@ -13,11 +13,10 @@
 //! request as a barrier: replies come in request order, so when its reply arrives every
 //! earlier request has been answered.
 
-use super::output::{info_json, status_json, summary_json};
-use super::{Context, Exit};
+use super::output::{self, info_json, made_json, status_json, summary_json};
+use super::{torrent_ref, Context, Exit};
 use patron_client::proto::{
-    CloseTorrent, CreateNewTorrent, Event, MakeTorrent, RequestBody, RequestId, TorrentRef,
-    TorrentSource,
+    CloseTorrent, CreateNewTorrent, Event, MakeTorrent, RequestBody, RequestId, TorrentSource,
 };
 use patron_client::{Error, Requester};
 use serde::Deserialize;
@@ -236,14 +235,11 @@ fn parse(line: &str, number: u64) -> Result<(Value, Line), (Value, String)> {
     }
 }
 
+/// An absolute path as the broker wants it, or the reason for an error line.
 fn absolute(path: &Path) -> Result<String, String> {
-    std::path::absolute(path)
+    super::absolute(path)
         .map(|p| p.display().to_string())
-        .map_err(|e| format!("bad path {}: {e}", path.display()))
-}
-
-fn torrent_ref(s: &str) -> Result<TorrentRef, String> {
-    super::torrent_ref(s)
+        .map_err(|e| e.to_string())
 }
 
 /// The request a command stands for, and for `make` where to write the result.
@@ -329,29 +325,19 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
 }
 
 fn error_json(error: &Error, request: Value) -> Value {
-    let (kind, message) = match patron_client::proto_error(error) {
-        Some(e) => (e.kind.to_string(), e.message.clone()),
-        None => ("broker".to_owned(), error.to_string()),
-    };
-    json!({"event": "error", "kind": kind, "request": request, "message": message})
+    let mut value = output::error_json(error);
+    value["request"] = request;
+    value
 }
 
 /// A reply, with the caller's `request`.
 fn reply_json(event: Event, pending: Pending) -> Value {
     let mut value = match event {
         Event::TorrentMade { made, .. } => {
-            let mut value = json!({
-                "event": "made",
-                "info_hash": made.info_hash.to_string(),
-                "name": made.name,
-                "pieces": made.pieces,
-                "piece_size": made.piece_size,
-                "total_bytes": made.total_bytes,
-                "seeding": made.seeding.as_ref().map(|t| t.id.0),
-            });
+            let mut value = made_json(&made);
             match &pending.make_output {
                 Some(path) => match write_new(path, &made.torrent_file) {
-                    Ok(()) => value["torrent"] = path.display().to_string().into(),
+                    Ok(()) => value["torrent_file"] = path.display().to_string().into(),
                     Err(message) => {
                         value = json!({"event": "error", "kind": "io", "message": message})
                     }
@@ -409,9 +395,7 @@ fn event_json(event: Event) -> Value {
             "torrents": torrents.iter().map(summary_json).collect::<Vec<_>>(),
         }),
         Event::Status { status, .. } | Event::TorrentStatusUpdate(status) => status_json(&status),
-        Event::TorrentMade { made, .. } => json!({
-            "event": "made", "info_hash": made.info_hash.to_string(), "name": made.name,
-        }),
+        Event::TorrentMade { made, .. } => made_json(&made),
         Event::BrokerInfo { info, .. } => {
             let mut value = serde_json::to_value(&info).unwrap_or(Value::Null);
             value["event"] = "broker-info".into();
