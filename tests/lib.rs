@@ -538,6 +538,47 @@ pub fn run(cmd: Command) -> Output {
     Running::start(cmd).finish(STEP_TIMEOUT)
 }
 
+/// What bash completes for `words` (space-separated, as typed; `''` for an empty last word)
+/// with the completion `script` a program printed for itself. Loading it must neither fail
+/// nor write to stderr. The completion function is whichever the script registers.
+pub fn bash_complete(program: &str, script: &str, words: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(format!("{program}.bash"));
+    std::fs::write(&path, script).expect("write the completion script");
+    let shell = format!(
+        "set -e; source '{}'; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+         COMP_LINE=\"${{COMP_WORDS[*]}}\"; COMP_POINT=${{#COMP_LINE}}; \
+         function=$(complete -p {program} | sed -E 's/.* -F ([^ ]+) .*/\\1/'); \
+         \"$function\" {program} \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; \
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        path.display()
+    );
+    let mut bash = Command::new("bash");
+    bash.arg("-c").arg(shell);
+    let out = run(bash).expect_code(0);
+    assert_eq!(
+        out.stderr, "",
+        "bash complained loading the {program} completions"
+    );
+    out.stdout.lines().map(str::to_owned).collect()
+}
+
+/// Has the broker of `patron` hash `path` into a torrent and seed it; returns its id.
+pub fn make_and_seed(
+    patron: &mut patron_client::Patron,
+    path: &Path,
+) -> patron_client::proto::TorrentId {
+    let made = patron
+        .make(patron_client::proto::MakeTorrent {
+            path: path.display().to_string(),
+            piece_size: None,
+            trackers: Vec::new(),
+            seed: true,
+        })
+        .expect("make and seed");
+    made.seeding.expect("seeding").id
+}
+
 /// Polls `condition` until it holds; fails the test after `limit`.
 pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

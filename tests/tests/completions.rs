@@ -15,26 +15,7 @@ fn completions(shell: &str) -> String {
 #[test]
 fn bash_completion_loads_and_completes_commands_and_options() {
     let script = completions("bash");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("patron-client.bash");
-    std::fs::write(&path, script).unwrap();
-    // `set -e` plus a clean stderr: loading must not fail or warn. The completion function
-    // is the one the script registers for patron-client.
-    let complete = |words: &str| {
-        let program = format!(
-            "set -e; source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
-             COMP_LINE=\"${{COMP_WORDS[*]}}\"; COMP_POINT=${{#COMP_LINE}}; \
-             function=$(complete -p patron-client | sed -E 's/.* -F ([^ ]+) .*/\\1/'); \
-             \"$function\" patron-client \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; \
-             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
-            path.display()
-        );
-        let mut cmd = Command::new("bash");
-        cmd.arg("-c").arg(program);
-        let out = run(cmd).expect_code(0);
-        assert_eq!(out.stderr, "", "bash complained");
-        out.stdout
-    };
+    let complete = |words: &str| e2e::bash_complete("patron-client", &script, words);
     let commands = complete("patron-client ''");
     for command in [
         "add",
@@ -45,19 +26,19 @@ fn bash_completion_loads_and_completes_commands_and_options() {
         "make",
         "broker",
         "completions",
+        "pipe",
     ] {
         assert!(
-            commands.lines().any(|l| l == command),
-            "{command} missing: {commands}"
+            commands.iter().any(|c| c == command),
+            "{command} missing: {commands:?}"
         );
     }
-    let options = complete("patron-client add --ov");
-    assert_eq!(options.trim(), "--overwrite");
+    assert_eq!(complete("patron-client add --ov"), ["--overwrite"]);
     let nested = complete("patron-client broker ''");
     for command in ["start", "stop", "status"] {
         assert!(
-            nested.lines().any(|l| l == command),
-            "{command} missing: {nested}"
+            nested.iter().any(|c| c == command),
+            "{command} missing: {nested:?}"
         );
     }
 }

@@ -52,15 +52,7 @@ fn the_broker_logs_patrons_requests_refusals_and_torrent_states_to_its_log_file(
 
     let data = sandbox.random_file("data/logged.bin", 100_000);
     let mut patron = sandbox.patron(&state);
-    let made = patron
-        .make(e2e::patron_client::proto::MakeTorrent {
-            path: data.display().to_string(),
-            piece_size: None,
-            trackers: Vec::new(),
-            seed: true,
-        })
-        .expect("make and seed");
-    let id = made.seeding.expect("seeding").id;
+    let id = e2e::make_and_seed(&mut patron, &data);
     let unknown =
         e2e::patron_client::proto::TorrentRef::Id(e2e::patron_client::proto::TorrentId(99));
     assert!(patron.status(unknown).is_err());
@@ -110,18 +102,10 @@ fn the_broker_prints_its_man_page_and_completions() {
     let mut cmd = Command::new(bin("torrent-broker"));
     cmd.args(["--completions", "bash"]);
     let script = run(cmd).expect_code(0).stdout;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("torrent-broker.bash");
-    std::fs::write(&path, script).unwrap();
-    let mut bash = Command::new("bash");
-    bash.arg("-c").arg(format!(
-        "set -e; source {}; COMP_WORDS=(torrent-broker --loop); COMP_CWORD=1; \
-         function=$(complete -p torrent-broker | sed -E 's/.* -F ([^ ]+) .*/\\1/'); \
-         \"$function\" torrent-broker --loop torrent-broker; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
-        path.display()
-    ));
-    let out = run(bash).expect_code(0);
-    assert_eq!(out.stdout.trim(), "--loopback-only");
+    assert_eq!(
+        e2e::bash_complete("torrent-broker", &script, "torrent-broker --loop"),
+        ["--loopback-only"]
+    );
 }
 
 #[test]

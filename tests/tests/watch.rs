@@ -94,14 +94,7 @@ fn watch_on_a_terminal_draws_one_line_per_torrent_and_redraws_it_in_place() {
         .create(seeder.create_request(&out))
         .expect("start the slow one");
     let done = sandbox.random_file("local/done-one.bin", 50_000);
-    patron
-        .make(e2e::patron_client::proto::MakeTorrent {
-            path: done.display().to_string(),
-            piece_size: None,
-            trackers: Vec::new(),
-            seed: true,
-        })
-        .expect("seed the complete one");
+    e2e::make_and_seed(&mut patron, &done);
 
     let mut tmux = Tmux::new(&sandbox);
     tmux.start(
