@@ -1,0 +1,245 @@
+//! The front door under attack (DESIGN §4, §10): hellos whose server name holds a NUL, names a
+//! socket that does not exist or never accepts, connectors that never speak, and datagrams
+//! carrying more descriptors than the broker takes. None of them may lock honest patrons out
+//! or leak a broker descriptor.
+//!
+//! Each attack is sent over a raw SOCK_SEQPACKET connection, as any process of the user can.
+
+use e2e::patron_client::proto::wire::HEADER_BYTES;
+use e2e::patron_client::proto::{paths, Hello, ToBroker, PROTOCOL_VERSION};
+use e2e::{run, wait_for, BrokerProcess, Sandbox, STEP_TIMEOUT};
+use nix::sys::socket::{
+    bind, connect, listen, sendmsg, socket, AddressFamily, Backlog, ControlMessage, MsgFlags,
+    SockFlag, SockType, UnixAddr,
+};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// More than the broker's old limit of concurrent handshakes (256).
+const ATTACKERS: usize = 300;
+
+fn seqpacket(flags: SockFlag) -> OwnedFd {
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | flags,
+        None,
+    )
+    .expect("socket")
+}
+
+/// A raw connection to the broker's front door.
+fn raw_connect(state: &Path) -> OwnedFd {
+    let fd = seqpacket(SockFlag::empty());
+    let addr = UnixAddr::new(&paths::socket_path(state)).expect("addr");
+    connect(fd.as_raw_fd(), &addr).expect("connect");
+    fd
+}
+
+/// Sends `message` as one ipc-channel datagram, with `fds` attached.
+fn send_with_fds(fd: &OwnedFd, message: &ToBroker, fds: &[i32]) {
+    let payload = postcard::to_stdvec(message).expect("encode");
+    let mut datagram = (HEADER_BYTES + payload.len()).to_ne_bytes().to_vec();
+    datagram.extend_from_slice(&payload.len().to_ne_bytes());
+    datagram.extend_from_slice(&payload);
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    sendmsg::<()>(
+        fd.as_raw_fd(),
+        &[IoSlice::new(&datagram)],
+        cmsgs,
+        MsgFlags::empty(),
+        None,
+    )
+    .expect("sendmsg");
+}
+
+fn hello_naming(server_name: &str) -> ToBroker {
+    ToBroker::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        server_name: server_name.to_owned(),
+    })
+}
+
+fn broker_fds(broker: &BrokerProcess) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", broker.pid))
+        .expect("broker fds")
+        .count()
+}
+
+/// An honest `patron-client list` is served, and soon.
+fn honest_list_is_served(sandbox: &Sandbox, state: &Path) {
+    let started = Instant::now();
+    let mut list = sandbox.client(state);
+    list.arg("list");
+    run(list).expect_code(0);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "an honest patron waited {:?} behind hostile connectors",
+        started.elapsed()
+    );
+}
+
+fn wait_fds_back(broker: &BrokerProcess, baseline: usize) {
+    wait_for(
+        "the broker's descriptors to return to their baseline",
+        Duration::from_secs(20),
+        || broker_fds(broker) <= baseline + 2,
+    );
+}
+
+#[test]
+fn hellos_whose_server_name_holds_a_nul_lock_nobody_out() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("nul");
+    let mut broker = sandbox.broker(&state, &[]);
+    honest_list_is_served(&sandbox, &state);
+    let baseline = broker_fds(&broker);
+
+    for _ in 0..ATTACKERS {
+        let fd = raw_connect(&state);
+        send_with_fds(&fd, &hello_naming("/tmp/evil\0name"), &[]);
+    }
+    honest_list_is_served(&sandbox, &state);
+    assert!(broker.is_running());
+    wait_for("the refusal to be logged", STEP_TIMEOUT, || {
+        broker.log().contains("NUL")
+    });
+    wait_fds_back(&broker, baseline);
+}
+
+#[test]
+fn hellos_naming_missing_sockets_leak_no_descriptor() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("missing");
+    let mut broker = sandbox.broker(&state, &[]);
+    honest_list_is_served(&sandbox, &state);
+    let baseline = broker_fds(&broker);
+
+    let missing = sandbox.path("no-such-dir/socket");
+    for _ in 0..1000 {
+        let fd = raw_connect(&state);
+        send_with_fds(&fd, &hello_naming(&missing.display().to_string()), &[]);
+    }
+    honest_list_is_served(&sandbox, &state);
+    wait_fds_back(&broker, baseline);
+    assert!(broker.is_running());
+}
+
+#[test]
+fn hellos_naming_a_listener_that_never_accepts_lock_nobody_out() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("backlog");
+    let mut broker = sandbox.broker(&state, &[]);
+    honest_list_is_served(&sandbox, &state);
+    let baseline = broker_fds(&broker);
+
+    // A listener that never accepts, its backlog filled so that any connect(2) to it blocks.
+    let path = sandbox.path("never-accepts.sock");
+    let listener = seqpacket(SockFlag::empty());
+    bind(listener.as_raw_fd(), &UnixAddr::new(&path).expect("addr")).expect("bind");
+    listen(&listener, Backlog::new(0).expect("backlog")).expect("listen");
+    let mut fillers = Vec::new();
+    loop {
+        let fd = seqpacket(SockFlag::SOCK_NONBLOCK);
+        match connect(fd.as_raw_fd(), &UnixAddr::new(&path).expect("addr")) {
+            Ok(()) => fillers.push(fd),
+            Err(_) => break,
+        }
+        assert!(fillers.len() < 64, "the backlog never filled");
+    }
+
+    for _ in 0..ATTACKERS {
+        let fd = raw_connect(&state);
+        send_with_fds(&fd, &hello_naming(&path.display().to_string()), &[]);
+    }
+    honest_list_is_served(&sandbox, &state);
+    assert!(broker.is_running());
+    drop(fillers);
+    drop(listener);
+    wait_fds_back(&broker, baseline);
+}
+
+#[test]
+fn connectors_that_never_speak_lock_nobody_out() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("silent");
+    let mut broker = sandbox.broker(&state, &[]);
+    honest_list_is_served(&sandbox, &state);
+    let baseline = broker_fds(&broker);
+
+    let silent: Vec<OwnedFd> = (0..ATTACKERS).map(|_| raw_connect(&state)).collect();
+    honest_list_is_served(&sandbox, &state);
+    // And a second flood while the first is still open.
+    let more: Vec<OwnedFd> = (0..ATTACKERS).map(|_| raw_connect(&state)).collect();
+    honest_list_is_served(&sandbox, &state);
+    assert!(broker.is_running());
+    drop(silent);
+    drop(more);
+    wait_fds_back(&broker, baseline);
+}
+
+#[test]
+fn hellos_with_more_than_sixteen_descriptors_leak_none() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("rights");
+    let mut broker = sandbox.broker(&state, &[]);
+    honest_list_is_served(&sandbox, &state);
+    let baseline = broker_fds(&broker);
+
+    let (a, b) = nix::unistd::pipe().expect("pipe");
+    let many: Vec<i32> = (0..20)
+        .map(|i| if i % 2 == 0 { a.as_raw_fd() } else { b.as_raw_fd() })
+        .collect();
+    for _ in 0..50 {
+        let fd = raw_connect(&state);
+        send_with_fds(&fd, &hello_naming("/tmp/whatever"), &many);
+    }
+    honest_list_is_served(&sandbox, &state);
+    wait_fds_back(&broker, baseline);
+    assert!(broker.is_running());
+}
+
+#[test]
+fn an_admitted_patron_sending_many_descriptors_leaks_none() {
+    use e2e::patron_client::proto::Welcome;
+    use ipc_channel::ipc::IpcOneShotServer;
+
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("rights-admitted");
+    let mut broker = sandbox.broker(&state, &[]);
+    honest_list_is_served(&sandbox, &state);
+    let baseline = broker_fds(&broker);
+
+    let channel = raw_connect(&state);
+    let (server, name) = IpcOneShotServer::<Welcome>::new().expect("one-shot");
+    send_with_fds(&channel, &hello_naming(&name), &[]);
+    let Welcome::Accepted { events, .. } = server.accept().expect("welcome").1 else {
+        panic!("an honest hello is accepted");
+    };
+    let (a, b) = nix::unistd::pipe().expect("pipe");
+    let many: Vec<i32> = (0..20)
+        .map(|i| if i % 2 == 0 { a.as_raw_fd() } else { b.as_raw_fd() })
+        .collect();
+    for _ in 0..50 {
+        send_with_fds(&channel, &hello_naming("/tmp/whatever"), &many);
+    }
+    // Every one of them is answered (a protocol error), and nothing is kept.
+    for _ in 0..50 {
+        events
+            .try_recv_timeout(STEP_TIMEOUT)
+            .expect("a protocol error for each datagram");
+    }
+    honest_list_is_served(&sandbox, &state);
+    assert!(
+        broker_fds(&broker) <= baseline + 6,
+        "the broker kept descriptors: {} now, {baseline} before",
+        broker_fds(&broker)
+    );
+    drop(channel);
+    drop(events);
+    wait_fds_back(&broker, baseline);
+    assert!(broker.is_running());
+}
