@@ -93,3 +93,38 @@ fn a_patron_that_reads_late_loses_no_reply_and_slows_nobody() {
     }
     assert!(statuses >= 1, "status kept coming");
 }
+
+fn count_entries(dir: String) -> usize {
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .count()
+}
+
+#[test]
+fn a_cut_off_patron_costs_the_broker_nothing_while_its_process_lives_on() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("cut-off");
+    let broker = sandbox.broker(&state, &[]);
+    let fds = || count_entries(format!("/proc/{}/fd", broker.pid));
+    let threads = || count_entries(format!("/proc/{}/task", broker.pid));
+    // Warm up every lazily started part of the broker with an honest patron.
+    sandbox.patron(&state).list().expect("list");
+    let (fd_baseline, thread_baseline) = (fds(), threads());
+
+    let mut slow = sandbox.patron(&state);
+    for _ in 0..10_000 {
+        if slow.send(RequestBody::List).is_err() {
+            break;
+        }
+    }
+    wait_for("the slow patron to be cut off", STEP_TIMEOUT, || {
+        broker.log().contains("cut off")
+    });
+    // `slow` is still alive and holds its ends open: the broker must have let go of its own.
+    wait_for(
+        "the broker to release the cut-off patron's sockets and threads",
+        Duration::from_secs(10),
+        || fds() <= fd_baseline && threads() <= thread_baseline,
+    );
+    drop(slow);
+}
