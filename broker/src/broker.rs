@@ -2,16 +2,17 @@
 
 use crate::config::BrokerConfig;
 use crate::engine::{self, AddSpec, Added, Engine};
-use crate::patron::{Outbox, PatronConnection, PatronId, Pushed, MAX_QUEUED_REPLIES};
+use crate::patron::{self, Outbox, PatronConnection, PatronId, Pushed, MAX_QUEUED_REPLIES};
 use crate::registry::{RestoreSpec, TorrentRegistry};
+use crate::requests::RequestReader;
 use crate::torrent_file::{self, CheckedTorrent};
-use crate::{commands, fanout, rendezvous, requests, shutdown};
+use crate::{commands, fanout, rendezvous, shutdown};
 use anyhow::Context;
 use proto::{ErrorKind, Event, ProtoError, Request, TorrentId, TorrentInfo, TorrentRef};
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -67,6 +68,8 @@ pub struct Broker {
     /// with file-exists instead of joining). Magnet metadata is fetched before taking it.
     pub adding: tokio::sync::Mutex<()>,
     runtime: tokio::runtime::Handle,
+    /// The request reader, once serving: told to close a dropped patron's channel at once.
+    reader: OnceLock<RequestReader>,
 }
 
 impl Broker {
@@ -81,6 +84,7 @@ impl Broker {
             shutdown: shutdown::Shutdown::default(),
             adding: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::current(),
+            reader: OnceLock::new(),
         });
         broker.restore().await;
         Ok(broker)
@@ -89,7 +93,8 @@ impl Broker {
     /// Runs until SIGTERM/SIGINT or a patron's stop request, then stops cleanly.
     pub async fn serve(self: &Arc<Self>) -> anyhow::Result<()> {
         self.shutdown.on_signals()?;
-        let incoming = requests::RequestReader::start(self.clone())?;
+        let incoming = RequestReader::start(self.clone())?;
+        let _ = self.reader.set(incoming.clone());
         let listener = rendezvous::Rendezvous::bind(&self.config.socket_path)?;
         tracing::info!(
             pid = std::process::id(),
@@ -359,13 +364,17 @@ impl Broker {
     /// Queues an event that must not be lost for a patron. One that left
     /// [`MAX_QUEUED_REPLIES`] unread is dropped as if it had disconnected.
     pub fn deliver(self: &Arc<Self>, patron: &PatronConnection, event: Event) {
-        if patron.outbox.push(event) == Pushed::CutOff {
-            tracing::warn!(
-                patron = patron.id,
-                pid = patron.pid,
-                "cut off: it left {MAX_QUEUED_REPLIES} events unread"
-            );
-            self.patron_gone(patron.id);
+        match patron.outbox.push(event) {
+            Pushed::Queued | Pushed::Closed => {}
+            Pushed::CutOff => {
+                tracing::warn!(
+                    patron = patron.id,
+                    pid = patron.pid,
+                    "cut off: it left {MAX_QUEUED_REPLIES} events unread"
+                );
+                self.patron_gone(patron.id);
+            }
+            Pushed::Broken => self.patron_gone(patron.id),
         }
     }
 
@@ -380,6 +389,10 @@ impl Broker {
             tracing::info!(patron, pid = handle.connection.pid, "patron disconnected");
             state.registry.release_all(patron)
         };
+        // Its sockets close now, not when its process exits.
+        if let Some(reader) = self.reader.get() {
+            reader.forget(patron);
+        }
         if orphans.is_empty() {
             return;
         }
@@ -497,16 +510,10 @@ impl Broker {
         let goodbye = Event::BrokerStopping {
             reason: reason.to_owned(),
         };
-        let waits: Vec<_> = outboxes
-            .into_iter()
-            .map(|outbox| {
-                let goodbye = goodbye.clone();
-                tokio::task::spawn_blocking(move || outbox.close_with(goodbye, GOODBYE_WAIT))
-            })
-            .collect();
-        for wait in waits {
-            let _ = wait.await;
-        }
+        let _ = tokio::task::spawn_blocking(move || {
+            patron::say_goodbye(&outboxes, goodbye, GOODBYE_WAIT)
+        })
+        .await;
         self.save_registry();
         self.engine.stop().await;
         tracing::info!("stopped");

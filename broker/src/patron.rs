@@ -1,39 +1,47 @@
 //! One connected patron, seen from the broker: who it is and its outbox.
 //!
-//! `IpcSender::send` blocks once the patron's socket buffer is full, so nothing in the broker
-//! ever calls it outside a patron's own writer thread. Events go into the patron's [`Outbox`]
-//! — in the order they were produced, replies never dropped, a torrent's status coalesced to
-//! its latest while it waits (keeping its place in line) — and the writer does the blocking
-//! sends. A patron that stops reading only ever stalls its own
-//! writer; past [`MAX_QUEUED_REPLIES`] it is cut off.
+//! The broker writes every event itself, with non-blocking sends on a socket it made: the
+//! patron received the other end, as an ipc-channel receiver, in its `Welcome`. Nothing in the
+//! broker ever blocks on a patron and no thread is spent per patron. Events go into the
+//! patron's [`Outbox`] — in the order they were produced, replies never dropped, a torrent's
+//! status coalesced to its latest while it waits (keeping its place in line) — and are written
+//! at once, as far as the socket takes them. What the socket does not take waits until the
+//! event loop sees the socket writable again ([`WatchWritable`]) and flushes again. A patron
+//! that stops reading only ever fills its own queue; past [`MAX_QUEUED_REPLIES`] it is cut
+//! off, and its socket is closed then and there.
 //!
-//! One shortcut: a small reply to a patron with nothing queued is sent at once by whoever
-//! produced it, with a non-blocking send of the same datagram ipc-channel would write. Waking
-//! the writer thread cost ~50 µs of a ~65 µs round trip on this machine's 2 vCPUs; a full
-//! socket just means the reply is queued as before.
+//! A message too large for one datagram goes as ipc-channel frames it: the first datagram
+//! carries the receiving end of a fresh continuation channel, and the rest of the payload
+//! follows on that channel (see [`proto::wire::encode_frames`]).
 
 use crate::socket::{self, Sent};
-use ipc_channel::ipc::IpcSender;
+use proto::wire::{self, Frames};
 use proto::{Event, TorrentId, TorrentStatus};
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::RawFd;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Replies queued for a patron that does not read, before it is cut off.
 pub const MAX_QUEUED_REPLIES: usize = 4096;
 
-/// The writer thread's stack: it only serializes one event at a time.
-const WRITER_STACK_BYTES: usize = 128 * 1024;
-
-/// Largest reply sent directly (one datagram, far below ipc-channel's fragment size).
-const DIRECT_MAX_BYTES: usize = 16 * 1024;
-
 /// The broker's number for a patron (shown in logs; also sent in the `Welcome`).
 pub type PatronId = u64;
 
+/// Which of a patron's sockets a blocked write waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// The event socket itself.
+    Events,
+    /// The continuation channel of a fragmented message.
+    Continuation,
+}
+
+/// Asks the event loop to flush this patron's outbox once `fd` is writable (one-shot).
+pub type WatchWritable = Arc<dyn Fn(BorrowedFd<'_>, Lane) -> nix::Result<()> + Send + Sync>;
+
 /// A connected patron.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PatronConnection {
     /// The broker's number for it.
     pub id: PatronId,
@@ -41,6 +49,15 @@ pub struct PatronConnection {
     pub pid: i32,
     /// Where its events go.
     pub outbox: Arc<Outbox>,
+}
+
+impl std::fmt::Debug for PatronConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatronConnection")
+            .field("id", &self.id)
+            .field("pid", &self.pid)
+            .finish()
+    }
 }
 
 /// One place in a patron's queue.
@@ -52,7 +69,23 @@ enum Item {
     Status(TorrentId),
 }
 
-#[derive(Debug, Default)]
+/// A message part-way out.
+struct Writing {
+    /// The first datagram, until it is sent.
+    first: Option<Vec<u8>>,
+    /// For a fragmented message: the continuation channel (our end, and the patron's end
+    /// until the first datagram carried it away), and how much of the rest is sent.
+    continuation: Option<Continuation>,
+    rest: Vec<u8>,
+    sent: usize,
+}
+
+struct Continuation {
+    ours: OwnedFd,
+    theirs: Option<OwnedFd>,
+}
+
+#[derive(Default)]
 struct Queue {
     /// Everything waiting, in the order it was produced.
     items: VecDeque<Item>,
@@ -60,60 +93,60 @@ struct Queue {
     events: usize,
     /// Latest status of each torrent with an [`Item::Status`] waiting.
     statuses: HashMap<TorrentId, TorrentStatus>,
-    /// Set once nothing more may be queued; the writer drains what is left, then exits.
+    /// The message being written.
+    writing: Option<Writing>,
+    /// Our end of the event socket; `None` once the patron is gone or cut off.
+    socket: Option<OwnedFd>,
+    /// Set once nothing more may be queued.
     closed: bool,
-    /// The writer is sending an event it took: a direct send now could overtake it.
-    sending: bool,
-    /// Set when the writer has exited.
-    finished: bool,
 }
 
 /// What became of a pushed event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub enum Pushed {
-    /// Queued for the writer.
+    /// Sent, or queued to be sent.
     Queued,
     /// Dropped: the outbox is closed (the patron left or was cut off earlier).
     Closed,
     /// Dropped, and the patron cut off just now: it left [`MAX_QUEUED_REPLIES`] replies unread.
     /// The caller must drop the patron.
     CutOff,
+    /// Dropped: the patron's socket failed (it closed its receiver). The caller must drop the
+    /// patron.
+    Broken,
 }
 
-/// Events waiting for one patron, and the condition its writer thread waits on.
-#[derive(Debug, Default)]
+/// How far a flush got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued is written.
+    Idle,
+    /// The socket is full; the rest goes when it is writable again.
+    Blocked,
+    /// The socket failed or is closed: the patron is gone.
+    Broken,
+}
+
+/// Events waiting for one patron, and its socket.
 pub struct Outbox {
+    patron: PatronId,
     queue: Mutex<Queue>,
-    ready: Condvar,
-    direct: Option<DirectSend>,
-}
-
-/// The patron's socket for non-blocking sends of small replies.
-#[derive(Debug)]
-struct DirectSend {
-    fd: RawFd,
-    /// Owns `fd` (a clone of the writer's sender: the socket stays open while either lives).
-    _sender: IpcSender<Event>,
+    watch: Option<WatchWritable>,
 }
 
 impl Outbox {
-    /// Starts the writer thread for `sender` and returns the outbox feeding it.
-    pub fn start(patron: PatronId, sender: IpcSender<Event>) -> std::io::Result<Arc<Outbox>> {
-        let direct = socket::ipc_sender_fd(&sender).map(|fd| DirectSend {
-            fd,
-            _sender: sender.clone(),
-        });
-        let outbox = Arc::new(Outbox {
-            direct,
-            ..Outbox::default()
-        });
-        let writer = outbox.clone();
-        std::thread::Builder::new()
-            .name(format!("patron-{patron}-writer"))
-            .stack_size(WRITER_STACK_BYTES)
-            .spawn(move || writer.write_until_closed(patron, sender))?;
-        Ok(outbox)
+    /// An outbox writing to `socket` (non-blocking). `watch` is how a blocked write asks to
+    /// be resumed; without one, the owner calls [`Outbox::flush`] itself.
+    pub fn new(patron: PatronId, socket: OwnedFd, watch: Option<WatchWritable>) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            patron,
+            queue: Mutex::new(Queue {
+                socket: Some(socket),
+                ..Queue::default()
+            }),
+            watch,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -122,56 +155,28 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a reply (or any event that must not be coalesced).
+    /// Queues a reply (or any event that must not be coalesced) and writes what it can.
     pub fn push(&self, event: Event) -> Pushed {
         let mut queue = self.lock();
         if queue.closed {
             return Pushed::Closed;
         }
         if queue.events >= MAX_QUEUED_REPLIES {
-            queue.items.clear();
-            queue.statuses.clear();
-            queue.events = 1;
-            queue.items.push_back(Item::Event(Event::Disconnected {
-                reason: format!("more than {MAX_QUEUED_REPLIES} replies unread"),
-            }));
-            queue.closed = true;
-            self.ready.notify_one();
+            // Best effort: its socket is full, so this rarely gets through.
+            let reason = format!("more than {MAX_QUEUED_REPLIES} replies unread");
+            Self::shut(&mut queue, Some(Event::Disconnected { reason }));
             return Pushed::CutOff;
         }
-        let event = if queue.items.is_empty() && !queue.sending {
-            self.try_direct(event)
-        } else {
-            Some(event)
-        };
-        if let Some(event) = event {
-            queue.items.push_back(Item::Event(event));
-            queue.events += 1;
-            self.ready.notify_one();
-        }
-        Pushed::Queued
-    }
-
-    /// Sends a small reply at once, without blocking; hands it back when it must be queued
-    /// (too big, no direct socket, or the patron's socket is full). Called with the queue
-    /// locked and empty, and the writer idle, so it cannot overtake anything.
-    fn try_direct(&self, event: Event) -> Option<Event> {
-        let Some(direct) = &self.direct else {
-            return Some(event);
-        };
-        match proto::wire::encode_complete(&event) {
-            Ok(datagram) if datagram.len() <= DIRECT_MAX_BYTES => {
-                match socket::send_nonblocking(direct.fd, &datagram) {
-                    Ok(Sent::Sent) => None,
-                    // Full, or gone: the writer sends it (or finds the patron gone).
-                    Ok(Sent::WouldBlock) | Err(_) => Some(event),
-                }
-            }
-            _ => Some(event),
+        queue.items.push_back(Item::Event(event));
+        queue.events += 1;
+        match self.flush_locked(&mut queue) {
+            Flushed::Broken => Pushed::Broken,
+            Flushed::Idle | Flushed::Blocked => Pushed::Queued,
         }
     }
 
-    /// Queues a status, replacing any not yet sent for the same torrent.
+    /// Queues a status, replacing any not yet sent for the same torrent, and writes what it
+    /// can.
     pub fn push_status(&self, status: TorrentStatus) {
         let mut queue = self.lock();
         if queue.closed {
@@ -181,7 +186,7 @@ impl Outbox {
         if queue.statuses.insert(id, status).is_none() {
             queue.items.push_back(Item::Status(id));
         }
-        self.ready.notify_one();
+        let _ = self.flush_locked(&mut queue);
     }
 
     /// Drops a status still queued for `torrent` (the patron no longer holds it).
@@ -194,95 +199,197 @@ impl Outbox {
         }
     }
 
-    /// Lets the writer send what is queued, then stop. Idempotent.
-    pub fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify_one();
-    }
-
-    /// Queues a last event, closes, and waits (bounded) until the writer has sent everything.
-    pub fn close_with(&self, last: Event, wait: Duration) {
-        {
-            let mut queue = self.lock();
-            if !queue.closed {
-                queue.items.push_back(Item::Event(last));
-                queue.events += 1;
-                queue.closed = true;
-            }
-        }
-        self.ready.notify_one();
-        let deadline = Instant::now() + wait;
+    /// Writes what the socket takes now. The event loop calls this when a socket this outbox
+    /// waits on became writable.
+    pub fn flush(&self) -> Flushed {
         let mut queue = self.lock();
-        while !queue.finished {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            queue = match self.ready.wait_timeout(queue, left) {
-                Ok((q, _)) => q,
-                Err(e) => e.into_inner().0,
-            };
-        }
+        self.flush_locked(&mut queue)
     }
 
-    /// Number of events waiting (for tests and diagnostics).
+    /// Closes at once: nothing more is sent, and the socket is closed now, so the patron
+    /// sees its channel close and the broker keeps nothing of it. Idempotent.
+    pub fn close(&self) {
+        Self::shut(&mut self.lock(), None);
+    }
+
+    /// Number of items waiting (for tests and diagnostics).
     pub fn queued(&self) -> usize {
         let queue = self.lock();
-        queue.items.len()
+        queue.items.len() + usize::from(queue.writing.is_some())
     }
 
-    /// The next event to write, marking the writer busy until [`Outbox::sent`].
-    fn next(&self) -> Option<Event> {
+    /// Queues a last event and lets nothing more in; the socket stays open until what is
+    /// queued is written (see [`say_goodbye`]).
+    fn close_after(&self, last: Event) {
         let mut queue = self.lock();
+        if queue.closed {
+            return;
+        }
+        queue.items.push_back(Item::Event(last));
+        queue.events += 1;
+        queue.closed = true;
+        let _ = self.flush_locked(&mut queue);
+    }
+
+    fn shut(queue: &mut Queue, last_words: Option<Event>) {
+        queue.closed = true;
+        queue.items.clear();
+        queue.statuses.clear();
+        queue.events = 0;
+        let partly_written = queue.writing.take().is_some_and(|w| w.first.is_none());
+        if let (Some(event), Some(fd), false) = (last_words, &queue.socket, partly_written) {
+            if let Ok(frames) = wire::encode_frames(&event) {
+                if !frames.is_fragmented() {
+                    let _ = socket::send_nonblocking(fd.as_fd(), &frames.first, None);
+                }
+            }
+        }
+        queue.socket = None;
+    }
+
+    fn flush_locked(&self, queue: &mut Queue) -> Flushed {
         loop {
-            match queue.items.pop_front() {
-                Some(Item::Event(event)) => {
+            if queue.socket.is_none() {
+                return Flushed::Broken;
+            }
+            if queue.writing.is_none() {
+                let Some(event) = Self::next_event(queue) else {
+                    return Flushed::Idle;
+                };
+                match Self::start_writing(&event) {
+                    Ok(writing) => queue.writing = Some(writing),
+                    Err(e) => {
+                        // Our own event failed to encode: a bug, not the patron's doing.
+                        tracing::error!(patron = self.patron, "cannot encode an event: {e}");
+                        continue;
+                    }
+                }
+            }
+            match Self::write_some(queue) {
+                Ok(None) => queue.writing = None,
+                Ok(Some(lane)) => return self.wait_writable(queue, lane),
+                Err(e) => {
+                    tracing::debug!(patron = self.patron, "stopped writing to patron: {e}");
+                    Self::shut(queue, None);
+                    return Flushed::Broken;
+                }
+            }
+        }
+    }
+
+    fn next_event(queue: &mut Queue) -> Option<Event> {
+        loop {
+            match queue.items.pop_front()? {
+                Item::Event(event) => {
                     queue.events -= 1;
-                    queue.sending = true;
                     return Some(event);
                 }
-                Some(Item::Status(id)) => {
+                Item::Status(id) => {
                     if let Some(status) = queue.statuses.remove(&id) {
-                        queue.sending = true;
                         return Some(Event::TorrentStatusUpdate(status));
                     }
-                    continue;
                 }
-                None => {}
             }
-            if queue.closed {
-                return None;
-            }
-            queue = match self.ready.wait(queue) {
-                Ok(q) => q,
-                Err(e) => e.into_inner(),
-            };
         }
     }
 
-    fn write_until_closed(&self, patron: PatronId, sender: IpcSender<Event>) {
-        while let Some(event) = self.next() {
-            let sent = sender.send(event);
-            self.lock().sending = false;
-            if let Err(e) = sent {
-                tracing::debug!(patron, "stopped writing to patron: {e}");
-                break;
+    fn start_writing(event: &Event) -> Result<Writing, String> {
+        let Frames { first, rest } = wire::encode_frames(event).map_err(|e| e.to_string())?;
+        let continuation = if rest.is_empty() {
+            None
+        } else {
+            let (ours, theirs) = socket::seqpacket_pair()
+                .map_err(|e| format!("cannot make a continuation channel: {e}"))?;
+            Some(Continuation {
+                ours,
+                theirs: Some(theirs),
+            })
+        };
+        Ok(Writing {
+            first: Some(first),
+            continuation,
+            rest,
+            sent: 0,
+        })
+    }
+
+    /// Writes the current message as far as it goes: `None` when it is all out, else the
+    /// lane that is full.
+    fn write_some(queue: &mut Queue) -> nix::Result<Option<Lane>> {
+        let (Some(fd), Some(writing)) = (&queue.socket, &mut queue.writing) else {
+            return Ok(None);
+        };
+        if let Some(first) = &writing.first {
+            let attach = writing
+                .continuation
+                .as_ref()
+                .and_then(|c| c.theirs.as_ref())
+                .map(|t| t.as_fd());
+            match socket::send_nonblocking(fd.as_fd(), first, attach)? {
+                Sent::WouldBlock => return Ok(Some(Lane::Events)),
+                Sent::Sent => {
+                    writing.first = None;
+                    if let Some(c) = &mut writing.continuation {
+                        c.theirs = None; // the patron has it now
+                    }
+                }
             }
         }
-        let mut queue = self.lock();
-        queue.closed = true;
-        queue.finished = true;
-        queue.items.clear();
-        queue.events = 0;
-        queue.statuses.clear();
-        drop(queue);
-        self.ready.notify_all();
+        let Some(continuation) = &writing.continuation else {
+            return Ok(None);
+        };
+        while writing.sent < writing.rest.len() {
+            let end = (writing.sent + wire::MAX_DATAGRAM_PAYLOAD).min(writing.rest.len());
+            let chunk = &writing.rest[writing.sent..end];
+            match socket::send_nonblocking(continuation.ours.as_fd(), chunk, None)? {
+                Sent::WouldBlock => return Ok(Some(Lane::Continuation)),
+                Sent::Sent => writing.sent = end,
+            }
+        }
+        Ok(None)
+    }
+
+    fn wait_writable(&self, queue: &Queue, lane: Lane) -> Flushed {
+        let fd = match lane {
+            Lane::Events => queue.socket.as_ref(),
+            Lane::Continuation => queue
+                .writing
+                .as_ref()
+                .and_then(|w| w.continuation.as_ref())
+                .map(|c| &c.ours),
+        };
+        if let (Some(watch), Some(fd)) = (&self.watch, fd) {
+            if let Err(e) = watch(fd.as_fd(), lane) {
+                tracing::warn!(patron = self.patron, "cannot wait for a full socket: {e}");
+            }
+        }
+        Flushed::Blocked
+    }
+}
+
+/// Queues `goodbye` for every outbox, then flushes them (bounded by `wait`) until each has
+/// written everything, and closes them all.
+pub fn say_goodbye(outboxes: &[Arc<Outbox>], goodbye: Event, wait: Duration) {
+    for outbox in outboxes {
+        outbox.close_after(goodbye.clone());
+    }
+    let deadline = Instant::now() + wait;
+    let mut waiting: Vec<&Arc<Outbox>> = outboxes.iter().collect();
+    while !waiting.is_empty() && Instant::now() < deadline {
+        waiting.retain(|outbox| outbox.flush() == Flushed::Blocked);
+        if !waiting.is_empty() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    for outbox in outboxes {
+        outbox.close();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipc_channel::ipc::IpcReceiver;
     use proto::{InfoHash, RequestId, TorrentState};
 
     fn status(id: u64, bytes_done: u64) -> TorrentStatus {
@@ -304,25 +411,66 @@ mod tests {
         }
     }
 
+    fn reply(n: u64) -> Event {
+        Event::Ok {
+            request: RequestId(n),
+        }
+    }
+
+    /// An outbox whose patron end is a real ipc-channel receiver, as in a Welcome.
+    fn outbox() -> (Arc<Outbox>, IpcReceiver<Event>) {
+        let (ours, theirs) = socket::seqpacket_pair().unwrap();
+        (Outbox::new(1, ours, None), receiver_from(theirs))
+    }
+
+    /// Hands `fd` to ipc-channel the only way it takes one: inside a message.
+    fn receiver_from(fd: OwnedFd) -> IpcReceiver<Event> {
+        let (server, name) = ipc_channel::ipc::IpcOneShotServer::<proto::Welcome>::new().unwrap();
+        let answer = socket::connect_nonblocking(std::path::Path::new(&name)).unwrap();
+        let welcome = wire::encode_frames(&wire::WelcomeFrame::Accepted {
+            broker_pid: 1,
+            patron_id: 1,
+            events: 0,
+        })
+        .unwrap();
+        socket::send_nonblocking(answer.as_fd(), &welcome.first, Some(fd.as_fd())).unwrap();
+        match server.accept().unwrap().1 {
+            proto::Welcome::Accepted { events, .. } => events,
+            proto::Welcome::Refused { .. } => unreachable!(),
+        }
+    }
+
+    /// Fills a socket with a status so that later items queue.
+    fn fill(outbox: &Outbox) {
+        for n in 0..10_000 {
+            if outbox.queued() > 0 {
+                return;
+            }
+            let _ = outbox.push(Event::ProtocolError {
+                message: format!("filler {n} {}", "x".repeat(1000)),
+            });
+        }
+        panic!("the socket never filled");
+    }
+
     #[test]
     fn statuses_coalesce_in_place_and_everything_keeps_its_order() {
-        let outbox = Outbox::default();
+        let (outbox, events) = outbox();
+        fill(&outbox);
         outbox.push_status(status(1, 10));
-        let reply = |n| Event::Ok {
-            request: RequestId(n),
-        };
         assert_eq!(outbox.push(reply(1)), Pushed::Queued);
         outbox.push_status(status(2, 10));
         // Replaces torrent 1's waiting status where it stands: first in line.
         outbox.push_status(status(1, 20));
         assert_eq!(outbox.push(reply(2)), Pushed::Queued);
-        assert_eq!(outbox.queued(), 4);
-        outbox.close();
         let mut seen = Vec::new();
-        while let Some(event) = outbox.next() {
-            seen.push(event);
+        while seen.len() < 4 {
+            let _ = outbox.flush();
+            match events.try_recv_timeout(Duration::from_secs(5)).unwrap() {
+                Event::ProtocolError { .. } => {}
+                event => seen.push(event),
+            }
         }
-        assert_eq!(seen.len(), 4);
         assert!(
             matches!(&seen[0], Event::TorrentStatusUpdate(s) if s.id == TorrentId(1) && s.bytes_done == 20)
         );
@@ -343,77 +491,93 @@ mod tests {
 
     #[test]
     fn a_forgotten_status_is_not_sent() {
-        let outbox = Outbox::default();
+        let (outbox, events) = outbox();
+        fill(&outbox);
         outbox.push_status(status(1, 10));
         outbox.push_status(status(2, 10));
         outbox.forget_status(TorrentId(1));
-        outbox.close();
-        assert!(
-            matches!(outbox.next(), Some(Event::TorrentStatusUpdate(s)) if s.id == TorrentId(2))
-        );
-        assert!(outbox.next().is_none());
-    }
-
-    #[test]
-    fn a_patron_that_never_reads_is_cut_off_not_buffered_forever() {
-        let outbox = Outbox::default();
-        for n in 0..MAX_QUEUED_REPLIES as u64 {
-            let pushed = outbox.push(Event::Ok {
-                request: RequestId(n),
-            });
-            assert_eq!(pushed, Pushed::Queued);
-        }
-        let last = Event::Ok {
-            request: RequestId(u64::MAX),
-        };
-        assert_eq!(outbox.push(last.clone()), Pushed::CutOff);
-        assert_eq!(outbox.push(last), Pushed::Closed);
-        assert!(matches!(outbox.next(), Some(Event::Disconnected { .. })));
-        assert!(outbox.next().is_none());
-    }
-
-    #[test]
-    fn the_ipc_sender_descriptor_is_found_for_direct_sends() {
-        // Fails if an ipc-channel upgrade hides it: replies would still flow (through the
-        // writer thread), only slower.
-        let (sender, _receiver) = ipc_channel::ipc::channel::<Event>().unwrap();
-        assert!(socket::ipc_sender_fd(&sender).is_some());
-    }
-
-    #[test]
-    fn direct_and_queued_replies_reach_an_ipc_channel_receiver_whole_and_in_order() {
-        let (sender, receiver) = ipc_channel::ipc::channel::<Event>().unwrap();
-        let outbox = Outbox::start(1, sender).unwrap();
-        assert!(outbox.direct.is_some());
-        // Nothing is read until all are pushed: the first go straight into the socket, the
-        // rest queue for the writer once it is full. None may block the caller.
-        let count = 2_000u64;
-        for n in 0..count {
-            assert_eq!(
-                outbox.push(Event::Ok {
-                    request: RequestId(n)
-                }),
-                Pushed::Queued
-            );
-        }
-        // A reply bigger than a direct send takes the writer's path, after the others.
-        let big = Event::ProtocolError {
-            message: "x".repeat(4 * DIRECT_MAX_BYTES),
-        };
-        assert_eq!(outbox.push(big), Pushed::Queued);
-        assert!(
-            outbox.queued() > 0,
-            "the socket never filled: nothing was queued"
-        );
-        for n in 0..count {
-            match receiver.recv().unwrap() {
-                Event::Ok { request } => assert_eq!(request, RequestId(n)),
-                other => panic!("expected reply {n}, got {other:?}"),
+        assert_eq!(outbox.push(reply(9)), Pushed::Queued);
+        let mut statuses = Vec::new();
+        loop {
+            let _ = outbox.flush();
+            match events.try_recv_timeout(Duration::from_secs(5)).unwrap() {
+                Event::TorrentStatusUpdate(s) => statuses.push(s.id),
+                Event::Ok { .. } => break,
+                _ => {}
             }
         }
+        assert_eq!(statuses, vec![TorrentId(2)]);
+    }
+
+    #[test]
+    fn a_patron_that_never_reads_is_cut_off_and_its_socket_closed_at_once() {
+        let (outbox, events) = outbox();
+        fill(&outbox);
+        let mut pushed = 0;
+        while outbox.push(reply(pushed)) == Pushed::Queued {
+            pushed += 1;
+            assert!(pushed <= MAX_QUEUED_REPLIES as u64, "never cut off");
+        }
         assert!(
-            matches!(receiver.recv().unwrap(), Event::ProtocolError { message } if message.len() == 4 * DIRECT_MAX_BYTES)
+            pushed >= MAX_QUEUED_REPLIES as u64 - 1,
+            "cut off early, at {pushed}"
         );
-        outbox.close();
+        assert_eq!(outbox.push(reply(u64::MAX)), Pushed::Closed);
+        assert_eq!(outbox.queued(), 0);
+        // What was written before is still readable; then the channel is closed.
+        loop {
+            match events.try_recv_timeout(Duration::from_secs(5)) {
+                Ok(_) => {}
+                Err(ipc_channel::TryRecvError::IpcError(ipc_channel::IpcError::Disconnected)) => {
+                    break
+                }
+                Err(e) => panic!("expected the channel to close, got {e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn small_and_fragmented_events_reach_an_ipc_channel_receiver_whole_and_in_order() {
+        let (outbox, events) = outbox();
+        // Nothing is read until all are pushed: the first go straight into the socket, the
+        // rest queue. None may block the caller.
+        let count = 2_000u64;
+        for n in 0..count {
+            assert_eq!(outbox.push(reply(n)), Pushed::Queued);
+            if n == 10 {
+                let big = Event::ProtocolError {
+                    message: "x".repeat(5 * wire::MAX_DATAGRAM_PAYLOAD),
+                };
+                assert_eq!(outbox.push(big), Pushed::Queued);
+            }
+        }
+        assert!(outbox.queued() > 0, "the socket never filled");
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            for _ in 0..=count {
+                got.push(events.recv().unwrap());
+            }
+            got
+        });
+        while outbox.queued() > 0 {
+            let _ = outbox.flush();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let got = reader.join().unwrap();
+        let mut n = 0;
+        for event in got {
+            match event {
+                Event::Ok { request } => {
+                    assert_eq!(request, RequestId(n));
+                    n += 1;
+                }
+                Event::ProtocolError { message } => {
+                    assert_eq!(n, 11, "the big event keeps its place");
+                    assert_eq!(message.len(), 5 * wire::MAX_DATAGRAM_PAYLOAD);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(n, count);
     }
 }

@@ -3,44 +3,53 @@
 //! ipc-channel's one-shot server accepts exactly one client and blocks without a timeout,
 //! so it cannot be the broker's front door. The front door is a SOCK_SEQPACKET Unix socket in
 //! an owner-only folder, which is exactly what `IpcSender::connect` connects to: each accepted
-//! connection *is* a patron's request channel. Each is handshaken on a short-lived thread of
-//! its own (a stalled connector only ever stalls its own thread, and only for
-//! [`HANDSHAKE_TIMEOUT`]):
+//! connection *is* a patron's request channel. One thread ("front-door") accepts and
+//! handshakes every connector with epoll, never blocking on any of them:
 //!
-//! 1. check the peer's uid (`SO_PEERCRED`) against our own;
-//! 2. read its first message, which must be a [`Hello`], checked like every datagram
-//!    (see `requests`);
-//! 3. answer through the patron's one-shot server: [`Welcome::Refused`] with the reason, or
-//!    [`Welcome::Accepted`] with the receiver of a fresh event channel;
-//! 4. register the patron and hand its channel to the request reader.
+//! 1. on accept, the peer's uid (`SO_PEERCRED`) must be ours, else the connection is closed;
+//! 2. its first datagram must be a [`Hello`] (checked like every datagram, every descriptor
+//!    owned and closed), within [`HANDSHAKE_TIMEOUT`];
+//! 3. the hello's server name must look like a one-shot server of our user: an absolute path
+//!    without NUL, short enough for a socket address, that is a socket we own. Only then is
+//!    it connected to, without blocking (a listener with a full backlog is refused at once),
+//!    and the server must belong to our uid;
+//! 4. the answer is written by the broker itself, without ipc-channel (whose `connect` panics
+//!    on a NUL, leaks a socket on a failed connect and blocks on a full backlog):
+//!    [`Welcome::Refused`] with the reason, or [`Welcome::Accepted`] carrying the receiving
+//!    end of a socket pair the broker made for the patron's events;
+//! 5. the patron is registered and its channel handed to the request reader.
 //!
-//! A connector that sends no valid hello has given no address to answer to: it is closed
-//! and logged.
+//! A connector is in the pending table from accept to the end of step 2 and leaves it however
+//! its handshake ends. When the table is full the oldest pending connector is dropped, so a
+//! flood of silent connectors cannot keep an honest patron (who says hello at once) out.
 
 use crate::broker::Broker;
 use crate::patron::Outbox;
 use crate::requests::RequestReader;
 use crate::socket::{self, Received};
 use anyhow::Context;
-use ipc_channel::ipc::{self, IpcSender};
-use nix::sys::socket::{getsockopt, setsockopt, sockopt};
-use nix::sys::time::TimeVal;
-use proto::wire::{self, Datagram};
-use proto::{Event, Hello, ToBroker, Welcome, PROTOCOL_VERSION};
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{getsockopt, sockopt};
+use proto::wire::{self, Datagram, WelcomeFrame};
+use proto::{Hello, ToBroker, PROTOCOL_VERSION};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a connector may take to say hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Handshakes in progress at once; more connectors are closed at once, not queued.
-pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Connectors waiting to say hello; past this the oldest is dropped to make room.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 /// A hello is small; anything bigger is not one.
 const MAX_HELLO_BYTES: usize = 8 * 1024;
-const HANDSHAKE_STACK_BYTES: usize = 256 * 1024;
+/// Longest path a Unix socket address holds (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// Connections accepted in one go before pending hellos get their turn.
+const ACCEPT_BATCH: usize = 256;
+const LISTENER: u64 = u64::MAX;
 
 /// The broker's listening socket.
 pub struct Rendezvous {
@@ -68,95 +77,209 @@ impl Rendezvous {
         })
     }
 
-    /// Accepts patrons on a thread of its own until the broker stops.
+    /// Accepts and handshakes patrons on a thread of its own until the broker stops.
     pub fn start(self, broker: Arc<Broker>, reader: RequestReader) -> anyhow::Result<()> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?;
+        epoll
+            .add(
+                &self.listener,
+                EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
+            )
+            .context("epoll add")?;
+        let door = FrontDoor {
+            rendezvous: self,
+            epoll,
+            broker,
+            reader,
+            our_uid: nix::unistd::geteuid().as_raw(),
+            pending: HashMap::new(),
+            arrivals: VecDeque::new(),
+            next_token: 0,
+        };
         std::thread::Builder::new()
-            .name("accept".into())
-            .spawn(move || self.accept_forever(broker, reader))?;
+            .name("front-door".into())
+            .spawn(move || door.run())?;
         Ok(())
     }
+}
 
-    fn accept_forever(self, broker: Arc<Broker>, reader: RequestReader) {
-        let pending = Arc::new(AtomicUsize::new(0));
+/// A connector that has not said hello yet.
+struct Pending {
+    channel: OwnedFd,
+    pid: i32,
+    deadline: Instant,
+}
+
+struct FrontDoor {
+    rendezvous: Rendezvous,
+    epoll: Epoll,
+    broker: Arc<Broker>,
+    reader: RequestReader,
+    our_uid: u32,
+    pending: HashMap<u64, Pending>,
+    /// Pending tokens in arrival order (some may have left already).
+    arrivals: VecDeque<u64>,
+    next_token: u64,
+}
+
+impl FrontDoor {
+    fn run(mut self) {
+        let mut events = vec![EpollEvent::empty(); 256];
         loop {
-            let channel = match socket::accept(&self.listener) {
-                Ok(channel) => channel,
+            let timeout = self
+                .arrivals
+                .iter()
+                .find_map(|token| self.pending.get(token))
+                .map(|first| {
+                    let left = first.deadline.saturating_duration_since(Instant::now());
+                    EpollTimeout::try_from(left.max(Duration::from_millis(1)))
+                        .unwrap_or(EpollTimeout::NONE)
+                })
+                .unwrap_or(EpollTimeout::NONE);
+            let ready = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
+                    self.broker
+                        .shutdown
+                        .trigger(format!("the front door failed: {e}"));
+                    return;
+                }
+            };
+            if self.broker.is_stopping() {
+                return; // dropping everything pending closes it
+            }
+            for event in &events[..ready] {
+                match event.data() {
+                    LISTENER => self.accept_batch(),
+                    token => self.hear(token),
+                }
+            }
+            self.expire();
+        }
+    }
+
+    fn accept_batch(&mut self) {
+        for _ in 0..ACCEPT_BATCH {
+            let channel = match socket::accept(&self.rendezvous.listener) {
+                Ok(channel) => channel,
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+                Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept on {} failed: {e}", self.path.display());
+                    tracing::warn!("accept on {} failed: {e}", self.rendezvous.path.display());
                     std::thread::sleep(Duration::from_millis(50));
+                    return;
+                }
+            };
+            // Cheap checks first: another user's connector gets nothing from us.
+            let (pid, uid) = match getsockopt(&channel, sockopt::PeerCredentials) {
+                Ok(cred) => (cred.pid(), cred.uid()),
+                Err(e) => {
+                    tracing::warn!("refused a connector: no peer credentials: {e}");
                     continue;
                 }
             };
-            if broker.is_stopping() {
-                break;
-            }
-            if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_HANDSHAKES {
-                pending.fetch_sub(1, Ordering::AcqRel);
-                tracing::warn!("refused a connector: too many handshakes in progress");
+            if uid != self.our_uid {
+                tracing::warn!(
+                    pid,
+                    uid,
+                    "refused a connector: this broker serves uid {} only",
+                    self.our_uid
+                );
                 continue;
             }
-            let (broker, reader, done) = (broker.clone(), reader.clone(), pending.clone());
-            let spawned = std::thread::Builder::new()
-                .name("handshake".into())
-                .stack_size(HANDSHAKE_STACK_BYTES)
-                .spawn(move || {
-                    handshake(&broker, &reader, channel);
-                    done.fetch_sub(1, Ordering::AcqRel);
-                });
-            if let Err(e) = spawned {
-                pending.fetch_sub(1, Ordering::AcqRel);
-                tracing::error!("cannot start a handshake thread: {e}");
+            self.make_room();
+            let token = self.next_token;
+            self.next_token += 1;
+            let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+            if let Err(e) = self.epoll.add(&channel, EpollEvent::new(flags, token)) {
+                tracing::warn!(pid, "refused a connector: cannot watch it: {e}");
+                continue;
+            }
+            self.pending.insert(
+                token,
+                Pending {
+                    channel,
+                    pid,
+                    deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+                },
+            );
+            self.arrivals.push_back(token);
+        }
+    }
+
+    /// Drops the oldest pending connectors while the table is full.
+    fn make_room(&mut self) {
+        while self.pending.len() >= MAX_PENDING_HANDSHAKES {
+            let Some(token) = self.arrivals.pop_front() else {
+                return;
+            };
+            if let Some(oldest) = self.pending.remove(&token) {
+                tracing::warn!(
+                    pid = oldest.pid,
+                    "dropped a connector that had not said hello: {MAX_PENDING_HANDSHAKES} are waiting"
+                );
             }
         }
     }
-}
 
-/// Runs one connector's handshake to the end.
-fn handshake(broker: &Arc<Broker>, reader: &RequestReader, channel: OwnedFd) {
-    let (pid, uid) = match getsockopt(&channel, sockopt::PeerCredentials) {
-        Ok(cred) => (cred.pid(), cred.uid()),
-        Err(e) => {
-            tracing::warn!("refused a connector: no peer credentials: {e}");
-            return;
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some(token) = self.arrivals.front().copied() {
+            match self.pending.get(&token) {
+                None => {
+                    self.arrivals.pop_front();
+                }
+                Some(p) if p.deadline <= now => {
+                    self.arrivals.pop_front();
+                    if let Some(p) = self.pending.remove(&token) {
+                        tracing::warn!(
+                            pid = p.pid,
+                            "refused a connector: no hello within {HANDSHAKE_TIMEOUT:?}"
+                        );
+                    }
+                }
+                Some(_) => return,
+            }
         }
-    };
-    let hello = match read_hello(&channel) {
-        Ok(hello) => hello,
-        Err(why) => {
-            tracing::warn!(pid, uid, "refused a connector: {why}");
+    }
+
+    /// A pending connector's socket is readable: its hello (or its end).
+    fn hear(&mut self, token: u64) {
+        let Some(pending) = self.pending.remove(&token) else {
             return;
+        };
+        let hello = match read_hello(&pending.channel) {
+            Ok(Some(hello)) => hello,
+            Ok(None) => {
+                // Woken with nothing to read: keep waiting, same deadline.
+                self.pending.insert(token, pending);
+                return;
+            }
+            Err(why) => {
+                tracing::warn!(pid = pending.pid, "refused a connector: {why}");
+                return;
+            }
+        };
+        let _ = self.epoll.delete(&pending.channel);
+        let Pending { channel, pid, .. } = pending;
+        // Whatever happens inside, this connector's slot is already free; a panic costs it
+        // alone its answer.
+        let (broker, reader, our_uid) = (&self.broker, &self.reader, self.our_uid);
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            answer(broker, reader, channel, pid, our_uid, &hello)
+        }));
+        if answered.is_err() {
+            tracing::error!(pid, "a handshake panicked; the connector was dropped");
         }
-    };
-    let answer = match IpcSender::<Welcome>::connect(hello.server_name.clone()) {
-        Ok(answer) => answer,
-        Err(e) => {
-            tracing::warn!(
-                pid,
-                uid,
-                "refused a connector: cannot reach its one-shot server: {e}"
-            );
-            return;
-        }
-    };
-    let admitted =
-        admit(broker, &hello, uid).and_then(|()| welcome(broker, reader, &answer, channel, pid));
-    if let Err((kind, message)) = admitted {
-        tracing::warn!(pid, uid, kind = %kind, "refused a patron: {message}");
-        let _ = answer.send(Welcome::Refused {
-            kind: kind.into(),
-            message,
-        });
     }
 }
 
-/// Reads the first datagram, which must be a complete hello, within the handshake timeout.
-fn read_hello(channel: &OwnedFd) -> Result<Hello, String> {
-    let timeout = TimeVal::new(HANDSHAKE_TIMEOUT.as_secs() as _, 0);
-    setsockopt(channel, sockopt::ReceiveTimeout, &timeout).map_err(|e| e.to_string())?;
+/// Reads the first datagram, which must be a complete hello. `None`: nothing to read yet.
+fn read_hello(channel: &OwnedFd) -> Result<Option<Hello>, String> {
     let mut buffer = vec![0u8; MAX_HELLO_BYTES];
-    let len = match socket::receive(channel, &mut buffer, true).map_err(|e| e.to_string())? {
+    let len = match socket::receive(channel, &mut buffer, false).map_err(|e| e.to_string())? {
         Received::Datagram {
             len,
             descriptors,
@@ -170,10 +293,13 @@ fn read_hello(channel: &OwnedFd) -> Result<Hello, String> {
             }
             len
         }
-        Received::Datagram { .. } => return Err("a first message too large for a hello".into()),
-        Received::WouldBlock => {
-            return Err(format!("no hello within {HANDSHAKE_TIMEOUT:?}"));
+        Received::Datagram { descriptors, .. } => {
+            return Err(format!(
+                "a first message too large for a hello ({} descriptors)",
+                descriptors.len()
+            ))
         }
+        Received::WouldBlock => return Ok(None),
         Received::Closed => return Err("closed without a hello".into()),
     };
     let payload = match wire::parse_datagram(&buffer[..len], 0, MAX_HELLO_BYTES) {
@@ -182,22 +308,104 @@ fn read_hello(channel: &OwnedFd) -> Result<Hello, String> {
         Err(e) => return Err(format!("not a TIPC hello: {e}")),
     };
     match wire::decode(payload) {
-        Ok(ToBroker::Hello(hello)) => Ok(hello),
+        Ok(ToBroker::Hello(hello)) => Ok(Some(hello)),
         Ok(ToBroker::Request(_)) => Err("a request before the hello".into()),
         Err(e) => Err(format!("not a TIPC hello: {e}")),
     }
 }
 
-type Refusal = (&'static str, String);
-
-fn admit(broker: &Broker, hello: &Hello, uid: u32) -> Result<(), Refusal> {
-    let our_uid = nix::unistd::geteuid().as_raw();
-    if uid != our_uid {
-        return Err((
-            "user",
-            format!("this broker serves uid {our_uid} only; you are uid {uid}"),
+/// Checks that `name` can be a one-shot server of `our_uid` without touching it beyond an
+/// `lstat`: an absolute path, no NUL, short enough, a socket (not a symlink to one) we own.
+pub fn check_server_name(name: &str, our_uid: u32) -> Result<PathBuf, String> {
+    if name.contains('\0') {
+        return Err("its server name holds a NUL".into());
+    }
+    if name.len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "its server name is {} bytes, longer than a socket address holds",
+            name.len()
         ));
     }
+    let path = Path::new(name);
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(format!(
+            "its server name {name:?} is not an absolute path without `..`"
+        ));
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("its server {name:?}: {e}"))?;
+    if !meta.file_type().is_socket() {
+        return Err(format!("its server {name:?} is not a socket"));
+    }
+    if meta.uid() != our_uid {
+        return Err(format!(
+            "its server {name:?} belongs to uid {}, not to this broker's user",
+            meta.uid()
+        ));
+    }
+    Ok(path.to_path_buf())
+}
+
+type Refusal = (&'static str, String);
+
+/// Answers a connector that said hello: refused with the reason, or welcomed and registered.
+fn answer(
+    broker: &Arc<Broker>,
+    reader: &RequestReader,
+    channel: OwnedFd,
+    pid: i32,
+    our_uid: u32,
+    hello: &Hello,
+) {
+    let server = match check_server_name(&hello.server_name, our_uid) {
+        Ok(server) => server,
+        Err(why) => {
+            tracing::warn!(pid, "refused a connector: {why}");
+            return;
+        }
+    };
+    let reply = match socket::connect_nonblocking(&server) {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::warn!(
+                pid,
+                "refused a connector: cannot reach its one-shot server {}: {e}",
+                server.display()
+            );
+            return;
+        }
+    };
+    match getsockopt(&reply, sockopt::PeerCredentials) {
+        Ok(cred) if cred.uid() == our_uid => {}
+        Ok(cred) => {
+            tracing::warn!(
+                pid,
+                "refused a connector: its one-shot server runs as uid {}",
+                cred.uid()
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(pid, "refused a connector: its one-shot server: {e}");
+            return;
+        }
+    }
+    let admitted =
+        admit(broker, hello).and_then(|()| welcome(broker, reader, &reply, channel, pid));
+    if let Err((kind, message)) = admitted {
+        tracing::warn!(pid, kind = %kind, "refused a patron: {message}");
+        let refused = WelcomeFrame::Refused {
+            kind,
+            message: &message,
+        };
+        if let Ok(frames) = wire::encode_frames(&refused) {
+            if !frames.is_fragmented() {
+                let _ = socket::send_nonblocking(reply.as_fd(), &frames.first, None);
+            }
+        }
+    }
+}
+
+fn admit(broker: &Broker, hello: &Hello) -> Result<(), Refusal> {
     if hello.version != PROTOCOL_VERSION {
         return Err((
             "version",
@@ -214,36 +422,75 @@ fn admit(broker: &Broker, hello: &Hello, uid: u32) -> Result<(), Refusal> {
 }
 
 /// Registers the patron (which may still be refused: the patron limit is checked in the
-/// same step), then tells it so and starts reading its requests.
+/// same step), then tells it so, handing it its event channel, and starts reading its
+/// requests.
 fn welcome(
     broker: &Arc<Broker>,
     reader: &RequestReader,
-    answer: &IpcSender<Welcome>,
+    reply: &OwnedFd,
     channel: OwnedFd,
     pid: i32,
 ) -> Result<(), Refusal> {
     let internal = |e: &dyn std::fmt::Display| ("internal", e.to_string());
-    let (events_tx, events_rx) =
-        ipc::channel::<Event>().map_err(|e| internal(&format!("cannot create a channel: {e}")))?;
+    let (ours, theirs) =
+        socket::seqpacket_pair().map_err(|e| internal(&format!("cannot create a channel: {e}")))?;
     let patron_id = broker.next_patron_id();
-    let outbox = Outbox::start(patron_id, events_tx)
-        .map_err(|e| internal(&format!("cannot start a writer: {e}")))?;
-    if let Err(message) = broker.add_patron(patron_id, pid, outbox.clone()) {
-        outbox.close(); // ends its writer thread
-        return Err(("limit", message));
-    }
-    let welcomed = answer.send(Welcome::Accepted {
+    let outbox = Outbox::new(patron_id, ours, Some(reader.watch_writable(patron_id)));
+    broker
+        .add_patron(patron_id, pid, outbox)
+        .map_err(|message| ("limit", message))?;
+    let accepted = WelcomeFrame::Accepted {
         broker_pid: std::process::id(),
         patron_id,
-        events: events_rx,
-    });
-    if let Err(e) = welcomed {
-        broker.patron_gone(patron_id);
-        return Err(internal(&format!("cannot send the welcome: {e}")));
+        events: 0,
+    };
+    let sent = wire::encode_frames(&accepted)
+        .map_err(|e| e.to_string())
+        .and_then(|frames| {
+            socket::send_nonblocking(reply.as_fd(), &frames.first, Some(theirs.as_fd()))
+                .map_err(|e| e.to_string())
+        });
+    match sent {
+        Ok(socket::Sent::Sent) => {}
+        Ok(socket::Sent::WouldBlock) => {
+            broker.patron_gone(patron_id);
+            return Err(internal(&"its one-shot server does not read"));
+        }
+        Err(e) => {
+            broker.patron_gone(patron_id);
+            return Err(internal(&format!("cannot send the welcome: {e}")));
+        }
     }
     if let Err(e) = reader.add(patron_id, channel) {
         broker.patron_gone(patron_id);
         return Err(internal(&e));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_are_checked_before_any_connect() {
+        let uid = nix::unistd::geteuid().as_raw();
+        assert!(check_server_name("/tmp/a\0b", uid)
+            .unwrap_err()
+            .contains("NUL"));
+        assert!(check_server_name("relative/socket", uid).is_err());
+        assert!(check_server_name("/tmp/../etc/x", uid).is_err());
+        assert!(check_server_name(&format!("/{}", "a".repeat(200)), uid).is_err());
+        assert!(check_server_name("/nonexistent/socket", uid).is_err());
+        // A regular file is not a socket.
+        assert!(check_server_name("/proc/self/status", uid)
+            .unwrap_err()
+            .contains("not a socket"));
+        // A real one-shot server passes; another uid's would not.
+        let (_server, name) = ipc_channel::ipc::IpcOneShotServer::<proto::Welcome>::new().unwrap();
+        assert!(check_server_name(&name, uid).is_ok());
+        assert!(check_server_name(&name, uid.wrapping_add(1))
+            .unwrap_err()
+            .contains("belongs to uid"));
+    }
 }

@@ -14,7 +14,7 @@
 //! their order. A closed socket is how a crash is seen, within a millisecond.
 
 use crate::broker::Broker;
-use crate::patron::PatronId;
+use crate::patron::{Flushed, Lane, PatronId, WatchWritable};
 use crate::socket::{self, Received};
 use anyhow::Context;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -22,7 +22,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use proto::wire::{self, Datagram};
 use proto::ToBroker;
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,17 +37,27 @@ const FAIR_SHARE: usize = 64;
 const RECEIVE_BUFFER: usize = 4 * 1024 * 1024 + proto::wire::HEADER_BYTES;
 const WAKE: u64 = u64::MAX;
 
-/// Hands newly connected patrons' channels to the reader thread.
+/// What the reader thread is told from other threads.
+enum Command {
+    /// Read this newly connected patron's channel.
+    Add(PatronId, OwnedFd),
+    /// The patron was dropped (cut off): close its channel now.
+    Forget(PatronId),
+}
+
+/// Hands newly connected patrons' channels to the reader thread, and lets outboxes wait for
+/// their sockets on its epoll.
 #[derive(Clone)]
 pub struct RequestReader {
-    incoming: mpsc::Sender<(PatronId, OwnedFd)>,
+    incoming: mpsc::Sender<Command>,
     wake: Arc<EventFd>,
+    epoll: Arc<Epoll>,
 }
 
 impl RequestReader {
     /// Starts the reader thread.
     pub fn start(broker: Arc<Broker>) -> anyhow::Result<RequestReader> {
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?;
+        let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?);
         let wake = Arc::new(
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .context("eventfd")?,
@@ -58,7 +68,7 @@ impl RequestReader {
         let (incoming, patrons) = mpsc::channel();
         let reader = Reader {
             broker,
-            epoll,
+            epoll: epoll.clone(),
             wake: wake.clone(),
             patrons,
             conns: HashMap::new(),
@@ -67,16 +77,49 @@ impl RequestReader {
         std::thread::Builder::new()
             .name("requests".into())
             .spawn(move || reader.run())?;
-        Ok(RequestReader { incoming, wake })
+        Ok(RequestReader {
+            incoming,
+            wake,
+            epoll,
+        })
     }
 
     /// Starts reading a patron's requests from its connected channel.
     pub fn add(&self, patron: PatronId, channel: OwnedFd) -> anyhow::Result<()> {
+        self.tell(Command::Add(patron, channel))
+    }
+
+    /// Stops reading a patron that was dropped, closing its channel at once.
+    pub fn forget(&self, patron: PatronId) {
+        if let Err(e) = self.tell(Command::Forget(patron)) {
+            tracing::debug!(patron, "cannot forget a patron: {e}");
+        }
+    }
+
+    fn tell(&self, command: Command) -> anyhow::Result<()> {
         self.incoming
-            .send((patron, channel))
+            .send(command)
             .map_err(|_| anyhow::anyhow!("the request reader is gone"))?;
         self.wake.write(1).context("waking the request reader")?;
         Ok(())
+    }
+
+    /// How `patron`'s outbox asks to be flushed once a full socket of its is writable again:
+    /// a one-shot EPOLLOUT on this thread's epoll.
+    pub fn watch_writable(&self, patron: PatronId) -> WatchWritable {
+        let epoll = self.epoll.clone();
+        Arc::new(move |fd: BorrowedFd<'_>, lane: Lane| {
+            let kind = match lane {
+                Lane::Events => EVENTS_WRITABLE,
+                Lane::Continuation => EVENTS_CONTINUATION_WRITABLE,
+            };
+            let flags = EpollFlags::EPOLLOUT | EpollFlags::EPOLLONESHOT;
+            let mut event = EpollEvent::new(flags, token(patron, kind));
+            match epoll.add(fd, event) {
+                Err(nix::errno::Errno::EEXIST) => epoll.modify(fd, &mut event),
+                other => other,
+            }
+        })
     }
 }
 
@@ -100,19 +143,29 @@ enum Outcome {
 
 struct Reader {
     broker: Arc<Broker>,
-    epoll: Epoll,
+    epoll: Arc<Epoll>,
     wake: Arc<EventFd>,
-    patrons: mpsc::Receiver<(PatronId, OwnedFd)>,
+    patrons: mpsc::Receiver<Command>,
     conns: HashMap<PatronId, Conn>,
     buffer: Vec<u8>,
 }
 
+// An epoll token is a patron number and, in its two low bits, which of its sockets.
+const REQUESTS: u64 = 0;
+const REQUESTS_CONTINUATION: u64 = 1;
+const EVENTS_WRITABLE: u64 = 2;
+const EVENTS_CONTINUATION_WRITABLE: u64 = 3;
+
+fn token(patron: PatronId, kind: u64) -> u64 {
+    (patron << 2) | kind
+}
+
 fn channel_token(patron: PatronId) -> u64 {
-    patron << 1
+    token(patron, REQUESTS)
 }
 
 fn continuation_token(patron: PatronId) -> u64 {
-    (patron << 1) | 1
+    token(patron, REQUESTS_CONTINUATION)
 }
 
 fn readable() -> EpollFlags {
@@ -151,11 +204,11 @@ impl Reader {
                     self.admit_new_patrons();
                     continue;
                 }
-                let patron = token >> 1;
-                let outcome = if token & 1 == 0 {
-                    self.read_channel(patron, event.events())
-                } else {
-                    self.read_continuation(patron)
+                let patron = token >> 2;
+                let outcome = match token & 3 {
+                    REQUESTS => self.read_channel(patron, event.events()),
+                    REQUESTS_CONTINUATION => self.read_continuation(patron),
+                    _ => self.write_events(patron),
                 };
                 if let Outcome::Gone(why) = outcome {
                     self.drop_patron(patron, why);
@@ -165,9 +218,29 @@ impl Reader {
         }
     }
 
+    /// A full socket of this patron's became writable: write what waits.
+    fn write_events(&mut self, patron: PatronId) -> Outcome {
+        let Some(connection) = self.broker.connection(patron) else {
+            return Outcome::KeepGoing;
+        };
+        match connection.outbox.flush() {
+            Flushed::Broken => Outcome::Gone("its event channel closed"),
+            Flushed::Idle | Flushed::Blocked => Outcome::KeepGoing,
+        }
+    }
+
     fn admit_new_patrons(&mut self) {
         let _ = self.wake.read();
-        while let Ok((patron, channel)) = self.patrons.try_recv() {
+        while let Ok(command) = self.patrons.try_recv() {
+            let (patron, channel) = match command {
+                // Dropped before its channel got here: close it now.
+                Command::Add(patron, _) if self.broker.connection(patron).is_none() => continue,
+                Command::Add(patron, channel) => (patron, channel),
+                Command::Forget(patron) => {
+                    self.forget(patron);
+                    continue;
+                }
+            };
             let added = socket::set_nonblocking(&channel).and_then(|()| {
                 self.epoll
                     .add(&channel, EpollEvent::new(readable(), channel_token(patron)))
@@ -393,13 +466,18 @@ impl Reader {
     }
 
     fn drop_patron(&mut self, patron: PatronId, why: &str) {
+        self.forget(patron);
+        tracing::debug!(patron, "stopped reading: {why}");
+        self.broker.patron_gone(patron);
+    }
+
+    /// Closes a patron's request channel (and any message half-received).
+    fn forget(&mut self, patron: PatronId) {
         if let Some(conn) = self.conns.remove(&patron) {
             let _ = self.epoll.delete(&conn.channel);
             if let Some(assembly) = conn.assembly {
                 let _ = self.epoll.delete(&assembly.continuation);
             }
         }
-        tracing::debug!(patron, "stopped reading: {why}");
-        self.broker.patron_gone(patron);
     }
 }

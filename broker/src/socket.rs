@@ -1,20 +1,27 @@
 //! The few raw socket operations the broker needs for patrons' channels: a SOCK_SEQPACKET
 //! listener (what `IpcSender::connect` connects to), receiving one datagram with its
-//! descriptors, every descriptor owned at once so none can leak, and sending one datagram
-//! without blocking.
+//! descriptors, every descriptor owned at once so none can leak, connecting back to a
+//! patron's one-shot server without ever blocking, and sending one datagram (with a
+//! descriptor attached, when it carries a channel) without blocking.
+//!
+//! The broker never sends through ipc-channel: `IpcSender::send` blocks on a full socket, and
+//! `IpcSender::connect` panics on a NUL in the name, leaks its socket when connect(2) fails
+//! and blocks on a listener whose backlog is full (DESIGN §6, §10).
 
 use anyhow::Context;
 use nix::sys::socket::{
-    accept4, bind, getsockopt, listen, recvmsg, send, socket, sockopt, AddressFamily, Backlog,
-    ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+    accept4, bind, connect, listen, recvmsg, sendmsg, socket, socketpair, AddressFamily, Backlog,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
 };
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-/// Most descriptors accepted with one datagram; more are a protocol error (the kernel closes
-/// what does not fit).
-const MAX_DESCRIPTORS: usize = 16;
+/// Room for descriptors in one receive: the kernel's own limit per datagram (SCM_MAX_FD).
+/// With less room a sender passing more gets `MSG_CTRUNC`, and nix's `cmsgs()` then errors
+/// before the descriptors that did arrive are owned: they would leak (DESIGN §10). With room
+/// for all of them, every one is owned and closed, and the caller refuses the datagram.
+const SCM_MAX_FD: usize = 253;
 
 /// What one receive produced.
 pub enum Received {
@@ -33,12 +40,12 @@ pub enum Received {
     Closed,
 }
 
-/// A listening SOCK_SEQPACKET Unix socket at `path`.
+/// A listening, non-blocking SOCK_SEQPACKET Unix socket at `path`.
 pub fn seqpacket_listener(path: &Path) -> anyhow::Result<OwnedFd> {
     let fd = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )
     .context("cannot create the broker's socket")?;
@@ -50,9 +57,12 @@ pub fn seqpacket_listener(path: &Path) -> anyhow::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Accepts one connection (blocking).
+/// Accepts one connection, non-blocking like the listener.
 pub fn accept(listener: &OwnedFd) -> nix::Result<OwnedFd> {
-    let fd = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
+    let fd = accept4(
+        listener.as_raw_fd(),
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )?;
     // SAFETY: accept4 returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -68,7 +78,7 @@ pub fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
 /// Receives one datagram into `buffer`.
 pub fn receive(fd: &OwnedFd, buffer: &mut [u8], blocking: bool) -> nix::Result<Received> {
     let mut iov = [IoSliceMut::new(buffer)];
-    let mut space = nix::cmsg_space!([RawFd; MAX_DESCRIPTORS]);
+    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
     if !blocking {
         flags |= MsgFlags::MSG_DONTWAIT;
@@ -80,7 +90,16 @@ pub fn receive(fd: &OwnedFd, buffer: &mut [u8], blocking: bool) -> nix::Result<R
         Err(e) => return Err(e),
     };
     let mut descriptors = Vec::new();
-    for cmsg in msg.cmsgs()? {
+    // With room for SCM_MAX_FD descriptors nothing is cut, so this cannot fail; if it ever
+    // did, the datagram is refused as cut.
+    let Ok(cmsgs) = msg.cmsgs() else {
+        return Ok(Received::Datagram {
+            len: msg.bytes,
+            descriptors,
+            truncated: true,
+        });
+    };
+    for cmsg in cmsgs {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
             // SAFETY: the kernel installed these descriptors for us just now; owning them
             // here guarantees they are closed whatever happens next.
@@ -103,28 +122,6 @@ pub fn receive(fd: &OwnedFd, buffer: &mut [u8], blocking: bool) -> nix::Result<R
     })
 }
 
-/// The descriptor under an `IpcSender`, for non-blocking sends beside it.
-///
-/// ipc-channel has no accessor for it. Its `Debug` output names it
-/// (`SharedFileDescriptor(N)`); the number is only trusted if it is a SOCK_SEQPACKET socket.
-/// `None` means "use the sender's own (blocking) send" — slower, never wrong. A unit test
-/// fails if an ipc-channel upgrade changes this.
-pub fn ipc_sender_fd<T: serde::Serialize + std::fmt::Debug>(
-    sender: &ipc_channel::ipc::IpcSender<T>,
-) -> Option<RawFd> {
-    const MARK: &str = "SharedFileDescriptor(";
-    let debug = format!("{sender:?}");
-    let start = debug.find(MARK)? + MARK.len();
-    let end = start + debug[start..].find(')')?;
-    let fd: RawFd = debug[start..end].parse().ok()?;
-    // SAFETY: `sender` owns this descriptor and outlives the borrow.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    match getsockopt(&borrowed, sockopt::SockType) {
-        Ok(SockType::SeqPacket) => Some(fd),
-        _ => None,
-    }
-}
-
 /// What a non-blocking send did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Sent {
@@ -134,15 +131,50 @@ pub enum Sent {
     WouldBlock,
 }
 
-/// Sends one datagram without blocking. A datagram is all or nothing, so `WouldBlock` means
-/// nothing left. The fd must stay open for the call (its owner outlives it).
-pub fn send_nonblocking(fd: RawFd, datagram: &[u8]) -> nix::Result<Sent> {
+/// Sends one datagram without blocking, with `attach` passed along (SCM_RIGHTS) if given. A
+/// datagram is all or nothing, so `WouldBlock` means nothing left.
+pub fn send_nonblocking(
+    fd: BorrowedFd<'_>,
+    datagram: &[u8],
+    attach: Option<BorrowedFd<'_>>,
+) -> nix::Result<Sent> {
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_EOR | MsgFlags::MSG_NOSIGNAL;
-    match send(fd, datagram, flags) {
+    let raw = attach.map(|a| [a.as_raw_fd()]);
+    let rights = raw.as_ref().map(|r| [ControlMessage::ScmRights(r)]);
+    let cmsgs: &[ControlMessage] = rights.as_ref().map_or(&[], |r| r);
+    let iov = [IoSlice::new(datagram)];
+    match sendmsg::<()>(fd.as_raw_fd(), &iov, cmsgs, flags, None) {
         Ok(n) if n == datagram.len() => Ok(Sent::Sent),
         // A datagram socket never sends part of one.
         Ok(_) => Err(nix::errno::Errno::EMSGSIZE),
         Err(nix::errno::Errno::EAGAIN) => Ok(Sent::WouldBlock),
         Err(e) => Err(e),
     }
+}
+
+/// A connected pair of SOCK_SEQPACKET sockets, as `ipc::channel()` makes: the broker keeps
+/// one end (non-blocking) to write to and passes the other to a patron as a receiver.
+pub fn seqpacket_pair() -> nix::Result<(OwnedFd, OwnedFd)> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    set_nonblocking(&ours)?;
+    Ok((ours, theirs))
+}
+
+/// Connects to the SOCK_SEQPACKET listener at `path` without blocking: a listener whose
+/// backlog is full answers `EAGAIN` at once instead of stalling the broker.
+pub fn connect_nonblocking(path: &Path) -> nix::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    connect(fd.as_raw_fd(), &addr)?;
+    Ok(fd)
 }

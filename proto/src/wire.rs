@@ -118,6 +118,73 @@ pub fn encode_complete<T: serde::Serialize>(message: &T) -> Result<Vec<u8>, Wire
     Ok(datagram)
 }
 
+/// Payload bytes the broker puts in one datagram. ipc-channel's receiver takes datagrams up
+/// to its maximum fragment size (the system's socket send buffer less a reserve, ~170 KiB by
+/// default); staying far below it keeps every datagram readable whatever that size is.
+pub const MAX_DATAGRAM_PAYLOAD: usize = 32 * 1024;
+
+/// A message ready to be written to an ipc-channel receiver, datagram by datagram.
+#[derive(Debug)]
+pub struct Frames {
+    /// The first datagram: header and the start of the payload.
+    pub first: Vec<u8>,
+    /// The rest of the payload, if it did not fit the first datagram. It goes, in datagrams
+    /// of at most [`MAX_DATAGRAM_PAYLOAD`], on a continuation channel whose receiving end is
+    /// attached (last) to the first datagram.
+    pub rest: Vec<u8>,
+}
+
+impl Frames {
+    /// Whether the message needs a continuation channel.
+    pub fn is_fragmented(&self) -> bool {
+        !self.rest.is_empty()
+    }
+}
+
+/// Encodes `message` the way `IpcSender::send` frames it: one datagram when the payload fits
+/// [`MAX_DATAGRAM_PAYLOAD`], else a first fragment plus the rest for the continuation.
+/// Channels inside `message` must already be encoded as their index among the descriptors
+/// the first datagram carries (see [`WelcomeFrame`]).
+pub fn encode_frames<T: serde::Serialize>(message: &T) -> Result<Frames, WireError> {
+    let mut first = postcard::to_extend(message, vec![0u8; HEADER_BYTES])
+        .map_err(|e| WireError(format!("cannot encode the message: {e}")))?;
+    let total = first.len() - HEADER_BYTES;
+    let rest = if total > MAX_DATAGRAM_PAYLOAD {
+        first.split_off(HEADER_BYTES + MAX_DATAGRAM_PAYLOAD)
+    } else {
+        Vec::new()
+    };
+    let fragment = first.len();
+    first[..HEADER_BYTES / 2].copy_from_slice(&fragment.to_ne_bytes());
+    first[HEADER_BYTES / 2..HEADER_BYTES].copy_from_slice(&total.to_ne_bytes());
+    Ok(Frames { first, rest })
+}
+
+/// [`crate::Welcome`] as the broker writes it itself: the same postcard shape, with the
+/// event channel as what ipc-channel puts in its place, the index of its descriptor among
+/// those the datagram carries. The broker writes its answers without ipc-channel so that
+/// no patron-supplied name ever reaches `IpcSender::connect` (which panics on a NUL, leaks
+/// a socket when the connect fails and blocks on a full backlog).
+#[derive(Debug, serde::Serialize)]
+pub enum WelcomeFrame<'a> {
+    /// [`crate::Welcome::Accepted`]; the event channel's receiving end is descriptor 0.
+    Accepted {
+        /// The broker's process id.
+        broker_pid: u32,
+        /// The broker's number for this patron.
+        patron_id: u64,
+        /// Always 0: the first (only) descriptor of the datagram.
+        events: usize,
+    },
+    /// [`crate::Welcome::Refused`].
+    Refused {
+        /// A stable word.
+        kind: &'a str,
+        /// What to tell the user.
+        message: &'a str,
+    },
+}
+
 /// Decodes a whole message's payload.
 pub fn decode(payload: &[u8]) -> Result<ToBroker, WireError> {
     postcard::from_bytes(payload).map_err(|e| WireError(format!("cannot decode the message: {e}")))
@@ -222,6 +289,98 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// What the broker writes itself, [`WelcomeFrame`] with a channel attached and events
+    /// in [`Frames`] (small and fragmented), is what a patron's ipc-channel reads.
+    #[test]
+    fn ipc_channel_reads_what_the_broker_writes() {
+        use crate::{Event, Welcome};
+        use ipc_channel::ipc::IpcOneShotServer;
+        use nix::sys::socket::{sendmsg, socketpair, ControlMessage};
+        use std::io::IoSlice;
+
+        let send = |fd: &OwnedFd, bytes: &[u8], attach: Option<&OwnedFd>| {
+            let raw = attach.map(|a| [a.as_raw_fd()]);
+            let rights = raw.as_ref().map(|r| [ControlMessage::ScmRights(r)]);
+            let cmsgs: &[ControlMessage] = rights.as_ref().map_or(&[], |r| r);
+            sendmsg::<()>(
+                fd.as_raw_fd(),
+                &[IoSlice::new(bytes)],
+                cmsgs,
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+        };
+        let (server, name) = IpcOneShotServer::<Welcome>::new().unwrap();
+        let answer = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        nix::sys::socket::connect(answer.as_raw_fd(), &UnixAddr::new(name.as_str()).unwrap())
+            .unwrap();
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let welcome = encode_frames(&WelcomeFrame::Accepted {
+            broker_pid: 7,
+            patron_id: 42,
+            events: 0,
+        })
+        .unwrap();
+        assert!(!welcome.is_fragmented());
+        send(&answer, &welcome.first, Some(&theirs));
+        drop(theirs);
+        let Welcome::Accepted {
+            broker_pid,
+            patron_id,
+            events,
+        } = server.accept().unwrap().1
+        else {
+            panic!("an Accepted frame is read as Accepted");
+        };
+        assert_eq!((broker_pid, patron_id), (7, 42));
+
+        let small = Event::ProtocolError {
+            message: "small".into(),
+        };
+        let frames = encode_frames(&small).unwrap();
+        send(&ours, &frames.first, None);
+        assert!(
+            matches!(events.recv().unwrap(), Event::ProtocolError { message } if message == "small")
+        );
+
+        let big_name = "n".repeat(3 * MAX_DATAGRAM_PAYLOAD + 17);
+        let big = Event::ProtocolError {
+            message: big_name.clone(),
+        };
+        let frames = encode_frames(&big).unwrap();
+        assert!(frames.is_fragmented());
+        assert_eq!(frames.first.len(), HEADER_BYTES + MAX_DATAGRAM_PAYLOAD);
+        let (cont_tx, cont_rx) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        send(&ours, &frames.first, Some(&cont_rx));
+        drop(cont_rx);
+        for chunk in frames.rest.chunks(MAX_DATAGRAM_PAYLOAD) {
+            send(&cont_tx, chunk, None);
+        }
+        match events.recv().unwrap() {
+            Event::ProtocolError { message } => assert_eq!(message, big_name),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
