@@ -151,3 +151,34 @@ fn hostile_torrents_fail_to_start_with_a_reason_and_write_nothing() {
     list.args(["--json", "list"]);
     assert!(run(list).expect_code(0).json_lines().is_empty());
 }
+
+#[test]
+fn a_torrent_named_with_terminal_escapes_is_refused_and_never_printed_raw() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("escapes");
+    let downloads = sandbox.folder("downloads");
+    // Clears the screen, then forges a line of output.
+    let name = b"\x1b[2J\x1b[Hmovie\nAdded torrent 99 (forged)\x07";
+    for (what, bytes) in [
+        ("single", single(name, 10, 16384, 1)),
+        ("multi", multi(b"dir", &[&[b"ok", name]], 16384)),
+    ] {
+        let file = sandbox.path(&format!("{what}-escapes.torrent"));
+        e2e::write_file(&file, &bytes);
+        let mut add = sandbox.client(&state);
+        add.arg("add").arg(&file).arg("--output").arg(&downloads);
+        let out = run(add);
+        let printed = format!("{}{}", out.stdout, out.stderr);
+        assert_eq!(out.code(), 3, "{what}: must be refused: {printed}");
+        assert!(
+            !printed.contains(['\x1b', '\x07']),
+            "{what}: control characters reached the terminal raw: {printed:?}"
+        );
+        assert!(
+            !printed.lines().any(|l| l.starts_with("Added torrent 99")),
+            "{what}: a forged line was printed: {printed:?}"
+        );
+        assert!(printed.contains("control characters"), "{what}: {printed}");
+    }
+    assert!(files_under(&downloads).is_empty());
+}
