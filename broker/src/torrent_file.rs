@@ -206,6 +206,11 @@ fn check_component(component: &str) -> Result<(), &'static str> {
     if component.contains(['/', '\\', '\0']) {
         return Err("contains a path separator or NUL");
     }
+    // Names are data, not terminal commands (DESIGN §4): ESC, newlines and the like never
+    // become file names.
+    if component.chars().any(char::is_control) {
+        return Err("holds control characters");
+    }
     let mut parts = Path::new(component).components();
     match (parts.next(), parts.next()) {
         (Some(Component::Normal(_)), None) => Ok(()),

@@ -191,7 +191,13 @@ fn hellos_with_more_than_sixteen_descriptors_leak_none() {
 
     let (a, b) = nix::unistd::pipe().expect("pipe");
     let many: Vec<i32> = (0..20)
-        .map(|i| if i % 2 == 0 { a.as_raw_fd() } else { b.as_raw_fd() })
+        .map(|i| {
+            if i % 2 == 0 {
+                a.as_raw_fd()
+            } else {
+                b.as_raw_fd()
+            }
+        })
         .collect();
     for _ in 0..50 {
         let fd = raw_connect(&state);
@@ -221,7 +227,13 @@ fn an_admitted_patron_sending_many_descriptors_leaks_none() {
     };
     let (a, b) = nix::unistd::pipe().expect("pipe");
     let many: Vec<i32> = (0..20)
-        .map(|i| if i % 2 == 0 { a.as_raw_fd() } else { b.as_raw_fd() })
+        .map(|i| {
+            if i % 2 == 0 {
+                a.as_raw_fd()
+            } else {
+                b.as_raw_fd()
+            }
+        })
         .collect();
     for _ in 0..50 {
         send_with_fds(&channel, &hello_naming("/tmp/whatever"), &many);

@@ -114,7 +114,7 @@ pub fn wait_until_complete(
                     if let Some(bar) = bar {
                         bar.finish_with_message("complete");
                     } else if !ctx.out.json {
-                        println!("Complete: {}", status.name);
+                        println!("Complete: {}", super::output::shown(&status.name));
                     }
                     return Ok(());
                 }

@@ -77,7 +77,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
                 "Made {}\n  info hash: {}\n  name:      {}\n  size:      {} in {} pieces of {}",
                 output.display(),
                 made.info_hash,
-                made.name,
+                super::output::shown(&made.name),
                 bytes(made.total_bytes),
                 made.pieces,
                 bytes(made.piece_size)

@@ -19,17 +19,43 @@ impl Output {
         if self.json {
             println!("{value}");
         } else {
-            println!("{}", human());
+            // Fields were escaped where they were put in; this catches any that were not.
+            println!("{}", terminal_safe(&human()));
         }
     }
 
     /// Reports an error: always on stderr, and as a JSON object on stdout with `--json`.
     pub fn error(&self, error: &Error) {
-        eprintln!("patron-client: {error}");
+        eprintln!("patron-client: {}", shown(&error.to_string()));
         if self.json {
             println!("{}", error_json(error));
         }
     }
+}
+
+/// Text that came from a torrent, a peer or the broker (names, folders, messages), made safe
+/// for a terminal: every control character, newlines included, is written as an escape
+/// (`\u{1b}`), so a name can neither move the cursor nor forge a line (DESIGN §4). JSON output
+/// needs none of this: serde_json escapes control characters itself.
+pub fn shown(text: &str) -> String {
+    escape_controls(text, false)
+}
+
+/// Like [`shown`], but keeps line breaks: for whole blocks of human output.
+pub fn terminal_safe(text: &str) -> String {
+    escape_controls(text, true)
+}
+
+fn escape_controls(text: &str, keep_newlines: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && !(keep_newlines && c == '\n') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// An error as a JSON event: `kind` is the protocol's error kind when the broker refused
@@ -80,8 +106,8 @@ pub fn info_human(verb: &str, info: &TorrentInfo) -> String {
         "{verb} torrent {}\n  info hash: {}\n  name:      {}\n  saved in:  {}\n  size:      {}",
         info.id,
         info.info_hash,
-        info.name,
-        info.save_folder,
+        shown(&info.name),
+        shown(&info.save_folder),
         bytes(info.total_bytes)
     )
 }
@@ -119,8 +145,8 @@ pub fn status_line(status: &TorrentStatus) -> String {
     format!(
         "{:>4}  {:<28}  {:<12} {:>6.2}%  {}/{}  down {}/s  up {}/s  {} peers{eta}",
         status.id.0,
-        truncate(&status.name, 28),
-        status.state.to_string(),
+        truncate(&shown(&status.name), 28),
+        shown(&status.state.to_string()),
         status.progress * 100.0,
         bytes(status.bytes_done),
         bytes(status.bytes_total),
@@ -169,5 +195,20 @@ pub fn duration(secs: u64) -> String {
         s if s < 60 => format!("{s}s"),
         s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
         s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_move_the_cursor_or_forge_lines() {
+        let evil = "\x1b[2Jmovie\nAdded torrent 99\x07\u{9b}";
+        let safe = shown(evil);
+        assert!(!safe.chars().any(char::is_control), "{safe:?}");
+        assert!(safe.contains("movie") && safe.contains("\\u{1b}"));
+        assert_eq!(terminal_safe("a\nb\x1b"), "a\nb\\u{1b}");
+        assert_eq!(shown("plain ünïcode name"), "plain ünïcode name");
     }
 }

@@ -92,7 +92,11 @@ impl Screen {
             .progress_chars("=> ");
         let bar = self.lines.add(ProgressBar::new(total.max(1)));
         bar.set_style(style);
-        bar.set_prefix(format!("{:>4} {:<28}", id.0, truncate(name, 28)));
+        bar.set_prefix(format!(
+            "{:>4} {:<28}",
+            id.0,
+            truncate(&super::output::shown(name), 28)
+        ));
         bar.set_message("waiting for status");
         self.bars.insert(id, bar);
     }
@@ -114,7 +118,7 @@ impl Screen {
         };
         bar.set_message(format!(
             "{:<11} ↓{}/s ↑{}/s  {peers}{eta}",
-            status.state.to_string(),
+            super::output::shown(&status.state.to_string()),
             bytes(status.download_rate),
             bytes(status.upload_rate),
         ));
@@ -122,7 +126,7 @@ impl Screen {
 
     fn gone(&mut self, id: TorrentId, reason: &str) {
         if let Some(bar) = self.bars.get(&id) {
-            bar.abandon_with_message(format!("closed: {reason}"));
+            bar.abandon_with_message(format!("closed: {}", super::output::shown(reason)));
         }
     }
 }
