@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 /// Runs `cmd` with its stdout a pipe whose reader already left, as `cmd | head -0` would.
 fn run_into_closed_pipe(mut cmd: Command) -> (Option<i32>, String) {
-    let (reader, writer) = std::io::pipe().expect("pipe");
+    let (reader, writer) = nix::unistd::pipe().expect("pipe");
     drop(reader);
     let child = cmd
         .stdin(Stdio::null())

@@ -103,7 +103,7 @@ pub fn wait_until_complete(
         match patron.next_event()? {
             Event::TorrentStatusUpdate(status) if status.id == id => {
                 if ctx.out.json {
-                    println!("{}", status_json(&status));
+                    out!("{}", status_json(&status));
                 }
                 if let Some(bar) = &bar {
                     bar.set_length(status.bytes_total);
@@ -114,7 +114,7 @@ pub fn wait_until_complete(
                     if let Some(bar) = bar {
                         bar.finish_with_message("complete");
                     } else if !ctx.out.json {
-                        println!("Complete: {}", super::output::shown(&status.name));
+                        out!("Complete: {}", super::output::shown(&status.name));
                     }
                     return Ok(());
                 }

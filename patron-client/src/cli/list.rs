@@ -9,13 +9,13 @@ pub fn run(ctx: &Context) -> Result<Exit, Error> {
     let torrents = patron.list()?;
     if ctx.out.json {
         for summary in &torrents {
-            println!("{}", summary_json(summary));
+            out!("{}", summary_json(summary));
         }
     } else if torrents.is_empty() {
-        println!("No torrents.");
+        out!("No torrents.");
     } else {
         for summary in &torrents {
-            println!("{}", status_line(&summary.status));
+            out!("{}", status_line(&summary.status));
         }
     }
     Ok(Exit::Success)

@@ -1,5 +1,13 @@
 //! Argument parsing, exit codes and dispatch. Each command lives in a module of its own.
 
+/// `println!` for the command's stdout that never panics: a reader that left (`| head`) ends
+/// the command quietly with exit 0, any other write error with a message and exit 1.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::print_line(format_args!($($arg)*))
+    };
+}
+
 mod add;
 mod broker;
 mod close;

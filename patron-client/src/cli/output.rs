@@ -4,6 +4,21 @@ use patron_client::proto::{MadeTorrent, TorrentInfo, TorrentStatus, TorrentSumma
 use patron_client::Error;
 use serde_json::{json, Value};
 
+/// Writes one line to stdout (see the `out!` macro).
+pub fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("patron-client: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Where and how to print.
 pub struct Output {
     pub json: bool,
@@ -17,10 +32,10 @@ impl Output {
     /// Prints one result: `human` for people, `value` (one line) with `--json`.
     pub fn emit(&self, human: impl FnOnce() -> String, value: Value) {
         if self.json {
-            println!("{value}");
+            out!("{value}");
         } else {
             // Fields were escaped where they were put in; this catches any that were not.
-            println!("{}", terminal_safe(&human()));
+            out!("{}", terminal_safe(&human()));
         }
     }
 
@@ -28,7 +43,7 @@ impl Output {
     pub fn error(&self, error: &Error) {
         eprintln!("patron-client: {}", shown(&error.to_string()));
         if self.json {
-            println!("{}", error_json(error));
+            out!("{}", error_json(error));
         }
     }
 }

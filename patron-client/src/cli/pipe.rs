@@ -105,8 +105,8 @@ pub fn run(ctx: &Context) -> Result<Exit, Error> {
         let event = match patron.next_event() {
             Ok(event) => event,
             Err(error) => {
-                println!("{}", error_json(&error, Value::Null));
-                println!(
+                out!("{}", error_json(&error, Value::Null));
+                out!(
                     "{}",
                     json!({"event": "finished", "reason": error.to_string()})
                 );
@@ -120,13 +120,13 @@ pub fn run(ctx: &Context) -> Result<Exit, Error> {
                 request,
                 ..
             }) => {
-                println!("{}", json!({"event": "finished", "request": request}));
+                out!("{}", json!({"event": "finished", "request": request}));
                 break Exit::Success;
             }
-            Some(pending) => println!("{}", reply_json(event, pending)),
+            Some(pending) => out!("{}", reply_json(event, pending)),
             // Status updates and notices. After `broker-stopping` or `disconnected` the
             // connection closes, and the next receive ends the session above.
-            None => println!("{}", event_json(event)),
+            None => out!("{}", event_json(event)),
         }
     };
     // The reader may still block on stdin: it ends with the process.
@@ -151,7 +151,7 @@ fn read_commands(requester: &Requester, pending: &PendingMap) {
         let (request, line) = match parse(&line, number) {
             Ok(parsed) => parsed,
             Err((request, message)) => {
-                println!(
+                out!(
                     "{}",
                     json!({"event": "error", "kind": "bad-line", "line": number,
                            "request": request, "message": message})
@@ -169,7 +169,7 @@ fn read_commands(requester: &Requester, pending: &PendingMap) {
         let (body, make_output) = match body_of(command) {
             Ok(body) => body,
             Err(message) => {
-                println!(
+                out!(
                     "{}",
                     json!({"event": "error", "kind": "bad-line", "line": number,
                            "request": request, "message": message})
@@ -183,7 +183,7 @@ fn read_commands(requester: &Requester, pending: &PendingMap) {
             finishes: false,
         };
         if let Err(error) = send(requester, pending, body, pending_entry) {
-            println!("{}", error_json(&error, request));
+            out!("{}", error_json(&error, request));
         }
     }
     // EOF or shutdown: a cheap request whose reply marks the end of all earlier ones.
