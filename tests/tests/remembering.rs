@@ -1,0 +1,184 @@
+//! What the broker remembers (DESIGN §4a): no torrent is ever forgotten by accident. A
+//! record that cannot be restored is kept and shown, an unreadable state file is never
+//! overwritten, and an add the broker could not record is not reported as done.
+
+use e2e::{run, BrokerProcess, Sandbox, STEP_TIMEOUT};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Makes a .torrent of a small local file (nothing is seeded) and returns its path. A broker
+/// of its own does the hashing, so that the tests' brokers start and stop as they need.
+fn made_torrent(sandbox: &Sandbox, name: &str) -> PathBuf {
+    let data = sandbox.random_file(&format!("data/{name}"), 40_000);
+    let torrent = sandbox.path(&format!("{name}.torrent"));
+    let maker = sandbox.state_dir(&format!("maker-{name}"));
+    let mut make = sandbox.client(&maker);
+    make.arg("make").arg(&data).arg("--output").arg(&torrent);
+    run(make).expect_code(0);
+    torrent
+}
+
+fn listed(sandbox: &Sandbox, state: &Path) -> Vec<Value> {
+    let mut list = sandbox.client(state);
+    list.args(["--json", "list"]);
+    run(list).expect_code(0).json_lines()
+}
+
+fn stop(mut broker: BrokerProcess) {
+    broker.signal(Signal::SIGTERM);
+    assert!(broker.wait_exit(STEP_TIMEOUT).success());
+}
+
+#[test]
+fn a_record_that_cannot_be_restored_is_kept_shown_and_restored_later() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("keep");
+    let mounts = sandbox.folder("mounts");
+    let disk = mounts.join("disk");
+    let save = disk.join("downloads");
+    std::fs::create_dir_all(&save).expect("save folder");
+    let torrent = made_torrent(&sandbox, "kept.bin");
+    let root = format!("--download-root={}", mounts.display());
+
+    let broker = sandbox.broker(&state, &[&root]);
+    let add = sandbox.add_command(&state, &torrent, &save, None);
+    let added = run(add).expect_code(0).json_lines();
+    let id = added[0]["id"].clone();
+    stop(broker);
+
+    // The disk is "not mounted": its folder is gone, and in its place a file.
+    let away = sandbox.path("disk-away");
+    std::fs::rename(&disk, &away).expect("unmount");
+    std::fs::write(&disk, b"not a folder").expect("file in its place");
+    let broker = sandbox.broker(&state, &[&root]);
+    let torrents = listed(&sandbox, &state);
+    assert_eq!(torrents.len(), 1, "the record is kept: {torrents:?}");
+    assert_eq!(torrents[0]["id"], id);
+    assert_eq!(torrents[0]["state"], "error", "{torrents:?}");
+    let why = torrents[0]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("downloads"), "the error names the folder: {why}");
+    stop(broker);
+
+    // Mounted again: the next start restores it.
+    std::fs::remove_file(&disk).expect("remove the file");
+    std::fs::rename(&away, &disk).expect("mount");
+    let broker = sandbox.broker(&state, &[&root]);
+    let torrents = listed(&sandbox, &state);
+    assert_eq!(torrents.len(), 1, "{torrents:?}");
+    assert_eq!(torrents[0]["id"], id);
+    assert_ne!(torrents[0]["state"], "error", "{torrents:?}");
+    stop(broker);
+}
+
+#[test]
+fn a_missing_save_folder_is_not_created_again_at_restore() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("unmounted");
+    let disk = sandbox.folder("mnt/disk");
+    let torrent = made_torrent(&sandbox, "unmounted.bin");
+    let broker = sandbox.broker(&state, &[]);
+    run(sandbox.add_command(&state, &torrent, &disk, None)).expect_code(0);
+    stop(broker);
+
+    // An unmounted disk leaves an empty mount point, or none: writing there would fill the
+    // wrong disk.
+    std::fs::remove_dir_all(&disk).expect("unmount");
+    let broker = sandbox.broker(&state, &[]);
+    let torrents = listed(&sandbox, &state);
+    assert_eq!(torrents.len(), 1, "{torrents:?}");
+    assert_eq!(torrents[0]["state"], "error", "{torrents:?}");
+    assert!(!disk.exists(), "the broker created the missing save folder again");
+    stop(broker);
+}
+
+#[test]
+fn an_unreadable_state_file_stops_the_broker_and_is_never_overwritten() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("unreadable");
+    let downloads = sandbox.folder("downloads");
+    let torrent = made_torrent(&sandbox, "unreadable.bin");
+    let broker = sandbox.broker(&state, &[]);
+    run(sandbox.add_command(&state, &torrent, &downloads, None)).expect_code(0);
+    stop(broker);
+    let records = state.join("torrents.json");
+    let kept: Vec<PathBuf> = std::fs::read_dir(state.join("torrents"))
+        .expect("torrents folder")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(kept.len(), 1);
+
+    for contents in [&b""[..], &b"{\"1\": {\"save_fol"[..]] {
+        std::fs::write(&records, contents).expect("damage the records");
+        let mut broker = Command::new(e2e::bin("torrent-broker"));
+        sandbox.apply_env(&mut broker);
+        broker.arg("--state-dir").arg(&state);
+        let out = run(broker);
+        assert_ne!(out.code(), 0, "started on a damaged torrents.json");
+        assert!(
+            out.stderr.contains("torrents.json"),
+            "the message names the file: {}",
+            out.stderr
+        );
+        assert_eq!(std::fs::read(&records).expect("records"), contents);
+        for file in &kept {
+            assert!(file.exists(), "{} was deleted", file.display());
+        }
+    }
+}
+
+#[test]
+fn an_add_the_broker_cannot_record_fails_and_nothing_is_forgotten() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test mounts a tmpfs and needs root (CI runs as root)"
+    );
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("full");
+    let downloads = sandbox.folder("downloads");
+    let first = made_torrent(&sandbox, "first.bin");
+    let second = made_torrent(&sandbox, "second.bin");
+    let mount = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .expect("mount");
+    assert!(mount.success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+
+    let broker = sandbox.broker(&state, &[]);
+    run(sandbox.add_command(&state, &first, &downloads, None)).expect_code(0);
+    // Fill the state filesystem to the last byte.
+    let filler = state.join("filler");
+    let mut chunk = vec![0u8; 4096];
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        while file.write_all(&chunk).is_ok() {}
+        chunk.truncate(1);
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+    }
+    let out = run(sandbox.add_command(&state, &second, &downloads, None));
+    assert_ne!(out.code(), 0, "an add that could not be recorded succeeded");
+    let error = &out.json_lines()[0];
+    assert_eq!(error["event"], "error", "{error}");
+    let torrents = listed(&sandbox, &state);
+    assert_eq!(torrents.len(), 1, "only the recorded torrent runs: {torrents:?}");
+
+    // Room again; after a restart exactly the recorded torrent is back.
+    std::fs::remove_file(&filler).expect("remove filler");
+    stop(broker);
+    let broker = sandbox.broker(&state, &[]);
+    let torrents = listed(&sandbox, &state);
+    assert_eq!(torrents.len(), 1, "{torrents:?}");
+    stop(broker);
+}
