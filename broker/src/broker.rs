@@ -3,7 +3,7 @@
 use crate::config::BrokerConfig;
 use crate::engine::{self, AddSpec, Added, Engine};
 use crate::patron::{self, Outbox, PatronConnection, PatronId, Pushed, MAX_QUEUED_REPLIES};
-use crate::registry::{RestoreSpec, TorrentRegistry};
+use crate::registry::{RestoreSpec, TorrentRegistry, Unrestored};
 use crate::requests::RequestReader;
 use crate::torrent_file::{self, CheckedTorrent};
 use crate::{commands, fanout, rendezvous, shutdown};
@@ -70,6 +70,8 @@ pub struct Broker {
     runtime: tokio::runtime::Handle,
     /// The request reader, once serving: told to close a dropped patron's channel at once.
     reader: OnceLock<RequestReader>,
+    /// Held while the registry is saved.
+    saving: Mutex<()>,
 }
 
 impl Broker {
@@ -85,8 +87,9 @@ impl Broker {
             adding: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::current(),
             reader: OnceLock::new(),
+            saving: Mutex::new(()),
         });
-        broker.restore().await;
+        broker.restore().await?;
         Ok(broker)
     }
 
@@ -121,14 +124,24 @@ impl Broker {
         self.config.state_dir.join("torrents.json")
     }
 
-    async fn restore(&self) {
-        let records = TorrentRegistry::load_records(&self.restore_path());
+    /// Adds the recorded torrents again. A record that cannot be restored is kept (shown in
+    /// error, retried at the next start); records that cannot be read stop the start, and
+    /// nothing is overwritten.
+    async fn restore(&self) -> anyhow::Result<()> {
+        let records = TorrentRegistry::load_records(&self.restore_path())
+            .map_err(|why| anyhow::anyhow!(why))?;
         for id in records.keys() {
             self.engine.reserve_id(*id);
         }
         for (id, spec) in records {
-            if let Err(e) = self.restore_one(id, spec).await {
-                tracing::error!(torrent = %id, "cannot restore: {e}");
+            if let Err((error, info)) = self.restore_one(id, &spec).await {
+                tracing::error!(torrent = %id, "cannot restore, kept for the next start: {error}");
+                let unrestored = Unrestored {
+                    info,
+                    restore: spec,
+                    error: error.message,
+                };
+                self.state().registry.keep_unrestored(id, unrestored);
             }
         }
         // Files of torrents that are no longer recorded (ephemeral, or closed mid-save).
@@ -140,23 +153,39 @@ impl Broker {
                     .and_then(|s| s.to_str())
                     .and_then(|s| s.parse().ok())
                     .map(TorrentId);
-                if id.is_none_or(|id| self.state().registry.get(id).is_none()) {
+                let is_record = file.path().extension().is_some_and(|e| e == "torrent");
+                if is_record && id.is_none_or(|id| !self.state().registry.remembers(id)) {
                     let _ = std::fs::remove_file(file.path());
                 }
             }
         }
-        self.save_registry();
+        self.save_registry().map_err(|why| anyhow::anyhow!(why))?;
+        Ok(())
     }
 
-    async fn restore_one(&self, id: TorrentId, spec: RestoreSpec) -> Result<(), ProtoError> {
+    /// Restores one record; on failure, the reason and what is known of the torrent.
+    async fn restore_one(
+        &self,
+        id: TorrentId,
+        spec: &RestoreSpec,
+    ) -> Result<(), (ProtoError, TorrentInfo)> {
+        let mut info = TorrentInfo {
+            id,
+            info_hash: proto::InfoHash([0; 20]),
+            name: format!("torrent {id}"),
+            save_folder: spec.save_folder.display().to_string(),
+            total_bytes: 0,
+        };
         let path = self.torrent_file_path(id);
         let bytes = std::fs::read(&path).map_err(|e| {
-            ProtoError::new(
-                ErrorKind::Io,
-                format!("cannot read {}: {e}", path.display()),
-            )
+            let why = format!("cannot read {}: {e}", path.display());
+            (ProtoError::new(ErrorKind::Io, why), info.clone())
         })?;
-        let checked = torrent_file::check_torrent_file(&bytes, self.config.loopback_only)?;
+        let checked = torrent_file::check_torrent_file(&bytes, self.config.loopback_only)
+            .map_err(|e| (e, info.clone()))?;
+        info = checked.info(id, &spec.save_folder);
+        self.check_restorable_folder(&spec.save_folder)
+            .map_err(|e| (e, info.clone()))?;
         let added = self
             .engine
             .add(AddSpec {
@@ -169,13 +198,40 @@ impl Broker {
                 peers: spec.peers.clone(),
                 id: Some(id),
             })
-            .await?;
+            .await
+            .map_err(|e| (e, info.clone()))?;
         tracing::info!(torrent = %id, name = %checked.name, "restored torrent");
         let info = checked.info(added.id, &spec.save_folder);
         self.state()
             .registry
-            .insert_or_hold(info, added.handle, spec, None);
+            .insert_or_hold(info, added.handle, spec.clone(), None);
         Ok(())
+    }
+
+    /// A save folder is used again only as it was: an existing folder inside the roots. A
+    /// missing one is not created again (an unmounted disk would have the torrent written
+    /// onto the disk beneath the mount point).
+    fn check_restorable_folder(&self, folder: &Path) -> Result<(), ProtoError> {
+        let io = |why: String| ProtoError::new(ErrorKind::Io, why);
+        let meta = std::fs::metadata(folder).map_err(|e| {
+            io(format!(
+                "save folder {} is unusable: {e} (is its disk mounted?)",
+                folder.display()
+            ))
+        })?;
+        if !meta.is_dir() {
+            return Err(io(format!(
+                "save folder {} is not a folder",
+                folder.display()
+            )));
+        }
+        let canonical = folder.canonicalize().map_err(|e| {
+            io(format!(
+                "cannot resolve save folder {}: {e}",
+                folder.display()
+            ))
+        })?;
+        self.check_inside_roots(&canonical)
     }
 
     fn torrent_file_path(&self, id: TorrentId) -> PathBuf {
@@ -183,25 +239,31 @@ impl Broker {
     }
 
     /// Records a torrent the engine just accepted for `holder` (persisting it, unless it is
-    /// ephemeral), or makes `holder` join it if the engine already ran it.
+    /// ephemeral), or makes `holder` join it if the engine already ran it. A new torrent that
+    /// cannot be recorded durably is stopped again and the add fails: a torrent the broker
+    /// said it runs is one it will still run after a restart.
     pub async fn register(
         &self,
         added: Added,
         checked: &CheckedTorrent,
         restore: RestoreSpec,
         holder: PatronId,
-    ) -> (TorrentInfo, bool) {
+    ) -> Result<(TorrentInfo, bool), ProtoError> {
         let info = checked.info(added.id, &restore.save_folder);
-        if added.is_new && !restore.ephemeral {
-            let path = self.torrent_file_path(added.id);
+        let id = added.id;
+        let record = added.is_new && !restore.ephemeral;
+        let path = self.torrent_file_path(id);
+        if record {
             let written = crate::config::create_private_dir(&self.config.torrents_dir())
-                .map_err(|e| e.to_string())
-                .and_then(|()| std::fs::write(&path, &checked.bytes).map_err(|e| e.to_string()));
-            if let Err(e) = written {
-                tracing::error!(torrent = %added.id, "cannot persist {}: {e}", path.display());
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|()| {
+                    crate::store::write_atomically(&path, &checked.bytes)
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+                });
+            if let Err(why) = written {
+                return Err(self.unrecordable(id, &path, why).await);
             }
         }
-        let id = added.id;
         let kept = {
             let mut state = self.state();
             state
@@ -217,27 +279,42 @@ impl Broker {
                 info
             }
         };
-        match kept {
-            Some(info) => {
-                if added.is_new {
-                    self.save_registry();
-                }
-                (info, added.is_new)
+        // Recorded before the patron is told: every later save includes it too.
+        if record {
+            if let Err(why) = self.save_registry() {
+                self.state().registry.remove(id);
+                return Err(self.unrecordable(id, &path, why).await);
             }
+        }
+        match kept {
+            Some(info) => Ok((info, added.is_new)),
             None => {
                 tracing::info!(torrent = %id, "closing ephemeral torrent: its creator left");
                 if let Err(e) = self.stop_torrent(id, false).await {
                     tracing::warn!(torrent = %id, "cannot close: {e:#}");
                 }
-                (info, added.is_new)
+                Ok((info, added.is_new))
             }
         }
     }
 
+    /// Undoes a new torrent the broker could not record, and says why.
+    async fn unrecordable(&self, id: TorrentId, path: &Path, why: String) -> ProtoError {
+        tracing::error!(torrent = %id, "cannot record a new torrent, stopping it: {why}");
+        let _ = crate::store::remove_durably(path);
+        if let Err(e) = self.engine.remove(id, false).await {
+            tracing::warn!(torrent = %id, "cannot stop it: {e:#}");
+        }
+        ProtoError::new(
+            ErrorKind::Io,
+            format!("the broker cannot record the torrent, so it did not start it: {why}"),
+        )
+    }
+
     /// Stops a torrent already removed from the registry, and forgets its persisted files.
     pub async fn stop_torrent(&self, id: TorrentId, delete_data: bool) -> anyhow::Result<()> {
-        let _ = std::fs::remove_file(self.torrent_file_path(id));
-        self.save_registry();
+        let _ = crate::store::remove_durably(&self.torrent_file_path(id));
+        let _ = self.save_registry();
         self.engine.remove(id, delete_data).await
     }
 
@@ -247,12 +324,20 @@ impl Broker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes the registry's restart records; a failure is logged, not fatal.
-    pub fn save_registry(&self) {
+    /// Writes the registry's restart records, durably. Saves are serialized, and each takes
+    /// its snapshot inside that order, so a later state is never overwritten by an earlier
+    /// one; the state lock is not held during the write. A failure is logged and returned.
+    pub fn save_registry(&self) -> Result<(), String> {
         let path = self.restore_path();
-        if let Err(e) = self.state().registry.save(&path) {
-            tracing::error!("cannot save {}: {e}", path.display());
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        let json = self.state().registry.records_json();
+        let saved = json
+            .and_then(|json| crate::store::write_atomically(&path, &json))
+            .map_err(|e| format!("cannot save {}: {e}", path.display()));
+        if let Err(why) = &saved {
+            tracing::error!("{why}");
         }
+        saved
     }
 
     /// Whether the broker is stopping (no new patrons, no new torrents).
@@ -514,7 +599,7 @@ impl Broker {
             patron::say_goodbye(&outboxes, goodbye, GOODBYE_WAIT)
         })
         .await;
-        self.save_registry();
+        let _ = self.save_registry();
         self.engine.stop().await;
         tracing::info!("stopped");
     }

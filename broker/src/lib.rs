@@ -17,6 +17,7 @@
 //! - [`commands`]: request → engine → exactly one reply, in request order per patron.
 //! - [`engine`]: the librqbit session and everything specific to it.
 //! - [`registry`]: which torrents run and which patrons hold them.
+//! - [`store`]: crash-safe writes of what the broker remembers.
 //! - [`fanout`]: status → holders, when it changed.
 //! - [`patron`]: each patron's outbox; the broker never blocks on a send.
 //! - [`shutdown`]: SIGTERM/SIGINT or a stop request → tell patrons, persist, stop.
@@ -33,6 +34,7 @@ pub mod rendezvous;
 pub mod requests;
 pub mod shutdown;
 pub mod socket;
+pub mod store;
 pub mod torrent_file;
 
 pub use broker::{run, Broker};

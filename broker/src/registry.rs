@@ -51,13 +51,42 @@ pub struct RestoreSpec {
     pub ephemeral: bool,
 }
 
-/// Every torrent the broker runs.
+/// A record the broker could not restore (its disk not mounted, its folder gone, an engine
+/// error). It is kept, saved with the others, shown in `list` in an error state saying why,
+/// and tried again at the next start: never deleted because a start failed (DESIGN §4a).
+#[derive(Debug, Clone)]
+pub struct Unrestored {
+    /// What is known of it (from its .torrent, when that could be read).
+    pub info: TorrentInfo,
+    /// How to add it again.
+    pub restore: RestoreSpec,
+    /// Why it could not be restored.
+    pub error: String,
+}
+
+/// Every torrent the broker runs, and those it remembers but could not restore.
 #[derive(Default)]
 pub struct TorrentRegistry {
     torrents: BTreeMap<TorrentId, TorrentEntry>,
+    unrestored: BTreeMap<TorrentId, Unrestored>,
 }
 
 impl TorrentRegistry {
+    /// Keeps a record that could not be restored.
+    pub fn keep_unrestored(&mut self, id: TorrentId, unrestored: Unrestored) {
+        self.unrestored.insert(id, unrestored);
+    }
+
+    /// Records that could not be restored, by id.
+    pub fn unrestored(&self) -> impl Iterator<Item = (&TorrentId, &Unrestored)> {
+        self.unrestored.iter()
+    }
+
+    /// Whether this id is remembered at all (running or not restored).
+    pub fn remembers(&self, id: TorrentId) -> bool {
+        self.torrents.contains_key(&id) || self.unrestored.contains_key(&id)
+    }
+
     /// The torrent with this id.
     pub fn get(&self, id: TorrentId) -> Option<&TorrentEntry> {
         self.torrents.get(&id)
@@ -149,34 +178,42 @@ impl TorrentRegistry {
         self.torrents.is_empty()
     }
 
-    /// Writes the restart records (atomically: a temporary file, then a rename).
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let records: BTreeMap<u64, &RestoreSpec> = self
+    /// The restart records, as saved in `torrents.json`: every torrent to restore, running
+    /// or not restored, ephemeral ones excepted.
+    pub fn records_json(&self) -> std::io::Result<Vec<u8>> {
+        let running = self
             .torrents
             .iter()
             .filter(|(_, entry)| !entry.restore.ephemeral)
-            .map(|(id, entry)| (id.0, &entry.restore))
-            .collect();
-        let json = serde_json::to_vec_pretty(&records)?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(&tmp, path)
+            .map(|(id, entry)| (id.0, &entry.restore));
+        let kept = self.unrestored.iter().map(|(id, u)| (id.0, &u.restore));
+        let records: BTreeMap<u64, &RestoreSpec> = running.chain(kept).collect();
+        Ok(serde_json::to_vec_pretty(&records)?)
     }
 
-    /// Reads the restart records written by [`TorrentRegistry::save`].
-    pub fn load_records(path: &Path) -> BTreeMap<TorrentId, RestoreSpec> {
-        let Ok(bytes) = std::fs::read(path) else {
-            return BTreeMap::new();
+    /// Reads the restart records written by [`TorrentRegistry::save`]. No file means no
+    /// torrents; a file that cannot be read or parsed (empty included: a saved registry is
+    /// never empty, it is at least `{}`) is an error, and the caller must not overwrite it.
+    pub fn load_records(path: &Path) -> Result<BTreeMap<TorrentId, RestoreSpec>, String> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        match serde_json::from_slice::<BTreeMap<u64, RestoreSpec>>(&bytes) {
-            Ok(records) => records
-                .into_iter()
-                .map(|(id, spec)| (TorrentId(id), spec))
-                .collect(),
-            Err(e) => {
-                tracing::warn!("ignoring unreadable {}: {e}", path.display());
-                BTreeMap::new()
-            }
-        }
+        let records = serde_json::from_slice::<BTreeMap<u64, RestoreSpec>>(&bytes).map_err(|e| {
+            let what = if bytes.is_empty() {
+                "is empty".to_owned()
+            } else {
+                format!("is damaged ({e})")
+            };
+            format!(
+                "{} {what}; it lists the torrents to restore, so the broker will not start over it: restore it from a backup, or move it aside to start with no torrents",
+                path.display()
+            )
+        })?;
+        Ok(records
+            .into_iter()
+            .map(|(id, spec)| (TorrentId(id), spec))
+            .collect())
     }
 }

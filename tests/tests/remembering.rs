@@ -58,7 +58,10 @@ fn a_record_that_cannot_be_restored_is_kept_shown_and_restored_later() {
     assert_eq!(torrents[0]["id"], id);
     assert_eq!(torrents[0]["state"], "error", "{torrents:?}");
     let why = torrents[0]["error"].as_str().unwrap_or_default();
-    assert!(why.contains("downloads"), "the error names the folder: {why}");
+    assert!(
+        why.contains("downloads"),
+        "the error names the folder: {why}"
+    );
     stop(broker);
 
     // Mounted again: the next start restores it.
@@ -89,7 +92,10 @@ fn a_missing_save_folder_is_not_created_again_at_restore() {
     let torrents = listed(&sandbox, &state);
     assert_eq!(torrents.len(), 1, "{torrents:?}");
     assert_eq!(torrents[0]["state"], "error", "{torrents:?}");
-    assert!(!disk.exists(), "the broker created the missing save folder again");
+    assert!(
+        !disk.exists(),
+        "the broker created the missing save folder again"
+    );
     stop(broker);
 }
 
@@ -172,7 +178,11 @@ fn an_add_the_broker_cannot_record_fails_and_nothing_is_forgotten() {
     let error = &out.json_lines()[0];
     assert_eq!(error["event"], "error", "{error}");
     let torrents = listed(&sandbox, &state);
-    assert_eq!(torrents.len(), 1, "only the recorded torrent runs: {torrents:?}");
+    assert_eq!(
+        torrents.len(),
+        1,
+        "only the recorded torrent runs: {torrents:?}"
+    );
 
     // Room again; after a restart exactly the recorded torrent is back.
     std::fs::remove_file(&filler).expect("remove filler");

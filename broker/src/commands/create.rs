@@ -103,7 +103,7 @@ async fn start(
             id: None,
         })
         .await?;
-    let (torrent, is_new) = broker.register(added, &checked, restore, patron).await;
+    let (torrent, is_new) = broker.register(added, &checked, restore, patron).await?;
     if is_new {
         tracing::info!(patron, torrent = %torrent.id, name = %torrent.name, "torrent started");
         Ok(Event::NewTorrentCreated { request, torrent })

@@ -3,14 +3,20 @@
 use crate::broker::Broker;
 use crate::engine;
 use crate::patron::PatronId;
-use proto::{Event, RequestId, TorrentSummary};
+use crate::registry::Unrestored;
+use proto::{Event, RequestId, TorrentState, TorrentStatus, TorrentSummary};
 
 pub fn run(broker: &Broker, patron: PatronId, request: RequestId) -> Event {
     // The engine's stats are computed after the broker's lock is let go: with many torrents
     // that is most of the work, and every other request needs the lock.
-    let listed: Vec<_> = {
+    let (listed, unrestored): (Vec<_>, Vec<_>) = {
         let state = broker.state();
-        state
+        let unrestored = state
+            .registry
+            .unrestored()
+            .map(|(_, u)| unrestored_summary(u))
+            .collect();
+        let listed = state
             .registry
             .iter()
             .map(|(_, entry)| {
@@ -21,9 +27,10 @@ pub fn run(broker: &Broker, patron: PatronId, request: RequestId) -> Event {
                 );
                 (entry.info.clone(), entry.handle.clone(), held)
             })
-            .collect()
+            .collect();
+        (listed, unrestored)
     };
-    let torrents = listed
+    let mut torrents: Vec<TorrentSummary> = listed
         .into_iter()
         .map(
             |(info, handle, (holders, held_by_you, ephemeral))| TorrentSummary {
@@ -35,5 +42,37 @@ pub fn run(broker: &Broker, patron: PatronId, request: RequestId) -> Event {
             },
         )
         .collect();
+    // Remembered but not restored: shown, in error, with the reason (DESIGN §4a).
+    torrents.extend(unrestored);
+    torrents.sort_by_key(|t| t.info.id);
     Event::TorrentList { request, torrents }
+}
+
+fn unrestored_summary(unrestored: &Unrestored) -> TorrentSummary {
+    let info = unrestored.info.clone();
+    TorrentSummary {
+        status: TorrentStatus {
+            id: info.id,
+            info_hash: info.info_hash,
+            name: info.name.clone(),
+            state: TorrentState::Error(format!(
+                "not restored (retried at the next start): {}",
+                unrestored.error
+            )),
+            progress: 0.0,
+            bytes_done: 0,
+            bytes_total: info.total_bytes,
+            download_rate: 0,
+            upload_rate: 0,
+            uploaded: 0,
+            peers: 0,
+            seeds: 0,
+            eta_secs: None,
+            complete: false,
+        },
+        info,
+        holders: 0,
+        held_by_you: false,
+        ephemeral: false,
+    }
 }

@@ -78,7 +78,7 @@ async fn make_and_seed(
             paused: false,
             ephemeral: false,
         };
-        let (info, _) = broker.register(added, checked, restore, patron).await;
+        let (info, _) = broker.register(added, checked, restore, patron).await?;
         tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");
         Some(info)
     } else {
