@@ -182,3 +182,94 @@ fn a_torrent_named_with_terminal_escapes_is_refused_and_never_printed_raw() {
     }
     assert!(files_under(&downloads).is_empty());
 }
+
+/// Adds `torrent` (written to a file) into `save`, with `--overwrite` if asked; returns the
+/// exit code and what was printed.
+fn add_into(
+    sandbox: &Sandbox,
+    state: &Path,
+    what: &str,
+    torrent: &[u8],
+    save: &Path,
+    overwrite: bool,
+) -> (i32, String) {
+    let file = sandbox.path(&format!("{what}.torrent"));
+    e2e::write_file(&file, torrent);
+    let mut add = sandbox.add_command(state, &file, save, None);
+    if overwrite {
+        add.arg("--overwrite");
+    }
+    let out = run(add);
+    (out.code(), format!("{}{}", out.stdout, out.stderr))
+}
+
+#[test]
+fn symlinks_in_the_save_folder_never_lead_a_write_outside_the_roots() {
+    use std::os::unix::fs::symlink;
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("symlinks");
+    let save = sandbox.folder("root/downloads");
+    let elsewhere = sandbox.folder("elsewhere");
+    let root = format!("--download-root={}", sandbox.path("root").display());
+    let _broker = sandbox.broker(&state, &[&root]);
+
+    // A folder symlink named like the torrent's own folder.
+    symlink(&elsewhere, save.join("evil")).expect("folder symlink");
+    let (code, printed) = add_into(
+        &sandbox,
+        &state,
+        "folder-link",
+        &multi(b"evil", &[&[b"a.bin"], &[b"sub", b"b.bin"]], 16384),
+        &save,
+        false,
+    );
+    assert_eq!(code, 3, "{printed}");
+    assert!(printed.contains("symbolic link"), "{printed}");
+
+    // A file symlink where the torrent's file goes, with --overwrite: its target is outside.
+    let victim = elsewhere.join("victim.txt");
+    std::fs::write(&victim, b"precious").expect("victim");
+    symlink(&victim, save.join("target.bin")).expect("file symlink");
+    let (code, printed) = add_into(
+        &sandbox,
+        &state,
+        "file-link",
+        &single(b"target.bin", 40_000, 16384, 3),
+        &save,
+        true,
+    );
+    assert_eq!(code, 3, "{printed}");
+    assert!(printed.contains("symbolic link"), "{printed}");
+
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+    assert_eq!(files_under(&elsewhere), vec![victim.display().to_string()]);
+}
+
+#[test]
+fn a_torrent_never_adds_files_to_an_existing_folder_that_is_not_its_own() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("dotfolders");
+    let home = sandbox.folder("home");
+    let config = home.join(".config");
+    std::fs::create_dir_all(&config).expect(".config");
+    std::fs::write(config.join("settings.ini"), b"mine").expect("settings");
+    let _broker = sandbox.broker(&state, &[]);
+
+    for overwrite in [false, true] {
+        let (code, printed) = add_into(
+            &sandbox,
+            &state,
+            &format!("dot-config-{overwrite}"),
+            &multi(b".config", &[&[b"autostart", b"evil.desktop"]], 16384),
+            &home,
+            overwrite,
+        );
+        assert_eq!(code, 3, "overwrite {overwrite}: {printed}");
+        assert!(printed.contains("not this torrent's"), "{printed}");
+    }
+    assert_eq!(
+        files_under(&config),
+        vec![config.join("settings.ini").display().to_string()]
+    );
+}
