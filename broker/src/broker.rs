@@ -185,6 +185,7 @@ impl Broker {
             .map_err(|e| (e, info.clone()))?;
         info = checked.info(id, &spec.save_folder);
         self.check_restorable_folder(&spec.save_folder)
+            .and_then(|()| crate::roots::check_torrent_paths(&spec.save_folder, &checked, false))
             .map_err(|e| (e, info.clone()))?;
         let added = self
             .engine

@@ -18,6 +18,7 @@
 //! - [`engine`]: the librqbit session and everything specific to it.
 //! - [`registry`]: which torrents run and which patrons hold them.
 //! - [`store`]: crash-safe writes of what the broker remembers.
+//! - [`roots`]: where a torrent may write (beneath its save folder, no symlinks).
 //! - [`fanout`]: status → holders, when it changed.
 //! - [`patron`]: each patron's outbox; the broker never blocks on a send.
 //! - [`shutdown`]: SIGTERM/SIGINT or a stop request → tell patrons, persist, stop.
@@ -32,6 +33,7 @@ pub mod patron;
 pub mod registry;
 pub mod rendezvous;
 pub mod requests;
+pub mod roots;
 pub mod shutdown;
 pub mod socket;
 pub mod store;

@@ -76,6 +76,7 @@ async fn start(
         ));
     }
     let data_folder = checked.data_folder(&save_folder);
+    crate::roots::check_torrent_paths(&save_folder, &checked, true)?;
     if !create.overwrite {
         refuse_existing_files(&checked, &data_folder)?;
         refuse_if_it_cannot_fit(&checked, &save_folder)?;
