@@ -70,6 +70,34 @@ fn the_torrent_past_max_torrents_is_refused() {
 }
 
 #[test]
+fn make_and_seed_counts_against_the_torrent_limit_too() {
+    let sandbox = Sandbox::new();
+    let first = sandbox.random_file("mine/one.bin", 20_000);
+    let second = sandbox.random_file("mine/two.bin", 20_000);
+    let state = sandbox.state_dir("maker");
+    let _broker = sandbox.broker(&state, &["--max-torrents", "1"]);
+    let mut patron = sandbox.patron(&state);
+    e2e::make_and_seed(&mut patron, &first);
+    let made = patron.make(e2e::patron_client::proto::MakeTorrent {
+        path: second.display().to_string(),
+        piece_size: None,
+        trackers: Vec::new(),
+        seed: true,
+    });
+    match made {
+        Err(Error::Request(e)) => {
+            assert_eq!(e.kind, ErrorKind::LimitReached);
+            assert!(e.message.contains("maximum of 1 torrents"), "{}", e.message);
+        }
+        other => panic!("seeding a second torrent must be refused: {other:?}"),
+    }
+    assert_eq!(patron.list().expect("list").len(), 1);
+    // Making the same torrent again joins what already seeds.
+    e2e::make_and_seed(&mut patron, &first);
+    assert_eq!(patron.list().expect("list").len(), 1);
+}
+
+#[test]
 fn a_request_over_the_size_limit_is_refused_and_the_session_goes_on() {
     let sandbox = Sandbox::new();
     let state = sandbox.state_dir("big");
