@@ -341,6 +341,28 @@ impl Broker {
         saved
     }
 
+    /// Whether one more torrent may start: the broker is not stopping and runs fewer than its
+    /// maximum. Every path that adds a torrent asks (DESIGN §4), holding [`Broker::adding`]
+    /// for the count to stay true until the torrent is registered.
+    pub fn room_for_one_more(&self) -> Result<(), ProtoError> {
+        if self.is_stopping() {
+            return Err(ProtoError::new(
+                ErrorKind::ShuttingDown,
+                "the broker is stopping",
+            ));
+        }
+        if self.state().registry.len() >= self.config.max_torrents {
+            return Err(ProtoError::new(
+                ErrorKind::LimitReached,
+                format!(
+                    "the broker already runs its maximum of {} torrents",
+                    self.config.max_torrents
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the broker is stopping (no new patrons, no new torrents).
     pub fn is_stopping(&self) -> bool {
         self.shutdown.is_triggered()

@@ -27,12 +27,7 @@ async fn start(
     request: RequestId,
     create: CreateNewTorrent,
 ) -> Result<Event, ProtoError> {
-    if broker.is_stopping() {
-        return Err(ProtoError::new(
-            ErrorKind::ShuttingDown,
-            "the broker is stopping",
-        ));
-    }
+    broker.room_for_one_more()?;
     let loopback_only = broker.config.loopback_only;
     let mut peers = parse_peers(&create.peers, loopback_only)?;
     let save_folder = broker.save_folder(create.output.as_deref())?;
@@ -66,15 +61,7 @@ async fn start(
     if let Some(joined) = join(broker, patron, request, checked.info_hash) {
         return Ok(joined);
     }
-    if broker.state().registry.len() >= broker.config.max_torrents {
-        return Err(ProtoError::new(
-            ErrorKind::LimitReached,
-            format!(
-                "the broker already runs its maximum of {} torrents",
-                broker.config.max_torrents
-            ),
-        ));
-    }
+    broker.room_for_one_more()?;
     let data_folder = checked.data_folder(&save_folder);
     crate::roots::check_torrent_paths(&save_folder, &checked, true)?;
     if !create.overwrite {

@@ -45,6 +45,14 @@ async fn make_and_seed(
         .ok_or_else(|| ProtoError::new(ErrorKind::BadRequest, "cannot share the root folder"))?;
     if make.seed {
         broker.check_inside_roots(&path)?;
+        // Before hashing, which can take long. The torrent limit is checked once the info
+        // hash is known (making what already seeds joins it).
+        if broker.is_stopping() {
+            return Err(ProtoError::new(
+                ErrorKind::ShuttingDown,
+                "the broker is stopping",
+            ));
+        }
     }
     let (piece_size, trackers) = (make.piece_size, make.trackers.clone());
     let (hashed, loopback_only) = (path.clone(), broker.config.loopback_only);
@@ -55,32 +63,7 @@ async fn make_and_seed(
     .map_err(|e| ProtoError::new(ErrorKind::Engine, format!("hashing failed: {e}")))??;
 
     let seeding = if make.seed {
-        let checked = &made.checked;
-        let data_folder = checked.data_folder(&save_folder);
-        let added = broker
-            .engine
-            .add(AddSpec {
-                torrent: checked.bytes.clone(),
-                data_folder: data_folder.clone(),
-                paused: false,
-                only_files: None,
-                // The data is the torrent's own: it was just hashed from it.
-                overwrite: true,
-                peers: Vec::new(),
-                id: None,
-            })
-            .await?;
-        let restore = RestoreSpec {
-            save_folder,
-            data_folder,
-            peers: Vec::new(),
-            only_files: None,
-            paused: false,
-            ephemeral: false,
-        };
-        let (info, _) = broker.register(added, checked, restore, patron).await?;
-        tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");
-        Some(info)
+        Some(seed(broker, patron, &made.checked, save_folder).await?)
     } else {
         None
     };
@@ -96,4 +79,46 @@ async fn make_and_seed(
             seeding,
         },
     })
+}
+
+/// Seeds a torrent just made from local data in `save_folder`, or holds it if it already
+/// runs. Counts against the torrent limit like any add, under the same lock.
+async fn seed(
+    broker: &Arc<Broker>,
+    patron: PatronId,
+    checked: &torrent_file::CheckedTorrent,
+    save_folder: PathBuf,
+) -> Result<proto::TorrentInfo, ProtoError> {
+    let data_folder = checked.data_folder(&save_folder);
+    let _adding = broker.adding.lock().await;
+    // Already seeding (made before): hold it, as an add of the same torrent would.
+    let running = broker.state().registry.by_info_hash(checked.info_hash);
+    if let Some(info) = running.and_then(|id| broker.state().hold(id, patron)) {
+        return Ok(info);
+    }
+    broker.room_for_one_more()?;
+    let added = broker
+        .engine
+        .add(AddSpec {
+            torrent: checked.bytes.clone(),
+            data_folder: data_folder.clone(),
+            paused: false,
+            only_files: None,
+            // The data is the torrent's own: it was just hashed from it.
+            overwrite: true,
+            peers: Vec::new(),
+            id: None,
+        })
+        .await?;
+    let restore = RestoreSpec {
+        save_folder,
+        data_folder,
+        peers: Vec::new(),
+        only_files: None,
+        paused: false,
+        ephemeral: false,
+    };
+    let (info, _) = broker.register(added, checked, restore, patron).await?;
+    tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");
+    Ok(info)
 }
