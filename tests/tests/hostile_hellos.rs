@@ -170,7 +170,11 @@ fn connectors_that_never_speak_lock_nobody_out() {
     honest_list_is_served(&sandbox, &state);
     let baseline = broker_fds(&broker);
 
-    let silent: Vec<OwnedFd> = (0..ATTACKERS).map(|_| raw_connect(&state)).collect();
+    // More silent connectors than the broker keeps waiting (1,024): the oldest make room.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise our fd limit");
+    let silent: Vec<OwnedFd> = (0..1300).map(|_| raw_connect(&state)).collect();
     honest_list_is_served(&sandbox, &state);
     // And a second flood while the first is still open.
     let more: Vec<OwnedFd> = (0..ATTACKERS).map(|_| raw_connect(&state)).collect();

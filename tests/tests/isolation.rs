@@ -128,3 +128,74 @@ fn a_cut_off_patron_costs_the_broker_nothing_while_its_process_lives_on() {
     );
     drop(slow);
 }
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_patron_pipelining_thousands_of_big_requests_is_held_back_not_buffered() {
+    use e2e::patron_client::proto::{CreateNewTorrent, Event, RequestId, TorrentSource};
+    const REQUESTS: u64 = 3000;
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("pipeline");
+    let broker = sandbox.broker(&state, &["--magnet-timeout", "6"]);
+    sandbox.patron(&state).list().expect("warm up");
+    let before = rss_kib(broker.pid);
+
+    // A peer that accepts and never speaks: the magnet in front waits for its whole timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&x.pe={}",
+        "ab".repeat(20),
+        silent.local_addr().expect("addr")
+    );
+    let mut create = CreateNewTorrent::new(TorrentSource::Magnet(magnet));
+    create.peers = vec![silent.local_addr().expect("addr").to_string()];
+    create.output = Some(sandbox.folder("downloads").display().to_string());
+    let mut greedy = sandbox.patron(&state);
+    let first = greedy
+        .send(RequestBody::CreateNewTorrent(create))
+        .expect("send the magnet");
+    // Then 3,000 requests of 100 KiB each, from a thread: its sends must block once the
+    // broker stops reading them (back-pressure), so it cannot be the test's own thread.
+    let requester = greedy.requester();
+    let sender = std::thread::spawn(move || {
+        for _ in 0..REQUESTS {
+            let junk = CreateNewTorrent::new(TorrentSource::TorrentFile(vec![b'x'; 100 * 1024]));
+            if requester.send(RequestBody::CreateNewTorrent(junk)).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let grown_mib = rss_kib(broker.pid).saturating_sub(before) / 1024;
+    assert!(
+        grown_mib <= 48,
+        "the broker grew by {grown_mib} MiB buffering one patron's requests"
+    );
+    // Everyone else is served meanwhile.
+    let started = Instant::now();
+    sandbox.patron(&state).list().expect("an honest list");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Once the magnet gives up, every request is answered, in order.
+    let mut expected = first.0;
+    while expected <= first.0 + REQUESTS {
+        match greedy.next_event_timeout(STEP_TIMEOUT).expect("event") {
+            Some(Event::TorrentStartFail { request, .. }) => {
+                assert_eq!(request, RequestId(expected), "replies in request order");
+                expected += 1;
+            }
+            other => panic!("expected a start failure, got {other:?}"),
+        }
+    }
+    sender.join().expect("sender");
+    drop(silent);
+}

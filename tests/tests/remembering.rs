@@ -184,11 +184,45 @@ fn an_add_the_broker_cannot_record_fails_and_nothing_is_forgotten() {
         "only the recorded torrent runs: {torrents:?}"
     );
 
+    // A restart with the disk still full: the broker starts (it needs to write nothing) and
+    // runs what it recorded.
+    stop(broker);
+    let broker = sandbox.broker(&state, &[]);
+    let torrents = listed(&sandbox, &state);
+    assert_eq!(torrents.len(), 1, "{torrents:?}");
     // Room again; after a restart exactly the recorded torrent is back.
     std::fs::remove_file(&filler).expect("remove filler");
     stop(broker);
     let broker = sandbox.broker(&state, &[]);
     let torrents = listed(&sandbox, &state);
     assert_eq!(torrents.len(), 1, "{torrents:?}");
+    stop(broker);
+}
+
+#[test]
+fn a_record_that_cannot_be_restored_can_be_closed_for_good() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("forget");
+    let disk = sandbox.folder("mnt/disk");
+    let torrent = made_torrent(&sandbox, "forgotten.bin");
+    let broker = sandbox.broker(&state, &[]);
+    run(sandbox.add_command(&state, &torrent, &disk, None)).expect_code(0);
+    stop(broker);
+    std::fs::remove_dir_all(&disk).expect("unmount");
+
+    let broker = sandbox.broker(&state, &[]);
+    let torrents = listed(&sandbox, &state);
+    assert_eq!(torrents[0]["state"], "error", "{torrents:?}");
+    let id = torrents[0]["id"].to_string();
+    let mut close = sandbox.client(&state);
+    close.args(["--json", "close", &id]);
+    run(close).expect_code(0);
+    assert!(listed(&sandbox, &state).is_empty());
+    stop(broker);
+    let broker = sandbox.broker(&state, &[]);
+    assert!(
+        listed(&sandbox, &state).is_empty(),
+        "a closed record came back"
+    );
     stop(broker);
 }
