@@ -42,15 +42,49 @@ impl BrokerState {
     }
 }
 
+/// Requests of one patron read and not yet answered, past which its channel is not read until
+/// it falls back to half (its own sends then block: back-pressure, DESIGN §4).
+pub const MAX_IN_FLIGHT_REQUESTS: usize = 256;
+/// Bytes of one patron's requests read and not yet answered, with the same effect.
+pub const MAX_IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
+
+/// What became of a request handed to [`Broker::dispatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatched {
+    /// Answered, or queued for its patron's task.
+    Taken,
+    /// Queued, and its patron has as much in flight as it may: read nothing more of it until
+    /// the broker resumes it.
+    HoldBack,
+    /// The patron is no longer connected (cut off): close its channel.
+    Gone,
+}
+
+/// What one patron has in flight.
+#[derive(Default)]
+struct InFlight {
+    requests: AtomicUsize,
+    bytes: AtomicUsize,
+    held_back: std::sync::atomic::AtomicBool,
+}
+
+impl InFlight {
+    /// At or under half of both limits: a held-back patron is read again.
+    fn is_low(&self) -> bool {
+        self.requests.load(Ordering::Acquire) <= MAX_IN_FLIGHT_REQUESTS / 2
+            && self.bytes.load(Ordering::Acquire) <= MAX_IN_FLIGHT_BYTES / 2
+    }
+}
+
 /// A connected patron plus the queue of its requests (handled one at a time, in order, so
 /// replies come back in request order).
 pub struct PatronHandle {
     /// Who it is and where its events go.
     pub connection: PatronConnection,
-    requests: mpsc::UnboundedSender<Request>,
-    /// Requests handed to its task and not yet answered. Only while this is zero may a request
+    requests: mpsc::UnboundedSender<(Request, usize)>,
+    /// Requests handed to its task and not yet answered. Only while none is may a request
     /// be answered on the reader thread without overtaking an earlier reply.
-    in_flight: Arc<AtomicUsize>,
+    in_flight: Arc<InFlight>,
 }
 
 /// The broker: configuration, the engine, and the state every thread shares.
@@ -159,7 +193,8 @@ impl Broker {
                 }
             }
         }
-        self.save_registry().map_err(|why| anyhow::anyhow!(why))?;
+        // Nothing to save: every record is kept, restored or not. (A start must not need a
+        // writable state disk: a full one would lock every patron out.)
         Ok(())
     }
 
@@ -201,6 +236,15 @@ impl Broker {
             })
             .await
             .map_err(|e| (e, info.clone()))?;
+        if !added.is_new || added.id != id {
+            // Two records of one torrent (added again while the first could not be restored):
+            // the second is kept, not silently merged away.
+            let why = format!(
+                "the same torrent is already restored as torrent {}",
+                added.id
+            );
+            return Err((ProtoError::new(ErrorKind::BadRequest, why), info));
+        }
         tracing::info!(torrent = %id, name = %checked.name, "restored torrent");
         let info = checked.info(added.id, &spec.save_folder);
         self.state()
@@ -314,9 +358,17 @@ impl Broker {
 
     /// Stops a torrent already removed from the registry, and forgets its persisted files.
     pub async fn stop_torrent(&self, id: TorrentId, delete_data: bool) -> anyhow::Result<()> {
-        let _ = crate::store::remove_durably(&self.torrent_file_path(id));
-        let _ = self.save_registry();
+        // The records first: a crash (or a full disk) in between leaves a .torrent that no
+        // record names, which the next start sweeps, never a record without its .torrent.
+        if self.save_registry().is_ok() {
+            self.forget_torrent_file(id);
+        }
         self.engine.remove(id, delete_data).await
+    }
+
+    /// Removes the .torrent of a torrent no record names any more.
+    pub fn forget_torrent_file(&self, id: TorrentId) {
+        let _ = crate::store::remove_durably(&self.torrent_file_path(id));
     }
 
     /// The shared state. Never hold it across an `.await`.
@@ -378,9 +430,9 @@ impl Broker {
         pid: i32,
         outbox: Arc<Outbox>,
     ) -> Result<(), String> {
-        let (requests, mut queue) = mpsc::unbounded_channel::<Request>();
+        let (requests, mut queue) = mpsc::unbounded_channel::<(Request, usize)>();
         let connection = PatronConnection { id, pid, outbox };
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(InFlight::default());
         {
             let mut state = self.state();
             if state.patrons.len() >= self.config.max_patrons {
@@ -400,10 +452,19 @@ impl Broker {
         }
         let broker = self.clone();
         self.runtime.spawn(async move {
-            while let Some(request) = queue.recv().await {
-                commands::serve(&broker, &connection, request).await;
+            while let Some((request, size)) = queue.recv().await {
+                // A patron that left gets no more work done for it.
+                if broker.connection(connection.id).is_some() {
+                    commands::serve(&broker, &connection, request).await;
+                }
                 // After the reply is queued, so a later immediate reply cannot overtake it.
-                in_flight.fetch_sub(1, Ordering::AcqRel);
+                in_flight.requests.fetch_sub(1, Ordering::AcqRel);
+                in_flight.bytes.fetch_sub(size, Ordering::AcqRel);
+                if in_flight.is_low() && in_flight.held_back.swap(false, Ordering::AcqRel) {
+                    if let Some(reader) = broker.reader.get() {
+                        reader.resume(connection.id);
+                    }
+                }
             }
         });
         tracing::info!(patron = id, pid, "patron connected");
@@ -415,10 +476,15 @@ impl Broker {
         self.next_patron.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Answers a decoded request at once if it never waits on the engine and nothing of its
-    /// patron is in flight; otherwise queues it for the patron's task. False if the patron is
-    /// no longer connected (it was cut off), so its channel should be closed.
-    pub fn dispatch(self: &Arc<Self>, patron: PatronId, request: Request) -> bool {
+    /// Answers a decoded request (of `size` bytes on the wire) at once if it never waits on
+    /// the engine and nothing of its patron is in flight; otherwise queues it for the
+    /// patron's task, and says when the patron has as much in flight as it may.
+    pub fn dispatch(
+        self: &Arc<Self>,
+        patron: PatronId,
+        request: Request,
+        size: usize,
+    ) -> Dispatched {
         let found = self.state().patrons.get(&patron).map(|handle| {
             (
                 handle.connection.clone(),
@@ -427,7 +493,7 @@ impl Broker {
             )
         });
         let Some((connection, in_flight, requests)) = found else {
-            return false;
+            return Dispatched::Gone;
         };
         tracing::info!(
             patron,
@@ -438,16 +504,36 @@ impl Broker {
         );
         // Only this thread adds to `in_flight`, so zero here means nothing can be overtaken.
         // A hop to the patron's task costs more than answering a quick request here.
-        let request = if in_flight.load(Ordering::Acquire) == 0 {
+        let request = if in_flight.requests.load(Ordering::Acquire) == 0 {
             match commands::serve_immediate(self, &connection, request) {
-                Ok(()) => return true,
+                Ok(()) => return Dispatched::Taken,
                 Err(request) => request,
             }
         } else {
             request
         };
-        in_flight.fetch_add(1, Ordering::AcqRel);
-        requests.send(request).is_ok()
+        // Held back before the counts can fall, so a resume cannot be missed.
+        let requests_now = in_flight.requests.load(Ordering::Acquire) + 1;
+        let bytes_now = in_flight.bytes.load(Ordering::Acquire) + size;
+        let full = requests_now >= MAX_IN_FLIGHT_REQUESTS || bytes_now >= MAX_IN_FLIGHT_BYTES;
+        if full {
+            in_flight.held_back.store(true, Ordering::Release);
+        }
+        in_flight.requests.fetch_add(1, Ordering::AcqRel);
+        in_flight.bytes.fetch_add(size, Ordering::AcqRel);
+        if requests.send((request, size)).is_err() {
+            return Dispatched::Gone;
+        }
+        if !full {
+            return Dispatched::Taken;
+        }
+        // If the task drained to the low mark meanwhile, whoever clears the flag decides:
+        // the task (it sends a resume, which the reader handles after holding back) or we
+        // (nothing is held back).
+        if in_flight.is_low() && in_flight.held_back.swap(false, Ordering::AcqRel) {
+            return Dispatched::Taken;
+        }
+        Dispatched::HoldBack
     }
 
     /// Tells a patron its message could not be decoded.

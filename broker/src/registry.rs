@@ -82,6 +82,21 @@ impl TorrentRegistry {
         self.unrestored.iter()
     }
 
+    /// Forgets a record that could not be restored (a patron closed it), returning its id.
+    pub fn forget_unrestored(&mut self, torrent: TorrentRef) -> Option<(TorrentId, Unrestored)> {
+        let id = match torrent {
+            TorrentRef::Id(id) => id,
+            TorrentRef::InfoHash(hash) => {
+                *self
+                    .unrestored
+                    .iter()
+                    .find(|(_, u)| u.info.info_hash == hash)?
+                    .0
+            }
+        };
+        self.unrestored.remove(&id).map(|u| (id, u))
+    }
+
     /// Whether this id is remembered at all (running or not restored).
     pub fn remembers(&self, id: TorrentId) -> bool {
         self.torrents.contains_key(&id) || self.unrestored.contains_key(&id)

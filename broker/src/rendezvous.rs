@@ -126,10 +126,13 @@ impl FrontDoor {
     fn run(mut self) {
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
+            // After this the oldest arrival, if any, is still pending: the wait is cheap to
+            // compute however many connectors came and went.
+            self.expire();
             let timeout = self
                 .arrivals
-                .iter()
-                .find_map(|token| self.pending.get(token))
+                .front()
+                .and_then(|token| self.pending.get(token))
                 .map(|first| {
                     let left = first.deadline.saturating_duration_since(Instant::now());
                     EpollTimeout::try_from(left.max(Duration::from_millis(1)))
@@ -155,7 +158,12 @@ impl FrontDoor {
                     token => self.hear(token),
                 }
             }
-            self.expire();
+            // Arrivals answered at once leave stale tokens behind a slow one; keep the queue
+            // in proportion to what is really pending.
+            if self.arrivals.len() > 2 * self.pending.len() + ACCEPT_BATCH {
+                let pending = &self.pending;
+                self.arrivals.retain(|token| pending.contains_key(token));
+            }
         }
     }
 
@@ -332,6 +340,28 @@ pub fn check_server_name(name: &str, our_uid: u32) -> Result<PathBuf, String> {
             "its server name {name:?} is not an absolute path without `..`"
         ));
     }
+    // ipc-channel names its one-shot servers `<temp dir>/.tmpXXXXXX/socket`, in a folder of
+    // the patron's own. Only that shape is looked at: a name elsewhere (a network or
+    // FUSE mount, where even an lstat can hang) is refused before the filesystem is touched.
+    let folder = path.parent().unwrap_or(Path::new("/"));
+    let shaped = path.file_name().is_some_and(|n| n == "socket")
+        && folder
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".tmp"));
+    if !shaped {
+        return Err(format!(
+            "its server name {name:?} is not an ipc-channel one-shot server (…/.tmpXXXXXX/socket)"
+        ));
+    }
+    let folder_meta =
+        std::fs::symlink_metadata(folder).map_err(|e| format!("its server {name:?}: {e}"))?;
+    // Owned by our user and writable by nobody else (tempfile makes it 0777 less the umask).
+    if !folder_meta.is_dir() || folder_meta.uid() != our_uid || folder_meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "its server {name:?} is not in a folder only this broker's user can write"
+        ));
+    }
     let meta = std::fs::symlink_metadata(path).map_err(|e| format!("its server {name:?}: {e}"))?;
     if !meta.file_type().is_socket() {
         return Err(format!("its server {name:?} is not a socket"));
@@ -481,16 +511,17 @@ mod tests {
         assert!(check_server_name("relative/socket", uid).is_err());
         assert!(check_server_name("/tmp/../etc/x", uid).is_err());
         assert!(check_server_name(&format!("/{}", "a".repeat(200)), uid).is_err());
-        assert!(check_server_name("/nonexistent/socket", uid).is_err());
-        // A regular file is not a socket.
+        assert!(check_server_name("/nonexistent/.tmpabc/socket", uid).is_err());
+        // Only ipc-channel's shape is looked at.
         assert!(check_server_name("/proc/self/status", uid)
             .unwrap_err()
-            .contains("not a socket"));
+            .contains("not an ipc-channel one-shot server"));
+        assert!(check_server_name("/tmp/.tmpx/other", uid).is_err());
         // A real one-shot server passes; another uid's would not.
         let (_server, name) = ipc_channel::ipc::IpcOneShotServer::<proto::Welcome>::new().unwrap();
         assert!(check_server_name(&name, uid).is_ok());
         assert!(check_server_name(&name, uid.wrapping_add(1))
             .unwrap_err()
-            .contains("belongs to uid"));
+            .contains("only this broker's user"));
     }
 }

@@ -13,7 +13,7 @@
 //! at most [`REASSEMBLY_TIMEOUT`]) that patron's other datagrams wait, so its requests keep
 //! their order. A closed socket is how a crash is seen, within a millisecond.
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Dispatched};
 use crate::patron::{Flushed, Lane, PatronId, WatchWritable};
 use crate::socket::{self, Received};
 use anyhow::Context;
@@ -43,6 +43,8 @@ enum Command {
     Add(PatronId, OwnedFd),
     /// The patron was dropped (cut off): close its channel now.
     Forget(PatronId),
+    /// The patron's requests in flight fell back under the limit: read its channel again.
+    Resume(PatronId),
 }
 
 /// Hands newly connected patrons' channels to the reader thread, and lets outboxes wait for
@@ -96,6 +98,13 @@ impl RequestReader {
         }
     }
 
+    /// Reads a held-back patron's channel again.
+    pub fn resume(&self, patron: PatronId) {
+        if let Err(e) = self.tell(Command::Resume(patron)) {
+            tracing::debug!(patron, "cannot resume a patron: {e}");
+        }
+    }
+
     fn tell(&self, command: Command) -> anyhow::Result<()> {
         self.incoming
             .send(command)
@@ -126,6 +135,9 @@ impl RequestReader {
 struct Conn {
     channel: OwnedFd,
     assembly: Option<Assembly>,
+    /// Not read while too many of its requests are in flight (back-pressure: its sends
+    /// block, and the broker's memory for it stays bounded).
+    held_back: bool,
 }
 
 /// A fragmented message being put back together.
@@ -240,6 +252,10 @@ impl Reader {
                     self.forget(patron);
                     continue;
                 }
+                Command::Resume(patron) => {
+                    self.resume(patron);
+                    continue;
+                }
             };
             let added = socket::set_nonblocking(&channel).and_then(|()| {
                 self.epoll
@@ -252,6 +268,7 @@ impl Reader {
                         Conn {
                             channel,
                             assembly: None,
+                            held_back: false,
                         },
                     );
                 }
@@ -268,8 +285,9 @@ impl Reader {
             let Some(conn) = self.conns.get_mut(&patron) else {
                 return Outcome::KeepGoing;
             };
-            if conn.assembly.is_some() {
-                // Only a hang-up matters while a fragmented message is being assembled.
+            if conn.assembly.is_some() || conn.held_back {
+                // Only a hang-up matters while a fragmented message is being assembled or
+                // the patron is held back.
                 if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
                     return Outcome::Gone("its channel closed");
                 }
@@ -306,9 +324,10 @@ impl Reader {
             match parsed {
                 Err(e) => self.broker.protocol_error(patron, e.to_string()),
                 Ok(Datagram::Complete(payload)) => {
+                    let size = payload.len();
                     let message = wire::decode(payload);
-                    if let Some(gone) = self.deliver(patron, message) {
-                        return gone;
+                    if let Some(stop) = self.deliver(patron, message, size) {
+                        return stop;
                     }
                 }
                 Ok(Datagram::First { payload, total }) => {
@@ -397,8 +416,8 @@ impl Reader {
                     return Outcome::KeepGoing;
                 };
                 let message = wire::decode(&assembly.payload);
-                if let Some(gone) = self.deliver(patron, message) {
-                    return gone;
+                if let Some(stop) = self.deliver(patron, message, assembly.total) {
+                    return stop;
                 }
                 // Datagrams that queued up meanwhile: read them now (level-triggered epoll
                 // would report them anyway; this keeps their latency low).
@@ -412,14 +431,50 @@ impl Reader {
         let conn = self.conns.get_mut(&patron)?;
         let assembly = conn.assembly.take()?;
         let _ = self.epoll.delete(&assembly.continuation);
-        let resumed = self.epoll.modify(
-            &conn.channel,
-            &mut EpollEvent::new(readable(), channel_token(patron)),
-        );
-        if let Err(e) = resumed {
-            tracing::warn!(patron, "cannot resume a channel: {e}");
+        if !conn.held_back {
+            let resumed = self.epoll.modify(
+                &conn.channel,
+                &mut EpollEvent::new(readable(), channel_token(patron)),
+            );
+            if let Err(e) = resumed {
+                tracing::warn!(patron, "cannot resume a channel: {e}");
+            }
         }
         Some(assembly)
+    }
+
+    /// Stops reading a patron's channel until [`Command::Resume`].
+    fn hold_back(&mut self, patron: PatronId) {
+        let Some(conn) = self.conns.get_mut(&patron) else {
+            return;
+        };
+        conn.held_back = true;
+        let paused = self.epoll.modify(
+            &conn.channel,
+            &mut EpollEvent::new(EpollFlags::empty(), channel_token(patron)),
+        );
+        if let Err(e) = paused {
+            tracing::warn!(patron, "cannot hold a channel back: {e}");
+        }
+    }
+
+    fn resume(&mut self, patron: PatronId) {
+        let Some(conn) = self.conns.get_mut(&patron) else {
+            return;
+        };
+        if !conn.held_back {
+            return;
+        }
+        conn.held_back = false;
+        if conn.assembly.is_none() {
+            let resumed = self.epoll.modify(
+                &conn.channel,
+                &mut EpollEvent::new(readable(), channel_token(patron)),
+            );
+            if let Err(e) = resumed {
+                tracing::warn!(patron, "cannot resume a channel: {e}");
+            }
+        }
     }
 
     fn abandon_assembly(&mut self, patron: PatronId, why: &str) -> Outcome {
@@ -444,19 +499,24 @@ impl Reader {
         }
     }
 
-    /// Hands a decoded message to the broker. Returns `Some` if the patron is to be dropped.
+    /// Hands a decoded message of `size` bytes to the broker. Returns `Some` when this
+    /// patron's channel is not to be read on now: dropped, or held back.
     fn deliver(
         &mut self,
         patron: PatronId,
         message: Result<ToBroker, wire::WireError>,
+        size: usize,
     ) -> Option<Outcome> {
         match message {
-            Ok(ToBroker::Request(request)) => {
-                if !self.broker.dispatch(patron, request) {
-                    // Cut off meanwhile: stop reading it.
-                    return Some(Outcome::Gone("it was cut off"));
+            Ok(ToBroker::Request(request)) => match self.broker.dispatch(patron, request, size) {
+                Dispatched::Taken => {}
+                Dispatched::HoldBack => {
+                    self.hold_back(patron);
+                    return Some(Outcome::KeepGoing);
                 }
-            }
+                // Cut off meanwhile: stop reading it.
+                Dispatched::Gone => return Some(Outcome::Gone("it was cut off")),
+            },
             Ok(ToBroker::Hello(_)) => self
                 .broker
                 .protocol_error(patron, "a hello after the handshake".into()),

@@ -14,7 +14,14 @@ pub async fn run(
 ) -> Event {
     let id = match broker.resolve(close.torrent) {
         Ok(id) => id,
-        Err(error) => return Event::Error { request, error },
+        Err(error) => {
+            // A record that could not be restored can still be closed: it is forgotten.
+            let forgotten = broker.state().registry.forget_unrestored(close.torrent);
+            return match forgotten {
+                Some((id, record)) => forget(broker, patron, request, id, record),
+                None => Event::Error { request, error },
+            };
+        }
     };
     let others = {
         let mut guard = broker.state();
@@ -70,5 +77,31 @@ pub async fn run(
         id,
         stopped: true,
         data_deleted: close.delete_data,
+    }
+}
+
+/// Closes a record the broker could not restore: its record and .torrent go; its data (on a
+/// disk that may not even be there) is left alone.
+fn forget(
+    broker: &Broker,
+    patron: PatronId,
+    request: RequestId,
+    id: proto::TorrentId,
+    record: crate::registry::Unrestored,
+) -> Event {
+    if let Err(why) = broker.save_registry() {
+        broker.state().registry.keep_unrestored(id, record);
+        return Event::Error {
+            request,
+            error: ProtoError::new(ErrorKind::Io, why),
+        };
+    }
+    broker.forget_torrent_file(id);
+    tracing::info!(patron, torrent = %id, "closed a torrent that was not restored");
+    Event::TorrentClosed {
+        request,
+        id,
+        stopped: true,
+        data_deleted: false,
     }
 }
