@@ -622,14 +622,47 @@ pub fn wait_complete(
     }
 }
 
-/// Whether this test can do what needs root (mount, switching uid). CI runs as root; a
-/// developer's run says the test was skipped.
-pub fn have_root(what: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("skipped: {what} needs root; CI runs as root");
+/// Set (to 1) by `scripts/test --allow-skip` only: a test that needs root or a peer program
+/// this machine lacks then says so and returns. Without it, and always in CI, such a test
+/// fails naming what is missing: no test passes by skipping.
+pub const ALLOW_SKIP_ENV: &str = "TORRENT_PATRON_ALLOW_SKIP";
+
+/// Whether a test can have what it needs (`available`). When it cannot, it fails naming
+/// `what` and `how` to get it, unless skipping was explicitly allowed (never in CI).
+pub fn require(available: bool, what: &str, how: &str) -> bool {
+    if available {
+        return true;
     }
-    root
+    let allowed = std::env::var_os(ALLOW_SKIP_ENV).is_some_and(|v| v == "1")
+        && std::env::var_os("CI").is_none();
+    assert!(
+        allowed,
+        "this test needs {what}, which this machine lacks: {how} (or run scripts/test --allow-skip to skip it, saying so)"
+    );
+    eprintln!("SKIPPED (allowed by {ALLOW_SKIP_ENV}=1): this test needs {what}: {how}");
+    false
+}
+
+/// Whether this test can do what needs root (mount, switching uid); see [`require`].
+pub fn have_root(what: &str) -> bool {
+    require(
+        nix::unistd::geteuid().is_root(),
+        &format!("root ({what})"),
+        "run the tests as root, as CI does",
+    )
+}
+
+/// Whether `program` is on the PATH; see [`require`].
+pub fn have_program(program: &str, package: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    require(
+        found,
+        program,
+        &format!("apt-get install {package} (scripts/test installs it when it can)"),
+    )
 }
 
 /// SHA-256 of a file, hex.

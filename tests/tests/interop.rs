@@ -8,20 +8,14 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Whether `tool` is installed. Missing tools fail the test in CI and skip it elsewhere.
+/// Whether `tool` is installed; a missing one fails the test (see `e2e::require`).
 fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is missing: .ci/run installs aria2, transmission-cli, transmission-daemon, mktorrent"
-        );
-        eprintln!("skipped: {tool} is not installed");
-    }
-    found
+    let package = match tool {
+        "aria2c" => "aria2",
+        "transmission-create" => "transmission-cli",
+        other => other,
+    };
+    e2e::have_program(tool, package)
 }
 
 fn free_port() -> u16 {

@@ -59,12 +59,7 @@ impl Drop for Tmux {
 }
 
 fn have_tmux() -> bool {
-    let found = Command::new("tmux").arg("-V").output().is_ok();
-    assert!(
-        found || std::env::var_os("CI").is_none(),
-        "tmux is missing: .ci/run installs it"
-    );
-    found
+    e2e::have_program("tmux", "tmux")
 }
 
 fn quoted(path: &Path) -> String {
