@@ -119,6 +119,18 @@ fn hostile_torrents_fail_to_start_with_a_reason_and_write_nothing() {
             "piece hashes",
         ),
         ("not UTF-8", single(b"\xff\xfe.bin", 10, 16384, 1), "UTF-8"),
+        // Found by fuzzing: librqbit divides by the piece length, and overflows on numbers
+        // too big for its fields (the broker answered "internal error" after a panic).
+        (
+            "zero piece length",
+            single(b"z.bin", 10, 0, 1),
+            "piece length is 0",
+        ),
+        (
+            "huge piece length",
+            single(b"h.bin", 10, 1 << 40, 1),
+            "out of its range",
+        ),
         // 1 TiB in 512 pieces of 2 GiB: consistent, small, and far beyond the free space.
         (
             "huge size",
