@@ -287,36 +287,37 @@ impl FrontDoor {
 /// Reads the first datagram, which must be a complete hello. `None`: nothing to read yet.
 fn read_hello(channel: &OwnedFd) -> Result<Option<Hello>, String> {
     let mut buffer = vec![0u8; MAX_HELLO_BYTES];
-    let len = match socket::receive(channel, &mut buffer, false).map_err(|e| e.to_string())? {
+    match socket::receive(channel, &mut buffer, false).map_err(|e| e.to_string())? {
         Received::Datagram {
             len,
             descriptors,
-            truncated: false,
-        } => {
-            if !descriptors.is_empty() {
-                return Err(format!(
-                    "a hello carries no descriptors, this one {}",
-                    descriptors.len()
-                ));
-            }
-            len
-        }
-        Received::Datagram { descriptors, .. } => {
-            return Err(format!(
-                "a first message too large for a hello ({} descriptors)",
-                descriptors.len()
-            ))
-        }
-        Received::WouldBlock => return Ok(None),
-        Received::Closed => return Err("closed without a hello".into()),
-    };
-    let payload = match wire::parse_datagram(&buffer[..len], 0, MAX_HELLO_BYTES) {
+            truncated,
+        } => parse_hello(&buffer[..len], descriptors.len(), truncated).map(Some),
+        Received::WouldBlock => Ok(None),
+        Received::Closed => Err("closed without a hello".into()),
+    }
+}
+
+/// Checks a connector's first datagram (`descriptors` came with it; `truncated` if it did
+/// not fit [`MAX_HELLO_BYTES`]) and decodes the hello in it.
+pub fn parse_hello(datagram: &[u8], descriptors: usize, truncated: bool) -> Result<Hello, String> {
+    if truncated {
+        return Err(format!(
+            "a first message too large for a hello ({descriptors} descriptors)"
+        ));
+    }
+    if descriptors != 0 {
+        return Err(format!(
+            "a hello carries no descriptors, this one {descriptors}"
+        ));
+    }
+    let payload = match wire::parse_datagram(datagram, 0, MAX_HELLO_BYTES) {
         Ok(Datagram::Complete(payload)) => payload,
         Ok(Datagram::First { .. }) => return Err("a fragmented hello".into()),
         Err(e) => return Err(format!("not a TIPC hello: {e}")),
     };
     match wire::decode(payload) {
-        Ok(ToBroker::Hello(hello)) => Ok(Some(hello)),
+        Ok(ToBroker::Hello(hello)) => Ok(hello),
         Ok(ToBroker::Request(_)) => Err("a request before the hello".into()),
         Err(e) => Err(format!("not a TIPC hello: {e}")),
     }
@@ -523,5 +524,60 @@ mod tests {
         assert!(check_server_name(&name, uid.wrapping_add(1))
             .unwrap_err()
             .contains("only this broker's user"));
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Cases per property: `PROPTEST_CASES` (scripts/fuzz runs 1,000,000), else 4,096 in
+    /// every test run.
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4096)
+    }
+
+    /// A server name as a hostile hello might carry it.
+    fn server_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,120}",
+            "(/[a-z.]{0,6}){0,4}/\\.tmp[a-zA-Z0-9]{0,6}/socket",
+            "/tmp/\\.tmp[a-z]{0,3}\\x00?/socket[a-z]{0,2}",
+            Just("/tmp/.tmp/../socket".to_owned()),
+            Just("/tmp/a\0b/socket".to_owned()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        // The whole hello path short of the connect-back: any first datagram, then its name.
+        #[test]
+        fn no_hello_makes_the_front_door_panic(
+            version in any::<u32>(),
+            name in server_name(),
+            noise in proptest::collection::vec(any::<u8>(), 0..64),
+            cut in any::<usize>(),
+            descriptors in 0usize..3,
+            truncated in any::<bool>(),
+        ) {
+            let hello = ToBroker::Hello(Hello { version, server_name: name.clone() });
+            let mut datagram = wire::encode_frames(&hello).expect("encodes").first;
+            // Sometimes honest, sometimes cut or with noise appended (the header then lies).
+            match cut % 3 {
+                0 => {}
+                1 => datagram.truncate(cut % (datagram.len() + 1)),
+                _ => datagram.extend_from_slice(&noise),
+            }
+            if let Ok(hello) = parse_hello(&datagram, descriptors, truncated) {
+                let _ = check_server_name(&hello.server_name, 0);
+            }
+            let _ = parse_hello(&noise, 0, false);
+            let _ = check_server_name(&name, nix::unistd::geteuid().as_raw());
+        }
     }
 }

@@ -69,6 +69,7 @@ pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTo
     if bytes.is_empty() {
         return Err(invalid("the .torrent data is empty"));
     }
+    check_bencode(bytes).map_err(|why| invalid(format!("not a valid .torrent file: {why}")))?;
     let meta = librqbit::torrent_from_bytes(bytes)
         .map_err(|e| invalid(format!("not a valid .torrent file: {e}")))?;
     let info_hash = InfoHash(meta.info_hash.0);
@@ -91,6 +92,10 @@ pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTo
     }
     let piece_length = u64::from(meta.info.data.piece_length);
     let pieces_len = meta.info.data.pieces.as_ref().len();
+    // Before validate(): librqbit divides by the piece length there (found by fuzzing).
+    if piece_length == 0 {
+        return Err(invalid("the torrent's piece length is 0"));
+    }
     let validated: ValidatedTorrentMetaV1Info<_> = meta
         .info
         .data
@@ -140,9 +145,6 @@ pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTo
             }
         }
     }
-    if piece_length == 0 {
-        return Err(invalid("the torrent's piece length is 0"));
-    }
     let expected_pieces = total_bytes.div_ceil(piece_length);
     if pieces_len % 20 != 0 || pieces_len as u64 / 20 != expected_pieces {
         return Err(invalid(format!(
@@ -187,6 +189,127 @@ pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTo
         bytes: encode_torrent(&tiers, meta.info.raw_bytes.as_ref()),
         trackers_removed,
     })
+}
+
+/// Deepest nesting of lists and dictionaries accepted (a real torrent uses 4 or 5).
+const MAX_BENCODE_DEPTH: usize = 32;
+
+/// Walks the bencode structure before the engine's parser sees it: every integer fits the
+/// type the engine reads it into (an i64, a u32 for `piece length`, a u8 for the flags it
+/// reads as booleans), every string length fits what is left, nesting stays shallow.
+/// librqbit's parser overflows on an integer too big for its field (a panic where overflow
+/// is checked, a wrong value where not; found by fuzzing) and recurses once per nesting
+/// level (a stack overflow is an abort, not a panic).
+fn check_bencode(bytes: &[u8]) -> Result<(), String> {
+    /// Where the walk is: in a list, or in a dictionary (about to read a key, or the value
+    /// of the key at that range of `bytes`).
+    enum Frame {
+        List,
+        Dict { key: Option<(usize, usize)> },
+    }
+    let number = |digits: &[u8], what: &str| -> Result<i64, String> {
+        std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse::<i64>().ok())
+            .ok_or_else(|| {
+                format!(
+                    "{what} {:?} is not a 64-bit number",
+                    String::from_utf8_lossy(digits)
+                )
+            })
+    };
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut pos = 0usize;
+    loop {
+        let Some(&byte) = bytes.get(pos) else {
+            return Err("the data ends in the middle of a value".into());
+        };
+        // The key this value belongs to, when it is a dictionary's value.
+        let key = match stack.last() {
+            Some(Frame::Dict {
+                key: Some((from, to)),
+            }) => Some(&bytes[*from..*to]),
+            _ => None,
+        };
+        let reading_key = matches!(stack.last(), Some(Frame::Dict { key: None }));
+        let mut string = None;
+        match byte {
+            b'e' if !stack.is_empty() => {
+                if !reading_key && matches!(stack.last(), Some(Frame::Dict { .. })) {
+                    return Err("a dictionary key has no value".into());
+                }
+                stack.pop();
+                pos += 1;
+                // The parent (if any) already expects its next key or item.
+                if stack.is_empty() {
+                    return Ok(());
+                }
+                continue;
+            }
+            b'd' | b'l' if !reading_key => {
+                if stack.len() >= MAX_BENCODE_DEPTH {
+                    return Err(format!(
+                        "values nest deeper than {MAX_BENCODE_DEPTH} levels"
+                    ));
+                }
+                pos += 1;
+                // Its parent's value is this container: the parent reads a key next.
+                if let Some(Frame::Dict { key }) = stack.last_mut() {
+                    *key = None;
+                }
+                stack.push(if byte == b'd' {
+                    Frame::Dict { key: None }
+                } else {
+                    Frame::List
+                });
+                continue;
+            }
+            b'i' if !reading_key => {
+                let end = bytes[pos..]
+                    .iter()
+                    .position(|&b| b == b'e')
+                    .ok_or("an integer is not terminated")?;
+                let value = number(&bytes[pos + 1..pos + end], "an integer")?;
+                let fits = match key {
+                    Some(b"piece length") => u32::try_from(value).is_ok(),
+                    Some(b"private" | b"symlink" | b"hidden" | b"padding" | b"executable") => {
+                        u8::try_from(value).is_ok()
+                    }
+                    _ => true,
+                };
+                if !fits {
+                    let name = String::from_utf8_lossy(key.unwrap_or_default());
+                    return Err(format!("{name:?} is {value}, out of its range"));
+                }
+                pos += end + 1;
+            }
+            b'0'..=b'9' => {
+                let colon = bytes[pos..]
+                    .iter()
+                    .position(|&b| b == b':')
+                    .ok_or("a string length is not terminated")?;
+                let len = number(&bytes[pos..pos + colon], "a string length")?;
+                let start = pos + colon + 1;
+                let len = usize::try_from(len).map_err(|_| "a negative string length")?;
+                if len > bytes.len() - start {
+                    return Err("a string runs past the end of the data".into());
+                }
+                string = Some((start, start + len));
+                pos = start + len;
+            }
+            other => return Err(format!("unexpected byte {other:#04x} at offset {pos}")),
+        }
+        // A value was read: a dictionary alternates key and value.
+        match stack.last_mut() {
+            None => return Ok(()),
+            Some(Frame::Dict { key }) if reading_key => *key = string,
+            Some(Frame::Dict { key }) => *key = None,
+            Some(Frame::List) => {}
+        }
+        if reading_key && string.is_none() {
+            return Err("a dictionary key is not a string".into());
+        }
+    }
 }
 
 /// An announce URL as text; empty ones (librqbit writes `announce: ""` into the metadata
@@ -474,6 +597,24 @@ mod tests {
     }
 
     #[test]
+    fn bencode_the_engine_would_choke_on_is_refused_first() {
+        for (bytes, why) in [
+            (&b"d6:lengthi99999999999999999999999ee"[..], "64-bit"),
+            (&b"d4:name40000000000000000000000:xe"[..], "64-bit"),
+            (&b"d4:name5:abc"[..], "past the end"),
+            (&b"d4:infod"[..], "ends in the middle"),
+            (&b"d12:piece lengthi4294967296ee"[..], "out of its range"),
+            (&b"d7:privatei256ee"[..], "out of its range"),
+        ] {
+            let err = check_torrent_file(bytes, false).unwrap_err();
+            assert!(err.message.contains(why), "{why}: {}", err.message);
+        }
+        let deep = [vec![b'l'; 10_000], vec![b'e'; 10_000]].concat();
+        let err = check_torrent_file(&deep, false).unwrap_err();
+        assert!(err.message.contains("nest deeper"), "{}", err.message);
+    }
+
+    #[test]
     fn multi_file_paths_must_stay_inside() {
         let hashes = "x".repeat(20);
         for path in ["l2:..1:ae", "l1:/e", "l0:e"] {
@@ -542,12 +683,42 @@ mod fuzz {
                 (b'0'..=b'9'),
                 any::<u8>(),
             ],
-            0..300,
+            0..2048,
         )
     }
 
-    // Case counts follow PROPTEST_CASES (256 by default), so a longer run is one variable away.
+    /// Cases per property: `PROPTEST_CASES` (scripts/fuzz runs 1,000,000), else 4,096 in
+    /// every test run.
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4096)
+    }
+
+    /// A path component as a hostile torrent might write it.
+    fn component() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"..".to_vec()),
+            Just(b".".to_vec()),
+            Just(b"".to_vec()),
+            Just(b"/etc".to_vec()),
+            Just(b"a\\b".to_vec()),
+            Just(b"\x1b[2J".to_vec()),
+            Just(b"ok\nname".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..16),
+            "[a-z.]{1,8}".prop_map(String::into_bytes),
+        ]
+    }
+
+    fn bstr(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(format!("{}:", bytes.len()).as_bytes());
+        out.extend_from_slice(bytes);
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
         #[test]
         fn no_torrent_bytes_make_the_checker_panic(bytes in bencodeish()) {
             let _ = check_torrent_file(&bytes, true);
@@ -574,9 +745,51 @@ mod fuzz {
         }
 
         #[test]
-        fn no_magnet_makes_the_checker_panic(link in ".{0,200}") {
+        fn no_multi_file_torrent_makes_the_checker_panic(
+            name in component(),
+            files in proptest::collection::vec(
+                (proptest::collection::vec(component(), 0..4), any::<u32>()),
+                0..6,
+            ),
+            piece_length in prop_oneof![Just(0u64), Just(16384u64), any::<u64>()],
+            pieces in 0usize..6,
+            announce in proptest::collection::vec(any::<u8>(), 0..24),
+        ) {
+            let mut info = b"d5:filesl".to_vec();
+            for (path, length) in &files {
+                info.extend_from_slice(format!("d6:lengthi{length}e4:pathl").as_bytes());
+                for part in path {
+                    bstr(&mut info, part);
+                }
+                info.extend_from_slice(b"ee");
+            }
+            info.extend_from_slice(b"e4:name");
+            bstr(&mut info, &name);
+            info.extend_from_slice(format!("12:piece lengthi{piece_length}e6:pieces").as_bytes());
+            bstr(&mut info, &vec![7u8; pieces * 20]);
+            info.push(b'e');
+            let mut torrent = b"d8:announce".to_vec();
+            bstr(&mut torrent, &announce);
+            torrent.extend_from_slice(b"4:info");
+            torrent.extend_from_slice(&info);
+            torrent.push(b'e');
+            let _ = check_torrent_file(&torrent, true);
+        }
+
+        #[test]
+        fn no_magnet_makes_the_checker_panic(
+            link in ".{0,200}",
+            hash in "[0-9a-fA-Z]{0,48}",
+            params in proptest::collection::vec(("(xt|dn|tr|x\\.pe|ws|xl)", ".{0,40}"), 0..5),
+        ) {
             let _ = check_magnet(&link, true);
             let _ = check_magnet(&format!("magnet:?{link}"), true);
+            let mut built = format!("magnet:?xt=urn:btih:{hash}");
+            for (key, value) in &params {
+                built.push_str(&format!("&{key}={value}"));
+            }
+            let _ = check_magnet(&built, true);
+            let _ = check_magnet(&built, false);
         }
     }
 }

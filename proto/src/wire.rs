@@ -415,17 +415,67 @@ mod tests {
         assert!(parse_datagram(&less, 0, 1000).is_err());
     }
 
+    /// Cases per property: `PROPTEST_CASES` (scripts/fuzz runs 1,000,000), else 4,096 in
+    /// every test run.
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4096)
+    }
+
+    /// A datagram whose header is honest half of the time, so the payload gets decoded.
+    fn datagram() -> impl Strategy<Value = Vec<u8>> {
+        (
+            proptest::collection::vec(any::<u8>(), 0..4096),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(payload, honest_fragment, honest_total)| {
+                if !honest_fragment && !honest_total {
+                    return payload;
+                }
+                let fragment = if honest_fragment {
+                    HEADER_BYTES + payload.len()
+                } else {
+                    payload.len()
+                };
+                let total = if honest_total {
+                    payload.len()
+                } else {
+                    payload.len() * 2 + 1
+                };
+                let mut bytes = header(fragment, total);
+                bytes.extend_from_slice(&payload);
+                bytes
+            })
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
         // No bytes a patron can send make the parser or the decoder panic.
         #[test]
-        fn arbitrary_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), fds in 0usize..4) {
+        fn arbitrary_datagrams_never_panic(bytes in datagram(), fds in 0usize..4) {
             if let Ok(Datagram::Complete(payload)) = parse_datagram(&bytes, fds, 1 << 20) {
                 let _ = decode(payload);
             }
         }
 
         #[test]
-        fn arbitrary_payloads_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..1024)) {
+        fn arbitrary_payloads_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..8192)) {
+            let _ = decode(&payload);
+        }
+
+        // Payloads that start like a real request (a valid variant tag) reach deeper.
+        #[test]
+        fn request_shaped_payloads_never_panic(
+            tag in 0u8..3,
+            kind in 0u8..16,
+            rest in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut payload = vec![tag, 1, kind];
+            payload.extend_from_slice(&rest);
             let _ = decode(&payload);
         }
 
