@@ -592,7 +592,13 @@ impl Broker {
         }
         let broker = self.clone();
         self.runtime.spawn(async move {
+            // Registry and engine change together, under the add lock: no add of the same
+            // torrent can find it in one and not the other.
+            let _adding = broker.adding.lock().await;
             for id in orphans {
+                if !broker.state().registry.remove_orphan(id) {
+                    continue; // someone joined it meanwhile
+                }
                 tracing::info!(torrent = %id, "closing ephemeral torrent: its last holder left");
                 if let Err(e) = broker.stop_torrent(id, false).await {
                     tracing::warn!(torrent = %id, "cannot close: {e:#}");

@@ -158,7 +158,9 @@ impl TorrentRegistry {
     }
 
     /// Releases every hold of a patron that left. Returns the ephemeral torrents nobody
-    /// holds any more (already removed from the registry: the caller stops them).
+    /// holds any more. They stay registered until the caller closes them with
+    /// [`TorrentRegistry::remove_orphan`] (under the add lock): until then a patron adding the
+    /// same torrent joins it, and it is not closed.
     pub fn release_all(&mut self, patron: PatronId) -> Vec<TorrentId> {
         let mut orphans = Vec::new();
         for (id, entry) in self.torrents.iter_mut() {
@@ -167,10 +169,19 @@ impl TorrentRegistry {
                 orphans.push(*id);
             }
         }
-        for id in &orphans {
-            self.torrents.remove(id);
-        }
         orphans
+    }
+
+    /// Removes an ephemeral torrent if still nobody holds it; true if it was removed.
+    pub fn remove_orphan(&mut self, id: TorrentId) -> bool {
+        let orphan = self
+            .torrents
+            .get(&id)
+            .is_some_and(|e| e.restore.ephemeral && e.holders.is_empty());
+        if orphan {
+            self.torrents.remove(&id);
+        }
+        orphan
     }
 
     /// All torrents, by id.

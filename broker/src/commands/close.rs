@@ -23,15 +23,22 @@ pub async fn run(
             };
         }
     };
-    let others = {
+    let unknown = || Event::Error {
+        request,
+        error: ProtoError::new(ErrorKind::UnknownTorrent, format!("no torrent {id} runs")),
+    };
+    let kept = Event::TorrentClosed {
+        request,
+        id,
+        stopped: false,
+        data_deleted: false,
+    };
+    {
         let mut guard = broker.state();
         // Borrow the registry and the patrons apart.
         let state = &mut *guard;
         let Some(entry) = state.registry.get_mut(id) else {
-            return Event::Error {
-                request,
-                error: ProtoError::new(ErrorKind::UnknownTorrent, format!("no torrent {id} runs")),
-            };
+            return unknown();
         };
         entry.holders.remove(&patron);
         // A status queued before the release must not arrive after the "closed" reply.
@@ -39,12 +46,20 @@ pub async fn run(
             handle.connection.outbox.forget_status(id);
         }
         if !entry.holders.is_empty() && !close.force {
-            return Event::TorrentClosed {
-                request,
-                id,
-                stopped: false,
-                data_deleted: false,
-            };
+            return kept;
+        }
+    }
+    // Stopping: the registry and the engine change together, under the add lock, so that
+    // an add of the same torrent meanwhile waits, then finds it in neither (DESIGN §4a).
+    let _adding = broker.adding.lock().await;
+    let others = {
+        let mut guard = broker.state();
+        let state = &mut *guard;
+        let Some(entry) = state.registry.get(id) else {
+            return unknown(); // closed by someone else while we waited
+        };
+        if !entry.holders.is_empty() && !close.force {
+            return kept; // someone joined it while we waited
         }
         let entry = state.registry.remove(id);
         let holders = entry.map(|e| e.holders).unwrap_or_default();
