@@ -1,0 +1,397 @@
+#!/usr/bin/env python3
+"""Chaos soak of the broker (run through scripts/soak).
+
+A seeding broker serves five torrents at a limited rate; a second broker (the one under test)
+downloads them again and again, while patrons come and go at random (list, status, add,
+close, watch, pipe), some killed (SIGKILL), some stopped and resumed (SIGSTOP/SIGCONT), and
+hostile raw connectors mix in (garbage, a NUL in the hello, silence, 20 descriptors). It
+checks as it runs:
+  - the broker never dies, and torrents.json always parses;
+  - every patron that was not killed exits within PATRON_BOUND with a documented code;
+  - every completed download has the right SHA-256;
+and at the end, once every patron is gone: the broker's fds, threads and RSS are back near
+their baseline. Everything stays on 127.0.0.1; every process is ended by its PID.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+DOCUMENTED_EXIT_CODES = {0, 1, 2, 3, 4, 5}
+PATRON_BOUND = 60.0  # seconds a patron that was not killed may take
+TORRENTS = 5
+SIZE = 3 * 1024 * 1024
+SEED_RATE = "4000000"  # bytes/s: each round of downloads takes a few seconds
+
+
+def log(*parts):
+    print("soak:", *parts, flush=True)
+
+
+class Soak:
+    def __init__(self, bins, minutes, seed):
+        self.bins = bins
+        self.deadline = time.monotonic() + minutes * 60
+        self.rng = random.Random(seed)
+        self.tmp = tempfile.mkdtemp(prefix="tp-soak-")
+        self.procs = []  # (Popen, kind, started, killed)
+        self.brokers = []
+        self.failures = []
+        self.counts = {"patrons": 0, "killed": 0, "stopped": 0, "hostile": 0,
+                       "downloads": 0, "exit_codes": {}}
+        self.env = dict(os.environ, TORRENT_PATRON_LOOPBACK_ONLY="1",
+                        TORRENT_PATRON_DOWNLOAD_ROOT=self.tmp,
+                        TORRENT_PATRON_STATUS_INTERVAL="200", RUST_LOG="info")
+        self.env.pop("TORRENT_PATRON_STATE", None)
+        self.env.pop("XDG_RUNTIME_DIR", None)
+
+    # -- processes -------------------------------------------------------------------------
+    def broker(self, name, *args):
+        state = os.path.join(self.tmp, name)
+        os.makedirs(state, mode=0o700, exist_ok=True)
+        logf = open(os.path.join(self.tmp, name + ".log"), "w")
+        proc = subprocess.Popen([self.bins["torrent-broker"], "--state-dir", state,
+                                 "--loopback-only", *args],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=logf, env=self.env)
+        self.brokers.append(proc)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = open(logf.name).read()
+            if "broker ready" in text:
+                port = text.split("listen=")[1].split()[0].rsplit(":", 1)[1]
+                return proc, state, int(port)
+            if proc.poll() is not None:
+                sys.exit(f"soak: broker {name} exited at start:\n{text}")
+            time.sleep(0.02)
+        sys.exit(f"soak: broker {name} not ready")
+
+    def client(self, state, *args, timeout=PATRON_BOUND):
+        out = subprocess.run([self.bins["patron-client"], "--state-dir", state, *args],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             env=self.env, timeout=timeout)
+        return out
+
+    def spawn(self, state, kind, args, stdin=None):
+        proc = subprocess.Popen([self.bins["patron-client"], "--state-dir", state, *args],
+                                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=self.env)
+        if stdin:
+            try:
+                proc.stdin.write(stdin.encode())
+                proc.stdin.close()
+            except OSError:
+                pass
+        self.procs.append({"proc": proc, "kind": kind, "since": time.monotonic(),
+                           "killed": False, "stopped": False, "interrupted": False})
+        self.counts["patrons"] += 1
+
+    # -- checks ----------------------------------------------------------------------------
+    def fail(self, what):
+        log("FAILED:", what)
+        self.failures.append(what)
+
+    def broker_alive(self, proc, name):
+        if proc.poll() is not None:
+            self.fail(f"{name} died with {proc.returncode}")
+            return False
+        return True
+
+    def records_valid(self, state):
+        path = os.path.join(state, "torrents.json")
+        try:
+            with open(path) as f:
+                json.load(f)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            self.fail(f"torrents.json unreadable: {e}")
+
+    def reap(self, force=False):
+        now = time.monotonic()
+        for entry in list(self.procs):
+            proc, kind = entry["proc"], entry["kind"]
+            code = proc.poll()
+            if code is None:
+                if entry["stopped"]:
+                    continue  # its clock runs from when it is resumed
+                if kind == "watch" and not entry["interrupted"] and (
+                        force or now - entry["since"] > 5):
+                    proc.send_signal(signal.SIGINT)  # a person's Ctrl-C
+                    entry["interrupted"] = True
+                    entry["since"] = now
+                elif now - entry["since"] > PATRON_BOUND:
+                    self.fail(f"a {kind} patron (pid {proc.pid}) ran past {PATRON_BOUND} s")
+                    proc.kill()
+                    proc.wait()
+                    self.procs.remove(entry)
+                continue
+            self.procs.remove(entry)
+            if entry["killed"]:
+                continue
+            self.counts["exit_codes"][code] = self.counts["exit_codes"].get(code, 0) + 1
+            ended_by_us = kind == "watch" and entry["interrupted"] and code == -signal.SIGINT
+            if code not in DOCUMENTED_EXIT_CODES and not ended_by_us:
+                self.fail(f"a {kind} patron exited with undocumented code {code}")
+
+    def usage(self, pid):
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+        rss = 0
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+        return fds, threads, rss
+
+    # -- hostile connectors ----------------------------------------------------------------
+    def hostile(self, state):
+        path = os.path.join(state, "run", "broker.sock")
+        if not os.path.exists(path):
+            candidates = [os.path.join(d, f) for d, _, fs in os.walk(state) for f in fs
+                          if f.endswith(".sock")]
+            if not candidates:
+                return
+            path = candidates[0]
+        self.counts["hostile"] += 1
+        kind = self.rng.choice(["garbage", "nul", "silent", "fds", "missing"])
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            s.settimeout(2)
+            s.connect(path)
+            if kind == "garbage":
+                s.send(os.urandom(self.rng.randrange(1, 200)))
+            elif kind in ("nul", "missing"):
+                name = b"/tmp/evil\x00name" if kind == "nul" else b"/nonexistent/.tmpx/socket"
+                payload = b"\x00\x01" + bytes([len(name)]) + name
+                s.send(struct.pack("=QQ", 16 + len(payload), len(payload)) + payload)
+            elif kind == "fds":
+                r, w = os.pipe()
+                payload = b"\x00\x01\x04/tmp"
+                data = struct.pack("=QQ", 16 + len(payload), len(payload)) + payload
+                s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                    struct.pack("20i", *([r, w] * 10)))])
+                os.close(r)
+                os.close(w)
+            elif kind == "silent":
+                time.sleep(self.rng.random() * 0.2)
+            s.close()
+        except OSError:
+            pass  # the broker hung up first: fine
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self):
+        seeder, seed_state, seed_port = self.broker("seeder", "--max-upload-rate", SEED_RATE)
+        leecher, state, _ = self.broker("leecher")
+        torrents = []
+        for n in range(TORRENTS):
+            data = os.path.join(self.tmp, "seed", f"file{n}.bin")
+            os.makedirs(os.path.dirname(data), exist_ok=True)
+            with open(data, "wb") as f:
+                f.write(self.rng.randbytes(SIZE))
+            digest = hashlib.sha256(open(data, "rb").read()).hexdigest()
+            torrent = os.path.join(self.tmp, f"file{n}.torrent")
+            out = self.client(seed_state, "make", data, "--output", torrent, "--seed")
+            if out.returncode != 0:
+                sys.exit(f"soak: make --seed failed: {out.stderr}")
+            torrents.append((torrent, digest, f"file{n}.bin"))
+        peer = f"127.0.0.1:{seed_port}"
+
+        # Warm every lazily started part of the broker, then take its baseline.
+        self.client(state, "list")
+        base = self.usage(leecher.pid)
+        log(f"baseline: {base[0]} fds, {base[1]} threads, {base[2] // 1024} MiB RSS")
+
+        rounds = 0
+        downloads = {}  # torrent index → (output dir, started)
+        last_check = 0.0
+        while time.monotonic() < self.deadline and not self.failures:
+            # Keep five downloads going: start missing ones, verify and restart finished ones.
+            for i, (torrent, digest, name) in enumerate(torrents):
+                if i not in downloads:
+                    out_dir = os.path.join(self.tmp, "dl", f"r{rounds}-{i}")
+                    os.makedirs(out_dir, exist_ok=True)
+                    r = self.client(state, "--json", "add", torrent, "--output", out_dir,
+                                    "--peer", peer)
+                    started = json_line(r.stdout)
+                    if r.returncode in (0, 4) and "id" in started:
+                        # A joiner may have started it first, elsewhere: go by its answer.
+                        downloads[i] = (str(started["id"]), started["save_folder"],
+                                        time.monotonic())
+                    continue
+                ident, folder, started = downloads[i]
+                st = json_line(self.client(state, "--json", "status", ident).stdout)
+                if st.get("complete"):
+                    path = os.path.join(folder, name)
+                    got = hashlib.sha256(open(path, "rb").read()).hexdigest()
+                    if got != digest:
+                        self.fail(f"{path}: SHA-256 {got}, expected {digest}")
+                    self.counts["downloads"] += 1
+                    self.client(state, "close", "--force", "--delete-data", ident)
+                    del downloads[i]
+                    rounds += 1
+                elif time.monotonic() - started > 120:
+                    self.fail(f"torrent {ident} in {folder} did not complete within 120 s")
+            # Patrons come and go.
+            for _ in range(self.rng.randrange(1, 4)):
+                self.random_patron(state, torrents)
+            if self.rng.random() < 0.5:
+                self.hostile(state)
+            self.chaos()
+            self.reap()
+            now = time.monotonic()
+            if now - last_check > 1:
+                last_check = now
+                self.broker_alive(leecher, "the broker under test")
+                self.broker_alive(seeder, "the seeding broker")
+                self.records_valid(state)
+            time.sleep(self.rng.random() * 0.2)
+
+        # Wind down: every patron ends (watchers get Ctrl-C), then resources return.
+        end = time.monotonic() + PATRON_BOUND + 10
+        while self.procs and time.monotonic() < end:
+            for entry in self.procs:
+                if entry["stopped"]:
+                    os.kill(entry["proc"].pid, signal.SIGCONT)
+                    entry["stopped"] = False
+                    entry["since"] = time.monotonic()
+            self.reap(force=True)
+            time.sleep(0.05)
+        if self.procs:
+            self.fail(f"{len(self.procs)} patrons did not end")
+            for entry in self.procs:
+                entry["proc"].kill()
+        for ident, _, _ in downloads.values():
+            self.client(state, "close", "--force", "--delete-data", ident)
+        settle = time.monotonic() + 20
+        now_usage = self.usage(leecher.pid)
+        while time.monotonic() < settle:
+            now_usage = self.usage(leecher.pid)
+            if now_usage[0] <= base[0] + 4 and now_usage[1] <= base[1] + 2:
+                break
+            time.sleep(0.2)
+        log(f"after: {now_usage[0]} fds, {now_usage[1]} threads, {now_usage[2] // 1024} MiB RSS")
+        if now_usage[0] > base[0] + 4:
+            self.fail(f"fds did not return: {base[0]} → {now_usage[0]}")
+        if now_usage[1] > base[1] + 2:
+            self.fail(f"threads did not return: {base[1]} → {now_usage[1]}")
+        if now_usage[2] > base[2] + 64 * 1024:
+            self.fail(f"RSS grew by {(now_usage[2] - base[2]) // 1024} MiB")
+        self.broker_alive(leecher, "the broker under test")
+        self.records_valid(state)
+        self.stop()
+        c = self.counts
+        log(f"{c['patrons']} patrons ({c['killed']} SIGKILLed, {c['stopped']} SIGSTOPped), "
+            f"{c['hostile']} hostile connectors, {c['downloads']} downloads verified, "
+            f"exit codes {dict(sorted(c['exit_codes'].items()))}")
+        return not self.failures
+
+    def random_patron(self, state, torrents):
+        torrent, _, _ = self.rng.choice(torrents)
+        out_dir = os.path.join(self.tmp, "dl", "joiners")
+        os.makedirs(out_dir, exist_ok=True)
+        choice = self.rng.choice(["list", "list-json", "status", "add", "watch", "pipe",
+                                  "close-unknown", "info"])
+        if choice == "list":
+            self.spawn(state, choice, ["list"])
+        elif choice == "list-json":
+            self.spawn(state, choice, ["--json", "list"])
+        elif choice == "status":
+            self.spawn(state, choice, ["status", str(self.rng.randrange(0, 40))])
+        elif choice == "add":
+            self.spawn(state, choice, ["--json", "add", torrent, "--output", out_dir])
+        elif choice == "watch":
+            self.spawn(state, "watch", ["--json", "watch"])
+        elif choice == "pipe":
+            lines = "\n".join(self.rng.choice([
+                '{"cmd": "list"}', '{"cmd": "status", "torrent": "0"}',
+                'not json', '{"cmd": "nope"}', '{"cmd": "info"}',
+                json.dumps({"cmd": "add", "torrent": torrent, "output": out_dir}),
+            ]) for _ in range(self.rng.randrange(1, 6))) + "\n"
+            self.spawn(state, choice, ["pipe"], stdin=lines)
+        elif choice == "close-unknown":
+            self.spawn(state, choice, ["close", str(self.rng.randrange(1000, 2000))])
+        else:
+            self.spawn(state, choice, ["--json", "broker", "status"])
+
+    def chaos(self):
+        alive = [e for e in self.procs if e["proc"].poll() is None and not e["killed"]]
+        if not alive:
+            return
+        entry = self.rng.choice(alive)
+        roll = self.rng.random()
+        if roll < 0.15:
+            entry["proc"].kill()
+            entry["killed"] = True
+            self.counts["killed"] += 1
+        elif roll < 0.25 and not entry["stopped"]:
+            os.kill(entry["proc"].pid, signal.SIGSTOP)
+            entry["stopped"] = True
+            self.counts["stopped"] += 1
+        elif entry["stopped"] and roll < 0.6:
+            os.kill(entry["proc"].pid, signal.SIGCONT)
+            entry["stopped"] = False
+            entry["since"] = time.monotonic()
+
+    def stop(self):
+        for proc in self.brokers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.brokers:
+            try:
+                code = proc.wait(timeout=20)
+                if code != 0:
+                    self.fail(f"a broker exited {code} on SIGTERM")
+            except subprocess.TimeoutExpired:
+                self.fail("a broker did not stop within 20 s of SIGTERM")
+                proc.kill()
+
+
+def json_line(text):
+    """The first JSON object printed, or {}."""
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=2.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--bin-dir", required=True)
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    log(f"{args.minutes} minutes, seed {seed} (rerun with --seed {seed})")
+    bins = {b: os.path.join(args.bin_dir, b) for b in ("torrent-broker", "patron-client")}
+    soak = Soak(bins, args.minutes, seed)
+    try:
+        ok = soak.run()
+    finally:
+        for proc in soak.brokers:
+            if proc.poll() is None:
+                proc.kill()
+        for entry in soak.procs:
+            if entry["proc"].poll() is None:
+                entry["proc"].kill()
+    if not ok:
+        log(f"{len(soak.failures)} invariant(s) broken; logs in {soak.tmp}")
+        sys.exit(1)
+    log("OK: every invariant held")
+
+
+if __name__ == "__main__":
+    main()
