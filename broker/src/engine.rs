@@ -43,6 +43,8 @@ pub struct Engine {
     /// Ids are chosen here, not by librqbit: its JSON store hands two concurrent adds the same
     /// id (and then wrongly reports the second torrent as already managed).
     next_id: AtomicUsize,
+    /// Whether the DHT runs (a magnet can then be resolved without peers or trackers).
+    dht: bool,
 }
 
 /// A torrent the engine accepted.
@@ -131,6 +133,7 @@ impl Engine {
         Ok(Engine {
             session,
             next_id: AtomicUsize::new(0),
+            dht: config.dht,
         })
     }
 
@@ -148,6 +151,7 @@ impl Engine {
         peers: Vec<SocketAddr>,
         timeout: Duration,
     ) -> Result<(Vec<u8>, Vec<SocketAddr>), ProtoError> {
+        let no_source = peers.is_empty() && !self.dht;
         let options = AddTorrentOptions {
             list_only: true,
             initial_peers: Some(peers),
@@ -161,8 +165,15 @@ impl Engine {
                 ErrorKind::MetadataTimeout,
                 format!("no peer sent the magnet's metadata within {timeout:?}"),
             )),
+            // Not a timeout: the engine gave up at once, having nothing to ask.
+            Ok(Err(e)) if no_source => Err(ProtoError::new(
+                ErrorKind::Engine,
+                format!(
+                    "cannot fetch the magnet's metadata: it names no peer (x.pe) and no tracker this broker may use, and DHT is off ({e:#})"
+                ),
+            )),
             Ok(Err(e)) => Err(ProtoError::new(
-                ErrorKind::MetadataTimeout,
+                ErrorKind::Engine,
                 format!("cannot fetch the magnet's metadata: {e:#}"),
             )),
             Ok(Ok(AddTorrentResponse::ListOnly(listed))) => {

@@ -10,7 +10,7 @@ use lava_torrent::torrent::v1::TorrentBuilder;
 use librqbit::{Magnet, ValidatedTorrentMetaV1Info};
 use proto::{ErrorKind, InfoHash, ProtoError, TorrentId, TorrentInfo};
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 
 /// Smallest piece size `make` accepts (BitTorrent's block size).
@@ -398,6 +398,9 @@ pub struct CheckedMagnet {
     pub name: Option<String>,
     /// The link to give the engine (off-loopback trackers removed in loopback-only mode).
     pub uri: String,
+    /// Peers the link names (`x.pe`), which librqbit 9.1's parser drops: given to the engine
+    /// as initial peers. Off-loopback ones are left out in loopback-only mode.
+    pub peers: Vec<SocketAddr>,
 }
 
 /// Parses a magnet link (or a bare 40-digit info hash).
@@ -414,10 +417,21 @@ pub fn check_magnet(link: &str, loopback_only: bool) -> Result<CheckedMagnet, Pr
         .cloned()
         .collect();
     let rebuilt = Magnet::from_id20(id, trackers, magnet.get_select_only());
+    // x.pe=HOST:PORT (an IP address: the broker resolves no names for a patron).
+    let peers = url::Url::parse(link)
+        .map(|url| {
+            url.query_pairs()
+                .filter(|(key, _)| key == "x.pe")
+                .filter_map(|(_, value)| value.parse::<SocketAddr>().ok())
+                .filter(|peer| peer_allowed(peer.ip(), loopback_only))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(CheckedMagnet {
         info_hash: InfoHash(id.0),
         name: magnet.name.clone(),
         uri: rebuilt.to_string(),
+        peers,
     })
 }
 

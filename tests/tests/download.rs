@@ -87,6 +87,28 @@ fn a_magnet_link_fetches_its_metadata_from_the_peer_and_downloads() {
         .arg(&downloads);
     let failed = run(add).expect_code(3);
     assert!(failed.stderr.contains("metadata"), "{}", failed.stderr);
+    // It did not time out: it had nobody to ask, and says so.
+    assert!(failed.stderr.contains("names no peer"), "{}", failed.stderr);
+}
+
+#[test]
+fn a_magnets_own_peers_are_used() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/xpe.bin", 300_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+
+    // No --peer: the seeder is named only in the link (x.pe), as BEP 9 allows.
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&dn=xpe.bin&x.pe={}",
+        seeder.info_hash,
+        seeder.broker.peer()
+    );
+    let mut add = sandbox.add_command(&state, &magnet, &downloads, None);
+    add.arg("--wait");
+    run(add).expect_code(0);
+    assert_eq!(sha256(&downloads.join("xpe.bin")), sha256(&data));
 }
 
 #[test]
