@@ -192,7 +192,7 @@ fn broker_download(
     create.peers = vec![seeder.to_string()];
     let info = match patron.create(create)? {
         Created::New(info) => info,
-        Created::AlreadyDownloading(_) => bail!("the broker already ran the bench torrent"),
+        Created::AlreadyDownloading(..) => bail!("the broker already ran the bench torrent"),
     };
     let id = TorrentRef::Id(info.id);
     let deadline = Instant::now() + Duration::from_secs(600);

@@ -81,7 +81,7 @@ pub fn run(bench: FanoutBench) -> anyhow::Result<()> {
     create.peers = vec![seeder.addr.to_string()];
     let info = match first.create(create)? {
         Created::New(info) => info,
-        Created::AlreadyDownloading(_) => bail!("the broker already ran the fan-out torrent"),
+        Created::AlreadyDownloading(..) => bail!("the broker already ran the fan-out torrent"),
     };
     let id = TorrentRef::Id(info.id);
     let deadline = Instant::now() + Duration::from_secs(60);

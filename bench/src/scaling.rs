@@ -74,7 +74,7 @@ pub fn run(bench: ScalingBench) -> anyhow::Result<()> {
             let mut create = CreateNewTorrent::new(TorrentSource::TorrentFile(made.bytes));
             create.output = Some(data.display().to_string());
             create.overwrite = true;
-            if let Created::AlreadyDownloading(_) = measuring.create(create)? {
+            if let Created::AlreadyDownloading(..) = measuring.create(create)? {
                 bail!("torrent {added} already ran");
             }
             added += 1;

@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut patron = Patron::connect()?;
     let created = patron.create(request)?;
-    if let Created::AlreadyDownloading(info) = &created {
+    if let Created::AlreadyDownloading(info, _) = &created {
         println!("torrent {} was already running; following it", info.id);
     }
     let id = created.info().id;

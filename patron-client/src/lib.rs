@@ -20,7 +20,7 @@
 //! let mut request = CreateNewTorrent::new(TorrentSource::TorrentFile(bytes));
 //! request.output = Some("/home/me/Downloads".into());
 //! let torrent = match patron.create(request)? {
-//!     Created::New(info) | Created::AlreadyDownloading(info) => info,
+//!     Created::New(info) | Created::AlreadyDownloading(info, _) => info,
 //! };
 //! loop {
 //!     if let Event::TorrentStatusUpdate(status) = patron.next_event()? {
@@ -105,15 +105,16 @@ impl Requester {
 pub enum Created {
     /// The torrent was started for this request.
     New(TorrentInfo),
-    /// It already ran (same info hash); this patron now holds it too.
-    AlreadyDownloading(TorrentInfo),
+    /// It already ran (same info hash); this patron now holds it too. The list names the
+    /// options of the request the running torrent does not take (`output`, `paused`, …).
+    AlreadyDownloading(TorrentInfo, Vec<String>),
 }
 
 impl Created {
     /// The torrent, either way.
     pub fn info(&self) -> &TorrentInfo {
         match self {
-            Created::New(info) | Created::AlreadyDownloading(info) => info,
+            Created::New(info) | Created::AlreadyDownloading(info, _) => info,
         }
     }
 }
@@ -217,9 +218,11 @@ impl Patron {
     pub fn create(&mut self, create: CreateNewTorrent) -> Result<Created> {
         match self.request(RequestBody::CreateNewTorrent(create))? {
             Event::NewTorrentCreated { torrent, .. } => Ok(Created::New(torrent)),
-            Event::TorrentAlreadyDownloading { torrent, .. } => {
-                Ok(Created::AlreadyDownloading(torrent))
-            }
+            Event::TorrentAlreadyDownloading {
+                torrent,
+                not_applied,
+                ..
+            } => Ok(Created::AlreadyDownloading(torrent, not_applied)),
             Event::TorrentStartFail { error, .. } => Err(Error::StartFailed(error)),
             other => Err(unexpected(other)),
         }

@@ -70,7 +70,7 @@ pub use status::{TorrentState, TorrentStatus};
 
 /// The protocol version spoken by this build. Bumped on any incompatible wire change;
 /// the broker refuses a patron whose version differs, with a clear error on both sides.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest serialized request the broker accepts (a .torrent file rides inside one).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -486,6 +486,10 @@ pub enum Event {
         request: RequestId,
         /// The torrent that was already running.
         torrent: TorrentInfo,
+        /// Options of the request that the running torrent does not take: `output` (it
+        /// saves elsewhere), `paused`, `ephemeral`, `peers`, `only_files`. Said, never
+        /// silently dropped.
+        not_applied: Vec<String>,
     },
     /// That create request could not be started.
     TorrentStartFail {

@@ -94,6 +94,7 @@ fn every_event_round_trips() {
         Event::TorrentAlreadyDownloading {
             request: RequestId(2),
             torrent: sample_info(),
+            not_applied: vec!["output".into(), "paused".into()],
         },
         Event::TorrentStartFail {
             request: RequestId(3),

@@ -23,7 +23,7 @@ fn a_second_patron_adding_the_same_torrent_joins_it_and_both_get_status() {
     let Created::New(created) = created else {
         panic!("first patron should create: {created:?}");
     };
-    let Created::AlreadyDownloading(joined) = joined else {
+    let Created::AlreadyDownloading(joined, _) = joined else {
         panic!("second patron should join: {joined:?}");
     };
     assert_eq!(joined.id, created.id);
@@ -34,6 +34,47 @@ fn a_second_patron_adding_the_same_torrent_joins_it_and_both_get_status() {
         let status = e2e::wait_complete(patron, Some(created.id));
         assert_eq!(status.bytes_done, 2_000_000);
     }
+}
+
+#[test]
+fn a_joiners_options_that_cannot_apply_are_named_not_dropped() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/joined.bin", 200_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let out = sandbox.folder("downloads");
+    let elsewhere = sandbox.folder("elsewhere");
+    run(sandbox.add_command(&state, &seeder.torrent, &out, None)).expect_code(0);
+
+    // Same torrent, another folder, paused, ephemeral, with a peer: it runs as it was.
+    let mut join = sandbox.add_command(&state, &seeder.torrent, &elsewhere, Some("127.0.0.1:9"));
+    join.args(["--paused", "--ephemeral"]);
+    let joined = run(join).expect_code(4).json_lines();
+    let not_applied = joined[0]["not_applied"].clone();
+    for option in ["output", "paused", "ephemeral", "peers"] {
+        assert!(
+            not_applied
+                .as_array()
+                .is_some_and(|a| a.iter().any(|o| o == option)),
+            "{option} is not named in {not_applied}"
+        );
+    }
+    // A plain join has nothing to report; a person is told in words.
+    let plain = run(sandbox.add_command(&state, &seeder.torrent, &out, None)).expect_code(4);
+    assert_eq!(
+        plain.json_lines()[0]["not_applied"],
+        e2e::serde_json::json!([])
+    );
+    let mut human = sandbox.client(&state);
+    human
+        .arg("add")
+        .arg(&seeder.torrent)
+        .arg("-o")
+        .arg(&elsewhere)
+        .arg("--paused");
+    let said = run(human).expect_code(4).stdout;
+    assert!(said.contains("not applied: --output, --paused"), "{said}");
 }
 
 #[test]
@@ -213,7 +254,7 @@ fn twenty_patrons_adding_one_torrent_at_once_get_one_created_and_nineteen_joined
                 created += 1;
                 ids.insert(info.id);
             }
-            Ok(Created::AlreadyDownloading(info)) => {
+            Ok(Created::AlreadyDownloading(info, _)) => {
                 ids.insert(info.id);
             }
             Err(e) => panic!("every patron must get the torrent, one got: {e}"),

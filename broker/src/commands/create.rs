@@ -38,8 +38,13 @@ async fn start(
         }
         TorrentSource::Magnet(link) => {
             let magnet = torrent_file::check_magnet(link, loopback_only)?;
-            if let Some(joined) = join(broker, patron, request, magnet.info_hash) {
+            if let Some(joined) = join(broker, patron, request, &create, magnet.info_hash) {
                 return Ok(joined);
+            }
+            for peer in &magnet.peers {
+                if !peers.contains(peer) {
+                    peers.push(*peer);
+                }
             }
             let (bytes, seen) = broker
                 .engine
@@ -58,7 +63,7 @@ async fn start(
         );
     }
     let _adding = broker.adding.lock().await;
-    if let Some(joined) = join(broker, patron, request, checked.info_hash) {
+    if let Some(joined) = join(broker, patron, request, &create, checked.info_hash) {
         return Ok(joined);
     }
     broker.room_for_one_more()?;
@@ -96,21 +101,54 @@ async fn start(
         tracing::info!(patron, torrent = %torrent.id, name = %torrent.name, "torrent started");
         Ok(Event::NewTorrentCreated { request, torrent })
     } else {
-        Ok(Event::TorrentAlreadyDownloading { request, torrent })
+        // The engine had it though the registry did not (cannot happen under the add lock).
+        Ok(Event::TorrentAlreadyDownloading {
+            request,
+            torrent,
+            not_applied: Vec::new(),
+        })
     }
 }
 
-/// If a torrent with this info hash runs, makes `patron` hold it and says so.
+/// If a torrent with this info hash runs, makes `patron` hold it and says so, naming the
+/// options of `create` that the running torrent does not take.
 fn join(
     broker: &Broker,
     patron: PatronId,
     request: RequestId,
+    create: &CreateNewTorrent,
     info_hash: proto::InfoHash,
 ) -> Option<Event> {
     let mut state = broker.state();
     let id = state.registry.by_info_hash(info_hash)?;
+    let ephemeral = state.registry.get(id)?.restore.ephemeral;
     let torrent = state.hold(id, patron)?;
-    Some(Event::TorrentAlreadyDownloading { request, torrent })
+    drop(state);
+    let mut not_applied = Vec::new();
+    let elsewhere = create.output.as_deref().is_some_and(|output| {
+        let asked = std::path::Path::new(output);
+        let asked = asked.canonicalize().unwrap_or_else(|_| asked.to_path_buf());
+        asked != std::path::Path::new(&torrent.save_folder)
+    });
+    for (name, differs) in [
+        ("output", elsewhere),
+        ("paused", create.paused),
+        ("ephemeral", create.ephemeral && !ephemeral),
+        ("peers", !create.peers.is_empty()),
+        ("only_files", create.only_files.is_some()),
+    ] {
+        if differs {
+            not_applied.push(name.to_owned());
+        }
+    }
+    if !not_applied.is_empty() {
+        tracing::info!(patron, torrent = %id, "joined; not applied: {}", not_applied.join(", "));
+    }
+    Some(Event::TorrentAlreadyDownloading {
+        request,
+        torrent,
+        not_applied,
+    })
 }
 
 fn parse_peers(peers: &[String], loopback_only: bool) -> Result<Vec<SocketAddr>, ProtoError> {

@@ -53,15 +53,33 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     let created = patron.create(request)?;
     let (verb, event, exit) = match &created {
         Created::New(_) => ("Started", "created", Exit::Success),
-        Created::AlreadyDownloading(_) => (
+        Created::AlreadyDownloading(..) => (
             "Already downloading: joined",
             "already-downloading",
             Exit::AlreadyDownloading,
         ),
     };
     let info = created.info();
-    ctx.out
-        .emit(|| info_human(verb, info), info_json(event, info));
+    let not_applied = match &created {
+        Created::AlreadyDownloading(_, not_applied) => not_applied.clone(),
+        Created::New(_) => Vec::new(),
+    };
+    let mut value = info_json(event, info);
+    value["not_applied"] = not_applied.clone().into();
+    ctx.out.emit(
+        || {
+            let mut text = info_human(verb, info);
+            if !not_applied.is_empty() {
+                let options: Vec<String> = not_applied.iter().map(|o| option_name(o)).collect();
+                text.push_str(&format!(
+                    "\n  not applied: {} (the torrent already ran as shown)",
+                    options.join(", ")
+                ));
+            }
+            text
+        },
+        value,
+    );
     if !args.wait {
         return Ok(exit);
     }
@@ -138,5 +156,14 @@ pub fn wait_until_complete(
             Event::Disconnected { reason } => return Err(Error::BrokerStopped(reason)),
             _ => {}
         }
+    }
+}
+
+/// The command-line option for a request field the broker did not apply.
+fn option_name(field: &str) -> String {
+    match field {
+        "peers" => "--peer".to_owned(),
+        "only_files" => "--only".to_owned(),
+        other => format!("--{other}"),
     }
 }

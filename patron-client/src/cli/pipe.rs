@@ -372,8 +372,14 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
 fn event_json(event: Event) -> Value {
     match event {
         Event::NewTorrentCreated { torrent, .. } => info_json("created", &torrent),
-        Event::TorrentAlreadyDownloading { torrent, .. } => {
-            info_json("already-downloading", &torrent)
+        Event::TorrentAlreadyDownloading {
+            torrent,
+            not_applied,
+            ..
+        } => {
+            let mut value = info_json("already-downloading", &torrent);
+            value["not_applied"] = not_applied.into();
+            value
         }
         Event::Following { torrent, .. } => info_json("following", &torrent),
         Event::TorrentStartFail { error, .. } => json!({
