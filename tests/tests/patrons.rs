@@ -142,11 +142,13 @@ fn close_releases_holds_stops_torrents_and_deletes_data_only_when_asked() {
     assert!(!closed.stopped);
     assert_eq!(other.list().expect("list").len(), 1);
 
-    // A CLI close without --force from a patron that holds nothing also leaves it running.
+    // Someone else's torrent: a patron that does not hold it cannot close it without
+    // --force; it is told so (not-holder), and the torrent runs on.
     let mut close = sandbox.client(&state);
     close.args(["--json", "close", &id.to_string()]);
-    let out_json = run(close).expect_code(0).json_lines();
-    assert_eq!(out_json[0]["stopped"], false);
+    let out_json = run(close).expect_code(1).json_lines();
+    assert_eq!(out_json[0]["kind"], "not-holder", "{out_json:?}");
+    assert_eq!(other.list().expect("list").len(), 1);
 
     // --force stops it for everyone; the remaining holder is told.
     let mut close = sandbox.client(&state);

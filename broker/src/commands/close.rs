@@ -40,7 +40,21 @@ pub async fn run(
         let Some(entry) = state.registry.get_mut(id) else {
             return unknown();
         };
-        entry.holders.remove(&patron);
+        let held = entry.holders.remove(&patron);
+        // Someone else's torrent (held by others, not by this patron) is not this patron's
+        // to close, unless forced (DESIGN §2). One nobody holds is anyone's.
+        if !held && !entry.holders.is_empty() && !close.force {
+            return Event::Error {
+                request,
+                error: ProtoError::new(
+                    ErrorKind::NotHolder,
+                    format!(
+                        "torrent {id} is held by {} other patron(s), not by you; --force stops it anyway",
+                        entry.holders.len()
+                    ),
+                ),
+            };
+        }
         // A status queued before the release must not arrive after the "closed" reply.
         if let Some(handle) = state.patrons.get(&patron) {
             handle.connection.outbox.forget_status(id);
