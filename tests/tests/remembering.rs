@@ -226,3 +226,34 @@ fn a_record_that_cannot_be_restored_can_be_closed_for_good() {
     );
     stop(broker);
 }
+
+#[test]
+fn state_files_are_owner_only_even_in_a_state_dir_that_already_existed() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("open");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let downloads = sandbox.folder("downloads");
+    let torrent = made_torrent(&sandbox, "private.bin");
+    let broker = sandbox.broker(&state, &[]);
+    run(sandbox.add_command(&state, &torrent, &downloads, None)).expect_code(0);
+    stop(broker);
+
+    let mut open = Vec::new();
+    let mut stack = vec![state.clone()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        if meta.mode() & 0o077 != 0 {
+            open.push(format!("{} {:o}", path.display(), meta.mode() & 0o777));
+        }
+        if meta.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&path)
+                    .expect("dir")
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    assert!(open.is_empty(), "readable by others: {open:#?}");
+}
