@@ -89,9 +89,10 @@ impl Engine {
             // Belt and braces: even a peer learned from a loopback tracker or PEX is dialled
             // only if it is on loopback.
             let path = state.join("loopback-allowlist.txt");
-            std::fs::write(
+            // Written once: a start must not need a writable state disk.
+            crate::store::write_if_changed(
                 &path,
-                "loopback:127.0.0.0-127.255.255.255\nloopback6:::1-::1\n",
+                b"loopback:127.0.0.0-127.255.255.255\nloopback6:::1-::1\n",
             )?;
             Some(format!("file://{}", path.display()))
         } else {

@@ -7,6 +7,7 @@ use anyhow::Context;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Held for the broker's whole life; dropping it releases the state directory.
@@ -30,12 +31,17 @@ pub enum LockError {
 impl StateLock {
     /// Takes the lock without waiting, and records our pid in it.
     pub fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
+        // The state dir and everything in it are owner-only, however the dir came to exist.
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} owner-only", state_dir.display()))
+            .map_err(LockError::Io)?;
         let path = state_dir.join(proto::paths::LOCK_FILE);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))
             .map_err(LockError::Io)?;

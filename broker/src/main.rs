@@ -73,9 +73,11 @@ fn init_logging(config: &BrokerConfig) -> anyhow::Result<()> {
     let logger = tracing_subscriber::fmt().with_env_filter(filter);
     match &config.log_file {
         Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(path)
                 .with_context(|| format!("cannot open the log file {}", path.display()))?;
             logger

@@ -42,6 +42,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     written
 }
 
+/// [`write_atomically`], unless `path` already holds exactly `bytes` (then only its mode is
+/// made owner-only): nothing is written, so a full disk does not matter.
+pub fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    match std::fs::read(path) {
+        Ok(current) if current == bytes => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        }
+        _ => write_atomically(path, bytes),
+    }
+}
+
 /// Removes `path` durably (a missing file is fine).
 pub fn remove_durably(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
