@@ -205,6 +205,7 @@ class Soak:
                 sys.exit(f"soak: make --seed failed: {out.stderr}")
             torrents.append((torrent, digest, f"file{n}.bin"))
         peer = f"127.0.0.1:{seed_port}"
+        self.peer = peer
 
         # Warm every lazily started part of the broker, then take its baseline.
         self.client(state, "list")
@@ -308,14 +309,18 @@ class Soak:
         elif choice == "status":
             self.spawn(state, choice, ["status", str(self.rng.randrange(0, 40))])
         elif choice == "add":
-            self.spawn(state, choice, ["--json", "add", torrent, "--output", out_dir])
+            # With the seeder as its peer: if this patron starts the torrent (nobody ran it
+            # at that moment), it must be able to download it.
+            self.spawn(state, choice, ["--json", "add", torrent, "--output", out_dir,
+                                       "--peer", self.peer])
         elif choice == "watch":
             self.spawn(state, "watch", ["--json", "watch"])
         elif choice == "pipe":
             lines = "\n".join(self.rng.choice([
                 '{"cmd": "list"}', '{"cmd": "status", "torrent": "0"}',
                 'not json', '{"cmd": "nope"}', '{"cmd": "info"}',
-                json.dumps({"cmd": "add", "torrent": torrent, "output": out_dir}),
+                json.dumps({"cmd": "add", "torrent": torrent, "output": out_dir,
+                            "peers": [self.peer]}),
             ]) for _ in range(self.rng.randrange(1, 6))) + "\n"
             self.spawn(state, choice, ["pipe"], stdin=lines)
         elif choice == "close-unknown":
