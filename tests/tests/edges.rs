@@ -52,3 +52,40 @@ fn output_into_a_pipe_whose_reader_left_ends_quietly() {
         assert_eq!(code, Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// Every socket of `pid` as `ss` prints it: (protocol, local address with any `%device`).
+fn sockets_of(pid: i32) -> Vec<(String, String)> {
+    let out = Command::new("ss")
+        .args(["-H", "-a", "-n", "-p", "-t", "-u"])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields[0].to_owned(), fields[4].to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn under_loopback_only_the_broker_has_no_socket_reachable_beyond_loopback() {
+    assert!(e2e::have_program("ss", "iproute2"));
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("loopback");
+    let broker = sandbox.broker(&state, &[]);
+    let sockets = sockets_of(broker.pid);
+    assert!(!sockets.is_empty(), "ss shows no socket of the broker");
+    for (protocol, local) in &sockets {
+        let on_loopback = local.starts_with("127.")
+            || local.starts_with("[::1]")
+            || local.starts_with("[::ffff:127.")
+            // Bound to the loopback device: it can neither receive nor send elsewhere.
+            || local.contains("%lo:");
+        assert!(
+            on_loopback,
+            "{protocol} socket on {local} is reachable beyond loopback: {sockets:?}"
+        );
+    }
+}
