@@ -121,6 +121,10 @@ impl Engine {
                 ..Default::default()
             }),
             allowlist_url,
+            // librqbit 9.1 opens its UDP tracker socket on [::]:0 whatever the listen
+            // address; bound to the loopback device, no socket of the engine can receive
+            // or send beyond it.
+            bind_device_name: config.loopback_only.then(|| "lo".to_owned()),
             ipv4_only: config.listen.is_ipv4(),
             connect: Some(ConnectionOptions {
                 peer_opts: Some(PEER_CONNECTIONS),
