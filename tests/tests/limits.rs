@@ -144,3 +144,29 @@ fn a_request_over_the_size_limit_is_refused_and_the_session_goes_on() {
         "soft limit raised to the hard one: {line}"
     );
 }
+
+#[test]
+fn max_download_rate_limits_even_a_small_download() {
+    // 3 MB at 1 MB/s: the limiter lets about a second's worth through at once, so the
+    // rest cannot take less than ~2 s. Unlimited, the same download takes a fraction of that.
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/limited.bin", 3_000_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("limited");
+    let _broker = sandbox.broker(&state, &["--max-download-rate", "1000000"]);
+    let out = sandbox.folder("downloads");
+    let mut patron = sandbox.patron(&state);
+    let started = std::time::Instant::now();
+    let id = patron
+        .create(seeder.create_request(&out))
+        .expect("create")
+        .info()
+        .id;
+    e2e::wait_complete(&mut patron, Some(id));
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(1800),
+        "3 MB arrived in {took:?} through a 1 MB/s limit"
+    );
+    assert_eq!(e2e::sha256(&out.join("limited.bin")), e2e::sha256(&data));
+}
