@@ -2,26 +2,26 @@
 //! holders when it changed meaningfully (always when it completes). Queues coalesce per
 //! torrent, so a slow patron gets the latest status, not a backlog.
 
-use crate::broker::Broker;
 use crate::engine;
+use crate::service::Service;
 use proto::TorrentStatus;
 use std::sync::Arc;
 
 /// Runs until the task is aborted.
-pub async fn run(broker: Arc<Broker>) {
-    let mut tick = tokio::time::interval(broker.config.status_interval);
+pub async fn run(service: Arc<Service>) {
+    let mut tick = tokio::time::interval(service.config.status_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        fan_out_once(&broker);
+        fan_out_once(&service);
     }
 }
 
 /// One round of the fan-out. The engine's stats are computed without the broker's lock
 /// (every request, handshake and disconnect needs it); only comparing and queueing hold it.
-pub fn fan_out_once(broker: &Broker) {
+pub fn fan_out_once(service: &Service) {
     let held: Vec<_> = {
-        let state = broker.state();
+        let state = service.state();
         state
             .registry
             .iter()
@@ -33,7 +33,7 @@ pub fn fan_out_once(broker: &Broker) {
         .iter()
         .map(|(id, name, handle)| engine::status_of(*id, name, handle))
         .collect();
-    let mut state = broker.state();
+    let mut state = service.state();
     let state = &mut *state;
     for status in statuses {
         // Closed meanwhile: nothing to say.
@@ -61,7 +61,7 @@ pub fn fan_out_once(broker: &Broker) {
         }
         for holder in &entry.holders {
             if let Some(patron) = state.patrons.get(holder) {
-                patron.connection.outbox.push_status(status.clone());
+                patron.outbox.push_status(status.clone());
             }
         }
         entry.last_status = Some(status);

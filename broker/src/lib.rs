@@ -6,26 +6,27 @@
 //! over ipc-channel. A patron that crashes, hangs or sends garbage must never hurt the
 //! broker or another patron; everything here is shaped by that.
 //!
-//! Data path, module by module:
+//! Layers depend one way, following a request's path:
 //!
-//! - [`lock`]: the single-client rule (an `flock` the kernel releases when we die).
-//! - [`rendezvous`]: accept → handshake. The front door is the socket patrons' `IpcSender`s
-//!   connect to; each gets a private event channel through its one-shot server.
-//! - [`requests`]: one epoll thread reads and checks every patron's requests (with
-//!   [`proto::wire`], never trusting a declared size) and notices crashes.
-//! - [`socket`]: the raw socket calls those two need.
-//! - [`commands`]: request → engine → exactly one reply, in request order per patron.
-//! - [`engine`]: the librqbit session and everything specific to it.
-//! - [`registry`]: which torrents run and which patrons hold them.
-//! - [`store`]: crash-safe writes of what the broker remembers.
-//! - [`roots`]: where a torrent may write (beneath its save folder, no symlinks).
-//! - [`fanout`]: status → holders, when it changed.
-//! - [`patron`]: each patron's outbox; the broker never blocks on a send.
-//! - [`shutdown`]: SIGTERM/SIGINT or a stop request → tell patrons, persist, stop.
+//! - transport: [`rendezvous`] (accept → handshake: the front door patrons' `IpcSender`s
+//!   connect to; each gets a private event channel through its one-shot server),
+//!   [`requests`] (one epoll thread reads and checks every patron's requests with
+//!   [`proto::wire`], never trusting a declared size, notices crashes, and resumes full
+//!   outboxes), [`patron`] (each patron's outbox, written without ever blocking), and
+//!   [`socket`] (the raw socket calls they need);
+//! - [`dispatch`]: each patron's requests in order, with back-pressure;
+//! - [`commands`]: request → exactly one reply, acting on the service and a patron's
+//!   connection, never on IPC;
+//! - [`service`]: the torrents, for patrons: [`engine`] (the librqbit session),
+//!   [`registry`] (which torrents run and who holds them), [`store`] (crash-safe records),
+//!   [`roots`] (where a torrent may write), and [`fanout`] (status → holders);
+//! - [`broker`] wires them together; [`lock`] is the single-client rule (an `flock` the
+//!   kernel releases when we die); [`shutdown`]: SIGTERM/SIGINT or a stop request.
 
 pub mod broker;
 pub mod commands;
 pub mod config;
+pub mod dispatch;
 pub mod engine;
 pub mod fanout;
 pub mod lock;
@@ -34,6 +35,7 @@ pub mod registry;
 pub mod rendezvous;
 pub mod requests;
 pub mod roots;
+pub mod service;
 pub mod shutdown;
 pub mod socket;
 pub mod store;

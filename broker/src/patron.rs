@@ -40,6 +40,10 @@ pub enum Lane {
 /// Asks the event loop to flush this patron's outbox once `fd` is writable (one-shot).
 pub type WatchWritable = Arc<dyn Fn(BorrowedFd<'_>, Lane) -> nix::Result<()> + Send + Sync>;
 
+/// Told when a push finds the patron gone (cut off, or its socket broken), so that it is
+/// dropped. It must not block or take locks: pushes happen under the service's lock.
+pub type GoneHook = Arc<dyn Fn(PatronId) + Send + Sync>;
+
 /// A connected patron.
 #[derive(Clone)]
 pub struct PatronConnection {
@@ -49,6 +53,14 @@ pub struct PatronConnection {
     pub pid: i32,
     /// Where its events go.
     pub outbox: Arc<Outbox>,
+}
+
+impl PatronConnection {
+    /// Queues an event for it. If that finds the patron gone (cut off, or its socket
+    /// broken), the outbox's [`GoneHook`] has it dropped: no caller needs to.
+    pub fn send(&self, event: Event) {
+        let _ = self.outbox.push(event);
+    }
 }
 
 impl std::fmt::Debug for PatronConnection {
@@ -133,12 +145,19 @@ pub struct Outbox {
     patron: PatronId,
     queue: Mutex<Queue>,
     watch: Option<WatchWritable>,
+    gone: Option<GoneHook>,
 }
 
 impl Outbox {
     /// An outbox writing to `socket` (non-blocking). `watch` is how a blocked write asks to
-    /// be resumed; without one, the owner calls [`Outbox::flush`] itself.
-    pub fn new(patron: PatronId, socket: OwnedFd, watch: Option<WatchWritable>) -> Arc<Outbox> {
+    /// be resumed (without one, the owner calls [`Outbox::flush`] itself); `gone` is told
+    /// when a push finds the patron gone.
+    pub fn new(
+        patron: PatronId,
+        socket: OwnedFd,
+        watch: Option<WatchWritable>,
+        gone: Option<GoneHook>,
+    ) -> Arc<Outbox> {
         Arc::new(Outbox {
             patron,
             queue: Mutex::new(Queue {
@@ -146,6 +165,7 @@ impl Outbox {
                 ..Queue::default()
             }),
             watch,
+            gone,
         })
     }
 
@@ -157,6 +177,28 @@ impl Outbox {
 
     /// Queues a reply (or any event that must not be coalesced) and writes what it can.
     pub fn push(&self, event: Event) -> Pushed {
+        let pushed = self.push_locked(event);
+        match pushed {
+            Pushed::CutOff => {
+                tracing::warn!(
+                    patron = self.patron,
+                    "cut off: it left {MAX_QUEUED_REPLIES} events unread"
+                );
+                self.tell_gone();
+            }
+            Pushed::Broken => self.tell_gone(),
+            Pushed::Queued | Pushed::Closed => {}
+        }
+        pushed
+    }
+
+    fn tell_gone(&self) {
+        if let Some(gone) = &self.gone {
+            gone(self.patron);
+        }
+    }
+
+    fn push_locked(&self, event: Event) -> Pushed {
         let mut queue = self.lock();
         if queue.closed {
             return Pushed::Closed;
@@ -186,7 +228,10 @@ impl Outbox {
         if queue.statuses.insert(id, status).is_none() {
             queue.items.push_back(Item::Status(id));
         }
-        let _ = self.flush_locked(&mut queue);
+        if self.flush_locked(&mut queue) == Flushed::Broken {
+            drop(queue);
+            self.tell_gone();
+        }
     }
 
     /// Drops a status still queued for `torrent` (the patron no longer holds it).
@@ -420,7 +465,7 @@ mod tests {
     /// An outbox whose patron end is a real ipc-channel receiver, as in a Welcome.
     fn outbox() -> (Arc<Outbox>, IpcReceiver<Event>) {
         let (ours, theirs) = socket::seqpacket_pair().unwrap();
-        (Outbox::new(1, ours, None), receiver_from(theirs))
+        (Outbox::new(1, ours, None, None), receiver_from(theirs))
     }
 
     /// Hands `fd` to ipc-channel the only way it takes one: inside a message.

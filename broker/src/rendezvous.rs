@@ -23,7 +23,7 @@
 //! its handshake ends. When the table is full the oldest pending connector is dropped, so a
 //! flood of silent connectors cannot keep an honest patron (who says hello at once) out.
 
-use crate::broker::Broker;
+use crate::dispatch::Dispatcher;
 use crate::patron::Outbox;
 use crate::requests::RequestReader;
 use crate::socket::{self, Received};
@@ -78,7 +78,7 @@ impl Rendezvous {
     }
 
     /// Accepts and handshakes patrons on a thread of its own until the broker stops.
-    pub fn start(self, broker: Arc<Broker>, reader: RequestReader) -> anyhow::Result<()> {
+    pub fn start(self, dispatcher: Arc<Dispatcher>, reader: RequestReader) -> anyhow::Result<()> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?;
         epoll
             .add(
@@ -89,7 +89,7 @@ impl Rendezvous {
         let door = FrontDoor {
             rendezvous: self,
             epoll,
-            broker,
+            dispatcher,
             reader,
             our_uid: nix::unistd::geteuid().as_raw(),
             pending: HashMap::new(),
@@ -113,7 +113,7 @@ struct Pending {
 struct FrontDoor {
     rendezvous: Rendezvous,
     epoll: Epoll,
-    broker: Arc<Broker>,
+    dispatcher: Arc<Dispatcher>,
     reader: RequestReader,
     our_uid: u32,
     pending: HashMap<u64, Pending>,
@@ -143,13 +143,14 @@ impl FrontDoor {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
-                    self.broker
+                    self.dispatcher
+                        .service()
                         .shutdown
                         .trigger(format!("the front door failed: {e}"));
                     return;
                 }
             };
-            if self.broker.is_stopping() {
+            if self.dispatcher.service().is_stopping() {
                 return; // dropping everything pending closes it
             }
             for event in &events[..ready] {
@@ -274,9 +275,9 @@ impl FrontDoor {
         let Pending { channel, pid, .. } = pending;
         // Whatever happens inside, this connector's slot is already free; a panic costs it
         // alone its answer.
-        let (broker, reader, our_uid) = (&self.broker, &self.reader, self.our_uid);
+        let (dispatcher, reader, our_uid) = (&self.dispatcher, &self.reader, self.our_uid);
         let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            answer(broker, reader, channel, pid, our_uid, &hello)
+            answer(dispatcher, reader, channel, pid, our_uid, &hello)
         }));
         if answered.is_err() {
             tracing::error!(pid, "a handshake panicked; the connector was dropped");
@@ -380,7 +381,7 @@ type Refusal = (&'static str, String);
 
 /// Answers a connector that said hello: refused with the reason, or welcomed and registered.
 fn answer(
-    broker: &Arc<Broker>,
+    dispatcher: &Arc<Dispatcher>,
     reader: &RequestReader,
     channel: OwnedFd,
     pid: i32,
@@ -421,7 +422,7 @@ fn answer(
         }
     }
     let admitted =
-        admit(broker, hello).and_then(|()| welcome(broker, reader, &reply, channel, pid));
+        admit(dispatcher, hello).and_then(|()| welcome(dispatcher, reader, &reply, channel, pid));
     if let Err((kind, message)) = admitted {
         tracing::warn!(pid, kind = %kind, "refused a patron: {message}");
         let refused = WelcomeFrame::Refused {
@@ -436,7 +437,7 @@ fn answer(
     }
 }
 
-fn admit(broker: &Broker, hello: &Hello) -> Result<(), Refusal> {
+fn admit(dispatcher: &Dispatcher, hello: &Hello) -> Result<(), Refusal> {
     if hello.version != PROTOCOL_VERSION {
         return Err((
             "version",
@@ -446,7 +447,7 @@ fn admit(broker: &Broker, hello: &Hello) -> Result<(), Refusal> {
             ),
         ));
     }
-    if broker.is_stopping() {
+    if dispatcher.service().is_stopping() {
         return Err(("stopping", "the broker is stopping".into()));
     }
     Ok(())
@@ -456,7 +457,7 @@ fn admit(broker: &Broker, hello: &Hello) -> Result<(), Refusal> {
 /// same step), then tells it so, handing it its event channel, and starts reading its
 /// requests.
 fn welcome(
-    broker: &Arc<Broker>,
+    dispatcher: &Arc<Dispatcher>,
     reader: &RequestReader,
     reply: &OwnedFd,
     channel: OwnedFd,
@@ -465,9 +466,14 @@ fn welcome(
     let internal = |e: &dyn std::fmt::Display| ("internal", e.to_string());
     let (ours, theirs) =
         socket::seqpacket_pair().map_err(|e| internal(&format!("cannot create a channel: {e}")))?;
-    let patron_id = broker.next_patron_id();
-    let outbox = Outbox::new(patron_id, ours, Some(reader.watch_writable(patron_id)));
-    broker
+    let patron_id = dispatcher.next_patron_id();
+    let outbox = Outbox::new(
+        patron_id,
+        ours,
+        Some(reader.watch_writable(patron_id)),
+        Some(reader.gone_hook()),
+    );
+    dispatcher
         .add_patron(patron_id, pid, outbox)
         .map_err(|message| ("limit", message))?;
     let accepted = WelcomeFrame::Accepted {
@@ -484,16 +490,16 @@ fn welcome(
     match sent {
         Ok(socket::Sent::Sent) => {}
         Ok(socket::Sent::WouldBlock) => {
-            broker.patron_gone(patron_id);
+            dispatcher.patron_gone(patron_id);
             return Err(internal(&"its one-shot server does not read"));
         }
         Err(e) => {
-            broker.patron_gone(patron_id);
+            dispatcher.patron_gone(patron_id);
             return Err(internal(&format!("cannot send the welcome: {e}")));
         }
     }
     if let Err(e) = reader.add(patron_id, channel) {
-        broker.patron_gone(patron_id);
+        dispatcher.patron_gone(patron_id);
         return Err(internal(&e));
     }
     Ok(())

@@ -13,8 +13,8 @@
 //! at most [`REASSEMBLY_TIMEOUT`]) that patron's other datagrams wait, so its requests keep
 //! their order. A closed socket is how a crash is seen, within a millisecond.
 
-use crate::broker::{Broker, Dispatched};
-use crate::patron::{Flushed, Lane, PatronId, WatchWritable};
+use crate::dispatch::{Dispatched, Dispatcher, Transport};
+use crate::patron::{Flushed, GoneHook, Lane, PatronId, WatchWritable};
 use crate::socket::{self, Received};
 use anyhow::Context;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -45,6 +45,8 @@ enum Command {
     Forget(PatronId),
     /// The patron's requests in flight fell back under the limit: read its channel again.
     Resume(PatronId),
+    /// A push found the patron gone (cut off, socket broken): drop it.
+    Gone(PatronId),
 }
 
 /// Hands newly connected patrons' channels to the reader thread, and lets outboxes wait for
@@ -58,7 +60,7 @@ pub struct RequestReader {
 
 impl RequestReader {
     /// Starts the reader thread.
-    pub fn start(broker: Arc<Broker>) -> anyhow::Result<RequestReader> {
+    pub fn start(dispatcher: Arc<Dispatcher>) -> anyhow::Result<RequestReader> {
         let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?);
         let wake = Arc::new(
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
@@ -69,7 +71,7 @@ impl RequestReader {
             .context("epoll add")?;
         let (incoming, patrons) = mpsc::channel();
         let reader = Reader {
-            broker,
+            dispatcher,
             epoll: epoll.clone(),
             wake: wake.clone(),
             patrons,
@@ -103,6 +105,17 @@ impl RequestReader {
         if let Err(e) = self.tell(Command::Resume(patron)) {
             tracing::debug!(patron, "cannot resume a patron: {e}");
         }
+    }
+
+    /// What an outbox calls when it finds its patron gone: the reader thread drops the
+    /// patron (outside any lock the pusher may hold).
+    pub fn gone_hook(&self) -> GoneHook {
+        let (incoming, wake) = (self.incoming.clone(), self.wake.clone());
+        Arc::new(move |patron| {
+            if incoming.send(Command::Gone(patron)).is_ok() {
+                let _ = wake.write(1);
+            }
+        })
     }
 
     fn tell(&self, command: Command) -> anyhow::Result<()> {
@@ -153,8 +166,18 @@ enum Outcome {
     Gone(&'static str),
 }
 
+impl Transport for RequestReader {
+    fn resume(&self, patron: PatronId) {
+        RequestReader::resume(self, patron);
+    }
+
+    fn forget(&self, patron: PatronId) {
+        RequestReader::forget(self, patron);
+    }
+}
+
 struct Reader {
-    broker: Arc<Broker>,
+    dispatcher: Arc<Dispatcher>,
     epoll: Arc<Epoll>,
     wake: Arc<EventFd>,
     patrons: mpsc::Receiver<Command>,
@@ -204,7 +227,8 @@ impl Reader {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     tracing::error!("request reader failed: {e}");
-                    self.broker
+                    self.dispatcher
+                        .service()
                         .shutdown
                         .trigger(format!("request reader failed: {e}"));
                     return;
@@ -232,7 +256,7 @@ impl Reader {
 
     /// A full socket of this patron's became writable: write what waits.
     fn write_events(&mut self, patron: PatronId) -> Outcome {
-        let Some(connection) = self.broker.connection(patron) else {
+        let Some(connection) = self.dispatcher.service().connection(patron) else {
             return Outcome::KeepGoing;
         };
         match connection.outbox.flush() {
@@ -246,7 +270,7 @@ impl Reader {
         while let Ok(command) = self.patrons.try_recv() {
             let (patron, channel) = match command {
                 // Dropped before its channel got here: close it now.
-                Command::Add(patron, _) if self.broker.connection(patron).is_none() => continue,
+                Command::Add(patron, _) if !self.dispatcher.is_connected(patron) => continue,
                 Command::Add(patron, channel) => (patron, channel),
                 Command::Forget(patron) => {
                     self.forget(patron);
@@ -254,6 +278,10 @@ impl Reader {
                 }
                 Command::Resume(patron) => {
                     self.resume(patron);
+                    continue;
+                }
+                Command::Gone(patron) => {
+                    self.drop_patron(patron, "a push found it gone");
                     continue;
                 }
             };
@@ -274,7 +302,7 @@ impl Reader {
                 }
                 Err(e) => {
                     tracing::warn!(patron, "cannot watch patron's channel: {e}");
-                    self.broker.patron_gone(patron);
+                    self.dispatcher.patron_gone(patron);
                 }
             }
         }
@@ -306,7 +334,7 @@ impl Reader {
                 Received::Datagram {
                     truncated: true, ..
                 } => {
-                    self.broker.protocol_error(
+                    self.dispatcher.protocol_error(
                         patron,
                         "a datagram larger than any ipc-channel sends".into(),
                     );
@@ -322,7 +350,7 @@ impl Reader {
                 proto::MAX_REQUEST_BYTES,
             );
             match parsed {
-                Err(e) => self.broker.protocol_error(patron, e.to_string()),
+                Err(e) => self.dispatcher.protocol_error(patron, e.to_string()),
                 Ok(Datagram::Complete(payload)) => {
                     let size = payload.len();
                     let message = wire::decode(payload);
@@ -479,7 +507,7 @@ impl Reader {
 
     fn abandon_assembly(&mut self, patron: PatronId, why: &str) -> Outcome {
         self.finish_assembly(patron);
-        self.broker.protocol_error(patron, why.to_owned());
+        self.dispatcher.protocol_error(patron, why.to_owned());
         Outcome::KeepGoing
     }
 
@@ -499,7 +527,7 @@ impl Reader {
         }
     }
 
-    /// Hands a decoded message of `size` bytes to the broker. Returns `Some` when this
+    /// Hands a decoded message of `size` bytes to the dispatcher. Returns `Some` when this
     /// patron's channel is not to be read on now: dropped, or held back.
     fn deliver(
         &mut self,
@@ -508,7 +536,8 @@ impl Reader {
         size: usize,
     ) -> Option<Outcome> {
         match message {
-            Ok(ToBroker::Request(request)) => match self.broker.dispatch(patron, request, size) {
+            Ok(ToBroker::Request(request)) => match self.dispatcher.dispatch(patron, request, size)
+            {
                 Dispatched::Taken => {}
                 Dispatched::HoldBack => {
                     self.hold_back(patron);
@@ -518,9 +547,9 @@ impl Reader {
                 Dispatched::Gone => return Some(Outcome::Gone("it was cut off")),
             },
             Ok(ToBroker::Hello(_)) => self
-                .broker
+                .dispatcher
                 .protocol_error(patron, "a hello after the handshake".into()),
-            Err(e) => self.broker.protocol_error(patron, e.to_string()),
+            Err(e) => self.dispatcher.protocol_error(patron, e.to_string()),
         }
         None
     }
@@ -528,7 +557,7 @@ impl Reader {
     fn drop_patron(&mut self, patron: PatronId, why: &str) {
         self.forget(patron);
         tracing::debug!(patron, "stopped reading: {why}");
-        self.broker.patron_gone(patron);
+        self.dispatcher.patron_gone(patron);
     }
 
     /// Closes a patron's request channel (and any message half-received).

@@ -1,24 +1,24 @@
 //! `CloseTorrent`: release the caller's hold; stop the torrent when nobody else holds it
 //! (or when forced).
 
-use crate::broker::Broker;
 use crate::patron::PatronId;
+use crate::service::Service;
 use proto::{CloseTorrent, ErrorKind, Event, ProtoError, RequestId};
 use std::sync::Arc;
 
 pub async fn run(
-    broker: &Arc<Broker>,
+    service: &Arc<Service>,
     patron: PatronId,
     request: RequestId,
     close: CloseTorrent,
 ) -> Event {
-    let id = match broker.resolve(close.torrent) {
+    let id = match service.resolve(close.torrent) {
         Ok(id) => id,
         Err(error) => {
             // A record that could not be restored can still be closed: it is forgotten.
-            let forgotten = broker.state().registry.forget_unrestored(close.torrent);
+            let forgotten = service.state().registry.forget_unrestored(close.torrent);
             return match forgotten {
-                Some((id, record)) => forget(broker, patron, request, id, record),
+                Some((id, record)) => forget(service, patron, request, id, record),
                 None => Event::Error { request, error },
             };
         }
@@ -34,7 +34,7 @@ pub async fn run(
         data_deleted: false,
     };
     {
-        let mut guard = broker.state();
+        let mut guard = service.state();
         // Borrow the registry and the patrons apart.
         let state = &mut *guard;
         let Some(entry) = state.registry.get_mut(id) else {
@@ -57,7 +57,7 @@ pub async fn run(
         }
         // A status queued before the release must not arrive after the "closed" reply.
         if let Some(handle) = state.patrons.get(&patron) {
-            handle.connection.outbox.forget_status(id);
+            handle.outbox.forget_status(id);
         }
         if !entry.holders.is_empty() && !close.force {
             return kept;
@@ -65,9 +65,9 @@ pub async fn run(
     }
     // Stopping: the registry and the engine change together, under the add lock, so that
     // an add of the same torrent meanwhile waits, then finds it in neither (DESIGN §4a).
-    let _adding = broker.adding.lock().await;
+    let _adding = service.adding.lock().await;
     let others = {
-        let mut guard = broker.state();
+        let mut guard = service.state();
         let state = &mut *guard;
         let Some(entry) = state.registry.get(id) else {
             return unknown(); // closed by someone else while we waited
@@ -79,19 +79,16 @@ pub async fn run(
         let holders = entry.map(|e| e.holders).unwrap_or_default();
         holders
             .iter()
-            .filter_map(|h| state.patrons.get(h).map(|p| p.connection.clone()))
+            .filter_map(|h| state.patrons.get(h).cloned())
             .collect::<Vec<_>>()
     };
     for other in others {
-        broker.deliver(
-            &other,
-            Event::TorrentGone {
-                id,
-                reason: format!("closed by patron {patron} (forced)"),
-            },
-        );
+        other.send(Event::TorrentGone {
+            id,
+            reason: format!("closed by patron {patron} (forced)"),
+        });
     }
-    if let Err(e) = broker.stop_torrent(id, close.delete_data).await {
+    if let Err(e) = service.stop_torrent(id, close.delete_data).await {
         return Event::Error {
             request,
             error: ProtoError::new(
@@ -112,20 +109,20 @@ pub async fn run(
 /// Closes a record the broker could not restore: its record and .torrent go; its data (on a
 /// disk that may not even be there) is left alone.
 fn forget(
-    broker: &Broker,
+    service: &Service,
     patron: PatronId,
     request: RequestId,
     id: proto::TorrentId,
     record: crate::registry::Unrestored,
 ) -> Event {
-    if let Err(why) = broker.save_registry() {
-        broker.state().registry.keep_unrestored(id, record);
+    if let Err(why) = service.save_registry() {
+        service.state().registry.keep_unrestored(id, record);
         return Event::Error {
             request,
             error: ProtoError::new(ErrorKind::Io, why),
         };
     }
-    broker.forget_torrent_file(id);
+    service.forget_torrent_file(id);
     tracing::info!(patron, torrent = %id, "closed a torrent that was not restored");
     Event::TorrentClosed {
         request,

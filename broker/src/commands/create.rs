@@ -1,36 +1,36 @@
 //! `CreateNewTorrent`: start a torrent, or join it if its info hash already runs.
 
-use crate::broker::Broker;
 use crate::engine::AddSpec;
 use crate::patron::PatronId;
 use crate::registry::RestoreSpec;
+use crate::service::Service;
 use crate::torrent_file::{self, CheckedTorrent};
 use proto::{CreateNewTorrent, ErrorKind, Event, ProtoError, RequestId, TorrentSource};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub async fn run(
-    broker: &Arc<Broker>,
+    service: &Arc<Service>,
     patron: PatronId,
     request: RequestId,
     create: CreateNewTorrent,
 ) -> Event {
-    match start(broker, patron, request, create).await {
+    match start(service, patron, request, create).await {
         Ok(event) => event,
         Err(error) => Event::TorrentStartFail { request, error },
     }
 }
 
 async fn start(
-    broker: &Arc<Broker>,
+    service: &Arc<Service>,
     patron: PatronId,
     request: RequestId,
     create: CreateNewTorrent,
 ) -> Result<Event, ProtoError> {
-    broker.room_for_one_more()?;
-    let loopback_only = broker.config.loopback_only;
+    service.room_for_one_more()?;
+    let loopback_only = service.config.loopback_only;
     let mut peers = parse_peers(&create.peers, loopback_only)?;
-    let save_folder = broker.save_folder(create.output.as_deref())?;
+    let save_folder = service.save_folder(create.output.as_deref())?;
 
     let checked = match &create.source {
         TorrentSource::TorrentFile(bytes) => {
@@ -38,7 +38,7 @@ async fn start(
         }
         TorrentSource::Magnet(link) => {
             let magnet = torrent_file::check_magnet(link, loopback_only)?;
-            if let Some(joined) = join(broker, patron, request, &create, magnet.info_hash) {
+            if let Some(joined) = join(service, patron, request, &create, magnet.info_hash) {
                 return Ok(joined);
             }
             for peer in &magnet.peers {
@@ -46,9 +46,9 @@ async fn start(
                     peers.push(*peer);
                 }
             }
-            let (bytes, seen) = broker
+            let (bytes, seen) = service
                 .engine
-                .resolve_magnet(&magnet.uri, peers.clone(), broker.config.magnet_timeout)
+                .resolve_magnet(&magnet.uri, peers.clone(), service.config.magnet_timeout)
                 .await?;
             peers.extend(seen);
             // Metadata from the swarm is as untrusted as a patron's .torrent file.
@@ -62,11 +62,11 @@ async fn start(
             checked.name
         );
     }
-    let _adding = broker.adding.lock().await;
-    if let Some(joined) = join(broker, patron, request, &create, checked.info_hash) {
+    let _adding = service.adding.lock().await;
+    if let Some(joined) = join(service, patron, request, &create, checked.info_hash) {
         return Ok(joined);
     }
-    broker.room_for_one_more()?;
+    service.room_for_one_more()?;
     let data_folder = checked.data_folder(&save_folder);
     crate::roots::check_torrent_paths(&save_folder, &checked, true)?;
     if !create.overwrite {
@@ -84,7 +84,7 @@ async fn start(
         paused: create.paused,
         ephemeral: create.ephemeral,
     };
-    let added = broker
+    let added = service
         .engine
         .add(AddSpec {
             torrent: checked.bytes.clone(),
@@ -96,7 +96,7 @@ async fn start(
             id: None,
         })
         .await?;
-    let (torrent, is_new) = broker.register(added, &checked, restore, patron).await?;
+    let (torrent, is_new) = service.register(added, &checked, restore, patron).await?;
     if is_new {
         tracing::info!(patron, torrent = %torrent.id, name = %torrent.name, "torrent started");
         Ok(Event::NewTorrentCreated { request, torrent })
@@ -113,13 +113,13 @@ async fn start(
 /// If a torrent with this info hash runs, makes `patron` hold it and says so, naming the
 /// options of `create` that the running torrent does not take.
 fn join(
-    broker: &Broker,
+    service: &Service,
     patron: PatronId,
     request: RequestId,
     create: &CreateNewTorrent,
     info_hash: proto::InfoHash,
 ) -> Option<Event> {
-    let mut state = broker.state();
+    let mut state = service.state();
     let id = state.registry.by_info_hash(info_hash)?;
     let ephemeral = state.registry.get(id)?.restore.ephemeral;
     let torrent = state.hold(id, patron)?;

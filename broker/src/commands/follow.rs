@@ -1,11 +1,11 @@
 //! `Follow`: hold a running torrent to receive its status, without adding anything.
 
-use crate::broker::Broker;
 use crate::patron::PatronId;
+use crate::service::Service;
 use proto::{ErrorKind, Event, ProtoError, RequestId, TorrentRef};
 
-pub fn run(broker: &Broker, patron: PatronId, request: RequestId, torrent: TorrentRef) -> Event {
-    let mut state = broker.state();
+pub fn run(service: &Service, patron: PatronId, request: RequestId, torrent: TorrentRef) -> Event {
+    let mut state = service.state();
     let held = state
         .registry
         .resolve(torrent)

@@ -1,12 +1,12 @@
 //! `BrokerInfo`: who the broker is and how it runs.
 
-use crate::broker::Broker;
+use crate::service::Service;
 use proto::{BrokerInfo, Event, RequestId};
 
-pub fn run(broker: &Broker, request: RequestId) -> Event {
-    let config = &broker.config;
+pub fn run(service: &Service, request: RequestId) -> Event {
+    let config = &service.config;
     let (patrons, torrents) = {
-        let state = broker.state();
+        let state = service.state();
         (state.patrons.len() as u32, state.registry.len() as u32)
     };
     Event::BrokerInfo {

@@ -1,16 +1,16 @@
 //! `List`: every torrent the broker runs, with its status.
 
-use crate::broker::Broker;
 use crate::engine;
 use crate::patron::PatronId;
 use crate::registry::Unrestored;
+use crate::service::Service;
 use proto::{Event, RequestId, TorrentState, TorrentStatus, TorrentSummary};
 
-pub fn run(broker: &Broker, patron: PatronId, request: RequestId) -> Event {
+pub fn run(service: &Service, patron: PatronId, request: RequestId) -> Event {
     // The engine's stats are computed after the broker's lock is let go: with many torrents
     // that is most of the work, and every other request needs the lock.
     let (listed, unrestored): (Vec<_>, Vec<_>) = {
-        let state = broker.state();
+        let state = service.state();
         let unrestored = state
             .registry
             .unrestored()

@@ -1,28 +1,28 @@
 //! `MakeTorrent`: hash local data into a .torrent and, if asked, seed it.
 
-use crate::broker::Broker;
 use crate::engine::AddSpec;
 use crate::patron::PatronId;
 use crate::registry::RestoreSpec;
+use crate::service::Service;
 use crate::torrent_file;
 use proto::{ErrorKind, Event, MadeTorrent, MakeTorrent, ProtoError, RequestId};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub async fn run(
-    broker: &Arc<Broker>,
+    service: &Arc<Service>,
     patron: PatronId,
     request: RequestId,
     make: MakeTorrent,
 ) -> Event {
-    match make_and_seed(broker, patron, request, make).await {
+    match make_and_seed(service, patron, request, make).await {
         Ok(event) => event,
         Err(error) => Event::Error { request, error },
     }
 }
 
 async fn make_and_seed(
-    broker: &Arc<Broker>,
+    service: &Arc<Service>,
     patron: PatronId,
     request: RequestId,
     make: MakeTorrent,
@@ -44,10 +44,10 @@ async fn make_and_seed(
         .map(Path::to_path_buf)
         .ok_or_else(|| ProtoError::new(ErrorKind::BadRequest, "cannot share the root folder"))?;
     if make.seed {
-        broker.check_inside_roots(&path)?;
+        service.check_inside_roots(&path)?;
         // Before hashing, which can take long. The torrent limit is checked once the info
         // hash is known (making what already seeds joins it).
-        if broker.is_stopping() {
+        if service.is_stopping() {
             return Err(ProtoError::new(
                 ErrorKind::ShuttingDown,
                 "the broker is stopping",
@@ -55,7 +55,7 @@ async fn make_and_seed(
         }
     }
     let (piece_size, trackers) = (make.piece_size, make.trackers.clone());
-    let (hashed, loopback_only) = (path.clone(), broker.config.loopback_only);
+    let (hashed, loopback_only) = (path.clone(), service.config.loopback_only);
     let made = tokio::task::spawn_blocking(move || {
         torrent_file::make_torrent(&hashed, piece_size, &trackers, loopback_only)
     })
@@ -63,7 +63,7 @@ async fn make_and_seed(
     .map_err(|e| ProtoError::new(ErrorKind::Engine, format!("hashing failed: {e}")))??;
 
     let seeding = if make.seed {
-        Some(seed(broker, patron, &made.checked, save_folder).await?)
+        Some(seed(service, patron, &made.checked, save_folder).await?)
     } else {
         None
     };
@@ -84,20 +84,20 @@ async fn make_and_seed(
 /// Seeds a torrent just made from local data in `save_folder`, or holds it if it already
 /// runs. Counts against the torrent limit like any add, under the same lock.
 async fn seed(
-    broker: &Arc<Broker>,
+    service: &Arc<Service>,
     patron: PatronId,
     checked: &torrent_file::CheckedTorrent,
     save_folder: PathBuf,
 ) -> Result<proto::TorrentInfo, ProtoError> {
     let data_folder = checked.data_folder(&save_folder);
-    let _adding = broker.adding.lock().await;
+    let _adding = service.adding.lock().await;
     // Already seeding (made before): hold it, as an add of the same torrent would.
-    let running = broker.state().registry.by_info_hash(checked.info_hash);
-    if let Some(info) = running.and_then(|id| broker.state().hold(id, patron)) {
+    let running = service.state().registry.by_info_hash(checked.info_hash);
+    if let Some(info) = running.and_then(|id| service.state().hold(id, patron)) {
         return Ok(info);
     }
-    broker.room_for_one_more()?;
-    let added = broker
+    service.room_for_one_more()?;
+    let added = service
         .engine
         .add(AddSpec {
             torrent: checked.bytes.clone(),
@@ -118,7 +118,7 @@ async fn seed(
         paused: false,
         ephemeral: false,
     };
-    let (info, _) = broker.register(added, checked, restore, patron).await?;
+    let (info, _) = service.register(added, checked, restore, patron).await?;
     tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");
     Ok(info)
 }

@@ -9,8 +9,8 @@ mod list;
 mod make;
 mod status;
 
-use crate::broker::Broker;
 use crate::patron::{PatronConnection, PatronId};
+use crate::service::Service;
 use futures::FutureExt;
 use proto::{ErrorKind, Event, ProtoError, Request, RequestBody, RequestId, TorrentId};
 use std::panic::AssertUnwindSafe;
@@ -18,20 +18,20 @@ use std::sync::Arc;
 
 /// Answers one request of `patron`. Called by the patron's own task, one request at a time,
 /// so replies leave in request order.
-pub async fn serve(broker: &Arc<Broker>, patron: &PatronConnection, request: Request) {
+pub async fn serve(service: &Arc<Service>, patron: &PatronConnection, request: Request) {
     let (id, kind) = (request.id, request.body.kind());
     let is_create = matches!(request.body, RequestBody::CreateNewTorrent(_));
     let is_stop = matches!(request.body, RequestBody::StopBroker);
     // A panic below (in the engine, say) must still produce this request's one reply, and
     // must not end the task that serves this patron's later requests.
-    let reply = AssertUnwindSafe(answer(broker, patron, id, request.body))
+    let reply = AssertUnwindSafe(answer(service, patron, id, request.body))
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| internal_error(patron, id, kind, is_create, panic));
-    finish(broker, patron, id, kind, reply);
+    finish(service, patron, id, kind, reply);
     if is_stop {
         // After the reply is queued: stopping closes every outbox.
-        broker.shutdown.trigger(format!(
+        service.shutdown.trigger(format!(
             "stop requested by patron {} (pid {})",
             patron.id, patron.pid
         ));
@@ -42,36 +42,36 @@ pub async fn serve(broker: &Arc<Broker>, patron: &PatronConnection, request: Req
 /// engine or the disk; any other request is handed back. The caller makes sure no earlier
 /// request of `patron` is still being served, so replies stay in order.
 pub fn serve_immediate(
-    broker: &Arc<Broker>,
+    service: &Arc<Service>,
     patron: &PatronConnection,
     request: Request,
 ) -> Result<(), Request> {
     let Request { id, body } = request;
     let kind = body.kind();
     let reply = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-        answer_now(broker, patron.id, id, body)
+        answer_now(service, patron.id, id, body)
     })) {
         Ok(Ok(reply)) => reply,
         Ok(Err(body)) => return Err(Request { id, body }),
         Err(panic) => internal_error(patron, id, kind, false, panic),
     };
-    finish(broker, patron, id, kind, reply);
+    finish(service, patron, id, kind, reply);
     Ok(())
 }
 
 /// The answer to a request that never waits on the engine or the disk; any other request
 /// is handed back.
 fn answer_now(
-    broker: &Arc<Broker>,
+    service: &Arc<Service>,
     patron: PatronId,
     id: RequestId,
     body: RequestBody,
 ) -> Result<Event, RequestBody> {
     Ok(match body {
-        RequestBody::List => list::run(broker, patron, id),
-        RequestBody::Status(torrent) => status::run(broker, id, torrent),
-        RequestBody::Follow(torrent) => follow::run(broker, patron, id, torrent),
-        RequestBody::BrokerInfo => info::run(broker, id),
+        RequestBody::List => list::run(service, patron, id),
+        RequestBody::Status(torrent) => status::run(service, id, torrent),
+        RequestBody::Follow(torrent) => follow::run(service, patron, id, torrent),
+        RequestBody::BrokerInfo => info::run(service, id),
         other => return Err(other),
     })
 }
@@ -103,7 +103,7 @@ fn internal_error(
 
 /// Logs and queues a reply; a patron that now holds a torrent hears its status at once.
 fn finish(
-    broker: &Arc<Broker>,
+    service: &Arc<Service>,
     patron: &PatronConnection,
     id: RequestId,
     kind: &str,
@@ -116,25 +116,25 @@ fn finish(
         _ => tracing::debug!(patron = patron.id, request = %id, kind = %kind, "answered"),
     }
     let now_held = held_by_reply(&reply);
-    broker.deliver(patron, reply);
+    patron.send(reply);
     // A new holder hears about its torrent at once, not at the next change.
-    if let Some(status) = now_held.and_then(|torrent| broker.current_status(torrent)) {
+    if let Some(status) = now_held.and_then(|torrent| service.current_status(torrent)) {
         patron.outbox.push_status(status);
     }
 }
 
 async fn answer(
-    broker: &Arc<Broker>,
+    service: &Arc<Service>,
     patron: &PatronConnection,
     id: RequestId,
     body: RequestBody,
 ) -> Event {
     match body {
-        RequestBody::CreateNewTorrent(create) => create::run(broker, patron.id, id, create).await,
-        RequestBody::CloseTorrent(close) => close::run(broker, patron.id, id, close).await,
-        RequestBody::MakeTorrent(make) => make::run(broker, patron.id, id, make).await,
+        RequestBody::CreateNewTorrent(create) => create::run(service, patron.id, id, create).await,
+        RequestBody::CloseTorrent(close) => close::run(service, patron.id, id, close).await,
+        RequestBody::MakeTorrent(make) => make::run(service, patron.id, id, make).await,
         RequestBody::StopBroker => Event::Ok { request: id },
-        quick => match answer_now(broker, patron.id, id, quick) {
+        quick => match answer_now(service, patron.id, id, quick) {
             Ok(reply) => reply,
             // Every kind is handled above or in `answer_now`; a new one must be added there.
             Err(body) => Event::Error {

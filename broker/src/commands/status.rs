@@ -1,11 +1,11 @@
 //! `Status`: one torrent's status, now.
 
-use crate::broker::Broker;
+use crate::service::Service;
 use proto::{ErrorKind, Event, ProtoError, RequestId, TorrentRef};
 
-pub fn run(broker: &Broker, request: RequestId, torrent: TorrentRef) -> Event {
-    let status = broker.resolve(torrent).and_then(|id| {
-        broker.current_status(id).ok_or_else(|| {
+pub fn run(service: &Service, request: RequestId, torrent: TorrentRef) -> Event {
+    let status = service.resolve(torrent).and_then(|id| {
+        service.current_status(id).ok_or_else(|| {
             ProtoError::new(ErrorKind::UnknownTorrent, format!("no torrent {id} runs"))
         })
     });

@@ -1,0 +1,238 @@
+//! Dispatch: each patron's requests, in order, with a bound on what is in flight.
+//!
+//! The transport hands every decoded request here. A request that never waits on the engine
+//! is answered at once when nothing of its patron is in flight; any other goes to a task of
+//! the patron's own, which serves its requests one at a time, so replies leave in request
+//! order. A patron may have at most [`MAX_IN_FLIGHT_REQUESTS`] requests or
+//! [`MAX_IN_FLIGHT_BYTES`] read and not answered: past that, the transport is told to stop
+//! reading it until it has drained to half (back-pressure: its own sends block).
+
+use crate::commands;
+use crate::patron::{Outbox, PatronConnection, PatronId};
+use crate::service::Service;
+use proto::{Event, Request};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::mpsc;
+
+/// Requests of one patron read and not yet answered, past which its channel is not read until
+/// it falls back to half (its own sends then block: back-pressure, DESIGN §4).
+pub const MAX_IN_FLIGHT_REQUESTS: usize = 256;
+/// Bytes of one patron's requests read and not yet answered, with the same effect.
+pub const MAX_IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
+
+/// What became of a request handed to [`Broker::dispatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatched {
+    /// Answered, or queued for its patron's task.
+    Taken,
+    /// Queued, and its patron has as much in flight as it may: read nothing more of it until
+    /// the broker resumes it.
+    HoldBack,
+    /// The patron is no longer connected (cut off): close its channel.
+    Gone,
+}
+
+/// What one patron has in flight.
+#[derive(Default)]
+struct InFlight {
+    requests: AtomicUsize,
+    bytes: AtomicUsize,
+    held_back: std::sync::atomic::AtomicBool,
+}
+
+impl InFlight {
+    /// At or under half of both limits: a held-back patron is read again.
+    fn is_low(&self) -> bool {
+        self.requests.load(Ordering::Acquire) <= MAX_IN_FLIGHT_REQUESTS / 2
+            && self.bytes.load(Ordering::Acquire) <= MAX_IN_FLIGHT_BYTES / 2
+    }
+}
+
+/// What the dispatcher asks of the transport below it.
+pub trait Transport: Send + Sync {
+    /// Read a held-back patron's channel again.
+    fn resume(&self, patron: PatronId);
+    /// Stop reading a patron that was dropped, closing its channel now.
+    fn forget(&self, patron: PatronId);
+}
+
+/// One patron's queue of requests for its task, and what it has in flight.
+struct PatronQueue {
+    connection: PatronConnection,
+    requests: mpsc::UnboundedSender<(Request, usize)>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Routes every patron's requests to the service, in order and bounded.
+pub struct Dispatcher {
+    service: Arc<Service>,
+    queues: Mutex<HashMap<PatronId, PatronQueue>>,
+    next_patron: AtomicU64,
+    transport: OnceLock<Arc<dyn Transport>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Dispatcher {
+    /// A dispatcher for `service`; the transport is attached once it runs.
+    pub fn new(service: Arc<Service>) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            service,
+            queues: Mutex::new(HashMap::new()),
+            next_patron: AtomicU64::new(1),
+            transport: OnceLock::new(),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Attaches the transport (once).
+    pub fn attach(&self, transport: Arc<dyn Transport>) {
+        let _ = self.transport.set(transport);
+    }
+
+    /// The service requests are served by.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<PatronId, PatronQueue>> {
+        // Plain inserts and removals: a poisoned lock is still consistent.
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh patron number.
+    pub fn next_patron_id(&self) -> PatronId {
+        self.next_patron.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a patron that completed the handshake (which may still be refused: the
+    /// patron limit), and starts the task that serves its requests in order.
+    pub fn add_patron(
+        self: &Arc<Self>,
+        id: PatronId,
+        pid: i32,
+        outbox: Arc<Outbox>,
+    ) -> Result<(), String> {
+        let (requests, mut queue) = mpsc::unbounded_channel::<(Request, usize)>();
+        let connection = PatronConnection { id, pid, outbox };
+        let in_flight = Arc::new(InFlight::default());
+        self.service.connect(connection.clone())?;
+        self.queues().insert(
+            id,
+            PatronQueue {
+                connection: connection.clone(),
+                requests,
+                in_flight: in_flight.clone(),
+            },
+        );
+        let dispatcher = self.clone();
+        self.runtime.spawn(async move {
+            let service = dispatcher.service.clone();
+            while let Some((request, size)) = queue.recv().await {
+                // A patron that left gets no more work done for it.
+                if service.connection(connection.id).is_some() {
+                    commands::serve(&service, &connection, request).await;
+                }
+                // After the reply is queued, so a later immediate reply cannot overtake it.
+                in_flight.requests.fetch_sub(1, Ordering::AcqRel);
+                in_flight.bytes.fetch_sub(size, Ordering::AcqRel);
+                if in_flight.is_low() && in_flight.held_back.swap(false, Ordering::AcqRel) {
+                    if let Some(transport) = dispatcher.transport.get() {
+                        transport.resume(connection.id);
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Answers a decoded request (of `size` bytes on the wire) at once if it never waits on
+    /// the engine and nothing of its patron is in flight; otherwise queues it for the
+    /// patron's task, and says when the patron has as much in flight as it may.
+    pub fn dispatch(
+        self: &Arc<Self>,
+        patron: PatronId,
+        request: Request,
+        size: usize,
+    ) -> Dispatched {
+        let found = self.queues().get(&patron).map(|handle| {
+            (
+                handle.connection.clone(),
+                handle.in_flight.clone(),
+                handle.requests.clone(),
+            )
+        });
+        let Some((connection, in_flight, requests)) = found else {
+            return Dispatched::Gone;
+        };
+        tracing::info!(
+            patron,
+            pid = connection.pid,
+            request = %request.id,
+            kind = %request.body.kind(),
+            "request"
+        );
+        // Only this thread adds to `in_flight`, so zero here means nothing can be overtaken.
+        // A hop to the patron's task costs more than answering a quick request here.
+        let request = if in_flight.requests.load(Ordering::Acquire) == 0 {
+            match commands::serve_immediate(&self.service, &connection, request) {
+                Ok(()) => return Dispatched::Taken,
+                Err(request) => request,
+            }
+        } else {
+            request
+        };
+        // Held back before the counts can fall, so a resume cannot be missed.
+        let requests_now = in_flight.requests.load(Ordering::Acquire) + 1;
+        let bytes_now = in_flight.bytes.load(Ordering::Acquire) + size;
+        let full = requests_now >= MAX_IN_FLIGHT_REQUESTS || bytes_now >= MAX_IN_FLIGHT_BYTES;
+        if full {
+            in_flight.held_back.store(true, Ordering::Release);
+        }
+        in_flight.requests.fetch_add(1, Ordering::AcqRel);
+        in_flight.bytes.fetch_add(size, Ordering::AcqRel);
+        if requests.send((request, size)).is_err() {
+            return Dispatched::Gone;
+        }
+        if !full {
+            return Dispatched::Taken;
+        }
+        // If the task drained to the low mark meanwhile, whoever clears the flag decides:
+        // the task (it sends a resume, which the reader handles after holding back) or we
+        // (nothing is held back).
+        if in_flight.is_low() && in_flight.held_back.swap(false, Ordering::AcqRel) {
+            return Dispatched::Taken;
+        }
+        Dispatched::HoldBack
+    }
+
+    /// Tells a patron its message could not be decoded.
+    pub fn protocol_error(&self, patron: PatronId, message: String) {
+        let Some(connection) = self.service.connection(patron) else {
+            return;
+        };
+        tracing::warn!(
+            patron,
+            pid = connection.pid,
+            "undecodable message: {message}"
+        );
+        connection.send(Event::ProtocolError { message });
+    }
+
+    /// A patron's channel closed (it exited, crashed or was killed) or it was cut off: its
+    /// queue goes, the service releases what it held, and its sockets close now, not when
+    /// its process exits.
+    pub fn patron_gone(&self, patron: PatronId) {
+        self.queues().remove(&patron);
+        self.service.disconnect(patron);
+        if let Some(transport) = self.transport.get() {
+            transport.forget(patron);
+        }
+    }
+
+    /// Whether this patron is connected.
+    pub fn is_connected(&self, patron: PatronId) -> bool {
+        self.service.connection(patron).is_some()
+    }
+}

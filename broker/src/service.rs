@@ -1,0 +1,496 @@
+//! The service: what the broker does with torrents, for patrons, knowing nothing of IPC.
+//!
+//! Commands act on a [`Service`] and a patron's [`PatronConnection`]: the engine, the
+//! registry of running torrents and who holds them, the crash-safe store of what must survive
+//! a restart, and the path policy of where a torrent may write. Connected patrons are known
+//! here only as connections (identity and outbox), for holds and status; reading their
+//! requests and keeping them in order is the dispatcher's business.
+
+use crate::config::BrokerConfig;
+use crate::engine::{self, AddSpec, Added, Engine};
+use crate::patron::{Outbox, PatronConnection, PatronId};
+use crate::registry::{RestoreSpec, TorrentRegistry, Unrestored};
+use crate::shutdown;
+use crate::torrent_file::{self, CheckedTorrent};
+use proto::{ErrorKind, ProtoError, TorrentId, TorrentInfo, TorrentRef};
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Mutable state, behind one lock that is never held across an `.await`.
+#[derive(Default)]
+pub struct ServiceState {
+    /// Running torrents and their holders.
+    pub registry: TorrentRegistry,
+    /// Connected patrons.
+    pub patrons: HashMap<PatronId, PatronConnection>,
+}
+
+impl ServiceState {
+    /// Makes `patron` hold torrent `id`, if both still exist, and returns the torrent. A
+    /// patron that left while its request was being served gets no hold: nothing would ever
+    /// release it.
+    pub fn hold(&mut self, id: TorrentId, patron: PatronId) -> Option<TorrentInfo> {
+        let connected = self.patrons.contains_key(&patron);
+        let entry = self.registry.get_mut(id)?;
+        if connected {
+            entry.holders.insert(patron);
+        }
+        Some(entry.info.clone())
+    }
+}
+
+/// Configuration, the engine, and the state every thread shares.
+pub struct Service {
+    /// Settings.
+    pub config: BrokerConfig,
+    /// The BitTorrent engine.
+    pub engine: Engine,
+    state: Mutex<ServiceState>,
+    /// Stopping is triggered through this (signals, or a patron's stop request).
+    pub shutdown: shutdown::Shutdown,
+    /// Held from "is it already running?" to "registered", and while a torrent is closed:
+    /// the registry and the engine change together under it. Two patrons adding the same
+    /// torrent at once must not see each other's half-added files (one would be refused
+    /// with file-exists instead of joining). Magnet metadata is fetched before taking it.
+    pub adding: tokio::sync::Mutex<()>,
+    runtime: tokio::runtime::Handle,
+    /// Held while the registry is saved.
+    saving: Mutex<()>,
+}
+
+impl Service {
+    /// Starts the engine and restores the torrents of a previous run.
+    pub async fn start(config: BrokerConfig) -> anyhow::Result<Arc<Service>> {
+        let engine = Engine::start(&config).await?;
+        let service = Arc::new(Service {
+            config,
+            engine,
+            state: Mutex::new(ServiceState::default()),
+            shutdown: shutdown::Shutdown::default(),
+            adding: tokio::sync::Mutex::new(()),
+            runtime: tokio::runtime::Handle::current(),
+            saving: Mutex::new(()),
+        });
+        service.restore().await?;
+        Ok(service)
+    }
+
+    fn restore_path(&self) -> PathBuf {
+        self.config.state_dir.join("torrents.json")
+    }
+
+    /// Adds the recorded torrents again. A record that cannot be restored is kept (shown in
+    /// error, retried at the next start); records that cannot be read stop the start, and
+    /// nothing is overwritten.
+    async fn restore(&self) -> anyhow::Result<()> {
+        let records = TorrentRegistry::load_records(&self.restore_path())
+            .map_err(|why| anyhow::anyhow!(why))?;
+        for id in records.keys() {
+            self.engine.reserve_id(*id);
+        }
+        for (id, spec) in records {
+            if let Err((error, info)) = self.restore_one(id, &spec).await {
+                tracing::error!(torrent = %id, "cannot restore, kept for the next start: {error}");
+                let unrestored = Unrestored {
+                    info,
+                    restore: spec,
+                    error: error.message,
+                };
+                self.state().registry.keep_unrestored(id, unrestored);
+            }
+        }
+        // Files of torrents that are no longer recorded (ephemeral, or closed mid-save).
+        if let Ok(dir) = std::fs::read_dir(self.config.torrents_dir()) {
+            for file in dir.flatten() {
+                let id = file
+                    .path()
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| s.parse().ok())
+                    .map(TorrentId);
+                let is_record = file.path().extension().is_some_and(|e| e == "torrent");
+                if is_record && id.is_none_or(|id| !self.state().registry.remembers(id)) {
+                    let _ = std::fs::remove_file(file.path());
+                }
+            }
+        }
+        // Nothing to save: every record is kept, restored or not. (A start must not need a
+        // writable state disk: a full one would lock every patron out.)
+        Ok(())
+    }
+
+    /// Restores one record; on failure, the reason and what is known of the torrent.
+    async fn restore_one(
+        &self,
+        id: TorrentId,
+        spec: &RestoreSpec,
+    ) -> Result<(), (ProtoError, TorrentInfo)> {
+        let mut info = TorrentInfo {
+            id,
+            info_hash: proto::InfoHash([0; 20]),
+            name: format!("torrent {id}"),
+            save_folder: spec.save_folder.display().to_string(),
+            total_bytes: 0,
+        };
+        let path = self.torrent_file_path(id);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            let why = format!("cannot read {}: {e}", path.display());
+            (ProtoError::new(ErrorKind::Io, why), info.clone())
+        })?;
+        let checked = torrent_file::check_torrent_file(&bytes, self.config.loopback_only)
+            .map_err(|e| (e, info.clone()))?;
+        info = checked.info(id, &spec.save_folder);
+        self.check_restorable_folder(&spec.save_folder)
+            .and_then(|()| crate::roots::check_torrent_paths(&spec.save_folder, &checked, false))
+            .map_err(|e| (e, info.clone()))?;
+        let added = self
+            .engine
+            .add(AddSpec {
+                torrent: checked.bytes.clone(),
+                data_folder: spec.data_folder.clone(),
+                paused: spec.paused,
+                only_files: spec.only_files.clone(),
+                // The files are this torrent's own; the engine re-verifies them.
+                overwrite: true,
+                peers: spec.peers.clone(),
+                id: Some(id),
+            })
+            .await
+            .map_err(|e| (e, info.clone()))?;
+        if !added.is_new || added.id != id {
+            // Two records of one torrent (added again while the first could not be restored):
+            // the second is kept, not silently merged away.
+            let why = format!(
+                "the same torrent is already restored as torrent {}",
+                added.id
+            );
+            return Err((ProtoError::new(ErrorKind::BadRequest, why), info));
+        }
+        tracing::info!(torrent = %id, name = %checked.name, "restored torrent");
+        let info = checked.info(added.id, &spec.save_folder);
+        self.state()
+            .registry
+            .insert_or_hold(info, added.handle, spec.clone(), None);
+        Ok(())
+    }
+
+    /// A save folder is used again only as it was: an existing folder inside the roots. A
+    /// missing one is not created again (an unmounted disk would have the torrent written
+    /// onto the disk beneath the mount point).
+    fn check_restorable_folder(&self, folder: &Path) -> Result<(), ProtoError> {
+        let io = |why: String| ProtoError::new(ErrorKind::Io, why);
+        let meta = std::fs::metadata(folder).map_err(|e| {
+            io(format!(
+                "save folder {} is unusable: {e} (is its disk mounted?)",
+                folder.display()
+            ))
+        })?;
+        if !meta.is_dir() {
+            return Err(io(format!(
+                "save folder {} is not a folder",
+                folder.display()
+            )));
+        }
+        let canonical = folder.canonicalize().map_err(|e| {
+            io(format!(
+                "cannot resolve save folder {}: {e}",
+                folder.display()
+            ))
+        })?;
+        self.check_inside_roots(&canonical)
+    }
+
+    fn torrent_file_path(&self, id: TorrentId) -> PathBuf {
+        self.config.torrents_dir().join(format!("{id}.torrent"))
+    }
+
+    /// Records a torrent the engine just accepted for `holder` (persisting it, unless it is
+    /// ephemeral), or makes `holder` join it if the engine already ran it. A new torrent that
+    /// cannot be recorded durably is stopped again and the add fails: a torrent the broker
+    /// said it runs is one it will still run after a restart.
+    pub async fn register(
+        &self,
+        added: Added,
+        checked: &CheckedTorrent,
+        restore: RestoreSpec,
+        holder: PatronId,
+    ) -> Result<(TorrentInfo, bool), ProtoError> {
+        let info = checked.info(added.id, &restore.save_folder);
+        let id = added.id;
+        let record = added.is_new && !restore.ephemeral;
+        let path = self.torrent_file_path(id);
+        if record {
+            let written = crate::config::create_private_dir(&self.config.torrents_dir())
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|()| {
+                    crate::store::write_atomically(&path, &checked.bytes)
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+                });
+            if let Err(why) = written {
+                return Err(self.unrecordable(id, &path, why).await);
+            }
+        }
+        let kept = {
+            let mut state = self.state();
+            state
+                .registry
+                .insert_or_hold(info.clone(), added.handle, restore, None);
+            let info = state.hold(id, holder);
+            // An ephemeral torrent whose creator left before it started has nobody to hold it.
+            let entry = state.registry.get(id);
+            if entry.is_some_and(|e| e.restore.ephemeral && e.holders.is_empty()) {
+                state.registry.remove(id);
+                None
+            } else {
+                info
+            }
+        };
+        // Recorded before the patron is told: every later save includes it too.
+        if record {
+            if let Err(why) = self.save_registry() {
+                self.state().registry.remove(id);
+                return Err(self.unrecordable(id, &path, why).await);
+            }
+        }
+        match kept {
+            Some(info) => Ok((info, added.is_new)),
+            None => {
+                tracing::info!(torrent = %id, "closing ephemeral torrent: its creator left");
+                if let Err(e) = self.stop_torrent(id, false).await {
+                    tracing::warn!(torrent = %id, "cannot close: {e:#}");
+                }
+                Ok((info, added.is_new))
+            }
+        }
+    }
+
+    /// Undoes a new torrent the broker could not record, and says why.
+    async fn unrecordable(&self, id: TorrentId, path: &Path, why: String) -> ProtoError {
+        tracing::error!(torrent = %id, "cannot record a new torrent, stopping it: {why}");
+        let _ = crate::store::remove_durably(path);
+        if let Err(e) = self.engine.remove(id, false).await {
+            tracing::warn!(torrent = %id, "cannot stop it: {e:#}");
+        }
+        ProtoError::new(
+            ErrorKind::Io,
+            format!("the broker cannot record the torrent, so it did not start it: {why}"),
+        )
+    }
+
+    /// Stops a torrent already removed from the registry, and forgets its persisted files.
+    pub async fn stop_torrent(&self, id: TorrentId, delete_data: bool) -> anyhow::Result<()> {
+        // The records first: a crash (or a full disk) in between leaves a .torrent that no
+        // record names, which the next start sweeps, never a record without its .torrent.
+        if self.save_registry().is_ok() {
+            self.forget_torrent_file(id);
+        }
+        self.engine.remove(id, delete_data).await
+    }
+
+    /// Removes the .torrent of a torrent no record names any more.
+    pub fn forget_torrent_file(&self, id: TorrentId) {
+        let _ = crate::store::remove_durably(&self.torrent_file_path(id));
+    }
+
+    /// The shared state. Never hold it across an `.await`.
+    pub fn state(&self) -> MutexGuard<'_, ServiceState> {
+        // Every critical section leaves the state consistent before anything can panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the registry's restart records, durably. Saves are serialized, and each takes
+    /// its snapshot inside that order, so a later state is never overwritten by an earlier
+    /// one; the state lock is not held during the write. A failure is logged and returned.
+    pub fn save_registry(&self) -> Result<(), String> {
+        let path = self.restore_path();
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        let json = self.state().registry.records_json();
+        let saved = json
+            .and_then(|json| crate::store::write_atomically(&path, &json))
+            .map_err(|e| format!("cannot save {}: {e}", path.display()));
+        if let Err(why) = &saved {
+            tracing::error!("{why}");
+        }
+        saved
+    }
+
+    /// Whether one more torrent may start: the broker is not stopping and runs fewer than its
+    /// maximum. Every path that adds a torrent asks (DESIGN §4), holding [`Broker::adding`]
+    /// for the count to stay true until the torrent is registered.
+    pub fn room_for_one_more(&self) -> Result<(), ProtoError> {
+        if self.is_stopping() {
+            return Err(ProtoError::new(
+                ErrorKind::ShuttingDown,
+                "the broker is stopping",
+            ));
+        }
+        if self.state().registry.len() >= self.config.max_torrents {
+            return Err(ProtoError::new(
+                ErrorKind::LimitReached,
+                format!(
+                    "the broker already runs its maximum of {} torrents",
+                    self.config.max_torrents
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the broker is stopping (no new patrons, no new torrents).
+    pub fn is_stopping(&self) -> bool {
+        self.shutdown.is_triggered()
+    }
+
+    /// Registers a patron that completed the handshake, unless the broker already serves its
+    /// maximum: the count and the insertion happen under one lock, so concurrent handshakes
+    /// cannot overshoot it.
+    pub fn connect(&self, connection: PatronConnection) -> Result<(), String> {
+        let mut state = self.state();
+        if state.patrons.len() >= self.config.max_patrons {
+            return Err(format!(
+                "the broker already serves its maximum of {} patrons",
+                self.config.max_patrons
+            ));
+        }
+        tracing::info!(
+            patron = connection.id,
+            pid = connection.pid,
+            "patron connected"
+        );
+        state.patrons.insert(connection.id, connection);
+        Ok(())
+    }
+
+    /// A patron left (it exited, crashed, was killed or cut off): its outbox closes now and
+    /// its holds are released. Ephemeral torrents nobody holds any more are closed.
+    pub fn disconnect(self: &Arc<Self>, patron: PatronId) {
+        let orphans = {
+            let mut state = self.state();
+            let Some(connection) = state.patrons.remove(&patron) else {
+                return;
+            };
+            connection.outbox.close();
+            tracing::info!(patron, pid = connection.pid, "patron disconnected");
+            state.registry.release_all(patron)
+        };
+        if orphans.is_empty() {
+            return;
+        }
+        let service = self.clone();
+        self.runtime.spawn(async move {
+            // Registry and engine change together, under the add lock: no add of the same
+            // torrent can find it in one and not the other.
+            let _adding = service.adding.lock().await;
+            for id in orphans {
+                if !service.state().registry.remove_orphan(id) {
+                    continue; // someone joined it meanwhile
+                }
+                tracing::info!(torrent = %id, "closing ephemeral torrent: its last holder left");
+                if let Err(e) = service.stop_torrent(id, false).await {
+                    tracing::warn!(torrent = %id, "cannot close: {e:#}");
+                }
+            }
+        });
+    }
+
+    /// A connected patron.
+    pub fn connection(&self, patron: PatronId) -> Option<PatronConnection> {
+        self.state().patrons.get(&patron).cloned()
+    }
+
+    /// Every connected patron's outbox (to say goodbye).
+    pub fn outboxes(&self) -> Vec<Arc<Outbox>> {
+        let state = self.state();
+        state.patrons.values().map(|p| p.outbox.clone()).collect()
+    }
+
+    /// A running torrent's status now.
+    pub fn current_status(&self, id: TorrentId) -> Option<proto::TorrentStatus> {
+        // Stats are computed outside the lock (see the fan-out).
+        let (name, handle) = {
+            let state = self.state();
+            let entry = state.registry.get(id)?;
+            (entry.info.name.clone(), entry.handle.clone())
+        };
+        Some(engine::status_of(id, &name, &handle))
+    }
+
+    /// Resolves a reference to a running torrent's id.
+    pub fn resolve(&self, torrent: TorrentRef) -> Result<TorrentId, ProtoError> {
+        self.state().registry.resolve(torrent).ok_or_else(|| {
+            ProtoError::new(
+                ErrorKind::UnknownTorrent,
+                format!("no torrent {torrent} runs"),
+            )
+        })
+    }
+
+    /// The canonical save folder for a request: the one named (which must be absolute and
+    /// inside a download root, and is created if missing) or the default.
+    pub fn save_folder(&self, requested: Option<&str>) -> Result<PathBuf, ProtoError> {
+        let Some(requested) = requested else {
+            return Ok(self.config.default_download_dir.clone());
+        };
+        let not_allowed = |why: String| ProtoError::new(ErrorKind::PathNotAllowed, why);
+        let path = Path::new(requested);
+        if !path.is_absolute() {
+            return Err(not_allowed(format!(
+                "save folder {requested:?} is not an absolute path"
+            )));
+        }
+        if path.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(not_allowed(format!(
+                "save folder {requested:?} contains `..`"
+            )));
+        }
+        // Check the nearest existing ancestor (symlinks resolved) before creating anything.
+        let existing = path
+            .ancestors()
+            .find(|a| a.exists())
+            .unwrap_or(Path::new("/"));
+        let canonical = existing
+            .canonicalize()
+            .map_err(|e| not_allowed(format!("cannot resolve {}: {e}", existing.display())))?;
+        let rest = path.strip_prefix(existing).unwrap_or(Path::new(""));
+        let full = if rest.as_os_str().is_empty() {
+            canonical
+        } else {
+            canonical.join(rest)
+        };
+        self.check_inside_roots(&full)?;
+        std::fs::create_dir_all(&full).map_err(|e| {
+            ProtoError::new(
+                ErrorKind::Io,
+                format!("cannot create save folder {}: {e}", full.display()),
+            )
+        })?;
+        Ok(full)
+    }
+
+    /// Refuses a canonical path outside every download root.
+    pub fn check_inside_roots(&self, path: &Path) -> Result<(), ProtoError> {
+        if self
+            .config
+            .download_roots
+            .iter()
+            .any(|root| path.starts_with(root))
+        {
+            return Ok(());
+        }
+        let roots: Vec<String> = self
+            .config
+            .download_roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect();
+        Err(ProtoError::new(
+            ErrorKind::PathNotAllowed,
+            format!(
+                "{} is outside the broker's download roots ({}); start the broker with --download-root to allow it",
+                path.display(),
+                roots.join(", ")
+            ),
+        ))
+    }
+}
