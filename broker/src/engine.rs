@@ -142,7 +142,12 @@ impl Engine {
         })
     }
 
-    /// Never hand out an id at or below `id` (restored torrents keep theirs).
+    /// A fresh id, for a torrent known before the engine has it (a resolving magnet).
+    pub fn allocate_id(&self) -> TorrentId {
+        TorrentId(self.next_id.fetch_add(1, Ordering::Relaxed) as u64)
+    }
+
+    /// Makes sure ids handed out from now on are above `id` (restored torrents keep theirs).
     pub fn reserve_id(&self, id: TorrentId) {
         let next = usize::try_from(id.0).unwrap_or(usize::MAX - 1) + 1;
         self.next_id.fetch_max(next, Ordering::Relaxed);

@@ -10,7 +10,7 @@
 
 use crate::engine::ManagedTorrentHandle;
 use crate::patron::PatronId;
-use proto::{InfoHash, TorrentId, TorrentInfo, TorrentRef, TorrentStatus};
+use proto::{InfoHash, TorrentId, TorrentInfo, TorrentRef, TorrentState, TorrentStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -64,14 +64,66 @@ pub struct Unrestored {
     pub error: String,
 }
 
-/// Every torrent the broker runs, and those it remembers but could not restore.
+/// A magnet whose metadata is being fetched: shown (`resolving-metadata`) under the id it
+/// will have, until it runs or fails.
+#[derive(Debug, Clone)]
+pub struct Resolving {
+    /// What is known so far (its name is the link's `dn`, its size 0).
+    pub info: TorrentInfo,
+    /// The patrons waiting for it.
+    pub holders: BTreeSet<PatronId>,
+}
+
+/// Every torrent the broker runs, those it remembers but could not restore, and magnets
+/// on their way.
 #[derive(Default)]
 pub struct TorrentRegistry {
     torrents: BTreeMap<TorrentId, TorrentEntry>,
     unrestored: BTreeMap<TorrentId, Unrestored>,
+    resolving: BTreeMap<TorrentId, Resolving>,
 }
 
 impl TorrentRegistry {
+    /// Shows a magnet whose metadata `holder` is waiting for.
+    pub fn start_resolving(&mut self, info: TorrentInfo, holder: PatronId) {
+        let holders = BTreeSet::from([holder]);
+        self.resolving.insert(info.id, Resolving { info, holders });
+    }
+
+    /// The magnet's metadata came, or did not: it is no longer shown as resolving.
+    pub fn stop_resolving(&mut self, id: TorrentId) {
+        self.resolving.remove(&id);
+    }
+
+    /// Magnets whose metadata is being fetched, by id.
+    pub fn resolving(&self) -> impl Iterator<Item = (&TorrentId, &Resolving)> {
+        self.resolving.iter()
+    }
+
+    /// A torrent that does not run but is known: a magnet resolving, or a record not
+    /// restored; with the state to show for it.
+    pub fn placeholder(&self, torrent: TorrentRef) -> Option<(TorrentInfo, TorrentState)> {
+        let matches = |info: &TorrentInfo| match torrent {
+            TorrentRef::Id(id) => info.id == id,
+            TorrentRef::InfoHash(hash) => info.info_hash == hash,
+        };
+        if let Some(r) = self.resolving.values().find(|r| matches(&r.info)) {
+            return Some((r.info.clone(), TorrentState::ResolvingMetadata));
+        }
+        self.unrestored
+            .values()
+            .find(|u| matches(&u.info))
+            .map(|u| {
+                (
+                    u.info.clone(),
+                    TorrentState::Error(format!(
+                        "not restored (retried at the next start): {}",
+                        u.error
+                    )),
+                )
+            })
+    }
+
     /// Keeps a record that could not be restored.
     pub fn keep_unrestored(&mut self, id: TorrentId, unrestored: Unrestored) {
         self.unrestored.insert(id, unrestored);

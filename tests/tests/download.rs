@@ -1,6 +1,6 @@
 //! Downloads through the broker from a real librqbit seeder over 127.0.0.1.
 
-use e2e::{run, sha256, Output, Sandbox, Seeder};
+use e2e::{run, sha256, Output, Sandbox, Seeder, STEP_TIMEOUT};
 use std::path::PathBuf;
 
 const MIB: usize = 1024 * 1024;
@@ -145,4 +145,40 @@ fn a_torrent_file_larger_than_one_datagram_arrives_whole_and_downloads() {
             .unwrap_or(false)
     });
     assert_eq!(sha256(&downloads.join("big-meta.bin")), sha256(&data));
+}
+
+#[test]
+fn a_magnet_waiting_for_its_metadata_is_listed_as_resolving() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("resolving");
+    let _broker = sandbox.broker(&state, &["--magnet-timeout", "4"]);
+    let downloads = sandbox.folder("downloads");
+    // A peer that accepts and never speaks: the metadata never comes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&dn=waiting.iso&x.pe={}",
+        "cd".repeat(20),
+        silent.local_addr().expect("addr")
+    );
+    let adding = e2e::Running::start(sandbox.add_command(&state, &magnet, &downloads, None));
+    let listed = |sandbox: &Sandbox| {
+        let mut list = sandbox.client(&state);
+        list.args(["--json", "list"]);
+        run(list).expect_code(0).json_lines()
+    };
+    e2e::wait_for("the magnet to be listed", STEP_TIMEOUT, || {
+        !listed(&sandbox).is_empty()
+    });
+    let torrents = listed(&sandbox);
+    assert_eq!(torrents[0]["state"], "resolving-metadata", "{torrents:?}");
+    assert_eq!(torrents[0]["name"], "waiting.iso");
+    let mut status = sandbox.client(&state);
+    status.args(["--json", "status", &torrents[0]["id"].to_string()]);
+    let status = run(status).expect_code(0).json_lines();
+    assert_eq!(status[0]["state"], "resolving-metadata", "{status:?}");
+    // It gives up after the timeout, and is listed no more.
+    let failed = adding.finish(STEP_TIMEOUT);
+    assert_eq!(failed.code(), 3, "{failed:?}");
+    assert!(listed(&sandbox).is_empty());
+    drop(silent);
 }

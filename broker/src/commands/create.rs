@@ -5,7 +5,9 @@ use crate::patron::PatronId;
 use crate::registry::RestoreSpec;
 use crate::service::Service;
 use crate::torrent_file::{self, CheckedTorrent};
-use proto::{CreateNewTorrent, ErrorKind, Event, ProtoError, RequestId, TorrentSource};
+use proto::{
+    CreateNewTorrent, ErrorKind, Event, ProtoError, RequestId, TorrentInfo, TorrentSource,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -32,6 +34,7 @@ async fn start(
     let mut peers = parse_peers(&create.peers, loopback_only)?;
     let save_folder = service.save_folder(create.output.as_deref())?;
 
+    let mut preallocated = None;
     let checked = match &create.source {
         TorrentSource::TorrentFile(bytes) => {
             torrent_file::check_torrent_file(bytes, loopback_only)?
@@ -46,10 +49,27 @@ async fn start(
                     peers.push(*peer);
                 }
             }
-            let (bytes, seen) = service
+            // Shown as resolving-metadata, under the id it will run with, while it waits.
+            let id = service.engine.allocate_id();
+            let hash = magnet.info_hash;
+            let waiting = TorrentInfo {
+                id,
+                info_hash: hash,
+                name: magnet
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("magnet {hash}")),
+                save_folder: save_folder.display().to_string(),
+                total_bytes: 0,
+            };
+            service.state().registry.start_resolving(waiting, patron);
+            let resolved = service
                 .engine
                 .resolve_magnet(&magnet.uri, peers.clone(), service.config.magnet_timeout)
-                .await?;
+                .await;
+            service.state().registry.stop_resolving(id);
+            let (bytes, seen) = resolved?;
+            preallocated = Some(id);
             peers.extend(seen);
             // Metadata from the swarm is as untrusted as a patron's .torrent file.
             torrent_file::check_torrent_file(&bytes, loopback_only)?
@@ -93,7 +113,7 @@ async fn start(
             only_files: restore.only_files.clone(),
             overwrite: create.overwrite,
             peers,
-            id: None,
+            id: preallocated,
         })
         .await?;
     let (torrent, is_new) = service.register(added, &checked, restore, patron).await?;

@@ -2,19 +2,28 @@
 
 use crate::engine;
 use crate::patron::PatronId;
-use crate::registry::Unrestored;
 use crate::service::Service;
-use proto::{Event, RequestId, TorrentState, TorrentStatus, TorrentSummary};
+use proto::{Event, RequestId, TorrentInfo, TorrentRef, TorrentState, TorrentSummary};
 
 pub fn run(service: &Service, patron: PatronId, request: RequestId) -> Event {
     // The engine's stats are computed after the broker's lock is let go: with many torrents
     // that is most of the work, and every other request needs the lock.
     let (listed, unrestored): (Vec<_>, Vec<_>) = {
         let state = service.state();
-        let unrestored = state
-            .registry
+        // Known but not running: records not restored (in error, saying why) and magnets
+        // whose metadata is on its way (DESIGN §4a, and `resolving-metadata`).
+        let registry = &state.registry;
+        let unrestored = registry
             .unrestored()
-            .map(|(_, u)| unrestored_summary(u))
+            .filter_map(|(id, _)| registry.placeholder(TorrentRef::Id(*id)))
+            .map(|(info, state)| placeholder_summary(info, state, 0))
+            .chain(registry.resolving().map(|(_, r)| {
+                placeholder_summary(
+                    r.info.clone(),
+                    TorrentState::ResolvingMetadata,
+                    r.holders.len() as u32,
+                )
+            }))
             .collect();
         let listed = state
             .registry
@@ -48,30 +57,11 @@ pub fn run(service: &Service, patron: PatronId, request: RequestId) -> Event {
     Event::TorrentList { request, torrents }
 }
 
-fn unrestored_summary(unrestored: &Unrestored) -> TorrentSummary {
-    let info = unrestored.info.clone();
+fn placeholder_summary(info: TorrentInfo, state: TorrentState, holders: u32) -> TorrentSummary {
     TorrentSummary {
-        status: TorrentStatus {
-            id: info.id,
-            info_hash: info.info_hash,
-            name: info.name.clone(),
-            state: TorrentState::Error(format!(
-                "not restored (retried at the next start): {}",
-                unrestored.error
-            )),
-            progress: 0.0,
-            bytes_done: 0,
-            bytes_total: info.total_bytes,
-            download_rate: 0,
-            upload_rate: 0,
-            uploaded: 0,
-            peers: 0,
-            seeds: 0,
-            eta_secs: None,
-            complete: false,
-        },
+        status: super::placeholder_status(&info, state),
         info,
-        holders: 0,
+        holders,
         held_by_you: false,
         ephemeral: false,
     }

@@ -11,6 +11,16 @@ pub fn run(service: &Service, request: RequestId, torrent: TorrentRef) -> Event 
     });
     match status {
         Ok(status) => Event::Status { request, status },
-        Err(error) => Event::Error { request, error },
+        Err(error) => {
+            // Known but not running: a magnet resolving, a record not restored.
+            let placeholder = service.state().registry.placeholder(torrent);
+            match placeholder {
+                Some((info, state)) => Event::Status {
+                    request,
+                    status: super::placeholder_status(&info, state),
+                },
+                None => Event::Error { request, error },
+            }
+        }
     }
 }
