@@ -199,3 +199,53 @@ fn a_patron_pipelining_thousands_of_big_requests_is_held_back_not_buffered() {
     sender.join().expect("sender");
     drop(silent);
 }
+
+#[test]
+fn requests_queued_by_a_patron_that_dies_are_not_served() {
+    use e2e::patron_client::proto::{CreateNewTorrent, TorrentSource};
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("dead-queue");
+    let broker = sandbox.broker(&state, &["--magnet-timeout", "3"]);
+    let downloads = sandbox.folder("downloads");
+    // A magnet that waits for its whole timeout, then five valid adds queued behind it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&x.pe={}",
+        "ef".repeat(20),
+        silent.local_addr().expect("addr")
+    );
+    let mut doomed = sandbox.patron(&state);
+    let mut first = CreateNewTorrent::new(TorrentSource::Magnet(magnet));
+    first.output = Some(downloads.display().to_string());
+    doomed
+        .send(RequestBody::CreateNewTorrent(first))
+        .expect("send");
+    for n in 0..5 {
+        let data = sandbox.random_file(&format!("mine/queued-{n}.bin"), 20_000);
+        let torrent = sandbox.path(&format!("queued-{n}.torrent"));
+        let mut make = sandbox.client(&sandbox.state_dir(&format!("maker-{n}")));
+        make.arg("make").arg(&data).arg("--output").arg(&torrent);
+        run(make).expect_code(0);
+        let mut add = CreateNewTorrent::new(TorrentSource::TorrentFile(
+            std::fs::read(&torrent).expect("torrent"),
+        ));
+        add.output = Some(downloads.display().to_string());
+        doomed
+            .send(RequestBody::CreateNewTorrent(add))
+            .expect("send");
+    }
+    // The patron goes (as a crash would: its channels close) before the magnet gives up.
+    drop(doomed);
+    wait_for("the broker to see the patron go", STEP_TIMEOUT, || {
+        broker.log().contains("patron disconnected")
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let mut list = sandbox.client(&state);
+    list.args(["--json", "list"]);
+    let torrents = run(list).expect_code(0).json_lines();
+    assert!(
+        torrents.is_empty(),
+        "requests of a patron that is gone were served: {torrents:?}"
+    );
+    drop(silent);
+}
