@@ -358,10 +358,11 @@ pub fn check_server_name(name: &str, our_uid: u32) -> Result<PathBuf, String> {
     }
     let folder_meta =
         std::fs::symlink_metadata(folder).map_err(|e| format!("its server {name:?}: {e}"))?;
-    // Owned by our user and writable by nobody else (tempfile makes it 0777 less the umask).
-    if !folder_meta.is_dir() || folder_meta.uid() != our_uid || folder_meta.mode() & 0o022 != 0 {
+    // Owned by our user and not writable by everyone (tempfile makes it 0777 less the umask:
+    // 0755, or 0775 under the common umask 002 with per-user groups).
+    if !folder_meta.is_dir() || folder_meta.uid() != our_uid || folder_meta.mode() & 0o002 != 0 {
         return Err(format!(
-            "its server {name:?} is not in a folder only this broker's user can write"
+            "its server {name:?} is not in a folder of this broker's user that others cannot write"
         ));
     }
     let meta = std::fs::symlink_metadata(path).map_err(|e| format!("its server {name:?}: {e}"))?;
@@ -529,7 +530,7 @@ mod tests {
         assert!(check_server_name(&name, uid).is_ok());
         assert!(check_server_name(&name, uid.wrapping_add(1))
             .unwrap_err()
-            .contains("only this broker's user"));
+            .contains("this broker's user"));
     }
 }
 

@@ -92,9 +92,27 @@ pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTo
     }
     let piece_length = u64::from(meta.info.data.piece_length);
     let pieces_len = meta.info.data.pieces.as_ref().len();
-    // Before validate(): librqbit divides by the piece length there (found by fuzzing).
+    // Before validate(): librqbit divides by the piece length there (found by fuzzing),
+    // sums the file lengths unchecked, and counts pieces in a u32.
     if piece_length == 0 {
         return Err(invalid("the torrent's piece length is 0"));
+    }
+    let lengths: Vec<u64> = match &meta.info.data.files {
+        Some(files) => files.iter().map(|f| f.length).collect(),
+        None => meta.info.data.length.into_iter().collect(),
+    };
+    let total = lengths
+        .iter()
+        .try_fold(0u64, |sum, len| sum.checked_add(*len))
+        .ok_or_else(|| invalid("the torrent's total size overflows"))?;
+    if total == 0 {
+        return Err(invalid("the torrent holds no data (total size 0)"));
+    }
+    if total.div_ceil(piece_length) > u64::from(u32::MAX) {
+        return Err(invalid(format!(
+            "the torrent would have {} pieces, more than any client counts",
+            total.div_ceil(piece_length)
+        )));
     }
     let validated: ValidatedTorrentMetaV1Info<_> = meta
         .info
@@ -762,10 +780,13 @@ mod fuzz {
         fn no_multi_file_torrent_makes_the_checker_panic(
             name in component(),
             files in proptest::collection::vec(
-                (proptest::collection::vec(component(), 0..4), any::<u32>()),
+                (
+                    proptest::collection::vec(component(), 0..4),
+                    prop_oneof![any::<u32>().prop_map(u64::from), any::<u64>(), Just(i64::MAX as u64), Just(1u64 << 32)],
+                ),
                 0..6,
             ),
-            piece_length in prop_oneof![Just(0u64), Just(16384u64), any::<u64>()],
+            piece_length in prop_oneof![Just(0u64), Just(1u64), Just(16384u64), any::<u64>()],
             pieces in 0usize..6,
             announce in proptest::collection::vec(any::<u8>(), 0..24),
         ) {

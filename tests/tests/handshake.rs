@@ -14,6 +14,7 @@ use nix::sys::socket::{
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 /// A raw SOCK_SEQPACKET connection to the broker: what any process can do.
@@ -213,4 +214,20 @@ fn garbage_stalls_and_connect_floods_do_not_hold_up_honest_patrons() {
         Duration::from_secs(20),
         || broker_fds(&broker) <= baseline + 1,
     );
+}
+
+#[test]
+fn a_patron_with_a_group_writable_umask_is_served() {
+    // umask 002 (per-user groups: Debian's, Ubuntu's and Fedora's default for users) makes
+    // ipc-channel's one-shot server folder 0775.
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("umask");
+    let _broker = sandbox.broker(&state, &[]);
+    let mut list = Command::new("sh");
+    sandbox.apply_env(&mut list);
+    list.arg("-c")
+        .arg("umask 002; exec \"$0\" --state-dir \"$1\" list")
+        .arg(e2e::bin("patron-client"))
+        .arg(&state);
+    run(list).expect_code(0);
 }

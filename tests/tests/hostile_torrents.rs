@@ -67,6 +67,19 @@ fn multi(name: &[u8], paths: &[&[&[u8]]], piece_length: u64) -> Vec<u8> {
     dict(&[("info", info)])
 }
 
+/// Three files of i64::MAX bytes each: their sum overflows a u64.
+fn overflowing_total() -> Vec<u8> {
+    let big = i64::MAX as u64;
+    let file = |name: &[u8]| dict(&[("length", int(big)), ("path", list(&[b(name)]))]);
+    let info = dict(&[
+        ("files", list(&[file(b"a"), file(b"b"), file(b"c")])),
+        ("name", b(b"overflow")),
+        ("piece length", int(1 << 30)),
+        ("pieces", hashes(1)),
+    ]);
+    dict(&[("info", info)])
+}
+
 fn files_under(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -130,6 +143,17 @@ fn hostile_torrents_fail_to_start_with_a_reason_and_write_nothing() {
             "huge piece length",
             single(b"h.bin", 10, 1 << 40, 1),
             "out of its range",
+        ),
+        // Found by review: librqbit sums file lengths unchecked and counts pieces in a u32.
+        (
+            "overflowing total",
+            overflowing_total(),
+            "total size overflows",
+        ),
+        (
+            "too many pieces",
+            single(b"p.bin", 1 << 32, 1, 0),
+            "more than any client counts",
         ),
         // 1 TiB in 512 pieces of 2 GiB: consistent, small, and far beyond the free space.
         (
