@@ -224,6 +224,8 @@ class Soak:
                     r = self.client(state, "--json", "add", torrent, "--output", out_dir,
                                     "--peer", peer)
                     started = json_line(r.stdout)
+                    if r.returncode not in (0, 3, 4):
+                        self.fail(f"adding {torrent} failed ({r.returncode}): {r.stderr}")
                     if r.returncode in (0, 4) and "id" in started:
                         # A joiner may have started it first, elsewhere: go by its answer.
                         downloads[i] = (str(started["id"]), started["save_folder"],
@@ -289,6 +291,10 @@ class Soak:
             self.fail(f"RSS grew by {(now_usage[2] - base[2]) // 1024} MiB")
         self.broker_alive(leecher, "the broker under test")
         self.records_valid(state)
+        # A soak that downloaded nothing tested nothing.
+        if self.counts["downloads"] < TORRENTS:
+            self.fail(f"only {self.counts['downloads']} downloads verified; "
+                      f"at least one of each of the {TORRENTS} torrents is expected")
         self.stop()
         c = self.counts
         log(f"{c['patrons']} patrons ({c['killed']} SIGKILLed, {c['stopped']} SIGSTOPped), "

@@ -31,10 +31,7 @@ pub enum LockError {
 impl StateLock {
     /// Takes the lock without waiting, and records our pid in it.
     pub fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
-        // The state dir and everything in it are owner-only, however the dir came to exist.
-        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot make {} owner-only", state_dir.display()))
-            .map_err(LockError::Io)?;
+        make_owner_only(state_dir).map_err(LockError::Io)?;
         let path = state_dir.join(proto::paths::LOCK_FILE);
         let file = OpenOptions::new()
             .read(true)
@@ -43,6 +40,11 @@ impl StateLock {
             .truncate(false)
             .mode(0o600)
             .open(&path)
+            .and_then(|file| {
+                // An existing lock file keeps its old mode through `open`.
+                file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                Ok(file)
+            })
             .with_context(|| format!("cannot open {}", path.display()))
             .map_err(LockError::Io)?;
         let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -71,4 +73,49 @@ impl StateLock {
             .map_err(LockError::Io)?;
         Ok(StateLock { _file: file })
     }
+}
+
+/// Makes the state dir owner-only (0700), however it came to exist, but only if it is the
+/// broker's own: owned by this user and either empty or already a state dir. A shared folder
+/// given by mistake (`--state-dir /tmp`, a project folder) is refused, not locked down.
+fn make_owner_only(state_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(state_dir)
+        .with_context(|| format!("cannot read {}", state_dir.display()))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 == 0 && mode & 0o7000 == 0 {
+        return Ok(());
+    }
+    let ours = meta.uid() == nix::unistd::geteuid().as_raw();
+    let known = [
+        proto::paths::LOCK_FILE,
+        proto::paths::CONFIG_FILE,
+        "torrents.json",
+        "torrents",
+        "engine",
+        "run",
+        // What an auto-starting patron leaves: its lock and the broker's log.
+        "autostart.lock",
+        "broker.log",
+    ];
+    let entries: Vec<_> = std::fs::read_dir(state_dir)
+        .with_context(|| format!("cannot read {}", state_dir.display()))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    // Its own files, and the store's temporary files left by a crash.
+    let a_state_dir = entries.iter().all(|name| {
+        let temporary = name
+            .to_str()
+            .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"));
+        temporary || known.iter().any(|k| name == std::ffi::OsStr::new(k))
+    });
+    if !ours || !a_state_dir {
+        anyhow::bail!(
+            "state directory {} (mode {mode:o}) is shared or holds other files; give the broker a folder of its own",
+            state_dir.display()
+        );
+    }
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} owner-only", state_dir.display()))
 }

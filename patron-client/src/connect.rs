@@ -14,6 +14,7 @@ use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 use nix::fcntl::{Flock, FlockArg};
 use proto::{Event, Hello, ToBroker, Welcome, PROTOCOL_VERSION};
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -98,6 +99,7 @@ pub(crate) fn connect(options: &ConnectOptions) -> Result<Connected> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&lock_path)
         .map_err(Error::io(format!("cannot open {}", lock_path.display())))?;
     let _guard = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| Error::Io {
@@ -117,6 +119,7 @@ fn start_broker(options: &ConnectOptions, state_dir: &Path, socket: &Path) -> Re
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .map_err(Error::io(format!("cannot open {}", log_path.display())))?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);

@@ -257,3 +257,20 @@ fn state_files_are_owner_only_even_in_a_state_dir_that_already_existed() {
     }
     assert!(open.is_empty(), "readable by others: {open:#?}");
 }
+
+#[test]
+fn a_shared_folder_given_as_state_dir_is_refused_not_locked_down() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sandbox = Sandbox::new();
+    let shared = sandbox.folder("shared");
+    std::fs::write(shared.join("someone-elses.txt"), b"theirs").expect("file");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let mut broker = std::process::Command::new(e2e::bin("torrent-broker"));
+    sandbox.apply_env(&mut broker);
+    broker.arg("--state-dir").arg(&shared);
+    let out = run(broker);
+    assert_ne!(out.code(), 0, "a broker started on a shared folder");
+    assert!(out.stderr.contains("a folder of its own"), "{}", out.stderr);
+    let mode = std::fs::metadata(&shared).expect("stat").mode() & 0o7777;
+    assert_eq!(mode, 0o1777, "the shared folder's mode was changed");
+}

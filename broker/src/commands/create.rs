@@ -63,11 +63,13 @@ async fn start(
                 total_bytes: 0,
             };
             service.state().registry.start_resolving(waiting, patron);
+            // Shown until this is dropped, however the wait ends (a panic included).
+            let shown = Resolving { service, id };
             let resolved = service
                 .engine
                 .resolve_magnet(&magnet.uri, peers.clone(), service.config.magnet_timeout)
                 .await;
-            service.state().registry.stop_resolving(id);
+            drop(shown);
             let (bytes, seen) = resolved?;
             preallocated = Some(id);
             peers.extend(seen);
@@ -153,7 +155,7 @@ fn join(
     for (name, differs) in [
         ("output", elsewhere),
         ("paused", create.paused),
-        ("ephemeral", create.ephemeral && !ephemeral),
+        ("ephemeral", create.ephemeral != ephemeral),
         ("peers", !create.peers.is_empty()),
         ("only_files", create.only_files.is_some()),
     ] {
@@ -237,4 +239,16 @@ fn refuse_if_it_cannot_fit(
         ));
     }
     Ok(())
+}
+
+/// A magnet shown as resolving while this lives.
+struct Resolving<'a> {
+    service: &'a Service,
+    id: proto::TorrentId,
+}
+
+impl Drop for Resolving<'_> {
+    fn drop(&mut self) {
+        self.service.state().registry.stop_resolving(self.id);
+    }
 }
