@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 /// Replies queued for a patron that does not read, before it is cut off.
 pub const MAX_QUEUED_REPLIES: usize = 4096;
+/// Bytes of replies queued for a patron that does not read, before it is cut off: however
+/// large its replies (a list of thousands of torrents), the broker keeps at most this for it.
+pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
 /// The broker's number for a patron (shown in logs; also sent in the `Welcome`).
 pub type PatronId = u64;
@@ -75,8 +78,8 @@ impl std::fmt::Debug for PatronConnection {
 /// One place in a patron's queue.
 #[derive(Debug)]
 enum Item {
-    /// A reply or notice, sent as it is.
-    Event(Event),
+    /// A reply or notice, encoded when it was queued (so its size counts at once).
+    Frames(Frames),
     /// The latest status of this torrent, whatever it is by the time its turn comes.
     Status(TorrentId),
 }
@@ -101,8 +104,9 @@ struct Continuation {
 struct Queue {
     /// Everything waiting, in the order it was produced.
     items: VecDeque<Item>,
-    /// How many of `items` are events (the cut-off counts those).
+    /// How many of `items` are events, and their encoded bytes (the cut-off counts both).
     events: usize,
+    bytes: usize,
     /// Latest status of each torrent with an [`Item::Status`] waiting.
     statuses: HashMap<TorrentId, TorrentStatus>,
     /// The message being written.
@@ -203,14 +207,27 @@ impl Outbox {
         if queue.closed {
             return Pushed::Closed;
         }
-        if queue.events >= MAX_QUEUED_REPLIES {
+        let frames = match wire::encode_frames(&event) {
+            Ok(frames) => frames,
+            Err(e) => {
+                // Our own event failed to encode: a bug, not the patron's doing.
+                tracing::error!(patron = self.patron, "cannot encode an event: {e}");
+                return Pushed::Queued;
+            }
+        };
+        let size = frames.first.len() + frames.rest.len();
+        if queue.events >= MAX_QUEUED_REPLIES || queue.bytes + size > MAX_QUEUED_BYTES {
             // Best effort: its socket is full, so this rarely gets through.
-            let reason = format!("more than {MAX_QUEUED_REPLIES} replies unread");
+            let reason = format!(
+                "more than {MAX_QUEUED_REPLIES} replies or {} MiB unread",
+                MAX_QUEUED_BYTES >> 20
+            );
             Self::shut(&mut queue, Some(Event::Disconnected { reason }));
             return Pushed::CutOff;
         }
-        queue.items.push_back(Item::Event(event));
+        queue.items.push_back(Item::Frames(frames));
         queue.events += 1;
+        queue.bytes += size;
         match self.flush_locked(&mut queue) {
             Flushed::Broken => Pushed::Broken,
             Flushed::Idle | Flushed::Blocked => Pushed::Queued,
@@ -270,8 +287,11 @@ impl Outbox {
         if queue.closed {
             return;
         }
-        queue.items.push_back(Item::Event(last));
-        queue.events += 1;
+        if let Ok(frames) = wire::encode_frames(&last) {
+            queue.bytes += frames.first.len() + frames.rest.len();
+            queue.items.push_back(Item::Frames(frames));
+            queue.events += 1;
+        }
         queue.closed = true;
         let _ = self.flush_locked(&mut queue);
     }
@@ -281,6 +301,7 @@ impl Outbox {
         queue.items.clear();
         queue.statuses.clear();
         queue.events = 0;
+        queue.bytes = 0;
         let partly_written = queue.writing.take().is_some_and(|w| w.first.is_none());
         if let (Some(event), Some(fd), false) = (last_words, &queue.socket, partly_written) {
             if let Ok(frames) = wire::encode_frames(&event) {
@@ -298,10 +319,10 @@ impl Outbox {
                 return Flushed::Broken;
             }
             if queue.writing.is_none() {
-                let Some(event) = Self::next_event(queue) else {
+                let Some(frames) = Self::next_frames(queue) else {
                     return Flushed::Idle;
                 };
-                match Self::start_writing(&event) {
+                match Self::start_writing(frames) {
                     Ok(writing) => queue.writing = Some(writing),
                     Err(e) => {
                         // Our own event failed to encode: a bug, not the patron's doing.
@@ -322,24 +343,29 @@ impl Outbox {
         }
     }
 
-    fn next_event(queue: &mut Queue) -> Option<Event> {
+    fn next_frames(queue: &mut Queue) -> Option<Frames> {
         loop {
             match queue.items.pop_front()? {
-                Item::Event(event) => {
+                Item::Frames(frames) => {
                     queue.events -= 1;
-                    return Some(event);
+                    queue.bytes -= frames.first.len() + frames.rest.len();
+                    return Some(frames);
                 }
                 Item::Status(id) => {
-                    if let Some(status) = queue.statuses.remove(&id) {
-                        return Some(Event::TorrentStatusUpdate(status));
+                    let Some(status) = queue.statuses.remove(&id) else {
+                        continue;
+                    };
+                    match wire::encode_frames(&Event::TorrentStatusUpdate(status)) {
+                        Ok(frames) => return Some(frames),
+                        Err(e) => tracing::error!("cannot encode a status: {e}"),
                     }
                 }
             }
         }
     }
 
-    fn start_writing(event: &Event) -> Result<Writing, String> {
-        let Frames { first, rest } = wire::encode_frames(event).map_err(|e| e.to_string())?;
+    fn start_writing(frames: Frames) -> Result<Writing, String> {
+        let Frames { first, rest } = frames;
         let continuation = if rest.is_empty() {
             None
         } else {
@@ -579,6 +605,25 @@ mod tests {
                 Err(e) => panic!("expected the channel to close, got {e:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_patron_that_never_reads_big_replies_is_cut_off_by_bytes_not_only_by_count() {
+        let (outbox, _events) = outbox();
+        let big = || Event::ProtocolError {
+            message: "x".repeat(64 * 1024),
+        };
+        let mut pushed = 0usize;
+        while outbox.push(big()) == Pushed::Queued {
+            pushed += 1;
+            assert!(pushed < MAX_QUEUED_REPLIES, "never cut off");
+        }
+        // 64 KiB replies: the byte limit, not the count, ends it.
+        assert!(
+            pushed * 64 * 1024 <= MAX_QUEUED_BYTES + 2 * 1024 * 1024,
+            "{pushed} replies of 64 KiB queued"
+        );
+        assert_eq!(outbox.queued(), 0, "what was queued is let go at once");
     }
 
     #[test]

@@ -204,6 +204,12 @@ impl TorrentRegistry {
         entry.info.clone()
     }
 
+    /// Puts back a torrent taken out with [`TorrentRegistry::remove`] (a close that could not
+    /// be recorded).
+    pub fn reinsert(&mut self, id: TorrentId, entry: TorrentEntry) {
+        self.torrents.insert(id, entry);
+    }
+
     /// Forgets a torrent, returning it.
     pub fn remove(&mut self, id: TorrentId) -> Option<TorrentEntry> {
         self.torrents.remove(&id)

@@ -66,7 +66,7 @@ pub async fn run(
     // Stopping: the registry and the engine change together, under the add lock, so that
     // an add of the same torrent meanwhile waits, then finds it in neither (DESIGN §4a).
     let _adding = service.adding.lock().await;
-    let others = {
+    let (entry, others) = {
         let mut guard = service.state();
         let state = &mut *guard;
         let Some(entry) = state.registry.get(id) else {
@@ -75,13 +75,25 @@ pub async fn run(
         if !entry.holders.is_empty() && !close.force {
             return kept; // someone joined it while we waited
         }
-        let entry = state.registry.remove(id);
-        let holders = entry.map(|e| e.holders).unwrap_or_default();
-        holders
+        let Some(entry) = state.registry.remove(id) else {
+            return unknown();
+        };
+        let others: Vec<_> = entry
+            .holders
             .iter()
             .filter_map(|h| state.patrons.get(h).cloned())
-            .collect::<Vec<_>>()
+            .collect();
+        (entry, others)
     };
+    // The records first: if they cannot be saved without it, the torrent is not closed (a
+    // restart would bring it back, its data perhaps deleted).
+    if let Err(why) = service.save_registry() {
+        service.state().registry.reinsert(id, entry);
+        return Event::Error {
+            request,
+            error: ProtoError::new(ErrorKind::Io, format!("torrent {id} is not closed: {why}")),
+        };
+    }
     for other in others {
         other.send(Event::TorrentGone {
             id,
