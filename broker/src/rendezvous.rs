@@ -356,6 +356,13 @@ pub fn check_server_name(name: &str, our_uid: u32) -> Result<PathBuf, String> {
             "its server name {name:?} is not an ipc-channel one-shot server (…/.tmpXXXXXX/socket)"
         ));
     }
+    // Nor is a name on a filesystem whose lstat can hang (FUSE, network, automount): which
+    // one it is on is read from the mount table, without touching the path.
+    if let Some(fstype) = remote_or_fuse_mount(folder) {
+        return Err(format!(
+            "its server {name:?} is on a {fstype} filesystem; one-shot servers must be local"
+        ));
+    }
     let folder_meta =
         std::fs::symlink_metadata(folder).map_err(|e| format!("its server {name:?}: {e}"))?;
     // Owned by our user and not writable by everyone (tempfile makes it 0777 less the umask:
@@ -376,6 +383,48 @@ pub fn check_server_name(name: &str, our_uid: u32) -> Result<PathBuf, String> {
         ));
     }
     Ok(path.to_path_buf())
+}
+
+/// The type of the filesystem `path` lies on, if it is one where a stat can block for good
+/// (FUSE, network filesystems, automount points), from `/proc/self/mountinfo`.
+fn remote_or_fuse_mount(path: &Path) -> Option<String> {
+    const HANGING: [&str; 12] = [
+        "fuse",
+        "fuseblk",
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "autofs",
+        "9p",
+        "ceph",
+        "glusterfs",
+        "afs",
+    ];
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mount_type_if_hanging(&table, path, &HANGING)
+}
+
+fn mount_type_if_hanging(table: &str, path: &Path, hanging: &[&str]) -> Option<String> {
+    // The mount whose point is the longest prefix of `path` holds it.
+    let mut best: Option<(usize, String)> = None;
+    for line in table.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(point), Some(fstype)) = (fields.get(4), fields.get(dash + 1)) else {
+            continue;
+        };
+        let point = point.replace("\\040", " ").replace("\\011", "\t");
+        if path.starts_with(&point) && best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
+            best = Some((point.len(), (*fstype).to_owned()));
+        }
+    }
+    let (_, fstype) = best?;
+    let family = fstype.split('.').next().unwrap_or_default();
+    hanging.contains(&family).then_some(fstype)
 }
 
 type Refusal = (&'static str, String);
@@ -525,6 +574,18 @@ mod tests {
             .unwrap_err()
             .contains("not an ipc-channel one-shot server"));
         assert!(check_server_name("/tmp/.tmpx/other", uid).is_err());
+        // /proc is not refused as remote; the mount table is read without touching paths.
+        assert_eq!(remote_or_fuse_mount(Path::new("/proc/self")), None);
+        let table = "22 1 0:21 / / rw - ext4 /dev/vda rw\n\
+                     30 22 0:40 / /tmp rw - tmpfs tmpfs rw\n\
+                     31 30 0:41 / /tmp/fs rw - fuse.sshfs host: rw\n\
+                     32 22 0:42 / /net rw - autofs auto rw\n";
+        let hanging = ["fuse", "autofs"];
+        let at = |p: &str| mount_type_if_hanging(table, Path::new(p), &hanging);
+        assert_eq!(at("/tmp/.tmpab/socket"), None);
+        assert_eq!(at("/tmp/fs/.tmpab/socket").as_deref(), Some("fuse.sshfs"));
+        assert_eq!(at("/net/host/.tmpab/socket").as_deref(), Some("autofs"));
+        assert_eq!(at("/home/u/.tmpab/socket"), None);
         // A real one-shot server passes; another uid's would not.
         let (_server, name) = ipc_channel::ipc::IpcOneShotServer::<proto::Welcome>::new().unwrap();
         assert!(check_server_name(&name, uid).is_ok());
