@@ -309,3 +309,51 @@ fn a_quick_request_sent_behind_a_slow_one_is_answered_after_it() {
     );
     assert_eq!(order, [first, second, third]);
 }
+
+#[test]
+fn a_close_racing_an_add_of_the_same_torrent_leaves_no_ghost() {
+    use e2e::patron_client::proto::CreateNewTorrent;
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("mine/raced.bin", 40_000);
+    let torrent = sandbox.path("raced.torrent");
+    let mut make = sandbox.client(&sandbox.state_dir("maker"));
+    make.arg("make").arg(&data).arg("--output").arg(&torrent);
+    run(make).expect_code(0);
+    let bytes = std::fs::read(&torrent).expect("torrent");
+    let state = sandbox.state_dir("racer");
+    let _broker = sandbox.broker(&state, &[]);
+    let out = sandbox.folder("downloads");
+    let request = || {
+        let mut create = CreateNewTorrent::new(TorrentSource::TorrentFile(bytes.clone()));
+        create.output = Some(out.display().to_string());
+        create.overwrite = true;
+        create
+    };
+    let mut closer = sandbox.patron(&state);
+    let adder = std::sync::Mutex::new(sandbox.patron(&state));
+    for round in 0..150 {
+        let id = closer.create(request()).expect("create").info().id;
+        // The close and an add of the same torrent, at the same instant.
+        let added = std::thread::scope(|s| {
+            let add = s.spawn(|| adder.lock().unwrap().create(request()));
+            closer
+                .close(TorrentRef::Id(id), false, true)
+                .expect("the forced close");
+            add.join().expect("adder")
+        });
+        let Ok(added) = added else {
+            panic!("round {round}: the add failed: {added:?}");
+        };
+        // Whatever the add got, the torrent it was told about must really run: closing it
+        // works (or it is already gone), never 'the engine does not have it'.
+        match adder
+            .lock()
+            .unwrap()
+            .close(TorrentRef::Id(added.info().id), false, true)
+        {
+            Ok(_) => {}
+            Err(Error::Request(e)) if e.kind == ErrorKind::UnknownTorrent => {}
+            Err(e) => panic!("round {round}: a ghost torrent: {e:?}"),
+        }
+    }
+}
