@@ -387,6 +387,49 @@ impl BrokerProcess {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// How many file descriptors it has open now.
+    pub fn fd_count(&self) -> usize {
+        entries_of(&format!("/proc/{}/fd", self.pid))
+    }
+
+    /// How many threads it runs now.
+    pub fn thread_count(&self) -> usize {
+        entries_of(&format!("/proc/{}/task", self.pid))
+    }
+}
+
+fn entries_of(dir: &str) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .count()
+}
+
+/// A peer on 127.0.0.1 that accepts connections and never says a word: a magnet whose only
+/// peer it is waits for the broker's whole metadata timeout. It listens while it lives.
+pub struct SilentPeer(std::net::TcpListener);
+
+impl SilentPeer {
+    /// Listens on a free loopback port.
+    pub fn start() -> SilentPeer {
+        SilentPeer(std::net::TcpListener::bind("127.0.0.1:0").expect("a silent peer"))
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        self.0.local_addr().expect("its address").to_string()
+    }
+
+    /// A magnet of a made-up info hash (`pair` repeated, two hex digits) whose only peer
+    /// (`x.pe`) is this one, named `dn` if given.
+    pub fn magnet(&self, pair: &str, dn: Option<&str>) -> String {
+        let name = dn.map(|n| format!("&dn={n}")).unwrap_or_default();
+        format!(
+            "magnet:?xt=urn:btih:{}{name}&x.pe={}",
+            pair.repeat(20),
+            self.addr()
+        )
+    }
 }
 
 impl Drop for BrokerProcess {

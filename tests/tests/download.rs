@@ -154,12 +154,8 @@ fn a_magnet_waiting_for_its_metadata_is_listed_as_resolving() {
     let _broker = sandbox.broker(&state, &["--magnet-timeout", "4"]);
     let downloads = sandbox.folder("downloads");
     // A peer that accepts and never speaks: the metadata never comes.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-    let magnet = format!(
-        "magnet:?xt=urn:btih:{}&dn=waiting.iso&x.pe={}",
-        "cd".repeat(20),
-        silent.local_addr().expect("addr")
-    );
+    let silent = e2e::SilentPeer::start();
+    let magnet = silent.magnet("cd", Some("waiting.iso"));
     let adding = e2e::Running::start(sandbox.add_command(&state, &magnet, &downloads, None));
     let listed = |sandbox: &Sandbox| {
         let mut list = sandbox.client(&state);

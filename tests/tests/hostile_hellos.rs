@@ -63,12 +63,6 @@ fn hello_naming(server_name: &str) -> ToBroker {
     })
 }
 
-fn broker_fds(broker: &BrokerProcess) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", broker.pid))
-        .expect("broker fds")
-        .count()
-}
-
 /// An honest `patron-client list` is served, and soon.
 fn honest_list_is_served(sandbox: &Sandbox, state: &Path) {
     let started = Instant::now();
@@ -82,11 +76,27 @@ fn honest_list_is_served(sandbox: &Sandbox, state: &Path) {
     );
 }
 
+/// Twenty descriptors to attach to a datagram (more than the 16 the broker once had room for),
+/// and the pipe they are, which must outlive the sends.
+fn twenty_descriptors() -> ((OwnedFd, OwnedFd), Vec<i32>) {
+    let (a, b) = nix::unistd::pipe().expect("pipe");
+    let many = (0..20)
+        .map(|i| {
+            if i % 2 == 0 {
+                a.as_raw_fd()
+            } else {
+                b.as_raw_fd()
+            }
+        })
+        .collect();
+    ((a, b), many)
+}
+
 fn wait_fds_back(broker: &BrokerProcess, baseline: usize) {
     wait_for(
         "the broker's descriptors to return to their baseline",
         Duration::from_secs(20),
-        || broker_fds(broker) <= baseline + 2,
+        || broker.fd_count() <= baseline + 2,
     );
 }
 
@@ -96,7 +106,7 @@ fn hellos_whose_server_name_holds_a_nul_lock_nobody_out() {
     let state = sandbox.state_dir("nul");
     let mut broker = sandbox.broker(&state, &[]);
     honest_list_is_served(&sandbox, &state);
-    let baseline = broker_fds(&broker);
+    let baseline = broker.fd_count();
 
     for _ in 0..ATTACKERS {
         let fd = raw_connect(&state);
@@ -116,7 +126,7 @@ fn hellos_naming_missing_sockets_leak_no_descriptor() {
     let state = sandbox.state_dir("missing");
     let mut broker = sandbox.broker(&state, &[]);
     honest_list_is_served(&sandbox, &state);
-    let baseline = broker_fds(&broker);
+    let baseline = broker.fd_count();
 
     let missing = sandbox.path("no-such-dir/socket");
     for _ in 0..1000 {
@@ -134,7 +144,7 @@ fn hellos_naming_a_listener_that_never_accepts_lock_nobody_out() {
     let state = sandbox.state_dir("backlog");
     let mut broker = sandbox.broker(&state, &[]);
     honest_list_is_served(&sandbox, &state);
-    let baseline = broker_fds(&broker);
+    let baseline = broker.fd_count();
 
     // A listener that never accepts, its backlog filled so that any connect(2) to it blocks.
     let path = sandbox.path("never-accepts.sock");
@@ -168,7 +178,7 @@ fn connectors_that_never_speak_lock_nobody_out() {
     let state = sandbox.state_dir("silent");
     let mut broker = sandbox.broker(&state, &[]);
     honest_list_is_served(&sandbox, &state);
-    let baseline = broker_fds(&broker);
+    let baseline = broker.fd_count();
 
     // More silent connectors than the broker keeps waiting (1,024): the oldest make room.
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -191,18 +201,9 @@ fn hellos_with_more_than_sixteen_descriptors_leak_none() {
     let state = sandbox.state_dir("rights");
     let mut broker = sandbox.broker(&state, &[]);
     honest_list_is_served(&sandbox, &state);
-    let baseline = broker_fds(&broker);
+    let baseline = broker.fd_count();
 
-    let (a, b) = nix::unistd::pipe().expect("pipe");
-    let many: Vec<i32> = (0..20)
-        .map(|i| {
-            if i % 2 == 0 {
-                a.as_raw_fd()
-            } else {
-                b.as_raw_fd()
-            }
-        })
-        .collect();
+    let (_pipe, many) = twenty_descriptors();
     for _ in 0..50 {
         let fd = raw_connect(&state);
         send_with_fds(&fd, &hello_naming("/tmp/whatever"), &many);
@@ -221,7 +222,7 @@ fn an_admitted_patron_sending_many_descriptors_leaks_none() {
     let state = sandbox.state_dir("rights-admitted");
     let mut broker = sandbox.broker(&state, &[]);
     honest_list_is_served(&sandbox, &state);
-    let baseline = broker_fds(&broker);
+    let baseline = broker.fd_count();
 
     let channel = raw_connect(&state);
     let (server, name) = IpcOneShotServer::<Welcome>::new().expect("one-shot");
@@ -229,16 +230,7 @@ fn an_admitted_patron_sending_many_descriptors_leaks_none() {
     let Welcome::Accepted { events, .. } = server.accept().expect("welcome").1 else {
         panic!("an honest hello is accepted");
     };
-    let (a, b) = nix::unistd::pipe().expect("pipe");
-    let many: Vec<i32> = (0..20)
-        .map(|i| {
-            if i % 2 == 0 {
-                a.as_raw_fd()
-            } else {
-                b.as_raw_fd()
-            }
-        })
-        .collect();
+    let (_pipe, many) = twenty_descriptors();
     for _ in 0..50 {
         send_with_fds(&channel, &hello_naming("/tmp/whatever"), &many);
     }
@@ -250,9 +242,9 @@ fn an_admitted_patron_sending_many_descriptors_leaks_none() {
     }
     honest_list_is_served(&sandbox, &state);
     assert!(
-        broker_fds(&broker) <= baseline + 6,
+        broker.fd_count() <= baseline + 6,
         "the broker kept descriptors: {} now, {baseline} before",
-        broker_fds(&broker)
+        broker.fd_count()
     );
     drop(channel);
     drop(events);

@@ -94,19 +94,13 @@ fn a_patron_that_reads_late_loses_no_reply_and_slows_nobody() {
     assert!(statuses >= 1, "status kept coming");
 }
 
-fn count_entries(dir: String) -> usize {
-    std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{dir}: {e}"))
-        .count()
-}
-
 #[test]
 fn a_cut_off_patron_costs_the_broker_nothing_while_its_process_lives_on() {
     let sandbox = Sandbox::new();
     let state = sandbox.state_dir("cut-off");
     let broker = sandbox.broker(&state, &[]);
-    let fds = || count_entries(format!("/proc/{}/fd", broker.pid));
-    let threads = || count_entries(format!("/proc/{}/task", broker.pid));
+    let fds = || broker.fd_count();
+    let threads = || broker.thread_count();
     // Warm up every lazily started part of the broker with an honest patron.
     sandbox.patron(&state).list().expect("list");
     let (fd_baseline, thread_baseline) = (fds(), threads());
@@ -150,14 +144,8 @@ fn a_patron_pipelining_thousands_of_big_requests_is_held_back_not_buffered() {
     let before = rss_kib(broker.pid);
 
     // A peer that accepts and never speaks: the magnet in front waits for its whole timeout.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-    let magnet = format!(
-        "magnet:?xt=urn:btih:{}&x.pe={}",
-        "ab".repeat(20),
-        silent.local_addr().expect("addr")
-    );
-    let mut create = CreateNewTorrent::new(TorrentSource::Magnet(magnet));
-    create.peers = vec![silent.local_addr().expect("addr").to_string()];
+    let silent = e2e::SilentPeer::start();
+    let mut create = CreateNewTorrent::new(TorrentSource::Magnet(silent.magnet("ab", None)));
     create.output = Some(sandbox.folder("downloads").display().to_string());
     let mut greedy = sandbox.patron(&state);
     let first = greedy
@@ -208,14 +196,9 @@ fn requests_queued_by_a_patron_that_dies_are_not_served() {
     let broker = sandbox.broker(&state, &["--magnet-timeout", "3"]);
     let downloads = sandbox.folder("downloads");
     // A magnet that waits for its whole timeout, then five valid adds queued behind it.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-    let magnet = format!(
-        "magnet:?xt=urn:btih:{}&x.pe={}",
-        "ef".repeat(20),
-        silent.local_addr().expect("addr")
-    );
+    let silent = e2e::SilentPeer::start();
     let mut doomed = sandbox.patron(&state);
-    let mut first = CreateNewTorrent::new(TorrentSource::Magnet(magnet));
+    let mut first = CreateNewTorrent::new(TorrentSource::Magnet(silent.magnet("ef", None)));
     first.output = Some(downloads.display().to_string());
     doomed
         .send(RequestBody::CreateNewTorrent(first))
