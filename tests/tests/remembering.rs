@@ -75,19 +75,25 @@ fn a_record_that_cannot_be_restored_is_kept_shown_and_restored_later() {
     stop(broker);
 }
 
-#[test]
-fn a_missing_save_folder_is_not_created_again_at_restore() {
-    let sandbox = Sandbox::new();
-    let state = sandbox.state_dir("unmounted");
-    let disk = sandbox.folder("mnt/disk");
-    let torrent = made_torrent(&sandbox, "unmounted.bin");
+/// A state dir (`name-state`) recording one torrent saved on a disk that is then gone (its
+/// folder removed, as an unmounted disk's would be); returns it and that folder.
+fn record_on_an_unmounted_disk(sandbox: &Sandbox, name: &str) -> (PathBuf, PathBuf) {
+    let state = sandbox.state_dir(name);
+    let disk = sandbox.folder(&format!("mnt/{name}"));
+    let torrent = made_torrent(sandbox, &format!("{name}.bin"));
     let broker = sandbox.broker(&state, &[]);
     run(sandbox.add_command(&state, &torrent, &disk, None)).expect_code(0);
     stop(broker);
+    std::fs::remove_dir_all(&disk).expect("unmount");
+    (state, disk)
+}
 
+#[test]
+fn a_missing_save_folder_is_not_created_again_at_restore() {
+    let sandbox = Sandbox::new();
     // An unmounted disk leaves an empty mount point, or none: writing there would fill the
     // wrong disk.
-    std::fs::remove_dir_all(&disk).expect("unmount");
+    let (state, disk) = record_on_an_unmounted_disk(&sandbox, "unmounted");
     let broker = sandbox.broker(&state, &[]);
     let torrents = listed(&sandbox, &state);
     assert_eq!(torrents.len(), 1, "{torrents:?}");
@@ -202,14 +208,7 @@ fn an_add_the_broker_cannot_record_fails_and_nothing_is_forgotten() {
 #[test]
 fn a_record_that_cannot_be_restored_can_be_closed_for_good() {
     let sandbox = Sandbox::new();
-    let state = sandbox.state_dir("forget");
-    let disk = sandbox.folder("mnt/disk");
-    let torrent = made_torrent(&sandbox, "forgotten.bin");
-    let broker = sandbox.broker(&state, &[]);
-    run(sandbox.add_command(&state, &torrent, &disk, None)).expect_code(0);
-    stop(broker);
-    std::fs::remove_dir_all(&disk).expect("unmount");
-
+    let (state, _) = record_on_an_unmounted_disk(&sandbox, "forget");
     let broker = sandbox.broker(&state, &[]);
     let torrents = listed(&sandbox, &state);
     assert_eq!(torrents[0]["state"], "error", "{torrents:?}");
