@@ -22,13 +22,13 @@ pub const MAX_IN_FLIGHT_REQUESTS: usize = 256;
 /// Bytes of one patron's requests read and not yet answered, with the same effect.
 pub const MAX_IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
 
-/// What became of a request handed to [`Broker::dispatch`].
+/// What became of a request handed to [`Dispatcher::dispatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dispatched {
     /// Answered, or queued for its patron's task.
     Taken,
     /// Queued, and its patron has as much in flight as it may: read nothing more of it until
-    /// the broker resumes it.
+    /// the dispatcher resumes it.
     HoldBack,
     /// The patron is no longer connected (cut off): close its channel.
     Gone,

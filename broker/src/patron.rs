@@ -464,21 +464,16 @@ mod tests {
     use proto::{InfoHash, RequestId, TorrentState};
 
     fn status(id: u64, bytes_done: u64) -> TorrentStatus {
-        TorrentStatus {
+        let info = proto::TorrentInfo {
             id: TorrentId(id),
             info_hash: InfoHash([0; 20]),
             name: String::new(),
-            state: TorrentState::Downloading,
-            progress: 0.0,
+            save_folder: String::new(),
+            total_bytes: 100,
+        };
+        TorrentStatus {
             bytes_done,
-            bytes_total: 100,
-            download_rate: 0,
-            upload_rate: 0,
-            uploaded: 0,
-            peers: 0,
-            seeds: 0,
-            eta_secs: None,
-            complete: false,
+            ..TorrentStatus::idle(&info, TorrentState::Downloading)
         }
     }
 

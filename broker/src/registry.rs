@@ -95,43 +95,33 @@ impl TorrentRegistry {
         self.resolving.remove(&id);
     }
 
-    /// Magnets whose metadata is being fetched, by id.
-    pub fn resolving(&self) -> impl Iterator<Item = (&TorrentId, &Resolving)> {
-        self.resolving.iter()
+    /// Torrents that do not run but are known: magnets resolving, records not restored;
+    /// each with the state to show for it and how many patrons wait for it.
+    pub fn placeholders(&self) -> impl Iterator<Item = (TorrentInfo, TorrentState, u32)> + '_ {
+        let resolving = self.resolving.values().map(|r| {
+            let holders = r.holders.len() as u32;
+            (r.info.clone(), TorrentState::ResolvingMetadata, holders)
+        });
+        let unrestored = self.unrestored.values().map(|u| {
+            let why = format!("not restored (retried at the next start): {}", u.error);
+            (u.info.clone(), TorrentState::Error(why), 0)
+        });
+        resolving.chain(unrestored)
     }
 
-    /// A torrent that does not run but is known: a magnet resolving, or a record not
-    /// restored; with the state to show for it.
+    /// The placeholder (see [`TorrentRegistry::placeholders`]) a reference names.
     pub fn placeholder(&self, torrent: TorrentRef) -> Option<(TorrentInfo, TorrentState)> {
-        let matches = |info: &TorrentInfo| match torrent {
-            TorrentRef::Id(id) => info.id == id,
-            TorrentRef::InfoHash(hash) => info.info_hash == hash,
-        };
-        if let Some(r) = self.resolving.values().find(|r| matches(&r.info)) {
-            return Some((r.info.clone(), TorrentState::ResolvingMetadata));
-        }
-        self.unrestored
-            .values()
-            .find(|u| matches(&u.info))
-            .map(|u| {
-                (
-                    u.info.clone(),
-                    TorrentState::Error(format!(
-                        "not restored (retried at the next start): {}",
-                        u.error
-                    )),
-                )
+        self.placeholders()
+            .find(|(info, _, _)| match torrent {
+                TorrentRef::Id(id) => info.id == id,
+                TorrentRef::InfoHash(hash) => info.info_hash == hash,
             })
+            .map(|(info, state, _)| (info, state))
     }
 
     /// Keeps a record that could not be restored.
     pub fn keep_unrestored(&mut self, id: TorrentId, unrestored: Unrestored) {
         self.unrestored.insert(id, unrestored);
-    }
-
-    /// Records that could not be restored, by id.
-    pub fn unrestored(&self) -> impl Iterator<Item = (&TorrentId, &Unrestored)> {
-        self.unrestored.iter()
     }
 
     /// Forgets a record that could not be restored (a patron closed it), returning its id.

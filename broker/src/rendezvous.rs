@@ -288,7 +288,7 @@ impl FrontDoor {
 /// Reads the first datagram, which must be a complete hello. `None`: nothing to read yet.
 fn read_hello(channel: &OwnedFd) -> Result<Option<Hello>, String> {
     let mut buffer = vec![0u8; MAX_HELLO_BYTES];
-    match socket::receive(channel, &mut buffer, false).map_err(|e| e.to_string())? {
+    match socket::receive(channel, &mut buffer).map_err(|e| e.to_string())? {
         Received::Datagram {
             len,
             descriptors,

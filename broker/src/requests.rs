@@ -285,10 +285,10 @@ impl Reader {
                     continue;
                 }
             };
-            let added = socket::set_nonblocking(&channel).and_then(|()| {
-                self.epoll
-                    .add(&channel, EpollEvent::new(readable(), channel_token(patron)))
-            });
+            // Accepted non-blocking (accept4 with SOCK_NONBLOCK).
+            let added = self
+                .epoll
+                .add(&channel, EpollEvent::new(readable(), channel_token(patron)));
             match added {
                 Ok(()) => {
                     self.conns.insert(
@@ -321,7 +321,7 @@ impl Reader {
                 }
                 return Outcome::KeepGoing;
             }
-            let received = match socket::receive(&conn.channel, &mut self.buffer, false) {
+            let received = match socket::receive(&conn.channel, &mut self.buffer) {
                 Ok(received) => received,
                 Err(e) => {
                     tracing::debug!(patron, "receive failed: {e}");
@@ -417,7 +417,7 @@ impl Reader {
             else {
                 return Outcome::KeepGoing;
             };
-            let received = socket::receive(&assembly.continuation, &mut self.buffer, false);
+            let received = socket::receive(&assembly.continuation, &mut self.buffer);
             let len = match received {
                 Ok(Received::WouldBlock) => return Outcome::KeepGoing,
                 Ok(Received::Datagram {

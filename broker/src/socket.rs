@@ -75,14 +75,11 @@ pub fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
     Ok(())
 }
 
-/// Receives one datagram into `buffer`.
-pub fn receive(fd: &OwnedFd, buffer: &mut [u8], blocking: bool) -> nix::Result<Received> {
+/// Receives one datagram into `buffer`, without blocking.
+pub fn receive(fd: &OwnedFd, buffer: &mut [u8]) -> nix::Result<Received> {
     let mut iov = [IoSliceMut::new(buffer)];
     let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
-    let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
-    if !blocking {
-        flags |= MsgFlags::MSG_DONTWAIT;
-    }
+    let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
     let msg = match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut space), flags) {
         Ok(msg) => msg,
         Err(nix::errno::Errno::EAGAIN) => return Ok(Received::WouldBlock),

@@ -41,7 +41,7 @@
 //!     body: RequestBody::Status(TorrentRef::Id(TorrentId(0))),
 //! });
 //! // `IpcSender::send` writes it as one postcard-encoded datagram...
-//! let datagram = wire::encode_complete(&message).expect("encodes");
+//! let datagram = wire::encode_frames(&message).expect("encodes").first;
 //! // ...which the broker checks (size, descriptors) before decoding anything.
 //! match wire::parse_datagram(&datagram, 0, proto::MAX_REQUEST_BYTES) {
 //!     Ok(Datagram::Complete(payload)) => {

@@ -78,6 +78,28 @@ pub struct TorrentStatus {
 }
 
 impl TorrentStatus {
+    /// The status of a torrent that is known but not moving: nothing done, no rates, no
+    /// peers, in `state` (a magnet resolving its metadata, a record not restored, a test's
+    /// starting point).
+    pub fn idle(info: &crate::TorrentInfo, state: TorrentState) -> TorrentStatus {
+        TorrentStatus {
+            id: info.id,
+            info_hash: info.info_hash,
+            name: info.name.clone(),
+            state,
+            progress: 0.0,
+            bytes_done: 0,
+            bytes_total: info.total_bytes,
+            download_rate: 0,
+            upload_rate: 0,
+            uploaded: 0,
+            peers: 0,
+            seeds: 0,
+            eta_secs: None,
+            complete: false,
+        }
+    }
+
     /// Whether the difference from `previous` is worth telling a patron about. Rates jitter
     /// constantly, so they count only together with some other change or when they cross zero.
     pub fn differs_meaningfully(&self, previous: &TorrentStatus) -> bool {

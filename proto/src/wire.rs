@@ -105,19 +105,6 @@ pub fn parse_datagram(
     }
 }
 
-/// Encodes `message` as one complete datagram, exactly as `IpcSender::send` would write a
-/// message without channels that fits one datagram. The broker writes small replies this
-/// way itself, with a non-blocking send, instead of waking a writer thread.
-pub fn encode_complete<T: serde::Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
-    let mut datagram = postcard::to_extend(message, vec![0u8; HEADER_BYTES])
-        .map_err(|e| WireError(format!("cannot encode the message: {e}")))?;
-    let total = datagram.len() - HEADER_BYTES;
-    let fragment = datagram.len();
-    datagram[..HEADER_BYTES / 2].copy_from_slice(&fragment.to_ne_bytes());
-    datagram[HEADER_BYTES / 2..HEADER_BYTES].copy_from_slice(&total.to_ne_bytes());
-    Ok(datagram)
-}
-
 /// Payload bytes the broker puts in one datagram. ipc-channel's receiver takes datagrams up
 /// to its maximum fragment size (the system's socket send buffer less a reserve, ~170 KiB by
 /// default); staying far below it keeps every datagram readable whatever that size is.

@@ -64,7 +64,7 @@ async fn start(
             };
             service.state().registry.start_resolving(waiting, patron);
             // Shown until this is dropped, however the wait ends (a panic included).
-            let shown = Resolving { service, id };
+            let shown = ShownResolving { service, id };
             let resolved = service
                 .engine
                 .resolve_magnet(&magnet.uri, peers.clone(), service.config.magnet_timeout)
@@ -242,12 +242,12 @@ fn refuse_if_it_cannot_fit(
 }
 
 /// A magnet shown as resolving while this lives.
-struct Resolving<'a> {
+struct ShownResolving<'a> {
     service: &'a Service,
     id: proto::TorrentId,
 }
 
-impl Drop for Resolving<'_> {
+impl Drop for ShownResolving<'_> {
     fn drop(&mut self) {
         self.service.state().registry.stop_resolving(self.id);
     }

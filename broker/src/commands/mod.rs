@@ -12,10 +12,7 @@ mod status;
 use crate::patron::{PatronConnection, PatronId};
 use crate::service::Service;
 use futures::FutureExt;
-use proto::{
-    ErrorKind, Event, ProtoError, Request, RequestBody, RequestId, TorrentId, TorrentInfo,
-    TorrentState, TorrentStatus,
-};
+use proto::{ErrorKind, Event, ProtoError, Request, RequestBody, RequestId, TorrentId};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -148,27 +145,6 @@ async fn answer(
                 ),
             },
         },
-    }
-}
-
-/// The status shown for a torrent that is known but not running (a magnet resolving, a
-/// record not restored): nothing done, nothing moving, in `state`.
-pub(crate) fn placeholder_status(info: &TorrentInfo, state: TorrentState) -> TorrentStatus {
-    TorrentStatus {
-        id: info.id,
-        info_hash: info.info_hash,
-        name: info.name.clone(),
-        state,
-        progress: 0.0,
-        bytes_done: 0,
-        bytes_total: info.total_bytes,
-        download_rate: 0,
-        upload_rate: 0,
-        uploaded: 0,
-        peers: 0,
-        seeds: 0,
-        eta_secs: None,
-        complete: false,
     }
 }
 

@@ -17,7 +17,7 @@ pub fn run(service: &Service, request: RequestId, torrent: TorrentRef) -> Event 
             match placeholder {
                 Some((info, state)) => Event::Status {
                     request,
-                    status: super::placeholder_status(&info, state),
+                    status: proto::TorrentStatus::idle(&info, state),
                 },
                 None => Event::Error { request, error },
             }
