@@ -278,19 +278,20 @@ impl Service {
         )
     }
 
-    /// Stops a torrent already removed from the registry, and forgets its persisted files.
+    /// Stops, in the engine, a torrent already out of the registry and of the records
+    /// ([`Service::forget_record`]; an ephemeral torrent never had one).
     pub async fn stop_torrent(&self, id: TorrentId, delete_data: bool) -> anyhow::Result<()> {
-        // The records first: a crash (or a full disk) in between leaves a .torrent that no
-        // record names, which the next start sweeps, never a record without its .torrent.
-        if self.save_registry().is_ok() {
-            self.forget_torrent_file(id);
-        }
         self.engine.remove(id, delete_data).await
     }
 
-    /// Removes the .torrent of a torrent no record names any more.
-    pub fn forget_torrent_file(&self, id: TorrentId) {
+    /// Forgets the records of a torrent just taken out of the registry: the records are saved
+    /// without it first, then its .torrent goes. A crash in between leaves a .torrent no
+    /// record names (the next start sweeps it), never a record without its .torrent. If the
+    /// save fails nothing is removed, and the caller must put the torrent back.
+    pub fn forget_record(&self, id: TorrentId) -> Result<(), String> {
+        self.save_registry()?;
         let _ = crate::store::remove_durably(&self.torrent_file_path(id));
+        Ok(())
     }
 
     /// The shared state. Never hold it across an `.await`.

@@ -87,7 +87,12 @@ pub async fn run(
     };
     // The records first: if they cannot be saved without it, the torrent is not closed (a
     // restart would bring it back, its data perhaps deleted).
-    if let Err(why) = service.save_registry() {
+    let forgotten = if entry.restore.ephemeral {
+        Ok(()) // never recorded
+    } else {
+        service.forget_record(id)
+    };
+    if let Err(why) = forgotten {
         service.state().registry.reinsert(id, entry);
         return Event::Error {
             request,
@@ -127,14 +132,13 @@ fn forget(
     id: proto::TorrentId,
     record: crate::registry::Unrestored,
 ) -> Event {
-    if let Err(why) = service.save_registry() {
+    if let Err(why) = service.forget_record(id) {
         service.state().registry.keep_unrestored(id, record);
         return Event::Error {
             request,
             error: ProtoError::new(ErrorKind::Io, why),
         };
     }
-    service.forget_torrent_file(id);
     tracing::info!(patron, torrent = %id, "closed a torrent that was not restored");
     Event::TorrentClosed {
         request,
