@@ -133,6 +133,13 @@ impl Dispatcher {
                 // A patron that left gets no more work done for it.
                 if service.connection(connection.id).is_some() {
                     commands::serve(&service, &connection, request).await;
+                } else {
+                    tracing::info!(
+                        patron = connection.id,
+                        request = %request.id,
+                        kind = %request.body.kind(),
+                        "not served: its patron left"
+                    );
                 }
                 // After the reply is queued, so a later immediate reply cannot overtake it.
                 in_flight.requests.fetch_sub(1, Ordering::AcqRel);
