@@ -775,3 +775,66 @@ pub fn write_file(path: &Path, bytes: &[u8]) {
         .and_then(|mut f| f.write_all(bytes))
         .expect("write file");
 }
+
+/// What any process of the user can do to the broker's front door: raw SOCK_SEQPACKET
+/// connections and datagrams framed as ipc-channel frames them (or lying about it).
+pub mod raw {
+    use nix::sys::socket::{
+        connect as connect_to, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag,
+        SockType, UnixAddr,
+    };
+    use patron_client::proto::wire::HEADER_BYTES;
+    use patron_client::proto::{paths, ToBroker};
+    use std::io::IoSlice;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::path::Path;
+
+    /// A SOCK_SEQPACKET socket (close-on-exec, plus `flags`).
+    pub fn seqpacket(flags: SockFlag) -> OwnedFd {
+        socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | flags,
+            None,
+        )
+        .expect("socket")
+    }
+
+    /// A connection to the front door of the broker of `state`.
+    pub fn connect(state: &Path) -> OwnedFd {
+        let fd = seqpacket(SockFlag::empty());
+        let addr = UnixAddr::new(&paths::socket_path(state)).expect("addr");
+        connect_to(fd.as_raw_fd(), &addr).expect("connect");
+        fd
+    }
+
+    /// Sends one datagram `[fragment size][total][payload]` with `fds` attached, the header
+    /// fields as given (so they can lie).
+    pub fn send_frame(fd: &OwnedFd, fragment: usize, total: usize, payload: &[u8], fds: &[i32]) {
+        let mut datagram = fragment.to_ne_bytes().to_vec();
+        datagram.extend_from_slice(&total.to_ne_bytes());
+        datagram.extend_from_slice(payload);
+        let rights = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+        sendmsg::<()>(
+            fd.as_raw_fd(),
+            &[IoSlice::new(&datagram)],
+            cmsgs,
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("sendmsg");
+    }
+
+    /// Sends `message` as one honest datagram, with `fds` attached.
+    pub fn send_message(fd: &OwnedFd, message: &ToBroker, fds: &[i32]) {
+        let payload = postcard::to_stdvec(message).expect("encode");
+        send_frame(
+            fd,
+            HEADER_BYTES + payload.len(),
+            payload.len(),
+            &payload,
+            fds,
+        );
+    }
+}

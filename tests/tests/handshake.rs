@@ -6,70 +6,22 @@ use e2e::patron_client::proto::wire::HEADER_BYTES;
 use e2e::patron_client::proto::{
     paths, Event, Hello, Request, RequestBody, RequestId, ToBroker, Welcome, PROTOCOL_VERSION,
 };
-use e2e::{run, wait_for, Sandbox, STEP_TIMEOUT};
+use e2e::{raw, run, wait_for, Sandbox, STEP_TIMEOUT};
 use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
-use nix::sys::socket::{
-    connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
-};
-use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-/// A raw SOCK_SEQPACKET connection to the broker: what any process can do.
-fn raw_connect(state: &Path) -> OwnedFd {
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .expect("socket");
-    let addr = UnixAddr::new(&paths::socket_path(state)).expect("addr");
-    connect(fd.as_raw_fd(), &addr).expect("connect");
-    fd
-}
-
-/// Sends one datagram: `[fragment size][total][payload]` as ipc-channel frames it, with
-/// descriptors attached, and the header fields as given (so they can lie).
-fn send_frame(fd: &OwnedFd, fragment: usize, total: usize, payload: &[u8], fds: &[i32]) {
-    let mut datagram = fragment.to_ne_bytes().to_vec();
-    datagram.extend_from_slice(&total.to_ne_bytes());
-    datagram.extend_from_slice(payload);
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-    sendmsg::<()>(
-        fd.as_raw_fd(),
-        &[IoSlice::new(&datagram)],
-        cmsgs,
-        MsgFlags::empty(),
-        None,
-    )
-    .expect("sendmsg");
-}
-
-/// Sends an honest message.
-fn send_message(fd: &OwnedFd, message: &ToBroker) {
-    let payload = postcard::to_stdvec(message).expect("encode");
-    send_frame(
-        fd,
-        HEADER_BYTES + payload.len(),
-        payload.len(),
-        &payload,
-        &[],
-    );
-}
 
 /// Says hello over a raw connection with the given version; returns the broker's answer.
 fn hello(fd: &OwnedFd, version: u32) -> Welcome {
     let (server, name) = IpcOneShotServer::<Welcome>::new().expect("one-shot");
-    send_message(
+    raw::send_message(
         fd,
         &ToBroker::Hello(Hello {
             version,
             server_name: name,
         }),
+        &[],
     );
     server.accept().expect("welcome").1
 }
@@ -111,7 +63,7 @@ fn lying_and_garbage_messages_get_protocol_errors_and_the_session_goes_on() {
     let sandbox = Sandbox::new();
     let state = sandbox.state_dir("hostile");
     let mut broker = sandbox.broker(&state, &[]);
-    let channel = raw_connect(&state);
+    let channel = raw::connect(&state);
     let Welcome::Accepted { events, .. } = hello(&channel, PROTOCOL_VERSION) else {
         panic!("an honest hello is accepted");
     };
@@ -119,7 +71,7 @@ fn lying_and_garbage_messages_get_protocol_errors_and_the_session_goes_on() {
     let (spare, _) = nix::unistd::pipe().expect("pipe");
     let spare = spare.as_raw_fd();
     // A first fragment claiming an enormous message (ipc-channel would reserve all of it).
-    send_frame(
+    raw::send_frame(
         &channel,
         HEADER_BYTES + 4,
         usize::MAX / 2,
@@ -127,14 +79,14 @@ fn lying_and_garbage_messages_get_protocol_errors_and_the_session_goes_on() {
         &[spare],
     );
     // A fragmented header without the continuation channel (ipc-channel would unwrap None).
-    send_frame(&channel, HEADER_BYTES + 4, 1000, b"abcd", &[]);
+    raw::send_frame(&channel, HEADER_BYTES + 4, 1000, b"abcd", &[]);
     // A complete request smuggling descriptors, as a corrupt embedded channel would.
     let list = postcard::to_stdvec(&ToBroker::Request(Request {
         id: RequestId(1),
         body: RequestBody::List,
     }))
     .unwrap();
-    send_frame(
+    raw::send_frame(
         &channel,
         HEADER_BYTES + list.len(),
         list.len(),
@@ -142,9 +94,9 @@ fn lying_and_garbage_messages_get_protocol_errors_and_the_session_goes_on() {
         &[spare, spare],
     );
     // A header that lies about its own datagram, and undecodable bytes.
-    send_frame(&channel, 7, 3, b"xyz", &[]);
+    raw::send_frame(&channel, 7, 3, b"xyz", &[]);
     let garbage = [0xffu8; 40];
-    send_frame(
+    raw::send_frame(
         &channel,
         HEADER_BYTES + garbage.len(),
         garbage.len(),
@@ -159,12 +111,13 @@ fn lying_and_garbage_messages_get_protocol_errors_and_the_session_goes_on() {
         }
     }
     // And the same connection is still served, in order.
-    send_message(
+    raw::send_message(
         &channel,
         &ToBroker::Request(Request {
             id: RequestId(2),
             body: RequestBody::List,
         }),
+        &[],
     );
     match next_event(&events) {
         Event::TorrentList { request, torrents } => {
@@ -187,13 +140,13 @@ fn garbage_stalls_and_connect_floods_do_not_hold_up_honest_patrons() {
     let baseline = broker.fd_count();
 
     // Garbage as a first message: closed and logged.
-    let junk = raw_connect(&state);
+    let junk = raw::connect(&state);
     nix::unistd::write(&junk, b"GET / HTTP/1.1\r\n\r\n").expect("write");
     // Connected and silent: must not block anyone.
-    let _staller = raw_connect(&state);
+    let _staller = raw::connect(&state);
     // A thousand connections opened and dropped at once.
     for _ in 0..1000 {
-        drop(raw_connect(&state));
+        drop(raw::connect(&state));
     }
     let mut list = sandbox.client(&state);
     list.arg("list");

@@ -5,56 +5,15 @@
 //!
 //! Each attack is sent over a raw SOCK_SEQPACKET connection, as any process of the user can.
 
-use e2e::patron_client::proto::wire::HEADER_BYTES;
-use e2e::patron_client::proto::{paths, Hello, ToBroker, PROTOCOL_VERSION};
-use e2e::{run, wait_for, BrokerProcess, Sandbox, STEP_TIMEOUT};
-use nix::sys::socket::{
-    bind, connect, listen, sendmsg, socket, AddressFamily, Backlog, ControlMessage, MsgFlags,
-    SockFlag, SockType, UnixAddr,
-};
-use std::io::IoSlice;
+use e2e::patron_client::proto::{Hello, ToBroker, PROTOCOL_VERSION};
+use e2e::{raw, run, wait_for, BrokerProcess, Sandbox, STEP_TIMEOUT};
+use nix::sys::socket::{bind, connect, listen, Backlog, SockFlag, UnixAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// More than the broker's old limit of concurrent handshakes (256).
 const ATTACKERS: usize = 300;
-
-fn seqpacket(flags: SockFlag) -> OwnedFd {
-    socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC | flags,
-        None,
-    )
-    .expect("socket")
-}
-
-/// A raw connection to the broker's front door.
-fn raw_connect(state: &Path) -> OwnedFd {
-    let fd = seqpacket(SockFlag::empty());
-    let addr = UnixAddr::new(&paths::socket_path(state)).expect("addr");
-    connect(fd.as_raw_fd(), &addr).expect("connect");
-    fd
-}
-
-/// Sends `message` as one ipc-channel datagram, with `fds` attached.
-fn send_with_fds(fd: &OwnedFd, message: &ToBroker, fds: &[i32]) {
-    let payload = postcard::to_stdvec(message).expect("encode");
-    let mut datagram = (HEADER_BYTES + payload.len()).to_ne_bytes().to_vec();
-    datagram.extend_from_slice(&payload.len().to_ne_bytes());
-    datagram.extend_from_slice(&payload);
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-    sendmsg::<()>(
-        fd.as_raw_fd(),
-        &[IoSlice::new(&datagram)],
-        cmsgs,
-        MsgFlags::empty(),
-        None,
-    )
-    .expect("sendmsg");
-}
 
 fn hello_naming(server_name: &str) -> ToBroker {
     ToBroker::Hello(Hello {
@@ -109,8 +68,8 @@ fn hellos_whose_server_name_holds_a_nul_lock_nobody_out() {
     let baseline = broker.fd_count();
 
     for _ in 0..ATTACKERS {
-        let fd = raw_connect(&state);
-        send_with_fds(&fd, &hello_naming("/tmp/evil\0name"), &[]);
+        let fd = raw::connect(&state);
+        raw::send_message(&fd, &hello_naming("/tmp/evil\0name"), &[]);
     }
     honest_list_is_served(&sandbox, &state);
     assert!(broker.is_running());
@@ -130,8 +89,8 @@ fn hellos_naming_missing_sockets_leak_no_descriptor() {
 
     let missing = sandbox.path("no-such-dir/socket");
     for _ in 0..1000 {
-        let fd = raw_connect(&state);
-        send_with_fds(&fd, &hello_naming(&missing.display().to_string()), &[]);
+        let fd = raw::connect(&state);
+        raw::send_message(&fd, &hello_naming(&missing.display().to_string()), &[]);
     }
     honest_list_is_served(&sandbox, &state);
     wait_fds_back(&broker, baseline);
@@ -148,12 +107,12 @@ fn hellos_naming_a_listener_that_never_accepts_lock_nobody_out() {
 
     // A listener that never accepts, its backlog filled so that any connect(2) to it blocks.
     let path = sandbox.path("never-accepts.sock");
-    let listener = seqpacket(SockFlag::empty());
+    let listener = raw::seqpacket(SockFlag::empty());
     bind(listener.as_raw_fd(), &UnixAddr::new(&path).expect("addr")).expect("bind");
     listen(&listener, Backlog::new(0).expect("backlog")).expect("listen");
     let mut fillers = Vec::new();
     loop {
-        let fd = seqpacket(SockFlag::SOCK_NONBLOCK);
+        let fd = raw::seqpacket(SockFlag::SOCK_NONBLOCK);
         match connect(fd.as_raw_fd(), &UnixAddr::new(&path).expect("addr")) {
             Ok(()) => fillers.push(fd),
             Err(_) => break,
@@ -162,8 +121,8 @@ fn hellos_naming_a_listener_that_never_accepts_lock_nobody_out() {
     }
 
     for _ in 0..ATTACKERS {
-        let fd = raw_connect(&state);
-        send_with_fds(&fd, &hello_naming(&path.display().to_string()), &[]);
+        let fd = raw::connect(&state);
+        raw::send_message(&fd, &hello_naming(&path.display().to_string()), &[]);
     }
     honest_list_is_served(&sandbox, &state);
     assert!(broker.is_running());
@@ -184,10 +143,10 @@ fn connectors_that_never_speak_lock_nobody_out() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise our fd limit");
-    let silent: Vec<OwnedFd> = (0..1300).map(|_| raw_connect(&state)).collect();
+    let silent: Vec<OwnedFd> = (0..1300).map(|_| raw::connect(&state)).collect();
     honest_list_is_served(&sandbox, &state);
     // And a second flood while the first is still open.
-    let more: Vec<OwnedFd> = (0..ATTACKERS).map(|_| raw_connect(&state)).collect();
+    let more: Vec<OwnedFd> = (0..ATTACKERS).map(|_| raw::connect(&state)).collect();
     honest_list_is_served(&sandbox, &state);
     assert!(broker.is_running());
     drop(silent);
@@ -205,8 +164,8 @@ fn hellos_with_more_than_sixteen_descriptors_leak_none() {
 
     let (_pipe, many) = twenty_descriptors();
     for _ in 0..50 {
-        let fd = raw_connect(&state);
-        send_with_fds(&fd, &hello_naming("/tmp/whatever"), &many);
+        let fd = raw::connect(&state);
+        raw::send_message(&fd, &hello_naming("/tmp/whatever"), &many);
     }
     honest_list_is_served(&sandbox, &state);
     wait_fds_back(&broker, baseline);
@@ -224,15 +183,15 @@ fn an_admitted_patron_sending_many_descriptors_leaks_none() {
     honest_list_is_served(&sandbox, &state);
     let baseline = broker.fd_count();
 
-    let channel = raw_connect(&state);
+    let channel = raw::connect(&state);
     let (server, name) = IpcOneShotServer::<Welcome>::new().expect("one-shot");
-    send_with_fds(&channel, &hello_naming(&name), &[]);
+    raw::send_message(&channel, &hello_naming(&name), &[]);
     let Welcome::Accepted { events, .. } = server.accept().expect("welcome").1 else {
         panic!("an honest hello is accepted");
     };
     let (_pipe, many) = twenty_descriptors();
     for _ in 0..50 {
-        send_with_fds(&channel, &hello_naming("/tmp/whatever"), &many);
+        raw::send_message(&channel, &hello_naming("/tmp/whatever"), &many);
     }
     // Every one of them is answered (a protocol error), and nothing is kept.
     for _ in 0..50 {
