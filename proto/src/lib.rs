@@ -58,6 +58,7 @@
 
 #![deny(missing_docs)]
 
+pub mod board;
 pub mod paths;
 mod status;
 pub mod wire;

@@ -1,0 +1,654 @@
+//! The status board (DESIGN §7): every running torrent's status in memory the broker writes
+//! and patrons only read.
+//!
+//! Asking the broker for a status costs a socket round trip (tens of µs) and broker time for
+//! every patron that asks; with a thousand `watch`es open the broker would do nothing else.
+//! So the broker publishes every torrent's status into one shared region and patrons read it
+//! themselves, in well under a microsecond, without the broker noticing.
+//!
+//! # Why it is built this way
+//! - **A sealed memfd, read-only for patrons.** The broker maps it writable, then seals it
+//!   (`F_SEAL_FUTURE_WRITE`, no shrink, no grow, no further seals) and hands patrons a
+//!   read-only descriptor. No patron can write it, map it writable or shrink it under the
+//!   broker (which would be a SIGBUS in the broker). ipc-channel's `IpcSharedMemory` is not
+//!   used here: its receiver maps writable and reads through `&[u8]` (DESIGN §10).
+//! - **Only atomics.** Every shared word is an [`AtomicU64`] (the futex word an
+//!   [`AtomicU32`]): no `&[u8]` ever covers memory another process writes.
+//! - **A seqlock per slot.** The writer makes a slot's sequence odd, writes, makes it even;
+//!   a reader that saw an odd sequence, or a different one after reading, reads again. One
+//!   writer (the broker), any number of readers, no locks a reader could hold against it.
+//! - **A futex to wait on.** After each batch of changes the broker bumps the change counter
+//!   and the futex word and wakes every waiter once; a waiting patron sleeps in the kernel.
+//! - **Generations.** A board never moves or resizes. When the broker needs more slots it
+//!   publishes a new, larger board and marks the old one superseded; a stopping broker marks
+//!   its board stopped. A reader that sees either fetches the current board again.
+//!
+//! # Layout (little-endian 64-bit words)
+//! A header of [`HEADER_WORDS`] words, then `capacity` slots of [`SLOT_WORDS`] words each. A
+//! slot holds one [`TorrentSummary`] (without `held_by_you`, which depends on the reader):
+//! the status fields, the save folder and up to [`NAME_BYTES`] bytes of name,
+//! [`FOLDER_BYTES`] of save folder and [`ERROR_BYTES`] of error message; a longer text is cut
+//! at a character boundary and marked with a trailing `…`.
+
+use crate::{InfoHash, TorrentId, TorrentInfo, TorrentState, TorrentStatus, TorrentSummary};
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// First word of every board: "TPBOARD1".
+pub const MAGIC: u64 = u64::from_le_bytes(*b"TPBOARD1");
+/// Bumped on any change of the layout below.
+pub const LAYOUT_VERSION: u64 = 1;
+/// Words in the header.
+pub const HEADER_WORDS: usize = 16;
+/// Words in a slot.
+pub const SLOT_WORDS: usize = 128;
+/// Longest name kept whole.
+pub const NAME_BYTES: usize = 256;
+/// Longest save folder kept whole.
+pub const FOLDER_BYTES: usize = 448;
+/// Longest error message kept whole.
+pub const ERROR_BYTES: usize = 128;
+/// The most slots a board may have (4 GiB of board is not a status board any more).
+pub const MAX_CAPACITY: usize = 1 << 20;
+
+// Header words.
+const H_MAGIC: usize = 0;
+const H_LAYOUT: usize = 1;
+const H_PID: usize = 2;
+const H_GENERATION: usize = 3;
+const H_FLAGS: usize = 4;
+const H_CHANGES: usize = 5;
+/// Accessed only as an [`AtomicU32`] (its low half on little-endian): the futex word.
+const H_FUTEX: usize = 6;
+const H_CAPACITY: usize = 7;
+const H_SLOT_WORDS: usize = 8;
+const H_IN_USE: usize = 9;
+
+/// The broker has stopped: nothing on this board will change again.
+pub const STOPPED: u64 = 1;
+/// A newer board replaced this one (more slots): fetch it.
+pub const SUPERSEDED: u64 = 2;
+
+// Slot words.
+const S_SEQ: usize = 0;
+const S_FLAGS: usize = 1;
+const S_ID: usize = 2;
+const S_HASH: usize = 3; // three words
+const S_STATE: usize = 6;
+const S_PROGRESS: usize = 7;
+const S_DONE: usize = 8;
+const S_TOTAL: usize = 9;
+const S_DOWN: usize = 10;
+const S_UP: usize = 11;
+const S_UPLOADED: usize = 12;
+const S_PEERS: usize = 13;
+const S_ETA: usize = 14;
+const S_HOLDERS: usize = 15;
+const S_LENGTHS: usize = 16;
+const S_INFO_TOTAL: usize = 17;
+const S_NAME: usize = 24;
+const S_FOLDER: usize = S_NAME + NAME_BYTES / 8;
+const S_ERROR: usize = S_FOLDER + FOLDER_BYTES / 8;
+const _: () = assert!(S_ERROR + ERROR_BYTES / 8 == SLOT_WORDS);
+
+// Slot flags.
+const OCCUPIED: u64 = 1;
+const COMPLETE: u64 = 2;
+const HAS_ETA: u64 = 4;
+const EPHEMERAL: u64 = 8;
+const NAME_CUT: u64 = 16;
+const FOLDER_CUT: u64 = 32;
+const ERROR_CUT: u64 = 64;
+
+/// Bytes a board of `capacity` slots takes.
+pub fn board_bytes(capacity: usize) -> usize {
+    (HEADER_WORDS + capacity * SLOT_WORDS) * 8
+}
+
+/// A shared mapping, seen only as words.
+struct Mapping {
+    ptr: NonNull<libc::c_void>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory that lives until `Drop`; every access goes through
+// atomics (see `words`), so sharing it between threads is as safe as sharing an
+// `&[AtomicU64]`.
+unsafe impl Send for Mapping {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(fd: &OwnedFd, len: usize, writable: bool) -> io::Result<Mapping> {
+        let length = NonZeroUsize::new(len).ok_or_else(|| invalid("an empty board"))?;
+        let prot = if writable {
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
+        } else {
+            ProtFlags::PROT_READ
+        };
+        // SAFETY: a fresh shared mapping of `len` bytes of `fd` at an address the kernel
+        // picks: it aliases no Rust object. The caller checked that the file is at least
+        // `len` bytes long and sealed against shrinking (the broker) or that the broker
+        // sealed it (a patron), so no access within `len` can fault.
+        let ptr = unsafe { mmap(None, length, prot, MapFlags::MAP_SHARED, fd.as_fd(), 0) }?;
+        Ok(Mapping { ptr, len })
+    }
+
+    /// The whole mapping as 64-bit atomics.
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the pointer is page-aligned (so aligned for u64), valid for `len` bytes
+        // for as long as `self` lives, and only ever accessed through these atomics (and
+        // `futex` below, which never overlaps a word read as u64). Another process writing
+        // the same memory is what atomics are for. A read-only mapping is fine: atomic
+        // `load`s of 64 bits or less are plain loads that never write (std documents
+        // `load` on read-only memory as sound for such sizes).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<AtomicU64>(), self.len / 8) }
+    }
+
+    /// The futex word.
+    fn futex(&self) -> &AtomicU32 {
+        // SAFETY: `H_FUTEX` is within the header (the mapping is at least a header long, as
+        // checked at creation and at mapping) and 8-byte aligned; the word is never accessed
+        // as an `AtomicU64` (see `H_FUTEX`), so no mixed-size access can happen.
+        unsafe { &*self.ptr.as_ptr().cast::<u64>().add(H_FUTEX).cast::<AtomicU32>() }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned, and no reference into the
+        // mapping outlives `self` (they all borrow it).
+        let _ = unsafe { munmap(self.ptr, self.len) };
+    }
+}
+
+fn invalid(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("not a status board: {why}"))
+}
+
+/// The header: who publishes this board and what became of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The broker's pid.
+    pub broker_pid: u32,
+    /// Changes at every restart and every resize.
+    pub generation: u64,
+    /// The broker stopped.
+    pub stopped: bool,
+    /// A newer board replaced this one.
+    pub superseded: bool,
+    /// Bumped once per batch of changes.
+    pub changes: u64,
+    /// Slots on this board.
+    pub capacity: usize,
+}
+
+/// The broker's side: creates a board and writes it.
+pub struct BoardWriter {
+    memfd: OwnedFd,
+    map: Mapping,
+    capacity: usize,
+}
+
+impl BoardWriter {
+    /// Creates a sealed board of `capacity` empty slots for broker `pid`, generation
+    /// `generation`.
+    pub fn create(capacity: usize, pid: u32, generation: u64) -> io::Result<BoardWriter> {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+        let capacity = capacity.clamp(1, MAX_CAPACITY);
+        let len = board_bytes(capacity);
+        let memfd = memfd_create(
+            c"torrent-patron-board",
+            MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+        )?;
+        nix::unistd::ftruncate(&memfd, len as libc::off_t)?;
+        let map = Mapping::new(&memfd, len, true)?;
+        // From here on no one (the broker included) can map it writable again, write to it
+        // with write(2), punch holes in it, shrink or grow it: our mapping is the only way in.
+        fcntl(
+            memfd.as_raw_fd(),
+            FcntlArg::F_ADD_SEALS(
+                SealFlag::F_SEAL_SHRINK
+                    | SealFlag::F_SEAL_GROW
+                    | SealFlag::F_SEAL_FUTURE_WRITE
+                    | SealFlag::F_SEAL_SEAL,
+            ),
+        )?;
+        let board = BoardWriter {
+            memfd,
+            map,
+            capacity,
+        };
+        let w = board.map.words();
+        w[H_LAYOUT].store(LAYOUT_VERSION, Ordering::Relaxed);
+        w[H_PID].store(u64::from(pid), Ordering::Relaxed);
+        w[H_GENERATION].store(generation, Ordering::Relaxed);
+        w[H_CAPACITY].store(capacity as u64, Ordering::Relaxed);
+        w[H_SLOT_WORDS].store(SLOT_WORDS as u64, Ordering::Relaxed);
+        // The magic last: a board with it is complete.
+        w[H_MAGIC].store(MAGIC, Ordering::Release);
+        Ok(board)
+    }
+
+    /// A read-only descriptor of the board, for a patron.
+    pub fn reader_fd(&self) -> io::Result<OwnedFd> {
+        // Reopening through /proc gives a new open file description with O_RDONLY; with
+        // the seals that makes a writable mapping doubly impossible.
+        let path = format!("/proc/self/fd/{}", self.memfd.as_raw_fd());
+        let file = std::fs::OpenOptions::new().read(true).open(path)?;
+        Ok(OwnedFd::from(file))
+    }
+
+    /// Slots on this board.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Writes `summary` into slot `index` (seqlock: readers never see half of it).
+    pub fn write(&self, index: usize, summary: &TorrentSummary) {
+        let Some(slot) = self.slot(index) else { return };
+        let status = &summary.status;
+        let (name, name_cut) = cut(&status.name, NAME_BYTES);
+        let (folder, folder_cut) = cut(&summary.info.save_folder, FOLDER_BYTES);
+        let (state, error) = match &status.state {
+            TorrentState::ResolvingMetadata => (0, ""),
+            TorrentState::Checking => (1, ""),
+            TorrentState::Downloading => (2, ""),
+            TorrentState::Seeding => (3, ""),
+            TorrentState::Paused => (4, ""),
+            TorrentState::Error(message) => (5, message.as_str()),
+        };
+        let (error, error_cut) = cut(error, ERROR_BYTES);
+        let mut flags = OCCUPIED;
+        for (on, flag) in [
+            (status.complete, COMPLETE),
+            (status.eta_secs.is_some(), HAS_ETA),
+            (summary.ephemeral, EPHEMERAL),
+            (name_cut, NAME_CUT),
+            (folder_cut, FOLDER_CUT),
+            (error_cut, ERROR_CUT),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        let hash = hash_words(&status.info_hash);
+        let seq = slot[S_SEQ].load(Ordering::Relaxed);
+        slot[S_SEQ].store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        let put = |word: usize, value: u64| slot[word].store(value, Ordering::Relaxed);
+        put(S_FLAGS, flags);
+        put(S_ID, status.id.0);
+        for (i, word) in hash.into_iter().enumerate() {
+            put(S_HASH + i, word);
+        }
+        put(S_STATE, state);
+        put(S_PROGRESS, status.progress.to_bits());
+        put(S_DONE, status.bytes_done);
+        put(S_TOTAL, status.bytes_total);
+        put(S_DOWN, status.download_rate);
+        put(S_UP, status.upload_rate);
+        put(S_UPLOADED, status.uploaded);
+        put(S_PEERS, u64::from(status.peers) | u64::from(status.seeds) << 32);
+        put(S_ETA, status.eta_secs.unwrap_or(0));
+        put(S_HOLDERS, u64::from(summary.holders));
+        put(
+            S_LENGTHS,
+            name.len() as u64 | (folder.len() as u64) << 16 | (error.len() as u64) << 32,
+        );
+        put(S_INFO_TOTAL, summary.info.total_bytes);
+        put_text(&slot[S_NAME..S_FOLDER], name);
+        put_text(&slot[S_FOLDER..S_ERROR], folder);
+        put_text(&slot[S_ERROR..], error);
+        slot[S_SEQ].store(seq.wrapping_add(2) & !1, Ordering::Release);
+    }
+
+    /// Empties slot `index`.
+    pub fn clear(&self, index: usize) {
+        let Some(slot) = self.slot(index) else { return };
+        let seq = slot[S_SEQ].load(Ordering::Relaxed);
+        slot[S_SEQ].store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        slot[S_FLAGS].store(0, Ordering::Relaxed);
+        slot[S_SEQ].store(seq.wrapping_add(2) & !1, Ordering::Release);
+    }
+
+    /// Readers need look at slots below `in_use` only.
+    pub fn set_in_use(&self, in_use: usize) {
+        self.map.words()[H_IN_USE].store(in_use.min(self.capacity) as u64, Ordering::Release);
+    }
+
+    /// Ends a batch of changes: bumps the change counter and wakes every waiter once.
+    pub fn publish(&self) {
+        self.map.words()[H_CHANGES].fetch_add(1, Ordering::SeqCst);
+        let futex = self.map.futex();
+        futex.fetch_add(1, Ordering::SeqCst);
+        futex_wake(futex);
+    }
+
+    /// Marks the board [`STOPPED`] or [`SUPERSEDED`] and wakes every waiter.
+    pub fn mark(&self, flag: u64) {
+        self.map.words()[H_FLAGS].fetch_or(flag, Ordering::SeqCst);
+        self.publish();
+    }
+
+    /// Reads the board back, as a patron would (the broker uses it to copy a board it
+    /// outgrew, and tests use it).
+    pub fn reader(&self) -> io::Result<BoardReader> {
+        BoardReader::map(self.reader_fd()?)
+    }
+
+    fn slot(&self, index: usize) -> Option<&[AtomicU64]> {
+        slot_of(self.map.words(), self.capacity, index)
+    }
+}
+
+fn slot_of(words: &[AtomicU64], capacity: usize, index: usize) -> Option<&[AtomicU64]> {
+    if index >= capacity {
+        return None;
+    }
+    let start = HEADER_WORDS + index * SLOT_WORDS;
+    words.get(start..start + SLOT_WORDS)
+}
+
+/// A patron's read-only view of a board.
+pub struct BoardReader {
+    map: Mapping,
+    capacity: usize,
+}
+
+/// How often a reader retries a slot the writer is busy with before giving up on it for
+/// this read (a writer killed in the middle of a slot leaves it odd forever).
+const MAX_RETRIES: u32 = 10_000;
+
+impl BoardReader {
+    /// Maps the board behind `fd` (from the broker) read-only, after checking it is one.
+    pub fn map(fd: OwnedFd) -> io::Result<BoardReader> {
+        let len = usize::try_from(nix::sys::stat::fstat(fd.as_raw_fd())?.st_size)
+            .map_err(|_| invalid("negative size"))?;
+        if len < board_bytes(0) {
+            return Err(invalid("too small"));
+        }
+        // Without the shrink seal the file could be cut under our mapping (SIGBUS).
+        let seals = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GET_SEALS)?;
+        if seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(invalid("not sealed against shrinking"));
+        }
+        let map = Mapping::new(&fd, len, false)?;
+        let w = map.words();
+        if w[H_MAGIC].load(Ordering::Acquire) != MAGIC {
+            return Err(invalid("wrong magic"));
+        }
+        let layout = w[H_LAYOUT].load(Ordering::Relaxed);
+        if layout != LAYOUT_VERSION || w[H_SLOT_WORDS].load(Ordering::Relaxed) != SLOT_WORDS as u64
+        {
+            return Err(invalid(&format!(
+                "layout {layout}, this patron reads layout {LAYOUT_VERSION}"
+            )));
+        }
+        let capacity = usize::try_from(w[H_CAPACITY].load(Ordering::Relaxed)).unwrap_or(0);
+        if capacity > MAX_CAPACITY || board_bytes(capacity) > len {
+            return Err(invalid("more slots than bytes"));
+        }
+        Ok(BoardReader { map, capacity })
+    }
+
+    /// The header, now.
+    pub fn header(&self) -> Header {
+        let w = self.map.words();
+        let flags = w[H_FLAGS].load(Ordering::Acquire);
+        Header {
+            broker_pid: w[H_PID].load(Ordering::Relaxed) as u32,
+            generation: w[H_GENERATION].load(Ordering::Relaxed),
+            stopped: flags & STOPPED != 0,
+            superseded: flags & SUPERSEDED != 0,
+            changes: w[H_CHANGES].load(Ordering::Acquire),
+            capacity: self.capacity,
+        }
+    }
+
+    /// Whether this board is still the live one: not stopped, not superseded, and its
+    /// broker still runs (a SIGKILLed broker marks nothing).
+    pub fn is_current(&self) -> bool {
+        let header = self.header();
+        !header.stopped && !header.superseded && process_alive(header.broker_pid)
+    }
+
+    /// Slots worth looking at.
+    fn in_use(&self) -> usize {
+        let in_use = self.map.words()[H_IN_USE].load(Ordering::Acquire);
+        usize::try_from(in_use).unwrap_or(0).min(self.capacity)
+    }
+
+    /// The torrent `id`, if it is on the board.
+    pub fn get(&self, id: TorrentId) -> Option<TorrentSummary> {
+        (0..self.in_use()).find_map(|index| {
+            let slot = slot_of(self.map.words(), self.capacity, index)?;
+            // A cheap look first; the seqlock read below confirms it.
+            if slot[S_ID].load(Ordering::Relaxed) != id.0 {
+                return None;
+            }
+            self.read(index).filter(|summary| summary.info.id == id)
+        })
+    }
+
+    /// The torrent with this info hash, if it is on the board.
+    pub fn find(&self, info_hash: &InfoHash) -> Option<TorrentSummary> {
+        let wanted = hash_words(info_hash);
+        (0..self.in_use()).find_map(|index| {
+            let slot = slot_of(self.map.words(), self.capacity, index)?;
+            let hash = [0, 1, 2].map(|i| slot[S_HASH + i].load(Ordering::Relaxed));
+            if hash != wanted {
+                return None;
+            }
+            self.read(index)
+                .filter(|summary| &summary.info.info_hash == info_hash)
+        })
+    }
+
+    /// Every torrent on the board, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = TorrentSummary> + '_ {
+        (0..self.in_use()).filter_map(|index| self.read(index))
+    }
+
+    /// Reads slot `index`: `None` if it is empty (or its writer died in the middle of it).
+    pub fn read(&self, index: usize) -> Option<TorrentSummary> {
+        let slot = slot_of(self.map.words(), self.capacity, index)?;
+        for attempt in 0..MAX_RETRIES {
+            let before = slot[S_SEQ].load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let read = decode(slot);
+                fence(Ordering::Acquire);
+                if slot[S_SEQ].load(Ordering::Relaxed) == before {
+                    return read;
+                }
+            }
+            if attempt > 64 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        None
+    }
+
+    /// Waits until the change counter differs from `seen` or `timeout` passes; returns the
+    /// counter. Sleeps in the kernel (futex), woken once per batch of changes.
+    pub fn wait_for_change(&self, seen: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let changes = &self.map.words()[H_CHANGES];
+        let futex = self.map.futex();
+        loop {
+            // The futex word first: a change after this load makes the wait return at once.
+            let word = futex.load(Ordering::SeqCst);
+            let now = changes.load(Ordering::SeqCst);
+            if now != seen {
+                return now;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return now;
+            }
+            futex_wait(futex, word, left);
+        }
+    }
+}
+
+/// Reads a slot's words (the caller checks the sequence around this).
+fn decode(slot: &[AtomicU64]) -> Option<TorrentSummary> {
+    let get = |word: usize| slot[word].load(Ordering::Relaxed);
+    let flags = get(S_FLAGS);
+    if flags & OCCUPIED == 0 {
+        return None;
+    }
+    let lengths = get(S_LENGTHS);
+    let name = get_text(&slot[S_NAME..S_FOLDER], lengths & 0xffff, flags & NAME_CUT != 0);
+    let folder = get_text(
+        &slot[S_FOLDER..S_ERROR],
+        lengths >> 16 & 0xffff,
+        flags & FOLDER_CUT != 0,
+    );
+    let state = match get(S_STATE) {
+        0 => TorrentState::ResolvingMetadata,
+        1 => TorrentState::Checking,
+        2 => TorrentState::Downloading,
+        3 => TorrentState::Seeding,
+        4 => TorrentState::Paused,
+        _ => TorrentState::Error(get_text(
+            &slot[S_ERROR..],
+            lengths >> 32 & 0xffff,
+            flags & ERROR_CUT != 0,
+        )),
+    };
+    let mut hash = [0u8; 24];
+    for i in 0..3 {
+        hash[i * 8..i * 8 + 8].copy_from_slice(&get(S_HASH + i).to_le_bytes());
+    }
+    let mut info_hash = [0u8; 20];
+    info_hash.copy_from_slice(&hash[..20]);
+    let info_hash = InfoHash(info_hash);
+    let id = TorrentId(get(S_ID));
+    let peers = get(S_PEERS);
+    Some(TorrentSummary {
+        info: TorrentInfo {
+            id,
+            info_hash,
+            name: name.clone(),
+            save_folder: folder,
+            total_bytes: get(S_INFO_TOTAL),
+        },
+        status: TorrentStatus {
+            id,
+            info_hash,
+            name,
+            state,
+            progress: f64::from_bits(get(S_PROGRESS)),
+            bytes_done: get(S_DONE),
+            bytes_total: get(S_TOTAL),
+            download_rate: get(S_DOWN),
+            upload_rate: get(S_UP),
+            uploaded: get(S_UPLOADED),
+            peers: peers as u32,
+            seeds: (peers >> 32) as u32,
+            eta_secs: (flags & HAS_ETA != 0).then(|| get(S_ETA)),
+            complete: flags & COMPLETE != 0,
+        },
+        holders: get(S_HOLDERS) as u32,
+        held_by_you: false,
+        ephemeral: flags & EPHEMERAL != 0,
+    })
+}
+
+fn hash_words(info_hash: &InfoHash) -> [u64; 3] {
+    let mut bytes = [0u8; 24];
+    bytes[..20].copy_from_slice(&info_hash.0);
+    [0, 1, 2].map(|i| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(word)
+    })
+}
+
+/// `text` cut to at most `room` bytes at a character boundary, leaving room for the mark.
+fn cut(text: &str, room: usize) -> (&str, bool) {
+    if text.len() <= room {
+        return (text, false);
+    }
+    let mut end = room - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], true)
+}
+
+fn put_text(words: &[AtomicU64], text: &str) {
+    for (word, chunk) in words.iter().zip(text.as_bytes().chunks(8)) {
+        let mut bytes = [0u8; 8];
+        bytes[..chunk.len()].copy_from_slice(chunk);
+        word.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+    }
+}
+
+fn get_text(words: &[AtomicU64], len: u64, cut: bool) -> String {
+    let len = usize::try_from(len).unwrap_or(0).min(words.len() * 8);
+    let mut bytes = Vec::with_capacity(len);
+    for word in &words[..len.div_ceil(8)] {
+        bytes.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+    }
+    bytes.truncate(len);
+    // A torn read is thrown away by the caller; lossy keeps even that from failing here.
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if cut {
+        text.push('…');
+    }
+    text
+}
+
+/// Whether a process with this pid exists.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT reads the 32-bit word at a valid, aligned address of our mapping
+    // (shared, hence not FUTEX_PRIVATE: the broker wakes it from another process) and
+    // sleeps while it equals `expected`, at most `timeout` (a relative timespec that lives
+    // across the call). It writes no memory of ours; any error (EAGAIN, EINTR, ETIMEDOUT)
+    // just returns to the caller's loop.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &timeout as *const libc::timespec,
+        );
+    }
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only looks up waiters keyed by this valid, aligned address; it
+    // reads and writes no memory.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests;

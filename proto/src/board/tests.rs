@@ -1,0 +1,210 @@
+use super::*;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+fn summary(id: u64, name: &str, state: TorrentState) -> TorrentSummary {
+    let info = TorrentInfo {
+        id: TorrentId(id),
+        info_hash: InfoHash([id as u8; 20]),
+        name: name.to_owned(),
+        save_folder: format!("/data/{name}"),
+        total_bytes: 1000 + id,
+    };
+    let mut status = TorrentStatus::idle(&info, state);
+    status.bytes_done = id;
+    status.eta_secs = Some(id * 2);
+    status.peers = 3;
+    status.seeds = 2;
+    TorrentSummary {
+        info,
+        status,
+        holders: 2,
+        held_by_you: false,
+        ephemeral: true,
+    }
+}
+
+#[test]
+fn what_is_written_is_read() {
+    let board = BoardWriter::create(4, 42, 7).unwrap();
+    let reader = board.reader().unwrap();
+    let one = summary(1, "ubuntu.iso", TorrentState::Downloading);
+    let two = summary(2, "broken", TorrentState::Error("disk full".into()));
+    board.write(0, &one);
+    board.write(3, &two);
+    board.set_in_use(4);
+    board.publish();
+    assert_eq!(reader.get(TorrentId(1)), Some(one.clone()));
+    assert_eq!(reader.find(&two.info.info_hash), Some(two.clone()));
+    assert_eq!(reader.iter().collect::<Vec<_>>(), vec![one, two]);
+    let header = reader.header();
+    assert_eq!((header.broker_pid, header.generation, header.capacity), (42, 7, 4));
+    assert_eq!(header.changes, 1);
+    board.clear(0);
+    assert_eq!(reader.get(TorrentId(1)), None);
+    assert_eq!(reader.iter().count(), 1);
+}
+
+#[test]
+fn long_texts_are_cut_at_a_character_and_marked() {
+    let board = BoardWriter::create(1, 1, 1).unwrap();
+    let name = "é".repeat(NAME_BYTES); // 2 bytes each: twice the room
+    let mut long = summary(1, &name, TorrentState::Error("x".repeat(1000)));
+    long.info.save_folder = "/d".repeat(FOLDER_BYTES);
+    board.write(0, &long);
+    board.set_in_use(1);
+    let read = board.reader().unwrap().read(0).unwrap();
+    assert!(read.status.name.ends_with('…'));
+    assert!(read.status.name.len() <= NAME_BYTES + '…'.len_utf8());
+    assert!(name.starts_with(read.status.name.trim_end_matches('…')));
+    assert!(read.info.save_folder.ends_with('…'));
+    let TorrentState::Error(message) = read.status.state else {
+        panic!("state lost")
+    };
+    assert!(message.len() <= ERROR_BYTES + 3 && message.ends_with('…'));
+}
+
+/// A writer hammers slots with statuses whose fields all derive from one number; readers
+/// check every read is whole. A torn read (half of one write, half of the next) breaks it.
+#[test]
+fn readers_never_see_a_torn_slot() {
+    let board = Arc::new(BoardWriter::create(2, 1, 1).unwrap());
+    board.set_in_use(2);
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (board, done) = (board.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut k = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                k += 1;
+                // Name and folder lengths vary with k, so a torn read mixes lengths too.
+                let name = format!("{k}-").repeat((k % 20) as usize + 1);
+                board.write((k % 2) as usize, &whole(k, &name));
+            }
+            k
+        })
+    };
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let reader = board.reader().unwrap();
+            std::thread::spawn(move || {
+                let (mut reads, mut distinct, mut last) = (0u64, 0u64, 0u64);
+                let deadline = Instant::now() + Duration::from_millis(700);
+                while Instant::now() < deadline {
+                    for index in 0..2 {
+                        if let Some(read) = reader.read(index) {
+                            let k = read.info.id.0;
+                            let name = format!("{k}-").repeat((k % 20) as usize + 1);
+                            assert_eq!(read, whole(k, &name), "torn read at k={k}");
+                            reads += 1;
+                            if k != last {
+                                distinct += 1;
+                                last = k;
+                            }
+                        }
+                    }
+                }
+                (reads, distinct)
+            })
+        })
+        .collect();
+    let results: Vec<_> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    done.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    for (reads, distinct) in results {
+        // The test means something only if readers raced many different writes.
+        assert!(reads > 10_000 && distinct > 1_000, "{reads} reads, {distinct} distinct, {writes} writes");
+    }
+}
+
+fn whole(k: u64, name: &str) -> TorrentSummary {
+    let info = TorrentInfo {
+        id: TorrentId(k),
+        info_hash: InfoHash([k as u8; 20]),
+        name: name.to_owned(),
+        save_folder: name.chars().rev().collect(),
+        total_bytes: k,
+    };
+    TorrentSummary {
+        status: TorrentStatus {
+            id: TorrentId(k),
+            info_hash: InfoHash([k as u8; 20]),
+            name: name.to_owned(),
+            state: TorrentState::Downloading,
+            progress: k as f64,
+            bytes_done: k,
+            bytes_total: k,
+            download_rate: k,
+            upload_rate: k,
+            uploaded: k,
+            peers: k as u32,
+            seeds: k as u32,
+            eta_secs: Some(k),
+            complete: k % 2 == 0,
+        },
+        info,
+        holders: k as u32,
+        held_by_you: false,
+        ephemeral: k % 3 == 0,
+    }
+}
+
+#[test]
+fn a_reader_cannot_get_write_access() {
+    use nix::sys::mman::{mprotect, MapFlags, ProtFlags};
+    let board = BoardWriter::create(1, 1, 1).unwrap();
+    let fd = board.reader_fd().unwrap();
+    let len = NonZeroUsize::new(board_bytes(1)).unwrap();
+    let shared_rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    // SAFETY (test): these calls are expected to fail; on success the mapping is unmapped.
+    let writable = unsafe { mmap(None, len, shared_rw, MapFlags::MAP_SHARED, &fd, 0) };
+    assert!(writable.is_err(), "mapped the reader's fd writable");
+    // Reopening the memfd read-write through /proc gives a writable fd, but the seal holds.
+    let reopened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .unwrap();
+    let writable = unsafe { mmap(None, len, shared_rw, MapFlags::MAP_SHARED, &reopened, 0) };
+    assert_eq!(writable.err(), Some(nix::errno::Errno::EPERM));
+    assert!(std::io::Write::write(&mut &reopened, b"x").is_err(), "wrote through write(2)");
+    assert!(reopened.set_len(0).is_err(), "shrank the board");
+    // A read-only mapping cannot be made writable afterwards.
+    let readonly = unsafe { mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, &fd, 0) }.unwrap();
+    let upgraded = unsafe { mprotect(readonly, len.get(), shared_rw) };
+    assert!(upgraded.is_err(), "mprotect made the mapping writable");
+    unsafe { munmap(readonly, len.get()) }.unwrap();
+}
+
+#[test]
+fn only_sealed_boards_are_mapped() {
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let unsealed = memfd_create(c"fake", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+    nix::unistd::ftruncate(&unsealed, board_bytes(4) as libc::off_t).unwrap();
+    assert!(BoardReader::map(unsealed).is_err());
+    let tiny = memfd_create(c"tiny", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+    assert!(BoardReader::map(tiny).is_err());
+}
+
+#[test]
+fn waiters_wake_on_publish_and_time_out_without() {
+    let board = Arc::new(BoardWriter::create(1, 1, 1).unwrap());
+    let reader = board.reader().unwrap();
+    let started = Instant::now();
+    assert_eq!(reader.wait_for_change(0, Duration::from_millis(100)), 0);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    let publisher = {
+        let board = board.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            board.publish();
+        })
+    };
+    let started = Instant::now();
+    assert_eq!(reader.wait_for_change(0, Duration::from_secs(10)), 1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    publisher.join().unwrap();
+    board.mark(STOPPED);
+    assert!(reader.header().stopped);
+    assert!(!reader.is_current());
+}
