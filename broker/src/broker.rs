@@ -71,6 +71,8 @@ impl Broker {
         let service = &self.service;
         tracing::info!("stopping: {reason}");
         let _ = std::fs::remove_file(&service.config.socket_path);
+        // Board readers stop waiting now and go looking for the next broker.
+        service.board.stop();
         let outboxes = service.outboxes();
         // Say goodbye to everyone at once, then wait (bounded) for the slowest reader.
         let goodbye = Event::BrokerStopping {

@@ -321,3 +321,43 @@ pub fn name_of(handle: &ManagedTorrentHandle) -> String {
         .name()
         .unwrap_or_else(|| handle.info_hash().as_string())
 }
+
+/// A cheap look at a torrent: counters only, no allocation. When it changes the torrent's
+/// full status is worth computing again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pulse {
+    /// Initializing, paused, live, error (and whether everything selected is verified).
+    pub stage: (u8, bool),
+    /// Bytes verified.
+    pub have: u64,
+    /// Bytes uploaded.
+    pub uploaded: u64,
+    /// Connected peers.
+    pub peers: u32,
+}
+
+/// The torrent's [`Pulse`] now.
+pub fn pulse_of(handle: &ManagedTorrentHandle) -> Pulse {
+    use librqbit::ManagedTorrentState as S;
+    let (kind, live) = handle.with_state(|state| match state {
+        S::Initializing(_) => (1, None),
+        S::Paused(_) => (2, None),
+        S::Live(live) => (3, Some(live.clone())),
+        S::Error(_) => (4, None),
+        S::None => (0, None),
+    });
+    let Some(live) = live else {
+        return Pulse {
+            stage: (kind, false),
+            ..Pulse::default()
+        };
+    };
+    let hns = live.get_hns();
+    let snapshot = live.stats_snapshot();
+    Pulse {
+        stage: (kind, hns.is_some_and(|h| h.needed_bytes == 0)),
+        have: hns.map_or(0, |h| h.have_bytes),
+        uploaded: snapshot.uploaded_bytes,
+        peers: snapshot.peer_stats.live,
+    }
+}

@@ -1,31 +1,175 @@
-//! Status fan-out: every interval, compute each held torrent's status and queue it for its
-//! holders when it changed meaningfully (always when it completes). Queues coalesce per
-//! torrent, so a slow patron gets the latest status, not a backlog.
+//! Status out of the engine: onto the shared board for every reader, and as
+//! `TorrentStatusUpdate` events to each torrent's holders.
+//!
+//! Every [`PULSE`] the loop takes a cheap look at every torrent ([`engine::Pulse`]: its stage,
+//! bytes verified and uploaded, peers; counters, no allocation). Torrents that moved get their
+//! full status computed and written to the board, as one batch with one wake. Every
+//! `--status-interval` everything is refreshed (rates move all the time) and holders get
+//! their events, queued per torrent so a slow patron gets the latest, not a backlog.
+//!
+//! Some things cannot wait for the interval: a torrent that completes or fails is on the
+//! board and in its holders' queues at once. Completion does not even wait for the pulse:
+//! the engine's own completion notification wakes the loop.
 
-use crate::engine;
+use crate::engine::{self, ManagedTorrentHandle, Pulse};
+
 use crate::service::Service;
-use proto::TorrentStatus;
+use proto::{TorrentId, TorrentStatus, TorrentSummary};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Runs until the task is aborted.
-pub async fn run(service: Arc<Service>) {
-    let mut tick = tokio::time::interval(service.config.status_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tick.tick().await;
-        fan_out_once(&service);
+/// How often every torrent is looked at.
+pub const PULSE: Duration = Duration::from_millis(100);
+
+/// What the loop remembers of a torrent between pulses.
+struct Seen {
+    /// The pulse, how many hold it, and whether it is ephemeral, at the last look.
+    look: (Pulse, u32, bool),
+    /// Wakes the loop when the engine says the torrent completed; aborted when it goes.
+    completion: tokio::task::AbortHandle,
+}
+
+impl Drop for Seen {
+    fn drop(&mut self) {
+        self.completion.abort();
     }
 }
 
-/// One round of the fan-out. The engine's stats are computed without the broker's lock
-/// (every request, handshake and disconnect needs it); only comparing and queueing hold it.
-pub fn fan_out_once(service: &Service) {
+/// Runs until the task is aborted.
+pub async fn run(service: Arc<Service>) {
+    let mut seen: HashMap<TorrentId, Seen> = HashMap::new();
+    let mut pulse = tokio::time::interval(PULSE);
+    pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let interval = service.config.status_interval;
+    let mut last_full: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = pulse.tick() => {}
+            _ = service.status_nudge.notified() => {}
+        }
+        let full = last_full.is_none_or(|at| at.elapsed() >= interval);
+        if full {
+            last_full = Some(Instant::now());
+        }
+        let urgent = refresh_board(&service, &mut seen, full);
+        if full {
+            fan_out(&service, None);
+        } else if !urgent.is_empty() {
+            fan_out(&service, Some(&urgent));
+        }
+    }
+}
+
+/// One look at every torrent: what moved goes onto the board (everything when `full`).
+/// Returns the torrents whose stage changed (started, completed, paused, failed).
+fn refresh_board(
+    service: &Arc<Service>,
+    seen: &mut HashMap<TorrentId, Seen>,
+    full: bool,
+) -> Vec<TorrentId> {
+    // Under the lock only what is cheap to copy: handles are `Arc`s.
+    type Look = (TorrentId, ManagedTorrentHandle, u32, bool);
+    let (running, placeholders): (Vec<Look>, Vec<TorrentSummary>) = {
+        let state = service.state();
+        let running = state
+            .registry
+            .iter()
+            .map(|(id, entry)| {
+                let holders = entry.holders.len() as u32;
+                (*id, entry.handle.clone(), holders, entry.restore.ephemeral)
+            })
+            .collect();
+        let placeholders = state
+            .registry
+            .placeholders()
+            .map(|(info, state, holders)| TorrentSummary {
+                status: TorrentStatus::idle(&info, state),
+                info,
+                holders,
+                held_by_you: false,
+                ephemeral: false,
+            })
+            .collect();
+        (running, placeholders)
+    };
+    let mut present: HashSet<TorrentId> = placeholders.iter().map(|p| p.info.id).collect();
+    let mut moved = Vec::new();
+    let mut urgent = Vec::new();
+    for (id, handle, holders, ephemeral) in running {
+        present.insert(id);
+        let look = (engine::pulse_of(&handle), holders, ephemeral);
+        let before = match seen.get_mut(&id) {
+            Some(known) => Some(std::mem::replace(&mut known.look, look)),
+            None => {
+                let completion = watch_completion(service, handle.clone());
+                seen.insert(id, Seen { look, completion });
+                None
+            }
+        };
+        if before.is_some_and(|b| b.0.stage != look.0.stage) {
+            urgent.push(id);
+        }
+        if full || before != Some(look) {
+            moved.push((id, handle, holders, ephemeral));
+        }
+    }
+    seen.retain(|id, _| present.contains(id));
+    // The names and folders of what moved, then their statuses outside the lock.
+    let infos: Vec<_> = {
+        let state = service.state();
+        moved
+            .into_iter()
+            .filter_map(|(id, handle, holders, ephemeral)| {
+                let info = state.registry.get(id)?.info.clone();
+                Some((info, handle, holders, ephemeral))
+            })
+            .collect()
+    };
+    let mut changed: Vec<TorrentSummary> = infos
+        .into_iter()
+        .map(|(info, handle, holders, ephemeral)| TorrentSummary {
+            status: engine::status_of(info.id, &info.name, &handle),
+            info,
+            holders,
+            held_by_you: false,
+            ephemeral,
+        })
+        .collect();
+    changed.extend(placeholders);
+    service.board.update(changed, &present);
+    urgent
+}
+
+/// A task that wakes the status loop when the engine reports `handle` complete.
+fn watch_completion(
+    service: &Arc<Service>,
+    handle: ManagedTorrentHandle,
+) -> tokio::task::AbortHandle {
+    let service = Arc::downgrade(service);
+    tokio::spawn(async move {
+        if handle.wait_until_completed().await.is_ok() {
+            if let Some(service) = service.upgrade() {
+                service.status_nudge.notify_one();
+            }
+        }
+    })
+    .abort_handle()
+}
+
+/// Queues each held torrent's status for its holders when it changed meaningfully (always
+/// when it completes): every held torrent, or only `only`. The engine's stats are computed
+/// without the broker's lock (every request, handshake and disconnect needs it); only
+/// comparing and queueing hold it.
+pub fn fan_out(service: &Service, only: Option<&[TorrentId]>) {
     let held: Vec<_> = {
         let state = service.state();
         state
             .registry
             .iter()
-            .filter(|(_, entry)| !entry.holders.is_empty())
+            .filter(|(id, entry)| {
+                !entry.holders.is_empty() && only.is_none_or(|only| only.contains(id))
+            })
             .map(|(id, entry)| (*id, entry.info.name.clone(), entry.handle.clone()))
             .collect()
     };

@@ -19,10 +19,12 @@
 //!   connection, never on IPC;
 //! - [`service`]: the torrents, for patrons: [`engine`] (the librqbit session),
 //!   [`registry`] (which torrents run and who holds them), [`store`] (crash-safe records),
-//!   [`roots`] (where a torrent may write), and [`fanout`] (status → holders);
+//!   [`roots`] (where a torrent may write), [`board`] (the shared-memory status board) and
+//!   [`fanout`] (status → the board and holders);
 //! - [`broker`] wires them together; [`lock`] is the single-client rule (an `flock` the
 //!   kernel releases when we die); [`shutdown`]: SIGTERM/SIGINT or a stop request.
 
+pub mod board;
 pub mod broker;
 pub mod commands;
 pub mod config;

@@ -31,7 +31,7 @@ use anyhow::Context;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{getsockopt, sockopt};
 use proto::wire::{self, Datagram, WelcomeFrame};
-use proto::{Hello, ToBroker, PROTOCOL_VERSION};
+use proto::{BoardAnswer, BoardHello, Hello, ToBroker, PROTOCOL_VERSION};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -273,6 +273,10 @@ impl FrontDoor {
         };
         let _ = self.epoll.delete(&pending.channel);
         let Pending { channel, pid, .. } = pending;
+        let hello = match hello {
+            First::Hello(hello) => hello,
+            First::Board(board) => return grant_board(&self.dispatcher, channel, pid, &board),
+        };
         // Whatever happens inside, this connector's slot is already free; a panic costs it
         // alone its answer.
         let (dispatcher, reader, our_uid) = (&self.dispatcher, &self.reader, self.our_uid);
@@ -285,8 +289,17 @@ impl FrontDoor {
     }
 }
 
+/// What a connector's first datagram asks for.
+#[derive(Debug)]
+pub enum First {
+    /// To become a patron.
+    Hello(Hello),
+    /// The status board's descriptor, on this connection, which then closes.
+    Board(BoardHello),
+}
+
 /// Reads the first datagram, which must be a complete hello. `None`: nothing to read yet.
-fn read_hello(channel: &OwnedFd) -> Result<Option<Hello>, String> {
+fn read_hello(channel: &OwnedFd) -> Result<Option<First>, String> {
     let mut buffer = vec![0u8; MAX_HELLO_BYTES];
     match socket::receive(channel, &mut buffer).map_err(|e| e.to_string())? {
         Received::Datagram {
@@ -301,7 +314,7 @@ fn read_hello(channel: &OwnedFd) -> Result<Option<Hello>, String> {
 
 /// Checks a connector's first datagram (`descriptors` came with it; `truncated` if it did
 /// not fit [`MAX_HELLO_BYTES`]) and decodes the hello in it.
-pub fn parse_hello(datagram: &[u8], descriptors: usize, truncated: bool) -> Result<Hello, String> {
+pub fn parse_hello(datagram: &[u8], descriptors: usize, truncated: bool) -> Result<First, String> {
     if truncated {
         return Err(format!(
             "a first message too large for a hello ({descriptors} descriptors)"
@@ -318,7 +331,8 @@ pub fn parse_hello(datagram: &[u8], descriptors: usize, truncated: bool) -> Resu
         Err(e) => return Err(format!("not a TIPC hello: {e}")),
     };
     match wire::decode(payload) {
-        Ok(ToBroker::Hello(hello)) => Ok(hello),
+        Ok(ToBroker::Hello(hello)) => Ok(First::Hello(hello)),
+        Ok(ToBroker::Board(board)) => Ok(First::Board(board)),
         Ok(ToBroker::Request(_)) => Err("a request before the hello".into()),
         Err(e) => Err(format!("not a TIPC hello: {e}")),
     }
@@ -487,6 +501,51 @@ fn answer(
     }
 }
 
+/// Answers a board request on its own connection (which then closes): the board's
+/// read-only descriptor, or why not. Nothing here waits on the connector.
+fn grant_board(dispatcher: &Dispatcher, channel: OwnedFd, pid: i32, hello: &BoardHello) {
+    let service = dispatcher.service();
+    let refused = |kind: &str, message: String| {
+        tracing::warn!(pid, kind = %kind, "refused a board reader: {message}");
+        let answer = BoardAnswer::Refused {
+            kind: kind.to_owned(),
+            message,
+        };
+        (answer, None)
+    };
+    let (answer, board) = if hello.version != PROTOCOL_VERSION {
+        refused(
+            "version",
+            format!(
+                "protocol version mismatch: the broker speaks TIPC {PROTOCOL_VERSION}, this patron {}; use matching builds",
+                hello.version
+            ),
+        )
+    } else if service.is_stopping() {
+        refused("stopping", "the broker is stopping".into())
+    } else {
+        match service.board.reader_fd() {
+            Ok(fd) => (
+                BoardAnswer::Granted {
+                    broker_pid: std::process::id(),
+                },
+                Some(fd),
+            ),
+            Err(e) => refused("internal", format!("cannot share the status board: {e}")),
+        }
+    };
+    let sent = wire::encode_frames(&answer)
+        .map_err(|e| e.to_string())
+        .and_then(|frames| {
+            let attach = board.as_ref().map(|fd| fd.as_fd());
+            socket::send_nonblocking(channel.as_fd(), &frames.first, attach)
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = sent {
+        tracing::debug!(pid, "cannot answer a board reader: {e}");
+    }
+}
+
 fn admit(dispatcher: &Dispatcher, hello: &Hello) -> Result<(), Refusal> {
     if hello.version != PROTOCOL_VERSION {
         return Err((
@@ -641,7 +700,7 @@ mod fuzz {
                 1 => datagram.truncate(cut % (datagram.len() + 1)),
                 _ => datagram.extend_from_slice(&noise),
             }
-            if let Ok(hello) = parse_hello(&datagram, descriptors, truncated) {
+            if let Ok(First::Hello(hello)) = parse_hello(&datagram, descriptors, truncated) {
                 let _ = check_server_name(&hello.server_name, 0);
             }
             let _ = parse_hello(&noise, 0, false);

@@ -546,7 +546,7 @@ impl Reader {
                 // Cut off meanwhile: stop reading it.
                 Dispatched::Gone => return Some(Outcome::Gone("it was cut off")),
             },
-            Ok(ToBroker::Hello(_)) => self
+            Ok(ToBroker::Hello(_) | ToBroker::Board(_)) => self
                 .dispatcher
                 .protocol_error(patron, "a hello after the handshake".into()),
             Err(e) => self.dispatcher.protocol_error(patron, e.to_string()),

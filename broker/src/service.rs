@@ -12,6 +12,7 @@ use crate::patron::{Outbox, PatronConnection, PatronId};
 use crate::registry::{RestoreSpec, TorrentRegistry, Unrestored};
 use crate::shutdown;
 use crate::torrent_file::{self, CheckedTorrent};
+use anyhow::Context;
 use proto::{ErrorKind, ProtoError, TorrentId, TorrentInfo, TorrentRef};
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -57,6 +58,11 @@ pub struct Service {
     runtime: tokio::runtime::Handle,
     /// Held while the registry is saved.
     saving: Mutex<()>,
+    /// Every torrent's status, in shared memory for patrons to read (DESIGN §7).
+    pub board: crate::board::StatusBoard,
+    /// Wakes the status loop ([`crate::fanout`]) before its next pulse: a torrent came,
+    /// went, completed, or changed hands.
+    pub status_nudge: tokio::sync::Notify,
 }
 
 impl Service {
@@ -71,6 +77,9 @@ impl Service {
             adding: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::current(),
             saving: Mutex::new(()),
+            board: crate::board::StatusBoard::create()
+                .context("cannot create the status board (memfd)")?,
+            status_nudge: tokio::sync::Notify::new(),
         });
         service.restore().await?;
         Ok(service)
@@ -392,6 +401,7 @@ impl Service {
                     tracing::warn!(torrent = %id, "cannot close: {e:#}");
                 }
             }
+            service.status_nudge.notify_one();
         });
     }
 

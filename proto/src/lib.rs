@@ -71,7 +71,7 @@ pub use status::{TorrentState, TorrentStatus};
 
 /// The protocol version spoken by this build. Bumped on any incompatible wire change;
 /// the broker refuses a patron whose version differs, with a clear error on both sides.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest serialized request the broker accepts (a .torrent file rides inside one).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -87,6 +87,34 @@ pub enum ToBroker {
     Hello(Hello),
     /// A request, answered by exactly one reply [`Event`].
     Request(Request),
+    /// Instead of a [`Hello`], on a connection of its own: "give me the status board". The
+    /// broker answers on the same connection with one [`BoardAnswer`] datagram (carrying the
+    /// board's read-only descriptor when granted) and closes it. See [`board`].
+    Board(BoardHello),
+}
+
+/// Asks for the status board ([`ToBroker::Board`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoardHello {
+    /// The patron's [`PROTOCOL_VERSION`].
+    pub version: u32,
+}
+
+/// The broker's answer to a [`BoardHello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BoardAnswer {
+    /// The datagram carries one descriptor: the board, read-only.
+    Granted {
+        /// The broker's process id.
+        broker_pid: u32,
+    },
+    /// No board for this patron.
+    Refused {
+        /// A stable word: `version`, `stopping`, `internal`.
+        kind: String,
+        /// What to tell the user.
+        message: String,
+    },
 }
 
 /// The patron's first message.

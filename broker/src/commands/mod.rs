@@ -29,6 +29,8 @@ pub async fn serve(service: &Arc<Service>, patron: &PatronConnection, request: R
         .await
         .unwrap_or_else(|panic| internal_error(patron, id, kind, is_create, panic));
     finish(service, patron, id, kind, reply);
+    // Torrents came, went or changed hands: the board shows it now, not at the next pulse.
+    service.status_nudge.notify_one();
     if is_stop {
         // After the reply is queued: stopping closes every outbox.
         service.shutdown.trigger(format!(

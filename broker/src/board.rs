@@ -1,0 +1,219 @@
+//! The status board this broker publishes (DESIGN §7): which torrent is in which slot, and a
+//! larger board when the slots run out.
+//!
+//! The layout, the seqlock and the futex are [`proto::board`]'s; this module only decides
+//! what goes where. Writes come from one place (the status loop in [`crate::fanout`]) and a
+//! board is written under this module's lock, so the board has exactly one writer.
+
+use proto::board::{BoardWriter, STOPPED, SUPERSEDED};
+use proto::{TorrentId, TorrentSummary};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::{Mutex, MutexGuard};
+
+/// Slots on a broker's first board; each growth doubles them.
+pub const INITIAL_SLOTS: usize = 256;
+
+/// The board and what each of its slots shows.
+pub struct StatusBoard {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    writer: BoardWriter,
+    /// Slot of each torrent on the board, and what it shows.
+    shown: HashMap<TorrentId, (usize, TorrentSummary)>,
+    /// Empty slots below `in_use`, lowest first, so the used part stays compact.
+    free: BTreeSet<usize>,
+    /// Slots readers look at: every used slot is below it.
+    in_use: usize,
+    generation: u64,
+}
+
+impl StatusBoard {
+    /// Creates this broker's first board.
+    pub fn create() -> io::Result<StatusBoard> {
+        let generation = first_generation();
+        Ok(StatusBoard {
+            inner: Mutex::new(Inner {
+                writer: BoardWriter::create(INITIAL_SLOTS, std::process::id(), generation)?,
+                shown: HashMap::new(),
+                free: BTreeSet::new(),
+                in_use: 0,
+                generation,
+            }),
+        })
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // Every section below leaves the bookkeeping consistent before anything can panic.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A read-only descriptor of the current board, for a patron.
+    pub fn reader_fd(&self) -> io::Result<OwnedFd> {
+        self.inner().writer.reader_fd()
+    }
+
+    /// Shows `changed` (torrents new or changed) and takes off every torrent not in
+    /// `present`; one wake for the whole batch, none if nothing changed.
+    pub fn update(&self, changed: Vec<TorrentSummary>, present: &HashSet<TorrentId>) {
+        let mut inner = self.inner();
+        let mut any = false;
+        let gone: Vec<TorrentId> = inner
+            .shown
+            .keys()
+            .filter(|id| !present.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some((slot, _)) = inner.shown.remove(&id) {
+                inner.writer.clear(slot);
+                inner.free.insert(slot);
+                any = true;
+            }
+        }
+        for summary in changed {
+            any |= inner.show(summary);
+        }
+        if any {
+            inner.compact_in_use();
+            inner.writer.publish();
+        }
+    }
+
+    /// Marks the board stopped: readers stop waiting and know to look for a new broker.
+    pub fn stop(&self) {
+        self.inner().writer.mark(STOPPED);
+    }
+
+    /// Torrents shown and slots on the board (for logs and tests).
+    pub fn occupancy(&self) -> (usize, usize) {
+        let inner = self.inner();
+        (inner.shown.len(), inner.writer.capacity())
+    }
+}
+
+impl Inner {
+    /// Writes one torrent, if it changed; returns whether it did.
+    fn show(&mut self, summary: TorrentSummary) -> bool {
+        let id = summary.info.id;
+        if let Some((slot, shown)) = self.shown.get(&id) {
+            if *shown == summary {
+                return false;
+            }
+            let slot = *slot;
+            self.writer.write(slot, &summary);
+            self.shown.insert(id, (slot, summary));
+            return true;
+        }
+        let slot = match self.free.pop_first() {
+            Some(slot) => slot,
+            None if self.in_use < self.writer.capacity() => {
+                self.in_use += 1;
+                self.writer.set_in_use(self.in_use);
+                self.in_use - 1
+            }
+            None => {
+                if let Err(e) = self.grow() {
+                    tracing::error!("cannot grow the status board: {e}");
+                    return false;
+                }
+                self.in_use += 1;
+                self.writer.set_in_use(self.in_use);
+                self.in_use - 1
+            }
+        };
+        self.writer.write(slot, &summary);
+        self.shown.insert(id, (slot, summary));
+        true
+    }
+
+    /// Moves everything to a board twice as large and tells readers of the old one.
+    fn grow(&mut self) -> io::Result<()> {
+        let capacity = self.writer.capacity() * 2;
+        self.generation += 1;
+        let bigger = BoardWriter::create(capacity, std::process::id(), self.generation)?;
+        for (slot, summary) in self.shown.values() {
+            bigger.write(*slot, summary);
+        }
+        bigger.set_in_use(self.in_use);
+        bigger.publish();
+        let old = std::mem::replace(&mut self.writer, bigger);
+        old.mark(SUPERSEDED);
+        tracing::info!(slots = capacity, "the status board grew");
+        Ok(())
+    }
+
+    /// Lowers `in_use` past empty slots at its end, so readers scan less.
+    fn compact_in_use(&mut self) {
+        let before = self.in_use;
+        while self.in_use > 0 && self.free.remove(&(self.in_use - 1)) {
+            self.in_use -= 1;
+        }
+        if self.in_use != before {
+            self.writer.set_in_use(self.in_use);
+        }
+    }
+}
+
+/// A generation no earlier broker of this machine used: the time in nanoseconds.
+fn first_generation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{InfoHash, TorrentInfo, TorrentState, TorrentStatus};
+
+    fn summary(id: u64) -> TorrentSummary {
+        let info = TorrentInfo {
+            id: TorrentId(id),
+            info_hash: InfoHash([id as u8; 20]),
+            name: format!("t{id}"),
+            save_folder: "/d".into(),
+            total_bytes: 10,
+        };
+        TorrentSummary {
+            status: TorrentStatus::idle(&info, TorrentState::Seeding),
+            info,
+            holders: 0,
+            held_by_you: false,
+            ephemeral: false,
+        }
+    }
+
+    #[test]
+    fn a_reader_follows_growth_and_removal() {
+        let board = StatusBoard::create().unwrap();
+        let first = proto::board::BoardReader::map(board.reader_fd().unwrap()).unwrap();
+        let all: Vec<_> = (0..INITIAL_SLOTS as u64 + 1).map(summary).collect();
+        let present: HashSet<_> = all.iter().map(|s| s.info.id).collect();
+        board.update(all[..10].to_vec(), &present);
+        assert_eq!(first.iter().count(), 10);
+        // Unchanged: no write, no wake.
+        let changes = first.header().changes;
+        board.update(all[..10].to_vec(), &present);
+        assert_eq!(first.header().changes, changes);
+        board.update(all.clone(), &present);
+        assert!(first.header().superseded && !first.is_current());
+        let second = proto::board::BoardReader::map(board.reader_fd().unwrap()).unwrap();
+        assert_eq!(second.header().capacity, 2 * INITIAL_SLOTS);
+        assert_eq!(second.iter().count(), all.len());
+        assert_ne!(first.header().generation, second.header().generation);
+        // Torrents gone from `present` leave the board; the scanned part shrinks back.
+        let kept: HashSet<_> = [TorrentId(0)].into();
+        board.update(Vec::new(), &kept);
+        assert_eq!(
+            second.iter().map(|s| s.info.id).collect::<Vec<_>>(),
+            [TorrentId(0)]
+        );
+        assert_eq!(board.occupancy().0, 1);
+        board.stop();
+        assert!(second.header().stopped);
+    }
+}
