@@ -20,7 +20,7 @@ use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use patron_client;
@@ -494,6 +494,8 @@ impl Output {
 /// A started command whose output is collected.
 pub struct Running {
     child: Child,
+    /// Its stdout so far (the reader thread appends as it comes).
+    stdout: Arc<Mutex<String>>,
     out: Option<std::thread::JoinHandle<String>>,
     err: Option<std::thread::JoinHandle<String>>,
 }
@@ -509,10 +511,19 @@ impl Running {
             .expect("spawn");
         let mut stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
+        let so_far = Arc::new(Mutex::new(String::new()));
+        let sink = so_far.clone();
         let out = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stdout.read_to_string(&mut s);
-            s
+            let mut chunk = [0u8; 8192];
+            let mut bytes = Vec::new();
+            while let Ok(n) = stdout.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                bytes.extend_from_slice(&chunk[..n]);
+                *sink.lock().unwrap() = String::from_utf8_lossy(&bytes).into_owned();
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
         });
         let err = std::thread::spawn(move || {
             let mut s = String::new();
@@ -521,6 +532,7 @@ impl Running {
         });
         Running {
             child,
+            stdout: so_far,
             out: Some(out),
             err: Some(err),
         }
@@ -529,6 +541,11 @@ impl Running {
     /// Its pid.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// What it printed on stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// Sends a signal.

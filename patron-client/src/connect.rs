@@ -55,6 +55,7 @@ pub(crate) struct Connected {
     pub events: ipc_channel::ipc::IpcReceiver<Event>,
     pub broker_pid: u32,
     pub patron_id: u64,
+    pub socket: PathBuf,
 }
 
 enum Attempt {
@@ -235,6 +236,7 @@ fn attempt(socket: &Path, timeout: Duration) -> Result<Attempt> {
             events,
             broker_pid,
             patron_id,
+            socket: socket.to_path_buf(),
         })),
         Ok(Ok((_, Welcome::Refused { kind, message }))) if kind == "stopping" => {
             Ok(Attempt::NotRunning(message))

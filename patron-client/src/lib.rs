@@ -35,9 +35,11 @@
 
 #![deny(missing_docs)]
 
+mod board;
 mod connect;
 mod error;
 
+pub use board::{Board, BOARD_ENV};
 pub use connect::{state_dir, ConnectOptions, BROKER_PROGRAM_ENV};
 pub use error::{Error, Result};
 pub use proto;
@@ -62,6 +64,9 @@ pub struct Patron {
     backlog: VecDeque<Event>,
     broker_pid: u32,
     patron_id: u64,
+    /// The broker's socket and the handshake timeout, to fetch its board.
+    socket: std::path::PathBuf,
+    timeout: Duration,
 }
 
 /// Sends a [`Patron`]'s requests from another thread — say one reading commands while the
@@ -148,7 +153,16 @@ impl Patron {
             backlog: VecDeque::new(),
             broker_pid: connected.broker_pid,
             patron_id: connected.patron_id,
+            socket: connected.socket,
+            timeout: options.timeout,
         })
+    }
+
+    /// The broker's status board, mapped read-only: every torrent's status, read in this
+    /// process without a request (see [`Board`]). Fails where shared memory cannot be had
+    /// (then [`Patron::status`] and [`Patron::list`] still work, by request).
+    pub fn board(&self) -> Result<Board> {
+        Board::fetch(&self.socket, self.timeout)
     }
 
     /// The broker's process id.

@@ -155,7 +155,14 @@ impl Mapping {
         // SAFETY: `H_FUTEX` is within the header (the mapping is at least a header long, as
         // checked at creation and at mapping) and 8-byte aligned; the word is never accessed
         // as an `AtomicU64` (see `H_FUTEX`), so no mixed-size access can happen.
-        unsafe { &*self.ptr.as_ptr().cast::<u64>().add(H_FUTEX).cast::<AtomicU32>() }
+        unsafe {
+            &*self
+                .ptr
+                .as_ptr()
+                .cast::<u64>()
+                .add(H_FUTEX)
+                .cast::<AtomicU32>()
+        }
     }
 }
 
@@ -168,7 +175,10 @@ impl Drop for Mapping {
 }
 
 fn invalid(why: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("not a status board: {why}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("not a status board: {why}"),
+    )
 }
 
 /// The header: who publishes this board and what became of it.
@@ -295,7 +305,10 @@ impl BoardWriter {
         put(S_DOWN, status.download_rate);
         put(S_UP, status.upload_rate);
         put(S_UPLOADED, status.uploaded);
-        put(S_PEERS, u64::from(status.peers) | u64::from(status.seeds) << 32);
+        put(
+            S_PEERS,
+            u64::from(status.peers) | u64::from(status.seeds) << 32,
+        );
         put(S_ETA, status.eta_secs.unwrap_or(0));
         put(S_HOLDERS, u64::from(summary.holders));
         put(
@@ -508,7 +521,11 @@ fn decode(slot: &[AtomicU64]) -> Option<TorrentSummary> {
         return None;
     }
     let lengths = get(S_LENGTHS);
-    let name = get_text(&slot[S_NAME..S_FOLDER], lengths & 0xffff, flags & NAME_CUT != 0);
+    let name = get_text(
+        &slot[S_NAME..S_FOLDER],
+        lengths & 0xffff,
+        flags & NAME_CUT != 0,
+    );
     let folder = get_text(
         &slot[S_FOLDER..S_ERROR],
         lengths >> 16 & 0xffff,

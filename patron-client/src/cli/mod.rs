@@ -22,7 +22,7 @@ mod watch;
 
 use clap::{Parser, Subcommand};
 use output::Output;
-use patron_client::{ConnectOptions, Error, Patron};
+use patron_client::{Board, ConnectOptions, Error, Patron};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -108,6 +108,28 @@ impl Context {
     pub fn patron(&self) -> Result<Patron, Error> {
         Patron::connect_with(&self.connect)
     }
+
+    /// Where `status`, `list` and `watch` read: the broker's shared board when it can be
+    /// mapped (no handshake needed), else a connected patron that asks. A broker is
+    /// started if none runs, as for every command.
+    pub fn status_source(&self) -> Result<Source, Error> {
+        if let Ok(board) = Board::open(&self.connect) {
+            return Ok(Source::Board(board));
+        }
+        let patron = self.patron()?;
+        Ok(match patron.board() {
+            Ok(board) => Source::Board(board),
+            Err(_) => Source::Requests(patron),
+        })
+    }
+}
+
+/// See [`Context::status_source`].
+pub enum Source {
+    /// Read in shared memory.
+    Board(Board),
+    /// Asked of the broker.
+    Requests(Patron),
 }
 
 pub fn main() -> ExitCode {

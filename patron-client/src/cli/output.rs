@@ -19,6 +19,26 @@ pub fn print_line(line: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Prints many lines with one write where they fit (a 10,000-torrent `list` is not 10,000
+/// system calls), with [`print_line`]'s handling of a reader that left.
+pub fn print_lines(lines: impl Iterator<Item = String>) {
+    use std::io::Write;
+    let stdout = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout);
+    let mut lines = lines;
+    let written = lines
+        .try_for_each(|line| writeln!(out, "{line}"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("patron-client: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Where and how to print.
 pub struct Output {
     pub json: bool,

@@ -1,7 +1,7 @@
-//! `patron-client status`: one torrent's status.
+//! `patron-client status`: one torrent's status, read off the board (or asked).
 
 use super::output::{status_json, status_line};
-use super::{torrent_ref, Context, Exit};
+use super::{torrent_ref, Context, Exit, Source};
 use patron_client::proto::TorrentRef;
 use patron_client::Error;
 
@@ -13,8 +13,14 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
-    let mut patron = ctx.patron()?;
-    let status = patron.status(args.torrent)?;
+    let status = match ctx.status_source()? {
+        Source::Board(board) => match board.get(args.torrent) {
+            Some(status) => status,
+            // Not on the board: the broker says why (unknown id, and so on).
+            None => ctx.patron()?.status(args.torrent)?,
+        },
+        Source::Requests(mut patron) => patron.status(args.torrent)?,
+    };
     ctx.out.emit(|| status_line(&status), status_json(&status));
     Ok(Exit::Success)
 }

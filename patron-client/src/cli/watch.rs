@@ -1,15 +1,20 @@
 //! `patron-client watch`: status updates as they come. On a terminal, one live line per
 //! torrent (name, bar, %, rates, peers, ETA, state) redrawn in place; otherwise (or with
 //! `--json`) one plain line per update, for logs and scripts.
+//!
+//! It reads the broker's shared board, asleep between the broker's batches of changes: a
+//! thousand `watch`es cost the broker nothing more than one. Where the board cannot be
+//! mapped it follows the torrents instead and gets their updates as events.
 
 use super::output::{bytes, duration, status_json, status_line, truncate};
-use super::{torrent_ref, Context, Exit};
+use super::{torrent_ref, Context, Exit, Source};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use patron_client::proto::{Event, TorrentId, TorrentRef, TorrentStatus};
-use patron_client::Error;
+use patron_client::proto::{Event, TorrentId, TorrentRef, TorrentStatus, TorrentSummary};
+use patron_client::{Board, Error, Patron};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -18,8 +23,94 @@ pub struct Args {
     torrents: Vec<TorrentRef>,
 }
 
+/// How long a quiet board is waited on before looking again (a broker killed without a
+/// word is noticed then).
+const QUIET: Duration = Duration::from_secs(1);
+
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
-    let mut patron = ctx.patron()?;
+    match ctx.status_source()? {
+        Source::Board(board) => watch_board(ctx, args, board),
+        Source::Requests(patron) => watch_events(ctx, args, patron),
+    }
+}
+
+fn watch_board(ctx: &Context, args: Args, mut board: Board) -> Result<Exit, Error> {
+    let targets: Vec<TorrentSummary> = if args.torrents.is_empty() {
+        board.list()
+    } else {
+        let mut found = Vec::new();
+        for target in args.torrents {
+            // Just added, it may be a pulse away from the board.
+            let mut summary = board.summary(target);
+            if summary.is_none() && board.wait_for_change(QUIET)? {
+                summary = board.summary(target);
+            }
+            match summary {
+                Some(summary) => found.push(summary),
+                // Not on the board: let the broker say why.
+                None => found.push(follow_once(ctx, target)?),
+            }
+        }
+        found
+    };
+    if targets.is_empty() {
+        ctx.out
+            .emit(|| "No torrents to watch.".into(), json!({"event": "idle"}));
+        return Ok(Exit::Success);
+    }
+    let mut screen = (!ctx.out.json && std::io::stdout().is_terminal()).then(Screen::new);
+    let mut shown: BTreeMap<TorrentId, Option<TorrentStatus>> = BTreeMap::new();
+    for summary in &targets {
+        if let Some(screen) = &mut screen {
+            screen.add(
+                summary.info.id,
+                &summary.info.name,
+                summary.info.total_bytes,
+            );
+        }
+        shown.insert(summary.info.id, None);
+    }
+    loop {
+        let ids: Vec<TorrentId> = shown.keys().copied().collect();
+        for id in ids {
+            let Some(status) = board.get(TorrentRef::Id(id)) else {
+                let reason = "no longer runs";
+                match &mut screen {
+                    Some(screen) => screen.gone(id, reason),
+                    None => ctx.out.emit(
+                        || format!("{id:>4}  closed: {reason}"),
+                        json!({"event": "gone", "id": id.0, "reason": reason}),
+                    ),
+                }
+                shown.remove(&id);
+                continue;
+            };
+            let last = shown.get(&id).and_then(Option::as_ref);
+            if last.is_none_or(|last| status.differs_meaningfully(last)) {
+                match &mut screen {
+                    Some(screen) => screen.update(&status),
+                    None => ctx.out.emit(|| status_line(&status), status_json(&status)),
+                }
+                shown.insert(id, Some(status));
+            }
+        }
+        if shown.is_empty() {
+            return Ok(Exit::Success);
+        }
+        board.wait_for_change(QUIET)?;
+    }
+}
+
+/// The summary of a torrent the board does not show, or the broker's error for it.
+fn follow_once(ctx: &Context, target: TorrentRef) -> Result<TorrentSummary, Error> {
+    let status = ctx.patron()?.status(target)?;
+    Err(Error::Protocol(format!(
+        "torrent {} is not on the status board",
+        status.id
+    )))
+}
+
+fn watch_events(ctx: &Context, args: Args, mut patron: Patron) -> Result<Exit, Error> {
     let targets: Vec<TorrentRef> = if args.torrents.is_empty() {
         patron
             .list()?

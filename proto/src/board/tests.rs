@@ -38,7 +38,10 @@ fn what_is_written_is_read() {
     assert_eq!(reader.find(&two.info.info_hash), Some(two.clone()));
     assert_eq!(reader.iter().collect::<Vec<_>>(), vec![one, two]);
     let header = reader.header();
-    assert_eq!((header.broker_pid, header.generation, header.capacity), (42, 7, 4));
+    assert_eq!(
+        (header.broker_pid, header.generation, header.capacity),
+        (42, 7, 4)
+    );
     assert_eq!(header.changes, 1);
     board.clear(0);
     assert_eq!(reader.get(TorrentId(1)), None);
@@ -113,7 +116,10 @@ fn readers_never_see_a_torn_slot() {
     let writes = writer.join().unwrap();
     for (reads, distinct) in results {
         // The test means something only if readers raced many different writes.
-        assert!(reads > 10_000 && distinct > 1_000, "{reads} reads, {distinct} distinct, {writes} writes");
+        assert!(
+            reads > 10_000 && distinct > 1_000,
+            "{reads} reads, {distinct} distinct, {writes} writes"
+        );
     }
 }
 
@@ -167,10 +173,23 @@ fn a_reader_cannot_get_write_access() {
         .unwrap();
     let writable = unsafe { mmap(None, len, shared_rw, MapFlags::MAP_SHARED, &reopened, 0) };
     assert_eq!(writable.err(), Some(nix::errno::Errno::EPERM));
-    assert!(std::io::Write::write(&mut &reopened, b"x").is_err(), "wrote through write(2)");
+    assert!(
+        std::io::Write::write(&mut &reopened, b"x").is_err(),
+        "wrote through write(2)"
+    );
     assert!(reopened.set_len(0).is_err(), "shrank the board");
     // A read-only mapping cannot be made writable afterwards.
-    let readonly = unsafe { mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, &fd, 0) }.unwrap();
+    let readonly = unsafe {
+        mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ,
+            MapFlags::MAP_SHARED,
+            &fd,
+            0,
+        )
+    }
+    .unwrap();
     let upgraded = unsafe { mprotect(readonly, len.get(), shared_rw) };
     assert!(upgraded.is_err(), "mprotect made the mapping writable");
     unsafe { munmap(readonly, len.get()) }.unwrap();

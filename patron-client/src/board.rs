@@ -1,0 +1,219 @@
+//! The broker's status board, read straight from shared memory (DESIGN §7).
+//!
+//! A status request is a socket round trip and broker work; a read of the board is a few
+//! hundred atomic loads in this process. [`Board`] maps the broker's board read-only and
+//! keeps following it: when the broker outgrows it (a new, larger board) it maps the new one;
+//! when the broker stops it says so. Getting the board needs no handshake: one datagram to
+//! the broker's socket, answered with the board's read-only descriptor.
+
+use crate::connect::ConnectOptions;
+use crate::error::{Error, Result};
+use nix::sys::socket::{
+    connect, recvmsg, send, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned,
+    MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use proto::board::{BoardReader, Header};
+use proto::wire::{self, Datagram};
+use proto::{
+    BoardAnswer, BoardHello, ToBroker, TorrentId, TorrentRef, TorrentStatus, TorrentSummary,
+    PROTOCOL_VERSION,
+};
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Set to `0` to never read the board (every read becomes a request), e.g. to compare.
+pub const BOARD_ENV: &str = "TORRENT_PATRON_BOARD";
+
+/// A read-only view of the broker's status board.
+pub struct Board {
+    reader: BoardReader,
+    socket: PathBuf,
+    timeout: Duration,
+    /// The change counter this reader has seen, for [`Board::wait_for_change`].
+    seen: u64,
+}
+
+/// Whether the board may be used at all in this process ([`BOARD_ENV`]).
+pub fn board_enabled() -> bool {
+    std::env::var_os(BOARD_ENV).is_none_or(|v| v != "0")
+}
+
+impl Board {
+    /// Maps the board of the broker running for `options`' state directory. Never starts a
+    /// broker: with none running this is [`Error::BrokerUnreachable`].
+    pub fn open(options: &ConnectOptions) -> Result<Board> {
+        let state_dir = crate::connect::state_dir(options)?;
+        Board::fetch(&proto::paths::socket_path(&state_dir), options.timeout)
+    }
+
+    /// Maps the board of the broker listening at `socket`.
+    pub(crate) fn fetch(socket: &Path, timeout: Duration) -> Result<Board> {
+        if !board_enabled() {
+            return Err(Error::BrokerUnreachable(format!(
+                "the status board is turned off ({BOARD_ENV}=0)"
+            )));
+        }
+        let reader = fetch_board(socket, timeout)?;
+        let seen = reader.header().changes;
+        Ok(Board {
+            reader,
+            socket: socket.to_path_buf(),
+            timeout,
+            seen,
+        })
+    }
+
+    /// The header now: broker pid, generation, flags, change counter.
+    pub fn header(&self) -> Header {
+        self.reader.header()
+    }
+
+    /// One torrent's status, by id or info hash.
+    pub fn get(&self, torrent: TorrentRef) -> Option<TorrentStatus> {
+        self.summary(torrent).map(|summary| summary.status)
+    }
+
+    /// One torrent's line as `list` shows it, by id or info hash.
+    pub fn summary(&self, torrent: TorrentRef) -> Option<TorrentSummary> {
+        match torrent {
+            TorrentRef::Id(id) => self.reader.get(id),
+            TorrentRef::InfoHash(hash) => self.reader.find(&hash),
+        }
+    }
+
+    /// Every torrent on the board, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = TorrentSummary> + '_ {
+        self.reader.iter()
+    }
+
+    /// Every torrent on the board, in id order (as `list` answers).
+    pub fn list(&self) -> Vec<TorrentSummary> {
+        let mut all: Vec<_> = self.iter().collect();
+        all.sort_by_key(|summary| summary.info.id);
+        all
+    }
+
+    /// Whether `id` is on the board.
+    pub fn contains(&self, id: TorrentId) -> bool {
+        self.reader.get(id).is_some()
+    }
+
+    /// Waits (asleep, on the board's futex) until the board changed since the last call, or
+    /// `timeout` passed; returns whether it changed. A board the broker outgrew is replaced
+    /// by the new one (a change). A broker that stopped or died is
+    /// [`Error::BrokerStopped`].
+    pub fn wait_for_change(&mut self, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.follow()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Wake now and then to notice a broker killed without marking its board.
+            let slice = left.min(Duration::from_millis(500));
+            let now = self.reader.wait_for_change(self.seen, slice);
+            if now != self.seen {
+                self.seen = now;
+                self.follow()?;
+                return Ok(true);
+            }
+            if left.is_zero() {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Maps the current board if this one was superseded; fails if the broker is gone.
+    fn follow(&mut self) -> Result<()> {
+        let header = self.reader.header();
+        if header.stopped || !proto::board::process_alive(header.broker_pid) {
+            return Err(Error::BrokerStopped(format!(
+                "the broker (pid {}) stopped",
+                header.broker_pid
+            )));
+        }
+        if header.superseded {
+            self.reader = fetch_board(&self.socket, self.timeout)?;
+            // Whatever this reader saw, the new board is news.
+            self.seen = self.reader.header().changes.wrapping_sub(1);
+        }
+        Ok(())
+    }
+}
+
+/// Asks the broker at `socket` for its board and maps it.
+fn fetch_board(socket_path: &Path, timeout: Duration) -> Result<BoardReader> {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        Error::BrokerUnreachable(format!("{}: {e}", socket_path.display()))
+    };
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| unreachable(&e))?;
+    let addr = UnixAddr::new(socket_path).map_err(|e| unreachable(&e))?;
+    connect(fd.as_raw_fd(), &addr).map_err(|e| unreachable(&e))?;
+    let timeout = nix::sys::time::TimeVal::new(
+        timeout.as_secs().min(i32::MAX as u64) as _,
+        timeout.subsec_micros() as _,
+    );
+    setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(|e| unreachable(&e))?;
+    let hello = ToBroker::Board(BoardHello {
+        version: PROTOCOL_VERSION,
+    });
+    let frames =
+        wire::encode_frames(&hello).map_err(|e| Error::Protocol(format!("board request: {e}")))?;
+    send(fd.as_raw_fd(), &frames.first, MsgFlags::MSG_NOSIGNAL).map_err(|e| unreachable(&e))?;
+    let (answer, board) = receive_answer(&fd).map_err(|e| unreachable(&e))?;
+    match (answer, board) {
+        (BoardAnswer::Granted { .. }, Some(board)) => {
+            BoardReader::map(board).map_err(Error::io("cannot map the status board"))
+        }
+        (BoardAnswer::Granted { .. }, None) => Err(Error::Protocol(
+            "the broker granted a board but sent no descriptor".into(),
+        )),
+        (BoardAnswer::Refused { kind, message }, _) => Err(Error::Refused { kind, message }),
+    }
+}
+
+/// The one datagram the broker answers with, and the descriptor it carries. Every received
+/// descriptor is owned at once, so extras are closed rather than leaked.
+fn receive_answer(fd: &OwnedFd) -> std::result::Result<(BoardAnswer, Option<OwnedFd>), String> {
+    let mut buffer = [0u8; 4096];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(&mut buffer)];
+    let message = recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("no answer to the board request: {e}"))?;
+    let mut descriptors = Vec::new();
+    if let Ok(cmsgs) = message.cmsgs() {
+        for cmsg in cmsgs {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                // SAFETY: the kernel just installed these descriptors in this process for
+                // us; nothing else owns them.
+                descriptors.extend(
+                    fds.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+    }
+    let len = message.bytes;
+    if len == 0 {
+        return Err("the broker closed the connection without an answer".into());
+    }
+    let payload = match wire::parse_datagram(&buffer[..len], descriptors.len(), buffer.len()) {
+        Ok(Datagram::Complete(payload)) => payload,
+        Ok(_) => return Err("a fragmented board answer".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let answer: BoardAnswer =
+        postcard::from_bytes(payload).map_err(|e| format!("a bad board answer: {e}"))?;
+    Ok((answer, descriptors.into_iter().next()))
+}
