@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Mutex, MutexGuard};
 
-/// Slots on a broker's first board; each growth doubles them.
+/// Slots on a broker's first board by default (`--board-slots`); each growth doubles them.
 pub const INITIAL_SLOTS: usize = 256;
 
 /// The board and what each of its slots shows.
@@ -32,12 +32,12 @@ struct Inner {
 }
 
 impl StatusBoard {
-    /// Creates this broker's first board.
-    pub fn create() -> io::Result<StatusBoard> {
+    /// Creates this broker's first board, of `slots` slots.
+    pub fn create(slots: usize) -> io::Result<StatusBoard> {
         let generation = first_generation();
         Ok(StatusBoard {
             inner: Mutex::new(Inner {
-                writer: BoardWriter::create(INITIAL_SLOTS, std::process::id(), generation)?,
+                writer: BoardWriter::create(slots, std::process::id(), generation)?,
                 shown: HashMap::new(),
                 free: BTreeSet::new(),
                 in_use: 0,
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn a_reader_follows_growth_and_removal() {
-        let board = StatusBoard::create().unwrap();
+        let board = StatusBoard::create(INITIAL_SLOTS).unwrap();
         let first = proto::board::BoardReader::map(board.reader_fd().unwrap()).unwrap();
         let all: Vec<_> = (0..INITIAL_SLOTS as u64 + 1).map(summary).collect();
         let present: HashSet<_> = all.iter().map(|s| s.info.id).collect();

@@ -59,6 +59,10 @@ pub struct BrokerArgs {
     #[arg(long, env = "TORRENT_PATRON_LOOPBACK_ONLY", value_parser = BoolishValueParser::new())]
     pub loopback_only: bool,
 
+    /// Slots on the first shared status board; it doubles when full [default: 256]
+    #[arg(long, env = "TORRENT_PATRON_BOARD_SLOTS", value_name = "N")]
+    pub board_slots: Option<usize>,
+
     /// How long to wait for a magnet link's metadata, in seconds [default: 120]
     #[arg(long, env = "TORRENT_PATRON_MAGNET_TIMEOUT", value_name = "SECS")]
     pub magnet_timeout: Option<u64>,
@@ -108,6 +112,7 @@ struct ConfigFile {
     #[serde(default)]
     loopback_only: bool,
     magnet_timeout: Option<u64>,
+    board_slots: Option<usize>,
     max_upload_rate: Option<u32>,
     max_download_rate: Option<u32>,
     max_patrons: Option<usize>,
@@ -138,6 +143,8 @@ pub struct BrokerConfig {
     pub loopback_only: bool,
     /// Magnet metadata wait.
     pub magnet_timeout: Duration,
+    /// Slots on the first status board.
+    pub board_slots: usize,
     /// Engine upload limit, bytes/s.
     pub max_upload_rate: Option<u32>,
     /// Engine download limit, bytes/s.
@@ -222,6 +229,11 @@ impl BrokerConfig {
             magnet_timeout: Duration::from_secs(
                 args.magnet_timeout.or(file.magnet_timeout).unwrap_or(120),
             ),
+            board_slots: args
+                .board_slots
+                .or(file.board_slots)
+                .unwrap_or(crate::board::INITIAL_SLOTS)
+                .clamp(1, proto::board::MAX_CAPACITY),
             max_upload_rate: args.max_upload_rate.or(file.max_upload_rate),
             max_download_rate: args.max_download_rate.or(file.max_download_rate),
             max_patrons: args.max_patrons.or(file.max_patrons).unwrap_or(4096),

@@ -69,6 +69,8 @@ impl Service {
     /// Starts the engine and restores the torrents of a previous run.
     pub async fn start(config: BrokerConfig) -> anyhow::Result<Arc<Service>> {
         let engine = Engine::start(&config).await?;
+        let board = crate::board::StatusBoard::create(config.board_slots)
+            .context("cannot create the status board (memfd)")?;
         let service = Arc::new(Service {
             config,
             engine,
@@ -77,8 +79,7 @@ impl Service {
             adding: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::current(),
             saving: Mutex::new(()),
-            board: crate::board::StatusBoard::create()
-                .context("cannot create the status board (memfd)")?,
+            board,
             status_nudge: tokio::sync::Notify::new(),
         });
         service.restore().await?;
@@ -384,6 +385,8 @@ impl Service {
             tracing::info!(patron, pid = connection.pid, "patron disconnected");
             state.registry.release_all(patron)
         };
+        // Its holds are off the board at once (one wake however many leave together).
+        self.status_nudge.notify_one();
         if orphans.is_empty() {
             return;
         }

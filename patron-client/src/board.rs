@@ -208,7 +208,8 @@ fn receive_answer(fd: &OwnedFd) -> std::result::Result<(BoardAnswer, Option<Owne
     if len == 0 {
         return Err("the broker closed the connection without an answer".into());
     }
-    let payload = match wire::parse_datagram(&buffer[..len], descriptors.len(), buffer.len()) {
+    // Descriptors are checked here, not by the parser (which is for requests, that carry none).
+    let payload = match wire::parse_datagram(&buffer[..len], 0, buffer.len()) {
         Ok(Datagram::Complete(payload)) => payload,
         Ok(_) => return Err("a fragmented board answer".into()),
         Err(e) => return Err(e.to_string()),

@@ -627,15 +627,24 @@ fn get_text(words: &[AtomicU64], len: u64, cut: bool) -> String {
     text
 }
 
-/// Whether a process with this pid exists.
+/// Whether a process with this pid runs (exists and is not a zombie waiting to be reaped).
 pub fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
+    let Ok(raw) = i32::try_from(pid) else {
         return false;
     };
-    !matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-        Err(nix::errno::Errno::ESRCH)
-    )
+    if let Err(nix::errno::Errno::ESRCH) =
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None)
+    {
+        return false;
+    }
+    // "pid (comm) S ...": the state follows the last ')' (comm may hold anything).
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
+        // No /proc: kill(2) said it exists.
+        Err(_) => true,
+    }
 }
 
 fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
