@@ -4,6 +4,7 @@
 //! reported as percentiles, because this machine is shared and noisy: compare medians, and
 //! compare only figures taken in the same run.
 
+mod board;
 mod download;
 mod fanout;
 mod placement;
@@ -107,6 +108,54 @@ enum Bench {
         #[arg(long, default_value_t = 2000)]
         samples: usize,
     },
+    /// p50 of one torrent's status read from the broker's shared board
+    BoardRead {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Timed batches (of 100 reads each)
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+    },
+    /// `patron-client list` wall time as a fresh broker's torrents grow to each level
+    ListScale {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "10,10000")]
+        levels: Vec<usize>,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// The patron-client program
+        #[arg(long)]
+        client: PathBuf,
+    },
+    /// Broker CPU with board watchers, none, and per-holder followers of changing torrents
+    Watch {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        torrents: usize,
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// Seconds per measuring window
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
+    /// How soon a completion is seen (event and board) after the engine verified it
+    Completion {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        /// The broker's log file
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Wall time of a whole command, run `count` times (e.g. `patron-client list`)
     CommandTime {
         #[arg(long, default_value_t = 50)]
@@ -153,6 +202,33 @@ fn main() -> anyhow::Result<()> {
             placement,
         } => broker_round_trip(state_dir, count, placement),
         Bench::CommandTime { count, command } => command_time(count, &command),
+        Bench::BoardRead { state_dir, count } => board::board_read(state_dir, count),
+        Bench::ListScale {
+            state_dir,
+            work,
+            levels,
+            runs,
+            client,
+        } => board::list_scale(state_dir, work, levels, runs, client),
+        Bench::Watch {
+            state_dir,
+            work,
+            torrents,
+            watchers,
+            secs,
+        } => board::watch(board::WatchBench {
+            state_dir,
+            work,
+            torrents,
+            watchers,
+            window: Duration::from_secs(secs),
+        }),
+        Bench::Completion {
+            state_dir,
+            work,
+            log,
+            rounds,
+        } => board::completion(state_dir, work, log, rounds),
         Bench::IdlePatrons { state_dir, count } => idle_patrons(state_dir, count),
         Bench::ConcurrentStart {
             state_dir,

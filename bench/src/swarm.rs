@@ -91,6 +91,27 @@ impl Seeder {
             addr,
         })
     }
+
+    /// One session seeding every torrent of `torrents` from `folder`, at most `upload_bps`
+    /// in all.
+    pub async fn start_many(
+        torrents: &[Vec<u8>],
+        folder: &Path,
+        upload_bps: Option<u32>,
+    ) -> anyhow::Result<Seeder> {
+        let session = session(folder, true, upload_bps).await?;
+        let addr = session
+            .listen_addr()
+            .context("the seeder does not listen")?;
+        for torrent in torrents {
+            let handle = add(&session, torrent, folder, Vec::new()).await?;
+            handle.wait_until_initialized().await?;
+        }
+        Ok(Seeder {
+            _session: session,
+            addr,
+        })
+    }
 }
 
 /// The anchor: a fresh raw librqbit session downloads `torrent` from `seeder` into `folder`.

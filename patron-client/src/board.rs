@@ -72,7 +72,10 @@ impl Board {
 
     /// One torrent's status, by id or info hash.
     pub fn get(&self, torrent: TorrentRef) -> Option<TorrentStatus> {
-        self.summary(torrent).map(|summary| summary.status)
+        match torrent {
+            TorrentRef::Id(id) => self.reader.status(id),
+            TorrentRef::InfoHash(hash) => self.reader.find(&hash).map(|summary| summary.status),
+        }
     }
 
     /// One torrent's line as `list` shows it, by id or info hash.
@@ -93,6 +96,12 @@ impl Board {
         let mut all: Vec<_> = self.iter().collect();
         all.sort_by_key(|summary| summary.info.id);
         all
+    }
+
+    /// Writes what `patron-client list` prints (one line per torrent, in id order) to `out`,
+    /// copied from lines the broker formatted once per change.
+    pub fn write_list(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.reader.write_list(out)
     }
 
     /// Whether `id` is on the board.

@@ -24,11 +24,14 @@
 //!   its board stopped. A reader that sees either fetches the current board again.
 //!
 //! # Layout (little-endian 64-bit words)
-//! A header of [`HEADER_WORDS`] words, then `capacity` slots of [`SLOT_WORDS`] words each. A
-//! slot holds one [`TorrentSummary`] (without `held_by_you`, which depends on the reader):
-//! the status fields, the save folder and up to [`NAME_BYTES`] bytes of name,
-//! [`FOLDER_BYTES`] of save folder and [`ERROR_BYTES`] of error message; a longer text is cut
-//! at a character boundary and marked with a trailing `…`.
+//! A header of [`HEADER_WORDS`] words, then `capacity` slots of [`SLOT_WORDS`] words each,
+//! then `capacity` lines of [`LINE_WORDS`] words. A slot holds one [`TorrentSummary`]
+//! (without `held_by_you`, which depends on the reader): the status fields and up to
+//! [`NAME_BYTES`] bytes of name, [`FOLDER_BYTES`] of save folder and [`ERROR_BYTES`] of error
+//! message; a longer text is cut at a character boundary and marked with a trailing `…`.
+//! Line `i` is slot `i`'s line of `patron-client list` ([`crate::text::status_line`]),
+//! written by the broker once per change under a seqlock of its own: listing ten thousand
+//! torrents is then a copy of a few pages, not ten thousand decodes and formats.
 
 use crate::{InfoHash, TorrentId, TorrentInfo, TorrentState, TorrentStatus, TorrentSummary};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
@@ -47,6 +50,10 @@ pub const LAYOUT_VERSION: u64 = 1;
 pub const HEADER_WORDS: usize = 16;
 /// Words in a slot.
 pub const SLOT_WORDS: usize = 128;
+/// Words per torrent in the lines region: its `list` line, ready to print.
+pub const LINE_WORDS: usize = 20;
+/// Longest `list` line kept; a longer one is marked, and readers format it from the slot.
+pub const LINE_BYTES: usize = (LINE_WORDS - L_TEXT) * 8;
 /// Longest name kept whole.
 pub const NAME_BYTES: usize = 256;
 /// Longest save folder kept whole.
@@ -76,6 +83,7 @@ pub const SUPERSEDED: u64 = 2;
 
 // Slot words.
 const S_SEQ: usize = 0;
+const _: () = assert!(S_SEQ == 0 && L_SEQ == 0); // `consistent` reads word 0
 const S_FLAGS: usize = 1;
 const S_ID: usize = 2;
 const S_HASH: usize = 3; // three words
@@ -96,6 +104,14 @@ const S_FOLDER: usize = S_NAME + NAME_BYTES / 8;
 const S_ERROR: usize = S_FOLDER + FOLDER_BYTES / 8;
 const _: () = assert!(S_ERROR + ERROR_BYTES / 8 == SLOT_WORDS);
 
+// Line words: its own sequence, the torrent's id, the length, the text.
+const L_SEQ: usize = 0;
+const L_ID: usize = 1;
+const L_LEN: usize = 2;
+const L_TEXT: usize = 3;
+/// In `L_LEN`: the line did not fit; format it from the slot.
+const TOO_LONG: u64 = u64::MAX;
+
 // Slot flags.
 const OCCUPIED: u64 = 1;
 const COMPLETE: u64 = 2;
@@ -107,7 +123,7 @@ const ERROR_CUT: u64 = 64;
 
 /// Bytes a board of `capacity` slots takes.
 pub fn board_bytes(capacity: usize) -> usize {
-    (HEADER_WORDS + capacity * SLOT_WORDS) * 8
+    (HEADER_WORDS + capacity * (SLOT_WORDS + LINE_WORDS)) * 8
 }
 
 /// A shared mapping, seen only as words.
@@ -320,6 +336,25 @@ impl BoardWriter {
         put_text(&slot[S_FOLDER..S_ERROR], folder);
         put_text(&slot[S_ERROR..], error);
         slot[S_SEQ].store(seq.wrapping_add(2) & !1, Ordering::Release);
+        let line = crate::text::status_line(status);
+        self.write_line(index, status.id, &line);
+    }
+
+    fn write_line(&self, index: usize, id: TorrentId, text: &str) {
+        let Some(line) = line_of(self.map.words(), self.capacity, index) else {
+            return;
+        };
+        let seq = line[L_SEQ].load(Ordering::Relaxed);
+        line[L_SEQ].store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        line[L_ID].store(id.0, Ordering::Relaxed);
+        if text.len() <= LINE_BYTES {
+            line[L_LEN].store(text.len() as u64, Ordering::Relaxed);
+            put_text(&line[L_TEXT..], text);
+        } else {
+            line[L_LEN].store(TOO_LONG, Ordering::Relaxed);
+        }
+        line[L_SEQ].store(seq.wrapping_add(2) & !1, Ordering::Release);
     }
 
     /// Empties slot `index`.
@@ -330,6 +365,7 @@ impl BoardWriter {
         fence(Ordering::Release);
         slot[S_FLAGS].store(0, Ordering::Relaxed);
         slot[S_SEQ].store(seq.wrapping_add(2) & !1, Ordering::Release);
+        self.write_line(index, TorrentId(0), "");
     }
 
     /// Readers need look at slots below `in_use` only.
@@ -360,6 +396,14 @@ impl BoardWriter {
     fn slot(&self, index: usize) -> Option<&[AtomicU64]> {
         slot_of(self.map.words(), self.capacity, index)
     }
+}
+
+fn line_of(words: &[AtomicU64], capacity: usize, index: usize) -> Option<&[AtomicU64]> {
+    if index >= capacity {
+        return None;
+    }
+    let start = HEADER_WORDS + capacity * SLOT_WORDS + index * LINE_WORDS;
+    words.get(start..start + LINE_WORDS)
 }
 
 fn slot_of(words: &[AtomicU64], capacity: usize, index: usize) -> Option<&[AtomicU64]> {
@@ -441,14 +485,16 @@ impl BoardReader {
 
     /// The torrent `id`, if it is on the board.
     pub fn get(&self, id: TorrentId) -> Option<TorrentSummary> {
-        (0..self.in_use()).find_map(|index| {
-            let slot = slot_of(self.map.words(), self.capacity, index)?;
-            // A cheap look first; the seqlock read below confirms it.
-            if slot[S_ID].load(Ordering::Relaxed) != id.0 {
-                return None;
-            }
-            self.read(index).filter(|summary| summary.info.id == id)
-        })
+        let index = self.index_of(id)?;
+        self.read(index).filter(|summary| summary.info.id == id)
+    }
+
+    /// Only the status of torrent `id` (no save folder: a read of a few dozen words).
+    pub fn status(&self, id: TorrentId) -> Option<TorrentStatus> {
+        let index = self.index_of(id)?;
+        self.consistent(index, decode_status)
+            .flatten()
+            .filter(|status| status.id == id)
     }
 
     /// The torrent with this info hash, if it is on the board.
@@ -472,23 +518,77 @@ impl BoardReader {
 
     /// Reads slot `index`: `None` if it is empty (or its writer died in the middle of it).
     pub fn read(&self, index: usize) -> Option<TorrentSummary> {
-        let slot = slot_of(self.map.words(), self.capacity, index)?;
-        for attempt in 0..MAX_RETRIES {
-            let before = slot[S_SEQ].load(Ordering::Acquire);
-            if before & 1 == 0 {
-                let read = decode(slot);
-                fence(Ordering::Acquire);
-                if slot[S_SEQ].load(Ordering::Relaxed) == before {
-                    return read;
+        self.consistent(index, decode).flatten()
+    }
+
+    /// Writes every torrent's `list` line, each ended by a newline, in id order, to `out`:
+    /// what `patron-client list` prints, copied rather than formatted, through one small
+    /// buffer (ten thousand lines are a megabyte: no need to hold them all).
+    pub fn write_list(&self, out: &mut dyn std::io::Write) -> io::Result<()> {
+        let words = self.map.words();
+        // The order first, from the ids alone; slots are taken lowest first, so it is
+        // mostly in id order already. A slot reused meanwhile just lands out of place.
+        let mut order: Vec<(u64, usize)> = (0..self.in_use())
+            .filter_map(|index| {
+                let line = line_of(words, self.capacity, index)?;
+                (line[L_LEN].load(Ordering::Relaxed) != 0)
+                    .then(|| (line[L_ID].load(Ordering::Relaxed), index))
+            })
+            .collect();
+        if !order.is_sorted() {
+            order.sort_unstable();
+        }
+        let mut chunk: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut buffer = [0u8; LINE_BYTES.div_ceil(8) * 8];
+        for (_, index) in order {
+            let Some(line) = line_of(words, self.capacity, index) else {
+                continue;
+            };
+            let read = consistent(line, |line| {
+                let len = line[L_LEN].load(Ordering::Relaxed);
+                let Some(len) = usize::try_from(len).ok().filter(|l| *l <= LINE_BYTES) else {
+                    return Err(len == TOO_LONG);
+                };
+                for (i, word) in line[L_TEXT..L_TEXT + len.div_ceil(8)].iter().enumerate() {
+                    buffer[i * 8..i * 8 + 8]
+                        .copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
                 }
+                Ok(len)
+            });
+            match read {
+                Some(Ok(len)) if len > 0 => chunk.extend_from_slice(&buffer[..len]),
+                // Too long for the lines region: formatted here, from the slot.
+                Some(Err(true)) => match self.consistent(index, decode_status).flatten() {
+                    Some(status) => {
+                        chunk.extend_from_slice(crate::text::status_line(&status).as_bytes())
+                    }
+                    None => continue,
+                },
+                // Emptied meanwhile, or its writer died halfway.
+                _ => continue,
             }
-            if attempt > 64 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
+            chunk.push(b'\n');
+            if chunk.len() > 60 * 1024 {
+                out.write_all(&chunk)?;
+                chunk.clear();
             }
         }
-        None
+        out.write_all(&chunk)
+    }
+
+    /// The slot that seems to hold `id` (a cheap look; the seqlock read confirms it).
+    fn index_of(&self, id: TorrentId) -> Option<usize> {
+        let words = self.map.words();
+        (0..self.in_use()).find(|&index| {
+            slot_of(words, self.capacity, index)
+                .is_some_and(|slot| slot[S_ID].load(Ordering::Relaxed) == id.0)
+        })
+    }
+
+    /// `read` applied to slot `index` between two equal, even sequence numbers: what it
+    /// returns comes from one write, never from two.
+    fn consistent<T>(&self, index: usize, read: impl FnMut(&[AtomicU64]) -> T) -> Option<T> {
+        consistent(slot_of(self.map.words(), self.capacity, index)?, read)
     }
 
     /// Waits until the change counter differs from `seen` or `timeout` passes; returns the
@@ -513,8 +613,29 @@ impl BoardReader {
     }
 }
 
-/// Reads a slot's words (the caller checks the sequence around this).
-fn decode(slot: &[AtomicU64]) -> Option<TorrentSummary> {
+/// `read` applied to `words` (a slot or a line, its sequence in word 0) between two equal,
+/// even sequence numbers: what it returns comes from one write, never from two.
+fn consistent<T>(words: &[AtomicU64], mut read: impl FnMut(&[AtomicU64]) -> T) -> Option<T> {
+    for attempt in 0..MAX_RETRIES {
+        let before = words[0].load(Ordering::Acquire);
+        if before & 1 == 0 {
+            let value = read(words);
+            fence(Ordering::Acquire);
+            if words[0].load(Ordering::Relaxed) == before {
+                return Some(value);
+            }
+        }
+        if attempt > 64 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    None
+}
+
+/// Reads a slot's status (the caller checks the sequence around this).
+fn decode_status(slot: &[AtomicU64]) -> Option<TorrentStatus> {
     let get = |word: usize| slot[word].load(Ordering::Relaxed);
     let flags = get(S_FLAGS);
     if flags & OCCUPIED == 0 {
@@ -525,11 +646,6 @@ fn decode(slot: &[AtomicU64]) -> Option<TorrentSummary> {
         &slot[S_NAME..S_FOLDER],
         lengths & 0xffff,
         flags & NAME_CUT != 0,
-    );
-    let folder = get_text(
-        &slot[S_FOLDER..S_ERROR],
-        lengths >> 16 & 0xffff,
-        flags & FOLDER_CUT != 0,
     );
     let state = match get(S_STATE) {
         0 => TorrentState::ResolvingMetadata,
@@ -549,33 +665,44 @@ fn decode(slot: &[AtomicU64]) -> Option<TorrentSummary> {
     }
     let mut info_hash = [0u8; 20];
     info_hash.copy_from_slice(&hash[..20]);
-    let info_hash = InfoHash(info_hash);
-    let id = TorrentId(get(S_ID));
     let peers = get(S_PEERS);
+    Some(TorrentStatus {
+        id: TorrentId(get(S_ID)),
+        info_hash: InfoHash(info_hash),
+        name,
+        state,
+        progress: f64::from_bits(get(S_PROGRESS)),
+        bytes_done: get(S_DONE),
+        bytes_total: get(S_TOTAL),
+        download_rate: get(S_DOWN),
+        upload_rate: get(S_UP),
+        uploaded: get(S_UPLOADED),
+        peers: peers as u32,
+        seeds: (peers >> 32) as u32,
+        eta_secs: (flags & HAS_ETA != 0).then(|| get(S_ETA)),
+        complete: flags & COMPLETE != 0,
+    })
+}
+
+/// Reads a slot's whole summary (the caller checks the sequence around this).
+fn decode(slot: &[AtomicU64]) -> Option<TorrentSummary> {
+    let status = decode_status(slot)?;
+    let get = |word: usize| slot[word].load(Ordering::Relaxed);
+    let flags = get(S_FLAGS);
+    let folder = get_text(
+        &slot[S_FOLDER..S_ERROR],
+        get(S_LENGTHS) >> 16 & 0xffff,
+        flags & FOLDER_CUT != 0,
+    );
     Some(TorrentSummary {
         info: TorrentInfo {
-            id,
-            info_hash,
-            name: name.clone(),
+            id: status.id,
+            info_hash: status.info_hash,
+            name: status.name.clone(),
             save_folder: folder,
             total_bytes: get(S_INFO_TOTAL),
         },
-        status: TorrentStatus {
-            id,
-            info_hash,
-            name,
-            state,
-            progress: f64::from_bits(get(S_PROGRESS)),
-            bytes_done: get(S_DONE),
-            bytes_total: get(S_TOTAL),
-            download_rate: get(S_DOWN),
-            upload_rate: get(S_UP),
-            uploaded: get(S_UPLOADED),
-            peers: peers as u32,
-            seeds: (peers >> 32) as u32,
-            eta_secs: (flags & HAS_ETA != 0).then(|| get(S_ETA)),
-            complete: flags & COMPLETE != 0,
-        },
+        status,
         holders: get(S_HOLDERS) as u32,
         held_by_you: false,
         ephemeral: flags & EPHEMERAL != 0,

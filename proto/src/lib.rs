@@ -61,6 +61,7 @@
 pub mod board;
 pub mod paths;
 mod status;
+pub mod text;
 pub mod wire;
 
 use ipc_channel::ipc::IpcReceiver;

@@ -1,11 +1,18 @@
 //! `patron-client list`: every torrent the broker runs, read off the board (or asked).
 
-use super::output::{print_lines, status_line, summary_json};
+use super::output::{print_lines, status_line, stream_stdout, summary_json};
 use super::{Context, Exit, Source};
 use patron_client::Error;
 
 pub fn run(ctx: &Context) -> Result<Exit, Error> {
     let torrents = match ctx.status_source()? {
+        // The broker formatted these lines already: copy them out.
+        Source::Board(board) if !ctx.out.json => {
+            if stream_stdout(|out| board.write_list(out)) == 0 {
+                out!("No torrents.");
+            }
+            return Ok(Exit::Success);
+        }
         Source::Board(board) => board.list(),
         Source::Requests(mut patron) => patron.list()?,
     };

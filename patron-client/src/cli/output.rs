@@ -1,5 +1,8 @@
 //! Human output on a terminal, JSON for scripts: every command prints through here.
 
+pub use patron_client::proto::text::{
+    bytes, duration, shown, status_line, terminal_safe, truncate,
+};
 use patron_client::proto::{MadeTorrent, TorrentInfo, TorrentStatus, TorrentSummary};
 use patron_client::Error;
 use serde_json::{json, Value};
@@ -39,6 +42,33 @@ pub fn print_lines(lines: impl Iterator<Item = String>) {
     }
 }
 
+/// Lets `write` stream to stdout, with [`print_line`]'s handling of a reader that left;
+/// returns how many bytes it wrote.
+pub fn stream_stdout(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> u64 {
+    use std::io::Write;
+    /// Stdout, counting.
+    struct Counted<W>(W, u64);
+    impl<W: Write> Write for Counted<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.0.write(buf)?;
+            self.1 += n as u64;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.0.flush()
+        }
+    }
+    let mut out = Counted(std::io::stdout().lock(), 0);
+    match write(&mut out).and_then(|()| out.flush()) {
+        Ok(()) => out.1,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("patron-client: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Where and how to print.
 pub struct Output {
     pub json: bool,
@@ -66,31 +96,6 @@ impl Output {
             out!("{}", error_json(error));
         }
     }
-}
-
-/// Text that came from a torrent, a peer or the broker (names, folders, messages), made safe
-/// for a terminal: every control character, newlines included, is written as an escape
-/// (`\u{1b}`), so a name can neither move the cursor nor forge a line (DESIGN §4). JSON output
-/// needs none of this: serde_json escapes control characters itself.
-pub fn shown(text: &str) -> String {
-    escape_controls(text, false)
-}
-
-/// Like [`shown`], but keeps line breaks: for whole blocks of human output.
-pub fn terminal_safe(text: &str) -> String {
-    escape_controls(text, true)
-}
-
-fn escape_controls(text: &str, keep_newlines: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() && !(keep_newlines && c == '\n') {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// An error as a JSON event: `kind` is the protocol's error kind when the broker refused
@@ -172,25 +177,6 @@ pub fn status_json(status: &TorrentStatus) -> Value {
     })
 }
 
-pub fn status_line(status: &TorrentStatus) -> String {
-    let eta = status
-        .eta_secs
-        .map(|s| format!(" eta {}", duration(s)))
-        .unwrap_or_default();
-    format!(
-        "{:>4}  {:<28}  {:<12} {:>6.2}%  {}/{}  down {}/s  up {}/s  {} peers{eta}",
-        status.id.0,
-        truncate(&shown(&status.name), 28),
-        shown(&status.state.to_string()),
-        status.progress * 100.0,
-        bytes(status.bytes_done),
-        bytes(status.bytes_total),
-        bytes(status.download_rate),
-        bytes(status.upload_rate),
-        status.peers,
-    )
-}
-
 pub fn summary_json(summary: &TorrentSummary) -> Value {
     let mut value = status_json(&summary.status);
     value["event"] = "torrent".into();
@@ -198,52 +184,4 @@ pub fn summary_json(summary: &TorrentSummary) -> Value {
     value["holders"] = summary.holders.into();
     value["ephemeral"] = summary.ephemeral.into();
     value
-}
-
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_owned();
-    }
-    let mut cut: String = s.chars().take(max - 1).collect();
-    cut.push('…');
-    cut
-}
-
-/// Bytes for people: binary units, three significant figures.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-pub fn duration(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
-        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_cannot_move_the_cursor_or_forge_lines() {
-        let evil = "\x1b[2Jmovie\nAdded torrent 99\x07\u{9b}";
-        let safe = shown(evil);
-        assert!(!safe.chars().any(char::is_control), "{safe:?}");
-        assert!(safe.contains("movie") && safe.contains("\\u{1b}"));
-        assert_eq!(terminal_safe("a\nb\x1b"), "a\nb\\u{1b}");
-        assert_eq!(shown("plain ünïcode name"), "plain ünïcode name");
-    }
 }

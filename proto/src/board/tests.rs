@@ -35,6 +35,8 @@ fn what_is_written_is_read() {
     board.set_in_use(4);
     board.publish();
     assert_eq!(reader.get(TorrentId(1)), Some(one.clone()));
+    assert_eq!(reader.status(TorrentId(1)), Some(one.status.clone()));
+    assert_eq!(reader.status(TorrentId(9)), None);
     assert_eq!(reader.find(&two.info.info_hash), Some(two.clone()));
     assert_eq!(reader.iter().collect::<Vec<_>>(), vec![one, two]);
     let header = reader.header();
@@ -46,6 +48,38 @@ fn what_is_written_is_read() {
     board.clear(0);
     assert_eq!(reader.get(TorrentId(1)), None);
     assert_eq!(reader.iter().count(), 1);
+}
+
+/// `list` lines come in id order, as `status_line` formats them, whatever slot each is in
+/// and however long (a line too long for its region is formatted from the slot).
+#[test]
+fn list_lines_are_the_status_lines_in_id_order() {
+    let board = BoardWriter::create(4, 1, 1).unwrap();
+    let wide = "𝄞".repeat(40); // 4 bytes a character: the line no longer fits its region
+    let entries = [
+        (0, summary(7, "seventh", TorrentState::Seeding)),
+        (1, summary(2, &wide, TorrentState::Downloading)),
+        (
+            3,
+            summary(5, "fifth\x1b[2J", TorrentState::Error("gone".into())),
+        ),
+    ];
+    for (slot, entry) in &entries {
+        board.write(*slot, entry);
+    }
+    board.set_in_use(4);
+    let mut printed = Vec::new();
+    board.reader().unwrap().write_list(&mut printed).unwrap();
+    let expected: String = [&entries[1].1, &entries[2].1, &entries[0].1]
+        .iter()
+        .map(|e| crate::text::status_line(&e.status) + "\n")
+        .collect();
+    assert!(crate::text::status_line(&entries[1].1.status).len() > LINE_BYTES);
+    assert_eq!(String::from_utf8(printed).unwrap(), expected);
+    board.clear(1);
+    let mut printed = Vec::new();
+    board.reader().unwrap().write_list(&mut printed).unwrap();
+    assert_eq!(String::from_utf8(printed).unwrap().lines().count(), 2);
 }
 
 #[test]

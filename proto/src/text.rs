@@ -1,0 +1,101 @@
+//! Status as people read it: one line per torrent, sizes and times in human units, and
+//! names made safe for a terminal. Shared by the patron's CLI and the broker, which writes
+//! each torrent's `list` line onto the status board once per change (see [`crate::board`]),
+//! so that listing ten thousand torrents is a copy, not ten thousand formats.
+
+use crate::TorrentStatus;
+
+/// Text that came from a torrent, a peer or the broker (names, folders, messages), made safe
+/// for a terminal: every control character, newlines included, is written as an escape
+/// (`\u{1b}`), so a name can neither move the cursor nor forge a line (DESIGN §4). JSON output
+/// needs none of this: serde_json escapes control characters itself.
+pub fn shown(text: &str) -> String {
+    escape_controls(text, false)
+}
+
+/// Like [`shown`], but keeps line breaks: for whole blocks of human output.
+pub fn terminal_safe(text: &str) -> String {
+    escape_controls(text, true)
+}
+
+fn escape_controls(text: &str, keep_newlines: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && !(keep_newlines && c == '\n') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `s` cut to `max` characters, the last one then `…`.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut cut: String = s.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// Bytes for people: binary units, three significant figures.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Seconds for people: `42s`, `3m07s`, `5h02m`.
+pub fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// A torrent's line in `patron-client list` and `status`.
+pub fn status_line(status: &TorrentStatus) -> String {
+    let eta = status
+        .eta_secs
+        .map(|s| format!(" eta {}", duration(s)))
+        .unwrap_or_default();
+    format!(
+        "{:>4}  {:<28}  {:<12} {:>6.2}%  {}/{}  down {}/s  up {}/s  {} peers{eta}",
+        status.id.0,
+        truncate(&shown(&status.name), 28),
+        shown(&status.state.to_string()),
+        status.progress * 100.0,
+        bytes(status.bytes_done),
+        bytes(status.bytes_total),
+        bytes(status.download_rate),
+        bytes(status.upload_rate),
+        status.peers,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_move_the_cursor_or_forge_lines() {
+        let evil = "\x1b[2Jmovie\nAdded torrent 99\x07\u{9b}";
+        let safe = shown(evil);
+        assert!(!safe.chars().any(char::is_control), "{safe:?}");
+        assert!(safe.contains("movie") && safe.contains("\\u{1b}"));
+        assert_eq!(terminal_safe("a\nb\x1b"), "a\nb\\u{1b}");
+        assert_eq!(shown("plain ünïcode name"), "plain ünïcode name");
+    }
+}
