@@ -397,6 +397,17 @@ impl BrokerProcess {
     pub fn thread_count(&self) -> usize {
         entries_of(&format!("/proc/{}/task", self.pid))
     }
+
+    /// Its resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid);
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    }
 }
 
 fn entries_of(dir: &str) -> usize {
@@ -841,6 +852,23 @@ pub mod raw {
             None,
         )
         .expect("sendmsg");
+    }
+
+    /// Says hello on a raw front-door connection `fd` with `version`; returns the broker's
+    /// answer (on acceptance, `fd` is then this patron's request channel).
+    pub fn hello(fd: &OwnedFd, version: u32) -> patron_client::proto::Welcome {
+        use patron_client::proto::{Hello, Welcome};
+        let (server, name) =
+            ipc_channel::ipc::IpcOneShotServer::<Welcome>::new().expect("one-shot");
+        send_message(
+            fd,
+            &ToBroker::Hello(Hello {
+                version,
+                server_name: name,
+            }),
+            &[],
+        );
+        server.accept().expect("welcome").1
     }
 
     /// Sends `message` as one honest datagram, with `fds` attached.

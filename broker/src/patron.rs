@@ -28,6 +28,11 @@ pub const MAX_QUEUED_REPLIES: usize = 4096;
 /// large its replies (a list of thousands of torrents), the broker keeps at most this for it.
 pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
+/// Bytes of large events' shared memory regions a patron may have queued or unread in its
+/// socket (a region the patron has not read is memory the broker made, held by the
+/// patron's socket). A large event past it goes in fragments, which its queue accounts.
+pub const MAX_REGION_BYTES: usize = 8 * 1024 * 1024;
+
 /// The broker's number for a patron (shown in logs; also sent in the `Welcome`).
 pub type PatronId = u64;
 
@@ -78,8 +83,9 @@ impl std::fmt::Debug for PatronConnection {
 /// One place in a patron's queue.
 #[derive(Debug)]
 enum Item {
-    /// A reply or notice, encoded when it was queued (so its size counts at once).
-    Frames(Frames),
+    /// A reply or notice, encoded when it was queued (so its size counts at once), and the
+    /// shared memory region it names if it is a large one.
+    Frames(Frames, Option<OwnedFd>),
     /// The latest status of this torrent, whatever it is by the time its turn comes.
     Status(TorrentId),
 }
@@ -93,6 +99,8 @@ struct Writing {
     continuation: Option<Continuation>,
     rest: Vec<u8>,
     sent: usize,
+    /// A large message's region, attached to the first datagram.
+    region: Option<OwnedFd>,
 }
 
 struct Continuation {
@@ -115,6 +123,9 @@ struct Queue {
     socket: Option<OwnedFd>,
     /// Set once nothing more may be queued.
     closed: bool,
+    /// Bytes of regions queued, or sent since the socket was last seen drained (see
+    /// [`MAX_REGION_BYTES`]).
+    region_bytes: usize,
 }
 
 /// What became of a pushed event.
@@ -215,7 +226,25 @@ impl Outbox {
                 return Pushed::Queued;
             }
         };
-        let size = frames.first.len() + frames.rest.len();
+        if queue.region_bytes > 0 && queue.socket.as_ref().is_some_and(drained) {
+            queue.region_bytes = 0; // the patron has read every region sent
+        }
+        let room = MAX_REGION_BYTES.saturating_sub(queue.region_bytes);
+        let (frames, region, size) = match large(&event, &frames, room) {
+            Some((small, region, size)) => {
+                tracing::debug!(
+                    patron = self.patron,
+                    bytes = size,
+                    "a large event, in shared memory"
+                );
+                queue.region_bytes += size;
+                (small, Some(region), size)
+            }
+            None => {
+                let size = frames.first.len() + frames.rest.len();
+                (frames, None, size)
+            }
+        };
         if queue.events >= MAX_QUEUED_REPLIES || queue.bytes + size > MAX_QUEUED_BYTES {
             // Best effort: its socket is full, so this rarely gets through.
             let reason = format!(
@@ -225,7 +254,7 @@ impl Outbox {
             Self::shut(&mut queue, Some(Event::Disconnected { reason }));
             return Pushed::CutOff;
         }
-        queue.items.push_back(Item::Frames(frames));
+        queue.items.push_back(Item::Frames(frames, region));
         queue.events += 1;
         queue.bytes += size;
         match self.flush_locked(&mut queue) {
@@ -289,7 +318,7 @@ impl Outbox {
         }
         if let Ok(frames) = wire::encode_frames(&last) {
             queue.bytes += frames.first.len() + frames.rest.len();
-            queue.items.push_back(Item::Frames(frames));
+            queue.items.push_back(Item::Frames(frames, None));
             queue.events += 1;
         }
         queue.closed = true;
@@ -319,10 +348,10 @@ impl Outbox {
                 return Flushed::Broken;
             }
             if queue.writing.is_none() {
-                let Some(frames) = Self::next_frames(queue) else {
+                let Some((frames, region)) = Self::next_frames(queue) else {
                     return Flushed::Idle;
                 };
-                match Self::start_writing(frames) {
+                match Self::start_writing(frames, region) {
                     Ok(writing) => queue.writing = Some(writing),
                     Err(e) => {
                         // Our own event failed to encode: a bug, not the patron's doing.
@@ -343,20 +372,23 @@ impl Outbox {
         }
     }
 
-    fn next_frames(queue: &mut Queue) -> Option<Frames> {
+    fn next_frames(queue: &mut Queue) -> Option<(Frames, Option<OwnedFd>)> {
         loop {
             match queue.items.pop_front()? {
-                Item::Frames(frames) => {
+                Item::Frames(frames, region) => {
                     queue.events -= 1;
-                    queue.bytes -= frames.first.len() + frames.rest.len();
-                    return Some(frames);
+                    queue.bytes -= match &region {
+                        Some(region) => region_size(region),
+                        None => frames.first.len() + frames.rest.len(),
+                    };
+                    return Some((frames, region));
                 }
                 Item::Status(id) => {
                     let Some(status) = queue.statuses.remove(&id) else {
                         continue;
                     };
                     match wire::encode_frames(&Event::TorrentStatusUpdate(status)) {
-                        Ok(frames) => return Some(frames),
+                        Ok(frames) => return Some((frames, None)),
                         Err(e) => tracing::error!("cannot encode a status: {e}"),
                     }
                 }
@@ -364,7 +396,7 @@ impl Outbox {
         }
     }
 
-    fn start_writing(frames: Frames) -> Result<Writing, String> {
+    fn start_writing(frames: Frames, region: Option<OwnedFd>) -> Result<Writing, String> {
         let Frames { first, rest } = frames;
         let continuation = if rest.is_empty() {
             None
@@ -381,6 +413,7 @@ impl Outbox {
             continuation,
             rest,
             sent: 0,
+            region,
         })
     }
 
@@ -395,6 +428,7 @@ impl Outbox {
                 .continuation
                 .as_ref()
                 .and_then(|c| c.theirs.as_ref())
+                .or(writing.region.as_ref())
                 .map(|t| t.as_fd());
             match socket::send_nonblocking(fd.as_fd(), first, attach)? {
                 Sent::WouldBlock => return Ok(Some(Lane::Events)),
@@ -403,6 +437,7 @@ impl Outbox {
                     if let Some(c) = &mut writing.continuation {
                         c.theirs = None; // the patron has it now
                     }
+                    writing.region = None; // likewise
                 }
             }
         }
@@ -455,6 +490,62 @@ pub fn say_goodbye(outboxes: &[Arc<Outbox>], goodbye: Event, wait: Duration) {
     for outbox in outboxes {
         outbox.close();
     }
+}
+
+/// A large event ([`proto::LARGE_MESSAGE_BYTES`], judged by its `frames`) as shared memory:
+/// a small frame naming region 0, the region (a fresh memfd holding the event, given away with
+/// the frame) and its size. `None` for a small event, one larger than `room`, or if no memfd
+/// can be had: the event then goes as fragments.
+fn large(event: &Event, frames: &Frames, room: usize) -> Option<(Frames, OwnedFd, usize)> {
+    let size = frames.first.len() + frames.rest.len();
+    if size <= proto::LARGE_MESSAGE_BYTES || size > room {
+        return None;
+    }
+    let made = (|| -> Result<_, String> {
+        let bytes = wire::encode_payload(event).map_err(|e| e.to_string())?;
+        let region = nix::sys::memfd::memfd_create(
+            c"torrent-patron-event",
+            nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut file = std::fs::File::from(region.try_clone().map_err(|e| e.to_string())?);
+        std::io::Write::write_all(&mut file, &bytes).map_err(|e| e.to_string())?;
+        let small = wire::encode_frames(&Event::Large(proto::SharedBytes::region(0)))
+            .map_err(|e| e.to_string())?;
+        Ok((small, region, bytes.len()))
+    })();
+    match made {
+        Ok(large) => Some(large),
+        Err(e) => {
+            tracing::warn!(
+                "cannot put a large event in shared memory, sending it in fragments: {e}"
+            );
+            None
+        }
+    }
+}
+
+/// Whether the patron has read everything sent on `socket` (its send queue is empty).
+fn drained(socket: &OwnedFd) -> bool {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int, the bytes still queued on the socket,
+    // into `queued`, which lives across the call; `socket` is an open socket we own.
+    let done = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::TIOCOUTQ,
+            &mut queued,
+        )
+    };
+    done == 0 && queued == 0
+}
+
+/// Bytes a queued region holds.
+fn region_size(region: &OwnedFd) -> usize {
+    nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(region))
+        .ok()
+        .and_then(|stat| usize::try_from(stat.st_size).ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -613,25 +704,29 @@ mod tests {
             pushed += 1;
             assert!(pushed < MAX_QUEUED_REPLIES, "never cut off");
         }
-        // 64 KiB replies: the byte limit, not the count, ends it.
+        // 64 KiB replies: the byte limits, not the count, end it: some went as shared
+        // memory regions (at most MAX_REGION_BYTES of them), the rest queued as fragments.
         assert!(
-            pushed * 64 * 1024 <= MAX_QUEUED_BYTES + 2 * 1024 * 1024,
+            pushed * 64 * 1024 <= MAX_QUEUED_BYTES + MAX_REGION_BYTES + 2 * 1024 * 1024,
             "{pushed} replies of 64 KiB queued"
         );
         assert_eq!(outbox.queued(), 0, "what was queued is let go at once");
     }
 
     #[test]
-    fn small_and_fragmented_events_reach_an_ipc_channel_receiver_whole_and_in_order() {
+    fn small_fragmented_and_large_events_reach_an_ipc_channel_receiver_whole_and_in_order() {
         let (outbox, events) = outbox();
         // Nothing is read until all are pushed: the first go straight into the socket, the
         // rest queue. None may block the caller.
         let count = 2_000u64;
+        let fragmented = wire::MAX_DATAGRAM_PAYLOAD * 3 / 2; // over a datagram, not large
+        let large = 5 * proto::LARGE_MESSAGE_BYTES; // as shared memory
         for n in 0..count {
             assert_eq!(outbox.push(reply(n)), Pushed::Queued);
-            if n == 10 {
+            if n == 10 || n == 20 {
+                let size = if n == 10 { fragmented } else { large };
                 let big = Event::ProtocolError {
-                    message: "x".repeat(5 * wire::MAX_DATAGRAM_PAYLOAD),
+                    message: "x".repeat(size),
                 };
                 assert_eq!(outbox.push(big), Pushed::Queued);
             }
@@ -639,7 +734,7 @@ mod tests {
         assert!(outbox.queued() > 0, "the socket never filled");
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
-            for _ in 0..=count {
+            for _ in 0..count + 2 {
                 got.push(events.recv().unwrap());
             }
             got
@@ -657,8 +752,16 @@ mod tests {
                     n += 1;
                 }
                 Event::ProtocolError { message } => {
-                    assert_eq!(n, 11, "the big event keeps its place");
-                    assert_eq!(message.len(), 5 * wire::MAX_DATAGRAM_PAYLOAD);
+                    assert_eq!(n, 11, "the fragmented event keeps its place");
+                    assert_eq!(message.len(), fragmented);
+                }
+                Event::Large(shared) => {
+                    assert_eq!(n, 21, "the large event keeps its place");
+                    let inner: Event = wire::decode_payload(shared.bytes()).unwrap();
+                    let Event::ProtocolError { message } = inner else {
+                        panic!("unexpected {inner:?}")
+                    };
+                    assert_eq!(message.len(), large);
                 }
                 other => panic!("unexpected {other:?}"),
             }

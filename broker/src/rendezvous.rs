@@ -333,7 +333,7 @@ pub fn parse_hello(datagram: &[u8], descriptors: usize, truncated: bool) -> Resu
     match wire::decode(payload) {
         Ok(ToBroker::Hello(hello)) => Ok(First::Hello(hello)),
         Ok(ToBroker::Board(board)) => Ok(First::Board(board)),
-        Ok(ToBroker::Request(_)) => Err("a request before the hello".into()),
+        Ok(ToBroker::Request(_) | ToBroker::Large(_)) => Err("a request before the hello".into()),
         Err(e) => Err(format!("not a TIPC hello: {e}")),
     }
 }

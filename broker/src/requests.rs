@@ -352,8 +352,20 @@ impl Reader {
             match parsed {
                 Err(e) => self.dispatcher.protocol_error(patron, e.to_string()),
                 Ok(Datagram::Complete(payload)) => {
-                    let size = payload.len();
-                    let message = wire::decode(payload);
+                    let (message, size) = match descriptors.pop() {
+                        None => (wire::decode(payload), payload.len()),
+                        Some(region) => match unpack_large(payload, &region) {
+                            Ok((message, size)) => {
+                                tracing::debug!(
+                                    patron,
+                                    bytes = size,
+                                    "a large request, in shared memory"
+                                );
+                                (Ok(message), size)
+                            }
+                            Err(e) => (Err(wire::WireError(e)), payload.len()),
+                        },
+                    };
                     if let Some(stop) = self.deliver(patron, message, size) {
                         return stop;
                     }
@@ -549,6 +561,9 @@ impl Reader {
             Ok(ToBroker::Hello(_) | ToBroker::Board(_)) => self
                 .dispatcher
                 .protocol_error(patron, "a hello after the handshake".into()),
+            Ok(ToBroker::Large(_)) => self
+                .dispatcher
+                .protocol_error(patron, "a large message without its region".into()),
             Err(e) => self.dispatcher.protocol_error(patron, e.to_string()),
         }
         None
@@ -568,5 +583,20 @@ impl Reader {
                 let _ = self.epoll.delete(&assembly.continuation);
             }
         }
+    }
+}
+
+/// A [`ToBroker::Large`] datagram and the region that came with it: the request inside, and
+/// its size (what back-pressure counts).
+fn unpack_large(payload: &[u8], region: &OwnedFd) -> Result<(ToBroker, usize), String> {
+    let bytes = socket::read_region(region, proto::MAX_REQUEST_BYTES)?;
+    let size = bytes.len();
+    let outer = wire::decode_with_regions(payload, vec![bytes]).map_err(|e| e.to_string())?;
+    let ToBroker::Large(shared) = outer else {
+        return Err("a shared memory region beside a message that is not a large one".into());
+    };
+    match wire::decode(shared.bytes()).map_err(|e| e.to_string())? {
+        request @ ToBroker::Request(_) => Ok((request, size)),
+        _ => Err("a large message must hold a request".into()),
     }
 }

@@ -149,6 +149,37 @@ pub fn send_nonblocking(
     }
 }
 
+/// Copies out the shared memory region a patron passed with a large message (see
+/// [`proto::SharedBytes`]), if it is one: memory (a memfd or tmpfs file, which `F_GET_SEALS`
+/// accepts and nothing else does, so reading never waits on a disk or a FUSE daemon) of at
+/// most `max` bytes. It is read, never mapped: the patron could shrink it under a mapping.
+pub fn read_region(fd: &OwnedFd, max: usize) -> Result<Vec<u8>, String> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    if fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS).is_err() {
+        return Err("a shared memory region that is not memory (not a memfd)".into());
+    }
+    let size = nix::sys::stat::fstat(fd.as_raw_fd())
+        .map_err(|e| format!("cannot look at a shared memory region: {e}"))?
+        .st_size;
+    let size = usize::try_from(size).map_err(|_| "a region of negative size".to_owned())?;
+    if size > max {
+        return Err(format!(
+            "a message of {size} bytes exceeds the limit of {max}"
+        ));
+    }
+    let mut bytes = vec![0u8; size];
+    let mut read = 0;
+    while read < size {
+        match nix::sys::uio::pread(fd, &mut bytes[read..], read as libc::off_t) {
+            Ok(0) => return Err("a shared memory region shrank while it was read".into()),
+            Ok(n) => read += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("cannot read a shared memory region: {e}")),
+        }
+    }
+    Ok(bytes)
+}
+
 /// A connected pair of SOCK_SEQPACKET sockets, as `ipc::channel()` makes: the broker keeps
 /// one end (non-blocking) to write to and passes the other to a patron as a receiver.
 pub fn seqpacket_pair() -> nix::Result<(OwnedFd, OwnedFd)> {

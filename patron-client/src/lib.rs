@@ -83,19 +83,23 @@ impl Requester {
     pub fn send(&self, body: RequestBody) -> Result<RequestId> {
         // An id refused below is simply never used.
         let id = RequestId(self.next_request.fetch_add(1, Ordering::Relaxed));
-        let message = ToBroker::Request(Request { id, body });
+        let mut message = ToBroker::Request(Request { id, body });
         if might_be_large(&message) {
-            let size = postcard::to_stdvec(&message)
-                .map_err(|e| Error::Protocol(format!("cannot encode the request: {e}")))?
-                .len();
-            if size > proto::MAX_REQUEST_BYTES {
+            let bytes = proto::wire::encode_payload(&message)
+                .map_err(|e| Error::Protocol(format!("cannot encode the request: {e}")))?;
+            if bytes.len() > proto::MAX_REQUEST_BYTES {
                 return Err(Error::Request(ProtoError::new(
                     proto::ErrorKind::LimitReached,
                     format!(
-                        "the request is {size} bytes; the broker accepts at most {}",
+                        "the request is {} bytes; the broker accepts at most {}",
+                        bytes.len(),
                         proto::MAX_REQUEST_BYTES
                     ),
                 )));
+            }
+            // One small datagram and a memory region, not a train of fragments.
+            if bytes.len() > proto::LARGE_MESSAGE_BYTES {
+                message = ToBroker::Large(proto::SharedBytes::new(&bytes));
             }
         }
         self.requests
@@ -218,14 +222,14 @@ impl Patron {
             return Ok(Some(event));
         }
         match self.events.try_recv_timeout(timeout) {
-            Ok(event) => Ok(Some(event)),
+            Ok(event) => unpack(event).map(Some),
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::IpcError(e)) => Err(lost(e)),
         }
     }
 
     fn receive(&mut self) -> Result<Event> {
-        self.events.recv().map_err(lost)
+        self.events.recv().map_err(lost).and_then(unpack)
     }
 
     /// Starts (or joins) a torrent. A start failure is [`Error::StartFailed`].
@@ -313,10 +317,10 @@ impl Patron {
     }
 }
 
-/// Only a .torrent file's bytes can make a request approach the size limit; measuring the
-/// others would be wasted work on every request.
+/// Only a .torrent file's bytes can make a request large; measuring the others would be
+/// wasted work on every request.
 fn might_be_large(message: &ToBroker) -> bool {
-    const WORTH_MEASURING: usize = 1 << 20;
+    const WORTH_MEASURING: usize = proto::LARGE_MESSAGE_BYTES / 2;
     match message {
         ToBroker::Request(Request {
             body: RequestBody::CreateNewTorrent(create),
@@ -326,6 +330,18 @@ fn might_be_large(message: &ToBroker) -> bool {
             proto::TorrentSource::Magnet(link) => link.len() > WORTH_MEASURING,
         },
         _ => false,
+    }
+}
+
+/// The event inside a large one ([`Event::Large`]: it came in shared memory).
+fn unpack(event: Event) -> Result<Event> {
+    let Event::Large(shared) = event else {
+        return Ok(event);
+    };
+    match proto::wire::decode_payload::<Event>(shared.bytes()) {
+        Ok(Event::Large(_)) => Err(Error::Protocol("a large event inside a large event".into())),
+        Ok(inner) => Ok(inner),
+        Err(e) => Err(Error::Protocol(format!("cannot decode a large event: {e}"))),
     }
 }
 

@@ -60,6 +60,7 @@
 
 pub mod board;
 pub mod paths;
+mod shared;
 mod status;
 pub mod text;
 pub mod wire;
@@ -68,6 +69,7 @@ use ipc_channel::ipc::IpcReceiver;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub use shared::{SharedBytes, LARGE_MESSAGE_BYTES};
 pub use status::{TorrentState, TorrentStatus};
 
 /// The protocol version spoken by this build. Bumped on any incompatible wire change;
@@ -92,6 +94,9 @@ pub enum ToBroker {
     /// broker answers on the same connection with one [`BoardAnswer`] datagram (carrying the
     /// board's read-only descriptor when granted) and closes it. See [`board`].
     Board(BoardHello),
+    /// A [`ToBroker::Request`] too large for a datagram or two ([`LARGE_MESSAGE_BYTES`]),
+    /// postcard-encoded in shared memory.
+    Large(SharedBytes),
 }
 
 /// Asks for the status board ([`ToBroker::Board`]).
@@ -611,6 +616,9 @@ pub enum Event {
         /// What was wrong with it.
         message: String,
     },
+    /// An event too large for a datagram or two ([`LARGE_MESSAGE_BYTES`]), postcard-encoded
+    /// in shared memory: the patron library unpacks it.
+    Large(SharedBytes),
 }
 
 impl Event {
@@ -633,6 +641,8 @@ impl Event {
             | Event::BrokerStopping { .. }
             | Event::Disconnected { .. }
             | Event::ProtocolError { .. } => None,
+            // Unpacked by the patron library before anyone asks.
+            Event::Large(_) => None,
         }
     }
 }

@@ -13,8 +13,9 @@
 //! the fragment size counting the whole datagram. When the payload is the whole message the
 //! datagram carries only the message's own descriptors; otherwise it also carries, last, the
 //! receiving end of a channel on which the rest of the payload follows as plain datagrams.
-//! The payload is postcard, as `IpcSender::send` writes it. A [`ToBroker`] holds no channels
-//! or shared memory, so a complete message that carries descriptors is refused.
+//! The payload is postcard, as `IpcSender::send` writes it. A [`ToBroker`] holds no channels,
+//! and shared memory only as [`ToBroker::Large`] (one region, see [`crate::SharedBytes`]), so
+//! a complete message may carry at most one descriptor, and only a large one may carry any.
 
 use crate::ToBroker;
 use std::fmt;
@@ -84,9 +85,10 @@ pub fn parse_datagram(
     }
     let payload = &bytes[HEADER_BYTES..];
     if total == payload.len() {
-        if descriptors != 0 {
+        // A large message's region (see `crate::SharedBytes`); never a channel.
+        if descriptors > 1 {
             return Err(WireError(format!(
-                "requests carry no channels or shared memory, but this one carried {descriptors}"
+                "a request carries at most one shared memory region, but this one carried {descriptors} descriptors"
             )));
         }
         Ok(Datagram::Complete(payload))
@@ -147,6 +149,17 @@ pub fn encode_frames<T: serde::Serialize>(message: &T) -> Result<Frames, WireErr
     Ok(Frames { first, rest })
 }
 
+/// A message's postcard payload alone, without framing (what a [`crate::SharedBytes`]
+/// region of a large message holds).
+pub fn encode_payload<T: serde::Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
+    postcard::to_stdvec(message).map_err(|e| WireError(format!("cannot encode the message: {e}")))
+}
+
+/// Decodes a payload written by [`encode_payload`] (a large message's region).
+pub fn decode_payload<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
+    postcard::from_bytes(payload).map_err(|e| WireError(format!("cannot decode the message: {e}")))
+}
+
 /// [`crate::Welcome`] as the broker writes it itself: the same postcard shape, with the
 /// event channel as what ipc-channel puts in its place, the index of its descriptor among
 /// those the datagram carries. The broker writes its answers without ipc-channel so that
@@ -172,9 +185,16 @@ pub enum WelcomeFrame<'a> {
     },
 }
 
-/// Decodes a whole message's payload.
+/// Decodes a whole message's payload (one that came with no shared memory region).
 pub fn decode(payload: &[u8]) -> Result<ToBroker, WireError> {
-    postcard::from_bytes(payload).map_err(|e| WireError(format!("cannot decode the message: {e}")))
+    decode_with_regions(payload, Vec::new())
+}
+
+/// Decodes a whole message's payload, `regions` being the contents of the shared memory
+/// regions that came with it (see [`crate::SharedBytes`]).
+pub fn decode_with_regions(payload: &[u8], regions: Vec<Vec<u8>>) -> Result<ToBroker, WireError> {
+    crate::shared::with_regions(regions, || postcard::from_bytes(payload))
+        .map_err(|e| WireError(format!("cannot decode the message: {e}")))
 }
 
 #[cfg(test)]

@@ -8,23 +8,9 @@ use e2e::patron_client::proto::{
 };
 use e2e::{raw, run, wait_for, Sandbox, STEP_TIMEOUT};
 use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
-
-/// Says hello over a raw connection with the given version; returns the broker's answer.
-fn hello(fd: &OwnedFd, version: u32) -> Welcome {
-    let (server, name) = IpcOneShotServer::<Welcome>::new().expect("one-shot");
-    raw::send_message(
-        fd,
-        &ToBroker::Hello(Hello {
-            version,
-            server_name: name,
-        }),
-        &[],
-    );
-    server.accept().expect("welcome").1
-}
 
 fn next_event(events: &IpcReceiver<Event>) -> Event {
     events
@@ -64,7 +50,7 @@ fn lying_and_garbage_messages_get_protocol_errors_and_the_session_goes_on() {
     let state = sandbox.state_dir("hostile");
     let mut broker = sandbox.broker(&state, &[]);
     let channel = raw::connect(&state);
-    let Welcome::Accepted { events, .. } = hello(&channel, PROTOCOL_VERSION) else {
+    let Welcome::Accepted { events, .. } = raw::hello(&channel, PROTOCOL_VERSION) else {
         panic!("an honest hello is accepted");
     };
 

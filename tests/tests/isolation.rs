@@ -123,16 +123,6 @@ fn a_cut_off_patron_costs_the_broker_nothing_while_its_process_lives_on() {
     drop(slow);
 }
 
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 #[test]
 fn a_patron_pipelining_thousands_of_big_requests_is_held_back_not_buffered() {
     use e2e::patron_client::proto::{CreateNewTorrent, Event, RequestId, TorrentSource};
@@ -141,7 +131,7 @@ fn a_patron_pipelining_thousands_of_big_requests_is_held_back_not_buffered() {
     let state = sandbox.state_dir("pipeline");
     let broker = sandbox.broker(&state, &["--magnet-timeout", "6"]);
     sandbox.patron(&state).list().expect("warm up");
-    let before = rss_kib(broker.pid);
+    let before = broker.rss_kib();
 
     // A peer that accepts and never speaks: the magnet in front waits for its whole timeout.
     let silent = e2e::SilentPeer::start();
@@ -179,7 +169,7 @@ fn a_patron_pipelining_thousands_of_big_requests_is_held_back_not_buffered() {
         count() < REQUESTS,
         "nothing held the pipelining patron back"
     );
-    let grown_mib = rss_kib(broker.pid).saturating_sub(before) / 1024;
+    let grown_mib = broker.rss_kib().saturating_sub(before) / 1024;
     assert!(
         grown_mib <= 48,
         "the broker grew by {grown_mib} MiB buffering one patron's requests"

@@ -18,13 +18,10 @@ fn usage(broker: &BrokerProcess) -> Usage {
     let fds = std::fs::read_dir(format!("/proc/{}/fd", broker.pid))
         .expect("fds")
         .count();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.pid)).expect("status");
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS");
-    Usage { fds, rss_kib }
+    Usage {
+        fds,
+        rss_kib: broker.rss_kib(),
+    }
 }
 
 fn connected_patrons(sandbox: &Sandbox, state: &Path) -> u64 {

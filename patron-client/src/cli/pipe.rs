@@ -416,5 +416,9 @@ fn event_json(event: Event) -> Value {
         Event::ProtocolError { message } => {
             json!({"event": "error", "kind": "protocol", "message": message})
         }
+        // The library unpacks these before anyone sees them.
+        Event::Large(_) => {
+            json!({"event": "error", "kind": "protocol", "message": "an unpacked large event"})
+        }
     }
 }
