@@ -464,3 +464,86 @@ pub fn completion(
     );
     Ok(())
 }
+
+/// A .torrent of `pieces` pieces of 16 KiB (random hashes: no data needed), named `name`.
+fn synthetic_torrent(name: &str, pieces: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ pieces as u64;
+    let mut hashes = Vec::with_capacity(pieces * 20);
+    while hashes.len() < pieces * 20 {
+        // xorshift64*: quick, and enough to make every piece hash differ.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        hashes.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    hashes.truncate(pieces * 20);
+    let mut torrent = format!(
+        "d4:infod6:lengthi{}e4:name{}:{name}12:piece lengthi16384e6:pieces{}:",
+        pieces * 16384,
+        name.len(),
+        hashes.len()
+    )
+    .into_bytes();
+    torrent.extend_from_slice(&hashes);
+    torrent.extend_from_slice(b"ee");
+    torrent
+}
+
+/// Request → reply of a create with a ~10 MiB .torrent beside one of ~10 KiB (both paused,
+/// no data), alternating, `rounds` times each.
+pub fn add_size(state_dir: PathBuf, work: PathBuf, rounds: usize) -> anyhow::Result<()> {
+    let mut patron = Patron::connect_with(&options(&state_dir))?;
+    let folder = work.join("add-size");
+    std::fs::create_dir_all(&folder)?;
+    let small = synthetic_torrent("small-add", 512);
+    let big = synthetic_torrent("big-add", 10 * 1024 * 1024 / 20);
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    // The same requests refused at once (a save folder outside the roots is checked before
+    // the .torrent is looked at): what carrying the bytes costs, apart from using them.
+    let mut carried: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for (which, torrent) in [(0, &small), (1, &big)] {
+            let mut refused = CreateNewTorrent::new(TorrentSource::TorrentFile(torrent.clone()));
+            refused.output = Some("/".into());
+            let started = Instant::now();
+            if patron.create(refused).is_ok() {
+                bail!("a save folder of / was accepted");
+            }
+            if round > 0 {
+                carried[which].push(started.elapsed().as_secs_f64() * 1e6);
+            }
+            let mut create = CreateNewTorrent::new(TorrentSource::TorrentFile(torrent.clone()));
+            create.output = Some(folder.display().to_string());
+            create.paused = true;
+            let started = Instant::now();
+            let created = patron.create(create)?;
+            let took = started.elapsed().as_secs_f64() * 1e6;
+            let Created::New(info) = created else {
+                bail!("round {round}: the torrent already ran");
+            };
+            // The first round warms caches up; it is not counted.
+            if round > 0 {
+                times[which].push(took);
+            }
+            patron.close(TorrentRef::Id(info.id), true, true)?;
+        }
+    }
+    let p50 = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{}",
+        json!({
+            "bench": "add-size",
+            "rounds": rounds - 1,
+            "small_bytes": small.len(),
+            "big_bytes": big.len(),
+            "small_p50_us": p50(&mut times[0]),
+            "big_p50_us": p50(&mut times[1]),
+            "small_carried_p50_us": p50(&mut carried[0]),
+            "big_carried_p50_us": p50(&mut carried[1]),
+        })
+    );
+    Ok(())
+}

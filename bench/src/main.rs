@@ -156,6 +156,15 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Create request → reply of a ~10 MiB .torrent beside a ~10 KiB one
+    AddSize {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, default_value_t = 11)]
+        rounds: usize,
+    },
     /// Wall time of a whole command, run `count` times (e.g. `patron-client list`)
     CommandTime {
         #[arg(long, default_value_t = 50)]
@@ -223,6 +232,11 @@ fn main() -> anyhow::Result<()> {
             watchers,
             window: Duration::from_secs(secs),
         }),
+        Bench::AddSize {
+            state_dir,
+            work,
+            rounds,
+        } => board::add_size(state_dir, work, rounds),
         Bench::Completion {
             state_dir,
             work,

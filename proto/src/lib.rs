@@ -59,6 +59,7 @@
 #![deny(missing_docs)]
 
 pub mod board;
+mod bytes;
 pub mod paths;
 mod shared;
 mod status;
@@ -281,7 +282,7 @@ impl RequestBody {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum TorrentSource {
     /// The contents of a .torrent file.
-    TorrentFile(Vec<u8>),
+    TorrentFile(#[serde(with = "bytes")] Vec<u8>),
     /// A `magnet:` link (or a bare 40-digit info hash).
     Magnet(String),
 }
@@ -366,6 +367,7 @@ pub struct TorrentInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MadeTorrent {
     /// The .torrent file's bytes.
+    #[serde(with = "bytes")]
     pub torrent_file: Vec<u8>,
     /// Its info hash.
     pub info_hash: InfoHash,
