@@ -514,12 +514,17 @@ pub struct Running {
 impl Running {
     /// Starts `cmd` with piped stdout/stderr.
     pub fn start(mut cmd: Command) -> Running {
-        let mut child = cmd
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
+        Running::from_child(child)
+    }
+
+    /// Collects the output of a child started with piped stdout and stderr.
+    pub fn from_child(mut child: Child) -> Running {
         let mut stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
         let so_far = Arc::new(Mutex::new(String::new()));

@@ -83,6 +83,25 @@ impl StatusBoard {
         }
     }
 
+    /// Shows one torrent now (new or changed), outside the status loop's rounds.
+    pub fn show(&self, summary: TorrentSummary) {
+        let mut inner = self.inner();
+        if inner.show(summary) {
+            inner.writer.publish();
+        }
+    }
+
+    /// Takes one torrent off the board now.
+    pub fn remove(&self, id: TorrentId) {
+        let mut inner = self.inner();
+        if let Some((slot, _)) = inner.shown.remove(&id) {
+            inner.writer.clear(slot);
+            inner.free.insert(slot);
+            inner.compact_in_use();
+            inner.writer.publish();
+        }
+    }
+
     /// Marks the board stopped: readers stop waiting and know to look for a new broker.
     pub fn stop(&self) {
         self.inner().writer.mark(STOPPED);

@@ -430,6 +430,44 @@ impl Service {
         Some(engine::status_of(id, &name, &handle))
     }
 
+    /// Brings torrent `id`'s line on the board up to date now (shown, changed, or taken off):
+    /// a patron that got the reply to its add or close reads the board accordingly.
+    pub fn sync_board(&self, id: TorrentId) {
+        let running = {
+            let state = self.state();
+            match state.registry.get(id) {
+                Some(entry) => Ok((
+                    entry.info.clone(),
+                    entry.handle.clone(),
+                    entry.holders.len() as u32,
+                    entry.restore.ephemeral,
+                )),
+                None => Err(state
+                    .registry
+                    .placeholders()
+                    .find(|(info, _, _)| info.id == id)),
+            }
+        };
+        let summary = match running {
+            Ok((info, handle, holders, ephemeral)) => proto::TorrentSummary {
+                status: engine::status_of(id, &info.name, &handle),
+                info,
+                holders,
+                held_by_you: false,
+                ephemeral,
+            },
+            Err(Some((info, state, holders))) => proto::TorrentSummary {
+                status: proto::TorrentStatus::idle(&info, state),
+                info,
+                holders,
+                held_by_you: false,
+                ephemeral: false,
+            },
+            Err(None) => return self.board.remove(id),
+        };
+        self.board.show(summary);
+    }
+
     /// Resolves a reference to a running torrent's id.
     pub fn resolve(&self, torrent: TorrentRef) -> Result<TorrentId, ProtoError> {
         self.state().registry.resolve(torrent).ok_or_else(|| {

@@ -116,14 +116,14 @@ impl Board {
     pub fn wait_for_change(&mut self, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
-            self.follow()?;
+            self.refresh()?;
             let left = deadline.saturating_duration_since(Instant::now());
             // Wake now and then to notice a broker killed without marking its board.
             let slice = left.min(Duration::from_millis(500));
             let now = self.reader.wait_for_change(self.seen, slice);
             if now != self.seen {
                 self.seen = now;
-                self.follow()?;
+                self.refresh()?;
                 return Ok(true);
             }
             if left.is_zero() {
@@ -132,8 +132,10 @@ impl Board {
         }
     }
 
-    /// Maps the current board if this one was superseded; fails if the broker is gone.
-    fn follow(&mut self) -> Result<()> {
+    /// Maps the current board if the broker outgrew this one (reads of a superseded board
+    /// show it as it was); fails if the broker stopped. [`Board::wait_for_change`] does this
+    /// itself; a reader that keeps a board between reads without waiting calls this first.
+    pub fn refresh(&mut self) -> Result<()> {
         let header = self.reader.header();
         if header.stopped || !proto::board::process_alive(header.broker_pid) {
             return Err(Error::BrokerStopped(format!(

@@ -118,6 +118,10 @@ fn finish(
         _ => tracing::debug!(patron = patron.id, request = %id, kind = %kind, "answered"),
     }
     let now_held = held_by_reply(&reply);
+    // The board shows what the reply says before the patron can read the reply.
+    if let Some(torrent) = changed_by_reply(&reply) {
+        service.sync_board(torrent);
+    }
     patron.send(reply);
     // A new holder hears about its torrent at once, not at the next change.
     if let Some(status) = now_held.and_then(|torrent| service.current_status(torrent)) {
@@ -147,6 +151,14 @@ async fn answer(
                 ),
             },
         },
+    }
+}
+
+/// The torrent whose line on the board a reply changes (it came, went, or changed hands).
+fn changed_by_reply(reply: &Event) -> Option<TorrentId> {
+    match reply {
+        Event::TorrentClosed { id, .. } => Some(*id),
+        other => held_by_reply(other),
     }
 }
 

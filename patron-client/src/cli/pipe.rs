@@ -12,13 +12,18 @@
 //! parses stdin and sends requests through a [`Requester`]. Shutting down sends one last
 //! request as a barrier: replies come in request order, so when its reply arrives every
 //! earlier request has been answered.
+//!
+//! `status` and `list` are read off the broker's shared board when it can be mapped, without
+//! a request, yet answered in their turn: a read that comes while earlier requests still wait
+//! for replies is done right after the last of those replies is printed.
 
 use super::output::{self, info_json, made_json, status_json, summary_json};
 use super::{torrent_ref, Context, Exit};
 use patron_client::proto::{
-    CloseTorrent, CreateNewTorrent, Event, MakeTorrent, RequestBody, RequestId, TorrentSource,
+    CloseTorrent, CreateNewTorrent, ErrorKind, Event, MakeTorrent, ProtoError, RequestBody,
+    RequestId, TorrentRef, TorrentSource,
 };
-use patron_client::{Error, Requester};
+use patron_client::{Board, Error, Requester};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -90,16 +95,42 @@ struct Pending {
     make_output: Option<PathBuf>,
     /// The shutdown barrier: its reply ends the session.
     finishes: bool,
+    /// Board reads that came after this request, answered right after its reply.
+    then: Vec<BoardRead>,
 }
 
-type PendingMap = Arc<Mutex<HashMap<RequestId, Pending>>>;
+/// A `status` or `list` the board answers, and its caller's `request` value.
+struct BoardRead {
+    request: Value,
+    read: Read,
+}
+
+enum Read {
+    Status(TorrentRef),
+    List,
+}
+
+/// Requests waiting for replies, and the latest one sent. Replies are printed under its
+/// lock, so a board read can tell whether every earlier reply is out.
+#[derive(Default)]
+struct Waiting {
+    pending: HashMap<RequestId, Pending>,
+    last_sent: Option<RequestId>,
+}
+
+type PendingMap = Arc<Mutex<Waiting>>;
+
+/// The board, shared by both threads (reads are done under its lock, which also lets a
+/// superseded board be replaced).
+type SharedBoard = Option<Arc<Mutex<Board>>>;
 
 pub fn run(ctx: &Context) -> Result<Exit, Error> {
     let mut patron = ctx.patron()?;
     let pending: PendingMap = Arc::default();
+    let board: SharedBoard = patron.board().ok().map(|b| Arc::new(Mutex::new(b)));
     let reader = {
-        let (requester, pending) = (patron.requester(), pending.clone());
-        std::thread::spawn(move || read_commands(&requester, &pending))
+        let (requester, pending, board) = (patron.requester(), pending.clone(), board.clone());
+        std::thread::spawn(move || read_commands(&requester, &pending, &board))
     };
     let exit = loop {
         let event = match patron.next_event() {
@@ -113,8 +144,9 @@ pub fn run(ctx: &Context) -> Result<Exit, Error> {
                 break Exit::of(&error);
             }
         };
-        let waiting = event.request().and_then(|id| lock(&pending).remove(&id));
-        match waiting {
+        let mut waiting = lock(&pending);
+        let answered = event.request().and_then(|id| waiting.pending.remove(&id));
+        match answered {
             Some(Pending {
                 finishes: true,
                 request,
@@ -123,7 +155,13 @@ pub fn run(ctx: &Context) -> Result<Exit, Error> {
                 out!("{}", json!({"event": "finished", "request": request}));
                 break Exit::Success;
             }
-            Some(pending) => out!("{}", reply_json(event, pending)),
+            Some(mut pending) => {
+                let then = std::mem::take(&mut pending.then);
+                out!("{}", reply_json(event, pending));
+                for read in then {
+                    out!("{}", answer_from_board(&board, read));
+                }
+            }
             // Status updates and notices. After `broker-stopping` or `disconnected` the
             // connection closes, and the next receive ends the session above.
             None => out!("{}", event_json(event)),
@@ -134,12 +172,43 @@ pub fn run(ctx: &Context) -> Result<Exit, Error> {
     Ok(exit)
 }
 
-fn lock(pending: &PendingMap) -> std::sync::MutexGuard<'_, HashMap<RequestId, Pending>> {
-    pending.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A `status` or `list` answered from the board (as its reply from the broker would read).
+fn answer_from_board(board: &SharedBoard, BoardRead { request, read }: BoardRead) -> Value {
+    let Some(board) = board else {
+        return json!({"event": "error", "kind": "internal", "message": "no board", "request": request});
+    };
+    let mut board = lock(board);
+    if let Err(error) = board.refresh() {
+        return error_json(&error, request);
+    }
+    let mut value = match read {
+        Read::List => json!({
+            "event": "list",
+            "torrents": board.list().iter().map(summary_json).collect::<Vec<_>>(),
+        }),
+        Read::Status(torrent) => match board.get(torrent) {
+            Some(status) => status_json(&status),
+            // The board shows every torrent the broker knows (placeholders included) once
+            // the reply that made it known is out: the broker says this much itself.
+            None => {
+                let error = Error::Request(ProtoError::new(
+                    ErrorKind::UnknownTorrent,
+                    format!("no torrent {torrent} runs"),
+                ));
+                return error_json(&error, request);
+            }
+        },
+    };
+    value["request"] = request;
+    value
 }
 
 /// The reader thread: one command per line until EOF or `shutdown`, then the barrier.
-fn read_commands(requester: &Requester, pending: &PendingMap) {
+fn read_commands(requester: &Requester, pending: &PendingMap, board: &SharedBoard) {
     let mut number = 0u64;
     let mut finish_request = Value::Null;
     for line in std::io::stdin().lock().lines() {
@@ -166,6 +235,21 @@ fn read_commands(requester: &Requester, pending: &PendingMap) {
                 break;
             }
         };
+        // A read the board can answer: now if every earlier reply is out, else right after
+        // the last of them.
+        if let (Some(_), Some(read)) = (board, board_read(&command)) {
+            let read = BoardRead {
+                request: request.clone(),
+                read,
+            };
+            let mut waiting = lock(pending);
+            let last = waiting.last_sent;
+            match last.and_then(|id| waiting.pending.get_mut(&id)) {
+                Some(earlier) => earlier.then.push(read),
+                None => out!("{}", answer_from_board(board, read)),
+            }
+            continue;
+        }
         let (body, make_output) = match body_of(command) {
             Ok(body) => body,
             Err(message) => {
@@ -181,6 +265,7 @@ fn read_commands(requester: &Requester, pending: &PendingMap) {
             request: request.clone(),
             make_output,
             finishes: false,
+            then: Vec::new(),
         };
         if let Err(error) = send(requester, pending, body, pending_entry) {
             out!("{}", error_json(&error, request));
@@ -191,6 +276,7 @@ fn read_commands(requester: &Requester, pending: &PendingMap) {
         request: finish_request,
         make_output: None,
         finishes: true,
+        then: Vec::new(),
     };
     if let Err(error) = send(requester, pending, RequestBody::BrokerInfo, barrier) {
         // No broker to answer: the event thread sees the loss and finishes itself.
@@ -205,10 +291,21 @@ fn send(
     body: RequestBody,
     entry: Pending,
 ) -> Result<(), Error> {
-    let mut map = lock(pending);
+    let mut waiting = lock(pending);
     let id = requester.send(body)?;
-    map.insert(id, entry);
+    waiting.pending.insert(id, entry);
+    waiting.last_sent = Some(id);
     Ok(())
+}
+
+/// The board read a command stands for, if it is one (`status` of a reference that parses,
+/// `list`).
+fn board_read(command: &Command) -> Option<Read> {
+    match command {
+        Command::List {} => Some(Read::List),
+        Command::Status { torrent } => torrent_ref(torrent).ok().map(Read::Status),
+        _ => None,
+    }
 }
 
 /// Splits a line into its `request` (default: the line number) and its command.
