@@ -184,6 +184,8 @@ const WATCH_PIECE: u64 = 16 * 1024;
 const WATCH_BPS_PER_TORRENT: usize = 16 * 1024;
 /// Seconds of download the setup may take, besides the windows.
 const WATCH_SETUP_SECS: u64 = 60;
+/// Windows without and with board watchers, alternating.
+const WATCH_PAIRS: u64 = 3;
 
 /// The broker's CPU while `watchers` board readers (threads, each with its own mapping, as
 /// `watch` processes have) follow `torrents` downloading torrents, beside the same broker with
@@ -195,8 +197,8 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
     let leech_dir = bench.work.join("watch-leech");
     std::fs::create_dir_all(&seed_dir)?;
     std::fs::create_dir_all(&leech_dir)?;
-    let watch_bytes =
-        WATCH_BPS_PER_TORRENT as u64 * (3 * bench.window.as_secs().max(1) + WATCH_SETUP_SECS);
+    let watch_bytes = WATCH_BPS_PER_TORRENT as u64
+        * ((2 * WATCH_PAIRS + 1) * (bench.window.as_secs().max(1) + 1) + WATCH_SETUP_SECS);
     let mut torrents = Vec::with_capacity(bench.torrents);
     for i in 0..bench.torrents {
         let path = seed_dir.join(format!("w{i}.bin"));
@@ -242,24 +244,25 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
         while let Ok(Some(_)) = owner.next_event_timeout(Duration::ZERO) {}
     };
 
-    // 1. Nobody watching.
-    let idle = broker_cpu(broker, bench.window, || {
-        drain(&mut owner);
-        std::thread::sleep(Duration::from_millis(50));
-    })?;
-
-    // 2. Board watchers: each wakes per batch of changes and reads every torrent.
+    // Board watchers: each wakes per batch of changes and reads every torrent. They stay,
+    // but only watch while `watching` is set: windows with and without them alternate, so a
+    // drift in the download's own cost (the baseline) falls on both alike.
     let stop = Arc::new(AtomicBool::new(false));
+    let watching = Arc::new(AtomicBool::new(false));
     let wakes = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for _ in 0..bench.watchers {
         let mut board = owner.board()?;
-        let (stop, wakes) = (stop.clone(), wakes.clone());
+        let (stop, watching, wakes) = (stop.clone(), watching.clone(), wakes.clone());
         readers.push(
             std::thread::Builder::new()
                 .stack_size(128 * 1024)
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
+                        if !watching.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
                         if let Ok(true) = board.wait_for_change(Duration::from_millis(500)) {
                             wakes.fetch_add(1, Ordering::Relaxed);
                             std::hint::black_box(board.iter().count());
@@ -268,17 +271,35 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
                 })?,
         );
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let wakes_before = wakes.load(Ordering::Relaxed);
-    let with_board = broker_cpu(broker, bench.window, || {
-        drain(&mut owner);
-        std::thread::sleep(Duration::from_millis(50));
-    })?;
-    let board_wakes = wakes.load(Ordering::Relaxed) - wakes_before;
+    let mut idle_windows = Vec::new();
+    let mut board_windows = Vec::new();
+    let mut board_wakes = 0;
+    for _ in 0..WATCH_PAIRS {
+        watching.store(false, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(600)); // every watcher parked
+        idle_windows.push(broker_cpu(broker, bench.window, || {
+            drain(&mut owner);
+            std::thread::sleep(Duration::from_millis(50));
+        })?);
+        watching.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(200));
+        let wakes_before = wakes.load(Ordering::Relaxed);
+        board_windows.push(broker_cpu(broker, bench.window, || {
+            drain(&mut owner);
+            std::thread::sleep(Duration::from_millis(50));
+        })?);
+        board_wakes += wakes.load(Ordering::Relaxed) - wakes_before;
+    }
     stop.store(true, Ordering::Relaxed);
     for reader in readers {
         let _ = reader.join();
     }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let idle = median(&mut idle_windows.clone());
+    let with_board = median(&mut board_windows.clone());
 
     // 3. The anchor: as many patrons, each holding every torrent, fed per holder.
     let mut followers = Vec::with_capacity(bench.watchers);
@@ -340,7 +361,9 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
             "cpu_percent_per_holder": per_holder,
             "board_cpu_percent": (with_board - idle).max(0.0),
             "per_holder_cpu_percent": (per_holder - idle).max(0.0),
-            "board_wakes_per_watcher_per_s": board_wakes as f64 / bench.watchers.max(1) as f64 / bench.window.as_secs_f64(),
+            "board_wakes_per_watcher_per_s": board_wakes as f64 / bench.watchers.max(1) as f64 / (WATCH_PAIRS as f64 * bench.window.as_secs_f64()),
+            "idle_windows": idle_windows,
+            "board_windows": board_windows,
             "per_holder_statuses_per_s": events as f64 / bench.window.as_secs_f64(),
         })
     );

@@ -18,6 +18,10 @@ pub const INITIAL_SLOTS: usize = 256;
 /// The board and what each of its slots shows.
 pub struct StatusBoard {
     inner: Mutex<Inner>,
+    /// Held by whoever decides what the board shows, from looking at the registry to
+    /// writing (the status loop for a whole pass, a reply for its torrent): a pass that
+    /// looked before an add or a close cannot then undo what that add or close wrote.
+    deciding: Mutex<()>,
 }
 
 struct Inner {
@@ -43,7 +47,14 @@ impl StatusBoard {
                 in_use: 0,
                 generation,
             }),
+            deciding: Mutex::new(()),
         })
+    }
+
+    /// Takes the right to decide what the board shows (see `deciding`). Take it before the
+    /// service's lock, never while holding it.
+    pub fn decide(&self) -> MutexGuard<'_, ()> {
+        self.deciding.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {

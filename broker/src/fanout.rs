@@ -68,6 +68,8 @@ fn refresh_board(
     seen: &mut HashMap<TorrentId, Seen>,
     full: bool,
 ) -> Vec<TorrentId> {
+    // From the look at the registry to the write, no reply changes the board under us.
+    let _deciding = service.board.decide();
     // Under the lock only what is cheap to copy: handles are `Arc`s.
     type Look = (TorrentId, ManagedTorrentHandle, u32, bool);
     let (running, placeholders): (Vec<Look>, Vec<TorrentSummary>) = {

@@ -32,6 +32,10 @@ pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 /// socket (a region the patron has not read is memory the broker made, held by the
 /// patron's socket). A large event past it goes in fragments, which its queue accounts.
 pub const MAX_REGION_BYTES: usize = 8 * 1024 * 1024;
+/// Regions a patron may have queued or unread, whatever their size: each one unread is a
+/// descriptor in flight, and the kernel caps those per user (the broker's user, all patrons
+/// together) at the descriptor limit.
+pub const MAX_REGIONS: usize = 8;
 
 /// The broker's number for a patron (shown in logs; also sent in the `Welcome`).
 pub type PatronId = u64;
@@ -123,9 +127,10 @@ struct Queue {
     socket: Option<OwnedFd>,
     /// Set once nothing more may be queued.
     closed: bool,
-    /// Bytes of regions queued, or sent since the socket was last seen drained (see
-    /// [`MAX_REGION_BYTES`]).
+    /// Bytes and count of regions queued, or sent since the socket was last seen drained
+    /// (see [`MAX_REGION_BYTES`], [`MAX_REGIONS`]).
     region_bytes: usize,
+    regions: usize,
 }
 
 /// What became of a pushed event.
@@ -226,10 +231,16 @@ impl Outbox {
                 return Pushed::Queued;
             }
         };
-        if queue.region_bytes > 0 && queue.socket.as_ref().is_some_and(drained) {
-            queue.region_bytes = 0; // the patron has read every region sent
+        if queue.regions > 0 && queue.socket.as_ref().is_some_and(drained) {
+            // The patron has read every region sent.
+            queue.region_bytes = 0;
+            queue.regions = 0;
         }
-        let room = MAX_REGION_BYTES.saturating_sub(queue.region_bytes);
+        let room = if queue.regions < MAX_REGIONS {
+            MAX_REGION_BYTES.saturating_sub(queue.region_bytes)
+        } else {
+            0
+        };
         let (frames, region, size) = match large(&event, &frames, room) {
             Some((small, region, size)) => {
                 tracing::debug!(
@@ -238,6 +249,7 @@ impl Outbox {
                     "a large event, in shared memory"
                 );
                 queue.region_bytes += size;
+                queue.regions += 1;
                 (small, Some(region), size)
             }
             None => {

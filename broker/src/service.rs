@@ -433,6 +433,7 @@ impl Service {
     /// Brings torrent `id`'s line on the board up to date now (shown, changed, or taken off):
     /// a patron that got the reply to its add or close reads the board accordingly.
     pub fn sync_board(&self, id: TorrentId) {
+        let _deciding = self.board.decide();
         let running = {
             let state = self.state();
             match state.registry.get(id) {

@@ -88,6 +88,32 @@ fn the_board_shows_what_the_broker_runs_and_wakes_its_readers() {
     });
 }
 
+/// A reply that adds or closes a torrent is sent only once the board says so: a patron that
+/// acts on the reply never reads the board from before it (whatever the status loop is doing).
+#[test]
+fn the_board_agrees_with_every_reply_as_soon_as_it_arrives() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let mut patron = sandbox.patron(&state);
+    let board = patron.board().expect("map the board");
+    for round in 0..40 {
+        let file = sandbox.random_file(&format!("local/r{round}.bin"), 20_000 + round);
+        let id = make_and_seed(&mut patron, &file);
+        assert!(
+            board.contains(id),
+            "round {round}: added, yet not on the board"
+        );
+        patron
+            .close(TorrentRef::Id(id), false, true)
+            .expect("close");
+        assert!(
+            !board.contains(id),
+            "round {round}: closed, yet on the board"
+        );
+    }
+}
+
 /// A reader left running follows the broker to a larger board, hears that it stopped, and
 /// notices a broker killed without a word.
 #[test]
