@@ -148,8 +148,9 @@ pub fn list_scale(
     Ok(())
 }
 
-/// CPU seconds (user + system) the process has used so far.
-fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+/// CPU seconds (user + system) the process (or one of its threads: `pid/task/tid`) has used
+/// so far.
+fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -159,14 +160,36 @@ fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks as f64 / per_second as f64)
 }
 
-/// The broker's share of one core (%) over `window`, while `during` runs (on this thread).
-fn broker_cpu(broker: u32, window: Duration, mut during: impl FnMut()) -> anyhow::Result<f64> {
-    let before = cpu_secs(broker)?;
+/// The broker's thread named `name`, as a `/proc` path below the root (`pid/task/tid`).
+fn thread_of(broker: u32, name: &str) -> anyhow::Result<String> {
+    for task in std::fs::read_dir(format!("/proc/{broker}/task"))? {
+        let task = task?.file_name().to_string_lossy().into_owned();
+        let comm = std::fs::read_to_string(format!("/proc/{broker}/task/{task}/comm"))?;
+        if comm.trim() == name {
+            return Ok(format!("{broker}/task/{task}"));
+        }
+    }
+    bail!("the broker has no thread named {name:?}")
+}
+
+/// Shares of one core (%) over `window` of the whole broker and of its status thread, while
+/// `during` runs (on this thread).
+fn broker_cpu(
+    broker: u32,
+    window: Duration,
+    mut during: impl FnMut(),
+) -> anyhow::Result<(f64, f64)> {
+    let (process, status) = (broker.to_string(), thread_of(broker, "status")?);
+    let before = (cpu_secs(&process)?, cpu_secs(&status)?);
     let started = Instant::now();
     while started.elapsed() < window {
         during();
     }
-    Ok((cpu_secs(broker)? - before) / started.elapsed().as_secs_f64() * 100.0)
+    let secs = started.elapsed().as_secs_f64();
+    Ok((
+        (cpu_secs(&process)? - before.0) / secs * 100.0,
+        (cpu_secs(&status)? - before.1) / secs * 100.0,
+    ))
 }
 
 pub struct WatchBench {
@@ -244,16 +267,20 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
         while let Ok(Some(_)) = owner.next_event_timeout(Duration::ZERO) {}
     };
 
-    // Board watchers: each wakes per batch of changes and reads every torrent. They stay,
-    // but only watch while `watching` is set: windows with and without them alternate, so a
-    // drift in the download's own cost (the baseline) falls on both alike.
+    // Board watchers: each sleeps on the board and wakes per batch of changes. What a watcher
+    // then reads costs the broker nothing, so each reads one torrent: a thousand of them
+    // reading everything would take this machine's two cores from the broker and the seeder,
+    // and the broker would look cheap for lack of work. They stay, but only watch while
+    // `watching` is set: windows with and without them alternate, so a drift in the
+    // download's own cost falls on both alike.
     let stop = Arc::new(AtomicBool::new(false));
     let watching = Arc::new(AtomicBool::new(false));
     let wakes = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
-    for _ in 0..bench.watchers {
+    for watcher in 0..bench.watchers {
         let mut board = owner.board()?;
         let (stop, watching, wakes) = (stop.clone(), watching.clone(), wakes.clone());
+        let mine = TorrentRef::Id(ids[watcher % ids.len()]);
         readers.push(
             std::thread::Builder::new()
                 .stack_size(128 * 1024)
@@ -265,7 +292,7 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
                         }
                         if let Ok(true) = board.wait_for_change(Duration::from_millis(500)) {
                             wakes.fetch_add(1, Ordering::Relaxed);
-                            std::hint::black_box(board.iter().count());
+                            std::hint::black_box(board.get(mine));
                         }
                     }
                 })?,
@@ -294,12 +321,15 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
     for reader in readers {
         let _ = reader.join();
     }
-    let median = |v: &mut Vec<f64>| {
+    let median = |windows: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
+        let mut v: Vec<f64> = windows.iter().map(pick).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let idle = median(&mut idle_windows.clone());
-    let with_board = median(&mut board_windows.clone());
+    let idle = median(&idle_windows, |w| w.0);
+    let with_board = median(&board_windows, |w| w.0);
+    let idle_status = median(&idle_windows, |w| w.1);
+    let board_status = median(&board_windows, |w| w.1);
 
     // 3. The anchor: as many patrons, each holding every torrent, fed per holder.
     let mut followers = Vec::with_capacity(bench.watchers);
@@ -327,7 +357,7 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
     while settle.elapsed() < Duration::from_secs(2) {
         count(&mut followers);
     }
-    let per_holder = broker_cpu(broker, bench.window, || {
+    let (per_holder, per_holder_status) = broker_cpu(broker, bench.window, || {
         drain(&mut owner);
         events += count(&mut followers);
     })?;
@@ -336,9 +366,10 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
         .iter()
         .filter(|t| ids.contains(&t.info.id) && !t.status.complete)
         .count();
-    // The seeder's limit is shared, not fair: a few torrents may finish early. The figures
-    // stand while nearly all still change.
-    if unfinished * 10 < ids.len() * 9 {
+    // The seeder's limit is shared, not fair: some torrents finish early (the per-holder
+    // anchor, measured last, then has fewer changing torrents to send: it is understated, not
+    // flattered). The figures stand while most still change.
+    if unfinished * 2 < ids.len() {
         bail!(
             "{} of {} watch torrents finished inside the windows: the figures would be wrong",
             ids.len() - unfinished,
@@ -359,11 +390,12 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
             "cpu_percent_no_watcher": idle,
             "cpu_percent_board_watchers": with_board,
             "cpu_percent_per_holder": per_holder,
-            "board_cpu_percent": (with_board - idle).max(0.0),
-            "per_holder_cpu_percent": (per_holder - idle).max(0.0),
+            "status_thread_percent_no_watcher": idle_status,
+            "status_thread_percent_board_watchers": board_status,
+            "status_thread_percent_per_holder": per_holder_status,
             "board_wakes_per_watcher_per_s": board_wakes as f64 / bench.watchers.max(1) as f64 / (WATCH_PAIRS as f64 * bench.window.as_secs_f64()),
-            "idle_windows": idle_windows,
-            "board_windows": board_windows,
+            "idle_windows": idle_windows.iter().map(|w| json!({"broker": w.0, "status_thread": w.1})).collect::<Vec<_>>(),
+            "board_windows": board_windows.iter().map(|w| json!({"broker": w.0, "status_thread": w.1})).collect::<Vec<_>>(),
             "per_holder_statuses_per_s": events as f64 / bench.window.as_secs_f64(),
         })
     );

@@ -11,9 +11,15 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Slots on a broker's first board by default (`--board-slots`); each growth doubles them.
 pub const INITIAL_SLOTS: usize = 256;
+
+/// How often, at most, readers asleep on the board are woken for routine progress (bytes,
+/// rates, peers). A torrent that comes, goes or changes stage (completes, fails, pauses)
+/// wakes them at once. Every wake costs the broker a few µs per sleeping reader.
+pub const WAKE_EVERY: Duration = Duration::from_millis(500);
 
 /// The board and what each of its slots shows.
 pub struct StatusBoard {
@@ -33,6 +39,9 @@ struct Inner {
     /// Slots readers look at: every used slot is below it.
     in_use: usize,
     generation: u64,
+    /// When sleeping readers were last woken, and whether changes were published since.
+    woken: Instant,
+    unwoken: bool,
 }
 
 impl StatusBoard {
@@ -46,6 +55,8 @@ impl StatusBoard {
                 free: BTreeSet::new(),
                 in_use: 0,
                 generation,
+                woken: Instant::now(),
+                unwoken: false,
             }),
             deciding: Mutex::new(()),
         })
@@ -68,10 +79,12 @@ impl StatusBoard {
     }
 
     /// Shows `changed` (torrents new or changed) and takes off every torrent not in
-    /// `present`; one wake for the whole batch, none if nothing changed.
-    pub fn update(&self, changed: Vec<TorrentSummary>, present: &HashSet<TorrentId>) {
+    /// `present`, as one batch. Sleeping readers are woken at once when a torrent came or
+    /// went or when `urgent` (a stage changed), else at most every [`WAKE_EVERY`].
+    pub fn update(&self, changed: Vec<TorrentSummary>, present: &HashSet<TorrentId>, urgent: bool) {
         let mut inner = self.inner();
         let mut any = false;
+        let mut structural = false;
         let gone: Vec<TorrentId> = inner
             .shown
             .keys()
@@ -83,22 +96,30 @@ impl StatusBoard {
                 inner.writer.clear(slot);
                 inner.free.insert(slot);
                 any = true;
+                structural = true;
             }
         }
         for summary in changed {
+            structural |= !inner.shown.contains_key(&summary.info.id);
             any |= inner.show(summary);
         }
         if any {
             inner.compact_in_use();
-            inner.writer.publish();
+            inner.writer.publish_quietly();
+            inner.unwoken = true;
+        }
+        if inner.unwoken && (urgent || structural || inner.woken.elapsed() >= WAKE_EVERY) {
+            inner.wake();
         }
     }
 
-    /// Shows one torrent now (new or changed), outside the status loop's rounds.
+    /// Shows one torrent now (new or changed), outside the status loop's rounds, and wakes
+    /// readers.
     pub fn show(&self, summary: TorrentSummary) {
         let mut inner = self.inner();
         if inner.show(summary) {
-            inner.writer.publish();
+            inner.writer.publish_quietly();
+            inner.wake();
         }
     }
 
@@ -109,7 +130,8 @@ impl StatusBoard {
             inner.writer.clear(slot);
             inner.free.insert(slot);
             inner.compact_in_use();
-            inner.writer.publish();
+            inner.writer.publish_quietly();
+            inner.wake();
         }
     }
 
@@ -126,6 +148,12 @@ impl StatusBoard {
 }
 
 impl Inner {
+    fn wake(&mut self) {
+        self.writer.wake();
+        self.woken = Instant::now();
+        self.unwoken = false;
+    }
+
     /// Writes one torrent, if it changed; returns whether it did.
     fn show(&mut self, summary: TorrentSummary) -> bool {
         let id = summary.info.id;
@@ -217,19 +245,62 @@ mod tests {
         }
     }
 
+    /// Routine progress is published at once but wakes sleepers at most every WAKE_EVERY; a
+    /// torrent that comes or goes, or changes stage, wakes them at once.
+    #[test]
+    fn sleepers_are_woken_at_once_only_for_what_matters() {
+        let board = StatusBoard::create(8).unwrap();
+        let reader = proto::board::BoardReader::map(board.reader_fd().unwrap()).unwrap();
+        let present: HashSet<_> = [TorrentId(1), TorrentId(2)].into();
+        board.update(vec![summary(1)], &present, false); // new: wakes
+        let seen = reader.header().changes;
+        let waiter = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let now = reader.wait_for_change(seen, Duration::from_secs(10));
+            (now, started.elapsed(), reader)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let mut moved = summary(1);
+        moved.status.bytes_done = 5;
+        board.update(vec![moved.clone()], &present, false); // routine, just after a wake
+        std::thread::sleep(Duration::from_millis(200));
+        board.update(vec![summary(2)], &present, false); // new: wakes
+        let (now, waited, reader) = waiter.join().unwrap();
+        assert!(now > seen);
+        assert!(
+            waited >= Duration::from_millis(200),
+            "woken by routine progress"
+        );
+        assert!(
+            waited < Duration::from_secs(5),
+            "not woken by a new torrent"
+        );
+        // A stage change wakes at once too.
+        let seen = reader.header().changes;
+        let waiter = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            reader.wait_for_change(seen, Duration::from_secs(10));
+            started.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        moved.status.complete = true;
+        board.update(vec![moved], &present, true);
+        assert!(waiter.join().unwrap() < Duration::from_secs(5));
+    }
+
     #[test]
     fn a_reader_follows_growth_and_removal() {
         let board = StatusBoard::create(INITIAL_SLOTS).unwrap();
         let first = proto::board::BoardReader::map(board.reader_fd().unwrap()).unwrap();
         let all: Vec<_> = (0..INITIAL_SLOTS as u64 + 1).map(summary).collect();
         let present: HashSet<_> = all.iter().map(|s| s.info.id).collect();
-        board.update(all[..10].to_vec(), &present);
+        board.update(all[..10].to_vec(), &present, false);
         assert_eq!(first.iter().count(), 10);
         // Unchanged: no write, no wake.
         let changes = first.header().changes;
-        board.update(all[..10].to_vec(), &present);
+        board.update(all[..10].to_vec(), &present, false);
         assert_eq!(first.header().changes, changes);
-        board.update(all.clone(), &present);
+        board.update(all.clone(), &present, false);
         assert!(first.header().superseded && !first.is_current());
         let second = proto::board::BoardReader::map(board.reader_fd().unwrap()).unwrap();
         assert_eq!(second.header().capacity, 2 * INITIAL_SLOTS);
@@ -237,7 +308,7 @@ mod tests {
         assert_ne!(first.header().generation, second.header().generation);
         // Torrents gone from `present` leave the board; the scanned part shrinks back.
         let kept: HashSet<_> = [TorrentId(0)].into();
-        board.update(Vec::new(), &kept);
+        board.update(Vec::new(), &kept, false);
         assert_eq!(
             second.iter().map(|s| s.info.id).collect::<Vec<_>>(),
             [TorrentId(0)]

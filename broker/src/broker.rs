@@ -53,7 +53,7 @@ impl Broker {
             "broker ready"
         );
         listener.start(self.dispatcher.clone(), reader)?;
-        let fanout = tokio::spawn(fanout::run(service.clone()));
+        fanout::start(service.clone())?;
         // systemd (`Type=notify`): patrons can connect from now on.
         notify_service_manager(&[sd_notify::NotifyState::Ready]);
         let reason = service.shutdown.wait().await;
@@ -62,7 +62,6 @@ impl Broker {
             sd_notify::NotifyState::Status(&format!("stopping: {reason}")),
         ]);
         self.stop(&reason).await;
-        fanout.abort();
         Ok(())
     }
 

@@ -36,14 +36,30 @@ impl Drop for Seen {
     }
 }
 
-/// Runs until the task is aborted.
+/// Name of the status loop's thread.
+pub const THREAD: &str = "status";
+
+/// Starts the status loop on a thread of its own ([`THREAD`]): its cost (looking at every
+/// torrent, writing the board, waking its readers, fanning events out) is then that thread's
+/// CPU time, which `scripts/bench` reads. It ends when the broker stops.
+pub fn start(service: Arc<Service>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    std::thread::Builder::new()
+        .name(THREAD.into())
+        .spawn(move || runtime.block_on(run(service)))?;
+    Ok(())
+}
+
+/// Runs until the broker stops.
 pub async fn run(service: Arc<Service>) {
     let mut seen: HashMap<TorrentId, Seen> = HashMap::new();
     let mut pulse = tokio::time::interval(PULSE);
     pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let interval = service.config.status_interval;
     let mut last_full: Option<Instant> = None;
-    loop {
+    while !service.is_stopping() {
         tokio::select! {
             _ = pulse.tick() => {}
             _ = service.status_nudge.notified() => {}
@@ -52,22 +68,23 @@ pub async fn run(service: Arc<Service>) {
         if full {
             last_full = Some(Instant::now());
         }
-        let urgent = refresh_board(&service, &mut seen, full);
+        let (urgent, computed) = refresh_board(&service, &mut seen, full);
         if full {
-            fan_out(&service, None);
+            fan_out(&service, None, &computed);
         } else if !urgent.is_empty() {
-            fan_out(&service, Some(&urgent));
+            fan_out(&service, Some(&urgent), &computed);
         }
     }
 }
 
 /// One look at every torrent: what moved goes onto the board (everything when `full`).
-/// Returns the torrents whose stage changed (started, completed, paused, failed).
+/// Returns the torrents whose stage changed (started, completed, paused, failed), and the
+/// statuses it computed (the fan-out needs not compute them again).
 fn refresh_board(
     service: &Arc<Service>,
     seen: &mut HashMap<TorrentId, Seen>,
     full: bool,
-) -> Vec<TorrentId> {
+) -> (Vec<TorrentId>, HashMap<TorrentId, TorrentStatus>) {
     // From the look at the registry to the write, no reply changes the board under us.
     let _deciding = service.board.decide();
     // Under the lock only what is cheap to copy: handles are `Arc`s.
@@ -138,9 +155,13 @@ fn refresh_board(
             ephemeral,
         })
         .collect();
+    let computed = changed
+        .iter()
+        .map(|summary| (summary.info.id, summary.status.clone()))
+        .collect();
     changed.extend(placeholders);
-    service.board.update(changed, &present);
-    urgent
+    service.board.update(changed, &present, !urgent.is_empty());
+    (urgent, computed)
 }
 
 /// A task that wakes the status loop when the engine reports `handle` complete.
@@ -160,10 +181,14 @@ fn watch_completion(
 }
 
 /// Queues each held torrent's status for its holders when it changed meaningfully (always
-/// when it completes): every held torrent, or only `only`. The engine's stats are computed
-/// without the broker's lock (every request, handshake and disconnect needs it); only
-/// comparing and queueing hold it.
-pub fn fan_out(service: &Service, only: Option<&[TorrentId]>) {
+/// when it completes): every held torrent, or only `only`. Statuses not in `computed` are
+/// computed without the broker's lock (every request, handshake and disconnect needs it);
+/// only comparing and queueing hold it.
+pub fn fan_out(
+    service: &Service,
+    only: Option<&[TorrentId]>,
+    computed: &HashMap<TorrentId, TorrentStatus>,
+) {
     let held: Vec<_> = {
         let state = service.state();
         state
@@ -177,7 +202,10 @@ pub fn fan_out(service: &Service, only: Option<&[TorrentId]>) {
     };
     let statuses: Vec<TorrentStatus> = held
         .iter()
-        .map(|(id, name, handle)| engine::status_of(*id, name, handle))
+        .map(|(id, name, handle)| match computed.get(id) {
+            Some(status) => status.clone(),
+            None => engine::status_of(*id, name, handle),
+        })
         .collect();
     let mut state = service.state();
     let state = &mut *state;

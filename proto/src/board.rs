@@ -375,7 +375,18 @@ impl BoardWriter {
 
     /// Ends a batch of changes: bumps the change counter and wakes every waiter once.
     pub fn publish(&self) {
+        self.publish_quietly();
+        self.wake();
+    }
+
+    /// Ends a batch of changes without waking anyone: a reader that looks (or starts
+    /// waiting) sees the counter moved; one asleep wakes at the next [`BoardWriter::wake`].
+    pub fn publish_quietly(&self) {
         self.map.words()[H_CHANGES].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Wakes every waiter once.
+    pub fn wake(&self) {
         let futex = self.map.futex();
         futex.fetch_add(1, Ordering::SeqCst);
         futex_wake(futex);
