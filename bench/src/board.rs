@@ -148,18 +148,6 @@ pub fn list_scale(
     Ok(())
 }
 
-/// CPU seconds (user + system) the process (or one of its threads: `pid/task/tid`) has used
-/// so far.
-fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    let per_second =
-        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("no CLK_TCK")? as u64;
-    Ok(ticks as f64 / per_second as f64)
-}
-
 /// The broker's thread named `name`, as a `/proc` path below the root (`pid/task/tid`).
 fn thread_of(broker: u32, name: &str) -> anyhow::Result<String> {
     for task in std::fs::read_dir(format!("/proc/{broker}/task"))? {
@@ -180,15 +168,15 @@ fn broker_cpu(
     mut during: impl FnMut(),
 ) -> anyhow::Result<(f64, f64)> {
     let (process, status) = (broker.to_string(), thread_of(broker, "status")?);
-    let before = (cpu_secs(&process)?, cpu_secs(&status)?);
+    let before = (crate::cpu_secs(&process)?, crate::cpu_secs(&status)?);
     let started = Instant::now();
     while started.elapsed() < window {
         during();
     }
     let secs = started.elapsed().as_secs_f64();
     Ok((
-        (cpu_secs(&process)? - before.0) / secs * 100.0,
-        (cpu_secs(&status)? - before.1) / secs * 100.0,
+        (crate::cpu_secs(&process)? - before.0) / secs * 100.0,
+        (crate::cpu_secs(&status)? - before.1) / secs * 100.0,
     ))
 }
 

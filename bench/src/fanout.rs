@@ -3,7 +3,7 @@
 //! download held by one patron. The difference is what the fan-out costs.
 
 use crate::swarm::Seeder;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use patron_client::{ConnectOptions, Created, Patron};
 use proto::{CreateNewTorrent, Event, TorrentRef, TorrentSource};
 use serde_json::json;
@@ -21,23 +21,10 @@ pub struct FanoutBench {
 /// carries a changed status.
 const SEED_BPS: u32 = 256 * 1024;
 
-/// CPU time (user + system) the process has used so far.
-fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    let per_second =
-        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("no CLK_TCK")? as u64;
-    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
-}
-
 /// Reads every patron's events for `window`; returns the broker's CPU share of one core over
 /// it and how many status updates arrived.
 fn measure(patrons: &mut [Patron], broker: u32, window: Duration) -> anyhow::Result<(f64, u64)> {
-    let cpu_before = cpu_time(broker)?;
+    let cpu_before = crate::cpu_secs(&broker.to_string())?;
     let started = Instant::now();
     let mut statuses = 0;
     while started.elapsed() < window {
@@ -50,7 +37,8 @@ fn measure(patrons: &mut [Patron], broker: u32, window: Duration) -> anyhow::Res
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let cpu = (cpu_time(broker)? - cpu_before).as_secs_f64() / started.elapsed().as_secs_f64();
+    let cpu =
+        (crate::cpu_secs(&broker.to_string())? - cpu_before) / started.elapsed().as_secs_f64();
     Ok((cpu * 100.0, statuses))
 }
 

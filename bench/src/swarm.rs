@@ -80,16 +80,7 @@ impl Seeder {
         folder: &Path,
         upload_bps: Option<u32>,
     ) -> anyhow::Result<Seeder> {
-        let session = session(folder, true, upload_bps).await?;
-        let addr = session
-            .listen_addr()
-            .context("the seeder does not listen")?;
-        let handle = add(&session, torrent, folder, Vec::new()).await?;
-        handle.wait_until_initialized().await?;
-        Ok(Seeder {
-            _session: session,
-            addr,
-        })
+        Seeder::start_many(&[torrent.to_vec()], folder, upload_bps).await
     }
 
     /// One session seeding every torrent of `torrents` from `folder`, at most `upload_bps`

@@ -11,8 +11,13 @@ use serde_json::{json, Value};
 pub fn print_line(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    let written = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
-    match written {
+    written(writeln!(stdout, "{line}").and_then(|()| stdout.flush()));
+}
+
+/// Ends the command if stdout failed: quietly (exit 0) when its reader left, else with a
+/// message and exit 1.
+fn written(result: std::io::Result<()>) {
+    match result {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(e) => {
@@ -29,17 +34,11 @@ pub fn print_lines(lines: impl Iterator<Item = String>) {
     let stdout = std::io::stdout().lock();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout);
     let mut lines = lines;
-    let written = lines
-        .try_for_each(|line| writeln!(out, "{line}"))
-        .and_then(|()| out.flush());
-    match written {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        Err(e) => {
-            eprintln!("patron-client: cannot write to stdout: {e}");
-            std::process::exit(1);
-        }
-    }
+    written(
+        lines
+            .try_for_each(|line| writeln!(out, "{line}"))
+            .and_then(|()| out.flush()),
+    );
 }
 
 /// Lets `write` stream to stdout, with [`print_line`]'s handling of a reader that left;
@@ -59,14 +58,8 @@ pub fn stream_stdout(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Res
         }
     }
     let mut out = Counted(std::io::stdout().lock(), 0);
-    match write(&mut out).and_then(|()| out.flush()) {
-        Ok(()) => out.1,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        Err(e) => {
-            eprintln!("patron-client: cannot write to stdout: {e}");
-            std::process::exit(1);
-        }
-    }
+    written(write(&mut out).and_then(|()| out.flush()));
+    out.1
 }
 
 /// Where and how to print.
