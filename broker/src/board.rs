@@ -113,12 +113,21 @@ impl StatusBoard {
         }
     }
 
-    /// Shows one torrent now (new or changed), outside the status loop's rounds, and wakes
-    /// readers.
+    /// Shows one torrent now (new or changed), outside the status loop's rounds. Readers
+    /// are woken at once if it is new or its stage or holders changed, else as for routine
+    /// progress (a patron repeating a cheap request must not wake every reader each time).
     pub fn show(&self, summary: TorrentSummary) {
         let mut inner = self.inner();
+        let matters = inner.shown.get(&summary.info.id).is_none_or(|(_, shown)| {
+            shown.status.state != summary.status.state
+                || shown.status.complete != summary.status.complete
+                || shown.holders != summary.holders
+        });
         if inner.show(summary) {
             inner.writer.publish_quietly();
+            inner.unwoken = true;
+        }
+        if inner.unwoken && (matters || inner.woken.elapsed() >= WAKE_EVERY) {
             inner.wake();
         }
     }

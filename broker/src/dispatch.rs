@@ -10,8 +10,9 @@
 use crate::commands;
 use crate::patron::{Outbox, PatronConnection, PatronId};
 use crate::service::Service;
-use proto::{Event, Request};
+use proto::{Event, Request, RequestBody, ToBroker, TorrentSource};
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::mpsc;
@@ -61,8 +62,17 @@ pub trait Transport: Send + Sync {
 /// One patron's queue of requests for its task, and what it has in flight.
 struct PatronQueue {
     connection: PatronConnection,
-    requests: mpsc::UnboundedSender<(Request, usize)>,
+    requests: mpsc::UnboundedSender<(Work, usize)>,
     in_flight: Arc<InFlight>,
+}
+
+/// What a patron's task serves, in order.
+enum Work {
+    /// A decoded request.
+    Request(Request),
+    /// A large message: its datagram's payload and the shared memory region beside it, read
+    /// and decoded by the patron's own task (not the reader thread every patron shares).
+    Large { payload: Vec<u8>, region: OwnedFd },
 }
 
 /// Routes every patron's requests to the service, in order and bounded.
@@ -114,7 +124,7 @@ impl Dispatcher {
         pid: i32,
         outbox: Arc<Outbox>,
     ) -> Result<(), String> {
-        let (requests, mut queue) = mpsc::unbounded_channel::<(Request, usize)>();
+        let (requests, mut queue) = mpsc::unbounded_channel::<(Work, usize)>();
         let connection = PatronConnection { id, pid, outbox };
         let in_flight = Arc::new(InFlight::default());
         self.service.connect(connection.clone())?;
@@ -129,17 +139,25 @@ impl Dispatcher {
         let dispatcher = self.clone();
         self.runtime.spawn(async move {
             let service = dispatcher.service.clone();
-            while let Some((request, size)) = queue.recv().await {
+            while let Some((work, size)) = queue.recv().await {
+                let request = match work {
+                    Work::Request(request) => Some(request),
+                    Work::Large { payload, region } => {
+                        dispatcher.unpack_large(&connection, payload, region).await
+                    }
+                };
                 // A patron that left gets no more work done for it.
-                if service.connection(connection.id).is_some() {
-                    commands::serve(&service, &connection, request).await;
-                } else {
-                    tracing::info!(
+                match request {
+                    Some(request) if service.connection(connection.id).is_some() => {
+                        commands::serve(&service, &connection, request).await;
+                    }
+                    Some(request) => tracing::info!(
                         patron = connection.id,
                         request = %request.id,
                         kind = %request.body.kind(),
                         "not served: its patron left"
-                    );
+                    ),
+                    None => {}
                 }
                 // After the reply is queued, so a later immediate reply cannot overtake it.
                 in_flight.requests.fetch_sub(1, Ordering::AcqRel);
@@ -199,7 +217,7 @@ impl Dispatcher {
         }
         in_flight.requests.fetch_add(1, Ordering::AcqRel);
         in_flight.bytes.fetch_add(size, Ordering::AcqRel);
-        if requests.send((request, size)).is_err() {
+        if requests.send((Work::Request(request), size)).is_err() {
             return Dispatched::Gone;
         }
         if !full {
@@ -215,6 +233,77 @@ impl Dispatcher {
     }
 
     /// Tells a patron its message could not be decoded.
+    /// Queues a large message (see [`proto::SharedBytes`]) for the patron's own task: its
+    /// region (`size` bytes, checked already) counts toward what the patron has in flight
+    /// before a byte of it is read, so a patron gets one region read at a time, on its own
+    /// time.
+    pub fn dispatch_large(
+        self: &Arc<Self>,
+        patron: PatronId,
+        payload: Vec<u8>,
+        region: OwnedFd,
+        size: usize,
+    ) -> Dispatched {
+        let found = self
+            .queues()
+            .get(&patron)
+            .map(|handle| (handle.in_flight.clone(), handle.requests.clone()));
+        let Some((in_flight, requests)) = found else {
+            return Dispatched::Gone;
+        };
+        let requests_now = in_flight.requests.fetch_add(1, Ordering::AcqRel) + 1;
+        let bytes_now = in_flight.bytes.fetch_add(size, Ordering::AcqRel) + size;
+        if requests
+            .send((Work::Large { payload, region }, size))
+            .is_err()
+        {
+            return Dispatched::Gone;
+        }
+        // Held back sooner than a small request: half the bytes, and the read is still to do.
+        if bytes_now < MAX_IN_FLIGHT_BYTES / 2 && requests_now < MAX_IN_FLIGHT_REQUESTS {
+            return Dispatched::Taken;
+        }
+        in_flight.held_back.store(true, Ordering::Release);
+        if in_flight.is_low() && in_flight.held_back.swap(false, Ordering::AcqRel) {
+            return Dispatched::Taken;
+        }
+        Dispatched::HoldBack
+    }
+
+    /// Reads and decodes a large message off the async threads; a protocol error if it is
+    /// not a large request.
+    async fn unpack_large(
+        &self,
+        connection: &PatronConnection,
+        payload: Vec<u8>,
+        region: OwnedFd,
+    ) -> Option<Request> {
+        let unpacked = tokio::task::spawn_blocking(move || unpack_large(&payload, &region))
+            .await
+            .unwrap_or_else(|e| Err(format!("cannot read a large message: {e}")));
+        match unpacked {
+            Ok((request, size)) => {
+                tracing::debug!(
+                    patron = connection.id,
+                    bytes = size,
+                    "a large request, in shared memory"
+                );
+                tracing::info!(
+                    patron = connection.id,
+                    pid = connection.pid,
+                    request = %request.id,
+                    kind = %request.body.kind(),
+                    "request"
+                );
+                Some(request)
+            }
+            Err(message) => {
+                self.protocol_error(connection.id, message);
+                None
+            }
+        }
+    }
+
     pub fn protocol_error(&self, patron: PatronId, message: String) {
         let Some(connection) = self.service.connection(patron) else {
             return;
@@ -241,5 +330,33 @@ impl Dispatcher {
     /// Whether this patron is connected.
     pub fn is_connected(&self, patron: PatronId) -> bool {
         self.service.connection(patron).is_some()
+    }
+}
+
+/// A large message's payload and region: the request inside and the region's size. Only a
+/// request that is large by nature may come this way (a .torrent's bytes), whole, with
+/// nothing after it.
+fn unpack_large(payload: &[u8], region: &OwnedFd) -> Result<(Request, usize), String> {
+    let bytes = crate::socket::read_region(region, proto::MAX_REQUEST_BYTES)?;
+    let size = bytes.len();
+    let outer =
+        proto::wire::decode_with_regions(payload, vec![bytes]).map_err(|e| e.to_string())?;
+    let ToBroker::Large(shared) = outer else {
+        return Err("a shared memory region beside a message that is not a large one".into());
+    };
+    let request = match proto::wire::decode_whole(shared.bytes()).map_err(|e| e.to_string())? {
+        ToBroker::Request(request) => request,
+        _ => return Err("a large message must hold a request".into()),
+    };
+    match &request.body {
+        RequestBody::CreateNewTorrent(create)
+            if matches!(create.source, TorrentSource::TorrentFile(_)) =>
+        {
+            Ok((request, size))
+        }
+        other => Err(format!(
+            "a {} request is never large: it must not come in shared memory",
+            other.kind()
+        )),
     }
 }

@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 /// How often every torrent is looked at.
 pub const PULSE: Duration = Duration::from_millis(100);
+/// Least time between two passes, however often the loop is nudged: a pass looks at every
+/// torrent, and a patron's cheap requests must not buy one each.
+pub const MIN_PASS_GAP: Duration = Duration::from_millis(5);
 
 /// What the loop remembers of a torrent between pulses.
 struct Seen {
@@ -59,11 +62,17 @@ pub async fn run(service: Arc<Service>) {
     pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let interval = service.config.status_interval;
     let mut last_full: Option<Instant> = None;
+    let mut last_pass = Instant::now();
     while !service.is_stopping() {
         tokio::select! {
             _ = pulse.tick() => {}
             _ = service.status_nudge.notified() => {}
         }
+        let since = last_pass.elapsed();
+        if since < MIN_PASS_GAP {
+            tokio::time::sleep(MIN_PASS_GAP - since).await;
+        }
+        last_pass = Instant::now();
         let full = last_full.is_none_or(|at| at.elapsed() >= interval);
         if full {
             last_full = Some(Instant::now());

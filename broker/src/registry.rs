@@ -81,17 +81,27 @@ pub struct TorrentRegistry {
     torrents: BTreeMap<TorrentId, TorrentEntry>,
     unrestored: BTreeMap<TorrentId, Unrestored>,
     resolving: BTreeMap<TorrentId, Resolving>,
+    /// Bumped by every change of which torrents are known (see [`TorrentRegistry::version`]).
+    version: u64,
 }
 
 impl TorrentRegistry {
+    /// Changes whenever a torrent, a record or a magnet comes or goes: the status loop looks
+    /// again only then, not after every request.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// Shows a magnet whose metadata `holder` is waiting for.
     pub fn start_resolving(&mut self, info: TorrentInfo, holder: PatronId) {
+        self.version += 1;
         let holders = BTreeSet::from([holder]);
         self.resolving.insert(info.id, Resolving { info, holders });
     }
 
     /// The magnet's metadata came, or did not: it is no longer shown as resolving.
     pub fn stop_resolving(&mut self, id: TorrentId) {
+        self.version += 1;
         self.resolving.remove(&id);
     }
 
@@ -121,11 +131,13 @@ impl TorrentRegistry {
 
     /// Keeps a record that could not be restored.
     pub fn keep_unrestored(&mut self, id: TorrentId, unrestored: Unrestored) {
+        self.version += 1;
         self.unrestored.insert(id, unrestored);
     }
 
     /// Forgets a record that could not be restored (a patron closed it), returning its id.
     pub fn forget_unrestored(&mut self, torrent: TorrentRef) -> Option<(TorrentId, Unrestored)> {
+        self.version += 1;
         let id = match torrent {
             TorrentRef::Id(id) => id,
             TorrentRef::InfoHash(hash) => {
@@ -178,6 +190,7 @@ impl TorrentRegistry {
         restore: RestoreSpec,
         holder: Option<PatronId>,
     ) -> TorrentInfo {
+        self.version += 1;
         let entry = self
             .torrents
             .entry(info.id)
@@ -197,11 +210,13 @@ impl TorrentRegistry {
     /// Puts back a torrent taken out with [`TorrentRegistry::remove`] (a close that could not
     /// be recorded).
     pub fn reinsert(&mut self, id: TorrentId, entry: TorrentEntry) {
+        self.version += 1;
         self.torrents.insert(id, entry);
     }
 
     /// Forgets a torrent, returning it.
     pub fn remove(&mut self, id: TorrentId) -> Option<TorrentEntry> {
+        self.version += 1;
         self.torrents.remove(&id)
     }
 
@@ -222,6 +237,7 @@ impl TorrentRegistry {
 
     /// Removes an ephemeral torrent if still nobody holds it; true if it was removed.
     pub fn remove_orphan(&mut self, id: TorrentId) -> bool {
+        self.version += 1;
         let orphan = self
             .torrents
             .get(&id)

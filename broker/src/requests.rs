@@ -352,20 +352,27 @@ impl Reader {
             match parsed {
                 Err(e) => self.dispatcher.protocol_error(patron, e.to_string()),
                 Ok(Datagram::Complete(payload)) => {
-                    let (message, size) = match descriptors.pop() {
-                        None => (wire::decode(payload), payload.len()),
-                        Some(region) => match unpack_large(payload, &region) {
-                            Ok((message, size)) => {
-                                tracing::debug!(
-                                    patron,
-                                    bytes = size,
-                                    "a large request, in shared memory"
-                                );
-                                (Ok(message), size)
+                    if let Some(region) = descriptors.pop() {
+                        // Only looked at here (is it memory, how large): it is read on the
+                        // patron's own task, counted against what the patron has in flight.
+                        let size = socket::region_size(&region, proto::MAX_REQUEST_BYTES);
+                        let dispatched = size.map(|size| {
+                            self.dispatcher
+                                .dispatch_large(patron, payload.to_vec(), region, size)
+                        });
+                        match dispatched {
+                            Ok(Dispatched::Taken) => {}
+                            Ok(Dispatched::HoldBack) => {
+                                self.hold_back(patron);
+                                return Outcome::KeepGoing;
                             }
-                            Err(e) => (Err(wire::WireError(e)), payload.len()),
-                        },
-                    };
+                            Ok(Dispatched::Gone) => return Outcome::Gone("it was cut off"),
+                            Err(e) => self.dispatcher.protocol_error(patron, e),
+                        }
+                        continue;
+                    }
+                    let size = payload.len();
+                    let message = wire::decode(payload);
                     if let Some(stop) = self.deliver(patron, message, size) {
                         return stop;
                     }
@@ -583,20 +590,5 @@ impl Reader {
                 let _ = self.epoll.delete(&assembly.continuation);
             }
         }
-    }
-}
-
-/// A [`ToBroker::Large`] datagram and the region that came with it: the request inside, and
-/// its size (what back-pressure counts).
-fn unpack_large(payload: &[u8], region: &OwnedFd) -> Result<(ToBroker, usize), String> {
-    let bytes = socket::read_region(region, proto::MAX_REQUEST_BYTES)?;
-    let size = bytes.len();
-    let outer = wire::decode_with_regions(payload, vec![bytes]).map_err(|e| e.to_string())?;
-    let ToBroker::Large(shared) = outer else {
-        return Err("a shared memory region beside a message that is not a large one".into());
-    };
-    match wire::decode(shared.bytes()).map_err(|e| e.to_string())? {
-        request @ ToBroker::Request(_) => Ok((request, size)),
-        _ => Err("a large message must hold a request".into()),
     }
 }

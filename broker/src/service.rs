@@ -433,40 +433,44 @@ impl Service {
     /// Brings torrent `id`'s line on the board up to date now (shown, changed, or taken off):
     /// a patron that got the reply to its add or close reads the board accordingly.
     pub fn sync_board(&self, id: TorrentId) {
+        // The engine's stats first, without any lock; then, under the board's deciding lock
+        // (a status pass may hold it), only a look at the registry and the write.
+        let handle = self
+            .state()
+            .registry
+            .get(id)
+            .map(|e| (e.info.name.clone(), e.handle.clone()));
+        let status = handle.map(|(name, handle)| engine::status_of(id, &name, &handle));
         let _deciding = self.board.decide();
-        let running = {
+        let summary = {
             let state = self.state();
-            match state.registry.get(id) {
-                Some(entry) => Ok((
-                    entry.info.clone(),
-                    entry.handle.clone(),
-                    entry.holders.len() as u32,
-                    entry.restore.ephemeral,
-                )),
-                None => Err(state
+            match (state.registry.get(id), status) {
+                (Some(entry), Some(status)) => Some(proto::TorrentSummary {
+                    status,
+                    info: entry.info.clone(),
+                    holders: entry.holders.len() as u32,
+                    held_by_you: false,
+                    ephemeral: entry.restore.ephemeral,
+                }),
+                // Gone, or new since the first look: the next pass shows it.
+                (Some(_), None) => return,
+                (None, _) => state
                     .registry
                     .placeholders()
-                    .find(|(info, _, _)| info.id == id)),
+                    .find(|(info, _, _)| info.id == id)
+                    .map(|(info, state, holders)| proto::TorrentSummary {
+                        status: proto::TorrentStatus::idle(&info, state),
+                        info,
+                        holders,
+                        held_by_you: false,
+                        ephemeral: false,
+                    }),
             }
         };
-        let summary = match running {
-            Ok((info, handle, holders, ephemeral)) => proto::TorrentSummary {
-                status: engine::status_of(id, &info.name, &handle),
-                info,
-                holders,
-                held_by_you: false,
-                ephemeral,
-            },
-            Err(Some((info, state, holders))) => proto::TorrentSummary {
-                status: proto::TorrentStatus::idle(&info, state),
-                info,
-                holders,
-                held_by_you: false,
-                ephemeral: false,
-            },
-            Err(None) => return self.board.remove(id),
-        };
-        self.board.show(summary);
+        match summary {
+            Some(summary) => self.board.show(summary),
+            None => self.board.remove(id),
+        }
     }
 
     /// Resolves a reference to a running torrent's id.

@@ -154,6 +154,23 @@ pub fn send_nonblocking(
 /// accepts and nothing else does, so reading never waits on a disk or a FUSE daemon) of at
 /// most `max` bytes. It is read, never mapped: the patron could shrink it under a mapping.
 pub fn read_region(fd: &OwnedFd, max: usize) -> Result<Vec<u8>, String> {
+    let size = region_size(fd, max)?;
+    let mut bytes = vec![0u8; size];
+    let mut read = 0;
+    while read < size {
+        match nix::sys::uio::pread(fd, &mut bytes[read..], read as libc::off_t) {
+            Ok(0) => return Err("a shared memory region shrank while it was read".into()),
+            Ok(n) => read += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("cannot read a shared memory region: {e}")),
+        }
+    }
+    Ok(bytes)
+}
+
+/// The size of a large message's region, if it is one: memory (see [`read_region`]), larger
+/// than a message needs to be to come this way, and no larger than `max`.
+pub fn region_size(fd: &OwnedFd, max: usize) -> Result<usize, String> {
     use nix::fcntl::{fcntl, FcntlArg};
     if fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS).is_err() {
         return Err("a shared memory region that is not memory (not a memfd)".into());
@@ -167,17 +184,12 @@ pub fn read_region(fd: &OwnedFd, max: usize) -> Result<Vec<u8>, String> {
             "a message of {size} bytes exceeds the limit of {max}"
         ));
     }
-    let mut bytes = vec![0u8; size];
-    let mut read = 0;
-    while read < size {
-        match nix::sys::uio::pread(fd, &mut bytes[read..], read as libc::off_t) {
-            Ok(0) => return Err("a shared memory region shrank while it was read".into()),
-            Ok(n) => read += n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(format!("cannot read a shared memory region: {e}")),
-        }
+    if size <= proto::LARGE_MESSAGE_BYTES {
+        return Err(format!(
+            "a message of {size} bytes is not large: it must come in the datagram"
+        ));
     }
-    Ok(bytes)
+    Ok(size)
 }
 
 /// A connected pair of SOCK_SEQPACKET sockets, as `ipc::channel()` makes: the broker keeps

@@ -155,6 +155,18 @@ pub fn encode_payload<T: serde::Serialize>(message: &T) -> Result<Vec<u8>, WireE
     postcard::to_stdvec(message).map_err(|e| WireError(format!("cannot encode the message: {e}")))
 }
 
+/// Decodes a whole message's payload that must hold nothing after the message (a large
+/// message's region: a patron has no reason to pad it).
+pub fn decode_whole(payload: &[u8]) -> Result<ToBroker, WireError> {
+    let (message, rest) =
+        crate::shared::with_regions(Vec::new(), || postcard::take_from_bytes(payload))
+            .map_err(|e| WireError(format!("cannot decode the message: {e}")))?;
+    if !rest.is_empty() {
+        return Err(WireError(format!("{} bytes after the message", rest.len())));
+    }
+    Ok(message)
+}
+
 /// Decodes a payload written by [`encode_payload`] (a large message's region).
 pub fn decode_payload<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
     postcard::from_bytes(payload).map_err(|e| WireError(format!("cannot decode the message: {e}")))

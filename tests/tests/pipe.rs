@@ -58,59 +58,104 @@ fn pipe_session(
     out.json_lines()
 }
 
-/// `status` and `list` in pipe mode are read off the board (no request reaches the broker)
-/// yet answered in their turn, exactly as the broker would answer them.
+/// Lines sent one at a time, each after the previous reply: `status` and `list` are read
+/// off the board, and no request for them reaches the broker.
 #[test]
-fn pipe_mode_reads_status_from_the_board_in_order() {
+fn pipe_mode_reads_status_from_the_board_when_nothing_is_pending() {
+    use std::io::{BufRead, Write};
     let sandbox = Sandbox::new();
     let state = sandbox.state_dir("broker");
     let broker = sandbox.broker(&state, &[]);
     let data = sandbox.random_file("local/piped.bin", 100_000);
-    let session = |board: bool, name: &str| {
-        let output = sandbox.path(&format!("{name}.torrent"));
-        let lines = [
-            format!(
-                r#"{{"cmd":"make","path":"{}","seed":true,"output":"{}","request":"m"}}"#,
-                data.display(),
-                output.display()
-            ),
-            r#"{"cmd":"status","torrent":"0","request":"s1"}"#.to_string(),
-            r#"{"cmd":"list","request":"l1"}"#.to_string(),
-            r#"{"cmd":"status","torrent":"99","request":"s2"}"#.to_string(),
-            r#"{"cmd":"info","request":"i"}"#.to_string(),
-            r#"{"cmd":"status","torrent":"0","request":"s3"}"#.to_string(),
-        ];
-        pipe_session(&sandbox, &state, &lines, board)
+    let mut child = sandbox
+        .client(&state)
+        .arg("pipe")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn pipe");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut ask = |line: String, request: &str| -> serde_json::Value {
+        writeln!(stdin, "{line}").expect("write");
+        loop {
+            let mut reply = String::new();
+            assert!(
+                stdout.read_line(&mut reply).expect("read") > 0,
+                "pipe ended"
+            );
+            let value: serde_json::Value = serde_json::from_str(&reply).expect("json");
+            if value["request"] == request {
+                return value;
+            }
+        }
     };
-    let requests_logged = |kind: &str| broker.log().matches(&format!("kind={kind}")).count();
-    let before = (requests_logged("status"), requests_logged("list"));
-    let read = session(true, "first");
-    assert_eq!(
-        (requests_logged("status"), requests_logged("list")),
-        before,
-        "status and list reached the broker"
+    let made = ask(
+        format!(
+            r#"{{"cmd":"make","path":"{}","seed":true,"request":"m"}}"#,
+            data.display()
+        ),
+        "m",
     );
-    let asked = session(false, "second");
-    assert!(
-        requests_logged("status") >= before.0 + 3,
-        "without the board, the broker is asked"
+    assert_eq!(made["event"], "made", "{made}");
+    let before =
+        broker.log().matches("kind=status").count() + broker.log().matches("kind=list").count();
+    let status = ask(
+        r#"{"cmd":"status","torrent":"0","request":"s"}"#.into(),
+        "s",
     );
+    assert_eq!(status["id"], 0, "{status}");
+    let list = ask(r#"{"cmd":"list","request":"l"}"#.into(), "l");
+    assert_eq!(list["torrents"].as_array().map(Vec::len), Some(1), "{list}");
+    let unknown = ask(
+        r#"{"cmd":"status","torrent":"99","request":"u"}"#.into(),
+        "u",
+    );
+    assert_eq!(unknown["kind"], "unknown-torrent", "{unknown}");
+    let after =
+        broker.log().matches("kind=status").count() + broker.log().matches("kind=list").count();
+    assert_eq!(after, before, "status or list reached the broker");
+    drop(stdin);
+    let _ = child.wait();
+}
 
-    for lines in [&read, &asked] {
-        let replies: Vec<&str> = lines.iter().filter_map(|l| l["request"].as_str()).collect();
-        assert_eq!(replies, ["m", "s1", "l1", "s2", "i", "s3"], "{lines:#?}");
-        let by = |r: &str| lines.iter().find(|l| l["request"] == r).expect(r);
-        assert_eq!(by("s1")["id"], 0, "{lines:#?}");
-        assert_eq!(by("l1")["torrents"].as_array().map(Vec::len), Some(1));
-        assert_eq!(by("s2")["kind"], "unknown-torrent", "{lines:#?}");
-        assert_eq!(lines.last().expect("lines")["event"], "finished");
+/// Lines sent all at once: a `status` or `list` behind a pending request goes to the broker,
+/// so that it is answered in its turn and never sees what a later line did.
+#[test]
+fn pipe_mode_answers_status_in_turn_even_behind_pending_requests() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    // Each session makes one torrent: the broker numbers them 0, 1, 2...
+    let mut id = 0;
+    for round in 0..10 {
+        for board in [true, false] {
+            let data = sandbox.random_file(&format!("local/r{id}.bin"), 20_000 + id);
+            let lines = [
+                format!(
+                    r#"{{"cmd":"make","path":"{}","seed":true,"request":"m"}}"#,
+                    data.display()
+                ),
+                format!(r#"{{"cmd":"status","torrent":"{id}","request":"s1"}}"#),
+                r#"{"cmd":"list","request":"l"}"#.to_string(),
+                format!(r#"{{"cmd":"close","torrent":"{id}","force":true,"request":"c"}}"#),
+                format!(r#"{{"cmd":"status","torrent":"{id}","request":"s2"}}"#),
+            ];
+            let lines = pipe_session(&sandbox, &state, &lines, board);
+            let replies: Vec<&str> = lines.iter().filter_map(|l| l["request"].as_str()).collect();
+            assert_eq!(replies, ["m", "s1", "l", "c", "s2"], "{lines:#?}");
+            let by = |r: &str| lines.iter().find(|l| l["request"] == r).expect(r).clone();
+            assert_eq!(by("m")["seeding_id"], id, "{lines:#?}");
+            assert_eq!(by("s1")["id"], id, "round {round}: {lines:#?}");
+            assert_eq!(
+                by("l")["torrents"].as_array().map(Vec::len),
+                Some(1),
+                "{lines:#?}"
+            );
+            assert_eq!(by("c")["event"], "closed", "{lines:#?}");
+            assert_eq!(by("s2")["kind"], "unknown-torrent", "{lines:#?}");
+            id += 1;
+        }
     }
-    let by = |lines: &Vec<serde_json::Value>, r: &str| {
-        lines.iter().find(|l| l["request"] == r).cloned().expect(r)
-    };
-    assert_eq!(
-        by(&read, "s2"),
-        by(&asked, "s2"),
-        "the same error either way"
-    );
 }

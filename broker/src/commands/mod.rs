@@ -22,6 +22,7 @@ pub async fn serve(service: &Arc<Service>, patron: &PatronConnection, request: R
     let (id, kind) = (request.id, request.body.kind());
     let is_create = matches!(request.body, RequestBody::CreateNewTorrent(_));
     let is_stop = matches!(request.body, RequestBody::StopBroker);
+    let known = service.state().registry.version();
     // A panic below (in the engine, say) must still produce this request's one reply, and
     // must not end the task that serves this patron's later requests.
     let reply = AssertUnwindSafe(answer(service, patron, id, request.body))
@@ -29,8 +30,11 @@ pub async fn serve(service: &Arc<Service>, patron: &PatronConnection, request: R
         .await
         .unwrap_or_else(|panic| internal_error(patron, id, kind, is_create, panic));
     finish(service, patron, id, kind, reply);
-    // Torrents came, went or changed hands: the board shows it now, not at the next pulse.
-    service.status_nudge.notify_one();
+    // Torrents, records or magnets came or went (a failed magnet leaves no reply naming
+    // it): the status loop looks again now.
+    if service.state().registry.version() != known {
+        service.status_nudge.notify_one();
+    }
     if is_stop {
         // After the reply is queued: stopping closes every outbox.
         service.shutdown.trigger(format!(
@@ -118,9 +122,11 @@ fn finish(
         _ => tracing::debug!(patron = patron.id, request = %id, kind = %kind, "answered"),
     }
     let now_held = held_by_reply(&reply);
-    // The board shows what the reply says before the patron can read the reply.
+    // The board shows what the reply says before the patron can read the reply, and the
+    // status loop looks again soon (a new torrent needs its completion watched).
     if let Some(torrent) = changed_by_reply(&reply) {
         service.sync_board(torrent);
+        service.status_nudge.notify_one();
     }
     patron.send(reply);
     // A new holder hears about its torrent at once, not at the next change.

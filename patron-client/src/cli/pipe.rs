@@ -13,9 +13,9 @@
 //! request as a barrier: replies come in request order, so when its reply arrives every
 //! earlier request has been answered.
 //!
-//! `status` and `list` are read off the broker's shared board when it can be mapped, without
-//! a request, yet answered in their turn: a read that comes while earlier requests still wait
-//! for replies is done right after the last of those replies is printed.
+//! `status` and `list` are read off the broker's shared board when it can be mapped and no
+//! earlier request still waits for its reply; otherwise they go to the broker as requests, so
+//! that each is answered in its turn and never sees the effect of a later line.
 
 use super::output::{self, info_json, made_json, status_json, summary_json};
 use super::{torrent_ref, Context, Exit};
@@ -95,8 +95,6 @@ struct Pending {
     make_output: Option<PathBuf>,
     /// The shutdown barrier: its reply ends the session.
     finishes: bool,
-    /// Board reads that came after this request, answered right after its reply.
-    then: Vec<BoardRead>,
 }
 
 /// A `status` or `list` the board answers, and its caller's `request` value.
@@ -110,12 +108,11 @@ enum Read {
     List,
 }
 
-/// Requests waiting for replies, and the latest one sent. Replies are printed under its
-/// lock, so a board read can tell whether every earlier reply is out.
+/// Requests waiting for replies. Replies are printed under its lock, so a board read can
+/// tell whether every earlier reply is out.
 #[derive(Default)]
 struct Waiting {
     pending: HashMap<RequestId, Pending>,
-    last_sent: Option<RequestId>,
 }
 
 type PendingMap = Arc<Mutex<Waiting>>;
@@ -155,13 +152,7 @@ pub fn run(ctx: &Context) -> Result<Exit, Error> {
                 out!("{}", json!({"event": "finished", "request": request}));
                 break Exit::Success;
             }
-            Some(mut pending) => {
-                let then = std::mem::take(&mut pending.then);
-                out!("{}", reply_json(event, pending));
-                for read in then {
-                    out!("{}", answer_from_board(&board, read));
-                }
-            }
+            Some(pending) => out!("{}", reply_json(event, pending)),
             // Status updates and notices. After `broker-stopping` or `disconnected` the
             // connection closes, and the next receive ends the session above.
             None => out!("{}", event_json(event)),
@@ -235,20 +226,18 @@ fn read_commands(requester: &Requester, pending: &PendingMap, board: &SharedBoar
                 break;
             }
         };
-        // A read the board can answer: now if every earlier reply is out, else right after
-        // the last of them.
+        // A read the board can answer when every earlier reply is out. Later, the broker
+        // could already have done later lines, which the board would show: ask it instead.
         if let (Some(_), Some(read)) = (board, board_read(&command)) {
-            let read = BoardRead {
-                request: request.clone(),
-                read,
-            };
-            let mut waiting = lock(pending);
-            let last = waiting.last_sent;
-            match last.and_then(|id| waiting.pending.get_mut(&id)) {
-                Some(earlier) => earlier.then.push(read),
-                None => out!("{}", answer_from_board(board, read)),
+            let waiting = lock(pending);
+            if waiting.pending.is_empty() {
+                let read = BoardRead {
+                    request: request.clone(),
+                    read,
+                };
+                out!("{}", answer_from_board(board, read));
+                continue;
             }
-            continue;
         }
         let (body, make_output) = match body_of(command) {
             Ok(body) => body,
@@ -265,7 +254,6 @@ fn read_commands(requester: &Requester, pending: &PendingMap, board: &SharedBoar
             request: request.clone(),
             make_output,
             finishes: false,
-            then: Vec::new(),
         };
         if let Err(error) = send(requester, pending, body, pending_entry) {
             out!("{}", error_json(&error, request));
@@ -276,7 +264,6 @@ fn read_commands(requester: &Requester, pending: &PendingMap, board: &SharedBoar
         request: finish_request,
         make_output: None,
         finishes: true,
-        then: Vec::new(),
     };
     if let Err(error) = send(requester, pending, RequestBody::BrokerInfo, barrier) {
         // No broker to answer: the event thread sees the loss and finishes itself.
@@ -294,7 +281,6 @@ fn send(
     let mut waiting = lock(pending);
     let id = requester.send(body)?;
     waiting.pending.insert(id, entry);
-    waiting.last_sent = Some(id);
     Ok(())
 }
 
