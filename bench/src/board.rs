@@ -27,9 +27,10 @@ const BATCH: u32 = 100;
 /// p50 of one torrent's status read from the board, in nanoseconds.
 pub fn board_read(state_dir: PathBuf, count: usize) -> anyhow::Result<()> {
     let board = Board::open(&options(&state_dir))?;
+    // The last torrent: the farthest slot from where a search starts.
     let id = board
         .list()
-        .first()
+        .last()
         .map(|t| t.info.id)
         .context("the broker runs no torrent to read")?;
     let torrent = TorrentRef::Id(id);

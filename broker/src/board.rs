@@ -199,7 +199,10 @@ impl Inner {
 
     /// Moves everything to a board twice as large and tells readers of the old one.
     fn grow(&mut self) -> io::Result<()> {
-        let capacity = self.writer.capacity() * 2;
+        if self.writer.capacity() >= proto::board::MAX_CAPACITY {
+            return Err(io::Error::other("the board is as large as a board may be"));
+        }
+        let capacity = (self.writer.capacity() * 2).min(proto::board::MAX_CAPACITY);
         self.generation += 1;
         let bigger = BoardWriter::create(capacity, std::process::id(), self.generation)?;
         for (slot, summary) in self.shown.values() {

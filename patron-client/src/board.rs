@@ -91,6 +91,12 @@ impl Board {
         self.reader.iter()
     }
 
+    /// Every torrent on the board in id order, if no text on it was cut to fit (a save
+    /// folder, name or error message too long for its slot): what `list --json` prints.
+    pub fn list_exact(&self) -> Option<Vec<TorrentSummary>> {
+        self.reader.all_texts_whole().then(|| self.list())
+    }
+
     /// Every torrent on the board, in id order (as `list` answers).
     pub fn list(&self) -> Vec<TorrentSummary> {
         let mut all: Vec<_> = self.iter().collect();
@@ -114,10 +120,12 @@ impl Board {
     /// by the new one (a change). A broker that stopped or died is
     /// [`Error::BrokerStopped`].
     pub fn wait_for_change(&mut self, timeout: Duration) -> Result<bool> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             self.refresh()?;
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(Duration::MAX, |deadline| {
+                deadline.saturating_duration_since(Instant::now())
+            });
             // Wake now and then to notice a broker killed without marking its board.
             let slice = left.min(Duration::from_millis(500));
             let now = self.reader.wait_for_change(self.seen, slice);
@@ -193,7 +201,8 @@ fn fetch_board(socket_path: &Path, timeout: Duration) -> Result<BoardReader> {
 /// descriptor is owned at once, so extras are closed rather than leaked.
 fn receive_answer(fd: &OwnedFd) -> std::result::Result<(BoardAnswer, Option<OwnedFd>), String> {
     let mut buffer = [0u8; 4096];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
+    // Room for more than the one descriptor expected: extras are owned, then closed.
+    let mut space = nix::cmsg_space!([RawFd; 16]);
     let mut iov = [IoSliceMut::new(&mut buffer)];
     let message = recvmsg::<()>(
         fd.as_raw_fd(),

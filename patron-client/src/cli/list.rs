@@ -13,7 +13,11 @@ pub fn run(ctx: &Context) -> Result<Exit, Error> {
             }
             return Ok(Exit::Success);
         }
-        Source::Board(board) => board.list(),
+        // A text cut to fit the board (a very long save folder) is asked for whole.
+        Source::Board(board) => match board.list_exact() {
+            Some(torrents) => torrents,
+            None => ctx.patron()?.list()?,
+        },
         Source::Requests(mut patron) => patron.list()?,
     };
     if ctx.out.json {

@@ -39,7 +39,7 @@ fn watch_board(ctx: &Context, args: Args, mut board: Board) -> Result<Exit, Erro
         board.list()
     } else {
         let mut found = Vec::new();
-        for target in args.torrents {
+        for &target in &args.torrents {
             // Just added, it may be a pulse away from the board.
             let mut summary = board.summary(target);
             if summary.is_none() && board.wait_for_change(QUIET)? {
@@ -47,8 +47,8 @@ fn watch_board(ctx: &Context, args: Args, mut board: Board) -> Result<Exit, Erro
             }
             match summary {
                 Some(summary) => found.push(summary),
-                // Not on the board: let the broker say why.
-                None => found.push(follow_once(ctx, target)?),
+                // Not on the board: the broker says why, or (a race) follow it by events.
+                None => return watch_events(ctx, args, ctx.patron()?),
             }
         }
         found
@@ -71,9 +71,15 @@ fn watch_board(ctx: &Context, args: Args, mut board: Board) -> Result<Exit, Erro
         shown.insert(summary.info.id, None);
     }
     loop {
+        // One pass over the board per wake, not one search per watched torrent.
+        let mut now: BTreeMap<TorrentId, TorrentStatus> = board
+            .iter()
+            .filter(|summary| shown.contains_key(&summary.info.id))
+            .map(|summary| (summary.info.id, summary.status))
+            .collect();
         let ids: Vec<TorrentId> = shown.keys().copied().collect();
         for id in ids {
-            let Some(status) = board.get(TorrentRef::Id(id)) else {
+            let Some(status) = now.remove(&id) else {
                 let reason = "no longer runs";
                 match &mut screen {
                     Some(screen) => screen.gone(id, reason),
@@ -99,15 +105,6 @@ fn watch_board(ctx: &Context, args: Args, mut board: Board) -> Result<Exit, Erro
         }
         board.wait_for_change(QUIET)?;
     }
-}
-
-/// The summary of a torrent the board does not show, or the broker's error for it.
-fn follow_once(ctx: &Context, target: TorrentRef) -> Result<TorrentSummary, Error> {
-    let status = ctx.patron()?.status(target)?;
-    Err(Error::Protocol(format!(
-        "torrent {} is not on the status board",
-        status.id
-    )))
 }
 
 fn watch_events(ctx: &Context, args: Args, mut patron: Patron) -> Result<Exit, Error> {

@@ -37,6 +37,10 @@ fn what_is_written_is_read() {
     assert_eq!(reader.get(TorrentId(1)), Some(one.clone()));
     assert_eq!(reader.status(TorrentId(1)), Some(one.status.clone()));
     assert_eq!(reader.status(TorrentId(9)), None);
+    // Found again from its slot hint, and after the hint went stale.
+    assert_eq!(reader.status(TorrentId(2)).map(|s| s.id), Some(TorrentId(2)));
+    assert_eq!(reader.status(TorrentId(1)).map(|s| s.id), Some(TorrentId(1)));
+    assert!(reader.all_texts_whole());
     assert_eq!(reader.find(&two.info.info_hash), Some(two.clone()));
     assert_eq!(reader.iter().collect::<Vec<_>>(), vec![one, two]);
     let header = reader.header();
@@ -90,6 +94,7 @@ fn long_texts_are_cut_at_a_character_and_marked() {
     long.info.save_folder = "/d".repeat(FOLDER_BYTES);
     board.write(0, &long);
     board.set_in_use(1);
+    assert!(!board.reader().unwrap().all_texts_whole());
     let read = board.reader().unwrap().read(0).unwrap();
     assert!(read.status.name.ends_with('…'));
     assert!(read.status.name.len() <= NAME_BYTES + '…'.len_utf8());
