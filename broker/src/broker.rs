@@ -44,6 +44,8 @@ impl Broker {
         service.shutdown.on_signals()?;
         let reader = RequestReader::start(self.dispatcher.clone())?;
         self.dispatcher.attach(Arc::new(reader.clone()));
+        // The board shows every torrent restored before any patron can read it.
+        fanout::start(service.clone()).await?;
         let listener = rendezvous::Rendezvous::bind(&service.config.socket_path)?;
         tracing::info!(
             pid = std::process::id(),
@@ -53,7 +55,6 @@ impl Broker {
             "broker ready"
         );
         listener.start(self.dispatcher.clone(), reader)?;
-        fanout::start(service.clone())?;
         // systemd (`Type=notify`): patrons can connect from now on.
         notify_service_manager(&[sd_notify::NotifyState::Ready]);
         let reason = service.shutdown.wait().await;

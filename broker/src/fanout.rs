@@ -45,18 +45,24 @@ pub const THREAD: &str = "status";
 /// Starts the status loop on a thread of its own ([`THREAD`]): its cost (looking at every
 /// torrent, writing the board, waking its readers, fanning events out) is then that thread's
 /// CPU time, which `scripts/bench` reads. It ends when the broker stops.
-pub fn start(service: Arc<Service>) -> anyhow::Result<()> {
+/// Returns once its first pass has put every torrent the broker knows on the board, so that
+/// no patron ever reads a board emptier than the broker.
+pub async fn start(service: Arc<Service>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;
+    let (filled, board_filled) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(THREAD.into())
-        .spawn(move || runtime.block_on(run(service)))?;
-    Ok(())
+        .spawn(move || runtime.block_on(run(service, filled)))?;
+    board_filled
+        .await
+        .map_err(|_| anyhow::anyhow!("the status loop ended before its first pass"))
 }
 
-/// Runs until the broker stops.
-pub async fn run(service: Arc<Service>) {
+/// Runs until the broker stops; `filled` is told after the first pass.
+async fn run(service: Arc<Service>, filled: tokio::sync::oneshot::Sender<()>) {
+    let mut filled = Some(filled);
     let mut seen: HashMap<TorrentId, Seen> = HashMap::new();
     let mut pulse = tokio::time::interval(PULSE);
     pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -82,6 +88,9 @@ pub async fn run(service: Arc<Service>) {
             fan_out(&service, None, &computed);
         } else if !urgent.is_empty() {
             fan_out(&service, Some(&urgent), &computed);
+        }
+        if let Some(filled) = filled.take() {
+            let _ = filled.send(());
         }
     }
 }

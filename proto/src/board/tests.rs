@@ -38,8 +38,14 @@ fn what_is_written_is_read() {
     assert_eq!(reader.status(TorrentId(1)), Some(one.status.clone()));
     assert_eq!(reader.status(TorrentId(9)), None);
     // Found again from its slot hint, and after the hint went stale.
-    assert_eq!(reader.status(TorrentId(2)).map(|s| s.id), Some(TorrentId(2)));
-    assert_eq!(reader.status(TorrentId(1)).map(|s| s.id), Some(TorrentId(1)));
+    assert_eq!(
+        reader.status(TorrentId(2)).map(|s| s.id),
+        Some(TorrentId(2))
+    );
+    assert_eq!(
+        reader.status(TorrentId(1)).map(|s| s.id),
+        Some(TorrentId(1))
+    );
     assert!(reader.all_texts_whole());
     assert_eq!(reader.find(&two.info.info_hash), Some(two.clone()));
     assert_eq!(reader.iter().collect::<Vec<_>>(), vec![one, two]);
