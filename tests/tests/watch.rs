@@ -144,9 +144,13 @@ fn watch_without_a_terminal_prints_plain_lines() {
     let mut watch = sandbox.client(&state);
     watch.arg("watch");
     let watching = Running::start(watch);
-    // Once watch shows the torrent, close it: watch prints that and exits.
-    wait_for("watch to show the torrent", STEP_TIMEOUT, || {
-        watching.stdout_so_far().contains("plain.bin")
+    // Once watch shows the torrent seeding (it may show it checking first), close it:
+    // watch prints that and exits.
+    wait_for("watch to show the torrent seeding", STEP_TIMEOUT, || {
+        watching
+            .stdout_so_far()
+            .lines()
+            .any(|l| l.contains("plain.bin") && l.contains("seeding"))
     });
     let mut close = sandbox.client(&state);
     close.args(["close", "0", "--force"]);
@@ -155,7 +159,7 @@ fn watch_without_a_terminal_prints_plain_lines() {
     let line = out
         .stdout
         .lines()
-        .find(|l| l.contains("plain.bin"))
+        .find(|l| l.contains("plain.bin") && l.contains("seeding"))
         .expect(&out.stdout);
     assert!(
         line.contains("seeding") && line.contains("100.00%"),
