@@ -141,15 +141,24 @@ impl Board {
     }
 
     /// Maps the current board if the broker outgrew this one (reads of a superseded board
-    /// show it as it was); fails if the broker stopped. [`Board::wait_for_change`] does this
+    /// show it as it was), or the board of the broker that replaced a stopped one; fails if
+    /// the broker stopped and none took its place. [`Board::wait_for_change`] does this
     /// itself; a reader that keeps a board between reads without waiting calls this first.
     pub fn refresh(&mut self) -> Result<()> {
         let header = self.reader.header();
         if header.stopped || !proto::board::process_alive(header.broker_pid) {
-            return Err(Error::BrokerStopped(format!(
-                "the broker (pid {}) stopped",
-                header.broker_pid
-            )));
+            // A broker that took its place (a restart) publishes a board of its own.
+            return match fetch_board(&self.socket, self.timeout) {
+                Ok(reader) => {
+                    self.reader = reader;
+                    self.seen = self.reader.header().changes.wrapping_sub(1);
+                    Ok(())
+                }
+                Err(_) => Err(Error::BrokerStopped(format!(
+                    "the broker (pid {}) stopped",
+                    header.broker_pid
+                ))),
+            };
         }
         if header.superseded {
             self.reader = fetch_board(&self.socket, self.timeout)?;

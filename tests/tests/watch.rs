@@ -175,3 +175,46 @@ fn watch_without_a_terminal_prints_plain_lines() {
         "no escape codes without a terminal"
     );
 }
+
+/// A broker restarted under a running `watch` (a new board, a new generation): watch takes
+/// up the new board and goes on with the restored torrent, instead of ending.
+#[test]
+fn watch_goes_on_across_a_broker_restart() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let mut broker = sandbox.broker(&state, &[]);
+    let done = sandbox.random_file("local/kept.bin", 50_000);
+    let mut make = sandbox.client(&state);
+    make.arg("make").arg(&done).arg("--seed");
+    make.arg("--output").arg(sandbox.path("kept.torrent"));
+    run(make).expect_code(0);
+    let mut watch = sandbox.client(&state);
+    watch.arg("watch");
+    let watching = Running::start(watch);
+    let seeding_lines = |out: &str| {
+        out.lines()
+            .filter(|l| l.contains("kept.bin") && l.contains("seeding"))
+            .count()
+    };
+    wait_for("watch to show it seeding", STEP_TIMEOUT, || {
+        seeding_lines(&watching.stdout_so_far()) == 1
+    });
+    broker.signal(Signal::SIGTERM);
+    broker.wait_exit(STEP_TIMEOUT);
+    // The old board says stopped; watch waits for a broker to take its place.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        kill(Pid::from_raw(watching.pid()), None).is_ok()
+            && !watching.stdout_so_far().contains("closed:"),
+        "watch ended with the broker: {}",
+        watching.stdout_so_far()
+    );
+    let _restarted = sandbox.broker(&state, &[]);
+    // Give it a moment on the new board, then close the restored torrent: watch sees it go.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let mut close = sandbox.client(&state);
+    close.args(["close", "0", "--force"]);
+    run(close).expect_code(0);
+    let out = watching.finish(STEP_TIMEOUT).expect_code(0);
+    assert!(out.stdout.contains("closed:"), "{}", out.stdout);
+}

@@ -103,8 +103,25 @@ fn watch_board(ctx: &Context, args: Args, mut board: Board) -> Result<Exit, Erro
         if shown.is_empty() {
             return Ok(Exit::Success);
         }
-        board.wait_for_change(QUIET)?;
+        if let Err(stopped) = board.wait_for_change(QUIET) {
+            wait_for_restart(&mut board, stopped)?;
+        }
     }
+}
+
+/// How long `watch` waits for a stopped broker to be replaced (a restart) before it ends.
+const RESTART_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits (bounded) for a broker to take the stopped one's place, then goes on with its board.
+fn wait_for_restart(board: &mut Board, stopped: Error) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + RESTART_WAIT;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        if board.refresh().is_ok() {
+            return Ok(());
+        }
+    }
+    Err(stopped)
 }
 
 fn watch_events(ctx: &Context, args: Args, mut patron: Patron) -> Result<Exit, Error> {
