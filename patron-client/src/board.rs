@@ -224,12 +224,11 @@ fn receive_answer(fd: &OwnedFd) -> std::result::Result<(BoardAnswer, Option<Owne
     if let Ok(cmsgs) = message.cmsgs() {
         for cmsg in cmsgs {
             if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                // SAFETY: the kernel just installed these descriptors in this process for
-                // us; nothing else owns them.
-                descriptors.extend(
-                    fds.into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
+                for fd in fds {
+                    // SAFETY: the kernel just installed this descriptor in this process for
+                    // us; nothing else owns it, so owning it here closes it exactly once.
+                    descriptors.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
             }
         }
     }

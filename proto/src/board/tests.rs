@@ -208,7 +208,8 @@ fn a_reader_cannot_get_write_access() {
     let fd = board.reader_fd().unwrap();
     let len = NonZeroUsize::new(board_bytes(1)).unwrap();
     let shared_rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-    // SAFETY (test): these calls are expected to fail; on success the mapping is unmapped.
+    // SAFETY: a fresh mapping at an address the kernel picks aliases nothing; the call is
+    // expected to fail, and a mapping it made anyway would only leak until the test ends.
     let writable = unsafe { mmap(None, len, shared_rw, MapFlags::MAP_SHARED, &fd, 0) };
     assert!(writable.is_err(), "mapped the reader's fd writable");
     // Reopening the memfd read-write through /proc gives a writable fd, but the seal holds.
@@ -217,6 +218,7 @@ fn a_reader_cannot_get_write_access() {
         .write(true)
         .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .unwrap();
+    // SAFETY: as above: a fresh mapping that aliases nothing, expected to be refused.
     let writable = unsafe { mmap(None, len, shared_rw, MapFlags::MAP_SHARED, &reopened, 0) };
     assert_eq!(writable.err(), Some(nix::errno::Errno::EPERM));
     assert!(
@@ -225,6 +227,8 @@ fn a_reader_cannot_get_write_access() {
     );
     assert!(reopened.set_len(0).is_err(), "shrank the board");
     // A read-only mapping cannot be made writable afterwards.
+    // SAFETY: a fresh read-only mapping of `len` bytes of a sealed memfd at least that long:
+    // it aliases nothing and no access within it can fault; it is unmapped below.
     let readonly = unsafe {
         mmap(
             None,
@@ -236,8 +240,11 @@ fn a_reader_cannot_get_write_access() {
         )
     }
     .unwrap();
+    // SAFETY: `readonly` is the mapping just made, `len` long; no Rust reference points into
+    // it, so changing its protection (which should fail) cannot invalidate one.
     let upgraded = unsafe { mprotect(readonly, len.get(), shared_rw) };
     assert!(upgraded.is_err(), "mprotect made the mapping writable");
+    // SAFETY: exactly the pointer and length mmap returned; nothing refers into it.
     unsafe { munmap(readonly, len.get()) }.unwrap();
 }
 
