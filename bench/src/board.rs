@@ -168,7 +168,10 @@ fn broker_cpu(
     window: Duration,
     mut during: impl FnMut(),
 ) -> anyhow::Result<(f64, f64)> {
-    let (process, status) = (broker.to_string(), thread_of(broker, "status")?);
+    let (process, status) = (
+        broker.to_string(),
+        thread_of(broker, torrent_broker::fanout::THREAD)?,
+    );
     let before = (crate::cpu_secs(&process)?, crate::cpu_secs(&status)?);
     let started = Instant::now();
     while started.elapsed() < window {

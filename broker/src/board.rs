@@ -105,12 +105,8 @@ impl StatusBoard {
         }
         if any {
             inner.compact_in_use();
-            inner.writer.publish_quietly();
-            inner.unwoken = true;
         }
-        if inner.unwoken && (urgent || structural || inner.woken.elapsed() >= WAKE_EVERY) {
-            inner.wake();
-        }
+        inner.end_batch(any, urgent || structural);
     }
 
     /// Shows one torrent now (new or changed), outside the status loop's rounds. Readers
@@ -123,13 +119,8 @@ impl StatusBoard {
                 || shown.status.complete != summary.status.complete
                 || shown.holders != summary.holders
         });
-        if inner.show(summary) {
-            inner.writer.publish_quietly();
-            inner.unwoken = true;
-        }
-        if inner.unwoken && (matters || inner.woken.elapsed() >= WAKE_EVERY) {
-            inner.wake();
-        }
+        let wrote = inner.show(summary);
+        inner.end_batch(wrote, matters);
     }
 
     /// Takes one torrent off the board now.
@@ -139,8 +130,7 @@ impl StatusBoard {
             inner.writer.clear(slot);
             inner.free.insert(slot);
             inner.compact_in_use();
-            inner.writer.publish_quietly();
-            inner.wake();
+            inner.end_batch(true, true);
         }
     }
 
@@ -157,6 +147,18 @@ impl StatusBoard {
 }
 
 impl Inner {
+    /// Publishes a batch (if `wrote`) and wakes sleeping readers when it `matters` (a
+    /// torrent came, went or changed stage), else at most every [`WAKE_EVERY`].
+    fn end_batch(&mut self, wrote: bool, matters: bool) {
+        if wrote {
+            self.writer.publish_quietly();
+            self.unwoken = true;
+        }
+        if self.unwoken && (matters || self.woken.elapsed() >= WAKE_EVERY) {
+            self.wake();
+        }
+    }
+
     fn wake(&mut self) {
         self.writer.wake();
         self.woken = Instant::now();

@@ -208,31 +208,15 @@ impl Dispatcher {
         } else {
             request
         };
-        // Held back before the counts can fall, so a resume cannot be missed.
-        let requests_now = in_flight.requests.load(Ordering::Acquire) + 1;
-        let bytes_now = in_flight.bytes.load(Ordering::Acquire) + size;
-        let full = requests_now >= MAX_IN_FLIGHT_REQUESTS || bytes_now >= MAX_IN_FLIGHT_BYTES;
-        if full {
-            in_flight.held_back.store(true, Ordering::Release);
-        }
-        in_flight.requests.fetch_add(1, Ordering::AcqRel);
-        in_flight.bytes.fetch_add(size, Ordering::AcqRel);
-        if requests.send((Work::Request(request), size)).is_err() {
-            return Dispatched::Gone;
-        }
-        if !full {
-            return Dispatched::Taken;
-        }
-        // If the task drained to the low mark meanwhile, whoever clears the flag decides:
-        // the task (it sends a resume, which the reader handles after holding back) or we
-        // (nothing is held back).
-        if in_flight.is_low() && in_flight.held_back.swap(false, Ordering::AcqRel) {
-            return Dispatched::Taken;
-        }
-        Dispatched::HoldBack
+        enqueue(
+            &in_flight,
+            &requests,
+            Work::Request(request),
+            size,
+            MAX_IN_FLIGHT_BYTES,
+        )
     }
 
-    /// Tells a patron its message could not be decoded.
     /// Queues a large message (see [`proto::SharedBytes`]) for the patron's own task: its
     /// region (`size` bytes, checked already) counts toward what the patron has in flight
     /// before a byte of it is read, so a patron gets one region read at a time, on its own
@@ -251,23 +235,9 @@ impl Dispatcher {
         let Some((in_flight, requests)) = found else {
             return Dispatched::Gone;
         };
-        let requests_now = in_flight.requests.fetch_add(1, Ordering::AcqRel) + 1;
-        let bytes_now = in_flight.bytes.fetch_add(size, Ordering::AcqRel) + size;
-        if requests
-            .send((Work::Large { payload, region }, size))
-            .is_err()
-        {
-            return Dispatched::Gone;
-        }
-        // Held back sooner than a small request: half the bytes, and the read is still to do.
-        if bytes_now < MAX_IN_FLIGHT_BYTES / 2 && requests_now < MAX_IN_FLIGHT_REQUESTS {
-            return Dispatched::Taken;
-        }
-        in_flight.held_back.store(true, Ordering::Release);
-        if in_flight.is_low() && in_flight.held_back.swap(false, Ordering::AcqRel) {
-            return Dispatched::Taken;
-        }
-        Dispatched::HoldBack
+        // Held back sooner than a small request: at half the bytes (its read is still to do).
+        let work = Work::Large { payload, region };
+        enqueue(&in_flight, &requests, work, size, MAX_IN_FLIGHT_BYTES / 2)
     }
 
     /// Reads and decodes a large message off the async threads; a protocol error if it is
@@ -304,6 +274,7 @@ impl Dispatcher {
         }
     }
 
+    /// Tells a patron its message could not be decoded.
     pub fn protocol_error(&self, patron: PatronId, message: String) {
         let Some(connection) = self.service.connection(patron) else {
             return;
@@ -359,4 +330,37 @@ fn unpack_large(payload: &[u8], region: &OwnedFd) -> Result<(Request, usize), St
             other.kind()
         )),
     }
+}
+
+/// Queues `work` of `size` bytes for a patron's task; whether its reader must now hold back
+/// (at [`MAX_IN_FLIGHT_REQUESTS`] requests or `max_bytes` bytes in flight).
+fn enqueue(
+    in_flight: &InFlight,
+    requests: &mpsc::UnboundedSender<(Work, usize)>,
+    work: Work,
+    size: usize,
+    max_bytes: usize,
+) -> Dispatched {
+    // Held back before the counts can fall, so a resume cannot be missed.
+    let requests_now = in_flight.requests.load(Ordering::Acquire) + 1;
+    let bytes_now = in_flight.bytes.load(Ordering::Acquire) + size;
+    let full = requests_now >= MAX_IN_FLIGHT_REQUESTS || bytes_now >= max_bytes;
+    if full {
+        in_flight.held_back.store(true, Ordering::Release);
+    }
+    in_flight.requests.fetch_add(1, Ordering::AcqRel);
+    in_flight.bytes.fetch_add(size, Ordering::AcqRel);
+    if requests.send((work, size)).is_err() {
+        return Dispatched::Gone;
+    }
+    if !full {
+        return Dispatched::Taken;
+    }
+    // If the task drained to the low mark meanwhile, whoever clears the flag decides: the
+    // task (it sends a resume, which the reader handles after holding back) or we (nothing
+    // is held back).
+    if in_flight.is_low() && in_flight.held_back.swap(false, Ordering::AcqRel) {
+        return Dispatched::Taken;
+    }
+    Dispatched::HoldBack
 }

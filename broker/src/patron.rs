@@ -241,7 +241,7 @@ impl Outbox {
         } else {
             0
         };
-        let (frames, region, size) = match large(&event, &frames, room) {
+        let (frames, region, size) = match large(&frames, room) {
             Some((small, region, size)) => {
                 tracing::debug!(
                     patron = self.patron,
@@ -508,23 +508,23 @@ pub fn say_goodbye(outboxes: &[Arc<Outbox>], goodbye: Event, wait: Duration) {
 /// a small frame naming region 0, the region (a fresh memfd holding the event, given away with
 /// the frame) and its size. `None` for a small event, one larger than `room`, or if no memfd
 /// can be had: the event then goes as fragments.
-fn large(event: &Event, frames: &Frames, room: usize) -> Option<(Frames, OwnedFd, usize)> {
-    let size = frames.first.len() + frames.rest.len();
+fn large(frames: &Frames, room: usize) -> Option<(Frames, OwnedFd, usize)> {
+    let size = frames.first.len() - wire::HEADER_BYTES + frames.rest.len();
     if size <= proto::LARGE_MESSAGE_BYTES || size > room {
         return None;
     }
-    let made = (|| -> Result<_, String> {
-        let bytes = wire::encode_payload(event).map_err(|e| e.to_string())?;
+    let made = (|| -> std::io::Result<_> {
         let region = nix::sys::memfd::memfd_create(
             c"torrent-patron-event",
             nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
-        )
-        .map_err(|e| e.to_string())?;
-        let mut file = std::fs::File::from(region.try_clone().map_err(|e| e.to_string())?);
-        std::io::Write::write_all(&mut file, &bytes).map_err(|e| e.to_string())?;
+        )?;
+        // The frames hold the event's payload already: the region takes it as it is.
+        let mut file = std::fs::File::from(region.try_clone()?);
+        std::io::Write::write_all(&mut file, &frames.first[wire::HEADER_BYTES..])?;
+        std::io::Write::write_all(&mut file, &frames.rest)?;
         let small = wire::encode_frames(&Event::Large(proto::SharedBytes::region(0)))
-            .map_err(|e| e.to_string())?;
-        Ok((small, region, bytes.len()))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok((small, region, size))
     })();
     match made {
         Ok(large) => Some(large),

@@ -110,12 +110,7 @@ enum Read {
 
 /// Requests waiting for replies. Replies are printed under its lock, so a board read can
 /// tell whether every earlier reply is out.
-#[derive(Default)]
-struct Waiting {
-    pending: HashMap<RequestId, Pending>,
-}
-
-type PendingMap = Arc<Mutex<Waiting>>;
+type PendingMap = Arc<Mutex<HashMap<RequestId, Pending>>>;
 
 /// The board, shared by both threads (reads are done under its lock, which also lets a
 /// superseded board be replaced).
@@ -142,7 +137,7 @@ pub fn run(ctx: &Context) -> Result<Exit, Error> {
             }
         };
         let mut waiting = lock(&pending);
-        let answered = event.request().and_then(|id| waiting.pending.remove(&id));
+        let answered = event.request().and_then(|id| waiting.remove(&id));
         match answered {
             Some(Pending {
                 finishes: true,
@@ -230,7 +225,7 @@ fn read_commands(requester: &Requester, pending: &PendingMap, board: &SharedBoar
         // could already have done later lines, which the board would show: ask it instead.
         if let (Some(_), Some(read)) = (board, board_read(&command)) {
             let waiting = lock(pending);
-            if waiting.pending.is_empty() {
+            if waiting.is_empty() {
                 let read = BoardRead {
                     request: request.clone(),
                     read,
@@ -280,7 +275,7 @@ fn send(
 ) -> Result<(), Error> {
     let mut waiting = lock(pending);
     let id = requester.send(body)?;
-    waiting.pending.insert(id, entry);
+    waiting.insert(id, entry);
     Ok(())
 }
 
