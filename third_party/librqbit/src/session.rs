@@ -437,6 +437,12 @@ pub struct SessionOptions {
     /// Enable fastresume, to restore state quickly after restart.
     pub fastresume: bool,
 
+    /// torrent-patron patch: keep fast-resume bitfields (`<info_hash>.bitv`) in this folder
+    /// without a session store (`persistence: None`): the embedder remembers its torrents
+    /// and adds them again itself, and a session store would rewrite its whole list at
+    /// every add. Ignored when `persistence` is set.
+    pub fastresume_folder: Option<PathBuf>,
+
     /// Turn on to dump session contents into a file periodically, so that on next start
     /// all remembered torrents will continue where they left off.
     pub persistence: Option<SessionPersistenceConfig>,
@@ -495,6 +501,7 @@ impl Default for SessionOptions {
             bind_device_name: None,
             disable_trackers: false,
             fastresume: false,
+            fastresume_folder: None,
             persistence: None,
             peer_id: None,
             listen: None,
@@ -683,7 +690,15 @@ impl Session {
                         let p = Arc::new(PostgresSessionStorage::new(connection_string).await?);
                         make_result!(p)
                     }
-                    None => Ok((None, Arc::new(NonPersistentBitVFactory {}))),
+                    None => match &opts.fastresume_folder {
+                        Some(folder) => {
+                            let s = JsonSessionPersistenceStore::new(folder.clone(), spawner)
+                                .await
+                                .context("error initializing the fast-resume folder")?;
+                            Ok((None, Arc::new(s)))
+                        }
+                        None => Ok((None, Arc::new(NonPersistentBitVFactory {}))),
+                    },
                 }
             }
 

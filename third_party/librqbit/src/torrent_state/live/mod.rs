@@ -170,7 +170,10 @@ impl TorrentStateLocked {
     }
 }
 
-const FLUSH_BITV_EVERY_BYTES: u64 = 16 * 1024 * 1024;
+// torrent-patron patch: flush after every verified piece (was every 16 MiB), so that a
+// process killed mid-download loses at most the pieces in flight. The flusher task
+// coalesces queued snapshots, so a busy download costs one small write at a time.
+const FLUSH_BITV_EVERY_BYTES: u64 = 1;
 
 pub enum AddIncomingPeerResult {
     Added,
@@ -725,6 +728,35 @@ impl TorrentStateLive {
 
     fn transmit_haves(&self, index: ValidPieceIndex) {
         let _ = self.have_broadcast_tx.send(index);
+    }
+
+    /// torrent-patron patch: dials `addr` now, for a torrent that already runs (the HTTP API's
+    /// `add_peers` is the only other way in). A peer not seen before is queued; one that is
+    /// dead and waiting out its back-off is queued again at once. Returns whether it was
+    /// queued (false: it is already connecting or connected, or not needed).
+    pub fn add_peer(&self, addr: SocketAddr) -> crate::Result<bool> {
+        if self.add_peer_if_not_seen(addr)? {
+            return Ok(true);
+        }
+        let requeue = self
+            .peers
+            .with_peer_mut(addr, "add_peer", |peer| {
+                if matches!(peer.get_state(), PeerState::Dead) {
+                    peer.stats.reset_backoff();
+                    peer.set_state(PeerState::Queued, &self.peers);
+                    true
+                } else {
+                    false
+                }
+            })
+            .unwrap_or(false);
+        if requeue {
+            self.peer_queue_tx
+                .send(addr)
+                .ok()
+                .ok_or(Error::TorrentIsNotLive)?;
+        }
+        Ok(requeue)
     }
 
     pub(crate) fn add_peer_if_not_seen(&self, addr: SocketAddr) -> crate::Result<bool> {

@@ -51,7 +51,9 @@ impl PeerCountersAtomic {
 
 fn backoff() -> ExponentialBackoff {
     ExponentialBuilder::new()
-        .with_min_delay(Duration::from_secs(10))
+        // torrent-patron patch: the first re-dial comes after 1–2 s, not 10–20 s (a peer that
+        // reset the first handshake, e.g. a client still starting, is tried again soon).
+        .with_min_delay(Duration::from_secs(1))
         .with_factor(6.)
         .with_jitter()
         .with_max_delay(Duration::from_secs(3600))

@@ -29,6 +29,8 @@ pub struct PeerStats {
     pub state: &'static str,
     pub conn_kind: Option<ConnectionKind>,
     pub client_name: Option<String>,
+    /// torrent-patron patch: how many pieces a connected peer says it has (its progress).
+    pub have_pieces: Option<u32>,
 }
 
 impl From<&super::atomic::PeerCountersAtomic> for PeerCounters {
@@ -66,6 +68,10 @@ impl From<&Peer> for PeerStats {
             },
             client_name: match state {
                 PeerState::Live(l) => l.client_name.clone(),
+                _ => None,
+            },
+            have_pieces: match state {
+                PeerState::Live(l) => u32::try_from(l.bitfield.count_ones()).ok(),
                 _ => None,
             },
         }
