@@ -222,6 +222,8 @@ impl BitVFactory for JsonSessionPersistenceStore {
             .write(true)
             .create(true)
             .truncate(true)
+            // torrent-patron patch: owner-only, as every file of the broker's state.
+            .mode(0o600)
             .open(&tmp_filename)
             .await
             .with_context(|| format!("error opening {filename:?}"))?;
