@@ -655,6 +655,36 @@ pub fn make_and_seed(
     made.seeding.expect("seeding").id
 }
 
+/// Runs a pipe session of `lines` against `state` (with or without the board) and returns
+/// its JSON output lines.
+pub fn pipe_session(
+    sandbox: &Sandbox,
+    state: &std::path::Path,
+    lines: &[String],
+    board: bool,
+) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let mut pipe = sandbox.client(state);
+    if !board {
+        pipe.env(patron_client::BOARD_ENV, "0");
+    }
+    let mut child = pipe
+        .arg("pipe")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn pipe");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for line in lines {
+        writeln!(stdin, "{line}").expect("write a line");
+    }
+    drop(stdin);
+    let running = Running::from_child(child);
+    let out = running.finish(STEP_TIMEOUT).expect_code(0);
+    out.json_lines()
+}
+
 /// Polls `condition` until it holds; fails the test after `limit`.
 pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

@@ -200,14 +200,11 @@ impl Dispatcher {
         );
         // Only this thread adds to `in_flight`, so zero here means nothing can be overtaken.
         // A hop to the patron's task costs more than answering a quick request here.
-        let request = if in_flight.requests.load(Ordering::Acquire) == 0 {
-            match commands::serve_immediate(&self.service, &connection, request) {
-                Ok(()) => return Dispatched::Taken,
-                Err(request) => request,
-            }
-        } else {
-            request
-        };
+        let idle = in_flight.requests.load(Ordering::Acquire) == 0;
+        if idle && commands::is_immediate(&request.body) {
+            commands::serve_immediate(&self.service, &connection, request);
+            return Dispatched::Taken;
+        }
         enqueue(
             &in_flight,
             &requests,

@@ -13,10 +13,13 @@ use librqbit::{
     ListenerOptions, ManagedTorrent, PeerConnectionOptions, Session, SessionOptions,
     TorrentStatsState,
 };
-use proto::{ErrorKind, InfoHash, ProtoError, TorrentId, TorrentState, TorrentStatus};
+use proto::{
+    ErrorKind, FileEntry, InfoHash, PeerEntry, ProtoError, TorrentId, TorrentState, TorrentStatus,
+};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +48,10 @@ pub struct Engine {
     next_id: AtomicUsize,
     /// Whether the DHT runs (a magnet can then be resolved without peers or trackers).
     dht: bool,
+    /// Where the engine keeps each torrent's verified pieces (`<info hash>.bitv`): fast
+    /// resume. The broker's records say which torrents exist; these files only spare a
+    /// restored torrent the full hash check.
+    fast_resume: PathBuf,
 }
 
 /// A torrent the engine accepted.
@@ -74,6 +81,23 @@ pub struct AddSpec {
     pub peers: Vec<SocketAddr>,
     /// Keep this id (a restored torrent); `None` allocates one.
     pub id: Option<TorrentId>,
+    /// This torrent's own rate limits.
+    pub rates: Rates,
+    /// Its info hash.
+    pub info_hash: InfoHash,
+    /// Trust what an earlier run of this torrent verified (a restore). Otherwise any
+    /// fast-resume state left under its info hash is dropped first, and every byte on disk
+    /// is checked.
+    pub resume: bool,
+}
+
+/// A torrent's own rate limits, in bytes per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rates {
+    /// Download limit.
+    pub download: Option<NonZeroU32>,
+    /// Upload limit.
+    pub upload: Option<NonZeroU32>,
 }
 
 fn engine_error(context: &str, e: anyhow::Error) -> ProtoError {
@@ -85,6 +109,8 @@ impl Engine {
     pub async fn start(config: &BrokerConfig) -> anyhow::Result<Engine> {
         let state = config.engine_state_dir();
         crate::config::create_private_dir(&state)?;
+        let fast_resume = state.join("fastresume");
+        crate::config::create_private_dir(&fast_resume)?;
         let allowlist_url = if config.loopback_only {
             // Belt and braces: even a peer learned from a loopback tracker or PEX is dialled
             // only if it is on loopback.
@@ -105,8 +131,11 @@ impl Engine {
                 None
             },
             disable_local_service_discovery: !config.lsd,
-            // The broker persists torrents itself (see `registry`).
+            // The broker persists torrents itself (see `registry`); the engine keeps only each
+            // torrent's verified pieces, without a session store of its own (a patch of ours:
+            // third_party/README.md).
             persistence: None,
+            fastresume_folder: Some(fast_resume.clone()),
             ratelimits: LimitsConfig {
                 upload_bps: config.max_upload_rate.and_then(NonZeroU32::new),
                 download_bps: config.max_download_rate.and_then(NonZeroU32::new),
@@ -139,6 +168,7 @@ impl Engine {
             session,
             next_id: AtomicUsize::new(0),
             dht: config.dht,
+            fast_resume,
         })
     }
 
@@ -211,6 +241,10 @@ impl Engine {
             })?,
             None => self.next_id.fetch_add(1, Ordering::Relaxed),
         };
+        if !spec.resume {
+            self.forget_verified(spec.info_hash)
+                .map_err(|e| engine_error("cannot start the torrent afresh", e))?;
+        }
         let options = AddTorrentOptions {
             paused: spec.paused,
             only_files: spec.only_files,
@@ -218,6 +252,10 @@ impl Engine {
             output_folder: Some(output_folder),
             initial_peers: Some(spec.peers),
             preferred_id: Some(id),
+            ratelimits: LimitsConfig {
+                download_bps: spec.rates.download,
+                upload_bps: spec.rates.upload,
+            },
             ..Default::default()
         };
         let response = self
@@ -243,16 +281,225 @@ impl Engine {
         }
     }
 
-    /// Stops a torrent and forgets it (its persisted state too), optionally deleting its data.
+    /// Stops a torrent and forgets it (its fast-resume state too), optionally deleting its
+    /// data.
     pub async fn remove(&self, id: TorrentId, delete_data: bool) -> anyhow::Result<()> {
+        let key = TorrentIdOrHash::Id(id.0 as usize);
+        let info_hash = self.session.get(key).map(|h| InfoHash(h.info_hash().0));
+        self.session.delete(key, delete_data).await?;
+        if let Some(info_hash) = info_hash {
+            self.forget_verified(info_hash)?;
+        }
+        Ok(())
+    }
+
+    /// The engine's fast-resume file of a torrent.
+    fn verified_path(&self, info_hash: InfoHash) -> PathBuf {
+        self.fast_resume.join(format!("{info_hash}.bitv"))
+    }
+
+    /// Forgets which pieces of a torrent were verified: its next start checks every byte.
+    /// Done when a torrent is closed, rechecked, or added anew (a file left by an earlier
+    /// torrent of the same info hash must not vouch for whatever is on disk now).
+    pub fn forget_verified(&self, info_hash: InfoHash) -> anyhow::Result<()> {
+        crate::store::remove_durably(&self.verified_path(info_hash))
+            .with_context(|| format!("cannot remove the fast-resume state of {info_hash}"))
+    }
+
+    /// Removes the fast-resume files of torrents the broker no longer remembers (closed while
+    /// the broker was killed, say).
+    pub fn sweep_verified(&self, remembered: &HashSet<InfoHash>) {
+        let Ok(dir) = std::fs::read_dir(&self.fast_resume) else {
+            return;
+        };
+        for file in dir.flatten() {
+            let path = file.path();
+            let hash = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".bitv"))
+                .and_then(InfoHash::from_hex);
+            let stray = hash.is_none_or(|h| !remembered.contains(&h));
+            // Only the engine's own files: .bitv, and its temporary .bitv.tmp.
+            let ours = path.extension().is_some_and(|e| e == "bitv" || e == "tmp");
+            if stray && ours {
+                tracing::info!("removing stray fast-resume file {}", path.display());
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// Pauses a torrent; a paused one stays as it is.
+    pub async fn pause(&self, handle: &ManagedTorrentHandle) -> Result<(), ProtoError> {
+        if handle.is_paused() {
+            return Ok(());
+        }
         self.session
-            .delete(TorrentIdOrHash::Id(id.0 as usize), delete_data)
+            .pause(handle)
             .await
+            .map_err(|e| engine_error("the engine cannot pause it", e))
+    }
+
+    /// Resumes a torrent (one in error starts again); a running one stays as it is.
+    pub async fn resume(&self, handle: &ManagedTorrentHandle) -> Result<(), ProtoError> {
+        let live = handle.with_state(|s| matches!(s, librqbit::ManagedTorrentState::Live(_)));
+        if live {
+            return Ok(());
+        }
+        self.session
+            .unpause(handle)
+            .await
+            .map_err(|e| engine_error("the engine cannot resume it", e))
+    }
+
+    /// Downloads only `files` of a torrent from now on.
+    pub async fn select_files(
+        &self,
+        handle: &ManagedTorrentHandle,
+        files: &HashSet<usize>,
+    ) -> Result<(), ProtoError> {
+        self.session
+            .update_only_files(handle, files)
+            .await
+            .map_err(|e| engine_error("the engine cannot change the file selection", e))
+    }
+
+    /// Refuses a torrent that cannot dial peers now (paused, checking or failed).
+    pub fn check_live(&self, handle: &ManagedTorrentHandle) -> Result<(), ProtoError> {
+        let state = handle.with_state(|s| match s {
+            librqbit::ManagedTorrentState::Live(_) => None,
+            librqbit::ManagedTorrentState::Paused(_) => Some("paused"),
+            librqbit::ManagedTorrentState::Initializing(_) => Some("checking its data"),
+            _ => Some("failed"),
+        });
+        match state {
+            None => Ok(()),
+            Some(why) => Err(ProtoError::new(
+                ErrorKind::BadRequest,
+                format!("the torrent is {why}, so it dials no peer now: resume it (or wait for its check), then add them"),
+            )),
+        }
+    }
+
+    /// Dials `peers` for a running torrent now; returns those dialled (the others were
+    /// already connected or being dialled).
+    pub fn dial(
+        &self,
+        handle: &ManagedTorrentHandle,
+        peers: &[SocketAddr],
+    ) -> Result<Vec<SocketAddr>, ProtoError> {
+        self.check_live(handle)?;
+        let Some(live) = handle.live() else {
+            return Ok(Vec::new()); // paused since the look above: dialled at resume
+        };
+        let mut dialled = Vec::new();
+        for peer in peers {
+            match live.add_peer(*peer) {
+                Ok(true) => dialled.push(*peer),
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(ProtoError::new(
+                        ErrorKind::Engine,
+                        format!("the engine cannot dial {peer}: {e}"),
+                    ))
+                }
+            }
+        }
+        Ok(dialled)
+    }
+
+    /// A torrent's files (padding files left out): path, size, bytes verified, selected.
+    pub fn files(&self, handle: &ManagedTorrentHandle) -> Result<Vec<FileEntry>, ProtoError> {
+        let progress = handle.stats().file_progress;
+        let selected = handle.only_files();
+        handle
+            .with_metadata(|meta| {
+                meta.file_infos
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, file)| !file.attrs.padding)
+                    .map(|(index, file)| FileEntry {
+                        index: index as u32,
+                        path: path_text(&file.relative_filename),
+                        size: file.len,
+                        bytes_done: progress.get(index).copied().unwrap_or(0),
+                        selected: selected.as_ref().is_none_or(|only| only.contains(&index)),
+                    })
+                    .collect()
+            })
+            .map_err(|e| engine_error("the torrent's files are not known yet", e))
+    }
+
+    /// A torrent's connected peers, with rates measured over `window`.
+    pub async fn peers(
+        &self,
+        handle: &ManagedTorrentHandle,
+        window: Duration,
+    ) -> Result<Vec<PeerEntry>, ProtoError> {
+        let total_pieces = handle
+            .with_metadata(|meta| meta.info.lengths().total_pieces())
+            .map_err(|e| engine_error("the torrent's pieces are not known yet", e))?;
+        let sample = || {
+            handle
+                .live()
+                .map(|live| live.per_peer_stats_snapshot(Default::default()).peers)
+                .unwrap_or_default()
+        };
+        let before = sample();
+        tokio::time::sleep(window).await;
+        let after = sample();
+        let per_sec = |now: u64, then: Option<u64>| {
+            let delta = now.saturating_sub(then.unwrap_or(now));
+            (delta as f64 / window.as_secs_f64().max(0.001)) as u64
+        };
+        let mut peers: Vec<PeerEntry> = after
+            .into_iter()
+            .map(|(address, stats)| {
+                let then = before.get(&address).map(|b| &b.counters);
+                let counters = &stats.counters;
+                PeerEntry {
+                    download_rate: per_sec(counters.fetched_bytes, then.map(|c| c.fetched_bytes)),
+                    upload_rate: per_sec(counters.uploaded_bytes, then.map(|c| c.uploaded_bytes)),
+                    downloaded: counters.fetched_bytes,
+                    uploaded: counters.uploaded_bytes,
+                    incoming: counters.incoming_connections > 0,
+                    client: stats.client_name,
+                    progress: stats.have_pieces.map(|have| {
+                        if total_pieces == 0 {
+                            1.0
+                        } else {
+                            (f64::from(have) / f64::from(total_pieces)).min(1.0)
+                        }
+                    }),
+                    address,
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| a.address.cmp(&b.address));
+        Ok(peers)
     }
 
     /// Stops the engine (pausing every torrent).
     pub async fn stop(&self) {
         self.session.stop().await;
+    }
+}
+
+/// A path inside a torrent as `/`-separated text.
+fn path_text(path: &Path) -> String {
+    let parts: Vec<_> = path.iter().map(|p| p.to_string_lossy()).collect();
+    parts.join("/")
+}
+
+/// A registered torrent's status: [`status_of`] its handle, or `checking` while it has none
+/// to read (being added again, see [`crate::registry::TorrentEntry::live_handle`]).
+pub fn status_or_checking(
+    info: &proto::TorrentInfo,
+    handle: Option<&ManagedTorrentHandle>,
+) -> TorrentStatus {
+    match handle {
+        Some(handle) => status_of(info.id, &info.name, handle),
+        None => TorrentStatus::idle(info, TorrentState::Checking),
     }
 }
 

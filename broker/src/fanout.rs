@@ -31,6 +31,8 @@ struct Seen {
     look: (Pulse, u32, bool),
     /// Wakes the loop when the engine says the torrent completed; aborted when it goes.
     completion: tokio::task::AbortHandle,
+    /// The engine's handle it watches (a recheck gives the torrent a new one).
+    handle: ManagedTorrentHandle,
 }
 
 impl Drop for Seen {
@@ -107,15 +109,22 @@ fn refresh_board(
     let _deciding = service.board.decide();
     // Under the lock only what is cheap to copy: handles are `Arc`s.
     type Look = (TorrentId, ManagedTorrentHandle, u32, bool);
-    let (running, placeholders): (Vec<Look>, Vec<TorrentSummary>) = {
+    let (running, placeholders, restarting): (Vec<Look>, Vec<TorrentSummary>, Vec<TorrentId>) = {
         let state = service.state();
         let running = state
             .registry
             .iter()
-            .map(|(id, entry)| {
+            .filter_map(|(id, entry)| {
                 let holders = entry.holders.len() as u32;
-                (*id, entry.handle.clone(), holders, entry.restore.ephemeral)
+                Some((*id, entry.live_handle()?, holders, entry.restore.ephemeral))
             })
+            .collect();
+        // Being added again: their lines stay as they are until they have a handle.
+        let restarting = state
+            .registry
+            .iter()
+            .filter(|(_, entry)| entry.restarting)
+            .map(|(id, _)| *id)
             .collect();
         let placeholders = state
             .registry
@@ -128,20 +137,32 @@ fn refresh_board(
                 ephemeral: false,
             })
             .collect();
-        (running, placeholders)
+        (running, placeholders, restarting)
     };
     let mut present: HashSet<TorrentId> = placeholders.iter().map(|p| p.info.id).collect();
+    present.extend(restarting);
     let mut moved = Vec::new();
     let mut urgent = Vec::new();
     for (id, handle, holders, ephemeral) in running {
         present.insert(id);
         let look = (engine::pulse_of(&handle), holders, ephemeral);
         let before = match seen.get_mut(&id) {
-            Some(known) => Some(std::mem::replace(&mut known.look, look)),
-            None => {
+            Some(known) if Arc::ptr_eq(&known.handle, &handle) => {
+                Some(std::mem::replace(&mut known.look, look))
+            }
+            known => {
+                let before = known.map(|k| k.look);
                 let completion = watch_completion(service, handle.clone());
-                seen.insert(id, Seen { look, completion });
-                None
+                let watched = handle.clone();
+                seen.insert(
+                    id,
+                    Seen {
+                        look,
+                        completion,
+                        handle: watched,
+                    },
+                );
+                before
             }
         };
         if before.is_some_and(|b| b.0.stage != look.0.stage) {
@@ -215,7 +236,7 @@ pub fn fan_out(
             .filter(|(id, entry)| {
                 !entry.holders.is_empty() && only.is_none_or(|only| only.contains(id))
             })
-            .map(|(id, entry)| (*id, entry.info.name.clone(), entry.handle.clone()))
+            .filter_map(|(id, entry)| Some((*id, entry.info.name.clone(), entry.live_handle()?)))
             .collect()
     };
     let statuses: Vec<TorrentStatus> = held

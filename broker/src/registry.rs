@@ -1,12 +1,13 @@
 //! Which torrents run, who holds each, and what was last said about them.
 //!
 //! The registry is also what survives a restart: each torrent's .torrent bytes and the
-//! options it was added with (save folder, peers, file selection, ephemeral) are written to
-//! the state directory, and the next broker adds them again. librqbit's own persistence is
-//! not used: it forgets a torrent's peers (so on loopback, with no DHT or tracker, a restored
-//! torrent could never find its swarm) and its id allocation races. Re-adding hash-checks the
-//! data on disk, so nothing verified is downloaded twice. Holders are kept in memory only:
-//! patrons do not survive a broker restart.
+//! options it was added with and changed since (save folder, peers, file selection, paused,
+//! rate limits) are written to the state directory, and the next broker adds them again.
+//! librqbit's own session store is not used: it forgets a torrent's peers (so on loopback,
+//! with no DHT or tracker, a restored torrent could never find its swarm), its id allocation
+//! races, and it rewrites its whole list at every add. The engine keeps only each torrent's
+//! verified pieces (fast resume, see `engine`), so a restored torrent is not hashed again.
+//! Holders are kept in memory only: patrons do not survive a broker restart.
 
 use crate::engine::ManagedTorrentHandle;
 use crate::patron::PatronId;
@@ -20,14 +21,26 @@ use std::path::{Path, PathBuf};
 pub struct TorrentEntry {
     /// What patrons are told about it.
     pub info: TorrentInfo,
-    /// The engine's handle.
+    /// The engine's handle. Stale while `restarting`: read it through
+    /// [`TorrentEntry::live_handle`] to compute a status.
     pub handle: ManagedTorrentHandle,
+    /// Taken out of the engine and being added again under the same id (a recheck): until
+    /// then its status is `checking`, and nothing reads the old handle's.
+    pub restarting: bool,
     /// Connected patrons that created or joined it.
     pub holders: BTreeSet<PatronId>,
     /// The status its holders were last sent.
     pub last_status: Option<TorrentStatus>,
     /// How to add it again after a restart.
     pub restore: RestoreSpec,
+}
+
+impl TorrentEntry {
+    /// The engine's handle, unless the torrent is being added again (then `None`: its status
+    /// is [`proto::TorrentState::Checking`]).
+    pub fn live_handle(&self) -> Option<ManagedTorrentHandle> {
+        (!self.restarting).then(|| self.handle.clone())
+    }
 }
 
 /// What survives a restart, per torrent (besides its .torrent bytes).
@@ -43,12 +56,32 @@ pub struct RestoreSpec {
     /// File selection.
     #[serde(default)]
     pub only_files: Option<Vec<usize>>,
-    /// Added paused.
+    /// Paused (at add, or since).
     #[serde(default)]
     pub paused: bool,
     /// Close when the last holder goes (so: not restored).
     #[serde(default)]
     pub ephemeral: bool,
+    /// Its own rate limits.
+    #[serde(default)]
+    pub rates: crate::engine::Rates,
+}
+
+/// How many peers a torrent's record keeps (the latest named win): `peers --add` must not
+/// grow a record without bound.
+pub const MAX_RECORDED_PEERS: usize = 256;
+
+impl RestoreSpec {
+    /// Remembers peers named for the torrent (dialled again after a restart).
+    pub fn remember_peers(&mut self, peers: &[SocketAddr]) {
+        for peer in peers {
+            if !self.peers.contains(peer) {
+                self.peers.push(*peer);
+            }
+        }
+        let excess = self.peers.len().saturating_sub(MAX_RECORDED_PEERS);
+        self.peers.drain(..excess);
+    }
 }
 
 /// A record the broker could not restore (its disk not mounted, its folder gone, an engine
@@ -151,6 +184,13 @@ impl TorrentRegistry {
         self.unrestored.remove(&id).map(|u| (id, u))
     }
 
+    /// The info hashes of every torrent remembered (running or not restored).
+    pub fn info_hashes(&self) -> std::collections::HashSet<InfoHash> {
+        let running = self.torrents.values().map(|e| e.info.info_hash);
+        let kept = self.unrestored.values().map(|u| u.info.info_hash);
+        running.chain(kept).collect()
+    }
+
     /// Whether this id is remembered at all (running or not restored).
     pub fn remembers(&self, id: TorrentId) -> bool {
         self.torrents.contains_key(&id) || self.unrestored.contains_key(&id)
@@ -200,6 +240,7 @@ impl TorrentRegistry {
                 holders: BTreeSet::new(),
                 last_status: None,
                 restore,
+                restarting: false,
             });
         if let Some(holder) = holder {
             entry.holders.insert(holder);

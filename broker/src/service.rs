@@ -15,8 +15,14 @@ use crate::torrent_file::{self, CheckedTorrent};
 use anyhow::Context;
 use proto::{ErrorKind, ProtoError, TorrentId, TorrentInfo, TorrentRef};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The error for a torrent that went while a request about it was served.
+pub fn gone(id: TorrentId) -> ProtoError {
+    ProtoError::new(ErrorKind::UnknownTorrent, format!("no torrent {id} runs"))
+}
 
 /// Mutable state, behind one lock that is never held across an `.await`.
 #[derive(Default)]
@@ -125,6 +131,10 @@ impl Service {
                 }
             }
         }
+        // Fast-resume state of torrents no longer recorded (closed while the broker was
+        // killed): a later add of the same torrent must check its data afresh.
+        let remembered = self.state().registry.info_hashes();
+        self.engine.sweep_verified(&remembered);
         // Nothing to save: every record is kept, restored or not. (A start must not need a
         // writable state disk: a full one would lock every patron out.)
         Ok(())
@@ -165,6 +175,9 @@ impl Service {
                 overwrite: true,
                 peers: spec.peers.clone(),
                 id: Some(id),
+                rates: spec.rates,
+                info_hash: checked.info_hash,
+                resume: true,
             })
             .await
             .map_err(|e| (e, info.clone()))?;
@@ -286,6 +299,74 @@ impl Service {
             ErrorKind::Io,
             format!("the broker cannot record the torrent, so it did not start it: {why}"),
         )
+    }
+
+    /// A running torrent's id and engine handle.
+    pub fn running(
+        &self,
+        torrent: TorrentRef,
+    ) -> Result<(TorrentId, engine::ManagedTorrentHandle), ProtoError> {
+        let state = self.state();
+        let found = state
+            .registry
+            .resolve(torrent)
+            .and_then(|id| state.registry.get(id).map(|e| (id, e.handle.clone())));
+        found.ok_or_else(|| match state.registry.placeholder(torrent) {
+            Some((info, state)) => {
+                let why = match state {
+                    proto::TorrentState::Error(why) => why,
+                    other => other.as_str().to_owned(),
+                };
+                ProtoError::new(
+                    ErrorKind::UnknownTorrent,
+                    format!("torrent {} does not run: {why}", info.id),
+                )
+            }
+            None => ProtoError::new(
+                ErrorKind::UnknownTorrent,
+                format!("no torrent {torrent} runs"),
+            ),
+        })
+    }
+
+    /// Changes a running torrent's record with `change` and saves the records. If they
+    /// cannot be saved, the change is undone and the error says why: what the broker
+    /// reports done is what a restart brings back.
+    pub fn update_record(
+        &self,
+        id: TorrentId,
+        change: impl FnOnce(&mut RestoreSpec),
+    ) -> Result<(), ProtoError> {
+        let (before, recorded) = {
+            let mut state = self.state();
+            let entry = state.registry.get_mut(id).ok_or_else(|| gone(id))?;
+            let before = entry.restore.clone();
+            change(&mut entry.restore);
+            (before, !entry.restore.ephemeral)
+        };
+        if !recorded {
+            return Ok(());
+        }
+        self.save_registry().map_err(|why| {
+            if let Some(entry) = self.state().registry.get_mut(id) {
+                entry.restore = before;
+            }
+            ProtoError::new(ErrorKind::Io, format!("the change is not made: {why}"))
+        })
+    }
+
+    /// Remembers peers named for a running torrent (its record keeps them, so that a
+    /// restarted broker dials them too), and saves the records.
+    pub fn remember_peers(&self, id: TorrentId, peers: &[SocketAddr]) -> Result<(), ProtoError> {
+        let new = {
+            let state = self.state();
+            let entry = state.registry.get(id).ok_or_else(|| gone(id))?;
+            peers.iter().any(|p| !entry.restore.peers.contains(p))
+        };
+        if !new {
+            return Ok(());
+        }
+        self.update_record(id, |restore| restore.remember_peers(peers))
     }
 
     /// Stops, in the engine, a torrent already out of the registry and of the records
@@ -422,12 +503,12 @@ impl Service {
     /// A running torrent's status now.
     pub fn current_status(&self, id: TorrentId) -> Option<proto::TorrentStatus> {
         // Stats are computed outside the lock (see the fan-out).
-        let (name, handle) = {
+        let (info, handle) = {
             let state = self.state();
             let entry = state.registry.get(id)?;
-            (entry.info.name.clone(), entry.handle.clone())
+            (entry.info.clone(), entry.live_handle())
         };
-        Some(engine::status_of(id, &name, &handle))
+        Some(engine::status_or_checking(&info, handle.as_ref()))
     }
 
     /// Brings torrent `id`'s line on the board up to date now (shown, changed, or taken off):
@@ -439,7 +520,7 @@ impl Service {
             .state()
             .registry
             .get(id)
-            .map(|e| (e.info.name.clone(), e.handle.clone()));
+            .and_then(|e| Some((e.info.name.clone(), e.live_handle()?)));
         let status = handle.map(|(name, handle)| engine::status_of(id, &name, &handle));
         let _deciding = self.board.decide();
         let summary = {

@@ -308,6 +308,82 @@ impl Patron {
         }
     }
 
+    /// Pauses a torrent (no traffic until resumed; kept across broker restarts). Returns its
+    /// status once paused. Pausing a paused torrent is not an error.
+    pub fn pause(&mut self, torrent: TorrentRef) -> Result<TorrentStatus> {
+        self.status_reply(RequestBody::Pause(torrent))
+    }
+
+    /// Resumes a paused torrent (one added paused too). Returns its status once running.
+    pub fn resume(&mut self, torrent: TorrentRef) -> Result<TorrentStatus> {
+        self.status_reply(RequestBody::Resume(torrent))
+    }
+
+    /// Has the broker verify a torrent's data on disk again, every piece. Returns its status
+    /// as the check starts; follow it (or read the board) to see the check end.
+    pub fn recheck(&mut self, torrent: TorrentRef) -> Result<TorrentStatus> {
+        self.status_reply(RequestBody::Recheck(torrent))
+    }
+
+    fn status_reply(&mut self, body: RequestBody) -> Result<TorrentStatus> {
+        match self.request(body)? {
+            Event::Status { status, .. } => Ok(status),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
+    /// A torrent's files: index, path, size, bytes verified, whether selected.
+    pub fn files(&mut self, torrent: TorrentRef) -> Result<FileList> {
+        self.files_request(proto::FilesRequest {
+            torrent,
+            only: None,
+        })
+    }
+
+    /// Downloads only the files with these indices from now on (kept across broker
+    /// restarts); returns the files as they are then.
+    pub fn select_files(&mut self, torrent: TorrentRef, only: Vec<u32>) -> Result<FileList> {
+        self.files_request(proto::FilesRequest {
+            torrent,
+            only: Some(only),
+        })
+    }
+
+    fn files_request(&mut self, request: proto::FilesRequest) -> Result<FileList> {
+        match self.request(RequestBody::Files(request))? {
+            Event::Files { torrent, files, .. } => Ok(FileList { torrent, files }),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
+    /// A torrent's connected peers (address, client, rates, progress).
+    pub fn peers(&mut self, torrent: TorrentRef) -> Result<PeerList> {
+        self.add_peers(torrent, Vec::new())
+    }
+
+    /// Dials `peers` (`IP:PORT`) for a running torrent, seeding or not, and remembers them
+    /// with it (a restarted broker dials them too). [`PeerList::dialled`] says which were
+    /// dialled (the others were already connected or being dialled).
+    pub fn add_peers(&mut self, torrent: TorrentRef, peers: Vec<String>) -> Result<PeerList> {
+        let body = RequestBody::Peers(proto::PeersRequest {
+            torrent,
+            add: peers,
+        });
+        match self.request(body)? {
+            Event::Peers {
+                torrent,
+                dialled,
+                peers,
+                ..
+            } => Ok(PeerList {
+                torrent,
+                dialled,
+                peers,
+            }),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
     /// Asks the broker to stop gracefully. Returns once it has acknowledged.
     pub fn stop_broker(&mut self) -> Result<()> {
         match self.request(RequestBody::StopBroker)? {
@@ -315,6 +391,26 @@ impl Patron {
             other => Err(error_or_unexpected(other)),
         }
     }
+}
+
+/// A torrent's files ([`Patron::files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileList {
+    /// The torrent.
+    pub torrent: TorrentId,
+    /// Its files, by index (padding files left out).
+    pub files: Vec<proto::FileEntry>,
+}
+
+/// A torrent's peers ([`Patron::peers`], [`Patron::add_peers`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerList {
+    /// The torrent.
+    pub torrent: TorrentId,
+    /// The peers asked for that were dialled.
+    pub dialled: Vec<String>,
+    /// Its connected peers, by address.
+    pub peers: Vec<proto::PeerEntry>,
 }
 
 /// Only a .torrent file's bytes can make a request large; measuring the others would be

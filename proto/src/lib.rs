@@ -75,7 +75,7 @@ pub use status::{TorrentState, TorrentStatus};
 
 /// The protocol version spoken by this build. Bumped on any incompatible wire change;
 /// the broker refuses a patron whose version differs, with a clear error on both sides.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest serialized request the broker accepts (a .torrent file rides inside one).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -260,6 +260,21 @@ pub enum RequestBody {
     StopBroker,
     /// Who the broker is and how it runs. Replied to with [`Event::BrokerInfo`].
     BrokerInfo,
+    /// Pause a torrent: no peer traffic until it is resumed, across broker restarts too.
+    /// Replied to with [`Event::Status`] (its status once paused) or [`Event::Error`].
+    Pause(TorrentRef),
+    /// Resume a paused torrent (one added paused too). Replied to with [`Event::Status`] or
+    /// [`Event::Error`].
+    Resume(TorrentRef),
+    /// Verify a torrent's data on disk again, piece by piece (fast-resume state is dropped).
+    /// Replied to with [`Event::Status`] once the check has started, or [`Event::Error`].
+    Recheck(TorrentRef),
+    /// A torrent's files, optionally choosing which of them to download first. Replied to
+    /// with [`Event::Files`] or [`Event::Error`].
+    Files(FilesRequest),
+    /// A torrent's connected peers, optionally dialling more first. Replied to with
+    /// [`Event::Peers`] or [`Event::Error`].
+    Peers(PeersRequest),
 }
 
 impl RequestBody {
@@ -274,6 +289,11 @@ impl RequestBody {
             RequestBody::MakeTorrent(_) => "make",
             RequestBody::StopBroker => "stop-broker",
             RequestBody::BrokerInfo => "broker-info",
+            RequestBody::Pause(_) => "pause",
+            RequestBody::Resume(_) => "resume",
+            RequestBody::Recheck(_) => "recheck",
+            RequestBody::Files(_) => "files",
+            RequestBody::Peers(_) => "peers",
         }
     }
 }
@@ -307,6 +327,11 @@ pub struct CreateNewTorrent {
     /// reusing their pieces (pieces that don't match are rewritten). Without it an existing
     /// file is a [`ErrorKind::FileExists`] start failure.
     pub overwrite: bool,
+    /// This torrent's download limit in bytes per second (1 to 2³²−1); `None`: no limit of
+    /// its own (the broker's, if any, still applies).
+    pub max_download_rate: Option<u64>,
+    /// This torrent's upload limit in bytes per second, as `max_download_rate`.
+    pub max_upload_rate: Option<u64>,
 }
 
 impl CreateNewTorrent {
@@ -320,6 +345,8 @@ impl CreateNewTorrent {
             peers: Vec::new(),
             ephemeral: false,
             overwrite: false,
+            max_download_rate: None,
+            max_upload_rate: None,
         }
     }
 }
@@ -333,6 +360,62 @@ pub struct CloseTorrent {
     pub delete_data: bool,
     /// Stop it even if other patrons hold it, and even if this patron does not.
     pub force: bool,
+}
+
+/// Options of [`RequestBody::Files`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FilesRequest {
+    /// Which torrent.
+    pub torrent: TorrentRef,
+    /// When set, download only these files (indices as [`FileEntry::index`]) from now on; the
+    /// choice is kept across restarts. `None` only lists.
+    pub only: Option<Vec<u32>>,
+}
+
+/// One file of a torrent ([`Event::Files`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Its index in the torrent (what `only` and `--only` take).
+    pub index: u32,
+    /// Its path inside the torrent, `/`-separated.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Bytes of it verified so far.
+    pub bytes_done: u64,
+    /// Whether it is downloaded.
+    pub selected: bool,
+}
+
+/// Options of [`RequestBody::Peers`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeersRequest {
+    /// Which torrent.
+    pub torrent: TorrentRef,
+    /// Peers to dial now, as `IP:PORT` (a peer seen before and dropped is dialled again).
+    /// They are remembered with the torrent, so a restarted broker dials them too.
+    pub add: Vec<String>,
+}
+
+/// One connected peer of a torrent ([`Event::Peers`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerEntry {
+    /// Its address.
+    pub address: String,
+    /// Its client, as it names itself (when it does).
+    pub client: Option<String>,
+    /// Whether it ever dialled us (else we dialled it).
+    pub incoming: bool,
+    /// Bytes per second received from it (measured over a short window).
+    pub download_rate: u64,
+    /// Bytes per second sent to it.
+    pub upload_rate: u64,
+    /// Bytes received from it, over every connection with it.
+    pub downloaded: u64,
+    /// Bytes sent to it, over every connection with it.
+    pub uploaded: u64,
+    /// The fraction of the torrent it has (0.0–1.0), when it said.
+    pub progress: Option<f64>,
 }
 
 /// Options of [`RequestBody::MakeTorrent`].
@@ -621,6 +704,27 @@ pub enum Event {
     /// An event too large for a datagram or two ([`LARGE_MESSAGE_BYTES`]), postcard-encoded
     /// in shared memory: the patron library unpacks it.
     Large(SharedBytes),
+    /// Reply to [`RequestBody::Files`].
+    Files {
+        /// The request.
+        request: RequestId,
+        /// The torrent.
+        torrent: TorrentId,
+        /// Its files, by index (padding files left out).
+        files: Vec<FileEntry>,
+    },
+    /// Reply to [`RequestBody::Peers`].
+    Peers {
+        /// The request.
+        request: RequestId,
+        /// The torrent.
+        torrent: TorrentId,
+        /// The peers of [`PeersRequest::add`] that were dialled (the others were already
+        /// connected or being dialled).
+        dialled: Vec<String>,
+        /// Its connected peers, by address.
+        peers: Vec<PeerEntry>,
+    },
 }
 
 impl Event {
@@ -637,6 +741,8 @@ impl Event {
             | Event::TorrentMade { request, .. }
             | Event::BrokerInfo { request, .. }
             | Event::Ok { request }
+            | Event::Files { request, .. }
+            | Event::Peers { request, .. }
             | Event::Error { request, .. } => Some(*request),
             Event::TorrentStatusUpdate(_)
             | Event::TorrentGone { .. }

@@ -53,6 +53,8 @@ fn every_request_round_trips() {
             peers: vec!["127.0.0.1:6881".into()],
             ephemeral: true,
             overwrite: true,
+            max_download_rate: Some(1 << 20),
+            max_upload_rate: Some(u64::MAX),
         }),
         RequestBody::CreateNewTorrent(CreateNewTorrent::new(TorrentSource::Magnet(
             "magnet:?xt=urn:btih:abababababababababababababababababababab".into(),
@@ -73,6 +75,17 @@ fn every_request_round_trips() {
         }),
         RequestBody::StopBroker,
         RequestBody::BrokerInfo,
+        RequestBody::Pause(TorrentRef::Id(TorrentId(5))),
+        RequestBody::Resume(TorrentRef::InfoHash(InfoHash([2; 20]))),
+        RequestBody::Recheck(TorrentRef::Id(TorrentId(6))),
+        RequestBody::Files(crate::FilesRequest {
+            torrent: TorrentRef::Id(TorrentId(7)),
+            only: Some(vec![0, 3]),
+        }),
+        RequestBody::Peers(crate::PeersRequest {
+            torrent: TorrentRef::Id(TorrentId(8)),
+            add: vec!["127.0.0.1:51413".into()],
+        }),
     ];
     for (n, body) in bodies.into_iter().enumerate() {
         let sent = Request {
@@ -155,6 +168,32 @@ fn every_event_round_trips() {
         Event::Error {
             request: RequestId(10),
             error: ProtoError::new(ErrorKind::UnknownTorrent, "no torrent 9"),
+        },
+        Event::Files {
+            request: RequestId(12),
+            torrent: TorrentId(2),
+            files: vec![crate::FileEntry {
+                index: 3,
+                path: "dir/a.bin".into(),
+                size: 10,
+                bytes_done: 4,
+                selected: true,
+            }],
+        },
+        Event::Peers {
+            request: RequestId(13),
+            torrent: TorrentId(2),
+            dialled: vec!["127.0.0.1:6881".into()],
+            peers: vec![crate::PeerEntry {
+                address: "127.0.0.1:6881".into(),
+                client: Some("Transmission 3.00".into()),
+                incoming: false,
+                download_rate: 1,
+                upload_rate: 2,
+                downloaded: 3,
+                uploaded: 4,
+                progress: Some(0.5),
+            }],
         },
         Event::TorrentStatusUpdate(sample_status()),
         Event::TorrentGone {

@@ -426,3 +426,44 @@ fn a_peer_silent_for_twelve_seconds_is_still_served() {
     let original = std::fs::read(&data).unwrap();
     assert_eq!(&piece[8..], &original[..16 * 1024]);
 }
+
+#[test]
+fn transmission_downloads_from_a_seeding_broker_after_peers_add() {
+    if !have("transmission-daemon") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let seeder = sandbox.state_dir("seeder");
+    let _broker = sandbox.broker(&seeder, &[]);
+    // The broker seeds first and knows no peer; transmission comes later and never dials a
+    // 127.x peer itself.
+    let data = sandbox.random_file("shared/late.bin", 600_000);
+    let mut make = sandbox.client(&seeder);
+    let torrent = sandbox.path("late.torrent");
+    make.arg("--json")
+        .arg("make")
+        .arg(&data)
+        .arg("--seed")
+        .arg("--output")
+        .arg(&torrent);
+    let made = run(make).expect_code(0).json_lines();
+    let id = made[0]["seeding_id"]
+        .as_u64()
+        .expect("seeding id")
+        .to_string();
+    let transmission = Transmission::start(&sandbox, "late-transmission");
+    let dir = sandbox.folder("late-downloads");
+    transmission.add(&torrent, &dir);
+    transmission.wait_active("late.bin", false);
+
+    let mut add = sandbox.client(&seeder);
+    add.args(["--json", "peers", &id, "--add", &transmission.peer()]);
+    let out = run(add).expect_code(0).json_lines();
+    assert_eq!(
+        out[0]["dialled"],
+        serde_json::json!([transmission.peer()]),
+        "{out:?}"
+    );
+    transmission.wait_active("late.bin", true);
+    assert_eq!(sha256(&dir.join("late.bin")), sha256(&data));
+}

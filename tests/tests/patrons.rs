@@ -47,12 +47,13 @@ fn a_joiners_options_that_cannot_apply_are_named_not_dropped() {
     let elsewhere = sandbox.folder("elsewhere");
     run(sandbox.add_command(&state, &seeder.torrent, &out, None)).expect_code(0);
 
-    // Same torrent, another folder, paused, ephemeral, with a peer: it runs as it was.
+    // Same torrent, another folder, paused, ephemeral, other files: it runs as it was. (A
+    // peer it names is dialled for the running torrent: see controls.rs.)
     let mut join = sandbox.add_command(&state, &seeder.torrent, &elsewhere, Some("127.0.0.1:9"));
-    join.args(["--paused", "--ephemeral"]);
+    join.args(["--paused", "--ephemeral", "--only", "0"]);
     let joined = run(join).expect_code(4).json_lines();
     let not_applied = joined[0]["not_applied"].clone();
-    for option in ["output", "paused", "ephemeral", "peers"] {
+    for option in ["output", "paused", "ephemeral", "only_files"] {
         assert!(
             not_applied
                 .as_array()
@@ -60,6 +61,12 @@ fn a_joiners_options_that_cannot_apply_are_named_not_dropped() {
             "{option} is not named in {not_applied}"
         );
     }
+    assert!(
+        !not_applied
+            .as_array()
+            .is_some_and(|a| a.iter().any(|o| o == "peers")),
+        "the peer is dialled, so not listed: {not_applied}"
+    );
     // A plain join has nothing to report; a person is told in words.
     let plain = run(sandbox.add_command(&state, &seeder.torrent, &out, None)).expect_code(4);
     assert_eq!(

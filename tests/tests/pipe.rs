@@ -28,36 +28,6 @@ fn a_python_script_downloads_through_pipe_mode_and_shuts_it_down() {
     assert_eq!(sha256(&out.join("piped.bin")), sha256(&data));
 }
 
-/// Runs a pipe session of `lines` against `state` (with or without the board) and returns
-/// its JSON output lines.
-fn pipe_session(
-    sandbox: &Sandbox,
-    state: &std::path::Path,
-    lines: &[String],
-    board: bool,
-) -> Vec<serde_json::Value> {
-    use std::io::Write;
-    let mut pipe = sandbox.client(state);
-    if !board {
-        pipe.env(e2e::patron_client::BOARD_ENV, "0");
-    }
-    let mut child = pipe
-        .arg("pipe")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn pipe");
-    let mut stdin = child.stdin.take().expect("stdin");
-    for line in lines {
-        writeln!(stdin, "{line}").expect("write a line");
-    }
-    drop(stdin);
-    let running = e2e::Running::from_child(child);
-    let out = running.finish(e2e::STEP_TIMEOUT).expect_code(0);
-    out.json_lines()
-}
-
 /// Lines sent one at a time, each after the previous reply: `status` and `list` are read
 /// off the board, and no request for them reaches the broker.
 #[test]
@@ -142,7 +112,7 @@ fn pipe_mode_answers_status_in_turn_even_behind_pending_requests() {
                 format!(r#"{{"cmd":"close","torrent":"{id}","force":true,"request":"c"}}"#),
                 format!(r#"{{"cmd":"status","torrent":"{id}","request":"s2"}}"#),
             ];
-            let lines = pipe_session(&sandbox, &state, &lines, board);
+            let lines = e2e::pipe_session(&sandbox, &state, &lines, board);
             let replies: Vec<&str> = lines.iter().filter_map(|l| l["request"].as_str()).collect();
             assert_eq!(replies, ["m", "s1", "l", "c", "s2"], "{lines:#?}");
             let by = |r: &str| lines.iter().find(|l| l["request"] == r).expect(r).clone();

@@ -1,14 +1,15 @@
 //! `CreateNewTorrent`: start a torrent, or join it if its info hash already runs.
 
-use crate::engine::AddSpec;
+use crate::engine::{AddSpec, Rates};
 use crate::patron::PatronId;
-use crate::registry::RestoreSpec;
+use crate::registry::{RestoreSpec, MAX_RECORDED_PEERS};
 use crate::service::Service;
 use crate::torrent_file::{self, CheckedTorrent};
 use proto::{
     CreateNewTorrent, ErrorKind, Event, ProtoError, RequestId, TorrentInfo, TorrentSource,
 };
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 pub async fn run(
@@ -32,6 +33,10 @@ async fn start(
     service.room_for_one_more()?;
     let loopback_only = service.config.loopback_only;
     let mut peers = parse_peers(&create.peers, loopback_only)?;
+    let rates = Rates {
+        download: rate(create.max_download_rate, "max_download_rate")?,
+        upload: rate(create.max_upload_rate, "max_upload_rate")?,
+    };
     let save_folder = service.save_folder(create.output.as_deref())?;
 
     let mut preallocated = None;
@@ -41,7 +46,8 @@ async fn start(
         }
         TorrentSource::Magnet(link) => {
             let magnet = torrent_file::check_magnet(link, loopback_only)?;
-            if let Some(joined) = join(service, patron, request, &create, magnet.info_hash) {
+            if let Some(joined) = join(service, patron, request, &create, &peers, magnet.info_hash)
+            {
                 return Ok(joined);
             }
             for peer in &magnet.peers {
@@ -85,7 +91,7 @@ async fn start(
         );
     }
     let _adding = service.adding.lock().await;
-    if let Some(joined) = join(service, patron, request, &create, checked.info_hash) {
+    if let Some(joined) = join(service, patron, request, &create, &peers, checked.info_hash) {
         return Ok(joined);
     }
     service.room_for_one_more()?;
@@ -105,6 +111,7 @@ async fn start(
             .map(|files| files.into_iter().map(|f| f as usize).collect()),
         paused: create.paused,
         ephemeral: create.ephemeral,
+        rates,
     };
     let added = service
         .engine
@@ -116,6 +123,9 @@ async fn start(
             overwrite: create.overwrite,
             peers,
             id: preallocated,
+            rates,
+            info_hash: checked.info_hash,
+            resume: false,
         })
         .await?;
     let (torrent, is_new) = service.register(added, &checked, restore, patron).await?;
@@ -133,19 +143,35 @@ async fn start(
 }
 
 /// If a torrent with this info hash runs, makes `patron` hold it and says so, naming the
-/// options of `create` that the running torrent does not take.
+/// options of `create` that the running torrent does not take. The peers it names are
+/// dialled for the running torrent, and remembered with it.
 fn join(
     service: &Service,
     patron: PatronId,
     request: RequestId,
     create: &CreateNewTorrent,
+    peers: &[SocketAddr],
     info_hash: proto::InfoHash,
 ) -> Option<Event> {
     let mut state = service.state();
     let id = state.registry.by_info_hash(info_hash)?;
-    let ephemeral = state.registry.get(id)?.restore.ephemeral;
+    let entry = state.registry.get(id)?;
+    let (ephemeral, handle) = (entry.restore.ephemeral, entry.handle.clone());
     let torrent = state.hold(id, patron)?;
     drop(state);
+    let mut peers_applied = true;
+    if !peers.is_empty() {
+        // Remembered first: a paused torrent dials them when it resumes, a restarted
+        // broker at its start.
+        peers_applied = service.remember_peers(id, peers).is_ok();
+        match service.engine.dial(&handle, peers) {
+            Ok(dialled) if !dialled.is_empty() => {
+                tracing::info!(patron, torrent = %id, "dialling {} peers named by a joiner", dialled.len())
+            }
+            Ok(_) => {}
+            Err(e) => tracing::info!(patron, torrent = %id, "peers of a joiner not dialled: {e}"),
+        }
+    }
     let mut not_applied = Vec::new();
     let elsewhere = create.output.as_deref().is_some_and(|output| {
         let asked = std::path::Path::new(output);
@@ -156,7 +182,7 @@ fn join(
         ("output", elsewhere),
         ("paused", create.paused),
         ("ephemeral", create.ephemeral != ephemeral),
-        ("peers", !create.peers.is_empty()),
+        ("peers", !peers_applied),
         ("only_files", create.only_files.is_some()),
     ] {
         if differs {
@@ -173,7 +199,37 @@ fn join(
     })
 }
 
-fn parse_peers(peers: &[String], loopback_only: bool) -> Result<Vec<SocketAddr>, ProtoError> {
+/// A rate limit as the engine takes it: 1 to 2³²−1 bytes per second.
+fn rate(limit: Option<u64>, name: &str) -> Result<Option<NonZeroU32>, ProtoError> {
+    let Some(limit) = limit else {
+        return Ok(None);
+    };
+    u32::try_from(limit)
+        .ok()
+        .and_then(NonZeroU32::new)
+        .map(Some)
+        .ok_or_else(|| {
+            ProtoError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "{name} {limit} is not a rate the engine can keep: give 1 to {} bytes per second, or none for no limit",
+                    u32::MAX
+                ),
+            )
+        })
+}
+
+/// Parses `IP:PORT` peers, refusing any the broker may not dial.
+pub fn parse_peers(peers: &[String], loopback_only: bool) -> Result<Vec<SocketAddr>, ProtoError> {
+    if peers.len() > MAX_RECORDED_PEERS {
+        return Err(ProtoError::new(
+            ErrorKind::InvalidPeer,
+            format!(
+                "{} peers named: at most {MAX_RECORDED_PEERS} per request",
+                peers.len()
+            ),
+        ));
+    }
     peers
         .iter()
         .map(|peer| {

@@ -26,7 +26,7 @@ pub fn run(service: &Service, patron: PatronId, request: RequestId) -> Event {
                     entry.holders.contains(&patron),
                     entry.restore.ephemeral,
                 );
-                (entry.info.clone(), entry.handle.clone(), held)
+                (entry.info.clone(), entry.live_handle(), held)
             })
             .collect();
         (listed, placeholders)
@@ -35,7 +35,7 @@ pub fn run(service: &Service, patron: PatronId, request: RequestId) -> Event {
         .into_iter()
         .map(
             |(info, handle, (holders, held_by_you, ephemeral))| TorrentSummary {
-                status: engine::status_of(info.id, &info.name, &handle),
+                status: engine::status_or_checking(&info, handle.as_ref()),
                 info,
                 holders,
                 held_by_you,

@@ -108,6 +108,9 @@ async fn seed(
             overwrite: true,
             peers: Vec::new(),
             id: None,
+            rates: Default::default(),
+            info_hash: checked.info_hash,
+            resume: false,
         })
         .await?;
     let restore = RestoreSpec {
@@ -117,6 +120,7 @@ async fn seed(
         only_files: None,
         paused: false,
         ephemeral: false,
+        rates: Default::default(),
     };
     let (info, _) = service.register(added, checked, restore, patron).await?;
     tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");

@@ -3,10 +3,15 @@
 
 mod close;
 mod create;
+mod files;
 mod follow;
 mod info;
 mod list;
 mod make;
+mod pause;
+mod peers;
+mod recheck;
+mod resume;
 mod status;
 
 use crate::patron::{PatronConnection, PatronId};
@@ -44,42 +49,47 @@ pub async fn serve(service: &Arc<Service>, patron: &PatronConnection, request: R
     }
 }
 
-/// Answers on the calling thread (the request reader's) a request that never waits on the
-/// engine or the disk; any other request is handed back. The caller makes sure no earlier
-/// request of `patron` is still being served, so replies stay in order.
-pub fn serve_immediate(
-    service: &Arc<Service>,
-    patron: &PatronConnection,
-    request: Request,
-) -> Result<(), Request> {
-    let Request { id, body } = request;
-    let kind = body.kind();
-    let reply = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-        answer_now(service, patron.id, id, body)
-    })) {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(body)) => return Err(Request { id, body }),
-        Err(panic) => internal_error(patron, id, kind, false, panic),
-    };
-    finish(service, patron, id, kind, reply);
-    Ok(())
+/// Whether a request never waits on the engine or the disk, so that [`serve_immediate`] may
+/// answer it.
+pub fn is_immediate(body: &RequestBody) -> bool {
+    matches!(
+        body,
+        RequestBody::List
+            | RequestBody::Status(_)
+            | RequestBody::Follow(_)
+            | RequestBody::BrokerInfo
+    )
 }
 
-/// The answer to a request that never waits on the engine or the disk; any other request
-/// is handed back.
-fn answer_now(
-    service: &Arc<Service>,
-    patron: PatronId,
-    id: RequestId,
-    body: RequestBody,
-) -> Result<Event, RequestBody> {
-    Ok(match body {
+/// Answers on the calling thread (the request reader's) a request that [`is_immediate`].
+/// The caller makes sure no earlier request of `patron` is still being served, so replies
+/// stay in order.
+pub fn serve_immediate(service: &Arc<Service>, patron: &PatronConnection, request: Request) {
+    let Request { id, body } = request;
+    let kind = body.kind();
+    let reply = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        answer_now(service, patron.id, id, body)
+    }))
+    .unwrap_or_else(|panic| internal_error(patron, id, kind, false, panic));
+    finish(service, patron, id, kind, reply);
+}
+
+/// The answer to a request that [`is_immediate`].
+fn answer_now(service: &Arc<Service>, patron: PatronId, id: RequestId, body: RequestBody) -> Event {
+    match body {
         RequestBody::List => list::run(service, patron, id),
         RequestBody::Status(torrent) => status::run(service, id, torrent),
         RequestBody::Follow(torrent) => follow::run(service, patron, id, torrent),
         RequestBody::BrokerInfo => info::run(service, id),
-        other => return Err(other),
-    })
+        // Every other kind is answered in `answer`; a new one must be added there.
+        other => Event::Error {
+            request: id,
+            error: ProtoError::new(
+                ErrorKind::Engine,
+                format!("the broker cannot answer {} requests", other.kind()),
+            ),
+        },
+    }
 }
 
 /// The reply to a request whose handling panicked.
@@ -146,17 +156,12 @@ async fn answer(
         RequestBody::CloseTorrent(close) => close::run(service, patron.id, id, close).await,
         RequestBody::MakeTorrent(make) => make::run(service, patron.id, id, make).await,
         RequestBody::StopBroker => Event::Ok { request: id },
-        quick => match answer_now(service, patron.id, id, quick) {
-            Ok(reply) => reply,
-            // Every kind is handled above or in `answer_now`; a new one must be added there.
-            Err(body) => Event::Error {
-                request: id,
-                error: ProtoError::new(
-                    ErrorKind::Engine,
-                    format!("the broker cannot answer {} requests", body.kind()),
-                ),
-            },
-        },
+        RequestBody::Pause(torrent) => pause::run(service, id, torrent).await,
+        RequestBody::Resume(torrent) => resume::run(service, id, torrent).await,
+        RequestBody::Recheck(torrent) => recheck::run(service, id, torrent).await,
+        RequestBody::Files(files) => files::run(service, id, files).await,
+        RequestBody::Peers(peers) => peers::run(service, id, peers).await,
+        quick => answer_now(service, patron.id, id, quick),
     }
 }
 

@@ -28,6 +28,15 @@ pub struct Args {
     /// Reuse files that already exist where the torrent saves (verified; mismatching pieces are rewritten)
     #[arg(long)]
     overwrite: bool,
+    /// Download only these files (indices as `files` shows them, e.g. 0,2,5)
+    #[arg(long, value_name = "LIST", value_parser = super::file_list)]
+    only: Option<super::Indices>,
+    /// This torrent's download limit, bytes per second (suffixes K, M, G: powers of 1024)
+    #[arg(long, value_name = "BYTES", value_parser = super::rate)]
+    max_download_rate: Option<u64>,
+    /// This torrent's upload limit, bytes per second (suffixes K, M, G: powers of 1024)
+    #[arg(long, value_name = "BYTES", value_parser = super::rate)]
+    max_upload_rate: Option<u64>,
     /// Stay until the torrent is complete (progress bar on a terminal, status lines with --json)
     #[arg(long)]
     wait: bool,
@@ -48,6 +57,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     request.paused = args.paused;
     request.ephemeral = args.ephemeral;
     request.overwrite = args.overwrite;
+    request.only_files = args.only.map(|only| only.0);
+    request.max_download_rate = args.max_download_rate;
+    request.max_upload_rate = args.max_upload_rate;
 
     let mut patron = ctx.patron()?;
     let created = patron.create(request)?;

@@ -12,11 +12,16 @@ mod add;
 mod broker;
 mod close;
 mod completions;
+mod files;
 mod list;
 mod make;
 mod manpages;
 mod output;
+mod pause;
+mod peers;
 mod pipe;
+mod recheck;
+mod resume;
 mod status;
 mod watch;
 
@@ -63,6 +68,16 @@ enum Command {
     Status(status::Args),
     /// Print status updates of torrents (all running ones when none is named)
     Watch(watch::Args),
+    /// Pause a torrent (it stays paused across broker restarts)
+    Pause(pause::Args),
+    /// Resume a paused torrent
+    Resume(resume::Args),
+    /// Verify a torrent's data on disk again, every piece
+    Recheck(recheck::Args),
+    /// List a torrent's files; --only chooses which to download
+    Files(files::Args),
+    /// List a torrent's peers; --add dials more
+    Peers(peers::Args),
     /// Make a .torrent from a file or folder (and seed it with --seed)
     Make(make::Args),
     /// Start, stop or query the broker
@@ -147,6 +162,11 @@ pub fn main() -> ExitCode {
         Command::List => list::run(&ctx),
         Command::Status(args) => status::run(&ctx, args),
         Command::Watch(args) => watch::run(&ctx, args),
+        Command::Pause(args) => pause::run(&ctx, args),
+        Command::Resume(args) => resume::run(&ctx, args),
+        Command::Recheck(args) => recheck::run(&ctx, args),
+        Command::Files(args) => files::run(&ctx, args),
+        Command::Peers(args) => peers::run(&ctx, args),
         Command::Make(args) => make::run(&ctx, args),
         Command::Broker(args) => broker::run(&ctx, args),
         Command::Completions(args) => completions::run(args),
@@ -169,6 +189,49 @@ pub fn absolute(path: &std::path::Path) -> Result<PathBuf, Error> {
         context: format!("cannot resolve {}", path.display()),
         source,
     })
+}
+
+/// File indices, as `--only` takes them.
+#[derive(Debug, Clone)]
+pub struct Indices(pub Vec<u32>);
+
+/// Parses a list of file indices: `0,2,5` (spaces allowed).
+pub fn file_list(s: &str) -> Result<Indices, String> {
+    s.split(',')
+        .map(|part| {
+            let part = part.trim();
+            part.parse::<u32>()
+                .map_err(|_| format!("{part:?} is not a file index (a list looks like 0,2,5)"))
+        })
+        .collect::<Result<_, _>>()
+        .map(Indices)
+}
+
+/// Parses a rate in bytes per second: `500000`, `512K`, `10M`, `1G` (powers of 1024).
+pub fn rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => t.split_at(at),
+        None => (t, ""),
+    };
+    let scale: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return Err(format!("{s:?} is not a rate (try 500000, 512K or 10M)")),
+    };
+    let value = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{s:?} is not a rate (try 500000, 512K or 10M)"))?;
+    if value == 0 {
+        return Err(
+            "a rate limit must be at least 1 byte per second (leave it out for none)".into(),
+        );
+    }
+    Ok(value)
 }
 
 /// Parses a torrent reference as users type it.

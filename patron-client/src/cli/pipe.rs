@@ -20,8 +20,8 @@
 use super::output::{self, info_json, made_json, status_json, summary_json};
 use super::{torrent_ref, Context, Exit};
 use patron_client::proto::{
-    CloseTorrent, CreateNewTorrent, ErrorKind, Event, MakeTorrent, ProtoError, RequestBody,
-    RequestId, TorrentRef, TorrentSource,
+    CloseTorrent, CreateNewTorrent, ErrorKind, Event, FilesRequest, MakeTorrent, PeersRequest,
+    ProtoError, RequestBody, RequestId, TorrentRef, TorrentSource,
 };
 use patron_client::{Board, Error, Requester};
 use serde::Deserialize;
@@ -50,6 +50,9 @@ enum Command {
         ephemeral: bool,
         #[serde(default)]
         overwrite: bool,
+        only: Option<Vec<u32>>,
+        max_download_rate: Option<u64>,
+        max_upload_rate: Option<u64>,
     },
     Close {
         torrent: String,
@@ -77,6 +80,26 @@ enum Command {
         seed: bool,
     },
     Info {},
+    Pause {
+        torrent: String,
+    },
+    Resume {
+        torrent: String,
+    },
+    Recheck {
+        torrent: String,
+    },
+    /// List a torrent's files; with `only`, choose which to download first.
+    Files {
+        torrent: String,
+        only: Option<Vec<u32>>,
+    },
+    /// List a torrent's peers; with `add`, dial those first.
+    Peers {
+        torrent: String,
+        #[serde(default)]
+        add: Vec<String>,
+    },
 }
 
 /// A parsed input line.
@@ -332,6 +355,9 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             paused,
             ephemeral,
             overwrite,
+            only,
+            max_download_rate,
+            max_upload_rate,
         } => {
             let source = match (torrent, torrent_base64, magnet) {
                 (Some(path), None, None) => TorrentSource::TorrentFile(
@@ -361,6 +387,9 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             create.paused = paused;
             create.ephemeral = ephemeral;
             create.overwrite = overwrite;
+            create.only_files = only;
+            create.max_download_rate = max_download_rate;
+            create.max_upload_rate = max_upload_rate;
             (RequestBody::CreateNewTorrent(create), None)
         }
         Command::Close {
@@ -399,6 +428,23 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             (RequestBody::MakeTorrent(make), output)
         }
         Command::Info {} => (RequestBody::BrokerInfo, None),
+        Command::Pause { torrent } => (RequestBody::Pause(torrent_ref(&torrent)?), None),
+        Command::Resume { torrent } => (RequestBody::Resume(torrent_ref(&torrent)?), None),
+        Command::Recheck { torrent } => (RequestBody::Recheck(torrent_ref(&torrent)?), None),
+        Command::Files { torrent, only } => (
+            RequestBody::Files(FilesRequest {
+                torrent: torrent_ref(&torrent)?,
+                only,
+            }),
+            None,
+        ),
+        Command::Peers { torrent, add } => (
+            RequestBody::Peers(PeersRequest {
+                torrent: torrent_ref(&torrent)?,
+                add,
+            }),
+            None,
+        ),
     })
 }
 
@@ -494,6 +540,22 @@ fn event_json(event: Event) -> Value {
         Event::ProtocolError { message } => {
             json!({"event": "error", "kind": "protocol", "message": message})
         }
+        Event::Files { torrent, files, .. } => json!({
+            "event": "files",
+            "id": torrent.0,
+            "files": files.iter().map(super::files::file_json).collect::<Vec<_>>(),
+        }),
+        Event::Peers {
+            torrent,
+            dialled,
+            peers,
+            ..
+        } => json!({
+            "event": "peers",
+            "id": torrent.0,
+            "dialled": dialled,
+            "peers": peers.iter().map(super::peers::peer_json).collect::<Vec<_>>(),
+        }),
         // The library unpacks these before anyone sees them.
         Event::Large(_) => {
             json!({"event": "error", "kind": "protocol", "message": "an unpacked large event"})

@@ -1,0 +1,88 @@
+//! `patron-client peers`: a torrent's connected peers; `--add` dials more first.
+
+use super::output::{bytes, shown};
+use super::{torrent_ref, Context, Exit};
+use patron_client::proto::{PeerEntry, TorrentRef};
+use patron_client::Error;
+use serde_json::json;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Torrent id or info hash
+    #[arg(value_name = "ID|INFOHASH", value_parser = torrent_ref)]
+    torrent: TorrentRef,
+    /// Dial this peer now, seeding or not (repeatable); it is remembered with the torrent
+    #[arg(long = "add", value_name = "HOST:PORT")]
+    add: Vec<String>,
+}
+
+pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
+    let mut patron = ctx.patron()?;
+    let list = patron.add_peers(args.torrent, args.add.clone())?;
+    let value = json!({
+        "event": "peers",
+        "id": list.torrent.0,
+        "dialled": list.dialled,
+        "peers": list.peers.iter().map(peer_json).collect::<Vec<_>>(),
+    });
+    ctx.out
+        .emit(|| table(&args.add, &list.dialled, &list.peers), value);
+    Ok(Exit::Success)
+}
+
+pub fn peer_json(peer: &PeerEntry) -> serde_json::Value {
+    json!({
+        "address": peer.address,
+        "client": peer.client,
+        "incoming": peer.incoming,
+        "download_rate": peer.download_rate,
+        "upload_rate": peer.upload_rate,
+        "downloaded": peer.downloaded,
+        "uploaded": peer.uploaded,
+        "progress": peer.progress,
+    })
+}
+
+fn table(asked: &[String], dialled: &[String], peers: &[PeerEntry]) -> String {
+    let mut lines = Vec::new();
+    if !asked.is_empty() {
+        let already = asked.len().saturating_sub(dialled.len());
+        lines.push(format!(
+            "Dialling {} peer(s){}",
+            dialled.len(),
+            if already > 0 {
+                format!("; {already} already connected or being dialled")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    if peers.is_empty() {
+        lines.push("No connected peers".into());
+        return lines.join("\n");
+    }
+    lines.push(format!(
+        "{:<22} {:<20} {:>12} {:>12} {:>5}",
+        "address", "client", "down", "up", "has"
+    ));
+    for peer in peers {
+        let client = peer
+            .client
+            .as_deref()
+            .map(shown)
+            .unwrap_or_else(|| "?".into());
+        let has = peer
+            .progress
+            .map(|p| format!("{:.0}%", p * 100.0))
+            .unwrap_or_else(|| "?".into());
+        lines.push(format!(
+            "{:<22} {:<20} {:>12} {:>12} {:>5}",
+            peer.address,
+            client,
+            format!("{}/s", bytes(peer.download_rate)),
+            format!("{}/s", bytes(peer.upload_rate)),
+            has
+        ));
+    }
+    lines.join("\n")
+}

@@ -1,0 +1,30 @@
+//! `patron-client recheck`: verify a torrent's data on disk again, every piece.
+
+use super::output::{status_json, status_line};
+use super::{torrent_ref, Context, Exit};
+use patron_client::proto::TorrentRef;
+use patron_client::Error;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Torrent id or info hash
+    #[arg(value_name = "ID|INFOHASH", value_parser = torrent_ref)]
+    torrent: TorrentRef,
+}
+
+pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
+    let status = ctx.patron()?.recheck(args.torrent)?;
+    let mut value = status_json(&status);
+    value["event"] = "rechecking".into();
+    ctx.out.emit(
+        || {
+            format!(
+                "Rechecking (`watch {}` shows it end): {}",
+                status.id,
+                status_line(&status)
+            )
+        },
+        value,
+    );
+    Ok(Exit::Success)
+}

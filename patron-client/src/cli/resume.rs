@@ -1,0 +1,22 @@
+//! `patron-client resume`: let a paused torrent run again (one added `--paused` too).
+
+use super::output::{status_json, status_line};
+use super::{torrent_ref, Context, Exit};
+use patron_client::proto::TorrentRef;
+use patron_client::Error;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Torrent id or info hash
+    #[arg(value_name = "ID|INFOHASH", value_parser = torrent_ref)]
+    torrent: TorrentRef,
+}
+
+pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
+    let status = ctx.patron()?.resume(args.torrent)?;
+    let mut value = status_json(&status);
+    value["event"] = "resumed".into();
+    ctx.out
+        .emit(|| format!("Resumed: {}", status_line(&status)), value);
+    Ok(Exit::Success)
+}

@@ -1,0 +1,583 @@
+//! The controls every torrent daemon has (DESIGN §9): pause and resume, recheck, files,
+//! peers, per-torrent rates; each through the CLI, pipe mode and the library, and each kept
+//! across a restart where it should be.
+
+use e2e::patron_client::proto::{TorrentId, TorrentRef};
+use e2e::{
+    pipe_session, run, sha256, wait_complete, wait_for, BrokerProcess, Sandbox, Seeder,
+    STEP_TIMEOUT,
+};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const PIECE: u64 = 64 * 1024;
+
+/// `patron-client --json ARGS...` against `state`: its exit code and JSON lines.
+fn client_json(sandbox: &Sandbox, state: &Path, args: &[&str]) -> (i32, Vec<Value>) {
+    let mut cmd = sandbox.client(state);
+    cmd.arg("--json").args(args);
+    let out = run(cmd);
+    (out.code(), out.json_lines())
+}
+
+/// The one JSON line of a command that must succeed.
+fn ok_json(sandbox: &Sandbox, state: &Path, args: &[&str]) -> Value {
+    let (code, lines) = client_json(sandbox, state, args);
+    assert_eq!(code, 0, "patron-client {args:?}: {lines:?}");
+    assert_eq!(lines.len(), 1, "patron-client {args:?}: {lines:?}");
+    lines.into_iter().next().unwrap_or_default()
+}
+
+fn status(sandbox: &Sandbox, state: &Path, id: &str) -> Value {
+    ok_json(sandbox, state, &["status", id])
+}
+
+fn restart(
+    sandbox: &Sandbox,
+    state: &Path,
+    mut broker: BrokerProcess,
+    signal: Signal,
+) -> BrokerProcess {
+    broker.signal(signal);
+    broker.wait_exit(STEP_TIMEOUT);
+    sandbox.broker(state, &[])
+}
+
+/// Waits until `check` holds for the torrent's status line (read as `status --json` does).
+fn wait_status(
+    sandbox: &Sandbox,
+    state: &Path,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    wait_for(what, STEP_TIMEOUT, || {
+        last = status(sandbox, state, id);
+        check(&last)
+    });
+    last
+}
+
+#[test]
+fn pause_and_resume_are_kept_across_restarts_through_the_cli_pipe_and_library() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/paused.bin", 2 * 1024 * 1024);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, PIECE, &[]);
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+    let broker = sandbox.broker(&state, &[]);
+
+    // Added paused (the CLI): nothing moves, and a restart keeps it paused.
+    let mut add = sandbox.add_command(
+        &state,
+        &seeder.torrent,
+        &downloads,
+        Some(&seeder.broker.peer()),
+    );
+    add.arg("--paused");
+    let added = run(add).expect_code(0).json_lines();
+    let id = added[0]["id"].as_u64().expect("id").to_string();
+    // (It checks what is on disk first, then stays paused.)
+    let added = wait_status(&sandbox, &state, &id, "the added torrent", |s| {
+        s["state"] != "checking"
+    });
+    assert_eq!(added["state"], "paused", "{added}");
+    let broker = restart(&sandbox, &state, broker, Signal::SIGTERM);
+    let after = wait_status(&sandbox, &state, &id, "the restored torrent", |s| {
+        s["state"] != "checking"
+    });
+    assert_eq!(after["state"], "paused", "{after}");
+    assert_eq!(after["bytes_done"], 0, "{after}");
+
+    // Resumed (the CLI): it downloads and completes.
+    let resumed = ok_json(&sandbox, &state, &["resume", &id]);
+    assert_eq!(resumed["event"], "resumed", "{resumed}");
+    assert_ne!(resumed["state"], "paused", "{resumed}");
+    let torrent = TorrentRef::Id(TorrentId(id.parse().expect("id")));
+    let mut patron = sandbox.patron(&state);
+    patron.follow(torrent).expect("follow");
+    wait_complete(&mut patron, None);
+    assert_eq!(sha256(&downloads.join("paused.bin")), sha256(&data));
+
+    // Paused in pipe mode; kept across a SIGKILL.
+    let lines = pipe_session(
+        &sandbox,
+        &state,
+        &[json!({"cmd": "pause", "torrent": id}).to_string()],
+        true,
+    );
+    let reply = lines
+        .iter()
+        .find(|l| l["request"] == 1)
+        .expect("the pause reply");
+    assert_eq!(reply["event"], "status", "{lines:?}");
+    assert_eq!(reply["state"], "paused", "{lines:?}");
+    drop(patron);
+    let broker = restart(&sandbox, &state, broker, Signal::SIGKILL);
+    let after = wait_status(&sandbox, &state, &id, "the restored torrent", |s| {
+        s["state"] != "checking"
+    });
+    assert_eq!(after["state"], "paused", "{after}");
+
+    // A paused torrent dials nobody: peers --add says so and changes nothing.
+    let (code, lines) = client_json(
+        &sandbox,
+        &state,
+        &["peers", &id, "--add", &seeder.broker.peer()],
+    );
+    assert_eq!(code, 1, "{lines:?}");
+    assert_eq!(lines[0]["kind"], "bad-request", "{lines:?}");
+
+    // Resumed by the library; kept across a restart too.
+    let mut patron = sandbox.patron(&state);
+    let resumed = patron.resume(torrent).expect("resume");
+    assert_ne!(resumed.state.as_str(), "paused");
+    drop(patron);
+    let _broker = restart(&sandbox, &state, broker, Signal::SIGTERM);
+    let after = wait_status(&sandbox, &state, &id, "seeding again", |s| {
+        s["state"] == "seeding"
+    });
+    assert_eq!(after["complete"], true, "{after}");
+
+    // Pausing twice is no error; an unknown torrent is, with its kind.
+    ok_json(&sandbox, &state, &["pause", &id]);
+    ok_json(&sandbox, &state, &["pause", &id]);
+    let (code, lines) = client_json(&sandbox, &state, &["pause", "999"]);
+    assert_eq!(code, 1, "{lines:?}");
+    assert_eq!(lines[0]["kind"], "unknown-torrent", "{lines:?}");
+}
+
+#[test]
+fn recheck_hashes_the_data_again_and_finds_a_damaged_piece() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/checked.bin", 16 * PIECE as usize);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, PIECE, &[]);
+    let state = &seeder.broker.state;
+    let id = "0";
+    wait_status(&sandbox, state, id, "the seeder to seed", |s| {
+        s["complete"] == true
+    });
+
+    // One byte of piece 3 changes behind the engine's back: only a real check can tell.
+    let original = std::fs::read(&data).expect("read");
+    let mut damaged = original.clone();
+    damaged[3 * PIECE as usize + 100] ^= 0xff;
+    std::fs::write(&data, &damaged).expect("damage");
+    let rechecking = ok_json(&sandbox, state, &["recheck", id]);
+    assert_eq!(rechecking["event"], "rechecking", "{rechecking}");
+    let total = original.len() as u64;
+    let after = wait_status(&sandbox, state, id, "the check to find the damage", |s| {
+        s["state"] != "checking" && s["bytes_done"].as_u64().is_some_and(|d| d < total)
+    });
+    assert_eq!(after["bytes_done"], total - PIECE, "{after}");
+    assert_eq!(after["complete"], false, "{after}");
+
+    // Mended, and rechecked by the library: whole again.
+    std::fs::write(&data, &original).expect("mend");
+    let mut patron = sandbox.patron(state);
+    patron
+        .recheck(TorrentRef::Id(TorrentId(0)))
+        .expect("recheck");
+    let after = wait_status(&sandbox, state, id, "the check to pass", |s| {
+        s["complete"] == true
+    });
+    assert_eq!(after["bytes_done"], total, "{after}");
+
+    // Pipe mode asks the same; a torrent that does not run is an error reply.
+    let lines = pipe_session(
+        &sandbox,
+        state,
+        &[
+            json!({"cmd": "recheck", "torrent": id}).to_string(),
+            json!({"cmd": "recheck", "torrent": "77"}).to_string(),
+        ],
+        true,
+    );
+    let first = lines.iter().find(|l| l["request"] == 1).expect("reply 1");
+    assert_eq!(first["event"], "status", "{lines:?}");
+    let second = lines.iter().find(|l| l["request"] == 2).expect("reply 2");
+    assert_eq!(second["kind"], "unknown-torrent", "{lines:?}");
+}
+
+/// A folder of three files whose sizes are whole pieces, so that no piece is shared.
+fn three_files(sandbox: &Sandbox) -> std::path::PathBuf {
+    for (name, pieces) in [("a.bin", 2), ("b.bin", 3), ("c.bin", 4)] {
+        sandbox.random_file(&format!("seed/three/{name}"), pieces * PIECE as usize);
+    }
+    sandbox.path("seed/three")
+}
+
+fn selected(files: &Value) -> Vec<bool> {
+    files["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f["selected"].as_bool().expect("selected"))
+        .collect()
+}
+
+#[test]
+fn files_are_listed_and_chosen_at_add_and_later_and_kept_across_restarts() {
+    let sandbox = Sandbox::new();
+    let folder = three_files(&sandbox);
+    let seeder = Seeder::start(&sandbox, "seeder", &folder, PIECE, &[]);
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+    let broker = sandbox.broker(&state, &[]);
+
+    // Only the first file, at add.
+    let mut add = sandbox.add_command(
+        &state,
+        &seeder.torrent,
+        &downloads,
+        Some(&seeder.broker.peer()),
+    );
+    add.args(["--only", "0", "--wait"]);
+    run(add).expect_code(0);
+    let files = ok_json(&sandbox, &state, &["files", "0"]);
+    assert_eq!(files["event"], "files", "{files}");
+    assert_eq!(selected(&files), [true, false, false], "{files}");
+    let list = files["files"].as_array().expect("files");
+    assert_eq!(list[0]["path"], "a.bin");
+    assert_eq!(list[0]["bytes_done"], 2 * PIECE, "{files}");
+    assert_eq!(list[1]["bytes_done"], 0, "{files}");
+    assert_eq!(list[2]["size"], 4 * PIECE, "{files}");
+
+    // The third file too, in pipe mode, while it runs.
+    let lines = pipe_session(
+        &sandbox,
+        &state,
+        &[json!({"cmd": "files", "torrent": "0", "only": [0, 2]}).to_string()],
+        true,
+    );
+    let reply = lines
+        .iter()
+        .find(|l| l["request"] == 1)
+        .expect("the files reply");
+    assert_eq!(selected(reply), [true, false, true], "{lines:?}");
+    let mut patron = sandbox.patron(&state);
+    let torrent = TorrentRef::Id(TorrentId(0));
+    wait_for("the third file", STEP_TIMEOUT, || {
+        let list = patron.files(torrent).expect("files");
+        list.files[2].bytes_done == list.files[2].size
+    });
+    drop(patron);
+    for name in ["a.bin", "c.bin"] {
+        assert_eq!(
+            sha256(&downloads.join("three").join(name)),
+            sha256(&folder.join(name))
+        );
+    }
+
+    // Kept across a restart; the second file was never fetched.
+    let _broker = restart(&sandbox, &state, broker, Signal::SIGTERM);
+    wait_status(&sandbox, &state, "0", "the restored torrent", |s| {
+        s["state"] == "seeding"
+    });
+    let files = ok_json(&sandbox, &state, &["files", "0"]);
+    assert_eq!(selected(&files), [true, false, true], "{files}");
+    assert_eq!(files["files"][1]["bytes_done"], 0, "{files}");
+
+    // The library chooses too; a file the torrent lacks is a clear error, a bad list a usage one.
+    let mut patron = sandbox.patron(&state);
+    let list = patron.select_files(torrent, vec![0, 1, 2]).expect("select");
+    assert!(list.files.iter().all(|f| f.selected), "{list:?}");
+    let (code, lines) = client_json(&sandbox, &state, &["files", "0", "--only", "0,7"]);
+    assert_eq!(code, 1, "{lines:?}");
+    assert_eq!(lines[0]["kind"], "bad-request", "{lines:?}");
+    assert!(
+        lines[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no file 7"),
+        "{lines:?}"
+    );
+    let (code, _) = client_json(&sandbox, &state, &["files", "0", "--only", "0,x"]);
+    assert_eq!(code, 2);
+}
+
+/// A seeder that sends at most `rate` bytes per second, so that a download takes a while.
+fn slow_seeder(sandbox: &Sandbox, size: usize, rate: &str) -> (Seeder, std::path::PathBuf) {
+    let data = sandbox.random_file("seed/slow.bin", size);
+    let seeder = Seeder::start(
+        sandbox,
+        "seeder",
+        &data,
+        PIECE,
+        &["--max-upload-rate", rate],
+    );
+    (seeder, data)
+}
+
+#[test]
+fn peers_are_listed_and_added_to_a_running_torrent_and_remembered() {
+    let sandbox = Sandbox::new();
+    let (seeder, data) = slow_seeder(&sandbox, 3 * 1024 * 1024, "1000000");
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+    let broker = sandbox.broker(&state, &[]);
+
+    // Added knowing no peer: it can find none (no DHT, no tracker on loopback).
+    let add = sandbox.add_command(&state, &seeder.torrent, &downloads, None);
+    run(add).expect_code(0);
+    let peers = ok_json(&sandbox, &state, &["peers", "0"]);
+    assert_eq!(peers["peers"], json!([]), "{peers}");
+
+    // Named while it runs: dialled at once.
+    let seeder_peer = seeder.broker.peer();
+    let added = ok_json(&sandbox, &state, &["peers", "0", "--add", &seeder_peer]);
+    assert_eq!(added["event"], "peers", "{added}");
+    assert_eq!(added["dialled"], json!([seeder_peer]), "{added}");
+    let mut patron = sandbox.patron(&state);
+    let torrent = TorrentRef::Id(TorrentId(0));
+    let mut seen = None;
+    wait_for("the seeder among the peers", STEP_TIMEOUT, || {
+        let list = patron.peers(torrent).expect("peers");
+        seen = list.peers.into_iter().find(|p| p.address == seeder_peer);
+        seen.as_ref().is_some_and(|p| p.downloaded > 0)
+    });
+    let peer = seen.expect("seen");
+    assert_eq!(peer.progress, Some(1.0), "{peer:?}");
+    assert!(
+        peer.client.as_deref().is_some_and(|c| c.contains("rqbit")),
+        "{peer:?}"
+    );
+    assert!(!peer.incoming, "{peer:?}");
+
+    // Remembered: after a SIGKILL the torrent finds its seeder again by itself.
+    drop(patron);
+    let _broker = restart(&sandbox, &state, broker, Signal::SIGKILL);
+    wait_status(&sandbox, &state, "0", "the download to complete", |s| {
+        s["complete"] == true
+    });
+    assert_eq!(sha256(&downloads.join("slow.bin")), sha256(&data));
+
+    // Peers the broker may not dial are refused, each with its reason; nothing is dialled.
+    for bad in ["nonsense", "8.8.8.8:6881"] {
+        let (code, lines) = client_json(&sandbox, &state, &["peers", "0", "--add", bad]);
+        assert_eq!(code, 1, "{bad}: {lines:?}");
+        assert_eq!(lines[0]["kind"], "invalid-peer", "{bad}: {lines:?}");
+    }
+    // Pipe mode lists them too.
+    let lines = pipe_session(
+        &sandbox,
+        &state,
+        &[json!({"cmd": "peers", "torrent": "0"}).to_string()],
+        true,
+    );
+    let reply = lines
+        .iter()
+        .find(|l| l["request"] == 1)
+        .expect("the peers reply");
+    assert_eq!(reply["event"], "peers", "{lines:?}");
+}
+
+#[test]
+fn a_peer_named_by_a_patron_joining_a_running_torrent_is_dialled() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/joined.bin", 1024 * 1024);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, PIECE, &[]);
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+    let _broker = sandbox.broker(&state, &[]);
+    run(sandbox.add_command(&state, &seeder.torrent, &downloads, None)).expect_code(0);
+
+    // A second patron adds the same torrent, naming the seeder: it joins (exit 4), and the
+    // peer is not among the options left unapplied: the running torrent dials it.
+    let mut join = sandbox.add_command(
+        &state,
+        &seeder.torrent,
+        &downloads,
+        Some(&seeder.broker.peer()),
+    );
+    join.arg("--wait");
+    let out = run(join).expect_code(4).json_lines();
+    assert_eq!(out[0]["event"], "already-downloading", "{out:?}");
+    assert_eq!(out[0]["not_applied"], json!([]), "{out:?}");
+    assert_eq!(sha256(&downloads.join("joined.bin")), sha256(&data));
+}
+
+#[test]
+fn a_seeding_broker_dials_a_leecher_named_by_peers_add() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/pushed.bin", 1024 * 1024);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, PIECE, &[]);
+    // The leecher knows no peer and cannot be found: only the seeder's dial brings data.
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+    let leecher = sandbox.broker(&state, &[]);
+    run(sandbox.add_command(&state, &seeder.torrent, &downloads, None)).expect_code(0);
+
+    let dialled = ok_json(
+        &sandbox,
+        &seeder.broker.state,
+        &["peers", "0", "--add", &leecher.peer()],
+    );
+    assert_eq!(dialled["dialled"], json!([leecher.peer()]), "{dialled}");
+    wait_status(&sandbox, &state, "0", "the pushed download", |s| {
+        s["complete"] == true
+    });
+    assert_eq!(sha256(&downloads.join("pushed.bin")), sha256(&data));
+}
+
+#[test]
+fn a_torrent_keeps_its_own_download_limit() {
+    let sandbox = Sandbox::new();
+    let size = 1024 * 1024;
+    let data = sandbox.random_file("seed/limited.bin", size);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, PIECE, &[]);
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+    let _broker = sandbox.broker(&state, &[]);
+
+    // 256 KiB/s for 1 MiB: at least 3 s even if the limiter lets its first second's worth
+    // through at once (a lower bound: a slow machine only makes it longer).
+    let mut add = sandbox.add_command(
+        &state,
+        &seeder.torrent,
+        &downloads,
+        Some(&seeder.broker.peer()),
+    );
+    add.args(["--max-download-rate", "256K", "--wait"]);
+    let started = Instant::now();
+    run(add).expect_code(0);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "1 MiB at 256 KiB/s took {took:?}"
+    );
+    assert_eq!(sha256(&downloads.join("limited.bin")), sha256(&data));
+
+    // Rates the engine cannot keep: a usage error in the CLI, a refusal from the broker.
+    let mut zero = sandbox.add_command(&state, &seeder.torrent, &downloads, None);
+    zero.args(["--max-upload-rate", "0"]);
+    assert_eq!(run(zero).code(), 2);
+    let torrent = seeder.torrent.display().to_string();
+    let lines = pipe_session(
+        &sandbox,
+        &state,
+        &[
+            json!({"cmd": "add", "torrent": torrent, "max_download_rate": 5_000_000_000u64})
+                .to_string(),
+        ],
+        true,
+    );
+    let reply = lines
+        .iter()
+        .find(|l| l["request"] == 1)
+        .expect("the add reply");
+    assert_eq!(reply["kind"], "bad-request", "{lines:?}");
+}
+
+/// The restarted broker's log says whether librqbit hashed the torrent's data again.
+const FULL_CHECK: &str = "Doing initial checksum validation";
+
+#[test]
+fn a_restarted_broker_does_not_hash_again_what_it_verified() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/resumed.bin", 4 * 1024 * 1024);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, PIECE, &[]);
+    let state = seeder.broker.state.clone();
+    let broker = restart(&sandbox, &state, seeder.broker, Signal::SIGTERM);
+    wait_status(&sandbox, &state, "0", "seeding again", |s| {
+        s["state"] == "seeding"
+    });
+    let log = broker.log();
+    assert!(log.contains("Initial check results"), "{log}");
+    assert!(
+        !log.contains(FULL_CHECK),
+        "the data was hashed again:\n{log}"
+    );
+}
+
+#[test]
+fn a_broker_killed_mid_download_keeps_what_it_verified() {
+    let sandbox = Sandbox::new();
+    let size = 6 * 1024 * 1024;
+    let (seeder, data) = slow_seeder(&sandbox, size, "1500000");
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+    let broker = sandbox.broker(&state, &[]);
+    let mut patron = sandbox.patron(&state);
+    patron
+        .create(seeder.create_request(&downloads))
+        .expect("create");
+
+    let mut before = 0;
+    wait_for("a third of the download", STEP_TIMEOUT, || {
+        let status = patron.status(TorrentRef::Id(TorrentId(0))).expect("status");
+        before = status.bytes_done;
+        status.progress >= 0.33
+    });
+    assert!(before < size as u64, "it finished before the kill");
+    drop(patron);
+    let broker = restart(&sandbox, &state, broker, Signal::SIGKILL);
+
+    // What was verified before the kill is still there, bar the pieces in flight, and the
+    // engine did not hash the data again to find it.
+    let after = wait_status(&sandbox, &state, "0", "the restored torrent", |s| {
+        s["state"] != "checking"
+    });
+    let kept = after["bytes_done"].as_u64().expect("bytes done");
+    assert!(
+        kept + 8 * PIECE >= before,
+        "{before} bytes verified before the kill, {kept} after"
+    );
+    let log = broker.log();
+    assert!(
+        !log.contains(FULL_CHECK),
+        "the data was hashed again:\n{log}"
+    );
+    wait_status(&sandbox, &state, "0", "the download to complete", |s| {
+        s["complete"] == true
+    });
+    assert_eq!(sha256(&downloads.join("slow.bin")), sha256(&data));
+}
+
+#[test]
+fn a_peer_that_resets_the_first_handshake_is_dialled_again_within_seconds() {
+    use std::net::TcpListener;
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/retry.bin", 256 * 1024);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, PIECE, &[]);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let peer = listener.local_addr().expect("address").to_string();
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+    let _broker = sandbox.broker(&state, &[]);
+    run(sandbox.add_command(&state, &seeder.torrent, &downloads, Some(&peer))).expect_code(0);
+
+    // The first connection is reset, as a client still starting up does.
+    let (first, _) = listener.accept().expect("the first dial");
+    nix::sys::socket::setsockopt(
+        &first,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .expect("linger");
+    drop(first);
+    let reset = Instant::now();
+    // librqbit 9.1 waited 10–20 s before the next dial; the broker's engine 1–2 s. The bound
+    // sits between the two with room for a loaded machine.
+    listener.set_nonblocking(true).expect("nonblocking");
+    let limit = Duration::from_secs(8);
+    loop {
+        match listener.accept() {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    reset.elapsed() < limit,
+                    "no second dial within {limit:?} of the reset"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
