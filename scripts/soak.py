@@ -307,7 +307,7 @@ class Soak:
         out_dir = os.path.join(self.tmp, "dl", "joiners")
         os.makedirs(out_dir, exist_ok=True)
         choice = self.rng.choice(["list", "list-json", "status", "add", "watch", "pipe",
-                                  "close-unknown", "info"])
+                                  "close-unknown", "info", "files", "peers", "recheck"])
         if choice == "list":
             self.spawn(state, choice, ["list"])
         elif choice == "list-json":
@@ -329,6 +329,21 @@ class Soak:
                             "peers": [self.peer]}),
             ]) for _ in range(self.rng.randrange(1, 6))) + "\n"
             self.spawn(state, choice, ["pipe"], stdin=lines)
+        elif choice == "files":
+            # Lists, or selects every file again (the torrents here have one): harmless to
+            # the downloads, but through the same path as a real change.
+            args = ["--json", "files", str(self.rng.randrange(0, 8))]
+            if self.rng.random() < 0.3:
+                args += ["--only", "0"]
+            self.spawn(state, choice, args)
+        elif choice == "peers":
+            args = ["--json", "peers", str(self.rng.randrange(0, 8))]
+            if self.rng.random() < 0.5:
+                args += ["--add", self.peer]
+            self.spawn(state, choice, args)
+        elif choice == "recheck":
+            # Mid-download too: the torrent is checked again and goes on.
+            self.spawn(state, choice, ["--json", "recheck", str(self.rng.randrange(0, 8))])
         elif choice == "close-unknown":
             self.spawn(state, choice, ["close", str(self.rng.randrange(1000, 2000))])
         else:

@@ -1,12 +1,13 @@
 //! The download row: one raw librqbit seeder on 127.0.0.1, and in turn (the order rotating
-//! each round) a raw librqbit leecher session (the anchor), the broker (through a patron), and
-//! aria2c fetch the same torrent from it. Each time runs from the request to the last piece
-//! verified; medians over the rounds are compared.
+//! each round) a raw librqbit leecher session, the broker (through a patron), aria2c and a
+//! python3-libtorrent leecher (TCP only) fetch the same torrent from it. Each time runs from
+//! the request to the last piece verified; medians over the rounds are compared, the broker's
+//! beside the fastest of the others.
 
 use crate::swarm::{self, Seeder};
 use anyhow::{bail, Context};
 use patron_client::{Created, Patron};
-use proto::{CreateNewTorrent, TorrentRef, TorrentSource};
+use proto::{CreateNewTorrent, Event, TorrentRef, TorrentSource};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,6 +28,7 @@ enum Leecher {
     RawLibrqbit,
     Broker,
     Aria2,
+    Libtorrent,
 }
 
 impl Leecher {
@@ -35,6 +37,7 @@ impl Leecher {
             Leecher::RawLibrqbit => "raw_librqbit",
             Leecher::Broker => "broker",
             Leecher::Aria2 => "aria2c",
+            Leecher::Libtorrent => "libtorrent",
         }
     }
 }
@@ -133,6 +136,13 @@ pub fn run(bench: DownloadBench) -> anyhow::Result<()> {
     } else {
         eprintln!("   (aria2c not installed: its anchor is skipped)");
     }
+    let plain_path = bench.work.join("download-plain.torrent");
+    std::fs::write(&plain_path, &plain.bytes)?;
+    if has_libtorrent() {
+        leechers.push(Leecher::Libtorrent);
+    } else {
+        eprintln!("   (python3-libtorrent not installed: its anchor is skipped)");
+    }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); leechers.len()];
     for round in 0..bench.rounds {
         for k in 0..leechers.len() {
@@ -150,6 +160,7 @@ pub fn run(bench: DownloadBench) -> anyhow::Result<()> {
                     broker_download(&mut patron, &plain.bytes, &folder, seeder.addr)?
                 }
                 Leecher::Aria2 => aria2_download(&tracked_path, &folder)?,
+                Leecher::Libtorrent => libtorrent_download(&plain_path, &folder, seeder.addr)?,
             };
             times[index].push(took.as_secs_f64() * 1e3);
             let copy = folder.join(&plain.checked.name);
@@ -177,9 +188,9 @@ pub fn run(bench: DownloadBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The broker fetches the torrent; done when its status says complete (polled every 2 ms,
-/// since status updates are pushed only once a second). The torrent is then closed and its
-/// data deleted through the broker.
+/// The broker fetches the torrent; done when its completion reaches the patron (pushed at
+/// once, not at the next status tick: no polling load on the broker while it downloads).
+/// The torrent is then dropped through the broker, its data kept to be compared.
 fn broker_download(
     patron: &mut Patron,
     torrent: &[u8],
@@ -194,18 +205,58 @@ fn broker_download(
         Created::New(info) => info,
         Created::AlreadyDownloading(..) => bail!("the broker already ran the bench torrent"),
     };
-    let id = TorrentRef::Id(info.id);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !patron.status(id)?.complete {
-        if Instant::now() > deadline {
-            bail!("the broker did not finish the download in 10 minutes");
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match patron.next_event_timeout(left)? {
+            Some(Event::TorrentStatusUpdate(status)) if status.id == info.id && status.complete => {
+                break
+            }
+            Some(_) => {}
+            None => bail!("the broker did not finish the download in 10 minutes"),
         }
-        std::thread::sleep(Duration::from_millis(2));
     }
     let took = started.elapsed();
-    // Keep the data until it is compared; only drop the torrent.
-    patron.close(id, false, true)?;
+    patron.close(TorrentRef::Id(info.id), false, true)?;
     Ok(took)
+}
+
+fn has_libtorrent() -> bool {
+    Command::new("/usr/bin/python3")
+        .args(["-c", "import libtorrent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `bench/libtorrent_leech.py`: python3-libtorrent, TCP only, timing itself from its add to
+/// its last piece (its interpreter's start is not counted).
+fn libtorrent_download(
+    torrent: &Path,
+    folder: &Path,
+    seeder: std::net::SocketAddr,
+) -> anyhow::Result<Duration> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("libtorrent_leech.py");
+    let out = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(torrent)
+        .arg(folder)
+        .arg(seeder.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run the libtorrent leecher")?;
+    if !out.status.success() {
+        bail!(
+            "the libtorrent leecher failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let ms = line["ms"]
+        .as_f64()
+        .context("the libtorrent leecher printed no time")?;
+    Ok(Duration::from_secs_f64(ms / 1e3))
 }
 
 /// aria2c from start to exit (it exits once the file is complete and checked).

@@ -8,6 +8,7 @@ mod board;
 mod download;
 mod fanout;
 mod placement;
+mod restart;
 mod scaling;
 mod swarm;
 
@@ -70,8 +71,24 @@ enum Bench {
         #[arg(long)]
         client: PathBuf,
     },
-    /// Download speed through the broker beside a raw librqbit session and aria2c, all
-    /// fetching from one raw librqbit seeder on 127.0.0.1
+    /// A broker seeding `torrents` × `size_mib` restarted until all seed, beside
+    /// transmission-daemon restarted on the same data
+    Restart {
+        /// Scratch folder (inside the broker's download roots)
+        #[arg(long)]
+        work: PathBuf,
+        /// The torrent-broker program
+        #[arg(long)]
+        broker: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        torrents: usize,
+        #[arg(long, default_value_t = 512)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Download speed through the broker beside a raw librqbit session, aria2c and
+    /// libtorrent, all fetching from one raw librqbit seeder on 127.0.0.1
     Download {
         #[arg(long)]
         state_dir: PathBuf,
@@ -257,6 +274,19 @@ fn main() -> anyhow::Result<()> {
         } => download::run(download::DownloadBench {
             state_dir,
             work,
+            size_mib,
+            rounds,
+        }),
+        Bench::Restart {
+            work,
+            broker,
+            torrents,
+            size_mib,
+            rounds,
+        } => restart::run(restart::RestartBench {
+            work,
+            broker,
+            torrents,
             size_mib,
             rounds,
         }),
