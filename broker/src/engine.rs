@@ -91,6 +91,33 @@ pub struct AddSpec {
     pub resume: bool,
 }
 
+/// Whether a pause or resume took effect, or waits for the torrent's check to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Done.
+    Now,
+    /// The torrent is checking its data; the caller applies it once the check ends.
+    AfterCheck,
+}
+
+/// Where a torrent is, as far as pausing goes.
+enum Stage {
+    Checking,
+    Paused,
+    Live,
+    Failed,
+}
+
+fn stage_of(handle: &ManagedTorrentHandle) -> Stage {
+    use librqbit::ManagedTorrentState as S;
+    handle.with_state(|state| match state {
+        S::Initializing(_) => Stage::Checking,
+        S::Paused(_) => Stage::Paused,
+        S::Live(_) => Stage::Live,
+        S::Error(_) | S::None => Stage::Failed,
+    })
+}
+
 /// A torrent's own rate limits, in bytes per second.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rates {
@@ -329,27 +356,35 @@ impl Engine {
         }
     }
 
-    /// Pauses a torrent; a paused one stays as it is.
-    pub async fn pause(&self, handle: &ManagedTorrentHandle) -> Result<(), ProtoError> {
-        if handle.is_paused() {
-            return Ok(());
+    /// Pauses a torrent; a paused one stays as it is. One checking its data is left to
+    /// finish the check ([`Applied::AfterCheck`]): librqbit would stop the check for good.
+    pub async fn pause(&self, handle: &ManagedTorrentHandle) -> Result<Applied, ProtoError> {
+        match stage_of(handle) {
+            Stage::Checking => return Ok(Applied::AfterCheck),
+            Stage::Paused => return Ok(Applied::Now),
+            Stage::Live | Stage::Failed => {}
         }
         self.session
             .pause(handle)
             .await
-            .map_err(|e| engine_error("the engine cannot pause it", e))
+            .map_err(|e| engine_error("the engine cannot pause it", e))?;
+        Ok(Applied::Now)
     }
 
-    /// Resumes a torrent (one in error starts again); a running one stays as it is.
-    pub async fn resume(&self, handle: &ManagedTorrentHandle) -> Result<(), ProtoError> {
-        let live = handle.with_state(|s| matches!(s, librqbit::ManagedTorrentState::Live(_)));
-        if live {
-            return Ok(());
+    /// Resumes a torrent (one in error starts again); a running one stays as it is. One
+    /// checking its data is left to finish the check ([`Applied::AfterCheck`]): librqbit
+    /// ignores a resume then, and the check ends paused if it began so.
+    pub async fn resume(&self, handle: &ManagedTorrentHandle) -> Result<Applied, ProtoError> {
+        match stage_of(handle) {
+            Stage::Checking => return Ok(Applied::AfterCheck),
+            Stage::Live => return Ok(Applied::Now),
+            Stage::Paused | Stage::Failed => {}
         }
         self.session
             .unpause(handle)
             .await
-            .map_err(|e| engine_error("the engine cannot resume it", e))
+            .map_err(|e| engine_error("the engine cannot resume it", e))?;
+        Ok(Applied::Now)
     }
 
     /// Downloads only `files` of a torrent from now on.

@@ -65,6 +65,15 @@ pub struct RestoreSpec {
     /// Its own rate limits.
     #[serde(default)]
     pub rates: crate::engine::Rates,
+    /// Whether the engine's fast-resume state for its info hash (one per info hash) was
+    /// written by this torrent. False once another record of the same torrent (added while
+    /// this one could not be restored) ran: that state describes the other one's files.
+    #[serde(default = "yes")]
+    pub owns_verified: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// How many peers a torrent's record keeps (the latest named win): `peers --add` must not
@@ -189,6 +198,20 @@ impl TorrentRegistry {
         let running = self.torrents.values().map(|e| e.info.info_hash);
         let kept = self.unrestored.values().map(|u| u.info.info_hash);
         running.chain(kept).collect()
+    }
+
+    /// A torrent with this info hash starts afresh: the engine's fast-resume state becomes
+    /// its own, and records of the same torrent that could not be restored must not trust it
+    /// any more. Returns whether any changed.
+    pub fn disown_verified(&mut self, info_hash: InfoHash) -> bool {
+        let mut changed = false;
+        for record in self.unrestored.values_mut() {
+            if record.info.info_hash == info_hash && record.restore.owns_verified {
+                record.restore.owns_verified = false;
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// Whether this id is remembered at all (running or not restored).

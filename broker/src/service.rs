@@ -177,7 +177,9 @@ impl Service {
                 id: Some(id),
                 rates: spec.rates,
                 info_hash: checked.info_hash,
-                resume: true,
+                // What the engine verified is this torrent's own, unless another record of
+                // the same torrent ran since.
+                resume: spec.owns_verified,
             })
             .await
             .map_err(|e| (e, info.clone()))?;
@@ -353,6 +355,74 @@ impl Service {
             }
             ProtoError::new(ErrorKind::Io, format!("the change is not made: {why}"))
         })
+    }
+
+    /// Dials the peers a torrent's record names (some named since it was added, which the
+    /// engine does not know of); those connected meanwhile are skipped.
+    pub fn dial_recorded_peers(&self, id: TorrentId, handle: &engine::ManagedTorrentHandle) {
+        let peers = self
+            .state()
+            .registry
+            .get(id)
+            .map(|e| e.restore.peers.clone())
+            .unwrap_or_default();
+        if !peers.is_empty() {
+            if let Err(e) = self.engine.dial(handle, &peers) {
+                tracing::info!(torrent = %id, "its peers are not dialled yet: {e}");
+            }
+        }
+    }
+
+    /// A pause or resume reached a torrent checking its data, which librqbit cannot take
+    /// then: once the check ends, the engine is made to agree with the record (paused or
+    /// not), unless the torrent went or was added again meanwhile.
+    pub fn settle_after_check(
+        self: &Arc<Self>,
+        id: TorrentId,
+        handle: engine::ManagedTorrentHandle,
+    ) {
+        let service = self.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = handle.wait_until_initialized().await {
+                tracing::info!(torrent = %id, "its check failed; nothing to settle: {e:#}");
+                return;
+            }
+            let _adding = service.adding.lock().await;
+            let paused = {
+                let state = service.state();
+                match state.registry.get(id) {
+                    Some(entry) if Arc::ptr_eq(&entry.handle, &handle) => entry.restore.paused,
+                    _ => return,
+                }
+            };
+            let applied = if paused {
+                service.engine.pause(&handle).await
+            } else {
+                let resumed = service.engine.resume(&handle).await;
+                service.dial_recorded_peers(id, &handle);
+                resumed
+            };
+            match applied {
+                Ok(engine::Applied::Now) => {
+                    tracing::info!(torrent = %id, paused, "check done: pause or resume applied")
+                }
+                // Checking again (a recheck came in between): that one settles it.
+                Ok(engine::Applied::AfterCheck) => {}
+                Err(e) => tracing::warn!(torrent = %id, "after its check: {e}"),
+            }
+            service.status_nudge.notify_one();
+        });
+    }
+
+    /// Before a torrent starts afresh (the engine drops its fast-resume state and writes it
+    /// anew): records of the same torrent that could not be restored stop trusting that
+    /// state, durably, before the engine writes any of it.
+    pub fn disown_verified(&self, info_hash: proto::InfoHash) -> Result<(), ProtoError> {
+        if self.state().registry.disown_verified(info_hash) {
+            self.save_registry()
+                .map_err(|why| ProtoError::new(ErrorKind::Io, why))?;
+        }
+        Ok(())
     }
 
     /// Remembers peers named for a running torrent (its record keeps them, so that a

@@ -581,3 +581,109 @@ fn a_peer_that_resets_the_first_handshake_is_dialled_again_within_seconds() {
         }
     }
 }
+
+#[test]
+fn fast_resume_state_vouches_only_for_the_record_that_wrote_it() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/twice.bin", 16 * PIECE as usize);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, PIECE, &[]);
+    let state = sandbox.state_dir("leecher");
+    let first = sandbox.folder("first");
+    let second = sandbox.folder("second");
+    let peer = seeder.broker.peer();
+
+    // Torrent 0 downloads into `first`; its folder is then gone (a disk not mounted), so
+    // the next start keeps it as a record not restored.
+    let broker = sandbox.broker(&state, &[]);
+    let mut add = sandbox.add_command(&state, &seeder.torrent, &first, Some(&peer));
+    add.arg("--wait");
+    run(add).expect_code(0);
+    let away = sandbox.path("first-away");
+    std::fs::rename(&first, &away).expect("unmount");
+    let broker = restart(&sandbox, &state, broker, Signal::SIGTERM);
+    // The same torrent again, elsewhere: torrent 1. The engine's fast-resume state (one per
+    // info hash) now describes `second`.
+    let mut add = sandbox.add_command(&state, &seeder.torrent, &second, Some(&peer));
+    add.arg("--wait");
+    run(add).expect_code(0);
+    broker.signal(Signal::SIGTERM);
+    let mut broker = broker;
+    broker.wait_exit(STEP_TIMEOUT);
+
+    // `first` is back. Torrent 0 must not take torrent 1's verified pieces as its own: its
+    // data is hashed again (here it happens to match; had it not, it would seed bad pieces).
+    std::fs::rename(&away, &first).expect("mount");
+    let broker = sandbox.broker(&state, &[]);
+    wait_status(&sandbox, &state, "0", "torrent 0 restored", |s| {
+        s["state"] == "seeding"
+    });
+    let log = broker.log();
+    assert!(
+        log.contains(FULL_CHECK),
+        "torrent 0 trusted another record's pieces:\n{log}"
+    );
+}
+
+/// A seeding torrent of a 1 GiB sparse file (zeros): its check takes long enough to send
+/// requests in the middle of it, and costs no disk.
+fn big_sparse_seed(sandbox: &Sandbox) -> Seeder {
+    let data = sandbox.path("seed/sparse.bin");
+    std::fs::create_dir_all(data.parent().expect("folder")).expect("folder");
+    std::fs::File::create(&data)
+        .and_then(|f| f.set_len(1 << 30))
+        .expect("sparse file");
+    Seeder::start(sandbox, "sparse", &data, 1 << 20, &[])
+}
+
+#[test]
+fn pause_and_resume_sent_during_a_check_take_effect_when_it_ends() {
+    let sandbox = Sandbox::new();
+    let seeder = big_sparse_seed(&sandbox);
+    let state = &seeder.broker.state;
+    wait_status(&sandbox, state, "0", "the seeder to seed", |s| {
+        s["state"] == "seeding"
+    });
+
+    // A pause sent while a recheck runs: once the check is done the torrent is paused (the
+    // engine would otherwise stop the check for good and show it checking forever).
+    let lines = pipe_session(
+        &sandbox,
+        state,
+        &[
+            json!({"cmd": "recheck", "torrent": "0"}).to_string(),
+            json!({"cmd": "pause", "torrent": "0"}).to_string(),
+        ],
+        true,
+    );
+    let paused = lines
+        .iter()
+        .find(|l| l["request"] == 2)
+        .expect("the pause reply");
+    assert_eq!(paused["event"], "status", "{lines:?}");
+    let after = wait_status(&sandbox, state, "0", "the check to end, paused", |s| {
+        s["state"] != "checking"
+    });
+    assert_eq!(after["state"], "paused", "{after}");
+    assert_eq!(after["complete"], true, "{after}");
+
+    // A resume sent while a check runs: once it is done the torrent runs (the engine would
+    // otherwise ignore the resume and leave it paused, though the reply said resumed).
+    let lines = pipe_session(
+        &sandbox,
+        state,
+        &[
+            json!({"cmd": "recheck", "torrent": "0"}).to_string(),
+            json!({"cmd": "resume", "torrent": "0"}).to_string(),
+        ],
+        true,
+    );
+    let resumed = lines
+        .iter()
+        .find(|l| l["request"] == 2)
+        .expect("the resume reply");
+    assert_eq!(resumed["event"], "status", "{lines:?}");
+    let after = wait_status(&sandbox, state, "0", "the check to end, running", |s| {
+        s["state"] != "checking"
+    });
+    assert_eq!(after["state"], "seeding", "{after}");
+}

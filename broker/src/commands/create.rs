@@ -112,7 +112,9 @@ async fn start(
         paused: create.paused,
         ephemeral: create.ephemeral,
         rates,
+        owns_verified: true,
     };
+    service.disown_verified(checked.info_hash)?;
     let added = service
         .engine
         .add(AddSpec {

@@ -97,6 +97,7 @@ async fn seed(
         return Ok(info);
     }
     service.room_for_one_more()?;
+    service.disown_verified(checked.info_hash)?;
     let added = service
         .engine
         .add(AddSpec {
@@ -121,6 +122,7 @@ async fn seed(
         paused: false,
         ephemeral: false,
         rates: Default::default(),
+        owns_verified: true,
     };
     let (info, _) = service.register(added, checked, restore, patron).await?;
     tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");

@@ -23,6 +23,8 @@ async fn recheck(service: &Service, torrent: TorrentRef) -> Result<TorrentStatus
     let bytes = handle
         .with_metadata(|meta| meta.torrent_bytes.to_vec())
         .map_err(|e| ProtoError::new(ErrorKind::Engine, format!("{e:#}")))?;
+    let info_hash = InfoHash(handle.info_hash().0);
+    service.disown_verified(info_hash)?;
     let (restore, info) = {
         let mut state = service.state();
         let entry = state.registry.get_mut(id).ok_or_else(|| gone(id))?;
@@ -50,7 +52,7 @@ async fn recheck(service: &Service, torrent: TorrentRef) -> Result<TorrentStatus
             peers: restore.peers.clone(),
             id: Some(id),
             rates: restore.rates,
-            info_hash: InfoHash(handle.info_hash().0),
+            info_hash,
             resume: false,
         })
         .await;
