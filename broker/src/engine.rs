@@ -5,6 +5,7 @@
 //! stats into the protocol's [`TorrentStatus`].
 
 use crate::config::BrokerConfig;
+use crate::fast_resume::FastResume;
 use anyhow::Context;
 use librqbit::api::TorrentIdOrHash;
 use librqbit::limits::LimitsConfig;
@@ -48,10 +49,10 @@ pub struct Engine {
     next_id: AtomicUsize,
     /// Whether the DHT runs (a magnet can then be resolved without peers or trackers).
     dht: bool,
-    /// Where the engine keeps each torrent's verified pieces (`<info hash>.bitv`): fast
-    /// resume. The broker's records say which torrents exist; these files only spare a
-    /// restored torrent the full hash check.
-    fast_resume: PathBuf,
+    /// Where the engine keeps each torrent's verified pieces: fast resume. The broker's
+    /// records say which torrents exist; these files only spare a restored torrent the full
+    /// hash check.
+    fast_resume: FastResume,
 }
 
 /// A torrent the engine accepted.
@@ -136,8 +137,7 @@ impl Engine {
     pub async fn start(config: &BrokerConfig) -> anyhow::Result<Engine> {
         let state = config.engine_state_dir();
         crate::config::create_private_dir(&state)?;
-        let fast_resume = state.join("fastresume");
-        crate::config::create_private_dir(&fast_resume)?;
+        let fast_resume = FastResume::open(&state.join("fastresume"))?;
         let allowlist_url = if config.loopback_only {
             // Belt and braces: even a peer learned from a loopback tracker or PEX is dialled
             // only if it is on loopback.
@@ -162,7 +162,7 @@ impl Engine {
             // torrent's verified pieces, without a session store of its own (a patch of ours:
             // third_party/README.md).
             persistence: None,
-            fastresume_folder: Some(fast_resume.clone()),
+            fastresume_folder: Some(fast_resume.dir().to_path_buf()),
             ratelimits: LimitsConfig {
                 upload_bps: config.max_upload_rate.and_then(NonZeroU32::new),
                 download_bps: config.max_download_rate.and_then(NonZeroU32::new),
@@ -320,40 +320,18 @@ impl Engine {
         Ok(())
     }
 
-    /// The engine's fast-resume file of a torrent.
-    fn verified_path(&self, info_hash: InfoHash) -> PathBuf {
-        self.fast_resume.join(format!("{info_hash}.bitv"))
-    }
-
     /// Forgets which pieces of a torrent were verified: its next start checks every byte.
     /// Done when a torrent is closed, rechecked, or added anew (a file left by an earlier
     /// torrent of the same info hash must not vouch for whatever is on disk now).
     pub fn forget_verified(&self, info_hash: InfoHash) -> anyhow::Result<()> {
-        crate::store::remove_durably(&self.verified_path(info_hash))
+        crate::store::remove_durably(&self.fast_resume.path(info_hash))
             .with_context(|| format!("cannot remove the fast-resume state of {info_hash}"))
     }
 
     /// Removes the fast-resume files of torrents the broker no longer remembers (closed while
     /// the broker was killed, say).
     pub fn sweep_verified(&self, remembered: &HashSet<InfoHash>) {
-        let Ok(dir) = std::fs::read_dir(&self.fast_resume) else {
-            return;
-        };
-        for file in dir.flatten() {
-            let path = file.path();
-            let hash = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".bitv"))
-                .and_then(InfoHash::from_hex);
-            let stray = hash.is_none_or(|h| !remembered.contains(&h));
-            // Only the engine's own files: .bitv, and its temporary .bitv.tmp.
-            let ours = path.extension().is_some_and(|e| e == "bitv" || e == "tmp");
-            if stray && ours {
-                tracing::info!("removing stray fast-resume file {}", path.display());
-                let _ = std::fs::remove_file(&path);
-            }
-        }
+        self.fast_resume.sweep(Some(remembered));
     }
 
     /// Pauses a torrent; a paused one stays as it is. One checking its data is left to
@@ -387,12 +365,18 @@ impl Engine {
         Ok(Applied::Now)
     }
 
-    /// Downloads only `files` of a torrent from now on.
+    /// Downloads only `files` of a torrent from now on (not while it checks its data).
     pub async fn select_files(
         &self,
         handle: &ManagedTorrentHandle,
         files: &HashSet<usize>,
     ) -> Result<(), ProtoError> {
+        if matches!(stage_of(handle), Stage::Checking) {
+            return Err(ProtoError::new(
+                ErrorKind::BadRequest,
+                "the torrent is checking its data: choose its files once the check is done",
+            ));
+        }
         self.session
             .update_only_files(handle, files)
             .await
@@ -514,9 +498,18 @@ impl Engine {
         Ok(peers)
     }
 
-    /// Stops the engine (pausing every torrent).
+    /// Stops the engine (pausing every torrent), then syncs the file systems its torrents
+    /// write to, so that what their bitfields say is on disk (see [`FastResume`]).
     pub async fn stop(&self) {
+        let mut folders: Vec<PathBuf> = self.session.with_torrents(|torrents| {
+            torrents
+                .map(|(_, torrent)| torrent.output_folder().to_path_buf())
+                .collect()
+        });
+        folders.sort();
+        folders.dedup();
         self.session.stop().await;
+        self.fast_resume.stopped_cleanly(folders).await;
     }
 }
 

@@ -31,6 +31,7 @@ pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod fanout;
+pub mod fast_resume;
 pub mod lock;
 pub mod patron;
 pub mod registry;

@@ -50,9 +50,13 @@ pub struct RestoreSpec {
     pub save_folder: PathBuf,
     /// The folder the engine writes into.
     pub data_folder: PathBuf,
-    /// Peers the patron named.
+    /// Peers named when it was added (and those a magnet's swarm gave): always kept.
     #[serde(default)]
     pub peers: Vec<SocketAddr>,
+    /// Peers named since (`peers --add`, a joiner's `--peer`): the latest
+    /// [`MAX_RECORDED_PEERS`] are kept, so that no number of them can push out the first.
+    #[serde(default)]
+    pub added_peers: Vec<SocketAddr>,
     /// File selection.
     #[serde(default)]
     pub only_files: Option<Vec<usize>>,
@@ -81,15 +85,30 @@ fn yes() -> bool {
 pub const MAX_RECORDED_PEERS: usize = 256;
 
 impl RestoreSpec {
-    /// Remembers peers named for the torrent (dialled again after a restart).
+    /// Remembers peers named for the torrent since it was added (dialled again after a
+    /// restart).
     pub fn remember_peers(&mut self, peers: &[SocketAddr]) {
         for peer in peers {
-            if !self.peers.contains(peer) {
-                self.peers.push(*peer);
+            if !self.peers.contains(peer) && !self.added_peers.contains(peer) {
+                self.added_peers.push(*peer);
             }
         }
-        let excess = self.peers.len().saturating_sub(MAX_RECORDED_PEERS);
-        self.peers.drain(..excess);
+        let excess = self.added_peers.len().saturating_sub(MAX_RECORDED_PEERS);
+        self.added_peers.drain(..excess);
+    }
+
+    /// Every peer it knows of: those named at add, then those named since.
+    pub fn all_peers(&self) -> Vec<SocketAddr> {
+        self.peers
+            .iter()
+            .chain(&self.added_peers)
+            .copied()
+            .collect()
+    }
+
+    /// Whether it knows `peer` already.
+    pub fn knows_peer(&self, peer: &SocketAddr) -> bool {
+        self.peers.contains(peer) || self.added_peers.contains(peer)
     }
 }
 

@@ -173,7 +173,7 @@ impl Service {
                 only_files: spec.only_files.clone(),
                 // The files are this torrent's own; the engine re-verifies them.
                 overwrite: true,
-                peers: spec.peers.clone(),
+                peers: spec.all_peers(),
                 id: Some(id),
                 rates: spec.rates,
                 info_hash: checked.info_hash,
@@ -364,7 +364,7 @@ impl Service {
             .state()
             .registry
             .get(id)
-            .map(|e| e.restore.peers.clone())
+            .map(|e| e.restore.all_peers())
             .unwrap_or_default();
         if !peers.is_empty() {
             if let Err(e) = self.engine.dial(handle, &peers) {
@@ -431,7 +431,7 @@ impl Service {
         let new = {
             let state = self.state();
             let entry = state.registry.get(id).ok_or_else(|| gone(id))?;
-            peers.iter().any(|p| !entry.restore.peers.contains(p))
+            peers.iter().any(|p| !entry.restore.knows_peer(p))
         };
         if !new {
             return Ok(());

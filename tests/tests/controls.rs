@@ -228,6 +228,12 @@ fn files_are_listed_and_chosen_at_add_and_later_and_kept_across_restarts() {
     let downloads = sandbox.folder("downloads");
     let broker = sandbox.broker(&state, &[]);
 
+    // A file the torrent lacks is the request's fault, said before it starts.
+    let mut add = sandbox.add_command(&state, &seeder.torrent, &downloads, None);
+    add.args(["--only", "7"]);
+    let refused = run(add).expect_code(3).json_lines();
+    assert_eq!(refused[0]["kind"], "bad-request", "{refused:?}");
+
     // Only the first file, at add.
     let mut add = sandbox.add_command(
         &state,
@@ -682,8 +688,148 @@ fn pause_and_resume_sent_during_a_check_take_effect_when_it_ends() {
         .find(|l| l["request"] == 2)
         .expect("the resume reply");
     assert_eq!(resumed["event"], "status", "{lines:?}");
+    // Files cannot be chosen mid-check: a clear refusal, not the engine's.
+    let lines = pipe_session(
+        &sandbox,
+        state,
+        &[
+            json!({"cmd": "recheck", "torrent": "0"}).to_string(),
+            json!({"cmd": "files", "torrent": "0", "only": [0]}).to_string(),
+        ],
+        true,
+    );
+    let refused = lines
+        .iter()
+        .find(|l| l["request"] == 2)
+        .expect("the files reply");
+    assert_eq!(refused["kind"], "bad-request", "{lines:?}");
     let after = wait_status(&sandbox, state, "0", "the check to end, running", |s| {
         s["state"] != "checking"
     });
     assert_eq!(after["state"], "seeding", "{after}");
+}
+
+/// The engine's fast-resume folder of a state dir, and the seeding torrent's bitfield in it.
+fn fast_resume_of(state: &Path, info_hash: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = state.join("engine/fastresume");
+    let bitv = dir.join(format!("{info_hash}.bitv"));
+    (dir, bitv)
+}
+
+#[test]
+fn after_an_unclean_end_in_another_boot_every_torrent_is_hashed_again() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/crashed.bin", 8 * PIECE as usize);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, PIECE, &[]);
+    let state = seeder.broker.state.clone();
+    let (dir, _) = fast_resume_of(&state, &seeder.info_hash);
+    wait_status(&sandbox, &state, "0", "the seeder to seed", |s| {
+        s["state"] == "seeding"
+    });
+
+    // A clean stop syncs the data and says so.
+    let mut broker = seeder.broker;
+    broker.signal(Signal::SIGTERM);
+    broker.wait_exit(STEP_TIMEOUT);
+    let note: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("run.json")).expect("note")).expect("json");
+    assert_eq!(note["clean"], true, "{note}");
+
+    // As if the machine had crashed while the broker ran: its data may not be on disk.
+    let crashed = json!({"boot_id": "a boot before a power cut", "clean": false});
+    std::fs::write(dir.join("run.json"), crashed.to_string()).expect("note");
+    let broker = sandbox.broker(&state, &[]);
+    wait_status(&sandbox, &state, "0", "seeding again", |s| {
+        s["state"] == "seeding"
+    });
+    let log = broker.log();
+    assert!(
+        log.contains(FULL_CHECK),
+        "the bitfield was trusted after a crash:\n{log}"
+    );
+}
+
+#[test]
+fn a_symlink_in_the_fast_resume_folder_is_never_followed() {
+    use std::os::unix::fs::symlink;
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/linked.bin", 8 * PIECE as usize);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, PIECE, &[]);
+    let state = seeder.broker.state.clone();
+    let (dir, bitv) = fast_resume_of(&state, &seeder.info_hash);
+    wait_status(&sandbox, &state, "0", "the seeder to seed", |s| {
+        s["state"] == "seeding"
+    });
+    let mut broker = seeder.broker;
+    broker.signal(Signal::SIGTERM);
+    broker.wait_exit(STEP_TIMEOUT);
+
+    // A bitfield replaced by a link to someone's file: the broker neither writes nor reads
+    // through it.
+    let victim = sandbox.path("victim.txt");
+    std::fs::write(&victim, b"precious").expect("victim");
+    std::fs::remove_file(&bitv).expect("remove the bitfield");
+    symlink(&victim, &bitv).expect("plant a link");
+    let mut broker = sandbox.broker(&state, &[]);
+    wait_status(&sandbox, &state, "0", "seeding again", |s| {
+        s["state"] == "seeding"
+    });
+    broker.signal(Signal::SIGTERM);
+    broker.wait_exit(STEP_TIMEOUT);
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+    assert!(
+        bitv.symlink_metadata().is_ok_and(|m| m.is_file()),
+        "the link is gone and the engine wrote its own bitfield"
+    );
+
+    // The folder itself replaced by a link to another folder: the broker will not start
+    // (and so deletes nothing there).
+    let elsewhere = sandbox.folder("elsewhere");
+    std::fs::write(elsewhere.join("notes.tmp"), b"mine").expect("a file");
+    std::fs::write(elsewhere.join("old.bitv"), b"mine").expect("a file");
+    std::fs::remove_dir_all(&dir).expect("remove the folder");
+    symlink(&elsewhere, &dir).expect("plant a link");
+    let mut start = std::process::Command::new(e2e::bin("torrent-broker"));
+    sandbox.apply_env(&mut start);
+    start.arg("--state-dir").arg(&state);
+    let out = run(start);
+    assert_ne!(out.code(), 0, "started on a linked fast-resume folder");
+    assert!(out.stderr.contains("fastresume"), "{}", out.stderr);
+    assert!(elsewhere.join("notes.tmp").exists() && elsewhere.join("old.bitv").exists());
+}
+
+#[test]
+fn junk_peers_are_refused_and_cannot_push_out_the_peers_named_at_add() {
+    let sandbox = Sandbox::new();
+    let (seeder, data) = slow_seeder(&sandbox, 3 * 1024 * 1024, "1000000");
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+    let leecher = sandbox.broker(&state, &[]);
+    let add = sandbox.add_command(
+        &state,
+        &seeder.torrent,
+        &downloads,
+        Some(&seeder.broker.peer()),
+    );
+    run(add).expect_code(0);
+
+    // Port 0 and the broker's own address are refused, each with its reason.
+    for bad in ["127.0.0.1:0".to_owned(), leecher.peer()] {
+        let (code, lines) = client_json(&sandbox, &state, &["peers", "0", "--add", &bad]);
+        assert_eq!(code, 1, "{bad}: {lines:?}");
+        assert_eq!(lines[0]["kind"], "invalid-peer", "{bad}: {lines:?}");
+    }
+    // 256 peers that answer nothing, named after the add, do not make the torrent forget the
+    // seeder it was added with: after a kill it still finds it.
+    let junk: Vec<String> = (1..=256).map(|port| format!("127.0.0.2:{port}")).collect();
+    let mut args = vec!["peers", "0"];
+    for peer in &junk {
+        args.extend(["--add", peer]);
+    }
+    ok_json(&sandbox, &state, &args);
+    let _leecher = restart(&sandbox, &state, leecher, Signal::SIGKILL);
+    wait_status(&sandbox, &state, "0", "the download to complete", |s| {
+        s["complete"] == true
+    });
+    assert_eq!(sha256(&downloads.join("slow.bin")), sha256(&data));
 }

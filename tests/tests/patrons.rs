@@ -50,10 +50,23 @@ fn a_joiners_options_that_cannot_apply_are_named_not_dropped() {
     // Same torrent, another folder, paused, ephemeral, other files: it runs as it was. (A
     // peer it names is dialled for the running torrent: see controls.rs.)
     let mut join = sandbox.add_command(&state, &seeder.torrent, &elsewhere, Some("127.0.0.1:9"));
-    join.args(["--paused", "--ephemeral", "--only", "0"]);
+    join.args([
+        "--paused",
+        "--ephemeral",
+        "--only",
+        "0",
+        "--max-download-rate",
+        "1K",
+    ]);
     let joined = run(join).expect_code(4).json_lines();
     let not_applied = joined[0]["not_applied"].clone();
-    for option in ["output", "paused", "ephemeral", "only_files"] {
+    for option in [
+        "output",
+        "paused",
+        "ephemeral",
+        "only_files",
+        "max_download_rate",
+    ] {
         assert!(
             not_applied
                 .as_array()

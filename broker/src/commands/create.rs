@@ -32,7 +32,7 @@ async fn start(
 ) -> Result<Event, ProtoError> {
     service.room_for_one_more()?;
     let loopback_only = service.config.loopback_only;
-    let mut peers = parse_peers(&create.peers, loopback_only)?;
+    let mut peers = parse_peers(&create.peers, loopback_only, service.config.listen)?;
     let rates = Rates {
         download: rate(create.max_download_rate, "max_download_rate")?,
         upload: rate(create.max_upload_rate, "max_upload_rate")?,
@@ -97,6 +97,20 @@ async fn start(
     service.room_for_one_more()?;
     let data_folder = checked.data_folder(&save_folder);
     crate::roots::check_torrent_paths(&save_folder, &checked, true)?;
+    if let Some(missing) = create
+        .only_files
+        .iter()
+        .flatten()
+        .find(|&&i| i as usize >= checked.files.len())
+    {
+        return Err(ProtoError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "the torrent has no file {missing} (it has {} files, from 0)",
+                checked.files.len()
+            ),
+        ));
+    }
     if !create.overwrite {
         refuse_existing_files(&checked, &data_folder)?;
         refuse_if_it_cannot_fit(&checked, &save_folder)?;
@@ -106,6 +120,7 @@ async fn start(
         save_folder,
         data_folder: data_folder.clone(),
         peers: peers.clone(),
+        added_peers: Vec::new(),
         only_files: create
             .only_files
             .map(|files| files.into_iter().map(|f| f as usize).collect()),
@@ -186,6 +201,9 @@ fn join(
         ("ephemeral", create.ephemeral != ephemeral),
         ("peers", !peers_applied),
         ("only_files", create.only_files.is_some()),
+        // The engine takes a torrent's rates at add only.
+        ("max_download_rate", create.max_download_rate.is_some()),
+        ("max_upload_rate", create.max_upload_rate.is_some()),
     ] {
         if differs {
             not_applied.push(name.to_owned());
@@ -221,8 +239,13 @@ fn rate(limit: Option<u64>, name: &str) -> Result<Option<NonZeroU32>, ProtoError
         })
 }
 
-/// Parses `IP:PORT` peers, refusing any the broker may not dial.
-pub fn parse_peers(peers: &[String], loopback_only: bool) -> Result<Vec<SocketAddr>, ProtoError> {
+/// Parses `IP:PORT` peers, refusing any the broker may not or need not dial: off loopback
+/// in loopback-only mode, port 0, or the broker itself (`own`, its listen address).
+pub fn parse_peers(
+    peers: &[String],
+    loopback_only: bool,
+    own: SocketAddr,
+) -> Result<Vec<SocketAddr>, ProtoError> {
     if peers.len() > MAX_RECORDED_PEERS {
         return Err(ProtoError::new(
             ErrorKind::InvalidPeer,
@@ -245,6 +268,18 @@ pub fn parse_peers(peers: &[String], loopback_only: bool) -> Result<Vec<SocketAd
                 return Err(ProtoError::new(
                     ErrorKind::InvalidPeer,
                     format!("peer {addr} is off loopback, and this broker is loopback-only"),
+                ));
+            }
+            if addr.port() == 0 {
+                return Err(ProtoError::new(
+                    ErrorKind::InvalidPeer,
+                    format!("peer {addr} has port 0, where nothing can listen"),
+                ));
+            }
+            if addr == own {
+                return Err(ProtoError::new(
+                    ErrorKind::InvalidPeer,
+                    format!("peer {addr} is this broker's own listen address"),
                 ));
             }
             Ok(addr)

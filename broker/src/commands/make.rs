@@ -118,6 +118,7 @@ async fn seed(
         save_folder,
         data_folder,
         peers: Vec::new(),
+        added_peers: Vec::new(),
         only_files: None,
         paused: false,
         ephemeral: false,

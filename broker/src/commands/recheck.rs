@@ -49,7 +49,7 @@ async fn recheck(service: &Service, torrent: TorrentRef) -> Result<TorrentStatus
             only_files: restore.only_files.clone(),
             // Its own files, as before.
             overwrite: true,
-            peers: restore.peers.clone(),
+            peers: restore.all_peers(),
             id: Some(id),
             rates: restore.rates,
             info_hash,

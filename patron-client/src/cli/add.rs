@@ -176,6 +176,6 @@ fn option_name(field: &str) -> String {
     match field {
         "peers" => "--peer".to_owned(),
         "only_files" => "--only".to_owned(),
-        other => format!("--{other}"),
+        other => format!("--{}", other.replace('_', "-")),
     }
 }

@@ -1,0 +1,177 @@
+//! The engine's fast-resume folder: one `<info hash>.bitv` per torrent, saying which of its
+//! pieces were verified, so that a restarted broker does not hash its data again.
+//!
+//! A bitfield is only worth what the data under it is. librqbit writes a torrent's pieces
+//! without fsync and its bitfield with one, so after a SIGKILL both are in the page cache
+//! and agree, but after a power cut or a kernel crash the bitfield can claim pieces the disk
+//! never got. So the folder keeps a note of the boot it was last used in and whether the
+//! broker then stopped cleanly (having synced its torrents' file systems): a start after an
+//! unclean end in another boot trusts no bitfield, and every torrent is hashed again.
+//!
+//! The folder is the broker's own: a symlink in it (or in its place) is never followed.
+
+use anyhow::{bail, Context};
+use proto::InfoHash;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The note of the last run, beside the bitfields.
+const NOTE: &str = "run.json";
+
+/// How long a clean stop may spend syncing the torrents' file systems. Past it the stop goes
+/// on and the run is not marked clean (so a later crash of the machine costs a full check,
+/// never bad data).
+const SYNC_LIMIT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RunNote {
+    /// `/proc/sys/kernel/random/boot_id` of the run.
+    boot_id: String,
+    /// Whether that run stopped cleanly, its data synced.
+    clean: bool,
+}
+
+/// The folder, opened for this run.
+#[derive(Debug)]
+pub struct FastResume {
+    dir: PathBuf,
+    boot_id: String,
+}
+
+impl FastResume {
+    /// Prepares `dir` (created owner-only; refused if it is a symlink) for this run, and
+    /// drops every bitfield if the last run ended uncleanly in another boot. Files that are
+    /// not the engine's are left alone; a `session.json` (librqbit's session store, which
+    /// the broker never writes) is moved aside, since the engine would refuse to start on a
+    /// bad one.
+    pub fn open(dir: &Path) -> anyhow::Result<FastResume> {
+        if let Ok(meta) = std::fs::symlink_metadata(dir) {
+            if !meta.is_dir() {
+                bail!(
+                    "{} is not a folder (a symlink?): the broker keeps the engine's fast-resume state there; move it aside",
+                    dir.display()
+                );
+            }
+        }
+        crate::config::create_private_dir(dir)?;
+        let store = dir.join("session.json");
+        if store.symlink_metadata().is_ok() {
+            let aside = dir.join("session.json.ignored");
+            tracing::warn!(
+                "moving {} aside to {}: the broker keeps its torrents in its own records",
+                store.display(),
+                aside.display()
+            );
+            std::fs::rename(&store, &aside)
+                .with_context(|| format!("cannot move {} aside", store.display()))?;
+        }
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|id| id.trim().to_owned())
+            .unwrap_or_default();
+        let fast_resume = FastResume {
+            dir: dir.to_path_buf(),
+            boot_id,
+        };
+        let last = std::fs::read(dir.join(NOTE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<RunNote>(&bytes).ok());
+        let trusted = match &last {
+            None => true, // first run with fast resume: no bitfield yet
+            Some(note) => note.clean || note.boot_id == fast_resume.boot_id,
+        };
+        if !trusted {
+            tracing::warn!(
+                "the machine restarted while the broker ran (a power cut or a crash): what the engine had verified may not have reached the disk, so every torrent's data is checked again"
+            );
+            fast_resume.sweep(Some(&HashSet::new()));
+        } else {
+            // Before the engine reads any: no symlink, no leftover temporary file.
+            fast_resume.sweep(None);
+        }
+        fast_resume.note(false)?;
+        Ok(fast_resume)
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A torrent's bitfield.
+    pub fn path(&self, info_hash: InfoHash) -> PathBuf {
+        self.dir.join(format!("{info_hash}.bitv"))
+    }
+
+    /// Removes the engine's temporary bitfields, anything but a plain file in a bitfield's
+    /// place, and (given `keep`) the bitfields of torrents not in it.
+    pub fn sweep(&self, keep: Option<&HashSet<InfoHash>>) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for file in dir.flatten() {
+            let path = file.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(stem) = name
+                .strip_suffix(".bitv")
+                .or_else(|| name.strip_suffix(".bitv.tmp"))
+            else {
+                continue;
+            };
+            let kept = match keep {
+                Some(keep) => InfoHash::from_hex(stem).is_some_and(|h| keep.contains(&h)),
+                None => true,
+            };
+            let regular = file.file_type().is_ok_and(|t| t.is_file());
+            if !kept || !regular || name.ends_with(".tmp") {
+                tracing::info!("removing fast-resume file {}", path.display());
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// Marks this run stopped cleanly, once the file systems of `folders` (where torrents
+    /// write) are synced: their data is then on disk as far as their bitfields say.
+    pub async fn stopped_cleanly(&self, folders: Vec<PathBuf>) {
+        let synced = tokio::task::spawn_blocking(move || {
+            let mut synced = true;
+            for folder in folders {
+                if let Err(e) = sync_file_system(&folder) {
+                    tracing::warn!("cannot sync {}: {e}", folder.display());
+                    synced = false;
+                }
+            }
+            synced
+        });
+        match tokio::time::timeout(SYNC_LIMIT, synced).await {
+            Ok(Ok(true)) => {
+                if let Err(e) = self.note(true) {
+                    tracing::warn!("{e:#}");
+                }
+            }
+            _ => tracing::warn!(
+                "the torrents' data is not known to be on disk: after a crash of the machine, they are checked again"
+            ),
+        }
+    }
+
+    fn note(&self, clean: bool) -> anyhow::Result<()> {
+        let note = RunNote {
+            boot_id: self.boot_id.clone(),
+            clean,
+        };
+        let path = self.dir.join(NOTE);
+        crate::store::write_atomically(&path, &serde_json::to_vec(&note)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// `syncfs(2)` on the file system holding `folder`.
+fn sync_file_system(folder: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(folder)?;
+    nix::unistd::syncfs(dir.as_raw_fd()).map_err(std::io::Error::from)
+}
