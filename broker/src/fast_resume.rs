@@ -77,10 +77,8 @@ impl FastResume {
         let last = std::fs::read(dir.join(NOTE))
             .ok()
             .and_then(|bytes| serde_json::from_slice::<RunNote>(&bytes).ok());
-        let trusted = match &last {
-            None => true, // first run with fast resume: no bitfield yet
-            Some(note) => note.clean || note.boot_id == fast_resume.boot_id,
-        };
+        // No note (a first run has no bitfield either): nothing vouches for any bitfield.
+        let trusted = last.is_some_and(|note| note.clean || note.boot_id == fast_resume.boot_id);
         if !trusted {
             tracing::warn!(
                 "the machine restarted while the broker ran (a power cut or a crash): what the engine had verified may not have reached the disk, so every torrent's data is checked again"
@@ -90,7 +88,12 @@ impl FastResume {
             // Before the engine reads any: no symlink, no leftover temporary file.
             fast_resume.sweep(None);
         }
-        fast_resume.note(false)?;
+        if let Err(e) = fast_resume.note(false) {
+            // A start must not need a writable state disk (a full one would lock every patron
+            // out). Without this run's note, no bitfield may be trusted after it.
+            tracing::warn!("{e:#}; the next start hashes every torrent again");
+            let _ = std::fs::remove_file(dir.join(NOTE));
+        }
         Ok(fast_resume)
     }
 
@@ -104,8 +107,10 @@ impl FastResume {
         self.dir.join(format!("{info_hash}.bitv"))
     }
 
-    /// Removes the engine's temporary bitfields, anything but a plain file in a bitfield's
-    /// place, and (given `keep`) the bitfields of torrents not in it.
+    /// Without `keep` (before the engine runs): removes the engine's temporary bitfields and
+    /// anything but a plain file in a bitfield's place. With `keep` (the engine may be
+    /// writing those of torrents in it): removes the bitfields, temporary or not, of
+    /// torrents not in it.
     pub fn sweep(&self, keep: Option<&HashSet<InfoHash>>) {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return;
@@ -121,12 +126,14 @@ impl FastResume {
             else {
                 continue;
             };
-            let kept = match keep {
-                Some(keep) => InfoHash::from_hex(stem).is_some_and(|h| keep.contains(&h)),
-                None => true,
+            let stale = match keep {
+                Some(keep) => InfoHash::from_hex(stem).is_none_or(|h| !keep.contains(&h)),
+                None => {
+                    let regular = file.file_type().is_ok_and(|t| t.is_file());
+                    !regular || name.ends_with(".tmp")
+                }
             };
-            let regular = file.file_type().is_ok_and(|t| t.is_file());
-            if !kept || !regular || name.ends_with(".tmp") {
+            if stale {
                 tracing::info!("removing fast-resume file {}", path.display());
                 let _ = std::fs::remove_file(&path);
             }
