@@ -833,3 +833,34 @@ fn junk_peers_are_refused_and_cannot_push_out_the_peers_named_at_add() {
     });
     assert_eq!(sha256(&downloads.join("slow.bin")), sha256(&data));
 }
+
+/// How many of `pid`'s descriptors are open on files under `dir`.
+fn descriptors_under(pid: i32, dir: &Path) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(dir)))
+        .count()
+}
+
+#[test]
+fn whole_torrents_hold_no_descriptor_for_their_fast_resume_state() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let broker = sandbox.broker(&state, &[]);
+    let mut patron = sandbox.patron(&state);
+    for i in 0..20 {
+        let data = sandbox.random_file(&format!("seed/many/{i}.bin"), 2 * PIECE as usize);
+        e2e::make_and_seed(&mut patron, &data);
+    }
+    wait_for("every torrent to seed", STEP_TIMEOUT, || {
+        let list = patron.list().expect("list");
+        list.len() == 20 && list.iter().all(|t| t.status.complete)
+    });
+    // One descriptor per torrent for a bitfield that no longer changes would cost 10,000
+    // torrents 10,000 descriptors (the list-scale bench ran out of them).
+    let dir = state.join("engine/fastresume");
+    wait_for("the bitfields to be closed", STEP_TIMEOUT, || {
+        descriptors_under(broker.pid, &dir) == 0
+    });
+}

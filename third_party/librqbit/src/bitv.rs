@@ -12,6 +12,9 @@ pub trait BitV: Send + Sync {
     fn into_dyn(self) -> Box<dyn BitV>;
     fn as_bytes(&self) -> &[u8];
     fn flush(&mut self, flush_async: bool) -> anyhow::Result<()>;
+    /// torrent-patron patch: how many pieces the bitfield covers (the rest of its last byte
+    /// is padding), so that a disk-backed one can tell when its torrent is whole.
+    fn set_piece_count(&mut self, _pieces: usize) {}
 }
 
 pub type BoxBitV = Box<dyn BitV>;
@@ -23,6 +26,8 @@ struct DiskFlushRequest {
 pub struct DiskBackedBitV {
     bv: BitBox<u8, Msb0>,
     flush_tx: tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>,
+    /// torrent-patron patch: the piece count, 0 while unknown (shared with the flusher).
+    pieces: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Drop for DiskBackedBitV {
@@ -51,21 +56,39 @@ impl DiskBackedBitV {
         let bv = BitVec::from_vec(buf).into_boxed_bitslice();
 
         // blocking file to avoid double-buffering and double-memcpy
-        let file = spawner
-            .block_in_place_with_semaphore(|| {
+        // torrent-patron patch: the file is opened at the first write that changes it, and
+        // closed once the torrent is whole (nothing changes it then), instead of held for the
+        // torrent's life: with one descriptor per torrent, 10,000 seeding torrents ran out
+        // of them. A write that would not change the file is skipped.
+        let open = {
+            let filename = filename.clone();
+            move || {
                 std::fs::OpenOptions::new()
                     .write(true)
                     .create(false)
                     .open(&filename)
-            })
+            }
+        };
+        spawner
+            .block_in_place_with_semaphore(&open)
             .await
             .with_context(|| format!("error opening {filename:?}"))?;
+        let pieces = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut written = bv.clone();
+        let whole = {
+            let pieces = pieces.clone();
+            move |bv: &BitBox<u8, Msb0>| {
+                let n = pieces.load(std::sync::atomic::Ordering::Relaxed);
+                n > 0 && bv.get(..n).is_some_and(|have| have.all())
+            }
+        };
 
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DiskFlushRequest>();
         librqbit_core::spawn_utils::spawn(
             debug_span!("diskbitv-flusher", ?filename),
             format!("DiskBackedBitV::flusher {filename:?}"),
             async move {
+                let mut held: Option<std::fs::File> = None;
                 loop {
                     let Some(mut req) = rx.recv().await else {
                         break;
@@ -73,6 +96,19 @@ impl DiskBackedBitV {
                     while let Ok(r) = rx.try_recv() {
                         req = r;
                     }
+                    if req.snapshot == written {
+                        continue;
+                    }
+                    let file = match held.take() {
+                        Some(file) => file,
+                        None => match spawner.block_in_place_with_semaphore(&open).await {
+                            Ok(file) => file,
+                            Err(e) => {
+                                tracing::debug!(?filename, "bitv gone, not written: {e:#}");
+                                break;
+                            }
+                        },
+                    };
 
                     if let Err(e) = spawner
                         .block_in_place_with_semaphore(|| {
@@ -93,12 +129,20 @@ impl DiskBackedBitV {
                     {
                         tracing::error!(?filename, "error fsyncing bitv: {e:#}");
                     }
+                    written = req.snapshot;
+                    if !whole(&written) {
+                        held = Some(file);
+                    }
                 }
 
                 Ok::<_, anyhow::Error>(())
             },
         );
-        Ok(Self { bv, flush_tx: tx })
+        Ok(Self {
+            bv,
+            flush_tx: tx,
+            pieces,
+        })
     }
 }
 
@@ -138,6 +182,11 @@ impl BitV for DiskBackedBitV {
         self.bv.as_raw_slice()
     }
 
+    fn set_piece_count(&mut self, pieces: usize) {
+        self.pieces
+            .store(pieces, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn flush(&mut self, _flush_async: bool) -> anyhow::Result<()> {
         let req = DiskFlushRequest {
             snapshot: self.bv.clone(),
@@ -165,6 +214,10 @@ impl BitV for Box<dyn BitV> {
 
     fn flush(&mut self, flush_async: bool) -> anyhow::Result<()> {
         (**self).flush(flush_async)
+    }
+
+    fn set_piece_count(&mut self, pieces: usize) {
+        (**self).set_piece_count(pieces)
     }
 
     fn into_dyn(self) -> Box<dyn BitV> {

@@ -209,7 +209,7 @@ impl TorrentStateInitializing {
 
         let have_pieces = self.validate_fastresume(&*bitv_factory, have_pieces).await;
 
-        let have_pieces = match have_pieces {
+        let mut have_pieces = match have_pieces {
             Some(h) => h,
             None => {
                 info!("Doing initial checksum validation, this might take a while...");
@@ -227,6 +227,8 @@ impl TorrentStateInitializing {
                     .context("error storing initial check bitfield")?
             }
         };
+        // torrent-patron patch: lets a disk-backed bitfield tell when the torrent is whole.
+        have_pieces.set_piece_count(self.metadata.lengths().total_pieces() as usize);
 
         let selected_pieces = compute_selected_pieces(
             self.metadata.lengths(),
