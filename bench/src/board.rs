@@ -197,7 +197,8 @@ pub struct WatchBench {
 /// setup and the three windows.
 const WATCH_PIECE: u64 = 16 * 1024;
 const WATCH_BPS_PER_TORRENT: usize = 16 * 1024;
-/// Seconds of download the setup may take, besides the windows.
+/// Seconds of download the setup may take, besides the windows (each torrent, paced on its
+/// own, must still be downloading at the end).
 const WATCH_SETUP_SECS: u64 = 60;
 /// Windows without and with board watchers, alternating.
 const WATCH_PAIRS: u64 = 3;
@@ -226,6 +227,9 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
     }
     let rate = (bench.torrents * WATCH_BPS_PER_TORRENT) as u32;
     let seeder = runtime.block_on(Seeder::start_many(&torrents, &seed_dir, Some(rate)))?;
+    let began = Instant::now();
+    let phase =
+        |what: &str| eprintln!("   watch: {what} at {:.0} s", began.elapsed().as_secs_f64());
 
     let options = options(&bench.state_dir);
     let mut owner = Patron::connect_with(&options)?;
@@ -236,11 +240,15 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
         create.output = Some(leech_dir.display().to_string());
         create.peers = vec![seeder.addr.to_string()];
         create.ephemeral = true;
+        // Each torrent paced on its own (the seeder's limit is shared, not fair: alone it let
+        // early torrents finish inside the windows).
+        create.max_download_rate = Some(WATCH_BPS_PER_TORRENT as u64);
         match owner.create(create)? {
             Created::New(info) => ids.push(info.id),
             Created::AlreadyDownloading(..) => bail!("the broker already ran a watch torrent"),
         }
     }
+    phase("torrents added");
     let board = owner.board()?;
     let deadline = Instant::now() + Duration::from_secs(120);
     while board
@@ -290,6 +298,7 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
                 })?,
         );
     }
+    phase("watchers ready");
     let mut idle_windows = Vec::new();
     let mut board_windows = Vec::new();
     let mut board_wakes = 0;
@@ -323,14 +332,33 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
     let idle_status = median(&idle_windows, |w| w.1);
     let board_status = median(&board_windows, |w| w.1);
 
-    // 3. The anchor: as many patrons, each holding every torrent, fed per holder.
+    phase("board windows done");
+    // 3. The anchor: as many patrons, each holding every torrent, fed per holder. They are
+    // set up while the torrents are paused: fanning every change out to the followers
+    // already there made the setup take minutes, longer than the torrents last.
+    for id in &ids {
+        owner.pause(TorrentRef::Id(*id))?;
+    }
     let mut followers = Vec::with_capacity(bench.watchers);
     for _ in 0..bench.watchers {
         let mut patron = Patron::connect_with(&options)?;
         for id in &ids {
             patron.send(proto::RequestBody::Follow(TorrentRef::Id(*id)))?;
         }
+        // Its replies read now: unread, they hold its later requests back (DESIGN §4), and
+        // setting up a thousand followers took minutes, longer than the torrents last.
+        let mut replies = 0;
+        while replies < ids.len() {
+            match patron.next_event_timeout(Duration::from_secs(60))? {
+                Some(event) if event.request().is_some() => replies += 1,
+                Some(_) => {}
+                None => bail!("a follower got no reply within 60 s"),
+            }
+        }
         followers.push(patron);
+    }
+    for id in &ids {
+        owner.resume(TorrentRef::Id(*id))?;
     }
     let mut events = 0u64;
     let count = |patrons: &mut Vec<Patron>| -> u64 {
@@ -349,6 +377,7 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
     while settle.elapsed() < Duration::from_secs(2) {
         count(&mut followers);
     }
+    phase("followers ready");
     let (per_holder, per_holder_status) = broker_cpu(broker, bench.window, || {
         drain(&mut owner);
         events += count(&mut followers);
