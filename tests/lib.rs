@@ -820,6 +820,20 @@ impl Seeder {
     }
 }
 
+/// A seeder of a `size`-byte file (`seed/slow.bin`, 64 KiB pieces) that sends at most
+/// `rate` bytes per second, so that a download takes a while; and the file.
+pub fn slow_seeder(sandbox: &Sandbox, size: usize, rate: &str) -> (Seeder, PathBuf) {
+    let data = sandbox.random_file("seed/slow.bin", size);
+    let seeder = Seeder::start(
+        sandbox,
+        "seeder",
+        &data,
+        64 * 1024,
+        &["--max-upload-rate", rate],
+    );
+    (seeder, data)
+}
+
 impl Seeder {
     /// A create request for this seeder's torrent, saved in `output`, dialing the seeder.
     pub fn create_request(&self, output: &Path) -> patron_client::proto::CreateNewTorrent {

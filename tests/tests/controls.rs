@@ -305,23 +305,10 @@ fn files_are_listed_and_chosen_at_add_and_later_and_kept_across_restarts() {
     assert_eq!(code, 2);
 }
 
-/// A seeder that sends at most `rate` bytes per second, so that a download takes a while.
-fn slow_seeder(sandbox: &Sandbox, size: usize, rate: &str) -> (Seeder, std::path::PathBuf) {
-    let data = sandbox.random_file("seed/slow.bin", size);
-    let seeder = Seeder::start(
-        sandbox,
-        "seeder",
-        &data,
-        PIECE,
-        &["--max-upload-rate", rate],
-    );
-    (seeder, data)
-}
-
 #[test]
 fn peers_are_listed_and_added_to_a_running_torrent_and_remembered() {
     let sandbox = Sandbox::new();
-    let (seeder, data) = slow_seeder(&sandbox, 3 * 1024 * 1024, "1000000");
+    let (seeder, data) = e2e::slow_seeder(&sandbox, 3 * 1024 * 1024, "1000000");
     let state = sandbox.state_dir("leecher");
     let downloads = sandbox.folder("downloads");
     let broker = sandbox.broker(&state, &[]);
@@ -503,7 +490,7 @@ fn a_restarted_broker_does_not_hash_again_what_it_verified() {
 fn a_broker_killed_mid_download_keeps_what_it_verified() {
     let sandbox = Sandbox::new();
     let size = 6 * 1024 * 1024;
-    let (seeder, data) = slow_seeder(&sandbox, size, "1500000");
+    let (seeder, data) = e2e::slow_seeder(&sandbox, size, "1500000");
     let state = sandbox.state_dir("leecher");
     let downloads = sandbox.folder("downloads");
     let broker = sandbox.broker(&state, &[]);
@@ -801,7 +788,7 @@ fn a_symlink_in_the_fast_resume_folder_is_never_followed() {
 #[test]
 fn junk_peers_are_refused_and_cannot_push_out_the_peers_named_at_add() {
     let sandbox = Sandbox::new();
-    let (seeder, data) = slow_seeder(&sandbox, 3 * 1024 * 1024, "1000000");
+    let (seeder, data) = e2e::slow_seeder(&sandbox, 3 * 1024 * 1024, "1000000");
     let state = sandbox.state_dir("leecher");
     let downloads = sandbox.folder("downloads");
     let leecher = sandbox.broker(&state, &[]);

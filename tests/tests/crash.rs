@@ -18,18 +18,6 @@ const BIG_SIZE: usize = 16 * 1024 * 1024;
 /// in the middle of it.
 const SEED_RATE: &str = "2000000";
 
-fn slow_seeder(sandbox: &Sandbox, size: usize, rate: &str) -> (Seeder, std::path::PathBuf) {
-    let data = sandbox.random_file("seed/slow.bin", size);
-    let seeder = Seeder::start(
-        sandbox,
-        "seeder",
-        &data,
-        64 * 1024,
-        &["--max-upload-rate", rate],
-    );
-    (seeder, data)
-}
-
 /// Waits until at least `fraction` of the torrent is verified (but not all of it).
 fn wait_until_done(patron: &mut Patron, fraction: f64) -> TorrentStatus {
     loop {
@@ -74,7 +62,7 @@ fn follow_the_torrent(sandbox: &Sandbox, state: &std::path::Path) -> Patron {
 #[test]
 fn sigkill_of_a_patron_mid_download_leaves_the_broker_and_other_patrons_going() {
     let sandbox = Sandbox::new();
-    let (seeder, data) = slow_seeder(&sandbox, SIZE, SEED_RATE);
+    let (seeder, data) = e2e::slow_seeder(&sandbox, SIZE, SEED_RATE);
     let state = sandbox.state_dir("leecher");
     let mut broker = sandbox.broker(&state, &[]);
 
@@ -101,7 +89,7 @@ fn sigkill_of_a_patron_mid_download_leaves_the_broker_and_other_patrons_going() 
 #[test]
 fn sigkill_of_the_only_holder_of_an_ephemeral_torrent_closes_it() {
     let sandbox = Sandbox::new();
-    let (seeder, _) = slow_seeder(&sandbox, SIZE, SEED_RATE);
+    let (seeder, _) = e2e::slow_seeder(&sandbox, SIZE, SEED_RATE);
     let state = sandbox.state_dir("leecher");
     let _broker = sandbox.broker(&state, &[]);
 
@@ -126,7 +114,7 @@ fn sigkill_of_the_only_holder_of_an_ephemeral_torrent_closes_it() {
 #[test]
 fn sigterm_tells_patrons_and_a_restarted_broker_resumes_without_refetching() {
     let sandbox = Sandbox::new();
-    let (seeder, data) = slow_seeder(&sandbox, SIZE, SEED_RATE);
+    let (seeder, data) = e2e::slow_seeder(&sandbox, SIZE, SEED_RATE);
     let state = sandbox.state_dir("leecher");
     let mut broker = sandbox.broker(&state, &[]);
 
@@ -195,7 +183,7 @@ fn sigterm_tells_patrons_and_a_restarted_broker_resumes_without_refetching() {
 #[test]
 fn a_broker_killed_three_times_mid_download_resumes_each_time_without_refetching() {
     let sandbox = Sandbox::new();
-    let (seeder, data) = slow_seeder(&sandbox, BIG_SIZE, "1000000");
+    let (seeder, data) = e2e::slow_seeder(&sandbox, BIG_SIZE, "1000000");
     let state = sandbox.state_dir("leecher");
     let downloads = sandbox.folder("downloads");
 
