@@ -489,8 +489,9 @@ fn a_restarted_broker_does_not_hash_again_what_it_verified() {
 #[test]
 fn a_broker_killed_mid_download_keeps_what_it_verified() {
     let sandbox = Sandbox::new();
-    let size = 6 * 1024 * 1024;
-    let (seeder, data) = e2e::slow_seeder(&sandbox, size, "1500000");
+    // 8 s at the seeder's pace: a loaded machine must not let it finish before the kill.
+    let size = 8 * 1024 * 1024;
+    let (seeder, data) = e2e::slow_seeder(&sandbox, size, "1000000");
     let state = sandbox.state_dir("leecher");
     let downloads = sandbox.folder("downloads");
     let broker = sandbox.broker(&state, &[]);
