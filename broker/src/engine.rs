@@ -84,11 +84,9 @@ pub struct AddSpec {
     pub id: Option<TorrentId>,
     /// This torrent's own rate limits.
     pub rates: Rates,
-    /// Its info hash.
-    pub info_hash: InfoHash,
-    /// Trust what an earlier run of this torrent verified (a restore). Otherwise any
-    /// fast-resume state left under its info hash is dropped first, and every byte on disk
-    /// is checked.
+    /// Trust what an earlier run of this torrent (this id) verified: a restore. Otherwise
+    /// any fast-resume state left under its id is dropped first, and every byte on disk is
+    /// checked.
     pub resume: bool,
 }
 
@@ -269,7 +267,7 @@ impl Engine {
             None => self.next_id.fetch_add(1, Ordering::Relaxed),
         };
         if !spec.resume {
-            self.forget_verified(spec.info_hash)
+            self.forget_verified(TorrentId(id as u64))
                 .map_err(|e| engine_error("cannot start the torrent afresh", e))?;
         }
         let options = AddTorrentOptions {
@@ -312,25 +310,21 @@ impl Engine {
     /// data.
     pub async fn remove(&self, id: TorrentId, delete_data: bool) -> anyhow::Result<()> {
         let key = TorrentIdOrHash::Id(id.0 as usize);
-        let info_hash = self.session.get(key).map(|h| InfoHash(h.info_hash().0));
         self.session.delete(key, delete_data).await?;
-        if let Some(info_hash) = info_hash {
-            self.forget_verified(info_hash)?;
-        }
-        Ok(())
+        self.forget_verified(id)
     }
 
     /// Forgets which pieces of a torrent were verified: its next start checks every byte.
     /// Done when a torrent is closed, rechecked, or added anew (a file left by an earlier
     /// torrent of the same info hash must not vouch for whatever is on disk now).
-    pub fn forget_verified(&self, info_hash: InfoHash) -> anyhow::Result<()> {
-        crate::store::remove_durably(&self.fast_resume.path(info_hash))
-            .with_context(|| format!("cannot remove the fast-resume state of {info_hash}"))
+    pub fn forget_verified(&self, id: TorrentId) -> anyhow::Result<()> {
+        crate::store::remove_durably(&self.fast_resume.path(id))
+            .with_context(|| format!("cannot remove the fast-resume state of torrent {id}"))
     }
 
     /// Removes the fast-resume files of torrents the broker no longer remembers (closed while
     /// the broker was killed, say).
-    pub fn sweep_verified(&self, remembered: &HashSet<InfoHash>) {
+    pub fn sweep_verified(&self, remembered: &HashSet<TorrentId>) {
         self.fast_resume.sweep(Some(remembered));
     }
 
@@ -498,18 +492,11 @@ impl Engine {
         Ok(peers)
     }
 
-    /// Stops the engine (pausing every torrent), then syncs the file systems its torrents
-    /// write to, so that what their bitfields say is on disk (see [`FastResume`]).
+    /// Stops the engine (pausing every torrent), then syncs the file systems, so that what
+    /// the bitfields say is on disk (see [`FastResume`]).
     pub async fn stop(&self) {
-        let mut folders: Vec<PathBuf> = self.session.with_torrents(|torrents| {
-            torrents
-                .map(|(_, torrent)| torrent.output_folder().to_path_buf())
-                .collect()
-        });
-        folders.sort();
-        folders.dedup();
         self.session.stop().await;
-        self.fast_resume.stopped_cleanly(folders).await;
+        self.fast_resume.stopped_cleanly().await;
     }
 }
 

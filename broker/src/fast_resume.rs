@@ -1,17 +1,19 @@
-//! The engine's fast-resume folder: one `<info hash>.bitv` per torrent, saying which of its
-//! pieces were verified, so that a restarted broker does not hash its data again.
+//! The engine's fast-resume folder: one `<torrent id>.bitv` per torrent, saying which of its
+//! pieces were verified, so that a restarted broker does not hash its data again. Named by
+//! the broker's id, a bitfield belongs to one record: two records of the same torrent (one
+//! not restored, the same torrent added again elsewhere) never share one.
 //!
-//! A bitfield is only worth what the data under it is. librqbit writes a torrent's pieces
-//! without fsync and its bitfield with one, so after a SIGKILL both are in the page cache
-//! and agree, but after a power cut or a kernel crash the bitfield can claim pieces the disk
-//! never got. So the folder keeps a note of the boot it was last used in and whether the
-//! broker then stopped cleanly (having synced its torrents' file systems): a start after an
-//! unclean end in another boot trusts no bitfield, and every torrent is hashed again.
+//! A bitfield is only worth what the data under it is. librqbit writes both without fsync,
+//! so after a SIGKILL both are in the page cache and agree, but after a power cut or a
+//! kernel crash the bitfield can claim pieces the disk never got. So the folder keeps a note
+//! of the boot it was last used in and whether the broker then stopped cleanly (having
+//! synced the file systems): a start after an unclean end in another boot trusts no
+//! bitfield, and every torrent is hashed again.
 //!
 //! The folder is the broker's own: a symlink in it (or in its place) is never followed.
 
 use anyhow::{bail, Context};
-use proto::InfoHash;
+use proto::TorrentId;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -78,7 +80,9 @@ impl FastResume {
             .ok()
             .and_then(|bytes| serde_json::from_slice::<RunNote>(&bytes).ok());
         // No note (a first run has no bitfield either): nothing vouches for any bitfield.
-        let trusted = last.is_some_and(|note| note.clean || note.boot_id == fast_resume.boot_id);
+        // An unknown boot (no boot id to read) is never the same boot.
+        let same_boot = |id: &str| !id.is_empty() && id == fast_resume.boot_id;
+        let trusted = last.is_some_and(|note| note.clean || same_boot(&note.boot_id));
         if !trusted {
             tracing::warn!(
                 "the machine restarted while the broker ran (a power cut or a crash): what the engine had verified may not have reached the disk, so every torrent's data is checked again"
@@ -103,15 +107,15 @@ impl FastResume {
     }
 
     /// A torrent's bitfield.
-    pub fn path(&self, info_hash: InfoHash) -> PathBuf {
-        self.dir.join(format!("{info_hash}.bitv"))
+    pub fn path(&self, id: TorrentId) -> PathBuf {
+        self.dir.join(format!("{id}.bitv"))
     }
 
     /// Without `keep` (before the engine runs): removes the engine's temporary bitfields and
     /// anything but a plain file in a bitfield's place. With `keep` (the engine may be
     /// writing those of torrents in it): removes the bitfields, temporary or not, of
     /// torrents not in it.
-    pub fn sweep(&self, keep: Option<&HashSet<InfoHash>>) {
+    pub fn sweep(&self, keep: Option<&HashSet<TorrentId>>) {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return;
         };
@@ -127,7 +131,10 @@ impl FastResume {
                 continue;
             };
             let stale = match keep {
-                Some(keep) => InfoHash::from_hex(stem).is_none_or(|h| !keep.contains(&h)),
+                Some(keep) => stem
+                    .parse()
+                    .map(TorrentId)
+                    .map_or(true, |id| !keep.contains(&id)),
                 None => {
                     let regular = file.file_type().is_ok_and(|t| t.is_file());
                     !regular || name.ends_with(".tmp")
@@ -140,21 +147,13 @@ impl FastResume {
         }
     }
 
-    /// Marks this run stopped cleanly, once the file systems of `folders` (where torrents
-    /// write) are synced: their data is then on disk as far as their bitfields say.
-    pub async fn stopped_cleanly(&self, folders: Vec<PathBuf>) {
-        let synced = tokio::task::spawn_blocking(move || {
-            let mut synced = true;
-            for folder in folders {
-                if let Err(e) = sync_file_system(&folder) {
-                    tracing::warn!("cannot sync {}: {e}", folder.display());
-                    synced = false;
-                }
-            }
-            synced
-        });
+    /// Marks this run stopped cleanly, once every file system is synced (sync(2): also those
+    /// of torrents not restored this run, whose data an earlier run may have left unsynced):
+    /// the data is then on disk as far as the bitfields say.
+    pub async fn stopped_cleanly(&self) {
+        let synced = tokio::task::spawn_blocking(nix::unistd::sync);
         match tokio::time::timeout(SYNC_LIMIT, synced).await {
-            Ok(Ok(true)) => {
+            Ok(Ok(())) => {
                 if let Err(e) = self.note(true) {
                     tracing::warn!("{e:#}");
                 }
@@ -174,11 +173,4 @@ impl FastResume {
         crate::store::write_atomically(&path, &serde_json::to_vec(&note)?)
             .with_context(|| format!("cannot write {}", path.display()))
     }
-}
-
-/// `syncfs(2)` on the file system holding `folder`.
-fn sync_file_system(folder: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let dir = std::fs::File::open(folder)?;
-    nix::unistd::syncfs(dir.as_raw_fd()).map_err(std::io::Error::from)
 }

@@ -27,6 +27,9 @@ pub struct TorrentEntry {
     /// Taken out of the engine and being added again under the same id (a recheck): until
     /// then its status is `checking`, and nothing reads the old handle's.
     pub restarting: bool,
+    /// A task waits for its check to end to apply a pause or resume
+    /// ([`crate::service::Service::settle_after_check`]): one is enough.
+    pub settling: bool,
     /// Connected patrons that created or joined it.
     pub holders: BTreeSet<PatronId>,
     /// The status its holders were last sent.
@@ -69,15 +72,6 @@ pub struct RestoreSpec {
     /// Its own rate limits.
     #[serde(default)]
     pub rates: crate::engine::Rates,
-    /// Whether the engine's fast-resume state for its info hash (one per info hash) was
-    /// written by this torrent. False once another record of the same torrent (added while
-    /// this one could not be restored) ran: that state describes the other one's files.
-    #[serde(default = "yes")]
-    pub owns_verified: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// How many peers a torrent's record keeps (the latest named win): `peers --add` must not
@@ -212,25 +206,13 @@ impl TorrentRegistry {
         self.unrestored.remove(&id).map(|u| (id, u))
     }
 
-    /// The info hashes of every torrent remembered (running or not restored).
-    pub fn info_hashes(&self) -> std::collections::HashSet<InfoHash> {
-        let running = self.torrents.values().map(|e| e.info.info_hash);
-        let kept = self.unrestored.values().map(|u| u.info.info_hash);
-        running.chain(kept).collect()
-    }
-
-    /// A torrent with this info hash starts afresh: the engine's fast-resume state becomes
-    /// its own, and records of the same torrent that could not be restored must not trust it
-    /// any more. Returns whether any changed.
-    pub fn disown_verified(&mut self, info_hash: InfoHash) -> bool {
-        let mut changed = false;
-        for record in self.unrestored.values_mut() {
-            if record.info.info_hash == info_hash && record.restore.owns_verified {
-                record.restore.owns_verified = false;
-                changed = true;
-            }
-        }
-        changed
+    /// The ids of every torrent remembered (running or not restored).
+    pub fn ids(&self) -> std::collections::HashSet<TorrentId> {
+        self.torrents
+            .keys()
+            .chain(self.unrestored.keys())
+            .copied()
+            .collect()
     }
 
     /// Whether this id is remembered at all (running or not restored).
@@ -283,6 +265,7 @@ impl TorrentRegistry {
                 last_status: None,
                 restore,
                 restarting: false,
+                settling: false,
             });
         if let Some(holder) = holder {
             entry.holders.insert(holder);

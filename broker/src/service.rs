@@ -133,7 +133,7 @@ impl Service {
         }
         // Fast-resume state of torrents no longer recorded (closed while the broker was
         // killed): a later add of the same torrent must check its data afresh.
-        let remembered = self.state().registry.info_hashes();
+        let remembered = self.state().registry.ids();
         self.engine.sweep_verified(&remembered);
         // Nothing to save: every record is kept, restored or not. (A start must not need a
         // writable state disk: a full one would lock every patron out.)
@@ -176,10 +176,8 @@ impl Service {
                 peers: spec.all_peers(),
                 id: Some(id),
                 rates: spec.rates,
-                info_hash: checked.info_hash,
-                // What the engine verified is this torrent's own, unless another record of
-                // the same torrent ran since.
-                resume: spec.owns_verified,
+                // What the engine verified (under this id) is this torrent's own.
+                resume: true,
             })
             .await
             .map_err(|e| (e, info.clone()))?;
@@ -381,20 +379,36 @@ impl Service {
         id: TorrentId,
         handle: engine::ManagedTorrentHandle,
     ) {
+        {
+            let mut state = self.state();
+            match state.registry.get_mut(id) {
+                // One task per torrent: it applies whatever the record says when the check ends.
+                Some(entry) if !entry.settling => entry.settling = true,
+                _ => return,
+            }
+        }
         let service = self.clone();
         self.runtime.spawn(async move {
-            if let Err(e) = handle.wait_until_initialized().await {
+            let checked = handle.wait_until_initialized().await;
+            let _adding = service.adding.lock().await;
+            let paused = {
+                let mut state = service.state();
+                match state.registry.get_mut(id) {
+                    Some(entry) => {
+                        entry.settling = false;
+                        let same = Arc::ptr_eq(&entry.handle, &handle);
+                        same.then_some(entry.restore.paused)
+                    }
+                    None => None,
+                }
+            };
+            let Some(paused) = paused else {
+                return; // closed or added again meanwhile: nothing to settle
+            };
+            if let Err(e) = checked {
                 tracing::info!(torrent = %id, "its check failed; nothing to settle: {e:#}");
                 return;
             }
-            let _adding = service.adding.lock().await;
-            let paused = {
-                let state = service.state();
-                match state.registry.get(id) {
-                    Some(entry) if Arc::ptr_eq(&entry.handle, &handle) => entry.restore.paused,
-                    _ => return,
-                }
-            };
             let applied = if paused {
                 service.engine.pause(&handle).await
             } else {
@@ -412,17 +426,6 @@ impl Service {
             }
             service.status_nudge.notify_one();
         });
-    }
-
-    /// Before a torrent starts afresh (the engine drops its fast-resume state and writes it
-    /// anew): records of the same torrent that could not be restored stop trusting that
-    /// state, durably, before the engine writes any of it.
-    pub fn disown_verified(&self, info_hash: proto::InfoHash) -> Result<(), ProtoError> {
-        if self.state().registry.disown_verified(info_hash) {
-            self.save_registry()
-                .map_err(|why| ProtoError::new(ErrorKind::Io, why))?;
-        }
-        Ok(())
     }
 
     /// Remembers peers named for a running torrent (its record keeps them, so that a

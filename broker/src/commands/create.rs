@@ -127,9 +127,7 @@ async fn start(
         paused: create.paused,
         ephemeral: create.ephemeral,
         rates,
-        owns_verified: true,
     };
-    service.disown_verified(checked.info_hash)?;
     let added = service
         .engine
         .add(AddSpec {
@@ -141,7 +139,6 @@ async fn start(
             peers,
             id: preallocated,
             rates,
-            info_hash: checked.info_hash,
             resume: false,
         })
         .await?;
@@ -276,7 +273,12 @@ pub fn parse_peers(
                     format!("peer {addr} has port 0, where nothing can listen"),
                 ));
             }
-            if addr == own {
+            let at_own_port = addr.port() == own.port();
+            let ip = addr.ip().to_canonical();
+            let own_ip = own.ip().to_canonical();
+            // Listening on every address (0.0.0.0) includes loopback.
+            let ours = ip == own_ip || (ip.is_loopback() && own_ip.is_unspecified());
+            if at_own_port && ours {
                 return Err(ProtoError::new(
                     ErrorKind::InvalidPeer,
                     format!("peer {addr} is this broker's own listen address"),

@@ -97,7 +97,6 @@ async fn seed(
         return Ok(info);
     }
     service.room_for_one_more()?;
-    service.disown_verified(checked.info_hash)?;
     let added = service
         .engine
         .add(AddSpec {
@@ -110,7 +109,6 @@ async fn seed(
             peers: Vec::new(),
             id: None,
             rates: Default::default(),
-            info_hash: checked.info_hash,
             resume: false,
         })
         .await?;
@@ -123,7 +121,6 @@ async fn seed(
         paused: false,
         ephemeral: false,
         rates: Default::default(),
-        owns_verified: true,
     };
     let (info, _) = service.register(added, checked, restore, patron).await?;
     tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");

@@ -29,6 +29,6 @@ async fn pause(service: &Arc<Service>, torrent: TorrentRef) -> Result<TorrentSta
             return Err(error);
         }
     }
-    tracing::info!(torrent = %id, "paused");
+    tracing::info!(torrent = %id, "paused (or paused once its check ends)");
     service.current_status(id).ok_or_else(|| gone(id))
 }

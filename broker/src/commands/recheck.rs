@@ -8,7 +8,7 @@
 use crate::engine::AddSpec;
 use crate::registry::Unrestored;
 use crate::service::{gone, Service};
-use proto::{ErrorKind, Event, InfoHash, ProtoError, RequestId, TorrentRef, TorrentStatus};
+use proto::{ErrorKind, Event, ProtoError, RequestId, TorrentRef, TorrentStatus};
 
 pub async fn run(service: &Service, request: RequestId, torrent: TorrentRef) -> Event {
     match recheck(service, torrent).await {
@@ -20,11 +20,16 @@ pub async fn run(service: &Service, request: RequestId, torrent: TorrentRef) -> 
 async fn recheck(service: &Service, torrent: TorrentRef) -> Result<TorrentStatus, ProtoError> {
     let _adding = service.adding.lock().await;
     let (id, handle) = service.running(torrent)?;
+    // A check under way would still write what it found after the new one started.
+    if handle.with_state(|s| matches!(s, librqbit::ManagedTorrentState::Initializing(_))) {
+        return Err(ProtoError::new(
+            ErrorKind::BadRequest,
+            format!("torrent {id} is checking its data already"),
+        ));
+    }
     let bytes = handle
         .with_metadata(|meta| meta.torrent_bytes.to_vec())
         .map_err(|e| ProtoError::new(ErrorKind::Engine, format!("{e:#}")))?;
-    let info_hash = InfoHash(handle.info_hash().0);
-    service.disown_verified(info_hash)?;
     let (restore, info) = {
         let mut state = service.state();
         let entry = state.registry.get_mut(id).ok_or_else(|| gone(id))?;
@@ -52,7 +57,6 @@ async fn recheck(service: &Service, torrent: TorrentRef) -> Result<TorrentStatus
             peers: restore.all_peers(),
             id: Some(id),
             rates: restore.rates,
-            info_hash,
             resume: false,
         })
         .await;

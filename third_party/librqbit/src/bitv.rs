@@ -69,9 +69,17 @@ impl DiskBackedBitV {
                     .open(&filename)
             }
         };
-        spawner
+        // The file as loaded: a later open that finds another (this torrent closed or checked
+        // again meanwhile, and a new file written in its place) must not write into it.
+        let identity = |meta: &std::fs::Metadata| {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+        };
+        let loaded = spawner
             .block_in_place_with_semaphore(&open)
             .await
+            .and_then(|file| file.metadata())
+            .map(|meta| identity(&meta))
             .with_context(|| format!("error opening {filename:?}"))?;
         let pieces = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut written = bv.clone();
@@ -102,7 +110,15 @@ impl DiskBackedBitV {
                     let file = match held.take() {
                         Some(file) => file,
                         None => match spawner.block_in_place_with_semaphore(&open).await {
-                            Ok(file) => file,
+                            Ok(file)
+                                if file.metadata().is_ok_and(|m| identity(&m) == loaded) =>
+                            {
+                                file
+                            }
+                            Ok(_) => {
+                                tracing::debug!(?filename, "bitv replaced, not written");
+                                break;
+                            }
                             Err(e) => {
                                 tracing::debug!(?filename, "bitv gone, not written: {e:#}");
                                 break;

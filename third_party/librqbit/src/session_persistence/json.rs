@@ -117,6 +117,18 @@ impl JsonSessionPersistenceStore {
         self.output_folder.join(format!("{info_hash:?}.torrent"))
     }
 
+    /// torrent-patron patch: the bitfield of a torrent named by id. With no session store
+    /// (`SessionOptions::fastresume_folder`) an id names no info hash, and the file is named
+    /// after the id: one per torrent the embedder runs, never shared by two records of the
+    /// same info hash.
+    async fn bitv_path(&self, id: TorrentIdOrHash) -> anyhow::Result<PathBuf> {
+        match (id, self.to_hash(id).await) {
+            (_, Ok(h)) => Ok(self.bitv_filename(&h)),
+            (TorrentIdOrHash::Id(id), Err(_)) => Ok(self.output_folder.join(format!("{id}.bitv"))),
+            (_, Err(e)) => Err(e),
+        }
+    }
+
     fn bitv_filename(&self, info_hash: &Id20) -> PathBuf {
         self.output_folder.join(format!("{info_hash:?}.bitv"))
     }
@@ -187,8 +199,7 @@ impl JsonSessionPersistenceStore {
 #[async_trait::async_trait]
 impl BitVFactory for JsonSessionPersistenceStore {
     async fn load(&self, id: TorrentIdOrHash) -> anyhow::Result<Option<Box<dyn BitV>>> {
-        let h = self.to_hash(id).await?;
-        let filename = self.bitv_filename(&h);
+        let filename = self.bitv_path(id).await?;
         match DiskBackedBitV::new(filename, self.spawner.clone()).await {
             Ok(bitv) => Ok(Some(bitv.into_dyn())),
             Err(e) => {
@@ -203,8 +214,7 @@ impl BitVFactory for JsonSessionPersistenceStore {
     }
 
     async fn clear(&self, id: TorrentIdOrHash) -> anyhow::Result<()> {
-        let h = self.to_hash(id).await?;
-        let filename = self.bitv_filename(&h);
+        let filename = self.bitv_path(id).await?;
         tokio::fs::remove_file(&filename)
             .await
             .with_context(|| format!("error removing {filename:?}"))
@@ -215,8 +225,7 @@ impl BitVFactory for JsonSessionPersistenceStore {
         id: TorrentIdOrHash,
         b: BF,
     ) -> anyhow::Result<Box<dyn BitV>> {
-        let h = self.to_hash(id).await?;
-        let filename = self.bitv_filename(&h);
+        let filename = self.bitv_path(id).await?;
         let tmp_filename = format!("{}.tmp", filename.to_str().context("bug")?);
         let mut dst = tokio::fs::OpenOptions::new()
             .write(true)

@@ -187,7 +187,8 @@ impl TorrentStateInitializing {
     }
 
     pub async fn check(&self) -> anyhow::Result<TorrentStatePaused> {
-        let id: TorrentIdOrHash = self.shared.info_hash.into();
+        // torrent-patron patch: by id, as `validate_fastresume` clears it (see bitv_path).
+        let id: TorrentIdOrHash = self.shared.id.into();
         let bitv_factory = self
             .shared
             .session
