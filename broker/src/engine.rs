@@ -53,6 +53,8 @@ pub struct Engine {
     /// records say which torrents exist; these files only spare a restored torrent the full
     /// hash check.
     fast_resume: FastResume,
+    /// The listen address it was asked for.
+    listen: SocketAddr,
 }
 
 /// A torrent the engine accepted.
@@ -194,7 +196,13 @@ impl Engine {
             next_id: AtomicUsize::new(0),
             dht: config.dht,
             fast_resume,
+            listen: config.listen,
         })
+    }
+
+    /// Where the engine listens for peers (the address it actually bound).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.session.listen_addr().unwrap_or(self.listen)
     }
 
     /// A fresh id, for a torrent known before the engine has it (a resolving magnet).

@@ -82,11 +82,15 @@ impl FastResume {
         // No note (a first run has no bitfield either): nothing vouches for any bitfield.
         // An unknown boot (no boot id to read) is never the same boot.
         let same_boot = |id: &str| !id.is_empty() && id == fast_resume.boot_id;
-        let trusted = last.is_some_and(|note| note.clean || same_boot(&note.boot_id));
+        let trusted = last
+            .as_ref()
+            .is_some_and(|note| note.clean || same_boot(&note.boot_id));
         if !trusted {
-            tracing::warn!(
-                "the machine restarted while the broker ran (a power cut or a crash): what the engine had verified may not have reached the disk, so every torrent's data is checked again"
-            );
+            if last.is_some() {
+                tracing::warn!(
+                    "the machine restarted while the broker ran (a power cut or a crash): what the engine had verified may not have reached the disk, so every torrent's data is checked again"
+                );
+            }
             fast_resume.sweep(Some(&HashSet::new()));
         } else {
             // Before the engine reads any: no symlink, no leftover temporary file.

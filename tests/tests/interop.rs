@@ -187,6 +187,10 @@ fn the_broker_downloads_from_aria2_and_from_transmission() {
     let torrent = make(&sandbox, &maker, &data, "from-aria", 16 * 1024);
     let port = free_port();
     let _seeding = aria2(&torrent, data.parent().unwrap(), port, true);
+    // Until aria2 listens, the port is free for the broker started next to pick as its own.
+    wait_for(&format!("aria2 to listen on {port}"), STEP_TIMEOUT, || {
+        listening(port)
+    });
     let state = sandbox.state_dir("leech-aria");
     let got = broker_fetch(
         &sandbox,

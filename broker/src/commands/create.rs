@@ -32,7 +32,7 @@ async fn start(
 ) -> Result<Event, ProtoError> {
     service.room_for_one_more()?;
     let loopback_only = service.config.loopback_only;
-    let mut peers = parse_peers(&create.peers, loopback_only, service.config.listen)?;
+    let mut peers = parse_peers(&create.peers, loopback_only, service.engine.listen_addr())?;
     let rates = Rates {
         download: rate(create.max_download_rate, "max_download_rate")?,
         upload: rate(create.max_upload_rate, "max_upload_rate")?,

@@ -27,8 +27,8 @@ async fn dial_and_list(
     let (id, handle) = service.running(request.torrent)?;
     let mut dialled = Vec::new();
     if !request.add.is_empty() {
-        let config = &service.config;
-        let peers = parse_peers(&request.add, config.loopback_only, config.listen)?;
+        let (loopback_only, own) = (service.config.loopback_only, service.engine.listen_addr());
+        let peers = parse_peers(&request.add, loopback_only, own)?;
         // Nothing is done unless all of it can be: a paused or checking torrent dials nobody.
         service.engine.check_live(&handle)?;
         // Remembered first, so that a restart (or a resume) dials them too.
