@@ -17,7 +17,8 @@
 //! - [`dispatch`]: each patron's requests in order, with back-pressure;
 //! - [`commands`]: request → exactly one reply, acting on the service and a patron's
 //!   connection, never on IPC;
-//! - [`service`]: the torrents, for patrons: [`engine`] (the librqbit session),
+//! - [`service`]: the torrents, for patrons: [`engine`] (the librqbit session, patched:
+//!   see `third_party/README.md`; its bitfields in [`fast_resume`]),
 //!   [`registry`] (which torrents run and who holds them), [`store`] (crash-safe records),
 //!   [`roots`] (where a torrent may write), [`board`] (the shared-memory status board) and
 //!   [`fanout`] (status → the board and holders);
