@@ -172,6 +172,8 @@ impl ReadBuf {
                 // latter one is a reborrow that ends with the block.
                 //
                 // Run with `cargo +nightly miri test -p librqbit --features miri test_read_buf_miri -- --nocapture --ignore`
+                // SAFETY: (torrent-patron annotation of the comment above) a reborrow of
+                // `self` that ends with this block; the other &mut is not used meanwhile.
                 let this = unsafe { &mut *(self as *mut Self) };
                 let (first, second) = as_slices!(this);
                 match Message::deserialize(first, second) {
@@ -308,6 +310,8 @@ mod tests {
             if len == 0 {
                 return 0..0;
             }
+            // SAFETY: (torrent-patron annotation; a test) `s` points into `buf.buf`, so
+            // both pointers are in one allocation.
             let offset = unsafe { s.byte_offset_from(buf.buf.as_ptr()) } as usize;
             offset..offset + len
         }
