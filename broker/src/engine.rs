@@ -387,12 +387,12 @@ impl Engine {
 
     /// Refuses a torrent that cannot dial peers now (paused, checking or failed).
     pub fn check_live(&self, handle: &ManagedTorrentHandle) -> Result<(), ProtoError> {
-        let state = handle.with_state(|s| match s {
-            librqbit::ManagedTorrentState::Live(_) => None,
-            librqbit::ManagedTorrentState::Paused(_) => Some("paused"),
-            librqbit::ManagedTorrentState::Initializing(_) => Some("checking its data"),
-            _ => Some("failed"),
-        });
+        let state = match stage_of(handle) {
+            Stage::Live => None,
+            Stage::Paused => Some("paused"),
+            Stage::Checking => Some("checking its data"),
+            Stage::Failed => Some("failed"),
+        };
         match state {
             None => Ok(()),
             Some(why) => Err(ProtoError::new(

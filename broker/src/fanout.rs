@@ -111,21 +111,19 @@ fn refresh_board(
     type Look = (TorrentId, ManagedTorrentHandle, u32, bool);
     let (running, placeholders, restarting): (Vec<Look>, Vec<TorrentSummary>, Vec<TorrentId>) = {
         let state = service.state();
-        let running = state
-            .registry
-            .iter()
-            .filter_map(|(id, entry)| {
-                let holders = entry.holders.len() as u32;
-                Some((*id, entry.live_handle()?, holders, entry.restore.ephemeral))
-            })
-            .collect();
-        // Being added again: their lines stay as they are until they have a handle.
-        let restarting = state
-            .registry
-            .iter()
-            .filter(|(_, entry)| entry.restarting)
-            .map(|(id, _)| *id)
-            .collect();
+        // One pass over every torrent (this runs each 100 ms). Those being added again
+        // (`restarting`) keep their lines as they are until they have a handle.
+        let mut running = Vec::with_capacity(state.registry.len());
+        let mut restarting = Vec::new();
+        for (id, entry) in state.registry.iter() {
+            match entry.live_handle() {
+                Some(handle) => {
+                    let holders = entry.holders.len() as u32;
+                    running.push((*id, handle, holders, entry.restore.ephemeral));
+                }
+                None => restarting.push(*id),
+            }
+        }
         let placeholders = state
             .registry
             .placeholders()
