@@ -100,6 +100,8 @@ pub use torrent_state::{
     ManagedTorrent, ManagedTorrentShared, ManagedTorrentState, TorrentMetadata, TorrentStats,
     TorrentStatsState,
 };
+// torrent-patron patch: `ManagedTorrent::stream` returns it, so callers can name it.
+pub use torrent_state::FileStream;
 pub use type_aliases::FileInfos;
 
 pub use buffers::*;

@@ -13,10 +13,7 @@ use anyhow::Context;
 use dashmap::DashMap;
 
 use librqbit_core::lengths::{CurrentPiece, Lengths, ValidPieceIndex};
-use tokio::{
-    io::{AsyncRead, AsyncSeek},
-    sync::OwnedSemaphorePermit,
-};
+use tokio::io::{AsyncRead, AsyncSeek};
 use tracing::{debug, trace};
 
 use crate::{ManagedTorrent, file_info::FileInfo, storage::TorrentStorage};
@@ -125,6 +122,12 @@ impl TorrentStreams {
         self.streams.remove(&stream_id).map(|s| s.1)
     }
 
+    // torrent-patron patch: whether any stream is open (peers then keep fewer requests
+    // outstanding, see `STREAMING_REQUEST_WINDOW`).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
     pub(crate) fn streamed_file_ids(&self) -> impl Iterator<Item = usize> + '_ {
         self.streams.iter().map(|s| s.value().file_id)
     }
@@ -141,8 +144,10 @@ pub struct FileStream {
     // file params
     file_len: u64,
     file_torrent_abs_offset: u64,
-
-    _blocking_permit: OwnedSemaphorePermit,
+    // torrent-patron patch: no permit of the engine's blocking-work semaphore is held for
+    // the stream's life. That semaphore (8 permits) also bounds the engine's own disk work:
+    // eight open streams stopped every piece write of the session, and a ninth `stream()`
+    // waited forever. Reads below still run in `block_in_place`.
 }
 
 macro_rules! map_io_err {
@@ -348,7 +353,6 @@ impl ManagedTorrent {
             &metadata,
         )?;
         let streams = self.streams()?;
-        let blocking_permit = self.shared().spawner.semaphore().acquire_owned().await?;
         let s = FileStream {
             stream_id: streams.next_id(),
             streams: streams.clone(),
@@ -357,7 +361,6 @@ impl ManagedTorrent {
 
             file_len: fd_len,
             file_torrent_abs_offset: fd_offset,
-            _blocking_permit: blocking_permit,
             torrent: self,
             metadata,
         };
@@ -400,5 +403,73 @@ impl FileStream {
 
     pub fn len(&self) -> u64 {
         self.file_len
+    }
+
+    /// torrent-patron patch: moves the stream (and its priority window) to `position`,
+    /// without reading. A reader elsewhere (another process reading the file itself) tells
+    /// the engine where it reads through this.
+    pub fn seek_to(&mut self, position: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(position <= self.file_len, "position past the end of the file");
+        self.set_position(position);
+        Ok(())
+    }
+
+    /// torrent-patron patch: where the bytes verified in a row from `position` end (at most
+    /// the file's end; `position` itself when its piece is not verified yet).
+    pub fn verified_end(&self, position: u64) -> anyhow::Result<u64> {
+        if position >= self.file_len {
+            return Ok(self.file_len);
+        }
+        let lengths = self.metadata.lengths();
+        let first = lengths
+            .compute_current_piece(position, self.file_torrent_abs_offset)
+            .context("invalid position")?;
+        let file_end = self.file_torrent_abs_offset + self.file_len;
+        self.torrent.with_chunk_tracker(|ct| {
+            let have = ct.get_have_pieces();
+            let have = have.as_slice();
+            let mut end = position;
+            let mut piece = first.id.get();
+            // Each verified piece extends the run by what it holds of this file.
+            while end < self.file_len && have.get(piece as usize).is_some_and(|b| *b) {
+                let piece_end_abs = (u64::from(piece) + 1) * u64::from(lengths.default_piece_length());
+                end = piece_end_abs.min(file_end) - self.file_torrent_abs_offset;
+                piece += 1;
+            }
+            end
+        })
+    }
+
+    /// torrent-patron patch: ready once the piece at the stream's position is verified (at
+    /// once at the end of the file), without reading it. Cancel-safe.
+    pub fn poll_position_verified(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<anyhow::Result<()>> {
+        if self.position >= self.file_len {
+            return Poll::Ready(Ok(()));
+        }
+        let current = match self
+            .metadata
+            .lengths()
+            .compute_current_piece(self.position, self.file_torrent_abs_offset)
+            .context("invalid position")
+        {
+            Ok(c) => c,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        let have = self.torrent.with_chunk_tracker(|ct| {
+            let have = ct.get_have_pieces().as_slice()[current.id.get() as usize];
+            if !have {
+                self.streams
+                    .register_waker(self.stream_id, cx.waker().clone());
+            }
+            have
+        });
+        match have {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }

@@ -1037,6 +1037,8 @@ impl TorrentStateLive {
 }
 
 const DEFAULT_PEER_REQUEST_WINDOW: usize = 128;
+// torrent-patron patch: chunk requests outstanding per peer while a torrent has readers.
+const STREAMING_REQUEST_WINDOW: usize = 48;
 
 struct PeerFlowControl {
     i_am_choked: bool,
@@ -2104,6 +2106,17 @@ impl PeerHandler {
         if i_am_choked {
             return false;
         }
+
+        // torrent-patron patch: while the torrent has readers, keep fewer requests
+        // outstanding per peer, so that the piece at a reader's position (its window moves
+        // as it reads or seeks) is asked for after at most 768 KiB, not a full window of
+        // 2 MiB (seconds at a slow peer's rate). 48 still moved 256 MiB over loopback as
+        // fast as 128 (`tp-bench stream`); 16 was 15 % slower.
+        let request_window = if self.state.streams.is_empty() {
+            request_window
+        } else {
+            request_window.min(STREAMING_REQUEST_WINDOW)
+        };
 
         self.requested_inflight_count()
             .is_some_and(|requested| requested < request_window)
