@@ -75,7 +75,7 @@ pub use status::{TorrentState, TorrentStatus};
 
 /// The protocol version spoken by this build. Bumped on any incompatible wire change;
 /// the broker refuses a patron whose version differs, with a clear error on both sides.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The largest serialized request the broker accepts (a .torrent file rides inside one).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -275,6 +275,21 @@ pub enum RequestBody {
     /// A torrent's connected peers, optionally dialling more first. Replied to with
     /// [`Event::Peers`] or [`Event::Error`].
     Peers(PeersRequest),
+    /// Read one file of a torrent in order while it downloads (DESIGN §8): the pieces at the
+    /// reader's position are fetched first. Replied to with [`Event::StreamOpened`] or
+    /// [`Event::Error`]. See [`StreamInfo`] for how the bytes are read.
+    OpenStream(OpenStream),
+    /// "I read here": the reader of a stream is at `position` (after reading up to it, or a
+    /// seek). The stream's priority window moves there. Replied to with
+    /// [`Event::StreamVerified`] (what is verified from there now), and later with one
+    /// [`Event::StreamProgress`] once more is.
+    StreamAt(StreamAt),
+    /// Verified bytes of a stream, sent over the channel: for a reader that cannot read the
+    /// file itself. Replied to with [`Event::StreamData`] or [`Event::Error`].
+    StreamRead(StreamRead),
+    /// Ends a stream, releasing its priority window (disconnecting ends them all too).
+    /// Replied to with [`Event::Ok`] or [`Event::Error`].
+    CloseStream(StreamId),
 }
 
 impl RequestBody {
@@ -294,6 +309,10 @@ impl RequestBody {
             RequestBody::Recheck(_) => "recheck",
             RequestBody::Files(_) => "files",
             RequestBody::Peers(_) => "peers",
+            RequestBody::OpenStream(_) => "open-stream",
+            RequestBody::StreamAt(_) => "stream-at",
+            RequestBody::StreamRead(_) => "stream-read",
+            RequestBody::CloseStream(_) => "close-stream",
         }
     }
 }
@@ -418,6 +437,92 @@ pub struct PeerEntry {
     pub progress: Option<f64>,
 }
 
+/// The broker's number for an open stream, unique for the broker's run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StreamId(pub u64);
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How a request names one file of a torrent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileRef {
+    /// Its index ([`FileEntry::index`]).
+    Index(u32),
+    /// Its path inside the torrent, `/`-separated ([`FileEntry::path`]).
+    Path(String),
+}
+
+/// Options of [`RequestBody::OpenStream`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenStream {
+    /// Which torrent.
+    pub torrent: TorrentRef,
+    /// Which of its files; `None` for the only one (an error when it has several).
+    pub file: Option<FileRef>,
+    /// Where the reader starts, in bytes from the file's start.
+    pub position: u64,
+}
+
+/// Options of [`RequestBody::StreamAt`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct StreamAt {
+    /// Which stream.
+    pub stream: StreamId,
+    /// Where its reader is, in bytes from the file's start.
+    pub position: u64,
+}
+
+/// Options of [`RequestBody::StreamRead`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct StreamRead {
+    /// Which stream.
+    pub stream: StreamId,
+    /// The first byte wanted; it must be verified already.
+    pub position: u64,
+    /// How many bytes at most ([`MAX_STREAM_READ`] at most are sent; fewer where the
+    /// verified bytes end).
+    pub length: u32,
+}
+
+/// The most bytes one [`RequestBody::StreamRead`] returns.
+pub const MAX_STREAM_READ: u32 = 1024 * 1024;
+
+/// An open stream ([`Event::StreamOpened`]).
+///
+/// The broker never copies the file's bytes to a reader that can read the file itself:
+/// the reader opens `local_path` read-only, checks that it is the file the engine writes
+/// (`local_file`), and reads from it (the page cache) only bytes the broker said are
+/// verified. Where that fails, it asks for them with [`RequestBody::StreamRead`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    /// The stream's number.
+    pub id: StreamId,
+    /// The torrent.
+    pub torrent: TorrentId,
+    /// The file.
+    pub file: FileEntry,
+    /// The file's absolute path on the broker's machine.
+    pub local_path: String,
+    /// Device and inode of the file the engine writes, when the broker could see them: a
+    /// reader that opens another file there must not trust its bytes.
+    pub local_file: Option<FileIdentity>,
+    /// Bytes verified in a row from the opening position: the reader may read up to here.
+    pub verified_to: u64,
+}
+
+/// Which file a path names: device and inode numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    /// `st_dev`.
+    pub device: u64,
+    /// `st_ino`.
+    pub inode: u64,
+}
+
 /// Options of [`RequestBody::MakeTorrent`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MakeTorrent {
@@ -485,6 +590,8 @@ pub struct BrokerInfo {
     pub patrons: u32,
     /// Running torrents.
     pub torrents: u32,
+    /// Open streams (readers of a file while it downloads), all patrons together.
+    pub streams: u32,
 }
 
 /// One line of [`Event::TorrentList`].
@@ -725,6 +832,55 @@ pub enum Event {
         /// Its connected peers, by address.
         peers: Vec<PeerEntry>,
     },
+    /// Reply to [`RequestBody::OpenStream`].
+    StreamOpened {
+        /// The request.
+        request: RequestId,
+        /// The stream.
+        stream: StreamInfo,
+    },
+    /// Reply to [`RequestBody::StreamAt`]: bytes `position..verified_to` of the file are
+    /// verified (`verified_to == position` when the byte there is not yet).
+    StreamVerified {
+        /// The request.
+        request: RequestId,
+        /// The stream.
+        stream: StreamId,
+        /// The reader's position, as the request said.
+        position: u64,
+        /// Where the bytes verified in a row from there end.
+        verified_to: u64,
+    },
+    /// Not a reply: after a [`RequestBody::StreamAt`], more bytes from its position are
+    /// verified than its reply said. One at most per `StreamAt`.
+    StreamProgress {
+        /// The stream.
+        stream: StreamId,
+        /// The position of the `StreamAt` it follows.
+        position: u64,
+        /// Where the bytes verified in a row from there end now.
+        verified_to: u64,
+    },
+    /// Reply to [`RequestBody::StreamRead`]: verified bytes of the file from `position`.
+    StreamData {
+        /// The request.
+        request: RequestId,
+        /// The stream.
+        stream: StreamId,
+        /// Where `bytes` start in the file.
+        position: u64,
+        /// The bytes.
+        #[serde(with = "bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Not a reply: the stream gives no more bytes (its torrent failed, was closed, or the
+    /// broker stops). The stream is closed.
+    StreamEnded {
+        /// The stream.
+        stream: StreamId,
+        /// Why.
+        error: ProtoError,
+    },
 }
 
 impl Event {
@@ -743,12 +899,17 @@ impl Event {
             | Event::Ok { request }
             | Event::Files { request, .. }
             | Event::Peers { request, .. }
+            | Event::StreamOpened { request, .. }
+            | Event::StreamVerified { request, .. }
+            | Event::StreamData { request, .. }
             | Event::Error { request, .. } => Some(*request),
             Event::TorrentStatusUpdate(_)
             | Event::TorrentGone { .. }
             | Event::BrokerStopping { .. }
             | Event::Disconnected { .. }
-            | Event::ProtocolError { .. } => None,
+            | Event::ProtocolError { .. }
+            | Event::StreamProgress { .. }
+            | Event::StreamEnded { .. } => None,
             // Unpacked by the patron library before anyone asks.
             Event::Large(_) => None,
         }

@@ -86,6 +86,26 @@ fn every_request_round_trips() {
             torrent: TorrentRef::Id(TorrentId(8)),
             add: vec!["127.0.0.1:51413".into()],
         }),
+        RequestBody::OpenStream(crate::OpenStream {
+            torrent: TorrentRef::Id(TorrentId(9)),
+            file: Some(crate::FileRef::Path("dir/a.bin".into())),
+            position: 1 << 40,
+        }),
+        RequestBody::OpenStream(crate::OpenStream {
+            torrent: TorrentRef::InfoHash(InfoHash([3; 20])),
+            file: Some(crate::FileRef::Index(2)),
+            position: 0,
+        }),
+        RequestBody::StreamAt(crate::StreamAt {
+            stream: crate::StreamId(1),
+            position: 77,
+        }),
+        RequestBody::StreamRead(crate::StreamRead {
+            stream: crate::StreamId(2),
+            position: 5,
+            length: crate::MAX_STREAM_READ,
+        }),
+        RequestBody::CloseStream(crate::StreamId(3)),
     ];
     for (n, body) in bodies.into_iter().enumerate() {
         let sent = Request {
@@ -163,6 +183,7 @@ fn every_event_round_trips() {
                 download_roots: vec!["/d".into()],
                 patrons: 2,
                 torrents: 3,
+                streams: 4,
             },
         },
         Event::Error {
@@ -194,6 +215,47 @@ fn every_event_round_trips() {
                 uploaded: 4,
                 progress: Some(0.5),
             }],
+        },
+        Event::StreamOpened {
+            request: RequestId(14),
+            stream: crate::StreamInfo {
+                id: crate::StreamId(1),
+                torrent: TorrentId(2),
+                file: crate::FileEntry {
+                    index: 0,
+                    path: "a.mkv".into(),
+                    size: 1 << 33,
+                    bytes_done: 0,
+                    selected: true,
+                },
+                local_path: "/d/a.mkv".into(),
+                local_file: Some(crate::FileIdentity {
+                    device: 2049,
+                    inode: u64::MAX,
+                }),
+                verified_to: 16384,
+            },
+        },
+        Event::StreamVerified {
+            request: RequestId(15),
+            stream: crate::StreamId(1),
+            position: 3,
+            verified_to: 3,
+        },
+        Event::StreamProgress {
+            stream: crate::StreamId(1),
+            position: 3,
+            verified_to: 1 << 20,
+        },
+        Event::StreamData {
+            request: RequestId(16),
+            stream: crate::StreamId(1),
+            position: 8,
+            bytes: vec![0, 1, 255],
+        },
+        Event::StreamEnded {
+            stream: crate::StreamId(1),
+            error: ProtoError::new(ErrorKind::Engine, "the torrent failed"),
         },
         Event::TorrentStatusUpdate(sample_status()),
         Event::TorrentGone {
