@@ -41,6 +41,9 @@ const PEER_CONNECTIONS: PeerConnectionOptions = PeerConnectionOptions {
 /// librqbit's handle to one torrent.
 pub type ManagedTorrentHandle = Arc<ManagedTorrent>;
 
+/// librqbit's reader of one file of a torrent, with its priority window.
+pub use librqbit::FileStream;
+
 /// The engine and what the broker knows about driving it.
 pub struct Engine {
     session: Arc<Session>,
@@ -451,6 +454,32 @@ impl Engine {
             .map_err(|e| engine_error("the torrent's files are not known yet", e))
     }
 
+    /// Opens a stream of file `index` (DESIGN §8): its priority window starts at the file's
+    /// start. Waits for the torrent's check of its data, if it runs.
+    pub async fn open_stream(
+        &self,
+        handle: &ManagedTorrentHandle,
+        index: usize,
+    ) -> Result<FileStream, ProtoError> {
+        handle
+            .clone()
+            .stream(index)
+            .await
+            .map_err(|e| engine_error("the engine cannot stream the file", e))
+    }
+
+    /// Where file `index` of a torrent is on disk.
+    pub fn local_path(&self, handle: &ManagedTorrentHandle, index: usize) -> Option<PathBuf> {
+        let relative = handle
+            .with_metadata(|meta| {
+                meta.file_infos
+                    .get(index)
+                    .map(|f| f.relative_filename.clone())
+            })
+            .ok()??;
+        Some(handle.output_folder().join(relative))
+    }
+
     /// A torrent's connected peers, with rates measured over `window`.
     pub async fn peers(
         &self,
@@ -582,6 +611,19 @@ fn mib_per_sec_to_bytes(mib: f64) -> u64 {
         (mib * 1024.0 * 1024.0) as u64
     } else {
         0
+    }
+}
+
+/// Why a torrent failed, if it did.
+pub fn failure(handle: &ManagedTorrentHandle) -> Option<String> {
+    match stage_of(handle) {
+        Stage::Failed => Some(
+            handle
+                .stats()
+                .error
+                .unwrap_or_else(|| "stopped by the engine".into()),
+        ),
+        _ => None,
     }
 }
 

@@ -43,6 +43,7 @@ pub mod service;
 pub mod shutdown;
 pub mod socket;
 pub mod store;
+pub mod streams;
 pub mod torrent_file;
 
 pub use broker::{run, Broker};

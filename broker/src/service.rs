@@ -69,6 +69,8 @@ pub struct Service {
     /// Wakes the status loop ([`crate::fanout`]) before its next pulse: a torrent came,
     /// went, completed, or changed hands.
     pub status_nudge: tokio::sync::Notify,
+    /// Readers of a file while it downloads, and their priority windows (DESIGN §8).
+    pub streams: crate::streams::Streams,
 }
 
 impl Service {
@@ -87,6 +89,7 @@ impl Service {
             saving: Mutex::new(()),
             board,
             status_nudge: tokio::sync::Notify::new(),
+            streams: Default::default(),
         });
         service.restore().await?;
         Ok(service)
@@ -539,6 +542,9 @@ impl Service {
             tracing::info!(patron, pid = connection.pid, "patron disconnected");
             state.registry.release_all(patron)
         };
+        // Its priority windows leave the engine now, not when its torrents do. Outside the
+        // state lock: opening a stream takes the streams' lock, then this one.
+        self.streams.close_all_of(patron);
         // Its holds are off the board at once (one wake however many leave together).
         self.status_nudge.notify_one();
         if orphans.is_empty() {
@@ -560,6 +566,12 @@ impl Service {
             }
             service.status_nudge.notify_one();
         });
+    }
+
+    /// A torrent's engine handle for a stream: `None` when it no longer runs, `Some(None)`
+    /// while it is being added again (a recheck).
+    pub fn handle_for_stream(&self, id: TorrentId) -> Option<Option<engine::ManagedTorrentHandle>> {
+        self.state().registry.get(id).map(|e| e.live_handle())
     }
 
     /// A connected patron.
@@ -703,5 +715,15 @@ impl Service {
                 roots.join(", ")
             ),
         ))
+    }
+}
+
+impl crate::streams::Torrents for Service {
+    fn handle_for_stream(&self, id: TorrentId) -> Option<Option<engine::ManagedTorrentHandle>> {
+        Service::handle_for_stream(self, id)
+    }
+
+    fn is_connected(&self, patron: PatronId) -> bool {
+        self.connection(patron).is_some()
     }
 }

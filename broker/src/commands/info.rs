@@ -24,6 +24,7 @@ pub fn run(service: &Service, request: RequestId) -> Event {
                 .collect(),
             patrons,
             torrents,
+            streams: service.streams.count() as u32,
         },
     }
 }

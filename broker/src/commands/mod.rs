@@ -2,17 +2,21 @@
 //! [`serve`] queues that reply, so no path can drop a request or answer it twice.
 
 mod close;
+mod close_stream;
 mod create;
 mod files;
 mod follow;
 mod info;
 mod list;
 mod make;
+mod open_stream;
 mod pause;
 mod peers;
 mod recheck;
 mod resume;
 mod status;
+mod stream_at;
+mod stream_read;
 
 use crate::patron::{PatronConnection, PatronId};
 use crate::service::Service;
@@ -161,6 +165,10 @@ async fn answer(
         RequestBody::Recheck(torrent) => recheck::run(service, id, torrent).await,
         RequestBody::Files(files) => files::run(service, id, files).await,
         RequestBody::Peers(peers) => peers::run(service, id, peers).await,
+        RequestBody::OpenStream(open) => open_stream::run(service, patron, id, open).await,
+        RequestBody::StreamAt(at) => stream_at::run(service, patron, id, at).await,
+        RequestBody::StreamRead(read) => stream_read::run(service, patron, id, read).await,
+        RequestBody::CloseStream(stream) => close_stream::run(service, patron, id, stream),
         quick => answer_now(service, patron.id, id, quick),
     }
 }

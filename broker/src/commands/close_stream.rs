@@ -1,0 +1,17 @@
+//! `CloseStream`: a reader is done; its priority window leaves the engine.
+
+use crate::patron::PatronConnection;
+use crate::service::Service;
+use proto::{Event, RequestId, StreamId};
+
+pub fn run(
+    service: &Service,
+    patron: &PatronConnection,
+    request: RequestId,
+    stream: StreamId,
+) -> Event {
+    match service.streams.close(patron.id, stream) {
+        Ok(()) => Event::Ok { request },
+        Err(error) => Event::Error { request, error },
+    }
+}

@@ -1,0 +1,124 @@
+//! `OpenStream`: read one file of a torrent in order while it downloads (DESIGN §8).
+
+use crate::patron::PatronConnection;
+use crate::service::Service;
+use proto::{
+    ErrorKind, Event, FileEntry, FileIdentity, FileRef, OpenStream, ProtoError, RequestId,
+    StreamInfo,
+};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+pub async fn run(
+    service: &Arc<Service>,
+    patron: &PatronConnection,
+    request: RequestId,
+    open: OpenStream,
+) -> Event {
+    match open_stream(service, patron, open).await {
+        Ok(stream) => Event::StreamOpened { request, stream },
+        Err(error) => Event::Error { request, error },
+    }
+}
+
+async fn open_stream(
+    service: &Arc<Service>,
+    patron: &PatronConnection,
+    open: OpenStream,
+) -> Result<StreamInfo, ProtoError> {
+    service.streams.room_for_one_more(patron.id)?;
+    let (torrent, _) = service.running(open.torrent)?;
+    let Some(handle) = service.handle_for_stream(torrent).flatten() else {
+        return Err(ProtoError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "torrent {torrent} is being checked again (recheck): open the stream once it runs"
+            ),
+        ));
+    };
+    let files = service.engine.files(&handle)?;
+    let file = pick(&files, open.file.as_ref())?;
+    if !file.selected {
+        return Err(ProtoError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "file {} ({}) is not selected for download: select it first (`files {torrent} --only ...`)",
+                file.index, file.path
+            ),
+        ));
+    }
+    if open.position > file.size {
+        return Err(ProtoError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "offset {} is past the end of {} ({} bytes)",
+                open.position, file.path, file.size
+            ),
+        ));
+    }
+    let index = file.index as usize;
+    let local = service.engine.local_path(&handle, index).ok_or_else(|| {
+        ProtoError::new(
+            ErrorKind::Engine,
+            "the engine does not say where the file is",
+        )
+    })?;
+    let stream = service.engine.open_stream(&handle, index).await?;
+    let (id, verified_to) = service.streams.start(
+        service.clone(),
+        patron,
+        torrent,
+        handle,
+        stream,
+        open.position,
+    )?;
+    Ok(StreamInfo {
+        id,
+        torrent,
+        file,
+        local_path: local.to_string_lossy().into_owned(),
+        local_file: identity_of(&local),
+        verified_to,
+    })
+}
+
+/// The file a request names; the only one when it names none.
+fn pick(files: &[FileEntry], wanted: Option<&FileRef>) -> Result<FileEntry, ProtoError> {
+    let bad = |why: String| ProtoError::new(ErrorKind::BadRequest, why);
+    let found = match wanted {
+        None => match files {
+            [only] => Some(only),
+            _ => {
+                let some: Vec<String> = files
+                    .iter()
+                    .take(10)
+                    .map(|f| format!("{} {}", f.index, f.path))
+                    .collect();
+                let more = if files.len() > 10 { ", ..." } else { "" };
+                return Err(bad(format!(
+                    "the torrent has {} files: name one by index or path ({}{more})",
+                    files.len(),
+                    some.join(", ")
+                )));
+            }
+        },
+        Some(FileRef::Index(index)) => files.iter().find(|f| f.index == *index),
+        Some(FileRef::Path(path)) => files.iter().find(|f| f.path == *path),
+    };
+    found.cloned().ok_or_else(|| match wanted {
+        Some(FileRef::Index(index)) => bad(format!("the torrent has no file {index}")),
+        Some(FileRef::Path(path)) => bad(format!("the torrent has no file {path:?}")),
+        None => bad("the torrent has no files".into()),
+    })
+}
+
+/// The device and inode of the file at `path` (not through a symlink): what a reader
+/// checks before trusting what it opened there.
+fn identity_of(path: &Path) -> Option<FileIdentity> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    meta.is_file().then(|| FileIdentity {
+        device: meta.dev(),
+        inode: meta.ino(),
+    })
+}
