@@ -25,6 +25,10 @@ pub enum Error {
     /// Another request failed.
     #[error("{0}")]
     Request(ProtoError),
+    /// A stream ended before its file did: its torrent failed, was closed, or is being
+    /// checked again.
+    #[error("the stream ended: {0}")]
+    StreamEnded(ProtoError),
     /// The broker answered something that makes no sense for the request.
     #[error("protocol error: {0}")]
     Protocol(String),

@@ -38,11 +38,13 @@
 mod board;
 mod connect;
 mod error;
+mod stream;
 
 pub use board::{Board, BOARD_ENV};
 pub use connect::{state_dir, ConnectOptions, BROKER_PROGRAM_ENV};
 pub use error::{Error, Result};
 pub use proto;
+pub use stream::Stream;
 
 use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use ipc_channel::{IpcError, TryRecvError};
@@ -67,6 +69,8 @@ pub struct Patron {
     /// The broker's socket and the handshake timeout, to fetch its board.
     socket: std::path::PathBuf,
     timeout: Duration,
+    /// How this patron connected: a stream connects the same way.
+    options: ConnectOptions,
 }
 
 /// Sends a [`Patron`]'s requests from another thread — say one reading commands while the
@@ -159,6 +163,7 @@ impl Patron {
             patron_id: connected.patron_id,
             socket: connected.socket,
             timeout: options.timeout,
+            options: options.clone(),
         })
     }
 
@@ -384,6 +389,26 @@ impl Patron {
         }
     }
 
+    /// Reads `file` of `torrent` (the only file when `None`) in order while it downloads:
+    /// reads block until the bytes at the position are verified, and the pieces there are
+    /// fetched first. The stream has a connection of its own (see [`Stream`]); seek it to
+    /// start elsewhere, or open it at an offset with [`Stream::open`].
+    ///
+    /// ```no_run
+    /// use std::io::Read;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let patron = patron_client::Patron::connect()?;
+    /// let torrent = proto::TorrentRef::parse("3").expect("an id");
+    /// let mut video = patron.stream(torrent, None)?;
+    /// let mut head = vec![0; 1 << 20];
+    /// video.read_exact(&mut head)?; // the first MiB, as soon as it is verified
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stream(&self, torrent: TorrentRef, file: Option<proto::FileRef>) -> Result<Stream> {
+        Stream::open(&self.options, torrent, file, 0)
+    }
+
     /// Asks the broker to stop gracefully. Returns once it has acknowledged.
     pub fn stop_broker(&mut self) -> Result<()> {
         match self.request(RequestBody::StopBroker)? {
@@ -474,7 +499,7 @@ fn unexpected(event: Event) -> Error {
 /// The error a request failure carries, if any (for callers sorting errors by kind).
 pub fn proto_error(error: &Error) -> Option<&ProtoError> {
     match error {
-        Error::StartFailed(e) | Error::Request(e) => Some(e),
+        Error::StartFailed(e) | Error::Request(e) | Error::StreamEnded(e) => Some(e),
         _ => None,
     }
 }

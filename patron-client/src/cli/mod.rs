@@ -10,6 +10,7 @@ macro_rules! out {
 
 mod add;
 mod broker;
+mod cat;
 mod close;
 mod completions;
 mod files;
@@ -38,7 +39,8 @@ Exit codes:
   2  usage error
   3  the torrent could not be started (reason on stderr)
   4  the torrent was already downloading (this patron joined it)
-  5  broker unreachable: none runs and none could be started, it refused us, or it stopped";
+  5  broker unreachable: none runs and none could be started, it refused us, or it stopped
+  6  cat: the stream ended before the file did (its torrent failed, was closed or rechecked)";
 
 /// Talk to the torrent-broker of a state directory (starting one if none runs).
 #[derive(Debug, Parser)]
@@ -78,6 +80,8 @@ enum Command {
     Files(files::Args),
     /// List a torrent's peers; --add dials more
     Peers(peers::Args),
+    /// Write one file of a torrent to stdout, in order, while it downloads
+    Cat(cat::Args),
     /// Make a .torrent from a file or folder (and seed it with --seed)
     Make(make::Args),
     /// Start, stop or query the broker
@@ -98,6 +102,7 @@ pub enum Exit {
     StartFailed = 3,
     AlreadyDownloading = 4,
     Unreachable = 5,
+    StreamEnded = 6,
 }
 
 impl Exit {
@@ -108,6 +113,7 @@ impl Exit {
                 Exit::Unreachable
             }
             Error::StartFailed(_) => Exit::StartFailed,
+            Error::StreamEnded(_) => Exit::StreamEnded,
             Error::Request(_) | Error::Protocol(_) | Error::Io { .. } => Exit::Failure,
         }
     }
@@ -167,6 +173,7 @@ pub fn main() -> ExitCode {
         Command::Recheck(args) => recheck::run(&ctx, args),
         Command::Files(args) => files::run(&ctx, args),
         Command::Peers(args) => peers::run(&ctx, args),
+        Command::Cat(args) => cat::run(&ctx, args),
         Command::Make(args) => make::run(&ctx, args),
         Command::Broker(args) => broker::run(&ctx, args),
         Command::Completions(args) => completions::run(args),

@@ -20,10 +20,10 @@
 use super::output::{self, info_json, made_json, status_json, summary_json};
 use super::{torrent_ref, Context, Exit};
 use patron_client::proto::{
-    CloseTorrent, CreateNewTorrent, ErrorKind, Event, FilesRequest, MakeTorrent, PeersRequest,
-    ProtoError, RequestBody, RequestId, TorrentRef, TorrentSource,
+    CloseTorrent, CreateNewTorrent, ErrorKind, Event, FileRef, FilesRequest, MakeTorrent,
+    PeersRequest, ProtoError, RequestBody, RequestId, TorrentRef, TorrentSource,
 };
-use patron_client::{Board, Error, Requester};
+use patron_client::{Board, ConnectOptions, Error, Requester, Stream};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -100,6 +100,16 @@ enum Command {
         #[serde(default)]
         add: Vec<String>,
     },
+    /// Write one file of a torrent, in order while it downloads, to `to`: a FIFO, or a new
+    /// file (never one that exists). Its reply comes when the file is written.
+    Cat {
+        torrent: String,
+        /// Index or path; the only file when left out.
+        file: Option<Value>,
+        #[serde(default)]
+        offset: u64,
+        to: PathBuf,
+    },
 }
 
 /// A parsed input line.
@@ -145,7 +155,8 @@ pub fn run(ctx: &Context) -> Result<Exit, Error> {
     let board: SharedBoard = patron.board().ok().map(|b| Arc::new(Mutex::new(b)));
     let reader = {
         let (requester, pending, board) = (patron.requester(), pending.clone(), board.clone());
-        std::thread::spawn(move || read_commands(&requester, &pending, &board))
+        let connect = ctx.connect.clone();
+        std::thread::spawn(move || read_commands(&requester, &pending, &board, &connect))
     };
     let exit = loop {
         let event = match patron.next_event() {
@@ -217,7 +228,13 @@ fn answer_from_board(board: &SharedBoard, BoardRead { request, read }: BoardRead
 }
 
 /// The reader thread: one command per line until EOF or `shutdown`, then the barrier.
-fn read_commands(requester: &Requester, pending: &PendingMap, board: &SharedBoard) {
+fn read_commands(
+    requester: &Requester,
+    pending: &PendingMap,
+    board: &SharedBoard,
+    connect: &ConnectOptions,
+) {
+    let cats = Cats::default();
     let mut number = 0u64;
     let mut finish_request = Value::Null;
     for line in std::io::stdin().lock().lines() {
@@ -238,6 +255,15 @@ fn read_commands(requester: &Requester, pending: &PendingMap, board: &SharedBoar
             }
         };
         let command = match line {
+            Line::Command(Command::Cat {
+                torrent,
+                file,
+                offset,
+                to,
+            }) => {
+                cats.start(connect, request, torrent, file, offset, to);
+                continue;
+            }
             Line::Command(command) => command,
             Line::Shutdown => {
                 finish_request = request;
@@ -277,6 +303,8 @@ fn read_commands(requester: &Requester, pending: &PendingMap, board: &SharedBoar
             out!("{}", error_json(&error, request));
         }
     }
+    // Every `cat` still writing owes its reply too.
+    cats.wait_all();
     // EOF or shutdown: a cheap request whose reply marks the end of all earlier ones.
     let barrier = Pending {
         request: finish_request,
@@ -287,6 +315,91 @@ fn read_commands(requester: &Requester, pending: &PendingMap, board: &SharedBoar
         // No broker to answer: the event thread sees the loss and finishes itself.
         eprintln!("patron-client: {error}");
     }
+}
+
+/// The `cat` commands still writing, each on a thread and a connection of its own.
+#[derive(Default)]
+struct Cats {
+    running: Arc<(Mutex<usize>, std::sync::Condvar)>,
+}
+
+impl Cats {
+    fn start(
+        &self,
+        connect: &ConnectOptions,
+        request: Value,
+        torrent: String,
+        file: Option<Value>,
+        offset: u64,
+        to: PathBuf,
+    ) {
+        *lock(&self.running.0) += 1;
+        let running = self.running.clone();
+        let connect = connect.clone();
+        std::thread::spawn(move || {
+            let mut reply = match cat_to(&connect, &torrent, file, offset, &to) {
+                Ok(bytes) => {
+                    json!({"event": "cat-done", "bytes": bytes, "to": to.display().to_string()})
+                }
+                Err(error) => output::error_json(&error),
+            };
+            reply["request"] = request;
+            out!("{reply}");
+            *lock(&running.0) -= 1;
+            running.1.notify_all();
+        });
+    }
+
+    fn wait_all(&self) {
+        let mut running = lock(&self.running.0);
+        while *running > 0 {
+            running = self
+                .running
+                .1
+                .wait(running)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Streams a file of a torrent to `to` (a FIFO, or a new file); returns the bytes written.
+fn cat_to(
+    connect: &ConnectOptions,
+    torrent: &str,
+    file: Option<Value>,
+    offset: u64,
+    to: &Path,
+) -> Result<u64, Error> {
+    let bad = |message: String| Error::Request(ProtoError::new(ErrorKind::BadRequest, message));
+    let file = match file {
+        None => None,
+        Some(Value::Number(n)) => Some(FileRef::Index(
+            n.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| bad(format!("{n} is not a file index")))?,
+        )),
+        Some(Value::String(s)) => Some(super::cat::file_ref(&s)),
+        Some(other) => return Err(bad(format!("file must be an index or a path, not {other}"))),
+    };
+    let torrent = torrent_ref(torrent).map_err(bad)?;
+    let mut output = open_target(to)?;
+    let mut stream = Stream::open(connect, torrent, file, offset)?;
+    super::cat::copy(&mut stream, &mut output)
+}
+
+/// A FIFO as it is; anything else only when it does not exist yet.
+fn open_target(to: &Path) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_fifo = std::fs::metadata(to).is_ok_and(|m| m.file_type().is_fifo());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if !is_fifo {
+        options.create_new(true);
+    }
+    options.open(to).map_err(|source| Error::Io {
+        context: format!("cannot write {}", to.display()),
+        source,
+    })
 }
 
 /// Sends while holding the map, so the reply cannot be seen before it is recorded.
@@ -438,6 +551,8 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             }),
             None,
         ),
+        // Run by the reader itself (`Cats`), never sent as one request.
+        Command::Cat { .. } => return Err("cat is not a single request".into()),
         Command::Peers { torrent, add } => (
             RequestBody::Peers(PeersRequest {
                 torrent: torrent_ref(&torrent)?,
@@ -556,6 +671,14 @@ fn event_json(event: Event) -> Value {
             "dialled": dialled,
             "peers": peers.iter().map(super::peers::peer_json).collect::<Vec<_>>(),
         }),
+        // Streams run on connections of their own (`cat`), never on this one.
+        Event::StreamOpened { .. }
+        | Event::StreamVerified { .. }
+        | Event::StreamProgress { .. }
+        | Event::StreamData { .. }
+        | Event::StreamEnded { .. } => {
+            json!({"event": "error", "kind": "protocol", "message": "a stream event on the pipe's connection"})
+        }
         // The library unpacks these before anyone sees them.
         Event::Large(_) => {
             json!({"event": "error", "kind": "protocol", "message": "an unpacked large event"})
