@@ -110,9 +110,7 @@ impl DiskBackedBitV {
                     let file = match held.take() {
                         Some(file) => file,
                         None => match spawner.block_in_place_with_semaphore(&open).await {
-                            Ok(file)
-                                if file.metadata().is_ok_and(|m| identity(&m) == loaded) =>
-                            {
+                            Ok(file) if file.metadata().is_ok_and(|m| identity(&m) == loaded) => {
                                 file
                             }
                             Ok(_) => {

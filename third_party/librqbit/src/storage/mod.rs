@@ -180,11 +180,24 @@ pub trait TorrentStorage: Send + Sync {
     fn on_piece_completed(&self, _piece_index: ValidPieceIndex) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// torrent-patron patch: device and inode of the file this storage writes for
+    /// `file_id`, read off its open descriptor (`None` where it is no local file). A reader
+    /// that opens the file by path checks it got this one, not whatever a symlink planted
+    /// on the way leads to.
+    fn file_identity(&self, _file_id: usize) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 impl<U: TorrentStorage + ?Sized> TorrentStorage for Box<U> {
     fn pread_exact(&self, file_id: usize, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
         (**self).pread_exact(file_id, offset, buf)
+    }
+
+    // torrent-patron patch: see the trait.
+    fn file_identity(&self, file_id: usize) -> Option<(u64, u64)> {
+        (**self).file_identity(file_id)
     }
 
     fn pwrite_all(&self, file_id: usize, offset: u64, buf: &[u8]) -> anyhow::Result<()> {

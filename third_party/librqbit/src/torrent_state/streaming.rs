@@ -405,11 +405,27 @@ impl FileStream {
         self.file_len
     }
 
+    /// torrent-patron patch: device and inode of the file the engine writes for this
+    /// stream, read off its own descriptor.
+    pub fn file_identity(&self) -> Option<(u64, u64)> {
+        self.torrent
+            .with_storage_and_file(
+                self.file_id,
+                |files, _| files.file_identity(self.file_id),
+                &self.metadata,
+            )
+            .ok()
+            .flatten()
+    }
+
     /// torrent-patron patch: moves the stream (and its priority window) to `position`,
     /// without reading. A reader elsewhere (another process reading the file itself) tells
     /// the engine where it reads through this.
     pub fn seek_to(&mut self, position: u64) -> anyhow::Result<()> {
-        anyhow::ensure!(position <= self.file_len, "position past the end of the file");
+        anyhow::ensure!(
+            position <= self.file_len,
+            "position past the end of the file"
+        );
         self.set_position(position);
         Ok(())
     }
@@ -432,7 +448,8 @@ impl FileStream {
             let mut piece = first.id.get();
             // Each verified piece extends the run by what it holds of this file.
             while end < self.file_len && have.get(piece as usize).is_some_and(|b| *b) {
-                let piece_end_abs = (u64::from(piece) + 1) * u64::from(lengths.default_piece_length());
+                let piece_end_abs =
+                    (u64::from(piece) + 1) * u64::from(lengths.default_piece_length());
                 end = piece_end_abs.min(file_end) - self.file_torrent_abs_offset;
                 piece += 1;
             }

@@ -58,6 +58,15 @@ impl FilesystemStorage {
 }
 
 impl TorrentStorage for FilesystemStorage {
+    // torrent-patron patch: see the trait.
+    #[cfg(unix)]
+    fn file_identity(&self, file_id: usize) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let file = self.opened_files.get(file_id)?.lock_read().ok()?;
+        let meta = file.metadata().ok()?;
+        Some((meta.dev(), meta.ino()))
+    }
+
     fn pread_exact(&self, file_id: usize, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
         self.opened_files
             .get(file_id)
