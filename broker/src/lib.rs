@@ -21,7 +21,8 @@
 //!   see `third_party/README.md`; its bitfields in [`fast_resume`]),
 //!   [`registry`] (which torrents run and who holds them), [`store`] (crash-safe records),
 //!   [`roots`] (where a torrent may write), [`board`] (the shared-memory status board) and
-//!   [`fanout`] (status → the board and holders);
+//!   [`fanout`] (status → the board and holders), and [`streams`] (readers of a file while
+//!   it downloads: each keeps the engine's priority window where its reader is);
 //! - [`broker`] wires them together; [`lock`] is the single-client rule (an `flock` the
 //!   kernel releases when we die); [`shutdown`]: SIGTERM/SIGINT or a stop request.
 

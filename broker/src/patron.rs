@@ -321,6 +321,13 @@ impl Outbox {
         queue.items.len() + usize::from(queue.writing.is_some())
     }
 
+    /// Bytes of events waiting for this patron: queued, and in shared memory regions it has
+    /// not read yet.
+    pub fn pending_bytes(&self) -> usize {
+        let queue = self.lock();
+        queue.bytes + queue.region_bytes
+    }
+
     /// Queues a last event and lets nothing more in; the socket stays open until what is
     /// queued is written (see [`say_goodbye`]).
     fn close_after(&self, last: Event) {

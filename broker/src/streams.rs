@@ -28,6 +28,9 @@ pub const MAX_STREAMS_PER_PATRON: usize = 16;
 /// Streams open at once, all patrons together: the engine walks every window at every
 /// piece it hands a peer.
 pub const MAX_STREAMS: usize = 256;
+/// Bytes of replies a patron may leave unread and still be sent stream bytes
+/// ([`proto::StreamRead`]): two reads' worth.
+pub const MAX_UNREAD_STREAM_BYTES: usize = 2 * proto::MAX_STREAM_READ as usize;
 /// How often a stream's task looks whether its torrent failed, went or was re-added.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 
@@ -95,6 +98,24 @@ fn lock(open: &OpenStreams) -> MutexGuard<'_, HashMap<StreamId, OpenStream>> {
     open.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Refuses one more stream for `patron` past the limits (`open` locked).
+fn room_in(open: &HashMap<StreamId, OpenStream>, patron: PatronId) -> Result<(), ProtoError> {
+    let mine = open.values().filter(|s| s.patron == patron).count();
+    if mine >= MAX_STREAMS_PER_PATRON {
+        return Err(ProtoError::new(
+            ErrorKind::LimitReached,
+            format!("a patron may have {MAX_STREAMS_PER_PATRON} streams open at once"),
+        ));
+    }
+    if open.len() >= MAX_STREAMS {
+        return Err(ProtoError::new(
+            ErrorKind::LimitReached,
+            format!("the broker has {MAX_STREAMS} streams open, its most"),
+        ));
+    }
+    Ok(())
+}
+
 impl Streams {
     fn open(&self) -> MutexGuard<'_, HashMap<StreamId, OpenStream>> {
         lock(&self.open)
@@ -107,21 +128,7 @@ impl Streams {
 
     /// Refuses one more stream for `patron` past the limits.
     pub fn room_for_one_more(&self, patron: PatronId) -> Result<(), ProtoError> {
-        let open = self.open();
-        let mine = open.values().filter(|s| s.patron == patron).count();
-        if mine >= MAX_STREAMS_PER_PATRON {
-            return Err(ProtoError::new(
-                ErrorKind::LimitReached,
-                format!("a patron may have {MAX_STREAMS_PER_PATRON} streams open at once"),
-            ));
-        }
-        if open.len() >= MAX_STREAMS {
-            return Err(ProtoError::new(
-                ErrorKind::LimitReached,
-                format!("the broker has {MAX_STREAMS} streams open, its most"),
-            ));
-        }
-        Ok(())
+        room_in(&self.open(), patron)
     }
 
     /// Starts the task that keeps `stream` for `patron`, the reader being at `position`.
@@ -151,6 +158,8 @@ impl Streams {
             if !torrents.is_connected(patron.id) {
                 return Err(ProtoError::new(ErrorKind::BadRequest, "the patron left"));
             }
+            // Again under the lock: other opens finished while this one waited on the engine.
+            room_in(&open, patron.id)?;
             open.insert(
                 id,
                 OpenStream {
@@ -371,13 +380,16 @@ impl StreamTask {
                     }
                     stalled = false;
                     // A piece verified while stalled wakes no one: look again.
-                    self.more_verified(&mut reader);
+                    if !at_end {
+                        self.more_verified(&mut reader);
+                    }
                 }
             }
         };
-        lock(&self.open).remove(&self.id);
         if let Some(error) = why_ended {
             tracing::info!(stream = %self.id, torrent = %self.torrent, "stream ended: {error}");
+            // Said before the stream leaves the table: a request about it answered "no such
+            // stream" then reaches the reader after the reason.
             self.patron.send(Event::StreamEnded {
                 stream: self.id,
                 error,
@@ -385,6 +397,7 @@ impl StreamTask {
         } else {
             tracing::info!(stream = %self.id, torrent = %self.torrent, "stream closed");
         }
+        lock(&self.open).remove(&self.id);
     }
 
     /// The piece at the window's start was verified: the window moves on, and the reader

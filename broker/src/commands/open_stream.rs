@@ -6,8 +6,6 @@ use proto::{
     ErrorKind, Event, FileEntry, FileIdentity, FileRef, OpenStream, ProtoError, RequestId,
     StreamInfo,
 };
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::Arc;
 
 pub async fn run(
@@ -29,13 +27,14 @@ async fn open_stream(
 ) -> Result<StreamInfo, ProtoError> {
     service.streams.room_for_one_more(patron.id)?;
     let (torrent, _) = service.running(open.torrent)?;
-    let Some(handle) = service.handle_for_stream(torrent).flatten() else {
-        return Err(ProtoError::new(
-            ErrorKind::BadRequest,
-            format!(
-                "torrent {torrent} is being checked again (recheck): open the stream once it runs"
-            ),
-        ));
+    // A torrent being added again (a recheck) is waited for, as the engine waits out a
+    // first check of its data.
+    let handle = loop {
+        match service.handle_for_stream(torrent) {
+            Some(Some(handle)) => break handle,
+            Some(None) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            None => return Err(crate::service::gone(torrent)),
+        }
     };
     let files = service.engine.files(&handle)?;
     let file = pick(&files, open.file.as_ref())?;
@@ -65,6 +64,11 @@ async fn open_stream(
         )
     })?;
     let stream = service.engine.open_stream(&handle, index).await?;
+    // Read off the engine's own descriptor: a symlink planted on the path since the engine
+    // opened the file leads a reader elsewhere, and the reader must find out.
+    let local_file = stream
+        .file_identity()
+        .map(|(device, inode)| FileIdentity { device, inode });
     let (id, verified_to) = service.streams.start(
         service.clone(),
         patron,
@@ -78,7 +82,7 @@ async fn open_stream(
         torrent,
         file,
         local_path: local.to_string_lossy().into_owned(),
-        local_file: identity_of(&local),
+        local_file,
         verified_to,
     })
 }
@@ -110,15 +114,5 @@ fn pick(files: &[FileEntry], wanted: Option<&FileRef>) -> Result<FileEntry, Prot
         Some(FileRef::Index(index)) => bad(format!("the torrent has no file {index}")),
         Some(FileRef::Path(path)) => bad(format!("the torrent has no file {path:?}")),
         None => bad("the torrent has no files".into()),
-    })
-}
-
-/// The device and inode of the file at `path` (not through a symlink): what a reader
-/// checks before trusting what it opened there.
-fn identity_of(path: &Path) -> Option<FileIdentity> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    meta.is_file().then(|| FileIdentity {
-        device: meta.dev(),
-        inode: meta.ino(),
     })
 }

@@ -3,7 +3,8 @@
 
 use crate::patron::PatronConnection;
 use crate::service::Service;
-use proto::{Event, RequestId, StreamRead};
+use crate::streams::MAX_UNREAD_STREAM_BYTES;
+use proto::{ErrorKind, Event, ProtoError, RequestId, StreamRead};
 
 pub async fn run(
     service: &Service,
@@ -16,11 +17,20 @@ pub async fn run(
         position,
         length,
     } = read;
-    match service
-        .streams
-        .read(patron.id, stream, position, length)
-        .await
-    {
+    // A reader reads each reply before asking again; one that asks without reading would
+    // have the broker copy a MiB per 30-byte request into its queue.
+    let unread = patron.outbox.pending_bytes();
+    if unread > MAX_UNREAD_STREAM_BYTES {
+        let error = ProtoError::new(
+            ErrorKind::LimitReached,
+            format!(
+                "{unread} bytes of replies wait for this patron: read them before asking for more"
+            ),
+        );
+        return Event::Error { request, error };
+    }
+    let read = service.streams.read(patron.id, stream, position, length);
+    match read.await {
         Ok(bytes) => Event::StreamData {
             request,
             stream,
