@@ -7,6 +7,9 @@
 //! TIPC requests and wait for their replies. Status updates for the torrents this patron
 //! holds arrive in between; [`Patron::next_event`] hands them out in order.
 //!
+//! [`Patron::stream`] reads one file of a torrent in order while it downloads ([`Stream`]:
+//! `Read + Seek`), from the file itself, with the pieces at its position fetched first.
+//!
 //! A patron is a plain blocking object: no async runtime is needed. Dropping it disconnects,
 //! and the broker releases whatever it held (ephemeral torrents close; others keep running).
 //!

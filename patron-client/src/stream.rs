@@ -12,6 +12,7 @@
 //! over the channel instead, a MiB at a time.
 
 use crate::{lost, unpack, ConnectOptions, Error, Patron, Result};
+use ipc_channel::TryRecvError;
 use proto::{
     ErrorKind, Event, FileRef, OpenStream, ProtoError, RequestBody, StreamAt, StreamInfo,
     StreamRead, TorrentRef,
@@ -19,6 +20,7 @@ use proto::{
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::time::{Duration, Instant};
 
 /// One file of a torrent, read in order as its pieces are verified: [`Read`] blocks until
 /// the bytes at the position are verified, and [`Seek`] moves the position (and, at the
@@ -31,6 +33,8 @@ pub struct Stream {
     position: u64,
     /// Bytes `verified.0..verified.1` of the file are verified (the broker said so).
     verified: (u64, u64),
+    /// The position last said to the broker ("I read here").
+    asked: Option<u64>,
 }
 
 enum Source {
@@ -78,6 +82,7 @@ impl Stream {
             info,
             source,
             position,
+            asked: None,
         })
     }
 
@@ -120,57 +125,65 @@ impl Stream {
     /// there are (0 at the end of the file).
     pub fn wait_readable(&mut self) -> Result<u64> {
         loop {
-            let len = self.len();
-            if self.position >= len {
-                return Ok(0);
+            if let Some(ready) = self.wait_readable_for(Duration::from_secs(3600))? {
+                return Ok(ready);
             }
-            let (from, to) = self.verified;
-            if from <= self.position && self.position < to {
-                return Ok(to - self.position);
-            }
-            self.ask()?;
         }
     }
 
-    /// "I read here": the broker moves the window here, and says what is verified from
-    /// here, now or (when nothing is yet) once something is.
-    fn ask(&mut self) -> Result<()> {
-        let stream = self.info.id;
-        let position = self.position;
-        let id = self
-            .patron
-            .send(RequestBody::StreamAt(StreamAt { stream, position }))?;
-        let mut replied = false;
+    /// Like [`Stream::wait_readable`], but gives up after `limit` with `Ok(None)` (say, to
+    /// look whether whoever consumes the bytes is still there). Nothing is lost by giving
+    /// up: the next call goes on waiting for the same bytes.
+    pub fn wait_readable_for(&mut self, limit: Duration) -> Result<Option<u64>> {
+        let deadline = Instant::now() + limit;
         loop {
-            match self.next_event()? {
-                Event::StreamVerified {
-                    request,
-                    position: p,
-                    verified_to,
-                    ..
-                } if request == id => {
-                    self.learn(p, verified_to);
-                    replied = true;
-                }
-                Event::StreamProgress {
-                    stream: s,
-                    position: p,
-                    verified_to,
-                } if s == stream => self.learn(p, verified_to),
-                Event::StreamEnded { stream: s, error } if s == stream => {
-                    return Err(Error::StreamEnded(error))
-                }
-                Event::Error { request, error } if request == id => {
-                    return Err(Error::Request(error))
-                }
-                // Status of torrents this connection does not hold, replies to nothing.
-                _ => {}
+            let len = self.len();
+            if self.position >= len {
+                return Ok(Some(0));
             }
             let (from, to) = self.verified;
-            if replied && from <= position && position < to {
-                return Ok(());
+            if from <= self.position && self.position < to {
+                return Ok(Some(to - self.position));
+            }
+            // "I read here", unless it was said for this position already: its reply, or
+            // the progress owed after it, is still to come.
+            if self.asked != Some(self.position) {
+                let (stream, position) = (self.info.id, self.position);
+                self.patron
+                    .send(RequestBody::StreamAt(StreamAt { stream, position }))?;
+                self.asked = Some(position);
+            }
+            match self.next_event_until(deadline)? {
+                Some(event) => self.take(event)?,
+                None => return Ok(None),
             }
         }
+    }
+
+    /// Learns what an event says of this stream. Every request on this connection is the
+    /// stream's own, so any error ends it.
+    fn take(&mut self, event: Event) -> Result<()> {
+        let stream = self.info.id;
+        match event {
+            Event::StreamVerified {
+                stream: s,
+                position,
+                verified_to,
+                ..
+            }
+            | Event::StreamProgress {
+                stream: s,
+                position,
+                verified_to,
+            } if s == stream => self.learn(position, verified_to),
+            Event::StreamEnded { stream: s, error } if s == stream => {
+                return Err(Error::StreamEnded(error))
+            }
+            Event::Error { error, .. } => return Err(Error::Request(error)),
+            // Replies to CloseStream, status of torrents this connection does not hold.
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Bytes `position..verified_to` are verified: kept when they cover the position.
@@ -187,6 +200,20 @@ impl Stream {
         let event = self.patron.events.recv().map_err(lost).and_then(unpack)?;
         crate::check_fatal(&event)?;
         Ok(event)
+    }
+
+    fn next_event_until(&mut self, deadline: Instant) -> Result<Option<Event>> {
+        if let Some(event) = self.patron.backlog.pop_front() {
+            return Ok(Some(event));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = match self.patron.events.try_recv_timeout(left) {
+            Ok(event) => unpack(event)?,
+            Err(TryRecvError::Empty) => return Ok(None),
+            Err(TryRecvError::IpcError(e)) => return Err(lost(e)),
+        };
+        crate::check_fatal(&event)?;
+        Ok(Some(event))
     }
 
     /// Reads from the channel: serves from what was read ahead, else asks for up to a MiB.
@@ -210,18 +237,7 @@ impl Stream {
         let data = loop {
             match self.next_event()? {
                 Event::StreamData { request, bytes, .. } if request == id => break bytes,
-                Event::Error { request, error } if request == id => {
-                    return Err(Error::Request(error))
-                }
-                Event::StreamProgress {
-                    stream: s,
-                    position: p,
-                    verified_to,
-                } if s == stream => self.learn(p, verified_to),
-                Event::StreamEnded { stream: s, error } if s == stream => {
-                    return Err(Error::StreamEnded(error))
-                }
-                _ => {}
+                other => self.take(other)?,
             }
         };
         if data.is_empty() {
@@ -287,8 +303,9 @@ impl Seek for Stream {
             )
         })?;
         // The window moves at the next read, if it must: a seek inside what is verified
-        // costs no message.
+        // costs no message. Whatever was said before, a position sought is said afresh.
         self.position = target;
+        self.asked = None;
         Ok(target)
     }
 }

@@ -5,17 +5,21 @@
 //! downloads. A consumer that goes (`| head`) ends it quietly with exit 0.
 
 use super::{torrent_ref, Context, Exit};
-use patron_client::proto::{FileRef, TorrentRef};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use patron_client::proto::{ErrorKind as ProtoKind, FileRef, ProtoError, TorrentRef};
 use patron_client::{Error, Stream};
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Torrent id or info hash
     #[arg(value_name = "ID|INFOHASH", value_parser = torrent_ref)]
     torrent: TorrentRef,
-    /// The file: its index or its path in the torrent (see `files`); may be left out when
-    /// the torrent has one file
+    /// The file: its index or its path in the torrent (see `files`; `./5` is a file whose
+    /// path is `5`); may be left out when the torrent has one file
     #[arg(value_name = "FILE")]
     file: Option<String>,
     /// Start this many bytes into the file (K, M, G suffixes accepted)
@@ -35,12 +39,16 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     } else if let Some(why) = stream.over_channel() {
         eprintln!("patron-client: {why}: the bytes come over the broker's channel instead");
     }
-    copy(&mut stream, &mut std::io::stdout().lock())?;
+    copy(&mut stream, &mut std::io::stdout().lock(), None)?;
     Ok(Exit::Success)
 }
 
-/// A file named as users type it: digits are an index, anything else a path.
+/// A file named as users type it: digits are an index, anything else a path (`./5` is the
+/// file whose path is `5`).
 pub fn file_ref(s: &str) -> FileRef {
+    if let Some(path) = s.strip_prefix("./") {
+        return FileRef::Path(path.to_owned());
+    }
     match s.parse::<u32>() {
         Ok(index) => FileRef::Index(index),
         Err(_) => FileRef::Path(s.to_owned()),
@@ -48,18 +56,42 @@ pub fn file_ref(s: &str) -> FileRef {
 }
 
 /// Copies the stream to `out` until the file ends; returns the bytes written. A consumer
-/// that goes (broken pipe) ends the copy quietly, as a success.
-pub fn copy(stream: &mut Stream, out: &mut impl Write) -> Result<u64, Error> {
+/// that goes (broken pipe) ends the copy quietly, as a success, even while the stream waits
+/// for bytes: `out` is looked at every quarter second then. So is `cancel`, when given.
+pub fn copy(
+    stream: &mut Stream,
+    out: &mut (impl Write + AsFd),
+    cancel: Option<&AtomicBool>,
+) -> Result<u64, Error> {
     let mut buf = vec![0u8; 1 << 20];
     let mut written = 0u64;
     loop {
+        match stream.wait_readable_for(LOOK_EVERY) {
+            Ok(Some(0)) => break,
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if consumer_gone(out.as_fd()) {
+                    return Ok(written);
+                }
+                if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    return Err(Error::Request(ProtoError::new(
+                        ProtoKind::ShuttingDown,
+                        format!("cancelled after {written} bytes: the session shut down"),
+                    )));
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         let n = match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(stream_error(e)),
         };
-        match out.write_all(&buf[..n]) {
+        // Flushed at once: each byte goes out as soon as it is verified, not when a later
+        // piece fills a buffer.
+        match out.write_all(&buf[..n]).and_then(|()| out.flush()) {
             Ok(()) => written += n as u64,
             Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(written),
             Err(source) => {
@@ -70,12 +102,21 @@ pub fn copy(stream: &mut Stream, out: &mut impl Write) -> Result<u64, Error> {
             }
         }
     }
-    match out.flush() {
-        Err(e) if e.kind() != ErrorKind::BrokenPipe => Err(Error::Io {
-            context: "cannot write the file out".into(),
-            source: e,
-        }),
-        _ => Ok(written),
+    Ok(written)
+}
+
+/// How often a waiting copy looks whether its consumer went.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+/// Whether nobody reads `fd` any more (the read end of its pipe or FIFO closed, the
+/// terminal hung up). A regular file never goes.
+fn consumer_gone(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)),
+        Err(_) => false,
     }
 }
 

@@ -28,8 +28,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::BufRead;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// One input line, after its `request` has been taken out.
 #[derive(Debug, Deserialize)]
@@ -235,6 +238,7 @@ fn read_commands(
     connect: &ConnectOptions,
 ) {
     let cats = Cats::default();
+    let mut shutdown_asked = false;
     let mut number = 0u64;
     let mut finish_request = Value::Null;
     for line in std::io::stdin().lock().lines() {
@@ -267,6 +271,7 @@ fn read_commands(
             Line::Command(command) => command,
             Line::Shutdown => {
                 finish_request = request;
+                shutdown_asked = true;
                 break;
             }
         };
@@ -303,8 +308,8 @@ fn read_commands(
             out!("{}", error_json(&error, request));
         }
     }
-    // Every `cat` still writing owes its reply too.
-    cats.wait_all();
+    // Every `cat` still writing owes its reply too; `shutdown` stops them first.
+    cats.wait_all(shutdown_asked);
     // EOF or shutdown: a cheap request whose reply marks the end of all earlier ones.
     let barrier = Pending {
         request: finish_request,
@@ -321,7 +326,14 @@ fn read_commands(
 #[derive(Default)]
 struct Cats {
     running: Arc<(Mutex<usize>, std::sync::Condvar)>,
+    /// Set by `shutdown`: running cats stop and say so.
+    cancel: Arc<AtomicBool>,
 }
+
+/// `cat`s one pipe session may run at once.
+const MAX_CATS: usize = 16;
+/// How long a `cat` waits for someone to open its FIFO for reading.
+const FIFO_OPEN_LIMIT: Duration = Duration::from_secs(30);
 
 impl Cats {
     fn start(
@@ -333,11 +345,22 @@ impl Cats {
         offset: u64,
         to: PathBuf,
     ) {
-        *lock(&self.running.0) += 1;
-        let running = self.running.clone();
+        {
+            let mut running = lock(&self.running.0);
+            if *running >= MAX_CATS {
+                let error = Error::Request(ProtoError::new(
+                    ErrorKind::LimitReached,
+                    format!("a pipe session runs at most {MAX_CATS} cats at once"),
+                ));
+                out!("{}", error_json(&error, request));
+                return;
+            }
+            *running += 1;
+        }
+        let (running, cancel) = (self.running.clone(), self.cancel.clone());
         let connect = connect.clone();
         std::thread::spawn(move || {
-            let mut reply = match cat_to(&connect, &torrent, file, offset, &to) {
+            let mut reply = match cat_to(&connect, &torrent, file, offset, &to, &cancel) {
                 Ok(bytes) => {
                     json!({"event": "cat-done", "bytes": bytes, "to": to.display().to_string()})
                 }
@@ -350,7 +373,11 @@ impl Cats {
         });
     }
 
-    fn wait_all(&self) {
+    /// Waits for every cat to end; with `cancel`, has them stop first.
+    fn wait_all(&self, cancel: bool) {
+        if cancel {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
         let mut running = lock(&self.running.0);
         while *running > 0 {
             running = self
@@ -369,6 +396,7 @@ fn cat_to(
     file: Option<Value>,
     offset: u64,
     to: &Path,
+    cancel: &AtomicBool,
 ) -> Result<u64, Error> {
     let bad = |message: String| Error::Request(ProtoError::new(ErrorKind::BadRequest, message));
     let file = match file {
@@ -382,24 +410,74 @@ fn cat_to(
         Some(other) => return Err(bad(format!("file must be an index or a path, not {other}"))),
     };
     let torrent = torrent_ref(torrent).map_err(bad)?;
-    let mut output = open_target(to)?;
+    let mut output = open_target(to, cancel)?;
     let mut stream = Stream::open(connect, torrent, file, offset)?;
-    super::cat::copy(&mut stream, &mut output)
+    super::cat::copy(&mut stream, &mut output, Some(cancel))
 }
 
-/// A FIFO as it is; anything else only when it does not exist yet.
-fn open_target(to: &Path) -> Result<std::fs::File, Error> {
-    use std::os::unix::fs::FileTypeExt;
-    let is_fifo = std::fs::metadata(to).is_ok_and(|m| m.file_type().is_fifo());
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true);
-    if !is_fifo {
-        options.create_new(true);
-    }
-    options.open(to).map_err(|source| Error::Io {
+/// A FIFO as it is (once a reader opens it, within [`FIFO_OPEN_LIMIT`]), or a new file;
+/// never anything else, and never through a symlink.
+fn open_target(to: &Path, cancel: &AtomicBool) -> Result<std::fs::File, Error> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let io = |source: std::io::Error| Error::Io {
         context: format!("cannot write {}", to.display()),
         source,
-    })
+    };
+    let deadline = std::time::Instant::now() + FIFO_OPEN_LIMIT;
+    loop {
+        // Not blocking: a FIFO nobody reads yet is ENXIO, tried again, not a hang.
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(to);
+        match opened {
+            Ok(file) => {
+                let meta = file.metadata().map_err(io)?;
+                if !meta.file_type().is_fifo() {
+                    return Err(bad_target(to));
+                }
+                // Writes block again, as a player reads.
+                fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty()))
+                    .map_err(|e| io(e.into()))?;
+                return Ok(file);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if std::time::Instant::now() > deadline || cancel.load(Ordering::Relaxed) {
+                    return Err(Error::Io {
+                        context: format!(
+                            "nobody opened the FIFO {} for reading within {} s",
+                            to.display(),
+                            FIFO_OPEN_LIMIT.as_secs()
+                        ),
+                        source: e,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(to)
+                    .map_err(io);
+            }
+            // A symlink (ELOOP) or anything else that exists: refused.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(bad_target(to)),
+            Err(e) => return Err(io(e)),
+        }
+    }
+}
+
+fn bad_target(to: &Path) -> Error {
+    Error::Request(ProtoError::new(
+        ErrorKind::BadRequest,
+        format!(
+            "{} exists and is not a FIFO: cat writes only into a FIFO or a new file",
+            to.display()
+        ),
+    ))
 }
 
 /// Sends while holding the map, so the reply cannot be seen before it is recorded.
