@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-DOCUMENTED_EXIT_CODES = {0, 1, 2, 3, 4, 5}
+DOCUMENTED_EXIT_CODES = {0, 1, 2, 3, 4, 5, 6}
 PATRON_BOUND = 60.0  # seconds a patron that was not killed may take
 TORRENTS = 5
 SIZE = 3 * 1024 * 1024
@@ -47,7 +47,7 @@ class Soak:
         self.brokers = []
         self.failures = []
         self.counts = {"patrons": 0, "killed": 0, "stopped": 0, "hostile": 0,
-                       "downloads": 0, "exit_codes": {}}
+                       "downloads": 0, "cats": 0, "exit_codes": {}}
         self.env = dict(os.environ, TORRENT_PATRON_LOOPBACK_ONLY="1",
                         TORRENT_PATRON_DOWNLOAD_ROOT=self.tmp,
                         TORRENT_PATRON_STATUS_INTERVAL="200", RUST_LOG="info")
@@ -81,11 +81,13 @@ class Soak:
                              env=self.env, timeout=timeout)
         return out
 
-    def spawn(self, state, kind, args, stdin=None):
+    def spawn(self, state, kind, args, stdin=None, stdout=None, verify=None):
         proc = subprocess.Popen([self.bins["patron-client"], "--state-dir", state, *args],
                                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                stdout=stdout or subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=self.env)
+        if stdout:
+            stdout.close()
         if stdin:
             try:
                 proc.stdin.write(stdin.encode())
@@ -93,7 +95,8 @@ class Soak:
             except OSError:
                 pass
         self.procs.append({"proc": proc, "kind": kind, "since": time.monotonic(),
-                           "killed": False, "stopped": False, "interrupted": False})
+                           "killed": False, "stopped": False, "interrupted": False,
+                           "verify": verify})
         self.counts["patrons"] += 1
 
     # -- checks ----------------------------------------------------------------------------
@@ -143,6 +146,19 @@ class Soak:
             ended_by_us = kind == "watch" and entry["interrupted"] and code == -signal.SIGINT
             if code not in DOCUMENTED_EXIT_CODES and not ended_by_us:
                 self.fail(f"a {kind} patron exited with undocumented code {code}")
+            if entry["verify"]:
+                out, data, offset = entry["verify"]
+                with open(out, "rb") as f:
+                    got = f.read()
+                with open(data, "rb") as f:
+                    f.seek(offset)
+                    want = f.read()
+                # Whatever it wrote is the file's bytes from the offset; all of them at exit 0.
+                if got != want[:len(got)] or (code == 0 and got != want):
+                    self.fail(f"cat (exit {code}) wrote {len(got)} bytes that are not the file's")
+                else:
+                    self.counts["cats"] += 1
+                os.unlink(out)
 
     def usage(self, pid):
         fds = len(os.listdir(f"/proc/{pid}/fd"))
@@ -246,7 +262,7 @@ class Soak:
                     self.fail(f"torrent {ident} in {folder} did not complete within 120 s")
             # Patrons come and go.
             for _ in range(self.rng.randrange(1, 4)):
-                self.random_patron(state, torrents)
+                self.random_patron(state, torrents, downloads)
             if self.rng.random() < 0.5:
                 self.hostile(state)
             self.chaos()
@@ -299,15 +315,30 @@ class Soak:
         c = self.counts
         log(f"{c['patrons']} patrons ({c['killed']} SIGKILLed, {c['stopped']} SIGSTOPped), "
             f"{c['hostile']} hostile connectors, {c['downloads']} downloads verified, "
+            f"{c['cats']} cat streams verified, "
             f"exit codes {dict(sorted(c['exit_codes'].items()))}")
         return not self.failures
 
-    def random_patron(self, state, torrents):
+    def random_patron(self, state, torrents, downloads):
         torrent, _, _ = self.rng.choice(torrents)
         out_dir = os.path.join(self.tmp, "dl", "joiners")
         os.makedirs(out_dir, exist_ok=True)
         choice = self.rng.choice(["list", "list-json", "status", "add", "watch", "pipe",
-                                  "close-unknown", "info", "files", "peers", "recheck"])
+                                  "close-unknown", "info", "files", "peers", "recheck",
+                                  "cat"])
+        if choice == "cat" and downloads:
+            # A reader of a torrent while it downloads, from anywhere in the file.
+            i = self.rng.choice(sorted(downloads))
+            ident = downloads[i][0]
+            offset = self.rng.randrange(0, SIZE)
+            data = os.path.join(self.tmp, "seed", f"file{i}.bin")
+            os.makedirs(os.path.join(self.tmp, "cat"), exist_ok=True)
+            out = os.path.join(self.tmp, "cat", f"{self.counts['patrons']}.bin")
+            self.spawn(state, choice, ["cat", ident, "--offset", str(offset)],
+                       stdout=open(out, "wb"), verify=(out, data, offset))
+            return
+        if choice == "cat":
+            choice = "list"
         if choice == "list":
             self.spawn(state, choice, ["list"])
         elif choice == "list-json":
