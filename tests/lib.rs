@@ -846,6 +846,100 @@ impl Seeder {
     }
 }
 
+/// A started `patron-client cat` whose stdout goes to a file (its bytes are binary).
+pub struct CatProcess {
+    child: Child,
+    out: PathBuf,
+}
+
+impl CatProcess {
+    /// `patron-client --state-dir STATE cat ARGS...`, writing into `out`.
+    pub fn start(sandbox: &Sandbox, state: &Path, args: &[&str], out: &Path) -> CatProcess {
+        let mut cmd = sandbox.client(state);
+        cmd.arg("cat").args(args);
+        let file = std::fs::File::create(out).expect("create output");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cat");
+        CatProcess {
+            child,
+            out: out.to_path_buf(),
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> usize {
+        std::fs::metadata(&self.out).map_or(0, |m| m.len() as usize)
+    }
+
+    /// Waits (bounded by [`STEP_TIMEOUT`]) for it to end: exit code (-1 if killed by a
+    /// signal), stderr and what it wrote.
+    pub fn finish(self) -> (i32, String, Vec<u8>) {
+        self.finish_within(STEP_TIMEOUT)
+    }
+
+    /// Like [`CatProcess::finish`], within `limit`; killed and failed past it.
+    pub fn finish_within(mut self, limit: Duration) -> (i32, String, Vec<u8>) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("cat did not end in {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut stderr = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = err.read_to_string(&mut stderr);
+        }
+        let bytes = std::fs::read(&self.out).expect("read cat output");
+        (status.code().unwrap_or(-1), stderr, bytes)
+    }
+}
+
+impl Drop for CatProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A leecher broker (state dir `leecher`) downloading `seeder`'s torrent (id 0) into
+/// `downloads`: the broker, its state dir and that folder.
+pub fn leech(sandbox: &Sandbox, seeder: &Seeder) -> (BrokerProcess, PathBuf, PathBuf) {
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+    let broker = sandbox.broker(&state, &[]);
+    let add = sandbox.add_command(
+        &state,
+        &seeder.torrent,
+        &downloads,
+        Some(&seeder.broker.peer()),
+    );
+    run(add).expect_code(0);
+    (broker, state, downloads)
+}
+
+/// Streams open in the broker of `state` (their windows still in the engine).
+pub fn streams_open(sandbox: &Sandbox, state: &Path) -> u64 {
+    let mut patron = sandbox.patron(state);
+    u64::from(patron.broker_info().expect("broker info").streams)
+}
+
 /// Writes bytes to a file (for corrupt .torrent fixtures).
 pub fn write_file(path: &Path, bytes: &[u8]) {
     std::fs::File::create(path)

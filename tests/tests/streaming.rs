@@ -5,95 +5,18 @@ use e2e::patron_client::proto::{
     ErrorKind, Event, FileRef, RequestBody, StreamAt, TorrentId, TorrentRef,
 };
 use e2e::patron_client::Stream;
-use e2e::{pipe_session, run, wait_for, Sandbox, Seeder, STEP_TIMEOUT};
+use e2e::{
+    leech, pipe_session, run, streams_open, wait_for, CatProcess as Cat, Sandbox, Seeder,
+    STEP_TIMEOUT,
+};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 const MIB: usize = 1024 * 1024;
 const PIECE: u64 = 64 * 1024;
-
-/// A started `patron-client cat` whose stdout goes to a file.
-struct Cat {
-    child: Child,
-    out: PathBuf,
-}
-
-impl Cat {
-    fn start(sandbox: &Sandbox, state: &Path, args: &[&str], out: &Path) -> Cat {
-        let mut cmd = sandbox.client(state);
-        cmd.arg("cat").args(args);
-        let file = std::fs::File::create(out).expect("create output");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cat");
-        Cat {
-            child,
-            out: out.to_path_buf(),
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Waits (bounded) for it to end: its exit code, stderr and what it wrote.
-    fn finish(mut self) -> (i32, String, Vec<u8>) {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("cat did not end in {STEP_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let mut stderr = String::new();
-        if let Some(mut err) = self.child.stderr.take() {
-            let _ = err.read_to_string(&mut stderr);
-        }
-        let bytes = std::fs::read(&self.out).expect("read cat output");
-        (status.code().unwrap_or(-1), stderr, bytes)
-    }
-}
-
-impl Drop for Cat {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A leecher broker downloading `seeder`'s torrent (id 0) into `downloads`.
-fn leech(sandbox: &Sandbox, seeder: &Seeder) -> (e2e::BrokerProcess, PathBuf, PathBuf) {
-    let state = sandbox.state_dir("leecher");
-    let downloads = sandbox.folder("downloads");
-    let broker = sandbox.broker(&state, &[]);
-    let add = sandbox.add_command(
-        &state,
-        &seeder.torrent,
-        &downloads,
-        Some(&seeder.broker.peer()),
-    );
-    run(add).expect_code(0);
-    (broker, state, downloads)
-}
-
-fn streams_open(sandbox: &Sandbox, state: &Path) -> u64 {
-    let mut patron = sandbox.patron(state);
-    u64::from(patron.broker_info().expect("broker info").streams)
-}
 
 fn bytes_done(sandbox: &Sandbox, state: &Path) -> u64 {
     let mut patron = sandbox.patron(state);

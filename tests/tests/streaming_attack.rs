@@ -6,94 +6,17 @@ use e2e::patron_client::proto::{
     Event, FileRef, OpenStream, RequestBody, RequestId, StreamAt, StreamId, StreamRead, TorrentId,
     TorrentRef,
 };
-use e2e::{pipe_session, run, wait_for, Running, Sandbox, Seeder, SilentPeer, STEP_TIMEOUT};
+use e2e::{
+    leech, pipe_session, streams_open, wait_for, CatProcess as Cat, Running, Sandbox, Seeder,
+    SilentPeer, STEP_TIMEOUT,
+};
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MIB: usize = 1024 * 1024;
 const T0: TorrentRef = TorrentRef::Id(TorrentId(0));
-
-struct Cat {
-    child: Child,
-    out: PathBuf,
-}
-
-impl Cat {
-    fn start(sandbox: &Sandbox, state: &Path, args: &[&str], out: &Path) -> Cat {
-        let mut cmd = sandbox.client(state);
-        cmd.arg("cat").args(args);
-        let file = std::fs::File::create(out).expect("create output");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cat");
-        Cat {
-            child,
-            out: out.to_path_buf(),
-        }
-    }
-
-    fn finish_within(mut self, limit: Duration) -> (i32, String, Vec<u8>) {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("cat did not end in {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let mut stderr = String::new();
-        if let Some(mut err) = self.child.stderr.take() {
-            let _ = err.read_to_string(&mut stderr);
-        }
-        let bytes = std::fs::read(&self.out).expect("read cat output");
-        (status.code().unwrap_or(-1), stderr, bytes)
-    }
-
-    fn written(&self) -> usize {
-        std::fs::metadata(&self.out)
-            .map(|m| m.len() as usize)
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Cat {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn leech_torrent(sandbox: &Sandbox, seeder: &Seeder) -> (e2e::BrokerProcess, PathBuf, PathBuf) {
-    let state = sandbox.state_dir("leecher");
-    let downloads = sandbox.folder("downloads");
-    let broker = sandbox.broker(&state, &[]);
-    let add = sandbox.add_command(
-        &state,
-        &seeder.torrent,
-        &downloads,
-        Some(&seeder.broker.peer()),
-    );
-    run(add).expect_code(0);
-    (broker, state, downloads)
-}
-
-fn streams_open(sandbox: &Sandbox, state: &Path) -> u64 {
-    let mut patron = sandbox.patron(state);
-    u64::from(patron.broker_info().expect("broker info").streams)
-}
 
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: i32) -> u64 {
@@ -105,7 +28,10 @@ fn cpu_ticks(pid: i32) -> u64 {
 
 /// Share of one core the broker used over `span` (percent).
 fn cpu_percent(pid: i32, span: Duration) -> f64 {
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
     let before = cpu_ticks(pid);
     std::thread::sleep(span);
     let after = cpu_ticks(pid);
@@ -145,7 +71,7 @@ fn multi_file_unaligned_and_empty_files_stream_exactly() {
         32 * 1024,
         &["--max-upload-rate", "150000"],
     );
-    let (_broker, state, _) = leech_torrent(&sandbox, &seeder);
+    let (_broker, state, _) = leech(&sandbox, &seeder);
     let mut cats = Vec::new();
     for (name, size) in files {
         let expected = std::fs::read(folder.join(name)).unwrap();
@@ -416,7 +342,7 @@ fn pause_during_cat_waits_quietly_and_resume_finishes_it() {
     let sandbox = Sandbox::new();
     let size = 3 * MIB;
     let (seeder, data) = e2e::slow_seeder(&sandbox, size, "400000");
-    let (broker, state, _) = leech_torrent(&sandbox, &seeder);
+    let (broker, state, _) = leech(&sandbox, &seeder);
     let cat = Cat::start(&sandbox, &state, &["0"], &sandbox.path("all.bin"));
     wait_for("some bytes", STEP_TIMEOUT, || cat.written() > 0);
     let mut patron = sandbox.patron(&state);
@@ -444,7 +370,7 @@ fn recheck_during_cat() {
     let sandbox = Sandbox::new();
     let size = 3 * MIB;
     let (seeder, data) = e2e::slow_seeder(&sandbox, size, "400000");
-    let (_broker, state, _) = leech_torrent(&sandbox, &seeder);
+    let (_broker, state, _) = leech(&sandbox, &seeder);
     let cat = Cat::start(&sandbox, &state, &["0"], &sandbox.path("all.bin"));
     wait_for("some bytes", STEP_TIMEOUT, || cat.written() > 0);
     let mut patron = sandbox.patron(&state);
@@ -475,7 +401,7 @@ fn recheck_during_cat() {
 fn close_delete_during_cat() {
     let sandbox = Sandbox::new();
     let (seeder, _) = e2e::slow_seeder(&sandbox, 3 * MIB, "300000");
-    let (mut broker, state, downloads) = leech_torrent(&sandbox, &seeder);
+    let (mut broker, state, downloads) = leech(&sandbox, &seeder);
     let cat = Cat::start(&sandbox, &state, &["0"], &sandbox.path("all.bin"));
     let reader = Cat::start(
         &sandbox,
@@ -505,7 +431,7 @@ fn close_delete_during_cat() {
 fn broker_stop_while_cat_waits() {
     let sandbox = Sandbox::new();
     let (seeder, _) = e2e::slow_seeder(&sandbox, 3 * MIB, "200000");
-    let (mut broker, state, _) = leech_torrent(&sandbox, &seeder);
+    let (mut broker, state, _) = leech(&sandbox, &seeder);
     let mut patron = sandbox.patron(&state);
     // Paused: the cat waits with nothing coming.
     let cat = Cat::start(
@@ -600,7 +526,7 @@ fn idle_streams_do_not_spin() {
         );
         (s, data)
     };
-    let (broker, lstate, _) = leech_torrent(&sandbox, &seeder2);
+    let (broker, lstate, _) = leech(&sandbox, &seeder2);
     let mut patron = sandbox.patron(&lstate);
     for k in 0..16u64 {
         let reply = patron.request(open_body(k * 100_000, None)).expect("open");
@@ -621,7 +547,7 @@ fn idle_streams_do_not_spin() {
 fn head_leaving_a_stalled_cat_releases_the_window() {
     let sandbox = Sandbox::new();
     let (seeder, data) = e2e::slow_seeder(&sandbox, 4 * MIB, "300000");
-    let (_broker, state, _) = leech_torrent(&sandbox, &seeder);
+    let (_broker, state, _) = leech(&sandbox, &seeder);
     let data = std::fs::read(&data).unwrap();
     let mut patron = sandbox.patron(&state);
     // Wait for a few pieces at the start, then stall the torrent.
@@ -769,7 +695,7 @@ fn pipe_cat_never_writes_through_a_symlink() {
 fn cat_flushes_what_is_verified_before_waiting() {
     let sandbox = Sandbox::new();
     let (seeder, data) = e2e::slow_seeder(&sandbox, 4 * MIB, "300000");
-    let (_broker, state, _) = leech_torrent(&sandbox, &seeder);
+    let (_broker, state, _) = leech(&sandbox, &seeder);
     let data = std::fs::read(&data).unwrap();
     let mut patron = sandbox.patron(&state);
     wait_for("first pieces", STEP_TIMEOUT, || {
@@ -891,7 +817,7 @@ fn deselecting_the_file_during_cat() {
         64 * 1024,
         &["--max-upload-rate", "300000"],
     );
-    let (_broker, state, _) = leech_torrent(&sandbox, &seeder);
+    let (_broker, state, _) = leech(&sandbox, &seeder);
     let cat = Cat::start(&sandbox, &state, &["0", "a.bin"], &sandbox.path("a.out"));
     wait_for("some bytes", STEP_TIMEOUT, || cat.written() > 0);
     let mut patron = sandbox.patron(&state);
@@ -911,4 +837,138 @@ fn deselecting_the_file_during_cat() {
         bytes.len()
     );
     assert!(code == 0 || !stderr.is_empty());
+}
+
+/// A channel reader with verified bytes ahead asks for them back to back; closing the torrent
+/// under it must end it with 6 (its stream ended), never 1 with the engine's own words.
+/// Several rounds, since the gap it could fall into is short.
+#[test]
+fn closing_under_a_channel_reader_ends_it_with_six() {
+    let sandbox = Sandbox::new();
+    let (seeder, _) = e2e::slow_seeder(&sandbox, 3 * MIB, "3000000");
+    let (_broker, state, _) = leech(&sandbox, &seeder);
+    let mut patron = sandbox.patron(&state);
+    let torrent = std::fs::read(&seeder.torrent).expect("torrent");
+    let mut id = TorrentId(0);
+    for round in 0..5u64 {
+        wait_for("the download complete", STEP_TIMEOUT, || {
+            patron
+                .status(TorrentRef::Id(id))
+                .map(|s| s.complete)
+                .unwrap_or(false)
+        });
+        // Slowed by its own consumer: the reader always has verified bytes to ask for.
+        let err = sandbox.path(&format!("err{round}"));
+        let mut shell = Command::new("bash");
+        shell
+            .arg("-c")
+            .arg(concat!(
+                r#""$0" --state-dir "$1" cat "$2" --over-channel 2>"$3" | "#,
+                r#"python3 -c 'import sys, time; r = sys.stdin.buffer"#,
+                r#"
+while r.read(65536): time.sleep(0.02)'; exit ${PIPESTATUS[0]}"#
+            ))
+            .arg(e2e::bin("patron-client"))
+            .arg(&state)
+            .arg(id.to_string())
+            .arg(&err);
+        let cat = Running::start(shell);
+        wait_for("its stream", STEP_TIMEOUT, || {
+            streams_open(&sandbox, &state) == 1
+        });
+        std::thread::sleep(Duration::from_millis(100 * round));
+        patron
+            .close(TorrentRef::Id(id), false, true)
+            .expect("close");
+        let out = cat.finish(STEP_TIMEOUT);
+        let said = std::fs::read_to_string(&err).unwrap_or_default();
+        assert_eq!(out.code(), 6, "round {round}: {said}");
+        // Added again (the same data, verified again) for the next round.
+        let mut create = e2e::patron_client::proto::CreateNewTorrent::new(
+            e2e::patron_client::proto::TorrentSource::TorrentFile(torrent.clone()),
+        );
+        create.output = Some(sandbox.folder("downloads").display().to_string());
+        create.overwrite = true;
+        id = patron.create(create).expect("add again").info().id;
+    }
+}
+
+/// `shutdown` stops a pipe `cat` whose FIFO reader opened it and never reads (a paused
+/// player): the session finishes, the cat says it was stopped.
+#[test]
+fn pipe_shutdown_stops_a_cat_whose_reader_does_not_read() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/big.bin", 4 * MIB);
+    let _seeder = Seeder::start(&sandbox, "seeder", &data, 64 * 1024, &[]);
+    let state = sandbox.state_dir("seeder");
+    let fifo = sandbox.path("paused.fifo");
+    nix::unistd::mkfifo(
+        &fifo,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .expect("mkfifo");
+    // Opened for reading, never read: the writer fills the FIFO's buffer and waits.
+    let holder = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(fifo).expect("open the fifo");
+            std::thread::sleep(Duration::from_secs(20));
+            drop(file);
+        })
+    };
+    let lines = [
+        serde_json::json!({"cmd": "cat", "torrent": "0", "to": fifo, "request": "play"})
+            .to_string(),
+        serde_json::json!({"cmd": "list", "request": "wait"}).to_string(),
+        r#"{"cmd":"shutdown"}"#.to_string(),
+    ];
+    let mut pipe = sandbox.client(&state);
+    let mut child = pipe
+        .arg("pipe")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pipe");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{}", lines[0]).expect("write");
+        // Let the cat fill the FIFO before the shutdown comes.
+        std::thread::sleep(Duration::from_secs(1));
+        writeln!(stdin, "{}", lines[1]).expect("write");
+        writeln!(stdin, "{}", lines[2]).expect("write");
+    }
+    let out = Running::from_child(child).finish(Duration::from_secs(15));
+    let lines = out.json_lines();
+    let play = lines
+        .iter()
+        .find(|l| l["request"] == "play")
+        .expect("cat's reply");
+    assert_eq!(play["event"], "error", "{lines:?}");
+    assert_eq!(play["kind"], "shutting-down", "{lines:?}");
+    assert!(lines.iter().any(|l| l["event"] == "finished"), "{lines:?}");
+    drop(holder);
+}
+
+/// A FIFO planted where the file is must not hang the reader's open: it reads over the
+/// channel instead, the right bytes.
+#[test]
+fn a_fifo_planted_at_the_files_path_does_not_hang_the_reader() {
+    let sandbox = Sandbox::new();
+    let (seeder, data) = e2e::slow_seeder(&sandbox, 2 * MIB, "2000000");
+    let (_broker, state, downloads) = leech(&sandbox, &seeder);
+    let path = downloads.join("slow.bin");
+    wait_for("the engine's file", STEP_TIMEOUT, || path.exists());
+    std::fs::remove_file(&path).expect("unlink");
+    nix::unistd::mkfifo(
+        &path,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .expect("mkfifo");
+    let cat = Cat::start(&sandbox, &state, &["0"], &sandbox.path("all.bin"));
+    let (code, stderr, bytes) = cat.finish_within(STEP_TIMEOUT);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("over the broker's channel"), "{stderr}");
+    assert!(bytes == std::fs::read(&data).expect("data"));
 }
