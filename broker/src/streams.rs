@@ -29,8 +29,9 @@ pub const MAX_STREAMS_PER_PATRON: usize = 16;
 /// piece it hands a peer.
 pub const MAX_STREAMS: usize = 256;
 /// Bytes of replies a patron may leave unread and still be sent stream bytes
-/// ([`proto::StreamRead`]): two reads' worth.
-pub const MAX_UNREAD_STREAM_BYTES: usize = 2 * proto::MAX_STREAM_READ as usize;
+/// ([`proto::StreamRead`]): four reads' worth (a region the patron read counts until the
+/// broker next finds its socket drained).
+pub const MAX_UNREAD_STREAM_BYTES: usize = 4 * proto::MAX_STREAM_READ as usize;
 /// How often a stream's task looks whether its torrent failed, went or was re-added.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 
@@ -360,6 +361,10 @@ impl StreamTask {
                 Woke::Command(Some(Command::At { position, reply })) => {
                     let answer = reader.move_to(position);
                     reader.owed = answer.as_ref().ok().copied();
+                    if answer.is_err() && self.ended_now(&reader) {
+                        let _ = reply.send(Err(ended(self.id)));
+                        break None;
+                    }
                     let _ = reply.send(answer);
                 }
                 Woke::Command(Some(Command::Read {
@@ -367,7 +372,12 @@ impl StreamTask {
                     length,
                     reply,
                 })) => {
-                    let _ = reply.send(reader.read(position, length).await);
+                    let answer = reader.read(position, length).await;
+                    if answer.is_err() && self.ended_now(&reader) {
+                        let _ = reply.send(Err(ended(self.id)));
+                        break None;
+                    }
+                    let _ = reply.send(answer);
                 }
                 Woke::Verified(Ok(())) => self.more_verified(&mut reader),
                 Woke::Verified(Err(e)) => {
@@ -398,6 +408,21 @@ impl StreamTask {
             tracing::info!(stream = %self.id, torrent = %self.torrent, "stream closed");
         }
         lock(&self.open).remove(&self.id);
+    }
+
+    /// After a failed answer: whether that is because the stream can give no more bytes (its
+    /// torrent went, failed or was added again). If so the reader is told why now, before
+    /// the failed answer reaches it.
+    fn ended_now(&self, reader: &Reader) -> bool {
+        let Some(error) = self.look(reader) else {
+            return false;
+        };
+        tracing::info!(stream = %self.id, torrent = %self.torrent, "stream ended: {error}");
+        self.patron.send(Event::StreamEnded {
+            stream: self.id,
+            error,
+        });
+        true
     }
 
     /// The piece at the window's start was verified: the window moves on, and the reader

@@ -873,8 +873,9 @@ pub enum Event {
         #[serde(with = "bytes")]
         bytes: Vec<u8>,
     },
-    /// Not a reply: the stream gives no more bytes (its torrent failed, was closed, or the
-    /// broker stops). The stream is closed.
+    /// Not a reply: the stream gives no more bytes (its torrent failed, was closed, or is
+    /// being checked again). The stream is closed. (A broker that stops says
+    /// [`Event::BrokerStopping`] instead.)
     StreamEnded {
         /// The stream.
         stream: StreamId,

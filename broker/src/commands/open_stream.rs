@@ -8,6 +8,9 @@ use proto::{
 };
 use std::sync::Arc;
 
+/// How long an open waits for a torrent being added again (a recheck) to be back.
+const RECHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub async fn run(
     service: &Arc<Service>,
     patron: &PatronConnection,
@@ -29,10 +32,22 @@ async fn open_stream(
     let (torrent, _) = service.running(open.torrent)?;
     // A torrent being added again (a recheck) is waited for, as the engine waits out a
     // first check of its data.
+    let deadline = tokio::time::Instant::now() + RECHECK_WAIT;
     let handle = loop {
         match service.handle_for_stream(torrent) {
             Some(Some(handle)) => break handle,
-            Some(None) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Some(None) if tokio::time::Instant::now() < deadline => {
+                if service.connection(patron.id).is_none() {
+                    return Err(ProtoError::new(ErrorKind::BadRequest, "the patron left"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Some(None) => {
+                return Err(ProtoError::new(
+                    ErrorKind::Engine,
+                    format!("torrent {torrent} is still being added again for its recheck"),
+                ))
+            }
             None => return Err(crate::service::gone(torrent)),
         }
     };
