@@ -135,7 +135,10 @@ impl Stream {
     /// look whether whoever consumes the bytes is still there). Nothing is lost by giving
     /// up: the next call goes on waiting for the same bytes.
     pub fn wait_readable_for(&mut self, limit: Duration) -> Result<Option<u64>> {
-        let deadline = Instant::now() + limit;
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(limit)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400));
         loop {
             let len = self.len();
             if self.position >= len {
@@ -229,15 +232,31 @@ impl Stream {
         }
         let length = ready.min(u64::from(proto::MAX_STREAM_READ)) as u32;
         let stream = self.info.id;
-        let id = self.patron.send(RequestBody::StreamRead(StreamRead {
-            stream,
-            position,
-            length,
-        }))?;
-        let data = loop {
-            match self.next_event()? {
-                Event::StreamData { request, bytes, .. } if request == id => break bytes,
-                other => self.take(other)?,
+        let mut refused = 0;
+        let data = 'asking: loop {
+            let id = self.patron.send(RequestBody::StreamRead(StreamRead {
+                stream,
+                position,
+                length,
+            }))?;
+            loop {
+                match self.next_event()? {
+                    Event::StreamData { request, bytes, .. } if request == id => {
+                        break 'asking bytes
+                    }
+                    // The broker sends stream bytes only while few of its replies wait
+                    // unread; the last one may not count as read yet: ask again shortly.
+                    Event::Error { request, error }
+                        if request == id
+                            && error.kind == ErrorKind::LimitReached
+                            && refused < 100 =>
+                    {
+                        refused += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue 'asking;
+                    }
+                    other => self.take(other)?,
+                }
             }
         };
         if data.is_empty() {
@@ -325,7 +344,9 @@ fn open_local(info: &StreamInfo) -> std::result::Result<File, String> {
     };
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        // Not through a symlink; and a FIFO or a terminal planted there must not block the
+        // open or become our terminal (regular files ignore O_NONBLOCK).
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&info.local_path)
         .map_err(|e| format!("cannot open {}: {e}", info.local_path))?;
     let meta = file

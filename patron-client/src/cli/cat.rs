@@ -37,6 +37,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     if args.over_channel {
         stream.read_over_channel();
     } else if let Some(why) = stream.over_channel() {
+        let why = patron_client::proto::text::shown(why);
         eprintln!("patron-client: {why}: the bytes come over the broker's channel instead");
     }
     copy(&mut stream, &mut std::io::stdout().lock(), None)?;
@@ -65,19 +66,23 @@ pub fn copy(
 ) -> Result<u64, Error> {
     let mut buf = vec![0u8; 1 << 20];
     let mut written = 0u64;
+    let cancelled = |written: u64| {
+        Error::Request(ProtoError::new(
+            ProtoKind::ShuttingDown,
+            format!("stopped after {written} bytes: the session shut down"),
+        ))
+    };
+    let is_cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
     loop {
+        if is_cancelled() {
+            return Err(cancelled(written));
+        }
         match stream.wait_readable_for(LOOK_EVERY) {
             Ok(Some(0)) => break,
             Ok(Some(_)) => {}
             Ok(None) => {
                 if consumer_gone(out.as_fd()) {
                     return Ok(written);
-                }
-                if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                    return Err(Error::Request(ProtoError::new(
-                        ProtoKind::ShuttingDown,
-                        format!("cancelled after {written} bytes: the session shut down"),
-                    )));
                 }
                 continue;
             }
@@ -94,6 +99,7 @@ pub fn copy(
         match out.write_all(&buf[..n]).and_then(|()| out.flush()) {
             Ok(()) => written += n as u64,
             Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(written),
+            Err(_) if is_cancelled() => return Err(cancelled(written)),
             Err(source) => {
                 return Err(Error::Io {
                     context: "cannot write the file out".into(),
@@ -138,21 +144,5 @@ fn stream_error(e: std::io::Error) -> Error {
 
 /// `--offset`: bytes, with an optional K, M or G (binary) suffix.
 fn offset(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => t.split_at(at),
-        None => (t, ""),
-    };
-    let scale: u64 = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KIB" => 1 << 10,
-        "M" | "MIB" => 1 << 20,
-        "G" | "GIB" => 1 << 30,
-        _ => return Err(format!("{s:?} is not a byte offset (try 1048576 or 1M)")),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .ok_or_else(|| format!("{s:?} is not a byte offset (try 1048576 or 1M)"))
+    super::bytes(s).ok_or_else(|| format!("{s:?} is not a byte offset (try 1048576 or 1M)"))
 }

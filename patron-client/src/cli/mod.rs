@@ -216,6 +216,17 @@ pub fn file_list(s: &str) -> Result<Indices, String> {
 
 /// Parses a rate in bytes per second: `500000`, `512K`, `10M`, `1G` (powers of 1024).
 pub fn rate(s: &str) -> Result<u64, String> {
+    let value = bytes(s).ok_or_else(|| format!("{s:?} is not a rate (try 500000, 512K or 10M)"))?;
+    if value == 0 {
+        return Err(
+            "a rate limit must be at least 1 byte per second (leave it out for none)".into(),
+        );
+    }
+    Ok(value)
+}
+
+/// A byte count as users type it: digits with an optional K, M or G (powers of 1024).
+pub fn bytes(s: &str) -> Option<u64> {
     let t = s.trim();
     let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => t.split_at(at),
@@ -226,19 +237,9 @@ pub fn rate(s: &str) -> Result<u64, String> {
         "K" | "KB" | "KIB" => 1 << 10,
         "M" | "MB" | "MIB" => 1 << 20,
         "G" | "GB" | "GIB" => 1 << 30,
-        _ => return Err(format!("{s:?} is not a rate (try 500000, 512K or 10M)")),
+        _ => return None,
     };
-    let value = digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .ok_or_else(|| format!("{s:?} is not a rate (try 500000, 512K or 10M)"))?;
-    if value == 0 {
-        return Err(
-            "a rate limit must be at least 1 byte per second (leave it out for none)".into(),
-        );
-    }
-    Ok(value)
+    digits.parse::<u64>().ok()?.checked_mul(scale)
 }
 
 /// Parses a torrent reference as users type it.

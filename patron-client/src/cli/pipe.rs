@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -396,7 +396,7 @@ fn cat_to(
     file: Option<Value>,
     offset: u64,
     to: &Path,
-    cancel: &AtomicBool,
+    cancel: &Arc<AtomicBool>,
 ) -> Result<u64, Error> {
     let bad = |message: String| Error::Request(ProtoError::new(ErrorKind::BadRequest, message));
     let file = match file {
@@ -410,15 +410,51 @@ fn cat_to(
         Some(other) => return Err(bad(format!("file must be an index or a path, not {other}"))),
     };
     let torrent = torrent_ref(torrent).map_err(bad)?;
-    let mut output = open_target(to, cancel)?;
+    // The stream first: a bad torrent or file is said at once, and leaves no empty file.
     let mut stream = Stream::open(connect, torrent, file, offset)?;
+    let mut output = open_target(to, cancel)?;
     super::cat::copy(&mut stream, &mut output, Some(cancel))
+}
+
+/// Where a pipe `cat` writes: a new file, or a FIFO kept non-blocking so that a reader that
+/// stops reading (a paused player) cannot hold the writer past a `shutdown`.
+struct Target {
+    file: std::fs::File,
+    cancel: Arc<AtomicBool>,
+}
+
+impl std::io::Write for Target {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        loop {
+            match (&self.file).write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if self.cancel.load(Ordering::Relaxed) {
+                        return Err(std::io::Error::other("the session shut down"));
+                    }
+                    let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLOUT)];
+                    // Woken when there is room, or when the reader goes (POLLERR).
+                    let _ = poll(&mut fds, PollTimeout::from(250u16));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Target {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
 }
 
 /// A FIFO as it is (once a reader opens it, within [`FIFO_OPEN_LIMIT`]), or a new file;
 /// never anything else, and never through a symlink.
-fn open_target(to: &Path, cancel: &AtomicBool) -> Result<std::fs::File, Error> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+fn open_target(to: &Path, cancel: &Arc<AtomicBool>) -> Result<Target, Error> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let io = |source: std::io::Error| Error::Io {
         context: format!("cannot write {}", to.display()),
@@ -429,21 +465,25 @@ fn open_target(to: &Path, cancel: &AtomicBool) -> Result<std::fs::File, Error> {
         // Not blocking: a FIFO nobody reads yet is ENXIO, tried again, not a hang.
         let opened = std::fs::OpenOptions::new()
             .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(to);
+        let cancel = cancel.clone();
         match opened {
             Ok(file) => {
                 let meta = file.metadata().map_err(io)?;
                 if !meta.file_type().is_fifo() {
                     return Err(bad_target(to));
                 }
-                // Writes block again, as a player reads.
-                fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty()))
-                    .map_err(|e| io(e.into()))?;
-                return Ok(file);
+                return Ok(Target { file, cancel });
             }
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-                if std::time::Instant::now() > deadline || cancel.load(Ordering::Relaxed) {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(Error::Request(ProtoError::new(
+                        ErrorKind::ShuttingDown,
+                        "stopped before anyone opened the FIFO: the session shut down",
+                    )));
+                }
+                if std::time::Instant::now() > deadline {
                     return Err(Error::Io {
                         context: format!(
                             "nobody opened the FIFO {} for reading within {} s",
@@ -456,12 +496,13 @@ fn open_target(to: &Path, cancel: &AtomicBool) -> Result<std::fs::File, Error> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return std::fs::OpenOptions::new()
+                let file = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
                     .open(to)
-                    .map_err(io);
+                    .map_err(io)?;
+                return Ok(Target { file, cancel });
             }
             // A symlink (ELOOP) or anything else that exists: refused.
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(bad_target(to)),
