@@ -474,6 +474,11 @@ fn a_restarted_broker_does_not_hash_again_what_it_verified() {
     let data = sandbox.random_file("seed/resumed.bin", 4 * 1024 * 1024);
     let seeder = Seeder::start(&sandbox, "seeder", &data, PIECE, &[]);
     let state = seeder.broker.state.clone();
+    // `make --seed` answers once the torrent is added, maybe before its first check ends;
+    // a broker stopped during that check has verified nothing to keep.
+    wait_status(&sandbox, &state, "0", "seeding", |s| {
+        s["state"] == "seeding"
+    });
     let broker = restart(&sandbox, &state, seeder.broker, Signal::SIGTERM);
     wait_status(&sandbox, &state, "0", "seeding again", |s| {
         s["state"] == "seeding"
