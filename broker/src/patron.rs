@@ -547,8 +547,8 @@ fn large(frames: &Frames, room: usize) -> Option<(Frames, OwnedFd, usize)> {
 /// Whether the patron has read everything sent on `socket` (its send queue is empty).
 fn drained(socket: &OwnedFd) -> bool {
     let mut queued: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int, the bytes still queued on the socket,
-    // into `queued`, which lives across the call; `socket` is an open socket we own.
+    // TIOCOUTQ (SIOCOUTQ) writes one c_int: the bytes still queued on the socket.
+    // SAFETY: `queued` is a live c_int for the call, `socket` an open socket we own.
     let done = unsafe {
         libc::ioctl(
             std::os::fd::AsRawFd::as_raw_fd(socket),

@@ -172,8 +172,8 @@ impl ReadBuf {
                 // latter one is a reborrow that ends with the block.
                 //
                 // Run with `cargo +nightly miri test -p librqbit --features miri test_read_buf_miri -- --nocapture --ignore`
-                // SAFETY: (torrent-patron annotation of the comment above) a reborrow of
-                // `self` that ends with this block; the other &mut is not used meanwhile.
+                // (torrent-patron) The reborrow ends with this block; `self` is unused meanwhile.
+                // SAFETY: a reborrow of `self` that ends with this block (see above).
                 let this = unsafe { &mut *(self as *mut Self) };
                 let (first, second) = as_slices!(this);
                 match Message::deserialize(first, second) {
@@ -310,8 +310,7 @@ mod tests {
             if len == 0 {
                 return 0..0;
             }
-            // SAFETY: (torrent-patron annotation; a test) `s` points into `buf.buf`, so
-            // both pointers are in one allocation.
+            // SAFETY: (torrent-patron) `s` points into `buf.buf`: one allocation.
             let offset = unsafe { s.byte_offset_from(buf.buf.as_ptr()) } as usize;
             offset..offset + len
         }
