@@ -571,18 +571,9 @@ impl Running {
 
     /// Waits (bounded) for it to exit and collects its output. Kills it on timeout.
     pub fn finish(mut self, limit: Duration) -> Output {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                let (stdout, stderr) = self.collect();
-                panic!("command timed out after {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        let Some(status) = exit_within(&mut self.child, limit) else {
+            let (stdout, stderr) = self.collect();
+            panic!("command timed out after {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
         };
         let (stdout, stderr) = self.collect();
         Output {
@@ -606,6 +597,23 @@ impl Drop for Running {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Waits for `child` to exit, at most `limit`; past it, kills it (by its pid) and says
+/// `None`.
+fn exit_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -888,17 +896,8 @@ impl CatProcess {
 
     /// Like [`CatProcess::finish`], within `limit`; killed and failed past it.
     pub fn finish_within(mut self, limit: Duration) -> (i32, String, Vec<u8>) {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("cat did not end in {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        let Some(status) = exit_within(&mut self.child, limit) else {
+            panic!("cat did not end in {limit:?}");
         };
         let mut stderr = String::new();
         if let Some(mut err) = self.child.stderr.take() {

@@ -804,16 +804,7 @@ fn a_symlink_in_the_fast_resume_folder_is_never_followed() {
 fn junk_peers_are_refused_and_cannot_push_out_the_peers_named_at_add() {
     let sandbox = Sandbox::new();
     let (seeder, data) = e2e::slow_seeder(&sandbox, 3 * 1024 * 1024, "1000000");
-    let state = sandbox.state_dir("leecher");
-    let downloads = sandbox.folder("downloads");
-    let leecher = sandbox.broker(&state, &[]);
-    let add = sandbox.add_command(
-        &state,
-        &seeder.torrent,
-        &downloads,
-        Some(&seeder.broker.peer()),
-    );
-    run(add).expect_code(0);
+    let (leecher, state, downloads) = e2e::leech(&sandbox, &seeder);
 
     // Port 0 and the broker's own address are refused, each with its reason.
     for bad in ["127.0.0.1:0".to_owned(), leecher.peer()] {

@@ -227,8 +227,7 @@ fn bad_streams_are_refused_clearly() {
     sandbox.random_file("seed/pair/a.bin", 100_000);
     sandbox.random_file("seed/pair/b.bin", 200_000);
     let seeder = Seeder::start(&sandbox, "seeder", &folder, PIECE, &[]);
-    let state = sandbox.state_dir("seeder");
-    let _ = &seeder;
+    let state = seeder.broker.state.clone();
 
     let refused = |args: &[&str], says: &str| {
         let cat = Cat::start(&sandbox, &state, args, &sandbox.path("out.bin"));

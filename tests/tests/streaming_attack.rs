@@ -12,6 +12,7 @@ use e2e::{
 };
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,25 @@ fn open_body(position: u64, file: Option<FileRef>) -> RequestBody {
         file,
         position,
     })
+}
+
+/// Pauses torrent 0 once its first pieces are in, and says where the bytes verified in a
+/// row from byte 0 end (a reader there waits for good).
+fn stall_after_first_pieces(sandbox: &Sandbox, state: &Path) -> u64 {
+    let mut patron = sandbox.patron(state);
+    wait_for("first pieces", STEP_TIMEOUT, || {
+        patron.status(T0).expect("status").bytes_done >= 256 * 1024
+    });
+    patron.pause(T0).expect("pause");
+    let verified_to = match patron.request(open_body(0, None)).expect("open") {
+        Event::StreamOpened { stream, .. } => stream.verified_to,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        verified_to > 10 && verified_to < 4 * MIB as u64,
+        "{verified_to}"
+    );
+    verified_to
 }
 
 /// A multi-file torrent whose files do not line up with its 32 KiB pieces, one of them
@@ -468,7 +488,10 @@ fn cat_of_unresolved_magnet_is_refused_promptly() {
         .arg("--output")
         .arg(sandbox.folder("dl"));
     let adding = Running::start(add);
-    std::thread::sleep(Duration::from_secs(2));
+    let mut patron = sandbox.patron(&state);
+    wait_for("the magnet listed", STEP_TIMEOUT, || {
+        !patron.list().expect("list").is_empty()
+    });
     let t = Instant::now();
     let cat = Cat::start(&sandbox, &state, &["0"], &sandbox.path("m.bin"));
     let (code, stderr, bytes) = cat.finish_within(Duration::from_secs(15));
@@ -546,61 +569,22 @@ fn idle_streams_do_not_spin() {
 #[test]
 fn head_leaving_a_stalled_cat_releases_the_window() {
     let sandbox = Sandbox::new();
-    let (seeder, data) = e2e::slow_seeder(&sandbox, 4 * MIB, "300000");
+    let (seeder, _) = e2e::slow_seeder(&sandbox, 4 * MIB, "300000");
     let (_broker, state, _) = leech(&sandbox, &seeder);
-    let data = std::fs::read(&data).unwrap();
-    let mut patron = sandbox.patron(&state);
-    // Wait for a few pieces at the start, then stall the torrent.
-    wait_for("first pieces", STEP_TIMEOUT, || {
-        patron.status(T0).expect("status").bytes_done >= 256 * 1024
-    });
-    patron.pause(T0).expect("pause");
-    std::thread::sleep(Duration::from_millis(300));
-    // Where the verified run from byte 0 ends: the cat starts 10 bytes before it, so
-    // that what it can write fits in the pipe and it then waits.
-    let verified_to = match patron.request(open_body(0, None)).expect("open") {
-        Event::StreamOpened { stream, .. } => stream.verified_to,
-        other => panic!("{other:?}"),
-    };
-    drop(patron);
-    assert!(
-        verified_to > 10 && verified_to < 4 * MIB as u64,
-        "{verified_to}"
-    );
-    // Start at the last newline before the run's end: cat's stdout is line-buffered, so
-    // this is the only way head gets a byte before cat waits (see the flush test).
-    let newline = data[..verified_to as usize - 1]
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .expect("a newline");
-    let offset = newline.to_string();
-    let client = e2e::bin("patron-client");
+    let verified_to = stall_after_first_pieces(&sandbox, &state);
+    // Ten verified bytes, then a wait that never ends: head takes one byte and goes.
     let mut bash = Command::new("bash");
     sandbox.apply_env(&mut bash);
     bash.arg("-c")
         .arg(r#""$0" --state-dir "$1" cat 0 --offset "$2" | head -c 1 > /dev/null"#)
-        .arg(&client)
+        .arg(e2e::bin("patron-client"))
         .arg(&state)
-        .arg(&offset);
-    let running = Running::start(bash);
-    std::thread::sleep(Duration::from_secs(5));
-    let open = streams_open(&sandbox, &state);
-    eprintln!("streams open 5 s after head left: {open}");
-    let pids = std::fs::read_to_string(format!(
-        "/proc/{}/task/{}/children",
-        running.pid(),
-        running.pid()
-    ))
-    .unwrap_or_default();
-    eprintln!("bash children still running: {pids:?}");
-    for pid in pids.split_whitespace() {
-        if let Ok(pid) = pid.parse::<i32>() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-    let out = running.finish(Duration::from_secs(5));
-    eprintln!("{out:?}");
-    assert_eq!(open, 0, "the cat outlived its consumer, holding its window");
+        .arg((verified_to - 10).to_string());
+    let out = Running::start(bash).finish(STEP_TIMEOUT);
+    assert_eq!(out.code(), 0, "{out:?}");
+    wait_for("the cat's window released", STEP_TIMEOUT, || {
+        streams_open(&sandbox, &state) == 0
+    });
 }
 
 /// Pipe `cat` to a FIFO nobody opens: EOF on the pipe's stdin must still end the session
@@ -637,23 +621,12 @@ fn pipe_cat_to_an_unread_fifo_does_not_hang_the_session() {
         writeln!(stdin, r#"{{"cmd":"shutdown"}}"#).unwrap();
     }
     let running = Running::from_child(child);
-    std::thread::sleep(Duration::from_secs(3));
-    let so_far = running.stdout_so_far();
-    let open = streams_open(&sandbox, &state);
-    eprintln!("pipe output after 3 s: {so_far:?}; streams open {open}");
-    let done = so_far.contains("finished");
-    if !done {
-        // Unblock the writer so that the session can end, then collect it. (Opening the
-        // FIFO for reading would block for ever were no writer left.)
-        let fifo = fifo.clone();
-        std::thread::spawn(move || std::fs::read(fifo).ok());
-    }
-    let _ = running.finish(Duration::from_secs(20));
-    assert!(!so_far.contains("cat-done"), "{so_far}");
-    assert!(
-        done,
-        "EOF + shutdown did not end the pipe session: a cat blocked on a FIFO holds it"
-    );
+    // Bounded: the cat gives up on the FIFO as the session shuts down.
+    wait_for("the session finished", STEP_TIMEOUT, || {
+        running.stdout_so_far().contains("finished")
+    });
+    let out = running.finish(STEP_TIMEOUT);
+    assert!(!out.stdout.contains("cat-done"), "{}", out.stdout);
 }
 
 /// Pipe `cat` whose `to` is a symlink to an existing file, or a dangling symlink: refused, the
@@ -696,34 +669,22 @@ fn cat_flushes_what_is_verified_before_waiting() {
     let sandbox = Sandbox::new();
     let (seeder, data) = e2e::slow_seeder(&sandbox, 4 * MIB, "300000");
     let (_broker, state, _) = leech(&sandbox, &seeder);
-    let data = std::fs::read(&data).unwrap();
-    let mut patron = sandbox.patron(&state);
-    wait_for("first pieces", STEP_TIMEOUT, || {
-        patron.status(T0).expect("status").bytes_done >= 256 * 1024
-    });
-    patron.pause(T0).expect("pause");
-    std::thread::sleep(Duration::from_millis(300));
-    let verified_to = match patron.request(open_body(0, None)).expect("open") {
-        Event::StreamOpened { stream, .. } => stream.verified_to,
-        other => panic!("{other:?}"),
-    };
-    // 10 bytes with no newline among them, just before the unverified piece.
-    let offset = verified_to as usize - 10;
-    let has_newline = data[offset..verified_to as usize].contains(&b'\n');
+    let verified_to = stall_after_first_pieces(&sandbox, &state);
+    // Ten bytes just before the unverified piece, whatever they are (a newline or not).
+    let offset = verified_to - 10;
     let cat = Cat::start(
         &sandbox,
         &state,
         &["0", "--offset", &offset.to_string()],
         &sandbox.path("tail.bin"),
     );
-    std::thread::sleep(Duration::from_secs(4));
-    let written = cat.written();
-    eprintln!("verified_to {verified_to}; cat at {offset} wrote {written} of the 10 verified bytes in 4 s (newline among them: {has_newline})");
-    drop(cat);
-    assert_eq!(
-        written, 10,
-        "verified bytes held in cat's stdout buffer while it waits"
-    );
+    wait_for("the 10 verified bytes written", STEP_TIMEOUT, || {
+        cat.written() == 10
+    });
+    drop(cat); // it would wait for ever: killed
+    let bytes = std::fs::read(sandbox.path("tail.bin")).expect("output");
+    let data = std::fs::read(data).expect("data");
+    assert!(bytes == data[offset as usize..verified_to as usize]);
 }
 
 /// The bytes cat writes are the torrent's: a folder of the torrent swapped for a symlink
@@ -908,11 +869,12 @@ fn pipe_shutdown_stops_a_cat_whose_reader_does_not_read() {
     )
     .expect("mkfifo");
     // Opened for reading, never read: the writer fills the FIFO's buffer and waits.
+    let (release, released) = std::sync::mpsc::channel::<()>();
     let holder = {
         let fifo = fifo.clone();
         std::thread::spawn(move || {
             let file = std::fs::File::open(fifo).expect("open the fifo");
-            std::thread::sleep(Duration::from_secs(20));
+            let _ = released.recv_timeout(STEP_TIMEOUT);
             drop(file);
         })
     };
@@ -934,8 +896,10 @@ fn pipe_shutdown_stops_a_cat_whose_reader_does_not_read() {
         use std::io::Write;
         let mut stdin = child.stdin.take().expect("stdin");
         writeln!(stdin, "{}", lines[0]).expect("write");
-        // Let the cat fill the FIFO before the shutdown comes.
-        std::thread::sleep(Duration::from_secs(1));
+        // The shutdown comes while the cat copies (into a FIFO that soon fills).
+        wait_for("the cat's stream", STEP_TIMEOUT, || {
+            streams_open(&sandbox, &state) == 1
+        });
         writeln!(stdin, "{}", lines[1]).expect("write");
         writeln!(stdin, "{}", lines[2]).expect("write");
     }
@@ -948,7 +912,8 @@ fn pipe_shutdown_stops_a_cat_whose_reader_does_not_read() {
     assert_eq!(play["event"], "error", "{lines:?}");
     assert_eq!(play["kind"], "shutting-down", "{lines:?}");
     assert!(lines.iter().any(|l| l["event"] == "finished"), "{lines:?}");
-    drop(holder);
+    drop(release);
+    holder.join().expect("holder");
 }
 
 /// A FIFO planted where the file is must not hang the reader's open: it reads over the
