@@ -91,21 +91,7 @@ enum Bench {
     /// Streaming while downloading: the first MiB at an offset from a rate-limited seeder
     /// (beside the whole download at that rate), and in-order read throughput from an
     /// unthrottled one (beside the plain download)
-    Stream {
-        #[arg(long)]
-        state_dir: PathBuf,
-        /// Scratch folder (inside the broker's download roots)
-        #[arg(long)]
-        work: PathBuf,
-        #[arg(long, default_value_t = 64)]
-        size_mib: u64,
-        #[arg(long, default_value_t = 4096)]
-        rate_kib: u32,
-        #[arg(long, default_value_t = 256)]
-        read_mib: u64,
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-    },
+    Stream(stream::StreamBench),
     /// Download speed through the broker beside a raw librqbit session, aria2c and
     /// libtorrent, all fetching from one raw librqbit seeder on 127.0.0.1
     Download {
@@ -285,21 +271,7 @@ fn main() -> anyhow::Result<()> {
             count,
             client,
         } => concurrent_start(state_dir, count, client),
-        Bench::Stream {
-            state_dir,
-            work,
-            size_mib,
-            rate_kib,
-            read_mib,
-            rounds,
-        } => stream::run(stream::StreamBench {
-            state_dir,
-            work,
-            size_mib,
-            rate_kib,
-            read_mib,
-            rounds,
-        }),
+        Bench::Stream(bench) => stream::run(bench),
         Bench::Download {
             state_dir,
             work,

@@ -19,17 +19,24 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// What `tp-bench stream` needs.
+#[derive(clap::Args)]
 pub struct StreamBench {
-    /// A running broker's state directory (its download roots must include `work`).
+    /// A running broker's state directory (its download roots must include `work`)
+    #[arg(long)]
     pub state_dir: PathBuf,
-    /// Scratch folder.
+    /// Scratch folder (inside the broker's download roots)
+    #[arg(long)]
     pub work: PathBuf,
-    /// Size of the rate-limited torrent.
+    /// Size of the rate-limited torrent
+    #[arg(long, default_value_t = 64)]
     pub size_mib: u64,
-    /// The seeder's upload limit for the first-MiB figure.
+    /// The seeder's upload limit for the first-MiB figure
+    #[arg(long, default_value_t = 4096)]
     pub rate_kib: u32,
-    /// Size of the unthrottled torrent read in order.
+    /// Size of the unthrottled torrent read in order
+    #[arg(long, default_value_t = 256)]
     pub read_mib: u64,
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
 }
 
