@@ -50,9 +50,30 @@ impl Drop for DiskBackedBitV {
 // Thus this separate "thread" of flushing was implemented.
 impl DiskBackedBitV {
     pub async fn new(filename: PathBuf, spawner: BlockingSpawner) -> anyhow::Result<Self> {
-        let buf = tokio::fs::read(&filename)
+        // torrent-patron patch: never through a symlink, never waiting on a FIFO, only a
+        // regular file (the broker's state is read as state, not as whatever is planted).
+        let buf = {
+            let path = filename.clone();
+            tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(
+                        nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY,
+                    )
+                    .open(&path)?;
+                if !file.metadata()?.file_type().is_file() {
+                    return Err(std::io::Error::other("not a regular file"));
+                }
+                let mut buf = Vec::new();
+                file.read_to_end(&mut buf)?;
+                Ok::<_, std::io::Error>(buf)
+            })
             .await
-            .with_context(|| format!("error reading {filename:?}"))?;
+            .context("bitfield reader panicked")?
+            .with_context(|| format!("error reading {filename:?}"))?
+        };
         let bv = BitVec::from_vec(buf).into_boxed_bitslice();
 
         // blocking file to avoid double-buffering and double-memcpy

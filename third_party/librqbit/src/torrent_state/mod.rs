@@ -201,6 +201,17 @@ impl ManagedTorrentShared {
     pub(crate) fn client_name_and_version(&self) -> &str {
         &self.client_name_and_version
     }
+
+    /// torrent-patron patch: where the torrent's files go, for a storage factory of the
+    /// embedder's (the options are private).
+    pub fn output_folder(&self) -> &Path {
+        &self.options.output_folder
+    }
+
+    /// torrent-patron patch: whether the torrent may open files that exist already.
+    pub fn allow_overwrite(&self) -> bool {
+        self.options.allow_overwrite
+    }
 }
 
 pub struct ManagedTorrent {
