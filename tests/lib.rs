@@ -865,6 +865,11 @@ impl CatProcess {
     pub fn start(sandbox: &Sandbox, state: &Path, args: &[&str], out: &Path) -> CatProcess {
         let mut cmd = sandbox.client(state);
         cmd.arg("cat").args(args);
+        CatProcess::from_command(cmd, out)
+    }
+
+    /// A cat started by `cmd` (a wrapper of `patron-client cat`), writing into `out`.
+    pub fn from_command(mut cmd: Command, out: &Path) -> CatProcess {
         let file = std::fs::File::create(out).expect("create output");
         let child = cmd
             .stdin(Stdio::null())

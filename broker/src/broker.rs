@@ -84,6 +84,17 @@ impl Broker {
         .await;
         let _ = service.save_registry();
         service.engine.stop().await;
+        // Nothing writes the torrents' files now: what they are is what their bitfields
+        // say (synced to disk by the clean stop that follows).
+        let ids: Vec<_> = service.state().registry.iter().map(|(id, _)| *id).collect();
+        let stamping = service.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for id in ids {
+                stamping.stamp_verified(id);
+            }
+        })
+        .await;
+        service.engine.stop_cleanly().await;
         tracing::info!("stopped");
     }
 }

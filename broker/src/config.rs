@@ -83,6 +83,11 @@ pub struct BrokerArgs {
     #[arg(long, env = "TORRENT_PATRON_MAX_TORRENTS", value_name = "N")]
     pub max_torrents: Option<usize>,
 
+    /// Most data files held open at once, for all torrents together (the least recently
+    /// used is closed first) [default: 512]
+    #[arg(long, env = "TORRENT_PATRON_OPEN_FILES", value_name = "N")]
+    pub open_files: Option<usize>,
+
     /// Append the log to FILE instead of writing it to stderr (relative to the state dir).
     /// The level comes from RUST_LOG [default: info]
     #[arg(long, env = "TORRENT_PATRON_LOG_FILE", value_name = "FILE")]
@@ -117,6 +122,7 @@ struct ConfigFile {
     max_download_rate: Option<u32>,
     max_patrons: Option<usize>,
     max_torrents: Option<usize>,
+    open_files: Option<usize>,
     log_file: Option<PathBuf>,
 }
 
@@ -153,6 +159,8 @@ pub struct BrokerConfig {
     pub max_patrons: usize,
     /// Torrent limit.
     pub max_torrents: usize,
+    /// Data files held open at once (the storage's file pool).
+    pub open_files: usize,
     /// Where the log goes instead of stderr (absolute).
     pub log_file: Option<PathBuf>,
 }
@@ -238,6 +246,11 @@ impl BrokerConfig {
             max_download_rate: args.max_download_rate.or(file.max_download_rate),
             max_patrons: args.max_patrons.or(file.max_patrons).unwrap_or(4096),
             max_torrents: args.max_torrents.or(file.max_torrents).unwrap_or(10_000),
+            open_files: args
+                .open_files
+                .or(file.open_files)
+                .unwrap_or(crate::storage::DEFAULT_OPEN_FILES)
+                .max(1),
             log_file,
         })
     }
@@ -255,10 +268,13 @@ impl BrokerConfig {
 
 fn read_config_file(state_dir: &Path) -> anyhow::Result<ConfigFile> {
     let path = state_dir.join(proto::paths::CONFIG_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text).with_context(|| format!("in {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    match crate::store::read_state_file(&path)? {
+        Some(bytes) => {
+            let text = String::from_utf8(bytes)
+                .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("in {}", path.display()))
+        }
+        None => Ok(ConfigFile::default()),
     }
 }
 

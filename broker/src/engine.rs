@@ -6,6 +6,7 @@
 
 use crate::config::BrokerConfig;
 use crate::fast_resume::FastResume;
+use crate::storage::{BeneathStorageFactory, FilePool};
 use anyhow::Context;
 use librqbit::api::TorrentIdOrHash;
 use librqbit::limits::LimitsConfig;
@@ -58,6 +59,10 @@ pub struct Engine {
     fast_resume: FastResume,
     /// The listen address it was asked for.
     listen: SocketAddr,
+    /// The data files the engine holds open, for every torrent (through [`crate::storage`]).
+    files: Arc<FilePool>,
+    /// The download roots (canonical), beneath which every data file is reached.
+    roots: Vec<PathBuf>,
 }
 
 /// A torrent the engine accepted.
@@ -91,8 +96,10 @@ pub struct AddSpec {
     pub rates: Rates,
     /// Trust what an earlier run of this torrent (this id) verified: a restore. Otherwise
     /// any fast-resume state left under its id is dropped first, and every byte on disk is
-    /// checked.
+    /// checked. Even then only if its files are as they were when that was recorded.
     pub resume: bool,
+    /// Its files, relative to `data_folder` (for `resume`: their stamps are compared).
+    pub files: Vec<PathBuf>,
 }
 
 /// Whether a pause or resume took effect, or waits for the torrent's check to end.
@@ -154,7 +161,15 @@ impl Engine {
         } else {
             None
         };
+        let files = FilePool::new(config.open_files);
         let options = SessionOptions {
+            // Every read, write, truncate and delete of a torrent's files goes through our
+            // storage: beneath a download root, never through a symlink, a bounded pool of
+            // open files (DESIGN §4).
+            default_storage_factory: Some(
+                BeneathStorageFactory::new(config.download_roots.clone(), files.clone())
+                    .boxed_factory(),
+            ),
             dht: if config.dht {
                 Some(Default::default())
             } else {
@@ -200,12 +215,19 @@ impl Engine {
             dht: config.dht,
             fast_resume,
             listen: config.listen,
+            files,
+            roots: config.download_roots.clone(),
         })
     }
 
     /// Where the engine listens for peers (the address it actually bound).
     pub fn listen_addr(&self) -> SocketAddr {
         self.session.listen_addr().unwrap_or(self.listen)
+    }
+
+    /// The pool of open data files (its use is a budget `broker status` shows).
+    pub fn file_pool(&self) -> &FilePool {
+        &self.files
     }
 
     /// A fresh id, for a torrent known before the engine has it (a resolving magnet).
@@ -277,7 +299,19 @@ impl Engine {
             })?,
             None => self.next_id.fetch_add(1, Ordering::Relaxed),
         };
-        if !spec.resume {
+        let unchanged = spec.resume
+            && {
+                let now = crate::storage::stamps_of(&self.roots, &spec.data_folder, &spec.files);
+                let same = self.fast_resume.stamps_match(TorrentId(id as u64), &now);
+                if !same {
+                    tracing::info!(
+                    torrent = id,
+                    "its files are not as they were when last verified (or that is not known): every piece is hashed again"
+                );
+                }
+                same
+            };
+        if !unchanged {
             self.forget_verified(TorrentId(id as u64))
                 .map_err(|e| engine_error("cannot start the torrent afresh", e))?;
         }
@@ -329,8 +363,34 @@ impl Engine {
     /// Done when a torrent is closed, rechecked, or added anew (a file left by an earlier
     /// torrent of the same info hash must not vouch for whatever is on disk now).
     pub fn forget_verified(&self, id: TorrentId) -> anyhow::Result<()> {
-        crate::store::remove_durably(&self.fast_resume.path(id))
-            .with_context(|| format!("cannot remove the fast-resume state of torrent {id}"))
+        // The stamps first: a bitfield without them is never trusted.
+        for path in [self.fast_resume.stamps_path(id), self.fast_resume.path(id)] {
+            crate::store::remove_durably(&path)
+                .with_context(|| format!("cannot remove the fast-resume state of torrent {id}"))?;
+        }
+        Ok(())
+    }
+
+    /// Records what a torrent's files (`files`, relative to `data_folder`) are now, its
+    /// verified pieces being known true of them: once it is complete, and at a clean stop.
+    /// Blocking (it looks at every file). `files` says which are padding (never on disk).
+    /// A file that is not there now (its
+    /// disk unmounted) leaves the last stamps as they were: they still say what the
+    /// bitfield is true of, should the same file come back.
+    pub fn stamp_verified(&self, id: TorrentId, data_folder: &Path, files: &[(PathBuf, bool)]) {
+        let paths: Vec<PathBuf> = files.iter().map(|(path, _)| path.clone()).collect();
+        let stamps = crate::storage::stamps_of(&self.roots, data_folder, &paths);
+        let missing = stamps
+            .iter()
+            .zip(files)
+            .any(|(stamp, (_, padding))| stamp.is_none() && !padding);
+        if missing {
+            tracing::info!(torrent = %id, "a file of it is not there: its last stamps are kept");
+            return;
+        }
+        if let Err(e) = self.fast_resume.write_stamps(id, &stamps) {
+            tracing::warn!(torrent = %id, "{e:#}; its data is hashed again at the next start");
+        }
     }
 
     /// Removes the fast-resume files of torrents the broker no longer remembers (closed while
@@ -529,10 +589,14 @@ impl Engine {
         Ok(peers)
     }
 
-    /// Stops the engine (pausing every torrent), then syncs the file systems, so that what
-    /// the bitfields say is on disk (see [`FastResume`]).
+    /// Stops the engine (pausing every torrent): nothing writes a torrent's files after.
     pub async fn stop(&self) {
         self.session.stop().await;
+    }
+
+    /// Then syncs the file systems, so that what the bitfields say is on disk (see
+    /// [`FastResume`]), and marks the run clean.
+    pub async fn stop_cleanly(&self) {
         self.fast_resume.stopped_cleanly().await;
     }
 }

@@ -150,7 +150,7 @@ fn refresh_board(
             }
             known => {
                 let before = known.map(|k| k.look);
-                let completion = watch_completion(service, handle.clone());
+                let completion = watch_completion(service, id, handle.clone());
                 let watched = handle.clone();
                 seen.insert(
                     id,
@@ -201,9 +201,12 @@ fn refresh_board(
     (urgent, computed)
 }
 
-/// A task that wakes the status loop when the engine reports `handle` complete.
+/// A task that wakes the status loop when the engine reports `handle` complete, and then
+/// records what its files are (nothing writes them any more), so that fast resume can
+/// trust its pieces at the next start only while the files stay so.
 fn watch_completion(
     service: &Arc<Service>,
+    id: TorrentId,
     handle: ManagedTorrentHandle,
 ) -> tokio::task::AbortHandle {
     let service = Arc::downgrade(service);
@@ -211,6 +214,7 @@ fn watch_completion(
         if handle.wait_until_completed().await.is_ok() {
             if let Some(service) = service.upgrade() {
                 service.status_nudge.notify_one();
+                let _ = tokio::task::spawn_blocking(move || service.stamp_verified(id)).await;
             }
         }
     })

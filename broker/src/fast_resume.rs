@@ -12,6 +12,7 @@
 //!
 //! The folder is the broker's own: a symlink in it (or in its place) is never followed.
 
+use crate::storage::FileStamp;
 use anyhow::{bail, Context};
 use proto::TorrentId;
 use serde::{Deserialize, Serialize};
@@ -76,8 +77,9 @@ impl FastResume {
             dir: dir.to_path_buf(),
             boot_id,
         };
-        let last = std::fs::read(dir.join(NOTE))
-            .ok()
+        // Unreadable or damaged: no note, so no bitfield is trusted. Not a regular file of
+        // ours (a FIFO would hang the start while the lock is held): a refused start.
+        let last = crate::store::read_state_file(&dir.join(NOTE))?
             .and_then(|bytes| serde_json::from_slice::<RunNote>(&bytes).ok());
         // No note (a first run has no bitfield either): nothing vouches for any bitfield.
         // An unknown boot (no boot id to read) is never the same boot.
@@ -115,6 +117,27 @@ impl FastResume {
         self.dir.join(format!("{id}.bitv"))
     }
 
+    /// What a torrent's files were when its bitfield was last known true.
+    pub fn stamps_path(&self, id: TorrentId) -> PathBuf {
+        self.dir.join(format!("{id}.stamps"))
+    }
+
+    /// Records what a torrent's files are now, its bitfield being true of them.
+    pub fn write_stamps(&self, id: TorrentId, stamps: &[Option<FileStamp>]) -> anyhow::Result<()> {
+        let path = self.stamps_path(id);
+        crate::store::write_atomically(&path, &serde_json::to_vec(stamps)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Whether a torrent's files are as recorded (no record: not known to be).
+    pub fn stamps_match(&self, id: TorrentId, now: &[Option<FileStamp>]) -> bool {
+        let recorded = crate::store::read_state_file(&self.stamps_path(id))
+            .ok()
+            .flatten()
+            .and_then(|bytes| serde_json::from_slice::<Vec<Option<FileStamp>>>(&bytes).ok());
+        recorded.is_some_and(|recorded| recorded == now)
+    }
+
     /// Without `keep` (before the engine runs): removes the engine's temporary bitfields and
     /// anything but a plain file in a bitfield's place. With `keep` (the engine may be
     /// writing those of torrents in it): removes the bitfields, temporary or not, of
@@ -131,6 +154,7 @@ impl FastResume {
             let Some(stem) = name
                 .strip_suffix(".bitv")
                 .or_else(|| name.strip_suffix(".bitv.tmp"))
+                .or_else(|| name.strip_suffix(".stamps"))
             else {
                 continue;
             };

@@ -20,7 +20,9 @@
 //! - [`service`]: the torrents, for patrons: [`engine`] (the librqbit session, patched:
 //!   see `third_party/README.md`; its bitfields in [`fast_resume`]),
 //!   [`registry`] (which torrents run and who holds them), [`store`] (crash-safe records),
-//!   [`roots`] (where a torrent may write), [`board`] (the shared-memory status board) and
+//!   [`roots`] (where a torrent may write), [`storage`] (the only way the engine reaches
+//!   a torrent's files: beneath a root, never through a symlink, a bounded pool of open
+//!   files), [`board`] (the shared-memory status board) and
 //!   [`fanout`] (status → the board and holders), and [`streams`] (readers of a file while
 //!   it downloads: each keeps the engine's priority window where its reader is);
 //! - [`broker`] wires them together; [`lock`] is the single-client rule (an `flock` the
@@ -43,6 +45,7 @@ pub mod roots;
 pub mod service;
 pub mod shutdown;
 pub mod socket;
+pub mod storage;
 pub mod store;
 pub mod streams;
 pub mod torrent_file;

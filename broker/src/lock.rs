@@ -39,8 +39,15 @@ impl StateLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            // Never through a link, never waiting on a FIFO planted there.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(&path)
             .and_then(|file| {
+                if !file.metadata()?.file_type().is_file() {
+                    return Err(std::io::Error::other(
+                        "it is not a regular file: move it aside",
+                    ));
+                }
                 // An existing lock file keeps its old mode through `open`.
                 file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
                 Ok(file)

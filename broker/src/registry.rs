@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One running torrent.
 pub struct TorrentEntry {
@@ -36,6 +37,8 @@ pub struct TorrentEntry {
     pub last_status: Option<TorrentStatus>,
     /// How to add it again after a restart.
     pub restore: RestoreSpec,
+    /// Every file it has on disk (full paths): no other torrent may have one of them.
+    pub files: Arc<[PathBuf]>,
 }
 
 impl TorrentEntry {
@@ -117,6 +120,8 @@ pub struct Unrestored {
     pub restore: RestoreSpec,
     /// Why it could not be restored.
     pub error: String,
+    /// Its files (full paths), as far as they are known: still its own while it is kept.
+    pub files: Arc<[PathBuf]>,
 }
 
 /// A magnet whose metadata is being fetched: shown (`resolving-metadata`) under the id it
@@ -136,6 +141,9 @@ pub struct TorrentRegistry {
     torrents: BTreeMap<TorrentId, TorrentEntry>,
     unrestored: BTreeMap<TorrentId, Unrestored>,
     resolving: BTreeMap<TorrentId, Resolving>,
+    /// Whose each file is, for every torrent run or kept (DESIGN §4: one owner per file).
+    /// Kept by the methods that add and remove torrents, so no path can skip it.
+    owners: BTreeMap<PathBuf, TorrentId>,
     /// Bumped by every change of which torrents are known (see [`TorrentRegistry::version`]).
     version: u64,
 }
@@ -187,7 +195,55 @@ impl TorrentRegistry {
     /// Keeps a record that could not be restored.
     pub fn keep_unrestored(&mut self, id: TorrentId, unrestored: Unrestored) {
         self.version += 1;
+        self.claim(id, &unrestored.files);
         self.unrestored.insert(id, unrestored);
+    }
+
+    fn claim(&mut self, id: TorrentId, files: &[PathBuf]) {
+        for file in files {
+            self.owners.entry(file.clone()).or_insert(id);
+        }
+    }
+
+    fn release(&mut self, id: TorrentId, files: &[PathBuf]) {
+        for file in files {
+            if self.owners.get(file) == Some(&id) {
+                self.owners.remove(file);
+            }
+        }
+    }
+
+    /// The first of `files` (full paths) that another torrent run or kept has (the same
+    /// path, a folder of it, or a file of it as a folder), and whose it is. `except`: the
+    /// torrent's own id (a recheck or restore of it).
+    pub fn owned_elsewhere(
+        &self,
+        files: &[PathBuf],
+        except: Option<TorrentId>,
+    ) -> Option<(PathBuf, TorrentId)> {
+        let other = |id: &TorrentId| Some(*id) != except;
+        for file in files {
+            if let Some(id) = self.owners.get(file).filter(|id| other(id)) {
+                return Some((file.clone(), *id));
+            }
+            // One of its folders is another torrent's file.
+            for folder in file.ancestors().skip(1) {
+                if let Some(id) = self.owners.get(folder).filter(|id| other(id)) {
+                    return Some((folder.to_path_buf(), *id));
+                }
+            }
+            // It is a folder of another torrent's files.
+            let inside = self
+                .owners
+                .range(file.clone()..)
+                .skip_while(|(path, _)| *path == file)
+                .take_while(|(path, _)| path.starts_with(file))
+                .find(|(_, id)| other(id));
+            if let Some((path, id)) = inside {
+                return Some((path.clone(), *id));
+            }
+        }
+        None
     }
 
     /// Forgets a record that could not be restored (a patron closed it), returning its id.
@@ -203,7 +259,9 @@ impl TorrentRegistry {
                     .0
             }
         };
-        self.unrestored.remove(&id).map(|u| (id, u))
+        let forgotten = self.unrestored.remove(&id)?;
+        self.release(id, &forgotten.files);
+        Some((id, forgotten))
     }
 
     /// The ids of every torrent remembered (running or not restored).
@@ -255,18 +313,26 @@ impl TorrentRegistry {
         holder: Option<PatronId>,
     ) -> TorrentInfo {
         self.version += 1;
-        let entry = self
-            .torrents
-            .entry(info.id)
-            .or_insert_with(|| TorrentEntry {
-                info,
-                handle,
-                holders: BTreeSet::new(),
-                last_status: None,
-                restore,
-                restarting: false,
-                settling: false,
-            });
+        if !self.torrents.contains_key(&info.id) {
+            let files = files_of(&handle, &restore.data_folder);
+            self.claim(info.id, &files);
+            self.torrents.insert(
+                info.id,
+                TorrentEntry {
+                    info: info.clone(),
+                    handle,
+                    holders: BTreeSet::new(),
+                    last_status: None,
+                    restore,
+                    restarting: false,
+                    settling: false,
+                    files,
+                },
+            );
+        }
+        let Some(entry) = self.torrents.get_mut(&info.id) else {
+            return info;
+        };
         if let Some(holder) = holder {
             entry.holders.insert(holder);
         }
@@ -277,13 +343,16 @@ impl TorrentRegistry {
     /// be recorded).
     pub fn reinsert(&mut self, id: TorrentId, entry: TorrentEntry) {
         self.version += 1;
+        self.claim(id, &entry.files);
         self.torrents.insert(id, entry);
     }
 
     /// Forgets a torrent, returning it.
     pub fn remove(&mut self, id: TorrentId) -> Option<TorrentEntry> {
         self.version += 1;
-        self.torrents.remove(&id)
+        let entry = self.torrents.remove(&id)?;
+        self.release(id, &entry.files);
+        Some(entry)
     }
 
     /// Releases every hold of a patron that left. Returns the ephemeral torrents nobody
@@ -309,7 +378,7 @@ impl TorrentRegistry {
             .get(&id)
             .is_some_and(|e| e.restore.ephemeral && e.holders.is_empty());
         if orphan {
-            self.torrents.remove(&id);
+            self.remove(id);
         }
         orphan
     }
@@ -351,10 +420,10 @@ impl TorrentRegistry {
     /// torrents; a file that cannot be read or parsed (empty included: a saved registry is
     /// never empty, it is at least `{}`) is an error, and the caller must not overwrite it.
     pub fn load_records(path: &Path) -> Result<BTreeMap<TorrentId, RestoreSpec>, String> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        let bytes = match crate::store::read_state_file(path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e.to_string()),
         };
         let records = serde_json::from_slice::<BTreeMap<u64, RestoreSpec>>(&bytes).map_err(|e| {
             let what = if bytes.is_empty() {
@@ -371,5 +440,84 @@ impl TorrentRegistry {
             .into_iter()
             .map(|(id, spec)| (TorrentId(id), spec))
             .collect())
+    }
+}
+
+/// The files a torrent has on disk (padding files are never there), as full paths.
+pub fn files_of(handle: &ManagedTorrentHandle, data_folder: &Path) -> Arc<[PathBuf]> {
+    handle
+        .with_metadata(|meta| {
+            meta.file_infos
+                .iter()
+                .filter(|f| !f.attrs.padding)
+                .map(|f| data_folder.join(&f.relative_filename))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::InfoHash;
+
+    fn kept(registry: &mut TorrentRegistry, id: u64, files: &[&str]) {
+        let id = TorrentId(id);
+        let info = TorrentInfo {
+            id,
+            info_hash: InfoHash([id.0 as u8; 20]),
+            name: format!("t{id}"),
+            save_folder: "/d".into(),
+            total_bytes: 0,
+        };
+        let restore = RestoreSpec {
+            save_folder: "/d".into(),
+            data_folder: "/d".into(),
+            peers: Vec::new(),
+            added_peers: Vec::new(),
+            only_files: None,
+            paused: false,
+            ephemeral: false,
+            rates: Default::default(),
+        };
+        let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+        registry.keep_unrestored(
+            id,
+            Unrestored {
+                info,
+                restore,
+                error: String::new(),
+                files: files.into(),
+            },
+        );
+    }
+
+    fn owner(registry: &TorrentRegistry, files: &[&str], except: Option<u64>) -> Option<u64> {
+        let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+        registry
+            .owned_elsewhere(&files, except.map(TorrentId))
+            .map(|(_, id)| id.0)
+    }
+
+    #[test]
+    fn one_owner_per_file_by_path_folder_and_contents() {
+        let mut registry = TorrentRegistry::default();
+        kept(&mut registry, 1, &["/d/movie.mkv", "/d/show/e1.mkv"]);
+        // The same file.
+        assert_eq!(owner(&registry, &["/d/x", "/d/movie.mkv"], None), Some(1));
+        // A file where the other has a folder, and a folder where the other has a file.
+        assert_eq!(owner(&registry, &["/d/show"], None), Some(1));
+        assert_eq!(owner(&registry, &["/d/movie.mkv/inner"], None), Some(1));
+        // Neighbours and names that merely share a prefix are free.
+        assert_eq!(
+            owner(&registry, &["/d/show2/e1.mkv", "/d/movie.mkv.part"], None),
+            None
+        );
+        // A torrent's own files are its own (a recheck, a restore).
+        assert_eq!(owner(&registry, &["/d/movie.mkv"], Some(1)), None);
+        // Forgotten, its files are free again.
+        registry.forget_unrestored(TorrentRef::Id(TorrentId(1)));
+        assert_eq!(owner(&registry, &["/d/movie.mkv", "/d/show"], None), None);
     }
 }

@@ -107,14 +107,19 @@ impl Service {
             .map_err(|why| anyhow::anyhow!(why))?;
         for id in records.keys() {
             self.engine.reserve_id(*id);
+            // A .torrent that is not a regular file of ours (a FIFO planted there would hang
+            // the start while the lock is held) refuses the start, naming it; a missing one
+            // is a record kept unrestored, as any other failure to restore.
+            crate::store::open_state_file(&self.torrent_file_path(*id))?;
         }
         for (id, spec) in records {
-            if let Err((error, info)) = self.restore_one(id, &spec).await {
+            if let Err((error, info, files)) = self.restore_one(id, &spec).await {
                 tracing::error!(torrent = %id, "cannot restore, kept for the next start: {error}");
                 let unrestored = Unrestored {
                     info,
                     restore: spec,
                     error: error.message,
+                    files,
                 };
                 self.state().registry.keep_unrestored(id, unrestored);
             }
@@ -148,7 +153,8 @@ impl Service {
         &self,
         id: TorrentId,
         spec: &RestoreSpec,
-    ) -> Result<(), (ProtoError, TorrentInfo)> {
+    ) -> Result<(), (ProtoError, TorrentInfo, Arc<[PathBuf]>)> {
+        let mut files: Arc<[PathBuf]> = Arc::from(Vec::new());
         let mut info = TorrentInfo {
             id,
             info_hash: proto::InfoHash([0; 20]),
@@ -157,16 +163,35 @@ impl Service {
             total_bytes: 0,
         };
         let path = self.torrent_file_path(id);
-        let bytes = std::fs::read(&path).map_err(|e| {
-            let why = format!("cannot read {}: {e}", path.display());
-            (ProtoError::new(ErrorKind::Io, why), info.clone())
-        })?;
+        let bytes = match crate::store::read_state_file(&path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                let why = format!("{} is missing", path.display());
+                return Err((
+                    ProtoError::new(ErrorKind::Io, why),
+                    info.clone(),
+                    files.clone(),
+                ));
+            }
+            Err(e) => {
+                let error = ProtoError::new(ErrorKind::Io, e.to_string());
+                return Err((error, info.clone(), files.clone()));
+            }
+        };
         let checked = torrent_file::check_torrent_file(&bytes, self.config.loopback_only)
-            .map_err(|e| (e, info.clone()))?;
+            .map_err(|e| (e, info.clone(), files.clone()))?;
         info = checked.info(id, &spec.save_folder);
+        files = checked.full_paths(&spec.data_folder);
+        // Two records with a file in common (one kept while the other was added): the
+        // second stays a record, not restored over the first's data.
+        let owner = self.state().registry.owned_elsewhere(&files, Some(id));
+        if let Some((path, owner)) = owner {
+            let error = crate::service::owned_by(&path, owner);
+            return Err((error, info, files));
+        }
         self.check_restorable_folder(&spec.save_folder)
             .and_then(|()| crate::roots::check_torrent_paths(&spec.save_folder, &checked, false))
-            .map_err(|e| (e, info.clone()))?;
+            .map_err(|e| (e, info.clone(), files.clone()))?;
         let added = self
             .engine
             .add(AddSpec {
@@ -181,9 +206,10 @@ impl Service {
                 rates: spec.rates,
                 // What the engine verified (under this id) is this torrent's own.
                 resume: true,
+                files: checked.relative_paths(),
             })
             .await
-            .map_err(|e| (e, info.clone()))?;
+            .map_err(|e| (e, info.clone(), files.clone()))?;
         if !added.is_new || added.id != id {
             // Two records of one torrent (added again while the first could not be restored):
             // the second is kept, not silently merged away.
@@ -191,7 +217,7 @@ impl Service {
                 "the same torrent is already restored as torrent {}",
                 added.id
             );
-            return Err((ProtoError::new(ErrorKind::BadRequest, why), info));
+            return Err((ProtoError::new(ErrorKind::BadRequest, why), info, files));
         }
         tracing::info!(torrent = %id, name = %checked.name, "restored torrent");
         let info = checked.info(added.id, &spec.save_folder);
@@ -639,6 +665,32 @@ impl Service {
         }
     }
 
+    /// Records that torrent `id`'s files, as they are now, hold what its bitfield says
+    /// (see [`crate::storage::FileStamp`]). Blocking: it looks at every file.
+    pub fn stamp_verified(&self, id: TorrentId) {
+        let found = {
+            let state = self.state();
+            state
+                .registry
+                .get(id)
+                .and_then(|e| Some((e.restore.data_folder.clone(), e.live_handle()?)))
+        };
+        let Some((folder, handle)) = found else {
+            return;
+        };
+        // Every file the engine lists, padding included, in its order: as compared at the
+        // next restore (`AddSpec::files`).
+        let Ok(files) = handle.with_metadata(|meta| {
+            meta.file_infos
+                .iter()
+                .map(|f| (f.relative_filename.clone(), f.attrs.padding))
+                .collect::<Vec<_>>()
+        }) else {
+            return;
+        };
+        self.engine.stamp_verified(id, &folder, &files);
+    }
+
     /// Resolves a reference to a running torrent's id.
     pub fn resolve(&self, torrent: TorrentRef) -> Result<TorrentId, ProtoError> {
         self.state().registry.resolve(torrent).ok_or_else(|| {
@@ -716,6 +768,17 @@ impl Service {
             ),
         ))
     }
+}
+
+/// The refusal of a torrent with a file that `owner` has (DESIGN §4: one owner per file).
+pub fn owned_by(path: &Path, owner: TorrentId) -> ProtoError {
+    ProtoError::new(
+        ErrorKind::FileOwned,
+        format!(
+            "{} is torrent {owner}'s; a file has one torrent at most (with --overwrite too): choose another save folder, or close torrent {owner} first",
+            path.display()
+        ),
+    )
 }
 
 impl crate::streams::Torrents for Service {

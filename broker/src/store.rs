@@ -42,11 +42,62 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     written
 }
 
+/// Opens a file of the broker's state (DESIGN §4, "state is read as state"): never through
+/// a symlink, never waiting (a FIFO planted there would hang the start while the lock is
+/// held), and only a regular file of this user. `Ok(None)`: there is none.
+pub fn open_state_file(path: &Path) -> io::Result<Option<File>> {
+    use std::os::unix::fs::MetadataExt;
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(io::Error::other(format!(
+                "{} is a symbolic link; the broker's state files are never read through one: move it aside",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))),
+    };
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file (a FIFO, a device or a folder?); the broker reads only its own regular files there: move it aside",
+            path.display()
+        )));
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid {
+        return Err(io::Error::other(format!(
+            "{} belongs to uid {}, not to the broker's user ({uid}): move it aside",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    Ok(Some(file))
+}
+
+/// Reads a file of the broker's state as [`open_state_file`] opens it. `Ok(None)`: there is
+/// none.
+pub fn read_state_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let Some(mut file) = open_state_file(path)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
+    Ok(Some(bytes))
+}
+
 /// [`write_atomically`], unless `path` already holds exactly `bytes` (then only its mode is
 /// made owner-only): nothing is written, so a full disk does not matter.
 pub fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    match std::fs::read(path) {
-        Ok(current) if current == bytes => {
+    match read_state_file(path)? {
+        Some(current) if current == bytes => {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         }
         _ => write_atomically(path, bytes),

@@ -58,6 +58,23 @@ impl CheckedTorrent {
             save_folder.to_path_buf()
         }
     }
+
+    /// Its files' paths inside its data folder.
+    pub fn relative_paths(&self) -> Vec<PathBuf> {
+        self.files
+            .iter()
+            .map(|(relative, _)| relative.clone())
+            .collect()
+    }
+
+    /// Its files' full paths, written into `data_folder`.
+    pub fn full_paths(&self, data_folder: &Path) -> std::sync::Arc<[PathBuf]> {
+        self.files
+            .iter()
+            .map(|(relative, _)| data_folder.join(relative))
+            .collect::<Vec<_>>()
+            .into()
+    }
 }
 
 fn invalid(message: impl Into<String>) -> ProtoError {

@@ -75,7 +75,7 @@ pub use status::{TorrentState, TorrentStatus};
 
 /// The protocol version spoken by this build. Bumped on any incompatible wire change;
 /// the broker refuses a patron whose version differs, with a clear error on both sides.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The largest serialized request the broker accepts (a .torrent file rides inside one).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -592,6 +592,10 @@ pub struct BrokerInfo {
     pub torrents: u32,
     /// Open streams (readers of a file while it downloads), all patrons together.
     pub streams: u32,
+    /// Torrents' data files held open now, all torrents together.
+    pub open_files: u32,
+    /// The most it holds open (`--open-files`): the least recently used closes first.
+    pub open_files_limit: u32,
 }
 
 /// One line of [`Event::TorrentList`].
@@ -640,6 +644,8 @@ pub enum ErrorKind {
     Engine,
     /// The broker is stopping.
     ShuttingDown,
+    /// A file the torrent would have is another torrent's (one owner per file, DESIGN §4).
+    FileOwned,
 }
 
 impl ErrorKind {
@@ -660,6 +666,7 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::Engine => "engine",
             ErrorKind::ShuttingDown => "shutting-down",
+            ErrorKind::FileOwned => "file-owned",
         }
     }
 }

@@ -184,6 +184,8 @@ fn every_event_round_trips() {
                 patrons: 2,
                 torrents: 3,
                 streams: 4,
+                open_files: 5,
+                open_files_limit: 512,
             },
         },
         Event::Error {

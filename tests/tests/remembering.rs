@@ -273,3 +273,63 @@ fn a_shared_folder_given_as_state_dir_is_refused_not_locked_down() {
     let mode = std::fs::metadata(&shared).expect("stat").mode() & 0o7777;
     assert_eq!(mode, 0o1777, "the shared folder's mode was changed");
 }
+
+/// Starts a broker on `state` expecting it to refuse, within a step (never a hang), with a
+/// message naming `named`.
+fn refused_start_naming(sandbox: &Sandbox, state: &Path, named: &Path, what: &str) {
+    let mut broker = Command::new(e2e::bin("torrent-broker"));
+    sandbox.apply_env(&mut broker);
+    broker.arg("--state-dir").arg(state);
+    // Before: the start opened the FIFO for reading and waited forever, holding the lock.
+    let out = run(broker);
+    assert_ne!(out.code(), 0, "started with {what}");
+    assert!(
+        out.stderr.contains(&named.display().to_string()),
+        "the refusal names {}: {}",
+        named.display(),
+        out.stderr
+    );
+}
+
+#[test]
+fn a_fifo_or_link_in_the_state_dir_refuses_the_start_naming_it_never_hangs() {
+    use nix::sys::stat::Mode;
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("planted");
+    let downloads = sandbox.folder("downloads");
+    let torrent = made_torrent(&sandbox, "planted.bin");
+    let broker = sandbox.broker(&state, &[]);
+    run(sandbox.add_command(&state, &torrent, &downloads, None)).expect_code(0);
+    stop(broker);
+    let fifo = |path: &Path| {
+        nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    };
+
+    // The engine's run note, the torrent's kept .torrent, the config file: each planted as
+    // a FIFO nobody writes, then as a link to a file elsewhere.
+    let run_note = state.join("engine/fastresume/run.json");
+    let record = state.join("torrents/0.torrent");
+    let config = state.join("broker.toml");
+    let elsewhere = sandbox.path("elsewhere");
+    std::fs::write(&elsewhere, b"").expect("write");
+    for planted in [&run_note, &record, &config] {
+        let kept = planted.with_extension("kept");
+        let existed = planted.exists();
+        if existed {
+            std::fs::rename(planted, &kept).expect("move aside");
+        }
+        fifo(planted);
+        refused_start_naming(&sandbox, &state, planted, "a FIFO in the state dir");
+        std::fs::remove_file(planted).expect("remove fifo");
+        std::os::unix::fs::symlink(&elsewhere, planted).expect("symlink");
+        refused_start_naming(&sandbox, &state, planted, "a symlink in the state dir");
+        std::fs::remove_file(planted).expect("remove link");
+        if existed {
+            std::fs::rename(&kept, planted).expect("put back");
+        }
+    }
+    // Put right, the broker starts and still has its torrent.
+    let broker = sandbox.broker(&state, &[]);
+    assert_eq!(listed(&sandbox, &state).len(), 1);
+    stop(broker);
+}

@@ -920,18 +920,27 @@ fn pipe_shutdown_stops_a_cat_whose_reader_does_not_read() {
 /// channel instead, the right bytes.
 #[test]
 fn a_fifo_planted_at_the_files_path_does_not_hang_the_reader() {
+    if !e2e::have_root("a reader in a mount namespace of its own") {
+        return;
+    }
     let sandbox = Sandbox::new();
     let (seeder, data) = e2e::slow_seeder(&sandbox, 2 * MIB, "2000000");
     let (_broker, state, downloads) = leech(&sandbox, &seeder);
     let path = downloads.join("slow.bin");
     wait_for("the engine's file", STEP_TIMEOUT, || path.exists());
-    std::fs::remove_file(&path).expect("unlink");
-    nix::unistd::mkfifo(
-        &path,
-        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
-    )
-    .expect("mkfifo");
-    let cat = Cat::start(&sandbox, &state, &["0"], &sandbox.path("all.bin"));
+    // Where the reader looks (in a mount namespace of its own, over the downloads), a FIFO
+    // nobody writes has the file's name; the engine keeps the real file.
+    let mut cat = std::process::Command::new("unshare");
+    sandbox.apply_env(&mut cat);
+    cat.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs tmpfs "$1" && mkfifo "$1/slow.bin" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&downloads)
+        .arg(e2e::bin("patron-client"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["cat", "0"]);
+    let cat = Cat::from_command(cat, &sandbox.path("all.bin"));
     let (code, stderr, bytes) = cat.finish_within(STEP_TIMEOUT);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("over the broker's channel"), "{stderr}");

@@ -96,6 +96,15 @@ async fn start(
     }
     service.room_for_one_more()?;
     let data_folder = checked.data_folder(&save_folder);
+    // One owner per file (DESIGN §4), whatever --overwrite says: a file another torrent
+    // runs or keeps is never this one's to write.
+    let owner = service
+        .state()
+        .registry
+        .owned_elsewhere(&checked.full_paths(&data_folder), None);
+    if let Some((path, owner)) = owner {
+        return Err(crate::service::owned_by(&path, owner));
+    }
     crate::roots::check_torrent_paths(&save_folder, &checked, true)?;
     if let Some(missing) = create
         .only_files
@@ -140,6 +149,7 @@ async fn start(
             id: preallocated,
             rates,
             resume: false,
+            files: checked.relative_paths(),
         })
         .await?;
     let (torrent, is_new) = service.register(added, &checked, restore, patron).await?;

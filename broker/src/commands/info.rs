@@ -25,6 +25,8 @@ pub fn run(service: &Service, request: RequestId) -> Event {
             patrons,
             torrents,
             streams: service.streams.count() as u32,
+            open_files: service.engine.file_pool().open_files() as u32,
+            open_files_limit: service.engine.file_pool().capacity() as u32,
         },
     }
 }

@@ -97,6 +97,13 @@ async fn seed(
         return Ok(info);
     }
     service.room_for_one_more()?;
+    let owner = service
+        .state()
+        .registry
+        .owned_elsewhere(&checked.full_paths(&data_folder), None);
+    if let Some((path, owner)) = owner {
+        return Err(crate::service::owned_by(&path, owner));
+    }
     let added = service
         .engine
         .add(AddSpec {
@@ -110,6 +117,7 @@ async fn seed(
             id: None,
             rates: Default::default(),
             resume: false,
+            files: checked.relative_paths(),
         })
         .await?;
     let restore = RestoreSpec {

@@ -58,6 +58,7 @@ async fn recheck(service: &Service, torrent: TorrentRef) -> Result<TorrentStatus
             id: Some(id),
             rates: restore.rates,
             resume: false,
+            files: Vec::new(),
         })
         .await;
     match added {
@@ -90,10 +91,10 @@ fn lost(
 ) -> ProtoError {
     tracing::error!(torrent = %id, "cannot start it again after stopping it for a check: {why}");
     let mut state = service.state();
-    let holders = state
+    let (holders, files) = state
         .registry
         .remove(id)
-        .map(|entry| entry.holders)
+        .map(|entry| (entry.holders, entry.files))
         .unwrap_or_default();
     if !restore.ephemeral {
         let error = format!("stopped for a recheck, then could not start again: {why}");
@@ -103,6 +104,7 @@ fn lost(
                 info,
                 restore,
                 error,
+                files,
             },
         );
     }

@@ -61,14 +61,17 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
     ctx.out.emit(
         || {
             format!(
-                "Broker running: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}",
+                "Broker running: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}\n  budgets:        streams {}, open data files {} of {}",
                 info.pid,
                 info.version,
                 info.state_dir,
                 info.listen,
                 if info.loopback_only { " (loopback only)" } else { "" },
                 info.download_roots.join(", "),
-                info.torrents
+                info.torrents,
+                info.streams,
+                info.open_files,
+                info.open_files_limit
             )
         },
         json!({
@@ -82,6 +85,9 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
             "download_roots": info.download_roots,
             "patrons": others,
             "torrents": info.torrents,
+            "streams": info.streams,
+            "open_files": info.open_files,
+            "open_files_limit": info.open_files_limit,
         }),
     );
     Ok(Exit::Success)
