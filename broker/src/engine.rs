@@ -138,6 +138,27 @@ pub struct Rates {
     pub upload: Option<NonZeroU32>,
 }
 
+/// The DHT's settings: its routing table and node id kept in the state dir (librqbit's
+/// default is a per-user cache folder shared by every broker, whose first use also renames
+/// unrelated `~/.cache/dht` and `~/.config/dht` folders), on a UDP port of the broker's own
+/// (its BitTorrent port's number, as libtorrent does). Two brokers share nothing.
+fn dht_config(config: &BrokerConfig) -> anyhow::Result<Option<librqbit::DhtSessionConfig>> {
+    if !config.dht {
+        return Ok(None);
+    }
+    let table = config.engine_state_dir().join("dht.json");
+    // Read as state: a FIFO there would hang the engine's start.
+    crate::store::open_state_file(&table)?;
+    Ok(Some(librqbit::DhtSessionConfig {
+        bootstrap_addrs: None,
+        port: Some(config.listen.port()),
+        persistence: Some(librqbit::dht::DhtPersistenceConfig {
+            dump_interval: None,
+            config_filename: Some(table),
+        }),
+    }))
+}
+
 fn engine_error(context: &str, e: anyhow::Error) -> ProtoError {
     ProtoError::new(ErrorKind::Engine, format!("{context}: {e:#}"))
 }
@@ -170,11 +191,7 @@ impl Engine {
                 BeneathStorageFactory::new(config.download_roots.clone(), files.clone())
                     .boxed_factory(),
             ),
-            dht: if config.dht {
-                Some(Default::default())
-            } else {
-                None
-            },
+            dht: dht_config(config)?,
             disable_local_service_discovery: !config.lsd,
             // The broker persists torrents itself (see `registry`); the engine keeps only each
             // torrent's verified pieces, without a session store of its own (a patch of ours:
@@ -735,5 +752,57 @@ pub fn pulse_of(handle: &ManagedTorrentHandle) -> Pulse {
         have: hns.map_or(0, |h| h.have_bytes),
         uploaded: snapshot.uploaded_bytes,
         peers: snapshot.peer_stats.live,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(state: &Path, listen: &str, dht: bool) -> BrokerConfig {
+        let mut args = vec!["torrent-broker", "--state-dir", state.to_str().unwrap()];
+        args.extend([
+            "--listen",
+            listen,
+            "--download-root",
+            state.to_str().unwrap(),
+        ]);
+        if !dht {
+            args.push("--no-dht");
+        }
+        let args = crate::config::BrokerArgs::try_parse_from(args).unwrap();
+        BrokerConfig::resolve(args).unwrap()
+    }
+
+    #[test]
+    fn each_broker_keeps_its_dht_in_its_own_state_dir_on_its_own_port() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let one = dht_config(&config(a.path(), "127.0.0.1:40001", true))
+            .unwrap()
+            .unwrap();
+        let two = dht_config(&config(b.path(), "127.0.0.1:40002", true))
+            .unwrap()
+            .unwrap();
+        let table = |c: &librqbit::DhtSessionConfig| {
+            c.persistence
+                .as_ref()
+                .and_then(|p| p.config_filename.clone())
+                .unwrap()
+        };
+        assert!(table(&one).starts_with(a.path().canonicalize().unwrap()));
+        assert!(table(&two).starts_with(b.path().canonicalize().unwrap()));
+        assert_eq!((one.port, two.port), (Some(40001), Some(40002)));
+        assert!(dht_config(&config(a.path(), "127.0.0.1:40001", false))
+            .unwrap()
+            .is_none());
+        // A FIFO planted at the table refuses the start instead of hanging it.
+        let fifo = a.path().join("engine");
+        std::fs::create_dir_all(&fifo).unwrap();
+        nix::unistd::mkfifo(&fifo.join("dht.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let Err(e) = dht_config(&config(a.path(), "127.0.0.1:40001", true)) else {
+            panic!("a FIFO as the DHT's table was accepted");
+        };
+        assert!(format!("{e:#}").contains("dht.json"), "{e:#}");
     }
 }
