@@ -88,6 +88,19 @@ pub struct BrokerArgs {
     #[arg(long, env = "TORRENT_PATRON_OPEN_FILES", value_name = "N")]
     pub open_files: Option<usize>,
 
+    /// Most large requests (a big .torrent, in shared memory) read from all patrons together
+    /// and not yet answered; past it they are refused (limit-reached) [default: 256]
+    #[arg(long, env = "TORRENT_PATRON_MAX_LARGE_REQUESTS", value_name = "N")]
+    pub max_large_requests: Option<usize>,
+
+    /// Bytes of those large requests, all patrons together [default: 268435456 (256 MiB)]
+    #[arg(
+        long,
+        env = "TORRENT_PATRON_MAX_LARGE_REQUEST_BYTES",
+        value_name = "BYTES"
+    )]
+    pub max_large_request_bytes: Option<usize>,
+
     /// Append the log to FILE instead of writing it to stderr (relative to the state dir).
     /// The level comes from RUST_LOG [default: info]
     #[arg(long, env = "TORRENT_PATRON_LOG_FILE", value_name = "FILE")]
@@ -123,6 +136,8 @@ struct ConfigFile {
     max_patrons: Option<usize>,
     max_torrents: Option<usize>,
     open_files: Option<usize>,
+    max_large_requests: Option<usize>,
+    max_large_request_bytes: Option<usize>,
     log_file: Option<PathBuf>,
 }
 
@@ -161,6 +176,10 @@ pub struct BrokerConfig {
     pub max_torrents: usize,
     /// Data files held open at once (the storage's file pool).
     pub open_files: usize,
+    /// Large requests read from all patrons and not yet answered.
+    pub max_large_requests: usize,
+    /// Their bytes.
+    pub max_large_request_bytes: usize,
     /// Where the log goes instead of stderr (absolute).
     pub log_file: Option<PathBuf>,
 }
@@ -251,6 +270,16 @@ impl BrokerConfig {
                 .or(file.open_files)
                 .unwrap_or(crate::storage::DEFAULT_OPEN_FILES)
                 .max(1),
+            max_large_requests: args
+                .max_large_requests
+                .or(file.max_large_requests)
+                .unwrap_or(256)
+                .max(1),
+            max_large_request_bytes: args
+                .max_large_request_bytes
+                .or(file.max_large_request_bytes)
+                .unwrap_or(256 << 20)
+                .max(proto::MAX_REQUEST_BYTES),
             log_file,
         })
     }

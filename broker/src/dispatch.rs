@@ -7,6 +7,7 @@
 //! [`MAX_IN_FLIGHT_BYTES`] read and not answered: past that, the transport is told to stop
 //! reading it until it has drained to half (back-pressure: its own sends block).
 
+use crate::budget::{RegionBudget, RegionTicket};
 use crate::commands;
 use crate::patron::{Outbox, PatronConnection, PatronId};
 use crate::service::Service;
@@ -22,6 +23,20 @@ use tokio::sync::mpsc;
 pub const MAX_IN_FLIGHT_REQUESTS: usize = 256;
 /// Bytes of one patron's requests read and not yet answered, with the same effect.
 pub const MAX_IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
+/// Large messages (each a shared memory region: a descriptor and its memory) of one patron
+/// read and not yet answered, with the same effect: a patron pipelining big .torrents
+/// behind a slow request holds two of them in the broker, not hundreds.
+pub const MAX_REGIONS_PER_PATRON: usize = 2;
+
+/// A large message's region read off a patron's socket and not yet served, with its share
+/// of the budget. Kept in its patron's table, so that a patron that goes closes them all at
+/// once, even while its task waits on a slow request.
+struct HeldRegion {
+    region: Arc<OwnedFd>,
+    _ticket: RegionTicket,
+}
+
+type HeldRegions = Arc<Mutex<HashMap<u64, HeldRegion>>>;
 
 /// What became of a request handed to [`Dispatcher::dispatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,14 +55,16 @@ pub enum Dispatched {
 struct InFlight {
     requests: AtomicUsize,
     bytes: AtomicUsize,
+    regions: AtomicUsize,
     held_back: std::sync::atomic::AtomicBool,
 }
 
 impl InFlight {
-    /// At or under half of both limits: a held-back patron is read again.
+    /// At or under half of every limit: a held-back patron is read again.
     fn is_low(&self) -> bool {
         self.requests.load(Ordering::Acquire) <= MAX_IN_FLIGHT_REQUESTS / 2
             && self.bytes.load(Ordering::Acquire) <= MAX_IN_FLIGHT_BYTES / 2
+            && self.regions.load(Ordering::Acquire) <= MAX_REGIONS_PER_PATRON / 2
     }
 }
 
@@ -64,20 +81,28 @@ struct PatronQueue {
     connection: PatronConnection,
     requests: mpsc::UnboundedSender<(Work, usize)>,
     in_flight: Arc<InFlight>,
+    /// Its large messages' regions, read and not yet served.
+    regions: HeldRegions,
+    next_region: u64,
 }
 
 /// What a patron's task serves, in order.
 enum Work {
     /// A decoded request.
     Request(Request),
-    /// A large message: its datagram's payload and the shared memory region beside it, read
-    /// and decoded by the patron's own task (not the reader thread every patron shares).
-    Large { payload: Vec<u8>, region: OwnedFd },
+    /// A large message: its datagram's payload and (by its key in the patron's
+    /// [`HeldRegions`]) the shared memory region beside it, read and decoded by the patron's
+    /// own task (not the reader thread every patron shares).
+    Large { payload: Vec<u8>, region: u64 },
+    /// A large message refused unread (the broker's budget was spent): its reply, in turn.
+    Refused(proto::RequestId, proto::ProtoError),
 }
 
 /// Routes every patron's requests to the service, in order and bounded.
 pub struct Dispatcher {
     service: Arc<Service>,
+    /// Every patron's large messages, together (the service's budget).
+    regions: Arc<RegionBudget>,
     queues: Mutex<HashMap<PatronId, PatronQueue>>,
     next_patron: AtomicU64,
     transport: OnceLock<Arc<dyn Transport>>,
@@ -87,8 +112,10 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher for `service`; the transport is attached once it runs.
     pub fn new(service: Arc<Service>) -> Arc<Dispatcher> {
+        let regions = service.large_requests.clone();
         Arc::new(Dispatcher {
             service,
+            regions,
             queues: Mutex::new(HashMap::new()),
             next_patron: AtomicU64::new(1),
             transport: OnceLock::new(),
@@ -127,6 +154,7 @@ impl Dispatcher {
         let (requests, mut queue) = mpsc::unbounded_channel::<(Work, usize)>();
         let connection = PatronConnection { id, pid, outbox };
         let in_flight = Arc::new(InFlight::default());
+        let regions = HeldRegions::default();
         self.service.connect(connection.clone())?;
         self.queues().insert(
             id,
@@ -134,16 +162,36 @@ impl Dispatcher {
                 connection: connection.clone(),
                 requests,
                 in_flight: in_flight.clone(),
+                regions: regions.clone(),
+                next_region: 0,
             },
         );
         let dispatcher = self.clone();
         self.runtime.spawn(async move {
             let service = dispatcher.service.clone();
             while let Some((work, size)) = queue.recv().await {
+                // Held (its descriptor open, its budget taken) until the request is served.
+                let mut held = None;
                 let request = match work {
                     Work::Request(request) => Some(request),
                     Work::Large { payload, region } => {
-                        dispatcher.unpack_large(&connection, payload, region).await
+                        held = regions
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&region);
+                        match held.as_ref() {
+                            Some(h) => {
+                                let region = h.region.clone();
+                                dispatcher.unpack_large(&connection, payload, region).await
+                            }
+                            None => None, // its patron left: closed already
+                        }
+                    }
+                    Work::Refused(request, error) => {
+                        if service.connection(connection.id).is_some() {
+                            connection.send(Event::Error { request, error });
+                        }
+                        None
                     }
                 };
                 // A patron that left gets no more work done for it.
@@ -160,6 +208,9 @@ impl Dispatcher {
                     None => {}
                 }
                 // After the reply is queued, so a later immediate reply cannot overtake it.
+                if held.take().is_some() {
+                    in_flight.regions.fetch_sub(1, Ordering::AcqRel);
+                }
                 in_flight.requests.fetch_sub(1, Ordering::AcqRel);
                 in_flight.bytes.fetch_sub(size, Ordering::AcqRel);
                 if in_flight.is_low() && in_flight.held_back.swap(false, Ordering::AcqRel) {
@@ -225,16 +276,67 @@ impl Dispatcher {
         region: OwnedFd,
         size: usize,
     ) -> Dispatched {
-        let found = self
-            .queues()
-            .get(&patron)
-            .map(|handle| (handle.in_flight.clone(), handle.requests.clone()));
-        let Some((in_flight, requests)) = found else {
+        let ticket = self.regions.take(size);
+        let mut queues = self.queues();
+        let Some(queue) = queues.get_mut(&patron) else {
             return Dispatched::Gone;
         };
-        // Held back sooner than a small request: at half the bytes (its read is still to do).
-        let work = Work::Large { payload, region };
-        enqueue(&in_flight, &requests, work, size, MAX_IN_FLIGHT_BYTES / 2)
+        let (in_flight, requests) = (queue.in_flight.clone(), queue.requests.clone());
+        let work = match ticket {
+            Some(ticket) => {
+                let key = queue.next_region;
+                queue.next_region += 1;
+                let held = HeldRegion {
+                    region: Arc::new(region),
+                    _ticket: ticket,
+                };
+                queue
+                    .regions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, held);
+                in_flight.regions.fetch_add(1, Ordering::AcqRel);
+                Work::Large {
+                    payload,
+                    region: key,
+                }
+            }
+            None => {
+                // Refused unread: its descriptor closes now; its request still gets its
+                // one reply, in turn.
+                let Some(request) = peek_request_id(&region) else {
+                    drop(queues);
+                    self.protocol_error(patron, "a large message must hold a request".into());
+                    return Dispatched::Taken;
+                };
+                let (regions, max, bytes, max_bytes) = self.regions.use_now();
+                let error = proto::ProtoError::new(
+                    proto::ErrorKind::LimitReached,
+                    format!(
+                        "the broker holds as many large messages as it may for all patrons ({regions} of {max}, {} of {} MiB): send it again later",
+                        bytes >> 20,
+                        max_bytes >> 20
+                    ),
+                );
+                Work::Refused(request, error)
+            }
+        };
+        drop(queues);
+        // Held back sooner than a small request: at half the bytes (its read is still to do),
+        // and at [`MAX_REGIONS_PER_PATRON`] regions.
+        let held_back = in_flight.regions.load(Ordering::Acquire) >= MAX_REGIONS_PER_PATRON;
+        match enqueue(&in_flight, &requests, work, size, MAX_IN_FLIGHT_BYTES / 2) {
+            Dispatched::Taken if held_back => {
+                in_flight.held_back.store(true, Ordering::Release);
+                // Drained meanwhile: whoever clears the flag decides (see `enqueue`).
+                if in_flight.is_low() && in_flight.held_back.swap(false, Ordering::AcqRel) {
+                    Dispatched::Taken
+                } else {
+                    Dispatched::HoldBack
+                }
+            }
+            other => other,
+        }
     }
 
     /// Reads and decodes a large message off the async threads; a protocol error if it is
@@ -243,7 +345,7 @@ impl Dispatcher {
         &self,
         connection: &PatronConnection,
         payload: Vec<u8>,
-        region: OwnedFd,
+        region: Arc<OwnedFd>,
     ) -> Option<Request> {
         let unpacked = tokio::task::spawn_blocking(move || unpack_large(&payload, &region))
             .await
@@ -288,7 +390,16 @@ impl Dispatcher {
     /// queue goes, the service releases what it held, and its sockets close now, not when
     /// its process exits.
     pub fn patron_gone(&self, patron: PatronId) {
-        self.queues().remove(&patron);
+        let queue = self.queues().remove(&patron);
+        // Its large messages' regions close now, even while its task waits on a slow
+        // request: their descriptors and memory are the broker's budget.
+        if let Some(queue) = queue {
+            queue
+                .regions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
         self.service.disconnect(patron);
         if let Some(transport) = self.transport.get() {
             transport.forget(patron);
@@ -299,6 +410,13 @@ impl Dispatcher {
     pub fn is_connected(&self, patron: PatronId) -> bool {
         self.service.connection(patron).is_some()
     }
+}
+
+/// The request id at the start of a region, read without reading the rest.
+fn peek_request_id(region: &OwnedFd) -> Option<proto::RequestId> {
+    let mut prefix = [0u8; 16];
+    let read = nix::sys::uio::pread(region, &mut prefix, 0).ok()?;
+    proto::wire::peek_request_id(&prefix[..read])
 }
 
 /// A large message's payload and region: the request inside and the region's size. Only a

@@ -30,6 +30,7 @@
 
 pub mod board;
 pub mod broker;
+pub mod budget;
 pub mod commands;
 pub mod config;
 pub mod dispatch;

@@ -71,11 +71,14 @@ pub struct Service {
     pub status_nudge: tokio::sync::Notify,
     /// Readers of a file while it downloads, and their priority windows (DESIGN §8).
     pub streams: crate::streams::Streams,
+    /// Patrons' large requests read and not yet answered, all patrons together.
+    pub large_requests: Arc<crate::budget::RegionBudget>,
 }
 
 impl Service {
     /// Starts the engine and restores the torrents of a previous run.
     pub async fn start(config: BrokerConfig) -> anyhow::Result<Arc<Service>> {
+        let config_large = (config.max_large_requests, config.max_large_request_bytes);
         let engine = Engine::start(&config).await?;
         let board = crate::board::StatusBoard::create(config.board_slots)
             .context("cannot create the status board (memfd)")?;
@@ -90,6 +93,7 @@ impl Service {
             board,
             status_nudge: tokio::sync::Notify::new(),
             streams: Default::default(),
+            large_requests: crate::budget::RegionBudget::new(config_large.0, config_large.1),
         });
         service.restore().await?;
         Ok(service)

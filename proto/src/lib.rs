@@ -596,6 +596,11 @@ pub struct BrokerInfo {
     pub open_files: u32,
     /// The most it holds open (`--open-files`): the least recently used closes first.
     pub open_files_limit: u32,
+    /// Large requests (in shared memory) read from patrons and not yet answered, all
+    /// patrons together, and the most there may be (`--max-large-requests`).
+    pub large_requests: (u32, u32),
+    /// Their bytes, and the most there may be (`--max-large-request-bytes`).
+    pub large_request_bytes: (u64, u64),
 }
 
 /// One line of [`Event::TorrentList`].

@@ -186,6 +186,8 @@ fn every_event_round_trips() {
                 streams: 4,
                 open_files: 5,
                 open_files_limit: 512,
+                large_requests: (1, 256),
+                large_request_bytes: (70_000, 1 << 28),
             },
         },
         Event::Error {

@@ -155,6 +155,22 @@ pub fn encode_payload<T: serde::Serialize>(message: &T) -> Result<Vec<u8>, WireE
     postcard::to_stdvec(message).map_err(|e| WireError(format!("cannot encode the message: {e}")))
 }
 
+/// The request id at the start of a large message's region (an encoded
+/// [`ToBroker::Request`]), without decoding the rest: a broker that refuses to read the
+/// region still answers the request it holds. `None` if it does not start as a request.
+pub fn peek_request_id(prefix: &[u8]) -> Option<crate::RequestId> {
+    // postcard: the variant's index, then the request's id, both as varints.
+    let (variant, rest) = postcard::take_from_bytes::<u32>(prefix).ok()?;
+    if variant != REQUEST_VARIANT {
+        return None;
+    }
+    let (id, _) = postcard::take_from_bytes::<u64>(rest).ok()?;
+    Some(crate::RequestId(id))
+}
+
+/// [`ToBroker::Request`]'s index among its variants (checked by a test against the encoder).
+const REQUEST_VARIANT: u32 = 1;
+
 /// Decodes a whole message's payload that must hold nothing after the message (a large
 /// message's region: a patron has no reason to pad it).
 pub fn decode_whole(payload: &[u8]) -> Result<ToBroker, WireError> {
@@ -221,6 +237,29 @@ mod tests {
     use proptest::prelude::*;
     use std::io::IoSliceMut;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    #[test]
+    fn a_requests_id_is_read_off_the_start_of_its_encoding() {
+        for id in [0, 1, 127, 128, 300, u64::MAX] {
+            let encoded = encode_payload(&ToBroker::Request(Request {
+                id: RequestId(id),
+                body: RequestBody::List,
+            }))
+            .unwrap();
+            assert_eq!(
+                super::peek_request_id(&encoded[..encoded.len().min(16)]),
+                Some(RequestId(id))
+            );
+        }
+        let hello = encode_payload(&ToBroker::Hello(Hello {
+            version: 1,
+            server_name: "x".into(),
+        }))
+        .unwrap();
+        assert_eq!(super::peek_request_id(&hello), None);
+        assert_eq!(super::peek_request_id(&[]), None);
+        assert_eq!(super::peek_request_id(&[0xff; 16]), None);
+    }
 
     fn header(fragment: usize, total: usize) -> Vec<u8> {
         let mut bytes = fragment.to_ne_bytes().to_vec();

@@ -12,6 +12,7 @@ use e2e::{raw, Sandbox, STEP_TIMEOUT};
 use ipc_channel::ipc::IpcReceiver;
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
 
 #[test]
 fn a_big_torrent_and_a_big_reply_cross_as_shared_memory() {
@@ -247,4 +248,129 @@ fn a_flood_of_large_messages_does_not_slow_other_patrons() {
         "p50 {:?} while a patron sent {sent} large messages",
         times[50]
     );
+}
+
+/// A raw patron: its request channel and its events.
+fn raw_patron(state: &std::path::Path) -> (OwnedFd, IpcReceiver<Event>) {
+    let channel = raw::connect(state);
+    let Welcome::Accepted { events, .. } = raw::hello(&channel, PROTOCOL_VERSION) else {
+        panic!("an honest hello is accepted");
+    };
+    (channel, events)
+}
+
+/// An honest large request: a create whose .torrent is 70 KiB of garbage.
+fn large_create(sandbox: &Sandbox, id: u64) -> OwnedFd {
+    let mut create = CreateNewTorrent::new(TorrentSource::TorrentFile(vec![b'x'; 70 * 1024]));
+    create.output = Some(sandbox.folder("downloads").display().to_string());
+    let encoded = wire::encode_payload(&ToBroker::Request(Request {
+        id: RequestId(id),
+        body: RequestBody::CreateNewTorrent(create),
+    }))
+    .unwrap();
+    memfd(&encoded, 0)
+}
+
+#[test]
+fn large_messages_piled_behind_a_slow_request_hold_two_descriptors_and_a_global_budget() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let broker = sandbox.broker_with_env(
+        &state,
+        &["--max-large-requests", "2"],
+        &[("TORRENT_PATRON_MAGNET_TIMEOUT", OsStr::new("60"))],
+    );
+    let idle = broker.fd_count();
+    let large = ToBroker::Large(SharedBytes::region(0));
+
+    // A first request that takes long (a magnet whose only peer never answers), then as many
+    // large messages as the socket takes (its sends would block once the broker stops
+    // reading: they are sent without waiting, until the socket is full).
+    let silent = e2e::SilentPeer::start();
+    let (greedy, _greedy_events) = raw_patron(&state);
+    let mut magnet = CreateNewTorrent::new(TorrentSource::Magnet(silent.magnet("ef", None)));
+    magnet.output = Some(sandbox.folder("downloads").display().to_string());
+    raw::send_message(
+        &greedy,
+        &ToBroker::Request(Request {
+            id: RequestId(1),
+            body: RequestBody::CreateNewTorrent(magnet),
+        }),
+        &[],
+    );
+    let flags = nix::fcntl::fcntl(greedy.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(greedy.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).unwrap();
+    let payload = wire::encode_payload(&large).unwrap();
+    let mut sent = 0;
+    for id in 2..200 {
+        let region = large_create(&sandbox, id);
+        let mut datagram = (HEADER_BYTES + payload.len()).to_ne_bytes().to_vec();
+        datagram.extend_from_slice(&payload.len().to_ne_bytes());
+        datagram.extend_from_slice(&payload);
+        let fds = [region.as_raw_fd()];
+        let rights = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        match nix::sys::socket::sendmsg::<()>(
+            greedy.as_raw_fd(),
+            &[std::io::IoSlice::new(&datagram)],
+            &rights,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        ) {
+            Ok(_) => sent += 1,
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(e) => panic!("sendmsg: {e}"),
+        }
+    }
+    assert!(sent >= 20, "only {sent} large messages went out");
+    // The broker holds two of them (it stopped reading the patron), not all of them.
+    let status = || {
+        let mut cmd = sandbox.client(&state);
+        cmd.args(["--json", "broker", "status"]);
+        e2e::run(cmd).expect_code(0).json_lines()[0].clone()
+    };
+    e2e::wait_for("two large requests held", STEP_TIMEOUT, || {
+        status()["large_requests"] == 2
+    });
+    let held = broker.fd_count();
+    assert!(
+        held <= idle + 10,
+        "{held} descriptors for {sent} large messages behind a slow request (idle: {idle})"
+    );
+    assert_eq!(status()["large_requests_limit"], 2);
+
+    // The broker's budget is spent: another patron's large message is refused at once, by
+    // its own request id, and its region closed.
+    let (other, other_events) = raw_patron(&state);
+    let region = large_create(&sandbox, 7);
+    send_with_region(&other, &large, &region);
+    drop(region);
+    match next_event(&other_events) {
+        Event::Error { request, error } => {
+            assert_eq!(request, RequestId(7));
+            assert_eq!(error.kind.as_str(), "limit-reached", "{error:?}");
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    // Another's small requests are served meanwhile.
+    raw::send_message(
+        &other,
+        &ToBroker::Request(Request {
+            id: RequestId(8),
+            body: RequestBody::List,
+        }),
+        &[],
+    );
+    assert!(matches!(
+        next_event(&other_events),
+        Event::TorrentList { .. }
+    ));
+
+    // The greedy patron goes while its slow request still waits: what it held is freed at
+    // once, not when the request ends.
+    drop(greedy);
+    drop(_greedy_events);
+    e2e::wait_for("the regions to be closed", Duration::from_secs(5), || {
+        status()["large_requests"] == 0 && broker.fd_count() <= idle + 4
+    });
 }

@@ -9,6 +9,7 @@ pub fn run(service: &Service, request: RequestId) -> Event {
         let state = service.state();
         (state.patrons.len() as u32, state.registry.len() as u32)
     };
+    let large = service.large_requests.use_now();
     Event::BrokerInfo {
         request,
         info: BrokerInfo {
@@ -27,6 +28,8 @@ pub fn run(service: &Service, request: RequestId) -> Event {
             streams: service.streams.count() as u32,
             open_files: service.engine.file_pool().open_files() as u32,
             open_files_limit: service.engine.file_pool().capacity() as u32,
+            large_requests: (large.0 as u32, large.1 as u32),
+            large_request_bytes: (large.2 as u64, large.3 as u64),
         },
     }
 }

@@ -61,7 +61,7 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
     ctx.out.emit(
         || {
             format!(
-                "Broker running: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}\n  budgets:        streams {}, open data files {} of {}",
+                "Broker running: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}\n  budgets:        streams {}, open data files {} of {}, large requests {} of {} ({} of {} MiB)",
                 info.pid,
                 info.version,
                 info.state_dir,
@@ -71,7 +71,11 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
                 info.torrents,
                 info.streams,
                 info.open_files,
-                info.open_files_limit
+                info.open_files_limit,
+                info.large_requests.0,
+                info.large_requests.1,
+                info.large_request_bytes.0 >> 20,
+                info.large_request_bytes.1 >> 20
             )
         },
         json!({
@@ -88,6 +92,10 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
             "streams": info.streams,
             "open_files": info.open_files,
             "open_files_limit": info.open_files_limit,
+            "large_requests": info.large_requests.0,
+            "large_requests_limit": info.large_requests.1,
+            "large_request_bytes": info.large_request_bytes.0,
+            "large_request_bytes_limit": info.large_request_bytes.1,
         }),
     );
     Ok(Exit::Success)
