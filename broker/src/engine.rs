@@ -376,6 +376,14 @@ impl Engine {
         self.forget_verified(id)
     }
 
+    /// Stops a torrent and takes it out of the engine, its data and what it verified kept
+    /// (a close that cannot be recorded puts it back as it was).
+    pub async fn stop_torrent(&self, id: TorrentId) -> anyhow::Result<()> {
+        self.session
+            .delete(TorrentIdOrHash::Id(id.0 as usize), false)
+            .await
+    }
+
     /// Forgets which pieces of a torrent were verified: its next start checks every byte.
     /// Done when a torrent is closed, rechecked, or added anew (a file left by an earlier
     /// torrent of the same info hash must not vouch for whatever is on disk now).

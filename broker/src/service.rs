@@ -481,6 +481,30 @@ impl Service {
         self.engine.remove(id, delete_data).await
     }
 
+    /// Removes the .torrent kept for a torrent no record names any more.
+    pub fn forget_torrent_file(&self, id: TorrentId) {
+        let _ = crate::store::remove_durably(&self.torrent_file_path(id));
+    }
+
+    /// Deletes a closed torrent's data through the storage (beneath its root, never through
+    /// a symlink): its files, the folders its own paths made once empty, and its own folder
+    /// (a multi-file torrent's), never the folder it was saved into.
+    pub fn delete_data(&self, entry: &crate::registry::TorrentEntry) -> Result<(), String> {
+        let data = &entry.restore.data_folder;
+        let relative: Vec<PathBuf> = entry
+            .files
+            .iter()
+            .filter_map(|f| f.strip_prefix(data).ok().map(Path::to_path_buf))
+            .collect();
+        let own_folder = entry.restore.data_folder != entry.restore.save_folder;
+        crate::storage::delete_torrent_data(
+            &self.config.download_roots,
+            data,
+            &relative,
+            own_folder,
+        )
+    }
+
     /// Forgets the records of a torrent just taken out of the registry: the records are saved
     /// without it first, then its .torrent goes. A crash in between leaves a .torrent no
     /// record names (the next start sweeps it), never a record without its .torrent. If the
@@ -706,7 +730,9 @@ impl Service {
     }
 
     /// The canonical save folder for a request: the one named (which must be absolute and
-    /// inside a download root, and is created if missing) or the default.
+    /// inside a download root) or the default. A missing one is not made here: the storage
+    /// makes it, beneath the root, once the torrent is accepted, so a refused add leaves no
+    /// folder behind.
     pub fn save_folder(&self, requested: Option<&str>) -> Result<PathBuf, ProtoError> {
         let Some(requested) = requested else {
             return Ok(self.config.default_download_dir.clone());
@@ -738,12 +764,6 @@ impl Service {
             canonical.join(rest)
         };
         self.check_inside_roots(&full)?;
-        std::fs::create_dir_all(&full).map_err(|e| {
-            ProtoError::new(
-                ErrorKind::Io,
-                format!("cannot create save folder {}: {e}", full.display()),
-            )
-        })?;
         Ok(full)
     }
 

@@ -418,11 +418,14 @@ impl Beneath {
         let target = self.path_from_root(relative);
         let name = target.file_name().context("no file name")?;
         let parent = target.parent().unwrap_or(Path::new(""));
-        let dir = self
-            .open_dir_from_root(&root, parent)
-            .map_err(|e| self.explain(&target, e, "remove"))?;
+        // Gone already (or its folder is): nothing to remove.
+        let dir = match self.open_dir_from_root(&root, parent) {
+            Ok(dir) => dir,
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(self.explain(&target, e, "remove")),
+        };
         match nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, how) {
-            Ok(()) => Ok(()),
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(e @ (Errno::ENOTEMPTY | Errno::EEXIST)) => Err(e.into()),
             Err(e) => Err(self.explain(&target, e, "remove")),
         }
@@ -438,6 +441,55 @@ pub fn stamps_of(
     match Beneath::new(roots, data_folder) {
         Ok(folder) => relative.iter().map(|r| folder.stamp(r)).collect(),
         Err(_) => vec![None; relative.len()],
+    }
+}
+
+/// Deletes a torrent's files (`relative` to `data_folder`), then the folders its own paths
+/// made, deepest first, once empty, and `data_folder` itself if it is the torrent's own
+/// (`own_folder`) and empty; never the folder it was saved into, never through a symlink.
+pub fn delete_torrent_data(
+    roots: &[PathBuf],
+    data_folder: &Path,
+    relative: &[PathBuf],
+    own_folder: bool,
+) -> Result<(), String> {
+    let folder = Beneath::new(roots, data_folder).map_err(|e| format!("{e:#}"))?;
+    let mut failed = Vec::new();
+    let mut folders = std::collections::BTreeSet::new();
+    for file in relative {
+        if let Err(e) = folder.remove_file(file) {
+            failed.push(format!("{e:#}"));
+        }
+        folders.extend(
+            file.ancestors()
+                .skip(1)
+                .filter(|a| !a.as_os_str().is_empty())
+                .map(Path::to_path_buf),
+        );
+    }
+    // Deepest first: a folder's folders go before it.
+    let mut folders: Vec<PathBuf> = folders.into_iter().collect();
+    folders.sort_by_key(|f| std::cmp::Reverse(f.components().count()));
+    for dir in folders {
+        if let Err(e) = folder.remove_dir_if_empty(&dir) {
+            failed.push(format!("{e:#}"));
+        }
+    }
+    if own_folder {
+        if let (Some(parent), Some(name)) = (folder.folder.parent(), folder.folder.file_name()) {
+            let above = Beneath {
+                root: folder.root.clone(),
+                folder: parent.to_path_buf(),
+            };
+            if let Err(e) = above.remove_dir_if_empty(Path::new(name)) {
+                failed.push(format!("{e:#}"));
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
     }
 }
 

@@ -333,3 +333,69 @@ fn a_fifo_or_link_in_the_state_dir_refuses_the_start_naming_it_never_hangs() {
     assert_eq!(listed(&sandbox, &state).len(), 1);
     stop(broker);
 }
+
+#[test]
+fn a_close_that_cannot_be_recorded_keeps_the_torrent_and_the_callers_hold() {
+    use e2e::patron_client::proto::{CreateNewTorrent, TorrentSource};
+    if !e2e::have_root("a small tmpfs as the state dir") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("full-close");
+    let downloads = sandbox.folder("downloads");
+    let torrent = made_torrent(&sandbox, "kept.bin");
+    let mount = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .expect("mount");
+    assert!(mount.success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+    let broker = sandbox.broker(&state, &[]);
+    let mut patron = sandbox.patron(&state);
+    let mut create =
+        CreateNewTorrent::new(TorrentSource::TorrentFile(std::fs::read(&torrent).unwrap()));
+    create.output = Some(downloads.display().to_string());
+    patron.create(create).expect("add");
+    let filler = state.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let mut chunk = vec![0u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        chunk.truncate(1);
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+    }
+
+    // The close cannot be recorded: refused, and nothing changed, the caller's hold
+    // included (before: it was dropped, so the patron was told "not closed" and no longer
+    // followed its torrent).
+    let id = e2e::patron_client::proto::TorrentRef::Id(e2e::patron_client::proto::TorrentId(0));
+    let refused = patron.close(id, true, false);
+    assert!(refused.is_err(), "{refused:?}");
+    let torrents = patron.list().expect("list");
+    assert_eq!(torrents.len(), 1, "{torrents:?}");
+    assert!(
+        torrents[0].held_by_you,
+        "the caller no longer holds it: {torrents:?}"
+    );
+    assert!(downloads.join("kept.bin").exists(), "its data was deleted");
+
+    // Room again: the same close goes through, data deleted, and a restart does not bring
+    // the torrent back.
+    std::fs::remove_file(&filler).expect("room");
+    patron.close(id, true, false).expect("close");
+    assert!(!downloads.join("kept.bin").exists());
+    drop(patron);
+    stop(broker);
+    let broker = sandbox.broker(&state, &[]);
+    assert!(listed(&sandbox, &state).is_empty());
+    stop(broker);
+}

@@ -63,8 +63,9 @@ pub async fn run(
             return kept;
         }
     }
-    // Stopping: the registry and the engine change together, under the add lock, so that
-    // an add of the same torrent meanwhile waits, then finds it in neither (DESIGN §4a).
+    // Stopping: the registry, the records and the engine change together, under the add
+    // lock (an add of the same torrent meanwhile waits, then finds it in none of them), and
+    // a step that fails puts back what the steps before it changed (DESIGN §4a).
     let _adding = service.adding.lock().await;
     let (entry, others) = {
         let mut guard = service.state();
@@ -85,19 +86,45 @@ pub async fn run(
             .collect();
         (entry, others)
     };
-    // The records first: if they cannot be saved without it, the torrent is not closed (a
-    // restart would bring it back, its data perhaps deleted).
-    let forgotten = if entry.restore.ephemeral {
-        Ok(()) // never recorded
-    } else {
-        service.forget_record(id)
-    };
-    if let Err(why) = forgotten {
+    // Put back as it was, the caller's hold included (it was told nothing changed).
+    let put_back = |mut entry: crate::registry::TorrentEntry| {
+        if service.connection(patron).is_some() {
+            entry.holders.insert(patron);
+        }
         service.state().registry.reinsert(id, entry);
+    };
+    // The records first: if they cannot be saved without it, nothing else changes (a restart
+    // would bring it back, its data perhaps deleted).
+    if !entry.restore.ephemeral {
+        if let Err(why) = service.save_registry() {
+            put_back(entry);
+            return Event::Error {
+                request,
+                error: ProtoError::new(ErrorKind::Io, format!("torrent {id} is not closed: {why}")),
+            };
+        }
+    }
+    // Then the engine. Should it refuse, the torrent runs on: back in the registry and in
+    // the records.
+    if let Err(e) = service.engine.stop_torrent(id).await {
+        put_back(entry);
+        let recorded = service.save_registry();
+        let also = match recorded {
+            Ok(()) => String::new(),
+            Err(why) => format!(" (and its record could not be written back: {why})"),
+        };
         return Event::Error {
             request,
-            error: ProtoError::new(ErrorKind::Io, format!("torrent {id} is not closed: {why}")),
+            error: ProtoError::new(
+                ErrorKind::Engine,
+                format!("torrent {id} is not closed: the engine cannot stop it: {e:#}{also}"),
+            ),
         };
+    }
+    // Out of everything: its .torrent, what it verified and, if asked, its data go.
+    service.forget_torrent_file(id);
+    if let Err(e) = service.engine.forget_verified(id) {
+        tracing::warn!(torrent = %id, "{e:#}");
     }
     for other in others {
         other.send(Event::TorrentGone {
@@ -105,21 +132,21 @@ pub async fn run(
             reason: format!("closed by patron {patron} (forced)"),
         });
     }
-    if let Err(e) = service.stop_torrent(id, close.delete_data).await {
-        return Event::Error {
-            request,
-            error: ProtoError::new(
-                ErrorKind::Engine,
-                format!("cannot stop torrent {id}: {e:#}"),
-            ),
-        };
-    }
-    tracing::info!(patron, torrent = %id, delete_data = close.delete_data, "torrent closed");
+    let data_deleted = if close.delete_data {
+        let deleted = service.delete_data(&entry);
+        if let Err(why) = &deleted {
+            tracing::warn!(torrent = %id, "closed, but its data could not all be deleted: {why}");
+        }
+        deleted.is_ok()
+    } else {
+        false
+    };
+    tracing::info!(patron, torrent = %id, delete_data = close.delete_data, data_deleted, "torrent closed");
     Event::TorrentClosed {
         request,
         id,
         stopped: true,
-        data_deleted: close.delete_data,
+        data_deleted,
     }
 }
 
