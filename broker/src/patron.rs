@@ -87,9 +87,10 @@ impl std::fmt::Debug for PatronConnection {
 /// One place in a patron's queue.
 #[derive(Debug)]
 enum Item {
-    /// A reply or notice, encoded when it was queued (so its size counts at once), and the
-    /// shared memory region it names if it is a large one.
-    Frames(Frames, Option<OwnedFd>),
+    /// A reply or notice, encoded when it was queued (so its size counts at once), the
+    /// shared memory region it names if it is a large one, and the bytes it was counted as
+    /// (given back as counted: a fresh look at the region could read another size, or none).
+    Frames(Frames, Option<OwnedFd>, usize),
     /// The latest status of this torrent, whatever it is by the time its turn comes.
     Status(TorrentId),
 }
@@ -266,7 +267,7 @@ impl Outbox {
             Self::shut(&mut queue, Some(Event::Disconnected { reason }));
             return Pushed::CutOff;
         }
-        queue.items.push_back(Item::Frames(frames, region));
+        queue.items.push_back(Item::Frames(frames, region, size));
         queue.events += 1;
         queue.bytes += size;
         match self.flush_locked(&mut queue) {
@@ -336,8 +337,9 @@ impl Outbox {
             return;
         }
         if let Ok(frames) = wire::encode_frames(&last) {
-            queue.bytes += frames.first.len() + frames.rest.len();
-            queue.items.push_back(Item::Frames(frames, None));
+            let size = frames.first.len() + frames.rest.len();
+            queue.bytes += size;
+            queue.items.push_back(Item::Frames(frames, None, size));
             queue.events += 1;
         }
         queue.closed = true;
@@ -373,9 +375,13 @@ impl Outbox {
                 match Self::start_writing(frames, region) {
                     Ok(writing) => queue.writing = Some(writing),
                     Err(e) => {
-                        // Our own event failed to encode: a bug, not the patron's doing.
-                        tracing::error!(patron = self.patron, "cannot encode an event: {e}");
-                        continue;
+                        // No channel for the rest of it (the broker is out of descriptors):
+                        // dropping it would leave the patron waiting for its reply forever,
+                        // so it is told why and let go, its waits ended.
+                        tracing::warn!(patron = self.patron, "cannot send an event: {e}");
+                        let reason = format!("the broker could not send a reply: {e}");
+                        Self::shut(queue, Some(Event::Disconnected { reason }));
+                        return Flushed::Broken;
                     }
                 }
             }
@@ -394,12 +400,9 @@ impl Outbox {
     fn next_frames(queue: &mut Queue) -> Option<(Frames, Option<OwnedFd>)> {
         loop {
             match queue.items.pop_front()? {
-                Item::Frames(frames, region) => {
+                Item::Frames(frames, region, size) => {
                     queue.events -= 1;
-                    queue.bytes -= match &region {
-                        Some(region) => region_size(region),
-                        None => frames.first.len() + frames.rest.len(),
-                    };
+                    queue.bytes = queue.bytes.saturating_sub(size);
                     return Some((frames, region));
                 }
                 Item::Status(id) => {
@@ -559,14 +562,6 @@ fn drained(socket: &OwnedFd) -> bool {
     done == 0 && queued == 0
 }
 
-/// Bytes a queued region holds.
-fn region_size(region: &OwnedFd) -> usize {
-    nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(region))
-        .ok()
-        .and_then(|stat| usize::try_from(stat.st_size).ok())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,6 +622,50 @@ mod tests {
             });
         }
         panic!("the socket never filled");
+    }
+
+    #[test]
+    fn a_reply_that_cannot_get_its_channel_ends_the_patron_with_a_reason() {
+        // Runs in a child process of its own: it lowers the descriptor limit.
+        const CHILD: &str = "TORRENT_PATRON_TEST_EMFILE_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let me = std::env::current_exe().unwrap();
+            let status = std::process::Command::new(me)
+                .args([
+                    "--exact",
+                    "patron::tests::a_reply_that_cannot_get_its_channel_ends_the_patron_with_a_reason",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(CHILD, "1")
+                .status()
+                .unwrap();
+            assert!(status.success(), "the child failed: {status}");
+            return;
+        }
+        let (outbox, events) = outbox();
+        let (_, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 256, hard)
+            .unwrap();
+        let mut hogs = Vec::new();
+        while let Ok(file) = std::fs::File::open("/dev/null") {
+            hogs.push(file);
+        }
+        // Too large for one datagram, too small for shared memory: it needs a continuation
+        // channel, and no descriptor is left to make one.
+        let pushed = outbox.push(Event::ProtocolError {
+            message: "x".repeat(40_000),
+        });
+        drop(hogs);
+        assert_ne!(pushed, Pushed::Queued);
+        // Before: the event was dropped and the patron waited for it forever.
+        match events.try_recv_timeout(Duration::from_secs(5)) {
+            Ok(Event::Disconnected { reason }) => {
+                assert!(reason.contains("could not send a reply"), "{reason}")
+            }
+            other => panic!("expected to be let go with a reason, got {other:?}"),
+        }
     }
 
     #[test]

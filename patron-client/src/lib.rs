@@ -88,8 +88,22 @@ pub struct Requester {
 impl Requester {
     /// Sends a request without waiting; see [`Patron::send`].
     pub fn send(&self, body: RequestBody) -> Result<RequestId> {
-        // An id refused below is simply never used.
-        let id = RequestId(self.next_request.fetch_add(1, Ordering::Relaxed));
+        let id = self.reserve();
+        self.send_as(id, body)?;
+        Ok(id)
+    }
+
+    /// A fresh request id, for [`Requester::send_as`]: a caller that must be ready for the
+    /// reply before the request goes (its reader runs on another thread) records it first,
+    /// and holds no lock while the send waits on the broker's back-pressure.
+    pub fn reserve(&self) -> RequestId {
+        // An id refused by `send_as` is simply never used.
+        RequestId(self.next_request.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Sends a request under an id from [`Requester::reserve`], without waiting for its
+    /// reply.
+    pub fn send_as(&self, id: RequestId, body: RequestBody) -> Result<()> {
         let mut message = ToBroker::Request(Request { id, body });
         if might_be_large(&message) {
             let bytes = proto::wire::encode_payload(&message)
@@ -111,8 +125,7 @@ impl Requester {
         }
         self.requests
             .send(message)
-            .map_err(|e| Error::BrokerStopped(format!("cannot send to the broker: {e}")))?;
-        Ok(id)
+            .map_err(|e| Error::BrokerStopped(format!("cannot send to the broker: {e}")))
     }
 }
 

@@ -377,3 +377,31 @@ fn a_close_racing_an_add_of_the_same_torrent_leaves_no_ghost() {
         }
     }
 }
+
+#[test]
+fn a_refused_add_leaves_no_save_folder_behind() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let garbage = sandbox.path("garbage.torrent");
+    std::fs::write(&garbage, b"d4:infoi3ee").expect("write");
+    let folder = sandbox.path("never/made");
+    let out = run(sandbox.add_command(&state, &garbage, &folder, None));
+    assert_eq!(out.code(), 3, "{out:?}");
+    // Before: the folder (and its parent) were made before the .torrent was read.
+    assert!(
+        !sandbox.path("never").exists(),
+        "a refused add made its save folder"
+    );
+
+    // An accepted add makes it, beneath the root.
+    let data = sandbox.random_file("seed/made.bin", 50_000);
+    let torrent = sandbox.path("made.torrent");
+    let mut make = sandbox.client(&state);
+    make.arg("make").arg(&data).arg("--output").arg(&torrent);
+    run(make).expect_code(0);
+    run(sandbox.add_command(&state, &torrent, &folder, None)).expect_code(0);
+    e2e::wait_for("the file to be made", STEP_TIMEOUT, || {
+        folder.join("made.bin").exists()
+    });
+}

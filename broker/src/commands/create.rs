@@ -326,7 +326,12 @@ fn refuse_if_it_cannot_fit(
     checked: &CheckedTorrent,
     save_folder: &std::path::Path,
 ) -> Result<(), ProtoError> {
-    let Ok(stats) = nix::sys::statvfs::statvfs(save_folder) else {
+    // The folder may not exist yet: its nearest existing folder is on the same disk.
+    let existing = save_folder
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(std::path::Path::new("/"));
+    let Ok(stats) = nix::sys::statvfs::statvfs(existing) else {
         return Ok(()); // cannot tell: let the engine find out
     };
     let free = stats

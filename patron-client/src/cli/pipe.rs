@@ -528,9 +528,15 @@ fn send(
     body: RequestBody,
     entry: Pending,
 ) -> Result<(), Error> {
-    let mut waiting = lock(pending);
-    let id = requester.send(body)?;
-    waiting.insert(id, entry);
+    // Recorded before it is sent (the reply may come at once, to the reader thread), and
+    // the table not held during the send: it blocks while the broker holds this patron
+    // back, and the reader must go on taking replies meanwhile.
+    let id = requester.reserve();
+    lock(pending).insert(id, entry);
+    if let Err(e) = requester.send_as(id, body) {
+        lock(pending).remove(&id);
+        return Err(e);
+    }
     Ok(())
 }
 
