@@ -7,6 +7,7 @@
 mod board;
 mod download;
 mod fanout;
+mod many_files;
 mod placement;
 mod restart;
 mod scaling;
@@ -187,6 +188,15 @@ enum Bench {
         #[arg(long, default_value_t = 11)]
         rounds: usize,
     },
+    /// A torrent of thousands of one-byte files added: the broker's descriptors after
+    ManyFiles {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        files: usize,
+    },
     /// Wall time of a whole command, run `count` times (e.g. `patron-client list`)
     CommandTime {
         #[arg(long, default_value_t = 50)]
@@ -259,6 +269,11 @@ fn main() -> anyhow::Result<()> {
             work,
             rounds,
         } => board::add_size(state_dir, work, rounds),
+        Bench::ManyFiles {
+            state_dir,
+            work,
+            files,
+        } => many_files::many_files(state_dir, work, files),
         Bench::Completion {
             state_dir,
             work,

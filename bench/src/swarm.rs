@@ -149,3 +149,38 @@ pub fn tracker(peer: SocketAddr) -> anyhow::Result<String> {
     });
     Ok(url)
 }
+
+/// The engine's own add of `torrent` (paused, into a fresh folder, as the broker adds it),
+/// in process, `rounds` times after one to warm up: each add's time in µs. The anchor of
+/// the large-add row: what adding those bytes costs librqbit itself.
+pub async fn engine_adds(torrent: &[u8], work: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
+    let dir = work.join("engine-add");
+    std::fs::create_dir_all(&dir)?;
+    let session = session(&dir, false, None).await?;
+    let mut times = Vec::new();
+    for round in 0..=rounds {
+        let folder = dir.join(format!("round-{round}"));
+        let options = AddTorrentOptions {
+            output_folder: Some(folder.display().to_string()),
+            paused: true,
+            overwrite: false,
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let added = session
+            .add_torrent(AddTorrent::from_bytes(torrent.to_vec()), Some(options))
+            .await?;
+        let took = started.elapsed().as_secs_f64() * 1e6;
+        let AddTorrentResponse::Added(id, _) = added else {
+            bail!("librqbit did not add the torrent");
+        };
+        if round > 0 {
+            times.push(took);
+        }
+        session
+            .delete(librqbit::api::TorrentIdOrHash::Id(id), true)
+            .await?;
+    }
+    session.stop().await;
+    Ok(times)
+}
