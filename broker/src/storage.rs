@@ -798,3 +798,105 @@ mod tests {
         assert!(!root.path().join("save/t/d").exists());
     }
 }
+
+/// Fuzzing the storage's path rules (`scripts/fuzz` runs these long; every test run 4,096
+/// cases): whatever relative paths a torrent names, and whatever links sit in its folder,
+/// nothing outside the root is created, written or removed.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use std::os::unix::fs::symlink;
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4096)
+    }
+
+    /// A path component as a hostile torrent (or a planted link) might have it.
+    fn component() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("..".to_owned()),
+            Just(".".to_owned()),
+            Just(String::new()),
+            Just("/tmp".to_owned()),
+            Just("link".to_owned()),
+            Just("up".to_owned()),
+            Just("fifo".to_owned()),
+            Just("victim".to_owned()),
+            "[a-c]{1,2}",
+        ]
+    }
+
+    fn relative_path() -> impl Strategy<Value = PathBuf> {
+        proptest::collection::vec(component(), 1..5).prop_map(|parts| parts.iter().collect())
+    }
+
+    /// Everything under `dir`, with each file's bytes.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(at) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&at) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let kind = entry.file_type().ok();
+                if kind.is_some_and(|k| k.is_dir()) {
+                    stack.push(path.clone());
+                    found.push((path, None));
+                } else {
+                    found.push((path.clone(), std::fs::read(&path).ok()));
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_file_list_leads_the_storage_outside_the_root(
+            paths in proptest::collection::vec(relative_path(), 1..6),
+            create in any::<bool>(),
+        ) {
+            let outside = tempfile::tempdir().unwrap();
+            std::fs::write(outside.path().join("victim"), b"the user's").unwrap();
+            std::fs::create_dir(outside.path().join("a")).unwrap();
+            let root = tempfile::tempdir().unwrap();
+            let save = root.path().join("save");
+            std::fs::create_dir_all(save.join("a")).unwrap();
+            // Links planted in the torrent's folder: out of the root, up the tree, at a
+            // file outside; and a FIFO nobody writes.
+            symlink(outside.path(), save.join("link")).unwrap();
+            symlink("../..", save.join("a/up")).unwrap();
+            symlink(outside.path().join("victim"), save.join("victim")).unwrap();
+            nix::unistd::mkfifo(&save.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+            let before = snapshot(outside.path());
+            let canonical = root.path().canonicalize().unwrap();
+            let folder = Beneath::new(std::slice::from_ref(&canonical), &canonical.join("save"))
+                .unwrap();
+            for path in &paths {
+                if let Ok(file) = folder.open_file(path, create, false) {
+                    let _ = file.write_all_at(b"torrent bytes", 0);
+                    let _ = file.set_len(1 << 20);
+                }
+                let _ = folder.stamp(path);
+                let _ = folder.remove_dir_if_empty(path);
+                let _ = folder.remove_file(path);
+            }
+            let _ = delete_torrent_data(
+                std::slice::from_ref(&canonical),
+                &canonical.join("save"),
+                &paths,
+                true,
+            );
+            prop_assert_eq!(snapshot(outside.path()), before);
+        }
+    }
+}

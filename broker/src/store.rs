@@ -145,3 +145,80 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Fuzzing how state files are read (`scripts/fuzz` runs it long; every test run 4,096
+/// cases): whatever sits at a state file's path, reading it answers at once, never panics,
+/// and only a regular file is read.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4096)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Planted {
+        File(Vec<u8>),
+        Fifo,
+        LinkToFile,
+        LinkToFifo,
+        Folder,
+        Dangling,
+        Nothing,
+    }
+
+    fn planted() -> impl Strategy<Value = Planted> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..256).prop_map(Planted::File),
+            "\\{[\"0-9a-z:{}, \\[\\]]{0,64}\\}".prop_map(|s| Planted::File(s.into_bytes())),
+            Just(Planted::Fifo),
+            Just(Planted::LinkToFile),
+            Just(Planted::LinkToFifo),
+            Just(Planted::Folder),
+            Just(Planted::Dangling),
+            Just(Planted::Nothing),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_state_file_hangs_or_panics_the_start(what in planted()) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("torrents.json");
+            let fifo = dir.path().join("elsewhere.fifo");
+            let file = dir.path().join("elsewhere");
+            std::fs::write(&file, b"{}").unwrap();
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            let regular = matches!(what, Planted::File(_));
+            match &what {
+                Planted::File(bytes) => std::fs::write(&path, bytes).unwrap(),
+                Planted::Fifo => nix::unistd::mkfifo(
+                    &path,
+                    nix::sys::stat::Mode::from_bits_truncate(0o600),
+                )
+                .unwrap(),
+                Planted::LinkToFile => std::os::unix::fs::symlink(&file, &path).unwrap(),
+                Planted::LinkToFifo => std::os::unix::fs::symlink(&fifo, &path).unwrap(),
+                Planted::Folder => std::fs::create_dir(&path).unwrap(),
+                Planted::Dangling => std::os::unix::fs::symlink("/nonexistent", &path).unwrap(),
+                Planted::Nothing => {}
+            }
+            // Answers at once (a FIFO would block a plain read forever: the test would hang).
+            let read = read_state_file(&path);
+            match what {
+                Planted::Nothing => prop_assert!(matches!(read, Ok(None))),
+                _ if regular => prop_assert!(matches!(read, Ok(Some(_)))),
+                _ => prop_assert!(read.is_err(), "{what:?} was read as state"),
+            }
+            // And the records' reader makes an error of anything that is not records.
+            let _ = crate::registry::TorrentRegistry::load_records(&path);
+        }
+    }
+}
