@@ -4,8 +4,13 @@
 A seeding broker serves five torrents at a limited rate; a second broker (the one under test)
 downloads them again and again, while patrons come and go at random (list, status, add,
 close, watch, pipe), some killed (SIGKILL), some stopped and resumed (SIGSTOP/SIGCONT), and
-hostile raw connectors mix in (garbage, a NUL in the hello, silence, 20 descriptors). It
-checks as it runs:
+hostile raw connectors mix in (garbage, a NUL in the hello, silence, 20 descriptors), and an
+attacker works on a folder torrent the broker seeds: it swaps the folder for a symlink to a
+folder outside every root and asks for a recheck or a delete, plants a FIFO as one of its
+files, and adds another torrent over it with --overwrite. It checks as it runs:
+  - nothing outside the download roots is ever created, changed or removed;
+  - an add over another torrent's files is refused (exit 3), a recheck through a planted
+    FIFO answers within the bound;
   - the broker never dies, and torrents.json always parses;
   - every patron that was not killed exits within PATRON_BOUND with a documented code;
   - every completed download has the right SHA-256;
@@ -18,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import struct
@@ -47,7 +53,12 @@ class Soak:
         self.brokers = []
         self.failures = []
         self.counts = {"patrons": 0, "killed": 0, "stopped": 0, "hostile": 0,
-                       "downloads": 0, "cats": 0, "exit_codes": {}}
+                       "downloads": 0, "cats": 0, "attacks": 0, "exit_codes": {}}
+        # A folder outside every download root (the root is self.tmp): the attacker's target.
+        self.outside = tempfile.mkdtemp(prefix="tp-soak-outside-")
+        with open(os.path.join(self.outside, "a.bin"), "wb") as f:
+            f.write(b"the user's own file, outside every root")
+        self.outside_before = snapshot(self.outside)
         self.env = dict(os.environ, TORRENT_PATRON_LOOPBACK_ONLY="1",
                         TORRENT_PATRON_DOWNLOAD_ROOT=self.tmp,
                         TORRENT_PATRON_STATUS_INTERVAL="200", RUST_LOG="info")
@@ -204,6 +215,78 @@ class Soak:
         except OSError:
             pass  # the broker hung up first: fine
 
+    # -- the attacker ----------------------------------------------------------------------
+    def seed_pack(self, state):
+        """(Re)makes and seeds the attacked folder torrent; its id, or None."""
+        pack = os.path.join(self.tmp, "attacked", "pack")
+        os.makedirs(pack, exist_ok=True)
+        for name, size in (("a.bin", 64 * 1024), ("b.bin", 32 * 1024)):
+            path = os.path.join(pack, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                if os.path.lexists(path):
+                    os.remove(path)
+                with open(path, "wb") as f:
+                    f.write(self.rng.randbytes(size))
+        r = self.client(state, "--json", "make", pack, "--seed", "--force",
+                        "--output", os.path.join(self.tmp, "attacked", "pack.torrent"))
+        made = json_line(r.stdout)
+        return None if r.returncode != 0 else str(made.get("seeding_id"))
+
+    def outside_untouched(self, after):
+        if snapshot(self.outside) != self.outside_before:
+            self.fail(f"{after}: a file outside the download roots was created, changed "
+                      f"or removed: {snapshot(self.outside)}")
+
+    def attack(self, state):
+        pack = os.path.join(self.tmp, "attacked", "pack")
+        if getattr(self, "pack_id", None) is None:
+            self.pack_id = self.seed_pack(state)
+            return
+        self.counts["attacks"] += 1
+        kind = self.rng.choice(["swap-recheck", "swap-delete", "fifo", "overlap"])
+        if kind.startswith("swap"):
+            real = pack + ".real"
+            os.rename(pack, real)
+            os.symlink(self.outside, pack)
+            if kind == "swap-recheck":
+                r = self.client(state, "--json", "recheck", self.pack_id)
+            else:
+                r = self.client(state, "--json", "close", "--force", "--delete-data",
+                                self.pack_id)
+                self.pack_id = None
+            self.outside_untouched(f"{kind} (exit {r.returncode})")
+            os.remove(pack)
+            os.rename(real, pack)
+            if kind == "swap-recheck":
+                # Whatever became of it (refused, or kept unrestored), start afresh.
+                self.client(state, "close", "--force", self.pack_id)
+                self.pack_id = None
+        elif kind == "fifo":
+            b = os.path.join(pack, "b.bin")
+            os.remove(b)
+            os.mkfifo(b)
+            r = self.client(state, "--json", "recheck", self.pack_id)  # bounded: PATRON_BOUND
+            os.remove(b)
+            self.client(state, "close", "--force", self.pack_id)
+            self.pack_id = None
+        else:
+            other = os.path.join(self.tmp, "attacked", "other")
+            os.makedirs(other, exist_ok=True)
+            with open(os.path.join(other, "a.bin"), "wb") as f:
+                f.write(self.rng.randbytes(1000))
+            torrent = os.path.join(self.tmp, "attacked", "other.torrent")
+            self.client(state, "make", os.path.join(other, "a.bin"), "--force",
+                        "--output", torrent)
+            before = open(os.path.join(pack, "a.bin"), "rb").read()
+            r = self.client(state, "--json", "add", torrent, "--overwrite", "--output", pack)
+            if r.returncode != 3 or json_line(r.stdout).get("kind") != "file-owned":
+                self.fail(f"an add over another torrent's file was not refused: "
+                          f"{r.returncode} {r.stdout}")
+                if r.returncode in (0, 4) and "id" in json_line(r.stdout):
+                    self.client(state, "close", "--force", str(json_line(r.stdout)["id"]))
+            if open(os.path.join(pack, "a.bin"), "rb").read() != before:
+                self.fail("an add over another torrent's file changed it")
+
     # -- the run ---------------------------------------------------------------------------
     def run(self):
         seeder, seed_state, seed_port = self.broker("seeder", "--max-upload-rate", SEED_RATE)
@@ -265,6 +348,8 @@ class Soak:
                 self.random_patron(state, torrents, downloads)
             if self.rng.random() < 0.5:
                 self.hostile(state)
+            if self.rng.random() < 0.1:
+                self.attack(state)
             self.chaos()
             self.reap()
             now = time.monotonic()
@@ -307,6 +392,9 @@ class Soak:
             self.fail(f"RSS grew by {(now_usage[2] - base[2]) // 1024} MiB")
         self.broker_alive(leecher, "the broker under test")
         self.records_valid(state)
+        self.outside_untouched("at the end")
+        if self.counts["attacks"] == 0:
+            self.fail("the attacker never attacked")
         # A soak that downloaded nothing tested nothing.
         if self.counts["downloads"] < TORRENTS:
             self.fail(f"only {self.counts['downloads']} downloads verified; "
@@ -315,7 +403,7 @@ class Soak:
         c = self.counts
         log(f"{c['patrons']} patrons ({c['killed']} SIGKILLed, {c['stopped']} SIGSTOPped), "
             f"{c['hostile']} hostile connectors, {c['downloads']} downloads verified, "
-            f"{c['cats']} cat streams verified, "
+            f"{c['cats']} cat streams verified, {c['attacks']} attacks on the storage, "
             f"exit codes {dict(sorted(c['exit_codes'].items()))}")
         return not self.failures
 
@@ -413,6 +501,21 @@ class Soak:
                 proc.kill()
 
 
+def snapshot(folder):
+    """Every file and folder under `folder`, with each file's bytes."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames:
+            found.append((os.path.join(dirpath, name), None))
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                found.append((path, open(path, "rb").read()))
+            except OSError as e:
+                found.append((path, str(e)))
+    return sorted(found)
+
+
 def json_line(text):
     """The first JSON object printed, or {}."""
     for line in text.splitlines():
@@ -444,6 +547,7 @@ def main():
         for entry in soak.procs:
             if entry["proc"].poll() is None:
                 entry["proc"].kill()
+        shutil.rmtree(soak.outside, ignore_errors=True)
     if not ok:
         log(f"{len(soak.failures)} invariant(s) broken; logs in {soak.tmp}")
         sys.exit(1)
