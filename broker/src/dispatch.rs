@@ -33,6 +33,9 @@ pub const MAX_REGIONS_PER_PATRON: usize = 2;
 /// once, even while its task waits on a slow request.
 struct HeldRegion {
     region: Arc<OwnedFd>,
+    /// Its size as counted when it came (it is read no larger: the patron still holds the
+    /// region and could grow it).
+    size: usize,
     _ticket: RegionTicket,
 }
 
@@ -182,7 +185,9 @@ impl Dispatcher {
                         match held.as_ref() {
                             Some(h) => {
                                 let region = h.region.clone();
-                                dispatcher.unpack_large(&connection, payload, region).await
+                                dispatcher
+                                    .unpack_large(&connection, payload, region, h.size)
+                                    .await
                             }
                             None => None, // its patron left: closed already
                         }
@@ -288,6 +293,7 @@ impl Dispatcher {
                 queue.next_region += 1;
                 let held = HeldRegion {
                     region: Arc::new(region),
+                    size,
                     _ticket: ticket,
                 };
                 queue
@@ -346,10 +352,12 @@ impl Dispatcher {
         connection: &PatronConnection,
         payload: Vec<u8>,
         region: Arc<OwnedFd>,
+        counted: usize,
     ) -> Option<Request> {
-        let unpacked = tokio::task::spawn_blocking(move || unpack_large(&payload, &region))
-            .await
-            .unwrap_or_else(|e| Err(format!("cannot read a large message: {e}")));
+        let unpacked =
+            tokio::task::spawn_blocking(move || unpack_large(&payload, &region, counted))
+                .await
+                .unwrap_or_else(|e| Err(format!("cannot read a large message: {e}")));
         match unpacked {
             Ok((request, size)) => {
                 tracing::debug!(
@@ -422,8 +430,13 @@ fn peek_request_id(region: &OwnedFd) -> Option<proto::RequestId> {
 /// A large message's payload and region: the request inside and the region's size. Only a
 /// request that is large by nature may come this way (a .torrent's bytes), whole, with
 /// nothing after it.
-fn unpack_large(payload: &[u8], region: &OwnedFd) -> Result<(Request, usize), String> {
-    let bytes = crate::socket::read_region(region, proto::MAX_REQUEST_BYTES)?;
+fn unpack_large(
+    payload: &[u8],
+    region: &OwnedFd,
+    counted: usize,
+) -> Result<(Request, usize), String> {
+    // No larger than it was counted as: a region grown since is refused.
+    let bytes = crate::socket::read_region(region, counted.min(proto::MAX_REQUEST_BYTES))?;
     let size = bytes.len();
     let outer =
         proto::wire::decode_with_regions(payload, vec![bytes]).map_err(|e| e.to_string())?;

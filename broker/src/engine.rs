@@ -6,7 +6,7 @@
 
 use crate::config::BrokerConfig;
 use crate::fast_resume::FastResume;
-use crate::storage::{BeneathStorageFactory, FilePool};
+use crate::storage::{BeneathStorageFactory, FilePool, Vouched};
 use anyhow::Context;
 use librqbit::api::TorrentIdOrHash;
 use librqbit::limits::LimitsConfig;
@@ -63,6 +63,8 @@ pub struct Engine {
     files: Arc<FilePool>,
     /// The download roots (canonical), beneath which every data file is reached.
     roots: Vec<PathBuf>,
+    /// What each torrent's files were when last hashed or written by the engine.
+    vouched: Arc<Vouched>,
 }
 
 /// A torrent the engine accepted.
@@ -167,6 +169,7 @@ impl Engine {
     /// Starts the session; torrents persisted by a previous run come back with it.
     pub async fn start(config: &BrokerConfig) -> anyhow::Result<Engine> {
         let state = config.engine_state_dir();
+        crate::store::check_state_folder(&state)?;
         crate::config::create_private_dir(&state)?;
         let fast_resume = FastResume::open(&state.join("fastresume"))?;
         let allowlist_url = if config.loopback_only {
@@ -183,13 +186,18 @@ impl Engine {
             None
         };
         let files = FilePool::new(config.open_files);
+        let vouched = Arc::new(Vouched::default());
         let options = SessionOptions {
             // Every read, write, truncate and delete of a torrent's files goes through our
             // storage: beneath a download root, never through a symlink, a bounded pool of
             // open files (DESIGN §4).
             default_storage_factory: Some(
-                BeneathStorageFactory::new(config.download_roots.clone(), files.clone())
-                    .boxed_factory(),
+                BeneathStorageFactory::new(
+                    config.download_roots.clone(),
+                    files.clone(),
+                    vouched.clone(),
+                )
+                .boxed_factory(),
             ),
             dht: dht_config(config)?,
             disable_local_service_discovery: !config.lsd,
@@ -234,6 +242,7 @@ impl Engine {
             listen: config.listen,
             files,
             roots: config.download_roots.clone(),
+            vouched,
         })
     }
 
@@ -373,6 +382,7 @@ impl Engine {
     pub async fn remove(&self, id: TorrentId, delete_data: bool) -> anyhow::Result<()> {
         let key = TorrentIdOrHash::Id(id.0 as usize);
         self.session.delete(key, delete_data).await?;
+        self.vouched.forget(id.0 as usize);
         self.forget_verified(id)
     }
 
@@ -381,7 +391,9 @@ impl Engine {
     pub async fn stop_torrent(&self, id: TorrentId) -> anyhow::Result<()> {
         self.session
             .delete(TorrentIdOrHash::Id(id.0 as usize), false)
-            .await
+            .await?;
+        self.vouched.forget(id.0 as usize);
+        Ok(())
     }
 
     /// Forgets which pieces of a torrent were verified: its next start checks every byte.
@@ -411,6 +423,19 @@ impl Engine {
             .any(|(stamp, (_, padding))| stamp.is_none() && !padding);
         if missing {
             tracing::info!(torrent = %id, "a file of it is not there: its last stamps are kept");
+            return;
+        }
+        if !self.vouched.holds(id.0 as usize, &stamps) {
+            // Changed by someone else since it was last hashed or written by the engine (an
+            // edit while the broker runs): nothing vouches for it, so the next start hashes
+            // it again instead of trusting the bitfield.
+            tracing::warn!(
+                torrent = %id,
+                "a file of it changed since the engine last hashed or wrote it: it is hashed again at the next start"
+            );
+            if let Err(e) = crate::store::remove_durably(&self.fast_resume.stamps_path(id)) {
+                tracing::warn!(torrent = %id, "{e}");
+            }
             return;
         }
         if let Err(e) = self.fast_resume.write_stamps(id, &stamps) {

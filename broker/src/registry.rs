@@ -143,7 +143,9 @@ pub struct TorrentRegistry {
     resolving: BTreeMap<TorrentId, Resolving>,
     /// Whose each file is, for every torrent run or kept (DESIGN §4: one owner per file).
     /// Kept by the methods that add and remove torrents, so no path can skip it.
-    owners: BTreeMap<PathBuf, TorrentId>,
+    /// A path has more than one owner only in records made before owners were checked: it
+    /// stays claimed until the last of them goes.
+    owners: BTreeMap<PathBuf, Vec<TorrentId>>,
     /// Bumped by every change of which torrents are known (see [`TorrentRegistry::version`]).
     version: u64,
 }
@@ -201,14 +203,20 @@ impl TorrentRegistry {
 
     fn claim(&mut self, id: TorrentId, files: &[PathBuf]) {
         for file in files {
-            self.owners.entry(file.clone()).or_insert(id);
+            let owners = self.owners.entry(file.clone()).or_default();
+            if !owners.contains(&id) {
+                owners.push(id);
+            }
         }
     }
 
     fn release(&mut self, id: TorrentId, files: &[PathBuf]) {
         for file in files {
-            if self.owners.get(file) == Some(&id) {
-                self.owners.remove(file);
+            if let Some(owners) = self.owners.get_mut(file) {
+                owners.retain(|owner| *owner != id);
+                if owners.is_empty() {
+                    self.owners.remove(file);
+                }
             }
         }
     }
@@ -221,15 +229,15 @@ impl TorrentRegistry {
         files: &[PathBuf],
         except: Option<TorrentId>,
     ) -> Option<(PathBuf, TorrentId)> {
-        let other = |id: &TorrentId| Some(*id) != except;
+        let other = |owners: &Vec<TorrentId>| owners.iter().copied().find(|id| Some(*id) != except);
         for file in files {
-            if let Some(id) = self.owners.get(file).filter(|id| other(id)) {
-                return Some((file.clone(), *id));
+            if let Some(id) = self.owners.get(file).and_then(other) {
+                return Some((file.clone(), id));
             }
             // One of its folders is another torrent's file.
             for folder in file.ancestors().skip(1) {
-                if let Some(id) = self.owners.get(folder).filter(|id| other(id)) {
-                    return Some((folder.to_path_buf(), *id));
+                if let Some(id) = self.owners.get(folder).and_then(other) {
+                    return Some((folder.to_path_buf(), id));
                 }
             }
             // It is a folder of another torrent's files.
@@ -238,9 +246,9 @@ impl TorrentRegistry {
                 .range(file.clone()..)
                 .skip_while(|(path, _)| *path == file)
                 .take_while(|(path, _)| path.starts_with(file))
-                .find(|(_, id)| other(id));
-            if let Some((path, id)) = inside {
-                return Some((path.clone(), *id));
+                .find_map(|(path, owners)| Some((path.clone(), other(owners)?)));
+            if inside.is_some() {
+                return inside;
             }
         }
         None
@@ -519,5 +527,12 @@ mod tests {
         // Forgotten, its files are free again.
         registry.forget_unrestored(TorrentRef::Id(TorrentId(1)));
         assert_eq!(owner(&registry, &["/d/movie.mkv", "/d/show"], None), None);
+        // Two old records with a file in common: it stays claimed until both are gone.
+        kept(&mut registry, 2, &["/d/old.iso"]);
+        kept(&mut registry, 3, &["/d/old.iso"]);
+        registry.forget_unrestored(TorrentRef::Id(TorrentId(2)));
+        assert_eq!(owner(&registry, &["/d/old.iso"], None), Some(3));
+        registry.forget_unrestored(TorrentRef::Id(TorrentId(3)));
+        assert_eq!(owner(&registry, &["/d/old.iso"], None), None);
     }
 }

@@ -107,6 +107,7 @@ impl Service {
     /// error, retried at the next start); records that cannot be read stop the start, and
     /// nothing is overwritten.
     async fn restore(&self) -> anyhow::Result<()> {
+        crate::store::check_state_folder(&self.config.torrents_dir())?;
         let records = TorrentRegistry::load_records(&self.restore_path())
             .map_err(|why| anyhow::anyhow!(why))?;
         for id in records.keys() {
@@ -138,7 +139,8 @@ impl Service {
                     .and_then(|s| s.parse().ok())
                     .map(TorrentId);
                 let is_record = file.path().extension().is_some_and(|e| e == "torrent");
-                if is_record && id.is_none_or(|id| !self.state().registry.remembers(id)) {
+                // Only `<id>.torrent` of an id no record names: nothing else is ours to sweep.
+                if is_record && id.is_some_and(|id| !self.state().registry.remembers(id)) {
                     let _ = std::fs::remove_file(file.path());
                 }
             }
@@ -277,8 +279,12 @@ impl Service {
         let record = added.is_new && !restore.ephemeral;
         let path = self.torrent_file_path(id);
         if record {
-            let written = crate::config::create_private_dir(&self.config.torrents_dir())
-                .map_err(|e| format!("{e:#}"))
+            let written = crate::store::check_state_folder(&self.config.torrents_dir())
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    crate::config::create_private_dir(&self.config.torrents_dir())
+                        .map_err(|e| format!("{e:#}"))
+                })
                 .and_then(|()| {
                     crate::store::write_atomically(&path, &checked.bytes)
                         .map_err(|e| format!("cannot write {}: {e}", path.display()))

@@ -169,6 +169,73 @@ pub struct FileStamp {
     pub ino: u64,
 }
 
+impl FileStamp {
+    /// The stamp of a file as `meta` describes it.
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        FileStamp {
+            size: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// What the broker can vouch for, per torrent and file: the stamp each file had when its
+/// pieces were last hashed (the check that starts a torrent reads what its files were at
+/// `init`) or when the engine itself last wrote it. A torrent's stamps are recorded for fast
+/// resume only where its files are still exactly so: a file anyone else changed since (an
+/// edit while the broker runs) is hashed again at the next start, not vouched for by the
+/// clean stop. Shared by a torrent's storages (a pause hands the storage on) until the
+/// torrent leaves the engine.
+#[derive(Default)]
+pub struct Vouched {
+    torrents: Mutex<HashMap<usize, VouchedFiles>>,
+}
+
+/// One torrent's vouched stamps, in the engine's file order (`None`: nothing vouched).
+type VouchedFiles = Arc<Mutex<Vec<Option<FileStamp>>>>;
+
+impl Vouched {
+    /// A torrent's entry, and whether it had one (its storage was made before: a resume
+    /// after an error, not its first start).
+    fn entry(&self, id: usize, files: usize) -> (VouchedFiles, bool) {
+        let mut torrents = self.torrents.lock().unwrap_or_else(|e| e.into_inner());
+        match torrents.get(&id) {
+            Some(files) => (files.clone(), true),
+            None => {
+                let entry = Arc::new(Mutex::new(vec![None; files]));
+                torrents.insert(id, entry.clone());
+                (entry, false)
+            }
+        }
+    }
+
+    /// Forgets a torrent that left the engine (its next add is a first start).
+    pub fn forget(&self, id: usize) {
+        self.torrents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Whether every file of torrent `id` is as vouched for (`now`, in the engine's file
+    /// order; padding files are `None` on both sides).
+    pub fn holds(&self, id: usize, now: &[Option<FileStamp>]) -> bool {
+        let torrents = self.torrents.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(files) = torrents.get(&id) else {
+            return false;
+        };
+        let vouched = files.lock().unwrap_or_else(|e| e.into_inner());
+        vouched.as_slice() == now
+    }
+}
+
+fn lock_vouched(files: &VouchedFiles) -> MutexGuard<'_, Vec<Option<FileStamp>>> {
+    files.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A folder beneath a download root, reached only through real folders.
 #[derive(Debug, Clone)]
 pub struct Beneath {
@@ -379,18 +446,9 @@ impl Beneath {
         )
         .ok()?;
         // SAFETY: `openat2` just returned this descriptor and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let st = nix::sys::stat::fstat(fd.as_raw_fd()).ok()?;
-        if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
-            return None;
-        }
-        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
-        Some(FileStamp {
-            size: st.st_size as u64,
-            mtime_ns: ns(st.st_mtime, st.st_mtime_nsec),
-            ctime_ns: ns(st.st_ctime, st.st_ctime_nsec),
-            ino: st.st_ino,
-        })
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let meta = file.metadata().ok()?;
+        meta.file_type().is_file().then(|| FileStamp::of(&meta))
     }
 
     /// Removes file `relative` (the name only: nothing it might link to).
@@ -498,14 +556,21 @@ pub fn delete_torrent_data(
 pub struct BeneathStorageFactory {
     roots: Arc<Vec<PathBuf>>,
     pool: Arc<FilePool>,
+    vouched: Arc<Vouched>,
 }
 
 impl BeneathStorageFactory {
-    /// Storage beneath `roots` (canonical), sharing `pool`.
-    pub fn new(roots: Vec<PathBuf>, pool: Arc<FilePool>) -> BeneathStorageFactory {
+    /// Storage beneath `roots` (canonical), sharing `pool`, keeping what it can vouch for
+    /// in `vouched`.
+    pub fn new(
+        roots: Vec<PathBuf>,
+        pool: Arc<FilePool>,
+        vouched: Arc<Vouched>,
+    ) -> BeneathStorageFactory {
         BeneathStorageFactory {
             roots: Arc::new(roots),
             pool,
+            vouched,
         }
     }
 
@@ -524,11 +589,12 @@ impl StorageFactory for BeneathStorageFactory {
         metadata: &TorrentMetadata,
     ) -> anyhow::Result<BeneathStorage> {
         let folder = Beneath::new(&self.roots, shared.output_folder())?;
-        let files = metadata
+        let files: Vec<Option<PathBuf>> = metadata
             .file_infos
             .iter()
             .map(|f| (!f.attrs.padding).then(|| f.relative_filename.clone()))
             .collect();
+        let (vouched, made_before) = self.vouched.entry(shared.id, files.len());
         Ok(BeneathStorage {
             folder,
             files: Arc::new(files),
@@ -537,8 +603,11 @@ impl StorageFactory for BeneathStorageFactory {
             own_folder: metadata.info.info().files.is_some(),
             pool: self.pool.clone(),
             owner: self.pool.new_owner(),
-            allow_overwrite: shared.allow_overwrite(),
+            // Existing files are refused only at a torrent's first start: once it ran, they
+            // are its own (a resume after an error opens them again).
+            exclusive: !shared.allow_overwrite() && !made_before,
             taken: AtomicBool::new(false),
+            vouched,
         })
     }
 
@@ -556,9 +625,12 @@ pub struct BeneathStorage {
     pool: Arc<FilePool>,
     /// This instance's files in the pool.
     owner: u64,
-    allow_overwrite: bool,
+    /// Refuse files that exist already (a first start without `--overwrite`).
+    exclusive: bool,
     /// Handed on by `take` (a pause): this instance must no longer touch the files.
     taken: AtomicBool,
+    /// What its files were when last hashed or written by the engine (see [`Vouched`]).
+    vouched: VouchedFiles,
 }
 
 impl Drop for BeneathStorage {
@@ -581,9 +653,23 @@ impl BeneathStorage {
             bail!("this torrent's storage was handed on (paused or stopped)");
         }
         let relative = self.relative(file_id)?;
-        self.pool.get((self.owner, file_id), || {
+        let file = self.pool.get((self.owner, file_id), || {
             self.folder.open_file(relative, false, false)
-        })
+        })?;
+        // Handed on while it was being opened: it must not stay in the pool.
+        if self.taken.load(Ordering::Acquire) {
+            self.pool.forget((self.owner, file_id));
+            bail!("this torrent's storage was handed on (paused or stopped)");
+        }
+        Ok(file)
+    }
+
+    /// The engine just wrote `file_id` through `file`: what it is now is vouched for.
+    fn wrote(&self, file_id: usize, file: &File) {
+        let stamp = file.metadata().ok().map(|meta| FileStamp::of(&meta));
+        if let Some(slot) = lock_vouched(&self.vouched).get_mut(file_id) {
+            *slot = stamp;
+        }
     }
 }
 
@@ -594,10 +680,16 @@ impl TorrentStorage for BeneathStorage {
         _metadata: &TorrentMetadata,
     ) -> anyhow::Result<()> {
         // Every file made (or, when overwriting is allowed, found) now, as librqbit's own
-        // storage does, but none held open: the pool opens them as they are used.
-        for relative in self.files.iter().flatten() {
-            self.folder
-                .open_file(relative, true, !self.allow_overwrite)?;
+        // storage does, but none held open: the pool opens them as they are used. What each
+        // is now is what the check that follows hashes (vouched for once it ends unchanged).
+        let mut vouched = lock_vouched(&self.vouched);
+        vouched.resize(self.files.len(), None);
+        for (index, relative) in self.files.iter().enumerate() {
+            let Some(relative) = relative else {
+                continue;
+            };
+            let file = self.folder.open_file(relative, true, self.exclusive)?;
+            vouched[index] = file.metadata().ok().map(|meta| FileStamp::of(&meta));
         }
         Ok(())
     }
@@ -607,7 +699,10 @@ impl TorrentStorage for BeneathStorage {
     }
 
     fn pwrite_all(&self, file_id: usize, offset: u64, buf: &[u8]) -> anyhow::Result<()> {
-        Ok(self.file(file_id)?.write_all_at(buf, offset)?)
+        let file = self.file(file_id)?;
+        file.write_all_at(buf, offset)?;
+        self.wrote(file_id, &file);
+        Ok(())
     }
 
     fn pwrite_all_vectored(
@@ -623,6 +718,7 @@ impl TorrentStorage for BeneathStorage {
         };
         let written = nix::sys::uio::pwritev(&*file, &bufs, at).context("pwritev")?;
         if written == total {
+            self.wrote(file_id, &file);
             return Ok(total);
         }
         // A short write: finish it buffer by buffer.
@@ -634,6 +730,7 @@ impl TorrentStorage for BeneathStorage {
             }
             done += buf.len();
         }
+        self.wrote(file_id, &file);
         Ok(total)
     }
 
@@ -670,6 +767,7 @@ impl TorrentStorage for BeneathStorage {
         // at the next start (see `FileStamp`).
         if file.metadata()?.len() != length {
             file.set_len(length)?;
+            self.wrote(file_id, &file);
         }
         Ok(())
     }
@@ -677,14 +775,26 @@ impl TorrentStorage for BeneathStorage {
     fn take(&self) -> anyhow::Result<Box<dyn TorrentStorage>> {
         self.taken.store(true, Ordering::Release);
         self.pool.forget_owner(self.owner);
+        // A checkpoint (the end of the check that starts a torrent, or a pause): a file that
+        // is no longer as vouched for was changed by someone else meanwhile.
+        let mut vouched = lock_vouched(&self.vouched);
+        for (index, relative) in self.files.iter().enumerate() {
+            if let (Some(relative), Some(slot)) = (relative, vouched.get_mut(index)) {
+                if slot.is_some() && *slot != self.folder.stamp(relative) {
+                    *slot = None;
+                }
+            }
+        }
+        drop(vouched);
         Ok(Box::new(BeneathStorage {
             folder: self.folder.clone(),
             files: self.files.clone(),
             own_folder: self.own_folder,
             pool: self.pool.clone(),
             owner: self.pool.new_owner(),
-            allow_overwrite: self.allow_overwrite,
+            exclusive: false,
             taken: AtomicBool::new(false),
+            vouched: self.vouched.clone(),
         }))
     }
 

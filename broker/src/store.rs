@@ -80,15 +80,60 @@ pub fn open_state_file(path: &Path) -> io::Result<Option<File>> {
     Ok(Some(file))
 }
 
-/// Reads a file of the broker's state as [`open_state_file`] opens it. `Ok(None)`: there is
-/// none.
+/// Refuses a folder of the broker's state that is a symlink, not a folder, or not the
+/// broker's user's: whatever is read, written or swept in it would be somewhere else (a
+/// `torrents` folder linked to `~/Downloads` had every `.torrent` there swept away). A
+/// missing one is fine (it is made owner-only when needed).
+pub fn check_state_folder(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot look at {}: {e}", path.display()),
+            ))
+        }
+    };
+    if !meta.file_type().is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a folder (a symlink?); the broker keeps its state there and follows no link: move it aside",
+            path.display()
+        )));
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid {
+        return Err(io::Error::other(format!(
+            "{} belongs to uid {}, not to the broker's user ({uid}): move it aside",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    Ok(())
+}
+
+/// The most any state file may hold: a sparse file of many GiB planted there must not have
+/// the start allocate it (the records of 100,000 torrents take ~30 MiB).
+pub const MAX_STATE_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Reads a file of the broker's state as [`open_state_file`] opens it, refusing one larger
+/// than [`MAX_STATE_FILE_BYTES`]. `Ok(None)`: there is none.
 pub fn read_state_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
     use std::io::Read;
-    let Some(mut file) = open_state_file(path)? else {
+    let Some(file) = open_state_file(path)? else {
         return Ok(None);
     };
+    let size = file.metadata()?.len();
+    if size > MAX_STATE_FILE_BYTES {
+        return Err(io::Error::other(format!(
+            "{} is {size} bytes, more than any state file of the broker ({MAX_STATE_FILE_BYTES}): move it aside",
+            path.display()
+        )));
+    }
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
+    file.take(MAX_STATE_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
     Ok(Some(bytes))
 }

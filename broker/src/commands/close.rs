@@ -15,7 +15,10 @@ pub async fn run(
     let id = match service.resolve(close.torrent) {
         Ok(id) => id,
         Err(error) => {
-            // A record that could not be restored can still be closed: it is forgotten.
+            // A record that could not be restored can still be closed: it is forgotten,
+            // under the add lock (its files stay its own until the records say otherwise:
+            // no add may take them in between).
+            let _adding = service.adding.lock().await;
             let forgotten = service.state().registry.forget_unrestored(close.torrent);
             return match forgotten {
                 Some((id, record)) => forget(service, patron, request, id, record),
