@@ -316,9 +316,7 @@ impl Dispatcher {
                     return Dispatched::Taken;
                 };
                 let (regions, max, bytes, max_bytes) = self.regions.use_now();
-                let error = proto::ProtoError::new(
-                    proto::ErrorKind::LimitReached,
-                    format!(
+                let error = proto::ProtoError::limit_reached(format!(
                         "the broker holds as many large messages as it may for all patrons ({regions} of {max}, {} of {} MiB): send it again later",
                         bytes >> 20,
                         max_bytes >> 20

@@ -15,9 +15,7 @@ use librqbit::{
     ListenerOptions, ManagedTorrent, PeerConnectionOptions, Session, SessionOptions,
     TorrentStatsState,
 };
-use proto::{
-    ErrorKind, FileEntry, InfoHash, PeerEntry, ProtoError, TorrentId, TorrentState, TorrentStatus,
-};
+use proto::{FileEntry, InfoHash, PeerEntry, ProtoError, TorrentId, TorrentState, TorrentStatus};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -162,7 +160,7 @@ fn dht_config(config: &BrokerConfig) -> anyhow::Result<Option<librqbit::DhtSessi
 }
 
 fn engine_error(context: &str, e: anyhow::Error) -> ProtoError {
-    ProtoError::new(ErrorKind::Engine, format!("{context}: {e:#}"))
+    ProtoError::engine(format!("{context}: {e:#}"))
 }
 
 impl Engine {
@@ -285,27 +283,19 @@ impl Engine {
             .session
             .add_torrent(AddTorrent::from_url(uri.to_owned()), Some(options));
         match tokio::time::timeout(timeout, add).await {
-            Err(_) => Err(ProtoError::new(
-                ErrorKind::MetadataTimeout,
-                format!("no peer sent the magnet's metadata within {timeout:?}"),
+            Err(_) => Err(ProtoError::metadata_timeout(format!("no peer sent the magnet's metadata within {timeout:?}"),
             )),
             // Not a timeout: the engine gave up at once, having nothing to ask.
-            Ok(Err(e)) if no_source => Err(ProtoError::new(
-                ErrorKind::Engine,
-                format!(
+            Ok(Err(e)) if no_source => Err(ProtoError::engine(format!(
                     "cannot fetch the magnet's metadata: it names no peer (x.pe) and no tracker this broker may use, and DHT is off ({e:#})"
                 ),
             )),
-            Ok(Err(e)) => Err(ProtoError::new(
-                ErrorKind::Engine,
-                format!("cannot fetch the magnet's metadata: {e:#}"),
+            Ok(Err(e)) => Err(ProtoError::engine(format!("cannot fetch the magnet's metadata: {e:#}"),
             )),
             Ok(Ok(AddTorrentResponse::ListOnly(listed))) => {
                 Ok((listed.torrent_bytes.to_vec(), listed.seen_peers))
             }
-            Ok(Ok(_)) => Err(ProtoError::new(
-                ErrorKind::Engine,
-                "the engine started a torrent it was only asked to list",
+            Ok(Ok(_)) => Err(ProtoError::engine("the engine started a torrent it was only asked to list",
             )),
         }
     }
@@ -315,14 +305,11 @@ impl Engine {
         let output_folder = spec
             .data_folder
             .to_str()
-            .ok_or_else(|| {
-                ProtoError::new(ErrorKind::PathNotAllowed, "the save folder is not UTF-8")
-            })?
+            .ok_or_else(|| ProtoError::path_not_allowed("the save folder is not UTF-8"))?
             .to_owned();
         let id = match spec.id {
-            Some(id) => usize::try_from(id.0).map_err(|_| {
-                ProtoError::new(ErrorKind::Engine, format!("torrent id {id} is too large"))
-            })?,
+            Some(id) => usize::try_from(id.0)
+                .map_err(|_| ProtoError::engine(format!("torrent id {id} is too large")))?,
             None => self.next_id.fetch_add(1, Ordering::Relaxed),
         };
         let unchanged = spec.resume
@@ -370,10 +357,9 @@ impl Engine {
                 handle,
                 is_new: false,
             }),
-            AddTorrentResponse::ListOnly(_) => Err(ProtoError::new(
-                ErrorKind::Engine,
-                "the engine only listed the torrent",
-            )),
+            AddTorrentResponse::ListOnly(_) => {
+                Err(ProtoError::engine("the engine only listed the torrent"))
+            }
         }
     }
 
@@ -487,8 +473,7 @@ impl Engine {
         files: &HashSet<usize>,
     ) -> Result<(), ProtoError> {
         if matches!(stage_of(handle), Stage::Checking) {
-            return Err(ProtoError::new(
-                ErrorKind::BadRequest,
+            return Err(ProtoError::bad_request(
                 "the torrent is checking its data: choose its files once the check is done",
             ));
         }
@@ -508,9 +493,7 @@ impl Engine {
         };
         match state {
             None => Ok(()),
-            Some(why) => Err(ProtoError::new(
-                ErrorKind::BadRequest,
-                format!("the torrent is {why}, so it dials no peer now: resume it (or wait for its check), then add them"),
+            Some(why) => Err(ProtoError::bad_request(format!("the torrent is {why}, so it dials no peer now: resume it (or wait for its check), then add them"),
             )),
         }
     }
@@ -532,10 +515,9 @@ impl Engine {
                 Ok(true) => dialled.push(*peer),
                 Ok(false) => {}
                 Err(e) => {
-                    return Err(ProtoError::new(
-                        ErrorKind::Engine,
-                        format!("the engine cannot dial {peer}: {e}"),
-                    ))
+                    return Err(ProtoError::engine(format!(
+                        "the engine cannot dial {peer}: {e}"
+                    )))
                 }
             }
         }

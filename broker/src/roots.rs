@@ -13,7 +13,7 @@
 //! instant between the walk and its open is not caught (the engine has no `openat2`).
 
 use crate::torrent_file::CheckedTorrent;
-use proto::{ErrorKind, ProtoError};
+use proto::ProtoError;
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 const MAX_ENTRIES_SCANNED: usize = 100_000;
 
 fn not_allowed(why: String) -> ProtoError {
-    ProtoError::new(ErrorKind::PathNotAllowed, why)
+    ProtoError::path_not_allowed(why)
 }
 
 /// Checks every path `torrent` writes beneath `save_folder` (which must be canonical).

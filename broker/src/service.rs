@@ -13,7 +13,7 @@ use crate::registry::{RestoreSpec, TorrentRegistry, Unrestored};
 use crate::shutdown;
 use crate::torrent_file::{self, CheckedTorrent};
 use anyhow::Context;
-use proto::{ErrorKind, ProtoError, TorrentId, TorrentInfo, TorrentRef};
+use proto::{ProtoError, TorrentId, TorrentInfo, TorrentRef};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The error for a torrent that went while a request about it was served.
 pub fn gone(id: TorrentId) -> ProtoError {
-    ProtoError::new(ErrorKind::UnknownTorrent, format!("no torrent {id} runs"))
+    ProtoError::unknown_torrent(format!("no torrent {id} runs"))
 }
 
 /// Mutable state, behind one lock that is never held across an `.await`.
@@ -173,14 +173,10 @@ impl Service {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 let why = format!("{} is missing", path.display());
-                return Err((
-                    ProtoError::new(ErrorKind::Io, why),
-                    info.clone(),
-                    files.clone(),
-                ));
+                return Err((ProtoError::io(why), info.clone(), files.clone()));
             }
             Err(e) => {
-                let error = ProtoError::new(ErrorKind::Io, e.to_string());
+                let error = ProtoError::io(e.to_string());
                 return Err((error, info.clone(), files.clone()));
             }
         };
@@ -223,7 +219,7 @@ impl Service {
                 "the same torrent is already restored as torrent {}",
                 added.id
             );
-            return Err((ProtoError::new(ErrorKind::BadRequest, why), info, files));
+            return Err((ProtoError::bad_request(why), info, files));
         }
         tracing::info!(torrent = %id, name = %checked.name, "restored torrent");
         let info = checked.info(added.id, &spec.save_folder);
@@ -237,7 +233,7 @@ impl Service {
     /// missing one is not created again (an unmounted disk would have the torrent written
     /// onto the disk beneath the mount point).
     fn check_restorable_folder(&self, folder: &Path) -> Result<(), ProtoError> {
-        let io = |why: String| ProtoError::new(ErrorKind::Io, why);
+        let io = |why: String| ProtoError::io(why);
         let meta = std::fs::metadata(folder).map_err(|e| {
             io(format!(
                 "save folder {} is unusable: {e} (is its disk mounted?)",
@@ -334,10 +330,9 @@ impl Service {
         if let Err(e) = self.engine.remove(id, false).await {
             tracing::warn!(torrent = %id, "cannot stop it: {e:#}");
         }
-        ProtoError::new(
-            ErrorKind::Io,
-            format!("the broker cannot record the torrent, so it did not start it: {why}"),
-        )
+        ProtoError::io(format!(
+            "the broker cannot record the torrent, so it did not start it: {why}"
+        ))
     }
 
     /// A running torrent's id and engine handle.
@@ -356,15 +351,9 @@ impl Service {
                     proto::TorrentState::Error(why) => why,
                     other => other.as_str().to_owned(),
                 };
-                ProtoError::new(
-                    ErrorKind::UnknownTorrent,
-                    format!("torrent {} does not run: {why}", info.id),
-                )
+                ProtoError::unknown_torrent(format!("torrent {} does not run: {why}", info.id))
             }
-            None => ProtoError::new(
-                ErrorKind::UnknownTorrent,
-                format!("no torrent {torrent} runs"),
-            ),
+            None => ProtoError::unknown_torrent(format!("no torrent {torrent} runs")),
         })
     }
 
@@ -390,7 +379,7 @@ impl Service {
             if let Some(entry) = self.state().registry.get_mut(id) {
                 entry.restore = before;
             }
-            ProtoError::new(ErrorKind::Io, format!("the change is not made: {why}"))
+            ProtoError::io(format!("the change is not made: {why}"))
         })
     }
 
@@ -548,19 +537,13 @@ impl Service {
     /// for the count to stay true until the torrent is registered.
     pub fn room_for_one_more(&self) -> Result<(), ProtoError> {
         if self.is_stopping() {
-            return Err(ProtoError::new(
-                ErrorKind::ShuttingDown,
-                "the broker is stopping",
-            ));
+            return Err(ProtoError::shutting_down("the broker is stopping"));
         }
         if self.state().registry.len() >= self.config.max_torrents {
-            return Err(ProtoError::new(
-                ErrorKind::LimitReached,
-                format!(
-                    "the broker already runs its maximum of {} torrents",
-                    self.config.max_torrents
-                ),
-            ));
+            return Err(ProtoError::limit_reached(format!(
+                "the broker already runs its maximum of {} torrents",
+                self.config.max_torrents
+            )));
         }
         Ok(())
     }
@@ -727,12 +710,10 @@ impl Service {
 
     /// Resolves a reference to a running torrent's id.
     pub fn resolve(&self, torrent: TorrentRef) -> Result<TorrentId, ProtoError> {
-        self.state().registry.resolve(torrent).ok_or_else(|| {
-            ProtoError::new(
-                ErrorKind::UnknownTorrent,
-                format!("no torrent {torrent} runs"),
-            )
-        })
+        self.state()
+            .registry
+            .resolve(torrent)
+            .ok_or_else(|| ProtoError::unknown_torrent(format!("no torrent {torrent} runs")))
     }
 
     /// The canonical save folder for a request: the one named (which must be absolute and
@@ -743,7 +724,7 @@ impl Service {
         let Some(requested) = requested else {
             return Ok(self.config.default_download_dir.clone());
         };
-        let not_allowed = |why: String| ProtoError::new(ErrorKind::PathNotAllowed, why);
+        let not_allowed = |why: String| ProtoError::path_not_allowed(why);
         let path = Path::new(requested);
         if !path.is_absolute() {
             return Err(not_allowed(format!(
@@ -789,9 +770,7 @@ impl Service {
             .iter()
             .map(|r| r.display().to_string())
             .collect();
-        Err(ProtoError::new(
-            ErrorKind::PathNotAllowed,
-            format!(
+        Err(ProtoError::path_not_allowed(format!(
                 "{} is outside the broker's download roots ({}); start the broker with --download-root to allow it",
                 path.display(),
                 roots.join(", ")
@@ -802,9 +781,7 @@ impl Service {
 
 /// The refusal of a torrent with a file that `owner` has (DESIGN §4: one owner per file).
 pub fn owned_by(path: &Path, owner: TorrentId) -> ProtoError {
-    ProtoError::new(
-        ErrorKind::FileOwned,
-        format!(
+    ProtoError::file_owned(format!(
             "{} is torrent {owner}'s; a file has one torrent at most (with --overwrite too): choose another save folder, or close torrent {owner} first",
             path.display()
         ),

@@ -15,7 +15,7 @@
 
 use crate::engine::{self, FileStream, ManagedTorrentHandle};
 use crate::patron::{PatronConnection, PatronId};
-use proto::{ErrorKind, Event, ProtoError, StreamId, TorrentId};
+use proto::{Event, ProtoError, StreamId, TorrentId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -103,16 +103,14 @@ fn lock(open: &OpenStreams) -> MutexGuard<'_, HashMap<StreamId, OpenStream>> {
 fn room_in(open: &HashMap<StreamId, OpenStream>, patron: PatronId) -> Result<(), ProtoError> {
     let mine = open.values().filter(|s| s.patron == patron).count();
     if mine >= MAX_STREAMS_PER_PATRON {
-        return Err(ProtoError::new(
-            ErrorKind::LimitReached,
-            format!("a patron may have {MAX_STREAMS_PER_PATRON} streams open at once"),
-        ));
+        return Err(ProtoError::limit_reached(format!(
+            "a patron may have {MAX_STREAMS_PER_PATRON} streams open at once"
+        )));
     }
     if open.len() >= MAX_STREAMS {
-        return Err(ProtoError::new(
-            ErrorKind::LimitReached,
-            format!("the broker has {MAX_STREAMS} streams open, its most"),
-        ));
+        return Err(ProtoError::limit_reached(format!(
+            "the broker has {MAX_STREAMS} streams open, its most"
+        )));
     }
     Ok(())
 }
@@ -157,7 +155,7 @@ impl Streams {
             // Checked again under the lock: the patron may have gone while the engine opened
             // the stream, and nothing would ever close it then.
             if !torrents.is_connected(patron.id) {
-                return Err(ProtoError::new(ErrorKind::BadRequest, "the patron left"));
+                return Err(ProtoError::bad_request("the patron left"));
             }
             // Again under the lock: other opens finished while this one waited on the engine.
             room_in(&open, patron.id)?;
@@ -258,14 +256,11 @@ impl Drop for LiveGuard {
 }
 
 fn no_such(stream: StreamId) -> ProtoError {
-    ProtoError::new(
-        ErrorKind::BadRequest,
-        format!("this patron has no stream {stream} open"),
-    )
+    ProtoError::bad_request(format!("this patron has no stream {stream} open"))
 }
 
 fn ended(stream: StreamId) -> ProtoError {
-    ProtoError::new(ErrorKind::Engine, format!("stream {stream} has ended"))
+    ProtoError::engine(format!("stream {stream} has ended"))
 }
 
 impl Reader {
@@ -274,10 +269,9 @@ impl Reader {
     fn move_to(&mut self, position: u64) -> Result<u64, ProtoError> {
         let len = self.stream.len();
         if position > len {
-            return Err(ProtoError::new(
-                ErrorKind::BadRequest,
-                format!("position {position} is past the end of the file ({len} bytes)"),
-            ));
+            return Err(ProtoError::bad_request(format!(
+                "position {position} is past the end of the file ({len} bytes)"
+            )));
         }
         self.position = position;
         self.follow()
@@ -289,10 +283,10 @@ impl Reader {
         let end = self
             .stream
             .verified_end(self.position)
-            .map_err(|e| ProtoError::new(ErrorKind::Engine, format!("{e:#}")))?;
+            .map_err(|e| ProtoError::engine(format!("{e:#}")))?;
         self.stream
             .seek_to(end)
-            .map_err(|e| ProtoError::new(ErrorKind::Engine, format!("{e:#}")))?;
+            .map_err(|e| ProtoError::engine(format!("{e:#}")))?;
         Ok(end)
     }
 
@@ -301,12 +295,11 @@ impl Reader {
         let end = self
             .stream
             .verified_end(position)
-            .map_err(|e| ProtoError::new(ErrorKind::Engine, format!("{e:#}")))?;
+            .map_err(|e| ProtoError::engine(format!("{e:#}")))?;
         if end <= position {
-            return Err(ProtoError::new(
-                ErrorKind::BadRequest,
-                format!("byte {position} is not verified yet"),
-            ));
+            return Err(ProtoError::bad_request(format!(
+                "byte {position} is not verified yet"
+            )));
         }
         let length = u64::from(length.min(proto::MAX_STREAM_READ)).min(end - position);
         let mut bytes = vec![0; length as usize];
@@ -318,7 +311,7 @@ impl Reader {
         .await;
         // The window goes back to where the reader's verified bytes end, read or not.
         let back = self.follow();
-        read.map_err(|e| ProtoError::new(ErrorKind::Io, format!("cannot read the file: {e:#}")))?;
+        read.map_err(|e| ProtoError::io(format!("cannot read the file: {e:#}")))?;
         back?;
         Ok(bytes)
     }
@@ -447,27 +440,18 @@ impl StreamTask {
     /// was added again (a recheck: the stream's engine handle is no longer the torrent's).
     fn look(&self, reader: &Reader) -> Option<ProtoError> {
         let Some(handle) = self.torrents.handle_for_stream(self.torrent) else {
-            return Some(ProtoError::new(
-                ErrorKind::UnknownTorrent,
-                format!("torrent {} was closed", self.torrent),
-            ));
+            return Some(ProtoError::unknown_torrent(format!(
+                "torrent {} was closed",
+                self.torrent
+            )));
         };
         match handle {
-            Some(handle) if Arc::ptr_eq(&handle, &reader.handle) => {
-                engine::failure(&handle).map(|why| {
-                    ProtoError::new(
-                        ErrorKind::Engine,
-                        format!("torrent {} failed: {why}", self.torrent),
-                    )
-                })
-            }
-            _ => Some(ProtoError::new(
-                ErrorKind::Engine,
-                format!(
-                    "torrent {} is being checked again (recheck): open the stream again",
-                    self.torrent
-                ),
-            )),
+            Some(handle) if Arc::ptr_eq(&handle, &reader.handle) => engine::failure(&handle)
+                .map(|why| ProtoError::engine(format!("torrent {} failed: {why}", self.torrent))),
+            _ => Some(ProtoError::engine(format!(
+                "torrent {} is being checked again (recheck): open the stream again",
+                self.torrent
+            ))),
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use lava_torrent::torrent::v1::TorrentBuilder;
 use librqbit::{Magnet, ValidatedTorrentMetaV1Info};
-use proto::{ErrorKind, InfoHash, ProtoError, TorrentId, TorrentInfo};
+use proto::{InfoHash, ProtoError, TorrentId, TorrentInfo};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
@@ -78,7 +78,7 @@ impl CheckedTorrent {
 }
 
 fn invalid(message: impl Into<String>) -> ProtoError {
-    ProtoError::new(ErrorKind::InvalidTorrent, message)
+    ProtoError::invalid_torrent(message)
 }
 
 /// Checks .torrent bytes and rebuilds them for the engine.
@@ -440,7 +440,7 @@ pub struct CheckedMagnet {
 
 /// Parses a magnet link (or a bare 40-digit info hash).
 pub fn check_magnet(link: &str, loopback_only: bool) -> Result<CheckedMagnet, ProtoError> {
-    let bad = |why: String| ProtoError::new(ErrorKind::InvalidMagnet, why);
+    let bad = |why: String| ProtoError::invalid_magnet(why);
     let magnet = Magnet::parse(link).map_err(|e| bad(format!("not a valid magnet link: {e}")))?;
     let id = magnet
         .as_id20()
@@ -495,24 +495,17 @@ pub fn make_torrent(
     trackers: &[String],
     loopback_only: bool,
 ) -> Result<MadeTorrent, ProtoError> {
-    let io = |e: std::io::Error| {
-        ProtoError::new(
-            ErrorKind::Io,
-            format!("cannot read {}: {e}", path.display()),
-        )
-    };
+    let io = |e: std::io::Error| ProtoError::io(format!("cannot read {}: {e}", path.display()));
     let total = data_size(path).map_err(io)?;
     if total == 0 {
-        return Err(ProtoError::new(
-            ErrorKind::BadRequest,
-            format!("{} holds no data to share", path.display()),
-        ));
+        return Err(ProtoError::bad_request(format!(
+            "{} holds no data to share",
+            path.display()
+        )));
     }
     let piece_size = match piece_size {
         Some(size) if !size.is_power_of_two() || !(MIN_PIECE_SIZE..=MAX_PIECE_SIZE).contains(&size) => {
-            return Err(ProtoError::new(
-                ErrorKind::BadRequest,
-                format!(
+            return Err(ProtoError::bad_request(format!(
                     "piece size {size} must be a power of two from {MIN_PIECE_SIZE} to {MAX_PIECE_SIZE}"
                 ),
             ))
@@ -528,15 +521,12 @@ pub fn make_torrent(
         }
     }
     let torrent = builder.build().map_err(|e| {
-        ProtoError::new(
-            ErrorKind::BadRequest,
-            format!("cannot make a torrent of {}: {e}", path.display()),
-        )
+        ProtoError::bad_request(format!("cannot make a torrent of {}: {e}", path.display()))
     })?;
     let pieces = torrent.pieces.len() as u64;
-    let bytes = torrent.encode().map_err(|e| {
-        ProtoError::new(ErrorKind::Engine, format!("cannot encode the torrent: {e}"))
-    })?;
+    let bytes = torrent
+        .encode()
+        .map_err(|e| ProtoError::engine(format!("cannot encode the torrent: {e}")))?;
     // What we make must pass the same checks as what a patron sends.
     let checked = check_torrent_file(&bytes, loopback_only)?;
     Ok(MadeTorrent {
@@ -574,6 +564,7 @@ fn data_size(path: &Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::ErrorKind;
 
     fn torrent_with(info: &str, announce: &str) -> Vec<u8> {
         format!("d{announce}4:info{info}e").into_bytes()

@@ -109,14 +109,11 @@ impl Requester {
             let bytes = proto::wire::encode_payload(&message)
                 .map_err(|e| Error::Protocol(format!("cannot encode the request: {e}")))?;
             if bytes.len() > proto::MAX_REQUEST_BYTES {
-                return Err(Error::Request(ProtoError::new(
-                    proto::ErrorKind::LimitReached,
-                    format!(
-                        "the request is {} bytes; the broker accepts at most {}",
-                        bytes.len(),
-                        proto::MAX_REQUEST_BYTES
-                    ),
-                )));
+                return Err(Error::Request(ProtoError::limit_reached(format!(
+                    "the request is {} bytes; the broker accepts at most {}",
+                    bytes.len(),
+                    proto::MAX_REQUEST_BYTES
+                ))));
             }
             // One small datagram and a memory region, not a train of fragments.
             if bytes.len() > proto::LARGE_MESSAGE_BYTES {

@@ -699,6 +699,81 @@ impl ProtoError {
             message: message.into(),
         }
     }
+
+    /// A [`ErrorKind::InvalidTorrent`] error.
+    pub fn invalid_torrent(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::InvalidTorrent, message)
+    }
+
+    /// A [`ErrorKind::InvalidMagnet`] error.
+    pub fn invalid_magnet(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::InvalidMagnet, message)
+    }
+
+    /// A [`ErrorKind::MetadataTimeout`] error.
+    pub fn metadata_timeout(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::MetadataTimeout, message)
+    }
+
+    /// A [`ErrorKind::PathNotAllowed`] error.
+    pub fn path_not_allowed(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::PathNotAllowed, message)
+    }
+
+    /// A [`ErrorKind::FileExists`] error.
+    pub fn file_exists(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::FileExists, message)
+    }
+
+    /// A [`ErrorKind::UnknownTorrent`] error.
+    pub fn unknown_torrent(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::UnknownTorrent, message)
+    }
+
+    /// A [`ErrorKind::NotHolder`] error.
+    pub fn not_holder(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::NotHolder, message)
+    }
+
+    /// A [`ErrorKind::InvalidPeer`] error.
+    pub fn invalid_peer(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::InvalidPeer, message)
+    }
+
+    /// A [`ErrorKind::NoSpace`] error.
+    pub fn no_space(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::NoSpace, message)
+    }
+
+    /// A [`ErrorKind::LimitReached`] error.
+    pub fn limit_reached(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::LimitReached, message)
+    }
+
+    /// A [`ErrorKind::BadRequest`] error.
+    pub fn bad_request(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::BadRequest, message)
+    }
+
+    /// A [`ErrorKind::Io`] error.
+    pub fn io(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::Io, message)
+    }
+
+    /// A [`ErrorKind::Engine`] error.
+    pub fn engine(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::Engine, message)
+    }
+
+    /// A [`ErrorKind::ShuttingDown`] error.
+    pub fn shutting_down(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::ShuttingDown, message)
+    }
+
+    /// A [`ErrorKind::FileOwned`] error.
+    pub fn file_owned(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorKind::FileOwned, message)
+    }
 }
 
 impl fmt::Display for ProtoError {

@@ -3,7 +3,7 @@
 
 use crate::patron::PatronId;
 use crate::service::Service;
-use proto::{CloseTorrent, ErrorKind, Event, ProtoError, RequestId};
+use proto::{CloseTorrent, Event, ProtoError, RequestId};
 use std::sync::Arc;
 
 pub async fn run(
@@ -28,7 +28,7 @@ pub async fn run(
     };
     let unknown = || Event::Error {
         request,
-        error: ProtoError::new(ErrorKind::UnknownTorrent, format!("no torrent {id} runs")),
+        error: ProtoError::unknown_torrent(format!("no torrent {id} runs")),
     };
     let kept = Event::TorrentClosed {
         request,
@@ -49,9 +49,7 @@ pub async fn run(
         if !held && !entry.holders.is_empty() && !close.force {
             return Event::Error {
                 request,
-                error: ProtoError::new(
-                    ErrorKind::NotHolder,
-                    format!(
+                error: ProtoError::not_holder(format!(
                         "torrent {id} is held by {} other patron(s), not by you; --force stops it anyway",
                         entry.holders.len()
                     ),
@@ -103,7 +101,7 @@ pub async fn run(
             put_back(entry);
             return Event::Error {
                 request,
-                error: ProtoError::new(ErrorKind::Io, format!("torrent {id} is not closed: {why}")),
+                error: ProtoError::io(format!("torrent {id} is not closed: {why}")),
             };
         }
     }
@@ -118,10 +116,9 @@ pub async fn run(
         };
         return Event::Error {
             request,
-            error: ProtoError::new(
-                ErrorKind::Engine,
-                format!("torrent {id} is not closed: the engine cannot stop it: {e:#}{also}"),
-            ),
+            error: ProtoError::engine(format!(
+                "torrent {id} is not closed: the engine cannot stop it: {e:#}{also}"
+            )),
         };
     }
     // Out of everything: its .torrent, what it verified and, if asked, its data go.
@@ -166,7 +163,7 @@ fn forget(
         service.state().registry.keep_unrestored(id, record);
         return Event::Error {
             request,
-            error: ProtoError::new(ErrorKind::Io, why),
+            error: ProtoError::io(why),
         };
     }
     tracing::info!(patron, torrent = %id, "closed a torrent that was not restored");

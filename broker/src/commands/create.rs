@@ -5,9 +5,7 @@ use crate::patron::PatronId;
 use crate::registry::{RestoreSpec, MAX_RECORDED_PEERS};
 use crate::service::Service;
 use crate::torrent_file::{self, CheckedTorrent};
-use proto::{
-    CreateNewTorrent, ErrorKind, Event, ProtoError, RequestId, TorrentInfo, TorrentSource,
-};
+use proto::{CreateNewTorrent, Event, ProtoError, RequestId, TorrentInfo, TorrentSource};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -112,13 +110,10 @@ async fn start(
         .flatten()
         .find(|&&i| i as usize >= checked.files.len())
     {
-        return Err(ProtoError::new(
-            ErrorKind::BadRequest,
-            format!(
-                "the torrent has no file {missing} (it has {} files, from 0)",
-                checked.files.len()
-            ),
-        ));
+        return Err(ProtoError::bad_request(format!(
+            "the torrent has no file {missing} (it has {} files, from 0)",
+            checked.files.len()
+        )));
     }
     if !create.overwrite {
         refuse_existing_files(&checked, &data_folder)?;
@@ -236,9 +231,7 @@ fn rate(limit: Option<u64>, name: &str) -> Result<Option<NonZeroU32>, ProtoError
         .and_then(NonZeroU32::new)
         .map(Some)
         .ok_or_else(|| {
-            ProtoError::new(
-                ErrorKind::BadRequest,
-                format!(
+            ProtoError::bad_request(format!(
                     "{name} {limit} is not a rate the engine can keep: give 1 to {} bytes per second, or none for no limit",
                     u32::MAX
                 ),
@@ -254,34 +247,26 @@ pub fn parse_peers(
     own: SocketAddr,
 ) -> Result<Vec<SocketAddr>, ProtoError> {
     if peers.len() > MAX_RECORDED_PEERS {
-        return Err(ProtoError::new(
-            ErrorKind::InvalidPeer,
-            format!(
-                "{} peers named: at most {MAX_RECORDED_PEERS} per request",
-                peers.len()
-            ),
-        ));
+        return Err(ProtoError::invalid_peer(format!(
+            "{} peers named: at most {MAX_RECORDED_PEERS} per request",
+            peers.len()
+        )));
     }
     peers
         .iter()
         .map(|peer| {
             let addr: SocketAddr = peer.parse().map_err(|_| {
-                ProtoError::new(
-                    ErrorKind::InvalidPeer,
-                    format!("peer {peer:?} is not an IP:PORT address"),
-                )
+                ProtoError::invalid_peer(format!("peer {peer:?} is not an IP:PORT address"))
             })?;
             if !torrent_file::peer_allowed(addr.ip(), loopback_only) {
-                return Err(ProtoError::new(
-                    ErrorKind::InvalidPeer,
-                    format!("peer {addr} is off loopback, and this broker is loopback-only"),
-                ));
+                return Err(ProtoError::invalid_peer(format!(
+                    "peer {addr} is off loopback, and this broker is loopback-only"
+                )));
             }
             if addr.port() == 0 {
-                return Err(ProtoError::new(
-                    ErrorKind::InvalidPeer,
-                    format!("peer {addr} has port 0, where nothing can listen"),
-                ));
+                return Err(ProtoError::invalid_peer(format!(
+                    "peer {addr} has port 0, where nothing can listen"
+                )));
             }
             let at_own_port = addr.port() == own.port();
             let ip = addr.ip().to_canonical();
@@ -289,10 +274,9 @@ pub fn parse_peers(
             // Listening on every address (0.0.0.0) includes loopback.
             let ours = ip == own_ip || (ip.is_loopback() && own_ip.is_unspecified());
             if at_own_port && ours {
-                return Err(ProtoError::new(
-                    ErrorKind::InvalidPeer,
-                    format!("peer {addr} is this broker's own listen address"),
-                ));
+                return Err(ProtoError::invalid_peer(format!(
+                    "peer {addr} is this broker's own listen address"
+                )));
             }
             Ok(addr)
         })
@@ -308,9 +292,7 @@ fn refuse_existing_files(
     for (path, _) in &checked.files {
         let full = data_folder.join(path);
         if full.symlink_metadata().is_ok() {
-            return Err(ProtoError::new(
-                ErrorKind::FileExists,
-                format!(
+            return Err(ProtoError::file_exists(format!(
                     "{} already exists; add with overwrite (--overwrite) to verify it and reuse what matches",
                     full.display()
                 ),
@@ -338,15 +320,12 @@ fn refuse_if_it_cannot_fit(
         .blocks_available()
         .saturating_mul(stats.fragment_size());
     if checked.total_bytes > free {
-        return Err(ProtoError::new(
-            ErrorKind::NoSpace,
-            format!(
-                "{} needs {} bytes, but only {free} are free in {}",
-                checked.name,
-                checked.total_bytes,
-                save_folder.display()
-            ),
-        ));
+        return Err(ProtoError::no_space(format!(
+            "{} needs {} bytes, but only {free} are free in {}",
+            checked.name,
+            checked.total_bytes,
+            save_folder.display()
+        )));
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `Files`: a torrent's files, and which of them to download.
 
 use crate::service::Service;
-use proto::{ErrorKind, Event, FileEntry, FilesRequest, ProtoError, RequestId, TorrentId};
+use proto::{Event, FileEntry, FilesRequest, ProtoError, RequestId, TorrentId};
 use std::collections::HashSet;
 
 pub async fn run(service: &Service, request: RequestId, files: FilesRequest) -> Event {
@@ -53,7 +53,7 @@ async fn list_or_select(
 
 /// The indices asked for, checked against the torrent's files.
 fn chosen(only: &[u32], files: &[FileEntry]) -> Result<HashSet<usize>, ProtoError> {
-    let bad = |why: String| ProtoError::new(ErrorKind::BadRequest, why);
+    let bad = |why: String| ProtoError::bad_request(why);
     if only.is_empty() {
         return Err(bad(
             "choose at least one file (to download nothing, pause the torrent)".into(),

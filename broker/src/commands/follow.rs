@@ -2,7 +2,7 @@
 
 use crate::patron::PatronId;
 use crate::service::Service;
-use proto::{ErrorKind, Event, ProtoError, RequestId, TorrentRef};
+use proto::{Event, ProtoError, RequestId, TorrentRef};
 
 pub fn run(service: &Service, patron: PatronId, request: RequestId, torrent: TorrentRef) -> Event {
     let mut state = service.state();
@@ -14,10 +14,7 @@ pub fn run(service: &Service, patron: PatronId, request: RequestId, torrent: Tor
         Some(torrent) => Event::Following { request, torrent },
         None => Event::Error {
             request,
-            error: ProtoError::new(
-                ErrorKind::UnknownTorrent,
-                format!("no torrent {torrent} runs"),
-            ),
+            error: ProtoError::unknown_torrent(format!("no torrent {torrent} runs")),
         },
     }
 }

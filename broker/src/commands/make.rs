@@ -5,7 +5,7 @@ use crate::patron::PatronId;
 use crate::registry::RestoreSpec;
 use crate::service::Service;
 use crate::torrent_file;
-use proto::{ErrorKind, Event, MadeTorrent, MakeTorrent, ProtoError, RequestId};
+use proto::{Event, MadeTorrent, MakeTorrent, ProtoError, RequestId};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,29 +29,26 @@ async fn make_and_seed(
 ) -> Result<Event, ProtoError> {
     let path = Path::new(&make.path);
     if !path.is_absolute() {
-        return Err(ProtoError::new(
-            ErrorKind::BadRequest,
-            format!("{} is not an absolute path", make.path),
-        ));
+        return Err(ProtoError::bad_request(format!(
+            "{} is not an absolute path",
+            make.path
+        )));
     }
     let path = path
         .canonicalize()
-        .map_err(|e| ProtoError::new(ErrorKind::Io, format!("cannot read {}: {e}", make.path)))?;
+        .map_err(|e| ProtoError::io(format!("cannot read {}: {e}", make.path)))?;
     // The folder the torrent is seeded from: the file's folder, or the folder's parent
     // (a multi-file torrent's data lives in a folder named after it).
     let save_folder: PathBuf = path
         .parent()
         .map(Path::to_path_buf)
-        .ok_or_else(|| ProtoError::new(ErrorKind::BadRequest, "cannot share the root folder"))?;
+        .ok_or_else(|| ProtoError::bad_request("cannot share the root folder"))?;
     if make.seed {
         service.check_inside_roots(&path)?;
         // Before hashing, which can take long. The torrent limit is checked once the info
         // hash is known (making what already seeds joins it).
         if service.is_stopping() {
-            return Err(ProtoError::new(
-                ErrorKind::ShuttingDown,
-                "the broker is stopping",
-            ));
+            return Err(ProtoError::shutting_down("the broker is stopping"));
         }
     }
     let (piece_size, trackers) = (make.piece_size, make.trackers.clone());
@@ -60,7 +57,7 @@ async fn make_and_seed(
         torrent_file::make_torrent(&hashed, piece_size, &trackers, loopback_only)
     })
     .await
-    .map_err(|e| ProtoError::new(ErrorKind::Engine, format!("hashing failed: {e}")))??;
+    .map_err(|e| ProtoError::engine(format!("hashing failed: {e}")))??;
 
     let seeding = if make.seed {
         Some(seed(service, patron, &made.checked, save_folder).await?)

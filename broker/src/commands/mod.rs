@@ -21,7 +21,7 @@ mod stream_read;
 use crate::patron::{PatronConnection, PatronId};
 use crate::service::Service;
 use futures::FutureExt;
-use proto::{ErrorKind, Event, ProtoError, Request, RequestBody, RequestId, TorrentId};
+use proto::{Event, ProtoError, Request, RequestBody, RequestId, TorrentId};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -88,10 +88,10 @@ fn answer_now(service: &Arc<Service>, patron: PatronId, id: RequestId, body: Req
         // Every other kind is answered in `answer`; a new one must be added there.
         other => Event::Error {
             request: id,
-            error: ProtoError::new(
-                ErrorKind::Engine,
-                format!("the broker cannot answer {} requests", other.kind()),
-            ),
+            error: ProtoError::engine(format!(
+                "the broker cannot answer {} requests",
+                other.kind()
+            )),
         },
     }
 }
@@ -110,10 +110,8 @@ fn internal_error(
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     tracing::error!(patron = patron.id, request = %id, kind = %kind, "request panicked: {what}");
-    let error = ProtoError::new(
-        ErrorKind::Engine,
-        "internal error while handling the request (see the broker's log)",
-    );
+    let error =
+        ProtoError::engine("internal error while handling the request (see the broker's log)");
     if is_create {
         Event::TorrentStartFail { request: id, error }
     } else {

@@ -3,8 +3,7 @@
 use crate::patron::PatronConnection;
 use crate::service::Service;
 use proto::{
-    ErrorKind, Event, FileEntry, FileIdentity, FileRef, OpenStream, ProtoError, RequestId,
-    StreamInfo,
+    Event, FileEntry, FileIdentity, FileRef, OpenStream, ProtoError, RequestId, StreamInfo,
 };
 use std::sync::Arc;
 
@@ -38,15 +37,14 @@ async fn open_stream(
             Some(Some(handle)) => break handle,
             Some(None) if tokio::time::Instant::now() < deadline => {
                 if service.connection(patron.id).is_none() {
-                    return Err(ProtoError::new(ErrorKind::BadRequest, "the patron left"));
+                    return Err(ProtoError::bad_request("the patron left"));
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             Some(None) => {
-                return Err(ProtoError::new(
-                    ErrorKind::Engine,
-                    format!("torrent {torrent} is still being added again for its recheck"),
-                ))
+                return Err(ProtoError::engine(format!(
+                    "torrent {torrent} is still being added again for its recheck"
+                )))
             }
             None => return Err(crate::service::gone(torrent)),
         }
@@ -54,30 +52,23 @@ async fn open_stream(
     let files = service.engine.files(&handle)?;
     let file = pick(&files, open.file.as_ref())?;
     if !file.selected {
-        return Err(ProtoError::new(
-            ErrorKind::BadRequest,
-            format!(
+        return Err(ProtoError::bad_request(format!(
                 "file {} ({}) is not selected for download: select it first (`files {torrent} --only ...`)",
                 file.index, file.path
             ),
         ));
     }
     if open.position > file.size {
-        return Err(ProtoError::new(
-            ErrorKind::BadRequest,
-            format!(
-                "offset {} is past the end of {} ({} bytes)",
-                open.position, file.path, file.size
-            ),
-        ));
+        return Err(ProtoError::bad_request(format!(
+            "offset {} is past the end of {} ({} bytes)",
+            open.position, file.path, file.size
+        )));
     }
     let index = file.index as usize;
-    let local = service.engine.local_path(&handle, index).ok_or_else(|| {
-        ProtoError::new(
-            ErrorKind::Engine,
-            "the engine does not say where the file is",
-        )
-    })?;
+    let local = service
+        .engine
+        .local_path(&handle, index)
+        .ok_or_else(|| ProtoError::engine("the engine does not say where the file is"))?;
     let stream = service.engine.open_stream(&handle, index).await?;
     // Read off the engine's own descriptor: a symlink planted on the path since the engine
     // opened the file leads a reader elsewhere, and the reader must find out.
@@ -104,7 +95,7 @@ async fn open_stream(
 
 /// The file a request names; the only one when it names none.
 fn pick(files: &[FileEntry], wanted: Option<&FileRef>) -> Result<FileEntry, ProtoError> {
-    let bad = |why: String| ProtoError::new(ErrorKind::BadRequest, why);
+    let bad = |why: String| ProtoError::bad_request(why);
     let found = match wanted {
         None => match files {
             [only] => Some(only),

@@ -8,7 +8,7 @@
 use crate::engine::AddSpec;
 use crate::registry::Unrestored;
 use crate::service::{gone, Service};
-use proto::{ErrorKind, Event, ProtoError, RequestId, TorrentRef, TorrentStatus};
+use proto::{Event, ProtoError, RequestId, TorrentRef, TorrentStatus};
 
 pub async fn run(service: &Service, request: RequestId, torrent: TorrentRef) -> Event {
     match recheck(service, torrent).await {
@@ -22,14 +22,13 @@ async fn recheck(service: &Service, torrent: TorrentRef) -> Result<TorrentStatus
     let (id, handle) = service.running(torrent)?;
     // A check under way would still write what it found after the new one started.
     if handle.with_state(|s| matches!(s, librqbit::ManagedTorrentState::Initializing(_))) {
-        return Err(ProtoError::new(
-            ErrorKind::BadRequest,
-            format!("torrent {id} is checking its data already"),
-        ));
+        return Err(ProtoError::bad_request(format!(
+            "torrent {id} is checking its data already"
+        )));
     }
     let bytes = handle
         .with_metadata(|meta| meta.torrent_bytes.to_vec())
-        .map_err(|e| ProtoError::new(ErrorKind::Engine, format!("{e:#}")))?;
+        .map_err(|e| ProtoError::engine(format!("{e:#}")))?;
     let (restore, info) = {
         let mut state = service.state();
         let entry = state.registry.get_mut(id).ok_or_else(|| gone(id))?;
@@ -43,7 +42,7 @@ async fn recheck(service: &Service, torrent: TorrentRef) -> Result<TorrentStatus
             entry.restarting = false;
         }
         let why = format!("cannot stop it for the check: {e:#}");
-        return Err(ProtoError::new(ErrorKind::Engine, why));
+        return Err(ProtoError::engine(why));
     }
     let added = service
         .engine
@@ -116,8 +115,7 @@ fn lost(
             });
         }
     }
-    ProtoError::new(
-        ErrorKind::Engine,
-        format!("torrent {id} could not start again for its recheck: {why}"),
-    )
+    ProtoError::engine(format!(
+        "torrent {id} could not start again for its recheck: {why}"
+    ))
 }

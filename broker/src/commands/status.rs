@@ -1,13 +1,13 @@
 //! `Status`: one torrent's status, now.
 
 use crate::service::Service;
-use proto::{ErrorKind, Event, ProtoError, RequestId, TorrentRef};
+use proto::{Event, ProtoError, RequestId, TorrentRef};
 
 pub fn run(service: &Service, request: RequestId, torrent: TorrentRef) -> Event {
     let status = service.resolve(torrent).and_then(|id| {
-        service.current_status(id).ok_or_else(|| {
-            ProtoError::new(ErrorKind::UnknownTorrent, format!("no torrent {id} runs"))
-        })
+        service
+            .current_status(id)
+            .ok_or_else(|| ProtoError::unknown_torrent(format!("no torrent {id} runs")))
     });
     match status {
         Ok(status) => Event::Status { request, status },

@@ -4,7 +4,7 @@
 use crate::patron::PatronConnection;
 use crate::service::Service;
 use crate::streams::MAX_UNREAD_STREAM_BYTES;
-use proto::{ErrorKind, Event, ProtoError, RequestId, StreamRead};
+use proto::{Event, ProtoError, RequestId, StreamRead};
 
 pub async fn run(
     service: &Service,
@@ -21,12 +21,9 @@ pub async fn run(
     // have the broker copy a MiB per 30-byte request into its queue.
     let unread = patron.outbox.pending_bytes();
     if unread > MAX_UNREAD_STREAM_BYTES {
-        let error = ProtoError::new(
-            ErrorKind::LimitReached,
-            format!(
-                "{unread} bytes of replies wait for this patron: read them before asking for more"
-            ),
-        );
+        let error = ProtoError::limit_reached(format!(
+            "{unread} bytes of replies wait for this patron: read them before asking for more"
+        ));
         return Event::Error { request, error };
     }
     let read = service.streams.read(patron.id, stream, position, length);

@@ -20,8 +20,8 @@
 use super::output::{self, info_json, made_json, status_json, summary_json};
 use super::{torrent_ref, Context, Exit};
 use patron_client::proto::{
-    CloseTorrent, CreateNewTorrent, ErrorKind, Event, FileRef, FilesRequest, MakeTorrent,
-    PeersRequest, ProtoError, RequestBody, RequestId, TorrentRef, TorrentSource,
+    CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, PeersRequest,
+    ProtoError, RequestBody, RequestId, TorrentRef, TorrentSource,
 };
 use patron_client::{Board, ConnectOptions, Error, Requester, Stream};
 use serde::Deserialize;
@@ -218,10 +218,9 @@ fn answer_from_board(board: &SharedBoard, BoardRead { request, read }: BoardRead
             // The board shows every torrent the broker knows (placeholders included) once
             // the reply that made it known is out: the broker says this much itself.
             None => {
-                let error = Error::Request(ProtoError::new(
-                    ErrorKind::UnknownTorrent,
-                    format!("no torrent {torrent} runs"),
-                ));
+                let error = Error::Request(ProtoError::unknown_torrent(format!(
+                    "no torrent {torrent} runs"
+                )));
                 return error_json(&error, request);
             }
         },
@@ -348,10 +347,9 @@ impl Cats {
         {
             let mut running = lock(&self.running.0);
             if *running >= MAX_CATS {
-                let error = Error::Request(ProtoError::new(
-                    ErrorKind::LimitReached,
-                    format!("a pipe session runs at most {MAX_CATS} cats at once"),
-                ));
+                let error = Error::Request(ProtoError::limit_reached(format!(
+                    "a pipe session runs at most {MAX_CATS} cats at once"
+                )));
                 out!("{}", error_json(&error, request));
                 return;
             }
@@ -398,7 +396,7 @@ fn cat_to(
     to: &Path,
     cancel: &Arc<AtomicBool>,
 ) -> Result<u64, Error> {
-    let bad = |message: String| Error::Request(ProtoError::new(ErrorKind::BadRequest, message));
+    let bad = |message: String| Error::Request(ProtoError::bad_request(message));
     let file = match file {
         None => None,
         Some(Value::Number(n)) => Some(FileRef::Index(
@@ -478,8 +476,7 @@ fn open_target(to: &Path, cancel: &Arc<AtomicBool>) -> Result<Target, Error> {
             }
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
                 if cancel.load(Ordering::Relaxed) {
-                    return Err(Error::Request(ProtoError::new(
-                        ErrorKind::ShuttingDown,
+                    return Err(Error::Request(ProtoError::shutting_down(
                         "stopped before anyone opened the FIFO: the session shut down",
                     )));
                 }
@@ -512,13 +509,10 @@ fn open_target(to: &Path, cancel: &Arc<AtomicBool>) -> Result<Target, Error> {
 }
 
 fn bad_target(to: &Path) -> Error {
-    Error::Request(ProtoError::new(
-        ErrorKind::BadRequest,
-        format!(
-            "{} exists and is not a FIFO: cat writes only into a FIFO or a new file",
-            to.display()
-        ),
-    ))
+    Error::Request(ProtoError::bad_request(format!(
+        "{} exists and is not a FIFO: cat writes only into a FIFO or a new file",
+        to.display()
+    )))
 }
 
 /// Sends while holding the map, so the reply cannot be seen before it is recorded.
