@@ -88,6 +88,14 @@ pub struct BrokerArgs {
     #[arg(long, env = "TORRENT_PATRON_OPEN_FILES", value_name = "N")]
     pub open_files: Option<usize>,
 
+    /// Most files one torrent may have [default: 200000]
+    #[arg(long, env = "TORRENT_PATRON_MAX_FILES_PER_TORRENT", value_name = "N")]
+    pub max_files_per_torrent: Option<usize>,
+
+    /// Most files of all the torrents run or kept together [default: 4000000]
+    #[arg(long, env = "TORRENT_PATRON_MAX_FILES", value_name = "N")]
+    pub max_files: Option<usize>,
+
     /// Most large requests (a big .torrent, in shared memory) read from all patrons together
     /// and not yet answered; past it they are refused (limit-reached) [default: 256]
     #[arg(long, env = "TORRENT_PATRON_MAX_LARGE_REQUESTS", value_name = "N")]
@@ -138,6 +146,8 @@ struct ConfigFile {
     open_files: Option<usize>,
     max_large_requests: Option<usize>,
     max_large_request_bytes: Option<usize>,
+    max_files_per_torrent: Option<usize>,
+    max_files: Option<usize>,
     log_file: Option<PathBuf>,
 }
 
@@ -176,6 +186,10 @@ pub struct BrokerConfig {
     pub max_torrents: usize,
     /// Data files held open at once (the storage's file pool).
     pub open_files: usize,
+    /// Files one torrent may have.
+    pub max_files_per_torrent: usize,
+    /// Files of all torrents run or kept together.
+    pub max_files: usize,
     /// Large requests read from all patrons and not yet answered.
     pub max_large_requests: usize,
     /// Their bytes.
@@ -269,6 +283,16 @@ impl BrokerConfig {
                 .open_files
                 .or(file.open_files)
                 .unwrap_or(crate::storage::DEFAULT_OPEN_FILES)
+                .max(1),
+            max_files_per_torrent: args
+                .max_files_per_torrent
+                .or(file.max_files_per_torrent)
+                .unwrap_or(200_000)
+                .max(1),
+            max_files: args
+                .max_files
+                .or(file.max_files)
+                .unwrap_or(4_000_000)
                 .max(1),
             max_large_requests: args
                 .max_large_requests

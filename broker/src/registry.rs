@@ -221,6 +221,11 @@ impl TorrentRegistry {
         }
     }
 
+    /// How many file paths the torrents run or kept have.
+    pub fn owned_files(&self) -> usize {
+        self.owners.len()
+    }
+
     /// The first of `files` (full paths) that another torrent run or kept has (the same
     /// path, a folder of it, or a file of it as a folder), and whose it is. `except`: the
     /// torrent's own id (a recheck or restore of it).

@@ -186,9 +186,7 @@ impl Service {
         files = checked.full_paths(&spec.data_folder);
         // Two records with a file in common (one kept while the other was added): the
         // second stays a record, not restored over the first's data.
-        let owner = self.state().registry.owned_elsewhere(&files, Some(id));
-        if let Some((path, owner)) = owner {
-            let error = crate::service::owned_by(&path, owner);
+        if let Err(error) = self.room_for_files(&files, Some(id)) {
             return Err((error, info, files));
         }
         self.check_restorable_folder(&spec.save_folder)
@@ -546,6 +544,37 @@ impl Service {
             )));
         }
         Ok(())
+    }
+
+    /// Whether a torrent with these files (full paths) may run (DESIGN §4): none of them is
+    /// another torrent's (one owner per file; `except`: its own id, at a restore), and they
+    /// fit the file budgets, per torrent and for all torrents run or kept together. Every
+    /// path that adds a torrent asks, under [`Service::adding`].
+    pub fn room_for_files(
+        &self,
+        files: &[PathBuf],
+        except: Option<TorrentId>,
+    ) -> Result<(), ProtoError> {
+        if files.len() > self.config.max_files_per_torrent {
+            return Err(ProtoError::limit_reached(format!(
+                "the torrent has {} files; the broker takes at most {} per torrent (--max-files-per-torrent)",
+                files.len(),
+                self.config.max_files_per_torrent
+            )));
+        }
+        let state = self.state();
+        let owned = state.registry.owned_files();
+        if owned + files.len() > self.config.max_files {
+            return Err(ProtoError::limit_reached(format!(
+                "the broker's torrents have {owned} files; {} more would pass its maximum of {} (--max-files)",
+                files.len(),
+                self.config.max_files
+            )));
+        }
+        match state.registry.owned_elsewhere(files, except) {
+            Some((path, owner)) => Err(owned_by(&path, owner)),
+            None => Ok(()),
+        }
     }
 
     /// Whether the broker is stopping (no new patrons, no new torrents).

@@ -601,6 +601,8 @@ pub struct BrokerInfo {
     pub large_requests: (u32, u32),
     /// Their bytes, and the most there may be (`--max-large-request-bytes`).
     pub large_request_bytes: (u64, u64),
+    /// Files of all the torrents run or kept, and the most there may be (`--max-files`).
+    pub files: (u64, u64),
 }
 
 /// One line of [`Event::TorrentList`].

@@ -188,6 +188,7 @@ fn every_event_round_trips() {
                 open_files_limit: 512,
                 large_requests: (1, 256),
                 large_request_bytes: (70_000, 1 << 28),
+                files: (3, 4_000_000),
             },
         },
         Event::Error {

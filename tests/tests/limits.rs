@@ -170,3 +170,57 @@ fn max_download_rate_limits_even_a_small_download() {
     );
     assert_eq!(e2e::sha256(&out.join("limited.bin")), e2e::sha256(&data));
 }
+
+#[test]
+fn file_budgets_hold_per_torrent_and_for_all_torrents_together() {
+    use e2e::patron_client::proto::MakeTorrent;
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("files");
+    let _broker = sandbox.broker(
+        &state,
+        &["--max-files-per-torrent", "10", "--max-files", "15"],
+    );
+    let mut patron = sandbox.patron(&state);
+    let folder_of = |name: &str, files: usize| {
+        let folder = sandbox.folder(&format!("data/{name}"));
+        for n in 0..files {
+            std::fs::write(folder.join(format!("{n}.txt")), format!("{name} {n}")).unwrap();
+        }
+        folder
+    };
+    let make = |patron: &mut Patron, folder: &std::path::Path, seed: bool| {
+        patron.make(MakeTorrent {
+            path: folder.display().to_string(),
+            piece_size: None,
+            trackers: Vec::new(),
+            seed,
+        })
+    };
+    let limit = |result: Result<_, Error>| match result {
+        Err(Error::Request(error) | Error::StartFailed(error)) => {
+            assert_eq!(error.kind, ErrorKind::LimitReached, "{error:?}");
+            error.message
+        }
+        other => panic!("expected limit-reached, got {other:?}"),
+    };
+
+    // Twelve files in one torrent: over the per-torrent budget, refused before it runs.
+    let twelve = folder_of("twelve", 12);
+    let made = make(&mut patron, &twelve, false).expect("make");
+    let mut create = CreateNewTorrent::new(TorrentSource::TorrentFile(made.torrent_file));
+    create.output = Some(sandbox.folder("downloads").display().to_string());
+    let message = limit(patron.create(create).map(|_| ()));
+    assert!(message.contains("--max-files-per-torrent"), "{message}");
+    // Eight, then eight more: the second passes the budget of all torrents together.
+    let first = folder_of("first", 8);
+    make(&mut patron, &first, true).expect("the first eight");
+    let second = folder_of("second", 8);
+    let message = limit(make(&mut patron, &second, true).map(|_| ()));
+    assert!(message.contains("--max-files"), "{message}");
+    // broker status shows the budget's use.
+    let mut cmd = sandbox.client(&state);
+    cmd.args(["--json", "broker", "status"]);
+    let status = e2e::run(cmd).expect_code(0).json_lines()[0].clone();
+    assert_eq!(status["files"], 8, "{status}");
+    assert_eq!(status["files_limit"], 15, "{status}");
+}

@@ -94,15 +94,8 @@ async fn start(
     }
     service.room_for_one_more()?;
     let data_folder = checked.data_folder(&save_folder);
-    // One owner per file (DESIGN §4), whatever --overwrite says: a file another torrent
-    // runs or keeps is never this one's to write.
-    let owner = service
-        .state()
-        .registry
-        .owned_elsewhere(&checked.full_paths(&data_folder), None);
-    if let Some((path, owner)) = owner {
-        return Err(crate::service::owned_by(&path, owner));
-    }
+    // One owner per file (DESIGN §4), whatever --overwrite says, and the file budgets.
+    service.room_for_files(&checked.full_paths(&data_folder), None)?;
     crate::roots::check_torrent_paths(&save_folder, &checked, true)?;
     if let Some(missing) = create
         .only_files

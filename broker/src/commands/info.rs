@@ -5,9 +5,13 @@ use proto::{BrokerInfo, Event, RequestId};
 
 pub fn run(service: &Service, request: RequestId) -> Event {
     let config = &service.config;
-    let (patrons, torrents) = {
+    let (patrons, torrents, files) = {
         let state = service.state();
-        (state.patrons.len() as u32, state.registry.len() as u32)
+        (
+            state.patrons.len() as u32,
+            state.registry.len() as u32,
+            state.registry.owned_files(),
+        )
     };
     let large = service.large_requests.use_now();
     Event::BrokerInfo {
@@ -30,6 +34,7 @@ pub fn run(service: &Service, request: RequestId) -> Event {
             open_files_limit: service.engine.file_pool().capacity() as u32,
             large_requests: (large.0 as u32, large.1 as u32),
             large_request_bytes: (large.2 as u64, large.3 as u64),
+            files: (files as u64, config.max_files as u64),
         },
     }
 }

@@ -94,13 +94,7 @@ async fn seed(
         return Ok(info);
     }
     service.room_for_one_more()?;
-    let owner = service
-        .state()
-        .registry
-        .owned_elsewhere(&checked.full_paths(&data_folder), None);
-    if let Some((path, owner)) = owner {
-        return Err(crate::service::owned_by(&path, owner));
-    }
+    service.room_for_files(&checked.full_paths(&data_folder), None)?;
     let added = service
         .engine
         .add(AddSpec {

@@ -61,7 +61,7 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
     ctx.out.emit(
         || {
             format!(
-                "Broker running: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}\n  budgets:        streams {}, open data files {} of {}, large requests {} of {} ({} of {} MiB)",
+                "Broker running: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}\n  budgets:        streams {}, open data files {} of {}, large requests {} of {} ({} of {} MiB), files {} of {}",
                 info.pid,
                 info.version,
                 info.state_dir,
@@ -75,7 +75,9 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
                 info.large_requests.0,
                 info.large_requests.1,
                 info.large_request_bytes.0 >> 20,
-                info.large_request_bytes.1 >> 20
+                info.large_request_bytes.1 >> 20,
+                info.files.0,
+                info.files.1
             )
         },
         json!({
@@ -96,6 +98,8 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
             "large_requests_limit": info.large_requests.1,
             "large_request_bytes": info.large_request_bytes.0,
             "large_request_bytes_limit": info.large_request_bytes.1,
+            "files": info.files.0,
+            "files_limit": info.files.1,
         }),
     );
     Ok(Exit::Success)
