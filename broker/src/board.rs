@@ -21,6 +21,17 @@ pub const INITIAL_SLOTS: usize = 256;
 /// wakes them at once. Every wake costs the broker a few µs per sleeping reader.
 pub const WAKE_EVERY: Duration = Duration::from_millis(500);
 
+/// Readers woken through eventfds of their own, at most (each costs the broker two
+/// descriptors: its connection and its eventfd). Past it, readers sleep on the futex alone.
+pub const MAX_WAITERS: usize = 1024;
+
+/// A reader that gave the broker an eventfd to wake it: its connection (its closing says the
+/// reader is gone) and the eventfd.
+struct Waiter {
+    channel: OwnedFd,
+    event: OwnedFd,
+}
+
 /// The board and what each of its slots shows.
 pub struct StatusBoard {
     inner: Mutex<Inner>,
@@ -42,6 +53,8 @@ struct Inner {
     /// When sleeping readers were last woken, and whether changes were published since.
     woken: Instant,
     unwoken: bool,
+    /// Readers woken through their own eventfds.
+    waiters: Vec<Waiter>,
 }
 
 impl StatusBoard {
@@ -57,6 +70,7 @@ impl StatusBoard {
                 generation,
                 woken: Instant::now(),
                 unwoken: false,
+                waiters: Vec::new(),
             }),
             deciding: Mutex::new(()),
         })
@@ -136,7 +150,43 @@ impl StatusBoard {
 
     /// Marks the board stopped: readers stop waiting and know to look for a new broker.
     pub fn stop(&self) {
-        self.inner().writer.mark(STOPPED);
+        let mut inner = self.inner();
+        inner.writer.mark(STOPPED);
+        inner.wake_waiters();
+    }
+
+    /// Whether `event` can wake a reader: an eventfd, and room for one more waiter.
+    pub fn can_take_waiter(&self, event: &OwnedFd) -> bool {
+        use std::os::fd::AsRawFd;
+        let is_eventfd = std::fs::read_link(format!("/proc/self/fd/{}", event.as_raw_fd()))
+            .is_ok_and(|target| target.as_os_str() == "anon_inode:[eventfd]");
+        let mut inner = self.inner();
+        inner.prune_waiters();
+        is_eventfd && inner.waiters.len() < MAX_WAITERS
+    }
+
+    /// Wakes the reader of `channel` through `event` at every wake from now on, until it
+    /// closes `channel`.
+    pub fn add_waiter(&self, channel: OwnedFd, event: OwnedFd) {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        use std::os::fd::AsRawFd;
+        // Its writes must never block the status loop, whatever the reader made it.
+        let nonblocking = fcntl(event.as_raw_fd(), FcntlArg::F_GETFL).and_then(|flags| {
+            let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+            fcntl(event.as_raw_fd(), FcntlArg::F_SETFL(flags))
+        });
+        if nonblocking.is_err() {
+            return;
+        }
+        let mut inner = self.inner();
+        if inner.waiters.len() < MAX_WAITERS {
+            inner.waiters.push(Waiter { channel, event });
+        }
+    }
+
+    /// Readers woken through their own eventfds now.
+    pub fn waiters(&self) -> usize {
+        self.inner().waiters.len()
     }
 
     /// Torrents shown and slots on the board (for logs and tests).
@@ -161,8 +211,46 @@ impl Inner {
 
     fn wake(&mut self) {
         self.writer.wake();
+        self.wake_waiters();
         self.woken = Instant::now();
         self.unwoken = false;
+    }
+
+    /// Drops the waiters whose reader went (its connection hung up, or sent anything: a
+    /// reader only ever closes it).
+    fn prune_waiters(&mut self) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        if self.waiters.is_empty() {
+            return;
+        }
+        let gone: Vec<bool> = {
+            let mut fds: Vec<PollFd> = self
+                .waiters
+                .iter()
+                .map(|w| PollFd::new(w.channel.as_fd(), PollFlags::POLLIN))
+                .collect();
+            if poll(&mut fds, PollTimeout::ZERO).is_err() {
+                return;
+            }
+            fds.iter()
+                .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
+        };
+        let mut index = 0;
+        self.waiters.retain(|_| {
+            index += 1;
+            !gone[index - 1]
+        });
+    }
+
+    /// Writes every waiter's eventfd (it never blocks: a counter that would overflow is left
+    /// as it is, which wakes its reader anyway).
+    fn wake_waiters(&mut self) {
+        self.prune_waiters();
+        for waiter in &self.waiters {
+            let _ = nix::unistd::write(&waiter.event, &1u64.to_ne_bytes());
+        }
     }
 
     /// Writes one torrent, if it changed; returns whether it did.
@@ -214,6 +302,7 @@ impl Inner {
         bigger.publish();
         let old = std::mem::replace(&mut self.writer, bigger);
         old.mark(SUPERSEDED);
+        self.wake_waiters();
         tracing::info!(slots = capacity, "the status board grew");
         Ok(())
     }

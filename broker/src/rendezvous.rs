@@ -259,7 +259,7 @@ impl FrontDoor {
         let Some(pending) = self.pending.remove(&token) else {
             return;
         };
-        let hello = match read_hello(&pending.channel) {
+        let (hello, mut descriptors) = match read_hello(&pending.channel) {
             Ok(Some(hello)) => hello,
             Ok(None) => {
                 // Woken with nothing to read: keep waiting, same deadline.
@@ -275,7 +275,10 @@ impl FrontDoor {
         let Pending { channel, pid, .. } = pending;
         let hello = match hello {
             First::Hello(hello) => hello,
-            First::Board(board) => return grant_board(&self.dispatcher, channel, pid, &board),
+            First::Board(board) => {
+                let waker = descriptors.pop();
+                return grant_board(&self.dispatcher, channel, pid, &board, waker);
+            }
         };
         // Whatever happens inside, this connector's slot is already free; a panic costs it
         // alone its answer.
@@ -298,15 +301,17 @@ pub enum First {
     Board(BoardHello),
 }
 
-/// Reads the first datagram, which must be a complete hello. `None`: nothing to read yet.
-fn read_hello(channel: &OwnedFd) -> Result<Option<First>, String> {
+/// Reads the first datagram, which must be a complete hello, and the descriptors it carried
+/// (a board request's waker). `None`: nothing to read yet.
+fn read_hello(channel: &OwnedFd) -> Result<Option<(First, Vec<OwnedFd>)>, String> {
     let mut buffer = vec![0u8; MAX_HELLO_BYTES];
     match socket::receive(channel, &mut buffer).map_err(|e| e.to_string())? {
         Received::Datagram {
             len,
             descriptors,
             truncated,
-        } => parse_hello(&buffer[..len], descriptors.len(), truncated).map(Some),
+        } => parse_hello(&buffer[..len], descriptors.len(), truncated)
+            .map(|first| Some((first, descriptors))),
         Received::WouldBlock => Ok(None),
         Received::Closed => Err("closed without a hello".into()),
     }
@@ -320,9 +325,10 @@ pub fn parse_hello(datagram: &[u8], descriptors: usize, truncated: bool) -> Resu
             "a first message too large for a hello ({descriptors} descriptors)"
         ));
     }
-    if descriptors != 0 {
+    // A board request may carry one: the eventfd that wakes its reader.
+    if descriptors > 1 {
         return Err(format!(
-            "a hello carries no descriptors, this one {descriptors}"
+            "a hello carries at most one descriptor, this one {descriptors}"
         ));
     }
     let payload = match wire::parse_datagram(datagram, 0, MAX_HELLO_BYTES) {
@@ -331,6 +337,9 @@ pub fn parse_hello(datagram: &[u8], descriptors: usize, truncated: bool) -> Resu
         Err(e) => return Err(format!("not a TIPC hello: {e}")),
     };
     match wire::decode(payload) {
+        Ok(ToBroker::Hello(_)) if descriptors != 0 => Err(format!(
+            "a hello carries no descriptors, this one {descriptors}"
+        )),
         Ok(ToBroker::Hello(hello)) => Ok(First::Hello(hello)),
         Ok(ToBroker::Board(board)) => Ok(First::Board(board)),
         Ok(ToBroker::Request(_) | ToBroker::Large(_)) => Err("a request before the hello".into()),
@@ -501,9 +510,17 @@ fn answer(
     }
 }
 
-/// Answers a board request on its own connection (which then closes): the board's
-/// read-only descriptor, or why not. Nothing here waits on the connector.
-fn grant_board(dispatcher: &Dispatcher, channel: OwnedFd, pid: i32, hello: &BoardHello) {
+/// Answers a board request on its own connection: the board's read-only descriptor, or why
+/// not. A request that brought an eventfd (`waker`) keeps its connection open, and that
+/// eventfd is written at every wake until the reader closes it; any other connection closes.
+/// Nothing here waits on the connector.
+fn grant_board(
+    dispatcher: &Dispatcher,
+    channel: OwnedFd,
+    pid: i32,
+    hello: &BoardHello,
+    waker: Option<OwnedFd>,
+) {
     let service = dispatcher.service();
     let refused = |kind: &str, message: String| {
         tracing::warn!(pid, kind = %kind, "refused a board reader: {message}");
@@ -528,6 +545,9 @@ fn grant_board(dispatcher: &Dispatcher, channel: OwnedFd, pid: i32, hello: &Boar
             Ok(fd) => (
                 BoardAnswer::Granted {
                     broker_pid: std::process::id(),
+                    waker: waker
+                        .as_ref()
+                        .is_some_and(|w| service.board.can_take_waiter(w)),
                 },
                 Some(fd),
             ),
@@ -543,6 +563,10 @@ fn grant_board(dispatcher: &Dispatcher, channel: OwnedFd, pid: i32, hello: &Boar
         });
     if let Err(e) = sent {
         tracing::debug!(pid, "cannot answer a board reader: {e}");
+        return;
+    }
+    if let (BoardAnswer::Granted { waker: true, .. }, Some(waker)) = (&answer, waker) {
+        service.board.add_waiter(channel, waker);
     }
 }
 

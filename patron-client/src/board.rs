@@ -33,6 +33,18 @@ pub struct Board {
     timeout: Duration,
     /// The change counter this reader has seen, for [`Board::wait_for_change`].
     seen: u64,
+    /// This reader's own wake-up, once it has waited (see [`Waker`]).
+    waker: Option<Waker>,
+    /// The broker would not take a waker: sleep on the board's futex instead.
+    no_waker: bool,
+}
+
+/// An eventfd the broker writes at every change, and the connection that keeps it
+/// registered (its closing, or the broker's, ends that). Another reader can requeue the
+/// sleepers of the board's shared futex word onto a word of its own; it cannot touch this.
+struct Waker {
+    socket: OwnedFd,
+    event: nix::sys::eventfd::EventFd,
 }
 
 /// Whether the board may be used at all in this process ([`BOARD_ENV`]).
@@ -55,13 +67,15 @@ impl Board {
                 "the status board is turned off ({BOARD_ENV}=0)"
             )));
         }
-        let reader = fetch_board(socket, timeout)?;
+        let (reader, _) = fetch_board(socket, timeout, None)?;
         let seen = reader.header().changes;
         Ok(Board {
             reader,
             socket: socket.to_path_buf(),
             timeout,
             seen,
+            waker: None,
+            no_waker: false,
         })
     }
 
@@ -121,6 +135,9 @@ impl Board {
     /// [`Error::BrokerStopped`].
     pub fn wait_for_change(&mut self, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now().checked_add(timeout);
+        if self.waker.is_none() && !self.no_waker {
+            self.register_waker();
+        }
         loop {
             self.refresh()?;
             let left = deadline.map_or(Duration::MAX, |deadline| {
@@ -128,7 +145,20 @@ impl Board {
             });
             // Wake now and then to notice a broker killed without marking its board.
             let slice = left.min(Duration::from_millis(500));
-            let now = self.reader.wait_for_change(self.seen, slice);
+            let now = match &self.waker {
+                Some(waker) => {
+                    // Drained before the look: a change after it leaves the eventfd set,
+                    // and the poll returns at once.
+                    let _ = waker.event.read();
+                    let now = self.reader.header().changes;
+                    if now == self.seen && !left.is_zero() && waker.wait(slice) == Woken::BrokerGone
+                    {
+                        self.waker = None; // refresh() finds out what became of it
+                    }
+                    self.reader.header().changes
+                }
+                None => self.reader.wait_for_change(self.seen, slice),
+            };
             if now != self.seen {
                 self.seen = now;
                 self.refresh()?;
@@ -147,8 +177,11 @@ impl Board {
     pub fn refresh(&mut self) -> Result<()> {
         let header = self.reader.header();
         if header.stopped || !proto::board::process_alive(header.broker_pid) {
+            // The waker belonged to that broker.
+            self.waker = None;
+            self.no_waker = false;
             // A broker that took its place (a restart) publishes a board of its own.
-            return match fetch_board(&self.socket, self.timeout) {
+            return match fetch_board(&self.socket, self.timeout, None).map(|(r, _)| r) {
                 Ok(reader) => {
                     self.reader = reader;
                     self.seen = self.reader.header().changes.wrapping_sub(1);
@@ -161,7 +194,7 @@ impl Board {
             };
         }
         if header.superseded {
-            self.reader = fetch_board(&self.socket, self.timeout)?;
+            self.reader = fetch_board(&self.socket, self.timeout, None)?.0;
             // Whatever this reader saw, the new board is news.
             self.seen = self.reader.header().changes.wrapping_sub(1);
         }
@@ -169,8 +202,59 @@ impl Board {
     }
 }
 
-/// Asks the broker at `socket` for its board and maps it.
-fn fetch_board(socket_path: &Path, timeout: Duration) -> Result<BoardReader> {
+impl Board {
+    /// Gives the broker an eventfd to wake this reader through (once; a broker that would
+    /// not take it leaves this reader on the futex).
+    fn register_waker(&mut self) {
+        let event = nix::sys::eventfd::EventFd::from_value_and_flags(
+            0,
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        );
+        let Ok(event) = event else {
+            self.no_waker = true;
+            return;
+        };
+        match fetch_board(&self.socket, self.timeout, Some(&event)) {
+            Ok((_, Some(socket))) => self.waker = Some(Waker { socket, event }),
+            _ => self.no_waker = true,
+        }
+    }
+}
+
+/// How a waker's wait ended.
+#[derive(PartialEq, Eq)]
+enum Woken {
+    /// Its eventfd was written, or the slice ended.
+    Maybe,
+    /// The broker closed the connection (it stopped or died).
+    BrokerGone,
+}
+
+impl Waker {
+    /// Sleeps until the eventfd is written, the broker goes, or `slice` ends.
+    fn wait(&self, slice: Duration) -> Woken {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut fds = [
+            PollFd::new(self.event.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+        ];
+        let millis = slice.as_millis().min(i32::MAX as u128) as i32;
+        let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(_) if fds[1].revents().is_some_and(|r| !r.is_empty()) => Woken::BrokerGone,
+            _ => Woken::Maybe,
+        }
+    }
+}
+
+/// Asks the broker at `socket` for its board and maps it. With `waker`, asks it to write
+/// that eventfd at every change: the connection is then returned, kept open, if it took it.
+fn fetch_board(
+    socket_path: &Path,
+    timeout: Duration,
+    waker: Option<&nix::sys::eventfd::EventFd>,
+) -> Result<(BoardReader, Option<OwnedFd>)> {
     let unreachable = |e: &dyn std::fmt::Display| {
         Error::BrokerUnreachable(format!("{}: {e}", socket_path.display()))
     };
@@ -193,11 +277,28 @@ fn fetch_board(socket_path: &Path, timeout: Duration) -> Result<BoardReader> {
     });
     let frames =
         wire::encode_frames(&hello).map_err(|e| Error::Protocol(format!("board request: {e}")))?;
-    send(fd.as_raw_fd(), &frames.first, MsgFlags::MSG_NOSIGNAL).map_err(|e| unreachable(&e))?;
+    match waker {
+        None => send(fd.as_raw_fd(), &frames.first, MsgFlags::MSG_NOSIGNAL).map(|_| ()),
+        Some(event) => {
+            let rights = [event.as_raw_fd()];
+            let cmsgs = [nix::sys::socket::ControlMessage::ScmRights(&rights)];
+            nix::sys::socket::sendmsg::<()>(
+                fd.as_raw_fd(),
+                &[std::io::IoSlice::new(&frames.first)],
+                &cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map(|_| ())
+        }
+    }
+    .map_err(|e| unreachable(&e))?;
     let (answer, board) = receive_answer(&fd).map_err(|e| unreachable(&e))?;
     match (answer, board) {
-        (BoardAnswer::Granted { .. }, Some(board)) => {
-            BoardReader::map(board).map_err(Error::io("cannot map the status board"))
+        (BoardAnswer::Granted { waker: taken, .. }, Some(board)) => {
+            let reader =
+                BoardReader::map(board).map_err(Error::io("cannot map the status board"))?;
+            Ok((reader, (taken && waker.is_some()).then_some(fd)))
         }
         (BoardAnswer::Granted { .. }, None) => Err(Error::Protocol(
             "the broker granted a board but sent no descriptor".into(),

@@ -114,6 +114,11 @@ pub enum BoardAnswer {
     Granted {
         /// The broker's process id.
         broker_pid: u32,
+        /// Whether the eventfd that came with the request is kept to wake this reader at
+        /// every change (for as long as this connection stays open). A reader woken through
+        /// its own eventfd cannot be held asleep by another reader, as the board's shared
+        /// futex word can (DESIGN §10).
+        waker: bool,
     },
     /// No board for this patron.
     Refused {
@@ -603,6 +608,8 @@ pub struct BrokerInfo {
     pub large_request_bytes: (u64, u64),
     /// Files of all the torrents run or kept, and the most there may be (`--max-files`).
     pub files: (u64, u64),
+    /// Board readers woken through eventfds of their own, and the most there may be.
+    pub board_waiters: (u32, u32),
 }
 
 /// One line of [`Event::TorrentList`].

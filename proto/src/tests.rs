@@ -189,6 +189,7 @@ fn every_event_round_trips() {
                 large_requests: (1, 256),
                 large_request_bytes: (70_000, 1 << 28),
                 files: (3, 4_000_000),
+                board_waiters: (2, 1024),
             },
         },
         Event::Error {

@@ -278,3 +278,79 @@ fn without_the_board_status_list_and_watch_still_work() {
     let out = watching.finish(STEP_TIMEOUT).expect_code(0);
     assert!(out.stdout.contains("closed:"), "{}", out.stdout);
 }
+
+/// A reader can `FUTEX_CMP_REQUEUE` every sleeper of the board's shared futex word onto a word
+/// of its own (read access is enough): they then slept until their 500 ms slice ended. A
+/// reader that waits gives the broker an eventfd of its own, which no other reader can touch.
+#[test]
+fn a_reader_abusing_the_futex_word_cannot_delay_another_readers_wake() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let mut patron = sandbox.patron(&state);
+    let data = sandbox.random_file("seed/toggled.bin", 64 * 1024);
+    let id = make_and_seed(&mut patron, &data);
+    // Its first check done: a pause during it would apply only once it ends.
+    wait_for("the torrent to seed", STEP_TIMEOUT, || {
+        patron
+            .status(TorrentRef::Id(id))
+            .is_ok_and(|s| s.state == TorrentState::Seeding)
+    });
+
+    // The victim: a board reader asleep until the board changes, saying when it woke.
+    let (woke, wakes) = std::sync::mpsc::channel();
+    let options = sandbox.connect_options(&state);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let victim = std::thread::spawn(move || {
+        let mut board = Board::open(&options).expect("map the board");
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            if board.wait_for_change(Duration::from_secs(2)).expect("wait") {
+                let _ = woke.send(Instant::now());
+            }
+        }
+    });
+    // The abuser, for the whole test.
+    let request = patron_client::proto::wire::encode_frames(&ToBroker::Board(BoardHello {
+        version: PROTOCOL_VERSION,
+    }))
+    .expect("encode")
+    .first;
+    let socket = patron_client::proto::paths::socket_path(&state);
+    let mut abuse = std::process::Command::new("python3");
+    abuse
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/python/futex_requeuer.py"
+        ))
+        .arg(&socket)
+        .arg(hex::encode(&request))
+        .arg("8");
+    let abuser = Running::start(abuse);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut worst = Duration::ZERO;
+    for round in 0..8 {
+        while wakes.try_recv().is_ok() {}
+        std::thread::sleep(Duration::from_millis(150)); // the victim is asleep again
+        let changed = Instant::now();
+        if round % 2 == 0 {
+            patron.pause(TorrentRef::Id(id)).expect("pause");
+        } else {
+            patron.resume(TorrentRef::Id(id)).expect("resume");
+        }
+        let woke_at = wakes
+            .recv_timeout(Duration::from_secs(3))
+            .expect("the victim woke");
+        worst = worst.max(woke_at.saturating_duration_since(changed));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let moved = abuser.finish(Duration::from_secs(20)).expect_code(0);
+    victim.join().expect("victim");
+    // Before: each wake waited for the victim's 500 ms slice (the abuser had moved it).
+    assert!(
+        worst < Duration::from_millis(100),
+        "a change reached the sleeping reader {worst:?} late (the abuser moved {} sleepers)",
+        moved.stdout.trim()
+    );
+}

@@ -35,6 +35,10 @@ pub fn run(service: &Service, request: RequestId) -> Event {
             large_requests: (large.0 as u32, large.1 as u32),
             large_request_bytes: (large.2 as u64, large.3 as u64),
             files: (files as u64, config.max_files as u64),
+            board_waiters: (
+                service.board.waiters() as u32,
+                crate::board::MAX_WAITERS as u32,
+            ),
         },
     }
 }

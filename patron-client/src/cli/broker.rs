@@ -61,7 +61,7 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
     ctx.out.emit(
         || {
             format!(
-                "Broker running: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}\n  budgets:        streams {}, open data files {} of {}, large requests {} of {} ({} of {} MiB), files {} of {}",
+                "Broker running: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}\n  budgets:        streams {}, open data files {} of {}, large requests {} of {} ({} of {} MiB), files {} of {}, board waiters {} of {}",
                 info.pid,
                 info.version,
                 info.state_dir,
@@ -77,7 +77,9 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
                 info.large_request_bytes.0 >> 20,
                 info.large_request_bytes.1 >> 20,
                 info.files.0,
-                info.files.1
+                info.files.1,
+                info.board_waiters.0,
+                info.board_waiters.1
             )
         },
         json!({
@@ -100,6 +102,8 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
             "large_request_bytes_limit": info.large_request_bytes.1,
             "files": info.files.0,
             "files_limit": info.files.1,
+            "board_waiters": info.board_waiters.0,
+            "board_waiters_limit": info.board_waiters.1,
         }),
     );
     Ok(Exit::Success)
