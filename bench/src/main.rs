@@ -13,6 +13,7 @@ mod restart;
 mod scaling;
 mod stream;
 mod swarm;
+mod wake;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -188,6 +189,16 @@ enum Bench {
         #[arg(long, default_value_t = 11)]
         rounds: usize,
     },
+    /// A board change reaching sleeping readers while one abuses the board's futex word
+    Wake {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        readers: usize,
+        /// The futex abuser (tests/python/futex_requeuer.py)
+        #[arg(long)]
+        requeuer: PathBuf,
+    },
     /// A torrent of thousands of one-byte files added: the broker's descriptors after
     ManyFiles {
         #[arg(long)]
@@ -269,6 +280,11 @@ fn main() -> anyhow::Result<()> {
             work,
             rounds,
         } => board::add_size(state_dir, work, rounds),
+        Bench::Wake {
+            state_dir,
+            readers,
+            requeuer,
+        } => wake::wake(state_dir, readers, requeuer),
         Bench::ManyFiles {
             state_dir,
             work,
