@@ -9,7 +9,7 @@ use patron_client::proto::wire::encode_frames;
 use patron_client::proto::{BoardHello, ToBroker, TorrentRef, PROTOCOL_VERSION};
 use patron_client::{Board, ConnectOptions, Patron};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 /// Changes per window.
 const CHANGES: usize = 20;
 
-fn options(state_dir: &PathBuf) -> ConnectOptions {
+fn options(state_dir: &Path) -> ConnectOptions {
     ConnectOptions {
-        state_dir: Some(state_dir.clone()),
+        state_dir: Some(state_dir.to_path_buf()),
         auto_start: false,
         ..ConnectOptions::default()
     }
