@@ -693,6 +693,43 @@ pub fn pipe_session(
     out.json_lines()
 }
 
+/// `patron-client --json ARGS...` against `state`: its exit code and JSON lines.
+pub fn client_json(sandbox: &Sandbox, state: &Path, args: &[&str]) -> (i32, Vec<Value>) {
+    let mut cmd = sandbox.client(state);
+    cmd.arg("--json").args(args);
+    let out = run(cmd);
+    (out.code(), out.json_lines())
+}
+
+/// The one JSON line of a command that must succeed.
+pub fn ok_json(sandbox: &Sandbox, state: &Path, args: &[&str]) -> Value {
+    let (code, lines) = client_json(sandbox, state, args);
+    assert_eq!(code, 0, "patron-client {args:?}: {lines:?}");
+    assert_eq!(lines.len(), 1, "patron-client {args:?}: {lines:?}");
+    lines.into_iter().next().unwrap_or_default()
+}
+
+/// A torrent's status line, as `status --json` prints it.
+pub fn status_json(sandbox: &Sandbox, state: &Path, id: &str) -> Value {
+    ok_json(sandbox, state, &["status", id])
+}
+
+/// Waits until `check` holds for the torrent's status line; returns that line.
+pub fn wait_status(
+    sandbox: &Sandbox,
+    state: &Path,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    wait_for(what, STEP_TIMEOUT, || {
+        last = status_json(sandbox, state, id);
+        check(&last)
+    });
+    last
+}
+
 /// Polls `condition` until it holds; fails the test after `limit`.
 pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -865,6 +902,31 @@ impl CatProcess {
     pub fn start(sandbox: &Sandbox, state: &Path, args: &[&str], out: &Path) -> CatProcess {
         let mut cmd = sandbox.client(state);
         cmd.arg("cat").args(args);
+        CatProcess::from_command(cmd, out)
+    }
+
+    /// `patron-client cat ARGS...` in a mount namespace of its own, where `script` (sh, with
+    /// `$1` the folder) first changes what it sees of `folder` (e.g. mounts a tmpfs over it):
+    /// a reader that cannot see the broker's file. Needs root.
+    pub fn in_namespace(
+        sandbox: &Sandbox,
+        state: &Path,
+        folder: &Path,
+        script: &str,
+        args: &[&str],
+        out: &Path,
+    ) -> CatProcess {
+        let mut cmd = Command::new("unshare");
+        sandbox.apply_env(&mut cmd);
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!("{script} && shift && exec \"$@\""))
+            .arg("sh")
+            .arg(folder)
+            .arg(bin("patron-client"))
+            .arg("--state-dir")
+            .arg(state)
+            .arg("cat")
+            .args(args);
         CatProcess::from_command(cmd, out)
     }
 

@@ -52,4 +52,14 @@ pub mod streams;
 pub mod torrent_file;
 
 pub use broker::{run, Broker};
+
+/// Cases per fuzz property: `PROPTEST_CASES` (`scripts/fuzz` runs 1,000,000), else 4,096 in
+/// every test run.
+#[cfg(test)]
+pub(crate) fn fuzz_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4096)
+}
 pub use config::{BrokerArgs, BrokerConfig};

@@ -683,15 +683,6 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
-    /// Cases per property: `PROPTEST_CASES` (scripts/fuzz runs 1,000,000), else 4,096 in
-    /// every test run.
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4096)
-    }
-
     /// A server name as a hostile hello might carry it.
     fn server_name() -> impl Strategy<Value = String> {
         prop_oneof![
@@ -704,7 +695,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: crate::fuzz_cases(), ..ProptestConfig::default() })]
 
         // The whole hello path short of the connect-back: any first datagram, then its name.
         #[test]

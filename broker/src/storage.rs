@@ -918,13 +918,6 @@ mod fuzz {
     use proptest::prelude::*;
     use std::os::unix::fs::symlink;
 
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4096)
-    }
-
     /// A path component as a hostile torrent (or a planted link) might have it.
     fn component() -> impl Strategy<Value = String> {
         prop_oneof![
@@ -968,7 +961,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: crate::fuzz_cases(), ..ProptestConfig::default() })]
 
         #[test]
         fn no_file_list_leads_the_storage_outside_the_root(

@@ -46,7 +46,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// a symlink, never waiting (a FIFO planted there would hang the start while the lock is
 /// held), and only a regular file of this user. `Ok(None)`: there is none.
 pub fn open_state_file(path: &Path) -> io::Result<Option<File>> {
-    use std::os::unix::fs::MetadataExt;
     let opened = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -69,6 +68,13 @@ pub fn open_state_file(path: &Path) -> io::Result<Option<File>> {
             path.display()
         )));
     }
+    ours(&meta, path)?;
+    Ok(Some(file))
+}
+
+/// Refuses a state file or folder that is not the broker's user's.
+fn ours(meta: &std::fs::Metadata, path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let uid = nix::unistd::geteuid().as_raw();
     if meta.uid() != uid {
         return Err(io::Error::other(format!(
@@ -77,7 +83,7 @@ pub fn open_state_file(path: &Path) -> io::Result<Option<File>> {
             meta.uid()
         )));
     }
-    Ok(Some(file))
+    Ok(())
 }
 
 /// Refuses a folder of the broker's state that is a symlink, not a folder, or not the
@@ -85,7 +91,6 @@ pub fn open_state_file(path: &Path) -> io::Result<Option<File>> {
 /// `torrents` folder linked to `~/Downloads` had every `.torrent` there swept away). A
 /// missing one is fine (it is made owner-only when needed).
 pub fn check_state_folder(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -102,15 +107,7 @@ pub fn check_state_folder(path: &Path) -> io::Result<()> {
             path.display()
         )));
     }
-    let uid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != uid {
-        return Err(io::Error::other(format!(
-            "{} belongs to uid {}, not to the broker's user ({uid}): move it aside",
-            path.display(),
-            meta.uid()
-        )));
-    }
-    Ok(())
+    ours(&meta, path)
 }
 
 /// The most any state file may hold: a sparse file of many GiB planted there must not have
@@ -199,13 +196,6 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4096)
-    }
-
     #[derive(Debug, Clone)]
     enum Planted {
         File(Vec<u8>),
@@ -231,7 +221,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: crate::fuzz_cases(), ..ProptestConfig::default() })]
 
         #[test]
         fn no_state_file_hangs_or_panics_the_start(what in planted()) {

@@ -727,15 +727,6 @@ mod fuzz {
         )
     }
 
-    /// Cases per property: `PROPTEST_CASES` (scripts/fuzz runs 1,000,000), else 4,096 in
-    /// every test run.
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4096)
-    }
-
     /// A path component as a hostile torrent might write it.
     fn component() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
@@ -757,7 +748,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: crate::fuzz_cases(), ..ProptestConfig::default() })]
 
         #[test]
         fn no_torrent_bytes_make_the_checker_panic(bytes in bencodeish()) {

@@ -8,18 +8,10 @@ import ctypes
 import json
 import mmap
 import os
-import socket
+from board_fd import board_fd
 import sys
 
-sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-sock.connect(sys.argv[1])
-sock.send(bytes.fromhex(sys.argv[2]))
-_, ancillary, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
-fds = []
-for level, kind, data in ancillary:
-    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-        fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, len(data), 4))
-board = fds[0]
+board = board_fd(sys.argv[1], sys.argv[2])
 size = os.fstat(board).st_size
 libc = ctypes.CDLL(None, use_errno=True)
 results = {}

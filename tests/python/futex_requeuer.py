@@ -8,20 +8,13 @@ argv: socket path, hex of the board request datagram, seconds.
 import ctypes
 import mmap
 import os
-import socket
+from board_fd import board_fd
 import struct
 import sys
 import time
 
-sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-sock.connect(sys.argv[1])
-sock.send(bytes.fromhex(sys.argv[2]))
-_, ancillary, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
-fds = []
-for level, kind, data in ancillary:
-    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-        fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, len(data), 4))
-board = mmap.mmap(fds[0], os.fstat(fds[0]).st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+fd = board_fd(sys.argv[1], sys.argv[2])
+board = mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ)
 # The board's futex word: header word 6 (proto::board's H_FUTEX), its low 32 bits.
 FUTEX_OFFSET = 6 * 8
 own = mmap.mmap(-1, 4096, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)

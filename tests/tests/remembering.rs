@@ -26,6 +26,36 @@ fn listed(sandbox: &Sandbox, state: &Path) -> Vec<Value> {
     run(list).expect_code(0).json_lines()
 }
 
+/// Mounts a 1 MiB tmpfs on `state` (needs root), unmounted when the guard drops.
+fn small_disk(state: &Path) -> impl Drop {
+    let mount = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(state)
+        .status()
+        .expect("mount");
+    assert!(mount.success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    Unmount(state.to_path_buf())
+}
+
+/// Fills the file system of `folder` to the last byte; returns the filler file.
+fn fill(folder: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = folder.join("filler");
+    let mut file = std::fs::File::create(&filler).expect("filler");
+    let mut chunk = vec![0u8; 4096];
+    while file.write_all(&chunk).is_ok() {}
+    chunk.truncate(1);
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.sync_all();
+    filler
+}
+
 fn stop(mut broker: BrokerProcess) {
     broker.signal(Signal::SIGTERM);
     assert!(broker.wait_exit(STEP_TIMEOUT).success());
@@ -152,33 +182,12 @@ fn an_add_the_broker_cannot_record_fails_and_nothing_is_forgotten() {
     let downloads = sandbox.folder("downloads");
     let first = made_torrent(&sandbox, "first.bin");
     let second = made_torrent(&sandbox, "second.bin");
-    let mount = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&state)
-        .status()
-        .expect("mount");
-    assert!(mount.success());
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(state.clone());
+    let _unmount = small_disk(&state);
 
     let broker = sandbox.broker(&state, &[]);
     run(sandbox.add_command(&state, &first, &downloads, None)).expect_code(0);
     // Fill the state filesystem to the last byte.
-    let filler = state.join("filler");
-    let mut chunk = vec![0u8; 4096];
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&filler).expect("filler");
-        while file.write_all(&chunk).is_ok() {}
-        chunk.truncate(1);
-        while file.write_all(&chunk).is_ok() {}
-        let _ = file.sync_all();
-    }
+    let filler = fill(&state);
     let out = run(sandbox.add_command(&state, &second, &downloads, None));
     assert_ne!(out.code(), 0, "an add that could not be recorded succeeded");
     let error = &out.json_lines()[0];
@@ -344,35 +353,14 @@ fn a_close_that_cannot_be_recorded_keeps_the_torrent_and_the_callers_hold() {
     let state = sandbox.state_dir("full-close");
     let downloads = sandbox.folder("downloads");
     let torrent = made_torrent(&sandbox, "kept.bin");
-    let mount = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&state)
-        .status()
-        .expect("mount");
-    assert!(mount.success());
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(state.clone());
+    let _unmount = small_disk(&state);
     let broker = sandbox.broker(&state, &[]);
     let mut patron = sandbox.patron(&state);
     let mut create =
         CreateNewTorrent::new(TorrentSource::TorrentFile(std::fs::read(&torrent).unwrap()));
     create.output = Some(downloads.display().to_string());
     patron.create(create).expect("add");
-    let filler = state.join("filler");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&filler).expect("filler");
-        let mut chunk = vec![0u8; 4096];
-        while file.write_all(&chunk).is_ok() {}
-        chunk.truncate(1);
-        while file.write_all(&chunk).is_ok() {}
-        let _ = file.sync_all();
-    }
+    let filler = fill(&state);
 
     // The close cannot be recorded: refused, and nothing changed, the caller's hold
     // included (before: it was dropped, so the patron was told "not closed" and no longer

@@ -2,42 +2,12 @@
 //! Every test here FAILS on the code it was written against: each is a promise of DESIGN §4
 //! (or of the README's threat model) that an attack still broke.
 
-use e2e::{run, wait_for, Sandbox, Seeder, STEP_TIMEOUT};
+use e2e::{client_json, run, wait_for, wait_status, Sandbox, Seeder, STEP_TIMEOUT};
 use nix::sys::signal::Signal;
-use serde_json::Value;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 /// What librqbit logs when it hashes a torrent's every piece.
 const FULL_CHECK: &str = "Doing initial checksum validation";
-
-fn client_json(sandbox: &Sandbox, state: &Path, args: &[&str]) -> (i32, Vec<Value>) {
-    let mut cmd = sandbox.client(state);
-    cmd.arg("--json").args(args);
-    let out = run(cmd);
-    (out.code(), out.json_lines())
-}
-
-fn status(sandbox: &Sandbox, state: &Path, id: &str) -> Value {
-    let (code, lines) = client_json(sandbox, state, &["status", id]);
-    assert_eq!(code, 0, "status {id}: {lines:?}");
-    lines.into_iter().next().unwrap_or_default()
-}
-
-fn wait_status(
-    sandbox: &Sandbox,
-    state: &Path,
-    id: &str,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let mut last = Value::Null;
-    wait_for(what, STEP_TIMEOUT, || {
-        last = status(sandbox, state, id);
-        check(&last)
-    });
-    last
-}
 
 // DEFECT (verified means verified): the clean stop stamps every torrent's files as they are
 // *then* (`broker.rs` `stop` → `Service::stamp_verified`), whatever happened to them since

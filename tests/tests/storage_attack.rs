@@ -5,23 +5,10 @@
 //! recheck, a delete or a restore, and a torrent of thousands of files holding a descriptor
 //! each.
 
-use e2e::{make_and_seed, run, wait_for, Sandbox, STEP_TIMEOUT};
-use serde_json::Value;
+use e2e::{
+    client_json, make_and_seed, run, status_json as status, wait_for, Sandbox, STEP_TIMEOUT,
+};
 use std::path::Path;
-
-/// `patron-client --json ARGS...` against `state`: exit code and JSON lines.
-fn client_json(sandbox: &Sandbox, state: &Path, args: &[&str]) -> (i32, Vec<Value>) {
-    let mut cmd = sandbox.client(state);
-    cmd.arg("--json").args(args);
-    let out = run(cmd);
-    (out.code(), out.json_lines())
-}
-
-fn status(sandbox: &Sandbox, state: &Path, id: &str) -> Value {
-    let (code, lines) = client_json(sandbox, state, &["status", id]);
-    assert_eq!(code, 0, "status {id}: {lines:?}");
-    lines.into_iter().next().unwrap_or_default()
-}
 
 fn wait_seeding(sandbox: &Sandbox, state: &Path, id: &str) {
     wait_for("the torrent to seed", STEP_TIMEOUT, || {

@@ -213,17 +213,14 @@ fn a_file_the_reader_cannot_open_comes_over_the_channel() {
 
     // The reader sees another folder where the broker's downloads are (an empty tmpfs
     // mounted over it in a mount namespace of its own): it cannot open the file.
-    let mut cat = Command::new("unshare");
-    sandbox.apply_env(&mut cat);
-    cat.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount -t tmpfs tmpfs "$1" && shift && exec "$@""#)
-        .arg("sh")
-        .arg(&downloads)
-        .arg(e2e::bin("patron-client"))
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["cat", "0"]);
-    let cat = Cat::from_command(cat, &sandbox.path("all.bin"));
+    let cat = Cat::in_namespace(
+        &sandbox,
+        &state,
+        &downloads,
+        r#"mount -t tmpfs tmpfs "$1""#,
+        &["0"],
+        &sandbox.path("all.bin"),
+    );
     let (code, stderr, bytes) = cat.finish();
     assert_eq!(code, 0, "{stderr}");
     assert!(

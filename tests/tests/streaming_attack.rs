@@ -930,17 +930,14 @@ fn a_fifo_planted_at_the_files_path_does_not_hang_the_reader() {
     wait_for("the engine's file", STEP_TIMEOUT, || path.exists());
     // Where the reader looks (in a mount namespace of its own, over the downloads), a FIFO
     // nobody writes has the file's name; the engine keeps the real file.
-    let mut cat = std::process::Command::new("unshare");
-    sandbox.apply_env(&mut cat);
-    cat.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount -t tmpfs tmpfs "$1" && mkfifo "$1/slow.bin" && shift && exec "$@""#)
-        .arg("sh")
-        .arg(&downloads)
-        .arg(e2e::bin("patron-client"))
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["cat", "0"]);
-    let cat = Cat::from_command(cat, &sandbox.path("all.bin"));
+    let cat = Cat::in_namespace(
+        &sandbox,
+        &state,
+        &downloads,
+        r#"mount -t tmpfs tmpfs "$1" && mkfifo "$1/slow.bin""#,
+        &["0"],
+        &sandbox.path("all.bin"),
+    );
     let (code, stderr, bytes) = cat.finish_within(STEP_TIMEOUT);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("over the broker's channel"), "{stderr}");
