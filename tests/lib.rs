@@ -730,6 +730,20 @@ pub fn wait_status(
     last
 }
 
+/// A broker seeding one file of 256 pieces of 16 KiB (`seed/edited.bin`) as torrent 0,
+/// once it seeds: the seeder, the file, and the piece size. With that many pieces,
+/// librqbit's own fast-resume sample (one piece per file and a handful more) misses an edit
+/// in the middle nearly every time.
+pub fn seeding_many_pieces(sandbox: &Sandbox) -> (Seeder, PathBuf, usize) {
+    let piece = 16 * 1024;
+    let data = sandbox.random_file("seed/edited.bin", 256 * piece);
+    let seeder = Seeder::start(sandbox, "seeder", &data, piece as u64, &[]);
+    wait_status(sandbox, &seeder.broker.state, "0", "seeding", |s| {
+        s["state"] == "seeding"
+    });
+    (seeder, data, piece)
+}
+
 /// Polls `condition` until it holds; fails the test after `limit`.
 pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -987,9 +1001,18 @@ impl Drop for CatProcess {
 /// A leecher broker (state dir `leecher`) downloading `seeder`'s torrent (id 0) into
 /// `downloads`: the broker, its state dir and that folder.
 pub fn leech(sandbox: &Sandbox, seeder: &Seeder) -> (BrokerProcess, PathBuf, PathBuf) {
+    leech_with(sandbox, seeder, &[])
+}
+
+/// Like [`leech`], the leecher broker started with `args`.
+pub fn leech_with(
+    sandbox: &Sandbox,
+    seeder: &Seeder,
+    args: &[&str],
+) -> (BrokerProcess, PathBuf, PathBuf) {
     let state = sandbox.state_dir("leecher");
     let downloads = sandbox.folder("downloads");
-    let broker = sandbox.broker(&state, &[]);
+    let broker = sandbox.broker(&state, args);
     let add = sandbox.add_command(
         &state,
         &seeder.torrent,

@@ -828,15 +828,8 @@ fn whole_torrents_hold_no_descriptor_for_their_fast_resume_state() {
 #[test]
 fn a_piece_edited_while_the_broker_was_stopped_is_found_even_with_its_mtime_set_back() {
     let sandbox = Sandbox::new();
-    // 256 pieces: librqbit's own fast-resume check hashes the first piece and a handful of
-    // others at random, so an edit in the middle went unseen nearly every time.
-    let piece = 16 * 1024;
-    let data = sandbox.random_file("seed/edited.bin", 256 * piece);
-    let seeder = Seeder::start(&sandbox, "seeder", &data, piece as u64, &[]);
+    let (seeder, data, piece) = e2e::seeding_many_pieces(&sandbox);
     let state = seeder.broker.state.clone();
-    wait_status(&sandbox, &state, "0", "seeding", |s| {
-        s["state"] == "seeding"
-    });
     let mut broker = seeder.broker;
     broker.signal(Signal::SIGTERM);
     broker.wait_exit(STEP_TIMEOUT);

@@ -2,7 +2,7 @@
 //! Every test here FAILS on the code it was written against: each is a promise of DESIGN §4
 //! (or of the README's threat model) that an attack still broke.
 
-use e2e::{client_json, run, wait_for, wait_status, Sandbox, Seeder, STEP_TIMEOUT};
+use e2e::{client_json, wait_for, wait_status, Sandbox, Seeder, STEP_TIMEOUT};
 use nix::sys::signal::Signal;
 use std::os::unix::fs::FileExt;
 
@@ -18,13 +18,8 @@ const FULL_CHECK: &str = "Doing initial checksum validation";
 #[test]
 fn a_piece_edited_while_the_broker_runs_is_not_vouched_for_by_the_clean_stop() {
     let sandbox = Sandbox::new();
-    let piece = 16 * 1024;
-    let data = sandbox.random_file("seed/edited.bin", 256 * piece);
-    let seeder = Seeder::start(&sandbox, "seeder", &data, piece as u64, &[]);
+    let (seeder, data, piece) = e2e::seeding_many_pieces(&sandbox);
     let state = seeder.broker.state.clone();
-    wait_status(&sandbox, &state, "0", "seeding", |s| {
-        s["state"] == "seeding"
-    });
     // Give the completion's stamping (a blocking task after the completion) time to run.
     std::thread::sleep(std::time::Duration::from_millis(500));
 
@@ -136,17 +131,8 @@ fn a_torrent_that_failed_can_be_resumed_once_the_cause_is_gone() {
         64 * 1024,
         &["--max-upload-rate", "400000"],
     );
-    let state = sandbox.state_dir("leecher");
-    let downloads = sandbox.folder("downloads");
     // One open file at a time: every switch between a.bin and b.bin reopens by path.
-    let broker = sandbox.broker(&state, &["--open-files", "1"]);
-    let add = sandbox.add_command(
-        &state,
-        &seeder.torrent,
-        &downloads,
-        Some(&seeder.broker.peer()),
-    );
-    run(add).expect_code(0);
+    let (broker, state, downloads) = e2e::leech_with(&sandbox, &seeder, &["--open-files", "1"]);
     wait_status(&sandbox, &state, "0", "some progress", |s| {
         s["bytes_done"].as_u64().unwrap_or(0) > 0
     });
