@@ -104,6 +104,21 @@ fn the_board_agrees_with_every_reply_as_soon_as_it_arrives() {
             board.contains(id),
             "round {round}: added, yet not on the board"
         );
+        // A pause and a resume too (before: shown at the status loop's next look, up to
+        // 100 ms after the reply). Not while the first check runs: it applies after it.
+        if round % 8 == 0 {
+            wait_for("it to seed", STEP_TIMEOUT, || {
+                board
+                    .get(TorrentRef::Id(id))
+                    .is_some_and(|s| s.state == TorrentState::Seeding)
+            });
+            patron.pause(TorrentRef::Id(id)).expect("pause");
+            let shown = board.get(TorrentRef::Id(id)).map(|s| s.state);
+            assert_eq!(shown, Some(TorrentState::Paused), "round {round}: paused");
+            patron.resume(TorrentRef::Id(id)).expect("resume");
+            let shown = board.get(TorrentRef::Id(id)).map(|s| s.state);
+            assert_eq!(shown, Some(TorrentState::Seeding), "round {round}: resumed");
+        }
         patron
             .close(TorrentRef::Id(id), false, true)
             .expect("close");

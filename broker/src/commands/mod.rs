@@ -136,7 +136,7 @@ fn finish(
     let now_held = held_by_reply(&reply);
     // The board shows what the reply says before the patron can read the reply, and the
     // status loop looks again soon (a new torrent needs its completion watched).
-    if let Some(torrent) = changed_by_reply(&reply) {
+    if let Some(torrent) = changed_by_reply(&reply).or_else(|| changed_stage(kind, &reply)) {
         service.sync_board(torrent);
         service.status_nudge.notify_one();
     }
@@ -172,6 +172,15 @@ async fn answer(
 }
 
 /// The torrent whose line on the board a reply changes (it came, went, or changed hands).
+/// The torrent a pause or resume just changed: the board shows it (and wakes its readers)
+/// before the reply goes, not at the status loop's next look, up to 100 ms later.
+fn changed_stage(kind: &str, reply: &Event) -> Option<TorrentId> {
+    match reply {
+        Event::Status { status, .. } if matches!(kind, "pause" | "resume") => Some(status.id),
+        _ => None,
+    }
+}
+
 fn changed_by_reply(reply: &Event) -> Option<TorrentId> {
     match reply {
         Event::TorrentClosed { id, .. } => Some(*id),
