@@ -36,7 +36,7 @@ struct HeldRegion {
     /// Its size as counted when it came (it is read no larger: the patron still holds the
     /// region and could grow it).
     size: usize,
-    _ticket: RegionTicket,
+    ticket: RegionTicket,
 }
 
 type HeldRegions = Arc<Mutex<HashMap<u64, HeldRegion>>>;
@@ -173,20 +173,25 @@ impl Dispatcher {
         self.runtime.spawn(async move {
             let service = dispatcher.service.clone();
             while let Some((work, size)) = queue.recv().await {
-                // Held (its descriptor open, its budget taken) until the request is served.
-                let mut held = None;
+                // A large request's share of the budget is held until it is served (its bytes
+                // are in memory till then); its descriptor closes once it is read.
+                let mut ticket = None;
                 let request = match work {
                     Work::Request(request) => Some(request),
                     Work::Large { payload, region } => {
-                        held = regions
+                        let held = regions
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .remove(&region);
-                        match held.as_ref() {
-                            Some(h) => {
-                                let region = h.region.clone();
+                        match held {
+                            Some(HeldRegion {
+                                region,
+                                size,
+                                ticket: taken,
+                            }) => {
+                                ticket = Some(taken);
                                 dispatcher
-                                    .unpack_large(&connection, payload, region, h.size)
+                                    .unpack_large(&connection, payload, region, size)
                                     .await
                             }
                             None => None, // its patron left: closed already
@@ -213,7 +218,7 @@ impl Dispatcher {
                     None => {}
                 }
                 // After the reply is queued, so a later immediate reply cannot overtake it.
-                if held.take().is_some() {
+                if ticket.take().is_some() {
                     in_flight.regions.fetch_sub(1, Ordering::AcqRel);
                 }
                 in_flight.requests.fetch_sub(1, Ordering::AcqRel);
@@ -294,7 +299,7 @@ impl Dispatcher {
                 let held = HeldRegion {
                     region: Arc::new(region),
                     size,
-                    _ticket: ticket,
+                    ticket,
                 };
                 queue
                     .regions
