@@ -326,9 +326,10 @@ fn receive_answer(fd: &OwnedFd) -> std::result::Result<(BoardAnswer, Option<Owne
         for cmsg in cmsgs {
             if let ControlMessageOwned::ScmRights(fds) = cmsg {
                 for fd in fds {
-                    // SAFETY: the kernel just installed this descriptor in this process for
-                    // us; nothing else owns it, so owning it here closes it exactly once.
-                    descriptors.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                    // The kernel just installed this descriptor in this process for us.
+                    // SAFETY: nothing else owns `fd`, so owning it here closes it exactly once.
+                    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                    descriptors.push(owned);
                 }
             }
         }

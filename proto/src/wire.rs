@@ -277,11 +277,10 @@ mod tests {
         let mut fds = Vec::new();
         for c in msg.cmsgs().expect("cmsgs") {
             if let ControlMessageOwned::ScmRights(raw) = c {
-                // SAFETY: the kernel just gave us these descriptors; nothing else owns them.
-                fds.extend(
-                    raw.into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
+                for fd in raw {
+                    // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
             }
         }
         let len = msg.bytes;
