@@ -25,6 +25,9 @@ pub const WAKE_EVERY: Duration = Duration::from_millis(500);
 /// descriptors: its connection and its eventfd). Past it, readers sleep on the futex alone.
 pub const MAX_WAITERS: usize = 1024;
 
+/// How often, at most, a wake looks for waiters whose reader went.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
 /// A reader that gave the broker an eventfd to wake it: its connection (its closing says the
 /// reader is gone) and the eventfd.
 struct Waiter {
@@ -53,8 +56,9 @@ struct Inner {
     /// When sleeping readers were last woken, and whether changes were published since.
     woken: Instant,
     unwoken: bool,
-    /// Readers woken through their own eventfds.
+    /// Readers woken through their own eventfds, and when gone ones were last dropped.
     waiters: Vec<Waiter>,
+    pruned: Instant,
 }
 
 impl StatusBoard {
@@ -71,6 +75,7 @@ impl StatusBoard {
                 woken: Instant::now(),
                 unwoken: false,
                 waiters: Vec::new(),
+                pruned: Instant::now(),
             }),
             deciding: Mutex::new(()),
         })
@@ -221,6 +226,7 @@ impl Inner {
     fn prune_waiters(&mut self) {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
+        self.pruned = Instant::now();
         if self.waiters.is_empty() {
             return;
         }
@@ -245,9 +251,13 @@ impl Inner {
     }
 
     /// Writes every waiter's eventfd (it never blocks: a counter that would overflow is left
-    /// as it is, which wakes its reader anyway).
+    /// as it is, which wakes its reader anyway). Gone readers are pruned at most once a
+    /// second, not at every wake: writing a gone reader's eventfd harms nobody, and a poll of
+    /// every waiter's connection per batch was the wake's main cost.
     fn wake_waiters(&mut self) {
-        self.prune_waiters();
+        if self.pruned.elapsed() >= PRUNE_EVERY {
+            self.prune_waiters();
+        }
         for waiter in &self.waiters {
             let _ = nix::unistd::write(&waiter.event, &1u64.to_ne_bytes());
         }

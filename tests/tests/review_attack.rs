@@ -20,8 +20,9 @@ fn a_piece_edited_while_the_broker_runs_is_not_vouched_for_by_the_clean_stop() {
     let sandbox = Sandbox::new();
     let (seeder, data, piece) = e2e::seeding_many_pieces(&sandbox);
     let state = seeder.broker.state.clone();
-    // Give the completion's stamping (a blocking task after the completion) time to run.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The completion's stamps are written (a blocking task after the completion).
+    let stamps = state.join("engine/fastresume/0.stamps");
+    wait_for("the completion's stamps", STEP_TIMEOUT, || stamps.exists());
 
     // 16 bytes of piece 130 changed while the broker runs and seeds it.
     let file = std::fs::OpenOptions::new()

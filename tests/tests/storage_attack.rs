@@ -80,7 +80,14 @@ fn recheck_through_a_swapped_folder_writes_nothing_outside_the_roots() {
     // The recheck is refused or the torrent fails, naming the link; either way nothing
     // outside is written (before: the user's file was extended to the torrent's size and
     // b.bin was created beside it).
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Whatever the engine does with it ends before the torrent leaves `checking` (before:
+    // the check extended the user's file).
+    wait_for("the recheck to settle", STEP_TIMEOUT, || {
+        let (_, listed) = client_json(&sandbox, &state, &["list"]);
+        listed.iter().any(|t| {
+            t["id"].as_u64().is_some_and(|n| n.to_string() == id) && t["state"] != "checking"
+        })
+    });
     outside.assert_untouched("after recheck");
     assert_ne!(
         code, 0,
