@@ -56,6 +56,18 @@ struct PoolInner {
 }
 
 impl PoolInner {
+    /// The open file for `key`, if any, marked as used now.
+    fn used(&mut self, key: Key) -> Option<Arc<File>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (file, used) = self.open.get_mut(&key)?;
+        let file = file.clone();
+        let old = std::mem::replace(used, tick);
+        self.by_use.remove(&old);
+        self.by_use.insert(tick, key);
+        Some(file)
+    }
+
     fn remove(&mut self, key: &Key) {
         if let Some((_, tick)) = self.open.remove(key) {
             self.by_use.remove(&tick);
@@ -98,31 +110,18 @@ impl FilePool {
         key: Key,
         open: impl FnOnce() -> anyhow::Result<File>,
     ) -> anyhow::Result<Arc<File>> {
-        {
-            let mut inner = self.lock();
-            inner.tick += 1;
-            let tick = inner.tick;
-            if let Some((file, used)) = inner.open.get_mut(&key) {
-                let file = file.clone();
-                let old = std::mem::replace(used, tick);
-                inner.by_use.remove(&old);
-                inner.by_use.insert(tick, key);
-                return Ok(file);
-            }
+        if let Some(file) = self.lock().used(key) {
+            return Ok(file);
         }
         // Opened without the lock: a slow file system must not stall every other torrent.
         let file = Arc::new(open()?);
         let mut inner = self.lock();
-        inner.tick += 1;
-        let tick = inner.tick;
-        if let Some((existing, used)) = inner.open.get_mut(&key) {
+        if let Some(existing) = inner.used(key) {
             // Another thread opened it meanwhile: use one descriptor, not two.
-            let existing = existing.clone();
-            let old = std::mem::replace(used, tick);
-            inner.by_use.remove(&old);
-            inner.by_use.insert(tick, key);
             return Ok(existing);
         }
+        inner.tick += 1;
+        let tick = inner.tick;
         while inner.open.len() >= self.capacity {
             let Some((_, oldest)) = inner.by_use.pop_first() else {
                 break;
