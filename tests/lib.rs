@@ -847,7 +847,8 @@ pub struct Seeder {
 }
 
 impl Seeder {
-    /// Starts a broker on state dir `name` seeding `data` (extra broker args, e.g. a rate limit).
+    /// Starts a broker on state dir `name` seeding `data` (extra broker args, e.g. a rate limit),
+    /// once it seeds.
     pub fn start(
         sandbox: &Sandbox,
         name: &str,
@@ -871,6 +872,11 @@ impl Seeder {
         let line = &made.json_lines()[0];
         assert_eq!(line["event"], "made", "{line}");
         let info_hash = line["info_hash"].as_str().expect("info hash").to_owned();
+        // `make --seed` answers once the torrent is added, maybe before its check ends; a
+        // test that swaps or edits the files next must find them verified and seeding.
+        wait_status(sandbox, &state, &info_hash, "the seeder to seed", |s| {
+            s["state"] == "seeding"
+        });
         Seeder {
             broker,
             torrent,
@@ -977,13 +983,19 @@ impl CatProcess {
 
     /// Like [`CatProcess::finish`], within `limit`; killed and failed past it.
     pub fn finish_within(mut self, limit: Duration) -> (i32, String, Vec<u8>) {
-        let Some(status) = exit_within(&mut self.child, limit) else {
-            panic!("cat did not end in {limit:?}");
-        };
+        let status = exit_within(&mut self.child, limit);
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         let mut stderr = String::new();
         if let Some(mut err) = self.child.stderr.take() {
             let _ = err.read_to_string(&mut stderr);
         }
+        let Some(status) = status else {
+            let written = self.written();
+            panic!("cat did not end in {limit:?} ({written} bytes written); it said: {stderr}");
+        };
         let bytes = std::fs::read(&self.out).expect("read cat output");
         (status.code().unwrap_or(-1), stderr, bytes)
     }
