@@ -170,7 +170,7 @@ fn broker_cpu(
 ) -> anyhow::Result<(f64, f64)> {
     let (process, status) = (
         broker.to_string(),
-        thread_of(broker, torrent_broker::fanout::THREAD)?,
+        thread_of(broker, torrent_broker::service::fanout::THREAD)?,
     );
     let before = (crate::cpu_secs(&process)?, crate::cpu_secs(&status)?);
     let started = Instant::now();

@@ -2,7 +2,7 @@
 //! larger board when the slots run out.
 //!
 //! The layout, the seqlock and the futex are [`proto::board`]'s; this module only decides
-//! what goes where. Writes come from one place (the status loop in [`crate::fanout`]) and a
+//! what goes where. Writes come from one place (the status loop in [`crate::service::fanout`]) and a
 //! board is written under this module's lock, so the board has exactly one writer.
 
 use proto::board::{BoardWriter, STOPPED, SUPERSEDED};

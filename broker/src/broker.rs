@@ -8,9 +8,10 @@
 use crate::config::BrokerConfig;
 use crate::dispatch::Dispatcher;
 use crate::patron;
+use crate::rendezvous;
 use crate::requests::RequestReader;
+use crate::service::fanout;
 use crate::service::Service;
-use crate::{fanout, rendezvous};
 use anyhow::Context;
 use proto::Event;
 use std::sync::Arc;
@@ -73,7 +74,7 @@ impl Broker {
         let _ = std::fs::remove_file(&service.config.socket_path);
         // Board readers stop waiting now and go looking for the next broker.
         service.board.stop();
-        let outboxes = service.outboxes();
+        let outboxes = self.dispatcher.outboxes();
         // Say goodbye to everyone at once, then wait (bounded) for the slowest reader.
         let goodbye = Event::BrokerStopping {
             reason: reason.to_owned(),
@@ -82,19 +83,7 @@ impl Broker {
             patron::say_goodbye(&outboxes, goodbye, GOODBYE_WAIT)
         })
         .await;
-        let _ = service.save_registry();
-        service.engine.stop().await;
-        // Nothing writes the torrents' files now: what they are is what their bitfields
-        // say (synced to disk by the clean stop that follows).
-        let ids: Vec<_> = service.state().registry.iter().map(|(id, _)| *id).collect();
-        let stamping = service.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for id in ids {
-                stamping.stamp_verified(id);
-            }
-        })
-        .await;
-        service.engine.stop_cleanly().await;
+        service.stop_engine().await;
         tracing::info!("stopped");
     }
 }

@@ -9,8 +9,9 @@
 
 use crate::budget::{RegionBudget, RegionTicket};
 use crate::commands;
-use crate::patron::{Outbox, PatronConnection, PatronId};
+use crate::patron::Outbox;
 use crate::service::Service;
+use crate::sink::{PatronConnection, PatronId};
 use proto::{Event, Request, RequestBody, ToBroker, TorrentSource};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -82,6 +83,8 @@ pub trait Transport: Send + Sync {
 /// One patron's queue of requests for its task, and what it has in flight.
 struct PatronQueue {
     connection: PatronConnection,
+    /// Its outbox (the service sees it only as the connection's sink).
+    outbox: Arc<Outbox>,
     requests: mpsc::UnboundedSender<(Work, usize)>,
     in_flight: Arc<InFlight>,
     /// Its large messages' regions, read and not yet served.
@@ -155,7 +158,11 @@ impl Dispatcher {
         outbox: Arc<Outbox>,
     ) -> Result<(), String> {
         let (requests, mut queue) = mpsc::unbounded_channel::<(Work, usize)>();
-        let connection = PatronConnection { id, pid, outbox };
+        let connection = PatronConnection {
+            id,
+            pid,
+            events: outbox.clone(),
+        };
         let in_flight = Arc::new(InFlight::default());
         let regions = HeldRegions::default();
         self.service.connect(connection.clone())?;
@@ -163,6 +170,7 @@ impl Dispatcher {
             id,
             PatronQueue {
                 connection: connection.clone(),
+                outbox,
                 requests,
                 in_flight: in_flight.clone(),
                 regions: regions.clone(),
@@ -198,7 +206,7 @@ impl Dispatcher {
                         }
                     }
                     Work::Refused(request, error) => {
-                        if service.connection(connection.id).is_some() {
+                        if service.is_connected(connection.id) {
                             connection.send(Event::Error { request, error });
                         }
                         None
@@ -206,7 +214,7 @@ impl Dispatcher {
                 };
                 // A patron that left gets no more work done for it.
                 match request {
-                    Some(request) if service.connection(connection.id).is_some() => {
+                    Some(request) if service.is_connected(connection.id) => {
                         commands::serve(&service, &connection, request).await;
                     }
                     Some(request) => tracing::info!(
@@ -386,7 +394,7 @@ impl Dispatcher {
 
     /// Tells a patron its message could not be decoded.
     pub fn protocol_error(&self, patron: PatronId, message: String) {
-        let Some(connection) = self.service.connection(patron) else {
+        let Some(connection) = self.queues().get(&patron).map(|q| q.connection.clone()) else {
             return;
         };
         tracing::warn!(
@@ -419,7 +427,17 @@ impl Dispatcher {
 
     /// Whether this patron is connected.
     pub fn is_connected(&self, patron: PatronId) -> bool {
-        self.service.connection(patron).is_some()
+        self.service.is_connected(patron)
+    }
+
+    /// A connected patron's outbox (for the event loop to flush it).
+    pub fn outbox(&self, patron: PatronId) -> Option<Arc<Outbox>> {
+        self.queues().get(&patron).map(|q| q.outbox.clone())
+    }
+
+    /// Every connected patron's outbox (to say goodbye).
+    pub fn outboxes(&self) -> Vec<Arc<Outbox>> {
+        self.queues().values().map(|q| q.outbox.clone()).collect()
     }
 }
 

@@ -22,9 +22,10 @@
 //!   [`registry`] (which torrents run and who holds them), [`store`] (crash-safe records),
 //!   [`roots`] (where a torrent may write), [`storage`] (the only way the engine reaches
 //!   a torrent's files: beneath a root, never through a symlink, a bounded pool of open
-//!   files), [`board`] (the shared-memory status board) and
-//!   [`fanout`] (status → the board and holders), and [`streams`] (readers of a file while
-//!   it downloads: each keeps the engine's priority window where its reader is);
+//!   files), [`board`] (the shared-memory status board) and [`service::fanout`] (status →
+//!   the board and holders), and [`streams`] (readers of a file while it downloads: each
+//!   keeps the engine's priority window where its reader is). The service knows patrons
+//!   only through [`sink`] (a number and where its events go);
 //! - [`broker`] wires them together; [`lock`] is the single-client rule (an `flock` the
 //!   kernel releases when we die); [`shutdown`]: SIGTERM/SIGINT or a stop request.
 
@@ -35,7 +36,6 @@ pub mod commands;
 pub mod config;
 pub mod dispatch;
 pub mod engine;
-pub mod fanout;
 pub mod fast_resume;
 pub mod lock;
 pub mod patron;
@@ -45,6 +45,7 @@ pub mod requests;
 pub mod roots;
 pub mod service;
 pub mod shutdown;
+pub mod sink;
 pub mod socket;
 pub mod storage;
 pub mod store;

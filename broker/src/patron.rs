@@ -1,4 +1,5 @@
-//! One connected patron, seen from the broker: who it is and its outbox.
+//! One connected patron's outbox: where the broker writes its events (the service sees it
+//! only as an [`crate::sink::EventSink`]).
 //!
 //! The broker writes every event itself, with non-blocking sends on a socket it made: the
 //! patron received the other end, as an ipc-channel receiver, in its `Welcome`. Nothing in the
@@ -14,6 +15,7 @@
 //! carries the receiving end of a fresh continuation channel, and the rest of the payload
 //! follows on that channel (see [`proto::wire::encode_frames`]).
 
+use crate::sink::{EventSink, PatronId};
 use crate::socket::{self, Sent};
 use proto::wire::{self, Frames};
 use proto::{Event, TorrentId, TorrentStatus};
@@ -37,9 +39,6 @@ pub const MAX_REGION_BYTES: usize = 8 * 1024 * 1024;
 /// together) at the descriptor limit.
 pub const MAX_REGIONS: usize = 8;
 
-/// The broker's number for a patron (shown in logs; also sent in the `Welcome`).
-pub type PatronId = u64;
-
 /// Which of a patron's sockets a blocked write waits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
@@ -55,34 +54,6 @@ pub type WatchWritable = Arc<dyn Fn(BorrowedFd<'_>, Lane) -> nix::Result<()> + S
 /// Told when a push finds the patron gone (cut off, or its socket broken), so that it is
 /// dropped. It must not block or take locks: pushes happen under the service's lock.
 pub type GoneHook = Arc<dyn Fn(PatronId) + Send + Sync>;
-
-/// A connected patron.
-#[derive(Clone)]
-pub struct PatronConnection {
-    /// The broker's number for it.
-    pub id: PatronId,
-    /// Its process id (from the socket's peer credentials).
-    pub pid: i32,
-    /// Where its events go.
-    pub outbox: Arc<Outbox>,
-}
-
-impl PatronConnection {
-    /// Queues an event for it. If that finds the patron gone (cut off, or its socket
-    /// broken), the outbox's [`GoneHook`] has it dropped: no caller needs to.
-    pub fn send(&self, event: Event) {
-        let _ = self.outbox.push(event);
-    }
-}
-
-impl std::fmt::Debug for PatronConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PatronConnection")
-            .field("id", &self.id)
-            .field("pid", &self.pid)
-            .finish()
-    }
-}
 
 /// One place in a patron's queue.
 #[derive(Debug)]
@@ -492,6 +463,29 @@ impl Outbox {
             }
         }
         Flushed::Blocked
+    }
+}
+
+impl EventSink for Outbox {
+    fn send(&self, event: Event) {
+        // A patron found gone is dropped by the outbox's [`GoneHook`].
+        let _ = self.push(event);
+    }
+
+    fn push_status(&self, status: TorrentStatus) {
+        Outbox::push_status(self, status);
+    }
+
+    fn forget_status(&self, torrent: TorrentId) {
+        Outbox::forget_status(self, torrent);
+    }
+
+    fn pending_bytes(&self) -> usize {
+        Outbox::pending_bytes(self)
+    }
+
+    fn close(&self) {
+        Outbox::close(self);
     }
 }
 

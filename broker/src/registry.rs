@@ -10,7 +10,7 @@
 //! Holders are kept in memory only: patrons do not survive a broker restart.
 
 use crate::engine::ManagedTorrentHandle;
-use crate::patron::PatronId;
+use crate::sink::PatronId;
 use proto::{InfoHash, TorrentId, TorrentInfo, TorrentRef, TorrentState, TorrentStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,15 +22,8 @@ use std::sync::Arc;
 pub struct TorrentEntry {
     /// What patrons are told about it.
     pub info: TorrentInfo,
-    /// The engine's handle. Stale while `restarting`: read it through
-    /// [`TorrentEntry::live_handle`] to compute a status.
-    pub handle: ManagedTorrentHandle,
-    /// Taken out of the engine and being added again under the same id (a recheck): until
-    /// then its status is `checking`, and nothing reads the old handle's.
-    pub restarting: bool,
-    /// A task waits for its check to end to apply a pause or resume
-    /// ([`crate::service::Service::settle_after_check`]): one is enough.
-    pub settling: bool,
+    /// Where it is in the engine.
+    pub life: Life,
     /// Connected patrons that created or joined it.
     pub holders: BTreeSet<PatronId>,
     /// The status its holders were last sent.
@@ -45,7 +38,36 @@ impl TorrentEntry {
     /// The engine's handle, unless the torrent is being added again (then `None`: its status
     /// is [`proto::TorrentState::Checking`]).
     pub fn live_handle(&self) -> Option<ManagedTorrentHandle> {
-        (!self.restarting).then(|| self.handle.clone())
+        self.life.handle().cloned()
+    }
+}
+
+/// Where a running torrent is in the engine: one state, not flags that could disagree.
+#[derive(Clone)]
+pub enum Life {
+    /// In the engine, under this handle.
+    Running(ManagedTorrentHandle),
+    /// In the engine under this handle, checking its data; a task waits for the check to end
+    /// to apply the pause or resume the engine could not take during it (one task is
+    /// enough: it applies what the record says then).
+    Settling(ManagedTorrentHandle),
+    /// Taken out of the engine and being added again under the same id (a recheck): shown
+    /// as checking, with no handle to read until it is back.
+    Restarting,
+}
+
+impl Life {
+    /// Its engine handle, unless it is being added again.
+    pub fn handle(&self) -> Option<&ManagedTorrentHandle> {
+        match self {
+            Life::Running(handle) | Life::Settling(handle) => Some(handle),
+            Life::Restarting => None,
+        }
+    }
+
+    /// Whether it runs under exactly this handle (not one from before a recheck).
+    pub fn is(&self, handle: &ManagedTorrentHandle) -> bool {
+        self.handle().is_some_and(|h| Arc::ptr_eq(h, handle))
     }
 }
 
@@ -333,12 +355,10 @@ impl TorrentRegistry {
                 info.id,
                 TorrentEntry {
                     info: info.clone(),
-                    handle,
+                    life: Life::Running(handle),
                     holders: BTreeSet::new(),
                     last_status: None,
                     restore,
-                    restarting: false,
-                    settling: false,
                     files,
                 },
             );

@@ -14,7 +14,8 @@
 //! their order. A closed socket is how a crash is seen, within a millisecond.
 
 use crate::dispatch::{Dispatched, Dispatcher, Transport};
-use crate::patron::{Flushed, GoneHook, Lane, PatronId, WatchWritable};
+use crate::patron::{Flushed, GoneHook, Lane, WatchWritable};
+use crate::sink::PatronId;
 use crate::socket::{self, Received};
 use anyhow::Context;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -256,10 +257,10 @@ impl Reader {
 
     /// A full socket of this patron's became writable: write what waits.
     fn write_events(&mut self, patron: PatronId) -> Outcome {
-        let Some(connection) = self.dispatcher.service().connection(patron) else {
+        let Some(outbox) = self.dispatcher.outbox(patron) else {
             return Outcome::KeepGoing;
         };
-        match connection.outbox.flush() {
+        match outbox.flush() {
             Flushed::Broken => Outcome::Gone("its event channel closed"),
             Flushed::Idle | Flushed::Blocked => Outcome::KeepGoing,
         }

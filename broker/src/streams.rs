@@ -14,7 +14,8 @@
 //! `FileStream`, which takes its window out of the engine's piece picker.
 
 use crate::engine::{self, FileStream, ManagedTorrentHandle};
-use crate::patron::{PatronConnection, PatronId};
+use crate::registry::Life;
+use crate::sink::{PatronConnection, PatronId};
 use proto::{Event, ProtoError, StreamId, TorrentId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -57,9 +58,8 @@ struct OpenStream {
 
 /// What a stream asks of the torrents above it (the service), without depending on it.
 pub trait Torrents: Send + Sync {
-    /// A torrent's engine handle: `None` when it no longer runs, `Some(None)` while it is
-    /// being added again (a recheck).
-    fn handle_for_stream(&self, id: TorrentId) -> Option<Option<ManagedTorrentHandle>>;
+    /// Where a torrent is in the engine: `None` when it no longer runs.
+    fn life(&self, id: TorrentId) -> Option<Life>;
     /// Whether a patron is still connected.
     fn is_connected(&self, patron: PatronId) -> bool;
 }
@@ -439,14 +439,14 @@ impl StreamTask {
     /// Why the stream can give no more bytes, if it cannot: its torrent went, failed, or
     /// was added again (a recheck: the stream's engine handle is no longer the torrent's).
     fn look(&self, reader: &Reader) -> Option<ProtoError> {
-        let Some(handle) = self.torrents.handle_for_stream(self.torrent) else {
+        let Some(life) = self.torrents.life(self.torrent) else {
             return Some(ProtoError::unknown_torrent(format!(
                 "torrent {} was closed",
                 self.torrent
             )));
         };
-        match handle {
-            Some(handle) if Arc::ptr_eq(&handle, &reader.handle) => engine::failure(&handle)
+        match life {
+            life if life.is(&reader.handle) => engine::failure(&reader.handle)
                 .map(|why| ProtoError::engine(format!("torrent {} failed: {why}", self.torrent))),
             _ => Some(ProtoError::engine(format!(
                 "torrent {} is being checked again (recheck): open the stream again",

@@ -1,7 +1,7 @@
 //! `CloseStream`: a reader is done; its priority window leaves the engine.
 
-use crate::patron::PatronConnection;
 use crate::service::Service;
+use crate::sink::PatronConnection;
 use proto::{Event, RequestId, StreamId};
 
 pub fn run(

@@ -1,127 +1,17 @@
 //! `MakeTorrent`: hash local data into a .torrent and, if asked, seed it.
 
-use crate::engine::AddSpec;
-use crate::patron::PatronId;
-use crate::registry::RestoreSpec;
 use crate::service::Service;
-use crate::torrent_file;
-use proto::{Event, MadeTorrent, MakeTorrent, ProtoError, RequestId};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use crate::sink::PatronId;
+use proto::{Event, MakeTorrent, RequestId};
 
 pub async fn run(
-    service: &Arc<Service>,
+    service: &Service,
     patron: PatronId,
     request: RequestId,
     make: MakeTorrent,
 ) -> Event {
-    match make_and_seed(service, patron, request, make).await {
-        Ok(event) => event,
+    match service.make(patron, make).await {
+        Ok(made) => Event::TorrentMade { request, made },
         Err(error) => Event::Error { request, error },
     }
-}
-
-async fn make_and_seed(
-    service: &Arc<Service>,
-    patron: PatronId,
-    request: RequestId,
-    make: MakeTorrent,
-) -> Result<Event, ProtoError> {
-    let path = Path::new(&make.path);
-    if !path.is_absolute() {
-        return Err(ProtoError::bad_request(format!(
-            "{} is not an absolute path",
-            make.path
-        )));
-    }
-    let path = path
-        .canonicalize()
-        .map_err(|e| ProtoError::io(format!("cannot read {}: {e}", make.path)))?;
-    // The folder the torrent is seeded from: the file's folder, or the folder's parent
-    // (a multi-file torrent's data lives in a folder named after it).
-    let save_folder: PathBuf = path
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| ProtoError::bad_request("cannot share the root folder"))?;
-    if make.seed {
-        service.check_inside_roots(&path)?;
-        // Before hashing, which can take long. The torrent limit is checked once the info
-        // hash is known (making what already seeds joins it).
-        if service.is_stopping() {
-            return Err(ProtoError::shutting_down("the broker is stopping"));
-        }
-    }
-    let (piece_size, trackers) = (make.piece_size, make.trackers.clone());
-    let (hashed, loopback_only) = (path.clone(), service.config.loopback_only);
-    let made = tokio::task::spawn_blocking(move || {
-        torrent_file::make_torrent(&hashed, piece_size, &trackers, loopback_only)
-    })
-    .await
-    .map_err(|e| ProtoError::engine(format!("hashing failed: {e}")))??;
-
-    let seeding = if make.seed {
-        Some(seed(service, patron, &made.checked, save_folder).await?)
-    } else {
-        None
-    };
-    Ok(Event::TorrentMade {
-        request,
-        made: MadeTorrent {
-            info_hash: made.checked.info_hash,
-            name: made.checked.name.clone(),
-            pieces: made.pieces,
-            piece_size: made.piece_size,
-            total_bytes: made.checked.total_bytes,
-            torrent_file: made.bytes,
-            seeding,
-        },
-    })
-}
-
-/// Seeds a torrent just made from local data in `save_folder`, or holds it if it already
-/// runs. Counts against the torrent limit like any add, under the same lock.
-async fn seed(
-    service: &Arc<Service>,
-    patron: PatronId,
-    checked: &torrent_file::CheckedTorrent,
-    save_folder: PathBuf,
-) -> Result<proto::TorrentInfo, ProtoError> {
-    let data_folder = checked.data_folder(&save_folder);
-    let _adding = service.adding.lock().await;
-    // Already seeding (made before): hold it, as an add of the same torrent would.
-    let running = service.state().registry.by_info_hash(checked.info_hash);
-    if let Some(info) = running.and_then(|id| service.state().hold(id, patron)) {
-        return Ok(info);
-    }
-    service.room_for_one_more()?;
-    service.room_for_files(&checked.full_paths(&data_folder), None)?;
-    let added = service
-        .engine
-        .add(AddSpec {
-            torrent: checked.bytes.clone(),
-            data_folder: data_folder.clone(),
-            paused: false,
-            only_files: None,
-            // The data is the torrent's own: it was just hashed from it.
-            overwrite: true,
-            peers: Vec::new(),
-            id: None,
-            rates: Default::default(),
-            resume: false,
-            files: checked.relative_paths(),
-        })
-        .await?;
-    let restore = RestoreSpec {
-        save_folder,
-        data_folder,
-        peers: Vec::new(),
-        added_peers: Vec::new(),
-        only_files: None,
-        paused: false,
-        ephemeral: false,
-        rates: Default::default(),
-    };
-    let (info, _) = service.register(added, checked, restore, patron).await?;
-    tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");
-    Ok(info)
 }

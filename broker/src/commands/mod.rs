@@ -18,8 +18,8 @@ mod status;
 mod stream_at;
 mod stream_read;
 
-use crate::patron::{PatronConnection, PatronId};
 use crate::service::Service;
+use crate::sink::{PatronConnection, PatronId};
 use futures::FutureExt;
 use proto::{Event, ProtoError, Request, RequestBody, RequestId, TorrentId};
 use std::panic::AssertUnwindSafe;
@@ -31,7 +31,7 @@ pub async fn serve(service: &Arc<Service>, patron: &PatronConnection, request: R
     let (id, kind) = (request.id, request.body.kind());
     let is_create = matches!(request.body, RequestBody::CreateNewTorrent(_));
     let is_stop = matches!(request.body, RequestBody::StopBroker);
-    let known = service.state().registry.version();
+    let known = service.registry_version();
     // A panic below (in the engine, say) must still produce this request's one reply, and
     // must not end the task that serves this patron's later requests.
     let reply = AssertUnwindSafe(answer(service, patron, id, request.body))
@@ -41,7 +41,7 @@ pub async fn serve(service: &Arc<Service>, patron: &PatronConnection, request: R
     finish(service, patron, id, kind, reply);
     // Torrents, records or magnets came or went (a failed magnet leaves no reply naming
     // it): the status loop looks again now.
-    if service.state().registry.version() != known {
+    if service.registry_version() != known {
         service.status_nudge.notify_one();
     }
     if is_stop {
@@ -143,7 +143,7 @@ fn finish(
     patron.send(reply);
     // A new holder hears about its torrent at once, not at the next change.
     if let Some(status) = now_held.and_then(|torrent| service.current_status(torrent)) {
-        patron.outbox.push_status(status);
+        patron.events.push_status(status);
     }
 }
 

@@ -1,14 +1,9 @@
 //! `OpenStream`: read one file of a torrent in order while it downloads (DESIGN §8).
 
-use crate::patron::PatronConnection;
 use crate::service::Service;
-use proto::{
-    Event, FileEntry, FileIdentity, FileRef, OpenStream, ProtoError, RequestId, StreamInfo,
-};
+use crate::sink::PatronConnection;
+use proto::{Event, OpenStream, RequestId};
 use std::sync::Arc;
-
-/// How long an open waits for a torrent being added again (a recheck) to be back.
-const RECHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub async fn run(
     service: &Arc<Service>,
@@ -16,109 +11,8 @@ pub async fn run(
     request: RequestId,
     open: OpenStream,
 ) -> Event {
-    match open_stream(service, patron, open).await {
+    match service.open_stream(patron, open).await {
         Ok(stream) => Event::StreamOpened { request, stream },
         Err(error) => Event::Error { request, error },
     }
-}
-
-async fn open_stream(
-    service: &Arc<Service>,
-    patron: &PatronConnection,
-    open: OpenStream,
-) -> Result<StreamInfo, ProtoError> {
-    service.streams.room_for_one_more(patron.id)?;
-    let (torrent, _) = service.running(open.torrent)?;
-    // A torrent being added again (a recheck) is waited for, as the engine waits out a
-    // first check of its data.
-    let deadline = tokio::time::Instant::now() + RECHECK_WAIT;
-    let handle = loop {
-        match service.handle_for_stream(torrent) {
-            Some(Some(handle)) => break handle,
-            Some(None) if tokio::time::Instant::now() < deadline => {
-                if service.connection(patron.id).is_none() {
-                    return Err(ProtoError::bad_request("the patron left"));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Some(None) => {
-                return Err(ProtoError::engine(format!(
-                    "torrent {torrent} is still being added again for its recheck"
-                )))
-            }
-            None => return Err(crate::service::gone(torrent)),
-        }
-    };
-    let files = service.engine.files(&handle)?;
-    let file = pick(&files, open.file.as_ref())?;
-    if !file.selected {
-        return Err(ProtoError::bad_request(format!(
-                "file {} ({}) is not selected for download: select it first (`files {torrent} --only ...`)",
-                file.index, file.path
-            ),
-        ));
-    }
-    if open.position > file.size {
-        return Err(ProtoError::bad_request(format!(
-            "offset {} is past the end of {} ({} bytes)",
-            open.position, file.path, file.size
-        )));
-    }
-    let index = file.index as usize;
-    let local = service
-        .engine
-        .local_path(&handle, index)
-        .ok_or_else(|| ProtoError::engine("the engine does not say where the file is"))?;
-    let stream = service.engine.open_stream(&handle, index).await?;
-    // Read off the engine's own descriptor: a symlink planted on the path since the engine
-    // opened the file leads a reader elsewhere, and the reader must find out.
-    let local_file = stream
-        .file_identity()
-        .map(|(device, inode)| FileIdentity { device, inode });
-    let (id, verified_to) = service.streams.start(
-        service.clone(),
-        patron,
-        torrent,
-        handle,
-        stream,
-        open.position,
-    )?;
-    Ok(StreamInfo {
-        id,
-        torrent,
-        file,
-        local_path: local.to_string_lossy().into_owned(),
-        local_file,
-        verified_to,
-    })
-}
-
-/// The file a request names; the only one when it names none.
-fn pick(files: &[FileEntry], wanted: Option<&FileRef>) -> Result<FileEntry, ProtoError> {
-    let bad = |why: String| ProtoError::bad_request(why);
-    let found = match wanted {
-        None => match files {
-            [only] => Some(only),
-            _ => {
-                let some: Vec<String> = files
-                    .iter()
-                    .take(10)
-                    .map(|f| format!("{} {}", f.index, f.path))
-                    .collect();
-                let more = if files.len() > 10 { ", ..." } else { "" };
-                return Err(bad(format!(
-                    "the torrent has {} files: name one by index or path ({}{more})",
-                    files.len(),
-                    some.join(", ")
-                )));
-            }
-        },
-        Some(FileRef::Index(index)) => files.iter().find(|f| f.index == *index),
-        Some(FileRef::Path(path)) => files.iter().find(|f| f.path == *path),
-    };
-    found.cloned().ok_or_else(|| match wanted {
-        Some(FileRef::Index(index)) => bad(format!("the torrent has no file {index}")),
-        Some(FileRef::Path(path)) => bad(format!("the torrent has no file {path:?}")),
-        None => bad("the torrent has no files".into()),
-    })
 }

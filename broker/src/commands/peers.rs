@@ -1,15 +1,10 @@
 //! `Peers`: a torrent's connected peers, after dialling any the patron names.
 
-use crate::commands::create::parse_peers;
 use crate::service::Service;
-use proto::{Event, PeerEntry, PeersRequest, ProtoError, RequestId, TorrentId};
-use std::time::Duration;
-
-/// How long the peers' traffic is watched to tell their rates.
-const RATE_WINDOW: Duration = Duration::from_millis(250);
+use proto::{Event, PeersRequest, RequestId};
 
 pub async fn run(service: &Service, request: RequestId, peers: PeersRequest) -> Event {
-    match dial_and_list(service, peers).await {
+    match service.peers(peers).await {
         Ok((torrent, dialled, peers)) => Event::Peers {
             request,
             torrent,
@@ -18,25 +13,4 @@ pub async fn run(service: &Service, request: RequestId, peers: PeersRequest) -> 
         },
         Err(error) => Event::Error { request, error },
     }
-}
-
-async fn dial_and_list(
-    service: &Service,
-    request: PeersRequest,
-) -> Result<(TorrentId, Vec<String>, Vec<PeerEntry>), ProtoError> {
-    let (id, handle) = service.running(request.torrent)?;
-    let mut dialled = Vec::new();
-    if !request.add.is_empty() {
-        let (loopback_only, own) = (service.config.loopback_only, service.engine.listen_addr());
-        let peers = parse_peers(&request.add, loopback_only, own)?;
-        // Nothing is done unless all of it can be: a paused or checking torrent dials nobody.
-        service.engine.check_live(&handle)?;
-        // Remembered first, so that a restart (or a resume) dials them too.
-        service.remember_peers(id, &peers)?;
-        dialled = service.engine.dial(&handle, &peers)?;
-        tracing::info!(torrent = %id, dialled = dialled.len(), "peers added");
-    }
-    let peers = service.engine.peers(&handle, RATE_WINDOW).await?;
-    let dialled = dialled.iter().map(|p| p.to_string()).collect();
-    Ok((id, dialled, peers))
 }

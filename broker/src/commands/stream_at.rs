@@ -1,7 +1,7 @@
 //! `StreamAt`: "I read here" from a stream's reader; the answer is what it may read next.
 
-use crate::patron::PatronConnection;
 use crate::service::Service;
+use crate::sink::PatronConnection;
 use proto::{Event, RequestId, StreamAt};
 
 pub async fn run(

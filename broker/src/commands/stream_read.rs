@@ -1,8 +1,8 @@
 //! `StreamRead`: verified bytes of a stream over the channel, for a reader that cannot read
 //! the file itself.
 
-use crate::patron::PatronConnection;
 use crate::service::Service;
+use crate::sink::PatronConnection;
 use crate::streams::MAX_UNREAD_STREAM_BYTES;
 use proto::{Event, ProtoError, RequestId, StreamRead};
 
@@ -19,7 +19,7 @@ pub async fn run(
     } = read;
     // A reader reads each reply before asking again; one that asks without reading would
     // have the broker copy a MiB per 30-byte request into its queue.
-    let unread = patron.outbox.pending_bytes();
+    let unread = patron.events.pending_bytes();
     if unread > MAX_UNREAD_STREAM_BYTES {
         let error = ProtoError::limit_reached(format!(
             "{unread} bytes of replies wait for this patron: read them before asking for more"

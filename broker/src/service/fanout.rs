@@ -13,7 +13,7 @@
 
 use crate::engine::{self, ManagedTorrentHandle, Pulse};
 
-use crate::service::Service;
+use super::Service;
 use proto::{TorrentId, TorrentStatus, TorrentSummary};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -112,7 +112,7 @@ fn refresh_board(
     let (running, placeholders, restarting): (Vec<Look>, Vec<TorrentSummary>, Vec<TorrentId>) = {
         let state = service.state();
         // One pass over every torrent (this runs each 100 ms). Those being added again
-        // (`restarting`) keep their lines as they are until they have a handle.
+        // ([`crate::registry::Life::Restarting`]) keep their lines as they are until they have a handle.
         let mut running = Vec::with_capacity(state.registry.len());
         let mut restarting = Vec::new();
         for (id, entry) in state.registry.iter() {
@@ -225,7 +225,7 @@ fn watch_completion(
 /// when it completes): every held torrent, or only `only`. Statuses not in `computed` are
 /// computed without the broker's lock (every request, handshake and disconnect needs it);
 /// only comparing and queueing hold it.
-pub fn fan_out(
+pub(super) fn fan_out(
     service: &Service,
     only: Option<&[TorrentId]>,
     computed: &HashMap<TorrentId, TorrentStatus>,
@@ -276,7 +276,7 @@ pub fn fan_out(
         }
         for holder in &entry.holders {
             if let Some(patron) = state.patrons.get(holder) {
-                patron.outbox.push_status(status.clone());
+                patron.events.push_status(status.clone());
             }
         }
         entry.last_status = Some(status);

@@ -1,0 +1,594 @@
+//! The service: what the broker does with torrents, for patrons, knowing nothing of IPC.
+//!
+//! It is the only door to the engine, the registry of running torrents and who holds them,
+//! and the crash-safe records of what must survive a restart: those are private here. Every
+//! change that touches them together is one method, in a file of its own (`add`, `close`,
+//! `recheck`, `pause`, `files`, `peers`, `make`, ...), that either completes or leaves all
+//! three as they were; commands parse a request, call one method and answer. Connected
+//! patrons are known here only as [`PatronConnection`]s (a number and an [`EventSink`]):
+//! reading their requests and keeping them in order is the dispatcher's business.
+
+mod add;
+mod close;
+pub mod fanout;
+mod files;
+mod make;
+mod patrons;
+mod pause;
+mod peers;
+mod queries;
+mod recheck;
+mod restore;
+mod streams;
+#[cfg(test)]
+mod tests;
+
+pub use add::{parse_peers, Started};
+pub use close::Closed;
+
+use crate::config::BrokerConfig;
+use crate::engine::{self, Engine};
+use crate::registry::{Life, RestoreSpec, TorrentRegistry};
+use crate::shutdown;
+use crate::sink::{PatronConnection, PatronId};
+use proto::{ProtoError, TorrentId, TorrentInfo, TorrentRef};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The error for a torrent that went while a request about it was served.
+pub fn gone(id: TorrentId) -> ProtoError {
+    ProtoError::unknown_torrent(format!("no torrent {id} runs"))
+}
+
+/// Mutable state, behind one lock that is never held across an `.await`.
+#[derive(Default)]
+struct ServiceState {
+    /// Running torrents and their holders.
+    registry: TorrentRegistry,
+    /// Connected patrons.
+    patrons: HashMap<PatronId, PatronConnection>,
+}
+
+impl ServiceState {
+    /// Makes `patron` hold torrent `id`, if both still exist, and returns the torrent. A
+    /// patron that left while its request was being served gets no hold: nothing would ever
+    /// release it.
+    fn hold(&mut self, id: TorrentId, patron: PatronId) -> Option<TorrentInfo> {
+        let connected = self.patrons.contains_key(&patron);
+        let entry = self.registry.get_mut(id)?;
+        if connected {
+            entry.holders.insert(patron);
+        }
+        Some(entry.info.clone())
+    }
+}
+
+/// Failures the service's own tests make happen where the engine or the disk would rarely
+/// fail on cue. Nothing sets them outside those tests.
+#[derive(Default)]
+struct Faults {
+    #[cfg(test)]
+    engine_stop: std::sync::atomic::AtomicBool,
+    #[cfg(test)]
+    engine_add: std::sync::atomic::AtomicBool,
+    #[cfg(test)]
+    save: std::sync::atomic::AtomicBool,
+}
+
+impl Faults {
+    #[cfg(test)]
+    fn take(flag: &std::sync::atomic::AtomicBool) -> bool {
+        flag.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Whether the engine's next stop of a torrent fails.
+    fn engine_stop(&self) -> bool {
+        #[cfg(test)]
+        return Self::take(&self.engine_stop);
+        #[cfg(not(test))]
+        false
+    }
+
+    /// Whether the engine's next add fails.
+    fn engine_add(&self) -> bool {
+        #[cfg(test)]
+        return Self::take(&self.engine_add);
+        #[cfg(not(test))]
+        false
+    }
+
+    /// Whether the next save of the records fails.
+    fn save(&self) -> bool {
+        #[cfg(test)]
+        return Self::take(&self.save);
+        #[cfg(not(test))]
+        false
+    }
+}
+
+/// Configuration, the engine, and the state every thread shares.
+pub struct Service {
+    /// Settings.
+    pub config: BrokerConfig,
+    /// The BitTorrent engine.
+    engine: Engine,
+    state: Mutex<ServiceState>,
+    /// Stopping is triggered through this (signals, or a patron's stop request).
+    pub shutdown: shutdown::Shutdown,
+    /// Held from "is it already running?" to "registered", and while a torrent is closed,
+    /// rechecked, paused or resumed: the registry, the records and the engine change
+    /// together under it. Two patrons adding the same torrent at once must not see each
+    /// other's half-added files (one would be refused with file-exists instead of joining).
+    /// Magnet metadata is fetched before taking it.
+    adding: tokio::sync::Mutex<()>,
+    runtime: tokio::runtime::Handle,
+    /// Held while the registry is saved.
+    saving: Mutex<()>,
+    /// Every torrent's status, in shared memory for patrons to read (DESIGN §7).
+    pub board: crate::board::StatusBoard,
+    /// Wakes the status loop ([`fanout`]) before its next pulse: a torrent came, went,
+    /// completed, or changed hands.
+    pub status_nudge: tokio::sync::Notify,
+    /// Readers of a file while it downloads, and their priority windows (DESIGN §8).
+    pub streams: crate::streams::Streams,
+    /// Patrons' large requests read and not yet answered, all patrons together.
+    pub large_requests: Arc<crate::budget::RegionBudget>,
+    faults: Faults,
+}
+
+impl Service {
+    /// Starts the engine and restores the torrents of a previous run.
+    pub async fn start(config: BrokerConfig) -> anyhow::Result<Arc<Service>> {
+        use anyhow::Context;
+        let config_large = (config.max_large_requests, config.max_large_request_bytes);
+        let engine = Engine::start(&config).await?;
+        let board = crate::board::StatusBoard::create(config.board_slots)
+            .context("cannot create the status board (memfd)")?;
+        let service = Arc::new(Service {
+            config,
+            engine,
+            state: Mutex::new(ServiceState::default()),
+            shutdown: shutdown::Shutdown::default(),
+            adding: tokio::sync::Mutex::new(()),
+            runtime: tokio::runtime::Handle::current(),
+            saving: Mutex::new(()),
+            board,
+            status_nudge: tokio::sync::Notify::new(),
+            streams: Default::default(),
+            large_requests: crate::budget::RegionBudget::new(config_large.0, config_large.1),
+            faults: Faults::default(),
+        });
+        service.restore().await?;
+        Ok(service)
+    }
+
+    /// Stops the engine at the broker's stop, its records saved first and every torrent's
+    /// files stamped once nothing writes them (see [`Service::stamp_verified`]).
+    pub async fn stop_engine(self: &Arc<Self>) {
+        let _ = self.save_registry();
+        self.engine.stop().await;
+        // Nothing writes the torrents' files now: what they are is what their bitfields
+        // say (synced to disk by the clean stop that follows).
+        let ids: Vec<_> = self.state().registry.iter().map(|(id, _)| *id).collect();
+        let stamping = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for id in ids {
+                stamping.stamp_verified(id);
+            }
+        })
+        .await;
+        self.engine.stop_cleanly().await;
+    }
+
+    /// The engine's add: the one way every path (add, make, restore, recheck) puts a
+    /// torrent into the engine.
+    async fn engine_add(&self, spec: engine::AddSpec) -> Result<engine::Added, ProtoError> {
+        if self.faults.engine_add() {
+            return Err(ProtoError::engine("a failure injected by a test"));
+        }
+        self.engine.add(spec).await
+    }
+
+    /// The engine's stop of one torrent, for a close (its fast-resume state is kept until
+    /// the close is certain).
+    async fn engine_stop(&self, id: TorrentId) -> anyhow::Result<()> {
+        if self.faults.engine_stop() {
+            anyhow::bail!("a failure injected by a test");
+        }
+        self.engine.stop_torrent(id).await
+    }
+
+    fn restore_path(&self) -> PathBuf {
+        self.config.state_dir.join("torrents.json")
+    }
+
+    fn torrent_file_path(&self, id: TorrentId) -> PathBuf {
+        self.config.torrents_dir().join(format!("{id}.torrent"))
+    }
+
+    /// A running torrent's id and engine handle. One being added again for its recheck has
+    /// none until it is back (a moment: the recheck holds the add lock meanwhile, so the
+    /// transactions that take it never see that).
+    fn running(
+        &self,
+        torrent: TorrentRef,
+    ) -> Result<(TorrentId, engine::ManagedTorrentHandle), ProtoError> {
+        let (id, life) = self.life_of(torrent)?;
+        match life {
+            Life::Running(handle) | Life::Settling(handle) => Ok((id, handle)),
+            Life::Restarting => Err(ProtoError::engine(format!(
+                "torrent {id} is being added again for its recheck: ask again in a moment"
+            ))),
+        }
+    }
+
+    /// A running torrent's id and where it is in the engine; for one that does not run,
+    /// why (a magnet resolving, a record not restored, or nothing of that name).
+    fn life_of(&self, torrent: TorrentRef) -> Result<(TorrentId, Life), ProtoError> {
+        let state = self.state();
+        let found = state
+            .registry
+            .resolve(torrent)
+            .and_then(|id| Some((id, state.registry.get(id)?.life.clone())));
+        found.ok_or_else(|| match state.registry.placeholder(torrent) {
+            Some((info, state)) => {
+                let why = match state {
+                    proto::TorrentState::Error(why) => why,
+                    other => other.as_str().to_owned(),
+                };
+                ProtoError::unknown_torrent(format!("torrent {} does not run: {why}", info.id))
+            }
+            None => ProtoError::unknown_torrent(format!("no torrent {torrent} runs")),
+        })
+    }
+
+    /// Changes a running torrent's record with `change` and saves the records. If they
+    /// cannot be saved, the change is undone and the error says why: what the broker
+    /// reports done is what a restart brings back.
+    fn update_record(
+        &self,
+        id: TorrentId,
+        change: impl FnOnce(&mut RestoreSpec),
+    ) -> Result<(), ProtoError> {
+        let (before, recorded) = {
+            let mut state = self.state();
+            let entry = state.registry.get_mut(id).ok_or_else(|| gone(id))?;
+            let before = entry.restore.clone();
+            change(&mut entry.restore);
+            (before, !entry.restore.ephemeral)
+        };
+        if !recorded {
+            return Ok(());
+        }
+        self.save_registry().map_err(|why| {
+            if let Some(entry) = self.state().registry.get_mut(id) {
+                entry.restore = before;
+            }
+            ProtoError::io(format!("the change is not made: {why}"))
+        })
+    }
+
+    /// Dials the peers a torrent's record names (some named since it was added, which the
+    /// engine does not know of); those connected meanwhile are skipped.
+    fn dial_recorded_peers(&self, id: TorrentId, handle: &engine::ManagedTorrentHandle) {
+        let peers = self
+            .state()
+            .registry
+            .get(id)
+            .map(|e| e.restore.all_peers())
+            .unwrap_or_default();
+        if !peers.is_empty() {
+            if let Err(e) = self.engine.dial(handle, &peers) {
+                tracing::info!(torrent = %id, "its peers are not dialled yet: {e}");
+            }
+        }
+    }
+
+    /// Remembers peers named for a running torrent (its record keeps them, so that a
+    /// restarted broker dials them too), and saves the records.
+    fn remember_peers(&self, id: TorrentId, peers: &[SocketAddr]) -> Result<(), ProtoError> {
+        let new = {
+            let state = self.state();
+            let entry = state.registry.get(id).ok_or_else(|| gone(id))?;
+            peers.iter().any(|p| !entry.restore.knows_peer(p))
+        };
+        if !new {
+            return Ok(());
+        }
+        self.update_record(id, |restore| restore.remember_peers(peers))
+    }
+
+    /// Removes the .torrent kept for a torrent no record names any more.
+    fn forget_torrent_file(&self, id: TorrentId) {
+        let _ = crate::store::remove_durably(&self.torrent_file_path(id));
+    }
+
+    /// Deletes a closed torrent's data through the storage (beneath its root, never through
+    /// a symlink): its files, the folders its own paths made once empty, and its own folder
+    /// (a multi-file torrent's), never the folder it was saved into.
+    fn delete_data(&self, entry: &crate::registry::TorrentEntry) -> Result<(), String> {
+        let data = &entry.restore.data_folder;
+        let relative: Vec<PathBuf> = entry
+            .files
+            .iter()
+            .filter_map(|f| f.strip_prefix(data).ok().map(Path::to_path_buf))
+            .collect();
+        let own_folder = entry.restore.data_folder != entry.restore.save_folder;
+        crate::storage::delete_torrent_data(
+            &self.config.download_roots,
+            data,
+            &relative,
+            own_folder,
+        )
+    }
+
+    /// Forgets the records of a torrent just taken out of the registry: the records are saved
+    /// without it first, then its .torrent goes. A crash in between leaves a .torrent no
+    /// record names (the next start sweeps it), never a record without its .torrent. If the
+    /// save fails nothing is removed, and the caller must put the torrent back.
+    fn forget_record(&self, id: TorrentId) -> Result<(), String> {
+        self.save_registry()?;
+        let _ = crate::store::remove_durably(&self.torrent_file_path(id));
+        Ok(())
+    }
+
+    /// The shared state. Never hold it across an `.await`.
+    fn state(&self) -> MutexGuard<'_, ServiceState> {
+        // Every critical section leaves the state consistent before anything can panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the registry's restart records, durably. Saves are serialized, and each takes
+    /// its snapshot inside that order, so a later state is never overwritten by an earlier
+    /// one; the state lock is not held during the write. A failure is logged and returned.
+    fn save_registry(&self) -> Result<(), String> {
+        let path = self.restore_path();
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        let json = self.state().registry.records_json();
+        let json = match self.faults.save() {
+            true => Err(std::io::Error::other("a failure injected by a test")),
+            false => json,
+        };
+        let saved = json
+            .and_then(|json| crate::store::write_atomically(&path, &json))
+            .map_err(|e| format!("cannot save {}: {e}", path.display()));
+        if let Err(why) = &saved {
+            tracing::error!("{why}");
+        }
+        saved
+    }
+
+    /// Whether one more torrent may start: the broker is not stopping and runs fewer than its
+    /// maximum. Every path that adds a torrent asks (DESIGN §4), holding [`Broker::adding`]
+    /// for the count to stay true until the torrent is registered.
+    fn room_for_one_more(&self) -> Result<(), ProtoError> {
+        if self.is_stopping() {
+            return Err(ProtoError::shutting_down("the broker is stopping"));
+        }
+        if self.state().registry.len() >= self.config.max_torrents {
+            return Err(ProtoError::limit_reached(format!(
+                "the broker already runs its maximum of {} torrents",
+                self.config.max_torrents
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether a torrent with these files (full paths) may run (DESIGN §4): none of them is
+    /// another torrent's (one owner per file; `except`: its own id, at a restore), and they
+    /// fit the file budgets, per torrent and for all torrents run or kept together. Every
+    /// path that adds a torrent asks, under [`Service::adding`].
+    fn room_for_files(
+        &self,
+        files: &[PathBuf],
+        except: Option<TorrentId>,
+    ) -> Result<(), ProtoError> {
+        if files.len() > self.config.max_files_per_torrent {
+            return Err(ProtoError::limit_reached(format!(
+                "the torrent has {} files; the broker takes at most {} per torrent (--max-files-per-torrent)",
+                files.len(),
+                self.config.max_files_per_torrent
+            )));
+        }
+        let state = self.state();
+        let owned = state.registry.owned_files();
+        if owned + files.len() > self.config.max_files {
+            return Err(ProtoError::limit_reached(format!(
+                "the broker's torrents have {owned} files; {} more would pass its maximum of {} (--max-files)",
+                files.len(),
+                self.config.max_files
+            )));
+        }
+        match state.registry.owned_elsewhere(files, except) {
+            Some((path, owner)) => Err(owned_by(&path, owner)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the broker is stopping (no new patrons, no new torrents).
+    pub fn is_stopping(&self) -> bool {
+        self.shutdown.is_triggered()
+    }
+
+    /// Changes whenever a torrent, a record or a magnet comes or goes (see
+    /// [`TorrentRegistry::version`]).
+    pub fn registry_version(&self) -> u64 {
+        self.state().registry.version()
+    }
+
+    /// Whether a patron is connected (it completed the handshake and has not left).
+    pub fn is_connected(&self, patron: PatronId) -> bool {
+        self.state().patrons.contains_key(&patron)
+    }
+
+    /// A running torrent's status now.
+    pub fn current_status(&self, id: TorrentId) -> Option<proto::TorrentStatus> {
+        // Stats are computed outside the lock (see the fan-out).
+        let (info, handle) = {
+            let state = self.state();
+            let entry = state.registry.get(id)?;
+            (entry.info.clone(), entry.live_handle())
+        };
+        Some(engine::status_or_checking(&info, handle.as_ref()))
+    }
+
+    /// Brings torrent `id`'s line on the board up to date now (shown, changed, or taken off):
+    /// a patron that got the reply to its add or close reads the board accordingly.
+    pub fn sync_board(&self, id: TorrentId) {
+        // The engine's stats first, without any lock; then, under the board's deciding lock
+        // (a status pass may hold it), only a look at the registry and the write.
+        let handle = self
+            .state()
+            .registry
+            .get(id)
+            .and_then(|e| Some((e.info.name.clone(), e.live_handle()?)));
+        let status = handle.map(|(name, handle)| engine::status_of(id, &name, &handle));
+        let _deciding = self.board.decide();
+        let summary = {
+            let state = self.state();
+            match (state.registry.get(id), status) {
+                (Some(entry), Some(status)) => Some(proto::TorrentSummary {
+                    status,
+                    info: entry.info.clone(),
+                    holders: entry.holders.len() as u32,
+                    held_by_you: false,
+                    ephemeral: entry.restore.ephemeral,
+                }),
+                // Gone, or new since the first look: the next pass shows it.
+                (Some(_), None) => return,
+                (None, _) => state
+                    .registry
+                    .placeholders()
+                    .find(|(info, _, _)| info.id == id)
+                    .map(|(info, state, holders)| proto::TorrentSummary {
+                        status: proto::TorrentStatus::idle(&info, state),
+                        info,
+                        holders,
+                        held_by_you: false,
+                        ephemeral: false,
+                    }),
+            }
+        };
+        match summary {
+            Some(summary) => self.board.show(summary),
+            None => self.board.remove(id),
+        }
+    }
+
+    /// Records that torrent `id`'s files, as they are now, hold what its bitfield says
+    /// (see [`crate::storage::FileStamp`]). Blocking: it looks at every file.
+    fn stamp_verified(&self, id: TorrentId) {
+        let found = {
+            let state = self.state();
+            state
+                .registry
+                .get(id)
+                .and_then(|e| Some((e.restore.data_folder.clone(), e.live_handle()?)))
+        };
+        let Some((folder, handle)) = found else {
+            return;
+        };
+        // Every file the engine lists, padding included, in its order: as compared at the
+        // next restore (`AddSpec::files`).
+        let Ok(files) = handle.with_metadata(|meta| {
+            meta.file_infos
+                .iter()
+                .map(|f| (f.relative_filename.clone(), f.attrs.padding))
+                .collect::<Vec<_>>()
+        }) else {
+            return;
+        };
+        self.engine.stamp_verified(id, &folder, &files);
+    }
+
+    /// Resolves a reference to a running torrent's id.
+    fn resolve(&self, torrent: TorrentRef) -> Result<TorrentId, ProtoError> {
+        self.state()
+            .registry
+            .resolve(torrent)
+            .ok_or_else(|| ProtoError::unknown_torrent(format!("no torrent {torrent} runs")))
+    }
+
+    /// The canonical save folder for a request: the one named (which must be absolute and
+    /// inside a download root) or the default. A missing one is not made here: the storage
+    /// makes it, beneath the root, once the torrent is accepted, so a refused add leaves no
+    /// folder behind.
+    fn save_folder(&self, requested: Option<&str>) -> Result<PathBuf, ProtoError> {
+        let Some(requested) = requested else {
+            return Ok(self.config.default_download_dir.clone());
+        };
+        let not_allowed = |why: String| ProtoError::path_not_allowed(why);
+        let path = Path::new(requested);
+        if !path.is_absolute() {
+            return Err(not_allowed(format!(
+                "save folder {requested:?} is not an absolute path"
+            )));
+        }
+        if path.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(not_allowed(format!(
+                "save folder {requested:?} contains `..`"
+            )));
+        }
+        // Check the nearest existing ancestor (symlinks resolved) before creating anything.
+        let existing = path
+            .ancestors()
+            .find(|a| a.exists())
+            .unwrap_or(Path::new("/"));
+        let canonical = existing
+            .canonicalize()
+            .map_err(|e| not_allowed(format!("cannot resolve {}: {e}", existing.display())))?;
+        let rest = path.strip_prefix(existing).unwrap_or(Path::new(""));
+        let full = if rest.as_os_str().is_empty() {
+            canonical
+        } else {
+            canonical.join(rest)
+        };
+        self.check_inside_roots(&full)?;
+        Ok(full)
+    }
+
+    /// Refuses a canonical path outside every download root.
+    fn check_inside_roots(&self, path: &Path) -> Result<(), ProtoError> {
+        if self
+            .config
+            .download_roots
+            .iter()
+            .any(|root| path.starts_with(root))
+        {
+            return Ok(());
+        }
+        let roots: Vec<String> = self
+            .config
+            .download_roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect();
+        Err(ProtoError::path_not_allowed(format!(
+                "{} is outside the broker's download roots ({}); start the broker with --download-root to allow it",
+                path.display(),
+                roots.join(", ")
+            ),
+        ))
+    }
+}
+
+/// The refusal of a torrent with a file that `owner` has (DESIGN §4: one owner per file).
+pub fn owned_by(path: &Path, owner: TorrentId) -> ProtoError {
+    ProtoError::file_owned(format!(
+            "{} is torrent {owner}'s; a file has one torrent at most (with --overwrite too): choose another save folder, or close torrent {owner} first",
+            path.display()
+        ),
+    )
+}
+
+impl crate::streams::Torrents for Service {
+    fn life(&self, id: TorrentId) -> Option<Life> {
+        self.state().registry.get(id).map(|e| e.life.clone())
+    }
+
+    fn is_connected(&self, patron: PatronId) -> bool {
+        Service::is_connected(self, patron)
+    }
+}

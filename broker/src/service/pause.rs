@@ -1,0 +1,112 @@
+//! Pausing and resuming a torrent (`Pause`, `Resume`), across restarts too: the record says
+//! so first, then the engine does it; if the engine cannot, the record says what was.
+
+use super::Service;
+use crate::engine::{self, Applied};
+use crate::registry::Life;
+use proto::{ProtoError, TorrentId, TorrentRef, TorrentStatus};
+use std::sync::Arc;
+
+impl Service {
+    /// Stops a torrent's traffic until it is resumed. One checking its data is paused when
+    /// the check ends (librqbit cannot pause it during it).
+    pub async fn pause(self: &Arc<Self>, torrent: TorrentRef) -> Result<TorrentStatus, ProtoError> {
+        // The engine and the records change together, and never under a close or a recheck.
+        let _adding = self.adding.lock().await;
+        let (id, handle) = self.running(torrent)?;
+        // Recorded first: if the record cannot say so, nothing changes.
+        self.update_record(id, |restore| restore.paused = true)?;
+        match self.engine.pause(&handle).await {
+            Ok(Applied::Now) => {}
+            Ok(Applied::AfterCheck) => self.settle_after_check(id, handle),
+            Err(error) => {
+                if let Err(e) = self.update_record(id, |restore| restore.paused = false) {
+                    tracing::warn!(torrent = %id, "cannot record it running again: {e}");
+                }
+                return Err(error);
+            }
+        }
+        tracing::info!(torrent = %id, "paused (or paused once its check ends)");
+        self.current_status(id).ok_or_else(|| super::gone(id))
+    }
+
+    /// Lets a paused torrent (one added paused too) run again, and dials the peers its
+    /// record names. One checking its data is resumed when the check ends.
+    pub async fn resume(
+        self: &Arc<Self>,
+        torrent: TorrentRef,
+    ) -> Result<TorrentStatus, ProtoError> {
+        let _adding = self.adding.lock().await;
+        let (id, handle) = self.running(torrent)?;
+        // Recorded first: if the record cannot say so, the torrent stays paused.
+        self.update_record(id, |restore| restore.paused = false)?;
+        match self.engine.resume(&handle).await {
+            Ok(Applied::Now) => self.dial_recorded_peers(id, &handle),
+            // Checking its data: resumed (and its peers dialled) when the check ends.
+            Ok(Applied::AfterCheck) => self.settle_after_check(id, handle),
+            Err(error) => {
+                if let Err(e) = self.update_record(id, |restore| restore.paused = true) {
+                    tracing::warn!(torrent = %id, "cannot record it paused again: {e}");
+                }
+                return Err(error);
+            }
+        }
+        tracing::info!(torrent = %id, "resumed (or resumed once its check ends)");
+        self.current_status(id).ok_or_else(|| super::gone(id))
+    }
+
+    /// A pause or resume reached a torrent checking its data, which librqbit cannot take
+    /// then: once the check ends, the engine is made to agree with the record (paused or
+    /// not), unless the torrent went or was added again meanwhile. One task per torrent
+    /// ([`Life::Settling`]): it applies whatever the record says when the check ends.
+    fn settle_after_check(self: &Arc<Self>, id: TorrentId, handle: engine::ManagedTorrentHandle) {
+        {
+            let mut state = self.state();
+            match state.registry.get_mut(id) {
+                Some(entry) if matches!(&entry.life, Life::Running(h) if Arc::ptr_eq(h, &handle)) =>
+                {
+                    entry.life = Life::Settling(handle.clone());
+                }
+                _ => return, // settling already, gone, or added again
+            }
+        }
+        let service = self.clone();
+        self.runtime.spawn(async move {
+            let checked = handle.wait_until_initialized().await;
+            let _adding = service.adding.lock().await;
+            let paused = {
+                let mut state = service.state();
+                match state.registry.get_mut(id) {
+                    Some(entry) if entry.life.is(&handle) => {
+                        entry.life = Life::Running(handle.clone());
+                        Some(entry.restore.paused)
+                    }
+                    _ => None, // closed or added again meanwhile: nothing to settle
+                }
+            };
+            let Some(paused) = paused else {
+                return;
+            };
+            if let Err(e) = checked {
+                tracing::info!(torrent = %id, "its check failed; nothing to settle: {e:#}");
+                return;
+            }
+            let applied = if paused {
+                service.engine.pause(&handle).await
+            } else {
+                let resumed = service.engine.resume(&handle).await;
+                service.dial_recorded_peers(id, &handle);
+                resumed
+            };
+            match applied {
+                Ok(Applied::Now) => {
+                    tracing::info!(torrent = %id, paused, "check done: pause or resume applied")
+                }
+                // Checking again (a recheck came in between): that one settles it.
+                Ok(Applied::AfterCheck) => {}
+                Err(e) => tracing::warn!(torrent = %id, "after its check: {e}"),
+            }
+            service.status_nudge.notify_one();
+        });
+    }
+}

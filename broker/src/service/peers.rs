@@ -1,0 +1,33 @@
+//! A torrent's peers (`Peers`), after dialling any the patron names.
+
+use super::{parse_peers, Service};
+use proto::{PeerEntry, PeersRequest, ProtoError, TorrentId};
+use std::time::Duration;
+
+/// How long the peers' traffic is watched to tell their rates.
+const RATE_WINDOW: Duration = Duration::from_millis(250);
+
+impl Service {
+    /// A torrent's connected peers, after dialling (and recording) any `request` names.
+    pub async fn peers(
+        &self,
+        request: PeersRequest,
+    ) -> Result<(TorrentId, Vec<String>, Vec<PeerEntry>), ProtoError> {
+        let service = self;
+        let (id, handle) = service.running(request.torrent)?;
+        let mut dialled = Vec::new();
+        if !request.add.is_empty() {
+            let (loopback_only, own) = (service.config.loopback_only, service.engine.listen_addr());
+            let peers = parse_peers(&request.add, loopback_only, own)?;
+            // Nothing is done unless all of it can be: a paused or checking torrent dials nobody.
+            service.engine.check_live(&handle)?;
+            // Remembered first, so that a restart (or a resume) dials them too.
+            service.remember_peers(id, &peers)?;
+            dialled = service.engine.dial(&handle, &peers)?;
+            tracing::info!(torrent = %id, dialled = dialled.len(), "peers added");
+        }
+        let peers = service.engine.peers(&handle, RATE_WINDOW).await?;
+        let dialled = dialled.iter().map(|p| p.to_string()).collect();
+        Ok((id, dialled, peers))
+    }
+}

@@ -1,0 +1,123 @@
+//! Opening a stream (`OpenStream`): read one file of a torrent in order while it
+//! downloads (DESIGN §8).
+
+use super::Service;
+use crate::registry::Life;
+use crate::sink::PatronConnection;
+use proto::{FileEntry, FileIdentity, FileRef, OpenStream, ProtoError, StreamInfo};
+use std::sync::Arc;
+
+/// How long an open waits for a torrent being added again (a recheck) to be back.
+const RECHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Service {
+    /// Opens a stream of one file of a torrent for `patron` (DESIGN §8): the engine fetches
+    /// the bytes at its position first, and the reader is told where the file is and which
+    /// file it is (device and inode, off the engine's own descriptor).
+    pub async fn open_stream(
+        self: &Arc<Self>,
+        patron: &PatronConnection,
+        open: OpenStream,
+    ) -> Result<StreamInfo, ProtoError> {
+        let service = self;
+        service.streams.room_for_one_more(patron.id)?;
+        let (torrent, _) = service.life_of(open.torrent)?;
+        // A torrent being added again (a recheck) is waited for, as the engine waits out a
+        // first check of its data.
+        let deadline = tokio::time::Instant::now() + RECHECK_WAIT;
+        let handle = loop {
+            let life = service
+                .state()
+                .registry
+                .get(torrent)
+                .map(|e| e.life.clone());
+            match life {
+                Some(Life::Running(handle) | Life::Settling(handle)) => break handle,
+                Some(Life::Restarting) if tokio::time::Instant::now() < deadline => {
+                    if !service.is_connected(patron.id) {
+                        return Err(ProtoError::bad_request("the patron left"));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Some(Life::Restarting) => {
+                    return Err(ProtoError::engine(format!(
+                        "torrent {torrent} is still being added again for its recheck"
+                    )))
+                }
+                None => return Err(super::gone(torrent)),
+            }
+        };
+        let files = service.engine.files(&handle)?;
+        let file = pick(&files, open.file.as_ref())?;
+        if !file.selected {
+            return Err(ProtoError::bad_request(format!(
+                    "file {} ({}) is not selected for download: select it first (`files {torrent} --only ...`)",
+                    file.index, file.path
+                ),
+            ));
+        }
+        if open.position > file.size {
+            return Err(ProtoError::bad_request(format!(
+                "offset {} is past the end of {} ({} bytes)",
+                open.position, file.path, file.size
+            )));
+        }
+        let index = file.index as usize;
+        let local = service
+            .engine
+            .local_path(&handle, index)
+            .ok_or_else(|| ProtoError::engine("the engine does not say where the file is"))?;
+        let stream = service.engine.open_stream(&handle, index).await?;
+        // Read off the engine's own descriptor: a symlink planted on the path since the engine
+        // opened the file leads a reader elsewhere, and the reader must find out.
+        let local_file = stream
+            .file_identity()
+            .map(|(device, inode)| FileIdentity { device, inode });
+        let (id, verified_to) = service.streams.start(
+            service.clone(),
+            patron,
+            torrent,
+            handle,
+            stream,
+            open.position,
+        )?;
+        Ok(StreamInfo {
+            id,
+            torrent,
+            file,
+            local_path: local.to_string_lossy().into_owned(),
+            local_file,
+            verified_to,
+        })
+    }
+}
+
+/// The file a request names; the only one when it names none.
+fn pick(files: &[FileEntry], wanted: Option<&FileRef>) -> Result<FileEntry, ProtoError> {
+    let bad = |why: String| ProtoError::bad_request(why);
+    let found = match wanted {
+        None => match files {
+            [only] => Some(only),
+            _ => {
+                let some: Vec<String> = files
+                    .iter()
+                    .take(10)
+                    .map(|f| format!("{} {}", f.index, f.path))
+                    .collect();
+                let more = if files.len() > 10 { ", ..." } else { "" };
+                return Err(bad(format!(
+                    "the torrent has {} files: name one by index or path ({}{more})",
+                    files.len(),
+                    some.join(", ")
+                )));
+            }
+        },
+        Some(FileRef::Index(index)) => files.iter().find(|f| f.index == *index),
+        Some(FileRef::Path(path)) => files.iter().find(|f| f.path == *path),
+    };
+    found.cloned().ok_or_else(|| match wanted {
+        Some(FileRef::Index(index)) => bad(format!("the torrent has no file {index}")),
+        Some(FileRef::Path(path)) => bad(format!("the torrent has no file {path:?}")),
+        None => bad("the torrent has no files".into()),
+    })
+}

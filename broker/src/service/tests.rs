@@ -1,0 +1,345 @@
+//! The service in process, with a real engine (a librqbit session on loopback, in a temporary
+//! state folder) and patrons that are only sinks: each transaction's failure paths, with the
+//! failure injected where the engine or the disk would rarely fail on cue, leave the
+//! registry, the records and the engine as they were.
+
+use super::{Closed, Service};
+use crate::config::{BrokerArgs, BrokerConfig};
+use crate::dispatch::{Dispatched, Dispatcher, Transport, MAX_IN_FLIGHT_REQUESTS};
+use crate::sink::{EventSink, PatronConnection, PatronId};
+use clap::Parser;
+use proto::{
+    CloseTorrent, Event, MakeTorrent, Request, RequestBody, RequestId, TorrentId, TorrentRef,
+    TorrentState, TorrentStatus,
+};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A patron that keeps what it is sent.
+#[derive(Default)]
+struct Recorded {
+    events: Mutex<Vec<Event>>,
+    statuses: Mutex<Vec<TorrentStatus>>,
+}
+
+impl EventSink for Recorded {
+    fn send(&self, event: Event) {
+        self.events.lock().unwrap().push(event);
+    }
+    fn push_status(&self, status: TorrentStatus) {
+        self.statuses.lock().unwrap().push(status);
+    }
+    fn forget_status(&self, torrent: TorrentId) {
+        self.statuses.lock().unwrap().retain(|s| s.id != torrent);
+    }
+    fn pending_bytes(&self) -> usize {
+        0
+    }
+    fn close(&self) {}
+}
+
+struct Setup {
+    service: Arc<Service>,
+    root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+async fn service_in(dir: &Path) -> Arc<Service> {
+    let state = dir.join("state");
+    let root = dir.join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = BrokerArgs::parse_from([
+        "torrent-broker".as_ref(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+        "--download-root".as_ref(),
+        root.as_os_str(),
+        "--listen".as_ref(),
+        listen.as_ref(),
+        "--loopback-only".as_ref(),
+        "--no-dht".as_ref(),
+        "--no-lsd".as_ref(),
+    ] as [&std::ffi::OsStr; 10]);
+    let config = BrokerConfig::resolve(args).unwrap();
+    Service::start(config).await.unwrap()
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let service = service_in(dir.path()).await;
+    Setup {
+        service,
+        root: dir.path().join("data"),
+        _dir: dir,
+    }
+}
+
+/// A connected patron whose events are recorded.
+fn patron(service: &Service, id: PatronId) -> Arc<Recorded> {
+    let sink = Arc::new(Recorded::default());
+    let events: Arc<dyn EventSink> = sink.clone();
+    service
+        .connect(PatronConnection { id, pid: 0, events })
+        .unwrap();
+    sink
+}
+
+/// Seeds a fresh 64 KiB file, held by `patron`; its id.
+async fn seeding(setup: &Setup, patron: PatronId, name: &str) -> TorrentId {
+    let path = setup.root.join(name);
+    std::fs::write(&path, vec![7u8; 64 * 1024]).unwrap();
+    let made = setup
+        .service
+        .make(
+            patron,
+            MakeTorrent {
+                path: path.display().to_string(),
+                piece_size: Some(16 * 1024),
+                trackers: Vec::new(),
+                seed: true,
+            },
+        )
+        .await
+        .unwrap();
+    made.seeding.unwrap().id
+}
+
+fn close(id: TorrentId) -> CloseTorrent {
+    CloseTorrent {
+        torrent: TorrentRef::Id(id),
+        delete_data: true,
+        force: false,
+    }
+}
+
+fn records(service: &Service) -> String {
+    std::fs::read_to_string(service.restore_path()).unwrap_or_default()
+}
+
+fn holders(service: &Service, id: TorrentId) -> Option<usize> {
+    service.state().registry.get(id).map(|e| e.holders.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_whose_records_cannot_be_saved_changes_nothing() {
+    let setup = setup().await;
+    let service = &setup.service;
+    let _sink = patron(service, 1);
+    let id = seeding(&setup, 1, "one.bin").await;
+    let before = records(service);
+    assert!(before.contains(&format!("\"{}\"", id.0)), "{before}");
+
+    service.faults.save.store(true, Ordering::Release);
+    let error = service.close(1, close(id)).await.unwrap_err();
+    assert_eq!(error.kind, proto::ErrorKind::Io, "{error}");
+    // Everything as it was: in the registry, held by the caller, in the records, running
+    // in the engine, its data in place.
+    assert_eq!(holders(service, id), Some(1));
+    assert_eq!(records(service), before);
+    assert!(service.status(TorrentRef::Id(id)).is_ok());
+    assert!(service.torrent_file_path(id).exists());
+    assert!(setup.root.join("one.bin").exists());
+
+    // Asked again, with the disk back, it closes.
+    let closed = service.close(1, close(id)).await.unwrap();
+    assert_eq!(
+        closed,
+        Closed {
+            id,
+            stopped: true,
+            data_deleted: true
+        }
+    );
+    assert!(!records(service).contains(&format!("\"{}\"", id.0)));
+    assert!(!setup.root.join("one.bin").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_the_engine_refuses_puts_the_torrent_back_everywhere() {
+    let setup = setup().await;
+    let service = &setup.service;
+    let _sink = patron(service, 1);
+    let id = seeding(&setup, 1, "one.bin").await;
+    let before = records(service);
+
+    service.faults.engine_stop.store(true, Ordering::Release);
+    let error = service.close(1, close(id)).await.unwrap_err();
+    assert_eq!(error.kind, proto::ErrorKind::Engine, "{error}");
+    assert!(error.message.contains("is not closed"), "{error}");
+    assert_eq!(holders(service, id), Some(1));
+    assert_eq!(records(service), before, "the records name it again");
+    assert!(service.torrent_file_path(id).exists());
+    assert!(setup.root.join("one.bin").exists(), "its data stays");
+    // Its files are still its own: another torrent of them is refused.
+    let owned = service.room_for_files(&[setup.root.join("one.bin")], None);
+    assert_eq!(owned.unwrap_err().kind, proto::ErrorKind::FileOwned);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recheck_the_engine_will_not_take_back_keeps_the_record_and_tells_the_holders() {
+    let setup = setup().await;
+    let service = &setup.service;
+    let sink = patron(service, 1);
+    let id = seeding(&setup, 1, "one.bin").await;
+
+    service.faults.engine_add.store(true, Ordering::Release);
+    let error = service.recheck(TorrentRef::Id(id)).await.unwrap_err();
+    assert!(error.message.contains("could not start again"), "{error}");
+    // Kept as a record not restored: shown in error, its files still its own, tried again
+    // at the next start.
+    let status = service.status(TorrentRef::Id(id)).unwrap();
+    assert!(
+        matches!(&status.state, TorrentState::Error(why) if why.contains("recheck")),
+        "{status:?}"
+    );
+    assert!(records(service).contains(&format!("\"{}\"", id.0)));
+    let owned = service.room_for_files(&[setup.root.join("one.bin")], None);
+    assert_eq!(owned.unwrap_err().kind, proto::ErrorKind::FileOwned);
+    let told = sink.events.lock().unwrap().clone();
+    assert!(
+        matches!(told.as_slice(), [Event::TorrentGone { id: gone, .. }] if *gone == id),
+        "{told:?}"
+    );
+    // A patron can still close it (it is forgotten; its data stays).
+    let closed = service.close(1, close(id)).await.unwrap();
+    assert!(closed.stopped && !closed.data_deleted);
+    assert!(service.status(TorrentRef::Id(id)).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recheck_gives_the_torrent_a_new_handle_and_streams_see_it() {
+    let setup = setup().await;
+    let service = &setup.service;
+    let _sink = patron(service, 1);
+    let id = seeding(&setup, 1, "one.bin").await;
+    let (_, before) = service.running(TorrentRef::Id(id)).unwrap();
+    service.recheck(TorrentRef::Id(id)).await.unwrap();
+    let (_, after) = service.running(TorrentRef::Id(id)).unwrap();
+    assert!(!Arc::ptr_eq(&before, &after));
+    let life = crate::streams::Torrents::life(service.as_ref(), id).unwrap();
+    assert!(life.is(&after) && !life.is(&before));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fan_out_sends_each_holder_a_status_only_when_it_changed() {
+    let setup = setup().await;
+    let service = &setup.service;
+    let sink = patron(service, 1);
+    let other = patron(service, 2);
+    let id = seeding(&setup, 1, "one.bin").await;
+    let none = std::collections::HashMap::new();
+    super::fanout::fan_out(service, None, &none);
+    super::fanout::fan_out(service, None, &none);
+    super::fanout::fan_out(service, Some(&[id]), &none);
+    let sent = sink.statuses.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].id, id);
+    assert!(other.statuses.lock().unwrap().is_empty(), "not a holder");
+    // A change that matters (paused) goes out once more.
+    service.pause(TorrentRef::Id(id)).await.unwrap();
+    super::fanout::fan_out(service, None, &none);
+    super::fanout::fan_out(service, None, &none);
+    assert_eq!(sink.statuses.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patron_that_leaves_lets_go_of_its_holds_and_its_ephemeral_torrents() {
+    let setup = setup().await;
+    let service = &setup.service;
+    let _one = patron(service, 1);
+    let _two = patron(service, 2);
+    let id = seeding(&setup, 1, "one.bin").await;
+    service.follow(2, TorrentRef::Id(id)).unwrap();
+    assert_eq!(holders(service, id), Some(2));
+    service.disconnect(1);
+    assert_eq!(holders(service, id), Some(1));
+    assert!(!service.is_connected(1));
+    // A hold asked for by a patron gone meanwhile is not taken.
+    assert!(service.follow(1, TorrentRef::Id(id)).is_ok());
+    assert_eq!(holders(service, id), Some(1));
+}
+
+/// The transport below a dispatcher, as the dispatcher sees it: resumes are counted.
+#[derive(Default)]
+struct CountedTransport {
+    resumed: AtomicUsize,
+}
+
+impl Transport for CountedTransport {
+    fn resume(&self, _patron: PatronId) {
+        self.resumed.fetch_add(1, Ordering::AcqRel);
+    }
+    fn forget(&self, _patron: PatronId) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_holds_a_patron_back_at_its_in_flight_limit_and_answers_each_request_once() {
+    let setup = setup().await;
+    let service = &setup.service;
+    let dispatcher = Dispatcher::new(service.clone());
+    let transport = Arc::new(CountedTransport::default());
+    dispatcher.attach(transport.clone());
+    let (ours, theirs) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    let outbox = crate::patron::Outbox::new(7, ours, None, None);
+    dispatcher.add_patron(7, 0, outbox.clone()).unwrap();
+    // Every pause waits on the add lock, held here: nothing is answered meanwhile.
+    let adding = service.adding.lock().await;
+    let mut held_back_at = None;
+    for n in 1..=MAX_IN_FLIGHT_REQUESTS + 10 {
+        let request = Request {
+            id: RequestId(n as u64),
+            body: RequestBody::Pause(TorrentRef::Id(TorrentId(999))),
+        };
+        match dispatcher.dispatch(7, request, 30) {
+            Dispatched::Taken => {}
+            Dispatched::HoldBack => {
+                held_back_at = Some(n);
+                break;
+            }
+            Dispatched::Gone => panic!("the patron went"),
+        }
+    }
+    assert_eq!(held_back_at, Some(MAX_IN_FLIGHT_REQUESTS));
+    assert_eq!(transport.resumed.load(Ordering::Acquire), 0);
+    drop(adding);
+    // Each request gets its one reply (one datagram each: small events), and the reader is
+    // resumed once the patron's requests in flight fall to half the limit.
+    let mut replies = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; 64 * 1024];
+    while replies < MAX_IN_FLIGHT_REQUESTS && std::time::Instant::now() < deadline {
+        outbox.flush();
+        match nix::sys::socket::recv(
+            std::os::fd::AsRawFd::as_raw_fd(&theirs),
+            &mut buf,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(n) if n > 0 => replies += 1,
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    assert_eq!(replies, MAX_IN_FLIGHT_REQUESTS);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let extra = nix::sys::socket::recv(
+        std::os::fd::AsRawFd::as_raw_fd(&theirs),
+        &mut buf,
+        nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+    );
+    assert!(extra.is_err(), "a reply too many");
+    assert_eq!(transport.resumed.load(Ordering::Acquire), 1);
+}
