@@ -93,7 +93,7 @@ fn patron(service: &Service, id: PatronId) -> Arc<Recorded> {
     sink
 }
 
-/// Seeds a fresh 64 KiB file, held by `patron`; its id.
+/// Seeds a fresh 64 KiB file, held by `patron`, once its check ended; its id.
 async fn seeding(setup: &Setup, patron: PatronId, name: &str) -> TorrentId {
     let path = setup.root.join(name);
     std::fs::write(&path, vec![7u8; 64 * 1024]).unwrap();
@@ -110,7 +110,11 @@ async fn seeding(setup: &Setup, patron: PatronId, name: &str) -> TorrentId {
         )
         .await
         .unwrap();
-    made.seeding.unwrap().id
+    let id = made.seeding.unwrap().id;
+    // Seeding once its check ends (a recheck is refused during it).
+    let (_, handle) = setup.service.running(TorrentRef::Id(id)).unwrap();
+    handle.wait_until_initialized().await.unwrap();
+    id
 }
 
 fn close(id: TorrentId) -> CloseTorrent {
