@@ -62,3 +62,98 @@ impl Drop for RegionTicket {
         self.budget.bytes.fetch_sub(self.size, Ordering::AcqRel);
     }
 }
+
+/// The whole broker's bounds on the events its patrons leave unread (DESIGN §4): each
+/// patron's own bounds (`patron::MAX_QUEUED_BYTES`, `MAX_REGION_BYTES`) times 4,096 patrons
+/// is not a bound.
+///
+/// - Each large event's shared memory region counts against [`UnreadBudget::regions`] from
+///   when it is made until the socket it went on is seen drained: its patron read
+///   everything, or closed its end (the kernel holds an unread region in that socket, the
+///   broker's own outbox gone or not). Past the budget a large event goes as fragments:
+///   slower, never refused.
+/// - Events queued in the broker's own memory count against the queued bytes. Past that
+///   bound the patron that leaves the most unread is cut off (see
+///   [`UnreadBudget::on_over`]): a patron that reads its events holds next to nothing.
+pub struct UnreadBudget {
+    /// Regions of large events not yet seen read.
+    pub regions: Arc<RegionBudget>,
+    max_queued: usize,
+    queued: AtomicUsize,
+    /// Each region's ticket, with the socket it went on (a duplicate: the outbox may close
+    /// its own), until that socket is seen drained. At most one per ticket.
+    sent: std::sync::Mutex<Vec<(std::os::fd::OwnedFd, RegionTicket)>>,
+    over: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl UnreadBudget {
+    /// At most `max_regions` regions of `max_region_bytes` in all, and `max_queued` bytes
+    /// queued in all outboxes together.
+    pub fn new(max_regions: usize, max_region_bytes: usize, max_queued: usize) -> Arc<Self> {
+        Arc::new(UnreadBudget {
+            regions: RegionBudget::new(max_regions, max_region_bytes),
+            max_queued,
+            queued: AtomicUsize::new(0),
+            sent: Default::default(),
+            over: Default::default(),
+        })
+    }
+
+    /// What to do when the queued bytes pass their bound (set once, by the event loop: it
+    /// cuts off the patron with the most unread). It must not block or take the service's
+    /// locks: it is called where events are pushed.
+    pub fn on_over(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.over.set(hook);
+    }
+
+    /// Counts an outbox's queued bytes going from `before` to `now`. Growing past the bound
+    /// tells the hook.
+    pub fn requeued(&self, before: usize, now: usize) {
+        let total = if now >= before {
+            self.queued.fetch_add(now - before, Ordering::AcqRel) + (now - before)
+        } else {
+            self.queued.fetch_sub(before - now, Ordering::AcqRel) - (before - now)
+        };
+        if total > self.max_queued && now > before {
+            if let Some(hook) = self.over.get() {
+                hook();
+            }
+        }
+    }
+
+    /// Whether all outboxes together queue more than the bound.
+    pub fn is_over(&self) -> bool {
+        self.queued.load(Ordering::Acquire) > self.max_queued
+    }
+
+    /// Bytes queued in all outboxes, and the bound.
+    pub fn queued_now(&self) -> (usize, usize) {
+        (self.queued.load(Ordering::Acquire), self.max_queued)
+    }
+
+    /// Whether a region of `size` bytes may go on `socket`: if so it is counted until that
+    /// socket is seen drained. Regions whose sockets drained since are let go first when
+    /// the budget looks spent.
+    pub fn take_region(&self, size: usize, socket: &std::os::fd::OwnedFd) -> bool {
+        let ticket = self.regions.take(size).or_else(|| {
+            self.sweep();
+            self.regions.take(size)
+        });
+        let Some(ticket) = ticket else {
+            return false;
+        };
+        // No descriptor to watch it with: no region (the ticket, dropped, gives it back).
+        let Ok(watched) = socket.try_clone() else {
+            return false;
+        };
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.push((watched, ticket));
+        true
+    }
+
+    /// Lets go of the regions whose sockets are drained (read, or their patrons gone).
+    pub fn sweep(&self) {
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.retain(|(socket, _)| !crate::socket::drained(socket));
+    }
+}

@@ -109,6 +109,11 @@ pub struct BrokerArgs {
     )]
     pub max_large_request_bytes: Option<usize>,
 
+    /// Bytes of events all patrons together may leave unread in the broker's memory; past
+    /// it, the patron that leaves the most is cut off [default: 536870912 (512 MiB)]
+    #[arg(long, env = "TORRENT_PATRON_MAX_UNREAD_BYTES", value_name = "BYTES")]
+    pub max_unread_bytes: Option<usize>,
+
     /// Append the log to FILE instead of writing it to stderr (relative to the state dir).
     /// The level comes from RUST_LOG [default: info]
     #[arg(long, env = "TORRENT_PATRON_LOG_FILE", value_name = "FILE")]
@@ -146,6 +151,7 @@ struct ConfigFile {
     open_files: Option<usize>,
     max_large_requests: Option<usize>,
     max_large_request_bytes: Option<usize>,
+    max_unread_bytes: Option<usize>,
     max_files_per_torrent: Option<usize>,
     max_files: Option<usize>,
     log_file: Option<PathBuf>,
@@ -194,6 +200,8 @@ pub struct BrokerConfig {
     pub max_large_requests: usize,
     /// Their bytes.
     pub max_large_request_bytes: usize,
+    /// Bytes of events all patrons together may leave unread in the broker's memory.
+    pub max_unread_bytes: usize,
     /// Where the log goes instead of stderr (absolute).
     pub log_file: Option<PathBuf>,
 }
@@ -304,6 +312,11 @@ impl BrokerConfig {
                 .or(file.max_large_request_bytes)
                 .unwrap_or(256 << 20)
                 .max(proto::MAX_REQUEST_BYTES),
+            max_unread_bytes: args
+                .max_unread_bytes
+                .or(file.max_unread_bytes)
+                .unwrap_or(crate::patron::MAX_UNREAD_QUEUED_BYTES)
+                .max(1 << 20),
             log_file,
         })
     }

@@ -7,7 +7,7 @@
 //! [`MAX_IN_FLIGHT_BYTES`] read and not answered: past that, the transport is told to stop
 //! reading it until it has drained to half (back-pressure: its own sends block).
 
-use crate::budget::{RegionBudget, RegionTicket};
+use crate::budget::{RegionBudget, RegionTicket, UnreadBudget};
 use crate::commands;
 use crate::patron::Outbox;
 use crate::service::Service;
@@ -109,6 +109,8 @@ pub struct Dispatcher {
     service: Arc<Service>,
     /// Every patron's large messages, together (the service's budget).
     regions: Arc<RegionBudget>,
+    /// What patrons leave unread, all outboxes together.
+    unread: Arc<UnreadBudget>,
     queues: Mutex<HashMap<PatronId, PatronQueue>>,
     next_patron: AtomicU64,
     transport: OnceLock<Arc<dyn Transport>>,
@@ -119,14 +121,41 @@ impl Dispatcher {
     /// A dispatcher for `service`; the transport is attached once it runs.
     pub fn new(service: Arc<Service>) -> Arc<Dispatcher> {
         let regions = service.large_requests.clone();
+        let max_unread = service.config.max_unread_bytes;
         Arc::new(Dispatcher {
             service,
             regions,
+            unread: UnreadBudget::new(
+                crate::patron::MAX_UNREAD_REGIONS,
+                crate::patron::MAX_UNREAD_REGION_BYTES,
+                max_unread,
+            ),
             queues: Mutex::new(HashMap::new()),
             next_patron: AtomicU64::new(1),
             transport: OnceLock::new(),
             runtime: tokio::runtime::Handle::current(),
         })
+    }
+
+    /// The whole broker's budget for what patrons leave unread, which every outbox counts in.
+    pub fn unread(&self) -> &Arc<UnreadBudget> {
+        &self.unread
+    }
+
+    /// The connected patron that leaves the most events queued in the broker's memory, and
+    /// its outbox (to cut off when all of them together pass their budget).
+    pub fn largest_unread(&self) -> Option<(PatronId, Arc<Outbox>)> {
+        let outboxes: Vec<_> = self
+            .queues()
+            .iter()
+            .map(|(id, q)| (*id, q.outbox.clone()))
+            .collect();
+        outboxes
+            .into_iter()
+            .map(|(id, outbox)| (outbox.queued_bytes(), id, outbox))
+            .filter(|(bytes, _, _)| *bytes > 0)
+            .max_by_key(|(bytes, _, _)| *bytes)
+            .map(|(_, id, outbox)| (id, outbox))
     }
 
     /// Attaches the transport (once).

@@ -15,6 +15,7 @@
 //! carries the receiving end of a fresh continuation channel, and the rest of the payload
 //! follows on that channel (see [`proto::wire::encode_frames`]).
 
+use crate::budget::UnreadBudget;
 use crate::sink::{EventSink, PatronId};
 use crate::socket::{self, Sent};
 use proto::wire::{self, Frames};
@@ -38,6 +39,16 @@ pub const MAX_REGION_BYTES: usize = 8 * 1024 * 1024;
 /// descriptor in flight, and the kernel caps those per user (the broker's user, all patrons
 /// together) at the descriptor limit.
 pub const MAX_REGIONS: usize = 8;
+
+/// Bytes of events queued in the broker's memory for all patrons together, unless
+/// `--max-unread-bytes` says otherwise: past it, the patron that leaves the most unread is
+/// cut off ([`UnreadBudget`]).
+pub const MAX_UNREAD_QUEUED_BYTES: usize = 512 * 1024 * 1024;
+/// Regions of large events all patrons together may have queued or unread, and their
+/// bytes: past them, large events go as fragments.
+pub const MAX_UNREAD_REGIONS: usize = 256;
+/// See [`MAX_UNREAD_REGIONS`].
+pub const MAX_UNREAD_REGION_BYTES: usize = 256 * 1024 * 1024;
 
 /// Which of a patron's sockets a blocked write waits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +114,8 @@ struct Queue {
     /// (see [`MAX_REGION_BYTES`], [`MAX_REGIONS`]).
     region_bytes: usize,
     regions: usize,
+    /// The queued bytes last counted in the whole broker's budget.
+    counted: usize,
 }
 
 /// What became of a pushed event.
@@ -138,17 +151,20 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     watch: Option<WatchWritable>,
     gone: Option<GoneHook>,
+    /// The whole broker's bounds, shared by every outbox.
+    unread: Arc<UnreadBudget>,
 }
 
 impl Outbox {
     /// An outbox writing to `socket` (non-blocking). `watch` is how a blocked write asks to
     /// be resumed (without one, the owner calls [`Outbox::flush`] itself); `gone` is told
-    /// when a push finds the patron gone.
+    /// when a push finds the patron gone; `unread` is the whole broker's budget it counts in.
     pub fn new(
         patron: PatronId,
         socket: OwnedFd,
         watch: Option<WatchWritable>,
         gone: Option<GoneHook>,
+        unread: Arc<UnreadBudget>,
     ) -> Arc<Outbox> {
         Arc::new(Outbox {
             patron,
@@ -158,6 +174,7 @@ impl Outbox {
             }),
             watch,
             gone,
+            unread,
         })
     }
 
@@ -169,7 +186,12 @@ impl Outbox {
 
     /// Queues a reply (or any event that must not be coalesced) and writes what it can.
     pub fn push(&self, event: Event) -> Pushed {
-        let pushed = self.push_locked(event);
+        let pushed = {
+            let mut queue = self.lock();
+            let pushed = self.push_into(&mut queue, event);
+            self.recount(&mut queue);
+            pushed
+        };
         match pushed {
             Pushed::CutOff => {
                 tracing::warn!(
@@ -190,8 +212,16 @@ impl Outbox {
         }
     }
 
-    fn push_locked(&self, event: Event) -> Pushed {
-        let mut queue = self.lock();
+    /// Counts what is queued now in the whole broker's budget (which cuts off the patron
+    /// that leaves the most unread when all of them together pass it).
+    fn recount(&self, queue: &mut Queue) {
+        if queue.bytes != queue.counted {
+            self.unread.requeued(queue.counted, queue.bytes);
+            queue.counted = queue.bytes;
+        }
+    }
+
+    fn push_into(&self, queue: &mut Queue, event: Event) -> Pushed {
         if queue.closed {
             return Pushed::Closed;
         }
@@ -203,16 +233,24 @@ impl Outbox {
                 return Pushed::Queued;
             }
         };
-        if queue.regions > 0 && queue.socket.as_ref().is_some_and(drained) {
+        if queue.regions > 0 && queue.socket.as_ref().is_some_and(socket::drained) {
             // The patron has read every region sent.
             queue.region_bytes = 0;
             queue.regions = 0;
         }
-        let room = if queue.regions < MAX_REGIONS {
+        let mut room = if queue.regions < MAX_REGIONS {
             MAX_REGION_BYTES.saturating_sub(queue.region_bytes)
         } else {
             0
         };
+        // A region also needs room in the whole broker's budget; without it, fragments.
+        let region_size = region_size(&frames);
+        if region_size > proto::LARGE_MESSAGE_BYTES && region_size <= room {
+            let socket = queue.socket.as_ref();
+            if !socket.is_some_and(|socket| self.unread.take_region(region_size, socket)) {
+                room = 0;
+            }
+        }
         let (frames, region, size) = match large(&frames, room) {
             Some((small, region, size)) => {
                 tracing::debug!(
@@ -235,13 +273,13 @@ impl Outbox {
                 "more than {MAX_QUEUED_REPLIES} replies or {} MiB unread",
                 MAX_QUEUED_BYTES >> 20
             );
-            Self::shut(&mut queue, Some(Event::Disconnected { reason }));
+            self.shut(queue, Some(Event::Disconnected { reason }));
             return Pushed::CutOff;
         }
         queue.items.push_back(Item::Frames(frames, region, size));
         queue.events += 1;
         queue.bytes += size;
-        match self.flush_locked(&mut queue) {
+        match self.flush_locked(queue) {
             Flushed::Broken => Pushed::Broken,
             Flushed::Idle | Flushed::Blocked => Pushed::Queued,
         }
@@ -258,7 +296,9 @@ impl Outbox {
         if queue.statuses.insert(id, status).is_none() {
             queue.items.push_back(Item::Status(id));
         }
-        if self.flush_locked(&mut queue) == Flushed::Broken {
+        let flushed = self.flush_locked(&mut queue);
+        self.recount(&mut queue);
+        if flushed == Flushed::Broken {
             drop(queue);
             self.tell_gone();
         }
@@ -278,13 +318,37 @@ impl Outbox {
     /// waits on became writable.
     pub fn flush(&self) -> Flushed {
         let mut queue = self.lock();
-        self.flush_locked(&mut queue)
+        let flushed = self.flush_locked(&mut queue);
+        self.recount(&mut queue);
+        flushed
     }
 
-    /// Closes at once: nothing more is sent, and the socket is closed now, so the patron
-    /// sees its channel close and the broker keeps nothing of it. Idempotent.
+    /// Closes at once: nothing more is sent, and the socket is shut down now, so the patron
+    /// sees its channel close. The broker keeps nothing of it but, while the patron has not
+    /// read them, the count of the large events' regions it was sent (see
+    /// [`UnreadBudget::take_region`]). Idempotent.
     pub fn close(&self) {
-        Self::shut(&mut self.lock(), None);
+        let mut queue = self.lock();
+        self.shut(&mut queue, None);
+        self.recount(&mut queue);
+    }
+
+    /// Cuts the patron off (the whole broker's budget for unread events is spent and it
+    /// leaves the most unread), telling it why if its socket takes one more event. The
+    /// caller drops the patron.
+    pub fn cut_off(&self, reason: String) {
+        let mut queue = self.lock();
+        if queue.closed {
+            return;
+        }
+        tracing::warn!(patron = self.patron, "cut off: {reason}");
+        self.shut(&mut queue, Some(Event::Disconnected { reason }));
+        self.recount(&mut queue);
+    }
+
+    /// Bytes of events queued in the broker's memory for this patron.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// Number of items waiting (for tests and diagnostics).
@@ -315,9 +379,10 @@ impl Outbox {
         }
         queue.closed = true;
         let _ = self.flush_locked(&mut queue);
+        self.recount(&mut queue);
     }
 
-    fn shut(queue: &mut Queue, last_words: Option<Event>) {
+    fn shut(&self, queue: &mut Queue, last_words: Option<Event>) {
         queue.closed = true;
         queue.items.clear();
         queue.statuses.clear();
@@ -331,7 +396,14 @@ impl Outbox {
                 }
             }
         }
-        queue.socket = None;
+        // The patron sees its channel end now, even while the whole broker's budget keeps
+        // a duplicate of the socket to watch the regions it has not read.
+        if let Some(socket) = queue.socket.take() {
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                nix::sys::socket::Shutdown::Both,
+            );
+        }
     }
 
     fn flush_locked(&self, queue: &mut Queue) -> Flushed {
@@ -351,7 +423,7 @@ impl Outbox {
                         // so it is told why and let go, its waits ended.
                         tracing::warn!(patron = self.patron, "cannot send an event: {e}");
                         let reason = format!("the broker could not send a reply: {e}");
-                        Self::shut(queue, Some(Event::Disconnected { reason }));
+                        self.shut(queue, Some(Event::Disconnected { reason }));
                         return Flushed::Broken;
                     }
                 }
@@ -361,7 +433,7 @@ impl Outbox {
                 Ok(Some(lane)) => return self.wait_writable(queue, lane),
                 Err(e) => {
                     tracing::debug!(patron = self.patron, "stopped writing to patron: {e}");
-                    Self::shut(queue, None);
+                    self.shut(queue, None);
                     return Flushed::Broken;
                 }
             }
@@ -508,6 +580,25 @@ pub fn say_goodbye(outboxes: &[Arc<Outbox>], goodbye: Event, wait: Duration) {
     }
 }
 
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let queue = self.queue.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.unread.requeued(queue.counted, 0);
+        if let Some(socket) = queue.socket.take() {
+            // Its patron sees the end even while the budget watches a duplicate.
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                nix::sys::socket::Shutdown::Both,
+            );
+        }
+    }
+}
+
+/// The bytes an event would take as a region ([`large`]).
+fn region_size(frames: &Frames) -> usize {
+    frames.first.len().saturating_sub(wire::HEADER_BYTES) + frames.rest.len()
+}
+
 /// A large event ([`proto::LARGE_MESSAGE_BYTES`], judged by its `frames`) as shared memory:
 /// a small frame naming region 0, the region (a fresh memfd holding the event, given away with
 /// the frame) and its size. `None` for a small event, one larger than `room`, or if no memfd
@@ -541,21 +632,6 @@ fn large(frames: &Frames, room: usize) -> Option<(Frames, OwnedFd, usize)> {
     }
 }
 
-/// Whether the patron has read everything sent on `socket` (its send queue is empty).
-fn drained(socket: &OwnedFd) -> bool {
-    let mut queued: libc::c_int = 0;
-    // TIOCOUTQ (SIOCOUTQ) writes one c_int: the bytes still queued on the socket.
-    // SAFETY: `queued` is a live c_int for the call, `socket` an open socket we own.
-    let done = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(socket),
-            libc::TIOCOUTQ,
-            &mut queued,
-        )
-    };
-    done == 0 && queued == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -584,8 +660,127 @@ mod tests {
 
     /// An outbox whose patron end is a real ipc-channel receiver, as in a Welcome.
     fn outbox() -> (Arc<Outbox>, IpcReceiver<Event>) {
+        let unread = UnreadBudget::new(
+            MAX_UNREAD_REGIONS,
+            MAX_UNREAD_REGION_BYTES,
+            MAX_UNREAD_QUEUED_BYTES,
+        );
+        outbox_in(&unread)
+    }
+
+    /// An outbox counting in `unread`, as every outbox of one broker does.
+    fn outbox_in(unread: &Arc<UnreadBudget>) -> (Arc<Outbox>, IpcReceiver<Event>) {
         let (ours, theirs) = socket::seqpacket_pair().unwrap();
-        (Outbox::new(1, ours, None, None), receiver_from(theirs))
+        let outbox = Outbox::new(1, ours, None, None, unread.clone());
+        (outbox, receiver_from(theirs))
+    }
+
+    fn large_event(tag: &str) -> Event {
+        Event::ProtocolError {
+            message: format!("{tag}{}", "x".repeat(3 * proto::LARGE_MESSAGE_BYTES)),
+        }
+    }
+
+    /// Reads every event `outbox` has for `events` until none comes for a moment.
+    fn read_all(outbox: &Outbox, events: &IpcReceiver<Event>) -> Vec<Event> {
+        let mut read = Vec::new();
+        loop {
+            let _ = outbox.flush();
+            match events.try_recv_timeout(Duration::from_millis(300)) {
+                Ok(event) => read.push(event),
+                Err(_) => return read,
+            }
+        }
+    }
+
+    #[test]
+    fn large_events_past_the_whole_brokers_region_budget_go_as_fragments_until_regions_are_read() {
+        let unread = UnreadBudget::new(2, 64 << 20, MAX_UNREAD_QUEUED_BYTES);
+        let (hog, hog_events) = outbox_in(&unread);
+        let (other, other_events) = outbox_in(&unread);
+        // A patron that does not read takes the whole budget's regions...
+        for n in 0..3 {
+            assert_eq!(hog.push(large_event(&format!("hog {n} "))), Pushed::Queued);
+        }
+        assert_eq!(unread.regions.use_now().0, 2);
+        // ...and another's large event still arrives whole, as fragments.
+        assert_eq!(other.push(large_event("other ")), Pushed::Queued);
+        assert_eq!(unread.regions.use_now().0, 2);
+        let got = read_all(&other, &other_events);
+        assert!(
+            matches!(got.as_slice(), [Event::ProtocolError { message }] if message.starts_with("other ") && message.len() > 3 * proto::LARGE_MESSAGE_BYTES),
+            "{} events",
+            got.len()
+        );
+        // Once the regions are read, the budget has room again.
+        assert_eq!(read_all(&hog, &hog_events).len(), 3);
+        assert_eq!(other.push(large_event("again ")), Pushed::Queued);
+        assert_eq!(
+            unread.regions.use_now().0,
+            1,
+            "the hog's two let go, one taken"
+        );
+        assert_eq!(read_all(&other, &other_events).len(), 1);
+    }
+
+    #[test]
+    fn a_cut_off_patrons_unread_regions_count_until_it_lets_go_and_its_channel_still_ends() {
+        let unread = UnreadBudget::new(8, 64 << 20, MAX_UNREAD_QUEUED_BYTES);
+        let (outbox, events) = outbox_in(&unread);
+        assert_eq!(outbox.push(large_event("unread ")), Pushed::Queued);
+        outbox.cut_off("a test".into());
+        drop(outbox);
+        unread.sweep();
+        // The region is in the patron's socket, unread: still the broker's memory to count.
+        assert_eq!(unread.regions.use_now().0, 1);
+        // The patron still sees its event (in shared memory), then its channel end (not a
+        // wait for ever).
+        let first = events.try_recv_timeout(Duration::from_secs(5));
+        assert!(matches!(first, Ok(Event::Large(_))), "{first:?}");
+        loop {
+            match events.try_recv_timeout(Duration::from_secs(5)) {
+                Ok(Event::Disconnected { .. }) => {}
+                Err(ipc_channel::TryRecvError::IpcError(ipc_channel::IpcError::Disconnected)) => {
+                    break
+                }
+                other => panic!("expected the channel to end, got {other:?}"),
+            }
+        }
+        drop(events);
+        unread.sweep();
+        assert_eq!(
+            unread.regions.use_now().0,
+            0,
+            "let go once the patron let go"
+        );
+    }
+
+    #[test]
+    fn past_the_whole_brokers_bound_on_queued_bytes_the_shedder_is_told_and_a_cut_off_frees_it() {
+        let unread = UnreadBudget::new(0, 0, 1 << 20);
+        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = told.clone();
+        unread.on_over(Box::new(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }));
+        let (reader, reader_events) = outbox_in(&unread);
+        let (hog, _hog_events) = outbox_in(&unread);
+        fill(&hog);
+        let big = || Event::ProtocolError {
+            message: "x".repeat(64 * 1024),
+        };
+        while !unread.is_over() {
+            assert_eq!(hog.push(big()), Pushed::Queued);
+        }
+        assert!(told.load(std::sync::atomic::Ordering::Acquire) >= 1);
+        // A patron that reads holds nothing queued: the hog is the largest.
+        assert_eq!(reader.push(reply(1)), Pushed::Queued);
+        assert_eq!(read_all(&reader, &reader_events).len(), 1);
+        assert_eq!(reader.queued_bytes(), 0);
+        assert!(hog.queued_bytes() > 1 << 20);
+        hog.cut_off("a test".into());
+        assert_eq!(unread.queued_now().0, 0);
+        assert!(!unread.is_over());
     }
 
     /// Hands `fd` to ipc-channel the only way it takes one: inside a message.

@@ -605,6 +605,7 @@ fn welcome(
         ours,
         Some(reader.watch_writable(patron_id)),
         Some(reader.gone_hook()),
+        dispatcher.unread().clone(),
     );
     dispatcher
         .add_patron(patron_id, pid, outbox)

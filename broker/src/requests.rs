@@ -48,6 +48,9 @@ enum Command {
     Resume(PatronId),
     /// A push found the patron gone (cut off, socket broken): drop it.
     Gone(PatronId),
+    /// All outboxes together queue more than the broker's budget: cut off the patrons that
+    /// leave the most unread until they are back under it.
+    Shed,
 }
 
 /// Hands newly connected patrons' channels to the reader thread, and lets outboxes wait for
@@ -71,8 +74,20 @@ impl RequestReader {
             .add(&*wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))
             .context("epoll add")?;
         let (incoming, patrons) = mpsc::channel();
+        // One shedding asked at a time, however many pushes find the budget passed.
+        let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shed = (incoming.clone(), wake.clone(), asked.clone());
+        dispatcher.unread().on_over(Box::new(move || {
+            let (incoming, wake, asked) = &shed;
+            if !asked.swap(true, std::sync::atomic::Ordering::AcqRel)
+                && incoming.send(Command::Shed).is_ok()
+            {
+                let _ = wake.write(1);
+            }
+        }));
         let reader = Reader {
             dispatcher,
+            shed_asked: asked,
             epoll: epoll.clone(),
             wake: wake.clone(),
             patrons,
@@ -179,6 +194,8 @@ impl Transport for RequestReader {
 
 struct Reader {
     dispatcher: Arc<Dispatcher>,
+    /// Set while a [`Command::Shed`] waits to be handled.
+    shed_asked: Arc<std::sync::atomic::AtomicBool>,
     epoll: Arc<Epoll>,
     wake: Arc<EventFd>,
     patrons: mpsc::Receiver<Command>,
@@ -283,6 +300,10 @@ impl Reader {
                 }
                 Command::Gone(patron) => {
                     self.drop_patron(patron, "a push found it gone");
+                    continue;
+                }
+                Command::Shed => {
+                    self.shed();
                     continue;
                 }
             };
@@ -575,6 +596,27 @@ impl Reader {
             Err(e) => self.dispatcher.protocol_error(patron, e.to_string()),
         }
         None
+    }
+
+    /// All outboxes together queue more than the broker's budget: the patrons that leave
+    /// the most unread are cut off, largest first, until the rest fit. A patron that reads
+    /// its events holds next to nothing, so it is never the one.
+    fn shed(&mut self) {
+        self.shed_asked
+            .store(false, std::sync::atomic::Ordering::Release);
+        let unread = self.dispatcher.unread().clone();
+        while unread.is_over() {
+            let Some((patron, outbox)) = self.dispatcher.largest_unread() else {
+                break;
+            };
+            let (queued, max) = unread.queued_now();
+            outbox.cut_off(format!(
+                "the broker's patrons leave {} MiB of events unread, past its bound of {} MiB, and this patron leaves the most",
+                queued >> 20,
+                max >> 20
+            ));
+            self.drop_patron(patron, "it left the most unread");
+        }
     }
 
     fn drop_patron(&mut self, patron: PatronId, why: &str) {

@@ -218,3 +218,18 @@ pub fn connect_nonblocking(path: &Path) -> nix::Result<OwnedFd> {
     connect(fd.as_raw_fd(), &addr)?;
     Ok(fd)
 }
+
+/// Whether the patron has read everything sent on `socket` (its send queue is empty).
+pub fn drained(socket: &OwnedFd) -> bool {
+    let mut queued: libc::c_int = 0;
+    // TIOCOUTQ (SIOCOUTQ) writes one c_int: the bytes still queued on the socket.
+    // SAFETY: `queued` is a live c_int for the call, `socket` an open socket we own.
+    let done = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::TIOCOUTQ,
+            &mut queued,
+        )
+    };
+    done == 0 && queued == 0
+}

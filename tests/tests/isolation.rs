@@ -238,3 +238,57 @@ fn requests_queued_by_a_patron_that_dies_are_not_served() {
     );
     drop(silent);
 }
+
+/// Per-patron bounds times thousands of patrons is not a bound: patrons that each stay under
+/// their own limit of unread events, but together pass the broker's (`--max-unread-bytes`),
+/// are cut off largest first, and a patron that reads is served throughout.
+#[test]
+fn patrons_that_leave_events_unread_together_are_cut_off_past_the_brokers_bound() {
+    use e2e::patron_client::proto::{FilesRequest, TorrentId, TorrentRef};
+    let sandbox = Sandbox::new();
+    // A torrent of 4,000 files: each `files` reply is ~100 KiB.
+    let folder = sandbox.folder("seed/many");
+    for n in 0..4000 {
+        std::fs::write(folder.join(format!("file-{n:05}.bin")), [n as u8]).expect("write");
+    }
+    let mut seeder = e2e::Seeder::start(
+        &sandbox,
+        "seeder",
+        &folder,
+        16 * 1024,
+        &["--max-unread-bytes", "8388608"],
+    );
+    let state = seeder.broker.state.clone();
+    let files = || {
+        RequestBody::Files(FilesRequest {
+            torrent: TorrentRef::Id(TorrentId(0)),
+            only: None,
+        })
+    };
+    // Three patrons each ask for 100 lists of files (~10 MiB, under their own 16 MiB) and
+    // never read.
+    let mut hogs: Vec<_> = (0..3).map(|_| sandbox.patron(&state)).collect();
+    for hog in &mut hogs {
+        for _ in 0..100 {
+            if hog.send(files()).is_err() {
+                break;
+            }
+        }
+    }
+    wait_for("a hog to be cut off", STEP_TIMEOUT, || {
+        seeder.broker.log().contains("leaves the most")
+    });
+    // A patron that reads is served as usual.
+    let mut honest = sandbox.patron(&state);
+    for _ in 0..5 {
+        let listed = honest.files(TorrentRef::Id(TorrentId(0))).expect("files");
+        assert_eq!(listed.files.len(), 4000);
+    }
+    let mut status = sandbox.client(&state);
+    status.args(["--json", "broker", "status"]);
+    let info = run(status).expect_code(0).json_lines();
+    let patrons = info[0]["patrons"].as_u64().expect("patrons");
+    assert!(patrons < 4, "no hog was cut off: {info:?}");
+    assert!(seeder.broker.is_running());
+    drop(hogs);
+}

@@ -299,7 +299,7 @@ async fn the_dispatcher_holds_a_patron_back_at_its_in_flight_limit_and_answers_e
         nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
     )
     .unwrap();
-    let outbox = crate::patron::Outbox::new(7, ours, None, None);
+    let outbox = crate::patron::Outbox::new(7, ours, None, None, dispatcher.unread().clone());
     dispatcher.add_patron(7, 0, outbox.clone()).unwrap();
     // Every pause waits on the add lock, held here: nothing is answered meanwhile.
     let adding = service.adding.lock().await;
