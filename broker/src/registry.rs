@@ -104,6 +104,21 @@ pub struct RestoreSpec {
 pub const MAX_RECORDED_PEERS: usize = 256;
 
 impl RestoreSpec {
+    /// A torrent saved in `save_folder`, its data in `data_folder`, with no peers named,
+    /// every file, running, recorded, at the broker's rates.
+    pub fn new(save_folder: PathBuf, data_folder: PathBuf) -> RestoreSpec {
+        RestoreSpec {
+            save_folder,
+            data_folder,
+            peers: Vec::new(),
+            added_peers: Vec::new(),
+            only_files: None,
+            paused: false,
+            ephemeral: false,
+            rates: Default::default(),
+        }
+    }
+
     /// Remembers peers named for the torrent since it was added (dialled again after a
     /// restart).
     pub fn remember_peers(&mut self, peers: &[SocketAddr]) {
@@ -504,16 +519,7 @@ mod tests {
             save_folder: "/d".into(),
             total_bytes: 0,
         };
-        let restore = RestoreSpec {
-            save_folder: "/d".into(),
-            data_folder: "/d".into(),
-            peers: Vec::new(),
-            added_peers: Vec::new(),
-            only_files: None,
-            paused: false,
-            ephemeral: false,
-            rates: Default::default(),
-        };
+        let restore = RestoreSpec::new("/d".into(), "/d".into());
         let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
         registry.keep_unrestored(
             id,

@@ -97,16 +97,7 @@ impl Service {
                 files: checked.relative_paths(),
             })
             .await?;
-        let restore = RestoreSpec {
-            save_folder,
-            data_folder,
-            peers: Vec::new(),
-            added_peers: Vec::new(),
-            only_files: None,
-            paused: false,
-            ephemeral: false,
-            rates: Default::default(),
-        };
+        let restore = RestoreSpec::new(save_folder, data_folder);
         let (info, _) = service.register(added, checked, restore, patron).await?;
         tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");
         Ok(info)
