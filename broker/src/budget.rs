@@ -151,6 +151,11 @@ impl UnreadBudget {
         true
     }
 
+    /// Regions counted now, each with the duplicate of its socket kept to watch it.
+    pub fn watched(&self) -> usize {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Lets go of the regions whose sockets are drained (read, or their patrons gone).
     pub fn sweep(&self) {
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());

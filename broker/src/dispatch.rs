@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Requests of one patron read and not yet answered, past which its channel is not read until
@@ -109,8 +110,6 @@ pub struct Dispatcher {
     service: Arc<Service>,
     /// Every patron's large messages, together (the service's budget).
     regions: Arc<RegionBudget>,
-    /// What patrons leave unread, all outboxes together.
-    unread: Arc<UnreadBudget>,
     queues: Mutex<HashMap<PatronId, PatronQueue>>,
     next_patron: AtomicU64,
     transport: OnceLock<Arc<dyn Transport>>,
@@ -121,15 +120,9 @@ impl Dispatcher {
     /// A dispatcher for `service`; the transport is attached once it runs.
     pub fn new(service: Arc<Service>) -> Arc<Dispatcher> {
         let regions = service.large_requests.clone();
-        let max_unread = service.config.max_unread_bytes;
         Arc::new(Dispatcher {
             service,
             regions,
-            unread: UnreadBudget::new(
-                crate::patron::MAX_UNREAD_REGIONS,
-                crate::patron::MAX_UNREAD_REGION_BYTES,
-                max_unread,
-            ),
             queues: Mutex::new(HashMap::new()),
             next_patron: AtomicU64::new(1),
             transport: OnceLock::new(),
@@ -139,12 +132,14 @@ impl Dispatcher {
 
     /// The whole broker's budget for what patrons leave unread, which every outbox counts in.
     pub fn unread(&self) -> &Arc<UnreadBudget> {
-        &self.unread
+        &self.service.unread
     }
 
-    /// The connected patron that leaves the most events queued in the broker's memory, and
-    /// its outbox (to cut off when all of them together pass their budget).
-    pub fn largest_unread(&self) -> Option<(PatronId, Arc<Outbox>)> {
+    /// Among the connected patrons the broker has held events for without a break for at
+    /// least `stalled`, the one it holds the most for, and its outbox (to cut off when all of
+    /// them together pass their budget). A patron that reads is never one: its queue empties
+    /// within moments.
+    pub fn largest_stalled(&self, stalled: Duration) -> Option<(PatronId, Arc<Outbox>)> {
         let outboxes: Vec<_> = self
             .queues()
             .iter()
@@ -152,7 +147,7 @@ impl Dispatcher {
             .collect();
         outboxes
             .into_iter()
-            .map(|(id, outbox)| (outbox.queued_bytes(), id, outbox))
+            .filter_map(|(id, outbox)| Some((outbox.stalled_bytes(stalled)?, id, outbox)))
             .filter(|(bytes, _, _)| *bytes > 0)
             .max_by_key(|(bytes, _, _)| *bytes)
             .map(|(_, id, outbox)| (id, outbox))

@@ -116,6 +116,23 @@ struct Queue {
     regions: usize,
     /// The queued bytes last counted in the whole broker's budget.
     counted: usize,
+    /// Since when the broker has held bytes for the patron without a break (`None` while it
+    /// holds none): a patron that reads empties its queue within moments, one that does not
+    /// (or reads a byte now and then) never does.
+    busy_since: Option<Instant>,
+}
+
+impl Queue {
+    /// Bytes of events the broker holds for the patron in its own memory: those queued, and
+    /// the one being written (a fragmented event is held whole until its last fragment is
+    /// sent, which waits for the patron to read).
+    fn held(&self) -> usize {
+        let writing = self
+            .writing
+            .as_ref()
+            .map_or(0, |w| w.first.as_ref().map_or(0, Vec::len) + w.rest.len());
+        self.bytes + writing
+    }
 }
 
 /// What became of a pushed event.
@@ -215,9 +232,15 @@ impl Outbox {
     /// Counts what is queued now in the whole broker's budget (which cuts off the patron
     /// that leaves the most unread when all of them together pass it).
     fn recount(&self, queue: &mut Queue) {
-        if queue.bytes != queue.counted {
-            self.unread.requeued(queue.counted, queue.bytes);
-            queue.counted = queue.bytes;
+        let held = queue.held();
+        match (held, queue.busy_since) {
+            (0, _) => queue.busy_since = None,
+            (_, None) => queue.busy_since = Some(Instant::now()),
+            _ => {}
+        }
+        if held != queue.counted {
+            self.unread.requeued(queue.counted, held);
+            queue.counted = held;
         }
     }
 
@@ -267,7 +290,7 @@ impl Outbox {
                 (frames, None, size)
             }
         };
-        if queue.events >= MAX_QUEUED_REPLIES || queue.bytes + size > MAX_QUEUED_BYTES {
+        if queue.events >= MAX_QUEUED_REPLIES || queue.held() + size > MAX_QUEUED_BYTES {
             // Best effort: its socket is full, so this rarely gets through.
             let reason = format!(
                 "more than {MAX_QUEUED_REPLIES} replies or {} MiB unread",
@@ -331,6 +354,9 @@ impl Outbox {
         let mut queue = self.lock();
         self.shut(&mut queue, None);
         self.recount(&mut queue);
+        drop(queue);
+        // A patron that left has let go of what it was sent: so does the budget, now.
+        self.unread.sweep();
     }
 
     /// Cuts the patron off (the whole broker's budget for unread events is spent and it
@@ -348,7 +374,15 @@ impl Outbox {
 
     /// Bytes of events queued in the broker's memory for this patron.
     pub fn queued_bytes(&self) -> usize {
-        self.lock().bytes
+        self.lock().held()
+    }
+
+    /// Bytes of events held for this patron, if the broker has held some without a break
+    /// for at least `stalled`: what the shedder may take back (see [`UnreadBudget`]).
+    pub fn stalled_bytes(&self, stalled: Duration) -> Option<usize> {
+        let queue = self.lock();
+        let since = queue.busy_since?;
+        (since.elapsed() >= stalled).then(|| queue.held())
     }
 
     /// Number of items waiting (for tests and diagnostics).
@@ -361,7 +395,7 @@ impl Outbox {
     /// not read yet.
     pub fn pending_bytes(&self) -> usize {
         let queue = self.lock();
-        queue.bytes + queue.region_bytes
+        queue.held() + queue.region_bytes
     }
 
     /// Queues a last event and lets nothing more in; the socket stays open until what is
@@ -591,6 +625,7 @@ impl Drop for Outbox {
                 nix::sys::socket::Shutdown::Both,
             );
         }
+        self.unread.sweep();
     }
 }
 

@@ -88,6 +88,7 @@ impl RequestReader {
         let reader = Reader {
             dispatcher,
             shed_asked: asked,
+            shed_again: None,
             epoll: epoll.clone(),
             wake: wake.clone(),
             patrons,
@@ -196,12 +197,19 @@ struct Reader {
     dispatcher: Arc<Dispatcher>,
     /// Set while a [`Command::Shed`] waits to be handled.
     shed_asked: Arc<std::sync::atomic::AtomicBool>,
+    /// When to look again at a budget still passed with no patron stalled long enough to
+    /// be cut off yet.
+    shed_again: Option<Instant>,
     epoll: Arc<Epoll>,
     wake: Arc<EventFd>,
     patrons: mpsc::Receiver<Command>,
     conns: HashMap<PatronId, Conn>,
     buffer: Vec<u8>,
 }
+
+/// How long the broker must have held events for a patron without a break before it may
+/// cut the patron off to bring all patrons back under `--max-unread-bytes`.
+const STALLED: Duration = Duration::from_secs(1);
 
 // An epoll token is a patron number and, in its two low bits, which of its sockets.
 const REQUESTS: u64 = 0;
@@ -233,6 +241,7 @@ impl Reader {
                 .conns
                 .values()
                 .filter_map(|c| c.assembly.as_ref().map(|a| a.deadline))
+                .chain(self.shed_again)
                 .min()
                 .map(|deadline| {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -269,6 +278,9 @@ impl Reader {
                 }
             }
             self.expire_assemblies();
+            if self.shed_again.is_some_and(|at| at <= Instant::now()) {
+                self.shed();
+            }
         }
     }
 
@@ -599,14 +611,18 @@ impl Reader {
     }
 
     /// All outboxes together queue more than the broker's budget: the patrons that leave
-    /// the most unread are cut off, largest first, until the rest fit. A patron that reads
-    /// its events holds next to nothing, so it is never the one.
+    /// the most unread are cut off, largest first, until the rest fit. Only a patron the
+    /// broker has held events for without a break for [`STALLED`] may be: one that reads
+    /// empties its queue within moments, however large its replies. If none has yet, the
+    /// budget is looked at again then.
     fn shed(&mut self) {
         self.shed_asked
             .store(false, std::sync::atomic::Ordering::Release);
+        self.shed_again = None;
         let unread = self.dispatcher.unread().clone();
         while unread.is_over() {
-            let Some((patron, outbox)) = self.dispatcher.largest_unread() else {
+            let Some((patron, outbox)) = self.dispatcher.largest_stalled(STALLED) else {
+                self.shed_again = Some(Instant::now() + STALLED / 4);
                 break;
             };
             let (queued, max) = unread.queued_now();

@@ -75,7 +75,7 @@ pub use status::{TorrentState, TorrentStatus};
 
 /// The protocol version spoken by this build. Bumped on any incompatible wire change;
 /// the broker refuses a patron whose version differs, with a clear error on both sides.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The largest serialized request the broker accepts (a .torrent file rides inside one).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -610,6 +610,12 @@ pub struct BrokerInfo {
     pub files: (u64, u64),
     /// Board readers woken through eventfds of their own, and the most there may be.
     pub board_waiters: (u32, u32),
+    /// Bytes of events all patrons leave unread in the broker's memory, and the most there
+    /// may be (`--max-unread-bytes`; past it the patron leaving the most is cut off).
+    pub unread_bytes: (u64, u64),
+    /// Large events' shared memory regions not yet read, all patrons together, and the most
+    /// there may be (past it, large events go as fragments).
+    pub unread_regions: (u32, u32),
 }
 
 /// One line of [`Event::TorrentList`].

@@ -190,6 +190,8 @@ fn every_event_round_trips() {
                 large_request_bytes: (70_000, 1 << 28),
                 files: (3, 4_000_000),
                 board_waiters: (2, 1024),
+                unread_bytes: (4096, 512 << 20),
+                unread_regions: (1, 256),
             },
         },
         Event::Error {

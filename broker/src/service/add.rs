@@ -174,11 +174,16 @@ impl Service {
         let torrent = state.hold(id, patron)?;
         drop(state);
         let mut peers_applied = true;
-        if let (false, Some(handle)) = (peers.is_empty(), handle) {
+        if !peers.is_empty() {
             // Remembered first: a paused torrent dials them when it resumes, a restarted
-            // broker at its start.
+            // broker at its start, a torrent being added again for its recheck once it is
+            // back (its record gives it every peer).
             peers_applied = service.remember_peers(id, peers).is_ok();
-            match service.engine.dial(&handle, peers) {
+            let dialled = match &handle {
+                Some(handle) => service.engine.dial(handle, peers),
+                None => Ok(Vec::new()),
+            };
+            match dialled {
                 Ok(dialled) if !dialled.is_empty() => {
                     tracing::info!(patron, torrent = %id, "dialling {} peers named by a joiner", dialled.len())
                 }

@@ -13,7 +13,7 @@ impl Service {
     ) -> Result<(TorrentId, Vec<FileEntry>), ProtoError> {
         let service = self;
         let Some(only) = request.only else {
-            let (id, handle) = service.running(request.torrent)?;
+            let (id, handle) = service.live(request.torrent).await?;
             return Ok((id, service.engine.files(&handle)?));
         };
         let _adding = service.adding.lock().await;

@@ -135,6 +135,8 @@ pub struct Service {
     pub streams: crate::streams::Streams,
     /// Patrons' large requests read and not yet answered, all patrons together.
     pub large_requests: Arc<crate::budget::RegionBudget>,
+    /// Events patrons leave unread, all patrons together (every outbox counts in it).
+    pub unread: Arc<crate::budget::UnreadBudget>,
     faults: Faults,
 }
 
@@ -143,6 +145,11 @@ impl Service {
     pub async fn start(config: BrokerConfig) -> anyhow::Result<Arc<Service>> {
         use anyhow::Context;
         let config_large = (config.max_large_requests, config.max_large_request_bytes);
+        let unread = crate::budget::UnreadBudget::new(
+            crate::patron::MAX_UNREAD_REGIONS,
+            crate::patron::MAX_UNREAD_REGION_BYTES,
+            config.max_unread_bytes,
+        );
         let engine = Engine::start(&config).await?;
         let board = crate::board::StatusBoard::create(config.board_slots)
             .context("cannot create the status board (memfd)")?;
@@ -158,6 +165,7 @@ impl Service {
             status_nudge: tokio::sync::Notify::new(),
             streams: Default::default(),
             large_requests: crate::budget::RegionBudget::new(config_large.0, config_large.1),
+            unread,
             faults: Faults::default(),
         });
         service.restore().await?;
@@ -221,6 +229,21 @@ impl Service {
             Life::Restarting => Err(ProtoError::engine(format!(
                 "torrent {id} is being added again for its recheck: ask again in a moment"
             ))),
+        }
+    }
+
+    /// A running torrent's id and engine handle, for a request that does not take the add
+    /// lock: one being added again for its recheck is waited for (the recheck holds the add
+    /// lock until it is back), not refused.
+    async fn live(
+        &self,
+        torrent: TorrentRef,
+    ) -> Result<(TorrentId, engine::ManagedTorrentHandle), ProtoError> {
+        loop {
+            match self.life_of(torrent)? {
+                (id, Life::Running(handle) | Life::Settling(handle)) => return Ok((id, handle)),
+                (_, Life::Restarting) => drop(self.adding.lock().await),
+            }
         }
     }
 

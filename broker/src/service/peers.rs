@@ -14,7 +14,7 @@ impl Service {
         request: PeersRequest,
     ) -> Result<(TorrentId, Vec<String>, Vec<PeerEntry>), ProtoError> {
         let service = self;
-        let (id, handle) = service.running(request.torrent)?;
+        let (id, handle) = service.live(request.torrent).await?;
         let mut dialled = Vec::new();
         if !request.add.is_empty() {
             let (loopback_only, own) = (service.config.loopback_only, service.engine.listen_addr());

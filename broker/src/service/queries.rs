@@ -92,6 +92,8 @@ impl Service {
             )
         };
         let large = self.large_requests.use_now();
+        let unread = self.unread.queued_now();
+        let regions = self.unread.regions.use_now();
         BrokerInfo {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -115,6 +117,8 @@ impl Service {
                 self.board.waiters() as u32,
                 crate::board::MAX_WAITERS as u32,
             ),
+            unread_bytes: (unread.0 as u64, unread.1 as u64),
+            unread_regions: (regions.0 as u32, regions.1 as u32),
         }
     }
 }

@@ -2,13 +2,9 @@
 //! downloads (DESIGN §8).
 
 use super::Service;
-use crate::registry::Life;
 use crate::sink::PatronConnection;
 use proto::{FileEntry, FileIdentity, FileRef, OpenStream, ProtoError, StreamInfo};
 use std::sync::Arc;
-
-/// How long an open waits for a torrent being added again (a recheck) to be back.
-const RECHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Service {
     /// Opens a stream of one file of a torrent for `patron` (DESIGN §8): the engine fetches
@@ -21,32 +17,9 @@ impl Service {
     ) -> Result<StreamInfo, ProtoError> {
         let service = self;
         service.streams.room_for_one_more(patron.id)?;
-        let (torrent, _) = service.life_of(open.torrent)?;
         // A torrent being added again (a recheck) is waited for, as the engine waits out a
         // first check of its data.
-        let deadline = tokio::time::Instant::now() + RECHECK_WAIT;
-        let handle = loop {
-            let life = service
-                .state()
-                .registry
-                .get(torrent)
-                .map(|e| e.life.clone());
-            match life {
-                Some(Life::Running(handle) | Life::Settling(handle)) => break handle,
-                Some(Life::Restarting) if tokio::time::Instant::now() < deadline => {
-                    if !service.is_connected(patron.id) {
-                        return Err(ProtoError::bad_request("the patron left"));
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Some(Life::Restarting) => {
-                    return Err(ProtoError::engine(format!(
-                        "torrent {torrent} is still being added again for its recheck"
-                    )))
-                }
-                None => return Err(super::gone(torrent)),
-            }
-        };
+        let (torrent, handle) = service.live(open.torrent).await?;
         let files = service.engine.files(&handle)?;
         let file = pick(&files, open.file.as_ref())?;
         if !file.selected {

@@ -347,3 +347,136 @@ async fn the_dispatcher_holds_a_patron_back_at_its_in_flight_limit_and_answers_e
     assert!(extra.is_err(), "a reply too many");
     assert_eq!(transport.resumed.load(Ordering::Acquire), 1);
 }
+
+/// Review (hostile reviewer): listing a torrent's files or peers takes no add lock, so it can
+/// land in the moment a recheck has the torrent out of the engine ([`Life::Restarting`]).
+/// Before the refactor it answered off the handle it had (the metadata is the same); now it
+/// is refused with an `engine` error ("ask again in a moment").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_listing_files_during_a_recheck_is_answered() {
+    let setup = setup().await;
+    let service = &setup.service;
+    let _sink = patron(service, 1);
+    let id = seeding(&setup, 1, "one.bin").await;
+    let mut refused = Vec::new();
+    let mut listed = 0usize;
+    for _ in 0..20 {
+        let rechecking = {
+            let service = service.clone();
+            tokio::spawn(async move { service.recheck(TorrentRef::Id(id)).await })
+        };
+        while !rechecking.is_finished() {
+            let files = service
+                .files(proto::FilesRequest {
+                    torrent: TorrentRef::Id(id),
+                    only: None,
+                })
+                .await;
+            match files {
+                Ok(_) => listed += 1,
+                Err(e) => refused.push(e),
+            }
+            tokio::task::yield_now().await;
+        }
+        rechecking.await.unwrap().unwrap();
+        let (_, handle) = service.running(TorrentRef::Id(id)).unwrap();
+        handle.wait_until_initialized().await.unwrap();
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {} listings refused during rechecks, e.g. {:?}",
+        refused.len(),
+        refused.len() + listed,
+        refused.first()
+    );
+}
+
+/// Review (hostile reviewer): a magnet of a running torrent joins it before the add lock. If
+/// that lands while a recheck has the torrent out of the engine ([`Life::Restarting`]), the
+/// peers the joiner names are neither remembered nor dialled, yet the reply does not list
+/// "peers" as not applied. Before the refactor they were remembered (the dial failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_peers_named_by_a_magnet_joiner_during_a_recheck_are_kept_or_reported() {
+    let setup = setup().await;
+    let service = &setup.service;
+    let _sink = patron(service, 1);
+    let id = seeding(&setup, 1, "one.bin").await;
+    let hash = service.state().registry.get(id).unwrap().info.info_hash;
+    // Outside a recheck, a joiner's peers are remembered.
+    let mut create = proto::CreateNewTorrent::new(proto::TorrentSource::Magnet(format!(
+        "magnet:?xt=urn:btih:{hash}"
+    )));
+    create.peers = vec!["127.0.0.1:40999".into()];
+    assert!(matches!(
+        service.add(1, create).await,
+        Ok(super::Started::Joined { .. })
+    ));
+    let addr: std::net::SocketAddr = "127.0.0.1:40999".parse().unwrap();
+    assert!(service
+        .state()
+        .registry
+        .get(id)
+        .unwrap()
+        .restore
+        .knows_peer(&addr));
+    let mut port = 41000u16;
+    let mut lost = Vec::new();
+    let mut joins = 0;
+    for _ in 0..10 {
+        let rechecking = {
+            let service = service.clone();
+            tokio::spawn(async move { service.recheck(TorrentRef::Id(id)).await })
+        };
+        while !rechecking.is_finished() {
+            port += 1;
+            let peer = format!("127.0.0.1:{port}");
+            let mut create = proto::CreateNewTorrent::new(proto::TorrentSource::Magnet(format!(
+                "magnet:?xt=urn:btih:{hash}"
+            )));
+            create.peers = vec![peer.clone()];
+            let restarting = || {
+                matches!(
+                    crate::streams::Torrents::life(service.as_ref(), id),
+                    Some(crate::registry::Life::Restarting)
+                )
+            };
+            let before = restarting();
+            let added = service.add(1, create).await;
+            let after = restarting();
+            match added {
+                Ok(super::Started::Joined { not_applied, .. }) => {
+                    joins += 1;
+                    if !before && !after {
+                        let addr: std::net::SocketAddr = peer.parse().unwrap();
+                        let kept = service
+                            .state()
+                            .registry
+                            .get(id)
+                            .is_some_and(|e| e.restore.knows_peer(&addr));
+                        assert!(kept, "a join outside any restart lost its peer");
+                    }
+                    let addr: std::net::SocketAddr = peer.parse().unwrap();
+                    let kept = service
+                        .state()
+                        .registry
+                        .get(id)
+                        .is_some_and(|e| e.restore.knows_peer(&addr));
+                    if !kept && !not_applied.iter().any(|n| n == "peers") {
+                        lost.push(peer);
+                    }
+                }
+                Ok(super::Started::New(_)) => panic!("a second torrent of the same hash"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        rechecking.await.unwrap().unwrap();
+        let (_, handle) = service.running(TorrentRef::Id(id)).unwrap();
+        handle.wait_until_initialized().await.unwrap();
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {joins} joiners' peers neither kept nor reported not applied: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(3)]
+    );
+}

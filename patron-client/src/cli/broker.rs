@@ -61,7 +61,8 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
     ctx.out.emit(
         || {
             format!(
-                "Broker running: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}\n  budgets:        streams {}, open data files {} of {}, large requests {} of {} ({} of {} MiB), files {} of {}, board waiters {} of {}",
+                "Broker running: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}\n  budgets:        streams {}, open data files {} of {}, large requests {} of {} ({} of {} MiB), files {} of {}, board waiters {} of {},
+                  unread events {} of {} MiB, unread regions {} of {}",
                 info.pid,
                 info.version,
                 info.state_dir,
@@ -79,7 +80,11 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
                 info.files.0,
                 info.files.1,
                 info.board_waiters.0,
-                info.board_waiters.1
+                info.board_waiters.1,
+                info.unread_bytes.0 >> 20,
+                info.unread_bytes.1 >> 20,
+                info.unread_regions.0,
+                info.unread_regions.1
             )
         },
         json!({
@@ -104,6 +109,10 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
             "files_limit": info.files.1,
             "board_waiters": info.board_waiters.0,
             "board_waiters_limit": info.board_waiters.1,
+            "unread_bytes": info.unread_bytes.0,
+            "unread_bytes_limit": info.unread_bytes.1,
+            "unread_regions": info.unread_regions.0,
+            "unread_regions_limit": info.unread_regions.1,
         }),
     );
     Ok(Exit::Success)
