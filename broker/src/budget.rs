@@ -84,6 +84,8 @@ pub struct UnreadBudget {
     /// its own), until that socket is seen drained. At most one per ticket.
     sent: std::sync::Mutex<Vec<(std::os::fd::OwnedFd, RegionTicket)>>,
     over: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// When [`UnreadBudget::sweep_now_and_then`] last swept.
+    swept: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl UnreadBudget {
@@ -96,6 +98,7 @@ impl UnreadBudget {
             queued: AtomicUsize::new(0),
             sent: Default::default(),
             over: Default::default(),
+            swept: Default::default(),
         })
     }
 
@@ -154,6 +157,23 @@ impl UnreadBudget {
     /// Regions counted now, each with the duplicate of its socket kept to watch it.
     pub fn watched(&self) -> usize {
         self.sent.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Sweeps (see [`UnreadBudget::sweep`]) at most once a second, and only while regions
+    /// are counted: a patron that read its regions and then left lets go of its socket just
+    /// after its outbox closed, and nothing else may look again soon.
+    pub fn sweep_now_and_then(&self) {
+        if self.watched() == 0 {
+            return;
+        }
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+            if swept.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) {
+                return;
+            }
+            *swept = Some(std::time::Instant::now());
+        }
+        self.sweep();
     }
 
     /// Lets go of the regions whose sockets are drained (read, or their patrons gone).

@@ -99,3 +99,28 @@ fn a_region_of_a_patron_that_left_stays_counted_and_its_socket_open_until_a_swee
         "regions counted and sockets held open for patrons long gone"
     );
 }
+
+/// A patron whose outbox closed before it let go of its socket (the broker noticed its
+/// request channel close first) has its regions let go by the status loop's sweep, at most
+/// a second later: nothing else may look at the budget again soon.
+#[test]
+fn a_region_let_go_after_its_outbox_closed_is_swept_within_a_second() {
+    let unread = UnreadBudget::new(256, 256 << 20, 1 << 30);
+    let (ours, theirs) = torrent_broker::socket::seqpacket_pair().unwrap();
+    let outbox = Outbox::new(1, ours, None, None, unread.clone());
+    let event = Event::ProtocolError {
+        message: "x".repeat(4 * proto::LARGE_MESSAGE_BYTES),
+    };
+    assert_eq!(outbox.push(event), Pushed::Queued);
+    outbox.close();
+    drop(outbox);
+    assert_eq!(unread.watched(), 1, "unread when its outbox closed");
+    drop(theirs);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while unread.watched() > 0 && std::time::Instant::now() < deadline {
+        unread.sweep_now_and_then();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(unread.watched(), 0);
+    assert_eq!(unread.regions.use_now().0, 0);
+}

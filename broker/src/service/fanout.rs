@@ -94,6 +94,8 @@ async fn run(service: Arc<Service>, filled: tokio::sync::oneshot::Sender<()>) {
         if let Some(filled) = filled.take() {
             let _ = filled.send(());
         }
+        // Regions read by patrons that left since: let go (at most once a second).
+        service.unread.sweep_now_and_then();
     }
 }
 
