@@ -134,7 +134,15 @@ fn start_broker(options: &ConnectOptions, state_dir: &Path, socket: &Path) -> Re
         .process_group(0)
         .spawn()
         .map_err(|e| {
-            Error::BrokerUnreachable(format!("cannot start {}: {e}", program.display()))
+            let looked = if e.kind() == std::io::ErrorKind::NotFound {
+                where_it_looked(options, &program)
+            } else {
+                String::new()
+            };
+            Error::BrokerUnreachable(format!(
+                "cannot start the broker {}: {e}{looked}",
+                program.display()
+            ))
         })?;
     let deadline = Instant::now() + options.timeout;
     loop {
@@ -179,6 +187,30 @@ fn broker_program(options: &ConnectOptions) -> PathBuf {
         return sibling;
     }
     PathBuf::from("torrent-broker")
+}
+
+/// Where a broker program that could not be found was looked for, and how to name another.
+fn where_it_looked(options: &ConnectOptions, program: &Path) -> String {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("torrent-broker")));
+    let how = if options.broker_program.is_some() {
+        "the program named by the library's caller".to_owned()
+    } else if std::env::var_os(BROKER_PROGRAM_ENV).is_some_and(|p| !p.is_empty()) {
+        format!("${BROKER_PROGRAM_ENV}")
+    } else {
+        match beside {
+            Some(beside) => format!(
+                "{} (beside this program) and every folder of $PATH",
+                beside.display()
+            ),
+            None => "every folder of $PATH".to_owned(),
+        }
+    };
+    format!(
+        " (looked for {} in {how}; install torrent-broker there, or set {BROKER_PROGRAM_ENV} to its path)",
+        program.display()
+    )
 }
 
 /// What the broker wrote to its log since `from`, for an error message.

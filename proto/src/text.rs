@@ -71,8 +71,12 @@ pub fn status_line(status: &TorrentStatus) -> String {
         .eta_secs
         .map(|s| format!(" eta {}", duration(s)))
         .unwrap_or_default();
+    let peers = match status.peers {
+        1 => "1 peer".to_owned(),
+        n => format!("{n} peers"),
+    };
     format!(
-        "{:>4}  {:<28}  {:<12} {:>6.2}%  {}/{}  down {}/s  up {}/s  {} peers{eta}",
+        "{:>4}  {:<28}  {:<12} {:>6.2}%  {}/{}  down {}/s  up {}/s  {peers}{eta}",
         status.id.0,
         truncate(&shown(&status.name), 28),
         shown(&status.state.to_string()),
@@ -81,13 +85,44 @@ pub fn status_line(status: &TorrentStatus) -> String {
         bytes(status.bytes_total),
         bytes(status.download_rate),
         bytes(status.upload_rate),
-        status.peers,
+    )
+}
+
+/// The header above [`status_line`]s in `patron-client list`.
+pub fn list_header() -> String {
+    format!(
+        "{:>4}  {:<28}  {:<12} {:>7}  have/size, rates, peers",
+        "ID", "NAME", "STATE", "DONE"
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_peer_is_one_peer_and_the_header_names_the_columns() {
+        let info = crate::TorrentInfo {
+            id: crate::TorrentId(3),
+            info_hash: crate::InfoHash([0; 20]),
+            name: "movie".into(),
+            save_folder: "/d".into(),
+            total_bytes: 100,
+        };
+        let mut status = TorrentStatus::idle(&info, crate::TorrentState::Downloading);
+        status.peers = 1;
+        let line = status_line(&status);
+        assert!(
+            line.contains(" 1 peer") && !line.contains("1 peers"),
+            "{line}"
+        );
+        status.peers = 2;
+        assert!(status_line(&status).contains(" 2 peers"));
+        let header = list_header();
+        // The columns line up: the name and state start where the line's do.
+        assert_eq!(header.find("NAME"), line.find("movie"));
+        assert_eq!(header.find("STATE"), line.find("downloading"));
+    }
 
     #[test]
     fn names_cannot_move_the_cursor_or_forge_lines() {

@@ -65,32 +65,43 @@ impl Service {
     }
 }
 
-/// The file a request names; the only one when it names none.
+/// The file a request names; the only one when it names none. A name that fits none lists
+/// some of the files, whatever was wrong with it.
 fn pick(files: &[FileEntry], wanted: Option<&FileRef>) -> Result<FileEntry, ProtoError> {
-    let bad = |why: String| ProtoError::bad_request(why);
+    let some = || {
+        let some: Vec<String> = files
+            .iter()
+            .take(10)
+            .map(|f| format!("{} {}", f.index, f.path))
+            .collect();
+        let more = if files.len() > 10 { ", ..." } else { "" };
+        format!("{}{more}", some.join(", "))
+    };
     let found = match wanted {
         None => match files {
             [only] => Some(only),
+            [] => None,
             _ => {
-                let some: Vec<String> = files
-                    .iter()
-                    .take(10)
-                    .map(|f| format!("{} {}", f.index, f.path))
-                    .collect();
-                let more = if files.len() > 10 { ", ..." } else { "" };
-                return Err(bad(format!(
-                    "the torrent has {} files: name one by index or path ({}{more})",
+                return Err(ProtoError::bad_request(format!(
+                    "the torrent has {} files: name one by index or path ({})",
                     files.len(),
-                    some.join(", ")
+                    some()
                 )));
             }
         },
         Some(FileRef::Index(index)) => files.iter().find(|f| f.index == *index),
         Some(FileRef::Path(path)) => files.iter().find(|f| f.path == *path),
     };
-    found.cloned().ok_or_else(|| match wanted {
-        Some(FileRef::Index(index)) => bad(format!("the torrent has no file {index}")),
-        Some(FileRef::Path(path)) => bad(format!("the torrent has no file {path:?}")),
-        None => bad("the torrent has no files".into()),
+    found.cloned().ok_or_else(|| {
+        let what = match wanted {
+            Some(FileRef::Index(index)) => format!("no file {index}"),
+            Some(FileRef::Path(path)) => format!("no file {path:?}"),
+            None => return ProtoError::bad_request("the torrent has no files"),
+        };
+        ProtoError::bad_request(format!(
+            "the torrent has {what}; its {} files: {}",
+            files.len(),
+            some()
+        ))
     })
 }

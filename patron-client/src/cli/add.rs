@@ -16,8 +16,8 @@ pub struct Args {
     /// Folder to save into [default: the current folder]
     #[arg(long, short, value_name = "DIR")]
     output: Option<PathBuf>,
-    /// A peer to connect to (repeatable)
-    #[arg(long = "peer", value_name = "HOST:PORT")]
+    /// A peer to connect to: IP:PORT or HOST:PORT (repeatable)
+    #[arg(long = "peer", value_name = "HOST:PORT", value_parser = super::peer)]
     peers: Vec<String>,
     /// Add it paused
     #[arg(long)]
@@ -61,9 +61,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     request.max_download_rate = args.max_download_rate;
     request.max_upload_rate = args.max_upload_rate;
 
+    let paused = request.paused;
     let mut patron = ctx.patron()?;
     let created = patron.create(request)?;
     let (verb, event, exit) = match &created {
+        Created::New(_) if paused => ("Added, paused:", "created", Exit::Success),
         Created::New(_) => ("Started", "created", Exit::Success),
         Created::AlreadyDownloading(..) => (
             "Already downloading: joined",

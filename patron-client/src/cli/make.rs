@@ -14,8 +14,8 @@ pub struct Args {
     /// Where to write the .torrent [default: ./<name>.torrent]
     #[arg(long, short, value_name = "FILE.torrent")]
     output: Option<PathBuf>,
-    /// Piece size in bytes (a power of two, 16 KiB to 64 MiB) [default: by size]
-    #[arg(long, value_name = "BYTES")]
+    /// Piece size (a power of two, 16K to 64M; K, M suffixes accepted) [default: by size]
+    #[arg(long, value_name = "BYTES", value_parser = piece_size)]
     piece_size: Option<u64>,
     /// An announce URL to put in the torrent (repeatable)
     #[arg(long = "tracker", value_name = "URL")]
@@ -94,4 +94,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
         },
     );
     Ok(Exit::Success)
+}
+
+/// `--piece-size`: bytes, with an optional K or M suffix (`64K`, `4M`).
+fn piece_size(s: &str) -> Result<u64, String> {
+    super::bytes(s).ok_or_else(|| format!("{s:?} is not a piece size (try 65536, 64K or 4M)"))
 }

@@ -225,10 +225,34 @@ pub fn rate(s: &str) -> Result<u64, String> {
     Ok(value)
 }
 
-/// A byte count as users type it: digits with an optional K, M or G (powers of 1024).
+/// A peer as users type it: `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`. A name is looked up
+/// here (as `ping` would: the broker takes addresses); what is neither goes to the broker
+/// as typed, which says what is wrong with it (`invalid-peer`).
+pub fn peer(s: &str) -> Result<String, String> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let s = s.trim();
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr.to_string());
+    }
+    let resolved = s.rsplit_once(':').and_then(|(host, port)| {
+        let port: u16 = port.parse().ok()?;
+        let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().ok()?.collect();
+        // An IPv4 address first: a broker listening on 0.0.0.0 or 127.0.0.1 takes it.
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+    });
+    Ok(resolved.map_or_else(|| s.to_owned(), |addr| addr.to_string()))
+}
+
+/// A byte count as users type it, the one parser of sizes, offsets and rates: digits, with
+/// a fraction when a K, M, G or T (powers of 1024) follows (`1.5M`, rounded down to the
+/// byte), and an optional `B`/`iB`.
 pub fn bytes(s: &str) -> Option<u64> {
     let t = s.trim();
-    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(at) => t.split_at(at),
         None => (t, ""),
     };
@@ -237,13 +261,73 @@ pub fn bytes(s: &str) -> Option<u64> {
         "K" | "KB" | "KIB" => 1 << 10,
         "M" | "MB" | "MIB" => 1 << 20,
         "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
         _ => return None,
     };
-    digits.parse::<u64>().ok()?.checked_mul(scale)
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let mut value = whole.checked_mul(scale)?;
+    if !fraction.is_empty() {
+        // A fraction of a unit, rounded down to the byte; a fraction of a byte is a typo.
+        if scale == 1 || fraction.len() > 12 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let digits: u128 = fraction.parse().ok()?;
+        let part = digits * u128::from(scale) / 10u128.pow(fraction.len() as u32);
+        value = value.checked_add(u64::try_from(part).ok()?)?;
+    }
+    Some(value)
 }
 
 /// Parses a torrent reference as users type it.
 pub fn torrent_ref(s: &str) -> Result<patron_client::proto::TorrentRef, String> {
     patron_client::proto::TorrentRef::parse(s)
         .ok_or_else(|| format!("{s:?} is neither a torrent id nor a 40-digit info hash"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bytes, peer};
+
+    #[test]
+    fn sizes_read_alike_everywhere() {
+        assert_eq!(bytes("65536"), Some(65536));
+        assert_eq!(bytes("64K"), Some(65536));
+        assert_eq!(bytes("64 KiB"), Some(65536));
+        assert_eq!(bytes("1.5M"), Some(1_572_864));
+        assert_eq!(bytes("0.5k"), Some(512));
+        assert_eq!(bytes(".5G"), Some(1 << 29));
+        assert_eq!(bytes("1.3M"), Some(1_363_148)); // rounded down to the byte
+        assert_eq!(bytes("2T"), Some(2 << 40));
+        for bad in [
+            "",
+            ".",
+            "1.5",
+            "1..5M",
+            "1.5.5M",
+            "-1",
+            "1Q",
+            "M",
+            "99999999999999999999",
+        ] {
+            assert_eq!(bytes(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn peers_are_addresses_or_names() {
+        assert_eq!(peer("127.0.0.1:6881").as_deref(), Ok("127.0.0.1:6881"));
+        assert_eq!(peer("[::1]:6881").as_deref(), Ok("[::1]:6881"));
+        assert_eq!(peer("localhost:6881").as_deref(), Ok("127.0.0.1:6881"));
+        // Neither: as typed, for the broker to say what is wrong with it.
+        assert_eq!(peer("nonsense").as_deref(), Ok("nonsense"));
+        assert_eq!(peer("localhost:99999").as_deref(), Ok("localhost:99999"));
+    }
 }

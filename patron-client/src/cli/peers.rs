@@ -12,7 +12,7 @@ pub struct Args {
     #[arg(value_name = "ID|INFOHASH", value_parser = torrent_ref)]
     torrent: TorrentRef,
     /// Dial this peer now, seeding or not (repeatable); it is remembered with the torrent
-    #[arg(long = "add", value_name = "HOST:PORT")]
+    #[arg(long = "add", value_name = "HOST:PORT", value_parser = super::peer)]
     add: Vec<String>,
 }
 

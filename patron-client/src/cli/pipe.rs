@@ -58,7 +58,7 @@ enum Command {
         max_upload_rate: Option<u64>,
     },
     Close {
-        torrent: String,
+        torrent: TorrentName,
         #[serde(default)]
         delete_data: bool,
         #[serde(default)]
@@ -66,10 +66,10 @@ enum Command {
     },
     List {},
     Status {
-        torrent: String,
+        torrent: TorrentName,
     },
     Follow {
-        torrent: String,
+        torrent: TorrentName,
     },
     /// Hash a file or folder; the .torrent is written to `output` (never over an existing
     /// file) or returned as `torrent_base64`.
@@ -84,35 +84,59 @@ enum Command {
     },
     Info {},
     Pause {
-        torrent: String,
+        torrent: TorrentName,
     },
     Resume {
-        torrent: String,
+        torrent: TorrentName,
     },
     Recheck {
-        torrent: String,
+        torrent: TorrentName,
     },
     /// List a torrent's files; with `only`, choose which to download first.
     Files {
-        torrent: String,
+        torrent: TorrentName,
         only: Option<Vec<u32>>,
     },
     /// List a torrent's peers; with `add`, dial those first.
     Peers {
-        torrent: String,
+        torrent: TorrentName,
         #[serde(default)]
         add: Vec<String>,
     },
     /// Write one file of a torrent, in order while it downloads, to `to`: a FIFO, or a new
     /// file (never one that exists). Its reply comes when the file is written.
     Cat {
-        torrent: String,
+        torrent: TorrentName,
         /// Index or path; the only file when left out.
         file: Option<Value>,
         #[serde(default)]
         offset: u64,
         to: PathBuf,
     },
+}
+
+/// A torrent as a command names it: its id, as a number (`3`, as every reply prints it) or a
+/// string (`"3"`), or its info hash.
+#[derive(Debug)]
+struct TorrentName(String);
+
+impl<'de> Deserialize<'de> for TorrentName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Value::deserialize(deserializer)? {
+            Value::String(s) => Ok(TorrentName(s)),
+            Value::Number(n) if n.is_u64() => Ok(TorrentName(n.to_string())),
+            other => Err(serde::de::Error::custom(format!(
+                "torrent must be an id (3 or \"3\") or an info hash, not {other}"
+            ))),
+        }
+    }
+}
+
+impl std::ops::Deref for TorrentName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
 
 /// A parsed input line.
@@ -339,7 +363,7 @@ impl Cats {
         &self,
         connect: &ConnectOptions,
         request: Value,
-        torrent: String,
+        torrent: TorrentName,
         file: Option<Value>,
         offset: u64,
         to: PathBuf,
@@ -615,7 +639,10 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
                 None => std::env::current_dir().map_err(|e| e.to_string())?,
             };
             create.output = Some(absolute(&output)?);
-            create.peers = peers;
+            create.peers = peers
+                .iter()
+                .map(|p| super::peer(p))
+                .collect::<Result<_, _>>()?;
             create.paused = paused;
             create.ephemeral = ephemeral;
             create.overwrite = overwrite;
@@ -675,7 +702,10 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
         Command::Peers { torrent, add } => (
             RequestBody::Peers(PeersRequest {
                 torrent: torrent_ref(&torrent)?,
-                add,
+                add: add
+                    .iter()
+                    .map(|p| super::peer(p))
+                    .collect::<Result<_, _>>()?,
             }),
             None,
         ),

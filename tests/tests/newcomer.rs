@@ -1,0 +1,166 @@
+//! A newcomer's first hour (issue 19): one vocabulary for ids, sizes and peers, and errors
+//! that say what to do next, through the real binaries.
+
+use e2e::{run, Sandbox, Seeder};
+
+/// Every reply prints `"id": 3`; a script that sends it back as a number is understood, as
+/// is the string.
+#[test]
+fn pipe_mode_takes_a_torrent_id_as_a_number_or_a_string() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/one.bin", 50_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let lines = [
+        r#"{"cmd":"status","torrent":0,"request":"number"}"#.to_string(),
+        r#"{"cmd":"status","torrent":"0","request":"string"}"#.to_string(),
+        r#"{"cmd":"files","torrent":0,"request":"files"}"#.to_string(),
+        r#"{"cmd":"status","torrent":-1,"request":"negative"}"#.to_string(),
+    ];
+    for board in [true, false] {
+        let replies = e2e::pipe_session(&sandbox, &seeder.broker.state, &lines, board);
+        let by = |r: &str| {
+            replies
+                .iter()
+                .find(|l| l["request"] == r)
+                .unwrap_or_else(|| panic!("no reply to {r}: {replies:#?}"))
+                .clone()
+        };
+        assert_eq!(by("number")["id"], 0, "{replies:#?}");
+        assert_eq!(by("string")["id"], 0, "{replies:#?}");
+        assert_eq!(by("files")["event"], "files", "{replies:#?}");
+        let negative = by("negative");
+        assert_eq!(negative["event"], "error", "{negative}");
+        assert!(
+            negative["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("an id")),
+            "{negative}"
+        );
+    }
+}
+
+/// Sizes read the same everywhere (`--piece-size 64K` as `--offset 1.5K`), and a peer may
+/// be named by host name.
+#[test]
+fn sizes_take_units_and_fractions_and_peers_take_host_names() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let broker = sandbox.broker(&state, &[]);
+    let data = sandbox.random_file("local/sized.bin", 200_000);
+    let made = sandbox.path("sized.torrent");
+    let mut make = sandbox.client(&state);
+    make.args(["--json", "make"])
+        .arg(&data)
+        .args(["--piece-size", "64K", "--seed", "--output"])
+        .arg(&made);
+    let line = &run(make).expect_code(0).json_lines()[0];
+    assert_eq!(line["piece_size"], 65536, "{line}");
+    // 1.5K into the file: byte 1536 on.
+    let out = sandbox.path("tail.bin");
+    let cat = e2e::CatProcess::start(&sandbox, &state, &["0", "--offset", "1.5K"], &out);
+    let (code, stderr, bytes) = cat.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(bytes == std::fs::read(&data).expect("data")[1536..]);
+    // A peer by name: localhost is looked up here (in /etc/hosts), and the broker is told
+    // its address.
+    let port = broker.peer().rsplit_once(':').expect("port").1.to_owned();
+    let mut peers = sandbox.client(&state);
+    peers.args([
+        "--json",
+        "peers",
+        "0",
+        "--add",
+        &format!("localhost:{port}"),
+    ]);
+    let refused = run(peers);
+    // The broker's own address is refused by name as by number: the name was resolved.
+    assert!(
+        refused.stdout.contains("own listen address"),
+        "{}{}",
+        refused.stdout,
+        refused.stderr
+    );
+    let mut bad = sandbox.client(&state);
+    bad.args(["make"]).arg(&data).args(["--piece-size", "64Q"]);
+    let bad = run(bad);
+    assert_eq!(bad.code(), 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("64K"), "{}", bad.stderr);
+}
+
+/// A broker program that is not there: the error says where it was looked for and names
+/// the variable that points elsewhere.
+#[test]
+fn a_missing_broker_program_says_where_it_looked_and_how_to_name_it() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("nobody");
+    let mut list = sandbox.client(&state);
+    list.env("TORRENT_PATRON_BROKER", "/nonexistent/torrent-broker")
+        .arg("list");
+    let out = run(list);
+    assert_ne!(out.code(), 0);
+    assert!(
+        out.stderr.contains("/nonexistent/torrent-broker")
+            && out.stderr.contains("TORRENT_PATRON_BROKER")
+            && out.stderr.contains("looked for"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `cat` of a file the torrent does not have lists the files it has, as leaving the file
+/// out already did.
+#[test]
+fn cat_of_a_file_the_torrent_lacks_lists_its_files() {
+    let sandbox = Sandbox::new();
+    let folder = sandbox.folder("seed/pair");
+    sandbox.random_file("seed/pair/first.bin", 10_000);
+    sandbox.random_file("seed/pair/second.bin", 10_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &folder, 16 * 1024, &[]);
+    for wrong in ["nope.txt", "7"] {
+        let mut cat = sandbox.client(&seeder.broker.state);
+        cat.args(["cat", "0", wrong]);
+        let out = run(cat);
+        assert_ne!(out.code(), 0);
+        assert!(
+            out.stderr.contains("first.bin") && out.stderr.contains("second.bin"),
+            "{wrong}: {}",
+            out.stderr
+        );
+    }
+}
+
+/// `list` has a header over its columns; an add `--paused` does not say "Started".
+#[test]
+fn list_has_a_header_and_a_paused_add_says_so() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/one.bin", 50_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let out = sandbox.folder("downloads");
+    let mut add = sandbox.client(&state);
+    add.arg("add")
+        .arg(&seeder.torrent)
+        .arg("--output")
+        .arg(&out)
+        .arg("--paused");
+    let added = run(add).expect_code(0);
+    assert!(
+        added.stdout.starts_with("Added, paused"),
+        "{}",
+        added.stdout
+    );
+    for board in ["1", "0"] {
+        let mut list = sandbox.client(&state);
+        list.env(e2e::patron_client::BOARD_ENV, board).arg("list");
+        let listed = run(list).expect_code(0);
+        let lines: Vec<&str> = listed.stdout.lines().collect();
+        assert_eq!(lines.len(), 2, "{}", listed.stdout);
+        assert!(
+            lines[0].contains("ID") && lines[0].contains("NAME") && lines[0].contains("STATE"),
+            "{}",
+            listed.stdout
+        );
+        assert!(lines[1].trim_start().starts_with('0'), "{}", listed.stdout);
+    }
+}
