@@ -63,10 +63,19 @@ enum Attempt {
     NotRunning(String),
 }
 
-/// The canonical state directory for these options (created if missing).
+/// The canonical state directory for these options: created if missing when a broker may
+/// be started there (`auto_start`); otherwise a missing one means no broker runs, and
+/// nothing is made.
 pub fn state_dir(options: &ConnectOptions) -> Result<PathBuf> {
     let dir = proto::paths::resolve_state_dir(options.state_dir.as_deref());
-    create_private_dir(&dir)?;
+    if options.auto_start {
+        create_private_dir(&dir)?;
+    } else if !dir.exists() {
+        return Err(Error::BrokerUnreachable(format!(
+            "no broker runs for {} (the folder does not exist)",
+            dir.display()
+        )));
+    }
     dir.canonicalize().map_err(Error::io(format!(
         "cannot resolve state dir {}",
         dir.display()

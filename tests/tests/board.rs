@@ -282,7 +282,9 @@ fn without_the_board_status_list_and_watch_still_work() {
 
     // watch without the board follows the torrent and hears it close.
     let mut watch = sandbox.client(&state);
-    watch.env(patron_client::BOARD_ENV, "0").arg("watch");
+    watch
+        .env(patron_client::BOARD_ENV, "0")
+        .args(["watch", "0"]);
     let watching = Running::start(watch);
     wait_for("watch to show the torrent", STEP_TIMEOUT, || {
         watching.stdout_so_far().contains("both.bin")

@@ -93,10 +93,11 @@ fn sizes_take_units_and_fractions_and_peers_take_host_names() {
 fn a_missing_broker_program_says_where_it_looked_and_how_to_name_it() {
     let sandbox = Sandbox::new();
     let state = sandbox.state_dir("nobody");
-    let mut list = sandbox.client(&state);
-    list.env("TORRENT_PATRON_BROKER", "/nonexistent/torrent-broker")
-        .arg("list");
-    let out = run(list);
+    let mut start = sandbox.client(&state);
+    start
+        .env("TORRENT_PATRON_BROKER", "/nonexistent/torrent-broker")
+        .args(["broker", "start"]);
+    let out = run(start);
     assert_ne!(out.code(), 0);
     assert!(
         out.stderr.contains("/nonexistent/torrent-broker")
@@ -163,4 +164,63 @@ fn list_has_a_header_and_a_paused_add_says_so() {
         );
         assert!(lines[1].trim_start().starts_with('0'), "{}", listed.stdout);
     }
+}
+
+/// Commands that only read start no broker and make no folder: on a state dir where none
+/// runs they say so (exit 5) and how to start one. `broker start` says whether it started
+/// one or one ran already.
+#[test]
+fn reading_commands_start_no_broker_and_make_no_folder() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.path("never-used");
+    for args in [
+        vec!["list"],
+        vec!["--json", "list"],
+        vec!["status", "0"],
+        vec!["watch"],
+        vec!["files", "0"],
+        vec!["peers", "0"],
+        vec!["broker", "status"],
+    ] {
+        let mut cmd = sandbox.client(&state);
+        cmd.args(&args);
+        let out = run(cmd);
+        assert_eq!(out.code(), 5, "{args:?}: {}{}", out.stdout, out.stderr);
+        let said = format!("{}{}", out.stdout, out.stderr);
+        assert!(
+            said.contains("no broker runs") && said.contains("broker start"),
+            "{args:?}: {said}"
+        );
+        assert!(!state.exists(), "{args:?} made the state dir");
+        assert!(
+            e2e::brokers_on(&state).is_empty(),
+            "{args:?} started a broker"
+        );
+    }
+    let mut start = sandbox.client(&state);
+    start.args(["--json", "broker", "start"]);
+    let started = run(start).expect_code(0).json_lines();
+    assert_eq!(started[0]["started"], true, "{started:?}");
+    let pid = started[0]["pid"].as_i64().expect("pid") as i32;
+    let mut again = sandbox.client(&state);
+    again.args(["broker", "start"]);
+    let again = run(again).expect_code(0);
+    assert!(
+        again.stdout.starts_with("Broker already running"),
+        "{}",
+        again.stdout
+    );
+    // An empty broker lists nothing, and says so.
+    let mut list = sandbox.client(&state);
+    list.arg("list");
+    assert_eq!(run(list).expect_code(0).stdout.trim(), "No torrents.");
+    let mut stop = sandbox.client(&state);
+    stop.args(["broker", "stop"]);
+    let stopped = run(stop);
+    // Ended by its pid whatever the stop said (the test started it).
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert_eq!(stopped.code(), 0, "{}", stopped.stderr);
 }

@@ -142,7 +142,7 @@ fn watch_without_a_terminal_prints_plain_lines() {
     make.arg("--output").arg(sandbox.path("plain.torrent"));
     run(make).expect_code(0);
     let mut watch = sandbox.client(&state);
-    watch.arg("watch");
+    watch.args(["watch", "0"]);
     let watching = Running::start(watch);
     // Once watch shows the torrent seeding (it may show it checking first), close it:
     // watch prints that and exits.
@@ -189,7 +189,7 @@ fn watch_goes_on_across_a_broker_restart() {
     make.arg("--output").arg(sandbox.path("kept.torrent"));
     run(make).expect_code(0);
     let mut watch = sandbox.client(&state);
-    watch.arg("watch");
+    watch.args(["watch", "0"]);
     let watching = Running::start(watch);
     let seeding_lines = |out: &str| {
         out.lines()
@@ -218,4 +218,54 @@ fn watch_goes_on_across_a_broker_restart() {
     run(close).expect_code(0);
     let out = watching.finish(STEP_TIMEOUT).expect_code(0);
     assert!(out.stdout.contains("closed:"), "{}", out.stdout);
+}
+
+/// `watch` with no torrent named follows the broker, as a dashboard does: one added after it
+/// started appears, a closed one goes, the next one appears too, and it runs until
+/// interrupted. With the board and without it.
+#[test]
+fn watch_with_no_torrent_named_follows_the_broker_until_interrupted() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    for (round, board) in ["1", "0"].into_iter().enumerate() {
+        let mut watch = sandbox.client(&state);
+        watch.env(e2e::patron_client::BOARD_ENV, board).arg("watch");
+        let watching = Running::start(watch);
+        wait_for("watch to say it waits", STEP_TIMEOUT, || {
+            watching.stdout_so_far().contains("waiting for some")
+        });
+        for n in 0..2 {
+            let name = format!("later-{round}-{n}.bin");
+            let data = sandbox.random_file(&format!("local/{name}"), 30_000);
+            let mut make = sandbox.client(&state);
+            make.arg("make").arg(&data).arg("--seed");
+            make.arg("--output")
+                .arg(sandbox.path(&format!("{name}.torrent")));
+            run(make).expect_code(0);
+            wait_for(
+                "watch to show the torrent added later",
+                STEP_TIMEOUT,
+                || watching.stdout_so_far().contains(&name),
+            );
+            let id = (2 * round + n).to_string();
+            let mut close = sandbox.client(&state);
+            close.args(["close", &id, "--force"]);
+            run(close).expect_code(0);
+            wait_for("watch to show it closed", STEP_TIMEOUT, || {
+                watching.stdout_so_far().matches("closed:").count() == n + 1
+            });
+        }
+        // Still following: it ends only when interrupted (a person's Ctrl-C).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            kill(Pid::from_raw(watching.pid()), None).is_ok(),
+            "watch ended by itself: {}",
+            watching.stdout_so_far()
+        );
+        kill(Pid::from_raw(watching.pid()), Signal::SIGINT).expect("interrupt");
+        let out = watching.finish(STEP_TIMEOUT);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(2), "{out:?}");
+    }
 }

@@ -27,8 +27,12 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
         ..ctx.connect.clone()
     };
     match args.action {
-        Action::Start => report(ctx, &mut ctx.patron()?),
-        Action::Status => report(ctx, &mut Patron::connect_with(&no_start)?),
+        Action::Start => match Patron::connect_with(&no_start) {
+            Ok(mut running) => report(ctx, &mut running, Some(false)),
+            Err(Error::BrokerUnreachable(_)) => report(ctx, &mut ctx.patron()?, Some(true)),
+            Err(e) => Err(e),
+        },
+        Action::Status => report(ctx, &mut ctx.reader()?, None),
         Action::Stop => {
             let mut patron = match Patron::connect_with(&no_start) {
                 Ok(patron) => patron,
@@ -54,14 +58,21 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     }
 }
 
-fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
+/// Shows the broker; `started`: whether `broker start` started it (`Some(false)`: it ran
+/// already), `None` for `broker status`.
+fn report(ctx: &Context, patron: &mut Patron, started: Option<bool>) -> Result<Exit, Error> {
     let info = patron.broker_info()?;
+    let headline = match started {
+        Some(true) => "Broker started",
+        Some(false) => "Broker already running",
+        None => "Broker running",
+    };
     // This patron is one of the connected ones.
     let others = info.patrons.saturating_sub(1);
     ctx.out.emit(
         || {
             format!(
-                "Broker running: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}\n  budgets:        streams {}, open data files {} of {}, large requests {} of {} ({} of {} MiB), files {} of {}, board waiters {} of {},
+                "{headline}: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}\n  budgets:        streams {}, open data files {} of {}, large requests {} of {} ({} of {} MiB), files {} of {}, board waiters {} of {},
                   unread events {} of {} MiB, unread regions {} of {}",
                 info.pid,
                 info.version,
@@ -90,6 +101,7 @@ fn report(ctx: &Context, patron: &mut Patron) -> Result<Exit, Error> {
         json!({
             "event": "broker",
             "state": "running",
+            "started": started,
             "pid": info.pid,
             "version": info.version,
             "state_dir": info.state_dir,

@@ -17,10 +17,9 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
-    let mut patron = ctx.patron()?;
     let list = match args.only {
-        Some(only) => patron.select_files(args.torrent, only.0)?,
-        None => patron.files(args.torrent)?,
+        Some(only) => ctx.patron()?.select_files(args.torrent, only.0)?,
+        None => ctx.reader()?.files(args.torrent)?,
     };
     let value = json!({
         "event": "files",

@@ -24,7 +24,7 @@ pub fn run(ctx: &Context) -> Result<Exit, Error> {
         // A text cut to fit the board (a very long save folder) is asked for whole.
         Source::Board(board) => match board.list_exact() {
             Some(torrents) => torrents,
-            None => ctx.patron()?.list()?,
+            None => ctx.reader()?.list()?,
         },
         Source::Requests(mut patron) => patron.list()?,
     };

@@ -126,22 +126,49 @@ pub struct Context {
 }
 
 impl Context {
+    /// A patron for a command that changes something: a broker is started if none runs.
     pub fn patron(&self) -> Result<Patron, Error> {
         Patron::connect_with(&self.connect)
     }
 
+    /// A patron for a command that only reads (`list`, `status`, `watch`, `files` and
+    /// `peers` without changes, `broker status`): it never starts a broker nor makes a
+    /// folder. None running is exit 5, saying how to start one.
+    pub fn reader(&self) -> Result<Patron, Error> {
+        Patron::connect_with(&self.reading()).map_err(none_runs)
+    }
+
+    fn reading(&self) -> ConnectOptions {
+        ConnectOptions {
+            auto_start: false,
+            ..self.connect.clone()
+        }
+    }
+
     /// Where `status`, `list` and `watch` read: the broker's shared board when it can be
-    /// mapped (no handshake needed), else a connected patron that asks. A broker is
-    /// started if none runs, as for every command.
+    /// mapped (no handshake needed), else a connected patron that asks. Reading starts no
+    /// broker (see [`Context::reader`]).
     pub fn status_source(&self) -> Result<Source, Error> {
-        if let Ok(board) = Board::open(&self.connect) {
+        if let Ok(board) = Board::open(&self.reading()) {
             return Ok(Source::Board(board));
         }
-        let patron = self.patron()?;
+        let patron = self.reader()?;
         Ok(match patron.board() {
             Ok(board) => Source::Board(board),
             Err(_) => Source::Requests(patron),
         })
+    }
+}
+
+/// A broker that does not run, said with what to do about it.
+fn none_runs(error: Error) -> Error {
+    match error {
+        Error::BrokerUnreachable(why) if why.starts_with("no broker runs") => {
+            Error::BrokerUnreachable(format!(
+                "{why}: `patron-client broker start` starts one (so does any command that adds a torrent)"
+            ))
+        }
+        other => other,
     }
 }
 

@@ -17,7 +17,11 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
-    let mut patron = ctx.patron()?;
+    // Only looking starts no broker; dialling is a change.
+    let mut patron = match args.add.is_empty() {
+        true => ctx.reader()?,
+        false => ctx.patron()?,
+    };
     let list = patron.add_peers(args.torrent, args.add.clone())?;
     let value = json!({
         "event": "peers",

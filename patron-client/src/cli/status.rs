@@ -17,7 +17,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
         Source::Board(board) => match board.get(args.torrent) {
             Some(status) => status,
             // Not on the board: the broker says why (unknown id, and so on).
-            None => ctx.patron()?.status(args.torrent)?,
+            None => ctx.reader()?.status(args.torrent)?,
         },
         Source::Requests(mut patron) => patron.status(args.torrent)?,
     };

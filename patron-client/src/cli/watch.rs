@@ -1,6 +1,8 @@
 //! `patron-client watch`: status updates as they come. On a terminal, one live line per
 //! torrent (name, bar, %, rates, peers, ETA, state) redrawn in place; otherwise (or with
-//! `--json`) one plain line per update, for logs and scripts.
+//! `--json`) one plain line per update, for logs and scripts. With torrents named it follows
+//! those and ends when they are all closed; with none it follows the broker, as a dashboard
+//! does: torrents added later appear, closed ones go, and it runs until interrupted.
 //!
 //! It reads the broker's shared board, asleep between the broker's batches of changes: a
 //! thousand `watch`es cost the broker nothing more than one. Where the board cannot be
@@ -18,7 +20,8 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Torrents to watch (id or info hash) [default: every running torrent]
+    /// Torrents to watch (id or info hash) [default: every torrent, those added later too,
+    /// until interrupted]
     #[arg(value_name = "ID|INFOHASH", value_parser = torrent_ref)]
     torrents: Vec<TorrentRef>,
 }
@@ -35,7 +38,8 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
 }
 
 fn watch_board(ctx: &Context, args: Args, mut board: Board) -> Result<Exit, Error> {
-    let targets: Vec<TorrentSummary> = if args.torrents.is_empty() {
+    let follow_all = args.torrents.is_empty();
+    let targets: Vec<TorrentSummary> = if follow_all {
         board.list()
     } else {
         let mut found = Vec::new();
@@ -48,15 +52,16 @@ fn watch_board(ctx: &Context, args: Args, mut board: Board) -> Result<Exit, Erro
             match summary {
                 Some(summary) => found.push(summary),
                 // Not on the board: the broker says why, or (a race) follow it by events.
-                None => return watch_events(ctx, args, ctx.patron()?),
+                None => return watch_events(ctx, args, ctx.reader()?),
             }
         }
         found
     };
     if targets.is_empty() {
-        ctx.out
-            .emit(|| "No torrents to watch.".into(), json!({"event": "idle"}));
-        return Ok(Exit::Success);
+        say_idle(ctx, follow_all);
+        if !follow_all {
+            return Ok(Exit::Success);
+        }
     }
     let mut screen = (!ctx.out.json && std::io::stdout().is_terminal()).then(Screen::new);
     let mut shown: BTreeMap<TorrentId, Option<TorrentStatus>> = BTreeMap::new();
@@ -71,12 +76,21 @@ fn watch_board(ctx: &Context, args: Args, mut board: Board) -> Result<Exit, Erro
         shown.insert(summary.info.id, None);
     }
     loop {
-        // One pass over the board per wake, not one search per watched torrent.
-        let mut now: BTreeMap<TorrentId, TorrentStatus> = board
-            .iter()
-            .filter(|summary| shown.contains_key(&summary.info.id))
-            .map(|summary| (summary.info.id, summary.status))
-            .collect();
+        // One pass over the board per wake, not one search per watched torrent; following
+        // the broker, a torrent not seen before joins the watched ones.
+        let mut now: BTreeMap<TorrentId, TorrentStatus> = BTreeMap::new();
+        for summary in board.iter() {
+            let id = summary.info.id;
+            if follow_all && !shown.contains_key(&id) {
+                if let Some(screen) = &mut screen {
+                    screen.add(id, &summary.info.name, summary.info.total_bytes);
+                }
+                shown.insert(id, None);
+            }
+            if shown.contains_key(&id) {
+                now.insert(id, summary.status);
+            }
+        }
         let ids: Vec<TorrentId> = shown.keys().copied().collect();
         for id in ids {
             let Some(status) = now.remove(&id) else {
@@ -100,7 +114,7 @@ fn watch_board(ctx: &Context, args: Args, mut board: Board) -> Result<Exit, Erro
                 shown.insert(id, Some(status));
             }
         }
-        if shown.is_empty() {
+        if shown.is_empty() && !follow_all {
             return Ok(Exit::Success);
         }
         if let Err(stopped) = board.wait_for_change(QUIET) {
@@ -125,7 +139,8 @@ fn wait_for_restart(board: &mut Board, stopped: Error) -> Result<(), Error> {
 }
 
 fn watch_events(ctx: &Context, args: Args, mut patron: Patron) -> Result<Exit, Error> {
-    let targets: Vec<TorrentRef> = if args.torrents.is_empty() {
+    let follow_all = args.torrents.is_empty();
+    let targets: Vec<TorrentRef> = if follow_all {
         patron
             .list()?
             .into_iter()
@@ -135,9 +150,10 @@ fn watch_events(ctx: &Context, args: Args, mut patron: Patron) -> Result<Exit, E
         args.torrents
     };
     if targets.is_empty() {
-        ctx.out
-            .emit(|| "No torrents to watch.".into(), json!({"event": "idle"}));
-        return Ok(Exit::Success);
+        say_idle(ctx, follow_all);
+        if !follow_all {
+            return Ok(Exit::Success);
+        }
     }
     let mut screen = (!ctx.out.json && std::io::stdout().is_terminal()).then(Screen::new);
     let mut watched: Vec<TorrentId> = Vec::new();
@@ -148,8 +164,31 @@ fn watch_events(ctx: &Context, args: Args, mut patron: Patron) -> Result<Exit, E
         }
         watched.push(info.id);
     }
+    // Following the broker without its board: torrents added since are looked for now and
+    // then (a list), and followed like the first.
+    let mut looked = std::time::Instant::now();
     loop {
-        match patron.next_event()? {
+        if follow_all && looked.elapsed() >= QUIET {
+            looked = std::time::Instant::now();
+            for torrent in patron.list()? {
+                let id = torrent.info.id;
+                if watched.contains(&id) || patron.follow(TorrentRef::Id(id)).is_err() {
+                    continue;
+                }
+                if let Some(screen) = &mut screen {
+                    screen.add(id, &torrent.info.name, torrent.info.total_bytes);
+                }
+                watched.push(id);
+            }
+        }
+        let event = match follow_all {
+            true => match patron.next_event_timeout(QUIET)? {
+                Some(event) => event,
+                None => continue,
+            },
+            false => patron.next_event()?,
+        };
+        match event {
             Event::TorrentStatusUpdate(status) => match &mut screen {
                 Some(screen) => screen.update(&status),
                 None => ctx.out.emit(|| status_line(&status), status_json(&status)),
@@ -163,7 +202,7 @@ fn watch_events(ctx: &Context, args: Args, mut patron: Patron) -> Result<Exit, E
                     ),
                 }
                 watched.retain(|w| *w != id);
-                if watched.is_empty() {
+                if watched.is_empty() && !follow_all {
                     return Ok(Exit::Success);
                 }
             }
@@ -173,6 +212,18 @@ fn watch_events(ctx: &Context, args: Args, mut patron: Patron) -> Result<Exit, E
             _ => {}
         }
     }
+}
+
+/// Says there is nothing to watch: the end, or (following the broker) a wait for torrents.
+fn say_idle(ctx: &Context, follow_all: bool) {
+    let text = match follow_all {
+        true => "No torrents yet: waiting for some (Ctrl-C to stop).",
+        false => "No torrents to watch.",
+    };
+    ctx.out.emit(
+        || text.into(),
+        json!({"event": "idle", "waiting": follow_all}),
+    );
 }
 
 /// The live view: one line per torrent, in id order, redrawn where it stands.
