@@ -122,7 +122,8 @@ pub fn list_scale(
         };
         // Once to check it lists them all; then timed, into /dev/null as for the anchor.
         let out = list().output()?;
-        let lines = out.stdout.split(|b| *b == b'\n').count() - 1;
+        // A header, then one line per torrent.
+        let lines = out.stdout.split(|b| *b == b'\n').count().saturating_sub(2);
         if !out.status.success() || lines != level {
             bail!(
                 "list printed {lines} lines for {level} torrents ({})",

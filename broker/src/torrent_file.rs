@@ -86,6 +86,12 @@ pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTo
     if bytes.is_empty() {
         return Err(invalid("the .torrent data is empty"));
     }
+    // Something else entirely (a video, a text) says so, not where its bencode broke.
+    if bytes[0] != b'd' {
+        return Err(invalid(
+            "not a valid .torrent file: it does not even start as one (with 'd'); to share a file or folder, make a torrent of it: patron-client make PATH --seed",
+        ));
+    }
     check_bencode(bytes).map_err(|why| invalid(format!("not a valid .torrent file: {why}")))?;
     let meta = librqbit::torrent_from_bytes(bytes)
         .map_err(|e| invalid(format!("not a valid .torrent file: {e}")))?;

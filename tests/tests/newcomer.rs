@@ -224,3 +224,44 @@ fn reading_commands_start_no_broker_and_make_no_folder() {
     );
     assert_eq!(stopped.code(), 0, "{}", stopped.stderr);
 }
+
+/// An add with no `--output` saves into the current folder; when that is outside the
+/// broker's roots the refusal says it was the current folder and what to do.
+#[test]
+fn an_add_from_a_folder_outside_the_roots_says_it_was_the_current_folder() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/one.bin", 50_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let mut add = sandbox.client(&state);
+    add.current_dir("/").arg("add").arg(&seeder.torrent);
+    let out = run(add);
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the current folder")
+            && out.stderr.contains("--output")
+            && out.stderr.contains("download roots"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A data file given where a .torrent goes is called what it is, with what to do instead;
+/// a torrent larger than the free space says so in human sizes.
+#[test]
+fn refusals_speak_of_files_and_sizes_not_bytes_at_offsets() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let video = sandbox.path("film.mkv");
+    e2e::write_file(&video, &[0x1a, 0x45, 0xdf, 0xa3, 0xae, 0x00]);
+    let out = sandbox.folder("downloads");
+    let add = sandbox.add_command(&state, &video, &out, None);
+    let refused = run(add).expect_code(3);
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(
+        said.contains("not a valid .torrent") && said.contains("make") && !said.contains("0x"),
+        "{said}"
+    );
+}

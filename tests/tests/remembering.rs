@@ -387,3 +387,31 @@ fn a_close_that_cannot_be_recorded_keeps_the_torrent_and_the_callers_hold() {
     assert!(listed(&sandbox, &state).is_empty());
     stop(broker);
 }
+
+/// An error message too long for the board's slot is cut there (and marked `…`); `status`,
+/// human or `--json`, still says all of it (the broker has it whole).
+#[test]
+fn status_says_a_long_error_whole() {
+    let sandbox = Sandbox::new();
+    let (state, _) =
+        record_on_an_unmounted_disk(&sandbox, "a-disk-with-a-name-long-enough-to-pass-the-slot");
+    let broker = sandbox.broker(&state, &[]);
+    let mut human = sandbox.client(&state);
+    human.args(["status", "0"]);
+    let human = run(human).expect_code(0);
+    // (The name column is cut to its width by design; the reason never is.)
+    assert!(
+        human.stdout.contains("is its disk mounted?"),
+        "{}",
+        human.stdout
+    );
+    let mut json = sandbox.client(&state);
+    json.args(["--json", "status", "0"]);
+    let line = &run(json).expect_code(0).json_lines()[0];
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(
+        error.len() > 128 && error.contains("is its disk mounted?") && !error.ends_with('…'),
+        "{line}"
+    );
+    stop(broker);
+}

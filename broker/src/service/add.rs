@@ -399,9 +399,10 @@ fn refuse_if_it_cannot_fit(
         .saturating_mul(stats.fragment_size());
     if checked.total_bytes > free {
         return Err(ProtoError::no_space(format!(
-            "{} needs {} bytes, but only {free} are free in {}",
+            "{} needs {}, but only {} are free in {}: free some space, or save it elsewhere (--output)",
             checked.name,
-            checked.total_bytes,
+            proto::text::bytes(checked.total_bytes),
+            proto::text::bytes(free),
             save_folder.display()
         )));
     }

@@ -44,6 +44,7 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     let source = read_source(&args.source)?;
+    let defaulted = args.output.is_none();
     let output = match args.output {
         Some(dir) => absolute(&dir)?,
         None => std::env::current_dir().map_err(|source| Error::Io {
@@ -63,7 +64,19 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
 
     let paused = request.paused;
     let mut patron = ctx.patron()?;
-    let created = patron.create(request)?;
+    let created = patron.create(request).map_err(|error| match error {
+        // The folder was not named: say it was the current one, and what to do.
+        Error::StartFailed(mut refusal)
+            if defaulted && refusal.kind == patron_client::proto::ErrorKind::PathNotAllowed =>
+        {
+            refusal.message = format!(
+                "the current folder is where a torrent is saved unless --output names another, and {}; add with --output DIR inside one of the roots",
+                refusal.message
+            );
+            Error::StartFailed(refusal)
+        }
+        other => other,
+    })?;
     let (verb, event, exit) = match &created {
         Created::New(_) if paused => ("Added, paused:", "created", Exit::Success),
         Created::New(_) => ("Started", "created", Exit::Success),

@@ -15,12 +15,24 @@ pub struct Args {
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     let status = match ctx.status_source()? {
         Source::Board(board) => match board.get(args.torrent) {
-            Some(status) => status,
+            // A name or error message too long for its slot was cut (and marked `…`): the
+            // broker has it whole.
+            Some(status) if !maybe_cut(&status) => status,
             // Not on the board: the broker says why (unknown id, and so on).
-            None => ctx.reader()?.status(args.torrent)?,
+            _ => ctx.reader()?.status(args.torrent)?,
         },
         Source::Requests(mut patron) => patron.status(args.torrent)?,
     };
     ctx.out.emit(|| status_line(&status), status_json(&status));
     Ok(Exit::Success)
+}
+
+/// Whether a text of `status` may have been cut to fit its slot on the board (the board
+/// marks a cut text with a trailing `…`; a whole one that ends so is only asked again).
+pub fn maybe_cut(status: &patron_client::proto::TorrentStatus) -> bool {
+    let error = match &status.state {
+        patron_client::proto::TorrentState::Error(why) => why.as_str(),
+        _ => "",
+    };
+    status.name.ends_with('…') || error.ends_with('…')
 }
