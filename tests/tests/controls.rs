@@ -58,7 +58,7 @@ fn pause_and_resume_are_kept_across_restarts_through_the_cli_pipe_and_library() 
 
     // Resumed (the CLI): it downloads and completes.
     let resumed = ok_json(&sandbox, &state, &["resume", &id]);
-    assert_eq!(resumed["event"], "resumed", "{resumed}");
+    assert_eq!(resumed["event"], "status", "{resumed}");
     assert_ne!(resumed["state"], "paused", "{resumed}");
     let torrent = TorrentRef::Id(TorrentId(id.parse().expect("id")));
     let mut patron = sandbox.patron(&state);
@@ -131,7 +131,7 @@ fn recheck_hashes_the_data_again_and_finds_a_damaged_piece() {
     damaged[3 * PIECE as usize + 100] ^= 0xff;
     std::fs::write(&data, &damaged).expect("damage");
     let rechecking = ok_json(&sandbox, state, &["recheck", id]);
-    assert_eq!(rechecking["event"], "rechecking", "{rechecking}");
+    assert_eq!(rechecking["event"], "status", "{rechecking}");
     let total = original.len() as u64;
     let after = wait_status(&sandbox, state, id, "the check to find the damage", |s| {
         s["state"] != "checking" && s["bytes_done"].as_u64().is_some_and(|d| d < total)

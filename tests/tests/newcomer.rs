@@ -265,3 +265,84 @@ fn refusals_speak_of_files_and_sizes_not_bytes_at_offsets() {
         "{said}"
     );
 }
+
+/// One JSON vocabulary: pause, resume and recheck answer `status` as pipe mode does; the
+/// broker is `broker` from `broker status` and pipe mode's `info` alike; a command line
+/// refused under `--json` is a JSON error (kind `usage`, exit 2).
+#[test]
+fn the_cli_and_pipe_mode_speak_one_json_vocabulary() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/one.bin", 50_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = seeder.broker.state.clone();
+    for command in ["pause", "resume", "recheck"] {
+        let line = e2e::ok_json(&sandbox, &state, &[command, "0"]);
+        assert_eq!(line["event"], "status", "{command}: {line}");
+    }
+    let cli = e2e::ok_json(&sandbox, &state, &["broker", "status"]);
+    let piped = e2e::pipe_session(
+        &sandbox,
+        &state,
+        &[r#"{"cmd":"info","request":"i"}"#.to_string()],
+        true,
+    );
+    let piped = piped.iter().find(|l| l["request"] == "i").expect("info");
+    assert_eq!(cli["event"], "broker", "{cli}");
+    assert_eq!(piped["event"], "broker", "{piped}");
+    let keys = |v: &serde_json::Value| {
+        let mut keys: Vec<String> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .filter(|k| *k != "request")
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&cli), keys(piped));
+    for bad in [
+        vec!["--json", "status"],
+        vec!["--json", "cat", "0", "--offset", "lots"],
+        vec!["pause", "--json", "--nope", "0"],
+    ] {
+        let mut cmd = sandbox.client(&state);
+        cmd.args(&bad);
+        let out = run(cmd).expect_code(2);
+        let lines = out.json_lines();
+        assert_eq!(lines.len(), 1, "{bad:?}: {}", out.stdout);
+        assert_eq!(lines[0]["event"], "error", "{bad:?}");
+        assert_eq!(lines[0]["kind"], "usage", "{bad:?}");
+    }
+}
+
+/// Pipe mode's one rule of order: replies come in request order, but a line's own error (it
+/// never reached the broker) comes at once, even before the reply to a slow earlier command.
+#[test]
+fn in_pipe_mode_a_bad_lines_error_comes_at_once_and_replies_keep_their_order() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &["--magnet-timeout", "3"]);
+    let silent = e2e::SilentPeer::start();
+    let out = sandbox.folder("downloads");
+    let lines = [
+        serde_json::json!({"cmd": "add", "magnet": silent.magnet("ab", None),
+            "output": out.display().to_string(), "request": "slow"})
+        .to_string(),
+        "this is not a command".to_string(),
+        r#"{"cmd":"list","request":"after"}"#.to_string(),
+    ];
+    let replies = e2e::pipe_session(&sandbox, &state, &lines, true);
+    let at = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        replies
+            .iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("{replies:#?}"))
+    };
+    let bad = at(&|l| l["kind"] == "bad-line");
+    let slow = at(&|l| l["request"] == "slow");
+    let after = at(&|l| l["request"] == "after");
+    assert_eq!(replies[bad]["line"], 2, "{replies:#?}");
+    assert!(bad < slow && slow < after, "{replies:#?}");
+    assert_eq!(replies[slow]["event"], "start-failed", "{replies:#?}");
+}

@@ -1,5 +1,6 @@
 //! `patron-client broker start|stop|status`.
 
+use super::output::broker_json;
 use super::{Context, Exit};
 use patron_client::{ConnectOptions, Error, Patron};
 use serde_json::json;
@@ -98,34 +99,7 @@ fn report(ctx: &Context, patron: &mut Patron, started: Option<bool>) -> Result<E
                 info.unread_regions.1
             )
         },
-        json!({
-            "event": "broker",
-            "state": "running",
-            "started": started,
-            "pid": info.pid,
-            "version": info.version,
-            "state_dir": info.state_dir,
-            "listen": info.listen,
-            "loopback_only": info.loopback_only,
-            "download_roots": info.download_roots,
-            "patrons": others,
-            "torrents": info.torrents,
-            "streams": info.streams,
-            "open_files": info.open_files,
-            "open_files_limit": info.open_files_limit,
-            "large_requests": info.large_requests.0,
-            "large_requests_limit": info.large_requests.1,
-            "large_request_bytes": info.large_request_bytes.0,
-            "large_request_bytes_limit": info.large_request_bytes.1,
-            "files": info.files.0,
-            "files_limit": info.files.1,
-            "board_waiters": info.board_waiters.0,
-            "board_waiters_limit": info.board_waiters.1,
-            "unread_bytes": info.unread_bytes.0,
-            "unread_bytes_limit": info.unread_bytes.1,
-            "unread_regions": info.unread_regions.0,
-            "unread_regions_limit": info.unread_regions.1,
-        }),
+        broker_json(&info, started, others),
     );
     Ok(Exit::Success)
 }

@@ -181,7 +181,10 @@ pub enum Source {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(error),
+    };
     let ctx = Context {
         out: Output::new(cli.json),
         connect: ConnectOptions {
@@ -215,6 +218,33 @@ pub fn main() -> ExitCode {
         }
     };
     ExitCode::from(exit as u8)
+}
+
+/// A command line clap refused: as text (clap's own, exit 2), or under `--json` as the one
+/// JSON error line every other refusal is. Help and version are printed as asked.
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let json = std::env::args_os().skip(1).any(|arg| arg == "--json");
+    let shown = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !json || shown {
+        error.exit();
+    }
+    let text = error.render().to_string();
+    let message = text
+        .trim()
+        .strip_prefix("error: ")
+        .unwrap_or(text.trim())
+        .to_owned();
+    out!(
+        "{}",
+        serde_json::json!({"event": "error", "kind": "usage", "message": message})
+    );
+    ExitCode::from(2)
 }
 
 /// `path` made absolute against the current folder (the broker has its own).

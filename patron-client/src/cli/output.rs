@@ -178,3 +178,40 @@ pub fn summary_json(summary: &TorrentSummary) -> Value {
     value["ephemeral"] = summary.ephemeral.into();
     value
 }
+
+/// The broker as `broker status --json` and pipe mode's `info` print it: `others`, the
+/// patrons connected besides the one asking; `started`, what `broker start` did.
+pub fn broker_json(
+    info: &patron_client::proto::BrokerInfo,
+    started: Option<bool>,
+    others: u32,
+) -> Value {
+    json!({
+        "event": "broker",
+        "state": "running",
+        "started": started,
+        "pid": info.pid,
+        "version": info.version,
+        "state_dir": info.state_dir,
+        "listen": info.listen,
+        "loopback_only": info.loopback_only,
+        "download_roots": info.download_roots,
+        "patrons": others,
+        "torrents": info.torrents,
+        "streams": info.streams,
+        "open_files": info.open_files,
+        "open_files_limit": info.open_files_limit,
+        "large_requests": info.large_requests.0,
+        "large_requests_limit": info.large_requests.1,
+        "large_request_bytes": info.large_request_bytes.0,
+        "large_request_bytes_limit": info.large_request_bytes.1,
+        "files": info.files.0,
+        "files_limit": info.files.1,
+        "board_waiters": info.board_waiters.0,
+        "board_waiters_limit": info.board_waiters.1,
+        "unread_bytes": info.unread_bytes.0,
+        "unread_bytes_limit": info.unread_bytes.1,
+        "unread_regions": info.unread_regions.0,
+        "unread_regions_limit": info.unread_regions.1,
+    })
+}

@@ -14,8 +14,8 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     let status = ctx.patron()?.pause(args.torrent)?;
-    let mut value = status_json(&status);
-    value["event"] = "paused".into();
+    // The same event as every status, here and in pipe mode.
+    let value = status_json(&status);
     ctx.out
         .emit(|| format!("Paused: {}", status_line(&status)), value);
     Ok(Exit::Success)

@@ -790,10 +790,11 @@ fn event_json(event: Event) -> Value {
         }),
         Event::Status { status, .. } | Event::TorrentStatusUpdate(status) => status_json(&status),
         Event::TorrentMade { made, .. } => made_json(&made),
+        // As `patron-client --json broker status` prints it (this patron is one of those
+        // connected).
         Event::BrokerInfo { info, .. } => {
-            let mut value = serde_json::to_value(&info).unwrap_or(Value::Null);
-            value["event"] = "broker-info".into();
-            value
+            let others = info.patrons.saturating_sub(1);
+            output::broker_json(&info, None, others)
         }
         Event::Ok { .. } => json!({"event": "ok"}),
         Event::TorrentGone { id, reason } => {
