@@ -49,6 +49,11 @@ pub struct Engine {
     /// Ids are chosen here, not by librqbit: its JSON store hands two concurrent adds the same
     /// id (and then wrongly reports the second torrent as already managed).
     next_id: AtomicUsize,
+    /// Ids below this one may have been handed out already, in this run or an earlier one
+    /// (kept in `<state dir>/next-id`): a restart starts above it, so an id never names two
+    /// torrents in one state dir.
+    ids_written: std::sync::Mutex<usize>,
+    ids_path: PathBuf,
     /// Whether the DHT runs (a magnet can then be resolved without peers or trackers).
     dht: bool,
     /// Where the engine keeps each torrent's verified pieces: fast resume. The broker's
@@ -232,9 +237,13 @@ impl Engine {
         let session = Session::new_with_opts(config.default_download_dir.clone(), options)
             .await
             .context("cannot start the BitTorrent engine")?;
+        let ids_path = config.state_dir.join("next-id");
+        let first_id = read_next_id(&ids_path)?;
         Ok(Engine {
             session,
-            next_id: AtomicUsize::new(0),
+            next_id: AtomicUsize::new(first_id),
+            ids_written: std::sync::Mutex::new(first_id),
+            ids_path,
             dht: config.dht,
             fast_resume,
             listen: config.listen,
@@ -256,7 +265,27 @@ impl Engine {
 
     /// A fresh id, for a torrent known before the engine has it (a resolving magnet).
     pub fn allocate_id(&self) -> TorrentId {
-        TorrentId(self.next_id.fetch_add(1, Ordering::Relaxed) as u64)
+        TorrentId(self.take_id() as u64)
+    }
+
+    /// The next id, never handed out before in this state dir: past the mark written in
+    /// `next-id`, the mark moves [`IDS_AHEAD`] further (durably, before the id is used),
+    /// so one write covers many adds.
+    fn take_id(&self) -> usize {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut written = self.ids_written.lock().unwrap_or_else(|e| e.into_inner());
+        if id >= *written {
+            let mark = id.saturating_add(IDS_AHEAD);
+            match crate::store::write_atomically(&self.ids_path, mark.to_string().as_bytes()) {
+                Ok(()) => *written = mark,
+                // The add goes on: at worst a restart hands out an id that was used before.
+                Err(e) => tracing::warn!(
+                    "cannot record the next torrent id in {}: {e}",
+                    self.ids_path.display()
+                ),
+            }
+        }
+        id
     }
 
     /// Makes sure ids handed out from now on are above `id` (restored torrents keep theirs).
@@ -310,7 +339,7 @@ impl Engine {
         let id = match spec.id {
             Some(id) => usize::try_from(id.0)
                 .map_err(|_| ProtoError::engine(format!("torrent id {id} is too large")))?,
-            None => self.next_id.fetch_add(1, Ordering::Relaxed),
+            None => self.take_id(),
         };
         let unchanged = spec.resume
             && {
@@ -641,6 +670,26 @@ fn path_text(path: &Path) -> String {
 
 /// A registered torrent's status: [`status_of`] its handle, or `checking` while it has none
 /// to read (being added again, see [`crate::registry::TorrentEntry::live_handle`]).
+/// Ids handed out ahead of what `next-id` says, per write of it.
+const IDS_AHEAD: usize = 1024;
+
+/// The first id a start may hand out: what `next-id` says (0 in a new state dir). A file
+/// that is there but cannot be read as one number refuses the start, as the records do.
+pub(crate) fn read_next_id(path: &Path) -> anyhow::Result<usize> {
+    let Some(bytes) = crate::store::read_state_file(path)? else {
+        return Ok(0);
+    };
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} is damaged (it should hold the next torrent id): move it aside to start",
+                path.display()
+            )
+        })
+}
+
 pub fn status_or_checking(
     info: &proto::TorrentInfo,
     handle: Option<&ManagedTorrentHandle>,

@@ -252,8 +252,10 @@ mod fuzz {
                 _ if regular => prop_assert!(matches!(read, Ok(Some(_)))),
                 _ => prop_assert!(read.is_err(), "{what:?} was read as state"),
             }
-            // And the records' reader makes an error of anything that is not records.
+            // And the records' and the next id's readers make an error of anything that is
+            // not what they read.
             let _ = crate::registry::TorrentRegistry::load_records(&path);
+            let _ = crate::engine::read_next_id(&path);
         }
     }
 }

@@ -415,3 +415,41 @@ fn status_says_a_long_error_whole() {
     );
     stop(broker);
 }
+
+/// An id never names two torrents in one state dir: torrents closed (the highest ids) and a
+/// broker killed, the next add after the restart gets a new id, not one a script may still
+/// hold for a torrent that is gone.
+#[test]
+fn ids_are_never_handed_out_twice_across_restarts() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("ids");
+    let out = sandbox.folder("downloads");
+    let mut broker = sandbox.broker(&state, &[]);
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let torrent = made_torrent(&sandbox, &format!("t{n}.bin"));
+        let mut add = sandbox.add_command(&state, &torrent, &out, None);
+        add.arg("--paused");
+        let line = &run(add).expect_code(0).json_lines()[0];
+        ids.push(line["id"].as_u64().expect("id"));
+    }
+    assert_eq!(ids, [0, 1, 2, 3]);
+    for id in ["2", "3"] {
+        let mut close = sandbox.client(&state);
+        close.args(["close", id]);
+        run(close).expect_code(0);
+    }
+    broker.signal(Signal::SIGKILL);
+    broker.wait_exit(STEP_TIMEOUT);
+    let broker = sandbox.broker(&state, &[]);
+    let torrent = made_torrent(&sandbox, "after.bin");
+    let mut add = sandbox.add_command(&state, &torrent, &out, None);
+    add.arg("--paused");
+    let line = &run(add).expect_code(0).json_lines()[0];
+    let id = line["id"].as_u64().expect("id");
+    assert!(
+        id > 3,
+        "id {id} was handed out before, to a torrent now closed"
+    );
+    stop(broker);
+}
