@@ -34,8 +34,14 @@ impl Tmux {
 
     /// Starts `program` in a detached 150×12 session.
     fn start(&mut self, sandbox: &Sandbox, program: &str) {
+        self.start_sized(sandbox, program, 150);
+    }
+
+    /// Starts `program` in a detached session `width` columns wide, 12 lines high.
+    fn start_sized(&mut self, sandbox: &Sandbox, program: &str, width: u16) {
         let mut cmd = self.command(sandbox);
-        cmd.args(["new-session", "-d", "-x", "150", "-y", "12", program]);
+        let width = width.to_string();
+        cmd.args(["new-session", "-d", "-x", &width, "-y", "12", program]);
         run(cmd).expect_code(0);
         let mut pid = self.command(sandbox);
         pid.args(["display-message", "-p", "#{pid}"]);
@@ -268,4 +274,48 @@ fn watch_with_no_torrent_named_follows_the_broker_until_interrupted() {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(out.status.signal(), Some(2), "{out:?}");
     }
+}
+
+/// On a terminal narrower than a torrent's line, each line is cut to fit rather than
+/// wrapped (a wrapped line breaks the redraw in place).
+#[test]
+fn watch_fits_its_lines_to_a_narrow_terminal() {
+    if !have_tmux() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let mut patron = sandbox.patron(&state);
+    for name in ["narrow-one.bin", "narrow-two.bin"] {
+        let data = sandbox.random_file(&format!("local/{name}"), 30_000);
+        e2e::make_and_seed(&mut patron, &data);
+    }
+    let mut tmux = Tmux::new(&sandbox);
+    tmux.start_sized(
+        &sandbox,
+        &format!(
+            "{} --state-dir {} watch",
+            quoted(&bin("patron-client")),
+            quoted(&state)
+        ),
+        80,
+    );
+    let mut screen = String::new();
+    wait_for("both torrents seeding on screen", STEP_TIMEOUT, || {
+        screen = tmux.screen(&sandbox);
+        ["narrow-one.bin", "narrow-two.bin"].iter().all(|name| {
+            screen
+                .lines()
+                .any(|l| l.contains(name) && l.contains("100%") && l.contains("seeding"))
+        })
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    screen = tmux.screen(&sandbox);
+    let drawn: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        drawn.len(),
+        2,
+        "one line per torrent, none wrapped:\n{screen}"
+    );
 }

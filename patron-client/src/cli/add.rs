@@ -3,7 +3,9 @@
 use super::output::{info_human, info_json, status_json};
 use super::{absolute, Context, Exit};
 use indicatif::{ProgressBar, ProgressStyle};
-use patron_client::proto::{CreateNewTorrent, Event, TorrentId, TorrentSource, TorrentState};
+use patron_client::proto::{
+    CreateNewTorrent, Event, TorrentId, TorrentSource, TorrentState, TorrentStatus,
+};
 use patron_client::{Created, Error, Patron};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -135,25 +137,34 @@ pub fn wait_until_complete(
 ) -> Result<(), Error> {
     let bar = (!ctx.out.json && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(total);
+        // The rate and the time left are the broker's (indicatif's own would be computed
+        // from the bar's jumps: joining a complete torrent showed tens of GiB/s).
         bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {msg:12} [{bar:32}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{spinner} [{bar:32}] {bytes}/{total_bytes}  {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         bar
     });
+    // Since when it has been downloading with no peer (for the hint).
+    let mut alone_since: Option<std::time::Instant> = None;
     loop {
         match patron.next_event()? {
             Event::TorrentStatusUpdate(status) if status.id == id => {
                 if ctx.out.json {
                     out!("{}", status_json(&status));
                 }
+                let alone = status.peers == 0 && status.state == TorrentState::Downloading;
+                alone_since = match (alone, alone_since) {
+                    (true, None) => Some(std::time::Instant::now()),
+                    (true, since) => since,
+                    (false, _) => None,
+                };
                 if let Some(bar) = &bar {
                     bar.set_length(status.bytes_total);
                     bar.set_position(status.bytes_done);
-                    bar.set_message(status.state.as_str());
+                    let alone_for = alone_since.map(|since| since.elapsed());
+                    bar.set_message(wait_message(&status, alone_for));
                 }
                 if status.complete {
                     if let Some(bar) = bar {
@@ -186,11 +197,85 @@ pub fn wait_until_complete(
     }
 }
 
+/// How long a download may have no peer before `add --wait` says what to do about it.
+const ALONE_HINT_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What `add --wait` shows beside its bar: the state, the broker's rate, the peers, and the
+/// time left (`-` while nothing comes); a hint once it has had no peer for a while. ASCII
+/// only: indicatif cuts a message too wide for the terminal by bytes, not columns.
+fn wait_message(status: &TorrentStatus, alone_for: Option<std::time::Duration>) -> String {
+    let peers = match status.peers {
+        1 => "1 peer".to_owned(),
+        n => format!("{n} peers"),
+    };
+    let eta = match status.eta_secs {
+        Some(secs) if !status.complete => super::output::duration(secs),
+        _ if status.complete => "0s".to_owned(),
+        _ => "-".to_owned(),
+    };
+    let mut message = format!(
+        "{}  down {}/s  {peers}  eta {eta}",
+        status.state.as_str(),
+        super::output::bytes(status.download_rate)
+    );
+    if alone_for.is_some_and(|alone| alone >= ALONE_HINT_AFTER) {
+        message.push_str(&format!(
+            "  (no peer yet: name one with `patron-client peers {} --add HOST:PORT`, or add with --peer)",
+            status.id
+        ));
+    }
+    message
+}
+
 /// The command-line option for a request field the broker did not apply.
 fn option_name(field: &str) -> String {
     match field {
         "peers" => "--peer".to_owned(),
         "only_files" => "--only".to_owned(),
         other => format!("--{}", other.replace('_', "-")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patron_client::proto::{InfoHash, TorrentId, TorrentInfo};
+    use std::time::Duration;
+
+    fn downloading(peers: u32, rate: u64, eta: Option<u64>) -> TorrentStatus {
+        let info = TorrentInfo {
+            id: TorrentId(7),
+            info_hash: InfoHash([0; 20]),
+            name: "film".into(),
+            save_folder: "/d".into(),
+            total_bytes: 100,
+        };
+        TorrentStatus {
+            peers,
+            download_rate: rate,
+            eta_secs: eta,
+            ..TorrentStatus::idle(&info, TorrentState::Downloading)
+        }
+    }
+
+    #[test]
+    fn the_wait_line_shows_the_brokers_figures_and_a_hint_when_nobody_seeds() {
+        let line = wait_message(&downloading(1, 2048, Some(90)), None);
+        assert!(
+            line.contains("1 peer ") && line.contains("2.0 KiB/s") && line.contains("eta 1m30s"),
+            "{line}"
+        );
+        // Nobody to download from: no made-up time left, and after a while a hint.
+        let alone = downloading(0, 0, None);
+        let line = wait_message(&alone, Some(Duration::from_secs(2)));
+        assert!(
+            line.contains("0 peers") && line.contains("eta -") && !line.contains("--add"),
+            "{line}"
+        );
+        let line = wait_message(&alone, Some(Duration::from_secs(30)));
+        assert!(
+            line.contains("peers 7 --add") && line.contains("--peer"),
+            "{line}"
+        );
     }
 }

@@ -242,8 +242,9 @@ impl Screen {
 
     fn add(&mut self, id: TorrentId, name: &str, total: u64) {
         // indicatif has one free-form field per side of the bar: the name goes before it,
-        // the figures after.
-        let style = ProgressStyle::with_template("{prefix} [{bar:24}] {percent:>3}% {msg}")
+        // the figures after, cut to the terminal's width (a wrapped line would break the
+        // redraw in place).
+        let style = ProgressStyle::with_template("{prefix} [{bar:24}] {percent:>3}% {wide_msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
         let bar = self.lines.add(ProgressBar::new(total.max(1)));
@@ -272,12 +273,20 @@ impl Screen {
             1 => "1 peer".to_owned(),
             n => format!("{n} peers"),
         };
-        bar.set_message(format!(
-            "{:<11} ↓{}/s ↑{}/s  {peers}{eta}",
+        let message = format!(
+            "{:<11} down {}/s  up {}/s  {peers}{eta}",
             super::output::shown(&status.state.to_string()),
             bytes(status.download_rate),
             bytes(status.upload_rate),
-        ));
+        );
+        // ASCII only: indicatif cuts a message too wide for the terminal by bytes, not
+        // columns (a wider character would push the line past the edge, and a cut inside
+        // one leaves the message whole). An error's own text may have any.
+        let message: String = message
+            .chars()
+            .map(|c| if c.is_ascii() { c } else { '?' })
+            .collect();
+        bar.set_message(message);
     }
 
     fn gone(&mut self, id: TorrentId, reason: &str) {
