@@ -346,3 +346,52 @@ fn in_pipe_mode_a_bad_lines_error_comes_at_once_and_replies_keep_their_order() {
     assert!(bad < slow && slow < after, "{replies:#?}");
     assert_eq!(replies[slow]["event"], "start-failed", "{replies:#?}");
 }
+
+/// Help says what the tool is in plain words, every command's help has examples, `pipe`'s
+/// lists its commands, and the man pages carry the same.
+#[test]
+fn help_and_man_pages_say_what_and_show_how() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.path("no-broker");
+    let help = |args: &[&str]| {
+        let mut cmd = sandbox.client(&state);
+        cmd.args(args).arg("--help");
+        run(cmd).expect_code(0).stdout
+    };
+    let top = help(&[]);
+    assert!(top.contains("Download, seed and stream torrents"), "{top}");
+    assert!(!top.contains("library"), "{top}");
+    for command in [
+        "add", "close", "list", "status", "watch", "pause", "resume", "recheck", "files", "peers",
+        "cat", "make", "broker",
+    ] {
+        let text = help(&[command]);
+        assert!(text.contains("Examples:"), "{command}: {text}");
+        assert!(
+            text.contains(&format!("patron-client {command}")),
+            "{command}: {text}"
+        );
+    }
+    let pipe = help(&["pipe"]);
+    for cmd in [
+        "add", "close", "list", "status", "follow", "make", "info", "pause", "files", "peers",
+        "cat", "shutdown",
+    ] {
+        assert!(
+            pipe.lines().any(|l| l.trim_start().starts_with(cmd)),
+            "pipe --help lacks {cmd}: {pipe}"
+        );
+    }
+    let pages = sandbox.folder("man");
+    let mut man = sandbox.client(&state);
+    man.arg("manpages").arg(&pages);
+    run(man).expect_code(0);
+    let cat = std::fs::read_to_string(pages.join("patron-client-cat.1")).expect("cat page");
+    assert!(cat.contains("Examples") && cat.contains("mpv"), "{cat}");
+    let pipe = std::fs::read_to_string(pages.join("patron-client-pipe.1")).expect("pipe page");
+    assert!(
+        pipe.contains("shutdown") && pipe.contains("cat\\-done"),
+        "{pipe}"
+    );
+    assert!(!state.exists(), "help or man pages made the state dir");
+}

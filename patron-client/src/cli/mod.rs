@@ -32,19 +32,82 @@ use patron_client::{Board, ConnectOptions, Error, Patron};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+const EXAMPLES_ADD: &str = "Examples:\n  patron-client add film.torrent -o ~/Videos --wait
+  patron-client add 'magnet:?xt=urn:btih:...' --peer 192.168.1.5:6881
+  patron-client --json add film.torrent --paused --only 0,2";
+
+const EXAMPLES_CLOSE: &str = "Examples:\n  patron-client close 3
+  patron-client close 3 --delete-data --force";
+
+const EXAMPLES_LIST: &str = "Examples:\n  patron-client list
+  patron-client --json list | jq -r '.name' ";
+
+const EXAMPLES_STATUS: &str = "Examples:\n  patron-client status 3
+  patron-client --json status 3 | jq .progress";
+
+const EXAMPLES_WATCH: &str =
+    "Examples:\n  patron-client watch          # every torrent, those added later too, until Ctrl-C
+  patron-client watch 3 5      # these two, until both are closed";
+
+const EXAMPLES_PAUSE: &str = "Examples:\n  patron-client pause 3";
+
+const EXAMPLES_RESUME: &str = "Examples:\n  patron-client resume 3";
+
+const EXAMPLES_RECHECK: &str = "Examples:\n  patron-client recheck 3 && patron-client watch 3";
+
+const EXAMPLES_FILES: &str = "Examples:\n  patron-client files 3
+  patron-client files 3 --only 0,2";
+
+const EXAMPLES_PEERS: &str = "Examples:\n  patron-client peers 3
+  patron-client peers 3 --add 192.168.1.5:6881 --add seedbox:51413";
+
+const EXAMPLES_CAT: &str = "Examples:\n  patron-client cat 3 | mpv -
+  patron-client cat 3 \"Film/film.mkv\" --offset 1.5G | mpv -";
+
+const EXAMPLES_MAKE: &str = "Examples:\n  patron-client make ~/Photos --seed
+  patron-client make big.iso --piece-size 4M --tracker http://tracker.example/announce";
+
+const EXAMPLES_BROKER: &str = "Examples:\n  patron-client broker status
+  patron-client broker stop";
+
+const PIPE_COMMANDS: &str = "\
+Commands, one JSON object per line (\"cmd\", plus an optional \"request\" echoed in the reply):
+  add       exactly one of torrent (a path), torrent_base64, magnet; output, peers, paused,
+            only, max_download_rate, max_upload_rate, ephemeral, overwrite  -> created
+  close     torrent; delete_data, force                                    -> closed
+  list                                                                     -> list
+  status    torrent                                                        -> status
+  follow    torrent (its status updates follow)                            -> following
+  make      path; output, piece_size, trackers, seed                       -> made
+  info                                                                     -> broker
+  pause, resume, recheck    torrent                                        -> status
+  files     torrent; only                                                  -> files
+  peers     torrent; add                                                   -> peers
+  cat       torrent, to (a FIFO or a new file); file, offset               -> cat-done
+  shutdown  (or EOF): wait for what is due, then                           -> finished
+A torrent is its id (3 or \"3\") or its info hash. Any reply may instead be
+{\"event\":\"error\",\"kind\":...,\"message\":...}.
+
+Example:
+  echo '{\"cmd\":\"list\"}' | patron-client pipe";
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  the request failed (unknown torrent, folder not allowed, I/O error, torrent error...)
+  1  the request failed (unknown torrent, I/O error, torrent error...)
   2  usage error
-  3  the torrent could not be started (reason on stderr)
+  3  the torrent could not be started: a folder outside the roots, a bad .torrent... (reason on stderr)
   4  the torrent was already downloading (this patron joined it)
   5  broker unreachable: none runs and none could be started, it refused us, or it stopped
   6  cat: the stream ended before the file did (its torrent failed, was closed or rechecked)";
 
-/// Talk to the torrent-broker of a state directory (starting one if none runs).
+/// Download, seed and stream torrents from a terminal or a script.
+///
+/// Every command talks to the one torrent-broker of a state directory: the only BitTorrent
+/// client there, shared by every program that uses it. A command that changes something
+/// starts the broker when none runs; commands that only read never do.
 #[derive(Debug, Parser)]
-#[command(name = "patron-client", version, about, after_help = EXIT_CODES)]
+#[command(name = "patron-client", version, after_help = EXIT_CODES)]
 pub struct Cli {
     /// State directory of the broker to use
     #[arg(long, global = true, env = "TORRENT_PATRON_STATE", value_name = "DIR")]
@@ -61,36 +124,50 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start a torrent from a .torrent file or a magnet link (or join it if it runs)
+    #[command(after_help = EXAMPLES_ADD)]
     Add(add::Args),
     /// Release this patron's hold on a torrent, stopping it unless others hold it
+    #[command(after_help = EXAMPLES_CLOSE)]
     Close(close::Args),
     /// List every torrent the broker runs
+    #[command(after_help = EXAMPLES_LIST)]
     List,
     /// Show one torrent's status
+    #[command(after_help = EXAMPLES_STATUS)]
     Status(status::Args),
-    /// Print status updates of torrents (all running ones when none is named)
+    /// Print status updates of torrents (with none named: every torrent, later ones too)
+    #[command(after_help = EXAMPLES_WATCH)]
     Watch(watch::Args),
     /// Pause a torrent (it stays paused across broker restarts)
+    #[command(after_help = EXAMPLES_PAUSE)]
     Pause(pause::Args),
     /// Resume a paused torrent
+    #[command(after_help = EXAMPLES_RESUME)]
     Resume(resume::Args),
     /// Verify a torrent's data on disk again, every piece
+    #[command(after_help = EXAMPLES_RECHECK)]
     Recheck(recheck::Args),
     /// List a torrent's files; --only chooses which to download
+    #[command(after_help = EXAMPLES_FILES)]
     Files(files::Args),
     /// List a torrent's peers; --add dials more
+    #[command(after_help = EXAMPLES_PEERS)]
     Peers(peers::Args),
     /// Write one file of a torrent to stdout, in order, while it downloads
+    #[command(after_help = EXAMPLES_CAT)]
     Cat(cat::Args),
     /// Make a .torrent from a file or folder (and seed it with --seed)
+    #[command(after_help = EXAMPLES_MAKE)]
     Make(make::Args),
     /// Start, stop or query the broker
+    #[command(after_help = EXAMPLES_BROKER)]
     Broker(broker::Args),
     /// Print a shell completion script (e.g. `source <(patron-client completions bash)`)
     Completions(completions::Args),
     /// Write man pages (patron-client(1) and one per command) into a folder
     Manpages(manpages::Args),
     /// Be one patron driven by JSON Lines: commands on stdin, replies and status on stdout
+    #[command(after_help = PIPE_COMMANDS)]
     Pipe,
 }
 
