@@ -204,6 +204,10 @@ pub struct BrokerConfig {
     pub max_unread_bytes: usize,
     /// Where the log goes instead of stderr (absolute).
     pub log_file: Option<PathBuf>,
+    /// Settings the environment gives otherwise than `broker.toml`, and which won: the
+    /// broker logs them at its start (an auto-started broker takes the environment of
+    /// whichever patron started it).
+    pub notes: Vec<String>,
 }
 
 impl BrokerConfig {
@@ -215,6 +219,7 @@ impl BrokerConfig {
             .canonicalize()
             .with_context(|| format!("cannot resolve state dir {}", state_dir.display()))?;
         let file = read_config_file(&state_dir)?;
+        let notes = differences_from_the_file(&file, &state_dir);
 
         let loopback_only = args.loopback_only || file.loopback_only;
         let listen = match args.listen.or(file.listen) {
@@ -223,9 +228,10 @@ impl BrokerConfig {
             ),
             Some(addr) if addr.port() == 0 => SocketAddr::new(addr.ip(), free_tcp_port(addr.ip())?),
             Some(addr) => addr,
+            // One port per state dir, kept across restarts: peers that knew it find it again.
             None if loopback_only => {
                 let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-                SocketAddr::new(ip, free_tcp_port(ip)?)
+                SocketAddr::new(ip, kept_port(&state_dir, ip)?)
             }
             None => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_LISTEN_PORT),
         };
@@ -318,6 +324,7 @@ impl BrokerConfig {
                 .unwrap_or(crate::patron::MAX_UNREAD_QUEUED_BYTES)
                 .max(1 << 20),
             log_file,
+            notes,
         })
     }
 
@@ -342,6 +349,61 @@ fn read_config_file(state_dir: &Path) -> anyhow::Result<ConfigFile> {
         }
         None => Ok(ConfigFile::default()),
     }
+}
+
+/// The settings `broker.toml` gives that the environment overrides, each said with which
+/// wins and how to make them agree.
+fn differences_from_the_file(file: &ConfigFile, state_dir: &Path) -> Vec<String> {
+    let path = state_dir.join(proto::paths::CONFIG_FILE);
+    let mut notes = Vec::new();
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let Some(roots) = env("TORRENT_PATRON_DOWNLOAD_ROOT") {
+        let from_env: Vec<PathBuf> = std::env::split_paths(&roots).collect();
+        if !file.download_root.is_empty() && from_env != file.download_root {
+            notes.push(format!(
+                "download roots: TORRENT_PATRON_DOWNLOAD_ROOT ({roots}) wins over download-root in {} ({}); set one of them only, or make them agree",
+                path.display(),
+                file.download_root
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    if let (Some(listen), Some(in_file)) = (env("TORRENT_PATRON_LISTEN"), file.listen) {
+        if listen.parse::<SocketAddr>().ok() != Some(in_file) {
+            notes.push(format!(
+                "listen address: TORRENT_PATRON_LISTEN ({listen}) wins over listen in {} ({in_file})",
+                path.display()
+            ));
+        }
+    }
+    notes
+}
+
+/// Where a loopback broker keeps its port for the next start.
+pub fn listen_port_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("listen-port")
+}
+
+/// The loopback port this state dir's broker listened on before, if it is free; else a
+/// free one (written to [`listen_port_file`] once the broker holds the state dir: nothing
+/// is written into a folder before it is known to be the broker's own).
+fn kept_port(state_dir: &Path, ip: IpAddr) -> anyhow::Result<u16> {
+    let path = listen_port_file(state_dir);
+    let before = crate::store::read_state_file(&path)
+        .ok()
+        .flatten()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.trim().parse::<u16>().ok())
+        .filter(|port| *port != 0);
+    if let Some(port) = before {
+        if TcpListener::bind(SocketAddr::new(ip, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    free_tcp_port(ip)
 }
 
 /// Creates `dir` (and parents) readable by its owner only.

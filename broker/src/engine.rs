@@ -174,6 +174,14 @@ impl Engine {
         let state = config.engine_state_dir();
         crate::store::check_state_folder(&state)?;
         crate::config::create_private_dir(&state)?;
+        if config.loopback_only {
+            // The next start listens here again if it can: peers that knew it find it.
+            let path = crate::config::listen_port_file(&config.state_dir);
+            let port = config.listen.port().to_string();
+            if let Err(e) = crate::store::write_atomically(&path, port.as_bytes()) {
+                tracing::warn!("cannot remember the listen port in {}: {e}", path.display());
+            }
+        }
         let fast_resume = FastResume::open(&state.join("fastresume"))?;
         let allowlist_url = if config.loopback_only {
             // Belt and braces: even a peer learned from a loopback tracker or PEX is dialled
@@ -270,7 +278,7 @@ impl Engine {
 
     /// The next id, never handed out before in this state dir: past the mark written in
     /// `next-id`, the mark moves [`IDS_AHEAD`] further (durably, before the id is used),
-    /// so one write covers many adds.
+    /// so one write covers many adds; a clean stop writes the exact next id.
     fn take_id(&self) -> usize {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut written = self.ids_written.lock().unwrap_or_else(|e| e.into_inner());
@@ -659,6 +667,13 @@ impl Engine {
     /// [`FastResume`]), and marks the run clean.
     pub async fn stop_cleanly(&self) {
         self.fast_resume.stopped_cleanly().await;
+        // The exact next id, not the mark ahead of it: after a clean stop ids go on where
+        // they were (only a crash skips to the mark).
+        let next = self.next_id.load(Ordering::Relaxed);
+        if let Err(e) = crate::store::write_atomically(&self.ids_path, next.to_string().as_bytes())
+        {
+            tracing::warn!("cannot record the next torrent id: {e}");
+        }
     }
 }
 
@@ -670,8 +685,9 @@ fn path_text(path: &Path) -> String {
 
 /// A registered torrent's status: [`status_of`] its handle, or `checking` while it has none
 /// to read (being added again, see [`crate::registry::TorrentEntry::live_handle`]).
-/// Ids handed out ahead of what `next-id` says, per write of it.
-const IDS_AHEAD: usize = 1024;
+/// Ids handed out ahead of what `next-id` says, per write of it (after a crash, the ids go
+/// on from the mark: a gap of at most this many).
+const IDS_AHEAD: usize = 64;
 
 /// The first id a start may hand out: what `next-id` says (0 in a new state dir). A file
 /// that is there but cannot be read as one number refuses the start, as the records do.

@@ -99,6 +99,8 @@ fn make_owner_only(state_dir: &Path) -> anyhow::Result<()> {
         proto::paths::CONFIG_FILE,
         "torrents.json",
         "torrents",
+        "next-id",
+        "listen-port",
         "engine",
         "run",
         // What an auto-starting patron leaves: its lock and the broker's log.

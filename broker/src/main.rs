@@ -40,6 +40,10 @@ fn main() -> ExitCode {
         eprintln!("torrent-broker: {e:#}");
         return ExitCode::from(EXIT_START_FAILED);
     }
+    // Where the environment (an auto-starting patron's) overrides broker.toml.
+    for note in &config.notes {
+        tracing::warn!("{note}");
+    }
     let _lock = match StateLock::acquire(&config.state_dir) {
         Ok(lock) => lock,
         Err(LockError::Held { owner_pid }) => {

@@ -314,6 +314,11 @@ impl TorrentRegistry {
         Some((id, forgotten))
     }
 
+    /// How many records could not be restored (kept, shown in error).
+    pub fn kept(&self) -> usize {
+        self.unrestored.len()
+    }
+
     /// The ids of every torrent remembered (running or not restored).
     pub fn ids(&self) -> std::collections::HashSet<TorrentId> {
         self.torrents

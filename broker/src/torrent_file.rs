@@ -655,7 +655,13 @@ mod tests {
             let err = check_torrent_file(bytes, false).unwrap_err();
             assert!(err.message.contains(why), "{why}: {}", err.message);
         }
-        let deep = [vec![b'l'; 10_000], vec![b'e'; 10_000]].concat();
+        let deep = [
+            b"d1:x".to_vec(),
+            vec![b'l'; 10_000],
+            vec![b'e'; 10_000],
+            b"e".to_vec(),
+        ]
+        .concat();
         let err = check_torrent_file(&deep, false).unwrap_err();
         assert!(err.message.contains("nest deeper"), "{}", err.message);
     }

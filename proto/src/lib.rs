@@ -595,6 +595,9 @@ pub struct BrokerInfo {
     pub patrons: u32,
     /// Running torrents.
     pub torrents: u32,
+    /// Torrents remembered but not running: records that could not be restored (shown in
+    /// `list` in error, tried again at the next start).
+    pub kept: u32,
     /// Open streams (readers of a file while it downloads), all patrons together.
     pub streams: u32,
     /// Torrents' data files held open now, all torrents together.

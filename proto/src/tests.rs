@@ -183,6 +183,7 @@ fn every_event_round_trips() {
                 download_roots: vec!["/d".into()],
                 patrons: 2,
                 torrents: 3,
+                kept: 1,
                 streams: 4,
                 open_files: 5,
                 open_files_limit: 512,

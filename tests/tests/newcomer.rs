@@ -395,3 +395,53 @@ fn help_and_man_pages_say_what_and_show_how() {
     );
     assert!(!state.exists(), "help or man pages made the state dir");
 }
+
+/// A broker keeps its settings in its state dir: its loopback port survives a restart, a
+/// start whose environment overrides broker.toml says which wins, and a refused folder's
+/// advice names the file to change (an auto-started broker has no command line to edit).
+#[test]
+fn a_broker_keeps_its_port_and_says_when_the_environment_overrides_its_file() {
+    use nix::sys::signal::Signal;
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("settled");
+    let mut broker = sandbox.broker(&state, &[]);
+    let port = broker.port;
+    broker.signal(Signal::SIGTERM);
+    broker.wait_exit(e2e::STEP_TIMEOUT);
+    let mut broker = sandbox.broker(&state, &[]);
+    assert_eq!(
+        broker.port, port,
+        "the listen port changed across a restart"
+    );
+    broker.signal(Signal::SIGTERM);
+    broker.wait_exit(e2e::STEP_TIMEOUT);
+
+    let elsewhere = sandbox.folder("elsewhere");
+    std::fs::write(
+        state.join("broker.toml"),
+        format!("download-root = [\"{}\"]\n", elsewhere.display()),
+    )
+    .expect("broker.toml");
+    let broker = sandbox.broker(&state, &[]);
+    let log = broker.log();
+    assert!(
+        log.contains("TORRENT_PATRON_DOWNLOAD_ROOT")
+            && log.contains("wins over download-root in")
+            && log.contains("broker.toml"),
+        "{log}"
+    );
+    let data = sandbox.random_file("local/one.bin", 10_000);
+    let torrent = sandbox.path("one.torrent");
+    let mut make = sandbox.client(&state);
+    make.arg("make").arg(&data).arg("--output").arg(&torrent);
+    run(make).expect_code(0);
+    let mut add = sandbox.client(&state);
+    add.arg("add").arg(&torrent).args(["--output", "/"]);
+    let refused = run(add);
+    assert_eq!(refused.code(), 3, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("broker.toml") && refused.stderr.contains("download-root"),
+        "{}",
+        refused.stderr
+    );
+}

@@ -453,3 +453,21 @@ fn ids_are_never_handed_out_twice_across_restarts() {
     );
     stop(broker);
 }
+
+/// `broker status` counts the records it keeps but could not restore, as `list` shows them.
+#[test]
+fn broker_status_counts_kept_records() {
+    let sandbox = Sandbox::new();
+    let (state, _) = record_on_an_unmounted_disk(&sandbox, "counted");
+    let broker = sandbox.broker(&state, &[]);
+    let mut status = sandbox.client(&state);
+    status.args(["--json", "broker", "status"]);
+    let line = &run(status).expect_code(0).json_lines()[0];
+    assert_eq!(line["torrents"], 0, "{line}");
+    assert_eq!(line["kept"], 1, "{line}");
+    let mut human = sandbox.client(&state);
+    human.args(["broker", "status"]);
+    let human = run(human).expect_code(0).stdout;
+    assert!(human.contains("1 kept, not restored"), "{human}");
+    stop(broker);
+}

@@ -589,9 +589,10 @@ impl Service {
             .map(|r| r.display().to_string())
             .collect();
         Err(ProtoError::path_not_allowed(format!(
-                "{} is outside the broker's download roots ({}); start the broker with --download-root to allow it",
+                "{} is outside the broker's download roots ({}); to allow it, add it to download-root in {} (or to TORRENT_PATRON_DOWNLOAD_ROOT in the broker's environment), then restart the broker",
                 path.display(),
-                roots.join(", ")
+                roots.join(", "),
+                self.config.state_dir.join(proto::paths::CONFIG_FILE).display()
             ),
         ))
     }

@@ -83,11 +83,12 @@ impl Service {
     /// Who the broker is, how it runs, and how much of each budget is in use.
     pub fn broker_info(&self) -> BrokerInfo {
         let config = &self.config;
-        let (patrons, torrents, files) = {
+        let (patrons, torrents, kept, files) = {
             let state = self.state();
             (
                 state.patrons.len() as u32,
                 state.registry.len() as u32,
+                state.registry.kept() as u32,
                 state.registry.owned_files(),
             )
         };
@@ -107,6 +108,7 @@ impl Service {
                 .collect(),
             patrons,
             torrents,
+            kept,
             streams: self.streams.count() as u32,
             open_files: self.engine.file_pool().open_files() as u32,
             open_files_limit: self.engine.file_pool().capacity() as u32,

@@ -73,7 +73,7 @@ fn report(ctx: &Context, patron: &mut Patron, started: Option<bool>) -> Result<E
     ctx.out.emit(
         || {
             format!(
-                "{headline}: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}\n  budgets:        streams {}, open data files {} of {}, large requests {} of {} ({} of {} MiB), files {} of {}, board waiters {} of {},
+                "{headline}: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}{}\n  budgets:        streams {}, open data files {} of {}, large requests {} of {} ({} of {} MiB), files {} of {}, board waiters {} of {},
                   unread events {} of {} MiB, unread regions {} of {}",
                 info.pid,
                 info.version,
@@ -82,6 +82,10 @@ fn report(ctx: &Context, patron: &mut Patron, started: Option<bool>) -> Result<E
                 if info.loopback_only { " (loopback only)" } else { "" },
                 info.download_roots.join(", "),
                 info.torrents,
+                match info.kept {
+                    0 => String::new(),
+                    kept => format!(" (and {kept} kept, not restored: see list)"),
+                },
                 info.streams,
                 info.open_files,
                 info.open_files_limit,

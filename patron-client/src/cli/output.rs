@@ -198,6 +198,7 @@ pub fn broker_json(
         "download_roots": info.download_roots,
         "patrons": others,
         "torrents": info.torrents,
+        "kept": info.kept,
         "streams": info.streams,
         "open_files": info.open_files,
         "open_files_limit": info.open_files_limit,
