@@ -348,6 +348,26 @@ async fn the_dispatcher_holds_a_patron_back_at_its_in_flight_limit_and_answers_e
     assert_eq!(transport.resumed.load(Ordering::Acquire), 1);
 }
 
+/// A recheck of torrent `id`, under way in a task of its own.
+fn start_recheck(
+    service: &Arc<Service>,
+    id: TorrentId,
+) -> tokio::task::JoinHandle<Result<TorrentStatus, proto::ProtoError>> {
+    let service = service.clone();
+    tokio::spawn(async move { service.recheck(TorrentRef::Id(id)).await })
+}
+
+/// Waits for a recheck to be taken and for the check itself to end.
+async fn finish_recheck(
+    service: &Service,
+    id: TorrentId,
+    rechecking: tokio::task::JoinHandle<Result<TorrentStatus, proto::ProtoError>>,
+) {
+    rechecking.await.unwrap().unwrap();
+    let (_, handle) = service.running(TorrentRef::Id(id)).unwrap();
+    handle.wait_until_initialized().await.unwrap();
+}
+
 /// Review (hostile reviewer): listing a torrent's files or peers takes no add lock, so it can
 /// land in the moment a recheck has the torrent out of the engine ([`Life::Restarting`]).
 /// Before the refactor it answered off the handle it had (the metadata is the same); now it
@@ -361,10 +381,7 @@ async fn review_listing_files_during_a_recheck_is_answered() {
     let mut refused = Vec::new();
     let mut listed = 0usize;
     for _ in 0..20 {
-        let rechecking = {
-            let service = service.clone();
-            tokio::spawn(async move { service.recheck(TorrentRef::Id(id)).await })
-        };
+        let rechecking = start_recheck(service, id);
         while !rechecking.is_finished() {
             let files = service
                 .files(proto::FilesRequest {
@@ -378,9 +395,7 @@ async fn review_listing_files_during_a_recheck_is_answered() {
             }
             tokio::task::yield_now().await;
         }
-        rechecking.await.unwrap().unwrap();
-        let (_, handle) = service.running(TorrentRef::Id(id)).unwrap();
-        handle.wait_until_initialized().await.unwrap();
+        finish_recheck(service, id, rechecking).await;
     }
     assert!(
         refused.is_empty(),
@@ -423,10 +438,7 @@ async fn review_peers_named_by_a_magnet_joiner_during_a_recheck_are_kept_or_repo
     let mut lost = Vec::new();
     let mut joins = 0;
     for _ in 0..10 {
-        let rechecking = {
-            let service = service.clone();
-            tokio::spawn(async move { service.recheck(TorrentRef::Id(id)).await })
-        };
+        let rechecking = start_recheck(service, id);
         while !rechecking.is_finished() {
             port += 1;
             let peer = format!("127.0.0.1:{port}");
@@ -469,9 +481,7 @@ async fn review_peers_named_by_a_magnet_joiner_during_a_recheck_are_kept_or_repo
                 Err(e) => panic!("{e}"),
             }
         }
-        rechecking.await.unwrap().unwrap();
-        let (_, handle) = service.running(TorrentRef::Id(id)).unwrap();
-        handle.wait_until_initialized().await.unwrap();
+        finish_recheck(service, id, rechecking).await;
     }
     assert!(
         lost.is_empty(),
