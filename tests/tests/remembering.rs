@@ -413,6 +413,17 @@ fn status_says_a_long_error_whole() {
         error.len() > 128 && error.contains("is its disk mounted?") && !error.ends_with('…'),
         "{line}"
     );
+    // So does watch's line for scripts.
+    let mut watch = sandbox.client(&state);
+    watch.args(["--json", "watch", "0"]);
+    let watching = e2e::Running::start(watch);
+    e2e::wait_for("watch's first line", STEP_TIMEOUT, || {
+        watching.stdout_so_far().contains("mounted?")
+    });
+    let first = watching.stdout_so_far();
+    watching.signal(Signal::SIGTERM);
+    let _ = watching.finish(STEP_TIMEOUT);
+    assert!(!first.contains('…'), "{first}");
     stop(broker);
 }
 

@@ -65,6 +65,8 @@ fn watch_board(ctx: &Context, args: Args, mut board: Board) -> Result<Exit, Erro
     }
     let mut screen = (!ctx.out.json && std::io::stdout().is_terminal()).then(Screen::new);
     let mut shown: BTreeMap<TorrentId, Option<TorrentStatus>> = BTreeMap::new();
+    // Connected only if a text on the board was cut (see `whole_status`).
+    let mut asker: Option<Patron> = None;
     for summary in &targets {
         if let Some(screen) = &mut screen {
             screen.add(
@@ -109,7 +111,16 @@ fn watch_board(ctx: &Context, args: Args, mut board: Board) -> Result<Exit, Erro
             if last.is_none_or(|last| status.differs_meaningfully(last)) {
                 match &mut screen {
                     Some(screen) => screen.update(&status),
-                    None => ctx.out.emit(|| status_line(&status), status_json(&status)),
+                    None => {
+                        // A line for logs and scripts says a text the board cut (marked …)
+                        // whole: the broker has it (a rare, one-off ask per change).
+                        let printed = match super::status::maybe_cut(&status) {
+                            true => whole_status(ctx, &mut asker, id).unwrap_or(status.clone()),
+                            false => status.clone(),
+                        };
+                        ctx.out
+                            .emit(|| status_line(&printed), status_json(&printed))
+                    }
                 }
                 shown.insert(id, Some(status));
             }
@@ -212,6 +223,15 @@ fn watch_events(ctx: &Context, args: Args, mut patron: Patron) -> Result<Exit, E
             _ => {}
         }
     }
+}
+
+/// A torrent's status as the broker has it (texts whole), through a patron connected the
+/// first time it is needed; `None` if it cannot be had (the board's then stands).
+fn whole_status(ctx: &Context, asker: &mut Option<Patron>, id: TorrentId) -> Option<TorrentStatus> {
+    if asker.is_none() {
+        *asker = ctx.reader().ok();
+    }
+    asker.as_mut()?.status(TorrentRef::Id(id)).ok()
 }
 
 /// Says there is nothing to watch: the end, or (following the broker) a wait for torrents.
