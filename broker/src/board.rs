@@ -189,6 +189,16 @@ impl StatusBoard {
         }
     }
 
+    /// Drops the waiters whose readers went, at most once a second, when no wake has done so
+    /// lately: on a quiet board nothing else would, and each gone waiter holds two
+    /// descriptors.
+    pub fn prune_now_and_then(&self) {
+        let mut inner = self.inner();
+        if inner.pruned.elapsed() >= PRUNE_EVERY {
+            inner.prune_waiters();
+        }
+    }
+
     /// Readers woken through their own eventfds now.
     pub fn waiters(&self) -> usize {
         self.inner().waiters.len()

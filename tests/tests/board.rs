@@ -375,3 +375,34 @@ fn a_reader_abusing_the_futex_word_cannot_delay_another_readers_wake() {
         moved.stdout.trim()
     );
 }
+
+/// A reader that waited on a quiet board and then died (SIGKILL) leaves nothing behind: its
+/// waiter (a connection and an eventfd, two descriptors) is let go within moments, though
+/// no change wakes the board.
+#[test]
+fn a_reader_gone_from_a_quiet_board_leaves_nothing_behind() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("quiet");
+    let broker = sandbox.broker(&state, &[]);
+    let waiters = || {
+        let line = e2e::ok_json(&sandbox, &state, &["broker", "status"]);
+        line["board_waiters"].as_u64().expect("board_waiters")
+    };
+    let baseline = broker.fd_count();
+    let mut watch = sandbox.client(&state);
+    watch.arg("watch");
+    let watching = Running::start(watch);
+    wait_for("the reader to wait on the board", STEP_TIMEOUT, || {
+        waiters() == 1
+    });
+    watching.signal(Signal::SIGKILL);
+    let _ = watching.finish(STEP_TIMEOUT);
+    wait_for(
+        "the gone reader's waiter to go",
+        Duration::from_secs(5),
+        || waiters() == 0,
+    );
+    wait_for("its descriptors to close", Duration::from_secs(5), || {
+        broker.fd_count() <= baseline
+    });
+}

@@ -94,8 +94,10 @@ async fn run(service: Arc<Service>, filled: tokio::sync::oneshot::Sender<()>) {
         if let Some(filled) = filled.take() {
             let _ = filled.send(());
         }
-        // Regions read by patrons that left since: let go (at most once a second).
+        // What patrons that left held: their unread regions and their board waiters (at
+        // most once a second each; a busy board prunes its waiters as it wakes them).
         service.unread.sweep_now_and_then();
+        service.board.prune_now_and_then();
     }
 }
 
