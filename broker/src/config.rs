@@ -204,6 +204,9 @@ pub struct BrokerConfig {
     pub max_unread_bytes: usize,
     /// Where the log goes instead of stderr (absolute).
     pub log_file: Option<PathBuf>,
+    /// Where the download roots came from, and how to add one: said when a folder outside
+    /// them is refused (an auto-started broker's come from a patron's environment).
+    pub roots_advice: String,
     /// Settings the environment gives otherwise than `broker.toml`, and which won: the
     /// broker logs them at its start (an auto-started broker takes the environment of
     /// whichever patron started it).
@@ -236,6 +239,28 @@ impl BrokerConfig {
             None => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_LISTEN_PORT),
         };
 
+        let config_path = state_dir.join(proto::paths::CONFIG_FILE);
+        let from_env =
+            std::env::var_os("TORRENT_PATRON_DOWNLOAD_ROOT").is_some_and(|v| !v.is_empty());
+        let roots_advice = if !args.download_roots.is_empty() && from_env {
+            format!(
+                "the roots come from TORRENT_PATRON_DOWNLOAD_ROOT in the environment of whoever started the broker (it wins over {}): add the folder there, or unset it and list the roots as download-root in that file; then restart the broker",
+                config_path.display()
+            )
+        } else if !args.download_roots.is_empty() {
+            "the roots come from --download-root: start the broker with one more --download-root"
+                .to_owned()
+        } else if !file.download_root.is_empty() {
+            format!(
+                "to allow it, add it to download-root in {}, then restart the broker",
+                config_path.display()
+            )
+        } else {
+            format!(
+                "the roots are the default (your home folder): list others as download-root in {}, then restart the broker",
+                config_path.display()
+            )
+        };
         let mut roots = if !args.download_roots.is_empty() {
             args.download_roots
         } else {
@@ -324,6 +349,7 @@ impl BrokerConfig {
                 .unwrap_or(crate::patron::MAX_UNREAD_QUEUED_BYTES)
                 .max(1 << 20),
             log_file,
+            roots_advice,
             notes,
         })
     }

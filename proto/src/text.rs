@@ -75,11 +75,17 @@ pub fn status_line(status: &TorrentStatus) -> String {
         1 => "1 peer".to_owned(),
         n => format!("{n} peers"),
     };
+    // An error's text goes last, whole: in the state column it pushed every figure out of
+    // line.
+    let error = match &status.state {
+        crate::TorrentState::Error(why) => format!("  error: {}", shown(why)),
+        _ => String::new(),
+    };
     format!(
-        "{:>4}  {:<28}  {:<12} {:>6.2}%  {}/{}  down {}/s  up {}/s  {peers}{eta}",
+        "{:>4}  {:<28}  {:<12} {:>6.2}%  {}/{}  down {}/s  up {}/s  {peers}{eta}{error}",
         status.id.0,
         truncate(&shown(&status.name), 28),
-        shown(&status.state.to_string()),
+        status.state.as_str(),
         status.progress * 100.0,
         bytes(status.bytes_done),
         bytes(status.bytes_total),
@@ -118,6 +124,20 @@ mod tests {
         );
         status.peers = 2;
         assert!(status_line(&status).contains(" 2 peers"));
+        // An error's text comes last, the figures still in their columns.
+        status.state = crate::TorrentState::Error("the disk is gone".into());
+        let failed = status_line(&status);
+        assert_eq!(failed.find("error "), line.find("downloading"), "{failed}");
+        assert!(failed.ends_with("error: the disk is gone"), "{failed}");
+        assert_eq!(
+            failed.find("down "),
+            status_line(&{
+                let mut s = status.clone();
+                s.state = crate::TorrentState::Seeding;
+                s
+            })
+            .find("down ")
+        );
         let header = list_header();
         // The columns line up: the name and state start where the line's do.
         assert_eq!(header.find("NAME"), line.find("movie"));

@@ -187,8 +187,10 @@ fn reading_commands_start_no_broker_and_make_no_folder() {
         let out = run(cmd);
         assert_eq!(out.code(), 5, "{args:?}: {}{}", out.stdout, out.stderr);
         let said = format!("{}{}", out.stdout, out.stderr);
+        // The advice, copied as written, reaches this state dir's broker.
         assert!(
-            said.contains("no broker runs") && said.contains("broker start"),
+            said.contains("no broker runs")
+                && said.contains(&format!("--state-dir {} broker start", state.display())),
             "{args:?}: {said}"
         );
         assert!(!state.exists(), "{args:?} made the state dir");
@@ -439,9 +441,61 @@ fn a_broker_keeps_its_port_and_says_when_the_environment_overrides_its_file() {
     add.arg("add").arg(&torrent).args(["--output", "/"]);
     let refused = run(add);
     assert_eq!(refused.code(), 3, "{}", refused.stderr);
+    // The roots came from the environment (the sandbox sets them): the advice says so,
+    // not "add it to broker.toml", which that environment would override again.
     assert!(
-        refused.stderr.contains("broker.toml") && refused.stderr.contains("download-root"),
+        refused.stderr.contains("TORRENT_PATRON_DOWNLOAD_ROOT")
+            && refused.stderr.contains("environment")
+            && refused.stderr.contains("broker.toml"),
         "{}",
         refused.stderr
     );
+}
+
+/// A script's `cat` comes after the `add` it wrote before it: it sees the torrent, and
+/// writes its bytes. And a save folder given as `../other` is the sibling folder, as the
+/// shell takes it.
+#[test]
+fn pipe_cat_follows_the_add_before_it_and_dot_dot_folders_resolve() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/piped.bin", 60_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let out = sandbox.folder("downloads");
+    let to = sandbox.path("piped.out");
+    let lines = [
+        serde_json::json!({"cmd": "add", "torrent": seeder.torrent.display().to_string(),
+            "output": out.display().to_string(), "peers": [seeder.broker.peer()],
+            "request": "add"})
+        .to_string(),
+        serde_json::json!({"cmd": "cat", "torrent": 0, "to": to.display().to_string(),
+            "request": "cat"})
+        .to_string(),
+    ];
+    let replies = e2e::pipe_session(&sandbox, &state, &lines, true);
+    let cat = replies
+        .iter()
+        .find(|l| l["request"] == "cat")
+        .unwrap_or_else(|| panic!("{replies:#?}"));
+    assert_eq!(cat["event"], "cat-done", "{replies:#?}");
+    assert!(std::fs::read(&to).expect("cat's file") == std::fs::read(&data).expect("data"));
+
+    let here = sandbox.folder("here");
+    let sibling = sandbox.folder("sibling");
+    let mut add = sandbox.client(&state);
+    add.current_dir(&here)
+        .args(["--json", "add"])
+        .arg(&seeder.torrent)
+        .args(["--output", "../sibling", "--peer", &seeder.broker.peer()]);
+    let joined = run(add).expect_code(4).json_lines();
+    // The same torrent runs already: joined, with its own folder kept, and no refusal
+    // of `..`.
+    assert!(
+        joined[0]["not_applied"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|o| o == "output")),
+        "{joined:?}"
+    );
+    let _ = sibling;
 }

@@ -589,12 +589,11 @@ impl Service {
             .map(|r| r.display().to_string())
             .collect();
         Err(ProtoError::path_not_allowed(format!(
-                "{} is outside the broker's download roots ({}); to allow it, add it to download-root in {} (or to TORRENT_PATRON_DOWNLOAD_ROOT in the broker's environment), then restart the broker",
-                path.display(),
-                roots.join(", "),
-                self.config.state_dir.join(proto::paths::CONFIG_FILE).display()
-            ),
-        ))
+            "{} is outside the broker's download roots ({}); {}",
+            path.display(),
+            roots.join(", "),
+            self.config.roots_advice
+        )))
     }
 }
 

@@ -146,10 +146,22 @@ pub fn wait_until_complete(
         );
         bar
     });
-    // Since when it has been downloading with no peer (for the hint).
+    // Since when it has been downloading with no peer (for the hint), and what was last
+    // shown: a torrent nobody seeds gets no new status, so the line is redrawn every second.
     let mut alone_since: Option<std::time::Instant> = None;
+    let mut last: Option<TorrentStatus> = None;
     loop {
-        match patron.next_event()? {
+        let event = match patron.next_event_timeout(std::time::Duration::from_secs(1))? {
+            Some(event) => event,
+            None => {
+                if let (Some(bar), Some(status)) = (&bar, &last) {
+                    let alone_for = alone_since.map(|since| since.elapsed());
+                    bar.set_message(wait_message(status, alone_for));
+                }
+                continue;
+            }
+        };
+        match event {
             Event::TorrentStatusUpdate(status) if status.id == id => {
                 if ctx.out.json {
                     out!("{}", status_json(&status));
@@ -166,6 +178,7 @@ pub fn wait_until_complete(
                     let alone_for = alone_since.map(|since| since.elapsed());
                     bar.set_message(wait_message(&status, alone_for));
                 }
+                last = Some(status.clone());
                 if status.complete {
                     if let Some(bar) = bar {
                         bar.finish_with_message("complete");
@@ -218,11 +231,12 @@ fn wait_message(status: &TorrentStatus, alone_for: Option<std::time::Duration>) 
         status.state.as_str(),
         super::output::bytes(status.download_rate)
     );
+    // First when it shows: a line too wide for the terminal is cut at its end.
     if alone_for.is_some_and(|alone| alone >= ALONE_HINT_AFTER) {
-        message.push_str(&format!(
-            "  (no peer yet: name one with `patron-client peers {} --add HOST:PORT`, or add with --peer)",
+        message = format!(
+            "no peer yet: name one with `patron-client peers {} --add HOST:PORT` (or add with --peer)  {message}",
             status.id
-        ));
+        );
     }
     message
 }

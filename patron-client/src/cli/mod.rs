@@ -212,7 +212,20 @@ impl Context {
     /// `peers` without changes, `broker status`): it never starts a broker nor makes a
     /// folder. None running is exit 5, saying how to start one.
     pub fn reader(&self) -> Result<Patron, Error> {
-        Patron::connect_with(&self.reading()).map_err(none_runs)
+        Patron::connect_with(&self.reading()).map_err(|e| none_runs(e, &self.command_line()))
+    }
+
+    /// How to name this state directory's broker in advice: `patron-client`, with its
+    /// `--state-dir` when one was given (advice copied as written must reach the same
+    /// broker).
+    pub fn command_line(&self) -> String {
+        match &self.connect.state_dir {
+            Some(dir) => format!(
+                "patron-client --state-dir {}",
+                shell_word(&dir.display().to_string())
+            ),
+            None => "patron-client".to_owned(),
+        }
     }
 
     fn reading(&self) -> ConnectOptions {
@@ -237,15 +250,27 @@ impl Context {
     }
 }
 
-/// A broker that does not run, said with what to do about it.
-fn none_runs(error: Error) -> Error {
+/// A broker that does not run, said with what to do about it (`client`: how to name it).
+fn none_runs(error: Error, client: &str) -> Error {
     match error {
         Error::BrokerUnreachable(why) if why.starts_with("no broker runs") => {
             Error::BrokerUnreachable(format!(
-                "{why}: `patron-client broker start` starts one (so does any command that adds a torrent)"
+                "{why}: `{client} broker start` starts one (so does any command that adds a torrent)"
             ))
         }
         other => other,
+    }
+}
+
+/// `word` as a shell reads it back: as it is when it is plain, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c));
+    match plain {
+        true => word.to_owned(),
+        false => format!("'{}'", word.replace('\'', "'\\''")),
     }
 }
 
@@ -325,11 +350,25 @@ fn usage_error(error: clap::Error) -> ExitCode {
 }
 
 /// `path` made absolute against the current folder (the broker has its own).
+/// `..` is taken as the shell takes it (`-o ../other` from a folder is its sibling): the
+/// broker refuses a path with `..` in it, never guessing what it means.
 pub fn absolute(path: &std::path::Path) -> Result<PathBuf, Error> {
-    std::path::absolute(path).map_err(|source| Error::Io {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).map_err(|source| Error::Io {
         context: format!("cannot resolve {}", path.display()),
         source,
-    })
+    })?;
+    let mut resolved = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::CurDir => {}
+            other => resolved.push(other),
+        }
+    }
+    Ok(resolved)
 }
 
 /// File indices, as `--only` takes them.

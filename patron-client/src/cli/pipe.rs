@@ -288,6 +288,11 @@ fn read_commands(
                 offset,
                 to,
             }) => {
+                // Its stream opens on a connection of its own: only once every earlier
+                // line's reply is out does it see what they did (an `add` just before it).
+                while !lock(pending).is_empty() {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
                 cats.start(connect, request, torrent, file, offset, to);
                 continue;
             }

@@ -19,7 +19,8 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     ctx.out.emit(
         || {
             format!(
-                "Rechecking (`watch {}` shows it end): {}",
+                "Rechecking (`{} watch {}` shows it end): {}",
+                ctx.command_line(),
                 status.id,
                 status_line(&status)
             )
