@@ -323,9 +323,8 @@ impl Engine {
             Err(_) => Err(ProtoError::metadata_timeout(format!("no peer sent the magnet's metadata within {timeout:?}"),
             )),
             // Not a timeout: the engine gave up at once, having nothing to ask.
-            Ok(Err(e)) if no_source => Err(ProtoError::engine(format!(
-                    "cannot fetch the magnet's metadata: it names no peer (x.pe) and no tracker this broker may use, and DHT is off ({e:#})"
-                ),
+            Ok(Err(_)) if no_source => Err(ProtoError::engine(
+                "cannot fetch the magnet's metadata: it names no peer and no tracker this broker may use, and DHT is off: add it with --peer HOST:PORT (a peer that has the torrent)",
             )),
             Ok(Err(e)) => Err(ProtoError::engine(format!("cannot fetch the magnet's metadata: {e:#}"),
             )),

@@ -510,11 +510,15 @@ pub fn make_torrent(
         )));
     }
     let piece_size = match piece_size {
-        Some(size) if !size.is_power_of_two() || !(MIN_PIECE_SIZE..=MAX_PIECE_SIZE).contains(&size) => {
+        Some(size)
+            if !size.is_power_of_two() || !(MIN_PIECE_SIZE..=MAX_PIECE_SIZE).contains(&size) =>
+        {
             return Err(ProtoError::bad_request(format!(
-                    "piece size {size} must be a power of two from {MIN_PIECE_SIZE} to {MAX_PIECE_SIZE}"
-                ),
-            ))
+                "piece size {} must be a power of two from {} to {} (16K, 32K, ... 64M)",
+                proto::text::bytes(size),
+                proto::text::bytes(MIN_PIECE_SIZE),
+                proto::text::bytes(MAX_PIECE_SIZE)
+            )))
         }
         Some(size) => size,
         None => choose_piece_size(total),

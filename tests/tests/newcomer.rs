@@ -499,3 +499,43 @@ fn pipe_cat_follows_the_add_before_it_and_dot_dot_folders_resolve() {
     );
     let _ = sibling;
 }
+
+/// Refusals speak in the sizes a user typed, and counts agree with their nouns.
+#[test]
+fn refusals_and_reports_speak_in_sizes_and_plurals() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let data = sandbox.random_file("local/small.bin", 10_000);
+    let said = |args: &[&str], path: Option<&std::path::Path>| {
+        let mut cmd = sandbox.client(&state);
+        cmd.args(args);
+        if let Some(path) = path {
+            cmd.arg(path);
+        }
+        let out = run(cmd);
+        (out.code(), format!("{}{}", out.stdout, out.stderr))
+    };
+    let (code, text) = said(&["make", "--piece-size", "3K", "--seed"], Some(&data));
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("3.0 KiB") && !text.contains("3072"), "{text}");
+    let (code, text) = said(&["make", "--seed"], Some(&data));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("in 1 piece of") && !text.contains("1 pieces"),
+        "{text}"
+    );
+    let (code, text) = said(&["cat", "0", "--offset", "10M"], None);
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("past the end") && text.contains("10.0 MiB") && !text.contains("10485760"),
+        "{text}"
+    );
+    let out = sandbox.folder("downloads");
+    let magnet = format!("magnet:?xt=urn:btih:{}", "cd".repeat(20));
+    let mut add = sandbox.client(&state);
+    add.args(["add", &magnet, "--output"]).arg(&out);
+    let refused = run(add);
+    assert_eq!(refused.code(), 3, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--peer"), "{}", refused.stderr);
+}

@@ -54,8 +54,11 @@ impl Service {
             // patron's to close, unless forced (DESIGN §2). One nobody holds is anyone's.
             if !held && !entry.holders.is_empty() && !close.force {
                 return Err(ProtoError::not_holder(format!(
-                    "torrent {id} is held by {} other patron(s), not by you; --force stops it anyway",
-                    entry.holders.len()
+                    "torrent {id} is held by {}, not by you; --force stops it anyway",
+                    match entry.holders.len() {
+                        1 => "another patron".to_owned(),
+                        n => format!("{n} other patrons"),
+                    }
                 )));
             }
             // A status queued before the release must not arrive after the "closed" reply.

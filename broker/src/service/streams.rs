@@ -31,8 +31,10 @@ impl Service {
         }
         if open.position > file.size {
             return Err(ProtoError::bad_request(format!(
-                "offset {} is past the end of {} ({} bytes)",
-                open.position, file.path, file.size
+                "offset {} is past the end of {} ({})",
+                proto::text::bytes(open.position),
+                file.path,
+                proto::text::bytes(file.size)
             )));
         }
         let index = file.index as usize;

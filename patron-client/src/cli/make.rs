@@ -74,12 +74,15 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     ctx.out.emit(
         || {
             let mut text = format!(
-                "Made {}\n  info hash: {}\n  name:      {}\n  size:      {} in {} pieces of {}",
+                "Made {}\n  info hash: {}\n  name:      {}\n  size:      {} in {} of {}",
                 output.display(),
                 made.info_hash,
                 super::output::shown(&made.name),
                 bytes(made.total_bytes),
-                made.pieces,
+                match made.pieces {
+                    1 => "1 piece".to_owned(),
+                    n => format!("{n} pieces"),
+                },
                 bytes(made.piece_size)
             );
             if let Some(seeding) = &made.seeding {

@@ -52,8 +52,11 @@ fn table(asked: &[String], dialled: &[String], peers: &[PeerEntry]) -> String {
     if !asked.is_empty() {
         let already = asked.len().saturating_sub(dialled.len());
         lines.push(format!(
-            "Dialling {} peer(s){}",
-            dialled.len(),
+            "Dialling {}{}",
+            match dialled.len() {
+                1 => "1 peer".to_owned(),
+                n => format!("{n} peers"),
+            },
             if already > 0 {
                 format!("; {already} already connected or being dialled")
             } else {
