@@ -163,6 +163,17 @@ fn list_has_a_header_and_a_paused_add_says_so() {
             listed.stdout
         );
         assert!(lines[1].trim_start().starts_with('0'), "{}", listed.stdout);
+        // status prints its line under the same header.
+        let mut status = sandbox.client(&state);
+        status
+            .env(e2e::patron_client::BOARD_ENV, board)
+            .args(["status", "0"]);
+        let shown = run(status).expect_code(0).stdout;
+        let shown: Vec<&str> = shown.lines().collect();
+        // (Its state may have moved on since: checking, then paused.)
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert_eq!(shown[0], lines[0], "status and list headers differ");
+        assert!(shown[1].starts_with("   0  one.bin"), "{shown:?}");
     }
 }
 

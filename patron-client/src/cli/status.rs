@@ -2,6 +2,7 @@
 
 use super::output::{status_json, status_line};
 use super::{torrent_ref, Context, Exit, Source};
+use patron_client::proto::text::list_header;
 use patron_client::proto::TorrentRef;
 use patron_client::Error;
 
@@ -23,7 +24,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
         },
         Source::Requests(mut patron) => patron.status(args.torrent)?,
     };
-    ctx.out.emit(|| status_line(&status), status_json(&status));
+    // Under the same header as `list`'s lines.
+    ctx.out.emit(
+        || format!("{}\n{}", list_header(), status_line(&status)),
+        status_json(&status),
+    );
     Ok(Exit::Success)
 }
 
