@@ -527,10 +527,16 @@ fn refusals_and_reports_speak_in_sizes_and_plurals() {
         let out = run(cmd);
         (out.code(), format!("{}{}", out.stdout, out.stderr))
     };
-    let (code, text) = said(&["make", "--piece-size", "3K", "--seed"], Some(&data));
+    // Written into the sandbox, never the test's own folder.
+    let made = sandbox.path("small.torrent");
+    let output = made.display().to_string();
+    let (code, text) = said(
+        &["make", "--piece-size", "3K", "--seed", "--output", &output],
+        Some(&data),
+    );
     assert_ne!(code, 0, "{text}");
     assert!(text.contains("3.0 KiB") && !text.contains("3072"), "{text}");
-    let (code, text) = said(&["make", "--seed"], Some(&data));
+    let (code, text) = said(&["make", "--seed", "--output", &output], Some(&data));
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains("in 1 piece of") && !text.contains("1 pieces"),
