@@ -117,6 +117,14 @@ async fn seeding(setup: &Setup, patron: PatronId, name: &str) -> TorrentId {
     id
 }
 
+/// A service with patron 1 connected and seeding `one.bin`: the start of most tests here.
+async fn one_seeding() -> (Setup, Arc<Recorded>, TorrentId) {
+    let setup = setup().await;
+    let sink = patron(&setup.service, 1);
+    let id = seeding(&setup, 1, "one.bin").await;
+    (setup, sink, id)
+}
+
 fn close(id: TorrentId) -> CloseTorrent {
     CloseTorrent {
         torrent: TorrentRef::Id(id),
@@ -135,10 +143,8 @@ fn holders(service: &Service, id: TorrentId) -> Option<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_whose_records_cannot_be_saved_changes_nothing() {
-    let setup = setup().await;
+    let (setup, _sink, id) = one_seeding().await;
     let service = &setup.service;
-    let _sink = patron(service, 1);
-    let id = seeding(&setup, 1, "one.bin").await;
     let before = records(service);
     assert!(before.contains(&format!("\"{}\"", id.0)), "{before}");
 
@@ -169,10 +175,8 @@ async fn a_close_whose_records_cannot_be_saved_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_the_engine_refuses_puts_the_torrent_back_everywhere() {
-    let setup = setup().await;
+    let (setup, _sink, id) = one_seeding().await;
     let service = &setup.service;
-    let _sink = patron(service, 1);
-    let id = seeding(&setup, 1, "one.bin").await;
     let before = records(service);
 
     service.faults.engine_stop.store(true, Ordering::Release);
@@ -190,10 +194,8 @@ async fn a_close_the_engine_refuses_puts_the_torrent_back_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recheck_the_engine_will_not_take_back_keeps_the_record_and_tells_the_holders() {
-    let setup = setup().await;
+    let (setup, sink, id) = one_seeding().await;
     let service = &setup.service;
-    let sink = patron(service, 1);
-    let id = seeding(&setup, 1, "one.bin").await;
 
     service.faults.engine_add.store(true, Ordering::Release);
     let error = service.recheck(TorrentRef::Id(id)).await.unwrap_err();
@@ -221,10 +223,8 @@ async fn a_recheck_the_engine_will_not_take_back_keeps_the_record_and_tells_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recheck_gives_the_torrent_a_new_handle_and_streams_see_it() {
-    let setup = setup().await;
+    let (setup, _sink, id) = one_seeding().await;
     let service = &setup.service;
-    let _sink = patron(service, 1);
-    let id = seeding(&setup, 1, "one.bin").await;
     let (_, before) = service.running(TorrentRef::Id(id)).unwrap();
     service.recheck(TorrentRef::Id(id)).await.unwrap();
     let (_, after) = service.running(TorrentRef::Id(id)).unwrap();
@@ -374,10 +374,8 @@ async fn finish_recheck(
 /// is refused with an `engine` error ("ask again in a moment").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_listing_files_during_a_recheck_is_answered() {
-    let setup = setup().await;
+    let (setup, _sink, id) = one_seeding().await;
     let service = &setup.service;
-    let _sink = patron(service, 1);
-    let id = seeding(&setup, 1, "one.bin").await;
     let mut refused = Vec::new();
     let mut listed = 0usize;
     for _ in 0..20 {
@@ -412,10 +410,8 @@ async fn review_listing_files_during_a_recheck_is_answered() {
 /// "peers" as not applied. Before the refactor they were remembered (the dial failed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_peers_named_by_a_magnet_joiner_during_a_recheck_are_kept_or_reported() {
-    let setup = setup().await;
+    let (setup, _sink, id) = one_seeding().await;
     let service = &setup.service;
-    let _sink = patron(service, 1);
-    let id = seeding(&setup, 1, "one.bin").await;
     let hash = service.state().registry.get(id).unwrap().info.info_hash;
     // Outside a recheck, a joiner's peers are remembered.
     let mut create = proto::CreateNewTorrent::new(proto::TorrentSource::Magnet(format!(
