@@ -98,12 +98,11 @@ pub fn receive(fd: &OwnedFd, buffer: &mut [u8]) -> nix::Result<Received> {
     };
     for cmsg in cmsgs {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            // SAFETY: the kernel installed these descriptors for us just now; owning them
-            // here guarantees they are closed whatever happens next.
-            descriptors.extend(
-                fds.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
+            for fd in fds {
+                // SAFETY: the kernel installed this descriptor for us just now and nothing
+                // else owns it; owning it here closes it exactly once, whatever comes next.
+                descriptors.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
         }
     }
     let truncated = msg
@@ -222,8 +221,8 @@ pub fn connect_nonblocking(path: &Path) -> nix::Result<OwnedFd> {
 /// Whether the patron has read everything sent on `socket` (its send queue is empty).
 pub fn drained(socket: &OwnedFd) -> bool {
     let mut queued: libc::c_int = 0;
-    // TIOCOUTQ (SIOCOUTQ) writes one c_int: the bytes still queued on the socket.
-    // SAFETY: `queued` is a live c_int for the call, `socket` an open socket we own.
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int (the bytes still queued on the socket)
+    // into `queued`, a live c_int for the call; `socket` is an open socket we own.
     let done = unsafe {
         libc::ioctl(
             std::os::fd::AsRawFd::as_raw_fd(socket),

@@ -326,8 +326,8 @@ fn receive_answer(fd: &OwnedFd) -> std::result::Result<(BoardAnswer, Option<Owne
         for cmsg in cmsgs {
             if let ControlMessageOwned::ScmRights(fds) = cmsg {
                 for fd in fds {
-                    // The kernel just installed this descriptor in this process for us.
-                    // SAFETY: nothing else owns `fd`, so owning it here closes it exactly once.
+                    // SAFETY: the kernel just installed this descriptor in this process for
+                    // us and nothing else owns it, so owning it here closes it exactly once.
                     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
                     descriptors.push(owned);
                 }

@@ -227,6 +227,7 @@ fn a_reader_cannot_get_write_access() {
     );
     assert!(reopened.set_len(0).is_err(), "shrank the board");
     // A read-only mapping cannot be made writable afterwards.
+
     // SAFETY: a fresh read-only mapping of `len` bytes of a sealed memfd at least that long:
     // it aliases nothing and no access within it can fault; it is unmapped below.
     let readonly = unsafe {

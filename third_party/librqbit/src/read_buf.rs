@@ -172,8 +172,8 @@ impl ReadBuf {
                 // latter one is a reborrow that ends with the block.
                 //
                 // Run with `cargo +nightly miri test -p librqbit --features miri test_read_buf_miri -- --nocapture --ignore`
-                // (torrent-patron) The reborrow ends with this block; `self` is unused meanwhile.
-                // SAFETY: a reborrow of `self` that ends with this block (see above).
+                // SAFETY: (torrent-patron) the reborrow ends with this block; `self` is unused meanwhile:
+                // a reborrow of `self` that ends with this block (see above).
                 let this = unsafe { &mut *(self as *mut Self) };
                 let (first, second) = as_slices!(this);
                 match Message::deserialize(first, second) {
