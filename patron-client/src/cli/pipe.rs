@@ -169,8 +169,32 @@ enum Read {
 }
 
 /// Requests waiting for replies. Replies are printed under its lock, so a board read can
-/// tell whether every earlier reply is out.
-type PendingMap = Arc<Mutex<HashMap<RequestId, Pending>>>;
+/// tell whether every earlier reply is out, and a `cat` can wait for that.
+type PendingMap = Arc<Pendings>;
+
+#[derive(Default)]
+struct Pendings {
+    waiting: Mutex<HashMap<RequestId, Pending>>,
+    /// Told whenever a reply is printed.
+    answered: std::sync::Condvar,
+}
+
+impl Pendings {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, Pending>> {
+        lock(&self.waiting)
+    }
+
+    /// Waits until every request sent so far has its reply printed.
+    fn wait_until_answered(&self) {
+        let mut waiting = self.lock();
+        while !waiting.is_empty() {
+            waiting = self
+                .answered
+                .wait(waiting)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
 
 /// The board, shared by both threads (reads are done under its lock, which also lets a
 /// superseded board be replaced).
@@ -197,8 +221,11 @@ pub fn run(ctx: &Context) -> Result<Exit, Error> {
                 break Exit::of(&error);
             }
         };
-        let mut waiting = lock(&pending);
+        let mut waiting = pending.lock();
         let answered = event.request().and_then(|id| waiting.remove(&id));
+        if answered.is_some() {
+            pending.answered.notify_all();
+        }
         match answered {
             Some(Pending {
                 finishes: true,
@@ -290,9 +317,7 @@ fn read_commands(
             }) => {
                 // Its stream opens on a connection of its own: only once every earlier
                 // line's reply is out does it see what they did (an `add` just before it).
-                while !lock(pending).is_empty() {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
+                pending.wait_until_answered();
                 cats.start(connect, request, torrent, file, offset, to);
                 continue;
             }
@@ -306,7 +331,7 @@ fn read_commands(
         // A read the board can answer when every earlier reply is out. Later, the broker
         // could already have done later lines, which the board would show: ask it instead.
         if let (Some(_), Some(read)) = (board, board_read(&command)) {
-            let waiting = lock(pending);
+            let waiting = pending.lock();
             if waiting.is_empty() {
                 let read = BoardRead {
                     request: request.clone(),
@@ -555,9 +580,10 @@ fn send(
     // the table not held during the send: it blocks while the broker holds this patron
     // back, and the reader must go on taking replies meanwhile.
     let id = requester.reserve();
-    lock(pending).insert(id, entry);
+    pending.lock().insert(id, entry);
     if let Err(e) = requester.send_as(id, body) {
-        lock(pending).remove(&id);
+        pending.lock().remove(&id);
+        pending.answered.notify_all();
         return Err(e);
     }
     Ok(())
