@@ -5,7 +5,9 @@
 //! the patron's own, which serves its requests one at a time, so replies leave in request
 //! order. A patron may have at most [`MAX_IN_FLIGHT_REQUESTS`] requests or
 //! [`MAX_IN_FLIGHT_BYTES`] read and not answered: past that, the transport is told to stop
-//! reading it until it has drained to half (back-pressure: its own sends block).
+//! reading it until it has drained to half (back-pressure: its own sends block). All
+//! patrons together may have [`MAX_IN_FLIGHT_BYTES_ALL`]: past that, a patron whose request
+//! is read is held back until that request is served, one request at a time each.
 
 use crate::budget::{RegionBudget, RegionTicket, UnreadBudget};
 use crate::commands;
@@ -25,6 +27,10 @@ use tokio::sync::mpsc;
 pub const MAX_IN_FLIGHT_REQUESTS: usize = 256;
 /// Bytes of one patron's requests read and not yet answered, with the same effect.
 pub const MAX_IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes of all patrons' requests read and not yet answered (per-patron bounds times 4,096
+/// patrons is not a bound): past it, a patron whose request is read is held back too, so
+/// each goes on with one request at a time until the broker catches up.
+pub const MAX_IN_FLIGHT_BYTES_ALL: usize = 64 * 1024 * 1024;
 /// Large messages (each a shared memory region: a descriptor and its memory) of one patron
 /// read and not yet answered, with the same effect: a patron pipelining big .torrents
 /// behind a slow request holds two of them in the broker, not hundreds.
@@ -56,12 +62,56 @@ pub enum Dispatched {
 }
 
 /// What one patron has in flight.
-#[derive(Default)]
 struct InFlight {
     requests: AtomicUsize,
     bytes: AtomicUsize,
     regions: AtomicUsize,
     held_back: std::sync::atomic::AtomicBool,
+    /// What all patrons have in flight.
+    all: Arc<AllInFlight>,
+}
+
+/// Bytes of requests all patrons have in flight, and their bound.
+struct AllInFlight {
+    bytes: AtomicUsize,
+    max: usize,
+}
+
+impl InFlight {
+    fn new(all: Arc<AllInFlight>) -> InFlight {
+        InFlight {
+            requests: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            regions: AtomicUsize::new(0),
+            held_back: std::sync::atomic::AtomicBool::new(false),
+            all,
+        }
+    }
+
+    /// Counts `size` more bytes in flight; whether the patron is now at its own bound
+    /// (`max_bytes`: its bytes), and whether all patrons together are at theirs.
+    fn add(&self, size: usize, max_bytes: usize) -> (bool, bool) {
+        let requests_now = self.requests.load(Ordering::Acquire) + 1;
+        let bytes_now = self.bytes.load(Ordering::Acquire) + size;
+        let all_now = self.all.bytes.load(Ordering::Acquire) + size;
+        let own_full = requests_now >= MAX_IN_FLIGHT_REQUESTS || bytes_now >= max_bytes;
+        let all_full = all_now >= self.all.max;
+        // Held back before the counts can fall, so a resume cannot be missed.
+        if own_full || all_full {
+            self.held_back.store(true, Ordering::Release);
+        }
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(size, Ordering::AcqRel);
+        self.all.bytes.fetch_add(size, Ordering::AcqRel);
+        (own_full, all_full)
+    }
+
+    /// One request of `size` bytes served (or let go).
+    fn done(&self, size: usize) {
+        self.requests.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(size, Ordering::AcqRel);
+        self.all.bytes.fetch_sub(size, Ordering::AcqRel);
+    }
 }
 
 impl InFlight {
@@ -110,6 +160,8 @@ pub struct Dispatcher {
     service: Arc<Service>,
     /// Every patron's large messages, together (the service's budget).
     regions: Arc<RegionBudget>,
+    /// Every patron's requests read and not yet answered, together.
+    in_flight: Arc<AllInFlight>,
     queues: Mutex<HashMap<PatronId, PatronQueue>>,
     next_patron: AtomicU64,
     transport: OnceLock<Arc<dyn Transport>>,
@@ -119,10 +171,20 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher for `service`; the transport is attached once it runs.
     pub fn new(service: Arc<Service>) -> Arc<Dispatcher> {
+        Dispatcher::bounded(service, MAX_IN_FLIGHT_BYTES_ALL)
+    }
+
+    /// A dispatcher whose patrons together may have `max_in_flight` bytes of requests in
+    /// flight (tests use a small bound).
+    pub(crate) fn bounded(service: Arc<Service>, max_in_flight: usize) -> Arc<Dispatcher> {
         let regions = service.large_requests.clone();
         Arc::new(Dispatcher {
             service,
             regions,
+            in_flight: Arc::new(AllInFlight {
+                bytes: AtomicUsize::new(0),
+                max: max_in_flight,
+            }),
             queues: Mutex::new(HashMap::new()),
             next_patron: AtomicU64::new(1),
             transport: OnceLock::new(),
@@ -187,7 +249,7 @@ impl Dispatcher {
             pid,
             events: outbox.clone(),
         };
-        let in_flight = Arc::new(InFlight::default());
+        let in_flight = Arc::new(InFlight::new(self.in_flight.clone()));
         let regions = HeldRegions::default();
         self.service.connect(connection.clone())?;
         self.queues().insert(
@@ -253,8 +315,7 @@ impl Dispatcher {
                 if ticket.take().is_some() {
                     in_flight.regions.fetch_sub(1, Ordering::AcqRel);
                 }
-                in_flight.requests.fetch_sub(1, Ordering::AcqRel);
-                in_flight.bytes.fetch_sub(size, Ordering::AcqRel);
+                in_flight.done(size);
                 if in_flight.is_low() && in_flight.held_back.swap(false, Ordering::AcqRel) {
                     if let Some(transport) = dispatcher.transport.get() {
                         transport.resume(connection.id);
@@ -506,7 +567,8 @@ fn unpack_large(
 }
 
 /// Queues `work` of `size` bytes for a patron's task; whether its reader must now hold back
-/// (at [`MAX_IN_FLIGHT_REQUESTS`] requests or `max_bytes` bytes in flight).
+/// (at [`MAX_IN_FLIGHT_REQUESTS`] requests or `max_bytes` bytes in flight, or all patrons
+/// together at [`MAX_IN_FLIGHT_BYTES_ALL`]).
 fn enqueue(
     in_flight: &InFlight,
     requests: &mpsc::UnboundedSender<(Work, usize)>,
@@ -514,20 +576,17 @@ fn enqueue(
     size: usize,
     max_bytes: usize,
 ) -> Dispatched {
-    // Held back before the counts can fall, so a resume cannot be missed.
-    let requests_now = in_flight.requests.load(Ordering::Acquire) + 1;
-    let bytes_now = in_flight.bytes.load(Ordering::Acquire) + size;
-    let full = requests_now >= MAX_IN_FLIGHT_REQUESTS || bytes_now >= max_bytes;
-    if full {
-        in_flight.held_back.store(true, Ordering::Release);
-    }
-    in_flight.requests.fetch_add(1, Ordering::AcqRel);
-    in_flight.bytes.fetch_add(size, Ordering::AcqRel);
+    let (own_full, all_full) = in_flight.add(size, max_bytes);
     if requests.send((work, size)).is_err() {
         return Dispatched::Gone;
     }
-    if !full {
+    if !own_full && !all_full {
         return Dispatched::Taken;
+    }
+    // Held back for the whole broker's sake: this request is in flight, and when the task
+    // has served it (its own counts low) it clears the flag and resumes the patron.
+    if !own_full {
+        return Dispatched::HoldBack;
     }
     // If the task drained to the low mark meanwhile, whoever clears the flag decides: the
     // task (it sends a resume, which the reader handles after holding back) or we (nothing

@@ -285,6 +285,74 @@ impl Transport for CountedTransport {
     fn forget(&self, _patron: PatronId) {}
 }
 
+/// A patron of `dispatcher` whose replies are read raw off the other end of its socket.
+struct RawPatron {
+    id: PatronId,
+    outbox: Arc<crate::patron::Outbox>,
+    theirs: std::os::fd::OwnedFd,
+}
+
+impl RawPatron {
+    fn connect(dispatcher: &Arc<Dispatcher>, id: PatronId) -> RawPatron {
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let unread = dispatcher.unread().clone();
+        let outbox = crate::patron::Outbox::new(id, ours, None, None, unread);
+        dispatcher.add_patron(id, 0, outbox.clone()).unwrap();
+        RawPatron { id, outbox, theirs }
+    }
+
+    /// Sends pauses (each waits on the add lock) until the dispatcher says to hold back;
+    /// how many were sent then (`None`: never within `at_most`).
+    fn pause_until_held_back(&self, dispatcher: &Arc<Dispatcher>, at_most: usize) -> Option<usize> {
+        for n in 1..=at_most {
+            let request = Request {
+                id: RequestId(n as u64),
+                body: RequestBody::Pause(TorrentRef::Id(TorrentId(999))),
+            };
+            match dispatcher.dispatch(self.id, request, 30) {
+                Dispatched::Taken => {}
+                Dispatched::HoldBack => return Some(n),
+                Dispatched::Gone => panic!("the patron went"),
+            }
+        }
+        None
+    }
+
+    /// Reads its replies (one datagram each: small events) until `expected` came, or 30 s;
+    /// then checks no reply more comes.
+    async fn replies(&self, expected: usize) -> usize {
+        let recv = |buf: &mut [u8]| {
+            nix::sys::socket::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&self.theirs),
+                buf,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            )
+        };
+        let mut replies = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut buf = vec![0u8; 64 * 1024];
+        while replies < expected && std::time::Instant::now() < deadline {
+            self.outbox.flush();
+            match recv(&mut buf) {
+                Ok(n) if n > 0 => replies += 1,
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.outbox.flush();
+        if recv(&mut buf).is_ok_and(|n| n > 0) {
+            replies += 1; // a reply too many
+        }
+        replies
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatcher_holds_a_patron_back_at_its_in_flight_limit_and_answers_each_request_once() {
     let setup = setup().await;
@@ -292,60 +360,45 @@ async fn the_dispatcher_holds_a_patron_back_at_its_in_flight_limit_and_answers_e
     let dispatcher = Dispatcher::new(service.clone());
     let transport = Arc::new(CountedTransport::default());
     dispatcher.attach(transport.clone());
-    let (ours, theirs) = nix::sys::socket::socketpair(
-        nix::sys::socket::AddressFamily::Unix,
-        nix::sys::socket::SockType::SeqPacket,
-        None,
-        nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-    )
-    .unwrap();
-    let outbox = crate::patron::Outbox::new(7, ours, None, None, dispatcher.unread().clone());
-    dispatcher.add_patron(7, 0, outbox.clone()).unwrap();
+    let patron = RawPatron::connect(&dispatcher, 7);
     // Every pause waits on the add lock, held here: nothing is answered meanwhile.
     let adding = service.adding.lock().await;
-    let mut held_back_at = None;
-    for n in 1..=MAX_IN_FLIGHT_REQUESTS + 10 {
-        let request = Request {
-            id: RequestId(n as u64),
-            body: RequestBody::Pause(TorrentRef::Id(TorrentId(999))),
-        };
-        match dispatcher.dispatch(7, request, 30) {
-            Dispatched::Taken => {}
-            Dispatched::HoldBack => {
-                held_back_at = Some(n);
-                break;
-            }
-            Dispatched::Gone => panic!("the patron went"),
-        }
-    }
+    let held_back_at = patron.pause_until_held_back(&dispatcher, MAX_IN_FLIGHT_REQUESTS + 10);
     assert_eq!(held_back_at, Some(MAX_IN_FLIGHT_REQUESTS));
     assert_eq!(transport.resumed.load(Ordering::Acquire), 0);
     drop(adding);
-    // Each request gets its one reply (one datagram each: small events), and the reader is
-    // resumed once the patron's requests in flight fall to half the limit.
-    let mut replies = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut buf = vec![0u8; 64 * 1024];
-    while replies < MAX_IN_FLIGHT_REQUESTS && std::time::Instant::now() < deadline {
-        outbox.flush();
-        match nix::sys::socket::recv(
-            std::os::fd::AsRawFd::as_raw_fd(&theirs),
-            &mut buf,
-            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-        ) {
-            Ok(n) if n > 0 => replies += 1,
-            _ => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
-    }
-    assert_eq!(replies, MAX_IN_FLIGHT_REQUESTS);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let extra = nix::sys::socket::recv(
-        std::os::fd::AsRawFd::as_raw_fd(&theirs),
-        &mut buf,
-        nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+    // Each request gets its one reply, and the reader is resumed once the patron's requests
+    // in flight fall to half the limit.
+    assert_eq!(
+        patron.replies(MAX_IN_FLIGHT_REQUESTS).await,
+        MAX_IN_FLIGHT_REQUESTS
     );
-    assert!(extra.is_err(), "a reply too many");
     assert_eq!(transport.resumed.load(Ordering::Acquire), 1);
+}
+
+/// Per-patron bounds times 4,096 patrons is not a bound: past the whole broker's, every
+/// patron whose request is read is held back too (one request at a time each), and each
+/// request still gets its one reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_holds_patrons_back_at_the_whole_brokers_in_flight_bound() {
+    let setup = setup().await;
+    let service = &setup.service;
+    // 20 requests of 30 bytes fill it.
+    let dispatcher = Dispatcher::bounded(service.clone(), 600);
+    let transport = Arc::new(CountedTransport::default());
+    dispatcher.attach(transport.clone());
+    let first = RawPatron::connect(&dispatcher, 7);
+    let second = RawPatron::connect(&dispatcher, 8);
+    let adding = service.adding.lock().await;
+    // Far below its own bound of 256 requests, the first is held back at the broker's.
+    assert_eq!(first.pause_until_held_back(&dispatcher, 100), Some(20));
+    // And so is the second, at its first request: the broker's bound is full.
+    assert_eq!(second.pause_until_held_back(&dispatcher, 100), Some(1));
+    drop(adding);
+    assert_eq!(first.replies(20).await, 20);
+    assert_eq!(second.replies(1).await, 1);
+    // Both read again once their own requests were answered.
+    assert_eq!(transport.resumed.load(Ordering::Acquire), 2);
 }
 
 /// A recheck of torrent `id`, under way in a task of its own.
