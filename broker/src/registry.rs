@@ -97,6 +97,10 @@ pub struct RestoreSpec {
     /// Its own rate limits.
     #[serde(default)]
     pub rates: crate::engine::Rates,
+    /// Its own folder (a multi-file torrent's) was there before it, empty, taken with
+    /// `--overwrite`: deleting its data leaves that folder.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub folder_was_there: bool,
 }
 
 /// How many peers a torrent's record keeps (the latest named win): `peers --add` must not
@@ -116,6 +120,7 @@ impl RestoreSpec {
             paused: false,
             ephemeral: false,
             rates: Default::default(),
+            folder_was_there: false,
         }
     }
 

@@ -1,7 +1,7 @@
 //! A newcomer's first hour (issue 19): one vocabulary for ids, sizes and peers, and errors
 //! that say what to do next, through the real binaries.
 
-use e2e::{run, Sandbox, Seeder};
+use e2e::{run, wait_for, Sandbox, Seeder, STEP_TIMEOUT};
 
 /// Every reply prints `"id": 3`; a script that sends it back as a number is understood, as
 /// is the string.
@@ -555,4 +555,48 @@ fn refusals_and_reports_speak_in_sizes_and_plurals() {
     let refused = run(add);
     assert_eq!(refused.code(), 3, "{}", refused.stderr);
     assert!(refused.stderr.contains("--peer"), "{}", refused.stderr);
+}
+
+/// A folder the user made with the torrent's name (`mkdir pack; add pack.torrent`) is
+/// refused with the way through (`--overwrite`); taken with it, and `close --delete-data`
+/// then deletes the torrent's files but leaves the folder, which the torrent did not make.
+#[test]
+fn an_empty_folder_named_as_the_torrent_is_taken_with_overwrite_and_kept_at_delete() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let source = sandbox.folder("local/pack");
+    sandbox.random_file("local/pack/a.bin", 40_000);
+    sandbox.random_file("local/pack/sub/b.bin", 10_000);
+    let torrent = sandbox.path("pack.torrent");
+    let mut make = sandbox.client(&state);
+    make.arg("make").arg(&source).arg("--output").arg(&torrent);
+    run(make).expect_code(0);
+    let downloads = sandbox.folder("downloads");
+    let made = sandbox.folder("downloads/pack");
+
+    let refused = run(sandbox.add_command(&state, &torrent, &downloads, None)).expect_code(3);
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(
+        said.contains("--overwrite") && said.contains("pack"),
+        "{said}"
+    );
+    let mut add = sandbox.add_command(&state, &torrent, &downloads, None);
+    add.arg("--overwrite");
+    let added = &run(add).expect_code(0).json_lines()[0];
+    let id = added["id"].to_string();
+    wait_for("the torrent's files", STEP_TIMEOUT, || {
+        made.join("a.bin").exists()
+    });
+    let (code, lines) = e2e::client_json(&sandbox, &state, &["close", &id, "--delete-data"]);
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(
+        !made.join("a.bin").exists(),
+        "the torrent's file is deleted"
+    );
+    assert!(
+        !made.join("sub").exists(),
+        "the folder its path made is deleted"
+    );
+    assert!(made.is_dir(), "the folder the user made stays");
 }

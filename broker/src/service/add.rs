@@ -100,7 +100,13 @@ impl Service {
         let data_folder = checked.data_folder(&save_folder);
         // One owner per file (DESIGN §4), whatever --overwrite says, and the file budgets.
         service.room_for_files(&checked.full_paths(&data_folder), None)?;
-        crate::roots::check_torrent_paths(&save_folder, &checked, true)?;
+        let folder_was_there = crate::roots::check_torrent_paths(
+            &save_folder,
+            &checked,
+            crate::roots::OwnFolder::New {
+                overwrite: create.overwrite,
+            },
+        )?;
         if let Some(missing) = create
             .only_files
             .iter()
@@ -128,6 +134,7 @@ impl Service {
             paused: create.paused,
             ephemeral: create.ephemeral,
             rates,
+            folder_was_there,
         };
         let added = service
             .engine_add(AddSpec {

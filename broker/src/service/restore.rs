@@ -97,7 +97,13 @@ impl Service {
             return Err((error, info, files));
         }
         self.check_restorable_folder(&spec.save_folder)
-            .and_then(|()| crate::roots::check_torrent_paths(&spec.save_folder, &checked, false))
+            .and_then(|()| {
+                crate::roots::check_torrent_paths(
+                    &spec.save_folder,
+                    &checked,
+                    crate::roots::OwnFolder::Restored,
+                )
+            })
             .map_err(|e| (e, info.clone(), files.clone()))?;
         let added = self
             .engine_add(AddSpec {
