@@ -677,7 +677,7 @@ impl Engine {
 }
 
 /// A path inside a torrent as `/`-separated text.
-fn path_text(path: &Path) -> String {
+pub fn path_text(path: &Path) -> String {
     let parts: Vec<_> = path.iter().map(|p| p.to_string_lossy()).collect();
     parts.join("/")
 }

@@ -67,6 +67,21 @@ impl CheckedTorrent {
             .collect()
     }
 
+    /// Its files as `files` lists them, before any byte is there.
+    pub fn file_entries(&self) -> Vec<proto::FileEntry> {
+        self.files
+            .iter()
+            .enumerate()
+            .map(|(index, (relative, size))| proto::FileEntry {
+                index: index as u32,
+                path: crate::engine::path_text(relative),
+                size: *size,
+                bytes_done: 0,
+                selected: true,
+            })
+            .collect()
+    }
+
     /// Its files' full paths, written into `data_folder`.
     pub fn full_paths(&self, data_folder: &Path) -> std::sync::Arc<[PathBuf]> {
         self.files

@@ -358,9 +358,13 @@ impl Patron {
         })
     }
 
-    /// Downloads only the files with these indices from now on (kept across broker
+    /// Downloads only these files (by index or path) from now on (kept across broker
     /// restarts); returns the files as they are then.
-    pub fn select_files(&mut self, torrent: TorrentRef, only: Vec<u32>) -> Result<FileList> {
+    pub fn select_files(
+        &mut self,
+        torrent: TorrentRef,
+        only: Vec<proto::FileRef>,
+    ) -> Result<FileList> {
         self.files_request(proto::FilesRequest {
             torrent,
             only: Some(only),

@@ -75,7 +75,7 @@ pub use status::{TorrentState, TorrentStatus};
 
 /// The protocol version spoken by this build. Bumped on any incompatible wire change;
 /// the broker refuses a patron whose version differs, with a clear error on both sides.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The largest serialized request the broker accepts (a .torrent file rides inside one).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -339,8 +339,8 @@ pub struct CreateNewTorrent {
     /// Absolute folder to save into; `None` means the broker's default download folder.
     /// Must lie inside one of the broker's download roots.
     pub output: Option<String>,
-    /// Only download these files (indices into the torrent's file list).
-    pub only_files: Option<Vec<u32>>,
+    /// Only download these files (by index into the torrent's file list, or by path).
+    pub only_files: Option<Vec<FileRef>>,
     /// Add it paused.
     pub paused: bool,
     /// Extra peers to dial, as `HOST:PORT`.
@@ -391,9 +391,9 @@ pub struct CloseTorrent {
 pub struct FilesRequest {
     /// Which torrent.
     pub torrent: TorrentRef,
-    /// When set, download only these files (indices as [`FileEntry::index`]) from now on; the
-    /// choice is kept across restarts. `None` only lists.
-    pub only: Option<Vec<u32>>,
+    /// When set, download only these files (by [`FileEntry::index`] or path) from now on;
+    /// the choice is kept across restarts. `None` only lists.
+    pub only: Option<Vec<FileRef>>,
 }
 
 /// One file of a torrent ([`Event::Files`]).

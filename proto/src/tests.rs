@@ -48,7 +48,7 @@ fn every_request_round_trips() {
         RequestBody::CreateNewTorrent(CreateNewTorrent {
             source: TorrentSource::TorrentFile(vec![b'd', 0, 255, b'e']),
             output: Some("/tmp/x".into()),
-            only_files: Some(vec![0, 2]),
+            only_files: Some(vec![FileRef::Index(0), FileRef::Path("sub/b".into())]),
             paused: true,
             peers: vec!["127.0.0.1:6881".into()],
             ephemeral: true,
@@ -80,7 +80,7 @@ fn every_request_round_trips() {
         RequestBody::Recheck(TorrentRef::Id(TorrentId(6))),
         RequestBody::Files(crate::FilesRequest {
             torrent: TorrentRef::Id(TorrentId(7)),
-            only: Some(vec![0, 3]),
+            only: Some(vec![FileRef::Index(0), FileRef::Index(3)]),
         }),
         RequestBody::Peers(crate::PeersRequest {
             torrent: TorrentRef::Id(TorrentId(8)),

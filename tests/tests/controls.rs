@@ -2,7 +2,7 @@
 //! peers, per-torrent rates; each through the CLI, pipe mode and the library, and each kept
 //! across a restart where it should be.
 
-use e2e::patron_client::proto::{TorrentId, TorrentRef, TorrentState};
+use e2e::patron_client::proto::{FileRef, TorrentId, TorrentRef, TorrentState};
 use e2e::{
     client_json, ok_json, pipe_session, run, sha256, wait_complete, wait_for, wait_status,
     BrokerProcess, Sandbox, Seeder, STEP_TIMEOUT,
@@ -205,7 +205,8 @@ fn files_are_listed_and_chosen_at_add_and_later_and_kept_across_restarts() {
         &downloads,
         Some(&seeder.broker.peer()),
     );
-    add.args(["--only", "0", "--wait"]);
+    // By path, as `files` lists it (`0` would do as well).
+    add.args(["--only", "a.bin", "--wait"]);
     run(add).expect_code(0);
     let files = ok_json(&sandbox, &state, &["files", "0"]);
     assert_eq!(files["event"], "files", "{files}");
@@ -220,7 +221,7 @@ fn files_are_listed_and_chosen_at_add_and_later_and_kept_across_restarts() {
     let lines = pipe_session(
         &sandbox,
         &state,
-        &[json!({"cmd": "files", "torrent": "0", "only": [0, 2]}).to_string()],
+        &[json!({"cmd": "files", "torrent": "0", "only": [0, "c.bin"]}).to_string()],
         true,
     );
     let reply = lines
@@ -253,7 +254,12 @@ fn files_are_listed_and_chosen_at_add_and_later_and_kept_across_restarts() {
 
     // The library chooses too; a file the torrent lacks is a clear error, a bad list a usage one.
     let mut patron = sandbox.patron(&state);
-    let list = patron.select_files(torrent, vec![0, 1, 2]).expect("select");
+    let every = vec![
+        FileRef::Index(0),
+        FileRef::Path("b.bin".into()),
+        FileRef::Index(2),
+    ];
+    let list = patron.select_files(torrent, every).expect("select");
     assert!(list.files.iter().all(|f| f.selected), "{list:?}");
     let (code, lines) = client_json(&sandbox, &state, &["files", "0", "--only", "0,7"]);
     assert_eq!(code, 1, "{lines:?}");
@@ -265,7 +271,15 @@ fn files_are_listed_and_chosen_at_add_and_later_and_kept_across_restarts() {
             .contains("no file 7"),
         "{lines:?}"
     );
-    let (code, _) = client_json(&sandbox, &state, &["files", "0", "--only", "0,x"]);
+    // A path it lacks: the error lists the files it has.
+    let (code, lines) = client_json(&sandbox, &state, &["files", "0", "--only", "0,x.bin"]);
+    assert_eq!(code, 1, "{lines:?}");
+    let message = lines[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("no file \"x.bin\"") && message.contains("1 b.bin"),
+        "{lines:?}"
+    );
+    let (code, _) = client_json(&sandbox, &state, &["files", "0", "--only", "0,,2"]);
     assert_eq!(code, 2);
 }
 

@@ -782,13 +782,7 @@ fn deselecting_the_file_during_cat() {
     let cat = Cat::start(&sandbox, &state, &["0", "a.bin"], &sandbox.path("a.out"));
     wait_for("some bytes", STEP_TIMEOUT, || cat.written() > 0);
     let mut patron = sandbox.patron(&state);
-    let files = patron.files(T0).expect("files");
-    let b = files
-        .files
-        .iter()
-        .find(|f| f.path.ends_with("b.bin"))
-        .unwrap()
-        .index;
+    let b = e2e::patron_client::proto::FileRef::Path("b.bin".into());
     patron.select_files(T0, vec![b]).expect("select b only");
     let t = Instant::now();
     let (code, stderr, bytes) = cat.finish_within(Duration::from_secs(40));

@@ -107,17 +107,16 @@ impl Service {
                 overwrite: create.overwrite,
             },
         )?;
-        if let Some(missing) = create
-            .only_files
-            .iter()
-            .flatten()
-            .find(|&&i| i as usize >= checked.files.len())
-        {
-            return Err(ProtoError::bad_request(format!(
-                "the torrent has no file {missing} (it has {} files, from 0)",
-                checked.files.len()
-            )));
-        }
+        let only_files = match &create.only_files {
+            Some(only) => {
+                let mut chosen: Vec<usize> = super::files::chosen(only, &checked.file_entries())?
+                    .into_iter()
+                    .collect();
+                chosen.sort_unstable();
+                Some(chosen)
+            }
+            None => None,
+        };
         if !create.overwrite {
             refuse_existing_files(&checked, &data_folder)?;
             refuse_if_it_cannot_fit(&checked, &save_folder)?;
@@ -128,9 +127,7 @@ impl Service {
             data_folder: data_folder.clone(),
             peers: peers.clone(),
             added_peers: Vec::new(),
-            only_files: create
-                .only_files
-                .map(|files| files.into_iter().map(|f| f as usize).collect()),
+            only_files,
             paused: create.paused,
             ephemeral: create.ephemeral,
             rates,

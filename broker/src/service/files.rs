@@ -1,7 +1,7 @@
 //! A torrent's files, and which of them to download (`Files`).
 
 use super::Service;
-use proto::{FileEntry, FilesRequest, ProtoError, TorrentId};
+use proto::{FileEntry, FileRef, FilesRequest, ProtoError, TorrentId};
 use std::collections::HashSet;
 
 impl Service {
@@ -46,21 +46,48 @@ impl Service {
     }
 }
 
-/// The indices asked for, checked against the torrent's files.
-fn chosen(only: &[u32], files: &[FileEntry]) -> Result<HashSet<usize>, ProtoError> {
-    let bad = |why: String| ProtoError::bad_request(why);
+/// The files `only` names (by index or path), checked against the torrent's files: a name
+/// that fits none is an error listing some of them.
+pub(super) fn chosen(only: &[FileRef], files: &[FileEntry]) -> Result<HashSet<usize>, ProtoError> {
     if only.is_empty() {
-        return Err(bad(
-            "choose at least one file (to download nothing, pause the torrent)".into(),
+        return Err(ProtoError::bad_request(
+            "choose at least one file (to download nothing, pause the torrent)",
         ));
     }
-    let known: HashSet<u32> = files.iter().map(|f| f.index).collect();
-    if let Some(missing) = only.iter().find(|i| !known.contains(i)) {
-        let indices: Vec<String> = files.iter().map(|f| f.index.to_string()).collect();
-        return Err(bad(format!(
-            "the torrent has no file {missing} (its files: {})",
-            indices.join(", ")
-        )));
-    }
-    Ok(only.iter().map(|&i| i as usize).collect())
+    only.iter()
+        .map(|wanted| find(files, wanted).map(|file| file.index as usize))
+        .collect()
+}
+
+/// The file `wanted` names among `files`, or an error naming some of them.
+pub(super) fn find<'a>(
+    files: &'a [FileEntry],
+    wanted: &FileRef,
+) -> Result<&'a FileEntry, ProtoError> {
+    let found = match wanted {
+        FileRef::Index(index) => files.iter().find(|f| f.index == *index),
+        FileRef::Path(path) => files.iter().find(|f| f.path == *path),
+    };
+    found.ok_or_else(|| {
+        let what = match wanted {
+            FileRef::Index(index) => format!("no file {index}"),
+            FileRef::Path(path) => format!("no file {path:?}"),
+        };
+        ProtoError::bad_request(format!(
+            "the torrent has {what}; its {} files: {}",
+            files.len(),
+            some_of(files)
+        ))
+    })
+}
+
+/// The first few files, `INDEX PATH`, for an error that must say what there is.
+pub(super) fn some_of(files: &[FileEntry]) -> String {
+    let some: Vec<String> = files
+        .iter()
+        .take(10)
+        .map(|f| format!("{} {}", f.index, f.path))
+        .collect();
+    let more = if files.len() > 10 { ", ..." } else { "" };
+    format!("{}{more}", some.join(", "))
 }

@@ -70,40 +70,14 @@ impl Service {
 /// The file a request names; the only one when it names none. A name that fits none lists
 /// some of the files, whatever was wrong with it.
 fn pick(files: &[FileEntry], wanted: Option<&FileRef>) -> Result<FileEntry, ProtoError> {
-    let some = || {
-        let some: Vec<String> = files
-            .iter()
-            .take(10)
-            .map(|f| format!("{} {}", f.index, f.path))
-            .collect();
-        let more = if files.len() > 10 { ", ..." } else { "" };
-        format!("{}{more}", some.join(", "))
-    };
-    let found = match wanted {
-        None => match files {
-            [only] => Some(only),
-            [] => None,
-            _ => {
-                return Err(ProtoError::bad_request(format!(
-                    "the torrent has {} files: name one by index or path ({})",
-                    files.len(),
-                    some()
-                )));
-            }
-        },
-        Some(FileRef::Index(index)) => files.iter().find(|f| f.index == *index),
-        Some(FileRef::Path(path)) => files.iter().find(|f| f.path == *path),
-    };
-    found.cloned().ok_or_else(|| {
-        let what = match wanted {
-            Some(FileRef::Index(index)) => format!("no file {index}"),
-            Some(FileRef::Path(path)) => format!("no file {path:?}"),
-            None => return ProtoError::bad_request("the torrent has no files"),
-        };
-        ProtoError::bad_request(format!(
-            "the torrent has {what}; its {} files: {}",
+    match (wanted, files) {
+        (Some(wanted), _) => super::files::find(files, wanted).cloned(),
+        (None, [only]) => Ok(only.clone()),
+        (None, []) => Err(ProtoError::bad_request("the torrent has no files")),
+        (None, _) => Err(ProtoError::bad_request(format!(
+            "the torrent has {} files: name one by index or path ({})",
             files.len(),
-            some()
-        ))
-    })
+            super::files::some_of(files)
+        ))),
+    }
 }

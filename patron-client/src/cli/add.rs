@@ -30,9 +30,9 @@ pub struct Args {
     /// Reuse files that already exist where the torrent saves (verified; mismatching pieces are rewritten)
     #[arg(long)]
     overwrite: bool,
-    /// Download only these files (indices as `files` shows them, e.g. 0,2,5)
+    /// Download only these files (indices or paths as `files` shows them: 0,2,5 or sub/a.mkv)
     #[arg(long, value_name = "LIST", value_parser = super::file_list)]
-    only: Option<super::Indices>,
+    only: Option<super::FileRefs>,
     /// This torrent's download limit, bytes per second (suffixes K, M, G: powers of 1024)
     #[arg(long, value_name = "BYTES", value_parser = super::rate)]
     max_download_rate: Option<u64>,

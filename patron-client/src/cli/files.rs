@@ -11,9 +11,9 @@ pub struct Args {
     /// Torrent id or info hash
     #[arg(value_name = "ID|INFOHASH", value_parser = torrent_ref)]
     torrent: TorrentRef,
-    /// Download only these files from now on (indices as listed, e.g. 0,2,5); kept across restarts
+    /// Download only these files from now on (indices or paths as listed: 0,2,5 or sub/a.mkv); kept across restarts
     #[arg(long, value_name = "LIST", value_parser = super::file_list)]
-    only: Option<super::Indices>,
+    only: Option<super::FileRefs>,
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {

@@ -371,20 +371,23 @@ pub fn absolute(path: &std::path::Path) -> Result<PathBuf, Error> {
     Ok(resolved)
 }
 
-/// File indices, as `--only` takes them.
+/// Files as `--only` takes them: indices or paths.
 #[derive(Debug, Clone)]
-pub struct Indices(pub Vec<u32>);
+pub struct FileRefs(pub Vec<patron_client::proto::FileRef>);
 
-/// Parses a list of file indices: `0,2,5` (spaces allowed).
-pub fn file_list(s: &str) -> Result<Indices, String> {
+/// Parses a list of files, each an index as `files` shows it or a path inside the torrent:
+/// `0,2,5` or `sub/a.mkv,3` (spaces around commas allowed; `./5` is the file whose path is
+/// `5`).
+pub fn file_list(s: &str) -> Result<FileRefs, String> {
     s.split(',')
-        .map(|part| {
-            let part = part.trim();
-            part.parse::<u32>()
-                .map_err(|_| format!("{part:?} is not a file index (a list looks like 0,2,5)"))
+        .map(|part| match part.trim() {
+            "" => Err(format!(
+                "{s:?} names an empty file (a list looks like 0,2,5 or sub/a.mkv,3)"
+            )),
+            part => Ok(cat::file_ref(part)),
         })
         .collect::<Result<_, _>>()
-        .map(Indices)
+        .map(FileRefs)
 }
 
 /// Parses a rate in bytes per second: `500000`, `512K`, `10M`, `1G` (powers of 1024).

@@ -53,7 +53,7 @@ enum Command {
         ephemeral: bool,
         #[serde(default)]
         overwrite: bool,
-        only: Option<Vec<u32>>,
+        only: Option<Vec<FileName>>,
         max_download_rate: Option<u64>,
         max_upload_rate: Option<u64>,
     },
@@ -95,7 +95,7 @@ enum Command {
     /// List a torrent's files; with `only`, choose which to download first.
     Files {
         torrent: TorrentName,
-        only: Option<Vec<u32>>,
+        only: Option<Vec<FileName>>,
     },
     /// List a torrent's peers; with `add`, dial those first.
     Peers {
@@ -137,6 +137,31 @@ impl std::ops::Deref for TorrentName {
     fn deref(&self) -> &str {
         &self.0
     }
+}
+
+/// A file as a command names it: its index as a number (`3`) or a string (`"3"`), or its
+/// path (`"sub/a.mkv"`; `"./3"` is the file whose path is `3`).
+#[derive(Debug)]
+struct FileName(FileRef);
+
+impl<'de> Deserialize<'de> for FileName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Value::deserialize(deserializer)? {
+            Value::String(s) => Ok(FileName(super::cat::file_ref(&s))),
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(|n| FileName(FileRef::Index(n)))
+                .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a file index"))),
+            other => Err(serde::de::Error::custom(format!(
+                "a file is an index (3) or a path (\"sub/a.mkv\"), not {other}"
+            ))),
+        }
+    }
+}
+
+fn file_refs(names: Option<Vec<FileName>>) -> Option<Vec<FileRef>> {
+    names.map(|names| names.into_iter().map(|name| name.0).collect())
 }
 
 /// A parsed input line.
@@ -677,7 +702,7 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             create.paused = paused;
             create.ephemeral = ephemeral;
             create.overwrite = overwrite;
-            create.only_files = only;
+            create.only_files = file_refs(only);
             create.max_download_rate = max_download_rate;
             create.max_upload_rate = max_upload_rate;
             (RequestBody::CreateNewTorrent(create), None)
@@ -724,7 +749,7 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
         Command::Files { torrent, only } => (
             RequestBody::Files(FilesRequest {
                 torrent: torrent_ref(&torrent)?,
-                only,
+                only: file_refs(only),
             }),
             None,
         ),
