@@ -130,7 +130,8 @@ fn cat_of_a_file_the_torrent_lacks_lists_its_files() {
     }
 }
 
-/// `list` has a header over its columns; an add `--paused` does not say "Started".
+/// `list` has a header over its columns; `status` shows one torrent whole; an add
+/// `--paused` does not say "Started".
 #[test]
 fn list_has_a_header_and_a_paused_add_says_so() {
     let sandbox = Sandbox::new();
@@ -163,17 +164,38 @@ fn list_has_a_header_and_a_paused_add_says_so() {
             listed.stdout
         );
         assert!(lines[1].trim_start().starts_with('0'), "{}", listed.stdout);
-        // status prints its line under the same header.
+        // status shows one torrent whole: where it is saved, who holds it, its info hash.
         let mut status = sandbox.client(&state);
         status
             .env(e2e::patron_client::BOARD_ENV, board)
             .args(["status", "0"]);
         let shown = run(status).expect_code(0).stdout;
-        let shown: Vec<&str> = shown.lines().collect();
-        // (Its state may have moved on since: checking, then paused.)
-        assert_eq!(shown.len(), 2, "{shown:?}");
-        assert_eq!(shown[0], lines[0], "status and list headers differ");
-        assert!(shown[1].starts_with("   0  one.bin"), "{shown:?}");
+        assert!(shown.starts_with("Torrent 0: one.bin\n"), "{shown}");
+        for label in [
+            "info hash: ",
+            "state:",
+            "done:",
+            "peers:",
+            "saved in:  /",
+            "held:",
+        ] {
+            assert!(shown.contains(label), "{label:?} missing: {shown}");
+        }
+        let mut json = sandbox.client(&state);
+        json.env(e2e::patron_client::BOARD_ENV, board)
+            .args(["--json", "status", "0"]);
+        let line = &run(json).expect_code(0).json_lines()[0];
+        assert_eq!(line["event"], "status", "{line}");
+        assert!(
+            line["save_folder"]
+                .as_str()
+                .is_some_and(|f| f.starts_with('/')),
+            "{line}"
+        );
+        assert!(
+            line["holders"].is_number() && line["ephemeral"] == false,
+            "{line}"
+        );
     }
 }
 

@@ -1,9 +1,9 @@
 //! `patron-client status`: one torrent's status, read off the board (or asked).
 
-use super::output::{status_json, status_line};
+use super::output::summary_json;
 use super::{torrent_ref, Context, Exit, Source};
-use patron_client::proto::text::list_header;
-use patron_client::proto::TorrentRef;
+use patron_client::proto::text::{bytes, duration, shown};
+use patron_client::proto::{TorrentRef, TorrentState, TorrentSummary};
 use patron_client::Error;
 
 #[derive(Debug, clap::Args)]
@@ -14,22 +14,86 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
-    let status = match ctx.status_source()? {
-        Source::Board(board) => match board.get(args.torrent) {
-            // A name or error message too long for its slot was cut (and marked `…`): the
-            // broker has it whole.
-            Some(status) if !maybe_cut(&status) => status,
-            // Not on the board: the broker says why (unknown id, and so on).
-            _ => ctx.reader()?.status(args.torrent)?,
+    let summary = match ctx.status_source()? {
+        Source::Board(board) => match board.summary(args.torrent) {
+            // A text too long for its slot was cut (and marked `…`): the broker has it whole.
+            Some(summary)
+                if !maybe_cut(&summary.status) && !summary.info.save_folder.ends_with('…') =>
+            {
+                summary
+            }
+            _ => asked(&mut ctx.reader()?, args.torrent)?,
         },
-        Source::Requests(mut patron) => patron.status(args.torrent)?,
+        Source::Requests(mut patron) => asked(&mut patron, args.torrent)?,
     };
-    // Under the same header as `list`'s lines.
-    ctx.out.emit(
-        || format!("{}\n{}", list_header(), status_line(&status)),
-        status_json(&status),
-    );
+    let mut value = summary_json(&summary);
+    value["event"] = "status".into();
+    ctx.out.emit(|| detail(&summary), value);
     Ok(Exit::Success)
+}
+
+/// The torrent as the broker lists it; a torrent it lacks is its `status` error (unknown
+/// id, and so on).
+fn asked(patron: &mut patron_client::Patron, torrent: TorrentRef) -> Result<TorrentSummary, Error> {
+    let status = patron.status(torrent)?;
+    patron
+        .list()?
+        .into_iter()
+        .find(|t| t.info.id == status.id)
+        .ok_or_else(|| {
+            // Closed between the two questions.
+            Error::Request(patron_client::proto::ProtoError::unknown_torrent(format!(
+                "torrent {} was closed meanwhile",
+                status.id
+            )))
+        })
+}
+
+/// One torrent, a line per figure (as `transmission-remote -i` shows one).
+fn detail(summary: &TorrentSummary) -> String {
+    let status = &summary.status;
+    let plural = |n: u32, one: &str, many: &str| match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    };
+    let mut lines = vec![
+        format!("Torrent {}: {}", status.id, shown(&status.name)),
+        format!("  info hash: {}", status.info_hash),
+        format!("  state:     {}", status.state.as_str()),
+        format!(
+            "  done:      {:.2}% ({} of {})",
+            status.progress * 100.0,
+            bytes(status.bytes_done),
+            bytes(status.bytes_total)
+        ),
+        format!(
+            "  rates:     down {}/s, up {}/s",
+            bytes(status.download_rate),
+            bytes(status.upload_rate)
+        ),
+        format!(
+            "  peers:     {} ({})",
+            plural(status.peers, "peer", "peers"),
+            plural(status.seeds, "seed", "seeds")
+        ),
+    ];
+    if let Some(eta) = status.eta_secs {
+        lines.push(format!("  eta:       {}", duration(eta)));
+    }
+    lines.push(format!(
+        "  uploaded:  {} (this run)",
+        bytes(status.uploaded)
+    ));
+    lines.push(format!("  saved in:  {}", shown(&summary.info.save_folder)));
+    let holders = plural(summary.holders, "patron holds it", "patrons hold it");
+    lines.push(match summary.ephemeral {
+        true => format!("  held:      {holders}; closes when the last lets go (ephemeral)"),
+        false => format!("  held:      {holders}; runs until closed"),
+    });
+    if let TorrentState::Error(why) = &status.state {
+        lines.push(format!("  error:     {}", shown(why)));
+    }
+    lines.join("\n")
 }
 
 /// Whether a text of `status` may have been cut to fit its slot on the board (the board
