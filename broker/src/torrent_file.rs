@@ -39,13 +39,22 @@ pub struct CheckedTorrent {
 
 impl CheckedTorrent {
     /// What patrons are told about it, once it runs as `id` saved in `save_folder`.
-    pub fn info(&self, id: TorrentId, save_folder: &Path) -> TorrentInfo {
+    /// Who it is, saved in `save_folder`; its size is that of the files `only` chooses
+    /// (every file when `None`).
+    pub fn info(&self, id: TorrentId, save_folder: &Path, only: Option<&[usize]>) -> TorrentInfo {
+        let total_bytes = match only {
+            None => self.total_bytes,
+            Some(only) => only
+                .iter()
+                .filter_map(|&i| self.files.get(i).map(|(_, size)| size))
+                .sum(),
+        };
         TorrentInfo {
             id,
             info_hash: self.info_hash,
             name: self.name.clone(),
             save_folder: save_folder.display().to_string(),
-            total_bytes: self.total_bytes,
+            total_bytes,
         }
     }
 

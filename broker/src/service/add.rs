@@ -237,7 +237,11 @@ impl Service {
         restore: RestoreSpec,
         holder: PatronId,
     ) -> Result<(TorrentInfo, bool), ProtoError> {
-        let info = checked.info(added.id, &restore.save_folder);
+        let info = checked.info(
+            added.id,
+            &restore.save_folder,
+            restore.only_files.as_deref(),
+        );
         let id = added.id;
         let record = added.is_new && !restore.ephemeral;
         let path = self.torrent_file_path(id);

@@ -89,7 +89,7 @@ impl Service {
         };
         let checked = torrent_file::check_torrent_file(&bytes, self.config.loopback_only)
             .map_err(|e| (e, info.clone(), files.clone()))?;
-        info = checked.info(id, &spec.save_folder);
+        info = checked.info(id, &spec.save_folder, spec.only_files.as_deref());
         files = checked.full_paths(&spec.data_folder);
         // Two records with a file in common (one kept while the other was added): the
         // second stays a record, not restored over the first's data.
@@ -132,7 +132,7 @@ impl Service {
             return Err((ProtoError::bad_request(why), info, files));
         }
         tracing::info!(torrent = %id, name = %checked.name, "restored torrent");
-        let info = checked.info(added.id, &spec.save_folder);
+        let info = checked.info(added.id, &spec.save_folder, spec.only_files.as_deref());
         self.state()
             .registry
             .insert_or_hold(info, added.handle, spec.clone(), None);
