@@ -208,7 +208,11 @@ fn files_are_listed_and_chosen_at_add_and_later_and_kept_across_restarts() {
     // By path, as `files` lists it (`0` would do as well).
     add.args(["--only", "a.bin", "--wait"]);
     let added = run(add).expect_code(0).json_lines();
-    assert_eq!(added[0]["total_bytes"], 2 * PIECE, "the chosen file's size: {added:?}");
+    assert_eq!(
+        added[0]["total_bytes"],
+        2 * PIECE,
+        "the chosen file's size: {added:?}"
+    );
     let files = ok_json(&sandbox, &state, &["files", "0"]);
     assert_eq!(files["event"], "files", "{files}");
     assert_eq!(selected(&files), [true, false, false], "{files}");

@@ -276,8 +276,8 @@ fn watch_with_no_torrent_named_follows_the_broker_until_interrupted() {
     }
 }
 
-/// On a terminal narrower than a torrent's line, each line is cut to fit rather than
-/// wrapped (a wrapped line breaks the redraw in place).
+/// On a terminal narrower than a torrent's line, the name and the bar give way to the
+/// figures, and no line wraps (a wrapped line breaks the redraw in place).
 #[test]
 fn watch_fits_its_lines_to_a_narrow_terminal() {
     if !have_tmux() {
@@ -291,31 +291,78 @@ fn watch_fits_its_lines_to_a_narrow_terminal() {
         let data = sandbox.random_file(&format!("local/{name}"), 30_000);
         e2e::make_and_seed(&mut patron, &data);
     }
+    for width in [60, 80] {
+        let mut tmux = Tmux::new(&sandbox);
+        tmux.start_sized(
+            &sandbox,
+            &format!(
+                "{} --state-dir {} watch",
+                quoted(&bin("patron-client")),
+                quoted(&state)
+            ),
+            width,
+        );
+        let mut screen = String::new();
+        wait_for("both torrents seeding on screen", STEP_TIMEOUT, || {
+            screen = tmux.screen(&sandbox);
+            // (Names are cut to fit: "narrow-…" at 60 columns.)
+            ["   0 narrow-", "   1 narrow-"].iter().all(|start| {
+                screen
+                    .lines()
+                    .any(|l| l.starts_with(start) && l.contains("100%") && l.contains("seeding"))
+            })
+        });
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        screen = tmux.screen(&sandbox);
+        let drawn: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(
+            drawn.len(),
+            2,
+            "{width} columns: one line per torrent, none wrapped:\n{screen}"
+        );
+        for line in drawn {
+            assert!(
+                line.trim_end().ends_with("0 peers"),
+                "{width} columns: the figures are whole:\n{screen}"
+            );
+        }
+    }
+}
+
+/// `add --wait` on an 80-column terminal: the bar gives way to the figures, which stay
+/// whole (the peers and the time left are what a user of a stalled download looks for).
+#[test]
+fn add_wait_keeps_its_figures_whole_on_an_80_column_terminal() {
+    if !have_tmux() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    // A torrent nobody seeds: it stays downloading, with no peer.
+    let data = sandbox.random_file("local/alone.bin", 300_000);
+    let torrent = sandbox.path("alone.torrent");
+    let mut make = sandbox.client(&state);
+    make.arg("make").arg(&data).arg("--output").arg(&torrent);
+    e2e::run(make).expect_code(0);
+    let downloads = sandbox.folder("downloads");
     let mut tmux = Tmux::new(&sandbox);
     tmux.start_sized(
         &sandbox,
         &format!(
-            "{} --state-dir {} watch",
+            "{} --state-dir {} add {} --output {} --wait",
             quoted(&bin("patron-client")),
-            quoted(&state)
+            quoted(&state),
+            quoted(&torrent),
+            quoted(&downloads)
         ),
         80,
     );
     let mut screen = String::new();
-    wait_for("both torrents seeding on screen", STEP_TIMEOUT, || {
+    wait_for("the figures whole on screen", STEP_TIMEOUT, || {
         screen = tmux.screen(&sandbox);
-        ["narrow-one.bin", "narrow-two.bin"].iter().all(|name| {
-            screen
-                .lines()
-                .any(|l| l.contains(name) && l.contains("100%") && l.contains("seeding"))
-        })
+        screen
+            .lines()
+            .any(|l| l.contains("[") && l.trim_end().ends_with("0 peers  eta -"))
     });
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    screen = tmux.screen(&sandbox);
-    let drawn: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        drawn.len(),
-        2,
-        "one line per torrent, none wrapped:\n{screen}"
-    );
 }

@@ -139,8 +139,15 @@ pub fn wait_until_complete(
         let bar = ProgressBar::new(total);
         // The rate and the time left are the broker's (indicatif's own would be computed
         // from the bar's jumps: joining a complete torrent showed tens of GiB/s).
+        // The figures come first on a narrow terminal: the bar gives way (32 down to 10).
+        let columns = console::Term::stderr()
+            .size_checked()
+            .map_or(80, |(_, columns)| usize::from(columns));
+        let width = columns.saturating_sub(WAIT_FIGURES_COLUMNS).clamp(10, 32);
+        let template =
+            format!("{{spinner}} [{{bar:{width}}}] {{bytes}}/{{total_bytes}}  {{wide_msg}}");
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{bar:32}] {bytes}/{total_bytes}  {wide_msg}")
+            ProgressStyle::with_template(&template)
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
@@ -209,6 +216,10 @@ pub fn wait_until_complete(
         }
     }
 }
+
+/// What `add --wait`'s line takes besides its bar: spinner, brackets, `12.3 MiB/1.2 GiB`,
+/// and `downloading  down 1.2 MiB/s  3 peers  eta 1m 5s`.
+const WAIT_FIGURES_COLUMNS: usize = 1 + 1 + 2 + 20 + 2 + 44;
 
 /// How long a download may have no peer before `add --wait` says what to do about it.
 const ALONE_HINT_AFTER: std::time::Duration = std::time::Duration::from_secs(10);

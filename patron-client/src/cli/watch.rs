@@ -249,7 +249,63 @@ fn say_idle(ctx: &Context, follow_all: bool) {
 /// The live view: one line per torrent, in id order, redrawn where it stands.
 struct Screen {
     lines: MultiProgress,
-    bars: BTreeMap<TorrentId, ProgressBar>,
+    bars: BTreeMap<TorrentId, Line>,
+}
+
+/// One torrent's line: its bar, and the terminal width it was laid out for.
+struct Line {
+    bar: ProgressBar,
+    name: String,
+    width: Option<usize>,
+}
+
+/// The figures' usual width (`seeding     down 0 B/s  up 12.0 KiB/s  3 peers`): they come
+/// first on a narrow terminal; the name and the bar give way.
+const FIGURES_COLUMNS: usize = 44;
+
+/// The name's and the bar's widths on a terminal `width` columns wide. A line is
+/// `{id:4} {name} [{bar}] {percent:4} {figures}`: the figures get their room first, then a
+/// name of 12 and a bar of 8, then the name up to 28, then the bar up to 24. Where even
+/// that does not fit, the bar goes and the name takes what is left (at least 8), so that
+/// the figures are not cut and no line wraps (a wrapped line breaks the redraw in place).
+fn layout(width: usize) -> (usize, Option<usize>) {
+    const WITH_BAR: usize = 4 + 1 + 2 + 2 + 4 + 1;
+    const WITHOUT_BAR: usize = 4 + 1 + 1 + 4 + 1;
+    let room = width.saturating_sub(FIGURES_COLUMNS);
+    match room.checked_sub(WITH_BAR + 12 + 8) {
+        Some(_) => {
+            let free = room - WITH_BAR;
+            let name = (free - 8).min(28);
+            (name, Some((free - name).min(24)))
+        }
+        None => (room.saturating_sub(WITHOUT_BAR).clamp(8, 28), None),
+    }
+}
+
+impl Line {
+    /// Lays the line out again when the terminal's width changed.
+    fn fit(&mut self, id: TorrentId) {
+        let width = console::Term::stdout()
+            .size_checked()
+            .map_or(80, |(_, columns)| usize::from(columns));
+        if self.width == Some(width) {
+            return;
+        }
+        self.width = Some(width);
+        let (name, bar) = layout(width);
+        // indicatif has one free-form field per side of the bar: the name goes before it,
+        // the figures after (cut by indicatif if the terminal is narrower still).
+        let template = match bar {
+            Some(bar) => format!("{{prefix}} [{{bar:{bar}}}] {{percent:>3}}% {{wide_msg}}"),
+            None => "{prefix} {percent:>3}% {wide_msg}".to_owned(),
+        };
+        let style = ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        self.bar.set_style(style);
+        self.bar
+            .set_prefix(format!("{:>4} {:<name$}", id.0, truncate(&self.name, name)));
+    }
 }
 
 impl Screen {
@@ -261,27 +317,23 @@ impl Screen {
     }
 
     fn add(&mut self, id: TorrentId, name: &str, total: u64) {
-        // indicatif has one free-form field per side of the bar: the name goes before it,
-        // the figures after, cut to the terminal's width (a wrapped line would break the
-        // redraw in place).
-        let style = ProgressStyle::with_template("{prefix} [{bar:24}] {percent:>3}% {wide_msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
         let bar = self.lines.add(ProgressBar::new(total.max(1)));
-        bar.set_style(style);
-        bar.set_prefix(format!(
-            "{:>4} {:<28}",
-            id.0,
-            truncate(&super::output::shown(name), 28)
-        ));
         bar.set_message("waiting for status");
-        self.bars.insert(id, bar);
+        let mut line = Line {
+            bar,
+            name: super::output::shown(name),
+            width: None,
+        };
+        line.fit(id);
+        self.bars.insert(id, line);
     }
 
     fn update(&mut self, status: &TorrentStatus) {
-        let Some(bar) = self.bars.get(&status.id) else {
+        let Some(line) = self.bars.get_mut(&status.id) else {
             return;
         };
+        line.fit(status.id);
+        let bar = &line.bar;
         bar.set_length(status.bytes_total.max(1));
         bar.set_position(status.bytes_done);
         let eta = status
@@ -310,8 +362,9 @@ impl Screen {
     }
 
     fn gone(&mut self, id: TorrentId, reason: &str) {
-        if let Some(bar) = self.bars.get(&id) {
-            bar.abandon_with_message(format!("closed: {}", super::output::shown(reason)));
+        if let Some(line) = self.bars.get(&id) {
+            line.bar
+                .abandon_with_message(format!("closed: {}", super::output::shown(reason)));
         }
     }
 }
