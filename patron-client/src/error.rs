@@ -33,13 +33,34 @@ pub enum Error {
     #[error("protocol error: {0}")]
     Protocol(String),
     /// A local I/O failure.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", plain(source))]
     Io {
         /// What was being done.
         context: String,
         /// The failure.
         source: std::io::Error,
     },
+}
+
+/// An I/O error in a user's words: what `ls` or `cp` would say, without the errno.
+pub fn plain(error: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match error.kind() {
+        NotFound => "no such file or folder".into(),
+        PermissionDenied => "permission denied".into(),
+        IsADirectory => "it is a folder".into(),
+        NotADirectory => "a part of the path is not a folder".into(),
+        AlreadyExists => "it exists already".into(),
+        ReadOnlyFilesystem => "the file system is read-only".into(),
+        StorageFull => "the disk is full".into(),
+        _ => {
+            let text = error.to_string();
+            match text.find(" (os error ") {
+                Some(at) => text[..at].to_owned(),
+                None => text,
+            }
+        }
+    }
 }
 
 impl Error {

@@ -45,7 +45,7 @@ mod stream;
 
 pub use board::{Board, BOARD_ENV};
 pub use connect::{state_dir, ConnectOptions, BROKER_PROGRAM_ENV};
-pub use error::{Error, Result};
+pub use error::{plain as plain_io_error, Error, Result};
 pub use proto;
 pub use stream::Stream;
 

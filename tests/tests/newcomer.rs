@@ -622,3 +622,55 @@ fn an_empty_folder_named_as_the_torrent_is_taken_with_overwrite_and_kept_at_dele
     );
     assert!(made.is_dir(), "the folder the user made stays");
 }
+
+/// What a newcomer types by mistake gets what to do instead, not a system error: a folder
+/// where a .torrent goes, a web address, a .torrent about to be overwritten by `make`, a
+/// file that is not there (no "os error").
+#[test]
+fn mistaken_sources_say_what_to_do_instead() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let folder = sandbox.folder("local/album");
+    sandbox.random_file("local/album/one.bin", 1_000);
+    let downloads = sandbox.folder("downloads");
+    let said = |cmd: std::process::Command, code: i32| {
+        let out = run(cmd).expect_code(code);
+        format!("{}{}", out.stdout, out.stderr)
+    };
+    let add = |source: &std::ffi::OsStr| {
+        let mut cmd = sandbox.client(&state);
+        cmd.arg("add").arg(source).arg("--output").arg(&downloads);
+        cmd
+    };
+
+    let text = said(add(folder.as_os_str()), 3);
+    assert!(
+        text.contains("is a folder") && text.contains("make"),
+        "{text}"
+    );
+    let text = said(add("https://example.org/a.torrent".as_ref()), 3);
+    assert!(
+        text.contains("web address") && text.contains("curl"),
+        "{text}"
+    );
+    let text = said(add(sandbox.path("nope.torrent").as_os_str()), 1);
+    assert!(
+        text.contains("no such file") && !text.contains("os error"),
+        "{text}"
+    );
+
+    let torrent = sandbox.path("album.torrent");
+    std::fs::write(&torrent, b"the user's own file").expect("write");
+    let mut make = sandbox.client(&state);
+    make.arg("make").arg(&folder).arg("--output").arg(&torrent);
+    let text = said(make, 1);
+    assert!(
+        text.contains("already exists") && text.contains("--force") && !text.contains("entity"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&torrent).expect("read"),
+        b"the user's own file"
+    );
+}

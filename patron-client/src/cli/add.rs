@@ -4,7 +4,7 @@ use super::output::{info_human, info_json, status_json};
 use super::{absolute, Context, Exit};
 use indicatif::{ProgressBar, ProgressStyle};
 use patron_client::proto::{
-    CreateNewTorrent, Event, TorrentId, TorrentSource, TorrentState, TorrentStatus,
+    CreateNewTorrent, Event, ProtoError, TorrentId, TorrentSource, TorrentState, TorrentStatus,
 };
 use patron_client::{Created, Error, Patron};
 use std::io::IsTerminal;
@@ -120,6 +120,17 @@ fn read_source(source: &str) -> Result<TorrentSource, Error> {
     let is_hash = source.len() == 40 && source.bytes().all(|b| b.is_ascii_hexdigit());
     if source.starts_with("magnet:") || (is_hash && !Path::new(source).exists()) {
         return Ok(TorrentSource::Magnet(source.to_owned()));
+    }
+    let refused = |why: String| Err(Error::StartFailed(ProtoError::invalid_torrent(why)));
+    if source.starts_with("http://") || source.starts_with("https://") {
+        return refused(format!(
+            "{source} is a web address: patron-client adds .torrent files and magnet links, and fetches nothing from the web itself; download it first (curl -o file.torrent URL), then add the file"
+        ));
+    }
+    if Path::new(source).is_dir() {
+        return refused(format!(
+            "{source} is a folder, not a .torrent file; to share it, make a torrent of it: patron-client make {source} --seed"
+        ));
     }
     let bytes = std::fs::read(source).map_err(|e| Error::Io {
         context: format!("cannot read {source}"),

@@ -2,7 +2,7 @@
 
 use super::output::{bytes, made_json};
 use super::{Context, Exit};
-use patron_client::proto::MakeTorrent;
+use patron_client::proto::{MakeTorrent, ProtoError};
 use patron_client::Error;
 use std::io::Write;
 use std::path::PathBuf;
@@ -45,13 +45,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     };
     // Never overwrite a user's file by surprise: check before the (long) hashing too.
     if output.exists() && !args.force {
-        return Err(Error::Io {
-            context: format!(
-                "{} already exists (use --force to replace it)",
-                output.display()
-            ),
-            source: std::io::ErrorKind::AlreadyExists.into(),
-        });
+        return Err(Error::Request(ProtoError::file_exists(format!(
+            "{} already exists: --force replaces it, --output names another file",
+            output.display()
+        ))));
     }
     let mut patron = ctx.patron()?;
     let made = patron.make(MakeTorrent {

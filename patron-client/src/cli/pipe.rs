@@ -672,10 +672,15 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             max_upload_rate,
         } => {
             let source = match (torrent, torrent_base64, magnet) {
-                (Some(path), None, None) => TorrentSource::TorrentFile(
-                    std::fs::read(&path)
-                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-                ),
+                (Some(path), None, None) => {
+                    TorrentSource::TorrentFile(std::fs::read(&path).map_err(|e| {
+                        format!(
+                            "cannot read {}: {}",
+                            path.display(),
+                            patron_client::plain_io_error(&e)
+                        )
+                    })?)
+                }
                 (None, Some(encoded), None) => {
                     use base64::Engine;
                     TorrentSource::TorrentFile(
