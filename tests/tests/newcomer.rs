@@ -422,7 +422,22 @@ fn help_and_man_pages_say_what_and_show_how() {
     man.arg("manpages").arg(&pages);
     run(man).expect_code(0);
     let cat = std::fs::read_to_string(pages.join("patron-client-cat.1")).expect("cat page");
-    assert!(cat.contains("Examples") && cat.contains("mpv"), "{cat}");
+    assert!(
+        cat.contains(".SH \"EXAMPLES\"") && cat.contains("mpv"),
+        "{cat}"
+    );
+    assert!(!cat.contains("EXTRA"), "{cat}");
+    let top = std::fs::read_to_string(pages.join("patron-client.1")).expect("top page");
+    for section in ["EXIT STATUS", "ENVIRONMENT", "FILES", "SEE ALSO"] {
+        assert!(
+            top.contains(&format!(".SH \"{section}\"")),
+            "no {section}: {top}"
+        );
+    }
+    assert!(
+        top.contains("TORRENT_PATRON_STATE") && top.contains("broker.toml"),
+        "{top}"
+    );
     let pipe = std::fs::read_to_string(pages.join("patron-client-pipe.1")).expect("pipe page");
     assert!(
         pipe.contains("shutdown") && pipe.contains("cat\\-done"),
