@@ -41,6 +41,7 @@
 mod board;
 mod connect;
 mod error;
+pub mod json;
 mod stream;
 
 pub use board::{Board, BOARD_ENV};

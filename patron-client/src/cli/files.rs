@@ -2,6 +2,7 @@
 
 use super::output::{bytes, shown};
 use super::{torrent_ref, Context, Exit};
+use patron_client::json::file_json;
 use patron_client::proto::{FileEntry, TorrentRef};
 use patron_client::Error;
 use serde_json::json;
@@ -28,16 +29,6 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     });
     ctx.out.emit(|| table(&list.files), value);
     Ok(Exit::Success)
-}
-
-pub fn file_json(file: &FileEntry) -> serde_json::Value {
-    json!({
-        "index": file.index,
-        "path": file.path,
-        "size": file.size,
-        "bytes_done": file.bytes_done,
-        "selected": file.selected,
-    })
 }
 
 /// One line per file: index, selected (`*`), percent done, size, path.

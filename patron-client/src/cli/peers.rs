@@ -2,6 +2,7 @@
 
 use super::output::{bytes, shown};
 use super::{torrent_ref, Context, Exit};
+use patron_client::json::peer_json;
 use patron_client::proto::{PeerEntry, TorrentRef};
 use patron_client::Error;
 use serde_json::json;
@@ -32,19 +33,6 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     ctx.out
         .emit(|| table(&args.add, &list.dialled, &list.peers), value);
     Ok(Exit::Success)
-}
-
-pub fn peer_json(peer: &PeerEntry) -> serde_json::Value {
-    json!({
-        "address": peer.address,
-        "client": peer.client,
-        "incoming": peer.incoming,
-        "download_rate": peer.download_rate,
-        "upload_rate": peer.upload_rate,
-        "downloaded": peer.downloaded,
-        "uploaded": peer.uploaded,
-        "progress": peer.progress,
-    })
 }
 
 fn table(asked: &[String], dialled: &[String], peers: &[PeerEntry]) -> String {

@@ -17,8 +17,9 @@
 //! earlier request still waits for its reply; otherwise they go to the broker as requests, so
 //! that each is answered in its turn and never sees the effect of a later line.
 
-use super::output::{self, info_json, made_json, status_json, summary_json};
+use super::output::{self, made_json, status_json, summary_json};
 use super::{torrent_ref, Context, Exit};
+use patron_client::json::event_json;
 use patron_client::proto::{
     CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, PeersRequest,
     ProtoError, RequestBody, RequestId, TorrentRef, TorrentSource,
@@ -815,84 +816,4 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .open(path)
         .and_then(|mut file| file.write_all(bytes))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// Any event as its JSON line (without `request`).
-fn event_json(event: Event) -> Value {
-    match event {
-        Event::NewTorrentCreated { torrent, .. } => info_json("created", &torrent),
-        Event::TorrentAlreadyDownloading {
-            torrent,
-            not_applied,
-            ..
-        } => {
-            let mut value = info_json("already-downloading", &torrent);
-            value["not_applied"] = not_applied.into();
-            value
-        }
-        Event::Following { torrent, .. } => info_json("following", &torrent),
-        Event::TorrentStartFail { error, .. } => json!({
-            "event": "start-failed", "kind": error.kind.to_string(), "message": error.message,
-        }),
-        Event::Error { error, .. } => json!({
-            "event": "error", "kind": error.kind.to_string(), "message": error.message,
-        }),
-        Event::TorrentClosed {
-            id,
-            stopped,
-            data_deleted,
-            ..
-        } => json!({
-            "event": "closed", "id": id.0, "stopped": stopped, "data_deleted": data_deleted,
-        }),
-        Event::TorrentList { torrents, .. } => json!({
-            "event": "list",
-            "torrents": torrents.iter().map(summary_json).collect::<Vec<_>>(),
-        }),
-        Event::Status { status, .. } | Event::TorrentStatusUpdate(status) => status_json(&status),
-        Event::TorrentMade { made, .. } => made_json(&made),
-        // As `patron-client --json broker status` prints it (this patron is one of those
-        // connected).
-        Event::BrokerInfo { info, .. } => {
-            let others = info.patrons.saturating_sub(1);
-            output::broker_json(&info, None, others)
-        }
-        Event::Ok { .. } => json!({"event": "ok"}),
-        Event::TorrentGone { id, reason } => {
-            json!({"event": "gone", "id": id.0, "reason": reason})
-        }
-        Event::BrokerStopping { reason } => json!({"event": "broker-stopping", "reason": reason}),
-        Event::Disconnected { reason } => json!({"event": "disconnected", "reason": reason}),
-        Event::ProtocolError { message } => {
-            json!({"event": "error", "kind": "protocol", "message": message})
-        }
-        Event::Files { torrent, files, .. } => json!({
-            "event": "files",
-            "id": torrent.0,
-            "files": files.iter().map(super::files::file_json).collect::<Vec<_>>(),
-        }),
-        Event::Peers {
-            torrent,
-            dialled,
-            peers,
-            ..
-        } => json!({
-            "event": "peers",
-            "id": torrent.0,
-            "dialled": dialled,
-            "peers": peers.iter().map(super::peers::peer_json).collect::<Vec<_>>(),
-        }),
-        // Streams run on connections of their own (`cat`), never on this one.
-        Event::StreamOpened { .. }
-        | Event::StreamVerified { .. }
-        | Event::StreamProgress { .. }
-        | Event::StreamData { .. }
-        | Event::StreamEnded { .. } => {
-            json!({"event": "error", "kind": "protocol", "message": "a stream event on the pipe's connection"})
-        }
-        // The library unpacks these before anyone sees them.
-        Event::Large(_) => {
-            json!({"event": "error", "kind": "protocol", "message": "an unpacked large event"})
-        }
-    }
 }

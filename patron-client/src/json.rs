@@ -1,0 +1,225 @@
+//! The JSON vocabulary every patron speaks to scripts: the CLI's `--json`, pipe mode, the
+//! web patron's API. One function per thing, so that a field is named once.
+
+use crate::Error;
+use proto::{Event, FileEntry, MadeTorrent, PeerEntry, TorrentInfo, TorrentStatus, TorrentSummary};
+use serde_json::{json, Value};
+
+/// An error as a JSON event: `kind` is the protocol's error kind when the broker refused
+/// the request, else what failed on this side.
+pub fn error_json(error: &Error) -> Value {
+    let (kind, message) = match crate::proto_error(error) {
+        Some(e) => (e.kind.as_str().to_owned(), e.message.clone()),
+        None => {
+            let kind = match error {
+                Error::BrokerUnreachable(_) => "broker-unreachable".into(),
+                Error::Refused { kind, .. } => format!("refused-{kind}"),
+                Error::BrokerStopped(_) => "broker-stopped".into(),
+                Error::Protocol(_) => "protocol".into(),
+                _ => "io".into(),
+            };
+            (kind, error.to_string())
+        }
+    };
+    json!({"event": "error", "kind": kind, "message": message})
+}
+
+/// A made torrent as a JSON event (callers add where its .torrent went).
+pub fn made_json(made: &MadeTorrent) -> Value {
+    json!({
+        "event": "made",
+        "info_hash": made.info_hash.to_string(),
+        "name": made.name,
+        "total_bytes": made.total_bytes,
+        "pieces": made.pieces,
+        "piece_size": made.piece_size,
+        "seeding_id": made.seeding.as_ref().map(|s| s.id.0),
+    })
+}
+
+/// A torrent's identity under `event` (`created`, `already-downloading`, `following`).
+pub fn info_json(event: &str, info: &TorrentInfo) -> Value {
+    json!({
+        "event": event,
+        "id": info.id.0,
+        "info_hash": info.info_hash.to_string(),
+        "name": info.name,
+        "save_folder": info.save_folder,
+        "total_bytes": info.total_bytes,
+    })
+}
+
+/// A torrent's status (`status`), as the board and the broker give it.
+pub fn status_json(status: &TorrentStatus) -> Value {
+    let error = match &status.state {
+        proto::TorrentState::Error(message) => Value::from(message.clone()),
+        _ => Value::Null,
+    };
+    json!({
+        "event": "status",
+        "id": status.id.0,
+        "info_hash": status.info_hash.to_string(),
+        "name": status.name,
+        "state": status.state.as_str(),
+        "error": error,
+        "progress": status.progress,
+        "bytes_done": status.bytes_done,
+        "bytes_total": status.bytes_total,
+        "download_rate": status.download_rate,
+        "upload_rate": status.upload_rate,
+        "uploaded": status.uploaded,
+        "peers": status.peers,
+        "seeds": status.seeds,
+        "eta_secs": status.eta_secs,
+        "complete": status.complete,
+    })
+}
+
+/// A torrent as `list` shows it (`torrent`): its status, save folder, holders, ephemeral.
+pub fn summary_json(summary: &TorrentSummary) -> Value {
+    let mut value = status_json(&summary.status);
+    value["event"] = "torrent".into();
+    value["save_folder"] = summary.info.save_folder.clone().into();
+    value["holders"] = summary.holders.into();
+    value["ephemeral"] = summary.ephemeral.into();
+    value
+}
+
+/// The broker as `broker status --json` and pipe mode's `info` print it: `others`, the
+/// patrons connected besides the one asking; `started`, what `broker start` did.
+pub fn broker_json(info: &proto::BrokerInfo, started: Option<bool>, others: u32) -> Value {
+    json!({
+        "event": "broker",
+        "state": "running",
+        "started": started,
+        "pid": info.pid,
+        "version": info.version,
+        "state_dir": info.state_dir,
+        "listen": info.listen,
+        "loopback_only": info.loopback_only,
+        "download_roots": info.download_roots,
+        "patrons": others,
+        "torrents": info.torrents,
+        "kept": info.kept,
+        "streams": info.streams,
+        "open_files": info.open_files,
+        "open_files_limit": info.open_files_limit,
+        "large_requests": info.large_requests.0,
+        "large_requests_limit": info.large_requests.1,
+        "large_request_bytes": info.large_request_bytes.0,
+        "large_request_bytes_limit": info.large_request_bytes.1,
+        "files": info.files.0,
+        "files_limit": info.files.1,
+        "board_waiters": info.board_waiters.0,
+        "board_waiters_limit": info.board_waiters.1,
+        "unread_bytes": info.unread_bytes.0,
+        "unread_bytes_limit": info.unread_bytes.1,
+        "unread_regions": info.unread_regions.0,
+        "unread_regions_limit": info.unread_regions.1,
+    })
+}
+
+/// One file of a torrent, as `files` lists it.
+pub fn file_json(file: &FileEntry) -> serde_json::Value {
+    json!({
+        "index": file.index,
+        "path": file.path,
+        "size": file.size,
+        "bytes_done": file.bytes_done,
+        "selected": file.selected,
+    })
+}
+
+/// One connected peer, as `peers` lists it.
+pub fn peer_json(peer: &PeerEntry) -> serde_json::Value {
+    json!({
+        "address": peer.address,
+        "client": peer.client,
+        "incoming": peer.incoming,
+        "download_rate": peer.download_rate,
+        "upload_rate": peer.upload_rate,
+        "downloaded": peer.downloaded,
+        "uploaded": peer.uploaded,
+        "progress": peer.progress,
+    })
+}
+
+/// Any event as its JSON line (without `request`).
+pub fn event_json(event: Event) -> Value {
+    match event {
+        Event::NewTorrentCreated { torrent, .. } => info_json("created", &torrent),
+        Event::TorrentAlreadyDownloading {
+            torrent,
+            not_applied,
+            ..
+        } => {
+            let mut value = info_json("already-downloading", &torrent);
+            value["not_applied"] = not_applied.into();
+            value
+        }
+        Event::Following { torrent, .. } => info_json("following", &torrent),
+        Event::TorrentStartFail { error, .. } => json!({
+            "event": "start-failed", "kind": error.kind.to_string(), "message": error.message,
+        }),
+        Event::Error { error, .. } => json!({
+            "event": "error", "kind": error.kind.to_string(), "message": error.message,
+        }),
+        Event::TorrentClosed {
+            id,
+            stopped,
+            data_deleted,
+            ..
+        } => json!({
+            "event": "closed", "id": id.0, "stopped": stopped, "data_deleted": data_deleted,
+        }),
+        Event::TorrentList { torrents, .. } => json!({
+            "event": "list",
+            "torrents": torrents.iter().map(summary_json).collect::<Vec<_>>(),
+        }),
+        Event::Status { status, .. } | Event::TorrentStatusUpdate(status) => status_json(&status),
+        Event::TorrentMade { made, .. } => made_json(&made),
+        // As `patron-client --json broker status` prints it (this patron is one of those
+        // connected).
+        Event::BrokerInfo { info, .. } => {
+            let others = info.patrons.saturating_sub(1);
+            broker_json(&info, None, others)
+        }
+        Event::Ok { .. } => json!({"event": "ok"}),
+        Event::TorrentGone { id, reason } => {
+            json!({"event": "gone", "id": id.0, "reason": reason})
+        }
+        Event::BrokerStopping { reason } => json!({"event": "broker-stopping", "reason": reason}),
+        Event::Disconnected { reason } => json!({"event": "disconnected", "reason": reason}),
+        Event::ProtocolError { message } => {
+            json!({"event": "error", "kind": "protocol", "message": message})
+        }
+        Event::Files { torrent, files, .. } => json!({
+            "event": "files",
+            "id": torrent.0,
+            "files": files.iter().map(file_json).collect::<Vec<_>>(),
+        }),
+        Event::Peers {
+            torrent,
+            dialled,
+            peers,
+            ..
+        } => json!({
+            "event": "peers",
+            "id": torrent.0,
+            "dialled": dialled,
+            "peers": peers.iter().map(peer_json).collect::<Vec<_>>(),
+        }),
+        // Streams run on connections of their own (`cat`), never on this one.
+        Event::StreamOpened { .. }
+        | Event::StreamVerified { .. }
+        | Event::StreamProgress { .. }
+        | Event::StreamData { .. }
+        | Event::StreamEnded { .. } => {
+            json!({"event": "error", "kind": "protocol", "message": "a stream event on the pipe's connection"})
+        }
+        // The library unpacks these before anyone sees them.
+        Event::Large(_) => {
+            json!({"event": "error", "kind": "protocol", "message": "an unpacked large event"})
+        }
+    }
+}
