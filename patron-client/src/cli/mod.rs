@@ -25,6 +25,7 @@ mod recheck;
 mod resume;
 mod status;
 mod watch;
+mod web;
 
 use clap::{Parser, Subcommand};
 use output::Output;
@@ -69,6 +70,13 @@ const EXAMPLES_MAKE: &str = "Examples:\n  patron-client make ~/Photos --seed
 
 const EXAMPLES_BROKER: &str = "Examples:\n  patron-client broker status
   patron-client broker stop";
+
+const EXAMPLES_WEB: &str = "\
+Examples:
+  patron-client web --listen 127.0.0.1:9091     # prints http://127.0.0.1:9091/#token=...
+  curl -u any:TOKEN http://127.0.0.1:9091/api/torrents
+  mpv http://any:TOKEN@127.0.0.1:9091/files/3/0
+  patron-client web                             # a unix socket: curl --unix-socket";
 
 const PIPE_COMMANDS: &str = "\
 Commands, one JSON object per line (\"cmd\", plus an optional \"request\" echoed in the reply):
@@ -169,6 +177,9 @@ enum Command {
     /// Be one patron driven by JSON Lines: commands on stdin, replies and status on stdout
     #[command(after_help = PIPE_COMMANDS)]
     Pipe,
+    /// Serve a web page, HTTP streaming and Transmission's RPC (runs torrent-web)
+    #[command(after_help = EXAMPLES_WEB)]
+    Web(web::Args),
 }
 
 /// How a command ended.
@@ -311,6 +322,7 @@ pub fn main() -> ExitCode {
         Command::Completions(args) => completions::run(args),
         Command::Manpages(args) => manpages::run(&ctx, args),
         Command::Pipe => pipe::run(&ctx),
+        Command::Web(args) => web::run(&ctx, args),
     };
     let exit = match result {
         Ok(exit) => exit,

@@ -1,0 +1,350 @@
+//! Who may use a request (DESIGN §11).
+//!
+//! - On the unix socket, the peer's credentials were checked when it connected
+//!   ([`crate::listen`]): every request on it is this user's.
+//! - On TCP, a random token, kept owner-only in the state dir (`web-token`), printed once in
+//!   the URL `http://HOST:PORT/#token=TOKEN` (a fragment: never sent to a server, never in a
+//!   log). The page trades it for an HttpOnly SameSite=Strict cookie; tools send it as the
+//!   password of HTTP Basic (any user name).
+//! - `Host` must name this server on every request: a page of another site whose name was
+//!   pointed at 127.0.0.1 (DNS rebinding) is refused before anything else.
+//! - `Origin`, when a browser sends one, must be this server's on anything that changes
+//!   state; no answer allows another origin to read it (no CORS headers, ever).
+//! - Refusals are 401 or 403 with the reason, at once.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The cookie the page holds.
+pub const COOKIE: &str = "tp_token";
+
+/// The token file's name in the state dir.
+pub const TOKEN_FILE: &str = "web-token";
+
+/// Who may use this server, and the names it answers to.
+pub struct Access {
+    /// `None` on the unix socket (the peer's uid was checked at connect).
+    token: Option<String>,
+    /// `Host` values that name this server (`127.0.0.1:8080`, `localhost:8080`).
+    hosts: Vec<String>,
+}
+
+impl Access {
+    /// The unix socket's: no token, any `Host` (no browser reaches a unix socket).
+    pub fn unix() -> Access {
+        Access {
+            token: None,
+            hosts: Vec::new(),
+        }
+    }
+
+    /// A TCP listener's at `hosts`, with `token`.
+    pub fn tcp(token: String, hosts: Vec<String>) -> Access {
+        Access {
+            token: Some(token),
+            hosts,
+        }
+    }
+
+    /// Whether `presented` is the token (in constant time: the comparison says nothing of
+    /// how much of it was right).
+    pub fn is_token(&self, presented: &str) -> bool {
+        match &self.token {
+            None => true,
+            Some(token) => {
+                let (a, b) = (token.as_bytes(), presented.as_bytes());
+                a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+            }
+        }
+    }
+
+    /// The cookie the page gets for the token.
+    pub fn cookie(&self) -> Option<String> {
+        self.token
+            .as_ref()
+            .map(|token| format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"))
+    }
+
+    /// Why a request may not go on, if it may not.
+    fn refusal(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<Refusal> {
+        // On the unix socket the peer was checked when it connected.
+        self.token.as_ref()?;
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+            return Some(Refusal::forbidden(format!(
+                "Host {host:?} is not this server's name (a page of another site reaching it through DNS rebinding?); use {}",
+                self.hosts.first().map_or("its address", String::as_str)
+            )));
+        }
+        let changes = !matches!(*method, Method::GET | Method::HEAD);
+        if changes {
+            if let Some(origin) = headers.get(header::ORIGIN) {
+                let origin = origin.to_str().unwrap_or("");
+                let ours = self
+                    .hosts
+                    .iter()
+                    .any(|h| origin.eq_ignore_ascii_case(&format!("http://{h}")));
+                if !ours {
+                    return Some(Refusal::forbidden(format!(
+                        "a change asked by a page of {origin:?}, not of this server"
+                    )));
+                }
+            }
+            let site = headers.get("sec-fetch-site").and_then(|h| h.to_str().ok());
+            if matches!(site, Some("cross-site" | "same-site")) {
+                return Some(Refusal::forbidden(
+                    "a change asked by a page of another site".into(),
+                ));
+            }
+        }
+        if is_public(method, path) || self.presented_token(headers) {
+            return None;
+        }
+        Some(Refusal::unauthorized())
+    }
+
+    /// Whether the request carries the token: the page's cookie, or HTTP Basic's password.
+    fn presented_token(&self, headers: &HeaderMap) -> bool {
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .flat_map(|h| h.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .any(|(name, value)| name == COOKIE && self.is_token(value));
+        cookie
+            || headers
+                .get(header::AUTHORIZATION)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.strip_prefix("Basic "))
+                .and_then(|b| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b.trim())
+                        .ok()
+                })
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|pair| pair.split_once(':').map(|(_, p)| self.is_token(p)))
+                .unwrap_or(false)
+    }
+}
+
+/// What anyone may load: the page itself (it holds no data) and the door to log in.
+fn is_public(method: &Method, path: &str) -> bool {
+    match *method {
+        Method::GET | Method::HEAD => crate::assets::is_asset(path),
+        Method::POST => path == "/api/login",
+        _ => false,
+    }
+}
+
+/// A refused request.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn forbidden(message: String) -> Refusal {
+        Refusal {
+            status: StatusCode::FORBIDDEN,
+            message,
+        }
+    }
+
+    fn unauthorized() -> Refusal {
+        Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            message: "open the URL `patron-client web` printed (with its #token=...), or send the token as HTTP Basic's password".into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let kind = match self.status {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            _ => "forbidden",
+        };
+        let body = serde_json::json!({"event": "error", "kind": kind, "message": self.message});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"torrent-patron\", charset=\"UTF-8\""),
+            );
+        }
+        response
+    }
+}
+
+/// The middleware every request goes through: refused, or let on, and the answer marked
+/// as this server's only (not framed, not sniffed, no referrer).
+pub async fn guard(State(web): State<crate::Shared>, request: Request, next: Next) -> Response {
+    let refused = web
+        .access
+        .refusal(request.method(), request.uri().path(), request.headers());
+    let mut response = match refused {
+        Some(refusal) => refusal.into_response(),
+        None => next.run(request).await,
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; media-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ));
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The token of the state dir `state`: read from `web-token`, or made (32 random bytes,
+/// hex) and written owner-only. A token file others may read is refused, not used.
+pub fn load_or_make_token(state: &Path) -> anyhow::Result<String> {
+    let path = state.join(TOKEN_FILE);
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode();
+            if !meta.is_file() || mode & 0o077 != 0 || meta.uid() != nix::unistd::getuid().as_raw()
+            {
+                anyhow::bail!(
+                    "{} must be a file of yours that only you may read (mode 600); remove it and a new token is made",
+                    path.display()
+                );
+            }
+            let token = std::fs::read_to_string(&path)?.trim().to_owned();
+            if token.len() < 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+                anyhow::bail!(
+                    "{} holds no token; remove it and a new one is made",
+                    path.display()
+                );
+            }
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => make_token(&path),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn make_token(path: &PathBuf) -> anyhow::Result<String> {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access() -> Access {
+        Access::tcp(
+            "ab".repeat(32),
+            vec!["127.0.0.1:9".into(), "localhost:9".into()],
+        )
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).expect("value"));
+        }
+        map
+    }
+
+    #[test]
+    fn another_host_is_refused_even_with_the_token() {
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("u:{}", "ab".repeat(32)))
+        );
+        let refused = access().refusal(
+            &Method::GET,
+            "/api/torrents",
+            &headers(&[("host", "evil.example:9"), ("authorization", &basic)]),
+        );
+        assert!(refused.is_some_and(|r| r.status == StatusCode::FORBIDDEN));
+        let allowed = access().refusal(
+            &Method::GET,
+            "/api/torrents",
+            &headers(&[("host", "localhost:9"), ("authorization", &basic)]),
+        );
+        assert!(allowed.is_none());
+    }
+
+    #[test]
+    fn a_change_from_another_origin_is_refused_with_the_cookie() {
+        let cookie = format!("{COOKIE}={}", "ab".repeat(32));
+        let refused = access().refusal(
+            &Method::POST,
+            "/api/torrents",
+            &headers(&[
+                ("host", "127.0.0.1:9"),
+                ("cookie", &cookie),
+                ("origin", "http://evil.example"),
+            ]),
+        );
+        assert!(refused.is_some_and(|r| r.status == StatusCode::FORBIDDEN));
+        let ours = access().refusal(
+            &Method::POST,
+            "/api/torrents",
+            &headers(&[
+                ("host", "127.0.0.1:9"),
+                ("cookie", &cookie),
+                ("origin", "http://127.0.0.1:9"),
+            ]),
+        );
+        assert!(ours.is_none());
+    }
+
+    #[test]
+    fn a_wrong_token_is_unauthorized_and_the_page_is_public() {
+        let wrong = format!("{COOKIE}={}", "ac".repeat(32));
+        let refused = access().refusal(
+            &Method::GET,
+            "/api/torrents",
+            &headers(&[("host", "127.0.0.1:9"), ("cookie", &wrong)]),
+        );
+        assert!(refused.is_some_and(|r| r.status == StatusCode::UNAUTHORIZED));
+        let page = access().refusal(&Method::GET, "/", &headers(&[("host", "127.0.0.1:9")]));
+        assert!(page.is_none());
+    }
+
+    #[test]
+    fn a_token_file_others_may_read_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = load_or_make_token(dir.path()).expect("made");
+        assert_eq!(load_or_make_token(dir.path()).expect("read"), token);
+        let path = dir.path().join(TOKEN_FILE);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(load_or_make_token(dir.path()).is_err());
+    }
+}

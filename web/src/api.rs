@@ -1,0 +1,270 @@
+//! The page's JSON API, in the CLI's `--json` vocabulary (`patron_client::json`): the same
+//! events, fields and error kinds, so that a script moves between them unchanged.
+
+use crate::Shared;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use patron_client::json::{error_json, file_json, info_json, peer_json, status_json, summary_json};
+use patron_client::proto::{
+    CreateNewTorrent, ErrorKind, FileRef, ProtoError, TorrentRef, TorrentSource,
+};
+use patron_client::{Created, Error};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// An error as an HTTP answer: the status says its class, the body (`error_json`) says it.
+pub struct Failure(pub Error);
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Failure {
+        Failure(error)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (status_of(&self.0), Json(error_json(&self.0))).into_response()
+    }
+}
+
+/// The HTTP status for an error.
+pub fn status_of(error: &Error) -> StatusCode {
+    match patron_client::proto_error(error) {
+        Some(e) => match e.kind {
+            ErrorKind::UnknownTorrent => StatusCode::NOT_FOUND,
+            ErrorKind::FileExists | ErrorKind::FileOwned | ErrorKind::NotHolder => {
+                StatusCode::CONFLICT
+            }
+            ErrorKind::LimitReached | ErrorKind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Io | ErrorKind::Engine | ErrorKind::NoSpace => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            _ => StatusCode::BAD_REQUEST,
+        },
+        None => match error {
+            Error::BrokerUnreachable(_) | Error::BrokerStopped(_) | Error::Refused { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> Failure {
+    Failure(Error::Request(ProtoError::bad_request(message)))
+}
+
+/// A torrent as a path names it: its id, or its info hash.
+pub fn torrent_ref(text: &str) -> Result<TorrentRef, Failure> {
+    TorrentRef::parse(text).ok_or_else(|| {
+        bad_request(format!(
+            "{text:?} is neither a torrent id nor a 40-digit info hash"
+        ))
+    })
+}
+
+/// `POST /api/login {"token": ...}`: the page trades the token of its URL for a cookie.
+pub async fn login(State(web): State<Shared>, Json(body): Json<Value>) -> Response {
+    let token = body["token"].as_str().unwrap_or("");
+    match (web.access.is_token(token), web.access.cookie()) {
+        (true, Some(cookie)) => (
+            StatusCode::NO_CONTENT,
+            [(header::SET_COOKIE, cookie)],
+        )
+            .into_response(),
+        (true, None) => StatusCode::NO_CONTENT.into_response(),
+        (false, _) => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"event": "error", "kind": "unauthorized", "message": "that is not this server's token"})),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /api/torrents`: every torrent, as `patron-client --json list` prints them.
+pub async fn list(State(web): State<Shared>) -> Response {
+    let torrents = web.link.torrents().borrow().clone();
+    let list: Vec<Value> = torrents.list.iter().map(summary_json).collect();
+    Json(json!({"event": "list", "torrents": list, "broker_down": torrents.down})).into_response()
+}
+
+/// What `POST /api/torrents` takes: as pipe mode's `add`, with the .torrent in base64.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddBody {
+    torrent_base64: Option<String>,
+    magnet: Option<String>,
+    output: Option<String>,
+    #[serde(default)]
+    paused: bool,
+    #[serde(default)]
+    peers: Vec<String>,
+    only: Option<Vec<Value>>,
+}
+
+/// `POST /api/torrents`: adds a torrent (or joins it), as `patron-client --json add`.
+pub async fn add(
+    State(web): State<Shared>,
+    Json(body): Json<AddBody>,
+) -> Result<Response, Failure> {
+    let source = match (body.torrent_base64, body.magnet) {
+        (Some(encoded), None) => {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|e| bad_request(format!("torrent_base64 is not base64: {e}")))?;
+            TorrentSource::TorrentFile(bytes)
+        }
+        (None, Some(magnet)) => TorrentSource::Magnet(magnet.trim().to_owned()),
+        _ => return Err(bad_request("give exactly one of torrent_base64 and magnet")),
+    };
+    let mut create = CreateNewTorrent::new(source);
+    create.output = body.output.filter(|o| !o.trim().is_empty());
+    create.paused = body.paused;
+    create.peers = body.peers;
+    create.only_files = body.only.map(file_refs).transpose()?;
+    let created = web
+        .link
+        .call(move |patron| patron.create(create))
+        .await
+        .map_err(|e| match e {
+            // The start failed for a reason of the request's.
+            Error::StartFailed(error) => Failure(Error::Request(error)),
+            other => Failure(other),
+        })?;
+    let value = match &created {
+        Created::New(info) => info_json("created", info),
+        Created::AlreadyDownloading(info, not_applied) => {
+            let mut value = info_json("already-downloading", info);
+            value["not_applied"] = not_applied.clone().into();
+            value
+        }
+    };
+    Ok((StatusCode::OK, Json(value)).into_response())
+}
+
+/// Files as a list names them: indices, or paths.
+fn file_refs(values: Vec<Value>) -> Result<Vec<FileRef>, Failure> {
+    values
+        .into_iter()
+        .map(|value| match value {
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(FileRef::Index)
+                .ok_or_else(|| bad_request(format!("{n} is not a file index"))),
+            Value::String(path) => Ok(FileRef::Path(path)),
+            other => Err(bad_request(format!(
+                "a file is an index or a path, not {other}"
+            ))),
+        })
+        .collect()
+}
+
+/// `POST /api/torrents/{id}/{action}`: `pause`, `resume`, `recheck` answer its status;
+/// `close` (body `{"delete_data": bool}`) answers `closed`.
+pub async fn act(
+    State(web): State<Shared>,
+    Path((torrent, action)): Path<(String, String)>,
+    body: Option<Json<Value>>,
+) -> Result<Response, Failure> {
+    let torrent = torrent_ref(&torrent)?;
+    let value = match action.as_str() {
+        "pause" | "resume" | "recheck" => {
+            let status = web
+                .link
+                .call(move |patron| match action.as_str() {
+                    "pause" => patron.pause(torrent),
+                    "resume" => patron.resume(torrent),
+                    _ => patron.recheck(torrent),
+                })
+                .await?;
+            status_json(&status)
+        }
+        "close" => {
+            let body = body.map(|Json(b)| b).unwrap_or(Value::Null);
+            let delete_data = body["delete_data"].as_bool().unwrap_or(false);
+            // The page's patron holds nothing: closing from the page stops the torrent
+            // for everyone, as `close --force` does (the page asks first).
+            let closed = web
+                .link
+                .call(move |patron| patron.close(torrent, delete_data, true))
+                .await?;
+            json!({
+                "event": "closed",
+                "id": closed.id.0,
+                "stopped": closed.stopped,
+                "data_deleted": closed.data_deleted,
+            })
+        }
+        other => {
+            return Err(bad_request(format!(
+                "no action {other:?} (pause, resume, recheck, close)"
+            )))
+        }
+    };
+    Ok(Json(value).into_response())
+}
+
+/// `GET /api/torrents/{id}/files`: its files, as `patron-client --json files`.
+pub async fn files(
+    State(web): State<Shared>,
+    Path(torrent): Path<String>,
+) -> Result<Response, Failure> {
+    let torrent = torrent_ref(&torrent)?;
+    let list = web.link.call(move |patron| patron.files(torrent)).await?;
+    Ok(Json(files_json(&list)).into_response())
+}
+
+/// `POST /api/torrents/{id}/files {"only": [...]}`: downloads only those from now on.
+pub async fn select(
+    State(web): State<Shared>,
+    Path(torrent): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<Response, Failure> {
+    let torrent = torrent_ref(&torrent)?;
+    let only = match body.get("only") {
+        Some(Value::Array(only)) => file_refs(only.clone())?,
+        _ => {
+            return Err(bad_request(
+                "give \"only\": a list of file indices or paths",
+            ))
+        }
+    };
+    let list = web
+        .link
+        .call(move |patron| patron.select_files(torrent, only))
+        .await?;
+    Ok(Json(files_json(&list)).into_response())
+}
+
+fn files_json(list: &patron_client::FileList) -> Value {
+    json!({
+        "event": "files",
+        "id": list.torrent.0,
+        "files": list.files.iter().map(file_json).collect::<Vec<_>>(),
+    })
+}
+
+/// `GET /api/torrents/{id}/peers`: its connected peers, as `patron-client --json peers`.
+pub async fn peers(
+    State(web): State<Shared>,
+    Path(torrent): Path<String>,
+) -> Result<Response, Failure> {
+    let torrent = torrent_ref(&torrent)?;
+    let list = web.link.call(move |patron| patron.peers(torrent)).await?;
+    Ok(Json(json!({
+        "event": "peers",
+        "id": list.torrent.0,
+        "dialled": list.dialled,
+        "peers": list.peers.iter().map(peer_json).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+/// Anything else under `/api/`.
+pub async fn not_found() -> Failure {
+    bad_request("no such API call (see the README's web section)")
+}

@@ -1,0 +1,266 @@
+//! `GET /files/{id}/{file}`: one file of a torrent over HTTP, with `Range`, while it
+//! downloads (DESIGN §8, §11). Each answer is a stream of the broker's (a connection of its
+//! own): its window moves to the range's start, as `cat --offset` does, and every byte is
+//! sent once its piece is verified. `{file}` is an index as `files` lists it, or a path
+//! inside the torrent.
+//!
+//! The file is served as a download of bytes, never as a page of this site: its type comes
+//! from its extension among media and plain types only, and the answer is sandboxed (a
+//! torrent's `.html` cannot run script as this server).
+
+use crate::api::{torrent_ref, Failure};
+use crate::Shared;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use patron_client::proto::FileRef;
+use patron_client::{Error, Stream};
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Semaphore};
+
+/// Files served at once (each holds a stream of the broker's, whose limits are the
+/// broker's: 16 per patron, 256 in all); more are told to come back.
+pub const MAX_STREAMS: usize = 64;
+
+/// Bytes read from the file per chunk sent.
+const CHUNK: usize = 256 * 1024;
+
+/// The answer's streams in flight.
+pub struct Streams(Arc<Semaphore>);
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams(Arc::new(Semaphore::new(MAX_STREAMS)))
+    }
+}
+
+/// The handler (`HEAD` too: the same headers, no body).
+pub async fn serve(
+    State(web): State<Shared>,
+    Path((torrent, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    let torrent = torrent_ref(&torrent)?;
+    let file = match file.parse::<u32>() {
+        Ok(index) => FileRef::Index(index),
+        Err(_) => FileRef::Path(file.strip_prefix("./").unwrap_or(&file).to_owned()),
+    };
+    let Ok(permit) = Arc::clone(&web.streams.0).try_acquire_owned() else {
+        let mut busy = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many files are being served; try again shortly",
+        );
+        busy.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(busy);
+    };
+    let options = web.link.options().clone();
+    let mut stream =
+        tokio::task::spawn_blocking(move || Stream::open(&options, torrent, Some(file), 0))
+            .await
+            .map_err(|e| Failure(Error::Protocol(format!("cannot open the stream: {e}"))))??;
+    let entry = stream.info().file.clone();
+    let size = entry.size;
+    let etag = format!("\"t{}-f{}-{}\"", stream.info().torrent.0, entry.index, size);
+    let range = match ranged(&headers, &etag) {
+        None => None,
+        Some(range) => match parse_range(range, size) {
+            Some(range) => Some(range),
+            None => {
+                let mut refused = error_response(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    &format!("the range {range:?} is not within the file's {size} bytes"),
+                );
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    refused.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                return Ok(refused);
+            }
+        },
+    };
+    let (start, end) = range.unwrap_or((0, size.saturating_sub(1)));
+    let length = if size == 0 { 0 } else { end - start + 1 };
+
+    let mut response = Response::builder()
+        .status(if range.is_some() {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        })
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, &etag)
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::CONTENT_TYPE, content_type(&entry.path))
+        .header(
+            header::CONTENT_SECURITY_POLICY,
+            "sandbox; default-src 'none'",
+        )
+        .header(header::CACHE_CONTROL, "no-cache");
+    if let Some(disposition) = disposition(&entry.path) {
+        response = response.header(header::CONTENT_DISPOSITION, disposition);
+    }
+    if range.is_some() {
+        response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
+    }
+    let (sender, receiver) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    if length > 0 {
+        std::thread::Builder::new()
+            .name("file".into())
+            .spawn(move || {
+                let _permit = permit;
+                send_range(&mut stream, start, length, &sender);
+            })
+            .map_err(|source| {
+                Failure(Error::Io {
+                    context: "cannot start a stream's thread".into(),
+                    source,
+                })
+            })?;
+    }
+    let body = Body::from_stream(futures_util::stream::unfold(
+        receiver,
+        |mut receiver| async move { receiver.recv().await.map(|chunk| (chunk, receiver)) },
+    ));
+    response
+        .body(body)
+        .map_err(|e| Failure(Error::Protocol(format!("cannot answer: {e}"))))
+}
+
+/// Reads `length` bytes from `start` and sends them in chunks, each once verified, until
+/// the client goes (the channel closes) or the stream fails (the body ends in an error, so
+/// the client sees a cut answer, not a short file).
+fn send_range(
+    stream: &mut Stream,
+    start: u64,
+    length: u64,
+    sender: &mpsc::Sender<std::io::Result<Bytes>>,
+) {
+    if let Err(e) = stream.seek(SeekFrom::Start(start)) {
+        let _ = sender.blocking_send(Err(e));
+        return;
+    }
+    let mut left = length;
+    while left > 0 {
+        let mut chunk = vec![0u8; CHUNK.min(left as usize)];
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                let _ = sender.blocking_send(Err(std::io::Error::other("the file ended early")));
+                return;
+            }
+            Ok(n) => {
+                chunk.truncate(n);
+                left -= n as u64;
+                if sender.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                    return; // The client went.
+                }
+            }
+            Err(e) => {
+                let _ = sender.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// The `Range` header to honour: none if absent, or if `If-Range` names another version.
+fn ranged<'a>(headers: &'a HeaderMap, etag: &str) -> Option<&'a str> {
+    let range = headers.get(header::RANGE)?.to_str().ok()?;
+    match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        Some(tag) if tag != etag => None,
+        _ => Some(range),
+    }
+}
+
+/// One byte range (`bytes=A-B`, `bytes=A-`, `bytes=-N`) of a file of `size` bytes, as the
+/// inclusive `(first, last)`; `None` if it lies outside or is not one range. (Several
+/// ranges in one request are answered as the first only by most servers; here as none.)
+pub fn parse_range(range: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = range.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') || size == 0 {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let (first, last) = (first.trim(), last.trim());
+    match (first.is_empty(), last.is_empty()) {
+        (true, false) => {
+            let suffix: u64 = last.parse().ok()?;
+            (suffix > 0).then(|| (size.saturating_sub(suffix), size - 1))
+        }
+        (false, _) => {
+            let first: u64 = first.parse().ok()?;
+            let last: u64 = match last.is_empty() {
+                true => size - 1,
+                false => last.parse::<u64>().ok()?.min(size - 1),
+            };
+            (first <= last && first < size).then_some((first, last))
+        }
+        (true, true) => None,
+    }
+}
+
+/// A media or plain type from the extension; anything else is bytes.
+fn content_type(path: &str) -> &'static str {
+    let extension = path
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match extension.as_str() {
+        "mp4" | "m4v" => "video/mp4",
+        "mkv" => "video/x-matroska",
+        "webm" => "video/webm",
+        "ogv" => "video/ogg",
+        "avi" => "video/x-msvideo",
+        "mov" => "video/quicktime",
+        "mp3" => "audio/mpeg",
+        "m4a" | "aac" => "audio/mp4",
+        "ogg" | "oga" | "opus" => "audio/ogg",
+        "flac" => "audio/flac",
+        "wav" => "audio/wav",
+        "txt" | "nfo" | "md" | "srt" | "vtt" => "text/plain; charset=utf-8",
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "pdf" => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}
+
+/// `inline` with the file's own name (RFC 6266's UTF-8 form), for media and text; other
+/// files are downloads.
+fn disposition(path: &str) -> Option<String> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let kind = match content_type(path) {
+        "application/octet-stream" => "attachment",
+        _ => "inline",
+    };
+    let encoded = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+    Some(format!("{kind}; filename*=UTF-8''{encoded}"))
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({"event": "error", "kind": "bad-request", "message": message});
+    (status, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges_read_as_rfc_9110_says() {
+        assert_eq!(parse_range("bytes=0-0", 10), Some((0, 0)));
+        assert_eq!(parse_range("bytes=9-", 10), Some((9, 9)));
+        assert_eq!(parse_range("bytes=-3", 10), Some((7, 9)));
+        assert_eq!(parse_range("bytes=-30", 10), Some((0, 9)));
+        assert_eq!(parse_range("bytes=5-100", 10), Some((5, 9)));
+        assert_eq!(parse_range("bytes=10-", 10), None);
+        assert_eq!(parse_range("bytes=5-4", 10), None);
+        assert_eq!(parse_range("bytes=-0", 10), None);
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), None);
+        assert_eq!(parse_range("items=0-1", 10), None);
+        assert_eq!(parse_range("bytes=0-", 0), None);
+    }
+}

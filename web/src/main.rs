@@ -1,0 +1,73 @@
+//! `torrent-web`: the web patron (see the crate's documentation). `patron-client web` runs
+//! it; its first line on stdout says where it serves.
+
+use clap::Parser;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A browser page, HTTP streaming with Range, and Transmission's RPC for a torrent-patron
+/// broker, as one more patron of it.
+#[derive(Debug, Parser)]
+#[command(name = "torrent-web", version)]
+struct Args {
+    /// State directory of the broker to serve (default: $TORRENT_PATRON_STATE, else
+    /// ~/.local/state/torrent-patron)
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Serve HTTP on this address (e.g. 127.0.0.1:9091; port 0 picks one), with a token;
+    /// without it, a unix socket in the state dir
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<SocketAddr>,
+    /// The unix socket's path (default: <state dir>/run/web.sock)
+    #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+    socket: Option<PathBuf>,
+    /// Do not start a broker when none runs
+    #[arg(long)]
+    no_autostart: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let options = torrent_web::Options {
+        connect: patron_client::ConnectOptions {
+            state_dir: args.state_dir,
+            auto_start: !args.no_autostart,
+            ..Default::default()
+        },
+        listen: match args.listen {
+            Some(addr) => torrent_web::Listen::Tcp(addr),
+            None => torrent_web::Listen::Unix(args.socket),
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("torrent-web: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let served = runtime.block_on(torrent_web::serve(options, |at| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{at}").and_then(|()| out.flush());
+    }));
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("torrent-web: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
