@@ -322,7 +322,7 @@ fn watch_fits_its_lines_to_a_narrow_terminal() {
         );
         for line in drawn {
             assert!(
-                line.trim_end().ends_with("0 peers"),
+                line.contains("0 peers") && line.trim_end().ends_with("up 0 B/s"),
                 "{width} columns: the figures are whole:\n{screen}"
             );
         }
@@ -365,4 +365,43 @@ fn add_wait_keeps_its_figures_whole_on_an_80_column_terminal() {
             .lines()
             .any(|l| l.contains("[") && l.trim_end().ends_with("0 peers  eta -"))
     });
+}
+
+/// A dashboard shows what runs: on a terminal, a torrent closed while `watch` follows the
+/// broker loses its line (the others stay).
+#[test]
+fn watch_on_a_terminal_drops_a_closed_torrents_line() {
+    if !have_tmux() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let mut patron = sandbox.patron(&state);
+    for name in ["stays.bin", "goes.bin"] {
+        let data = sandbox.random_file(&format!("local/{name}"), 30_000);
+        e2e::make_and_seed(&mut patron, &data);
+    }
+    let mut tmux = Tmux::new(&sandbox);
+    tmux.start(
+        &sandbox,
+        &format!(
+            "{} --state-dir {} watch",
+            quoted(&bin("patron-client")),
+            quoted(&state)
+        ),
+    );
+    wait_for("both on screen", STEP_TIMEOUT, || {
+        let screen = tmux.screen(&sandbox);
+        screen.contains("stays.bin") && screen.contains("goes.bin")
+    });
+    let (code, lines) = e2e::client_json(&sandbox, &state, &["close", "1", "--force"]);
+    assert_eq!(code, 0, "{lines:?}");
+    let mut screen = String::new();
+    wait_for("the closed one's line to go", STEP_TIMEOUT, || {
+        screen = tmux.screen(&sandbox);
+        !screen.contains("goes.bin")
+    });
+    assert!(screen.contains("stays.bin"), "{screen}");
+    assert!(!screen.contains("closed"), "{screen}");
 }

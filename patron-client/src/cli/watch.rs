@@ -98,7 +98,7 @@ fn watch_board(ctx: &Context, args: Args, mut board: Board) -> Result<Exit, Erro
             let Some(status) = now.remove(&id) else {
                 let reason = "no longer runs";
                 match &mut screen {
-                    Some(screen) => screen.gone(id, reason),
+                    Some(screen) => screen.gone(id, reason, follow_all),
                     None => ctx.out.emit(
                         || format!("{id:>4}  closed: {reason}"),
                         json!({"event": "gone", "id": id.0, "reason": reason}),
@@ -206,7 +206,7 @@ fn watch_events(ctx: &Context, args: Args, mut patron: Patron) -> Result<Exit, E
             },
             Event::TorrentGone { id, reason } => {
                 match &mut screen {
-                    Some(screen) => screen.gone(id, &reason),
+                    Some(screen) => screen.gone(id, &reason, follow_all),
                     None => ctx.out.emit(
                         || format!("{id:>4}  closed: {reason}"),
                         json!({"event": "gone", "id": id.0, "reason": reason}),
@@ -259,7 +259,7 @@ struct Line {
     width: Option<usize>,
 }
 
-/// The figures' usual width (`seeding     down 0 B/s  up 12.0 KiB/s  3 peers`): they come
+/// The figures' usual width (`seeding     down 0 B/s  3 peers  up 12.0 KiB/s`): they come
 /// first on a narrow terminal; the name and the bar give way.
 const FIGURES_COLUMNS: usize = 44;
 
@@ -345,8 +345,9 @@ impl Screen {
             1 => "1 peer".to_owned(),
             n => format!("{n} peers"),
         };
+        // What a user looks for first comes first: a narrow terminal cuts the upload rate.
         let message = format!(
-            "{:<11} down {}/s  up {}/s  {peers}{eta}",
+            "{:<11} down {}/s  {peers}{eta}  up {}/s",
             super::output::shown(&status.state.to_string()),
             bytes(status.download_rate),
             bytes(status.upload_rate),
@@ -361,10 +362,21 @@ impl Screen {
         bar.set_message(message);
     }
 
-    fn gone(&mut self, id: TorrentId, reason: &str) {
-        if let Some(line) = self.bars.get(&id) {
-            line.bar
-                .abandon_with_message(format!("closed: {}", super::output::shown(reason)));
+    /// A torrent that closed: following the broker, its line goes (a dashboard shows what
+    /// runs); following named torrents, it stays, saying why, without a bar.
+    fn gone(&mut self, id: TorrentId, reason: &str, follow_all: bool) {
+        let Some(line) = self.bars.remove(&id) else {
+            return;
+        };
+        if follow_all {
+            line.bar.finish_and_clear();
+            self.lines.remove(&line.bar);
+            return;
         }
+        if let Ok(style) = ProgressStyle::with_template("{prefix} closed: {wide_msg}") {
+            line.bar.set_style(style);
+        }
+        line.bar
+            .abandon_with_message(super::output::shown(reason).to_string());
     }
 }
