@@ -689,3 +689,19 @@ fn mistaken_sources_say_what_to_do_instead() {
         b"the user's own file"
     );
 }
+
+/// `add --ephemeral` alone would close the torrent as the command ends (it is its only
+/// patron) and leave empty files behind: it is refused as a usage error, naming `--wait`.
+#[test]
+fn an_ephemeral_add_without_wait_is_refused() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.path("fresh-state");
+    let data = sandbox.random_file("local/one.bin", 10_000);
+    let downloads = sandbox.folder("downloads");
+    let mut add = sandbox.add_command(&state, &data, &downloads, None);
+    add.arg("--ephemeral");
+    let out = run(add).expect_code(2);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(said.contains("--wait"), "{said}");
+    assert!(!state.exists(), "a refused command line started a broker");
+}

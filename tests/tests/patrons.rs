@@ -50,23 +50,10 @@ fn a_joiners_options_that_cannot_apply_are_named_not_dropped() {
     // Same torrent, another folder, paused, ephemeral, other files: it runs as it was. (A
     // peer it names is dialled for the running torrent: see controls.rs.)
     let mut join = sandbox.add_command(&state, &seeder.torrent, &elsewhere, Some("127.0.0.1:9"));
-    join.args([
-        "--paused",
-        "--ephemeral",
-        "--only",
-        "0",
-        "--max-download-rate",
-        "1K",
-    ]);
+    join.args(["--paused", "--only", "0", "--max-download-rate", "1K"]);
     let joined = run(join).expect_code(4).json_lines();
     let not_applied = joined[0]["not_applied"].clone();
-    for option in [
-        "output",
-        "paused",
-        "ephemeral",
-        "only_files",
-        "max_download_rate",
-    ] {
+    for option in ["output", "paused", "only_files", "max_download_rate"] {
         assert!(
             not_applied
                 .as_array()
@@ -95,6 +82,19 @@ fn a_joiners_options_that_cannot_apply_are_named_not_dropped() {
         .arg("--paused");
     let said = run(human).expect_code(4).stdout;
     assert!(said.contains("not applied: --output, --paused"), "{said}");
+    // Ephemeral, from a library patron (the CLI takes it only with --wait).
+    let mut patron = sandbox.patron(&state);
+    let mut request = seeder.create_request(&elsewhere);
+    request.ephemeral = true;
+    match patron.create(request).expect("join") {
+        e2e::patron_client::Created::AlreadyDownloading(_, not_applied) => {
+            assert!(
+                not_applied.iter().any(|o| o == "ephemeral"),
+                "{not_applied:?}"
+            )
+        }
+        other => panic!("not joined: {other:?}"),
+    }
 }
 
 #[test]

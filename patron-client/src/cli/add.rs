@@ -24,8 +24,9 @@ pub struct Args {
     /// Add it paused
     #[arg(long)]
     paused: bool,
-    /// Close the torrent when its last patron goes (by default it keeps running in the broker)
-    #[arg(long)]
+    /// Close the torrent when its last patron goes (by default it keeps running in the
+    /// broker); this command is then its patron until --wait ends, so it needs --wait
+    #[arg(long, requires = "wait")]
     ephemeral: bool,
     /// Reuse files that already exist where the torrent saves (verified; mismatching pieces are rewritten)
     #[arg(long)]
