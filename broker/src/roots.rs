@@ -124,7 +124,7 @@ fn check_own_folder(
         .filter(|a| a.starts_with(folder) && a != folder)
         .collect();
     let foreign = |what: &Path| {
-        not_allowed(format!(
+        ProtoError::file_exists(format!(
             "{} already exists and holds {}, which is not this torrent's; choose another save folder",
             folder.display(),
             what.display()
@@ -156,7 +156,7 @@ fn check_own_folder(
     match (found_own, overwrite) {
         (true, _) => Ok(false),
         (false, true) => Ok(true),
-        (false, false) => Err(not_allowed(format!(
+        (false, false) => Err(ProtoError::file_exists(format!(
             "{} already exists and holds none of this torrent's files; add with --overwrite to download into it (close --delete-data will leave the folder), or choose another save folder",
             folder.display()
         ))),

@@ -618,6 +618,17 @@ fn an_empty_folder_named_as_the_torrent_is_taken_with_overwrite_and_kept_at_dele
         said.contains("--overwrite") && said.contains("pack"),
         "{said}"
     );
+    assert!(said.contains("file-exists"), "{said}");
+    // From the folder itself, no --output: the refusal is the same, not one about the
+    // current folder being outside the roots (it is inside).
+    let mut here = sandbox.client(&state);
+    here.current_dir(&downloads).arg("add").arg(&torrent);
+    let refused = run(here).expect_code(3);
+    assert!(
+        refused.stderr.contains("--overwrite") && !refused.stderr.contains("current folder"),
+        "{}",
+        refused.stderr
+    );
     let mut add = sandbox.add_command(&state, &torrent, &downloads, None);
     add.arg("--overwrite");
     let added = &run(add).expect_code(0).json_lines()[0];

@@ -70,7 +70,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     let created = patron.create(request).map_err(|error| match error {
         // The folder was not named: say it was the current one, and what to do.
         Error::StartFailed(mut refusal)
-            if defaulted && refusal.kind == patron_client::proto::ErrorKind::PathNotAllowed =>
+            if defaulted
+                && refusal.kind == patron_client::proto::ErrorKind::PathNotAllowed
+                && refusal.message.contains("outside the broker's download roots") =>
         {
             refusal.message = format!(
                 "the current folder is where a torrent is saved unless --output names another, and {}; add with --output DIR inside one of the roots",
