@@ -101,6 +101,10 @@ pub struct RestoreSpec {
     /// `--overwrite`: deleting its data leaves that folder.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub folder_was_there: bool,
+    /// It seeds the files `make --seed` hashed, where they were: the user's own, which
+    /// closing with --delete-data does not delete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seeded_in_place: bool,
 }
 
 /// How many peers a torrent's record keeps (the latest named win): `peers --add` must not
@@ -121,6 +125,7 @@ impl RestoreSpec {
             ephemeral: false,
             rates: Default::default(),
             folder_was_there: false,
+            seeded_in_place: false,
         }
     }
 

@@ -177,7 +177,7 @@ fn list_has_a_header_and_a_paused_add_says_so() {
             "done:",
             "peers:",
             "saved in:  /",
-            "held:",
+            "used by:",
         ] {
             assert!(shown.contains(label), "{label:?} missing: {shown}");
         }
@@ -715,4 +715,48 @@ fn an_ephemeral_add_without_wait_is_refused() {
     let said = format!("{}{}", out.stdout, out.stderr);
     assert!(said.contains("--wait"), "{said}");
     assert!(!state.exists(), "a refused command line started a broker");
+}
+
+/// `make --seed` seeds the user's own files where they are: `close --delete-data` refuses
+/// to delete those originals (and the torrent runs on); a close refused because another
+/// program uses the torrent names that program's pid, not a patron number.
+#[test]
+fn delete_data_never_deletes_the_originals_make_seeded_in_place() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let folder = sandbox.folder("local/photos");
+    let photo = sandbox.random_file("local/photos/beach.jpg", 40_000);
+    let mut make = sandbox.client(&state);
+    make.arg("--json")
+        .arg("make")
+        .arg(&folder)
+        .arg("--seed")
+        .arg("--output")
+        .arg(sandbox.path("photos.torrent"));
+    let made = &run(make).expect_code(0).json_lines()[0];
+    let id = made["seeding_id"].to_string();
+    let (code, lines) = e2e::client_json(&sandbox, &state, &["close", &id, "--delete-data"]);
+    assert_eq!(code, 1, "{lines:?}");
+    let message = lines[0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("originals"), "{lines:?}");
+    assert!(photo.exists(), "the user's photo was deleted");
+    assert!(e2e::status_json(&sandbox, &state, &id)["state"].is_string());
+
+    // Held by another program (a patron of the test's): its pid is named.
+    let mut holder = sandbox.patron(&state);
+    holder
+        .follow(e2e::patron_client::proto::TorrentRef::parse(&id).expect("id"))
+        .expect("follow");
+    let (code, lines) = e2e::client_json(&sandbox, &state, &["close", &id]);
+    assert_eq!(code, 1, "{lines:?}");
+    let message = lines[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())) && !message.contains("patron"),
+        "{lines:?}"
+    );
+    // Closed without --delete-data, the files stay.
+    let (code, lines) = e2e::client_json(&sandbox, &state, &["close", &id, "--force"]);
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(photo.exists());
 }

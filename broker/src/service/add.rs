@@ -132,6 +132,7 @@ impl Service {
             ephemeral: create.ephemeral,
             rates,
             folder_was_there,
+            seeded_in_place: false,
         };
         let added = service
             .engine_add(AddSpec {

@@ -49,16 +49,29 @@ impl Service {
             // Borrow the registry and the patrons apart.
             let state = &mut *guard;
             let entry = state.registry.get_mut(id).ok_or_else(|| gone(id))?;
+            if close.delete_data && entry.restore.seeded_in_place {
+                return Err(ProtoError::bad_request(format!(
+                    "torrent {id} seeds your own files, where `make --seed` found them ({}): --delete-data would delete the originals; close it without --delete-data (the files stay), or delete them yourself",
+                    entry.restore.data_folder.display()
+                )));
+            }
             let held = entry.holders.remove(&patron);
             // Someone else's torrent (held by others, not by this patron) is not this
             // patron's to close, unless forced (DESIGN §2). One nobody holds is anyone's.
             if !held && !entry.holders.is_empty() && !close.force {
+                let pids: Vec<String> = entry
+                    .holders
+                    .iter()
+                    .filter_map(|h| state.patrons.get(h).map(|c| c.pid.to_string()))
+                    .take(5)
+                    .collect();
                 return Err(ProtoError::not_holder(format!(
-                    "torrent {id} is held by {}, not by you; --force stops it anyway",
+                    "torrent {id} is in use by {} (pid {}: a `cat`, an `add --wait`, a program), not by you; --force stops it anyway",
                     match entry.holders.len() {
-                        1 => "another patron".to_owned(),
-                        n => format!("{n} other patrons"),
-                    }
+                        1 => "another program".to_owned(),
+                        n => format!("{n} other programs"),
+                    },
+                    pids.join(", ")
                 )));
             }
             // A status queued before the release must not arrive after the "closed" reply.
@@ -112,10 +125,14 @@ impl Service {
         if let Err(e) = self.engine.forget_verified(id) {
             tracing::warn!(torrent = %id, "{e:#}");
         }
+        let closer = match self.state().patrons.get(&patron) {
+            Some(connection) => format!("pid {}", connection.pid),
+            None => format!("patron {patron}"),
+        };
         for other in others {
             other.send(Event::TorrentGone {
                 id,
-                reason: format!("closed by patron {patron} (forced)"),
+                reason: format!("closed by another program ({closer}, forced)"),
             });
         }
         let data_deleted = close.delete_data

@@ -97,7 +97,8 @@ impl Service {
                 files: checked.relative_paths(),
             })
             .await?;
-        let restore = RestoreSpec::new(save_folder, data_folder);
+        let mut restore = RestoreSpec::new(save_folder, data_folder);
+        restore.seeded_in_place = true;
         let (info, _) = service.register(added, checked, restore, patron).await?;
         tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");
         Ok(info)

@@ -85,10 +85,14 @@ fn detail(summary: &TorrentSummary) -> String {
         bytes(status.uploaded)
     ));
     lines.push(format!("  saved in:  {}", shown(&summary.info.save_folder)));
-    let holders = plural(summary.holders, "patron holds it", "patrons hold it");
+    // Patrons are programs connected to the broker: a `cat`, an `add --wait`, a script.
+    let users = match summary.holders {
+        0 => "no program".to_owned(),
+        n => plural(n, "program", "programs"),
+    };
     lines.push(match summary.ephemeral {
-        true => format!("  held:      {holders}; closes when the last lets go (ephemeral)"),
-        false => format!("  held:      {holders}; runs until closed"),
+        true => format!("  used by:   {users}; closes when the last lets go (ephemeral)"),
+        false => format!("  used by:   {users}; runs until closed"),
     });
     if let TorrentState::Error(why) = &status.state {
         lines.push(format!("  error:     {}", shown(why)));
