@@ -199,8 +199,9 @@ fn list_has_a_header_and_a_paused_add_says_so() {
     }
 }
 
-/// Commands that only read start no broker and make no folder: on a state dir where none
-/// runs they say so (exit 5) and how to start one. `broker start` says whether it started
+/// Commands that only read start no broker and make no folder, nor do changes to a torrent
+/// where none was ever added: on a state dir where none runs they say so (exit 5) and how
+/// to start one. `broker start` says whether it started
 /// one or one ran already.
 #[test]
 fn reading_commands_start_no_broker_and_make_no_folder() {
@@ -214,6 +215,13 @@ fn reading_commands_start_no_broker_and_make_no_folder() {
         vec!["files", "0"],
         vec!["peers", "0"],
         vec!["broker", "status"],
+        // Changes to a torrent, where no torrent was ever added: none can be there.
+        vec!["close", "0"],
+        vec!["pause", "0"],
+        vec!["resume", "0"],
+        vec!["recheck", "0"],
+        vec!["files", "0", "--only", "0"],
+        vec!["peers", "0", "--add", "127.0.0.1:9"],
     ] {
         let mut cmd = sandbox.client(&state);
         cmd.args(&args);

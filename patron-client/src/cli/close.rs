@@ -19,7 +19,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
-    let mut patron = ctx.patron()?;
+    let mut patron = ctx.patron_for_torrent()?;
     let closed = patron.close(args.torrent, args.delete_data, args.force)?;
     ctx.out.emit(
         || match (closed.stopped, closed.data_deleted) {

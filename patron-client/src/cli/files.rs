@@ -19,7 +19,9 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     let list = match args.only {
-        Some(only) => ctx.patron()?.select_files(args.torrent, only.0)?,
+        Some(only) => ctx
+            .patron_for_torrent()?
+            .select_files(args.torrent, only.0)?,
         None => ctx.reader()?.files(args.torrent)?,
     };
     let value = json!({

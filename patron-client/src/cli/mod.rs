@@ -219,6 +219,20 @@ impl Context {
         Patron::connect_with(&self.connect)
     }
 
+    /// A patron for a command that changes a torrent already added (`close`, `pause`,
+    /// `files --only`...): a broker is started if none runs and the state dir records
+    /// torrents to restore (the one named may be among them); with none recorded, no torrent
+    /// can be there to change, and no broker is started to say so (exit 5, as `reader`).
+    pub fn patron_for_torrent(&self) -> Result<Patron, Error> {
+        let state =
+            patron_client::proto::paths::resolve_state_dir(self.connect.state_dir.as_deref());
+        let recorded = state.join("torrents.json").is_file();
+        match recorded {
+            true => self.patron(),
+            false => self.reader(),
+        }
+    }
+
     /// A patron for a command that only reads (`list`, `status`, `watch`, `files` and
     /// `peers` without changes, `broker status`): it never starts a broker nor makes a
     /// folder. None running is exit 5, saying how to start one.

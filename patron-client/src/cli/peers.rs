@@ -21,7 +21,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     // Only looking starts no broker; dialling is a change.
     let mut patron = match args.add.is_empty() {
         true => ctx.reader()?,
-        false => ctx.patron()?,
+        false => ctx.patron_for_torrent()?,
     };
     let list = patron.add_peers(args.torrent, args.add.clone())?;
     let value = json!({

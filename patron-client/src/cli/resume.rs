@@ -13,7 +13,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
-    let status = ctx.patron()?.resume(args.torrent)?;
+    let status = ctx.patron_for_torrent()?.resume(args.torrent)?;
     // The same event as every status, here and in pipe mode.
     let value = status_json(&status);
     ctx.out
