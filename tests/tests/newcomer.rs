@@ -152,6 +152,16 @@ fn list_has_a_header_and_a_paused_add_says_so() {
         "{}",
         added.stdout
     );
+    // A change says what it did to which torrent, in a sentence.
+    for (command, said) in [
+        ("resume", "Resumed torrent 0 (one.bin): "),
+        ("pause", "Paused torrent 0 (one.bin): paused, "),
+    ] {
+        let mut cmd = sandbox.client(&state);
+        cmd.args([command, "0"]);
+        let out = run(cmd).expect_code(0).stdout;
+        assert!(out.starts_with(said), "{out}");
+    }
     for board in ["1", "0"] {
         let mut list = sandbox.client(&state);
         list.env(e2e::patron_client::BOARD_ENV, board).arg("list");

@@ -3,7 +3,7 @@
 pub use patron_client::proto::text::{
     bytes, duration, shown, status_line, terminal_safe, truncate,
 };
-use patron_client::proto::TorrentInfo;
+use patron_client::proto::{TorrentInfo, TorrentStatus};
 use patron_client::Error;
 use serde_json::Value;
 
@@ -93,6 +93,18 @@ impl Output {
             out!("{}", error_json(error));
         }
     }
+}
+
+/// What a change to a torrent did, in a sentence: `Paused torrent 3 (name): paused, 41.20% of 1.2 GiB`.
+pub fn changed_human(verb: &str, status: &TorrentStatus) -> String {
+    format!(
+        "{verb} torrent {} ({}): {}, {:.2}% of {}",
+        status.id,
+        shown(&status.name),
+        status.state.as_str(),
+        status.progress * 100.0,
+        bytes(status.bytes_total)
+    )
 }
 
 pub fn info_human(verb: &str, info: &TorrentInfo) -> String {

@@ -1,6 +1,6 @@
 //! `patron-client recheck`: verify a torrent's data on disk again, every piece.
 
-use super::output::{status_json, status_line};
+use super::output::{changed_human, status_json};
 use super::{torrent_ref, Context, Exit};
 use patron_client::proto::TorrentRef;
 use patron_client::Error;
@@ -19,10 +19,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     ctx.out.emit(
         || {
             format!(
-                "Rechecking (`{} watch {}` shows it end): {}",
+                "{}; `{} watch {}` shows the check end",
+                changed_human("Rechecking", &status),
                 ctx.command_line(),
-                status.id,
-                status_line(&status)
+                status.id
             )
         },
         value,

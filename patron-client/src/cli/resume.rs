@@ -1,6 +1,6 @@
 //! `patron-client resume`: let a paused torrent run again (one added `--paused` too).
 
-use super::output::{status_json, status_line};
+use super::output::{changed_human, status_json};
 use super::{torrent_ref, Context, Exit};
 use patron_client::proto::TorrentRef;
 use patron_client::Error;
@@ -16,7 +16,6 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     let status = ctx.patron_for_torrent()?.resume(args.torrent)?;
     // The same event as every status, here and in pipe mode.
     let value = status_json(&status);
-    ctx.out
-        .emit(|| format!("Resumed: {}", status_line(&status)), value);
+    ctx.out.emit(|| changed_human("Resumed", &status), value);
     Ok(Exit::Success)
 }
