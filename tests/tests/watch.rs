@@ -405,3 +405,44 @@ fn watch_on_a_terminal_drops_a_closed_torrents_line() {
     assert!(screen.contains("stays.bin"), "{screen}");
     assert!(!screen.contains("closed"), "{screen}");
 }
+
+/// `cat` to a terminal is refused (exit 2, as a usage error), as curl refuses binary
+/// output: a video's bytes would fill the screen. `--to-terminal` writes them.
+#[test]
+fn cat_to_a_terminal_is_refused_unless_asked() {
+    if !have_tmux() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let data = sandbox.folder("local/text");
+    std::fs::write(data.join("hello.txt"), b"hello from the torrent\n").expect("write");
+    let mut patron = sandbox.patron(&state);
+    e2e::make_and_seed(&mut patron, &data.join("hello.txt"));
+    let client = format!(
+        "{} --state-dir {}",
+        quoted(&bin("patron-client")),
+        quoted(&state)
+    );
+    let mut tmux = Tmux::new(&sandbox);
+    tmux.start(
+        &sandbox,
+        &format!(
+            "{client} cat 0; echo exit=$?; {client} cat 0 --to-terminal; echo exit=$?; sleep 30"
+        ),
+    );
+    let mut screen = String::new();
+    wait_for("both cats to end", STEP_TIMEOUT, || {
+        screen = tmux.screen(&sandbox);
+        screen.matches("exit=").count() == 2
+    });
+    assert!(
+        screen.contains("is a terminal") && screen.contains("exit=2"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("hello from the torrent") && screen.contains("exit=0"),
+        "{screen}"
+    );
+}

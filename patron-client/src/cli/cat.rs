@@ -8,7 +8,7 @@ use super::{torrent_ref, Context, Exit};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use patron_client::proto::{ErrorKind as ProtoKind, FileRef, ProtoError, TorrentRef};
 use patron_client::{Error, Stream};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, IsTerminal, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -29,9 +29,19 @@ pub struct Args {
     /// the file itself (slower; for testing, or a broker whose disk is not this one's)
     #[arg(long)]
     over_channel: bool,
+    /// Write the bytes even when stdout is a terminal (by default cat refuses, as curl
+    /// does: a video's bytes would fill the screen)
+    #[arg(long)]
+    to_terminal: bool,
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
+    if std::io::stdout().is_terminal() && !args.to_terminal {
+        eprintln!(
+            "patron-client: cat writes the file's bytes to stdout, which is a terminal: pipe them (`| mpv -`) or redirect them (`> FILE`); --to-terminal writes them anyway"
+        );
+        return Ok(Exit::Usage);
+    }
     let file = args.file.as_deref().map(file_ref);
     let mut stream = Stream::open(&ctx.connect, args.torrent, file, args.offset)?;
     if args.over_channel {

@@ -187,6 +187,7 @@ enum Command {
 pub enum Exit {
     Success = 0,
     Failure = 1,
+    Usage = 2,
     StartFailed = 3,
     AlreadyDownloading = 4,
     Unreachable = 5,
