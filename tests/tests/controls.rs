@@ -286,6 +286,11 @@ fn files_are_listed_and_chosen_at_add_and_later_and_kept_across_restarts() {
     );
     let (code, _) = client_json(&sandbox, &state, &["files", "0", "--only", "0,,2"]);
     assert_eq!(code, 2);
+    // A range of indices; a path as other clients show it, the torrent's name first.
+    let files = ok_json(&sandbox, &state, &["files", "0", "--only", "0-1"]);
+    assert_eq!(selected(&files), [true, true, false], "{files}");
+    let files = ok_json(&sandbox, &state, &["files", "0", "--only", "three/c.bin"]);
+    assert_eq!(selected(&files), [false, false, true], "{files}");
 }
 
 #[test]

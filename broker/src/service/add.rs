@@ -109,9 +109,13 @@ impl Service {
         )?;
         let only_files = match &create.only_files {
             Some(only) => {
-                let mut chosen: Vec<usize> = super::files::chosen(only, &checked.file_entries())?
-                    .into_iter()
-                    .collect();
+                let mut chosen: Vec<usize> = super::files::chosen(
+                    only,
+                    &checked.file_entries(),
+                    checked.multi_file.then_some(checked.name.as_str()),
+                )?
+                .into_iter()
+                .collect();
                 chosen.sort_unstable();
                 Some(chosen)
             }

@@ -19,7 +19,7 @@ impl Service {
         let _adding = service.adding.lock().await;
         let (id, handle) = service.running(request.torrent)?;
         let files = service.engine.files(&handle)?;
-        let chosen = chosen(&only, &files)?;
+        let chosen = chosen(&only, &files, handle.name().as_deref())?;
         let before = handle.only_files();
         service.engine.select_files(&handle, &chosen).await?;
         let mut recorded: Vec<usize> = chosen.iter().copied().collect();
@@ -47,26 +47,36 @@ impl Service {
 }
 
 /// The files `only` names (by index or path), checked against the torrent's files: a name
-/// that fits none is an error listing some of them.
-pub(super) fn chosen(only: &[FileRef], files: &[FileEntry]) -> Result<HashSet<usize>, ProtoError> {
+/// that fits none is an error listing some of them. `name`: the torrent's, which a path
+/// may start with (`album/cd1/01.flac`, as other clients show a folder torrent's files).
+pub(super) fn chosen(
+    only: &[FileRef],
+    files: &[FileEntry],
+    name: Option<&str>,
+) -> Result<HashSet<usize>, ProtoError> {
     if only.is_empty() {
         return Err(ProtoError::bad_request(
             "choose at least one file (to download nothing, pause the torrent)",
         ));
     }
     only.iter()
-        .map(|wanted| find(files, wanted).map(|file| file.index as usize))
+        .map(|wanted| find(files, wanted, name).map(|file| file.index as usize))
         .collect()
 }
 
-/// The file `wanted` names among `files`, or an error naming some of them.
+/// The file `wanted` names among `files`, or an error naming some of them. A path is as
+/// `files` lists it, or (a folder torrent's) with the torrent's `name` before it.
 pub(super) fn find<'a>(
     files: &'a [FileEntry],
     wanted: &FileRef,
+    name: Option<&str>,
 ) -> Result<&'a FileEntry, ProtoError> {
     let found = match wanted {
         FileRef::Index(index) => files.iter().find(|f| f.index == *index),
-        FileRef::Path(path) => files.iter().find(|f| f.path == *path),
+        FileRef::Path(path) => files.iter().find(|f| f.path == *path).or_else(|| {
+            let inside = path.strip_prefix(name?)?.strip_prefix('/')?;
+            files.iter().find(|f| f.path == inside)
+        }),
     };
     found.ok_or_else(|| {
         let what = match wanted {

@@ -21,7 +21,7 @@ impl Service {
         // first check of its data.
         let (torrent, handle) = service.live(open.torrent).await?;
         let files = service.engine.files(&handle)?;
-        let file = pick(&files, open.file.as_ref())?;
+        let file = pick(&files, open.file.as_ref(), handle.name().as_deref())?;
         if !file.selected {
             return Err(ProtoError::bad_request(format!(
                     "file {} ({}) is not selected for download: select it first (`files {torrent} --only ...`)",
@@ -69,9 +69,13 @@ impl Service {
 
 /// The file a request names; the only one when it names none. A name that fits none lists
 /// some of the files, whatever was wrong with it.
-fn pick(files: &[FileEntry], wanted: Option<&FileRef>) -> Result<FileEntry, ProtoError> {
+fn pick(
+    files: &[FileEntry],
+    wanted: Option<&FileRef>,
+    name: Option<&str>,
+) -> Result<FileEntry, ProtoError> {
     match (wanted, files) {
-        (Some(wanted), _) => super::files::find(files, wanted).cloned(),
+        (Some(wanted), _) => super::files::find(files, wanted, name).cloned(),
         (None, [only]) => Ok(only.clone()),
         (None, []) => Err(ProtoError::bad_request("the torrent has no files")),
         (None, _) => Err(ProtoError::bad_request(format!(

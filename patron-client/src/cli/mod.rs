@@ -402,19 +402,32 @@ pub fn absolute(path: &std::path::Path) -> Result<PathBuf, Error> {
 #[derive(Debug, Clone)]
 pub struct FileRefs(pub Vec<patron_client::proto::FileRef>);
 
-/// Parses a list of files, each an index as `files` shows it or a path inside the torrent:
-/// `0,2,5` or `sub/a.mkv,3` (spaces around commas allowed; `./5` is the file whose path is
-/// `5`).
+/// Parses a list of files, each an index as `files` shows it, a range of them (`0-3`), or
+/// a path inside the torrent: `0,2,5`, `0-3,7` or `sub/a.mkv,3` (spaces around commas
+/// allowed; `./5` is the file whose path is `5`).
 pub fn file_list(s: &str) -> Result<FileRefs, String> {
-    s.split(',')
-        .map(|part| match part.trim() {
-            "" => Err(format!(
-                "{s:?} names an empty file (a list looks like 0,2,5 or sub/a.mkv,3)"
-            )),
-            part => Ok(cat::file_ref(part)),
-        })
-        .collect::<Result<_, _>>()
-        .map(FileRefs)
+    use patron_client::proto::FileRef;
+    /// A range longer than any torrent's file list is a typo.
+    const MOST: u32 = 1_000_000;
+    let mut files = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let range = part
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
+        match (part, range) {
+            ("", _) => {
+                return Err(format!(
+                    "{s:?} names an empty file (a list looks like 0,2,5 or 0-3 or sub/a.mkv)"
+                ))
+            }
+            (_, Some((first, last))) if first <= last && last - first < MOST => {
+                files.extend((first..=last).map(FileRef::Index))
+            }
+            (_, Some(_)) => return Err(format!("{part:?} is not a range of files (first-last)")),
+            (part, None) => files.push(cat::file_ref(part)),
+        }
+    }
+    Ok(FileRefs(files))
 }
 
 /// Parses a rate in bytes per second: `500000`, `512K`, `10M`, `1G` (powers of 1024).
