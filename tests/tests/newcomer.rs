@@ -778,3 +778,18 @@ fn delete_data_never_deletes_the_originals_make_seeded_in_place() {
     assert_eq!(code, 0, "{lines:?}");
     assert!(photo.exists());
 }
+
+/// With TORRENT_PATRON_STATE set, a usage line does not show `--state-dir` as if it were
+/// required (clap printed every option its environment variable had set).
+#[test]
+fn a_usage_line_does_not_show_the_state_dir_the_environment_gave() {
+    let sandbox = Sandbox::new();
+    let mut status = std::process::Command::new(e2e::bin("patron-client"));
+    sandbox.apply_env(&mut status);
+    status
+        .env("TORRENT_PATRON_STATE", sandbox.path("state"))
+        .arg("status");
+    let out = run(status).expect_code(2);
+    assert!(out.stderr.contains("Usage:"), "{}", out.stderr);
+    assert!(!out.stderr.contains("--state-dir"), "{}", out.stderr);
+}

@@ -117,8 +117,10 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "patron-client", version, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// State directory of the broker to use
-    #[arg(long, global = true, env = "TORRENT_PATRON_STATE", value_name = "DIR")]
+    /// State directory of the broker to use [env: TORRENT_PATRON_STATE]
+    // Read from the environment by the library, not by clap: clap would show the option
+    // as given (in every usage line) whenever the variable is set.
+    #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
     /// One JSON object per reply on stdout (JSON Lines for streams)
