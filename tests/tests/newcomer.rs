@@ -793,3 +793,43 @@ fn a_usage_line_does_not_show_the_state_dir_the_environment_gave() {
     assert!(out.stderr.contains("Usage:"), "{}", out.stderr);
     assert!(!out.stderr.contains("--state-dir"), "{}", out.stderr);
 }
+
+/// The words transmission-remote's users reach for work: `remove`/`rm` close, `stop`
+/// pauses, `start` resumes, `info` shows one torrent.
+#[test]
+fn the_usual_words_for_commands_work() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let data = sandbox.random_file("local/one.bin", 20_000);
+    let mut patron = sandbox.patron(&state);
+    e2e::make_and_seed(&mut patron, &data);
+    drop(patron);
+    let said = |args: &[&str]| {
+        let mut cmd = sandbox.client(&state);
+        cmd.args(args);
+        run(cmd)
+    };
+    assert!(said(&["stop", "0"])
+        .expect_code(0)
+        .stdout
+        .starts_with("Paused torrent 0"));
+    assert!(said(&["start", "0"])
+        .expect_code(0)
+        .stdout
+        .starts_with("Resumed torrent 0"));
+    assert!(said(&["info", "0"])
+        .expect_code(0)
+        .stdout
+        .starts_with("Torrent 0: one.bin"));
+    let missing = said(&["rm", "9"]).expect_code(1);
+    assert!(
+        missing.stderr.contains("no torrent 9"),
+        "{}",
+        missing.stderr
+    );
+    assert!(said(&["remove", "0"])
+        .expect_code(0)
+        .stdout
+        .starts_with("Closed torrent 0"));
+}

@@ -136,23 +136,24 @@ enum Command {
     /// Start a torrent from a .torrent file or a magnet link (or join it if it runs)
     #[command(after_help = EXAMPLES_ADD)]
     Add(add::Args),
-    /// Release this patron's hold on a torrent, stopping it unless others hold it
-    #[command(after_help = EXAMPLES_CLOSE)]
+    /// Stop and remove a torrent from the broker (unless other programs use it); its data
+    /// stays unless --delete-data
+    #[command(after_help = EXAMPLES_CLOSE, visible_aliases = ["remove", "rm"])]
     Close(close::Args),
     /// List every torrent the broker runs
     #[command(after_help = EXAMPLES_LIST)]
     List,
     /// Show one torrent's status
-    #[command(after_help = EXAMPLES_STATUS)]
+    #[command(after_help = EXAMPLES_STATUS, visible_alias = "info")]
     Status(status::Args),
     /// Print status updates of torrents (with none named: every torrent, later ones too)
     #[command(after_help = EXAMPLES_WATCH)]
     Watch(watch::Args),
     /// Pause a torrent (it stays paused across broker restarts)
-    #[command(after_help = EXAMPLES_PAUSE)]
+    #[command(after_help = EXAMPLES_PAUSE, visible_alias = "stop")]
     Pause(pause::Args),
     /// Resume a paused torrent
-    #[command(after_help = EXAMPLES_RESUME)]
+    #[command(after_help = EXAMPLES_RESUME, visible_alias = "start")]
     Resume(resume::Args),
     /// Verify a torrent's data on disk again, every piece
     #[command(after_help = EXAMPLES_RECHECK)]
