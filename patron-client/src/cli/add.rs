@@ -86,7 +86,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
         Created::New(_) if paused => ("Added, paused:", "created", Exit::Success),
         Created::New(_) => ("Started", "created", Exit::Success),
         Created::AlreadyDownloading(..) => (
-            "Already downloading: joined",
+            "Already running: joined",
             "already-downloading",
             Exit::AlreadyDownloading,
         ),
@@ -102,9 +102,16 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
         || {
             let mut text = info_human(verb, info);
             if !not_applied.is_empty() {
-                let options: Vec<String> = not_applied.iter().map(|o| option_name(o)).collect();
+                // The save folder may not have been typed: it was the current one.
+                let options: Vec<String> = not_applied
+                    .iter()
+                    .map(|o| match (o.as_str(), defaulted) {
+                        ("output", true) => "the current folder as save folder".to_owned(),
+                        _ => option_name(o),
+                    })
+                    .collect();
                 text.push_str(&format!(
-                    "\n  not applied: {} (the torrent already ran as shown)",
+                    "\n  not applied: {} (one torrent runs once, as shown)",
                     options.join(", ")
                 ));
             }
