@@ -311,6 +311,7 @@ impl Engine {
         timeout: Duration,
     ) -> Result<(Vec<u8>, Vec<SocketAddr>), ProtoError> {
         let no_source = peers.is_empty() && !self.dht;
+        let named = peers.len();
         let options = AddTorrentOptions {
             list_only: true,
             initial_peers: Some(peers),
@@ -326,6 +327,11 @@ impl Engine {
             Ok(Err(_)) if no_source => Err(ProtoError::engine(
                 "cannot fetch the magnet's metadata: it names no peer and no tracker this broker may use, and DHT is off: add it with --peer HOST:PORT (a peer that has the torrent)",
             )),
+            // Every address it had was tried (the engine says its "address stream" is
+            // exhausted): none had the torrent, or none answered.
+            Ok(Err(e)) if format!("{e:#}").contains("exhausted") => Err(ProtoError::engine(format!(
+                "no peer gave the magnet's metadata: the peers it could reach ({named} named, and any its trackers gave) do not have the torrent or did not answer; name a peer that has it with --peer HOST:PORT"
+            ))),
             Ok(Err(e)) => Err(ProtoError::engine(format!("cannot fetch the magnet's metadata: {e:#}"),
             )),
             Ok(Ok(AddTorrentResponse::ListOnly(listed))) => {

@@ -833,3 +833,26 @@ fn the_usual_words_for_commands_work() {
         .stdout
         .starts_with("Closed torrent 0"));
 }
+
+/// A magnet that no reachable peer has: the refusal says so in a user's words (it was the
+/// engine's "input address stream exhausted").
+#[test]
+fn a_magnet_no_peer_has_is_explained() {
+    let sandbox = Sandbox::new();
+    let other = sandbox.state_dir("other");
+    let other_broker = sandbox.broker(&other, &[]);
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let magnet = format!("magnet:?xt=urn:btih:{}", "ab".repeat(20));
+    let downloads = sandbox.folder("downloads");
+    let add = sandbox.add_command(&state, &magnet, &downloads, Some(&other_broker.peer()));
+    let out = run(add);
+    assert_eq!(out.code(), 3, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("no peer gave the magnet's metadata")
+            && out.stderr.contains("--peer")
+            && !out.stderr.contains("exhausted"),
+        "{}",
+        out.stderr
+    );
+}
