@@ -67,12 +67,14 @@ pub struct BrokerArgs {
     #[arg(long, env = "TORRENT_PATRON_MAGNET_TIMEOUT", value_name = "SECS")]
     pub magnet_timeout: Option<u64>,
 
-    /// Upload rate limit for the whole engine, bytes per second [default: none]
-    #[arg(long, env = "TORRENT_PATRON_MAX_UPLOAD_RATE", value_name = "BYTES")]
+    /// Upload rate limit for the whole engine, bytes per second (512K, 2M: powers of 1024)
+    /// [default: none]
+    #[arg(long, env = "TORRENT_PATRON_MAX_UPLOAD_RATE", value_name = "BYTES", value_parser = rate)]
     pub max_upload_rate: Option<u32>,
 
-    /// Download rate limit for the whole engine, bytes per second [default: none]
-    #[arg(long, env = "TORRENT_PATRON_MAX_DOWNLOAD_RATE", value_name = "BYTES")]
+    /// Download rate limit for the whole engine, bytes per second (512K, 2M: powers of 1024)
+    /// [default: none]
+    #[arg(long, env = "TORRENT_PATRON_MAX_DOWNLOAD_RATE", value_name = "BYTES", value_parser = rate)]
     pub max_download_rate: Option<u32>,
 
     /// Most patrons connected at once [default: 4096]
@@ -105,13 +107,14 @@ pub struct BrokerArgs {
     #[arg(
         long,
         env = "TORRENT_PATRON_MAX_LARGE_REQUEST_BYTES",
-        value_name = "BYTES"
+        value_name = "BYTES",
+        value_parser = size
     )]
     pub max_large_request_bytes: Option<usize>,
 
     /// Bytes of events all patrons together may leave unread in the broker's memory; past
     /// it, the patron that leaves the most is cut off [default: 536870912 (512 MiB)]
-    #[arg(long, env = "TORRENT_PATRON_MAX_UNREAD_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "TORRENT_PATRON_MAX_UNREAD_BYTES", value_name = "BYTES", value_parser = size)]
     pub max_unread_bytes: Option<usize>,
 
     /// Append the log to FILE instead of writing it to stderr (relative to the state dir).
@@ -448,4 +451,28 @@ fn free_tcp_port(ip: IpAddr) -> anyhow::Result<u16> {
     let listener = TcpListener::bind(SocketAddr::new(ip, 0))
         .with_context(|| format!("cannot find a free port on {ip}"))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// A rate as users type it (`500000`, `512K`, `2M`: powers of 1024), the parser the CLI
+/// uses too; the engine counts rates in a u32.
+fn rate(s: &str) -> Result<u32, String> {
+    let value = proto::text::parse_bytes(s).ok_or_else(|| {
+        format!("{s:?} is not a rate in bytes per second (try 500000, 512K or 2M)")
+    })?;
+    match u32::try_from(value) {
+        Ok(0) => {
+            Err("a rate limit must be at least 1 byte per second (leave it out for none)".into())
+        }
+        Ok(rate) => Ok(rate),
+        Err(_) => Err(format!(
+            "{s} is more than the engine's largest limit (4 GiB/s)"
+        )),
+    }
+}
+
+/// A size as users type it (`268435456`, `256M`, `1G`).
+fn size(s: &str) -> Result<usize, String> {
+    proto::text::parse_bytes(s)
+        .and_then(|value| usize::try_from(value).ok())
+        .ok_or_else(|| format!("{s:?} is not a size in bytes (try 268435456, 256M or 1G)"))
 }

@@ -743,6 +743,9 @@ pub fn status_of(id: TorrentId, name: &str, handle: &ManagedTorrentHandle) -> To
         ),
         None => (0, 0, 0, 0),
     };
+    // A complete torrent downloads nothing more; the engine's estimate decays over seconds
+    // and showed a seeding torrent "downloading" at hundreds of MiB/s.
+    let download_rate = if complete { 0 } else { download_rate };
     let remaining = stats.total_bytes.saturating_sub(stats.progress_bytes);
     let eta_secs = (!complete && download_rate > 0).then(|| remaining.div_ceil(download_rate));
     let progress = if stats.total_bytes == 0 {

@@ -856,3 +856,29 @@ fn a_magnet_no_peer_has_is_explained() {
         out.stderr
     );
 }
+
+/// A torrent that just completed downloads nothing more: its rate is 0 at once, not the
+/// engine's estimate decaying over seconds ("seeding, down 230.7 MiB/s").
+#[test]
+fn a_complete_torrent_shows_no_download_rate() {
+    let sandbox = Sandbox::new();
+    // Three seconds of download, so the engine's estimate has a rate to decay from.
+    let (seeder, _) = e2e::slow_seeder(&sandbox, 6 * 1024 * 1024, "2M");
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let downloads = sandbox.folder("downloads");
+    let mut add = sandbox.add_command(
+        &state,
+        &seeder.torrent,
+        &downloads,
+        Some(&seeder.broker.peer()),
+    );
+    add.arg("--wait");
+    let lines = run(add).expect_code(0).json_lines();
+    let last = lines.last().expect("a status");
+    assert_eq!(last["complete"], true, "{last}");
+    assert_eq!(last["download_rate"], 0, "{last}");
+    let now = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(now["state"], "seeding", "{now}");
+    assert_eq!(now["download_rate"], 0, "{now}");
+}

@@ -466,43 +466,10 @@ pub fn peer(s: &str) -> Result<String, String> {
     Ok(resolved.map_or_else(|| s.to_owned(), |addr| addr.to_string()))
 }
 
-/// A byte count as users type it, the one parser of sizes, offsets and rates: digits, with
-/// a fraction when a K, M, G or T (powers of 1024) follows (`1.5M`, rounded down to the
-/// byte), and an optional `B`/`iB`.
+/// A byte count as users type it: the one parser (`proto::text::parse_bytes`), which the
+/// broker's options use too.
 pub fn bytes(s: &str) -> Option<u64> {
-    let t = s.trim();
-    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(at) => t.split_at(at),
-        None => (t, ""),
-    };
-    let scale: u64 = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        "G" | "GB" | "GIB" => 1 << 30,
-        "T" | "TB" | "TIB" => 1 << 40,
-        _ => return None,
-    };
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() && fraction.is_empty() {
-        return None;
-    }
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
-    let mut value = whole.checked_mul(scale)?;
-    if !fraction.is_empty() {
-        // A fraction of a unit, rounded down to the byte; a fraction of a byte is a typo.
-        if scale == 1 || fraction.len() > 12 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let digits: u128 = fraction.parse().ok()?;
-        let part = digits * u128::from(scale) / 10u128.pow(fraction.len() as u32);
-        value = value.checked_add(u64::try_from(part).ok()?)?;
-    }
-    Some(value)
+    patron_client::proto::text::parse_bytes(s)
 }
 
 /// Parses a torrent reference as users type it.
