@@ -882,3 +882,25 @@ fn a_complete_torrent_shows_no_download_rate() {
     assert_eq!(now["state"], "seeding", "{now}");
     assert_eq!(now["download_rate"], 0, "{now}");
 }
+
+/// Naming a peer twice: the second time says it is already known, not "Dialling 0 peers"
+/// beside "No connected peers".
+#[test]
+fn a_peer_named_twice_is_said_to_be_known() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let data = sandbox.random_file("local/one.bin", 20_000);
+    let mut patron = sandbox.patron(&state);
+    e2e::make_and_seed(&mut patron, &data);
+    let silent = e2e::SilentPeer::start();
+    let add = |expect: &str| {
+        let mut cmd = sandbox.client(&state);
+        cmd.args(["peers", "0", "--add", &silent.addr()]);
+        let out = run(cmd).expect_code(0).stdout;
+        assert!(out.starts_with(expect), "{out}");
+        assert!(!out.contains("Dialling 0"), "{out}");
+    };
+    add("Dialling 1 peer");
+    add("1 peer already known to this torrent");
+}

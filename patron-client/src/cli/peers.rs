@@ -39,21 +39,27 @@ fn table(asked: &[String], dialled: &[String], peers: &[PeerEntry]) -> String {
     let mut lines = Vec::new();
     if !asked.is_empty() {
         let already = asked.len().saturating_sub(dialled.len());
-        lines.push(format!(
-            "Dialling {}{}",
-            match dialled.len() {
-                1 => "1 peer".to_owned(),
-                n => format!("{n} peers"),
-            },
-            if already > 0 {
-                format!("; {already} already connected or being dialled")
-            } else {
-                String::new()
-            }
-        ));
+        let count = |n: usize| match n {
+            1 => "1 peer".to_owned(),
+            n => format!("{n} peers"),
+        };
+        let mut said = Vec::new();
+        if !dialled.is_empty() {
+            said.push(format!("Dialling {}", count(dialled.len())));
+        }
+        if already > 0 {
+            said.push(format!(
+                "{} already known to this torrent (connected, or dialled again now and then)",
+                count(already)
+            ));
+        }
+        lines.push(said.join("; "));
     }
     if peers.is_empty() {
-        lines.push("No connected peers".into());
+        lines.push(match asked.is_empty() {
+            true => "No connected peers".into(),
+            false => "No connected peers yet (a dialled peer shows here once it answers)".into(),
+        });
         return lines.join("\n");
     }
     lines.push(format!(
