@@ -88,7 +88,7 @@ pub fn summary_json(summary: &TorrentSummary) -> Value {
 /// The broker as `broker status --json` and pipe mode's `info` print it: `others`, the
 /// patrons connected besides the one asking; `started`, what `broker start` did.
 pub fn broker_json(info: &proto::BrokerInfo, started: Option<bool>, others: u32) -> Value {
-    json!({
+    let mut value = json!({
         "event": "broker",
         "state": "running",
         "started": started,
@@ -116,7 +116,12 @@ pub fn broker_json(info: &proto::BrokerInfo, started: Option<bool>, others: u32)
         "unread_bytes_limit": info.unread_bytes.1,
         "unread_regions": info.unread_regions.0,
         "unread_regions_limit": info.unread_regions.1,
-    })
+    });
+    // Only `broker start` says whether it started the broker.
+    if let (None, Some(object)) = (started, value.as_object_mut()) {
+        object.remove("started");
+    }
+    value
 }
 
 /// One file of a torrent, as `files` lists it.
