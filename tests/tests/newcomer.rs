@@ -904,3 +904,26 @@ fn a_peer_named_twice_is_said_to_be_known() {
     add("Dialling 1 peer");
     add("1 peer already known to this torrent");
 }
+
+/// `make --seed` of a file outside the download roots is refused as an add there would be:
+/// exit 3, saying the roots.
+#[test]
+fn a_seed_outside_the_roots_exits_as_an_add_does() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let outside = tempfile::Builder::new()
+        .prefix("tp-outside-")
+        .tempdir()
+        .expect("tempdir");
+    let file = outside.path().join("mine.txt");
+    std::fs::write(&file, b"not in any root").expect("write");
+    let mut make = sandbox.client(&state);
+    make.arg("make")
+        .arg(&file)
+        .arg("--seed")
+        .arg("--output")
+        .arg(sandbox.path("mine.torrent"));
+    let out = run(make).expect_code(3);
+    assert!(out.stderr.contains("download roots"), "{}", out.stderr);
+}

@@ -602,7 +602,7 @@ impl Service {
 /// The refusal of a torrent with a file that `owner` has (DESIGN §4: one owner per file).
 pub fn owned_by(path: &Path, owner: TorrentId) -> ProtoError {
     ProtoError::file_owned(format!(
-            "{} is torrent {owner}'s; a file has one torrent at most (with --overwrite too): choose another save folder, or close torrent {owner} first",
+            "{} is torrent {owner}'s; a file has one torrent at most (with --overwrite too): close torrent {owner} first, or save elsewhere",
             path.display()
         ),
     )

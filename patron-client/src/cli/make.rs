@@ -2,7 +2,7 @@
 
 use super::output::{bytes, made_json};
 use super::{Context, Exit};
-use patron_client::proto::{MakeTorrent, ProtoError};
+use patron_client::proto::{ErrorKind, MakeTorrent, ProtoError};
 use patron_client::Error;
 use std::io::Write;
 use std::path::PathBuf;
@@ -51,12 +51,28 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
         ))));
     }
     let mut patron = ctx.patron()?;
-    let made = patron.make(MakeTorrent {
-        path: path.display().to_string(),
-        piece_size: args.piece_size,
-        trackers: args.trackers,
-        seed: args.seed,
-    })?;
+    let seed = args.seed;
+    let made = patron
+        .make(MakeTorrent {
+            path: path.display().to_string(),
+            piece_size: args.piece_size,
+            trackers: args.trackers,
+            seed: args.seed,
+        })
+        .map_err(|error| match error {
+            // A seed refused where an add would be (outside the roots, a file another
+            // torrent owns) ends as an add's does: exit 3.
+            Error::Request(refusal)
+                if seed
+                    && matches!(
+                        refusal.kind,
+                        ErrorKind::PathNotAllowed | ErrorKind::FileOwned | ErrorKind::FileExists
+                    ) =>
+            {
+                Error::StartFailed(refusal)
+            }
+            other => other,
+        })?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true);
     if args.force {
