@@ -65,40 +65,34 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
-/// A torrent's line in `patron-client list` and `status`.
+/// A torrent's line in `patron-client list` (and `watch` off a terminal): figures in
+/// columns, the name last and whole (as transmission-remote's list has it), then an
+/// error's text, whole. About 70 columns before the name.
 pub fn status_line(status: &TorrentStatus) -> String {
-    let eta = status
-        .eta_secs
-        .map(|s| format!(" eta {}", duration(s)))
-        .unwrap_or_default();
-    let peers = match status.peers {
-        1 => "1 peer".to_owned(),
-        n => format!("{n} peers"),
-    };
-    // An error's text goes last, whole: in the state column it pushed every figure out of
-    // line.
+    let eta = status.eta_secs.map(duration).unwrap_or_else(|| "-".into());
     let error = match &status.state {
         crate::TorrentState::Error(why) => format!("  error: {}", shown(why)),
         _ => String::new(),
     };
     format!(
-        "{:>4}  {:<28}  {:<12} {:>6.2}%  {}/{}  down {}/s  up {}/s  {peers}{eta}{error}",
+        "{:>4} {:>6} {:>10} {:>6} {:>10} {:>10} {:>5} {:<11} {}{error}",
         status.id.0,
-        truncate(&shown(&status.name), 28),
-        status.state.as_str(),
-        status.progress * 100.0,
-        bytes(status.bytes_done),
+        format!("{:.1}%", status.progress * 100.0),
         bytes(status.bytes_total),
+        eta,
         bytes(status.download_rate),
         bytes(status.upload_rate),
+        status.peers,
+        status.state.as_str(),
+        shown(&status.name),
     )
 }
 
 /// The header above [`status_line`]s in `patron-client list`.
 pub fn list_header() -> String {
     format!(
-        "{:>4}  {:<28}  {:<12} {:>7}  have/size, rates, peers",
-        "ID", "NAME", "STATE", "DONE"
+        "{:>4} {:>6} {:>10} {:>6} {:>10} {:>10} {:>5} {:<11} NAME",
+        "ID", "DONE", "SIZE", "ETA", "DOWN/s", "UP/s", "PEERS", "STATE"
     )
 }
 
@@ -146,41 +140,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_peer_is_one_peer_and_the_header_names_the_columns() {
+    fn the_columns_line_up_under_the_header_and_the_name_comes_last() {
         let info = crate::TorrentInfo {
             id: crate::TorrentId(3),
             info_hash: crate::InfoHash([0; 20]),
-            name: "movie".into(),
+            name: "a movie with a name longer than any column".into(),
             save_folder: "/d".into(),
             total_bytes: 100,
         };
         let mut status = TorrentStatus::idle(&info, crate::TorrentState::Downloading);
         status.peers = 1;
         let line = status_line(&status);
+        let header = list_header();
+        assert_eq!(
+            header.find("NAME"),
+            line.find("a movie"),
+            "{header}\n{line}"
+        );
+        assert_eq!(
+            header.find("STATE"),
+            line.find("downloading"),
+            "{header}\n{line}"
+        );
         assert!(
-            line.contains(" 1 peer") && !line.contains("1 peers"),
+            line.ends_with("a movie with a name longer than any column"),
             "{line}"
         );
-        status.peers = 2;
-        assert!(status_line(&status).contains(" 2 peers"));
-        // An error's text comes last, the figures still in their columns.
+        assert!(line.find("a movie").is_some_and(|at| at <= 72), "{line}");
+        // An error's text comes after the name, whole; the figures stay in their columns.
         status.state = crate::TorrentState::Error("the disk is gone".into());
         let failed = status_line(&status);
         assert_eq!(failed.find("error "), line.find("downloading"), "{failed}");
-        assert!(failed.ends_with("error: the disk is gone"), "{failed}");
-        assert_eq!(
-            failed.find("down "),
-            status_line(&{
-                let mut s = status.clone();
-                s.state = crate::TorrentState::Seeding;
-                s
-            })
-            .find("down ")
-        );
-        let header = list_header();
-        // The columns line up: the name and state start where the line's do.
-        assert_eq!(header.find("NAME"), line.find("movie"));
-        assert_eq!(header.find("STATE"), line.find("downloading"));
+        assert!(failed.ends_with("  error: the disk is gone"), "{failed}");
+        assert_eq!(header.find("NAME"), failed.find("a movie"), "{failed}");
     }
 
     #[test]

@@ -168,7 +168,7 @@ fn watch_without_a_terminal_prints_plain_lines() {
         .find(|l| l.contains("plain.bin") && l.contains("seeding"))
         .expect(&out.stdout);
     assert!(
-        line.contains("seeding") && line.contains("100.00%"),
+        line.contains("seeding") && line.contains("100.0%"),
         "{line}"
     );
     assert!(
