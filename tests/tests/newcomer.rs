@@ -927,3 +927,31 @@ fn a_seed_outside_the_roots_exits_as_an_add_does() {
     let out = run(make).expect_code(3);
     assert!(out.stderr.contains("download roots"), "{}", out.stderr);
 }
+
+/// `add --wait` into a pipe or a log (no terminal, no --json) is never silent: a progress
+/// line comes at once, then at every change of state and every 10 s, and `Complete:` ends it.
+#[test]
+fn add_wait_without_a_terminal_says_how_it_goes() {
+    let sandbox = Sandbox::new();
+    let (seeder, _) = e2e::slow_seeder(&sandbox, 2 * 1024 * 1024, "1M");
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let downloads = sandbox.folder("downloads");
+    let mut add = sandbox.client(&state);
+    add.arg("add")
+        .arg(&seeder.torrent)
+        .args(["--output"])
+        .arg(&downloads)
+        .args(["--peer", &seeder.broker.peer(), "--wait"]);
+    let out = run(add).expect_code(0).stdout;
+    let progress = out
+        .lines()
+        .position(|l| l.contains("% of ") && l.contains("peer"));
+    let complete = out
+        .lines()
+        .position(|l| l.starts_with("Complete: slow.bin"));
+    assert!(
+        progress.is_some() && complete.is_some() && progress < complete,
+        "{out}"
+    );
+}

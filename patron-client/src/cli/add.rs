@@ -178,6 +178,10 @@ pub fn wait_until_complete(
     // shown: a torrent nobody seeds gets no new status, so the line is redrawn every second.
     let mut alone_since: Option<std::time::Instant> = None;
     let mut last: Option<TorrentStatus> = None;
+    // Neither a terminal nor --json (a log, a pipe): a plain line now and then, and at
+    // every change of state, so a wait is never silent.
+    let plain = bar.is_none() && !ctx.out.json;
+    let mut printed: Option<(std::time::Instant, TorrentState)> = None;
     loop {
         let event = match patron.next_event_timeout(std::time::Duration::from_secs(1))? {
             Some(event) => event,
@@ -193,6 +197,13 @@ pub fn wait_until_complete(
             Event::TorrentStatusUpdate(status) if status.id == id => {
                 if ctx.out.json {
                     out!("{}", status_json(&status));
+                }
+                let due = printed.as_ref().is_none_or(|(at, state)| {
+                    at.elapsed() >= PLAIN_EVERY || *state != status.state
+                });
+                if plain && due && !status.complete {
+                    out!("{}", plain_progress(&status));
+                    printed = Some((std::time::Instant::now(), status.state.clone()));
                 }
                 let alone = status.peers == 0 && status.state == TorrentState::Downloading;
                 alone_since = match (alone, alone_since) {
@@ -241,6 +252,28 @@ pub fn wait_until_complete(
 /// What `add --wait`'s line takes besides its bar: spinner, brackets, `12.3 MiB/1.2 GiB`,
 /// and `downloading  down 1.2 MiB/s  3 peers  eta 1m 5s`.
 const WAIT_FIGURES_COLUMNS: usize = 1 + 1 + 2 + 20 + 2 + 44;
+
+/// How often `add --wait` writes a progress line where there is no bar (a log, a pipe).
+const PLAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A progress line for a log: `12.5% of 1.2 GiB, downloading, down 3.1 MiB/s, 4 peers, eta 5m10s`.
+fn plain_progress(status: &TorrentStatus) -> String {
+    let peers = match status.peers {
+        1 => "1 peer".to_owned(),
+        n => format!("{n} peers"),
+    };
+    let eta = status
+        .eta_secs
+        .map(|s| format!(", eta {}", super::output::duration(s)))
+        .unwrap_or_default();
+    format!(
+        "{:.1}% of {}, {}, down {}/s, {peers}{eta}",
+        status.progress * 100.0,
+        super::output::bytes(status.bytes_total),
+        status.state.as_str(),
+        super::output::bytes(status.download_rate)
+    )
+}
 
 /// How long a download may have no peer before `add --wait` says what to do about it.
 const ALONE_HINT_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
