@@ -446,6 +446,11 @@ fn help_and_man_pages_say_what_and_show_how() {
     );
     assert!(!cat.contains("EXTRA"), "{cat}");
     let top = std::fs::read_to_string(pages.join("patron-client.1")).expect("top page");
+    // SEE ALSO names torrent-broker(1): it is written too.
+    assert!(
+        pages.join("torrent-broker.1").is_file(),
+        "no torrent-broker.1"
+    );
     for section in ["EXIT STATUS", "ENVIRONMENT", "FILES", "SEE ALSO"] {
         assert!(
             top.contains(&format!(".SH \"{section}\"")),

@@ -21,12 +21,49 @@ pub fn run(ctx: &super::Context, args: Args) -> Result<Exit, Error> {
     let mut cli = Cli::command().disable_help_subcommand(true);
     cli.build();
     write_pages(&cli, true, &args.dir).map_err(io)?;
+    // The broker's page, from the broker itself (its options are its own).
+    let broker = broker_page(&args.dir);
     let dir = args.dir.display().to_string();
     ctx.out.emit(
-        || format!("Man pages written to {dir}"),
-        serde_json::json!({ "event": "manpages", "dir": dir }),
+        || match &broker {
+            Ok(()) => format!("Man pages written to {dir}"),
+            Err(why) => format!("Man pages written to {dir}, but not torrent-broker(1): {why}"),
+        },
+        serde_json::json!({ "event": "manpages", "dir": dir, "broker_page": broker.is_ok() }),
     );
     Ok(Exit::Success)
+}
+
+/// Writes torrent-broker(1), as `torrent-broker --manpage` prints it (the broker named by
+/// $TORRENT_PATRON_BROKER, else the one beside this program, else on the PATH).
+fn broker_page(dir: &Path) -> Result<(), String> {
+    let program = std::env::var_os(patron_client::BROKER_PROGRAM_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|d| d.join("torrent-broker")))
+                .filter(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from("torrent-broker"));
+    let out = std::process::Command::new(&program)
+        .arg("--manpage")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run {}: {}",
+                program.display(),
+                patron_client::plain_io_error(&e)
+            )
+        })?;
+    if !out.status.success() || out.stdout.is_empty() {
+        return Err(format!("{} --manpage printed no page", program.display()));
+    }
+    std::fs::write(dir.join("torrent-broker.1"), out.stdout)
+        .map_err(|e| format!("cannot write it: {}", patron_client::plain_io_error(&e)))
 }
 
 /// Writes `cmd`'s page and its subcommands' into `dir`: clap's sections, then the text
