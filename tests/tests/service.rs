@@ -143,6 +143,7 @@ fn the_install_script_puts_everything_where_a_user_session_finds_it() {
     for file in [
         ".local/bin/torrent-broker",
         ".local/bin/patron-client",
+        ".local/bin/torrent-web",
         ".local/share/bash-completion/completions/patron-client",
         ".local/share/bash-completion/completions/torrent-broker",
         ".local/share/zsh/site-functions/_patron-client",
