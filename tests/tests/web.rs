@@ -1,0 +1,335 @@
+//! The web patron (DESIGN §11, issue 20) through real clients no one here wrote: curl for
+//! the API, the token, the `Host` and `Origin` checks, server-sent events and `Range`.
+
+use e2e::{run, wait_for, Running, Sandbox, STEP_TIMEOUT};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+/// A web patron started with `patron-client web`, and where it serves.
+struct Web {
+    process: Running,
+    /// `127.0.0.1:PORT` (or empty on a unix socket).
+    addr: String,
+    /// The token of its URL (empty on a unix socket).
+    token: String,
+    /// The unix socket's path, if it serves one.
+    socket: Option<String>,
+}
+
+impl Web {
+    fn start(sandbox: &Sandbox, state: &Path, args: &[&str]) -> Web {
+        let mut cmd = sandbox.client(state);
+        cmd.arg("web").args(args);
+        let process = Running::start(cmd);
+        let mut first = String::new();
+        wait_for("the web patron's first line", STEP_TIMEOUT, || {
+            first = process.stdout_so_far();
+            first.contains('\n')
+        });
+        let first = first.lines().next().unwrap_or_default().to_owned();
+        if let Some(path) = first.strip_prefix("unix:") {
+            return Web {
+                process,
+                addr: String::new(),
+                token: String::new(),
+                socket: Some(path.to_owned()),
+            };
+        }
+        let rest = first.strip_prefix("http://").expect(&first);
+        let (addr, token) = rest.split_once("/#token=").expect(&first);
+        Web {
+            addr: addr.to_owned(),
+            token: token.to_owned(),
+            process,
+            socket: None,
+        }
+    }
+
+    /// `curl` at `path` with the token as HTTP Basic's password, and `extra` arguments.
+    fn curl(&self, path: &str, extra: &[&str]) -> e2e::Output {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"]);
+        match &self.socket {
+            Some(socket) => {
+                cmd.args(["--unix-socket", socket]);
+                cmd.arg(format!("http://localhost{path}"));
+            }
+            None => {
+                cmd.args(["-u", &format!("anyone:{}", self.token)]);
+                cmd.arg(format!("http://{}{path}", self.addr));
+            }
+        }
+        cmd.args(extra);
+        run(cmd)
+    }
+
+    /// The status code and body of a curl run with `-w "\n%{http_code}"`.
+    fn answer(out: &e2e::Output) -> (u16, String) {
+        let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", &out.stdout));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+}
+
+fn have_curl() -> bool {
+    e2e::have_program("curl", "curl")
+}
+
+/// The token, the `Host` and the `Origin`: what a page of another site, a wrong token or
+/// none get, and what the token as a cookie or as Basic's password gets.
+#[test]
+fn only_the_token_holder_on_this_servers_name_may_use_it() {
+    if !have_curl() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    assert_eq!(web.token.len(), 64, "{}", web.token);
+    let token_file = state.join("web-token");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file)
+        .expect("token file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the token file is owner-only");
+
+    let plain = |path: &str, extra: &[&str]| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"])
+            .arg(format!("http://{}{path}", web.addr))
+            .args(extra);
+        Web::answer(&run(cmd))
+    };
+    // No token: 401, and the way to give one.
+    let (code, body) = plain("/api/torrents", &["-D", "-"]);
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        body.to_ascii_lowercase()
+            .contains("www-authenticate: basic"),
+        "{body}"
+    );
+    // A wrong one: 401.
+    let (code, _) = plain("/api/torrents", &["-u", &format!("u:{}", "0".repeat(64))]);
+    assert_eq!(code, 401);
+    // The right one, as Basic's password: the list.
+    let (code, body) = Web::answer(&web.curl("/api/torrents", &[]));
+    assert_eq!(code, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(list["event"], "list", "{list}");
+    // Another name for 127.0.0.1 (DNS rebinding): refused, token or not.
+    let (code, body) = Web::answer(&web.curl("/api/torrents", &["-H", "Host: evil.example"]));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("DNS rebinding"), "{body}");
+    // A change asked by a page of another origin: refused, token or not.
+    let (code, body) = Web::answer(&web.curl(
+        "/api/torrents/0/pause",
+        &["-X", "POST", "-H", "Origin: http://evil.example"],
+    ));
+    assert_eq!(code, 403, "{body}");
+    // The page trades the token for an HttpOnly, SameSite=Strict cookie that works alone.
+    let login = format!("{{\"token\":\"{}\"}}", web.token);
+    let (code, head) = plain(
+        "/api/login",
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &login,
+            "-D",
+            "-",
+        ],
+    );
+    assert_eq!(code, 204, "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie:")
+                .then(|| l["set-cookie:".len()..].trim().to_owned())
+        })
+        .expect(&head);
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap_or_default().to_owned();
+    let (code, _) = plain("/api/torrents", &["-H", &format!("Cookie: {pair}")]);
+    assert_eq!(code, 200);
+    // The page itself is public (it holds no data), and says where it may load from.
+    let (code, page) = plain("/", &["-D", "-"]);
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("torrent-patron") && page.contains("frame-ancestors 'none'"),
+        "{page}"
+    );
+}
+
+/// A file served while it downloads from a throttled seeder, with `Range`: the first byte,
+/// the last bytes (fetched first, as `cat --offset` does), a suffix range, one beyond the
+/// end (416), and the whole file, each byte-identical.
+#[test]
+fn files_are_served_with_range_while_they_download() {
+    if !have_curl() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (seeder, data) = e2e::slow_seeder(&sandbox, 3 * 1024 * 1024, "1M");
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let downloads = sandbox.folder("downloads");
+    let mut patron = sandbox.patron(&state);
+    patron
+        .create(seeder.create_request(&downloads))
+        .expect("add");
+    drop(patron);
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let original = std::fs::read(&data).expect("data");
+    let size = original.len();
+    let fetch = |range: Option<&str>| {
+        let out = sandbox.path(&format!("part-{}", range.unwrap_or("all")));
+        let mut extra = vec![
+            "-o".to_owned(),
+            out.display().to_string(),
+            "-D".into(),
+            "-".into(),
+        ];
+        if let Some(range) = range {
+            extra.extend(["-r".to_owned(), range.to_owned()]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (code, head) = Web::answer(&web.curl("/files/0/0", &extra));
+        (code, head, std::fs::read(&out).unwrap_or_default())
+    };
+    // The last 64 KiB first: the window moves there, so they come before the middle.
+    let tail = format!("{}-", size - 65536);
+    let (code, head, bytes) = fetch(Some(&tail));
+    assert_eq!(code, 206, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains(&format!(
+            "content-range: bytes {}-{}/{size}",
+            size - 65536,
+            size - 1
+        )),
+        "{head}"
+    );
+    assert!(bytes == original[size - 65536..], "the tail differs");
+    let (code, _, bytes) = fetch(Some("0-0"));
+    assert_eq!(code, 206);
+    assert_eq!(bytes, original[..1]);
+    let (code, _, bytes) = fetch(Some("-10"));
+    assert_eq!(code, 206);
+    assert_eq!(bytes, original[size - 10..]);
+    let (code, head, _) = fetch(Some(&format!("{size}-")));
+    assert_eq!(code, 416, "{head}");
+    assert!(head
+        .to_ascii_lowercase()
+        .contains(&format!("content-range: bytes */{size}")));
+    let (code, head, bytes) = fetch(None);
+    assert_eq!(code, 200, "{head}");
+    assert!(bytes == original, "the whole file differs");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains("accept-ranges: bytes") && lower.contains("etag:"),
+        "{head}"
+    );
+    assert!(lower.contains("content-security-policy: sandbox"), "{head}");
+    // HEAD: the same headers, no body.
+    let (code, head) = Web::answer(&web.curl("/files/0/slow.bin", &["-I"]));
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {size}")),
+        "{head}"
+    );
+    drop(seeder);
+}
+
+/// By default the web patron serves a unix socket, owner-only; the page's events (server-
+/// sent) carry every torrent first, then a torrent added later.
+#[test]
+fn the_unix_socket_serves_and_events_follow_the_board() {
+    if !have_curl() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let mut patron = sandbox.patron(&state);
+    let first = sandbox.random_file("local/first.bin", 20_000);
+    e2e::make_and_seed(&mut patron, &first);
+    let web = Web::start(&sandbox, &state, &[]);
+    let socket = web.socket.clone().expect("a unix socket");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the socket is owner-only");
+    let (code, body) = Web::answer(&web.curl("/api/torrents", &[]));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("first.bin"), "{body}");
+
+    let mut events = Command::new("curl");
+    events.args([
+        "-sSN",
+        "--max-time",
+        "60",
+        "--unix-socket",
+        &socket,
+        "http://localhost/api/events",
+    ]);
+    let events = Running::start(events);
+    wait_for("the first event", STEP_TIMEOUT, || {
+        events.stdout_so_far().contains("first.bin")
+    });
+    assert!(events.stdout_so_far().contains("\"event\":\"torrents\""));
+    let second = sandbox.random_file("local/second.bin", 20_000);
+    e2e::make_and_seed(&mut patron, &second);
+    wait_for(
+        "an event with the torrent added later",
+        STEP_TIMEOUT,
+        || {
+            let so_far = events.stdout_so_far();
+            so_far.contains("\"event\":\"changed\"") && so_far.contains("second.bin")
+        },
+    );
+    drop(web);
+}
+
+/// A web patron SIGKILLed mid-stream leaves the broker as it was: its torrents run, other
+/// patrons are answered, and its streams are let go.
+#[test]
+fn a_killed_web_patron_leaves_the_broker_as_it_was() {
+    if !have_curl() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (seeder, _) = e2e::slow_seeder(&sandbox, 4 * 1024 * 1024, "256K");
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let downloads = sandbox.folder("downloads");
+    let mut patron = sandbox.patron(&state);
+    patron
+        .create(seeder.create_request(&downloads))
+        .expect("add");
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let mut slow = Command::new("curl");
+    slow.args(["-sS", "--max-time", "60", "-o", "/dev/null", "-u"])
+        .arg(format!("anyone:{}", web.token))
+        .arg(format!("http://{}/files/0/0", web.addr));
+    let _reader = Running::start(slow);
+    wait_for("the web patron's stream to open", STEP_TIMEOUT, || {
+        e2e::streams_open(&sandbox, &state) >= 1
+    });
+    web.process.signal(nix::sys::signal::Signal::SIGKILL);
+    wait_for("its streams to be let go", STEP_TIMEOUT, || {
+        e2e::streams_open(&sandbox, &state) == 0
+    });
+    let status = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(status["state"], "downloading", "{status}");
+    drop(seeder);
+}
