@@ -333,3 +333,109 @@ fn a_killed_web_patron_leaves_the_broker_as_it_was() {
     assert_eq!(status["state"], "downloading", "{status}");
     drop(seeder);
 }
+
+/// Debian's transmission-remote against `/transmission/rpc`, its own output parsed: add,
+/// list, stop, start, verify, files, a file unwanted, remove with the data.
+#[test]
+fn transmission_remote_drives_the_broker_through_the_rpc() {
+    if !have_curl() || !e2e::have_program("transmission-remote", "transmission-cli") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let folder = sandbox.folder("seed/pair");
+    sandbox.random_file("seed/pair/first.bin", 100_000);
+    sandbox.random_file("seed/pair/second.bin", 50_000);
+    let seeder = e2e::Seeder::start(&sandbox, "seeder", &folder, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let downloads = sandbox.folder("downloads");
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let remote = |args: &[&str]| {
+        let mut cmd = Command::new("transmission-remote");
+        cmd.arg(&web.addr)
+            .args(["-n", &format!("anyone:{}", web.token)])
+            .args(args);
+        let out = run(cmd);
+        assert_eq!(out.code(), 0, "{args:?}: {}{}", out.stdout, out.stderr);
+        out.stdout
+    };
+    let torrent = seeder.torrent.display().to_string();
+    let downloads_arg = downloads.display().to_string();
+    let added = remote(&["-a", &torrent, "-w", &downloads_arg]);
+    assert!(added.contains("success"), "{added}");
+    // Its peer, named through our own CLI (transmission-remote has no such option).
+    let mut peers = sandbox.client(&state);
+    peers.args(["peers", "0", "--add", &seeder.broker.peer()]);
+    run(peers).expect_code(0);
+    wait_for("the list to show it complete", STEP_TIMEOUT, || {
+        let list = remote(&["-l"]);
+        list.lines()
+            .any(|l| l.contains("pair") && l.contains("100%"))
+    });
+    let list = remote(&["-l"]);
+    let row = list.lines().find(|l| l.contains("pair")).expect(&list);
+    assert!(
+        row.trim_start().starts_with('0'),
+        "ids are the broker's: {row}"
+    );
+
+    remote(&["-t", "0", "-S"]);
+    let list = remote(&["-l"]);
+    assert!(
+        list.lines()
+            .any(|l| l.contains("pair") && l.contains("Stopped")),
+        "{list}"
+    );
+    assert_eq!(e2e::status_json(&sandbox, &state, "0")["state"], "paused");
+    remote(&["-t", "0", "-s"]);
+    assert_ne!(e2e::status_json(&sandbox, &state, "0")["state"], "paused");
+    remote(&["-t", "0", "-v"]);
+
+    let files = remote(&["-t", "0", "-f"]);
+    assert!(
+        files.contains("first.bin") && files.contains("second.bin"),
+        "{files}"
+    );
+    remote(&["-t", "0", "-G", "1"]);
+    let files = e2e::ok_json(&sandbox, &state, &["files", "0"]);
+    let selected: Vec<bool> = files["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f["selected"].as_bool().unwrap_or(true))
+        .collect();
+    assert_eq!(selected, [true, false], "{files}");
+
+    let info = remote(&["-t", "0", "-i"]);
+    assert!(
+        info.contains("Name: pair") && info.contains(&downloads_arg),
+        "{info}"
+    );
+
+    remote(&["-t", "0", "--remove-and-delete"]);
+    let (code, _) = e2e::client_json(&sandbox, &state, &["status", "0"]);
+    assert_eq!(code, 1, "the torrent is gone");
+    assert!(
+        !downloads.join("pair").join("first.bin").exists(),
+        "its data was deleted"
+    );
+
+    // Transmission's own CSRF guard: no session id, 409 with one.
+    let (code, head) = Web::answer(&web.curl(
+        "/transmission/rpc",
+        &[
+            "-X",
+            "POST",
+            "-d",
+            "{\"method\":\"session-get\"}",
+            "-D",
+            "-",
+        ],
+    ));
+    assert_eq!(code, 409, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-transmission-session-id:"),
+        "{head}"
+    );
+}

@@ -18,7 +18,7 @@
 //!   came from this server's page (`Host`, `Origin`), and the headers every answer carries;
 //! - the routes: [`api`] (the page's JSON, in the CLI's vocabulary), [`events`] (server-sent
 //!   events woken by the board), [`files`] (a torrent's files with `Range`, while they
-//!   download);
+//!   download), [`rpc`] (Transmission's RPC);
 //! - [`link`]: the patron connections to the broker and the board, the only door to it.
 
 pub mod access;
@@ -28,6 +28,7 @@ mod events;
 mod files;
 pub mod link;
 pub mod listen;
+mod rpc;
 
 use std::sync::Arc;
 
@@ -41,6 +42,8 @@ pub struct Web {
     pub access: access::Access,
     /// Files being served.
     streams: files::Streams,
+    /// Transmission's session id, for this process's life.
+    rpc_session: String,
 }
 
 impl Web {
@@ -50,6 +53,7 @@ impl Web {
             link,
             access,
             streams: files::Streams::default(),
+            rpc_session: rpc::new_session(),
         }
     }
 }
@@ -72,6 +76,9 @@ fn router(web: Shared) -> axum::Router {
         .route("/api/events", get(events::stream))
         .route("/api/{*rest}", axum::routing::any(api::not_found))
         .route("/files/{id}/{*file}", get(files::serve))
+        .route("/transmission/rpc", post(rpc::handle))
+        // transmission-remote asks for it with a trailing slash.
+        .route("/transmission/rpc/", post(rpc::handle))
         .fallback(assets::serve)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(

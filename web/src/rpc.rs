@@ -1,0 +1,576 @@
+//! Transmission's RPC at `/transmission/rpc`: the subset transmission-remote, the
+//! `transmission-rpc` Python package, Sonarr and Flexget use (DESIGN §11).
+//!
+//! The session-id exchange is Transmission's: a request without the current
+//! `X-Transmission-Session-Id` gets 409 with it (a CSRF guard of its own, beside the access
+//! checks every request passes). Torrent ids are the broker's. Status fields come off the
+//! board, as `list` reads them; files and peers are asked of the broker only when a request
+//! names those fields. A method or an argument this broker does not have is answered in
+//! Transmission's own shape: `{"result": "<why>"}`, never a silent success.
+
+use crate::link::Torrents;
+use crate::Shared;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use patron_client::proto::{
+    CreateNewTorrent, FileRef, TorrentRef, TorrentSource, TorrentState, TorrentSummary,
+};
+use patron_client::{Created, Error};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// The header Transmission's clients echo.
+pub const SESSION_HEADER: &str = "x-transmission-session-id";
+
+/// The RPC version this speaks (Transmission 3.00's), and the oldest it answers.
+const RPC_VERSION: u64 = 17;
+const RPC_VERSION_MINIMUM: u64 = 14;
+
+/// The handler.
+pub async fn handle(State(web): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let session = &web.rpc_session;
+    let presented = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
+    if presented != Some(session.as_str()) {
+        let mut response = (
+            StatusCode::CONFLICT,
+            "<h1>409: Conflict</h1><p>Your request had an invalid session-id header.</p>",
+        )
+            .into_response();
+        if let Ok(value) = HeaderValue::from_str(session) {
+            response.headers_mut().insert(SESSION_HEADER, value);
+        }
+        return response;
+    }
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return axum::Json(json!({"result": format!("the request is not JSON: {e}")}))
+                .into_response()
+        }
+    };
+    let tag = request.get("tag").cloned();
+    let method = request["method"].as_str().unwrap_or("").to_owned();
+    let arguments = match request.get("arguments") {
+        Some(Value::Object(arguments)) => arguments.clone(),
+        _ => Map::new(),
+    };
+    let answered = call(&web, &method, &arguments).await;
+    let mut reply = match answered {
+        Ok(arguments) => json!({"result": "success", "arguments": arguments}),
+        Err(why) => json!({"result": why, "arguments": {}}),
+    };
+    if let Some(tag) = tag {
+        reply["tag"] = tag;
+    }
+    axum::Json(reply).into_response()
+}
+
+/// One method.
+async fn call(web: &Shared, method: &str, arguments: &Map<String, Value>) -> Result<Value, String> {
+    match method {
+        "session-get" => session_get(web).await,
+        "session-stats" => Ok(session_stats(&web.link.torrents().borrow())),
+        "torrent-get" => torrent_get(web, arguments).await,
+        "torrent-add" => torrent_add(web, arguments).await,
+        "torrent-start" | "torrent-start-now" => each(web, arguments, Action::Start).await,
+        "torrent-stop" => each(web, arguments, Action::Stop).await,
+        "torrent-verify" => each(web, arguments, Action::Verify).await,
+        "torrent-remove" => {
+            let delete = arguments
+                .get("delete-local-data")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            each(web, arguments, Action::Remove { delete }).await
+        }
+        "torrent-set" => torrent_set(web, arguments).await,
+        "free-space" => free_space(arguments),
+        "session-set" => Err("session-set: the broker's settings are its own (broker.toml, its options); none is changed here".into()),
+        "torrent-set-location" | "torrent-rename-path" => Err(format!("{method}: not supported by this broker yet")),
+        "queue-move-top" | "queue-move-up" | "queue-move-down" | "queue-move-bottom" => {
+            Err(format!("{method}: this broker has no queue yet"))
+        }
+        "port-test" | "blocklist-update" => Err(format!("{method}: not supported by this broker")),
+        "" => Err("no method named".into()),
+        _ => Err("method name not recognized".into()),
+    }
+}
+
+fn failure(error: Error) -> String {
+    match patron_client::proto_error(&error) {
+        Some(e) => e.message.clone(),
+        None => error.to_string(),
+    }
+}
+
+async fn session_get(web: &Shared) -> Result<Value, String> {
+    let info = web
+        .link
+        .call(|patron| patron.broker_info())
+        .await
+        .map_err(failure)?;
+    let port = info
+        .listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(0);
+    let download_dir = info.download_roots.first().cloned().unwrap_or_default();
+    Ok(json!({
+        "version": format!("3.00 (torrent-patron {})", info.version),
+        "rpc-version": RPC_VERSION,
+        "rpc-version-minimum": RPC_VERSION_MINIMUM,
+        "session-id": web.rpc_session,
+        "download-dir": download_dir,
+        "config-dir": info.state_dir,
+        "peer-port": port,
+        "peer-port-random-on-start": false,
+        "port-forwarding-enabled": false,
+        "dht-enabled": !info.loopback_only,
+        "lpd-enabled": false,
+        "pex-enabled": false,
+        "utp-enabled": false,
+        "encryption": "preferred",
+        "speed-limit-down-enabled": false,
+        "speed-limit-up-enabled": false,
+        "speed-limit-down": 0,
+        "speed-limit-up": 0,
+        "alt-speed-enabled": false,
+        "alt-speed-down": 0,
+        "alt-speed-up": 0,
+        "seedRatioLimited": false,
+        "seedRatioLimit": 0.0,
+        "idle-seeding-limit-enabled": false,
+        "idle-seeding-limit": 0,
+        "download-queue-enabled": false,
+        "download-queue-size": 0,
+        "seed-queue-enabled": false,
+        "seed-queue-size": 0,
+        "start-added-torrents": true,
+        "rename-partial-files": false,
+        "incomplete-dir-enabled": false,
+        "incomplete-dir": "",
+        "units": {
+            "speed-units": ["kB/s", "MB/s", "GB/s", "TB/s"], "speed-bytes": 1000,
+            "size-units": ["kB", "MB", "GB", "TB"], "size-bytes": 1000,
+            "memory-units": ["KiB", "MiB", "GiB", "TiB"], "memory-bytes": 1024,
+        },
+    }))
+}
+
+fn session_stats(torrents: &Arc<Torrents>) -> Value {
+    let list = &torrents.list;
+    let paused = list
+        .iter()
+        .filter(|t| matches!(t.status.state, TorrentState::Paused))
+        .count();
+    let down: u64 = list.iter().map(|t| t.status.download_rate).sum();
+    let up: u64 = list.iter().map(|t| t.status.upload_rate).sum();
+    let uploaded: u64 = list.iter().map(|t| t.status.uploaded).sum();
+    let stats = json!({
+        "uploadedBytes": uploaded, "downloadedBytes": 0, "filesAdded": 0,
+        "sessionCount": 1, "secondsActive": 0,
+    });
+    json!({
+        "activeTorrentCount": list.len() - paused,
+        "pausedTorrentCount": paused,
+        "torrentCount": list.len(),
+        "downloadSpeed": down,
+        "uploadSpeed": up,
+        "cumulative-stats": stats,
+        "current-stats": stats,
+    })
+}
+
+/// The torrents `ids` names (absent: all; a number, a hash, a list of them, or
+/// "recently-active"), as the board shows them.
+fn chosen(
+    torrents: &Torrents,
+    arguments: &Map<String, Value>,
+) -> Result<Vec<TorrentSummary>, String> {
+    let Some(ids) = arguments.get("ids") else {
+        return Ok(torrents.list.clone());
+    };
+    let wanted: Vec<&Value> = match ids {
+        Value::Array(ids) => ids.iter().collect(),
+        Value::String(s) if s == "recently-active" => {
+            return Ok(torrents
+                .list
+                .iter()
+                .filter(|t| t.status.download_rate > 0 || t.status.upload_rate > 0)
+                .cloned()
+                .collect())
+        }
+        one => vec![one],
+    };
+    let mut found = Vec::new();
+    for id in wanted {
+        let torrent = match id {
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| torrents.list.iter().find(|t| t.info.id.0 == n)),
+            Value::String(s) => match TorrentRef::parse(s) {
+                Some(TorrentRef::Id(id)) => torrents.list.iter().find(|t| t.info.id == id),
+                Some(TorrentRef::InfoHash(hash)) => {
+                    torrents.list.iter().find(|t| t.info.info_hash == hash)
+                }
+                None => return Err(format!("{s:?} is neither a torrent id nor an info hash")),
+            },
+            other => return Err(format!("{other} is not a torrent id")),
+        };
+        // Transmission leaves out ids it does not have.
+        if let Some(torrent) = torrent {
+            found.push(torrent.clone());
+        }
+    }
+    Ok(found)
+}
+
+/// Transmission's status numbers: 0 stopped, 2 checking, 4 downloading, 6 seeding.
+fn status_number(state: &TorrentState) -> u64 {
+    match state {
+        TorrentState::Paused | TorrentState::Error(_) => 0,
+        TorrentState::Checking => 2,
+        TorrentState::ResolvingMetadata | TorrentState::Downloading => 4,
+        TorrentState::Seeding => 6,
+    }
+}
+
+/// Fields that need the broker (not on the board).
+const FILE_FIELDS: [&str; 5] = ["files", "fileStats", "wanted", "priorities", "fileCount"];
+
+async fn torrent_get(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
+    let fields: Vec<String> = match arguments.get("fields") {
+        Some(Value::Array(fields)) => fields
+            .iter()
+            .filter_map(|f| f.as_str().map(str::to_owned))
+            .collect(),
+        _ => return Err("torrent-get needs \"fields\"".into()),
+    };
+    let torrents = web.link.torrents().borrow().clone();
+    let chosen = chosen(&torrents, arguments)?;
+    let wants_files = fields.iter().any(|f| FILE_FIELDS.contains(&f.as_str()));
+    let wants_peers = fields.iter().any(|f| f == "peers");
+    let mut out = Vec::with_capacity(chosen.len());
+    for torrent in &chosen {
+        let mut object = Map::new();
+        for field in &fields {
+            if let Some(value) = field_of(torrent, field) {
+                object.insert(field.clone(), value);
+            }
+        }
+        let id = TorrentRef::Id(torrent.info.id);
+        if wants_files {
+            if let Ok(list) = web.link.call(move |patron| patron.files(id)).await {
+                add_file_fields(&mut object, &fields, &list.files);
+            }
+        }
+        if wants_peers {
+            if let Ok(list) = web.link.call(move |patron| patron.peers(id)).await {
+                let peers: Vec<Value> = list
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        let (address, port) =
+                            p.address.rsplit_once(':').unwrap_or((&p.address, "0"));
+                        json!({
+                            "address": address.trim_start_matches('[').trim_end_matches(']'),
+                            "port": port.parse::<u16>().unwrap_or(0),
+                            "clientName": p.client.clone().unwrap_or_default(),
+                            "isIncoming": p.incoming,
+                            "rateToClient": p.download_rate,
+                            "rateToPeer": p.upload_rate,
+                            "progress": p.progress.unwrap_or(0.0),
+                            "flagStr": "",
+                            "isEncrypted": false,
+                            "isUTP": false,
+                        })
+                    })
+                    .collect();
+                object.insert("peers".into(), Value::Array(peers));
+            }
+        }
+        out.push(Value::Object(object));
+    }
+    Ok(json!({"torrents": out}))
+}
+
+/// One field of a torrent, from what the board shows; `None` for a field this broker does
+/// not know (Transmission leaves such fields out too).
+fn field_of(torrent: &TorrentSummary, field: &str) -> Option<Value> {
+    let s = &torrent.status;
+    let i = &torrent.info;
+    let error = match &s.state {
+        TorrentState::Error(why) => Some(why.clone()),
+        _ => None,
+    };
+    let left = s.bytes_total.saturating_sub(s.bytes_done);
+    Some(match field {
+        "id" => json!(i.id.0),
+        "name" => json!(i.name),
+        "hashString" => json!(i.info_hash.to_string()),
+        "status" => json!(status_number(&s.state)),
+        "percentDone" => json!(s.progress),
+        "percentComplete" => json!(s.progress),
+        "metadataPercentComplete" => {
+            json!(if matches!(s.state, TorrentState::ResolvingMetadata) {
+                0.0
+            } else {
+                1.0
+            })
+        }
+        "recheckProgress" => json!(if matches!(s.state, TorrentState::Checking) {
+            s.progress
+        } else {
+            0.0
+        }),
+        "totalSize" | "sizeWhenDone" => json!(s.bytes_total),
+        "leftUntilDone" => json!(left),
+        "desiredAvailable" => json!(left),
+        "haveValid" => json!(s.bytes_done),
+        "haveUnchecked" | "corruptEver" | "downloadedEver" => json!(0),
+        "uploadedEver" => json!(s.uploaded),
+        "uploadRatio" => json!(if s.bytes_done == 0 {
+            -1.0
+        } else {
+            s.uploaded as f64 / s.bytes_done as f64
+        }),
+        "rateDownload" => json!(s.download_rate),
+        "rateUpload" => json!(s.upload_rate),
+        // -1: not available, as Transmission says.
+        "eta" | "etaIdle" => json!(s
+            .eta_secs
+            .map_or(-1, |e| i64::try_from(e).unwrap_or(i64::MAX))),
+        "peersConnected" => json!(s.peers),
+        "peersSendingToUs" => json!(if s.download_rate > 0 { s.peers } else { 0 }),
+        "peersGettingFromUs" => json!(if s.upload_rate > 0 { s.peers } else { 0 }),
+        "webseedsSendingToUs" => json!(0),
+        // Transmission's "finished" is "reached its seeding limit" (and stopped): never, yet.
+        "isFinished" => json!(false),
+        "isStalled" => json!(false),
+        "isPrivate" => json!(false),
+        "error" => json!(if error.is_some() { 3 } else { 0 }),
+        "errorString" => json!(error.unwrap_or_default()),
+        "downloadDir" => json!(i.save_folder),
+        "queuePosition" => json!(i.id.0),
+        "labels" | "trackers" | "trackerStats" | "webseeds" => json!([]),
+        "seedRatioMode" | "seedIdleMode" | "bandwidthPriority" => json!(0),
+        "seedRatioLimit" => json!(0.0),
+        "seedIdleLimit" => json!(0),
+        "downloadLimited" | "uploadLimited" | "honorsSessionLimits" => json!(false),
+        "downloadLimit" | "uploadLimit" => json!(0),
+        "magnetLink" => json!(format!("magnet:?xt=urn:btih:{}", i.info_hash)),
+        "comment" | "creator" => json!(""),
+        "addedDate" | "doneDate" | "activityDate" | "startDate" | "dateCreated" => json!(0),
+        "secondsDownloading" | "secondsSeeding" => json!(0),
+        _ => return None,
+    })
+}
+
+fn add_file_fields(
+    object: &mut Map<String, Value>,
+    fields: &[String],
+    files: &[patron_client::proto::FileEntry],
+) {
+    for field in fields {
+        let value = match field.as_str() {
+            "files" => json!(files
+                .iter()
+                .map(|f| json!({"name": f.path, "length": f.size, "bytesCompleted": f.bytes_done}))
+                .collect::<Vec<_>>()),
+            "fileStats" => json!(files
+                .iter()
+                .map(
+                    |f| json!({"bytesCompleted": f.bytes_done, "wanted": f.selected, "priority": 0})
+                )
+                .collect::<Vec<_>>()),
+            "wanted" => json!(files
+                .iter()
+                .map(|f| u8::from(f.selected))
+                .collect::<Vec<_>>()),
+            "priorities" => json!(files.iter().map(|_| 0).collect::<Vec<_>>()),
+            "fileCount" => json!(files.len()),
+            _ => continue,
+        };
+        object.insert(field.clone(), value);
+    }
+}
+
+async fn torrent_add(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
+    let source = match (
+        arguments.get("metainfo").and_then(Value::as_str),
+        arguments.get("filename").and_then(Value::as_str),
+    ) {
+        (Some(metainfo), _) => {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(metainfo.trim())
+                .map_err(|e| format!("metainfo is not base64: {e}"))?;
+            TorrentSource::TorrentFile(bytes)
+        }
+        (None, Some(name)) if name.starts_with("magnet:") => TorrentSource::Magnet(name.to_owned()),
+        (None, Some(name)) if name.starts_with("http://") || name.starts_with("https://") => {
+            return Err("this broker fetches nothing from the web: download the .torrent first and send it as metainfo".into())
+        }
+        (None, Some(path)) => TorrentSource::TorrentFile(read_torrent_file(path)?),
+        (None, None) => return Err("torrent-add needs \"filename\" or \"metainfo\"".into()),
+    };
+    let mut create = CreateNewTorrent::new(source);
+    create.output = arguments
+        .get("download-dir")
+        .and_then(Value::as_str)
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned);
+    create.paused = arguments
+        .get("paused")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if let Some(Value::Array(wanted)) = arguments.get("files-wanted") {
+        let only: Vec<FileRef> = wanted
+            .iter()
+            .filter_map(Value::as_u64)
+            .filter_map(|n| u32::try_from(n).ok())
+            .map(FileRef::Index)
+            .collect();
+        if !only.is_empty() {
+            create.only_files = Some(only);
+        }
+    }
+    let created = web
+        .link
+        .call(move |patron| patron.create(create))
+        .await
+        .map_err(failure)?;
+    let (key, info) = match &created {
+        Created::New(info) => ("torrent-added", info),
+        Created::AlreadyDownloading(info, _) => ("torrent-duplicate", info),
+    };
+    Ok(
+        json!({ key: {"id": info.id.0, "name": info.name, "hashString": info.info_hash.to_string()} }),
+    )
+}
+
+/// A .torrent named by path: a regular file, read up to the broker's largest request (a
+/// FIFO or `/dev/zero` would otherwise hold this process or fill its memory).
+fn read_torrent_file(path: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let plain = |e: std::io::Error| format!("cannot read {path}: {}", patron_client::plain_io_error(&e));
+    let file = std::fs::File::open(path).map_err(plain)?;
+    if !file.metadata().map_err(plain)?.is_file() {
+        return Err(format!("{path} is not a .torrent file (not a regular file)"));
+    }
+    let most = patron_client::proto::MAX_REQUEST_BYTES as u64;
+    let mut bytes = Vec::new();
+    file.take(most + 1).read_to_end(&mut bytes).map_err(plain)?;
+    if bytes.len() as u64 > most {
+        return Err(format!("{path} is larger than any .torrent the broker takes"));
+    }
+    Ok(bytes)
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Start,
+    Stop,
+    Verify,
+    Remove { delete: bool },
+}
+
+/// An action on every torrent `ids` names; the first failure is the answer's result.
+async fn each(
+    web: &Shared,
+    arguments: &Map<String, Value>,
+    action: Action,
+) -> Result<Value, String> {
+    let torrents = web.link.torrents().borrow().clone();
+    let chosen = chosen(&torrents, arguments)?;
+    for torrent in chosen {
+        let id = TorrentRef::Id(torrent.info.id);
+        let done = web
+            .link
+            .call(move |patron| match action {
+                // Starting a torrent that runs is a success in Transmission.
+                Action::Start
+                    if !matches!(
+                        torrent.status.state,
+                        TorrentState::Paused | TorrentState::Error(_)
+                    ) =>
+                {
+                    Ok(())
+                }
+                Action::Start => patron.resume(id).map(drop),
+                Action::Stop if matches!(torrent.status.state, TorrentState::Paused) => Ok(()),
+                Action::Stop => patron.pause(id).map(drop),
+                Action::Verify => patron.recheck(id).map(drop),
+                // The web patron holds nothing: a remove stops it for everyone, as
+                // Transmission's does.
+                Action::Remove { delete } => patron.close(id, delete, true).map(drop),
+            })
+            .await;
+        done.map_err(failure)?;
+    }
+    Ok(json!({}))
+}
+
+async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
+    const TAKEN: [&str; 3] = ["ids", "files-wanted", "files-unwanted"];
+    if let Some(other) = arguments.keys().find(|k| !TAKEN.contains(&k.as_str())) {
+        return Err(format!(
+            "torrent-set: {other} is not supported by this broker yet"
+        ));
+    }
+    let indices = |key: &str| -> Vec<u32> {
+        match arguments.get(key) {
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(Value::as_u64)
+                .filter_map(|n| u32::try_from(n).ok())
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let (wanted, unwanted) = (indices("files-wanted"), indices("files-unwanted"));
+    if wanted.is_empty() && unwanted.is_empty() {
+        return Ok(json!({}));
+    }
+    let torrents = web.link.torrents().borrow().clone();
+    for torrent in chosen(&torrents, arguments)? {
+        let id = TorrentRef::Id(torrent.info.id);
+        let (wanted, unwanted) = (wanted.clone(), unwanted.clone());
+        web.link
+            .call(move |patron| {
+                let files = patron.files(id)?;
+                let only: Vec<FileRef> = files
+                    .files
+                    .iter()
+                    .filter(|f| {
+                        (f.selected || wanted.contains(&f.index)) && !unwanted.contains(&f.index)
+                    })
+                    .map(|f| FileRef::Index(f.index))
+                    .collect();
+                patron.select_files(id, only).map(drop)
+            })
+            .await
+            .map_err(failure)?;
+    }
+    Ok(json!({}))
+}
+
+fn free_space(arguments: &Map<String, Value>) -> Result<Value, String> {
+    let path = arguments
+        .get("path")
+        .and_then(Value::as_str)
+        .ok_or("free-space needs \"path\"")?;
+    let stat = nix::sys::statvfs::statvfs(path).map_err(|e| format!("{path}: {e}"))?;
+    let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+    let total = stat.blocks().saturating_mul(stat.fragment_size());
+    Ok(json!({"path": path, "size-bytes": free, "total_size": total}))
+}
+
+/// A session id for this process's life: 48 random hex digits.
+pub fn new_session() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
