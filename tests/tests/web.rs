@@ -439,3 +439,59 @@ fn transmission_remote_drives_the_broker_through_the_rpc() {
         "{head}"
     );
 }
+
+/// `/metrics` in Prometheus' text format, and a torrent's media files as an `.m3u` whose
+/// entries a player opens (the token in the URL).
+#[test]
+fn metrics_and_a_playlist() {
+    if !have_curl() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let folder = sandbox.folder("local/show");
+    sandbox.random_file("local/show/episode.mp4", 30_000);
+    sandbox.random_file("local/show/notes.txt", 1_000);
+    let mut patron = sandbox.patron(&state);
+    e2e::make_and_seed(&mut patron, &folder);
+    drop(patron);
+    wait_for("the torrent to seed", STEP_TIMEOUT, || {
+        e2e::status_json(&sandbox, &state, "0")["state"] == "seeding"
+    });
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let (code, metrics) = Web::answer(&web.curl("/metrics", &[]));
+    assert_eq!(code, 200, "{metrics}");
+    for line in [
+        "# TYPE torrent_patron_torrents gauge",
+        "torrent_patron_torrents{state=\"seeding\"} 1",
+        "torrent_patron_broker_up 1",
+        "torrent_patron_budget{budget=\"unread_bytes\",of=\"limit\"}",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing:\n{metrics}");
+    }
+    let (code, playlist) = Web::answer(&web.curl("/api/torrents/0/playlist.m3u", &[]));
+    assert_eq!(code, 200, "{playlist}");
+    let entries: Vec<&str> = playlist
+        .lines()
+        .filter(|l| l.starts_with("http://"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{playlist}");
+    assert!(
+        playlist.contains("episode.mp4") && !playlist.contains("notes.txt"),
+        "{playlist}"
+    );
+    // The entry plays as written: the player's request carries the token.
+    let mut player = Command::new("curl");
+    player.args([
+        "-sS",
+        "--max-time",
+        "30",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        entries[0],
+    ]);
+    assert_eq!(run(player).stdout.trim(), "200");
+}

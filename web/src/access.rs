@@ -64,6 +64,11 @@ impl Access {
         }
     }
 
+    /// The token, on TCP.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The cookie the page gets for the token.
     pub fn cookie(&self) -> Option<String> {
         self.token

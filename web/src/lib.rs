@@ -28,6 +28,7 @@ mod events;
 mod files;
 pub mod link;
 pub mod listen;
+mod metrics;
 mod rpc;
 
 use std::sync::Arc;
@@ -72,6 +73,8 @@ fn router(web: Shared) -> axum::Router {
             get(api::files).post(api::select),
         )
         .route("/api/torrents/{id}/peers", get(api::peers))
+        .route("/api/torrents/{id}/playlist.m3u", get(metrics::playlist))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/torrents/{id}/{action}", post(api::act))
         .route("/api/events", get(events::stream))
         .route("/api/{*rest}", axum::routing::any(api::not_found))

@@ -454,16 +454,21 @@ async fn torrent_add(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
 /// FIFO or `/dev/zero` would otherwise hold this process or fill its memory).
 fn read_torrent_file(path: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let plain = |e: std::io::Error| format!("cannot read {path}: {}", patron_client::plain_io_error(&e));
+    let plain =
+        |e: std::io::Error| format!("cannot read {path}: {}", patron_client::plain_io_error(&e));
     let file = std::fs::File::open(path).map_err(plain)?;
     if !file.metadata().map_err(plain)?.is_file() {
-        return Err(format!("{path} is not a .torrent file (not a regular file)"));
+        return Err(format!(
+            "{path} is not a .torrent file (not a regular file)"
+        ));
     }
     let most = patron_client::proto::MAX_REQUEST_BYTES as u64;
     let mut bytes = Vec::new();
     file.take(most + 1).read_to_end(&mut bytes).map_err(plain)?;
     if bytes.len() as u64 > most {
-        return Err(format!("{path} is larger than any .torrent the broker takes"));
+        return Err(format!(
+            "{path} is larger than any .torrent the broker takes"
+        ));
     }
     Ok(bytes)
 }
