@@ -495,3 +495,53 @@ fn metrics_and_a_playlist() {
     ]);
     assert_eq!(run(player).stdout.trim(), "200");
 }
+
+/// The `transmission-rpc` package from PyPI (what Sonarr-like Python tools use): add, list
+/// with the fields it asks for, start, stop, remove with the data.
+#[test]
+fn the_python_transmission_rpc_package_drives_the_broker() {
+    let have = Command::new("python3")
+        .args(["-c", "import transmission_rpc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !e2e::require(
+        have,
+        "the transmission-rpc Python package",
+        "pip install transmission-rpc",
+    ) {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("local/movie.bin", 200_000);
+    let torrent = sandbox.path("movie.torrent");
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let mut make = sandbox.client(&state);
+    make.arg("make").arg(&data).arg("--output").arg(&torrent);
+    run(make).expect_code(0);
+    let downloads = sandbox.folder("downloads");
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let (host, port) = web.addr.rsplit_once(':').expect("addr");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/transmission_rpc_client.py");
+    let mut python = Command::new("python3");
+    python
+        .arg(script)
+        .args([host, port, &web.token])
+        .arg(&torrent)
+        .arg(&downloads);
+    let out = run(python).expect_code(0);
+    let seen: Value = serde_json::from_str(out.stdout.trim()).expect(&out.stdout);
+    assert_eq!(seen["added_name"], "movie.bin", "{seen}");
+    assert_eq!(seen["names"], serde_json::json!(["movie.bin"]), "{seen}");
+    assert_eq!(seen["status_paused"], "stopped", "{seen}");
+    assert_eq!(
+        seen["download_dir"],
+        downloads.display().to_string(),
+        "{seen}"
+    );
+    assert_eq!(seen["total_size"], 200_000, "{seen}");
+    assert_eq!(seen["status_started"], "downloading", "{seen}");
+    assert_eq!(seen["status_stopped"], "stopped", "{seen}");
+    assert_eq!(seen["after_remove"], serde_json::json!([]), "{seen}");
+}
