@@ -545,3 +545,123 @@ fn the_python_transmission_rpc_package_drives_the_broker() {
     assert_eq!(seen["status_stopped"], "stopped", "{seen}");
     assert_eq!(seen["after_remove"], serde_json::json!([]), "{seen}");
 }
+
+/// The page in a real browser (Debian's chromium, headless, driven by playwright-core; see
+/// tests/browser/page.mjs): signed in by the URL's token, a bar moving while its torrent
+/// downloads from a throttled seeder, an add by magnet, a pause, files chosen, a close with
+/// its data behind the confirmation, a phone-sized dark window; a change from another
+/// origin, a wrong token and another Host each refused. Screenshots are kept in
+/// target/web-screenshots.
+#[test]
+fn the_page_works_in_a_real_browser() {
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    let have = std::path::Path::new("/usr/bin/chromium").is_file()
+        && browser_dir.join("node_modules/playwright-core").is_dir()
+        && e2e::have_program("node", "nodejs");
+    if !e2e::require(
+        have,
+        "chromium, node and playwright-core",
+        "apt-get install chromium nodejs npm; npm ci --prefix tests/browser (scripts/test does both)",
+    ) {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    // Torrent 0: two files from a throttled seeder (~10 s), so the bar has time to move.
+    let pair = sandbox.folder("seed/pair");
+    sandbox.random_file("seed/pair/first.bin", 1_500_000);
+    sandbox.random_file("seed/pair/second.bin", 1_000_000);
+    let slow = e2e::Seeder::start(
+        &sandbox,
+        "slow-seeder",
+        &pair,
+        16 * 1024,
+        &["--max-upload-rate", "256K"],
+    );
+    // Torrent 1, by magnet, from another seeder.
+    let other = sandbox.random_file("seed2/other.bin", 100_000);
+    let fast = e2e::Seeder::start(&sandbox, "fast-seeder", &other, 16 * 1024, &[]);
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{}&dn=other.bin&x.pe={}",
+        fast.info_hash,
+        fast.broker.peer()
+    );
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let downloads = sandbox.folder("downloads");
+    let mut patron = sandbox.patron(&state);
+    patron.create(slow.create_request(&downloads)).expect("add");
+    drop(patron);
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/web-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshots folder");
+
+    let mut node = Command::new("node");
+    node.current_dir(&browser_dir)
+        .arg("page.mjs")
+        .arg(format!("http://{}/#token={}", web.addr, web.token))
+        .arg(&magnet)
+        .arg(&shots);
+    e2e::die_with_parent(&mut node);
+    let out = Running::start(node).finish(std::time::Duration::from_secs(120));
+    let steps: Vec<Value> = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name}: {}\n{}", out.stdout, out.stderr))
+            .clone()
+    };
+    assert_eq!(out.code(), 0, "{}\n{}", out.stdout, out.stderr);
+    for name in [
+        "signed-in",
+        "bar-moved",
+        "added-by-magnet",
+        "paused",
+        "files-chosen",
+        "closed-with-data",
+        "done",
+    ] {
+        step(name);
+    }
+    assert!(
+        step("phone")["scroll_width"]
+            .as_u64()
+            .is_some_and(|w| w <= 380),
+        "{steps:?}"
+    );
+    assert!(step("wrong-token-refused")["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    assert_eq!(step("other-host")["status"], 403, "{steps:?}");
+
+    // What the page did, as the broker has it.
+    let files = e2e::ok_json(&sandbox, &state, &["files", "0"]);
+    let selected: Vec<bool> = files["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f["selected"].as_bool().unwrap_or(true))
+        .collect();
+    assert_eq!(selected, [true, false], "{files}");
+    let (code, _) = e2e::client_json(&sandbox, &state, &["status", "1"]);
+    assert_eq!(code, 1, "the torrent closed from the page is gone");
+    assert!(
+        !downloads.join("other.bin").exists(),
+        "its data was deleted"
+    );
+    // The cross-origin POST paused nothing.
+    assert_ne!(e2e::status_json(&sandbox, &state, "0")["state"], "paused");
+    for shot in [
+        "1-list.png",
+        "2-added.png",
+        "3-files.png",
+        "4-confirm.png",
+        "5-phone-dark.png",
+    ] {
+        assert!(shots.join(shot).is_file(), "no screenshot {shot}");
+    }
+}
