@@ -665,3 +665,63 @@ fn the_page_works_in_a_real_browser() {
         assert!(shots.join(shot).is_file(), "no screenshot {shot}");
     }
 }
+
+/// 1,000 HTTP clients at once that send nothing, and one that asks for a file and never
+/// reads it: the web patron serves on, the broker's other patrons are answered at once, and
+/// the silent clients are closed after the header timeout (slowloris).
+#[test]
+fn a_thousand_silent_clients_and_one_that_never_reads_hurt_nobody() {
+    if !have_curl() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let data = sandbox.random_file("local/big.bin", 8 * 1024 * 1024);
+    let mut patron = sandbox.patron(&state);
+    e2e::make_and_seed(&mut patron, &data);
+    drop(patron);
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let silent: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(&web.addr).expect("connect"))
+        .collect();
+    // A reader that asks for the whole file and never reads a byte of it.
+    let mut stuck = std::net::TcpStream::connect(&web.addr).expect("connect");
+    use std::io::Write;
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("any:{}", web.token))
+    };
+    write!(
+        stuck,
+        "GET /files/0/0 HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {auth}\r\n\r\n",
+        web.addr
+    )
+    .expect("ask");
+    // The broker answers its other patrons at once; the web patron serves a new client.
+    let started = std::time::Instant::now();
+    let (code, _) = e2e::client_json(&sandbox, &state, &["status", "0"]);
+    assert_eq!(code, 0);
+    let (code, body) = Web::answer(&web.curl("/api/torrents", &[]));
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Past the header timeout, the silent ones are closed by the server.
+    let mut closed = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for mut stream in silent {
+        use std::io::Read;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        stream
+            .set_read_timeout(Some(left.max(std::time::Duration::from_millis(10))))
+            .expect("timeout");
+        if matches!(stream.read(&mut [0u8; 1]), Ok(0)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1000, "silent clients still held");
+    drop(stuck);
+}

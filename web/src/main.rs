@@ -30,6 +30,14 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Every HTTP client is a descriptor: take what the hard limit allows (the listener
+    // bounds connections itself, at listen::MAX_CONNECTIONS).
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
