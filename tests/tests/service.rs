@@ -168,6 +168,19 @@ fn the_install_script_puts_everything_where_a_user_session_finds_it() {
     );
     assert!(unit.contains("Type=notify") && unit.contains("Restart=on-failure"));
     assert!(exec.contains("--state-dir %S/torrent-patron"), "{exec}");
+    // The web patron's unit beside it: the same state dir, loopback, never a broker of its own.
+    let web = std::fs::read_to_string(h.join(".config/systemd/user/torrent-web.service")).unwrap();
+    let exec = web
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    assert!(
+        exec.starts_with(&h.join(".local/bin/torrent-web").display().to_string())
+            && exec.contains("--state-dir %S/torrent-patron")
+            && exec.contains("--listen 127.0.0.1:")
+            && exec.contains("--no-autostart"),
+        "{exec}"
+    );
     // systemd must accept the unit without a warning.
     if e2e::have_program("systemd-analyze", "systemd") {
         let runtime = tempfile::tempdir().unwrap();
@@ -175,7 +188,8 @@ fn the_install_script_puts_everything_where_a_user_session_finds_it() {
         verify
             .env("XDG_RUNTIME_DIR", runtime.path())
             .args(["--user", "verify", "--man=no"])
-            .arg(h.join(".config/systemd/user/torrent-broker.service"));
+            .arg(h.join(".config/systemd/user/torrent-broker.service"))
+            .arg(h.join(".config/systemd/user/torrent-web.service"));
         let out = verify.output().unwrap();
         let complaints = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -187,7 +201,7 @@ fn the_install_script_puts_everything_where_a_user_session_finds_it() {
 
 #[test]
 fn both_programs_say_their_version() {
-    for program in ["torrent-broker", "patron-client"] {
+    for program in ["torrent-broker", "patron-client", "torrent-web"] {
         let mut cmd = Command::new(bin(program));
         cmd.arg("--version");
         let out = run(cmd).expect_code(0);
