@@ -14,6 +14,7 @@ mod scaling;
 mod stream;
 mod swarm;
 mod wake;
+mod web;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -94,6 +95,9 @@ enum Bench {
     /// (beside the whole download at that rate), and in-order read throughput from an
     /// unthrottled one (beside the plain download)
     Stream(stream::StreamBench),
+    /// The web patron: torrent-get of many torrents beside transmission-daemon's, the first
+    /// MiB of a Range near the end of a throttled torrent, a state change reaching the page
+    Web(web::WebBench),
     /// Download speed through the broker beside a raw librqbit session, aria2c and
     /// libtorrent, all fetching from one raw librqbit seeder on 127.0.0.1
     Download {
@@ -303,6 +307,7 @@ fn main() -> anyhow::Result<()> {
             client,
         } => concurrent_start(state_dir, count, client),
         Bench::Stream(bench) => stream::run(bench),
+        Bench::Web(bench) => web::run(bench),
         Bench::Download {
             state_dir,
             work,

@@ -141,7 +141,7 @@ pub fn run(bench: StreamBench) -> anyhow::Result<()> {
 }
 
 /// A payload of `mib` MiB under `work/name`, its .torrent, and a seeder of it.
-fn seed(
+pub(crate) fn seed(
     runtime: &tokio::runtime::Runtime,
     work: &Path,
     name: &str,
@@ -162,13 +162,13 @@ fn seed(
     Ok((made.bytes, seeder))
 }
 
-fn fresh(work: &Path, name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn fresh(work: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let folder = work.join(name);
     std::fs::create_dir_all(&folder)?;
     Ok(folder)
 }
 
-fn add(
+pub(crate) fn add(
     patron: &mut Patron,
     torrent: &[u8],
     folder: &Path,
@@ -184,7 +184,7 @@ fn add(
 }
 
 /// Until the torrent's completion reaches this patron (pushed at once).
-fn wait_complete(patron: &mut Patron, id: TorrentId) -> anyhow::Result<()> {
+pub(crate) fn wait_complete(patron: &mut Patron, id: TorrentId) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -197,7 +197,7 @@ fn wait_complete(patron: &mut Patron, id: TorrentId) -> anyhow::Result<()> {
 }
 
 /// Until some of the torrent has arrived.
-fn wait_flowing(patron: &mut Patron, id: TorrentId) -> anyhow::Result<()> {
+pub(crate) fn wait_flowing(patron: &mut Patron, id: TorrentId) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while patron.status(TorrentRef::Id(id))?.bytes_done == 0 {
         if Instant::now() > deadline {
@@ -208,7 +208,7 @@ fn wait_flowing(patron: &mut Patron, id: TorrentId) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_at(path: &Path, offset: u64, len: u64) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_at(path: &Path, offset: u64, len: u64) -> anyhow::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut buf = vec![0u8; len as usize];
