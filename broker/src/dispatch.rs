@@ -14,7 +14,7 @@ use crate::commands;
 use crate::patron::Outbox;
 use crate::service::Service;
 use crate::sink::{PatronConnection, PatronId};
-use proto::{Event, Request, RequestBody, ToBroker, TorrentSource};
+use proto::{Event, Request, RequestBody, ToBroker};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -534,8 +534,8 @@ fn peek_request_id(region: &OwnedFd) -> Option<proto::RequestId> {
 }
 
 /// A large message's payload and region: the request inside and the region's size. Only a
-/// request that is large by nature may come this way (a .torrent's bytes), whole, with
-/// nothing after it.
+/// request that can be large may come this way (a .torrent's bytes; a long list of files,
+/// peers or trackers, each bounded where it is decoded), whole, with nothing after it.
 fn unpack_large(
     payload: &[u8],
     region: &OwnedFd,
@@ -554,11 +554,10 @@ fn unpack_large(
         _ => return Err("a large message must hold a request".into()),
     };
     match &request.body {
-        RequestBody::CreateNewTorrent(create)
-            if matches!(create.source, TorrentSource::TorrentFile(_)) =>
-        {
-            Ok((request, size))
-        }
+        RequestBody::CreateNewTorrent(_)
+        | RequestBody::Files(_)
+        | RequestBody::Peers(_)
+        | RequestBody::MakeTorrent(_) => Ok((request, size)),
         other => Err(format!(
             "a {} request is never large: it must not come in shared memory",
             other.kind()

@@ -105,6 +105,9 @@ impl Requester {
     /// Sends a request under an id from [`Requester::reserve`], without waiting for its
     /// reply.
     pub fn send_as(&self, id: RequestId, body: RequestBody) -> Result<()> {
+        if let Some(why) = past_bounds(&body) {
+            return Err(Error::Request(ProtoError::bad_request(why)));
+        }
         let mut message = ToBroker::Request(Request { id, body });
         if might_be_large(&message) {
             let bytes = proto::wire::encode_payload(&message)
@@ -456,20 +459,64 @@ pub struct PeerList {
     pub peers: Vec<proto::PeerEntry>,
 }
 
-/// Only a .torrent file's bytes can make a request large; measuring the others would be
-/// wasted work on every request.
+/// Why a request's lists are longer than the broker decodes (it would refuse the request
+/// whole, saying only that it cannot decode it), if they are.
+fn past_bounds(body: &RequestBody) -> Option<String> {
+    use proto::bounded::{MAX_ADDRESSES_NAMED, MAX_FILES_NAMED};
+    let (files, addresses) = match body {
+        RequestBody::CreateNewTorrent(create) => (
+            create.only_files.as_ref().map_or(0, Vec::len),
+            create.peers.len(),
+        ),
+        RequestBody::Files(request) => (request.only.as_ref().map_or(0, Vec::len), 0),
+        RequestBody::Peers(request) => (0, request.add.len()),
+        RequestBody::MakeTorrent(make) => (0, make.trackers.len()),
+        _ => (0, 0),
+    };
+    if files > MAX_FILES_NAMED {
+        return Some(format!(
+            "{files} files named in one request; at most {MAX_FILES_NAMED} (more than a torrent may have)"
+        ));
+    }
+    (addresses > MAX_ADDRESSES_NAMED).then(|| {
+        format!("{addresses} peers or trackers named in one request; at most {MAX_ADDRESSES_NAMED}")
+    })
+}
+
+/// Whether a request may be too large for one datagram (then it is measured, and sent in
+/// shared memory if it is): a .torrent's bytes, or a long list of files, peers or trackers
+/// (`--only 0-99999` is a few characters typed and 100,000 entries sent). Measuring every
+/// request would be wasted work.
 fn might_be_large(message: &ToBroker) -> bool {
     const WORTH_MEASURING: usize = proto::LARGE_MESSAGE_BYTES / 2;
-    match message {
-        ToBroker::Request(Request {
-            body: RequestBody::CreateNewTorrent(create),
-            ..
-        }) => match &create.source {
-            proto::TorrentSource::TorrentFile(bytes) => bytes.len() > WORTH_MEASURING,
-            proto::TorrentSource::Magnet(link) => link.len() > WORTH_MEASURING,
-        },
-        _ => false,
-    }
+    // An entry's bytes on the wire, at most: its text and a few of framing.
+    let files = |only: &Option<Vec<proto::FileRef>>| {
+        only.iter()
+            .flatten()
+            .map(|f| match f {
+                proto::FileRef::Index(_) => 6,
+                proto::FileRef::Path(p) => p.len() + 6,
+            })
+            .sum::<usize>()
+    };
+    let texts = |list: &[String]| list.iter().map(|s| s.len() + 6).sum::<usize>();
+    let ToBroker::Request(Request { body, .. }) = message else {
+        return false;
+    };
+    let size = match body {
+        RequestBody::CreateNewTorrent(create) => {
+            let source = match &create.source {
+                proto::TorrentSource::TorrentFile(bytes) => bytes.len(),
+                proto::TorrentSource::Magnet(link) => link.len(),
+            };
+            source + files(&create.only_files) + texts(&create.peers)
+        }
+        RequestBody::Files(request) => files(&request.only),
+        RequestBody::Peers(request) => texts(&request.add),
+        RequestBody::MakeTorrent(make) => make.path.len() + texts(&make.trackers),
+        _ => 0,
+    };
+    size > WORTH_MEASURING
 }
 
 /// The event inside a large one ([`Event::Large`]: it came in shared memory).

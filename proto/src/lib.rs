@@ -59,6 +59,7 @@
 #![deny(missing_docs)]
 
 pub mod board;
+pub mod bounded;
 mod bytes;
 pub mod paths;
 mod shared;
@@ -339,11 +340,14 @@ pub struct CreateNewTorrent {
     /// Absolute folder to save into; `None` means the broker's default download folder.
     /// Must lie inside one of the broker's download roots.
     pub output: Option<String>,
-    /// Only download these files (by index into the torrent's file list, or by path).
+    /// Only download these files (by index into the torrent's file list, or by path; at
+    /// most [`bounded::MAX_FILES_NAMED`]).
+    #[serde(deserialize_with = "bounded::files")]
     pub only_files: Option<Vec<FileRef>>,
     /// Add it paused.
     pub paused: bool,
-    /// Extra peers to dial, as `HOST:PORT`.
+    /// Extra peers to dial, as `HOST:PORT` (at most [`bounded::MAX_ADDRESSES_NAMED`]).
+    #[serde(deserialize_with = "bounded::addresses")]
     pub peers: Vec<String>,
     /// Close the torrent when its last holder goes (default: it outlives its patrons).
     pub ephemeral: bool,
@@ -392,7 +396,9 @@ pub struct FilesRequest {
     /// Which torrent.
     pub torrent: TorrentRef,
     /// When set, download only these files (by [`FileEntry::index`] or path) from now on;
-    /// the choice is kept across restarts. `None` only lists.
+    /// the choice is kept across restarts (at most [`bounded::MAX_FILES_NAMED`]). `None`
+    /// only lists.
+    #[serde(deserialize_with = "bounded::files")]
     pub only: Option<Vec<FileRef>>,
 }
 
@@ -418,6 +424,7 @@ pub struct PeersRequest {
     pub torrent: TorrentRef,
     /// Peers to dial now, as `IP:PORT` (a peer seen before and dropped is dialled again).
     /// They are remembered with the torrent, so a restarted broker dials them too.
+    #[serde(deserialize_with = "bounded::addresses")]
     pub add: Vec<String>,
 }
 
@@ -453,7 +460,7 @@ impl fmt::Display for StreamId {
 }
 
 /// How a request names one file of a torrent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FileRef {
     /// Its index ([`FileEntry::index`]).
     Index(u32),
@@ -536,6 +543,7 @@ pub struct MakeTorrent {
     /// Piece size in bytes (a power of two, 16 KiB or more); `None` picks one by size.
     pub piece_size: Option<u64>,
     /// Announce URLs to put in the torrent.
+    #[serde(deserialize_with = "bounded::addresses")]
     pub trackers: Vec<String>,
     /// Also start seeding it; this patron then holds it.
     pub seed: bool,

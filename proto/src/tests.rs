@@ -315,3 +315,32 @@ fn torrent_refs_parse_as_users_type_them() {
     assert_eq!(TorrentRef::parse("nope"), None);
     assert_eq!(TorrentRef::parse(&hex[1..]), None);
 }
+
+/// A list past its bound is refused where it is decoded: a few bytes on the wire per entry
+/// must not become the broker's gigabytes.
+#[test]
+fn lists_in_requests_are_bounded_where_they_are_decoded() {
+    let request = |n: usize| {
+        ToBroker::Request(Request {
+            id: RequestId(1),
+            body: RequestBody::Files(FilesRequest {
+                torrent: TorrentRef::Id(TorrentId(0)),
+                only: Some(vec![FileRef::Index(0); n]),
+            }),
+        })
+    };
+    let decode = |message: &ToBroker| {
+        let bytes = wire::encode_payload(message).expect("encode");
+        wire::decode_payload::<ToBroker>(&bytes)
+    };
+    assert!(decode(&request(bounded::MAX_FILES_NAMED)).is_ok());
+    assert!(decode(&request(bounded::MAX_FILES_NAMED + 1)).is_err());
+    let peers = ToBroker::Request(Request {
+        id: RequestId(2),
+        body: RequestBody::Peers(PeersRequest {
+            torrent: TorrentRef::Id(TorrentId(0)),
+            add: vec![String::new(); bounded::MAX_ADDRESSES_NAMED + 1],
+        }),
+    });
+    assert!(decode(&peers).is_err());
+}

@@ -4,8 +4,9 @@
 
 use e2e::patron_client::proto::wire::{self, HEADER_BYTES};
 use e2e::patron_client::proto::{
-    CreateNewTorrent, Event, MakeTorrent, Request, RequestBody, RequestId, SharedBytes, ToBroker,
-    TorrentSource, Welcome, LARGE_MESSAGE_BYTES, PROTOCOL_VERSION,
+    CreateNewTorrent, Event, FileRef, MakeTorrent, OpenStream, Request, RequestBody, RequestId,
+    SharedBytes, ToBroker, TorrentId, TorrentRef, TorrentSource, Welcome, LARGE_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
 };
 use e2e::patron_client::Created;
 use e2e::{raw, Sandbox, STEP_TIMEOUT};
@@ -145,17 +146,17 @@ fn a_patron_lying_about_its_region_fails_alone() {
         body: RequestBody::List,
     });
     send_with_region(&channel, &plain, &memfd(&vec![0; big], 0));
-    let make = wire::encode_payload(&ToBroker::Request(Request {
+    // (A stream's file named by a path as long as a large message: no file has one.)
+    let open = wire::encode_payload(&ToBroker::Request(Request {
         id: RequestId(7),
-        body: RequestBody::MakeTorrent(MakeTorrent {
-            path: "x".repeat(big),
-            piece_size: None,
-            trackers: Vec::new(),
-            seed: false,
+        body: RequestBody::OpenStream(OpenStream {
+            torrent: TorrentRef::Id(TorrentId(0)),
+            file: Some(FileRef::Path("x".repeat(big))),
+            position: 0,
         }),
     }))
     .unwrap();
-    send_with_region(&channel, &large, &memfd(&make, 0));
+    send_with_region(&channel, &large, &memfd(&open, 0));
     let mut errors = Vec::new();
     for _ in 0..9 {
         match next_event(&events) {
@@ -171,7 +172,7 @@ fn a_patron_lying_about_its_region_fails_alone() {
     assert!(all.contains("must hold a request"), "{all}");
     assert!(all.contains("bytes after the message"), "{all}");
     assert!(all.contains("not a large one"), "{all}");
-    assert!(all.contains("a make request is never large"), "{all}");
+    assert!(all.contains("request is never large"), "{all}");
     assert!(
         broker.rss_kib() < rss_before + 32 * 1024,
         "the broker allocated what a region claimed"

@@ -960,3 +960,61 @@ fn add_wait_without_a_terminal_says_how_it_goes() {
         "{out}"
     );
 }
+
+/// A few characters typed can name hundreds of thousands of files (`--only 0-199999`):
+/// such a request goes in shared memory and is answered at once (it hung the client, whose
+/// send waited forever on a message the broker refused); past the bound (200,000), the CLI
+/// and pipe mode say so before sending, and the broker refuses it where it decodes it.
+#[test]
+fn long_lists_of_files_are_answered_at_once_and_bounded() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let folder = sandbox.folder("local/two");
+    sandbox.random_file("local/two/a.bin", 1_000);
+    sandbox.random_file("local/two/b.bin", 1_000);
+    let mut patron = sandbox.patron(&state);
+    e2e::make_and_seed(&mut patron, &folder);
+    drop(patron);
+    // 200,000 names, 2 of them real: answered (no file 2), not hung.
+    let (code, lines) = e2e::client_json(&sandbox, &state, &["files", "0", "--only", "0-199999"]);
+    assert_eq!(code, 1, "{lines:?}");
+    assert!(
+        lines[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no file 2")),
+        "{lines:?}"
+    );
+    // Past the bound: a usage error, before anything is sent.
+    let mut too_many = sandbox.client(&state);
+    too_many.args(["files", "0", "--only", "0-199999,200000-200001"]);
+    let out = run(too_many).expect_code(2);
+    assert!(
+        out.stderr.contains("more than 200000 files"),
+        "{}",
+        out.stderr
+    );
+    // Pipe mode: the same bound, said for the request that broke it; the next is answered.
+    let only: Vec<u32> = (0..200_001).collect();
+    let lines = [
+        serde_json::json!({"cmd": "files", "torrent": 0, "only": only, "request": "long"})
+            .to_string(),
+        r#"{"cmd":"files","torrent":0,"only":[1],"request":"short"}"#.to_string(),
+    ];
+    let replies = e2e::pipe_session(&sandbox, &state, &lines, true);
+    let long = replies
+        .iter()
+        .find(|r| r["request"] == "long")
+        .expect("a reply to the long one");
+    assert!(
+        long["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 200000")),
+        "{long}"
+    );
+    let short = replies
+        .iter()
+        .find(|r| r["request"] == "short")
+        .expect("a reply to the short one");
+    assert_eq!(short["event"], "files", "{short}");
+}

@@ -112,7 +112,7 @@ impl Service {
                 let mut chosen: Vec<usize> = super::files::chosen(
                     only,
                     &checked.file_entries(),
-                    checked.multi_file.then_some(checked.name.as_str()),
+                    Some(checked.name.as_str()),
                 )?
                 .into_iter()
                 .collect();

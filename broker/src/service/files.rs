@@ -2,7 +2,7 @@
 
 use super::Service;
 use proto::{FileEntry, FileRef, FilesRequest, ProtoError, TorrentId};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 impl Service {
     /// A torrent's files; with `only`, which of them to download first (recorded, so a restart
@@ -41,7 +41,7 @@ impl Service {
             }
             return Err(error);
         }
-        tracing::info!(torrent = %id, files = ?only, "file selection changed");
+        tracing::info!(torrent = %id, files = chosen.len(), "file selection changed");
         Ok((id, service.engine.files(&handle)?))
     }
 }
@@ -49,6 +49,7 @@ impl Service {
 /// The files `only` names (by index or path), checked against the torrent's files: a name
 /// that fits none is an error listing some of them. `name`: the torrent's, which a path
 /// may start with (`album/cd1/01.flac`, as other clients show a folder torrent's files).
+/// Linear in the files and the names (it runs under the add lock).
 pub(super) fn chosen(
     only: &[FileRef],
     files: &[FileEntry],
@@ -59,8 +60,9 @@ pub(super) fn chosen(
             "choose at least one file (to download nothing, pause the torrent)",
         ));
     }
+    let finder = Finder::new(files, name);
     only.iter()
-        .map(|wanted| find(files, wanted, name).map(|file| file.index as usize))
+        .map(|wanted| finder.find(wanted).map(|file| file.index as usize))
         .collect()
 }
 
@@ -71,24 +73,47 @@ pub(super) fn find<'a>(
     wanted: &FileRef,
     name: Option<&str>,
 ) -> Result<&'a FileEntry, ProtoError> {
-    let found = match wanted {
-        FileRef::Index(index) => files.iter().find(|f| f.index == *index),
-        FileRef::Path(path) => files.iter().find(|f| f.path == *path).or_else(|| {
-            let inside = path.strip_prefix(name?)?.strip_prefix('/')?;
-            files.iter().find(|f| f.path == inside)
-        }),
-    };
-    found.ok_or_else(|| {
-        let what = match wanted {
-            FileRef::Index(index) => format!("no file {index}"),
-            FileRef::Path(path) => format!("no file {path:?}"),
+    Finder::new(files, name).find(wanted)
+}
+
+/// A torrent's files by index and by path, for lookups in constant time.
+struct Finder<'a, 'n> {
+    files: &'a [FileEntry],
+    by_index: HashMap<u32, &'a FileEntry>,
+    by_path: HashMap<&'a str, &'a FileEntry>,
+    name: Option<&'n str>,
+}
+
+impl<'a, 'n> Finder<'a, 'n> {
+    fn new(files: &'a [FileEntry], name: Option<&'n str>) -> Finder<'a, 'n> {
+        Finder {
+            files,
+            by_index: files.iter().map(|f| (f.index, f)).collect(),
+            by_path: files.iter().map(|f| (f.path.as_str(), f)).collect(),
+            name,
+        }
+    }
+
+    fn find(&self, wanted: &FileRef) -> Result<&'a FileEntry, ProtoError> {
+        let found = match wanted {
+            FileRef::Index(index) => self.by_index.get(index).copied(),
+            FileRef::Path(path) => self.by_path.get(path.as_str()).copied().or_else(|| {
+                let inside = path.strip_prefix(self.name?)?.strip_prefix('/')?;
+                self.by_path.get(inside).copied()
+            }),
         };
-        ProtoError::bad_request(format!(
-            "the torrent has {what}; its {} files: {}",
-            files.len(),
-            some_of(files)
-        ))
-    })
+        found.ok_or_else(|| {
+            let what = match wanted {
+                FileRef::Index(index) => format!("no file {index}"),
+                FileRef::Path(path) => format!("no file {:?}", proto::text::truncate(path, 200)),
+            };
+            ProtoError::bad_request(format!(
+                "the torrent has {what}; its {} files: {}",
+                self.files.len(),
+                some_of(self.files)
+            ))
+        })
+    }
 }
 
 /// The first few files, `INDEX PATH`, for an error that must say what there is.

@@ -409,25 +409,40 @@ pub struct FileRefs(pub Vec<patron_client::proto::FileRef>);
 /// a path inside the torrent: `0,2,5`, `0-3,7` or `sub/a.mkv,3` (spaces around commas
 /// allowed; `./5` is the file whose path is `5`).
 pub fn file_list(s: &str) -> Result<FileRefs, String> {
-    use patron_client::proto::FileRef;
-    /// A range longer than any torrent's file list is a typo.
-    const MOST: u32 = 1_000_000;
+    use patron_client::proto::{bounded::MAX_FILES_NAMED, FileRef};
+    let too_many =
+        || format!("{s:?} names more than {MAX_FILES_NAMED} files, more than a torrent may have");
     let mut files = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for part in s.split(',').map(str::trim) {
         let range = part
             .split_once('-')
             .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
-        match (part, range) {
+        let named: Box<dyn Iterator<Item = FileRef>> = match (part, range) {
             ("", _) => {
                 return Err(format!(
                     "{s:?} names an empty file (a list looks like 0,2,5 or 0-3 or sub/a.mkv)"
                 ))
             }
-            (_, Some((first, last))) if first <= last && last - first < MOST => {
-                files.extend((first..=last).map(FileRef::Index))
+            (_, Some((first, last))) if first > last => {
+                return Err(format!(
+                    "{part:?} is not a range of files (first-last, first ≤ last)"
+                ))
             }
-            (_, Some(_)) => return Err(format!("{part:?} is not a range of files (first-last)")),
-            (part, None) => files.push(cat::file_ref(part)),
+            (_, Some((first, last))) if (last - first) as usize >= MAX_FILES_NAMED => {
+                return Err(too_many())
+            }
+            (_, Some((first, last))) => Box::new((first..=last).map(FileRef::Index)),
+            (part, None) => Box::new(std::iter::once(cat::file_ref(part))),
+        };
+        // Each file once, in the order first named.
+        for file in named {
+            if seen.insert(file.clone()) {
+                if files.len() == MAX_FILES_NAMED {
+                    return Err(too_many());
+                }
+                files.push(file);
+            }
         }
     }
     Ok(FileRefs(files))
