@@ -97,10 +97,6 @@ pub struct RestoreSpec {
     /// Its own rate limits.
     #[serde(default)]
     pub rates: crate::engine::Rates,
-    /// Its own folder (a multi-file torrent's) was there before it, empty, taken with
-    /// `--overwrite`: deleting its data leaves that folder.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub folder_was_there: bool,
     /// It seeds the files `make --seed` hashed, where they were: the user's own, which
     /// closing with --delete-data does not delete.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -124,7 +120,6 @@ impl RestoreSpec {
             paused: false,
             ephemeral: false,
             rates: Default::default(),
-            folder_was_there: false,
             seeded_in_place: false,
         }
     }

@@ -7,8 +7,8 @@
 //! was there before the add, or planted between two runs: the walk is done again at restore),
 //! and an existing file with other hard links is refused when it would be overwritten. A
 //! multi-file torrent's own folder may already exist only if it holds nothing but this
-//! torrent's files (a torrent named `.ssh` saved in `~` does not land in `~/.ssh`), or, when
-//! the add says `--overwrite`, if it holds nothing at all (a folder the user made for it).
+//! torrent's files (a torrent named `.ssh` saved in `~` does not land in `~/.ssh`, empty or
+//! not, `--overwrite` or not: DESIGN §4).
 //!
 //! Limit: the engine opens the files itself, after this walk; a symlink planted in the
 //! instant between the walk and its open is not caught (the engine has no `openat2`).
@@ -31,19 +31,16 @@ fn not_allowed(why: String) -> ProtoError {
 pub enum OwnFolder {
     /// A restored torrent's: its folder is its own.
     Restored,
-    /// A new add's: an existing folder must hold this torrent's files and nothing else, or
-    /// (with `overwrite`) nothing at all.
-    New { overwrite: bool },
+    /// A new add's: an existing folder must hold this torrent's files and nothing else.
+    New,
 }
 
 /// Checks every path `torrent` writes beneath `save_folder` (which must be canonical).
-/// Returns true if a new add takes a multi-file folder that was there before it and holds
-/// none of its files: the torrent did not make that folder, so deleting its data leaves it.
 pub fn check_torrent_paths(
     save_folder: &Path,
     torrent: &CheckedTorrent,
     own_folder: OwnFolder,
-) -> Result<bool, ProtoError> {
+) -> Result<(), ProtoError> {
     let data_folder = torrent.data_folder(save_folder);
     for (relative, _) in &torrent.files {
         let full = data_folder.join(relative);
@@ -92,24 +89,18 @@ pub fn check_torrent_paths(
         }
     }
     match own_folder {
-        OwnFolder::New { overwrite } if torrent.multi_file => {
-            check_own_folder(&data_folder, torrent, overwrite)
-        }
-        _ => Ok(false),
+        OwnFolder::New if torrent.multi_file => check_own_folder(&data_folder, torrent),
+        _ => Ok(()),
     }
 }
 
 /// A multi-file torrent's folder, if it exists, must hold this torrent's files and nothing
-/// else (then it is this torrent's data from an earlier add), or, with `overwrite`, nothing
-/// at all. Returns true in that last case: the folder was there before the torrent.
-fn check_own_folder(
-    folder: &Path,
-    torrent: &CheckedTorrent,
-    overwrite: bool,
-) -> Result<bool, ProtoError> {
+/// else: then it is this torrent's data from an earlier add. An empty one is not its own
+/// either (an empty `~/.ssh` is the user's).
+fn check_own_folder(folder: &Path, torrent: &CheckedTorrent) -> Result<(), ProtoError> {
     match std::fs::symlink_metadata(folder) {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => {
             return Err(not_allowed(format!(
                 "cannot check {}: {e}",
@@ -153,12 +144,11 @@ fn check_own_folder(
             }
         }
     }
-    match (found_own, overwrite) {
-        (true, _) => Ok(false),
-        (false, true) => Ok(true),
-        (false, false) => Err(ProtoError::file_exists(format!(
-            "{} already exists and holds none of this torrent's files; add with --overwrite to download into it (close --delete-data will leave the folder), or choose another save folder",
+    if !found_own {
+        return Err(ProtoError::file_exists(format!(
+            "{} already exists and holds none of this torrent's files: a torrent never adds files to a folder it did not make (--overwrite included); remove it if it is empty and yours to remove (rmdir), or save elsewhere with --output",
             folder.display()
-        ))),
+        )));
     }
+    Ok(())
 }

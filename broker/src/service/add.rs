@@ -100,13 +100,7 @@ impl Service {
         let data_folder = checked.data_folder(&save_folder);
         // One owner per file (DESIGN §4), whatever --overwrite says, and the file budgets.
         service.room_for_files(&checked.full_paths(&data_folder), None)?;
-        let folder_was_there = crate::roots::check_torrent_paths(
-            &save_folder,
-            &checked,
-            crate::roots::OwnFolder::New {
-                overwrite: create.overwrite,
-            },
-        )?;
+        crate::roots::check_torrent_paths(&save_folder, &checked, crate::roots::OwnFolder::New)?;
         let only_files = match &create.only_files {
             Some(only) => {
                 let mut chosen: Vec<usize> = super::files::chosen(
@@ -135,7 +129,6 @@ impl Service {
             paused: create.paused,
             ephemeral: create.ephemeral,
             rates,
-            folder_was_there,
             seeded_in_place: false,
         };
         let added = service

@@ -330,8 +330,7 @@ impl Service {
 
     /// Deletes a closed torrent's data through the storage (beneath its root, never through
     /// a symlink): its files, the folders its own paths made once empty, and its own folder
-    /// (a multi-file torrent's) unless it was there before, never the folder it was saved
-    /// into.
+    /// (a multi-file torrent's), never the folder it was saved into.
     fn delete_data(&self, entry: &crate::registry::TorrentEntry) -> Result<(), String> {
         let data = &entry.restore.data_folder;
         let relative: Vec<PathBuf> = entry
@@ -339,8 +338,7 @@ impl Service {
             .iter()
             .filter_map(|f| f.strip_prefix(data).ok().map(Path::to_path_buf))
             .collect();
-        let own_folder = entry.restore.data_folder != entry.restore.save_folder
-            && !entry.restore.folder_was_there;
+        let own_folder = entry.restore.data_folder != entry.restore.save_folder;
         crate::storage::delete_torrent_data(
             &self.config.download_roots,
             data,
