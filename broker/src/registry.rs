@@ -97,10 +97,14 @@ pub struct RestoreSpec {
     /// Its own rate limits.
     #[serde(default)]
     pub rates: crate::engine::Rates,
-    /// It seeds the files `make --seed` hashed, where they were: the user's own, which
-    /// closing with --delete-data does not delete.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub seeded_in_place: bool,
+    /// Its files were there before it: the user's own, seeded in place by `make --seed`, or
+    /// reused by an add with `--overwrite`. Closing with `--delete-data` does not delete them.
+    #[serde(
+        default,
+        alias = "seeded_in_place",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub data_was_there: bool,
 }
 
 /// How many peers a torrent's record keeps (the latest named win): `peers --add` must not
@@ -120,7 +124,7 @@ impl RestoreSpec {
             paused: false,
             ephemeral: false,
             rates: Default::default(),
-            seeded_in_place: false,
+            data_was_there: false,
         }
     }
 

@@ -960,3 +960,77 @@ fn long_lists_of_files_are_answered_at_once_and_bounded() {
         .expect("a reply to the short one");
     assert_eq!(short["event"], "files", "{short}");
 }
+
+/// Files an add with --overwrite finds in place are the user's, unless this broker
+/// downloaded them for that torrent and left them at a close: `close --delete-data` leaves
+/// the user's (make, then add pointing at the data, as other clients seed in place), and a
+/// close and a re-add do not launder them into the broker's.
+#[test]
+fn delete_data_leaves_files_an_add_found_in_place() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let originals = sandbox.folder("photos/album");
+    let photo = sandbox.random_file("photos/album/beach.jpg", 40_000);
+    let torrent = sandbox.path("album.torrent");
+    let mut make = sandbox.client(&state);
+    make.arg("make")
+        .arg(&originals)
+        .arg("--output")
+        .arg(&torrent);
+    run(make).expect_code(0);
+    let photos = sandbox.path("photos");
+    for round in 0..2 {
+        let mut add = sandbox.add_command(&state, &torrent, &photos, None);
+        add.arg("--overwrite");
+        let id = run(add).expect_code(0).json_lines()[0]["id"].to_string();
+        let (code, lines) = e2e::client_json(&sandbox, &state, &["close", &id, "--delete-data"]);
+        assert_eq!(code, 1, "round {round}: {lines:?}");
+        assert!(
+            lines[0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("were there before it")),
+            "{lines:?}"
+        );
+        assert!(
+            photo.exists(),
+            "round {round}: the user's photo was deleted"
+        );
+        let (code, lines) = e2e::client_json(&sandbox, &state, &["close", &id]);
+        assert_eq!(code, 0, "{lines:?}");
+    }
+}
+
+/// `make --seed` of the files a running torrent downloaded joins that torrent, and from
+/// then on they are the user's too: `close --delete-data` leaves them.
+#[test]
+fn make_seed_joining_a_torrent_marks_its_files_as_the_users() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/song.flac", 60_000);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let music = sandbox.folder("music");
+    let mut add = sandbox.add_command(&state, &seeder.torrent, &music, Some(&seeder.broker.peer()));
+    add.arg("--wait");
+    run(add).expect_code(0);
+    let mut make = sandbox.client(&state);
+    make.arg("--json")
+        .arg("make")
+        .arg(music.join("song.flac"))
+        .arg("--seed")
+        .arg("--output")
+        .arg(sandbox.path("again.torrent"));
+    let made = &run(make).expect_code(0).json_lines()[0];
+    assert_eq!(
+        made["seeding_id"], 0,
+        "it joined the running torrent: {made}"
+    );
+    let (code, lines) = e2e::client_json(
+        &sandbox,
+        &state,
+        &["close", "0", "--delete-data", "--force"],
+    );
+    assert_eq!(code, 1, "{lines:?}");
+    assert!(music.join("song.flac").exists());
+}

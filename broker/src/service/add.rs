@@ -119,6 +119,15 @@ impl Service {
             refuse_existing_files(&checked, &data_folder)?;
             refuse_if_it_cannot_fit(&checked, &save_folder)?;
         }
+        // Files reused with --overwrite were there before: the user's, unless this broker
+        // downloaded them for this torrent and left them at a close.
+        let reused_own = service.left.holds(checked.info_hash, &data_folder);
+        let data_was_there = create.overwrite
+            && !reused_own
+            && checked
+                .full_paths(&data_folder)
+                .iter()
+                .any(|path| std::fs::symlink_metadata(path).is_ok());
 
         let restore = RestoreSpec {
             save_folder,
@@ -129,8 +138,9 @@ impl Service {
             paused: create.paused,
             ephemeral: create.ephemeral,
             rates,
-            seeded_in_place: false,
+            data_was_there,
         };
+        let torrent_data_folder = restore.data_folder.clone();
         let added = service
             .engine_add(AddSpec {
                 torrent: checked.bytes.clone(),
@@ -146,6 +156,10 @@ impl Service {
             })
             .await?;
         let (torrent, is_new) = service.register(added, &checked, restore, patron).await?;
+        if reused_own {
+            // It runs from that data again: a later close decides about it anew.
+            service.left.forget(checked.info_hash, &torrent_data_folder);
+        }
         if is_new {
             tracing::info!(patron, torrent = %torrent.id, name = %torrent.name, "torrent started");
             Ok(Started::New(torrent))

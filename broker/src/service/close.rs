@@ -49,9 +49,9 @@ impl Service {
             // Borrow the registry and the patrons apart.
             let state = &mut *guard;
             let entry = state.registry.get_mut(id).ok_or_else(|| gone(id))?;
-            if close.delete_data && entry.restore.seeded_in_place {
+            if close.delete_data && entry.restore.data_was_there {
                 return Err(ProtoError::bad_request(format!(
-                    "torrent {id} seeds your own files, where `make --seed` found them ({}): --delete-data would delete the originals; close it without --delete-data (the files stay), or delete them yourself",
+                    "torrent {id}'s files were there before it ({}: seeded in place by `make --seed`, or reused by an add with --overwrite): --delete-data would delete those originals; close it without --delete-data (the files stay), and delete them yourself if you mean to",
                     entry.restore.data_folder.display()
                 )));
             }
@@ -134,6 +134,11 @@ impl Service {
                 id,
                 reason: format!("closed by another program ({closer}, forced)"),
             });
+        }
+        if !close.delete_data && !entry.restore.data_was_there {
+            // What it downloaded stays: an add of it here again may reuse it as its own.
+            self.left
+                .remember(entry.info.info_hash, &entry.restore.data_folder);
         }
         let data_deleted = close.delete_data
             && {

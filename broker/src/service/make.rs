@@ -75,9 +75,18 @@ impl Service {
         let service = self;
         let data_folder = checked.data_folder(&save_folder);
         let _adding = service.adding.lock().await;
-        // Already seeding (made before): hold it, as an add of the same torrent would.
+        // Already seeding (made before): hold it, as an add of the same torrent would. If it
+        // runs from these very files, they are the user's: its data is never deleted.
         let running = service.state().registry.by_info_hash(checked.info_hash);
         if let Some(info) = running.and_then(|id| service.state().hold(id, patron)) {
+            let here = service
+                .state()
+                .registry
+                .get(info.id)
+                .is_some_and(|entry| entry.restore.data_folder == data_folder);
+            if here {
+                service.update_record(info.id, |restore| restore.data_was_there = true)?;
+            }
             return Ok(info);
         }
         service.room_for_one_more()?;
@@ -98,7 +107,7 @@ impl Service {
             })
             .await?;
         let mut restore = RestoreSpec::new(save_folder, data_folder);
-        restore.seeded_in_place = true;
+        restore.data_was_there = true;
         let (info, _) = service.register(added, checked, restore, patron).await?;
         tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");
         Ok(info)

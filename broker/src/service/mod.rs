@@ -137,6 +137,8 @@ pub struct Service {
     pub large_requests: Arc<crate::budget::RegionBudget>,
     /// Events patrons leave unread, all patrons together (every outbox counts in it).
     pub unread: Arc<crate::budget::UnreadBudget>,
+    /// Downloads left in place by closes without --delete-data (see [`crate::left`]).
+    left: crate::left::LeftData,
     faults: Faults,
 }
 
@@ -153,6 +155,7 @@ impl Service {
         let engine = Engine::start(&config).await?;
         let board = crate::board::StatusBoard::create(config.board_slots)
             .context("cannot create the status board (memfd)")?;
+        let left = crate::left::LeftData::load(config.state_dir.join("left-data.json"));
         let service = Arc::new(Service {
             config,
             engine,
@@ -166,6 +169,7 @@ impl Service {
             streams: Default::default(),
             large_requests: crate::budget::RegionBudget::new(config_large.0, config_large.1),
             unread,
+            left,
             faults: Faults::default(),
         });
         service.restore().await?;
