@@ -27,6 +27,8 @@ pub struct CheckedTorrent {
     pub name: String,
     /// Files as paths relative to the torrent's data folder, with their lengths.
     pub files: Vec<(PathBuf, u64)>,
+    /// Which of them are BEP 47 padding (no one's data: never listed, never chosen).
+    pub padding: Vec<bool>,
     /// Sum of all file lengths.
     pub total_bytes: u64,
     /// Whether its files live in a folder named after the torrent.
@@ -44,8 +46,11 @@ impl CheckedTorrent {
     pub fn info(&self, id: TorrentId, save_folder: &Path, only: Option<&[usize]>) -> TorrentInfo {
         let total_bytes = match only {
             None => self.total_bytes,
+            // Each file once (a record may name one twice).
             Some(only) => only
                 .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
                 .filter_map(|&i| self.files.get(i).map(|(_, size)| size))
                 .sum(),
         };
@@ -81,6 +86,7 @@ impl CheckedTorrent {
         self.files
             .iter()
             .enumerate()
+            .filter(|(index, _)| !self.padding.get(*index).copied().unwrap_or(false))
             .map(|(index, (relative, size))| proto::FileEntry {
                 index: index as u32,
                 path: crate::engine::path_text(relative),
@@ -176,6 +182,7 @@ pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTo
 
     let multi_file = meta.info.data.files.is_some();
     let mut files = Vec::new();
+    let mut padding = Vec::new();
     let mut seen = HashSet::new();
     let mut total_bytes: u64 = 0;
     for detail in validated.iter_file_details() {
@@ -198,6 +205,7 @@ pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTo
             .checked_add(detail.len)
             .ok_or_else(|| invalid("the torrent's total size overflows"))?;
         files.push((path, detail.len));
+        padding.push(detail.attrs().padding);
     }
     // A file may not also be a folder of another ("a" and "a/b").
     for (path, _) in &files {
@@ -249,6 +257,7 @@ pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTo
         info_hash,
         name,
         files,
+        padding,
         total_bytes,
         multi_file,
         bytes: encode_torrent(&tiers, meta.info.raw_bytes.as_ref()),
@@ -611,6 +620,25 @@ mod tests {
             name.len(),
             hashes.len()
         )
+    }
+
+    /// BEP 47 padding files are no one's data: never listed for choosing (the engine does
+    /// not list them either; `add --only` of one "chose" nothing and seeded 0 B).
+    #[test]
+    fn padding_files_are_not_listed() {
+        let hashes = "x".repeat(40);
+        let info = format!(
+            "d5:filesld6:lengthi5e4:pathl5:a.txteed4:attr1:p6:lengthi16379e4:pathl4:.pad5:16379eed6:lengthi5e4:pathl5:c.txteee4:name6:padded12:piece lengthi16384e6:pieces{}:{hashes}e",
+            hashes.len()
+        );
+        let checked = check_torrent_file(&torrent_with(&info, ""), false).expect("valid");
+        assert_eq!(checked.padding, [false, true, false]);
+        let listed: Vec<(u32, String)> = checked
+            .file_entries()
+            .into_iter()
+            .map(|f| (f.index, f.path))
+            .collect();
+        assert_eq!(listed, [(0, "a.txt".to_owned()), (2, "c.txt".to_owned())]);
     }
 
     #[test]
