@@ -147,13 +147,17 @@ struct ConfigFile {
     loopback_only: bool,
     magnet_timeout: Option<u64>,
     board_slots: Option<usize>,
+    #[serde(default, deserialize_with = "file_rate")]
     max_upload_rate: Option<u32>,
+    #[serde(default, deserialize_with = "file_rate")]
     max_download_rate: Option<u32>,
     max_patrons: Option<usize>,
     max_torrents: Option<usize>,
     open_files: Option<usize>,
     max_large_requests: Option<usize>,
+    #[serde(default, deserialize_with = "file_size")]
     max_large_request_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "file_size")]
     max_unread_bytes: Option<usize>,
     max_files_per_torrent: Option<usize>,
     max_files: Option<usize>,
@@ -475,4 +479,37 @@ fn size(s: &str) -> Result<usize, String> {
     proto::text::parse_bytes(s)
         .and_then(|value| usize::try_from(value).ok())
         .ok_or_else(|| format!("{s:?} is not a size in bytes (try 268435456, 256M or 1G)"))
+}
+
+/// A number, or a text as the flag takes it (`"2M"`), in broker.toml.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
+impl NumberOrText {
+    fn text(self) -> String {
+        match self {
+            NumberOrText::Number(n) => n.to_string(),
+            NumberOrText::Text(s) => s,
+        }
+    }
+}
+
+/// A rate in broker.toml, read as the flag reads it (`2M`; 0 refused).
+fn file_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let value = NumberOrText::deserialize(d)?;
+    rate(&value.text())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// A size in broker.toml, read as the flag reads it (`256M`).
+fn file_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let value = NumberOrText::deserialize(d)?;
+    size(&value.text())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }

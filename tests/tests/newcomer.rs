@@ -1034,3 +1034,33 @@ fn make_seed_joining_a_torrent_marks_its_files_as_the_users() {
     assert_eq!(code, 1, "{lines:?}");
     assert!(music.join("song.flac").exists());
 }
+
+/// broker.toml reads sizes as the flags do (`"2M"`, `"1G"`), and refuses a rate of 0 as
+/// they do (it meant "no limit" there, silently).
+#[test]
+fn broker_toml_reads_sizes_as_the_flags_do() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    std::fs::write(
+        state.join("broker.toml"),
+        "max-upload-rate = \"2M\"\nmax-unread-bytes = \"1G\"\n",
+    )
+    .expect("write");
+    let broker = sandbox.broker(&state, &[]);
+    let info = e2e::ok_json(&sandbox, &state, &["broker", "status"]);
+    assert_eq!(info["unread_bytes_limit"], 1u64 << 30, "{info}");
+    drop(broker);
+
+    let refused = sandbox.state_dir("zero");
+    std::fs::write(refused.join("broker.toml"), "max-upload-rate = 0\n").expect("write");
+    let mut start = std::process::Command::new(e2e::bin("torrent-broker"));
+    sandbox.apply_env(&mut start);
+    start.arg("--state-dir").arg(&refused);
+    let out = run(start);
+    assert_ne!(out.code(), 0, "started with a rate of 0");
+    assert!(
+        out.stderr.contains("at least 1 byte per second"),
+        "{}",
+        out.stderr
+    );
+}
