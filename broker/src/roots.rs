@@ -69,8 +69,9 @@ pub fn check_torrent_paths(
             }
             if last {
                 if !kind.is_file() {
-                    return Err(not_allowed(format!(
-                        "{} exists and is not a regular file",
+                    // Something of the user's in the way, as an existing file is.
+                    return Err(ProtoError::file_exists(format!(
+                        "{} exists and is not a regular file (a folder?); remove it, or save elsewhere with --output",
                         at.display()
                     )));
                 }

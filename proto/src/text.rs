@@ -74,16 +74,29 @@ pub fn status_line(status: &TorrentStatus) -> String {
         crate::TorrentState::Error(why) => format!("  error: {}", shown(why)),
         _ => String::new(),
     };
+    // Never "100.0%" before it is complete: the last tenth is cut, not rounded up.
+    let done = match status.complete {
+        true => "100.0%".to_owned(),
+        false => format!(
+            "{:.1}%",
+            (status.progress * 1000.0).floor().min(999.0) / 10.0
+        ),
+    };
+    // The state column's words fit it ("resolving-metadata" is "resolving" here only).
+    let state = match status.state {
+        crate::TorrentState::ResolvingMetadata => "resolving",
+        _ => status.state.as_str(),
+    };
     format!(
-        "{:>4} {:>6} {:>10} {:>6} {:>10} {:>10} {:>5} {:<11} {}{error}",
+        "{:>4} {:>6} {:>10} {:>7} {:>10} {:>10} {:>5} {:<11} {}{error}",
         status.id.0,
-        format!("{:.1}%", status.progress * 100.0),
+        done,
         bytes(status.bytes_total),
         eta,
         bytes(status.download_rate),
         bytes(status.upload_rate),
         status.peers,
-        status.state.as_str(),
+        state,
         shown(&status.name),
     )
 }
@@ -91,7 +104,7 @@ pub fn status_line(status: &TorrentStatus) -> String {
 /// The header above [`status_line`]s in `patron-client list`.
 pub fn list_header() -> String {
     format!(
-        "{:>4} {:>6} {:>10} {:>6} {:>10} {:>10} {:>5} {:<11} NAME",
+        "{:>4} {:>6} {:>10} {:>7} {:>10} {:>10} {:>5} {:<11} NAME",
         "ID", "DONE", "SIZE", "ETA", "DOWN/s", "UP/s", "PEERS", "STATE"
     )
 }
@@ -172,6 +185,12 @@ mod tests {
         let failed = status_line(&status);
         assert_eq!(failed.find("error "), line.find("downloading"), "{failed}");
         assert!(failed.ends_with("  error: the disk is gone"), "{failed}");
+        // Not complete is never "100.0%"; a long state keeps the name in its column.
+        status.state = crate::TorrentState::ResolvingMetadata;
+        status.progress = 0.9996;
+        let almost = status_line(&status);
+        assert!(almost.contains(" 99.9% "), "{almost}");
+        assert_eq!(header.find("NAME"), almost.find("a movie"), "{almost}");
         assert_eq!(header.find("NAME"), failed.find("a movie"), "{failed}");
     }
 

@@ -232,6 +232,7 @@ fn reading_commands_start_no_broker_and_make_no_folder() {
         vec!["recheck", "0"],
         vec!["files", "0", "--only", "0"],
         vec!["peers", "0", "--add", "127.0.0.1:9"],
+        vec!["cat", "0"],
     ] {
         let mut cmd = sandbox.client(&state);
         cmd.args(&args);
@@ -1062,5 +1063,27 @@ fn broker_toml_reads_sizes_as_the_flags_do() {
         out.stderr.contains("at least 1 byte per second"),
         "{}",
         out.stderr
+    );
+}
+
+/// A folder where a single-file torrent's file goes is the user's thing in the way, as an
+/// existing file is (file-exists, exit 3), with what to do.
+#[test]
+fn a_folder_in_a_files_place_is_said_to_be_in_the_way() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let data = sandbox.random_file("local/clip.bin", 20_000);
+    let torrent = sandbox.path("clip.torrent");
+    let mut make = sandbox.client(&state);
+    make.arg("make").arg(&data).arg("--output").arg(&torrent);
+    run(make).expect_code(0);
+    let downloads = sandbox.folder("downloads");
+    sandbox.folder("downloads/clip.bin");
+    let refused = run(sandbox.add_command(&state, &torrent, &downloads, None)).expect_code(3);
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(
+        said.contains("file-exists") && said.contains("--output"),
+        "{said}"
     );
 }

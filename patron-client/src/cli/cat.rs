@@ -43,7 +43,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
         return Ok(Exit::Usage);
     }
     let file = args.file.as_deref().map(file_ref);
-    let mut stream = Stream::open(&ctx.connect, args.torrent, file, args.offset)?;
+    // Never starts a broker where no torrent was ever recorded (none could be read).
+    let mut stream = Stream::open(&ctx.for_torrent(), args.torrent, file, args.offset)
+        .map_err(|e| super::none_runs(e, &ctx.command_line()))?;
     if args.over_channel {
         stream.read_over_channel();
     } else if let Some(why) = stream.over_channel() {

@@ -228,12 +228,17 @@ impl Context {
     /// torrents to restore (the one named may be among them); with none recorded, no torrent
     /// can be there to change, and no broker is started to say so (exit 5, as `reader`).
     pub fn patron_for_torrent(&self) -> Result<Patron, Error> {
+        Patron::connect_with(&self.for_torrent()).map_err(|e| none_runs(e, &self.command_line()))
+    }
+
+    /// How to reach the broker for a command about a torrent already added (`cat` too):
+    /// starting it only where torrents are recorded (see [`Context::patron_for_torrent`]).
+    pub fn for_torrent(&self) -> ConnectOptions {
         let state =
             patron_client::proto::paths::resolve_state_dir(self.connect.state_dir.as_deref());
-        let recorded = state.join("torrents.json").is_file();
-        match recorded {
-            true => self.patron(),
-            false => self.reader(),
+        match state.join("torrents.json").is_file() {
+            true => self.connect.clone(),
+            false => self.reading(),
         }
     }
 

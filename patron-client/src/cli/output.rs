@@ -97,11 +97,14 @@ impl Output {
 
 /// What a change to a torrent did, in a sentence: `Paused torrent 3 (name): paused, 41.20% of 1.2 GiB`.
 pub fn changed_human(verb: &str, status: &TorrentStatus) -> String {
+    let state = match &status.state {
+        patron_client::proto::TorrentState::Error(why) => format!("error ({})", shown(why)),
+        other => other.as_str().to_owned(),
+    };
     format!(
-        "{verb} torrent {} ({}): {}, {:.2}% of {}",
+        "{verb} torrent {} ({}): {state}, {:.2}% of {}",
         status.id,
         shown(&status.name),
-        status.state.as_str(),
         status.progress * 100.0,
         bytes(status.bytes_total)
     )
