@@ -55,13 +55,18 @@ impl Outside {
     }
 }
 
-/// Seeds a two-file folder torrent `pack` from the sandbox, then swaps its folder for a
-/// symlink to a folder outside every root. Returns the torrent's id.
+/// Downloads a two-file folder torrent `pack` into `data` (its data the broker's own, which
+/// `--delete-data` may delete), then swaps its folder for a symlink to a folder outside
+/// every root. Returns the torrent's id.
 fn seed_then_swap(sandbox: &Sandbox, state: &Path, outside: &Outside) -> String {
-    sandbox.random_file("data/pack/a.bin", 200 * 1024);
-    sandbox.random_file("data/pack/b.bin", 70 * 1024);
-    let mut patron = sandbox.patron(state);
-    let id = make_and_seed(&mut patron, &sandbox.path("data/pack")).to_string();
+    let source = sandbox.folder("seed/pack");
+    sandbox.random_file("seed/pack/a.bin", 200 * 1024);
+    sandbox.random_file("seed/pack/b.bin", 70 * 1024);
+    let seeder = e2e::Seeder::start(sandbox, "seeder", &source, 16 * 1024, &[]);
+    let data = sandbox.folder("data");
+    let mut add = sandbox.add_command(state, &seeder.torrent, &data, Some(&seeder.broker.peer()));
+    add.arg("--wait");
+    let id = run(add).expect_code(0).json_lines()[0]["id"].to_string();
     wait_seeding(sandbox, state, &id);
     std::fs::rename(sandbox.path("data/pack"), sandbox.path("data/pack.real")).expect("rename");
     std::os::unix::fs::symlink(outside.dir.path(), sandbox.path("data/pack")).expect("symlink");
@@ -121,10 +126,14 @@ fn delete_data_keeps_the_folder_a_single_file_was_saved_into() {
     let sandbox = Sandbox::new();
     let state = sandbox.state_dir("delete-keeps-folder");
     let _broker = sandbox.broker(&state, &[]);
-    let file = sandbox.random_file("q1/one.bin", 100 * 1024);
-    let mut patron = sandbox.patron(&state);
-    let id = make_and_seed(&mut patron, &file).to_string();
-    drop(patron);
+    // Downloaded into q1, a folder the user made: the data is the broker's to delete.
+    let source = sandbox.random_file("seed/one.bin", 100 * 1024);
+    let seeder = e2e::Seeder::start(&sandbox, "seeder", &source, 16 * 1024, &[]);
+    let q1 = sandbox.folder("q1");
+    let mut add = sandbox.add_command(&state, &seeder.torrent, &q1, Some(&seeder.broker.peer()));
+    add.arg("--wait");
+    let id = run(add).expect_code(0).json_lines()[0]["id"].to_string();
+    let file = q1.join("one.bin");
     wait_seeding(&sandbox, &state, &id);
 
     let (code, lines) = client_json(&sandbox, &state, &["close", &id, "--delete-data"]);

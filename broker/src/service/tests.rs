@@ -118,10 +118,16 @@ async fn seeding(setup: &Setup, patron: PatronId, name: &str) -> TorrentId {
 }
 
 /// A service with patron 1 connected and seeding `one.bin`: the start of most tests here.
+/// One torrent seeding, its data taken as one the broker downloaded (a made torrent's is
+/// the user's, which closing with --delete-data leaves).
 async fn one_seeding() -> (Setup, Arc<Recorded>, TorrentId) {
     let setup = setup().await;
     let sink = patron(&setup.service, 1);
     let id = seeding(&setup, 1, "one.bin").await;
+    setup
+        .service
+        .update_record(id, |restore| restore.data_was_there = false)
+        .expect("record");
     (setup, sink, id)
 }
 
