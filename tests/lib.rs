@@ -210,6 +210,14 @@ impl Sandbox {
         cmd
     }
 
+    /// `patron-client make SOURCE --output TORRENT` through `state`'s broker (started if
+    /// none runs), which must succeed.
+    pub fn make_torrent(&self, state: &Path, source: &Path, torrent: &Path) {
+        let mut make = self.client(state);
+        make.arg("make").arg(source).arg("--output").arg(torrent);
+        run(make).expect_code(0);
+    }
+
     /// Starts a broker on `state` with extra arguments and waits until it serves.
     pub fn broker(&self, state: &Path, args: &[&str]) -> BrokerProcess {
         BrokerProcess::start(self, state, args, &[])

@@ -61,15 +61,13 @@ pub fn run(bench: StreamBench) -> anyhow::Result<()> {
     )?;
     let size = bench.size_mib * MIB;
     let offset = size - 2 * MIB;
-    let whole = {
-        let folder = fresh(&bench.work, "stream-whole")?;
-        let started = Instant::now();
-        let id = add(&mut patron, &limited, &folder, limited_seeder.addr)?;
-        wait_complete(&mut patron, id)?;
-        let took = started.elapsed();
-        patron.close(TorrentRef::Id(id), true, true)?;
-        took
-    };
+    let whole = whole_download(
+        &mut patron,
+        &limited,
+        &bench.work,
+        "stream-whole",
+        limited_seeder.addr,
+    )?;
     let mut first_mib = Vec::new();
     for round in 0..bench.rounds {
         let folder = fresh(&bench.work, &format!("stream-offset-{round}"))?;
@@ -160,6 +158,24 @@ pub(crate) fn seed(
         rate_kib.map(|k| k.saturating_mul(1024)),
     ))?;
     Ok((made.bytes, seeder))
+}
+
+/// How long `torrent` takes to download whole from `seeder` (the anchor of the rows that
+/// read a MiB near its end), into a fresh folder `name`; then closed with its data.
+pub(crate) fn whole_download(
+    patron: &mut Patron,
+    torrent: &[u8],
+    work: &Path,
+    name: &str,
+    seeder: std::net::SocketAddr,
+) -> anyhow::Result<Duration> {
+    let folder = fresh(work, name)?;
+    let started = Instant::now();
+    let id = add(patron, torrent, &folder, seeder)?;
+    wait_complete(patron, id)?;
+    let took = started.elapsed();
+    patron.close(TorrentRef::Id(id), true, true)?;
+    Ok(took)
 }
 
 pub(crate) fn fresh(work: &Path, name: &str) -> anyhow::Result<PathBuf> {

@@ -12,7 +12,7 @@
 //! The HTTP here is a few lines over a `TcpStream` (keep-alive, `Content-Length` or chunked
 //! answers), so the client costs the same against both servers.
 
-use crate::stream::{add, fresh, read_at, seed, wait_complete, wait_flowing};
+use crate::stream::{add, fresh, read_at, seed, wait_flowing, whole_download};
 use anyhow::{bail, Context};
 use patron_client::{Board, ConnectOptions, Patron};
 use proto::{TorrentId, TorrentRef};
@@ -156,15 +156,7 @@ pub fn run(bench: WebBench) -> anyhow::Result<()> {
     )?;
     let size = bench.size_mib * MIB;
     let offset = size - 2 * MIB;
-    let whole = {
-        let folder = fresh(&bench.work, "web-whole")?;
-        let started = Instant::now();
-        let id = add(&mut patron, &limited, &folder, seeder.addr)?;
-        wait_complete(&mut patron, id)?;
-        let took = started.elapsed();
-        patron.close(TorrentRef::Id(id), true, true)?;
-        took
-    };
+    let whole = whole_download(&mut patron, &limited, &bench.work, "web-whole", seeder.addr)?;
     let mut first_mib = Vec::new();
     for round in 0..bench.rounds {
         let folder = fresh(&bench.work, &format!("web-range-{round}"))?;

@@ -212,9 +212,7 @@ fn requests_queued_by_a_patron_that_dies_are_not_served() {
     for n in 0..5 {
         let data = sandbox.random_file(&format!("mine/queued-{n}.bin"), 20_000);
         let torrent = sandbox.path(&format!("queued-{n}.torrent"));
-        let mut make = sandbox.client(&sandbox.state_dir(&format!("maker-{n}")));
-        make.arg("make").arg(&data).arg("--output").arg(&torrent);
-        run(make).expect_code(0);
+        sandbox.make_torrent(&sandbox.state_dir(&format!("maker-{n}")), &data, &torrent);
         let mut add = CreateNewTorrent::new(TorrentSource::TorrentFile(
             std::fs::read(&torrent).expect("torrent"),
         ));

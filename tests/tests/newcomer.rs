@@ -506,9 +506,7 @@ fn a_broker_keeps_its_port_and_says_when_the_environment_overrides_its_file() {
     );
     let data = sandbox.random_file("local/one.bin", 10_000);
     let torrent = sandbox.path("one.torrent");
-    let mut make = sandbox.client(&state);
-    make.arg("make").arg(&data).arg("--output").arg(&torrent);
-    run(make).expect_code(0);
+    sandbox.make_torrent(&state, &data, &torrent);
     let mut add = sandbox.client(&state);
     add.arg("add").arg(&torrent).args(["--output", "/"]);
     let refused = run(add);
@@ -630,9 +628,7 @@ fn an_empty_folder_named_as_the_torrent_is_never_taken() {
     sandbox.random_file("local/pack/a.bin", 40_000);
     sandbox.random_file("local/pack/sub/b.bin", 10_000);
     let torrent = sandbox.path("pack.torrent");
-    let mut make = sandbox.client(&state);
-    make.arg("make").arg(&source).arg("--output").arg(&torrent);
-    run(make).expect_code(0);
+    sandbox.make_torrent(&state, &source, &torrent);
     let downloads = sandbox.folder("downloads");
     let made = sandbox.folder("downloads/pack");
     for overwrite in [false, true] {
@@ -1075,9 +1071,7 @@ fn a_folder_in_a_files_place_is_said_to_be_in_the_way() {
     let _broker = sandbox.broker(&state, &[]);
     let data = sandbox.random_file("local/clip.bin", 20_000);
     let torrent = sandbox.path("clip.torrent");
-    let mut make = sandbox.client(&state);
-    make.arg("make").arg(&data).arg("--output").arg(&torrent);
-    run(make).expect_code(0);
+    sandbox.make_torrent(&state, &data, &torrent);
     let downloads = sandbox.folder("downloads");
     sandbox.folder("downloads/clip.bin");
     let refused = run(sandbox.add_command(&state, &torrent, &downloads, None)).expect_code(3);

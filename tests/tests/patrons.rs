@@ -336,9 +336,7 @@ fn a_close_racing_an_add_of_the_same_torrent_leaves_no_ghost() {
     let sandbox = Sandbox::new();
     let data = sandbox.random_file("mine/raced.bin", 40_000);
     let torrent = sandbox.path("raced.torrent");
-    let mut make = sandbox.client(&sandbox.state_dir("maker"));
-    make.arg("make").arg(&data).arg("--output").arg(&torrent);
-    run(make).expect_code(0);
+    sandbox.make_torrent(&sandbox.state_dir("maker"), &data, &torrent);
     let bytes = std::fs::read(&torrent).expect("torrent");
     let state = sandbox.state_dir("racer");
     let _broker = sandbox.broker(&state, &[]);
@@ -397,9 +395,7 @@ fn a_refused_add_leaves_no_save_folder_behind() {
     // An accepted add makes it, beneath the root.
     let data = sandbox.random_file("seed/made.bin", 50_000);
     let torrent = sandbox.path("made.torrent");
-    let mut make = sandbox.client(&state);
-    make.arg("make").arg(&data).arg("--output").arg(&torrent);
-    run(make).expect_code(0);
+    sandbox.make_torrent(&state, &data, &torrent);
     run(sandbox.add_command(&state, &torrent, &folder, None)).expect_code(0);
     e2e::wait_for("the file to be made", STEP_TIMEOUT, || {
         folder.join("made.bin").exists()

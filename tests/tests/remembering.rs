@@ -14,9 +14,7 @@ fn made_torrent(sandbox: &Sandbox, name: &str) -> PathBuf {
     let data = sandbox.random_file(&format!("data/{name}"), 40_000);
     let torrent = sandbox.path(&format!("{name}.torrent"));
     let maker = sandbox.state_dir(&format!("maker-{name}"));
-    let mut make = sandbox.client(&maker);
-    make.arg("make").arg(&data).arg("--output").arg(&torrent);
-    run(make).expect_code(0);
+    sandbox.make_torrent(&maker, &data, &torrent);
     torrent
 }
 

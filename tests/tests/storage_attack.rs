@@ -201,9 +201,7 @@ fn a_file_of_a_running_torrent_is_never_another_torrents_overwrite_or_not() {
     // Torrent B has a file of the same name, with other bytes.
     let other = sandbox.random_file("other/movie.bin", 120 * 1024);
     let b_torrent = sandbox.path("b.torrent");
-    let mut make = sandbox.client(&state);
-    make.arg("make").arg(&other).arg("--output").arg(&b_torrent);
-    run(make).expect_code(0);
+    sandbox.make_torrent(&state, &other, &b_torrent);
 
     for overwrite in [true, false] {
         let mut add = sandbox.add_command(&state, &b_torrent, &sandbox.path("data/a"), None);

@@ -342,9 +342,7 @@ fn add_wait_keeps_its_figures_whole_on_an_80_column_terminal() {
     // A torrent nobody seeds: it stays downloading, with no peer.
     let data = sandbox.random_file("local/alone.bin", 300_000);
     let torrent = sandbox.path("alone.torrent");
-    let mut make = sandbox.client(&state);
-    make.arg("make").arg(&data).arg("--output").arg(&torrent);
-    e2e::run(make).expect_code(0);
+    sandbox.make_torrent(&state, &data, &torrent);
     let downloads = sandbox.folder("downloads");
     let mut tmux = Tmux::new(&sandbox);
     tmux.start_sized(

@@ -516,9 +516,7 @@ fn the_python_transmission_rpc_package_drives_the_broker() {
     let torrent = sandbox.path("movie.torrent");
     let state = sandbox.state_dir("broker");
     let _broker = sandbox.broker(&state, &[]);
-    let mut make = sandbox.client(&state);
-    make.arg("make").arg(&data).arg("--output").arg(&torrent);
-    run(make).expect_code(0);
+    sandbox.make_torrent(&state, &data, &torrent);
     let downloads = sandbox.folder("downloads");
     let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
     let (host, port) = web.addr.rsplit_once(':').expect("addr");
