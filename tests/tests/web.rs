@@ -723,3 +723,74 @@ fn a_thousand_silent_clients_and_one_that_never_reads_hurt_nobody() {
     assert_eq!(closed, 1000, "silent clients still held");
     drop(stuck);
 }
+
+/// Debian's ffprobe reads a video over HTTP while it downloads from a throttled seeder: an
+/// MP4 whose index (`moov`) is at its end, so the player's first requests are ranges near
+/// the end, served before the middle has arrived.
+#[test]
+fn ffprobe_reads_a_video_while_it_downloads() {
+    let have = e2e::have_program("ffprobe", "ffmpeg") && e2e::have_program("ffmpeg", "ffmpeg");
+    if !have || !have_curl() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let video = sandbox.path("seed/clip.mp4");
+    std::fs::create_dir_all(video.parent().expect("folder")).expect("folder");
+    let mut encode = Command::new("ffmpeg");
+    encode
+        .args([
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=duration=20:size=640x360:rate=25",
+        ])
+        .args(["-c:v", "mpeg4", "-q:v", "3", "-f", "mp4"])
+        .arg(&video);
+    run(encode).expect_code(0);
+    let size = std::fs::metadata(&video).expect("video").len();
+    let seeder = e2e::Seeder::start(
+        &sandbox,
+        "seeder",
+        &video,
+        16 * 1024,
+        &["--max-upload-rate", "128K"],
+    );
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&state, &[]);
+    let downloads = sandbox.folder("downloads");
+    let mut patron = sandbox.patron(&state);
+    patron
+        .create(seeder.create_request(&downloads))
+        .expect("add");
+    drop(patron);
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let mut probe = Command::new("ffprobe");
+    probe
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "default=nw=1:nk=1",
+        ])
+        .arg(format!(
+            "http://any:{}@{}/files/0/clip.mp4",
+            web.token, web.addr
+        ));
+    let out = run(probe).expect_code(0);
+    let duration: f64 = out.stdout.trim().parse().unwrap_or(0.0);
+    assert!(
+        (duration - 20.0).abs() < 0.5,
+        "ffprobe read {duration} s: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let status = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(
+        status["complete"], false,
+        "the {size}-byte video was complete before ffprobe read it: {status}"
+    );
+}
