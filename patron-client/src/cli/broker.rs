@@ -72,36 +72,46 @@ fn report(ctx: &Context, patron: &mut Patron, started: Option<bool>) -> Result<E
     let others = info.patrons.saturating_sub(1);
     ctx.out.emit(
         || {
-            format!(
-                "{headline}: pid {}, version {}\n  state dir:      {}\n  listening on:   {}{}\n  download roots: {}\n  patrons: {others}, torrents: {}{}\n  budgets:        streams {}, open data files {} of {}, large requests {} of {} ({} of {} MiB), files {} of {}, board waiters {} of {},
-                  unread events {} of {} MiB, unread regions {} of {}",
-                info.pid,
-                info.version,
-                info.state_dir,
-                info.listen,
-                if info.loopback_only { " (loopback only)" } else { "" },
-                info.download_roots.join(", "),
-                info.torrents,
-                match info.kept {
-                    0 => String::new(),
-                    kept => format!(" (and {kept} kept, not restored: see list)"),
-                },
-                info.streams,
-                info.open_files,
-                info.open_files_limit,
-                info.large_requests.0,
-                info.large_requests.1,
-                info.large_request_bytes.0 >> 20,
-                info.large_request_bytes.1 >> 20,
-                info.files.0,
-                info.files.1,
-                info.board_waiters.0,
-                info.board_waiters.1,
-                info.unread_bytes.0 >> 20,
-                info.unread_bytes.1 >> 20,
-                info.unread_regions.0,
-                info.unread_regions.1
-            )
+            use super::output::bytes;
+            let kept = match info.kept {
+                0 => String::new(),
+                kept => format!(", {kept} kept (not restored: see list)"),
+            };
+            let programs = match others {
+                1 => "1 other program".to_owned(),
+                n => format!("{n} other programs"),
+            };
+            [
+                format!("{headline}: pid {}, version {}", info.pid, info.version),
+                format!("  state dir:      {}", info.state_dir),
+                format!(
+                    "  listening on:   {}{}",
+                    info.listen,
+                    if info.loopback_only { " (loopback only)" } else { "" }
+                ),
+                format!("  download roots: {}", info.download_roots.join(", ")),
+                format!("  torrents:       {} running{kept}", info.torrents),
+                format!("  connected:      {programs}; {} streams open", info.streams),
+                format!(
+                    "  files:          {} of {} open, {} of {} in all torrents",
+                    info.open_files, info.open_files_limit, info.files.0, info.files.1
+                ),
+                // The broker's own bounds, for diagnosis (see `--json` for each figure).
+                format!(
+                    "  budgets in use: large requests {} of {} ({} of {}); unread events {} of {} in {} of {} regions; board waiters {} of {}",
+                    info.large_requests.0,
+                    info.large_requests.1,
+                    bytes(info.large_request_bytes.0),
+                    bytes(info.large_request_bytes.1),
+                    bytes(info.unread_bytes.0),
+                    bytes(info.unread_bytes.1),
+                    info.unread_regions.0,
+                    info.unread_regions.1,
+                    info.board_waiters.0,
+                    info.board_waiters.1
+                ),
+            ]
+            .join("\n")
         },
         broker_json(&info, started, others),
     );
