@@ -794,3 +794,180 @@ fn ffprobe_reads_a_video_while_it_downloads() {
         "the {size}-byte video was complete before ffprobe read it: {status}"
     );
 }
+
+/// What the web patron's attacker found (issue 20's review), each through a real client:
+/// a FIFO named to torrent-add hung every worker; 64 HEADs of a file whose pieces never
+/// come held every file slot; magnet adds whose clients hung up each kept a broker
+/// connection; a public body could be dribbled or huge; the cookie held the token itself.
+#[test]
+fn the_web_patron_holds_against_its_attackers_findings() {
+    if !have_curl() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let mut patron = sandbox.patron(&state);
+    let done = sandbox.random_file("local/done.bin", 20_000);
+    e2e::make_and_seed(&mut patron, &done);
+    // Torrent 1: nobody seeds it, so its pieces never come.
+    let lonely = sandbox.random_file("elsewhere/lonely.bin", 200_000);
+    let torrent = sandbox.path("lonely.torrent");
+    sandbox.make_torrent(&state, &lonely, &torrent);
+    let downloads = sandbox.folder("downloads");
+    run(sandbox.add_command(&state, &torrent, &downloads, None)).expect_code(0);
+    drop(patron);
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let rpc = |body: &str| {
+        let (code, head) = Web::answer(&web.curl("/transmission/rpc", &["-X", "POST", "-D", "-"]));
+        assert_eq!(code, 409, "{head}");
+        let session = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-transmission-session-id:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .expect(&head);
+        web.curl(
+            "/transmission/rpc",
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("X-Transmission-Session-Id: {session}"),
+                "-d",
+                body,
+            ],
+        )
+    };
+
+    // A FIFO with no writer: refused at once, and the server answers meanwhile.
+    let fifo = sandbox.path("trap.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let body = format!(
+        "{{\"method\":\"torrent-add\",\"arguments\":{{\"filename\":\"{}\"}}}}",
+        fifo.display()
+    );
+    let (code, reply) = Web::answer(&rpc(&body));
+    assert_eq!(code, 200, "{reply}");
+    assert!(reply.contains("not a regular file"), "{reply}");
+
+    // 64 HEADs of the file that never comes: answered from the stream's facts, each let go.
+    let heads: Vec<Running> = (0..70)
+        .map(|_| {
+            let mut head = Command::new("curl");
+            head.args([
+                "-sS",
+                "-I",
+                "--max-time",
+                "20",
+                "-u",
+                &format!("any:{}", web.token),
+            ])
+            .arg(format!("http://{}/files/1/0", web.addr));
+            Running::start(head)
+        })
+        .collect();
+    for head in heads {
+        head.finish(STEP_TIMEOUT);
+    }
+    wait_for("the HEADs' streams let go", STEP_TIMEOUT, || {
+        e2e::streams_open(&sandbox, &state) == 0
+    });
+    let (code, _) = Web::answer(&web.curl("/files/0/0", &["-o", "/dev/null"]));
+    assert_eq!(code, 200, "a complete file is served after them");
+    // A GET of it whose client leaves: its stream is let go too.
+    let mut leaving = Command::new("curl");
+    leaving
+        .args([
+            "-sS",
+            "--max-time",
+            "1",
+            "-o",
+            "/dev/null",
+            "-u",
+            &format!("any:{}", web.token),
+        ])
+        .arg(format!("http://{}/files/1/0", web.addr));
+    let _ = run(leaving);
+    wait_for("the left GET's stream let go", STEP_TIMEOUT, || {
+        e2e::streams_open(&sandbox, &state) == 0
+    });
+
+    // Magnet adds to a peer that never speaks, each client gone at once: the web patron
+    // holds at most its few connections to the broker, not one per request.
+    let silent = e2e::SilentPeer::start();
+    for n in 0..40 {
+        let magnet = silent.magnet(&format!("{:02x}", n + 16), None);
+        let body = serde_json::json!({"magnet": magnet}).to_string();
+        let mut add = Command::new("curl");
+        add.args([
+            "-sS",
+            "--max-time",
+            "0.1",
+            "-o",
+            "/dev/null",
+            "-u",
+            &format!("any:{}", web.token),
+        ])
+        .args(["-H", "Content-Type: application/json", "-d", &body])
+        .arg(format!("http://{}/api/torrents", web.addr));
+        let _ = run(add);
+    }
+    let info = e2e::ok_json(&sandbox, &state, &["broker", "status"]);
+    let patrons = info["patrons"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        patrons <= 8,
+        "the web patron holds {patrons} broker connections: {info}"
+    );
+
+    // The one public route takes a token, not megabytes; a body that dribbles is cut off.
+    let (code, _) = Web::answer(&web.curl(
+        "/api/login",
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &"x".repeat(4096),
+        ],
+    ));
+    assert_eq!(code, 413);
+    use std::io::{Read, Write};
+    let mut slow = std::net::TcpStream::connect(&web.addr).expect("connect");
+    write!(
+        slow,
+        "POST /api/login HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{{",
+        web.addr
+    )
+    .expect("write");
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // The cookie holds a secret of this process's, not the token, under a name with the port.
+    let login = format!("{{\"token\":\"{}\"}}", web.token);
+    let (_, head) = Web::answer(&web.curl(
+        "/api/login",
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &login,
+            "-D",
+            "-",
+        ],
+    ));
+    let port = web.addr.rsplit_once(':').expect("port").1;
+    assert!(head.contains(&format!("tp_session_{port}=")), "{head}");
+    assert!(
+        !head.contains(&web.token),
+        "the cookie holds the token: {head}"
+    );
+}

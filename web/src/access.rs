@@ -5,7 +5,9 @@
 //! - On TCP, a random token, kept owner-only in the state dir (`web-token`), printed once in
 //!   the URL `http://HOST:PORT/#token=TOKEN` (a fragment: never sent to a server, never in a
 //!   log). The page trades it for an HttpOnly SameSite=Strict cookie; tools send it as the
-//!   password of HTTP Basic (any user name).
+//!   password of HTTP Basic (any user name). The cookie holds not the token but a secret of
+//!   this process's life, under a name with the port: browsers send a 127.0.0.1 cookie to
+//!   every port of it, so another local server would otherwise receive the token.
 //! - `Host` must name this server on every request: a page of another site whose name was
 //!   pointed at 127.0.0.1 (DNS rebinding) is refused before anything else.
 //! - `Origin`, when a browser sends one, must be this server's on anything that changes
@@ -21,8 +23,8 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// The cookie the page holds.
-pub const COOKIE: &str = "tp_token";
+/// The start of the page's cookie's name (the port follows).
+pub const COOKIE: &str = "tp_session_";
 
 /// The token file's name in the state dir.
 pub const TOKEN_FILE: &str = "web-token";
@@ -31,6 +33,10 @@ pub const TOKEN_FILE: &str = "web-token";
 pub struct Access {
     /// `None` on the unix socket (the peer's uid was checked at connect).
     token: Option<String>,
+    /// What the page's cookie holds: random, for this process's life.
+    session: String,
+    /// The cookie's name: [`COOKIE`] and the port.
+    cookie_name: String,
     /// `Host` values that name this server (`127.0.0.1:8080`, `localhost:8080`).
     hosts: Vec<String>,
 }
@@ -40,14 +46,21 @@ impl Access {
     pub fn unix() -> Access {
         Access {
             token: None,
+            session: String::new(),
+            cookie_name: String::new(),
             hosts: Vec::new(),
         }
     }
 
-    /// A TCP listener's at `hosts`, with `token`.
-    pub fn tcp(token: String, hosts: Vec<String>) -> Access {
+    /// A TCP listener's on `port`, at `hosts`, with `token`.
+    pub fn tcp(token: String, port: u16, hosts: Vec<String>) -> Access {
+        use rand::RngCore;
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
         Access {
             token: Some(token),
+            session: hex::encode(secret),
+            cookie_name: format!("{COOKIE}{port}"),
             hosts,
         }
     }
@@ -57,10 +70,7 @@ impl Access {
     pub fn is_token(&self, presented: &str) -> bool {
         match &self.token {
             None => true,
-            Some(token) => {
-                let (a, b) = (token.as_bytes(), presented.as_bytes());
-                a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-            }
+            Some(token) => same(token, presented),
         }
     }
 
@@ -71,9 +81,12 @@ impl Access {
 
     /// The cookie the page gets for the token.
     pub fn cookie(&self) -> Option<String> {
-        self.token
-            .as_ref()
-            .map(|token| format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"))
+        self.token.as_ref().map(|_| {
+            format!(
+                "{}={}; HttpOnly; SameSite=Strict; Path=/",
+                self.cookie_name, self.session
+            )
+        })
     }
 
     /// Why a request may not go on, if it may not.
@@ -125,7 +138,7 @@ impl Access {
             .filter_map(|h| h.to_str().ok())
             .flat_map(|h| h.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
-            .any(|(name, value)| name == COOKIE && self.is_token(value));
+            .any(|(name, value)| name == self.cookie_name && same(&self.session, value));
         cookie
             || headers
                 .get(header::AUTHORIZATION)
@@ -140,6 +153,12 @@ impl Access {
                 .and_then(|pair| pair.split_once(':').map(|(_, p)| self.is_token(p)))
                 .unwrap_or(false)
     }
+}
+
+/// Whether two secrets are equal, in constant time for equal lengths.
+fn same(secret: &str, presented: &str) -> bool {
+    let (a, b) = (secret.as_bytes(), presented.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What anyone may load: the page itself (it holds no data) and the door to log in.
@@ -222,6 +241,42 @@ pub async fn guard(State(web): State<crate::Shared>, request: Request, next: Nex
     response
 }
 
+/// How long a client may take to send a request's body.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The largest body of the one request anyone may send (`/api/login`'s token).
+const LOGIN_BODY_BYTES: usize = 1024;
+
+/// The middleware after [`guard`]: a request's body is read whole within [`BODY_TIMEOUT`]
+/// and its route's bound, or refused (408, 413): a client that dribbles a body, or sends
+/// a large one to the one public route, holds nothing for long.
+pub async fn bounded_body(request: Request, next: Next) -> Response {
+    let most = match request.uri().path() {
+        "/api/login" => LOGIN_BODY_BYTES,
+        _ => crate::MAX_BODY_BYTES,
+    };
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, most)).await;
+    let refused = |status: StatusCode, message: String| {
+        let body = serde_json::json!({"event": "error", "kind": "bad-request", "message": message});
+        (status, axum::Json(body)).into_response()
+    };
+    match read {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request's body is larger than this route takes ({most} bytes)"),
+        ),
+        Err(_) => refused(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request's body did not arrive within {BODY_TIMEOUT:?}"),
+        ),
+    }
+}
+
 /// The token of the state dir `state`: read from `web-token`, or made (32 random bytes,
 /// hex) and written owner-only. A token file others may read is refused, not used.
 pub fn load_or_make_token(state: &Path) -> anyhow::Result<String> {
@@ -273,6 +328,7 @@ mod tests {
     fn access() -> Access {
         Access::tcp(
             "ab".repeat(32),
+            9,
             vec!["127.0.0.1:9".into(), "localhost:9".into()],
         )
     }
@@ -307,8 +363,10 @@ mod tests {
 
     #[test]
     fn a_change_from_another_origin_is_refused_with_the_cookie() {
-        let cookie = format!("{COOKIE}={}", "ab".repeat(32));
-        let refused = access().refusal(
+        let access = access();
+        let cookie = access.cookie().expect("cookie");
+        let cookie = cookie.split(';').next().expect("pair").to_owned();
+        let refused = access.refusal(
             &Method::POST,
             "/api/torrents",
             &headers(&[
@@ -318,7 +376,7 @@ mod tests {
             ]),
         );
         assert!(refused.is_some_and(|r| r.status == StatusCode::FORBIDDEN));
-        let ours = access().refusal(
+        let ours = access.refusal(
             &Method::POST,
             "/api/torrents",
             &headers(&[
@@ -332,7 +390,8 @@ mod tests {
 
     #[test]
     fn a_wrong_token_is_unauthorized_and_the_page_is_public() {
-        let wrong = format!("{COOKIE}={}", "ac".repeat(32));
+        // The token itself is no cookie: only the session's secret is.
+        let wrong = format!("{COOKIE}9={}", "ab".repeat(32));
         let refused = access().refusal(
             &Method::GET,
             "/api/torrents",

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use patron_client::json::{error_json, file_json, info_json, peer_json, status_json, summary_json};
+use patron_client::json::{error_json, file_json, info_json, peer_json, status_json};
 use patron_client::proto::{
     CreateNewTorrent, ErrorKind, FileRef, ProtoError, TorrentRef, TorrentSource,
 };
@@ -85,9 +85,18 @@ pub async fn login(State(web): State<Shared>, Json(body): Json<Value>) -> Respon
 
 /// `GET /api/torrents`: every torrent, as `patron-client --json list` prints them.
 pub async fn list(State(web): State<Shared>) -> Response {
+    // Each torrent's text as the board's thread made it: joined, not serialized again.
     let torrents = web.link.torrents().borrow().clone();
-    let list: Vec<Value> = torrents.list.iter().map(summary_json).collect();
-    Json(json!({"event": "list", "torrents": list, "broker_down": torrents.down})).into_response()
+    let texts: Vec<&str> = torrents.texts.values().map(|t| &**t).collect();
+    let down = serde_json::to_string(&torrents.down).unwrap_or_else(|_| "null".into());
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(
+            "{{\"event\":\"list\",\"torrents\":[{}],\"broker_down\":{down}}}",
+            texts.join(",")
+        ),
+    )
+        .into_response()
 }
 
 /// What `POST /api/torrents` takes: as pipe mode's `add`, with the .torrent in base64.
@@ -127,7 +136,7 @@ pub async fn add(
     create.only_files = body.only.map(file_refs).transpose()?;
     let created = web
         .link
-        .call(move |patron| patron.create(create))
+        .add(move |patron| patron.create(create))
         .await
         .map_err(|e| match e {
             // The start failed for a reason of the request's.

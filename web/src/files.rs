@@ -12,7 +12,7 @@ use crate::api::{torrent_ref, Failure};
 use crate::Shared;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use patron_client::proto::FileRef;
@@ -41,6 +41,7 @@ impl Default for Streams {
 pub async fn serve(
     State(web): State<Shared>,
     Path((torrent, file)): Path<(String, String)>,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
     let torrent = torrent_ref(&torrent)?;
@@ -68,8 +69,9 @@ pub async fn serve(
     let range = match ranged(&headers, &etag) {
         None => None,
         Some(range) => match parse_range(range, size) {
-            Some(range) => Some(range),
-            None => {
+            Ranged::Bytes(first, last) => Some((first, last)),
+            Ranged::Ignored => None,
+            Ranged::Unsatisfiable => {
                 let mut refused = error_response(
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     &format!("the range {range:?} is not within the file's {size} bytes"),
@@ -104,6 +106,13 @@ pub async fn serve(
     }
     if range.is_some() {
         response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
+    }
+    if method == Method::HEAD {
+        // The headers say it all: no reader waits for bytes nobody will take.
+        drop((stream, permit));
+        return response
+            .body(Body::empty())
+            .map_err(|e| Failure(Error::Protocol(format!("cannot answer: {e}"))));
     }
     let (sender, receiver) = mpsc::channel::<std::io::Result<Bytes>>(4);
     if length > 0 {
@@ -144,6 +153,21 @@ fn send_range(
     }
     let mut left = length;
     while left > 0 {
+        // Waits for verified bytes a slice at a time, so that a client gone meanwhile (for
+        // a piece that may never come) is noticed, and its stream let go.
+        loop {
+            if sender.is_closed() {
+                return;
+            }
+            match stream.wait_readable_for(std::time::Duration::from_millis(500)) {
+                Ok(Some(_)) => break,
+                Ok(None) => continue,
+                Err(e) => {
+                    let _ = sender.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            }
+        }
         let mut chunk = vec![0u8; CHUNK.min(left as usize)];
         match stream.read(&mut chunk) {
             Ok(0) => {
@@ -174,30 +198,56 @@ fn ranged<'a>(headers: &'a HeaderMap, etag: &str) -> Option<&'a str> {
     }
 }
 
-/// One byte range (`bytes=A-B`, `bytes=A-`, `bytes=-N`) of a file of `size` bytes, as the
-/// inclusive `(first, last)`; `None` if it lies outside or is not one range. (Several
-/// ranges in one request are answered as the first only by most servers; here as none.)
-pub fn parse_range(range: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = range.trim().strip_prefix("bytes=")?.trim();
-    if spec.contains(',') || size == 0 {
-        return None;
+/// What a `Range` header asks of a file of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ranged {
+    /// One range, inclusive.
+    Bytes(u64, u64),
+    /// One range that lies outside the file: 416.
+    Unsatisfiable,
+    /// A header that is not one byte range (another unit, several ranges, not a range at
+    /// all): ignored, as RFC 9110 lets a server do; the whole file is sent.
+    Ignored,
+}
+
+/// One byte range (`bytes=A-B`, `bytes=A-`, `bytes=-N`; the unit in any case, spaces
+/// around it allowed) of a file of `size` bytes. An end past the file is the file's end.
+pub fn parse_range(range: &str, size: u64) -> Ranged {
+    let Some((unit, spec)) = range.trim().split_once('=') else {
+        return Ranged::Ignored;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
+        return Ranged::Ignored;
     }
-    let (first, last) = spec.split_once('-')?;
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Ranged::Ignored;
+    };
     let (first, last) = (first.trim(), last.trim());
-    match (first.is_empty(), last.is_empty()) {
-        (true, false) => {
-            let suffix: u64 = last.parse().ok()?;
-            (suffix > 0).then(|| (size.saturating_sub(suffix), size - 1))
-        }
-        (false, _) => {
-            let first: u64 = first.parse().ok()?;
-            let last: u64 = match last.is_empty() {
-                true => size - 1,
-                false => last.parse::<u64>().ok()?.min(size - 1),
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    // A number of digits too long for a u64 is past any file's end.
+    let number = |s: &str| s.parse::<u64>().unwrap_or(u64::MAX);
+    match (digits(first), digits(last), first.is_empty()) {
+        (false, true, true) => match number(last) {
+            0 => Ranged::Unsatisfiable,
+            _ if size == 0 => Ranged::Unsatisfiable,
+            suffix => Ranged::Bytes(size.saturating_sub(suffix), size - 1),
+        },
+        (true, _, _) if last.is_empty() || digits(last) => {
+            let first = number(first);
+            if first >= size {
+                return Ranged::Unsatisfiable;
+            }
+            let last = if last.is_empty() {
+                size - 1
+            } else {
+                number(last).min(size - 1)
             };
-            (first <= last && first < size).then_some((first, last))
+            if first > last {
+                return Ranged::Ignored;
+            }
+            Ranged::Bytes(first, last)
         }
-        (true, true) => None,
+        _ => Ranged::Ignored,
     }
 }
 
@@ -247,20 +297,29 @@ fn error_response(status: StatusCode, message: &str) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{parse_range, Ranged};
 
     #[test]
     fn ranges_read_as_rfc_9110_says() {
-        assert_eq!(parse_range("bytes=0-0", 10), Some((0, 0)));
-        assert_eq!(parse_range("bytes=9-", 10), Some((9, 9)));
-        assert_eq!(parse_range("bytes=-3", 10), Some((7, 9)));
-        assert_eq!(parse_range("bytes=-30", 10), Some((0, 9)));
-        assert_eq!(parse_range("bytes=5-100", 10), Some((5, 9)));
-        assert_eq!(parse_range("bytes=10-", 10), None);
-        assert_eq!(parse_range("bytes=5-4", 10), None);
-        assert_eq!(parse_range("bytes=-0", 10), None);
-        assert_eq!(parse_range("bytes=0-1,3-4", 10), None);
-        assert_eq!(parse_range("items=0-1", 10), None);
-        assert_eq!(parse_range("bytes=0-", 0), None);
+        use Ranged::*;
+        assert_eq!(parse_range("bytes=0-0", 10), Bytes(0, 0));
+        assert_eq!(parse_range("bytes=9-", 10), Bytes(9, 9));
+        assert_eq!(parse_range("bytes=-3", 10), Bytes(7, 9));
+        assert_eq!(parse_range("bytes=-30", 10), Bytes(0, 9));
+        assert_eq!(parse_range("bytes=5-100", 10), Bytes(5, 9));
+        assert_eq!(parse_range("BYTES=0-1", 10), Bytes(0, 1));
+        assert_eq!(parse_range("bytes = 0-1", 10), Bytes(0, 1));
+        assert_eq!(
+            parse_range("bytes=1-99999999999999999999999", 10),
+            Bytes(1, 9)
+        );
+        assert_eq!(parse_range("bytes=10-", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-4", 10), Ignored);
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), Ignored);
+        assert_eq!(parse_range("items=0-1", 10), Ignored);
+        assert_eq!(parse_range("bytes=abc", 10), Ignored);
+        assert_eq!(parse_range("bytes=+1-2", 10), Ignored);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
     }
 }

@@ -43,6 +43,8 @@ pub struct Web {
     pub access: access::Access,
     /// Files being served.
     streams: files::Streams,
+    /// Pages following the events.
+    subscribers: events::Subscribers,
     /// Transmission's session id, for this process's life.
     rpc_session: String,
 }
@@ -54,6 +56,7 @@ impl Web {
             link,
             access,
             streams: files::Streams::default(),
+            subscribers: events::Subscribers::default(),
             rpc_session: rpc::new_session(),
         }
     }
@@ -84,6 +87,8 @@ fn router(web: Shared) -> axum::Router {
         .route("/transmission/rpc/", post(rpc::handle))
         .fallback(assets::serve)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Runs after the guard: a refused request's body is never read.
+        .layer(axum::middleware::from_fn(access::bounded_body))
         .layer(axum::middleware::from_fn_with_state(
             web.clone(),
             access::guard,
@@ -92,4 +97,4 @@ fn router(web: Shared) -> axum::Router {
 }
 
 /// The largest request body taken: a .torrent of the broker's largest (16 MiB), in base64.
-const MAX_BODY_BYTES: usize = 22 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 22 * 1024 * 1024;

@@ -2,18 +2,43 @@
 //! connection per file being served, and the status board, followed by one thread.
 //!
 //! `patron_client` is blocking; requests run on tokio's blocking pool, each holding one
-//! connection of a small pool for its length, so a slow request (a magnet resolving) does
-//! not hold up the others. After the first connection the link never starts a broker: one
-//! that a user stopped stays stopped, and the page says so.
+//! connection of a small pool (and a permit, moved into the blocking work: a client that
+//! hangs up does not free a slot its request still uses). Adds have a pool of their own: a
+//! magnet may wait minutes for its metadata, and must not hold up the page's other calls.
+//! After the first connection the link never starts a broker: one that a user stopped
+//! stays stopped, and the page says so.
+//!
+//! The board's thread turns each change into JSON once: every torrent's text, and what
+//! changed since the version before. Every subscriber of the page's events sends those
+//! texts as they are (none serializes a torrent of its own).
 
+use patron_client::json::summary_json;
 use patron_client::proto::TorrentSummary;
 use patron_client::{Board, ConnectOptions, Error, Patron};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 
-/// Requests to the broker in flight at once from this process.
+/// Requests to the broker in flight at once from this process (adds apart).
 const CONNECTIONS: usize = 4;
+
+/// Adds in flight at once (a magnet's may wait for its metadata).
+const ADDS: usize = 2;
+
+/// Changes kept for subscribers that fell behind; one further behind gets everything.
+const HISTORY: usize = 64;
+
+/// What changed from one version of the torrents to the next.
+#[derive(Debug, Default, Clone)]
+pub struct Change {
+    /// The version this change leads to.
+    pub version: u64,
+    /// Torrents that came or changed: id and JSON text.
+    pub changed: Vec<(u64, Arc<str>)>,
+    /// Torrents that went.
+    pub gone: Vec<u64>,
+}
 
 /// Every torrent as the board shows it, and whether a broker runs.
 #[derive(Debug, Default)]
@@ -22,13 +47,54 @@ pub struct Torrents {
     pub list: Vec<TorrentSummary>,
     /// Why there is no board to read (no broker runs, it stopped), if so.
     pub down: Option<String>,
+    /// Counts the changes.
+    pub version: u64,
+    /// Each torrent's JSON text (`patron_client::json::summary_json`), by id.
+    pub texts: BTreeMap<u64, Arc<str>>,
+    /// The latest changes, oldest first, the last leading to `version`.
+    pub history: VecDeque<Arc<Change>>,
+}
+
+impl Torrents {
+    /// What changed since `version`, merged; `None` if that is further back than the
+    /// history (the caller sends everything instead).
+    pub fn since(&self, version: u64) -> Option<Change> {
+        if version == self.version {
+            return Some(Change {
+                version,
+                ..Change::default()
+            });
+        }
+        let first = self.history.front()?;
+        if version + 1 < first.version {
+            return None;
+        }
+        let mut changed: BTreeMap<u64, Arc<str>> = BTreeMap::new();
+        let mut gone = Vec::new();
+        for change in self.history.iter().filter(|c| c.version > version) {
+            for (id, text) in &change.changed {
+                changed.insert(*id, text.clone());
+                gone.retain(|g| g != id);
+            }
+            for id in &change.gone {
+                changed.remove(id);
+                gone.push(*id);
+            }
+        }
+        Some(Change {
+            version: self.version,
+            changed: changed.into_iter().collect(),
+            gone,
+        })
+    }
 }
 
 /// The web patron's connections to one broker.
 pub struct Link {
     options: ConnectOptions,
     idle: Mutex<Vec<Patron>>,
-    permits: Semaphore,
+    requests: Arc<Semaphore>,
+    adds: Arc<Semaphore>,
     torrents: watch::Receiver<Arc<Torrents>>,
 }
 
@@ -53,7 +119,8 @@ impl Link {
         Ok(Arc::new(Link {
             options,
             idle: Mutex::new(vec![first]),
-            permits: Semaphore::new(CONNECTIONS),
+            requests: Arc::new(Semaphore::new(CONNECTIONS)),
+            adds: Arc::new(Semaphore::new(ADDS)),
             torrents,
         }))
     }
@@ -68,20 +135,37 @@ impl Link {
         self.torrents.clone()
     }
 
-    /// Runs `request` on a connection of the pool, on the blocking pool. A connection that
-    /// failed (the broker went) is dropped, and the next request connects again.
+    /// Runs `request` on a connection of the pool, on the blocking pool.
     pub async fn call<T, F>(self: &Arc<Self>, request: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&mut Patron) -> Result<T, Error> + Send + 'static,
     {
-        let _permit = self
-            .permits
-            .acquire()
+        self.run(&self.requests, request).await
+    }
+
+    /// Runs an add (which may wait long for a magnet's metadata) in its own pool.
+    pub async fn add<T, F>(self: &Arc<Self>, request: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Patron) -> Result<T, Error> + Send + 'static,
+    {
+        self.run(&self.adds, request).await
+    }
+
+    async fn run<T, F>(self: &Arc<Self>, pool: &Arc<Semaphore>, request: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Patron) -> Result<T, Error> + Send + 'static,
+    {
+        let permit = Arc::clone(pool)
+            .acquire_owned()
             .await
             .map_err(|_| Error::BrokerStopped("the web patron is stopping".into()))?;
         let link = Arc::clone(self);
         let joined = tokio::task::spawn_blocking(move || {
+            // Held until the request is done, whether or not its client still waits.
+            let _permit = permit;
             let taken = link.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let mut patron = match taken {
                 Some(patron) => patron,
@@ -96,10 +180,10 @@ impl Link {
                     | Error::Refused { .. })
             );
             if !broken {
-                link.idle
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(patron);
+                let mut idle = link.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < CONNECTIONS + ADDS {
+                    idle.push(patron);
+                }
             }
             result
         })
@@ -144,12 +228,52 @@ fn whole_list(options: &ConnectOptions, board: &Board) -> Vec<TorrentSummary> {
     }
 }
 
+/// The next version, if anything changed: each torrent serialized once, here.
 fn publish(sender: &watch::Sender<Arc<Torrents>>, list: Vec<TorrentSummary>, down: Option<String>) {
-    sender.send_if_modified(|now| {
-        let changed = now.list != list || now.down != down;
-        if changed {
-            *now = Arc::new(Torrents { list, down });
-        }
-        changed
-    });
+    let now = sender.borrow().clone();
+    if now.list == list && now.down == down {
+        return;
+    }
+    let mut texts = BTreeMap::new();
+    let mut changed = Vec::new();
+    for torrent in &list {
+        let id = torrent.info.id.0;
+        let unchanged = now
+            .list
+            .binary_search_by_key(&id, |t| t.info.id.0)
+            .ok()
+            .is_some_and(|at| now.list[at] == *torrent);
+        let text = match (unchanged, now.texts.get(&id)) {
+            (true, Some(text)) => text.clone(),
+            _ => {
+                let text: Arc<str> = summary_json(torrent).to_string().into();
+                changed.push((id, text.clone()));
+                text
+            }
+        };
+        texts.insert(id, text);
+    }
+    let gone: Vec<u64> = now
+        .texts
+        .keys()
+        .filter(|id| !texts.contains_key(id))
+        .copied()
+        .collect();
+    let version = now.version + 1;
+    let mut history = now.history.clone();
+    history.push_back(Arc::new(Change {
+        version,
+        changed,
+        gone,
+    }));
+    while history.len() > HISTORY {
+        history.pop_front();
+    }
+    sender.send_replace(Arc::new(Torrents {
+        list,
+        down,
+        version,
+        texts,
+        history,
+    }));
 }

@@ -69,7 +69,10 @@ pub async fn serve(options: Options, ready: impl FnOnce(String)) -> anyhow::Resu
             if addr.ip().is_loopback() {
                 hosts.push(format!("localhost:{}", addr.port()));
             }
-            let web = Arc::new(Web::new(link, Access::tcp(token.clone(), hosts)));
+            let web = Arc::new(Web::new(
+                link,
+                Access::tcp(token.clone(), addr.port(), hosts),
+            ));
             ready(format!("http://{addr}/#token={token}"));
             accept_loop(web, || async {
                 listener.accept().await.map(|(s, _)| Some(s))
@@ -135,11 +138,6 @@ where
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => permit?,
-            _ = interrupt.recv() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
-        };
         let stream = tokio::select! {
             accepted = accept() => accepted,
             _ = interrupt.recv() => return Ok(()),
@@ -155,6 +153,11 @@ where
                 continue;
             }
         };
+        // Past the bound, a client is told so at once rather than left in the backlog.
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tokio::spawn(refuse_busy(stream));
+            continue;
+        };
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
@@ -167,4 +170,16 @@ where
             drop(permit);
         });
     }
+}
+
+/// Answers a connection past [`MAX_CONNECTIONS`] with 503 and closes it (within a second:
+/// a client that does not read its answer is dropped).
+async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = "{\"event\":\"error\",\"kind\":\"limit-reached\",\"message\":\"this server holds as many connections as it serves; try again shortly\"}";
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
 }

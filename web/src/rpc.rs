@@ -85,7 +85,12 @@ async fn call(web: &Shared, method: &str, arguments: &Map<String, Value>) -> Res
             each(web, arguments, Action::Remove { delete }).await
         }
         "torrent-set" => torrent_set(web, arguments).await,
-        "free-space" => free_space(arguments),
+        "free-space" => {
+            let arguments = arguments.clone();
+            tokio::task::spawn_blocking(move || free_space(&arguments))
+                .await
+                .map_err(|e| format!("free-space failed: {e}"))?
+        }
         "session-set" => Err("session-set: the broker's settings are its own (broker.toml, its options); none is changed here".into()),
         "torrent-set-location" | "torrent-rename-path" => Err(format!("{method}: not supported by this broker yet")),
         "queue-move-top" | "queue-move-up" | "queue-move-down" | "queue-move-bottom" => {
@@ -412,7 +417,12 @@ async fn torrent_add(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
         (None, Some(name)) if name.starts_with("http://") || name.starts_with("https://") => {
             return Err("this broker fetches nothing from the web: download the .torrent first and send it as metainfo".into())
         }
-        (None, Some(path)) => TorrentSource::TorrentFile(read_torrent_file(path)?),
+        (None, Some(path)) => {
+            // Off the async workers: a path may be slow to open or read (a hung mount).
+            let path = path.to_owned();
+            let read = tokio::task::spawn_blocking(move || read_torrent_file(&path)).await;
+            TorrentSource::TorrentFile(read.map_err(|e| format!("cannot read the file: {e}"))??)
+        }
         (None, None) => return Err("torrent-add needs \"filename\" or \"metainfo\"".into()),
     };
     let mut create = CreateNewTorrent::new(source);
@@ -438,7 +448,7 @@ async fn torrent_add(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
     }
     let created = web
         .link
-        .call(move |patron| patron.create(create))
+        .add(move |patron| patron.create(create))
         .await
         .map_err(failure)?;
     let (key, info) = match &created {
@@ -451,12 +461,18 @@ async fn torrent_add(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
 }
 
 /// A .torrent named by path: a regular file, read up to the broker's largest request (a
-/// FIFO or `/dev/zero` would otherwise hold this process or fill its memory).
+/// FIFO or `/dev/zero` would otherwise hold this process or fill its memory). Opened
+/// without blocking (a FIFO's open waits for a writer), then checked for what it is.
 fn read_torrent_file(path: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let plain =
         |e: std::io::Error| format!("cannot read {path}: {}", patron_client::plain_io_error(&e));
-    let file = std::fs::File::open(path).map_err(plain)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(plain)?;
     if !file.metadata().map_err(plain)?.is_file() {
         return Err(format!(
             "{path} is not a .torrent file (not a regular file)"
