@@ -93,6 +93,10 @@ impl Access {
     fn refusal(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<Refusal> {
         // On the unix socket the peer was checked when it connected.
         self.token.as_ref()?;
+        // One Host, naming this server (RFC 9112: two are a bad request).
+        if headers.get_all(header::HOST).iter().count() > 1 {
+            return Some(Refusal::forbidden("a request with two Host headers".into()));
+        }
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -128,6 +132,16 @@ impl Access {
             return None;
         }
         Some(Refusal::unauthorized())
+    }
+
+    /// A request whose target names another server (`GET http://evil.test/...`, the
+    /// absolute form, whose authority wins over Host).
+    fn foreign_target(&self, uri: &axum::http::Uri) -> Option<Refusal> {
+        self.token.as_ref()?;
+        let authority = uri.authority()?.as_str();
+        (!self.hosts.iter().any(|h| h.eq_ignore_ascii_case(authority))).then(|| {
+            Refusal::forbidden(format!("the request names {authority:?}, not this server"))
+        })
     }
 
     /// Whether the request carries the token: the page's cookie, or HTTP Basic's password.
@@ -215,7 +229,8 @@ impl IntoResponse for Refusal {
 pub async fn guard(State(web): State<crate::Shared>, request: Request, next: Next) -> Response {
     let refused = web
         .access
-        .refusal(request.method(), request.uri().path(), request.headers());
+        .refusal(request.method(), request.uri().path(), request.headers())
+        .or_else(|| web.access.foreign_target(request.uri()));
     let mut response = match refused {
         Some(refusal) => refusal.into_response(),
         None => next.run(request).await,
@@ -339,6 +354,17 @@ mod tests {
             map.append(*name, HeaderValue::from_str(value).expect("value"));
         }
         map
+    }
+
+    #[test]
+    fn two_hosts_or_a_foreign_absolute_target_are_refused() {
+        let access = access();
+        let two = headers(&[("host", "127.0.0.1:9"), ("host", "evil.test:9")]);
+        assert!(access.refusal(&Method::GET, "/", &two).is_some());
+        let target: axum::http::Uri = "http://evil.test:9/api/torrents".parse().expect("uri");
+        assert!(access.foreign_target(&target).is_some());
+        let ours: axum::http::Uri = "http://127.0.0.1:9/api/torrents".parse().expect("uri");
+        assert!(access.foreign_target(&ours).is_none());
     }
 
     #[test]
