@@ -75,7 +75,7 @@ fn report(ctx: &Context, patron: &mut Patron, started: Option<bool>) -> Result<E
             use super::output::bytes;
             let kept = match info.kept {
                 0 => String::new(),
-                kept => format!(", {kept} kept (not restored: see list)"),
+                kept => format!(", {kept} kept, not restored (see list)"),
             };
             let programs = match others {
                 1 => "1 other program".to_owned(),
