@@ -99,8 +99,9 @@ pub fn receive(fd: &OwnedFd, buffer: &mut [u8]) -> nix::Result<Received> {
     for cmsg in cmsgs {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
             for fd in fds {
-                // SAFETY: the kernel installed this descriptor for us just now and nothing
-                // else owns it; owning it here closes it exactly once, whatever comes next.
+                // The kernel installed this descriptor for us just now; owning it here closes
+                // it exactly once, whatever comes next.
+                // SAFETY: `fd` is open, and nothing else in this process owns it.
                 descriptors.push(unsafe { OwnedFd::from_raw_fd(fd) });
             }
         }
@@ -221,8 +222,8 @@ pub fn connect_nonblocking(path: &Path) -> nix::Result<OwnedFd> {
 /// Whether the patron has read everything sent on `socket` (its send queue is empty).
 pub fn drained(socket: &OwnedFd) -> bool {
     let mut queued: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int (the bytes still queued on the socket)
-    // into `queued`, a live c_int for the call; `socket` is an open socket we own.
+    // TIOCOUTQ (SIOCOUTQ) writes one c_int: the bytes still queued on the socket.
+    // SAFETY: `queued` is a live c_int for the call; `socket` is an open socket we own.
     let done = unsafe {
         libc::ioctl(
             std::os::fd::AsRawFd::as_raw_fd(socket),

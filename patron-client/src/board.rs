@@ -326,8 +326,9 @@ fn receive_answer(fd: &OwnedFd) -> std::result::Result<(BoardAnswer, Option<Owne
         for cmsg in cmsgs {
             if let ControlMessageOwned::ScmRights(fds) = cmsg {
                 for fd in fds {
-                    // SAFETY: the kernel just installed this descriptor in this process for
-                    // us and nothing else owns it, so owning it here closes it exactly once.
+                    // The kernel just installed this descriptor in this process for us;
+                    // owning it here closes it exactly once.
+                    // SAFETY: `fd` is open, and nothing else in this process owns it.
                     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
                     descriptors.push(owned);
                 }

@@ -208,8 +208,8 @@ fn a_reader_cannot_get_write_access() {
     let fd = board.reader_fd().unwrap();
     let len = NonZeroUsize::new(board_bytes(1)).unwrap();
     let shared_rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-    // SAFETY: a fresh mapping at an address the kernel picks aliases nothing; the call is
-    // expected to fail, and a mapping it made anyway would only leak until the test ends.
+    // The call is expected to fail; a mapping it made anyway would only leak until the end.
+    // SAFETY: a fresh mapping at an address the kernel picks aliases nothing.
     let writable = unsafe { mmap(None, len, shared_rw, MapFlags::MAP_SHARED, &fd, 0) };
     assert!(writable.is_err(), "mapped the reader's fd writable");
     // Reopening the memfd read-write through /proc gives a writable fd, but the seal holds.
@@ -228,8 +228,8 @@ fn a_reader_cannot_get_write_access() {
     assert!(reopened.set_len(0).is_err(), "shrank the board");
     // A read-only mapping cannot be made writable afterwards.
 
-    // SAFETY: a fresh read-only mapping of `len` bytes of a sealed memfd at least that long:
-    // it aliases nothing and no access within it can fault; it is unmapped below.
+    // A read-only mapping of `len` bytes of a sealed memfd at least that long, unmapped below.
+    // SAFETY: a fresh mapping aliases nothing, and no access within `len` can fault.
     let readonly = unsafe {
         mmap(
             None,
@@ -241,8 +241,8 @@ fn a_reader_cannot_get_write_access() {
         )
     }
     .unwrap();
-    // SAFETY: `readonly` is the mapping just made, `len` long; no Rust reference points into
-    // it, so changing its protection (which should fail) cannot invalidate one.
+    // Changing its protection should fail.
+    // SAFETY: `readonly` is the mapping just made, `len` long, and no reference points into it.
     let upgraded = unsafe { mprotect(readonly, len.get(), shared_rw) };
     assert!(upgraded.is_err(), "mprotect made the mapping writable");
     // SAFETY: exactly the pointer and length mmap returned; nothing refers into it.

@@ -172,8 +172,8 @@ impl ReadBuf {
                 // latter one is a reborrow that ends with the block.
                 //
                 // Run with `cargo +nightly miri test -p librqbit --features miri test_read_buf_miri -- --nocapture --ignore`
-                // SAFETY: (torrent-patron) the reborrow ends with this block; `self` is unused meanwhile:
-                // a reborrow of `self` that ends with this block (see above).
+                // (torrent-patron) See above: the reborrow ends with this block.
+                // SAFETY: `self` is not used while `this` lives, so the two never alias.
                 let this = unsafe { &mut *(self as *mut Self) };
                 let (first, second) = as_slices!(this);
                 match Message::deserialize(first, second) {

@@ -14,8 +14,8 @@ use tracing::{info, trace};
 
 pub fn setup_test_logging() {
     if std::env::var("RUST_LOG").is_err() {
-        // SAFETY: (torrent-patron) librqbit's own tests, not built here:
-        // test set-up, before any thread that reads the environment starts.
+        // (torrent-patron) librqbit's own tests, not built here.
+        // SAFETY: test set-up, before any thread that reads the environment starts.
         unsafe { std::env::set_var("RUST_LOG", "info") };
     }
     let _ = tracing_subscriber::fmt::try_init();

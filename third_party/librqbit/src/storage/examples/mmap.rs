@@ -112,8 +112,8 @@ impl TorrentStorage for MmapFilesystemStorage {
             let fg = file.lock_write()?;
             fg.set_len(metadata.file_infos[idx].len)
                 .context("mmap storage: error setting length")?;
-            // SAFETY: (torrent-patron) an example storage, not built here; mmap's usual caveat holds:
-            // the file is locked for writing and sized above for the mapping's life.
+            // (torrent-patron) An example storage, not built here; mmap's usual caveat holds.
+            // SAFETY: the file is locked for writing and sized above for the mapping's life.
             let mmap = unsafe { MmapOptions::new().map_mut(&*fg) }.context("error mapping file")?;
             mmaps.push(RwLock::new(mmap));
         }

@@ -8,7 +8,7 @@ pub fn mark_file_sparse(f: &std::fs::File) -> bool {
 
     let handle = HANDLE(f.as_raw_handle());
 
-    // SAFETY: (torrent-patron) Windows only, not built here.
-    // `handle` is `f`'s open handle for the call; FSCTL_SET_SPARSE takes no buffers.
+    // (torrent-patron) Windows only, not built here.
+    // SAFETY: `handle` is `f`'s open handle for the call; FSCTL_SET_SPARSE takes no buffers.
     unsafe { DeviceIoControl(handle, FSCTL_SET_SPARSE, None, 0, None, 0, None, None).is_ok() }
 }
