@@ -147,30 +147,29 @@ impl Mapping {
         } else {
             ProtFlags::PROT_READ
         };
-        // SAFETY: a fresh shared mapping of `len` bytes of `fd` at an address the kernel
-        // picks: it aliases no Rust object. The caller checked that the file is at least
-        // `len` bytes long and sealed against shrinking (the broker) or that the broker
-        // sealed it (a patron), so no access within `len` can fault.
+        // A fresh shared mapping at an address the kernel picks: it aliases no Rust object.
+        // The caller checked that the file is at least `len` bytes long and sealed against
+        // shrinking (the broker) or that the broker sealed it (a patron).
+        // SAFETY: no Rust object is aliased, and no access within `len` can fault.
         let ptr = unsafe { mmap(None, length, prot, MapFlags::MAP_SHARED, fd.as_fd(), 0) }?;
         Ok(Mapping { ptr, len })
     }
 
     /// The whole mapping as 64-bit atomics.
     fn words(&self) -> &[AtomicU64] {
-        // SAFETY: the pointer is page-aligned (so aligned for u64), valid for `len` bytes
-        // for as long as `self` lives, and only ever accessed through these atomics (and
-        // `futex` below, which never overlaps a word read as u64). Another process writing
-        // the same memory is what atomics are for. A read-only mapping is fine: atomic
-        // `load`s of 64 bits or less are plain loads that never write (std documents
-        // `load` on read-only memory as sound for such sizes).
+        // Only ever accessed through these atomics (and `futex` below, which never overlaps
+        // a word read as u64); another process writing the same memory is what atomics are
+        // for. A read-only mapping is fine: atomic `load`s of 64 bits or less are plain
+        // loads that never write (std documents this as sound for such sizes).
+        // SAFETY: page-aligned (so aligned for u64) and valid for `len` bytes while `self` lives.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<AtomicU64>(), self.len / 8) }
     }
 
     /// The futex word.
     fn futex(&self) -> &AtomicU32 {
-        // SAFETY: `H_FUTEX` is within the header (the mapping is at least a header long, as
-        // checked at creation and at mapping) and 8-byte aligned; the word is never accessed
-        // as an `AtomicU64` (see `H_FUTEX`), so no mixed-size access can happen.
+        // The mapping is at least a header long, as checked at creation and at mapping; the
+        // word is never accessed as an `AtomicU64` (see `H_FUTEX`).
+        // SAFETY: `H_FUTEX` is within the header and 8-byte aligned; no mixed-size access.
         unsafe {
             &*self
                 .ptr
@@ -184,8 +183,8 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly what mmap returned, and no reference into the
-        // mapping outlives `self` (they all borrow it).
+        // Every reference into the mapping borrows `self`.
+        // SAFETY: `ptr`/`len` are exactly what mmap returned; no reference outlives `self`.
         let _ = unsafe { munmap(self.ptr, self.len) };
     }
 }
@@ -820,11 +819,10 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
         tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
-    // SAFETY: FUTEX_WAIT reads the 32-bit word at a valid, aligned address of our mapping
-    // (shared, hence not FUTEX_PRIVATE: the broker wakes it from another process) and
-    // sleeps while it equals `expected`, at most `timeout` (a relative timespec that lives
-    // across the call). It writes no memory of ours; any error (EAGAIN, EINTR, ETIMEDOUT)
-    // just returns to the caller's loop.
+    // Shared, hence not FUTEX_PRIVATE: the broker wakes it from another process. It sleeps
+    // while the word equals `expected`, at most `timeout`; any error (EAGAIN, EINTR,
+    // ETIMEDOUT) just returns to the caller's loop.
+    // SAFETY: reads one valid, aligned u32 of our mapping; `timeout` lives across the call.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
@@ -837,8 +835,7 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 }
 
 fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE only looks up waiters keyed by this valid, aligned address; it
-    // reads and writes no memory.
+    // SAFETY: FUTEX_WAKE only looks up waiters keyed by this valid, aligned address.
     unsafe {
         libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
     }
