@@ -285,7 +285,18 @@ fn event_latencies(
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // Until the subscriber has its first event (every torrent), bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while event_seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_empty()
+    {
+        if Instant::now() > deadline {
+            bail!("the event stream sent nothing in 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     for i in 0..changes {
         let target = if i % 2 == 0 { "paused" } else { "seeding" };
         if i % 2 == 0 {

@@ -80,7 +80,7 @@ try {
   // Close torrent 1 with its data, behind the confirmation: cancel first, then confirm.
   await page.click('li.torrent[data-id="1"] [data-act="close"]');
   await page.click('#confirm button[value="cancel"]');
-  await page.waitForTimeout(300);
+  await page.waitForFunction(() => !document.querySelector("#confirm").open);
   if (!(await page.$('li.torrent[data-id="1"]'))) await fail("cancel closed the torrent");
   await page.click('li.torrent[data-id="1"] [data-act="close"]');
   await page.check("#confirm-delete");
