@@ -8,17 +8,21 @@
 //! names those fields. A method or an argument this broker does not have is answered in
 //! Transmission's own shape: `{"result": "<why>"}`, never a silent success.
 
+mod fields;
+
 use crate::link::Torrents;
 use crate::Shared;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use fields::{Fields, Json};
 use patron_client::proto::{
-    CreateNewTorrent, FileRef, TorrentRef, TorrentSource, TorrentState, TorrentSummary,
+    CreateNewTorrent, FileRef, InfoHash, TorrentRef, TorrentSource, TorrentState, TorrentSummary,
 };
 use patron_client::{Created, Error};
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The header Transmission's clients echo.
@@ -57,39 +61,59 @@ pub async fn handle(State(web): State<Shared>, headers: HeaderMap, body: Bytes) 
         _ => Map::new(),
     };
     let answered = call(&web, &method, &arguments).await;
-    let mut reply = match answered {
-        Ok(arguments) => json!({"result": "success", "arguments": arguments}),
-        Err(why) => json!({"result": why, "arguments": {}}),
-    };
-    if let Some(tag) = tag {
-        reply["tag"] = tag;
+    // Written by hand around the arguments, which `torrent-get` writes as text already.
+    let mut reply = Json::with_capacity(answered.as_ref().map_or(64, |a| a.len() + 64));
+    reply.raw(b"{\"arguments\":");
+    match &answered {
+        Ok(arguments) => reply.raw(arguments),
+        Err(_) => reply.raw(b"{}"),
     }
-    axum::Json(reply).into_response()
+    reply.raw(b",\"result\":");
+    reply.put(answered.as_ref().err().map_or("success", String::as_str));
+    if let Some(tag) = tag {
+        reply.raw(b",\"tag\":");
+        reply.put(&tag);
+    }
+    reply.raw(b"}");
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        reply.into_bytes(),
+    )
+        .into_response()
 }
 
-/// One method.
-async fn call(web: &Shared, method: &str, arguments: &Map<String, Value>) -> Result<Value, String> {
+/// One method: its answer's arguments as JSON text, or why it failed.
+async fn call(
+    web: &Shared,
+    method: &str,
+    arguments: &Map<String, Value>,
+) -> Result<Vec<u8>, String> {
+    let text = |value: Value| value.to_string().into_bytes();
     match method {
-        "session-get" => session_get(web).await,
-        "session-stats" => Ok(session_stats(&web.link.torrents().borrow())),
+        "session-get" => session_get(web).await.map(text),
+        "session-stats" => Ok(text(session_stats(&web.link.torrents().borrow()))),
         "torrent-get" => torrent_get(web, arguments).await,
-        "torrent-add" => torrent_add(web, arguments).await,
-        "torrent-start" | "torrent-start-now" => each(web, arguments, Action::Start).await,
-        "torrent-stop" => each(web, arguments, Action::Stop).await,
-        "torrent-verify" => each(web, arguments, Action::Verify).await,
+        "torrent-add" => torrent_add(web, arguments).await.map(text),
+        "torrent-start" | "torrent-start-now" => each(web, arguments, Action::Start).await.map(text),
+        "torrent-stop" => each(web, arguments, Action::Stop).await.map(text),
+        "torrent-verify" => each(web, arguments, Action::Verify).await.map(text),
         "torrent-remove" => {
             let delete = arguments
                 .get("delete-local-data")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            each(web, arguments, Action::Remove { delete }).await
+            each(web, arguments, Action::Remove { delete }).await.map(text)
         }
-        "torrent-set" => torrent_set(web, arguments).await,
+        "torrent-set" => torrent_set(web, arguments).await.map(text),
         "free-space" => {
             let arguments = arguments.clone();
             tokio::task::spawn_blocking(move || free_space(&arguments))
                 .await
                 .map_err(|e| format!("free-space failed: {e}"))?
+                .map(text)
         }
         "session-set" => Err("session-set: the broker's settings are its own (broker.toml, its options); none is changed here".into()),
         "torrent-set-location" | "torrent-rename-path" => Err(format!("{method}: not supported by this broker yet")),
@@ -188,217 +212,109 @@ fn session_stats(torrents: &Arc<Torrents>) -> Value {
 }
 
 /// The torrents `ids` names (absent: all; a number, a hash, a list of them, or
-/// "recently-active"), as the board shows them.
-fn chosen(
-    torrents: &Torrents,
+/// "recently-active"), as the board shows them, in the order named.
+fn chosen<'a>(
+    torrents: &'a Torrents,
     arguments: &Map<String, Value>,
-) -> Result<Vec<TorrentSummary>, String> {
+) -> Result<Vec<&'a TorrentSummary>, String> {
+    let list = &torrents.list;
     let Some(ids) = arguments.get("ids") else {
-        return Ok(torrents.list.clone());
+        return Ok(list.iter().collect());
     };
     let wanted: Vec<&Value> = match ids {
         Value::Array(ids) => ids.iter().collect(),
         Value::String(s) if s == "recently-active" => {
-            return Ok(torrents
-                .list
+            return Ok(list
                 .iter()
                 .filter(|t| t.status.download_rate > 0 || t.status.upload_rate > 0)
-                .cloned()
                 .collect())
         }
         one => vec![one],
     };
+    // The list is in id order; hashes are looked up through a map once there are many, so
+    // a request naming thousands stays linear.
+    let by_id = |id: u64| {
+        list.binary_search_by_key(&id, |t| t.info.id.0)
+            .ok()
+            .map(|at| &list[at])
+    };
+    let mut by_hash: Option<HashMap<InfoHash, &TorrentSummary>> = None;
     let mut found = Vec::new();
     for id in wanted {
         let torrent = match id {
-            Value::Number(n) => n
-                .as_u64()
-                .and_then(|n| torrents.list.iter().find(|t| t.info.id.0 == n)),
+            Value::Number(n) => n.as_u64().and_then(by_id),
             Value::String(s) => match TorrentRef::parse(s) {
-                Some(TorrentRef::Id(id)) => torrents.list.iter().find(|t| t.info.id == id),
-                Some(TorrentRef::InfoHash(hash)) => {
-                    torrents.list.iter().find(|t| t.info.info_hash == hash)
-                }
+                Some(TorrentRef::Id(id)) => by_id(id.0),
+                Some(TorrentRef::InfoHash(hash)) => by_hash
+                    .get_or_insert_with(|| list.iter().map(|t| (t.info.info_hash, t)).collect())
+                    .get(&hash)
+                    .copied(),
                 None => return Err(format!("{s:?} is neither a torrent id nor an info hash")),
             },
             other => return Err(format!("{other} is not a torrent id")),
         };
         // Transmission leaves out ids it does not have.
-        if let Some(torrent) = torrent {
-            found.push(torrent.clone());
-        }
+        found.extend(torrent);
     }
     Ok(found)
 }
 
-/// Transmission's status numbers: 0 stopped, 2 checking, 4 downloading, 6 seeding.
-fn status_number(state: &TorrentState) -> u64 {
-    match state {
-        TorrentState::Paused | TorrentState::Error(_) => 0,
-        TorrentState::Checking => 2,
-        TorrentState::ResolvingMetadata | TorrentState::Downloading => 4,
-        TorrentState::Seeding => 6,
-    }
-}
-
-/// Fields that need the broker (not on the board).
-const FILE_FIELDS: [&str; 5] = ["files", "fileStats", "wanted", "priorities", "fileCount"];
-
-async fn torrent_get(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
-    let fields: Vec<String> = match arguments.get("fields") {
-        Some(Value::Array(fields)) => fields
-            .iter()
-            .filter_map(|f| f.as_str().map(str::to_owned))
-            .collect(),
+/// `torrent-get`: the board's fields written as they are read; files and peers asked of
+/// the broker, one torrent at a time, only when a field names them.
+async fn torrent_get(web: &Shared, arguments: &Map<String, Value>) -> Result<Vec<u8>, String> {
+    let fields = match arguments.get("fields") {
+        Some(Value::Array(fields)) => Fields::parse(fields.iter().filter_map(Value::as_str)),
         _ => return Err("torrent-get needs \"fields\"".into()),
     };
     let torrents = web.link.torrents().borrow().clone();
     let chosen = chosen(&torrents, arguments)?;
-    let wants_files = fields.iter().any(|f| FILE_FIELDS.contains(&f.as_str()));
-    let wants_peers = fields.iter().any(|f| f == "peers");
-    let mut out = Vec::with_capacity(chosen.len());
-    for torrent in &chosen {
-        let mut object = Map::new();
-        for field in &fields {
-            if let Some(value) = field_of(torrent, field) {
-                object.insert(field.clone(), value);
-            }
-        }
+    // About what 15 fields of a torrent take, so a list is written with few reallocations.
+    let mut out = Json::with_capacity(64 + chosen.len() * 400);
+    out.raw(b"{\"torrents\":[");
+    for (n, torrent) in chosen.iter().enumerate() {
+        out.raw(if n == 0 { b"{" } else { b",{" });
+        let mut after = fields.write_board(torrent, &mut out);
         let id = TorrentRef::Id(torrent.info.id);
-        if wants_files {
+        if fields.wants_files() {
             if let Ok(list) = web.link.call(move |patron| patron.files(id)).await {
-                add_file_fields(&mut object, &fields, &list.files);
+                after = fields.write_files(&list.files, after, &mut out);
             }
         }
-        if wants_peers {
+        if fields.peers {
             if let Ok(list) = web.link.call(move |patron| patron.peers(id)).await {
-                let peers: Vec<Value> = list
-                    .peers
-                    .iter()
-                    .map(|p| {
-                        let (address, port) =
-                            p.address.rsplit_once(':').unwrap_or((&p.address, "0"));
-                        json!({
-                            "address": address.trim_start_matches('[').trim_end_matches(']'),
-                            "port": port.parse::<u16>().unwrap_or(0),
-                            "clientName": p.client.clone().unwrap_or_default(),
-                            "isIncoming": p.incoming,
-                            "rateToClient": p.download_rate,
-                            "rateToPeer": p.upload_rate,
-                            "progress": p.progress.unwrap_or(0.0),
-                            "flagStr": "",
-                            "isEncrypted": false,
-                            "isUTP": false,
-                        })
-                    })
-                    .collect();
-                object.insert("peers".into(), Value::Array(peers));
+                if after {
+                    out.raw(b",");
+                }
+                out.raw(b"\"peers\":");
+                out.put(&peers(&list.peers));
             }
         }
-        out.push(Value::Object(object));
+        out.raw(b"}");
     }
-    Ok(json!({"torrents": out}))
+    out.raw(b"]}");
+    Ok(out.into_bytes())
 }
 
-/// One field of a torrent, from what the board shows; `None` for a field this broker does
-/// not know (Transmission leaves such fields out too).
-fn field_of(torrent: &TorrentSummary, field: &str) -> Option<Value> {
-    let s = &torrent.status;
-    let i = &torrent.info;
-    let error = match &s.state {
-        TorrentState::Error(why) => Some(why.clone()),
-        _ => None,
-    };
-    let left = s.bytes_total.saturating_sub(s.bytes_done);
-    Some(match field {
-        "id" => json!(i.id.0),
-        "name" => json!(i.name),
-        "hashString" => json!(i.info_hash.to_string()),
-        "status" => json!(status_number(&s.state)),
-        "percentDone" => json!(s.progress),
-        "percentComplete" => json!(s.progress),
-        "metadataPercentComplete" => {
-            json!(if matches!(s.state, TorrentState::ResolvingMetadata) {
-                0.0
-            } else {
-                1.0
+/// Peers as Transmission lists them.
+fn peers(peers: &[patron_client::proto::PeerEntry]) -> Value {
+    peers
+        .iter()
+        .map(|p| {
+            let (address, port) = p.address.rsplit_once(':').unwrap_or((&p.address, "0"));
+            json!({
+                "address": address.trim_start_matches('[').trim_end_matches(']'),
+                "port": port.parse::<u16>().unwrap_or(0),
+                "clientName": p.client.clone().unwrap_or_default(),
+                "isIncoming": p.incoming,
+                "rateToClient": p.download_rate,
+                "rateToPeer": p.upload_rate,
+                "progress": p.progress.unwrap_or(0.0),
+                "flagStr": "",
+                "isEncrypted": false,
+                "isUTP": false,
             })
-        }
-        "recheckProgress" => json!(if matches!(s.state, TorrentState::Checking) {
-            s.progress
-        } else {
-            0.0
-        }),
-        "totalSize" | "sizeWhenDone" => json!(s.bytes_total),
-        "leftUntilDone" => json!(left),
-        "desiredAvailable" => json!(left),
-        "haveValid" => json!(s.bytes_done),
-        "haveUnchecked" | "corruptEver" | "downloadedEver" => json!(0),
-        "uploadedEver" => json!(s.uploaded),
-        "uploadRatio" => json!(if s.bytes_done == 0 {
-            -1.0
-        } else {
-            s.uploaded as f64 / s.bytes_done as f64
-        }),
-        "rateDownload" => json!(s.download_rate),
-        "rateUpload" => json!(s.upload_rate),
-        // -1: not available, as Transmission says.
-        "eta" | "etaIdle" => json!(s
-            .eta_secs
-            .map_or(-1, |e| i64::try_from(e).unwrap_or(i64::MAX))),
-        "peersConnected" => json!(s.peers),
-        "peersSendingToUs" => json!(if s.download_rate > 0 { s.peers } else { 0 }),
-        "peersGettingFromUs" => json!(if s.upload_rate > 0 { s.peers } else { 0 }),
-        "webseedsSendingToUs" => json!(0),
-        // Transmission's "finished" is "reached its seeding limit" (and stopped): never, yet.
-        "isFinished" => json!(false),
-        "isStalled" => json!(false),
-        "isPrivate" => json!(false),
-        "error" => json!(if error.is_some() { 3 } else { 0 }),
-        "errorString" => json!(error.unwrap_or_default()),
-        "downloadDir" => json!(i.save_folder),
-        "queuePosition" => json!(i.id.0),
-        "labels" | "trackers" | "trackerStats" | "webseeds" => json!([]),
-        "seedRatioMode" | "seedIdleMode" | "bandwidthPriority" => json!(0),
-        "seedRatioLimit" => json!(0.0),
-        "seedIdleLimit" => json!(0),
-        "downloadLimited" | "uploadLimited" | "honorsSessionLimits" => json!(false),
-        "downloadLimit" | "uploadLimit" => json!(0),
-        "magnetLink" => json!(format!("magnet:?xt=urn:btih:{}", i.info_hash)),
-        "comment" | "creator" => json!(""),
-        "addedDate" | "doneDate" | "activityDate" | "startDate" | "dateCreated" => json!(0),
-        "secondsDownloading" | "secondsSeeding" => json!(0),
-        _ => return None,
-    })
-}
-
-fn add_file_fields(
-    object: &mut Map<String, Value>,
-    fields: &[String],
-    files: &[patron_client::proto::FileEntry],
-) {
-    for field in fields {
-        let value = match field.as_str() {
-            "files" => json!(files
-                .iter()
-                .map(|f| json!({"name": f.path, "length": f.size, "bytesCompleted": f.bytes_done}))
-                .collect::<Vec<_>>()),
-            "fileStats" => json!(files
-                .iter()
-                .map(
-                    |f| json!({"bytesCompleted": f.bytes_done, "wanted": f.selected, "priority": 0})
-                )
-                .collect::<Vec<_>>()),
-            "wanted" => json!(files
-                .iter()
-                .map(|f| u8::from(f.selected))
-                .collect::<Vec<_>>()),
-            "priorities" => json!(files.iter().map(|_| 0).collect::<Vec<_>>()),
-            "fileCount" => json!(files.len()),
-            _ => continue,
-        };
-        object.insert(field.clone(), value);
-    }
+        })
+        .collect()
 }
 
 async fn torrent_add(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
@@ -507,20 +423,18 @@ async fn each(
     let chosen = chosen(&torrents, arguments)?;
     for torrent in chosen {
         let id = TorrentRef::Id(torrent.info.id);
+        let state = torrent.status.state.clone();
         let done = web
             .link
             .call(move |patron| match action {
                 // Starting a torrent that runs is a success in Transmission.
                 Action::Start
-                    if !matches!(
-                        torrent.status.state,
-                        TorrentState::Paused | TorrentState::Error(_)
-                    ) =>
+                    if !matches!(state, TorrentState::Paused | TorrentState::Error(_)) =>
                 {
                     Ok(())
                 }
                 Action::Start => patron.resume(id).map(drop),
-                Action::Stop if matches!(torrent.status.state, TorrentState::Paused) => Ok(()),
+                Action::Stop if matches!(state, TorrentState::Paused) => Ok(()),
                 Action::Stop => patron.pause(id).map(drop),
                 Action::Verify => patron.recheck(id).map(drop),
                 // The web patron holds nothing: a remove stops it for everyone, as

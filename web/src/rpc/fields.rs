@@ -1,0 +1,355 @@
+//! `torrent-get`'s fields, written straight into the answer's bytes.
+//!
+//! A list of every torrent is what RPC tools poll, every second or two, so it is the RPC's hot
+//! path: each requested name is looked up once per request, not once per torrent, and each
+//! value is written as JSON text with no `serde_json::Value` between the board and the wire
+//! (one allocation per answer, not several per field).
+
+use patron_client::proto::{FileEntry, TorrentState, TorrentSummary};
+use serde::Serialize;
+
+/// An answer being written: JSON text.
+pub struct Json(Vec<u8>);
+
+impl Json {
+    pub fn with_capacity(bytes: usize) -> Json {
+        Json(Vec::with_capacity(bytes))
+    }
+
+    /// Any value serde writes (numbers, strings with their escapes, a `Value`).
+    pub fn put<T: Serialize + ?Sized>(&mut self, value: &T) {
+        // Writing to a Vec fails only for a map with keys that are not strings, which
+        // nothing here writes; a failure would leave the text cut, so it writes `null`.
+        if serde_json::to_writer(&mut self.0, value).is_err() {
+            self.0.extend_from_slice(b"null");
+        }
+    }
+
+    /// Text that is JSON already.
+    pub fn raw(&mut self, text: &[u8]) {
+        self.0.extend_from_slice(text);
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// Writes one field's value of a torrent.
+type Write = fn(&TorrentSummary, &mut Json);
+
+/// The fields the board answers, as Transmission names them. A field not here and not a
+/// file or peer field is left out of the answer, as Transmission leaves out what it does
+/// not know.
+const BOARD: &[(&str, Write)] = &[
+    ("id", |t, o| o.put(&t.info.id.0)),
+    ("name", |t, o| o.put(&t.info.name)),
+    ("hashString", |t, o| o.put(&t.info.info_hash.to_string())),
+    ("status", |t, o| o.put(&status_number(&t.status.state))),
+    ("percentDone", |t, o| o.put(&t.status.progress)),
+    ("percentComplete", |t, o| o.put(&t.status.progress)),
+    ("metadataPercentComplete", |t, o| {
+        let resolving = matches!(t.status.state, TorrentState::ResolvingMetadata);
+        o.put(&if resolving { 0.0 } else { 1.0 })
+    }),
+    ("recheckProgress", |t, o| {
+        let checking = matches!(t.status.state, TorrentState::Checking);
+        o.put(&if checking { t.status.progress } else { 0.0 })
+    }),
+    ("totalSize", |t, o| o.put(&t.status.bytes_total)),
+    ("sizeWhenDone", |t, o| o.put(&t.status.bytes_total)),
+    ("leftUntilDone", |t, o| o.put(&left(t))),
+    ("desiredAvailable", |t, o| o.put(&left(t))),
+    ("haveValid", |t, o| o.put(&t.status.bytes_done)),
+    ("haveUnchecked", |_, o| o.raw(b"0")),
+    ("corruptEver", |_, o| o.raw(b"0")),
+    ("downloadedEver", |_, o| o.raw(b"0")),
+    ("uploadedEver", |t, o| o.put(&t.status.uploaded)),
+    ("uploadRatio", |t, o| {
+        let s = &t.status;
+        // -1: no ratio yet, as Transmission says.
+        let ratio = match s.bytes_done {
+            0 => -1.0,
+            done => s.uploaded as f64 / done as f64,
+        };
+        o.put(&ratio)
+    }),
+    ("rateDownload", |t, o| o.put(&t.status.download_rate)),
+    ("rateUpload", |t, o| o.put(&t.status.upload_rate)),
+    // -1: not available, as Transmission says.
+    ("eta", |t, o| o.put(&eta(t))),
+    ("etaIdle", |t, o| o.put(&eta(t))),
+    ("peersConnected", |t, o| o.put(&t.status.peers)),
+    ("peersSendingToUs", |t, o| {
+        let s = &t.status;
+        o.put(&if s.download_rate > 0 { s.peers } else { 0 })
+    }),
+    ("peersGettingFromUs", |t, o| {
+        let s = &t.status;
+        o.put(&if s.upload_rate > 0 { s.peers } else { 0 })
+    }),
+    ("webseedsSendingToUs", |_, o| o.raw(b"0")),
+    // Transmission's "finished" is "reached its seeding limit" (and stopped): never, yet.
+    ("isFinished", |_, o| o.raw(b"false")),
+    ("isStalled", |_, o| o.raw(b"false")),
+    ("isPrivate", |_, o| o.raw(b"false")),
+    ("error", |t, o| {
+        let failed = matches!(t.status.state, TorrentState::Error(_));
+        o.raw(if failed { b"3" } else { b"0" })
+    }),
+    ("errorString", |t, o| match &t.status.state {
+        TorrentState::Error(why) => o.put(why),
+        _ => o.raw(b"\"\""),
+    }),
+    ("downloadDir", |t, o| o.put(&t.info.save_folder)),
+    ("queuePosition", |t, o| o.put(&t.info.id.0)),
+    ("labels", |_, o| o.raw(b"[]")),
+    ("trackers", |_, o| o.raw(b"[]")),
+    ("trackerStats", |_, o| o.raw(b"[]")),
+    ("webseeds", |_, o| o.raw(b"[]")),
+    ("seedRatioMode", |_, o| o.raw(b"0")),
+    ("seedIdleMode", |_, o| o.raw(b"0")),
+    ("bandwidthPriority", |_, o| o.raw(b"0")),
+    ("seedRatioLimit", |_, o| o.raw(b"0.0")),
+    ("seedIdleLimit", |_, o| o.raw(b"0")),
+    ("downloadLimited", |_, o| o.raw(b"false")),
+    ("uploadLimited", |_, o| o.raw(b"false")),
+    ("honorsSessionLimits", |_, o| o.raw(b"false")),
+    ("downloadLimit", |_, o| o.raw(b"0")),
+    ("uploadLimit", |_, o| o.raw(b"0")),
+    ("magnetLink", |t, o| {
+        o.put(&format!("magnet:?xt=urn:btih:{}", t.info.info_hash))
+    }),
+    ("comment", |_, o| o.raw(b"\"\"")),
+    ("creator", |_, o| o.raw(b"\"\"")),
+    ("addedDate", |_, o| o.raw(b"0")),
+    ("doneDate", |_, o| o.raw(b"0")),
+    ("activityDate", |_, o| o.raw(b"0")),
+    ("startDate", |_, o| o.raw(b"0")),
+    ("dateCreated", |_, o| o.raw(b"0")),
+    ("secondsDownloading", |_, o| o.raw(b"0")),
+    ("secondsSeeding", |_, o| o.raw(b"0")),
+];
+
+/// Fields that need the broker (not on the board): asked once per torrent, only when named.
+const FILE_FIELDS: [&str; 5] = ["files", "fileStats", "wanted", "priorities", "fileCount"];
+
+/// The fields one `torrent-get` asked for, each looked up once.
+pub struct Fields {
+    /// Board fields: the key already written as JSON (`"name":`), and its writer.
+    board: Vec<(Vec<u8>, Write)>,
+    /// File fields asked for, in the order asked.
+    files: Vec<&'static str>,
+    pub peers: bool,
+}
+
+impl Fields {
+    /// The fields named, each once; names nobody knows are dropped.
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Fields {
+        let mut fields = Fields {
+            board: Vec::new(),
+            files: Vec::new(),
+            peers: false,
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for name in names {
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name);
+            if let Some((known, write)) = BOARD.iter().find(|(known, _)| *known == name) {
+                let mut key = serde_json::to_vec(known).unwrap_or_default();
+                key.push(b':');
+                fields.board.push((key, *write));
+            } else if let Some(known) = FILE_FIELDS.iter().find(|known| **known == name) {
+                fields.files.push(known);
+            } else if name == "peers" {
+                fields.peers = true;
+            }
+        }
+        fields
+    }
+
+    pub fn wants_files(&self) -> bool {
+        !self.files.is_empty()
+    }
+
+    /// Writes the board's fields of `torrent` (an object's members, no braces); returns
+    /// whether any was written.
+    pub fn write_board(&self, torrent: &TorrentSummary, out: &mut Json) -> bool {
+        for (n, (key, write)) in self.board.iter().enumerate() {
+            if n > 0 {
+                out.raw(b",");
+            }
+            out.raw(key);
+            write(torrent, out);
+        }
+        !self.board.is_empty()
+    }
+
+    /// Writes the file fields asked for, each preceded by a comma when `after` says members
+    /// came before it.
+    pub fn write_files(&self, files: &[FileEntry], mut after: bool, out: &mut Json) -> bool {
+        for field in &self.files {
+            if after {
+                out.raw(b",");
+            }
+            after = true;
+            out.put(field);
+            out.raw(b":");
+            match *field {
+                "files" => list(out, files, |f, o| {
+                    o.raw(b"{\"name\":");
+                    o.put(&f.path);
+                    o.raw(b",\"length\":");
+                    o.put(&f.size);
+                    o.raw(b",\"bytesCompleted\":");
+                    o.put(&f.bytes_done);
+                    o.raw(b"}");
+                }),
+                "fileStats" => list(out, files, |f, o| {
+                    o.raw(b"{\"bytesCompleted\":");
+                    o.put(&f.bytes_done);
+                    o.raw(b",\"wanted\":");
+                    o.put(&f.selected);
+                    o.raw(b",\"priority\":0}");
+                }),
+                "wanted" => list(out, files, |f, o| {
+                    o.raw(if f.selected { b"1" } else { b"0" })
+                }),
+                "priorities" => list(out, files, |_, o| o.raw(b"0")),
+                _ => out.put(&files.len()),
+            }
+        }
+        after
+    }
+}
+
+fn list<T>(out: &mut Json, items: &[T], mut each: impl FnMut(&T, &mut Json)) {
+    out.raw(b"[");
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.raw(b",");
+        }
+        each(item, out);
+    }
+    out.raw(b"]");
+}
+
+/// Transmission's status numbers: 0 stopped, 2 checking, 4 downloading, 6 seeding.
+pub fn status_number(state: &TorrentState) -> u64 {
+    match state {
+        TorrentState::Paused | TorrentState::Error(_) => 0,
+        TorrentState::Checking => 2,
+        TorrentState::ResolvingMetadata | TorrentState::Downloading => 4,
+        TorrentState::Seeding => 6,
+    }
+}
+
+fn left(t: &TorrentSummary) -> u64 {
+    t.status.bytes_total.saturating_sub(t.status.bytes_done)
+}
+
+fn eta(t: &TorrentSummary) -> i64 {
+    t.status
+        .eta_secs
+        .map_or(-1, |e| i64::try_from(e).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patron_client::proto::{InfoHash, TorrentId, TorrentInfo, TorrentStatus};
+    use serde_json::{json, Value};
+
+    fn torrent(state: TorrentState) -> TorrentSummary {
+        let info = TorrentInfo {
+            id: TorrentId(7),
+            info_hash: InfoHash([0xab; 20]),
+            name: "a \"quoted\"\nname\u{1}é".into(),
+            save_folder: "/data/x".into(),
+            total_bytes: 1000,
+        };
+        let mut status = TorrentStatus::idle(&info, state);
+        status.bytes_done = 250;
+        status.progress = 0.25;
+        status.uploaded = 500;
+        status.download_rate = 10;
+        status.peers = 3;
+        TorrentSummary {
+            info,
+            status,
+            holders: 1,
+            held_by_you: false,
+            ephemeral: false,
+        }
+    }
+
+    fn written(fields: &Fields, torrent: &TorrentSummary, files: &[FileEntry]) -> Value {
+        let mut out = Json::with_capacity(0);
+        out.raw(b"{");
+        let after = fields.write_board(torrent, &mut out);
+        fields.write_files(files, after, &mut out);
+        out.raw(b"}");
+        serde_json::from_slice(&out.into_bytes()).expect("the text is JSON")
+    }
+
+    #[test]
+    fn board_fields_are_json_with_their_values_each_once() {
+        let fields = Fields::parse([
+            "id",
+            "name",
+            "name",
+            "status",
+            "percentDone",
+            "leftUntilDone",
+            "uploadRatio",
+            "eta",
+            "peersSendingToUs",
+            "error",
+            "errorString",
+            "hashString",
+            "no-such-field",
+        ]);
+        let value = written(&fields, &torrent(TorrentState::Downloading), &[]);
+        assert_eq!(
+            value,
+            json!({
+                "id": 7, "name": "a \"quoted\"\nname\u{1}é", "status": 4, "percentDone": 0.25,
+                "leftUntilDone": 750, "uploadRatio": 2.0, "eta": -1, "peersSendingToUs": 3,
+                "error": 0, "errorString": "", "hashString": "ab".repeat(20),
+            })
+        );
+    }
+
+    #[test]
+    fn an_error_is_told_and_file_fields_follow_the_board_ones() {
+        let fields = Fields::parse(["error", "errorString", "fileCount", "wanted", "files"]);
+        let file = FileEntry {
+            index: 0,
+            path: "d/f\"1".into(),
+            size: 10,
+            bytes_done: 4,
+            selected: true,
+        };
+        let value = written(
+            &fields,
+            &torrent(TorrentState::Error("disk \"full\"".into())),
+            &[file],
+        );
+        assert_eq!(
+            value,
+            json!({
+                "error": 3, "errorString": "disk \"full\"", "fileCount": 1, "wanted": [1],
+                "files": [{"name": "d/f\"1", "length": 10, "bytesCompleted": 4}],
+            })
+        );
+        // Only file fields: no comma before the first.
+        let value = written(
+            &Fields::parse(["priorities"]),
+            &torrent(TorrentState::Paused),
+            &[],
+        );
+        assert_eq!(value, json!({"priorities": []}));
+    }
+}
