@@ -19,7 +19,7 @@ use proto::{
     PROTOCOL_VERSION,
 };
 use std::io::IoSliceMut;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -168,6 +168,32 @@ impl Board {
                 return Ok(false);
             }
         }
+    }
+
+    /// A descriptor that becomes readable when the board changes (this reader's eventfd,
+    /// which the broker writes), for an event loop to watch; then [`Board::changed`] says
+    /// what happened. `None` where the broker would not take a waker: poll then. It may
+    /// differ after [`Board::changed`] (a restarted broker takes a new one).
+    pub fn change_fd(&mut self) -> Option<RawFd> {
+        if self.waker.is_none() && !self.no_waker {
+            self.register_waker();
+        }
+        self.waker.as_ref().map(|waker| waker.event.as_fd().as_raw_fd())
+    }
+
+    /// Whether the board changed since this reader last looked (here or in
+    /// [`Board::wait_for_change`]), without waiting; clears the wake-up of
+    /// [`Board::change_fd`]. A broker that stopped and none took its place is
+    /// [`Error::BrokerStopped`].
+    pub fn changed(&mut self) -> Result<bool> {
+        self.refresh()?;
+        if let Some(waker) = &self.waker {
+            let _ = waker.event.read();
+        }
+        let now = self.reader.header().changes;
+        let changed = now != self.seen;
+        self.seen = now;
+        Ok(changed)
     }
 
     /// Maps the current board if the broker outgrew this one (reads of a superseded board

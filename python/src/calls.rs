@@ -1,0 +1,605 @@
+//! `_native.Connection`: the requests, board reads and waits the Python classes are made
+//! of. Each request is built from a method name and its keyword arguments, sent, and its
+//! reply turned into a Python value; the sync `Patron` waits for it here with the GIL
+//! released, the `AsyncPatron` gets it through an asyncio future.
+
+use crate::core::{lock, Core, Failure, SIGNAL_SLICE};
+use crate::errors::{self, own};
+use crate::values::{Added, BrokerStopping, Closed, File, Made, Peer, Status, StatusChanged, TorrentGone};
+use patron_client::proto::{
+    CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, PeersRequest,
+    RequestBody, TorrentRef, TorrentSource, TorrentState,
+};
+use patron_client::{Board, ConnectOptions};
+use pyo3::exceptions::{PyTimeoutError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A reply handed to Python through an asyncio future, decoded by [`Connection::decode`].
+#[pyclass(frozen, module = "torrent_patron._native")]
+pub struct Reply(pub Mutex<Option<Result<Event, Failure>>>);
+
+impl Reply {
+    pub fn new(reply: Result<Event, Failure>) -> Reply {
+        Reply(Mutex::new(Some(reply)))
+    }
+}
+
+/// A patron connection: requests, board reads, events.
+#[pyclass(frozen, module = "torrent_patron._native")]
+pub struct Connection {
+    core: Arc<Core>,
+    /// For reads (`list`, `status`): a few atomic loads each, under this lock.
+    board: Mutex<Option<Board>>,
+    /// Boards for waits, one per thread waiting at once (a wait sleeps with its board).
+    idle_boards: Mutex<Vec<Board>>,
+}
+
+/// A torrent named by id (an int, or a string of digits) or info hash.
+pub fn torrent_ref(value: &Bound<'_, PyAny>) -> PyResult<TorrentRef> {
+    if let Ok(id) = value.extract::<u64>() {
+        return Ok(TorrentRef::Id(patron_client::proto::TorrentId(id)));
+    }
+    let text: String = value
+        .extract()
+        .map_err(|_| PyTypeError::new_err("a torrent is named by its id (int) or info hash (str)"))?;
+    TorrentRef::parse(&text).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "{text:?} is neither a torrent id nor an info hash (40 hex digits)"
+        ))
+    })
+}
+
+fn file_ref(value: &Bound<'_, PyAny>) -> PyResult<FileRef> {
+    if let Ok(index) = value.extract::<u32>() {
+        return Ok(FileRef::Index(index));
+    }
+    value
+        .extract::<String>()
+        .map(FileRef::Path)
+        .map_err(|_| PyTypeError::new_err("a file is named by its index (int) or path (str)"))
+}
+
+fn arg<'py, T>(args: &Bound<'py, PyDict>, name: &str) -> PyResult<Option<T>>
+where
+    T: for<'a> FromPyObject<'a, 'py, Error = PyErr>,
+{
+    match args.get_item(name)? {
+        Some(value) if !value.is_none() => value
+            .extract()
+            .map(Some)
+            .map_err(|e: PyErr| PyTypeError::new_err(format!("{name}: {e}"))),
+        _ => Ok(None),
+    }
+}
+
+fn required<'py, T>(args: &Bound<'py, PyDict>, name: &str) -> PyResult<T>
+where
+    T: for<'a> FromPyObject<'a, 'py, Error = PyErr>,
+{
+    arg(args, name)?.ok_or_else(|| PyTypeError::new_err(format!("{name} is required")))
+}
+
+fn ref_arg(args: &Bound<'_, PyDict>) -> PyResult<TorrentRef> {
+    match args.get_item("ref")? {
+        Some(value) => torrent_ref(&value),
+        None => Err(PyTypeError::new_err("ref is required")),
+    }
+}
+
+/// The request a method sends.
+fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
+    Ok(match method {
+        "add" => {
+            let source = match args.get_item("source")? {
+                Some(s) if s.is_instance_of::<pyo3::types::PyBytes>() => {
+                    TorrentSource::TorrentFile(s.extract()?)
+                }
+                Some(s) => TorrentSource::Magnet(s.extract()?),
+                None => return Err(PyTypeError::new_err("source is required")),
+            };
+            let mut create = CreateNewTorrent::new(source);
+            create.output = arg(args, "output")?;
+            create.peers = arg(args, "peers")?.unwrap_or_default();
+            create.paused = arg(args, "paused")?.unwrap_or(false);
+            create.only_files = match args.get_item("only")? {
+                Some(only) if !only.is_none() => Some(
+                    only.try_iter()?
+                        .map(|f| file_ref(&f?))
+                        .collect::<PyResult<Vec<_>>>()?,
+                ),
+                _ => None,
+            };
+            create.max_download_rate = arg(args, "max_download_rate")?;
+            create.max_upload_rate = arg(args, "max_upload_rate")?;
+            create.ephemeral = arg(args, "ephemeral")?.unwrap_or(false);
+            create.overwrite = arg(args, "overwrite")?.unwrap_or(false);
+            RequestBody::CreateNewTorrent(create)
+        }
+        "close" => RequestBody::CloseTorrent(CloseTorrent {
+            torrent: ref_arg(args)?,
+            delete_data: arg(args, "delete_data")?.unwrap_or(false),
+            force: arg(args, "force")?.unwrap_or(false),
+        }),
+        "pause" => RequestBody::Pause(ref_arg(args)?),
+        "resume" => RequestBody::Resume(ref_arg(args)?),
+        "recheck" => RequestBody::Recheck(ref_arg(args)?),
+        "follow" => RequestBody::Follow(ref_arg(args)?),
+        "files" => RequestBody::Files(FilesRequest {
+            torrent: ref_arg(args)?,
+            only: None,
+        }),
+        "select_files" => {
+            let only = match args.get_item("only")? {
+                Some(only) => only
+                    .try_iter()?
+                    .map(|f| file_ref(&f?))
+                    .collect::<PyResult<Vec<_>>>()?,
+                None => return Err(PyTypeError::new_err("only is required")),
+            };
+            RequestBody::Files(FilesRequest {
+                torrent: ref_arg(args)?,
+                only: Some(only),
+            })
+        }
+        "peers" => RequestBody::Peers(PeersRequest {
+            torrent: ref_arg(args)?,
+            add: Vec::new(),
+        }),
+        "add_peers" => RequestBody::Peers(PeersRequest {
+            torrent: ref_arg(args)?,
+            add: required(args, "peers")?,
+        }),
+        "make" => RequestBody::MakeTorrent(MakeTorrent {
+            path: required(args, "path")?,
+            piece_size: arg(args, "piece_size")?,
+            trackers: arg(args, "trackers")?.unwrap_or_default(),
+            seed: arg(args, "seed")?.unwrap_or(false),
+        }),
+        "broker_info" => RequestBody::BrokerInfo,
+        "stop_broker" => RequestBody::StopBroker,
+        "status_request" => RequestBody::Status(ref_arg(args)?),
+        "list_request" => RequestBody::List,
+        other => return Err(PyValueError::new_err(format!("no method {other:?}"))),
+    })
+}
+
+/// A method's reply as its Python value (or its error raised).
+fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResult<Py<PyAny>> {
+    let event = reply.map_err(|f| errors::from_failure(py, f))?;
+    let unexpected = |event: &Event| {
+        own::<errors::ProtocolError>(
+            py,
+            "protocol",
+            format!("unexpected reply to {method}: {event:?}"),
+        )
+    };
+    let value: Py<PyAny> = match (method, event) {
+        (_, Event::Error { error, .. }) | (_, Event::TorrentStartFail { error, .. }) => {
+            return Err(errors::refusal(py, &error))
+        }
+        ("add", Event::NewTorrentCreated { torrent, .. }) => {
+            Py::new(py, Added::new(torrent, false, Vec::new()))?.into_any()
+        }
+        ("add", Event::TorrentAlreadyDownloading { torrent, not_applied, .. }) => {
+            Py::new(py, Added::new(torrent, true, not_applied))?.into_any()
+        }
+        ("close", Event::TorrentClosed { id, stopped, data_deleted, .. }) => Py::new(
+            py,
+            Closed {
+                id: id.0,
+                stopped,
+                data_deleted,
+            },
+        )?
+        .into_any(),
+        ("pause" | "resume" | "recheck" | "status_request", Event::Status { status, .. }) => {
+            Py::new(py, Status::from_status(status))?.into_any()
+        }
+        ("follow", Event::Following { .. }) => py.None(),
+        ("files" | "select_files", Event::Files { files, .. }) => {
+            let files = files.into_iter().map(File::from).collect::<Vec<_>>();
+            files.into_pyobject(py)?.into_any().unbind()
+        }
+        ("peers", Event::Peers { peers, .. }) => {
+            let peers = peers.into_iter().map(Peer::from).collect::<Vec<_>>();
+            peers.into_pyobject(py)?.into_any().unbind()
+        }
+        ("add_peers", Event::Peers { dialled, .. }) => dialled.into_pyobject(py)?.into_any().unbind(),
+        ("make", Event::TorrentMade { made, .. }) => Py::new(py, Made::new(py, made))?.into_any(),
+        ("broker_info", Event::BrokerInfo { info, .. }) => {
+            let others = info.patrons.saturating_sub(1);
+            let text = patron_client::json::broker_json(&info, None, others).to_string();
+            py.import("json")?.call_method1("loads", (text,))?.unbind()
+        }
+        ("stop_broker", Event::Ok { .. }) => py.None(),
+        ("list_request", Event::TorrentList { torrents, .. }) => {
+            let list = torrents.into_iter().map(Status::from_summary).collect::<Vec<_>>();
+            list.into_pyobject(py)?.into_any().unbind()
+        }
+        (_, other) => return Err(unexpected(&other)),
+    };
+    Ok(value)
+}
+
+/// An event of `events()` as its Python object; `None` for one a program need not see.
+pub fn event_object(py: Python<'_>, event: Event) -> PyResult<Option<Py<PyAny>>> {
+    Ok(Some(match event {
+        Event::TorrentStatusUpdate(status) => Py::new(
+            py,
+            StatusChanged {
+                status: Py::new(py, Status::from_status(status))?,
+            },
+        )?
+        .into_any(),
+        Event::TorrentGone { id, reason } => Py::new(py, TorrentGone { id: id.0, reason })?.into_any(),
+        Event::BrokerStopping { reason } => Py::new(py, BrokerStopping { reason })?.into_any(),
+        _ => return Ok(None),
+    }))
+}
+
+#[pymethods]
+impl Connection {
+    /// Connects to the broker of `state_dir` (the default one when `None`), starting one
+    /// if none runs and `autostart`. `resolve(future, value)` completes a future unless it
+    /// was cancelled (called on the future's loop).
+    #[new]
+    #[pyo3(signature = (state_dir, autostart, resolve))]
+    fn new(
+        py: Python<'_>,
+        state_dir: Option<PathBuf>,
+        autostart: bool,
+        resolve: Py<PyAny>,
+    ) -> PyResult<Connection> {
+        let options = ConnectOptions {
+            state_dir,
+            auto_start: autostart,
+            ..Default::default()
+        };
+        let core = py
+            .detach(|| Core::connect(options, resolve))
+            .map_err(|e| errors::from_client(py, e))?;
+        Ok(Connection {
+            core,
+            board: Mutex::new(None),
+            idle_boards: Mutex::default(),
+        })
+    }
+
+    #[getter]
+    fn broker_pid(&self) -> u32 {
+        self.core.broker_pid
+    }
+
+    #[getter]
+    fn patron_id(&self) -> u64 {
+        self.core.patron_id
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.core.ended().is_some()
+    }
+
+    /// Sends a request and waits for its reply, asleep with the GIL released; Ctrl-C (any
+    /// signal handler that raises) interrupts the wait.
+    fn call(&self, py: Python<'_>, method: &str, args: &Bound<'_, PyDict>) -> PyResult<Py<PyAny>> {
+        self.check_process(py)?;
+        let body = request(method, args)?;
+        let (id, slot) = py
+            .detach(|| self.core.send(body))
+            .map_err(|f| errors::from_failure(py, f))?;
+        loop {
+            if let Some(reply) = py.detach(|| Core::wait_slot(&slot, SIGNAL_SLICE)) {
+                return decode(py, method, reply);
+            }
+            if let Err(interrupted) = py.check_signals() {
+                self.core.forget(id);
+                return Err(interrupted);
+            }
+        }
+    }
+
+    /// Sends a request whose reply resolves `future` on `event_loop`; then `decode` it.
+    fn call_async(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        args: &Bound<'_, PyDict>,
+        future: Py<PyAny>,
+        event_loop: Py<PyAny>,
+    ) -> PyResult<()> {
+        self.check_process(py)?;
+        let body = request(method, args)?;
+        py.detach(|| self.core.send_async(body, future, event_loop))
+            .map(drop)
+            .map_err(|f| errors::from_failure(py, f))
+    }
+
+    /// The value of a reply an async call got.
+    fn decode(&self, py: Python<'_>, method: &str, reply: &Bound<'_, Reply>) -> PyResult<Py<PyAny>> {
+        let taken = lock(&reply.get().0).take();
+        match taken {
+            Some(reply) => decode(py, method, reply),
+            None => Err(own::<errors::ProtocolError>(
+                py,
+                "protocol",
+                "a reply decoded twice".into(),
+            )),
+        }
+    }
+
+    /// Every torrent on the board, in id order, with no request (the broker is asked only
+    /// when the board cut a long text, so that every field is whole).
+    fn list(&self, py: Python<'_>) -> PyResult<Py<PyList>> {
+        self.check_process(py)?;
+        let exact = self.with_board(py, |board| board.list_exact())?;
+        let summaries = match exact {
+            Some(list) => list,
+            None => {
+                let list = self.call(py, "list_request", &PyDict::new(py))?;
+                return Ok(list.bind(py).cast::<PyList>()?.clone().unbind());
+            }
+        };
+        let list = PyList::empty(py);
+        for summary in summaries {
+            list.append(Py::new(py, Status::from_summary(summary))?)?;
+        }
+        Ok(list.unbind())
+    }
+
+    /// One torrent's status off the board, with no request.
+    fn status(&self, py: Python<'_>, torrent: &Bound<'_, PyAny>) -> PyResult<Py<Status>> {
+        self.check_process(py)?;
+        let torrent = torrent_ref(torrent)?;
+        let found = self.with_board(py, |board| board.summary(torrent))?;
+        match found {
+            Some(summary) => Py::new(py, Status::from_summary(summary)),
+            None => Err(own::<errors::UnknownTorrent>(
+                py,
+                "unknown-torrent",
+                format!("no torrent {torrent} on the board"),
+            )),
+        }
+    }
+
+    /// Waits until `torrent` is complete (its status then), asleep on the board with the GIL
+    /// released. Raises `TimeoutError` after `timeout` seconds, `TorrentFailed` when the
+    /// torrent stops with an error, `UnknownTorrent` when it goes.
+    #[pyo3(signature = (torrent, timeout=None))]
+    fn wait(&self, py: Python<'_>, torrent: &Bound<'_, PyAny>, timeout: Option<f64>) -> PyResult<Py<Status>> {
+        self.check_process(py)?;
+        let torrent = torrent_ref(torrent)?;
+        let deadline = match timeout {
+            Some(t) if !(t >= 0.0 && t.is_finite()) => {
+                return Err(PyValueError::new_err("timeout must be a number of seconds, 0 or more"))
+            }
+            Some(t) => Some(Instant::now() + Duration::from_secs_f64(t.min(1e9))),
+            None => None,
+        };
+        let mut board = self.take_board(py)?;
+        let outcome = loop {
+            let summary = match board.refresh() {
+                Ok(()) => board.summary(torrent),
+                Err(e) => break Err(errors::from_client(py, e)),
+            };
+            match summary {
+                Some(s) if s.status.complete => break Ok(s),
+                Some(s) => {
+                    if let TorrentState::Error(why) = &s.status.state {
+                        break Err(own::<errors::TorrentFailed>(py, "torrent-failed", why.clone()));
+                    }
+                }
+                None => {
+                    break Err(own::<errors::UnknownTorrent>(
+                        py,
+                        "unknown-torrent",
+                        format!("no torrent {torrent} on the board (closed?)"),
+                    ))
+                }
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                break Err(PyTimeoutError::new_err(format!(
+                    "torrent {torrent} is not complete after {} s",
+                    timeout.unwrap_or(0.0)
+                )));
+            }
+            let slice = left.map_or(SIGNAL_SLICE, |l| l.min(SIGNAL_SLICE));
+            if let Err(e) = py.detach(|| board.wait_for_change(slice)) {
+                break Err(errors::from_client(py, e));
+            }
+            if let Err(interrupted) = py.check_signals() {
+                break Err(interrupted);
+            }
+        };
+        lock(&self.idle_boards).push(board);
+        Ok(Py::new(py, Status::from_summary(outcome?))?)
+    }
+
+    /// Waits up to `timeout` seconds (`None`: for ever) for the board to change; returns
+    /// whether it did.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_for_change(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        self.check_process(py)?;
+        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9)));
+        let mut board = self.take_board(py)?;
+        let outcome = loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let slice = left.map_or(SIGNAL_SLICE, |l| l.min(SIGNAL_SLICE));
+            match py.detach(|| board.wait_for_change(slice)) {
+                Ok(true) => break Ok(true),
+                Ok(false) if left.is_some_and(|l| l <= slice) => break Ok(false),
+                Ok(false) => {}
+                Err(e) => break Err(errors::from_client(py, e)),
+            }
+            if let Err(interrupted) = py.check_signals() {
+                break Err(interrupted);
+            }
+        };
+        lock(&self.idle_boards).push(board);
+        outcome
+    }
+
+    /// The next event (`StatusChanged`, `TorrentGone`, `BrokerStopping`), waiting up to
+    /// `timeout` seconds (`None`: for ever); `None` when the time passed. Raises once the
+    /// connection ended and every event was read.
+    #[pyo3(signature = (timeout=None))]
+    fn next_event(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
+        self.check_process(py)?;
+        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9)));
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let slice = left.map_or(SIGNAL_SLICE, |l| l.min(SIGNAL_SLICE));
+            match py.detach(|| self.core.next_event(slice)) {
+                Ok(Some(event)) => {
+                    if let Some(object) = event_object(py, event)? {
+                        return Ok(Some(object));
+                    }
+                }
+                Ok(None) if left.is_some_and(|l| l <= slice) => return Ok(None),
+                Ok(None) => {}
+                Err(failure) => return Err(errors::from_failure(py, failure)),
+            }
+            py.check_signals()?;
+        }
+    }
+
+    /// The next event if one is queued; else `None`, and `future` is resolved (on
+    /// `event_loop`) when one arrives or the connection ends.
+    fn next_event_or_wake(
+        &self,
+        py: Python<'_>,
+        future: Py<PyAny>,
+        event_loop: Py<PyAny>,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        self.check_process(py)?;
+        loop {
+            let next = self
+                .core
+                .next_event_or_wake(future.clone_ref(py), event_loop.clone_ref(py));
+            match next {
+                Ok(Some(event)) => {
+                    if let Some(object) = event_object(py, event)? {
+                        return Ok(Some(object));
+                    }
+                }
+                Ok(None) => return Ok(None),
+                Err(failure) => return Err(errors::from_failure(py, failure)),
+            }
+        }
+    }
+
+    /// Closes the connection; the broker releases what it held (ephemeral torrents close).
+    fn close(&self, py: Python<'_>) {
+        // A forked child closes nothing: the connection is its parent's.
+        if std::process::id() == self.core.owner_pid {
+            py.detach(|| self.core.close());
+        }
+    }
+
+    /// A board of its own for an event loop to watch.
+    fn board_watch(&self, py: Python<'_>) -> PyResult<BoardWatch> {
+        self.check_process(py)?;
+        let mut board = self.take_board(py)?;
+        board.change_fd();
+        let _ = board.changed();
+        Ok(BoardWatch {
+            board: Mutex::new(board),
+            owner_pid: self.core.owner_pid,
+        })
+    }
+
+    /// Opens a stream of `file` (the only file when `None`) of `torrent` at `offset`.
+    #[pyo3(signature = (torrent, file=None, offset=0))]
+    fn open_stream(
+        &self,
+        py: Python<'_>,
+        torrent: &Bound<'_, PyAny>,
+        file: Option<&Bound<'_, PyAny>>,
+        offset: u64,
+    ) -> PyResult<crate::stream::Stream> {
+        self.check_process(py)?;
+        let torrent = torrent_ref(torrent)?;
+        let file = file.map(file_ref).transpose()?;
+        let options = self.core.options.clone();
+        let stream = py
+            .detach(|| patron_client::Stream::open(&options, torrent, file, offset))
+            .map_err(|e| errors::from_client(py, e))?;
+        Ok(crate::stream::Stream::new(stream, offset))
+    }
+}
+
+/// The board watched by an event loop: `fd` becomes readable when it changes.
+#[pyclass(frozen, module = "torrent_patron._native")]
+pub struct BoardWatch {
+    board: Mutex<Board>,
+    owner_pid: u32,
+}
+
+#[pymethods]
+impl BoardWatch {
+    /// The descriptor to watch for reading, if the broker took a waker (else poll).
+    #[getter]
+    fn fd(&self) -> Option<i32> {
+        lock(&self.board).change_fd()
+    }
+
+    /// Whether the board changed since the last look; clears the wake-up.
+    fn changed(&self, py: Python<'_>) -> PyResult<bool> {
+        if std::process::id() != self.owner_pid {
+            return Err(own::<errors::PatronForked>(py, "forked", "this board watch was made in another process (before a fork)".into()));
+        }
+        lock(&self.board).changed().map_err(|e| errors::from_client(py, e))
+    }
+}
+
+impl Connection {
+    /// A forked child may not use its parent's connection: the broker would see two
+    /// processes' requests as one patron's, and their replies would go to either.
+    fn check_process(&self, py: Python<'_>) -> PyResult<()> {
+        let here = std::process::id();
+        if here != self.core.owner_pid {
+            return Err(own::<errors::PatronForked>(
+                py,
+                "forked",
+                format!(
+                    "this Patron was made in process {}, and this is process {here} (a fork): make a new Patron in this process",
+                    self.core.owner_pid
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs `read` on the reading board, mapping it first (and again after the broker
+    /// restarted or outgrew it).
+    fn with_board<T>(&self, py: Python<'_>, read: impl FnOnce(&Board) -> T) -> PyResult<T> {
+        let mut board = lock(&self.board);
+        let open = match board.as_mut() {
+            Some(open) => open,
+            None => {
+                let options = self.core.options.clone();
+                let opened = py
+                    .detach(|| Board::open(&options))
+                    .map_err(|e| errors::from_client(py, e))?;
+                board.insert(opened)
+            }
+        };
+        open.refresh().map_err(|e| errors::from_client(py, e))?;
+        Ok(read(open))
+    }
+
+    /// A board to wait on: an idle one, or a new mapping.
+    fn take_board(&self, py: Python<'_>) -> PyResult<Board> {
+        if let Some(board) = lock(&self.idle_boards).pop() {
+            return Ok(board);
+        }
+        let options = self.core.options.clone();
+        py.detach(|| Board::open(&options))
+            .map_err(|e| errors::from_client(py, e))
+    }
+}

@@ -1,0 +1,357 @@
+//! One Python `Patron`'s connection: any number of Python threads (and an asyncio loop)
+//! share it.
+//!
+//! `patron_client::Patron` is a plain blocking object: one caller at a time waits for its
+//! reply. Here one reader thread owns it and hands each reply to whoever sent the request
+//! (by request id), and every other event to the event queue, so fifty threads may have
+//! requests in flight at once, and an asyncio future is completed the same way a blocked
+//! thread is woken: no thread per call. Status reads never come here: they read the board.
+
+use patron_client::proto::{Event, RequestBody, RequestId, TorrentId, TorrentStatus};
+use patron_client::{ConnectOptions, Error, Patron, Requester};
+use pyo3::prelude::*;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How often a thread blocked here looks whether Python wants it back (Ctrl-C).
+pub const SIGNAL_SLICE: Duration = Duration::from_millis(100);
+
+/// Where a reply goes.
+enum Waiter {
+    /// A thread blocked in [`Core::request`].
+    Thread(Arc<Slot>),
+    /// An asyncio future, completed on its loop.
+    Future { future: Py<PyAny>, event_loop: Py<PyAny> },
+}
+
+/// A reply a thread waits for.
+#[derive(Default)]
+pub struct Slot {
+    reply: Mutex<Option<Result<Event, Failure>>>,
+    ready: Condvar,
+}
+
+/// Why a request got no reply from the broker.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// The connection ended: the broker stopped, or this patron was closed (`closed`).
+    Ended { why: String, closed: bool },
+    /// Refused on this side before it was sent (too large, too many files named).
+    Refused(patron_client::proto::ProtoError),
+}
+
+/// Events that are not replies, in order. A torrent's status updates are coalesced: only
+/// its latest waits here (a program that never reads events holds one per torrent, not one
+/// per tick).
+#[derive(Default)]
+struct Queue {
+    order: VecDeque<Queued>,
+    statuses: HashMap<TorrentId, TorrentStatus>,
+    /// Why no more will come (the connection ended), once it has.
+    ended: Option<Failure>,
+    /// Async readers waiting for the next event: futures resolved with `None` when one
+    /// arrives (they then look again).
+    wakers: Vec<(Py<PyAny>, Py<PyAny>)>,
+}
+
+enum Queued {
+    Status(TorrentId),
+    Other(Event),
+}
+
+/// The shared state of one connection.
+pub struct Core {
+    requester: Mutex<Option<Requester>>,
+    pending: Mutex<HashMap<RequestId, Waiter>>,
+    queue: Mutex<Queue>,
+    queued: Condvar,
+    /// Why the connection ended (the broker stopped, `close()`), once it has.
+    ended: Mutex<Option<Failure>>,
+    pub options: ConnectOptions,
+    pub broker_pid: u32,
+    pub patron_id: u64,
+    /// The process that connected: a forked child must not use the parent's connection.
+    pub owner_pid: u32,
+    /// Python's helper that completes a future unless it was cancelled.
+    resolve: Py<PyAny>,
+}
+
+/// Locks, going on past a panic elsewhere (the data are plain collections).
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Core {
+    /// Connects (starting a broker if asked and none runs) and starts the reader thread.
+    pub fn connect(options: ConnectOptions, resolve: Py<PyAny>) -> Result<Arc<Core>, Error> {
+        let patron = Patron::connect_with(&options)?;
+        let core = Arc::new(Core {
+            requester: Mutex::new(Some(patron.requester())),
+            pending: Mutex::default(),
+            queue: Mutex::default(),
+            queued: Condvar::new(),
+            ended: Mutex::default(),
+            options,
+            broker_pid: patron.broker_pid(),
+            patron_id: patron.patron_id(),
+            owner_pid: std::process::id(),
+            resolve,
+        });
+        let reader = Arc::clone(&core);
+        std::thread::Builder::new()
+            .name(format!("torrent-patron-{}", core.patron_id))
+            .spawn(move || reader.read(patron))
+            .map_err(|e| Error::Protocol(format!("cannot start the reader thread: {e}")))?;
+        Ok(core)
+    }
+
+    /// The reader thread: every event to its place, until the connection ends.
+    fn read(self: Arc<Self>, mut patron: Patron) {
+        let why = loop {
+            if let Some(why) = lock(&self.ended).clone() {
+                break why;
+            }
+            match patron.next_event() {
+                Ok(event) => match event.request() {
+                    Some(id) => self.answer(id, Ok(event)),
+                    None => self.push(event),
+                },
+                Err(e) => {
+                    break Failure::Ended {
+                        why: e.to_string(),
+                        closed: false,
+                    }
+                }
+            }
+        };
+        // The connection closes with `patron`, dropped here; nobody waits in vain.
+        drop(patron);
+        self.end(why);
+    }
+
+    /// Marks the connection ended and wakes everyone waiting on it.
+    fn end(&self, why: Failure) {
+        let why = lock(&self.ended).get_or_insert(why).clone();
+        lock(&self.requester).take();
+        let waiters: Vec<_> = lock(&self.pending).drain().collect();
+        for (_, waiter) in waiters {
+            self.deliver(waiter, Err(why.clone()));
+        }
+        let wakers = {
+            let mut queue = lock(&self.queue);
+            queue.ended.get_or_insert(why);
+            std::mem::take(&mut queue.wakers)
+        };
+        self.queued.notify_all();
+        self.wake(wakers);
+    }
+
+    fn answer(&self, id: RequestId, reply: Result<Event, Failure>) {
+        // A reply nobody waits for (its caller gave up, say on Ctrl-C) is dropped.
+        let waiter = lock(&self.pending).remove(&id);
+        if let Some(waiter) = waiter {
+            self.deliver(waiter, reply);
+        }
+    }
+
+    fn deliver(&self, waiter: Waiter, reply: Result<Event, Failure>) {
+        match waiter {
+            Waiter::Thread(slot) => {
+                *lock(&slot.reply) = Some(reply);
+                slot.ready.notify_all();
+            }
+            Waiter::Future { future, event_loop } => Python::attach(|py| {
+                let Ok(value) = Py::new(py, crate::calls::Reply::new(reply)) else {
+                    return;
+                };
+                // A loop already closed cannot take it; nobody waits then.
+                let _ = event_loop.call_method1(
+                    py,
+                    "call_soon_threadsafe",
+                    (self.resolve.clone_ref(py), future, value),
+                );
+            }),
+        }
+    }
+
+    fn push(&self, event: Event) {
+        let wakers = {
+            let mut queue = lock(&self.queue);
+            match event {
+                Event::TorrentStatusUpdate(status) => {
+                    let id = status.id;
+                    if queue.statuses.insert(id, status).is_none() {
+                        queue.order.push_back(Queued::Status(id));
+                    }
+                }
+                other => queue.order.push_back(Queued::Other(other)),
+            }
+            std::mem::take(&mut queue.wakers)
+        };
+        self.queued.notify_all();
+        self.wake(wakers);
+    }
+
+    fn wake(&self, wakers: Vec<(Py<PyAny>, Py<PyAny>)>) {
+        if wakers.is_empty() {
+            return;
+        }
+        Python::attach(|py| {
+            for (future, event_loop) in wakers {
+                let _ = event_loop.call_method1(
+                    py,
+                    "call_soon_threadsafe",
+                    (self.resolve.clone_ref(py), future, py.None()),
+                );
+            }
+        });
+    }
+
+    /// Why this connection cannot be used, if it cannot.
+    pub fn ended(&self) -> Option<Failure> {
+        lock(&self.ended).clone()
+    }
+
+    /// Sends `body` for a thread that will wait on the returned slot.
+    pub fn send(&self, body: RequestBody) -> Result<(RequestId, Arc<Slot>), Failure> {
+        let slot = Arc::new(Slot::default());
+        let id = self.send_for(body, Waiter::Thread(Arc::clone(&slot)))?;
+        Ok((id, slot))
+    }
+
+    /// Sends `body`; its reply completes `future` on `event_loop` (with a `Reply`).
+    pub fn send_async(
+        &self,
+        body: RequestBody,
+        future: Py<PyAny>,
+        event_loop: Py<PyAny>,
+    ) -> Result<RequestId, Failure> {
+        self.send_for(body, Waiter::Future { future, event_loop })
+    }
+
+    fn send_for(&self, body: RequestBody, waiter: Waiter) -> Result<RequestId, Failure> {
+        let requester = lock(&self.requester).clone().ok_or_else(|| {
+            self.ended().unwrap_or(Failure::Ended {
+                why: "the patron is closed".into(),
+                closed: true,
+            })
+        })?;
+        // The waiter is in place before the request goes: the reply may beat `send`'s return.
+        let id = requester.reserve();
+        lock(&self.pending).insert(id, waiter);
+        if let Err(e) = requester.send_as(id, body) {
+            lock(&self.pending).remove(&id);
+            return Err(match e {
+                Error::Request(error) => Failure::Refused(error),
+                other => Failure::Ended {
+                    why: other.to_string(),
+                    closed: false,
+                },
+            });
+        }
+        Ok(id)
+    }
+
+    /// Gives up on a request (its caller was interrupted): its reply will be dropped.
+    pub fn forget(&self, id: RequestId) {
+        lock(&self.pending).remove(&id);
+    }
+
+    /// Waits up to `slice` for the slot's reply.
+    pub fn wait_slot(slot: &Slot, slice: Duration) -> Option<Result<Event, Failure>> {
+        let deadline = Instant::now() + slice;
+        let mut reply = lock(&slot.reply);
+        loop {
+            if let Some(reply) = reply.take() {
+                return Some(reply);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            reply = slot
+                .ready
+                .wait_timeout(reply, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The next event that is not a reply, waiting up to `slice`; `Err` once none will come.
+    pub fn next_event(&self, slice: Duration) -> Result<Option<Event>, Failure> {
+        let deadline = Instant::now() + slice;
+        let mut queue = lock(&self.queue);
+        loop {
+            if let Some(event) = Self::pop(&mut queue) {
+                return Ok(Some(event));
+            }
+            if let Some(why) = &queue.ended {
+                return Err(why.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            queue = self
+                .queued
+                .wait_timeout(queue, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The next event if one is queued, else registers `future` to be resolved when one
+    /// comes (or the connection ends) and returns `None`.
+    pub fn next_event_or_wake(
+        &self,
+        future: Py<PyAny>,
+        event_loop: Py<PyAny>,
+    ) -> Result<Option<Event>, Failure> {
+        let mut queue = lock(&self.queue);
+        if let Some(event) = Self::pop(&mut queue) {
+            return Ok(Some(event));
+        }
+        if let Some(why) = &queue.ended {
+            return Err(why.clone());
+        }
+        queue.wakers.push((future, event_loop));
+        Ok(None)
+    }
+
+    fn pop(queue: &mut Queue) -> Option<Event> {
+        loop {
+            match queue.order.pop_front()? {
+                Queued::Other(event) => return Some(event),
+                Queued::Status(id) => {
+                    if let Some(status) = queue.statuses.remove(&id) {
+                        return Some(Event::TorrentStatusUpdate(status));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the connection: the broker releases what this patron held (its ephemeral
+    /// torrents close). Requests in flight fail.
+    pub fn close(&self) {
+        let closed = Failure::Ended {
+            why: "the patron is closed".into(),
+            closed: true,
+        };
+        let requester = {
+            let mut ended = lock(&self.ended);
+            if ended.is_some() {
+                return;
+            }
+            *ended = Some(closed.clone());
+            lock(&self.requester).take()
+        };
+        // The reader thread sleeps in `recv` until something arrives: a last request's
+        // reply wakes it to see the end and drop the connection.
+        if let Some(requester) = requester {
+            let _ = requester.send(RequestBody::BrokerInfo);
+        }
+        self.end(closed);
+    }
+}

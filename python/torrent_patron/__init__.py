@@ -1,0 +1,693 @@
+"""Use the machine's one BitTorrent engine from Python.
+
+Only one BitTorrent client may own a machine's ports, state and files, so torrent-patron
+runs one ``torrent-broker`` per state directory and lets any number of programs share it.
+This package is one more patron, in your process: requests go over the broker's channel,
+and status is read off the broker's board in shared memory, with no request and no
+polling. ``Patron`` is for threads (any number may share one), ``AsyncPatron`` for
+asyncio.
+
+>>> from torrent_patron import Patron
+>>> with Patron() as p:                                    # doctest: +SKIP
+...     added = p.add("debian.iso.torrent", output="/srv/downloads")
+...     p.wait(added.id)                                   # asleep, GIL released
+...     with p.open(added.id) as f:                        # a file object
+...         head = f.read(1 << 20)
+
+A torrent is named by its id (``int``) or info hash (``str``) wherever a ``ref`` is taken.
+Every error is a ``TorrentPatronError``, one class per kind of the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from typing import (
+    Any,
+    AsyncIterator,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Union,
+)
+
+from . import _native
+from ._native import (
+    Added,
+    BadRequest,
+    BrokerIoError,
+    BrokerRefused,
+    BrokerStopped,
+    BrokerStopping,
+    BrokerUnreachable,
+    Closed,
+    EngineError,
+    File,
+    FileExists,
+    FileOwned,
+    InvalidMagnet,
+    InvalidPeer,
+    InvalidTorrent,
+    LimitReached,
+    Made,
+    MetadataTimeout,
+    NoSpace,
+    NotAllowed,
+    NotHolder,
+    PatronClosed,
+    PatronForked,
+    Peer,
+    ProtocolError,
+    ShuttingDown,
+    Status,
+    StatusChanged,
+    StreamEnded,
+    TorrentFailed,
+    TorrentGone,
+    TorrentPatronError,
+    UnknownTorrent,
+)
+
+__all__ = [
+    "Patron",
+    "AsyncPatron",
+    "TorrentFile",
+    "AsyncTorrentFile",
+    "Added",
+    "Closed",
+    "File",
+    "Made",
+    "Peer",
+    "Status",
+    "StatusChanged",
+    "TorrentGone",
+    "BrokerStopping",
+    "Event",
+    "Ref",
+    "TorrentPatronError",
+    "BadRequest",
+    "BrokerIoError",
+    "BrokerRefused",
+    "BrokerStopped",
+    "BrokerUnreachable",
+    "EngineError",
+    "FileExists",
+    "FileOwned",
+    "InvalidMagnet",
+    "InvalidPeer",
+    "InvalidTorrent",
+    "LimitReached",
+    "MetadataTimeout",
+    "NoSpace",
+    "NotAllowed",
+    "NotHolder",
+    "PatronClosed",
+    "PatronForked",
+    "ProtocolError",
+    "ShuttingDown",
+    "StreamEnded",
+    "TorrentFailed",
+    "UnknownTorrent",
+]
+
+#: A torrent: its id, or its info hash (40 hex digits).
+Ref = Union[int, str]
+#: What ``events()`` yields.
+Event = Union[StatusChanged, TorrentGone, BrokerStopping]
+#: A file of a torrent: its index, or its path inside the torrent.
+FileRef = Union[int, str]
+#: A .torrent: its path, its bytes, or a magnet link.
+Source = Union[str, bytes, "os.PathLike[str]"]
+
+_NO_REF: Any = object()
+
+
+def _resolve(future: "asyncio.Future[Any]", value: Any) -> None:
+    """Completes a future from the connection's reader thread (on the future's loop)."""
+    if not future.done():
+        future.set_result(value)
+
+
+def _source(source: Source) -> Union[str, bytes]:
+    """A .torrent's bytes or a magnet link, from what ``add`` was given."""
+    if isinstance(source, bytes):
+        return source
+    text = os.fspath(source)
+    if isinstance(text, str) and text.startswith("magnet:"):
+        return text
+    with open(text, "rb") as torrent:
+        return torrent.read()
+
+
+def _add_args(
+    source: Source,
+    output: Optional[Union[str, "os.PathLike[str]"]],
+    peers: Iterable[str],
+    paused: bool,
+    only: Optional[Iterable[FileRef]],
+    max_download_rate: Optional[int],
+    max_upload_rate: Optional[int],
+    ephemeral: bool,
+    overwrite: bool,
+) -> Dict[str, Any]:
+    return {
+        "source": _source(source),
+        "output": os.fspath(output) if output is not None else None,
+        "peers": list(peers),
+        "paused": paused,
+        "only": list(only) if only is not None else None,
+        "max_download_rate": max_download_rate,
+        "max_upload_rate": max_upload_rate,
+        "ephemeral": ephemeral,
+        "overwrite": overwrite,
+    }
+
+
+def _write_torrent(made: Made, output: Optional[Union[str, "os.PathLike[str]"]]) -> None:
+    """Writes a made .torrent where asked; never over an existing file."""
+    if output is not None:
+        with open(os.fspath(output), "xb") as out:
+            out.write(made.torrent)
+
+
+class Patron:
+    """A connection to the broker of ``state_dir`` (the default one when ``None``: the
+    ``TORRENT_PATRON_STATE`` environment variable, else ``~/.local/state/torrent-patron``),
+    starting a broker if none runs and ``autostart``.
+
+    Any number of threads may share one ``Patron``: each request waits for its own reply,
+    asleep with the GIL released, and Ctrl-C interrupts any wait. Closing it (or leaving its
+    ``with`` block, or the process ending in any way) makes the broker release what it held:
+    its ephemeral torrents close, the others keep running. A forked child cannot use its
+    parent's ``Patron`` (``PatronForked``): it makes its own.
+    """
+
+    def __init__(
+        self,
+        state_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
+        autostart: bool = True,
+    ) -> None:
+        folder = os.fspath(state_dir) if state_dir is not None else None
+        self._conn = _native.Connection(folder, autostart, _resolve)
+
+    def __enter__(self) -> "Patron":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._conn.closed else f"broker pid {self._conn.broker_pid}"
+        return f"<Patron {self._conn.patron_id} ({state})>"
+
+    @property
+    def broker_pid(self) -> int:
+        """The broker's process id."""
+        return self._conn.broker_pid
+
+    @property
+    def closed(self) -> bool:
+        """Whether this patron is closed (or its broker went)."""
+        return self._conn.closed
+
+    def _call(self, method: str, **args: Any) -> Any:
+        return self._conn.call(method, args)
+
+    # -- torrents ------------------------------------------------------------------------
+
+    def add(
+        self,
+        source: Source,
+        *,
+        output: Optional[Union[str, "os.PathLike[str]"]] = None,
+        peers: Iterable[str] = (),
+        paused: bool = False,
+        only: Optional[Iterable[FileRef]] = None,
+        max_download_rate: Optional[int] = None,
+        max_upload_rate: Optional[int] = None,
+        ephemeral: bool = False,
+        overwrite: bool = False,
+    ) -> Added:
+        """Adds a torrent, or joins it when it runs already (``Added.joined``).
+
+        ``source`` is a .torrent's path or bytes, or a magnet link. ``output`` is the
+        folder its files go in (the broker's first download root when ``None``); ``peers``
+        are ``HOST:PORT`` to dial; ``only`` chooses files by index or path; rates are bytes
+        a second. An ``ephemeral`` torrent closes when its last holder goes.
+        """
+        args = _add_args(
+            source, output, peers, paused, only, max_download_rate, max_upload_rate,
+            ephemeral, overwrite,
+        )
+        added: Added = self._conn.call("add", args)
+        return added
+
+    def list(self) -> List[Status]:
+        """Every torrent the broker runs, in id order, read off the board (no request)."""
+        return self._conn.list()
+
+    def status(self, ref: Ref) -> Status:
+        """One torrent's status, read off the board (no request)."""
+        return self._conn.status(ref)
+
+    def pause(self, ref: Ref) -> Status:
+        """Pauses a torrent (for every patron, across broker restarts too)."""
+        status: Status = self._call("pause", ref=ref)
+        return status
+
+    def resume(self, ref: Ref) -> Status:
+        """Resumes a paused torrent."""
+        status: Status = self._call("resume", ref=ref)
+        return status
+
+    def recheck(self, ref: Ref) -> Status:
+        """Verifies a torrent's data on disk again, piece by piece."""
+        status: Status = self._call("recheck", ref=ref)
+        return status
+
+    def close(self, ref: Ref = _NO_REF, *, delete_data: bool = False, force: bool = False) -> Any:
+        """``close()`` closes this patron; ``close(ref)`` releases this patron's hold on a
+        torrent, which stops when no other patron holds it (or with ``force``), and returns
+        ``Closed``. ``delete_data`` deletes the files it downloaded (never files that were
+        there before it)."""
+        if ref is _NO_REF:
+            self._conn.close()
+            return None
+        if ref is None:
+            raise TypeError("close(None): name a torrent, or call close() to close the patron")
+        closed: Closed = self._call("close", ref=ref, delete_data=delete_data, force=force)
+        return closed
+
+    def follow(self, ref: Ref) -> None:
+        """Holds a running torrent without adding it: its status changes come in ``events()``."""
+        self._call("follow", ref=ref)
+
+    def files(self, ref: Ref) -> List[File]:
+        """A torrent's files, by index."""
+        files: List[File] = self._call("files", ref=ref)
+        return files
+
+    def select_files(self, ref: Ref, only: Iterable[FileRef]) -> List[File]:
+        """Chooses which files to download (by index or path); returns them all."""
+        files: List[File] = self._call("select_files", ref=ref, only=list(only))
+        return files
+
+    def peers(self, ref: Ref) -> List[Peer]:
+        """A torrent's connected peers."""
+        peers: List[Peer] = self._call("peers", ref=ref)
+        return peers
+
+    def add_peers(self, ref: Ref, peers: Iterable[str]) -> List[str]:
+        """Dials peers (``HOST:PORT``) for a torrent; returns those dialled."""
+        dialled: List[str] = self._call("add_peers", ref=ref, peers=list(peers))
+        return dialled
+
+    def make(
+        self,
+        path: Union[str, "os.PathLike[str]"],
+        output: Optional[Union[str, "os.PathLike[str]"]] = None,
+        seed: bool = False,
+        *,
+        piece_size: Optional[int] = None,
+        trackers: Sequence[str] = (),
+    ) -> Made:
+        """Makes a .torrent of a file or folder (``Made.torrent`` holds its bytes), written
+        to ``output`` when given (never over an existing file); ``seed`` seeds it from
+        where it is."""
+        made: Made = self._call(
+            "make", path=os.path.abspath(os.fspath(path)), seed=seed,
+            piece_size=piece_size, trackers=list(trackers),
+        )
+        _write_torrent(made, output)
+        return made
+
+    def broker_info(self) -> Dict[str, Any]:
+        """The broker, as ``patron-client broker status --json`` prints it."""
+        info: Dict[str, Any] = self._call("broker_info")
+        return info
+
+    def stop_broker(self) -> None:
+        """Asks the broker to stop gracefully (every patron is disconnected)."""
+        self._call("stop_broker")
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def wait(self, ref: Ref, timeout: Optional[float] = None) -> Status:
+        """Waits until a torrent is complete and returns its status, asleep on the board
+        with the GIL released. Raises ``TimeoutError`` after ``timeout`` seconds,
+        ``TorrentFailed`` if it stops with an error, ``UnknownTorrent`` if it is closed."""
+        return self._conn.wait(ref, timeout)
+
+    def events(self, timeout: Optional[float] = None) -> Iterator[Event]:
+        """The events of the torrents this patron holds (added or followed), in order:
+        ``StatusChanged``, ``TorrentGone``, ``BrokerStopping`` (the last). A torrent's
+        status changes are coalesced while unread. Ends after ``timeout`` seconds with no
+        event, when given, and when the connection ends."""
+        while True:
+            try:
+                event = self._conn.next_event(timeout)
+            except (BrokerStopped, PatronClosed):
+                return
+            if event is None:
+                return
+            yield event
+            if isinstance(event, BrokerStopping):
+                return
+
+    def watch(self, timeout: Optional[float] = None) -> Iterator[List[Status]]:
+        """Every torrent's status now, then again at each change of the board (any
+        torrent's). Ends after ``timeout`` seconds with no change, when given."""
+        yield self.list()
+        while self._conn.wait_for_change(timeout):
+            yield self.list()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def open(self, ref: Ref, file: Optional[FileRef] = None, offset: int = 0) -> "TorrentFile":
+        """One file of a torrent (the only one when ``file`` is ``None``) as a binary file
+        object, readable while it downloads: a read waits until the bytes at the position
+        are verified, and the pieces there are fetched first. Seek to read elsewhere."""
+        return TorrentFile(self._conn.open_stream(ref, file, offset))
+
+
+class TorrentFile(io.RawIOBase):
+    """A file of a torrent, read while it downloads (``Patron.open``). Reads wait for
+    verified bytes, with the GIL released; ``read`` gives what is verified at the position,
+    at most ``size`` bytes (so a loop over ``read`` streams). Usable with
+    ``shutil.copyfileobj`` and wherever a binary file object is taken."""
+
+    def __init__(self, stream: "_native.Stream") -> None:
+        super().__init__()
+        self._stream = stream
+
+    @property
+    def name(self) -> str:
+        """The file's path inside the torrent."""
+        return self._stream.name
+
+    @property
+    def size(self) -> int:
+        """The file's size in bytes."""
+        return self._stream.size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        self._checkClosed()  # type: ignore[attr-defined]
+        return self._stream.read(-1 if size is None else size)
+
+    def readall(self) -> bytes:
+        self._checkClosed()  # type: ignore[attr-defined]
+        return self._stream.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
+        view = memoryview(buffer).cast("B")
+        data = self._stream.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
+        return self._stream.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+        super().close()
+
+    def __repr__(self) -> str:
+        return f"<TorrentFile {self.name!r} size={self.size}>"
+
+
+class AsyncPatron:
+    """``Patron`` for asyncio: the same methods, as coroutines. Replies complete asyncio
+    futures from the connection's one reader thread, and waits watch the board's eventfd
+    on the loop: no thread per call, and the loop never blocks.
+
+    >>> async def main() -> None:                          # doctest: +SKIP
+    ...     async with AsyncPatron() as p:
+    ...         added = await p.add(b"...", output="/srv/downloads")
+    ...         async for event in p.events():
+    ...             print(event)
+    """
+
+    def __init__(
+        self,
+        state_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
+        autostart: bool = True,
+    ) -> None:
+        self._state_dir = os.fspath(state_dir) if state_dir is not None else None
+        self._autostart = autostart
+        self._conn_: Optional[_native.Connection] = None
+        self._watch: Optional[_native.BoardWatch] = None
+
+    async def connect(self) -> "AsyncPatron":
+        """Connects (once; ``async with`` does it). A broker may have to be started: that
+        one wait runs in the loop's default executor."""
+        if self._conn_ is None:
+            loop = asyncio.get_running_loop()
+            self._conn_ = await loop.run_in_executor(
+                None, _native.Connection, self._state_dir, self._autostart, _resolve
+            )
+        return self
+
+    async def __aenter__(self) -> "AsyncPatron":
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def _conn(self) -> "_native.Connection":
+        if self._conn_ is None:
+            raise PatronClosed("not connected: use `async with AsyncPatron()` or `await p.connect()`")
+        return self._conn_
+
+    @property
+    def broker_pid(self) -> int:
+        return self._conn.broker_pid
+
+    async def _call(self, method: str, **args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future: "asyncio.Future[Any]" = loop.create_future()
+        self._conn.call_async(method, args, future, loop)
+        reply = await future
+        return self._conn.decode(method, reply)
+
+    async def add(
+        self,
+        source: Source,
+        *,
+        output: Optional[Union[str, "os.PathLike[str]"]] = None,
+        peers: Iterable[str] = (),
+        paused: bool = False,
+        only: Optional[Iterable[FileRef]] = None,
+        max_download_rate: Optional[int] = None,
+        max_upload_rate: Optional[int] = None,
+        ephemeral: bool = False,
+        overwrite: bool = False,
+    ) -> Added:
+        """See ``Patron.add``."""
+        args = _add_args(
+            source, output, peers, paused, only, max_download_rate, max_upload_rate,
+            ephemeral, overwrite,
+        )
+        added: Added = await self._call("add", **args)
+        return added
+
+    async def list(self) -> List[Status]:
+        """See ``Patron.list``."""
+        return self._conn.list()
+
+    async def status(self, ref: Ref) -> Status:
+        """See ``Patron.status``."""
+        return self._conn.status(ref)
+
+    async def pause(self, ref: Ref) -> Status:
+        status: Status = await self._call("pause", ref=ref)
+        return status
+
+    async def resume(self, ref: Ref) -> Status:
+        status: Status = await self._call("resume", ref=ref)
+        return status
+
+    async def recheck(self, ref: Ref) -> Status:
+        status: Status = await self._call("recheck", ref=ref)
+        return status
+
+    async def close(self, ref: Ref = _NO_REF, *, delete_data: bool = False, force: bool = False) -> Any:
+        """See ``Patron.close``."""
+        if ref is _NO_REF:
+            if self._conn_ is not None:
+                self._conn_.close()
+            return None
+        if ref is None:
+            raise TypeError("close(None): name a torrent, or call close() to close the patron")
+        closed: Closed = await self._call("close", ref=ref, delete_data=delete_data, force=force)
+        return closed
+
+    async def follow(self, ref: Ref) -> None:
+        await self._call("follow", ref=ref)
+
+    async def files(self, ref: Ref) -> List[File]:
+        files: List[File] = await self._call("files", ref=ref)
+        return files
+
+    async def select_files(self, ref: Ref, only: Iterable[FileRef]) -> List[File]:
+        files: List[File] = await self._call("select_files", ref=ref, only=list(only))
+        return files
+
+    async def peers(self, ref: Ref) -> List[Peer]:
+        peers: List[Peer] = await self._call("peers", ref=ref)
+        return peers
+
+    async def add_peers(self, ref: Ref, peers: Iterable[str]) -> List[str]:
+        dialled: List[str] = await self._call("add_peers", ref=ref, peers=list(peers))
+        return dialled
+
+    async def make(
+        self,
+        path: Union[str, "os.PathLike[str]"],
+        output: Optional[Union[str, "os.PathLike[str]"]] = None,
+        seed: bool = False,
+        *,
+        piece_size: Optional[int] = None,
+        trackers: Sequence[str] = (),
+    ) -> Made:
+        made: Made = await self._call(
+            "make", path=os.path.abspath(os.fspath(path)), seed=seed,
+            piece_size=piece_size, trackers=list(trackers),
+        )
+        _write_torrent(made, output)
+        return made
+
+    async def broker_info(self) -> Dict[str, Any]:
+        info: Dict[str, Any] = await self._call("broker_info")
+        return info
+
+    async def stop_broker(self) -> None:
+        await self._call("stop_broker")
+
+    async def _board_changed(self, timeout: Optional[float]) -> bool:
+        """Waits on the loop until the board changes (its eventfd is readable); a look at
+        least every half second notices a broker that died without a word."""
+        if self._watch is None:
+            self._watch = self._conn.board_watch()
+        watch = self._watch
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if watch.changed():
+                return True
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            slice_ = 0.5 if left is None else min(0.5, left)
+            fd = watch.fd
+            if fd is None:
+                await asyncio.sleep(min(slice_, 0.05))
+                continue
+            woken: "asyncio.Future[None]" = loop.create_future()
+            loop.add_reader(fd, _resolve, woken, None)
+            try:
+                await asyncio.wait_for(asyncio.shield(woken), slice_)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                loop.remove_reader(fd)
+
+    async def wait(self, ref: Ref, timeout: Optional[float] = None) -> Status:
+        """See ``Patron.wait``; the loop runs meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            status = self._conn.status(ref)
+            if status.complete:
+                return status
+            if status.state == "error":
+                raise TorrentFailed(status.error or "the torrent failed")
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"torrent {ref} is not complete after {timeout} s")
+            await self._board_changed(left)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """See ``Patron.events``: ``async for event in p.events()``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            woken: "asyncio.Future[Any]" = loop.create_future()
+            try:
+                event = self._conn.next_event_or_wake(woken, loop)
+            except (BrokerStopped, PatronClosed):
+                return
+            if event is None:
+                await woken
+                continue
+            yield event
+            if isinstance(event, BrokerStopping):
+                return
+
+    async def watch(self, timeout: Optional[float] = None) -> AsyncIterator[List[Status]]:
+        """See ``Patron.watch``."""
+        yield self._conn.list()
+        while await self._board_changed(timeout):
+            yield self._conn.list()
+
+    async def open(self, ref: Ref, file: Optional[FileRef] = None, offset: int = 0) -> "AsyncTorrentFile":
+        """See ``Patron.open``: an ``AsyncTorrentFile`` whose ``read`` is a coroutine."""
+        loop = asyncio.get_running_loop()
+        conn = self._conn
+        stream = await loop.run_in_executor(None, conn.open_stream, ref, file, offset)
+        return AsyncTorrentFile(self, stream)
+
+
+class AsyncTorrentFile:
+    """A file of a torrent for asyncio (``AsyncPatron.open``): ``await f.read(n)`` gives
+    what is verified at the position (at most ``n`` bytes), waiting on the loop."""
+
+    def __init__(self, patron: AsyncPatron, stream: "_native.Stream") -> None:
+        self._patron = patron
+        self._stream = stream
+
+    @property
+    def name(self) -> str:
+        return self._stream.name
+
+    @property
+    def size(self) -> int:
+        return self._stream.size
+
+    async def read(self, size: int = -1) -> bytes:
+        while True:
+            data = self._stream.read_ready(size)
+            if data is not None:
+                return data
+            await self._patron._board_changed(0.05)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def close(self) -> None:
+        self._stream.close()
+
+    async def __aenter__(self) -> "AsyncTorrentFile":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
