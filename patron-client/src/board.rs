@@ -178,7 +178,9 @@ impl Board {
         if self.waker.is_none() && !self.no_waker {
             self.register_waker();
         }
-        self.waker.as_ref().map(|waker| waker.event.as_fd().as_raw_fd())
+        self.waker
+            .as_ref()
+            .map(|waker| waker.event.as_fd().as_raw_fd())
     }
 
     /// Whether the board changed since this reader last looked (here or in

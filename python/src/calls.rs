@@ -5,7 +5,9 @@
 
 use crate::core::{lock, Core, Failure, SIGNAL_SLICE};
 use crate::errors::{self, own};
-use crate::values::{Added, BrokerStopping, Closed, File, Made, Peer, Status, StatusChanged, TorrentGone};
+use crate::values::{
+    Added, BrokerStopping, Closed, File, Made, Peer, Status, StatusChanged, TorrentGone,
+};
 use patron_client::proto::{
     CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, PeersRequest,
     RequestBody, TorrentRef, TorrentSource, TorrentState,
@@ -43,9 +45,9 @@ pub fn torrent_ref(value: &Bound<'_, PyAny>) -> PyResult<TorrentRef> {
     if let Ok(id) = value.extract::<u64>() {
         return Ok(TorrentRef::Id(patron_client::proto::TorrentId(id)));
     }
-    let text: String = value
-        .extract()
-        .map_err(|_| PyTypeError::new_err("a torrent is named by its id (int) or info hash (str)"))?;
+    let text: String = value.extract().map_err(|_| {
+        PyTypeError::new_err("a torrent is named by its id (int) or info hash (str)")
+    })?;
     TorrentRef::parse(&text).ok_or_else(|| {
         PyValueError::new_err(format!(
             "{text:?} is neither a torrent id nor an info hash (40 hex digits)"
@@ -184,10 +186,23 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
         ("add", Event::NewTorrentCreated { torrent, .. }) => {
             Py::new(py, Added::new(torrent, false, Vec::new()))?.into_any()
         }
-        ("add", Event::TorrentAlreadyDownloading { torrent, not_applied, .. }) => {
-            Py::new(py, Added::new(torrent, true, not_applied))?.into_any()
-        }
-        ("close", Event::TorrentClosed { id, stopped, data_deleted, .. }) => Py::new(
+        (
+            "add",
+            Event::TorrentAlreadyDownloading {
+                torrent,
+                not_applied,
+                ..
+            },
+        ) => Py::new(py, Added::new(torrent, true, not_applied))?.into_any(),
+        (
+            "close",
+            Event::TorrentClosed {
+                id,
+                stopped,
+                data_deleted,
+                ..
+            },
+        ) => Py::new(
             py,
             Closed {
                 id: id.0,
@@ -208,7 +223,9 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
             let peers = peers.into_iter().map(Peer::from).collect::<Vec<_>>();
             peers.into_pyobject(py)?.into_any().unbind()
         }
-        ("add_peers", Event::Peers { dialled, .. }) => dialled.into_pyobject(py)?.into_any().unbind(),
+        ("add_peers", Event::Peers { dialled, .. }) => {
+            dialled.into_pyobject(py)?.into_any().unbind()
+        }
         ("make", Event::TorrentMade { made, .. }) => Py::new(py, Made::new(py, made))?.into_any(),
         ("broker_info", Event::BrokerInfo { info, .. }) => {
             let others = info.patrons.saturating_sub(1);
@@ -217,7 +234,10 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
         }
         ("stop_broker", Event::Ok { .. }) => py.None(),
         ("list_request", Event::TorrentList { torrents, .. }) => {
-            let list = torrents.into_iter().map(Status::from_summary).collect::<Vec<_>>();
+            let list = torrents
+                .into_iter()
+                .map(Status::from_summary)
+                .collect::<Vec<_>>();
             list.into_pyobject(py)?.into_any().unbind()
         }
         (_, other) => return Err(unexpected(&other)),
@@ -235,7 +255,9 @@ pub fn event_object(py: Python<'_>, event: Event) -> PyResult<Option<Py<PyAny>>>
             },
         )?
         .into_any(),
-        Event::TorrentGone { id, reason } => Py::new(py, TorrentGone { id: id.0, reason })?.into_any(),
+        Event::TorrentGone { id, reason } => {
+            Py::new(py, TorrentGone { id: id.0, reason })?.into_any()
+        }
         Event::BrokerStopping { reason } => Py::new(py, BrokerStopping { reason })?.into_any(),
         _ => return Ok(None),
     }))
@@ -320,7 +342,12 @@ impl Connection {
     }
 
     /// The value of a reply an async call got.
-    fn decode(&self, py: Python<'_>, method: &str, reply: &Bound<'_, Reply>) -> PyResult<Py<PyAny>> {
+    fn decode(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        reply: &Bound<'_, Reply>,
+    ) -> PyResult<Py<PyAny>> {
         let taken = lock(&reply.get().0).take();
         match taken {
             Some(reply) => decode(py, method, reply),
@@ -370,12 +397,19 @@ impl Connection {
     /// released. Raises `TimeoutError` after `timeout` seconds, `TorrentFailed` when the
     /// torrent stops with an error, `UnknownTorrent` when it goes.
     #[pyo3(signature = (torrent, timeout=None))]
-    fn wait(&self, py: Python<'_>, torrent: &Bound<'_, PyAny>, timeout: Option<f64>) -> PyResult<Py<Status>> {
+    fn wait(
+        &self,
+        py: Python<'_>,
+        torrent: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<Status>> {
         self.check_process(py)?;
         let torrent = torrent_ref(torrent)?;
         let deadline = match timeout {
             Some(t) if !(t >= 0.0 && t.is_finite()) => {
-                return Err(PyValueError::new_err("timeout must be a number of seconds, 0 or more"))
+                return Err(PyValueError::new_err(
+                    "timeout must be a number of seconds, 0 or more",
+                ))
             }
             Some(t) => Some(Instant::now() + Duration::from_secs_f64(t.min(1e9))),
             None => None,
@@ -390,7 +424,11 @@ impl Connection {
                 Some(s) if s.status.complete => break Ok(s),
                 Some(s) => {
                     if let TorrentState::Error(why) = &s.status.state {
-                        break Err(own::<errors::TorrentFailed>(py, "torrent-failed", why.clone()));
+                        break Err(own::<errors::TorrentFailed>(
+                            py,
+                            "torrent-failed",
+                            why.clone(),
+                        ));
                     }
                 }
                 None => {
@@ -417,7 +455,7 @@ impl Connection {
             }
         };
         lock(&self.idle_boards).push(board);
-        Ok(Py::new(py, Status::from_summary(outcome?))?)
+        Py::new(py, Status::from_summary(outcome?))
     }
 
     /// Waits up to `timeout` seconds (`None`: for ever) for the board to change; returns
@@ -551,9 +589,15 @@ impl BoardWatch {
     /// Whether the board changed since the last look; clears the wake-up.
     fn changed(&self, py: Python<'_>) -> PyResult<bool> {
         if std::process::id() != self.owner_pid {
-            return Err(own::<errors::PatronForked>(py, "forked", "this board watch was made in another process (before a fork)".into()));
+            return Err(own::<errors::PatronForked>(
+                py,
+                "forked",
+                "this board watch was made in another process (before a fork)".into(),
+            ));
         }
-        lock(&self.board).changed().map_err(|e| errors::from_client(py, e))
+        lock(&self.board)
+            .changed()
+            .map_err(|e| errors::from_client(py, e))
     }
 }
 

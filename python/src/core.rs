@@ -22,7 +22,10 @@ enum Waiter {
     /// A thread blocked in [`Core::request`].
     Thread(Arc<Slot>),
     /// An asyncio future, completed on its loop.
-    Future { future: Py<PyAny>, event_loop: Py<PyAny> },
+    Future {
+        future: Py<PyAny>,
+        event_loop: Py<PyAny>,
+    },
 }
 
 /// A reply a thread waits for.

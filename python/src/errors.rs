@@ -130,11 +130,7 @@ pub fn from_client(py: Python<'_>, error: Error) -> PyErr {
         ),
         Error::Io { source, .. } => {
             // A local I/O failure is Python's own OSError, with its errno.
-            let err = pyo3::exceptions::PyOSError::new_err((
-                source.raw_os_error().unwrap_or(0),
-                message,
-            ));
-            err
+            pyo3::exceptions::PyOSError::new_err((source.raw_os_error().unwrap_or(0), message))
         }
     }
 }
@@ -146,9 +142,12 @@ pub fn from_failure(py: Python<'_>, failure: Failure) -> PyErr {
         Failure::Ended { why, closed: true } => {
             with_fields(py, PatronClosed::new_err(why.clone()), "closed", &why)
         }
-        Failure::Ended { why, closed: false } => {
-            with_fields(py, BrokerStopped::new_err(why.clone()), "broker-stopped", &why)
-        }
+        Failure::Ended { why, closed: false } => with_fields(
+            py,
+            BrokerStopped::new_err(why.clone()),
+            "broker-stopped",
+            &why,
+        ),
     }
 }
 

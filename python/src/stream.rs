@@ -104,13 +104,20 @@ impl Stream {
         let stream = guard.as_mut().ok_or_else(closed)?;
         let to = match whence {
             0 => SeekFrom::Start(
-                u64::try_from(offset).map_err(|_| PyValueError::new_err("negative seek position"))?,
+                u64::try_from(offset)
+                    .map_err(|_| PyValueError::new_err("negative seek position"))?,
             ),
             1 => SeekFrom::Current(offset),
             2 => SeekFrom::End(offset),
-            _ => return Err(PyValueError::new_err(format!("invalid whence ({whence}, should be 0, 1 or 2)"))),
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "invalid whence ({whence}, should be 0, 1 or 2)"
+                )))
+            }
         };
-        stream.seek(to).map_err(|e| PyValueError::new_err(e.to_string()))
+        stream
+            .seek(to)
+            .map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
     /// The position.

@@ -1,0 +1,259 @@
+"""torrent_patron against real brokers: downloads, streams, events, errors, threads, fork,
+a killed patron."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import torrent_patron as tp
+from conftest import Broker, payload
+
+
+def seeding(broker: Broker, size: int, name: str = "data.bin") -> tuple[tp.Patron, tp.Made, bytes]:
+    """A patron of `broker` seeding `size` fresh bytes."""
+    data = payload(broker.root / name, size, seed=size)
+    patron = tp.Patron(broker.state)
+    made = patron.make(broker.root / name, seed=True)
+    assert made.seeding_id is not None
+    patron.wait(made.seeding_id, timeout=60)
+    return patron, made, data
+
+
+def listen(patron: tp.Patron) -> str:
+    return str(patron.broker_info()["listen"])
+
+
+def test_a_download_between_two_brokers(broker: Broker, second_broker: Broker) -> None:
+    seeder, made, data = seeding(broker, 3 << 20)
+    with seeder, tp.Patron(second_broker.state) as leecher:
+        out = second_broker.root / "got"
+        out.mkdir()
+        added = leecher.add(made.torrent, output=out, peers=[listen(seeder)])
+        assert (added.name, added.joined, added.info_hash) == ("data.bin", False, made.info_hash)
+        status = leecher.wait(added.id, timeout=120)
+        assert status.complete and status.state == "seeding"
+        assert (out / "data.bin").read_bytes() == data
+        # The board and a request agree.
+        assert leecher.status(added.info_hash).id == added.id
+        assert [s.id for s in leecher.list()] == [added.id]
+        # Adding it again joins it.
+        again = leecher.add(made.torrent, output=out)
+        assert again.joined and again.id == added.id
+
+
+def test_a_stream_read_with_random_seeks_gives_the_files_bytes(broker: Broker, second_broker: Broker) -> None:
+    seeder, made, data = seeding(broker, 4 << 20)
+    with seeder, tp.Patron(second_broker.state) as leecher:
+        out = second_broker.root / "streamed"
+        out.mkdir()
+        added = leecher.add(made.torrent, output=out, peers=[listen(seeder)], max_download_rate=2 << 20)
+        rng = random.Random(7)
+        with leecher.open(added.id) as f:
+            assert isinstance(f, io.RawIOBase) and f.readable() and f.seekable()
+            assert f.size == len(data)
+            for _ in range(40):
+                at = rng.randrange(len(data))
+                n = rng.randrange(1, 200_000)
+                assert f.seek(at) == at
+                got = f.read(n)
+                assert 0 < len(got) <= n
+                assert got == data[at : at + len(got)]
+                assert f.tell() == at + len(got)
+            f.seek(-10, io.SEEK_END)
+            assert f.read() == data[-10:]
+            assert f.read(5) == b""
+            f.seek(0)
+            copy = io.BytesIO()
+            shutil.copyfileobj(f, copy)
+            assert copy.getvalue() == data
+            buffer = bytearray(1000)
+            f.seek(123)
+            n = f.readinto(buffer)
+            assert buffer[:n] == data[123 : 123 + n]
+        with pytest.raises(ValueError):
+            f.read(1)
+
+
+def test_asyncio_events_waits_and_streams(broker: Broker) -> None:
+    data = payload(broker.root / "async.bin", 1 << 20)
+
+    async def main() -> None:
+        async with tp.AsyncPatron(broker.state) as p:
+            made = await p.make(broker.root / "async.bin", seed=True)
+            assert made.seeding_id is not None
+            status = await p.wait(made.seeding_id, timeout=60)
+            assert status.complete
+            await p.pause(made.seeding_id)
+            events = p.events()
+            seen: list[str] = []
+
+            async def resume_soon() -> None:
+                await asyncio.sleep(0.2)
+                await p.resume(made.seeding_id)
+
+            task = asyncio.ensure_future(resume_soon())
+            async for event in events:
+                assert isinstance(event, tp.StatusChanged)
+                seen.append(event.status.state)
+                if event.status.state == "seeding":
+                    break
+            await task
+            assert "seeding" in seen
+            # The loop kept running meanwhile: a timer fires during a board wait.
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            ticker = asyncio.ensure_future(tick())
+            changed = False
+            async for _ in p.watch(timeout=0.3):
+                changed = True
+            ticker.cancel()
+            assert changed and ticks >= 10
+            f = await p.open(made.seeding_id)
+            f.seek(1000)
+            assert await f.read(100) == data[1000:1100]
+            f.close()
+            files = await p.files(made.seeding_id)
+            assert [x.path for x in files] == ["async.bin"]
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_every_error_is_its_own_class(broker: Broker, tmp_path: Path) -> None:
+    with tp.Patron(broker.state) as p:
+        with pytest.raises(tp.UnknownTorrent) as unknown:
+            p.pause(4242)
+        assert unknown.value.kind == "unknown-torrent" and "4242" in unknown.value.message
+        with pytest.raises(tp.UnknownTorrent):
+            p.status(4242)
+        with pytest.raises(tp.InvalidTorrent):
+            p.add(b"this is not a torrent", output=broker.root)
+        with pytest.raises(tp.InvalidMagnet):
+            p.add("magnet:?xt=urn:btih:nothex", output=broker.root)
+        (broker.root / "x.bin").write_bytes(b"x" * 1000)
+        made = p.make(broker.root / "x.bin")
+        with pytest.raises(tp.NotAllowed) as outside:
+            p.add(made.torrent, output="/etc")
+        assert isinstance(outside.value, tp.TorrentPatronError)
+        (broker.root / "in-the-way").mkdir()
+        (broker.root / "in-the-way" / "x.bin").write_bytes(b"the user's own")
+        with pytest.raises(tp.FileExists):
+            p.add(made.torrent, output=broker.root / "in-the-way")
+        assert (broker.root / "in-the-way" / "x.bin").read_bytes() == b"the user's own"
+        seeding_id = p.make(broker.root / "x.bin", seed=True).seeding_id
+        assert seeding_id is not None
+        with pytest.raises(tp.InvalidPeer):
+            p.add_peers(seeding_id, ["not an address"])
+        with pytest.raises(tp.BadRequest):
+            p.select_files(seeding_id, [99])
+        # Its data is nowhere: paused, it never completes.
+        (broker.root / "y.bin").write_bytes(b"y" * 1000)
+        elsewhere = p.make(broker.root / "y.bin")
+        (broker.root / "nowhere").mkdir()
+        waiting = p.add(elsewhere.torrent, output=broker.root / "nowhere", paused=True)
+        with pytest.raises(TimeoutError):
+            p.wait(waiting.id, timeout=0.2)
+        with tp.Patron(broker.state) as other:
+            with pytest.raises(tp.NotHolder):
+                other.close(seeding_id)
+        with pytest.raises(ValueError):
+            p.status("not a hash")
+    with pytest.raises(tp.PatronClosed):
+        p.files(seeding_id)
+    with pytest.raises(tp.BrokerUnreachable):
+        tp.Patron(tmp_path / "no-broker-here", autostart=False)
+
+
+def test_fifty_threads_share_one_patron(broker: Broker) -> None:
+    p, made, _ = seeding(broker, 64 << 10)
+    torrent = made.seeding_id
+    assert torrent is not None
+    failures: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for _ in range(10):
+                if n % 3 == 0:
+                    assert p.files(torrent)[0].size == 64 << 10
+                elif n % 3 == 1:
+                    assert p.status(torrent).id == torrent
+                else:
+                    assert p.broker_info()["torrents"] == 1
+        except BaseException as e:  # noqa: B036 (reported below)
+            failures.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures, failures
+    p.close()
+
+
+def test_a_forked_child_gets_a_clear_error_and_the_parent_goes_on(broker: Broker) -> None:
+    with tp.Patron(broker.state) as p:
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                p.list()
+            except tp.PatronForked as e:
+                code = 0 if "fork" in str(e) else 2
+            except BaseException:
+                code = 3
+            os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.WEXITSTATUS(status) == 0
+        assert p.broker_info()["pid"] == p.broker_pid
+        with tp.Patron(broker.state) as fresh:
+            assert fresh.list() == []
+
+
+def test_a_patron_killed_mid_stream_leaves_the_broker_as_it_was(broker: Broker, second_broker: Broker) -> None:
+    seeder, made, data = seeding(broker, 2 << 20)
+    with seeder:
+        reader = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                import sys, time, torrent_patron as tp
+                p = tp.Patron({str(broker.state)!r})
+                f = p.open({made.seeding_id})
+                f.read(1000)
+                print("reading", flush=True)
+                time.sleep(60)
+            """)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert reader.stdout is not None
+            assert reader.stdout.readline().strip() == "reading"
+            assert seeder.broker_info()["streams"] == 1
+            reader.send_signal(signal.SIGKILL)
+            reader.wait(10)
+        finally:
+            if reader.poll() is None:
+                reader.kill()
+        deadline = time.monotonic() + 10
+        while seeder.broker_info()["streams"] != 0:
+            assert time.monotonic() < deadline, "the killed reader's stream stayed open"
+            time.sleep(0.05)
+        with seeder.open(made.seeding_id) as f:
+            assert f.read(4096) == data[:4096]
