@@ -126,6 +126,15 @@ Source = Union[str, bytes, "os.PathLike[str]"]
 _NO_REF: Any = object()
 
 
+def _error(cls: Any, kind: str, message: str) -> TorrentPatronError:
+    """An error of this package's own, with its ``kind`` and ``message`` as the native
+    errors carry them."""
+    error: TorrentPatronError = cls(message)
+    error.kind = kind
+    error.message = message
+    return error
+
+
 def _resolve(future: "asyncio.Future[Any]", value: Any) -> None:
     """Completes a future from the connection's reader thread (on the future's loop)."""
     if not future.done():
@@ -156,7 +165,9 @@ def _add_args(
 ) -> Dict[str, Any]:
     return {
         "source": _source(source),
-        "output": os.fspath(output) if output is not None else None,
+        # Relative to this process's folder, as a shell user means it (the broker's is
+        # another).
+        "output": os.path.abspath(os.fspath(output)) if output is not None else None,
         "peers": list(peers),
         "paused": paused,
         "only": list(only) if only is not None else None,
@@ -401,26 +412,26 @@ class TorrentFile(io.RawIOBase):
         return True
 
     def read(self, size: Optional[int] = -1) -> bytes:
-        self._checkClosed()  # type: ignore[attr-defined]
+        self._checkClosed()
         return self._stream.read(-1 if size is None else size)
 
     def readall(self) -> bytes:
-        self._checkClosed()  # type: ignore[attr-defined]
+        self._checkClosed()
         return self._stream.read(-1)
 
     def readinto(self, buffer: Any) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
+        self._checkClosed()
         view = memoryview(buffer).cast("B")
         data = self._stream.read(len(view))
         view[: len(data)] = data
         return len(data)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
+        self._checkClosed()
         return self._stream.seek(offset, whence)
 
     def tell(self) -> int:
-        self._checkClosed()  # type: ignore[attr-defined]
+        self._checkClosed()
         return self._stream.tell()
 
     def close(self) -> None:
@@ -473,7 +484,10 @@ class AsyncPatron:
     @property
     def _conn(self) -> "_native.Connection":
         if self._conn_ is None:
-            raise PatronClosed("not connected: use `async with AsyncPatron()` or `await p.connect()`")
+            raise _error(
+                PatronClosed, "closed",
+                "not connected: use `async with AsyncPatron()` or `await p.connect()`",
+            )
         return self._conn_
 
     @property
@@ -618,7 +632,7 @@ class AsyncPatron:
             if status.complete:
                 return status
             if status.state == "error":
-                raise TorrentFailed(status.error or "the torrent failed")
+                raise _error(TorrentFailed, "torrent-failed", status.error or "the torrent failed")
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 raise TimeoutError(f"torrent {ref} is not complete after {timeout} s")
