@@ -243,15 +243,41 @@ impl Patron {
         if let Some(event) = self.backlog.pop_front() {
             return Ok(Some(event));
         }
-        match self.events.try_recv_timeout(timeout) {
-            Ok(event) => unpack(event).map(Some),
-            Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::IpcError(e)) => Err(lost(e)),
+        let now = std::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400));
+        self.receive_until(deadline)
+    }
+
+    /// The next event off the channel, waiting for it.
+    pub(crate) fn receive(&mut self) -> Result<Event> {
+        loop {
+            match self.events.recv() {
+                // A signal's handler ran on this thread (a Python program's Ctrl-C, say):
+                // nothing was lost, and whoever handles it has its own way to hear of it.
+                Err(e) if interrupted(&e) => continue,
+                received => return received.map_err(lost).and_then(unpack),
+            }
         }
     }
 
-    fn receive(&mut self) -> Result<Event> {
-        self.events.recv().map_err(lost).and_then(unpack)
+    /// The next event off the channel, or `None` once `deadline` passed.
+    pub(crate) fn receive_until(&mut self, deadline: std::time::Instant) -> Result<Option<Event>> {
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            return match self.events.try_recv_timeout(left) {
+                Ok(event) => unpack(event).map(Some),
+                Err(TryRecvError::Empty) => Ok(None),
+                Err(TryRecvError::IpcError(e)) if interrupted(&e) => {
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+                Err(TryRecvError::IpcError(e)) => Err(lost(e)),
+            };
+        }
     }
 
     /// Starts (or joins) a torrent. A start failure is [`Error::StartFailed`].
@@ -529,6 +555,11 @@ fn unpack(event: Event) -> Result<Event> {
         Ok(inner) => Ok(inner),
         Err(e) => Err(Error::Protocol(format!("cannot decode a large event: {e}"))),
     }
+}
+
+/// Whether a receive failed only because a signal's handler interrupted it.
+fn interrupted(e: &IpcError) -> bool {
+    matches!(e, IpcError::Io(io) if io.kind() == std::io::ErrorKind::Interrupted)
 }
 
 fn lost(e: IpcError) -> Error {

@@ -11,8 +11,7 @@
 //! mount namespace, its permissions), or is not the file the engine writes, the bytes come
 //! over the channel instead, a MiB at a time.
 
-use crate::{lost, unpack, ConnectOptions, Error, Patron, Result};
-use ipc_channel::TryRecvError;
+use crate::{ConnectOptions, Error, Patron, Result};
 use proto::{
     ErrorKind, Event, FileRef, OpenStream, ProtoError, RequestBody, StreamAt, StreamInfo,
     StreamRead, TorrentRef,
@@ -200,7 +199,7 @@ impl Stream {
         if let Some(event) = self.patron.backlog.pop_front() {
             return Ok(event);
         }
-        let event = self.patron.events.recv().map_err(lost).and_then(unpack)?;
+        let event = self.patron.receive()?;
         crate::check_fatal(&event)?;
         Ok(event)
     }
@@ -209,11 +208,8 @@ impl Stream {
         if let Some(event) = self.patron.backlog.pop_front() {
             return Ok(Some(event));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let event = match self.patron.events.try_recv_timeout(left) {
-            Ok(event) => unpack(event)?,
-            Err(TryRecvError::Empty) => return Ok(None),
-            Err(TryRecvError::IpcError(e)) => return Err(lost(e)),
+        let Some(event) = self.patron.receive_until(deadline)? else {
+            return Ok(None);
         };
         crate::check_fatal(&event)?;
         Ok(Some(event))

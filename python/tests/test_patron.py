@@ -257,3 +257,64 @@ def test_a_patron_killed_mid_stream_leaves_the_broker_as_it_was(broker: Broker, 
             time.sleep(0.05)
         with seeder.open(made.seeding_id) as f:
             assert f.read(4096) == data[:4096]
+
+
+def test_ctrl_c_interrupts_every_wait(broker: Broker) -> None:
+    """SIGINT reaches Python within a wait's slice: wait(), events(), a stream's read."""
+    (broker.root / "never.bin").write_bytes(b"n" * 100_000)
+    with tp.Patron(broker.state) as p:
+        never = p.make(broker.root / "never.bin")
+        (broker.root / "empty").mkdir()
+        waiting = p.add(never.torrent, output=broker.root / "empty", paused=True)
+    for call in ["p.wait(ID)", "next(iter(p.events()))", "p.open(ID).read(10)"]:
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                import time, torrent_patron as tp
+                p = tp.Patron({str(broker.state)!r})
+                print("waiting", flush=True)
+                try:
+                    {call.replace("ID", str(waiting.id))}
+                except KeyboardInterrupt:
+                    print("interrupted", flush=True)
+            """)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert waiter.stdout is not None
+            assert waiter.stdout.readline().strip() == "waiting"
+            time.sleep(0.5)
+            sent = time.monotonic()
+            waiter.send_signal(signal.SIGINT)
+            assert waiter.stdout.readline().strip() == "interrupted", call
+            assert time.monotonic() - sent < 2, call
+            assert waiter.wait(10) == 0
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+
+
+def test_a_stream_left_by_an_exception_or_to_the_gc_is_closed(broker: Broker) -> None:
+    import gc
+
+    seeder, made, data = seeding(broker, 256 << 10)
+    torrent = made.seeding_id
+    assert torrent is not None
+    with seeder:
+        with pytest.raises(ZeroDivisionError):
+            with seeder.open(torrent) as f:
+                f.read(10)
+                1 / 0
+
+        def streams_go() -> None:
+            deadline = time.monotonic() + 5
+            while seeder.broker_info()["streams"] != 0:
+                assert time.monotonic() < deadline, "a stream nobody holds stayed open"
+                time.sleep(0.05)
+
+        streams_go()
+        f = seeder.open(torrent)
+        assert f.read(10) == data[:10]
+        assert seeder.broker_info()["streams"] == 1
+        del f
+        gc.collect()
+        streams_go()
