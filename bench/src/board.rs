@@ -86,6 +86,7 @@ pub fn list_scale(
     levels: Vec<usize>,
     runs: usize,
     client: PathBuf,
+    python: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     crate::raise_fd_limit();
     let mut patron = Patron::connect_with(&options(&state_dir))?;
@@ -146,7 +147,25 @@ pub fn list_scale(
             "adding_s": adding_s,
         }));
     }
-    println!("{}", json!({"bench": "list-scale", "levels": results}));
+    // The Python package's list() of the same torrents, while they are held.
+    let python = python.map(|python| {
+        let out = Command::new(python)
+            .args(["bench/python_rows.py", "list", "--state"])
+            .arg(&state_dir)
+            .args(["--runs", &runs.to_string()])
+            .stderr(Stdio::inherit())
+            .output();
+        match out {
+            Ok(out) => serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_else(
+                |e| json!({"not_measured": format!("python_rows.py list printed no JSON: {e}")}),
+            ),
+            Err(e) => json!({"not_measured": format!("cannot run python_rows.py: {e}")}),
+        }
+    });
+    println!(
+        "{}",
+        json!({"bench": "list-scale", "levels": results, "python": python})
+    );
     Ok(())
 }
 

@@ -157,6 +157,10 @@ enum Bench {
         /// The patron-client program
         #[arg(long)]
         client: PathBuf,
+        /// A Python with torrent_patron: `list()` of the largest level is timed too, while
+        /// this bench still holds the (ephemeral) torrents
+        #[arg(long)]
+        python: Option<PathBuf>,
     },
     /// Broker CPU with board watchers, none, and per-holder followers of changing torrents
     Watch {
@@ -265,7 +269,8 @@ fn main() -> anyhow::Result<()> {
             levels,
             runs,
             client,
-        } => board::list_scale(state_dir, work, levels, runs, client),
+            python,
+        } => board::list_scale(state_dir, work, levels, runs, client, python),
         Bench::Watch {
             state_dir,
             work,

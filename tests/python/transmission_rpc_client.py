@@ -19,6 +19,10 @@ def main():
     seen = {"added_id": added.id, "added_name": added.name}
     torrents = client.get_torrents()
     seen["names"] = [t.name for t in torrents]
+    # A paused add first checks what is on disk (checking), then stays stopped.
+    deadline = time.time() + 30
+    while time.time() < deadline and str(client.get_torrent(added.id).status) == "checking":
+        time.sleep(0.05)
     one = client.get_torrent(added.id)
     seen["status_paused"] = str(one.status)
     seen["download_dir"] = one.download_dir

@@ -982,3 +982,181 @@ fn the_web_patron_holds_against_its_attackers_findings() {
         "the cookie holds the token: {head}"
     );
 }
+
+/// What a second attacker found in the RPC: a request naming many unknown fields (it was
+/// quadratic, on the server's two workers) or one id many times (an answer of gigabytes);
+/// a broker that is down (every download "gone", with success); the playlist turning the
+/// page's cookie into the lasting token; Transmission's meaning of an empty file list.
+#[test]
+fn the_rpc_holds_against_its_second_attackers_findings() {
+    if !have_curl() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let broker = sandbox.broker(&state, &[]);
+    let mut patron = sandbox.patron(&state);
+    let folder = sandbox.folder("local/album");
+    for (name, size) in [("a.mp3", 20_000), ("b.mp3", 30_000)] {
+        std::fs::write(folder.join(name), vec![7u8; size]).expect("write");
+    }
+    e2e::make_and_seed(&mut patron, &folder);
+    drop(patron);
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let session = {
+        let (code, head) = Web::answer(&web.curl("/transmission/rpc", &["-X", "POST", "-D", "-"]));
+        assert_eq!(code, 409, "{head}");
+        head.lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-transmission-session-id:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .expect(&head)
+    };
+    let rpc = |body: &serde_json::Value| -> serde_json::Value {
+        let file = sandbox.path("rpc-body.json");
+        std::fs::write(&file, body.to_string()).expect("write the body");
+        let out = web.curl(
+            "/transmission/rpc",
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("X-Transmission-Session-Id: {session}"),
+                "--data-binary",
+                &format!("@{}", file.display()),
+            ],
+        );
+        let (code, reply) = Web::answer(&out);
+        assert_eq!(code, 200, "{reply}");
+        serde_json::from_str(&reply).expect(&reply)
+    };
+
+    // 60,000 names nobody knows, one of them twice known: answered with the known one.
+    let mut names: Vec<String> = (0..60_000).map(|n| format!("f{n}")).collect();
+    names.extend(["id".into(), "id".into()]);
+    let started = std::time::Instant::now();
+    let reply = rpc(&serde_json::json!({"method": "torrent-get", "arguments": {"fields": names}}));
+    assert_eq!(
+        reply["arguments"]["torrents"],
+        serde_json::json!([{"id": 0}]),
+        "{reply}"
+    );
+    assert!(
+        started.elapsed() < STEP_TIMEOUT,
+        "60,000 unknown field names took {:?}",
+        started.elapsed()
+    );
+
+    // One id named 100,000 times: one torrent in the answer.
+    let ids = vec![0; 100_000];
+    let reply = rpc(&serde_json::json!({
+        "method": "torrent-get", "arguments": {"fields": ["id", "files"], "ids": ids},
+    }));
+    let listed = &reply["arguments"]["torrents"];
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{reply}");
+    // A file's name is inside the torrent's folder, as Transmission names it.
+    assert_eq!(listed[0]["files"][0]["name"], "album/a.mp3", "{reply}");
+
+    // Transmission's meaning: an empty list is every file; an index past the end is refused.
+    let set = |wanted: serde_json::Value| {
+        rpc(
+            &serde_json::json!({"method": "torrent-set", "arguments": {"ids": [0], "files-unwanted": [1]}}),
+        );
+        rpc(
+            &serde_json::json!({"method": "torrent-set", "arguments": {"ids": [0], "files-wanted": wanted}}),
+        )
+    };
+    assert_eq!(set(serde_json::json!([]))["result"], "success");
+    let files = rpc(
+        &serde_json::json!({"method": "torrent-get", "arguments": {"fields": ["wanted"], "ids": [0]}}),
+    );
+    assert_eq!(
+        files["arguments"]["torrents"][0]["wanted"],
+        serde_json::json!([1, 1]),
+        "{files}"
+    );
+    let refused = set(serde_json::json!([99]));
+    assert_ne!(refused["result"], "success", "{refused}");
+    let refused = set(serde_json::json!(["1"]));
+    assert_ne!(refused["result"], "success", "{refused}");
+
+    // The playlist carries the token only for a client that sent it (lowercase `basic`
+    // is Basic too, RFC 9110).
+    let basic = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("x:{}", web.token))
+    };
+    let mut lowercase = Command::new("curl");
+    lowercase
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-H",
+            &format!("Authorization: basic {basic}"),
+        ])
+        .arg(format!("http://{}/api/torrents/0/playlist.m3u", web.addr));
+    let playlist = run(lowercase);
+    assert!(playlist.stdout.contains(&web.token), "{}", playlist.stdout);
+    let login = format!("{{\"token\":\"{}\"}}", web.token);
+    let (_, head) = Web::answer(&web.curl(
+        "/api/login",
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &login,
+            "-D",
+            "-",
+        ],
+    ));
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|c| c.split(';').next())
+        .expect(&head)
+        .to_owned();
+    let mut with_cookie = Command::new("curl");
+    with_cookie
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-H",
+            &format!("Cookie: {cookie}"),
+        ])
+        .arg(format!("http://{}/api/torrents/0/playlist.m3u", web.addr));
+    let playlist = run(with_cookie);
+    assert!(playlist.stdout.contains("#EXTM3U"), "{}", playlist.stdout);
+    assert!(
+        !playlist.stdout.contains(&web.token),
+        "the cookie was traded for the token: {}",
+        playlist.stdout
+    );
+
+    // With the broker stopped, every method says so: no empty list read as success.
+    drop(broker);
+    wait_for(
+        "the web patron to see the broker gone",
+        STEP_TIMEOUT,
+        || {
+            let reply =
+                rpc(&serde_json::json!({"method": "torrent-get", "arguments": {"fields": ["id"]}}));
+            reply["result"] != "success"
+        },
+    );
+    let reply = rpc(&serde_json::json!({"method": "torrent-stop", "arguments": {"ids": [0]}}));
+    assert!(
+        reply["result"]
+            .as_str()
+            .is_some_and(|r| r.contains("broker is not running")),
+        "{reply}"
+    );
+}

@@ -6,8 +6,11 @@
 //!   the URL `http://HOST:PORT/#token=TOKEN` (a fragment: never sent to a server, never in a
 //!   log). The page trades it for an HttpOnly SameSite=Strict cookie; tools send it as the
 //!   password of HTTP Basic (any user name). The cookie holds not the token but a secret of
-//!   this process's life, under a name with the port: browsers send a 127.0.0.1 cookie to
-//!   every port of it, so another local server would otherwise receive the token.
+//!   this process's life (named with the port, so two web patrons' cookies do not collide):
+//!   browsers send a 127.0.0.1 cookie to every port there, so another local server the
+//!   browser visits receives it, and may use it until this process ends. Nothing trades it
+//!   for the lasting token (a playlist carries the token only for a client that sent it).
+//!   On a machine shared with users you do not trust, use the unix socket (the default).
 //! - `Host` must name this server on every request: a page of another site whose name was
 //!   pointed at 127.0.0.1 (DNS rebinding) is refused before anything else.
 //! - `Origin`, when a browser sends one, must be this server's on anything that changes
@@ -157,7 +160,7 @@ impl Access {
             || headers
                 .get(header::AUTHORIZATION)
                 .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.strip_prefix("Basic "))
+                .and_then(basic_credentials)
                 .and_then(|b| {
                     base64::engine::general_purpose::STANDARD
                         .decode(b.trim())
@@ -290,6 +293,13 @@ pub async fn bounded_body(request: Request, next: Next) -> Response {
             format!("the request's body did not arrive within {BODY_TIMEOUT:?}"),
         ),
     }
+}
+
+/// The credentials of an HTTP Basic `Authorization` value (the scheme's name is
+/// case-insensitive, RFC 9110 §11.1).
+pub fn basic_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("basic").then_some(credentials)
 }
 
 /// The token of the state dir `state`: read from `web-token`, or made (32 random bytes,

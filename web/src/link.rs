@@ -168,8 +168,12 @@ impl Link {
             let _permit = permit;
             let taken = link.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let mut patron = match taken {
-                Some(patron) => patron,
-                None => Patron::connect_with(&link.options)?,
+                // A connection to a broker that has since stopped (a restart) is dropped
+                // here, not found broken by the request.
+                Some(patron) if patron_client::proto::board::process_alive(patron.broker_pid()) => {
+                    patron
+                }
+                _ => Patron::connect_with(&link.options)?,
             };
             let result = request(&mut patron);
             let broken = matches!(
@@ -204,11 +208,15 @@ fn follow_board(options: &ConnectOptions, sender: &watch::Sender<Arc<Torrents>>)
                 continue;
             }
         };
+        // Asked for the whole list when the board cut a text; kept between changes.
+        let mut lister: Option<Patron> = None;
+        publish(sender, whole_list(options, &board, &mut lister), None);
         loop {
-            publish(sender, whole_list(options, &board), None);
+            // The timeout only lets this thread notice that nobody listens any more.
             match board.wait_for_change(Duration::from_secs(1)) {
                 Ok(_) if sender.is_closed() => return,
-                Ok(_) => {}
+                Ok(true) => publish(sender, whole_list(options, &board, &mut lister), None),
+                Ok(false) => {}
                 Err(e) => {
                     publish(sender, Vec::new(), Some(e.to_string()));
                     break;
@@ -218,14 +226,28 @@ fn follow_board(options: &ConnectOptions, sender: &watch::Sender<Arc<Torrents>>)
     }
 }
 
-/// The board's torrents; where a text on it was cut to fit its slot, the broker's list.
-fn whole_list(options: &ConnectOptions, board: &Board) -> Vec<TorrentSummary> {
-    match board.list_exact() {
-        Some(list) => list,
-        None => Patron::connect_with(options)
-            .and_then(|mut patron| patron.list())
-            .unwrap_or_else(|_| board.list()),
+/// The board's torrents; where a text on it was cut to fit its slot, the broker's list,
+/// asked on `lister` (connected once, again only after it failed).
+fn whole_list(
+    options: &ConnectOptions,
+    board: &Board,
+    lister: &mut Option<Patron>,
+) -> Vec<TorrentSummary> {
+    if let Some(list) = board.list_exact() {
+        return list;
     }
+    let asked = match lister {
+        Some(patron) => patron.list(),
+        None => Patron::connect_with(options).and_then(|mut patron| {
+            let list = patron.list();
+            *lister = Some(patron);
+            list
+        }),
+    };
+    asked.unwrap_or_else(|_| {
+        *lister = None;
+        board.list()
+    })
 }
 
 /// The next version, if anything changed: each torrent serialized once, here.

@@ -143,11 +143,17 @@ pub async fn playlist(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    let credentials = web
-        .access
-        .token()
-        .map(|token| format!("any:{token}@"))
-        .unwrap_or_default();
+    // The token goes into the URLs (for players that take it there) only for a client that
+    // sent it: the page's cookie is per process and never becomes the lasting token.
+    let sent_token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(crate::access::basic_credentials)
+        .is_some();
+    let credentials = match (web.access.token(), sent_token) {
+        (Some(token), true) => format!("any:{token}@"),
+        _ => String::new(),
+    };
     let mut out = String::from("#EXTM3U\n");
     for file in &list.files {
         let extension = file

@@ -5,8 +5,12 @@
 //! `X-Transmission-Session-Id` gets 409 with it (a CSRF guard of its own, beside the access
 //! checks every request passes). Torrent ids are the broker's. Status fields come off the
 //! board, as `list` reads them; files and peers are asked of the broker only when a request
-//! names those fields. A method or an argument this broker does not have is answered in
-//! Transmission's own shape: `{"result": "<why>"}`, never a silent success.
+//! names those fields. A method this broker does not have, a `torrent-set` argument it
+//! cannot apply, or any method while the broker is down is answered in Transmission's own
+//! shape: `{"result": "<why>"}`, never a silent success. `torrent-add` takes `metainfo` or
+//! `filename`, `download-dir`, `paused` and `files-wanted`, and leaves out the rest (labels,
+//! `peer-limit`, priorities) as older Transmissions leave out what they do not know: tools
+//! send them with every add.
 
 mod fields;
 
@@ -92,6 +96,11 @@ async fn call(
     arguments: &Map<String, Value>,
 ) -> Result<Vec<u8>, String> {
     let text = |value: Value| value.to_string().into_bytes();
+    // With no broker, an empty list or a start that did nothing would read as success
+    // (to Sonarr, every download gone): every method says why instead.
+    if let Some(why) = web.link.torrents().borrow().down.clone() {
+        return Err(format!("the broker is not running ({why})"));
+    }
     match method {
         "session-get" => session_get(web).await.map(text),
         "session-stats" => Ok(text(session_stats(&web.link.torrents().borrow()))),
@@ -240,6 +249,9 @@ fn chosen<'a>(
     };
     let mut by_hash: Option<HashMap<InfoHash, &TorrentSummary>> = None;
     let mut found = Vec::new();
+    // Each torrent once, however often it is named: a request naming one id a million
+    // times would otherwise make an answer of gigabytes.
+    let mut named = std::collections::HashSet::new();
     for id in wanted {
         let torrent = match id {
             Value::Number(n) => n.as_u64().and_then(by_id),
@@ -254,7 +266,11 @@ fn chosen<'a>(
             other => return Err(format!("{other} is not a torrent id")),
         };
         // Transmission leaves out ids it does not have.
-        found.extend(torrent);
+        if let Some(torrent) = torrent {
+            if named.insert(torrent.info.id) {
+                found.push(torrent);
+            }
+        }
     }
     Ok(found)
 }
@@ -268,31 +284,68 @@ async fn torrent_get(web: &Shared, arguments: &Map<String, Value>) -> Result<Vec
     };
     let torrents = web.link.torrents().borrow().clone();
     let chosen = chosen(&torrents, arguments)?;
-    // About what 15 fields of a torrent take, so a list is written with few reallocations.
-    let mut out = Json::with_capacity(64 + chosen.len() * 400);
-    out.raw(b"{\"torrents\":[");
-    for (n, torrent) in chosen.iter().enumerate() {
-        out.raw(if n == 0 { b"{" } else { b",{" });
-        let mut after = fields.write_board(torrent, &mut out);
+    // Files and peers are the broker's to say: asked for every torrent at once (the pool
+    // bounds how many run together; a peers answer takes the broker 250 ms to measure
+    // rates). A torrent the board shows with no peer is not asked about them.
+    let files = futures_util::future::join_all(chosen.iter().map(|torrent| {
         let id = TorrentRef::Id(torrent.info.id);
-        if fields.wants_files() {
-            if let Ok(list) = web.link.call(move |patron| patron.files(id)).await {
-                after = fields.write_files(&list.files, after, &mut out);
+        let wanted = fields.wants_files();
+        async move {
+            match wanted {
+                true => Some(web.link.call(move |patron| patron.files(id)).await),
+                false => None,
             }
         }
-        if fields.peers {
-            if let Ok(list) = web.link.call(move |patron| patron.peers(id)).await {
-                if after {
-                    out.raw(b",");
-                }
-                out.raw(b"\"peers\":");
-                out.put(&peers(&list.peers));
+    }));
+    let peer_lists = futures_util::future::join_all(chosen.iter().map(|torrent| {
+        let id = TorrentRef::Id(torrent.info.id);
+        let wanted = fields.peers && torrent.status.peers > 0;
+        async move {
+            match wanted {
+                true => Some(web.link.call(move |patron| patron.peers(id)).await),
+                false => None,
             }
+        }
+    }));
+    let (files, peer_lists) = futures_util::future::join(files, peer_lists).await;
+    // About what 15 fields of a torrent take, so a list is written with few reallocations
+    // (at most 64 MiB reserved: each torrent is named once, but fields may be many).
+    let mut out = Json::with_capacity((64 + chosen.len() * 400).min(64 << 20));
+    out.raw(b"{\"torrents\":[");
+    let answers = chosen.iter().zip(files).zip(peer_lists);
+    for (n, ((torrent, files), peer_list)) in answers.enumerate() {
+        out.raw(if n == 0 { b"{" } else { b",{" });
+        let mut after = fields.write_board(torrent, &mut out);
+        if fields.wants_files() {
+            // A torrent closed since the board was read has no files: `[]`, as
+            // Transmission gives for a torrent without metadata.
+            let list = gone_is_empty(files.transpose())?.map_or_else(Vec::new, |l| l.files);
+            after = fields.write_files(&torrent.info.name, &list, after, &mut out);
+        }
+        if fields.peers {
+            let list = gone_is_empty(peer_list.transpose())?.map_or_else(Vec::new, |l| l.peers);
+            if after {
+                out.raw(b",");
+            }
+            out.raw(b"\"peers\":");
+            out.put(&peers(&list));
         }
         out.raw(b"}");
     }
     out.raw(b"]}");
     Ok(out.into_bytes())
+}
+
+/// A broker's answer about one torrent: `None` when the torrent went meanwhile; any other
+/// failure fails the whole request (never an answer that silently lacks a field).
+fn gone_is_empty<T>(answer: Result<Option<T>, Error>) -> Result<Option<T>, String> {
+    match answer {
+        Ok(found) => Ok(found),
+        Err(error) => match patron_client::proto_error(&error) {
+            Some(e) if e.kind == patron_client::proto::ErrorKind::UnknownTorrent => Ok(None),
+            _ => Err(failure(error)),
+        },
+    }
 }
 
 /// Peers as Transmission lists them.
@@ -427,9 +480,16 @@ async fn each(
         let done = web
             .link
             .call(move |patron| match action {
-                // Starting a torrent that runs is a success in Transmission.
+                // Starting a torrent that runs is a success in Transmission. One checking
+                // its data is resumed all the same: it may have been added paused (the
+                // broker resumes it when the check ends).
                 Action::Start
-                    if !matches!(state, TorrentState::Paused | TorrentState::Error(_)) =>
+                    if matches!(
+                        state,
+                        TorrentState::Downloading
+                            | TorrentState::Seeding
+                            | TorrentState::ResolvingMetadata
+                    ) =>
                 {
                     Ok(())
                 }
@@ -448,24 +508,31 @@ async fn each(
 }
 
 async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
+    use std::collections::HashSet;
     const TAKEN: [&str; 3] = ["ids", "files-wanted", "files-unwanted"];
     if let Some(other) = arguments.keys().find(|k| !TAKEN.contains(&k.as_str())) {
         return Err(format!(
             "torrent-set: {other} is not supported by this broker yet"
         ));
     }
-    let indices = |key: &str| -> Vec<u32> {
+    // Transmission's meaning: absent, nothing changes; an empty list, every file.
+    let indices = |key: &str| -> Result<Option<HashSet<u32>>, String> {
         match arguments.get(key) {
+            None => Ok(None),
             Some(Value::Array(list)) => list
                 .iter()
-                .filter_map(Value::as_u64)
-                .filter_map(|n| u32::try_from(n).ok())
-                .collect(),
-            _ => Vec::new(),
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| format!("{key}: {v} is not a file index"))
+                })
+                .collect::<Result<HashSet<_>, _>>()
+                .map(Some),
+            Some(other) => Err(format!("{key} must be a list of file indices, not {other}")),
         }
     };
-    let (wanted, unwanted) = (indices("files-wanted"), indices("files-unwanted"));
-    if wanted.is_empty() && unwanted.is_empty() {
+    let (wanted, unwanted) = (indices("files-wanted")?, indices("files-unwanted")?);
+    if wanted.is_none() && unwanted.is_none() {
         return Ok(json!({}));
     }
     let torrents = web.link.torrents().borrow().clone();
@@ -475,11 +542,33 @@ async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
         web.link
             .call(move |patron| {
                 let files = patron.files(id)?;
+                let count = files.files.len();
+                let names = |set: &Option<HashSet<u32>>| match set {
+                    Some(set) if set.is_empty() => Some(None),
+                    Some(set) => Some(Some(set.clone())),
+                    None => None,
+                };
+                for set in [&wanted, &unwanted].into_iter().flatten() {
+                    if let Some(past) = set.iter().find(|&&i| i as usize >= count) {
+                        return Err(patron_client::Error::Request(
+                            patron_client::proto::ProtoError::bad_request(format!(
+                                "file {past} of a torrent of {count} files"
+                            )),
+                        ));
+                    }
+                }
+                // `Some(None)`: every file.
+                let (wanted, unwanted) = (names(&wanted), names(&unwanted));
+                let named = |which: &Option<Option<HashSet<u32>>>, index: u32| match which {
+                    Some(None) => true,
+                    Some(Some(set)) => set.contains(&index),
+                    None => false,
+                };
                 let only: Vec<FileRef> = files
                     .files
                     .iter()
                     .filter(|f| {
-                        (f.selected || wanted.contains(&f.index)) && !unwanted.contains(&f.index)
+                        (f.selected || named(&wanted, f.index)) && !named(&unwanted, f.index)
                     })
                     .map(|f| FileRef::Index(f.index))
                     .collect();

@@ -131,6 +131,19 @@ const BOARD: &[(&str, Write)] = &[
     ("secondsSeeding", |_, o| o.raw(b"0")),
 ];
 
+/// [`BOARD`]'s names, to their place in it.
+fn board_index() -> &'static std::collections::HashMap<&'static str, usize> {
+    static INDEX: std::sync::OnceLock<std::collections::HashMap<&'static str, usize>> =
+        std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        BOARD
+            .iter()
+            .enumerate()
+            .map(|(at, (name, _))| (*name, at))
+            .collect()
+    })
+}
+
 /// Fields that need the broker (not on the board): asked once per torrent, only when named.
 const FILE_FIELDS: [&str; 5] = ["files", "fileStats", "wanted", "priorities", "fileCount"];
 
@@ -144,25 +157,29 @@ pub struct Fields {
 }
 
 impl Fields {
-    /// The fields named, each once; names nobody knows are dropped.
+    /// The fields named, each once; names nobody knows are dropped. Linear in the names
+    /// (a request may name millions): each is looked up in a table, and only known names
+    /// are remembered as seen.
     pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Fields {
         let mut fields = Fields {
             board: Vec::new(),
             files: Vec::new(),
             peers: false,
         };
-        let mut seen: Vec<&str> = Vec::new();
+        let mut board_seen = [false; BOARD.len()];
+        let mut files_seen = [false; FILE_FIELDS.len()];
         for name in names {
-            if seen.contains(&name) {
-                continue;
-            }
-            seen.push(name);
-            if let Some((known, write)) = BOARD.iter().find(|(known, _)| *known == name) {
-                let mut key = serde_json::to_vec(known).unwrap_or_default();
-                key.push(b':');
-                fields.board.push((key, *write));
-            } else if let Some(known) = FILE_FIELDS.iter().find(|known| **known == name) {
-                fields.files.push(known);
+            if let Some(&at) = board_index().get(name) {
+                if !std::mem::replace(&mut board_seen[at], true) {
+                    let (known, write) = BOARD[at];
+                    let mut key = serde_json::to_vec(known).unwrap_or_default();
+                    key.push(b':');
+                    fields.board.push((key, write));
+                }
+            } else if let Some(at) = FILE_FIELDS.iter().position(|known| *known == name) {
+                if !std::mem::replace(&mut files_seen[at], true) {
+                    fields.files.push(FILE_FIELDS[at]);
+                }
             } else if name == "peers" {
                 fields.peers = true;
             }
@@ -189,7 +206,17 @@ impl Fields {
 
     /// Writes the file fields asked for, each preceded by a comma when `after` says members
     /// came before it.
-    pub fn write_files(&self, files: &[FileEntry], mut after: bool, out: &mut Json) -> bool {
+    ///
+    /// A file's name is Transmission's: inside the torrent's folder (`name/path`), except
+    /// the one file of a single-file torrent.
+    pub fn write_files(
+        &self,
+        torrent_name: &str,
+        files: &[FileEntry],
+        mut after: bool,
+        out: &mut Json,
+    ) -> bool {
+        let single = files.len() == 1 && files[0].path == torrent_name;
         for field in &self.files {
             if after {
                 out.raw(b",");
@@ -200,7 +227,10 @@ impl Fields {
             match *field {
                 "files" => list(out, files, |f, o| {
                     o.raw(b"{\"name\":");
-                    o.put(&f.path);
+                    match single {
+                        true => o.put(&f.path),
+                        false => o.put(&format!("{torrent_name}/{}", f.path)),
+                    }
                     o.raw(b",\"length\":");
                     o.put(&f.size);
                     o.raw(b",\"bytesCompleted\":");
@@ -289,7 +319,7 @@ mod tests {
         let mut out = Json::with_capacity(0);
         out.raw(b"{");
         let after = fields.write_board(torrent, &mut out);
-        fields.write_files(files, after, &mut out);
+        fields.write_files(&torrent.info.name, files, after, &mut out);
         out.raw(b"}");
         serde_json::from_slice(&out.into_bytes()).expect("the text is JSON")
     }
@@ -341,7 +371,7 @@ mod tests {
             value,
             json!({
                 "error": 3, "errorString": "disk \"full\"", "fileCount": 1, "wanted": [1],
-                "files": [{"name": "d/f\"1", "length": 10, "bytesCompleted": 4}],
+                "files": [{"name": "a \"quoted\"\nname\u{1}é/d/f\"1", "length": 10, "bytesCompleted": 4}],
             })
         );
         // Only file fields: no comma before the first.
