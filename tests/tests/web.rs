@@ -1160,3 +1160,53 @@ fn the_rpc_holds_against_its_second_attackers_findings() {
         "{reply}"
     );
 }
+
+/// Clients that ask for a file and never read hold its answers only until the stall limit:
+/// then every file answer is free again (before, 64 such clients held them all for ever).
+#[test]
+fn clients_that_never_read_let_go_at_the_stall_limit() {
+    if !have_curl() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let mut patron = sandbox.patron(&state);
+    let data = sandbox.random_file("local/big.bin", 16 << 20);
+    e2e::make_and_seed(&mut patron, &data);
+    drop(patron);
+    let web = Web::start(
+        &sandbox,
+        &state,
+        &["--listen", "127.0.0.1:0", "--stall-secs", "2"],
+    );
+    use std::io::Write;
+    let sleepers: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(&web.addr).expect("connect");
+            // A small window: the answer stalls after a few of its chunks.
+            nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::RcvBuf, &4096)
+                .expect("a small buffer");
+            use base64::Engine;
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("x:{}", web.token));
+            write!(
+                stream,
+                "GET /files/0/0 HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {basic}\r\n\r\n",
+                web.addr
+            )
+            .expect("ask");
+            stream
+        })
+        .collect();
+    wait_for("the sleepers' answers to start", STEP_TIMEOUT, || {
+        e2e::streams_open(&sandbox, &state) >= 60
+    });
+    // Past the stall limit, every answer of theirs is cut and its stream let go.
+    wait_for("the sleepers' streams to go", STEP_TIMEOUT, || {
+        e2e::streams_open(&sandbox, &state) == 0
+    });
+    let (code, _) = Web::answer(&web.curl("/files/0/0", &["-o", "/dev/null"]));
+    assert_eq!(code, 200, "a reading client is served");
+    drop(sleepers);
+}

@@ -29,11 +29,20 @@ pub const MAX_STREAMS: usize = 64;
 const CHUNK: usize = 256 * 1024;
 
 /// The answer's streams in flight.
-pub struct Streams(Arc<Semaphore>);
+pub struct Streams {
+    permits: Arc<Semaphore>,
+    /// How long a client may take no bytes before its answer is cut: a client that never
+    /// reads would otherwise hold one of [`MAX_STREAMS`] (and a stream of the broker's) for
+    /// ever. A paused player asks again with `Range` when it plays on.
+    stall: std::time::Duration,
+}
 
-impl Default for Streams {
-    fn default() -> Self {
-        Streams(Arc::new(Semaphore::new(MAX_STREAMS)))
+impl Streams {
+    pub fn new(stall: std::time::Duration) -> Streams {
+        Streams {
+            permits: Arc::new(Semaphore::new(MAX_STREAMS)),
+            stall,
+        }
     }
 }
 
@@ -49,7 +58,7 @@ pub async fn serve(
         Ok(index) => FileRef::Index(index),
         Err(_) => FileRef::Path(file.strip_prefix("./").unwrap_or(&file).to_owned()),
     };
-    let Ok(permit) = Arc::clone(&web.streams.0).try_acquire_owned() else {
+    let Ok(permit) = Arc::clone(&web.streams.permits).try_acquire_owned() else {
         let mut busy = error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many files are being served; try again shortly",
@@ -116,10 +125,16 @@ pub async fn serve(
     }
     let (sender, receiver) = mpsc::channel::<std::io::Result<Bytes>>(4);
     if length > 0 {
+        let (runtime, stall) = (tokio::runtime::Handle::current(), web.streams.stall);
         std::thread::Builder::new()
             .name("file".into())
             .spawn(move || {
                 let _permit = permit;
+                let sender = Sender {
+                    runtime,
+                    sender,
+                    stall,
+                };
                 send_range(&mut stream, start, length, &sender);
             })
             .map_err(|source| {
@@ -141,12 +156,7 @@ pub async fn serve(
 /// Reads `length` bytes from `start` and sends them in chunks, each once verified, until
 /// the client goes (the channel closes) or the stream fails (the body ends in an error, so
 /// the client sees a cut answer, not a short file).
-fn send_range(
-    stream: &mut Stream,
-    start: u64,
-    length: u64,
-    sender: &mpsc::Sender<std::io::Result<Bytes>>,
-) {
+fn send_range(stream: &mut Stream, start: u64, length: u64, sender: &Sender) {
     if let Err(e) = stream.seek(SeekFrom::Start(start)) {
         let _ = sender.blocking_send(Err(e));
         return;
@@ -186,6 +196,26 @@ fn send_range(
                 return;
             }
         }
+    }
+}
+
+/// The body's sending end, on a thread of its own.
+struct Sender {
+    runtime: tokio::runtime::Handle,
+    sender: mpsc::Sender<std::io::Result<Bytes>>,
+    stall: std::time::Duration,
+}
+
+impl Sender {
+    /// Sends `item`; `Err` when the client went, or took nothing for the stall limit.
+    fn blocking_send(&self, item: std::io::Result<Bytes>) -> Result<(), ()> {
+        self.runtime
+            .block_on(self.sender.send_timeout(item, self.stall))
+            .map_err(drop)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.sender.is_closed()
     }
 }
 

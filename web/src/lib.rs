@@ -50,12 +50,13 @@ pub struct Web {
 }
 
 impl Web {
-    /// A server for `link`, used as `access` says.
-    pub fn new(link: Arc<link::Link>, access: access::Access) -> Web {
+    /// A server for `link`, used as `access` says; a file's answer is cut when its client
+    /// took nothing for `stall`.
+    pub fn new(link: Arc<link::Link>, access: access::Access, stall: std::time::Duration) -> Web {
         Web {
             link,
             access,
-            streams: files::Streams::default(),
+            streams: files::Streams::new(stall),
             subscribers: events::Subscribers::default(),
             rpc_session: rpc::new_session(),
         }

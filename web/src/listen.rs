@@ -43,6 +43,8 @@ pub struct Options {
     pub connect: ConnectOptions,
     /// Where to listen.
     pub listen: Listen,
+    /// How long a client may take no bytes of a file before its answer is cut.
+    pub stall: std::time::Duration,
 }
 
 /// Serves until SIGINT or SIGTERM. `ready` gets, once listening, where: the URL with the
@@ -72,6 +74,7 @@ pub async fn serve(options: Options, ready: impl FnOnce(String)) -> anyhow::Resu
             let web = Arc::new(Web::new(
                 link,
                 Access::tcp(token.clone(), addr.port(), hosts),
+                options.stall,
             ));
             ready(format!("http://{addr}/#token={token}"));
             accept_loop(web, || async {
@@ -82,7 +85,7 @@ pub async fn serve(options: Options, ready: impl FnOnce(String)) -> anyhow::Resu
         Listen::Unix(path) => {
             let path = path.unwrap_or_else(|| state.join("run").join("web.sock"));
             let listener = bind_unix(&path)?;
-            let web = Arc::new(Web::new(link, Access::unix()));
+            let web = Arc::new(Web::new(link, Access::unix(), options.stall));
             ready(format!("unix:{}", path.display()));
             let ours = nix::unistd::getuid().as_raw();
             let served = accept_loop(web, || async {

@@ -26,6 +26,10 @@ struct Args {
     /// Do not start a broker when none runs
     #[arg(long)]
     no_autostart: bool,
+    /// Seconds a client may take no bytes of a file before its answer is cut (a client that
+    /// never reads would hold one of the 64 file answers for ever)
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    stall_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
             Some(addr) => torrent_web::Listen::Tcp(addr),
             None => torrent_web::Listen::Unix(args.socket),
         },
+        stall: std::time::Duration::from_secs(args.stall_secs),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -21,6 +21,9 @@ pub struct Args {
     /// The unix socket's path (default: <state dir>/run/web.sock)
     #[arg(long, value_name = "PATH", conflicts_with = "listen")]
     socket: Option<PathBuf>,
+    /// Seconds a client may take no bytes of a file before its answer is cut (default 60)
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    stall_secs: Option<u64>,
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
@@ -34,6 +37,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     }
     if let Some(socket) = args.socket {
         command.arg("--socket").arg(socket);
+    }
+    if let Some(secs) = args.stall_secs {
+        command.arg("--stall-secs").arg(secs.to_string());
     }
     if let Some(program) = &ctx.connect.broker_program {
         command.env(patron_client::BROKER_PROGRAM_ENV, program);
