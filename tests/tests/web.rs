@@ -1210,3 +1210,69 @@ fn clients_that_never_read_let_go_at_the_stall_limit() {
     assert_eq!(code, 200, "a reading client is served");
     drop(sleepers);
 }
+
+/// A magnet's RPC add is answered at once, as Transmission's is (the broker answers once it
+/// has the metadata, up to its timeout), and magnets never hold up the adds of .torrent
+/// files: before, two magnets of a silent peer held every add for two minutes.
+#[test]
+fn magnet_adds_are_answered_at_once_and_hold_up_no_other_add() {
+    if !have_curl() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let data = sandbox.random_file("elsewhere/data.bin", 50_000);
+    let torrent = sandbox.path("data.torrent");
+    sandbox.make_torrent(&state, &data, &torrent);
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let session = {
+        let (_, head) = Web::answer(&web.curl("/transmission/rpc", &["-X", "POST", "-D", "-"]));
+        head.lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-transmission-session-id:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .expect(&head)
+    };
+    let rpc = |body: serde_json::Value| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "60", "-u", &format!("x:{}", web.token)])
+            .args(["-H", &format!("X-Transmission-Session-Id: {session}")])
+            .args(["-d", &body.to_string()])
+            .arg(format!("http://{}/transmission/rpc", web.addr));
+        Running::start(cmd)
+    };
+    let silent = e2e::SilentPeer::start();
+    let started = std::time::Instant::now();
+    let magnets: Vec<Running> = (0..3)
+        .map(|n| {
+            let magnet = silent.magnet(&format!("{:02x}", n + 32), None);
+            rpc(serde_json::json!({"method": "torrent-add", "arguments": {"filename": magnet}}))
+        })
+        .collect();
+    use base64::Engine;
+    let metainfo =
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&torrent).expect("read"));
+    let downloads = sandbox.folder("downloads");
+    let plain = rpc(serde_json::json!({"method": "torrent-add", "arguments": {
+        "metainfo": metainfo, "download-dir": downloads.display().to_string(), "paused": true,
+    }}));
+    let out = plain.finish(STEP_TIMEOUT);
+    assert!(out.stdout.contains("\"success\""), "{}", out.stdout);
+    for magnet in magnets {
+        let out = magnet.finish(STEP_TIMEOUT);
+        let reply: Value = serde_json::from_str(&out.stdout).expect(&out.stdout);
+        assert_eq!(reply["result"], "success", "{reply}");
+        assert!(
+            reply["arguments"]["torrent-added"]["id"].is_u64(),
+            "{reply}"
+        );
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the adds took {:?}: they waited for the magnets' metadata",
+        started.elapsed()
+    );
+}

@@ -134,15 +134,22 @@ pub async fn add(
     create.paused = body.paused;
     create.peers = body.peers;
     create.only_files = body.only.map(file_refs).transpose()?;
-    let created = web
-        .link
-        .add(move |patron| patron.create(create))
-        .await
-        .map_err(|e| match e {
-            // The start failed for a reason of the request's.
-            Error::StartFailed(error) => Failure(Error::Request(error)),
-            other => Failure(other),
-        })?;
+    // A magnet's add waits for its metadata: in slots of its own, never holding up
+    // the adds of .torrent files.
+    let magnet = matches!(create.source, TorrentSource::Magnet(_));
+    let added = match magnet {
+        true => {
+            web.link
+                .add_magnet(move |patron| patron.create(create))
+                .await
+        }
+        false => web.link.add(move |patron| patron.create(create)).await,
+    };
+    let created = added.map_err(|e| match e {
+        // The start failed for a reason of the request's.
+        Error::StartFailed(error) => Failure(Error::Request(error)),
+        other => Failure(other),
+    })?;
     let value = match &created {
         Created::New(info) => info_json("created", info),
         Created::AlreadyDownloading(info, not_applied) => {

@@ -23,8 +23,12 @@ use tokio::sync::{watch, Semaphore};
 /// Requests to the broker in flight at once from this process (adds apart).
 const CONNECTIONS: usize = 4;
 
-/// Adds in flight at once (a magnet's may wait for its metadata).
+/// Adds of .torrent files in flight at once.
 const ADDS: usize = 2;
+
+/// Magnet adds in flight at once: each may wait up to the broker's metadata timeout, so
+/// they have slots of their own and never hold up the adds of .torrent files.
+const MAGNETS: usize = 8;
 
 /// Changes kept for subscribers that fell behind; one further behind gets everything.
 const HISTORY: usize = 64;
@@ -95,6 +99,7 @@ pub struct Link {
     idle: Mutex<Vec<Patron>>,
     requests: Arc<Semaphore>,
     adds: Arc<Semaphore>,
+    magnets: Arc<Semaphore>,
     torrents: watch::Receiver<Arc<Torrents>>,
 }
 
@@ -121,6 +126,7 @@ impl Link {
             idle: Mutex::new(vec![first]),
             requests: Arc::new(Semaphore::new(CONNECTIONS)),
             adds: Arc::new(Semaphore::new(ADDS)),
+            magnets: Arc::new(Semaphore::new(MAGNETS)),
             torrents,
         }))
     }
@@ -151,6 +157,15 @@ impl Link {
         F: FnOnce(&mut Patron) -> Result<T, Error> + Send + 'static,
     {
         self.run(&self.adds, request).await
+    }
+
+    /// Runs a magnet's add, in slots of its own (see [`MAGNETS`]).
+    pub async fn add_magnet<T, F>(self: &Arc<Self>, request: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Patron) -> Result<T, Error> + Send + 'static,
+    {
+        self.run(&self.magnets, request).await
     }
 
     async fn run<T, F>(self: &Arc<Self>, pool: &Arc<Semaphore>, request: F) -> Result<T, Error>
@@ -185,7 +200,7 @@ impl Link {
             );
             if !broken {
                 let mut idle = link.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < CONNECTIONS + ADDS {
+                if idle.len() < CONNECTIONS + ADDS + MAGNETS {
                     idle.push(patron);
                 }
             }

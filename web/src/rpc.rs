@@ -415,11 +415,24 @@ async fn torrent_add(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
             create.only_files = Some(only);
         }
     }
-    let created = web
-        .link
-        .add(move |patron| patron.create(create))
-        .await
-        .map_err(failure)?;
+    let created = match magnet_hash(&create.source) {
+        None => web.link.add(move |patron| patron.create(create)).await,
+        // Transmission answers a magnet's add at once; the broker answers once it has the
+        // metadata (up to its timeout). The add goes on in its task; past a few seconds the
+        // answer is the torrent as the board shows it, resolving.
+        Some(hash) => {
+            let link = Arc::clone(&web.link);
+            let adding =
+                tokio::spawn(
+                    async move { link.add_magnet(move |patron| patron.create(create)).await },
+                );
+            match tokio::time::timeout(MAGNET_ANSWER, adding).await {
+                Ok(joined) => joined.map_err(|e| format!("the add failed: {e}"))?,
+                Err(_) => return resolving(web, hash).await,
+            }
+        }
+    }
+    .map_err(failure)?;
     let (key, info) = match &created {
         Created::New(info) => ("torrent-added", info),
         Created::AlreadyDownloading(info, _) => ("torrent-duplicate", info),
@@ -427,6 +440,73 @@ async fn torrent_add(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
     Ok(
         json!({ key: {"id": info.id.0, "name": info.name, "hashString": info.info_hash.to_string()} }),
     )
+}
+
+/// How long a magnet's add is waited for before the answer says it is resolving.
+const MAGNET_ANSWER: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The info hash a magnet names (`xt=urn:btih:`, hex or base32); `None` for a .torrent.
+fn magnet_hash(source: &TorrentSource) -> Option<InfoHash> {
+    let TorrentSource::Magnet(link) = source else {
+        return None;
+    };
+    let query = link.strip_prefix("magnet:?")?;
+    let btih = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("xt=urn:btih:"))?;
+    match btih.len() {
+        40 => InfoHash::from_hex(btih),
+        32 => base32_hash(btih),
+        _ => None,
+    }
+}
+
+/// 32 base32 digits (RFC 4648) as 20 bytes.
+fn base32_hash(text: &str) -> Option<InfoHash> {
+    let mut bits: u64 = 0;
+    let (mut count, mut out) = (0u32, Vec::with_capacity(20));
+    for c in text.bytes() {
+        let value = match c.to_ascii_uppercase() {
+            c @ b'A'..=b'Z' => c - b'A',
+            c @ b'2'..=b'7' => c - b'2' + 26,
+            _ => return None,
+        };
+        bits = (bits << 5) | u64::from(value);
+        count += 5;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    <[u8; 20]>::try_from(out).ok().map(InfoHash)
+}
+
+/// The answer for a magnet still resolving: the torrent as the board shows it (it is there
+/// from the start, resolving its metadata), waited for a second at most.
+async fn resolving(web: &Shared, hash: InfoHash) -> Result<Value, String> {
+    let mut torrents = web.link.torrents();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let found = torrents
+            .borrow_and_update()
+            .list
+            .iter()
+            .find(|t| t.info.info_hash == hash)
+            .map(|t| (t.info.id.0, t.info.name.clone()));
+        if let Some((id, name)) = found {
+            return Ok(
+                json!({"torrent-added": {"id": id, "name": name, "hashString": hash.to_string()}}),
+            );
+        }
+        if tokio::time::timeout_at(deadline, torrents.changed())
+            .await
+            .is_err()
+        {
+            return Err(format!(
+                "the magnet {hash} is being resolved, but is not on the board yet: list the torrents again in a moment"
+            ));
+        }
+    }
 }
 
 /// A .torrent named by path: a regular file, read up to the broker's largest request (a
@@ -597,4 +677,22 @@ pub fn new_session() -> String {
     let mut bytes = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_magnets_hash_is_read_in_hex_and_in_base32() {
+        let hex = "magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a&dn=x";
+        let hash = magnet_hash(&TorrentSource::Magnet(hex.into())).expect("hex");
+        assert_eq!(hash.to_string(), "c12fe1c06bba254a9dc9f519b335aa7c1367a88a");
+        // The same 20 bytes in base32 (RFC 4648), lowercase as some links write them.
+        let base32 = "magnet:?dn=x&xt=urn:btih:yex6dqdlxisuvhoj6um3gnnkpqjwpkek";
+        assert_eq!(magnet_hash(&TorrentSource::Magnet(base32.into())), Some(hash));
+        for bad in ["magnet:?xt=urn:btih:zz", "magnet:?dn=x", "http://x"] {
+            assert_eq!(magnet_hash(&TorrentSource::Magnet(bad.into())), None, "{bad}");
+        }
+    }
 }
