@@ -503,7 +503,12 @@ pub fn check_magnet(link: &str, loopback_only: bool) -> Result<CheckedMagnet, Pr
         .unwrap_or_default();
     Ok(CheckedMagnet {
         info_hash: InfoHash(id.0),
-        name: magnet.name.clone(),
+        // Shown on every terminal that lists it until the metadata comes: a name with control
+        // characters (escape sequences) is left out, as it is refused in a .torrent.
+        name: magnet
+            .name
+            .clone()
+            .filter(|name| !name.is_empty() && !name.chars().any(char::is_control)),
         uri: rebuilt.to_string(),
         peers,
     })
@@ -771,6 +776,20 @@ mod magnet_tests {
         assert!(checked.uri.contains("127.0.0.1"), "{}", checked.uri);
         let kept = check_magnet(&link, false).expect("valid magnet");
         assert!(kept.uri.contains("example"), "{}", kept.uri);
+    }
+
+    #[test]
+    fn a_magnets_name_with_control_characters_is_left_out() {
+        let hash = "631f6001c7f4e6d077d47b24b1a68d4a2bf917e1";
+        let named = |dn: &str| {
+            check_magnet(&format!("magnet:?xt=urn:btih:{hash}&dn={dn}"), true)
+                .expect("valid magnet")
+                .name
+        };
+        assert_eq!(named("debian.iso").as_deref(), Some("debian.iso"));
+        // ESC [ 2 J clears a terminal; BEL rings it.
+        assert_eq!(named("x%1B%5B2Jy"), None);
+        assert_eq!(named("bell%07"), None);
     }
 }
 

@@ -546,7 +546,8 @@ enum Action {
     Remove { delete: bool },
 }
 
-/// An action on every torrent `ids` names; the first failure is the answer's result.
+/// An action on every torrent `ids` names, each tried whatever became of the others; the
+/// first failure is the answer's result.
 async fn each(
     web: &Shared,
     arguments: &Map<String, Value>,
@@ -554,6 +555,7 @@ async fn each(
 ) -> Result<Value, String> {
     let torrents = web.link.torrents().borrow().clone();
     let chosen = chosen(&torrents, arguments)?;
+    let mut first_failure = None;
     for torrent in chosen {
         let id = TorrentRef::Id(torrent.info.id);
         let state = torrent.status.state.clone();
@@ -582,9 +584,14 @@ async fn each(
                 Action::Remove { delete } => patron.close(id, delete, true).map(drop),
             })
             .await;
-        done.map_err(failure)?;
+        if let Err(error) = done {
+            first_failure.get_or_insert_with(|| failure(error));
+        }
     }
-    Ok(json!({}))
+    match first_failure {
+        Some(why) => Err(why),
+        None => Ok(json!({})),
+    }
 }
 
 async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
@@ -690,9 +697,16 @@ mod tests {
         assert_eq!(hash.to_string(), "c12fe1c06bba254a9dc9f519b335aa7c1367a88a");
         // The same 20 bytes in base32 (RFC 4648), lowercase as some links write them.
         let base32 = "magnet:?dn=x&xt=urn:btih:yex6dqdlxisuvhoj6um3gnnkpqjwpkek";
-        assert_eq!(magnet_hash(&TorrentSource::Magnet(base32.into())), Some(hash));
+        assert_eq!(
+            magnet_hash(&TorrentSource::Magnet(base32.into())),
+            Some(hash)
+        );
         for bad in ["magnet:?xt=urn:btih:zz", "magnet:?dn=x", "http://x"] {
-            assert_eq!(magnet_hash(&TorrentSource::Magnet(bad.into())), None, "{bad}");
+            assert_eq!(
+                magnet_hash(&TorrentSource::Magnet(bad.into())),
+                None,
+                "{bad}"
+            );
         }
     }
 }
