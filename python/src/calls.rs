@@ -20,6 +20,22 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Boards kept for waits between them (each is a mapping and one of the broker's waiters).
+const IDLE_BOARDS: usize = 4;
+
+/// When a wait of `timeout` seconds ends (`None`: never).
+fn deadline(timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t >= 0.0 && t.is_finite() => {
+            Ok(Some(Instant::now() + Duration::from_secs_f64(t.min(1e9))))
+        }
+        Some(t) => Err(PyValueError::new_err(format!(
+            "timeout must be a number of seconds, 0 or more, not {t}"
+        ))),
+    }
+}
+
 /// A reply handed to Python through an asyncio future, decoded by [`Connection::decode`].
 #[pyclass(frozen, module = "torrent_patron._native")]
 pub struct Reply(pub Mutex<Option<Result<Event, Failure>>>);
@@ -281,8 +297,7 @@ impl Connection {
             auto_start: autostart,
             ..Default::default()
         };
-        let core = py
-            .detach(|| Core::connect(options, resolve))
+        let core = crate::detach(py, || Core::connect(options, resolve))
             .map_err(|e| errors::from_client(py, e))?;
         Ok(Connection {
             core,
@@ -309,13 +324,12 @@ impl Connection {
     /// Sends a request and waits for its reply, asleep with the GIL released; Ctrl-C (any
     /// signal handler that raises) interrupts the wait.
     fn call(&self, py: Python<'_>, method: &str, args: &Bound<'_, PyDict>) -> PyResult<Py<PyAny>> {
-        self.check_process(py)?;
+        self.check_open(py)?;
         let body = request(method, args)?;
-        let (id, slot) = py
-            .detach(|| self.core.send(body))
-            .map_err(|f| errors::from_failure(py, f))?;
+        let (id, slot) =
+            crate::detach(py, || self.core.send(body)).map_err(|f| errors::from_failure(py, f))?;
         loop {
-            if let Some(reply) = py.detach(|| Core::wait_slot(&slot, SIGNAL_SLICE)) {
+            if let Some(reply) = crate::detach(py, || Core::wait_slot(&slot, SIGNAL_SLICE)) {
                 return decode(py, method, reply);
             }
             if let Err(interrupted) = py.check_signals() {
@@ -336,7 +350,7 @@ impl Connection {
     ) -> PyResult<()> {
         self.check_process(py)?;
         let body = request(method, args)?;
-        py.detach(|| self.core.send_async(body, future, event_loop))
+        crate::detach(py, || self.core.send_async(body, future, event_loop))
             .map(drop)
             .map_err(|f| errors::from_failure(py, f))
     }
@@ -362,7 +376,7 @@ impl Connection {
     /// Every torrent on the board, in id order, with no request (the broker is asked only
     /// when the board cut a long text, so that every field is whole).
     fn list(&self, py: Python<'_>) -> PyResult<Py<PyList>> {
-        self.check_process(py)?;
+        self.check_open(py)?;
         let exact = self.with_board(py, |board| board.list_exact())?;
         let summaries = match exact {
             Some(list) => list,
@@ -380,11 +394,26 @@ impl Connection {
 
     /// One torrent's status off the board, with no request.
     fn status(&self, py: Python<'_>, torrent: &Bound<'_, PyAny>) -> PyResult<Py<Status>> {
-        self.check_process(py)?;
+        self.check_open(py)?;
         let torrent = torrent_ref(torrent)?;
-        let found = self.with_board(py, |board| board.summary(torrent))?;
+        let found = self.with_board(py, |board| {
+            board
+                .summary(torrent)
+                .map(|s| (s, board.list_exact().is_some()))
+        })?;
         match found {
-            Some(summary) => Py::new(py, Status::from_summary(summary)),
+            Some((summary, true)) => Py::new(py, Status::from_summary(summary)),
+            // A text on the board was cut to fit its slot: the broker says it whole.
+            Some((summary, false)) => {
+                let list = self.call(py, "list_request", &PyDict::new(py))?;
+                for status in list.bind(py).cast::<PyList>()?.iter() {
+                    let status = status.cast_into::<Status>()?;
+                    if status.get().inner().id == summary.info.id {
+                        return Ok(status.unbind());
+                    }
+                }
+                Py::new(py, Status::from_summary(summary))
+            }
             None => Err(own::<errors::UnknownTorrent>(
                 py,
                 "unknown-torrent",
@@ -403,19 +432,14 @@ impl Connection {
         torrent: &Bound<'_, PyAny>,
         timeout: Option<f64>,
     ) -> PyResult<Py<Status>> {
-        self.check_process(py)?;
+        self.check_open(py)?;
         let torrent = torrent_ref(torrent)?;
-        let deadline = match timeout {
-            Some(t) if !(t >= 0.0 && t.is_finite()) => {
-                return Err(PyValueError::new_err(
-                    "timeout must be a number of seconds, 0 or more",
-                ))
-            }
-            Some(t) => Some(Instant::now() + Duration::from_secs_f64(t.min(1e9))),
-            None => None,
-        };
+        let deadline = deadline(timeout)?;
         let mut board = self.take_board(py)?;
         let outcome = loop {
+            if let Err(closed) = self.check_open(py) {
+                break Err(closed);
+            }
             let summary = match board.refresh() {
                 Ok(()) => board.summary(torrent),
                 Err(e) => break Err(errors::from_client(py, e)),
@@ -447,14 +471,14 @@ impl Connection {
                 )));
             }
             let slice = left.map_or(SIGNAL_SLICE, |l| l.min(SIGNAL_SLICE));
-            if let Err(e) = py.detach(|| board.wait_for_change(slice)) {
+            if let Err(e) = crate::detach(py, || board.wait_for_change(slice)) {
                 break Err(errors::from_client(py, e));
             }
             if let Err(interrupted) = py.check_signals() {
                 break Err(interrupted);
             }
         };
-        lock(&self.idle_boards).push(board);
+        self.give_back(board);
         Py::new(py, Status::from_summary(outcome?))
     }
 
@@ -462,13 +486,16 @@ impl Connection {
     /// whether it did.
     #[pyo3(signature = (timeout=None))]
     fn wait_for_change(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
-        self.check_process(py)?;
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9)));
+        self.check_open(py)?;
+        let deadline = deadline(timeout)?;
         let mut board = self.take_board(py)?;
         let outcome = loop {
+            if let Err(closed) = self.check_open(py) {
+                break Err(closed);
+            }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let slice = left.map_or(SIGNAL_SLICE, |l| l.min(SIGNAL_SLICE));
-            match py.detach(|| board.wait_for_change(slice)) {
+            match crate::detach(py, || board.wait_for_change(slice)) {
                 Ok(true) => break Ok(true),
                 Ok(false) if left.is_some_and(|l| l <= slice) => break Ok(false),
                 Ok(false) => {}
@@ -478,7 +505,7 @@ impl Connection {
                 break Err(interrupted);
             }
         };
-        lock(&self.idle_boards).push(board);
+        self.give_back(board);
         outcome
     }
 
@@ -488,11 +515,11 @@ impl Connection {
     #[pyo3(signature = (timeout=None))]
     fn next_event(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
         self.check_process(py)?;
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9)));
+        let deadline = deadline(timeout)?;
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let slice = left.map_or(SIGNAL_SLICE, |l| l.min(SIGNAL_SLICE));
-            match py.detach(|| self.core.next_event(slice)) {
+            match crate::detach(py, || self.core.next_event(slice)) {
                 Ok(Some(event)) => {
                     if let Some(object) = event_object(py, event)? {
                         return Ok(Some(object));
@@ -535,14 +562,20 @@ impl Connection {
     fn close(&self, py: Python<'_>) {
         // A forked child closes nothing: the connection is its parent's.
         if std::process::id() == self.core.owner_pid {
-            py.detach(|| self.core.close());
+            crate::detach(py, || {
+                self.core.close();
+                lock(&self.idle_boards).clear();
+                *lock(&self.board) = None;
+            });
         }
     }
 
     /// A board of its own for an event loop to watch.
     fn board_watch(&self, py: Python<'_>) -> PyResult<BoardWatch> {
-        self.check_process(py)?;
-        let mut board = self.take_board(py)?;
+        self.check_open(py)?;
+        let options = self.core.options.clone();
+        let mut board =
+            crate::detach(py, || Board::open(&options)).map_err(|e| errors::from_client(py, e))?;
         board.change_fd();
         let _ = board.changed();
         Ok(BoardWatch {
@@ -560,14 +593,15 @@ impl Connection {
         file: Option<&Bound<'_, PyAny>>,
         offset: u64,
     ) -> PyResult<crate::stream::Stream> {
-        self.check_process(py)?;
+        self.check_open(py)?;
         let torrent = torrent_ref(torrent)?;
         let file = file.map(file_ref).transpose()?;
         let options = self.core.options.clone();
-        let stream = py
-            .detach(|| patron_client::Stream::open(&options, torrent, file, offset))
-            .map_err(|e| errors::from_client(py, e))?;
-        Ok(crate::stream::Stream::new(stream, offset))
+        let stream = crate::detach(py, || {
+            patron_client::Stream::open(&options, torrent, file, offset)
+        })
+        .map_err(|e| errors::from_client(py, e))?;
+        Ok(crate::stream::Stream::new(stream))
     }
 }
 
@@ -601,6 +635,20 @@ impl BoardWatch {
     }
 }
 
+impl Drop for Connection {
+    /// A patron nobody holds any more closes: the broker releases what it held. Off this
+    /// thread (which may hold the GIL): the close sends a last request.
+    fn drop(&mut self) {
+        if std::process::id() != self.core.owner_pid || self.core.ended().is_some() {
+            return;
+        }
+        let core = Arc::clone(&self.core);
+        let _ = std::thread::Builder::new()
+            .name("torrent-patron-close".into())
+            .spawn(move || core.close());
+    }
+}
+
 impl Connection {
     /// A forked child may not use its parent's connection: the broker would see two
     /// processes' requests as one patron's, and their replies would go to either.
@@ -621,20 +669,47 @@ impl Connection {
 
     /// Runs `read` on the reading board, mapping it first (and again after the broker
     /// restarted or outgrew it).
-    fn with_board<T>(&self, py: Python<'_>, read: impl FnOnce(&Board) -> T) -> PyResult<T> {
-        let mut board = lock(&self.board);
-        let open = match board.as_mut() {
-            Some(open) => open,
-            None => {
-                let options = self.core.options.clone();
-                let opened = py
-                    .detach(|| Board::open(&options))
-                    .map_err(|e| errors::from_client(py, e))?;
-                board.insert(opened)
+    ///
+    /// The board's lock is only taken with the GIL released: a thread holding the GIL never
+    /// waits for it (one mapping the board, or refreshing it after a restart, takes a
+    /// while, and would otherwise hold every Python thread).
+    fn with_board<T: Send>(
+        &self,
+        py: Python<'_>,
+        read: impl FnOnce(&Board) -> T + Send,
+    ) -> PyResult<T> {
+        let options = &self.core.options;
+        crate::detach(py, || {
+            let mut board = lock(&self.board);
+            let open = match board.as_mut() {
+                Some(open) => open,
+                None => board.insert(Board::open(options)?),
+            };
+            if let Err(e) = open.refresh() {
+                *board = None;
+                return Err(e);
             }
-        };
-        open.refresh().map_err(|e| errors::from_client(py, e))?;
-        Ok(read(open))
+            Ok(read(open))
+        })
+        .map_err(|e| errors::from_client(py, e))
+    }
+
+    /// `PatronClosed` once this patron is closed (or its broker went).
+    fn check_open(&self, py: Python<'_>) -> PyResult<()> {
+        self.check_process(py)?;
+        match self.core.ended() {
+            Some(failure) => Err(errors::from_failure(py, failure)),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives back a board a wait used: kept for the next wait, a few at most (each is a
+    /// mapping and one of the broker's waiters).
+    fn give_back(&self, board: Board) {
+        let mut idle = lock(&self.idle_boards);
+        if idle.len() < IDLE_BOARDS && self.core.ended().is_none() {
+            idle.push(board);
+        }
     }
 
     /// A board to wait on: an idle one, or a new mapping.
@@ -643,7 +718,6 @@ impl Connection {
             return Ok(board);
         }
         let options = self.core.options.clone();
-        py.detach(|| Board::open(&options))
-            .map_err(|e| errors::from_client(py, e))
+        crate::detach(py, || Board::open(&options)).map_err(|e| errors::from_client(py, e))
     }
 }

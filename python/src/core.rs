@@ -164,6 +164,8 @@ impl Core {
                 *lock(&slot.reply) = Some(reply);
                 slot.ready.notify_all();
             }
+            // Past the interpreter's exit nothing may call into Python: nobody awaits it.
+            Waiter::Future { .. } if crate::exiting() => {}
             Waiter::Future { future, event_loop } => Python::attach(|py| {
                 let Ok(value) = Py::new(py, crate::calls::Reply::new(reply)) else {
                     return;
@@ -197,7 +199,9 @@ impl Core {
     }
 
     fn wake(&self, wakers: Vec<(Py<PyAny>, Py<PyAny>)>) {
-        if wakers.is_empty() {
+        if wakers.is_empty() || crate::exiting() {
+            // Py's drop without the GIL defers the decrement; past the exit, never done.
+            std::mem::forget(wakers);
             return;
         }
         Python::attach(|py| {

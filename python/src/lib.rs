@@ -14,6 +14,71 @@ mod stream;
 mod values;
 
 use pyo3::prelude::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Set when the interpreter begins to exit (the package's `atexit` hook): a thread that
+/// comes back from a wait then never takes the GIL again. CPython ends a daemon thread that
+/// takes it during finalization by unwinding it, which through Rust frames aborts the
+/// process; parked, it ends with the process instead.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Threads in [`detach`] (until they have the GIL back), and those of them parked for good
+/// at the exit.
+static BUSY: AtomicUsize = AtomicUsize::new(0);
+static PARKED: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a thread in [`detach`], for the exit (see [`_exiting`]).
+struct Busy;
+
+impl Busy {
+    fn new() -> Busy {
+        BUSY.fetch_add(1, Ordering::AcqRel);
+        Busy
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs `f` with the GIL released (see [`EXITING`]). The thread counts as busy until it
+/// has the GIL back.
+pub fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
+    let _busy = Busy::new();
+    py.detach(|| {
+        let result = f();
+        if EXITING.load(Ordering::Acquire) {
+            PARKED.fetch_add(1, Ordering::AcqRel);
+            loop {
+                std::thread::park();
+            }
+        }
+        result
+    })
+}
+
+/// Whether the interpreter is exiting (no Python may be called from other threads).
+pub fn exiting() -> bool {
+    EXITING.load(Ordering::Acquire)
+}
+
+/// Called by the package's `atexit` hook: see [`EXITING`]. A thread waiting for the GIL
+/// would be unwound by the finalization that follows; the GIL is let go until each thread
+/// in a wait of this module has come back to its next slice and parked (a second at most).
+#[pyfunction]
+fn _exiting(py: Python<'_>) {
+    EXITING.store(true, Ordering::Release);
+    py.detach(|| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while BUSY.load(Ordering::Acquire) > PARKED.load(Ordering::Acquire)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    });
+}
 
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -24,5 +89,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     values::register(module)?;
     errors::register(module)?;
     module.add("PROTOCOL_VERSION", patron_client::proto::PROTOCOL_VERSION)?;
+    module.add_function(wrap_pyfunction!(_exiting, module)?)?;
     Ok(())
 }

@@ -1,6 +1,10 @@
 //! `_native.Stream`: one file of a torrent read while it downloads, under the Python
 //! `TorrentFile` (an `io.RawIOBase`). Every wait sleeps with the GIL released, in slices,
 //! so that Ctrl-C interrupts it.
+//!
+//! The stream's lock is only ever taken with the GIL released: a thread holding the GIL
+//! never waits for it, so one thread's `close()` or `seek()` while another's `read()` waits
+//! for bytes cannot freeze the interpreter (each waits for the other's slice, not for ever).
 
 use crate::core::{lock, SIGNAL_SLICE};
 use crate::errors;
@@ -16,24 +20,74 @@ pub struct Stream {
     stream: Mutex<Option<patron_client::Stream>>,
     size: u64,
     name: String,
+    /// The process that opened it: a forked child must not read or close its parent's.
+    owner_pid: u32,
 }
 
-impl Stream {
-    pub fn new(stream: patron_client::Stream, _offset: u64) -> Stream {
-        Stream {
-            size: stream.len(),
-            name: stream.info().file.path.clone(),
-            stream: Mutex::new(Some(stream)),
+/// What went wrong, told to Python once the GIL is back.
+enum Failure {
+    Closed,
+    Client(patron_client::Error),
+    Io(std::io::Error),
+    Seek(String),
+}
+
+impl Failure {
+    fn into_py(self, py: Python<'_>) -> PyErr {
+        match self {
+            Failure::Closed => PyValueError::new_err("I/O operation on a closed stream"),
+            Failure::Client(e) => errors::from_client(py, e),
+            Failure::Io(e) => PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())),
+            Failure::Seek(why) => PyValueError::new_err(why),
         }
     }
 }
 
-fn closed() -> PyErr {
-    PyValueError::new_err("I/O operation on a closed stream")
-}
+impl Stream {
+    pub fn new(stream: patron_client::Stream) -> Stream {
+        Stream {
+            size: stream.len(),
+            name: stream.info().file.path.clone(),
+            stream: Mutex::new(Some(stream)),
+            owner_pid: std::process::id(),
+        }
+    }
 
-fn io_error(e: std::io::Error) -> PyErr {
-    PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
+    /// Runs `f` on the stream under its lock, with the GIL released.
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut patron_client::Stream) -> Result<T, Failure> + Send,
+    ) -> PyResult<T> {
+        if std::process::id() != self.owner_pid {
+            return Err(errors::own::<errors::PatronForked>(
+                py,
+                "forked",
+                format!(
+                    "this file was opened in process {} (before a fork): open it again here",
+                    self.owner_pid
+                ),
+            ));
+        }
+        crate::detach(py, || match lock(&self.stream).as_mut() {
+            Some(stream) => f(stream),
+            None => Err(Failure::Closed),
+        })
+        .map_err(|failure| failure.into_py(py))
+    }
+
+    /// Bytes verified from the position (0 at the end), waited for in slices.
+    fn wait_readable(&self, py: Python<'_>) -> PyResult<u64> {
+        loop {
+            let ready = self.with(py, |s| {
+                s.wait_readable_for(SIGNAL_SLICE).map_err(Failure::Client)
+            })?;
+            match ready {
+                Some(ready) => return Ok(ready),
+                None => py.check_signals()?,
+            }
+        }
+    }
 }
 
 #[pymethods]
@@ -54,54 +108,45 @@ impl Stream {
     /// verified; `b""` at the end of the file.
     #[pyo3(signature = (size=-1))]
     fn read<'py>(&self, py: Python<'py>, size: i64) -> PyResult<Bound<'py, PyBytes>> {
-        let mut guard = lock(&self.stream);
-        let stream = guard.as_mut().ok_or_else(closed)?;
         if size < 0 {
             let mut all = Vec::new();
             loop {
-                let ready = wait_readable(py, stream)?;
+                let ready = self.wait_readable(py)?;
                 if ready == 0 {
                     return Ok(PyBytes::new(py, &all));
                 }
-                let start = all.len();
                 let take = usize::try_from(ready.min(16 << 20)).unwrap_or(16 << 20);
+                let start = all.len();
                 all.resize(start + take, 0);
                 let buffer = &mut all[start..];
-                py.detach(|| read_fully(stream, buffer)).map_err(io_error)?;
+                self.with(py, |s| read_fully(s, buffer))?;
             }
         }
-        let ready = wait_readable(py, stream)?;
+        let ready = self.wait_readable(py)?;
         let want = usize::try_from(ready.min(size as u64)).unwrap_or(usize::MAX);
         // The bytes are written straight into the new bytes object, with the GIL released.
-        PyBytes::new_with(py, want, |buffer| {
-            py.detach(|| read_fully(stream, buffer)).map_err(io_error)
-        })
+        PyBytes::new_with(py, want, |buffer| self.with(py, |s| read_fully(s, buffer)))
     }
 
-    /// What `read(size)` would give now without waiting, or `None` when the bytes at the
-    /// position are not verified yet (an async reader then waits for the board to change).
+    /// What `read(size)` would give now without waiting (at most 16 MiB when `size` is
+    /// negative), or `None` when the bytes at the position are not verified yet.
     fn read_ready<'py>(&self, py: Python<'py>, size: i64) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let mut guard = lock(&self.stream);
-        let stream = guard.as_mut().ok_or_else(closed)?;
-        let ready = match stream.wait_readable_for(std::time::Duration::ZERO) {
-            Ok(Some(ready)) => ready,
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(errors::from_client(py, e)),
+        let ready = self.with(py, |s| {
+            s.wait_readable_for(std::time::Duration::ZERO)
+                .map_err(Failure::Client)
+        })?;
+        let Some(ready) = ready else {
+            return Ok(None);
         };
         let most = if size < 0 { 16 << 20 } else { size as u64 };
         let want = usize::try_from(ready.min(most)).unwrap_or(usize::MAX);
-        PyBytes::new_with(py, want, |buffer| {
-            py.detach(|| read_fully(stream, buffer)).map_err(io_error)
-        })
-        .map(Some)
+        PyBytes::new_with(py, want, |buffer| self.with(py, |s| read_fully(s, buffer))).map(Some)
     }
 
     /// Moves the position (`whence` 0: from the start, 1: from here, 2: from the end);
     /// returns it.
     #[pyo3(signature = (offset, whence=0))]
-    fn seek(&self, offset: i64, whence: i32) -> PyResult<u64> {
-        let mut guard = lock(&self.stream);
-        let stream = guard.as_mut().ok_or_else(closed)?;
+    fn seek(&self, py: Python<'_>, offset: i64, whence: i32) -> PyResult<u64> {
         let to = match whence {
             0 => SeekFrom::Start(
                 u64::try_from(offset)
@@ -115,52 +160,53 @@ impl Stream {
                 )))
             }
         };
-        stream
-            .seek(to)
-            .map_err(|e| PyValueError::new_err(e.to_string()))
+        self.with(py, |s| s.seek(to).map_err(|e| Failure::Seek(e.to_string())))
     }
 
     /// The position.
-    fn tell(&self) -> PyResult<u64> {
-        let mut guard = lock(&self.stream);
-        let stream = guard.as_mut().ok_or_else(closed)?;
-        stream.stream_position().map_err(io_error)
+    fn tell(&self, py: Python<'_>) -> PyResult<u64> {
+        self.with(py, |s| s.stream_position().map_err(Failure::Io))
     }
 
     /// Ends the stream (its priority window goes).
     fn close(&self, py: Python<'_>) {
-        let stream = lock(&self.stream).take();
-        py.detach(|| drop(stream));
+        // A forked child's copy of the connection is its parent's: it sends nothing.
+        if std::process::id() != self.owner_pid {
+            std::mem::forget(lock(&self.stream).take());
+            return;
+        }
+        crate::detach(py, || drop(lock(&self.stream).take()));
     }
 
     #[getter]
-    fn closed(&self) -> bool {
-        lock(&self.stream).is_none()
+    fn closed(&self, py: Python<'_>) -> bool {
+        crate::detach(py, || lock(&self.stream).is_none())
     }
 }
 
-/// Bytes verified from the position (0 at the end), waited for in slices with the GIL
-/// released.
-fn wait_readable(py: Python<'_>, stream: &mut patron_client::Stream) -> PyResult<u64> {
-    loop {
-        match py.detach(|| stream.wait_readable_for(SIGNAL_SLICE)) {
-            Ok(Some(ready)) => return Ok(ready),
-            Ok(None) => py.check_signals()?,
-            Err(e) => return Err(errors::from_client(py, e)),
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if std::process::id() != self.owner_pid {
+            let stream = self
+                .stream
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            std::mem::forget(stream);
         }
     }
 }
 
 /// Fills `buffer` from the stream (whose bytes there are verified).
-fn read_fully(stream: &mut patron_client::Stream, buffer: &mut [u8]) -> std::io::Result<()> {
+fn read_fully(stream: &mut patron_client::Stream, buffer: &mut [u8]) -> Result<(), Failure> {
     let mut filled = 0;
     while filled < buffer.len() {
-        match stream.read(&mut buffer[filled..])? {
+        match stream.read(&mut buffer[filled..]).map_err(Failure::Io)? {
             0 => {
-                return Err(std::io::Error::new(
+                return Err(Failure::Io(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "the file ended before its verified bytes",
-                ))
+                )))
             }
             n => filled += n,
         }

@@ -21,9 +21,11 @@ Every error is a ``TorrentPatronError``, one class per kind of the protocol.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import io
 import os
 from typing import (
+    overload,
     Any,
     AsyncIterator,
     Dict,
@@ -125,6 +127,24 @@ Source = Union[str, bytes, "os.PathLike[str]"]
 
 _NO_REF: Any = object()
 
+# At exit, a thread coming back from a wait in native code never takes the GIL again
+# (CPython would unwind a daemon thread through it, aborting the process).
+atexit.register(_native._exiting)
+
+
+def _strings(name: str, values: Iterable[str]) -> List[str]:
+    """A list of strings from an iterable of them; a lone string is refused (it would be
+    taken a character at a time)."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} takes a list of strings, not one string: [{values!r}]")
+    return [str(v) for v in values]
+
+
+def _file_refs(name: str, values: Iterable[FileRef]) -> List[FileRef]:
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} takes a list of file indices or paths, not one string: [{values!r}]")
+    return list(values)
+
 
 def _error(cls: Any, kind: str, message: str) -> TorrentPatronError:
     """An error of this package's own, with its ``kind`` and ``message`` as the native
@@ -168,14 +188,20 @@ def _add_args(
         # Relative to this process's folder, as a shell user means it (the broker's is
         # another).
         "output": os.path.abspath(os.fspath(output)) if output is not None else None,
-        "peers": list(peers),
+        "peers": _strings("peers", peers),
         "paused": paused,
-        "only": list(only) if only is not None else None,
+        "only": _file_refs("only", only) if only is not None else None,
         "max_download_rate": max_download_rate,
         "max_upload_rate": max_upload_rate,
         "ephemeral": ephemeral,
         "overwrite": overwrite,
     }
+
+
+def _check_output(output: Optional[Union[str, "os.PathLike[str]"]]) -> None:
+    """Refuses a .torrent's destination that exists, before anything is made."""
+    if output is not None and os.path.lexists(os.fspath(output)):
+        raise _error(FileExists, "file-exists", f"{os.fspath(output)} exists: a made .torrent never overwrites a file")
 
 
 def _write_torrent(made: Made, output: Optional[Union[str, "os.PathLike[str]"]]) -> None:
@@ -280,6 +306,12 @@ class Patron:
         status: Status = self._call("recheck", ref=ref)
         return status
 
+    @overload
+    def close(self) -> None: ...
+
+    @overload
+    def close(self, ref: Ref, *, delete_data: bool = False, force: bool = False) -> Closed: ...
+
     def close(self, ref: Ref = _NO_REF, *, delete_data: bool = False, force: bool = False) -> Any:
         """``close()`` closes this patron; ``close(ref)`` releases this patron's hold on a
         torrent, which stops when no other patron holds it (or with ``force``), and returns
@@ -304,7 +336,7 @@ class Patron:
 
     def select_files(self, ref: Ref, only: Iterable[FileRef]) -> List[File]:
         """Chooses which files to download (by index or path); returns them all."""
-        files: List[File] = self._call("select_files", ref=ref, only=list(only))
+        files: List[File] = self._call("select_files", ref=ref, only=_file_refs("only", only))
         return files
 
     def peers(self, ref: Ref) -> List[Peer]:
@@ -314,7 +346,7 @@ class Patron:
 
     def add_peers(self, ref: Ref, peers: Iterable[str]) -> List[str]:
         """Dials peers (``HOST:PORT``) for a torrent; returns those dialled."""
-        dialled: List[str] = self._call("add_peers", ref=ref, peers=list(peers))
+        dialled: List[str] = self._call("add_peers", ref=ref, peers=_strings("peers", peers))
         return dialled
 
     def make(
@@ -329,9 +361,10 @@ class Patron:
         """Makes a .torrent of a file or folder (``Made.torrent`` holds its bytes), written
         to ``output`` when given (never over an existing file); ``seed`` seeds it from
         where it is."""
+        _check_output(output)
         made: Made = self._call(
             "make", path=os.path.abspath(os.fspath(path)), seed=seed,
-            piece_size=piece_size, trackers=list(trackers),
+            piece_size=piece_size, trackers=_strings("trackers", trackers),
         )
         _write_torrent(made, output)
         return made
@@ -463,7 +496,6 @@ class AsyncPatron:
         self._state_dir = os.fspath(state_dir) if state_dir is not None else None
         self._autostart = autostart
         self._conn_: Optional[_native.Connection] = None
-        self._watch: Optional[_native.BoardWatch] = None
 
     async def connect(self) -> "AsyncPatron":
         """Connects (once; ``async with`` does it). A broker may have to be started: that
@@ -542,6 +574,12 @@ class AsyncPatron:
         status: Status = await self._call("recheck", ref=ref)
         return status
 
+    @overload
+    async def close(self) -> None: ...
+
+    @overload
+    async def close(self, ref: Ref, *, delete_data: bool = False, force: bool = False) -> Closed: ...
+
     async def close(self, ref: Ref = _NO_REF, *, delete_data: bool = False, force: bool = False) -> Any:
         """See ``Patron.close``."""
         if ref is _NO_REF:
@@ -561,7 +599,7 @@ class AsyncPatron:
         return files
 
     async def select_files(self, ref: Ref, only: Iterable[FileRef]) -> List[File]:
-        files: List[File] = await self._call("select_files", ref=ref, only=list(only))
+        files: List[File] = await self._call("select_files", ref=ref, only=_file_refs("only", only))
         return files
 
     async def peers(self, ref: Ref) -> List[Peer]:
@@ -569,7 +607,7 @@ class AsyncPatron:
         return peers
 
     async def add_peers(self, ref: Ref, peers: Iterable[str]) -> List[str]:
-        dialled: List[str] = await self._call("add_peers", ref=ref, peers=list(peers))
+        dialled: List[str] = await self._call("add_peers", ref=ref, peers=_strings("peers", peers))
         return dialled
 
     async def make(
@@ -581,9 +619,10 @@ class AsyncPatron:
         piece_size: Optional[int] = None,
         trackers: Sequence[str] = (),
     ) -> Made:
+        _check_output(output)
         made: Made = await self._call(
             "make", path=os.path.abspath(os.fspath(path)), seed=seed,
-            piece_size=piece_size, trackers=list(trackers),
+            piece_size=piece_size, trackers=_strings("trackers", trackers),
         )
         _write_torrent(made, output)
         return made
@@ -595,12 +634,14 @@ class AsyncPatron:
     async def stop_broker(self) -> None:
         await self._call("stop_broker")
 
-    async def _board_changed(self, timeout: Optional[float]) -> bool:
+    async def _board_changed(
+        self, timeout: Optional[float], watch: "Optional[_native.BoardWatch]" = None
+    ) -> bool:
         """Waits on the loop until the board changes (its eventfd is readable); a look at
-        least every half second notices a broker that died without a word."""
-        if self._watch is None:
-            self._watch = self._conn.board_watch()
-        watch = self._watch
+        least every half second notices a broker that died without a word. Each waiter
+        has a watch of its own: two sharing one would take each other's wake-ups."""
+        if watch is None:
+            watch = self._conn.board_watch()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -627,6 +668,7 @@ class AsyncPatron:
         """See ``Patron.wait``; the loop runs meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        watch = self._conn.board_watch()
         while True:
             status = self._conn.status(ref)
             if status.complete:
@@ -636,7 +678,7 @@ class AsyncPatron:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 raise TimeoutError(f"torrent {ref} is not complete after {timeout} s")
-            await self._board_changed(left)
+            await self._board_changed(left, watch)
 
     async def events(self) -> AsyncIterator[Event]:
         """See ``Patron.events``: ``async for event in p.events()``."""
@@ -656,8 +698,9 @@ class AsyncPatron:
 
     async def watch(self, timeout: Optional[float] = None) -> AsyncIterator[List[Status]]:
         """See ``Patron.watch``."""
+        watch = self._conn.board_watch()
         yield self._conn.list()
-        while await self._board_changed(timeout):
+        while await self._board_changed(timeout, watch):
             yield self._conn.list()
 
     async def open(self, ref: Ref, file: Optional[FileRef] = None, offset: int = 0) -> "AsyncTorrentFile":
@@ -675,6 +718,7 @@ class AsyncTorrentFile:
     def __init__(self, patron: AsyncPatron, stream: "_native.Stream") -> None:
         self._patron = patron
         self._stream = stream
+        self._watch: "Optional[_native.BoardWatch]" = None
 
     @property
     def name(self) -> str:
@@ -685,11 +729,22 @@ class AsyncTorrentFile:
         return self._stream.size
 
     async def read(self, size: int = -1) -> bytes:
+        """At most ``size`` bytes from the position once verified (all that is left when
+        negative); ``b""`` at the end."""
+        if size < 0:
+            chunks: List[bytes] = []
+            while True:
+                chunk = await self.read(16 << 20)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        if self._watch is None:
+            self._watch = self._patron._conn.board_watch()
         while True:
             data = self._stream.read_ready(size)
             if data is not None:
                 return data
-            await self._patron._board_changed(0.05)
+            await self._patron._board_changed(0.05, self._watch)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         return self._stream.seek(offset, whence)

@@ -5,6 +5,8 @@ from typing import Any, Callable, Dict, List, Optional, Union, final
 
 PROTOCOL_VERSION: int
 
+def _exiting() -> None: ...
+
 @final
 class Status:
     """One torrent's status, as `status --json` prints it."""

@@ -1,0 +1,219 @@
+"""What a reviewer found trying to break the package, each fixed: deadlocks between
+threads, an abort at exit, a Patron the GC never closed, a fork's child closing its
+parent's stream, waits that outlived close(), NaN timeouts, and more."""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import torrent_patron as tp
+from conftest import Broker
+
+
+def never_completes(broker: Broker, name: str = "never.bin") -> int:
+    """A torrent added paused whose data is nowhere: its bytes never come."""
+    (broker.root / name).write_bytes(os.urandom(300_000))
+    with tp.Patron(broker.state) as p:
+        made = p.make(broker.root / name)
+        empty = broker.root / f"empty-{name}"
+        empty.mkdir()
+        return p.add(made.torrent, output=empty, paused=True).id
+
+
+def python(broker: Broker, code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`code` in a Python of its own (a hang or an abort there is a failure here)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout,
+        env=dict(os.environ, STATE=str(broker.state)),
+    )
+
+
+def test_closing_a_file_another_thread_reads_frees_both(broker: Broker) -> None:
+    torrent = never_completes(broker)
+    done = python(broker, f"""
+        import os, threading, time, torrent_patron as tp
+        p = tp.Patron(os.environ["STATE"])
+        f = p.open({torrent})
+        outcome = []
+        def read():
+            try:
+                f.read(10)
+            except Exception as e:
+                outcome.append(type(e).__name__)
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        time.sleep(0.5)
+        f.tell(); f.seek(0); f.close()
+        reader.join(10)
+        print(outcome, reader.is_alive())
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['ValueError'] False", done.stdout
+
+
+def test_threads_reading_the_board_first_at_once_do_not_deadlock(broker: Broker) -> None:
+    for _ in range(3):
+        done = python(broker, """
+            import os, threading, torrent_patron as tp
+            p = tp.Patron(os.environ["STATE"])
+            threads = [threading.Thread(target=p.list) for _ in range(8)]
+            for t in threads: t.start()
+            for t in threads: t.join()
+            print("ok")
+        """, timeout=30)
+        assert done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.parametrize("call", ["p.wait(ID)", "next(iter(p.events()))", "next(iter(p.watch(None)))\nnext(p.watch(None))", "p.files(ID)"])
+def test_a_daemon_thread_in_a_wait_does_not_abort_the_exit(broker: Broker, call: str) -> None:
+    torrent = never_completes(broker, f"d{abs(hash(call))}.bin")
+    body = call.replace("ID", str(torrent))
+    for _ in range(3):
+        done = python(broker, f"""
+            import os, threading, time, torrent_patron as tp
+            p = tp.Patron(os.environ["STATE"])
+            def waiting():
+                while True:
+                    {body.splitlines()[0]}
+            threading.Thread(target=waiting, daemon=True).start()
+            time.sleep(0.3)
+        """)
+        assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
+def test_a_patron_nobody_holds_is_closed(broker: Broker) -> None:
+    with tp.Patron(broker.state) as watcher:
+        before = watcher.broker_info()["patrons"]
+        for _ in range(10):
+            p = tp.Patron(broker.state)
+            p.list()
+            del p
+            gc.collect()
+        deadline = time.monotonic() + 10
+        while watcher.broker_info()["patrons"] != before:
+            assert time.monotonic() < deadline, "patrons nobody holds stayed connected"
+            time.sleep(0.05)
+
+
+def test_a_forked_child_can_neither_read_nor_close_its_parents_file(broker: Broker) -> None:
+    data = os.urandom(100_000)
+    (broker.root / "forked.bin").write_bytes(data)
+    with tp.Patron(broker.state) as p:
+        made = p.make(broker.root / "forked.bin", seed=True)
+        assert made.seeding_id is not None
+        p.wait(made.seeding_id, timeout=60)
+        f = p.open(made.seeding_id)
+        assert f.read(10) == data[:10]
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                f.read(10)
+            except tp.PatronForked:
+                code = 0
+            f.close()
+            del f
+            gc.collect()
+            os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.WEXITSTATUS(status) == 0
+        assert f.read(10) == data[10:20], "the child's close reached the parent's stream"
+        f.close()
+
+
+def test_close_ends_waits_and_every_later_call(broker: Broker) -> None:
+    torrent = never_completes(broker)
+    p = tp.Patron(broker.state)
+    outcome: list[str] = []
+
+    def wait() -> None:
+        try:
+            p.wait(torrent)
+        except tp.TorrentPatronError as e:
+            outcome.append(type(e).__name__)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.3)
+    p.close()
+    waiter.join(5)
+    assert not waiter.is_alive() and outcome == ["PatronClosed"], outcome
+    for call in (p.list, lambda: p.status(torrent), lambda: p.open(torrent), lambda: p.wait(torrent, 1)):
+        with pytest.raises(tp.PatronClosed):
+            call()
+
+
+def test_bad_arguments_are_refused_before_anything_is_done(broker: Broker) -> None:
+    (broker.root / "arg.bin").write_bytes(b"a" * 5000)
+    (broker.root / "exists.torrent").write_bytes(b"mine")
+    with tp.Patron(broker.state) as p:
+        watching = p.watch(math.nan)
+        assert next(watching) == []
+        for call in (lambda: list(p.events(math.nan)), lambda: next(watching), lambda: p.wait(0, math.inf)):
+            with pytest.raises(ValueError):
+                call()
+        with pytest.raises(tp.FileExists):
+            p.make(broker.root / "arg.bin", broker.root / "exists.torrent", seed=True)
+        assert p.list() == [], "make seeded before refusing its output"
+        assert (broker.root / "exists.torrent").read_bytes() == b"mine"
+        with pytest.raises(TypeError):
+            p.make(broker.root / "arg.bin", trackers="udp://127.0.0.1:1")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            p.add(b"x", peers="127.0.0.1:1")  # type: ignore[arg-type]
+
+
+def test_async_reads_to_the_end_and_watchers_each_see_changes(broker: Broker) -> None:
+    import asyncio
+
+    data = os.urandom(20 << 20)
+    (broker.root / "big.bin").write_bytes(data)
+
+    async def main() -> None:
+        async with tp.AsyncPatron(broker.state) as p:
+            made = await p.make(broker.root / "big.bin", seed=True)
+            assert made.seeding_id is not None
+            await p.wait(made.seeding_id, timeout=120)
+            f = await p.open(made.seeding_id)
+            assert await f.read() == data
+            f.close()
+            counts = [0] * 4
+
+            async def watch(n: int) -> None:
+                async for _ in p.watch(timeout=2.0):
+                    counts[n] += 1
+
+            async def change() -> None:
+                for _ in range(3):
+                    await asyncio.sleep(0.3)
+                    await p.pause(made.seeding_id)
+                    await asyncio.sleep(0.3)
+                    await p.resume(made.seeding_id)
+
+            await asyncio.gather(change(), *(watch(n) for n in range(4)))
+            assert min(counts) >= 4, counts
+
+    asyncio.run(asyncio.wait_for(main(), 180))
+
+
+def test_status_says_a_long_save_folder_whole(broker: Broker) -> None:
+    folder = broker.root
+    for n in range(4):
+        folder = folder / (f"{n}" * 150)
+    folder.mkdir(parents=True)
+    (broker.root / "long.bin").write_bytes(b"l" * 1000)
+    with tp.Patron(broker.state) as p:
+        made = p.make(broker.root / "long.bin")
+        added = p.add(made.torrent, output=folder, paused=True)
+        assert p.status(added.id).save_folder == str(folder)
+        assert [s.save_folder for s in p.list()] == [str(folder)]
