@@ -4,7 +4,7 @@
 //! released, the `AsyncPatron` gets it through an asyncio future.
 
 use crate::core::{lock, Core, Failure, SIGNAL_SLICE};
-use crate::errors::{self, own};
+use crate::errors;
 use crate::values::{
     Added, BrokerStopping, Closed, File, Made, Peer, Status, StatusChanged, TorrentGone,
 };
@@ -13,7 +13,7 @@ use patron_client::proto::{
     RequestBody, TorrentRef, TorrentSource, TorrentState,
 };
 use patron_client::{Board, ConnectOptions};
-use pyo3::exceptions::{PyTimeoutError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use std::path::PathBuf;
@@ -189,10 +189,11 @@ fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
 fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResult<Py<PyAny>> {
     let event = reply.map_err(|f| errors::from_failure(py, f))?;
     let unexpected = |event: &Event| {
-        own::<errors::ProtocolError>(
+        errors::error(
             py,
+            "ProtocolError",
             "protocol",
-            format!("unexpected reply to {method}: {event:?}"),
+            &format!("unexpected reply to {method}: {event:?}"),
         )
     };
     let value: Py<PyAny> = match (method, event) {
@@ -365,10 +366,11 @@ impl Connection {
         let taken = lock(&reply.get().0).take();
         match taken {
             Some(reply) => decode(py, method, reply),
-            None => Err(own::<errors::ProtocolError>(
+            None => Err(errors::error(
                 py,
+                "ProtocolError",
                 "protocol",
-                "a reply decoded twice".into(),
+                "a reply decoded twice",
             )),
         }
     }
@@ -414,10 +416,11 @@ impl Connection {
                 }
                 Py::new(py, Status::from_summary(summary))
             }
-            None => Err(own::<errors::UnknownTorrent>(
+            None => Err(errors::error(
                 py,
+                "UnknownTorrent",
                 "unknown-torrent",
-                format!("no torrent {torrent} on the board"),
+                &format!("no torrent {torrent} on the board"),
             )),
         }
     }
@@ -448,27 +451,34 @@ impl Connection {
                 Some(s) if s.status.complete => break Ok(s),
                 Some(s) => {
                     if let TorrentState::Error(why) = &s.status.state {
-                        break Err(own::<errors::TorrentFailed>(
+                        break Err(errors::error(
                             py,
+                            "TorrentFailed",
                             "torrent-failed",
-                            why.clone(),
+                            &why.clone(),
                         ));
                     }
                 }
                 None => {
-                    break Err(own::<errors::UnknownTorrent>(
+                    break Err(errors::error(
                         py,
+                        "UnknownTorrent",
                         "unknown-torrent",
-                        format!("no torrent {torrent} on the board (closed?)"),
+                        &format!("no torrent {torrent} on the board (closed?)"),
                     ))
                 }
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
-                break Err(PyTimeoutError::new_err(format!(
-                    "torrent {torrent} is not complete after {} s",
-                    timeout.unwrap_or(0.0)
-                )));
+                break Err(errors::error(
+                    py,
+                    "WaitTimeout",
+                    "timeout",
+                    &format!(
+                        "torrent {torrent} is not complete after {} s",
+                        timeout.unwrap_or(0.0)
+                    ),
+                ));
             }
             let slice = left.map_or(SIGNAL_SLICE, |l| l.min(SIGNAL_SLICE));
             if let Err(e) = crate::detach(py, || board.wait_for_change(slice)) {
@@ -623,10 +633,11 @@ impl BoardWatch {
     /// Whether the board changed since the last look; clears the wake-up.
     fn changed(&self, py: Python<'_>) -> PyResult<bool> {
         if std::process::id() != self.owner_pid {
-            return Err(own::<errors::PatronForked>(
+            return Err(errors::error(
                 py,
+                "PatronForked",
                 "forked",
-                "this board watch was made in another process (before a fork)".into(),
+                "this board watch was made in another process (before a fork)",
             ));
         }
         lock(&self.board)
@@ -655,14 +666,10 @@ impl Connection {
     fn check_process(&self, py: Python<'_>) -> PyResult<()> {
         let here = std::process::id();
         if here != self.core.owner_pid {
-            return Err(own::<errors::PatronForked>(
-                py,
-                "forked",
-                format!(
+            return Err(errors::error(py, "PatronForked", "forked", &format!(
                     "this Patron was made in process {}, and this is process {here} (a fork): make a new Patron in this process",
                     self.core.owner_pid
-                ),
-            ));
+                )));
         }
         Ok(())
     }

@@ -2,85 +2,99 @@
 //! protocol (what the broker refused, and why), and one per way the connection fails.
 //! Each carries `kind` (the protocol's stable word, as `--json` prints it) and `message`
 //! (the broker's words).
+//!
+//! Where Python has a builtin for the same failure, the class derives from it too (as
+//! qbittorrent-api's do), so that `except LookupError`, `except PermissionError`,
+//! `except ConnectionError` or `except TimeoutError` catch them as a reader expects. The
+//! classes are made at import with `type()`, which takes several bases.
 
 use crate::core::Failure;
 use patron_client::proto::{ErrorKind, ProtoError};
 use patron_client::Error;
-use pyo3::create_exception;
-use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
+use std::collections::HashMap;
 
-create_exception!(
-    torrent_patron,
-    TorrentPatronError,
-    PyException,
-    "Every error of torrent_patron. `kind` is a stable word (as `--json` prints it), `message` says why in the broker's words."
-);
+/// Each class: its name, the builtin it also derives from, and its doc.
+const CLASSES: &[(&str, Option<&str>, &str)] = &[
+    ("BrokerUnreachable", Some("ConnectionError"), "No broker answered, and none could be started (or autostart was off)."),
+    ("BrokerRefused", Some("ConnectionError"), "The broker refused this patron at the handshake (version, user, limits)."),
+    ("BrokerStopped", Some("ConnectionError"), "The broker stopped, or dropped this patron, while it was connected."),
+    ("PatronClosed", None, "This patron was closed."),
+    ("PatronForked", None, "This patron (or file) was made in another process, before a fork: make a new one here."),
+    ("ProtocolError", None, "The broker answered something that makes no sense for the request."),
+    ("StreamEnded", None, "A stream ended before its file did: its torrent failed, was closed, or is being checked again."),
+    ("TorrentFailed", None, "The torrent waited for stopped with an error."),
+    ("WaitTimeout", Some("TimeoutError"), "A wait's time passed first."),
+    ("InvalidTorrent", Some("ValueError"), "The .torrent is not valid."),
+    ("InvalidMagnet", Some("ValueError"), "The magnet link is not valid."),
+    ("MetadataTimeout", Some("TimeoutError"), "No peer sent the magnet's metadata in time."),
+    ("NotAllowed", Some("PermissionError"), "The folder or file is outside the broker's download roots."),
+    ("FileExists", Some("FileExistsError"), "A file is in the way (a torrent never overwrites what it did not write)."),
+    ("UnknownTorrent", Some("LookupError"), "No such torrent (by id or info hash)."),
+    ("NotHolder", None, "This patron does not hold the torrent."),
+    ("InvalidPeer", Some("ValueError"), "A peer address is not valid."),
+    ("NoSpace", None, "Not enough space on the disk."),
+    ("LimitReached", None, "A limit of the broker's was reached."),
+    ("BadRequest", Some("ValueError"), "The request is malformed."),
+    ("BrokerIoError", None, "The broker could not read or write a file."),
+    ("EngineError", None, "The torrent engine failed."),
+    ("ShuttingDown", Some("ConnectionError"), "The broker is shutting down."),
+    ("FileOwned", None, "Another torrent owns the file."),
+];
 
-macro_rules! errors {
-    ($($name:ident: $doc:literal),* $(,)?) => {
-        $(create_exception!(torrent_patron, $name, TorrentPatronError, $doc);)*
+static MADE: PyOnceLock<HashMap<&'static str, Py<PyType>>> = PyOnceLock::new();
 
-        /// Adds every class to the module.
-        pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
-            let py = module.py();
-            module.add("TorrentPatronError", py.get_type::<TorrentPatronError>())?;
-            $(module.add(stringify!($name), py.get_type::<$name>())?;)*
-            Ok(())
-        }
-    };
-}
-
-errors! {
-    BrokerUnreachable: "No broker answered, and none could be started (or autostart was off).",
-    BrokerRefused: "The broker refused this patron at the handshake (version, user, limits).",
-    BrokerStopped: "The broker stopped, or dropped this patron, while it was connected.",
-    PatronClosed: "This patron was closed.",
-    PatronForked: "This patron was made in another process (before a fork): make a new one here.",
-    ProtocolError: "The broker answered something that makes no sense for the request.",
-    StreamEnded: "A stream ended before its file did: its torrent failed, was closed, or is being checked again.",
-    TorrentFailed: "The torrent waited for stopped with an error.",
-    InvalidTorrent: "The .torrent is not valid.",
-    InvalidMagnet: "The magnet link is not valid.",
-    MetadataTimeout: "No peer sent the magnet's metadata in time.",
-    NotAllowed: "The folder or file is outside the broker's download roots.",
-    FileExists: "A file is in the way (a torrent never overwrites what it did not write).",
-    UnknownTorrent: "No such torrent (by id or info hash).",
-    NotHolder: "This patron does not hold the torrent.",
-    InvalidPeer: "A peer address is not valid.",
-    NoSpace: "Not enough space on the disk.",
-    LimitReached: "A limit of the broker's was reached.",
-    BadRequest: "The request is malformed.",
-    BrokerIoError: "The broker could not read or write a file.",
-    EngineError: "The torrent engine failed.",
-    ShuttingDown: "The broker is shutting down.",
-    FileOwned: "Another torrent owns the file.",
-}
-
-/// The exception of a protocol error kind.
-fn for_kind(error: &ProtoError) -> PyErr {
-    let message = error.message.clone();
-    match error.kind {
-        ErrorKind::InvalidTorrent => InvalidTorrent::new_err(message),
-        ErrorKind::InvalidMagnet => InvalidMagnet::new_err(message),
-        ErrorKind::MetadataTimeout => MetadataTimeout::new_err(message),
-        ErrorKind::PathNotAllowed => NotAllowed::new_err(message),
-        ErrorKind::FileExists => FileExists::new_err(message),
-        ErrorKind::UnknownTorrent => UnknownTorrent::new_err(message),
-        ErrorKind::NotHolder => NotHolder::new_err(message),
-        ErrorKind::InvalidPeer => InvalidPeer::new_err(message),
-        ErrorKind::NoSpace => NoSpace::new_err(message),
-        ErrorKind::LimitReached => LimitReached::new_err(message),
-        ErrorKind::BadRequest => BadRequest::new_err(message),
-        ErrorKind::Io => BrokerIoError::new_err(message),
-        ErrorKind::Engine => EngineError::new_err(message),
-        ErrorKind::ShuttingDown => ShuttingDown::new_err(message),
-        ErrorKind::FileOwned => FileOwned::new_err(message),
+/// Makes every class (once) and adds them to the module.
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    for (name, class) in classes(module.py())? {
+        module.add(*name, class.bind(module.py()))?;
     }
+    Ok(())
 }
 
-/// `err` with its `kind` and `message` set.
-fn with_fields(py: Python<'_>, err: PyErr, kind: &str, message: &str) -> PyErr {
+fn classes(py: Python<'_>) -> PyResult<&HashMap<&'static str, Py<PyType>>> {
+    MADE.get_or_try_init(py, || {
+        let builtins = py.import("builtins")?;
+        let make = |name: &str, bases: Bound<'_, PyTuple>, doc: &str| -> PyResult<Py<PyType>> {
+            let body = PyDict::new(py);
+            body.set_item("__doc__", doc)?;
+            body.set_item("__module__", "torrent_patron")?;
+            let made = builtins.getattr("type")?.call1((name, bases, body))?;
+            Ok(made.cast_into::<PyType>()?.unbind())
+        };
+        let root_body = "Every error of torrent_patron. `kind` is a stable word (as `--json` prints it), `message` says why in the broker's words.";
+        let exception = builtins.getattr("Exception")?;
+        let root = make("TorrentPatronError", PyTuple::new(py, [exception])?, root_body)?;
+        // Defaults, so that an error made by hand has them too.
+        root.bind(py).setattr("kind", "")?;
+        root.bind(py).setattr("message", "")?;
+        let mut made = HashMap::new();
+        for (name, builtin, doc) in CLASSES {
+            let mut bases = vec![root.bind(py).clone().into_any()];
+            if let Some(builtin) = builtin {
+                bases.push(builtins.getattr(*builtin)?);
+            }
+            made.insert(*name, make(name, PyTuple::new(py, bases)?, doc)?);
+        }
+        made.insert("TorrentPatronError", root);
+        Ok(made)
+    })
+}
+
+/// An error of class `name` with its `kind` and `message`.
+pub fn error(py: Python<'_>, name: &str, kind: &str, message: &str) -> PyErr {
+    let class = match classes(py).map(|c| c.get(name).map(|c| c.bind(py).clone())) {
+        Ok(Some(class)) => class,
+        Ok(None) => {
+            return pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "torrent_patron has no error class {name}: {message}"
+            ))
+        }
+        Err(e) => return e,
+    };
+    let err = PyErr::from_type(class, (message.to_owned(),));
     let value = err.value(py);
     // Setting attributes on a fresh exception instance fails only without memory.
     let _ = value.setattr("kind", kind);
@@ -88,48 +102,48 @@ fn with_fields(py: Python<'_>, err: PyErr, kind: &str, message: &str) -> PyErr {
     err
 }
 
+/// The class of a protocol error kind.
+fn class_of(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidTorrent => "InvalidTorrent",
+        ErrorKind::InvalidMagnet => "InvalidMagnet",
+        ErrorKind::MetadataTimeout => "MetadataTimeout",
+        ErrorKind::PathNotAllowed => "NotAllowed",
+        ErrorKind::FileExists => "FileExists",
+        ErrorKind::UnknownTorrent => "UnknownTorrent",
+        ErrorKind::NotHolder => "NotHolder",
+        ErrorKind::InvalidPeer => "InvalidPeer",
+        ErrorKind::NoSpace => "NoSpace",
+        ErrorKind::LimitReached => "LimitReached",
+        ErrorKind::BadRequest => "BadRequest",
+        ErrorKind::Io => "BrokerIoError",
+        ErrorKind::Engine => "EngineError",
+        ErrorKind::ShuttingDown => "ShuttingDown",
+        ErrorKind::FileOwned => "FileOwned",
+    }
+}
+
 /// A broker's refusal.
-pub fn refusal(py: Python<'_>, error: &ProtoError) -> PyErr {
-    with_fields(py, for_kind(error), error.kind.as_str(), &error.message)
+pub fn refusal(py: Python<'_>, e: &ProtoError) -> PyErr {
+    error(py, class_of(e.kind), e.kind.as_str(), &e.message)
 }
 
 /// A patron_client error.
-pub fn from_client(py: Python<'_>, error: Error) -> PyErr {
-    let message = error.to_string();
-    match &error {
-        Error::StartFailed(e) | Error::Request(e) => refusal(py, e),
-        Error::StreamEnded(e) => with_fields(
-            py,
-            StreamEnded::new_err(message.clone()),
-            e.kind.as_str(),
-            &message,
-        ),
-        Error::BrokerUnreachable(_) => with_fields(
-            py,
-            BrokerUnreachable::new_err(message.clone()),
-            "broker-unreachable",
-            &message,
-        ),
-        Error::Refused { kind, .. } => with_fields(
-            py,
-            BrokerRefused::new_err(message.clone()),
-            &format!("refused-{kind}"),
-            &message,
-        ),
-        Error::BrokerStopped(_) => with_fields(
-            py,
-            BrokerStopped::new_err(message.clone()),
-            "broker-stopped",
-            &message,
-        ),
-        Error::Protocol(_) => with_fields(
-            py,
-            ProtocolError::new_err(message.clone()),
-            "protocol",
-            &message,
-        ),
+pub fn from_client(py: Python<'_>, e: Error) -> PyErr {
+    let message = e.to_string();
+    match &e {
+        Error::StartFailed(p) | Error::Request(p) => refusal(py, p),
+        Error::StreamEnded(p) => error(py, "StreamEnded", p.kind.as_str(), &message),
+        Error::BrokerUnreachable(_) => {
+            error(py, "BrokerUnreachable", "broker-unreachable", &message)
+        }
+        Error::Refused { kind, .. } => {
+            error(py, "BrokerRefused", &format!("refused-{kind}"), &message)
+        }
+        Error::BrokerStopped(_) => error(py, "BrokerStopped", "broker-stopped", &message),
+        Error::Protocol(_) => error(py, "ProtocolError", "protocol", &message),
+        // A local I/O failure is Python's own OSError, with its errno.
         Error::Io { source, .. } => {
-            // A local I/O failure is Python's own OSError, with its errno.
             pyo3::exceptions::PyOSError::new_err((source.raw_os_error().unwrap_or(0), message))
         }
     }
@@ -138,20 +152,8 @@ pub fn from_client(py: Python<'_>, error: Error) -> PyErr {
 /// A request that got no reply.
 pub fn from_failure(py: Python<'_>, failure: Failure) -> PyErr {
     match failure {
-        Failure::Refused(error) => refusal(py, &error),
-        Failure::Ended { why, closed: true } => {
-            with_fields(py, PatronClosed::new_err(why.clone()), "closed", &why)
-        }
-        Failure::Ended { why, closed: false } => with_fields(
-            py,
-            BrokerStopped::new_err(why.clone()),
-            "broker-stopped",
-            &why,
-        ),
+        Failure::Refused(e) => refusal(py, &e),
+        Failure::Ended { why, closed: true } => error(py, "PatronClosed", "closed", &why),
+        Failure::Ended { why, closed: false } => error(py, "BrokerStopped", "broker-stopped", &why),
     }
-}
-
-/// An error of this library's own, with its kind word.
-pub fn own<E: pyo3::PyTypeInfo>(py: Python<'_>, kind: &str, message: String) -> PyErr {
-    with_fields(py, PyErr::new::<E, _>(message.clone()), kind, &message)
 }

@@ -60,10 +60,11 @@ impl Stream {
         f: impl FnOnce(&mut patron_client::Stream) -> Result<T, Failure> + Send,
     ) -> PyResult<T> {
         if std::process::id() != self.owner_pid {
-            return Err(errors::own::<errors::PatronForked>(
+            return Err(errors::error(
                 py,
+                "PatronForked",
                 "forked",
-                format!(
+                &format!(
                     "this file was opened in process {} (before a fork): open it again here",
                     self.owner_pid
                 ),

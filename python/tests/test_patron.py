@@ -142,6 +142,11 @@ def test_every_error_is_its_own_class(broker: Broker, tmp_path: Path) -> None:
         with pytest.raises(tp.UnknownTorrent) as unknown:
             p.pause(4242)
         assert unknown.value.kind == "unknown-torrent" and "4242" in unknown.value.message
+        # Each is the builtin that fits too.
+        assert isinstance(unknown.value, LookupError)
+        assert issubclass(tp.NotAllowed, PermissionError) and issubclass(tp.FileExists, FileExistsError)
+        assert issubclass(tp.BrokerStopped, ConnectionError) and issubclass(tp.BadRequest, ValueError)
+        assert tp.UnknownTorrent("by hand").kind == ""
         with pytest.raises(tp.UnknownTorrent):
             p.status(4242)
         with pytest.raises(tp.InvalidTorrent):
@@ -169,8 +174,9 @@ def test_every_error_is_its_own_class(broker: Broker, tmp_path: Path) -> None:
         elsewhere = p.make(broker.root / "y.bin")
         (broker.root / "nowhere").mkdir()
         waiting = p.add(elsewhere.torrent, output=broker.root / "nowhere", paused=True)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(tp.WaitTimeout) as late:
             p.wait(waiting.id, timeout=0.2)
+        assert isinstance(late.value, TimeoutError) and late.value.kind == "timeout"
         with tp.Patron(broker.state) as other:
             with pytest.raises(tp.NotHolder):
                 other.close(seeding_id)

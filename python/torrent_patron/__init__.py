@@ -15,7 +15,11 @@ asyncio.
 ...         head = f.read(1 << 20)
 
 A torrent is named by its id (``int``) or info hash (``str``) wherever a ``ref`` is taken.
-Every error is a ``TorrentPatronError``, one class per kind of the protocol.
+The errors of the broker and of the connection are ``TorrentPatronError``s, one class per
+kind of the protocol, each also the builtin that fits (``UnknownTorrent`` is a
+``LookupError``, ``NotAllowed`` a ``PermissionError``, ``BrokerStopped`` a
+``ConnectionError``, ``WaitTimeout`` a ``TimeoutError``...); bad arguments are
+``TypeError`` or ``ValueError``, local files' failures ``OSError``.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ from ._native import (
     TorrentGone,
     TorrentPatronError,
     UnknownTorrent,
+    WaitTimeout,
 )
 
 __all__ = [
@@ -114,6 +119,7 @@ __all__ = [
     "StreamEnded",
     "TorrentFailed",
     "UnknownTorrent",
+    "WaitTimeout",
 ]
 
 #: A torrent: its id, or its info hash (40 hex digits).
@@ -382,7 +388,7 @@ class Patron:
 
     def wait(self, ref: Ref, timeout: Optional[float] = None) -> Status:
         """Waits until a torrent is complete and returns its status, asleep on the board
-        with the GIL released. Raises ``TimeoutError`` after ``timeout`` seconds,
+        with the GIL released. Raises ``WaitTimeout`` (a ``TimeoutError``) after ``timeout`` seconds,
         ``TorrentFailed`` if it stops with an error, ``UnknownTorrent`` if it is closed."""
         return self._conn.wait(ref, timeout)
 
@@ -677,7 +683,7 @@ class AsyncPatron:
                 raise _error(TorrentFailed, "torrent-failed", status.error or "the torrent failed")
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
-                raise TimeoutError(f"torrent {ref} is not complete after {timeout} s")
+                raise _error(WaitTimeout, "timeout", f"torrent {ref} is not complete after {timeout} s")
             await self._board_changed(left, watch)
 
     async def events(self) -> AsyncIterator[Event]:
