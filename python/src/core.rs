@@ -78,6 +78,17 @@ pub struct Core {
     pub owner_pid: u32,
     /// Python's helper that completes a future unless it was cancelled.
     resolve: Py<PyAny>,
+    /// Async requests waiting to be sent by the sender thread: a send can wait on the
+    /// broker's back-pressure, which must never block an event loop.
+    outbox: Mutex<Outbox>,
+    outbox_ready: Condvar,
+}
+
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<(RequestId, RequestBody)>,
+    /// The sender thread runs (started at the first async request).
+    sending: bool,
 }
 
 /// Locks, going on past a panic elsewhere (the data are plain collections).
@@ -100,6 +111,8 @@ impl Core {
             patron_id: patron.patron_id(),
             owner_pid: std::process::id(),
             resolve,
+            outbox: Mutex::default(),
+            outbox_ready: Condvar::new(),
         });
         let reader = Arc::clone(&core);
         std::thread::Builder::new()
@@ -148,6 +161,9 @@ impl Core {
         };
         self.queued.notify_all();
         self.wake(wakers);
+        // The sender thread sees the end (requests still queued were answered above).
+        lock(&self.outbox).queue.clear();
+        self.outbox_ready.notify_all();
     }
 
     fn answer(&self, id: RequestId, reply: Result<Event, Failure>) {
@@ -227,23 +243,86 @@ impl Core {
         Ok((id, slot))
     }
 
-    /// Sends `body`; its reply completes `future` on `event_loop` (with a `Reply`).
+    /// Queues `body` for the sender thread, without waiting; its reply (or why it could not
+    /// be sent) completes `future` on `event_loop` (with a `Reply`).
     pub fn send_async(
-        &self,
+        self: &Arc<Self>,
         body: RequestBody,
         future: Py<PyAny>,
         event_loop: Py<PyAny>,
     ) -> Result<RequestId, Failure> {
-        self.send_for(body, Waiter::Future { future, event_loop })
+        let requester = self.requester()?;
+        let id = requester.reserve();
+        lock(&self.pending).insert(id, Waiter::Future { future, event_loop });
+        let start = {
+            let mut outbox = lock(&self.outbox);
+            outbox.queue.push_back((id, body));
+            !std::mem::replace(&mut outbox.sending, true)
+        };
+        self.outbox_ready.notify_one();
+        if start {
+            let sender = Arc::clone(self);
+            let started = std::thread::Builder::new()
+                .name(format!("torrent-patron-send-{}", self.patron_id))
+                .spawn(move || sender.send_queued(requester));
+            if let Err(e) = started {
+                lock(&self.outbox).sending = false;
+                lock(&self.pending).remove(&id);
+                return Err(Failure::Ended {
+                    why: format!("cannot start the sender thread: {e}"),
+                    closed: false,
+                });
+            }
+        }
+        Ok(id)
     }
 
-    fn send_for(&self, body: RequestBody, waiter: Waiter) -> Result<RequestId, Failure> {
-        let requester = lock(&self.requester).clone().ok_or_else(|| {
+    /// The sender thread: sends queued async requests in order until the connection ends.
+    fn send_queued(&self, requester: Requester) {
+        loop {
+            let next = {
+                let mut outbox = lock(&self.outbox);
+                loop {
+                    if let Some(next) = outbox.queue.pop_front() {
+                        break Some(next);
+                    }
+                    if self.ended().is_some() {
+                        outbox.sending = false;
+                        break None;
+                    }
+                    outbox = self
+                        .outbox_ready
+                        .wait(outbox)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let Some((id, body)) = next else {
+                return;
+            };
+            if let Err(e) = requester.send_as(id, body) {
+                let failure = match e {
+                    Error::Request(error) => Failure::Refused(error),
+                    other => Failure::Ended {
+                        why: other.to_string(),
+                        closed: false,
+                    },
+                };
+                self.answer(id, Err(failure));
+            }
+        }
+    }
+
+    fn requester(&self) -> Result<Requester, Failure> {
+        lock(&self.requester).clone().ok_or_else(|| {
             self.ended().unwrap_or(Failure::Ended {
                 why: "the patron is closed".into(),
                 closed: true,
             })
-        })?;
+        })
+    }
+
+    fn send_for(&self, body: RequestBody, waiter: Waiter) -> Result<RequestId, Failure> {
+        let requester = self.requester()?;
         // The waiter is in place before the request goes: the reply may beat `send`'s return.
         let id = requester.reserve();
         lock(&self.pending).insert(id, waiter);
@@ -322,6 +401,15 @@ impl Core {
         if let Some(why) = &queue.ended {
             return Err(why.clone());
         }
+        // Futures given up on (a cancelled wait) go, rather than pile up until an event.
+        Python::attach(|py| {
+            queue.wakers.retain(|(waiting, _)| {
+                waiting
+                    .call_method0(py, "done")
+                    .and_then(|done| done.extract::<bool>(py))
+                    .map_or(true, |done| !done)
+            });
+        });
         queue.wakers.push((future, event_loop));
         Ok(None)
     }

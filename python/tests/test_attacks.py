@@ -217,3 +217,40 @@ def test_status_says_a_long_save_folder_whole(broker: Broker) -> None:
         added = p.add(made.torrent, output=folder, paused=True)
         assert p.status(added.id).save_folder == str(folder)
         assert [s.save_folder for s in p.list()] == [str(folder)]
+
+
+def test_the_event_loop_runs_while_many_calls_wait_behind_a_slow_one(broker: Broker) -> None:
+    """600 calls queued behind a magnet's add that waits for metadata: the loop keeps
+    running (each async send used to block it on the broker's back-pressure)."""
+    import asyncio
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    (broker.root / "q.bin").write_bytes(b"q" * 1000)
+
+    async def main() -> None:
+        async with tp.AsyncPatron(broker.state) as p:
+            made = await p.make(broker.root / "q.bin", seed=True)
+            assert made.seeding_id is not None
+            magnet = f"magnet:?xt=urn:btih:{os.urandom(20).hex()}&x.pe=127.0.0.1:{port}"
+            slow = asyncio.ensure_future(p.add(magnet, output=broker.root))
+            await asyncio.sleep(0.2)
+            calls = [asyncio.ensure_future(p.files(made.seeding_id)) for _ in range(600)]
+            longest = 0.0
+            loop = asyncio.get_running_loop()
+            for _ in range(40):
+                before = loop.time()
+                await asyncio.sleep(0.05)
+                longest = max(longest, loop.time() - before)
+            assert longest < 2, f"the loop stalled {longest:.1f} s"
+            for call in [slow, *calls]:
+                call.cancel()
+            await asyncio.gather(slow, *calls, return_exceptions=True)
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        silent.close()
