@@ -215,6 +215,18 @@ impl Patron {
         self.requester.clone()
     }
 
+    /// This patron in two halves: what sends its requests, and what receives its events
+    /// (replies included), for a program that reads on one thread and sends from others.
+    /// The connection closes — the broker releases what this patron held, even with
+    /// requests in flight — once every [`Requester`] of it is dropped.
+    pub fn split(self) -> (Requester, Events) {
+        let events = Events {
+            events: self.events,
+            backlog: self.backlog,
+        };
+        (self.requester, events)
+    }
+
     /// Sends a request and waits for its reply. Other events that arrive meanwhile are kept
     /// for [`Patron::next_event`].
     pub fn request(&mut self, body: RequestBody) -> Result<Event> {
@@ -543,6 +555,30 @@ fn might_be_large(message: &ToBroker) -> bool {
         _ => 0,
     };
     size > WORTH_MEASURING
+}
+
+/// The receiving half of a [`Patron`] ([`Patron::split`]).
+pub struct Events {
+    events: IpcReceiver<Event>,
+    backlog: VecDeque<Event>,
+}
+
+impl Events {
+    /// The next event, replies included (the broker's last word too, such as
+    /// [`Event::BrokerStopping`]); blocks until one arrives. Once the connection ended,
+    /// [`Error::BrokerStopped`].
+    pub fn next_event(&mut self) -> Result<Event> {
+        if let Some(event) = self.backlog.pop_front() {
+            return Ok(event);
+        }
+        loop {
+            match self.events.recv() {
+                // A signal's handler ran on this thread: nothing was lost.
+                Err(e) if interrupted(&e) => continue,
+                received => return received.map_err(lost).and_then(unpack),
+            }
+        }
+    }
 }
 
 /// The event inside a large one ([`Event::Large`]: it came in shared memory).

@@ -8,7 +8,7 @@
 //! thread is woken: no thread per call. Status reads never come here: they read the board.
 
 use patron_client::proto::{Event, RequestBody, RequestId, TorrentId, TorrentStatus};
-use patron_client::{ConnectOptions, Error, Patron, Requester};
+use patron_client::{ConnectOptions, Error, Events, Patron, Requester};
 use pyo3::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -100,15 +100,19 @@ impl Core {
     /// Connects (starting a broker if asked and none runs) and starts the reader thread.
     pub fn connect(options: ConnectOptions, resolve: Py<PyAny>) -> Result<Arc<Core>, Error> {
         let patron = Patron::connect_with(&options)?;
+        let (broker_pid, patron_id) = (patron.broker_pid(), patron.patron_id());
+        // The reader thread holds only the receiving half: dropping every requester (at
+        // close) closes the connection at once, even with a reply still owed.
+        let (requester, events) = patron.split();
         let core = Arc::new(Core {
-            requester: Mutex::new(Some(patron.requester())),
+            requester: Mutex::new(Some(requester)),
             pending: Mutex::default(),
             queue: Mutex::default(),
             queued: Condvar::new(),
             ended: Mutex::default(),
             options,
-            broker_pid: patron.broker_pid(),
-            patron_id: patron.patron_id(),
+            broker_pid,
+            patron_id,
             owner_pid: std::process::id(),
             resolve,
             outbox: Mutex::default(),
@@ -117,18 +121,18 @@ impl Core {
         let reader = Arc::clone(&core);
         std::thread::Builder::new()
             .name(format!("torrent-patron-{}", core.patron_id))
-            .spawn(move || reader.read(patron))
+            .spawn(move || reader.read(events))
             .map_err(|e| Error::Protocol(format!("cannot start the reader thread: {e}")))?;
         Ok(core)
     }
 
     /// The reader thread: every event to its place, until the connection ends.
-    fn read(self: Arc<Self>, mut patron: Patron) {
+    fn read(self: Arc<Self>, mut events: Events) {
         let why = loop {
             if let Some(why) = lock(&self.ended).clone() {
                 break why;
             }
-            match patron.next_event() {
+            match events.next_event() {
                 Ok(event) => match event.request() {
                     Some(id) => self.answer(id, Ok(event)),
                     None => self.push(event),
@@ -141,8 +145,7 @@ impl Core {
                 }
             }
         };
-        // The connection closes with `patron`, dropped here; nobody waits in vain.
-        drop(patron);
+        drop(events);
         self.end(why);
     }
 
@@ -428,25 +431,21 @@ impl Core {
     }
 
     /// Closes the connection: the broker releases what this patron held (its ephemeral
-    /// torrents close). Requests in flight fail.
+    /// torrents close), at once, even with requests in flight; they fail here.
     pub fn close(&self) {
         let closed = Failure::Ended {
             why: "the patron is closed".into(),
             closed: true,
         };
-        let requester = {
+        {
             let mut ended = lock(&self.ended);
             if ended.is_some() {
                 return;
             }
             *ended = Some(closed.clone());
-            lock(&self.requester).take()
-        };
-        // The reader thread sleeps in `recv` until something arrives: a last request's
-        // reply wakes it to see the end and drop the connection.
-        if let Some(requester) = requester {
-            let _ = requester.send(RequestBody::BrokerInfo);
         }
+        // Our requesters go (the sender thread's too, as `end` wakes it): the broker sees
+        // the connection close, and the reader its end.
         self.end(closed);
     }
 }

@@ -254,3 +254,37 @@ def test_the_event_loop_runs_while_many_calls_wait_behind_a_slow_one(broker: Bro
         asyncio.run(asyncio.wait_for(main(), 60))
     finally:
         silent.close()
+
+
+def test_close_with_a_request_in_flight_disconnects_at_once(broker: Broker) -> None:
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    port = silent.getsockname()[1]
+    try:
+        with tp.Patron(broker.state) as watcher:
+            before = watcher.broker_info()["patrons"]
+            p = tp.Patron(broker.state)
+            magnet = f"magnet:?xt=urn:btih:{os.urandom(20).hex()}&x.pe=127.0.0.1:{port}"
+            failed: list[str] = []
+
+            def add() -> None:
+                try:
+                    p.add(magnet, output=broker.root, ephemeral=True)
+                except tp.TorrentPatronError as e:
+                    failed.append(type(e).__name__)
+
+            adding = threading.Thread(target=add)
+            adding.start()
+            time.sleep(0.5)
+            p.close()
+            adding.join(5)
+            assert failed == ["PatronClosed"], failed
+            deadline = time.monotonic() + 5
+            while watcher.broker_info()["patrons"] != before:
+                assert time.monotonic() < deadline, "the closed patron stayed connected"
+                time.sleep(0.05)
+    finally:
+        silent.close()
