@@ -36,6 +36,43 @@ fn deadline(timeout: Option<f64>) -> PyResult<Option<Instant>> {
     }
 }
 
+/// Runs `work` (a connection's handshake, up to its timeout) on a thread of its own while
+/// this one waits in slices, so that Ctrl-C interrupts the wait; what `work` gives once
+/// nobody waits is handed to `abandon` (a connection made anyway is closed).
+fn interruptible<T, E>(
+    py: Python<'_>,
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+    abandon: impl FnOnce(T) + Send + 'static,
+) -> PyResult<Result<T, E>>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let (done, mut outcome) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("torrent-patron-connect".into())
+        .spawn(move || {
+            if let Err(std::sync::mpsc::TrySendError::Disconnected(Ok(made))) =
+                done.try_send(work())
+            {
+                abandon(made);
+            }
+        })
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("cannot start a thread: {e}")))?;
+    loop {
+        let waiting = &mut outcome;
+        match crate::detach(py, move || waiting.recv_timeout(SIGNAL_SLICE)) {
+            Ok(result) => return Ok(result),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                    "the connecting thread ended without a word",
+                ))
+            }
+        }
+    }
+}
+
 /// A reply handed to Python through an asyncio future, decoded by [`Connection::decode`].
 #[pyclass(frozen, module = "torrent_patron._native")]
 pub struct Reply(pub Mutex<Option<Result<Event, Failure>>>);
@@ -298,8 +335,12 @@ impl Connection {
             auto_start: autostart,
             ..Default::default()
         };
-        let core = crate::detach(py, || Core::connect(options, resolve))
-            .map_err(|e| errors::from_client(py, e))?;
+        let core = interruptible(
+            py,
+            move || Core::connect(options, resolve),
+            |core| core.close(),
+        )?
+        .map_err(|e| errors::from_client(py, e))?;
         Ok(Connection {
             core,
             board: Mutex::new(None),
@@ -607,9 +648,11 @@ impl Connection {
         let torrent = torrent_ref(torrent)?;
         let file = file.map(file_ref).transpose()?;
         let options = self.core.options.clone();
-        let stream = crate::detach(py, || {
-            patron_client::Stream::open(&options, torrent, file, offset)
-        })
+        let stream = interruptible(
+            py,
+            move || patron_client::Stream::open(&options, torrent, file, offset),
+            drop,
+        )?
         .map_err(|e| errors::from_client(py, e))?;
         Ok(crate::stream::Stream::new(stream))
     }

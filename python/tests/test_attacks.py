@@ -288,3 +288,62 @@ def test_close_with_a_request_in_flight_disconnects_at_once(broker: Broker) -> N
                 time.sleep(0.05)
     finally:
         silent.close()
+
+
+def test_ctrl_c_interrupts_a_connection_that_hangs(broker: Broker) -> None:
+    """A broker that does not answer (stopped): Patron() and open() wait up to the
+    handshake's timeout, and Ctrl-C ends the wait at once."""
+    import signal
+
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                import time, torrent_patron as tp
+                print("connecting", flush=True)
+                try:
+                    tp.Patron({str(broker.state)!r})
+                except KeyboardInterrupt:
+                    print("interrupted", flush=True)
+            """)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert waiter.stdout is not None
+            assert waiter.stdout.readline().strip() == "connecting"
+            time.sleep(1)
+            sent = time.monotonic()
+            waiter.send_signal(signal.SIGINT)
+            assert waiter.stdout.readline().strip() == "interrupted"
+            assert time.monotonic() - sent < 3
+            assert waiter.wait(10) == 0
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+
+
+def test_sources_files_and_the_end_of_events_as_a_reader_expects(broker: Broker) -> None:
+    import io
+    import signal
+
+    (broker.root / "s.bin").write_bytes(b"s" * 3000)
+    p = tp.Patron(broker.state)
+    made = p.make(broker.root / "s.bin", seed=True)
+    assert made.seeding_id is not None
+    with pytest.raises(tp.BadRequest, match="fetches nothing from the web"):
+        p.add("https://example.invalid/x.torrent")
+    # A bytearray or memoryview is a .torrent's bytes too (here it joins the running one).
+    assert p.add(bytearray(made.torrent), output=broker.root).joined
+    assert p.add(memoryview(made.torrent), output=broker.root).joined
+    p.wait(made.seeding_id, timeout=60)
+    with p.open(made.seeding_id) as f:
+        assert f.mode == "rb" and not f.writable()
+        with pytest.raises(io.UnsupportedOperation):
+            f.write(b"x")
+    # A broker killed without a word: events() raises rather than ending as if it stopped.
+    os.kill(broker.pid, signal.SIGKILL)
+    with pytest.raises(tp.BrokerStopped):
+        for _ in p.events(timeout=30):
+            pass

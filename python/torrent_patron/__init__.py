@@ -129,7 +129,7 @@ Event = Union[StatusChanged, TorrentGone, BrokerStopping]
 #: A file of a torrent: its index, or its path inside the torrent.
 FileRef = Union[int, str]
 #: A .torrent: its path, its bytes, or a magnet link.
-Source = Union[str, bytes, "os.PathLike[str]"]
+Source = Union[str, bytes, bytearray, memoryview, "os.PathLike[str]"]
 
 _NO_REF: Any = object()
 
@@ -169,11 +169,16 @@ def _resolve(future: "asyncio.Future[Any]", value: Any) -> None:
 
 def _source(source: Source) -> Union[str, bytes]:
     """A .torrent's bytes or a magnet link, from what ``add`` was given."""
-    if isinstance(source, bytes):
-        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
     text = os.fspath(source)
     if isinstance(text, str) and text.startswith("magnet:"):
         return text
+    if isinstance(text, str) and text.startswith(("http://", "https://")):
+        raise _error(
+            BadRequest, "bad-request",
+            f"{text}: the broker fetches nothing from the web; download the .torrent first and add its path or bytes",
+        )
     with open(text, "rb") as torrent:
         return torrent.read()
 
@@ -395,12 +400,13 @@ class Patron:
     def events(self, timeout: Optional[float] = None) -> Iterator[Event]:
         """The events of the torrents this patron holds (added or followed), in order:
         ``StatusChanged``, ``TorrentGone``, ``BrokerStopping`` (the last). A torrent's
-        status changes are coalesced while unread. Ends after ``timeout`` seconds with no
-        event, when given, and when the connection ends."""
+        status changes are coalesced while unread. Ends after ``BrokerStopping``, when this
+        patron is closed, or after ``timeout`` seconds with no event (when given); a broker
+        that went without a word (killed) raises ``BrokerStopped``."""
         while True:
             try:
                 event = self._conn.next_event(timeout)
-            except (BrokerStopped, PatronClosed):
+            except PatronClosed:
                 return
             if event is None:
                 return
@@ -444,21 +450,38 @@ class TorrentFile(io.RawIOBase):
         """The file's size in bytes."""
         return self._stream.size
 
+    #: Read-only, binary.
+    mode = "rb"
+
     def readable(self) -> bool:
+        """Always: it is read."""
         return True
 
     def seekable(self) -> bool:
+        """Always: a seek moves where the pieces are fetched first."""
         return True
 
+    def writable(self) -> bool:
+        """Never: a torrent's files are the engine's to write."""
+        return False
+
+    def write(self, data: Any) -> int:
+        """Refused: ``io.UnsupportedOperation``."""
+        raise io.UnsupportedOperation("a torrent's file is read-only")
+
     def read(self, size: Optional[int] = -1) -> bytes:
+        """What is verified at the position, at most ``size`` bytes (all that is left
+        when negative), waiting until some is; ``b""`` at the end."""
         self._checkClosed()
         return self._stream.read(-1 if size is None else size)
 
     def readall(self) -> bytes:
+        """Everything from the position to the end, as it is verified."""
         self._checkClosed()
         return self._stream.read(-1)
 
     def readinto(self, buffer: Any) -> int:
+        """Reads into ``buffer`` (what is verified, up to its size); returns how much."""
         self._checkClosed()
         view = memoryview(buffer).cast("B")
         data = self._stream.read(len(view))
@@ -466,14 +489,17 @@ class TorrentFile(io.RawIOBase):
         return len(data)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Moves the position; the next read fetches the pieces there first."""
         self._checkClosed()
         return self._stream.seek(offset, whence)
 
     def tell(self) -> int:
+        """The position."""
         self._checkClosed()
         return self._stream.tell()
 
     def close(self) -> None:
+        """Ends the stream: its priority window goes (also when the object is collected)."""
         if not self.closed:
             self._stream.close()
         super().close()
@@ -569,14 +595,17 @@ class AsyncPatron:
         return self._conn.status(ref)
 
     async def pause(self, ref: Ref) -> Status:
+        """See ``Patron.pause``."""
         status: Status = await self._call("pause", ref=ref)
         return status
 
     async def resume(self, ref: Ref) -> Status:
+        """See ``Patron.resume``."""
         status: Status = await self._call("resume", ref=ref)
         return status
 
     async def recheck(self, ref: Ref) -> Status:
+        """See ``Patron.recheck``."""
         status: Status = await self._call("recheck", ref=ref)
         return status
 
@@ -598,21 +627,26 @@ class AsyncPatron:
         return closed
 
     async def follow(self, ref: Ref) -> None:
+        """See ``Patron.follow``."""
         await self._call("follow", ref=ref)
 
     async def files(self, ref: Ref) -> List[File]:
+        """See ``Patron.files``."""
         files: List[File] = await self._call("files", ref=ref)
         return files
 
     async def select_files(self, ref: Ref, only: Iterable[FileRef]) -> List[File]:
+        """See ``Patron.select_files``."""
         files: List[File] = await self._call("select_files", ref=ref, only=_file_refs("only", only))
         return files
 
     async def peers(self, ref: Ref) -> List[Peer]:
+        """See ``Patron.peers``."""
         peers: List[Peer] = await self._call("peers", ref=ref)
         return peers
 
     async def add_peers(self, ref: Ref, peers: Iterable[str]) -> List[str]:
+        """See ``Patron.add_peers``."""
         dialled: List[str] = await self._call("add_peers", ref=ref, peers=_strings("peers", peers))
         return dialled
 
@@ -625,6 +659,7 @@ class AsyncPatron:
         piece_size: Optional[int] = None,
         trackers: Sequence[str] = (),
     ) -> Made:
+        """See ``Patron.make``."""
         _check_output(output)
         made: Made = await self._call(
             "make", path=os.path.abspath(os.fspath(path)), seed=seed,
@@ -634,10 +669,12 @@ class AsyncPatron:
         return made
 
     async def broker_info(self) -> Dict[str, Any]:
+        """See ``Patron.broker_info``."""
         info: Dict[str, Any] = await self._call("broker_info")
         return info
 
     async def stop_broker(self) -> None:
+        """See ``Patron.stop_broker``."""
         await self._call("stop_broker")
 
     async def _board_changed(
@@ -693,7 +730,7 @@ class AsyncPatron:
             woken: "asyncio.Future[Any]" = loop.create_future()
             try:
                 event = self._conn.next_event_or_wake(woken, loop)
-            except (BrokerStopped, PatronClosed):
+            except PatronClosed:
                 return
             if event is None:
                 await woken

@@ -1,7 +1,10 @@
 # Types of the native part (python/src). The API is torrent_patron's: these are its parts.
 
 import asyncio
-from typing import Any, Callable, Dict, List, Optional, Union, final
+from typing import Any, Callable, Dict, List, Literal, Optional, Union, final
+
+#: A torrent's state, as `--json` writes it.
+State = Literal["checking", "resolving-metadata", "downloading", "seeding", "paused", "error"]
 
 PROTOCOL_VERSION: int
 
@@ -19,7 +22,7 @@ class Status:
     @property
     def name(self) -> str: ...
     @property
-    def state(self) -> str:
+    def state(self) -> State:
         """`checking`, `resolving-metadata`, `downloading`, `seeding`, `paused` or `error`."""
     @property
     def error(self) -> Optional[str]: ...
