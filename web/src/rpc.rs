@@ -287,43 +287,50 @@ async fn torrent_get(web: &Shared, arguments: &Map<String, Value>) -> Result<Vec
     // Files and peers are the broker's to say: asked for every torrent at once (the pool
     // bounds how many run together; a peers answer takes the broker 250 ms to measure
     // rates). A torrent the board shows with no peer is not asked about them.
-    let files = futures_util::future::join_all(chosen.iter().map(|torrent| {
-        let id = TorrentRef::Id(torrent.info.id);
-        let wanted = fields.wants_files();
-        async move {
-            match wanted {
-                true => Some(web.link.call(move |patron| patron.files(id)).await),
-                false => None,
-            }
+    let files = match fields.wants_files() {
+        true => {
+            futures_util::future::join_all(chosen.iter().map(|torrent| {
+                let id = TorrentRef::Id(torrent.info.id);
+                async move { Some(web.link.call(move |patron| patron.files(id)).await) }
+            }))
+            .await
         }
-    }));
-    let peer_lists = futures_util::future::join_all(chosen.iter().map(|torrent| {
-        let id = TorrentRef::Id(torrent.info.id);
-        let wanted = fields.peers && torrent.status.peers > 0;
-        async move {
-            match wanted {
-                true => Some(web.link.call(move |patron| patron.peers(id)).await),
-                false => None,
-            }
+        false => Vec::new(),
+    };
+    let peer_lists = match fields.peers {
+        true => {
+            futures_util::future::join_all(chosen.iter().map(|torrent| {
+                let id = TorrentRef::Id(torrent.info.id);
+                let connected = torrent.status.peers > 0;
+                async move {
+                    match connected {
+                        true => Some(web.link.call(move |patron| patron.peers(id)).await),
+                        false => None,
+                    }
+                }
+            }))
+            .await
         }
-    }));
-    let (files, peer_lists) = futures_util::future::join(files, peer_lists).await;
+        false => Vec::new(),
+    };
+    let (mut files, mut peer_lists) = (files.into_iter(), peer_lists.into_iter());
     // About what 15 fields of a torrent take, so a list is written with few reallocations
     // (at most 64 MiB reserved: each torrent is named once, but fields may be many).
     let mut out = Json::with_capacity((64 + chosen.len() * 400).min(64 << 20));
     out.raw(b"{\"torrents\":[");
-    let answers = chosen.iter().zip(files).zip(peer_lists);
-    for (n, ((torrent, files), peer_list)) in answers.enumerate() {
+    for (n, torrent) in chosen.iter().enumerate() {
         out.raw(if n == 0 { b"{" } else { b",{" });
         let mut after = fields.write_board(torrent, &mut out);
         if fields.wants_files() {
             // A torrent closed since the board was read has no files: `[]`, as
             // Transmission gives for a torrent without metadata.
-            let list = gone_is_empty(files.transpose())?.map_or_else(Vec::new, |l| l.files);
+            let answer = files.next().flatten().transpose();
+            let list = gone_is_empty(answer)?.map_or_else(Vec::new, |l| l.files);
             after = fields.write_files(&torrent.info.name, &list, after, &mut out);
         }
         if fields.peers {
-            let list = gone_is_empty(peer_list.transpose())?.map_or_else(Vec::new, |l| l.peers);
+            let answer = peer_lists.next().flatten().transpose();
+            let list = gone_is_empty(answer)?.map_or_else(Vec::new, |l| l.peers);
             if after {
                 out.raw(b",");
             }
