@@ -64,6 +64,19 @@ impl Web {
         run(cmd)
     }
 
+    /// The RPC's session id, as its 409 answer gives it (Transmission's exchange).
+    fn rpc_session(&self) -> String {
+        let (code, head) = Web::answer(&self.curl("/transmission/rpc", &["-X", "POST", "-D", "-"]));
+        assert_eq!(code, 409, "{head}");
+        head.lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-transmission-session-id:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .expect(&head)
+    }
+
     /// The status code and body of a curl run with `-w "\n%{http_code}"`.
     fn answer(out: &e2e::Output) -> (u16, String) {
         let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", &out.stdout));
@@ -830,16 +843,7 @@ fn the_web_patron_holds_against_its_attackers_findings() {
     drop(patron);
     let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
     let rpc = |body: &str| {
-        let (code, head) = Web::answer(&web.curl("/transmission/rpc", &["-X", "POST", "-D", "-"]));
-        assert_eq!(code, 409, "{head}");
-        let session = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("x-transmission-session-id:")
-                    .map(|v| v.trim().to_owned())
-            })
-            .expect(&head);
+        let session = web.rpc_session();
         web.curl(
             "/transmission/rpc",
             &[
@@ -1003,17 +1007,7 @@ fn the_rpc_holds_against_its_second_attackers_findings() {
     e2e::make_and_seed(&mut patron, &folder);
     drop(patron);
     let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
-    let session = {
-        let (code, head) = Web::answer(&web.curl("/transmission/rpc", &["-X", "POST", "-D", "-"]));
-        assert_eq!(code, 409, "{head}");
-        head.lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("x-transmission-session-id:")
-                    .map(|v| v.trim().to_owned())
-            })
-            .expect(&head)
-    };
+    let session = web.rpc_session();
     let rpc = |body: &serde_json::Value| -> serde_json::Value {
         let file = sandbox.path("rpc-body.json");
         std::fs::write(&file, body.to_string()).expect("write the body");
@@ -1226,16 +1220,7 @@ fn magnet_adds_are_answered_at_once_and_hold_up_no_other_add() {
     let torrent = sandbox.path("data.torrent");
     sandbox.make_torrent(&state, &data, &torrent);
     let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
-    let session = {
-        let (_, head) = Web::answer(&web.curl("/transmission/rpc", &["-X", "POST", "-D", "-"]));
-        head.lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("x-transmission-session-id:")
-                    .map(|v| v.trim().to_owned())
-            })
-            .expect(&head)
-    };
+    let session = web.rpc_session();
     let rpc = |body: serde_json::Value| {
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "--max-time", "60", "-u", &format!("x:{}", web.token)])
