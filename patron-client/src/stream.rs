@@ -100,6 +100,16 @@ impl Stream {
         self.len() == 0
     }
 
+    /// The file the bytes are read from, checked to be the one the engine writes (`None`
+    /// when they come over the channel): for a caller that reads verified bytes itself,
+    /// into a buffer of its own, then moves the position past them with [`Seek`].
+    pub fn local_file(&self) -> Option<&File> {
+        match &self.source {
+            Source::File(file) => Some(file),
+            Source::Channel { .. } => None,
+        }
+    }
+
     /// Why the bytes come over the channel rather than from the file, if they do.
     pub fn over_channel(&self) -> Option<&str> {
         match &self.source {

@@ -144,6 +144,26 @@ impl Stream {
         PyBytes::new_with(py, want, |buffer| self.with(py, |s| read_fully(s, buffer))).map(Some)
     }
 
+    /// Waits until bytes at the position are verified; how many there are from it (0 at
+    /// the end of the file).
+    fn readable(&self, py: Python<'_>) -> PyResult<u64> {
+        self.wait_readable(py)
+    }
+
+    /// A descriptor of its own of the file the bytes are read from (checked to be the one
+    /// the engine writes), for reads straight into a bytes object of Python's
+    /// (`os.pread`); `None` when the bytes come over the channel. The caller closes it.
+    fn local_fd(&self, py: Python<'_>) -> PyResult<Option<i32>> {
+        use std::os::fd::IntoRawFd;
+        self.with(py, |s| match s.local_file() {
+            Some(file) => file
+                .try_clone()
+                .map(|copy| Some(copy.into_raw_fd()))
+                .map_err(Failure::Io),
+            None => Ok(None),
+        })
+    }
+
     /// Moves the position (`whence` 0: from the start, 1: from here, 2: from the end);
     /// returns it.
     #[pyo3(signature = (offset, whence=0))]
