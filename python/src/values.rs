@@ -259,6 +259,25 @@ impl Added {
 
 #[pymethods]
 impl Added {
+    /// The folder its files are in (`save_path`), named as `Status` names it.
+    #[getter]
+    fn save_folder(&self) -> &str {
+        &self.save_path
+    }
+
+    /// The fields as a dict.
+    fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        dict.set_item("id", self.id)?;
+        dict.set_item("info_hash", &self.info_hash)?;
+        dict.set_item("name", &self.name)?;
+        dict.set_item("save_path", &self.save_path)?;
+        dict.set_item("total_bytes", self.total_bytes)?;
+        dict.set_item("joined", self.joined)?;
+        dict.set_item("not_applied", &self.not_applied)?;
+        Ok(dict)
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Added(id={}, name={}, save_path={}, joined={})",
@@ -282,6 +301,15 @@ pub struct Closed {
 
 #[pymethods]
 impl Closed {
+    /// The fields as a dict.
+    fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        dict.set_item("id", self.id)?;
+        dict.set_item("stopped", self.stopped)?;
+        dict.set_item("data_deleted", self.data_deleted)?;
+        Ok(dict)
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Closed(id={}, stopped={}, data_deleted={})",
@@ -319,6 +347,17 @@ impl From<FileEntry> for File {
 
 #[pymethods]
 impl File {
+    /// The fields as a dict, as `files --json` prints them.
+    fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        dict.set_item("index", self.index)?;
+        dict.set_item("path", &self.path)?;
+        dict.set_item("size", self.size)?;
+        dict.set_item("bytes_done", self.bytes_done)?;
+        dict.set_item("selected", self.selected)?;
+        Ok(dict)
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "File(index={}, path={}, size={}, selected={})",
@@ -362,6 +401,20 @@ impl From<PeerEntry> for Peer {
 
 #[pymethods]
 impl Peer {
+    /// The fields as a dict, as `peers --json` prints them.
+    fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        dict.set_item("address", &self.address)?;
+        dict.set_item("client", &self.client)?;
+        dict.set_item("incoming", self.incoming)?;
+        dict.set_item("download_rate", self.download_rate)?;
+        dict.set_item("upload_rate", self.upload_rate)?;
+        dict.set_item("downloaded", self.downloaded)?;
+        dict.set_item("uploaded", self.uploaded)?;
+        dict.set_item("progress", self.progress)?;
+        Ok(dict)
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Peer(address={}, client={})",

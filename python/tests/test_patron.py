@@ -43,12 +43,17 @@ def test_a_download_between_two_brokers(broker: Broker, second_broker: Broker) -
         out.mkdir()
         added = leecher.add(made.torrent, output=out, peers=[listen(seeder)])
         assert (added.name, added.joined, added.info_hash) == ("data.bin", False, made.info_hash)
+        assert added.save_folder == added.save_path == str(out)
+        assert added.as_dict()["id"] == added.id
         status = leecher.wait(added.id, timeout=120)
         assert status.complete and status.state == "seeding"
         assert (out / "data.bin").read_bytes() == data
         # The board and a request agree.
         assert leecher.status(added.info_hash).id == added.id
         assert [s.id for s in leecher.list()] == [added.id]
+        assert [f.as_dict() for f in leecher.files(added.id)] == [
+            {"index": 0, "path": "data.bin", "size": len(data), "bytes_done": len(data), "selected": True}
+        ]
         # Adding it again joins it.
         again = leecher.add(made.torrent, output=out)
         assert again.joined and again.id == added.id
