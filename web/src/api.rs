@@ -134,18 +134,7 @@ pub async fn add(
     create.paused = body.paused;
     create.peers = body.peers;
     create.only_files = body.only.map(file_refs).transpose()?;
-    // A magnet's add waits for its metadata: in slots of its own, never holding up
-    // the adds of .torrent files.
-    let magnet = matches!(create.source, TorrentSource::Magnet(_));
-    let added = match magnet {
-        true => {
-            web.link
-                .add_magnet(move |patron| patron.create(create))
-                .await
-        }
-        false => web.link.add(move |patron| patron.create(create)).await,
-    };
-    let created = added.map_err(|e| match e {
+    let created = web.link.create(create).await.map_err(|e| match e {
         // The start failed for a reason of the request's.
         Error::StartFailed(error) => Failure(Error::Request(error)),
         other => Failure(other),

@@ -13,8 +13,8 @@
 //! texts as they are (none serializes a torrent of its own).
 
 use patron_client::json::summary_json;
-use patron_client::proto::TorrentSummary;
-use patron_client::{Board, ConnectOptions, Error, Patron};
+use patron_client::proto::{CreateNewTorrent, TorrentSource, TorrentSummary};
+use patron_client::{Board, ConnectOptions, Created, Error, Patron};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -150,22 +150,15 @@ impl Link {
         self.run(&self.requests, request).await
     }
 
-    /// Runs an add (which may wait long for a magnet's metadata) in its own pool.
-    pub async fn add<T, F>(self: &Arc<Self>, request: F) -> Result<T, Error>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Patron) -> Result<T, Error> + Send + 'static,
-    {
-        self.run(&self.adds, request).await
-    }
-
-    /// Runs a magnet's add, in slots of its own (see [`MAGNETS`]).
-    pub async fn add_magnet<T, F>(self: &Arc<Self>, request: F) -> Result<T, Error>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Patron) -> Result<T, Error> + Send + 'static,
-    {
-        self.run(&self.magnets, request).await
+    /// Starts (or joins) a torrent, in a pool of the adds' own: a magnet's, which may wait
+    /// minutes for its metadata, in slots of its own (see [`MAGNETS`]), never holding up
+    /// the adds of .torrent files or the other calls.
+    pub async fn create(self: &Arc<Self>, create: CreateNewTorrent) -> Result<Created, Error> {
+        let pool = match create.source {
+            TorrentSource::Magnet(_) => &self.magnets,
+            TorrentSource::TorrentFile(_) => &self.adds,
+        };
+        self.run(pool, move |patron| patron.create(create)).await
     }
 
     async fn run<T, F>(self: &Arc<Self>, pool: &Arc<Semaphore>, request: F) -> Result<T, Error>

@@ -423,16 +423,13 @@ async fn torrent_add(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
         }
     }
     let created = match magnet_hash(&create.source) {
-        None => web.link.add(move |patron| patron.create(create)).await,
+        None => web.link.create(create).await,
         // Transmission answers a magnet's add at once; the broker answers once it has the
         // metadata (up to its timeout). The add goes on in its task; past a few seconds the
         // answer is the torrent as the board shows it, resolving.
         Some(hash) => {
             let link = Arc::clone(&web.link);
-            let adding =
-                tokio::spawn(
-                    async move { link.add_magnet(move |patron| patron.create(create)).await },
-                );
+            let adding = tokio::spawn(async move { link.create(create).await });
             match tokio::time::timeout(MAGNET_ANSWER, adding).await {
                 Ok(joined) => joined.map_err(|e| format!("the add failed: {e}"))?,
                 Err(_) => return resolving(web, hash).await,
