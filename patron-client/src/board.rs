@@ -105,10 +105,16 @@ impl Board {
         self.reader.iter()
     }
 
+    /// Whether every text on the board is whole (none was cut to fit its slot: a save
+    /// folder, name or error message too long for it). A few loads, not a list.
+    pub fn texts_whole(&self) -> bool {
+        self.reader.all_texts_whole()
+    }
+
     /// Every torrent on the board in id order, if no text on it was cut to fit (a save
     /// folder, name or error message too long for its slot): what `list --json` prints.
     pub fn list_exact(&self) -> Option<Vec<TorrentSummary>> {
-        self.reader.all_texts_whole().then(|| self.list())
+        self.texts_whole().then(|| self.list())
     }
 
     /// Every torrent on the board, in id order (as `list` answers).

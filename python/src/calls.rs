@@ -418,44 +418,53 @@ impl Connection {
 
     /// Every torrent on the board, in id order, with no request (the broker is asked only
     /// when the board cut a long text, so that every field is whole).
-    fn list(&self, py: Python<'_>) -> PyResult<Py<PyList>> {
+    #[pyo3(signature = (ask=true))]
+    fn list(&self, py: Python<'_>, ask: bool) -> PyResult<Option<Py<PyList>>> {
         self.check_open(py)?;
         let exact = self.with_board(py, |board| board.list_exact())?;
         let summaries = match exact {
             Some(list) => list,
+            None if !ask => return Ok(None),
             None => {
                 let list = self.call(py, "list_request", &PyDict::new(py))?;
-                return Ok(list.bind(py).cast::<PyList>()?.clone().unbind());
+                return Ok(Some(list.bind(py).cast::<PyList>()?.clone().unbind()));
             }
         };
         let list = PyList::empty(py);
         for summary in summaries {
             list.append(Py::new(py, Status::from_summary(summary))?)?;
         }
-        Ok(list.unbind())
+        Ok(Some(list.unbind()))
     }
 
-    /// One torrent's status off the board, with no request.
-    fn status(&self, py: Python<'_>, torrent: &Bound<'_, PyAny>) -> PyResult<Py<Status>> {
+    /// One torrent's status off the board, with no request. Where a text on the board was
+    /// cut to fit its slot, the broker is asked for it whole, unless `ask` is false: then
+    /// `None` (an event loop asks without blocking).
+    #[pyo3(signature = (torrent, ask=true))]
+    fn status(
+        &self,
+        py: Python<'_>,
+        torrent: &Bound<'_, PyAny>,
+        ask: bool,
+    ) -> PyResult<Option<Py<Status>>> {
         self.check_open(py)?;
         let torrent = torrent_ref(torrent)?;
         let found = self.with_board(py, |board| {
-            board
-                .summary(torrent)
-                .map(|s| (s, board.list_exact().is_some()))
+            board.summary(torrent).map(|s| (s, board.texts_whole()))
         })?;
         match found {
-            Some((summary, true)) => Py::new(py, Status::from_summary(summary)),
+            Some((summary, true)) => Py::new(py, Status::from_summary(summary)).map(Some),
+            Some((_, false)) if !ask => Ok(None),
             // A text on the board was cut to fit its slot: the broker says it whole.
             Some((summary, false)) => {
                 let list = self.call(py, "list_request", &PyDict::new(py))?;
                 for status in list.bind(py).cast::<PyList>()?.iter() {
                     let status = status.cast_into::<Status>()?;
                     if status.get().inner().id == summary.info.id {
-                        return Ok(status.unbind());
+                        return Ok(Some(status.unbind()));
                     }
                 }
-                Py::new(py, Status::from_summary(summary))
+                Py::new(py, Status::from_summary(summary)).map(Some)
             }
             None => Err(errors::error(
                 py,
@@ -669,23 +678,17 @@ pub struct BoardWatch {
 impl BoardWatch {
     /// The descriptor to watch for reading, if the broker took a waker (else poll).
     #[getter]
-    fn fd(&self) -> Option<i32> {
-        lock(&self.board).change_fd()
+    fn fd(&self, py: Python<'_>) -> PyResult<Option<i32>> {
+        errors::check_owner(py, self.owner_pid, "board watch")?;
+        // Registering a waker talks to the broker: never with the GIL held.
+        Ok(crate::detach(py, || lock(&self.board).change_fd()))
     }
 
     /// Whether the board changed since the last look; clears the wake-up.
     fn changed(&self, py: Python<'_>) -> PyResult<bool> {
-        if std::process::id() != self.owner_pid {
-            return Err(errors::error(
-                py,
-                "PatronForked",
-                "forked",
-                "this board watch was made in another process (before a fork)",
-            ));
-        }
-        lock(&self.board)
-            .changed()
-            .map_err(|e| errors::from_client(py, e))
+        errors::check_owner(py, self.owner_pid, "board watch")?;
+        // A broker that restarted is looked up again: never with the GIL held.
+        crate::detach(py, || lock(&self.board).changed()).map_err(|e| errors::from_client(py, e))
     }
 }
 
@@ -707,14 +710,7 @@ impl Connection {
     /// A forked child may not use its parent's connection: the broker would see two
     /// processes' requests as one patron's, and their replies would go to either.
     fn check_process(&self, py: Python<'_>) -> PyResult<()> {
-        let here = std::process::id();
-        if here != self.core.owner_pid {
-            return Err(errors::error(py, "PatronForked", "forked", &format!(
-                    "this Patron was made in process {}, and this is process {here} (a fork): make a new Patron in this process",
-                    self.core.owner_pid
-                )));
-        }
-        Ok(())
+        errors::check_owner(py, self.core.owner_pid, "Patron")
     }
 
     /// Runs `read` on the reading board, mapping it first (and again after the broker

@@ -149,6 +149,23 @@ pub fn from_client(py: Python<'_>, e: Error) -> PyErr {
     }
 }
 
+/// `PatronForked` when this process is not `owner` (a child forked after `what` was
+/// made): the parent's connection, board or file is not the child's to use.
+pub fn check_owner(py: Python<'_>, owner: u32, what: &str) -> PyResult<()> {
+    let here = std::process::id();
+    if here == owner {
+        return Ok(());
+    }
+    Err(error(
+        py,
+        "PatronForked",
+        "forked",
+        &format!(
+            "this {what} was made in process {owner}, and this is process {here} (a fork): make a new one in this process"
+        ),
+    ))
+}
+
 /// A request that got no reply.
 pub fn from_failure(py: Python<'_>, failure: Failure) -> PyErr {
     match failure {

@@ -59,17 +59,7 @@ impl Stream {
         py: Python<'_>,
         f: impl FnOnce(&mut patron_client::Stream) -> Result<T, Failure> + Send,
     ) -> PyResult<T> {
-        if std::process::id() != self.owner_pid {
-            return Err(errors::error(
-                py,
-                "PatronForked",
-                "forked",
-                &format!(
-                    "this file was opened in process {} (before a fork): open it again here",
-                    self.owner_pid
-                ),
-            ));
-        }
+        errors::check_owner(py, self.owner_pid, "file")?;
         crate::detach(py, || match lock(&self.stream).as_mut() {
             Some(stream) => f(stream),
             None => Err(Failure::Closed),

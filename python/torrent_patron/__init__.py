@@ -31,6 +31,7 @@ import os
 from typing import (
     overload,
     Any,
+    Callable,
     AsyncIterator,
     Dict,
     Iterable,
@@ -136,6 +137,20 @@ _NO_REF: Any = object()
 # At exit, a thread coming back from a wait in native code never takes the GIL again
 # (CPython would unwind a daemon thread through it, aborting the process).
 atexit.register(_native._exiting)
+
+
+def _whole(value: Optional[Any]) -> Any:
+    """A board read that asked the broker where the board cut a text: never ``None``."""
+    if value is None:
+        raise _error(ProtocolError, "protocol", "a board read asked of the broker gave nothing")
+    return value
+
+
+def _seconds(timeout: float) -> float:
+    """A timeout as the native waits take it: a number of seconds, 0 or more."""
+    if not (isinstance(timeout, (int, float)) and 0 <= timeout < float("inf")):
+        raise ValueError(f"timeout must be a number of seconds, 0 or more, not {timeout!r}")
+    return float(timeout)
 
 
 def _strings(name: str, values: Iterable[str]) -> List[str]:
@@ -296,11 +311,13 @@ class Patron:
 
     def list(self) -> List[Status]:
         """Every torrent the broker runs, in id order, read off the board (no request)."""
-        return self._conn.list()
+        listed: List[Status] = _whole(self._conn.list())
+        return listed
 
     def status(self, ref: Ref) -> Status:
         """One torrent's status, read off the board (no request)."""
-        return self._conn.status(ref)
+        status: Status = _whole(self._conn.status(ref))
+        return status
 
     def pause(self, ref: Ref) -> Status:
         """Pauses a torrent (for every patron, across broker restarts too)."""
@@ -476,16 +493,11 @@ class TorrentFile(io.RawIOBase):
         """What is verified at the position, at most ``size`` bytes (all that is left
         when negative), waiting until some is; ``b""`` at the end."""
         self._checkClosed()
+        if size == 0:
+            return b""
         if size is None or size < 0 or self._fd is None:
             return self._stream.read(-1 if size is None else size)
-        ready = self._stream.readable()
-        if ready == 0 or size == 0:
-            return b""
-        at = self._stream.tell()
-        data = os.pread(self._fd, min(size, ready), at)
-        if not data:
-            raise OSError(f"{self.name} ends before byte {at}, which the broker verified")
-        self._stream.seek(at + len(data))
+        data: bytes = self._pread(size, os.pread)
         return data
 
     def readall(self) -> bytes:
@@ -501,15 +513,22 @@ class TorrentFile(io.RawIOBase):
             data = self._stream.read(len(view))
             view[: len(data)] = data
             return len(data)
+        return len(self._pread(len(view), lambda fd, n, at: view[: os.preadv(fd, [view[:n]], at)]))
+
+    def _pread(self, size: int, read: Callable[[int, int, int], Any]) -> Any:
+        """Waits for verified bytes at the position, then ``read(fd, n, at)`` of at most
+        ``size`` of them (straight into Python's buffer: one copy from the page cache),
+        and moves the position past what it read."""
+        assert self._fd is not None
         ready = self._stream.readable()
         if ready == 0:
-            return 0
+            return b""
         at = self._stream.tell()
-        n = os.preadv(self._fd, [view[: min(len(view), ready)]], at)
-        if n == 0:
+        data = read(self._fd, min(size, ready), at)
+        if not len(data):
             raise OSError(f"{self.name} ends before byte {at}, which the broker verified")
-        self._stream.seek(at + n)
-        return n
+        self._stream.seek(at + len(data))
+        return data
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         """Moves the position; the next read fetches the pieces there first."""
@@ -613,12 +632,23 @@ class AsyncPatron:
         return added
 
     async def list(self) -> List[Status]:
-        """See ``Patron.list``."""
-        return self._conn.list()
+        """See ``Patron.list``. Where the board cut a long text, the broker is asked for
+        the list, awaited (never a wait that blocks the loop)."""
+        listed = self._conn.list(False)
+        if listed is None:
+            asked: List[Status] = await self._call("list_request")
+            return asked
+        return listed
 
     async def status(self, ref: Ref) -> Status:
-        """See ``Patron.status``."""
-        return self._conn.status(ref)
+        """See ``Patron.status``, and ``list`` for a text the board cut."""
+        found = self._conn.status(ref, False)
+        if found is not None:
+            return found
+        for status in await self.list():
+            if ref in (status.id, status.info_hash) or str(ref).lower() == status.info_hash:
+                return status
+        raise _error(UnknownTorrent, "unknown-torrent", f"no torrent {ref} on the board")
 
     async def pause(self, ref: Ref) -> Status:
         """See ``Patron.pause``."""
@@ -703,14 +733,10 @@ class AsyncPatron:
         """See ``Patron.stop_broker``."""
         await self._call("stop_broker")
 
-    async def _board_changed(
-        self, timeout: Optional[float], watch: "Optional[_native.BoardWatch]" = None
-    ) -> bool:
+    async def _board_changed(self, timeout: Optional[float], watch: "_native.BoardWatch") -> bool:
         """Waits on the loop until the board changes (its eventfd is readable); a look at
         least every half second notices a broker that died without a word. Each waiter
         has a watch of its own: two sharing one would take each other's wake-ups."""
-        if watch is None:
-            watch = self._conn.board_watch()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -736,10 +762,10 @@ class AsyncPatron:
     async def wait(self, ref: Ref, timeout: Optional[float] = None) -> Status:
         """See ``Patron.wait``; the loop runs meanwhile."""
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if timeout is None else loop.time() + _seconds(timeout)
         watch = self._conn.board_watch()
         while True:
-            status = self._conn.status(ref)
+            status = await self.status(ref)
             if status.complete:
                 return status
             if status.state == "error":
@@ -767,10 +793,11 @@ class AsyncPatron:
 
     async def watch(self, timeout: Optional[float] = None) -> AsyncIterator[List[Status]]:
         """See ``Patron.watch``."""
+        timeout = None if timeout is None else _seconds(timeout)
         watch = self._conn.board_watch()
-        yield self._conn.list()
+        yield await self.list()
         while await self._board_changed(timeout, watch):
-            yield self._conn.list()
+            yield await self.list()
 
     async def open(self, ref: Ref, file: Optional[FileRef] = None, offset: int = 0) -> "AsyncTorrentFile":
         """See ``Patron.open``: an ``AsyncTorrentFile`` whose ``read`` is a coroutine."""
