@@ -264,14 +264,7 @@ impl Patron {
 
     /// The next event off the channel, waiting for it.
     pub(crate) fn receive(&mut self) -> Result<Event> {
-        loop {
-            match self.events.recv() {
-                // A signal's handler ran on this thread (a Python program's Ctrl-C, say):
-                // nothing was lost, and whoever handles it has its own way to hear of it.
-                Err(e) if interrupted(&e) => continue,
-                received => return received.map_err(lost).and_then(unpack),
-            }
-        }
+        receive(&self.events)
     }
 
     /// The next event off the channel, or `None` once `deadline` passed.
@@ -568,15 +561,21 @@ impl Events {
     /// [`Event::BrokerStopping`]); blocks until one arrives. Once the connection ended,
     /// [`Error::BrokerStopped`].
     pub fn next_event(&mut self) -> Result<Event> {
-        if let Some(event) = self.backlog.pop_front() {
-            return Ok(event);
+        match self.backlog.pop_front() {
+            Some(event) => Ok(event),
+            None => receive(&self.events),
         }
-        loop {
-            match self.events.recv() {
-                // A signal's handler ran on this thread: nothing was lost.
-                Err(e) if interrupted(&e) => continue,
-                received => return received.map_err(lost).and_then(unpack),
-            }
+    }
+}
+
+/// The next event off `events`, waiting for it.
+fn receive(events: &IpcReceiver<Event>) -> Result<Event> {
+    loop {
+        match events.recv() {
+            // A signal's handler ran on this thread (a Python program's Ctrl-C, say):
+            // nothing was lost, and whoever handles it has its own way to hear of it.
+            Err(e) if interrupted(&e) => continue,
+            received => return received.map_err(lost).and_then(unpack),
         }
     }
 }

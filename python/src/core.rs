@@ -17,6 +17,19 @@ use std::time::{Duration, Instant};
 /// How often a thread blocked here looks whether Python wants it back (Ctrl-C).
 pub const SIGNAL_SLICE: Duration = Duration::from_millis(100);
 
+impl From<Error> for Failure {
+    /// A send that failed: refused on this side (its kind kept), or the connection gone.
+    fn from(error: Error) -> Failure {
+        match error {
+            Error::Request(refused) => Failure::Refused(refused),
+            other => Failure::Ended {
+                why: other.to_string(),
+                closed: false,
+            },
+        }
+    }
+}
+
 /// Where a reply goes.
 enum Waiter {
     /// A thread blocked in [`Core::request`].
@@ -242,7 +255,14 @@ impl Core {
     /// Sends `body` for a thread that will wait on the returned slot.
     pub fn send(&self, body: RequestBody) -> Result<(RequestId, Arc<Slot>), Failure> {
         let slot = Arc::new(Slot::default());
-        let id = self.send_for(body, Waiter::Thread(Arc::clone(&slot)))?;
+        let requester = self.requester()?;
+        // The waiter is in place before the request goes: the reply may beat `send`'s return.
+        let id = requester.reserve();
+        lock(&self.pending).insert(id, Waiter::Thread(Arc::clone(&slot)));
+        if let Err(e) = requester.send_as(id, body) {
+            lock(&self.pending).remove(&id);
+            return Err(e.into());
+        }
         Ok((id, slot))
     }
 
@@ -303,14 +323,7 @@ impl Core {
                 return;
             };
             if let Err(e) = requester.send_as(id, body) {
-                let failure = match e {
-                    Error::Request(error) => Failure::Refused(error),
-                    other => Failure::Ended {
-                        why: other.to_string(),
-                        closed: false,
-                    },
-                };
-                self.answer(id, Err(failure));
+                self.answer(id, Err(e.into()));
             }
         }
     }
@@ -322,24 +335,6 @@ impl Core {
                 closed: true,
             })
         })
-    }
-
-    fn send_for(&self, body: RequestBody, waiter: Waiter) -> Result<RequestId, Failure> {
-        let requester = self.requester()?;
-        // The waiter is in place before the request goes: the reply may beat `send`'s return.
-        let id = requester.reserve();
-        lock(&self.pending).insert(id, waiter);
-        if let Err(e) = requester.send_as(id, body) {
-            lock(&self.pending).remove(&id);
-            return Err(match e {
-                Error::Request(error) => Failure::Refused(error),
-                other => Failure::Ended {
-                    why: other.to_string(),
-                    closed: false,
-                },
-            });
-        }
-        Ok(id)
     }
 
     /// Gives up on a request (its caller was interrupted): its reply will be dropped.
