@@ -1,6 +1,6 @@
 """The Python package's bench rows (scripts/bench), each beside its anchor in the same run.
 
-    python_rows.py status --state DIR --transmission HOST:PORT [--runs N]
+    python_rows.py status --state DIR --work DIR --transmission HOST:PORT [--runs N]
         status() of one torrent off the board, against transmission-rpc's get_torrent of one
         torrent from transmission-daemon (its own RPC, the fields transmission-rpc asks).
     python_rows.py list --state DIR [--runs N]
@@ -83,7 +83,6 @@ def stream_row(args: argparse.Namespace) -> dict[str, Any]:
     with open(data, "wb") as out:
         for _ in range(args.mib):
             out.write(os.urandom(1 << 20))
-    env = dict(os.environ)
     with tp.Patron(args.state, autostart=False) as p:
         made = p.make(data, seed=True)
         torrent = made.seeding_id
@@ -105,7 +104,7 @@ def stream_row(args: argparse.Namespace) -> dict[str, Any]:
             with open(os.devnull, "wb") as sink:
                 subprocess.run(
                     [args.client, "--state-dir", args.state, "cat", str(torrent)],
-                    stdout=sink, check=True, env=env, timeout=600,
+                    stdout=sink, check=True, timeout=600,
                 )
 
         python_ms: List[float] = []

@@ -45,6 +45,7 @@ def test_closing_a_file_another_thread_reads_frees_both(broker: Broker) -> None:
         import os, threading, time, torrent_patron as tp
         p = tp.Patron(os.environ["STATE"])
         f = p.open({torrent})
+        assert f.read(0) == b""  # at once, though no byte is verified
         outcome = []
         def read():
             try:
@@ -75,7 +76,8 @@ def test_threads_reading_the_board_first_at_once_do_not_deadlock(broker: Broker)
         assert done.stdout.strip() == "ok", done.stderr
 
 
-@pytest.mark.parametrize("call", ["p.wait(ID)", "next(iter(p.events()))", "next(iter(p.watch(None)))\nnext(p.watch(None))", "p.files(ID)"])
+# One line each: the watch's second `next` is the one that sleeps on the board.
+@pytest.mark.parametrize("call", ["p.wait(ID)", "next(iter(p.events()))", "[w := p.watch(None), next(w), next(w)]", "p.files(ID)"])
 def test_a_daemon_thread_in_a_wait_does_not_abort_the_exit(broker: Broker, call: str) -> None:
     torrent = never_completes(broker, f"d{abs(hash(call))}.bin")
     body = call.replace("ID", str(torrent))
@@ -85,7 +87,7 @@ def test_a_daemon_thread_in_a_wait_does_not_abort_the_exit(broker: Broker, call:
             p = tp.Patron(os.environ["STATE"])
             def waiting():
                 while True:
-                    {body.splitlines()[0]}
+                    {body}
             threading.Thread(target=waiting, daemon=True).start()
             time.sleep(0.3)
         """)
@@ -163,6 +165,17 @@ def test_bad_arguments_are_refused_before_anything_is_done(broker: Broker) -> No
         for call in (lambda: list(p.events(math.nan)), lambda: next(watching), lambda: p.wait(0, math.inf)):
             with pytest.raises(ValueError):
                 call()
+        import asyncio
+
+        async def async_nan() -> None:
+            async with tp.AsyncPatron(broker.state) as ap:
+                with pytest.raises(ValueError):
+                    await ap.wait(0, math.nan)
+                with pytest.raises(ValueError):
+                    async for _ in ap.watch(-1.0):
+                        pass
+
+        asyncio.run(asyncio.wait_for(async_nan(), 30))
         with pytest.raises(tp.FileExists):
             p.make(broker.root / "arg.bin", broker.root / "exists.torrent", seed=True)
         assert p.list() == [], "make seeded before refusing its output"
