@@ -1,7 +1,7 @@
 //! A newcomer's first hour (issue 19): one vocabulary for ids, sizes and peers, and errors
 //! that say what to do next, through the real binaries.
 
-use e2e::{run, Sandbox, Seeder};
+use e2e::{run, wait_for, Sandbox, Seeder, STEP_TIMEOUT};
 
 /// Every reply prints `"id": 3`; a script that sends it back as a number is understood, as
 /// is the string.
@@ -837,6 +837,10 @@ fn a_peer_named_twice_is_said_to_be_known() {
     let data = sandbox.random_file("local/one.bin", 20_000);
     let mut patron = sandbox.patron(&state);
     e2e::make_and_seed(&mut patron, &data);
+    // A torrent checking its data dials nobody (and says so): past its check first.
+    wait_for("the made torrent to seed", STEP_TIMEOUT, || {
+        e2e::status_json(&sandbox, &state, "0")["state"] == "seeding"
+    });
     let silent = e2e::SilentPeer::start();
     let add = |expect: &str| {
         let mut cmd = sandbox.client(&state);
