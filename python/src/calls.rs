@@ -363,16 +363,39 @@ impl Connection {
         self.core.ended().is_some()
     }
 
-    /// Sends a request and waits for its reply, asleep with the GIL released; Ctrl-C (any
-    /// signal handler that raises) interrupts the wait.
-    fn call(&self, py: Python<'_>, method: &str, args: &Bound<'_, PyDict>) -> PyResult<Py<PyAny>> {
+    /// Sends a request and waits for its reply, asleep with the GIL released, up to
+    /// `timeout` seconds (`WaitTimeout`; the reply is then dropped when it comes); Ctrl-C
+    /// (any signal handler that raises) interrupts the wait.
+    #[pyo3(signature = (method, args, timeout=None))]
+    fn call(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        args: &Bound<'_, PyDict>,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
         self.check_open(py)?;
+        let deadline = deadline(timeout)?;
         let body = request(method, args)?;
         let (id, slot) =
             crate::detach(py, || self.core.send(body)).map_err(|f| errors::from_failure(py, f))?;
         loop {
-            if let Some(reply) = crate::detach(py, || Core::wait_slot(&slot, SIGNAL_SLICE)) {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let slice = left.map_or(SIGNAL_SLICE, |l| l.min(SIGNAL_SLICE));
+            if let Some(reply) = crate::detach(py, || Core::wait_slot(&slot, slice)) {
                 return decode(py, method, reply);
+            }
+            if left.is_some_and(|l| l <= slice) {
+                self.core.forget(id);
+                return Err(errors::error(
+                    py,
+                    "WaitTimeout",
+                    "timeout",
+                    &format!(
+                        "the broker did not answer {method} within {} s",
+                        timeout.unwrap_or(0.0)
+                    ),
+                ));
             }
             if let Err(interrupted) = py.check_signals() {
                 self.core.forget(id);
@@ -426,7 +449,7 @@ impl Connection {
             Some(list) => list,
             None if !ask => return Ok(None),
             None => {
-                let list = self.call(py, "list_request", &PyDict::new(py))?;
+                let list = self.call(py, "list_request", &PyDict::new(py), None)?;
                 return Ok(Some(list.bind(py).cast::<PyList>()?.clone().unbind()));
             }
         };
@@ -457,7 +480,7 @@ impl Connection {
             Some((_, false)) if !ask => Ok(None),
             // A text on the board was cut to fit its slot: the broker says it whole.
             Some((summary, false)) => {
-                let list = self.call(py, "list_request", &PyDict::new(py))?;
+                let list = self.call(py, "list_request", &PyDict::new(py), None)?;
                 for status in list.bind(py).cast::<PyList>()?.iter() {
                     let status = status.cast_into::<Status>()?;
                     if status.get().inner().id == summary.info.id {
@@ -628,6 +651,31 @@ impl Connection {
                 *lock(&self.board) = None;
             });
         }
+    }
+
+    /// A connection of its own for one slow request (a magnet's add waits for metadata, a
+    /// make hashes a folder): the broker answers one patron's requests in order, so on
+    /// this connection it would hold up every other thread's. Closed when this one is.
+    fn aside(&self, py: Python<'_>) -> PyResult<Connection> {
+        self.check_open(py)?;
+        let mut options = self.core.options.clone();
+        // Beside a connection that runs: a broker gone meanwhile is not started again.
+        options.auto_start = false;
+        let resolve = self.core.resolver(py);
+        let core = interruptible(
+            py,
+            move || Core::connect(options, resolve),
+            |core| core.close(),
+        )?
+        .map_err(|e| errors::from_client(py, e))?;
+        if !self.core.adopt(&core) {
+            return Err(errors::from_failure(py, Failure::closed()));
+        }
+        Ok(Connection {
+            core,
+            board: Mutex::new(None),
+            idle_boards: Mutex::default(),
+        })
     }
 
     /// A board of its own for an event loop to watch.

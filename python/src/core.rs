@@ -11,7 +11,7 @@ use patron_client::proto::{Event, RequestBody, RequestId, TorrentId, TorrentStat
 use patron_client::{ConnectOptions, Error, Events, Patron, Requester};
 use pyo3::prelude::*;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 /// How often a thread blocked here looks whether Python wants it back (Ctrl-C).
@@ -57,6 +57,16 @@ pub enum Failure {
     Refused(patron_client::proto::ProtoError),
 }
 
+impl Failure {
+    /// This patron was closed by its program.
+    pub fn closed() -> Failure {
+        Failure::Ended {
+            why: "the patron is closed".into(),
+            closed: true,
+        }
+    }
+}
+
 /// Events that are not replies, in order. A torrent's status updates are coalesced: only
 /// its latest waits here (a program that never reads events holds one per torrent, not one
 /// per tick).
@@ -95,6 +105,8 @@ pub struct Core {
     /// broker's back-pressure, which must never block an event loop.
     outbox: Mutex<Outbox>,
     outbox_ready: Condvar,
+    /// Connections made for slow requests (see [`Core::adopt`]): closed with this one.
+    sides: Mutex<Vec<Weak<Core>>>,
 }
 
 #[derive(Default)]
@@ -130,6 +142,7 @@ impl Core {
             resolve,
             outbox: Mutex::default(),
             outbox_ready: Condvar::new(),
+            sides: Mutex::default(),
         });
         let reader = Arc::clone(&core);
         std::thread::Builder::new()
@@ -329,12 +342,9 @@ impl Core {
     }
 
     fn requester(&self) -> Result<Requester, Failure> {
-        lock(&self.requester).clone().ok_or_else(|| {
-            self.ended().unwrap_or(Failure::Ended {
-                why: "the patron is closed".into(),
-                closed: true,
-            })
-        })
+        lock(&self.requester)
+            .clone()
+            .ok_or_else(|| self.ended().unwrap_or_else(Failure::closed))
     }
 
     /// Gives up on a request (its caller was interrupted): its reply will be dropped.
@@ -428,10 +438,7 @@ impl Core {
     /// Closes the connection: the broker releases what this patron held (its ephemeral
     /// torrents close), at once, even with requests in flight; they fail here.
     pub fn close(&self) {
-        let closed = Failure::Ended {
-            why: "the patron is closed".into(),
-            closed: true,
-        };
+        let closed = Failure::closed();
         {
             let mut ended = lock(&self.ended);
             if ended.is_some() {
@@ -442,5 +449,30 @@ impl Core {
         // Our requesters go (the sender thread's too, as `end` wakes it): the broker sees
         // the connection close, and the reader its end.
         self.end(closed);
+        // `ended` is set before the sides are taken, and `adopt` looks at it under their
+        // lock: no side connection is left open.
+        let sides = std::mem::take(&mut *lock(&self.sides));
+        for side in sides.iter().filter_map(Weak::upgrade) {
+            side.close();
+        }
+    }
+
+    /// Ties `side`, a connection made for one slow request, to this one: closing this one
+    /// closes it. False (and `side` is closed) when this one is closed already.
+    pub fn adopt(&self, side: &Arc<Core>) -> bool {
+        let mut sides = lock(&self.sides);
+        if self.ended().is_some() {
+            drop(sides);
+            side.close();
+            return false;
+        }
+        sides.retain(|s| s.strong_count() > 0);
+        sides.push(Arc::downgrade(side));
+        true
+    }
+
+    /// Python's helper that completes futures, for a connection made beside this one.
+    pub fn resolver(&self, py: Python<'_>) -> Py<PyAny> {
+        self.resolve.clone_ref(py)
     }
 }

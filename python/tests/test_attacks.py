@@ -232,9 +232,10 @@ def test_status_says_a_long_save_folder_whole(broker: Broker) -> None:
         assert [s.save_folder for s in p.list()] == [str(folder)]
 
 
-def test_the_event_loop_runs_while_many_calls_wait_behind_a_slow_one(broker: Broker) -> None:
-    """600 calls queued behind a magnet's add that waits for metadata: the loop keeps
-    running (each async send used to block it on the broker's back-pressure)."""
+def test_the_event_loop_runs_and_calls_are_answered_while_a_magnet_waits(broker: Broker) -> None:
+    """600 calls beside a magnet's add that waits for metadata: the loop keeps running
+    (each async send used to block it on the broker's back-pressure), and the calls are
+    answered (they used to wait behind the magnet, which has a connection of its own now)."""
     import asyncio
     import socket
 
@@ -259,6 +260,9 @@ def test_the_event_loop_runs_while_many_calls_wait_behind_a_slow_one(broker: Bro
                 await asyncio.sleep(0.05)
                 longest = max(longest, loop.time() - before)
             assert longest < 2, f"the loop stalled {longest:.1f} s"
+            answered = await asyncio.wait_for(asyncio.gather(*calls), 30)
+            assert all(files[0].path == "q.bin" for files in answered)
+            assert not slow.done()
             for call in [slow, *calls]:
                 call.cancel()
             await asyncio.gather(slow, *calls, return_exceptions=True)
@@ -360,3 +364,103 @@ def test_sources_files_and_the_end_of_events_as_a_reader_expects(broker: Broker)
     with pytest.raises(tp.BrokerStopped):
         for _ in p.events(timeout=30):
             pass
+
+
+def test_a_slow_magnet_or_make_holds_up_none_of_the_patrons_other_requests(
+    broker: Broker, second_broker: Broker
+) -> None:
+    """The broker answers one patron's requests in order, so a magnet waiting for its
+    metadata held every other thread's request on the same Patron for up to two minutes.
+    Slow requests go on a connection of their own; the patron still holds what they add
+    (an ephemeral magnet goes when the patron does)."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    data = os.urandom(200_000)
+    (second_broker.root / "m.bin").write_bytes(data)
+    try:
+        with tp.Patron(second_broker.state) as seeder, tp.Patron(broker.state) as watcher:
+            made = seeder.make(second_broker.root / "m.bin", seed=True)
+            assert made.seeding_id is not None
+            seeder.wait(made.seeding_id, timeout=60)
+            p = tp.Patron(broker.state)
+            stuck = f"magnet:?xt=urn:btih:{os.urandom(20).hex()}&x.pe=127.0.0.1:{port}"
+            outcome: list[str] = []
+
+            def add_stuck() -> None:
+                try:
+                    p.add(stuck, output=broker.root)
+                except tp.TorrentPatronError as e:
+                    outcome.append(type(e).__name__)
+
+            adding = threading.Thread(target=add_stuck)
+            adding.start()
+            time.sleep(0.3)
+            started = time.monotonic()
+            p.broker_info()
+            assert time.monotonic() - started < 5, "a request waited behind the magnet"
+            # A magnet that resolves, added ephemeral: this patron holds it afterwards.
+            magnet = (f"magnet:?xt=urn:btih:{made.info_hash}"
+                      f"&x.pe={seeder.broker_info()['listen']}")
+            added = p.add(magnet, output=broker.root, ephemeral=True)
+            assert not added.joined
+            assert p.wait(added.id, timeout=60).complete
+            assert (broker.root / "m.bin").read_bytes() == data
+            assert p.close(added.id, delete_data=True).stopped, "the patron did not hold what it added"
+            again = p.add(magnet, output=broker.root, ephemeral=True)
+            p.close()  # its holds go with it, the side connection's too
+            adding.join(5)
+            assert outcome == ["PatronClosed"], outcome
+            deadline = time.monotonic() + 10
+            while any(s.id == again.id for s in watcher.list()):
+                assert time.monotonic() < deadline, "an ephemeral torrent outlived its patron"
+                time.sleep(0.05)
+    finally:
+        silent.close()
+
+
+def test_timeouts_bound_a_call_to_a_stopped_broker_and_a_stuck_magnet(broker: Broker) -> None:
+    """A broker that stops answering (SIGSTOP) held every call for ever; a patron's
+    `timeout` bounds each wait, and a call's own bounds a magnet's add. The patron goes on
+    after either."""
+    import asyncio
+    import signal
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    stuck = (f"magnet:?xt=urn:btih:{os.urandom(20).hex()}"
+             f"&x.pe=127.0.0.1:{silent.getsockname()[1]}")
+    try:
+        with tp.Patron(broker.state, timeout=1) as p:
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(tp.WaitTimeout, match="broker_info within 1"):
+                    p.broker_info()
+                assert time.monotonic() - started < 5
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            started = time.monotonic()
+            with pytest.raises(tp.WaitTimeout):
+                p.add(stuck, output=broker.root, timeout=0.5)
+            assert time.monotonic() - started < 5
+            assert p.broker_info()["pid"] == broker.pid
+            with pytest.raises(ValueError):
+                tp.Patron(broker.state, timeout=-1)
+
+        async def main() -> None:
+            async with tp.AsyncPatron(broker.state, timeout=30) as p:
+                started = asyncio.get_running_loop().time()
+                with pytest.raises(tp.WaitTimeout):
+                    await p.add(stuck, output=broker.root, timeout=0.5)
+                assert asyncio.get_running_loop().time() - started < 5
+                assert (await p.broker_info())["pid"] == broker.pid
+
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        silent.close()

@@ -28,6 +28,7 @@ import asyncio
 import atexit
 import io
 import os
+import threading
 from typing import (
     overload,
     Any,
@@ -133,6 +134,11 @@ FileRef = Union[int, str]
 Source = Union[str, bytes, bytearray, memoryview, "os.PathLike[str]"]
 
 _NO_REF: Any = object()
+_DEFAULT: Any = object()
+
+#: Slow requests (a magnet's add, a make) one patron runs at once, each on a connection of
+#: its own; more wait for a turn.
+_SLOW_AT_ONCE = 8
 
 # At exit, a thread coming back from a wait in native code never takes the GIL again
 # (CPython would unwind a daemon thread through it, aborting the process).
@@ -151,6 +157,16 @@ def _seconds(timeout: float) -> float:
     if not (isinstance(timeout, (int, float)) and 0 <= timeout < float("inf")):
         raise ValueError(f"timeout must be a number of seconds, 0 or more, not {timeout!r}")
     return float(timeout)
+
+
+def _timeout(timeout: Optional[float]) -> Optional[float]:
+    """A request's timeout: ``None`` (wait for the broker's answer) or seconds."""
+    return None if timeout is None else _seconds(timeout)
+
+
+def _or_default(timeout: Optional[float]) -> Any:
+    """A call's own timeout, or the patron's when ``None``."""
+    return _DEFAULT if timeout is None else timeout
 
 
 def _strings(name: str, values: Iterable[str]) -> List[str]:
@@ -224,6 +240,23 @@ def _add_args(
     }
 
 
+def _slow(method: str, args: Dict[str, Any]) -> bool:
+    """Whether a request may take long: a magnet's add waits for its metadata, a make
+    hashes a folder. The broker answers one patron's requests in order, so such a request
+    goes on a connection of its own (``Connection.aside``), not to hold up the others."""
+    return method == "make" or (method == "add" and isinstance(args["source"], str))
+
+
+def _held(value: Any) -> Optional[int]:
+    """The torrent a slow request's side connection holds, for the patron to follow
+    before that connection closes (an ephemeral torrent would close with it)."""
+    if isinstance(value, Added):
+        return value.id
+    if isinstance(value, Made):
+        return value.seeding_id
+    return None
+
+
 def _check_output(output: Optional[Union[str, "os.PathLike[str]"]]) -> None:
     """Refuses a .torrent's destination that exists, before anything is made."""
     if output is not None and os.path.lexists(os.fspath(output)):
@@ -247,15 +280,23 @@ class Patron:
     ``with`` block, or the process ending in any way) makes the broker release what it held:
     its ephemeral torrents close, the others keep running. A forked child cannot use its
     parent's ``Patron`` (``PatronForked``): it makes its own.
+
+    ``timeout`` (seconds) bounds the wait for each request's answer (``WaitTimeout``); by
+    default a request waits for the broker, which answers at once but for a magnet's add
+    and a make. Those two run on connections of their own, so they hold up nothing else.
     """
 
     def __init__(
         self,
         state_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
         autostart: bool = True,
+        *,
+        timeout: Optional[float] = None,
     ) -> None:
         folder = os.fspath(state_dir) if state_dir is not None else None
+        self._timeout = _timeout(timeout)
         self._conn = _native.Connection(folder, autostart, _resolve)
+        self._slow_turns = threading.BoundedSemaphore(_SLOW_AT_ONCE)
 
     def __enter__(self) -> "Patron":
         return self
@@ -277,8 +318,20 @@ class Patron:
         """Whether this patron is closed (or its broker went)."""
         return self._conn.closed
 
-    def _call(self, method: str, **args: Any) -> Any:
-        return self._conn.call(method, args)
+    def _call(self, method: str, timeout: Any = _DEFAULT, **args: Any) -> Any:
+        timeout = self._timeout if timeout is _DEFAULT else _timeout(timeout)
+        if not _slow(method, args):
+            return self._conn.call(method, args, timeout)
+        with self._slow_turns:
+            side = self._conn.aside()
+            try:
+                value = side.call(method, args, timeout)
+                held = _held(value)
+                if held is not None:
+                    self._conn.call("follow", {"ref": held}, self._timeout)
+                return value
+            finally:
+                side.close()
 
     # -- torrents ------------------------------------------------------------------------
 
@@ -294,6 +347,7 @@ class Patron:
         max_upload_rate: Optional[int] = None,
         ephemeral: bool = False,
         overwrite: bool = False,
+        timeout: Optional[float] = None,
     ) -> Added:
         """Adds a torrent, or joins it when it runs already (``Added.joined``).
 
@@ -301,12 +355,17 @@ class Patron:
         folder its files go in (the broker's first download root when ``None``); ``peers``
         are ``HOST:PORT`` to dial; ``only`` chooses files by index or path; rates are bytes
         a second. An ``ephemeral`` torrent closes when its last holder goes.
+
+        A magnet waits for its metadata (up to the broker's ``--magnet-timeout``) on a
+        connection of its own, so this patron's other requests go on meanwhile; ``timeout``
+        (seconds; the patron's when ``None``) gives up sooner with ``WaitTimeout``, and the
+        broker may still add the torrent afterwards.
         """
         args = _add_args(
             source, output, peers, paused, only, max_download_rate, max_upload_rate,
             ephemeral, overwrite,
         )
-        added: Added = self._conn.call("add", args)
+        added: Added = self._call("add", _or_default(timeout), **args)
         return added
 
     def list(self) -> List[Status]:
@@ -385,13 +444,15 @@ class Patron:
         *,
         piece_size: Optional[int] = None,
         trackers: Sequence[str] = (),
+        timeout: Optional[float] = None,
     ) -> Made:
         """Makes a .torrent of a file or folder (``Made.torrent`` holds its bytes), written
         to ``output`` when given (never over an existing file); ``seed`` seeds it from
-        where it is."""
+        where it is. It runs on a connection of its own, as a magnet's add does, up to
+        ``timeout`` seconds (the patron's when ``None``)."""
         _check_output(output)
         made: Made = self._call(
-            "make", path=os.path.abspath(os.fspath(path)), seed=seed,
+            "make", _or_default(timeout), path=os.path.abspath(os.fspath(path)), seed=seed,
             piece_size=piece_size, trackers=_strings("trackers", trackers),
         )
         _write_torrent(made, output)
@@ -569,10 +630,14 @@ class AsyncPatron:
         self,
         state_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
         autostart: bool = True,
+        *,
+        timeout: Optional[float] = None,
     ) -> None:
+        self._timeout = _timeout(timeout)
         self._state_dir = os.fspath(state_dir) if state_dir is not None else None
         self._autostart = autostart
         self._conn_: Optional[_native.Connection] = None
+        self._slow_turns: Optional[asyncio.Semaphore] = None
 
     async def connect(self) -> "AsyncPatron":
         """Connects (once; ``async with`` does it). A broker may have to be started: that
@@ -603,12 +668,38 @@ class AsyncPatron:
     def broker_pid(self) -> int:
         return self._conn.broker_pid
 
-    async def _call(self, method: str, **args: Any) -> Any:
+    async def _call(self, method: str, timeout: Any = _DEFAULT, **args: Any) -> Any:
+        timeout = self._timeout if timeout is _DEFAULT else _timeout(timeout)
+        if not _slow(method, args):
+            return await self._call_on(self._conn, method, args, timeout)
+        if self._slow_turns is None:
+            self._slow_turns = asyncio.Semaphore(_SLOW_AT_ONCE)
+        async with self._slow_turns:
+            # Connecting waits on the broker's handshake: off the loop.
+            side = await asyncio.get_running_loop().run_in_executor(None, self._conn.aside)
+            try:
+                value = await self._call_on(side, method, args, timeout)
+                held = _held(value)
+                if held is not None:
+                    await self._call_on(self._conn, "follow", {"ref": held}, self._timeout)
+                return value
+            finally:
+                side.close()
+
+    @staticmethod
+    async def _call_on(
+        conn: "_native.Connection", method: str, args: Dict[str, Any], timeout: Optional[float]
+    ) -> Any:
         loop = asyncio.get_running_loop()
         future: "asyncio.Future[Any]" = loop.create_future()
-        self._conn.call_async(method, args, future, loop)
-        reply = await future
-        return self._conn.decode(method, reply)
+        conn.call_async(method, args, future, loop)
+        try:
+            reply = await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise _error(
+                WaitTimeout, "timeout", f"the broker did not answer {method} within {timeout} s"
+            ) from None
+        return conn.decode(method, reply)
 
     async def add(
         self,
@@ -622,13 +713,14 @@ class AsyncPatron:
         max_upload_rate: Optional[int] = None,
         ephemeral: bool = False,
         overwrite: bool = False,
+        timeout: Optional[float] = None,
     ) -> Added:
         """See ``Patron.add``."""
         args = _add_args(
             source, output, peers, paused, only, max_download_rate, max_upload_rate,
             ephemeral, overwrite,
         )
-        added: Added = await self._call("add", **args)
+        added: Added = await self._call("add", _or_default(timeout), **args)
         return added
 
     async def list(self) -> List[Status]:
@@ -714,11 +806,12 @@ class AsyncPatron:
         *,
         piece_size: Optional[int] = None,
         trackers: Sequence[str] = (),
+        timeout: Optional[float] = None,
     ) -> Made:
         """See ``Patron.make``."""
         _check_output(output)
         made: Made = await self._call(
-            "make", path=os.path.abspath(os.fspath(path)), seed=seed,
+            "make", _or_default(timeout), path=os.path.abspath(os.fspath(path)), seed=seed,
             piece_size=piece_size, trackers=_strings("trackers", trackers),
         )
         _write_torrent(made, output)
