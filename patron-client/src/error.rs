@@ -64,6 +64,22 @@ pub fn plain(error: &std::io::Error) -> String {
 }
 
 impl Error {
+    /// A stable word for what went wrong, as `--json` prints it: the protocol's kind for a
+    /// broker's refusal, else `broker-unreachable`, `refused-<kind>`, `broker-stopped`,
+    /// `protocol` or `io`.
+    pub fn kind(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Error::StartFailed(e) | Error::Request(e) | Error::StreamEnded(e) => {
+                e.kind.as_str().into()
+            }
+            Error::BrokerUnreachable(_) => "broker-unreachable".into(),
+            Error::Refused { kind, .. } => format!("refused-{kind}").into(),
+            Error::BrokerStopped(_) => "broker-stopped".into(),
+            Error::Protocol(_) => "protocol".into(),
+            Error::Io { .. } => "io".into(),
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }

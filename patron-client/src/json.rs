@@ -8,20 +8,11 @@ use serde_json::{json, Value};
 /// An error as a JSON event: `kind` is the protocol's error kind when the broker refused
 /// the request, else what failed on this side.
 pub fn error_json(error: &Error) -> Value {
-    let (kind, message) = match crate::proto_error(error) {
-        Some(e) => (e.kind.as_str().to_owned(), e.message.clone()),
-        None => {
-            let kind = match error {
-                Error::BrokerUnreachable(_) => "broker-unreachable".into(),
-                Error::Refused { kind, .. } => format!("refused-{kind}"),
-                Error::BrokerStopped(_) => "broker-stopped".into(),
-                Error::Protocol(_) => "protocol".into(),
-                _ => "io".into(),
-            };
-            (kind, error.to_string())
-        }
+    let message = match crate::proto_error(error) {
+        Some(e) => e.message.clone(),
+        None => error.to_string(),
     };
-    json!({"event": "error", "kind": kind, "message": message})
+    json!({"event": "error", "kind": error.kind(), "message": message})
 }
 
 /// A made torrent as a JSON event (callers add where its .torrent went).

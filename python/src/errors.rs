@@ -130,23 +130,20 @@ pub fn refusal(py: Python<'_>, e: &ProtoError) -> PyErr {
 
 /// A patron_client error.
 pub fn from_client(py: Python<'_>, e: Error) -> PyErr {
-    let message = e.to_string();
-    match &e {
-        Error::StartFailed(p) | Error::Request(p) => refusal(py, p),
-        Error::StreamEnded(p) => error(py, "StreamEnded", p.kind.as_str(), &message),
-        Error::BrokerUnreachable(_) => {
-            error(py, "BrokerUnreachable", "broker-unreachable", &message)
-        }
-        Error::Refused { kind, .. } => {
-            error(py, "BrokerRefused", &format!("refused-{kind}"), &message)
-        }
-        Error::BrokerStopped(_) => error(py, "BrokerStopped", "broker-stopped", &message),
-        Error::Protocol(_) => error(py, "ProtocolError", "protocol", &message),
+    let class = match &e {
+        Error::StartFailed(p) | Error::Request(p) => return refusal(py, p),
         // A local I/O failure is Python's own OSError, with its errno.
         Error::Io { source, .. } => {
-            pyo3::exceptions::PyOSError::new_err((source.raw_os_error().unwrap_or(0), message))
+            let errno = source.raw_os_error().unwrap_or(0);
+            return pyo3::exceptions::PyOSError::new_err((errno, e.to_string()));
         }
-    }
+        Error::StreamEnded(_) => "StreamEnded",
+        Error::BrokerUnreachable(_) => "BrokerUnreachable",
+        Error::Refused { .. } => "BrokerRefused",
+        Error::BrokerStopped(_) => "BrokerStopped",
+        Error::Protocol(_) => "ProtocolError",
+    };
+    error(py, class, &e.kind(), &e.to_string())
 }
 
 /// `PatronForked` when this process is not `owner` (a child forked after `what` was
