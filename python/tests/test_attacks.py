@@ -464,3 +464,40 @@ def test_timeouts_bound_a_call_to_a_stopped_broker_and_a_stuck_magnet(broker: Br
         asyncio.run(asyncio.wait_for(main(), 60))
     finally:
         silent.close()
+
+
+def test_thousands_of_async_waits_take_one_of_the_brokers_waiters(broker: Broker) -> None:
+    """Each async wait or watch took a board mapping and one of the broker's 1,024 eventfd
+    waiters of its own: one program's 2,000 waits took them all from every other patron.
+    Now an AsyncPatron has one for all its waits, and every one of them still wakes."""
+    import asyncio
+
+    torrent = never_completes(broker)
+
+    async def main() -> None:
+        async with tp.AsyncPatron(broker.state) as p:
+            before = (await p.broker_info())["board_waiters"]
+            waits = [asyncio.ensure_future(p.wait(torrent, timeout=60)) for _ in range(1500)]
+            seen = [0] * 500
+
+            async def watch(i: int) -> None:
+                async for _ in p.watch():
+                    seen[i] += 1
+
+            watches = [asyncio.ensure_future(watch(i)) for i in range(500)]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while min(seen) < 1:
+                assert loop.time() < deadline, "a watch never gave its first list"
+                await asyncio.sleep(0.05)
+            assert (await p.broker_info())["board_waiters"] <= before + 1
+            await p.resume(torrent)  # a change on the board
+            while min(seen) < 2:
+                assert loop.time() < deadline, f"{seen.count(1)} watches slept through a change"
+                await asyncio.sleep(0.05)
+            assert not any(w.done() for w in waits)
+            for task in [*waits, *watches]:
+                task.cancel()
+            await asyncio.gather(*waits, *watches, return_exceptions=True)
+
+    asyncio.run(asyncio.wait_for(main(), 60))

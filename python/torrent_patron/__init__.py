@@ -638,6 +638,7 @@ class AsyncPatron:
         self._autostart = autostart
         self._conn_: Optional[_native.Connection] = None
         self._slow_turns: Optional[asyncio.Semaphore] = None
+        self._waker_: Optional[_BoardWaker] = None
 
     async def connect(self) -> "AsyncPatron":
         """Connects (once; ``async with`` does it). A broker may have to be started: that
@@ -826,38 +827,20 @@ class AsyncPatron:
         """See ``Patron.stop_broker``."""
         await self._call("stop_broker")
 
-    async def _board_changed(self, timeout: Optional[float], watch: "_native.BoardWatch") -> bool:
-        """Waits on the loop until the board changes (its eventfd is readable); a look at
-        least every half second notices a broker that died without a word. Each waiter
-        has a watch of its own: two sharing one would take each other's wake-ups."""
+    def _waker(self) -> "_BoardWaker":
+        """This patron's board waker on the running loop."""
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            if watch.changed():
-                return True
-            left = None if deadline is None else deadline - loop.time()
-            if left is not None and left <= 0:
-                return False
-            slice_ = 0.5 if left is None else min(0.5, left)
-            fd = watch.fd
-            if fd is None:
-                await asyncio.sleep(min(slice_, 0.05))
-                continue
-            woken: "asyncio.Future[None]" = loop.create_future()
-            loop.add_reader(fd, _resolve, woken, None)
-            try:
-                await asyncio.wait_for(asyncio.shield(woken), slice_)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                loop.remove_reader(fd)
+        if self._waker_ is None or self._waker_.loop is not loop:
+            self._waker_ = _BoardWaker(self._conn, loop)
+        return self._waker_
 
     async def wait(self, ref: Ref, timeout: Optional[float] = None) -> Status:
         """See ``Patron.wait``; the loop runs meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + _seconds(timeout)
-        watch = self._conn.board_watch()
+        waker = self._waker()
         while True:
+            change = waker.next_change()
             status = await self.status(ref)
             if status.complete:
                 return status
@@ -866,7 +849,7 @@ class AsyncPatron:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 raise _error(WaitTimeout, "timeout", f"torrent {ref} is not complete after {timeout} s")
-            await self._board_changed(left, watch)
+            await waker.wait(change, left)
 
     async def events(self) -> AsyncIterator[Event]:
         """See ``Patron.events``: ``async for event in p.events()``."""
@@ -887,9 +870,11 @@ class AsyncPatron:
     async def watch(self, timeout: Optional[float] = None) -> AsyncIterator[List[Status]]:
         """See ``Patron.watch``."""
         timeout = None if timeout is None else _seconds(timeout)
-        watch = self._conn.board_watch()
+        waker = self._waker()
+        change = waker.next_change()
         yield await self.list()
-        while await self._board_changed(timeout, watch):
+        while await waker.wait(change, timeout):
+            change = waker.next_change()
             yield await self.list()
 
     async def open(self, ref: Ref, file: Optional[FileRef] = None, offset: int = 0) -> "AsyncTorrentFile":
@@ -900,6 +885,72 @@ class AsyncPatron:
         return AsyncTorrentFile(self, stream)
 
 
+class _BoardWaker:
+    """Wakes an ``AsyncPatron``'s waits and watches when the board changes: one board watch
+    (one mapping, one of the broker's 1,024 eventfd waiters) and one task watching it, for
+    however many waits a program runs at once on the loop.
+
+    A waiter takes ``next_change()`` before it looks at the board and awaits it after, so
+    that a change in between is not missed.
+    """
+
+    def __init__(self, conn: "_native.Connection", loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        # Made before any waiter first looks at the board: a change after that look wakes it.
+        self._watch = conn.board_watch()
+        self._change: "asyncio.Future[None]" = loop.create_future()
+        self._waiting = 0
+        self._pump: "Optional[asyncio.Task[None]]" = None
+
+    def next_change(self) -> "asyncio.Future[None]":
+        """A future the board's next change completes (or its failure, such as the
+        broker's stop, fails)."""
+        if self._change.done():
+            self._change = self.loop.create_future()
+        return self._change
+
+    async def wait(self, change: "asyncio.Future[None]", timeout: Optional[float]) -> bool:
+        """Waits for ``change`` up to ``timeout`` seconds: whether it came."""
+        self._waiting += 1
+        try:
+            if self._pump is None or self._pump.done():
+                self._pump = self.loop.create_task(self._look(self._watch))
+            await asyncio.wait_for(asyncio.shield(change), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._waiting -= 1
+
+    async def _look(self, watch: "_native.BoardWatch") -> None:
+        """While anyone waits: completes the change at each of the board's, waiting on its
+        eventfd in between; a look at least every half second notices a broker that died
+        without a word (and every 50 ms where the broker had no eventfd slot left)."""
+        try:
+            while self._waiting > 0:
+                if watch.changed():
+                    if not self._change.done():
+                        self._change.set_result(None)
+                    # Let the woken waiters take the next change before looking again.
+                    await asyncio.sleep(0)
+                    continue
+                fd = watch.fd
+                if fd is None:
+                    await asyncio.sleep(0.05)
+                    continue
+                woken: "asyncio.Future[None]" = self.loop.create_future()
+                self.loop.add_reader(fd, _resolve, woken, None)
+                try:
+                    await asyncio.wait_for(woken, 0.5)
+                except asyncio.TimeoutError:
+                    pass
+                finally:
+                    self.loop.remove_reader(fd)
+        except TorrentPatronError as failure:
+            if not self._change.done():
+                self._change.set_exception(failure)
+
+
 class AsyncTorrentFile:
     """A file of a torrent for asyncio (``AsyncPatron.open``): ``await f.read(n)`` gives
     what is verified at the position (at most ``n`` bytes), waiting on the loop."""
@@ -907,7 +958,6 @@ class AsyncTorrentFile:
     def __init__(self, patron: AsyncPatron, stream: "_native.Stream") -> None:
         self._patron = patron
         self._stream = stream
-        self._watch: "Optional[_native.BoardWatch]" = None
 
     @property
     def name(self) -> str:
@@ -927,13 +977,14 @@ class AsyncTorrentFile:
                 if not chunk:
                     return b"".join(chunks)
                 chunks.append(chunk)
-        if self._watch is None:
-            self._watch = self._patron._conn.board_watch()
+        waker = self._patron._waker()
         while True:
+            # Progress reaches the board at most twice a second: a look every 50 ms too.
+            change = waker.next_change()
             data = self._stream.read_ready(size)
             if data is not None:
                 return data
-            await self._patron._board_changed(0.05, self._watch)
+            await waker.wait(change, 0.05)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         return self._stream.seek(offset, whence)
