@@ -3,7 +3,7 @@
 //! reply turned into a Python value; the sync `Patron` waits for it here with the GIL
 //! released, the `AsyncPatron` gets it through an asyncio future.
 
-use crate::core::{lock, Core, Failure, SIGNAL_SLICE};
+use crate::core::{lock, sliced, until, Core, Failure};
 use crate::errors;
 use crate::values::{
     Added, BrokerStopping, Closed, File, Made, Peer, Status, StatusChanged, TorrentGone,
@@ -48,7 +48,7 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
-    let (done, mut outcome) = std::sync::mpsc::sync_channel(1);
+    let (done, mut made) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("torrent-patron-connect".into())
         .spawn(move || {
@@ -59,18 +59,18 @@ where
             }
         })
         .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("cannot start a thread: {e}")))?;
-    loop {
-        let waiting = &mut outcome;
-        match crate::detach(py, move || waiting.recv_timeout(SIGNAL_SLICE)) {
-            Ok(result) => return Ok(result),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
+    until(py, |slice| {
+        let waiting = &mut made;
+        match crate::detach(py, move || waiting.recv_timeout(slice)) {
+            Ok(result) => Ok(Some(result)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                Err(pyo3::exceptions::PyRuntimeError::new_err(
                     "the connecting thread ended without a word",
                 ))
             }
         }
-    }
+    })
 }
 
 /// A reply handed to Python through an asyncio future, decoded by [`Connection::decode`].
@@ -379,15 +379,14 @@ impl Connection {
         let body = request(method, args)?;
         let (id, slot) =
             crate::detach(py, || self.core.send(body)).map_err(|f| errors::from_failure(py, f))?;
-        loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let slice = left.map_or(SIGNAL_SLICE, |l| l.min(SIGNAL_SLICE));
-            if let Some(reply) = crate::detach(py, || Core::wait_slot(&slot, slice)) {
-                return decode(py, method, reply);
-            }
-            if left.is_some_and(|l| l <= slice) {
+        let reply = sliced(py, deadline, |slice| {
+            Ok(crate::detach(py, || Core::wait_slot(&slot, slice)))
+        });
+        match reply {
+            Ok(Some(reply)) => decode(py, method, reply),
+            Ok(None) => {
                 self.core.forget(id);
-                return Err(errors::error(
+                Err(errors::error(
                     py,
                     "WaitTimeout",
                     "timeout",
@@ -395,11 +394,11 @@ impl Connection {
                         "the broker did not answer {method} within {} s",
                         timeout.unwrap_or(0.0)
                     ),
-                ));
+                ))
             }
-            if let Err(interrupted) = py.check_signals() {
+            Err(interrupted) => {
                 self.core.forget(id);
-                return Err(interrupted);
+                Err(interrupted)
             }
         }
     }
@@ -512,28 +511,21 @@ impl Connection {
         let torrent = torrent_ref(torrent)?;
         let deadline = deadline(timeout)?;
         let mut board = self.take_board(py)?;
-        let outcome = loop {
-            if let Err(closed) = self.check_open(py) {
-                break Err(closed);
-            }
-            let summary = match board.refresh() {
-                Ok(()) => board.summary(torrent),
-                Err(e) => break Err(errors::from_client(py, e)),
-            };
+        let outcome = sliced(py, deadline, |slice| {
+            self.check_open(py)?;
+            let summary = board
+                .refresh()
+                .map(|()| board.summary(torrent))
+                .map_err(|e| errors::from_client(py, e))?;
             match summary {
-                Some(s) if s.status.complete => break Ok(s),
+                Some(s) if s.status.complete => return Ok(Some(s)),
                 Some(s) => {
                     if let TorrentState::Error(why) = &s.status.state {
-                        break Err(errors::error(
-                            py,
-                            "TorrentFailed",
-                            "torrent-failed",
-                            &why.clone(),
-                        ));
+                        return Err(errors::error(py, "TorrentFailed", "torrent-failed", why));
                     }
                 }
                 None => {
-                    break Err(errors::error(
+                    return Err(errors::error(
                         py,
                         "UnknownTorrent",
                         "unknown-torrent",
@@ -541,28 +533,23 @@ impl Connection {
                     ))
                 }
             }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left.is_some_and(|l| l.is_zero()) {
-                break Err(errors::error(
-                    py,
-                    "WaitTimeout",
-                    "timeout",
-                    &format!(
-                        "torrent {torrent} is not complete after {} s",
-                        timeout.unwrap_or(0.0)
-                    ),
-                ));
-            }
-            let slice = left.map_or(SIGNAL_SLICE, |l| l.min(SIGNAL_SLICE));
-            if let Err(e) = crate::detach(py, || board.wait_for_change(slice)) {
-                break Err(errors::from_client(py, e));
-            }
-            if let Err(interrupted) = py.check_signals() {
-                break Err(interrupted);
-            }
-        };
+            crate::detach(py, || board.wait_for_change(slice))
+                .map(|_| None)
+                .map_err(|e| errors::from_client(py, e))
+        });
         self.give_back(board);
-        Py::new(py, Status::from_summary(outcome?))
+        match outcome? {
+            Some(summary) => Py::new(py, Status::from_summary(summary)),
+            None => Err(errors::error(
+                py,
+                "WaitTimeout",
+                "timeout",
+                &format!(
+                    "torrent {torrent} is not complete after {} s",
+                    timeout.unwrap_or(0.0)
+                ),
+            )),
+        }
     }
 
     /// Waits up to `timeout` seconds (`None`: for ever) for the board to change; returns
@@ -572,24 +559,16 @@ impl Connection {
         self.check_open(py)?;
         let deadline = deadline(timeout)?;
         let mut board = self.take_board(py)?;
-        let outcome = loop {
-            if let Err(closed) = self.check_open(py) {
-                break Err(closed);
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let slice = left.map_or(SIGNAL_SLICE, |l| l.min(SIGNAL_SLICE));
+        let outcome = sliced(py, deadline, |slice| {
+            self.check_open(py)?;
             match crate::detach(py, || board.wait_for_change(slice)) {
-                Ok(true) => break Ok(true),
-                Ok(false) if left.is_some_and(|l| l <= slice) => break Ok(false),
-                Ok(false) => {}
-                Err(e) => break Err(errors::from_client(py, e)),
+                Ok(true) => Ok(Some(())),
+                Ok(false) => Ok(None),
+                Err(e) => Err(errors::from_client(py, e)),
             }
-            if let Err(interrupted) = py.check_signals() {
-                break Err(interrupted);
-            }
-        };
+        });
         self.give_back(board);
-        outcome
+        Ok(outcome?.is_some())
     }
 
     /// The next event (`StatusChanged`, `TorrentGone`, `BrokerStopping`), waiting up to
@@ -598,22 +577,14 @@ impl Connection {
     #[pyo3(signature = (timeout=None))]
     fn next_event(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
         self.check_process(py)?;
-        let deadline = deadline(timeout)?;
-        loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let slice = left.map_or(SIGNAL_SLICE, |l| l.min(SIGNAL_SLICE));
+        sliced(py, deadline(timeout)?, |slice| {
             match crate::detach(py, || self.core.next_event(slice)) {
-                Ok(Some(event)) => {
-                    if let Some(object) = event_object(py, event)? {
-                        return Ok(Some(object));
-                    }
-                }
-                Ok(None) if left.is_some_and(|l| l <= slice) => return Ok(None),
-                Ok(None) => {}
-                Err(failure) => return Err(errors::from_failure(py, failure)),
+                // An event a program need not see is passed over.
+                Ok(Some(event)) => event_object(py, event),
+                Ok(None) => Ok(None),
+                Err(failure) => Err(errors::from_failure(py, failure)),
             }
-            py.check_signals()?;
-        }
+        })
     }
 
     /// The next event if one is queued; else `None`, and `future` is resolved (on

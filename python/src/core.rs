@@ -15,7 +15,34 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 /// How often a thread blocked here looks whether Python wants it back (Ctrl-C).
-pub const SIGNAL_SLICE: Duration = Duration::from_millis(100);
+const SIGNAL_SLICE: Duration = Duration::from_millis(100);
+
+/// Waits until `step` gives a value (`Some`) or `deadline` passes (`None`). `step` is
+/// given how long it may sleep (with the GIL released), at most [`SIGNAL_SLICE`] so that
+/// Ctrl-C (any signal handler that raises) is seen between steps; at the deadline it has
+/// one last look, with no sleep.
+pub fn sliced<T>(
+    py: Python<'_>,
+    deadline: Option<Instant>,
+    mut step: impl FnMut(Duration) -> PyResult<Option<T>>,
+) -> PyResult<Option<T>> {
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if let Some(value) = step(left.map_or(SIGNAL_SLICE, |l| l.min(SIGNAL_SLICE)))? {
+            return Ok(Some(value));
+        }
+        if left.is_some_and(|l| l.is_zero()) {
+            return Ok(None);
+        }
+        py.check_signals()?;
+    }
+}
+
+/// [`sliced`] with no deadline: waits until `step` gives a value.
+pub fn until<T>(py: Python<'_>, step: impl FnMut(Duration) -> PyResult<Option<T>>) -> PyResult<T> {
+    sliced(py, None, step)?
+        .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("a wait with no deadline ended"))
+}
 
 impl From<Error> for Failure {
     /// A send that failed: refused on this side (its kind kept), or the connection gone.

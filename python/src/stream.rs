@@ -6,7 +6,7 @@
 //! never waits for it, so one thread's `close()` or `seek()` while another's `read()` waits
 //! for bytes cannot freeze the interpreter (each waits for the other's slice, not for ever).
 
-use crate::core::{lock, SIGNAL_SLICE};
+use crate::core::lock;
 use crate::errors;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -69,15 +69,9 @@ impl Stream {
 
     /// Bytes verified from the position (0 at the end), waited for in slices.
     fn wait_readable(&self, py: Python<'_>) -> PyResult<u64> {
-        loop {
-            let ready = self.with(py, |s| {
-                s.wait_readable_for(SIGNAL_SLICE).map_err(Failure::Client)
-            })?;
-            match ready {
-                Some(ready) => return Ok(ready),
-                None => py.check_signals()?,
-            }
-        }
+        crate::core::until(py, |slice| {
+            self.with(py, |s| s.wait_readable_for(slice).map_err(Failure::Client))
+        })
     }
 }
 
