@@ -30,6 +30,15 @@ def never_completes(broker: Broker, name: str = "never.bin") -> int:
         return p.add(made.torrent, output=empty, paused=True).id
 
 
+def resolving(patron: tp.Patron, magnet: str) -> None:
+    """Waits until the broker shows `magnet` waiting for its metadata: its add is in."""
+    info_hash = magnet.split("btih:")[1][:40]
+    deadline = time.monotonic() + 20
+    while not any(s.info_hash == info_hash for s in patron.list()):
+        assert time.monotonic() < deadline, "the magnet's add never reached the broker"
+        time.sleep(0.02)
+
+
 def python(broker: Broker, code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """`code` in a Python of its own (a hang or an abort there is a failure here)."""
     return subprocess.run(
@@ -251,7 +260,8 @@ def test_the_event_loop_runs_and_calls_are_answered_while_a_magnet_waits(broker:
             assert made.seeding_id is not None
             magnet = f"magnet:?xt=urn:btih:{os.urandom(20).hex()}&x.pe=127.0.0.1:{port}"
             slow = asyncio.ensure_future(p.add(magnet, output=broker.root))
-            await asyncio.sleep(0.2)
+            while not any(s.info_hash == magnet[20:60] for s in await p.list()):
+                await asyncio.sleep(0.02)
             calls = [asyncio.ensure_future(p.files(made.seeding_id)) for _ in range(600)]
             longest = 0.0
             loop = asyncio.get_running_loop()
@@ -295,7 +305,7 @@ def test_close_with_a_request_in_flight_disconnects_at_once(broker: Broker) -> N
 
             adding = threading.Thread(target=add)
             adding.start()
-            time.sleep(0.5)
+            resolving(watcher, magnet)
             p.close()
             adding.join(5)
             assert failed == ["PatronClosed"], failed
@@ -398,7 +408,7 @@ def test_a_slow_magnet_or_make_holds_up_none_of_the_patrons_other_requests(
 
             adding = threading.Thread(target=add_stuck)
             adding.start()
-            time.sleep(0.3)
+            resolving(watcher, stuck)
             started = time.monotonic()
             p.broker_info()
             assert time.monotonic() - started < 5, "a request waited behind the magnet"
