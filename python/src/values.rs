@@ -2,12 +2,71 @@
 //!
 //! A `Status` keeps the board's Rust value and makes a field's Python object only when the
 //! field is read: `list()` of 10,000 torrents makes 10,000 small objects, not 180,000.
+//!
+//! Every class pickles (for `multiprocessing`, caches): it reduces to `_native._restore`
+//! with its name and its fields in postcard, from the same serde description that gives
+//! the plain classes their `as_dict`.
 
 use patron_client::proto::{
     FileEntry, MadeTorrent, PeerEntry, TorrentInfo, TorrentState, TorrentStatus, TorrentSummary,
 };
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
+use serde::{Deserialize, Serialize};
+
+/// What `__reduce__` gives: `_restore` and its arguments.
+type Reduced = (Py<PyAny>, (&'static str, Py<PyBytes>));
+
+/// `(_restore, (class, fields))` for pickle.
+fn reduce<T: Serialize>(py: Python<'_>, class: &'static str, value: &T) -> PyResult<Reduced> {
+    let fields = postcard::to_stdvec(value).map_err(|e| {
+        pyo3::exceptions::PyValueError::new_err(format!("cannot pickle {class}: {e}"))
+    })?;
+    let restore = py
+        .import("torrent_patron._native")?
+        .getattr("_restore")?
+        .unbind();
+    Ok((restore, (class, PyBytes::new(py, &fields).unbind())))
+}
+
+/// The fields as a dict, named as `--json` names them.
+fn dict_of<'py, T: Serialize>(py: Python<'py>, value: &T) -> PyResult<Bound<'py, PyDict>> {
+    let text = serde_json::to_string(value)
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+    Ok(py
+        .import("json")?
+        .call_method1("loads", (text,))?
+        .cast_into::<PyDict>()?)
+}
+
+/// Makes a pickled value again (`__reduce__`'s function).
+#[pyfunction]
+pub fn _restore(py: Python<'_>, class: &str, fields: &[u8]) -> PyResult<Py<PyAny>> {
+    fn read<'a, T: Deserialize<'a>>(class: &str, fields: &'a [u8]) -> PyResult<T> {
+        postcard::from_bytes(fields).map_err(|e| {
+            pyo3::exceptions::PyValueError::new_err(format!("not a pickled {class}: {e}"))
+        })
+    }
+    Ok(match class {
+        "Status" => Py::new(py, read::<Status>(class, fields)?)?.into_any(),
+        "Added" => Py::new(py, read::<Added>(class, fields)?)?.into_any(),
+        "Closed" => Py::new(py, read::<Closed>(class, fields)?)?.into_any(),
+        "File" => Py::new(py, read::<File>(class, fields)?)?.into_any(),
+        "Peer" => Py::new(py, read::<Peer>(class, fields)?)?.into_any(),
+        "Made" => Py::new(py, Made::from_fields(py, read(class, fields)?))?.into_any(),
+        "StatusChanged" => {
+            let status = Py::new(py, read::<Status>(class, fields)?)?;
+            Py::new(py, StatusChanged { status })?.into_any()
+        }
+        "TorrentGone" => Py::new(py, read::<TorrentGone>(class, fields)?)?.into_any(),
+        "BrokerStopping" => Py::new(py, read::<BrokerStopping>(class, fields)?)?.into_any(),
+        other => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "torrent_patron has no value class {other}"
+            )))
+        }
+    })
+}
 
 /// A string as Python's `repr` writes it (`'name'`).
 fn r(text: &str) -> String {
@@ -46,7 +105,7 @@ fn opt<T: std::fmt::Display>(value: Option<T>) -> String {
 /// `save_folder`, `holders` and `ephemeral`; those are `None` on a status that came in an
 /// event).
 #[pyclass(frozen, module = "torrent_patron", eq)]
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     status: TorrentStatus,
     save_folder: Option<String>,
@@ -205,6 +264,10 @@ impl Status {
         Ok(dict)
     }
 
+    fn __reduce__(&self, py: Python<'_>) -> PyResult<Reduced> {
+        reduce(py, "Status", self)
+    }
+
     fn __hash__(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -228,7 +291,7 @@ impl Status {
 
 /// A torrent added, or joined when it already ran (`joined`).
 #[pyclass(frozen, module = "torrent_patron", get_all, eq)]
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Added {
     pub id: u64,
     pub info_hash: String,
@@ -267,15 +330,11 @@ impl Added {
 
     /// The fields as a dict.
     fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let dict = PyDict::new(py);
-        dict.set_item("id", self.id)?;
-        dict.set_item("info_hash", &self.info_hash)?;
-        dict.set_item("name", &self.name)?;
-        dict.set_item("save_path", &self.save_path)?;
-        dict.set_item("total_bytes", self.total_bytes)?;
-        dict.set_item("joined", self.joined)?;
-        dict.set_item("not_applied", &self.not_applied)?;
-        Ok(dict)
+        dict_of(py, self)
+    }
+
+    fn __reduce__(&self, py: Python<'_>) -> PyResult<Reduced> {
+        reduce(py, "Added", self)
     }
 
     fn __repr__(&self) -> String {
@@ -291,7 +350,7 @@ impl Added {
 
 /// What a close did.
 #[pyclass(frozen, module = "torrent_patron", get_all, eq)]
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Closed {
     pub id: u64,
     /// The torrent stopped (no other patron held it, or `force`).
@@ -303,11 +362,11 @@ pub struct Closed {
 impl Closed {
     /// The fields as a dict.
     fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let dict = PyDict::new(py);
-        dict.set_item("id", self.id)?;
-        dict.set_item("stopped", self.stopped)?;
-        dict.set_item("data_deleted", self.data_deleted)?;
-        Ok(dict)
+        dict_of(py, self)
+    }
+
+    fn __reduce__(&self, py: Python<'_>) -> PyResult<Reduced> {
+        reduce(py, "Closed", self)
     }
 
     fn __repr__(&self) -> String {
@@ -322,7 +381,7 @@ impl Closed {
 
 /// One file of a torrent, as `files --json` lists it.
 #[pyclass(frozen, module = "torrent_patron", get_all, eq)]
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct File {
     pub index: u32,
     /// Its path inside the torrent, `/`-separated.
@@ -349,13 +408,11 @@ impl From<FileEntry> for File {
 impl File {
     /// The fields as a dict, as `files --json` prints them.
     fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let dict = PyDict::new(py);
-        dict.set_item("index", self.index)?;
-        dict.set_item("path", &self.path)?;
-        dict.set_item("size", self.size)?;
-        dict.set_item("bytes_done", self.bytes_done)?;
-        dict.set_item("selected", self.selected)?;
-        Ok(dict)
+        dict_of(py, self)
+    }
+
+    fn __reduce__(&self, py: Python<'_>) -> PyResult<Reduced> {
+        reduce(py, "File", self)
     }
 
     fn __repr__(&self) -> String {
@@ -371,7 +428,7 @@ impl File {
 
 /// One connected peer, as `peers --json` lists it.
 #[pyclass(frozen, module = "torrent_patron", get_all, eq)]
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Peer {
     /// `HOST:PORT`.
     pub address: String,
@@ -403,16 +460,11 @@ impl From<PeerEntry> for Peer {
 impl Peer {
     /// The fields as a dict, as `peers --json` prints them.
     fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let dict = PyDict::new(py);
-        dict.set_item("address", &self.address)?;
-        dict.set_item("client", &self.client)?;
-        dict.set_item("incoming", self.incoming)?;
-        dict.set_item("download_rate", self.download_rate)?;
-        dict.set_item("upload_rate", self.upload_rate)?;
-        dict.set_item("downloaded", self.downloaded)?;
-        dict.set_item("uploaded", self.uploaded)?;
-        dict.set_item("progress", self.progress)?;
-        Ok(dict)
+        dict_of(py, self)
+    }
+
+    fn __reduce__(&self, py: Python<'_>) -> PyResult<Reduced> {
+        reduce(py, "Peer", self)
     }
 
     fn __repr__(&self) -> String {
@@ -433,7 +485,7 @@ pub struct Made {
     pub pieces: u64,
     pub piece_size: u64,
     /// The .torrent file's bytes.
-    pub torrent: Py<pyo3::types::PyBytes>,
+    pub torrent: Py<PyBytes>,
     /// The id it seeds under, when made with `seed=True`.
     pub seeding_id: Option<u64>,
 }
@@ -446,14 +498,53 @@ impl Made {
             total_bytes: made.total_bytes,
             pieces: made.pieces,
             piece_size: made.piece_size,
-            torrent: pyo3::types::PyBytes::new(py, &made.torrent_file).unbind(),
+            torrent: PyBytes::new(py, &made.torrent_file).unbind(),
             seeding_id: made.seeding.map(|s| s.id.0),
+        }
+    }
+}
+
+/// A `Made` as pickle keeps it.
+#[derive(Serialize, Deserialize)]
+pub struct MadeFields {
+    info_hash: String,
+    name: String,
+    total_bytes: u64,
+    pieces: u64,
+    piece_size: u64,
+    torrent: Vec<u8>,
+    seeding_id: Option<u64>,
+}
+
+impl Made {
+    fn from_fields(py: Python<'_>, made: MadeFields) -> Made {
+        Made {
+            info_hash: made.info_hash,
+            name: made.name,
+            total_bytes: made.total_bytes,
+            pieces: made.pieces,
+            piece_size: made.piece_size,
+            torrent: PyBytes::new(py, &made.torrent).unbind(),
+            seeding_id: made.seeding_id,
         }
     }
 }
 
 #[pymethods]
 impl Made {
+    fn __reduce__(&self, py: Python<'_>) -> PyResult<Reduced> {
+        let fields = MadeFields {
+            info_hash: self.info_hash.clone(),
+            name: self.name.clone(),
+            total_bytes: self.total_bytes,
+            pieces: self.pieces,
+            piece_size: self.piece_size,
+            torrent: self.torrent.as_bytes(py).to_vec(),
+            seeding_id: self.seeding_id,
+        };
+        reduce(py, "Made", &fields)
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Made(info_hash={}, name={}, total_bytes={}, seeding_id={})",
@@ -473,6 +564,10 @@ pub struct StatusChanged {
 
 #[pymethods]
 impl StatusChanged {
+    fn __reduce__(&self, py: Python<'_>) -> PyResult<Reduced> {
+        reduce(py, "StatusChanged", self.status.get())
+    }
+
     fn __repr__(&self) -> String {
         format!("StatusChanged({})", self.status.get().__repr__())
     }
@@ -480,6 +575,7 @@ impl StatusChanged {
 
 /// A held torrent went: closed by another patron, or failed for good (`events()`).
 #[pyclass(frozen, module = "torrent_patron", get_all)]
+#[derive(Serialize, Deserialize)]
 pub struct TorrentGone {
     pub id: u64,
     pub reason: String,
@@ -487,6 +583,10 @@ pub struct TorrentGone {
 
 #[pymethods]
 impl TorrentGone {
+    fn __reduce__(&self, py: Python<'_>) -> PyResult<Reduced> {
+        reduce(py, "TorrentGone", self)
+    }
+
     fn __repr__(&self) -> String {
         format!("TorrentGone(id={}, reason={})", self.id, r(&self.reason))
     }
@@ -494,12 +594,17 @@ impl TorrentGone {
 
 /// The broker is stopping; no event follows (`events()`).
 #[pyclass(frozen, module = "torrent_patron", get_all)]
+#[derive(Serialize, Deserialize)]
 pub struct BrokerStopping {
     pub reason: String,
 }
 
 #[pymethods]
 impl BrokerStopping {
+    fn __reduce__(&self, py: Python<'_>) -> PyResult<Reduced> {
+        reduce(py, "BrokerStopping", self)
+    }
+
     fn __repr__(&self) -> String {
         format!("BrokerStopping(reason={})", r(&self.reason))
     }
@@ -516,5 +621,6 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<StatusChanged>()?;
     module.add_class::<TorrentGone>()?;
     module.add_class::<BrokerStopping>()?;
+    module.add_function(wrap_pyfunction!(_restore, module)?)?;
     Ok(())
 }

@@ -194,6 +194,34 @@ def test_every_error_is_its_own_class(broker: Broker, tmp_path: Path) -> None:
         tp.Patron(tmp_path / "no-broker-here", autostart=False)
 
 
+def test_every_value_pickles_and_comes_back_equal(broker: Broker) -> None:
+    """For multiprocessing and caches: each value class survives pickle, fields and all."""
+    import pickle
+
+    (broker.root / "p.bin").write_bytes(os.urandom(5000))
+    with tp.Patron(broker.state) as p:
+        made = p.make(broker.root / "p.bin", seed=True)
+        assert made.seeding_id is not None
+        p.wait(made.seeding_id, timeout=60)
+        p.pause(made.seeding_id)
+        changed = next(e for e in p.events(timeout=10) if isinstance(e, tp.StatusChanged))
+        values = [
+            made, p.add(made.torrent, output=broker.root), p.status(made.seeding_id),
+            p.list()[0], *p.files(made.seeding_id), changed,
+            p.close(made.seeding_id, force=True),
+        ]
+        for value in values:
+            back = pickle.loads(pickle.dumps(value))
+            assert type(back) is type(value) and repr(back) == repr(value), value
+            if hasattr(value, "as_dict"):
+                assert back.as_dict() == value.as_dict()
+        assert pickle.loads(pickle.dumps(made)).torrent == made.torrent
+        assert pickle.loads(pickle.dumps(values[2])) == values[2]
+        assert pickle.loads(pickle.dumps(changed)).status == changed.status
+        with pytest.raises(ValueError, match="not a pickled Status"):
+            tp._native._restore("Status", b"\xff")
+
+
 def test_fifty_threads_share_one_patron(broker: Broker) -> None:
     p, made, _ = seeding(broker, 64 << 10)
     torrent = made.seeding_id

@@ -9,6 +9,7 @@ State = Literal["checking", "resolving-metadata", "downloading", "seeding", "pau
 PROTOCOL_VERSION: int
 
 def _exiting() -> None: ...
+def _restore(cls: str, fields: bytes) -> Any: ...
 
 @final
 class Status:
