@@ -43,13 +43,18 @@ impl Drop for Busy {
     }
 }
 
+/// The thread that called [`_exiting`]: the one finalizing the interpreter, which goes on
+/// running Python (later `atexit` hooks, finalizers that close files) and must never park.
+static FINALIZING: std::sync::OnceLock<std::thread::ThreadId> = std::sync::OnceLock::new();
+
 /// Runs `f` with the GIL released (see [`EXITING`]). The thread counts as busy until it
 /// has the GIL back.
 pub fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
     let _busy = Busy::new();
     py.detach(|| {
         let result = f();
-        if EXITING.load(Ordering::Acquire) {
+        if EXITING.load(Ordering::Acquire) && FINALIZING.get() != Some(&std::thread::current().id())
+        {
             PARKED.fetch_add(1, Ordering::AcqRel);
             loop {
                 std::thread::park();
@@ -69,6 +74,7 @@ pub fn exiting() -> bool {
 /// in a wait of this module has come back to its next slice and parked (a second at most).
 #[pyfunction]
 fn _exiting(py: Python<'_>) {
+    let _ = FINALIZING.set(std::thread::current().id());
     EXITING.store(true, Ordering::Release);
     py.detach(|| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
@@ -78,6 +84,14 @@ fn _exiting(py: Python<'_>) {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
     });
+}
+
+/// Called in a forked child (`os.register_at_fork`): the parent's threads that were in a
+/// wait are not in the child, and `_exiting` must not wait for them.
+#[pyfunction]
+fn _forked() {
+    BUSY.store(0, Ordering::Release);
+    PARKED.store(0, Ordering::Release);
 }
 
 #[pymodule]
@@ -90,5 +104,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(module)?;
     module.add("PROTOCOL_VERSION", patron_client::proto::PROTOCOL_VERSION)?;
     module.add_function(wrap_pyfunction!(_exiting, module)?)?;
+    module.add_function(wrap_pyfunction!(_forked, module)?)?;
     Ok(())
 }

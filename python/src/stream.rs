@@ -176,8 +176,9 @@ impl Stream {
     /// Ends the stream (its priority window goes).
     fn close(&self, py: Python<'_>) {
         // A forked child's copy of the connection is its parent's: it sends nothing.
+        // It takes no lock either: a parent's thread that held it at the fork is not here
+        // to let it go.
         if std::process::id() != self.owner_pid {
-            std::mem::forget(lock(&self.stream).take());
             return;
         }
         crate::detach(py, || drop(lock(&self.stream).take()));
@@ -185,6 +186,10 @@ impl Stream {
 
     #[getter]
     fn closed(&self, py: Python<'_>) -> bool {
+        // A forked child's copy is never open to it (and its lock may be held for good).
+        if std::process::id() != self.owner_pid {
+            return true;
+        }
         crate::detach(py, || lock(&self.stream).is_none())
     }
 }

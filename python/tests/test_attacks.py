@@ -511,3 +511,58 @@ def test_thousands_of_async_waits_take_one_of_the_brokers_waiters(broker: Broker
             await asyncio.gather(*waits, *watches, return_exceptions=True)
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_the_exit_closes_what_was_left_open_and_forks_do_not_hang(broker: Broker) -> None:
+    """The package's atexit hook parked every thread that came back from native code, the
+    finalizing one too: a script that left a file open (or closed a patron in an atexit
+    hook registered before the import) hung for ever at its end. A forked child hung in
+    closing a file a parent's thread was reading, and waited a second at its exit for the
+    parent's waiting threads."""
+    torrent = never_completes(broker, "exit.bin")
+    (broker.root / "open.bin").write_bytes(os.urandom(50_000))
+    with tp.Patron(broker.state) as p:
+        made = p.make(broker.root / "open.bin", seed=True)
+        assert made.seeding_id is not None
+        p.wait(made.seeding_id, timeout=60)
+    for script in [
+        # A file left open, read to its end, and a patron left open too.
+        f"""
+        import os, torrent_patron as tp
+        p = tp.Patron(os.environ["STATE"])
+        f = p.open({made.seeding_id})
+        assert len(f.read()) == 50_000
+        files = [p.open({made.seeding_id})]
+        print("ok")
+        """,
+        # An atexit hook of the program's that runs after the package's.
+        f"""
+        import atexit, os
+        atexit.register(lambda: (p.status({made.seeding_id}), p.close(), print("ok")))
+        import torrent_patron as tp
+        p = tp.Patron(os.environ["STATE"])
+        """,
+    ]:
+        done = python(broker, script, timeout=30)
+        assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
+    done = python(broker, f"""
+        import os, threading, time, torrent_patron as tp
+        p = tp.Patron(os.environ["STATE"])
+        f = p.open({torrent})
+        threading.Thread(target=f.read, args=(100,), daemon=True).start()
+        threading.Thread(target=p.wait, args=({torrent},), daemon=True).start()
+        time.sleep(0.5)  # both threads are in their waits (nothing they wait for comes)
+        slowest = 0.0
+        for _ in range(5):
+            started = time.monotonic()
+            child = os.fork()
+            if child == 0:
+                f.close()
+                assert f.closed
+                raise SystemExit(0)  # a normal exit: atexit hooks run
+            os.waitpid(child, 0)
+            slowest = max(slowest, time.monotonic() - started)
+        print(f"{{slowest:.2f}}")
+    """, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout) < 0.5, f"a forked child took {done.stdout.strip()} s to exit"

@@ -143,6 +143,7 @@ _SLOW_AT_ONCE = 8
 # At exit, a thread coming back from a wait in native code never takes the GIL again
 # (CPython would unwind a daemon thread through it, aborting the process).
 atexit.register(_native._exiting)
+os.register_at_fork(after_in_child=_native._forked)
 
 
 def _whole(value: Optional[Any]) -> Any:
