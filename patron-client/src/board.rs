@@ -301,11 +301,11 @@ fn fetch_board(
     .map_err(|e| unreachable(&e))?;
     let addr = UnixAddr::new(socket_path).map_err(|e| unreachable(&e))?;
     connect(fd.as_raw_fd(), &addr).map_err(|e| unreachable(&e))?;
-    let timeout = nix::sys::time::TimeVal::new(
+    let receive_for = nix::sys::time::TimeVal::new(
         timeout.as_secs().min(i32::MAX as u64) as _,
         timeout.subsec_micros() as _,
     );
-    setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(|e| unreachable(&e))?;
+    setsockopt(&fd, sockopt::ReceiveTimeout, &receive_for).map_err(|e| unreachable(&e))?;
     let hello = ToBroker::Board(BoardHello {
         version: PROTOCOL_VERSION,
     });
@@ -327,7 +327,14 @@ fn fetch_board(
         }
     }
     .map_err(|e| unreachable(&e))?;
-    let (answer, board) = receive_answer(&fd).map_err(|e| unreachable(&e))?;
+    let (answer, board) = receive_answer(&fd).map_err(|e| match e {
+        // The receive timeout passed: a broker is there (it took the connection), silent.
+        Unanswered::Silent(e) => Error::TimedOut(format!(
+            "{}: no answer to the board request within {timeout:?}: {e}",
+            socket_path.display()
+        )),
+        Unanswered::Other(e) => unreachable(&e),
+    })?;
     match (answer, board) {
         (BoardAnswer::Granted { waker: taken, .. }, Some(board)) => {
             let reader =
@@ -343,7 +350,26 @@ fn fetch_board(
 
 /// The one datagram the broker answers with, and the descriptor it carries. Every received
 /// descriptor is owned at once, so extras are closed rather than leaked.
-fn receive_answer(fd: &OwnedFd) -> std::result::Result<(BoardAnswer, Option<OwnedFd>), String> {
+/// Why a board request got no answer.
+enum Unanswered {
+    /// Nothing came within the receive timeout.
+    Silent(nix::Error),
+    Other(String),
+}
+
+impl From<String> for Unanswered {
+    fn from(why: String) -> Unanswered {
+        Unanswered::Other(why)
+    }
+}
+
+impl From<&str> for Unanswered {
+    fn from(why: &str) -> Unanswered {
+        Unanswered::Other(why.to_owned())
+    }
+}
+
+fn receive_answer(fd: &OwnedFd) -> std::result::Result<(BoardAnswer, Option<OwnedFd>), Unanswered> {
     let mut buffer = [0u8; 4096];
     // Room for more than the one descriptor expected: extras are owned, then closed.
     let mut space = nix::cmsg_space!([RawFd; 16]);
@@ -354,7 +380,10 @@ fn receive_answer(fd: &OwnedFd) -> std::result::Result<(BoardAnswer, Option<Owne
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
-    .map_err(|e| format!("no answer to the board request: {e}"))?;
+    .map_err(|e| match e {
+        nix::Error::EAGAIN => Unanswered::Silent(e),
+        e => Unanswered::Other(format!("no answer to the board request: {e}")),
+    })?;
     let mut descriptors = Vec::new();
     if let Ok(cmsgs) = message.cmsgs() {
         for cmsg in cmsgs {
@@ -377,7 +406,7 @@ fn receive_answer(fd: &OwnedFd) -> std::result::Result<(BoardAnswer, Option<Owne
     let payload = match wire::parse_datagram(&buffer[..len], 0, buffer.len()) {
         Ok(Datagram::Complete(payload)) => payload,
         Ok(_) => return Err("a fragmented board answer".into()),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.to_string().into()),
     };
     let answer: BoardAnswer =
         postcard::from_bytes(payload).map_err(|e| format!("a bad board answer: {e}"))?;

@@ -286,7 +286,7 @@ fn attempt(socket: &Path, timeout: Duration) -> Result<Attempt> {
         Ok(Err(e)) => Err(Error::Protocol(format!("bad welcome: {e:?}"))),
         Err(_) => {
             unblock_accept(&server_name);
-            Err(Error::BrokerUnreachable(format!(
+            Err(Error::TimedOut(format!(
                 "the broker at {} did not answer within {timeout:?}",
                 socket.display()
             )))

@@ -16,6 +16,10 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// A broker runs but did not answer in time (a handshake, a board request): it is
+    /// stuck or stopped (SIGSTOP), or the timeout asked was short.
+    #[error("the broker did not answer in time: {0}")]
+    TimedOut(String),
     /// The broker stopped (or dropped this patron) while it was connected.
     #[error("broker stopped: {0}")]
     BrokerStopped(String),
@@ -65,7 +69,7 @@ pub fn plain(error: &std::io::Error) -> String {
 
 impl Error {
     /// A stable word for what went wrong, as `--json` prints it: the protocol's kind for a
-    /// broker's refusal, else `broker-unreachable`, `refused-<kind>`, `broker-stopped`,
+    /// broker's refusal, else `broker-unreachable`, `timeout`, `refused-<kind>`, `broker-stopped`,
     /// `protocol` or `io`.
     pub fn kind(&self) -> std::borrow::Cow<'static, str> {
         match self {
@@ -73,6 +77,7 @@ impl Error {
                 e.kind.as_str().into()
             }
             Error::BrokerUnreachable(_) => "broker-unreachable".into(),
+            Error::TimedOut(_) => "timeout".into(),
             Error::Refused { kind, .. } => format!("refused-{kind}").into(),
             Error::BrokerStopped(_) => "broker-stopped".into(),
             Error::Protocol(_) => "protocol".into(),

@@ -23,6 +23,12 @@ use std::time::{Duration, Instant};
 /// Boards kept for waits between them (each is a mapping and one of the broker's waiters).
 const IDLE_BOARDS: usize = 4;
 
+/// Seconds as a person writes them: `0.5`, `2`, `1.25`.
+fn seconds(value: f64) -> String {
+    let text = format!("{value:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
 /// When a wait of `timeout` seconds ends (`None`: never).
 fn deadline(timeout: Option<f64>) -> PyResult<Option<Instant>> {
     match timeout {
@@ -91,6 +97,8 @@ pub struct Connection {
     board: Mutex<Option<Board>>,
     /// Boards for waits, one per thread waiting at once (a wait sleeps with its board).
     idle_boards: Mutex<Vec<Board>>,
+    /// The patron's bound on each answer, in seconds (`None`: wait for the broker).
+    timeout: Option<f64>,
 }
 
 /// A torrent named by id (an int, or a string of digits) or info hash.
@@ -323,18 +331,25 @@ impl Connection {
     /// if none runs and `autostart`. `resolve(future, value)` completes a future unless it
     /// was cancelled (called on the future's loop).
     #[new]
-    #[pyo3(signature = (state_dir, autostart, resolve))]
+    #[pyo3(signature = (state_dir, autostart, resolve, timeout=None))]
     fn new(
         py: Python<'_>,
         state_dir: Option<PathBuf>,
         autostart: bool,
         resolve: Py<PyAny>,
+        timeout: Option<f64>,
     ) -> PyResult<Connection> {
-        let options = ConnectOptions {
+        let mut options = ConnectOptions {
             state_dir,
             auto_start: autostart,
             ..Default::default()
         };
+        // Handshakes and board requests (this one, and every later stream's, side
+        // connection's and board's) answer within the patron's timeout too.
+        if let Some(bound) = deadline(timeout)?.map(|d| d.saturating_duration_since(Instant::now()))
+        {
+            options.timeout = options.timeout.min(bound);
+        }
         let core = interruptible(
             py,
             move || Core::connect(options, resolve),
@@ -345,6 +360,7 @@ impl Connection {
             core,
             board: Mutex::new(None),
             idle_boards: Mutex::default(),
+            timeout,
         })
     }
 
@@ -392,7 +408,7 @@ impl Connection {
                     "timeout",
                     &format!(
                         "the broker did not answer {method} within {} s",
-                        timeout.unwrap_or(0.0)
+                        seconds(timeout.unwrap_or(0.0))
                     ),
                 ))
             }
@@ -448,7 +464,7 @@ impl Connection {
             Some(list) => list,
             None if !ask => return Ok(None),
             None => {
-                let list = self.call(py, "list_request", &PyDict::new(py), None)?;
+                let list = self.call(py, "list_request", &PyDict::new(py), self.timeout)?;
                 return Ok(Some(list.bind(py).cast::<PyList>()?.clone().unbind()));
             }
         };
@@ -479,7 +495,7 @@ impl Connection {
             Some((_, false)) if !ask => Ok(None),
             // A text on the board was cut to fit its slot: the broker says it whole.
             Some((summary, false)) => {
-                let list = self.call(py, "list_request", &PyDict::new(py), None)?;
+                let list = self.call(py, "list_request", &PyDict::new(py), self.timeout)?;
                 for status in list.bind(py).cast::<PyList>()?.iter() {
                     let status = status.cast_into::<Status>()?;
                     if status.get().inner().id == summary.info.id {
@@ -546,7 +562,7 @@ impl Connection {
                 "timeout",
                 &format!(
                     "torrent {torrent} is not complete after {} s",
-                    timeout.unwrap_or(0.0)
+                    seconds(timeout.unwrap_or(0.0))
                 ),
             )),
         }
@@ -646,15 +662,20 @@ impl Connection {
             core,
             board: Mutex::new(None),
             idle_boards: Mutex::default(),
+            timeout: self.timeout,
         })
+    }
+
+    /// Maps the board for reads now (an event loop does it in an executor, since it asks
+    /// the broker), so that later reads are a few loads.
+    fn map_board(&self, py: Python<'_>) -> PyResult<()> {
+        self.with_board(py, |_| ())
     }
 
     /// A board of its own for an event loop to watch.
     fn board_watch(&self, py: Python<'_>) -> PyResult<BoardWatch> {
         self.check_open(py)?;
-        let options = self.core.options.clone();
-        let mut board =
-            crate::detach(py, || Board::open(&options)).map_err(|e| errors::from_client(py, e))?;
+        let mut board = self.open_board(py)?;
         board.change_fd();
         let _ = board.changed();
         Ok(BoardWatch {
@@ -743,6 +764,12 @@ impl Connection {
         py: Python<'_>,
         read: impl FnOnce(&Board) -> T + Send,
     ) -> PyResult<T> {
+        if crate::detach(py, || lock(&self.board).is_none()) {
+            let opened = self.open_board(py)?;
+            crate::detach(py, || {
+                lock(&self.board).get_or_insert(opened);
+            });
+        }
         let options = &self.core.options;
         crate::detach(py, || {
             let mut board = lock(&self.board);
@@ -757,6 +784,14 @@ impl Connection {
             Ok(read(open))
         })
         .map_err(|e| errors::from_client(py, e))
+    }
+
+    /// Maps the broker's board (asking the broker for it) on a thread of its own, so that
+    /// Ctrl-C ends the wait at once (the signal would otherwise break the request).
+    fn open_board(&self, py: Python<'_>) -> PyResult<Board> {
+        let options = self.core.options.clone();
+        interruptible(py, move || Board::open(&options), drop)?
+            .map_err(|e| errors::from_client(py, e))
     }
 
     /// `PatronClosed` once this patron is closed (or its broker went).
@@ -779,10 +814,9 @@ impl Connection {
 
     /// A board to wait on: an idle one, or a new mapping.
     fn take_board(&self, py: Python<'_>) -> PyResult<Board> {
-        if let Some(board) = lock(&self.idle_boards).pop() {
-            return Ok(board);
+        match lock(&self.idle_boards).pop() {
+            Some(board) => Ok(board),
+            None => self.open_board(py),
         }
-        let options = self.core.options.clone();
-        crate::detach(py, || Board::open(&options)).map_err(|e| errors::from_client(py, e))
     }
 }

@@ -139,6 +139,7 @@ pub fn from_client(py: Python<'_>, e: Error) -> PyErr {
         }
         Error::StreamEnded(_) => "StreamEnded",
         Error::BrokerUnreachable(_) => "BrokerUnreachable",
+        Error::TimedOut(_) => "WaitTimeout",
         Error::Refused { .. } => "BrokerRefused",
         Error::BrokerStopped(_) => "BrokerStopped",
         Error::Protocol(_) => "ProtocolError",

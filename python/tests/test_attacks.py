@@ -13,6 +13,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -566,3 +567,80 @@ def test_the_exit_closes_what_was_left_open_and_forks_do_not_hang(broker: Broker
     """, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout) < 0.5, f"a forked child took {done.stdout.strip()} s to exit"
+
+
+def test_a_patrons_timeout_bounds_handshakes_board_requests_and_turns(broker: Broker) -> None:
+    """`timeout=` bounded only the wait for a reply: with the broker stopped (SIGSTOP) a new
+    Patron, a stream, a side connection or a first board mapping each waited the 30 s
+    handshake, and a ninth slow request waited for a turn for ever. An AsyncPatron's first
+    wait mapped its board on the loop, freezing it for those 30 s."""
+    import asyncio
+    import signal
+    import socket
+
+    torrent = never_completes(broker, "bounded.bin")
+    (broker.root / "small.bin").write_bytes(b"s" * 1000)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+
+    def stuck() -> str:
+        return (f"magnet:?xt=urn:btih:{os.urandom(20).hex()}"
+                f"&x.pe=127.0.0.1:{silent.getsockname()[1]}")
+
+    def bounded(call: Any, limit: float = 5) -> None:
+        started = time.monotonic()
+        with pytest.raises(tp.WaitTimeout):
+            call()
+        assert time.monotonic() - started < limit, call
+
+    try:
+        with tp.Patron(broker.state, timeout=1) as p:
+            magnets = [stuck() for _ in range(8)]
+
+            def add(magnet: str) -> None:
+                try:
+                    p.add(magnet, output=broker.root, timeout=60)
+                except tp.PatronClosed:
+                    pass  # at the end of the `with`
+
+            for magnet in magnets:
+                threading.Thread(target=add, args=(magnet,), daemon=True).start()
+            for magnet in magnets:
+                resolving(p, magnet)
+            bounded(lambda: p.add(stuck(), output=broker.root, timeout=1))
+            bounded(lambda: p.make(broker.root / "small.bin", timeout=1))
+        fresh = tp.Patron(broker.state, timeout=1)  # its board not mapped yet
+
+        async def main() -> float:
+            async with tp.AsyncPatron(broker.state, timeout=1) as ap:
+                os.kill(broker.pid, signal.SIGSTOP)
+                longest, ticking = 0.0, True
+
+                async def tick() -> None:
+                    nonlocal longest
+                    loop = asyncio.get_running_loop()
+                    while ticking:
+                        before = loop.time()
+                        await asyncio.sleep(0.05)
+                        longest = max(longest, loop.time() - before)
+
+                ticker = asyncio.ensure_future(tick())
+                with pytest.raises(tp.WaitTimeout):
+                    await asyncio.wait_for(ap.wait(torrent, timeout=2), 10)
+                ticking = False
+                await ticker
+                return longest
+
+        try:
+            longest = asyncio.run(main())
+            assert longest < 1, f"the loop stalled {longest:.1f} s"
+            bounded(lambda: tp.Patron(broker.state, timeout=1))
+            bounded(lambda: fresh.wait(torrent, timeout=2))
+            bounded(lambda: fresh.open(torrent))
+            bounded(lambda: fresh.add(stuck(), output=broker.root))
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        fresh.close()
+    finally:
+        silent.close()

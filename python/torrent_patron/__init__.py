@@ -29,6 +29,7 @@ import atexit
 import io
 import os
 import threading
+import time
 from typing import (
     overload,
     Any,
@@ -248,6 +249,13 @@ def _slow(method: str, args: Dict[str, Any]) -> bool:
     return method == "make" or (method == "add" and isinstance(args["source"], str))
 
 
+def _turn_timeout(method: str, timeout: Optional[float]) -> TorrentPatronError:
+    return _error(
+        WaitTimeout, "timeout",
+        f"{method} waited {timeout} s for a turn: {_SLOW_AT_ONCE} slow requests of this patron run already",
+    )
+
+
 def _held(value: Any) -> Optional[int]:
     """The torrent a slow request's side connection holds, for the patron to follow
     before that connection closes (an ephemeral torrent would close with it)."""
@@ -296,7 +304,7 @@ class Patron:
     ) -> None:
         folder = os.fspath(state_dir) if state_dir is not None else None
         self._timeout = _timeout(timeout)
-        self._conn = _native.Connection(folder, autostart, _resolve)
+        self._conn = _native.Connection(folder, autostart, _resolve, self._timeout)
         self._slow_turns = threading.BoundedSemaphore(_SLOW_AT_ONCE)
 
     def __enter__(self) -> "Patron":
@@ -323,16 +331,22 @@ class Patron:
         timeout = self._timeout if timeout is _DEFAULT else _timeout(timeout)
         if not _slow(method, args):
             return self._conn.call(method, args, timeout)
-        with self._slow_turns:
+        started = time.monotonic()
+        if not self._slow_turns.acquire(timeout=-1 if timeout is None else timeout):
+            raise _turn_timeout(method, timeout)
+        try:
             side = self._conn.aside()
             try:
-                value = side.call(method, args, timeout)
+                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+                value = side.call(method, args, left)
                 held = _held(value)
                 if held is not None:
                     self._conn.call("follow", {"ref": held}, self._timeout)
                 return value
             finally:
                 side.close()
+        finally:
+            self._slow_turns.release()
 
     # -- torrents ------------------------------------------------------------------------
 
@@ -640,15 +654,19 @@ class AsyncPatron:
         self._conn_: Optional[_native.Connection] = None
         self._slow_turns: Optional[asyncio.Semaphore] = None
         self._waker_: Optional[_BoardWaker] = None
+        self._making: "Optional[asyncio.Task[_BoardWaker]]" = None
 
     async def connect(self) -> "AsyncPatron":
         """Connects (once; ``async with`` does it). A broker may have to be started: that
         one wait runs in the loop's default executor."""
         if self._conn_ is None:
             loop = asyncio.get_running_loop()
-            self._conn_ = await loop.run_in_executor(
-                None, _native.Connection, self._state_dir, self._autostart, _resolve
+            conn = await loop.run_in_executor(
+                None, _native.Connection, self._state_dir, self._autostart, _resolve, self._timeout
             )
+            # The board is mapped here too (it asks the broker): reads are then a few loads.
+            await loop.run_in_executor(None, conn.map_board)
+            self._conn_ = conn
         return self
 
     async def __aenter__(self) -> "AsyncPatron":
@@ -676,17 +694,26 @@ class AsyncPatron:
             return await self._call_on(self._conn, method, args, timeout)
         if self._slow_turns is None:
             self._slow_turns = asyncio.Semaphore(_SLOW_AT_ONCE)
-        async with self._slow_turns:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await asyncio.wait_for(self._slow_turns.acquire(), timeout)
+        except asyncio.TimeoutError:
+            raise _turn_timeout(method, timeout) from None
+        try:
             # Connecting waits on the broker's handshake: off the loop.
-            side = await asyncio.get_running_loop().run_in_executor(None, self._conn.aside)
+            side = await loop.run_in_executor(None, self._conn.aside)
             try:
-                value = await self._call_on(side, method, args, timeout)
+                left = None if timeout is None else max(0.0, timeout - (loop.time() - started))
+                value = await self._call_on(side, method, args, left)
                 held = _held(value)
                 if held is not None:
                     await self._call_on(self._conn, "follow", {"ref": held}, self._timeout)
                 return value
             finally:
                 side.close()
+        finally:
+            self._slow_turns.release()
 
     @staticmethod
     async def _call_on(
@@ -828,18 +855,32 @@ class AsyncPatron:
         """See ``Patron.stop_broker``."""
         await self._call("stop_broker")
 
-    def _waker(self) -> "_BoardWaker":
-        """This patron's board waker on the running loop."""
+    async def _waker(self) -> "_BoardWaker":
+        """This patron's board waker on the running loop, made once for all its waits."""
         loop = asyncio.get_running_loop()
-        if self._waker_ is None or self._waker_.loop is not loop:
-            self._waker_ = _BoardWaker(self._conn, loop)
+        if self._waker_ is not None and self._waker_.loop is loop:
+            return self._waker_
+        if self._making is None or self._making.get_loop() is not loop:
+            self._making = loop.create_task(self._make_waker(loop))
+        # Shielded: a wait cancelled meanwhile does not cancel it for the others.
+        return await asyncio.shield(self._making)
+
+    async def _make_waker(self, loop: asyncio.AbstractEventLoop) -> "_BoardWaker":
+        try:
+            # Mapping a board and handing the broker an eventfd ask the broker: off the loop.
+            watch = await loop.run_in_executor(None, self._conn.board_watch)
+            await loop.run_in_executor(None, getattr, watch, "fd")
+        except BaseException:
+            self._making = None  # the next wait tries again
+            raise
+        self._waker_ = _BoardWaker(watch, loop)
         return self._waker_
 
     async def wait(self, ref: Ref, timeout: Optional[float] = None) -> Status:
         """See ``Patron.wait``; the loop runs meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + _seconds(timeout)
-        waker = self._waker()
+        waker = await self._waker()
         while True:
             change = waker.next_change()
             status = await self.status(ref)
@@ -871,7 +912,7 @@ class AsyncPatron:
     async def watch(self, timeout: Optional[float] = None) -> AsyncIterator[List[Status]]:
         """See ``Patron.watch``."""
         timeout = None if timeout is None else _seconds(timeout)
-        waker = self._waker()
+        waker = await self._waker()
         change = waker.next_change()
         yield await self.list()
         while await waker.wait(change, timeout):
@@ -895,10 +936,10 @@ class _BoardWaker:
     that a change in between is not missed.
     """
 
-    def __init__(self, conn: "_native.Connection", loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, watch: "_native.BoardWatch", loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         # Made before any waiter first looks at the board: a change after that look wakes it.
-        self._watch = conn.board_watch()
+        self._watch = watch
         self._change: "asyncio.Future[None]" = loop.create_future()
         self._waiting = 0
         self._pump: "Optional[asyncio.Task[None]]" = None
@@ -978,7 +1019,7 @@ class AsyncTorrentFile:
                 if not chunk:
                     return b"".join(chunks)
                 chunks.append(chunk)
-        waker = self._patron._waker()
+        waker = await self._patron._waker()
         while True:
             # Progress reaches the board at most twice a second: a look every 50 ms too.
             change = waker.next_change()

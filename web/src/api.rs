@@ -44,9 +44,10 @@ pub fn status_of(error: &Error) -> StatusCode {
             _ => StatusCode::BAD_REQUEST,
         },
         None => match error {
-            Error::BrokerUnreachable(_) | Error::BrokerStopped(_) | Error::Refused { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::BrokerUnreachable(_)
+            | Error::TimedOut(_)
+            | Error::BrokerStopped(_)
+            | Error::Refused { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },
     }

@@ -188,6 +188,7 @@ impl Link {
                 result,
                 Err(Error::BrokerStopped(_)
                     | Error::BrokerUnreachable(_)
+                    | Error::TimedOut(_)
                     | Error::Protocol(_)
                     | Error::Refused { .. })
             );

@@ -201,9 +201,10 @@ impl Exit {
     /// The exit code for an error.
     pub fn of(error: &Error) -> Exit {
         match error {
-            Error::BrokerUnreachable(_) | Error::Refused { .. } | Error::BrokerStopped(_) => {
-                Exit::Unreachable
-            }
+            Error::BrokerUnreachable(_)
+            | Error::TimedOut(_)
+            | Error::Refused { .. }
+            | Error::BrokerStopped(_) => Exit::Unreachable,
             Error::StartFailed(_) => Exit::StartFailed,
             Error::StreamEnded(_) => Exit::StreamEnded,
             Error::Request(_) | Error::Protocol(_) | Error::Io { .. } => Exit::Failure,
