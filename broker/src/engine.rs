@@ -329,7 +329,7 @@ impl Engine {
             )),
             // Every address it had was tried (the engine says its "address stream" is
             // exhausted): none had the torrent, or none answered.
-            Ok(Err(e)) if format!("{e:#}").contains("exhausted") => Err(ProtoError::engine(format!(
+            Ok(Err(e)) if format!("{e:#}").contains("exhausted") => Err(ProtoError::metadata_timeout(format!(
                 "no peer gave the magnet's metadata: the peers it could reach ({named} named, and any its trackers gave) do not have the torrent or did not answer; name a peer that has it with --peer HOST:PORT"
             ))),
             Ok(Err(e)) => Err(ProtoError::engine(format!("cannot fetch the magnet's metadata: {e:#}"),

@@ -651,7 +651,8 @@ pub enum ErrorKind {
     InvalidTorrent,
     /// The magnet link could not be parsed.
     InvalidMagnet,
-    /// A magnet's metadata could not be fetched in time.
+    /// A magnet's metadata could not be fetched: no peer sent it in time, or every peer
+    /// it could reach was tried and none had it.
     MetadataTimeout,
     /// The save folder lies outside the broker's download roots, or escapes with `..`.
     PathNotAllowed,

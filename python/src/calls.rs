@@ -103,8 +103,19 @@ pub struct Connection {
 
 /// A torrent named by id (an int, or a string of digits) or info hash.
 pub fn torrent_ref(value: &Bound<'_, PyAny>) -> PyResult<TorrentRef> {
-    if let Ok(id) = value.extract::<u64>() {
-        return Ok(TorrentRef::Id(patron_client::proto::TorrentId(id)));
+    // `True` is an int to Python, not a torrent to a reader.
+    if value.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(PyTypeError::new_err(format!(
+            "a torrent is named by its id (int) or info hash (str), not {value}"
+        )));
+    }
+    if value.is_instance_of::<pyo3::types::PyInt>() {
+        return match value.extract::<u64>() {
+            Ok(id) => Ok(TorrentRef::Id(patron_client::proto::TorrentId(id))),
+            Err(_) => Err(PyValueError::new_err(format!(
+                "no torrent has the id {value}: ids run from 0 to 2**64 - 1"
+            ))),
+        };
     }
     let text: String = value.extract().map_err(|_| {
         PyTypeError::new_err("a torrent is named by its id (int) or info hash (str)")
@@ -131,10 +142,10 @@ where
     T: for<'a> FromPyObject<'a, 'py, Error = PyErr>,
 {
     match args.get_item(name)? {
-        Some(value) if !value.is_none() => value
-            .extract()
-            .map(Some)
-            .map_err(|e: PyErr| PyTypeError::new_err(format!("{name}: {e}"))),
+        Some(value) if !value.is_none() => value.extract().map(Some).map_err(|e: PyErr| {
+            // The cause's words only: its class name would read twice.
+            PyTypeError::new_err(format!("{name}: {}", e.value(value.py())))
+        }),
         _ => Ok(None),
     }
 }

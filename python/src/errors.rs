@@ -29,7 +29,7 @@ const CLASSES: &[(&str, Option<&str>, &str)] = &[
     ("WaitTimeout", Some("TimeoutError"), "A wait's time passed first."),
     ("InvalidTorrent", Some("ValueError"), "The .torrent is not valid."),
     ("InvalidMagnet", Some("ValueError"), "The magnet link is not valid."),
-    ("MetadataTimeout", Some("TimeoutError"), "No peer sent the magnet's metadata in time."),
+    ("MetadataTimeout", Some("TimeoutError"), "No peer sent the magnet's metadata: none in time, or every peer it could reach was tried and none had it."),
     ("NotAllowed", Some("PermissionError"), "The folder or file is outside the broker's download roots."),
     ("FileExists", Some("FileExistsError"), "A file is in the way (a torrent never overwrites what it did not write)."),
     ("UnknownTorrent", Some("LookupError"), "No such torrent (by id or info hash)."),

@@ -194,6 +194,19 @@ def test_bad_arguments_are_refused_before_anything_is_done(broker: Broker) -> No
             p.make(broker.root / "arg.bin", trackers="udp://127.0.0.1:1")  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             p.add(b"x", peers="127.0.0.1:1")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="not True"):
+            p.status(True)
+        with pytest.raises(ValueError, match="no torrent has the id -1"):
+            p.pause(-1)
+        with pytest.raises(ValueError, match="no torrent has the id 18446744073709551616"):
+            p.files(2**64)
+        with pytest.raises(TypeError) as strict:
+            p.add(b"x", paused=0)  # type: ignore[arg-type]
+        assert str(strict.value).startswith("paused: ") and "TypeError" not in str(strict.value)
+        # A .torrent's folder that is not there is said before the hashing, not after.
+        with pytest.raises(FileNotFoundError):
+            p.make(broker.root / "arg.bin", broker.root / "no-such-folder" / "x.torrent", seed=True)
+        assert p.list() == [], "make seeded before refusing its output"
 
 
 def test_async_reads_to_the_end_and_watchers_each_see_changes(broker: Broker) -> None:

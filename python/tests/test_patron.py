@@ -159,6 +159,15 @@ def test_every_error_is_its_own_class(broker: Broker, tmp_path: Path) -> None:
             p.add(b"this is not a torrent", output=broker.root)
         with pytest.raises(tp.InvalidMagnet):
             p.add("magnet:?xt=urn:btih:nothex", output=broker.root)
+        # A peer that refuses: every address tried, none had the metadata.
+        import socket
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        with pytest.raises(tp.MetadataTimeout) as no_metadata:
+            p.add(f"magnet:?xt=urn:btih:{'cd' * 20}", peers=[f"127.0.0.1:{port}"], output=broker.root)
+        assert no_metadata.value.kind == "metadata-timeout"
         (broker.root / "x.bin").write_bytes(b"x" * 1000)
         made = p.make(broker.root / "x.bin")
         with pytest.raises(tp.NotAllowed) as outside:
@@ -359,3 +368,28 @@ def test_a_stream_left_by_an_exception_or_to_the_gc_is_closed(broker: Broker) ->
         del f
         gc.collect()
         streams_go()
+
+
+def test_the_async_patron_and_file_have_what_the_sync_ones_have(broker: Broker) -> None:
+    data = payload(broker.root / "parity.bin", 3 << 20)
+
+    async def main() -> None:
+        ap = tp.AsyncPatron(broker.state)
+        assert not ap.closed and "not connected" in repr(ap)
+        async with ap:
+            assert f"broker pid {broker.pid}" in repr(ap)
+            made = await ap.make(broker.root / "parity.bin", seed=True)
+            assert made.seeding_id is not None
+            await ap.wait(made.seeding_id, timeout=60)
+            started = asyncio.get_running_loop().time()
+            async for _ in ap.events(timeout=0.3):
+                pass  # ends 0.3 s after the last event
+            assert asyncio.get_running_loop().time() - started >= 0.3
+            f = await ap.open(made.seeding_id)
+            assert not f.closed and "parity.bin" in repr(f)
+            assert b"".join([chunk async for chunk in f]) == data
+            await f.aclose()
+            assert f.closed
+        assert ap.closed and "closed" in repr(ap)
+
+    asyncio.run(asyncio.wait_for(main(), 120))

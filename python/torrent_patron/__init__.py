@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import errno
 import io
 import os
 import threading
@@ -267,9 +268,16 @@ def _held(value: Any) -> Optional[int]:
 
 
 def _check_output(output: Optional[Union[str, "os.PathLike[str]"]]) -> None:
-    """Refuses a .torrent's destination that exists, before anything is made."""
-    if output is not None and os.path.lexists(os.fspath(output)):
-        raise _error(FileExists, "file-exists", f"{os.fspath(output)} exists: a made .torrent never overwrites a file")
+    """Refuses a .torrent's destination that exists, or whose folder does not, before
+    anything is made."""
+    if output is None:
+        return
+    path = os.fspath(output)
+    if os.path.lexists(path):
+        raise _error(FileExists, "file-exists", f"{path} exists: a made .torrent never overwrites a file")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"{folder} is not a folder: the .torrent cannot be written there", path)
 
 
 def _write_torrent(made: Made, output: Optional[Union[str, "os.PathLike[str]"]]) -> None:
@@ -495,7 +503,11 @@ class Patron:
         ``StatusChanged``, ``TorrentGone``, ``BrokerStopping`` (the last). A torrent's
         status changes are coalesced while unread. Ends after ``BrokerStopping``, when this
         patron is closed, or after ``timeout`` seconds with no event (when given); a broker
-        that went without a word (killed) raises ``BrokerStopped``."""
+        that went without a word (killed) raises ``BrokerStopped``.
+
+        A patron has one queue of events: iterators on several threads share them out, each
+        event to one of them. Unread events wait there: the latest status of each torrent,
+        and each ``TorrentGone``."""
         while True:
             try:
                 event = self._conn.next_event(timeout)
@@ -509,7 +521,9 @@ class Patron:
 
     def watch(self, timeout: Optional[float] = None) -> Iterator[List[Status]]:
         """Every torrent's status now, then again at each change of the board (any
-        torrent's). Ends after ``timeout`` seconds with no change, when given."""
+        torrent's; changes while the caller is busy are seen as one). Ends after
+        ``timeout`` seconds with no change, when given; raises ``BrokerStopped`` when the
+        broker stops (where ``events()`` ends with ``BrokerStopping``)."""
         yield self.list()
         while self._conn.wait_for_change(timeout):
             yield self.list()
@@ -686,7 +700,19 @@ class AsyncPatron:
 
     @property
     def broker_pid(self) -> int:
+        """The broker's process id."""
         return self._conn.broker_pid
+
+    @property
+    def closed(self) -> bool:
+        """Whether this patron is closed (or its broker went); ``False`` before it connects."""
+        return self._conn_ is not None and self._conn_.closed
+
+    def __repr__(self) -> str:
+        if self._conn_ is None:
+            return "<AsyncPatron (not connected)>"
+        state = "closed" if self._conn_.closed else f"broker pid {self._conn_.broker_pid}"
+        return f"<AsyncPatron {self._conn_.patron_id} ({state})>"
 
     async def _call(self, method: str, timeout: Any = _DEFAULT, **args: Any) -> Any:
         timeout = self._timeout if timeout is _DEFAULT else _timeout(timeout)
@@ -893,9 +919,11 @@ class AsyncPatron:
                 raise _error(WaitTimeout, "timeout", f"torrent {ref} is not complete after {timeout} s")
             await waker.wait(change, left)
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self, timeout: Optional[float] = None) -> AsyncIterator[Event]:
         """See ``Patron.events``: ``async for event in p.events()``."""
+        timeout = None if timeout is None else _seconds(timeout)
         loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while True:
             woken: "asyncio.Future[Any]" = loop.create_future()
             try:
@@ -903,8 +931,15 @@ class AsyncPatron:
             except PatronClosed:
                 return
             if event is None:
-                await woken
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    return
+                try:
+                    await asyncio.wait_for(woken, left)
+                except asyncio.TimeoutError:
+                    return
                 continue
+            deadline = None if timeout is None else loop.time() + timeout
             yield event
             if isinstance(event, BrokerStopping):
                 return
@@ -995,7 +1030,10 @@ class _BoardWaker:
 
 class AsyncTorrentFile:
     """A file of a torrent for asyncio (``AsyncPatron.open``): ``await f.read(n)`` gives
-    what is verified at the position (at most ``n`` bytes), waiting on the loop."""
+    what is verified at the position (at most ``n`` bytes), waiting on the loop, and
+    ``async for chunk in f`` reads it to its end. Its waits watch its patron's board, so
+    it reads while the patron is open (a ``TorrentFile`` reads on after its patron
+    closes)."""
 
     def __init__(self, patron: AsyncPatron, stream: "_native.Stream") -> None:
         self._patron = patron
@@ -1035,7 +1073,29 @@ class AsyncTorrentFile:
         return self._stream.tell()
 
     def close(self) -> None:
+        """Ends the stream (also when the object is collected)."""
         self._stream.close()
+
+    async def aclose(self) -> None:
+        """``close``, for ``contextlib.aclosing`` and code that awaits a close."""
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._stream.closed
+
+    def __aiter__(self) -> "AsyncTorrentFile":
+        return self
+
+    async def __anext__(self) -> bytes:
+        """Chunks of what is verified, in order, to the end of the file."""
+        chunk = await self.read(1 << 20)
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    def __repr__(self) -> str:
+        return f"<AsyncTorrentFile {self.name!r} size={self.size}>"
 
     async def __aenter__(self) -> "AsyncTorrentFile":
         return self
