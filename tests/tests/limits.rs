@@ -172,6 +172,50 @@ fn max_download_rate_limits_even_a_small_download() {
 }
 
 #[test]
+fn rate_limits_below_one_chunk_a_second_still_move_data() {
+    // The engine's limiter refuses to wait for more than one second's worth at once: a
+    // 16 KiB chunk through an 8 KiB/s limit failed every time. The download never moved,
+    // and the seeder's upload scheduler stopped for good at its first chunk.
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/slow.bin", 40_000);
+    let seeder = Seeder::start(
+        &sandbox,
+        "seeder",
+        &data,
+        16 * 1024,
+        &["--max-upload-rate", "8K"],
+    );
+    let state = sandbox.state_dir("slow");
+    let _broker = sandbox.broker(&state, &["--max-download-rate", "8K"]);
+    let out = sandbox.folder("downloads");
+    let mut patron = sandbox.patron(&state);
+    let started = std::time::Instant::now();
+    let id = patron
+        .create(seeder.create_request(&out))
+        .expect("create")
+        .info()
+        .id;
+    let deadline = started + std::time::Duration::from_secs(60);
+    loop {
+        let status = e2e::next_status(&mut patron, Some(id));
+        if status.complete {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "40 KB did not come through 8 KiB/s limits in 60 s: {status:?}"
+        );
+    }
+    // A chunk at once, then the rest at 8 KiB/s: (40,000 - 16,384) / 8,192 s at least.
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(2500),
+        "40 KB arrived in {took:?} through 8 KiB/s limits"
+    );
+    assert_eq!(e2e::sha256(&out.join("slow.bin")), e2e::sha256(&data));
+}
+
+#[test]
 fn file_budgets_hold_per_torrent_and_for_all_torrents_together() {
     use e2e::patron_client::proto::MakeTorrent;
     let sandbox = Sandbox::new();

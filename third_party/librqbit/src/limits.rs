@@ -12,6 +12,12 @@ pub struct LimitsConfig {
     pub download_bps: Option<NonZeroU32>,
 }
 
+/// torrent-patron patch: the largest chunk a peer asks for or sends (16 KiB).
+const CHUNK_BURST: NonZeroU32 = match NonZeroU32::new(16 * 1024) {
+    Some(chunk) => chunk,
+    None => unreachable!(),
+};
+
 struct Limit {
     limiter: ArcSwapOption<RateLimiter>,
     current_bps: std::sync::atomic::AtomicU32,
@@ -20,7 +26,13 @@ struct Limit {
 impl Limit {
     fn new_inner(bps: Option<NonZeroU32>) -> Option<Arc<RateLimiter>> {
         let bps = bps?;
-        Some(Arc::new(RateLimiter::direct(Quota::per_second(bps))))
+        // torrent-patron patch: a burst of at least one chunk. governor refuses to wait
+        // for more than the burst at once, and the burst is one second's worth: below
+        // 16 KiB/s every chunk failed (downloads never moved, an upload scheduler ended).
+        let burst = bps.max(CHUNK_BURST);
+        Some(Arc::new(RateLimiter::direct(
+            Quota::per_second(bps).allow_burst(burst),
+        )))
     }
 
     fn new(bps: Option<NonZeroU32>) -> Self {
