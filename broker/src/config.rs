@@ -298,6 +298,9 @@ impl BrokerConfig {
 
         // Joining keeps an absolute path as it is.
         let log_file = args.log_file.or(file.log_file).map(|f| state_dir.join(f));
+        // What `patron-client limits` changed in an earlier run.
+        let recorded =
+            crate::settings::RunSettings::load(&state_dir).map_err(|why| anyhow::anyhow!(why))?;
         Ok(BrokerConfig {
             socket_path: proto::paths::socket_path(&state_dir),
             state_dir,
@@ -321,8 +324,16 @@ impl BrokerConfig {
                 .or(file.board_slots)
                 .unwrap_or(crate::board::INITIAL_SLOTS)
                 .clamp(1, proto::board::MAX_CAPACITY),
-            max_upload_rate: args.max_upload_rate.or(file.max_upload_rate),
-            max_download_rate: args.max_download_rate.or(file.max_download_rate),
+            max_upload_rate: crate::settings::effective_rate(
+                args.max_upload_rate,
+                recorded.max_upload_rate,
+                file.max_upload_rate,
+            ),
+            max_download_rate: crate::settings::effective_rate(
+                args.max_download_rate,
+                recorded.max_download_rate,
+                file.max_download_rate,
+            ),
             max_patrons: args.max_patrons.or(file.max_patrons).unwrap_or(4096),
             max_torrents: args.max_torrents.or(file.max_torrents).unwrap_or(10_000),
             open_files: args

@@ -271,6 +271,30 @@ impl Engine {
         &self.files
     }
 
+    /// The global rate limits in force, bytes per second.
+    pub fn limits(&self) -> proto::RateLimits {
+        let config = self.session.ratelimits.get_config();
+        proto::RateLimits {
+            download: config.download_bps.map(|r| u64::from(r.get())),
+            upload: config.upload_bps.map(|r| u64::from(r.get())),
+        }
+    }
+
+    /// Sets the global download (`download`) or upload limit now, for every torrent's
+    /// transfers from their next chunk on (`Some(None)`: no limit; `None`: unchanged).
+    pub fn set_limits(
+        &self,
+        download: Option<Option<NonZeroU32>>,
+        upload: Option<Option<NonZeroU32>>,
+    ) {
+        if let Some(download) = download {
+            self.session.ratelimits.set_download_bps(download);
+        }
+        if let Some(upload) = upload {
+            self.session.ratelimits.set_upload_bps(upload);
+        }
+    }
+
     /// A fresh id, for a torrent known before the engine has it (a resolving magnet).
     pub fn allocate_id(&self) -> TorrentId {
         TorrentId(self.take_id() as u64)

@@ -45,6 +45,7 @@ pub mod rendezvous;
 pub mod requests;
 pub mod roots;
 pub mod service;
+pub mod settings;
 pub mod shutdown;
 pub mod sink;
 pub mod socket;

@@ -2,7 +2,10 @@
 //! web patron's API. One function per thing, so that a field is named once.
 
 use crate::Error;
-use proto::{Event, FileEntry, MadeTorrent, PeerEntry, TorrentInfo, TorrentStatus, TorrentSummary};
+use proto::{
+    Event, FileEntry, MadeTorrent, PeerEntry, RateLimits, TorrentInfo, TorrentStatus,
+    TorrentSummary,
+};
 use serde_json::{json, Value};
 
 /// An error as a JSON event: `kind` is the protocol's error kind when the broker refused
@@ -107,12 +110,23 @@ pub fn broker_json(info: &proto::BrokerInfo, started: Option<bool>, others: u32)
         "unread_bytes_limit": info.unread_bytes.1,
         "unread_regions": info.unread_regions.0,
         "unread_regions_limit": info.unread_regions.1,
+        "max_download_rate": info.limits.download,
+        "max_upload_rate": info.limits.upload,
     });
     // Only `broker start` says whether it started the broker.
     if let (None, Some(object)) = (started, value.as_object_mut()) {
         object.remove("started");
     }
     value
+}
+
+/// The broker's global rate limits, as `limits` prints them (`null`: no limit).
+pub fn limits_json(limits: &RateLimits) -> Value {
+    json!({
+        "event": "limits",
+        "max_download_rate": limits.download,
+        "max_upload_rate": limits.upload,
+    })
 }
 
 /// One file of a torrent, as `files` lists it.
@@ -181,6 +195,7 @@ pub fn event_json(event: Event) -> Value {
             broker_json(&info, None, others)
         }
         Event::Ok { .. } => json!({"event": "ok"}),
+        Event::Limits { limits, .. } => limits_json(&limits),
         Event::TorrentGone { id, reason } => {
             json!({"event": "gone", "id": id.0, "reason": reason})
         }

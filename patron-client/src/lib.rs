@@ -461,6 +461,16 @@ impl Patron {
         Stream::open(&self.options, torrent, file, 0)
     }
 
+    /// Changes the broker's rate limits for all torrents together, now and across restarts
+    /// (`Some(0)` lifts one; `None` leaves it); returns those in force. With nothing to
+    /// change, it only asks.
+    pub fn set_limits(&mut self, change: proto::SetLimits) -> Result<proto::RateLimits> {
+        match self.request(RequestBody::SetLimits(change))? {
+            Event::Limits { limits, .. } => Ok(limits),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
     /// Asks the broker to stop gracefully. Returns once it has acknowledged.
     pub fn stop_broker(&mut self) -> Result<()> {
         match self.request(RequestBody::StopBroker)? {

@@ -76,7 +76,7 @@ pub use status::{TorrentState, TorrentStatus};
 
 /// The protocol version spoken by this build. Bumped on any incompatible wire change;
 /// the broker refuses a patron whose version differs, with a clear error on both sides.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// The largest serialized request the broker accepts (a .torrent file rides inside one).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -296,6 +296,28 @@ pub enum RequestBody {
     /// Ends a stream, releasing its priority window (disconnecting ends them all too).
     /// Replied to with [`Event::Ok`] or [`Event::Error`].
     CloseStream(StreamId),
+    /// Changes the broker's rate limits for all torrents together, now and across restarts
+    /// (recorded; a flag given at the next start wins). Replied to with [`Event::Limits`]
+    /// (the limits then in force) or [`Event::Error`]; with nothing to change, it only asks.
+    SetLimits(SetLimits),
+}
+
+/// A change of the broker's global rate limits ([`RequestBody::SetLimits`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetLimits {
+    /// The download limit in bytes per second: `Some(0)` lifts it, `None` leaves it.
+    pub download: Option<u64>,
+    /// The upload limit in bytes per second: `Some(0)` lifts it, `None` leaves it.
+    pub upload: Option<u64>,
+}
+
+/// The broker's global rate limits in force, bytes per second (`None`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimits {
+    /// For all torrents' downloads together.
+    pub download: Option<u64>,
+    /// For all torrents' uploads together.
+    pub upload: Option<u64>,
 }
 
 impl RequestBody {
@@ -319,6 +341,7 @@ impl RequestBody {
             RequestBody::StreamAt(_) => "stream-at",
             RequestBody::StreamRead(_) => "stream-read",
             RequestBody::CloseStream(_) => "close-stream",
+            RequestBody::SetLimits(_) => "limits",
         }
     }
 }
@@ -627,6 +650,8 @@ pub struct BrokerInfo {
     /// Large events' shared memory regions not yet read, all patrons together, and the most
     /// there may be (past it, large events go as fragments).
     pub unread_regions: (u32, u32),
+    /// The global rate limits in force.
+    pub limits: RateLimits,
 }
 
 /// One line of [`Event::TorrentList`].
@@ -996,6 +1021,13 @@ pub enum Event {
         /// Why.
         error: ProtoError,
     },
+    /// Reply to [`RequestBody::SetLimits`]: the global rate limits now in force.
+    Limits {
+        /// The request.
+        request: RequestId,
+        /// The limits.
+        limits: RateLimits,
+    },
 }
 
 impl Event {
@@ -1017,6 +1049,7 @@ impl Event {
             | Event::StreamOpened { request, .. }
             | Event::StreamVerified { request, .. }
             | Event::StreamData { request, .. }
+            | Event::Limits { request, .. }
             | Event::Error { request, .. } => Some(*request),
             Event::TorrentStatusUpdate(_)
             | Event::TorrentGone { .. }

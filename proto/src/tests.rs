@@ -106,6 +106,11 @@ fn every_request_round_trips() {
             length: crate::MAX_STREAM_READ,
         }),
         RequestBody::CloseStream(crate::StreamId(3)),
+        RequestBody::SetLimits(crate::SetLimits {
+            download: Some(2 << 20),
+            upload: Some(0),
+        }),
+        RequestBody::SetLimits(crate::SetLimits::default()),
     ];
     for (n, body) in bodies.into_iter().enumerate() {
         let sent = Request {
@@ -193,6 +198,17 @@ fn every_event_round_trips() {
                 board_waiters: (2, 1024),
                 unread_bytes: (4096, 512 << 20),
                 unread_regions: (1, 256),
+                limits: crate::RateLimits {
+                    download: Some(1 << 20),
+                    upload: None,
+                },
+            },
+        },
+        Event::Limits {
+            request: RequestId(14),
+            limits: crate::RateLimits {
+                download: None,
+                upload: Some(512 << 10),
             },
         },
         Event::Error {

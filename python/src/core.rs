@@ -110,7 +110,7 @@ struct Queue {
 
 enum Queued {
     Status(TorrentId),
-    Other(Event),
+    Other(Box<Event>),
 }
 
 /// The shared state of one connection.
@@ -262,7 +262,7 @@ impl Core {
                         queue.order.push_back(Queued::Status(id));
                     }
                 }
-                other => queue.order.push_back(Queued::Other(other)),
+                other => queue.order.push_back(Queued::Other(Box::new(other))),
             }
             std::mem::take(&mut queue.wakers)
         };
@@ -452,7 +452,7 @@ impl Core {
     fn pop(queue: &mut Queue) -> Option<Event> {
         loop {
             match queue.order.pop_front()? {
-                Queued::Other(event) => return Some(event),
+                Queued::Other(event) => return Some(*event),
                 Queued::Status(id) => {
                     if let Some(status) = queue.statuses.remove(&id) {
                         return Some(Event::TorrentStatusUpdate(status));

@@ -268,3 +268,89 @@ fn file_budgets_hold_per_torrent_and_for_all_torrents_together() {
     assert_eq!(status["files"], 8, "{status}");
     assert_eq!(status["files_limit"], 15, "{status}");
 }
+
+#[test]
+fn global_limits_change_while_running_and_outlive_a_kill() {
+    use e2e::{client_json, ok_json, pipe_session, run};
+    use nix::sys::signal::Signal;
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/limited.bin", 1 << 20);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let mut broker = sandbox.broker(&state, &[]);
+    let limits = |args: &[&str]| {
+        let mut all = vec!["limits"];
+        all.extend_from_slice(args);
+        ok_json(&sandbox, &state, &all)
+    };
+    let none =
+        serde_json::json!({"event": "limits", "max_download_rate": null, "max_upload_rate": null});
+    assert_eq!(limits(&[]), none);
+
+    // Set now: a download that starts after takes the limit's time (a lower bound: a
+    // slow machine only makes it longer).
+    let set = limits(&["--down", "256K", "--up", "1M"]);
+    assert_eq!(set["max_download_rate"], 262_144, "{set}");
+    assert_eq!(set["max_upload_rate"], 1_048_576, "{set}");
+    let out = sandbox.folder("downloads");
+    let mut add = sandbox.add_command(&state, &seeder.torrent, &out, Some(&seeder.broker.peer()));
+    add.arg("--wait");
+    let started = std::time::Instant::now();
+    run(add).expect_code(0);
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(2500),
+        "1 MiB at 256 KiB/s took {took:?}"
+    );
+    assert_eq!(e2e::sha256(&out.join("limited.bin")), e2e::sha256(&data));
+    let info = ok_json(&sandbox, &state, &["broker", "status"]);
+    assert_eq!(info["max_download_rate"], 262_144, "{info}");
+
+    // Lifting one leaves the other; pipe mode says the same.
+    let lines = pipe_session(
+        &sandbox,
+        &state,
+        &[r#"{"cmd":"limits","max_upload_rate":0,"request":1}"#.to_owned()],
+        true,
+    );
+    assert_eq!(lines[0]["max_download_rate"], 262_144, "{lines:?}");
+    assert_eq!(
+        lines[0]["max_upload_rate"],
+        serde_json::Value::Null,
+        "{lines:?}"
+    );
+
+    // Kept across a SIGKILL; a flag at the next start wins over the record.
+    broker.signal(Signal::SIGKILL);
+    broker.wait_exit(STEP_TIMEOUT);
+    let mut broker = sandbox.broker(&state, &[]);
+    assert_eq!(limits(&[])["max_download_rate"], 262_144);
+    broker.signal(Signal::SIGTERM);
+    broker.wait_exit(STEP_TIMEOUT);
+    let _broker = sandbox.broker(&state, &["--max-download-rate", "1M"]);
+    assert_eq!(limits(&[])["max_download_rate"], 1_048_576);
+
+    // A limit the engine cannot keep: refused, nothing changed.
+    let (code, lines) = client_json(&sandbox, &state, &["limits", "--down", "5G"]);
+    assert_eq!(code, 1, "{lines:?}");
+    assert_eq!(lines[0]["kind"], "bad-request", "{lines:?}");
+    assert_eq!(limits(&[])["max_download_rate"], 1_048_576);
+    let (code, _) = client_json(&sandbox, &state, &["limits", "--down", "fast"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn a_damaged_settings_record_stops_the_start_and_names_the_file() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("damaged");
+    std::fs::write(
+        state.join("settings.json"),
+        b"{\"max_download_rate\": \"fast\"}",
+    )
+    .unwrap();
+    let mut start = sandbox.client(&state);
+    start.args(["broker", "start"]);
+    let out = e2e::run(start);
+    assert_ne!(out.code(), 0, "{}", out.stdout);
+    assert!(out.stderr.contains("settings.json"), "{}", out.stderr);
+}

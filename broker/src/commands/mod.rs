@@ -7,6 +7,7 @@ mod create;
 mod files;
 mod follow;
 mod info;
+mod limits;
 mod list;
 mod make;
 mod open_stream;
@@ -167,6 +168,7 @@ async fn answer(
         RequestBody::StreamAt(at) => stream_at::run(service, patron, id, at).await,
         RequestBody::StreamRead(read) => stream_read::run(service, patron, id, read).await,
         RequestBody::CloseStream(stream) => close_stream::run(service, patron, id, stream),
+        RequestBody::SetLimits(change) => limits::run(service, id, change),
         quick => answer_now(service, patron.id, id, quick),
     }
 }

@@ -12,6 +12,7 @@ mod add;
 mod close;
 pub mod fanout;
 mod files;
+mod limits;
 mod make;
 mod patrons;
 mod pause;
@@ -139,6 +140,9 @@ pub struct Service {
     pub unread: Arc<crate::budget::UnreadBudget>,
     /// Downloads left in place by closes without --delete-data (see [`crate::left`]).
     left: crate::left::LeftData,
+    /// What was changed while running and is recorded (`settings.json`); held while it is
+    /// written.
+    settings: Mutex<crate::settings::RunSettings>,
     faults: Faults,
 }
 
@@ -156,6 +160,8 @@ impl Service {
         let board = crate::board::StatusBoard::create(config.board_slots)
             .context("cannot create the status board (memfd)")?;
         let left = crate::left::LeftData::load(config.state_dir.join("left-data.json"));
+        let settings = crate::settings::RunSettings::load(&config.state_dir)
+            .map_err(|why| anyhow::anyhow!(why))?;
         let service = Arc::new(Service {
             config,
             engine,
@@ -170,6 +176,7 @@ impl Service {
             large_requests: crate::budget::RegionBudget::new(config_large.0, config_large.1),
             unread,
             left,
+            settings: Mutex::new(settings),
             faults: Faults::default(),
         });
         service.restore().await?;

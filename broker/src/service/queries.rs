@@ -121,6 +121,7 @@ impl Service {
             ),
             unread_bytes: (unread.0 as u64, unread.1 as u64),
             unread_regions: (regions.0 as u32, regions.1 as u32),
+            limits: self.engine.limits(),
         }
     }
 }

@@ -14,6 +14,7 @@ mod cat;
 mod close;
 mod completions;
 mod files;
+mod limits;
 mod list;
 mod make;
 mod manpages;
@@ -68,6 +69,10 @@ const EXAMPLES_CAT: &str = "Examples:\n  patron-client cat 3 | mpv -
 const EXAMPLES_MAKE: &str = "Examples:\n  patron-client make ~/Photos --seed
   patron-client make big.iso --piece-size 4M --tracker http://tracker.example/announce";
 
+const EXAMPLES_LIMITS: &str = "Examples:\n  patron-client limits
+  patron-client limits --down 2M --up 512K
+  patron-client limits --down none";
+
 const EXAMPLES_BROKER: &str = "Examples:\n  patron-client broker status
   patron-client broker stop";
 
@@ -88,6 +93,7 @@ Commands, one JSON object per line (\"cmd\", plus an optional \"request\" echoed
   follow    torrent (its status updates follow)                            -> following
   make      path; output, piece_size, trackers, seed                       -> made
   info                                                                     -> broker
+  limits    max_download_rate, max_upload_rate (0 lifts one; none: ask)    -> limits
   pause, resume, recheck    torrent                                        -> status
   files     torrent; only                                                  -> files
   peers     torrent; add                                                   -> peers
@@ -170,6 +176,9 @@ enum Command {
     /// Make a .torrent from a file or folder (and seed it with --seed)
     #[command(after_help = EXAMPLES_MAKE)]
     Make(make::Args),
+    /// Show or change the rate limits for all torrents (kept across broker restarts)
+    #[command(after_help = EXAMPLES_LIMITS)]
+    Limits(limits::Args),
     /// Start, stop or query the broker
     #[command(after_help = EXAMPLES_BROKER)]
     Broker(broker::Args),
@@ -338,6 +347,7 @@ pub fn main() -> ExitCode {
         Command::Pause(args) => pause::run(&ctx, args),
         Command::Resume(args) => resume::run(&ctx, args),
         Command::Recheck(args) => recheck::run(&ctx, args),
+        Command::Limits(args) => limits::run(&ctx, args),
         Command::Files(args) => files::run(&ctx, args),
         Command::Peers(args) => peers::run(&ctx, args),
         Command::Cat(args) => cat::run(&ctx, args),

@@ -22,7 +22,7 @@ use super::{torrent_ref, Context, Exit};
 use patron_client::json::event_json;
 use patron_client::proto::{
     CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, PeersRequest,
-    ProtoError, RequestBody, RequestId, TorrentRef, TorrentSource,
+    ProtoError, RequestBody, RequestId, SetLimits, TorrentRef, TorrentSource,
 };
 use patron_client::{Board, ConnectOptions, Error, Requester, Stream};
 use serde::Deserialize;
@@ -84,6 +84,11 @@ enum Command {
         seed: bool,
     },
     Info {},
+    /// Show or change the global rate limits (0 lifts one).
+    Limits {
+        max_download_rate: Option<u64>,
+        max_upload_rate: Option<u64>,
+    },
     Pause {
         torrent: TorrentName,
     },
@@ -749,6 +754,16 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             (RequestBody::MakeTorrent(make), output)
         }
         Command::Info {} => (RequestBody::BrokerInfo, None),
+        Command::Limits {
+            max_download_rate,
+            max_upload_rate,
+        } => (
+            RequestBody::SetLimits(SetLimits {
+                download: max_download_rate,
+                upload: max_upload_rate,
+            }),
+            None,
+        ),
         Command::Pause { torrent } => (RequestBody::Pause(torrent_ref(&torrent)?), None),
         Command::Resume { torrent } => (RequestBody::Resume(torrent_ref(&torrent)?), None),
         Command::Recheck { torrent } => (RequestBody::Recheck(torrent_ref(&torrent)?), None),

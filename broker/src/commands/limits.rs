@@ -1,0 +1,11 @@
+//! `SetLimits`: the broker's rate limits for all torrents, changed now and kept.
+
+use crate::service::Service;
+use proto::{Event, RequestId, SetLimits};
+
+pub fn run(service: &Service, request: RequestId, change: SetLimits) -> Event {
+    match service.set_limits(change) {
+        Ok(limits) => Event::Limits { request, limits },
+        Err(error) => Event::Error { request, error },
+    }
+}

@@ -1,0 +1,119 @@
+//! Settings changed while the broker runs (`patron-client limits`), recorded in
+//! `<state dir>/settings.json` so that a restart keeps them (DESIGN §4a, §13).
+//!
+//! Which value a setting has at start, strongest first: a flag or environment variable
+//! given to that start, the record, `broker.toml`, the default (transmission-daemon's rule
+//! for its command line and `settings.json`). A field absent from the record was never
+//! changed at run time; a rate of `0` there is "no limit", which beats a limit in
+//! `broker.toml`.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The settings changed at run time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSettings {
+    /// The global download limit in bytes per second; `0`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_download_rate: Option<u64>,
+    /// The global upload limit in bytes per second; `0`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_upload_rate: Option<u64>,
+}
+
+impl RunSettings {
+    /// Where the record is kept.
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("settings.json")
+    }
+
+    /// The record (none yet: nothing changed at run time). One the broker cannot read is an
+    /// error naming the file: starting on settings other than the user's is worse.
+    pub fn load(state_dir: &Path) -> Result<RunSettings, String> {
+        let path = RunSettings::path(state_dir);
+        let bytes = match crate::store::read_state_file(&path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(RunSettings::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let settings: RunSettings = serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "{} is not the broker's settings ({e}): fix it or move it aside",
+                path.display()
+            )
+        })?;
+        for (name, rate) in [
+            ("max_download_rate", settings.max_download_rate),
+            ("max_upload_rate", settings.max_upload_rate),
+        ] {
+            if rate.is_some_and(|r| r > u64::from(u32::MAX)) {
+                return Err(format!(
+                    "{}: {name} is more than the engine's largest limit (4 GiB/s)",
+                    path.display()
+                ));
+            }
+        }
+        Ok(settings)
+    }
+
+    /// Writes the record (atomically, durably).
+    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::store::write_atomically(&RunSettings::path(state_dir), &json)
+    }
+}
+
+/// A rate at start: the flag's, else the record's (`0`: none), else the file's.
+pub fn effective_rate(flag: Option<u32>, recorded: Option<u64>, file: Option<u32>) -> Option<u32> {
+    match (flag, recorded) {
+        (Some(flag), _) => Some(flag),
+        (None, Some(0)) => None,
+        // Checked at load: it fits.
+        (None, Some(recorded)) => u32::try_from(recorded).ok(),
+        (None, None) => file,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flag_beats_the_record_which_beats_the_file() {
+        assert_eq!(effective_rate(Some(5), Some(7), Some(9)), Some(5));
+        assert_eq!(effective_rate(None, Some(7), Some(9)), Some(7));
+        assert_eq!(
+            effective_rate(None, Some(0), Some(9)),
+            None,
+            "no limit, recorded, wins"
+        );
+        assert_eq!(effective_rate(None, None, Some(9)), Some(9));
+        assert_eq!(effective_rate(None, None, None), None);
+    }
+
+    #[test]
+    fn a_record_round_trips_and_a_damaged_one_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert_eq!(RunSettings::load(dir.path()), Ok(RunSettings::default()));
+        let settings = RunSettings {
+            max_download_rate: Some(1 << 20),
+            max_upload_rate: Some(0),
+        };
+        settings.save(dir.path()).expect("save");
+        assert_eq!(RunSettings::load(dir.path()), Ok(settings));
+        std::fs::write(
+            RunSettings::path(dir.path()),
+            b"{\"max_download_rate\": 1e99}",
+        )
+        .unwrap();
+        assert!(RunSettings::load(dir.path()).is_err());
+        std::fs::write(
+            RunSettings::path(dir.path()),
+            b"{\"max_download_rate\": 5000000000}",
+        )
+        .unwrap();
+        let too_fast = RunSettings::load(dir.path()).unwrap_err();
+        assert!(too_fast.contains("4 GiB/s"), "{too_fast}");
+    }
+}
