@@ -453,6 +453,66 @@ fn transmission_remote_drives_the_broker_through_the_rpc() {
     );
 }
 
+/// transmission-remote's `-d`/`-u` (kB/s) and `-D`/`-U` set the broker's global limits
+/// through `session-set`, as `patron-client limits` does; a setting that is the broker's
+/// own is refused by name.
+#[test]
+fn transmission_remote_sets_the_global_rate_limits() {
+    if !have_curl() || !e2e::have_program("transmission-remote", "transmission-cli") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let remote = |args: &[&str]| {
+        let mut cmd = Command::new("transmission-remote");
+        cmd.arg(&web.addr)
+            .args(["-n", &format!("anyone:{}", web.token)])
+            .args(args);
+        let out = run(cmd);
+        assert_eq!(out.code(), 0, "{args:?}: {}{}", out.stdout, out.stderr);
+        out.stdout
+    };
+    let limits = || e2e::ok_json(&sandbox, &state, &["limits"]);
+    remote(&["-d", "300", "-u", "50"]);
+    assert_eq!(limits()["max_download_rate"], 300_000);
+    assert_eq!(limits()["max_upload_rate"], 50_000);
+    let session = web.rpc_session();
+    let rpc = |body: &str| {
+        let out = web.curl(
+            "/transmission/rpc",
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("X-Transmission-Session-Id: {session}"),
+                "-d",
+                body,
+            ],
+        );
+        let (code, reply) = Web::answer(&out);
+        assert_eq!(code, 200, "{reply}");
+        serde_json::from_str::<Value>(&reply).expect(&reply)
+    };
+    let got = rpc(r#"{"method":"session-get"}"#);
+    let arguments = &got["arguments"];
+    assert_eq!(arguments["speed-limit-down"], 300, "{got}");
+    assert_eq!(arguments["speed-limit-down-enabled"], true, "{got}");
+    assert_eq!(arguments["speed-limit-up"], 50, "{got}");
+    remote(&["-D"]);
+    assert_eq!(limits()["max_download_rate"], Value::Null);
+    assert_eq!(limits()["max_upload_rate"], 50_000);
+    let got = rpc(r#"{"method":"session-get"}"#);
+    assert_eq!(got["arguments"]["speed-limit-down-enabled"], false, "{got}");
+    let refused = rpc(r#"{"method":"session-set","arguments":{"peer-port":1}}"#);
+    let result = refused["result"].as_str().unwrap_or_default();
+    assert!(
+        result.contains("peer-port is the broker's own setting"),
+        "{refused}"
+    );
+}
+
 /// `/metrics` in Prometheus' text format, and a torrent's media files as an `.m3u` whose
 /// entries a player opens (the token in the URL).
 #[test]

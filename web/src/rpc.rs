@@ -106,7 +106,9 @@ async fn call(
         "session-stats" => Ok(text(session_stats(&web.link.torrents().borrow()))),
         "torrent-get" => torrent_get(web, arguments).await,
         "torrent-add" => torrent_add(web, arguments).await.map(text),
-        "torrent-start" | "torrent-start-now" => each(web, arguments, Action::Start).await.map(text),
+        "torrent-start" | "torrent-start-now" => {
+            each(web, arguments, Action::Start).await.map(text)
+        }
         "torrent-stop" => each(web, arguments, Action::Stop).await.map(text),
         "torrent-verify" => each(web, arguments, Action::Verify).await.map(text),
         "torrent-remove" => {
@@ -114,7 +116,9 @@ async fn call(
                 .get("delete-local-data")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            each(web, arguments, Action::Remove { delete }).await.map(text)
+            each(web, arguments, Action::Remove { delete })
+                .await
+                .map(text)
         }
         "torrent-set" => torrent_set(web, arguments).await.map(text),
         "free-space" => {
@@ -124,8 +128,10 @@ async fn call(
                 .map_err(|e| format!("free-space failed: {e}"))?
                 .map(text)
         }
-        "session-set" => Err("session-set: the broker's settings are its own (broker.toml, its options); none is changed here".into()),
-        "torrent-set-location" | "torrent-rename-path" => Err(format!("{method}: not supported by this broker yet")),
+        "session-set" => session_set(web, arguments).await.map(text),
+        "torrent-set-location" | "torrent-rename-path" => {
+            Err(format!("{method}: not supported by this broker yet"))
+        }
         "queue-move-top" | "queue-move-up" | "queue-move-down" | "queue-move-bottom" => {
             Err(format!("{method}: this broker has no queue yet"))
         }
@@ -169,10 +175,10 @@ async fn session_get(web: &Shared) -> Result<Value, String> {
         "pex-enabled": false,
         "utp-enabled": false,
         "encryption": "preferred",
-        "speed-limit-down-enabled": false,
-        "speed-limit-up-enabled": false,
-        "speed-limit-down": 0,
-        "speed-limit-up": 0,
+        "speed-limit-down-enabled": info.limits.download.is_some(),
+        "speed-limit-up-enabled": info.limits.upload.is_some(),
+        "speed-limit-down": info.limits.download.map_or(0, |rate| rate / SPEED_BYTES),
+        "speed-limit-up": info.limits.upload.map_or(0, |rate| rate / SPEED_BYTES),
         "alt-speed-enabled": false,
         "alt-speed-down": 0,
         "alt-speed-up": 0,
@@ -194,6 +200,74 @@ async fn session_get(web: &Shared) -> Result<Value, String> {
             "memory-units": ["KiB", "MiB", "GiB", "TiB"], "memory-bytes": 1024,
         },
     }))
+}
+
+/// Transmission's speed unit (kB/s: `"speed-bytes": 1000` in `session-get`).
+const SPEED_BYTES: u64 = 1000;
+
+/// `session-set`: the broker's global rate limits (`speed-limit-down`, `speed-limit-up`,
+/// in kB/s, and their `-enabled`), changed now and kept across its restarts as
+/// `patron-client limits` changes them. Any other setting is the broker's own, and is
+/// refused by name rather than ignored.
+async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
+    const CHANGED: [&str; 4] = [
+        "speed-limit-down",
+        "speed-limit-down-enabled",
+        "speed-limit-up",
+        "speed-limit-up-enabled",
+    ];
+    if let Some(other) = arguments
+        .keys()
+        .find(|key| !CHANGED.contains(&key.as_str()))
+    {
+        return Err(format!(
+            "session-set: {other} is the broker's own setting (broker.toml, its options); only speed-limit-down, speed-limit-up and their -enabled are changed here"
+        ));
+    }
+    let change = patron_client::proto::SetLimits {
+        download: speed_limit(arguments, "down")?,
+        upload: speed_limit(arguments, "up")?,
+    };
+    web.link
+        .call(move |patron| patron.set_limits(change))
+        .await
+        .map_err(failure)?;
+    Ok(json!({}))
+}
+
+/// One direction's new limit in bytes a second (`Some(0)`: none; `None`: unchanged). A
+/// limit given without `-enabled` turns it on, as a user setting one means; this broker
+/// keeps no limit that is off.
+fn speed_limit(arguments: &Map<String, Value>, direction: &str) -> Result<Option<u64>, String> {
+    let enabled_key = format!("speed-limit-{direction}-enabled");
+    let enabled = match arguments.get(&enabled_key) {
+        None => None,
+        Some(value) => Some(
+            value
+                .as_bool()
+                .ok_or_else(|| format!("session-set: {enabled_key} is true or false"))?,
+        ),
+    };
+    let limit_key = format!("speed-limit-{direction}");
+    let limit = match arguments.get(&limit_key) {
+        None => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .ok_or_else(|| format!("session-set: {limit_key} is a number of kB/s"))?,
+        ),
+    };
+    match (enabled, limit) {
+        (Some(false), _) => Ok(Some(0)),
+        (_, Some(0)) => Err(format!(
+            "session-set: {limit_key} 0 would stop every transfer; pause the torrents instead, or set {enabled_key} false for no limit"
+        )),
+        (_, Some(kilobytes)) => Ok(Some(kilobytes.saturating_mul(SPEED_BYTES))),
+        (Some(true), None) => Err(format!(
+            "session-set: {enabled_key} true needs {limit_key} (kB/s) with it: this broker keeps no limit that is off"
+        )),
+        (None, None) => Ok(None),
+    }
 }
 
 fn session_stats(torrents: &Arc<Torrents>) -> Value {
