@@ -10,7 +10,7 @@ use crate::values::{
 };
 use patron_client::proto::{
     CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, PeersRequest,
-    RequestBody, TorrentRef, TorrentSource, TorrentState,
+    RequestBody, SetLimits, TorrentRef, TorrentSource, TorrentState,
 };
 use patron_client::{Board, ConnectOptions};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -234,6 +234,10 @@ fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
             seed: arg(args, "seed")?.unwrap_or(false),
         }),
         "broker_info" => RequestBody::BrokerInfo,
+        "limits" => RequestBody::SetLimits(SetLimits {
+            download: arg(args, "download")?,
+            upload: arg(args, "upload")?,
+        }),
         "stop_broker" => RequestBody::StopBroker,
         "status_request" => RequestBody::Status(ref_arg(args)?),
         "list_request" => RequestBody::List,
@@ -306,6 +310,12 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
             py.import("json")?.call_method1("loads", (text,))?.unbind()
         }
         ("stop_broker", Event::Ok { .. }) => py.None(),
+        ("limits", Event::Limits { limits, .. }) => {
+            let dict = PyDict::new(py);
+            dict.set_item("max_download_rate", limits.download)?;
+            dict.set_item("max_upload_rate", limits.upload)?;
+            dict.into_any().unbind()
+        }
         ("list_request", Event::TorrentList { torrents, .. }) => {
             let list = torrents
                 .into_iter()

@@ -393,3 +393,20 @@ def test_the_async_patron_and_file_have_what_the_sync_ones_have(broker: Broker) 
         assert ap.closed and "closed" in repr(ap)
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_global_limits_are_read_and_changed(broker: Broker) -> None:
+    with tp.Patron(broker.state) as p:
+        assert p.limits() == {"max_download_rate": None, "max_upload_rate": None}
+        assert p.limits(download=2 << 20) == {"max_download_rate": 2 << 20, "max_upload_rate": None}
+        assert p.broker_info()["max_download_rate"] == 2 << 20
+        with pytest.raises(tp.BadRequest):
+            p.limits(upload=5 << 30)
+        with pytest.raises(TypeError):
+            p.limits(download=-1)
+
+        async def lift() -> dict[str, int | None]:
+            async with tp.AsyncPatron(broker.state) as ap:
+                return await ap.limits(download=0)
+
+        assert asyncio.run(lift()) == {"max_download_rate": None, "max_upload_rate": None}

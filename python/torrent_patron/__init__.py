@@ -486,6 +486,16 @@ class Patron:
         info: Dict[str, Any] = self._call("broker_info")
         return info
 
+    def limits(
+        self, *, download: Optional[int] = None, upload: Optional[int] = None
+    ) -> Dict[str, Optional[int]]:
+        """The broker's rate limits for all torrents together, in bytes a second
+        (``max_download_rate``, ``max_upload_rate``; ``None``: no limit), after setting
+        those given: ``0`` lifts one. A change is kept across the broker's restarts, as
+        ``patron-client limits`` does it."""
+        limits: Dict[str, Optional[int]] = self._call("limits", download=download, upload=upload)
+        return limits
+
     def stop_broker(self) -> None:
         """Asks the broker to stop gracefully (every patron is disconnected)."""
         self._call("stop_broker")
@@ -876,6 +886,13 @@ class AsyncPatron:
         """See ``Patron.broker_info``."""
         info: Dict[str, Any] = await self._call("broker_info")
         return info
+
+    async def limits(
+        self, *, download: Optional[int] = None, upload: Optional[int] = None
+    ) -> Dict[str, Optional[int]]:
+        """See ``Patron.limits``."""
+        limits: Dict[str, Optional[int]] = await self._call("limits", download=download, upload=upload)
+        return limits
 
     async def stop_broker(self) -> None:
         """See ``Patron.stop_broker``."""
