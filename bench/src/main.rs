@@ -7,6 +7,7 @@
 mod board;
 mod download;
 mod fanout;
+mod limit_change;
 mod many_files;
 mod placement;
 mod restart;
@@ -48,6 +49,21 @@ enum Bench {
         server: String,
         #[arg(long)]
         cpu: Option<usize>,
+    },
+    /// A download's rate after a global limit is set while it runs
+    LimitChange {
+        #[arg(long)]
+        seeder_state: PathBuf,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 1024)]
+        limit_kib: u64,
+        #[arg(long, default_value_t = 32)]
+        seeder_mib: u64,
     },
     /// Request → reply round trips through a running broker (the status of its first torrent)
     BrokerRoundTrip {
@@ -306,6 +322,21 @@ fn main() -> anyhow::Result<()> {
             rounds,
         } => board::completion(state_dir, work, log, rounds),
         Bench::IdlePatrons { state_dir, count } => idle_patrons(state_dir, count),
+        Bench::LimitChange {
+            seeder_state,
+            state_dir,
+            work,
+            size_mib,
+            limit_kib,
+            seeder_mib,
+        } => limit_change::run(limit_change::LimitChangeBench {
+            seeder_state,
+            state_dir,
+            work,
+            size_mib,
+            limit_kib,
+            seeder_mib,
+        }),
         Bench::ConcurrentStart {
             state_dir,
             count,

@@ -236,19 +236,21 @@ impl Core {
                 *lock(&slot.reply) = Some(reply);
                 slot.ready.notify_all();
             }
-            // Past the interpreter's exit nothing may call into Python: nobody awaits it.
-            Waiter::Future { .. } if crate::exiting() => {}
-            Waiter::Future { future, event_loop } => Python::attach(|py| {
-                let Ok(value) = Py::new(py, crate::calls::Reply::new(reply)) else {
-                    return;
-                };
-                // A loop already closed cannot take it; nobody waits then.
-                let _ = event_loop.call_method1(
-                    py,
-                    "call_soon_threadsafe",
-                    (self.resolve.clone_ref(py), future, value),
-                );
-            }),
+            Waiter::Future { future, event_loop } => {
+                // Past the exit the closure is dropped unrun, and the handles' decrements are
+                // only deferred (no GIL is taken for them).
+                let _ = crate::attach(|py| {
+                    let Ok(value) = Py::new(py, crate::calls::Reply::new(reply)) else {
+                        return;
+                    };
+                    // A loop already closed cannot take it; nobody waits then.
+                    let _ = event_loop.call_method1(
+                        py,
+                        "call_soon_threadsafe",
+                        (self.resolve.clone_ref(py), &future, value),
+                    );
+                });
+            }
         }
     }
 
@@ -271,12 +273,12 @@ impl Core {
     }
 
     fn wake(&self, wakers: Vec<(Py<PyAny>, Py<PyAny>)>) {
-        if wakers.is_empty() || crate::exiting() {
-            // Py's drop without the GIL defers the decrement; past the exit, never done.
-            std::mem::forget(wakers);
+        if wakers.is_empty() {
             return;
         }
-        Python::attach(|py| {
+        // Past the exit the closure is dropped unrun: its Py handles' decrements are only
+        // deferred (no GIL is taken for them).
+        let _ = crate::attach(|py| {
             for (future, event_loop) in wakers {
                 let _ = event_loop.call_method1(
                     py,

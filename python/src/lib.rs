@@ -69,16 +69,35 @@ pub fn exiting() -> bool {
     EXITING.load(Ordering::Acquire)
 }
 
+/// Native threads (a connection's reader, a closing thread) inside [`attach`].
+static ATTACHING: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `f` with the GIL from a thread Python did not start, unless the interpreter is
+/// exiting (`None`): CPython ends such a thread that takes the GIL during finalization by
+/// unwinding it, which through Rust frames aborts the process. [`_exiting`] waits for
+/// those inside; the count goes up before the flag is read, and the flag is set before
+/// the count is, so that none slips past both (both `SeqCst`).
+pub fn attach<R>(f: impl FnOnce(Python<'_>) -> R) -> Option<R> {
+    ATTACHING.fetch_add(1, Ordering::SeqCst);
+    let result = match EXITING.load(Ordering::SeqCst) {
+        true => None,
+        false => Some(Python::attach(f)),
+    };
+    ATTACHING.fetch_sub(1, Ordering::SeqCst);
+    result
+}
+
 /// Called by the package's `atexit` hook: see [`EXITING`]. A thread waiting for the GIL
 /// would be unwound by the finalization that follows; the GIL is let go until each thread
 /// in a wait of this module has come back to its next slice and parked (a second at most).
 #[pyfunction]
 fn _exiting(py: Python<'_>) {
     let _ = FINALIZING.set(std::thread::current().id());
-    EXITING.store(true, Ordering::Release);
+    EXITING.store(true, Ordering::SeqCst);
     py.detach(|| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        while BUSY.load(Ordering::Acquire) > PARKED.load(Ordering::Acquire)
+        while (BUSY.load(Ordering::Acquire) > PARKED.load(Ordering::Acquire)
+            || ATTACHING.load(Ordering::SeqCst) > 0)
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(std::time::Duration::from_millis(2));

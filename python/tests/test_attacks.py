@@ -657,3 +657,22 @@ def test_a_patrons_timeout_bounds_handshakes_board_requests_and_turns(broker: Br
         fresh.close()
     finally:
         silent.close()
+
+
+def test_an_exit_with_async_replies_in_flight_is_clean(broker: Broker) -> None:
+    """A reply completing a future from the connection's reader thread while the
+    interpreter finalized took the GIL there, and CPython's unwinding of that thread
+    aborted the process (SIGABRT, most runs)."""
+    for _ in range(8):
+        done = python(broker, """
+            import asyncio, os, torrent_patron as tp
+            async def main():
+                ap = tp.AsyncPatron(os.environ["STATE"])
+                await ap.connect()
+                for _ in range(3000):
+                    asyncio.ensure_future(ap.broker_info())
+                await asyncio.sleep(0.005)
+            asyncio.run(main())
+            print("ok")
+        """, timeout=60)
+        assert (done.returncode, done.stdout.strip()) == (0, "ok"), (done.returncode, done.stderr[-1500:])
