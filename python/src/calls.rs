@@ -109,7 +109,8 @@ pub fn torrent_ref(value: &Bound<'_, PyAny>) -> PyResult<TorrentRef> {
             "a torrent is named by its id (int) or info hash (str), not {value}"
         )));
     }
-    if value.is_instance_of::<pyo3::types::PyInt>() {
+    // An int, or what stands for one (numpy's, with `__index__`).
+    if value.is_instance_of::<pyo3::types::PyInt>() || value.hasattr("__index__")? {
         return match value.extract::<u64>() {
             Ok(id) => Ok(TorrentRef::Id(patron_client::proto::TorrentId(id))),
             Err(_) => Err(PyValueError::new_err(format!(
@@ -128,6 +129,11 @@ pub fn torrent_ref(value: &Bound<'_, PyAny>) -> PyResult<TorrentRef> {
 }
 
 fn file_ref(value: &Bound<'_, PyAny>) -> PyResult<FileRef> {
+    if value.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(PyTypeError::new_err(format!(
+            "a file is named by its index (int) or path (str), not {value}"
+        )));
+    }
     if let Ok(index) = value.extract::<u32>() {
         return Ok(FileRef::Index(index));
     }
@@ -547,7 +553,7 @@ impl Connection {
         self.check_open(py)?;
         let torrent = torrent_ref(torrent)?;
         let deadline = deadline(timeout)?;
-        let mut board = self.take_board(py)?;
+        let mut board = self.take_board(py, deadline)?;
         let outcome = sliced(py, deadline, |slice| {
             self.check_open(py)?;
             let summary = board
@@ -595,7 +601,7 @@ impl Connection {
     fn wait_for_change(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         self.check_open(py)?;
         let deadline = deadline(timeout)?;
-        let mut board = self.take_board(py)?;
+        let mut board = self.take_board(py, deadline)?;
         let outcome = sliced(py, deadline, |slice| {
             self.check_open(py)?;
             match crate::detach(py, || board.wait_for_change(slice)) {
@@ -664,9 +670,10 @@ impl Connection {
     /// A connection of its own for one slow request (a magnet's add waits for metadata, a
     /// make hashes a folder): the broker answers one patron's requests in order, so on
     /// this connection it would hold up every other thread's. Closed when this one is.
-    fn aside(&self, py: Python<'_>) -> PyResult<Connection> {
+    #[pyo3(signature = (timeout=None))]
+    fn aside(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Connection> {
         self.check_open(py)?;
-        let mut options = self.core.options.clone();
+        let mut options = self.bounded(deadline(timeout)?);
         // Beside a connection that runs: a broker gone meanwhile is not started again.
         options.auto_start = false;
         let resolve = self.core.resolver(py);
@@ -694,13 +701,14 @@ impl Connection {
     }
 
     /// A board of its own for an event loop to watch.
-    fn board_watch(&self, py: Python<'_>) -> PyResult<BoardWatch> {
+    #[pyo3(signature = (timeout=None))]
+    fn board_watch(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<BoardWatch> {
         self.check_open(py)?;
-        let mut board = self.open_board(py)?;
+        let mut board = self.open_board(py, deadline(timeout)?)?;
         board.change_fd();
         let _ = board.changed();
         Ok(BoardWatch {
-            board: Mutex::new(board),
+            board: Mutex::new(Some(board)),
             owner_pid: self.core.owner_pid,
         })
     }
@@ -731,7 +739,8 @@ impl Connection {
 /// The board watched by an event loop: `fd` becomes readable when it changes.
 #[pyclass(frozen, module = "torrent_patron._native")]
 pub struct BoardWatch {
-    board: Mutex<Board>,
+    /// `None` once closed.
+    board: Mutex<Option<Board>>,
     owner_pid: u32,
 }
 
@@ -742,14 +751,27 @@ impl BoardWatch {
     fn fd(&self, py: Python<'_>) -> PyResult<Option<i32>> {
         errors::check_owner(py, self.owner_pid, "board watch")?;
         // Registering a waker talks to the broker: never with the GIL held.
-        Ok(crate::detach(py, || lock(&self.board).change_fd()))
+        Ok(crate::detach(py, || {
+            lock(&self.board).as_mut().and_then(Board::change_fd)
+        }))
     }
 
     /// Whether the board changed since the last look; clears the wake-up.
     fn changed(&self, py: Python<'_>) -> PyResult<bool> {
         errors::check_owner(py, self.owner_pid, "board watch")?;
         // A broker that restarted is looked up again: never with the GIL held.
-        crate::detach(py, || lock(&self.board).changed()).map_err(|e| errors::from_client(py, e))
+        match crate::detach(py, || lock(&self.board).as_mut().map(Board::changed)) {
+            Some(changed) => changed.map_err(|e| errors::from_client(py, e)),
+            None => Err(errors::from_failure(py, Failure::closed())),
+        }
+    }
+
+    /// Lets the board go now (its mapping, and the broker's waiter for it), not when the
+    /// object is collected.
+    fn close(&self, py: Python<'_>) {
+        if std::process::id() == self.owner_pid {
+            crate::detach(py, || drop(lock(&self.board).take()));
+        }
     }
 }
 
@@ -786,7 +808,7 @@ impl Connection {
         read: impl FnOnce(&Board) -> T + Send,
     ) -> PyResult<T> {
         if crate::detach(py, || lock(&self.board).is_none()) {
-            let opened = self.open_board(py)?;
+            let opened = self.open_board(py, None)?;
             crate::detach(py, || {
                 lock(&self.board).get_or_insert(opened);
             });
@@ -809,8 +831,8 @@ impl Connection {
 
     /// Maps the broker's board (asking the broker for it) on a thread of its own, so that
     /// Ctrl-C ends the wait at once (the signal would otherwise break the request).
-    fn open_board(&self, py: Python<'_>) -> PyResult<Board> {
-        let options = self.core.options.clone();
+    fn open_board(&self, py: Python<'_>, deadline: Option<Instant>) -> PyResult<Board> {
+        let options = self.bounded(deadline);
         interruptible(py, move || Board::open(&options), drop)?
             .map_err(|e| errors::from_client(py, e))
     }
@@ -834,10 +856,21 @@ impl Connection {
     }
 
     /// A board to wait on: an idle one, or a new mapping.
-    fn take_board(&self, py: Python<'_>) -> PyResult<Board> {
+    fn take_board(&self, py: Python<'_>, deadline: Option<Instant>) -> PyResult<Board> {
         match lock(&self.idle_boards).pop() {
             Some(board) => Ok(board),
-            None => self.open_board(py),
+            None => self.open_board(py, deadline),
         }
+    }
+
+    /// The connection options, their handshake bounded by a call's `deadline` too.
+    fn bounded(&self, deadline: Option<Instant>) -> ConnectOptions {
+        let mut options = self.core.options.clone();
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // A handshake of no time at all could not even be tried.
+            options.timeout = options.timeout.min(left.max(Duration::from_millis(1)));
+        }
+        options
     }
 }

@@ -38,7 +38,7 @@ const CLASSES: &[(&str, Option<&str>, &str)] = &[
     ("NoSpace", None, "Not enough space on the disk."),
     ("LimitReached", None, "A limit of the broker's was reached."),
     ("BadRequest", Some("ValueError"), "The request is malformed."),
-    ("BrokerIoError", None, "The broker could not read or write a file."),
+    ("BrokerIoError", Some("OSError"), "The broker could not read or write a file (no such file, no permission...)."),
     ("EngineError", None, "The torrent engine failed."),
     ("ShuttingDown", Some("ConnectionError"), "The broker is shutting down."),
     ("FileOwned", None, "Another torrent owns the file."),

@@ -564,6 +564,11 @@ pub struct StatusChanged {
 
 #[pymethods]
 impl StatusChanged {
+    #[classattr]
+    fn __match_args__() -> (&'static str,) {
+        ("status",)
+    }
+
     fn __reduce__(&self, py: Python<'_>) -> PyResult<Reduced> {
         reduce(py, "StatusChanged", self.status.get())
     }
@@ -583,6 +588,11 @@ pub struct TorrentGone {
 
 #[pymethods]
 impl TorrentGone {
+    #[classattr]
+    fn __match_args__() -> (&'static str, &'static str) {
+        ("id", "reason")
+    }
+
     fn __reduce__(&self, py: Python<'_>) -> PyResult<Reduced> {
         reduce(py, "TorrentGone", self)
     }
@@ -601,6 +611,11 @@ pub struct BrokerStopping {
 
 #[pymethods]
 impl BrokerStopping {
+    #[classattr]
+    fn __match_args__() -> (&'static str,) {
+        ("reason",)
+    }
+
     fn __reduce__(&self, py: Python<'_>) -> PyResult<Reduced> {
         reduce(py, "BrokerStopping", self)
     }

@@ -170,9 +170,7 @@ def test_bad_arguments_are_refused_before_anything_is_done(broker: Broker) -> No
     (broker.root / "arg.bin").write_bytes(b"a" * 5000)
     (broker.root / "exists.torrent").write_bytes(b"mine")
     with tp.Patron(broker.state) as p:
-        watching = p.watch(math.nan)
-        assert next(watching) == []
-        for call in (lambda: list(p.events(math.nan)), lambda: next(watching), lambda: p.wait(0, math.inf)):
+        for call in (lambda: p.events(math.nan), lambda: p.watch(math.nan), lambda: p.wait(0, math.inf)):
             with pytest.raises(ValueError):
                 call()
         import asyncio
@@ -676,3 +674,108 @@ def test_an_exit_with_async_replies_in_flight_is_clean(broker: Broker) -> None:
             print("ok")
         """, timeout=60)
         assert (done.returncode, done.stdout.strip()) == (0, "ok"), (done.returncode, done.stderr[-1500:])
+
+
+def test_second_review_closing_loops_timeouts_and_abandoned_adds(
+    broker: Broker, second_broker: Broker
+) -> None:
+    """From the second attack round: an AsyncPatron's close left its waits, watches and
+    reads pending (and a broker waiter held); a call's own timeout did not bound its side
+    connection or first board mapping; a second event loop met the first one's semaphore;
+    a magnet add given up on left a torrent nobody held."""
+    import asyncio
+    import signal
+    import socket
+
+    torrent = never_completes(broker, "second.bin")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+
+    def stuck() -> str:
+        return (f"magnet:?xt=urn:btih:{os.urandom(20).hex()}"
+                f"&x.pe=127.0.0.1:{silent.getsockname()[1]}")
+
+    try:
+        with tp.Patron(broker.state) as watcher:
+            before = watcher.broker_info()["board_waiters"]
+
+            async def close_ends_everything() -> None:
+                ap = await tp.AsyncPatron(broker.state).connect()
+
+                async def watching() -> None:
+                    async for _ in ap.watch():
+                        pass
+
+                async def reading() -> None:
+                    await (await ap.open(torrent)).read(10)
+
+                tasks = [asyncio.ensure_future(c) for c in (ap.wait(torrent), watching(), reading())]
+                await asyncio.sleep(0.5)  # each is asleep in its wait by now (or fails at once)
+                await ap.close()
+                done, pending = await asyncio.wait(tasks, timeout=5)
+                assert not pending, "a wait outlived close()"
+                assert all(isinstance(t.exception(), tp.PatronClosed) for t in done), [t.exception() for t in done]
+
+            asyncio.run(asyncio.wait_for(close_ends_everything(), 30))
+            deadline = time.monotonic() + 5
+            while watcher.broker_info()["board_waiters"] > before:
+                assert time.monotonic() < deadline, "a closed AsyncPatron kept its broker waiter"
+                time.sleep(0.05)
+
+            # Two loops, one after the other, each contending for the slow turns.
+            ap = tp.AsyncPatron(broker.state)
+
+            async def burst() -> None:
+                await ap.connect()
+                outcomes = await asyncio.gather(
+                    *[ap.add(stuck(), output=broker.root, timeout=0.5) for _ in range(10)],
+                    return_exceptions=True)
+                assert all(isinstance(o, tp.WaitTimeout) for o in outcomes), outcomes
+
+            asyncio.run(burst())
+            asyncio.run(burst())
+
+        # A call's own timeout bounds its side connection and its first board mapping.
+        (broker.root / "small.bin").write_bytes(b"s" * 1000)
+        fresh = tp.Patron(broker.state)
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            for call in (lambda: fresh.add(stuck(), output=broker.root, timeout=1),
+                         lambda: fresh.make(broker.root / "small.bin", timeout=1),
+                         lambda: fresh.wait(torrent, timeout=1)):
+                started = time.monotonic()
+                with pytest.raises(tp.WaitTimeout):
+                    call()
+                assert time.monotonic() - started < 5
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        fresh.close()
+    finally:
+        silent.close()
+
+    # Adds given up on at any moment leave no torrent that nobody holds.
+    data = os.urandom(100_000)
+    (second_broker.root / "given-up.bin").write_bytes(data)
+    with tp.Patron(second_broker.state) as seeder, tp.Patron(broker.state) as p:
+        made = seeder.make(second_broker.root / "given-up.bin", seed=True)
+        assert made.seeding_id is not None
+        magnet = f"magnet:?xt=urn:btih:{made.info_hash}&x.pe={seeder.broker_info()['listen']}"
+        for attempt in range(12):
+            out = broker.root / f"given-up-{attempt}"
+            out.mkdir()
+            try:
+                p.add(magnet, output=out, timeout=0.01 * attempt)
+            except tp.WaitTimeout:
+                pass
+            deadline = time.monotonic() + 10
+            while True:  # the add ends in the broker, or was never made
+                shown = [s for s in p.list() if s.info_hash == made.info_hash]
+                if not shown or shown[0].state != "resolving-metadata":
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            time.sleep(0.2)  # a follow after the add's reply
+            for status in [s for s in p.list() if s.info_hash == made.info_hash]:
+                assert status.holders >= 1, f"attempt {attempt}: {status} is held by nobody"
+                p.close(status.id, force=True)

@@ -410,3 +410,35 @@ def test_global_limits_are_read_and_changed(broker: Broker) -> None:
                 return await ap.limits(download=0)
 
         assert asyncio.run(lift()) == {"max_download_rate": None, "max_upload_rate": None}
+
+
+def test_second_review_small_things(broker: Broker) -> None:
+    (broker.root / "small.bin").write_bytes(b"s" * 5000)
+    with tp.Patron(broker.state) as p:
+        with pytest.raises(ValueError):
+            p.events(timeout=-1)  # at the call, not at the first next()
+        with pytest.raises(ValueError):
+            p.watch(timeout=-1)
+        with pytest.raises(ValueError):
+            p.wait(0, timeout=True)
+        made = p.make(broker.root / "small.bin", broker.root, seed=True)  # a folder: <folder>/<name>.torrent
+        assert (broker.root / "small.bin.torrent").read_bytes() == made.torrent
+        assert made.seeding_id is not None
+        with pytest.raises(TypeError):
+            p.select_files(made.seeding_id, [True])
+        with pytest.raises(TypeError):
+            p.open(made.seeding_id, file=True)
+        with pytest.raises(ValueError):
+            p.open(made.seeding_id, offset=-1)
+        with pytest.raises(OSError) as missing:
+            p.make(broker.root / "no-such-file")
+        assert isinstance(missing.value, tp.BrokerIoError)
+        gone = tp.TorrentGone.__match_args__
+        assert gone == ("id", "reason")
+
+        async def read_nothing() -> bytes:
+            async with tp.AsyncPatron(broker.state) as ap:
+                f = await ap.open(made.seeding_id)
+                return await asyncio.wait_for(f.read(0), 1)
+
+        assert asyncio.run(read_nothing()) == b""

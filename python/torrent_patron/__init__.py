@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import errno
 import io
 import os
 import threading
 import time
+import weakref
 from typing import (
     overload,
     Any,
@@ -157,7 +159,7 @@ def _whole(value: Optional[Any]) -> Any:
 
 def _seconds(timeout: float) -> float:
     """A timeout as the native waits take it: a number of seconds, 0 or more."""
-    if not (isinstance(timeout, (int, float)) and 0 <= timeout < float("inf")):
+    if isinstance(timeout, bool) or not (isinstance(timeout, (int, float)) and 0 <= timeout < float("inf")):
         raise ValueError(f"timeout must be a number of seconds, 0 or more, not {timeout!r}")
     return float(timeout)
 
@@ -253,8 +255,28 @@ def _slow(method: str, args: Dict[str, Any]) -> bool:
 def _turn_timeout(method: str, timeout: Optional[float]) -> TorrentPatronError:
     return _error(
         WaitTimeout, "timeout",
-        f"{method} waited {timeout} s for a turn: {_SLOW_AT_ONCE} slow requests of this patron run already",
+        f"{method} waited {_shown(timeout)} s for a turn: {_SLOW_AT_ONCE} slow requests of this patron run already",
     )
+
+
+def _given_up(method: str, timeout: Optional[float]) -> TorrentPatronError:
+    return _error(
+        WaitTimeout, "timeout",
+        f"the broker did not answer {method} within {_shown(timeout)} s; the request goes on, "
+        "and a torrent it adds is held by this patron (list() shows it)",
+    )
+
+
+def _shown(seconds: Optional[float]) -> str:
+    """Seconds as a person writes them (``0.5``, ``2``), as the native errors do."""
+    return f"{seconds or 0:.2f}".rstrip("0").rstrip(".")
+
+
+def _left(deadline: Optional[float], now: Optional[float] = None) -> Optional[float]:
+    """Seconds left until ``deadline`` (``time.monotonic``'s, or ``now``'s clock)."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - (time.monotonic() if now is None else now))
 
 
 def _held(value: Any) -> Optional[int]:
@@ -267,17 +289,24 @@ def _held(value: Any) -> Optional[int]:
     return None
 
 
-def _check_output(output: Optional[Union[str, "os.PathLike[str]"]]) -> None:
-    """Refuses a .torrent's destination that exists, or whose folder does not, before
-    anything is made."""
+def _check_output(
+    output: Optional[Union[str, "os.PathLike[str]"]], source: Union[str, "os.PathLike[str]"]
+) -> Optional[str]:
+    """Where a made .torrent goes (a folder given: ``<folder>/<name>.torrent``, as
+    transmission-create names it), refused before anything is made if a file is there or
+    its folder is not."""
     if output is None:
-        return
+        return None
     path = os.fspath(output)
+    if os.path.isdir(path):
+        name = os.path.basename(os.path.normpath(os.path.abspath(os.fspath(source))))
+        path = os.path.join(path, f"{name}.torrent")
     if os.path.lexists(path):
         raise _error(FileExists, "file-exists", f"{path} exists: a made .torrent never overwrites a file")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(errno.ENOENT, f"{folder} is not a folder: the .torrent cannot be written there", path)
+    return path
 
 
 def _write_torrent(made: Made, output: Optional[Union[str, "os.PathLike[str]"]]) -> None:
@@ -339,20 +368,44 @@ class Patron:
         timeout = self._timeout if timeout is _DEFAULT else _timeout(timeout)
         if not _slow(method, args):
             return self._conn.call(method, args, timeout)
-        started = time.monotonic()
+        deadline = None if timeout is None else time.monotonic() + timeout
         if not self._slow_turns.acquire(timeout=-1 if timeout is None else timeout):
             raise _turn_timeout(method, timeout)
+        done: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
         try:
-            side = self._conn.aside()
+            threading.Thread(
+                target=self._slow_request, args=(method, args, deadline, done),
+                name="torrent-patron-slow", daemon=True,
+            ).start()
+        except BaseException:
+            self._slow_turns.release()
+            raise
+        # Not `result(timeout)`: its TimeoutError would not tell a timeout from a
+        # MetadataTimeout (a TimeoutError too) the request raised.
+        if done not in concurrent.futures.wait([done], timeout=_left(deadline)).done:
+            raise _given_up(method, timeout)
+        return done.result()
+
+    def _slow_request(
+        self, method: str, args: Dict[str, Any], deadline: Optional[float],
+        done: "concurrent.futures.Future[Any]",
+    ) -> None:
+        """A slow request on a connection of its own, to its end even when its caller gave
+        up (a timeout, Ctrl-C): what it adds is then held by this patron all the same (a
+        torrent of nobody's would be left behind), and the connection closes."""
+        try:
+            side = self._conn.aside(_left(deadline))
             try:
-                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-                value = side.call(method, args, left)
+                value = side.call(method, args)
                 held = _held(value)
                 if held is not None:
                     self._conn.call("follow", {"ref": held}, self._timeout)
-                return value
             finally:
                 side.close()
+        except BaseException as failure:
+            done.set_exception(failure)
+        else:
+            done.set_result(value)
         finally:
             self._slow_turns.release()
 
@@ -381,8 +434,9 @@ class Patron:
 
         A magnet waits for its metadata (up to the broker's ``--magnet-timeout``) on a
         connection of its own, so this patron's other requests go on meanwhile; ``timeout``
-        (seconds; the patron's when ``None``) gives up sooner with ``WaitTimeout``, and the
-        broker may still add the torrent afterwards.
+        (seconds; the patron's when ``None``) gives up sooner with ``WaitTimeout``; the
+        request still ends in the broker, and a torrent it adds is then held by this patron
+        (``list()`` shows it; ``close`` it if it is not wanted).
         """
         args = _add_args(
             source, output, peers, paused, only, max_download_rate, max_upload_rate,
@@ -470,15 +524,16 @@ class Patron:
         timeout: Optional[float] = None,
     ) -> Made:
         """Makes a .torrent of a file or folder (``Made.torrent`` holds its bytes), written
-        to ``output`` when given (never over an existing file); ``seed`` seeds it from
+        to ``output`` when given (a folder: ``<folder>/<name>.torrent``; never over an
+        existing file); ``seed`` seeds it from
         where it is. It runs on a connection of its own, as a magnet's add does, up to
         ``timeout`` seconds (the patron's when ``None``)."""
-        _check_output(output)
+        written = _check_output(output, path)
         made: Made = self._call(
             "make", _or_default(timeout), path=os.path.abspath(os.fspath(path)), seed=seed,
             piece_size=piece_size, trackers=_strings("trackers", trackers),
         )
-        _write_torrent(made, output)
+        _write_torrent(made, written)
         return made
 
     def broker_info(self) -> Dict[str, Any]:
@@ -506,7 +561,7 @@ class Patron:
         """Waits until a torrent is complete and returns its status, asleep on the board
         with the GIL released. Raises ``WaitTimeout`` (a ``TimeoutError``) after ``timeout`` seconds,
         ``TorrentFailed`` if it stops with an error, ``UnknownTorrent`` if it is closed."""
-        return self._conn.wait(ref, timeout)
+        return self._conn.wait(ref, None if timeout is None else _seconds(timeout))
 
     def events(self, timeout: Optional[float] = None) -> Iterator[Event]:
         """The events of the torrents this patron holds (added or followed), in order:
@@ -518,6 +573,10 @@ class Patron:
         A patron has one queue of events: iterators on several threads share them out, each
         event to one of them. Unread events wait there: the latest status of each torrent,
         and each ``TorrentGone``."""
+        # Its arguments are checked at the call, not at the first `next`.
+        return self._events(None if timeout is None else _seconds(timeout))
+
+    def _events(self, timeout: Optional[float]) -> Iterator[Event]:
         while True:
             try:
                 event = self._conn.next_event(timeout)
@@ -534,6 +593,10 @@ class Patron:
         torrent's; changes while the caller is busy are seen as one). Ends after
         ``timeout`` seconds with no change, when given; raises ``BrokerStopped`` when the
         broker stops (where ``events()`` ends with ``BrokerStopping``)."""
+        # Its arguments are checked at the call, not at the first `next`.
+        return self._watch(None if timeout is None else _seconds(timeout))
+
+    def _watch(self, timeout: Optional[float]) -> Iterator[List[Status]]:
         yield self.list()
         while self._conn.wait_for_change(timeout):
             yield self.list()
@@ -544,6 +607,8 @@ class Patron:
         """One file of a torrent (the only one when ``file`` is ``None``) as a binary file
         object, readable while it downloads: a read waits until the bytes at the position
         are verified, and the pieces there are fetched first. Seek to read elsewhere."""
+        if offset < 0:
+            raise ValueError(f"offset must be 0 or more, not {offset}")
         return TorrentFile(self._conn.open_stream(ref, file, offset))
 
 
@@ -676,9 +741,9 @@ class AsyncPatron:
         self._state_dir = os.fspath(state_dir) if state_dir is not None else None
         self._autostart = autostart
         self._conn_: Optional[_native.Connection] = None
-        self._slow_turns: Optional[asyncio.Semaphore] = None
-        self._waker_: Optional[_BoardWaker] = None
-        self._making: "Optional[asyncio.Task[_BoardWaker]]" = None
+        self._loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]" = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def connect(self) -> "AsyncPatron":
         """Connects (once; ``async with`` does it). A broker may have to be started: that
@@ -728,20 +793,37 @@ class AsyncPatron:
         timeout = self._timeout if timeout is _DEFAULT else _timeout(timeout)
         if not _slow(method, args):
             return await self._call_on(self._conn, method, args, timeout)
-        if self._slow_turns is None:
-            self._slow_turns = asyncio.Semaphore(_SLOW_AT_ONCE)
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            await asyncio.wait_for(self._slow_turns.acquire(), timeout)
-        except asyncio.TimeoutError:
-            raise _turn_timeout(method, timeout) from None
+        turns = self._on_loop().slow_turns
+        deadline = None if timeout is None else loop.time() + timeout
+        if turns.locked():
+            try:
+                await asyncio.wait_for(turns.acquire(), timeout)
+            except asyncio.TimeoutError:
+                raise _turn_timeout(method, timeout) from None
+        else:
+            await turns.acquire()  # at once
+        request = loop.create_task(self._slow_request(method, args, deadline, turns))
+        # Its failure is read even when nobody awaits it any more.
+        request.add_done_callback(lambda task: task.cancelled() or task.exception())
+        # A caller cancelled or out of time leaves it to finish (see Patron): `wait` cancels
+        # nothing, and tells a timeout from a TimeoutError the request raised.
+        finished, _ = await asyncio.wait({request}, timeout=_left(deadline, loop.time()))
+        if not finished:
+            raise _given_up(method, timeout)
+        return request.result()
+
+    async def _slow_request(
+        self, method: str, args: Dict[str, Any], deadline: Optional[float],
+        turns: asyncio.Semaphore,
+    ) -> Any:
+        """See ``Patron._slow_request``."""
+        loop = asyncio.get_running_loop()
         try:
             # Connecting waits on the broker's handshake: off the loop.
-            side = await loop.run_in_executor(None, self._conn.aside)
+            side = await loop.run_in_executor(None, self._conn.aside, _left(deadline, loop.time()))
             try:
-                left = None if timeout is None else max(0.0, timeout - (loop.time() - started))
-                value = await self._call_on(side, method, args, left)
+                value = await self._call_on(side, method, args, None)
                 held = _held(value)
                 if held is not None:
                     await self._call_on(self._conn, "follow", {"ref": held}, self._timeout)
@@ -749,7 +831,15 @@ class AsyncPatron:
             finally:
                 side.close()
         finally:
-            self._slow_turns.release()
+            turns.release()
+
+    def _on_loop(self) -> "_LoopState":
+        """What this patron keeps per event loop (its turns and board waker bind to it)."""
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _LoopState()
+        return state
 
     @staticmethod
     async def _call_on(
@@ -762,7 +852,7 @@ class AsyncPatron:
             reply = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise _error(
-                WaitTimeout, "timeout", f"the broker did not answer {method} within {timeout} s"
+                WaitTimeout, "timeout", f"the broker did not answer {method} within {_shown(timeout)} s"
             ) from None
         return conn.decode(method, reply)
 
@@ -833,6 +923,11 @@ class AsyncPatron:
         if ref is _NO_REF:
             if self._conn_ is not None:
                 self._conn_.close()
+            # Waits, watches and reads on any loop end with PatronClosed.
+            for loop, state in list(self._loops.items()):
+                waker, state.waker = state.waker, None
+                if waker is not None and not loop.is_closed():
+                    loop.call_soon_threadsafe(waker.close)
             return None
         if ref is None:
             raise TypeError("close(None): name a torrent, or call close() to close the patron")
@@ -874,12 +969,12 @@ class AsyncPatron:
         timeout: Optional[float] = None,
     ) -> Made:
         """See ``Patron.make``."""
-        _check_output(output)
+        written = _check_output(output, path)
         made: Made = await self._call(
             "make", _or_default(timeout), path=os.path.abspath(os.fspath(path)), seed=seed,
             piece_size=piece_size, trackers=_strings("trackers", trackers),
         )
-        _write_torrent(made, output)
+        _write_torrent(made, written)
         return made
 
     async def broker_info(self) -> Dict[str, Any]:
@@ -898,32 +993,45 @@ class AsyncPatron:
         """See ``Patron.stop_broker``."""
         await self._call("stop_broker")
 
-    async def _waker(self) -> "_BoardWaker":
-        """This patron's board waker on the running loop, made once for all its waits."""
-        loop = asyncio.get_running_loop()
-        if self._waker_ is not None and self._waker_.loop is loop:
-            return self._waker_
-        if self._making is None or self._making.get_loop() is not loop:
-            self._making = loop.create_task(self._make_waker(loop))
-        # Shielded: a wait cancelled meanwhile does not cancel it for the others.
-        return await asyncio.shield(self._making)
+    async def _waker(self, timeout: Optional[float] = None) -> "_BoardWaker":
+        """This patron's board waker on the running loop, made once for all its waits
+        (the first within ``timeout``)."""
+        state = self._on_loop()
+        if state.waker is not None:
+            return state.waker
+        if state.making is None:
+            state.making = asyncio.get_running_loop().create_task(self._make_waker(state))
+            state.making.add_done_callback(lambda task: task.cancelled() or task.exception())
+        making = state.making
+        # A wait cancelled meanwhile does not cancel it for the others (`wait` cancels
+        # nothing), and its own failures are told from this wait's timeout.
+        finished, _ = await asyncio.wait({making}, timeout=timeout)
+        if not finished:
+            raise _error(
+                WaitTimeout, "timeout",
+                f"the broker did not hand over its board within {_shown(timeout)} s",
+            )
+        return making.result()
 
-    async def _make_waker(self, loop: asyncio.AbstractEventLoop) -> "_BoardWaker":
+    async def _make_waker(self, state: "_LoopState") -> "_BoardWaker":
+        loop = asyncio.get_running_loop()
         try:
             # Mapping a board and handing the broker an eventfd ask the broker: off the loop.
             watch = await loop.run_in_executor(None, self._conn.board_watch)
             await loop.run_in_executor(None, getattr, watch, "fd")
         except BaseException:
-            self._making = None  # the next wait tries again
+            state.making = None  # the next wait tries again
             raise
-        self._waker_ = _BoardWaker(watch, loop)
-        return self._waker_
+        if self.closed:
+            raise _error(PatronClosed, "closed", "the patron is closed")
+        state.waker = _BoardWaker(watch, loop)
+        return state.waker
 
     async def wait(self, ref: Ref, timeout: Optional[float] = None) -> Status:
         """See ``Patron.wait``; the loop runs meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + _seconds(timeout)
-        waker = await self._waker()
+        waker = await self._waker(_left(deadline, loop.time()))
         while True:
             change = waker.next_change()
             status = await self.status(ref)
@@ -964,7 +1072,7 @@ class AsyncPatron:
     async def watch(self, timeout: Optional[float] = None) -> AsyncIterator[List[Status]]:
         """See ``Patron.watch``."""
         timeout = None if timeout is None else _seconds(timeout)
-        waker = await self._waker()
+        waker = await self._waker(timeout)
         change = waker.next_change()
         yield await self.list()
         while await waker.wait(change, timeout):
@@ -973,10 +1081,22 @@ class AsyncPatron:
 
     async def open(self, ref: Ref, file: Optional[FileRef] = None, offset: int = 0) -> "AsyncTorrentFile":
         """See ``Patron.open``: an ``AsyncTorrentFile`` whose ``read`` is a coroutine."""
+        if offset < 0:
+            raise ValueError(f"offset must be 0 or more, not {offset}")
         loop = asyncio.get_running_loop()
         conn = self._conn
         stream = await loop.run_in_executor(None, conn.open_stream, ref, file, offset)
         return AsyncTorrentFile(self, stream)
+
+
+class _LoopState:
+    """An ``AsyncPatron``'s own on one event loop: its turns for slow requests and its
+    board waker (asyncio's objects bind to the loop they are first used on)."""
+
+    def __init__(self) -> None:
+        self.slow_turns = asyncio.Semaphore(_SLOW_AT_ONCE)
+        self.waker: Optional[_BoardWaker] = None
+        self.making: "Optional[asyncio.Task[_BoardWaker]]" = None
 
 
 class _BoardWaker:
@@ -991,20 +1111,35 @@ class _BoardWaker:
     def __init__(self, watch: "_native.BoardWatch", loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         # Made before any waiter first looks at the board: a change after that look wakes it.
-        self._watch = watch
+        self._watch: Optional[_native.BoardWatch] = watch
         self._change: "asyncio.Future[None]" = loop.create_future()
         self._waiting = 0
         self._pump: "Optional[asyncio.Task[None]]" = None
+        self._closed: Optional[TorrentPatronError] = None
 
     def next_change(self) -> "asyncio.Future[None]":
         """A future the board's next change completes (or its failure, such as the
         broker's stop, fails)."""
-        if self._change.done():
+        if self._change.done() and self._closed is None:
             self._change = self.loop.create_future()
         return self._change
 
+    def close(self) -> None:
+        """The patron closed: every wait ends with ``PatronClosed``, the watch goes."""
+        self._closed = _error(PatronClosed, "closed", "the patron is closed")
+        if not self._change.done():
+            self._change.set_exception(self._closed)
+            self._change.exception()  # read: with no waiter, asyncio would log it
+        if self._pump is not None:
+            self._pump.cancel()
+        if self._watch is not None:
+            self._watch.close()  # its mapping and the broker's waiter go now
+        self._watch = None
+
     async def wait(self, change: "asyncio.Future[None]", timeout: Optional[float]) -> bool:
         """Waits for ``change`` up to ``timeout`` seconds: whether it came."""
+        if self._closed is not None or self._watch is None:
+            raise self._closed or _error(PatronClosed, "closed", "the patron is closed")
         self._waiting += 1
         try:
             if self._pump is None or self._pump.done():
@@ -1043,6 +1178,7 @@ class _BoardWaker:
         except TorrentPatronError as failure:
             if not self._change.done():
                 self._change.set_exception(failure)
+                self._change.exception()  # read: with no waiter, asyncio would log it
 
 
 class AsyncTorrentFile:
@@ -1067,6 +1203,8 @@ class AsyncTorrentFile:
     async def read(self, size: int = -1) -> bytes:
         """At most ``size`` bytes from the position once verified (all that is left when
         negative); ``b""`` at the end."""
+        if size == 0:
+            return b""
         if size < 0:
             chunks: List[bytes] = []
             while True:
