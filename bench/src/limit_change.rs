@@ -59,10 +59,12 @@ pub fn run(bench: LimitChangeBench) -> anyhow::Result<()> {
     seeder.set_limits(SetLimits {
         download: None,
         upload: Some(bench.seeder_mib * (1 << 20)),
+        ..SetLimits::default()
     })?;
     leecher.set_limits(SetLimits {
         download: Some(0),
         upload: Some(0),
+        ..SetLimits::default()
     })?;
     let data = bench.work.join("limit-change.bin");
     {
@@ -117,7 +119,7 @@ pub fn run(bench: LimitChangeBench) -> anyhow::Result<()> {
     }
     leecher.set_limits(SetLimits {
         download: Some(bench.limit_kib * 1024),
-        upload: None,
+        ..SetLimits::default()
     })?;
     let changed = Instant::now();
     samples.clear();
@@ -148,10 +150,12 @@ pub fn run(bench: LimitChangeBench) -> anyhow::Result<()> {
     seeder.set_limits(SetLimits {
         download: None,
         upload: Some(0),
+        ..SetLimits::default()
     })?;
     leecher.set_limits(SetLimits {
         download: Some(0),
         upload: Some(0),
+        ..SetLimits::default()
     })?;
     let within = within.context(format!(
         "the rate never settled within 10 % of {limit:.0} B/s in 10 s (last: {last:.0} B/s)"

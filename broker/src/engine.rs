@@ -124,6 +124,31 @@ enum Stage {
     Failed,
 }
 
+/// A torrent's own rate limits in force, bytes per second.
+pub fn torrent_limits(handle: &ManagedTorrentHandle) -> proto::RateLimits {
+    let config = handle.shared().ratelimits().get_config();
+    proto::RateLimits {
+        download: config.download_bps.map(|r| u64::from(r.get())),
+        upload: config.upload_bps.map(|r| u64::from(r.get())),
+    }
+}
+
+/// Sets a torrent's own limits now, kept across its pauses (an engine patch of ours:
+/// third_party/README.md); `None`: unchanged, `Some(None)`: lifted.
+pub fn set_torrent_limits(
+    handle: &ManagedTorrentHandle,
+    download: Option<Option<NonZeroU32>>,
+    upload: Option<Option<NonZeroU32>>,
+) {
+    let limits = handle.shared().ratelimits();
+    if let Some(download) = download {
+        limits.set_download_bps(download);
+    }
+    if let Some(upload) = upload {
+        limits.set_upload_bps(upload);
+    }
+}
+
 fn stage_of(handle: &ManagedTorrentHandle) -> Stage {
     use librqbit::ManagedTorrentState as S;
     handle.with_state(|state| match state {

@@ -296,22 +296,26 @@ pub enum RequestBody {
     /// Ends a stream, releasing its priority window (disconnecting ends them all too).
     /// Replied to with [`Event::Ok`] or [`Event::Error`].
     CloseStream(StreamId),
-    /// Changes the broker's rate limits for all torrents together, now and across restarts
-    /// (recorded; a flag given at the next start wins). Replied to with [`Event::Limits`]
-    /// (the limits then in force) or [`Event::Error`]; with nothing to change, it only asks.
+    /// Changes rate limits now and across restarts: the broker's for all torrents together
+    /// (recorded; a flag given at the next start wins), or one torrent's own. Replied to
+    /// with [`Event::Limits`] (the limits then in force) or [`Event::Error`]; with nothing
+    /// to change, it only asks.
     SetLimits(SetLimits),
 }
 
-/// A change of the broker's global rate limits ([`RequestBody::SetLimits`]).
+/// A change of rate limits ([`RequestBody::SetLimits`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetLimits {
+    /// One torrent's own limits; `None`: the broker's, for all torrents together.
+    pub torrent: Option<TorrentRef>,
     /// The download limit in bytes per second: `Some(0)` lifts it, `None` leaves it.
     pub download: Option<u64>,
     /// The upload limit in bytes per second: `Some(0)` lifts it, `None` leaves it.
     pub upload: Option<u64>,
 }
 
-/// The broker's global rate limits in force, bytes per second (`None`: no limit).
+/// Rate limits in force (the broker's, or a torrent's own), bytes per second (`None`: no
+/// limit).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimits {
     /// For all torrents' downloads together.

@@ -107,8 +107,14 @@ fn every_request_round_trips() {
         }),
         RequestBody::CloseStream(crate::StreamId(3)),
         RequestBody::SetLimits(crate::SetLimits {
+            torrent: None,
             download: Some(2 << 20),
             upload: Some(0),
+        }),
+        RequestBody::SetLimits(crate::SetLimits {
+            torrent: Some(TorrentRef::Id(TorrentId(4))),
+            download: None,
+            upload: Some(512),
         }),
         RequestBody::SetLimits(crate::SetLimits::default()),
     ];

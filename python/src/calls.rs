@@ -241,6 +241,10 @@ fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
         }),
         "broker_info" => RequestBody::BrokerInfo,
         "limits" => RequestBody::SetLimits(SetLimits {
+            torrent: match args.get_item("ref")? {
+                Some(value) if !value.is_none() => Some(torrent_ref(&value)?),
+                _ => None,
+            },
             download: arg(args, "download")?,
             upload: arg(args, "upload")?,
         }),

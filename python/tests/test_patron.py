@@ -402,6 +402,13 @@ def test_global_limits_are_read_and_changed(broker: Broker) -> None:
         assert p.broker_info()["max_download_rate"] == 2 << 20
         with pytest.raises(tp.BadRequest):
             p.limits(upload=5 << 30)
+        (broker.root / "own.bin").write_bytes(b"o" * 5000)
+        made = p.make(broker.root / "own.bin", seed=True)
+        assert made.seeding_id is not None
+        assert p.limits(made.seeding_id, upload=100 << 10) == {"max_download_rate": None, "max_upload_rate": 100 << 10}
+        assert p.limits()["max_upload_rate"] is None, "the broker's own is another"
+        with pytest.raises(tp.UnknownTorrent):
+            p.limits(4242, upload=1)
         with pytest.raises(TypeError):
             p.limits(download=-1)
 

@@ -542,13 +542,16 @@ class Patron:
         return info
 
     def limits(
-        self, *, download: Optional[int] = None, upload: Optional[int] = None
+        self, ref: Optional[Ref] = None, *, download: Optional[int] = None,
+        upload: Optional[int] = None,
     ) -> Dict[str, Optional[int]]:
-        """The broker's rate limits for all torrents together, in bytes a second
-        (``max_download_rate``, ``max_upload_rate``; ``None``: no limit), after setting
-        those given: ``0`` lifts one. A change is kept across the broker's restarts, as
-        ``patron-client limits`` does it."""
-        limits: Dict[str, Optional[int]] = self._call("limits", download=download, upload=upload)
+        """The broker's rate limits for all torrents together, or torrent ``ref``'s own,
+        in bytes a second (``max_download_rate``, ``max_upload_rate``; ``None``: no
+        limit), after setting those given: ``0`` lifts one. A change is kept across the
+        broker's restarts, as ``patron-client limits`` does it."""
+        limits: Dict[str, Optional[int]] = self._call(
+            "limits", ref=ref, download=download, upload=upload
+        )
         return limits
 
     def stop_broker(self) -> None:
@@ -983,10 +986,13 @@ class AsyncPatron:
         return info
 
     async def limits(
-        self, *, download: Optional[int] = None, upload: Optional[int] = None
+        self, ref: Optional[Ref] = None, *, download: Optional[int] = None,
+        upload: Optional[int] = None,
     ) -> Dict[str, Optional[int]]:
         """See ``Patron.limits``."""
-        limits: Dict[str, Optional[int]] = await self._call("limits", download=download, upload=upload)
+        limits: Dict[str, Optional[int]] = await self._call(
+            "limits", ref=ref, download=download, upload=upload
+        )
         return limits
 
     async def stop_broker(self) -> None:

@@ -1,7 +1,7 @@
 //! Explicit limits: breaching one is a clear error for that patron alone.
 
 use e2e::patron_client::proto::{
-    CreateNewTorrent, ErrorKind, Event, RequestBody, TorrentSource, MAX_REQUEST_BYTES,
+    CreateNewTorrent, ErrorKind, Event, RequestBody, TorrentId, TorrentSource, MAX_REQUEST_BYTES,
 };
 use e2e::patron_client::{Error, Patron};
 use e2e::{Sandbox, Seeder, STEP_TIMEOUT};
@@ -353,4 +353,60 @@ fn a_damaged_settings_record_stops_the_start_and_names_the_file() {
     let out = e2e::run(start);
     assert_ne!(out.code(), 0, "{}", out.stdout);
     assert!(out.stderr.contains("settings.json"), "{}", out.stderr);
+}
+
+#[test]
+fn a_torrents_own_limits_change_while_it_runs_and_outlive_a_pause_and_a_kill() {
+    use e2e::{ok_json, run};
+    use nix::sys::signal::Signal;
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/own.bin", 1 << 20);
+    let seeder = Seeder::start(&sandbox, "seeder", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let mut broker = sandbox.broker(&state, &[]);
+    let out = sandbox.folder("downloads");
+    let mut add = sandbox.add_command(&state, &seeder.torrent, &out, Some(&seeder.broker.peer()));
+    add.arg("--paused");
+    run(add).expect_code(0);
+    let limits = |args: &[&str]| {
+        let mut all = vec!["limits", "0"];
+        all.extend_from_slice(args);
+        ok_json(&sandbox, &state, &all)
+    };
+    assert_eq!(limits(&[])["max_download_rate"], serde_json::Value::Null);
+    // Set on a paused torrent: the engine used to build its limits anew at each start
+    // from the add's options, so a change would not survive the resume.
+    assert_eq!(limits(&["--down", "256K"])["max_download_rate"], 262_144);
+    assert_eq!(
+        ok_json(&sandbox, &state, &["limits"])["max_download_rate"],
+        serde_json::Value::Null,
+        "the broker's own limit is another"
+    );
+    let started = std::time::Instant::now();
+    ok_json(&sandbox, &state, &["resume", "0"]);
+    let mut patron = sandbox.patron(&state);
+    patron
+        .follow(e2e::patron_client::proto::TorrentRef::Id(TorrentId(0)))
+        .expect("follow");
+    e2e::wait_complete(&mut patron, Some(TorrentId(0)));
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(2500),
+        "1 MiB at its own 256 KiB/s took {took:?}"
+    );
+    assert_eq!(e2e::sha256(&out.join("own.bin")), e2e::sha256(&data));
+    // Recorded with the torrent: a killed broker's successor keeps it.
+    broker.signal(Signal::SIGKILL);
+    broker.wait_exit(STEP_TIMEOUT);
+    let _broker = sandbox.broker(&state, &[]);
+    e2e::wait_for("the torrent to be restored", STEP_TIMEOUT, || {
+        e2e::client_json(&sandbox, &state, &["limits", "0"]).0 == 0
+    });
+    assert_eq!(limits(&[])["max_download_rate"], 262_144);
+    assert_eq!(
+        limits(&["--down", "none"])["max_download_rate"],
+        serde_json::Value::Null
+    );
+    let (code, _) = e2e::client_json(&sandbox, &state, &["limits", "9", "--down", "1M"]);
+    assert_eq!(code, 1, "an unknown torrent");
 }

@@ -225,6 +225,7 @@ async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
         ));
     }
     let change = patron_client::proto::SetLimits {
+        torrent: None,
         download: speed_limit(arguments, "down")?,
         upload: speed_limit(arguments, "up")?,
     };

@@ -1,10 +1,12 @@
-//! The broker's global rate limits, changed while it runs (`SetLimits`): recorded first
-//! (`settings.json`, see [`crate::settings`]), then applied, so a restart keeps what the
-//! user set and a record that cannot be written changes nothing.
+//! Rate limits changed while the broker runs (`SetLimits`): its own for all torrents, or
+//! one torrent's. Recorded first (`settings.json`, see [`crate::settings`]; or the
+//! torrent's record), then applied, so a restart keeps what the user set and a record that
+//! cannot be written changes nothing.
 
 use super::Service;
+use crate::engine;
 use crate::settings::RunSettings;
-use proto::{ProtoError, RateLimits, SetLimits};
+use proto::{ProtoError, RateLimits, SetLimits, TorrentRef};
 use std::num::NonZeroU32;
 
 impl Service {
@@ -13,6 +15,9 @@ impl Service {
     pub fn set_limits(&self, change: SetLimits) -> Result<RateLimits, ProtoError> {
         let download = change.download.map(|r| rate(r, "download")).transpose()?;
         let upload = change.upload.map(|r| rate(r, "upload")).transpose()?;
+        if let Some(torrent) = change.torrent {
+            return self.set_torrent_limits(torrent, download, upload);
+        }
         if download.is_none() && upload.is_none() {
             return Ok(self.engine.limits());
         }
@@ -33,6 +38,30 @@ impl Service {
         let limits = self.engine.limits();
         tracing::info!(download = ?limits.download, upload = ?limits.upload, "global rate limits set");
         Ok(limits)
+    }
+
+    /// One running torrent's own limits: recorded with it (a restart keeps them), then
+    /// set on it, from its next chunk on (`None`: unchanged; `Some(None)`: lifted).
+    fn set_torrent_limits(
+        &self,
+        torrent: TorrentRef,
+        download: Option<Option<NonZeroU32>>,
+        upload: Option<Option<NonZeroU32>>,
+    ) -> Result<RateLimits, ProtoError> {
+        let (id, handle) = self.running(torrent)?;
+        if download.is_some() || upload.is_some() {
+            self.update_record(id, |restore| {
+                if let Some(download) = download {
+                    restore.rates.download = download;
+                }
+                if let Some(upload) = upload {
+                    restore.rates.upload = upload;
+                }
+            })?;
+            engine::set_torrent_limits(&handle, download, upload);
+            tracing::info!(torrent = %id, ?download, ?upload, "the torrent's rate limits set");
+        }
+        Ok(engine::torrent_limits(&handle))
     }
 }
 

@@ -71,7 +71,8 @@ const EXAMPLES_MAKE: &str = "Examples:\n  patron-client make ~/Photos --seed
 
 const EXAMPLES_LIMITS: &str = "Examples:\n  patron-client limits
   patron-client limits --down 2M --up 512K
-  patron-client limits --down none";
+  patron-client limits --down none
+  patron-client limits 3 --up 100K          # torrent 3's own, while it runs";
 
 const EXAMPLES_BROKER: &str = "Examples:\n  patron-client broker status
   patron-client broker stop";
@@ -93,7 +94,8 @@ Commands, one JSON object per line (\"cmd\", plus an optional \"request\" echoed
   follow    torrent (its status updates follow)                            -> following
   make      path; output, piece_size, trackers, seed                       -> made
   info                                                                     -> broker
-  limits    max_download_rate, max_upload_rate (0 lifts one; none: ask)    -> limits
+  limits    torrent (its own; else all), max_download_rate, max_upload_rate
+            (0 lifts one; neither: ask)                                    -> limits
   pause, resume, recheck    torrent                                        -> status
   files     torrent; only                                                  -> files
   peers     torrent; add                                                   -> peers
@@ -176,7 +178,7 @@ enum Command {
     /// Make a .torrent from a file or folder (and seed it with --seed)
     #[command(after_help = EXAMPLES_MAKE)]
     Make(make::Args),
-    /// Show or change the rate limits for all torrents (kept across broker restarts)
+    /// Show or change the rate limits for all torrents, or one torrent's (kept across restarts)
     #[command(after_help = EXAMPLES_LIMITS)]
     Limits(limits::Args),
     /// Start, stop or query the broker

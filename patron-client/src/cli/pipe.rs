@@ -86,6 +86,7 @@ enum Command {
     Info {},
     /// Show or change the global rate limits (0 lifts one).
     Limits {
+        torrent: Option<TorrentName>,
         max_download_rate: Option<u64>,
         max_upload_rate: Option<u64>,
     },
@@ -755,10 +756,12 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
         }
         Command::Info {} => (RequestBody::BrokerInfo, None),
         Command::Limits {
+            torrent,
             max_download_rate,
             max_upload_rate,
         } => (
             RequestBody::SetLimits(SetLimits {
+                torrent: torrent.map(|t| torrent_ref(&t)).transpose()?,
                 download: max_download_rate,
                 upload: max_upload_rate,
             }),

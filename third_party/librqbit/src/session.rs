@@ -1381,7 +1381,6 @@ impl Session {
                     peer_max_request_window: peer_opts.max_request_window,
                     allow_overwrite: opts.overwrite,
                     output_folder,
-                    ratelimits: opts.ratelimits,
                     initial_peers: opts.initial_peers.clone().unwrap_or_default(),
                     peer_limit: opts.peer_limit.or(self.peer_limit),
                     #[cfg(feature = "disable-upload")]
@@ -1391,6 +1390,8 @@ impl Session {
                 session: Arc::downgrade(self),
                 magnet_name: name,
                 client_name_and_version: self.client_name_and_version.clone(),
+                // torrent-patron patch: the torrent's limits outlive its live state.
+                ratelimits: Arc::new(crate::limits::Limits::new(opts.ratelimits)),
             });
 
             let initializing = Arc::new(TorrentStateInitializing::new(

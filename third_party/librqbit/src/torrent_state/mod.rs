@@ -40,7 +40,6 @@ use tracing::warn;
 use crate::Session;
 use crate::chunk_tracker::ChunkTracker;
 use crate::file_info::FileInfo;
-use crate::limits::LimitsConfig;
 use crate::session::TorrentId;
 use crate::spawn_utils::BlockingSpawner;
 use crate::storage::BoxStorageFactory;
@@ -115,7 +114,7 @@ pub(crate) struct ManagedTorrentOptions {
     pub peer_max_request_window: Option<usize>,
     pub allow_overwrite: bool,
     pub output_folder: PathBuf,
-    pub ratelimits: LimitsConfig,
+    // torrent-patron patch: the rate limits moved to `ManagedTorrentShared::ratelimits`.
     pub initial_peers: Vec<SocketAddr>,
     pub peer_limit: Option<usize>,
     #[cfg(feature = "disable-upload")]
@@ -195,11 +194,22 @@ pub struct ManagedTorrentShared {
     pub(crate) magnet_name: Option<String>,
 
     pub(crate) client_name_and_version: String,
+
+    /// torrent-patron patch: the torrent's own rate limits, for its whole life (each start
+    /// or unpause used to build new ones from the add's options, which nothing could
+    /// change while it ran).
+    pub(crate) ratelimits: Arc<crate::limits::Limits>,
 }
 
 impl ManagedTorrentShared {
     pub(crate) fn client_name_and_version(&self) -> &str {
         &self.client_name_and_version
+    }
+
+    /// torrent-patron patch: the torrent's own rate limits, changeable while it runs
+    /// (`set_download_bps`, `set_upload_bps`; kept across its pauses).
+    pub fn ratelimits(&self) -> &crate::limits::Limits {
+        &self.ratelimits
     }
 
     /// torrent-patron patch: where the torrent's files go, for a storage factory of the

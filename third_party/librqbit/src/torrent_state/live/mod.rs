@@ -216,7 +216,8 @@ pub struct TorrentStateLive {
         tokio::sync::mpsc::UnboundedSender<WriterRequest>,
         ChunkInfo,
     )>,
-    ratelimits: Limits,
+    // torrent-patron patch: the torrent's own, shared with `ManagedTorrentShared`.
+    ratelimits: Arc<Limits>,
 }
 
 impl TorrentStateLive {
@@ -266,7 +267,9 @@ impl TorrentStateLive {
             tokio::sync::mpsc::UnboundedSender<WriterRequest>,
             ChunkInfo,
         )>();
-        let ratelimits = Limits::new(paused.shared.options.ratelimits);
+        // torrent-patron patch: the limits the torrent keeps for its life, not new ones
+        // from the add's options at each start.
+        let ratelimits = paused.shared.ratelimits.clone();
 
         let state = Arc::new(TorrentStateLive {
             shared: paused.shared.clone(),
