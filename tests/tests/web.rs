@@ -454,8 +454,8 @@ fn transmission_remote_drives_the_broker_through_the_rpc() {
 }
 
 /// transmission-remote's `-d`/`-u` (kB/s) and `-D`/`-U` set the broker's global limits
-/// through `session-set`, as `patron-client limits` does; a setting that is the broker's
-/// own is refused by name.
+/// through `session-set`, and with `-t ID` a torrent's own through `torrent-set`, as
+/// `patron-client limits [ID]` does; a setting that is the broker's own is refused by name.
 #[test]
 fn transmission_remote_sets_the_global_rate_limits() {
     if !have_curl() || !e2e::have_program("transmission-remote", "transmission-cli") {
@@ -505,6 +505,17 @@ fn transmission_remote_sets_the_global_rate_limits() {
     assert_eq!(limits()["max_upload_rate"], 50_000);
     let got = rpc(r#"{"method":"session-get"}"#);
     assert_eq!(got["arguments"]["speed-limit-down-enabled"], false, "{got}");
+    // A torrent's own, through torrent-set (transmission-remote -t ID -d / -U).
+    let folder = sandbox.folder("seed/one");
+    sandbox.random_file("seed/one/a.bin", 10_000);
+    let mut patron = sandbox.patron(&state);
+    e2e::make_and_seed(&mut patron, &folder);
+    remote(&["-t", "0", "-d", "120"]);
+    let own = e2e::ok_json(&sandbox, &state, &["limits", "0"]);
+    assert_eq!(own["max_download_rate"], 120_000, "{own}");
+    remote(&["-t", "0", "-D"]);
+    let own = e2e::ok_json(&sandbox, &state, &["limits", "0"]);
+    assert_eq!(own["max_download_rate"], Value::Null, "{own}");
     let refused = rpc(r#"{"method":"session-set","arguments":{"peer-port":1}}"#);
     let result = refused["result"].as_str().unwrap_or_default();
     assert!(

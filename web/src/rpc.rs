@@ -226,8 +226,8 @@ async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
     }
     let change = patron_client::proto::SetLimits {
         torrent: None,
-        download: speed_limit(arguments, "down")?,
-        upload: speed_limit(arguments, "up")?,
+        download: speed_limit(arguments, "speed-limit-down-enabled", "speed-limit-down")?,
+        upload: speed_limit(arguments, "speed-limit-up-enabled", "speed-limit-up")?,
     };
     web.link
         .call(move |patron| patron.set_limits(change))
@@ -236,36 +236,38 @@ async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
     Ok(json!({}))
 }
 
-/// One direction's new limit in bytes a second (`Some(0)`: none; `None`: unchanged). A
-/// limit given without `-enabled` turns it on, as a user setting one means; this broker
-/// keeps no limit that is off.
-fn speed_limit(arguments: &Map<String, Value>, direction: &str) -> Result<Option<u64>, String> {
-    let enabled_key = format!("speed-limit-{direction}-enabled");
-    let enabled = match arguments.get(&enabled_key) {
+/// One direction's new limit in bytes a second (`Some(0)`: none; `None`: unchanged), from
+/// its kB/s (`limit_key`) and whether it is on (`enabled_key`). A limit given without the
+/// switch turns it on, as a user setting one means; this broker keeps no limit that is off.
+fn speed_limit(
+    arguments: &Map<String, Value>,
+    enabled_key: &str,
+    limit_key: &str,
+) -> Result<Option<u64>, String> {
+    let enabled = match arguments.get(enabled_key) {
         None => None,
         Some(value) => Some(
             value
                 .as_bool()
-                .ok_or_else(|| format!("session-set: {enabled_key} is true or false"))?,
+                .ok_or_else(|| format!("{enabled_key} is true or false"))?,
         ),
     };
-    let limit_key = format!("speed-limit-{direction}");
-    let limit = match arguments.get(&limit_key) {
+    let limit = match arguments.get(limit_key) {
         None => None,
         Some(value) => Some(
             value
                 .as_u64()
-                .ok_or_else(|| format!("session-set: {limit_key} is a number of kB/s"))?,
+                .ok_or_else(|| format!("{limit_key} is a number of kB/s"))?,
         ),
     };
     match (enabled, limit) {
         (Some(false), _) => Ok(Some(0)),
         (_, Some(0)) => Err(format!(
-            "session-set: {limit_key} 0 would stop every transfer; pause the torrents instead, or set {enabled_key} false for no limit"
+            "{limit_key} 0 would stop every transfer; pause instead, or set {enabled_key} false for no limit"
         )),
         (_, Some(kilobytes)) => Ok(Some(kilobytes.saturating_mul(SPEED_BYTES))),
         (Some(true), None) => Err(format!(
-            "session-set: {enabled_key} true needs {limit_key} (kB/s) with it: this broker keeps no limit that is off"
+            "{enabled_key} true needs {limit_key} (kB/s) with it: this broker keeps no limit that is off"
         )),
         (None, None) => Ok(None),
     }
@@ -675,7 +677,15 @@ async fn each(
 
 async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
     use std::collections::HashSet;
-    const TAKEN: [&str; 3] = ["ids", "files-wanted", "files-unwanted"];
+    const TAKEN: [&str; 7] = [
+        "ids",
+        "files-wanted",
+        "files-unwanted",
+        "downloadLimit",
+        "downloadLimited",
+        "uploadLimit",
+        "uploadLimited",
+    ];
     if let Some(other) = arguments.keys().find(|k| !TAKEN.contains(&k.as_str())) {
         return Err(format!(
             "torrent-set: {other} is not supported by this broker yet"
@@ -698,11 +708,28 @@ async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
         }
     };
     let (wanted, unwanted) = (indices("files-wanted")?, indices("files-unwanted")?);
+    // Each torrent's own limits, in kB/s, as `patron-client limits ID` sets them.
+    let download = speed_limit(arguments, "downloadLimited", "downloadLimit")?;
+    let upload = speed_limit(arguments, "uploadLimited", "uploadLimit")?;
+    let torrents = web.link.torrents().borrow().clone();
+    let chosen = chosen(&torrents, arguments)?;
+    if download.is_some() || upload.is_some() {
+        for torrent in &chosen {
+            let change = patron_client::proto::SetLimits {
+                torrent: Some(TorrentRef::Id(torrent.info.id)),
+                download,
+                upload,
+            };
+            web.link
+                .call(move |patron| patron.set_limits(change).map(drop))
+                .await
+                .map_err(failure)?;
+        }
+    }
     if wanted.is_none() && unwanted.is_none() {
         return Ok(json!({}));
     }
-    let torrents = web.link.torrents().borrow().clone();
-    for torrent in chosen(&torrents, arguments)? {
+    for torrent in chosen {
         let id = TorrentRef::Id(torrent.info.id);
         let (wanted, unwanted) = (wanted.clone(), unwanted.clone());
         web.link
