@@ -9,7 +9,7 @@ use crate::fast_resume::FastResume;
 use crate::storage::{BeneathStorageFactory, FilePool, Vouched};
 use anyhow::Context;
 use librqbit::api::TorrentIdOrHash;
-use librqbit::limits::LimitsConfig;
+use librqbit::limits::{Limits, LimitsConfig};
 use librqbit::{
     AddTorrent, AddTorrentOptions, AddTorrentResponse, ConnectionOptions, ListenerMode,
     ListenerOptions, ManagedTorrent, PeerConnectionOptions, Session, SessionOptions,
@@ -126,11 +126,7 @@ enum Stage {
 
 /// A torrent's own rate limits in force, bytes per second.
 pub fn torrent_limits(handle: &ManagedTorrentHandle) -> proto::RateLimits {
-    let config = handle.shared().ratelimits().get_config();
-    proto::RateLimits {
-        download: config.download_bps.map(|r| u64::from(r.get())),
-        upload: config.upload_bps.map(|r| u64::from(r.get())),
-    }
+    in_force(handle.shared().ratelimits())
 }
 
 /// Sets a torrent's own limits now, kept across its pauses (an engine patch of ours:
@@ -140,7 +136,21 @@ pub fn set_torrent_limits(
     download: Option<Option<NonZeroU32>>,
     upload: Option<Option<NonZeroU32>>,
 ) {
-    let limits = handle.shared().ratelimits();
+    set(handle.shared().ratelimits(), download, upload);
+}
+
+/// The limits a limiter keeps, bytes per second.
+fn in_force(limits: &Limits) -> proto::RateLimits {
+    let config = limits.get_config();
+    proto::RateLimits {
+        download: config.download_bps.map(|r| u64::from(r.get())),
+        upload: config.upload_bps.map(|r| u64::from(r.get())),
+    }
+}
+
+/// Changes a limiter's limits from its next chunk on (`None`: unchanged; `Some(None)`:
+/// lifted).
+fn set(limits: &Limits, download: Option<Option<NonZeroU32>>, upload: Option<Option<NonZeroU32>>) {
     if let Some(download) = download {
         limits.set_download_bps(download);
     }
@@ -298,26 +308,17 @@ impl Engine {
 
     /// The global rate limits in force, bytes per second.
     pub fn limits(&self) -> proto::RateLimits {
-        let config = self.session.ratelimits.get_config();
-        proto::RateLimits {
-            download: config.download_bps.map(|r| u64::from(r.get())),
-            upload: config.upload_bps.map(|r| u64::from(r.get())),
-        }
+        in_force(&self.session.ratelimits)
     }
 
-    /// Sets the global download (`download`) or upload limit now, for every torrent's
-    /// transfers from their next chunk on (`Some(None)`: no limit; `None`: unchanged).
+    /// Sets the global limits now, for every torrent's transfers from their next chunk on
+    /// (`None`: unchanged; `Some(None)`: lifted).
     pub fn set_limits(
         &self,
         download: Option<Option<NonZeroU32>>,
         upload: Option<Option<NonZeroU32>>,
     ) {
-        if let Some(download) = download {
-            self.session.ratelimits.set_download_bps(download);
-        }
-        if let Some(upload) = upload {
-            self.session.ratelimits.set_upload_bps(upload);
-        }
+        set(&self.session.ratelimits, download, upload);
     }
 
     /// A fresh id, for a torrent known before the engine has it (a resolving magnet).
