@@ -33,6 +33,16 @@ fn connect(state: &std::path::Path) -> anyhow::Result<Patron> {
     })?)
 }
 
+/// Sets a broker's own limits (`Some(0)`: none; `None`: unchanged).
+fn limit(patron: &mut Patron, download: Option<u64>, upload: Option<u64>) -> anyhow::Result<()> {
+    patron.set_limits(SetLimits {
+        torrent: None,
+        download,
+        upload,
+    })?;
+    Ok(())
+}
+
 /// Bytes done of `id` now.
 fn done(patron: &mut Patron, id: TorrentId) -> anyhow::Result<u64> {
     let status = patron.status(TorrentRef::Id(id))?;
@@ -56,16 +66,8 @@ pub fn run(bench: LimitChangeBench) -> anyhow::Result<()> {
     let mut seeder = connect(&bench.seeder_state)?;
     let mut leecher = connect(&bench.state_dir)?;
     // The seeder's pace: slow enough that the download outlasts the measurement.
-    seeder.set_limits(SetLimits {
-        download: None,
-        upload: Some(bench.seeder_mib * (1 << 20)),
-        ..SetLimits::default()
-    })?;
-    leecher.set_limits(SetLimits {
-        download: Some(0),
-        upload: Some(0),
-        ..SetLimits::default()
-    })?;
+    limit(&mut seeder, None, Some(bench.seeder_mib << 20))?;
+    limit(&mut leecher, Some(0), Some(0))?;
     let data = bench.work.join("limit-change.bin");
     {
         use std::io::Write;
@@ -102,44 +104,35 @@ pub fn run(bench: LimitChangeBench) -> anyhow::Result<()> {
     // Running at its seeder's pace: a second of it, then its rate over the last half.
     let mut samples = Vec::new();
     let started = Instant::now();
+    let mut flowing: Option<Instant> = None;
     while started.elapsed() < Duration::from_secs(20) {
-        samples.push((Instant::now(), done(&mut leecher, torrent.id)?));
-        if samples.last().is_some_and(|(_, bytes)| *bytes > 0)
-            && samples.iter().filter(|(_, b)| *b > 0).count() as u32 * tick.as_millis() as u32
-                >= 1000
+        let bytes = done(&mut leecher, torrent.id)?;
+        samples.push((Instant::now(), bytes));
+        if bytes > 0 && flowing.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(1)
         {
             break;
         }
         std::thread::sleep(tick);
     }
     let before = windowed(&samples, window).context("no download to measure")?;
-    let limit = (bench.limit_kib * 1024) as f64;
-    if before < 3.0 * limit {
-        bail!("the download ran at {before:.0} B/s, not well above the limit to set ({limit:.0} B/s): the machine is too loaded");
+    let target = (bench.limit_kib * 1024) as f64;
+    if before < 3.0 * target {
+        bail!("the download ran at {before:.0} B/s, not well above the limit to set ({target:.0} B/s): the machine is too loaded");
     }
-    leecher.set_limits(SetLimits {
-        download: Some(bench.limit_kib * 1024),
-        ..SetLimits::default()
-    })?;
+    limit(&mut leecher, Some(bench.limit_kib * 1024), None)?;
     let changed = Instant::now();
+    // Only windows wholly after the change count.
     samples.clear();
     let mut within = None;
     while changed.elapsed() < Duration::from_secs(10) {
         samples.push((Instant::now(), done(&mut leecher, torrent.id)?));
-        // Only windows wholly after the change count.
-        if samples[0].0.duration_since(changed) < Duration::from_millis(1)
-            && changed.elapsed() >= window
-        {
-            if let Some(rate) = windowed(&samples, window) {
-                if (rate - limit).abs() <= 0.1 * limit {
-                    within.get_or_insert(changed.elapsed());
-                    // Held for a further second: not a passing dip.
-                    if changed.elapsed() >= within.unwrap_or_default() + Duration::from_secs(1) {
-                        break;
-                    }
-                } else {
-                    within = None;
-                }
+        if let Some(rate) = windowed(&samples, window) {
+            if (rate - target).abs() > 0.1 * target {
+                within = None;
+            } else if changed.elapsed()
+                >= *within.get_or_insert(changed.elapsed()) + Duration::from_secs(1)
+            {
+                break; // held for a further second: not a passing dip
             }
         }
         std::thread::sleep(tick);
@@ -147,24 +140,16 @@ pub fn run(bench: LimitChangeBench) -> anyhow::Result<()> {
     let last = windowed(&samples, window).unwrap_or(0.0);
     leecher.close(TorrentRef::Id(torrent.id), true, true)?;
     seeder.close(TorrentRef::Id(seeding), false, true)?;
-    seeder.set_limits(SetLimits {
-        download: None,
-        upload: Some(0),
-        ..SetLimits::default()
-    })?;
-    leecher.set_limits(SetLimits {
-        download: Some(0),
-        upload: Some(0),
-        ..SetLimits::default()
-    })?;
+    limit(&mut seeder, None, Some(0))?;
+    limit(&mut leecher, Some(0), Some(0))?;
     let within = within.context(format!(
-        "the rate never settled within 10 % of {limit:.0} B/s in 10 s (last: {last:.0} B/s)"
+        "the rate never settled within 10 % of {target:.0} B/s in 10 s (last: {last:.0} B/s)"
     ))?;
     println!(
         "{}",
         json!({
             "bench": "limit-change",
-            "limit_bps": limit,
+            "limit_bps": target,
             "before_bps": before,
             "after_bps": last,
             "within_ms": within.as_secs_f64() * 1e3,
