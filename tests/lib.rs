@@ -782,13 +782,23 @@ pub fn next_status(
     }
 }
 
-/// Follows status updates until the torrent (`id`, if given) is complete; returns that status.
+/// The longest any test waits for a torrent to complete: a torrent that never does but
+/// goes on sending statuses must still end its test.
+pub const COMPLETE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Follows status updates until the torrent (`id`, if given) is complete; returns that
+/// status. Panics past [`COMPLETE_TIMEOUT`].
 pub fn wait_complete(
     patron: &mut patron_client::Patron,
     id: Option<patron_client::proto::TorrentId>,
 ) -> patron_client::proto::TorrentStatus {
+    let deadline = Instant::now() + COMPLETE_TIMEOUT;
     loop {
         let status = next_status(patron, id);
+        assert!(
+            status.complete || Instant::now() < deadline,
+            "not complete within {COMPLETE_TIMEOUT:?}: {status:?}"
+        );
         if status.complete {
             // Checked on every completion the tests see: a complete torrent downloads
             // nothing (the engine's decaying estimate once showed hundreds of MiB/s).
