@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -78,3 +78,17 @@ def payload(path: Path, size: int, seed: int = 1) -> bytes:
     data = random.Random(seed).randbytes(size)
     path.write_bytes(data)
     return data
+
+
+@pytest.fixture
+def stuck_magnet() -> Iterator[Callable[[], str]]:
+    """Makes magnet links (a new info hash each) whose only peer takes the connection and
+    never answers: their adds wait for metadata until the broker's timeout."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    port = silent.getsockname()[1]
+    yield lambda: f"magnet:?xt=urn:btih:{os.urandom(20).hex()}&x.pe=127.0.0.1:{port}"
+    silent.close()

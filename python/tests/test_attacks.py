@@ -13,7 +13,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -253,24 +253,21 @@ def test_status_says_a_long_save_folder_whole(broker: Broker) -> None:
         assert [s.save_folder for s in p.list()] == [str(folder)]
 
 
-def test_the_event_loop_runs_and_calls_are_answered_while_a_magnet_waits(broker: Broker) -> None:
+def test_the_event_loop_runs_and_calls_are_answered_while_a_magnet_waits(
+    broker: Broker, stuck_magnet: Callable[[], str]
+) -> None:
     """600 calls beside a magnet's add that waits for metadata: the loop keeps running
     (each async send used to block it on the broker's back-pressure), and the calls are
     answered (they used to wait behind the magnet, which has a connection of its own now)."""
     import asyncio
-    import socket
 
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    port = silent.getsockname()[1]
     (broker.root / "q.bin").write_bytes(b"q" * 1000)
 
     async def main() -> None:
         async with tp.AsyncPatron(broker.state) as p:
             made = await p.make(broker.root / "q.bin", seed=True)
             assert made.seeding_id is not None
-            magnet = f"magnet:?xt=urn:btih:{os.urandom(20).hex()}&x.pe=127.0.0.1:{port}"
+            magnet = stuck_magnet()
             slow = asyncio.ensure_future(p.add(magnet, output=broker.root))
             while not any(s.info_hash == magnet[20:60] for s in await p.list()):
                 await asyncio.sleep(0.02)
@@ -289,44 +286,34 @@ def test_the_event_loop_runs_and_calls_are_answered_while_a_magnet_waits(broker:
                 call.cancel()
             await asyncio.gather(slow, *calls, return_exceptions=True)
 
-    try:
-        asyncio.run(asyncio.wait_for(main(), 60))
-    finally:
-        silent.close()
+    asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def test_close_with_a_request_in_flight_disconnects_at_once(broker: Broker) -> None:
-    import socket
+def test_close_with_a_request_in_flight_disconnects_at_once(
+    broker: Broker, stuck_magnet: Callable[[], str]
+) -> None:
+    with tp.Patron(broker.state) as watcher:
+        before = watcher.broker_info()["patrons"]
+        p = tp.Patron(broker.state)
+        magnet = stuck_magnet()
+        failed: list[str] = []
 
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(4)
-    port = silent.getsockname()[1]
-    try:
-        with tp.Patron(broker.state) as watcher:
-            before = watcher.broker_info()["patrons"]
-            p = tp.Patron(broker.state)
-            magnet = f"magnet:?xt=urn:btih:{os.urandom(20).hex()}&x.pe=127.0.0.1:{port}"
-            failed: list[str] = []
+        def add() -> None:
+            try:
+                p.add(magnet, output=broker.root, ephemeral=True)
+            except tp.TorrentPatronError as e:
+                failed.append(type(e).__name__)
 
-            def add() -> None:
-                try:
-                    p.add(magnet, output=broker.root, ephemeral=True)
-                except tp.TorrentPatronError as e:
-                    failed.append(type(e).__name__)
-
-            adding = threading.Thread(target=add)
-            adding.start()
-            resolving(watcher, magnet)
-            p.close()
-            adding.join(5)
-            assert failed == ["PatronClosed"], failed
-            deadline = time.monotonic() + 5
-            while watcher.broker_info()["patrons"] != before:
-                assert time.monotonic() < deadline, "the closed patron stayed connected"
-                time.sleep(0.05)
-    finally:
-        silent.close()
+        adding = threading.Thread(target=add)
+        adding.start()
+        resolving(watcher, magnet)
+        p.close()
+        adding.join(5)
+        assert failed == ["PatronClosed"], failed
+        deadline = time.monotonic() + 5
+        while watcher.broker_info()["patrons"] != before:
+            assert time.monotonic() < deadline, "the closed patron stayed connected"
+            time.sleep(0.05)
 
 
 def test_ctrl_c_interrupts_a_connection_that_hangs(broker: Broker) -> None:
@@ -389,103 +376,88 @@ def test_sources_files_and_the_end_of_events_as_a_reader_expects(broker: Broker)
 
 
 def test_a_slow_magnet_or_make_holds_up_none_of_the_patrons_other_requests(
-    broker: Broker, second_broker: Broker
+    broker: Broker, second_broker: Broker, stuck_magnet: Callable[[], str]
 ) -> None:
     """The broker answers one patron's requests in order, so a magnet waiting for its
     metadata held every other thread's request on the same Patron for up to two minutes.
     Slow requests go on a connection of their own; the patron still holds what they add
     (an ephemeral magnet goes when the patron does)."""
-    import socket
-
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    port = silent.getsockname()[1]
     data = os.urandom(200_000)
     (second_broker.root / "m.bin").write_bytes(data)
-    try:
-        with tp.Patron(second_broker.state) as seeder, tp.Patron(broker.state) as watcher:
-            made = seeder.make(second_broker.root / "m.bin", seed=True)
-            assert made.seeding_id is not None
-            seeder.wait(made.seeding_id, timeout=60)
-            p = tp.Patron(broker.state)
-            stuck = f"magnet:?xt=urn:btih:{os.urandom(20).hex()}&x.pe=127.0.0.1:{port}"
-            outcome: list[str] = []
+    with tp.Patron(second_broker.state) as seeder, tp.Patron(broker.state) as watcher:
+        made = seeder.make(second_broker.root / "m.bin", seed=True)
+        assert made.seeding_id is not None
+        seeder.wait(made.seeding_id, timeout=60)
+        p = tp.Patron(broker.state)
+        stuck = stuck_magnet()
+        outcome: list[str] = []
 
-            def add_stuck() -> None:
-                try:
-                    p.add(stuck, output=broker.root)
-                except tp.TorrentPatronError as e:
-                    outcome.append(type(e).__name__)
+        def add_stuck() -> None:
+            try:
+                p.add(stuck, output=broker.root)
+            except tp.TorrentPatronError as e:
+                outcome.append(type(e).__name__)
 
-            adding = threading.Thread(target=add_stuck)
-            adding.start()
-            resolving(watcher, stuck)
-            started = time.monotonic()
-            p.broker_info()
-            assert time.monotonic() - started < 5, "a request waited behind the magnet"
-            # A magnet that resolves, added ephemeral: this patron holds it afterwards.
-            magnet = (f"magnet:?xt=urn:btih:{made.info_hash}"
-                      f"&x.pe={seeder.broker_info()['listen']}")
-            added = p.add(magnet, output=broker.root, ephemeral=True)
-            assert not added.joined
-            assert p.wait(added.id, timeout=60).complete
-            assert (broker.root / "m.bin").read_bytes() == data
-            assert p.close(added.id, delete_data=True).stopped, "the patron did not hold what it added"
-            again = p.add(magnet, output=broker.root, ephemeral=True)
-            p.close()  # its holds go with it, the side connection's too
-            adding.join(5)
-            assert outcome == ["PatronClosed"], outcome
-            deadline = time.monotonic() + 10
-            while any(s.id == again.id for s in watcher.list()):
-                assert time.monotonic() < deadline, "an ephemeral torrent outlived its patron"
-                time.sleep(0.05)
-    finally:
-        silent.close()
+        adding = threading.Thread(target=add_stuck)
+        adding.start()
+        resolving(watcher, stuck)
+        started = time.monotonic()
+        p.broker_info()
+        assert time.monotonic() - started < 5, "a request waited behind the magnet"
+        # A magnet that resolves, added ephemeral: this patron holds it afterwards.
+        magnet = (f"magnet:?xt=urn:btih:{made.info_hash}"
+                  f"&x.pe={seeder.broker_info()['listen']}")
+        added = p.add(magnet, output=broker.root, ephemeral=True)
+        assert not added.joined
+        assert p.wait(added.id, timeout=60).complete
+        assert (broker.root / "m.bin").read_bytes() == data
+        assert p.close(added.id, delete_data=True).stopped, "the patron did not hold what it added"
+        again = p.add(magnet, output=broker.root, ephemeral=True)
+        p.close()  # its holds go with it, the side connection's too
+        adding.join(5)
+        assert outcome == ["PatronClosed"], outcome
+        deadline = time.monotonic() + 10
+        while any(s.id == again.id for s in watcher.list()):
+            assert time.monotonic() < deadline, "an ephemeral torrent outlived its patron"
+            time.sleep(0.05)
 
 
-def test_timeouts_bound_a_call_to_a_stopped_broker_and_a_stuck_magnet(broker: Broker) -> None:
+def test_timeouts_bound_a_call_to_a_stopped_broker_and_a_stuck_magnet(
+    broker: Broker, stuck_magnet: Callable[[], str]
+) -> None:
     """A broker that stops answering (SIGSTOP) held every call for ever; a patron's
     `timeout` bounds each wait, and a call's own bounds a magnet's add. The patron goes on
     after either."""
     import asyncio
     import signal
-    import socket
 
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(4)
-    stuck = (f"magnet:?xt=urn:btih:{os.urandom(20).hex()}"
-             f"&x.pe=127.0.0.1:{silent.getsockname()[1]}")
-    try:
-        with tp.Patron(broker.state, timeout=1) as p:
-            os.kill(broker.pid, signal.SIGSTOP)
-            try:
-                started = time.monotonic()
-                with pytest.raises(tp.WaitTimeout, match="broker_info within 1"):
-                    p.broker_info()
-                assert time.monotonic() - started < 5
-            finally:
-                os.kill(broker.pid, signal.SIGCONT)
+    stuck = stuck_magnet()
+    with tp.Patron(broker.state, timeout=1) as p:
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
             started = time.monotonic()
-            with pytest.raises(tp.WaitTimeout):
-                p.add(stuck, output=broker.root, timeout=0.5)
+            with pytest.raises(tp.WaitTimeout, match="broker_info within 1"):
+                p.broker_info()
             assert time.monotonic() - started < 5
-            assert p.broker_info()["pid"] == broker.pid
-            with pytest.raises(ValueError):
-                tp.Patron(broker.state, timeout=-1)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        started = time.monotonic()
+        with pytest.raises(tp.WaitTimeout):
+            p.add(stuck, output=broker.root, timeout=0.5)
+        assert time.monotonic() - started < 5
+        assert p.broker_info()["pid"] == broker.pid
+        with pytest.raises(ValueError):
+            tp.Patron(broker.state, timeout=-1)
 
-        async def main() -> None:
-            async with tp.AsyncPatron(broker.state, timeout=30) as p:
-                started = asyncio.get_running_loop().time()
-                with pytest.raises(tp.WaitTimeout):
-                    await p.add(stuck, output=broker.root, timeout=0.5)
-                assert asyncio.get_running_loop().time() - started < 5
-                assert (await p.broker_info())["pid"] == broker.pid
+    async def main() -> None:
+        async with tp.AsyncPatron(broker.state, timeout=30) as p:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(tp.WaitTimeout):
+                await p.add(stuck, output=broker.root, timeout=0.5)
+            assert asyncio.get_running_loop().time() - started < 5
+            assert (await p.broker_info())["pid"] == broker.pid
 
-        asyncio.run(asyncio.wait_for(main(), 60))
-    finally:
-        silent.close()
+    asyncio.run(asyncio.wait_for(main(), 60))
 
 
 def test_thousands_of_async_waits_take_one_of_the_brokers_waiters(broker: Broker) -> None:
@@ -580,24 +552,18 @@ def test_the_exit_closes_what_was_left_open_and_forks_do_not_hang(broker: Broker
     assert float(done.stdout) < 0.5, f"a forked child took {done.stdout.strip()} s to exit"
 
 
-def test_a_patrons_timeout_bounds_handshakes_board_requests_and_turns(broker: Broker) -> None:
+def test_a_patrons_timeout_bounds_handshakes_board_requests_and_turns(
+    broker: Broker, stuck_magnet: Callable[[], str]
+) -> None:
     """`timeout=` bounded only the wait for a reply: with the broker stopped (SIGSTOP) a new
     Patron, a stream, a side connection or a first board mapping each waited the 30 s
     handshake, and a ninth slow request waited for a turn for ever. An AsyncPatron's first
     wait mapped its board on the loop, freezing it for those 30 s."""
     import asyncio
     import signal
-    import socket
 
     torrent = never_completes(broker, "bounded.bin")
     (broker.root / "small.bin").write_bytes(b"s" * 1000)
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-
-    def stuck() -> str:
-        return (f"magnet:?xt=urn:btih:{os.urandom(20).hex()}"
-                f"&x.pe=127.0.0.1:{silent.getsockname()[1]}")
 
     def bounded(call: Any, limit: float = 5) -> None:
         started = time.monotonic()
@@ -605,56 +571,53 @@ def test_a_patrons_timeout_bounds_handshakes_board_requests_and_turns(broker: Br
             call()
         assert time.monotonic() - started < limit, call
 
+    with tp.Patron(broker.state, timeout=1) as p:
+        magnets = [stuck_magnet() for _ in range(8)]
+
+        def add(magnet: str) -> None:
+            try:
+                p.add(magnet, output=broker.root, timeout=60)
+            except tp.PatronClosed:
+                pass  # at the end of the `with`
+
+        for magnet in magnets:
+            threading.Thread(target=add, args=(magnet,), daemon=True).start()
+        for magnet in magnets:
+            resolving(p, magnet)
+        bounded(lambda: p.add(stuck_magnet(), output=broker.root, timeout=1))
+        bounded(lambda: p.make(broker.root / "small.bin", timeout=1))
+    fresh = tp.Patron(broker.state, timeout=1)  # its board not mapped yet
+
+    async def main() -> float:
+        async with tp.AsyncPatron(broker.state, timeout=1) as ap:
+            os.kill(broker.pid, signal.SIGSTOP)
+            longest, ticking = 0.0, True
+
+            async def tick() -> None:
+                nonlocal longest
+                loop = asyncio.get_running_loop()
+                while ticking:
+                    before = loop.time()
+                    await asyncio.sleep(0.05)
+                    longest = max(longest, loop.time() - before)
+
+            ticker = asyncio.ensure_future(tick())
+            with pytest.raises(tp.WaitTimeout):
+                await asyncio.wait_for(ap.wait(torrent, timeout=2), 10)
+            ticking = False
+            await ticker
+            return longest
+
     try:
-        with tp.Patron(broker.state, timeout=1) as p:
-            magnets = [stuck() for _ in range(8)]
-
-            def add(magnet: str) -> None:
-                try:
-                    p.add(magnet, output=broker.root, timeout=60)
-                except tp.PatronClosed:
-                    pass  # at the end of the `with`
-
-            for magnet in magnets:
-                threading.Thread(target=add, args=(magnet,), daemon=True).start()
-            for magnet in magnets:
-                resolving(p, magnet)
-            bounded(lambda: p.add(stuck(), output=broker.root, timeout=1))
-            bounded(lambda: p.make(broker.root / "small.bin", timeout=1))
-        fresh = tp.Patron(broker.state, timeout=1)  # its board not mapped yet
-
-        async def main() -> float:
-            async with tp.AsyncPatron(broker.state, timeout=1) as ap:
-                os.kill(broker.pid, signal.SIGSTOP)
-                longest, ticking = 0.0, True
-
-                async def tick() -> None:
-                    nonlocal longest
-                    loop = asyncio.get_running_loop()
-                    while ticking:
-                        before = loop.time()
-                        await asyncio.sleep(0.05)
-                        longest = max(longest, loop.time() - before)
-
-                ticker = asyncio.ensure_future(tick())
-                with pytest.raises(tp.WaitTimeout):
-                    await asyncio.wait_for(ap.wait(torrent, timeout=2), 10)
-                ticking = False
-                await ticker
-                return longest
-
-        try:
-            longest = asyncio.run(main())
-            assert longest < 1, f"the loop stalled {longest:.1f} s"
-            bounded(lambda: tp.Patron(broker.state, timeout=1))
-            bounded(lambda: fresh.wait(torrent, timeout=2))
-            bounded(lambda: fresh.open(torrent))
-            bounded(lambda: fresh.add(stuck(), output=broker.root))
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
-        fresh.close()
+        longest = asyncio.run(main())
+        assert longest < 1, f"the loop stalled {longest:.1f} s"
+        bounded(lambda: tp.Patron(broker.state, timeout=1))
+        bounded(lambda: fresh.wait(torrent, timeout=2))
+        bounded(lambda: fresh.open(torrent))
+        bounded(lambda: fresh.add(stuck_magnet(), output=broker.root))
     finally:
-        silent.close()
+        os.kill(broker.pid, signal.SIGCONT)
+    fresh.close()
 
 
 def test_an_exit_with_async_replies_in_flight_is_clean(broker: Broker) -> None:
@@ -677,7 +640,7 @@ def test_an_exit_with_async_replies_in_flight_is_clean(broker: Broker) -> None:
 
 
 def test_second_review_closing_loops_timeouts_and_abandoned_adds(
-    broker: Broker, second_broker: Broker
+    broker: Broker, second_broker: Broker, stuck_magnet: Callable[[], str]
 ) -> None:
     """From the second attack round: an AsyncPatron's close left its waits, watches and
     reads pending (and a broker waiter held); a call's own timeout did not bound its side
@@ -685,74 +648,68 @@ def test_second_review_closing_loops_timeouts_and_abandoned_adds(
     a magnet add given up on left a torrent nobody held."""
     import asyncio
     import signal
-    import socket
 
     torrent = never_completes(broker, "second.bin")
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(64)
 
-    def stuck() -> str:
-        return (f"magnet:?xt=urn:btih:{os.urandom(20).hex()}"
-                f"&x.pe=127.0.0.1:{silent.getsockname()[1]}")
+    with tp.Patron(broker.state) as watcher:
+        before = watcher.broker_info()["board_waiters"]
 
+        async def close_ends_everything() -> None:
+            ap = await tp.AsyncPatron(broker.state).connect()
+
+            async def watching() -> None:
+                async for _ in ap.watch():
+                    pass
+
+            async def reading() -> None:
+                await (await ap.open(torrent)).read(10)
+
+            tasks = [asyncio.ensure_future(c) for c in (ap.wait(torrent), watching(), reading())]
+            # In their waits: the board watched through an eventfd, the stream open.
+            while True:
+                info = await ap.broker_info()
+                if info["board_waiters"] > before and info["streams"] >= 1:
+                    break
+                await asyncio.sleep(0.02)
+            await ap.close()
+            done, pending = await asyncio.wait(tasks, timeout=5)
+            assert not pending, "a wait outlived close()"
+            assert all(isinstance(t.exception(), tp.PatronClosed) for t in done), [t.exception() for t in done]
+
+        asyncio.run(asyncio.wait_for(close_ends_everything(), 30))
+        deadline = time.monotonic() + 5
+        while watcher.broker_info()["board_waiters"] > before:
+            assert time.monotonic() < deadline, "a closed AsyncPatron kept its broker waiter"
+            time.sleep(0.05)
+
+        # Two loops, one after the other, each contending for the slow turns.
+        ap = tp.AsyncPatron(broker.state)
+
+        async def burst() -> None:
+            await ap.connect()
+            outcomes = await asyncio.gather(
+                *[ap.add(stuck_magnet(), output=broker.root, timeout=0.5) for _ in range(10)],
+                return_exceptions=True)
+            assert all(isinstance(o, tp.WaitTimeout) for o in outcomes), outcomes
+
+        asyncio.run(burst())
+        asyncio.run(burst())
+
+    # A call's own timeout bounds its side connection and its first board mapping.
+    (broker.root / "small.bin").write_bytes(b"s" * 1000)
+    fresh = tp.Patron(broker.state)
+    os.kill(broker.pid, signal.SIGSTOP)
     try:
-        with tp.Patron(broker.state) as watcher:
-            before = watcher.broker_info()["board_waiters"]
-
-            async def close_ends_everything() -> None:
-                ap = await tp.AsyncPatron(broker.state).connect()
-
-                async def watching() -> None:
-                    async for _ in ap.watch():
-                        pass
-
-                async def reading() -> None:
-                    await (await ap.open(torrent)).read(10)
-
-                tasks = [asyncio.ensure_future(c) for c in (ap.wait(torrent), watching(), reading())]
-                await asyncio.sleep(0.5)  # each is asleep in its wait by now (or fails at once)
-                await ap.close()
-                done, pending = await asyncio.wait(tasks, timeout=5)
-                assert not pending, "a wait outlived close()"
-                assert all(isinstance(t.exception(), tp.PatronClosed) for t in done), [t.exception() for t in done]
-
-            asyncio.run(asyncio.wait_for(close_ends_everything(), 30))
-            deadline = time.monotonic() + 5
-            while watcher.broker_info()["board_waiters"] > before:
-                assert time.monotonic() < deadline, "a closed AsyncPatron kept its broker waiter"
-                time.sleep(0.05)
-
-            # Two loops, one after the other, each contending for the slow turns.
-            ap = tp.AsyncPatron(broker.state)
-
-            async def burst() -> None:
-                await ap.connect()
-                outcomes = await asyncio.gather(
-                    *[ap.add(stuck(), output=broker.root, timeout=0.5) for _ in range(10)],
-                    return_exceptions=True)
-                assert all(isinstance(o, tp.WaitTimeout) for o in outcomes), outcomes
-
-            asyncio.run(burst())
-            asyncio.run(burst())
-
-        # A call's own timeout bounds its side connection and its first board mapping.
-        (broker.root / "small.bin").write_bytes(b"s" * 1000)
-        fresh = tp.Patron(broker.state)
-        os.kill(broker.pid, signal.SIGSTOP)
-        try:
-            for call in (lambda: fresh.add(stuck(), output=broker.root, timeout=1),
-                         lambda: fresh.make(broker.root / "small.bin", timeout=1),
-                         lambda: fresh.wait(torrent, timeout=1)):
-                started = time.monotonic()
-                with pytest.raises(tp.WaitTimeout):
-                    call()
-                assert time.monotonic() - started < 5
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
-        fresh.close()
+        for call in (lambda: fresh.add(stuck_magnet(), output=broker.root, timeout=1),
+                     lambda: fresh.make(broker.root / "small.bin", timeout=1),
+                     lambda: fresh.wait(torrent, timeout=1)):
+            started = time.monotonic()
+            with pytest.raises(tp.WaitTimeout):
+                call()
+            assert time.monotonic() - started < 5
     finally:
-        silent.close()
+        os.kill(broker.pid, signal.SIGCONT)
+    fresh.close()
 
     # Adds given up on at any moment leave no torrent that nobody holds.
     data = os.urandom(100_000)
