@@ -77,6 +77,23 @@ impl Web {
             .expect(&head)
     }
 
+    /// A Transmission RPC call (`body`, JSON) under a session id fetched for it: the
+    /// status code and body of the answer.
+    fn rpc(&self, body: &str) -> (u16, String) {
+        let session = self.rpc_session();
+        Web::answer(&self.curl(
+            "/transmission/rpc",
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("X-Transmission-Session-Id: {session}"),
+                "-d",
+                body,
+            ],
+        ))
+    }
+
     /// The status code and body of a curl run with `-w "\n%{http_code}"`.
     fn answer(out: &e2e::Output) -> (u16, String) {
         let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", &out.stdout));
@@ -478,20 +495,8 @@ fn transmission_remote_sets_the_global_rate_limits() {
     remote(&["-d", "300", "-u", "50"]);
     assert_eq!(limits()["max_download_rate"], 300_000);
     assert_eq!(limits()["max_upload_rate"], 50_000);
-    let session = web.rpc_session();
     let rpc = |body: &str| {
-        let out = web.curl(
-            "/transmission/rpc",
-            &[
-                "-X",
-                "POST",
-                "-H",
-                &format!("X-Transmission-Session-Id: {session}"),
-                "-d",
-                body,
-            ],
-        );
-        let (code, reply) = Web::answer(&out);
+        let (code, reply) = web.rpc(body);
         assert_eq!(code, 200, "{reply}");
         serde_json::from_str::<Value>(&reply).expect(&reply)
     };
@@ -913,20 +918,6 @@ fn the_web_patron_holds_against_its_attackers_findings() {
     run(sandbox.add_command(&state, &torrent, &downloads, None)).expect_code(0);
     drop(patron);
     let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
-    let rpc = |body: &str| {
-        let session = web.rpc_session();
-        web.curl(
-            "/transmission/rpc",
-            &[
-                "-X",
-                "POST",
-                "-H",
-                &format!("X-Transmission-Session-Id: {session}"),
-                "-d",
-                body,
-            ],
-        )
-    };
 
     // A FIFO with no writer: refused at once, and the server answers meanwhile.
     let fifo = sandbox.path("trap.fifo");
@@ -935,7 +926,7 @@ fn the_web_patron_holds_against_its_attackers_findings() {
         "{{\"method\":\"torrent-add\",\"arguments\":{{\"filename\":\"{}\"}}}}",
         fifo.display()
     );
-    let (code, reply) = Web::answer(&rpc(&body));
+    let (code, reply) = web.rpc(&body);
     assert_eq!(code, 200, "{reply}");
     assert!(reply.contains("not a regular file"), "{reply}");
 
