@@ -221,7 +221,7 @@ impl Service {
             ("ephemeral", create.ephemeral != ephemeral),
             ("peers", !peers_applied),
             ("only_files", create.only_files.is_some()),
-            // The engine takes a torrent's rates at add only.
+            // A joiner does not change what the torrent's holders set: `limits ID` does.
             ("max_download_rate", create.max_download_rate.is_some()),
             ("max_upload_rate", create.max_upload_rate.is_some()),
         ] {
