@@ -74,7 +74,7 @@ fn seed(patron: &mut Patron, torrent: Vec<u8>, folder: &Path) -> anyhow::Result<
     // Ephemeral: the figure is about listing, not about writing thousands of records.
     create.ephemeral = true;
     match patron.create(create)? {
-        Created::New(info) => Ok(info.id),
+        Created::New(info) | Created::Queued(info) => Ok(info.id),
         Created::AlreadyDownloading(info, _) => bail!("torrent {} already ran", info.id),
     }
 }
@@ -288,7 +288,7 @@ pub fn watch(bench: WatchBench) -> anyhow::Result<()> {
         // early torrents finish inside the windows).
         create.max_download_rate = Some(WATCH_BPS_PER_TORRENT as u64);
         match owner.create(create)? {
-            Created::New(info) => ids.push(info.id),
+            Created::New(info) | Created::Queued(info) => ids.push(info.id),
             Created::AlreadyDownloading(..) => bail!("the broker already ran a watch torrent"),
         }
     }
@@ -546,7 +546,7 @@ pub fn completion(
         create.peers = vec![seeder.addr.to_string()];
         create.ephemeral = true;
         let id = match patron.create(create)? {
-            Created::New(info) => info.id,
+            Created::New(info) | Created::Queued(info) => info.id,
             Created::AlreadyDownloading(..) => bail!("already ran"),
         };
         // A board reader on its own thread, asleep until the broker publishes.

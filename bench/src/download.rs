@@ -202,7 +202,7 @@ fn broker_download(
     create.output = Some(folder.display().to_string());
     create.peers = vec![seeder.to_string()];
     let info = match patron.create(create)? {
-        Created::New(info) => info,
+        Created::New(info) | Created::Queued(info) => info,
         Created::AlreadyDownloading(..) => bail!("the broker already ran the bench torrent"),
     };
     let deadline = started + Duration::from_secs(600);

@@ -68,7 +68,7 @@ pub fn run(bench: FanoutBench) -> anyhow::Result<()> {
     create.output = Some(folder.display().to_string());
     create.peers = vec![seeder.addr.to_string()];
     let info = match first.create(create)? {
-        Created::New(info) => info,
+        Created::New(info) | Created::Queued(info) => info,
         Created::AlreadyDownloading(..) => bail!("the broker already ran the fan-out torrent"),
     };
     let id = TorrentRef::Id(info.id);

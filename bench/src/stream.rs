@@ -194,7 +194,7 @@ pub(crate) fn add(
     create.output = Some(folder.display().to_string());
     create.peers = vec![seeder.to_string()];
     match patron.create(create)? {
-        Created::New(info) => Ok(info.id),
+        Created::New(info) | Created::Queued(info) => Ok(info.id),
         Created::AlreadyDownloading(..) => bail!("the broker already ran the bench torrent"),
     }
 }

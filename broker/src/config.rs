@@ -77,6 +77,22 @@ pub struct BrokerArgs {
     #[arg(long, env = "TORRENT_PATRON_MAX_DOWNLOAD_RATE", value_name = "BYTES", value_parser = rate)]
     pub max_download_rate: Option<u32>,
 
+    /// Most unfinished torrents running at once; the others wait, queued, for their turn
+    /// (a number, or `none`; changed at run time with `patron-client queue`) [default: none]
+    #[arg(long, env = "TORRENT_PATRON_MAX_ACTIVE_DOWNLOADS", value_name = "N|none", value_parser = count_limit)]
+    pub max_active_downloads: Option<CountLimit>,
+
+    /// Most finished torrents seeding at once; the others wait, queued (a number, or
+    /// `none`) [default: none]
+    #[arg(long, env = "TORRENT_PATRON_MAX_ACTIVE_SEEDS", value_name = "N|none", value_parser = count_limit)]
+    pub max_active_seeds: Option<CountLimit>,
+
+    /// A running torrent that moved no byte for this long stops counting against the
+    /// active limits, and the next in the queue starts (minutes, or 90s, 2h; `never`)
+    /// [default: 30]
+    #[arg(long, env = "TORRENT_PATRON_STALLED_AFTER", value_name = "MINUTES|never", value_parser = stall)]
+    pub stalled_after: Option<Stall>,
+
     /// Most patrons connected at once [default: 4096]
     #[arg(long, env = "TORRENT_PATRON_MAX_PATRONS", value_name = "N")]
     pub max_patrons: Option<usize>,
@@ -151,6 +167,12 @@ struct ConfigFile {
     max_upload_rate: Option<u32>,
     #[serde(default, deserialize_with = "file_rate")]
     max_download_rate: Option<u32>,
+    #[serde(default, deserialize_with = "file_count_limit")]
+    max_active_downloads: Option<CountLimit>,
+    #[serde(default, deserialize_with = "file_count_limit")]
+    max_active_seeds: Option<CountLimit>,
+    #[serde(default, deserialize_with = "file_stall")]
+    stalled_after: Option<Stall>,
     max_patrons: Option<usize>,
     max_torrents: Option<usize>,
     open_files: Option<usize>,
@@ -193,6 +215,8 @@ pub struct BrokerConfig {
     pub max_upload_rate: Option<u32>,
     /// Engine download limit, bytes/s.
     pub max_download_rate: Option<u32>,
+    /// The queue at start (`patron-client queue` changes it while running).
+    pub queue: proto::QueueSettings,
     /// Patron limit.
     pub max_patrons: usize,
     /// Torrent limit.
@@ -334,6 +358,26 @@ impl BrokerConfig {
                 recorded.max_download_rate,
                 file.max_download_rate,
             ),
+            queue: proto::QueueSettings {
+                max_active_downloads: crate::settings::effective(
+                    args.max_active_downloads.map(|c| c.0),
+                    recorded.max_active_downloads,
+                    file.max_active_downloads.map(|c| c.0),
+                    None,
+                ),
+                max_active_seeds: crate::settings::effective(
+                    args.max_active_seeds.map(|c| c.0),
+                    recorded.max_active_seeds,
+                    file.max_active_seeds.map(|c| c.0),
+                    None,
+                ),
+                stalled_after_secs: crate::settings::effective(
+                    args.stalled_after.map(|s| s.0),
+                    recorded.stalled_after_secs,
+                    file.stalled_after.map(|s| s.0),
+                    Some(DEFAULT_STALLED_AFTER_SECS),
+                ),
+            },
             max_patrons: args.max_patrons.or(file.max_patrons).unwrap_or(4096),
             max_torrents: args.max_torrents.or(file.max_torrents).unwrap_or(10_000),
             open_files: args
@@ -483,6 +527,55 @@ fn rate(s: &str) -> Result<u32, String> {
             "{s} is more than the engine's largest limit (4 GiB/s)"
         )),
     }
+}
+
+/// transmission's: a torrent that moved nothing for half an hour is stalled.
+pub const DEFAULT_STALLED_AFTER_SECS: u64 = 30 * 60;
+
+/// A limit on how many torrents run at once (`None`: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountLimit(pub Option<u32>);
+
+/// When a running torrent is stalled (`None`: never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall(pub Option<u64>);
+
+/// A count limit as users type it (`5`, `none`).
+fn count_limit(s: &str) -> Result<CountLimit, String> {
+    proto::text::parse_count_limit(s)
+        .map(CountLimit)
+        .ok_or_else(|| format!("{s:?} is not a number of torrents (or `none`)"))
+}
+
+/// A stall time as users type it: minutes (`30`), a duration (`90s`, `2h`), or `never`.
+fn stall(s: &str) -> Result<Stall, String> {
+    if matches!(s.trim(), "never" | "none") {
+        return Ok(Stall(None));
+    }
+    match proto::text::parse_duration(s, 60) {
+        Some(0) | None => Err(format!(
+            "{s:?} is not a stall time: minutes (30), a duration (90s, 2h), or never"
+        )),
+        Some(secs) => Ok(Stall(Some(secs))),
+    }
+}
+
+/// A count limit in broker.toml, read as the flag reads it (`5`, `"none"`).
+fn file_count_limit<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<CountLimit>, D::Error> {
+    let value = NumberOrText::deserialize(d)?;
+    count_limit(&value.text())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// A stall time in broker.toml, read as the flag reads it (`30`, `"90s"`, `"never"`).
+fn file_stall<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Stall>, D::Error> {
+    let value = NumberOrText::deserialize(d)?;
+    stall(&value.text())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// A size as users type it (`268435456`, `256M`, `1G`).

@@ -822,6 +822,8 @@ pub fn status_of(id: TorrentId, name: &str, handle: &ManagedTorrentHandle) -> To
         seeds,
         eta_secs,
         complete,
+        // The broker's queue, not the engine, knows it (see `service::queue`).
+        queue_position: None,
     }
 }
 
@@ -890,6 +892,45 @@ pub fn pulse_of(handle: &ManagedTorrentHandle) -> Pulse {
         have: hns.map_or(0, |h| h.have_bytes),
         uploaded: snapshot.uploaded_bytes,
         peers: snapshot.peer_stats.live,
+    }
+}
+
+/// What the queue needs of a torrent: where it is, whether everything selected is verified,
+/// and a counter that moves with every byte it exchanges (for stalls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueLook {
+    /// Checking its data (completeness not known yet).
+    Checking,
+    /// Paused.
+    Paused {
+        /// Everything selected is verified.
+        complete: bool,
+    },
+    /// Running.
+    Live {
+        /// Everything selected is verified.
+        complete: bool,
+        /// Bytes verified plus bytes uploaded.
+        moved: u64,
+    },
+    /// Failed.
+    Failed,
+}
+
+/// The torrent's [`QueueLook`] now.
+pub fn queue_look(handle: &ManagedTorrentHandle) -> QueueLook {
+    let pulse = pulse_of(handle);
+    match pulse.stage {
+        (1, _) => QueueLook::Checking,
+        // A paused torrent's counters are not in its pulse: its stats have them.
+        (2, _) => QueueLook::Paused {
+            complete: handle.stats().finished,
+        },
+        (3, complete) => QueueLook::Live {
+            complete,
+            moved: pulse.have.saturating_add(pulse.uploaded),
+        },
+        _ => QueueLook::Failed,
     }
 }
 

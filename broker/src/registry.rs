@@ -32,6 +32,9 @@ pub struct TorrentEntry {
     pub restore: RestoreSpec,
     /// Every file it has on disk (full paths): no other torrent may have one of them.
     pub files: Arc<[PathBuf]>,
+    /// Its place in the queue, 1 first: the rank of its recorded
+    /// [`RestoreSpec::queue_position`] among the running torrents'.
+    pub queue_rank: u32,
 }
 
 impl TorrentEntry {
@@ -40,6 +43,48 @@ impl TorrentEntry {
     pub fn live_handle(&self) -> Option<ManagedTorrentHandle> {
         self.life.handle().cloned()
     }
+
+    /// What the broker's queue adds to its status from the engine.
+    pub fn queue_place(&self) -> QueuePlace {
+        QueuePlace {
+            rank: self.queue_rank,
+            queued: self.restore.queued,
+        }
+    }
+}
+
+/// What the broker's queue adds to a torrent's status from the engine (which knows nothing
+/// of it): its place, and whether the queue holds it (paused in the engine, shown queued).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueuePlace {
+    /// 1 first; 0: not in the queue.
+    pub rank: u32,
+    /// Held by the queue.
+    pub queued: bool,
+}
+
+impl QueuePlace {
+    /// The status the engine gave, as patrons see it.
+    pub fn apply(self, status: &mut TorrentStatus) {
+        status.queue_position = (self.rank != 0).then_some(self.rank);
+        // Paused in the engine for the queue: queued. (Checking first, or failed, it shows
+        // that.)
+        if self.queued && status.state == TorrentState::Paused {
+            status.state = TorrentState::Queued;
+        }
+    }
+}
+
+/// A torrent's status as patrons see it: the engine's (checking while it has no handle),
+/// with its place in the broker's queue. The one way every status is made.
+pub fn shown_status(
+    info: &TorrentInfo,
+    handle: Option<&ManagedTorrentHandle>,
+    place: QueuePlace,
+) -> TorrentStatus {
+    let mut status = crate::engine::status_or_checking(info, handle);
+    place.apply(&mut status);
+    status
 }
 
 /// Where a running torrent is in the engine: one state, not flags that could disagree.
@@ -97,6 +142,14 @@ pub struct RestoreSpec {
     /// Its own rate limits.
     #[serde(default)]
     pub rates: crate::engine::Rates,
+    /// Its key in the queue: queued torrents start in the order of these (see
+    /// [`TorrentEntry::queue_rank`]); `0` in records made before the queue (ranked by id).
+    #[serde(default)]
+    pub queue_position: u64,
+    /// Held by the queue (paused in the engine until its turn): restored paused, for the
+    /// queue to start it, rather than started and then stopped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
     /// Its files were there before it: the user's own, seeded in place by `make --seed`, or
     /// reused by an add with `--overwrite`. Closing with `--delete-data` does not delete them.
     #[serde(
@@ -124,8 +177,15 @@ impl RestoreSpec {
             paused: false,
             ephemeral: false,
             rates: Default::default(),
+            queue_position: 0,
+            queued: false,
             data_was_there: false,
         }
+    }
+
+    /// Whether the engine holds it paused: by a user's pause, or for the queue.
+    pub fn engine_paused(&self) -> bool {
+        self.paused || self.queued
     }
 
     /// Remembers peers named for the torrent since it was added (dialled again after a
@@ -380,6 +440,12 @@ impl TorrentRegistry {
         if !self.torrents.contains_key(&info.id) {
             let files = files_of(&handle, &restore.data_folder);
             self.claim(info.id, &files);
+            let mut restore = restore;
+            let last = self.last_queue_position();
+            if restore.queue_position == 0 {
+                restore.queue_position = last + 1;
+            }
+            let at_the_end = restore.queue_position > last;
             self.torrents.insert(
                 info.id,
                 TorrentEntry {
@@ -389,8 +455,14 @@ impl TorrentRegistry {
                     last_status: None,
                     restore,
                     files,
+                    queue_rank: self.torrents.len() as u32 + 1,
                 },
             );
+            // Last in the queue (every new torrent, and records restored in their order):
+            // nobody else's rank changes.
+            if !at_the_end {
+                self.rank_queue();
+            }
         }
         let Some(entry) = self.torrents.get_mut(&info.id) else {
             return info;
@@ -407,6 +479,7 @@ impl TorrentRegistry {
         self.version += 1;
         self.claim(id, &entry.files);
         self.torrents.insert(id, entry);
+        self.rank_queue();
     }
 
     /// Forgets a torrent, returning it.
@@ -414,7 +487,68 @@ impl TorrentRegistry {
         self.version += 1;
         let entry = self.torrents.remove(&id)?;
         self.release(id, &entry.files);
+        self.rank_queue();
         Some(entry)
+    }
+
+    /// The running torrents in the queue's order (first first).
+    pub fn queue_order(&self) -> Vec<TorrentId> {
+        let mut order: Vec<(u64, TorrentId)> = self
+            .torrents
+            .iter()
+            .map(|(id, entry)| (entry.restore.queue_position, *id))
+            .collect();
+        order.sort_unstable();
+        order.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// The largest queue key of any torrent run or kept.
+    fn last_queue_position(&self) -> u64 {
+        let running = self.torrents.values().map(|e| e.restore.queue_position);
+        let kept = self.unrestored.values().map(|u| u.restore.queue_position);
+        running.chain(kept).max().unwrap_or(0)
+    }
+
+    /// Gives every running torrent its rank in the queue (1 first).
+    pub fn rank_queue(&mut self) {
+        for (rank, id) in self.queue_order().into_iter().enumerate() {
+            if let Some(entry) = self.torrents.get_mut(&id) {
+                entry.queue_rank = rank as u32 + 1;
+            }
+        }
+    }
+
+    /// Moves torrent `id` in the queue, and numbers every running torrent's key by its new
+    /// place (`1..`). Returns whether it runs.
+    pub fn move_in_queue(&mut self, id: TorrentId, to: proto::QueueMove) -> bool {
+        let mut order = self.queue_order();
+        let Some(at) = order.iter().position(|other| *other == id) else {
+            return false;
+        };
+        let moved = order.remove(at);
+        let to = match to {
+            proto::QueueMove::Top => 0,
+            proto::QueueMove::Up => at.saturating_sub(1),
+            proto::QueueMove::Down => (at + 1).min(order.len()),
+            proto::QueueMove::Bottom => order.len(),
+        };
+        order.insert(to, moved);
+        // Keys below those of records kept unrestored would reorder them against the
+        // running: the running are numbered after the largest of the kept.
+        let base = self
+            .unrestored
+            .values()
+            .map(|u| u.restore.queue_position)
+            .max()
+            .unwrap_or(0);
+        for (rank, id) in order.into_iter().enumerate() {
+            if let Some(entry) = self.torrents.get_mut(&id) {
+                entry.restore.queue_position = base + rank as u64 + 1;
+                entry.queue_rank = rank as u32 + 1;
+            }
+        }
+        self.version += 1;
+        true
     }
 
     /// Releases every hold of a patron that left. Returns the ephemeral torrents nobody

@@ -20,6 +20,37 @@ pub struct RunSettings {
     /// The global upload limit in bytes per second; `0`: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_upload_rate: Option<u64>,
+    /// How many unfinished torrents run at once; `null`: no limit.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_active_downloads: Option<Option<u32>>,
+    /// How many finished torrents seed at once; `null`: no limit.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_active_seeds: Option<Option<u32>>,
+    /// Seconds without a byte moved after which a torrent stops counting; `null`: never.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stalled_after_secs: Option<Option<u64>>,
+}
+
+/// A field present in the record, `null` included: it was changed at run time (an absent
+/// one was not).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl RunSettings {
@@ -64,6 +95,11 @@ impl RunSettings {
     }
 }
 
+/// A setting at start: the flag's, else the record's, else the file's, else the default.
+pub fn effective<T>(flag: Option<T>, recorded: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(recorded).or(file).unwrap_or(default)
+}
+
 /// A rate at start: the flag's, else the record's (`0`: none), else the file's.
 pub fn effective_rate(flag: Option<u32>, recorded: Option<u64>, file: Option<u32>) -> Option<u32> {
     match (flag, recorded) {
@@ -99,6 +135,9 @@ mod tests {
         let settings = RunSettings {
             max_download_rate: Some(1 << 20),
             max_upload_rate: Some(0),
+            max_active_downloads: Some(Some(3)),
+            max_active_seeds: Some(None),
+            stalled_after_secs: None,
         };
         settings.save(dir.path()).expect("save");
         assert_eq!(RunSettings::load(dir.path()), Ok(settings));

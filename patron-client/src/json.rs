@@ -3,8 +3,8 @@
 
 use crate::Error;
 use proto::{
-    Event, FileEntry, MadeTorrent, PeerEntry, RateLimits, TorrentInfo, TorrentStatus,
-    TorrentSummary,
+    Event, FileEntry, MadeTorrent, PeerEntry, QueueSettings, RateLimits, TorrentInfo,
+    TorrentStatus, TorrentSummary,
 };
 use serde_json::{json, Value};
 
@@ -66,6 +66,7 @@ pub fn status_json(status: &TorrentStatus) -> Value {
         "seeds": status.seeds,
         "eta_secs": status.eta_secs,
         "complete": status.complete,
+        "queue_position": status.queue_position,
     })
 }
 
@@ -112,6 +113,9 @@ pub fn broker_json(info: &proto::BrokerInfo, started: Option<bool>, others: u32)
         "unread_regions_limit": info.unread_regions.1,
         "max_download_rate": info.limits.download,
         "max_upload_rate": info.limits.upload,
+        "max_active_downloads": info.queue.max_active_downloads,
+        "max_active_seeds": info.queue.max_active_seeds,
+        "stalled_after_secs": info.queue.stalled_after_secs,
     });
     // Only `broker start` says whether it started the broker.
     if let (None, Some(object)) = (started, value.as_object_mut()) {
@@ -126,6 +130,16 @@ pub fn limits_json(limits: &RateLimits) -> Value {
         "event": "limits",
         "max_download_rate": limits.download,
         "max_upload_rate": limits.upload,
+    })
+}
+
+/// The broker's queue settings, as `queue` prints them (`null`: no limit, never stalled).
+pub fn queue_json(queue: &QueueSettings) -> Value {
+    json!({
+        "event": "queue",
+        "max_active_downloads": queue.max_active_downloads,
+        "max_active_seeds": queue.max_active_seeds,
+        "stalled_after_secs": queue.stalled_after_secs,
     })
 }
 
@@ -157,7 +171,13 @@ pub fn peer_json(peer: &PeerEntry) -> serde_json::Value {
 /// Any event as its JSON line (without `request`).
 pub fn event_json(event: Event) -> Value {
     match event {
-        Event::NewTorrentCreated { torrent, .. } => info_json("created", &torrent),
+        Event::NewTorrentCreated {
+            torrent, queued, ..
+        } => {
+            let mut value = info_json("created", &torrent);
+            value["queued"] = queued.into();
+            value
+        }
         Event::TorrentAlreadyDownloading {
             torrent,
             not_applied,
@@ -196,6 +216,7 @@ pub fn event_json(event: Event) -> Value {
         }
         Event::Ok { .. } => json!({"event": "ok"}),
         Event::Limits { limits, .. } => limits_json(&limits),
+        Event::Queue { queue, .. } => queue_json(&queue),
         Event::TorrentGone { id, reason } => {
             json!({"event": "gone", "id": id.0, "reason": reason})
         }

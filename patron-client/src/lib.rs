@@ -22,9 +22,7 @@
 //! let bytes = std::fs::read("debian.iso.torrent").expect("read the .torrent");
 //! let mut request = CreateNewTorrent::new(TorrentSource::TorrentFile(bytes));
 //! request.output = Some("/home/me/Downloads".into());
-//! let torrent = match patron.create(request)? {
-//!     Created::New(info) | Created::AlreadyDownloading(info, _) => info,
-//! };
+//! let torrent = patron.create(request)?.info().clone();
 //! loop {
 //!     if let Event::TorrentStatusUpdate(status) = patron.next_event()? {
 //!         if status.id == torrent.id && status.complete {
@@ -135,6 +133,9 @@ impl Requester {
 pub enum Created {
     /// The torrent was started for this request.
     New(TorrentInfo),
+    /// The torrent was added for this request, and waits for its turn in the broker's
+    /// queue (its downloads were all taken): it starts when one ends.
+    Queued(TorrentInfo),
     /// It already ran (same info hash); this patron now holds it too. The list names the
     /// options of the request the running torrent does not take (`output`, `paused`, …).
     AlreadyDownloading(TorrentInfo, Vec<String>),
@@ -144,7 +145,9 @@ impl Created {
     /// The torrent, either way.
     pub fn info(&self) -> &TorrentInfo {
         match self {
-            Created::New(info) | Created::AlreadyDownloading(info, _) => info,
+            Created::New(info) | Created::Queued(info) | Created::AlreadyDownloading(info, _) => {
+                info
+            }
         }
     }
 }
@@ -288,7 +291,12 @@ impl Patron {
     /// Starts (or joins) a torrent. A start failure is [`Error::StartFailed`].
     pub fn create(&mut self, create: CreateNewTorrent) -> Result<Created> {
         match self.request(RequestBody::CreateNewTorrent(create))? {
-            Event::NewTorrentCreated { torrent, .. } => Ok(Created::New(torrent)),
+            Event::NewTorrentCreated {
+                torrent,
+                queued: false,
+                ..
+            } => Ok(Created::New(torrent)),
+            Event::NewTorrentCreated { torrent, .. } => Ok(Created::Queued(torrent)),
             Event::TorrentAlreadyDownloading {
                 torrent,
                 not_applied,
@@ -467,6 +475,30 @@ impl Patron {
     pub fn set_limits(&mut self, change: proto::SetLimits) -> Result<proto::RateLimits> {
         match self.request(RequestBody::SetLimits(change))? {
             Event::Limits { limits, .. } => Ok(limits),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
+    /// Changes the broker's queue (how many torrents download and seed at once, and when a
+    /// running one is stalled), now and across restarts (`Some(None)` lifts a limit; `None`
+    /// leaves it); returns the settings in force. With nothing to change, it only asks.
+    pub fn set_queue(&mut self, change: proto::SetQueue) -> Result<proto::QueueSettings> {
+        match self.request(RequestBody::SetQueue(change))? {
+            Event::Queue { queue, .. } => Ok(queue),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
+    /// Moves a torrent in the broker's queue (queued torrents start in its order); returns
+    /// its status after the move (it may have started, or been queued, by it).
+    pub fn move_in_queue(
+        &mut self,
+        torrent: TorrentRef,
+        to: proto::QueueMove,
+    ) -> Result<TorrentStatus> {
+        let body = RequestBody::MoveInQueue(proto::MoveInQueue { torrent, to });
+        match self.request(body)? {
+            Event::Status { status, .. } => Ok(status),
             other => Err(error_or_unexpected(other)),
         }
     }

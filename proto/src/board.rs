@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 /// First word of every board: "TPBOARD1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TPBOARD1");
 /// Bumped on any change of the layout below.
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 /// Words in the header.
 pub const HEADER_WORDS: usize = 16;
 /// Words in a slot.
@@ -99,6 +99,8 @@ const S_ETA: usize = 14;
 const S_HOLDERS: usize = 15;
 const S_LENGTHS: usize = 16;
 const S_INFO_TOTAL: usize = 17;
+/// The queue position, `0` for none.
+const S_QUEUE: usize = 18;
 const S_NAME: usize = 24;
 const S_FOLDER: usize = S_NAME + NAME_BYTES / 8;
 const S_ERROR: usize = S_FOLDER + FOLDER_BYTES / 8;
@@ -288,6 +290,7 @@ impl BoardWriter {
             TorrentState::Seeding => (3, ""),
             TorrentState::Paused => (4, ""),
             TorrentState::Error(message) => (5, message.as_str()),
+            TorrentState::Queued => (6, ""),
         };
         let (error, error_cut) = cut(error, ERROR_BYTES);
         let mut flags = OCCUPIED;
@@ -331,6 +334,7 @@ impl BoardWriter {
             name.len() as u64 | (folder.len() as u64) << 16 | (error.len() as u64) << 32,
         );
         put(S_INFO_TOTAL, summary.info.total_bytes);
+        put(S_QUEUE, status.queue_position.map_or(0, u64::from));
         put_text(&slot[S_NAME..S_FOLDER], name);
         put_text(&slot[S_FOLDER..S_ERROR], folder);
         put_text(&slot[S_ERROR..], error);
@@ -693,6 +697,7 @@ fn decode_status(slot: &[AtomicU64]) -> Option<TorrentStatus> {
         2 => TorrentState::Downloading,
         3 => TorrentState::Seeding,
         4 => TorrentState::Paused,
+        6 => TorrentState::Queued,
         _ => TorrentState::Error(get_text(
             &slot[S_ERROR..],
             lengths >> 32 & 0xffff,
@@ -721,6 +726,7 @@ fn decode_status(slot: &[AtomicU64]) -> Option<TorrentStatus> {
         seeds: (peers >> 32) as u32,
         eta_secs: (flags & HAS_ETA != 0).then(|| get(S_ETA)),
         complete: flags & COMPLETE != 0,
+        queue_position: u32::try_from(get(S_QUEUE)).ok().filter(|&p| p != 0),
     })
 }
 

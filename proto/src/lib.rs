@@ -76,7 +76,7 @@ pub use status::{TorrentState, TorrentStatus};
 
 /// The protocol version spoken by this build. Bumped on any incompatible wire change;
 /// the broker refuses a patron whose version differs, with a clear error on both sides.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// The largest serialized request the broker accepts (a .torrent file rides inside one).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -301,6 +301,83 @@ pub enum RequestBody {
     /// with [`Event::Limits`] (the limits then in force) or [`Event::Error`]; with nothing
     /// to change, it only asks.
     SetLimits(SetLimits),
+    /// Changes the broker's queue (how many torrents download and seed at once) now and
+    /// across restarts. Replied to with [`Event::Queue`] (the queue's settings then in
+    /// force) or [`Event::Error`]; with nothing to change, it only asks.
+    SetQueue(SetQueue),
+    /// Moves a torrent in the broker's queue (the order in which queued torrents start).
+    /// Replied to with [`Event::Status`] (its status after the move) or [`Event::Error`].
+    MoveInQueue(MoveInQueue),
+}
+
+/// A change of the broker's queue ([`RequestBody::SetQueue`]). For each field, `None`
+/// leaves it as it is and `Some(None)` lifts the limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetQueue {
+    /// How many unfinished torrents run at once; the others are [`TorrentState::Queued`].
+    pub max_active_downloads: Option<Option<u32>>,
+    /// How many finished torrents seed at once; the others are [`TorrentState::Queued`].
+    pub max_active_seeds: Option<Option<u32>>,
+    /// After how many seconds without a byte moved a running torrent stops counting against
+    /// those limits (it keeps running, and the next in the queue starts), as transmission's
+    /// stalled torrents do.
+    pub stalled_after_secs: Option<Option<u64>>,
+}
+
+/// The broker's queue settings in force (`None`: no limit; for stalls, never stalled).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSettings {
+    /// How many unfinished torrents run at once.
+    pub max_active_downloads: Option<u32>,
+    /// How many finished torrents seed at once.
+    pub max_active_seeds: Option<u32>,
+    /// Seconds without a byte moved after which a running torrent stops counting.
+    pub stalled_after_secs: Option<u64>,
+}
+
+/// Where a torrent goes in the queue ([`RequestBody::MoveInQueue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueMove {
+    /// First.
+    Top,
+    /// One place earlier.
+    Up,
+    /// One place later.
+    Down,
+    /// Last.
+    Bottom,
+}
+
+impl QueueMove {
+    /// Parses what a user types: `top`, `up`, `down` or `bottom`.
+    pub fn parse(s: &str) -> Option<QueueMove> {
+        match s {
+            "top" => Some(QueueMove::Top),
+            "up" => Some(QueueMove::Up),
+            "down" => Some(QueueMove::Down),
+            "bottom" => Some(QueueMove::Bottom),
+            _ => None,
+        }
+    }
+
+    /// Its word, as [`QueueMove::parse`] takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueMove::Top => "top",
+            QueueMove::Up => "up",
+            QueueMove::Down => "down",
+            QueueMove::Bottom => "bottom",
+        }
+    }
+}
+
+/// A move in the queue ([`RequestBody::MoveInQueue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveInQueue {
+    /// The torrent.
+    pub torrent: TorrentRef,
+    /// Where it goes.
+    pub to: QueueMove,
 }
 
 /// A change of rate limits ([`RequestBody::SetLimits`]).
@@ -346,6 +423,8 @@ impl RequestBody {
             RequestBody::StreamRead(_) => "stream-read",
             RequestBody::CloseStream(_) => "close-stream",
             RequestBody::SetLimits(_) => "limits",
+            RequestBody::SetQueue(_) => "queue",
+            RequestBody::MoveInQueue(_) => "queue-move",
         }
     }
 }
@@ -656,6 +735,8 @@ pub struct BrokerInfo {
     pub unread_regions: (u32, u32),
     /// The global rate limits in force.
     pub limits: RateLimits,
+    /// The queue's settings in force.
+    pub queue: QueueSettings,
 }
 
 /// One line of [`Event::TorrentList`].
@@ -849,6 +930,9 @@ pub enum Event {
         request: RequestId,
         /// The torrent.
         torrent: TorrentInfo,
+        /// It waits in the broker's queue for its turn ([`TorrentState::Queued`]): the
+        /// queue's downloads were all taken.
+        queued: bool,
     },
     /// That torrent (same info hash) already ran; this patron now holds it too.
     TorrentAlreadyDownloading {
@@ -1032,6 +1116,13 @@ pub enum Event {
         /// The limits.
         limits: RateLimits,
     },
+    /// Reply to [`RequestBody::SetQueue`]: the queue's settings now in force.
+    Queue {
+        /// The request.
+        request: RequestId,
+        /// The settings.
+        queue: QueueSettings,
+    },
 }
 
 impl Event {
@@ -1054,6 +1145,7 @@ impl Event {
             | Event::StreamVerified { request, .. }
             | Event::StreamData { request, .. }
             | Event::Limits { request, .. }
+            | Event::Queue { request, .. }
             | Event::Error { request, .. } => Some(*request),
             Event::TorrentStatusUpdate(_)
             | Event::TorrentGone { .. }

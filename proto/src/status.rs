@@ -19,6 +19,10 @@ pub enum TorrentState {
     Paused,
     /// Stopped by an error.
     Error(String),
+    /// Waiting for its turn: the broker runs no more downloads (or seeds) at once than its
+    /// queue allows (`--max-active-downloads`, `--max-active-seeds`); it starts when one
+    /// ends or stalls, in the order of its [`TorrentStatus::queue_position`].
+    Queued,
 }
 
 impl TorrentState {
@@ -31,6 +35,7 @@ impl TorrentState {
             TorrentState::Seeding => "seeding",
             TorrentState::Paused => "paused",
             TorrentState::Error(_) => "error",
+            TorrentState::Queued => "queued",
         }
     }
 }
@@ -75,6 +80,10 @@ pub struct TorrentStatus {
     pub eta_secs: Option<u64>,
     /// True once every selected byte is verified.
     pub complete: bool,
+    /// Its place in the broker's queue, 1 first (`None`: not in it, as a magnet resolving
+    /// its metadata). Every torrent has one, queued or not: it is the order in which
+    /// queued torrents start.
+    pub queue_position: Option<u32>,
 }
 
 impl TorrentStatus {
@@ -97,6 +106,7 @@ impl TorrentStatus {
             seeds: 0,
             eta_secs: None,
             complete: false,
+            queue_position: None,
         }
     }
 
@@ -110,6 +120,7 @@ impl TorrentStatus {
             || self.peers != previous.peers
             || self.complete != previous.complete
             || self.name != previous.name
+            || self.queue_position != previous.queue_position
             || (self.download_rate == 0) != (previous.download_rate == 0)
             || (self.upload_rate == 0) != (previous.upload_rate == 0)
     }

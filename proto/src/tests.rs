@@ -39,6 +39,7 @@ fn sample_status() -> TorrentStatus {
         seeds: 1,
         eta_secs: Some(42),
         complete: false,
+        queue_position: None,
     }
 }
 
@@ -117,6 +118,15 @@ fn every_request_round_trips() {
             upload: Some(512),
         }),
         RequestBody::SetLimits(crate::SetLimits::default()),
+        RequestBody::SetQueue(crate::SetQueue {
+            max_active_downloads: Some(Some(5)),
+            max_active_seeds: Some(None),
+            stalled_after_secs: None,
+        }),
+        RequestBody::MoveInQueue(crate::MoveInQueue {
+            torrent: TorrentRef::Id(TorrentId(4)),
+            to: crate::QueueMove::Bottom,
+        }),
     ];
     for (n, body) in bodies.into_iter().enumerate() {
         let sent = Request {
@@ -134,6 +144,7 @@ fn every_event_round_trips() {
         Event::NewTorrentCreated {
             request: RequestId(1),
             torrent: sample_info(),
+            queued: true,
         },
         Event::TorrentAlreadyDownloading {
             request: RequestId(2),
@@ -208,7 +219,16 @@ fn every_event_round_trips() {
                     download: Some(1 << 20),
                     upload: None,
                 },
+                queue: crate::QueueSettings {
+                    max_active_downloads: Some(3),
+                    max_active_seeds: None,
+                    stalled_after_secs: Some(1800),
+                },
             },
+        },
+        Event::Queue {
+            request: RequestId(15),
+            queue: crate::QueueSettings::default(),
         },
         Event::Limits {
             request: RequestId(14),

@@ -148,9 +148,72 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
     Some(value)
 }
 
+/// A length of time as users type it, the one parser of durations: a number with a unit
+/// (`90s`, `30m`, `2h`, `3d`, `1w`), or several (`1h30m`); a bare number is in `bare_unit`
+/// seconds (minutes, for transmission's `--stalled-after 30`). Seconds, or `None` for what
+/// is not one.
+pub fn parse_duration(s: &str, bare_unit: u64) -> Option<u64> {
+    let t = s.trim();
+    if t.is_empty() {
+        return None;
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse::<u64>().ok()?.checked_mul(bare_unit);
+    }
+    let mut total: u64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let (number, tail) = rest.split_at(digits);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "s" | "sec" | "secs" => 1,
+            "m" | "min" | "mins" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            _ => return None,
+        };
+        let part = number.parse::<u64>().ok()?.checked_mul(scale)?;
+        total = total.checked_add(part)?;
+        rest = tail;
+    }
+    Some(total)
+}
+
+/// A limit on a count as users type it: a number, or `none` (also `unlimited`, `-1`) for
+/// no limit. `None` for what is not one.
+pub fn parse_count_limit(s: &str) -> Option<Option<u32>> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "none" | "unlimited" | "-1" => Some(None),
+        n => n.parse().ok().map(Some),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_and_count_limits_read_as_users_type_them() {
+        assert_eq!(parse_duration("30", 60), Some(1800));
+        assert_eq!(parse_duration("90s", 60), Some(90));
+        assert_eq!(parse_duration("1h30m", 60), Some(5400));
+        assert_eq!(parse_duration("3d", 60), Some(3 * 86_400));
+        for bad in ["", "h", "5x", "-3", "1.5h", "9999999999999999999d"] {
+            assert_eq!(parse_duration(bad, 60), None, "{bad:?}");
+        }
+        assert_eq!(parse_count_limit("5"), Some(Some(5)));
+        assert_eq!(parse_count_limit("none"), Some(None));
+        assert_eq!(parse_count_limit("-1"), Some(None));
+        assert_eq!(parse_count_limit("five"), None);
+    }
 
     #[test]
     fn the_columns_line_up_under_the_header_and_the_name_comes_last() {

@@ -272,7 +272,7 @@ fn twenty_patrons_adding_one_torrent_at_once_get_one_created_and_nineteen_joined
     let mut ids = std::collections::BTreeSet::new();
     for add in adds {
         match add.join().expect("thread") {
-            Ok(Created::New(info)) => {
+            Ok(Created::New(info) | Created::Queued(info)) => {
                 created += 1;
                 ids.insert(info.id);
             }

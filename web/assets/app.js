@@ -114,7 +114,8 @@ function show(torrent) {
   e.querySelector(".figures").textContent =
     `${(torrent.progress * 100).toFixed(1)}% of ${bytes(torrent.bytes_total)} · ↓ ${bytes(torrent.download_rate)}/s · ↑ ${bytes(torrent.upload_rate)}/s · ${peers}` +
     (torrent.complete ? "" : ` · eta ${duration(torrent.eta_secs)}`) +
-    (torrent.error ? ` · ${torrent.error}` : "");
+    (torrent.error ? ` · ${torrent.error}` : "") +
+    (torrent.state === "queued" ? ` · #${torrent.queue_position} in the queue` : "");
   e.querySelector("[data-act=pause]").hidden = torrent.state === "paused";
   e.querySelector("[data-act=resume]").hidden = torrent.state !== "paused" && torrent.state !== "error";
 }

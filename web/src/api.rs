@@ -141,7 +141,11 @@ pub async fn add(
         other => Failure(other),
     })?;
     let value = match &created {
-        Created::New(info) => info_json("created", info),
+        Created::New(info) | Created::Queued(info) => {
+            let mut value = info_json("created", info);
+            value["queued"] = matches!(created, Created::Queued(_)).into();
+            value
+        }
         Created::AlreadyDownloading(info, not_applied) => {
             let mut value = info_json("already-downloading", info);
             value["not_applied"] = not_applied.clone().into();

@@ -33,6 +33,7 @@ pub async fn metrics(State(web): State<Shared>) -> Response {
         "seeding",
         "paused",
         "error",
+        "queued",
     ];
     let by_state: Vec<(String, u64)> = states
         .iter()

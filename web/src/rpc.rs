@@ -22,7 +22,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fields::{Fields, Json};
 use patron_client::proto::{
-    CreateNewTorrent, FileRef, InfoHash, TorrentRef, TorrentSource, TorrentState, TorrentSummary,
+    CreateNewTorrent, FileRef, InfoHash, QueueMove, TorrentRef, TorrentSource, TorrentState,
+    TorrentSummary,
 };
 use patron_client::{Created, Error};
 use serde_json::{json, Map, Value};
@@ -133,7 +134,9 @@ async fn call(
             Err(format!("{method}: not supported by this broker yet"))
         }
         "queue-move-top" | "queue-move-up" | "queue-move-down" | "queue-move-bottom" => {
-            Err(format!("{method}: this broker has no queue yet"))
+            let to = QueueMove::parse(method.trim_start_matches("queue-move-"))
+                .ok_or_else(|| format!("{method}: no such move"))?;
+            each(web, arguments, Action::Queue(to)).await.map(text)
         }
         "port-test" | "blocklist-update" => Err(format!("{method}: not supported by this broker")),
         "" => Err("no method named".into()),
@@ -160,7 +163,11 @@ async fn session_get(web: &Shared) -> Result<Value, String> {
         .and_then(|(_, p)| p.parse::<u16>().ok())
         .unwrap_or(0);
     let download_dir = info.download_roots.first().cloned().unwrap_or_default();
-    Ok(json!({
+    let stalled_minutes = info
+        .queue
+        .stalled_after_secs
+        .map_or(STALLED_MINUTES, |secs| secs.div_ceil(60));
+    let mut session = json!({
         "version": format!("3.00 (torrent-patron {})", info.version),
         "rpc-version": RPC_VERSION,
         "rpc-version-minimum": RPC_VERSION_MINIMUM,
@@ -186,10 +193,10 @@ async fn session_get(web: &Shared) -> Result<Value, String> {
         "seedRatioLimit": 0.0,
         "idle-seeding-limit-enabled": false,
         "idle-seeding-limit": 0,
-        "download-queue-enabled": false,
-        "download-queue-size": 0,
-        "seed-queue-enabled": false,
-        "seed-queue-size": 0,
+        "download-queue-enabled": info.queue.max_active_downloads.is_some(),
+        "download-queue-size": info.queue.max_active_downloads.unwrap_or(QUEUE_SIZE),
+        "seed-queue-enabled": info.queue.max_active_seeds.is_some(),
+        "seed-queue-size": info.queue.max_active_seeds.unwrap_or(QUEUE_SIZE),
         "start-added-torrents": true,
         "rename-partial-files": false,
         "incomplete-dir-enabled": false,
@@ -199,29 +206,52 @@ async fn session_get(web: &Shared) -> Result<Value, String> {
             "size-units": ["kB", "MB", "GB", "TB"], "size-bytes": 1000,
             "memory-units": ["KiB", "MiB", "GiB", "TiB"], "memory-bytes": 1024,
         },
-    }))
+    });
+    // (A second object: one `json!` this long passes the macro's recursion limit.)
+    let queue = json!({
+        "queue-stalled-enabled": info.queue.stalled_after_secs.is_some(),
+        "queue-stalled-minutes": stalled_minutes,
+    });
+    if let (Some(session), Value::Object(queue)) = (session.as_object_mut(), queue) {
+        session.extend(queue);
+    }
+    Ok(session)
 }
 
 /// Transmission's speed unit (kB/s: `"speed-bytes": 1000` in `session-get`).
 const SPEED_BYTES: u64 = 1000;
+
+/// The queue size shown while a queue is off, and taken when one is turned on without a
+/// size: transmission's default.
+const QUEUE_SIZE: u32 = 5;
+
+/// The stall time shown while stalls are off, and taken when turned on without one:
+/// transmission's default.
+const STALLED_MINUTES: u64 = 30;
 
 /// `session-set`: the broker's global rate limits (`speed-limit-down`, `speed-limit-up`,
 /// in kB/s, and their `-enabled`), changed now and kept across its restarts as
 /// `patron-client limits` changes them. Any other setting is the broker's own, and is
 /// refused by name rather than ignored.
 async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
-    const CHANGED: [&str; 4] = [
+    const CHANGED: [&str; 10] = [
         "speed-limit-down",
         "speed-limit-down-enabled",
         "speed-limit-up",
         "speed-limit-up-enabled",
+        "download-queue-enabled",
+        "download-queue-size",
+        "seed-queue-enabled",
+        "seed-queue-size",
+        "queue-stalled-enabled",
+        "queue-stalled-minutes",
     ];
     if let Some(other) = arguments
         .keys()
         .find(|key| !CHANGED.contains(&key.as_str()))
     {
         return Err(format!(
-            "session-set: {other} is the broker's own setting (broker.toml, its options); only speed-limit-down, speed-limit-up and their -enabled are changed here"
+            "session-set: {other} is the broker's own setting (broker.toml, its options); only the speed limits and the queues are changed here"
         ));
     }
     let change = patron_client::proto::SetLimits {
@@ -229,11 +259,81 @@ async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
         download: speed_limit(arguments, "speed-limit-down-enabled", "speed-limit-down")?,
         upload: speed_limit(arguments, "speed-limit-up-enabled", "speed-limit-up")?,
     };
-    web.link
-        .call(move |patron| patron.set_limits(change))
-        .await
-        .map_err(failure)?;
+    let queue = patron_client::proto::SetQueue {
+        max_active_downloads: queue_size(
+            arguments,
+            "download-queue-enabled",
+            "download-queue-size",
+        )?,
+        max_active_seeds: queue_size(arguments, "seed-queue-enabled", "seed-queue-size")?,
+        stalled_after_secs: switched(
+            arguments,
+            "queue-stalled-enabled",
+            "queue-stalled-minutes",
+            STALLED_MINUTES,
+        )?
+        .map(|minutes| minutes.map(|m| m.saturating_mul(60)).filter(|&s| s > 0)),
+    };
+    if change.download.is_some() || change.upload.is_some() {
+        web.link
+            .call(move |patron| patron.set_limits(change))
+            .await
+            .map_err(failure)?;
+    }
+    if queue != patron_client::proto::SetQueue::default() {
+        web.link
+            .call(move |patron| patron.set_queue(queue))
+            .await
+            .map_err(failure)?;
+    }
     Ok(json!({}))
+}
+
+/// A queue's new size (`Some(None)`: off; `None`: unchanged), from its switch and size.
+fn queue_size(
+    arguments: &Map<String, Value>,
+    enabled_key: &str,
+    size_key: &str,
+) -> Result<Option<Option<u32>>, String> {
+    let size = switched(arguments, enabled_key, size_key, u64::from(QUEUE_SIZE))?;
+    size.map(|size| {
+        size.map(|n| u32::try_from(n).map_err(|_| format!("{size_key} {n} is too large")))
+            .transpose()
+    })
+    .transpose()
+}
+
+/// A setting with an on/off switch in transmission's session (`Some(None)`: off; `None`:
+/// unchanged): the value given turns it on, as a user setting one means; a switch turned
+/// on alone takes the value `session-get` shows (`shown`), unless the broker has one.
+fn switched(
+    arguments: &Map<String, Value>,
+    enabled_key: &str,
+    value_key: &str,
+    shown: u64,
+) -> Result<Option<Option<u64>>, String> {
+    let enabled = match arguments.get(enabled_key) {
+        None => None,
+        Some(value) => Some(
+            value
+                .as_bool()
+                .ok_or_else(|| format!("{enabled_key} is true or false"))?,
+        ),
+    };
+    let value = match arguments.get(value_key) {
+        None => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .ok_or_else(|| format!("{value_key} is a whole number"))?,
+        ),
+    };
+    Ok(match (enabled, value) {
+        (Some(false), _) => Some(None),
+        (_, Some(value)) => Some(Some(value)),
+        (Some(true), None) => Some(Some(shown)),
+        (None, None) => None,
+    })
 }
 
 /// One direction's new limit in bytes a second (`Some(0)`: none; `None`: unchanged), from
@@ -515,7 +615,7 @@ async fn torrent_add(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
     }
     .map_err(failure)?;
     let (key, info) = match &created {
-        Created::New(info) => ("torrent-added", info),
+        Created::New(info) | Created::Queued(info) => ("torrent-added", info),
         Created::AlreadyDownloading(info, _) => ("torrent-duplicate", info),
     };
     Ok(
@@ -625,6 +725,7 @@ enum Action {
     Stop,
     Verify,
     Remove { delete: bool },
+    Queue(QueueMove),
 }
 
 /// An action on every torrent `ids` names, each tried whatever became of the others; the
@@ -663,6 +764,7 @@ async fn each(
                 // The web patron holds nothing: a remove stops it for everyone, as
                 // Transmission's does.
                 Action::Remove { delete } => patron.close(id, delete, true).map(drop),
+                Action::Queue(to) => patron.move_in_queue(id, to).map(drop),
             })
             .await;
         if let Err(error) = done {

@@ -12,7 +12,11 @@ pub async fn run(
     create: CreateNewTorrent,
 ) -> Event {
     match service.add(patron, create).await {
-        Ok(Started::New(torrent)) => Event::NewTorrentCreated { request, torrent },
+        Ok(Started::New { torrent, queued }) => Event::NewTorrentCreated {
+            request,
+            torrent,
+            queued,
+        },
         Ok(Started::Joined {
             torrent,
             not_applied,

@@ -13,6 +13,7 @@ mod make;
 mod open_stream;
 mod pause;
 mod peers;
+mod queue;
 mod recheck;
 mod resume;
 mod status;
@@ -169,6 +170,8 @@ async fn answer(
         RequestBody::StreamRead(read) => stream_read::run(service, patron, id, read).await,
         RequestBody::CloseStream(stream) => close_stream::run(service, patron, id, stream),
         RequestBody::SetLimits(change) => limits::run(service, id, change),
+        RequestBody::SetQueue(change) => queue::set(service, id, change),
+        RequestBody::MoveInQueue(change) => queue::move_in(service, id, change).await,
         quick => answer_now(service, patron.id, id, quick),
     }
 }
@@ -178,7 +181,9 @@ async fn answer(
 /// before the reply goes, not at the status loop's next look, up to 100 ms later.
 fn changed_stage(kind: &str, reply: &Event) -> Option<TorrentId> {
     match reply {
-        Event::Status { status, .. } if matches!(kind, "pause" | "resume") => Some(status.id),
+        Event::Status { status, .. } if matches!(kind, "pause" | "resume" | "queue-move") => {
+            Some(status.id)
+        }
         _ => None,
     }
 }

@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 /// What an add did.
 pub enum Started {
-    /// The torrent is new: it runs now, held by the patron.
-    New(TorrentInfo),
+    /// The torrent is new: it runs now (or waits in the queue, `queued`), held by the
+    /// patron.
+    New { torrent: TorrentInfo, queued: bool },
     /// It ran already: the patron holds it too. `not_applied` names the options of the
     /// request the running torrent does not take.
     Joined {
@@ -138,14 +139,19 @@ impl Service {
             paused: create.paused,
             ephemeral: create.ephemeral,
             rates,
+            queue_position: 0,
+            // A download, unless the queue's downloads are all taken (a paused one waits
+            // for its resume, outside the queue).
+            queued: !create.paused && !service.queue_admits(super::queue::Kind::Download),
             data_was_there,
         };
         let torrent_data_folder = restore.data_folder.clone();
+        let queued = restore.queued;
         let added = service
             .engine_add(AddSpec {
                 torrent: checked.bytes.clone(),
                 data_folder,
-                paused: restore.paused,
+                paused: restore.engine_paused(),
                 only_files: restore.only_files.clone(),
                 overwrite: create.overwrite,
                 peers,
@@ -162,7 +168,7 @@ impl Service {
         }
         if is_new {
             tracing::info!(patron, torrent = %torrent.id, name = %torrent.name, "torrent started");
-            Ok(Started::New(torrent))
+            Ok(Started::New { torrent, queued })
         } else {
             // The engine had it though the registry did not (cannot happen under the add lock).
             Ok(Started::Joined {

@@ -12,6 +12,7 @@
 //! the engine's own completion notification wakes the loop.
 
 use crate::engine::{self, ManagedTorrentHandle, Pulse};
+use crate::registry::{shown_status, QueuePlace};
 
 use super::Service;
 use proto::{TorrentId, TorrentStatus, TorrentSummary};
@@ -27,8 +28,9 @@ pub const MIN_PASS_GAP: Duration = Duration::from_millis(5);
 
 /// What the loop remembers of a torrent between pulses.
 struct Seen {
-    /// The pulse, how many hold it, and whether it is ephemeral, at the last look.
-    look: (Pulse, u32, bool),
+    /// The pulse, how many hold it, whether it is ephemeral, and its place in the queue, at
+    /// the last look.
+    look: (Pulse, u32, bool, QueuePlace),
     /// Wakes the loop when the engine says the torrent completed; aborted when it goes.
     completion: tokio::task::AbortHandle,
     /// The engine's handle it watches (a recheck gives the torrent a new one).
@@ -112,7 +114,7 @@ fn refresh_board(
     // From the look at the registry to the write, no reply changes the board under us.
     let _deciding = service.board.decide();
     // Under the lock only what is cheap to copy: handles are `Arc`s.
-    type Look = (TorrentId, ManagedTorrentHandle, u32, bool);
+    type Look = (TorrentId, ManagedTorrentHandle, u32, bool, QueuePlace);
     let (running, placeholders, restarting): (Vec<Look>, Vec<TorrentSummary>, Vec<TorrentId>) = {
         let state = service.state();
         // One pass over every torrent (this runs each 100 ms). Those being added again
@@ -123,7 +125,8 @@ fn refresh_board(
             match entry.live_handle() {
                 Some(handle) => {
                     let holders = entry.holders.len() as u32;
-                    running.push((*id, handle, holders, entry.restore.ephemeral));
+                    let ephemeral = entry.restore.ephemeral;
+                    running.push((*id, handle, holders, ephemeral, entry.queue_place()));
                 }
                 None => restarting.push(*id),
             }
@@ -145,14 +148,16 @@ fn refresh_board(
     present.extend(restarting);
     let mut moved = Vec::new();
     let mut urgent = Vec::new();
-    for (id, handle, holders, ephemeral) in running {
+    let mut arrived = false;
+    for (id, handle, holders, ephemeral, place) in running {
         present.insert(id);
-        let look = (engine::pulse_of(&handle), holders, ephemeral);
+        let look = (engine::pulse_of(&handle), holders, ephemeral, place);
         let before = match seen.get_mut(&id) {
             Some(known) if Arc::ptr_eq(&known.handle, &handle) => {
                 Some(std::mem::replace(&mut known.look, look))
             }
             known => {
+                arrived = true;
                 let before = known.map(|k| k.look);
                 let completion = watch_completion(service, id, handle.clone());
                 let watched = handle.clone();
@@ -167,29 +172,35 @@ fn refresh_board(
                 before
             }
         };
-        if before.is_some_and(|b| b.0.stage != look.0.stage) {
+        if before.is_some_and(|b| b.0.stage != look.0.stage || b.3.queued != place.queued) {
             urgent.push(id);
         }
         if full || before != Some(look) {
-            moved.push((id, handle, holders, ephemeral));
+            moved.push((id, handle, holders, ephemeral, place));
         }
     }
+    let known = seen.len();
     seen.retain(|id, _| present.contains(id));
+    // A stage changed (a completion, a check's end, a pause) or a torrent came or went:
+    // the queue looks again.
+    if !urgent.is_empty() || seen.len() != known || arrived {
+        service.queue.nudge();
+    }
     // The names and folders of what moved, then their statuses outside the lock.
     let infos: Vec<_> = {
         let state = service.state();
         moved
             .into_iter()
-            .filter_map(|(id, handle, holders, ephemeral)| {
+            .filter_map(|(id, handle, holders, ephemeral, place)| {
                 let info = state.registry.get(id)?.info.clone();
-                Some((info, handle, holders, ephemeral))
+                Some((info, handle, holders, ephemeral, place))
             })
             .collect()
     };
     let mut changed: Vec<TorrentSummary> = infos
         .into_iter()
-        .map(|(info, handle, holders, ephemeral)| TorrentSummary {
-            status: engine::status_of(info.id, &info.name, &handle),
+        .map(|(info, handle, holders, ephemeral, place)| TorrentSummary {
+            status: shown_status(&info, Some(&handle), place),
             info,
             holders,
             held_by_you: false,
@@ -218,6 +229,8 @@ fn watch_completion(
         if handle.wait_until_completed().await.is_ok() {
             if let Some(service) = service.upgrade() {
                 service.status_nudge.notify_one();
+                // A download slot is free, and a seed may need one.
+                service.queue.nudge();
                 let _ = tokio::task::spawn_blocking(move || service.stamp_verified(id)).await;
             }
         }
@@ -242,14 +255,20 @@ pub(super) fn fan_out(
             .filter(|(id, entry)| {
                 !entry.holders.is_empty() && only.is_none_or(|only| only.contains(id))
             })
-            .filter_map(|(id, entry)| Some((*id, entry.info.name.clone(), entry.live_handle()?)))
+            .filter_map(|(_, entry)| {
+                Some((
+                    entry.info.clone(),
+                    entry.live_handle()?,
+                    entry.queue_place(),
+                ))
+            })
             .collect()
     };
     let statuses: Vec<TorrentStatus> = held
         .iter()
-        .map(|(id, name, handle)| match computed.get(id) {
+        .map(|(info, handle, place)| match computed.get(&info.id) {
             Some(status) => status.clone(),
-            None => engine::status_of(*id, name, handle),
+            None => shown_status(info, Some(handle), *place),
         })
         .collect();
     let mut state = service.state();

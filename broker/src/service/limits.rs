@@ -26,6 +26,7 @@ impl Service {
         let next = RunSettings {
             max_download_rate: change.download.or(recorded.max_download_rate),
             max_upload_rate: change.upload.or(recorded.max_upload_rate),
+            ..*recorded
         };
         next.save(&self.config.state_dir).map_err(|e| {
             ProtoError::io(format!(

@@ -91,11 +91,15 @@ impl Service {
         }
         service.room_for_one_more()?;
         service.room_for_files(&checked.full_paths(&data_folder), None)?;
+        let mut restore = RestoreSpec::new(save_folder, data_folder.clone());
+        restore.data_was_there = true;
+        // A seed, unless the queue's seeds are all taken.
+        restore.queued = !service.queue_admits(super::queue::Kind::Seed);
         let added = service
             .engine_add(AddSpec {
                 torrent: checked.bytes.clone(),
                 data_folder: data_folder.clone(),
-                paused: false,
+                paused: restore.engine_paused(),
                 only_files: None,
                 // The data is the torrent's own: it was just hashed from it.
                 overwrite: true,
@@ -106,8 +110,6 @@ impl Service {
                 files: checked.relative_paths(),
             })
             .await?;
-        let mut restore = RestoreSpec::new(save_folder, data_folder);
-        restore.data_was_there = true;
         let (info, _) = service.register(added, checked, restore, patron).await?;
         tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");
         Ok(info)

@@ -18,6 +18,7 @@ mod patrons;
 mod pause;
 mod peers;
 mod queries;
+pub mod queue;
 mod recheck;
 mod restore;
 mod streams;
@@ -143,6 +144,8 @@ pub struct Service {
     /// What was changed while running and is recorded (`settings.json`); held while it is
     /// written.
     settings: Mutex<crate::settings::RunSettings>,
+    /// How many torrents run at once (see [`queue`]).
+    pub queue: queue::Queue,
     faults: Faults,
 }
 
@@ -151,6 +154,7 @@ impl Service {
     pub async fn start(config: BrokerConfig) -> anyhow::Result<Arc<Service>> {
         use anyhow::Context;
         let config_large = (config.max_large_requests, config.max_large_request_bytes);
+        let config_queue = config.queue;
         let unread = crate::budget::UnreadBudget::new(
             crate::patron::MAX_UNREAD_REGIONS,
             crate::patron::MAX_UNREAD_REGION_BYTES,
@@ -177,9 +181,11 @@ impl Service {
             unread,
             left,
             settings: Mutex::new(settings),
+            queue: queue::Queue::new(config_queue),
             faults: Faults::default(),
         });
         service.restore().await?;
+        queue::start(&service);
         Ok(service)
     }
 
@@ -460,12 +466,12 @@ impl Service {
     /// A running torrent's status now.
     pub fn current_status(&self, id: TorrentId) -> Option<proto::TorrentStatus> {
         // Stats are computed outside the lock (see the fan-out).
-        let (info, handle) = {
+        let (info, handle, place) = {
             let state = self.state();
             let entry = state.registry.get(id)?;
-            (entry.info.clone(), entry.live_handle())
+            (entry.info.clone(), entry.live_handle(), entry.queue_place())
         };
-        Some(engine::status_or_checking(&info, handle.as_ref()))
+        Some(crate::registry::shown_status(&info, handle.as_ref(), place))
     }
 
     /// Brings torrent `id`'s line on the board up to date now (shown, changed, or taken off):
@@ -477,8 +483,10 @@ impl Service {
             .state()
             .registry
             .get(id)
-            .and_then(|e| Some((e.info.name.clone(), e.live_handle()?)));
-        let status = handle.map(|(name, handle)| engine::status_of(id, &name, &handle));
+            .and_then(|e| Some((e.info.clone(), e.live_handle()?, e.queue_place())));
+        let status = handle.map(|(info, handle, place)| {
+            crate::registry::shown_status(&info, Some(&handle), place)
+        });
         let _deciding = self.board.decide();
         let summary = {
             let state = self.state();

@@ -14,19 +14,33 @@ impl Service {
         // The engine and the records change together, and never under a close or a recheck.
         let _adding = self.adding.lock().await;
         let (id, handle) = self.running(torrent)?;
-        // Recorded first: if the record cannot say so, nothing changes.
-        self.update_record(id, |restore| restore.paused = true)?;
+        // Recorded first: if the record cannot say so, nothing changes. A paused torrent is
+        // out of the queue.
+        let queued = self
+            .state()
+            .registry
+            .get(id)
+            .is_some_and(|e| e.restore.queued);
+        self.update_record(id, |restore| {
+            restore.paused = true;
+            restore.queued = false;
+        })?;
         match self.engine.pause(&handle).await {
             Ok(Applied::Now) => {}
             Ok(Applied::AfterCheck) => self.settle_after_check(id, handle),
             Err(error) => {
-                if let Err(e) = self.update_record(id, |restore| restore.paused = false) {
+                if let Err(e) = self.update_record(id, |restore| {
+                    restore.paused = false;
+                    restore.queued = queued;
+                }) {
                     tracing::warn!(torrent = %id, "cannot record it running again: {e}");
                 }
                 return Err(error);
             }
         }
         tracing::info!(torrent = %id, "paused (or paused once its check ends)");
+        // Its slot, if it had one, is free.
+        self.queue.nudge();
         self.current_status(id).ok_or_else(|| super::gone(id))
     }
 
@@ -38,6 +52,31 @@ impl Service {
     ) -> Result<TorrentStatus, ProtoError> {
         let _adding = self.adding.lock().await;
         let (id, handle) = self.running(torrent)?;
+        // With a queue, it takes its turn: queued, then started at once if it may run.
+        let limited = {
+            let settings = self.queue.settings();
+            settings.max_active_downloads.is_some() || settings.max_active_seeds.is_some()
+        };
+        if limited {
+            let was_paused = self
+                .state()
+                .registry
+                .get(id)
+                .is_some_and(|e| e.restore.paused);
+            if was_paused {
+                self.update_record(id, |restore| {
+                    restore.paused = false;
+                    restore.queued = true;
+                })?;
+                if engine::queue_look(&handle) == engine::QueueLook::Checking {
+                    self.settle_after_check(id, handle);
+                } else {
+                    self.advance_queue_locked().await;
+                }
+            }
+            tracing::info!(torrent = %id, "resumed, in the queue");
+            return self.current_status(id).ok_or_else(|| super::gone(id));
+        }
         // Recorded first: if the record cannot say so, the torrent stays paused.
         self.update_record(id, |restore| restore.paused = false)?;
         match self.engine.resume(&handle).await {
@@ -79,7 +118,7 @@ impl Service {
                 match state.registry.get_mut(id) {
                     Some(entry) if entry.life.is(&handle) => {
                         entry.life = Life::Running(handle.clone());
-                        Some(entry.restore.paused)
+                        Some(entry.restore.engine_paused())
                     }
                     _ => None, // closed or added again meanwhile: nothing to settle
                 }
@@ -107,6 +146,7 @@ impl Service {
                 Err(e) => tracing::warn!(torrent = %id, "after its check: {e}"),
             }
             service.status_nudge.notify_one();
+            service.queue.nudge();
         });
     }
 }

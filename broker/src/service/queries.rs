@@ -3,7 +3,7 @@
 //! them on the request reader's thread.
 
 use super::Service;
-use crate::engine;
+use crate::registry;
 use crate::sink::PatronId;
 use proto::TorrentSummary;
 use proto::{BrokerInfo, ProtoError, TorrentInfo, TorrentRef, TorrentState, TorrentStatus};
@@ -30,7 +30,8 @@ impl Service {
                         entry.holders.contains(&patron),
                         entry.restore.ephemeral,
                     );
-                    (entry.info.clone(), entry.live_handle(), held)
+                    let look = (entry.live_handle(), entry.queue_place());
+                    (entry.info.clone(), look, held)
                 })
                 .collect();
             (listed, placeholders)
@@ -38,8 +39,8 @@ impl Service {
         let mut torrents: Vec<TorrentSummary> = listed
             .into_iter()
             .map(
-                |(info, handle, (holders, held_by_you, ephemeral))| TorrentSummary {
-                    status: engine::status_or_checking(&info, handle.as_ref()),
+                |(info, (handle, place), (holders, held_by_you, ephemeral))| TorrentSummary {
+                    status: registry::shown_status(&info, handle.as_ref(), place),
                     info,
                     holders,
                     held_by_you,
@@ -122,6 +123,7 @@ impl Service {
             unread_bytes: (unread.0 as u64, unread.1 as u64),
             unread_regions: (regions.0 as u32, regions.1 as u32),
             limits: self.engine.limits(),
+            queue: self.queue.settings(),
         }
     }
 }

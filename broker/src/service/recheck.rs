@@ -45,7 +45,7 @@ impl Service {
             .engine_add(AddSpec {
                 torrent: bytes,
                 data_folder: restore.data_folder.clone(),
-                paused: restore.paused,
+                paused: restore.engine_paused(),
                 only_files: restore.only_files.clone(),
                 // Its own files, as before.
                 overwrite: true,

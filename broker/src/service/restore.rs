@@ -24,6 +24,9 @@ impl Service {
             // is a record kept unrestored, as any other failure to restore.
             crate::store::open_state_file(&self.torrent_file_path(*id))?;
         }
+        // In the queue's order: each restored torrent is then last so far, and keeps its place.
+        let mut records: Vec<(TorrentId, RestoreSpec)> = records.into_iter().collect();
+        records.sort_by_key(|(id, spec)| (spec.queue_position, *id));
         for (id, spec) in records {
             if let Err((error, info, files)) = self.restore_one(id, &spec).await {
                 tracing::error!(torrent = %id, "cannot restore, kept for the next start: {error}");
@@ -109,7 +112,7 @@ impl Service {
             .engine_add(AddSpec {
                 torrent: checked.bytes.clone(),
                 data_folder: spec.data_folder.clone(),
-                paused: spec.paused,
+                paused: spec.engine_paused(),
                 only_files: spec.only_files.clone(),
                 // The files are this torrent's own; the engine re-verifies them.
                 overwrite: true,

@@ -532,7 +532,7 @@ async fn review_peers_named_by_a_magnet_joiner_during_a_recheck_are_kept_or_repo
                         lost.push(peer);
                     }
                 }
-                Ok(super::Started::New(_)) => panic!("a second torrent of the same hash"),
+                Ok(super::Started::New { .. }) => panic!("a second torrent of the same hash"),
                 Err(e) => panic!("{e}"),
             }
         }

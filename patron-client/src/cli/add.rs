@@ -4,7 +4,8 @@ use super::output::{info_human, info_json, status_json};
 use super::{absolute, Context, Exit};
 use indicatif::{ProgressBar, ProgressStyle};
 use patron_client::proto::{
-    CreateNewTorrent, Event, ProtoError, TorrentId, TorrentSource, TorrentState, TorrentStatus,
+    CreateNewTorrent, Event, ProtoError, TorrentId, TorrentRef, TorrentSource, TorrentState,
+    TorrentStatus,
 };
 use patron_client::{Created, Error, Patron};
 use std::io::IsTerminal;
@@ -82,9 +83,21 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
         }
         other => other,
     })?;
+    // With the broker's queue full, a new torrent waits for its turn: say where.
+    let queued_verb = match &created {
+        Created::Queued(info) => match patron.status(TorrentRef::Id(info.id)) {
+            Ok(TorrentStatus {
+                queue_position: Some(place),
+                ..
+            }) => format!("Added, queued (#{place} in the queue):"),
+            _ => "Added, queued:".to_owned(),
+        },
+        _ => String::new(),
+    };
     let (verb, event, exit) = match &created {
         Created::New(_) if paused => ("Added, paused:", "created", Exit::Success),
         Created::New(_) => ("Started", "created", Exit::Success),
+        Created::Queued(_) => (queued_verb.as_str(), "created", Exit::Success),
         Created::AlreadyDownloading(..) => (
             "Already running: joined",
             "already-downloading",
@@ -94,10 +107,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     let info = created.info();
     let not_applied = match &created {
         Created::AlreadyDownloading(_, not_applied) => not_applied.clone(),
-        Created::New(_) => Vec::new(),
+        Created::New(_) | Created::Queued(_) => Vec::new(),
     };
     let mut value = info_json(event, info);
     value["not_applied"] = not_applied.clone().into();
+    value["queued"] = matches!(created, Created::Queued(_)).into();
     ctx.out.emit(
         || {
             let mut text = info_human(verb, info);

@@ -22,6 +22,7 @@ mod output;
 mod pause;
 mod peers;
 mod pipe;
+mod queue;
 mod recheck;
 mod resume;
 mod status;
@@ -74,6 +75,11 @@ const EXAMPLES_LIMITS: &str = "Examples:\n  patron-client limits
   patron-client limits --down none
   patron-client limits 3 --up 100K          # torrent 3's own, while it runs";
 
+const EXAMPLES_QUEUE: &str = "Examples:\n  patron-client queue
+  patron-client queue --downloads 3 --seeds 5       # the others wait, queued
+  patron-client queue --downloads none --stalled-after 2h
+  patron-client queue 7 top                         # torrent 7 starts next";
+
 const EXAMPLES_BROKER: &str = "Examples:\n  patron-client broker status
   patron-client broker stop";
 
@@ -96,6 +102,9 @@ Commands, one JSON object per line (\"cmd\", plus an optional \"request\" echoed
   info                                                                     -> broker
   limits    torrent (its own; else all), max_download_rate, max_upload_rate
             (0 lifts one; neither: ask)                                    -> limits
+  queue     max_active_downloads, max_active_seeds (a number or \"none\"),
+            stalled_after_secs (or \"never\"); none of them: ask            -> queue
+  queue-move  torrent, to (top, up, down, bottom)                          -> status
   pause, resume, recheck    torrent                                        -> status
   files     torrent; only                                                  -> files
   peers     torrent; add                                                   -> peers
@@ -181,6 +190,9 @@ enum Command {
     /// Show or change the rate limits for all torrents, or one torrent's (kept across restarts)
     #[command(after_help = EXAMPLES_LIMITS)]
     Limits(limits::Args),
+    /// Show or change how many torrents run at once, or move one in the queue (kept across restarts)
+    #[command(after_help = EXAMPLES_QUEUE)]
+    Queue(queue::Args),
     /// Start, stop or query the broker
     #[command(after_help = EXAMPLES_BROKER)]
     Broker(broker::Args),
@@ -350,6 +362,7 @@ pub fn main() -> ExitCode {
         Command::Resume(args) => resume::run(&ctx, args),
         Command::Recheck(args) => recheck::run(&ctx, args),
         Command::Limits(args) => limits::run(&ctx, args),
+        Command::Queue(args) => queue::run(&ctx, args),
         Command::Files(args) => files::run(&ctx, args),
         Command::Peers(args) => peers::run(&ctx, args),
         Command::Cat(args) => cat::run(&ctx, args),

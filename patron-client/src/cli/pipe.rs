@@ -21,8 +21,9 @@ use super::output::{self, made_json, status_json, summary_json};
 use super::{torrent_ref, Context, Exit};
 use patron_client::json::event_json;
 use patron_client::proto::{
-    CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, PeersRequest,
-    ProtoError, RequestBody, RequestId, SetLimits, TorrentRef, TorrentSource,
+    CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, MoveInQueue,
+    PeersRequest, ProtoError, QueueMove, RequestBody, RequestId, SetLimits, SetQueue, TorrentRef,
+    TorrentSource,
 };
 use patron_client::{Board, ConnectOptions, Error, Requester, Stream};
 use serde::Deserialize;
@@ -90,6 +91,21 @@ enum Command {
         max_download_rate: Option<u64>,
         max_upload_rate: Option<u64>,
     },
+    /// Show or change the queue: a number, or "none" (or null) to lift a limit; a stall
+    /// time in seconds, or "never" (or null).
+    Queue {
+        #[serde(default, deserialize_with = "present")]
+        max_active_downloads: Option<Value>,
+        #[serde(default, deserialize_with = "present")]
+        max_active_seeds: Option<Value>,
+        #[serde(default, deserialize_with = "present")]
+        stalled_after_secs: Option<Value>,
+    },
+    /// Move a torrent in the queue: `to` is top, up, down or bottom.
+    QueueMove {
+        torrent: TorrentName,
+        to: String,
+    },
     Pause {
         torrent: TorrentName,
     },
@@ -120,6 +136,11 @@ enum Command {
         offset: u64,
         to: PathBuf,
     },
+}
+
+/// A field given, `null` included (`None` only when it is absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// A torrent as a command names it: its id, as a number (`3`, as every reply prints it) or a
@@ -173,8 +194,8 @@ fn file_refs(names: Option<Vec<FileName>>) -> Option<Vec<FileRef>> {
 
 /// A parsed input line.
 enum Line {
-    /// A command to send.
-    Command(Command),
+    /// A command to send (boxed: a `queue` command is large beside `Shutdown`).
+    Command(Box<Command>),
     /// `{"cmd":"shutdown"}`: the control inbox.
     Shutdown,
 }
@@ -341,19 +362,22 @@ fn read_commands(
             }
         };
         let command = match line {
-            Line::Command(Command::Cat {
-                torrent,
-                file,
-                offset,
-                to,
-            }) => {
-                // Its stream opens on a connection of its own: only once every earlier
-                // line's reply is out does it see what they did (an `add` just before it).
-                pending.wait_until_answered();
-                cats.start(connect, request, torrent, file, offset, to);
-                continue;
-            }
-            Line::Command(command) => command,
+            Line::Command(command) => match *command {
+                Command::Cat {
+                    torrent,
+                    file,
+                    offset,
+                    to,
+                } => {
+                    // Its stream opens on a connection of its own: only once every earlier
+                    // line's reply is out does it see what they did (an `add` just before
+                    // it).
+                    pending.wait_until_answered();
+                    cats.start(connect, request, torrent, file, offset, to);
+                    continue;
+                }
+                command => command,
+            },
             Line::Shutdown => {
                 finish_request = request;
                 shutdown_asked = true;
@@ -650,7 +674,7 @@ fn parse(line: &str, number: u64) -> Result<(Value, Line), (Value, String)> {
         return Ok((request, Line::Shutdown));
     }
     match serde_json::from_value(Value::Object(object)) {
-        Ok(command) => Ok((request, Line::Command(command))),
+        Ok(command) => Ok((request, Line::Command(Box::new(command)))),
         Err(e) => Err((request, format!("line {number}: {e}"))),
     }
 }
@@ -767,6 +791,47 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             }),
             None,
         ),
+        Command::Queue {
+            max_active_downloads,
+            max_active_seeds,
+            stalled_after_secs,
+        } => {
+            let count = |name: &str, value: Option<Value>| -> Result<Option<Option<u32>>, String> {
+                value
+                    .map(|v| match v {
+                        Value::Null => Ok(None),
+                        Value::String(s) if matches!(s.as_str(), "none" | "unlimited") => Ok(None),
+                        v => v
+                            .as_u64()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .map(Some)
+                            .ok_or_else(|| format!("{name} is a number of torrents, or \"none\"")),
+                    })
+                    .transpose()
+            };
+            let stall = stalled_after_secs
+                .map(|v| match v {
+                    Value::Null => Ok(None),
+                    Value::String(s) if matches!(s.as_str(), "never" | "none") => Ok(None),
+                    v => v.as_u64().filter(|&n| n > 0).map(Some).ok_or_else(|| {
+                        "stalled_after_secs is a number of seconds (at least 1), or \"never\""
+                            .to_owned()
+                    }),
+                })
+                .transpose()?;
+            let change = SetQueue {
+                max_active_downloads: count("max_active_downloads", max_active_downloads)?,
+                max_active_seeds: count("max_active_seeds", max_active_seeds)?,
+                stalled_after_secs: stall,
+            };
+            (RequestBody::SetQueue(change), None)
+        }
+        Command::QueueMove { torrent, to } => {
+            let to = QueueMove::parse(&to)
+                .ok_or_else(|| format!("to is top, up, down or bottom, not {to:?}"))?;
+            let torrent = torrent_ref(&torrent)?;
+            (RequestBody::MoveInQueue(MoveInQueue { torrent, to }), None)
+        }
         Command::Pause { torrent } => (RequestBody::Pause(torrent_ref(&torrent)?), None),
         Command::Resume { torrent } => (RequestBody::Resume(torrent_ref(&torrent)?), None),
         Command::Recheck { torrent } => (RequestBody::Recheck(torrent_ref(&torrent)?), None),

@@ -193,6 +193,7 @@ fn whole(k: u64, name: &str) -> TorrentSummary {
             seeds: k as u32,
             eta_secs: Some(k),
             complete: k % 2 == 0,
+            queue_position: None,
         },
         info,
         holders: k as u32,

@@ -5,7 +5,7 @@
 //! value is written as JSON text with no `serde_json::Value` between the board and the wire
 //! (one allocation per answer, not several per field).
 
-use patron_client::proto::{FileEntry, TorrentState, TorrentSummary};
+use patron_client::proto::{FileEntry, TorrentState, TorrentStatus, TorrentSummary};
 use serde::Serialize;
 
 /// An answer being written: JSON text.
@@ -45,7 +45,7 @@ const BOARD: &[(&str, Write)] = &[
     ("id", |t, o| o.put(&t.info.id.0)),
     ("name", |t, o| o.put(&t.info.name)),
     ("hashString", |t, o| o.put(&t.info.info_hash.to_string())),
-    ("status", |t, o| o.put(&status_number(&t.status.state))),
+    ("status", |t, o| o.put(&status_number(&t.status))),
     ("percentDone", |t, o| o.put(&t.status.progress)),
     ("percentComplete", |t, o| o.put(&t.status.progress)),
     ("metadataPercentComplete", |t, o| {
@@ -102,7 +102,10 @@ const BOARD: &[(&str, Write)] = &[
         _ => o.raw(b"\"\""),
     }),
     ("downloadDir", |t, o| o.put(&t.info.save_folder)),
-    ("queuePosition", |t, o| o.put(&t.info.id.0)),
+    // Transmission counts from 0.
+    ("queuePosition", |t, o| {
+        o.put(&t.status.queue_position.map_or(0, |p| p.saturating_sub(1)))
+    }),
     ("labels", |_, o| o.raw(b"[]")),
     ("trackers", |_, o| o.raw(b"[]")),
     ("trackerStats", |_, o| o.raw(b"[]")),
@@ -266,11 +269,14 @@ fn list<T>(out: &mut Json, items: &[T], mut each: impl FnMut(&T, &mut Json)) {
     out.raw(b"]");
 }
 
-/// Transmission's status numbers: 0 stopped, 2 checking, 4 downloading, 6 seeding.
-pub fn status_number(state: &TorrentState) -> u64 {
-    match state {
+/// Transmission's status numbers: 0 stopped, 2 checking, 3 queued to download,
+/// 4 downloading, 5 queued to seed, 6 seeding.
+pub fn status_number(status: &TorrentStatus) -> u64 {
+    match status.state {
         TorrentState::Paused | TorrentState::Error(_) => 0,
         TorrentState::Checking => 2,
+        TorrentState::Queued if status.complete => 5,
+        TorrentState::Queued => 3,
         TorrentState::ResolvingMetadata | TorrentState::Downloading => 4,
         TorrentState::Seeding => 6,
     }
