@@ -10,7 +10,8 @@ use crate::values::{
 };
 use patron_client::proto::{
     CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, PeersRequest,
-    RequestBody, SetLimits, TorrentRef, TorrentSource, TorrentState,
+    MoveInQueue, QueueMove, RequestBody, SetLimits, SetQueue, TorrentRef, TorrentSource,
+    TorrentState,
 };
 use patron_client::{Board, ConnectOptions};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -170,6 +171,23 @@ fn ref_arg(args: &Bound<'_, PyDict>) -> PyResult<TorrentRef> {
     }
 }
 
+/// A limit on how many torrents run at once, as a queue call gives it: absent, unchanged
+/// (`None`); `None`, no limit (`Some(None)`); or a number.
+fn count_limit(args: &Bound<'_, PyDict>, name: &str) -> PyResult<Option<Option<u32>>> {
+    match args.get_item(name)? {
+        None => Ok(None),
+        Some(value) if value.is_none() => Ok(Some(None)),
+        Some(value) if value.is_instance_of::<pyo3::types::PyBool>() => Err(PyTypeError::new_err(
+            format!("{name} is a number of torrents (or None: no limit), not a bool"),
+        )),
+        Some(value) => value.extract::<u32>().map(|n| Some(Some(n))).map_err(|_| {
+            PyValueError::new_err(format!(
+                "{name} is a number of torrents from 0 to 4294967295, or None: no limit"
+            ))
+        }),
+    }
+}
+
 /// The request a method sends.
 fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
     Ok(match method {
@@ -248,6 +266,38 @@ fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
             download: arg(args, "download")?,
             upload: arg(args, "upload")?,
         }),
+        "queue" => RequestBody::SetQueue(SetQueue {
+            max_active_downloads: count_limit(args, "downloads")?,
+            max_active_seeds: count_limit(args, "seeds")?,
+            stalled_after_secs: match args.get_item("stalled_after")? {
+                None => None,
+                Some(value) if value.is_none() => Some(None),
+                Some(value) => {
+                    let secs: f64 = match value.is_instance_of::<pyo3::types::PyBool>() {
+                        true => None,
+                        false => value.extract().ok(),
+                    }
+                    .ok_or_else(|| {
+                        PyTypeError::new_err("stalled_after is seconds (a number), or None: never")
+                    })?;
+                    if !(secs.is_finite() && (1.0..1e15).contains(&secs)) {
+                        return Err(PyValueError::new_err(
+                            "stalled_after is at least one second (None: never)",
+                        ));
+                    }
+                    Some(Some(secs as u64))
+                }
+            },
+        }),
+        "queue_move" => RequestBody::MoveInQueue(MoveInQueue {
+            torrent: ref_arg(args)?,
+            to: {
+                let to: String = required(args, "to")?;
+                QueueMove::parse(&to).ok_or_else(|| {
+                    PyValueError::new_err(format!("to is top, up, down or bottom, not {to:?}"))
+                })?
+            },
+        }),
         "stop_broker" => RequestBody::StopBroker,
         "status_request" => RequestBody::Status(ref_arg(args)?),
         "list_request" => RequestBody::List,
@@ -270,9 +320,9 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
         (_, Event::Error { error, .. }) | (_, Event::TorrentStartFail { error, .. }) => {
             return Err(errors::refusal(py, &error))
         }
-        ("add", Event::NewTorrentCreated { torrent, .. }) => {
-            Py::new(py, Added::new(torrent, false, Vec::new()))?.into_any()
-        }
+        ("add", Event::NewTorrentCreated {
+            torrent, queued, ..
+        }) => Py::new(py, Added::new(torrent, false, Vec::new(), queued))?.into_any(),
         (
             "add",
             Event::TorrentAlreadyDownloading {
@@ -280,7 +330,7 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
                 not_applied,
                 ..
             },
-        ) => Py::new(py, Added::new(torrent, true, not_applied))?.into_any(),
+        ) => Py::new(py, Added::new(torrent, true, not_applied, false))?.into_any(),
         (
             "close",
             Event::TorrentClosed {
@@ -320,6 +370,16 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
             py.import("json")?.call_method1("loads", (text,))?.unbind()
         }
         ("stop_broker", Event::Ok { .. }) => py.None(),
+        ("queue", Event::Queue { queue, .. }) => {
+            let dict = PyDict::new(py);
+            dict.set_item("max_active_downloads", queue.max_active_downloads)?;
+            dict.set_item("max_active_seeds", queue.max_active_seeds)?;
+            dict.set_item("stalled_after_secs", queue.stalled_after_secs)?;
+            dict.into_any().unbind()
+        }
+        ("queue_move", Event::Status { status, .. }) => {
+            Py::new(py, Status::from_status(status))?.into_any()
+        }
         ("limits", Event::Limits { limits, .. }) => {
             let dict = PyDict::new(py);
             dict.set_item("max_download_rate", limits.download)?;

@@ -138,7 +138,7 @@ impl Status {
 }
 
 /// The fields, in `--json`'s order.
-const STATUS_FIELDS: [&str; 18] = [
+const STATUS_FIELDS: [&str; 19] = [
     "id",
     "info_hash",
     "name",
@@ -154,6 +154,7 @@ const STATUS_FIELDS: [&str; 18] = [
     "seeds",
     "eta_secs",
     "complete",
+    "queue_position",
     "save_folder",
     "holders",
     "ephemeral",
@@ -234,6 +235,11 @@ impl Status {
     fn complete(&self) -> bool {
         self.status.complete
     }
+    /// Its place in the broker's queue, 1 first (queued torrents start in this order).
+    #[getter]
+    fn queue_position(&self) -> Option<u32> {
+        self.status.queue_position
+    }
     /// Where the torrent's files are (the folder its name goes in).
     #[getter]
     fn save_folder(&self) -> Option<&str> {
@@ -304,10 +310,12 @@ pub struct Added {
     pub joined: bool,
     /// The options of the add that a running torrent did not take (when `joined`).
     pub not_applied: Vec<String>,
+    /// It waits in the broker's queue for its turn (its downloads were all taken).
+    pub queued: bool,
 }
 
 impl Added {
-    pub fn new(info: TorrentInfo, joined: bool, not_applied: Vec<String>) -> Added {
+    pub fn new(info: TorrentInfo, joined: bool, not_applied: Vec<String>, queued: bool) -> Added {
         Added {
             id: info.id.0,
             info_hash: info.info_hash.to_string(),
@@ -316,6 +324,7 @@ impl Added {
             total_bytes: info.total_bytes,
             joined,
             not_applied,
+            queued,
         }
     }
 }

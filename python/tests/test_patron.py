@@ -419,6 +419,44 @@ def test_global_limits_are_read_and_changed(broker: Broker) -> None:
         assert asyncio.run(lift()) == {"max_download_rate": None, "max_upload_rate": None}
 
 
+def test_the_queue_is_read_changed_and_holds_seeds_past_its_limit(broker: Broker) -> None:
+    with tp.Patron(broker.state) as p:
+        assert p.queue() == {
+            "max_active_downloads": None, "max_active_seeds": None, "stalled_after_secs": 1800,
+        }
+        assert p.queue(seeds=1, stalled_after=None) == {
+            "max_active_downloads": None, "max_active_seeds": 1, "stalled_after_secs": None,
+        }
+        assert p.broker_info()["max_active_seeds"] == 1
+        for n in range(2):
+            (broker.root / f"q{n}.bin").write_bytes(bytes([n]) * 5000)
+        first = p.make(broker.root / "q0.bin", broker.root, seed=True).seeding_id
+        second = p.make(broker.root / "q1.bin", broker.root, seed=True).seeding_id
+        assert first is not None and second is not None
+        deadline = time.monotonic() + 30
+        while p.status(second).state != "queued":
+            assert time.monotonic() < deadline, p.status(second)
+            time.sleep(0.05)
+        assert p.status(second).queue_position == 2
+        assert p.status(second).as_dict()["queue_position"] == 2
+        moved = p.move_in_queue(second, "top")
+        assert moved.queue_position == 1 and moved.state != "queued", moved
+        with pytest.raises(ValueError):
+            p.move_in_queue(second, "sideways")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            p.queue(downloads=True)
+        with pytest.raises(ValueError):
+            p.queue(downloads=-1)
+        with pytest.raises(ValueError):
+            p.queue(stalled_after=0.5)
+
+        async def lift() -> dict[str, int | None]:
+            async with tp.AsyncPatron(broker.state) as ap:
+                return await ap.queue(seeds=None)
+
+        assert asyncio.run(lift())["max_active_seeds"] is None
+
+
 def test_second_review_small_things(broker: Broker) -> None:
     (broker.root / "small.bin").write_bytes(b"s" * 5000)
     with tp.Patron(broker.state) as p:

@@ -42,6 +42,7 @@ from typing import (
     Iterable,
     Iterator,
     List,
+    Literal,
     Optional,
     Sequence,
     Union,
@@ -101,6 +102,7 @@ __all__ = [
     "BrokerStopping",
     "Event",
     "Ref",
+    "QueueMove",
     "TorrentPatronError",
     "BadRequest",
     "BrokerIoError",
@@ -139,6 +141,10 @@ Source = Union[str, bytes, bytearray, memoryview, "os.PathLike[str]"]
 
 _NO_REF: Any = object()
 _DEFAULT: Any = object()
+#: A queue setting left as it is (``None`` lifts a limit).
+_KEEP: Any = object()
+#: What ``Patron.move_in_queue`` takes.
+QueueMove = Literal["top", "up", "down", "bottom"]
 
 #: Slow requests (a magnet's add, a make) one patron runs at once, each on a connection of
 #: its own; more wait for a turn.
@@ -553,6 +559,27 @@ class Patron:
             "limits", ref=ref, download=download, upload=upload
         )
         return limits
+
+    def queue(
+        self, *, downloads: Optional[int] = _KEEP, seeds: Optional[int] = _KEEP,
+        stalled_after: Optional[float] = _KEEP,
+    ) -> Dict[str, Optional[int]]:
+        """The broker's queue: how many unfinished torrents run at once
+        (``max_active_downloads``), how many finished ones seed (``max_active_seeds``), and
+        after how many seconds without a byte moved a running one stops counting
+        (``stalled_after_secs``); ``None``: no limit, never. The others wait, ``queued``.
+        Sets those given first (``None`` lifts one), kept across the broker's restarts, as
+        ``patron-client queue`` does it."""
+        given = _given(downloads=downloads, seeds=seeds, stalled_after=stalled_after)
+        queue: Dict[str, Optional[int]] = self._call("queue", **given)
+        return queue
+
+    def move_in_queue(self, ref: Ref, to: QueueMove) -> Status:
+        """Moves a torrent in the broker's queue (``top``, ``up``, ``down`` or ``bottom``):
+        queued torrents start in its order. Returns its status after the move (it may have
+        started, or be queued, by it)."""
+        status: Status = self._call("queue_move", ref=ref, to=to)
+        return status
 
     def stop_broker(self) -> None:
         """Asks the broker to stop gracefully (every patron is disconnected)."""
@@ -995,6 +1022,20 @@ class AsyncPatron:
         )
         return limits
 
+    async def queue(
+        self, *, downloads: Optional[int] = _KEEP, seeds: Optional[int] = _KEEP,
+        stalled_after: Optional[float] = _KEEP,
+    ) -> Dict[str, Optional[int]]:
+        """See ``Patron.queue``."""
+        given = _given(downloads=downloads, seeds=seeds, stalled_after=stalled_after)
+        queue: Dict[str, Optional[int]] = await self._call("queue", **given)
+        return queue
+
+    async def move_in_queue(self, ref: Ref, to: QueueMove) -> Status:
+        """See ``Patron.move_in_queue``."""
+        status: Status = await self._call("queue_move", ref=ref, to=to)
+        return status
+
     async def stop_broker(self) -> None:
         """See ``Patron.stop_broker``."""
         await self._call("stop_broker")
@@ -1093,6 +1134,11 @@ class AsyncPatron:
         conn = self._conn
         stream = await loop.run_in_executor(None, conn.open_stream, ref, file, offset)
         return AsyncTorrentFile(self, stream)
+
+
+def _given(**settings: Any) -> Dict[str, Any]:
+    """The settings a call gives (those left out are ``_KEEP``)."""
+    return {name: value for name, value in settings.items() if value is not _KEEP}
 
 
 class _LoopState:

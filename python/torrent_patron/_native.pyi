@@ -4,7 +4,9 @@ import asyncio
 from typing import Any, Callable, Dict, List, Literal, Optional, Union, final
 
 #: A torrent's state, as `--json` writes it.
-State = Literal["checking", "resolving-metadata", "downloading", "seeding", "paused", "error"]
+State = Literal[
+    "checking", "resolving-metadata", "downloading", "seeding", "paused", "error", "queued"
+]
 
 PROTOCOL_VERSION: int
 
@@ -25,7 +27,8 @@ class Status:
     def name(self) -> str: ...
     @property
     def state(self) -> State:
-        """`checking`, `resolving-metadata`, `downloading`, `seeding`, `paused` or `error`."""
+        """`checking`, `resolving-metadata`, `downloading`, `seeding`, `paused`, `error`
+        or `queued` (waiting for its turn in the broker's queue)."""
     @property
     def error(self) -> Optional[str]: ...
     @property
@@ -48,6 +51,9 @@ class Status:
     def eta_secs(self) -> Optional[int]: ...
     @property
     def complete(self) -> bool: ...
+    @property
+    def queue_position(self) -> Optional[int]:
+        """Its place in the broker's queue, 1 first."""
     @property
     def save_folder(self) -> Optional[str]: ...
     @property
@@ -74,6 +80,9 @@ class Added:
     def joined(self) -> bool: ...
     @property
     def not_applied(self) -> List[str]: ...
+    @property
+    def queued(self) -> bool:
+        """It waits in the broker's queue for its turn."""
     @property
     def save_folder(self) -> str: ...
     def as_dict(self) -> Dict[str, Any]: ...
