@@ -9,8 +9,8 @@ use crate::values::{
     Added, BrokerStopping, Closed, File, Made, Peer, Status, StatusChanged, TorrentGone,
 };
 use patron_client::proto::{
-    CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, PeersRequest,
-    MoveInQueue, QueueMove, RequestBody, SetLimits, SetQueue, TorrentRef, TorrentSource,
+    CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, MoveInQueue,
+    PeersRequest, QueueMove, RequestBody, SetLimits, SetQueue, TorrentRef, TorrentSource,
     TorrentState,
 };
 use patron_client::{Board, ConnectOptions};
@@ -320,9 +320,12 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
         (_, Event::Error { error, .. }) | (_, Event::TorrentStartFail { error, .. }) => {
             return Err(errors::refusal(py, &error))
         }
-        ("add", Event::NewTorrentCreated {
-            torrent, queued, ..
-        }) => Py::new(py, Added::new(torrent, false, Vec::new(), queued))?.into_any(),
+        (
+            "add",
+            Event::NewTorrentCreated {
+                torrent, queued, ..
+            },
+        ) => Py::new(py, Added::new(torrent, false, Vec::new(), queued))?.into_any(),
         (
             "add",
             Event::TorrentAlreadyDownloading {

@@ -66,9 +66,14 @@ struct Transmission {
 
 impl Transmission {
     fn start(sandbox: &Sandbox, name: &str) -> Transmission {
+        Transmission::start_with(sandbox, name, serde_json::json!({}))
+    }
+
+    /// Started with `extra` settings besides the usual ones.
+    fn start_with(sandbox: &Sandbox, name: &str, extra: serde_json::Value) -> Transmission {
         let config = sandbox.folder(&format!("{name}-config"));
         let (peer_port, rpc_port) = (free_port(), free_port());
-        let settings = serde_json::json!({
+        let mut settings = serde_json::json!({
             "dht-enabled": false, "lpd-enabled": false, "pex-enabled": false, "utp-enabled": false,
             "port-forwarding-enabled": false, "blocklist-enabled": false,
             "bind-address-ipv4": "127.0.0.1", "bind-address-ipv6": "::1",
@@ -79,6 +84,11 @@ impl Transmission {
             "download-dir": sandbox.folder(&format!("{name}-downloads")),
             "speed-limit-up-enabled": false, "start-added-torrents": true, "message-level": 1,
         });
+        if let (Some(settings), serde_json::Value::Object(extra)) =
+            (settings.as_object_mut(), extra)
+        {
+            settings.extend(extra);
+        }
         std::fs::write(config.join("settings.json"), settings.to_string()).unwrap();
         let mut daemon = tool("transmission-daemon");
         daemon.arg("-f").arg("-g").arg(&config);
@@ -470,4 +480,169 @@ fn transmission_downloads_from_a_seeding_broker_after_peers_add() {
     );
     transmission.wait_active("late.bin", true);
     assert_eq!(sha256(&dir.join("late.bin")), sha256(&data));
+}
+
+/// The order in which torrents leave a queue and how many run at once, watched by polling
+/// `listed` (each torrent's name and whether it runs unfinished, waits, or is done) until
+/// every one is done. `running` is called for each running torrent about once a second.
+fn watch_queue(
+    names: &[String],
+    mut listed: impl FnMut() -> Vec<(String, &'static str)>,
+    mut running: impl FnMut(&str),
+) -> (Vec<String>, usize) {
+    let mut order: Vec<String> = Vec::new();
+    let mut most = 0;
+    let mut last = None;
+    let mut nudged = std::time::Instant::now() - std::time::Duration::from_secs(1);
+    wait_for("every queued torrent done", 4 * STEP_TIMEOUT, || {
+        let now = listed();
+        if last.as_ref() != Some(&now) {
+            eprintln!("queue: {now:?}");
+            last = Some(now.clone());
+        }
+        let active = now.iter().filter(|(_, what)| *what == "running").count();
+        most = most.max(active);
+        for (name, what) in &now {
+            if *what != "waiting" && !order.contains(name) {
+                order.push(name.clone());
+            }
+        }
+        if nudged.elapsed() >= std::time::Duration::from_secs(1) {
+            nudged = std::time::Instant::now();
+            for (name, _) in now.iter().filter(|(_, what)| *what == "running") {
+                running(name);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        now.len() == names.len() && now.iter().all(|(_, what)| *what == "done")
+    });
+    (order, most)
+}
+
+#[test]
+fn a_queue_of_six_with_two_active_advances_as_transmissions_does() {
+    if !have("transmission-daemon") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let seeder = sandbox.state_dir("seeder");
+    let seeding = sandbox.broker(&seeder, &["--max-upload-rate", "512K"]);
+    let names: Vec<String> = (0..6).map(|n| format!("q{n}.bin")).collect();
+    let torrents: Vec<PathBuf> = names
+        .iter()
+        .map(|name| {
+            let data = sandbox.random_file(&format!("shared/{name}"), 512 << 10);
+            make(&sandbox, &seeder, &data, name, 16 << 10)
+        })
+        .collect();
+    for torrent in &torrents {
+        let mut add = sandbox.add_command(&seeder, torrent, &sandbox.path("shared"), None);
+        add.arg("--overwrite");
+        run(add).expect_code(0);
+    }
+
+    // transmission-daemon, its download queue two long: the six are added stopped, then
+    // started together, so that the queue alone decides (not how long each check took).
+    let queue = serde_json::json!({
+        "download-queue-enabled": true, "download-queue-size": 2,
+        "queue-stalled-enabled": false, "start-added-torrents": false,
+    });
+    let transmission = Transmission::start_with(&sandbox, "queueing-transmission", queue);
+    let dir = sandbox.folder("transmission-queue");
+    for torrent in &torrents {
+        transmission.add(torrent, &dir);
+    }
+    let list = || String::from_utf8_lossy(&transmission.remote(&["-l"]).stdout).into_owned();
+    wait_for("transmission to hold the six stopped", STEP_TIMEOUT, || {
+        list().lines().filter(|l| l.contains("Stopped")).count() == names.len()
+    });
+    let started = transmission.remote(&["-t", "all", "-s"]);
+    assert!(started.status.success(), "{started:?}");
+    let listed = || {
+        let list = list();
+        names
+            .iter()
+            .filter_map(|name| {
+                let line = list
+                    .lines()
+                    .find(|l| l.trim_end().ends_with(name.as_str()))?;
+                let runs = ["Idle", "Downloading", "Up & Down"]
+                    .iter()
+                    .any(|state| line.contains(state));
+                let what = match (line.contains("100%"), runs) {
+                    (true, _) => "done",
+                    (false, true) => "running",
+                    (false, false) => "waiting",
+                };
+                Some((name.clone(), what))
+            })
+            .collect()
+    };
+    // Transmission dials nobody on 127.x: the seeder dials each torrent once it runs, one
+    // torrent every two seconds (transmission 3.00 turned away the second of two torrents
+    // dialled in the same instant from one address, and the broker then took it as
+    // connected: an interop quirk for issue 24, not the queue's).
+    let peer = transmission.peer();
+    let mut dialled: Vec<String> = Vec::new();
+    let mut last_dial = std::time::Instant::now() - std::time::Duration::from_secs(10);
+    let (theirs, their_most) = watch_queue(&names, listed, |name| {
+        if dialled.iter().any(|d| d == name)
+            || last_dial.elapsed() < std::time::Duration::from_secs(2)
+        {
+            return;
+        }
+        let n = names.iter().position(|other| other == name).expect("named");
+        let mut dial = sandbox.client(&seeder);
+        dial.args(["peers", &n.to_string(), "--add", &peer]);
+        run(dial).expect_code(0);
+        dialled.push(name.to_owned());
+        last_dial = std::time::Instant::now();
+    });
+
+    // The broker, with the same queue: the six added paused, then resumed in turn.
+    let leecher = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(
+        &leecher,
+        &["--max-active-downloads", "2", "--stalled-after", "never"],
+    );
+    let out = sandbox.folder("broker-queue");
+    for torrent in &torrents {
+        let mut add = sandbox.add_command(&leecher, torrent, &out, Some(&seeding.peer()));
+        add.arg("--paused");
+        run(add).expect_code(0);
+    }
+    for n in 0..names.len() {
+        let mut resume = sandbox.client(&leecher);
+        resume.args(["resume", &n.to_string()]);
+        run(resume).expect_code(0);
+    }
+    let listed = || {
+        let (code, lines) = e2e::client_json(&sandbox, &leecher, &["list"]);
+        assert_eq!(code, 0, "{lines:?}");
+        lines
+            .iter()
+            .map(|t| {
+                let what = match (t["complete"] == true, t["state"] == "downloading") {
+                    (true, _) => "done",
+                    (false, true) => "running",
+                    (false, false) => "waiting",
+                };
+                (t["name"].as_str().unwrap_or_default().to_owned(), what)
+            })
+            .collect()
+    };
+    let (ours, our_most) = watch_queue(&names, listed, |_| {});
+
+    assert_eq!(their_most, 2, "transmission runs two at once: {theirs:?}");
+    assert_eq!(our_most, 2, "so does the broker: {ours:?}");
+    assert_eq!(theirs, names, "transmission starts them in the order added");
+    assert_eq!(
+        ours, theirs,
+        "the broker's queue advances as transmission's does"
+    );
+    for name in &names {
+        let original = sandbox.path(&format!("shared/{name}"));
+        assert_eq!(sha256(&dir.join(name)), sha256(&original));
+        assert_eq!(sha256(&out.join(name)), sha256(&original));
+    }
 }
