@@ -10,6 +10,7 @@ mod fanout;
 mod limit_change;
 mod many_files;
 mod placement;
+mod queue;
 mod restart;
 mod scaling;
 mod stream;
@@ -64,6 +65,19 @@ enum Bench {
         limit_kib: u64,
         #[arg(long, default_value_t = 32)]
         seeder_mib: u64,
+    },
+    /// The queue advancing after a completion, with 10 torrents held and with `torrents`
+    QueueAdvance {
+        #[arg(long)]
+        seeder_state: PathBuf,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        torrents: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Request → reply round trips through a running broker (the status of its first torrent)
     BrokerRoundTrip {
@@ -336,6 +350,19 @@ fn main() -> anyhow::Result<()> {
             size_mib,
             limit_kib,
             seeder_mib,
+        }),
+        Bench::QueueAdvance {
+            seeder_state,
+            state_dir,
+            work,
+            torrents,
+            rounds,
+        } => queue::run(queue::QueueBench {
+            seeder_state,
+            state_dir,
+            work,
+            torrents,
+            rounds,
         }),
         Bench::ConcurrentStart {
             state_dir,

@@ -98,7 +98,11 @@ impl Service {
     /// then: once the check ends, the engine is made to agree with the record (paused or
     /// not), unless the torrent went or was added again meanwhile. One task per torrent
     /// ([`Life::Settling`]): it applies whatever the record says when the check ends.
-    fn settle_after_check(self: &Arc<Self>, id: TorrentId, handle: engine::ManagedTorrentHandle) {
+    pub(super) fn settle_after_check(
+        self: &Arc<Self>,
+        id: TorrentId,
+        handle: engine::ManagedTorrentHandle,
+    ) {
         {
             let mut state = self.state();
             match state.registry.get_mut(id) {

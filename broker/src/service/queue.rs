@@ -354,6 +354,7 @@ impl Service {
                 }
             }
         }
+        let changed = recorded_change || !turns.is_empty();
         for (id, turn) in turns {
             let handle = {
                 let mut state = self.state();
@@ -379,7 +380,13 @@ impl Service {
                 Turn::Queue => self.engine.pause(&handle).await,
             };
             match applied {
-                Ok(_) => tracing::info!(torrent = %id, ?turn, "queue"),
+                Ok(engine::Applied::Now) => tracing::info!(torrent = %id, ?turn, "queue"),
+                // Checking its data, which the engine does not stop or start: the record
+                // says what to do once the check ends.
+                Ok(engine::Applied::AfterCheck) => {
+                    tracing::info!(torrent = %id, ?turn, "queue, once its check ends");
+                    self.settle_after_check(id, handle);
+                }
                 Err(e) => {
                     tracing::warn!(torrent = %id, ?turn, "the queue cannot: {e}");
                     if let Some(entry) = self.state().registry.get_mut(id) {
@@ -392,6 +399,9 @@ impl Service {
             // The record of who is queued is a hint for the next start (which decides
             // again): a failure to write it is logged, and the queue goes on.
             let _ = self.save_registry();
+        }
+        if changed {
+            // The board shows it at the status loop's next pass, not its next pulse.
             self.status_nudge.notify_one();
         }
     }
