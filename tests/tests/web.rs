@@ -1323,3 +1323,68 @@ fn magnet_adds_are_answered_at_once_and_hold_up_no_other_add() {
         started.elapsed()
     );
 }
+
+/// The queue through Transmission's RPC: `session-set` sizes it as `patron-client queue`
+/// does, `session-get` reports it, a queued seed has Transmission's status 5, and
+/// `queue-move-top` swaps it with the one seeding.
+#[test]
+fn transmissions_rpc_sets_and_moves_the_queue() {
+    if !have_curl() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let rpc = |body: &str| {
+        let (code, reply) = web.rpc(body);
+        assert_eq!(code, 200, "{reply}");
+        let value = serde_json::from_str::<Value>(&reply).expect(&reply);
+        assert_eq!(value["result"], "success", "{body}: {value}");
+        value
+    };
+    rpc(
+        r#"{"method":"session-set","arguments":{"seed-queue-enabled":true,"seed-queue-size":1,"queue-stalled-enabled":false}}"#,
+    );
+    let queue = e2e::ok_json(&sandbox, &state, &["queue"]);
+    assert_eq!(queue["max_active_seeds"], 1, "{queue}");
+    assert_eq!(queue["stalled_after_secs"], Value::Null, "{queue}");
+    let got = rpc(r#"{"method":"session-get"}"#);
+    let session = &got["arguments"];
+    assert_eq!(session["seed-queue-enabled"], true, "{got}");
+    assert_eq!(session["seed-queue-size"], 1, "{got}");
+    assert_eq!(session["download-queue-enabled"], false, "{got}");
+    assert_eq!(session["queue-stalled-enabled"], false, "{got}");
+    let mut patron = sandbox.patron(&state);
+    for n in 0..2 {
+        let data = sandbox.random_file(&format!("seed/{n}.bin"), 10_000);
+        e2e::make_and_seed(&mut patron, &data);
+    }
+    let statuses = || {
+        let got = rpc(
+            r#"{"method":"torrent-get","arguments":{"fields":["id","status","queuePosition"]}}"#,
+        );
+        let mut torrents: Vec<(u64, u64, u64)> = got["arguments"]["torrents"]
+            .as_array()
+            .expect("torrents")
+            .iter()
+            .map(|t| {
+                let n = |k: &str| t[k].as_u64().expect(k);
+                (n("id"), n("status"), n("queuePosition"))
+            })
+            .collect();
+        torrents.sort_unstable();
+        torrents
+    };
+    e2e::wait_for("one seeding and one queued to seed", STEP_TIMEOUT, || {
+        statuses() == vec![(0, 6, 0), (1, 5, 1)]
+    });
+    rpc(r#"{"method":"queue-move-top","arguments":{"ids":[1]}}"#);
+    e2e::wait_for("the two swapped", STEP_TIMEOUT, || {
+        statuses() == vec![(0, 5, 1), (1, 6, 0)]
+    });
+    rpc(r#"{"method":"session-set","arguments":{"seed-queue-enabled":false}}"#);
+    e2e::wait_for("both seeding", STEP_TIMEOUT, || {
+        statuses().iter().all(|t| t.1 == 6)
+    });
+}
