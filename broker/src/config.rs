@@ -93,6 +93,26 @@ pub struct BrokerArgs {
     #[arg(long, env = "TORRENT_PATRON_STALLED_AFTER", value_name = "MINUTES|never", value_parser = stall)]
     pub stalled_after: Option<Stall>,
 
+    /// A finished torrent stops seeding once it uploaded this many times what it downloaded
+    /// (its size, for one made here), unless it has a limit of its own (`patron-client set`)
+    /// [default: none]
+    #[arg(long, env = "TORRENT_PATRON_RATIO_LIMIT", value_name = "RATIO|none", value_parser = ratio_limit)]
+    pub ratio_limit: Option<RatioLimit>,
+
+    /// A finished torrent stops seeding after seeding this long in all (90m, 3d; a bare
+    /// number is minutes) [default: none]
+    #[arg(long, env = "TORRENT_PATRON_SEED_TIME_LIMIT", value_name = "DURATION|none", value_parser = time_limit)]
+    pub seed_time_limit: Option<TimeLimit>,
+
+    /// A finished torrent stops seeding after this long with nothing uploaded [default: none]
+    #[arg(long, env = "TORRENT_PATRON_IDLE_SEED_LIMIT", value_name = "DURATION|none", value_parser = time_limit)]
+    pub idle_seed_limit: Option<TimeLimit>,
+
+    /// What is done to a torrent past a seeding limit: pause it, or close it (its data
+    /// kept) [default: pause]
+    #[arg(long, env = "TORRENT_PATRON_SEED_LIMIT_ACTION", value_name = "pause|close", value_parser = seed_action)]
+    pub seed_limit_action: Option<proto::SeedAction>,
+
     /// Most patrons connected at once [default: 4096]
     #[arg(long, env = "TORRENT_PATRON_MAX_PATRONS", value_name = "N")]
     pub max_patrons: Option<usize>,
@@ -173,6 +193,14 @@ struct ConfigFile {
     max_active_seeds: Option<CountLimit>,
     #[serde(default, deserialize_with = "file_stall")]
     stalled_after: Option<Stall>,
+    #[serde(default, deserialize_with = "file_ratio_limit")]
+    ratio_limit: Option<RatioLimit>,
+    #[serde(default, deserialize_with = "file_time_limit")]
+    seed_time_limit: Option<TimeLimit>,
+    #[serde(default, deserialize_with = "file_time_limit")]
+    idle_seed_limit: Option<TimeLimit>,
+    #[serde(default, deserialize_with = "file_seed_action")]
+    seed_limit_action: Option<proto::SeedAction>,
     max_patrons: Option<usize>,
     max_torrents: Option<usize>,
     open_files: Option<usize>,
@@ -217,6 +245,8 @@ pub struct BrokerConfig {
     pub max_download_rate: Option<u32>,
     /// The queue at start (`patron-client queue` changes it while running).
     pub queue: proto::QueueSettings,
+    /// The seeding limits and their action at start (`patron-client set` changes them).
+    pub seeding: (proto::SeedingLimits, proto::SeedAction),
     /// Patron limit.
     pub max_patrons: usize,
     /// Torrent limit.
@@ -378,6 +408,34 @@ impl BrokerConfig {
                     Some(DEFAULT_STALLED_AFTER_SECS),
                 ),
             },
+            seeding: (
+                proto::SeedingLimits {
+                    ratio: crate::settings::effective(
+                        args.ratio_limit.map(|r| r.0),
+                        recorded.ratio_limit,
+                        file.ratio_limit.map(|r| r.0),
+                        None,
+                    ),
+                    seed_time_secs: crate::settings::effective(
+                        args.seed_time_limit.map(|t| t.0),
+                        recorded.seed_time_limit_secs,
+                        file.seed_time_limit.map(|t| t.0),
+                        None,
+                    ),
+                    idle_secs: crate::settings::effective(
+                        args.idle_seed_limit.map(|t| t.0),
+                        recorded.idle_seed_limit_secs,
+                        file.idle_seed_limit.map(|t| t.0),
+                        None,
+                    ),
+                },
+                crate::settings::effective(
+                    args.seed_limit_action,
+                    recorded.seed_limit_action,
+                    file.seed_limit_action,
+                    proto::SeedAction::Pause,
+                ),
+            ),
             max_patrons: args.max_patrons.or(file.max_patrons).unwrap_or(4096),
             max_torrents: args.max_torrents.or(file.max_torrents).unwrap_or(10_000),
             open_files: args
@@ -558,6 +616,81 @@ fn stall(s: &str) -> Result<Stall, String> {
         )),
         Some(secs) => Ok(Stall(Some(secs))),
     }
+}
+
+/// A ratio limit (`None`: none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RatioLimit(pub Option<f64>);
+
+/// A time limit in seconds (`None`: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeLimit(pub Option<u64>);
+
+/// A ratio limit as users type it (`2`, `1.5`, `none`).
+pub fn ratio_limit(s: &str) -> Result<RatioLimit, String> {
+    if matches!(s.trim(), "none" | "unlimited") {
+        return Ok(RatioLimit(None));
+    }
+    match s.trim().parse::<f64>() {
+        Ok(ratio) if ratio.is_finite() && ratio > 0.0 && ratio <= 1e6 => {
+            Ok(RatioLimit(Some(ratio)))
+        }
+        _ => Err(format!(
+            "{s:?} is not a ratio limit: a number above 0 (2, 1.5), or none"
+        )),
+    }
+}
+
+/// A time limit as users type it (`90m`, `3d`, a bare number of minutes, `none`).
+pub fn time_limit(s: &str) -> Result<TimeLimit, String> {
+    if matches!(s.trim(), "none" | "unlimited" | "never") {
+        return Ok(TimeLimit(None));
+    }
+    match proto::text::parse_duration(s, 60) {
+        Some(0) | None => Err(format!(
+            "{s:?} is not a time limit: 90m, 3d, 1h30m (a bare number is minutes), or none"
+        )),
+        Some(secs) => Ok(TimeLimit(Some(secs))),
+    }
+}
+
+/// What is done past a seeding limit, as users type it.
+fn seed_action(s: &str) -> Result<proto::SeedAction, String> {
+    proto::SeedAction::parse(s.trim()).ok_or_else(|| format!("{s:?} is not pause or close"))
+}
+
+fn file_ratio_limit<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<RatioLimit>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Number(f64),
+        Text(String),
+    }
+    let text = match Given::deserialize(d)? {
+        Given::Number(n) => n.to_string(),
+        Given::Text(s) => s,
+    };
+    ratio_limit(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn file_time_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TimeLimit>, D::Error> {
+    let value = NumberOrText::deserialize(d)?;
+    time_limit(&value.text())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn file_seed_action<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<proto::SeedAction>, D::Error> {
+    let text = String::deserialize(d)?;
+    seed_action(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// A count limit in broker.toml, read as the flag reads it (`5`, `"none"`).

@@ -822,8 +822,11 @@ pub fn status_of(id: TorrentId, name: &str, handle: &ManagedTorrentHandle) -> To
         seeds,
         eta_secs,
         complete,
-        // The broker's queue, not the engine, knows it (see `service::queue`).
+        // The broker, not the engine, knows these (see `registry::Overlay`).
         queue_position: None,
+        downloaded: 0,
+        seeding_secs: 0,
+        seed_limits: proto::SeedingLimits::default(),
     }
 }
 
@@ -893,6 +896,32 @@ pub fn pulse_of(handle: &ManagedTorrentHandle) -> Pulse {
         uploaded: snapshot.uploaded_bytes,
         peers: snapshot.peer_stats.live,
     }
+}
+
+/// A running torrent's transfer counters, for the broker's own counts (librqbit's start
+/// again at each resume).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    /// Which run of it these count (a new one at each resume).
+    pub run: usize,
+    /// Bytes uploaded in this run.
+    pub uploaded: u64,
+    /// Bytes received from peers in this run.
+    pub downloaded: u64,
+    /// Everything selected is verified.
+    pub complete: bool,
+}
+
+/// The torrent's [`Transfer`] counters, while it runs.
+pub fn transfer(handle: &ManagedTorrentHandle) -> Option<Transfer> {
+    let live = handle.live()?;
+    let snapshot = live.stats_snapshot();
+    Some(Transfer {
+        run: Arc::as_ptr(&live) as usize,
+        uploaded: snapshot.uploaded_bytes,
+        downloaded: snapshot.fetched_bytes,
+        complete: live.get_hns().is_some_and(|h| h.needed_bytes == 0),
+    })
 }
 
 /// What the queue needs of a torrent: where it is, whether everything selected is verified,

@@ -44,29 +44,48 @@ impl TorrentEntry {
         self.life.handle().cloned()
     }
 
-    /// What the broker's queue adds to its status from the engine.
-    pub fn queue_place(&self) -> QueuePlace {
-        QueuePlace {
+    /// What the broker adds to its status from the engine, given the broker's seeding
+    /// limits (`broker`).
+    pub fn overlay(&self, broker: &proto::SeedingLimits) -> Overlay {
+        Overlay {
             rank: self.queue_rank,
             queued: self.restore.queued,
+            uploaded: self.restore.uploaded_ever,
+            downloaded: self.restore.downloaded_ever,
+            seeding_secs: self.restore.seeding_ms / 1000,
+            seed_limits: self.restore.seed_limits(broker),
         }
     }
 }
 
-/// What the broker's queue adds to a torrent's status from the engine (which knows nothing
-/// of it): its place, and whether the queue holds it (paused in the engine, shown queued).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct QueuePlace {
+/// What the broker adds to a torrent's status from the engine (which knows nothing of it):
+/// its place in the queue and whether the queue holds it (paused in the engine, shown
+/// queued), and what it recorded of it: bytes moved and time seeded in all, and the seeding
+/// limits in force for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Overlay {
     /// 1 first; 0: not in the queue.
     pub rank: u32,
     /// Held by the queue.
     pub queued: bool,
+    /// Bytes uploaded, in all.
+    pub uploaded: u64,
+    /// Bytes downloaded, in all.
+    pub downloaded: u64,
+    /// Seconds seeded, in all.
+    pub seeding_secs: u64,
+    /// Its seeding limits in force.
+    pub seed_limits: proto::SeedingLimits,
 }
 
-impl QueuePlace {
+impl Overlay {
     /// The status the engine gave, as patrons see it.
     pub fn apply(self, status: &mut TorrentStatus) {
         status.queue_position = (self.rank != 0).then_some(self.rank);
+        status.uploaded = self.uploaded;
+        status.downloaded = self.downloaded;
+        status.seeding_secs = self.seeding_secs;
+        status.seed_limits = self.seed_limits;
         // Paused in the engine for the queue: queued. (Checking first, or failed, it shows
         // that.)
         if self.queued && status.state == TorrentState::Paused {
@@ -80,7 +99,7 @@ impl QueuePlace {
 pub fn shown_status(
     info: &TorrentInfo,
     handle: Option<&ManagedTorrentHandle>,
-    place: QueuePlace,
+    place: Overlay,
 ) -> TorrentStatus {
     let mut status = crate::engine::status_or_checking(info, handle);
     place.apply(&mut status);
@@ -150,6 +169,22 @@ pub struct RestoreSpec {
     /// queue to start it, rather than started and then stopped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub queued: bool,
+    /// Bytes it uploaded, in all (counted each second while it runs: a SIGKILL loses the
+    /// last moments since the records were last saved).
+    #[serde(default)]
+    pub uploaded_ever: u64,
+    /// Bytes it downloaded, in all (as `uploaded_ever`).
+    #[serde(default)]
+    pub downloaded_ever: u64,
+    /// Milliseconds it seeded, in all.
+    #[serde(default)]
+    pub seeding_ms: u64,
+    /// Its own seeding limits (where `None`, the broker's).
+    #[serde(default)]
+    pub seeding: proto::TorrentSeeding,
+    /// The seeding limit that paused it, if one did (a resume by hand lifts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<crate::service::SeedStop>,
     /// Its files were there before it: the user's own, seeded in place by `make --seed`, or
     /// reused by an add with `--overwrite`. Closing with `--delete-data` does not delete them.
     #[serde(
@@ -179,7 +214,28 @@ impl RestoreSpec {
             rates: Default::default(),
             queue_position: 0,
             queued: false,
+            uploaded_ever: 0,
+            downloaded_ever: 0,
+            seeding_ms: 0,
+            seeding: Default::default(),
+            stopped_by: None,
             data_was_there: false,
+        }
+    }
+
+    /// Its seeding limits in force: its own where it has them, else the broker's.
+    pub fn seed_limits(&self, broker: &proto::SeedingLimits) -> proto::SeedingLimits {
+        fn pick<T: Copy>(own: Option<proto::SeedLimit<T>>, broker: Option<T>) -> Option<T> {
+            match own {
+                None => broker,
+                Some(proto::SeedLimit::Unlimited) => None,
+                Some(proto::SeedLimit::At(value)) => Some(value),
+            }
+        }
+        proto::SeedingLimits {
+            ratio: pick(self.seeding.ratio, broker.ratio),
+            seed_time_secs: pick(self.seeding.seed_time_secs, broker.seed_time_secs),
+            idle_secs: pick(self.seeding.idle_secs, broker.idle_secs),
         }
     }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The settings changed at run time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSettings {
     /// The global download limit in bytes per second; `0`: none.
@@ -41,6 +41,30 @@ pub struct RunSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub stalled_after_secs: Option<Option<u64>>,
+    /// The seeding ratio limit; `null`: none.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ratio_limit: Option<Option<f64>>,
+    /// The seeding time limit in seconds; `null`: none.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub seed_time_limit_secs: Option<Option<u64>>,
+    /// The idle seeding limit in seconds; `null`: none.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_seed_limit_secs: Option<Option<u64>>,
+    /// What is done past a seeding limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_limit_action: Option<proto::SeedAction>,
 }
 
 /// A field present in the record, `null` included: it was changed at run time (an absent
@@ -81,6 +105,14 @@ impl RunSettings {
             if rate.is_some_and(|r| r > u64::from(u32::MAX)) {
                 return Err(format!(
                     "{}: {name} is more than the engine's largest limit (4 GiB/s)",
+                    path.display()
+                ));
+            }
+        }
+        if let Some(Some(ratio)) = settings.ratio_limit {
+            if !(ratio.is_finite() && ratio > 0.0) {
+                return Err(format!(
+                    "{}: ratio_limit {ratio} is not a ratio above 0",
                     path.display()
                 ));
             }
@@ -138,6 +170,10 @@ mod tests {
             max_active_downloads: Some(Some(3)),
             max_active_seeds: Some(None),
             stalled_after_secs: None,
+            ratio_limit: Some(Some(1.5)),
+            seed_time_limit_secs: Some(None),
+            idle_seed_limit_secs: None,
+            seed_limit_action: Some(proto::SeedAction::Close),
         };
         settings.save(dir.path()).expect("save");
         assert_eq!(RunSettings::load(dir.path()), Ok(settings));

@@ -67,6 +67,12 @@ pub fn status_json(status: &TorrentStatus) -> Value {
         "eta_secs": status.eta_secs,
         "complete": status.complete,
         "queue_position": status.queue_position,
+        "downloaded": status.downloaded,
+        "ratio": status.ratio(),
+        "seeding_secs": status.seeding_secs,
+        "ratio_limit": status.seed_limits.ratio,
+        "seed_time_limit_secs": status.seed_limits.seed_time_secs,
+        "idle_seed_limit_secs": status.seed_limits.idle_secs,
     })
 }
 
@@ -113,6 +119,10 @@ pub fn broker_json(info: &proto::BrokerInfo, started: Option<bool>, others: u32)
         "unread_regions_limit": info.unread_regions.1,
         "max_download_rate": info.limits.download,
         "max_upload_rate": info.limits.upload,
+        "ratio_limit": info.seeding.0.ratio,
+        "seed_time_limit_secs": info.seeding.0.seed_time_secs,
+        "idle_seed_limit_secs": info.seeding.0.idle_secs,
+        "seed_limit_action": info.seeding.1.as_str(),
         "max_active_downloads": info.queue.max_active_downloads,
         "max_active_seeds": info.queue.max_active_seeds,
         "stalled_after_secs": info.queue.stalled_after_secs,
@@ -140,6 +150,17 @@ pub fn queue_json(queue: &QueueSettings) -> Value {
         "max_active_downloads": queue.max_active_downloads,
         "max_active_seeds": queue.max_active_seeds,
         "stalled_after_secs": queue.stalled_after_secs,
+    })
+}
+
+/// Seeding limits in force and what is done past one, as `set` prints them (`null`: none).
+pub fn seeding_json(limits: &proto::SeedingLimits, action: proto::SeedAction) -> Value {
+    json!({
+        "event": "seeding",
+        "ratio_limit": limits.ratio,
+        "seed_time_limit_secs": limits.seed_time_secs,
+        "idle_seed_limit_secs": limits.idle_secs,
+        "seed_limit_action": action.as_str(),
     })
 }
 
@@ -217,6 +238,7 @@ pub fn event_json(event: Event) -> Value {
         Event::Ok { .. } => json!({"event": "ok"}),
         Event::Limits { limits, .. } => limits_json(&limits),
         Event::Queue { queue, .. } => queue_json(&queue),
+        Event::Seeding { limits, action, .. } => seeding_json(&limits, action),
         Event::TorrentGone { id, reason } => {
             json!({"event": "gone", "id": id.0, "reason": reason})
         }

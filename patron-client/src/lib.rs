@@ -489,6 +489,19 @@ impl Patron {
         }
     }
 
+    /// Changes when torrents stop seeding: the broker's limits and action, or (with a
+    /// torrent named) that torrent's own; returns those in force and the action. With
+    /// nothing to change, it only asks.
+    pub fn set_seeding(
+        &mut self,
+        change: proto::SetSeeding,
+    ) -> Result<(proto::SeedingLimits, proto::SeedAction)> {
+        match self.request(RequestBody::SetSeeding(change))? {
+            Event::Seeding { limits, action, .. } => Ok((limits, action)),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
     /// Moves a torrent in the broker's queue (queued torrents start in its order); returns
     /// its status after the move (it may have started, or been queued, by it).
     pub fn move_in_queue(

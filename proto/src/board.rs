@@ -101,6 +101,14 @@ const S_LENGTHS: usize = 16;
 const S_INFO_TOTAL: usize = 17;
 /// The queue position, `0` for none.
 const S_QUEUE: usize = 18;
+const S_DOWNLOADED: usize = 19;
+const S_SEEDING_SECS: usize = 20;
+/// The seeding limits: an `f64`'s bits, then seconds; [`NO_LIMIT`] for none.
+const S_RATIO_LIMIT: usize = 21;
+const S_SEED_TIME_LIMIT: usize = 22;
+const S_IDLE_LIMIT: usize = 23;
+/// A seeding limit that is not set.
+const NO_LIMIT: u64 = u64::MAX;
 const S_NAME: usize = 24;
 const S_FOLDER: usize = S_NAME + NAME_BYTES / 8;
 const S_ERROR: usize = S_FOLDER + FOLDER_BYTES / 8;
@@ -335,6 +343,12 @@ impl BoardWriter {
         );
         put(S_INFO_TOTAL, summary.info.total_bytes);
         put(S_QUEUE, status.queue_position.map_or(0, u64::from));
+        put(S_DOWNLOADED, status.downloaded);
+        put(S_SEEDING_SECS, status.seeding_secs);
+        let limits = &status.seed_limits;
+        put(S_RATIO_LIMIT, limits.ratio.map_or(NO_LIMIT, f64::to_bits));
+        put(S_SEED_TIME_LIMIT, limits.seed_time_secs.unwrap_or(NO_LIMIT));
+        put(S_IDLE_LIMIT, limits.idle_secs.unwrap_or(NO_LIMIT));
         put_text(&slot[S_NAME..S_FOLDER], name);
         put_text(&slot[S_FOLDER..S_ERROR], folder);
         put_text(&slot[S_ERROR..], error);
@@ -727,6 +741,15 @@ fn decode_status(slot: &[AtomicU64]) -> Option<TorrentStatus> {
         eta_secs: (flags & HAS_ETA != 0).then(|| get(S_ETA)),
         complete: flags & COMPLETE != 0,
         queue_position: u32::try_from(get(S_QUEUE)).ok().filter(|&p| p != 0),
+        downloaded: get(S_DOWNLOADED),
+        seeding_secs: get(S_SEEDING_SECS),
+        seed_limits: crate::SeedingLimits {
+            ratio: Some(get(S_RATIO_LIMIT))
+                .filter(|&bits| bits != NO_LIMIT)
+                .map(f64::from_bits),
+            seed_time_secs: Some(get(S_SEED_TIME_LIMIT)).filter(|&s| s != NO_LIMIT),
+            idle_secs: Some(get(S_IDLE_LIMIT)).filter(|&s| s != NO_LIMIT),
+        },
     })
 }
 

@@ -308,6 +308,82 @@ pub enum RequestBody {
     /// Moves a torrent in the broker's queue (the order in which queued torrents start).
     /// Replied to with [`Event::Status`] (its status after the move) or [`Event::Error`].
     MoveInQueue(MoveInQueue),
+    /// Changes when torrents stop seeding: the broker's limits and action (recorded, a flag
+    /// at the next start wins), or one torrent's own. Replied to with [`Event::Seeding`]
+    /// (the limits then in force: the broker's, or the torrent's own where it has them and
+    /// the broker's elsewhere) or [`Event::Error`]; with nothing to change, it only asks.
+    SetSeeding(SetSeeding),
+}
+
+/// A change of seeding limits ([`RequestBody::SetSeeding`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SetSeeding {
+    /// One torrent's own; `None`: the broker's.
+    pub torrent: Option<TorrentRef>,
+    /// The broker's limits (`Some(None)` lifts one; `None` leaves it). Refused with a
+    /// torrent named: use `own`.
+    pub ratio: Option<Option<f64>>,
+    /// The broker's seeding time limit, in seconds, as `ratio`.
+    pub seed_time_secs: Option<Option<u64>>,
+    /// The broker's idle seeding limit, in seconds, as `ratio`.
+    pub idle_secs: Option<Option<u64>>,
+    /// What the broker does to a torrent past a limit.
+    pub action: Option<SeedAction>,
+    /// The torrent's own limits, for a torrent named: `Some(None)` in a field gives it the
+    /// broker's again, `Some(Some(limit))` its own; `None` leaves it.
+    pub own: OwnSeedingChange,
+}
+
+/// A change of a torrent's own seeding limits (see [`SetSeeding::own`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct OwnSeedingChange {
+    /// Its ratio limit.
+    pub ratio: Option<Option<SeedLimit<f64>>>,
+    /// Its seeding time limit.
+    pub seed_time_secs: Option<Option<SeedLimit<u64>>>,
+    /// Its idle seeding limit.
+    pub idle_secs: Option<Option<SeedLimit<u64>>>,
+}
+
+/// What the broker does to a torrent that reached a seeding limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeedAction {
+    /// Pause it (transmission's and qBittorrent's default). Resumed by hand, it seeds on:
+    /// the limit it reached is lifted for it, as transmission does.
+    #[default]
+    Pause,
+    /// Close it, its data kept.
+    Close,
+}
+
+impl SeedAction {
+    /// Its word: `pause` or `close`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeedAction::Pause => "pause",
+            SeedAction::Close => "close",
+        }
+    }
+
+    /// Parses [`SeedAction::as_str`]'s words.
+    pub fn parse(s: &str) -> Option<SeedAction> {
+        match s {
+            "pause" => Some(SeedAction::Pause),
+            "close" => Some(SeedAction::Close),
+            _ => None,
+        }
+    }
+}
+
+/// Seeding limits in force (`None`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeedingLimits {
+    /// Uploaded over downloaded.
+    pub ratio: Option<f64>,
+    /// Seconds seeding in all.
+    pub seed_time_secs: Option<u64>,
+    /// Seconds seeding with nothing uploaded.
+    pub idle_secs: Option<u64>,
 }
 
 /// A change of the broker's queue ([`RequestBody::SetQueue`]). For each field, `None`
@@ -425,6 +501,7 @@ impl RequestBody {
             RequestBody::SetLimits(_) => "limits",
             RequestBody::SetQueue(_) => "queue",
             RequestBody::MoveInQueue(_) => "queue-move",
+            RequestBody::SetSeeding(_) => "seeding",
         }
     }
 }
@@ -466,6 +543,30 @@ pub struct CreateNewTorrent {
     pub max_download_rate: Option<u64>,
     /// This torrent's upload limit in bytes per second, as `max_download_rate`.
     pub max_upload_rate: Option<u64>,
+    /// When it stops seeding ([`RequestBody::SetSeeding`]'s limits, its own); `None` for
+    /// each: the broker's.
+    pub seeding: TorrentSeeding,
+}
+
+/// A torrent's own seeding limits, each `None` (the broker's), [`SeedLimit::Unlimited`], or
+/// its own value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TorrentSeeding {
+    /// Uploaded bytes over downloaded bytes (over its size, for what it never downloaded).
+    pub ratio: Option<SeedLimit<f64>>,
+    /// Seconds seeding, in all.
+    pub seed_time_secs: Option<SeedLimit<u64>>,
+    /// Seconds seeding with no byte uploaded.
+    pub idle_secs: Option<SeedLimit<u64>>,
+}
+
+/// One seeding limit of a torrent's own.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum SeedLimit<T> {
+    /// None at all, whatever the broker's.
+    Unlimited,
+    /// This one.
+    At(T),
 }
 
 impl CreateNewTorrent {
@@ -481,6 +582,7 @@ impl CreateNewTorrent {
             overwrite: false,
             max_download_rate: None,
             max_upload_rate: None,
+            seeding: TorrentSeeding::default(),
         }
     }
 }
@@ -691,7 +793,7 @@ pub struct MadeTorrent {
 }
 
 /// The broker's answer to [`RequestBody::BrokerInfo`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BrokerInfo {
     /// Its process id.
     pub pid: u32,
@@ -737,6 +839,8 @@ pub struct BrokerInfo {
     pub limits: RateLimits,
     /// The queue's settings in force.
     pub queue: QueueSettings,
+    /// The broker's seeding limits, and what it does past one.
+    pub seeding: (SeedingLimits, SeedAction),
 }
 
 /// One line of [`Event::TorrentList`].
@@ -1123,6 +1227,15 @@ pub enum Event {
         /// The settings.
         queue: QueueSettings,
     },
+    /// Reply to [`RequestBody::SetSeeding`]: the seeding limits now in force.
+    Seeding {
+        /// The request.
+        request: RequestId,
+        /// The limits (a torrent's: its own where it has them, else the broker's).
+        limits: SeedingLimits,
+        /// What the broker does past one.
+        action: SeedAction,
+    },
 }
 
 impl Event {
@@ -1146,6 +1259,7 @@ impl Event {
             | Event::StreamData { request, .. }
             | Event::Limits { request, .. }
             | Event::Queue { request, .. }
+            | Event::Seeding { request, .. }
             | Event::Error { request, .. } => Some(*request),
             Event::TorrentStatusUpdate(_)
             | Event::TorrentGone { .. }

@@ -70,8 +70,14 @@ pub struct TorrentStatus {
     pub download_rate: u64,
     /// Upload rate, bytes per second.
     pub upload_rate: u64,
-    /// Bytes uploaded since it started in this broker run.
+    /// Bytes uploaded, in all (recorded with it: counted across pauses and restarts).
     pub uploaded: u64,
+    /// Bytes downloaded, in all (as `uploaded`).
+    pub downloaded: u64,
+    /// Seconds it seeded, in all.
+    pub seeding_secs: u64,
+    /// When it stops seeding: its own limits where it has them, else the broker's.
+    pub seed_limits: crate::SeedingLimits,
     /// Connected peers.
     pub peers: u32,
     /// Connected peers that have everything (0 when the engine cannot tell).
@@ -102,12 +108,29 @@ impl TorrentStatus {
             download_rate: 0,
             upload_rate: 0,
             uploaded: 0,
+            downloaded: 0,
+            seeding_secs: 0,
+            seed_limits: crate::SeedingLimits::default(),
             peers: 0,
             seeds: 0,
             eta_secs: None,
             complete: false,
             queue_position: None,
         }
+    }
+
+    /// Its share ratio: bytes uploaded over bytes downloaded, or over its size when it
+    /// downloaded nothing (a torrent made here), as transmission measures its ratio limit.
+    pub fn ratio(&self) -> f64 {
+        let base = if self.downloaded > 0 {
+            self.downloaded
+        } else {
+            self.bytes_total
+        };
+        if base == 0 {
+            return 0.0;
+        }
+        self.uploaded as f64 / base as f64
     }
 
     /// Whether the difference from `previous` is worth telling a patron about. Rates jitter
@@ -117,6 +140,8 @@ impl TorrentStatus {
             || self.bytes_done != previous.bytes_done
             || self.bytes_total != previous.bytes_total
             || self.uploaded != previous.uploaded
+            || self.downloaded != previous.downloaded
+            || self.seed_limits != previous.seed_limits
             || self.peers != previous.peers
             || self.complete != previous.complete
             || self.name != previous.name

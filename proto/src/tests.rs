@@ -40,6 +40,13 @@ fn sample_status() -> TorrentStatus {
         eta_secs: Some(42),
         complete: false,
         queue_position: None,
+        downloaded: 9,
+        seeding_secs: 30,
+        seed_limits: crate::SeedingLimits {
+            ratio: Some(2.0),
+            seed_time_secs: None,
+            idle_secs: Some(600),
+        },
     }
 }
 
@@ -56,6 +63,11 @@ fn every_request_round_trips() {
             overwrite: true,
             max_download_rate: Some(1 << 20),
             max_upload_rate: Some(u64::MAX),
+            seeding: crate::TorrentSeeding {
+                ratio: Some(crate::SeedLimit::At(2.5)),
+                seed_time_secs: Some(crate::SeedLimit::Unlimited),
+                idle_secs: None,
+            },
         }),
         RequestBody::CreateNewTorrent(CreateNewTorrent::new(TorrentSource::Magnet(
             "magnet:?xt=urn:btih:abababababababababababababababababababab".into(),
@@ -126,6 +138,23 @@ fn every_request_round_trips() {
         RequestBody::MoveInQueue(crate::MoveInQueue {
             torrent: TorrentRef::Id(TorrentId(4)),
             to: crate::QueueMove::Bottom,
+        }),
+        RequestBody::SetSeeding(crate::SetSeeding {
+            torrent: None,
+            ratio: Some(Some(2.0)),
+            seed_time_secs: Some(None),
+            idle_secs: None,
+            action: Some(crate::SeedAction::Close),
+            own: crate::OwnSeedingChange::default(),
+        }),
+        RequestBody::SetSeeding(crate::SetSeeding {
+            torrent: Some(TorrentRef::Id(TorrentId(2))),
+            own: crate::OwnSeedingChange {
+                ratio: Some(Some(crate::SeedLimit::Unlimited)),
+                seed_time_secs: Some(Some(crate::SeedLimit::At(3600))),
+                idle_secs: Some(None),
+            },
+            ..Default::default()
         }),
     ];
     for (n, body) in bodies.into_iter().enumerate() {
@@ -224,11 +253,21 @@ fn every_event_round_trips() {
                     max_active_seeds: None,
                     stalled_after_secs: Some(1800),
                 },
+                seeding: Default::default(),
             },
         },
         Event::Queue {
             request: RequestId(15),
             queue: crate::QueueSettings::default(),
+        },
+        Event::Seeding {
+            request: RequestId(16),
+            limits: crate::SeedingLimits {
+                ratio: Some(1.5),
+                seed_time_secs: None,
+                idle_secs: Some(60),
+            },
+            action: crate::SeedAction::Pause,
         },
         Event::Limits {
             request: RequestId(14),

@@ -88,13 +88,14 @@ pub fn status_line(status: &TorrentStatus) -> String {
         _ => status.state.as_str(),
     };
     format!(
-        "{:>4} {:>6} {:>10} {:>7} {:>10} {:>10} {:>5} {:<11} {}{error}",
+        "{:>4} {:>6} {:>10} {:>7} {:>10} {:>10} {:>5} {:>5} {:<11} {}{error}",
         status.id.0,
         done,
         bytes(status.bytes_total),
         eta,
         bytes(status.download_rate),
         bytes(status.upload_rate),
+        ratio(status.ratio()),
         status.peers,
         state,
         shown(&status.name),
@@ -104,9 +105,18 @@ pub fn status_line(status: &TorrentStatus) -> String {
 /// The header above [`status_line`]s in `patron-client list`.
 pub fn list_header() -> String {
     format!(
-        "{:>4} {:>6} {:>10} {:>7} {:>10} {:>10} {:>5} {:<11} NAME",
-        "ID", "DONE", "SIZE", "ETA", "DOWN/s", "UP/s", "PEERS", "STATE"
+        "{:>4} {:>6} {:>10} {:>7} {:>10} {:>10} {:>5} {:>5} {:<11} NAME",
+        "ID", "DONE", "SIZE", "ETA", "DOWN/s", "UP/s", "RATIO", "PEERS", "STATE"
     )
+}
+
+/// A share ratio in a column of five: `0.00` to `99.9`, then `>100`.
+fn ratio(ratio: f64) -> String {
+    match ratio {
+        r if r < 10.0 => format!("{r:.2}"),
+        r if r < 100.0 => format!("{r:.1}"),
+        _ => ">100".to_owned(),
+    }
 }
 
 /// A byte count as users type it, the one parser of sizes, offsets and rates: digits, with
@@ -242,7 +252,7 @@ mod tests {
             line.ends_with("a movie with a name longer than any column"),
             "{line}"
         );
-        assert!(line.find("a movie").is_some_and(|at| at <= 72), "{line}");
+        assert!(line.find("a movie").is_some_and(|at| at <= 78), "{line}");
         // An error's text comes after the name, whole; the figures stay in their columns.
         status.state = crate::TorrentState::Error("the disk is gone".into());
         let failed = status_line(&status);

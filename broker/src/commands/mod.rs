@@ -16,6 +16,7 @@ mod peers;
 mod queue;
 mod recheck;
 mod resume;
+mod seeding;
 mod status;
 mod stream_at;
 mod stream_read;
@@ -172,6 +173,7 @@ async fn answer(
         RequestBody::SetLimits(change) => limits::run(service, id, change),
         RequestBody::SetQueue(change) => queue::set(service, id, change),
         RequestBody::MoveInQueue(change) => queue::move_in(service, id, change).await,
+        RequestBody::SetSeeding(change) => seeding::run(service, id, change),
         quick => answer_now(service, patron.id, id, quick),
     }
 }

@@ -8,7 +8,7 @@ use crate::torrent_file::{self, CheckedTorrent};
 use proto::{CreateNewTorrent, ProtoError, TorrentId, TorrentInfo, TorrentSource};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// What an add did.
@@ -42,6 +42,7 @@ impl Service {
             upload: rate(create.max_upload_rate, "max_upload_rate")?,
         };
         let save_folder = service.save_folder(create.output.as_deref())?;
+        super::seeding::check_own(&create.seeding)?;
 
         let mut preallocated = None;
         let checked = match &create.source {
@@ -143,7 +144,9 @@ impl Service {
             // A download, unless the queue's downloads are all taken (a paused one waits
             // for its resume, outside the queue).
             queued: !create.paused && !service.queue_admits(super::queue::Kind::Download),
+            seeding: create.seeding,
             data_was_there,
+            ..RestoreSpec::new(PathBuf::new(), PathBuf::new())
         };
         let torrent_data_folder = restore.data_folder.clone();
         let queued = restore.queued;

@@ -25,6 +25,17 @@ impl Service {
     /// pieces and (if asked) its data go. A step that fails puts back what the steps before
     /// it changed, the caller's hold included, and says why.
     pub async fn close(&self, patron: PatronId, close: CloseTorrent) -> Result<Closed, ProtoError> {
+        self.close_for(patron, close, None).await
+    }
+
+    /// [`Service::close`], saying `why` to those who held it (the broker's own policies
+    /// close as [`super::POLICY`], with their reason).
+    pub(super) async fn close_for(
+        &self,
+        patron: PatronId,
+        close: CloseTorrent,
+        why: Option<&str>,
+    ) -> Result<Closed, ProtoError> {
         let id = match self.resolve(close.torrent) {
             Ok(id) => id,
             Err(error) => {
@@ -129,10 +140,14 @@ impl Service {
             Some(connection) => format!("pid {}", connection.pid),
             None => format!("patron {patron}"),
         };
+        let reason = match why {
+            Some(why) => format!("closed by the broker: {why}"),
+            None => format!("closed by another program ({closer}, forced)"),
+        };
         for other in others {
             other.send(Event::TorrentGone {
                 id,
-                reason: format!("closed by another program ({closer}, forced)"),
+                reason: reason.clone(),
             });
         }
         if !close.delete_data && !entry.restore.data_was_there {

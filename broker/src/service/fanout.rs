@@ -12,7 +12,7 @@
 //! the engine's own completion notification wakes the loop.
 
 use crate::engine::{self, ManagedTorrentHandle, Pulse};
-use crate::registry::{shown_status, QueuePlace};
+use crate::registry::{shown_status, Overlay};
 
 use super::Service;
 use proto::{TorrentId, TorrentStatus, TorrentSummary};
@@ -30,7 +30,7 @@ pub const MIN_PASS_GAP: Duration = Duration::from_millis(5);
 struct Seen {
     /// The pulse, how many hold it, whether it is ephemeral, and its place in the queue, at
     /// the last look.
-    look: (Pulse, u32, bool, QueuePlace),
+    look: (Pulse, u32, bool, Overlay),
     /// Wakes the loop when the engine says the torrent completed; aborted when it goes.
     completion: tokio::task::AbortHandle,
     /// The engine's handle it watches (a recheck gives the torrent a new one).
@@ -114,7 +114,8 @@ fn refresh_board(
     // From the look at the registry to the write, no reply changes the board under us.
     let _deciding = service.board.decide();
     // Under the lock only what is cheap to copy: handles are `Arc`s.
-    type Look = (TorrentId, ManagedTorrentHandle, u32, bool, QueuePlace);
+    type Look = (TorrentId, ManagedTorrentHandle, u32, bool, Overlay);
+    let seeding = service.seeding.limits();
     let (running, placeholders, restarting): (Vec<Look>, Vec<TorrentSummary>, Vec<TorrentId>) = {
         let state = service.state();
         // One pass over every torrent (this runs each 100 ms). Those being added again
@@ -126,7 +127,7 @@ fn refresh_board(
                 Some(handle) => {
                     let holders = entry.holders.len() as u32;
                     let ephemeral = entry.restore.ephemeral;
-                    running.push((*id, handle, holders, ephemeral, entry.queue_place()));
+                    running.push((*id, handle, holders, ephemeral, entry.overlay(&seeding)));
                 }
                 None => restarting.push(*id),
             }
@@ -247,6 +248,7 @@ pub(super) fn fan_out(
     only: Option<&[TorrentId]>,
     computed: &HashMap<TorrentId, TorrentStatus>,
 ) {
+    let seeding = service.seeding.limits();
     let held: Vec<_> = {
         let state = service.state();
         state
@@ -259,7 +261,7 @@ pub(super) fn fan_out(
                 Some((
                     entry.info.clone(),
                     entry.live_handle()?,
-                    entry.queue_place(),
+                    entry.overlay(&seeding),
                 ))
             })
             .collect()

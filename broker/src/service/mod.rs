@@ -17,16 +17,23 @@ mod make;
 mod patrons;
 mod pause;
 mod peers;
+mod policy;
 mod queries;
 pub mod queue;
 mod recheck;
 mod restore;
+mod seeding;
 mod streams;
 #[cfg(test)]
 mod tests;
 
 pub use add::{parse_peers, Started};
 pub use close::Closed;
+pub use seeding::SeedStop;
+
+/// The "patron" the broker's own policies act as (a seeding limit's close): no patron
+/// has this number.
+pub const POLICY: PatronId = 0;
 
 use crate::config::BrokerConfig;
 use crate::engine::{self, Engine};
@@ -146,6 +153,8 @@ pub struct Service {
     settings: Mutex<crate::settings::RunSettings>,
     /// How many torrents run at once (see [`queue`]).
     pub queue: queue::Queue,
+    /// When torrents stop seeding, and what they moved in all (see [`seeding`]).
+    pub seeding: seeding::Seeding,
     faults: Faults,
 }
 
@@ -155,6 +164,7 @@ impl Service {
         use anyhow::Context;
         let config_large = (config.max_large_requests, config.max_large_request_bytes);
         let config_queue = config.queue;
+        let config_seeding = config.seeding;
         let unread = crate::budget::UnreadBudget::new(
             crate::patron::MAX_UNREAD_REGIONS,
             crate::patron::MAX_UNREAD_REGION_BYTES,
@@ -182,10 +192,11 @@ impl Service {
             left,
             settings: Mutex::new(settings),
             queue: queue::Queue::new(config_queue),
+            seeding: seeding::Seeding::new(config_seeding),
             faults: Faults::default(),
         });
         service.restore().await?;
-        queue::start(&service);
+        policy::start(&service);
         Ok(service)
     }
 
@@ -466,10 +477,15 @@ impl Service {
     /// A running torrent's status now.
     pub fn current_status(&self, id: TorrentId) -> Option<proto::TorrentStatus> {
         // Stats are computed outside the lock (see the fan-out).
+        let seeding = self.seeding.limits();
         let (info, handle, place) = {
             let state = self.state();
             let entry = state.registry.get(id)?;
-            (entry.info.clone(), entry.live_handle(), entry.queue_place())
+            (
+                entry.info.clone(),
+                entry.live_handle(),
+                entry.overlay(&seeding),
+            )
         };
         Some(crate::registry::shown_status(&info, handle.as_ref(), place))
     }
@@ -479,11 +495,12 @@ impl Service {
     pub fn sync_board(&self, id: TorrentId) {
         // The engine's stats first, without any lock; then, under the board's deciding lock
         // (a status pass may hold it), only a look at the registry and the write.
+        let seeding = self.seeding.limits();
         let handle = self
             .state()
             .registry
             .get(id)
-            .and_then(|e| Some((e.info.clone(), e.live_handle()?, e.queue_place())));
+            .and_then(|e| Some((e.info.clone(), e.live_handle()?, e.overlay(&seeding))));
         let status = handle.map(|(info, handle, place)| {
             crate::registry::shown_status(&info, Some(&handle), place)
         });

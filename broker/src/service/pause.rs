@@ -52,6 +52,8 @@ impl Service {
     ) -> Result<TorrentStatus, ProtoError> {
         let _adding = self.adding.lock().await;
         let (id, handle) = self.running(torrent)?;
+        // Paused by a seeding limit: resumed by hand, it seeds on.
+        self.lift_reached_limit(id)?;
         // With a queue, it takes its turn: queued, then started at once if it may run.
         let limited = {
             let settings = self.queue.settings();

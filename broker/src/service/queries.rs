@@ -14,6 +14,7 @@ impl Service {
     pub fn list(&self, patron: PatronId) -> Vec<TorrentSummary> {
         // The engine's stats are computed after the broker's lock is let go: with many
         // torrents that is most of the work, and every other request needs the lock.
+        let seeding = self.seeding.limits();
         let (listed, placeholders): (Vec<_>, Vec<_>) = {
             let state = self.state();
             let placeholders = state
@@ -30,7 +31,7 @@ impl Service {
                         entry.holders.contains(&patron),
                         entry.restore.ephemeral,
                     );
-                    let look = (entry.live_handle(), entry.queue_place());
+                    let look = (entry.live_handle(), entry.overlay(&seeding));
                     (entry.info.clone(), look, held)
                 })
                 .collect();
@@ -124,6 +125,7 @@ impl Service {
             unread_regions: (regions.0 as u32, regions.1 as u32),
             limits: self.engine.limits(),
             queue: self.queue.settings(),
+            seeding: (self.seeding.limits(), self.seeding.action()),
         }
     }
 }

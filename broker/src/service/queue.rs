@@ -20,14 +20,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How often the queue looks for stalled torrents (when limits and a stall time are set).
-const STALL_LOOK: Duration = Duration::from_secs(1);
-
 /// The queue's settings and what it remembers between looks.
 pub struct Queue {
     settings: Mutex<QueueSettings>,
-    /// Wakes the queue's task.
-    nudge: tokio::sync::Notify,
+    /// Wakes the policy task to look at the queue (see [`super::policy`]).
+    pub(super) nudge: tokio::sync::Notify,
     /// Per running torrent: its bytes moved, and since when they have not changed.
     activity: Mutex<HashMap<TorrentId, (u64, Instant)>>,
 }
@@ -50,6 +47,13 @@ impl Queue {
     /// Asks the queue to look again soon.
     pub fn nudge(&self) {
         self.nudge.notify_one();
+    }
+
+    /// Whether it must look every second (for stalls): limits and a stall time are set.
+    pub fn looks_for_stalls(&self) -> bool {
+        let settings = self.settings();
+        (settings.max_active_downloads.is_some() || settings.max_active_seeds.is_some())
+            && settings.stalled_after_secs.is_some()
     }
 }
 
@@ -121,38 +125,6 @@ pub fn plan(candidates: &[Candidate], settings: &QueueSettings) -> Vec<(TorrentI
         }
     }
     turns
-}
-
-/// Starts the queue's task: it looks whenever nudged (and once a second while stalls
-/// matter) until the broker stops.
-pub fn start(service: &Arc<Service>) {
-    let service = service.clone();
-    service.clone().runtime.spawn(async move {
-        // The first look: records restored queued, or limits changed since the last run.
-        service.queue.nudge();
-        loop {
-            let settings = service.queue.settings();
-            let limited =
-                settings.max_active_downloads.is_some() || settings.max_active_seeds.is_some();
-            let nudged = service.queue.nudge.notified();
-            let stall_look = async {
-                match limited && settings.stalled_after_secs.is_some() {
-                    true => tokio::time::sleep(STALL_LOOK).await,
-                    false => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = nudged => {}
-                _ = stall_look => {}
-                _ = service.shutdown.wait() => return,
-            }
-            let _adding = service.adding.lock().await;
-            if service.is_stopping() {
-                return;
-            }
-            service.advance_queue_locked().await;
-        }
-    });
 }
 
 impl Service {

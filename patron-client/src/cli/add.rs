@@ -4,8 +4,8 @@ use super::output::{info_human, info_json, status_json};
 use super::{absolute, Context, Exit};
 use indicatif::{ProgressBar, ProgressStyle};
 use patron_client::proto::{
-    CreateNewTorrent, Event, ProtoError, TorrentId, TorrentRef, TorrentSource, TorrentState,
-    TorrentStatus,
+    CreateNewTorrent, Event, ProtoError, SeedLimit, TorrentId, TorrentRef, TorrentSeeding,
+    TorrentSource, TorrentState, TorrentStatus,
 };
 use patron_client::{Created, Error, Patron};
 use std::io::IsTerminal;
@@ -41,6 +41,16 @@ pub struct Args {
     /// This torrent's upload limit, bytes per second (suffixes K, M, G: powers of 1024)
     #[arg(long, value_name = "BYTES", value_parser = super::rate)]
     max_upload_rate: Option<u64>,
+    /// This torrent stops seeding at this ratio (uploaded over downloaded), or `none`
+    /// (else the broker's limit, `set --ratio`)
+    #[arg(long, value_name = "RATIO|none", value_parser = own_ratio)]
+    ratio: Option<SeedLimit<f64>>,
+    /// This torrent stops seeding after seeding this long (90m, 3d), or `none`
+    #[arg(long, value_name = "DURATION|none", value_parser = own_time)]
+    seed_time: Option<SeedLimit<u64>>,
+    /// This torrent stops seeding after this long with nothing uploaded, or `none`
+    #[arg(long, value_name = "DURATION|none", value_parser = own_time)]
+    idle: Option<SeedLimit<u64>>,
     /// Stay until the torrent is complete (progress bar on a terminal, status lines with --json)
     #[arg(long)]
     wait: bool,
@@ -65,6 +75,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     request.only_files = args.only.map(|only| only.0);
     request.max_download_rate = args.max_download_rate;
     request.max_upload_rate = args.max_upload_rate;
+    request.seeding = TorrentSeeding {
+        ratio: args.ratio,
+        seed_time_secs: args.seed_time,
+        idle_secs: args.idle,
+    };
 
     let paused = request.paused;
     let mut patron = ctx.patron()?;
@@ -138,6 +153,30 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     }
     wait_until_complete(ctx, &mut patron, info.id, info.total_bytes)?;
     Ok(exit)
+}
+
+fn own_ratio(s: &str) -> Result<SeedLimit<f64>, String> {
+    if matches!(s.trim(), "none" | "unlimited") {
+        return Ok(SeedLimit::Unlimited);
+    }
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(SeedLimit::At(r)),
+        _ => Err(format!(
+            "{s:?} is not a ratio: a number above 0 (2, 1.5), or none"
+        )),
+    }
+}
+
+fn own_time(s: &str) -> Result<SeedLimit<u64>, String> {
+    if matches!(s.trim(), "none" | "unlimited") {
+        return Ok(SeedLimit::Unlimited);
+    }
+    match patron_client::proto::text::parse_duration(s, 60) {
+        Some(0) | None => Err(format!(
+            "{s:?} is not a time: 90m, 3d, 1h30m (a bare number is minutes), or none"
+        )),
+        Some(secs) => Ok(SeedLimit::At(secs)),
+    }
 }
 
 fn read_source(source: &str) -> Result<TorrentSource, Error> {

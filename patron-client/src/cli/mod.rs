@@ -25,6 +25,7 @@ mod pipe;
 mod queue;
 mod recheck;
 mod resume;
+mod set;
 mod status;
 mod watch;
 mod web;
@@ -79,6 +80,11 @@ const EXAMPLES_QUEUE: &str = "Examples:\n  patron-client queue
   patron-client queue --downloads 3 --seeds 5       # the others wait, queued
   patron-client queue --downloads none --stalled-after 2h
   patron-client queue 7 top                         # torrent 7 starts next";
+
+const EXAMPLES_SET: &str = "Examples:\n  patron-client set                                  # the broker's, for all torrents
+  patron-client set --ratio 2 --seed-time 3d --action pause
+  patron-client set 3 --ratio none --max-upload-rate 100K   # torrent 3's own
+  patron-client set 3 --ratio default                       # the broker's again";
 
 const EXAMPLES_BROKER: &str = "Examples:\n  patron-client broker status
   patron-client broker stop";
@@ -190,6 +196,9 @@ enum Command {
     /// Show or change the rate limits for all torrents, or one torrent's (kept across restarts)
     #[command(after_help = EXAMPLES_LIMITS)]
     Limits(limits::Args),
+    /// Show or change when torrents stop seeding and their rate limits, all torrents' or one's (kept across restarts)
+    #[command(after_help = EXAMPLES_SET)]
+    Set(set::Args),
     /// Show or change how many torrents run at once, or move one in the queue (kept across restarts)
     #[command(after_help = EXAMPLES_QUEUE)]
     Queue(queue::Args),
@@ -363,6 +372,7 @@ pub fn main() -> ExitCode {
         Command::Recheck(args) => recheck::run(&ctx, args),
         Command::Limits(args) => limits::run(&ctx, args),
         Command::Queue(args) => queue::run(&ctx, args),
+        Command::Set(args) => set::run(&ctx, args),
         Command::Files(args) => files::run(&ctx, args),
         Command::Peers(args) => peers::run(&ctx, args),
         Command::Cat(args) => cat::run(&ctx, args),

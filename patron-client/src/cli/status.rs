@@ -81,9 +81,30 @@ fn detail(summary: &TorrentSummary) -> String {
         lines.push(format!("  eta:       {}", duration(eta)));
     }
     lines.push(format!(
-        "  uploaded:  {} (this run)",
-        bytes(status.uploaded)
+        "  moved:     {} up, {} down in all: ratio {:.2}",
+        bytes(status.uploaded),
+        bytes(status.downloaded),
+        status.ratio()
     ));
+    if let Some(place) = status.queue_position {
+        lines.push(format!("  queue:     #{place}"));
+    }
+    let limits = &status.seed_limits;
+    let mut stops = Vec::new();
+    if let Some(ratio) = limits.ratio {
+        stops.push(format!("at ratio {ratio:.2}"));
+    }
+    if let Some(secs) = limits.seed_time_secs {
+        stops.push(format!("after {} seeding", duration(secs)));
+    }
+    if let Some(secs) = limits.idle_secs {
+        stops.push(format!("after {} idle", duration(secs)));
+    }
+    let seeded = duration(status.seeding_secs);
+    lines.push(match stops.is_empty() {
+        true => format!("  seeding:   {seeded} so far; no limit"),
+        false => format!("  seeding:   {seeded} so far; stops {}", stops.join(", ")),
+    });
     lines.push(format!("  saved in:  {}", shown(&summary.info.save_folder)));
     // Patrons are programs connected to the broker: a `cat`, an `add --wait`, a script.
     let users = match summary.holders {

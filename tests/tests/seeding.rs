@@ -1,0 +1,146 @@
+//! Seeding limits (DESIGN §13): a finished torrent stops seeding at its ratio, its seeding
+//! time or its idle time (the broker's limits, or its own), paused or closed; resumed by
+//! hand it seeds on; what it moved is counted across pauses and a SIGKILL.
+
+use e2e::{ok_json, run, wait_status, Sandbox, STEP_TIMEOUT};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// `patron-client make DATA --seed` on `state`'s broker: the .torrent's path.
+fn make_seed(sandbox: &Sandbox, state: &Path, name: &str, size: usize) -> PathBuf {
+    let data = sandbox.random_file(&format!("seed/{name}"), size);
+    let torrent = sandbox.path(&format!("{name}.torrent"));
+    let mut make = sandbox.client(state);
+    make.args(["make", "--seed", "--piece-size", "16384", "--output"])
+        .arg(&torrent)
+        .arg(&data);
+    run(make).expect_code(0);
+    torrent
+}
+
+/// A fresh broker downloads `torrent` from `peer` to the end; it is stopped after.
+fn download(sandbox: &Sandbox, name: &str, torrent: &Path, peer: &str) {
+    let state = sandbox.state_dir(name);
+    let _broker = sandbox.broker(&state, &[]);
+    let out = sandbox.folder(&format!("{name}-out"));
+    let mut add = sandbox.add_command(&state, torrent, &out, Some(peer));
+    add.arg("--wait");
+    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
+}
+
+#[test]
+fn a_torrent_reaching_its_ratio_is_paused_counts_outlive_a_kill_and_a_resume_seeds_on() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let mut seeder = sandbox.broker(&state, &["--ratio-limit", "2"]);
+    let size = 256 << 10;
+    let torrent = make_seed(&sandbox, &state, "shared.bin", size);
+    wait_status(&sandbox, &state, "0", "seeding", |s| {
+        s["state"] == "seeding"
+    });
+    let status = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(status["ratio_limit"], 2.0, "{status}");
+    // One download: ratio 1 (a torrent made here is measured against its size).
+    download(&sandbox, "first", &torrent, &seeder.peer());
+    let once = wait_status(&sandbox, &state, "0", "one upload counted", |s| {
+        s["uploaded"].as_u64().unwrap_or(0) >= size as u64
+    });
+    assert_eq!(once["state"], "seeding", "ratio 1 of 2 seeds on: {once}");
+    // Its own limit: recorded with it, and the counts with it (they are saved with every
+    // change of the records, and at least once a minute while they move).
+    let own = ok_json(&sandbox, &state, &["set", "0", "--ratio", "2"]);
+    assert_eq!(own["ratio_limit"], 2.0, "{own}");
+    seeder.signal(Signal::SIGKILL);
+    seeder.wait_exit(STEP_TIMEOUT);
+    seeder = sandbox.broker(&state, &[]);
+    let broker = ok_json(&sandbox, &state, &["set"]);
+    assert_eq!(
+        broker["ratio_limit"],
+        Value::Null,
+        "no flag, none recorded: {broker}"
+    );
+    ok_json(&sandbox, &state, &["set", "--ratio", "3"]);
+    let back = wait_status(&sandbox, &state, "0", "seeding again", |s| {
+        s["state"] == "seeding"
+    });
+    assert!(
+        back["uploaded"].as_u64().unwrap_or(0) >= size as u64,
+        "counted across the kill: {back}"
+    );
+    assert_eq!(
+        back["ratio_limit"], 2.0,
+        "its own beats the broker's: {back}"
+    );
+    // A second download: ratio 2, paused.
+    download(&sandbox, "second", &torrent, &seeder.peer());
+    let paused = wait_status(&sandbox, &state, "0", "paused at ratio 2", |s| {
+        s["state"] == "paused"
+    });
+    assert!(paused["ratio"].as_f64().unwrap_or(0.0) >= 2.0, "{paused}");
+    assert!(
+        seeder.log().contains("it reached its ratio limit"),
+        "{}",
+        seeder.log()
+    );
+    // Resumed by hand, it seeds on: its ratio limit is lifted for it alone.
+    let resumed = ok_json(&sandbox, &state, &["resume", "0"]);
+    assert_eq!(resumed["state"], "seeding", "{resumed}");
+    assert_eq!(resumed["ratio_limit"], Value::Null, "{resumed}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let status = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(status["state"], "seeding", "it stays seeding: {status}");
+    let own = ok_json(&sandbox, &state, &["set", "0"]);
+    assert_eq!(own["ratio_limit"], Value::Null, "{own}");
+    let broker = ok_json(&sandbox, &state, &["set"]);
+    assert_eq!(broker["ratio_limit"], 3.0, "the broker's stays: {broker}");
+}
+
+#[test]
+fn seeding_time_and_idle_limits_of_a_torrents_own_stop_it_and_close_is_an_action() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let _seeder = sandbox.broker(&state, &[]);
+    make_seed(&sandbox, &state, "timed.bin", 64 << 10);
+    make_seed(&sandbox, &state, "idle.bin", 64 << 10);
+    for id in ["0", "1"] {
+        wait_status(&sandbox, &state, id, "seeding", |s| s["state"] == "seeding");
+    }
+    let own = ok_json(&sandbox, &state, &["set", "0", "--seed-time", "3s"]);
+    assert_eq!(own["seed_time_limit_secs"], 3, "{own}");
+    ok_json(&sandbox, &state, &["set", "1", "--idle", "2s"]);
+    let timed = wait_status(&sandbox, &state, "0", "paused after 3 s seeding", |s| {
+        s["state"] == "paused"
+    });
+    assert!(timed["seeding_secs"].as_u64().unwrap_or(0) >= 3, "{timed}");
+    wait_status(&sandbox, &state, "1", "paused after 2 s idle", |s| {
+        s["state"] == "paused"
+    });
+    // `default` gives it the broker's again (none here); the action: close, data kept.
+    ok_json(&sandbox, &state, &["set", "1", "--idle", "default"]);
+    ok_json(
+        &sandbox,
+        &state,
+        &["set", "--idle", "1s", "--action", "close"],
+    );
+    let resumed = ok_json(&sandbox, &state, &["resume", "1"]);
+    assert_eq!(
+        resumed["idle_seed_limit_secs"],
+        Value::Null,
+        "lifted: {resumed}"
+    );
+    // Torrent 0 (its own seeding-time limit lifted by the resume) meets the broker's idle
+    // limit: closed.
+    ok_json(&sandbox, &state, &["resume", "0"]);
+    e2e::wait_for("torrent 0 closed by the idle limit", STEP_TIMEOUT, || {
+        let (_, lines) = e2e::client_json(&sandbox, &state, &["list"]);
+        !lines.iter().any(|t| t["id"] == 0)
+    });
+    assert!(sandbox.path("seed/timed.bin").exists(), "its data is kept");
+    // Bad limits are refused by name.
+    let mut bad = sandbox.client(&state);
+    bad.args(["set", "--ratio", "default"]);
+    assert_eq!(run(bad).code(), 2);
+    let (code, lines) = e2e::client_json(&sandbox, &state, &["set", "--ratio", "-1"]);
+    assert_eq!(code, 2, "{lines:?}");
+}
