@@ -10,8 +10,8 @@ use crate::values::{
 };
 use patron_client::proto::{
     CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, MoveInQueue,
-    PeersRequest, QueueMove, RequestBody, SetLimits, SetQueue, TorrentRef, TorrentSource,
-    TorrentState,
+    OwnSeedingChange, PeersRequest, QueueMove, RequestBody, SeedAction, SeedLimit, SetLimits,
+    SetQueue, SetSeeding, TorrentRef, TorrentSource, TorrentState,
 };
 use patron_client::{Board, ConnectOptions};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -188,6 +188,45 @@ fn count_limit(args: &Bound<'_, PyDict>, name: &str) -> PyResult<Option<Option<u
     }
 }
 
+/// A seeding limit as a call gives it: absent (`None`), `None` (no limit:
+/// `Some(Some(Unlimited))`), `"default"` (a torrent's: the broker's again, `Some(None)`), or
+/// a number: a ratio above 0, or seconds from 1.
+fn seed_arg(
+    args: &Bound<'_, PyDict>,
+    name: &str,
+    secs: bool,
+) -> PyResult<Option<Option<SeedLimit<f64>>>> {
+    let Some(value) = args.get_item(name)? else {
+        return Ok(None);
+    };
+    if value.is_none() {
+        return Ok(Some(Some(SeedLimit::Unlimited)));
+    }
+    if value.extract::<String>().is_ok_and(|s| s == "default") {
+        return Ok(Some(None));
+    }
+    let bad = || match secs {
+        true => format!("{name} is seconds (at least 1), None (no limit) or \"default\""),
+        false => format!("{name} is a ratio above 0, None (no limit) or \"default\""),
+    };
+    if value.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(PyTypeError::new_err(bad()));
+    }
+    let number: f64 = value.extract().map_err(|_| PyTypeError::new_err(bad()))?;
+    let least = if secs { 1.0 } else { f64::MIN_POSITIVE };
+    if !(number.is_finite() && number >= least && number <= 1e15) {
+        return Err(PyValueError::new_err(bad()));
+    }
+    Ok(Some(Some(SeedLimit::At(number))))
+}
+
+fn as_secs(limit: SeedLimit<f64>) -> SeedLimit<u64> {
+    match limit {
+        SeedLimit::At(secs) => SeedLimit::At(secs as u64),
+        SeedLimit::Unlimited => SeedLimit::Unlimited,
+    }
+}
+
 /// The request a method sends.
 fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
     Ok(match method {
@@ -298,6 +337,49 @@ fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
                 })?
             },
         }),
+        "seeding" => {
+            let ratio = seed_arg(args, "ratio", false)?;
+            let seed_time = seed_arg(args, "seed_time", true)?;
+            let idle = seed_arg(args, "idle", true)?;
+            let action = match arg::<String>(args, "action")? {
+                None => None,
+                Some(word) => Some(SeedAction::parse(&word).ok_or_else(|| {
+                    PyValueError::new_err(format!("action is \"pause\" or \"close\", not {word:?}"))
+                })?),
+            };
+            let mut change = SetSeeding {
+                action,
+                ..SetSeeding::default()
+            };
+            match args.get_item("ref")? {
+                Some(value) if !value.is_none() => {
+                    change.torrent = Some(torrent_ref(&value)?);
+                    change.own = OwnSeedingChange {
+                        ratio,
+                        seed_time_secs: seed_time.map(|g| g.map(as_secs)),
+                        idle_secs: idle.map(|g| g.map(as_secs)),
+                    };
+                }
+                _ => {
+                    let broker = |given: Option<SeedLimit<f64>>| {
+                        match given {
+                        None => Err(PyValueError::new_err(
+                            "\"default\" gives a torrent the broker's limit; the broker's own is a number or None",
+                        )),
+                        Some(SeedLimit::Unlimited) => Ok(None),
+                        Some(SeedLimit::At(value)) => Ok(Some(value)),
+                    }
+                    };
+                    change.ratio = ratio.map(broker).transpose()?;
+                    change.seed_time_secs = seed_time
+                        .map(broker)
+                        .transpose()?
+                        .map(|s| s.map(|s| s as u64));
+                    change.idle_secs = idle.map(broker).transpose()?.map(|s| s.map(|s| s as u64));
+                }
+            }
+            RequestBody::SetSeeding(change)
+        }
         "stop_broker" => RequestBody::StopBroker,
         "status_request" => RequestBody::Status(ref_arg(args)?),
         "list_request" => RequestBody::List,
@@ -373,6 +455,14 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
             py.import("json")?.call_method1("loads", (text,))?.unbind()
         }
         ("stop_broker", Event::Ok { .. }) => py.None(),
+        ("seeding", Event::Seeding { limits, action, .. }) => {
+            let dict = PyDict::new(py);
+            dict.set_item("ratio_limit", limits.ratio)?;
+            dict.set_item("seed_time_limit_secs", limits.seed_time_secs)?;
+            dict.set_item("idle_seed_limit_secs", limits.idle_secs)?;
+            dict.set_item("seed_limit_action", action.as_str())?;
+            dict.into_any().unbind()
+        }
         ("queue", Event::Queue { queue, .. }) => {
             let dict = PyDict::new(py);
             dict.set_item("max_active_downloads", queue.max_active_downloads)?;

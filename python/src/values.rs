@@ -138,7 +138,7 @@ impl Status {
 }
 
 /// The fields, in `--json`'s order.
-const STATUS_FIELDS: [&str; 19] = [
+const STATUS_FIELDS: [&str; 25] = [
     "id",
     "info_hash",
     "name",
@@ -155,6 +155,12 @@ const STATUS_FIELDS: [&str; 19] = [
     "eta_secs",
     "complete",
     "queue_position",
+    "downloaded",
+    "ratio",
+    "seeding_secs",
+    "ratio_limit",
+    "seed_time_limit_secs",
+    "idle_seed_limit_secs",
     "save_folder",
     "holders",
     "ephemeral",
@@ -212,7 +218,7 @@ impl Status {
     fn upload_rate(&self) -> u64 {
         self.status.upload_rate
     }
-    /// Bytes uploaded since the torrent was added.
+    /// Bytes uploaded, in all (counted across pauses and restarts).
     #[getter]
     fn uploaded(&self) -> u64 {
         self.status.uploaded
@@ -234,6 +240,36 @@ impl Status {
     #[getter]
     fn complete(&self) -> bool {
         self.status.complete
+    }
+    /// Bytes downloaded, in all.
+    #[getter]
+    fn downloaded(&self) -> u64 {
+        self.status.downloaded
+    }
+    /// Uploaded over downloaded (over its size, for what it never downloaded).
+    #[getter]
+    fn ratio(&self) -> f64 {
+        self.status.ratio()
+    }
+    /// Seconds seeded, in all.
+    #[getter]
+    fn seeding_secs(&self) -> u64 {
+        self.status.seeding_secs
+    }
+    /// The ratio at which it stops seeding (`None`: none).
+    #[getter]
+    fn ratio_limit(&self) -> Option<f64> {
+        self.status.seed_limits.ratio
+    }
+    /// The seconds of seeding after which it stops (`None`: none).
+    #[getter]
+    fn seed_time_limit_secs(&self) -> Option<u64> {
+        self.status.seed_limits.seed_time_secs
+    }
+    /// The seconds idle after which it stops seeding (`None`: none).
+    #[getter]
+    fn idle_seed_limit_secs(&self) -> Option<u64> {
+        self.status.seed_limits.idle_secs
     }
     /// Its place in the broker's queue, 1 first (queued torrents start in this order).
     #[getter]

@@ -457,6 +457,44 @@ def test_the_queue_is_read_changed_and_holds_seeds_past_its_limit(broker: Broker
         assert asyncio.run(lift())["max_active_seeds"] is None
 
 
+def test_seeding_limits_are_read_changed_and_stop_a_torrent(broker: Broker) -> None:
+    with tp.Patron(broker.state) as p:
+        assert p.seeding() == {
+            "ratio_limit": None, "seed_time_limit_secs": None, "idle_seed_limit_secs": None,
+            "seed_limit_action": "pause",
+        }
+        assert p.seeding(ratio=2.5, action="close")["ratio_limit"] == 2.5
+        assert p.broker_info()["seed_limit_action"] == "close"
+        assert p.seeding(ratio=None, action="pause")["ratio_limit"] is None
+        (broker.root / "limited.bin").write_bytes(b"l" * 5000)
+        made = p.make(broker.root / "limited.bin", broker.root, seed=True).seeding_id
+        assert made is not None
+        own = p.seeding(made, seed_time=2)
+        assert own["seed_time_limit_secs"] == 2
+        deadline = time.monotonic() + 30
+        while p.status(made).state != "paused":
+            assert time.monotonic() < deadline, p.status(made)
+            time.sleep(0.1)
+        status = p.status(made)
+        assert status.seeding_secs >= 2 and status.seed_time_limit_secs == 2, status
+        assert status.as_dict()["ratio"] == status.ratio
+        assert p.seeding(made, seed_time="default")["seed_time_limit_secs"] is None
+        with pytest.raises(ValueError):
+            p.seeding(ratio="default")  # the broker's own has no default
+        with pytest.raises(TypeError):
+            p.seeding(ratio=True)
+        with pytest.raises(ValueError):
+            p.seeding(idle=0.5)
+        with pytest.raises(ValueError):
+            p.seeding(action="explode")  # type: ignore[arg-type]
+
+        async def ask() -> dict[str, object]:
+            async with tp.AsyncPatron(broker.state) as ap:
+                return await ap.seeding(idle=3600)
+
+        assert asyncio.run(ask())["idle_seed_limit_secs"] == 3600
+
+
 def test_second_review_small_things(broker: Broker) -> None:
     (broker.root / "small.bin").write_bytes(b"s" * 5000)
     with tp.Patron(broker.state) as p:

@@ -103,6 +103,7 @@ __all__ = [
     "Event",
     "Ref",
     "QueueMove",
+    "SeedAction",
     "TorrentPatronError",
     "BadRequest",
     "BrokerIoError",
@@ -145,6 +146,8 @@ _DEFAULT: Any = object()
 _KEEP: Any = object()
 #: What ``Patron.move_in_queue`` takes.
 QueueMove = Literal["top", "up", "down", "bottom"]
+#: What the broker does to a torrent past a seeding limit.
+SeedAction = Literal["pause", "close"]
 
 #: Slow requests (a magnet's add, a make) one patron runs at once, each on a connection of
 #: its own; more wait for a turn.
@@ -573,6 +576,22 @@ class Patron:
         given = _given(downloads=downloads, seeds=seeds, stalled_after=stalled_after)
         queue: Dict[str, Optional[int]] = self._call("queue", **given)
         return queue
+
+    def seeding(
+        self, ref: Optional[Ref] = None, *, ratio: Union[float, None, str] = _KEEP,
+        seed_time: Union[float, None, str] = _KEEP, idle: Union[float, None, str] = _KEEP,
+        action: Optional[SeedAction] = None,
+    ) -> Dict[str, Any]:
+        """When torrents stop seeding: the broker's limits and ``action`` (``"pause"`` or
+        ``"close"``), or torrent ``ref``'s own, as ``patron-client set`` changes them. A
+        limit is a ratio (uploaded over downloaded) or seconds (``seed_time`` seeding in
+        all, ``idle`` with nothing uploaded); ``None`` is no limit; for a torrent,
+        ``"default"`` gives it the broker's again; left out, unchanged. Returns the limits
+        in force (``ratio_limit``, ``seed_time_limit_secs``, ``idle_seed_limit_secs``) and
+        ``seed_limit_action``. Kept across the broker's restarts."""
+        given = _given(ratio=ratio, seed_time=seed_time, idle=idle)
+        limits: Dict[str, Any] = self._call("seeding", ref=ref, action=action, **given)
+        return limits
 
     def move_in_queue(self, ref: Ref, to: QueueMove) -> Status:
         """Moves a torrent in the broker's queue (``top``, ``up``, ``down`` or ``bottom``):
@@ -1030,6 +1049,16 @@ class AsyncPatron:
         given = _given(downloads=downloads, seeds=seeds, stalled_after=stalled_after)
         queue: Dict[str, Optional[int]] = await self._call("queue", **given)
         return queue
+
+    async def seeding(
+        self, ref: Optional[Ref] = None, *, ratio: Union[float, None, str] = _KEEP,
+        seed_time: Union[float, None, str] = _KEEP, idle: Union[float, None, str] = _KEEP,
+        action: Optional[SeedAction] = None,
+    ) -> Dict[str, Any]:
+        """See ``Patron.seeding``."""
+        given = _given(ratio=ratio, seed_time=seed_time, idle=idle)
+        limits: Dict[str, Any] = await self._call("seeding", ref=ref, action=action, **given)
+        return limits
 
     async def move_in_queue(self, ref: Ref, to: QueueMove) -> Status:
         """See ``Patron.move_in_queue``."""

@@ -111,6 +111,9 @@ Commands, one JSON object per line (\"cmd\", plus an optional \"request\" echoed
   queue     max_active_downloads, max_active_seeds (a number or \"none\"),
             stalled_after_secs (or \"never\"); none of them: ask            -> queue
   queue-move  torrent, to (top, up, down, bottom)                          -> status
+  seeding   torrent (its own; else the broker's), ratio_limit, seed_time_limit_secs,
+            idle_seed_limit_secs (a number, \"none\", or for a torrent \"default\"),
+            seed_limit_action (pause, close); none of them: ask            -> seeding
   pause, resume, recheck    torrent                                        -> status
   files     torrent; only                                                  -> files
   peers     torrent; add                                                   -> peers

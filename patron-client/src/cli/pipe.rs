@@ -22,8 +22,8 @@ use super::{torrent_ref, Context, Exit};
 use patron_client::json::event_json;
 use patron_client::proto::{
     CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, MoveInQueue,
-    PeersRequest, ProtoError, QueueMove, RequestBody, RequestId, SetLimits, SetQueue, TorrentRef,
-    TorrentSource,
+    OwnSeedingChange, PeersRequest, ProtoError, QueueMove, RequestBody, RequestId, SeedAction,
+    SeedLimit, SetLimits, SetQueue, SetSeeding, TorrentRef, TorrentSeeding, TorrentSource,
 };
 use patron_client::{Board, ConnectOptions, Error, Requester, Stream};
 use serde::Deserialize;
@@ -58,6 +58,10 @@ enum Command {
         only: Option<Vec<FileName>>,
         max_download_rate: Option<u64>,
         max_upload_rate: Option<u64>,
+        /// Its own seeding limits: a number, or "none".
+        ratio_limit: Option<Value>,
+        seed_time_limit_secs: Option<Value>,
+        idle_seed_limit_secs: Option<Value>,
     },
     Close {
         torrent: TorrentName,
@@ -101,6 +105,18 @@ enum Command {
         #[serde(default, deserialize_with = "present")]
         stalled_after_secs: Option<Value>,
     },
+    /// Show or change seeding limits: the broker's (a number, or "none"/null; and
+    /// `seed_limit_action`), or a torrent's own (also "default": the broker's again).
+    Seeding {
+        torrent: Option<TorrentName>,
+        #[serde(default, deserialize_with = "present")]
+        ratio_limit: Option<Value>,
+        #[serde(default, deserialize_with = "present")]
+        seed_time_limit_secs: Option<Value>,
+        #[serde(default, deserialize_with = "present")]
+        idle_seed_limit_secs: Option<Value>,
+        seed_limit_action: Option<String>,
+    },
     /// Move a torrent in the queue: `to` is top, up, down or bottom.
     QueueMove {
         torrent: TorrentName,
@@ -136,6 +152,74 @@ enum Command {
         offset: u64,
         to: PathBuf,
     },
+}
+
+/// A seeding limit as a pipe command gives it.
+#[derive(Debug, Clone, Copy)]
+enum Given {
+    /// A ratio (`.0`) or seconds (`.1`).
+    Number(f64, u64),
+    None,
+    Default,
+}
+
+impl Given {
+    fn number(self) -> Option<(f64, u64)> {
+        match self {
+            Given::Number(ratio, secs) => Some((ratio, secs)),
+            Given::None | Given::Default => None,
+        }
+    }
+
+    /// As a torrent's own: `None` gives it the broker's again.
+    fn own(self) -> Option<SeedLimit<(f64, u64)>> {
+        match self {
+            Given::Number(ratio, secs) => Some(SeedLimit::At((ratio, secs))),
+            Given::None => Some(SeedLimit::Unlimited),
+            Given::Default => None,
+        }
+    }
+}
+
+fn as_ratio(limit: SeedLimit<(f64, u64)>) -> SeedLimit<f64> {
+    match limit {
+        SeedLimit::At((ratio, _)) => SeedLimit::At(ratio),
+        SeedLimit::Unlimited => SeedLimit::Unlimited,
+    }
+}
+
+fn as_secs(limit: SeedLimit<(f64, u64)>) -> SeedLimit<u64> {
+    match limit {
+        SeedLimit::At((_, secs)) => SeedLimit::At(secs),
+        SeedLimit::Unlimited => SeedLimit::Unlimited,
+    }
+}
+
+/// A seeding limit's value: a number (a ratio above 0, or whole seconds from 1), `"none"`
+/// or `null`, or `"default"`.
+fn seed_limit(name: &str, value: Value, secs: bool) -> Result<Given, String> {
+    match &value {
+        Value::Null => return Ok(Given::None),
+        Value::String(s) if matches!(s.as_str(), "none" | "unlimited") => return Ok(Given::None),
+        Value::String(s) if s == "default" => return Ok(Given::Default),
+        _ => {}
+    }
+    let bad = || match secs {
+        true => format!("{name} is whole seconds from 1, \"none\" or \"default\", not {value}"),
+        false => format!("{name} is a ratio above 0, \"none\" or \"default\", not {value}"),
+    };
+    match secs {
+        true => value
+            .as_u64()
+            .filter(|&n| n > 0)
+            .map(|n| Given::Number(0.0, n))
+            .ok_or_else(bad),
+        false => value
+            .as_f64()
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .map(|r| Given::Number(r, 0))
+            .ok_or_else(bad),
+    }
 }
 
 /// A field given, `null` included (`None` only when it is absent).
@@ -701,7 +785,25 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             only,
             max_download_rate,
             max_upload_rate,
+            ratio_limit,
+            seed_time_limit_secs,
+            idle_seed_limit_secs,
         } => {
+            let own = |name: &str, value: Option<Value>, secs: bool| match value {
+                None => Ok(None),
+                Some(value) => match seed_limit(name, value, secs)? {
+                    Given::Default => {
+                        Err(format!("{name}: \"default\" is for `seeding` of a torrent"))
+                    }
+                    given => Ok(given.own()),
+                },
+            };
+            let seeding = TorrentSeeding {
+                ratio: own("ratio_limit", ratio_limit, false)?.map(as_ratio),
+                seed_time_secs: own("seed_time_limit_secs", seed_time_limit_secs, true)?
+                    .map(as_secs),
+                idle_secs: own("idle_seed_limit_secs", idle_seed_limit_secs, true)?.map(as_secs),
+            };
             let source = match (torrent, torrent_base64, magnet) {
                 (Some(path), None, None) => {
                     TorrentSource::TorrentFile(std::fs::read(&path).map_err(|e| {
@@ -741,6 +843,7 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             create.only_files = file_refs(only);
             create.max_download_rate = max_download_rate;
             create.max_upload_rate = max_upload_rate;
+            create.seeding = seeding;
             (RequestBody::CreateNewTorrent(create), None)
         }
         Command::Close {
@@ -825,6 +928,53 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
                 stalled_after_secs: stall,
             };
             (RequestBody::SetQueue(change), None)
+        }
+        Command::Seeding {
+            torrent,
+            ratio_limit,
+            seed_time_limit_secs,
+            idle_seed_limit_secs,
+            seed_limit_action,
+        } => {
+            let given = |name: &str, value: Option<Value>, secs: bool| {
+                value.map(|v| seed_limit(name, v, secs)).transpose()
+            };
+            let ratio = given("ratio_limit", ratio_limit, false)?;
+            let seed_time = given("seed_time_limit_secs", seed_time_limit_secs, true)?;
+            let idle = given("idle_seed_limit_secs", idle_seed_limit_secs, true)?;
+            let action = seed_limit_action
+                .map(|a| {
+                    SeedAction::parse(&a)
+                        .ok_or_else(|| format!("seed_limit_action is pause or close, not {a:?}"))
+                })
+                .transpose()?;
+            let mut change = SetSeeding {
+                action,
+                ..SetSeeding::default()
+            };
+            match torrent {
+                Some(torrent) => {
+                    change.torrent = Some(torrent_ref(&torrent)?);
+                    change.own = OwnSeedingChange {
+                        ratio: ratio.map(|g| g.own().map(as_ratio)),
+                        seed_time_secs: seed_time.map(|g| g.own().map(as_secs)),
+                        idle_secs: idle.map(|g| g.own().map(as_secs)),
+                    };
+                }
+                None => {
+                    let broker = |g: Given| match g {
+                        Given::Default => {
+                            Err("\"default\" is for a torrent's own limits".to_owned())
+                        }
+                        g => Ok(g.number()),
+                    };
+                    change.ratio = ratio.map(broker).transpose()?.map(|n| n.map(|n| n.0));
+                    change.seed_time_secs =
+                        seed_time.map(broker).transpose()?.map(|n| n.map(|n| n.1));
+                    change.idle_secs = idle.map(broker).transpose()?.map(|n| n.map(|n| n.1));
+                }
+            }
+            (RequestBody::SetSeeding(change), None)
         }
         Command::QueueMove { torrent, to } => {
             let to = QueueMove::parse(&to)
