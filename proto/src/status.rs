@@ -119,13 +119,13 @@ impl TorrentStatus {
         }
     }
 
-    /// Its share ratio: bytes uploaded over bytes downloaded, or over its size when it
-    /// downloaded nothing (a torrent made here), as transmission measures its ratio limit.
+    /// Its share ratio: bytes uploaded over bytes downloaded, or over the bytes it has
+    /// when it downloaded nothing (a torrent made here), as transmission's.
     pub fn ratio(&self) -> f64 {
         let base = if self.downloaded > 0 {
             self.downloaded
         } else {
-            self.bytes_total
+            self.bytes_done
         };
         if base == 0 {
             return 0.0;

@@ -1388,3 +1388,54 @@ fn transmissions_rpc_sets_and_moves_the_queue() {
         statuses().iter().all(|t| t.1 == 6)
     });
 }
+
+/// Seeding limits through Transmission's RPC: `session-set` sets the broker's ratio and
+/// idle limits as `patron-client set` does, `torrent-set` a torrent's own (mode 2: none),
+/// and `torrent-get` reports what is in force.
+#[test]
+fn transmissions_rpc_sets_the_seeding_limits() {
+    if !have_curl() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let rpc = |body: &str| {
+        let (code, reply) = web.rpc(body);
+        assert_eq!(code, 200, "{reply}");
+        let value = serde_json::from_str::<Value>(&reply).expect(&reply);
+        assert_eq!(value["result"], "success", "{body}: {value}");
+        value
+    };
+    rpc(
+        r#"{"method":"session-set","arguments":{"seedRatioLimit":1.5,"seedRatioLimited":true,"idle-seeding-limit":90,"idle-seeding-limit-enabled":true}}"#,
+    );
+    let set = e2e::ok_json(&sandbox, &state, &["set"]);
+    assert_eq!(set["ratio_limit"], 1.5, "{set}");
+    assert_eq!(set["idle_seed_limit_secs"], 5400, "{set}");
+    let got = rpc(r#"{"method":"session-get"}"#);
+    assert_eq!(got["arguments"]["seedRatioLimited"], true, "{got}");
+    assert_eq!(got["arguments"]["idle-seeding-limit"], 90, "{got}");
+    let data = sandbox.random_file("seed/own.bin", 10_000);
+    let mut patron = sandbox.patron(&state);
+    e2e::make_and_seed(&mut patron, &data);
+    rpc(r#"{"method":"torrent-set","arguments":{"ids":[0],"seedRatioMode":2}}"#);
+    let own = e2e::ok_json(&sandbox, &state, &["set", "0"]);
+    assert_eq!(own["ratio_limit"], Value::Null, "its own: none: {own}");
+    assert_eq!(own["idle_seed_limit_secs"], 5400, "the broker's: {own}");
+    let fields = r#"{"method":"torrent-get","arguments":{"ids":[0],"fields":["seedRatioMode","seedRatioLimit","seedIdleMode","seedIdleLimit"]}}"#;
+    e2e::wait_for("the board to show its limits", STEP_TIMEOUT, || {
+        let got = rpc(fields);
+        let t = &got["arguments"]["torrents"][0];
+        t["seedRatioMode"] == 2 && t["seedIdleMode"] == 1 && t["seedIdleLimit"] == 90
+    });
+    rpc(r#"{"method":"torrent-set","arguments":{"ids":[0],"seedRatioLimit":3.0}}"#);
+    let own = e2e::ok_json(&sandbox, &state, &["set", "0"]);
+    assert_eq!(own["ratio_limit"], 3.0, "{own}");
+    rpc(r#"{"method":"session-set","arguments":{"seedRatioLimited":false}}"#);
+    assert_eq!(
+        e2e::ok_json(&sandbox, &state, &["set"])["ratio_limit"],
+        Value::Null
+    );
+}

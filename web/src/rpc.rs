@@ -189,10 +189,10 @@ async fn session_get(web: &Shared) -> Result<Value, String> {
         "alt-speed-enabled": false,
         "alt-speed-down": 0,
         "alt-speed-up": 0,
-        "seedRatioLimited": false,
-        "seedRatioLimit": 0.0,
-        "idle-seeding-limit-enabled": false,
-        "idle-seeding-limit": 0,
+        "seedRatioLimited": info.seeding.0.ratio.is_some(),
+        "seedRatioLimit": info.seeding.0.ratio.unwrap_or(RATIO),
+        "idle-seeding-limit-enabled": info.seeding.0.idle_secs.is_some(),
+        "idle-seeding-limit": info.seeding.0.idle_secs.map_or(IDLE_MINUTES, |s| s.div_ceil(60)),
         "download-queue-enabled": info.queue.max_active_downloads.is_some(),
         "download-queue-size": info.queue.max_active_downloads.unwrap_or(QUEUE_SIZE),
         "seed-queue-enabled": info.queue.max_active_seeds.is_some(),
@@ -225,6 +225,13 @@ const SPEED_BYTES: u64 = 1000;
 /// size: transmission's default.
 const QUEUE_SIZE: u32 = 5;
 
+/// The ratio limit shown while there is none, and taken when one is turned on without a
+/// value: transmission's default.
+const RATIO: f64 = 2.0;
+
+/// The idle seeding limit (minutes) shown while there is none, as `RATIO`.
+const IDLE_MINUTES: u64 = 30;
+
 /// The stall time shown while stalls are off, and taken when turned on without one:
 /// transmission's default.
 const STALLED_MINUTES: u64 = 30;
@@ -234,7 +241,11 @@ const STALLED_MINUTES: u64 = 30;
 /// `patron-client limits` changes them. Any other setting is the broker's own, and is
 /// refused by name rather than ignored.
 async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
-    const CHANGED: [&str; 10] = [
+    const CHANGED: [&str; 14] = [
+        "seedRatioLimit",
+        "seedRatioLimited",
+        "idle-seeding-limit",
+        "idle-seeding-limit-enabled",
         "speed-limit-down",
         "speed-limit-down-enabled",
         "speed-limit-up",
@@ -277,6 +288,39 @@ async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
     if change.download.is_some() || change.upload.is_some() {
         web.link
             .call(move |patron| patron.set_limits(change))
+            .await
+            .map_err(failure)?;
+    }
+    let ratio = match (
+        arguments.get("seedRatioLimited"),
+        arguments.get("seedRatioLimit"),
+    ) {
+        (Some(Value::Bool(false)), _) => Some(None),
+        (_, Some(limit)) => Some(Some(
+            limit
+                .as_f64()
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .ok_or("seedRatioLimit is a ratio above 0")?,
+        )),
+        (Some(Value::Bool(true)), None) => Some(Some(RATIO)),
+        (Some(_), None) => return Err("seedRatioLimited is true or false".into()),
+        (None, None) => None,
+    };
+    let idle = switched(
+        arguments,
+        "idle-seeding-limit-enabled",
+        "idle-seeding-limit",
+        IDLE_MINUTES,
+    )?
+    .map(|minutes| minutes.map(|m| m.saturating_mul(60)).filter(|&s| s > 0));
+    if ratio.is_some() || idle.is_some() {
+        let change = patron_client::proto::SetSeeding {
+            ratio,
+            idle_secs: idle,
+            ..Default::default()
+        };
+        web.link
+            .call(move |patron| patron.set_seeding(change))
             .await
             .map_err(failure)?;
     }
@@ -777,10 +821,57 @@ async fn each(
     }
 }
 
+/// A torrent's own seeding limits from `torrent-set`: a mode (0 the broker's, 1 its own
+/// value, 2 none) and its value (a ratio; minutes idle); a value alone is its own.
+fn own_seeding(
+    arguments: &Map<String, Value>,
+) -> Result<patron_client::proto::OwnSeedingChange, String> {
+    use patron_client::proto::SeedLimit;
+    fn one<T>(
+        arguments: &Map<String, Value>,
+        mode_key: &str,
+        value_key: &str,
+        value: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Option<Option<SeedLimit<T>>>, String> {
+        let given = match arguments.get(value_key) {
+            None => None,
+            Some(v) => Some(value(v).ok_or_else(|| format!("{value_key} {v} is out of range"))?),
+        };
+        let mode = match arguments.get(mode_key) {
+            None => None,
+            Some(v) => Some(v.as_u64().filter(|m| *m <= 2).ok_or_else(|| {
+                format!("{mode_key} is 0 (the broker's), 1 (its own) or 2 (none)")
+            })?),
+        };
+        Ok(match (mode, given) {
+            (Some(0), _) => Some(None),
+            (Some(2), _) => Some(Some(SeedLimit::Unlimited)),
+            (_, Some(value)) => Some(Some(SeedLimit::At(value))),
+            (Some(_), None) => return Err(format!("{mode_key} 1 needs {value_key} with it")),
+            (None, None) => None,
+        })
+    }
+    let ratio = one(arguments, "seedRatioMode", "seedRatioLimit", |v| {
+        v.as_f64().filter(|r| r.is_finite() && *r > 0.0)
+    })?;
+    let idle = one(arguments, "seedIdleMode", "seedIdleLimit", |v| {
+        v.as_u64().filter(|m| *m > 0).map(|m| m.saturating_mul(60))
+    })?;
+    Ok(patron_client::proto::OwnSeedingChange {
+        ratio,
+        seed_time_secs: None,
+        idle_secs: idle,
+    })
+}
+
 async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
     use std::collections::HashSet;
-    const TAKEN: [&str; 7] = [
+    const TAKEN: [&str; 11] = [
         "ids",
+        "seedRatioLimit",
+        "seedRatioMode",
+        "seedIdleLimit",
+        "seedIdleMode",
         "files-wanted",
         "files-unwanted",
         "downloadLimit",
@@ -815,6 +906,20 @@ async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
     let upload = speed_limit(arguments, "uploadLimited", "uploadLimit")?;
     let torrents = web.link.torrents().borrow().clone();
     let chosen = chosen(&torrents, arguments)?;
+    let own = own_seeding(arguments)?;
+    if own != patron_client::proto::OwnSeedingChange::default() {
+        for torrent in &chosen {
+            let change = patron_client::proto::SetSeeding {
+                torrent: Some(TorrentRef::Id(torrent.info.id)),
+                own,
+                ..Default::default()
+            };
+            web.link
+                .call(move |patron| patron.set_seeding(change).map(drop))
+                .await
+                .map_err(failure)?;
+        }
+    }
     if download.is_some() || upload.is_some() {
         for torrent in &chosen {
             let change = patron_client::proto::SetLimits {

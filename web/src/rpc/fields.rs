@@ -63,14 +63,14 @@ const BOARD: &[(&str, Write)] = &[
     ("haveValid", |t, o| o.put(&t.status.bytes_done)),
     ("haveUnchecked", |_, o| o.raw(b"0")),
     ("corruptEver", |_, o| o.raw(b"0")),
-    ("downloadedEver", |_, o| o.raw(b"0")),
+    ("downloadedEver", |t, o| o.put(&t.status.downloaded)),
     ("uploadedEver", |t, o| o.put(&t.status.uploaded)),
     ("uploadRatio", |t, o| {
         let s = &t.status;
         // -1: no ratio yet, as Transmission says.
-        let ratio = match s.bytes_done {
+        let ratio = match s.downloaded.max(s.bytes_done) {
             0 => -1.0,
-            done => s.uploaded as f64 / done as f64,
+            _ => s.ratio(),
         };
         o.put(&ratio)
     }),
@@ -110,11 +110,30 @@ const BOARD: &[(&str, Write)] = &[
     ("trackers", |_, o| o.raw(b"[]")),
     ("trackerStats", |_, o| o.raw(b"[]")),
     ("webseeds", |_, o| o.raw(b"[]")),
-    ("seedRatioMode", |_, o| o.raw(b"0")),
-    ("seedIdleMode", |_, o| o.raw(b"0")),
+    // What is in force: 1 with its value, or 2 (none). (Whether the value is the torrent's
+    // own or the broker's is not on the board.)
+    ("seedRatioMode", |t, o| {
+        o.raw(if t.status.seed_limits.ratio.is_some() {
+            b"1"
+        } else {
+            b"2"
+        })
+    }),
+    ("seedIdleMode", |t, o| {
+        o.raw(if t.status.seed_limits.idle_secs.is_some() {
+            b"1"
+        } else {
+            b"2"
+        })
+    }),
     ("bandwidthPriority", |_, o| o.raw(b"0")),
-    ("seedRatioLimit", |_, o| o.raw(b"0.0")),
-    ("seedIdleLimit", |_, o| o.raw(b"0")),
+    ("seedRatioLimit", |t, o| {
+        o.put(&t.status.seed_limits.ratio.unwrap_or(0.0))
+    }),
+    // Minutes.
+    ("seedIdleLimit", |t, o| {
+        o.put(&t.status.seed_limits.idle_secs.map_or(0, |s| s.div_ceil(60)))
+    }),
     ("downloadLimited", |_, o| o.raw(b"false")),
     ("uploadLimited", |_, o| o.raw(b"false")),
     ("honorsSessionLimits", |_, o| o.raw(b"false")),
@@ -131,7 +150,7 @@ const BOARD: &[(&str, Write)] = &[
     ("startDate", |_, o| o.raw(b"0")),
     ("dateCreated", |_, o| o.raw(b"0")),
     ("secondsDownloading", |_, o| o.raw(b"0")),
-    ("secondsSeeding", |_, o| o.raw(b"0")),
+    ("secondsSeeding", |t, o| o.put(&t.status.seeding_secs)),
 ];
 
 /// [`BOARD`]'s names, to their place in it.
