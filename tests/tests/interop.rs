@@ -646,3 +646,72 @@ fn a_queue_of_six_with_two_active_advances_as_transmissions_does() {
         assert_eq!(sha256(&out.join(name)), sha256(&original));
     }
 }
+
+/// A fresh broker of its own downloads `torrent` from `peer` to the end (and stops).
+fn fetch_once(sandbox: &Sandbox, name: &str, torrent: &Path, peer: &str) {
+    let state = sandbox.state_dir(name);
+    let _broker = sandbox.broker(&state, &[]);
+    broker_fetch(sandbox, &state, torrent, peer, name);
+}
+
+#[test]
+fn a_seed_reaching_ratio_two_stops_in_the_broker_as_in_transmission() {
+    if !have("transmission-daemon") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let seeder = sandbox.state_dir("seeder");
+    let seeding = sandbox.broker(&seeder, &["--ratio-limit", "2"]);
+    let data = sandbox.random_file("shared/ratio.bin", 256 << 10);
+    let torrent = make(&sandbox, &seeder, &data, "ratio.bin", 16 << 10);
+    let mut add = sandbox.add_command(&seeder, &torrent, &sandbox.path("shared"), None);
+    add.arg("--overwrite");
+    run(add).expect_code(0);
+    // transmission-daemon seeds the same data, its ratio limit 2 too.
+    let limits = serde_json::json!({"ratio-limit": 2.0, "ratio-limit-enabled": true});
+    let transmission = Transmission::start_with(&sandbox, "ratio-transmission", limits);
+    transmission.add(&torrent, &sandbox.path("shared"));
+    transmission.wait_active("ratio.bin", true);
+    let transmission_state = || {
+        let info =
+            String::from_utf8_lossy(&transmission.remote(&["-t", "1", "-i"]).stdout).into_owned();
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix("State: ").map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let broker_state = || e2e::status_json(&sandbox, &seeder, "0")["state"].clone();
+    for (round, leecher) in ["first", "second"].into_iter().enumerate() {
+        fetch_once(
+            &sandbox,
+            &format!("{leecher}-from-transmission"),
+            &torrent,
+            &transmission.peer(),
+        );
+        fetch_once(
+            &sandbox,
+            &format!("{leecher}-from-broker"),
+            &torrent,
+            &seeding.peer(),
+        );
+        if round == 0 {
+            // Ratio 1: both seed on.
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            // (Seeding with no peer connected is "Idle" in transmission.)
+            let theirs = transmission_state();
+            assert!(
+                theirs == "Seeding" || theirs == "Idle",
+                "transmission at ratio 1: {theirs}"
+            );
+            assert_eq!(broker_state(), "seeding", "the broker at ratio 1");
+        }
+    }
+    // Ratio 2: both stop (transmission says Finished; the broker pauses).
+    wait_for("transmission to stop at ratio 2", STEP_TIMEOUT, || {
+        transmission_state() == "Finished"
+    });
+    wait_for("the broker to stop at ratio 2", STEP_TIMEOUT, || {
+        broker_state() == "paused"
+    });
+    let status = e2e::status_json(&sandbox, &seeder, "0");
+    assert!(status["ratio"].as_f64().unwrap_or(0.0) >= 2.0, "{status}");
+}
