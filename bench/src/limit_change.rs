@@ -39,6 +39,7 @@ fn limit(patron: &mut Patron, download: Option<u64>, upload: Option<u64>) -> any
         torrent: None,
         download,
         upload,
+        alt: Default::default(),
     })?;
     Ok(())
 }

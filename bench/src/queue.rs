@@ -168,6 +168,7 @@ pub fn run(bench: QueueBench) -> anyhow::Result<()> {
         torrent: None,
         download: None,
         upload: Some(COMPLETING_BYTES as u64 / 4),
+        alt: Default::default(),
     })?;
     let peer = seeder.broker_info()?.listen;
     let folder = bench.work.join("queue-bench");
@@ -233,6 +234,7 @@ pub fn run(bench: QueueBench) -> anyhow::Result<()> {
         torrent: None,
         download: None,
         upload: Some(0),
+        alt: Default::default(),
     })?;
     println!(
         "{}",

@@ -65,6 +65,22 @@ pub struct RunSettings {
     /// What is done past a seeding limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed_limit_action: Option<proto::SeedAction>,
+    /// The alternative download limit in bytes per second; `0`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt_download_rate: Option<u64>,
+    /// The alternative upload limit in bytes per second; `0`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt_upload_rate: Option<u64>,
+    /// When the alternative limits turn on by themselves; `null`: never.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub alt_schedule: Option<Option<proto::AltSchedule>>,
+    /// Whether the alternative limits are on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt_on: Option<bool>,
 }
 
 /// A field present in the record, `null` included: it was changed at run time (an absent
@@ -101,6 +117,8 @@ impl RunSettings {
         for (name, rate) in [
             ("max_download_rate", settings.max_download_rate),
             ("max_upload_rate", settings.max_upload_rate),
+            ("alt_download_rate", settings.alt_download_rate),
+            ("alt_upload_rate", settings.alt_upload_rate),
         ] {
             if rate.is_some_and(|r| r > u64::from(u32::MAX)) {
                 return Err(format!(
@@ -174,6 +192,10 @@ mod tests {
             seed_time_limit_secs: Some(None),
             idle_seed_limit_secs: None,
             seed_limit_action: Some(proto::SeedAction::Close),
+            alt_download_rate: Some(0),
+            alt_upload_rate: Some(256 << 10),
+            alt_schedule: Some(proto::AltSchedule::parse("sat,sun 22:00-06:00")),
+            alt_on: Some(true),
         };
         settings.save(dir.path()).expect("save");
         assert_eq!(RunSettings::load(dir.path()), Ok(settings));

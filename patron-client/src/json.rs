@@ -119,6 +119,10 @@ pub fn broker_json(info: &proto::BrokerInfo, started: Option<bool>, others: u32)
         "unread_regions_limit": info.unread_regions.1,
         "max_download_rate": info.limits.download,
         "max_upload_rate": info.limits.upload,
+        "alt_download_rate": info.alt.download,
+        "alt_upload_rate": info.alt.upload,
+        "alt_schedule": info.alt.schedule.map(|s| s.to_string()),
+        "alt_on": info.alt.on,
         "ratio_limit": info.seeding.0.ratio,
         "seed_time_limit_secs": info.seeding.0.seed_time_secs,
         "idle_seed_limit_secs": info.seeding.0.idle_secs,
@@ -135,12 +139,19 @@ pub fn broker_json(info: &proto::BrokerInfo, started: Option<bool>, others: u32)
 }
 
 /// The broker's global rate limits, as `limits` prints them (`null`: no limit).
-pub fn limits_json(limits: &RateLimits) -> Value {
-    json!({
+pub fn limits_json(limits: &RateLimits, alt: Option<&proto::AltSpeed>) -> Value {
+    let mut value = json!({
         "event": "limits",
         "max_download_rate": limits.download,
         "max_upload_rate": limits.upload,
-    })
+    });
+    if let Some(alt) = alt {
+        value["alt_download_rate"] = alt.download.into();
+        value["alt_upload_rate"] = alt.upload.into();
+        value["alt_schedule"] = alt.schedule.map(|s| s.to_string()).into();
+        value["alt_on"] = alt.on.into();
+    }
+    value
 }
 
 /// The broker's queue settings, as `queue` prints them (`null`: no limit, never stalled).
@@ -236,7 +247,7 @@ pub fn event_json(event: Event) -> Value {
             broker_json(&info, None, others)
         }
         Event::Ok { .. } => json!({"event": "ok"}),
-        Event::Limits { limits, .. } => limits_json(&limits),
+        Event::Limits { limits, alt, .. } => limits_json(&limits, alt.as_ref()),
         Event::Queue { queue, .. } => queue_json(&queue),
         Event::Seeding { limits, action, .. } => seeding_json(&limits, action),
         Event::TorrentGone { id, reason } => {

@@ -469,12 +469,16 @@ impl Patron {
         Stream::open(&self.options, torrent, file, 0)
     }
 
-    /// Changes the broker's rate limits for all torrents together, now and across restarts
-    /// (`Some(0)` lifts one; `None` leaves it); returns those in force. With nothing to
-    /// change, it only asks.
-    pub fn set_limits(&mut self, change: proto::SetLimits) -> Result<proto::RateLimits> {
+    /// Changes rate limits now and across restarts: the broker's for all torrents together
+    /// (its usual ones and its alternative ones, [`proto::AltChange`]), or one torrent's own
+    /// (`Some(0)` lifts one; `None` leaves it). Returns those set, with the broker's
+    /// alternative ones (`None` for a torrent's own). With nothing to change, it only asks.
+    pub fn set_limits(
+        &mut self,
+        change: proto::SetLimits,
+    ) -> Result<(proto::RateLimits, Option<proto::AltSpeed>)> {
         match self.request(RequestBody::SetLimits(change))? {
-            Event::Limits { limits, .. } => Ok(limits),
+            Event::Limits { limits, alt, .. } => Ok((limits, alt)),
             other => Err(error_or_unexpected(other)),
         }
     }

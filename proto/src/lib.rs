@@ -465,6 +465,125 @@ pub struct SetLimits {
     pub download: Option<u64>,
     /// The upload limit in bytes per second: `Some(0)` lifts it, `None` leaves it.
     pub upload: Option<u64>,
+    /// The broker's alternative limits ("turtle mode": refused with a torrent named).
+    pub alt: AltChange,
+}
+
+/// A change of the broker's alternative limits (see [`AltSpeed`]); `None` leaves a field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AltChange {
+    /// The alternative download limit, bytes per second (`Some(0)` lifts it).
+    pub download: Option<u64>,
+    /// The alternative upload limit, as `download`.
+    pub upload: Option<u64>,
+    /// When they turn on and off by themselves (`Some(None)`: never).
+    pub schedule: Option<Option<AltSchedule>>,
+    /// Turns them on or off now (until the schedule's next edge).
+    pub on: Option<bool>,
+}
+
+/// The broker's alternative rate limits, used instead of its usual ones while on (a switch,
+/// or a schedule), as transmission's "turtle mode".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AltSpeed {
+    /// Download limit, bytes per second (`None`: none).
+    pub download: Option<u64>,
+    /// Upload limit, bytes per second (`None`: none).
+    pub upload: Option<u64>,
+    /// When they turn on and off by themselves.
+    pub schedule: Option<AltSchedule>,
+    /// On now.
+    pub on: bool,
+}
+
+/// Days and hours, in the broker's local time, when alternative limits are on: from
+/// `begin` to `end` (minutes after midnight; an `end` at or before `begin` runs past
+/// midnight, into the next day) on the days of `days`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AltSchedule {
+    /// One bit a day, Monday first (bit 0) to Sunday (bit 6).
+    pub days: u8,
+    /// Minutes after midnight it begins.
+    pub begin: u16,
+    /// Minutes after midnight it ends.
+    pub end: u16,
+}
+
+impl AltSchedule {
+    const DAYS: [&'static str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+    /// Parses what users type: days (`mon-fri`, `sat,sun`, `daily`, `weekends`) then
+    /// hours (`09:00-18:00`; `22:00-06:00` runs past midnight).
+    pub fn parse(s: &str) -> Option<AltSchedule> {
+        let mut words = s.split_whitespace();
+        let (days, hours) = match (words.next()?, words.next(), words.next()) {
+            (days, Some(hours), None) => (days.to_ascii_lowercase(), hours),
+            (hours, None, None) => ("daily".to_owned(), hours),
+            _ => return None,
+        };
+        let day = |name: &str| Self::DAYS.iter().position(|d| *d == name);
+        let mut mask = 0u8;
+        for part in days.split(',') {
+            match part {
+                "daily" | "everyday" => mask |= 0x7f,
+                "weekdays" => mask |= 0x1f,
+                "weekends" => mask |= 0x60,
+                range => match range.split_once('-') {
+                    Some((from, to)) => {
+                        let (from, to) = (day(from)?, day(to)?);
+                        let mut d = from;
+                        loop {
+                            mask |= 1 << d;
+                            if d == to {
+                                break;
+                            }
+                            d = (d + 1) % 7;
+                        }
+                    }
+                    None => mask |= 1 << day(range)?,
+                },
+            }
+        }
+        let (begin, end) = hours.split_once('-')?;
+        let minute = |t: &str| -> Option<u16> {
+            let (h, m) = t.split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h <= 24 && m < 60 && h * 60 + m <= 24 * 60).then_some(h * 60 + m)
+        };
+        let (begin, end) = (minute(begin)?, minute(end)?);
+        (mask != 0 && begin < 24 * 60).then_some(AltSchedule {
+            days: mask,
+            begin,
+            end: end % (24 * 60),
+        })
+    }
+
+    /// Whether it is on at `minute` after midnight of `weekday` (0 Monday to 6 Sunday).
+    /// A span past midnight belongs to the day it began.
+    pub fn contains(&self, weekday: u8, minute: u16) -> bool {
+        let on = |day: u8| self.days & (1 << (day % 7)) != 0;
+        if self.begin < self.end {
+            on(weekday) && (self.begin..self.end).contains(&minute)
+        } else {
+            (on(weekday) && minute >= self.begin) || (on((weekday + 6) % 7) && minute < self.end)
+        }
+    }
+}
+
+impl fmt::Display for AltSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let days: Vec<&str> = (0..7)
+            .filter(|d| self.days & (1 << d) != 0)
+            .map(|d| Self::DAYS[d])
+            .collect();
+        let hm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
+        let days = if days.len() == 7 {
+            "daily".to_owned()
+        } else {
+            days.join(",")
+        };
+        write!(f, "{days} {}-{}", hm(self.begin), hm(self.end))
+    }
 }
 
 /// Rate limits in force (the broker's, or a torrent's own), bytes per second (`None`: no
@@ -835,8 +954,10 @@ pub struct BrokerInfo {
     /// Large events' shared memory regions not yet read, all patrons together, and the most
     /// there may be (past it, large events go as fragments).
     pub unread_regions: (u32, u32),
-    /// The global rate limits in force.
+    /// The broker's usual rate limits (in force unless the alternative ones are on).
     pub limits: RateLimits,
+    /// Its alternative rate limits.
+    pub alt: AltSpeed,
     /// The queue's settings in force.
     pub queue: QueueSettings,
     /// The broker's seeding limits, and what it does past one.
@@ -1213,12 +1334,15 @@ pub enum Event {
         /// Why.
         error: ProtoError,
     },
-    /// Reply to [`RequestBody::SetLimits`]: the global rate limits now in force.
+    /// Reply to [`RequestBody::SetLimits`]: the limits now set (the broker's usual ones, or
+    /// a torrent's own).
     Limits {
         /// The request.
         request: RequestId,
         /// The limits.
         limits: RateLimits,
+        /// The broker's alternative limits (`None` for a torrent's own).
+        alt: Option<AltSpeed>,
     },
     /// Reply to [`RequestBody::SetQueue`]: the queue's settings now in force.
     Queue {

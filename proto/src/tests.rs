@@ -123,11 +123,18 @@ fn every_request_round_trips() {
             torrent: None,
             download: Some(2 << 20),
             upload: Some(0),
+            alt: crate::AltChange {
+                download: Some(1 << 20),
+                upload: Some(0),
+                schedule: Some(crate::AltSchedule::parse("mon-fri 09:00-18:00")),
+                on: Some(true),
+            },
         }),
         RequestBody::SetLimits(crate::SetLimits {
             torrent: Some(TorrentRef::Id(TorrentId(4))),
             download: None,
             upload: Some(512),
+            alt: Default::default(),
         }),
         RequestBody::SetLimits(crate::SetLimits::default()),
         RequestBody::SetQueue(crate::SetQueue {
@@ -254,6 +261,12 @@ fn every_event_round_trips() {
                     stalled_after_secs: Some(1800),
                 },
                 seeding: Default::default(),
+                alt: crate::AltSpeed {
+                    download: Some(1 << 20),
+                    upload: None,
+                    schedule: crate::AltSchedule::parse("22:00-06:00"),
+                    on: false,
+                },
             },
         },
         Event::Queue {
@@ -275,6 +288,7 @@ fn every_event_round_trips() {
                 download: None,
                 upload: Some(512 << 10),
             },
+            alt: Some(crate::AltSpeed::default()),
         },
         Event::Error {
             request: RequestId(10),
@@ -424,4 +438,37 @@ fn lists_in_requests_are_bounded_where_they_are_decoded() {
         }),
     });
     assert!(decode(&peers).is_err());
+}
+
+#[test]
+fn alternative_schedules_read_as_users_type_them_and_span_midnight() {
+    use crate::AltSchedule;
+    let work = AltSchedule::parse("mon-fri 09:00-18:00").expect("parses");
+    assert_eq!(work.to_string(), "mon,tue,wed,thu,fri 09:00-18:00");
+    assert!(work.contains(0, 9 * 60));
+    assert!(!work.contains(0, 18 * 60), "the end is not in it");
+    assert!(!work.contains(5, 10 * 60), "not on Saturday");
+    let night = AltSchedule::parse("fri 22:00-06:00").expect("parses");
+    assert!(night.contains(4, 23 * 60), "Friday night");
+    assert!(night.contains(5, 5 * 60), "into Saturday morning");
+    assert!(
+        !night.contains(4, 5 * 60),
+        "not Friday morning (Thursday's night is not on)"
+    );
+    let daily = AltSchedule::parse("00:00-24:00").expect("all day");
+    assert!(daily.contains(6, 0) && daily.contains(2, 1439));
+    assert_eq!(
+        AltSchedule::parse("sun-tue 1:00-2:00").map(|s| s.days),
+        Some(0b1000011)
+    );
+    for bad in [
+        "",
+        "mon",
+        "mon 9-18",
+        "xyz 09:00-10:00",
+        "mon 25:00-26:00",
+        "mon 09:00-10:00 x",
+    ] {
+        assert_eq!(AltSchedule::parse(bad), None, "{bad:?}");
+    }
 }

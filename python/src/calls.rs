@@ -9,9 +9,9 @@ use crate::values::{
     Added, BrokerStopping, Closed, File, Made, Peer, Status, StatusChanged, TorrentGone,
 };
 use patron_client::proto::{
-    CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, MoveInQueue,
-    OwnSeedingChange, PeersRequest, QueueMove, RequestBody, SeedAction, SeedLimit, SetLimits,
-    SetQueue, SetSeeding, TorrentRef, TorrentSource, TorrentState,
+    AltChange, AltSchedule, CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest,
+    MakeTorrent, MoveInQueue, OwnSeedingChange, PeersRequest, QueueMove, RequestBody, SeedAction,
+    SeedLimit, SetLimits, SetQueue, SetSeeding, TorrentRef, TorrentSource, TorrentState,
 };
 use patron_client::{Board, ConnectOptions};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -304,6 +304,27 @@ fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
             },
             download: arg(args, "download")?,
             upload: arg(args, "upload")?,
+            alt: AltChange {
+                download: arg(args, "alt_download")?,
+                upload: arg(args, "alt_upload")?,
+                schedule: match args.get_item("alt_schedule")? {
+                    None => None,
+                    Some(value) if value.is_none() => Some(None),
+                    Some(value) => {
+                        let text: String = value.extract().map_err(|_| {
+                            PyTypeError::new_err(
+                                "alt_schedule is a str (\"mon-fri 09:00-18:00\") or None",
+                            )
+                        })?;
+                        Some(Some(AltSchedule::parse(&text).ok_or_else(|| {
+                            PyValueError::new_err(format!(
+                                "alt_schedule {text:?} is not days and hours, as \"mon-fri 09:00-18:00\""
+                            ))
+                        })?))
+                    }
+                },
+                on: arg(args, "alt_on")?,
+            },
         }),
         "queue" => RequestBody::SetQueue(SetQueue {
             max_active_downloads: count_limit(args, "downloads")?,
@@ -473,10 +494,16 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
         ("queue_move", Event::Status { status, .. }) => {
             Py::new(py, Status::from_status(status))?.into_any()
         }
-        ("limits", Event::Limits { limits, .. }) => {
+        ("limits", Event::Limits { limits, alt, .. }) => {
             let dict = PyDict::new(py);
             dict.set_item("max_download_rate", limits.download)?;
             dict.set_item("max_upload_rate", limits.upload)?;
+            if let Some(alt) = alt {
+                dict.set_item("alt_download_rate", alt.download)?;
+                dict.set_item("alt_upload_rate", alt.upload)?;
+                dict.set_item("alt_schedule", alt.schedule.map(|s| s.to_string()))?;
+                dict.set_item("alt_on", alt.on)?;
+            }
             dict.into_any().unbind()
         }
         ("list_request", Event::TorrentList { torrents, .. }) => {

@@ -396,9 +396,13 @@ def test_the_async_patron_and_file_have_what_the_sync_ones_have(broker: Broker) 
 
 
 def test_global_limits_are_read_and_changed(broker: Broker) -> None:
+    unlimited = {
+        "max_download_rate": None, "max_upload_rate": None, "alt_download_rate": None,
+        "alt_upload_rate": None, "alt_schedule": None, "alt_on": False,
+    }
     with tp.Patron(broker.state) as p:
-        assert p.limits() == {"max_download_rate": None, "max_upload_rate": None}
-        assert p.limits(download=2 << 20) == {"max_download_rate": 2 << 20, "max_upload_rate": None}
+        assert p.limits() == unlimited
+        assert p.limits(download=2 << 20) == unlimited | {"max_download_rate": 2 << 20}
         assert p.broker_info()["max_download_rate"] == 2 << 20
         with pytest.raises(tp.BadRequest):
             p.limits(upload=5 << 30)
@@ -411,12 +415,23 @@ def test_global_limits_are_read_and_changed(broker: Broker) -> None:
             p.limits(4242, upload=1)
         with pytest.raises(TypeError):
             p.limits(download=-1)
+        # The alternative limits, their switch and their schedule.
+        alt = p.limits(alt_download=1 << 20, alt_upload=256 << 10, alt_on=True,
+                       alt_schedule="mon-fri 09:00-18:00")
+        assert alt["alt_on"] is True and alt["alt_download_rate"] == 1 << 20, alt
+        assert alt["alt_schedule"] == "mon,tue,wed,thu,fri 09:00-18:00", alt
+        assert p.broker_info()["alt_on"] is True
+        assert p.limits(alt_schedule=None, alt_on=False)["alt_schedule"] is None
+        with pytest.raises(ValueError):
+            p.limits(alt_schedule="someday")
+        with pytest.raises(tp.BadRequest):
+            p.limits(made.seeding_id, alt_on=True)
 
-        async def lift() -> dict[str, int | None]:
+        async def lift() -> dict[str, object]:
             async with tp.AsyncPatron(broker.state) as ap:
                 return await ap.limits(download=0)
 
-        assert asyncio.run(lift()) == {"max_download_rate": None, "max_upload_rate": None}
+        assert asyncio.run(lift())["max_download_rate"] is None
 
 
 def test_the_queue_is_read_changed_and_holds_seeds_past_its_limit(broker: Broker) -> None:

@@ -552,14 +552,21 @@ class Patron:
 
     def limits(
         self, ref: Optional[Ref] = None, *, download: Optional[int] = None,
-        upload: Optional[int] = None,
-    ) -> Dict[str, Optional[int]]:
+        upload: Optional[int] = None, alt_download: Optional[int] = None,
+        alt_upload: Optional[int] = None, alt_schedule: Optional[str] = _KEEP,
+        alt_on: Optional[bool] = None,
+    ) -> Dict[str, Any]:
         """The broker's rate limits for all torrents together, or torrent ``ref``'s own,
         in bytes a second (``max_download_rate``, ``max_upload_rate``; ``None``: no
-        limit), after setting those given: ``0`` lifts one. A change is kept across the
-        broker's restarts, as ``patron-client limits`` does it."""
-        limits: Dict[str, Optional[int]] = self._call(
-            "limits", ref=ref, download=download, upload=upload
+        limit), after setting those given: ``0`` lifts one. The broker's also come with its
+        alternative limits, used instead while on (``alt_download_rate``,
+        ``alt_upload_rate``, ``alt_on``), and when they turn on by themselves
+        (``alt_schedule``, local time: ``"mon-fri 09:00-18:00"``; ``None``: never). A change
+        is kept across the broker's restarts, as ``patron-client limits`` does it."""
+        given = _given(alt_schedule=alt_schedule)
+        limits: Dict[str, Any] = self._call(
+            "limits", ref=ref, download=download, upload=upload, alt_download=alt_download,
+            alt_upload=alt_upload, alt_on=alt_on, **given,
         )
         return limits
 
@@ -1033,11 +1040,15 @@ class AsyncPatron:
 
     async def limits(
         self, ref: Optional[Ref] = None, *, download: Optional[int] = None,
-        upload: Optional[int] = None,
-    ) -> Dict[str, Optional[int]]:
+        upload: Optional[int] = None, alt_download: Optional[int] = None,
+        alt_upload: Optional[int] = None, alt_schedule: Optional[str] = _KEEP,
+        alt_on: Optional[bool] = None,
+    ) -> Dict[str, Any]:
         """See ``Patron.limits``."""
-        limits: Dict[str, Optional[int]] = await self._call(
-            "limits", ref=ref, download=download, upload=upload
+        given = _given(alt_schedule=alt_schedule)
+        limits: Dict[str, Any] = await self._call(
+            "limits", ref=ref, download=download, upload=upload, alt_download=alt_download,
+            alt_upload=alt_upload, alt_on=alt_on, **given,
         )
         return limits
 

@@ -1,9 +1,10 @@
 //! Explicit limits: breaching one is a clear error for that patron alone.
 
 use e2e::patron_client::proto::{
-    CreateNewTorrent, ErrorKind, Event, RequestBody, TorrentId, TorrentSource, MAX_REQUEST_BYTES,
+    CreateNewTorrent, ErrorKind, Event, RequestBody, TorrentId, TorrentRef, TorrentSource,
+    MAX_REQUEST_BYTES,
 };
-use e2e::patron_client::{Error, Patron};
+use e2e::patron_client::{Created, Error, Patron};
 use e2e::{Sandbox, Seeder, STEP_TIMEOUT};
 use std::time::{Duration, Instant};
 
@@ -264,8 +265,10 @@ fn global_limits_change_while_running_and_outlive_a_kill() {
         all.extend_from_slice(args);
         ok_json(&sandbox, &state, &all)
     };
-    let none =
-        serde_json::json!({"event": "limits", "max_download_rate": null, "max_upload_rate": null});
+    let none = serde_json::json!({
+        "event": "limits", "max_download_rate": null, "max_upload_rate": null,
+        "alt_download_rate": null, "alt_upload_rate": null, "alt_schedule": null, "alt_on": false,
+    });
     assert_eq!(limits(&[]), none);
 
     // Set now: a download that starts after takes the limit's time (a lower bound: a
@@ -390,4 +393,77 @@ fn a_torrents_own_limits_change_while_it_runs_and_outlive_a_pause_and_a_kill() {
     );
     let (code, _) = e2e::client_json(&sandbox, &state, &["limits", "9", "--down", "1M"]);
     assert_eq!(code, 1, "an unknown torrent");
+}
+
+/// Minutes after local midnight now, as `date` says (the broker's clock and zone).
+fn local_minute() -> u32 {
+    let out = std::process::Command::new("date")
+        .arg("+%H %M")
+        .output()
+        .expect("date");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut parts = text
+        .split_whitespace()
+        .map(|p| p.parse::<u32>().expect("a number"));
+    let (hours, minutes) = (parts.next().expect("hours"), parts.next().expect("minutes"));
+    hours * 60 + minutes
+}
+
+#[test]
+fn alternative_limits_switch_by_hand_and_by_schedule_and_outlive_a_kill() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/turtle.bin", 2 << 20);
+    let seeder = Seeder::start(&sandbox, "turtle-seed", &data, 16 * 1024, &[]);
+    let state = sandbox.state_dir("leecher");
+    let mut broker = sandbox.broker(&state, &[]);
+    let limits = |args: &[&str]| {
+        let mut all = vec!["limits"];
+        all.extend_from_slice(args);
+        e2e::ok_json(&sandbox, &state, &all)
+    };
+    let set = limits(&["--alt-limits", "256K:none"]);
+    assert_eq!(set["alt_download_rate"], 256 << 10, "{set}");
+    assert_eq!(set["alt_on"], false, "{set}");
+    // A schedule around now turns them on by itself within a second or two.
+    let now = local_minute();
+    let at = |m: u32| format!("{:02}:{:02}", (m % 1440) / 60, m % 60);
+    let window = format!("daily {}-{}", at(now + 1439), at(now + 10));
+    limits(&["--alt-schedule", &window]);
+    e2e::wait_for("the schedule to turn them on", STEP_TIMEOUT, || {
+        limits(&[])["alt_on"] == true
+    });
+    // Off by hand holds until the schedule's next edge, not the next second.
+    assert_eq!(limits(&["--alt", "off"])["alt_on"], false);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(limits(&[])["alt_on"], false, "a switch by hand holds");
+    // On, and kept across a SIGKILL.
+    limits(&["--alt", "on"]);
+    broker.signal(nix::sys::signal::Signal::SIGKILL);
+    broker.wait_exit(STEP_TIMEOUT);
+    broker = sandbox.broker(&state, &[]);
+    let kept = limits(&[]);
+    assert_eq!(kept["alt_on"], true, "{kept}");
+    assert!(
+        kept["alt_schedule"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("daily ")),
+        "{kept}"
+    );
+    // In force: a download crawls at 256 KiB/s (after the limiter's first second), then
+    // runs free once they are off.
+    limits(&["--alt-schedule", "none"]);
+    let out = sandbox.folder("downloads");
+    let mut patron = sandbox.patron(&state);
+    let Created::New(torrent) = patron.create(seeder.create_request(&out)).expect("add") else {
+        panic!("a new torrent")
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let done = patron
+        .status(TorrentRef::Id(torrent.id))
+        .expect("status")
+        .bytes_done;
+    assert!(done < 1 << 20, "limited to 256 KiB/s: {done} bytes in 2 s");
+    limits(&["--alt", "off"]);
+    e2e::wait_complete(&mut patron, Some(torrent.id));
+    drop(broker);
 }

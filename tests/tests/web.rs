@@ -521,6 +521,36 @@ fn transmission_remote_sets_the_global_rate_limits() {
     remote(&["-t", "0", "-D"]);
     let own = e2e::ok_json(&sandbox, &state, &["limits", "0"]);
     assert_eq!(own["max_download_rate"], Value::Null, "{own}");
+    // The alternative limits ("turtle mode"), their switch and their schedule.
+    remote(&["-asd", "500", "-asu", "60", "-as"]);
+    let alt = limits();
+    assert_eq!(alt["alt_download_rate"], 500_000, "{alt}");
+    assert_eq!(alt["alt_upload_rate"], 60_000, "{alt}");
+    assert_eq!(alt["alt_on"], true, "{alt}");
+    remote(&["-AS"]);
+    assert_eq!(limits()["alt_on"], false);
+    remote(&[
+        "--alt-speed-time-begin",
+        "0930",
+        "--alt-speed-time-end",
+        "1745",
+        "--alt-speed-days",
+        "1-5",
+    ]);
+    remote(&["-asc"]);
+    let scheduled = limits();
+    assert_eq!(
+        scheduled["alt_schedule"], "mon,tue,wed,thu,fri 09:30-17:45",
+        "{scheduled}"
+    );
+    let got = rpc(r#"{"method":"session-get"}"#);
+    let session = &got["arguments"];
+    assert_eq!(session["alt-speed-time-enabled"], true, "{got}");
+    assert_eq!(session["alt-speed-time-begin"], 570, "{got}");
+    assert_eq!(session["alt-speed-time-day"], 62, "Monday to Friday: {got}");
+    assert_eq!(session["alt-speed-down"], 500, "{got}");
+    remote(&["-ASC"]);
+    assert_eq!(limits()["alt_schedule"], Value::Null);
     let refused = rpc(r#"{"method":"session-set","arguments":{"peer-port":1}}"#);
     let result = refused["result"].as_str().unwrap_or_default();
     assert!(

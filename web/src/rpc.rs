@@ -186,9 +186,9 @@ async fn session_get(web: &Shared) -> Result<Value, String> {
         "speed-limit-up-enabled": info.limits.upload.is_some(),
         "speed-limit-down": info.limits.download.map_or(0, |rate| rate / SPEED_BYTES),
         "speed-limit-up": info.limits.upload.map_or(0, |rate| rate / SPEED_BYTES),
-        "alt-speed-enabled": false,
-        "alt-speed-down": 0,
-        "alt-speed-up": 0,
+        "alt-speed-enabled": info.alt.on,
+        "alt-speed-down": info.alt.download.map_or(0, |rate| rate / SPEED_BYTES),
+        "alt-speed-up": info.alt.upload.map_or(0, |rate| rate / SPEED_BYTES),
         "seedRatioLimited": info.seeding.0.ratio.is_some(),
         "seedRatioLimit": info.seeding.0.ratio.unwrap_or(RATIO),
         "idle-seeding-limit-enabled": info.seeding.0.idle_secs.is_some(),
@@ -208,9 +208,17 @@ async fn session_get(web: &Shared) -> Result<Value, String> {
         },
     });
     // (A second object: one `json!` this long passes the macro's recursion limit.)
+    let schedule = info
+        .alt
+        .schedule
+        .or(*web.alt_hours.lock().unwrap_or_else(|e| e.into_inner()));
     let queue = json!({
         "queue-stalled-enabled": info.queue.stalled_after_secs.is_some(),
         "queue-stalled-minutes": stalled_minutes,
+        "alt-speed-time-enabled": info.alt.schedule.is_some(),
+        "alt-speed-time-begin": schedule.map_or(540, |s| s.begin),
+        "alt-speed-time-end": schedule.map_or(1020, |s| s.end),
+        "alt-speed-time-day": schedule.map_or(127, |s| transmission_days(s.days)),
     });
     if let (Some(session), Value::Object(queue)) = (session.as_object_mut(), queue) {
         session.extend(queue);
@@ -241,7 +249,14 @@ const STALLED_MINUTES: u64 = 30;
 /// `patron-client limits` changes them. Any other setting is the broker's own, and is
 /// refused by name rather than ignored.
 async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
-    const CHANGED: [&str; 14] = [
+    const CHANGED: [&str; 21] = [
+        "alt-speed-enabled",
+        "alt-speed-down",
+        "alt-speed-up",
+        "alt-speed-time-enabled",
+        "alt-speed-time-begin",
+        "alt-speed-time-end",
+        "alt-speed-time-day",
         "seedRatioLimit",
         "seedRatioLimited",
         "idle-seeding-limit",
@@ -269,6 +284,7 @@ async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
         torrent: None,
         download: speed_limit(arguments, "speed-limit-down-enabled", "speed-limit-down")?,
         upload: speed_limit(arguments, "speed-limit-up-enabled", "speed-limit-up")?,
+        alt: alt_change(web, arguments).await?,
     };
     let queue = patron_client::proto::SetQueue {
         max_active_downloads: queue_size(
@@ -285,7 +301,10 @@ async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
         )?
         .map(|minutes| minutes.map(|m| m.saturating_mul(60)).filter(|&s| s > 0)),
     };
-    if change.download.is_some() || change.upload.is_some() {
+    if change.download.is_some()
+        || change.upload.is_some()
+        || change.alt != patron_client::proto::AltChange::default()
+    {
         web.link
             .call(move |patron| patron.set_limits(change))
             .await
@@ -331,6 +350,93 @@ async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
             .map_err(failure)?;
     }
     Ok(json!({}))
+}
+
+/// Transmission's day bits (Sunday 1, Monday 2, ... Saturday 64) from the broker's
+/// (Monday bit 0 ... Sunday bit 6), and back.
+fn transmission_days(days: u8) -> u64 {
+    (0..7u8)
+        .filter(|d| days & (1 << d) != 0)
+        .map(|d| 1u64 << ((d + 1) % 7))
+        .sum()
+}
+
+fn broker_days(days: u64) -> u8 {
+    (0..7u8)
+        .filter(|d| days & (1 << ((d + 1) % 7)) != 0)
+        .map(|d| 1u8 << d)
+        .sum()
+}
+
+/// The alternative limits ("turtle mode") `session-set` changes: their rates (kB/s; 0 is
+/// none here, as the broker keeps them), their switch, and their schedule (minutes after
+/// midnight and day bits, each changed alone keeping the others as the broker has them).
+async fn alt_change(
+    web: &Shared,
+    arguments: &Map<String, Value>,
+) -> Result<patron_client::proto::AltChange, String> {
+    let number = |key: &str| -> Result<Option<u64>, String> {
+        arguments
+            .get(key)
+            .map(|v| v.as_u64().ok_or_else(|| format!("{key} is a whole number")))
+            .transpose()
+    };
+    let flag = |key: &str| -> Result<Option<bool>, String> {
+        arguments
+            .get(key)
+            .map(|v| v.as_bool().ok_or_else(|| format!("{key} is true or false")))
+            .transpose()
+    };
+    let rate = |key: &str| number(key).map(|kb| kb.map(|kb| kb.saturating_mul(SPEED_BYTES)));
+    let mut change = patron_client::proto::AltChange {
+        download: rate("alt-speed-down")?,
+        upload: rate("alt-speed-up")?,
+        schedule: None,
+        on: flag("alt-speed-enabled")?,
+    };
+    let timed = flag("alt-speed-time-enabled")?;
+    let (begin, end, day) = (
+        number("alt-speed-time-begin")?,
+        number("alt-speed-time-end")?,
+        number("alt-speed-time-day")?,
+    );
+    if timed == Some(false) {
+        change.schedule = Some(None);
+    } else if timed.is_some() || begin.is_some() || end.is_some() || day.is_some() {
+        let on = web
+            .link
+            .call(|patron| patron.broker_info())
+            .await
+            .map_err(failure)?
+            .alt
+            .schedule;
+        let mut kept = web.alt_hours.lock().unwrap_or_else(|e| e.into_inner());
+        let now = on.or(*kept);
+        // Transmission's defaults: 09:00 to 17:00, every day.
+        let minute = |m: Option<u64>, or: u16| -> Result<u16, String> {
+            match m {
+                None => Ok(or),
+                Some(m) if m < 24 * 60 => Ok(m as u16),
+                Some(m) => Err(format!("{m} is not a minute of the day")),
+            }
+        };
+        let schedule = patron_client::proto::AltSchedule {
+            begin: minute(begin, now.map_or(540, |s| s.begin))?,
+            end: minute(end, now.map_or(1020, |s| s.end))?,
+            days: match day {
+                Some(d) if d & 127 != 0 => broker_days(d),
+                Some(d) => return Err(format!("alt-speed-time-day {d} names no day")),
+                None => now.map_or(0x7f, |s| s.days),
+            },
+        };
+        // Turned on, or changed where it is on; else kept here for when it is.
+        if timed == Some(true) || on.is_some() {
+            change.schedule = Some(Some(schedule));
+        } else {
+            *kept = Some(schedule);
+        }
+    }
+    Ok(change)
 }
 
 /// A queue's new size (`Some(None)`: off; `None`: unchanged), from its switch and size.
@@ -926,6 +1032,7 @@ async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
                 torrent: Some(TorrentRef::Id(torrent.info.id)),
                 download,
                 upload,
+                alt: Default::default(),
             };
             web.link
                 .call(move |patron| patron.set_limits(change).map(drop))

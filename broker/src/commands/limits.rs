@@ -5,7 +5,11 @@ use proto::{Event, RequestId, SetLimits};
 
 pub fn run(service: &Service, request: RequestId, change: SetLimits) -> Event {
     match service.set_limits(change) {
-        Ok(limits) => Event::Limits { request, limits },
+        Ok((limits, alt)) => Event::Limits {
+            request,
+            limits,
+            alt,
+        },
         Err(error) => Event::Error { request, error },
     }
 }

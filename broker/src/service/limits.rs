@@ -6,26 +6,117 @@
 use super::Service;
 use crate::engine;
 use crate::settings::RunSettings;
-use proto::{ProtoError, RateLimits, SetLimits, TorrentRef};
+use proto::{AltChange, AltSpeed, ProtoError, RateLimits, SetLimits, TorrentRef};
 use std::num::NonZeroU32;
+use std::sync::Mutex;
+
+/// The broker's usual rate limits and its alternative ones (the engine keeps whichever are
+/// on), and whether the schedule was last found inside its hours.
+pub struct BrokerRates {
+    state: Mutex<RatesState>,
+}
+
+struct RatesState {
+    usual: RateLimits,
+    alt: AltSpeed,
+    /// Inside the schedule's hours at the last look (`None`: not looked yet).
+    inside: Option<bool>,
+}
+
+impl BrokerRates {
+    /// The usual limits `usual`, and the alternative ones as recorded.
+    pub fn new(usual: RateLimits, recorded: &RunSettings) -> BrokerRates {
+        let none_if_zero = |rate: Option<u64>| rate.filter(|&r| r != 0);
+        BrokerRates {
+            state: Mutex::new(RatesState {
+                usual,
+                alt: AltSpeed {
+                    download: none_if_zero(recorded.alt_download_rate),
+                    upload: none_if_zero(recorded.alt_upload_rate),
+                    schedule: recorded.alt_schedule.flatten(),
+                    on: recorded.alt_on.unwrap_or(false),
+                },
+                inside: None,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, RatesState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The usual limits and the alternative ones.
+    pub fn get(&self) -> (RateLimits, AltSpeed) {
+        let state = self.state();
+        (state.usual, state.alt)
+    }
+}
+
+/// The engine's limits for these settings: the alternative ones while on.
+fn in_force(usual: RateLimits, alt: AltSpeed) -> (Option<NonZeroU32>, Option<NonZeroU32>) {
+    let (download, upload) = match alt.on {
+        true => (alt.download, alt.upload),
+        false => (usual.download, usual.upload),
+    };
+    let engine = |rate: Option<u64>| {
+        rate.and_then(|r| u32::try_from(r).ok())
+            .and_then(NonZeroU32::new)
+    };
+    (engine(download), engine(upload))
+}
+
+/// The broker's local weekday (0 Monday) and minute after midnight now.
+fn local_now() -> (u8, u16) {
+    use chrono::{Datelike, Timelike};
+    let now = chrono::Local::now();
+    let weekday = now.weekday().num_days_from_monday() as u8;
+    let minute = (now.hour() * 60 + now.minute()) as u16;
+    (weekday, minute)
+}
 
 impl Service {
-    /// Sets the limits `change` names (`0`: none) and returns those in force; with nothing
-    /// to change, only returns them.
-    pub fn set_limits(&self, change: SetLimits) -> Result<RateLimits, ProtoError> {
+    /// Sets the limits `change` names (`0`: none) and returns those set (the broker's usual
+    /// ones with its alternative ones, or a torrent's own); with nothing to change, only
+    /// returns them.
+    pub fn set_limits(
+        &self,
+        change: SetLimits,
+    ) -> Result<(RateLimits, Option<AltSpeed>), ProtoError> {
         let download = change.download.map(|r| rate(r, "download")).transpose()?;
         let upload = change.upload.map(|r| rate(r, "upload")).transpose()?;
+        let alt_download = change
+            .alt
+            .download
+            .map(|r| rate(r, "alternative download"))
+            .transpose()?;
+        let alt_upload = change
+            .alt
+            .upload
+            .map(|r| rate(r, "alternative upload"))
+            .transpose()?;
         if let Some(torrent) = change.torrent {
-            return self.set_torrent_limits(torrent, download, upload);
+            if change.alt != AltChange::default() {
+                return Err(ProtoError::bad_request(
+                    "alternative limits are the broker's, for all torrents: name no torrent",
+                ));
+            }
+            return self
+                .set_torrent_limits(torrent, download, upload)
+                .map(|limits| (limits, None));
         }
-        if download.is_none() && upload.is_none() {
-            return Ok(self.engine.limits());
+        if download.is_none() && upload.is_none() && change.alt == AltChange::default() {
+            let (usual, alt) = self.rates.get();
+            return Ok((usual, Some(alt)));
         }
         // One change at a time: each writes the whole record.
         let mut recorded = self.settings.lock().unwrap_or_else(|e| e.into_inner());
         let next = RunSettings {
             max_download_rate: change.download.or(recorded.max_download_rate),
             max_upload_rate: change.upload.or(recorded.max_upload_rate),
+            alt_download_rate: change.alt.download.or(recorded.alt_download_rate),
+            alt_upload_rate: change.alt.upload.or(recorded.alt_upload_rate),
+            alt_schedule: change.alt.schedule.or(recorded.alt_schedule),
+            alt_on: change.alt.on.or(recorded.alt_on),
             ..*recorded
         };
         next.save(&self.config.state_dir).map_err(|e| {
@@ -35,10 +126,84 @@ impl Service {
             ))
         })?;
         *recorded = next;
-        self.engine.set_limits(download, upload);
-        let limits = self.engine.limits();
-        tracing::info!(download = ?limits.download, upload = ?limits.upload, "global rate limits set");
-        Ok(limits)
+        let bytes = |rate: Option<NonZeroU32>| rate.map(|r| u64::from(r.get()));
+        let (usual, alt) = {
+            let mut state = self.rates.state();
+            if let Some(download) = download {
+                state.usual.download = bytes(download);
+            }
+            if let Some(upload) = upload {
+                state.usual.upload = bytes(upload);
+            }
+            if let Some(download) = alt_download {
+                state.alt.download = bytes(download);
+            }
+            if let Some(upload) = alt_upload {
+                state.alt.upload = bytes(upload);
+            }
+            if let Some(schedule) = change.alt.schedule {
+                state.alt.schedule = schedule;
+                // A new schedule is looked at afresh at the next tick.
+                state.inside = None;
+            }
+            if let Some(on) = change.alt.on {
+                state.alt.on = on;
+            }
+            (state.usual, state.alt)
+        };
+        let (down, up) = in_force(usual, alt);
+        self.engine.set_limits(Some(down), Some(up));
+        tracing::info!(?usual, ?alt, "rate limits set");
+        Ok((usual, Some(alt)))
+    }
+
+    /// Puts the engine's limits in line with the broker's (at start: the alternative ones
+    /// may have been on).
+    pub(super) fn apply_rates(&self) {
+        let (usual, alt) = self.rates.get();
+        let (down, up) = in_force(usual, alt);
+        self.engine.set_limits(Some(down), Some(up));
+    }
+
+    /// Turns the alternative limits on or off at the schedule's edges (and at the first look,
+    /// as the schedule says then), as transmission does: a switch by hand holds until the
+    /// next edge. Called every second.
+    pub(super) fn follow_alt_schedule(&self) {
+        let (weekday, minute) = local_now();
+        let turned = {
+            let mut state = self.rates.state();
+            let Some(schedule) = state.alt.schedule else {
+                return;
+            };
+            let inside = schedule.contains(weekday, minute);
+            if state.inside == Some(inside) {
+                return;
+            }
+            state.inside = Some(inside);
+            if state.alt.on == inside {
+                return;
+            }
+            state.alt.on = inside;
+            (state.usual, state.alt)
+        };
+        let (usual, alt) = turned;
+        {
+            let mut recorded = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+            let next = RunSettings {
+                alt_on: Some(alt.on),
+                ..*recorded
+            };
+            match next.save(&self.config.state_dir) {
+                Ok(()) => *recorded = next,
+                Err(e) => tracing::warn!("cannot record the alternative limits' switch: {e}"),
+            }
+        }
+        let (down, up) = in_force(usual, alt);
+        self.engine.set_limits(Some(down), Some(up));
+        tracing::info!(
+            on = alt.on,
+            "alternative rate limits switched by their schedule"
+        );
     }
 
     /// One running torrent's own limits: recorded with it (a restart keeps them), then

@@ -12,7 +12,7 @@ mod add;
 mod close;
 pub mod fanout;
 mod files;
-mod limits;
+pub mod limits;
 mod make;
 mod patrons;
 mod pause;
@@ -151,6 +151,8 @@ pub struct Service {
     /// What was changed while running and is recorded (`settings.json`); held while it is
     /// written.
     settings: Mutex<crate::settings::RunSettings>,
+    /// The broker's usual and alternative rate limits (see [`limits`]).
+    pub rates: limits::BrokerRates,
     /// How many torrents run at once (see [`queue`]).
     pub queue: queue::Queue,
     /// When torrents stop seeding, and what they moved in all (see [`seeding`]).
@@ -164,6 +166,10 @@ impl Service {
         use anyhow::Context;
         let config_large = (config.max_large_requests, config.max_large_request_bytes);
         let config_queue = config.queue;
+        let config_rates = proto::RateLimits {
+            download: config.max_download_rate.map(u64::from),
+            upload: config.max_upload_rate.map(u64::from),
+        };
         let config_seeding = config.seeding;
         let unread = crate::budget::UnreadBudget::new(
             crate::patron::MAX_UNREAD_REGIONS,
@@ -176,6 +182,7 @@ impl Service {
         let left = crate::left::LeftData::load(config.state_dir.join("left-data.json"));
         let settings = crate::settings::RunSettings::load(&config.state_dir)
             .map_err(|why| anyhow::anyhow!(why))?;
+        let settings_now = settings;
         let service = Arc::new(Service {
             config,
             engine,
@@ -192,9 +199,11 @@ impl Service {
             left,
             settings: Mutex::new(settings),
             queue: queue::Queue::new(config_queue),
+            rates: limits::BrokerRates::new(config_rates, &settings_now),
             seeding: seeding::Seeding::new(config_seeding),
             faults: Faults::default(),
         });
+        service.apply_rates();
         service.restore().await?;
         policy::start(&service);
         Ok(service)

@@ -21,6 +21,7 @@ pub fn start(service: &Arc<Service>) {
             let queue = tokio::select! {
                 _ = service.queue.nudge.notified() => true,
                 _ = tick.tick() => {
+                    service.follow_alt_schedule();
                     service.count_and_limit_seeding().await;
                     service.queue.looks_for_stalls()
                 }

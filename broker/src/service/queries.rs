@@ -123,7 +123,8 @@ impl Service {
             ),
             unread_bytes: (unread.0 as u64, unread.1 as u64),
             unread_regions: (regions.0 as u32, regions.1 as u32),
-            limits: self.engine.limits(),
+            limits: self.rates.get().0,
+            alt: self.rates.get().1,
             queue: self.queue.settings(),
             seeding: (self.seeding.limits(), self.seeding.action()),
         }

@@ -4,7 +4,9 @@
 
 use super::{Context, Exit};
 use patron_client::json::limits_json;
-use patron_client::proto::{text, RateLimits, SetLimits, TorrentRef};
+use patron_client::proto::{
+    text, AltChange, AltSchedule, AltSpeed, RateLimits, SetLimits, TorrentRef,
+};
 use patron_client::Error;
 
 #[derive(Debug, clap::Args)]
@@ -19,6 +21,46 @@ pub struct Args {
     /// Upload limit, bytes per second, or `none`
     #[arg(long, value_name = "RATE|none", value_parser = limit)]
     up: Option<u64>,
+    /// The broker's alternative limits ("turtle mode"), used instead while on: DOWN:UP,
+    /// each a rate or `none` (1M:256K)
+    #[arg(long, value_name = "DOWN:UP", value_parser = alt_limits, conflicts_with = "torrent")]
+    alt_limits: Option<(u64, u64)>,
+    /// When the alternative limits turn on by themselves, in local time: days and hours
+    /// ('mon-fri 09:00-18:00', 'daily 22:00-06:00'), or `none`
+    #[arg(long, value_name = "SCHEDULE|none", value_parser = alt_schedule, conflicts_with = "torrent")]
+    alt_schedule: Option<Schedule>,
+    /// Turn the alternative limits on or off now (until the schedule's next edge)
+    #[arg(long, value_name = "on|off", value_parser = on_off, conflicts_with = "torrent")]
+    alt: Option<bool>,
+}
+
+/// A schedule as typed (`None`: none). (A newtype: clap reads `Option<Option<_>>` as a flag
+/// whose value may be left out.)
+#[derive(Debug, Clone, Copy)]
+struct Schedule(Option<AltSchedule>);
+
+fn alt_limits(s: &str) -> Result<(u64, u64), String> {
+    let (down, up) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not DOWN:UP (1M:256K; none for either)"))?;
+    Ok((limit(down)?, limit(up)?))
+}
+
+fn alt_schedule(s: &str) -> Result<Schedule, String> {
+    if matches!(s.trim(), "none" | "never" | "off") {
+        return Ok(Schedule(None));
+    }
+    AltSchedule::parse(s).map(|s| Schedule(Some(s))).ok_or_else(|| {
+        format!("{s:?} is not days and hours in local time: 'mon-fri 09:00-18:00', 'daily 22:00-06:00', or none")
+    })
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{s:?} is not on or off")),
+    }
 }
 
 /// A limit as typed: a rate, or `none` (sent as 0, which lifts it).
@@ -34,28 +76,51 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
         torrent: args.torrent,
         download: args.down,
         upload: args.up,
+        alt: AltChange {
+            download: args.alt_limits.map(|(down, _)| down),
+            upload: args.alt_limits.map(|(_, up)| up),
+            schedule: args.alt_schedule.map(|s| s.0),
+            on: args.alt,
+        },
     };
     // Only looking starts no broker; a change does, as any command that changes something
     // (one of a torrent's, where torrents are recorded).
-    let asks = change.download.is_none() && change.upload.is_none();
+    let asks =
+        change.download.is_none() && change.upload.is_none() && change.alt == AltChange::default();
     let mut patron = match (asks, change.torrent.is_some()) {
         (true, _) => ctx.reader()?,
         (false, true) => ctx.patron_for_torrent()?,
         (false, false) => ctx.patron()?,
     };
-    let limits = patron.set_limits(change)?;
-    ctx.out.emit(|| human(&limits), limits_json(&limits));
+    let (limits, alt) = patron.set_limits(change)?;
+    ctx.out.emit(
+        || human(&limits, alt.as_ref()),
+        limits_json(&limits, alt.as_ref()),
+    );
     Ok(Exit::Success)
 }
 
-fn human(limits: &RateLimits) -> String {
+fn human(limits: &RateLimits, alt: Option<&AltSpeed>) -> String {
     let shown = |rate: Option<u64>| match rate {
         Some(rate) => format!("{}/s", text::bytes(rate)),
         None => "no limit".into(),
     };
-    format!(
+    let mut text = format!(
         "Download: {}\nUpload:   {}",
         shown(limits.download),
         shown(limits.upload)
-    )
+    );
+    if let Some(alt) = alt {
+        let schedule = match alt.schedule {
+            Some(schedule) => format!("on {schedule}"),
+            None => "no schedule".to_owned(),
+        };
+        text.push_str(&format!(
+            "\nAlternative ({}, {schedule}): down {}, up {}",
+            if alt.on { "ON now: in force" } else { "off" },
+            shown(alt.download),
+            shown(alt.upload)
+        ));
+    }
+    text
 }

@@ -21,9 +21,10 @@ use super::output::{self, made_json, status_json, summary_json};
 use super::{torrent_ref, Context, Exit};
 use patron_client::json::event_json;
 use patron_client::proto::{
-    CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest, MakeTorrent, MoveInQueue,
-    OwnSeedingChange, PeersRequest, ProtoError, QueueMove, RequestBody, RequestId, SeedAction,
-    SeedLimit, SetLimits, SetQueue, SetSeeding, TorrentRef, TorrentSeeding, TorrentSource,
+    AltChange, AltSchedule, CloseTorrent, CreateNewTorrent, Event, FileRef, FilesRequest,
+    MakeTorrent, MoveInQueue, OwnSeedingChange, PeersRequest, ProtoError, QueueMove, RequestBody,
+    RequestId, SeedAction, SeedLimit, SetLimits, SetQueue, SetSeeding, TorrentRef, TorrentSeeding,
+    TorrentSource,
 };
 use patron_client::{Board, ConnectOptions, Error, Requester, Stream};
 use serde::Deserialize;
@@ -94,6 +95,13 @@ enum Command {
         torrent: Option<TorrentName>,
         max_download_rate: Option<u64>,
         max_upload_rate: Option<u64>,
+        /// The broker's alternative limits (0 lifts one), their schedule ("mon-fri
+        /// 09:00-18:00", or null: none) and their switch.
+        alt_download_rate: Option<u64>,
+        alt_upload_rate: Option<u64>,
+        #[serde(default, deserialize_with = "present")]
+        alt_schedule: Option<Value>,
+        alt_on: Option<bool>,
     },
     /// Show or change the queue: a number, or "none" (or null) to lift a limit; a stall
     /// time in seconds, or "never" (or null).
@@ -886,14 +894,37 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             torrent,
             max_download_rate,
             max_upload_rate,
-        } => (
-            RequestBody::SetLimits(SetLimits {
-                torrent: torrent.map(|t| torrent_ref(&t)).transpose()?,
-                download: max_download_rate,
-                upload: max_upload_rate,
-            }),
-            None,
-        ),
+            alt_download_rate,
+            alt_upload_rate,
+            alt_schedule,
+            alt_on,
+        } => {
+            let schedule = alt_schedule
+                .map(|value| match value {
+                    Value::Null => Ok(None),
+                    Value::String(text) => AltSchedule::parse(&text).map(Some).ok_or_else(|| {
+                        format!(
+                            "alt_schedule {text:?} is not days and hours (\"mon-fri 09:00-18:00\")"
+                        )
+                    }),
+                    other => Err(format!("alt_schedule is a string or null, not {other}")),
+                })
+                .transpose()?;
+            (
+                RequestBody::SetLimits(SetLimits {
+                    torrent: torrent.map(|t| torrent_ref(&t)).transpose()?,
+                    download: max_download_rate,
+                    upload: max_upload_rate,
+                    alt: AltChange {
+                        download: alt_download_rate,
+                        upload: alt_upload_rate,
+                        schedule,
+                        on: alt_on,
+                    },
+                }),
+                None,
+            )
+        }
         Command::Queue {
             max_active_downloads,
             max_active_seeds,

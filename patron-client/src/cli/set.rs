@@ -146,6 +146,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
         torrent: args.torrent,
         download: args.max_download_rate,
         upload: args.max_upload_rate,
+        alt: Default::default(),
     };
     let changes = seeding
         != SetSeeding {
@@ -166,7 +167,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     value["event"] = "settings".into();
     if let (Some(object), Some(more)) = (
         value.as_object_mut(),
-        limits_json(&rates).as_object().cloned(),
+        limits_json(&rates.0, None).as_object().cloned(),
     ) {
         object.extend(more.into_iter().filter(|(key, _)| key != "event"));
     }
@@ -183,8 +184,8 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
                     SeedAction::Pause => "paused",
                     SeedAction::Close => "closed (data kept)",
                 },
-                rate(rates.download),
-                rate(rates.upload),
+                rate(rates.0.download),
+                rate(rates.0.upload),
             )
         },
         value,
