@@ -723,6 +723,8 @@ fn size(s: &str) -> Result<usize, String> {
 #[serde(untagged)]
 enum NumberOrText {
     Number(u64),
+    /// `-1`: none, as the flags take it.
+    Negative(i64),
     Text(String),
 }
 
@@ -730,6 +732,7 @@ impl NumberOrText {
     fn text(self) -> String {
         match self {
             NumberOrText::Number(n) => n.to_string(),
+            NumberOrText::Negative(n) => n.to_string(),
             NumberOrText::Text(s) => s,
         }
     }

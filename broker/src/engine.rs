@@ -955,9 +955,11 @@ pub fn queue_look(handle: &ManagedTorrentHandle) -> QueueLook {
         (2, _) => QueueLook::Paused {
             complete: handle.stats().finished,
         },
+        // Any byte received or sent counts as moving, as in transmission (bytes verified
+        // alone would call a download stalled while a large piece comes in).
         (3, complete) => QueueLook::Live {
             complete,
-            moved: pulse.have.saturating_add(pulse.uploaded),
+            moved: transfer(handle).map_or(pulse.have, |t| t.downloaded.saturating_add(t.uploaded)),
         },
         _ => QueueLook::Failed,
     }

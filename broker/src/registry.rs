@@ -84,7 +84,12 @@ impl Overlay {
         status.queue_position = (self.rank != 0).then_some(self.rank);
         status.uploaded = self.uploaded;
         status.downloaded = self.downloaded;
-        status.seeding_secs = self.seeding_secs;
+        // While it seeds, in whole minutes: a count of seconds would change its line on
+        // the board, and wake every reader asleep on it, each second for every idle seed.
+        status.seeding_secs = match status.state {
+            TorrentState::Seeding => self.seeding_secs - self.seeding_secs % 60,
+            _ => self.seeding_secs,
+        };
         status.seed_limits = self.seed_limits;
         // Paused in the engine for the queue: queued. (Checking first, or failed, it shows
         // that.)
@@ -589,17 +594,11 @@ impl TorrentRegistry {
             proto::QueueMove::Bottom => order.len(),
         };
         order.insert(to, moved);
-        // Keys below those of records kept unrestored would reorder them against the
-        // running: the running are numbered after the largest of the kept.
-        let base = self
-            .unrestored
-            .values()
-            .map(|u| u.restore.queue_position)
-            .max()
-            .unwrap_or(0);
+        // (Records kept unrestored keep their keys: one restored later takes its place
+        // among these by it.)
         for (rank, id) in order.into_iter().enumerate() {
             if let Some(entry) = self.torrents.get_mut(&id) {
-                entry.restore.queue_position = base + rank as u64 + 1;
+                entry.restore.queue_position = rank as u64 + 1;
                 entry.queue_rank = rank as u32 + 1;
             }
         }

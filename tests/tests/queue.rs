@@ -285,3 +285,89 @@ fn seeds_past_their_limit_wait_queued_and_a_pause_frees_a_slot() {
         s["state"] == "queued"
     });
 }
+
+/// A seed checking its data again is not counted as a download (transmission counts no
+/// verifying torrent): the download holding the one slot runs on meanwhile. (Before: the
+/// checking seed took the slot and the download was queued for the whole check.)
+#[test]
+fn a_seed_checking_its_data_takes_no_download_slot() {
+    let sandbox = Sandbox::new();
+    let (seeder, torrents) = seeding(&sandbox, 1, 1 << 20, "64K");
+    let state = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(
+        &state,
+        &["--max-active-downloads", "1", "--stalled-after", "never"],
+    );
+    let big = sandbox.random_file("mine/big.bin", 96 << 20);
+    let made = sandbox.path("big.torrent");
+    let mut make = sandbox.client(&state);
+    make.args(["make", "--seed", "--output"])
+        .arg(&made)
+        .arg(&big);
+    run(make).expect_code(0);
+    e2e::wait_status(&sandbox, &state, "0", "the big seed", |s| {
+        s["state"] == "seeding"
+    });
+    let out = sandbox.folder("downloads");
+    let line = add(&sandbox, &state, &torrents[0], &out, &seeder.peer());
+    assert_eq!(line["queued"], false, "{line}");
+    e2e::wait_status(&sandbox, &state, "1", "downloading", |s| {
+        s["state"] == "downloading"
+    });
+    ok_json(&sandbox, &state, &["recheck", "0"]);
+    let mut saw_check = false;
+    wait_for("the seed's check to end", STEP_TIMEOUT, || {
+        let list = listed(&sandbox, &state);
+        let seed = state_of(&list, 0);
+        saw_check |= seed == "checking";
+        assert_ne!(
+            state_of(&list, 1),
+            "queued",
+            "the download kept its slot: {list:?}"
+        );
+        seed == "seeding"
+    });
+    assert!(saw_check, "the seed was seen checking");
+}
+
+/// Bytes received count as moving: a download whose large pieces take long to complete is
+/// not stalled. (Before: only verified bytes counted, and a torrent receiving data between
+/// two 4 MiB pieces was called stalled.)
+#[test]
+fn a_download_receiving_a_large_piece_is_not_stalled() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&state, &["--max-upload-rate", "64K"]);
+    let torrents: Vec<PathBuf> = (0..2)
+        .map(|n| {
+            let data = sandbox.random_file(&format!("seed/{n}.bin"), 8 << 20);
+            let torrent = sandbox.path(&format!("large-{n}.torrent"));
+            let mut make = sandbox.client(&state);
+            make.args(["make", "--seed", "--piece-size", "4194304", "--output"])
+                .arg(&torrent)
+                .arg(&data);
+            run(make).expect_code(0);
+            torrent
+        })
+        .collect();
+    let leecher = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(
+        &leecher,
+        &["--max-active-downloads", "1", "--stalled-after", "3s"],
+    );
+    let out = sandbox.folder("downloads");
+    assert_eq!(
+        add(&sandbox, &leecher, &torrents[0], &out, &seeder.peer())["queued"],
+        false
+    );
+    assert_eq!(
+        add(&sandbox, &leecher, &torrents[1], &out, &seeder.peer())["queued"],
+        true
+    );
+    // 4 MiB at 64 KiB/s: a minute per piece. Eight seconds on, the first still receives
+    // (not stalled), and the second still waits.
+    std::thread::sleep(Duration::from_secs(8));
+    let list = listed(&sandbox, &leecher);
+    assert_eq!(state_of(&list, 1), "queued", "{list:?}");
+    assert_eq!(state_of(&list, 0), "downloading", "{list:?}");
+}

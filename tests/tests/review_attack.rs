@@ -121,6 +121,18 @@ fn a_symlink_in_place_of_the_torrents_folder_refuses_the_start_and_deletes_nothi
 // and the torrent was not allowed to overwrite it" (only `recheck` brings it back).
 #[test]
 fn a_torrent_that_failed_can_be_resumed_once_the_cause_is_gone() {
+    failed_torrent_resumes(&[]);
+}
+
+/// The same with a queue: a torrent in error is outside the queue (it holds no slot), and
+/// a resume puts it back in its place. (Before: with a queue limit, `resume` of a failed
+/// torrent answered its status, exit 0, and left it in error.)
+#[test]
+fn a_failed_torrent_resumes_in_its_turn_when_the_broker_queues() {
+    failed_torrent_resumes(&["--max-active-downloads", "2", "--stalled-after", "never"]);
+}
+
+fn failed_torrent_resumes(queue: &[&str]) {
     let sandbox = Sandbox::new();
     sandbox.random_file("seed/pack/a.bin", 2 * 1024 * 1024);
     sandbox.random_file("seed/pack/b.bin", 2 * 1024 * 1024);
@@ -133,7 +145,9 @@ fn a_torrent_that_failed_can_be_resumed_once_the_cause_is_gone() {
         &["--max-upload-rate", "400000"],
     );
     // One open file at a time: every switch between a.bin and b.bin reopens by path.
-    let (broker, state, downloads) = e2e::leech_with(&sandbox, &seeder, &["--open-files", "1"]);
+    let mut flags = vec!["--open-files", "1"];
+    flags.extend_from_slice(queue);
+    let (broker, state, downloads) = e2e::leech_with(&sandbox, &seeder, &flags);
     wait_status(&sandbox, &state, "0", "some progress", |s| {
         s["bytes_done"].as_u64().unwrap_or(0) > 0
     });

@@ -1417,6 +1417,30 @@ fn transmissions_rpc_sets_and_moves_the_queue() {
     e2e::wait_for("both seeding", STEP_TIMEOUT, || {
         statuses().iter().all(|t| t.1 == 6)
     });
+    // Several moved at once keep their order among themselves, as in transmission.
+    let data = sandbox.random_file("seed/2.bin", 10_000);
+    e2e::make_and_seed(&mut patron, &data);
+    let places = || statuses().iter().map(|t| t.2).collect::<Vec<_>>();
+    e2e::wait_for("the third in the queue", STEP_TIMEOUT, || {
+        places() == vec![1, 0, 2]
+    });
+    rpc(r#"{"method":"queue-move-bottom","arguments":{"ids":[1,0]}}"#);
+    e2e::wait_for(
+        "1 then 0 at the bottom, in their order",
+        STEP_TIMEOUT,
+        || places() == vec![2, 1, 0],
+    );
+    rpc(r#"{"method":"queue-move-top","arguments":{"ids":[0,1]}}"#);
+    e2e::wait_for("1 then 0 at the top, in their order", STEP_TIMEOUT, || {
+        places() == vec![1, 0, 2]
+    });
+    let refused = web.rpc(
+        r#"{"method":"session-set","arguments":{"queue-stalled-enabled":true,"queue-stalled-minutes":0}}"#,
+    );
+    assert!(
+        refused.1.contains("queue-stalled-minutes is at least 1"),
+        "{refused:?}"
+    );
 }
 
 /// Seeding limits through Transmission's RPC: `session-set` sets the broker's ratio and

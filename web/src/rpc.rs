@@ -293,13 +293,17 @@ async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
             "download-queue-size",
         )?,
         max_active_seeds: queue_size(arguments, "seed-queue-enabled", "seed-queue-size")?,
-        stalled_after_secs: switched(
+        stalled_after_secs: match switched(
             arguments,
             "queue-stalled-enabled",
             "queue-stalled-minutes",
             STALLED_MINUTES,
-        )?
-        .map(|minutes| minutes.map(|m| m.saturating_mul(60)).filter(|&s| s > 0)),
+        )? {
+            Some(Some(0)) => {
+                return Err("queue-stalled-minutes is at least 1 (turn stalls off with queue-stalled-enabled false)".into())
+            }
+            other => other.map(|minutes| minutes.map(|m| m.saturating_mul(60))),
+        },
     };
     if change.download.is_some()
         || change.upload.is_some()
@@ -886,7 +890,15 @@ async fn each(
     action: Action,
 ) -> Result<Value, String> {
     let torrents = web.link.torrents().borrow().clone();
-    let chosen = chosen(&torrents, arguments)?;
+    let mut chosen = chosen(&torrents, arguments)?;
+    // Several moved at once keep their order among themselves, as in transmission: those
+    // going up are moved first-ranked first, those going down last-ranked first.
+    if let Action::Queue(to) = action {
+        chosen.sort_by_key(|t| t.status.queue_position.unwrap_or(u32::MAX));
+        if matches!(to, QueueMove::Top | QueueMove::Down) {
+            chosen.reverse();
+        }
+    }
     let mut first_failure = None;
     for torrent in chosen {
         let id = TorrentRef::Id(torrent.info.id);

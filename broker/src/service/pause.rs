@@ -60,12 +60,15 @@ impl Service {
             settings.max_active_downloads.is_some() || settings.max_active_seeds.is_some()
         };
         if limited {
+            // Paused by a user, or failed (it held no slot): back in its place, started
+            // in its turn.
             let was_paused = self
                 .state()
                 .registry
                 .get(id)
                 .is_some_and(|e| e.restore.paused);
-            if was_paused {
+            let failed = engine::queue_look(&handle) == engine::QueueLook::Failed;
+            if was_paused || failed {
                 self.update_record(id, |restore| {
                     restore.paused = false;
                     restore.queued = true;

@@ -93,8 +93,8 @@ pub enum Turn {
 }
 
 /// The queue's decision: for each kind, the first `limit` torrents in rank order that count
-/// run, and the others wait. A checking torrent keeps its place (counted if it runs); a
-/// stalled one keeps running without counting.
+/// run, and the others wait. A checking torrent is left as it is, uncounted; a stalled one
+/// keeps running without counting.
 pub fn plan(candidates: &[Candidate], settings: &QueueSettings) -> Vec<(TorrentId, Turn)> {
     let mut sorted: Vec<&Candidate> = candidates.iter().collect();
     sorted.sort_unstable_by_key(|c| (c.rank, c.id));
@@ -105,10 +105,10 @@ pub fn plan(candidates: &[Candidate], settings: &QueueSettings) -> Vec<(TorrentI
     ] {
         let mut slots = limit.unwrap_or(u32::MAX);
         for candidate in sorted.iter().filter(|c| c.kind == kind) {
+            // Checking its data (whether it is finished is not known yet): left as it is,
+            // and not counted, as transmission counts no verifying torrent. A seed being
+            // rechecked must not take a download's slot.
             if candidate.checking {
-                if candidate.running {
-                    slots = slots.saturating_sub(1);
-                }
                 continue;
             }
             if candidate.running && candidate.stalled {
@@ -188,10 +188,10 @@ impl Service {
         let id = self.resolve(torrent)?;
         let before = {
             let mut state = self.state();
-            let before: Vec<(TorrentId, u64)> = state
+            let before: Vec<(TorrentId, u64, u32)> = state
                 .registry
                 .iter()
-                .map(|(id, e)| (*id, e.restore.queue_position))
+                .map(|(id, e)| (*id, e.restore.queue_position, e.queue_rank))
                 .collect();
             if !state.registry.move_in_queue(id, to) {
                 return Err(super::gone(id));
@@ -200,7 +200,7 @@ impl Service {
         };
         if let Err(why) = self.save_registry() {
             let mut state = self.state();
-            for (id, position) in before {
+            for (id, position, _) in before {
                 if let Some(entry) = state.registry.get_mut(id) {
                     entry.restore.queue_position = position;
                 }
@@ -210,6 +210,24 @@ impl Service {
         }
         tracing::info!(torrent = %id, to = to.as_str(), "moved in the queue");
         self.advance_queue_locked().await;
+        // Every line whose place changed is on the board before the reply (a patron that
+        // lists next sees the new order).
+        let moved: Vec<TorrentId> = {
+            let state = self.state();
+            before
+                .iter()
+                .filter(|(id, _, rank)| {
+                    state
+                        .registry
+                        .get(*id)
+                        .is_some_and(|e| e.queue_rank != *rank)
+                })
+                .map(|(id, _, _)| *id)
+                .collect()
+        };
+        for other in moved {
+            self.sync_board(other);
+        }
         self.status_nudge.notify_one();
         self.current_status(id).ok_or_else(|| super::gone(id))
     }
@@ -272,6 +290,11 @@ impl Service {
                 stalled,
             };
             match engine::queue_look(&handle) {
+                // Failed: outside the queue (it holds no slot), unless a resume put it back
+                // in, to be started again in its turn.
+                QueueLook::Failed if queued => {
+                    candidates.push(candidate(Kind::Download, false, false, false))
+                }
                 QueueLook::Failed => {}
                 QueueLook::Checking => {
                     candidates.push(candidate(Kind::Download, !queued, true, false))
@@ -337,7 +360,11 @@ impl Service {
                     continue;
                 };
                 let handle = handle.clone();
-                entry.restore.queued = turn == Turn::Queue;
+                // Queued before the engine pauses it, and not queued only once it runs: a
+                // board pass in between never shows it paused by a user.
+                if turn == Turn::Queue {
+                    entry.restore.queued = true;
+                }
                 recorded_change |= !entry.restore.ephemeral;
                 handle
             };
@@ -351,6 +378,11 @@ impl Service {
                 }
                 Turn::Queue => self.engine.pause(&handle).await,
             };
+            if turn == Turn::Start && applied.is_ok() {
+                if let Some(entry) = self.state().registry.get_mut(id) {
+                    entry.restore.queued = false;
+                }
+            }
             match applied {
                 Ok(engine::Applied::Now) => tracing::info!(torrent = %id, ?turn, "queue"),
                 // Checking its data, which the engine does not stop or start: the record
@@ -361,8 +393,10 @@ impl Service {
                 }
                 Err(e) => {
                     tracing::warn!(torrent = %id, ?turn, "the queue cannot: {e}");
-                    if let Some(entry) = self.state().registry.get_mut(id) {
-                        entry.restore.queued = turn == Turn::Start;
+                    if turn == Turn::Queue {
+                        if let Some(entry) = self.state().registry.get_mut(id) {
+                            entry.restore.queued = false;
+                        }
                     }
                 }
             }
@@ -431,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn stalled_torrents_run_without_counting_and_checking_ones_keep_their_slot() {
+    fn stalled_and_checking_torrents_run_without_counting() {
         let mut stalled = candidate(1, Kind::Download, true);
         stalled.stalled = true;
         let mut checking = candidate(2, Kind::Download, true);
@@ -444,7 +478,7 @@ mod tests {
         ];
         assert_eq!(
             plan(&all, &limits(Some(2), None)),
-            vec![(TorrentId(3), Turn::Start)]
+            vec![(TorrentId(3), Turn::Start), (TorrentId(4), Turn::Start)]
         );
     }
 }

@@ -934,7 +934,10 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
                 value
                     .map(|v| match v {
                         Value::Null => Ok(None),
-                        Value::String(s) if matches!(s.as_str(), "none" | "unlimited") => Ok(None),
+                        // As the CLI and the broker's flags take them: "5", "none", -1.
+                        Value::String(s) => patron_client::proto::text::parse_count_limit(&s)
+                            .ok_or_else(|| format!("{name} is a number of torrents, or \"none\"")),
+                        v if v.as_i64() == Some(-1) => Ok(None),
                         v => v
                             .as_u64()
                             .and_then(|n| u32::try_from(n).ok())
