@@ -910,6 +910,8 @@ pub struct Transfer {
     pub downloaded: u64,
     /// Everything selected is verified.
     pub complete: bool,
+    /// Bytes verified.
+    pub have: u64,
 }
 
 /// The torrent's [`Transfer`] counters, while it runs.
@@ -921,6 +923,7 @@ pub fn transfer(handle: &ManagedTorrentHandle) -> Option<Transfer> {
         uploaded: snapshot.uploaded_bytes,
         downloaded: snapshot.fetched_bytes,
         complete: live.get_hns().is_some_and(|h| h.needed_bytes == 0),
+        have: live.get_hns().map_or(0, |h| h.have_bytes),
     })
 }
 

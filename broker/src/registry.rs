@@ -184,6 +184,9 @@ pub struct RestoreSpec {
     /// Milliseconds it seeded, in all.
     #[serde(default)]
     pub seeding_ms: u64,
+    /// Milliseconds it seeded since it last uploaded a byte.
+    #[serde(default)]
+    pub idle_ms: u64,
     /// Its own seeding limits (where `None`, the broker's).
     #[serde(default)]
     pub seeding: proto::TorrentSeeding,
@@ -222,6 +225,7 @@ impl RestoreSpec {
             uploaded_ever: 0,
             downloaded_ever: 0,
             seeding_ms: 0,
+            idle_ms: 0,
             seeding: Default::default(),
             stopped_by: None,
             data_was_there: false,

@@ -127,13 +127,31 @@ impl RunSettings {
                 ));
             }
         }
+        let bad = |what: &str| {
+            Err(format!(
+                "{}: {what}: fix it or move the file aside",
+                path.display()
+            ))
+        };
         if let Some(Some(ratio)) = settings.ratio_limit {
-            if !(ratio.is_finite() && ratio > 0.0) {
-                return Err(format!(
-                    "{}: ratio_limit {ratio} is not a ratio above 0",
-                    path.display()
-                ));
+            if !proto::valid_ratio_limit(ratio) {
+                return bad("ratio_limit is a number from 0.001 to a million, or null");
             }
+        }
+        for (name, secs) in [
+            ("seed_time_limit_secs", settings.seed_time_limit_secs),
+            ("idle_seed_limit_secs", settings.idle_seed_limit_secs),
+        ] {
+            if secs.flatten().is_some_and(|s| !proto::valid_seed_secs(s)) {
+                return bad(&format!("{name} is a second to a century, or null"));
+            }
+        }
+        if settings
+            .alt_schedule
+            .flatten()
+            .is_some_and(|schedule| !schedule.is_valid())
+        {
+            return bad("alt_schedule names no day, or minutes past a day");
         }
         Ok(settings)
     }

@@ -347,6 +347,7 @@ pub struct OwnSeedingChange {
 
 /// What the broker does to a torrent that reached a seeding limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SeedAction {
     /// Pause it (transmission's and qBittorrent's default). Resumed by hand, it seeds on:
     /// the limit it reached is lifted for it, as transmission does.
@@ -373,6 +374,19 @@ impl SeedAction {
             _ => None,
         }
     }
+}
+
+/// The ratio limits the broker keeps: from a thousandth to a million.
+pub fn valid_ratio_limit(ratio: f64) -> bool {
+    ratio.is_finite() && (0.001..=1e6).contains(&ratio)
+}
+
+/// The longest seeding time limit the broker keeps, in seconds: a century.
+pub const MAX_SEED_SECS: u64 = 100 * 365 * 86_400;
+
+/// The seeding time limits the broker keeps: a second to a century.
+pub fn valid_seed_secs(secs: u64) -> bool {
+    (1..=MAX_SEED_SECS).contains(&secs)
 }
 
 /// Seeding limits in force (`None`: no limit).
@@ -556,6 +570,11 @@ impl AltSchedule {
             begin,
             end: end % (24 * 60),
         })
+    }
+
+    /// Whether it is one [`AltSchedule::parse`] can give: some day, minutes within a day.
+    pub fn is_valid(&self) -> bool {
+        self.days & 0x7f != 0 && self.days & 0x80 == 0 && self.begin < 24 * 60 && self.end < 24 * 60
     }
 
     /// Whether it is on at `minute` after midnight of `weekday` (0 Monday to 6 Sunday).

@@ -206,15 +206,16 @@ fn seed_arg(
         return Ok(Some(None));
     }
     let bad = || match secs {
-        true => format!("{name} is seconds (at least 1), None (no limit) or \"default\""),
+        true => format!("{name} is whole seconds (at least 1), None (no limit) or \"default\""),
         false => format!("{name} is a ratio above 0, None (no limit) or \"default\""),
     };
     if value.is_instance_of::<pyo3::types::PyBool>() {
         return Err(PyTypeError::new_err(bad()));
     }
     let number: f64 = value.extract().map_err(|_| PyTypeError::new_err(bad()))?;
-    let least = if secs { 1.0 } else { f64::MIN_POSITIVE };
-    if !(number.is_finite() && number >= least && number <= 1e15) {
+    // Whole seconds (the pipe's rule); the broker says which ranges it keeps.
+    let whole = !secs || number.fract() == 0.0;
+    if !(number.is_finite() && number > 0.0 && number <= 1e15 && whole) {
         return Err(PyValueError::new_err(bad()));
     }
     Ok(Some(Some(SeedLimit::At(number))))

@@ -467,3 +467,40 @@ fn alternative_limits_switch_by_hand_and_by_schedule_and_outlive_a_kill() {
     e2e::wait_complete(&mut patron, Some(torrent.id));
     drop(broker);
 }
+
+/// A schedule given with a switch in the same command: the switch holds until the
+/// schedule's next edge. (Before: the schedule was looked at afresh a second later and
+/// undid the switch.)
+#[test]
+fn a_switch_given_with_a_schedule_holds() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("broker");
+    let _broker = sandbox.broker(&state, &[]);
+    let set = e2e::ok_json(
+        &sandbox,
+        &state,
+        &[
+            "limits",
+            "--alt-limits",
+            "100K:100K",
+            "--alt-schedule",
+            "daily 00:00-24:00",
+            "--alt",
+            "off",
+        ],
+    );
+    assert_eq!(set["alt_on"], false, "{set}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let now = e2e::ok_json(&sandbox, &state, &["limits"]);
+    assert_eq!(now["alt_on"], false, "the switch holds: {now}");
+    let replies = e2e::pipe_session(
+        &sandbox,
+        &state,
+        &[r#"{"cmd":"seeding","seed_time_limit_secs":18446744073709551615}"#.into()],
+        true,
+    );
+    assert_eq!(
+        replies[0]["event"], "error",
+        "a time past a century: {replies:?}"
+    );
+}

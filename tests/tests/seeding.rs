@@ -116,25 +116,30 @@ fn seeding_time_and_idle_limits_of_a_torrents_own_stop_it_and_close_is_an_action
     wait_status(&sandbox, &state, "1", "paused after 2 s idle", |s| {
         s["state"] == "paused"
     });
-    // `default` gives it the broker's again (none here); the action: close, data kept.
+    // `default` gives it the broker's again; the action: close, data kept.
     ok_json(&sandbox, &state, &["set", "1", "--idle", "default"]);
     ok_json(
         &sandbox,
         &state,
         &["set", "--idle", "1s", "--action", "close"],
     );
+    // Resumed by hand: an idle limit is not lifted (its idle time starts again, as in
+    // transmission), a seeding-time limit still met is.
     let resumed = ok_json(&sandbox, &state, &["resume", "1"]);
     assert_eq!(
-        resumed["idle_seed_limit_secs"],
+        resumed["idle_seed_limit_secs"], 1,
+        "the broker's: {resumed}"
+    );
+    let resumed = ok_json(&sandbox, &state, &["resume", "0"]);
+    assert_eq!(
+        resumed["seed_time_limit_secs"],
         Value::Null,
         "lifted: {resumed}"
     );
-    // Torrent 0 (its own seeding-time limit lifted by the resume) meets the broker's idle
-    // limit: closed.
-    ok_json(&sandbox, &state, &["resume", "0"]);
-    e2e::wait_for("torrent 0 closed by the idle limit", STEP_TIMEOUT, || {
+    // Both meet the broker's idle limit again: closed.
+    e2e::wait_for("both closed by the idle limit", STEP_TIMEOUT, || {
         let (_, lines) = e2e::client_json(&sandbox, &state, &["list"]);
-        !lines.iter().any(|t| t["id"] == 0)
+        lines.is_empty()
     });
     assert!(sandbox.path("seed/timed.bin").exists(), "its data is kept");
     // Bad limits are refused by name.
@@ -143,4 +148,60 @@ fn seeding_time_and_idle_limits_of_a_torrents_own_stop_it_and_close_is_an_action
     assert_eq!(run(bad).code(), 2);
     let (code, lines) = e2e::client_json(&sandbox, &state, &["set", "--ratio", "-1"]);
     assert_eq!(code, 2, "{lines:?}");
+}
+
+/// A limit raised after it paused a torrent is kept when the torrent is resumed by hand
+/// (only a limit still met is lifted, as transmission's `torrentStart` does). (Before: the
+/// resume lifted the raised limit too, and the torrent seeded for ever.)
+#[test]
+fn a_limit_raised_after_the_pause_is_kept_by_the_resume() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&state, &[]);
+    let torrent = make_seed(&sandbox, &state, "raised.bin", 128 << 10);
+    wait_status(&sandbox, &state, "0", "seeding", |s| {
+        s["state"] == "seeding"
+    });
+    ok_json(&sandbox, &state, &["set", "0", "--ratio", "0.5"]);
+    download(&sandbox, "leecher", &torrent, &seeder.peer());
+    wait_status(&sandbox, &state, "0", "paused at ratio 0.5", |s| {
+        s["state"] == "paused"
+    });
+    ok_json(&sandbox, &state, &["set", "0", "--ratio", "5"]);
+    let resumed = ok_json(&sandbox, &state, &["resume", "0"]);
+    assert_eq!(
+        resumed["ratio_limit"], 5.0,
+        "the raised limit stays: {resumed}"
+    );
+    assert_eq!(resumed["state"], "seeding", "{resumed}");
+}
+
+/// What a seed counted while nothing moved (its seeding and idle time) is saved within a
+/// minute, and outlives a SIGKILL. (Before: only moving bytes saved the counts; an idle
+/// seed's seeding time went back to 0 at every kill, and its limits never came.)
+#[test]
+fn an_idle_seeds_seeding_time_outlives_a_kill() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let mut seeder = sandbox.broker(&state, &[]);
+    make_seed(&sandbox, &state, "idle.bin", 64 << 10);
+    wait_status(&sandbox, &state, "0", "seeding", |s| {
+        s["state"] == "seeding"
+    });
+    // The counts are saved at least once a minute while they move.
+    std::thread::sleep(std::time::Duration::from_secs(65));
+    seeder.signal(Signal::SIGKILL);
+    seeder.wait_exit(STEP_TIMEOUT);
+    let records: Value =
+        serde_json::from_slice(&std::fs::read(state.join("torrents.json")).expect("records"))
+            .expect("json");
+    let seeded = records["0"]["seeding_ms"].as_u64().unwrap_or(0);
+    assert!(
+        seeded >= 50_000,
+        "most of a minute of seeding recorded: {records}"
+    );
+    let _seeder = sandbox.broker(&state, &[]);
+    wait_status(&sandbox, &state, "0", "seeding again", |s| {
+        s["state"] == "seeding"
+    });
 }

@@ -305,15 +305,7 @@ async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
             other => other.map(|minutes| minutes.map(|m| m.saturating_mul(60))),
         },
     };
-    if change.download.is_some()
-        || change.upload.is_some()
-        || change.alt != patron_client::proto::AltChange::default()
-    {
-        web.link
-            .call(move |patron| patron.set_limits(change))
-            .await
-            .map_err(failure)?;
-    }
+    // Every argument is read before anything changes: one refused changes nothing.
     let ratio = match (
         arguments.get("seedRatioLimited"),
         arguments.get("seedRatioLimit"),
@@ -322,8 +314,8 @@ async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
         (_, Some(limit)) => Some(Some(
             limit
                 .as_f64()
-                .filter(|r| r.is_finite() && *r > 0.0)
-                .ok_or("seedRatioLimit is a ratio above 0")?,
+                .filter(|r| patron_client::proto::valid_ratio_limit(*r))
+                .ok_or("seedRatioLimit is a ratio from 0.001 to a million")?,
         )),
         (Some(Value::Bool(true)), None) => Some(Some(RATIO)),
         (Some(_), None) => return Err("seedRatioLimited is true or false".into()),
@@ -335,7 +327,22 @@ async fn session_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
         "idle-seeding-limit",
         IDLE_MINUTES,
     )?
-    .map(|minutes| minutes.map(|m| m.saturating_mul(60)).filter(|&s| s > 0));
+    .map(|minutes| minutes.map(|m| m.saturating_mul(60)));
+    if idle == Some(Some(0)) {
+        return Err(
+            "idle-seeding-limit is at least 1 (turn it off with idle-seeding-limit-enabled false)"
+                .into(),
+        );
+    }
+    if change.download.is_some()
+        || change.upload.is_some()
+        || change.alt != patron_client::proto::AltChange::default()
+    {
+        web.link
+            .call(move |patron| patron.set_limits(change))
+            .await
+            .map_err(failure)?;
+    }
     if ratio.is_some() || idle.is_some() {
         let change = patron_client::proto::SetSeeding {
             ratio,

@@ -233,6 +233,11 @@ impl Service {
             // A joiner does not change what the torrent's holders set: `limits ID` does.
             ("max_download_rate", create.max_download_rate.is_some()),
             ("max_upload_rate", create.max_upload_rate.is_some()),
+            // Nor its seeding limits: `set ID` does.
+            (
+                "seeding",
+                create.seeding != proto::TorrentSeeding::default(),
+            ),
         ] {
             if differs {
                 not_applied.push(name.to_owned());

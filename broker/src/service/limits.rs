@@ -104,6 +104,16 @@ impl Service {
                 .set_torrent_limits(torrent, download, upload)
                 .map(|limits| (limits, None));
         }
+        if change
+            .alt
+            .schedule
+            .flatten()
+            .is_some_and(|schedule| !schedule.is_valid())
+        {
+            return Err(ProtoError::bad_request(
+                "the schedule names no day, or minutes past a day",
+            ));
+        }
         if download.is_none() && upload.is_none() && change.alt == AltChange::default() {
             let (usual, alt) = self.rates.get();
             return Ok((usual, Some(alt)));
@@ -143,11 +153,17 @@ impl Service {
             }
             if let Some(schedule) = change.alt.schedule {
                 state.alt.schedule = schedule;
-                // A new schedule is looked at afresh at the next tick.
+                // A new schedule is looked at afresh at the next tick...
                 state.inside = None;
             }
             if let Some(on) = change.alt.on {
                 state.alt.on = on;
+                // ...unless the same request switches them: that switch holds until the
+                // schedule's next edge.
+                if let Some(schedule) = state.alt.schedule {
+                    let (weekday, minute) = local_now();
+                    state.inside = Some(schedule.contains(weekday, minute));
+                }
             }
             (state.usual, state.alt)
         };
@@ -170,6 +186,9 @@ impl Service {
     /// next edge. Called every second.
     pub(super) fn follow_alt_schedule(&self) {
         let (weekday, minute) = local_now();
+        // The record first, then the limits (as `set_limits` takes them): a change of the
+        // limits cannot come in between and be overwritten.
+        let mut recorded = self.settings.lock().unwrap_or_else(|e| e.into_inner());
         let turned = {
             let mut state = self.rates.state();
             let Some(schedule) = state.alt.schedule else {
@@ -187,19 +206,17 @@ impl Service {
             (state.usual, state.alt)
         };
         let (usual, alt) = turned;
-        {
-            let mut recorded = self.settings.lock().unwrap_or_else(|e| e.into_inner());
-            let next = RunSettings {
-                alt_on: Some(alt.on),
-                ..*recorded
-            };
-            match next.save(&self.config.state_dir) {
-                Ok(()) => *recorded = next,
-                Err(e) => tracing::warn!("cannot record the alternative limits' switch: {e}"),
-            }
+        let next = RunSettings {
+            alt_on: Some(alt.on),
+            ..*recorded
+        };
+        match next.save(&self.config.state_dir) {
+            Ok(()) => *recorded = next,
+            Err(e) => tracing::warn!("cannot record the alternative limits' switch: {e}"),
         }
         let (down, up) = in_force(usual, alt);
         self.engine.set_limits(Some(down), Some(up));
+        drop(recorded);
         tracing::info!(
             on = alt.on,
             "alternative rate limits switched by their schedule"
@@ -242,7 +259,7 @@ fn rate(bytes_per_second: u64, direction: &str) -> Result<Option<NonZeroU32>, Pr
         .map(Some)
         .ok_or_else(|| {
             ProtoError::bad_request(format!(
-                "a {direction} limit of {bytes_per_second} bytes a second is more than the engine's largest (4 GiB/s); 0 lifts the limit"
+                "the {direction} limit, {bytes_per_second} bytes a second, is more than the engine's largest (4 GiB/s); 0 lifts the limit"
             ))
         })
 }

@@ -6,8 +6,9 @@
 //! each running torrent and recorded with it (saved with the records, at least once a
 //! minute while they move, and at a clean stop).
 //!
-//! As in transmission, a torrent paused by a limit and resumed by hand seeds on: the limit
-//! it reached is lifted for it (its own limit becomes "none").
+//! As in transmission, a torrent paused by a limit and resumed by hand seeds on: a ratio or
+//! seeding-time limit it still meets is lifted for it (its own becomes "none"), and an idle
+//! limit counts again from the resume.
 
 use super::Service;
 use crate::engine;
@@ -58,8 +59,6 @@ struct Run {
     downloaded: u64,
     /// When it was counted.
     at: Instant,
-    /// When it last uploaded a byte while complete (or became complete, or started).
-    active: Instant,
 }
 
 /// The broker's seeding limits, and what the counting remembers between looks.
@@ -91,25 +90,56 @@ impl Seeding {
     }
 }
 
+/// The limit a seeding torrent has reached, if any: its ratio (uploaded over downloaded,
+/// or over what it has when it downloaded nothing, as `TorrentStatus::ratio`), its
+/// seeding time, its idle time.
+fn reached_limit(
+    restore: &crate::registry::RestoreSpec,
+    limits: &SeedingLimits,
+    have: u64,
+) -> Option<SeedStop> {
+    let base = match restore.downloaded_ever {
+        0 => have,
+        downloaded => downloaded,
+    };
+    let ratio = limits
+        .ratio
+        .is_some_and(|limit| base > 0 && restore.uploaded_ever as f64 >= limit * base as f64);
+    if ratio {
+        return Some(SeedStop::Ratio);
+    }
+    if limits
+        .seed_time_secs
+        .is_some_and(|limit| restore.seeding_ms / 1000 >= limit)
+    {
+        return Some(SeedStop::SeedTime);
+    }
+    if limits
+        .idle_secs
+        .is_some_and(|limit| restore.idle_ms / 1000 >= limit)
+    {
+        return Some(SeedStop::Idle);
+    }
+    None
+}
+
 /// A ratio limit the broker keeps: above 0, finite.
 fn check_ratio(ratio: f64) -> Result<f64, ProtoError> {
-    if ratio.is_finite() && ratio > 0.0 && ratio <= 1e6 {
-        Ok(ratio)
-    } else {
-        Err(ProtoError::bad_request(format!(
-            "a ratio limit of {ratio} is not a number above 0 (up to a million)"
-        )))
+    match proto::valid_ratio_limit(ratio) {
+        true => Ok(ratio),
+        false => Err(ProtoError::bad_request(
+            "a ratio limit is a number from 0.001 to a million (none lifts it)",
+        )),
     }
 }
 
-/// A time limit the broker keeps: at least a second.
+/// A time limit the broker keeps: a second to a century.
 fn check_secs(secs: u64, what: &str) -> Result<u64, ProtoError> {
-    if secs == 0 {
-        Err(ProtoError::bad_request(format!(
-            "a {what} limit must be at least a second (none lifts it)"
-        )))
-    } else {
-        Ok(secs)
+    match proto::valid_seed_secs(secs) {
+        true => Ok(secs),
+        false => Err(ProtoError::bad_request(format!(
+            "a {what} limit is a second to a century (none lifts it)"
+        ))),
     }
 }
 
@@ -142,7 +172,7 @@ impl Service {
         if let Some(torrent) = change.torrent {
             if broker {
                 return Err(ProtoError::bad_request(
-                    "a torrent's own seeding limits are changed through `own`; the broker's, with no torrent named",
+                    "with a torrent named, its own limits change; the broker's limits and the action past one are for all torrents: name no torrent",
                 ));
             }
             return self.set_own_seeding(torrent, change.own);
@@ -264,7 +294,9 @@ impl Service {
             .filter_map(|(id, handle)| Some((*id, engine::transfer(handle)?)))
             .collect();
         let mut reached: Vec<(TorrentId, SeedStop)> = Vec::new();
-        let mut moved = false;
+        // Bytes moved (the board shows them at once), or only time counted (saved with
+        // the rest, at least once a minute).
+        let (mut moved, mut counted_any) = (false, false);
         {
             let mut runs = self.seeding.runs.lock().unwrap_or_else(|e| e.into_inner());
             let mut state = self.state();
@@ -273,30 +305,32 @@ impl Service {
                     continue;
                 };
                 let before = runs.get(id).filter(|run| run.run == transfer.run);
-                let (up, down, step, active) = match before {
+                let (up, down, step) = match before {
                     Some(run) => (
                         transfer.uploaded.saturating_sub(run.uploaded),
                         transfer.downloaded.saturating_sub(run.downloaded),
                         now.duration_since(run.at).min(MAX_STEP),
-                        run.active,
                     ),
-                    // A new run: what it moved so far is news; its idle time starts now.
-                    None => (transfer.uploaded, transfer.downloaded, Duration::ZERO, now),
+                    // A new run: what it moved so far is news.
+                    None => (transfer.uploaded, transfer.downloaded, Duration::ZERO),
                 };
-                // Idle counts only while seeding, from the last upload or the completion.
-                let active = if up > 0 || !transfer.complete {
-                    now
-                } else {
-                    active
-                };
+                let step = u64::try_from(step.as_millis()).unwrap_or(u64::MAX);
                 let restore = &mut entry.restore;
                 restore.uploaded_ever = restore.uploaded_ever.saturating_add(up);
                 restore.downloaded_ever = restore.downloaded_ever.saturating_add(down);
                 if transfer.complete {
-                    let step = u64::try_from(step.as_millis()).unwrap_or(u64::MAX);
                     restore.seeding_ms = restore.seeding_ms.saturating_add(step);
+                    // Idle: seeding time since its last upload (recorded, so a restart
+                    // does not start it again).
+                    restore.idle_ms = match up {
+                        0 => restore.idle_ms.saturating_add(step),
+                        _ => 0,
+                    };
+                } else {
+                    restore.idle_ms = 0;
                 }
                 moved |= up > 0 || down > 0;
+                counted_any |= step > 0 && transfer.complete;
                 runs.insert(
                     *id,
                     Run {
@@ -304,38 +338,13 @@ impl Service {
                         uploaded: transfer.uploaded,
                         downloaded: transfer.downloaded,
                         at: now,
-                        active,
                     },
                 );
                 if !transfer.complete || restore.paused {
                     continue;
                 }
                 let limits = restore.seed_limits(&broker);
-                let size = entry.info.total_bytes;
-                let base = if restore.downloaded_ever > 0 {
-                    restore.downloaded_ever
-                } else {
-                    size
-                };
-                let ratio_reached = limits.ratio.is_some_and(|limit| {
-                    base > 0 && restore.uploaded_ever as f64 >= limit * base as f64
-                });
-                let stop = if ratio_reached {
-                    Some(SeedStop::Ratio)
-                } else if limits
-                    .seed_time_secs
-                    .is_some_and(|limit| restore.seeding_ms / 1000 >= limit)
-                {
-                    Some(SeedStop::SeedTime)
-                } else if limits
-                    .idle_secs
-                    .is_some_and(|limit| now.duration_since(active).as_secs() >= limit)
-                {
-                    Some(SeedStop::Idle)
-                } else {
-                    None
-                };
-                if let Some(stop) = stop {
+                if let Some(stop) = reached_limit(restore, &limits, transfer.have) {
                     reached.push((*id, stop));
                 }
             }
@@ -345,6 +354,8 @@ impl Service {
         }
         if moved {
             self.status_nudge.notify_one();
+        }
+        if moved || counted_any {
             let mut saved = self.seeding.saved.lock().unwrap_or_else(|e| e.into_inner());
             if saved.elapsed() >= SAVE_EVERY {
                 *saved = Instant::now();
@@ -352,25 +363,17 @@ impl Service {
                 let _ = self.save_registry();
             }
         }
-        for (id, stop) in reached {
-            self.stop_seeding(id, stop).await;
+        if !reached.is_empty() {
+            self.stop_seeding(reached).await;
         }
     }
 
-    /// Pauses (or closes) a torrent past a seeding limit, as the broker's action says.
-    async fn stop_seeding(self: &Arc<Self>, id: TorrentId, stop: SeedStop) {
-        match self.seeding.action() {
-            SeedAction::Pause => {
-                if let Err(e) = self.pause(TorrentRef::Id(id)).await {
-                    tracing::warn!(torrent = %id, "past its {} limit, but cannot pause: {e}", stop.as_str());
-                    return;
-                }
-                if let Err(e) = self.update_record(id, |restore| restore.stopped_by = Some(stop)) {
-                    tracing::warn!(torrent = %id, "cannot record why it paused: {e}");
-                }
-                tracing::info!(torrent = %id, "paused: it reached its {} limit", stop.as_str());
-            }
-            SeedAction::Close => {
+    /// Pauses (or closes) the torrents past a seeding limit, as the broker's action says:
+    /// paused all at once, under the add lock, with one save of the records (each with the
+    /// limit that paused it).
+    async fn stop_seeding(self: &Arc<Self>, reached: Vec<(TorrentId, SeedStop)>) {
+        if self.seeding.action() == SeedAction::Close {
+            for (id, stop) in reached {
                 let close = proto::CloseTorrent {
                     torrent: TorrentRef::Id(id),
                     delete_data: false,
@@ -382,29 +385,94 @@ impl Service {
                     Err(e) => tracing::warn!(torrent = %id, "{why}, but cannot close: {e}"),
                 }
             }
+            return;
         }
+        let _adding = self.adding.lock().await;
+        let pausing: Vec<(TorrentId, engine::ManagedTorrentHandle, SeedStop)> = {
+            let mut state = self.state();
+            reached
+                .into_iter()
+                .filter_map(|(id, stop)| {
+                    let entry = state.registry.get_mut(id)?;
+                    // Paused meanwhile (by hand), or being added again: left as it is.
+                    let Life::Running(handle) = &entry.life else {
+                        return None;
+                    };
+                    if entry.restore.paused {
+                        return None;
+                    }
+                    let handle = handle.clone();
+                    entry.restore.paused = true;
+                    entry.restore.queued = false;
+                    entry.restore.stopped_by = Some(stop);
+                    Some((id, handle, stop))
+                })
+                .collect()
+        };
+        if pausing.is_empty() {
+            return;
+        }
+        if let Err(why) = self.save_registry() {
+            tracing::warn!("the seeding limits' pauses are not recorded: {why}");
+        }
+        for (id, handle, stop) in pausing {
+            match self.engine.pause(&handle).await {
+                Ok(engine::Applied::Now) => {
+                    tracing::info!(torrent = %id, "paused: it reached its {} limit", stop.as_str())
+                }
+                Ok(engine::Applied::AfterCheck) => self.settle_after_check(id, handle),
+                Err(e) => {
+                    tracing::warn!(torrent = %id, "past its {} limit, but cannot pause: {e}", stop.as_str())
+                }
+            }
+        }
+        self.status_nudge.notify_one();
+        self.queue.nudge();
     }
 
-    /// A torrent resumed by hand after a seeding limit paused it seeds on: that limit is
-    /// lifted for it (its own becomes "none"), as transmission does. Before the resume.
+    /// A torrent resumed by hand after a seeding limit paused it seeds on, as in
+    /// transmission: a ratio or seeding-time limit it still meets is lifted for it (its own
+    /// becomes "none"; one raised since is kept); its idle time starts again. Before the
+    /// resume.
     pub(super) fn lift_reached_limit(&self, id: TorrentId) -> Result<(), ProtoError> {
-        let stop = self
-            .state()
-            .registry
-            .get(id)
-            .and_then(|e| e.restore.stopped_by);
-        let Some(stop) = stop else {
-            return Ok(());
+        let broker = self.seeding.limits();
+        let lift = {
+            let state = self.state();
+            let Some(entry) = state.registry.get(id) else {
+                return Ok(());
+            };
+            let Some(stop) = entry.restore.stopped_by else {
+                return Ok(());
+            };
+            let limits = entry.restore.seed_limits(&broker);
+            let have = entry.info.total_bytes;
+            let mut fresh = entry.restore.clone();
+            fresh.idle_ms = 0;
+            let still = reached_limit(&fresh, &limits, have) == Some(stop);
+            (stop, still && stop != SeedStop::Idle)
         };
+        let (stop, lifted) = lift;
         self.update_record(id, |restore| {
             restore.stopped_by = None;
-            match stop {
-                SeedStop::Ratio => restore.seeding.ratio = Some(SeedLimit::Unlimited),
-                SeedStop::SeedTime => restore.seeding.seed_time_secs = Some(SeedLimit::Unlimited),
-                SeedStop::Idle => restore.seeding.idle_secs = Some(SeedLimit::Unlimited),
+            restore.idle_ms = 0;
+            if lifted {
+                match stop {
+                    SeedStop::Ratio => restore.seeding.ratio = Some(SeedLimit::Unlimited),
+                    SeedStop::SeedTime => {
+                        restore.seeding.seed_time_secs = Some(SeedLimit::Unlimited)
+                    }
+                    SeedStop::Idle => {}
+                }
             }
         })?;
-        tracing::info!(torrent = %id, "resumed by hand: its {} limit is lifted for it", stop.as_str());
+        match lifted {
+            true => {
+                tracing::info!(torrent = %id, "resumed by hand: its {} limit is lifted for it", stop.as_str())
+            }
+            false => {
+                tracing::info!(torrent = %id, "resumed by hand after its {} limit: it seeds until a limit in force is reached", stop.as_str())
+            }
+        }
         Ok(())
     }
 }
