@@ -89,6 +89,18 @@ try {
   await page.waitForSelector('li.torrent[data-id="1"]', { state: "detached" });
   said("closed-with-data");
 
+  // The broker's settings: one download at once, the alternative limits on, ratio 2.
+  await page.click("#settings summary");
+  await page.waitForFunction(() => document.querySelector("#set-alt") !== null);
+  await page.fill("#set-downloads", "1");
+  await page.check("#set-alt");
+  await page.fill("#set-ratio", "2");
+  await page.click('#settings-form button[type="submit"]');
+  await page.waitForFunction(() => document.querySelector("#set-downloads").value === "1"
+    && document.querySelector("#settings-error").textContent === "");
+  said("settings-saved");
+  await page.screenshot({ path: `${shots}/4b-settings.png` });
+
   // Narrow and dark: still one column, no sideways scroll.
   await page.setViewportSize({ width: 380, height: 700 });
   await page.emulateMedia({ colorScheme: "dark" });

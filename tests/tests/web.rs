@@ -740,6 +740,7 @@ fn the_page_works_in_a_real_browser() {
         "paused",
         "files-chosen",
         "closed-with-data",
+        "settings-saved",
         "done",
     ] {
         step(name);
@@ -756,6 +757,12 @@ fn the_page_works_in_a_real_browser() {
     assert_eq!(step("other-host")["status"], 403, "{steps:?}");
 
     // What the page did, as the broker has it.
+    let queue = e2e::ok_json(&sandbox, &state, &["queue"]);
+    assert_eq!(queue["max_active_downloads"], 1, "{queue}");
+    let limits = e2e::ok_json(&sandbox, &state, &["limits"]);
+    assert_eq!(limits["alt_on"], true, "{limits}");
+    let set = e2e::ok_json(&sandbox, &state, &["set"]);
+    assert_eq!(set["ratio_limit"], 2.0, "{set}");
     let files = e2e::ok_json(&sandbox, &state, &["files", "0"]);
     let selected: Vec<bool> = files["files"]
         .as_array()

@@ -118,6 +118,7 @@ function show(torrent) {
     (torrent.state === "queued" ? ` · #${torrent.queue_position} in the queue` : "");
   e.querySelector("[data-act=pause]").hidden = torrent.state === "paused";
   e.querySelector("[data-act=resume]").hidden = torrent.state !== "paused" && torrent.state !== "error";
+  e.querySelector("[data-act=top]").hidden = torrent.state !== "queued";
 }
 
 // ---- actions, each with its error shown on its own torrent.
@@ -263,6 +264,50 @@ $("add-form").addEventListener("submit", async (event) => {
     $("add-form").reset();
     chosen = null;
     $("drop-help").textContent = "or drop one here";
+  } catch (e) {
+    error.textContent = e.message;
+  }
+});
+
+// ---- the broker's settings: rate limits, the queue, when seeding stops.
+const kib = (bytes) => (bytes == null ? "" : String(Math.round(bytes / 1024)));
+async function showSettings() {
+  const s = await api("GET", "/api/settings");
+  $("set-down").value = kib(s.max_download_rate);
+  $("set-up").value = kib(s.max_upload_rate);
+  $("set-alt").checked = s.alt_on;
+  $("set-alt-rates").textContent = s.alt_download_rate == null && s.alt_upload_rate == null
+    ? "none set" : `↓ ${bytes(s.alt_download_rate ?? 0)}/s · ↑ ${bytes(s.alt_upload_rate ?? 0)}/s`;
+  $("set-downloads").value = s.max_active_downloads ?? "";
+  $("set-seeds").value = s.max_active_seeds ?? "";
+  $("set-ratio").value = s.ratio_limit ?? "";
+}
+$("settings").addEventListener("toggle", () => {
+  if ($("settings").open) showSettings().catch((e) => { $("settings-error").textContent = e.message; });
+});
+$("settings-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const error = $("settings-error");
+  error.textContent = "";
+  // An empty field is "none"; a number is taken as typed.
+  const number = (id, scale = 1) => {
+    const text = $(id).value.trim();
+    if (text === "") return null;
+    const n = Number(text);
+    if (!Number.isFinite(n) || n < 0) throw new Error(`${text} is not a number`);
+    return Math.round(n * scale);
+  };
+  try {
+    const ratio = $("set-ratio").value.trim();
+    await api("POST", "/api/settings", {
+      max_download_rate: number("set-down", 1024) || null,
+      max_upload_rate: number("set-up", 1024) || null,
+      alt_on: $("set-alt").checked,
+      max_active_downloads: number("set-downloads"),
+      max_active_seeds: number("set-seeds"),
+      ratio_limit: ratio === "" ? null : Number(ratio),
+    });
+    await showSettings();
   } catch (e) {
     error.textContent = e.message;
   }

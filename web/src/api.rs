@@ -182,12 +182,14 @@ pub async fn act(
 ) -> Result<Response, Failure> {
     let torrent = torrent_ref(&torrent)?;
     let value = match action.as_str() {
-        "pause" | "resume" | "recheck" => {
+        "pause" | "resume" | "recheck" | "top" => {
             let status = web
                 .link
                 .call(move |patron| match action.as_str() {
                     "pause" => patron.pause(torrent),
                     "resume" => patron.resume(torrent),
+                    // First in the queue: it starts next (or now).
+                    "top" => patron.move_in_queue(torrent, patron_client::proto::QueueMove::Top),
                     _ => patron.recheck(torrent),
                 })
                 .await?;
@@ -211,11 +213,136 @@ pub async fn act(
         }
         other => {
             return Err(bad_request(format!(
-                "no action {other:?} (pause, resume, recheck, close)"
+                "no action {other:?} (pause, resume, recheck, top, close)"
             )))
         }
     };
     Ok(Json(value).into_response())
+}
+
+/// The settings the page shows and changes, as `broker status --json` names them.
+const SETTINGS: [&str; 11] = [
+    "max_download_rate",
+    "max_upload_rate",
+    "alt_download_rate",
+    "alt_upload_rate",
+    "alt_on",
+    "max_active_downloads",
+    "max_active_seeds",
+    "ratio_limit",
+    "seed_time_limit_secs",
+    "idle_seed_limit_secs",
+    "seed_limit_action",
+];
+
+/// `GET /api/settings`: the broker's rate limits (usual and alternative), queue and
+/// seeding limits, as `broker status --json` names them (`null`: none).
+pub async fn settings(State(web): State<Shared>) -> Result<Response, Failure> {
+    let info = web.link.call(|patron| patron.broker_info()).await?;
+    let all = patron_client::json::broker_json(&info, None, 0);
+    let mut value = json!({"event": "settings"});
+    for key in SETTINGS {
+        value[key] = all[key].clone();
+    }
+    Ok(Json(value).into_response())
+}
+
+/// `POST /api/settings`: changes those named (`null` lifts a limit; one left out stays),
+/// as `patron-client limits`, `queue` and `set` do; answers them all as they are then.
+/// Every field is read before anything changes: one refused changes nothing.
+pub async fn set_settings(
+    State(web): State<Shared>,
+    Json(body): Json<serde_json::Map<String, Value>>,
+) -> Result<Response, Failure> {
+    if let Some(other) = body.keys().find(|k| !SETTINGS.contains(&k.as_str())) {
+        return Err(bad_request(format!(
+            "{other} is not a setting the page changes"
+        )));
+    }
+    let rate = |key: &str| -> Result<Option<u64>, Failure> {
+        match body.get(key) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(0)),
+            Some(v) => v
+                .as_u64()
+                .filter(|&r| r > 0)
+                .map(Some)
+                .ok_or_else(|| bad_request(format!("{key} is bytes a second, or null: none"))),
+        }
+    };
+    let count = |key: &str| -> Result<Option<Option<u32>>, Failure> {
+        match body.get(key) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(|n| Some(Some(n)))
+                .ok_or_else(|| bad_request(format!("{key} is a number of torrents, or null"))),
+        }
+    };
+    let secs = |key: &str| -> Result<Option<Option<u64>>, Failure> {
+        match body.get(key) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(Some(n)))
+                .ok_or_else(|| bad_request(format!("{key} is seconds, or null"))),
+        }
+    };
+    let limits = patron_client::proto::SetLimits {
+        torrent: None,
+        download: rate("max_download_rate")?,
+        upload: rate("max_upload_rate")?,
+        alt: patron_client::proto::AltChange {
+            download: rate("alt_download_rate")?,
+            upload: rate("alt_upload_rate")?,
+            schedule: None,
+            on: match body.get("alt_on") {
+                None => None,
+                Some(v) => Some(
+                    v.as_bool()
+                        .ok_or_else(|| bad_request("alt_on is true or false"))?,
+                ),
+            },
+        },
+    };
+    let queue = patron_client::proto::SetQueue {
+        max_active_downloads: count("max_active_downloads")?,
+        max_active_seeds: count("max_active_seeds")?,
+        stalled_after_secs: None,
+    };
+    let seeding = patron_client::proto::SetSeeding {
+        ratio: match body.get("ratio_limit") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(v) => {
+                Some(Some(v.as_f64().ok_or_else(|| {
+                    bad_request("ratio_limit is a number, or null")
+                })?))
+            }
+        },
+        seed_time_secs: secs("seed_time_limit_secs")?,
+        idle_secs: secs("idle_seed_limit_secs")?,
+        action: match body.get("seed_limit_action") {
+            None => None,
+            Some(v) => Some(
+                v.as_str()
+                    .and_then(patron_client::proto::SeedAction::parse)
+                    .ok_or_else(|| bad_request("seed_limit_action is pause or close"))?,
+            ),
+        },
+        ..Default::default()
+    };
+    web.link
+        .call(move |patron| {
+            patron.set_seeding(seeding)?;
+            patron.set_queue(queue)?;
+            patron.set_limits(limits)
+        })
+        .await?;
+    settings(State(web)).await
 }
 
 /// `GET /api/torrents/{id}/files`: its files, as `patron-client --json files`.

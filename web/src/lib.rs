@@ -85,6 +85,7 @@ fn router(web: Shared) -> axum::Router {
         .route("/api/torrents/{id}/playlist.m3u", get(metrics::playlist))
         .route("/metrics", get(metrics::metrics))
         .route("/api/torrents/{id}/{action}", post(api::act))
+        .route("/api/settings", get(api::settings).post(api::set_settings))
         .route("/api/events", get(events::stream))
         .route("/api/{*rest}", axum::routing::any(api::not_found))
         .route("/files/{id}/{*file}", get(files::serve))
