@@ -91,7 +91,8 @@ try {
 
   // The broker's settings: one download at once, the alternative limits on, ratio 2.
   await page.click("#settings summary");
-  await page.waitForFunction(() => document.querySelector("#set-alt") !== null);
+  // Filled from the broker first (typing before that would be overwritten).
+  await page.waitForSelector("#settings-form[data-loaded]");
   await page.fill("#set-downloads", "1");
   await page.check("#set-alt");
   await page.fill("#set-ratio", "2");

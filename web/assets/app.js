@@ -281,6 +281,7 @@ async function showSettings() {
   $("set-downloads").value = s.max_active_downloads ?? "";
   $("set-seeds").value = s.max_active_seeds ?? "";
   $("set-ratio").value = s.ratio_limit ?? "";
+  $("settings-form").dataset.loaded = "yes";
 }
 $("settings").addEventListener("toggle", () => {
   if ($("settings").open) showSettings().catch((e) => { $("settings-error").textContent = e.message; });
