@@ -153,6 +153,23 @@ pub struct BrokerArgs {
     #[arg(long, env = "TORRENT_PATRON_MAX_UNREAD_BYTES", value_name = "BYTES", value_parser = size)]
     pub max_unread_bytes: Option<usize>,
 
+    /// A program run when a torrent is added (the torrent in its environment: TP_EVENT,
+    /// TP_TORRENT_ID, TP_INFO_HASH, TP_NAME, TP_SAVE_FOLDER; never through a shell)
+    #[arg(long, env = "TORRENT_PATRON_ON_ADDED", value_name = "PROGRAM")]
+    pub on_added: Option<PathBuf>,
+
+    /// A program run when a torrent completes (as --on-added)
+    #[arg(long, env = "TORRENT_PATRON_ON_COMPLETED", value_name = "PROGRAM")]
+    pub on_completed: Option<PathBuf>,
+
+    /// A program run when a torrent fails (as --on-added, with TP_ERROR)
+    #[arg(long, env = "TORRENT_PATRON_ON_ERROR", value_name = "PROGRAM")]
+    pub on_error: Option<PathBuf>,
+
+    /// Seconds a hook may run before it is killed with its process group [default: 60]
+    #[arg(long, env = "TORRENT_PATRON_HOOK_TIMEOUT", value_name = "SECS")]
+    pub hook_timeout: Option<u64>,
+
     /// Append the log to FILE instead of writing it to stderr (relative to the state dir).
     /// The level comes from RUST_LOG [default: info]
     #[arg(long, env = "TORRENT_PATRON_LOG_FILE", value_name = "FILE")]
@@ -212,6 +229,10 @@ struct ConfigFile {
     max_files_per_torrent: Option<usize>,
     max_files: Option<usize>,
     log_file: Option<PathBuf>,
+    on_added: Option<PathBuf>,
+    on_completed: Option<PathBuf>,
+    on_error: Option<PathBuf>,
+    hook_timeout: Option<u64>,
 }
 
 /// The settings the broker runs with, every default resolved.
@@ -265,6 +286,10 @@ pub struct BrokerConfig {
     pub max_unread_bytes: usize,
     /// Where the log goes instead of stderr (absolute).
     pub log_file: Option<PathBuf>,
+    /// Hooks: programs run when a torrent is added, completes, fails.
+    pub hooks: (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
+    /// How long a hook may run.
+    pub hook_timeout: Duration,
     /// Where the download roots came from, and how to add one: said when a folder outside
     /// them is refused (an auto-started broker's come from a patron's environment).
     pub roots_advice: String,
@@ -469,6 +494,14 @@ impl BrokerConfig {
                 .unwrap_or(crate::patron::MAX_UNREAD_QUEUED_BYTES)
                 .max(1 << 20),
             log_file,
+            hooks: (
+                args.on_added.or(file.on_added),
+                args.on_completed.or(file.on_completed),
+                args.on_error.or(file.on_error),
+            ),
+            hook_timeout: Duration::from_secs(
+                args.hook_timeout.or(file.hook_timeout).unwrap_or(60).max(1),
+            ),
             roots_advice,
             notes,
         })

@@ -37,6 +37,7 @@ pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod fast_resume;
+pub mod hooks;
 pub mod left;
 pub mod lock;
 pub mod patron;

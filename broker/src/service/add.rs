@@ -171,6 +171,7 @@ impl Service {
         }
         if is_new {
             tracing::info!(patron, torrent = %torrent.id, name = %torrent.name, "torrent started");
+            service.fire_hook(crate::hooks::HookEvent::Added, torrent.id, None);
             Ok(Started::New { torrent, queued })
         } else {
             // The engine had it though the registry did not (cannot happen under the add lock).

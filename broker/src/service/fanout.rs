@@ -212,6 +212,18 @@ fn refresh_board(
         .iter()
         .map(|summary| (summary.info.id, summary.status.clone()))
         .collect();
+    // A torrent that just failed runs its hook (once: at the change of stage).
+    for summary in &changed {
+        if let proto::TorrentState::Error(why) = &summary.status.state {
+            if urgent.contains(&summary.info.id) {
+                service.fire_hook(
+                    crate::hooks::HookEvent::Error,
+                    summary.info.id,
+                    Some(why.clone()),
+                );
+            }
+        }
+    }
     changed.extend(placeholders);
     service.board.update(changed, &present, !urgent.is_empty());
     (urgent, computed)
@@ -227,11 +239,17 @@ fn watch_completion(
 ) -> tokio::task::AbortHandle {
     let service = Arc::downgrade(service);
     tokio::spawn(async move {
+        // Complete once its data is checked (a seed restored, rechecked, or made here): no
+        // completion to run a hook for.
+        let seeded = handle.wait_until_initialized().await.is_ok() && handle.stats().finished;
         if handle.wait_until_completed().await.is_ok() {
             if let Some(service) = service.upgrade() {
                 service.status_nudge.notify_one();
                 // A download slot is free, and a seed may need one.
                 service.queue.nudge();
+                if !seeded {
+                    service.fire_hook(crate::hooks::HookEvent::Completed, id, None);
+                }
                 let _ = tokio::task::spawn_blocking(move || service.stamp_verified(id)).await;
             }
         }

@@ -112,6 +112,7 @@ impl Service {
             .await?;
         let (info, _) = service.register(added, checked, restore, patron).await?;
         tracing::info!(patron, torrent = %info.id, name = %info.name, "seeding a made torrent");
+        service.fire_hook(crate::hooks::HookEvent::Added, info.id, None);
         Ok(info)
     }
 }

@@ -157,6 +157,8 @@ pub struct Service {
     pub queue: queue::Queue,
     /// When torrents stop seeding, and what they moved in all (see [`seeding`]).
     pub seeding: seeding::Seeding,
+    /// Programs run when a torrent is added, completes or fails.
+    hooks: crate::hooks::Hooks,
     faults: Faults,
 }
 
@@ -171,6 +173,8 @@ impl Service {
             upload: config.max_upload_rate.map(u64::from),
         };
         let config_seeding = config.seeding;
+        let config_hooks = config.hooks.clone();
+        let config_hook_timeout = config.hook_timeout;
         let unread = crate::budget::UnreadBudget::new(
             crate::patron::MAX_UNREAD_REGIONS,
             crate::patron::MAX_UNREAD_REGION_BYTES,
@@ -201,6 +205,12 @@ impl Service {
             queue: queue::Queue::new(config_queue),
             rates: limits::BrokerRates::new(config_rates, &settings_now),
             seeding: seeding::Seeding::new(config_seeding),
+            hooks: crate::hooks::Hooks::new(
+                config_hooks.0,
+                config_hooks.1,
+                config_hooks.2,
+                config_hook_timeout,
+            ),
             faults: Faults::default(),
         });
         service.apply_rates();
@@ -358,6 +368,29 @@ impl Service {
             return Ok(());
         }
         self.update_record(id, |restore| restore.remember_peers(peers))
+    }
+
+    /// Runs the hook for `event` on torrent `id`, if one is set (returns at once).
+    pub(crate) fn fire_hook(
+        &self,
+        event: crate::hooks::HookEvent,
+        id: TorrentId,
+        error: Option<String>,
+    ) {
+        let torrent = {
+            let state = self.state();
+            let Some(entry) = state.registry.get(id) else {
+                return;
+            };
+            crate::hooks::HookTorrent {
+                id: id.0,
+                info_hash: entry.info.info_hash.to_string(),
+                name: entry.info.name.clone(),
+                save_folder: entry.info.save_folder.clone(),
+                error,
+            }
+        };
+        self.hooks.fire(&self.runtime, event, torrent);
     }
 
     /// Removes the .torrent kept for a torrent no record names any more.
