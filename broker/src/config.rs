@@ -640,15 +640,9 @@ fn count_limit(s: &str) -> Result<CountLimit, String> {
 
 /// A stall time as users type it: minutes (`30`), a duration (`90s`, `2h`), or `never`.
 fn stall(s: &str) -> Result<Stall, String> {
-    if matches!(s.trim(), "never" | "none") {
-        return Ok(Stall(None));
-    }
-    match proto::text::parse_duration(s, 60) {
-        Some(0) | None => Err(format!(
-            "{s:?} is not a stall time: minutes (30), a duration (90s, 2h), or never"
-        )),
-        Some(secs) => Ok(Stall(Some(secs))),
-    }
+    proto::text::parse_time_limit(s).map(Stall).ok_or_else(|| {
+        format!("{s:?} is not a stall time: minutes (30), a duration (90s, 2h), or never")
+    })
 }
 
 /// A ratio limit (`None`: none).
@@ -661,30 +655,18 @@ pub struct TimeLimit(pub Option<u64>);
 
 /// A ratio limit as users type it (`2`, `1.5`, `none`).
 pub fn ratio_limit(s: &str) -> Result<RatioLimit, String> {
-    if matches!(s.trim(), "none" | "unlimited") {
-        return Ok(RatioLimit(None));
-    }
-    match s.trim().parse::<f64>() {
-        Ok(ratio) if ratio.is_finite() && ratio > 0.0 && ratio <= 1e6 => {
-            Ok(RatioLimit(Some(ratio)))
-        }
-        _ => Err(format!(
-            "{s:?} is not a ratio limit: a number above 0 (2, 1.5), or none"
-        )),
-    }
+    proto::text::parse_ratio_limit(s)
+        .map(RatioLimit)
+        .ok_or_else(|| format!("{s:?} is not a ratio limit: 0.001 to a million (2, 1.5), or none"))
 }
 
 /// A time limit as users type it (`90m`, `3d`, a bare number of minutes, `none`).
 pub fn time_limit(s: &str) -> Result<TimeLimit, String> {
-    if matches!(s.trim(), "none" | "unlimited" | "never") {
-        return Ok(TimeLimit(None));
-    }
-    match proto::text::parse_duration(s, 60) {
-        Some(0) | None => Err(format!(
-            "{s:?} is not a time limit: 90m, 3d, 1h30m (a bare number is minutes), or none"
-        )),
-        Some(secs) => Ok(TimeLimit(Some(secs))),
-    }
+    proto::text::parse_time_limit(s)
+        .map(TimeLimit)
+        .ok_or_else(|| {
+            format!("{s:?} is not a time limit: 90m, 3d, 1h30m (a bare number is minutes), or none")
+        })
 }
 
 /// What is done past a seeding limit, as users type it.

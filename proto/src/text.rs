@@ -206,6 +206,30 @@ pub fn parse_count_limit(s: &str) -> Option<Option<u32>> {
     }
 }
 
+/// Whether a user typed "no limit": `none`, `unlimited`, `never`.
+fn no_limit(s: &str) -> bool {
+    matches!(s.trim(), "none" | "unlimited" | "never")
+}
+
+/// A ratio limit as users type it: a number (`2`, `1.5`) the broker keeps
+/// ([`crate::valid_ratio_limit`]), or `none` (`Some(None)`). `None` for what is neither.
+pub fn parse_ratio_limit(s: &str) -> Option<Option<f64>> {
+    if no_limit(s) {
+        return Some(None);
+    }
+    let ratio: f64 = s.trim().parse().ok()?;
+    crate::valid_ratio_limit(ratio).then_some(Some(ratio))
+}
+
+/// A time limit as users type it: a duration (`90s`, `3d`; a bare number is minutes) of a
+/// second at least, or `none`/`never` (`Some(None)`). `None` for what is neither.
+pub fn parse_time_limit(s: &str) -> Option<Option<u64>> {
+    if no_limit(s) {
+        return Some(None);
+    }
+    parse_duration(s, 60).filter(|&secs| secs > 0).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +247,12 @@ mod tests {
         assert_eq!(parse_count_limit("none"), Some(None));
         assert_eq!(parse_count_limit("-1"), Some(None));
         assert_eq!(parse_count_limit("five"), None);
+        assert_eq!(parse_ratio_limit("1.5"), Some(Some(1.5)));
+        assert_eq!(parse_ratio_limit("none"), Some(None));
+        assert_eq!(parse_ratio_limit("0"), None);
+        assert_eq!(parse_time_limit("never"), Some(None));
+        assert_eq!(parse_time_limit("90s"), Some(Some(90)));
+        assert_eq!(parse_time_limit("0"), None);
     }
 
     #[test]

@@ -155,28 +155,21 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     Ok(exit)
 }
 
+/// A torrent's own limit from what `parse` takes: `none` is no limit, whatever the
+/// broker's.
+fn own<T>(parsed: Option<Option<T>>) -> Option<SeedLimit<T>> {
+    Some(parsed?.map_or(SeedLimit::Unlimited, SeedLimit::At))
+}
+
 fn own_ratio(s: &str) -> Result<SeedLimit<f64>, String> {
-    if matches!(s.trim(), "none" | "unlimited") {
-        return Ok(SeedLimit::Unlimited);
-    }
-    match s.trim().parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 => Ok(SeedLimit::At(r)),
-        _ => Err(format!(
-            "{s:?} is not a ratio: a number above 0 (2, 1.5), or none"
-        )),
-    }
+    own(patron_client::proto::text::parse_ratio_limit(s))
+        .ok_or_else(|| format!("{s:?} is not a ratio: 0.001 to a million (2, 1.5), or none"))
 }
 
 fn own_time(s: &str) -> Result<SeedLimit<u64>, String> {
-    if matches!(s.trim(), "none" | "unlimited") {
-        return Ok(SeedLimit::Unlimited);
-    }
-    match patron_client::proto::text::parse_duration(s, 60) {
-        Some(0) | None => Err(format!(
-            "{s:?} is not a time: 90m, 3d, 1h30m (a bare number is minutes), or none"
-        )),
-        Some(secs) => Ok(SeedLimit::At(secs)),
-    }
+    own(patron_client::proto::text::parse_time_limit(s)).ok_or_else(|| {
+        format!("{s:?} is not a time: 90m, 3d, 1h30m (a bare number is minutes), or none")
+    })
 }
 
 fn read_source(source: &str) -> Result<TorrentSource, Error> {

@@ -48,15 +48,9 @@ fn count_limit(s: &str) -> Result<Count, String> {
 }
 
 fn stall(s: &str) -> Result<StallTime, String> {
-    if matches!(s.trim(), "never" | "none") {
-        return Ok(StallTime(None));
-    }
-    match text::parse_duration(s, 60) {
-        Some(0) | None => Err(format!(
-            "{s:?} is not a stall time: minutes (30), a duration (90s, 2h), or never"
-        )),
-        Some(secs) => Ok(StallTime(Some(secs))),
-    }
+    text::parse_time_limit(s).map(StallTime).ok_or_else(|| {
+        format!("{s:?} is not a stall time: minutes (30), a duration (90s, 2h), or never")
+    })
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {

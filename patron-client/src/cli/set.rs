@@ -4,7 +4,7 @@
 
 use super::{Context, Exit};
 use patron_client::json::{limits_json, seeding_json};
-use patron_client::proto::text::{bytes, duration};
+use patron_client::proto::text::{self, bytes, duration};
 use patron_client::proto::{
     OwnSeedingChange, SeedAction, SeedLimit, SetLimits, SetSeeding, TorrentRef,
 };
@@ -69,36 +69,27 @@ impl<T> Given<T> {
     }
 }
 
-fn words<T>(s: &str) -> Option<Given<T>> {
-    match s.trim() {
-        "none" | "unlimited" => Some(Given::None),
-        "default" => Some(Given::Default),
-        _ => None,
+/// A limit as typed: `default`, or what `parse` takes (`none` among it).
+fn given<T>(s: &str, parse: fn(&str) -> Option<Option<T>>) -> Option<Given<T>> {
+    if s.trim() == "default" {
+        return Some(Given::Default);
     }
+    Some(match parse(s)? {
+        Some(value) => Given::Value(value),
+        None => Given::None,
+    })
 }
 
 fn ratio(s: &str) -> Result<Given<f64>, String> {
-    if let Some(given) = words(s) {
-        return Ok(given);
-    }
-    match s.trim().parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 => Ok(Given::Value(r)),
-        _ => Err(format!(
-            "{s:?} is not a ratio: a number above 0 (2, 1.5), none or default"
-        )),
-    }
+    given(s, text::parse_ratio_limit).ok_or_else(|| {
+        format!("{s:?} is not a ratio: 0.001 to a million (2, 1.5), none or default")
+    })
 }
 
 fn time(s: &str) -> Result<Given<u64>, String> {
-    if let Some(given) = words(s) {
-        return Ok(given);
-    }
-    match patron_client::proto::text::parse_duration(s, 60) {
-        Some(0) | None => Err(format!(
-            "{s:?} is not a time: 90m, 3d, 1h30m (a bare number is minutes), none or default"
-        )),
-        Some(secs) => Ok(Given::Value(secs)),
-    }
+    given(s, text::parse_time_limit).ok_or_else(|| {
+        format!("{s:?} is not a time: 90m, 3d, 1h30m (a bare number is minutes), none or default")
+    })
 }
 
 fn action(s: &str) -> Result<SeedAction, String> {
