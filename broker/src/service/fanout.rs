@@ -208,20 +208,19 @@ fn refresh_board(
             ephemeral,
         })
         .collect();
-    let computed = changed
+    let computed: HashMap<TorrentId, TorrentStatus> = changed
         .iter()
         .map(|summary| (summary.info.id, summary.status.clone()))
         .collect();
-    // A torrent that just failed runs its hook (once: at the change of stage).
-    for summary in &changed {
-        if let proto::TorrentState::Error(why) = &summary.status.state {
-            if urgent.contains(&summary.info.id) {
-                service.fire_hook(
-                    crate::hooks::HookEvent::Error,
-                    summary.info.id,
-                    Some(why.clone()),
-                );
-            }
+    // A torrent that just failed runs its hook (once: at the change of stage; the few
+    // torrents whose stage changed, not every torrent of the pass).
+    for id in &urgent {
+        if let Some(TorrentStatus {
+            state: proto::TorrentState::Error(why),
+            ..
+        }) = computed.get(id)
+        {
+            service.fire_hook(crate::hooks::HookEvent::Error, *id, Some(why.clone()));
         }
     }
     changed.extend(placeholders);
