@@ -78,6 +78,9 @@ pub struct RunSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub alt_schedule: Option<Option<proto::AltSchedule>>,
+    /// The schedule's hours, kept while it is off too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt_hours: Option<proto::AltSchedule>,
     /// Whether the alternative limits are on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alt_on: Option<bool>,
@@ -146,10 +149,10 @@ impl RunSettings {
                 return bad(&format!("{name} is a second to a century, or null"));
             }
         }
-        if settings
-            .alt_schedule
+        if [settings.alt_schedule.flatten(), settings.alt_hours]
+            .into_iter()
             .flatten()
-            .is_some_and(|schedule| !schedule.is_valid())
+            .any(|schedule| !schedule.is_valid())
         {
             return bad("alt_schedule names no day, or minutes past a day");
         }
@@ -213,6 +216,7 @@ mod tests {
             alt_download_rate: Some(0),
             alt_upload_rate: Some(256 << 10),
             alt_schedule: Some(proto::AltSchedule::parse("sat,sun 22:00-06:00")),
+            alt_hours: proto::AltSchedule::parse("sat,sun 22:00-06:00"),
             alt_on: Some(true),
         };
         settings.save(dir.path()).expect("save");

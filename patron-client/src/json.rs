@@ -122,6 +122,7 @@ pub fn broker_json(info: &proto::BrokerInfo, started: Option<bool>, others: u32)
         "alt_download_rate": info.alt.download,
         "alt_upload_rate": info.alt.upload,
         "alt_schedule": info.alt.schedule.map(|s| s.to_string()),
+        "alt_hours": info.alt.hours.map(|s| s.to_string()),
         "alt_on": info.alt.on,
         "ratio_limit": info.seeding.0.ratio,
         "seed_time_limit_secs": info.seeding.0.seed_time_secs,
@@ -149,6 +150,7 @@ pub fn limits_json(limits: &RateLimits, alt: Option<&proto::AltSpeed>) -> Value 
         value["alt_download_rate"] = alt.download.into();
         value["alt_upload_rate"] = alt.upload.into();
         value["alt_schedule"] = alt.schedule.map(|s| s.to_string()).into();
+        value["alt_hours"] = alt.hours.map(|s| s.to_string()).into();
         value["alt_on"] = alt.on.into();
     }
     value

@@ -490,8 +490,11 @@ pub struct AltChange {
     pub download: Option<u64>,
     /// The alternative upload limit, as `download`.
     pub upload: Option<u64>,
-    /// When they turn on and off by themselves (`Some(None)`: never).
+    /// When they turn on and off by themselves (`Some(None)`: never; the hours are kept).
     pub schedule: Option<Option<AltSchedule>>,
+    /// New hours for the schedule, kept whether it is on or not (transmission's
+    /// `alt-speed-time-begin` while its scheduler is off); `schedule` wins when both are given.
+    pub hours: Option<AltSchedule>,
     /// Turns them on or off now (until the schedule's next edge).
     pub on: Option<bool>,
 }
@@ -504,8 +507,10 @@ pub struct AltSpeed {
     pub download: Option<u64>,
     /// Upload limit, bytes per second (`None`: none).
     pub upload: Option<u64>,
-    /// When they turn on and off by themselves.
+    /// When they turn on and off by themselves (`None`: never).
     pub schedule: Option<AltSchedule>,
+    /// The schedule's hours, kept while it is off too.
+    pub hours: Option<AltSchedule>,
     /// On now.
     pub on: bool,
 }

@@ -324,6 +324,7 @@ fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
                         })?))
                     }
                 },
+                hours: None,
                 on: arg(args, "alt_on")?,
             },
         }),
@@ -503,6 +504,7 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
                 dict.set_item("alt_download_rate", alt.download)?;
                 dict.set_item("alt_upload_rate", alt.upload)?;
                 dict.set_item("alt_schedule", alt.schedule.map(|s| s.to_string()))?;
+                dict.set_item("alt_hours", alt.hours.map(|s| s.to_string()))?;
                 dict.set_item("alt_on", alt.on)?;
             }
             dict.into_any().unbind()

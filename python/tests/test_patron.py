@@ -398,7 +398,7 @@ def test_the_async_patron_and_file_have_what_the_sync_ones_have(broker: Broker) 
 def test_global_limits_are_read_and_changed(broker: Broker) -> None:
     unlimited = {
         "max_download_rate": None, "max_upload_rate": None, "alt_download_rate": None,
-        "alt_upload_rate": None, "alt_schedule": None, "alt_on": False,
+        "alt_upload_rate": None, "alt_schedule": None, "alt_hours": None, "alt_on": False,
     }
     with tp.Patron(broker.state) as p:
         assert p.limits() == unlimited

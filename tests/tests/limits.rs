@@ -267,7 +267,8 @@ fn global_limits_change_while_running_and_outlive_a_kill() {
     };
     let none = serde_json::json!({
         "event": "limits", "max_download_rate": null, "max_upload_rate": null,
-        "alt_download_rate": null, "alt_upload_rate": null, "alt_schedule": null, "alt_on": false,
+        "alt_download_rate": null, "alt_upload_rate": null, "alt_schedule": null,
+        "alt_hours": null, "alt_on": false,
     });
     assert_eq!(limits(&[]), none);
 

@@ -94,6 +94,15 @@ impl Web {
         ))
     }
 
+    /// A Transmission RPC call that must succeed (200, `"result": "success"`): its answer.
+    fn rpc_ok(&self, body: &str) -> Value {
+        let (code, reply) = self.rpc(body);
+        assert_eq!(code, 200, "{reply}");
+        let value = serde_json::from_str::<Value>(&reply).expect(&reply);
+        assert_eq!(value["result"], "success", "{body}: {value}");
+        value
+    }
+
     /// The status code and body of a curl run with `-w "\n%{http_code}"`.
     fn answer(out: &e2e::Output) -> (u16, String) {
         let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", &out.stdout));
@@ -537,6 +546,14 @@ fn transmission_remote_sets_the_global_rate_limits() {
         "--alt-speed-days",
         "1-5",
     ]);
+    // Hours given while the schedule is off are the broker's to keep (not the web
+    // patron's): they outlive it.
+    let kept = limits();
+    assert_eq!(
+        kept["alt_hours"], "mon,tue,wed,thu,fri 09:30-17:45",
+        "{kept}"
+    );
+    assert_eq!(kept["alt_schedule"], Value::Null, "still off: {kept}");
     remote(&["-asc"]);
     let scheduled = limits();
     assert_eq!(
@@ -1373,13 +1390,7 @@ fn transmissions_rpc_sets_and_moves_the_queue() {
     let state = sandbox.state_dir("broker");
     let _broker = sandbox.broker(&state, &[]);
     let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
-    let rpc = |body: &str| {
-        let (code, reply) = web.rpc(body);
-        assert_eq!(code, 200, "{reply}");
-        let value = serde_json::from_str::<Value>(&reply).expect(&reply);
-        assert_eq!(value["result"], "success", "{body}: {value}");
-        value
-    };
+    let rpc = |body: &str| web.rpc_ok(body);
     rpc(
         r#"{"method":"session-set","arguments":{"seed-queue-enabled":true,"seed-queue-size":1,"queue-stalled-enabled":false}}"#,
     );
@@ -1462,13 +1473,7 @@ fn transmissions_rpc_sets_the_seeding_limits() {
     let state = sandbox.state_dir("broker");
     let _broker = sandbox.broker(&state, &[]);
     let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
-    let rpc = |body: &str| {
-        let (code, reply) = web.rpc(body);
-        assert_eq!(code, 200, "{reply}");
-        let value = serde_json::from_str::<Value>(&reply).expect(&reply);
-        assert_eq!(value["result"], "success", "{body}: {value}");
-        value
-    };
+    let rpc = |body: &str| web.rpc_ok(body);
     rpc(
         r#"{"method":"session-set","arguments":{"seedRatioLimit":1.5,"seedRatioLimited":true,"idle-seeding-limit":90,"idle-seeding-limit-enabled":true}}"#,
     );

@@ -299,6 +299,7 @@ pub async fn set_settings(
             download: rate("alt_download_rate")?,
             upload: rate("alt_upload_rate")?,
             schedule: None,
+            hours: None,
             on: match body.get("alt_on") {
                 None => None,
                 Some(v) => Some(

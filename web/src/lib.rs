@@ -47,10 +47,6 @@ pub struct Web {
     subscribers: events::Subscribers,
     /// Transmission's session id, for this process's life.
     rpc_session: String,
-    /// Hours for alternative limits given through the RPC while their schedule is off
-    /// (transmission keeps them; the broker keeps only a schedule that is on): used when it
-    /// is turned on, for this process's life.
-    alt_hours: std::sync::Mutex<Option<patron_client::proto::AltSchedule>>,
 }
 
 impl Web {
@@ -63,7 +59,6 @@ impl Web {
             streams: files::Streams::new(stall),
             subscribers: events::Subscribers::default(),
             rpc_session: rpc::new_session(),
-            alt_hours: std::sync::Mutex::default(),
         }
     }
 }

@@ -208,10 +208,7 @@ async fn session_get(web: &Shared) -> Result<Value, String> {
         },
     });
     // (A second object: one `json!` this long passes the macro's recursion limit.)
-    let schedule = info
-        .alt
-        .schedule
-        .or(*web.alt_hours.lock().unwrap_or_else(|e| e.into_inner()));
+    let schedule = info.alt.hours;
     let queue = json!({
         "queue-stalled-enabled": info.queue.stalled_after_secs.is_some(),
         "queue-stalled-minutes": stalled_minutes,
@@ -380,29 +377,20 @@ fn broker_days(days: u64) -> u8 {
 }
 
 /// The alternative limits ("turtle mode") `session-set` changes: their rates (kB/s; 0 is
-/// none here, as the broker keeps them), their switch, and their schedule (minutes after
-/// midnight and day bits, each changed alone keeping the others as the broker has them).
+/// none here, as the broker keeps them), their switch, and their schedule and its hours
+/// (minutes after midnight and day bits).
 async fn alt_change(
     web: &Shared,
     arguments: &Map<String, Value>,
 ) -> Result<patron_client::proto::AltChange, String> {
-    let number = |key: &str| -> Result<Option<u64>, String> {
-        arguments
-            .get(key)
-            .map(|v| v.as_u64().ok_or_else(|| format!("{key} is a whole number")))
-            .transpose()
-    };
-    let flag = |key: &str| -> Result<Option<bool>, String> {
-        arguments
-            .get(key)
-            .map(|v| v.as_bool().ok_or_else(|| format!("{key} is true or false")))
-            .transpose()
-    };
+    let number = |key: &str| whole(arguments, key);
+    let flag = |key: &str| flag(arguments, key);
     let rate = |key: &str| number(key).map(|kb| kb.map(|kb| kb.saturating_mul(SPEED_BYTES)));
     let mut change = patron_client::proto::AltChange {
         download: rate("alt-speed-down")?,
         upload: rate("alt-speed-up")?,
         schedule: None,
+        hours: None,
         on: flag("alt-speed-enabled")?,
     };
     let timed = flag("alt-speed-time-enabled")?;
@@ -414,15 +402,14 @@ async fn alt_change(
     if timed == Some(false) {
         change.schedule = Some(None);
     } else if timed.is_some() || begin.is_some() || end.is_some() || day.is_some() {
-        let on = web
+        // Each of begin, end and days changed alone keeps the others as the broker has them.
+        let now = web
             .link
             .call(|patron| patron.broker_info())
             .await
             .map_err(failure)?
             .alt
-            .schedule;
-        let mut kept = web.alt_hours.lock().unwrap_or_else(|e| e.into_inner());
-        let now = on.or(*kept);
+            .hours;
         // Transmission's defaults: 09:00 to 17:00, every day.
         let minute = |m: Option<u64>, or: u16| -> Result<u16, String> {
             match m {
@@ -440,11 +427,10 @@ async fn alt_change(
                 None => now.map_or(0x7f, |s| s.days),
             },
         };
-        // Turned on, or changed where it is on; else kept here for when it is.
-        if timed == Some(true) || on.is_some() {
-            change.schedule = Some(Some(schedule));
-        } else {
-            *kept = Some(schedule);
+        // Turned on with them, or hours alone (the broker keeps them while it is off).
+        match timed {
+            Some(true) => change.schedule = Some(Some(schedule)),
+            _ => change.hours = Some(schedule),
         }
     }
     Ok(change)
@@ -473,28 +459,30 @@ fn switched(
     value_key: &str,
     shown: u64,
 ) -> Result<Option<Option<u64>>, String> {
-    let enabled = match arguments.get(enabled_key) {
-        None => None,
-        Some(value) => Some(
-            value
-                .as_bool()
-                .ok_or_else(|| format!("{enabled_key} is true or false"))?,
-        ),
-    };
-    let value = match arguments.get(value_key) {
-        None => None,
-        Some(value) => Some(
-            value
-                .as_u64()
-                .ok_or_else(|| format!("{value_key} is a whole number"))?,
-        ),
-    };
-    Ok(match (enabled, value) {
-        (Some(false), _) => Some(None),
-        (_, Some(value)) => Some(Some(value)),
-        (Some(true), None) => Some(Some(shown)),
-        (None, None) => None,
-    })
+    Ok(
+        match (flag(arguments, enabled_key)?, whole(arguments, value_key)?) {
+            (Some(false), _) => Some(None),
+            (_, Some(value)) => Some(Some(value)),
+            (Some(true), None) => Some(Some(shown)),
+            (None, None) => None,
+        },
+    )
+}
+
+/// A switch of the session's (`None`: not given).
+fn flag(arguments: &Map<String, Value>, key: &str) -> Result<Option<bool>, String> {
+    arguments
+        .get(key)
+        .map(|v| v.as_bool().ok_or_else(|| format!("{key} is true or false")))
+        .transpose()
+}
+
+/// A whole number of the session's (`None`: not given).
+fn whole(arguments: &Map<String, Value>, key: &str) -> Result<Option<u64>, String> {
+    arguments
+        .get(key)
+        .map(|v| v.as_u64().ok_or_else(|| format!("{key} is a whole number")))
+        .transpose()
 }
 
 /// One direction's new limit in bytes a second (`Some(0)`: none; `None`: unchanged), from
@@ -505,22 +493,7 @@ fn speed_limit(
     enabled_key: &str,
     limit_key: &str,
 ) -> Result<Option<u64>, String> {
-    let enabled = match arguments.get(enabled_key) {
-        None => None,
-        Some(value) => Some(
-            value
-                .as_bool()
-                .ok_or_else(|| format!("{enabled_key} is true or false"))?,
-        ),
-    };
-    let limit = match arguments.get(limit_key) {
-        None => None,
-        Some(value) => Some(
-            value
-                .as_u64()
-                .ok_or_else(|| format!("{limit_key} is a number of kB/s"))?,
-        ),
-    };
+    let (enabled, limit) = (flag(arguments, enabled_key)?, whole(arguments, limit_key)?);
     match (enabled, limit) {
         (Some(false), _) => Ok(Some(0)),
         (_, Some(0)) => Err(format!(

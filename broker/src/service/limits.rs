@@ -34,6 +34,7 @@ impl BrokerRates {
                     download: none_if_zero(recorded.alt_download_rate),
                     upload: none_if_zero(recorded.alt_upload_rate),
                     schedule: recorded.alt_schedule.flatten(),
+                    hours: recorded.alt_hours.or(recorded.alt_schedule.flatten()),
                     on: recorded.alt_on.unwrap_or(false),
                 },
                 inside: None,
@@ -104,11 +105,10 @@ impl Service {
                 .set_torrent_limits(torrent, download, upload)
                 .map(|limits| (limits, None));
         }
-        if change
-            .alt
-            .schedule
+        if [change.alt.schedule.flatten(), change.alt.hours]
+            .into_iter()
             .flatten()
-            .is_some_and(|schedule| !schedule.is_valid())
+            .any(|schedule| !schedule.is_valid())
         {
             return Err(ProtoError::bad_request(
                 "the schedule names no day, or minutes past a day",
@@ -120,12 +120,21 @@ impl Service {
         }
         // One change at a time: each writes the whole record.
         let mut recorded = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        // New hours for the schedule: those it is turned on with, or those given alone;
+        // hours given alone to a schedule that is on change it.
+        let hours = change.alt.schedule.flatten().or(change.alt.hours);
+        let schedule = match (change.alt.schedule, change.alt.hours) {
+            (Some(schedule), _) => Some(schedule),
+            (None, Some(hours)) if self.rates.get().1.schedule.is_some() => Some(Some(hours)),
+            (None, _) => None,
+        };
         let next = RunSettings {
             max_download_rate: change.download.or(recorded.max_download_rate),
             max_upload_rate: change.upload.or(recorded.max_upload_rate),
             alt_download_rate: change.alt.download.or(recorded.alt_download_rate),
             alt_upload_rate: change.alt.upload.or(recorded.alt_upload_rate),
-            alt_schedule: change.alt.schedule.or(recorded.alt_schedule),
+            alt_schedule: schedule.or(recorded.alt_schedule),
+            alt_hours: hours.or(recorded.alt_hours),
             alt_on: change.alt.on.or(recorded.alt_on),
             ..*recorded
         };
@@ -151,7 +160,10 @@ impl Service {
             if let Some(upload) = alt_upload {
                 state.alt.upload = bytes(upload);
             }
-            if let Some(schedule) = change.alt.schedule {
+            if let Some(hours) = hours {
+                state.alt.hours = Some(hours);
+            }
+            if let Some(schedule) = schedule {
                 state.alt.schedule = schedule;
                 // A new schedule is looked at afresh at the next tick...
                 state.inside = None;

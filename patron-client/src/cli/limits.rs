@@ -80,6 +80,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
             download: args.alt_limits.map(|(down, _)| down),
             upload: args.alt_limits.map(|(_, up)| up),
             schedule: args.alt_schedule.map(|s| s.0),
+            hours: None,
             on: args.alt,
         },
     };

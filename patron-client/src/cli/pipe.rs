@@ -919,6 +919,7 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
                         download: alt_download_rate,
                         upload: alt_upload_rate,
                         schedule,
+                        hours: None,
                         on: alt_on,
                     },
                 }),
