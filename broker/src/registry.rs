@@ -584,7 +584,7 @@ impl TorrentRegistry {
     }
 
     /// Moves torrent `id` in the queue, and numbers every running torrent's key by its new
-    /// place (`1..`). Returns whether it runs.
+    /// place (`1..`). Returns whether it is a running torrent (else nothing moved).
     pub fn move_in_queue(&mut self, id: TorrentId, to: proto::QueueMove) -> bool {
         let mut order = self.queue_order();
         let Some(at) = order.iter().position(|other| *other == id) else {
