@@ -854,6 +854,29 @@ pub fn have_program(program: &str, package: &str) -> bool {
     )
 }
 
+/// A small tmpfs (a file system of its own, of a set size: a disk that fills), unmounted
+/// when dropped. Needs root ([`have_root`]).
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts one of `size` (`4m`) on folder `dir`.
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "mount tmpfs: {out:?}");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// SHA-256 of a file, hex.
 pub fn sha256(path: &Path) -> String {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));

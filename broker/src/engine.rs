@@ -521,6 +521,24 @@ impl Engine {
         }
     }
 
+    /// Whether torrent `id`'s files (`files`, relative to `data_folder`, every one the engine
+    /// lists, in its order) are as its fast-resume record says they were when verified.
+    pub fn stamps_hold(&self, id: TorrentId, data_folder: &Path, files: &[PathBuf]) -> bool {
+        let now = crate::storage::stamps_of(&self.roots, data_folder, files);
+        self.fast_resume.stamps_match(id, &now)
+    }
+
+    /// Records torrent `id`'s files at `data_folder` as what its bitfield is true of: they
+    /// are the files that were so, moved there by the broker itself (renamed, or copied and
+    /// compared by hash).
+    pub fn stamp_moved(&self, id: TorrentId, data_folder: &Path, files: &[PathBuf]) {
+        let now = crate::storage::stamps_of(&self.roots, data_folder, files);
+        if let Err(e) = self.fast_resume.write_stamps(id, &now) {
+            tracing::warn!(torrent = %id, "{e:#}; its data is hashed again when it starts");
+            let _ = crate::store::remove_durably(&self.fast_resume.stamps_path(id));
+        }
+    }
+
     /// Removes the fast-resume files of torrents the broker no longer remembers (closed while
     /// the broker was killed, say).
     pub fn sweep_verified(&self, remembered: &HashSet<TorrentId>) {
@@ -759,16 +777,6 @@ pub(crate) fn read_next_id(path: &Path) -> anyhow::Result<usize> {
                 path.display()
             )
         })
-}
-
-pub fn status_or_checking(
-    info: &proto::TorrentInfo,
-    handle: Option<&ManagedTorrentHandle>,
-) -> TorrentStatus {
-    match handle {
-        Some(handle) => status_of(info.id, &info.name, handle),
-        None => TorrentStatus::idle(info, TorrentState::Checking),
-    }
 }
 
 /// The protocol's view of a torrent's state right now.

@@ -42,6 +42,7 @@ pub mod left;
 pub mod lock;
 pub mod patron;
 pub mod registry;
+pub mod relocate;
 pub mod rendezvous;
 pub mod requests;
 pub mod roots;

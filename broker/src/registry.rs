@@ -44,6 +44,15 @@ impl TorrentEntry {
         self.life.handle().cloned()
     }
 
+    /// What its status is read from now.
+    pub fn source(&self) -> Source {
+        match &self.life {
+            Life::Running(handle) | Life::Settling(handle) => Source::Engine(handle.clone()),
+            Life::Restarting => Source::Restarting,
+            Life::Moving(status) => Source::Frozen(status.clone()),
+        }
+    }
+
     /// What the broker adds to its status from the engine, given the broker's seeding
     /// limits (`broker`).
     pub fn overlay(&self, broker: &proto::SeedingLimits) -> Overlay {
@@ -99,14 +108,28 @@ impl Overlay {
     }
 }
 
-/// A torrent's status as patrons see it: the engine's (checking while it has no handle),
-/// with its place in the broker's queue. The one way every status is made.
-pub fn shown_status(
-    info: &TorrentInfo,
-    handle: Option<&ManagedTorrentHandle>,
-    place: Overlay,
-) -> TorrentStatus {
-    let mut status = crate::engine::status_or_checking(info, handle);
+/// What a torrent's status is read from.
+#[derive(Clone)]
+pub enum Source {
+    /// The engine.
+    Engine(ManagedTorrentHandle),
+    /// Nothing: it is being added again (shown checking).
+    Restarting,
+    /// The status it had when its data began to move (shown [`TorrentState::Moving`]).
+    Frozen(Arc<TorrentStatus>),
+}
+
+/// A torrent's status as patrons see it: the engine's (or what stands for it while it is out
+/// of the engine), with the broker's overlay. The one way every status is made.
+pub fn shown_status(info: &TorrentInfo, source: &Source, place: Overlay) -> TorrentStatus {
+    let mut status = match source {
+        Source::Engine(handle) => crate::engine::status_of(info.id, &info.name, handle),
+        Source::Restarting => TorrentStatus::idle(info, TorrentState::Checking),
+        Source::Frozen(status) => TorrentStatus {
+            state: TorrentState::Moving,
+            ..(**status).clone()
+        },
+    };
     place.apply(&mut status);
     status
 }
@@ -123,6 +146,9 @@ pub enum Life {
     /// Taken out of the engine and being added again under the same id (a recheck): shown
     /// as checking, with no handle to read until it is back.
     Restarting,
+    /// Taken out of the engine while its data moves (`move`): shown as it was when it
+    /// stopped, [`TorrentState::Moving`], until it runs again from one place or the other.
+    Moving(Arc<TorrentStatus>),
 }
 
 impl Life {
@@ -130,7 +156,7 @@ impl Life {
     pub fn handle(&self) -> Option<&ManagedTorrentHandle> {
         match self {
             Life::Running(handle) | Life::Settling(handle) => Some(handle),
-            Life::Restarting => None,
+            Life::Restarting | Life::Moving(_) => None,
         }
     }
 
@@ -201,6 +227,11 @@ pub struct RestoreSpec {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub data_was_there: bool,
+    /// A move of its data under way: what the next start finishes or undoes, so that one
+    /// complete copy, the one this record names, is all that is left (see
+    /// [`crate::service::MoveJournal`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<crate::service::MoveJournal>,
 }
 
 /// How many peers a torrent's record keeps (the latest named win): `peers --add` must not
@@ -229,6 +260,7 @@ impl RestoreSpec {
             seeding: Default::default(),
             stopped_by: None,
             data_was_there: false,
+            moving: None,
         }
     }
 
@@ -545,6 +577,18 @@ impl TorrentRegistry {
         self.claim(id, &entry.files);
         self.torrents.insert(id, entry);
         self.rank_queue();
+    }
+
+    /// Changes which files a running torrent owns (a move: both places while its data
+    /// moves, then the one it runs from). Returns `false` if it no longer runs.
+    pub fn set_files(&mut self, id: TorrentId, files: Arc<[PathBuf]>) -> bool {
+        let Some(entry) = self.torrents.get_mut(&id) else {
+            return false;
+        };
+        let before = std::mem::replace(&mut entry.files, files.clone());
+        self.release(id, &before);
+        self.claim(id, &files);
+        true
     }
 
     /// Forgets a torrent, returning it.

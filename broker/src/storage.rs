@@ -248,7 +248,7 @@ const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
     .union(ResolveFlag::RESOLVE_NO_SYMLINKS)
     .union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
 
-fn open_how(flags: OFlag, mode: u32) -> OpenHow {
+pub(crate) fn open_how(flags: OFlag, mode: u32) -> OpenHow {
     // openat2 refuses O_PATH with anything but O_DIRECTORY, O_NOFOLLOW and O_CLOEXEC.
     let extra = if flags.contains(OFlag::O_PATH) {
         OFlag::O_CLOEXEC
@@ -268,7 +268,7 @@ fn open_how(flags: OFlag, mode: u32) -> OpenHow {
 }
 
 /// Refuses a relative path that is empty or has anything but plain names.
-fn plain(relative: &Path) -> anyhow::Result<()> {
+pub(crate) fn plain(relative: &Path) -> anyhow::Result<()> {
     if relative.as_os_str().is_empty()
         || !relative
             .components()
@@ -310,7 +310,7 @@ impl Beneath {
         self.root.join(&self.folder)
     }
 
-    fn root_fd(&self) -> anyhow::Result<OwnedFd> {
+    pub(crate) fn root_fd(&self) -> anyhow::Result<OwnedFd> {
         let fd = nix::fcntl::open(
             &self.root,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -322,7 +322,7 @@ impl Beneath {
     }
 
     /// `relative` (beneath the folder) as a path from the root.
-    fn path_from_root(&self, relative: &Path) -> PathBuf {
+    pub(crate) fn path_from_root(&self, relative: &Path) -> PathBuf {
         if self.folder.as_os_str().is_empty() {
             relative.to_path_buf()
         } else {
@@ -331,7 +331,7 @@ impl Beneath {
     }
 
     /// An error for `from_root` (a path from the root) that says what happened.
-    fn explain(&self, from_root: &Path, e: Errno, what: &str) -> anyhow::Error {
+    pub(crate) fn explain(&self, from_root: &Path, e: Errno, what: &str) -> anyhow::Error {
         let full = self.root.join(from_root);
         match e {
             Errno::ELOOP | Errno::EXDEV => anyhow!(
@@ -344,7 +344,11 @@ impl Beneath {
     }
 
     /// Opens a folder beneath the root (`relative` from the root; empty: the root).
-    fn open_dir_from_root(&self, root: &OwnedFd, relative: &Path) -> Result<OwnedFd, Errno> {
+    pub(crate) fn open_dir_from_root(
+        &self,
+        root: &OwnedFd,
+        relative: &Path,
+    ) -> Result<OwnedFd, Errno> {
         let path = if relative.as_os_str().is_empty() {
             Path::new(".")
         } else {
@@ -361,7 +365,7 @@ impl Beneath {
 
     /// Makes the folder and every folder on the way to `relative`'s parent, one real folder
     /// at a time (each made inside the one opened before it, so no swap can redirect it).
-    fn make_parents(&self, root: &OwnedFd, relative: &Path) -> anyhow::Result<()> {
+    pub(crate) fn make_parents(&self, root: &OwnedFd, relative: &Path) -> anyhow::Result<()> {
         let target = self.path_from_root(relative);
         let Some(parent) = target.parent() else {
             return Ok(());
@@ -511,19 +515,46 @@ pub fn delete_torrent_data(
     own_folder: bool,
 ) -> Result<(), String> {
     let folder = Beneath::new(roots, data_folder).map_err(|e| format!("{e:#}"))?;
+    delete_torrent_data_beneath(&folder, relative, own_folder)
+}
+
+/// [`delete_torrent_data`] of a folder already found beneath its root.
+pub fn delete_torrent_data_beneath(
+    folder: &Beneath,
+    relative: &[PathBuf],
+    own_folder: bool,
+) -> Result<(), String> {
     let mut failed = Vec::new();
-    let mut folders = std::collections::BTreeSet::new();
     for file in relative {
         if let Err(e) = folder.remove_file(file) {
             failed.push(format!("{e:#}"));
         }
-        folders.extend(
-            file.ancestors()
-                .skip(1)
-                .filter(|a| !a.as_os_str().is_empty())
-                .map(Path::to_path_buf),
-        );
     }
+    if let Err(e) = remove_empty_folders(folder, relative, own_folder) {
+        failed.push(e);
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
+/// Removes the folders a torrent's paths (`relative`) make beneath `folder`, deepest first,
+/// those that are empty; and `folder` itself if it is the torrent's own (`own_folder`) and
+/// empty.
+pub fn remove_empty_folders(
+    folder: &Beneath,
+    relative: &[PathBuf],
+    own_folder: bool,
+) -> Result<(), String> {
+    let mut failed = Vec::new();
+    let folders: std::collections::BTreeSet<PathBuf> = relative
+        .iter()
+        .flat_map(|file| file.ancestors().skip(1))
+        .filter(|a| !a.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .collect();
     // Deepest first: a folder's folders go before it.
     let mut folders: Vec<PathBuf> = folders.into_iter().collect();
     folders.sort_by_key(|f| std::cmp::Reverse(f.components().count()));

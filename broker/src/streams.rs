@@ -437,7 +437,8 @@ impl StreamTask {
     }
 
     /// Why the stream can give no more bytes, if it cannot: its torrent went, failed, or
-    /// was added again (a recheck: the stream's engine handle is no longer the torrent's).
+    /// was added again (a recheck or a move: the stream's engine handle is no longer the
+    /// torrent's).
     fn look(&self, reader: &Reader) -> Option<ProtoError> {
         let Some(life) = self.torrents.life(self.torrent) else {
             return Some(ProtoError::unknown_torrent(format!(
@@ -448,6 +449,10 @@ impl StreamTask {
         match life {
             life if life.is(&reader.handle) => engine::failure(&reader.handle)
                 .map(|why| ProtoError::engine(format!("torrent {} failed: {why}", self.torrent))),
+            Life::Moving(_) => Some(ProtoError::engine(format!(
+                "torrent {}'s data is being moved: open the stream again once it runs from its new place",
+                self.torrent
+            ))),
             _ => Some(ProtoError::engine(format!(
                 "torrent {} is being checked again (recheck): open the stream again",
                 self.torrent

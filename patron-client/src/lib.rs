@@ -386,6 +386,14 @@ impl Patron {
         self.status_reply(RequestBody::Recheck(torrent))
     }
 
+    /// Moves a torrent's data to folder `to` (absolute, inside the broker's download roots)
+    /// and runs it from there: a rename on one file system; across two a copy, synced and
+    /// verified by hash, before the old files go. Returns its status once it runs from the
+    /// new place; on an error it runs from the old one, its data whole there.
+    pub fn move_storage(&mut self, torrent: TorrentRef, to: String) -> Result<TorrentStatus> {
+        self.status_reply(RequestBody::MoveStorage(proto::MoveStorage { torrent, to }))
+    }
+
     fn status_reply(&mut self, body: RequestBody) -> Result<TorrentStatus> {
         match self.request(body)? {
             Event::Status { status, .. } => Ok(status),

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 /// First word of every board: "TPBOARD1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TPBOARD1");
 /// Bumped on any change of the layout below.
-pub const LAYOUT_VERSION: u64 = 2;
+pub const LAYOUT_VERSION: u64 = 3;
 /// Words in the header.
 pub const HEADER_WORDS: usize = 16;
 /// Words in a slot.
@@ -299,6 +299,7 @@ impl BoardWriter {
             TorrentState::Paused => (4, ""),
             TorrentState::Error(message) => (5, message.as_str()),
             TorrentState::Queued => (6, ""),
+            TorrentState::Moving => (7, ""),
         };
         let (error, error_cut) = cut(error, ERROR_BYTES);
         let mut flags = OCCUPIED;
@@ -712,6 +713,7 @@ fn decode_status(slot: &[AtomicU64]) -> Option<TorrentStatus> {
         3 => TorrentState::Seeding,
         4 => TorrentState::Paused,
         6 => TorrentState::Queued,
+        7 => TorrentState::Moving,
         _ => TorrentState::Error(get_text(
             &slot[S_ERROR..],
             lengths >> 32 & 0xffff,

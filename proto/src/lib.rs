@@ -76,7 +76,7 @@ pub use status::{TorrentState, TorrentStatus};
 
 /// The protocol version spoken by this build. Bumped on any incompatible wire change;
 /// the broker refuses a patron whose version differs, with a clear error on both sides.
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// The largest serialized request the broker accepts (a .torrent file rides inside one).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -313,6 +313,22 @@ pub enum RequestBody {
     /// (the limits then in force: the broker's, or the torrent's own where it has them and
     /// the broker's elsewhere) or [`Event::Error`]; with nothing to change, it only asks.
     SetSeeding(SetSeeding),
+    /// Moves a torrent's data to another folder inside the download roots (DESIGN §13): a
+    /// rename on the same file system; across file systems a copy, synced and verified by
+    /// hash, before the old files go. Replied to with [`Event::Status`] (its status once it
+    /// runs from the new place) or [`Event::Error`] (then it runs from the old place, its
+    /// data whole there).
+    MoveStorage(MoveStorage),
+}
+
+/// A move of a torrent's data ([`RequestBody::MoveStorage`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MoveStorage {
+    /// The torrent.
+    pub torrent: TorrentRef,
+    /// The absolute folder to save it in from now on (its own folder, for a torrent of
+    /// several files, is made inside it), inside one of the broker's download roots.
+    pub to: String,
 }
 
 /// A change of seeding limits ([`RequestBody::SetSeeding`]).
@@ -645,6 +661,7 @@ impl RequestBody {
             RequestBody::SetQueue(_) => "queue",
             RequestBody::MoveInQueue(_) => "queue-move",
             RequestBody::SetSeeding(_) => "seeding",
+            RequestBody::MoveStorage(_) => "move",
         }
     }
 }

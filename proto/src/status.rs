@@ -23,6 +23,9 @@ pub enum TorrentState {
     /// queue allows (`--max-active-downloads`, `--max-active-seeds`); it starts when one
     /// ends or stalls, in the order of its [`TorrentStatus::queue_position`].
     Queued,
+    /// Its data is being moved to another folder (`move`): out of the engine meanwhile, so
+    /// nothing reads or writes its files until it runs again from the new place.
+    Moving,
 }
 
 impl TorrentState {
@@ -36,6 +39,7 @@ impl TorrentState {
             TorrentState::Paused => "paused",
             TorrentState::Error(_) => "error",
             TorrentState::Queued => "queued",
+            TorrentState::Moving => "moving",
         }
     }
 }

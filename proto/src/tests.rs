@@ -164,6 +164,10 @@ fn every_request_round_trips() {
             },
             ..Default::default()
         }),
+        RequestBody::MoveStorage(crate::MoveStorage {
+            torrent: TorrentRef::Id(TorrentId(2)),
+            to: "/srv/done".into(),
+        }),
     ];
     for (n, body) in bodies.into_iter().enumerate() {
         let sent = Request {

@@ -1,31 +1,8 @@
 //! A full disk stops one torrent with a clear error; nothing else notices.
 
 use e2e::patron_client::proto::{TorrentRef, TorrentState};
-use e2e::{run, sha256, wait_for, Sandbox, Seeder, STEP_TIMEOUT};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use e2e::{run, sha256, wait_for, Sandbox, Seeder, Tmpfs, STEP_TIMEOUT};
 use std::time::Instant;
-
-/// A small tmpfs, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("mount");
-        assert!(out.status.success(), "mount tmpfs: {out:?}");
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 #[test]
 fn a_full_disk_puts_the_torrent_in_error_and_others_carry_on() {

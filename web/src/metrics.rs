@@ -34,6 +34,7 @@ pub async fn metrics(State(web): State<Shared>) -> Response {
         "paused",
         "error",
         "queued",
+        "moving",
     ];
     let by_state: Vec<(String, u64)> = states
         .iter()

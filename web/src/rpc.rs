@@ -130,9 +130,8 @@ async fn call(
                 .map(text)
         }
         "session-set" => session_set(web, arguments).await.map(text),
-        "torrent-set-location" | "torrent-rename-path" => {
-            Err(format!("{method}: not supported by this broker yet"))
-        }
+        "torrent-set-location" => set_location(web, arguments).await.map(text),
+        "torrent-rename-path" => Err(format!("{method}: not supported by this broker yet")),
         "queue-move-top" | "queue-move-up" | "queue-move-down" | "queue-move-bottom" => {
             let to = QueueMove::parse(method.trim_start_matches("queue-move-"))
                 .ok_or_else(|| format!("{method}: no such move"))?;
@@ -860,6 +859,41 @@ enum Action {
     Verify,
     Remove { delete: bool },
     Queue(QueueMove),
+}
+
+/// `torrent-set-location`: each torrent `ids` names moves its data to `location` (`move`
+/// true), one after the other, each tried whatever became of the others. Pointing a torrent
+/// at data already there (`move` false, `transmission-remote --find`) is refused: the
+/// broker moves data itself, so that one complete copy is named at every instant.
+async fn set_location(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
+    let location = arguments
+        .get("location")
+        .and_then(Value::as_str)
+        .ok_or("torrent-set-location: no location given")?
+        .to_owned();
+    if arguments.get("move").and_then(Value::as_bool) != Some(true) {
+        return Err(
+            "torrent-set-location: only \"move\": true is supported (the broker moves the data itself; it does not take data already moved by hand)"
+                .into(),
+        );
+    }
+    let torrents = web.link.torrents().borrow().clone();
+    let mut first_failure = None;
+    for torrent in chosen(&torrents, arguments)? {
+        let id = TorrentRef::Id(torrent.info.id);
+        let to = location.clone();
+        let done = web
+            .link
+            .call(move |patron| patron.move_storage(id, to).map(drop))
+            .await;
+        if let Err(error) = done {
+            first_failure.get_or_insert_with(|| failure(error));
+        }
+    }
+    match first_failure {
+        Some(why) => Err(why),
+        None => Ok(json!({})),
+    }
 }
 
 /// An action on every torrent `ids` names, each tried whatever became of the others; the

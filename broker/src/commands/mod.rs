@@ -10,6 +10,7 @@ mod info;
 mod limits;
 mod list;
 mod make;
+mod move_storage;
 mod open_stream;
 mod pause;
 mod peers;
@@ -174,6 +175,7 @@ async fn answer(
         RequestBody::SetQueue(change) => queue::set(service, id, change),
         RequestBody::MoveInQueue(change) => queue::move_in(service, id, change).await,
         RequestBody::SetSeeding(change) => seeding::run(service, id, change),
+        RequestBody::MoveStorage(change) => move_storage::run(service, id, change).await,
         quick => answer_now(service, patron.id, id, quick),
     }
 }
@@ -183,7 +185,9 @@ async fn answer(
 /// before the reply goes, not at the status loop's next look, up to 100 ms later.
 fn changed_stage(kind: &str, reply: &Event) -> Option<TorrentId> {
     match reply {
-        Event::Status { status, .. } if matches!(kind, "pause" | "resume" | "queue-move") => {
+        Event::Status { status, .. }
+            if matches!(kind, "pause" | "resume" | "queue-move" | "move") =>
+        {
             Some(status.id)
         }
         _ => None,

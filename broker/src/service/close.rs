@@ -3,7 +3,7 @@
 //! together, or stays in all three.
 
 use super::{gone, Service};
-use crate::registry::{TorrentEntry, Unrestored};
+use crate::registry::{Life, TorrentEntry, Unrestored};
 use crate::sink::PatronId;
 use proto::{CloseTorrent, Event, ProtoError, TorrentId};
 
@@ -55,11 +55,14 @@ impl Service {
             stopped: false,
             data_deleted: false,
         };
-        {
+        let held = {
             let mut guard = self.state();
             // Borrow the registry and the patrons apart.
             let state = &mut *guard;
             let entry = state.registry.get_mut(id).ok_or_else(|| gone(id))?;
+            if matches!(entry.life, Life::Moving(_)) {
+                return Err(super::moving(id));
+            }
             if close.delete_data && entry.restore.data_was_there {
                 return Err(ProtoError::bad_request(format!(
                     "torrent {id}'s files were there before it ({}: seeded in place by `make --seed`, or reused by an add with --overwrite): --delete-data would delete those originals; close it without --delete-data (the files stay), and delete them yourself if you mean to",
@@ -92,14 +95,22 @@ impl Service {
             if !entry.holders.is_empty() && !close.force {
                 return Ok(kept);
             }
-        }
+            held
+        };
         // Stopping: the registry, the records and the engine change together, under the add
         // lock (an add of the same torrent meanwhile waits, then finds it in none of them).
         let _adding = self.adding.lock().await;
         let (entry, others) = {
             let mut guard = self.state();
             let state = &mut *guard;
-            let entry = state.registry.get(id).ok_or_else(|| gone(id))?;
+            let entry = state.registry.get_mut(id).ok_or_else(|| gone(id))?;
+            if matches!(entry.life, Life::Moving(_)) {
+                // Its move began while we waited: the hold given up above is kept.
+                if held && state.patrons.contains_key(&patron) {
+                    entry.holders.insert(patron);
+                }
+                return Err(super::moving(id));
+            }
             if !entry.holders.is_empty() && !close.force {
                 return Ok(kept); // someone joined it while we waited
             }

@@ -12,7 +12,7 @@
 //! the engine's own completion notification wakes the loop.
 
 use crate::engine::{self, ManagedTorrentHandle, Pulse};
-use crate::registry::{shown_status, Overlay};
+use crate::registry::{shown_status, Overlay, Source};
 
 use super::Service;
 use proto::{TorrentId, TorrentStatus, TorrentSummary};
@@ -201,7 +201,7 @@ fn refresh_board(
     let mut changed: Vec<TorrentSummary> = infos
         .into_iter()
         .map(|(info, handle, holders, ephemeral, place)| TorrentSummary {
-            status: shown_status(&info, Some(&handle), place),
+            status: shown_status(&info, &Source::Engine(handle), place),
             info,
             holders,
             held_by_you: false,
@@ -287,7 +287,7 @@ pub(super) fn fan_out(
         .iter()
         .map(|(info, handle, place)| match computed.get(&info.id) {
             Some(status) => status.clone(),
-            None => shown_status(info, Some(handle), *place),
+            None => shown_status(info, &Source::Engine(handle.clone()), *place),
         })
         .collect();
     let mut state = service.state();

@@ -14,6 +14,7 @@ pub mod fanout;
 mod files;
 pub mod limits;
 mod make;
+mod move_storage;
 mod patrons;
 mod pause;
 mod peers;
@@ -29,6 +30,7 @@ mod tests;
 
 pub use add::{parse_peers, Started};
 pub use close::Closed;
+pub use move_storage::MoveJournal;
 pub use seeding::SeedStop;
 
 /// The "patron" the broker's own policies act as (a seeding limit's close): no patron
@@ -49,6 +51,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// The error for a torrent that went while a request about it was served.
 pub fn gone(id: TorrentId) -> ProtoError {
     ProtoError::unknown_torrent(format!("no torrent {id} runs"))
+}
+
+/// The error for a request about a torrent whose data is being moved (out of the engine
+/// until it runs from one place or the other).
+pub fn moving(id: TorrentId) -> ProtoError {
+    ProtoError::bad_request(format!(
+        "torrent {id} is moving its data: ask again once the move is done"
+    ))
 }
 
 /// Mutable state, behind one lock that is never held across an `.await`.
@@ -276,6 +286,7 @@ impl Service {
             Life::Restarting => Err(ProtoError::engine(format!(
                 "torrent {id} is being added again for its recheck: ask again in a moment"
             ))),
+            Life::Moving(_) => Err(moving(id)),
         }
     }
 
@@ -290,6 +301,7 @@ impl Service {
             match self.life_of(torrent)? {
                 (id, Life::Running(handle) | Life::Settling(handle)) => return Ok((id, handle)),
                 (_, Life::Restarting) => drop(self.adding.lock().await),
+                (id, Life::Moving(_)) => return Err(moving(id)),
             }
         }
     }
@@ -523,13 +535,9 @@ impl Service {
         let (info, handle, place) = {
             let state = self.state();
             let entry = state.registry.get(id)?;
-            (
-                entry.info.clone(),
-                entry.live_handle(),
-                entry.overlay(&seeding),
-            )
+            (entry.info.clone(), entry.source(), entry.overlay(&seeding))
         };
-        Some(crate::registry::shown_status(&info, handle.as_ref(), place))
+        Some(crate::registry::shown_status(&info, &handle, place))
     }
 
     /// Brings torrent `id`'s line on the board up to date now (shown, changed, or taken off):
@@ -542,10 +550,13 @@ impl Service {
             .state()
             .registry
             .get(id)
-            .and_then(|e| Some((e.info.clone(), e.live_handle()?, e.overlay(&seeding))));
-        let status = handle.map(|(info, handle, place)| {
-            crate::registry::shown_status(&info, Some(&handle), place)
-        });
+            .and_then(|e| match e.source() {
+                // Being added again: its line stays as it is until it is back.
+                crate::registry::Source::Restarting => None,
+                source => Some((e.info.clone(), source, e.overlay(&seeding))),
+            });
+        let status = handle
+            .map(|(info, source, place)| crate::registry::shown_status(&info, &source, place));
         let _deciding = self.board.decide();
         let summary = {
             let state = self.state();

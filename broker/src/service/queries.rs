@@ -31,7 +31,7 @@ impl Service {
                         entry.holders.contains(&patron),
                         entry.restore.ephemeral,
                     );
-                    let look = (entry.live_handle(), entry.overlay(&seeding));
+                    let look = (entry.source(), entry.overlay(&seeding));
                     (entry.info.clone(), look, held)
                 })
                 .collect();
@@ -40,8 +40,8 @@ impl Service {
         let mut torrents: Vec<TorrentSummary> = listed
             .into_iter()
             .map(
-                |(info, (handle, place), (holders, held_by_you, ephemeral))| TorrentSummary {
-                    status: registry::shown_status(&info, handle.as_ref(), place),
+                |(info, (source, place), (holders, held_by_you, ephemeral))| TorrentSummary {
+                    status: registry::shown_status(&info, &source, place),
                     info,
                     holders,
                     held_by_you,

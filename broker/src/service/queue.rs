@@ -267,7 +267,7 @@ impl Service {
                     Life::Running(handle) => {
                         Some((*id, handle.clone(), e.queue_rank, e.restore.queued))
                     }
-                    Life::Settling(_) | Life::Restarting => None,
+                    Life::Settling(_) | Life::Restarting | Life::Moving(_) => None,
                 })
                 .collect()
         };

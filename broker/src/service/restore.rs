@@ -27,8 +27,10 @@ impl Service {
         // In the queue's order: each restored torrent is then last so far, and keeps its place.
         let mut records: Vec<(TorrentId, RestoreSpec)> = records.into_iter().collect();
         records.sort_by_key(|(id, spec)| (spec.queue_position, *id));
-        for (id, spec) in records {
-            if let Err((error, info, files)) = self.restore_one(id, &spec).await {
+        let mut finished_moves = false;
+        for (id, mut spec) in records {
+            let restored = self.restore_one(id, &mut spec, &mut finished_moves).await;
+            if let Err((error, info, files)) = restored {
                 tracing::error!(torrent = %id, "cannot restore, kept for the next start: {error}");
                 let unrestored = Unrestored {
                     info,
@@ -59,16 +61,24 @@ impl Service {
         // killed): a later add of the same torrent must check its data afresh.
         let remembered = self.state().registry.ids();
         self.engine.sweep_verified(&remembered);
-        // Nothing to save: every record is kept, restored or not. (A start must not need a
-        // writable state disk: a full one would lock every patron out.)
+        // Nothing else to save: every record is kept, restored or not. (A start must not
+        // need a writable state disk: a full one would lock every patron out; a move
+        // finished or undone is finished or undone again at the next start.)
+        if finished_moves {
+            if let Err(why) = self.save_registry() {
+                tracing::warn!("the records of finished moves are not saved yet: {why}");
+            }
+        }
         Ok(())
     }
 
-    /// Restores one record; on failure, the reason and what is known of the torrent.
+    /// Restores one record (a move it was in the middle of finished or undone first, then
+    /// `moves` set); on failure, the reason and what is known of the torrent.
     async fn restore_one(
         &self,
         id: TorrentId,
-        spec: &RestoreSpec,
+        spec: &mut RestoreSpec,
+        moves: &mut bool,
     ) -> Result<(), (ProtoError, TorrentInfo, Arc<[PathBuf]>)> {
         let mut files: Arc<[PathBuf]> = Arc::from(Vec::new());
         let mut info = TorrentInfo {
@@ -93,6 +103,20 @@ impl Service {
         let checked = torrent_file::check_torrent_file(&bytes, self.config.loopback_only)
             .map_err(|e| (e, info.clone(), files.clone()))?;
         info = checked.info(id, &spec.save_folder, spec.only_files.as_deref());
+        if spec.moving.is_some() {
+            let on_disk = checked
+                .files
+                .iter()
+                .zip(&checked.padding)
+                .filter(|(_, padding)| !**padding)
+                .map(|((path, _), _)| path.clone())
+                .collect();
+            match self.finish_move(id, spec, on_disk) {
+                Ok(changed) => *moves |= changed,
+                Err(error) => return Err((error, info, files)),
+            }
+            info = checked.info(id, &spec.save_folder, spec.only_files.as_deref());
+        }
         files = checked.full_paths(&spec.data_folder);
         // Two records with a file in common (one kept while the other was added): the
         // second stays a record, not restored over the first's data.

@@ -284,7 +284,7 @@ impl Service {
                 .iter()
                 .filter_map(|(id, e)| match &e.life {
                     Life::Running(h) | Life::Settling(h) => Some((*id, h.clone())),
-                    Life::Restarting => None,
+                    Life::Restarting | Life::Moving(_) => None,
                 })
                 .collect()
         };

@@ -18,6 +18,7 @@ mod limits;
 mod list;
 mod make;
 mod manpages;
+mod move_storage;
 mod output;
 mod pause;
 mod peers;
@@ -58,6 +59,9 @@ const EXAMPLES_PAUSE: &str = "Examples:\n  patron-client pause 3";
 const EXAMPLES_RESUME: &str = "Examples:\n  patron-client resume 3";
 
 const EXAMPLES_RECHECK: &str = "Examples:\n  patron-client recheck 3 && patron-client watch 3";
+
+const EXAMPLES_MOVE: &str = "Examples:\n  patron-client move 3 /srv/media/done
+  patron-client move 3 /mnt/usb/torrents     # another disk: copied, synced, verified, then the old files go";
 
 const EXAMPLES_FILES: &str = "Examples:\n  patron-client files 3
   patron-client files 3 --only 0,2";
@@ -115,6 +119,7 @@ Commands, one JSON object per line (\"cmd\", plus an optional \"request\" echoed
             idle_seed_limit_secs (a number, \"none\", or for a torrent \"default\"),
             seed_limit_action (pause, close); none of them: ask            -> seeding
   pause, resume, recheck    torrent                                        -> status
+  move      torrent, to (a folder inside the roots)                        -> status
   files     torrent; only                                                  -> files
   peers     torrent; add                                                   -> peers
   cat       torrent, to (a FIFO or a new file); file, offset               -> cat-done
@@ -133,7 +138,7 @@ Exit codes:
   3  the torrent could not be started: a folder outside the roots, a bad .torrent... (reason on stderr)
   4  the torrent was already downloading (this patron joined it)
   5  broker unreachable: none runs and none could be started, it refused us, or it stopped
-  6  cat: the stream ended before the file did (its torrent failed, was closed or rechecked)";
+  6  cat: the stream ended before the file did (its torrent failed, was closed, rechecked or moved)";
 
 /// Download, seed and stream torrents from a terminal or a script.
 ///
@@ -184,6 +189,10 @@ enum Command {
     /// Verify a torrent's data on disk again, every piece
     #[command(after_help = EXAMPLES_RECHECK)]
     Recheck(recheck::Args),
+    /// Move a torrent's data to another folder (renamed, or copied and verified across
+    /// disks) and run it from there
+    #[command(after_help = EXAMPLES_MOVE, name = "move", visible_alias = "mv")]
+    Move(move_storage::Args),
     /// List a torrent's files; --only chooses which to download
     #[command(after_help = EXAMPLES_FILES)]
     Files(files::Args),
@@ -373,6 +382,7 @@ pub fn main() -> ExitCode {
         Command::Pause(args) => pause::run(&ctx, args),
         Command::Resume(args) => resume::run(&ctx, args),
         Command::Recheck(args) => recheck::run(&ctx, args),
+        Command::Move(args) => move_storage::run(&ctx, args),
         Command::Limits(args) => limits::run(&ctx, args),
         Command::Queue(args) => queue::run(&ctx, args),
         Command::Set(args) => set::run(&ctx, args),

@@ -139,6 +139,11 @@ enum Command {
     Recheck {
         torrent: TorrentName,
     },
+    /// Move a torrent's data to folder `to`, and run it from there.
+    Move {
+        torrent: TorrentName,
+        to: PathBuf,
+    },
     /// List a torrent's files; with `only`, choose which to download first.
     Files {
         torrent: TorrentName,
@@ -1020,6 +1025,13 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
         Command::Pause { torrent } => (RequestBody::Pause(torrent_ref(&torrent)?), None),
         Command::Resume { torrent } => (RequestBody::Resume(torrent_ref(&torrent)?), None),
         Command::Recheck { torrent } => (RequestBody::Recheck(torrent_ref(&torrent)?), None),
+        Command::Move { torrent, to } => (
+            RequestBody::MoveStorage(patron_client::proto::MoveStorage {
+                torrent: torrent_ref(&torrent)?,
+                to: absolute(&to)?,
+            }),
+            None,
+        ),
         Command::Files { torrent, only } => (
             RequestBody::Files(FilesRequest {
                 torrent: torrent_ref(&torrent)?,

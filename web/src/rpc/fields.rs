@@ -289,10 +289,11 @@ fn list<T>(out: &mut Json, items: &[T], mut each: impl FnMut(&T, &mut Json)) {
 }
 
 /// Transmission's status numbers: 0 stopped, 2 checking, 3 queued to download,
-/// 4 downloading, 5 queued to seed, 6 seeding.
+/// 4 downloading, 5 queued to seed, 6 seeding. (Transmission moves data while the torrent
+/// is stopped: a move shows as 0.)
 pub fn status_number(status: &TorrentStatus) -> u64 {
     match status.state {
-        TorrentState::Paused | TorrentState::Error(_) => 0,
+        TorrentState::Paused | TorrentState::Error(_) | TorrentState::Moving => 0,
         TorrentState::Checking => 2,
         TorrentState::Queued if status.complete => 5,
         TorrentState::Queued => 3,

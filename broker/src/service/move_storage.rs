@@ -1,0 +1,526 @@
+//! Moving a torrent's data to another folder (`MoveStorage`, DESIGN §13): one complete copy,
+//! the one the record names, at every instant, whatever kills the broker.
+//!
+//! The move is written down first ([`MoveJournal`] in the torrent's record), then the
+//! torrent leaves the engine (its files stamped as verified, so that it needs no new check
+//! at the new place) and its data moves: renamed on one file system, or copied, synced and
+//! compared by hash across two. Only then does the record name the new place, and the
+//! torrent runs from there; a copy's originals go last. A failure (a full disk, a folder
+//! swapped for a link) undoes what was done and the torrent runs from the old place, its
+//! data as it was. A start that finds a journal finishes or undoes the move before the
+//! torrent runs ([`Service::finish_move`]): before the record names the new place, the copy
+//! (or what was renamed) goes back; after, the old files go.
+//!
+//! While its data moves the torrent is out of the engine ([`Life::Moving`]): nothing reads or
+//! writes its files, its streams end (exit 6) and every request about it but `status` and
+//! `list` is refused with a clear reason. Other torrents and requests go on meanwhile.
+
+use super::{gone, owned_by, Service};
+use crate::engine::AddSpec;
+use crate::registry::{Life, RestoreSpec, Unrestored};
+use crate::relocate::{Relocation, StepError};
+use proto::{Event, ProtoError, TorrentId, TorrentRef, TorrentStatus};
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+/// A move under way, in the torrent's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveJournal {
+    /// Where its data was.
+    pub from_save_folder: PathBuf,
+    pub from_data_folder: PathBuf,
+    /// Where it goes.
+    pub to_save_folder: PathBuf,
+    pub to_data_folder: PathBuf,
+    /// Renamed, or copied.
+    pub how: MoveHow,
+    /// The record names the new place: what is left at the old one goes.
+    #[serde(default)]
+    pub done: bool,
+}
+
+/// How the files move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MoveHow {
+    /// Renamed, one file system.
+    Rename,
+    /// Copied across file systems, then the originals deleted.
+    Copy,
+}
+
+/// What the torrent was when it left the engine, to run it again from either place.
+struct Leaving {
+    id: TorrentId,
+    torrent: Vec<u8>,
+    /// Every file the engine lists, padding included, in its order.
+    engine_files: Vec<PathBuf>,
+    /// Its record before the move.
+    restore: RestoreSpec,
+    /// Its files were as verified when it left (its fast-resume stamps hold).
+    vouched: bool,
+    /// Its files (full paths) at the old place.
+    old_files: Arc<[PathBuf]>,
+}
+
+/// For the tests that kill the broker at each step of a move: with
+/// `TORRENT_PATRON_TEST_STOP_AT=move:<step>` in its environment, the broker stops itself
+/// (SIGSTOP) there, for the test to SIGKILL it at exactly that instant.
+fn stop_point(step: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("TORRENT_PATRON_TEST_STOP_AT").ok());
+    if at.as_deref().and_then(|at| at.strip_prefix("move:")) == Some(step) {
+        tracing::warn!("stopping at move step {step} (TORRENT_PATRON_TEST_STOP_AT)");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
+}
+
+/// The device a folder is on (or the nearest folder above it that exists).
+fn device_of(folder: &Path) -> Option<u64> {
+    folder
+        .ancestors()
+        .find_map(|a| std::fs::metadata(a).ok())
+        .map(|m| m.dev())
+}
+
+impl Service {
+    /// Moves torrent `torrent`'s data into folder `to` (its own folder inside it, for a
+    /// torrent of several files) and runs it from there. On an error it runs from where it
+    /// was, its data whole there.
+    pub async fn move_storage(
+        self: &Arc<Self>,
+        torrent: TorrentRef,
+        to: &str,
+    ) -> Result<TorrentStatus, ProtoError> {
+        let dest = self.save_folder(Some(to))?;
+        let adding = self.adding.lock().await;
+        let (id, handle) = self.running(torrent)?;
+        if handle.with_state(|s| matches!(s, librqbit::ManagedTorrentState::Initializing(_))) {
+            return Err(ProtoError::bad_request(format!(
+                "torrent {id} is checking its data: move it once the check is done"
+            )));
+        }
+        let engine_error = |e: anyhow::Error| ProtoError::engine(format!("{e:#}"));
+        let (torrent_bytes, files) = handle
+            .with_metadata(|meta| {
+                let files: Vec<(PathBuf, bool)> = meta
+                    .file_infos
+                    .iter()
+                    .map(|f| (f.relative_filename.clone(), f.attrs.padding))
+                    .collect();
+                (meta.torrent_bytes.to_vec(), files)
+            })
+            .map_err(engine_error)?;
+        let (restore, old_files) = {
+            let state = self.state();
+            let entry = state.registry.get(id).ok_or_else(|| gone(id))?;
+            (entry.restore.clone(), entry.files.clone())
+        };
+        if restore.ephemeral {
+            return Err(ProtoError::bad_request(format!(
+                "torrent {id} is ephemeral (closed when its last holder goes, never recorded): only a recorded torrent is moved"
+            )));
+        }
+        if restore.save_folder == dest {
+            return self.current_status(id).ok_or_else(|| gone(id));
+        }
+        let inside = restore
+            .data_folder
+            .strip_prefix(&restore.save_folder)
+            .map_err(|_| {
+                ProtoError::bad_request(format!(
+                    "torrent {id}'s data ({}) is not inside its save folder ({}): it cannot be moved",
+                    restore.data_folder.display(),
+                    restore.save_folder.display()
+                ))
+            })?
+            .to_path_buf();
+        let own_folder = !inside.as_os_str().is_empty();
+        let to_data = dest.join(&inside);
+        if own_folder && dest.starts_with(&restore.data_folder) {
+            return Err(ProtoError::path_not_allowed(format!(
+                "{} is inside torrent {id}'s own folder: move it elsewhere",
+                dest.display()
+            )));
+        }
+        let on_disk: Vec<PathBuf> = files
+            .iter()
+            .filter(|(_, padding)| !padding)
+            .map(|(path, _)| path.clone())
+            .collect();
+        let new_files: Arc<[PathBuf]> = on_disk.iter().map(|f| to_data.join(f)).collect();
+        if let Some((path, owner)) = self.state().registry.owned_elsewhere(&new_files, Some(id)) {
+            return Err(owned_by(&path, owner));
+        }
+        let relocation = Relocation::new(
+            &self.config.download_roots,
+            &restore.data_folder,
+            &to_data,
+            on_disk,
+            own_folder,
+        )
+        .map_err(|e| ProtoError::path_not_allowed(format!("{e:#}")))?;
+        relocation
+            .check_free()
+            .map_err(|e| ProtoError::file_exists(format!("{e:#}")))?;
+        let same_device =
+            device_of(&restore.data_folder).is_some_and(|d| Some(d) == device_of(&dest));
+        let mut journal = MoveJournal {
+            from_save_folder: restore.save_folder.clone(),
+            from_data_folder: restore.data_folder.clone(),
+            to_save_folder: dest.clone(),
+            to_data_folder: to_data.clone(),
+            how: if same_device {
+                MoveHow::Rename
+            } else {
+                MoveHow::Copy
+            },
+            done: false,
+        };
+        // Both places are its own until it runs from one: no add may take the new one.
+        let both: Arc<[PathBuf]> = old_files.iter().chain(new_files.iter()).cloned().collect();
+        self.state().registry.set_files(id, both);
+        let written = self.update_record(id, |r| r.moving = Some(journal.clone()));
+        if let Err(error) = written {
+            self.state().registry.set_files(id, old_files);
+            return Err(error);
+        }
+        // Out of the engine, its files stamped as verified first (nothing writes them once
+        // it is paused).
+        let frozen = self.current_status(id).ok_or_else(|| gone(id))?;
+        let leaving = async {
+            self.engine.pause(&handle).await?;
+            let stamping = self.clone();
+            let _ = tokio::task::spawn_blocking(move || stamping.stamp_verified(id)).await;
+            Ok::<_, ProtoError>(())
+        }
+        .await;
+        let engine_files: Vec<PathBuf> = files.into_iter().map(|(path, _)| path).collect();
+        let vouched = self
+            .engine
+            .stamps_hold(id, &restore.data_folder, &engine_files);
+        let leaving = match leaving {
+            Ok(()) => {
+                if let Some(entry) = self.state().registry.get_mut(id) {
+                    entry.life = Life::Moving(Arc::new(frozen));
+                }
+                self.sync_board(id);
+                self.engine_stop(id)
+                    .await
+                    .map_err(|e| ProtoError::engine(format!("the engine cannot stop it: {e:#}")))
+            }
+            Err(error) => Err(error),
+        };
+        let leaving = match leaving {
+            Ok(()) => Leaving {
+                id,
+                torrent: torrent_bytes,
+                engine_files,
+                restore,
+                vouched,
+                old_files,
+            },
+            Err(error) => {
+                // Still in the engine: as it was.
+                if let Some(entry) = self.state().registry.get_mut(id) {
+                    entry.life = Life::Running(handle.clone());
+                }
+                if !restore.engine_paused() {
+                    let _ = self.engine.resume(&handle).await;
+                }
+                self.state().registry.set_files(id, old_files);
+                let _ = self.update_record(id, |r| r.moving = None);
+                self.sync_board(id);
+                return Err(error);
+            }
+        };
+        tracing::info!(torrent = %id, to = %to_data.display(), how = ?journal.how, "moving its data");
+        stop_point("stopped");
+        drop(adding);
+
+        // The files move, with no lock held: other torrents and requests go on.
+        let relocation = Arc::new(relocation);
+        let mut moved = self.move_files(&relocation, journal.how).await;
+        if journal.how == MoveHow::Rename && moved.as_ref().is_err_and(|e| e.cross_device) {
+            // One device number, yet two file systems (a bind mount): a copy it is, written
+            // down as such before anything is copied.
+            journal.how = MoveHow::Copy;
+            moved = match self.update_record(id, |r| r.moving = Some(journal.clone())) {
+                Ok(()) => self.move_files(&relocation, MoveHow::Copy).await,
+                Err(error) => Err(StepError::from(anyhow::anyhow!(error.message))),
+            };
+        }
+        stop_point("moved");
+        let adding = self.adding.lock().await;
+        if let Err(failed) = moved {
+            let error = if failed.no_space {
+                ProtoError::no_space(format!(
+                    "torrent {id} is not moved: {:#}; it runs from {} as before",
+                    failed.error,
+                    leaving.restore.data_folder.display()
+                ))
+            } else {
+                ProtoError::io(format!(
+                    "torrent {id} is not moved: {:#}; it runs from {} as before",
+                    failed.error,
+                    leaving.restore.data_folder.display()
+                ))
+            };
+            // The step undid what it did.
+            self.undo_move(&relocation, None, &leaving).await;
+            drop(adding);
+            return Err(error);
+        }
+        // The record names the new place: from here the move is done, whatever happens.
+        journal.done = true;
+        let committed = self.update_record(id, |r| {
+            r.save_folder = dest.clone();
+            r.data_folder = to_data.clone();
+            r.moving = Some(journal.clone());
+        });
+        if let Err(error) = committed {
+            self.undo_move(&relocation, Some(journal.how), &leaving)
+                .await;
+            drop(adding);
+            return Err(error);
+        }
+        stop_point("committed");
+        let new_restore = {
+            let mut state = self.state();
+            state.registry.set_files(id, new_files);
+            let entry = state.registry.get_mut(id).ok_or_else(|| gone(id))?;
+            entry.info.save_folder = dest.display().to_string();
+            entry.restore.clone()
+        };
+        if leaving.vouched {
+            self.engine.stamp_moved(id, &to_data, &leaving.engine_files);
+        } else if let Err(e) = self.engine.forget_verified(id) {
+            tracing::warn!(torrent = %id, "{e:#}");
+        }
+        self.run_again(&leaving, &new_restore, true).await?;
+        drop(adding);
+        stop_point("running");
+        // What is left at the old place goes; a failure here leaves the journal for the
+        // next start to finish.
+        let left = relocation.clone();
+        let how = journal.how;
+        let tidied = tokio::task::spawn_blocking(move || match how {
+            MoveHow::Copy => left.remove_at_from(),
+            MoveHow::Rename => left.tidy_from(),
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match tidied {
+            Ok(()) => {
+                let _ = self.update_record(id, |r| r.moving = None);
+            }
+            Err(why) => {
+                tracing::warn!(torrent = %id, "the old place is not cleared yet (the next start tries again): {why}")
+            }
+        }
+        tracing::info!(torrent = %id, to = %to_data.display(), "moved its data");
+        self.current_status(id).ok_or_else(|| gone(id))
+    }
+
+    /// The file work of a move, off the async threads.
+    async fn move_files(
+        &self,
+        relocation: &Arc<Relocation>,
+        how: MoveHow,
+    ) -> Result<(), StepError> {
+        let relocation = relocation.clone();
+        tokio::task::spawn_blocking(move || match how {
+            MoveHow::Rename => relocation.rename_each(),
+            MoveHow::Copy => relocation.copy_each(&AtomicU64::new(0)),
+        })
+        .await
+        .unwrap_or_else(|e| Err(StepError::from(anyhow::anyhow!("the move stopped: {e}"))))
+    }
+
+    /// Puts a torrent whose move failed back as it was: what moved (`moved`: how, when its
+    /// files had all moved) goes back, renamed back or the copy deleted; the journal goes,
+    /// and it runs from the old place.
+    async fn undo_move(
+        &self,
+        relocation: &Arc<Relocation>,
+        moved: Option<MoveHow>,
+        leaving: &Leaving,
+    ) {
+        let id = leaving.id;
+        let back = relocation.clone();
+        let undone = tokio::task::spawn_blocking(move || match moved {
+            Some(MoveHow::Rename) => back.rename_back().map_err(|e| format!("{e:#}")),
+            Some(MoveHow::Copy) => back.remove_at_to(),
+            None => Ok(()),
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match undone {
+            Ok(()) => {
+                let _ = self.update_record(id, |r| r.moving = None);
+            }
+            // The journal stays: the next start undoes the rest.
+            Err(why) => {
+                tracing::error!(torrent = %id, "a failed move is not wholly undone (the next start tries again): {why}")
+            }
+        }
+        if leaving.vouched {
+            // The same files, verified as they were (renamed back, or never touched).
+            self.engine
+                .stamp_moved(id, &leaving.restore.data_folder, &leaving.engine_files);
+        }
+        self.state()
+            .registry
+            .set_files(id, leaving.old_files.clone());
+        let _ = self.run_again(leaving, &leaving.restore, false).await;
+    }
+
+    /// Adds a torrent that left the engine for its move back, from the place `restore`
+    /// names. Should the engine refuse, it is kept as a record not restored (shown in
+    /// error, tried again at the next start) and its holders are told.
+    async fn run_again(
+        &self,
+        leaving: &Leaving,
+        restore: &RestoreSpec,
+        moved: bool,
+    ) -> Result<(), ProtoError> {
+        let id = leaving.id;
+        let added = self
+            .engine_add(AddSpec {
+                torrent: leaving.torrent.clone(),
+                data_folder: restore.data_folder.clone(),
+                paused: restore.engine_paused(),
+                only_files: restore.only_files.clone(),
+                overwrite: true,
+                peers: restore.all_peers(),
+                id: Some(id),
+                rates: restore.rates,
+                resume: true,
+                files: leaving.engine_files.clone(),
+            })
+            .await
+            .and_then(|added| match added.id == id {
+                true => Ok(added),
+                false => Err(ProtoError::engine(format!(
+                    "the engine took it back as torrent {}",
+                    added.id
+                ))),
+            });
+        match added {
+            Ok(added) => {
+                if let Some(entry) = self.state().registry.get_mut(id) {
+                    entry.life = Life::Running(added.handle);
+                }
+                self.sync_board(id);
+                self.status_nudge.notify_one();
+                Ok(())
+            }
+            Err(error) => {
+                let place = if moved {
+                    "its new place"
+                } else {
+                    "its old place"
+                };
+                let why = format!("it could not start again from {place}: {}", error.message);
+                tracing::error!(torrent = %id, "{why}");
+                let mut state = self.state();
+                let (holders, files, info) = match state.registry.remove(id) {
+                    Some(entry) => (entry.holders, entry.files, Some(entry.info)),
+                    None => Default::default(),
+                };
+                if let Some(info) = info {
+                    state.registry.keep_unrestored(
+                        id,
+                        Unrestored {
+                            info,
+                            restore: restore.clone(),
+                            error: format!("stopped for a move, then {why}"),
+                            files,
+                        },
+                    );
+                }
+                for holder in holders {
+                    if let Some(patron) = state.patrons.get(&holder) {
+                        patron.send(Event::TorrentGone {
+                            id,
+                            reason: why.clone(),
+                        });
+                    }
+                }
+                Err(ProtoError::engine(format!("torrent {id}: {why}")))
+            }
+        }
+    }
+
+    /// At the start: finishes or undoes the move `spec`'s journal says was under way when
+    /// the broker stopped, so that the record names the one complete copy. `files`: the
+    /// torrent's files on disk (padding left out). Returns whether the record changed.
+    pub(super) fn finish_move(
+        &self,
+        id: TorrentId,
+        spec: &mut RestoreSpec,
+        files: Vec<PathBuf>,
+    ) -> Result<bool, ProtoError> {
+        let Some(journal) = spec.moving.clone() else {
+            return Ok(false);
+        };
+        let own_folder = journal.from_data_folder != journal.from_save_folder;
+        let relocation = Relocation::new(
+            &self.config.download_roots,
+            &journal.from_data_folder,
+            &journal.to_data_folder,
+            files,
+            own_folder,
+        )
+        .map_err(|e| {
+            ProtoError::io(format!(
+                "a move of its data was under way and cannot be finished: {e:#}"
+            ))
+        })?;
+        let unfinished = |why: String| {
+            ProtoError::io(format!(
+                "a move of its data from {} to {} was under way and cannot be finished or undone yet: {why}",
+                journal.from_data_folder.display(),
+                journal.to_data_folder.display()
+            ))
+        };
+        if journal.done {
+            let tidied = match journal.how {
+                MoveHow::Copy => relocation.remove_at_from(),
+                MoveHow::Rename => relocation.tidy_from(),
+            };
+            if let Err(why) = tidied {
+                // It runs from the new place all the same; the old files are left.
+                tracing::warn!(torrent = %id, "the old place of a finished move is not cleared: {why}");
+            }
+            tracing::info!(torrent = %id, "finished the move to {}", journal.to_data_folder.display());
+        } else {
+            match journal.how {
+                MoveHow::Rename if relocation.any_at_to() && !relocation.any_at_from() => {
+                    // Every file went: the move is finished as asked.
+                    spec.save_folder = journal.to_save_folder.clone();
+                    spec.data_folder = journal.to_data_folder.clone();
+                    if let Err(why) = relocation.tidy_from() {
+                        tracing::warn!(torrent = %id, "the old place of a finished move is not cleared: {why}");
+                    }
+                    tracing::info!(torrent = %id, "finished the move to {}", journal.to_data_folder.display());
+                }
+                MoveHow::Rename => {
+                    relocation
+                        .rename_back()
+                        .map_err(|e| unfinished(format!("{e:#}")))?;
+                    tracing::info!(torrent = %id, "undid an unfinished move to {}", journal.to_data_folder.display());
+                }
+                MoveHow::Copy => {
+                    relocation.remove_at_to().map_err(unfinished)?;
+                    tracing::info!(torrent = %id, "undid an unfinished copy to {}", journal.to_data_folder.display());
+                }
+            }
+        }
+        spec.moving = None;
+        Ok(true)
+    }
+}
