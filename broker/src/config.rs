@@ -166,6 +166,11 @@ pub struct BrokerArgs {
     #[arg(long, env = "TORRENT_PATRON_ON_ERROR", value_name = "PROGRAM")]
     pub on_error: Option<PathBuf>,
 
+    /// Move each torrent's data into DIR once it completes (inside the download roots; a
+    /// torrent's own, given at its add, wins)
+    #[arg(long, env = "TORRENT_PATRON_MOVE_COMPLETED_TO", value_name = "DIR")]
+    pub move_completed_to: Option<PathBuf>,
+
     /// Seconds a hook may run before it is killed with its process group [default: 60]
     #[arg(long, env = "TORRENT_PATRON_HOOK_TIMEOUT", value_name = "SECS")]
     pub hook_timeout: Option<u64>,
@@ -233,6 +238,7 @@ struct ConfigFile {
     on_completed: Option<PathBuf>,
     on_error: Option<PathBuf>,
     hook_timeout: Option<u64>,
+    move_completed_to: Option<PathBuf>,
 }
 
 /// The settings the broker runs with, every default resolved.
@@ -290,6 +296,8 @@ pub struct BrokerConfig {
     pub hooks: (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
     /// How long a hook may run.
     pub hook_timeout: Duration,
+    /// Where completed torrents' data moves (a torrent's own wins).
+    pub move_completed_to: Option<PathBuf>,
     /// Where the download roots came from, and how to add one: said when a folder outside
     /// them is refused (an auto-started broker's come from a patron's environment).
     pub roots_advice: String,
@@ -502,6 +510,7 @@ impl BrokerConfig {
             hook_timeout: Duration::from_secs(
                 args.hook_timeout.or(file.hook_timeout).unwrap_or(60).max(1),
             ),
+            move_completed_to: args.move_completed_to.or(file.move_completed_to),
             roots_advice,
             notes,
         })

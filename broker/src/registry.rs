@@ -227,6 +227,10 @@ pub struct RestoreSpec {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub data_was_there: bool,
+    /// Where its data moves once it completes (its own `--move-completed-to`; `None`: the
+    /// broker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub move_completed_to: Option<PathBuf>,
     /// A move of its data under way: what the next start finishes or undoes, so that one
     /// complete copy, the one this record names, is all that is left (see
     /// [`crate::service::MoveJournal`]).
@@ -260,6 +264,7 @@ impl RestoreSpec {
             seeding: Default::default(),
             stopped_by: None,
             data_was_there: false,
+            move_completed_to: None,
             moving: None,
         }
     }

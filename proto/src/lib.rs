@@ -706,6 +706,10 @@ pub struct CreateNewTorrent {
     /// When it stops seeding ([`RequestBody::SetSeeding`]'s limits, its own); `None` for
     /// each: the broker's.
     pub seeding: TorrentSeeding,
+    /// The absolute folder (inside the download roots) its data moves to once it completes
+    /// (as [`RequestBody::MoveStorage`]); `None`: the broker's `--move-completed-to`, if any.
+    #[serde(default)]
+    pub move_completed_to: Option<String>,
 }
 
 /// A torrent's own seeding limits, each `None` (the broker's), [`SeedLimit::Unlimited`], or
@@ -743,6 +747,7 @@ impl CreateNewTorrent {
             max_download_rate: None,
             max_upload_rate: None,
             seeding: TorrentSeeding::default(),
+            move_completed_to: None,
         }
     }
 }

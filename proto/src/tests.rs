@@ -68,6 +68,7 @@ fn every_request_round_trips() {
                 seed_time_secs: Some(crate::SeedLimit::Unlimited),
                 idle_secs: None,
             },
+            move_completed_to: Some("/srv/done".into()),
         }),
         RequestBody::CreateNewTorrent(CreateNewTorrent::new(TorrentSource::Magnet(
             "magnet:?xt=urn:btih:abababababababababababababababababababab".into(),

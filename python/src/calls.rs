@@ -255,6 +255,7 @@ fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
             create.max_upload_rate = arg(args, "max_upload_rate")?;
             create.ephemeral = arg(args, "ephemeral")?.unwrap_or(false);
             create.overwrite = arg(args, "overwrite")?.unwrap_or(false);
+            create.move_completed_to = arg(args, "move_completed_to")?;
             RequestBody::CreateNewTorrent(create)
         }
         "close" => RequestBody::CloseTorrent(CloseTorrent {
@@ -265,6 +266,10 @@ fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
         "pause" => RequestBody::Pause(ref_arg(args)?),
         "resume" => RequestBody::Resume(ref_arg(args)?),
         "recheck" => RequestBody::Recheck(ref_arg(args)?),
+        "move" => RequestBody::MoveStorage(patron_client::proto::MoveStorage {
+            torrent: ref_arg(args)?,
+            to: arg(args, "to")?.ok_or_else(|| PyTypeError::new_err("to is required"))?,
+        }),
         "follow" => RequestBody::Follow(ref_arg(args)?),
         "files" => RequestBody::Files(FilesRequest {
             torrent: ref_arg(args)?,
@@ -456,9 +461,10 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
             },
         )?
         .into_any(),
-        ("pause" | "resume" | "recheck" | "status_request", Event::Status { status, .. }) => {
-            Py::new(py, Status::from_status(status))?.into_any()
-        }
+        (
+            "pause" | "resume" | "recheck" | "move" | "status_request",
+            Event::Status { status, .. },
+        ) => Py::new(py, Status::from_status(status))?.into_any(),
         ("follow", Event::Following { .. }) => py.None(),
         ("files" | "select_files", Event::Files { files, .. }) => {
             let files = files.into_iter().map(File::from).collect::<Vec<_>>();

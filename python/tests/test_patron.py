@@ -510,6 +510,34 @@ def test_seeding_limits_are_read_changed_and_stop_a_torrent(broker: Broker) -> N
         assert asyncio.run(ask())["idle_seed_limit_secs"] == 3600
 
 
+def test_a_move_runs_the_torrent_from_its_new_folder_and_a_refusal_keeps_it(broker: Broker) -> None:
+    with tp.Patron(broker.state) as p:
+        (broker.root / "album").mkdir()
+        (broker.root / "album" / "a.bin").write_bytes(os.urandom(100_000))
+        made = p.make(broker.root / "album", broker.root, seed=True).seeding_id
+        assert made is not None
+        p.wait(made, timeout=60)
+        before = (broker.root / "album" / "a.bin").read_bytes()
+        status = p.move(made, broker.root / "done")
+        assert status.state == "seeding", status
+        assert (broker.root / "done" / "album" / "a.bin").read_bytes() == before
+        assert not (broker.root / "album").exists()
+        assert [t.save_folder for t in p.list() if t.id == made] == [str(broker.root / "done")]
+        # Onto something that exists: refused, and it seeds on from where it is.
+        (broker.root / "taken" / "album").mkdir(parents=True)
+        with pytest.raises(tp.FileExists):
+            p.move(made, broker.root / "taken")
+        with pytest.raises(tp.NotAllowed):
+            p.move(made, "/")
+
+        async def move_back() -> str:
+            async with tp.AsyncPatron(broker.state) as ap:
+                return (await ap.move(made, broker.root)).state
+
+        assert asyncio.run(move_back()) == "seeding"
+        assert (broker.root / "album" / "a.bin").read_bytes() == before
+
+
 def test_second_review_small_things(broker: Broker) -> None:
     (broker.root / "small.bin").write_bytes(b"s" * 5000)
     with tp.Patron(broker.state) as p:

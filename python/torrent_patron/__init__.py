@@ -238,6 +238,7 @@ def _add_args(
     max_upload_rate: Optional[int],
     ephemeral: bool,
     overwrite: bool,
+    move_completed_to: Optional[Union[str, "os.PathLike[str]"]] = None,
 ) -> Dict[str, Any]:
     return {
         "source": _source(source),
@@ -251,14 +252,20 @@ def _add_args(
         "max_upload_rate": max_upload_rate,
         "ephemeral": ephemeral,
         "overwrite": overwrite,
+        "move_completed_to": _folder(move_completed_to),
     }
+
+
+def _folder(folder: Optional[Union[str, "os.PathLike[str]"]]) -> Optional[str]:
+    # Relative to this process's folder, as a shell user means it (the broker's is another).
+    return os.path.abspath(os.fspath(folder)) if folder is not None else None
 
 
 def _slow(method: str, args: Dict[str, Any]) -> bool:
     """Whether a request may take long: a magnet's add waits for its metadata, a make
     hashes a folder. The broker answers one patron's requests in order, so such a request
     goes on a connection of its own (``Connection.aside``), not to hold up the others."""
-    return method == "make" or (method == "add" and isinstance(args["source"], str))
+    return method in ("make", "move") or (method == "add" and isinstance(args["source"], str))
 
 
 def _turn_timeout(method: str, timeout: Optional[float]) -> TorrentPatronError:
@@ -432,6 +439,7 @@ class Patron:
         max_upload_rate: Optional[int] = None,
         ephemeral: bool = False,
         overwrite: bool = False,
+        move_completed_to: Optional[Union[str, "os.PathLike[str]"]] = None,
         timeout: Optional[float] = None,
     ) -> Added:
         """Adds a torrent, or joins it when it runs already (``Added.joined``).
@@ -439,7 +447,9 @@ class Patron:
         ``source`` is a .torrent's path or bytes, or a magnet link. ``output`` is the
         folder its files go in (the broker's first download root when ``None``); ``peers``
         are ``HOST:PORT`` to dial; ``only`` chooses files by index or path; rates are bytes
-        a second. An ``ephemeral`` torrent closes when its last holder goes.
+        a second. An ``ephemeral`` torrent closes when its last holder goes. Its data moves
+        to ``move_completed_to`` once it completes (else to the broker's
+        ``--move-completed-to``, if any).
 
         A magnet waits for its metadata (up to the broker's ``--magnet-timeout``) on a
         connection of its own, so this patron's other requests go on meanwhile; ``timeout``
@@ -449,7 +459,7 @@ class Patron:
         """
         args = _add_args(
             source, output, peers, paused, only, max_download_rate, max_upload_rate,
-            ephemeral, overwrite,
+            ephemeral, overwrite, move_completed_to,
         )
         added: Added = self._call("add", _or_default(timeout), **args)
         return added
@@ -477,6 +487,22 @@ class Patron:
     def recheck(self, ref: Ref) -> Status:
         """Verifies a torrent's data on disk again, piece by piece."""
         status: Status = self._call("recheck", ref=ref)
+        return status
+
+    def move(
+        self,
+        ref: Ref,
+        to: Union[str, "os.PathLike[str]"],
+        *,
+        timeout: Optional[float] = None,
+    ) -> Status:
+        """Moves a torrent's data into folder ``to`` (inside the broker's download roots)
+        and runs it from there: renamed on one file system; across two copied, synced and
+        verified by hash before the old files go. Returns its status once it runs from the
+        new place; on an error (``NoSpace``, ``FileExists``, ``NotAllowed``...) it runs
+        from the old one, its data whole there. It goes on a connection of its own;
+        ``timeout`` as ``add``'s (the move still ends in the broker)."""
+        status: Status = self._call("move", _or_default(timeout), ref=ref, to=_folder(to))
         return status
 
     @overload
@@ -924,12 +950,13 @@ class AsyncPatron:
         max_upload_rate: Optional[int] = None,
         ephemeral: bool = False,
         overwrite: bool = False,
+        move_completed_to: Optional[Union[str, "os.PathLike[str]"]] = None,
         timeout: Optional[float] = None,
     ) -> Added:
         """See ``Patron.add``."""
         args = _add_args(
             source, output, peers, paused, only, max_download_rate, max_upload_rate,
-            ephemeral, overwrite,
+            ephemeral, overwrite, move_completed_to,
         )
         added: Added = await self._call("add", _or_default(timeout), **args)
         return added
@@ -966,6 +993,19 @@ class AsyncPatron:
     async def recheck(self, ref: Ref) -> Status:
         """See ``Patron.recheck``."""
         status: Status = await self._call("recheck", ref=ref)
+        return status
+
+    async def move(
+        self,
+        ref: Ref,
+        to: Union[str, "os.PathLike[str]"],
+        *,
+        timeout: Optional[float] = None,
+    ) -> Status:
+        """See ``Patron.move``."""
+        status: Status = await self._call(
+            "move", _or_default(timeout), ref=ref, to=_folder(to)
+        )
         return status
 
     @overload

@@ -5,7 +5,7 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Union, final
 
 #: A torrent's state, as `--json` writes it.
 State = Literal[
-    "checking", "resolving-metadata", "downloading", "seeding", "paused", "error", "queued"
+    "checking", "resolving-metadata", "downloading", "seeding", "paused", "error", "queued", "moving"
 ]
 
 PROTOCOL_VERSION: int

@@ -350,3 +350,55 @@ fn a_move_is_refused_onto_anything_that_exists_outside_the_roots_or_through_a_sw
         text(album.parent().unwrap())
     );
 }
+
+#[test]
+fn a_completed_download_moves_to_its_own_folder_or_the_brokers() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.random_file("seed/film.bin", 700 << 10);
+    let seeder = e2e::Seeder::start(&sandbox, "seeder", &data, 16384, &[]);
+    let finished = sandbox.folder("finished");
+    let own = sandbox.folder("own-choice");
+    let state = sandbox.state_dir("leecher");
+    let broker = sandbox.broker(&state, &["--move-completed-to", text(&finished)]);
+    // The broker's folder.
+    let first = sandbox.folder("incoming");
+    let mut add = sandbox.add_command(&state, &seeder.torrent, &first, Some(&seeder.broker.peer()));
+    add.arg("--wait");
+    Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    while listed(&sandbox, &state)["save_folder"] != text(&finished) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not moved: {}\n{}",
+            listed(&sandbox, &state),
+            broker.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let moved = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(moved["state"], "seeding", "{moved}");
+    assert_eq!(sha256(&finished.join("film.bin")), sha256(&data));
+    assert!(!first.join("film.bin").exists(), "moved, not copied");
+    // Its own folder wins: closed and added again elsewhere.
+    ok_json(&sandbox, &state, &["close", "0", "--delete-data"]);
+    let second = sandbox.folder("incoming-2");
+    let mut add = sandbox.add_command(
+        &state,
+        &seeder.torrent,
+        &second,
+        Some(&seeder.broker.peer()),
+    );
+    add.args(["--wait", "--move-completed-to"]).arg(&own);
+    let lines = Running::start(add)
+        .finish(STEP_TIMEOUT)
+        .expect_code(0)
+        .json_lines();
+    let id = lines[0]["id"].to_string();
+    wait_for("the second to move to its own folder", STEP_TIMEOUT, || {
+        own.join("film.bin").exists() && !second.join("film.bin").exists()
+    });
+    wait_status(&sandbox, &state, &id, "seeding from its own folder", |s| {
+        s["state"] == "seeding"
+    });
+    assert_eq!(sha256(&own.join("film.bin")), sha256(&data));
+}

@@ -43,6 +43,10 @@ impl Service {
         };
         let save_folder = service.save_folder(create.output.as_deref())?;
         super::seeding::check_own(&create.seeding)?;
+        let move_completed_to = match &create.move_completed_to {
+            Some(folder) => Some(service.save_folder(Some(folder))?),
+            None => None,
+        };
 
         let mut preallocated = None;
         let checked = match &create.source {
@@ -146,6 +150,7 @@ impl Service {
             queued: !create.paused && !service.queue_admits(super::queue::Kind::Download),
             seeding: create.seeding,
             data_was_there,
+            move_completed_to,
             ..RestoreSpec::new(PathBuf::new(), PathBuf::new())
         };
         let torrent_data_folder = restore.data_folder.clone();

@@ -249,7 +249,14 @@ fn watch_completion(
                 if !seeded {
                     service.fire_hook(crate::hooks::HookEvent::Completed, id, None);
                 }
-                let _ = tokio::task::spawn_blocking(move || service.stamp_verified(id)).await;
+                let stamping = service.clone();
+                let _ = tokio::task::spawn_blocking(move || stamping.stamp_verified(id)).await;
+                if !seeded {
+                    // In a task of its own: this one is aborted when the torrent leaves
+                    // the engine, as it does for its move.
+                    let runtime = service.runtime.clone();
+                    runtime.spawn(async move { service.move_completed(id).await });
+                }
             }
         }
     })

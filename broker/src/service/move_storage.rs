@@ -90,7 +90,26 @@ impl Service {
     /// Moves torrent `torrent`'s data into folder `to` (its own folder inside it, for a
     /// torrent of several files) and runs it from there. On an error it runs from where it
     /// was, its data whole there.
+    ///
+    /// The move runs in a task of its own: the caller going away (a patron cut off, whose
+    /// requests are dropped; a completion watcher aborted as its torrent leaves the engine)
+    /// never leaves it half done.
     pub async fn move_storage(
+        self: &Arc<Self>,
+        torrent: TorrentRef,
+        to: &str,
+    ) -> Result<TorrentStatus, ProtoError> {
+        let service = self.clone();
+        let to = to.to_owned();
+        // On the broker's runtime: the engine's add needs its threads (a completion
+        // watcher runs on the status loop's own).
+        self.runtime
+            .spawn(async move { service.move_now(torrent, &to).await })
+            .await
+            .unwrap_or_else(|e| Err(ProtoError::engine(format!("the move stopped: {e}"))))
+    }
+
+    async fn move_now(
         self: &Arc<Self>,
         torrent: TorrentRef,
         to: &str,
@@ -323,6 +342,39 @@ impl Service {
         }
         tracing::info!(torrent = %id, to = %to_data.display(), "moved its data");
         self.current_status(id).ok_or_else(|| gone(id))
+    }
+
+    /// Moves a torrent that just completed to its `--move-completed-to` folder (its own, or
+    /// the broker's), if it has one and is not there: the broker's policy, so a failure
+    /// is logged (and the torrent runs on from where it is).
+    pub(super) async fn move_completed(self: &Arc<Self>, id: TorrentId) {
+        let target = {
+            let state = self.state();
+            let Some(entry) = state.registry.get(id) else {
+                return;
+            };
+            let target = entry
+                .restore
+                .move_completed_to
+                .clone()
+                .or_else(|| self.config.move_completed_to.clone());
+            match target {
+                Some(target) if target != entry.restore.save_folder && !entry.restore.ephemeral => {
+                    target
+                }
+                _ => return,
+            }
+        };
+        let Some(to) = target.to_str() else {
+            tracing::warn!(torrent = %id, "--move-completed-to is not UTF-8: not moved");
+            return;
+        };
+        match self.move_storage(TorrentRef::Id(id), to).await {
+            Ok(_) => tracing::info!(torrent = %id, "completed: moved to {to}"),
+            Err(e) => {
+                tracing::warn!(torrent = %id, "completed, but not moved to {to}: {}", e.message)
+            }
+        }
     }
 
     /// The file work of a move, off the async threads.

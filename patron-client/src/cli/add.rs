@@ -51,6 +51,10 @@ pub struct Args {
     /// This torrent stops seeding after this long with nothing uploaded, or `none`
     #[arg(long, value_name = "DURATION|none", value_parser = own_time)]
     idle: Option<SeedLimit<u64>>,
+    /// Move the data into DIR once it completes (inside the broker's download roots; else
+    /// the broker's --move-completed-to, if any)
+    #[arg(long, value_name = "DIR")]
+    move_completed_to: Option<PathBuf>,
     /// Stay until the torrent is complete (progress bar on a terminal, status lines with --json)
     #[arg(long)]
     wait: bool,
@@ -75,6 +79,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     request.only_files = args.only.map(|only| only.0);
     request.max_download_rate = args.max_download_rate;
     request.max_upload_rate = args.max_upload_rate;
+    request.move_completed_to = match &args.move_completed_to {
+        Some(dir) => Some(super::absolute(dir)?.display().to_string()),
+        None => None,
+    };
     request.seeding = TorrentSeeding {
         ratio: args.ratio,
         seed_time_secs: args.seed_time,

@@ -103,7 +103,9 @@ Examples:
 const PIPE_COMMANDS: &str = "\
 Commands, one JSON object per line (\"cmd\", plus an optional \"request\" echoed in the reply):
   add       exactly one of torrent (a path), torrent_base64, magnet; output, peers, paused,
-            only, max_download_rate, max_upload_rate, ephemeral, overwrite  -> created
+            only, max_download_rate, max_upload_rate, ephemeral, overwrite,
+            ratio_limit, seed_time_limit_secs, idle_seed_limit_secs,
+            move_completed_to                                              -> created
   close     torrent; delete_data, force                                    -> closed
   list                                                                     -> list
   status    torrent                                                        -> status

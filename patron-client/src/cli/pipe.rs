@@ -63,6 +63,7 @@ enum Command {
         ratio_limit: Option<Value>,
         seed_time_limit_secs: Option<Value>,
         idle_seed_limit_secs: Option<Value>,
+        move_completed_to: Option<PathBuf>,
     },
     Close {
         torrent: TorrentName,
@@ -801,6 +802,7 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             ratio_limit,
             seed_time_limit_secs,
             idle_seed_limit_secs,
+            move_completed_to,
         } => {
             let own = |name: &str, value: Option<Value>, secs: bool| match value {
                 None => Ok(None),
@@ -857,6 +859,7 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             create.max_download_rate = max_download_rate;
             create.max_upload_rate = max_upload_rate;
             create.seeding = seeding;
+            create.move_completed_to = move_completed_to.map(|dir| absolute(&dir)).transpose()?;
             (RequestBody::CreateNewTorrent(create), None)
         }
         Command::Close {
