@@ -8,6 +8,7 @@ mod board;
 mod download;
 mod fanout;
 mod limit_change;
+mod move_data;
 mod many_files;
 mod placement;
 mod queue;
@@ -65,6 +66,20 @@ enum Bench {
         limit_kib: u64,
         #[arg(long, default_value_t = 32)]
         seeder_mib: u64,
+    },
+    /// A torrent's data moved across file systems (copied, synced, verified), beside
+    /// cp + sync + sha1sum of the same
+    MoveData {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long, default_value_t = 2048)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// The queue advancing after a completion, with 10 torrents held and with `torrents`
     QueueAdvance {
@@ -350,6 +365,19 @@ fn main() -> anyhow::Result<()> {
             size_mib,
             limit_kib,
             seeder_mib,
+        }),
+        Bench::MoveData {
+            state_dir,
+            from,
+            to,
+            size_mib,
+            rounds,
+        } => move_data::run(move_data::MoveBench {
+            state_dir,
+            from,
+            to,
+            size_mib,
+            rounds,
         }),
         Bench::QueueAdvance {
             seeder_state,
