@@ -144,6 +144,9 @@ struct PatronQueue {
 }
 
 /// What a patron's task serves, in order.
+// Nearly all of it is `Request`s (as [`proto::ToBroker`]): boxing them would cost an
+// allocation each and save no memory.
+#[allow(clippy::large_enum_variant)]
 enum Work {
     /// A decoded request.
     Request(Request),

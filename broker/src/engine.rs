@@ -835,6 +835,7 @@ pub fn status_of(id: TorrentId, name: &str, handle: &ManagedTorrentHandle) -> To
         downloaded: 0,
         seeding_secs: 0,
         seed_limits: proto::SeedingLimits::default(),
+        labels: Vec::new(),
     }
 }
 

@@ -53,25 +53,34 @@ impl TorrentEntry {
         }
     }
 
-    /// What the broker adds to its status from the engine, given the broker's seeding
-    /// limits (`broker`).
-    pub fn overlay(&self, broker: &proto::SeedingLimits) -> Overlay {
+    /// What the broker adds to its status from the engine, given the broker's and its
+    /// labels' seeding limits.
+    pub fn overlay(&self, policy: &SeedPolicy) -> Overlay {
         Overlay {
             rank: self.queue_rank,
             queued: self.restore.queued,
             uploaded: self.restore.uploaded_ever,
             downloaded: self.restore.downloaded_ever,
             seeding_secs: self.restore.seeding_ms / 1000,
-            seed_limits: self.restore.seed_limits(broker),
+            seed_limits: self.restore.seed_limits(policy),
+            labels: self.restore.labels.clone(),
         }
     }
+}
+
+/// The seeding limits torrents get where they have none of their own: the broker's, and
+/// their labels'.
+#[derive(Clone, Default)]
+pub struct SeedPolicy {
+    pub broker: proto::SeedingLimits,
+    pub labels: Arc<crate::service::labels::LabelBook>,
 }
 
 /// What the broker adds to a torrent's status from the engine (which knows nothing of it):
 /// its place in the queue and whether the queue holds it (paused in the engine, shown
 /// queued), and what it recorded of it: bytes moved and time seeded in all, and the seeding
 /// limits in force for it.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overlay {
     /// 1 first; 0: not in the queue.
     pub rank: u32,
@@ -85,6 +94,8 @@ pub struct Overlay {
     pub seeding_secs: u64,
     /// Its seeding limits in force.
     pub seed_limits: proto::SeedingLimits,
+    /// Its labels.
+    pub labels: Vec<String>,
 }
 
 impl Overlay {
@@ -100,6 +111,7 @@ impl Overlay {
             _ => self.seeding_secs,
         };
         status.seed_limits = self.seed_limits;
+        status.labels = self.labels;
         // Paused in the engine for the queue: queued. (Checking first, or failed, it shows
         // that.)
         if self.queued && status.state == TorrentState::Paused {
@@ -227,6 +239,9 @@ pub struct RestoreSpec {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub data_was_there: bool,
+    /// Its labels (see [`crate::service::labels`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
     /// Where its data moves once it completes (its own `--move-completed-to`; `None`: the
     /// broker's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -265,23 +280,35 @@ impl RestoreSpec {
             stopped_by: None,
             data_was_there: false,
             move_completed_to: None,
+            labels: Vec::new(),
             moving: None,
         }
     }
 
-    /// Its seeding limits in force: its own where it has them, else the broker's.
-    pub fn seed_limits(&self, broker: &proto::SeedingLimits) -> proto::SeedingLimits {
-        fn pick<T: Copy>(own: Option<proto::SeedLimit<T>>, broker: Option<T>) -> Option<T> {
-            match own {
+    /// Its seeding limits in force: its own where it has them, else its labels', else the
+    /// broker's.
+    pub fn seed_limits(&self, policy: &SeedPolicy) -> proto::SeedingLimits {
+        fn pick<T: Copy>(
+            own: Option<proto::SeedLimit<T>>,
+            label: Option<proto::SeedLimit<T>>,
+            broker: Option<T>,
+        ) -> Option<T> {
+            match own.or(label) {
                 None => broker,
                 Some(proto::SeedLimit::Unlimited) => None,
                 Some(proto::SeedLimit::At(value)) => Some(value),
             }
         }
+        let label = crate::service::labels::label_seeding(&policy.labels, &self.labels);
+        let broker = &policy.broker;
         proto::SeedingLimits {
-            ratio: pick(self.seeding.ratio, broker.ratio),
-            seed_time_secs: pick(self.seeding.seed_time_secs, broker.seed_time_secs),
-            idle_secs: pick(self.seeding.idle_secs, broker.idle_secs),
+            ratio: pick(self.seeding.ratio, label.ratio, broker.ratio),
+            seed_time_secs: pick(
+                self.seeding.seed_time_secs,
+                label.seed_time_secs,
+                broker.seed_time_secs,
+            ),
+            idle_secs: pick(self.seeding.idle_secs, label.idle_secs, broker.idle_secs),
         }
     }
 

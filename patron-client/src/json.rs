@@ -73,6 +73,7 @@ pub fn status_json(status: &TorrentStatus) -> Value {
         "ratio_limit": status.seed_limits.ratio,
         "seed_time_limit_secs": status.seed_limits.seed_time_secs,
         "idle_seed_limit_secs": status.seed_limits.idle_secs,
+        "labels": status.labels,
     })
 }
 
@@ -177,6 +178,31 @@ pub fn seeding_json(limits: &proto::SeedingLimits, action: proto::SeedAction) ->
     })
 }
 
+/// A torrent's own (or a label's) seeding limit as JSON: a number, `"none"` (none at all),
+/// or null (not its own: the next one's applies).
+fn own_limit<T: Into<Value>>(limit: Option<proto::SeedLimit<T>>) -> Value {
+    match limit {
+        None => Value::Null,
+        Some(proto::SeedLimit::Unlimited) => "none".into(),
+        Some(proto::SeedLimit::At(value)) => value.into(),
+    }
+}
+
+/// One label and what it carries, as `labels` lists it (`label`).
+pub fn label_json(label: &proto::LabelSettings) -> Value {
+    json!({
+        "event": "label",
+        "name": label.name,
+        "folder": label.folder,
+        "max_download_rate": label.limits.download,
+        "max_upload_rate": label.limits.upload,
+        "ratio_limit": own_limit(label.seeding.ratio),
+        "seed_time_limit_secs": own_limit(label.seeding.seed_time_secs),
+        "idle_seed_limit_secs": own_limit(label.seeding.idle_secs),
+        "torrents": label.torrents,
+    })
+}
+
 /// One file of a torrent, as `files` lists it.
 pub fn file_json(file: &FileEntry) -> serde_json::Value {
     json!({
@@ -252,6 +278,10 @@ pub fn event_json(event: Event) -> Value {
         Event::Limits { limits, alt, .. } => limits_json(&limits, alt.as_ref()),
         Event::Queue { queue, .. } => queue_json(&queue),
         Event::Seeding { limits, action, .. } => seeding_json(&limits, action),
+        Event::Labels { labels, .. } => json!({
+            "event": "labels",
+            "labels": labels.iter().map(label_json).collect::<Vec<_>>(),
+        }),
         Event::TorrentGone { id, reason } => {
             json!({"event": "gone", "id": id.0, "reason": reason})
         }

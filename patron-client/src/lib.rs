@@ -394,6 +394,23 @@ impl Patron {
         self.status_reply(RequestBody::MoveStorage(proto::MoveStorage { torrent, to }))
     }
 
+    /// Gives a torrent its labels (replacing those it had). Returns its status.
+    pub fn set_labels(&mut self, change: proto::SetLabels) -> Result<TorrentStatus> {
+        self.status_reply(RequestBody::SetLabels(change))
+    }
+
+    /// Changes what a label carries for its torrents (with `change.name` set), and returns
+    /// every label, configured or carried by a torrent.
+    pub fn configure_label(
+        &mut self,
+        change: proto::ConfigureLabel,
+    ) -> Result<Vec<proto::LabelSettings>> {
+        match self.request(RequestBody::ConfigureLabel(Box::new(change)))? {
+            Event::Labels { labels, .. } => Ok(labels),
+            other => Err(error_or_unexpected(other)),
+        }
+    }
+
     fn status_reply(&mut self, body: RequestBody) -> Result<TorrentStatus> {
         match self.request(body)? {
             Event::Status { status, .. } => Ok(status),

@@ -45,11 +45,11 @@ use std::time::{Duration, Instant};
 /// First word of every board: "TPBOARD1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TPBOARD1");
 /// Bumped on any change of the layout below.
-pub const LAYOUT_VERSION: u64 = 3;
+pub const LAYOUT_VERSION: u64 = 4;
 /// Words in the header.
 pub const HEADER_WORDS: usize = 16;
 /// Words in a slot.
-pub const SLOT_WORDS: usize = 128;
+pub const SLOT_WORDS: usize = 161;
 /// Words per torrent in the lines region: its `list` line, ready to print.
 pub const LINE_WORDS: usize = 20;
 /// Longest `list` line kept; a longer one is marked, and readers format it from the slot.
@@ -60,6 +60,11 @@ pub const NAME_BYTES: usize = 256;
 pub const FOLDER_BYTES: usize = 448;
 /// Longest error message kept whole.
 pub const ERROR_BYTES: usize = 128;
+/// Room for a torrent's labels, joined by commas: the most a torrent may have, whole.
+pub const LABELS_BYTES: usize = 264;
+const _: () = assert!(
+    LABELS_BYTES >= crate::MAX_LABELS * (crate::MAX_LABEL_BYTES + 1) - 1 && LABELS_BYTES % 8 == 0
+);
 /// The most slots a board may have (4 GiB of board is not a status board any more).
 pub const MAX_CAPACITY: usize = 1 << 20;
 
@@ -112,7 +117,8 @@ const NO_LIMIT: u64 = u64::MAX;
 const S_NAME: usize = 24;
 const S_FOLDER: usize = S_NAME + NAME_BYTES / 8;
 const S_ERROR: usize = S_FOLDER + FOLDER_BYTES / 8;
-const _: () = assert!(S_ERROR + ERROR_BYTES / 8 == SLOT_WORDS);
+const S_LABELS: usize = S_ERROR + ERROR_BYTES / 8;
+const _: () = assert!(S_LABELS + LABELS_BYTES / 8 == SLOT_WORDS);
 
 // Line words: its own sequence, the torrent's id, the length, the text.
 const L_SEQ: usize = 0;
@@ -130,6 +136,7 @@ const EPHEMERAL: u64 = 8;
 const NAME_CUT: u64 = 16;
 const FOLDER_CUT: u64 = 32;
 const ERROR_CUT: u64 = 64;
+const LABELS_CUT: u64 = 128;
 
 /// Bytes a board of `capacity` slots takes.
 pub fn board_bytes(capacity: usize) -> usize {
@@ -302,6 +309,8 @@ impl BoardWriter {
             TorrentState::Moving => (7, ""),
         };
         let (error, error_cut) = cut(error, ERROR_BYTES);
+        let labels = status.labels.join(",");
+        let (labels, labels_cut) = cut(&labels, LABELS_BYTES);
         let mut flags = OCCUPIED;
         for (on, flag) in [
             (status.complete, COMPLETE),
@@ -310,6 +319,7 @@ impl BoardWriter {
             (name_cut, NAME_CUT),
             (folder_cut, FOLDER_CUT),
             (error_cut, ERROR_CUT),
+            (labels_cut, LABELS_CUT),
         ] {
             if on {
                 flags |= flag;
@@ -340,7 +350,10 @@ impl BoardWriter {
         put(S_HOLDERS, u64::from(summary.holders));
         put(
             S_LENGTHS,
-            name.len() as u64 | (folder.len() as u64) << 16 | (error.len() as u64) << 32,
+            name.len() as u64
+                | (folder.len() as u64) << 16
+                | (error.len() as u64) << 32
+                | (labels.len() as u64) << 48,
         );
         put(S_INFO_TOTAL, summary.info.total_bytes);
         put(S_QUEUE, status.queue_position.map_or(0, u64::from));
@@ -352,7 +365,8 @@ impl BoardWriter {
         put(S_IDLE_LIMIT, limits.idle_secs.unwrap_or(NO_LIMIT));
         put_text(&slot[S_NAME..S_FOLDER], name);
         put_text(&slot[S_FOLDER..S_ERROR], folder);
-        put_text(&slot[S_ERROR..], error);
+        put_text(&slot[S_ERROR..S_LABELS], error);
+        put_text(&slot[S_LABELS..], labels);
         slot[S_SEQ].store(seq.wrapping_add(2) & !1, Ordering::Release);
         let line = crate::text::status_line(status);
         self.write_line(index, status.id, &line);
@@ -552,7 +566,8 @@ impl BoardReader {
         (0..self.in_use()).all(|index| {
             slot_of(words, self.capacity, index).is_none_or(|slot| {
                 let flags = slot[S_FLAGS].load(Ordering::Relaxed);
-                flags & OCCUPIED == 0 || flags & (NAME_CUT | FOLDER_CUT | ERROR_CUT) == 0
+                flags & OCCUPIED == 0
+                    || flags & (NAME_CUT | FOLDER_CUT | ERROR_CUT | LABELS_CUT) == 0
             })
         })
     }
@@ -715,7 +730,7 @@ fn decode_status(slot: &[AtomicU64]) -> Option<TorrentStatus> {
         6 => TorrentState::Queued,
         7 => TorrentState::Moving,
         _ => TorrentState::Error(get_text(
-            &slot[S_ERROR..],
+            &slot[S_ERROR..S_LABELS],
             lengths >> 32 & 0xffff,
             flags & ERROR_CUT != 0,
         )),
@@ -751,6 +766,13 @@ fn decode_status(slot: &[AtomicU64]) -> Option<TorrentStatus> {
                 .map(f64::from_bits),
             seed_time_secs: Some(get(S_SEED_TIME_LIMIT)).filter(|&s| s != NO_LIMIT),
             idle_secs: Some(get(S_IDLE_LIMIT)).filter(|&s| s != NO_LIMIT),
+        },
+        labels: match lengths >> 48 {
+            0 => Vec::new(),
+            n => get_text(&slot[S_LABELS..], n, flags & LABELS_CUT != 0)
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
         },
     })
 }

@@ -86,6 +86,9 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// The first message must be [`ToBroker::Hello`], every later one a [`ToBroker::Request`].
 /// `Hello` is variant 0 with the version first, and must stay so: that is what lets a broker
 /// read the version of a patron from any release and refuse it clearly.
+// Nearly every message is a `Request`: boxing it to shrink the rare `Hello` would cost an
+// allocation per request and save no memory.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToBroker {
     /// Opens the conversation.
@@ -319,6 +322,14 @@ pub enum RequestBody {
     /// runs from the new place) or [`Event::Error`] (then it runs from the old place, its
     /// data whole there).
     MoveStorage(MoveStorage),
+    /// Gives a torrent its labels (replacing those it had). Replied to with
+    /// [`Event::Status`] (its status, labels included) or [`Event::Error`].
+    SetLabels(SetLabels),
+    /// Changes what a label carries: a save folder, rate limits and seeding limits for its
+    /// torrents (qBittorrent's categories), recorded. Replied to with [`Event::Labels`]
+    /// (every label the broker keeps settings for or sees on a torrent) or
+    /// [`Event::Error`]; with no name, it only asks.
+    ConfigureLabel(Box<ConfigureLabel>),
 }
 
 /// A move of a torrent's data ([`RequestBody::MoveStorage`]).
@@ -662,6 +673,8 @@ impl RequestBody {
             RequestBody::MoveInQueue(_) => "queue-move",
             RequestBody::SetSeeding(_) => "seeding",
             RequestBody::MoveStorage(_) => "move",
+            RequestBody::SetLabels(_) => "label",
+            RequestBody::ConfigureLabel(_) => "labels",
         }
     }
 }
@@ -710,6 +723,94 @@ pub struct CreateNewTorrent {
     /// (as [`RequestBody::MoveStorage`]); `None`: the broker's `--move-completed-to`, if any.
     #[serde(default)]
     pub move_completed_to: Option<String>,
+    /// Its labels (at most [`MAX_LABELS`], each a [`valid_label`]): a label's folder is where
+    /// it is saved when `output` is `None`, and a label's limits apply where it has none of
+    /// its own ([`RequestBody::ConfigureLabel`]).
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// Labels a torrent may have.
+pub const MAX_LABELS: usize = 8;
+/// Bytes a label may have.
+pub const MAX_LABEL_BYTES: usize = 32;
+/// Labels the broker keeps settings for.
+pub const MAX_CONFIGURED_LABELS: usize = 256;
+
+/// Refuses a label that is empty, longer than [`MAX_LABEL_BYTES`], has spaces at its ends,
+/// a control character or a comma (labels are listed joined by commas).
+pub fn valid_label(label: &str) -> Result<(), String> {
+    if label.is_empty() || label.len() > MAX_LABEL_BYTES {
+        return Err(format!(
+            "a label has 1 to {MAX_LABEL_BYTES} bytes, not {}",
+            label.len()
+        ));
+    }
+    if label.trim() != label || label.chars().any(|c| c.is_control() || c == ',') {
+        return Err(format!(
+            "label {label:?} has a comma, a control character or spaces at an end"
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a set of labels that is too long or has a bad or repeated label.
+pub fn valid_labels(labels: &[String]) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!(
+            "a torrent has at most {MAX_LABELS} labels, not {}",
+            labels.len()
+        ));
+    }
+    for (n, label) in labels.iter().enumerate() {
+        valid_label(label)?;
+        if labels[..n].contains(label) {
+            return Err(format!("label {label:?} is named twice"));
+        }
+    }
+    Ok(())
+}
+
+/// A change of a torrent's labels ([`RequestBody::SetLabels`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetLabels {
+    /// The torrent.
+    pub torrent: TorrentRef,
+    /// Its labels from now on (empty: none).
+    pub labels: Vec<String>,
+}
+
+/// A change of what a label carries ([`RequestBody::ConfigureLabel`]); each field `None`
+/// leaves it, `Some(None)` lifts it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigureLabel {
+    /// The label; `None`: only ask for every label's settings.
+    pub name: Option<String>,
+    /// Where its torrents are saved when their add names no folder.
+    pub folder: Option<Option<String>>,
+    /// Its torrents' download limit in bytes per second, where they have none of their own.
+    pub download: Option<Option<u64>>,
+    /// Its torrents' upload limit, as `download`.
+    pub upload: Option<Option<u64>>,
+    /// Its torrents' seeding limits, where they have none of their own.
+    pub seeding: OwnSeedingChange,
+    /// Forget the label's settings (its torrents keep the label).
+    pub remove: bool,
+}
+
+/// What a label carries ([`Event::Labels`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LabelSettings {
+    /// The label.
+    pub name: String,
+    /// Where its torrents are saved when their add names no folder.
+    pub folder: Option<String>,
+    /// Its torrents' rate limits, where they have none of their own.
+    pub limits: RateLimits,
+    /// Its torrents' seeding limits, where they have none of their own.
+    pub seeding: TorrentSeeding,
+    /// How many torrents have it.
+    pub torrents: u32,
 }
 
 /// A torrent's own seeding limits, each `None` (the broker's), [`SeedLimit::Unlimited`], or
@@ -748,6 +849,7 @@ impl CreateNewTorrent {
             max_upload_rate: None,
             seeding: TorrentSeeding::default(),
             move_completed_to: None,
+            labels: Vec::new(),
         }
     }
 }
@@ -1406,6 +1508,13 @@ pub enum Event {
         /// What the broker does past one.
         action: SeedAction,
     },
+    /// Reply to [`RequestBody::ConfigureLabel`]: every label, by name.
+    Labels {
+        /// The request.
+        request: RequestId,
+        /// The labels.
+        labels: Vec<LabelSettings>,
+    },
 }
 
 impl Event {
@@ -1430,6 +1539,7 @@ impl Event {
             | Event::Limits { request, .. }
             | Event::Queue { request, .. }
             | Event::Seeding { request, .. }
+            | Event::Labels { request, .. }
             | Event::Error { request, .. } => Some(*request),
             Event::TorrentStatusUpdate(_)
             | Event::TorrentGone { .. }

@@ -94,6 +94,8 @@ pub struct TorrentStatus {
     /// its metadata). Every torrent has one, queued or not: it is the order in which
     /// queued torrents start.
     pub queue_position: Option<u32>,
+    /// Its labels.
+    pub labels: Vec<String>,
 }
 
 impl TorrentStatus {
@@ -120,6 +122,7 @@ impl TorrentStatus {
             eta_secs: None,
             complete: false,
             queue_position: None,
+            labels: Vec::new(),
         }
     }
 

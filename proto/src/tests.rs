@@ -47,6 +47,7 @@ fn sample_status() -> TorrentStatus {
             seed_time_secs: None,
             idle_secs: Some(600),
         },
+        labels: vec!["films".into()],
     }
 }
 
@@ -69,6 +70,7 @@ fn every_request_round_trips() {
                 idle_secs: None,
             },
             move_completed_to: Some("/srv/done".into()),
+            labels: vec!["films".into(), "4k".into()],
         }),
         RequestBody::CreateNewTorrent(CreateNewTorrent::new(TorrentSource::Magnet(
             "magnet:?xt=urn:btih:abababababababababababababababababababab".into(),
@@ -169,6 +171,21 @@ fn every_request_round_trips() {
             torrent: TorrentRef::Id(TorrentId(2)),
             to: "/srv/done".into(),
         }),
+        RequestBody::SetLabels(crate::SetLabels {
+            torrent: TorrentRef::Id(TorrentId(2)),
+            labels: vec!["a".into()],
+        }),
+        RequestBody::ConfigureLabel(Box::new(crate::ConfigureLabel {
+            name: Some("films".into()),
+            folder: Some(None),
+            download: Some(Some(1 << 20)),
+            upload: None,
+            seeding: crate::OwnSeedingChange {
+                ratio: Some(Some(crate::SeedLimit::At(2.0))),
+                ..Default::default()
+            },
+            remove: false,
+        })),
     ];
     for (n, body) in bodies.into_iter().enumerate() {
         let sent = Request {

@@ -256,6 +256,7 @@ fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
             create.ephemeral = arg(args, "ephemeral")?.unwrap_or(false);
             create.overwrite = arg(args, "overwrite")?.unwrap_or(false);
             create.move_completed_to = arg(args, "move_completed_to")?;
+            create.labels = arg(args, "labels")?.unwrap_or_default();
             RequestBody::CreateNewTorrent(create)
         }
         "close" => RequestBody::CloseTorrent(CloseTorrent {
@@ -365,6 +366,35 @@ fn request(method: &str, args: &Bound<'_, PyDict>) -> PyResult<RequestBody> {
                 })?
             },
         }),
+        "label" => RequestBody::SetLabels(patron_client::proto::SetLabels {
+            torrent: ref_arg(args)?,
+            labels: arg(args, "labels")?.unwrap_or_default(),
+        }),
+        "labels" => {
+            // Present and None: lifted; absent: unchanged.
+            fn lifted<'py, T>(args: &Bound<'py, PyDict>, name: &str) -> PyResult<Option<Option<T>>>
+            where
+                T: for<'a> FromPyObject<'a, 'py, Error = PyErr>,
+            {
+                match args.get_item(name)? {
+                    None => Ok(None),
+                    Some(value) if value.is_none() => Ok(Some(None)),
+                    Some(_) => arg(args, name).map(Some),
+                }
+            }
+            RequestBody::ConfigureLabel(Box::new(patron_client::proto::ConfigureLabel {
+                name: arg(args, "name")?,
+                folder: lifted(args, "folder")?,
+                download: lifted(args, "max_download_rate")?,
+                upload: lifted(args, "max_upload_rate")?,
+                seeding: OwnSeedingChange {
+                    ratio: seed_arg(args, "ratio", false)?,
+                    seed_time_secs: seed_arg(args, "seed_time", true)?.map(|g| g.map(as_secs)),
+                    idle_secs: seed_arg(args, "idle", true)?.map(|g| g.map(as_secs)),
+                },
+                remove: arg(args, "remove")?.unwrap_or(false),
+            }))
+        }
         "seeding" => {
             let ratio = seed_arg(args, "ratio", false)?;
             let seed_time = seed_arg(args, "seed_time", true)?;
@@ -462,7 +492,7 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
         )?
         .into_any(),
         (
-            "pause" | "resume" | "recheck" | "move" | "status_request",
+            "pause" | "resume" | "recheck" | "move" | "label" | "status_request",
             Event::Status { status, .. },
         ) => Py::new(py, Status::from_status(status))?.into_any(),
         ("follow", Event::Following { .. }) => py.None(),
@@ -484,6 +514,43 @@ fn decode(py: Python<'_>, method: &str, reply: Result<Event, Failure>) -> PyResu
             py.import("json")?.call_method1("loads", (text,))?.unbind()
         }
         ("stop_broker", Event::Ok { .. }) => py.None(),
+        ("labels", Event::Labels { labels, .. }) => {
+            let own = |limit: Option<SeedLimit<f64>>| -> Py<PyAny> {
+                match limit {
+                    None => py.None(),
+                    Some(SeedLimit::Unlimited) => "none"
+                        .into_pyobject(py)
+                        .map(|o| o.into_any().unbind())
+                        .unwrap_or_else(|_| py.None()),
+                    Some(SeedLimit::At(v)) => v
+                        .into_pyobject(py)
+                        .map(|o| o.into_any().unbind())
+                        .unwrap_or_else(|_| py.None()),
+                }
+            };
+            let secs = |limit: Option<SeedLimit<u64>>| match limit {
+                None => None,
+                Some(SeedLimit::Unlimited) => Some(SeedLimit::Unlimited),
+                Some(SeedLimit::At(s)) => Some(SeedLimit::At(s as f64)),
+            };
+            let list = PyList::empty(py);
+            for label in labels {
+                let dict = PyDict::new(py);
+                dict.set_item("name", label.name)?;
+                dict.set_item("folder", label.folder)?;
+                dict.set_item("max_download_rate", label.limits.download)?;
+                dict.set_item("max_upload_rate", label.limits.upload)?;
+                dict.set_item("ratio_limit", own(label.seeding.ratio))?;
+                dict.set_item(
+                    "seed_time_limit_secs",
+                    own(secs(label.seeding.seed_time_secs)),
+                )?;
+                dict.set_item("idle_seed_limit_secs", own(secs(label.seeding.idle_secs)))?;
+                dict.set_item("torrents", label.torrents)?;
+                list.append(dict)?;
+            }
+            list.into_any().unbind()
+        }
         ("seeding", Event::Seeding { limits, action, .. }) => {
             let dict = PyDict::new(py);
             dict.set_item("ratio_limit", limits.ratio)?;

@@ -138,7 +138,7 @@ impl Status {
 }
 
 /// The fields, in `--json`'s order.
-const STATUS_FIELDS: [&str; 25] = [
+const STATUS_FIELDS: [&str; 26] = [
     "id",
     "info_hash",
     "name",
@@ -161,6 +161,7 @@ const STATUS_FIELDS: [&str; 25] = [
     "ratio_limit",
     "seed_time_limit_secs",
     "idle_seed_limit_secs",
+    "labels",
     "save_folder",
     "holders",
     "ephemeral",
@@ -275,6 +276,11 @@ impl Status {
     #[getter]
     fn queue_position(&self) -> Option<u32> {
         self.status.queue_position
+    }
+    /// Its labels.
+    #[getter]
+    fn labels(&self) -> Vec<String> {
+        self.status.labels.clone()
     }
     /// Where the torrent's files are (the folder its name goes in).
     #[getter]

@@ -538,6 +538,37 @@ def test_a_move_runs_the_torrent_from_its_new_folder_and_a_refusal_keeps_it(brok
         assert (broker.root / "album" / "a.bin").read_bytes() == before
 
 
+def test_labels_carry_a_folder_and_limits_and_torrents_carry_labels(broker: Broker) -> None:
+    with tp.Patron(broker.state) as p:
+        films = broker.root / "films"
+        films.mkdir()
+        labels = p.labels("films", folder=films, ratio=2, max_upload_rate=100_000)
+        assert labels == [{
+            "name": "films", "folder": str(films), "max_download_rate": None,
+            "max_upload_rate": 100_000, "ratio_limit": 2.0, "seed_time_limit_secs": None,
+            "idle_seed_limit_secs": None, "torrents": 0,
+        }]
+        (broker.root / "clip.bin").write_bytes(os.urandom(50_000))
+        made = p.make(broker.root / "clip.bin", broker.root, seed=True).seeding_id
+        assert made is not None
+        status = p.label(made, ["films"])
+        assert status.labels == ["films"] and status.ratio_limit == 2.0, status
+        assert p.status(made).as_dict()["labels"] == ["films"]
+        assert p.labels("films", ratio="default", folder=None)[0]["ratio_limit"] is None
+        assert p.label(made, []).labels == []
+        with pytest.raises(tp.BadRequest):
+            p.label(made, ["a,b"])
+        with pytest.raises(TypeError):
+            p.label(made, "films")
+
+        async def ask() -> list[str]:
+            async with tp.AsyncPatron(broker.state) as ap:
+                await ap.label(made, ["x"])
+                return [label["name"] for label in await ap.labels()]
+
+        assert asyncio.run(ask()) == ["films", "x"]
+
+
 def test_second_review_small_things(broker: Broker) -> None:
     (broker.root / "small.bin").write_bytes(b"s" * 5000)
     with tp.Patron(broker.state) as p:

@@ -239,6 +239,7 @@ def _add_args(
     ephemeral: bool,
     overwrite: bool,
     move_completed_to: Optional[Union[str, "os.PathLike[str]"]] = None,
+    labels: Iterable[str] = (),
 ) -> Dict[str, Any]:
     return {
         "source": _source(source),
@@ -253,6 +254,7 @@ def _add_args(
         "ephemeral": ephemeral,
         "overwrite": overwrite,
         "move_completed_to": _folder(move_completed_to),
+        "labels": _strings("labels", labels),
     }
 
 
@@ -440,6 +442,7 @@ class Patron:
         ephemeral: bool = False,
         overwrite: bool = False,
         move_completed_to: Optional[Union[str, "os.PathLike[str]"]] = None,
+        labels: Iterable[str] = (),
         timeout: Optional[float] = None,
     ) -> Added:
         """Adds a torrent, or joins it when it runs already (``Added.joined``).
@@ -449,7 +452,9 @@ class Patron:
         are ``HOST:PORT`` to dial; ``only`` chooses files by index or path; rates are bytes
         a second. An ``ephemeral`` torrent closes when its last holder goes. Its data moves
         to ``move_completed_to`` once it completes (else to the broker's
-        ``--move-completed-to``, if any).
+        ``--move-completed-to``, if any). ``labels`` name it: a label's folder is where it
+        goes when ``output`` is ``None``, and a label's limits apply where it has none of
+        its own (see ``labels``).
 
         A magnet waits for its metadata (up to the broker's ``--magnet-timeout``) on a
         connection of its own, so this patron's other requests go on meanwhile; ``timeout``
@@ -459,7 +464,7 @@ class Patron:
         """
         args = _add_args(
             source, output, peers, paused, only, max_download_rate, max_upload_rate,
-            ephemeral, overwrite, move_completed_to,
+            ephemeral, overwrite, move_completed_to, labels,
         )
         added: Added = self._call("add", _or_default(timeout), **args)
         return added
@@ -625,6 +630,35 @@ class Patron:
         given = _given(ratio=ratio, seed_time=seed_time, idle=idle)
         limits: Dict[str, Any] = self._call("seeding", ref=ref, action=action, **given)
         return limits
+
+    def label(self, ref: Ref, labels: Iterable[str]) -> Status:
+        """Gives a torrent its labels, replacing those it had (an empty list takes them
+        all off). Returns its status (``Status.labels``)."""
+        status: Status = self._call("label", ref=ref, labels=_strings("labels", labels))
+        return status
+
+    def labels(
+        self, name: Optional[str] = None, *,
+        folder: Union[str, "os.PathLike[str]", None] = _KEEP,
+        max_download_rate: Optional[int] = _KEEP, max_upload_rate: Optional[int] = _KEEP,
+        ratio: Union[float, None, str] = _KEEP, seed_time: Union[float, None, str] = _KEEP,
+        idle: Union[float, None, str] = _KEEP, remove: bool = False,
+    ) -> List[Dict[str, Any]]:
+        """Every label (those that carry settings, and those torrents carry), as dicts
+        (``name``, ``folder``, ``max_download_rate``, ``max_upload_rate``, ``ratio_limit``,
+        ``seed_time_limit_secs``, ``idle_seed_limit_secs``, ``torrents``); with ``name``,
+        first changes what that label carries for its torrents, as ``patron-client labels``:
+        a save folder for adds that name none, rate limits and seeding limits for torrents
+        with none of their own. ``None`` lifts a setting (for a seeding limit, ``None`` is
+        no limit and ``"default"`` lifts it); left out, unchanged. ``remove`` forgets the
+        label's settings. Kept across the broker's restarts."""
+        given = _given(
+            folder=_folder(folder) if folder is not _KEEP and folder is not None else folder,
+            max_download_rate=max_download_rate, max_upload_rate=max_upload_rate,
+            ratio=ratio, seed_time=seed_time, idle=idle,
+        )
+        labels: List[Dict[str, Any]] = self._call("labels", name=name, remove=remove, **given)
+        return labels
 
     def move_in_queue(self, ref: Ref, to: QueueMove) -> Status:
         """Moves a torrent in the broker's queue (``top``, ``up``, ``down`` or ``bottom``):
@@ -951,12 +985,13 @@ class AsyncPatron:
         ephemeral: bool = False,
         overwrite: bool = False,
         move_completed_to: Optional[Union[str, "os.PathLike[str]"]] = None,
+        labels: Iterable[str] = (),
         timeout: Optional[float] = None,
     ) -> Added:
         """See ``Patron.add``."""
         args = _add_args(
             source, output, peers, paused, only, max_download_rate, max_upload_rate,
-            ephemeral, overwrite, move_completed_to,
+            ephemeral, overwrite, move_completed_to, labels,
         )
         added: Added = await self._call("add", _or_default(timeout), **args)
         return added
@@ -1100,6 +1135,29 @@ class AsyncPatron:
         given = _given(downloads=downloads, seeds=seeds, stalled_after=stalled_after)
         queue: Dict[str, Optional[int]] = await self._call("queue", **given)
         return queue
+
+    async def label(self, ref: Ref, labels: Iterable[str]) -> Status:
+        """See ``Patron.label``."""
+        status: Status = await self._call("label", ref=ref, labels=_strings("labels", labels))
+        return status
+
+    async def labels(
+        self, name: Optional[str] = None, *,
+        folder: Union[str, "os.PathLike[str]", None] = _KEEP,
+        max_download_rate: Optional[int] = _KEEP, max_upload_rate: Optional[int] = _KEEP,
+        ratio: Union[float, None, str] = _KEEP, seed_time: Union[float, None, str] = _KEEP,
+        idle: Union[float, None, str] = _KEEP, remove: bool = False,
+    ) -> List[Dict[str, Any]]:
+        """See ``Patron.labels``."""
+        given = _given(
+            folder=_folder(folder) if folder is not _KEEP and folder is not None else folder,
+            max_download_rate=max_download_rate, max_upload_rate=max_upload_rate,
+            ratio=ratio, seed_time=seed_time, idle=idle,
+        )
+        labels: List[Dict[str, Any]] = await self._call(
+            "labels", name=name, remove=remove, **given
+        )
+        return labels
 
     async def seeding(
         self, ref: Optional[Ref] = None, *, ratio: Union[float, None, str] = _KEEP,

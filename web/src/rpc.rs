@@ -732,6 +732,9 @@ async fn torrent_add(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
             create.only_files = Some(only);
         }
     }
+    if let Some(labels) = arguments.get("labels") {
+        create.labels = rpc_labels(labels)?;
+    }
     let created = match magnet_hash(&create.source) {
         None => web.link.create(create).await,
         // Transmission answers a magnet's add at once; the broker answers once it has the
@@ -996,10 +999,23 @@ fn own_seeding(
     })
 }
 
+/// Transmission's `labels`: a list of strings.
+fn rpc_labels(value: &Value) -> Result<Vec<String>, String> {
+    let list = value.as_array().ok_or("labels is a list of strings")?;
+    list.iter()
+        .map(|l| {
+            l.as_str()
+                .map(str::to_owned)
+                .ok_or("labels is a list of strings".to_owned())
+        })
+        .collect()
+}
+
 async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
     use std::collections::HashSet;
-    const TAKEN: [&str; 11] = [
+    const TAKEN: [&str; 12] = [
         "ids",
+        "labels",
         "seedRatioLimit",
         "seedRatioMode",
         "seedIdleLimit",
@@ -1048,6 +1064,19 @@ async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
             };
             web.link
                 .call(move |patron| patron.set_seeding(change).map(drop))
+                .await
+                .map_err(failure)?;
+        }
+    }
+    if let Some(labels) = arguments.get("labels") {
+        let labels = rpc_labels(labels)?;
+        for torrent in &chosen {
+            let change = patron_client::proto::SetLabels {
+                torrent: TorrentRef::Id(torrent.info.id),
+                labels: labels.clone(),
+            };
+            web.link
+                .call(move |patron| patron.set_labels(change).map(drop))
                 .await
                 .map_err(failure)?;
         }

@@ -7,6 +7,7 @@ mod create;
 mod files;
 mod follow;
 mod info;
+mod labels;
 mod limits;
 mod list;
 mod make;
@@ -176,6 +177,8 @@ async fn answer(
         RequestBody::MoveInQueue(change) => queue::move_in(service, id, change).await,
         RequestBody::SetSeeding(change) => seeding::run(service, id, change),
         RequestBody::MoveStorage(change) => move_storage::run(service, id, change).await,
+        RequestBody::SetLabels(change) => labels::set(service, id, change),
+        RequestBody::ConfigureLabel(change) => labels::configure(service, id, *change),
         quick => answer_now(service, patron.id, id, quick),
     }
 }

@@ -41,7 +41,12 @@ impl Service {
             download: rate(create.max_download_rate, "max_download_rate")?,
             upload: rate(create.max_upload_rate, "max_upload_rate")?,
         };
-        let save_folder = service.save_folder(create.output.as_deref())?;
+        proto::valid_labels(&create.labels).map_err(ProtoError::bad_request)?;
+        // No folder named: its labels' (the first that has one), else the default.
+        let save_folder = match (&create.output, service.label_folder(&create.labels)) {
+            (None, Some(folder)) => folder,
+            (output, _) => service.save_folder(output.as_deref())?,
+        };
         super::seeding::check_own(&create.seeding)?;
         let move_completed_to = match &create.move_completed_to {
             Some(folder) => Some(service.save_folder(Some(folder))?),
@@ -151,6 +156,7 @@ impl Service {
             seeding: create.seeding,
             data_was_there,
             move_completed_to,
+            labels: create.labels.clone(),
             ..RestoreSpec::new(PathBuf::new(), PathBuf::new())
         };
         let torrent_data_folder = restore.data_folder.clone();
@@ -164,7 +170,7 @@ impl Service {
                 overwrite: create.overwrite,
                 peers,
                 id: preallocated,
-                rates,
+                rates: service.label_rates(&restore.labels, rates),
                 resume: false,
                 files: checked.relative_paths(),
             })
@@ -244,6 +250,9 @@ impl Service {
                 "seeding",
                 create.seeding != proto::TorrentSeeding::default(),
             ),
+            // Nor its labels, nor where it goes once complete: `label ID` does.
+            ("labels", !create.labels.is_empty()),
+            ("move_completed_to", create.move_completed_to.is_some()),
         ] {
             if differs {
                 not_applied.push(name.to_owned());

@@ -115,7 +115,7 @@ fn refresh_board(
     let _deciding = service.board.decide();
     // Under the lock only what is cheap to copy: handles are `Arc`s.
     type Look = (TorrentId, ManagedTorrentHandle, u32, bool, Overlay);
-    let seeding = service.seeding.limits();
+    let seeding = service.seed_policy();
     let (running, placeholders, restarting): (Vec<Look>, Vec<TorrentSummary>, Vec<TorrentId>) = {
         let state = service.state();
         // One pass over every torrent (this runs each 100 ms). Those being added again
@@ -152,20 +152,20 @@ fn refresh_board(
     let mut arrived = false;
     for (id, handle, holders, ephemeral, place) in running {
         present.insert(id);
-        let look = (engine::pulse_of(&handle), holders, ephemeral, place);
+        let look = (engine::pulse_of(&handle), holders, ephemeral, place.clone());
         let before = match seen.get_mut(&id) {
             Some(known) if Arc::ptr_eq(&known.handle, &handle) => {
-                Some(std::mem::replace(&mut known.look, look))
+                Some(std::mem::replace(&mut known.look, look.clone()))
             }
             known => {
                 arrived = true;
-                let before = known.map(|k| k.look);
+                let before = known.map(|k| k.look.clone());
                 let completion = watch_completion(service, id, handle.clone());
                 let watched = handle.clone();
                 seen.insert(
                     id,
                     Seen {
-                        look,
+                        look: look.clone(),
                         completion,
                         handle: watched,
                     },
@@ -173,7 +173,10 @@ fn refresh_board(
                 before
             }
         };
-        if before.is_some_and(|b| b.0.stage != look.0.stage || b.3.queued != place.queued) {
+        if before
+            .as_ref()
+            .is_some_and(|b| b.0.stage != look.0.stage || b.3.queued != place.queued)
+        {
             urgent.push(id);
         }
         if full || before != Some(look) {
@@ -272,7 +275,7 @@ pub(super) fn fan_out(
     only: Option<&[TorrentId]>,
     computed: &HashMap<TorrentId, TorrentStatus>,
 ) {
-    let seeding = service.seeding.limits();
+    let seeding = service.seed_policy();
     let held: Vec<_> = {
         let state = service.state();
         state
@@ -294,7 +297,7 @@ pub(super) fn fan_out(
         .iter()
         .map(|(info, handle, place)| match computed.get(&info.id) {
             Some(status) => status.clone(),
-            None => shown_status(info, &Source::Engine(handle.clone()), *place),
+            None => shown_status(info, &Source::Engine(handle.clone()), place.clone()),
         })
         .collect();
     let mut state = service.state();

@@ -253,7 +253,14 @@ impl Service {
                     restore.rates.upload = upload;
                 }
             })?;
-            engine::set_torrent_limits(&handle, download, upload);
+            // Its own where it has them, else its labels'.
+            let rates = self
+                .state()
+                .registry
+                .get(id)
+                .map(|e| self.label_rates(&e.restore.labels, e.restore.rates))
+                .unwrap_or_default();
+            engine::set_torrent_limits(&handle, Some(rates.download), Some(rates.upload));
             tracing::info!(torrent = %id, ?download, ?upload, "the torrent's rate limits set");
         }
         Ok(engine::torrent_limits(&handle))

@@ -12,6 +12,7 @@ mod add;
 mod close;
 pub mod fanout;
 mod files;
+pub mod labels;
 pub mod limits;
 mod make;
 mod move_storage;
@@ -167,6 +168,8 @@ pub struct Service {
     pub queue: queue::Queue,
     /// When torrents stop seeding, and what they moved in all (see [`seeding`]).
     pub seeding: seeding::Seeding,
+    /// What labels carry (see [`labels`]).
+    labels: labels::Labels,
     /// Programs run when a torrent is added, completes or fails.
     hooks: crate::hooks::Hooks,
     faults: Faults,
@@ -197,6 +200,7 @@ impl Service {
         let settings = crate::settings::RunSettings::load(&config.state_dir)
             .map_err(|why| anyhow::anyhow!(why))?;
         let settings_now = settings;
+        let labels = labels::Labels::load(&config.state_dir).map_err(|why| anyhow::anyhow!(why))?;
         let service = Arc::new(Service {
             config,
             engine,
@@ -215,6 +219,7 @@ impl Service {
             queue: queue::Queue::new(config_queue),
             rates: limits::BrokerRates::new(config_rates, &settings_now),
             seeding: seeding::Seeding::new(config_seeding),
+            labels,
             hooks: crate::hooks::Hooks::new(
                 config_hooks.0,
                 config_hooks.1,
@@ -531,7 +536,7 @@ impl Service {
     /// A running torrent's status now.
     pub fn current_status(&self, id: TorrentId) -> Option<proto::TorrentStatus> {
         // Stats are computed outside the lock (see the fan-out).
-        let seeding = self.seeding.limits();
+        let seeding = self.seed_policy();
         let (info, handle, place) = {
             let state = self.state();
             let entry = state.registry.get(id)?;
@@ -545,7 +550,7 @@ impl Service {
     pub fn sync_board(&self, id: TorrentId) {
         // The engine's stats first, without any lock; then, under the board's deciding lock
         // (a status pass may hold it), only a look at the registry and the write.
-        let seeding = self.seeding.limits();
+        let seeding = self.seed_policy();
         let handle = self
             .state()
             .registry
@@ -613,6 +618,14 @@ impl Service {
             return;
         };
         self.engine.stamp_verified(id, &folder, &files);
+    }
+
+    /// The seeding limits torrents get where they have none of their own.
+    pub fn seed_policy(&self) -> crate::registry::SeedPolicy {
+        crate::registry::SeedPolicy {
+            broker: self.seeding.limits(),
+            labels: self.labels.book(),
+        }
     }
 
     /// Resolves a reference to a running torrent's id.

@@ -449,7 +449,7 @@ impl Service {
                 overwrite: true,
                 peers: restore.all_peers(),
                 id: Some(id),
-                rates: restore.rates,
+                rates: self.label_rates(&restore.labels, restore.rates),
                 resume: true,
                 files: leaving.engine_files.clone(),
             })

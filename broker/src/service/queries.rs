@@ -14,7 +14,7 @@ impl Service {
     pub fn list(&self, patron: PatronId) -> Vec<TorrentSummary> {
         // The engine's stats are computed after the broker's lock is let go: with many
         // torrents that is most of the work, and every other request needs the lock.
-        let seeding = self.seeding.limits();
+        let seeding = self.seed_policy();
         let (listed, placeholders): (Vec<_>, Vec<_>) = {
             let state = self.state();
             let placeholders = state

@@ -51,7 +51,7 @@ impl Service {
                 overwrite: true,
                 peers: restore.all_peers(),
                 id: Some(id),
-                rates: restore.rates,
+                rates: self.label_rates(&restore.labels, restore.rates),
                 resume: false,
                 files: Vec::new(),
             })

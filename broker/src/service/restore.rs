@@ -142,7 +142,7 @@ impl Service {
                 overwrite: true,
                 peers: spec.all_peers(),
                 id: Some(id),
-                rates: spec.rates,
+                rates: self.label_rates(&spec.labels, spec.rates),
                 // What the engine verified (under this id) is this torrent's own.
                 resume: true,
                 files: checked.relative_paths(),

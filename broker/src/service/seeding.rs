@@ -262,7 +262,7 @@ impl Service {
             tracing::info!(torrent = %id, ?change, "the torrent's seeding limits changed");
             self.status_nudge.notify_one();
         }
-        let broker = self.seeding.limits();
+        let broker = self.seed_policy();
         let limits = self
             .state()
             .registry
@@ -276,7 +276,7 @@ impl Service {
     /// record), and stops those past a seeding limit. Called every second.
     pub(super) async fn count_and_limit_seeding(self: &Arc<Self>) {
         let now = Instant::now();
-        let broker = self.seeding.limits();
+        let broker = self.seed_policy();
         let running: Vec<(TorrentId, engine::ManagedTorrentHandle)> = {
             let state = self.state();
             state
@@ -435,7 +435,7 @@ impl Service {
     /// becomes "none"; one raised since is kept); its idle time starts again. Before the
     /// resume.
     pub(super) fn lift_reached_limit(&self, id: TorrentId) -> Result<(), ProtoError> {
-        let broker = self.seeding.limits();
+        let broker = self.seed_policy();
         let lift = {
             let state = self.state();
             let Some(entry) = state.registry.get(id) else {

@@ -51,6 +51,10 @@ pub struct Args {
     /// This torrent stops seeding after this long with nothing uploaded, or `none`
     #[arg(long, value_name = "DURATION|none", value_parser = own_time)]
     idle: Option<SeedLimit<u64>>,
+    /// A label for it (repeatable): a label's folder is where it is saved when no --output is
+    /// given, and its limits apply where the torrent has none of its own (`labels`)
+    #[arg(long = "label", value_name = "LABEL")]
+    labels: Vec<String>,
     /// Move the data into DIR once it completes (inside the broker's download roots; else
     /// the broker's --move-completed-to, if any)
     #[arg(long, value_name = "DIR")]
@@ -79,6 +83,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     request.only_files = args.only.map(|only| only.0);
     request.max_download_rate = args.max_download_rate;
     request.max_upload_rate = args.max_upload_rate;
+    request.labels = args.labels.clone();
     request.move_completed_to = match &args.move_completed_to {
         Some(dir) => Some(super::absolute(dir)?.display().to_string()),
         None => None,
@@ -91,6 +96,16 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
 
     let paused = request.paused;
     let mut patron = ctx.patron()?;
+    // No --output, and a label that carries a folder: the label's folder, not the current
+    // one (the broker picks it).
+    if defaulted && !request.labels.is_empty() {
+        let labels = patron.configure_label(Default::default())?;
+        let has_folder =
+            |name: &String| labels.iter().any(|l| &l.name == name && l.folder.is_some());
+        if request.labels.iter().any(has_folder) {
+            request.output = None;
+        }
+    }
     let created = patron.create(request).map_err(|error| match error {
         // The folder was not named: say it was the current one, and what to do.
         Error::StartFailed(mut refusal)

@@ -5,10 +5,17 @@ use super::{Context, Exit, Source};
 use patron_client::proto::text::list_header;
 use patron_client::Error;
 
-pub fn run(ctx: &Context) -> Result<Exit, Error> {
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only the torrents with this label
+    #[arg(long, value_name = "LABEL")]
+    label: Option<String>,
+}
+
+pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     let torrents = match ctx.status_source()? {
         // The broker formatted these lines already: copy them out.
-        Source::Board(board) if !ctx.out.json => {
+        Source::Board(board) if !ctx.out.json && args.label.is_none() => {
             let written = stream_stdout(|out| {
                 let mut headed = Headed {
                     out,
@@ -27,6 +34,13 @@ pub fn run(ctx: &Context) -> Result<Exit, Error> {
             None => ctx.reader()?.list()?,
         },
         Source::Requests(mut patron) => patron.list()?,
+    };
+    let torrents: Vec<_> = match &args.label {
+        Some(label) => torrents
+            .into_iter()
+            .filter(|t| t.status.labels.contains(label))
+            .collect(),
+        None => torrents,
     };
     if ctx.out.json {
         print_lines(torrents.iter().map(|t| summary_json(t).to_string()));

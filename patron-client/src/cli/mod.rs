@@ -14,6 +14,7 @@ mod cat;
 mod close;
 mod completions;
 mod files;
+mod labels;
 mod limits;
 mod list;
 mod make;
@@ -63,6 +64,14 @@ const EXAMPLES_RECHECK: &str = "Examples:\n  patron-client recheck 3 && patron-c
 const EXAMPLES_MOVE: &str = "Examples:\n  patron-client move 3 /srv/media/done
   patron-client move 3 /mnt/usb/torrents     # another disk: copied, synced, verified, then the old files go";
 
+const EXAMPLES_LABEL: &str = "Examples:\n  patron-client label 3 films 4k
+  patron-client label 3 --clear";
+
+const EXAMPLES_LABELS: &str = "Examples:\n  patron-client labels
+  patron-client labels films --folder /srv/films --ratio 2 --max-upload-rate 1M
+  patron-client add film.torrent --label films      # saved in /srv/films, seeds to ratio 2
+  patron-client list --label films";
+
 const EXAMPLES_FILES: &str = "Examples:\n  patron-client files 3
   patron-client files 3 --only 0,2";
 
@@ -105,7 +114,7 @@ Commands, one JSON object per line (\"cmd\", plus an optional \"request\" echoed
   add       exactly one of torrent (a path), torrent_base64, magnet; output, peers, paused,
             only, max_download_rate, max_upload_rate, ephemeral, overwrite,
             ratio_limit, seed_time_limit_secs, idle_seed_limit_secs,
-            move_completed_to                                              -> created
+            move_completed_to, labels                                      -> created
   close     torrent; delete_data, force                                    -> closed
   list                                                                     -> list
   status    torrent                                                        -> status
@@ -122,6 +131,10 @@ Commands, one JSON object per line (\"cmd\", plus an optional \"request\" echoed
             seed_limit_action (pause, close); none of them: ask            -> seeding
   pause, resume, recheck    torrent                                        -> status
   move      torrent, to (a folder inside the roots)                        -> status
+  label     torrent, labels (a list; empty: none)                          -> status
+  labels    name (else: only list), folder, max_download_rate,
+            max_upload_rate, ratio_limit, seed_time_limit_secs,
+            idle_seed_limit_secs (a value, \"none\", or \"default\"), remove  -> labels
   files     torrent; only                                                  -> files
   peers     torrent; add                                                   -> peers
   cat       torrent, to (a FIFO or a new file); file, offset               -> cat-done
@@ -175,7 +188,7 @@ enum Command {
     Close(close::Args),
     /// List every torrent the broker runs
     #[command(after_help = EXAMPLES_LIST)]
-    List,
+    List(list::Args),
     /// Show one torrent's status
     #[command(after_help = EXAMPLES_STATUS, visible_alias = "info")]
     Status(status::Args),
@@ -195,6 +208,13 @@ enum Command {
     /// disks) and run it from there
     #[command(after_help = EXAMPLES_MOVE, name = "move", visible_alias = "mv")]
     Move(move_storage::Args),
+    /// Give a torrent its labels (replacing those it has)
+    #[command(after_help = EXAMPLES_LABEL)]
+    Label(labels::LabelArgs),
+    /// Show every label, or change what one carries for its torrents: a save folder, rate
+    /// and seeding limits (kept across restarts)
+    #[command(after_help = EXAMPLES_LABELS)]
+    Labels(labels::LabelsArgs),
     /// List a torrent's files; --only chooses which to download
     #[command(after_help = EXAMPLES_FILES)]
     Files(files::Args),
@@ -378,13 +398,15 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Add(args) => add::run(&ctx, args),
         Command::Close(args) => close::run(&ctx, args),
-        Command::List => list::run(&ctx),
+        Command::List(args) => list::run(&ctx, args),
         Command::Status(args) => status::run(&ctx, args),
         Command::Watch(args) => watch::run(&ctx, args),
         Command::Pause(args) => pause::run(&ctx, args),
         Command::Resume(args) => resume::run(&ctx, args),
         Command::Recheck(args) => recheck::run(&ctx, args),
         Command::Move(args) => move_storage::run(&ctx, args),
+        Command::Label(args) => labels::label(&ctx, args),
+        Command::Labels(args) => labels::labels(&ctx, args),
         Command::Limits(args) => limits::run(&ctx, args),
         Command::Queue(args) => queue::run(&ctx, args),
         Command::Set(args) => set::run(&ctx, args),

@@ -64,6 +64,8 @@ enum Command {
         seed_time_limit_secs: Option<Value>,
         idle_seed_limit_secs: Option<Value>,
         move_completed_to: Option<PathBuf>,
+        #[serde(default)]
+        labels: Vec<String>,
     },
     Close {
         torrent: TorrentName,
@@ -144,6 +146,23 @@ enum Command {
     Move {
         torrent: TorrentName,
         to: PathBuf,
+    },
+    /// Give a torrent its labels.
+    Label {
+        torrent: TorrentName,
+        labels: Vec<String>,
+    },
+    /// Change what label `name` carries (a folder, rates, seeding limits), or only list.
+    Labels {
+        name: Option<String>,
+        folder: Option<Value>,
+        max_download_rate: Option<u64>,
+        max_upload_rate: Option<u64>,
+        ratio_limit: Option<Value>,
+        seed_time_limit_secs: Option<Value>,
+        idle_seed_limit_secs: Option<Value>,
+        #[serde(default)]
+        remove: bool,
     },
     /// List a torrent's files; with `only`, choose which to download first.
     Files {
@@ -803,6 +822,7 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             seed_time_limit_secs,
             idle_seed_limit_secs,
             move_completed_to,
+            labels,
         } => {
             let own = |name: &str, value: Option<Value>, secs: bool| match value {
                 None => Ok(None),
@@ -860,6 +880,7 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
             create.max_upload_rate = max_upload_rate;
             create.seeding = seeding;
             create.move_completed_to = move_completed_to.map(|dir| absolute(&dir)).transpose()?;
+            create.labels = labels;
             (RequestBody::CreateNewTorrent(create), None)
         }
         Command::Close {
@@ -1028,6 +1049,53 @@ fn body_of(command: Command) -> Result<(RequestBody, Option<PathBuf>), String> {
         Command::Pause { torrent } => (RequestBody::Pause(torrent_ref(&torrent)?), None),
         Command::Resume { torrent } => (RequestBody::Resume(torrent_ref(&torrent)?), None),
         Command::Recheck { torrent } => (RequestBody::Recheck(torrent_ref(&torrent)?), None),
+        Command::Label { torrent, labels } => (
+            RequestBody::SetLabels(patron_client::proto::SetLabels {
+                torrent: torrent_ref(&torrent)?,
+                labels,
+            }),
+            None,
+        ),
+        Command::Labels {
+            name,
+            folder,
+            max_download_rate,
+            max_upload_rate,
+            ratio_limit,
+            seed_time_limit_secs,
+            idle_seed_limit_secs,
+            remove,
+        } => {
+            // A label's own limit: a value, "none" (none at all), or "default" (lifted).
+            let own = |key: &str, value: Option<Value>, secs: bool| match value {
+                None => Ok::<_, String>(None),
+                Some(value) => Ok(Some(seed_limit(key, value, secs)?.own())),
+            };
+            let folder = match folder {
+                None => None,
+                Some(Value::String(s)) if s == "none" => Some(None),
+                Some(Value::String(s)) => Some(Some(absolute(Path::new(&s))?)),
+                Some(other) => return Err(format!("folder is a path or \"none\", not {other}")),
+            };
+            let rate = |r: Option<u64>| r.map(|r| (r != 0).then_some(r));
+            (
+                RequestBody::ConfigureLabel(Box::new(patron_client::proto::ConfigureLabel {
+                    name,
+                    folder,
+                    download: rate(max_download_rate),
+                    upload: rate(max_upload_rate),
+                    seeding: patron_client::proto::OwnSeedingChange {
+                        ratio: own("ratio_limit", ratio_limit, false)?.map(|g| g.map(as_ratio)),
+                        seed_time_secs: own("seed_time_limit_secs", seed_time_limit_secs, true)?
+                            .map(|g| g.map(as_secs)),
+                        idle_secs: own("idle_seed_limit_secs", idle_seed_limit_secs, true)?
+                            .map(|g| g.map(as_secs)),
+                    },
+                    remove,
+                })),
+                None,
+            )
+        }
         Command::Move { torrent, to } => (
             RequestBody::MoveStorage(patron_client::proto::MoveStorage {
                 torrent: torrent_ref(&torrent)?,

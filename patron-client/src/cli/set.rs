@@ -40,7 +40,7 @@ pub struct Args {
 
 /// A limit as typed.
 #[derive(Debug, Clone, Copy)]
-enum Given<T> {
+pub(super) enum Given<T> {
     Value(T),
     None,
     Default,
@@ -60,7 +60,7 @@ impl<T> Given<T> {
     }
 
     /// For a torrent: `None` gives it the broker's again.
-    fn own(self) -> Option<SeedLimit<T>> {
+    pub(super) fn own(self) -> Option<SeedLimit<T>> {
         match self {
             Given::Value(value) => Some(SeedLimit::At(value)),
             Given::None => Some(SeedLimit::Unlimited),
@@ -80,13 +80,13 @@ fn given<T>(s: &str, parse: fn(&str) -> Option<Option<T>>) -> Option<Given<T>> {
     })
 }
 
-fn ratio(s: &str) -> Result<Given<f64>, String> {
+pub(super) fn ratio(s: &str) -> Result<Given<f64>, String> {
     given(s, text::parse_ratio_limit).ok_or_else(|| {
         format!("{s:?} is not a ratio: 0.001 to a million (2, 1.5), none or default")
     })
 }
 
-fn time(s: &str) -> Result<Given<u64>, String> {
+pub(super) fn time(s: &str) -> Result<Given<u64>, String> {
     given(s, text::parse_time_limit).ok_or_else(|| {
         format!("{s:?} is not a time: 90m, 3d, 1h30m (a bare number is minutes), none or default")
     })
@@ -97,7 +97,7 @@ fn action(s: &str) -> Result<SeedAction, String> {
 }
 
 /// A rate as typed: bytes per second, or `none` (sent as 0, which lifts it).
-fn rate(s: &str) -> Result<u64, String> {
+pub(super) fn rate(s: &str) -> Result<u64, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "none" | "unlimited" | "off" => Ok(0),
         _ => super::rate(s).map_err(|e| format!("{e}, or none")),

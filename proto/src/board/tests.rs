@@ -201,6 +201,15 @@ fn whole(k: u64, name: &str) -> TorrentSummary {
                 seed_time_secs: (k % 2 == 0).then_some(k),
                 idle_secs: None,
             },
+            // Every board test round-trips labels too, the longest a torrent may have among
+            // them.
+            labels: match k % 3 {
+                0 => Vec::new(),
+                1 => vec!["films".into(), "4k".into()],
+                _ => (0..crate::MAX_LABELS)
+                    .map(|n| format!("{n}{}", "x".repeat(crate::MAX_LABEL_BYTES - 1)))
+                    .collect(),
+            },
         },
         info,
         holders: k as u32,

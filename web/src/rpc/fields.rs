@@ -106,7 +106,7 @@ const BOARD: &[(&str, Write)] = &[
     ("queuePosition", |t, o| {
         o.put(&t.status.queue_position.map_or(0, |p| p.saturating_sub(1)))
     }),
-    ("labels", |_, o| o.raw(b"[]")),
+    ("labels", |t, o| o.put(&t.status.labels)),
     ("trackers", |_, o| o.raw(b"[]")),
     ("trackerStats", |_, o| o.raw(b"[]")),
     ("webseeds", |_, o| o.raw(b"[]")),
