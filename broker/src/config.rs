@@ -307,6 +307,33 @@ pub struct BrokerConfig {
     pub notes: Vec<String>,
 }
 
+/// `dir` as a folder inside one of `roots` (absolute, no `..`; its nearest existing folder
+/// resolved, the rest made later beneath it): a folder given at start is checked at start,
+/// not at the first use.
+fn inside_roots(dir: &Path, roots: &[PathBuf]) -> anyhow::Result<PathBuf> {
+    use std::path::Component;
+    if !dir.is_absolute() || dir.components().any(|c| matches!(c, Component::ParentDir)) {
+        anyhow::bail!("is not an absolute path without `..`");
+    }
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    let rest = dir.strip_prefix(existing).unwrap_or(Path::new(""));
+    let resolved = existing.canonicalize()?.join(rest);
+    if !roots.iter().any(|root| resolved.starts_with(root)) {
+        anyhow::bail!(
+            "is outside the download roots ({})",
+            roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(resolved)
+}
+
 impl BrokerConfig {
     /// Resolves the parsed flags/environment against the state dir's config file.
     pub fn resolve(args: BrokerArgs) -> anyhow::Result<BrokerConfig> {
@@ -383,6 +410,15 @@ impl BrokerConfig {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
 
+        let move_completed_to = match args.move_completed_to.or(file.move_completed_to) {
+            Some(dir) => Some(inside_roots(&dir, &download_roots).with_context(|| {
+                format!(
+                    "--move-completed-to {}",
+                    proto::text::shown(&dir.display().to_string())
+                )
+            })?),
+            None => None,
+        };
         // Joining keeps an absolute path as it is.
         let log_file = args.log_file.or(file.log_file).map(|f| state_dir.join(f));
         // What `patron-client limits` changed in an earlier run.
@@ -510,7 +546,7 @@ impl BrokerConfig {
             hook_timeout: Duration::from_secs(
                 args.hook_timeout.or(file.hook_timeout).unwrap_or(60).max(1),
             ),
-            move_completed_to: args.move_completed_to.or(file.move_completed_to),
+            move_completed_to,
             roots_advice,
             notes,
         })

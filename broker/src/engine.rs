@@ -6,7 +6,7 @@
 
 use crate::config::BrokerConfig;
 use crate::fast_resume::FastResume;
-use crate::storage::{BeneathStorageFactory, FilePool, Vouched};
+use crate::storage::{BeneathStorageFactory, FilePool, FileStamp, Vouched};
 use anyhow::Context;
 use librqbit::api::TorrentIdOrHash;
 use librqbit::limits::{Limits, LimitsConfig};
@@ -521,11 +521,10 @@ impl Engine {
         }
     }
 
-    /// Whether torrent `id`'s files (`files`, relative to `data_folder`, every one the engine
-    /// lists, in its order) are as its fast-resume record says they were when verified.
-    pub fn stamps_hold(&self, id: TorrentId, data_folder: &Path, files: &[PathBuf]) -> bool {
-        let now = crate::storage::stamps_of(&self.roots, data_folder, files);
-        self.fast_resume.stamps_match(id, &now)
+    /// Whether torrent `id`'s files are as its fast-resume record says they were when
+    /// verified (`now`: their stamps, every file the engine lists, in its order).
+    pub fn stamps_match(&self, id: TorrentId, now: &[Option<FileStamp>]) -> bool {
+        self.fast_resume.stamps_match(id, now)
     }
 
     /// Records torrent `id`'s files at `data_folder` as what its bitfield is true of: they

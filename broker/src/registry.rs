@@ -246,6 +246,10 @@ pub struct RestoreSpec {
     /// broker's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub move_completed_to: Option<PathBuf>,
+    /// It completed and its data is due to move to its `move_completed_to` (or the
+    /// broker's): set before the move, cleared once moved; a start does the move.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub move_due: bool,
     /// A move of its data under way: what the next start finishes or undoes, so that one
     /// complete copy, the one this record names, is all that is left (see
     /// [`crate::service::MoveJournal`]).
@@ -281,6 +285,7 @@ impl RestoreSpec {
             data_was_there: false,
             move_completed_to: None,
             labels: Vec::new(),
+            move_due: false,
             moving: None,
         }
     }

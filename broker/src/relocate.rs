@@ -166,34 +166,82 @@ impl Relocation {
         sync_folders(&self.to, &self.files)
     }
 
-    /// Copies every file that is at the old place to the new one, syncs the copies, and
-    /// reads each back from the disk to compare it by hash with what was read. `copied`
-    /// counts the bytes written.
+    /// Copies every file that is at the old place to the new one under a name of the
+    /// move's own ([`part_of`]: the user's names are never taken before the copy is whole),
+    /// syncs the copies, and reads each back from the disk to compare it by hash with what
+    /// was read. `copied` counts the bytes written. On a failure what it made goes.
     pub fn copy_each(&self, copied: &AtomicU64) -> Result<(), StepError> {
-        let mut created = Vec::new();
-        let done = self.copy_and_verify(copied, &mut created);
+        let done = self.copy_and_verify(copied);
         if done.is_err() {
-            // Only what this copy made goes: a file that appeared meanwhile is not ours.
-            for file in created {
-                if let Err(e) = self.to.remove_file(file) {
-                    tracing::error!("cannot remove a failed move's copy: {e:#}");
-                }
-            }
-            let _ = crate::storage::remove_empty_folders(&self.to, &self.files, self.own_folder);
+            let _ = self.remove_parts();
         }
         done
     }
 
-    fn copy_and_verify<'a>(
-        &'a self,
-        copied: &AtomicU64,
-        created: &mut Vec<&'a PathBuf>,
-    ) -> Result<(), StepError> {
+    /// Gives each copy made by [`Relocation::copy_each`] its own name, never over anything.
+    /// On a failure every copy is taken back to its move's name, for
+    /// [`Relocation::remove_parts`].
+    pub fn place_each(&self) -> Result<(), StepError> {
+        let placed = self.files.iter().try_for_each(|file| {
+            if exists(&self.to, &part_of(file)) {
+                rename_as(&self.to, &part_of(file), &self.to, file)?;
+            }
+            Ok::<_, StepError>(())
+        });
+        let placed = placed.and_then(|()| Ok(sync_folders(&self.to, &self.files)?));
+        if placed.is_err() {
+            self.unplace();
+        }
+        placed
+    }
+
+    /// Takes back to its move's name every copy placed at its own name: those whose move's
+    /// name is gone (a copy whose placing was cut short).
+    pub fn unplace(&self) {
+        for file in &self.files {
+            if !exists(&self.to, &part_of(file)) && exists(&self.to, file) {
+                if let Err(e) = rename_as(&self.to, file, &self.to, &part_of(file)) {
+                    tracing::error!("cannot take back a move's copy: {:#}", e.error);
+                }
+            }
+        }
+    }
+
+    /// Deletes the copies still under their move's names (made by this broker: no one
+    /// else's file has such a name), and the folders left empty.
+    pub fn remove_parts(&self) -> Result<(), String> {
+        let parts: Vec<PathBuf> = self.files.iter().map(|f| part_of(f)).collect();
+        let mut failed = Vec::new();
+        for part in &parts {
+            if let Err(e) = self.to.remove_file(part) {
+                failed.push(format!("{e:#}"));
+            }
+        }
+        if let Err(e) = crate::storage::remove_empty_folders(&self.to, &self.files, self.own_folder)
+        {
+            failed.push(e);
+        }
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(failed.join("; ")),
+        }
+    }
+
+    /// Whether every file at the old place is at the new one too (a finished copy's new
+    /// place is there: its disk mounted).
+    pub fn all_at_to(&self) -> bool {
+        self.files
+            .iter()
+            .filter(|f| exists(&self.from, f))
+            .all(|f| self.to.stamp(f).is_some())
+    }
+
+    fn copy_and_verify(&self, copied: &AtomicU64) -> Result<(), StepError> {
         let mut hashes = Vec::new();
         for file in self.present_at_from() {
             let mut source = open_beneath(&self.from, file, OFlag::O_RDONLY)?;
-            let mut copy = self.to.open_file(file, true, true)?;
-            created.push(file);
+            let part = part_of(file);
+            let mut copy = self.to.open_file(&part, true, true)?;
             let mut hash = sha1w::Sha1::new();
             let mut buf = vec![0u8; CHUNK];
             loop {
@@ -222,7 +270,7 @@ impl Relocation {
         }
         sync_folders(&self.to, &self.files)?;
         for (file, expected) in hashes {
-            let copy = open_beneath(&self.to, file, OFlag::O_RDONLY)?;
+            let copy = open_beneath(&self.to, &part_of(file), OFlag::O_RDONLY)?;
             // Read from the disk, not from what the copy left in memory (a no-op where the
             // file system is memory).
             let _ = nix::fcntl::posix_fadvise(
@@ -260,6 +308,13 @@ impl Relocation {
     pub fn tidy_from(&self) -> Result<(), String> {
         crate::storage::remove_empty_folders(&self.from, &self.files, self.own_folder)
     }
+}
+
+/// The name a file's copy has until the copy is whole and verified: beside it, hidden, and
+/// marked as the move's (`.NAME.tp-move`).
+pub fn part_of(file: &Path) -> PathBuf {
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    file.with_file_name(format!(".{name}.tp-move"))
 }
 
 fn exists(folder: &Beneath, relative: &Path) -> bool {
@@ -322,9 +377,20 @@ fn parent_of(folder: &Beneath, relative: &Path) -> Result<(OwnedFd, PathBuf), St
 }
 
 fn rename(from: &Beneath, to: &Beneath, relative: &Path) -> Result<(), StepError> {
-    let (old_dir, old_path) = parent_of(from, relative)?;
-    to.make_parents(&to.root_fd()?, relative)?;
-    let (new_dir, new_path) = parent_of(to, relative)?;
+    rename_as(from, relative, to, relative)
+}
+
+/// Renames `from_rel` beneath `from` to `to_rel` beneath `to`, never over anything.
+fn rename_as(
+    from: &Beneath,
+    from_rel: &Path,
+    to: &Beneath,
+    to_rel: &Path,
+) -> Result<(), StepError> {
+    let relative = to_rel;
+    let (old_dir, old_path) = parent_of(from, from_rel)?;
+    to.make_parents(&to.root_fd()?, to_rel)?;
+    let (new_dir, new_path) = parent_of(to, to_rel)?;
     let name = |p: &Path| p.file_name().map(|n| n.to_owned()).context("no file name");
     nix::fcntl::renameat2(
         Some(old_dir.as_raw_fd()),
@@ -341,7 +407,7 @@ fn rename(from: &Beneath, to: &Beneath, relative: &Path) -> Result<(), StepError
             ),
             e => anyhow!(
                 "cannot move {} to {}: {}",
-                from.path().join(relative).display(),
+                from.path().join(from_rel).display(),
                 to.path().join(relative).display(),
                 std::io::Error::from(e)
             ),

@@ -454,7 +454,7 @@ impl StreamTask {
                 self.torrent
             ))),
             _ => Some(ProtoError::engine(format!(
-                "torrent {} is being checked again (recheck): open the stream again",
+                "torrent {} was taken out of the engine and added again (a recheck, or a move of its data): open the stream again",
                 self.torrent
             ))),
         }

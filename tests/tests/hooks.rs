@@ -129,3 +129,139 @@ fn a_hook_that_hangs_is_killed_with_what_it_started_and_the_broker_never_waits()
         },
     );
 }
+
+/// A pids cgroup of its own (v1 `pids`, or v2 with the pids controller), removed when
+/// dropped: what runs in it cannot make more than `max` tasks, so a fork bomb in a test
+/// cannot take the machine down.
+struct PidsCgroup(PathBuf);
+
+impl PidsCgroup {
+    fn new(name: &str, max: u32) -> PidsCgroup {
+        let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"));
+        let base = match v2 {
+            true => PathBuf::from("/sys/fs/cgroup"),
+            false => PathBuf::from("/sys/fs/cgroup/pids"),
+        };
+        let dir = base.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a pids cgroup (as root)");
+        std::fs::write(dir.join("pids.max"), max.to_string()).expect("pids.max");
+        PidsCgroup(dir)
+    }
+
+    fn enter(&self, pid: i32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("join the cgroup");
+    }
+
+    /// The processes in it now.
+    fn procs(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.0.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        for pid in self.procs() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_fork_bomb_hook_and_what_hooks_leave_behind_end_with_them_and_the_broker_serves_on() {
+    if !e2e::have_root("a pids cgroup to hold the fork bomb") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let bomb = script(&sandbox.path("bomb.sh"), "b(){ b | b & }; b");
+    // Daemons a hook leaves behind: in its group, and in a session of their own.
+    let leaver = script(
+        &sandbox.path("leaver.sh"),
+        "sleep 300 & setsid sleep 301 & echo started",
+    );
+    let state = sandbox.state_dir("broker");
+    let mut broker = sandbox.broker(
+        &state,
+        &[
+            "--on-added",
+            bomb.to_str().expect("utf-8"),
+            "--hook-timeout",
+            "3",
+        ],
+    );
+    let cgroup = PidsCgroup::new("tp-hook-bomb", 300);
+    cgroup.enter(broker.pid);
+    let data = sandbox.random_file("data/x.bin", 100_000);
+    let mut make = sandbox.client(&state);
+    make.args(["make", "--seed", "--output"])
+        .arg(sandbox.path("x.torrent"))
+        .arg(&data);
+    run(make).expect_code(0);
+    // While the bomb runs, the broker answers.
+    let mut patron = sandbox.patron(&state);
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(4) {
+        let asked = Instant::now();
+        patron.list().expect("list during the bomb");
+        slowest = slowest.max(asked.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "list took {slowest:?} during the bomb"
+    );
+    // Killed with its group at the timeout: nothing of it is left but the broker.
+    wait_for("the bomb to end", STEP_TIMEOUT, || {
+        cgroup.procs() == [broker.pid]
+    });
+    assert!(broker.is_running(), "the broker outlived the bomb");
+    // A hook that starts daemons and ends at once.
+    drop(patron);
+    broker.signal(nix::sys::signal::Signal::SIGTERM);
+    broker.wait_exit(STEP_TIMEOUT);
+    let broker = sandbox.broker(
+        &state,
+        &[
+            "--on-added",
+            leaver.to_str().expect("utf-8"),
+            "--hook-timeout",
+            "3",
+        ],
+    );
+    cgroup.enter(broker.pid);
+    let more = sandbox.random_file("data/y.bin", 100_000);
+    let mut make = sandbox.client(&state);
+    make.args(["make", "--seed", "--output"])
+        .arg(sandbox.path("y.torrent"))
+        .arg(&more);
+    run(make).expect_code(0);
+    wait_for("the hook to have run", STEP_TIMEOUT, || {
+        broker.log().contains("started")
+    });
+    // It ended at once, and what it left behind (in its group, and in a session of its
+    // own) was ended with it.
+    wait_for("what the hook left behind to end", STEP_TIMEOUT, || {
+        cgroup.procs() == [broker.pid]
+    });
+    assert!(
+        broker
+            .log()
+            .contains("a process a hook left behind: killed"),
+        "{}",
+        broker.log()
+    );
+}

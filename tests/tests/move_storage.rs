@@ -218,6 +218,7 @@ fn a_kill_at_every_step_of_a_move_leaves_one_complete_copy_that_the_record_names
         ("committed", false),
         ("running", false),
         ("stopped", true),
+        ("copied", true),
         ("moved", true),
         ("committed", true),
         ("running", true),
@@ -254,13 +255,21 @@ fn a_kill_at_every_step_of_a_move_leaves_one_complete_copy_that_the_record_names
             s["state"] == "seeding"
         });
         // Before the record names the new place the move is undone, except when every
-        // file was renamed already: then it is finished (both are one complete copy).
-        let (kept, gone) = match (step, across) {
-            ("stopped", _) | ("moved", true) => (album.clone(), dest.join("Album")),
+        // file was renamed, or every copy was whole, verified and being given its name:
+        // then it is finished (both are one complete copy).
+        let (kept, gone) = match step {
+            "stopped" | "copied" => (album.clone(), dest.join("Album")),
             _ => (dest.join("Album"), album.clone()),
         };
         let what = format!("killed at {step}, across disks: {across}");
         assert_eq!(tree(&kept), before, "{what}: the one complete copy");
+        if across {
+            let left = tree(&disk);
+            assert!(
+                left.keys().all(|k| !k.contains(".tp-move")),
+                "{what}: no copy left under its move's name: {left:?}"
+            );
+        }
         assert_eq!(
             tree(&gone),
             BTreeMap::new(),

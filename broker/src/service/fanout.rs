@@ -249,16 +249,17 @@ fn watch_completion(
                 service.status_nudge.notify_one();
                 // A download slot is free, and a seed may need one.
                 service.queue.nudge();
-                if !seeded {
-                    service.fire_hook(crate::hooks::HookEvent::Completed, id, None);
-                }
                 let stamping = service.clone();
                 let _ = tokio::task::spawn_blocking(move || stamping.stamp_verified(id)).await;
                 if !seeded {
-                    // In a task of its own: this one is aborted when the torrent leaves
-                    // the engine, as it does for its move.
+                    // Moved where completed torrents go (if they go anywhere), then its
+                    // hook runs, told where it is. In a task of its own: this one is
+                    // aborted when the torrent leaves the engine, as it does for its move.
                     let runtime = service.runtime.clone();
-                    runtime.spawn(async move { service.move_completed(id).await });
+                    runtime.spawn(async move {
+                        service.move_completed(id, true).await;
+                        service.fire_hook(crate::hooks::HookEvent::Completed, id, None);
+                    });
                 }
             }
         }

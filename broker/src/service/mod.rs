@@ -231,6 +231,7 @@ impl Service {
         service.apply_rates();
         service.restore().await?;
         policy::start(&service);
+        service.resume_due_moves();
         Ok(service)
     }
 
@@ -404,6 +405,7 @@ impl Service {
                 info_hash: entry.info.info_hash.to_string(),
                 name: entry.info.name.clone(),
                 save_folder: entry.info.save_folder.clone(),
+                labels: entry.restore.labels.join(","),
                 error,
             }
         };

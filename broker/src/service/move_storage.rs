@@ -19,6 +19,7 @@ use super::{gone, owned_by, Service};
 use crate::engine::AddSpec;
 use crate::registry::{Life, RestoreSpec, Unrestored};
 use crate::relocate::{Relocation, StepError};
+use crate::storage::{stamps_of, FileStamp};
 use proto::{Event, ProtoError, TorrentId, TorrentRef, TorrentStatus};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
@@ -37,6 +38,10 @@ pub struct MoveJournal {
     pub to_data_folder: PathBuf,
     /// Renamed, or copied.
     pub how: MoveHow,
+    /// A copy's files are whole and verified under their move's names, and are being given
+    /// their own names: a start finishes that and the move.
+    #[serde(default)]
+    pub placing: bool,
     /// The record names the new place: what is left at the old one goes.
     #[serde(default)]
     pub done: bool,
@@ -62,6 +67,8 @@ struct Leaving {
     restore: RestoreSpec,
     /// Its files were as verified when it left (its fast-resume stamps hold).
     vouched: bool,
+    /// Its files' stamps when it left (padding `None`), every file the engine lists.
+    stamps: Vec<Option<FileStamp>>,
     /// Its files (full paths) at the old place.
     old_files: Arc<[PathBuf]>,
 }
@@ -76,6 +83,22 @@ fn stop_point(step: &str) {
         tracing::warn!("stopping at move step {step} (TORRENT_PATRON_TEST_STOP_AT)");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
     }
+}
+
+/// A path as a log line or message shows it (no control character reaches a terminal).
+fn shown_path(path: &Path) -> String {
+    proto::text::shown(&path.display().to_string())
+}
+
+/// Whether files are the same as when `before` was taken, but for what a rename changes
+/// (their change time).
+fn same_files(before: &[Option<FileStamp>], now: &[Option<FileStamp>]) -> bool {
+    before.len() == now.len()
+        && before.iter().zip(now).all(|(b, n)| match (b, n) {
+            (Some(b), Some(n)) => b.ino == n.ino && b.size == n.size && b.mtime_ns == n.mtime_ns,
+            (None, None) => true,
+            _ => false,
+        })
 }
 
 /// The device a folder is on (or the nearest folder above it that exists).
@@ -197,6 +220,7 @@ impl Service {
             } else {
                 MoveHow::Copy
             },
+            placing: false,
             done: false,
         };
         // Both places are its own until it runs from one: no add may take the new one.
@@ -218,9 +242,12 @@ impl Service {
         }
         .await;
         let engine_files: Vec<PathBuf> = files.into_iter().map(|(path, _)| path).collect();
-        let vouched = self
-            .engine
-            .stamps_hold(id, &restore.data_folder, &engine_files);
+        let stamps = stamps_of(
+            &self.config.download_roots,
+            &restore.data_folder,
+            &engine_files,
+        );
+        let vouched = self.engine.stamps_match(id, &stamps);
         let leaving = match leaving {
             Ok(()) => {
                 if let Some(entry) = self.state().registry.get_mut(id) {
@@ -240,6 +267,7 @@ impl Service {
                 engine_files,
                 restore,
                 vouched,
+                stamps,
                 old_files,
             },
             Err(error) => {
@@ -256,20 +284,42 @@ impl Service {
                 return Err(error);
             }
         };
-        tracing::info!(torrent = %id, to = %to_data.display(), how = ?journal.how, "moving its data");
+        tracing::info!(torrent = %id, to = %shown_path(&to_data), how = ?journal.how, "moving its data");
         stop_point("stopped");
         drop(adding);
 
         // The files move, with no lock held: other torrents and requests go on.
         let relocation = Arc::new(relocation);
-        let mut moved = self.move_files(&relocation, journal.how).await;
+        let mut moved = self.move_files(&relocation, journal.how, &leaving).await;
         if journal.how == MoveHow::Rename && moved.as_ref().is_err_and(|e| e.cross_device) {
             // One device number, yet two file systems (a bind mount): a copy it is, written
             // down as such before anything is copied.
             journal.how = MoveHow::Copy;
             moved = match self.update_record(id, |r| r.moving = Some(journal.clone())) {
-                Ok(()) => self.move_files(&relocation, MoveHow::Copy).await,
+                Ok(()) => self.move_files(&relocation, MoveHow::Copy, &leaving).await,
                 Err(error) => Err(StepError::from(anyhow::anyhow!(error.message))),
+            };
+        }
+        if journal.how == MoveHow::Copy && moved.is_ok() {
+            // Whole and verified under the move's names: written down before they take
+            // their own, so that a start finishes this rather than deleting them.
+            stop_point("copied");
+            journal.placing = true;
+            let unchanged = matches!(moved, Ok(true));
+            moved = match self.update_record(id, |r| r.moving = Some(journal.clone())) {
+                Ok(()) => {
+                    let placing = relocation.clone();
+                    tokio::task::spawn_blocking(move || placing.place_each())
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(StepError::from(anyhow::anyhow!("the move stopped: {e}")))
+                        })
+                        .map(|()| unchanged)
+                }
+                Err(error) => {
+                    let _ = relocation.remove_parts();
+                    Err(StepError::from(anyhow::anyhow!(error.message)))
+                }
             };
         }
         stop_point("moved");
@@ -299,6 +349,8 @@ impl Service {
             r.save_folder = dest.clone();
             r.data_folder = to_data.clone();
             r.moving = Some(journal.clone());
+            // Moved (by the policy or by hand): no move is due any more.
+            r.move_due = false;
         });
         if let Err(error) = committed {
             self.undo_move(&relocation, Some(journal.how), &leaving)
@@ -314,7 +366,10 @@ impl Service {
             entry.info.save_folder = dest.display().to_string();
             entry.restore.clone()
         };
-        if leaving.vouched {
+        // Vouched for at the new place only if nothing changed the files from when they
+        // left the engine to when they were moved (an edit then is hashed at the start).
+        let still_vouched = moved.unwrap_or(false);
+        if still_vouched {
             self.engine.stamp_moved(id, &to_data, &leaving.engine_files);
         } else if let Err(e) = self.engine.forget_verified(id) {
             tracing::warn!(torrent = %id, "{e:#}");
@@ -340,14 +395,47 @@ impl Service {
                 tracing::warn!(torrent = %id, "the old place is not cleared yet (the next start tries again): {why}")
             }
         }
-        tracing::info!(torrent = %id, to = %to_data.display(), "moved its data");
+        tracing::info!(torrent = %id, to = %shown_path(&to_data), "moved its data");
+        self.settled_status(id).await
+    }
+
+    /// A torrent's status once the engine has taken it back (its fast-resume check is
+    /// quick; a full check is not waited for past a few seconds).
+    async fn settled_status(&self, id: TorrentId) -> Result<TorrentStatus, ProtoError> {
+        let handle = self.state().registry.get(id).and_then(|e| e.live_handle());
+        if let Some(handle) = handle {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                handle.wait_until_initialized(),
+            )
+            .await;
+        }
         self.current_status(id).ok_or_else(|| gone(id))
     }
 
-    /// Moves a torrent that just completed to its `--move-completed-to` folder (its own, or
-    /// the broker's), if it has one and is not there: the broker's policy, so a failure
-    /// is logged (and the torrent runs on from where it is).
-    pub(super) async fn move_completed(self: &Arc<Self>, id: TorrentId) {
+    /// Moves a torrent that completed to its `--move-completed-to` folder (its own, or the
+    /// broker's), if it has one and is not there: the broker's policy, so a failure is
+    /// logged (and the torrent runs on from where it is). The move is recorded as due
+    /// first (`just_completed`), so that a start after a crash, or after a failure, does it
+    /// (see [`Service::resume_due_moves`]).
+    pub(super) async fn move_completed(self: &Arc<Self>, id: TorrentId, just_completed: bool) {
+        if just_completed {
+            let due = {
+                let state = self.state();
+                state.registry.get(id).is_some_and(|e| {
+                    e.restore
+                        .move_completed_to
+                        .as_ref()
+                        .or(self.config.move_completed_to.as_ref())
+                        .is_some_and(|t| *t != e.restore.save_folder && !e.restore.ephemeral)
+                })
+            };
+            if due {
+                if let Err(e) = self.update_record(id, |r| r.move_due = true) {
+                    tracing::warn!(torrent = %id, "the move it is due is not recorded: {}", e.message);
+                }
+            }
+        }
         let target = {
             let state = self.state();
             let Some(entry) = state.registry.get(id) else {
@@ -362,7 +450,14 @@ impl Service {
                 Some(target) if target != entry.restore.save_folder && !entry.restore.ephemeral => {
                     target
                 }
-                _ => return,
+                _ => {
+                    drop(state);
+                    if !just_completed {
+                        // Nowhere to go (the broker's folder was taken away): none is due.
+                        let _ = self.update_record(id, |r| r.move_due = false);
+                    }
+                    return;
+                }
             }
         };
         let Some(to) = target.to_str() else {
@@ -377,16 +472,62 @@ impl Service {
         }
     }
 
-    /// The file work of a move, off the async threads.
+    /// At the start: the moves due to completed torrents that a crash or a failure left
+    /// undone are done now.
+    pub(super) fn resume_due_moves(self: &Arc<Self>) {
+        let due: Vec<TorrentId> = {
+            let state = self.state();
+            state
+                .registry
+                .iter()
+                .filter(|(_, e)| e.restore.move_due)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in due {
+            let service = self.clone();
+            self.runtime.spawn(async move {
+                // After its check: a move waits for nothing else.
+                let handle = service
+                    .state()
+                    .registry
+                    .get(id)
+                    .and_then(|e| e.live_handle());
+                if let Some(handle) = handle {
+                    let _ = handle.wait_until_initialized().await;
+                }
+                service.move_completed(id, false).await;
+            });
+        }
+    }
+
+    /// The file work of a move, off the async threads. Returns whether the files are
+    /// still what they were when the torrent left the engine (vouched for then, and
+    /// unchanged since: nobody wrote them in between).
     async fn move_files(
         &self,
         relocation: &Arc<Relocation>,
         how: MoveHow,
-    ) -> Result<(), StepError> {
+        leaving: &Leaving,
+    ) -> Result<bool, StepError> {
         let relocation = relocation.clone();
-        tokio::task::spawn_blocking(move || match how {
-            MoveHow::Rename => relocation.rename_each(),
-            MoveHow::Copy => relocation.copy_each(&AtomicU64::new(0)),
+        let roots = self.config.download_roots.clone();
+        let from = leaving.restore.data_folder.clone();
+        let files = leaving.engine_files.clone();
+        let (vouched, before) = (leaving.vouched, leaving.stamps.clone());
+        tokio::task::spawn_blocking(move || {
+            let unchanged = || vouched && stamps_of(&roots, &from, &files) == before;
+            match how {
+                MoveHow::Rename => {
+                    // Looked at last thing before: a rename keeps all but the change time.
+                    let still = unchanged();
+                    relocation.rename_each().map(|()| still)
+                }
+                // The originals stay as they are through the copy: looked at after it.
+                MoveHow::Copy => relocation
+                    .copy_each(&AtomicU64::new(0))
+                    .map(|()| unchanged()),
+            }
         })
         .await
         .unwrap_or_else(|e| Err(StepError::from(anyhow::anyhow!("the move stopped: {e}"))))
@@ -419,10 +560,18 @@ impl Service {
                 tracing::error!(torrent = %id, "a failed move is not wholly undone (the next start tries again): {why}")
             }
         }
-        if leaving.vouched {
-            // The same files, verified as they were (renamed back, or never touched).
+        // The same files, verified as they were (renamed back, or never touched), unless
+        // someone changed them meanwhile: then they are hashed again.
+        let now = stamps_of(
+            &self.config.download_roots,
+            &leaving.restore.data_folder,
+            &leaving.engine_files,
+        );
+        if leaving.vouched && same_files(&leaving.stamps, &now) {
             self.engine
                 .stamp_moved(id, &leaving.restore.data_folder, &leaving.engine_files);
+        } else if let Err(e) = self.engine.forget_verified(id) {
+            tracing::warn!(torrent = %id, "{e:#}");
         }
         self.state()
             .registry
@@ -536,10 +685,18 @@ impl Service {
             ProtoError::io(format!(
                 "a move of its data from {} to {} was under way and cannot be finished or undone yet: {why}",
                 journal.from_data_folder.display(),
-                journal.to_data_folder.display()
+                shown_path(&journal.to_data_folder)
             ))
         };
         if journal.done {
+            if journal.how == MoveHow::Copy && !relocation.all_at_to() {
+                // The new place is not all there (its disk not mounted?): the old copy
+                // stays, and so does the journal, for a start that finds the new one.
+                return Err(unfinished(format!(
+                    "its new place, {}, is not all there (is its disk mounted?); the old copy is kept",
+                    shown_path(&journal.to_data_folder)
+                )));
+            }
             let tidied = match journal.how {
                 MoveHow::Copy => relocation.remove_at_from(),
                 MoveHow::Rename => relocation.tidy_from(),
@@ -548,7 +705,7 @@ impl Service {
                 // It runs from the new place all the same; the old files are left.
                 tracing::warn!(torrent = %id, "the old place of a finished move is not cleared: {why}");
             }
-            tracing::info!(torrent = %id, "finished the move to {}", journal.to_data_folder.display());
+            tracing::info!(torrent = %id, "finished the move to {}", shown_path(&journal.to_data_folder));
         } else {
             match journal.how {
                 MoveHow::Rename if relocation.any_at_to() && !relocation.any_at_from() => {
@@ -558,17 +715,32 @@ impl Service {
                     if let Err(why) = relocation.tidy_from() {
                         tracing::warn!(torrent = %id, "the old place of a finished move is not cleared: {why}");
                     }
-                    tracing::info!(torrent = %id, "finished the move to {}", journal.to_data_folder.display());
+                    tracing::info!(torrent = %id, "finished the move to {}", shown_path(&journal.to_data_folder));
                 }
                 MoveHow::Rename => {
                     relocation
                         .rename_back()
                         .map_err(|e| unfinished(format!("{e:#}")))?;
-                    tracing::info!(torrent = %id, "undid an unfinished move to {}", journal.to_data_folder.display());
+                    tracing::info!(torrent = %id, "undid an unfinished move to {}", shown_path(&journal.to_data_folder));
+                }
+                MoveHow::Copy if journal.placing && relocation.place_each().is_ok() => {
+                    // Whole and verified, only their names were being given: finished.
+                    spec.save_folder = journal.to_save_folder.clone();
+                    spec.data_folder = journal.to_data_folder.clone();
+                    if let Err(why) = relocation.remove_at_from() {
+                        tracing::warn!(torrent = %id, "the old place of a finished move is not cleared: {why}");
+                    }
+                    tracing::info!(torrent = %id, "finished the move to {}", shown_path(&journal.to_data_folder));
                 }
                 MoveHow::Copy => {
-                    relocation.remove_at_to().map_err(unfinished)?;
-                    tracing::info!(torrent = %id, "undid an unfinished copy to {}", journal.to_data_folder.display());
+                    // Only the copy's own files go: those under the move's names (a file of
+                    // the user's at a copy's name is never touched). While placing, a copy
+                    // whose move's name is gone was given its own name by the move.
+                    if journal.placing {
+                        relocation.unplace();
+                    }
+                    relocation.remove_parts().map_err(unfinished)?;
+                    tracing::info!(torrent = %id, "undid an unfinished copy to {}", shown_path(&journal.to_data_folder));
                 }
             }
         }
