@@ -56,6 +56,9 @@ impl Broker {
             "broker ready"
         );
         listener.start(self.dispatcher.clone(), reader)?;
+        if let Some(dir) = &service.config.watch_dir {
+            crate::watch_dir::start(service.clone(), dir.clone())?;
+        }
         // systemd (`Type=notify`): patrons can connect from now on.
         notify_service_manager(&[sd_notify::NotifyState::Ready]);
         let reason = service.shutdown.wait().await;

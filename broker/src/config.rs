@@ -166,6 +166,11 @@ pub struct BrokerArgs {
     #[arg(long, env = "TORRENT_PATRON_ON_ERROR", value_name = "PROGRAM")]
     pub on_error: Option<PathBuf>,
 
+    /// Add each .torrent or .magnet file put in DIR, then rename it NAME.added (or
+    /// NAME.failed, the reason in NAME.failed.txt)
+    #[arg(long, env = "TORRENT_PATRON_WATCH_DIR", value_name = "DIR")]
+    pub watch_dir: Option<PathBuf>,
+
     /// Move each torrent's data into DIR once it completes (inside the download roots; a
     /// torrent's own, given at its add, wins)
     #[arg(long, env = "TORRENT_PATRON_MOVE_COMPLETED_TO", value_name = "DIR")]
@@ -239,6 +244,7 @@ struct ConfigFile {
     on_error: Option<PathBuf>,
     hook_timeout: Option<u64>,
     move_completed_to: Option<PathBuf>,
+    watch_dir: Option<PathBuf>,
 }
 
 /// The settings the broker runs with, every default resolved.
@@ -298,6 +304,8 @@ pub struct BrokerConfig {
     pub hook_timeout: Duration,
     /// Where completed torrents' data moves (a torrent's own wins).
     pub move_completed_to: Option<PathBuf>,
+    /// The watch folder (absolute, canonical), if any.
+    pub watch_dir: Option<PathBuf>,
     /// Where the download roots came from, and how to add one: said when a folder outside
     /// them is refused (an auto-started broker's come from a patron's environment).
     pub roots_advice: String,
@@ -417,6 +425,10 @@ impl BrokerConfig {
                     proto::text::shown(&dir.display().to_string())
                 )
             })?),
+            None => None,
+        };
+        let watch_dir = match args.watch_dir.or(file.watch_dir) {
+            Some(dir) => Some(crate::watch_dir::prepare(&dir)?),
             None => None,
         };
         // Joining keeps an absolute path as it is.
@@ -547,6 +559,7 @@ impl BrokerConfig {
                 args.hook_timeout.or(file.hook_timeout).unwrap_or(60).max(1),
             ),
             move_completed_to,
+            watch_dir,
             roots_advice,
             notes,
         })

@@ -51,10 +51,12 @@ pub mod settings;
 pub mod shutdown;
 pub mod sink;
 pub mod socket;
+pub mod stop_point;
 pub mod storage;
 pub mod store;
 pub mod streams;
 pub mod torrent_file;
+pub mod watch_dir;
 
 pub use broker::{run, Broker};
 

@@ -133,6 +133,9 @@ pub fn broker_json(info: &proto::BrokerInfo, started: Option<bool>, others: u32)
         "max_active_seeds": info.queue.max_active_seeds,
         "stalled_after_secs": info.queue.stalled_after_secs,
     });
+    // (Past json!'s recursion limit in one object.)
+    value["watch_dir"] = info.watch_dir.clone().into();
+    value["move_completed_to"] = info.move_completed_to.clone().into();
     // Only `broker start` says whether it started the broker.
     if let (None, Some(object)) = (started, value.as_object_mut()) {
         object.remove("started");

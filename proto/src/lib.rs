@@ -1110,6 +1110,10 @@ pub struct BrokerInfo {
     pub queue: QueueSettings,
     /// The broker's seeding limits, and what it does past one.
     pub seeding: (SeedingLimits, SeedAction),
+    /// The watch folder (`--watch-dir`), if any.
+    pub watch_dir: Option<String>,
+    /// Where completed torrents move (`--move-completed-to`), if anywhere.
+    pub move_completed_to: Option<String>,
 }
 
 /// One line of [`Event::TorrentList`].

@@ -284,6 +284,8 @@ fn every_event_round_trips() {
                     stalled_after_secs: Some(1800),
                 },
                 seeding: Default::default(),
+                watch_dir: Some("/srv/watch".into()),
+                move_completed_to: None,
                 alt: crate::AltSpeed {
                     download: Some(1 << 20),
                     upload: None,

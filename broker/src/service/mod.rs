@@ -622,6 +622,11 @@ impl Service {
         self.engine.stamp_verified(id, &folder, &files);
     }
 
+    /// The runtime the service runs on (for threads of the broker's own that add through it).
+    pub fn runtime_handle(&self) -> tokio::runtime::Handle {
+        self.runtime.clone()
+    }
+
     /// The seeding limits torrents get where they have none of their own.
     pub fn seed_policy(&self) -> crate::registry::SeedPolicy {
         crate::registry::SeedPolicy {

@@ -73,18 +73,6 @@ struct Leaving {
     old_files: Arc<[PathBuf]>,
 }
 
-/// For the tests that kill the broker at each step of a move: with
-/// `TORRENT_PATRON_TEST_STOP_AT=move:<step>` in its environment, the broker stops itself
-/// (SIGSTOP) there, for the test to SIGKILL it at exactly that instant.
-fn stop_point(step: &str) {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let at = AT.get_or_init(|| std::env::var("TORRENT_PATRON_TEST_STOP_AT").ok());
-    if at.as_deref().and_then(|at| at.strip_prefix("move:")) == Some(step) {
-        tracing::warn!("stopping at move step {step} (TORRENT_PATRON_TEST_STOP_AT)");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
-    }
-}
-
 /// A path as a log line or message shows it (no control character reaches a terminal).
 fn shown_path(path: &Path) -> String {
     proto::text::shown(&path.display().to_string())
@@ -285,7 +273,7 @@ impl Service {
             }
         };
         tracing::info!(torrent = %id, to = %shown_path(&to_data), how = ?journal.how, "moving its data");
-        stop_point("stopped");
+        crate::stop_point::at("move:stopped");
         drop(adding);
 
         // The files move, with no lock held: other torrents and requests go on.
@@ -303,7 +291,7 @@ impl Service {
         if journal.how == MoveHow::Copy && moved.is_ok() {
             // Whole and verified under the move's names: written down before they take
             // their own, so that a start finishes this rather than deleting them.
-            stop_point("copied");
+            crate::stop_point::at("move:copied");
             journal.placing = true;
             let unchanged = matches!(moved, Ok(true));
             moved = match self.update_record(id, |r| r.moving = Some(journal.clone())) {
@@ -322,7 +310,7 @@ impl Service {
                 }
             };
         }
-        stop_point("moved");
+        crate::stop_point::at("move:moved");
         let adding = self.adding.lock().await;
         if let Err(failed) = moved {
             let error = if failed.no_space {
@@ -358,7 +346,7 @@ impl Service {
             drop(adding);
             return Err(error);
         }
-        stop_point("committed");
+        crate::stop_point::at("move:committed");
         let new_restore = {
             let mut state = self.state();
             state.registry.set_files(id, new_files);
@@ -376,7 +364,7 @@ impl Service {
         }
         self.run_again(&leaving, &new_restore, true).await?;
         drop(adding);
-        stop_point("running");
+        crate::stop_point::at("move:running");
         // What is left at the old place goes; a failure here leaves the journal for the
         // next start to finish.
         let left = relocation.clone();

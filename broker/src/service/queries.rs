@@ -127,6 +127,16 @@ impl Service {
             alt: self.rates.get().1,
             queue: self.queue.settings(),
             seeding: (self.seeding.limits(), self.seeding.action()),
+            watch_dir: self
+                .config
+                .watch_dir
+                .as_ref()
+                .map(|d| d.display().to_string()),
+            move_completed_to: self
+                .config
+                .move_completed_to
+                .as_ref()
+                .map(|d| d.display().to_string()),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `patron-client broker start|stop|status`.
 
-use super::output::broker_json;
+use super::output::{broker_json, shown};
 use super::{Context, Exit};
 use patron_client::{ConnectOptions, Error, Patron};
 use serde_json::json;
@@ -111,6 +111,14 @@ fn report(ctx: &Context, patron: &mut Patron, started: Option<bool>) -> Result<E
                     info.board_waiters.1
                 ),
             ]
+            .into_iter()
+            .chain(info.watch_dir.as_ref().map(|d| format!("  watch folder:   {}", shown(d))))
+            .chain(
+                info.move_completed_to
+                    .as_ref()
+                    .map(|d| format!("  completed to:   {}", shown(d))),
+            )
+            .collect::<Vec<_>>()
             .join("\n")
         },
         broker_json(&info, started, others),
