@@ -7,7 +7,7 @@
 // Prints one JSON line per step ({"step": ..., ...}); exits non-zero at the first failure.
 import { chromium } from "playwright-core";
 
-const [url, magnet, shots] = process.argv.slice(2);
+const [url, magnet, shots, moveTo] = process.argv.slice(2);
 const said = (step, more = {}) => console.log(JSON.stringify({ step, ...more }));
 const origin = new URL(url).origin;
 const port = new URL(url).port;
@@ -76,6 +76,24 @@ try {
   });
   said("files-chosen");
   await page.screenshot({ path: `${shots}/3-files.png` });
+
+  // Torrent 0's labels, then its data moved, from its row.
+  await page.click('li.torrent[data-id="0"] [data-act="place"]');
+  const place = 'li.torrent[data-id="0"] .detail form';
+  await page.waitForSelector(place);
+  await page.fill(`${place}:nth-of-type(2) input`, "films, 4k");
+  await page.click(`${place}:nth-of-type(2) button`);
+  await page.waitForFunction(() =>
+    document.querySelector('li.torrent[data-id="0"] .figures')?.textContent.includes("films, 4k"));
+  said("labelled");
+  await page.click('li.torrent[data-id="0"] [data-act="place"]');
+  await page.waitForSelector(place);
+  await page.fill(`${place}:nth-of-type(1) input`, moveTo);
+  await page.click(`${place}:nth-of-type(1) button`);
+  await page.waitForFunction(() =>
+    document.querySelector('li.torrent[data-id="0"] .detail').children.length === 0
+    && document.querySelector('li.torrent[data-id="0"] .error').textContent === "");
+  said("moved");
 
   // Close torrent 1 with its data, behind the confirmation: cancel first, then confirm.
   await page.click('li.torrent[data-id="1"] [data-act="close"]');

@@ -726,6 +726,7 @@ fn the_page_works_in_a_real_browser() {
     patron.create(slow.create_request(&downloads)).expect("add");
     drop(patron);
     let web = Web::start(&sandbox, &state, &["--listen", "127.0.0.1:0"]);
+    let moved_to = sandbox.folder("moved-from-the-page");
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/web-screenshots");
     std::fs::create_dir_all(&shots).expect("screenshots folder");
 
@@ -734,7 +735,8 @@ fn the_page_works_in_a_real_browser() {
         .arg("page.mjs")
         .arg(format!("http://{}/#token={}", web.addr, web.token))
         .arg(&magnet)
-        .arg(&shots);
+        .arg(&shots)
+        .arg(&moved_to);
     e2e::die_with_parent(&mut node);
     let out = Running::start(node).finish(std::time::Duration::from_secs(120));
     let steps: Vec<Value> = out
@@ -756,6 +758,8 @@ fn the_page_works_in_a_real_browser() {
         "added-by-magnet",
         "paused",
         "files-chosen",
+        "labelled",
+        "moved",
         "closed-with-data",
         "settings-saved",
         "done",
@@ -788,6 +792,26 @@ fn the_page_works_in_a_real_browser() {
         .map(|f| f["selected"].as_bool().unwrap_or(true))
         .collect();
     assert_eq!(selected, [true, false], "{files}");
+    let status = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(
+        status["labels"],
+        serde_json::json!(["films", "4k"]),
+        "{status}"
+    );
+    let (_, list) = e2e::client_json(&sandbox, &state, &["list"]);
+    let row = list
+        .iter()
+        .find(|t| t["id"] == 0)
+        .expect("torrent 0 listed");
+    assert_eq!(
+        row["save_folder"],
+        moved_to
+            .canonicalize()
+            .expect("canonical")
+            .to_str()
+            .expect("utf-8"),
+        "moved from the page: {row}"
+    );
     let (code, _) = e2e::client_json(&sandbox, &state, &["status", "1"]);
     assert_eq!(code, 1, "the torrent closed from the page is gone");
     assert!(

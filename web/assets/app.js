@@ -115,7 +115,8 @@ function show(torrent) {
     `${(torrent.progress * 100).toFixed(1)}% of ${bytes(torrent.bytes_total)} · ↓ ${bytes(torrent.download_rate)}/s · ↑ ${bytes(torrent.upload_rate)}/s · ${peers}` +
     (torrent.complete ? "" : ` · eta ${duration(torrent.eta_secs)}`) +
     (torrent.error ? ` · ${torrent.error}` : "") +
-    (torrent.state === "queued" ? ` · #${torrent.queue_position} in the queue` : "");
+    (torrent.state === "queued" ? ` · #${torrent.queue_position} in the queue` : "") +
+    (torrent.labels && torrent.labels.length ? ` · ${torrent.labels.join(", ")}` : "");
   e.querySelector("[data-act=pause]").hidden = torrent.state === "paused";
   e.querySelector("[data-act=resume]").hidden = torrent.state !== "paused" && torrent.state !== "error";
   e.querySelector("[data-act=top]").hidden = torrent.state !== "queued";
@@ -130,10 +131,44 @@ async function act(row, action) {
     if (action === "files") return await showFiles(row);
     if (action === "peers") return await showPeers(row);
     if (action === "close") return await confirmClose(row);
+    if (action === "place") return showPlace(row);
     await api("POST", `/api/torrents/${id}/${action}`);
   } catch (e) {
     error.textContent = e.message;
   }
+}
+
+// Where it is and how it is labelled: a folder to move it to, its labels to set.
+function showPlace(row) {
+  const id = row.torrent.id;
+  const detail = row.element.querySelector(".detail");
+  detail.replaceChildren();
+  const form = (label, value, button, send) => {
+    const f = document.createElement("form");
+    const l = document.createElement("label");
+    l.textContent = label + " ";
+    const input = document.createElement("input");
+    input.value = value;
+    l.appendChild(input);
+    const b = document.createElement("button");
+    b.textContent = button;
+    f.append(l, b);
+    f.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const error = row.element.querySelector(".error");
+      error.textContent = "";
+      try { await send(input.value); detail.replaceChildren(); }
+      catch (e) { error.textContent = e.message; }
+    });
+    return f;
+  };
+  detail.append(
+    form("Move to folder", row.torrent.save_folder || "", "Move",
+      (to) => api("POST", `/api/torrents/${id}/move`, { to })),
+    form("Labels (comma-separated)", (row.torrent.labels || []).join(", "), "Set",
+      (text) => api("POST", `/api/torrents/${id}/labels`,
+        { labels: text.split(",").map((l) => l.trim()).filter((l) => l) })),
+  );
 }
 
 async function showFiles(row) {

@@ -173,8 +173,9 @@ fn file_refs(values: Vec<Value>) -> Result<Vec<FileRef>, Failure> {
         .collect()
 }
 
-/// `POST /api/torrents/{id}/{action}`: `pause`, `resume`, `recheck` answer its status;
-/// `close` (body `{"delete_data": bool}`) answers `closed`.
+/// `POST /api/torrents/{id}/{action}`: `pause`, `resume`, `recheck`, `top`, `move` (body
+/// `{"to": FOLDER}`) and `labels` (body `{"labels": [...]}`) answer its status; `close`
+/// (body `{"delete_data": bool}`) answers `closed`.
 pub async fn act(
     State(web): State<Shared>,
     Path((torrent, action)): Path<(String, String)>,
@@ -192,6 +193,31 @@ pub async fn act(
                     "top" => patron.move_in_queue(torrent, patron_client::proto::QueueMove::Top),
                     _ => patron.recheck(torrent),
                 })
+                .await?;
+            status_json(&status)
+        }
+        "move" => {
+            let body = body.map(|Json(b)| b).unwrap_or(Value::Null);
+            let to = body["to"]
+                .as_str()
+                .ok_or_else(|| bad_request("move takes {\"to\": an absolute folder}"))?
+                .to_owned();
+            let status = web
+                .link
+                .call(move |patron| patron.move_storage(torrent, to))
+                .await?;
+            status_json(&status)
+        }
+        "labels" => {
+            let body = body.map(|Json(b)| b).unwrap_or(Value::Null);
+            let labels: Vec<String> = body["labels"]
+                .as_array()
+                .and_then(|list| list.iter().map(|l| l.as_str().map(str::to_owned)).collect())
+                .ok_or_else(|| bad_request("labels takes {\"labels\": [strings]}"))?;
+            let change = patron_client::proto::SetLabels { torrent, labels };
+            let status = web
+                .link
+                .call(move |patron| patron.set_labels(change))
                 .await?;
             status_json(&status)
         }
@@ -213,7 +239,7 @@ pub async fn act(
         }
         other => {
             return Err(bad_request(format!(
-                "no action {other:?} (pause, resume, recheck, top, close)"
+                "no action {other:?} (pause, resume, recheck, top, move, labels, close)"
             )))
         }
     };
