@@ -188,9 +188,7 @@ impl Watcher {
                     "not added from the watch folder: {shown_name}: {}",
                     error.message
                 );
-                if let Some(failed) = self.rename(name, "failed") {
-                    self.write_reason(&failed, &error.message);
-                }
+                self.fail(name, &error.message);
             }
         }
     }
@@ -249,50 +247,97 @@ impl Watcher {
     /// Renames `name` to `name.SUFFIX` (or `name.SUFFIX.2`... if that exists: nothing is
     /// written over); the new name, if renamed.
     fn rename(&self, name: &OsStr, suffix: &str) -> Option<OsString> {
+        (1..=100)
+            .find_map(|n| {
+                let to = numbered(name, suffix, n);
+                match self.rename_to(name, &to) {
+                    Ok(()) => Some(Some(to)),
+                    Err(Errno::EEXIST) => None,
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot rename {} in the watch folder: {e}",
+                            shown(&name.to_string_lossy())
+                        );
+                        Some(None)
+                    }
+                }
+            })
+            .flatten()
+    }
+
+    fn rename_to(&self, name: &OsStr, to: &OsStr) -> Result<(), Errno> {
+        nix::fcntl::renameat2(
+            Some(self.folder.as_raw_fd()),
+            name,
+            Some(self.folder.as_raw_fd()),
+            to,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+    }
+
+    /// Renames `name` to `name.failed` (numbered as [`Watcher::rename`]) with the reason in
+    /// `name.failed.txt`, written first: whoever sees the `.failed` file finds why beside it.
+    fn fail(&self, name: &OsStr, why: &str) {
         for n in 1..=100 {
-            let mut to = name.to_os_string();
-            to.push(format!(".{suffix}"));
-            if n > 1 {
-                to.push(format!(".{n}"));
-            }
-            match nix::fcntl::renameat2(
-                Some(self.folder.as_raw_fd()),
-                name,
-                Some(self.folder.as_raw_fd()),
-                to.as_os_str(),
-                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-            ) {
-                Ok(()) => return Some(to),
+            let failed = numbered(name, "failed", n);
+            let mut reason = failed.clone();
+            reason.push(".txt");
+            match self.create(&reason) {
+                Ok(mut file) => {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{}", shown(why));
+                }
                 Err(Errno::EEXIST) => continue,
                 Err(e) => {
                     tracing::warn!(
-                        "cannot rename {} in the watch folder: {e}",
+                        "cannot write why {} failed: {e}",
                         shown(&name.to_string_lossy())
                     );
-                    return None;
+                    self.rename(name, "failed");
+                    return;
+                }
+            }
+            match self.rename_to(name, &failed) {
+                Ok(()) => return,
+                Err(e) => {
+                    let _ = nix::unistd::unlinkat(
+                        Some(self.folder.as_raw_fd()),
+                        reason.as_os_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                    if e != Errno::EEXIST {
+                        tracing::warn!(
+                            "cannot rename {} in the watch folder: {e}",
+                            shown(&name.to_string_lossy())
+                        );
+                        return;
+                    }
                 }
             }
         }
-        None
     }
 
-    /// Writes why a file failed beside it (`NAME.failed.txt`), never over anything.
-    fn write_reason(&self, failed: &OsStr, why: &str) {
-        let mut name = failed.to_os_string();
-        name.push(".txt");
-        let Ok(fd) = nix::fcntl::openat(
+    /// A new file in the folder (never over anything, never through a link).
+    fn create(&self, name: &OsStr) -> Result<std::fs::File, Errno> {
+        let fd = nix::fcntl::openat(
             Some(self.folder.as_raw_fd()),
-            name.as_os_str(),
+            name,
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o644),
-        ) else {
-            return;
-        };
+        )?;
         // SAFETY: `openat` just returned this descriptor and nothing else owns it.
-        let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        use std::io::Write;
-        let _ = writeln!(file, "{why}");
+        Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
+}
+
+/// `name.SUFFIX`, or `name.SUFFIX.N` past the first.
+fn numbered(name: &OsStr, suffix: &str, n: u32) -> OsString {
+    let mut to = name.to_os_string();
+    to.push(format!(".{suffix}"));
+    if n > 1 {
+        to.push(format!(".{n}"));
+    }
+    to
 }
 
 /// The watch folder as given: a folder (made if missing).
