@@ -157,3 +157,62 @@ fn a_label_carries_a_folder_and_limits_to_its_torrents_and_everything_outlives_a
     assert_eq!(replies[0]["labels"], json!(["a", "b"]), "{replies:?}");
     assert_eq!(replies[1]["event"], "labels", "{replies:?}");
 }
+
+#[test]
+fn a_labels_record_past_bounds_refuses_the_start_and_a_label_folder_outside_the_roots_refuses_the_add(
+) {
+    let sandbox = Sandbox::new();
+    // Damaged records: too many labels, a relative folder. The start names the file.
+    for (name, record) in [
+        (
+            "many",
+            serde_json::to_string(
+                &(0..300)
+                    .map(|n| (format!("l{n}"), json!({})))
+                    .collect::<serde_json::Map<String, Value>>(),
+            )
+            .expect("json"),
+        ),
+        (
+            "relative",
+            r#"{"x": {"folder": "relative/path"}}"#.to_owned(),
+        ),
+    ] {
+        let state = sandbox.state_dir(name);
+        std::fs::write(state.join("labels.json"), record).expect("write");
+        let mut start = sandbox.client(&state);
+        start.args(["broker", "start"]);
+        let out = e2e::run(start);
+        assert_ne!(out.code(), 0, "{name}: {}", out.stdout);
+        assert!(out.stderr.contains("labels.json"), "{name}: {}", out.stderr);
+    }
+    // A label's folder that the roots no longer hold (recorded while they did): the add
+    // is refused as a folder outside the roots is, before anything is written.
+    let state = sandbox.state_dir("moved-roots");
+    let outside = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        state.join("labels.json"),
+        json!({"films": {"folder": outside.path()}}).to_string(),
+    )
+    .expect("write");
+    let _broker = sandbox.broker(&state, &[]);
+    let data = sandbox.random_file("made/x.bin", 10_000);
+    let torrent = sandbox.path("x.torrent");
+    sandbox.make_torrent(&sandbox.state_dir("maker"), &data, &torrent);
+    let mut add = sandbox.client(&state);
+    add.args(["--json", "add"])
+        .arg(&torrent)
+        .args(["--label", "films"]);
+    let out = e2e::run(add);
+    assert_eq!(out.code(), 3, "{}", out.stdout);
+    assert_eq!(
+        out.json_lines()[0]["kind"],
+        "path-not-allowed",
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path()).map(|d| d.count()).ok(),
+        Some(0)
+    );
+}

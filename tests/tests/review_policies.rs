@@ -171,7 +171,14 @@ fn the_reason_of_a_failure_is_not_lost_to_a_stale_failed_txt() {
     let _broker = sandbox.broker(&state, &["--watch-dir", text(&watch)]);
     std::fs::write(watch.join("bad.torrent.failed.txt"), b"an old reason\n").expect("write");
     std::fs::write(watch.join("bad.torrent"), b"not bencode").expect("write");
-    let failed = wait_renamed(&watch, "bad.torrent", "failed", STEP_TIMEOUT);
+    // `.failed`, or `.failed.N` beside a reason file of its own.
+    wait_for("bad.torrent to be failed", STEP_TIMEOUT, || {
+        !watch.join("bad.torrent").exists()
+            && names(&watch)
+                .iter()
+                .any(|n| n.starts_with("bad.torrent.failed") && !n.ends_with(".txt"))
+    });
+    let failed = watch.join("bad.torrent.failed*");
     std::thread::sleep(Duration::from_millis(300));
     let reasons: Vec<String> = names(&watch)
         .into_iter()

@@ -999,16 +999,19 @@ fn own_seeding(
     })
 }
 
-/// Transmission's `labels`: a list of strings.
+/// Transmission's `labels`: a list of strings, each a label the broker takes.
 fn rpc_labels(value: &Value) -> Result<Vec<String>, String> {
     let list = value.as_array().ok_or("labels is a list of strings")?;
-    list.iter()
+    let labels = list
+        .iter()
         .map(|l| {
             l.as_str()
                 .map(str::to_owned)
                 .ok_or("labels is a list of strings".to_owned())
         })
-        .collect()
+        .collect::<Result<Vec<String>, String>>()?;
+    patron_client::proto::valid_labels(&labels)?;
+    Ok(labels)
 }
 
 async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Value, String> {
@@ -1052,6 +1055,8 @@ async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
     // Each torrent's own limits, in kB/s, as `patron-client limits ID` sets them.
     let download = speed_limit(arguments, "downloadLimited", "downloadLimit")?;
     let upload = speed_limit(arguments, "uploadLimited", "uploadLimit")?;
+    // Every argument read and checked before anything changes: a bad one changes nothing.
+    let labels = arguments.get("labels").map(rpc_labels).transpose()?;
     let torrents = web.link.torrents().borrow().clone();
     let chosen = chosen(&torrents, arguments)?;
     let own = own_seeding(arguments)?;
@@ -1068,8 +1073,7 @@ async fn torrent_set(web: &Shared, arguments: &Map<String, Value>) -> Result<Val
                 .map_err(failure)?;
         }
     }
-    if let Some(labels) = arguments.get("labels") {
-        let labels = rpc_labels(labels)?;
+    if let Some(labels) = labels {
         for torrent in &chosen {
             let change = patron_client::proto::SetLabels {
                 torrent: TorrentRef::Id(torrent.info.id),

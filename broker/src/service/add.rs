@@ -43,8 +43,10 @@ impl Service {
         };
         proto::valid_labels(&create.labels).map_err(ProtoError::bad_request)?;
         // No folder named: its labels' (the first that has one), else the default.
-        let save_folder = match (&create.output, service.label_folder(&create.labels)) {
-            (None, Some(folder)) => folder,
+        // (Checked as a named folder is: the roots may have changed since it was set.)
+        let label_folder = service.label_folder(&create.labels);
+        let save_folder = match (&create.output, &label_folder) {
+            (None, Some(folder)) => service.save_folder(Some(&folder.display().to_string()))?,
             (output, _) => service.save_folder(output.as_deref())?,
         };
         super::seeding::check_own(&create.seeding)?;

@@ -55,8 +55,22 @@ impl Labels {
             Ok(None) => LabelBook::new(),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        for name in book.keys() {
+        if book.len() > proto::MAX_CONFIGURED_LABELS {
+            return Err(format!(
+                "{} has {} labels; the broker keeps settings for {} at most: fix it or move it aside",
+                path.display(),
+                book.len(),
+                proto::MAX_CONFIGURED_LABELS
+            ));
+        }
+        for (name, config) in &book {
             proto::valid_label(name).map_err(|why| format!("{}: {why}", path.display()))?;
+            if config.folder.as_ref().is_some_and(|f| !f.is_absolute()) {
+                return Err(format!(
+                    "{}: label {name:?}'s folder is not an absolute path",
+                    path.display()
+                ));
+            }
         }
         Ok(Labels {
             book: Mutex::new(Arc::new(book)),
