@@ -3,13 +3,17 @@
 //!
 //! The move is written down first ([`MoveJournal`] in the torrent's record), then the
 //! torrent leaves the engine (its files stamped as verified, so that it needs no new check
-//! at the new place) and its data moves: renamed on one file system, or copied, synced and
-//! compared by hash across two. Only then does the record name the new place, and the
-//! torrent runs from there; a copy's originals go last. A failure (a full disk, a folder
-//! swapped for a link) undoes what was done and the torrent runs from the old place, its
-//! data as it was. A start that finds a journal finishes or undoes the move before the
-//! torrent runs ([`Service::finish_move`]): before the record names the new place, the copy
-//! (or what was renamed) goes back; after, the old files go.
+//! at the new place) and its data moves: renamed on one file system, or, across two, copied
+//! under the move's own names (`.NAME.tp-move`), synced, compared by hash, and only then
+//! given their names. Then the record names the new place and the torrent runs from there;
+//! a copy's originals go last. A failure (a full disk, a folder swapped for a link) undoes
+//! what was done and the torrent runs from the old place, its data as it was. A start that
+//! finds a journal finishes or undoes the move before the torrent runs
+//! ([`Service::finish_move`]): before the record names the new place the move is undone
+//! (the copy's own files deleted, never a file of the user's), unless every file was
+//! renamed already or every copy was whole and being named: then it is finished; after,
+//! the old files go (once the new place is all there: a disk not mounted keeps them).
+//! Files changed by anyone while they move are hashed again at the new place.
 //!
 //! While its data moves the torrent is out of the engine ([`Life::Moving`]): nothing reads or
 //! writes its files, its streams end (exit 6) and every request about it but `status` and
