@@ -520,14 +520,14 @@ fn watch_queue(
 }
 
 #[test]
-fn a_queue_of_six_with_two_active_advances_as_transmissions_does() {
+fn a_queue_of_ten_with_two_active_advances_as_transmissions_does() {
     if !have("transmission-daemon") {
         return;
     }
     let sandbox = Sandbox::new();
     let seeder = sandbox.state_dir("seeder");
     let seeding = sandbox.broker(&seeder, &["--max-upload-rate", "512K"]);
-    let names: Vec<String> = (0..6).map(|n| format!("q{n}.bin")).collect();
+    let names: Vec<String> = (0..10).map(|n| format!("q{n}.bin")).collect();
     let torrents: Vec<PathBuf> = names
         .iter()
         .map(|name| {
@@ -541,7 +541,7 @@ fn a_queue_of_six_with_two_active_advances_as_transmissions_does() {
         run(add).expect_code(0);
     }
 
-    // transmission-daemon, its download queue two long: the six are added stopped, then
+    // transmission-daemon, its download queue two long: the ten are added stopped, then
     // started together, so that the queue alone decides (not how long each check took).
     let queue = serde_json::json!({
         "download-queue-enabled": true, "download-queue-size": 2,
@@ -553,7 +553,7 @@ fn a_queue_of_six_with_two_active_advances_as_transmissions_does() {
         transmission.add(torrent, &dir);
     }
     let list = || String::from_utf8_lossy(&transmission.remote(&["-l"]).stdout).into_owned();
-    wait_for("transmission to hold the six stopped", STEP_TIMEOUT, || {
+    wait_for("transmission to hold the ten stopped", STEP_TIMEOUT, || {
         list().lines().filter(|l| l.contains("Stopped")).count() == names.len()
     });
     let started = transmission.remote(&["-t", "all", "-s"]);
@@ -599,7 +599,7 @@ fn a_queue_of_six_with_two_active_advances_as_transmissions_does() {
         last_dial = std::time::Instant::now();
     });
 
-    // The broker, with the same queue: the six added paused, then resumed in turn.
+    // The broker, with the same queue: the ten added paused, then resumed in turn.
     let leecher = sandbox.state_dir("leecher");
     let _broker = sandbox.broker(
         &leecher,
