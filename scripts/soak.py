@@ -11,7 +11,7 @@ files, and adds another torrent over it with --overwrite. It checks as it runs:
   - nothing outside the download roots is ever created, changed or removed;
   - an add over another torrent's files is refused (exit 3), a recheck through a planted
     FIFO answers within the bound;
-  - the broker never dies, and torrents.json always parses;
+  - the broker never dies, and every record (records/<id>.json) always parses;
   - every patron that was not killed exits within PATRON_BOUND with a documented code;
   - every completed download has the right SHA-256;
 and at the end, once every patron is gone: the broker's fds, threads and RSS are back near
@@ -122,14 +122,21 @@ class Soak:
         return True
 
     def records_valid(self, state):
-        path = os.path.join(state, "torrents.json")
+        folder = os.path.join(state, "records")
         try:
-            with open(path) as f:
-                json.load(f)
+            names = os.listdir(folder)
         except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as e:
-            self.fail(f"torrents.json unreadable: {e}")
+            return
+        for name in names:
+            if name.startswith("."):
+                continue  # a write in progress
+            try:
+                with open(os.path.join(folder, name)) as f:
+                    json.load(f)
+            except FileNotFoundError:
+                pass  # removed meanwhile
+            except (OSError, ValueError) as e:
+                self.fail(f"record {name} unreadable: {e}")
 
     def reap(self, force=False):
         now = time.monotonic()

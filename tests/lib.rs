@@ -877,6 +877,19 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Every record a broker keeps of its torrents (`<state>/records/<id>.json`), as one text.
+pub fn records_text(state: &Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(state.join("records"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+    }
+    text
+}
+
 /// SHA-256 of a file, hex.
 pub fn sha256(path: &Path) -> String {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));

@@ -41,6 +41,7 @@ pub mod hooks;
 pub mod left;
 pub mod lock;
 pub mod patron;
+pub mod records;
 pub mod registry;
 pub mod relocate;
 pub mod rendezvous;

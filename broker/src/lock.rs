@@ -98,6 +98,8 @@ fn make_owner_only(state_dir: &Path) -> anyhow::Result<()> {
         proto::paths::LOCK_FILE,
         proto::paths::CONFIG_FILE,
         "torrents.json",
+        "records",
+        "records.new",
         "settings.json",
         "labels.json",
         "left-data.json",

@@ -739,17 +739,30 @@ impl TorrentRegistry {
         self.torrents.is_empty()
     }
 
-    /// The restart records, as saved in `torrents.json`: every torrent to restore, running
-    /// or not restored, ephemeral ones excepted.
-    pub fn records_json(&self) -> std::io::Result<Vec<u8>> {
+    /// The restart records, as written in `records/` (see [`crate::records`]): every
+    /// torrent to restore, running or not restored, ephemeral ones excepted.
+    pub fn records(&self) -> std::io::Result<Vec<(TorrentId, Vec<u8>)>> {
         let running = self
             .torrents
             .iter()
             .filter(|(_, entry)| !entry.restore.ephemeral)
-            .map(|(id, entry)| (id.0, &entry.restore));
-        let kept = self.unrestored.iter().map(|(id, u)| (id.0, &u.restore));
-        let records: BTreeMap<u64, &RestoreSpec> = running.chain(kept).collect();
-        Ok(serde_json::to_vec_pretty(&records)?)
+            .map(|(id, entry)| (*id, &entry.restore));
+        let kept = self.unrestored.iter().map(|(id, u)| (*id, &u.restore));
+        running
+            .chain(kept)
+            .map(|(id, spec)| Ok((id, crate::records::encode(spec)?)))
+            .collect()
+    }
+
+    /// Torrent `id`'s record as it is written, if it has one (a running torrent not
+    /// ephemeral, or one kept unrestored).
+    pub fn record(&self, id: TorrentId) -> std::io::Result<Option<Vec<u8>>> {
+        let spec = match (self.torrents.get(&id), self.unrestored.get(&id)) {
+            (Some(entry), _) if !entry.restore.ephemeral => Some(&entry.restore),
+            (_, Some(kept)) => Some(&kept.restore),
+            _ => None,
+        };
+        spec.map(crate::records::encode).transpose()
     }
 
     /// Reads the restart records written by [`TorrentRegistry::save`]. No file means no

@@ -159,7 +159,7 @@ pub fn remove_durably(path: &Path) -> io::Result<()> {
     }
 }
 
-fn sync_folder(dir: &Path) -> io::Result<()> {
+pub fn sync_folder(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -186,9 +186,7 @@ fn a_full_disk_undoes_the_move_and_the_torrent_seeds_on_from_where_it_was() {
         text(album.parent().unwrap())
     );
     assert!(
-        !std::fs::read_to_string(state.join("torrents.json"))
-            .unwrap_or_default()
-            .contains("\"moving\""),
+        !e2e::records_text(&state).contains("\"moving\""),
         "the journal is gone"
     );
 }
@@ -281,9 +279,7 @@ fn a_kill_at_every_step_of_a_move_leaves_one_complete_copy_that_the_record_names
             "{what}: the record names it"
         );
         assert!(
-            !std::fs::read_to_string(state.join("torrents.json"))
-                .unwrap_or_default()
-                .contains("\"moving\""),
+            !e2e::records_text(&state).contains("\"moving\""),
             "{what}: the journal is gone once finished or undone"
         );
     }

@@ -142,7 +142,9 @@ fn an_unreadable_state_file_stops_the_broker_and_is_never_overwritten() {
     let broker = sandbox.broker(&state, &[]);
     run(sandbox.add_command(&state, &torrent, &downloads, None)).expect_code(0);
     stop(broker);
-    let records = state.join("torrents.json");
+    // One file per torrent (`records/<id>.json`).
+    let records = state.join("records/0.json");
+    assert!(records.is_file(), "the record of torrent 0");
     let kept: Vec<PathBuf> = std::fs::read_dir(state.join("torrents"))
         .expect("torrents folder")
         .flatten()
@@ -156,9 +158,9 @@ fn an_unreadable_state_file_stops_the_broker_and_is_never_overwritten() {
         sandbox.apply_env(&mut broker);
         broker.arg("--state-dir").arg(&state);
         let out = run(broker);
-        assert_ne!(out.code(), 0, "started on a damaged torrents.json");
+        assert_ne!(out.code(), 0, "started on a damaged record");
         assert!(
-            out.stderr.contains("torrents.json"),
+            out.stderr.contains("records/0.json"),
             "the message names the file: {}",
             out.stderr
         );
@@ -344,21 +346,23 @@ fn a_fifo_or_link_in_the_state_dir_refuses_the_start_naming_it_never_hangs() {
 #[test]
 fn a_close_that_cannot_be_recorded_keeps_the_torrent_and_the_callers_hold() {
     use e2e::patron_client::proto::{CreateNewTorrent, TorrentSource};
-    if !e2e::have_root("a small tmpfs as the state dir") {
+    if !e2e::have_root("a read-only bind mount of the records") {
         return;
     }
     let sandbox = Sandbox::new();
-    let state = sandbox.state_dir("full-close");
+    let state = sandbox.state_dir("readonly-close");
     let downloads = sandbox.folder("downloads");
     let torrent = made_torrent(&sandbox, "kept.bin");
-    let _unmount = small_disk(&state);
     let broker = sandbox.broker(&state, &[]);
     let mut patron = sandbox.patron(&state);
     let mut create =
         CreateNewTorrent::new(TorrentSource::TorrentFile(std::fs::read(&torrent).unwrap()));
     create.output = Some(downloads.display().to_string());
     patron.create(create).expect("add");
-    let filler = fill(&state);
+    // The records cannot change (removing a record needs no room, so a full disk would
+    // not do: the folder is made read-only).
+    let records = state.join("records");
+    let read_only = ReadOnly::bind(&records);
 
     // The close cannot be recorded: refused, and nothing changed, the caller's hold
     // included (before: it was dropped, so the patron was told "not closed" and no longer
@@ -374,9 +378,9 @@ fn a_close_that_cannot_be_recorded_keeps_the_torrent_and_the_callers_hold() {
     );
     assert!(downloads.join("kept.bin").exists(), "its data was deleted");
 
-    // Room again: the same close goes through, data deleted, and a restart does not bring
-    // the torrent back.
-    std::fs::remove_file(&filler).expect("room");
+    // Writable again: the same close goes through, data deleted, and a restart does not
+    // bring the torrent back.
+    drop(read_only);
     patron.close(id, true, false).expect("close");
     assert!(!downloads.join("kept.bin").exists());
     drop(patron);
@@ -384,6 +388,32 @@ fn a_close_that_cannot_be_recorded_keeps_the_torrent_and_the_callers_hold() {
     let broker = sandbox.broker(&state, &[]);
     assert!(listed(&sandbox, &state).is_empty());
     stop(broker);
+}
+
+/// A folder made read-only by a bind mount of itself, until dropped. Needs root.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn bind(dir: &Path) -> ReadOnly {
+        for args in [
+            vec![
+                "--bind",
+                dir.to_str().expect("utf-8"),
+                dir.to_str().expect("utf-8"),
+            ],
+            vec!["-o", "remount,bind,ro", dir.to_str().expect("utf-8")],
+        ] {
+            let out = Command::new("mount").args(&args).output().expect("mount");
+            assert!(out.status.success(), "mount {args:?}: {out:?}");
+        }
+        ReadOnly(dir.to_path_buf())
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
 
 /// An error message too long for the board's slot is cut there (and marked `…`); `status`,
@@ -479,4 +509,60 @@ fn broker_status_counts_kept_records() {
     let human = run(human).expect_code(0).stdout;
     assert!(human.contains("1 kept, not restored"), "{human}");
     stop(broker);
+}
+
+#[test]
+fn records_in_one_torrents_json_move_to_a_file_each_even_after_a_migration_cut_short() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("migrating");
+    let downloads = sandbox.folder("downloads");
+    let broker = sandbox.broker(&state, &[]);
+    for name in ["first.bin", "second.bin"] {
+        let torrent = made_torrent(&sandbox, name);
+        let mut add = sandbox.add_command(&state, &torrent, &downloads, None);
+        add.arg("--paused");
+        run(add).expect_code(0);
+    }
+    stop(broker);
+    // The records as an earlier release kept them: one torrents.json for all.
+    let folder = state.join("records");
+    let mut all = serde_json::Map::new();
+    for id in ["0", "1"] {
+        let bytes = std::fs::read(folder.join(format!("{id}.json"))).expect("a record");
+        all.insert(id.into(), serde_json::from_slice(&bytes).expect("json"));
+    }
+    std::fs::remove_dir_all(&folder).expect("remove the records");
+    std::fs::write(state.join("torrents.json"), Value::Object(all).to_string()).expect("write");
+    // A migration cut short: its staging folder half written.
+    std::fs::create_dir(state.join("records.new")).expect("mkdir");
+    std::fs::write(state.join("records.new/0.json"), b"{\"save_fol").expect("write");
+    let broker = sandbox.broker(&state, &[]);
+    let list = listed(&sandbox, &state);
+    assert_eq!(list.len(), 2, "both restored: {list:?}");
+    assert!(list.iter().all(|t| t["state"] == "paused"), "{list:?}");
+    assert!(
+        !state.join("torrents.json").exists(),
+        "the old file goes once migrated"
+    );
+    assert!(!state.join("records.new").exists());
+    assert!(folder.join("0.json").is_file() && folder.join("1.json").is_file());
+    // A change writes its torrent's record alone.
+    let before = std::fs::read(folder.join("0.json")).expect("record 0");
+    let mut resume = sandbox.client(&state);
+    resume.args(["resume", "1"]);
+    run(resume).expect_code(0);
+    assert_eq!(
+        std::fs::read(folder.join("0.json")).expect("record 0"),
+        before
+    );
+    // Closed: its record goes; the other stays, and a restart brings back only it.
+    let mut close = sandbox.client(&state);
+    close.args(["close", "0"]);
+    run(close).expect_code(0);
+    assert!(!folder.join("0.json").exists());
+    stop(broker);
+    let _broker = sandbox.broker(&state, &[]);
+    let list = listed(&sandbox, &state);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["id"], 1);
 }

@@ -190,12 +190,12 @@ fn an_idle_seeds_seeding_time_outlives_a_kill() {
     });
     // The counts are saved at least once a minute while they move: the record shows
     // most of a minute of seeding within ninety seconds, and a SIGKILL keeps it.
-    let records = state.join("torrents.json");
+    let records = state.join("records/0.json");
     let recorded = || -> u64 {
         std::fs::read(&records)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-            .and_then(|r| r["0"]["seeding_ms"].as_u64())
+            .and_then(|r| r["seeding_ms"].as_u64())
             .unwrap_or(0)
     };
     e2e::wait_for(

@@ -320,7 +320,7 @@ impl Service {
         };
         // Recorded before the patron is told: every later save includes it too.
         if record {
-            if let Err(why) = self.save_registry() {
+            if let Err(why) = self.save_record(id) {
                 self.state().registry.remove(id);
                 return Err(self.unrecordable(id, &path, why).await);
             }

@@ -125,7 +125,7 @@ impl Service {
         // The records first: if they cannot be saved without it, nothing else changes (a
         // restart would bring it back, its data perhaps deleted).
         if !entry.restore.ephemeral {
-            if let Err(why) = self.save_registry() {
+            if let Err(why) = self.save_record(id) {
                 self.put_back(patron, id, entry);
                 return Err(ProtoError::io(format!("torrent {id} is not closed: {why}")));
             }
@@ -134,7 +134,7 @@ impl Service {
         // in the records.
         if let Err(e) = self.engine_stop(id).await {
             self.put_back(patron, id, entry);
-            let also = match self.save_registry() {
+            let also = match self.save_record(id) {
                 Ok(()) => String::new(),
                 Err(why) => format!(" (and its record could not be written back: {why})"),
             };

@@ -144,8 +144,9 @@ pub struct Service {
     /// Magnet metadata is fetched before taking it.
     adding: tokio::sync::Mutex<()>,
     runtime: tokio::runtime::Handle,
-    /// Held while the registry is saved.
-    saving: Mutex<()>,
+    /// The records on disk, one file per torrent (see [`crate::records`]); held while they
+    /// are written.
+    records: Mutex<crate::records::RecordStore>,
     /// Every torrent's status, in shared memory for patrons to read (DESIGN §7).
     pub board: crate::board::StatusBoard,
     /// Wakes the status loop ([`fanout`]) before its next pulse: a torrent came, went,
@@ -201,6 +202,8 @@ impl Service {
             .map_err(|why| anyhow::anyhow!(why))?;
         let settings_now = settings;
         let labels = labels::Labels::load(&config.state_dir).map_err(|why| anyhow::anyhow!(why))?;
+        let records = crate::records::RecordStore::open(&config.state_dir)
+            .map_err(|why| anyhow::anyhow!(why))?;
         let service = Arc::new(Service {
             config,
             engine,
@@ -208,7 +211,7 @@ impl Service {
             shutdown: shutdown::Shutdown::default(),
             adding: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::current(),
-            saving: Mutex::new(()),
+            records: Mutex::new(records),
             board,
             status_nudge: tokio::sync::Notify::new(),
             streams: Default::default(),
@@ -269,10 +272,6 @@ impl Service {
             anyhow::bail!("a failure injected by a test");
         }
         self.engine.stop_torrent(id).await
-    }
-
-    fn restore_path(&self) -> PathBuf {
-        self.config.state_dir.join("torrents.json")
     }
 
     fn torrent_file_path(&self, id: TorrentId) -> PathBuf {
@@ -350,7 +349,7 @@ impl Service {
         if !recorded {
             return Ok(());
         }
-        self.save_registry().map_err(|why| {
+        self.save_record(id).map_err(|why| {
             if let Some(entry) = self.state().registry.get_mut(id) {
                 entry.restore = before;
             }
@@ -441,7 +440,7 @@ impl Service {
     /// record names (the next start sweeps it), never a record without its .torrent. If the
     /// save fails nothing is removed, and the caller must put the torrent back.
     fn forget_record(&self, id: TorrentId) -> Result<(), String> {
-        self.save_registry()?;
+        self.save_record(id)?;
         let _ = crate::store::remove_durably(&self.torrent_file_path(id));
         Ok(())
     }
@@ -452,24 +451,53 @@ impl Service {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes the registry's restart records, durably. Saves are serialized, and each takes
-    /// its snapshot inside that order, so a later state is never overwritten by an earlier
-    /// one; the state lock is not held during the write. A failure is logged and returned.
+    /// Writes the registry's restart records, durably: those that changed since they were
+    /// last written (see [`crate::records`]). Saves are serialized, and each takes its
+    /// snapshot inside that order, so a later state is never overwritten by an earlier one;
+    /// the state lock is not held during the write. A failure is logged and returned.
     fn save_registry(&self) -> Result<(), String> {
-        let path = self.restore_path();
-        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
-        let json = self.state().registry.records_json();
-        let json = match self.faults.save() {
+        let mut store = self.records();
+        let records = self.state().registry.records();
+        let saved = self
+            .injected_save_failure()
+            .and(records)
+            .and_then(|records| store.save_all(records));
+        self.saved(&store, saved)
+    }
+
+    /// Writes one torrent's record (or removes it, if it has none any more): one small
+    /// write, however many torrents the broker has. As [`Service::save_registry`] otherwise.
+    fn save_record(&self, id: TorrentId) -> Result<(), String> {
+        let mut store = self.records();
+        let record = self.state().registry.record(id);
+        let saved = self
+            .injected_save_failure()
+            .and(record)
+            .and_then(|record| store.save(id, record.as_deref()));
+        self.saved(&store, saved)
+    }
+
+    fn records(&self) -> MutexGuard<'_, crate::records::RecordStore> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn injected_save_failure(&self) -> std::io::Result<()> {
+        match self.faults.save() {
             true => Err(std::io::Error::other("a failure injected by a test")),
-            false => json,
-        };
-        let saved = json
-            .and_then(|json| crate::store::write_atomically(&path, &json))
-            .map_err(|e| format!("cannot save {}: {e}", path.display()));
-        if let Err(why) = &saved {
-            tracing::error!("{why}");
+            false => Ok(()),
         }
-        saved
+    }
+
+    fn saved(
+        &self,
+        store: &crate::records::RecordStore,
+        saved: std::io::Result<()>,
+    ) -> Result<(), String> {
+        saved.map_err(|e| {
+            let why = format!("cannot save the records in {}: {e}", store.dir().display());
+            tracing::error!("{why}");
+            why
+        })
     }
 
     /// Whether one more torrent may start: the broker is not stopping and runs fewer than its

@@ -3,7 +3,7 @@
 
 use super::Service;
 use crate::engine::AddSpec;
-use crate::registry::{RestoreSpec, TorrentRegistry, Unrestored};
+use crate::registry::{RestoreSpec, Unrestored};
 use crate::torrent_file;
 use proto::{ProtoError, TorrentId, TorrentInfo};
 use std::path::{Path, PathBuf};
@@ -15,8 +15,7 @@ impl Service {
     /// nothing is overwritten.
     pub(super) async fn restore(&self) -> anyhow::Result<()> {
         crate::store::check_state_folder(&self.config.torrents_dir())?;
-        let records = TorrentRegistry::load_records(&self.restore_path())
-            .map_err(|why| anyhow::anyhow!(why))?;
+        let records = self.records().load().map_err(|why| anyhow::anyhow!(why))?;
         for id in records.keys() {
             self.engine.reserve_id(*id);
             // A .torrent that is not a regular file of ours (a FIFO planted there would hang

@@ -139,8 +139,19 @@ fn close(id: TorrentId) -> CloseTorrent {
     }
 }
 
+/// Every record on disk, as one text (`{id: record}`).
 fn records(service: &Service) -> String {
-    std::fs::read_to_string(service.restore_path()).unwrap_or_default()
+    let dir = service.config.state_dir.join(crate::records::FOLDER);
+    let mut all = serde_json::Map::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let (Some(id), Ok(bytes)) = (name.strip_suffix(".json"), std::fs::read(entry.path())) {
+            if let Ok(value) = serde_json::from_slice(&bytes) {
+                all.insert(id.to_owned(), value);
+            }
+        }
+    }
+    serde_json::Value::Object(all).to_string()
 }
 
 fn holders(service: &Service, id: TorrentId) -> Option<usize> {

@@ -135,5 +135,5 @@ apply to it and win over <state dir>/broker.toml (its log names each one that do
 const FILES: &str = "\
 <state dir>/broker.toml     the broker's settings, keys as its long options
 <state dir>/broker.log      the broker's log (an auto-started broker writes here)
-<state dir>/torrents.json   the torrents it restores at its next start
+<state dir>/records/        the torrents it restores at its next start, a file each
 <state dir>/run/            its socket, where patrons connect";

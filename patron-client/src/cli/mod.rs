@@ -303,7 +303,9 @@ impl Context {
     pub fn for_torrent(&self) -> ConnectOptions {
         let state =
             patron_client::proto::paths::resolve_state_dir(self.connect.state_dir.as_deref());
-        match state.join("torrents.json").is_file() {
+        let recorded = state.join("torrents.json").is_file()
+            || std::fs::read_dir(state.join("records")).is_ok_and(|mut d| d.next().is_some());
+        match recorded {
             true => self.connect.clone(),
             false => self.reading(),
         }

@@ -1,0 +1,210 @@
+//! The broker's records of its torrents (DESIGN §4a): one small file per torrent,
+//! `<state dir>/records/<id>.json`, as transmission keeps one resume file per torrent.
+//!
+//! They were one `torrents.json` for all, rewritten whole (and synced twice) at every
+//! change: an add to a broker of 10,000 torrents wrote megabytes, and 10,000 adds were
+//! quadratic (issue 23). Now a change writes the records it changed, each crash-safe on its
+//! own (temporary file, fsync, rename, fsync of the folder): one torrent's add or change is
+//! one small write, whatever the number of torrents. A save of everything (the seeding
+//! counts, a queue reordered) still looks at every record but writes only those that
+//! changed since they were last written.
+//!
+//! A start migrates a `torrents.json` it finds: every record is written into
+//! `records.new`, which is then renamed `records` (one atomic step) before the old file
+//! goes; a crash at any point leaves either the old file, whole, or the new folder, whole.
+//! A record that cannot be read refuses the start, naming its file, as the old file did.
+
+use crate::registry::{RestoreSpec, TorrentRegistry};
+use proto::TorrentId;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The folder of the records, in the state dir.
+pub const FOLDER: &str = "records";
+/// The file of the records before this folder (migrated at the first start).
+pub const LEGACY_FILE: &str = "torrents.json";
+/// Where a migration writes before the folder takes its name.
+const STAGING: &str = "records.new";
+
+/// The records on disk, and what was last written of each.
+pub struct RecordStore {
+    dir: PathBuf,
+    /// A hash of each record's bytes as last written (or read): a record whose bytes are
+    /// the same is not written again.
+    written: HashMap<TorrentId, u64>,
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A record as it is written.
+pub fn encode(spec: &RestoreSpec) -> io::Result<Vec<u8>> {
+    Ok(serde_json::to_vec_pretty(spec)?)
+}
+
+impl RecordStore {
+    /// The records of `state_dir`, migrated from a `torrents.json` if there is one.
+    pub fn open(state_dir: &Path) -> Result<RecordStore, String> {
+        let dir = state_dir.join(FOLDER);
+        let legacy = state_dir.join(LEGACY_FILE);
+        let staging = state_dir.join(STAGING);
+        crate::store::check_state_folder(&dir).map_err(|e| e.to_string())?;
+        if std::fs::symlink_metadata(&dir).is_err() {
+            // A migration cut short left only its staging folder: done again.
+            remove_staging(&staging)?;
+            let records = TorrentRegistry::load_records(&legacy)?;
+            // Owner-only, as everything of the state dir.
+            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                .create(&staging)
+                .map_err(|e| format!("cannot make {}: {e}", staging.display()))?;
+            for (id, spec) in &records {
+                let path = staging.join(format!("{id}.json"));
+                let bytes = encode(spec).map_err(|e| e.to_string())?;
+                crate::store::write_atomically(&path, &bytes)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
+            std::fs::rename(&staging, &dir)
+                .and_then(|()| crate::store::sync_folder(state_dir))
+                .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+            if !records.is_empty() {
+                tracing::info!(
+                    "the records of {} torrents moved from {} to {}, a file each",
+                    records.len(),
+                    legacy.display(),
+                    dir.display()
+                );
+            }
+        }
+        // The folder is whole: an old file beside it is what a migration left.
+        crate::store::remove_durably(&legacy)
+            .map_err(|e| format!("cannot remove {}: {e}", legacy.display()))?;
+        Ok(RecordStore {
+            dir,
+            written: HashMap::new(),
+        })
+    }
+
+    /// Reads every record. One that cannot be read or parsed is an error naming its file
+    /// (the caller must not start over it); temporary files a crash left are removed.
+    pub fn load(&mut self) -> Result<BTreeMap<TorrentId, RestoreSpec>, String> {
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| format!("cannot read {}: {e}", self.dir.display()))?;
+        let mut records = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("cannot read {}: {e}", self.dir.display()))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let Some(id) = name
+                .strip_suffix(".json")
+                .and_then(|id| id.parse::<u64>().ok())
+                .map(TorrentId)
+            else {
+                tracing::warn!(
+                    "{} is not a record of the broker's: left alone",
+                    path.display()
+                );
+                continue;
+            };
+            let damaged = |what: String| {
+                format!(
+                    "{} {what}; it is the record of torrent {id}, so the broker will not start over it: restore it from a backup, or move it aside to forget that torrent",
+                    path.display()
+                )
+            };
+            let bytes = match crate::store::read_state_file(&path) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => continue,
+                Err(e) => return Err(damaged(format!("cannot be read ({e})"))),
+            };
+            let spec: RestoreSpec = serde_json::from_slice(&bytes).map_err(|e| {
+                damaged(match bytes.is_empty() {
+                    true => "is empty".to_owned(),
+                    false => format!("is damaged ({e})"),
+                })
+            })?;
+            if let Ok(bytes) = encode(&spec) {
+                self.written.insert(id, hash(&bytes));
+            }
+            records.insert(id, spec);
+        }
+        Ok(records)
+    }
+
+    fn path(&self, id: TorrentId) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Writes torrent `id`'s record (`None`: it has none any more, the file goes), unless
+    /// it is as last written.
+    pub fn save(&mut self, id: TorrentId, record: Option<&[u8]>) -> io::Result<()> {
+        match record {
+            Some(bytes) => {
+                let digest = hash(bytes);
+                if self.written.get(&id) == Some(&digest) {
+                    return Ok(());
+                }
+                // Forgotten first: a failed write must be written again next time.
+                self.written.remove(&id);
+                crate::store::write_atomically(&self.path(id), bytes)?;
+                self.written.insert(id, digest);
+            }
+            None => {
+                if self.written.remove(&id).is_some() || self.path(id).exists() {
+                    crate::store::remove_durably(&self.path(id))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the records on disk those given (every torrent that has one): those changed
+    /// are written, those gone are removed.
+    pub fn save_all(&mut self, records: Vec<(TorrentId, Vec<u8>)>) -> io::Result<()> {
+        let present: std::collections::HashSet<TorrentId> =
+            records.iter().map(|(id, _)| *id).collect();
+        for (id, bytes) in &records {
+            self.save(*id, Some(bytes))?;
+        }
+        let gone: Vec<TorrentId> = self
+            .written
+            .keys()
+            .filter(|id| !present.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.save(id, None)?;
+        }
+        Ok(())
+    }
+
+    /// The folder (for messages).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Removes what a migration cut short left: its staging folder (only a real folder, only
+/// record files and temporary files in it).
+fn remove_staging(staging: &Path) -> Result<(), String> {
+    let Ok(meta) = std::fs::symlink_metadata(staging) else {
+        return Ok(());
+    };
+    if !meta.is_dir() {
+        return Err(format!(
+            "{} is not a folder (a symbolic link?): move it aside",
+            staging.display()
+        ));
+    }
+    std::fs::remove_dir_all(staging)
+        .map_err(|e| format!("cannot remove {}: {e}", staging.display()))
+}
