@@ -84,6 +84,11 @@ fn a_full_queue_starts_the_next_in_order_follows_moves_and_outlives_a_kill() {
     for line in &added[1..] {
         assert_eq!(line["queued"], true, "{line}");
     }
+    // A second add of a waiting torrent joins it, and says it waits.
+    let again = sandbox.add_command(&state, &torrents[2], &out, Some(&peer));
+    let joined = run(again).expect_code(4).json_lines();
+    assert_eq!(joined[0]["event"], "already-downloading", "{joined:?}");
+    assert_eq!(joined[0]["queued"], true, "{joined:?}");
     let list = listed(&sandbox, &state);
     for (n, id) in [(1, 1), (2, 2), (3, 3)] {
         assert_eq!(state_of(&list, id), "queued", "{list:?}");

@@ -121,21 +121,43 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
         }
         other => other,
     })?;
-    // With the broker's queue full, a new torrent waits for its turn: say where.
-    let queued_verb = match &created {
-        Created::Queued(info) => match patron.status(TorrentRef::Id(info.id)) {
-            Ok(TorrentStatus {
-                queue_position: Some(place),
-                ..
-            }) => format!("Added, queued (#{place} in the queue):"),
-            _ => "Added, queued:".to_owned(),
-        },
+    // With the broker's queue full, a new torrent waits for its turn: say where. A torrent
+    // joined may be waiting too (its status says so).
+    let waiting = match &created {
+        Created::Queued(info) | Created::AlreadyDownloading(info, _) => {
+            match patron.status(TorrentRef::Id(info.id)) {
+                Ok(TorrentStatus {
+                    state: TorrentState::Queued,
+                    queue_position,
+                    ..
+                }) => Some(queue_position),
+                _ if matches!(created, Created::Queued(_)) => Some(None),
+                _ => None,
+            }
+        }
+        Created::New(_) => None,
+    };
+    let place = |queue_position: Option<u32>| {
+        queue_position
+            .map(|p| format!(" (#{p} in the queue)"))
+            .unwrap_or_default()
+    };
+    let queued_verb = match (&created, waiting) {
+        (Created::Queued(_), Some(at)) => format!("Added, queued{}:", place(at)),
+        (Created::AlreadyDownloading(..), Some(at)) => {
+            format!("Already running, queued{}: joined", place(at))
+        }
         _ => String::new(),
     };
     let (verb, event, exit) = match &created {
         Created::New(_) if paused => ("Added, paused:", "created", Exit::Success),
         Created::New(_) => ("Started", "created", Exit::Success),
         Created::Queued(_) => (queued_verb.as_str(), "created", Exit::Success),
+        Created::AlreadyDownloading(..) if waiting.is_some() => (
+            queued_verb.as_str(),
+            "already-downloading",
+            Exit::AlreadyDownloading,
+        ),
         Created::AlreadyDownloading(..) => (
             "Already running: joined",
             "already-downloading",
@@ -149,7 +171,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
     };
     let mut value = info_json(event, info);
     value["not_applied"] = not_applied.clone().into();
-    value["queued"] = matches!(created, Created::Queued(_)).into();
+    value["queued"] = waiting.is_some().into();
     ctx.out.emit(
         || {
             let mut text = info_human(verb, info);
