@@ -100,6 +100,7 @@ fn make_owner_only(state_dir: &Path) -> anyhow::Result<()> {
         "torrents.json",
         "records",
         "records.new",
+        "torrents.json.migrated",
         "settings.json",
         "labels.json",
         "left-data.json",

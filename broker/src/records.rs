@@ -10,8 +10,9 @@
 //! changed since they were last written.
 //!
 //! A start migrates a `torrents.json` it finds: every record is written into
-//! `records.new`, which is then renamed `records` (one atomic step) before the old file
-//! goes; a crash at any point leaves either the old file, whole, or the new folder, whole.
+//! `records.new`, which is then renamed `records` (one atomic step) before the old file is
+//! moved aside (`torrents.json.migrated`); a crash at any point leaves either the old file,
+//! whole, or the new folder, whole.
 //! A record that cannot be read refuses the start, naming its file, as the old file did.
 
 use crate::registry::{RestoreSpec, TorrentRegistry};
@@ -25,6 +26,8 @@ use std::path::{Path, PathBuf};
 pub const FOLDER: &str = "records";
 /// The file of the records before this folder (migrated at the first start).
 pub const LEGACY_FILE: &str = "torrents.json";
+/// Where the file of the records goes once migrated (kept, as a backup).
+pub const MIGRATED_FILE: &str = "torrents.json.migrated";
 /// Where a migration writes before the folder takes its name.
 const STAGING: &str = "records.new";
 
@@ -80,9 +83,20 @@ impl RecordStore {
                 );
             }
         }
-        // The folder is whole: an old file beside it is what a migration left.
-        crate::store::remove_durably(&legacy)
-            .map_err(|e| format!("cannot remove {}: {e}", legacy.display()))?;
+        // The folder is whole: an old file beside it is what a migration left (or one put
+        // back by hand): moved aside, never deleted, and said.
+        if std::fs::symlink_metadata(&legacy).is_ok() {
+            let aside = state_dir.join(MIGRATED_FILE);
+            std::fs::rename(&legacy, &aside)
+                .and_then(|()| crate::store::sync_folder(state_dir))
+                .map_err(|e| format!("cannot move {} aside: {e}", legacy.display()))?;
+            tracing::warn!(
+                "{} moved aside to {}: the records are {}, a file per torrent",
+                legacy.display(),
+                aside.display(),
+                dir.display()
+            );
+        }
         Ok(RecordStore {
             dir,
             written: HashMap::new(),
@@ -104,9 +118,11 @@ impl RecordStore {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
+            // Only `<id>.json` as the broker names it (`01.json` would name torrent 1 twice).
             let Some(id) = name
                 .strip_suffix(".json")
                 .and_then(|id| id.parse::<u64>().ok())
+                .filter(|id| format!("{id}.json") == name)
                 .map(TorrentId)
             else {
                 tracing::warn!(
@@ -159,9 +175,12 @@ impl RecordStore {
                 self.written.insert(id, digest);
             }
             None => {
-                if self.written.remove(&id).is_some() || self.path(id).exists() {
+                // Forgotten only once removed: a failed removal is tried again next time
+                // (a record left behind would bring a closed torrent back).
+                if self.written.contains_key(&id) || self.path(id).exists() {
                     crate::store::remove_durably(&self.path(id))?;
                 }
+                self.written.remove(&id);
             }
         }
         Ok(())
@@ -207,4 +226,79 @@ fn remove_staging(staging: &Path) -> Result<(), String> {
     }
     std::fs::remove_dir_all(staging)
         .map_err(|e| format!("cannot remove {}: {e}", staging.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn spec(folder: &str) -> RestoreSpec {
+        RestoreSpec::new(PathBuf::from(folder), PathBuf::from(folder))
+    }
+
+    #[test]
+    fn a_record_written_is_read_back_and_one_removed_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RecordStore::open(dir.path()).unwrap();
+        assert!(store.load().unwrap().is_empty());
+        let one = encode(&spec("/a")).unwrap();
+        let two = encode(&spec("/b")).unwrap();
+        store
+            .save_all(vec![(TorrentId(1), one), (TorrentId(2), two)])
+            .unwrap();
+        let mut again = RecordStore::open(dir.path()).unwrap();
+        let loaded = again.load().unwrap();
+        assert_eq!(loaded.len(), 2);
+        assert_eq!(loaded[&TorrentId(2)].save_folder, PathBuf::from("/b"));
+        // Saving every record but one removes that one's file.
+        let one = encode(&loaded[&TorrentId(1)]).unwrap();
+        again.save_all(vec![(TorrentId(1), one)]).unwrap();
+        assert!(!dir.path().join("records/2.json").exists());
+        assert!(dir.path().join("records/1.json").exists());
+    }
+
+    #[test]
+    fn only_the_brokers_own_names_are_records_and_a_damaged_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RecordStore::open(dir.path()).unwrap();
+        let bytes = encode(&spec("/a")).unwrap();
+        store.save(TorrentId(1), Some(&bytes)).unwrap();
+        // Another name for torrent 1, and a stranger's file: left alone, not read.
+        std::fs::write(dir.path().join("records/01.json"), b"{").unwrap();
+        std::fs::write(dir.path().join("records/notes.txt"), b"mine").unwrap();
+        let loaded = RecordStore::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(loaded.len(), 1);
+        std::fs::write(dir.path().join("records/3.json"), b"{\"save_fol").unwrap();
+        let error = RecordStore::open(dir.path()).unwrap().load().unwrap_err();
+        assert!(error.contains("records/3.json"), "{error}");
+    }
+
+    #[test]
+    fn a_torrents_json_is_migrated_and_a_staging_folder_left_by_a_crash_is_done_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let old: BTreeMap<u64, RestoreSpec> = [(0, spec("/a")), (5, spec("/b"))].into();
+        std::fs::write(
+            dir.path().join(LEGACY_FILE),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join(STAGING)).unwrap();
+        std::fs::write(dir.path().join(STAGING).join("0.json"), b"{\"half").unwrap();
+        let mut store = RecordStore::open(dir.path()).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(
+            loaded.keys().copied().collect::<Vec<_>>(),
+            [TorrentId(0), TorrentId(5)]
+        );
+        assert!(!dir.path().join(LEGACY_FILE).exists());
+        assert!(dir.path().join(MIGRATED_FILE).exists(), "kept aside");
+        assert!(!dir.path().join(STAGING).exists());
+        // A damaged torrents.json is never migrated over: the start stops, naming it.
+        let damaged = tempfile::tempdir().unwrap();
+        std::fs::write(damaged.path().join(LEGACY_FILE), b"{\"0\": {").unwrap();
+        let error = RecordStore::open(damaged.path()).err().unwrap();
+        assert!(error.contains(LEGACY_FILE), "{error}");
+        assert!(damaged.path().join(LEGACY_FILE).exists());
+    }
 }

@@ -545,6 +545,10 @@ fn records_in_one_torrents_json_move_to_a_file_each_even_after_a_migration_cut_s
         "the old file goes once migrated"
     );
     assert!(!state.join("records.new").exists());
+    assert!(
+        state.join("torrents.json.migrated").exists(),
+        "kept aside, as a backup"
+    );
     assert!(folder.join("0.json").is_file() && folder.join("1.json").is_file());
     // A change writes its torrent's record alone.
     let before = std::fs::read(folder.join("0.json")).expect("record 0");
