@@ -83,9 +83,29 @@ impl RecordStore {
                 );
             }
         }
-        // The folder is whole: an old file beside it is what a migration left (or one put
-        // back by hand): moved aside, never deleted, and said.
+        let mut store = RecordStore {
+            dir: dir.clone(),
+            written: HashMap::new(),
+        };
+        // The folder is whole. An old file beside it is what a migration left, if it says
+        // what the folder does: then it is moved aside (never deleted), and said. One that
+        // says otherwise (put back by hand, or written by an earlier release run since)
+        // refuses the start: neither is chosen over the other by guess.
         if std::fs::symlink_metadata(&legacy).is_ok() {
+            let old = TorrentRegistry::load_records(&legacy)?;
+            let now = store.load()?;
+            let same = old.len() == now.len()
+                && old.iter().all(|(id, spec)| {
+                    now.get(id)
+                        .is_some_and(|n| encode(n).ok() == encode(spec).ok())
+                });
+            if !same {
+                return Err(format!(
+                    "{} and {} both hold records of torrents, and they differ (an earlier release run on this state dir?): keep the one to use and move the other aside",
+                    legacy.display(),
+                    dir.display()
+                ));
+            }
             let aside = state_dir.join(MIGRATED_FILE);
             std::fs::rename(&legacy, &aside)
                 .and_then(|()| crate::store::sync_folder(state_dir))
@@ -97,10 +117,7 @@ impl RecordStore {
                 dir.display()
             );
         }
-        Ok(RecordStore {
-            dir,
-            written: HashMap::new(),
-        })
+        Ok(store)
     }
 
     /// Reads every record. One that cannot be read or parsed is an error naming its file
@@ -166,7 +183,9 @@ impl RecordStore {
         match record {
             Some(bytes) => {
                 let digest = hash(bytes);
-                if self.written.get(&id) == Some(&digest) {
+                // As last written, and still there (one removed from outside is written
+                // again).
+                if self.written.get(&id) == Some(&digest) && self.path(id).exists() {
                     return Ok(());
                 }
                 // Forgotten first: a failed write must be written again next time.
@@ -187,21 +206,45 @@ impl RecordStore {
     }
 
     /// Makes the records on disk those given (every torrent that has one): those changed
-    /// are written, those gone are removed.
+    /// are written, those gone are removed. Should one fail, those already changed are put
+    /// back as they were (a change of many records, a queue reordered, is then the old one
+    /// on disk as in memory, not a mixture). Each record is crash-safe on its own; a
+    /// SIGKILL in the middle of a change of many can leave some changed and some not.
     pub fn save_all(&mut self, records: Vec<(TorrentId, Vec<u8>)>) -> io::Result<()> {
         let present: std::collections::HashSet<TorrentId> =
             records.iter().map(|(id, _)| *id).collect();
-        for (id, bytes) in &records {
-            self.save(*id, Some(bytes))?;
-        }
         let gone: Vec<TorrentId> = self
             .written
             .keys()
             .filter(|id| !present.contains(id))
             .copied()
             .collect();
-        for id in gone {
-            self.save(id, None)?;
+        let changes = records
+            .iter()
+            .map(|(id, bytes)| (*id, Some(bytes.as_slice())))
+            .chain(gone.iter().map(|id| (*id, None)));
+        // What each changed record was, to put back.
+        let mut done: Vec<(TorrentId, Option<Vec<u8>>)> = Vec::new();
+        for (id, record) in changes {
+            let unchanged = match record {
+                Some(bytes) => {
+                    self.written.get(&id) == Some(&hash(bytes)) && self.path(id).exists()
+                }
+                None => !self.written.contains_key(&id) && !self.path(id).exists(),
+            };
+            if unchanged {
+                continue;
+            }
+            let before = std::fs::read(self.path(id)).ok();
+            if let Err(e) = self.save(id, record) {
+                for (id, before) in done.into_iter().rev() {
+                    if let Err(e) = self.save(id, before.as_deref()) {
+                        tracing::error!(torrent = %id, "a record changed by a failed save is not put back: {e}");
+                    }
+                }
+                return Err(e);
+            }
+            done.push((id, before));
         }
         Ok(())
     }
