@@ -229,8 +229,13 @@ async fn run(
     if let Some(pid) = group {
         lock(live).remove(&pid);
     }
+    // What it printed before it ended is logged (a second at most: a process it left
+    // holding the pipe is killed next, by the sweep of what hooks leave behind).
     for reader in readers {
-        reader.abort();
+        let abort = reader.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(1), reader).await.is_err() {
+            abort.abort();
+        }
     }
 }
 
