@@ -241,10 +241,12 @@ fn watch_completion(
 ) -> tokio::task::AbortHandle {
     let service = Arc::downgrade(service);
     tokio::spawn(async move {
-        // Complete once its data is checked (a seed restored, rechecked, or made here): no
-        // completion to run a hook for.
-        let seeded = handle.wait_until_initialized().await.is_ok() && handle.stats().finished;
         if handle.wait_until_completed().await.is_ok() {
+            // A download completed only if it fetched bytes in this run: a seed restored,
+            // rechecked or made here completes at its check, with none (asking whether it
+            // was complete once checked would miss a download quicker than this task's
+            // start: its hook and its move to --move-completed-to were lost).
+            let seeded = crate::engine::transfer(&handle).is_none_or(|t| t.downloaded == 0);
             if let Some(service) = service.upgrade() {
                 service.status_nudge.notify_one();
                 // A download slot is free, and a seed may need one.
