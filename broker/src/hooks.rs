@@ -233,7 +233,10 @@ async fn run(
     // holding the pipe is killed next, by the sweep of what hooks leave behind).
     for reader in readers {
         let abort = reader.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(1), reader).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(1), reader)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     }

@@ -190,7 +190,9 @@ fn a_fork_bomb_hook_and_what_hooks_leave_behind_end_with_them_and_the_broker_ser
     // Daemons a hook leaves behind: in its group, and in a session of their own.
     let leaver = script(
         &sandbox.path("leaver.sh"),
-        "sleep 300 & setsid sleep 301 & echo started",
+        // (A moment for setsid to take hold before the hook ends: else its group's kill
+        // ends it first, and nothing is left to sweep.)
+        "sleep 300 & setsid sleep 301 & sleep 1; echo started",
     );
     let state = sandbox.state_dir("broker");
     let mut broker = sandbox.broker(
