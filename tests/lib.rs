@@ -877,6 +877,46 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Every file under `dir`, relative, with its SHA-256 (empty if `dir` is not there).
+pub fn tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let relative = path.strip_prefix(root).unwrap_or(&path);
+                out.insert(relative.display().to_string(), sha256(&path));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Whether process `pid` is stopped (SIGSTOP: a broker at a `TORRENT_PATRON_TEST_STOP_AT`).
+pub fn is_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| rest.starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
+/// An executable shell script at `path`.
+pub fn script(path: &Path, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("write the script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path.to_path_buf()
+}
+
 /// Every record a broker keeps of its torrents (`<state>/records/<id>.json`), as one text.
 pub fn records_text(state: &Path) -> String {
     let mut text = String::new();

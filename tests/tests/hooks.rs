@@ -2,17 +2,9 @@
 //! fails, the torrent in its environment (never through a shell); one that hangs is killed
 //! with its process group, and the broker never waits for it.
 
-use e2e::{ok_json, run, wait_for, Sandbox, Seeder, STEP_TIMEOUT};
-use std::os::unix::fs::PermissionsExt;
+use e2e::{ok_json, run, script, wait_for, Sandbox, Seeder, STEP_TIMEOUT};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// An executable shell script at `path`.
-fn script(path: &Path, body: &str) -> PathBuf {
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("write the hook");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    path.to_path_buf()
-}
 
 #[test]
 fn hooks_run_at_add_and_completion_with_the_torrent_in_their_environment_and_no_shell() {

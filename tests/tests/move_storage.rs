@@ -3,33 +3,14 @@
 //! whatever kills the broker and at whichever step; a full disk or a folder swapped for a
 //! link undoes the move, and the torrent seeds on from where it was.
 
-use e2e::{client_json, ok_json, run, sha256, wait_for, wait_status, Sandbox, Tmpfs};
+use e2e::{
+    client_json, is_stopped, ok_json, run, sha256, tree, wait_for, wait_status, Sandbox, Tmpfs,
+};
 use e2e::{BrokerProcess, Running, STEP_TIMEOUT};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// Every file under `dir`, relative, with its SHA-256 (an empty map if it is not there).
-fn tree(dir: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let relative = path.strip_prefix(root).unwrap_or(&path);
-                out.insert(relative.display().to_string(), sha256(&path));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
 
 /// A broker on `name` seeding folder `seed-NAME/Album` (two files, one in a subfolder), as
 /// torrent 0 once it seeds: the broker, its state dir and the folder.
@@ -189,17 +170,6 @@ fn a_full_disk_undoes_the_move_and_the_torrent_seeds_on_from_where_it_was() {
         !e2e::records_text(&state).contains("\"moving\""),
         "the journal is gone"
     );
-}
-
-/// Whether process `pid` is stopped (SIGSTOP).
-fn is_stopped(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let after = stat.rsplit_once(") ")?.1.to_owned();
-            after.chars().next()
-        })
-        == Some('T')
 }
 
 #[test]

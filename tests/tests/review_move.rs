@@ -1,33 +1,14 @@
 //! Hostile review of move storage and hooks: each test states a promise and tries to break it.
 
-use e2e::{client_json, ok_json, run, sha256, wait_for, wait_status, Sandbox, Tmpfs};
+use e2e::{
+    client_json, is_stopped, ok_json, run, script, sha256, tree, wait_for, wait_status, Sandbox,
+    Tmpfs,
+};
 use e2e::{BrokerProcess, CatProcess, Running, Seeder, STEP_TIMEOUT};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-fn tree(dir: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let relative = path.strip_prefix(root).unwrap_or(&path);
-                out.insert(relative.display().to_string(), sha256(&path));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
 
 fn text(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
@@ -50,16 +31,6 @@ fn seeding_album(
     run(make).expect_code(0);
     wait_status(sandbox, &state, "0", "seeding", |s| s["state"] == "seeding");
     (broker, state, album)
-}
-
-fn is_stopped(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let after = stat.rsplit_once(") ")?.1.to_owned();
-            after.chars().next()
-        })
-        == Some('T')
 }
 
 fn listed(sandbox: &Sandbox, state: &Path) -> Value {
@@ -323,12 +294,6 @@ fn review_a_foreign_file_in_the_torrents_folder_survives_a_copy_move() {
         std::fs::read(album.join("sub/cover.jpg")).ok(),
         Some(b"mine too".to_vec())
     );
-}
-
-fn script(path: &Path, body: &str) -> PathBuf {
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("write the hook");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    path.to_path_buf()
 }
 
 fn alive(pid: i32) -> bool {

@@ -351,7 +351,7 @@ impl Service {
 }
 
 /// A rate limit as the engine takes it: 1 to 2³²−1 bytes per second.
-fn rate(limit: Option<u64>, name: &str) -> Result<Option<NonZeroU32>, ProtoError> {
+pub(super) fn rate(limit: Option<u64>, name: &str) -> Result<Option<NonZeroU32>, ProtoError> {
     let Some(limit) = limit else {
         return Ok(None);
     };

@@ -14,7 +14,6 @@ use proto::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -120,19 +119,6 @@ pub fn label_folder(book: &LabelBook, labels: &[String]) -> Option<PathBuf> {
     first(book, labels, |c| c.folder.clone())
 }
 
-fn rate(limit: u64, name: &str) -> Result<Option<NonZeroU32>, ProtoError> {
-    u32::try_from(limit)
-        .ok()
-        .and_then(NonZeroU32::new)
-        .map(Some)
-        .ok_or_else(|| {
-            ProtoError::bad_request(format!(
-                "{name} {limit} is not a rate the engine can keep: give 1 to {} bytes per second, or none",
-                u32::MAX
-            ))
-        })
-}
-
 fn set<T: Copy>(slot: &mut Option<T>, to: Option<Option<T>>) {
     if let Some(to) = to {
         *slot = to;
@@ -168,7 +154,7 @@ impl Service {
                 None => None,
             };
             let limit = |given: Option<Option<u64>>, name: &str| match given {
-                Some(Some(bytes)) => rate(bytes, name).map(Some),
+                Some(Some(bytes)) => super::add::rate(Some(bytes), name).map(Some),
                 Some(None) => Ok(Some(None)),
                 None => Ok(None),
             };
