@@ -265,6 +265,33 @@ impl Service {
         self.engine.add(spec).await
     }
 
+    /// Adds a recorded torrent to the engine again under its own id, as its record says
+    /// (its own files: overwrite; its rates, labels' included): for a restore, a recheck
+    /// (`resume` false: every piece hashed) and a move. `files`: every file the engine
+    /// lists, for fast resume's stamps.
+    async fn engine_add_again(
+        &self,
+        id: TorrentId,
+        torrent: Vec<u8>,
+        restore: &RestoreSpec,
+        resume: bool,
+        files: Vec<PathBuf>,
+    ) -> Result<engine::Added, ProtoError> {
+        self.engine_add(engine::AddSpec {
+            torrent,
+            data_folder: restore.data_folder.clone(),
+            paused: restore.engine_paused(),
+            only_files: restore.only_files.clone(),
+            overwrite: true,
+            peers: restore.all_peers(),
+            id: Some(id),
+            rates: self.label_rates(&restore.labels, restore.rates),
+            resume,
+            files,
+        })
+        .await
+    }
+
     /// The engine's stop of one torrent, for a close (its fast-resume state is kept until
     /// the close is certain).
     async fn engine_stop(&self, id: TorrentId) -> anyhow::Result<()> {

@@ -20,7 +20,6 @@
 //! `list` is refused with a clear reason. Other torrents and requests go on meanwhile.
 
 use super::{gone, owned_by, Service};
-use crate::engine::AddSpec;
 use crate::registry::{Life, RestoreSpec, Unrestored};
 use crate::relocate::{Relocation, StepError};
 use crate::storage::{stamps_of, FileStamp};
@@ -582,18 +581,13 @@ impl Service {
     ) -> Result<(), ProtoError> {
         let id = leaving.id;
         let added = self
-            .engine_add(AddSpec {
-                torrent: leaving.torrent.clone(),
-                data_folder: restore.data_folder.clone(),
-                paused: restore.engine_paused(),
-                only_files: restore.only_files.clone(),
-                overwrite: true,
-                peers: restore.all_peers(),
-                id: Some(id),
-                rates: self.label_rates(&restore.labels, restore.rates),
-                resume: true,
-                files: leaving.engine_files.clone(),
-            })
+            .engine_add_again(
+                id,
+                leaving.torrent.clone(),
+                restore,
+                true,
+                leaving.engine_files.clone(),
+            )
             .await
             .and_then(|added| match added.id == id {
                 true => Ok(added),

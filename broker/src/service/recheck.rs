@@ -6,7 +6,6 @@
 //! changes ([`Life::Restarting`] in between).
 
 use super::Service;
-use crate::engine::AddSpec;
 use crate::registry::{Life, RestoreSpec, Unrestored};
 use proto::{Event, ProtoError, TorrentId, TorrentInfo, TorrentRef, TorrentStatus};
 
@@ -41,20 +40,9 @@ impl Service {
             let why = format!("cannot stop it for the check: {e:#}");
             return Err(ProtoError::engine(why));
         }
+        // Its fast-resume state dropped: every piece is hashed.
         let added = self
-            .engine_add(AddSpec {
-                torrent: bytes,
-                data_folder: restore.data_folder.clone(),
-                paused: restore.engine_paused(),
-                only_files: restore.only_files.clone(),
-                // Its own files, as before.
-                overwrite: true,
-                peers: restore.all_peers(),
-                id: Some(id),
-                rates: self.label_rates(&restore.labels, restore.rates),
-                resume: false,
-                files: Vec::new(),
-            })
+            .engine_add_again(id, bytes, &restore, false, Vec::new())
             .await;
         match added {
             Ok(added) if added.id == id => {

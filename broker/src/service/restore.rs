@@ -2,7 +2,6 @@
 //! when it cannot be (DESIGN §4a).
 
 use super::Service;
-use crate::engine::AddSpec;
 use crate::registry::{RestoreSpec, Unrestored};
 use crate::torrent_file;
 use proto::{ProtoError, TorrentId, TorrentInfo};
@@ -131,21 +130,15 @@ impl Service {
                 )
             })
             .map_err(|e| (e, info.clone(), files.clone()))?;
+        // What the engine verified (under this id) is this torrent's own.
         let added = self
-            .engine_add(AddSpec {
-                torrent: checked.bytes.clone(),
-                data_folder: spec.data_folder.clone(),
-                paused: spec.engine_paused(),
-                only_files: spec.only_files.clone(),
-                // The files are this torrent's own; the engine re-verifies them.
-                overwrite: true,
-                peers: spec.all_peers(),
-                id: Some(id),
-                rates: self.label_rates(&spec.labels, spec.rates),
-                // What the engine verified (under this id) is this torrent's own.
-                resume: true,
-                files: checked.relative_paths(),
-            })
+            .engine_add_again(
+                id,
+                checked.bytes.clone(),
+                spec,
+                true,
+                checked.relative_paths(),
+            )
             .await
             .map_err(|e| (e, info.clone(), files.clone()))?;
         if !added.is_new || added.id != id {
