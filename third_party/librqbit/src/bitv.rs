@@ -113,7 +113,7 @@ impl DiskBackedBitV {
         };
 
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DiskFlushRequest>();
-        librqbit_core::spawn_utils::spawn(
+        crate::spawn_utils::spawn( // torrent-patron patch: no 5 s wakes
             debug_span!("diskbitv-flusher", ?filename),
             format!("DiskBackedBitV::flusher {filename:?}"),
             async move {

@@ -59,9 +59,10 @@ use librqbit_core::{
     directories::get_configuration_directory,
     magnet::Magnet,
     peer_id::generate_azereus_style,
-    spawn_utils::spawn_with_cancel,
     torrent_metainfo::{TorrentMetaV1Owned, ValidatedTorrentMetaV1Info},
 };
+// torrent-patron patch: the engine's own spawn (no 5 s wakes of every task).
+use crate::spawn_utils::spawn_with_cancel;
 use librqbit_lsd::{LocalServiceDiscovery, LocalServiceDiscoveryOptions};
 use librqbit_utp::BindDevice;
 use parking_lot::RwLock;
@@ -1392,6 +1393,7 @@ impl Session {
                 client_name_and_version: self.client_name_and_version.clone(),
                 // torrent-patron patch: the torrent's limits outlive its live state.
                 ratelimits: Arc::new(crate::limits::Limits::new(opts.ratelimits)),
+                peer_went_live: Arc::new(tokio::sync::watch::Sender::new(0)),
             });
 
             let initializing = Arc::new(TorrentStateInitializing::new(

@@ -56,3 +56,60 @@ impl BlockingSpawner {
         self.concurrent_block_in_place_semaphore.clone()
     }
 }
+
+// torrent-patron patch: the engine's tasks are spawned through these rather than
+// `librqbit_core::spawn_utils`'s, whose wrapper wakes every task every 5 s to log
+// "still running" at trace level, whether anything traces or not: with thousands of
+// torrents (five tasks each) that was ten thousand wakes a second of an idle broker. Here
+// the wrapper ticks only while trace level is on.
+
+/// Spawns a future with tracing instrumentation.
+#[track_caller]
+pub fn spawn<E: std::fmt::Display + Send + 'static>(
+    span: tracing::Span,
+    name: impl Into<std::borrow::Cow<'static, str>>,
+    fut: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use tracing::Instrument;
+    let name = name.into();
+    let fut = async move {
+        tracing::trace!("started");
+        tokio::pin!(fut);
+        let r = if tracing::enabled!(tracing::Level::TRACE) {
+            let mut trace_interval = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = trace_interval.tick() => tracing::trace!("still running"),
+                    r = &mut fut => break r,
+                }
+            }
+        } else {
+            fut.await
+        };
+        match r {
+            Ok(_) => tracing::trace!("finished"),
+            Err(e) => tracing::error!("{name} finished with error: {:#}", e),
+        }
+    }
+    .instrument(span);
+    tokio::task::spawn(fut)
+}
+
+/// Spawns a future with tracing instrumentation, ended when `cancellation_token` is.
+#[track_caller]
+pub fn spawn_with_cancel<E: std::fmt::Display + Send + 'static>(
+    span: tracing::Span,
+    name: impl Into<std::borrow::Cow<'static, str>>,
+    cancellation_token: tokio_util::sync::CancellationToken,
+    fut: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    spawn(span, name, async move {
+        tokio::select! {
+            _ = cancellation_token.cancelled() => {
+                tracing::debug!("task cancelled");
+                Ok(())
+            },
+            r = fut => r
+        }
+    })
+}

@@ -23,7 +23,7 @@ use futures::future::BoxFuture;
 use librqbit_core::hash_id::Id20;
 use librqbit_core::lengths::Lengths;
 
-use librqbit_core::spawn_utils::spawn_with_cancel;
+use crate::spawn_utils::spawn_with_cancel; // torrent-patron patch: the engine's own (no 5 s wakes)
 use librqbit_core::torrent_metainfo::ValidatedTorrentMetaV1Info;
 pub use live::*;
 use parking_lot::RwLock;
@@ -199,9 +199,21 @@ pub struct ManagedTorrentShared {
     /// or unpause used to build new ones from the add's options, which nothing could
     /// change while it ran).
     pub(crate) ratelimits: Arc<crate::limits::Limits>,
+
+    /// torrent-patron patch: bumped whenever one of its peers goes live, for its whole life
+    /// (across pauses). An idle torrent's periodic work (its speed estimators) sleeps until
+    /// then, and an embedder can sleep on it too ([`ManagedTorrentShared::peer_went_live`]).
+    pub(crate) peer_went_live: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl ManagedTorrentShared {
+    /// torrent-patron patch: a receiver that is told whenever one of the torrent's peers
+    /// goes live (a peer connected, by either side). With no live peer a torrent changes
+    /// only then, or when its state changes ([`ManagedTorrent::state_change_notified`]).
+    pub fn peer_went_live(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.peer_went_live.subscribe()
+    }
+
     pub(crate) fn client_name_and_version(&self) -> &str {
         &self.client_name_and_version
     }
@@ -236,6 +248,13 @@ pub struct ManagedTorrent {
 impl ManagedTorrent {
     pub fn id(&self) -> TorrentId {
         self.shared.id
+    }
+
+    /// torrent-patron patch: a future that completes at the torrent's next change of state
+    /// (paused, live, failed...). Enable it (`Notified::enable`) before looking at the
+    /// state, or a change in between is missed.
+    pub fn state_change_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.state_change_notify.notified()
     }
 
     pub fn name(&self) -> Option<String> {
@@ -612,8 +631,13 @@ impl ManagedTorrent {
     #[inline(never)]
     pub fn wait_until_completed(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         async move {
-            // TODO: rewrite, this polling is horrible
+            // torrent-patron patch: no polling. The wait is registered before the state
+            // is looked at, so a change in between wakes it (a second's timeout made every
+            // paused torrent's waiter wake each second: ten thousand wakes a second).
             let live = loop {
+                let changed = self.state_change_notify.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
                 let live = self.with_state(|s| match s {
                     ManagedTorrentState::Initializing(_) | ManagedTorrentState::Paused(_) => {
                         Ok(None)
@@ -625,7 +649,7 @@ impl ManagedTorrent {
                 if let Some(live) = live {
                     break live;
                 }
-                let _ = timeout(Duration::from_secs(1), self.state_change_notify.notified()).await;
+                changed.await;
             };
 
             live.wait_until_completed().await;
@@ -715,9 +739,12 @@ fn spawn_peer_adder(live: &Arc<TorrentStateLive>, mut peer_rx: PeerStream) {
                     weak
                 };
 
+                // torrent-patron patch: no timeout. This task is cancelled with the live
+                // state (`live.spawn`), so it need not wake every 5 s to see whether the
+                // torrent still runs: ten thousand idle torrents made 2,000 wakes a second.
                 loop {
-                    match timeout(Duration::from_secs(5), peer_rx.next()).await {
-                        Ok(Some(peer)) => {
+                    match peer_rx.next().await {
+                        Some(peer) => {
                             trace!(?peer, "received peer");
                             let live = match live.upgrade() {
                                 Some(live) => live,
@@ -725,16 +752,10 @@ fn spawn_peer_adder(live: &Arc<TorrentStateLive>, mut peer_rx: PeerStream) {
                             };
                             live.add_peer_if_not_seen(peer)?;
                         }
-                        Ok(None) => {
+                        None => {
                             debug!("peer_rx closed, closing peer adder");
                             return Ok(());
                         }
-                        // If timeout, check if the torrent is live.
-                        Err(_) if live.strong_count() == 0 => {
-                            debug!("timed out waiting for peers, torrent isn't live, closing peer adder");
-                            return Ok(());
-                        }
-                        Err(_) => continue,
                     }
                 }
             }

@@ -62,10 +62,11 @@ use librqbit_core::{
     constants::CHUNK_SIZE,
     hash_id::Id20,
     lengths::{ChunkInfo, Lengths, ValidPieceIndex},
-    spawn_utils::spawn_with_cancel,
     speed_estimator::SpeedEstimator,
     torrent_metainfo::ValidatedTorrentMetaV1Info,
 };
+// torrent-patron patch: the engine's own spawn (no 5 s wakes of every task).
+use crate::spawn_utils::spawn_with_cancel;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use peer_binary_protocol::{
     Handshake, Message, Piece, Request,
@@ -279,6 +280,7 @@ impl TorrentStateLive {
                 stats: Default::default(),
                 states: Default::default(),
                 live_outgoing_peers: Default::default(),
+                peer_went_live: paused.shared.peer_went_live.clone(),
             },
             _locked: RwLock::new(TorrentStateLocked {
                 pieces: Some(PieceTracker::new(paused.chunk_tracker)),
@@ -315,6 +317,7 @@ impl TorrentStateLive {
             debug_span!(parent: state.shared.span.clone(), "speed_estimator_updater"),
             format!("[{}]speed_estimator_updater", state.shared.id),
             {
+                let mut peer_went_live = state.peers.peer_went_live.subscribe();
                 let state = Arc::downgrade(&state);
                 async move {
                     loop {
@@ -322,6 +325,8 @@ impl TorrentStateLive {
                             Some(state) => state,
                             None => return Ok(()),
                         };
+                        // Seen: only a peer going live after this look wakes an idle sleep.
+                        peer_went_live.borrow_and_update();
                         let now = Instant::now();
                         let stats = state.stats_snapshot();
                         let fetched = stats.fetched_bytes;
@@ -335,7 +340,23 @@ impl TorrentStateLive {
                         state
                             .up_speed_estimator
                             .add_snapshot(stats.uploaded_bytes, None, now);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        // torrent-patron patch: idle means idle. With no live peer nothing
+                        // moves the counters, so once both speeds read zero (the window has
+                        // seen no change) the task sleeps until a peer goes live, instead of
+                        // waking every 100 ms for each of thousands of seeding torrents. A
+                        // peer that went live since the look above is a change not yet
+                        // seen: no wake is lost.
+                        let idle = stats.peer_stats.live == 0
+                            && state.down_speed_estimator.bps() == 0
+                            && state.up_speed_estimator.bps() == 0;
+                        drop(state);
+                        if idle {
+                            if peer_went_live.changed().await.is_err() {
+                                return Ok(());
+                            }
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                 }
             },

@@ -171,6 +171,10 @@ impl Peer {
             }
         }
 
+        // torrent-patron patch: wake the torrent's idle periodic work.
+        if matches!(&new, PeerState::Live(..)) {
+            counters.peer_went_live.send_modify(|n| *n = n.wrapping_add(1));
+        }
         std::mem::replace(&mut self.state, new)
     }
 

@@ -23,6 +23,9 @@ pub(crate) struct PeerStates {
     pub live_outgoing_peers: RwLock<HashSet<PeerHandle>>,
     pub stats: AggregatePeerStatsAtomic,
     pub states: DashMap<PeerHandle, Peer>,
+    // torrent-patron patch: told whenever a peer goes live, so that an idle torrent's
+    // periodic work (the speed estimators) can sleep until then.
+    pub peer_went_live: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Drop for PeerStates {
@@ -203,7 +206,32 @@ mod tests {
             live_outgoing_peers: Default::default(),
             stats: Default::default(),
             states: Default::default(),
+            peer_went_live: Default::default(),
         }
+    }
+
+    // torrent-patron patch: an idle torrent's periodic work sleeps on `peer_went_live`.
+    #[tokio::test]
+    async fn a_peer_going_live_wakes_whoever_sleeps_on_peer_went_live() {
+        let peers = make_peer_states();
+        let mut estimator = peers.peer_went_live.subscribe();
+        let mut embedder = peers.peer_went_live.subscribe();
+        let waiter = tokio::spawn(async move { estimator.changed().await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let (_addr, _rx) = add_live_peer(&peers, "127.0.0.1:1234");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("a live peer wakes the sleeper")
+            .unwrap()
+            .unwrap();
+        // Another that was not asleep yet is not left out: it sees the change when it looks.
+        tokio::time::timeout(std::time::Duration::from_secs(5), embedder.changed())
+            .await
+            .expect("every receiver is told")
+            .unwrap();
+        // Nothing new: it sleeps.
+        assert!(!embedder.has_changed().unwrap());
     }
 
     // Returns the peer handle, keeping the receiving end of the peer channel alive.
