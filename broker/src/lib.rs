@@ -34,6 +34,7 @@ pub mod broker;
 pub mod budget;
 pub mod commands;
 pub mod config;
+pub mod counts;
 pub mod dispatch;
 pub mod engine;
 pub mod fast_resume;

@@ -61,7 +61,16 @@ impl TorrentEntry {
             queued: self.restore.queued,
             uploaded: self.restore.uploaded_ever,
             downloaded: self.restore.downloaded_ever,
-            seeding_secs: self.restore.seeding_ms / 1000,
+            // While its clock runs, in whole minutes: a count of seconds would change its
+            // line on the board, and wake every reader asleep on it, each second for every
+            // idle seed.
+            seeding_secs: match self.restore.seeding_since {
+                Some(_) if !self.restore.engine_paused() => {
+                    let secs = self.restore.seeding_ms_at(crate::counts::now_ms()) / 1000;
+                    secs - secs % 60
+                }
+                _ => self.restore.seeding_ms_at(crate::counts::now_ms()) / 1000,
+            },
             seed_limits: self.restore.seed_limits(policy),
             labels: self.restore.labels.clone(),
         }
@@ -212,19 +221,29 @@ pub struct RestoreSpec {
     /// queue to start it, rather than started and then stopped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub queued: bool,
-    /// Bytes it uploaded, in all (counted each second while it runs: a SIGKILL loses the
-    /// last moments since the records were last saved).
-    #[serde(default)]
+    /// Bytes it uploaded, in all. This and the three counts below are saved in
+    /// [`crate::counts`] (one file for every torrent, once a minute), not in the record:
+    /// a record is written only when something else of it changes. Records made before
+    /// that carry them (read, never written).
+    #[serde(default, skip_serializing)]
     pub uploaded_ever: u64,
-    /// Bytes it downloaded, in all (as `uploaded_ever`).
-    #[serde(default)]
+    /// Bytes it downloaded, in all.
+    #[serde(default, skip_serializing)]
     pub downloaded_ever: u64,
-    /// Milliseconds it seeded, in all.
-    #[serde(default)]
+    /// Milliseconds it seeded, in all, besides what `seeding_since` counts.
+    #[serde(default, skip_serializing)]
     pub seeding_ms: u64,
-    /// Milliseconds it seeded since it last uploaded a byte.
-    #[serde(default)]
+    /// Milliseconds it seeded since it last uploaded a byte, besides what `idle_since`
+    /// counts.
+    #[serde(default, skip_serializing)]
     pub idle_ms: u64,
+    /// Seeding in this run since then (Unix ms): a clock, so that an idle seed costs no
+    /// work at each second.
+    #[serde(skip)]
+    pub seeding_since: Option<u64>,
+    /// Idle in this run since then (Unix ms).
+    #[serde(skip)]
+    pub idle_since: Option<u64>,
     /// Its own seeding limits (where `None`, the broker's).
     #[serde(default)]
     pub seeding: proto::TorrentSeeding,
@@ -280,6 +299,8 @@ impl RestoreSpec {
             downloaded_ever: 0,
             seeding_ms: 0,
             idle_ms: 0,
+            seeding_since: None,
+            idle_since: None,
             seeding: Default::default(),
             stopped_by: None,
             data_was_there: false,
@@ -315,6 +336,28 @@ impl RestoreSpec {
             ),
             idle_secs: pick(self.seeding.idle_secs, label.idle_secs, broker.idle_secs),
         }
+    }
+
+    /// Milliseconds seeded in all, at `now` (Unix ms).
+    pub fn seeding_ms_at(&self, now: u64) -> u64 {
+        let running = self
+            .seeding_since
+            .map_or(0, |since| now.saturating_sub(since));
+        self.seeding_ms.saturating_add(running)
+    }
+
+    /// Milliseconds seeded since the last upload, at `now` (Unix ms).
+    pub fn idle_ms_at(&self, now: u64) -> u64 {
+        let running = self.idle_since.map_or(0, |since| now.saturating_sub(since));
+        self.idle_ms.saturating_add(running)
+    }
+
+    /// Stops its clocks at `now`, what they counted kept.
+    pub fn stop_clocks(&mut self, now: u64) {
+        self.seeding_ms = self.seeding_ms_at(now);
+        self.idle_ms = self.idle_ms_at(now);
+        self.seeding_since = None;
+        self.idle_since = None;
     }
 
     /// Whether the engine holds it paused: by a user's pause, or for the queue.
@@ -388,6 +431,10 @@ pub struct TorrentRegistry {
     owners: BTreeMap<PathBuf, Vec<TorrentId>>,
     /// Bumped by every change of which torrents are known (see [`TorrentRegistry::version`]).
     version: u64,
+    /// Running torrents changed (or added, or removed) since the status loop last took them
+    /// ([`TorrentRegistry::take_touched`]). Every way to change an entry marks it here, so
+    /// the loop need not look at the torrents nothing changed.
+    touched: std::collections::HashSet<TorrentId>,
 }
 
 impl TorrentRegistry {
@@ -543,7 +590,20 @@ impl TorrentRegistry {
 
     /// The torrent with this id, to change.
     pub fn get_mut(&mut self, id: TorrentId) -> Option<&mut TorrentEntry> {
+        let entry = self.torrents.get_mut(&id)?;
+        self.touched.insert(id);
+        Some(entry)
+    }
+
+    /// The torrent with this id, for what the status loop notes of it (the status its
+    /// holders were last sent): not a change of the torrent, so not marked as one.
+    pub fn get_mut_quietly(&mut self, id: TorrentId) -> Option<&mut TorrentEntry> {
         self.torrents.get_mut(&id)
+    }
+
+    /// The running torrents changed, added or removed since the last call.
+    pub fn take_touched(&mut self) -> std::collections::HashSet<TorrentId> {
+        std::mem::take(&mut self.touched)
     }
 
     /// The id a reference names, if such a torrent runs.
@@ -571,6 +631,7 @@ impl TorrentRegistry {
         holder: Option<PatronId>,
     ) -> TorrentInfo {
         self.version += 1;
+        self.touched.insert(info.id);
         if !self.torrents.contains_key(&info.id) {
             let files = files_of(&handle, &restore.data_folder);
             self.claim(info.id, &files);
@@ -611,6 +672,7 @@ impl TorrentRegistry {
     /// be recorded).
     pub fn reinsert(&mut self, id: TorrentId, entry: TorrentEntry) {
         self.version += 1;
+        self.touched.insert(id);
         self.claim(id, &entry.files);
         self.torrents.insert(id, entry);
         self.rank_queue();
@@ -623,6 +685,7 @@ impl TorrentRegistry {
             return false;
         };
         let before = std::mem::replace(&mut entry.files, files.clone());
+        self.touched.insert(id);
         self.release(id, &before);
         self.claim(id, &files);
         true
@@ -632,6 +695,7 @@ impl TorrentRegistry {
     pub fn remove(&mut self, id: TorrentId) -> Option<TorrentEntry> {
         self.version += 1;
         let entry = self.torrents.remove(&id)?;
+        self.touched.insert(id);
         self.release(id, &entry.files);
         self.rank_queue();
         Some(entry)
@@ -659,7 +723,10 @@ impl TorrentRegistry {
     pub fn rank_queue(&mut self) {
         for (rank, id) in self.queue_order().into_iter().enumerate() {
             if let Some(entry) = self.torrents.get_mut(&id) {
-                entry.queue_rank = rank as u32 + 1;
+                if entry.queue_rank != rank as u32 + 1 {
+                    entry.queue_rank = rank as u32 + 1;
+                    self.touched.insert(id);
+                }
             }
         }
     }
@@ -685,6 +752,7 @@ impl TorrentRegistry {
             if let Some(entry) = self.torrents.get_mut(&id) {
                 entry.restore.queue_position = rank as u64 + 1;
                 entry.queue_rank = rank as u32 + 1;
+                self.touched.insert(id);
             }
         }
         self.version += 1;
@@ -698,8 +766,11 @@ impl TorrentRegistry {
     pub fn release_all(&mut self, patron: PatronId) -> Vec<TorrentId> {
         let mut orphans = Vec::new();
         for (id, entry) in self.torrents.iter_mut() {
-            if entry.holders.remove(&patron) && entry.restore.ephemeral && entry.holders.is_empty()
-            {
+            if !entry.holders.remove(&patron) {
+                continue;
+            }
+            self.touched.insert(*id);
+            if entry.restore.ephemeral && entry.holders.is_empty() {
                 orphans.push(*id);
             }
         }
@@ -726,6 +797,7 @@ impl TorrentRegistry {
 
     /// All torrents, by id, to change.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&TorrentId, &mut TorrentEntry)> {
+        self.touched.extend(self.torrents.keys().copied());
         self.torrents.iter_mut()
     }
 
@@ -742,16 +814,20 @@ impl TorrentRegistry {
     /// The restart records, as written in `records/` (see [`crate::records`]): every
     /// torrent to restore, running or not restored, ephemeral ones excepted.
     pub fn records(&self) -> std::io::Result<Vec<(TorrentId, Vec<u8>)>> {
+        self.counted()
+            .map(|(id, spec)| Ok((id, crate::records::encode(spec)?)))
+            .collect()
+    }
+
+    /// Every recorded torrent's record (running and not ephemeral, or kept unrestored), for
+    /// its counts ([`crate::counts`]).
+    pub fn counted(&self) -> impl Iterator<Item = (TorrentId, &RestoreSpec)> {
         let running = self
             .torrents
             .iter()
             .filter(|(_, entry)| !entry.restore.ephemeral)
             .map(|(id, entry)| (*id, &entry.restore));
-        let kept = self.unrestored.iter().map(|(id, u)| (*id, &u.restore));
-        running
-            .chain(kept)
-            .map(|(id, spec)| Ok((id, crate::records::encode(spec)?)))
-            .collect()
+        running.chain(self.unrestored.iter().map(|(id, u)| (*id, &u.restore)))
     }
 
     /// Torrent `id`'s record as it is written, if it has one (a running torrent not

@@ -152,6 +152,10 @@ pub struct Service {
     /// Wakes the status loop ([`fanout`]) before its next pulse: a torrent came, went,
     /// completed, or changed hands.
     pub status_nudge: tokio::sync::Notify,
+    /// Torrents the engine says changed, for the status loop's next pass.
+    pub woken: fanout::Woken,
+    /// Torrents awake at the status loop's last pass (see [`fanout::Awake`]).
+    pub awake: fanout::Awake,
     /// Readers of a file while it downloads, and their priority windows (DESIGN §8).
     pub streams: crate::streams::Streams,
     /// Patrons' large requests read and not yet answered, all patrons together.
@@ -214,6 +218,8 @@ impl Service {
             records: Mutex::new(records),
             board,
             status_nudge: tokio::sync::Notify::new(),
+            woken: Default::default(),
+            awake: Default::default(),
             streams: Default::default(),
             large_requests: crate::budget::RegionBudget::new(config_large.0, config_large.1),
             unread,
@@ -242,6 +248,11 @@ impl Service {
     /// files stamped once nothing writes them (see [`Service::stamp_verified`]).
     pub async fn stop_engine(self: &Arc<Self>) {
         let _ = self.save_registry();
+        if let Err(why) = self.save_counts() {
+            tracing::warn!(
+                "what the torrents moved and seeded since the last minute is lost: {why}"
+            );
+        }
         self.engine.stop().await;
         // Nothing writes the torrents' files now: what they are is what their bitfields
         // say (synced to disk by the clean stop that follows).

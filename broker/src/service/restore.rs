@@ -14,7 +14,10 @@ impl Service {
     /// nothing is overwritten.
     pub(super) async fn restore(&self) -> anyhow::Result<()> {
         crate::store::check_state_folder(&self.config.torrents_dir())?;
-        let records = self.records().load().map_err(|why| anyhow::anyhow!(why))?;
+        let mut records = self.records().load().map_err(|why| anyhow::anyhow!(why))?;
+        crate::counts::Counts::load(&self.config.state_dir)
+            .map_err(|why| anyhow::anyhow!(why))?
+            .apply(&mut records);
         for id in records.keys() {
             self.engine.reserve_id(*id);
             // A .torrent that is not a regular file of ours (a FIFO planted there would hang

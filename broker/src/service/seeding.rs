@@ -23,8 +23,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How often moving counts are saved with the records, at least.
+/// How often counts that move are saved, at least.
 const SAVE_EVERY: Duration = Duration::from_secs(60);
+
+/// The time between two ticks, as a gap longer than [`MAX_STEP`] counts it.
+const TICK_STEP: Duration = Duration::from_secs(1);
 
 /// Longest time one look counts as seeded (a broker stopped by SIGSTOP, or a machine
 /// asleep, did not seed meanwhile).
@@ -57,16 +60,27 @@ struct Run {
     run: usize,
     uploaded: u64,
     downloaded: u64,
-    /// When it was counted.
-    at: Instant,
+    /// Bytes verified.
+    have: u64,
+}
+
+/// When the counts are due to be saved.
+struct CountsDue {
+    /// When they were last saved.
+    saved_at: Instant,
+    /// A clock started or stopped since (or this is the start: records read, none written).
+    changed: bool,
+    /// Bytes moved since.
+    moved: bool,
+    /// The last tick.
+    last_tick: Option<Instant>,
 }
 
 /// The broker's seeding limits, and what the counting remembers between looks.
 pub struct Seeding {
     settings: Mutex<(SeedingLimits, SeedAction)>,
     runs: Mutex<HashMap<TorrentId, Run>>,
-    /// When counts that moved were last saved.
-    saved: Mutex<Instant>,
+    due: Mutex<CountsDue>,
 }
 
 impl Seeding {
@@ -75,7 +89,12 @@ impl Seeding {
         Seeding {
             settings: Mutex::new(settings),
             runs: Mutex::default(),
-            saved: Mutex::new(Instant::now()),
+            due: Mutex::new(CountsDue {
+                saved_at: Instant::now(),
+                changed: true,
+                moved: false,
+                last_tick: None,
+            }),
         }
     }
 
@@ -97,6 +116,7 @@ fn reached_limit(
     restore: &crate::registry::RestoreSpec,
     limits: &SeedingLimits,
     have: u64,
+    now: u64,
 ) -> Option<SeedStop> {
     let base = match restore.downloaded_ever {
         0 => have,
@@ -110,13 +130,13 @@ fn reached_limit(
     }
     if limits
         .seed_time_secs
-        .is_some_and(|limit| restore.seeding_ms / 1000 >= limit)
+        .is_some_and(|limit| restore.seeding_ms_at(now) / 1000 >= limit)
     {
         return Some(SeedStop::SeedTime);
     }
     if limits
         .idle_secs
-        .is_some_and(|limit| restore.idle_ms / 1000 >= limit)
+        .is_some_and(|limit| restore.idle_ms_at(now) / 1000 >= limit)
     {
         return Some(SeedStop::Idle);
     }
@@ -272,100 +292,218 @@ impl Service {
         Ok((limits, self.seeding.action()))
     }
 
-    /// Counts what each running torrent moved and seeded since the last look (into its
-    /// record), and stops those past a seeding limit. Called every second.
+    /// Counts what each running torrent moved since the last look (into its record's
+    /// counts), starts and stops the clocks that count seeding and idle time, stops those
+    /// past a seeding limit, and saves every torrent's counts ([`crate::counts`]) when due.
+    /// Called every second. An idle seed changes nothing here: its clocks run.
     pub(super) async fn count_and_limit_seeding(self: &Arc<Self>) {
         let now = Instant::now();
+        let wall = crate::counts::now_ms();
         let broker = self.seed_policy();
+        // A broker stopped (SIGSTOP) or a machine asleep did not seed meanwhile.
+        let skipped = {
+            let mut due = self.seeding.due.lock().unwrap_or_else(|e| e.into_inner());
+            let gap = due
+                .last_tick
+                .map_or(Duration::ZERO, |at| now.duration_since(at));
+            due.last_tick = Some(now);
+            (gap > MAX_STEP).then(|| u64::try_from((gap - TICK_STEP).as_millis()).unwrap_or(0))
+        };
+        // Only torrents awake can have moved bytes or started or stopped seeding (the status
+        // loop keeps them awake a while after any change): the engine is asked about those.
+        // Seeds asleep are only checked against their limits, by their clocks.
+        let awake = self.awake.now();
+        let mut reached: Vec<(TorrentId, SeedStop)> = Vec::new();
         let running: Vec<(TorrentId, engine::ManagedTorrentHandle)> = {
-            let state = self.state();
-            state
-                .registry
-                .iter()
-                .filter_map(|(id, e)| match &e.life {
-                    Life::Running(h) | Life::Settling(h) => Some((*id, h.clone())),
-                    Life::Restarting | Life::Moving(_) => None,
-                })
-                .collect()
+            let mut state = self.state();
+            let mut running = Vec::with_capacity(awake.len());
+            let mut stopped = Vec::new();
+            let runs = self.seeding.runs.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, e) in state.registry.iter() {
+                match &e.life {
+                    Life::Running(h) | Life::Settling(h) if awake.contains(id) => {
+                        running.push((*id, h.clone()))
+                    }
+                    Life::Running(_) | Life::Settling(_) => {
+                        let r = &e.restore;
+                        if r.seeding_since.is_none() || r.paused {
+                            continue;
+                        }
+                        let have = runs.get(id).map_or(e.info.total_bytes, |run| run.have);
+                        if let Some(stop) = reached_limit(r, &r.seed_limits(&broker), have, wall) {
+                            reached.push((*id, stop));
+                        }
+                    }
+                    Life::Restarting | Life::Moving(_) if e.restore.seeding_since.is_some() => {
+                        stopped.push(*id)
+                    }
+                    Life::Restarting | Life::Moving(_) => {}
+                }
+            }
+            drop(runs);
+            for id in stopped {
+                if let Some(entry) = state.registry.get_mut(id) {
+                    entry.restore.stop_clocks(wall);
+                }
+            }
+            if let Some(skip) = skipped {
+                for (id, _) in &running {
+                    if let Some(entry) = state.registry.get_mut(*id) {
+                        let r = &mut entry.restore;
+                        r.seeding_since = r.seeding_since.map(|t| t.saturating_add(skip).min(wall));
+                        r.idle_since = r.idle_since.map(|t| t.saturating_add(skip).min(wall));
+                    }
+                }
+            }
+            running
         };
         // The engine's counters, outside every lock.
-        let counted: Vec<(TorrentId, engine::Transfer)> = running
+        let counted: Vec<(TorrentId, Option<engine::Transfer>)> = running
             .iter()
-            .filter_map(|(id, handle)| Some((*id, engine::transfer(handle)?)))
+            .map(|(id, handle)| (*id, engine::transfer(handle)))
             .collect();
-        let mut reached: Vec<(TorrentId, SeedStop)> = Vec::new();
-        // Bytes moved (the board shows them at once), or only time counted (saved with
-        // the rest, at least once a minute).
-        let (mut moved, mut counted_any) = (false, false);
+        // Bytes moved (the board shows them at once), or a clock started or stopped.
+        let (mut moved, mut clocks_changed) = (false, false);
         {
             let mut runs = self.seeding.runs.lock().unwrap_or_else(|e| e.into_inner());
             let mut state = self.state();
             for (id, transfer) in &counted {
-                let Some(entry) = state.registry.get_mut(*id) else {
+                // Paused in the engine: its clocks stop.
+                let Some(transfer) = transfer else {
+                    runs.remove(id);
+                    let counting = state
+                        .registry
+                        .get(*id)
+                        .is_some_and(|e| e.restore.seeding_since.is_some());
+                    if counting {
+                        if let Some(entry) = state.registry.get_mut(*id) {
+                            entry.restore.stop_clocks(wall);
+                            clocks_changed = true;
+                        }
+                    }
                     continue;
                 };
                 let before = runs.get(id).filter(|run| run.run == transfer.run);
-                let (up, down, step) = match before {
+                let (up, down) = match before {
                     Some(run) => (
                         transfer.uploaded.saturating_sub(run.uploaded),
                         transfer.downloaded.saturating_sub(run.downloaded),
-                        now.duration_since(run.at).min(MAX_STEP),
                     ),
                     // A new run: what it moved so far is news.
-                    None => (transfer.uploaded, transfer.downloaded, Duration::ZERO),
+                    None => (transfer.uploaded, transfer.downloaded),
                 };
-                let step = u64::try_from(step.as_millis()).unwrap_or(u64::MAX);
-                let restore = &mut entry.restore;
-                restore.uploaded_ever = restore.uploaded_ever.saturating_add(up);
-                restore.downloaded_ever = restore.downloaded_ever.saturating_add(down);
-                if transfer.complete {
-                    restore.seeding_ms = restore.seeding_ms.saturating_add(step);
-                    // Idle: seeding time since its last upload (recorded, so a restart
-                    // does not start it again).
-                    restore.idle_ms = match up {
-                        0 => restore.idle_ms.saturating_add(step),
-                        _ => 0,
-                    };
-                } else {
-                    restore.idle_ms = 0;
-                }
-                moved |= up > 0 || down > 0;
-                counted_any |= step > 0 && transfer.complete;
                 runs.insert(
                     *id,
                     Run {
                         run: transfer.run,
                         uploaded: transfer.uploaded,
                         downloaded: transfer.downloaded,
-                        at: now,
+                        have: transfer.have,
                     },
                 );
-                if !transfer.complete || restore.paused {
+                // Only what changes takes the entry to change (a change marks it for the
+                // status loop): an idle seed is only read.
+                let Some(entry) = state.registry.get(*id) else {
+                    continue;
+                };
+                let r = &entry.restore;
+                let seeding = transfer.complete;
+                let change = up > 0
+                    || down > 0
+                    || seeding != r.seeding_since.is_some()
+                    || (!seeding && r.idle_ms != 0);
+                if change {
+                    let Some(entry) = state.registry.get_mut(*id) else {
+                        continue;
+                    };
+                    let r = &mut entry.restore;
+                    r.uploaded_ever = r.uploaded_ever.saturating_add(up);
+                    r.downloaded_ever = r.downloaded_ever.saturating_add(down);
+                    moved |= up > 0 || down > 0;
+                    if seeding && r.seeding_since.is_none() {
+                        r.seeding_since = Some(wall);
+                        r.idle_since = Some(wall);
+                        clocks_changed = true;
+                    } else if !seeding && r.seeding_since.is_some() {
+                        r.stop_clocks(wall);
+                        clocks_changed = true;
+                    }
+                    if !seeding {
+                        r.idle_ms = 0;
+                    } else if up > 0 {
+                        // Idle: seeding time since its last upload.
+                        r.idle_ms = 0;
+                        r.idle_since = Some(wall);
+                    }
+                }
+                let Some(entry) = state.registry.get(*id) else {
+                    continue;
+                };
+                let r = &entry.restore;
+                if !seeding || r.paused {
                     continue;
                 }
-                let limits = restore.seed_limits(&broker);
-                if let Some(stop) = reached_limit(restore, &limits, transfer.have) {
+                let limits = r.seed_limits(&broker);
+                if let Some(stop) = reached_limit(r, &limits, transfer.have, wall) {
                     reached.push((*id, stop));
                 }
             }
-            let live: std::collections::HashSet<TorrentId> =
-                counted.iter().map(|(id, _)| *id).collect();
-            runs.retain(|id, _| live.contains(id));
+            // (Runs of torrents asleep are kept: what they moved is counted from there.)
+            if runs.len() > state.registry.len() {
+                runs.retain(|id, _| state.registry.get(*id).is_some());
+            }
         }
         if moved {
             self.status_nudge.notify_one();
         }
-        if moved || counted_any {
-            let mut saved = self.seeding.saved.lock().unwrap_or_else(|e| e.into_inner());
-            if saved.elapsed() >= SAVE_EVERY {
-                *saved = Instant::now();
-                drop(saved);
-                let _ = self.save_registry();
-            }
-        }
+        self.save_counts_when_due(moved, clocks_changed).await;
         if !reached.is_empty() {
             self.stop_seeding(reached).await;
         }
+    }
+
+    /// Saves every torrent's counts ([`crate::counts`]): soon after a clock started or
+    /// stopped (or a change of the records), and at least once a minute while bytes move or
+    /// clocks run. One write of one file, however many torrents.
+    async fn save_counts_when_due(self: &Arc<Self>, moved: bool, clocks_changed: bool) {
+        let now = Instant::now();
+        {
+            let mut due = self.seeding.due.lock().unwrap_or_else(|e| e.into_inner());
+            due.changed |= clocks_changed;
+            due.moved |= moved;
+            let running = self
+                .state()
+                .registry
+                .iter()
+                .any(|(_, e)| e.restore.seeding_since.is_some());
+            let minute = now.duration_since(due.saved_at) >= SAVE_EVERY;
+            if !(due.changed || (minute && (due.moved || running))) {
+                return;
+            }
+            due.changed = false;
+            due.moved = false;
+            due.saved_at = now;
+        }
+        let saving = self.clone();
+        let saved = tokio::task::spawn_blocking(move || saving.save_counts()).await;
+        if let Ok(Err(why)) = saved {
+            tracing::warn!("what the torrents moved and seeded is not saved: {why}");
+            // Tried again at the next tick.
+            self.seeding
+                .due
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .changed = true;
+        }
+    }
+
+    /// Writes every torrent's counts now (also at a clean stop).
+    pub(crate) fn save_counts(&self) -> std::io::Result<()> {
+        let counts = {
+            let state = self.state();
+            crate::counts::Counts::of(crate::counts::now_ms(), state.registry.counted())
+        };
+        counts.save(&self.config.state_dir)
     }
 
     /// Pauses (or closes) the torrents past a seeding limit, as the broker's action says:
@@ -405,6 +543,7 @@ impl Service {
                     entry.restore.paused = true;
                     entry.restore.queued = false;
                     entry.restore.stopped_by = Some(stop);
+                    entry.restore.stop_clocks(crate::counts::now_ms());
                     Some((id, handle, stop))
                 })
                 .collect()
@@ -448,13 +587,16 @@ impl Service {
             let have = entry.info.total_bytes;
             let mut fresh = entry.restore.clone();
             fresh.idle_ms = 0;
-            let still = reached_limit(&fresh, &limits, have) == Some(stop);
+            fresh.idle_since = None;
+            let now = crate::counts::now_ms();
+            let still = reached_limit(&fresh, &limits, have, now) == Some(stop);
             (stop, still && stop != SeedStop::Idle)
         };
         let (stop, lifted) = lift;
         self.update_record(id, |restore| {
             restore.stopped_by = None;
             restore.idle_ms = 0;
+            restore.idle_since = restore.idle_since.map(|_| crate::counts::now_ms());
             if lifted {
                 match stop {
                     SeedStop::Ratio => restore.seeding.ratio = Some(SeedLimit::Unlimited),
