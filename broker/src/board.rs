@@ -97,19 +97,30 @@ impl StatusBoard {
         self.inner().writer.reader_fd()
     }
 
-    /// Shows `changed` (torrents new or changed) and takes off every torrent not in
-    /// `present`, as one batch. Sleeping readers are woken at once when a torrent came or
-    /// went or when `urgent` (a stage changed), else at most every [`WAKE_EVERY`].
-    pub fn update(&self, changed: Vec<TorrentSummary>, present: &HashSet<TorrentId>, urgent: bool) {
+    /// Shows `changed` (torrents new or changed) and takes off the torrents `gone`, and
+    /// every torrent not in `present` when it is given, as one batch. Sleeping readers are
+    /// woken at once when a torrent came or went or when `urgent` (a stage changed), else at
+    /// most every [`WAKE_EVERY`].
+    pub fn update(
+        &self,
+        changed: Vec<TorrentSummary>,
+        gone: &[TorrentId],
+        present: Option<&HashSet<TorrentId>>,
+        urgent: bool,
+    ) {
         let mut inner = self.inner();
         let mut any = false;
         let mut structural = false;
-        let gone: Vec<TorrentId> = inner
-            .shown
-            .keys()
-            .filter(|id| !present.contains(id))
-            .copied()
-            .collect();
+        let mut gone = gone.to_vec();
+        if let Some(present) = present {
+            gone.extend(
+                inner
+                    .shown
+                    .keys()
+                    .filter(|id| !present.contains(id))
+                    .copied(),
+            );
+        }
         for id in gone {
             if let Some((slot, _)) = inner.shown.remove(&id) {
                 inner.writer.clear(slot);
@@ -375,7 +386,7 @@ mod tests {
         let board = StatusBoard::create(8).unwrap();
         let reader = proto::board::BoardReader::map(board.reader_fd().unwrap()).unwrap();
         let present: HashSet<_> = [TorrentId(1), TorrentId(2)].into();
-        board.update(vec![summary(1)], &present, false); // new: wakes
+        board.update(vec![summary(1)], &[], Some(&present), false); // new: wakes
         let seen = reader.header().changes;
         let waiter = std::thread::spawn(move || {
             let started = std::time::Instant::now();
@@ -385,9 +396,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         let mut moved = summary(1);
         moved.status.bytes_done = 5;
-        board.update(vec![moved.clone()], &present, false); // routine, just after a wake
+        board.update(vec![moved.clone()], &[], Some(&present), false); // routine, just after a wake
         std::thread::sleep(Duration::from_millis(200));
-        board.update(vec![summary(2)], &present, false); // new: wakes
+        board.update(vec![summary(2)], &[], Some(&present), false); // new: wakes
         let (now, waited, reader) = waiter.join().unwrap();
         assert!(now > seen);
         assert!(
@@ -407,7 +418,7 @@ mod tests {
         });
         std::thread::sleep(Duration::from_millis(50));
         moved.status.complete = true;
-        board.update(vec![moved], &present, true);
+        board.update(vec![moved], &[], Some(&present), true);
         assert!(waiter.join().unwrap() < Duration::from_secs(5));
     }
 
@@ -417,13 +428,13 @@ mod tests {
         let first = proto::board::BoardReader::map(board.reader_fd().unwrap()).unwrap();
         let all: Vec<_> = (0..INITIAL_SLOTS as u64 + 1).map(summary).collect();
         let present: HashSet<_> = all.iter().map(|s| s.info.id).collect();
-        board.update(all[..10].to_vec(), &present, false);
+        board.update(all[..10].to_vec(), &[], Some(&present), false);
         assert_eq!(first.iter().count(), 10);
         // Unchanged: no write, no wake.
         let changes = first.header().changes;
-        board.update(all[..10].to_vec(), &present, false);
+        board.update(all[..10].to_vec(), &[], Some(&present), false);
         assert_eq!(first.header().changes, changes);
-        board.update(all.clone(), &present, false);
+        board.update(all.clone(), &[], Some(&present), false);
         assert!(first.header().superseded && !first.is_current());
         let second = proto::board::BoardReader::map(board.reader_fd().unwrap()).unwrap();
         assert_eq!(second.header().capacity, 2 * INITIAL_SLOTS);
@@ -431,7 +442,7 @@ mod tests {
         assert_ne!(first.header().generation, second.header().generation);
         // Torrents gone from `present` leave the board; the scanned part shrinks back.
         let kept: HashSet<_> = [TorrentId(0)].into();
-        board.update(Vec::new(), &kept, false);
+        board.update(Vec::new(), &[], Some(&kept), false);
         assert_eq!(
             second.iter().map(|s| s.info.id).collect::<Vec<_>>(),
             [TorrentId(0)]

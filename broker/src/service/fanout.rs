@@ -1,11 +1,17 @@
 //! Status out of the engine: onto the shared board for every reader, and as
 //! `TorrentStatusUpdate` events to each torrent's holders.
 //!
-//! Every [`PULSE`] the loop takes a cheap look at every torrent ([`engine::Pulse`]: its stage,
-//! bytes verified and uploaded, peers; counters, no allocation). Torrents that moved get their
-//! full status computed and written to the board, as one batch with one wake. Every
-//! `--status-interval` everything is refreshed (rates move all the time) and holders get
-//! their events, queued per torrent so a slow patron gets the latest, not a backlog.
+//! Every [`PULSE`] the loop takes a cheap look ([`engine::Pulse`]: its stage, bytes verified
+//! and uploaded, peers; counters, no allocation) at the torrents that can have moved: those
+//! awake (with live peers, checking, or changed in the last seconds), those the broker
+//! changed (the registry marks every change: [`crate::registry::TorrentRegistry::take_touched`]),
+//! and those the engine says changed (a peer went live, its state changed: each torrent's
+//! watcher, [`watch_torrent`]). A torrent with no peer that nothing changes falls asleep
+//! and costs nothing until then: ten thousand idle seeds are not looked at ten times a
+//! second. Torrents that moved get their full status computed and written to the board, as
+//! one batch with one wake. Every `--status-interval` every awake torrent is refreshed
+//! (rates move all the time) and holders get their events, queued per torrent so a slow
+//! patron gets the latest, not a backlog.
 //!
 //! Some things cannot wait for the interval: a torrent that completes or fails is on the
 //! board and in its holders' queues at once. Completion does not even wait for the pulse:
@@ -17,38 +23,90 @@ use crate::registry::{shown_status, Overlay, Source};
 use super::Service;
 use proto::{TorrentId, TorrentStatus, TorrentSummary};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How often every torrent is looked at.
+/// How often the torrents awake are looked at.
 pub const PULSE: Duration = Duration::from_millis(100);
 /// Least time between two passes, however often the loop is nudged: a pass looks at every
-/// torrent, and a patron's cheap requests must not buy one each.
+/// torrent awake, and a patron's cheap requests must not buy one each.
 pub const MIN_PASS_GAP: Duration = Duration::from_millis(5);
+/// How long a torrent with no peer stays awake after its last change, at least: its rates
+/// fall to zero (the engine's estimators look half a second back) and a full refresh shows
+/// them, and a change the broker began (a pause) has reached the engine.
+const AWAKE_AFTER_CHANGE: Duration = Duration::from_secs(3);
+/// How often every torrent is looked at anyway, asleep or not: a safety net under the
+/// engine's notifications, cheap at this pace.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-/// What the loop remembers of a torrent between pulses.
+/// Torrents the engine says changed, for the next pass (filled by the watchers).
+#[derive(Default)]
+pub struct Woken(Mutex<HashSet<TorrentId>>);
+
+impl Woken {
+    fn add(&self, id: TorrentId) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+    }
+
+    fn take(&self) -> HashSet<TorrentId> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The torrents awake at the status loop's last pass: the only ones whose bytes can move
+/// (the seeding counts look at no other).
+#[derive(Default)]
+pub struct Awake(Mutex<Arc<HashSet<TorrentId>>>);
+
+impl Awake {
+    /// The torrents awake now.
+    pub fn now(&self) -> Arc<HashSet<TorrentId>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, awake: HashSet<TorrentId>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(awake);
+    }
+}
+
+/// What the loop remembers of a torrent between looks.
 struct Seen {
     /// The pulse, how many hold it, whether it is ephemeral, and its place in the queue, at
     /// the last look.
     look: (Pulse, u32, bool, Overlay),
-    /// Wakes the loop when the engine says the torrent completed; aborted when it goes.
-    completion: tokio::task::AbortHandle,
+    /// Tells the loop what the engine changed (completion, peers, state); aborted when it
+    /// goes.
+    watcher: tokio::task::AbortHandle,
     /// The engine's handle it watches (a recheck gives the torrent a new one).
     handle: ManagedTorrentHandle,
+    /// Looked at every pulse until then (and while it has peers or is not settled).
+    awake_until: Instant,
+    /// While it seeds asleep: when the minute of its seeding time shown next changes.
+    next_minute: Option<Instant>,
 }
 
 impl Drop for Seen {
     fn drop(&mut self) {
-        self.completion.abort();
+        self.watcher.abort();
+    }
+}
+
+impl Seen {
+    /// Whether it must be looked at on every pulse.
+    fn awake(&self, now: Instant) -> bool {
+        let (pulse, ..) = &self.look;
+        // Live (3), paused (2) or failed (4) are settled; initializing is not.
+        let settled = matches!(pulse.stage.0, 2..=4);
+        pulse.peers > 0 || !settled || now < self.awake_until
     }
 }
 
 /// Name of the status loop's thread.
 pub const THREAD: &str = "status";
 
-/// Starts the status loop on a thread of its own ([`THREAD`]): its cost (looking at every
-/// torrent, writing the board, waking its readers, fanning events out) is then that thread's
-/// CPU time, which `scripts/bench` reads. It ends when the broker stops.
+/// Starts the status loop on a thread of its own ([`THREAD`]): its cost (looking at the
+/// torrents, writing the board, waking its readers, fanning events out) is then that
+/// thread's CPU time, which `scripts/bench` reads. It ends when the broker stops.
 /// Returns once its first pass has put every torrent the broker knows on the board, so that
 /// no patron ever reads a board emptier than the broker.
 pub async fn start(service: Arc<Service>) -> anyhow::Result<()> {
@@ -68,16 +126,19 @@ pub async fn start(service: Arc<Service>) -> anyhow::Result<()> {
 async fn run(service: Arc<Service>, filled: tokio::sync::oneshot::Sender<()>) {
     let mut filled = Some(filled);
     let mut seen: HashMap<TorrentId, Seen> = HashMap::new();
+    let mut awake: HashSet<TorrentId> = HashSet::new();
     let mut pulse = tokio::time::interval(PULSE);
     pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let interval = service.config.status_interval;
     let mut last_full: Option<Instant> = None;
+    let mut last_sweep: Option<Instant> = None;
     let mut last_pass = Instant::now();
+    let mut placeholders_version = None;
     while !service.is_stopping() {
-        tokio::select! {
-            _ = pulse.tick() => {}
-            _ = service.status_nudge.notified() => {}
-        }
+        let ticked = tokio::select! {
+            _ = pulse.tick() => true,
+            _ = service.status_nudge.notified() => false,
+        };
         let since = last_pass.elapsed();
         if since < MIN_PASS_GAP {
             tokio::time::sleep(MIN_PASS_GAP - since).await;
@@ -87,9 +148,25 @@ async fn run(service: Arc<Service>, filled: tokio::sync::oneshot::Sender<()>) {
         if full {
             last_full = Some(Instant::now());
         }
-        let (urgent, computed) = refresh_board(&service, &mut seen, full);
+        let sweep = last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
+        if sweep {
+            last_sweep = Some(Instant::now());
+        }
+        let pass = Pass {
+            awake: ticked || full,
+            full,
+            sweep,
+        };
+        let (urgent, computed) = refresh_board(
+            &service,
+            &mut seen,
+            &mut awake,
+            pass,
+            &mut placeholders_version,
+        );
+        let moved: Vec<TorrentId> = computed.keys().copied().collect();
         if full {
-            fan_out(&service, None, &computed);
+            fan_out(&service, Some(&moved), &computed);
         } else if !urgent.is_empty() {
             fan_out(&service, Some(&urgent), &computed);
         }
@@ -103,71 +180,148 @@ async fn run(service: Arc<Service>, filled: tokio::sync::oneshot::Sender<()>) {
     }
 }
 
-/// One look at every torrent: what moved goes onto the board (everything when `full`).
-/// Returns the torrents whose stage changed (started, completed, paused, failed), and the
-/// statuses it computed (the fan-out needs not compute them again).
+/// What one pass of the loop covers.
+#[derive(Clone, Copy)]
+struct Pass {
+    /// The torrents awake are looked at (at each pulse; a nudge looks only at what changed,
+    /// however many adds nudge).
+    awake: bool,
+    /// Every awake torrent's status is computed again (rates), not only those that moved.
+    full: bool,
+    /// Every torrent is looked at, asleep or not.
+    sweep: bool,
+}
+
+/// One look at the torrents that can have moved: what moved goes onto the board (every
+/// awake torrent on a full pass). Returns the torrents whose stage changed (started,
+/// completed, paused, failed), and the statuses it computed (the fan-out needs not compute
+/// them again).
 fn refresh_board(
     service: &Arc<Service>,
     seen: &mut HashMap<TorrentId, Seen>,
-    full: bool,
+    awake: &mut HashSet<TorrentId>,
+    pass: Pass,
+    placeholders_version: &mut Option<u64>,
 ) -> (Vec<TorrentId>, HashMap<TorrentId, TorrentStatus>) {
+    let now = Instant::now();
     // From the look at the registry to the write, no reply changes the board under us.
     let _deciding = service.board.decide();
-    // Under the lock only what is cheap to copy: handles are `Arc`s.
-    type Look = (TorrentId, ManagedTorrentHandle, u32, bool, Overlay);
+    // Which torrents to look at: on a sweep (the first pass is one) all; else those awake,
+    // those the broker changed, those the engine woke, and asleep seeds whose minute turns.
+    let woken = service.woken.take();
+    type Look = (
+        TorrentId,
+        ManagedTorrentHandle,
+        u32,
+        bool,
+        Overlay,
+        Option<u64>,
+    );
     let seeding = service.seed_policy();
-    let (running, placeholders, restarting): (Vec<Look>, Vec<TorrentSummary>, Vec<TorrentId>) = {
-        let state = service.state();
-        // One pass over every torrent (this runs each 100 ms). Those being added again
-        // ([`crate::registry::Life::Restarting`]) keep their lines as they are until they have a handle.
-        let mut running = Vec::with_capacity(state.registry.len());
-        let mut restarting = Vec::new();
-        for (id, entry) in state.registry.iter() {
-            match entry.live_handle() {
-                Some(handle) => {
-                    let holders = entry.holders.len() as u32;
-                    let ephemeral = entry.restore.ephemeral;
-                    running.push((*id, handle, holders, ephemeral, entry.overlay(&seeding)));
+    let wall = crate::counts::now_ms();
+    let (running, placeholders, mut gone, present, nudged) = {
+        let mut state = service.state();
+        // Changed by the broker or the engine: awake for a while (a change the broker
+        // began, a pause, reaches the engine after the registry).
+        let mut nudged = state.registry.take_touched();
+        nudged.extend(woken);
+        let candidates: Vec<TorrentId> = if pass.sweep {
+            state.registry.iter().map(|(id, _)| *id).collect()
+        } else {
+            let mut candidates: HashSet<TorrentId> = nudged.clone();
+            if pass.awake {
+                candidates.extend(awake.iter().copied());
+            }
+            // Once a second, the seeds asleep whose minute of seeding time turned.
+            if pass.full {
+                candidates.extend(seen.iter().filter_map(|(id, known)| {
+                    known.next_minute.is_some_and(|at| now >= at).then_some(*id)
+                }));
+            }
+            candidates.into_iter().collect()
+        };
+        let mut running: Vec<Look> = Vec::with_capacity(candidates.len());
+        let mut gone = Vec::new();
+        for id in candidates {
+            match state.registry.get(id) {
+                Some(entry) => {
+                    // Being added again ([`crate::registry::Life::Restarting`]) or moving: its
+                    // line stays as it is until it has a handle (the change that gives it one
+                    // marks it).
+                    if let Some(handle) = entry.live_handle() {
+                        let holders = entry.holders.len() as u32;
+                        let ephemeral = entry.restore.ephemeral;
+                        // While it seeds: milliseconds until the minute of seeding time it
+                        // shows changes (it is then looked at, asleep or not).
+                        let minute = entry
+                            .restore
+                            .seeding_since
+                            .map(|_| 60_000 - entry.restore.seeding_ms_at(wall) % 60_000);
+                        let place = entry.overlay(&seeding);
+                        running.push((id, handle, holders, ephemeral, place, minute));
+                    }
                 }
-                None => restarting.push(*id),
+                None => gone.push(id),
             }
         }
-        let placeholders = state
-            .registry
-            .placeholders()
-            .map(|(info, state, holders)| TorrentSummary {
-                status: TorrentStatus::idle(&info, state),
-                info,
-                holders,
-                held_by_you: false,
-                ephemeral: false,
-            })
-            .collect();
-        (running, placeholders, restarting)
+        // Magnets resolving and records kept unrestored: looked at when those change.
+        let version = state.registry.version();
+        let placeholders: Option<Vec<TorrentSummary>> =
+            (*placeholders_version != Some(version) || pass.sweep).then(|| {
+                *placeholders_version = Some(version);
+                state
+                    .registry
+                    .placeholders()
+                    .map(|(info, state, holders)| TorrentSummary {
+                        status: TorrentStatus::idle(&info, state),
+                        info,
+                        holders,
+                        held_by_you: false,
+                        ephemeral: false,
+                    })
+                    .collect()
+            });
+        // When those change (and on a sweep), the board keeps only what is there: every
+        // torrent known, and these.
+        let present: Option<HashSet<TorrentId>> = placeholders.as_ref().map(|placeholders| {
+            let running = state.registry.iter().map(|(id, _)| *id);
+            running
+                .chain(placeholders.iter().map(|p| p.info.id))
+                .collect()
+        });
+        (running, placeholders, gone, present, nudged)
     };
-    let mut present: HashSet<TorrentId> = placeholders.iter().map(|p| p.info.id).collect();
-    present.extend(restarting);
+    if let Some(present) = &present {
+        gone.extend(seen.keys().filter(|id| !present.contains(id)).copied());
+    }
     let mut moved = Vec::new();
     let mut urgent = Vec::new();
     let mut arrived = false;
-    for (id, handle, holders, ephemeral, place) in running {
-        present.insert(id);
+    let looked: Vec<TorrentId> = running.iter().map(|(id, ..)| *id).collect();
+    for (id, handle, holders, ephemeral, place, minute) in running {
         let look = (engine::pulse_of(&handle), holders, ephemeral, place.clone());
+        let next_minute = minute.map(|in_ms| now + Duration::from_millis(in_ms));
         let before = match seen.get_mut(&id) {
             Some(known) if Arc::ptr_eq(&known.handle, &handle) => {
-                Some(std::mem::replace(&mut known.look, look.clone()))
+                known.next_minute = next_minute;
+                let before = std::mem::replace(&mut known.look, look.clone());
+                if before != look || nudged.contains(&id) {
+                    known.awake_until = now + AWAKE_AFTER_CHANGE;
+                }
+                Some(before)
             }
             known => {
                 arrived = true;
                 let before = known.map(|k| k.look.clone());
-                let completion = watch_completion(service, id, handle.clone());
-                let watched = handle.clone();
+                let watcher = watch_torrent(service, id, handle.clone());
                 seen.insert(
                     id,
                     Seen {
                         look: look.clone(),
-                        completion,
-                        handle: watched,
+                        watcher,
+                        handle: handle.clone(),
+                        awake_until: now + AWAKE_AFTER_CHANGE,
+                        next_minute,
                     },
                 );
                 before
@@ -179,15 +333,28 @@ fn refresh_board(
         {
             urgent.push(id);
         }
-        if full || before != Some(look) {
+        if pass.full || before != Some(look) {
             moved.push((id, handle, holders, ephemeral, place));
         }
     }
-    let known = seen.len();
-    seen.retain(|id, _| present.contains(id));
+    let mut left = false;
+    for id in &gone {
+        left |= seen.remove(id).is_some();
+    }
+    let before = awake.len();
+    awake.retain(|id| seen.get(id).is_some_and(|known| known.awake(now)));
+    let mut changed_awake = awake.len() != before;
+    for id in looked {
+        if seen.get(&id).is_some_and(|known| known.awake(now)) {
+            changed_awake |= awake.insert(id);
+        }
+    }
+    if changed_awake || pass.sweep {
+        service.awake.set(awake.clone());
+    }
     // A stage changed (a completion, a check's end, a pause) or a torrent came or went:
     // the queue looks again.
-    if !urgent.is_empty() || seen.len() != known || arrived {
+    if !urgent.is_empty() || left || arrived {
         service.queue.nudge();
     }
     // The names and folders of what moved, then their statuses outside the lock.
@@ -226,47 +393,84 @@ fn refresh_board(
             service.fire_hook(crate::hooks::HookEvent::Error, *id, Some(why.clone()));
         }
     }
-    changed.extend(placeholders);
-    service.board.update(changed, &present, !urgent.is_empty());
+    if let Some(placeholders) = placeholders {
+        changed.extend(placeholders);
+    }
+    service
+        .board
+        .update(changed, &gone, present.as_ref(), !urgent.is_empty());
     (urgent, computed)
 }
 
-/// A task that wakes the status loop when the engine reports `handle` complete, and then
-/// records what its files are (nothing writes them any more), so that fast resume can
-/// trust its pieces at the next start only while the files stay so.
-fn watch_completion(
+/// A task that tells the status loop what the engine changed of a torrent it may not look
+/// at otherwise (asleep): a peer went live, or its state changed. When the engine reports
+/// `handle` complete it wakes the loop at once, and then records what its files are (nothing
+/// writes them any more), so that fast resume can trust its pieces at the next start only
+/// while the files stay so.
+fn watch_torrent(
     service: &Arc<Service>,
     id: TorrentId,
     handle: ManagedTorrentHandle,
 ) -> tokio::task::AbortHandle {
     let service = Arc::downgrade(service);
     tokio::spawn(async move {
-        if handle.wait_until_completed().await.is_ok() {
-            // A download completed only if it fetched bytes in this run: a seed restored,
-            // rechecked or made here completes at its check, with none (asking whether it
-            // was complete once checked would miss a download quicker than this task's
-            // start: its hook and its move to --move-completed-to were lost).
-            let seeded = crate::engine::transfer(&handle).is_none_or(|t| t.downloaded == 0);
-            if let Some(service) = service.upgrade() {
-                service.status_nudge.notify_one();
-                // A download slot is free, and a seed may need one.
-                service.queue.nudge();
-                let stamping = service.clone();
-                let _ = tokio::task::spawn_blocking(move || stamping.stamp_verified(id)).await;
-                if !seeded {
-                    // Moved where completed torrents go (if they go anywhere), then its
-                    // hook runs, told where it is. In a task of its own: this one is
-                    // aborted when the torrent leaves the engine, as it does for its move.
-                    let runtime = service.runtime.clone();
-                    runtime.spawn(async move {
-                        service.move_completed(id, true).await;
-                        service.fire_hook(crate::hooks::HookEvent::Completed, id, None);
-                    });
+        let mut peer_went_live = handle.shared().peer_went_live();
+        peer_went_live.borrow_and_update();
+        let completion = handle.wait_until_completed();
+        tokio::pin!(completion);
+        let mut completing = true;
+        loop {
+            let state_changed = handle.state_change_notified();
+            tokio::select! {
+                done = &mut completion, if completing => {
+                    completing = false;
+                    if done.is_ok() {
+                        let Some(service) = service.upgrade() else { return };
+                        completed(&service, id, &handle).await;
+                    }
+                    continue;
                 }
+                woke = peer_went_live.changed() => {
+                    if woke.is_err() {
+                        return;
+                    }
+                }
+                () = state_changed => {}
             }
+            let Some(service) = service.upgrade() else {
+                return;
+            };
+            service.woken.add(id);
+            service.status_nudge.notify_one();
         }
     })
     .abort_handle()
+}
+
+/// What follows the engine's completion of torrent `id`.
+async fn completed(service: &Arc<Service>, id: TorrentId, handle: &ManagedTorrentHandle) {
+    // A download completed only if it fetched bytes in this run: a seed restored, rechecked
+    // or made here completes at its check, with none (asking whether it was complete once
+    // checked would miss a download quicker than this task's start: its hook and its move
+    // to --move-completed-to were lost).
+    let seeded = crate::engine::transfer(handle).is_none_or(|t| t.downloaded == 0);
+    service.woken.add(id);
+    service.status_nudge.notify_one();
+    // A download slot is free, and a seed may need one.
+    service.queue.nudge();
+    let stamping = service.clone();
+    let _ = tokio::task::spawn_blocking(move || stamping.stamp_verified(id)).await;
+    if !seeded {
+        // Moved where completed torrents go (if they go anywhere), then its hook runs, told
+        // where it is. In a task of its own: this one is aborted when the torrent leaves the
+        // engine, as it does for its move.
+        let runtime = service.runtime.clone();
+        let service = service.clone();
+        runtime.spawn(async move {
+            service.move_completed(id, true).await;
+            service.fire_hook(crate::hooks::HookEvent::Completed, id, None);
+        });
+    }
 }
 
 /// Queues each held torrent's status for its holders when it changed meaningfully (always
@@ -306,8 +510,9 @@ pub(super) fn fan_out(
     let mut state = service.state();
     let state = &mut *state;
     for status in statuses {
-        // Closed meanwhile: nothing to say.
-        let Some(entry) = state.registry.get_mut(status.id) else {
+        // Closed meanwhile: nothing to say. (What was sent is the loop's own note, not a
+        // change of the torrent.)
+        let Some(entry) = state.registry.get_mut_quietly(status.id) else {
             continue;
         };
         if !changed(entry.last_status.as_ref(), &status) {

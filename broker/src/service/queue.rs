@@ -330,6 +330,13 @@ impl Service {
     /// saved once if any changed. Called under the add lock.
     pub(super) async fn advance_queue_locked(self: &Arc<Self>) {
         let settings = self.queue.settings();
+        // No limit and nothing held: nothing to decide (ten thousand adds must not ask the
+        // engine about every torrent at each of them).
+        let limited =
+            settings.max_active_downloads.is_some() || settings.max_active_seeds.is_some();
+        if !limited && !self.state().registry.iter().any(|(_, e)| e.restore.queued) {
+            return;
+        }
         let candidates = self.queue_candidates(&settings);
         let turns = plan(&candidates, &settings);
         // A torrent shown queued that runs (or the reverse, after a failed pause) is put
@@ -341,11 +348,15 @@ impl Service {
                 if candidate.checking || !candidate.running {
                     continue;
                 }
-                if let Some(entry) = state.registry.get_mut(candidate.id) {
-                    if entry.restore.queued {
-                        entry.restore.queued = false;
-                        recorded_change |= !entry.restore.ephemeral;
-                    }
+                // (Only a torrent shown queued is changed: a change marks it for the status
+                // loop.)
+                let queued = state
+                    .registry
+                    .get(candidate.id)
+                    .is_some_and(|e| e.restore.queued);
+                if let Some(entry) = state.registry.get_mut(candidate.id).filter(|_| queued) {
+                    entry.restore.queued = false;
+                    recorded_change |= !entry.restore.ephemeral;
                 }
             }
         }
