@@ -9,6 +9,7 @@ mod download;
 mod fanout;
 mod limit_change;
 mod many_files;
+mod many_seeds;
 mod move_data;
 mod placement;
 mod queue;
@@ -119,6 +120,23 @@ enum Bench {
         /// The patron-client program
         #[arg(long)]
         client: PathBuf,
+    },
+    /// N tiny torrents all seeding, idle: time to all seeding, idle CPU, RSS, descriptors
+    /// and restart, for the broker and for transmission-daemon holding the same torrents
+    ManySeeds {
+        /// Scratch folder (inside the broker's download roots)
+        #[arg(long)]
+        work: PathBuf,
+        /// The torrent-broker program
+        #[arg(long)]
+        broker: PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        broker_levels: Vec<usize>,
+        /// Empty: no anchor
+        #[arg(long, value_delimiter = ',', default_value = "1000,3000")]
+        transmission_levels: Vec<usize>,
+        #[arg(long, default_value_t = 30)]
+        idle_secs: u64,
     },
     /// A broker seeding `torrents` × `size_mib` restarted until all seed, beside
     /// transmission-daemon restarted on the same data
@@ -409,6 +427,19 @@ fn main() -> anyhow::Result<()> {
             work,
             size_mib,
             rounds,
+        }),
+        Bench::ManySeeds {
+            work,
+            broker,
+            broker_levels,
+            transmission_levels,
+            idle_secs,
+        } => many_seeds::run(many_seeds::ManySeedsBench {
+            work,
+            broker,
+            broker_levels,
+            transmission_levels,
+            idle_secs,
         }),
         Bench::Restart {
             work,

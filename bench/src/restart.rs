@@ -43,7 +43,11 @@ pub fn run(bench: RestartBench) -> anyhow::Result<()> {
     }
 
     // Each client takes the data once (hashing it all) before anything is measured.
-    let broker = BrokerUnderTest::new(&bench)?;
+    let broker = BrokerUnderTest::new(
+        &bench.broker,
+        bench.work.join("restart-broker-state"),
+        &bench.work,
+    );
     let mut child = broker.start()?;
     let mut patron = broker.patron()?;
     for (_, bytes) in &torrents {
@@ -56,7 +60,7 @@ pub fn run(bench: RestartBench) -> anyhow::Result<()> {
     broker.wait_all_seeding(bench.torrents)?;
     broker.stop(&mut child)?;
 
-    let transmission = Transmission::new(&bench.work, &data)?;
+    let transmission = Transmission::new(bench.work.join("restart-transmission"), &data)?;
     let mut daemon = transmission.start()?;
     for (path, _) in &torrents {
         transmission.add(path, &data)?;
@@ -100,22 +104,24 @@ pub fn run(bench: RestartBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct BrokerUnderTest {
+/// A broker of the bench's own, started and stopped as a user would (also `many-seeds`).
+pub(crate) struct BrokerUnderTest {
     program: PathBuf,
-    state: PathBuf,
+    pub(crate) state: PathBuf,
     work: PathBuf,
 }
 
 impl BrokerUnderTest {
-    fn new(bench: &RestartBench) -> anyhow::Result<BrokerUnderTest> {
-        Ok(BrokerUnderTest {
-            program: bench.broker.clone(),
-            state: bench.work.join("restart-broker-state"),
-            work: bench.work.clone(),
-        })
+    /// `program` with its state in `state`, its download root `work`.
+    pub(crate) fn new(program: &Path, state: PathBuf, work: &Path) -> BrokerUnderTest {
+        BrokerUnderTest {
+            program: program.to_path_buf(),
+            state,
+            work: work.to_path_buf(),
+        }
     }
 
-    fn options(&self) -> ConnectOptions {
+    pub(crate) fn options(&self) -> ConnectOptions {
         ConnectOptions {
             state_dir: Some(self.state.clone()),
             auto_start: false,
@@ -123,7 +129,7 @@ impl BrokerUnderTest {
         }
     }
 
-    fn start(&self) -> anyhow::Result<Child> {
+    pub(crate) fn start(&self) -> anyhow::Result<Child> {
         Command::new(&self.program)
             .arg("--state-dir")
             .arg(&self.state)
@@ -139,7 +145,7 @@ impl BrokerUnderTest {
             .context("cannot start torrent-broker")
     }
 
-    fn patron(&self) -> anyhow::Result<Patron> {
+    pub(crate) fn patron(&self) -> anyhow::Result<Patron> {
         let deadline = Instant::now() + LIMIT;
         loop {
             match Patron::connect_with(&self.options()) {
@@ -151,8 +157,18 @@ impl BrokerUnderTest {
     }
 
     /// Polls the status board (no request needed) until `count` torrents seed.
-    fn wait_all_seeding(&self, count: usize) -> anyhow::Result<()> {
-        let deadline = Instant::now() + LIMIT;
+    pub(crate) fn wait_all_seeding(&self, count: usize) -> anyhow::Result<()> {
+        self.wait_all_seeding_within(count, LIMIT, Duration::from_millis(1))
+    }
+
+    /// The same within `limit`, looking every `poll`.
+    pub(crate) fn wait_all_seeding_within(
+        &self,
+        count: usize,
+        limit: Duration,
+        poll: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(board) = Board::open(&self.options()) {
                 let seeding = board
@@ -163,21 +179,22 @@ impl BrokerUnderTest {
                     return Ok(());
                 }
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(poll);
         }
-        bail!("the broker's torrents did not all seed within {LIMIT:?}")
+        bail!("the broker's torrents did not all seed within {limit:?}")
     }
 
-    fn stop(&self, child: &mut Child) -> anyhow::Result<()> {
+    pub(crate) fn stop(&self, child: &mut Child) -> anyhow::Result<()> {
         self.patron()?.stop_broker()?;
         child.wait()?;
         Ok(())
     }
 }
 
-struct Transmission {
+/// A transmission-daemon of the bench's own (also `many-seeds`).
+pub(crate) struct Transmission {
     config: PathBuf,
-    rpc: String,
+    pub(crate) rpc: String,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -186,8 +203,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl Transmission {
     /// A transmission-daemon on 127.0.0.1 only, with DHT, LPD, PEX, uTP and port mapping off.
-    fn new(work: &Path, data: &Path) -> anyhow::Result<Transmission> {
-        let config = work.join("restart-transmission");
+    pub(crate) fn new(config: PathBuf, data: &Path) -> anyhow::Result<Transmission> {
         std::fs::create_dir_all(&config)?;
         let rpc_port = free_port()?;
         let settings = json!({
@@ -207,7 +223,7 @@ impl Transmission {
         })
     }
 
-    fn start(&self) -> anyhow::Result<Child> {
+    pub(crate) fn start(&self) -> anyhow::Result<Child> {
         Command::new("transmission-daemon")
             .arg("-f")
             .arg("-g")
@@ -219,7 +235,7 @@ impl Transmission {
             .context("cannot start transmission-daemon")
     }
 
-    fn remote(&self, args: &[&str]) -> Option<String> {
+    pub(crate) fn remote(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("transmission-remote")
             .arg(&self.rpc)
             .args(args)
@@ -232,7 +248,7 @@ impl Transmission {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn add(&self, torrent: &Path, data: &Path) -> anyhow::Result<()> {
+    pub(crate) fn add(&self, torrent: &Path, data: &Path) -> anyhow::Result<()> {
         let deadline = Instant::now() + LIMIT;
         let (torrent, data) = (torrent.display().to_string(), data.display().to_string());
         while self.remote(&["-a", &torrent, "-w", &data]).is_none() {
@@ -245,8 +261,18 @@ impl Transmission {
     }
 
     /// Polls `transmission-remote -l` until `count` torrents are whole and seeding.
-    fn wait_all_seeding(&self, count: usize) -> anyhow::Result<()> {
-        let deadline = Instant::now() + LIMIT;
+    pub(crate) fn wait_all_seeding(&self, count: usize) -> anyhow::Result<()> {
+        self.wait_all_seeding_within(count, LIMIT, Duration::from_millis(1))
+    }
+
+    /// The same within `limit`, looking every `poll`.
+    pub(crate) fn wait_all_seeding_within(
+        &self,
+        count: usize,
+        limit: Duration,
+        poll: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Some(list) = self.remote(&["-l"]) {
                 let seeding = list
@@ -257,12 +283,12 @@ impl Transmission {
                     return Ok(());
                 }
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(poll);
         }
-        bail!("transmission's torrents did not all seed within {LIMIT:?}")
+        bail!("transmission's torrents did not all seed within {limit:?}")
     }
 
-    fn stop(&self, daemon: &mut Child) -> anyhow::Result<()> {
+    pub(crate) fn stop(&self, daemon: &mut Child) -> anyhow::Result<()> {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(daemon.id() as i32),
             nix::sys::signal::Signal::SIGTERM,

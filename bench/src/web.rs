@@ -447,15 +447,15 @@ impl Drop for WebPatron {
     }
 }
 
-/// A Transmission RPC endpoint, with the session-id exchange.
-struct Rpc {
+/// A Transmission RPC endpoint, with the session-id exchange (also `many-seeds`).
+pub(crate) struct Rpc {
     addr: String,
     auth: Option<String>,
     session: Mutex<String>,
 }
 
 impl Rpc {
-    fn new(addr: &str, token: Option<&str>) -> Rpc {
+    pub(crate) fn new(addr: &str, token: Option<&str>) -> Rpc {
         use base64::Engine;
         Rpc {
             addr: addr.to_owned(),
@@ -465,11 +465,16 @@ impl Rpc {
         }
     }
 
-    fn connect(&self) -> anyhow::Result<Http> {
+    pub(crate) fn connect(&self) -> anyhow::Result<Http> {
         Http::connect(&self.addr)
     }
 
-    fn call(&self, http: &mut Http, method: &str, arguments: Value) -> anyhow::Result<Value> {
+    pub(crate) fn call(
+        &self,
+        http: &mut Http,
+        method: &str,
+        arguments: Value,
+    ) -> anyhow::Result<Value> {
         let body = json!({"method": method, "arguments": arguments}).to_string();
         for _ in 0..2 {
             let session = self
@@ -513,7 +518,7 @@ impl Rpc {
 type Headers = Vec<(String, String)>;
 
 /// One keep-alive HTTP/1.1 connection.
-struct Http {
+pub(crate) struct Http {
     reader: BufReader<TcpStream>,
 }
 

@@ -1,0 +1,270 @@
+//! The many-seeds rows (issue 23): N tiny single-file torrents whose data is present, all
+//! seeding, nobody connected, held by a broker and by transmission-daemon in the same run.
+//! For each client and each N: the time from the first add to all seeding, the idle CPU over
+//! a window once everything seeds, the RSS and the descriptors held, and the time from a
+//! restart to all seeding again. Transmission verifies one torrent at a time (a few a
+//! second here), so its levels may be smaller than the broker's: the rows compare costs per
+//! torrent (the slope between two levels, or the average at one).
+
+use crate::restart::{BrokerUnderTest, Transmission};
+use crate::web::Rpc;
+use crate::{cpu_secs, rss_kib};
+use anyhow::Context;
+use patron_client::Created;
+use proto::{CreateNewTorrent, TorrentSource};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What `tp-bench many-seeds` needs.
+pub struct ManySeedsBench {
+    /// Scratch folder (inside the broker's download roots).
+    pub work: PathBuf,
+    /// The torrent-broker program.
+    pub broker: PathBuf,
+    /// Torrent counts the broker is measured at.
+    pub broker_levels: Vec<usize>,
+    /// Torrent counts transmission-daemon is measured at (none: no anchor).
+    pub transmission_levels: Vec<usize>,
+    /// The idle window.
+    pub idle_secs: u64,
+}
+
+/// How long either client may take to reach all seeding (transmission checks ~3 a second).
+const LIMIT: Duration = Duration::from_secs(3600);
+
+/// One client at one level.
+struct Figures {
+    torrents: usize,
+    add_to_seeding_ms: f64,
+    idle_cpu_percent: f64,
+    rss_kib: u64,
+    fds: usize,
+    restart_to_seeding_ms: f64,
+}
+
+impl Figures {
+    fn json(&self) -> Value {
+        json!({
+            "torrents": self.torrents,
+            "add_to_seeding_ms": self.add_to_seeding_ms,
+            "idle_cpu_percent": self.idle_cpu_percent,
+            "rss_kib": self.rss_kib,
+            "fds": self.fds,
+            "restart_to_seeding_ms": self.restart_to_seeding_ms,
+        })
+    }
+}
+
+pub fn run(bench: ManySeedsBench) -> anyhow::Result<()> {
+    crate::raise_fd_limit();
+    let most = bench
+        .broker_levels
+        .iter()
+        .chain(&bench.transmission_levels)
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let folder = bench.work.join("many-seeds");
+    let data = folder.join("data");
+    std::fs::create_dir_all(&data)?;
+    let torrents = make_torrents(&folder, &data, most)?;
+
+    let mut broker_rows = Vec::new();
+    // (A level of 0 measures nothing: `--transmission-levels 0` leaves the anchor out.)
+    for &level in bench.broker_levels.iter().filter(|&&n| n > 0) {
+        let state = folder.join(format!("broker-{level}"));
+        broker_rows.push(broker_at(&bench, state, &data, &torrents[..level])?.json());
+    }
+    let mut transmission_rows = Vec::new();
+    for &level in bench.transmission_levels.iter().filter(|&&n| n > 0) {
+        let config = folder.join(format!("transmission-{level}"));
+        transmission_rows.push(transmission_at(&bench, config, &data, &torrents[..level])?.json());
+    }
+    let _ = std::fs::remove_dir_all(&folder);
+    println!(
+        "{}",
+        json!({
+            "bench": "many-seeds",
+            "idle_secs": bench.idle_secs,
+            "open_files": torrent_broker::storage::DEFAULT_OPEN_FILES,
+            "broker": broker_rows,
+            "transmission": transmission_rows,
+        })
+    );
+    Ok(())
+}
+
+/// `count` distinct files of a few KiB and their torrents (each one piece), written as
+/// `.torrent` files for transmission too.
+fn make_torrents(
+    folder: &Path,
+    data: &Path,
+    count: usize,
+) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let files = folder.join("torrents");
+    std::fs::create_dir_all(&files)?;
+    (0..count)
+        .map(|i| {
+            let path = data.join(format!("seed-{i}.bin"));
+            std::fs::write(
+                &path,
+                format!("seed {i} of the many-seeds bench\n").repeat(200),
+            )?;
+            let made = torrent_broker::torrent_file::make_torrent(&path, None, &[], true)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let file = files.join(format!("seed-{i}.torrent"));
+            std::fs::write(&file, &made.bytes)?;
+            Ok((file, made.bytes))
+        })
+        .collect()
+}
+
+/// CPU (percent of one core) `pid` uses over `secs`.
+fn idle_cpu_percent(pid: u32, secs: u64) -> anyhow::Result<f64> {
+    let before = cpu_secs(&pid.to_string())?;
+    std::thread::sleep(Duration::from_secs(secs));
+    let after = cpu_secs(&pid.to_string())?;
+    Ok((after - before) * 100.0 / secs as f64)
+}
+
+fn fds(pid: u32) -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// Settles after reaching all seeding, then measures what staying idle costs.
+fn idle_figures(pid: u32, bench: &ManySeedsBench) -> anyhow::Result<(f64, u64, usize)> {
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu = idle_cpu_percent(pid, bench.idle_secs)?;
+    Ok((cpu, rss_kib(pid)?, fds(pid)?))
+}
+
+fn broker_at(
+    bench: &ManySeedsBench,
+    state: PathBuf,
+    data: &Path,
+    torrents: &[(PathBuf, Vec<u8>)],
+) -> anyhow::Result<Figures> {
+    let broker = BrokerUnderTest::new(&bench.broker, state, &bench.work);
+    let mut child = broker.start()?;
+    let poll = Duration::from_millis(50);
+    let figures = (|| {
+        let mut patron = broker.patron()?;
+        let started = Instant::now();
+        for (_, bytes) in torrents {
+            let mut create = CreateNewTorrent::new(TorrentSource::TorrentFile(bytes.clone()));
+            create.output = Some(data.display().to_string());
+            create.overwrite = true;
+            if let Created::AlreadyDownloading(..) = patron.create(create)? {
+                anyhow::bail!("a torrent of the bench was there already");
+            }
+        }
+        drop(patron);
+        broker.wait_all_seeding_within(torrents.len(), LIMIT, poll)?;
+        let add_to_seeding_ms = started.elapsed().as_secs_f64() * 1e3;
+        let (idle_cpu_percent, rss_kib, fds) = idle_figures(child.id(), bench)?;
+        broker.stop(&mut child)?;
+        let started = Instant::now();
+        child = broker.start()?;
+        broker.wait_all_seeding_within(torrents.len(), LIMIT, poll)?;
+        let restart_to_seeding_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(Figures {
+            torrents: torrents.len(),
+            add_to_seeding_ms,
+            idle_cpu_percent,
+            rss_kib,
+            fds,
+            restart_to_seeding_ms,
+        })
+    })();
+    if matches!(child.try_wait(), Ok(None)) && broker.stop(&mut child).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    figures.context("the broker")
+}
+
+fn transmission_at(
+    bench: &ManySeedsBench,
+    config: PathBuf,
+    data: &Path,
+    torrents: &[(PathBuf, Vec<u8>)],
+) -> anyhow::Result<Figures> {
+    let transmission = Transmission::new(config, data)?;
+    let mut daemon = transmission.start()?;
+    let figures = (|| {
+        // Its RPC answers once it is up.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while transmission.remote(&["-l"]).is_none() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "transmission's RPC did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Its own RPC, one connection, as a script adding many would.
+        let rpc = Rpc::new(&transmission.rpc, None);
+        let mut http = rpc.connect()?;
+        let started = Instant::now();
+        for (path, _) in torrents {
+            let reply = rpc.call(
+                &mut http,
+                "torrent-add",
+                json!({"filename": path.display().to_string(), "download-dir": data.display().to_string()}),
+            )?;
+            anyhow::ensure!(reply["result"] == "success", "torrent-add: {reply}");
+        }
+        drop(http);
+        wait_all_seeding(&rpc, torrents.len())?;
+        let add_to_seeding_ms = started.elapsed().as_secs_f64() * 1e3;
+        let (idle_cpu_percent, rss_kib, fds) = idle_figures(daemon.id(), bench)?;
+        transmission.stop(&mut daemon)?;
+        let started = Instant::now();
+        daemon = transmission.start()?;
+        wait_all_seeding(&rpc, torrents.len())?;
+        let restart_to_seeding_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(Figures {
+            torrents: torrents.len(),
+            add_to_seeding_ms,
+            idle_cpu_percent,
+            rss_kib,
+            fds,
+            restart_to_seeding_ms,
+        })
+    })();
+    // (Only a daemon still running: a pid already reaped may be another process's now.)
+    if matches!(daemon.try_wait(), Ok(None)) && transmission.stop(&mut daemon).is_err() {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+    figures.context("transmission-daemon")
+}
+
+/// Asks transmission's RPC once a second until `count` torrents are whole and seeding
+/// (status 6; 5 is waiting to seed, not yet seeding), within [`LIMIT`].
+fn wait_all_seeding(rpc: &Rpc, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + LIMIT;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        // (It may be starting: not answering yet is not a failure.)
+        let Ok(mut http) = rpc.connect() else {
+            continue;
+        };
+        let Ok(reply) = rpc.call(
+            &mut http,
+            "torrent-get",
+            json!({"fields": ["status", "percentDone"]}),
+        ) else {
+            continue;
+        };
+        let seeding = reply["arguments"]["torrents"].as_array().map_or(0, |all| {
+            all.iter()
+                .filter(|t| t["status"] == 6 && t["percentDone"].as_f64() == Some(1.0))
+                .count()
+        });
+        if seeding == count {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("transmission's torrents did not all seed within {LIMIT:?}")
+}
