@@ -44,6 +44,9 @@ impl Peer {
         for counter in [&counters.session_stats, &counters.stats] {
             counter.inc(&state);
         }
+        // torrent-patron patch: a peer that is new and live at once wakes the torrent's idle
+        // periodic work too (as `set_state` does for one known before).
+        counters.peer_went_live.send_modify(|n| *n = n.wrapping_add(1));
         Self {
             addr,
             state,

@@ -232,6 +232,18 @@ mod tests {
             .unwrap();
         // Nothing new: it sleeps.
         assert!(!embedder.has_changed().unwrap());
+        // A peer new to the torrent and live at once (an incoming connection) wakes it too.
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let addr: SocketAddr = "127.0.0.1:1236".parse().unwrap();
+        let peer = Peer::new_live_for_incoming_connection(
+            addr,
+            Id20::default(),
+            tx,
+            &peers,
+            ConnectionKind::Tcp,
+        );
+        peers.states.insert(addr, peer);
+        assert!(embedder.has_changed().unwrap(), "an incoming peer wakes it");
     }
 
     // Returns the peer handle, keeping the receiving end of the peer channel alive.

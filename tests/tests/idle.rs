@@ -1,0 +1,110 @@
+//! Idle torrents cost nothing, and miss nothing (issue 23): a torrent with no peer that
+//! nothing changes falls asleep (the status loop stops looking at it, the engine's
+//! per-torrent tasks stop ticking), and whatever then happens to it reaches the board as
+//! soon as it did when every torrent was looked at ten times a second: a peer arriving, its
+//! upload, a download completing. The cost itself is measured by `tp-bench many-seeds`.
+
+use e2e::{ok_json, run, wait_status, Sandbox, STEP_TIMEOUT};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Longer than a torrent stays awake after its last change (3 s), so that what follows
+/// happens to torrents asleep.
+const FALL_ASLEEP: Duration = Duration::from_secs(5);
+
+/// What "at once" allows here (debug builds, a loaded machine), well below the status
+/// loop's 30 s sweep that would otherwise be the first to see a missed change.
+const AT_ONCE: Duration = Duration::from_secs(8);
+
+/// `patron-client make DATA --seed` on `state`'s broker: the .torrent's path.
+fn make_seed(sandbox: &Sandbox, state: &Path, name: &str, size: usize) -> PathBuf {
+    let data = sandbox.random_file(&format!("seed/{name}"), size);
+    let torrent = sandbox.path(&format!("{name}.torrent"));
+    let mut make = sandbox.client(state);
+    make.args(["make", "--seed", "--piece-size", "16384", "--output"])
+        .arg(&torrent)
+        .arg(&data);
+    run(make).expect_code(0);
+    torrent
+}
+
+/// Waits for `condition` on torrent `id`'s status (read from the board) and says how long
+/// it took.
+fn time_until(
+    sandbox: &Sandbox,
+    state: &Path,
+    id: &str,
+    what: &str,
+    condition: impl Fn(&serde_json::Value) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    wait_status(sandbox, state, id, what, condition);
+    started.elapsed()
+}
+
+/// A seed asleep among others shows a leecher's download of it at once, even with a status
+/// interval of 5 s: the engine wakes it when the peer goes live.
+#[test]
+fn an_asleep_seed_shows_a_peer_and_its_upload_at_once() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&state, &["--status-interval", "5000"]);
+    let size = 256 << 10;
+    let mut torrents = Vec::new();
+    for i in 0..8 {
+        torrents.push(make_seed(&sandbox, &state, &format!("s{i}.bin"), size));
+    }
+    for id in 0..8 {
+        wait_status(&sandbox, &state, &id.to_string(), "seeding", |s| {
+            s["state"] == "seeding"
+        });
+    }
+    std::thread::sleep(FALL_ASLEEP);
+    // A leecher takes torrent 5 (and stays, so the seed keeps its peer for a while).
+    let leecher_state = sandbox.state_dir("leecher");
+    let _leecher = sandbox.broker(&leecher_state, &[]);
+    let out = sandbox.folder("leecher-out");
+    let mut add = sandbox.add_command(&leecher_state, &torrents[5], &out, Some(&seeder.peer()));
+    add.arg("--wait");
+    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
+    let took = time_until(&sandbox, &state, "5", "the upload shown", |s| {
+        s["uploaded"].as_u64().unwrap_or(0) >= size as u64
+    });
+    assert!(
+        took < AT_ONCE,
+        "the seed's upload reached its board {took:?} after the leecher had it all"
+    );
+    // The others moved nothing and show nothing.
+    let other = e2e::status_json(&sandbox, &state, "4");
+    assert_eq!(other["uploaded"], 0, "{other}");
+    assert_eq!(other["state"], "seeding", "{other}");
+}
+
+/// A download asleep with no peer completes on the board at once when a peer is added,
+/// whatever the status interval.
+#[test]
+fn an_asleep_download_completes_on_the_board_at_once_when_a_peer_comes() {
+    let sandbox = Sandbox::new();
+    let seeder_state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&seeder_state, &[]);
+    let torrent = make_seed(&sandbox, &seeder_state, "late.bin", 512 << 10);
+    let state = sandbox.state_dir("leecher");
+    let _leecher = sandbox.broker(&state, &["--status-interval", "5000"]);
+    let out = sandbox.folder("out");
+    // Added with no peer: it waits at 0 %, asleep.
+    run(sandbox.add_command(&state, &torrent, &out, None)).expect_code(0);
+    wait_status(&sandbox, &state, "0", "downloading", |s| {
+        s["state"] == "downloading"
+    });
+    std::thread::sleep(FALL_ASLEEP);
+    let waiting = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(waiting["bytes_done"], 0, "nothing to fetch from: {waiting}");
+    ok_json(&sandbox, &state, &["peers", "0", "--add", &seeder.peer()]);
+    let took = time_until(&sandbox, &state, "0", "complete, seeding", |s| {
+        s["state"] == "seeding" && s["complete"] == true
+    });
+    assert!(
+        took < AT_ONCE,
+        "the completion reached the board after {took:?}"
+    );
+}
