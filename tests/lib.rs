@@ -1227,3 +1227,16 @@ pub mod raw {
         );
     }
 }
+
+/// `patron-client make DATA --seed` (16 KiB pieces) of `size` random bytes at
+/// `seed/NAME` on `state`'s broker: the .torrent's path.
+pub fn make_seed(sandbox: &Sandbox, state: &Path, name: &str, size: usize) -> PathBuf {
+    let data = sandbox.random_file(&format!("seed/{name}"), size);
+    let torrent = sandbox.path(&format!("{name}.torrent"));
+    let mut make = sandbox.client(state);
+    make.args(["make", "--seed", "--piece-size", "16384", "--output"])
+        .arg(&torrent)
+        .arg(&data);
+    run(make).expect_code(0);
+    torrent
+}

@@ -4,8 +4,8 @@
 //! soon as it did when every torrent was looked at ten times a second: a peer arriving, its
 //! upload, a download completing. The cost itself is measured by `tp-bench many-seeds`.
 
-use e2e::{ok_json, run, wait_status, Sandbox, STEP_TIMEOUT};
-use std::path::{Path, PathBuf};
+use e2e::{make_seed, ok_json, run, wait_status, Sandbox, STEP_TIMEOUT};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Longer than a torrent stays awake after its last change (3 s), so that what follows
@@ -15,18 +15,6 @@ const FALL_ASLEEP: Duration = Duration::from_secs(5);
 /// What "at once" allows here (debug builds, a loaded machine), well below the status
 /// loop's 30 s sweep that would otherwise be the first to see a missed change.
 const AT_ONCE: Duration = Duration::from_secs(8);
-
-/// `patron-client make DATA --seed` on `state`'s broker: the .torrent's path.
-fn make_seed(sandbox: &Sandbox, state: &Path, name: &str, size: usize) -> PathBuf {
-    let data = sandbox.random_file(&format!("seed/{name}"), size);
-    let torrent = sandbox.path(&format!("{name}.torrent"));
-    let mut make = sandbox.client(state);
-    make.args(["make", "--seed", "--piece-size", "16384", "--output"])
-        .arg(&torrent)
-        .arg(&data);
-    run(make).expect_code(0);
-    torrent
-}
 
 /// Waits for `condition` on torrent `id`'s status (read from the board) and says how long
 /// it took.

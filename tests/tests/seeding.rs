@@ -2,22 +2,10 @@
 //! time or its idle time (the broker's limits, or its own), paused or closed; resumed by
 //! hand it seeds on; what it moved is counted across pauses and a SIGKILL.
 
-use e2e::{ok_json, run, wait_status, Sandbox, STEP_TIMEOUT};
+use e2e::{make_seed, ok_json, run, wait_status, Sandbox, STEP_TIMEOUT};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-/// `patron-client make DATA --seed` on `state`'s broker: the .torrent's path.
-fn make_seed(sandbox: &Sandbox, state: &Path, name: &str, size: usize) -> PathBuf {
-    let data = sandbox.random_file(&format!("seed/{name}"), size);
-    let torrent = sandbox.path(&format!("{name}.torrent"));
-    let mut make = sandbox.client(state);
-    make.args(["make", "--seed", "--piece-size", "16384", "--output"])
-        .arg(&torrent)
-        .arg(&data);
-    run(make).expect_code(0);
-    torrent
-}
+use std::path::Path;
 
 /// A fresh broker downloads `torrent` from `peer` to the end; it is stopped after.
 fn download(sandbox: &Sandbox, name: &str, torrent: &Path, peer: &str) {
