@@ -215,13 +215,14 @@ fn transmission_at(
             anyhow::ensure!(reply["result"] == "success", "torrent-add: {reply}");
         }
         drop(http);
-        wait_all_seeding(&rpc, torrents.len())?;
+        // (Once a second while it checks: a torrent-get of thousands costs it too.)
+        wait_all_seeding(&rpc, torrents.len(), Duration::from_secs(1))?;
         let add_to_seeding_ms = started.elapsed().as_secs_f64() * 1e3;
         let (idle_cpu_percent, rss_kib, fds) = idle_figures(daemon.id(), bench)?;
         transmission.stop(&mut daemon)?;
         let started = Instant::now();
         daemon = transmission.start()?;
-        wait_all_seeding(&rpc, torrents.len())?;
+        wait_all_seeding(&rpc, torrents.len(), Duration::from_millis(20))?;
         let restart_to_seeding_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(Figures {
             torrents: torrents.len(),
@@ -240,12 +241,12 @@ fn transmission_at(
     figures.context("transmission-daemon")
 }
 
-/// Asks transmission's RPC once a second until `count` torrents are whole and seeding
+/// Asks transmission's RPC every `poll` until `count` torrents are whole and seeding
 /// (status 6; 5 is waiting to seed, not yet seeding), within [`LIMIT`].
-fn wait_all_seeding(rpc: &Rpc, count: usize) -> anyhow::Result<()> {
+fn wait_all_seeding(rpc: &Rpc, count: usize, poll: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + LIMIT;
     while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(poll);
         // (It may be starting: not answering yet is not a failure.)
         let Ok(mut http) = rpc.connect() else {
             continue;
