@@ -601,6 +601,19 @@ impl TorrentRegistry {
         self.torrents.get_mut(&id)
     }
 
+    /// Marks torrent `id` changed for the status loop, though its entry is not: what it
+    /// shows depends on settings outside it (its labels', the broker's).
+    pub fn touch(&mut self, id: TorrentId) {
+        if self.torrents.contains_key(&id) {
+            self.touched.insert(id);
+        }
+    }
+
+    /// Marks every torrent changed (a broker-wide setting every line shows changed).
+    pub fn touch_all(&mut self) {
+        self.touched.extend(self.torrents.keys().copied());
+    }
+
     /// The running torrents changed, added or removed since the last call.
     pub fn take_touched(&mut self) -> std::collections::HashSet<TorrentId> {
         std::mem::take(&mut self.touched)

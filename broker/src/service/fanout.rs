@@ -134,6 +134,9 @@ async fn run(service: Arc<Service>, filled: tokio::sync::oneshot::Sender<()>) {
     let mut last_sweep: Option<Instant> = None;
     let mut last_pass = Instant::now();
     let mut placeholders_version = None;
+    // Torrents whose status changed on a pass that told no holder: told at the next tick,
+    // asleep by then or not.
+    let mut owed: HashSet<TorrentId> = HashSet::new();
     while !service.is_stopping() {
         let ticked = tokio::select! {
             _ = pulse.tick() => true,
@@ -164,11 +167,16 @@ async fn run(service: Arc<Service>, filled: tokio::sync::oneshot::Sender<()>) {
             pass,
             &mut placeholders_version,
         );
-        let moved: Vec<TorrentId> = computed.keys().copied().collect();
         if full {
-            fan_out(&service, Some(&moved), &computed);
-        } else if !urgent.is_empty() {
-            fan_out(&service, Some(&urgent), &computed);
+            owed.extend(computed.keys().copied());
+            let only = std::mem::take(&mut owed);
+            fan_out(&service, Some(&only), &computed);
+        } else {
+            if !urgent.is_empty() {
+                let only: HashSet<TorrentId> = urgent.iter().copied().collect();
+                fan_out(&service, Some(&only), &computed);
+            }
+            owed.extend(computed.keys().filter(|id| !urgent.contains(id)).copied());
         }
         if let Some(filled) = filled.take() {
             let _ = filled.send(());
@@ -479,7 +487,7 @@ async fn completed(service: &Arc<Service>, id: TorrentId, handle: &ManagedTorren
 /// only comparing and queueing hold it.
 pub(super) fn fan_out(
     service: &Service,
-    only: Option<&[TorrentId]>,
+    only: Option<&HashSet<TorrentId>>,
     computed: &HashMap<TorrentId, TorrentStatus>,
 ) {
     let seeding = service.seed_policy();

@@ -200,18 +200,24 @@ impl Service {
             tracing::info!(label = %name, "label settings changed");
             // Its torrents' limits follow at once.
             let running: Vec<_> = {
-                let state = self.state();
-                state
+                let mut state = self.state();
+                let running: Vec<_> = state
                     .registry
                     .iter()
                     .filter(|(_, e)| e.restore.labels.contains(name))
                     .filter_map(|(id, e)| Some((*id, e.live_handle()?)))
-                    .collect()
+                    .collect();
+                // Their lines and their holders' events follow: the status loop looks.
+                for (id, _) in &running {
+                    state.registry.touch(*id);
+                }
+                running
             };
             self.apply_label_rates(&running);
             for (id, _) in &running {
                 self.sync_board(*id);
             }
+            self.status_nudge.notify_one();
             self.queue.nudge();
         }
         Ok(self.label_list())

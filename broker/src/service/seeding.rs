@@ -251,6 +251,9 @@ impl Service {
             *settings
         };
         tracing::info!(limits = ?now.0, action = now.1.as_str(), "seeding limits changed");
+        // Every line shows the limits in force: the status loop looks at every torrent,
+        // asleep or not.
+        self.state().registry.touch_all();
         self.status_nudge.notify_one();
         Ok(now)
     }
@@ -316,6 +319,22 @@ impl Service {
         let mut reached: Vec<(TorrentId, SeedStop)> = Vec::new();
         let running: Vec<(TorrentId, engine::ManagedTorrentHandle)> = {
             let mut state = self.state();
+            // The gap comes off every running clock, asleep or awake.
+            if let Some(skip) = skipped {
+                let clocked: Vec<TorrentId> = state
+                    .registry
+                    .iter()
+                    .filter(|(_, e)| e.restore.seeding_since.is_some())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in clocked {
+                    if let Some(entry) = state.registry.get_mut(id) {
+                        let r = &mut entry.restore;
+                        r.seeding_since = r.seeding_since.map(|t| t.saturating_add(skip).min(wall));
+                        r.idle_since = r.idle_since.map(|t| t.saturating_add(skip).min(wall));
+                    }
+                }
+            }
             let mut running = Vec::with_capacity(awake.len());
             let mut stopped = Vec::new();
             let runs = self.seeding.runs.lock().unwrap_or_else(|e| e.into_inner());
@@ -344,15 +363,6 @@ impl Service {
             for id in stopped {
                 if let Some(entry) = state.registry.get_mut(id) {
                     entry.restore.stop_clocks(wall);
-                }
-            }
-            if let Some(skip) = skipped {
-                for (id, _) in &running {
-                    if let Some(entry) = state.registry.get_mut(*id) {
-                        let r = &mut entry.restore;
-                        r.seeding_since = r.seeding_since.map(|t| t.saturating_add(skip).min(wall));
-                        r.idle_since = r.idle_since.map(|t| t.saturating_add(skip).min(wall));
-                    }
                 }
             }
             running
@@ -463,7 +473,7 @@ impl Service {
     }
 
     /// Saves every torrent's counts ([`crate::counts`]): soon after a clock started or
-    /// stopped (or a change of the records), and at least once a minute while bytes move or
+    /// stopped (and at the first tick), and at least once a minute while bytes move or
     /// clocks run. One write of one file, however many torrents.
     async fn save_counts_when_due(self: &Arc<Self>, moved: bool, clocks_changed: bool) {
         let now = Instant::now();

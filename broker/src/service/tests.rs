@@ -260,7 +260,7 @@ async fn the_fan_out_sends_each_holder_a_status_only_when_it_changed() {
     let none = std::collections::HashMap::new();
     super::fanout::fan_out(service, None, &none);
     super::fanout::fan_out(service, None, &none);
-    super::fanout::fan_out(service, Some(&[id]), &none);
+    super::fanout::fan_out(service, Some(&std::collections::HashSet::from([id])), &none);
     let sent = sink.statuses.lock().unwrap().clone();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].id, id);

@@ -634,7 +634,7 @@ impl ManagedTorrent {
             // torrent-patron patch: no polling. The wait is registered before the state
             // is looked at, so a change in between wakes it (a second's timeout made every
             // paused torrent's waiter wake each second: ten thousand wakes a second).
-            let live = loop {
+            loop {
                 let changed = self.state_change_notify.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
@@ -646,14 +646,16 @@ impl ManagedTorrent {
                     ManagedTorrentState::Error(e) => bail!("{:?}", e),
                     ManagedTorrentState::None => bail!("bug: torrent state is None"),
                 })?;
-                if let Some(live) = live {
-                    break live;
+                match live {
+                    // torrent-patron patch: paused (or failed) before it completed, that
+                    // live state never will: look again, and let it go.
+                    Some(live) => tokio::select! {
+                        () = live.wait_until_completed() => return Ok(()),
+                        () = &mut changed => {}
+                    },
+                    None => changed.await,
                 }
-                changed.await;
-            };
-
-            live.wait_until_completed().await;
-            Ok(())
+            }
         }
         .boxed()
     }

@@ -822,10 +822,13 @@ impl TorrentStateLive {
     }
 
     pub async fn wait_until_completed(&self) {
+        // torrent-patron patch: registered before the look, so a completion in between is
+        // not missed.
+        let finished = self.finished_notify.notified();
         if self.is_finished() {
             return;
         }
-        self.finished_notify.notified().await;
+        finished.await;
     }
 
     pub fn pause(&self) -> anyhow::Result<TorrentStatePaused> {
