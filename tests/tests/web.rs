@@ -402,7 +402,11 @@ fn transmission_remote_drives_the_broker_through_the_rpc() {
     let downloads_arg = downloads.display().to_string();
     let added = remote(&["-a", &torrent, "-w", &downloads_arg]);
     assert!(added.contains("success"), "{added}");
-    // Its peer, named through our own CLI (transmission-remote has no such option).
+    // Its peer, named through our own CLI (transmission-remote has no such option), once
+    // its check is over (a torrent checking dials no peer: the add is refused until then).
+    e2e::wait_status(&sandbox, &state, "0", "its check over", |s| {
+        s["state"] != "checking"
+    });
     let mut peers = sandbox.client(&state);
     peers.args(["peers", "0", "--add", &seeder.broker.peer()]);
     run(peers).expect_code(0);
