@@ -15,7 +15,10 @@ files, and adds another torrent over it with --overwrite. It checks as it runs:
   - every patron that was not killed exits within PATRON_BOUND with a documented code;
   - every completed download has the right SHA-256;
 and at the end, once every patron is gone: the broker's fds, threads and RSS are back near
-their baseline. Everything stays on 127.0.0.1; every process is ended by its PID.
+their baseline. The broker under test holds --many (10,000 by default) idle seeds of its own
+throughout (issue 23: what a broker shared by many programs collects), added at the start
+through one pipe patron; at the end every one of them still seeds and has its record.
+Everything stays on 127.0.0.1; every process is ended by its PID.
 """
 
 import argparse
@@ -23,6 +26,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -44,8 +48,9 @@ def log(*parts):
 
 
 class Soak:
-    def __init__(self, bins, minutes, seed):
+    def __init__(self, bins, minutes, seed, many):
         self.bins = bins
+        self.many = many
         self.deadline = time.monotonic() + minutes * 60
         self.rng = random.Random(seed)
         self.tmp = tempfile.mkdtemp(prefix="tp-soak-")
@@ -61,7 +66,9 @@ class Soak:
         self.outside_before = snapshot(self.outside)
         self.env = dict(os.environ, TORRENT_PATRON_LOOPBACK_ONLY="1",
                         TORRENT_PATRON_DOWNLOAD_ROOT=self.tmp,
-                        TORRENT_PATRON_STATUS_INTERVAL="200", RUST_LOG="info")
+                        TORRENT_PATRON_STATUS_INTERVAL="200", RUST_LOG="info",
+                        # The idle seeds and the soak's own torrents.
+                        TORRENT_PATRON_MAX_TORRENTS=str(max(10_000, many + 1_000)))
         self.env.pop("TORRENT_PATRON_STATE", None)
         self.env.pop("XDG_RUNTIME_DIR", None)
 
@@ -121,12 +128,16 @@ class Soak:
             return False
         return True
 
-    def records_valid(self, state):
+    def records_valid(self, state, sample=None):
+        """Every record parses (or a random `sample` of them: thousands each second would
+        be the soak's own load)."""
         folder = os.path.join(state, "records")
         try:
             names = os.listdir(folder)
         except FileNotFoundError:
             return
+        if sample is not None and len(names) > sample:
+            names = self.rng.sample(names, sample)
         for name in names:
             if name.startswith("."):
                 continue  # a write in progress
@@ -313,6 +324,7 @@ class Soak:
         peer = f"127.0.0.1:{seed_port}"
         self.peer = peer
 
+        self.many_seeds(state)
         # Warm every lazily started part of the broker, then take its baseline.
         self.client(state, "list")
         base = self.usage(leecher.pid)
@@ -364,7 +376,7 @@ class Soak:
                 last_check = now
                 self.broker_alive(leecher, "the broker under test")
                 self.broker_alive(seeder, "the seeding broker")
-                self.records_valid(state)
+                self.records_valid(state, sample=200)
             time.sleep(self.rng.random() * 0.2)
 
         # Wind down: every patron ends (watchers get Ctrl-C), then resources return.
@@ -399,6 +411,7 @@ class Soak:
             self.fail(f"RSS grew by {(now_usage[2] - base[2]) // 1024} MiB")
         self.broker_alive(leecher, "the broker under test")
         self.records_valid(state)
+        self.many_seeds_held(state)
         self.outside_untouched("at the end")
         if self.counts["attacks"] == 0:
             self.fail("the attacker never attacked")
@@ -413,6 +426,64 @@ class Soak:
             f"{c['cats']} cat streams verified, {c['attacks']} attacks on the storage, "
             f"exit codes {dict(sorted(c['exit_codes'].items()))}")
         return not self.failures
+
+    # -- many idle seeds ---------------------------------------------------------------------
+    def many_seeds(self, state):
+        """Adds self.many tiny seeds (data present, one piece each) through one pipe patron;
+        every add must be answered `created`."""
+        if self.many == 0:
+            return
+        folder = os.path.join(self.tmp, "many")
+        os.makedirs(folder, exist_ok=True)
+        lines = []
+        for n in range(self.many):
+            name = f"m{n}.bin"
+            data = f"idle seed {n} of the soak\n".encode() * 4
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
+            info = (b"d6:lengthi%de4:name%d:%s12:piece lengthi16384e6:pieces20:%se"
+                    % (len(data), len(name), name.encode(), hashlib.sha1(data).digest()))
+            torrent = os.path.join(folder, f"m{n}.torrent")
+            with open(torrent, "wb") as f:
+                f.write(b"d4:info" + info + b"e")
+            lines.append(json.dumps({"cmd": "add", "torrent": torrent, "output": folder,
+                                     "overwrite": True, "request": n}))
+        started = time.monotonic()
+        out = subprocess.run([self.bins["patron-client"], "--state-dir", state, "pipe"],
+                             input="\n".join(lines) + "\n", capture_output=True, text=True,
+                             env=self.env, timeout=600)
+        replies = [json_line(line) for line in out.stdout.splitlines()]
+        created = sum(1 for r in replies if r.get("event") == "created")
+        if out.returncode != 0 or created != self.many:
+            self.fail(f"{self.many} idle seeds: {created} created, exit {out.returncode}: "
+                      f"{[r for r in replies if r.get('event') not in ('created', 'status')][:3]}")
+        deadline = time.monotonic() + 300
+        seeding = 0
+        while time.monotonic() < deadline:
+            listed = self.client(state, "--json", "list").stdout.splitlines()
+            seeding = sum(1 for line in listed if json_line(line).get("state") == "seeding")
+            if seeding >= self.many:
+                break
+            time.sleep(1)
+        log(f"{self.many} idle seeds added and seeding in {time.monotonic() - started:.1f} s "
+            f"({seeding} seeding)")
+        if seeding < self.many:
+            self.fail(f"only {seeding} of {self.many} idle seeds seed")
+
+    def many_seeds_held(self, state):
+        """At the end, every idle seed still seeds and has its record."""
+        if self.many == 0:
+            return
+        listed = self.client(state, "--json", "list").stdout.splitlines()
+        names = {json_line(line).get("name"): json_line(line).get("state") for line in listed}
+        idle = [state_ for name, state_ in names.items()
+                if name and re.fullmatch(r"m[0-9]+\.bin", name)]
+        if len(idle) != self.many or any(state_ != "seeding" for state_ in idle):
+            self.fail(f"of {self.many} idle seeds, {len(idle)} listed, "
+                      f"{sum(1 for s in idle if s == 'seeding')} seeding at the end")
+        records = len(os.listdir(os.path.join(state, "records")))
+        if records < self.many:
+            self.fail(f"{records} records for at least {self.many} idle seeds")
 
     def random_patron(self, state, torrents, downloads):
         torrent, _, _ = self.rng.choice(torrents)
@@ -471,7 +542,8 @@ class Soak:
             # Mid-download too: the torrent is checked again and goes on.
             self.spawn(state, choice, ["--json", "recheck", str(self.rng.randrange(0, 8))])
         elif choice == "close-unknown":
-            self.spawn(state, choice, ["close", str(self.rng.randrange(1000, 2000))])
+            # (Far above any id the soak hands out, its idle seeds included.)
+            self.spawn(state, choice, ["close", str(self.rng.randrange(10**9, 10**9 + 1000))])
         else:
             self.spawn(state, choice, ["--json", "broker", "status"])
 
@@ -540,11 +612,13 @@ def main():
     parser.add_argument("--minutes", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--bin-dir", required=True)
+    parser.add_argument("--many", type=int, default=10_000,
+                        help="idle seeds the broker under test holds throughout (0: none)")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     log(f"{args.minutes} minutes, seed {seed} (rerun with --seed {seed})")
     bins = {b: os.path.join(args.bin_dir, b) for b in ("torrent-broker", "patron-client")}
-    soak = Soak(bins, args.minutes, seed)
+    soak = Soak(bins, args.minutes, seed, args.many)
     try:
         ok = soak.run()
     finally:
