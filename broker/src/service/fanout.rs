@@ -493,13 +493,14 @@ pub(super) fn fan_out(
     let seeding = service.seed_policy();
     let held: Vec<_> = {
         let state = service.state();
-        state
-            .registry
-            .iter()
-            .filter(|(id, entry)| {
-                !entry.holders.is_empty() && only.is_none_or(|only| only.contains(id))
-            })
-            .filter_map(|(_, entry)| {
+        // Only those named, when they are (a pass fans out what moved, not every torrent).
+        let entries: Box<dyn Iterator<Item = &crate::registry::TorrentEntry>> = match only {
+            Some(only) => Box::new(only.iter().filter_map(|id| state.registry.get(*id))),
+            None => Box::new(state.registry.iter().map(|(_, entry)| entry)),
+        };
+        entries
+            .filter(|entry| !entry.holders.is_empty())
+            .filter_map(|entry| {
                 Some((
                     entry.info.clone(),
                     entry.live_handle()?,
