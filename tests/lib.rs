@@ -377,6 +377,12 @@ impl BrokerProcess {
         kill(Pid::from_raw(self.pid), signal).expect("signal broker");
     }
 
+    /// Stops it as a user would (SIGTERM): it must exit cleanly within [`STEP_TIMEOUT`].
+    pub fn stop(mut self) {
+        self.signal(Signal::SIGTERM);
+        assert!(self.wait_exit(STEP_TIMEOUT).success(), "{}", self.log());
+    }
+
     /// Waits (bounded) for it to exit.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
@@ -1239,4 +1245,21 @@ pub fn make_seed(sandbox: &Sandbox, state: &Path, name: &str, size: usize) -> Pa
         .arg(&data);
     run(make).expect_code(0);
     torrent
+}
+
+/// Makes a .torrent of a small local file (nothing is seeded) and returns its path. A broker
+/// of its own does the hashing, so that the tests' brokers start and stop as they need.
+pub fn made_torrent(sandbox: &Sandbox, name: &str) -> PathBuf {
+    let data = sandbox.random_file(&format!("data/{name}"), 40_000);
+    let torrent = sandbox.path(&format!("{name}.torrent"));
+    let maker = sandbox.state_dir(&format!("maker-{name}"));
+    sandbox.make_torrent(&maker, &data, &torrent);
+    torrent
+}
+
+/// `patron-client --json list` on `state`'s broker: one object per torrent.
+pub fn listed(sandbox: &Sandbox, state: &Path) -> Vec<Value> {
+    let mut list = sandbox.client(state);
+    list.args(["--json", "list"]);
+    run(list).expect_code(0).json_lines()
 }

@@ -2,7 +2,7 @@
 //! wait, `queued`, and start in the queue's order as slots free; moves, stalls, changes at
 //! run time and a SIGKILL all keep that.
 
-use e2e::{ok_json, run, wait_for, Sandbox, STEP_TIMEOUT};
+use e2e::{listed, ok_json, run, wait_for, Sandbox, STEP_TIMEOUT};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -31,13 +31,6 @@ fn seeding(
         })
         .collect();
     (broker, torrents)
-}
-
-/// Every torrent's line of `list --json`, by id.
-fn listed(sandbox: &Sandbox, state: &Path) -> Vec<Value> {
-    let (code, lines) = e2e::client_json(sandbox, state, &["list"]);
-    assert_eq!(code, 0, "{lines:?}");
-    lines
 }
 
 fn state_of(lines: &[Value], id: u64) -> String {

@@ -2,27 +2,11 @@
 //! record that cannot be restored is kept and shown, an unreadable state file is never
 //! overwritten, and an add the broker could not record is not reported as done.
 
-use e2e::{run, BrokerProcess, Sandbox, STEP_TIMEOUT};
+use e2e::{listed, made_torrent, run, Sandbox, STEP_TIMEOUT};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// Makes a .torrent of a small local file (nothing is seeded) and returns its path. A broker
-/// of its own does the hashing, so that the tests' brokers start and stop as they need.
-fn made_torrent(sandbox: &Sandbox, name: &str) -> PathBuf {
-    let data = sandbox.random_file(&format!("data/{name}"), 40_000);
-    let torrent = sandbox.path(&format!("{name}.torrent"));
-    let maker = sandbox.state_dir(&format!("maker-{name}"));
-    sandbox.make_torrent(&maker, &data, &torrent);
-    torrent
-}
-
-fn listed(sandbox: &Sandbox, state: &Path) -> Vec<Value> {
-    let mut list = sandbox.client(state);
-    list.args(["--json", "list"]);
-    run(list).expect_code(0).json_lines()
-}
 
 /// Mounts a 1 MiB tmpfs on `state` (needs root), unmounted when the guard drops.
 fn small_disk(state: &Path) -> impl Drop {
@@ -54,11 +38,6 @@ fn fill(folder: &Path) -> PathBuf {
     filler
 }
 
-fn stop(mut broker: BrokerProcess) {
-    broker.signal(Signal::SIGTERM);
-    assert!(broker.wait_exit(STEP_TIMEOUT).success());
-}
-
 #[test]
 fn a_record_that_cannot_be_restored_is_kept_shown_and_restored_later() {
     let sandbox = Sandbox::new();
@@ -74,7 +53,7 @@ fn a_record_that_cannot_be_restored_is_kept_shown_and_restored_later() {
     let add = sandbox.add_command(&state, &torrent, &save, None);
     let added = run(add).expect_code(0).json_lines();
     let id = added[0]["id"].clone();
-    stop(broker);
+    broker.stop();
 
     // The disk is "not mounted": its folder is gone, and in its place a file.
     let away = sandbox.path("disk-away");
@@ -90,7 +69,7 @@ fn a_record_that_cannot_be_restored_is_kept_shown_and_restored_later() {
         why.contains("downloads"),
         "the error names the folder: {why}"
     );
-    stop(broker);
+    broker.stop();
 
     // Mounted again: the next start restores it.
     std::fs::remove_file(&disk).expect("remove the file");
@@ -100,7 +79,7 @@ fn a_record_that_cannot_be_restored_is_kept_shown_and_restored_later() {
     assert_eq!(torrents.len(), 1, "{torrents:?}");
     assert_eq!(torrents[0]["id"], id);
     assert_ne!(torrents[0]["state"], "error", "{torrents:?}");
-    stop(broker);
+    broker.stop();
 }
 
 /// A state dir (`name-state`) recording one torrent saved on a disk that is then gone (its
@@ -111,7 +90,7 @@ fn record_on_an_unmounted_disk(sandbox: &Sandbox, name: &str) -> (PathBuf, PathB
     let torrent = made_torrent(sandbox, &format!("{name}.bin"));
     let broker = sandbox.broker(&state, &[]);
     run(sandbox.add_command(&state, &torrent, &disk, None)).expect_code(0);
-    stop(broker);
+    broker.stop();
     std::fs::remove_dir_all(&disk).expect("unmount");
     (state, disk)
 }
@@ -130,7 +109,7 @@ fn a_missing_save_folder_is_not_created_again_at_restore() {
         !disk.exists(),
         "the broker created the missing save folder again"
     );
-    stop(broker);
+    broker.stop();
 }
 
 #[test]
@@ -141,7 +120,7 @@ fn an_unreadable_state_file_stops_the_broker_and_is_never_overwritten() {
     let torrent = made_torrent(&sandbox, "unreadable.bin");
     let broker = sandbox.broker(&state, &[]);
     run(sandbox.add_command(&state, &torrent, &downloads, None)).expect_code(0);
-    stop(broker);
+    broker.stop();
     // One file per torrent (`records/<id>.json`).
     let records = state.join("records/0.json");
     assert!(records.is_file(), "the record of torrent 0");
@@ -201,17 +180,17 @@ fn an_add_the_broker_cannot_record_fails_and_nothing_is_forgotten() {
 
     // A restart with the disk still full: the broker starts (it needs to write nothing) and
     // runs what it recorded.
-    stop(broker);
+    broker.stop();
     let broker = sandbox.broker(&state, &[]);
     let torrents = listed(&sandbox, &state);
     assert_eq!(torrents.len(), 1, "{torrents:?}");
     // Room again; after a restart exactly the recorded torrent is back.
     std::fs::remove_file(&filler).expect("remove filler");
-    stop(broker);
+    broker.stop();
     let broker = sandbox.broker(&state, &[]);
     let torrents = listed(&sandbox, &state);
     assert_eq!(torrents.len(), 1, "{torrents:?}");
-    stop(broker);
+    broker.stop();
 }
 
 #[test]
@@ -226,13 +205,13 @@ fn a_record_that_cannot_be_restored_can_be_closed_for_good() {
     close.args(["--json", "close", &id]);
     run(close).expect_code(0);
     assert!(listed(&sandbox, &state).is_empty());
-    stop(broker);
+    broker.stop();
     let broker = sandbox.broker(&state, &[]);
     assert!(
         listed(&sandbox, &state).is_empty(),
         "a closed record came back"
     );
-    stop(broker);
+    broker.stop();
 }
 
 #[test]
@@ -245,7 +224,7 @@ fn state_files_are_owner_only_even_in_a_state_dir_that_already_existed() {
     let torrent = made_torrent(&sandbox, "private.bin");
     let broker = sandbox.broker(&state, &[]);
     run(sandbox.add_command(&state, &torrent, &downloads, None)).expect_code(0);
-    stop(broker);
+    broker.stop();
 
     let mut open = Vec::new();
     let mut stack = vec![state.clone()];
@@ -309,7 +288,7 @@ fn a_fifo_or_link_in_the_state_dir_refuses_the_start_naming_it_never_hangs() {
     let torrent = made_torrent(&sandbox, "planted.bin");
     let broker = sandbox.broker(&state, &[]);
     run(sandbox.add_command(&state, &torrent, &downloads, None)).expect_code(0);
-    stop(broker);
+    broker.stop();
     let fifo = |path: &Path| {
         nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o600)).expect("mkfifo");
     };
@@ -340,7 +319,7 @@ fn a_fifo_or_link_in_the_state_dir_refuses_the_start_naming_it_never_hangs() {
     // Put right, the broker starts and still has its torrent.
     let broker = sandbox.broker(&state, &[]);
     assert_eq!(listed(&sandbox, &state).len(), 1);
-    stop(broker);
+    broker.stop();
 }
 
 #[test]
@@ -384,10 +363,10 @@ fn a_close_that_cannot_be_recorded_keeps_the_torrent_and_the_callers_hold() {
     patron.close(id, true, false).expect("close");
     assert!(!downloads.join("kept.bin").exists());
     drop(patron);
-    stop(broker);
+    broker.stop();
     let broker = sandbox.broker(&state, &[]);
     assert!(listed(&sandbox, &state).is_empty());
-    stop(broker);
+    broker.stop();
 }
 
 /// A folder made read-only by a bind mount of itself, until dropped. Needs root.
@@ -452,7 +431,7 @@ fn status_says_a_long_error_whole() {
     watching.signal(Signal::SIGTERM);
     let _ = watching.finish(STEP_TIMEOUT);
     assert!(!first.contains('…'), "{first}");
-    stop(broker);
+    broker.stop();
 }
 
 /// An id never names two torrents in one state dir: torrents closed (the highest ids) and a
@@ -490,7 +469,7 @@ fn ids_are_never_handed_out_twice_across_restarts() {
         id > 3,
         "id {id} was handed out before, to a torrent now closed"
     );
-    stop(broker);
+    broker.stop();
 }
 
 /// `broker status` counts the records it keeps but could not restore, as `list` shows them.
@@ -508,7 +487,7 @@ fn broker_status_counts_kept_records() {
     human.args(["broker", "status"]);
     let human = run(human).expect_code(0).stdout;
     assert!(human.contains("1 kept, not restored"), "{human}");
-    stop(broker);
+    broker.stop();
 }
 
 #[test]
@@ -523,7 +502,7 @@ fn records_in_one_torrents_json_move_to_a_file_each_even_after_a_migration_cut_s
         add.arg("--paused");
         run(add).expect_code(0);
     }
-    stop(broker);
+    broker.stop();
     // The records as an earlier release kept them: one torrents.json for all.
     let folder = state.join("records");
     let mut all = serde_json::Map::new();
@@ -564,7 +543,7 @@ fn records_in_one_torrents_json_move_to_a_file_each_even_after_a_migration_cut_s
     close.args(["close", "0"]);
     run(close).expect_code(0);
     assert!(!folder.join("0.json").exists());
-    stop(broker);
+    broker.stop();
     let _broker = sandbox.broker(&state, &[]);
     let list = listed(&sandbox, &state);
     assert_eq!(list.len(), 1, "{list:?}");

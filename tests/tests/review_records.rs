@@ -1,32 +1,13 @@
 //! A hostile review of the records kept one file per torrent (`<state>/records/<id>.json`,
 //! commit b4c7f56). Each test fails on the code it names.
 
-use e2e::{run, BrokerProcess, Sandbox, STEP_TIMEOUT};
+use e2e::{listed, made_torrent, run, BrokerProcess, Sandbox, STEP_TIMEOUT};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-fn made_torrent(sandbox: &Sandbox, name: &str) -> PathBuf {
-    let data = sandbox.random_file(&format!("data/{name}"), 40_000);
-    let torrent = sandbox.path(&format!("{name}.torrent"));
-    let maker = sandbox.state_dir(&format!("maker-{name}"));
-    sandbox.make_torrent(&maker, &data, &torrent);
-    torrent
-}
-
-fn listed(sandbox: &Sandbox, state: &Path) -> Vec<Value> {
-    let mut list = sandbox.client(state);
-    list.args(["--json", "list"]);
-    run(list).expect_code(0).json_lines()
-}
+use std::path::Path;
 
 fn ids(list: &[Value]) -> Vec<u64> {
     list.iter().map(|t| t["id"].as_u64().unwrap()).collect()
-}
-
-fn stop(mut broker: BrokerProcess) {
-    broker.signal(Signal::SIGTERM);
-    assert!(broker.wait_exit(STEP_TIMEOUT).success());
 }
 
 fn kill(mut broker: BrokerProcess) {
@@ -54,7 +35,7 @@ fn a_torrents_json_beside_a_records_folder_is_not_deleted_unread() {
     let downloads = sandbox.folder("downloads");
     let broker = sandbox.broker(&state, &[]);
     add_paused(&sandbox, &state, &downloads, &["a.bin", "b.bin"]);
-    stop(broker);
+    broker.stop();
     // What the previous release keeps after adding b while downgraded: torrents.json naming
     // both; the records folder of the first upgrade knows only a.
     let folder = state.join("records");
@@ -148,7 +129,7 @@ fn a_record_gone_while_running_is_written_again_by_the_next_save() {
     let mut resume = sandbox.client(&state);
     resume.args(["resume", "1"]);
     run(resume).expect_code(0);
-    stop(broker);
+    broker.stop();
     let _broker = sandbox.broker(&state, &[]);
     let list = ids(&listed(&sandbox, &state));
     assert_eq!(list.len(), 2, "torrent 0 forgotten: {list:?}");

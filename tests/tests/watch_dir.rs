@@ -3,7 +3,7 @@
 //! garbage never hurt the broker; a file being written is not read early; a SIGKILL between
 //! the add and the rename neither loses nor doubles a torrent.
 
-use e2e::{client_json, wait_for, Sandbox, STEP_TIMEOUT};
+use e2e::{listed, wait_for, Sandbox, STEP_TIMEOUT};
 use nix::sys::signal::Signal;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,12 +17,6 @@ fn torrent_of(sandbox: &Sandbox, name: &str, size: usize) -> Vec<u8> {
     let torrent = sandbox.path(&format!("made/{name}.torrent"));
     sandbox.make_torrent(&state, &data, &torrent);
     std::fs::read(&torrent).expect("read the .torrent")
-}
-
-fn listed(sandbox: &Sandbox, state: &Path) -> Vec<serde_json::Value> {
-    let (code, lines) = client_json(sandbox, state, &["list"]);
-    assert_eq!(code, 0, "{lines:?}");
-    lines
 }
 
 fn names(dir: &Path) -> Vec<String> {
