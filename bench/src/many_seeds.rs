@@ -14,6 +14,7 @@ use patron_client::Created;
 use proto::{CreateNewTorrent, TorrentSource};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// What `tp-bench many-seeds` needs.
@@ -139,18 +140,65 @@ fn idle_figures(pid: u32, bench: &ManySeedsBench) -> anyhow::Result<(f64, u64, u
     Ok((cpu, rss_kib(pid)?, fds(pid)?))
 }
 
-fn broker_at(
+/// What the rows ask of either client.
+trait Client {
+    /// Its process.
+    fn pid(&self) -> u32;
+    /// Adds every torrent (its data in `data`), as a user adding many would.
+    fn add_all(&mut self, data: &Path, torrents: &[(PathBuf, Vec<u8>)]) -> anyhow::Result<()>;
+    /// Returns once `count` torrents seed.
+    fn wait_all_seeding(&self, count: usize, after_restart: bool) -> anyhow::Result<()>;
+    /// Stops it (cleanly: it saves what it must).
+    fn stop(&mut self) -> anyhow::Result<()>;
+    /// Starts it again.
+    fn start(&mut self) -> anyhow::Result<()>;
+    /// Stops it for good (it may already have stopped).
+    fn end(&mut self);
+}
+
+/// One client at one level: add to all seeding, idle, restart to all seeding.
+fn measure(
+    client: &mut dyn Client,
     bench: &ManySeedsBench,
-    state: PathBuf,
     data: &Path,
     torrents: &[(PathBuf, Vec<u8>)],
 ) -> anyhow::Result<Figures> {
-    let broker = BrokerUnderTest::new(&bench.broker, state, &bench.work);
-    let mut child = broker.start()?;
-    let poll = Duration::from_millis(50);
     let figures = (|| {
-        let mut patron = broker.patron()?;
         let started = Instant::now();
+        client.add_all(data, torrents)?;
+        client.wait_all_seeding(torrents.len(), false)?;
+        let add_to_seeding_ms = started.elapsed().as_secs_f64() * 1e3;
+        let (idle_cpu_percent, rss_kib, fds) = idle_figures(client.pid(), bench)?;
+        client.stop()?;
+        let started = Instant::now();
+        client.start()?;
+        client.wait_all_seeding(torrents.len(), true)?;
+        Ok(Figures {
+            torrents: torrents.len(),
+            add_to_seeding_ms,
+            idle_cpu_percent,
+            rss_kib,
+            fds,
+            restart_to_seeding_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    })();
+    client.end();
+    figures
+}
+
+/// A broker of the bench's own: adds through one patron, seeding read off the board.
+struct Broker {
+    broker: BrokerUnderTest,
+    child: Child,
+}
+
+impl Client for Broker {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn add_all(&mut self, data: &Path, torrents: &[(PathBuf, Vec<u8>)]) -> anyhow::Result<()> {
+        let mut patron = self.broker.patron()?;
         for (_, bytes) in torrents {
             let mut create = CreateNewTorrent::new(TorrentSource::TorrentFile(bytes.clone()));
             create.output = Some(data.display().to_string());
@@ -159,29 +207,97 @@ fn broker_at(
                 anyhow::bail!("a torrent of the bench was there already");
             }
         }
-        drop(patron);
-        broker.wait_all_seeding_within(torrents.len(), LIMIT, poll)?;
-        let add_to_seeding_ms = started.elapsed().as_secs_f64() * 1e3;
-        let (idle_cpu_percent, rss_kib, fds) = idle_figures(child.id(), bench)?;
-        broker.stop(&mut child)?;
-        let started = Instant::now();
-        child = broker.start()?;
-        broker.wait_all_seeding_within(torrents.len(), LIMIT, poll)?;
-        let restart_to_seeding_ms = started.elapsed().as_secs_f64() * 1e3;
-        Ok(Figures {
-            torrents: torrents.len(),
-            add_to_seeding_ms,
-            idle_cpu_percent,
-            rss_kib,
-            fds,
-            restart_to_seeding_ms,
-        })
-    })();
-    if matches!(child.try_wait(), Ok(None)) && broker.stop(&mut child).is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
+        Ok(())
     }
-    figures.context("the broker")
+
+    fn wait_all_seeding(&self, count: usize, _: bool) -> anyhow::Result<()> {
+        self.broker
+            .wait_all_seeding_within(count, LIMIT, Duration::from_millis(50))
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        self.broker.stop(&mut self.child)
+    }
+
+    fn start(&mut self) -> anyhow::Result<()> {
+        self.child = self.broker.start()?;
+        Ok(())
+    }
+
+    fn end(&mut self) {
+        // (Only a process still running: a pid already reaped may be another's now.)
+        if matches!(self.child.try_wait(), Ok(None)) && self.broker.stop(&mut self.child).is_err() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A transmission-daemon of the bench's own, driven through its RPC.
+struct TransmissionClient {
+    transmission: Transmission,
+    rpc: Rpc,
+    daemon: Child,
+}
+
+impl Client for TransmissionClient {
+    fn pid(&self) -> u32 {
+        self.daemon.id()
+    }
+
+    fn add_all(&mut self, data: &Path, torrents: &[(PathBuf, Vec<u8>)]) -> anyhow::Result<()> {
+        // One connection, as a script adding many would.
+        let mut http = self.rpc.connect()?;
+        for (path, _) in torrents {
+            let reply = self.rpc.call(
+                &mut http,
+                "torrent-add",
+                json!({"filename": path.display().to_string(), "download-dir": data.display().to_string()}),
+            )?;
+            anyhow::ensure!(reply["result"] == "success", "torrent-add: {reply}");
+        }
+        Ok(())
+    }
+
+    fn wait_all_seeding(&self, count: usize, after_restart: bool) -> anyhow::Result<()> {
+        // Once a second while it checks (a torrent-get of thousands costs it too); closely
+        // after a restart, which takes it a fraction of a second.
+        let poll = match after_restart {
+            true => Duration::from_millis(20),
+            false => Duration::from_secs(1),
+        };
+        wait_all_seeding(&self.rpc, count, poll)
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        self.transmission.stop(&mut self.daemon)
+    }
+
+    fn start(&mut self) -> anyhow::Result<()> {
+        self.daemon = self.transmission.start()?;
+        Ok(())
+    }
+
+    fn end(&mut self) {
+        if matches!(self.daemon.try_wait(), Ok(None))
+            && self.transmission.stop(&mut self.daemon).is_err()
+        {
+            let _ = self.daemon.kill();
+            let _ = self.daemon.wait();
+        }
+    }
+}
+
+fn broker_at(
+    bench: &ManySeedsBench,
+    state: PathBuf,
+    data: &Path,
+    torrents: &[(PathBuf, Vec<u8>)],
+) -> anyhow::Result<Figures> {
+    let broker = BrokerUnderTest::new(&bench.broker, state, &bench.work);
+    let child = broker.start()?;
+    let mut client = Broker { broker, child };
+    measure(&mut client, bench, data, torrents).context("the broker")
 }
 
 fn transmission_at(
@@ -191,54 +307,23 @@ fn transmission_at(
     torrents: &[(PathBuf, Vec<u8>)],
 ) -> anyhow::Result<Figures> {
     let transmission = Transmission::new(config, data)?;
-    let mut daemon = transmission.start()?;
-    let figures = (|| {
-        // Its RPC answers once it is up.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while transmission.remote(&["-l"]).is_none() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "transmission's RPC did not answer"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+    let daemon = transmission.start()?;
+    let rpc = Rpc::new(&transmission.rpc, None);
+    let mut client = TransmissionClient {
+        transmission,
+        rpc,
+        daemon,
+    };
+    // Its RPC answers once it is up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.transmission.remote(&["-l"]).is_none() {
+        if Instant::now() > deadline {
+            client.end();
+            anyhow::bail!("transmission's RPC did not answer");
         }
-        // Its own RPC, one connection, as a script adding many would.
-        let rpc = Rpc::new(&transmission.rpc, None);
-        let mut http = rpc.connect()?;
-        let started = Instant::now();
-        for (path, _) in torrents {
-            let reply = rpc.call(
-                &mut http,
-                "torrent-add",
-                json!({"filename": path.display().to_string(), "download-dir": data.display().to_string()}),
-            )?;
-            anyhow::ensure!(reply["result"] == "success", "torrent-add: {reply}");
-        }
-        drop(http);
-        // (Once a second while it checks: a torrent-get of thousands costs it too.)
-        wait_all_seeding(&rpc, torrents.len(), Duration::from_secs(1))?;
-        let add_to_seeding_ms = started.elapsed().as_secs_f64() * 1e3;
-        let (idle_cpu_percent, rss_kib, fds) = idle_figures(daemon.id(), bench)?;
-        transmission.stop(&mut daemon)?;
-        let started = Instant::now();
-        daemon = transmission.start()?;
-        wait_all_seeding(&rpc, torrents.len(), Duration::from_millis(20))?;
-        let restart_to_seeding_ms = started.elapsed().as_secs_f64() * 1e3;
-        Ok(Figures {
-            torrents: torrents.len(),
-            add_to_seeding_ms,
-            idle_cpu_percent,
-            rss_kib,
-            fds,
-            restart_to_seeding_ms,
-        })
-    })();
-    // (Only a daemon still running: a pid already reaped may be another process's now.)
-    if matches!(daemon.try_wait(), Ok(None)) && transmission.stop(&mut daemon).is_err() {
-        let _ = daemon.kill();
-        let _ = daemon.wait();
+        std::thread::sleep(Duration::from_millis(20));
     }
-    figures.context("transmission-daemon")
+    measure(&mut client, bench, data, torrents).context("transmission-daemon")
 }
 
 /// Asks transmission's RPC every `poll` until `count` torrents are whole and seeding

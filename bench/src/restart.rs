@@ -262,17 +262,7 @@ impl Transmission {
 
     /// Polls `transmission-remote -l` until `count` torrents are whole and seeding.
     pub(crate) fn wait_all_seeding(&self, count: usize) -> anyhow::Result<()> {
-        self.wait_all_seeding_within(count, LIMIT, Duration::from_millis(1))
-    }
-
-    /// The same within `limit`, looking every `poll`.
-    pub(crate) fn wait_all_seeding_within(
-        &self,
-        count: usize,
-        limit: Duration,
-        poll: Duration,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
+        let deadline = Instant::now() + LIMIT;
         while Instant::now() < deadline {
             if let Some(list) = self.remote(&["-l"]) {
                 let seeding = list
@@ -283,9 +273,9 @@ impl Transmission {
                     return Ok(());
                 }
             }
-            std::thread::sleep(poll);
+            std::thread::sleep(Duration::from_millis(1));
         }
-        bail!("transmission's torrents did not all seed within {limit:?}")
+        bail!("transmission's torrents did not all seed within {LIMIT:?}")
     }
 
     pub(crate) fn stop(&self, daemon: &mut Child) -> anyhow::Result<()> {
