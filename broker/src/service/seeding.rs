@@ -317,6 +317,8 @@ impl Service {
         // Seeds asleep are only checked against their limits, by their clocks.
         let awake = self.awake.now();
         let mut reached: Vec<(TorrentId, SeedStop)> = Vec::new();
+        // Whether any clock runs (the counts are then due once a minute), seen on the way.
+        let mut clocks_running = false;
         let running: Vec<(TorrentId, engine::ManagedTorrentHandle)> = {
             let mut state = self.state();
             // The gap comes off every running clock, asleep or awake.
@@ -339,6 +341,7 @@ impl Service {
             let mut stopped = Vec::new();
             let runs = self.seeding.runs.lock().unwrap_or_else(|e| e.into_inner());
             for (id, e) in state.registry.iter() {
+                clocks_running |= e.restore.seeding_since.is_some();
                 match &e.life {
                     Life::Running(h) | Life::Settling(h) if awake.contains(id) => {
                         running.push((*id, h.clone()))
@@ -466,7 +469,8 @@ impl Service {
         if moved {
             self.status_nudge.notify_one();
         }
-        self.save_counts_when_due(moved, clocks_changed).await;
+        self.save_counts_when_due(moved, clocks_changed, clocks_running)
+            .await;
         if !reached.is_empty() {
             self.stop_seeding(reached).await;
         }
@@ -475,17 +479,17 @@ impl Service {
     /// Saves every torrent's counts ([`crate::counts`]): soon after a clock started or
     /// stopped (and at the first tick), and at least once a minute while bytes move or
     /// clocks run. One write of one file, however many torrents.
-    async fn save_counts_when_due(self: &Arc<Self>, moved: bool, clocks_changed: bool) {
+    async fn save_counts_when_due(
+        self: &Arc<Self>,
+        moved: bool,
+        clocks_changed: bool,
+        running: bool,
+    ) {
         let now = Instant::now();
         {
             let mut due = self.seeding.due.lock().unwrap_or_else(|e| e.into_inner());
             due.changed |= clocks_changed;
             due.moved |= moved;
-            let running = self
-                .state()
-                .registry
-                .iter()
-                .any(|(_, e)| e.restore.seeding_since.is_some());
             let minute = now.duration_since(due.saved_at) >= SAVE_EVERY;
             if !(due.changed || (minute && (due.moved || running))) {
                 return;
