@@ -333,6 +333,7 @@ class Soak:
         rounds = 0
         downloads = {}  # torrent index → (output dir, started)
         last_check = 0.0
+        began = last_trace = time.monotonic()
         while time.monotonic() < self.deadline and not self.failures:
             # Keep five downloads going: start missing ones, verify and restart finished ones.
             for i, (torrent, digest, name) in enumerate(torrents):
@@ -374,6 +375,12 @@ class Soak:
             now = time.monotonic()
             if now - last_check > 1:
                 last_check = now
+                if now - last_trace > 15:
+                    # A trace of the broker's memory, to tell a leak from a plateau.
+                    last_trace = now
+                    use = self.usage(leecher.pid)
+                    log(f"t={now - began:.0f}s: {use[0]} fds, {use[1]} threads, "
+                        f"{use[2] // 1024} MiB RSS")
                 self.broker_alive(leecher, "the broker under test")
                 self.broker_alive(seeder, "the seeding broker")
                 self.records_valid(state, sample=200)

@@ -11,6 +11,11 @@ const EXIT_START_FAILED: u8 = 1;
 /// Exit code: another broker owns the state directory.
 const EXIT_LOCKED: u8 = 3;
 
+/// See the `jemalloc` feature in Cargo.toml for why.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = BrokerArgs::parse();
     if let Some(shell) = args.completions {
