@@ -48,10 +48,21 @@ impl StreamState {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct TorrentStreams {
     next_stream_id: AtomicUsize,
     streams: DashMap<StreamId, StreamState>,
+}
+
+// torrent-patron patch: a few shards, not DashMap's default of four per core, each padded to
+// a cache line. Every torrent has this map and most never stream: the default cost 1 KiB
+// per torrent on 2 cores, 8 KiB on 16.
+impl Default for TorrentStreams {
+    fn default() -> Self {
+        Self {
+            next_stream_id: AtomicUsize::new(0),
+            streams: DashMap::with_shard_amount(crate::PER_TORRENT_MAP_SHARDS),
+        }
+    }
 }
 
 impl TorrentStreams {

@@ -182,6 +182,10 @@ pub enum AddIncomingPeerResult {
     ConcurrencyLimitReached,
 }
 
+/// torrent-patron patch: a chunk a peer asked for, with where to send it once the rate
+/// limits allow.
+type UploadQueue = UnboundedSender<(UnboundedSender<WriterRequest>, ChunkInfo)>;
+
 pub struct TorrentStateLive {
     peers: PeerStates,
     pub(crate) shared: Arc<ManagedTorrentShared>,
@@ -199,7 +203,12 @@ pub struct TorrentStateLive {
     peer_semaphore: Arc<Semaphore>,
 
     // The queue for peer manager to connect to them.
-    peer_queue_tx: UnboundedSender<SocketAddr>,
+    // torrent-patron patch: it and its task start with the first peer queued (see
+    // `peer_queue`), as the upload scheduler's with the first chunk asked for: a seed nobody
+    // connects to holds neither (about 4 KiB of channel blocks and task state per torrent).
+    peer_queue_tx: std::sync::OnceLock<UnboundedSender<SocketAddr>>,
+    // torrent-patron patch: itself, for the tasks started late.
+    this: std::sync::Weak<TorrentStateLive>,
 
     finished_notify: Notify,
     new_pieces_notify: Notify,
@@ -211,12 +220,12 @@ pub struct TorrentStateLive {
     session_stats: Arc<SessionStats>,
 
     pub(crate) streams: Arc<TorrentStreams>,
-    have_broadcast_tx: tokio::sync::broadcast::Sender<ValidPieceIndex>,
+    // torrent-patron patch: made at the first peer's subscription. Its 128 slots cost 4 KiB,
+    // which a seed nobody connects to never needs (thousands of idle seeds); a piece that
+    // completes before anyone subscribed has nobody to tell.
+    have_broadcast_tx: std::sync::OnceLock<tokio::sync::broadcast::Sender<ValidPieceIndex>>,
 
-    ratelimit_upload_tx: tokio::sync::mpsc::UnboundedSender<(
-        tokio::sync::mpsc::UnboundedSender<WriterRequest>,
-        ChunkInfo,
-    )>,
+    ratelimit_upload_tx: std::sync::OnceLock<UploadQueue>,
     // torrent-patron patch: the torrent's own, shared with `ManagedTorrentShared`.
     ratelimits: Arc<Limits>,
 }
@@ -235,7 +244,6 @@ impl TorrentStateLive {
         fatal_errors_tx: tokio::sync::oneshot::Sender<anyhow::Error>,
         cancellation_token: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
-        let (peer_queue_tx, peer_queue_rx) = unbounded_channel();
         let session = paused
             .shared
             .session
@@ -262,23 +270,19 @@ impl TorrentStateLive {
             pri
         };
 
-        let (have_broadcast_tx, _) = tokio::sync::broadcast::channel(128);
-
-        let (ratelimit_upload_tx, ratelimit_upload_rx) = tokio::sync::mpsc::unbounded_channel::<(
-            tokio::sync::mpsc::UnboundedSender<WriterRequest>,
-            ChunkInfo,
-        )>();
         // torrent-patron patch: the limits the torrent keeps for its life, not new ones
         // from the add's options at each start.
         let ratelimits = paused.shared.ratelimits.clone();
 
-        let state = Arc::new(TorrentStateLive {
+        let state = Arc::new_cyclic(|this| TorrentStateLive {
+            this: this.clone(),
             shared: paused.shared.clone(),
             metadata: paused.metadata.clone(),
             peers: PeerStates {
                 session_stats: session_stats.peers.clone(),
                 stats: Default::default(),
-                states: Default::default(),
+                // torrent-patron patch: see PER_TORRENT_MAP_SHARDS.
+                states: dashmap::DashMap::with_shard_amount(crate::PER_TORRENT_MAP_SHARDS),
                 live_outgoing_peers: Default::default(),
                 peer_went_live: paused.shared.peer_went_live.clone(),
             },
@@ -298,18 +302,18 @@ impl TorrentStateLive {
                 paused.shared.options.peer_limit.unwrap_or(128),
             )),
             new_pieces_notify: Notify::new(),
-            peer_queue_tx,
+            peer_queue_tx: std::sync::OnceLock::new(),
             finished_notify: Notify::new(),
             down_speed_estimator,
             up_speed_estimator,
             cancellation_token,
-            have_broadcast_tx,
+            have_broadcast_tx: std::sync::OnceLock::new(),
             session_stats,
             streams: paused.streams,
             per_piece_locks: (0..lengths.total_pieces())
                 .map(|_| RwLock::new(()))
                 .collect(),
-            ratelimit_upload_tx,
+            ratelimit_upload_tx: std::sync::OnceLock::new(),
             ratelimits,
         });
 
@@ -362,18 +366,43 @@ impl TorrentStateLive {
             },
         );
 
-        state.spawn(
-            debug_span!(parent: state.shared.span.clone(), "peer_adder"),
-            format!("[{}]peer_adder", state.shared.id),
-            state.clone().task_peer_adder(peer_queue_rx),
-        );
-
-        state.spawn(
-            debug_span!(parent: state.shared.span.clone(), "upload_scheduler"),
-            format!("[{}]upload_scheduler", state.shared.id),
-            state.clone().task_upload_scheduler(ratelimit_upload_rx),
-        );
         Ok(state)
+    }
+
+    /// torrent-patron patch: the queue of peers to connect to, its task started by the
+    /// first peer queued. `None` once the live state is going away.
+    fn peer_queue(&self) -> Option<&UnboundedSender<SocketAddr>> {
+        if let Some(queue) = self.peer_queue_tx.get() {
+            return Some(queue);
+        }
+        let state = self.this.upgrade()?;
+        Some(self.peer_queue_tx.get_or_init(|| {
+            let (tx, rx) = unbounded_channel();
+            state.spawn(
+                debug_span!(parent: state.shared.span.clone(), "peer_adder"),
+                format!("[{}]peer_adder", state.shared.id),
+                state.clone().task_peer_adder(rx),
+            );
+            tx
+        }))
+    }
+
+    /// torrent-patron patch: the queue of chunks to upload within the rate limits, its task
+    /// started by the first chunk asked for. `None` once the live state is going away.
+    fn upload_queue(&self) -> Option<&UploadQueue> {
+        if let Some(queue) = self.ratelimit_upload_tx.get() {
+            return Some(queue);
+        }
+        let state = self.this.upgrade()?;
+        Some(self.ratelimit_upload_tx.get_or_init(|| {
+            let (tx, rx) = unbounded_channel();
+            state.spawn(
+                debug_span!(parent: state.shared.span.clone(), "upload_scheduler"),
+                format!("[{}]upload_scheduler", state.shared.id),
+                state.clone().task_upload_scheduler(rx),
+            );
+            tx
+        }))
     }
 
     #[track_caller]
@@ -384,6 +413,13 @@ impl TorrentStateLive {
         fut: impl std::future::Future<Output = crate::Result<()>> + Send + 'static,
     ) {
         spawn_with_cancel(span, name, self.cancellation_token.clone(), fut);
+    }
+
+    /// The pieces this torrent completes from now on, for a peer to announce.
+    fn subscribe_to_haves(&self) -> tokio::sync::broadcast::Receiver<ValidPieceIndex> {
+        self.have_broadcast_tx
+            .get_or_init(|| tokio::sync::broadcast::channel(128).0)
+            .subscribe()
     }
 
     pub fn down_speed_estimator(&self) -> &SpeedEstimator {
@@ -540,7 +576,7 @@ impl TorrentStateLive {
             r = peer_connection.manage_peer_incoming(
                 rx,
                 checked_peer,
-                self.have_broadcast_tx.subscribe()
+                self.subscribe_to_haves()
             ) => {r}
         };
 
@@ -605,7 +641,7 @@ impl TorrentStateLive {
         );
         let conn_manager = aframe!(
             peer_connection
-                .manage_peer_outgoing(rx, state.have_broadcast_tx.subscribe())
+                .manage_peer_outgoing(rx, state.subscribe_to_haves())
                 .instrument(debug_span!("peer_connection"))
         );
 
@@ -751,7 +787,9 @@ impl TorrentStateLive {
     }
 
     fn transmit_haves(&self, index: ValidPieceIndex) {
-        let _ = self.have_broadcast_tx.send(index);
+        if let Some(haves) = self.have_broadcast_tx.get() {
+            let _ = haves.send(index);
+        }
     }
 
     /// torrent-patron patch: dials `addr` now, for a torrent that already runs (the HTTP API's
@@ -775,9 +813,8 @@ impl TorrentStateLive {
             })
             .unwrap_or(false);
         if requeue {
-            self.peer_queue_tx
-                .send(addr)
-                .ok()
+            self.peer_queue()
+                .and_then(|queue| queue.send(addr).ok())
                 .ok_or(Error::TorrentIsNotLive)?;
         }
         Ok(requeue)
@@ -789,9 +826,8 @@ impl TorrentStateLive {
             None => return Ok(false),
         };
 
-        self.peer_queue_tx
-            .send(addr)
-            .ok()
+        self.peer_queue()
+            .and_then(|queue| queue.send(addr).ok())
             .ok_or(Error::TorrentIsNotLive)?;
         Ok(true)
     }
@@ -973,8 +1009,11 @@ impl TorrentStateLive {
             .states
             .iter_mut()
             .filter_map(|mut p| p.value_mut().reconnect_not_needed_peer(&self.peers))
-            .map(|socket_addr| self.peer_queue_tx.send(socket_addr))
-            .take_while(|r| r.is_ok())
+            .map(|socket_addr| {
+                self.peer_queue()
+                    .and_then(|queue| queue.send(socket_addr).ok())
+            })
+            .take_while(|r| r.is_some())
             .last();
     }
 
@@ -1466,9 +1505,8 @@ impl PeerHandler {
                         .unwrap_or(false);
                     if should_requeue {
                         self.state
-                            .peer_queue_tx
-                            .send(handle)
-                            .ok()
+                            .peer_queue()
+                            .and_then(|queue| queue.send(handle).ok())
                             .ok_or(Error::TorrentIsNotLive)?;
                     }
                     Ok::<_, Error>(())
@@ -1588,7 +1626,8 @@ impl PeerHandler {
         }
 
         self.state
-            .ratelimit_upload_tx
+            .upload_queue()
+            .context("torrent is not live")?
             .send((self.tx.clone(), chunk_info))?;
         Ok(())
     }
