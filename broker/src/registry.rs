@@ -435,6 +435,13 @@ pub struct TorrentRegistry {
     /// ([`TorrentRegistry::take_touched`]). Every way to change an entry marks it here, so
     /// the loop need not look at the torrents nothing changed.
     touched: std::collections::HashSet<TorrentId>,
+    /// The running torrents by info hash, kept with `torrents` (a lookup by hash on every
+    /// add looked through them all: quadratic over 10,000 adds).
+    by_hash: std::collections::HashMap<InfoHash, TorrentId>,
+    /// No torrent run or kept has a later queue key: a new torrent goes after it. It only
+    /// grows (a key freed by a close is not handed out again), so finding it costs nothing
+    /// where a look at every torrent made each of 10,000 restores cost 10,000.
+    queue_high: u64,
 }
 
 impl TorrentRegistry {
@@ -484,6 +491,7 @@ impl TorrentRegistry {
     /// Keeps a record that could not be restored.
     pub fn keep_unrestored(&mut self, id: TorrentId, unrestored: Unrestored) {
         self.version += 1;
+        self.queue_high = self.queue_high.max(unrestored.restore.queue_position);
         self.claim(id, &unrestored.files);
         self.unrestored.insert(id, unrestored);
     }
@@ -629,10 +637,7 @@ impl TorrentRegistry {
 
     /// The id of the torrent with this info hash, if it runs.
     pub fn by_info_hash(&self, hash: InfoHash) -> Option<TorrentId> {
-        self.torrents
-            .iter()
-            .find(|(_, entry)| entry.info.info_hash == hash)
-            .map(|(id, _)| *id)
+        self.by_hash.get(&hash).copied()
     }
 
     /// Records a torrent (if new) and makes `holder` hold it. Returns its info.
@@ -654,6 +659,8 @@ impl TorrentRegistry {
                 restore.queue_position = last + 1;
             }
             let at_the_end = restore.queue_position > last;
+            self.queue_high = self.queue_high.max(restore.queue_position);
+            self.by_hash.insert(info.info_hash, info.id);
             self.torrents.insert(
                 info.id,
                 TorrentEntry {
@@ -687,6 +694,8 @@ impl TorrentRegistry {
         self.version += 1;
         self.touched.insert(id);
         self.claim(id, &entry.files);
+        self.queue_high = self.queue_high.max(entry.restore.queue_position);
+        self.by_hash.insert(entry.info.info_hash, id);
         self.torrents.insert(id, entry);
         self.rank_queue();
     }
@@ -708,6 +717,9 @@ impl TorrentRegistry {
     pub fn remove(&mut self, id: TorrentId) -> Option<TorrentEntry> {
         self.version += 1;
         let entry = self.torrents.remove(&id)?;
+        if self.by_hash.get(&entry.info.info_hash) == Some(&id) {
+            self.by_hash.remove(&entry.info.info_hash);
+        }
         self.touched.insert(id);
         self.release(id, &entry.files);
         self.rank_queue();
@@ -725,11 +737,9 @@ impl TorrentRegistry {
         order.into_iter().map(|(_, id)| id).collect()
     }
 
-    /// The largest queue key of any torrent run or kept.
+    /// No torrent run or kept has a later queue key (see `queue_high`).
     fn last_queue_position(&self) -> u64 {
-        let running = self.torrents.values().map(|e| e.restore.queue_position);
-        let kept = self.unrestored.values().map(|u| u.restore.queue_position);
-        running.chain(kept).max().unwrap_or(0)
+        self.queue_high
     }
 
     /// Gives every running torrent its rank in the queue (1 first).
@@ -759,6 +769,7 @@ impl TorrentRegistry {
             proto::QueueMove::Bottom => order.len(),
         };
         order.insert(to, moved);
+        self.queue_high = self.queue_high.max(order.len() as u64);
         // (Records kept unrestored keep their keys: one restored later takes its place
         // among these by it.)
         for (rank, id) in order.into_iter().enumerate() {
