@@ -124,6 +124,11 @@ impl FastResume {
 
     /// Records what a torrent's files are now, its bitfield being true of them.
     pub fn write_stamps(&self, id: TorrentId, stamps: &[Option<FileStamp>]) -> anyhow::Result<()> {
+        // Every seed completes again at each start: rewriting (and syncing) the same stamps
+        // for each of 10,000 torrents kept the disk busy for seconds after a restart.
+        if self.stamps_match(id, stamps) {
+            return Ok(());
+        }
         let path = self.stamps_path(id);
         crate::store::write_atomically(&path, &serde_json::to_vec(stamps)?)
             .with_context(|| format!("cannot write {}", path.display()))
