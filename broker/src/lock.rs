@@ -103,6 +103,8 @@ fn make_owner_only(state_dir: &Path) -> anyhow::Result<()> {
         "torrents.json.migrated",
         "settings.json",
         "labels.json",
+        crate::counts::FILE,
+        crate::records::JOURNAL,
         "left-data.json",
         "torrents",
         "next-id",
@@ -133,4 +135,23 @@ fn make_owner_only(state_dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot make {} owner-only", state_dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_state_dir_with_every_file_the_broker_writes_is_made_owner_only_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for file in [crate::counts::FILE, crate::records::JOURNAL, "labels.json"] {
+            std::fs::write(dir.path().join(file), b"{}").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("records")).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        make_owner_only(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 }

@@ -14,6 +14,13 @@
 //! moved aside (`torrents.json.migrated`); a crash at any point leaves either the old file,
 //! whole, or the new folder, whole.
 //! A record that cannot be read refuses the start, naming its file, as the old file did.
+//!
+//! A change of many records at once (a queue reordered, the seeding counts of a previous
+//! release) is one step too: what every changed record becomes is first written, crash-safe,
+//! to `records.journal` beside the folder; then each record; then the journal goes. A start
+//! that finds a journal (a SIGKILL or a power cut in the middle) finishes the change before it
+//! reads the records, so they are never part old, part new. A damaged journal refuses the
+//! start, naming it.
 
 use crate::registry::{RestoreSpec, TorrentRegistry};
 use proto::TorrentId;
@@ -30,10 +37,17 @@ pub const LEGACY_FILE: &str = "torrents.json";
 pub const MIGRATED_FILE: &str = "torrents.json.migrated";
 /// Where a migration writes before the folder takes its name.
 const STAGING: &str = "records.new";
+/// What a change of many records becomes, while it is being made (see the module's doc).
+pub const JOURNAL: &str = "records.journal";
+
+/// A change of many records, as the journal holds it: each record's new bytes (JSON, as the
+/// record is written), or `None` for a record removed.
+type Journal = Vec<(TorrentId, Option<String>)>;
 
 /// The records on disk, and what was last written of each.
 pub struct RecordStore {
     dir: PathBuf,
+    journal: PathBuf,
     /// A hash of each record's bytes as last written (or read): a record whose bytes are
     /// the same is not written again.
     written: HashMap<TorrentId, u64>,
@@ -85,8 +99,10 @@ impl RecordStore {
         }
         let mut store = RecordStore {
             dir: dir.clone(),
+            journal: state_dir.join(JOURNAL),
             written: HashMap::new(),
         };
+        store.finish_journal()?;
         // The folder is whole. An old file beside it is what a migration left, if it says
         // what the folder does: then it is moved aside (never deleted), and said. One that
         // says otherwise (put back by hand, or written by an earlier release run since)
@@ -219,22 +235,25 @@ impl RecordStore {
             .filter(|id| !present.contains(id))
             .copied()
             .collect();
-        let changes = records
+        let changes: Vec<(TorrentId, Option<&[u8]>)> = records
             .iter()
             .map(|(id, bytes)| (*id, Some(bytes.as_slice())))
-            .chain(gone.iter().map(|id| (*id, None)));
+            .chain(gone.iter().map(|id| (*id, None)))
+            .filter(|(id, record)| match record {
+                Some(bytes) => {
+                    self.written.get(id) != Some(&hash(bytes)) || !self.path(*id).exists()
+                }
+                None => self.written.contains_key(id) || self.path(*id).exists(),
+            })
+            .collect();
+        // One record is one crash-safe step of its own; more go through the journal.
+        let journaled = changes.len() > 1;
+        if journaled {
+            self.write_journal(&changes)?;
+        }
         // What each changed record was, to put back.
         let mut done: Vec<(TorrentId, Option<Vec<u8>>)> = Vec::new();
         for (id, record) in changes {
-            let unchanged = match record {
-                Some(bytes) => {
-                    self.written.get(&id) == Some(&hash(bytes)) && self.path(id).exists()
-                }
-                None => !self.written.contains_key(&id) && !self.path(id).exists(),
-            };
-            if unchanged {
-                continue;
-            }
             let before = std::fs::read(self.path(id)).ok();
             if let Err(e) = self.save(id, record) {
                 for (id, before) in done.into_iter().rev() {
@@ -242,9 +261,18 @@ impl RecordStore {
                         tracing::error!(torrent = %id, "a record changed by a failed save is not put back: {e}");
                     }
                 }
+                // Put back: the journal must not make the change at the next start.
+                if journaled {
+                    if let Err(e) = crate::store::remove_durably(&self.journal) {
+                        tracing::error!("cannot remove {}: {e}", self.journal.display());
+                    }
+                }
                 return Err(e);
             }
             done.push((id, before));
+        }
+        if journaled {
+            crate::store::remove_durably(&self.journal)?;
         }
         Ok(())
     }
@@ -252,6 +280,60 @@ impl RecordStore {
     /// The folder (for messages).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Writes, crash-safe, what a change of many records makes of them.
+    fn write_journal(&self, changes: &[(TorrentId, Option<&[u8]>)]) -> io::Result<()> {
+        let journal: Journal = changes
+            .iter()
+            .map(|(id, record)| {
+                let record = record
+                    .map(|bytes| String::from_utf8(bytes.to_vec()).map_err(io::Error::other))
+                    .transpose()?;
+                Ok((*id, record))
+            })
+            .collect::<io::Result<_>>()?;
+        crate::store::write_atomically(&self.journal, &serde_json::to_vec(&journal)?)
+    }
+
+    /// Finishes a change of many records that a stop cut short (see the module's doc).
+    fn finish_journal(&mut self) -> Result<(), String> {
+        let damaged = |what: String| {
+            format!(
+                "{} {what}; it holds a change of many torrents' records that a stop cut short, so the broker will not start over it: move it aside to keep the records as they are",
+                self.journal.display()
+            )
+        };
+        let bytes = match crate::store::read_state_file(&self.journal) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(damaged(format!("cannot be read ({e})"))),
+        };
+        let journal: Journal =
+            serde_json::from_slice(&bytes).map_err(|e| damaged(format!("is damaged ({e})")))?;
+        for (id, record) in &journal {
+            if let Some(record) = record {
+                serde_json::from_str::<RestoreSpec>(record).map_err(|e| {
+                    damaged(format!("holds a damaged record of torrent {id} ({e})"))
+                })?;
+            }
+        }
+        for (id, record) in &journal {
+            self.save(*id, record.as_deref().map(str::as_bytes))
+                .map_err(|e| {
+                    format!(
+                        "cannot finish the change {} holds: {e}",
+                        self.journal.display()
+                    )
+                })?;
+        }
+        crate::store::remove_durably(&self.journal)
+            .map_err(|e| format!("cannot remove {}: {e}", self.journal.display()))?;
+        tracing::warn!(
+            "a change of {} torrents' records was cut short by a stop: it is finished",
+            journal.len()
+        );
+        Ok(())
     }
 }
 
@@ -299,6 +381,48 @@ mod tests {
         again.save_all(vec![(TorrentId(1), one)]).unwrap();
         assert!(!dir.path().join("records/2.json").exists());
         assert!(dir.path().join("records/1.json").exists());
+    }
+
+    #[test]
+    fn a_change_of_many_records_cut_short_by_a_kill_is_finished_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RecordStore::open(dir.path()).unwrap();
+        let old: Vec<_> = (1..=3)
+            .map(|n| (TorrentId(n), encode(&spec(&format!("/old{n}"))).unwrap()))
+            .collect();
+        store.save_all(old).unwrap();
+        assert!(!dir.path().join(JOURNAL).exists(), "no journal once done");
+        // A change of all three (one removed) journaled, then killed after its first write.
+        let one = encode(&spec("/new1")).unwrap();
+        let three = encode(&spec("/new3")).unwrap();
+        let changes = [
+            (TorrentId(1), Some(one.as_slice())),
+            (TorrentId(3), Some(three.as_slice())),
+            (TorrentId(2), None),
+        ];
+        store.write_journal(&changes).unwrap();
+        store.save(TorrentId(1), Some(&one)).unwrap();
+        drop(store);
+        let loaded = RecordStore::open(dir.path()).unwrap().load().unwrap();
+        let folders: Vec<_> = loaded.values().map(|s| s.save_folder.clone()).collect();
+        assert_eq!(folders, [PathBuf::from("/new1"), PathBuf::from("/new3")]);
+        assert!(!dir.path().join(JOURNAL).exists());
+    }
+
+    #[test]
+    fn a_damaged_journal_refuses_the_start_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        RecordStore::open(dir.path()).unwrap();
+        for bytes in [&b"[[1, \"{\\\"save"[..], b"[[1, \"{}\"]]"] {
+            std::fs::write(dir.path().join(JOURNAL), bytes).unwrap();
+            let error = RecordStore::open(dir.path()).err().unwrap();
+            assert!(error.contains(JOURNAL), "{error}");
+        }
+        // Nor through a link.
+        std::fs::remove_file(dir.path().join(JOURNAL)).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join(JOURNAL)).unwrap();
+        let error = RecordStore::open(dir.path()).err().unwrap();
+        assert!(error.contains(JOURNAL), "{error}");
     }
 
     #[test]
