@@ -427,6 +427,9 @@ impl Engine {
             output_folder: Some(output_folder),
             initial_peers: Some(spec.peers),
             preferred_id: Some(id),
+            // Its files are as when its bitfield was last true of them (DESIGN §4, "verified
+            // means verified"): the engine need not read and hash a piece of each again.
+            trust_fastresume: unchanged,
             ratelimits: LimitsConfig {
                 download_bps: spec.rates.download,
                 upload_bps: spec.rates.upload,

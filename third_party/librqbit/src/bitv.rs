@@ -52,7 +52,17 @@ impl DiskBackedBitV {
     pub async fn new(filename: PathBuf, spawner: BlockingSpawner) -> anyhow::Result<Self> {
         // torrent-patron patch: never through a symlink, never waiting on a FIFO, only a
         // regular file (the broker's state is read as state, not as whatever is planted).
-        let buf = {
+        // The file as loaded: a later open that finds another (this torrent closed or checked
+        // again meanwhile, and a new file written in its place) must not write into it.
+        let identity = |meta: &std::fs::Metadata| {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+        };
+        // torrent-patron patch: the identity is taken from the file read, not from a second
+        // open for writing (one more hand-off to a blocking thread for each of 10,000
+        // torrents at a restart); a file that cannot be written fails at its first write,
+        // which removes it, as before.
+        let (buf, loaded) = {
             let path = filename.clone();
             tokio::task::spawn_blocking(move || {
                 use std::io::Read;
@@ -63,12 +73,13 @@ impl DiskBackedBitV {
                         nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY,
                     )
                     .open(&path)?;
-                if !file.metadata()?.file_type().is_file() {
+                let meta = file.metadata()?;
+                if !meta.file_type().is_file() {
                     return Err(std::io::Error::other("not a regular file"));
                 }
                 let mut buf = Vec::new();
                 file.read_to_end(&mut buf)?;
-                Ok::<_, std::io::Error>(buf)
+                Ok::<_, std::io::Error>((buf, identity(&meta)))
             })
             .await
             .context("bitfield reader panicked")?
@@ -90,18 +101,6 @@ impl DiskBackedBitV {
                     .open(&filename)
             }
         };
-        // The file as loaded: a later open that finds another (this torrent closed or checked
-        // again meanwhile, and a new file written in its place) must not write into it.
-        let identity = |meta: &std::fs::Metadata| {
-            use std::os::unix::fs::MetadataExt;
-            (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
-        };
-        let loaded = spawner
-            .block_in_place_with_semaphore(&open)
-            .await
-            .and_then(|file| file.metadata())
-            .map(|meta| identity(&meta))
-            .with_context(|| format!("error opening {filename:?}"))?;
         let pieces = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut written = bv.clone();
         let whole = {

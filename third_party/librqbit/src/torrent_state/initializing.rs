@@ -34,9 +34,17 @@ pub struct TorrentStateInitializing {
     pause_requested: AtomicBool,
     check_running: AtomicBool,
     previously_errored: bool,
+    // torrent-patron patch: see `AddTorrentOptions::trust_fastresume`.
+    trust_fastresume: bool,
 }
 
 impl TorrentStateInitializing {
+    /// torrent-patron patch: see `AddTorrentOptions::trust_fastresume`.
+    pub(crate) fn trusting_fastresume(mut self, trust: bool) -> Self {
+        self.trust_fastresume = trust;
+        self
+    }
+
     pub fn new(
         shared: Arc<ManagedTorrentShared>,
         metadata: Arc<TorrentMetadata>,
@@ -53,6 +61,7 @@ impl TorrentStateInitializing {
             pause_requested: AtomicBool::new(false),
             check_running: AtomicBool::new(false),
             previously_errored,
+            trust_fastresume: false,
         }
     }
 
@@ -98,6 +107,9 @@ impl TorrentStateInitializing {
                 "the bitfield loaded isn't of correct length, ignoring it, will do full check"
             );
             return None;
+        }
+        if self.trust_fastresume {
+            return Some(hp);
         }
 
         let is_broken = self
