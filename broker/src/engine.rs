@@ -416,6 +416,9 @@ impl Engine {
                 }
                 same
             };
+        if unchanged {
+            crate::stop_point::at("add:stamps-matched");
+        }
         if !unchanged {
             self.forget_verified(TorrentId(id as u64))
                 .map_err(|e| engine_error("cannot start the torrent afresh", e))?;
@@ -428,8 +431,19 @@ impl Engine {
             initial_peers: Some(spec.peers),
             preferred_id: Some(id),
             // Its files are as when its bitfield was last true of them (DESIGN §4, "verified
-            // means verified"): the engine need not read and hash a piece of each again.
-            trust_fastresume: unchanged,
+            // means verified"): the engine need not read and hash a piece of each again. Asked
+            // again when its check begins (behind other torrents' checks at a restart of many):
+            // a file changed since this add's look is hashed whole.
+            trust_fastresume: unchanged.then(|| {
+                let roots = self.roots.clone();
+                let (folder, files) = (spec.data_folder.clone(), spec.files.clone());
+                let stamps = self.fast_resume.stamps_path(TorrentId(id as u64));
+                let vouch: librqbit::FastResumeVouch = Arc::new(move || {
+                    let now = crate::storage::stamps_of(&roots, &folder, &files);
+                    crate::fast_resume::stamps_at_match(&stamps, &now)
+                });
+                vouch
+            }),
             ratelimits: LimitsConfig {
                 download_bps: spec.rates.download,
                 upload_bps: spec.rates.upload,

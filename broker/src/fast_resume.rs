@@ -136,11 +136,7 @@ impl FastResume {
 
     /// Whether a torrent's files are as recorded (no record: not known to be).
     pub fn stamps_match(&self, id: TorrentId, now: &[Option<FileStamp>]) -> bool {
-        let recorded = crate::store::read_state_file(&self.stamps_path(id))
-            .ok()
-            .flatten()
-            .and_then(|bytes| serde_json::from_slice::<Vec<Option<FileStamp>>>(&bytes).ok());
-        recorded.is_some_and(|recorded| recorded == now)
+        stamps_at_match(&self.stamps_path(id), now)
     }
 
     /// Without `keep` (before the engine runs): removes the engine's temporary bitfields and
@@ -206,4 +202,14 @@ impl FastResume {
         crate::store::write_atomically(&path, &serde_json::to_vec(&note)?)
             .with_context(|| format!("cannot write {}", path.display()))
     }
+}
+
+/// Whether the stamps recorded at `path` (a torrent's `.stamps`) are `now` (no record: not
+/// known to be).
+pub fn stamps_at_match(path: &Path, now: &[Option<FileStamp>]) -> bool {
+    let recorded = crate::store::read_state_file(path)
+        .ok()
+        .flatten()
+        .and_then(|bytes| serde_json::from_slice::<Vec<Option<FileStamp>>>(&bytes).ok());
+    recorded.is_some_and(|recorded| recorded == now)
 }

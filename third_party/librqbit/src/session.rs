@@ -319,14 +319,16 @@ pub struct AddTorrentOptions {
     /// This is used to restore the session from serialized state.
     pub preferred_id: Option<usize>,
 
-    /// torrent-patron patch: the embedder vouches that the torrent's files are as they were
-    /// when its fast-resume bitfield was last true of them (it keeps their size, times and
-    /// inode, as transmission and libtorrent do): the pieces the bitfield claims are not
-    /// sampled and hashed at this start. Without it, each start reads at least a piece of
-    /// every file: a restart of 10,000 seeding torrents read 10,000 pieces or more.
-    /// Only the add trusts; a later start (a resume) samples as before.
-    #[serde(default)]
-    pub trust_fastresume: bool,
+    /// torrent-patron patch: asked when the torrent's check begins (which may be long after
+    /// the add, behind other torrents' checks), whether the embedder vouches that the
+    /// torrent's files are as they were when its fast-resume bitfield was last true of them
+    /// (it keeps their size, times and inode, as transmission and libtorrent do). `true`: the
+    /// pieces the bitfield claims are not sampled and hashed. `false`: the files changed since
+    /// the embedder last looked, so the bitfield is dropped and every piece is hashed. `None`:
+    /// the bitfield is sampled, as upstream does. Asked on a blocking thread, once per check;
+    /// only the add's checks ask (a later start samples as before).
+    #[serde(skip)]
+    pub trust_fastresume: Option<FastResumeVouch>,
 
     #[serde(skip)]
     pub storage_factory: Option<BoxStorageFactory>,
@@ -334,6 +336,9 @@ pub struct AddTorrentOptions {
     // Custom trackers
     pub trackers: Option<Vec<String>>,
 }
+
+/// torrent-patron patch: see `AddTorrentOptions::trust_fastresume`.
+pub type FastResumeVouch = Arc<dyn Fn() -> bool + Send + Sync>;
 
 pub struct ListOnlyResponse {
     pub info_hash: Id20,
@@ -1436,7 +1441,7 @@ impl Session {
                     })?,
                     false,
                 )
-                .trusting_fastresume(opts.trust_fastresume),
+                .trusting_fastresume(opts.trust_fastresume.clone()),
             );
             let handle = Arc::new(ManagedTorrent {
                 locked: RwLock::new(ManagedTorrentLocked {

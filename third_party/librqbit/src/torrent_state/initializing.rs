@@ -35,12 +35,12 @@ pub struct TorrentStateInitializing {
     check_running: AtomicBool,
     previously_errored: bool,
     // torrent-patron patch: see `AddTorrentOptions::trust_fastresume`.
-    trust_fastresume: bool,
+    trust_fastresume: Option<crate::FastResumeVouch>,
 }
 
 impl TorrentStateInitializing {
     /// torrent-patron patch: see `AddTorrentOptions::trust_fastresume`.
-    pub(crate) fn trusting_fastresume(mut self, trust: bool) -> Self {
+    pub(crate) fn trusting_fastresume(mut self, trust: Option<crate::FastResumeVouch>) -> Self {
         self.trust_fastresume = trust;
         self
     }
@@ -61,7 +61,7 @@ impl TorrentStateInitializing {
             pause_requested: AtomicBool::new(false),
             check_running: AtomicBool::new(false),
             previously_errored,
-            trust_fastresume: false,
+            trust_fastresume: None,
         }
     }
 
@@ -108,8 +108,26 @@ impl TorrentStateInitializing {
             );
             return None;
         }
-        if self.trust_fastresume {
-            return Some(hp);
+        // torrent-patron patch: the embedder is asked now, as the check begins, not at the add:
+        // a file changed in between (while other torrents' checks ran first) is not vouched for.
+        if let Some(vouch) = self.trust_fastresume.clone() {
+            if self
+                .shared
+                .spawner
+                .block_in_place_with_semaphore(move || vouch())
+                .await
+            {
+                return Some(hp);
+            }
+            warn!(
+                id = ?self.shared.id,
+                info_hash = ?self.shared.info_hash,
+                "its files changed since they were vouched for: ignoring fastresume data"
+            );
+            if let Err(e) = bitv_factory.clear(self.shared.id.into()).await {
+                warn!(id=?self.shared.id, info_hash = ?self.shared.info_hash, "error clearing bitfield: {e:#}");
+            }
+            return None;
         }
 
         let is_broken = self
