@@ -48,6 +48,8 @@ type Journal = Vec<(TorrentId, Option<String>)>;
 pub struct RecordStore {
     dir: PathBuf,
     journal: PathBuf,
+    /// A journal whose change is over could not be removed (see `remove_journal`).
+    journal_left: bool,
     /// A hash of each record's bytes as last written (or read): a record whose bytes are
     /// the same is not written again.
     written: HashMap<TorrentId, u64>,
@@ -100,6 +102,7 @@ impl RecordStore {
         let mut store = RecordStore {
             dir: dir.clone(),
             journal: state_dir.join(JOURNAL),
+            journal_left: false,
             written: HashMap::new(),
         };
         store.finish_journal()?;
@@ -196,6 +199,11 @@ impl RecordStore {
     /// Writes torrent `id`'s record (`None`: it has none any more, the file goes), unless
     /// it is as last written.
     pub fn save(&mut self, id: TorrentId, record: Option<&[u8]>) -> io::Result<()> {
+        self.remove_journal_left()?;
+        self.write_record(id, record)
+    }
+
+    fn write_record(&mut self, id: TorrentId, record: Option<&[u8]>) -> io::Result<()> {
         match record {
             Some(bytes) => {
                 let digest = hash(bytes);
@@ -246,6 +254,7 @@ impl RecordStore {
                 None => self.written.contains_key(id) || self.path(*id).exists(),
             })
             .collect();
+        self.remove_journal_left()?;
         // One record is one crash-safe step of its own; more go through the journal.
         let journaled = changes.len() > 1;
         if journaled {
@@ -255,24 +264,48 @@ impl RecordStore {
         let mut done: Vec<(TorrentId, Option<Vec<u8>>)> = Vec::new();
         for (id, record) in changes {
             let before = std::fs::read(self.path(id)).ok();
-            if let Err(e) = self.save(id, record) {
+            if let Err(e) = self.write_record(id, record) {
+                // Put back. The journal first says what is put back, so that a kill from
+                // here on ends with the records as they were, never as the failed change.
+                if journaled {
+                    let undo: Vec<_> = done.iter().map(|(id, b)| (*id, b.as_deref())).collect();
+                    if let Err(e) = self.write_journal(&undo) {
+                        tracing::error!("cannot write {}: {e}", self.journal.display());
+                    }
+                }
                 for (id, before) in done.into_iter().rev() {
-                    if let Err(e) = self.save(id, before.as_deref()) {
+                    if let Err(e) = self.write_record(id, before.as_deref()) {
                         tracing::error!(torrent = %id, "a record changed by a failed save is not put back: {e}");
                     }
                 }
-                // Put back: the journal must not make the change at the next start.
                 if journaled {
-                    if let Err(e) = crate::store::remove_durably(&self.journal) {
-                        tracing::error!("cannot remove {}: {e}", self.journal.display());
-                    }
+                    self.remove_journal();
                 }
                 return Err(e);
             }
             done.push((id, before));
         }
         if journaled {
+            self.remove_journal();
+        }
+        Ok(())
+    }
+
+    /// Removes the journal of a change that is over (made, or put back). One that cannot be
+    /// removed is the records as they are now; it is removed before any other change is
+    /// made, or that change fails (a start would otherwise make the journal's change again
+    /// over a later one).
+    fn remove_journal(&mut self) {
+        if let Err(e) = crate::store::remove_durably(&self.journal) {
+            tracing::error!("cannot remove {}: {e}", self.journal.display());
+            self.journal_left = true;
+        }
+    }
+
+    fn remove_journal_left(&mut self) -> io::Result<()> {
+        if self.journal_left {
             crate::store::remove_durably(&self.journal)?;
+            self.journal_left = false;
         }
         Ok(())
     }
@@ -319,7 +352,7 @@ impl RecordStore {
             }
         }
         for (id, record) in &journal {
-            self.save(*id, record.as_deref().map(str::as_bytes))
+            self.write_record(*id, record.as_deref().map(str::as_bytes))
                 .map_err(|e| {
                     format!(
                         "cannot finish the change {} holds: {e}",
@@ -407,6 +440,27 @@ mod tests {
         let folders: Vec<_> = loaded.values().map(|s| s.save_folder.clone()).collect();
         assert_eq!(folders, [PathBuf::from("/new1"), PathBuf::from("/new3")]);
         assert!(!dir.path().join(JOURNAL).exists());
+    }
+
+    #[test]
+    fn a_change_of_many_that_fails_midway_is_put_back_whole_and_leaves_no_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RecordStore::open(dir.path()).unwrap();
+        let old: Vec<_> = (1..=2)
+            .map(|n| (TorrentId(n), encode(&spec(&format!("/old{n}"))).unwrap()))
+            .collect();
+        store.save_all(old.clone()).unwrap();
+        // Record 3 cannot be written: a folder (not empty) stands in its place.
+        std::fs::create_dir_all(dir.path().join("records/3.json/in")).unwrap();
+        let new: Vec<_> = (1..=3)
+            .map(|n| (TorrentId(n), encode(&spec(&format!("/new{n}"))).unwrap()))
+            .collect();
+        assert!(store.save_all(new).is_err());
+        assert!(!dir.path().join(JOURNAL).exists());
+        std::fs::remove_dir_all(dir.path().join("records/3.json")).unwrap();
+        let loaded = RecordStore::open(dir.path()).unwrap().load().unwrap();
+        let folders: Vec<_> = loaded.values().map(|s| s.save_folder.clone()).collect();
+        assert_eq!(folders, [PathBuf::from("/old1"), PathBuf::from("/old2")]);
     }
 
     #[test]
