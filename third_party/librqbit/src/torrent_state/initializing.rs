@@ -184,7 +184,9 @@ impl TorrentStateInitializing {
                     })
                     .enumerate()
                 {
-                    if fo.check_piece(piece_id).is_err() {
+                    // torrent-patron patch: a piece whose hash differs is broken too
+                    // (`check_piece` says so with `Ok(false)`; only a read error counted).
+                    if !matches!(fo.check_piece(piece_id), Ok(true)) {
                         return true;
                     }
 
