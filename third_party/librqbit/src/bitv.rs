@@ -23,23 +23,61 @@ struct DiskFlushRequest {
     snapshot: BitBox<u8, Msb0>,
 }
 
+/// torrent-patron patch: starts the flusher task, given the bitfield as on disk.
+type StartFlusher = Box<
+    dyn FnOnce(BitBox<u8, Msb0>) -> tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>
+        + Send
+        + Sync,
+>;
+
 pub struct DiskBackedBitV {
     bv: BitBox<u8, Msb0>,
-    flush_tx: tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>,
+    // torrent-patron patch: the flusher task starts at the first flush that changes the
+    // bitfield. A seed's never changes: ten thousand seeds held ten thousand idle tasks and
+    // channels (1.4 KiB each) for nothing. Until then `on_disk` is the bitfield as loaded.
+    flush_tx: Option<tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>>,
+    start_flusher: Option<StartFlusher>,
+    on_disk: Option<BitBox<u8, Msb0>>,
     /// torrent-patron patch: the piece count, 0 while unknown (shared with the flusher).
     pieces: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
+impl DiskBackedBitV {
+    /// torrent-patron patch: where flushes go, the flusher started if it is not yet. `None`:
+    /// nothing changed since the load (nothing to write), or no runtime to start it on.
+    fn flusher(
+        &mut self,
+    ) -> anyhow::Result<Option<&tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>>> {
+        if self.flush_tx.is_none() {
+            if self
+                .on_disk
+                .as_ref()
+                .is_none_or(|on_disk| *on_disk == self.bv)
+            {
+                return Ok(None);
+            }
+            tokio::runtime::Handle::try_current().context("no runtime to flush the bitv on")?;
+            let (Some(start), Some(on_disk)) = (self.start_flusher.take(), self.on_disk.take())
+            else {
+                anyhow::bail!("the bitv flusher cannot start");
+            };
+            self.flush_tx = Some(start(on_disk));
+        }
+        Ok(self.flush_tx.as_ref())
+    }
+}
+
 impl Drop for DiskBackedBitV {
     fn drop(&mut self) {
-        if self
-            .flush_tx
-            .send(DiskFlushRequest {
-                snapshot: self.bv.clone(),
-            })
-            .is_err()
-        {
-            tracing::warn!("error flushing bitv on drop: flusher task is dead")
+        let snapshot = self.bv.clone();
+        match self.flusher() {
+            Ok(None) => {}
+            Ok(Some(tx)) => {
+                if tx.send(DiskFlushRequest { snapshot }).is_err() {
+                    tracing::warn!("error flushing bitv on drop: flusher task is dead")
+                }
+            }
+            Err(e) => tracing::warn!("error flushing bitv on drop: {e:#}"),
         }
     }
 }
@@ -102,7 +140,6 @@ impl DiskBackedBitV {
             }
         };
         let pieces = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut written = bv.clone();
         let whole = {
             let pieces = pieces.clone();
             move |bv: &BitBox<u8, Msb0>| {
@@ -111,70 +148,78 @@ impl DiskBackedBitV {
             }
         };
 
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DiskFlushRequest>();
-        crate::spawn_utils::spawn( // torrent-patron patch: no 5 s wakes
-            debug_span!("diskbitv-flusher", ?filename),
-            format!("DiskBackedBitV::flusher {filename:?}"),
-            async move {
-                let mut held: Option<std::fs::File> = None;
-                loop {
-                    let Some(mut req) = rx.recv().await else {
-                        break;
-                    };
-                    while let Ok(r) = rx.try_recv() {
-                        req = r;
-                    }
-                    if req.snapshot == written {
-                        continue;
-                    }
-                    let file = match held.take() {
-                        Some(file) => file,
-                        None => match spawner.block_in_place_with_semaphore(&open).await {
-                            Ok(file) if file.metadata().is_ok_and(|m| identity(&m) == loaded) => {
-                                file
-                            }
-                            Ok(_) => {
-                                tracing::debug!(?filename, "bitv replaced, not written");
-                                break;
-                            }
-                            Err(e) => {
-                                tracing::debug!(?filename, "bitv gone, not written: {e:#}");
-                                break;
-                            }
-                        },
-                    };
-
-                    if let Err(e) = spawner
-                        .block_in_place_with_semaphore(|| {
-                            file.pwrite_all(0, req.snapshot.as_raw_slice())
-                        })
-                        .await
-                    {
-                        tracing::error!(?filename, "error writing to bitv: {e:#}");
-                        if let Err(e) = tokio::fs::remove_file(&filename).await {
-                            tracing::error!(?filename, "error removing bitv: {e:#}");
+        let start_flusher: StartFlusher = Box::new(move |mut written: BitBox<u8, Msb0>| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DiskFlushRequest>();
+            crate::spawn_utils::spawn(
+                // torrent-patron patch: no 5 s wakes
+                debug_span!("diskbitv-flusher", ?filename),
+                format!("DiskBackedBitV::flusher {filename:?}"),
+                async move {
+                    let mut held: Option<std::fs::File> = None;
+                    loop {
+                        let Some(mut req) = rx.recv().await else {
+                            break;
+                        };
+                        while let Ok(r) = rx.try_recv() {
+                            req = r;
                         }
-                        break;
+                        if req.snapshot == written {
+                            continue;
+                        }
+                        let file = match held.take() {
+                            Some(file) => file,
+                            None => match spawner.block_in_place_with_semaphore(&open).await {
+                                Ok(file)
+                                    if file.metadata().is_ok_and(|m| identity(&m) == loaded) =>
+                                {
+                                    file
+                                }
+                                Ok(_) => {
+                                    tracing::debug!(?filename, "bitv replaced, not written");
+                                    break;
+                                }
+                                Err(e) => {
+                                    tracing::debug!(?filename, "bitv gone, not written: {e:#}");
+                                    break;
+                                }
+                            },
+                        };
+
+                        if let Err(e) = spawner
+                            .block_in_place_with_semaphore(|| {
+                                file.pwrite_all(0, req.snapshot.as_raw_slice())
+                            })
+                            .await
+                        {
+                            tracing::error!(?filename, "error writing to bitv: {e:#}");
+                            if let Err(e) = tokio::fs::remove_file(&filename).await {
+                                tracing::error!(?filename, "error removing bitv: {e:#}");
+                            }
+                            break;
+                        }
+
+                        // torrent-patron patch: no fsync. Written to the page cache, a bitfield
+                        // outlives a killed process as the data under it does; after a crash of
+                        // the machine neither is known to be on disk (the data was never
+                        // fsynced), so the embedder trusts no bitfield then, and syncs the file
+                        // systems at a clean stop. An fsync per piece cost ~15 % of a core with
+                        // 1,000 torrents each verifying a piece a second.
+                        written = req.snapshot;
+                        if !whole(&written) {
+                            held = Some(file);
+                        }
                     }
 
-                    // torrent-patron patch: no fsync. Written to the page cache, a bitfield
-                    // outlives a killed process as the data under it does; after a crash of
-                    // the machine neither is known to be on disk (the data was never
-                    // fsynced), so the embedder trusts no bitfield then, and syncs the file
-                    // systems at a clean stop. An fsync per piece cost ~15 % of a core with
-                    // 1,000 torrents each verifying a piece a second.
-                    written = req.snapshot;
-                    if !whole(&written) {
-                        held = Some(file);
-                    }
-                }
-
-                Ok::<_, anyhow::Error>(())
-            },
-        );
+                    Ok::<_, anyhow::Error>(())
+                },
+            );
+            tx
+        });
         Ok(Self {
+            on_disk: Some(bv.clone()),
             bv,
-            flush_tx: tx,
+            flush_tx: None,
+            start_flusher: Some(start_flusher),
             pieces,
         })
     }
@@ -222,10 +267,13 @@ impl BitV for DiskBackedBitV {
     }
 
     fn flush(&mut self, _flush_async: bool) -> anyhow::Result<()> {
-        let req = DiskFlushRequest {
-            snapshot: self.bv.clone(),
-        };
-        self.flush_tx.send(req).context("flusher task is dead")
+        let snapshot = self.bv.clone();
+        match self.flusher()? {
+            Some(tx) => tx
+                .send(DiskFlushRequest { snapshot })
+                .context("flusher task is dead"),
+            None => Ok(()),
+        }
     }
 
     fn into_dyn(self) -> Box<dyn BitV> {
