@@ -404,25 +404,38 @@ impl Engine {
                 .map_err(|_| ProtoError::engine(format!("torrent id {id} is too large")))?,
             None => self.take_id(),
         };
-        let unchanged = spec.resume
-            && {
-                let now = crate::storage::stamps_of(&self.roots, &spec.data_folder, &spec.files);
-                let same = self.fast_resume.stamps_match(TorrentId(id as u64), &now);
-                if !same {
-                    tracing::info!(
-                    torrent = id,
-                    "its files are not as they were when last verified (or that is not known): every piece is hashed again"
-                );
-                }
-                same
-            };
-        if unchanged {
-            crate::stop_point::at("add:stamps-matched");
-        }
-        if !unchanged {
+        let stamps = self.fast_resume.stamps_path(TorrentId(id as u64));
+        if spec.resume {
+            crate::stop_point::at("add:fast-resume-vouched");
+        } else {
             self.forget_verified(TorrentId(id as u64))
                 .map_err(|e| engine_error("cannot start the torrent afresh", e))?;
         }
+        // Whether its files are as when its bitfield was last true of them (DESIGN §4,
+        // "verified means verified"): then the engine need not read and hash a piece of each
+        // again. Asked when its check begins, not now (behind other torrents' checks at a
+        // restart of many): a file changed meanwhile is not vouched for, and the engine then
+        // hashes every piece.
+        let vouch = spec.resume.then(|| {
+            let roots = self.roots.clone();
+            let (folder, files) = (spec.data_folder.clone(), spec.files.clone());
+            let vouch: librqbit::FastResumeVouch = Arc::new(move || {
+                let now = crate::storage::stamps_of(&roots, &folder, &files);
+                if crate::fast_resume::stamps_at_match(&stamps, &now) {
+                    return true;
+                }
+                tracing::info!(
+                    torrent = id,
+                    "its files are not as they were when last verified (or that is not known): every piece is hashed again"
+                );
+                // The engine drops the bitfield: stamps without one vouch for nothing.
+                if let Err(e) = crate::store::remove_durably(&stamps) {
+                    tracing::warn!(torrent = id, "{e}");
+                }
+                false
+            });
+            vouch
+        });
         let options = AddTorrentOptions {
             paused: spec.paused,
             only_files: spec.only_files,
@@ -430,20 +443,7 @@ impl Engine {
             output_folder: Some(output_folder),
             initial_peers: Some(spec.peers),
             preferred_id: Some(id),
-            // Its files are as when its bitfield was last true of them (DESIGN §4, "verified
-            // means verified"): the engine need not read and hash a piece of each again. Asked
-            // again when its check begins (behind other torrents' checks at a restart of many):
-            // a file changed since this add's look is hashed whole.
-            trust_fastresume: unchanged.then(|| {
-                let roots = self.roots.clone();
-                let (folder, files) = (spec.data_folder.clone(), spec.files.clone());
-                let stamps = self.fast_resume.stamps_path(TorrentId(id as u64));
-                let vouch: librqbit::FastResumeVouch = Arc::new(move || {
-                    let now = crate::storage::stamps_of(&roots, &folder, &files);
-                    crate::fast_resume::stamps_at_match(&stamps, &now)
-                });
-                vouch
-            }),
+            trust_fastresume: vouch,
             ratelimits: LimitsConfig {
                 download_bps: spec.rates.download,
                 upload_bps: spec.rates.upload,

@@ -32,7 +32,7 @@ fn a_file_edited_after_the_stamps_were_compared_is_not_trusted() {
     let mut cmd = Command::new(bin("torrent-broker"));
     sandbox.apply_env(&mut cmd);
     die_with_parent(&mut cmd);
-    cmd.env("TORRENT_PATRON_TEST_STOP_AT", "add:stamps-matched")
+    cmd.env("TORRENT_PATRON_TEST_STOP_AT", "add:fast-resume-vouched")
         .arg("--state-dir")
         .arg(&state)
         .stdin(Stdio::null())
