@@ -124,6 +124,14 @@ enum Stage {
     Failed,
 }
 
+/// Whether a torrent's check ended in this run (it is paused or live): only then is what its
+/// bitfield says known of its files as they are now. One still checking (or waiting for a
+/// check slot at a restart of many) has not asked its vouch yet; one failed may have failed
+/// before it did.
+pub fn checked(handle: &ManagedTorrentHandle) -> bool {
+    matches!(stage_of(handle), Stage::Paused | Stage::Live)
+}
+
 /// A torrent's own rate limits in force, bytes per second.
 pub fn torrent_limits(handle: &ManagedTorrentHandle) -> proto::RateLimits {
     in_force(handle.shared().ratelimits())

@@ -675,6 +675,15 @@ impl Service {
         let Some((folder, handle)) = found else {
             return;
         };
+        // Its check has not ended (a clean stop while it waited behind other torrents'
+        // checks): the bitfield on disk is the one its vouch has not yet been asked about,
+        // perhaps over files changed while the broker was down. Stamping the files as they
+        // are now would vouch for it at the next start; the last stamps still say what it
+        // is true of.
+        if !crate::engine::checked(&handle) {
+            tracing::info!(torrent = %id, "its check has not ended: its last stamps are kept");
+            return;
+        }
         // Every file the engine lists, padding included, in its order: as compared at the
         // next restore (`AddSpec::files`).
         let Ok(files) = handle.with_metadata(|meta| {
