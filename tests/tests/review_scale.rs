@@ -198,3 +198,58 @@ fn a_clean_stop_before_a_resumes_check_does_not_vouch_for_its_old_bitfield() {
     assert_eq!(status["bytes_done"], 3 * piece, "{status}");
     broker.stop();
 }
+
+/// The flusher of a bitfield starts at its first change (ac1f356). A download stopped
+/// cleanly, restarted with its bitfield trusted (no flusher yet: nothing changed since the
+/// load), that then verifies more and is stopped cleanly again must find at the third start
+/// every piece the second run verified, without hashing again.
+#[test]
+fn pieces_verified_after_a_trusted_resume_are_kept_across_the_next_clean_stop() {
+    let sandbox = Sandbox::new();
+    let size = 4 << 20;
+    let (seeder, _data) = e2e::slow_seeder(&sandbox, size, "500000");
+    let state = sandbox.state_dir("leecher");
+    let downloads = sandbox.folder("downloads");
+    let mut broker = sandbox.broker(&state, &[]);
+    let peer = seeder.broker.peer();
+    e2e::run(sandbox.add_command(&state, &seeder.torrent, &downloads, Some(&peer))).expect_code(0);
+    let done = |s: &serde_json::Value| s["bytes_done"].as_u64().unwrap_or(0);
+    wait_status(&sandbox, &state, "0", "a quarter of it", |s| {
+        done(s) >= size as u64 / 4 && s["complete"] == false
+    });
+    broker.signal(Signal::SIGTERM);
+    broker.wait_exit(STEP_TIMEOUT);
+
+    let mut broker = sandbox.broker(&state, &[]);
+    let first = wait_status(&sandbox, &state, "0", "its check to end", |s| {
+        s["state"] != "checking"
+    });
+    let second = wait_status(&sandbox, &state, "0", "more than half of it", |s| {
+        done(s) >= done(&first) + size as u64 / 4 && s["complete"] == false
+    });
+    assert!(
+        !broker.log().contains("every piece is hashed again"),
+        "the first resume was not trusted: {}",
+        broker.log()
+    );
+    broker.signal(Signal::SIGTERM);
+    broker.wait_exit(STEP_TIMEOUT);
+
+    let broker = sandbox.broker(&state, &[]);
+    let third = wait_status(&sandbox, &state, "0", "its check to end", |s| {
+        s["state"] != "checking"
+    });
+    assert!(
+        !broker.log().contains("every piece is hashed again"),
+        "the second resume was not trusted: {}",
+        broker.log()
+    );
+    assert!(
+        done(&third) >= done(&second),
+        "pieces verified after a trusted resume were lost: {} at the stop, {} after\n{}",
+        done(&second),
+        done(&third),
+        broker.log()
+    );
+    broker.stop();
+}
