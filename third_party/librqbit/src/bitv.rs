@@ -38,13 +38,16 @@ pub struct DiskBackedBitV {
     flush_tx: Option<tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>>,
     start_flusher: Option<StartFlusher>,
     on_disk: Option<BitBox<u8, Msb0>>,
+    // torrent-patron patch: where the flusher starts, even from a drop on a thread outside
+    // the runtime (upstream's channel, made in `new`, took that last flush from anywhere).
+    runtime: tokio::runtime::Handle,
     /// torrent-patron patch: the piece count, 0 while unknown (shared with the flusher).
     pieces: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl DiskBackedBitV {
     /// torrent-patron patch: where flushes go, the flusher started if it is not yet. `None`:
-    /// nothing changed since the load (nothing to write), or no runtime to start it on.
+    /// nothing changed since the load (nothing to write).
     fn flusher(
         &mut self,
     ) -> anyhow::Result<Option<&tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>>> {
@@ -56,11 +59,11 @@ impl DiskBackedBitV {
             {
                 return Ok(None);
             }
-            tokio::runtime::Handle::try_current().context("no runtime to flush the bitv on")?;
             let (Some(start), Some(on_disk)) = (self.start_flusher.take(), self.on_disk.take())
             else {
                 anyhow::bail!("the bitv flusher cannot start");
             };
+            let _in_runtime = self.runtime.enter();
             self.flush_tx = Some(start(on_disk));
         }
         Ok(self.flush_tx.as_ref())
@@ -220,6 +223,7 @@ impl DiskBackedBitV {
             bv,
             flush_tx: None,
             start_flusher: Some(start_flusher),
+            runtime: tokio::runtime::Handle::current(),
             pieces,
         })
     }
