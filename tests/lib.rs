@@ -337,29 +337,71 @@ impl BrokerProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("broker log"));
-        let mut child = cmd.spawn().expect("spawn torrent-broker");
-        let pid = child.id() as i32;
+        let child = cmd.spawn().expect("spawn torrent-broker");
+        let mut broker = BrokerProcess {
+            pid: child.id() as i32,
+            child,
+            state: state.to_path_buf(),
+            port: 0,
+            log,
+        };
+        broker.wait_ready();
+        broker
+    }
+
+    /// Waits (bounded) until it says it is ready, and learns its port. (Dropped on a panic:
+    /// killed.)
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let text = self.log();
             if let Some(port) = ready_port(&text) {
-                return BrokerProcess {
-                    child,
-                    pid,
-                    state: state.to_path_buf(),
-                    port,
-                    log,
-                };
+                self.port = port;
+                return;
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("broker exited at start ({status}):\n{text}");
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("broker not ready within {STEP_TIMEOUT:?}:\n{text}");
-            }
+            assert!(
+                Instant::now() < deadline,
+                "broker not ready within {STEP_TIMEOUT:?}:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Starts a broker that stops itself (SIGSTOP) at stop point `stop_at`, before it is
+    /// ready; returns once it is stopped there. [`BrokerProcess::resume_until_ready`] lets it go.
+    pub fn held_at(sandbox: &Sandbox, state: &Path, stop_at: &str) -> BrokerProcess {
+        let log = state.with_extension(format!("broker-{}.log", now_millis()));
+        let mut cmd = Command::new(bin("torrent-broker"));
+        sandbox.apply_env(&mut cmd);
+        cmd.env("TORRENT_PATRON_TEST_STOP_AT", stop_at)
+            .arg("--state-dir")
+            .arg(state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("broker log"));
+        let child = cmd.spawn().expect("spawn torrent-broker");
+        let broker = BrokerProcess {
+            pid: child.id() as i32,
+            child,
+            state: state.to_path_buf(),
+            port: 0,
+            log,
+        };
+        wait_for(
+            &format!("the broker to stop at {stop_at}"),
+            STEP_TIMEOUT,
+            || is_stopped(broker.pid),
+        );
+        broker
+    }
+
+    /// Lets a broker held at a stop point go on, and waits until it is ready.
+    pub fn resume_until_ready(&mut self) {
+        self.signal(Signal::SIGCONT);
+        self.wait_ready();
     }
 
     /// `127.0.0.1:<port>`, to pass as `--peer`.

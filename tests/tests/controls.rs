@@ -453,24 +453,33 @@ fn a_torrent_keeps_its_own_download_limit() {
     assert_eq!(reply["kind"], "bad-request", "{lines:?}");
 }
 
+/// A broker seeding `size` random bytes (in pieces of `piece`), stopped cleanly once it seeds
+/// and started again, seeding again: the broker, its state dir and the data.
+fn seeded_then_restarted(
+    sandbox: &Sandbox,
+    size: usize,
+    piece: u64,
+) -> (BrokerProcess, std::path::PathBuf, std::path::PathBuf) {
+    let data = sandbox.random_file("seed/resumed.bin", size);
+    let seeder = Seeder::start(sandbox, "seeder", &data, piece, &[]);
+    let state = seeder.broker.state.clone();
+    // `make --seed` answers once the torrent is added, maybe before its first check ends;
+    // a broker stopped during that check has verified nothing to keep.
+    wait_status(sandbox, &state, "0", "seeding", |s| s["state"] == "seeding");
+    let broker = restart(sandbox, &state, seeder.broker, Signal::SIGTERM);
+    wait_status(sandbox, &state, "0", "seeding again", |s| {
+        s["state"] == "seeding"
+    });
+    (broker, state, data)
+}
+
 /// The restarted broker's log says whether librqbit hashed the torrent's data again.
 const FULL_CHECK: &str = "Doing initial checksum validation";
 
 #[test]
 fn a_restarted_broker_does_not_hash_again_what_it_verified() {
     let sandbox = Sandbox::new();
-    let data = sandbox.random_file("seed/resumed.bin", 4 * 1024 * 1024);
-    let seeder = Seeder::start(&sandbox, "seeder", &data, PIECE, &[]);
-    let state = seeder.broker.state.clone();
-    // `make --seed` answers once the torrent is added, maybe before its first check ends;
-    // a broker stopped during that check has verified nothing to keep.
-    wait_status(&sandbox, &state, "0", "seeding", |s| {
-        s["state"] == "seeding"
-    });
-    let broker = restart(&sandbox, &state, seeder.broker, Signal::SIGTERM);
-    wait_status(&sandbox, &state, "0", "seeding again", |s| {
-        s["state"] == "seeding"
-    });
+    let (broker, _, _) = seeded_then_restarted(&sandbox, 4 * 1024 * 1024, PIECE);
     let log = broker.log();
     assert!(log.contains("Initial check results"), "{log}");
     assert!(
@@ -495,16 +504,7 @@ fn bytes_read(pid: i32) -> u64 {
 fn a_restarted_broker_reads_nothing_of_the_data_it_verified() {
     let sandbox = Sandbox::new();
     let piece = 1 << 20;
-    let data = sandbox.random_file("seed/trusted.bin", 8 * piece as usize);
-    let seeder = Seeder::start(&sandbox, "seeder", &data, piece, &[]);
-    let state = seeder.broker.state.clone();
-    wait_status(&sandbox, &state, "0", "seeding", |s| {
-        s["state"] == "seeding"
-    });
-    let broker = restart(&sandbox, &state, seeder.broker, Signal::SIGTERM);
-    wait_status(&sandbox, &state, "0", "seeding again", |s| {
-        s["state"] == "seeding"
-    });
+    let (broker, state, data) = seeded_then_restarted(&sandbox, 8 * piece as usize, piece);
     let read = bytes_read(broker.pid);
     assert!(
         read < piece / 2,
