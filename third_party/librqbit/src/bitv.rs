@@ -34,10 +34,8 @@ pub struct DiskBackedBitV {
     bv: BitBox<u8, Msb0>,
     // torrent-patron patch: the flusher task starts at the first flush that changes the
     // bitfield. A seed's never changes: ten thousand seeds held ten thousand idle tasks and
-    // channels (1.4 KiB each) for nothing. Until then `on_disk` is the bitfield as loaded.
-    flush_tx: Option<tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>>,
-    start_flusher: Option<StartFlusher>,
-    on_disk: Option<BitBox<u8, Msb0>>,
+    // channels (1.4 KiB each) for nothing.
+    flusher: Flusher,
     // torrent-patron patch: where the flusher starts, even from a drop on a thread outside
     // the runtime (upstream's channel, made in `new`, took that last flush from anywhere).
     runtime: tokio::runtime::Handle,
@@ -45,42 +43,48 @@ pub struct DiskBackedBitV {
     pieces: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// torrent-patron patch: a bitfield's flusher task, started at the first change.
+enum Flusher {
+    /// Not started: the bitfield as it is on disk, and how to start the task.
+    Waiting {
+        on_disk: BitBox<u8, Msb0>,
+        start: StartFlusher,
+    },
+    Started(tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>),
+    /// Only while it starts.
+    Starting,
+}
+
 impl DiskBackedBitV {
     /// torrent-patron patch: where flushes go, the flusher started if it is not yet. `None`:
     /// nothing changed since the load (nothing to write).
-    fn flusher(
-        &mut self,
-    ) -> anyhow::Result<Option<&tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>>> {
-        if self.flush_tx.is_none() {
-            if self
-                .on_disk
-                .as_ref()
-                .is_none_or(|on_disk| *on_disk == self.bv)
-            {
-                return Ok(None);
-            }
-            let (Some(start), Some(on_disk)) = (self.start_flusher.take(), self.on_disk.take())
-            else {
-                anyhow::bail!("the bitv flusher cannot start");
-            };
-            let _in_runtime = self.runtime.enter();
-            self.flush_tx = Some(start(on_disk));
+    fn flusher(&mut self) -> Option<&tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>> {
+        if let Flusher::Waiting { on_disk, .. } = &self.flusher
+            && *on_disk == self.bv
+        {
+            return None;
         }
-        Ok(self.flush_tx.as_ref())
+        self.flusher = match std::mem::replace(&mut self.flusher, Flusher::Starting) {
+            Flusher::Waiting { on_disk, start } => {
+                let _in_runtime = self.runtime.enter();
+                Flusher::Started(start(on_disk))
+            }
+            started => started,
+        };
+        match &self.flusher {
+            Flusher::Started(tx) => Some(tx),
+            _ => None,
+        }
     }
 }
 
 impl Drop for DiskBackedBitV {
     fn drop(&mut self) {
         let snapshot = self.bv.clone();
-        match self.flusher() {
-            Ok(None) => {}
-            Ok(Some(tx)) => {
-                if tx.send(DiskFlushRequest { snapshot }).is_err() {
-                    tracing::warn!("error flushing bitv on drop: flusher task is dead")
-                }
-            }
-            Err(e) => tracing::warn!("error flushing bitv on drop: {e:#}"),
+        if let Some(tx) = self.flusher()
+            && tx.send(DiskFlushRequest { snapshot }).is_err()
+        {
+            tracing::warn!("error flushing bitv on drop: flusher task is dead")
         }
     }
 }
@@ -219,10 +223,11 @@ impl DiskBackedBitV {
             tx
         });
         Ok(Self {
-            on_disk: Some(bv.clone()),
+            flusher: Flusher::Waiting {
+                on_disk: bv.clone(),
+                start: start_flusher,
+            },
             bv,
-            flush_tx: None,
-            start_flusher: Some(start_flusher),
             runtime: tokio::runtime::Handle::current(),
             pieces,
         })
@@ -272,7 +277,7 @@ impl BitV for DiskBackedBitV {
 
     fn flush(&mut self, _flush_async: bool) -> anyhow::Result<()> {
         let snapshot = self.bv.clone();
-        match self.flusher()? {
+        match self.flusher() {
             Some(tx) => tx
                 .send(DiskFlushRequest { snapshot })
                 .context("flusher task is dead"),

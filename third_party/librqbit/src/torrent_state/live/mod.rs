@@ -372,34 +372,41 @@ impl TorrentStateLive {
     /// torrent-patron patch: the queue of peers to connect to, its task started by the
     /// first peer queued. `None` once the live state is going away.
     fn peer_queue(&self) -> Option<&UnboundedSender<SocketAddr>> {
-        if let Some(queue) = self.peer_queue_tx.get() {
-            return Some(queue);
-        }
-        let state = self.this.upgrade()?;
-        Some(self.peer_queue_tx.get_or_init(|| {
-            let (tx, rx) = unbounded_channel();
-            state.spawn(
-                debug_span!(parent: state.shared.span.clone(), "peer_adder"),
-                format!("[{}]peer_adder", state.shared.id),
-                state.clone().task_peer_adder(rx),
-            );
-            tx
-        }))
+        self.lazy_queue(&self.peer_queue_tx, "peer_adder", Self::task_peer_adder)
     }
 
     /// torrent-patron patch: the queue of chunks to upload within the rate limits, its task
     /// started by the first chunk asked for. `None` once the live state is going away.
     fn upload_queue(&self) -> Option<&UploadQueue> {
-        if let Some(queue) = self.ratelimit_upload_tx.get() {
+        self.lazy_queue(
+            &self.ratelimit_upload_tx,
+            "upload_scheduler",
+            Self::task_upload_scheduler,
+        )
+    }
+
+    /// torrent-patron patch: the sender of `queue`, made at its first use together with the
+    /// task (`task`, called `name`) that receives from it. `None` once the live state is going
+    /// away.
+    fn lazy_queue<'a, T, F>(
+        &self,
+        queue: &'a std::sync::OnceLock<UnboundedSender<T>>,
+        name: &'static str,
+        task: impl FnOnce(Arc<Self>, UnboundedReceiver<T>) -> F,
+    ) -> Option<&'a UnboundedSender<T>>
+    where
+        F: std::future::Future<Output = crate::Result<()>> + Send + 'static,
+    {
+        if let Some(queue) = queue.get() {
             return Some(queue);
         }
         let state = self.this.upgrade()?;
-        Some(self.ratelimit_upload_tx.get_or_init(|| {
+        Some(queue.get_or_init(|| {
             let (tx, rx) = unbounded_channel();
             state.spawn(
-                debug_span!(parent: state.shared.span.clone(), "upload_scheduler"),
-                format!("[{}]upload_scheduler", state.shared.id),
-                state.clone().task_upload_scheduler(rx),
+                debug_span!(parent: state.shared.span.clone(), "lazy_task", name),
+                format!("[{}]{name}", state.shared.id),
+                task(state.clone(), rx),
             );
             tx
         }))
