@@ -743,10 +743,11 @@ fn pause_and_resume_sent_during_a_check_take_effect_when_it_ends() {
         .find(|l| l["request"] == 2)
         .expect("the files reply");
     assert_eq!(refused["kind"], "bad-request", "{lines:?}");
-    let after = wait_status(&sandbox, state, "0", "the check to end, running", |s| {
-        s["state"] != "checking"
+    // (Between the recheck's stop and its check the board may show it paused for a pulse:
+    // wait for where it ends, which a resume lost would never reach.)
+    wait_status(&sandbox, state, "0", "the check to end, running", |s| {
+        s["state"] == "seeding"
     });
-    assert_eq!(after["state"], "seeding", "{after}");
 }
 
 /// The engine's fast-resume folder of a state dir, and torrent `id`'s bitfield in it.
