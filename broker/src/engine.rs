@@ -428,6 +428,7 @@ impl Engine {
             let roots = self.roots.clone();
             let (folder, files) = (spec.data_folder.clone(), spec.files.clone());
             let vouch: librqbit::FastResumeVouch = Arc::new(move || {
+                crate::stop_point::hold("check:vouch-asked");
                 let now = crate::storage::stamps_of(&roots, &folder, &files);
                 if crate::fast_resume::stamps_at_match(&stamps, &now) {
                     return true;

@@ -13,3 +13,22 @@ pub fn at(step: &str) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
     }
 }
+
+/// Holds the calling thread for a while here if `TORRENT_PATRON_TEST_HOLD_AT=<step>=<ms>`
+/// names `step`: the rest of the broker goes on (a SIGSTOP would stop it all), so a test
+/// can act while one piece of work is in a known place (a check that has begun but not
+/// ended, say). Only for threads that may block (the blocking pool's).
+pub fn hold(step: &str) {
+    static HOLD: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    let hold = HOLD.get_or_init(|| {
+        let spec = std::env::var("TORRENT_PATRON_TEST_HOLD_AT").ok()?;
+        let (step, millis) = spec.rsplit_once('=')?;
+        Some((step.to_owned(), millis.parse().ok()?))
+    });
+    if let Some((at, millis)) = hold {
+        if at == step {
+            tracing::warn!("holding at {step} for {millis} ms (TORRENT_PATRON_TEST_HOLD_AT)");
+            std::thread::sleep(std::time::Duration::from_millis(*millis));
+        }
+    }
+}

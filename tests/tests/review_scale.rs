@@ -3,7 +3,7 @@
 //! Each test here attacks one of them the way a hostile user or an unlucky crash would, and
 //! failed on the code before its fix.
 
-use e2e::{wait_status, BrokerProcess, Sandbox, Seeder, STEP_TIMEOUT};
+use e2e::{wait_for, wait_status, BrokerProcess, Sandbox, Seeder, STEP_TIMEOUT};
 use nix::sys::signal::Signal;
 use std::os::unix::fs::FileExt;
 
@@ -83,84 +83,50 @@ fn fast_resume_files(state: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 /// DESIGN §4 "verified means verified": a resume's stamps are compared only when its check
 /// begins, and at a restart of many that check waits behind `concurrent_init_limit` (3)
-/// others. A clean stop in that wait stamped the torrent's files as they are now (edited
-/// while the broker was down) beside its old bitfield, which the check never got to drop:
-/// the next start vouched for the old bitfield over the edited file, and its broken piece
-/// was seeded as verified. Here three large torrents hashed whole hold the three check
-/// slots, the fourth (its first piece edited while stopped) waits, and the broker is
-/// stopped cleanly then.
+/// others. A clean stop before the check ended stamped the torrent's files as they are now
+/// (edited while the broker was down) beside its old bitfield, which the check never got to
+/// drop: the next start vouched for the old bitfield over the edited file, and its broken
+/// piece was seeded as verified. Here the broker holds the check at its vouch (a test hold,
+/// one blocking thread; the rest of the broker runs on) and is stopped cleanly then.
 #[test]
 fn a_clean_stop_before_a_resumes_check_does_not_vouch_for_its_old_bitfield() {
     let sandbox = Sandbox::new();
-    let state = sandbox.state_dir("seeder");
-    let mut broker = sandbox.broker(&state, &[]);
-    // Sparse: hashing them takes a while, storing them nothing.
-    let big = 512u64 << 20;
-    std::fs::create_dir_all(sandbox.path("seed")).unwrap();
-    for i in 0..3 {
-        let path = sandbox.path(&format!("seed/big{i}.bin"));
-        std::fs::File::create(&path).unwrap().set_len(big).unwrap();
-        let mut make = sandbox.client(&state);
-        make.arg("--json")
-            .arg("make")
-            .arg(&path)
-            .arg("--seed")
-            .arg("--piece-size")
-            .arg((4u64 << 20).to_string())
-            .arg("--output")
-            .arg(sandbox.path(&format!("big{i}.torrent")));
-        e2e::run(make).expect_code(0);
-    }
     let piece = 64u64 << 10;
     let data = sandbox.random_file("seed/edited.bin", 4 * piece as usize);
-    let mut make = sandbox.client(&state);
-    make.arg("--json")
-        .arg("make")
-        .arg(&data)
-        .arg("--seed")
-        .arg("--piece-size")
-        .arg(piece.to_string())
-        .arg("--output")
-        .arg(sandbox.path("edited.torrent"));
-    e2e::run(make).expect_code(0);
-    for id in ["0", "1", "2", "3"] {
-        wait_status(&sandbox, &state, id, "it to seed", |s| {
-            s["state"] == "seeding"
-        });
-    }
-    broker.signal(Signal::SIGTERM);
-    broker.wait_exit(STEP_TIMEOUT);
-
-    // The large ones are hashed whole at the next start (no bitfield): they hold the slots.
-    for path in fast_resume_files(&state) {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if ["0.", "1.", "2."].iter().any(|p| name.starts_with(p)) {
-            std::fs::remove_file(&path).unwrap();
-        }
-    }
+    let mut seeder = Seeder::start(&sandbox, "seeder", &data, piece, &[]);
+    let state = seeder.broker.state.clone();
+    seeder.broker.signal(Signal::SIGTERM);
+    seeder.broker.wait_exit(STEP_TIMEOUT);
+    assert!(
+        fast_resume_files(&state)
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "stamps")),
+        "a clean stop of a seed stamps its files"
+    );
     // Its first piece edited while the broker is down.
     flip_first_bytes(&data);
 
-    // Stopped cleanly while the edited torrent's check waits for a slot.
-    let mut waiting = sandbox.broker(&state, &[]);
-    let status = e2e::status_json(&sandbox, &state, "3");
+    // Stopped cleanly while its check is held where it asks its vouch.
+    let hold: &std::ffi::OsStr = "check:vouch-asked=4000".as_ref();
+    let mut waiting =
+        sandbox.broker_with_env(&state, &[], &[("TORRENT_PATRON_TEST_HOLD_AT", hold)]);
+    wait_for("the check to reach its vouch", STEP_TIMEOUT, || {
+        waiting.log().contains("holding at check:vouch-asked")
+    });
+    let status = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(status["state"], "checking", "{status}");
     waiting.signal(Signal::SIGTERM);
     waiting.wait_exit(STEP_TIMEOUT);
-    // Else the stop came after its check began, and this run tested nothing: it happens
-    // (the large checks end sooner than hoped on a fast disk); holding torrent 3's check by
-    // a stop point would make it certain, and is still to do.
-    if waiting.log().contains("every piece is hashed again") {
-        eprintln!("the edited torrent's check began before the stop (status {status})");
-    }
 
     let broker = sandbox.broker(&state, &[]);
-    let status = wait_status(&sandbox, &state, "3", "its check to end", |s| {
+    let status = wait_status(&sandbox, &state, "0", "its check to end", |s| {
         s["state"] == "seeding" || s["state"] == "downloading"
     });
     assert_eq!(
         status["complete"],
         false,
-        "a piece edited while the broker was down is counted verified: {status}\n{}",
+        "a piece edited while the broker was down is counted verified: {status}\n{}\n{}",
+        waiting.log(),
         broker.log()
     );
     assert_eq!(status["bytes_done"], 3 * piece, "{status}");
