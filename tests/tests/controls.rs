@@ -942,3 +942,60 @@ fn a_piece_edited_while_the_broker_was_stopped_is_found_even_with_its_mtime_set_
     );
     assert!(broker.log().contains(FULL_CHECK), "{}", broker.log());
 }
+
+/// A restart with torrents to hash whole (their fast-resume state gone) and one whose files
+/// are vouched for: the hashing takes the engine's three check slots, and the vouched one
+/// needs none. It seeds at once, not behind them: a seedbox restarted with big torrents to
+/// check again serves everything else meanwhile.
+#[test]
+fn a_vouched_resume_does_not_wait_behind_torrents_being_hashed() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let broker = sandbox.broker(&state, &[]);
+    // Sparse: hashing them takes a while, storing them nothing.
+    std::fs::create_dir_all(sandbox.path("seed")).expect("folder");
+    for i in 0..3 {
+        let data = sandbox.path(&format!("seed/big{i}.bin"));
+        std::fs::File::create(&data)
+            .and_then(|f| f.set_len(1 << 30))
+            .expect("sparse file");
+        let mut make = sandbox.client(&state);
+        make.args(["make", "--seed", "--piece-size", "4194304", "--output"])
+            .arg(sandbox.path(&format!("big{i}.torrent")))
+            .arg(&data);
+        run(make).expect_code(0);
+    }
+    e2e::make_seed(&sandbox, &state, "small.bin", 4 * PIECE as usize);
+    for id in ["0", "1", "2", "3"] {
+        wait_status(&sandbox, &state, id, "it to seed", |s| {
+            s["state"] == "seeding"
+        });
+    }
+    let mut broker = broker;
+    broker.signal(Signal::SIGTERM);
+    broker.wait_exit(STEP_TIMEOUT);
+    for id in 0..3 {
+        std::fs::remove_file(fast_resume_of(&state, id).1).expect("the big ones' bitfields");
+    }
+
+    let broker = sandbox.broker(&state, &[]);
+    let small = wait_status(&sandbox, &state, "3", "the vouched one to seed", |s| {
+        s["state"] == "seeding"
+    });
+    let big: Vec<Value> = (0..3)
+        .map(|id| e2e::status_json(&sandbox, &state, &id.to_string()))
+        .collect();
+    assert!(
+        big.iter().all(|s| s["state"] == "checking"),
+        "the vouched one waited for a big one's check to end: {big:?}\n{}",
+        broker.log()
+    );
+    assert_eq!(small["complete"], true, "{small}");
+    assert_eq!(
+        broker.log().matches(FULL_CHECK).count(),
+        3,
+        "only the big ones are hashed whole:\n{}",
+        broker.log()
+    );
+    broker.stop();
+}

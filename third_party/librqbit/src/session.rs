@@ -130,6 +130,11 @@ impl SessionDatabase {
     }
 }
 
+// torrent-patron patch: see `Session::concurrent_resume_semaphore`. Each holds one blocking
+// hand-off at a time (a bitfield's read, its vouch, its files' lengths), so a few per
+// blocking thread keep them busy without a thread per torrent.
+const CONCURRENT_RESUMES: usize = 32;
+
 pub struct Session {
     // Core state and services
     pub(crate) db: RwLock<SessionDatabase>,
@@ -162,6 +167,9 @@ pub struct Session {
 
     // Limits and throttling
     pub(crate) concurrent_initialize_semaphore: Arc<tokio::sync::Semaphore>,
+    // torrent-patron patch: how many checks may load a bitfield and ask its vouch at once
+    // (no data read), apart from the check slots above.
+    pub(crate) concurrent_resume_semaphore: Arc<tokio::sync::Semaphore>,
     pub ratelimits: Limits,
 
     pub blocklist: IpRanges,
@@ -860,6 +868,9 @@ impl Session {
                 stats: Arc::new(SessionStats::new()),
                 concurrent_initialize_semaphore: Arc::new(tokio::sync::Semaphore::new(
                     opts.concurrent_init_limit.unwrap_or(3),
+                )),
+                concurrent_resume_semaphore: Arc::new(tokio::sync::Semaphore::new(
+                    CONCURRENT_RESUMES,
                 )),
                 udp_tracker_client,
                 ratelimits: Limits::new(opts.ratelimits),
@@ -1827,9 +1838,7 @@ struct PeerRxTorrentInfo {
 
 impl tracker_comms::TorrentStatsProvider for PeerRxTorrentInfo {
     fn get(&self) -> tracker_comms::TrackerCommsStats {
-        let mt = self
-            .session
-            .get(TorrentIdOrHash::Hash(self.info_hash));
+        let mt = self.session.get(TorrentIdOrHash::Hash(self.info_hash));
         let mt = match mt {
             Some(mt) => mt,
             None => {

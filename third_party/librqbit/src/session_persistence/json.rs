@@ -70,20 +70,6 @@ impl JsonSessionPersistenceStore {
         })
     }
 
-    async fn to_hash(&self, id: TorrentIdOrHash) -> anyhow::Result<Id20> {
-        match id {
-            TorrentIdOrHash::Id(id) => self
-                .db_content
-                .read()
-                .await
-                .torrents
-                .get(&id)
-                .map(|v| *v.info_hash())
-                .context("not found"),
-            TorrentIdOrHash::Hash(h) => Ok(h),
-        }
-    }
-
     async fn flush(&self) -> anyhow::Result<()> {
         // we don't need the write lock technically, but we need to stop concurrent modifications
         let db_content = self.db_content.write().await;
@@ -122,11 +108,26 @@ impl JsonSessionPersistenceStore {
     /// after the id: one per torrent the embedder runs, never shared by two records of the
     /// same info hash.
     async fn bitv_path(&self, id: TorrentIdOrHash) -> anyhow::Result<PathBuf> {
-        match (id, self.to_hash(id).await) {
-            (_, Ok(h)) => Ok(self.bitv_filename(&h)),
-            (TorrentIdOrHash::Id(id), Err(_)) => Ok(self.output_folder.join(format!("{id}.bitv"))),
-            (_, Err(e)) => Err(e),
-        }
+        // torrent-patron patch: an id the session's db does not know is the usual case here
+        // (the db is not kept): no error is made (with a backtrace, under RUST_BACKTRACE) to
+        // be dropped at every bitfield's load, clear and store.
+        let path = match id {
+            TorrentIdOrHash::Id(id) => {
+                let known = self
+                    .db_content
+                    .read()
+                    .await
+                    .torrents
+                    .get(&id)
+                    .map(|v| *v.info_hash());
+                match known {
+                    Some(hash) => self.bitv_filename(&hash),
+                    None => self.output_folder.join(format!("{id}.bitv")),
+                }
+            }
+            TorrentIdOrHash::Hash(hash) => self.bitv_filename(&hash),
+        };
+        Ok(path)
     }
 
     fn bitv_filename(&self, info_hash: &Id20) -> PathBuf {

@@ -96,6 +96,7 @@ impl TorrentStateInitializing {
         &self,
         bitv_factory: &dyn BitVFactory,
         have_pieces: Option<Box<dyn BitV>>,
+        slots: &mut CheckSlots,
     ) -> Option<Box<dyn BitV>> {
         let hp = have_pieces?;
         let actual = hp.as_bytes().len();
@@ -130,6 +131,11 @@ impl TorrentStateInitializing {
             return None;
         }
 
+        // torrent-patron patch: reading a sample of the data takes a check slot.
+        if let Err(e) = slots.reading().await {
+            warn!(id = ?self.shared.id, "{e:#}: ignoring fastresume data");
+            return None;
+        }
         let is_broken = self
             .shared
             .spawner
@@ -218,16 +224,22 @@ impl TorrentStateInitializing {
         Some(hp)
     }
 
-    pub async fn check(&self) -> anyhow::Result<TorrentStatePaused> {
+    /// torrent-patron patch: begun holding a resume slot (`resume_slot`); a check slot is
+    /// taken (and the resume slot given back) only if data must be read.
+    pub async fn check(
+        &self,
+        resume_slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> anyhow::Result<TorrentStatePaused> {
         // torrent-patron patch: by id, as `validate_fastresume` clears it (see bitv_path).
         let id: TorrentIdOrHash = self.shared.id.into();
-        let bitv_factory = self
-            .shared
-            .session
-            .upgrade()
-            .context("session is dead")?
-            .bitv_factory
-            .clone();
+        let session = self.shared.session.upgrade().context("session is dead")?;
+        let bitv_factory = session.bitv_factory.clone();
+        let mut slots = CheckSlots {
+            check_slots: session.concurrent_initialize_semaphore.clone(),
+            _resume: Some(resume_slot),
+            _check: None,
+        };
+        drop(session);
         let have_pieces = if self.previously_errored {
             if let Err(e) = bitv_factory.clear(id).await {
                 warn!(id=?self.shared.id, info_hash = ?self.shared.info_hash, error=?e, "error clearing bitfield");
@@ -240,11 +252,14 @@ impl TorrentStateInitializing {
                 .context("error loading have_pieces")?
         };
 
-        let have_pieces = self.validate_fastresume(&*bitv_factory, have_pieces).await;
+        let have_pieces = self
+            .validate_fastresume(&*bitv_factory, have_pieces, &mut slots)
+            .await;
 
         let mut have_pieces = match have_pieces {
             Some(h) => h,
             None => {
+                slots.reading().await?;
                 info!("Doing initial checksum validation, this might take a while...");
                 let have_pieces = self
                     .shared
@@ -335,5 +350,34 @@ impl TorrentStateInitializing {
             streams: Arc::new(Default::default()),
         };
         Ok(paused)
+    }
+}
+
+/// torrent-patron patch: the slots a check holds. It begins with a resume slot (loading a
+/// bitfield and asking its vouch read no data); reading data (a sample or every piece)
+/// takes one of the `concurrent_init_limit` check slots and gives the resume slot back, so
+/// that torrents waiting to be hashed do not hold up those that need not be.
+struct CheckSlots {
+    check_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Held until it ends (dropped with it).
+    _resume: Option<tokio::sync::OwnedSemaphorePermit>,
+    _check: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl CheckSlots {
+    /// Holds a check slot from now on (waiting for one if need be).
+    async fn reading(&mut self) -> anyhow::Result<()> {
+        if self._check.is_some() {
+            return Ok(());
+        }
+        self._resume = None;
+        let permit = self
+            .check_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .context("bug: concurrent init semaphore was closed")?;
+        self._check = Some(permit);
+        Ok(())
     }
 }

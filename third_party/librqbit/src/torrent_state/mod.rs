@@ -410,14 +410,18 @@ impl ManagedTorrent {
                         "initialize_and_start",
                         token.clone(),
                         async move {
-                            let concurrent_init_semaphore =
-                                session.concurrent_initialize_semaphore.clone();
-                            let _permit = concurrent_init_semaphore
-                                .acquire()
+                            // torrent-patron patch: a check slot (`concurrent_init_limit`) is
+                            // taken only to read data; loading a bitfield its embedder vouches
+                            // for takes a resume slot (many more), so a restart of thousands
+                            // of seeds is not three at a time. See `check`.
+                            let resume_slot = session
+                                .concurrent_resume_semaphore
+                                .clone()
+                                .acquire_owned()
                                 .await
-                                .context("bug: concurrent init semaphore was closed")?;
+                                .context("bug: concurrent resume semaphore was closed")?;
 
-                            let check_result = init.check().await;
+                            let check_result = init.check(resume_slot).await;
                             init.finish_check();
 
                             match check_result {
