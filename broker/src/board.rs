@@ -92,6 +92,21 @@ impl StatusBoard {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes room for `torrents` at once (a restart knows how many it restores): one board of
+    /// the size they need, not a doubling after every few hundred.
+    pub fn reserve(&self, torrents: usize) {
+        let mut inner = self.inner();
+        let wanted = torrents
+            .checked_next_power_of_two()
+            .unwrap_or(usize::MAX)
+            .min(proto::board::MAX_CAPACITY);
+        if wanted > inner.writer.capacity() {
+            if let Err(e) = inner.grow_to(wanted) {
+                tracing::warn!("cannot make the status board room for {torrents} torrents: {e}");
+            }
+        }
+    }
+
     /// A read-only descriptor of the current board, for a patron.
     pub fn reader_fd(&self) -> io::Result<OwnedFd> {
         self.inner().writer.reader_fd()
@@ -323,7 +338,12 @@ impl Inner {
         if self.writer.capacity() >= proto::board::MAX_CAPACITY {
             return Err(io::Error::other("the board is as large as a board may be"));
         }
-        let capacity = (self.writer.capacity() * 2).min(proto::board::MAX_CAPACITY);
+        self.grow_to((self.writer.capacity() * 2).min(proto::board::MAX_CAPACITY))
+    }
+
+    /// Moves everything to a board of `capacity` slots (more than now) and tells readers of
+    /// the old one.
+    fn grow_to(&mut self, capacity: usize) -> io::Result<()> {
         self.generation += 1;
         let bigger = BoardWriter::create(capacity, std::process::id(), self.generation)?;
         for (slot, summary) in self.shown.values() {

@@ -8,6 +8,48 @@ use proto::{ProtoError, TorrentId, TorrentInfo};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Records are prepared (their .torrent read and parsed, their folders checked) this many at
+/// a time on several threads, then added in order: that is most of a restart of thousands,
+/// and the batch bounds what is held at once (a .torrent of a large torrent is megabytes).
+const PREPARE_BATCH: usize = 256;
+
+/// A record ready to be added.
+struct Prepared {
+    checked: torrent_file::CheckedTorrent,
+    info: TorrentInfo,
+    files: Arc<[PathBuf]>,
+}
+
+/// A record that cannot be restored: why, and what is known of its torrent (boxed: most
+/// records restore, and the results of a batch are held together).
+type Failed = Box<(ProtoError, TorrentInfo, Arc<[PathBuf]>)>;
+
+/// `f` of each item, in order, on as many threads as there are cores (at most 4). Only for
+/// work that blocks on nothing but the disk: it runs at the start, before anyone is served.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let per_thread = items.len().div_ceil(threads).max(1);
+    if threads == 1 || items.len() <= 16 {
+        return items.iter().map(f).collect();
+    }
+    std::thread::scope(|scope| {
+        let f = &f;
+        let workers: Vec<_> = items
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(move || chunk.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| match worker.join() {
+                Ok(results) => results,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
 impl Service {
     /// Adds the recorded torrents again. A record that cannot be restored is kept (shown in
     /// error, retried at the next start); records that cannot be read stop the start, and
@@ -20,27 +62,53 @@ impl Service {
             .apply(&mut records);
         for id in records.keys() {
             self.engine.reserve_id(*id);
-            // A .torrent that is not a regular file of ours (a FIFO planted there would hang
-            // the start while the lock is held) refuses the start, naming it; a missing one
-            // is a record kept unrestored, as any other failure to restore.
-            crate::store::open_state_file(&self.torrent_file_path(*id))?;
         }
+        // A .torrent that is not a regular file of ours (a FIFO planted there would hang the
+        // start while the lock is held) refuses the start, naming it, before anything is
+        // restored; a missing one is a record kept unrestored, as any other failure to restore.
+        let ids: Vec<TorrentId> = records.keys().copied().collect();
+        for opened in in_parallel(&ids, |id| {
+            crate::store::open_state_file(&self.torrent_file_path(*id)).map(drop)
+        }) {
+            opened?;
+        }
+        self.board.reserve(records.len());
         // In the queue's order: each restored torrent is then last so far, and keeps its place.
         let mut records: Vec<(TorrentId, RestoreSpec)> = records.into_iter().collect();
         records.sort_by_key(|(id, spec)| (spec.queue_position, *id));
-        let mut finished_moves = false;
-        for (id, mut spec) in records {
-            let restored = self.restore_one(id, &mut spec, &mut finished_moves).await;
-            if let Err((error, info, files)) = restored {
-                tracing::error!(torrent = %id, "cannot restore, kept for the next start: {error}");
-                let unrestored = Unrestored {
-                    info,
-                    restore: spec,
-                    error: error.message,
-                    files,
+        let started = std::time::Instant::now();
+        let (mut finished_moves, mut kept) = (false, 0);
+        for batch in records.chunks_mut(PREPARE_BATCH) {
+            let prepared = in_parallel(batch, |(id, spec)| self.prepare(*id, spec));
+            for ((id, spec), prepared) in batch.iter_mut().zip(prepared) {
+                let restored = match prepared {
+                    Ok(prepared) => {
+                        self.restore_prepared(*id, spec, prepared, &mut finished_moves)
+                            .await
+                    }
+                    Err(failed) => Err(failed),
                 };
-                self.state().registry.keep_unrestored(id, unrestored);
+                if let Err(failed) = restored {
+                    let (error, info, files) = *failed;
+                    tracing::error!(torrent = %id, "cannot restore, kept for the next start: {error}");
+                    let unrestored = Unrestored {
+                        info,
+                        restore: spec.clone(),
+                        error: error.message,
+                        files,
+                    };
+                    self.state().registry.keep_unrestored(*id, unrestored);
+                    kept += 1;
+                }
             }
+        }
+        if !records.is_empty() {
+            tracing::info!(
+                restored = records.len() - kept,
+                kept,
+                ms = started.elapsed().as_millis() as u64,
+                "restored the recorded torrents"
+            );
         }
         // Files of torrents that are no longer recorded (ephemeral, or closed mid-save).
         if let Ok(dir) = std::fs::read_dir(self.config.torrents_dir()) {
@@ -73,15 +141,10 @@ impl Service {
         Ok(())
     }
 
-    /// Restores one record (a move it was in the middle of finished or undone first, then
-    /// `moves` set); on failure, the reason and what is known of the torrent.
-    async fn restore_one(
-        &self,
-        id: TorrentId,
-        spec: &mut RestoreSpec,
-        moves: &mut bool,
-    ) -> Result<(), (ProtoError, TorrentInfo, Arc<[PathBuf]>)> {
-        let mut files: Arc<[PathBuf]> = Arc::from(Vec::new());
+    /// What restoring record `id` needs that touches nothing: its .torrent read and checked,
+    /// and (unless a move is to be finished first) its folder and paths. Run for many records
+    /// at once, on several threads.
+    fn prepare(&self, id: TorrentId, spec: &RestoreSpec) -> Result<Prepared, Failed> {
         let mut info = TorrentInfo {
             id,
             info_hash: proto::InfoHash([0; 20]),
@@ -89,21 +152,59 @@ impl Service {
             save_folder: spec.save_folder.display().to_string(),
             total_bytes: 0,
         };
+        let none: Arc<[PathBuf]> = Arc::from(Vec::new());
         let path = self.torrent_file_path(id);
         let bytes = match crate::store::read_state_file(&path) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 let why = format!("{} is missing", path.display());
-                return Err((ProtoError::io(why), info.clone(), files.clone()));
+                return Err(Box::new((ProtoError::io(why), info, none)));
             }
-            Err(e) => {
-                let error = ProtoError::io(e.to_string());
-                return Err((error, info.clone(), files.clone()));
-            }
+            Err(e) => return Err(Box::new((ProtoError::io(e.to_string()), info, none))),
         };
         let checked = torrent_file::check_torrent_file(&bytes, self.config.loopback_only)
-            .map_err(|e| (e, info.clone(), files.clone()))?;
+            .map_err(|e| Box::new((e, info.clone(), none.clone())))?;
         info = checked.info(id, &spec.save_folder, spec.only_files.as_deref());
+        let files = checked.full_paths(&spec.data_folder);
+        if spec.moving.is_none() {
+            self.check_placement(spec, &checked)
+                .map_err(|e| Box::new((e, info.clone(), files.clone())))?;
+        }
+        Ok(Prepared {
+            checked,
+            info,
+            files,
+        })
+    }
+
+    /// Where a torrent is restored must be as it was: its save folder and every path beneath.
+    fn check_placement(
+        &self,
+        spec: &RestoreSpec,
+        checked: &torrent_file::CheckedTorrent,
+    ) -> Result<(), ProtoError> {
+        self.check_restorable_folder(&spec.save_folder)?;
+        crate::roots::check_torrent_paths(
+            &spec.save_folder,
+            checked,
+            crate::roots::OwnFolder::Restored,
+        )
+    }
+
+    /// Restores one prepared record (a move it was in the middle of finished or undone
+    /// first, then `moves` set); on failure, the reason and what is known of the torrent.
+    async fn restore_prepared(
+        &self,
+        id: TorrentId,
+        spec: &mut RestoreSpec,
+        prepared: Prepared,
+        moves: &mut bool,
+    ) -> Result<(), Failed> {
+        let Prepared {
+            checked,
+            mut info,
+            mut files,
+        } = prepared;
         if spec.moving.is_some() {
             let on_disk = checked
                 .files
@@ -114,25 +215,18 @@ impl Service {
                 .collect();
             match self.finish_move(id, spec, on_disk) {
                 Ok(changed) => *moves |= changed,
-                Err(error) => return Err((error, info, files)),
+                Err(error) => return Err(Box::new((error, info, files))),
             }
             info = checked.info(id, &spec.save_folder, spec.only_files.as_deref());
+            files = checked.full_paths(&spec.data_folder);
+            self.check_placement(spec, &checked)
+                .map_err(|e| Box::new((e, info.clone(), files.clone())))?;
         }
-        files = checked.full_paths(&spec.data_folder);
         // Two records with a file in common (one kept while the other was added): the
         // second stays a record, not restored over the first's data.
         if let Err(error) = self.room_for_files(&files, Some(id)) {
-            return Err((error, info, files));
+            return Err(Box::new((error, info, files)));
         }
-        self.check_restorable_folder(&spec.save_folder)
-            .and_then(|()| {
-                crate::roots::check_torrent_paths(
-                    &spec.save_folder,
-                    &checked,
-                    crate::roots::OwnFolder::Restored,
-                )
-            })
-            .map_err(|e| (e, info.clone(), files.clone()))?;
         // What the engine verified (under this id) is this torrent's own.
         let added = self
             .engine_add_again(
@@ -143,7 +237,7 @@ impl Service {
                 checked.relative_paths(),
             )
             .await
-            .map_err(|e| (e, info.clone(), files.clone()))?;
+            .map_err(|e| Box::new((e, info.clone(), files.clone())))?;
         if !added.is_new || added.id != id {
             // Two records of one torrent (added again while the first could not be restored):
             // the second is kept, not silently merged away.
@@ -151,9 +245,9 @@ impl Service {
                 "the same torrent is already restored as torrent {}",
                 added.id
             );
-            return Err((ProtoError::bad_request(why), info, files));
+            return Err(Box::new((ProtoError::bad_request(why), info, files)));
         }
-        tracing::info!(torrent = %id, name = %checked.name, "restored torrent");
+        tracing::debug!(torrent = %id, name = %checked.name, "restored torrent");
         let info = checked.info(added.id, &spec.save_folder, spec.only_files.as_deref());
         self.state()
             .registry
