@@ -524,13 +524,13 @@ pub(super) fn fan_out(
         let Some(entry) = state.registry.get_mut_quietly(status.id) else {
             continue;
         };
-        if !changed(entry.last_status.as_ref(), &status) {
+        if !changed(entry.last_status.as_deref(), &status) {
             continue;
         }
-        if status.complete && !entry.last_status.as_ref().is_some_and(|s| s.complete) {
+        if status.complete && !entry.last_status.as_deref().is_some_and(|s| s.complete) {
             tracing::info!(torrent = %status.id, name = %entry.info.name, "torrent complete");
         }
-        let before = entry.last_status.as_ref().map(|s| &s.state);
+        let before = entry.last_status.as_deref().map(|s| &s.state);
         if before != Some(&status.state) {
             let (id, name) = (status.id, &entry.info.name);
             let from = before.map_or("new", |s| s.as_str());
@@ -548,7 +548,7 @@ pub(super) fn fan_out(
                 patron.events.push_status(status.clone());
             }
         }
-        entry.last_status = Some(status);
+        entry.last_status = Some(Box::new(status));
     }
 }
 
