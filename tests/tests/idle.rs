@@ -96,3 +96,47 @@ fn an_asleep_download_completes_on_the_board_at_once_when_a_peer_comes() {
         "the completion reached the board after {took:?}"
     );
 }
+
+/// An idle seed holds no task for its speeds (they stop once nothing moves); a peer going
+/// live starts them again. Twice, each on a seed that fell idle first: its upload rate and
+/// its leecher's download rate show while the data moves, and fall back to zero after.
+#[test]
+fn an_idle_seeds_speeds_come_back_with_each_new_peer() {
+    let sandbox = Sandbox::new();
+    // 256 KiB at 64 KiB/s: about 4 s of moving data to see a rate in.
+    let (seeder, _) = e2e::slow_seeder(&sandbox, 256 << 10, "65536");
+    let seeder_state = seeder.broker.state.clone();
+    let rate = |s: &serde_json::Value, key: &str| s[key].as_u64().unwrap_or(0);
+    for round in 0..2 {
+        std::thread::sleep(FALL_ASLEEP);
+        let idle = e2e::status_json(&sandbox, &seeder_state, "0");
+        assert_eq!(rate(&idle, "upload_rate"), 0, "round {round}: {idle}");
+        let leecher_state = sandbox.state_dir(&format!("leecher-{round}"));
+        let leecher = sandbox.broker(&leecher_state, &[]);
+        let out = sandbox.folder(&format!("out-{round}"));
+        run(sandbox.add_command(
+            &leecher_state,
+            &seeder.torrent,
+            &out,
+            Some(&seeder.broker.peer()),
+        ))
+        .expect_code(0);
+        wait_status(&sandbox, &seeder_state, "0", "an upload rate", |s| {
+            rate(s, "upload_rate") > 0
+        });
+        wait_status(&sandbox, &leecher_state, "0", "a download rate", |s| {
+            rate(s, "download_rate") > 0 || s["complete"] == true
+        });
+        wait_status(&sandbox, &leecher_state, "0", "complete", |s| {
+            s["complete"] == true
+        });
+        leecher.stop();
+        wait_status(
+            &sandbox,
+            &seeder_state,
+            "0",
+            "its upload rate back to zero",
+            |s| rate(s, "upload_rate") == 0 && s["peers"] == 0,
+        );
+    }
+}

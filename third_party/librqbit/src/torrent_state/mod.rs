@@ -338,7 +338,7 @@ impl ManagedTorrent {
         self.live()
     }
 
-    fn stop_with_error(&self, error: anyhow::Error) {
+    pub(crate) fn stop_with_error(&self, error: anyhow::Error) {
         let mut g = self.locked.write();
 
         match g.state.take() {
@@ -461,12 +461,12 @@ impl ManagedTorrent {
                         return Ok(());
                     }
                     let paused = g.state.take().assert_paused();
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let live = TorrentStateLive::new(paused, tx, token.clone())?;
+                    // torrent-patron patch: a fatal error is told to the torrent by a task
+                    // started when it happens, not one waiting for it all the torrent's life.
+                    let live = TorrentStateLive::new(paused, Arc::downgrade(t), token.clone())?;
                     g.state = ManagedTorrentState::Live(live.clone());
                     t.state_change_notify.notify_waiters();
 
-                    spawn_fatal_errors_receiver(t, rx, token);
                     if let Some(peer_rx) = peer_rx {
                         spawn_peer_adder(&live, peer_rx);
                     }
@@ -699,38 +699,6 @@ impl ManagedTorrent {
 }
 
 pub type ManagedTorrentHandle = Arc<ManagedTorrent>;
-
-fn spawn_fatal_errors_receiver(
-    state: &Arc<ManagedTorrent>,
-    rx: tokio::sync::oneshot::Receiver<anyhow::Error>,
-    token: CancellationToken,
-) {
-    let span = state.shared.span.clone();
-    let id = state.shared.id;
-    let info_hash = state.shared.info_hash;
-    let state = Arc::downgrade(state);
-    spawn_with_cancel::<&'static str>(
-        debug_span!(parent: span, "fatal_errors_receiver"),
-        "fatal_errors_receiver",
-        token,
-        async move {
-            let e = match rx.await {
-                Ok(e) => e,
-                Err(_) => return Ok(()),
-            };
-            if let Some(state) = state.upgrade() {
-                state.stop_with_error(e);
-            } else {
-                warn!(
-                    ?id,
-                    ?info_hash,
-                    "tried to stop the torrent with error, but couldn't upgrade the arc"
-                );
-            }
-            Ok(())
-        },
-    );
-}
 
 fn spawn_peer_adder(live: &Arc<TorrentStateLive>, mut peer_rx: PeerStream) {
     live.spawn(

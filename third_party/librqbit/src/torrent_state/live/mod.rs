@@ -132,7 +132,8 @@ pub(crate) struct TorrentStateLocked {
     file_priorities: FilePriorities,
 
     // If this is None, then it was already used
-    fatal_errors_tx: Option<tokio::sync::oneshot::Sender<anyhow::Error>>,
+    // torrent-patron patch: the torrent a fatal error stops (from a task started then).
+    fatal_errors_tx: Option<std::sync::Weak<crate::torrent_state::ManagedTorrent>>,
 
     unflushed_bitv_bytes: u64,
 }
@@ -215,6 +216,10 @@ pub struct TorrentStateLive {
 
     down_speed_estimator: SpeedEstimator,
     up_speed_estimator: SpeedEstimator,
+    // torrent-patron patch: whether the task feeding the estimators runs. It stops once no
+    // peer is live and both speeds read zero, and a peer going live starts it again
+    // (`estimate_speeds`): an idle seed holds no task for them.
+    estimating: std::sync::atomic::AtomicBool,
     cancellation_token: CancellationToken,
 
     session_stats: Arc<SessionStats>,
@@ -241,7 +246,7 @@ impl TorrentStateLive {
 
     pub(crate) fn new(
         paused: TorrentStatePaused,
-        fatal_errors_tx: tokio::sync::oneshot::Sender<anyhow::Error>,
+        fatal_errors_tx: std::sync::Weak<crate::torrent_state::ManagedTorrent>,
         cancellation_token: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         let session = paused
@@ -285,6 +290,7 @@ impl TorrentStateLive {
                 states: dashmap::DashMap::with_shard_amount(crate::PER_TORRENT_MAP_SHARDS),
                 live_outgoing_peers: Default::default(),
                 peer_went_live: paused.shared.peer_went_live.clone(),
+                live: this.clone(),
             },
             _locked: RwLock::new(TorrentStateLocked {
                 pieces: Some(PieceTracker::new(paused.chunk_tracker)),
@@ -306,6 +312,7 @@ impl TorrentStateLive {
             finished_notify: Notify::new(),
             down_speed_estimator,
             up_speed_estimator,
+            estimating: std::sync::atomic::AtomicBool::new(false),
             cancellation_token,
             have_broadcast_tx: std::sync::OnceLock::new(),
             session_stats,
@@ -317,56 +324,68 @@ impl TorrentStateLive {
             ratelimits,
         });
 
+        // (It stops at once if nothing moves: a seed nobody is connected to.)
+        state.estimate_speeds();
+
+        Ok(state)
+    }
+
+    /// torrent-patron patch: runs the task that feeds the speed estimators every 100 ms,
+    /// unless it runs. It ends once no peer is live and both speeds read zero (nothing moves
+    /// the counters then), and a peer going live calls this again (`PeerStates::went_live`):
+    /// thousands of idle seeds hold no task for it.
+    pub(crate) fn estimate_speeds(&self) {
+        use std::sync::atomic::Ordering;
+        if self.estimating.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(state) = self.this.upgrade() else {
+            self.estimating.store(false, Ordering::Release);
+            return;
+        };
+        let mut peer_went_live = state.peers.peer_went_live.subscribe();
+        let weak = self.this.clone();
         state.spawn(
             debug_span!(parent: state.shared.span.clone(), "speed_estimator_updater"),
             format!("[{}]speed_estimator_updater", state.shared.id),
-            {
-                let mut peer_went_live = state.peers.peer_went_live.subscribe();
-                let state = Arc::downgrade(&state);
-                async move {
-                    loop {
-                        let state = match state.upgrade() {
-                            Some(state) => state,
-                            None => return Ok(()),
-                        };
-                        // Seen: only a peer going live after this look wakes an idle sleep.
-                        peer_went_live.borrow_and_update();
-                        let now = Instant::now();
-                        let stats = state.stats_snapshot();
-                        let fetched = stats.fetched_bytes;
-                        let remaining = state
-                            .lock_read("get_remaining_bytes")
-                            .get_chunks()?
-                            .get_remaining_bytes();
-                        state
-                            .down_speed_estimator
-                            .add_snapshot(fetched, Some(remaining), now);
-                        state
-                            .up_speed_estimator
-                            .add_snapshot(stats.uploaded_bytes, None, now);
-                        // torrent-patron patch: idle means idle. With no live peer nothing
-                        // moves the counters, so once both speeds read zero (the window has
-                        // seen no change) the task sleeps until a peer goes live, instead of
-                        // waking every 100 ms for each of thousands of seeding torrents. A
-                        // peer that went live since the look above is a change not yet
-                        // seen: no wake is lost.
-                        let idle = stats.peer_stats.live == 0
-                            && state.down_speed_estimator.bps() == 0
-                            && state.up_speed_estimator.bps() == 0;
-                        drop(state);
-                        if idle {
-                            if peer_went_live.changed().await.is_err() {
-                                return Ok(());
-                            }
-                        } else {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+            async move {
+                loop {
+                    let Some(state) = weak.upgrade() else {
+                        return Ok(());
+                    };
+                    // Seen: only a peer going live after this look counts as a change.
+                    peer_went_live.borrow_and_update();
+                    let now = Instant::now();
+                    let stats = state.stats_snapshot();
+                    let fetched = stats.fetched_bytes;
+                    let remaining = state
+                        .lock_read("get_remaining_bytes")
+                        .get_chunks()?
+                        .get_remaining_bytes();
+                    state
+                        .down_speed_estimator
+                        .add_snapshot(fetched, Some(remaining), now);
+                    state
+                        .up_speed_estimator
+                        .add_snapshot(stats.uploaded_bytes, None, now);
+                    let idle = stats.peer_stats.live == 0
+                        && state.down_speed_estimator.bps() == 0
+                        && state.up_speed_estimator.bps() == 0;
+                    if idle {
+                        // Stopped; but a peer that went live since the look above may have
+                        // found it running and not started another: then it goes on.
+                        state.estimating.store(false, Ordering::Release);
+                        let woke = peer_went_live.has_changed().unwrap_or(false);
+                        if !woke || state.estimating.swap(true, Ordering::AcqRel) {
+                            return Ok(());
                         }
+                        continue;
                     }
+                    drop(state);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
         );
-
-        Ok(state)
     }
 
     /// torrent-patron patch: the queue of peers to connect to, its task started by the
@@ -905,9 +924,24 @@ impl TorrentStateLive {
             .take()
             .context("fatal_errors_tx already taken")?;
         let res = anyhow::anyhow!("fatal error: {:?}", e);
-        if tx.send(e).is_err() {
-            warn!(id=self.shared.id, info_hash=?self.shared.info_hash, "there's nowhere to send fatal error, receiver is dead");
-        }
+        // torrent-patron patch: stopping takes the torrent's lock, then this live state's
+        // (held here): from a task of its own, as upstream's receiver task did.
+        let (id, info_hash) = (self.shared.id, self.shared.info_hash);
+        self.spawn(
+            debug_span!(parent: self.shared.span.clone(), "fatal_error"),
+            "fatal_error",
+            async move {
+                match tx.upgrade() {
+                    Some(torrent) => torrent.stop_with_error(e),
+                    None => warn!(
+                        id,
+                        ?info_hash,
+                        "there's nowhere to send fatal error, the torrent is gone"
+                    ),
+                }
+                Ok(())
+            },
+        );
         Err(res)
     }
 

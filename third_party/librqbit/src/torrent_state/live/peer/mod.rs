@@ -46,9 +46,7 @@ impl Peer {
         }
         // torrent-patron patch: a peer that is new and live at once wakes the torrent's idle
         // periodic work too (as `set_state` does for one known before).
-        counters
-            .peer_went_live
-            .send_modify(|n| *n = n.wrapping_add(1));
+        counters.went_live();
         Self {
             addr,
             state,
@@ -178,9 +176,7 @@ impl Peer {
 
         // torrent-patron patch: wake the torrent's idle periodic work.
         if matches!(&new, PeerState::Live(..)) {
-            counters
-                .peer_went_live
-                .send_modify(|n| *n = n.wrapping_add(1));
+            counters.went_live();
         }
         std::mem::replace(&mut self.state, new)
     }

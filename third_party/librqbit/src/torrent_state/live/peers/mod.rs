@@ -26,6 +26,9 @@ pub(crate) struct PeerStates {
     // torrent-patron patch: told whenever a peer goes live, so that an idle torrent's
     // periodic work (the speed estimators) can sleep until then.
     pub peer_went_live: Arc<tokio::sync::watch::Sender<u64>>,
+    // torrent-patron patch: the live state these peers are of, whose speed estimators a peer
+    // going live starts (they stop once idle). Empty in tests of the peers alone.
+    pub live: std::sync::Weak<super::TorrentStateLive>,
 }
 
 impl Drop for PeerStates {
@@ -37,6 +40,15 @@ impl Drop for PeerStates {
 }
 
 impl PeerStates {
+    /// torrent-patron patch: a peer went live. Whoever sleeps on `peer_went_live` is woken,
+    /// and the torrent's speed estimators run again (see `TorrentStateLive::estimate_speeds`).
+    pub(crate) fn went_live(&self) {
+        self.peer_went_live.send_modify(|n| *n = n.wrapping_add(1));
+        if let Some(live) = self.live.upgrade() {
+            live.estimate_speeds();
+        }
+    }
+
     pub fn stats(&self) -> AggregatePeerStats {
         self.stats.snapshot()
     }
@@ -207,6 +219,7 @@ mod tests {
             stats: Default::default(),
             states: Default::default(),
             peer_went_live: Default::default(),
+            live: std::sync::Weak::new(),
         }
     }
 
