@@ -187,3 +187,47 @@ fn pieces_verified_after_a_trusted_resume_are_kept_across_the_next_clean_stop() 
     );
     broker.stop();
 }
+
+/// The engine's blocking work (adds, piece writes, uploads, hashing) shares 8 permits. A
+/// vouch stats every file of its torrent: a slow disk (a dead NFS mount) makes it slow. Ten
+/// resumes whose vouches hang must not take those permits: the broker becomes ready (a
+/// restore's add needs one) and a new torrent is made and seeds, while they still hang.
+#[test]
+fn slow_vouches_do_not_stop_the_engines_disk_work() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let mut broker = sandbox.broker(&state, &[]);
+    for i in 0..10 {
+        e2e::make_seed(&sandbox, &state, &format!("s{i}.bin"), 64 << 10);
+    }
+    for id in 0..10 {
+        wait_status(&sandbox, &state, &id.to_string(), "it to seed", |s| {
+            s["state"] == "seeding"
+        });
+    }
+    broker.signal(Signal::SIGTERM);
+    broker.wait_exit(STEP_TIMEOUT);
+
+    let hold: &std::ffi::OsStr = "check:vouch-asked=15000".as_ref();
+    let started = std::time::Instant::now();
+    let broker = sandbox.broker_with_env(&state, &[], &[("TORRENT_PATRON_TEST_HOLD_AT", hold)]);
+    let ready = started.elapsed();
+    assert!(
+        ready < std::time::Duration::from_secs(8),
+        "ready only after {ready:?}, behind the held vouches:\n{}",
+        broker.log()
+    );
+    e2e::make_seed(&sandbox, &state, "new.bin", 64 << 10);
+    wait_status(&sandbox, &state, "10", "the new one to seed", |s| {
+        s["state"] == "seeding"
+    });
+    let made = started.elapsed();
+    assert!(
+        made < std::time::Duration::from_secs(12),
+        "a new torrent seeded only after {made:?}, behind the held vouches:\n{}",
+        broker.log()
+    );
+    let held = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(held["state"], "checking", "still held: {held}");
+    broker.stop();
+}

@@ -548,7 +548,11 @@ pub(super) fn fan_out(
                 patron.events.push_status(status.clone());
             }
         }
-        entry.last_status = Some(Box::new(status));
+        // (Its box kept: one allocation per torrent, not one per change.)
+        match &mut entry.last_status {
+            Some(last) => **last = status,
+            None => entry.last_status = Some(Box::new(status)),
+        }
     }
 }
 

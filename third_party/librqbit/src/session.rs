@@ -130,10 +130,10 @@ impl SessionDatabase {
     }
 }
 
-// torrent-patron patch: see `Session::concurrent_resume_semaphore`. Each holds one blocking
-// hand-off at a time (a bitfield's read, its vouch, its files' lengths), so a few per
-// blocking thread keep them busy without a thread per torrent.
-const CONCURRENT_RESUMES: usize = 32;
+// torrent-patron patch: see `Session::concurrent_resume_semaphore`. Each holds at most one
+// blocking thread (its bitfield's read, then its vouch); more did not make a restart of
+// 10,000 seeds quicker here, and a vouch hung on a dead mount holds its thread.
+const CONCURRENT_RESUMES: usize = 8;
 
 pub struct Session {
     // Core state and services
@@ -167,8 +167,8 @@ pub struct Session {
 
     // Limits and throttling
     pub(crate) concurrent_initialize_semaphore: Arc<tokio::sync::Semaphore>,
-    // torrent-patron patch: how many checks may load a bitfield and ask its vouch at once
-    // (no data read), apart from the check slots above.
+    // torrent-patron patch: how many checks of resumes vouched for may load their bitfield
+    // and ask their vouch at once (no data read), apart from the check slots above.
     pub(crate) concurrent_resume_semaphore: Arc<tokio::sync::Semaphore>,
     pub ratelimits: Limits,
 

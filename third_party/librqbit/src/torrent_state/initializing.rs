@@ -112,11 +112,13 @@ impl TorrentStateInitializing {
         // torrent-patron patch: the embedder is asked now, as the check begins, not at the add:
         // a file changed in between (while other torrents' checks ran first) is not vouched for.
         if let Some(vouch) = self.trust_fastresume.clone() {
-            if self
-                .shared
-                .spawner
-                .block_in_place_with_semaphore(move || vouch())
+            // On a blocking thread of its own, not under the spawner's permits: a vouch looks
+            // at every file of the torrent, which a dead mount makes hang, and those permits
+            // are every add's, piece write's and upload's (the resume slots bound vouches).
+            // One that panics vouches for nothing.
+            if tokio::task::spawn_blocking(move || vouch())
                 .await
+                .unwrap_or(false)
             {
                 return Some(hp);
             }
@@ -224,20 +226,27 @@ impl TorrentStateInitializing {
         Some(hp)
     }
 
-    /// torrent-patron patch: begun holding a resume slot (`resume_slot`); a check slot is
-    /// taken (and the resume slot given back) only if data must be read.
-    pub async fn check(
-        &self,
-        resume_slot: tokio::sync::OwnedSemaphorePermit,
-    ) -> anyhow::Result<TorrentStatePaused> {
+    /// torrent-patron patch: whether its embedder vouches for its bitfield (its check then
+    /// begins with a resume slot, not a check slot).
+    pub(crate) fn resumes_with_vouch(&self) -> bool {
+        self.trust_fastresume.is_some()
+    }
+
+    /// torrent-patron patch: begun holding `first`; a check slot is taken (and a resume slot
+    /// given back) only if data must be read.
+    pub(crate) async fn check(&self, first: FirstSlot) -> anyhow::Result<TorrentStatePaused> {
         // torrent-patron patch: by id, as `validate_fastresume` clears it (see bitv_path).
         let id: TorrentIdOrHash = self.shared.id.into();
         let session = self.shared.session.upgrade().context("session is dead")?;
         let bitv_factory = session.bitv_factory.clone();
+        let (resume, check) = match first {
+            FirstSlot::Resume(slot) => (Some(slot), None),
+            FirstSlot::Check(slot) => (None, Some(slot)),
+        };
         let mut slots = CheckSlots {
             check_slots: session.concurrent_initialize_semaphore.clone(),
-            _resume: Some(resume_slot),
-            _check: None,
+            _resume: resume,
+            _check: check,
         };
         drop(session);
         let have_pieces = if self.previously_errored {
@@ -351,6 +360,14 @@ impl TorrentStateInitializing {
         };
         Ok(paused)
     }
+}
+
+/// torrent-patron patch: the slot a check begins with.
+pub(crate) enum FirstSlot {
+    /// One of the resume slots: the check of a resume vouched for.
+    Resume(tokio::sync::OwnedSemaphorePermit),
+    /// One of the `concurrent_init_limit` check slots: any other check.
+    Check(tokio::sync::OwnedSemaphorePermit),
 }
 
 /// torrent-patron patch: the slots a check holds. It begins with a resume slot (loading a

@@ -411,17 +411,31 @@ impl ManagedTorrent {
                         token.clone(),
                         async move {
                             // torrent-patron patch: a check slot (`concurrent_init_limit`) is
-                            // taken only to read data; loading a bitfield its embedder vouches
-                            // for takes a resume slot (many more), so a restart of thousands
-                            // of seeds is not three at a time. See `check`.
-                            let resume_slot = session
-                                .concurrent_resume_semaphore
-                                .clone()
-                                .acquire_owned()
-                                .await
-                                .context("bug: concurrent resume semaphore was closed")?;
+                            // for reading data. A resume its embedder vouches for begins with a
+                            // resume slot instead (loading its bitfield and asking the vouch
+                            // read no data), so it does not wait behind torrents being hashed
+                            // whole; it takes a check slot only if the vouch fails. See `check`.
+                            let first = if init.resumes_with_vouch() {
+                                initializing::FirstSlot::Resume(
+                                    session
+                                        .concurrent_resume_semaphore
+                                        .clone()
+                                        .acquire_owned()
+                                        .await
+                                        .context("bug: concurrent resume semaphore was closed")?,
+                                )
+                            } else {
+                                initializing::FirstSlot::Check(
+                                    session
+                                        .concurrent_initialize_semaphore
+                                        .clone()
+                                        .acquire_owned()
+                                        .await
+                                        .context("bug: concurrent init semaphore was closed")?,
+                                )
+                            };
 
-                            let check_result = init.check(resume_slot).await;
+                            let check_result = init.check(first).await;
                             init.finish_check();
 
                             match check_result {

@@ -375,6 +375,10 @@ impl TorrentStateLive {
                         // Stopped; but a peer that went live since the look above may have
                         // found it running and not started another: then it goes on.
                         state.estimating.store(false, Ordering::Release);
+                        // Paired with the fence in `PeerStates::went_live` (which bumps the
+                        // watch, then looks at the flag): one of the two sees the other's
+                        // write, so a wake is never lost between them.
+                        std::sync::atomic::fence(Ordering::SeqCst);
                         let woke = peer_went_live.has_changed().unwrap_or(false);
                         if !woke || state.estimating.swap(true, Ordering::AcqRel) {
                             return Ok(());

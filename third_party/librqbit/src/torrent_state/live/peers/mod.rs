@@ -44,6 +44,8 @@ impl PeerStates {
     /// and the torrent's speed estimators run again (see `TorrentStateLive::estimate_speeds`).
     pub(crate) fn went_live(&self) {
         self.peer_went_live.send_modify(|n| *n = n.wrapping_add(1));
+        // Paired with the fence in the estimators' task as it stops (see there).
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         if let Some(live) = self.live.upgrade() {
             live.estimate_speeds();
         }
