@@ -9,9 +9,35 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Records are prepared (their .torrent read and parsed, their folders checked) this many at
-/// a time on several threads, then added in order: that is most of a restart of thousands,
-/// and the batch bounds what is held at once (a .torrent of a large torrent is megabytes).
+/// a time on several threads, then added in order: that is most of a restart of thousands.
 const PREPARE_BATCH: usize = 256;
+
+/// And at most this many bytes of .torrent files at a time (a large torrent's is
+/// megabytes, and what is held at once is that and more, parsed): one larger is a batch of
+/// its own.
+const PREPARE_BATCH_BYTES: u64 = 32 << 20;
+
+/// `items` in consecutive batches of at most [`PREPARE_BATCH`] items and
+/// [`PREPARE_BATCH_BYTES`] bytes (`bytes` of each), each at least one item.
+fn in_batches<T>(items: &mut [T], bytes: impl Fn(&T) -> u64) -> Vec<&mut [T]> {
+    let mut batches = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let (mut count, mut total) = (0, 0u64);
+        while count < rest.len() && count < PREPARE_BATCH {
+            let size = bytes(&rest[count]);
+            if count > 0 && total.saturating_add(size) > PREPARE_BATCH_BYTES {
+                break;
+            }
+            total = total.saturating_add(size);
+            count += 1;
+        }
+        let (batch, after) = std::mem::take(&mut rest).split_at_mut(count);
+        batches.push(batch);
+        rest = after;
+    }
+    batches
+}
 
 /// A record ready to be added.
 struct Prepared {
@@ -67,10 +93,12 @@ impl Service {
         // start while the lock is held) refuses the start, naming it, before anything is
         // restored; a missing one is a record kept unrestored, as any other failure to restore.
         let ids: Vec<TorrentId> = records.keys().copied().collect();
-        for opened in in_parallel(&ids, |id| {
-            crate::store::open_state_file(&self.torrent_file_path(*id)).map(drop)
-        }) {
-            opened?;
+        let mut sizes = std::collections::HashMap::with_capacity(ids.len());
+        for (id, opened) in ids.iter().zip(in_parallel(&ids, |id| {
+            let file = crate::store::open_state_file(&self.torrent_file_path(*id))?;
+            Ok::<_, std::io::Error>(file.and_then(|f| f.metadata().ok()).map_or(0, |m| m.len()))
+        })) {
+            sizes.insert(*id, opened?);
         }
         self.board.reserve(records.len());
         // In the queue's order: each restored torrent is then last so far, and keeps its place.
@@ -78,7 +106,7 @@ impl Service {
         records.sort_by_key(|(id, spec)| (spec.queue_position, *id));
         let started = std::time::Instant::now();
         let (mut finished_moves, mut kept) = (false, 0);
-        for batch in records.chunks_mut(PREPARE_BATCH) {
+        for batch in in_batches(&mut records, |(id, _)| sizes.get(id).copied().unwrap_or(0)) {
             let prepared = in_parallel(batch, |(id, spec)| self.prepare(*id, spec));
             for ((id, spec), prepared) in batch.iter_mut().zip(prepared) {
                 let restored = match prepared {
@@ -279,5 +307,30 @@ impl Service {
             ))
         })?;
         self.check_inside_roots(&canonical)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_by_count_and_by_bytes_and_never_empty() {
+        let mut small = vec![1u64; 600];
+        let sizes: Vec<usize> = in_batches(&mut small, |s| *s)
+            .iter()
+            .map(|b| b.len())
+            .collect();
+        assert_eq!(sizes, [256, 256, 88]);
+        // 20 MiB each: one per batch once a second would pass 32 MiB; one larger than the
+        // bound is a batch of its own.
+        let mut large = vec![20u64 << 20, 20 << 20, 40 << 20, 1, 1];
+        let sizes: Vec<usize> = in_batches(&mut large, |s| *s)
+            .iter()
+            .map(|b| b.len())
+            .collect();
+        assert_eq!(sizes, [1, 1, 1, 2]);
+        let mut none: Vec<u64> = Vec::new();
+        assert!(in_batches(&mut none, |s| *s).is_empty());
     }
 }
