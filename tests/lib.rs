@@ -153,6 +153,19 @@ impl Sandbox {
         path
     }
 
+    /// A sparse file of `size` bytes (zeros) at `relative`: hashing it takes a while,
+    /// storing it nothing.
+    pub fn sparse_file(&self, relative: &str, size: u64) -> PathBuf {
+        let path = self.path(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create parent");
+        }
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(size))
+            .expect("sparse file");
+        path
+    }
+
     /// A file of `size` pseudo-random bytes (seeded by its name, so reruns are identical).
     pub fn random_file(&self, relative: &str, size: usize) -> PathBuf {
         let path = self.path(relative);
@@ -327,6 +340,18 @@ impl BrokerProcess {
         args: &[&str],
         env: &[(&str, &OsStr)],
     ) -> BrokerProcess {
+        let mut broker = BrokerProcess::spawn(sandbox, state, args, env);
+        broker.wait_ready();
+        broker
+    }
+
+    /// Starts it, not waiting for anything (killed when dropped).
+    fn spawn(
+        sandbox: &Sandbox,
+        state: &Path,
+        args: &[&str],
+        env: &[(&str, &OsStr)],
+    ) -> BrokerProcess {
         let log = state.with_extension(format!("broker-{}.log", now_millis()));
         let mut cmd = Command::new(bin("torrent-broker"));
         sandbox.apply_env(&mut cmd);
@@ -338,15 +363,13 @@ impl BrokerProcess {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("broker log"));
         let child = cmd.spawn().expect("spawn torrent-broker");
-        let mut broker = BrokerProcess {
+        BrokerProcess {
             pid: child.id() as i32,
             child,
             state: state.to_path_buf(),
             port: 0,
             log,
-        };
-        broker.wait_ready();
-        broker
+        }
     }
 
     /// Waits (bounded) until it says it is ready, and learns its port. (Dropped on a panic:
@@ -373,29 +396,31 @@ impl BrokerProcess {
     /// Starts a broker that stops itself (SIGSTOP) at stop point `stop_at`, before it is
     /// ready; returns once it is stopped there. [`BrokerProcess::resume_until_ready`] lets it go.
     pub fn held_at(sandbox: &Sandbox, state: &Path, stop_at: &str) -> BrokerProcess {
-        let log = state.with_extension(format!("broker-{}.log", now_millis()));
-        let mut cmd = Command::new(bin("torrent-broker"));
-        sandbox.apply_env(&mut cmd);
-        cmd.env("TORRENT_PATRON_TEST_STOP_AT", stop_at)
-            .arg("--state-dir")
-            .arg(state)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("broker log"));
-        let child = cmd.spawn().expect("spawn torrent-broker");
-        let broker = BrokerProcess {
-            pid: child.id() as i32,
-            child,
-            state: state.to_path_buf(),
-            port: 0,
-            log,
-        };
+        let stop_at_os: &OsStr = stop_at.as_ref();
+        let broker = BrokerProcess::spawn(
+            sandbox,
+            state,
+            &[],
+            &[("TORRENT_PATRON_TEST_STOP_AT", stop_at_os)],
+        );
         wait_for(
             &format!("the broker to stop at {stop_at}"),
             STEP_TIMEOUT,
             || is_stopped(broker.pid),
         );
         broker
+    }
+
+    /// Starts a broker whose thread reaching step `step` sleeps `millis` there
+    /// (`TORRENT_PATRON_TEST_HOLD_AT`; the rest of the broker goes on), once it is ready.
+    pub fn holding_at(sandbox: &Sandbox, state: &Path, step: &str, millis: u64) -> BrokerProcess {
+        let hold = std::ffi::OsString::from(format!("{step}={millis}"));
+        BrokerProcess::start(
+            sandbox,
+            state,
+            &[],
+            &[("TORRENT_PATRON_TEST_HOLD_AT", hold.as_os_str())],
+        )
     }
 
     /// Lets a broker held at a stop point go on, and waits until it is ready.
@@ -421,6 +446,12 @@ impl BrokerProcess {
 
     /// Stops it as a user would (SIGTERM): it must exit cleanly within [`STEP_TIMEOUT`].
     pub fn stop(mut self) {
+        self.stop_cleanly();
+    }
+
+    /// Stops it cleanly (SIGTERM, its records and stamps saved) and waits until it exited;
+    /// kept, for its log.
+    pub fn stop_cleanly(&mut self) {
         self.signal(Signal::SIGTERM);
         assert!(self.wait_exit(STEP_TIMEOUT).success(), "{}", self.log());
     }

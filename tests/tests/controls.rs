@@ -672,11 +672,7 @@ fn fast_resume_state_vouches_only_for_the_record_that_wrote_it() {
 /// A seeding torrent of a 1 GiB sparse file (zeros): its check takes long enough to send
 /// requests in the middle of it, and costs no disk.
 fn big_sparse_seed(sandbox: &Sandbox) -> Seeder {
-    let data = sandbox.path("seed/sparse.bin");
-    std::fs::create_dir_all(data.parent().expect("folder")).expect("folder");
-    std::fs::File::create(&data)
-        .and_then(|f| f.set_len(1 << 30))
-        .expect("sparse file");
+    let data = sandbox.sparse_file("seed/sparse.bin", 1 << 30);
     Seeder::start(sandbox, "sparse", &data, 1 << 20, &[])
 }
 
@@ -951,14 +947,9 @@ fn a_piece_edited_while_the_broker_was_stopped_is_found_even_with_its_mtime_set_
 fn a_vouched_resume_does_not_wait_behind_torrents_being_hashed() {
     let sandbox = Sandbox::new();
     let state = sandbox.state_dir("seeder");
-    let broker = sandbox.broker(&state, &[]);
-    // Sparse: hashing them takes a while, storing them nothing.
-    std::fs::create_dir_all(sandbox.path("seed")).expect("folder");
+    let mut broker = sandbox.broker(&state, &[]);
     for i in 0..3 {
-        let data = sandbox.path(&format!("seed/big{i}.bin"));
-        std::fs::File::create(&data)
-            .and_then(|f| f.set_len(1 << 30))
-            .expect("sparse file");
+        let data = sandbox.sparse_file(&format!("seed/big{i}.bin"), 1 << 30);
         let mut make = sandbox.client(&state);
         make.args(["make", "--seed", "--piece-size", "4194304", "--output"])
             .arg(sandbox.path(&format!("big{i}.torrent")))
@@ -971,9 +962,7 @@ fn a_vouched_resume_does_not_wait_behind_torrents_being_hashed() {
             s["state"] == "seeding"
         });
     }
-    let mut broker = broker;
-    broker.signal(Signal::SIGTERM);
-    broker.wait_exit(STEP_TIMEOUT);
+    broker.stop_cleanly();
     for id in 0..3 {
         std::fs::remove_file(fast_resume_of(&state, id).1).expect("the big ones' bitfields");
     }
