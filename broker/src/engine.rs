@@ -427,7 +427,7 @@ impl Engine {
         let vouch = spec.resume.then(|| {
             let roots = self.roots.clone();
             let (folder, files) = (spec.data_folder.clone(), spec.files.clone());
-            let vouch: librqbit::FastResumeVouch = Arc::new(move || {
+            Arc::new(move || {
                 crate::stop_point::hold("check:vouch-asked");
                 let now = crate::storage::stamps_of(&roots, &folder, &files);
                 if crate::fast_resume::stamps_at_match(&stamps, &now) {
@@ -442,8 +442,7 @@ impl Engine {
                     tracing::warn!(torrent = id, "{e}");
                 }
                 false
-            });
-            vouch
+            }) as librqbit::FastResumeVouch
         });
         let options = AddTorrentOptions {
             paused: spec.paused,

@@ -226,28 +226,14 @@ impl TorrentStateInitializing {
         Some(hp)
     }
 
-    /// torrent-patron patch: whether its embedder vouches for its bitfield (its check then
-    /// begins with a resume slot, not a check slot).
-    pub(crate) fn resumes_with_vouch(&self) -> bool {
-        self.trust_fastresume.is_some()
-    }
-
-    /// torrent-patron patch: begun holding `first`; a check slot is taken (and a resume slot
-    /// given back) only if data must be read.
-    pub(crate) async fn check(&self, first: FirstSlot) -> anyhow::Result<TorrentStatePaused> {
+    /// torrent-patron patch: begun holding a slot (see `CheckSlots`); a check slot is taken
+    /// (and a resume slot given back) only if data must be read.
+    pub async fn check(&self) -> anyhow::Result<TorrentStatePaused> {
         // torrent-patron patch: by id, as `validate_fastresume` clears it (see bitv_path).
         let id: TorrentIdOrHash = self.shared.id.into();
         let session = self.shared.session.upgrade().context("session is dead")?;
         let bitv_factory = session.bitv_factory.clone();
-        let (resume, check) = match first {
-            FirstSlot::Resume(slot) => (Some(slot), None),
-            FirstSlot::Check(slot) => (None, Some(slot)),
-        };
-        let mut slots = CheckSlots {
-            check_slots: session.concurrent_initialize_semaphore.clone(),
-            _resume: resume,
-            _check: check,
-        };
+        let mut slots = CheckSlots::first(&session, self.trust_fastresume.is_some()).await?;
         drop(session);
         let have_pieces = if self.previously_errored {
             if let Err(e) = bitv_factory.clear(id).await {
@@ -362,18 +348,11 @@ impl TorrentStateInitializing {
     }
 }
 
-/// torrent-patron patch: the slot a check begins with.
-pub(crate) enum FirstSlot {
-    /// One of the resume slots: the check of a resume vouched for.
-    Resume(tokio::sync::OwnedSemaphorePermit),
-    /// One of the `concurrent_init_limit` check slots: any other check.
-    Check(tokio::sync::OwnedSemaphorePermit),
-}
-
-/// torrent-patron patch: the slots a check holds. It begins with a resume slot (loading a
-/// bitfield and asking its vouch read no data); reading data (a sample or every piece)
-/// takes one of the `concurrent_init_limit` check slots and gives the resume slot back, so
-/// that torrents waiting to be hashed do not hold up those that need not be.
+/// torrent-patron patch: the slots a check holds. A check is for reading data, so it takes
+/// one of the `concurrent_init_limit` check slots; but the check of a resume its embedder
+/// vouches for begins with one of the resume slots instead (loading a bitfield and asking
+/// the vouch read no data), and takes a check slot, giving the resume slot back first, only
+/// if the vouch fails: torrents waiting to be hashed do not hold up those that need not be.
 struct CheckSlots {
     check_slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// Held until it ends (dropped with it).
@@ -382,6 +361,25 @@ struct CheckSlots {
 }
 
 impl CheckSlots {
+    /// The slot a check begins with: a resume slot if it is `vouched` for, else a check slot.
+    async fn first(session: &crate::Session, vouched: bool) -> anyhow::Result<Self> {
+        let mut slots = CheckSlots {
+            check_slots: session.concurrent_initialize_semaphore.clone(),
+            _resume: None,
+            _check: None,
+        };
+        if vouched {
+            let resume = session.concurrent_resume_semaphore.clone().acquire_owned();
+            let permit = resume
+                .await
+                .context("bug: concurrent resume semaphore was closed")?;
+            slots._resume = Some(permit);
+        } else {
+            slots.reading().await?;
+        }
+        Ok(slots)
+    }
+
     /// Holds a check slot from now on (waiting for one if need be).
     async fn reading(&mut self) -> anyhow::Result<()> {
         if self._check.is_some() {

@@ -410,32 +410,9 @@ impl ManagedTorrent {
                         "initialize_and_start",
                         token.clone(),
                         async move {
-                            // torrent-patron patch: a check slot (`concurrent_init_limit`) is
-                            // for reading data. A resume its embedder vouches for begins with a
-                            // resume slot instead (loading its bitfield and asking the vouch
-                            // read no data), so it does not wait behind torrents being hashed
-                            // whole; it takes a check slot only if the vouch fails. See `check`.
-                            let first = if init.resumes_with_vouch() {
-                                initializing::FirstSlot::Resume(
-                                    session
-                                        .concurrent_resume_semaphore
-                                        .clone()
-                                        .acquire_owned()
-                                        .await
-                                        .context("bug: concurrent resume semaphore was closed")?,
-                                )
-                            } else {
-                                initializing::FirstSlot::Check(
-                                    session
-                                        .concurrent_initialize_semaphore
-                                        .clone()
-                                        .acquire_owned()
-                                        .await
-                                        .context("bug: concurrent init semaphore was closed")?,
-                                )
-                            };
-
-                            let check_result = init.check(first).await;
+                            // torrent-patron patch: the check takes its own slots (see
+                            // `check`): a resume vouched for does not wait for a check slot.
+                            let check_result = init.check().await;
                             init.finish_check();
 
                             match check_result {
