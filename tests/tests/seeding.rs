@@ -207,3 +207,79 @@ fn an_idle_seeds_seeding_time_outlives_a_kill() {
         },
     );
 }
+
+/// A patron that got the reply to a change of what a torrent's line shows (its own
+/// limits, the broker's, its labels) reads the change on the board at once, not after the
+/// status loop's next look: the labels test read a stale ratio under CI's load.
+#[test]
+fn a_change_of_limits_or_labels_is_on_the_board_when_its_reply_arrives() {
+    use e2e::patron_client::proto::{
+        OwnSeedingChange, SeedLimit, SetLabels, SetSeeding, TorrentId, TorrentRef,
+    };
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let _seeder = sandbox.broker(&state, &[]);
+    make_seed(&sandbox, &state, "shared.bin", 64 << 10);
+    wait_status(&sandbox, &state, "0", "seeding", |s| {
+        s["state"] == "seeding"
+    });
+    let torrent = TorrentRef::Id(TorrentId(0));
+    let mut patron = sandbox.patron(&state);
+    let board = patron.board().expect("the board");
+    let line = |what: &str| {
+        board
+            .get(torrent)
+            .unwrap_or_else(|| panic!("torrent 0 on the board ({what})"))
+    };
+    for round in 1..=20u32 {
+        let ratio = f64::from(round) / 4.0;
+        patron
+            .set_seeding(SetSeeding {
+                torrent: Some(torrent),
+                own: OwnSeedingChange {
+                    ratio: Some(Some(SeedLimit::At(ratio))),
+                    ..OwnSeedingChange::default()
+                },
+                ..SetSeeding::default()
+            })
+            .expect("its own ratio");
+        assert_eq!(
+            line("own").seed_limits.ratio,
+            Some(ratio),
+            "its own ratio, round {round}"
+        );
+        let label = format!("round-{round}");
+        patron
+            .set_labels(SetLabels {
+                torrent,
+                labels: vec![label.clone()],
+            })
+            .expect("its labels");
+        assert_eq!(line("labels").labels, [label], "round {round}");
+    }
+    // Its own ratio goes; the broker's shows.
+    patron
+        .set_seeding(SetSeeding {
+            torrent: Some(torrent),
+            own: OwnSeedingChange {
+                ratio: Some(None),
+                ..OwnSeedingChange::default()
+            },
+            ..SetSeeding::default()
+        })
+        .expect("the broker's ratio again");
+    for round in 1..=20u32 {
+        let ratio = f64::from(round) / 2.0;
+        patron
+            .set_seeding(SetSeeding {
+                ratio: Some(Some(ratio)),
+                ..SetSeeding::default()
+            })
+            .expect("the broker's ratio");
+        assert_eq!(
+            line("broker").seed_limits.ratio,
+            Some(ratio),
+            "the broker's ratio, round {round}"
+        );
+    }
+}

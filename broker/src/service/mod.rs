@@ -371,7 +371,8 @@ impl Service {
 
     /// Changes a running torrent's record with `change` and saves the records. If they
     /// cannot be saved, the change is undone and the error says why: what the broker
-    /// reports done is what a restart brings back.
+    /// reports done is what a restart brings back. Its line on the board shows the change
+    /// before the caller replies (a record holds its limits, labels, counts).
     fn update_record(
         &self,
         id: TorrentId,
@@ -384,15 +385,16 @@ impl Service {
             change(&mut entry.restore);
             (before, !entry.restore.ephemeral)
         };
-        if !recorded {
-            return Ok(());
+        if recorded {
+            self.save_record(id).map_err(|why| {
+                if let Some(entry) = self.state().registry.get_mut(id) {
+                    entry.restore = before;
+                }
+                ProtoError::io(format!("the change is not made: {why}"))
+            })?;
         }
-        self.save_record(id).map_err(|why| {
-            if let Some(entry) = self.state().registry.get_mut(id) {
-                entry.restore = before;
-            }
-            ProtoError::io(format!("the change is not made: {why}"))
-        })
+        self.sync_board(id);
+        Ok(())
     }
 
     /// Dials the peers a torrent's record names (some named since it was added, which the

@@ -251,9 +251,16 @@ impl Service {
             *settings
         };
         tracing::info!(limits = ?now.0, action = now.1.as_str(), "seeding limits changed");
-        // Every line shows the limits in force: the status loop looks at every torrent,
-        // asleep or not.
-        self.state().registry.touch_all();
+        // Every line shows the limits in force, on the board before the reply; their
+        // holders hear of it when the status loop looks at every torrent, asleep or not.
+        let all: Vec<TorrentId> = {
+            let mut state = self.state();
+            state.registry.touch_all();
+            state.registry.iter().map(|(id, _)| *id).collect()
+        };
+        for id in all {
+            self.sync_board(id);
+        }
         self.status_nudge.notify_one();
         Ok(now)
     }
