@@ -46,8 +46,9 @@ pub struct StatusBoard {
 
 struct Inner {
     writer: BoardWriter,
-    /// Slot of each torrent on the board, and what it shows.
-    shown: HashMap<TorrentId, (usize, TorrentSummary)>,
+    /// Slot of each torrent on the board, and what it shows (boxed: a table's empty
+    /// buckets then cost a pointer each, not a whole summary).
+    shown: HashMap<TorrentId, (usize, Box<TorrentSummary>)>,
     /// Empty slots below `in_use`, lowest first, so the used part stays compact.
     free: BTreeSet<usize>,
     /// Slots readers look at: every used slot is below it.
@@ -303,12 +304,14 @@ impl Inner {
     fn show(&mut self, summary: TorrentSummary) -> bool {
         let id = summary.info.id;
         if let Some((slot, shown)) = self.shown.get(&id) {
-            if *shown == summary {
+            if **shown == summary {
                 return false;
             }
             let slot = *slot;
             self.writer.write(slot, &summary);
-            self.shown.insert(id, (slot, summary));
+            if let Some((_, shown)) = self.shown.get_mut(&id) {
+                **shown = summary;
+            }
             return true;
         }
         let slot = match self.free.pop_first() {
@@ -329,7 +332,7 @@ impl Inner {
             }
         };
         self.writer.write(slot, &summary);
-        self.shown.insert(id, (slot, summary));
+        self.shown.insert(id, (slot, Box::new(summary)));
         true
     }
 

@@ -125,7 +125,8 @@ pub async fn start(service: Arc<Service>) -> anyhow::Result<()> {
 /// Runs until the broker stops; `filled` is told after the first pass.
 async fn run(service: Arc<Service>, filled: tokio::sync::oneshot::Sender<()>) {
     let mut filled = Some(filled);
-    let mut seen: HashMap<TorrentId, Seen> = HashMap::new();
+    // Boxed: a table's empty buckets then cost a pointer each, not a whole `Seen`.
+    let mut seen: HashMap<TorrentId, Box<Seen>> = HashMap::new();
     let mut awake: HashSet<TorrentId> = HashSet::new();
     let mut pulse = tokio::time::interval(PULSE);
     pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -206,7 +207,7 @@ struct Pass {
 /// them again).
 fn refresh_board(
     service: &Arc<Service>,
-    seen: &mut HashMap<TorrentId, Seen>,
+    seen: &mut HashMap<TorrentId, Box<Seen>>,
     awake: &mut HashSet<TorrentId>,
     pass: Pass,
     placeholders_version: &mut Option<u64>,
@@ -324,13 +325,13 @@ fn refresh_board(
                 let watcher = watch_torrent(service, id, handle.clone());
                 seen.insert(
                     id,
-                    Seen {
+                    Box::new(Seen {
                         look: look.clone(),
                         watcher,
                         handle: handle.clone(),
                         awake_until: now + AWAKE_AFTER_CHANGE,
                         next_minute,
-                    },
+                    }),
                 );
                 before
             }
