@@ -491,6 +491,27 @@ impl Engine {
 
     /// Stops a torrent and takes it out of the engine, its data and what it verified kept
     /// (a close that cannot be recorded puts it back as it was).
+    /// The engine's handle of torrent `id`, if the engine has it.
+    pub fn handle(&self, id: TorrentId) -> Option<ManagedTorrentHandle> {
+        self.session.get(TorrentIdOrHash::Id(id.0 as usize))
+    }
+
+    /// What the engine asks for an incoming connection whose info hash no torrent in it has
+    /// (a seed the broker took out while idle): `wake` returns its handle once it is back,
+    /// or none. An engine patch of ours (third_party/README.md).
+    pub fn set_incoming_waker<F, Fut>(&self, wake: F)
+    where
+        F: Fn(proto::InfoHash) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Option<ManagedTorrentHandle>> + Send + 'static,
+    {
+        use futures::FutureExt;
+        let wake = Arc::new(wake);
+        self.session.set_incoming_waker(Arc::new(move |hash| {
+            let wake = wake.clone();
+            async move { wake(proto::InfoHash(hash.0)).await }.boxed()
+        }));
+    }
+
     pub async fn stop_torrent(&self, id: TorrentId) -> anyhow::Result<()> {
         self.session
             .delete(TorrentIdOrHash::Id(id.0 as usize), false)
@@ -889,6 +910,14 @@ pub fn name_of(handle: &ManagedTorrentHandle) -> String {
     handle
         .name()
         .unwrap_or_else(|| handle.info_hash().as_string())
+}
+
+/// Peers a torrent knows of and may talk to now: queued to be dialled, connecting, or live.
+pub fn peers_known(handle: &ManagedTorrentHandle) -> u32 {
+    handle.live().map_or(0, |live| {
+        let peers = live.stats_snapshot().peer_stats;
+        peers.queued + peers.connecting + peers.live
+    })
 }
 
 /// A cheap look at a torrent: counters only, no allocation. When it changes the torrent's

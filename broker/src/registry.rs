@@ -50,6 +50,7 @@ impl TorrentEntry {
             Life::Running(handle) | Life::Settling(handle) => Source::Engine(handle.clone()),
             Life::Restarting => Source::Restarting,
             Life::Moving(status) => Source::Frozen(status.clone()),
+            Life::Dormant(dormant) => Source::Dormant(dormant.bytes),
         }
     }
 
@@ -138,6 +139,9 @@ pub enum Source {
     Restarting,
     /// The status it had when its data began to move (shown [`TorrentState::Moving`]).
     Frozen(Arc<TorrentStatus>),
+    /// Nothing: a complete seed out of the engine while idle, of this many bytes (its
+    /// selected files'); shown seeding, with no peer and no rate.
+    Dormant(u64),
 }
 
 /// A torrent's status as patrons see it: the engine's (or what stands for it while it is out
@@ -149,6 +153,13 @@ pub fn shown_status(info: &TorrentInfo, source: &Source, place: Overlay) -> Torr
         Source::Frozen(status) => TorrentStatus {
             state: TorrentState::Moving,
             ..(**status).clone()
+        },
+        Source::Dormant(bytes) => TorrentStatus {
+            progress: 1.0,
+            bytes_done: *bytes,
+            bytes_total: *bytes,
+            complete: true,
+            ..TorrentStatus::idle(info, TorrentState::Seeding)
         },
     };
     place.apply(&mut status);
@@ -170,6 +181,20 @@ pub enum Life {
     /// Taken out of the engine while its data moves (`move`): shown as it was when it
     /// stopped, [`TorrentState::Moving`], until it runs again from one place or the other.
     Moving(Arc<TorrentStatus>),
+    /// A complete seed taken out of the engine while nothing asks for it (see
+    /// [`crate::service::sleep`]): shown seeding; whatever needs the engine wakes it first.
+    Dormant(Dormant),
+}
+
+/// What the broker keeps of a seed out of the engine: all it shows, and when it went.
+#[derive(Clone, Copy, Debug)]
+pub struct Dormant {
+    /// Bytes of its selected files (all there: it is complete).
+    pub bytes: u64,
+    /// When it left the engine: one that announces (trackers, DHT) wakes to do so.
+    pub since: std::time::Instant,
+    /// Whether it announces (trackers, DHT or LSD): it then wakes to do so now and then.
+    pub announces: bool,
 }
 
 impl Life {
@@ -177,7 +202,7 @@ impl Life {
     pub fn handle(&self) -> Option<&ManagedTorrentHandle> {
         match self {
             Life::Running(handle) | Life::Settling(handle) => Some(handle),
-            Life::Restarting | Life::Moving(_) => None,
+            Life::Restarting | Life::Moving(_) | Life::Dormant(_) => None,
         }
     }
 

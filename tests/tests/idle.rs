@@ -140,3 +140,66 @@ fn an_idle_seeds_speeds_come_back_with_each_new_peer() {
         );
     }
 }
+
+/// A seed idle for `--sleep-seeds-after` leaves the engine, shown seeding as before; a
+/// leecher's connection for its info hash wakes it (a resume vouched for: nothing hashed
+/// again) and gets every byte; a request that needs the engine (peers) wakes another.
+#[test]
+fn an_idle_seed_leaves_the_engine_and_a_peer_or_a_request_wakes_it() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
+    let size = 256 << 10;
+    let torrents: Vec<_> = (0..2)
+        .map(|i| make_seed(&sandbox, &state, &format!("s{i}.bin"), size))
+        .collect();
+    for id in ["0", "1"] {
+        wait_status(&sandbox, &state, id, "seeding", |s| s["state"] == "seeding");
+    }
+    e2e::wait_for("both seeds out of the engine", STEP_TIMEOUT, || {
+        slept(&seeder.log()) >= 2
+    });
+    for id in ["0", "1"] {
+        let status = e2e::status_json(&sandbox, &state, id);
+        assert_eq!(
+            status["state"], "seeding",
+            "dormant, shown as before: {status}"
+        );
+        assert_eq!(status["progress"], 1.0, "{status}");
+        assert_eq!(status["bytes_done"], size as u64, "{status}");
+    }
+    // A leecher dials it: the engine asks the broker, which wakes it.
+    let leecher_state = sandbox.state_dir("leecher");
+    let _leecher = sandbox.broker(&leecher_state, &[]);
+    let out = sandbox.folder("leecher-out");
+    let mut add = sandbox.add_command(&leecher_state, &torrents[1], &out, Some(&seeder.peer()));
+    add.arg("--wait");
+    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
+    assert_eq!(
+        std::fs::read(out.join("s1.bin")).expect("downloaded"),
+        std::fs::read(sandbox.path("seed/s1.bin")).expect("seeded"),
+    );
+    // The other one is woken by a request that needs the engine.
+    let peers = ok_json(&sandbox, &state, &["peers", "0"]);
+    assert!(peers.is_object(), "{peers}");
+    assert!(
+        !seeder.log().contains("every piece is hashed again"),
+        "a wake reads nothing: {}",
+        seeder.log()
+    );
+}
+
+/// How many seeds the broker's log says left the engine.
+fn slept(log: &str) -> u64 {
+    log.lines()
+        .filter(|line| line.contains("idle seeds out of the engine"))
+        .filter_map(|line| {
+            line.split("slept=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}

@@ -3,12 +3,13 @@
 use super::Service;
 use proto::{FileEntry, FileRef, FilesRequest, ProtoError, TorrentId};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 impl Service {
     /// A torrent's files; with `only`, which of them to download first (recorded, so a restart
     /// keeps the choice; if it cannot be recorded, the engine's selection is put back).
     pub async fn files(
-        &self,
+        self: &Arc<Self>,
         request: FilesRequest,
     ) -> Result<(TorrentId, Vec<FileEntry>), ProtoError> {
         let service = self;
@@ -17,7 +18,7 @@ impl Service {
             return Ok((id, service.engine.files(&handle)?));
         };
         let _adding = service.adding.lock().await;
-        let (id, handle) = service.running(request.torrent)?;
+        let (id, handle) = service.running_awake(request.torrent).await?;
         let files = service.engine.files(&handle)?;
         let chosen = chosen(&only, &files, handle.name().as_deref())?;
         let before = handle.only_files();

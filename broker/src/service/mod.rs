@@ -25,6 +25,7 @@ pub mod queue;
 mod recheck;
 mod restore;
 mod seeding;
+pub mod sleep;
 mod streams;
 #[cfg(test)]
 mod tests;
@@ -175,6 +176,8 @@ pub struct Service {
     pub seeding: seeding::Seeding,
     /// What labels carry (see [`labels`]).
     labels: labels::Labels,
+    /// Idle seeds out of the engine (see [`sleep`]).
+    sleeper: sleep::Sleeper,
     /// Programs run when a torrent is added, completes or fails.
     hooks: crate::hooks::Hooks,
     faults: Faults,
@@ -229,6 +232,7 @@ impl Service {
             rates: limits::BrokerRates::new(config_rates, &settings_now),
             seeding: seeding::Seeding::new(config_seeding),
             labels,
+            sleeper: Default::default(),
             hooks: crate::hooks::Hooks::new(
                 config_hooks.0,
                 config_hooks.1,
@@ -238,6 +242,11 @@ impl Service {
             faults: Faults::default(),
         });
         service.apply_rates();
+        let waking = Arc::downgrade(&service);
+        service.engine.set_incoming_waker(move |info_hash| {
+            let service = waking.upgrade();
+            async move { service?.wake_for_peer(info_hash).await }
+        });
         service.restore().await?;
         policy::start(&service);
         service.resume_due_moves();
@@ -330,6 +339,34 @@ impl Service {
                 "torrent {id} is being added again for its recheck: ask again in a moment"
             ))),
             Life::Moving(_) => Err(moving(id)),
+            // The transactions that take the add lock wake it first (`running_awake`).
+            Life::Dormant(_) => Err(ProtoError::engine(format!(
+                "torrent {id} is out of the engine while idle: ask again in a moment"
+            ))),
+        }
+    }
+
+    /// A running torrent's id and engine handle, a dormant seed woken first (see
+    /// [`sleep`]). The caller holds the add lock.
+    async fn running_awake(
+        self: &Arc<Self>,
+        torrent: TorrentRef,
+    ) -> Result<(TorrentId, engine::ManagedTorrentHandle), ProtoError> {
+        if let (id, Life::Dormant(_)) = self.life_of(torrent)? {
+            return Ok((id, self.wake_locked(id).await?));
+        }
+        self.running(torrent)
+    }
+
+    /// A running torrent's id and engine handle, or none for a dormant seed: for a change
+    /// recorded with it that the engine takes when it wakes (its rates).
+    fn running_or_dormant(
+        &self,
+        torrent: TorrentRef,
+    ) -> Result<(TorrentId, Option<engine::ManagedTorrentHandle>), ProtoError> {
+        match self.life_of(torrent)? {
+            (id, Life::Dormant(_)) => Ok((id, None)),
+            _ => self.running(torrent).map(|(id, handle)| (id, Some(handle))),
         }
     }
 
@@ -337,7 +374,7 @@ impl Service {
     /// lock: one being added again for its recheck is waited for (the recheck holds the add
     /// lock until it is back), not refused.
     async fn live(
-        &self,
+        self: &Arc<Self>,
         torrent: TorrentRef,
     ) -> Result<(TorrentId, engine::ManagedTorrentHandle), ProtoError> {
         loop {
@@ -345,6 +382,13 @@ impl Service {
                 (id, Life::Running(handle) | Life::Settling(handle)) => return Ok((id, handle)),
                 (_, Life::Restarting) => drop(self.adding.lock().await),
                 (id, Life::Moving(_)) => return Err(moving(id)),
+                (id, Life::Dormant(_)) => {
+                    let _adding = self.adding.lock().await;
+                    // Woken meanwhile, or not: the next look says.
+                    if matches!(self.life_of(torrent)?, (_, Life::Dormant(_))) {
+                        self.wake_locked(id).await?;
+                    }
+                }
             }
         }
     }

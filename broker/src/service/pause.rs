@@ -13,7 +13,7 @@ impl Service {
     pub async fn pause(self: &Arc<Self>, torrent: TorrentRef) -> Result<TorrentStatus, ProtoError> {
         // The engine and the records change together, and never under a close or a recheck.
         let _adding = self.adding.lock().await;
-        let (id, handle) = self.running(torrent)?;
+        let (id, handle) = self.running_awake(torrent).await?;
         // Recorded first: if the record cannot say so, nothing changes. A paused torrent is
         // out of the queue.
         let queued = self
@@ -51,7 +51,7 @@ impl Service {
         torrent: TorrentRef,
     ) -> Result<TorrentStatus, ProtoError> {
         let _adding = self.adding.lock().await;
-        let (id, handle) = self.running(torrent)?;
+        let (id, handle) = self.running_awake(torrent).await?;
         // Paused by a seeding limit: resumed by hand, it seeds on.
         self.lift_reached_limit(id)?;
         // With a queue, it takes its turn: queued, then started at once if it may run.

@@ -2,6 +2,7 @@
 
 use super::{parse_peers, Service};
 use proto::{PeerEntry, PeersRequest, ProtoError, TorrentId};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long the peers' traffic is watched to tell their rates.
@@ -10,7 +11,7 @@ const RATE_WINDOW: Duration = Duration::from_millis(250);
 impl Service {
     /// A torrent's connected peers, after dialling (and recording) any `request` names.
     pub async fn peers(
-        &self,
+        self: &Arc<Self>,
         request: PeersRequest,
     ) -> Result<(TorrentId, Vec<String>, Vec<PeerEntry>), ProtoError> {
         let service = self;

@@ -265,8 +265,10 @@ impl Service {
                 .filter(|(_, e)| !e.restore.paused)
                 .filter_map(|(id, e)| match &e.life {
                     Life::Running(handle) => {
-                        Some((*id, handle.clone(), e.queue_rank, e.restore.queued))
+                        Some((*id, Some(handle.clone()), e.queue_rank, e.restore.queued))
                     }
+                    // A seed that runs, out of the engine while idle.
+                    Life::Dormant(_) => Some((*id, None, e.queue_rank, e.restore.queued)),
                     Life::Settling(_) | Life::Restarting | Life::Moving(_) => None,
                 })
                 .collect()
@@ -288,6 +290,10 @@ impl Service {
                 running,
                 checking,
                 stalled,
+            };
+            let Some(handle) = handle else {
+                candidates.push(candidate(Kind::Seed, true, false, false));
+                continue;
             };
             match engine::queue_look(&handle) {
                 // Failed: outside the queue (it holds no slot), unless a resume put it back
@@ -362,6 +368,18 @@ impl Service {
         }
         let changed = recorded_change || !turns.is_empty();
         for (id, turn) in turns {
+            // A dormant seed the queue holds back is woken to be paused.
+            let dormant = self
+                .state()
+                .registry
+                .get(id)
+                .is_some_and(|e| matches!(e.life, Life::Dormant(_)));
+            if dormant {
+                if let Err(e) = self.wake_locked(id).await {
+                    tracing::warn!(torrent = %id, ?turn, "the queue cannot wake it: {}", e.message);
+                    continue;
+                }
+            }
             let handle = {
                 let mut state = self.state();
                 let Some(entry) = state.registry.get_mut(id) else {

@@ -40,15 +40,15 @@ fn in_batches<T>(items: &mut [T], bytes: impl Fn(&T) -> u64) -> Vec<&mut [T]> {
 }
 
 /// A record ready to be added.
-struct Prepared {
-    checked: torrent_file::CheckedTorrent,
-    info: TorrentInfo,
-    files: Arc<[PathBuf]>,
+pub(super) struct Prepared {
+    pub(super) checked: torrent_file::CheckedTorrent,
+    pub(super) info: TorrentInfo,
+    pub(super) files: Arc<[PathBuf]>,
 }
 
 /// A record that cannot be restored: why, and what is known of its torrent (boxed: most
 /// records restore, and the results of a batch are held together).
-type Failed = Box<(ProtoError, TorrentInfo, Arc<[PathBuf]>)>;
+pub(super) type Failed = Box<(ProtoError, TorrentInfo, Arc<[PathBuf]>)>;
 
 /// `f` of each item, in order, on as many threads as there are cores (at most 4). Only for
 /// work that blocks on nothing but the disk: it runs at the start, before anyone is served.
@@ -172,7 +172,7 @@ impl Service {
     /// What restoring record `id` needs that touches nothing: its .torrent read and checked,
     /// and (unless a move is to be finished first) its folder and paths. Run for many records
     /// at once, on several threads.
-    fn prepare(&self, id: TorrentId, spec: &RestoreSpec) -> Result<Prepared, Failed> {
+    pub(super) fn prepare(&self, id: TorrentId, spec: &RestoreSpec) -> Result<Prepared, Failed> {
         let mut info = TorrentInfo {
             id,
             info_hash: proto::InfoHash([0; 20]),

@@ -353,7 +353,7 @@ impl Service {
                     Life::Running(h) | Life::Settling(h) if awake.contains(id) => {
                         running.push((*id, h.clone()))
                     }
-                    Life::Running(_) | Life::Settling(_) => {
+                    Life::Running(_) | Life::Settling(_) | Life::Dormant(_) => {
                         let r = &e.restore;
                         if r.seeding_since.is_none() || r.paused {
                             continue;
@@ -547,6 +547,19 @@ impl Service {
             return;
         }
         let _adding = self.adding.lock().await;
+        // A dormant seed past its limit is woken to be paused.
+        for (id, _) in &reached {
+            let dormant = self
+                .state()
+                .registry
+                .get(*id)
+                .is_some_and(|e| matches!(e.life, Life::Dormant(_)));
+            if dormant {
+                if let Err(e) = self.wake_locked(*id).await {
+                    tracing::warn!(torrent = %id, "past a seeding limit, but cannot wake it: {}", e.message);
+                }
+            }
+        }
         let pausing: Vec<(TorrentId, engine::ManagedTorrentHandle, SeedStop)> = {
             let mut state = self.state();
             reached

@@ -1,0 +1,313 @@
+//! Idle seeds out of the engine (issue 23): a complete seed with no peer, no reader and
+//! nothing asked of it costs the engine's per-torrent state for nothing (its live state and
+//! maps, its tasks, its metadata: most of what an idle seed costs). After
+//! `--sleep-seeds-after` of that it leaves the engine ([`Life::Dormant`]): its files are
+//! stamped as at a clean stop, its line shows it seeding as before, and its record, files
+//! and holders stay the broker's.
+//!
+//! Whatever needs the engine wakes it first, as a resume the broker vouches for (nothing is
+//! read unless its files changed, DESIGN §4 "verified means verified"):
+//! - an incoming connection for its info hash (the engine asks the broker, see
+//!   [`crate::engine::Engine::set_incoming_waker`]);
+//! - a request that needs its handle: peers, files, a stream, pause, recheck, move, a
+//!   queue turn ([`Service::running_awake`], [`Service::live`]);
+//! - its next announce, for one that announces (trackers, DHT, LSD): every
+//!   [`REANNOUNCE_EVERY`] it wakes, announces, and sleeps again once idle.
+
+use super::Service;
+use crate::registry::{Dormant, Life, Unrestored};
+use crate::service::restore::Prepared;
+use proto::{Event, ProtoError, TorrentId, TorrentRef, TorrentState};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often a dormant seed that announces wakes to do so (trackers ask for about this).
+pub const REANNOUNCE_EVERY: Duration = Duration::from_secs(30 * 60);
+
+/// How often the sleeper looks for seeds to put to sleep or to wake for their announce.
+pub const LOOK_EVERY: Duration = Duration::from_secs(5);
+
+/// What the sleeper remembers between looks: since when each seed in the engine has been
+/// idle (only those: none once it sleeps).
+#[derive(Default)]
+pub struct Sleeper {
+    idle_since: Mutex<HashMap<TorrentId, Instant>>,
+    last_look: Mutex<Option<Instant>>,
+}
+
+impl Service {
+    /// Puts to sleep the seeds idle long enough, and wakes the dormant ones due to announce.
+    /// Called by the policy task; looks at most every [`LOOK_EVERY`].
+    pub(super) async fn sleep_and_wake(self: &Arc<Self>) {
+        let Some(after) = self.config.sleep_seeds_after else {
+            return;
+        };
+        let now = Instant::now();
+        {
+            let mut last = self
+                .sleeper
+                .last_look
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| now.duration_since(at) < LOOK_EVERY) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let awake = self.awake.now();
+        let (due, mut to_wake) = {
+            let state = self.state();
+            let mut idle = self
+                .sleeper
+                .idle_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut due = Vec::new();
+            let mut to_wake = Vec::new();
+            let mut seen = Vec::with_capacity(idle.len());
+            for (id, entry) in state.registry.iter() {
+                match &entry.life {
+                    Life::Running(_) if !awake.contains(id) && self.may_sleep(*id, entry) => {
+                        let since = *idle.entry(*id).or_insert(now);
+                        seen.push(*id);
+                        if now.duration_since(since) >= after {
+                            due.push(*id);
+                        }
+                    }
+                    Life::Dormant(dormant)
+                        if dormant.announces
+                            && now.duration_since(dormant.since) >= REANNOUNCE_EVERY =>
+                    {
+                        to_wake.push(*id)
+                    }
+                    _ => {}
+                }
+            }
+            // Only those idle now are remembered.
+            if seen.len() != idle.len() {
+                let seen: std::collections::HashSet<_> = seen.into_iter().collect();
+                idle.retain(|id, _| seen.contains(id));
+            }
+            (due, to_wake)
+        };
+        if due.is_empty() && to_wake.is_empty() {
+            return;
+        }
+        let _adding = self.adding.lock().await;
+        if self.is_stopping() {
+            return;
+        }
+        let mut slept = 0;
+        for id in due {
+            if self.sleep_locked(id).await {
+                slept += 1;
+            }
+        }
+        // A few at a time: ten thousand seeds that slept together must not all wake at once.
+        to_wake.truncate(64);
+        for id in &to_wake {
+            if let Err(e) = self.wake_locked(*id).await {
+                tracing::warn!(torrent = %id, "cannot wake it to announce: {}", e.message);
+            }
+        }
+        if slept > 0 || !to_wake.is_empty() {
+            tracing::info!(slept, woken = to_wake.len(), "idle seeds out of the engine");
+        }
+    }
+
+    /// Whether a torrent in the engine is one that may sleep once idle: recorded (its
+    /// .torrent is on disk to wake it from), not paused or queued, no move pending, no
+    /// stream reading it, and no seed queue that would have to hold it back.
+    fn may_sleep(&self, id: TorrentId, entry: &crate::registry::TorrentEntry) -> bool {
+        let r = &entry.restore;
+        !r.ephemeral
+            && !r.paused
+            && !r.queued
+            && r.moving.is_none()
+            && !r.move_due
+            && r.seeding_since.is_some()
+            && !self.streams.reads(id)
+    }
+
+    /// Takes one idle seed out of the engine (the caller holds the add lock); whether it
+    /// did. Looked at again here: a peer, a reader or a request may have come meanwhile.
+    async fn sleep_locked(self: &Arc<Self>, id: TorrentId) -> bool {
+        let handle = {
+            let state = self.state();
+            let Some(entry) = state.registry.get(id) else {
+                return false;
+            };
+            let Life::Running(handle) = &entry.life else {
+                return false;
+            };
+            if !self.may_sleep(id, entry) {
+                return false;
+            }
+            handle.clone()
+        };
+        let status = crate::engine::status_of(id, "", &handle);
+        if status.state != TorrentState::Seeding
+            || !status.complete
+            || crate::engine::peers_known(&handle) > 0
+        {
+            return false;
+        }
+        let announces = !handle.shared().trackers.is_empty() || self.config.dht || self.config.lsd;
+        // Its files as they are now, its pieces true of them (as at a clean stop): the
+        // wake's vouch holds only while they stay so.
+        let stamping = self.clone();
+        let _ = tokio::task::spawn_blocking(move || stamping.stamp_verified(id)).await;
+        {
+            let mut state = self.state();
+            let Some(entry) = state.registry.get_mut(id) else {
+                return false;
+            };
+            if !entry.life.is(&handle) {
+                return false;
+            }
+            entry.life = Life::Dormant(Dormant {
+                bytes: status.bytes_total,
+                since: Instant::now(),
+                announces,
+            });
+        }
+        drop(handle);
+        if let Err(e) = self.engine.stop_torrent(id).await {
+            tracing::warn!(torrent = %id, "cannot take it out of the engine: {e:#}");
+            // Still in the engine, as it was.
+            if let Some(handle) = self.engine.handle(id) {
+                if let Some(entry) = self.state().registry.get_mut(id) {
+                    entry.life = Life::Running(handle);
+                }
+            }
+            return false;
+        }
+        self.sleeper
+            .idle_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        tracing::debug!(torrent = %id, "idle: out of the engine until something needs it");
+        true
+    }
+
+    /// Wakes a dormant seed for the engine's incoming connection of its info hash: its
+    /// handle, or none (no such torrent, or it does not wake).
+    pub async fn wake_for_peer(
+        self: &Arc<Self>,
+        info_hash: proto::InfoHash,
+    ) -> Option<crate::engine::ManagedTorrentHandle> {
+        let id = self
+            .state()
+            .registry
+            .resolve(TorrentRef::InfoHash(info_hash))?;
+        let _adding = self.adding.lock().await;
+        match self.life_of(TorrentRef::Id(id)).ok()? {
+            (_, Life::Running(handle) | Life::Settling(handle)) => Some(handle),
+            (_, Life::Dormant(_)) => match self.wake_locked(id).await {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::warn!(torrent = %id, "cannot wake it for a peer: {}", e.message);
+                    None
+                }
+            },
+            _ => None,
+        }
+    }
+
+    /// Wakes dormant torrent `id` (the caller holds the add lock): added to the engine again
+    /// as its record says, a resume the broker vouches for. Its handle (one running already
+    /// is returned as it is). If the engine will not take it back, it is kept as a record
+    /// not restored (shown in error, retried at the next start), as a failed restore.
+    pub(super) async fn wake_locked(
+        self: &Arc<Self>,
+        id: TorrentId,
+    ) -> Result<crate::engine::ManagedTorrentHandle, ProtoError> {
+        let spec = match self.life_of(TorrentRef::Id(id))? {
+            (_, Life::Running(handle) | Life::Settling(handle)) => return Ok(handle),
+            (_, Life::Dormant(_)) => self
+                .state()
+                .registry
+                .get(id)
+                .map(|e| e.restore.clone())
+                .ok_or_else(|| super::gone(id))?,
+            _ => return self.running(TorrentRef::Id(id)).map(|(_, handle)| handle),
+        };
+        // Read and checked as at a start: its .torrent, its folder and paths.
+        let prepared = {
+            let spec = spec.clone();
+            let service = self.clone();
+            tokio::task::spawn_blocking(move || service.prepare(id, &spec))
+                .await
+                .map_err(|e| ProtoError::engine(format!("the wake's preparation failed: {e}")))?
+        };
+        let Prepared { checked, info, .. } = match prepared {
+            Ok(prepared) => prepared,
+            Err(failed) => {
+                let (error, info, _) = *failed;
+                return Err(self.lost_in_wake(id, info, spec, error.message));
+            }
+        };
+        let added = self
+            .engine_add_again(
+                id,
+                checked.bytes.clone(),
+                &spec,
+                true,
+                checked.relative_paths(),
+            )
+            .await;
+        match added {
+            Ok(added) if added.id == id => {
+                if let Some(entry) = self.state().registry.get_mut(id) {
+                    entry.life = Life::Running(added.handle.clone());
+                }
+                tracing::debug!(torrent = %id, "woken");
+                self.status_nudge.notify_one();
+                Ok(added.handle)
+            }
+            Ok(added) => {
+                let why = format!("the engine took it back as torrent {}", added.id);
+                Err(self.lost_in_wake(id, info, spec, why))
+            }
+            Err(error) => Err(self.lost_in_wake(id, info, spec, error.message)),
+        }
+    }
+
+    /// A dormant seed the engine would not take back: kept as a record not restored (an
+    /// ephemeral one never sleeps), its holders told it went.
+    fn lost_in_wake(
+        &self,
+        id: TorrentId,
+        info: proto::TorrentInfo,
+        restore: crate::registry::RestoreSpec,
+        why: String,
+    ) -> ProtoError {
+        tracing::error!(torrent = %id, "cannot bring it back into the engine: {why}");
+        let mut state = self.state();
+        let (holders, files) = state
+            .registry
+            .remove(id)
+            .map(|entry| (entry.holders, entry.files))
+            .unwrap_or_default();
+        state.registry.keep_unrestored(
+            id,
+            Unrestored {
+                info,
+                restore,
+                error: format!("out of the engine while idle, then could not start again: {why}"),
+                files,
+            },
+        );
+        for holder in holders {
+            if let Some(patron) = state.patrons.get(&holder) {
+                patron.send(Event::TorrentGone {
+                    id,
+                    reason: format!("it could not start again: {why}"),
+                });
+            }
+        }
+        ProtoError::engine(format!("torrent {id} could not start again: {why}"))
+    }
+}
