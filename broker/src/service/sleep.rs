@@ -29,10 +29,10 @@ pub const REANNOUNCE_EVERY: Duration = Duration::from_secs(30 * 60);
 pub const LOOK_EVERY: Duration = Duration::from_secs(5);
 
 /// What the sleeper remembers between looks: since when each seed in the engine has been
-/// idle (only those: none once it sleeps).
+/// idle, and what it had uploaded then (only those: none once it sleeps).
 #[derive(Default)]
 pub struct Sleeper {
-    idle_since: Mutex<HashMap<TorrentId, Instant>>,
+    idle_since: Mutex<HashMap<TorrentId, (Instant, u64)>>,
     last_look: Mutex<Option<Instant>>,
 }
 
@@ -68,10 +68,32 @@ impl Service {
             let mut seen = Vec::with_capacity(idle.len());
             for (id, entry) in state.registry.iter() {
                 match &entry.life {
-                    Life::Running(_) if !awake.contains(id) && self.may_sleep(*id, entry) => {
-                        let since = *idle.entry(*id).or_insert(now);
+                    Life::Running(handle) if self.may_sleep(*id, entry) => {
+                        // Awake in the status loop: a peer, or only its line that changed
+                        // (its minute of seeding time)? The engine says. Asleep there: idle.
+                        let known = idle.get(id).copied();
+                        let since = match known {
+                            Some((since, uploaded)) if !awake.contains(id) => (since, uploaded),
+                            _ => {
+                                let pulse = crate::engine::pulse_of(handle);
+                                match known {
+                                    Some((since, uploaded))
+                                        if pulse.peers == 0 && pulse.uploaded == uploaded =>
+                                    {
+                                        (since, uploaded)
+                                    }
+                                    _ if pulse.peers == 0 => (now, pulse.uploaded),
+                                    // Busy: not idle at all.
+                                    _ => {
+                                        idle.remove(id);
+                                        continue;
+                                    }
+                                }
+                            }
+                        };
+                        idle.insert(*id, since);
                         seen.push(*id);
-                        if now.duration_since(since) >= after {
+                        if now.duration_since(since.0) >= after {
                             due.push(*id);
                         }
                     }
