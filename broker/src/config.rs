@@ -184,7 +184,7 @@ pub struct BrokerArgs {
     /// leaves the engine until something needs it (an incoming peer, a request, its next
     /// announce): it costs memory, not engine state (minutes, or 90s, 2h; `never`)
     /// [default: 1]
-    #[arg(long, env = "TORRENT_PATRON_SLEEP_SEEDS_AFTER", value_name = "MINUTES|never", value_parser = stall)]
+    #[arg(long, env = "TORRENT_PATRON_SLEEP_SEEDS_AFTER", value_name = "MINUTES|never", value_parser = sleep_after)]
     pub sleep_seeds_after: Option<Stall>,
 
     /// Append the log to FILE instead of writing it to stderr (relative to the state dir).
@@ -252,6 +252,8 @@ struct ConfigFile {
     hook_timeout: Option<u64>,
     move_completed_to: Option<PathBuf>,
     watch_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "file_sleep_after")]
+    sleep_seeds_after: Option<Stall>,
 }
 
 /// The settings the broker runs with, every default resolved.
@@ -570,7 +572,10 @@ impl BrokerConfig {
             ),
             sleep_seeds_after: match args.sleep_seeds_after {
                 Some(Stall(after)) => after.map(Duration::from_secs),
-                None => Some(DEFAULT_SLEEP_SEEDS_AFTER),
+                None => match file.sleep_seeds_after {
+                    Some(Stall(after)) => after.map(Duration::from_secs),
+                    None => Some(DEFAULT_SLEEP_SEEDS_AFTER),
+                },
             },
             move_completed_to,
             watch_dir,
@@ -720,6 +725,14 @@ fn stall(s: &str) -> Result<Stall, String> {
     })
 }
 
+/// How long an idle seed stays in the engine, as users type it: minutes (`1`), a duration
+/// (`90s`, `2h`), or `never`.
+fn sleep_after(s: &str) -> Result<Stall, String> {
+    proto::text::parse_time_limit(s)
+        .map(Stall)
+        .ok_or_else(|| format!("{s:?} is not a time: minutes (1), a duration (90s, 2h), or never"))
+}
+
 /// A ratio limit (`None`: none).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RatioLimit(pub Option<f64>);
@@ -797,6 +810,13 @@ fn file_count_limit<'de, D: serde::Deserializer<'de>>(
 fn file_stall<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Stall>, D::Error> {
     let value = NumberOrText::deserialize(d)?;
     stall(&value.text())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn file_sleep_after<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Stall>, D::Error> {
+    let value = NumberOrText::deserialize(d)?;
+    sleep_after(&value.text())
         .map(Some)
         .map_err(serde::de::Error::custom)
 }

@@ -489,8 +489,6 @@ impl Engine {
         self.forget_verified(id)
     }
 
-    /// Stops a torrent and takes it out of the engine, its data and what it verified kept
-    /// (a close that cannot be recorded puts it back as it was).
     /// The engine's handle of torrent `id`, if the engine has it.
     pub fn handle(&self, id: TorrentId) -> Option<ManagedTorrentHandle> {
         self.session.get(TorrentIdOrHash::Id(id.0 as usize))
@@ -512,6 +510,8 @@ impl Engine {
         }));
     }
 
+    /// Stops a torrent and takes it out of the engine, its data and what it verified kept
+    /// (a close that cannot be recorded puts it back as it was).
     pub async fn stop_torrent(&self, id: TorrentId) -> anyhow::Result<()> {
         self.session
             .delete(TorrentIdOrHash::Id(id.0 as usize), false)
@@ -538,7 +538,13 @@ impl Engine {
     /// A file that is not there now (its
     /// disk unmounted) leaves the last stamps as they were: they still say what the
     /// bitfield is true of, should the same file come back.
-    pub fn stamp_verified(&self, id: TorrentId, data_folder: &Path, files: &[(PathBuf, bool)]) {
+    /// Returns whether the stamps now vouch for the files as they are.
+    pub fn stamp_verified(
+        &self,
+        id: TorrentId,
+        data_folder: &Path,
+        files: &[(PathBuf, bool)],
+    ) -> bool {
         let paths: Vec<PathBuf> = files.iter().map(|(path, _)| path.clone()).collect();
         let stamps = crate::storage::stamps_of(&self.roots, data_folder, &paths);
         let missing = stamps
@@ -547,7 +553,7 @@ impl Engine {
             .any(|(stamp, (_, padding))| stamp.is_none() && !padding);
         if missing {
             tracing::info!(torrent = %id, "a file of it is not there: its last stamps are kept");
-            return;
+            return false;
         }
         if !self.vouched.holds(id.0 as usize, &stamps) {
             // Changed by someone else since it was last hashed or written by the engine (an
@@ -560,11 +566,13 @@ impl Engine {
             if let Err(e) = crate::store::remove_durably(&self.fast_resume.stamps_path(id)) {
                 tracing::warn!(torrent = %id, "{e}");
             }
-            return;
+            return false;
         }
         if let Err(e) = self.fast_resume.write_stamps(id, &stamps) {
             tracing::warn!(torrent = %id, "{e:#}; its data is hashed again at the next start");
+            return false;
         }
+        true
     }
 
     /// Whether torrent `id`'s files are as its fast-resume record says they were when

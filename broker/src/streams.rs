@@ -122,6 +122,11 @@ impl Streams {
         lock(&self.open)
     }
 
+    /// The torrents streams are open on.
+    pub fn torrents_read(&self) -> std::collections::HashSet<TorrentId> {
+        self.open().values().map(|stream| stream.torrent).collect()
+    }
+
     /// Whether a stream is open on torrent `id`.
     pub fn reads(&self, id: TorrentId) -> bool {
         self.open().values().any(|stream| stream.torrent == id)

@@ -179,9 +179,17 @@ fn an_idle_seed_leaves_the_engine_and_a_peer_or_a_request_wakes_it() {
         std::fs::read(out.join("s1.bin")).expect("downloaded"),
         std::fs::read(sandbox.path("seed/s1.bin")).expect("seeded"),
     );
-    // The other one is woken by a request that needs the engine.
+    // Listing a dormant seed's peers wakes nothing: it has none.
     let peers = ok_json(&sandbox, &state, &["peers", "0"]);
-    assert!(peers.is_object(), "{peers}");
+    assert_eq!(peers["peers"], serde_json::json!([]), "{peers}");
+    // The other one is woken by a request that needs the engine, and answers as a seed
+    // in the engine would: its files complete, a recheck taken at once.
+    let files = ok_json(&sandbox, &state, &["files", "0"]);
+    assert_eq!(files["files"][0]["bytes_done"], size as u64, "{files}");
+    ok_json(&sandbox, &state, &["recheck", "0"]);
+    wait_status(&sandbox, &state, "0", "seeding after its recheck", |s| {
+        s["state"] == "seeding"
+    });
     assert!(
         !seeder.log().contains("every piece is hashed again"),
         "a wake reads nothing: {}",
@@ -202,4 +210,40 @@ fn slept(log: &str) -> u64 {
                 .ok()
         })
         .sum()
+}
+
+/// Verified means verified (DESIGN §4), for a seed that slept: a file edited while it was
+/// out of the engine is hashed again when it wakes, and the edited piece is no longer
+/// counted complete nor served.
+#[test]
+fn a_file_edited_while_its_seed_slept_is_hashed_again_when_it_wakes() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
+    let size = 256 << 10;
+    make_seed(&sandbox, &state, "s0.bin", size);
+    wait_status(&sandbox, &state, "0", "seeding", |s| s["state"] == "seeding");
+    e2e::wait_for("the seed out of the engine", STEP_TIMEOUT, || {
+        slept(&seeder.log()) >= 1
+    });
+    // One byte in the middle changes (same size; its stamp no longer matches).
+    let path = sandbox.path("seed/s0.bin");
+    let mut bytes = std::fs::read(&path).expect("the seed's file");
+    bytes[size / 2] ^= 0xff;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&path, &bytes).expect("edited");
+    // A request that needs the engine wakes it.
+    ok_json(&sandbox, &state, &["files", "0"]);
+    let status = wait_status(&sandbox, &state, "0", "the check's verdict", |s| {
+        s["state"] != "checking" && s["complete"] == false
+    });
+    assert!(
+        status["bytes_done"].as_u64().unwrap_or(u64::MAX) < size as u64,
+        "the edited piece is not counted: {status}"
+    );
+    assert!(
+        seeder.log().contains("every piece is hashed again"),
+        "{}",
+        seeder.log()
+    );
 }

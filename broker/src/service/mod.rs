@@ -710,7 +710,7 @@ impl Service {
 
     /// Records that torrent `id`'s files, as they are now, hold what its bitfield says
     /// (see [`crate::storage::FileStamp`]). Blocking: it looks at every file.
-    fn stamp_verified(&self, id: TorrentId) {
+    fn stamp_verified(&self, id: TorrentId) -> bool {
         let found = {
             let state = self.state();
             state
@@ -719,7 +719,7 @@ impl Service {
                 .and_then(|e| Some((e.restore.data_folder.clone(), e.live_handle()?)))
         };
         let Some((folder, handle)) = found else {
-            return;
+            return false;
         };
         // Its check has not ended (a clean stop while it waited behind other torrents'
         // checks): the bitfield on disk is the one its vouch has not yet been asked about,
@@ -728,7 +728,7 @@ impl Service {
         // is true of.
         if !crate::engine::checked(&handle) {
             tracing::info!(torrent = %id, "its check has not ended: its last stamps are kept");
-            return;
+            return false;
         }
         // Every file the engine lists, padding included, in its order: as compared at the
         // next restore (`AddSpec::files`).
@@ -738,9 +738,9 @@ impl Service {
                 .map(|f| (f.relative_filename.clone(), f.attrs.padding))
                 .collect::<Vec<_>>()
         }) else {
-            return;
+            return false;
         };
-        self.engine.stamp_verified(id, &folder, &files);
+        self.engine.stamp_verified(id, &folder, &files)
     }
 
     /// The runtime the service runs on (for threads of the broker's own that add through it).

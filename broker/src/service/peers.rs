@@ -15,6 +15,13 @@ impl Service {
         request: PeersRequest,
     ) -> Result<(TorrentId, Vec<String>, Vec<PeerEntry>), ProtoError> {
         let service = self;
+        // A dormant seed has no peer: listing them wakes nothing (a poll of every torrent's
+        // peers would keep them all in the engine).
+        if request.add.is_empty() {
+            if let Ok((id, crate::registry::Life::Dormant(_))) = service.life_of(request.torrent) {
+                return Ok((id, Vec::new(), Vec::new()));
+            }
+        }
         let (id, handle) = service.live(request.torrent).await?;
         let mut dialled = Vec::new();
         if !request.add.is_empty() {

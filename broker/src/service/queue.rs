@@ -44,6 +44,15 @@ impl Queue {
         *self.settings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Forgets what torrent `id` moved when last looked at (it left the engine: its next run
+    /// starts afresh).
+    pub fn forget_activity(&self, id: TorrentId) {
+        self.activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
     /// Asks the queue to look again soon.
     pub fn nudge(&self) {
         self.nudge.notify_one();
@@ -265,10 +274,12 @@ impl Service {
                 .filter(|(_, e)| !e.restore.paused)
                 .filter_map(|(id, e)| match &e.life {
                     Life::Running(handle) => {
-                        Some((*id, Some(handle.clone()), e.queue_rank, e.restore.queued))
+                        Some((*id, Ok(handle.clone()), e.queue_rank, e.restore.queued))
                     }
-                    // A seed that runs, out of the engine while idle.
-                    Life::Dormant(_) => Some((*id, None, e.queue_rank, e.restore.queued)),
+                    // A seed that runs, out of the engine while idle (since then).
+                    Life::Dormant(dormant) => {
+                        Some((*id, Err(dormant.since), e.queue_rank, e.restore.queued))
+                    }
                     Life::Settling(_) | Life::Restarting | Life::Moving(_) => None,
                 })
                 .collect()
@@ -291,9 +302,16 @@ impl Service {
                 checking,
                 stalled,
             };
-            let Some(handle) = handle else {
-                candidates.push(candidate(Kind::Seed, true, false, false));
-                continue;
+            let handle = match handle {
+                Ok(handle) => handle,
+                // Idle since before it left the engine: stalled as a seed in it would be.
+                Err(since) => {
+                    let idle = now.saturating_duration_since(since)
+                        + self.config.sleep_seeds_after.unwrap_or_default();
+                    let stalled = stall.is_some_and(|stall| idle >= stall);
+                    candidates.push(candidate(Kind::Seed, true, false, stalled));
+                    continue;
+                }
             };
             match engine::queue_look(&handle) {
                 // Failed: outside the queue (it holds no slot), unless a resume put it back

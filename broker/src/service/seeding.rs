@@ -84,6 +84,15 @@ pub struct Seeding {
 }
 
 impl Seeding {
+    /// Forgets torrent `id`'s run (it left the engine: its next run counts afresh, whatever
+    /// address the engine's new state gets).
+    pub(super) fn forget_run(&self, id: TorrentId) {
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
     /// Seeding with these limits and action.
     pub fn new(settings: (SeedingLimits, SeedAction)) -> Seeding {
         Seeding {

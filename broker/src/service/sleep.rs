@@ -28,6 +28,31 @@ pub const REANNOUNCE_EVERY: Duration = Duration::from_secs(30 * 60);
 /// How often the sleeper looks for seeds to put to sleep or to wake for their announce.
 pub const LOOK_EVERY: Duration = Duration::from_secs(5);
 
+/// Whether a torrent in the engine is one that may sleep once idle: recorded (its .torrent
+/// is on disk to wake it from), not paused or queued, no move pending, seeding. (And no
+/// stream reading it: the caller asks the streams, apart.)
+fn may_sleep(entry: &crate::registry::TorrentEntry) -> bool {
+    let r = &entry.restore;
+    !r.ephemeral
+        && !r.paused
+        && !r.queued
+        && r.moving.is_none()
+        && !r.move_due
+        && r.seeding_since.is_some()
+}
+
+/// At most this many seeds are put to sleep at one look (a restart of ten thousand puts
+/// them to sleep over a few minutes, not in one go).
+const MAX_PER_LOOK: usize = 256;
+
+/// How long a peer's wake waits for the add lock (a peer waits about this for its
+/// handshake's answer).
+const PEER_WAITS: Duration = Duration::from_secs(5);
+
+/// How long a wake waits for the woken seed's check (a resume vouched for reads nothing and
+/// ends at once; one whose files changed hashes them, and is shown checking meanwhile).
+const WAKE_CHECK_LIMIT: Duration = Duration::from_secs(10);
+
 /// What the sleeper remembers between looks: since when each seed in the engine has been
 /// idle, and what it had uploaded then (only those: none once it sleeps).
 #[derive(Default)]
@@ -56,46 +81,18 @@ impl Service {
             *last = Some(now);
         }
         let awake = self.awake.now();
-        let (due, mut to_wake) = {
+        // Streams first, apart: the streams' lock is never taken under the state lock
+        // (opening a stream takes them in the other order).
+        let streamed = self.streams.torrents_read();
+        // What to look at, under the state lock; the engine is asked outside it.
+        let (candidates, mut to_wake) = {
             let state = self.state();
-            let mut idle = self
-                .sleeper
-                .idle_since
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let mut due = Vec::new();
+            let mut candidates = Vec::new();
             let mut to_wake = Vec::new();
-            let mut seen = Vec::with_capacity(idle.len());
             for (id, entry) in state.registry.iter() {
                 match &entry.life {
-                    Life::Running(handle) if self.may_sleep(*id, entry) => {
-                        // Awake in the status loop: a peer, or only its line that changed
-                        // (its minute of seeding time)? The engine says. Asleep there: idle.
-                        let known = idle.get(id).copied();
-                        let since = match known {
-                            Some((since, uploaded)) if !awake.contains(id) => (since, uploaded),
-                            _ => {
-                                let pulse = crate::engine::pulse_of(handle);
-                                match known {
-                                    Some((since, uploaded))
-                                        if pulse.peers == 0 && pulse.uploaded == uploaded =>
-                                    {
-                                        (since, uploaded)
-                                    }
-                                    _ if pulse.peers == 0 => (now, pulse.uploaded),
-                                    // Busy: not idle at all.
-                                    _ => {
-                                        idle.remove(id);
-                                        continue;
-                                    }
-                                }
-                            }
-                        };
-                        idle.insert(*id, since);
-                        seen.push(*id);
-                        if now.duration_since(since.0) >= after {
-                            due.push(*id);
-                        }
+                    Life::Running(handle) if may_sleep(entry) && !streamed.contains(id) => {
+                        candidates.push((*id, handle.clone()))
                     }
                     Life::Dormant(dormant)
                         if dormant.announces
@@ -106,29 +103,63 @@ impl Service {
                     _ => {}
                 }
             }
-            // Only those idle now are remembered.
-            if seen.len() != idle.len() {
-                let seen: std::collections::HashSet<_> = seen.into_iter().collect();
-                idle.retain(|id, _| seen.contains(id));
-            }
-            (due, to_wake)
+            (candidates, to_wake)
         };
+        let mut due = Vec::new();
+        {
+            let mut idle = self
+                .sleeper
+                .idle_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut kept = HashMap::with_capacity(candidates.len().min(idle.len() + 64));
+            for (id, handle) in candidates {
+                // Asleep in the status loop: idle as it was. Awake there: a peer, or only
+                // its line that changed (its minute of seeding time)? The engine says.
+                let since = match idle.get(&id).copied() {
+                    Some(known) if !awake.contains(&id) => known,
+                    known => {
+                        let pulse = crate::engine::pulse_of(&handle);
+                        match known {
+                            _ if pulse.peers > 0 => continue,
+                            Some((since, uploaded)) if pulse.uploaded == uploaded => {
+                                (since, uploaded)
+                            }
+                            _ => (now, pulse.uploaded),
+                        }
+                    }
+                };
+                if now.duration_since(since.0) >= after {
+                    due.push(id);
+                }
+                kept.insert(id, since);
+            }
+            // Only those idle now are remembered.
+            *idle = kept;
+        }
         if due.is_empty() && to_wake.is_empty() {
             return;
         }
-        let _adding = self.adding.lock().await;
-        if self.is_stopping() {
-            return;
-        }
+        // A bounded number per look, each under the add lock on its own: requests, adds
+        // and the queue wait for one torrent at most, never for thousands.
+        due.truncate(MAX_PER_LOOK);
+        to_wake.truncate(MAX_PER_LOOK / 4);
         let mut slept = 0;
         for id in due {
+            let _adding = self.adding.lock().await;
+            if self.is_stopping() {
+                return;
+            }
             if self.sleep_locked(id).await {
                 slept += 1;
             }
         }
         // A few at a time: ten thousand seeds that slept together must not all wake at once.
-        to_wake.truncate(64);
         for id in &to_wake {
+            let _adding = self.adding.lock().await;
+            if self.is_stopping() {
+                return;
+            }
             if let Err(e) = self.wake_locked(*id).await {
                 tracing::warn!(torrent = %id, "cannot wake it to announce: {}", e.message);
             }
@@ -138,23 +169,10 @@ impl Service {
         }
     }
 
-    /// Whether a torrent in the engine is one that may sleep once idle: recorded (its
-    /// .torrent is on disk to wake it from), not paused or queued, no move pending, no
-    /// stream reading it, and no seed queue that would have to hold it back.
-    fn may_sleep(&self, id: TorrentId, entry: &crate::registry::TorrentEntry) -> bool {
-        let r = &entry.restore;
-        !r.ephemeral
-            && !r.paused
-            && !r.queued
-            && r.moving.is_none()
-            && !r.move_due
-            && r.seeding_since.is_some()
-            && !self.streams.reads(id)
-    }
-
     /// Takes one idle seed out of the engine (the caller holds the add lock); whether it
     /// did. Looked at again here: a peer, a reader or a request may have come meanwhile.
     async fn sleep_locked(self: &Arc<Self>, id: TorrentId) -> bool {
+        let reading = self.streams.reads(id);
         let handle = {
             let state = self.state();
             let Some(entry) = state.registry.get(id) else {
@@ -163,7 +181,7 @@ impl Service {
             let Life::Running(handle) = &entry.life else {
                 return false;
             };
-            if !self.may_sleep(id, entry) {
+            if reading || !may_sleep(entry) {
                 return false;
             }
             handle.clone()
@@ -177,9 +195,20 @@ impl Service {
         }
         let announces = !handle.shared().trackers.is_empty() || self.config.dht || self.config.lsd;
         // Its files as they are now, its pieces true of them (as at a clean stop): the
-        // wake's vouch holds only while they stay so.
+        // wake's vouch holds only while they stay so. Not stamped (a file missing, or
+        // changed by someone else since the engine hashed it): it stays in the engine, where
+        // a read of a changed piece fails its hash, rather than shown complete out of it.
         let stamping = self.clone();
-        let _ = tokio::task::spawn_blocking(move || stamping.stamp_verified(id)).await;
+        let stamped = tokio::task::spawn_blocking(move || stamping.stamp_verified(id))
+            .await
+            .unwrap_or(false);
+        if !stamped {
+            return false;
+        }
+        // A peer or a reader that came while its files were stamped keeps it in.
+        if self.streams.reads(id) || crate::engine::peers_known(&handle) > 0 {
+            return false;
+        }
         {
             let mut state = self.state();
             let Some(entry) = state.registry.get_mut(id) else {
@@ -205,6 +234,9 @@ impl Service {
             }
             return false;
         }
+        // What its run counted is done with: its next run (after a wake) counts afresh.
+        self.seeding.forget_run(id);
+        self.queue.forget_activity(id);
         self.sleeper
             .idle_since
             .lock()
@@ -224,7 +256,27 @@ impl Service {
             .state()
             .registry
             .resolve(TorrentRef::InfoHash(info_hash))?;
-        let _adding = self.adding.lock().await;
+        // In a task of its own: the engine may drop this future (its stop), and a wake
+        // half done (in the engine, not in the registry) must not be left so.
+        let service = self.clone();
+        let wake = tokio::spawn(async move {
+            // The peer waits for its handshake's answer: an add lock held long (a move's
+            // copy) is not waited for past what the peer waits.
+            let _adding = tokio::time::timeout(PEER_WAITS, service.adding.lock())
+                .await
+                .ok()?;
+            if service.is_stopping() {
+                return None;
+            }
+            service.wake_for_peer_locked(id).await
+        });
+        wake.await.ok().flatten()
+    }
+
+    async fn wake_for_peer_locked(
+        self: &Arc<Self>,
+        id: TorrentId,
+    ) -> Option<crate::engine::ManagedTorrentHandle> {
         match self.life_of(TorrentRef::Id(id)).ok()? {
             (_, Life::Running(handle) | Life::Settling(handle)) => Some(handle),
             (_, Life::Dormant(_)) => match self.wake_locked(id).await {
@@ -246,6 +298,9 @@ impl Service {
         self: &Arc<Self>,
         id: TorrentId,
     ) -> Result<crate::engine::ManagedTorrentHandle, ProtoError> {
+        if self.is_stopping() {
+            return Err(ProtoError::engine("the broker is stopping"));
+        }
         let spec = match self.life_of(TorrentRef::Id(id))? {
             (_, Life::Running(handle) | Life::Settling(handle)) => return Ok(handle),
             (_, Life::Dormant(_)) => self
@@ -282,6 +337,12 @@ impl Service {
             .await;
         match added {
             Ok(added) if added.id == id => {
+                // Shown as it was (dormant, seeding) until its check ends: a vouched resume
+                // reads nothing and ends at once; one whose files changed is shown checking
+                // past the limit. What needs the engine then finds it live.
+                let _ =
+                    tokio::time::timeout(WAKE_CHECK_LIMIT, added.handle.wait_until_initialized())
+                        .await;
                 if let Some(entry) = self.state().registry.get_mut(id) {
                     entry.life = Life::Running(added.handle.clone());
                 }

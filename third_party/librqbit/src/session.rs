@@ -1036,11 +1036,17 @@ impl Session {
             // so it is given the peer's read timeout.
             None => {
                 let waker = self.incoming_waker.read().clone();
+                // Bounded as the handshake's read is; and only a torrent of the info hash
+                // asked is taken.
                 let woken = match waker {
-                    Some(waker) => waker(h.info_hash).await,
+                    Some(waker) => tokio::time::timeout(rwtimeout, waker(h.info_hash))
+                        .await
+                        .ok()
+                        .flatten(),
                     None => None,
                 };
                 let torrent = woken
+                    .filter(|t| t.info_hash() == h.info_hash)
                     .with_context(|| format!("didn't find a matching torrent {:?}", h.info_hash))?;
                 (torrent.id(), torrent, rwtimeout)
             }
