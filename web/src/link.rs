@@ -105,8 +105,8 @@ pub struct Link {
     /// its reply is in (see [`Link::catch_up`]); one at a time, each reading the board under
     /// the lock, so the last to publish has the newest read.
     publisher: Arc<Publisher>,
-    /// The board, as a call reads it once its reply is in.
-    board: Mutex<Option<Board>>,
+    /// The board, as a call reads it once its reply is in, and its change counter then.
+    board: Mutex<Option<(Board, u64)>>,
 }
 
 /// The sending side of the torrents, and the lock its publishers take.
@@ -233,9 +233,9 @@ impl Link {
     fn catch_up(&self) {
         let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
         if board.is_none() {
-            *board = Board::open(&self.options).ok();
+            *board = Board::open(&self.options).ok().map(|b| (b, u64::MAX));
         }
-        let Some(reader) = board.as_mut() else {
+        let Some((reader, caught_up)) = board.as_mut() else {
             return;
         };
         // A broker restarted since: its new board, or none.
@@ -243,6 +243,12 @@ impl Link {
             *board = None;
             return;
         }
+        // A call that changed nothing (files, peers: many per `torrent-get`) reads no list.
+        let changes = reader.header().changes;
+        if changes == *caught_up {
+            return;
+        }
+        *caught_up = changes;
         let _publishing = self
             .publisher
             .lock
