@@ -34,6 +34,17 @@ def main():
     seen["status_started"] = str(client.get_torrent(added.id).status)
     client.stop_torrent(added.id)
     seen["status_stopped"] = str(client.get_torrent(added.id).status)
+    # Read after write, as transmission answers: each stop is seen by the next get, however
+    # soon it comes.
+    seen["stops_seen"] = 0
+    for _ in range(10):
+        client.start_torrent(added.id)
+        if str(client.get_torrent(added.id).status) == "stopped":
+            break
+        client.stop_torrent(added.id)
+        if str(client.get_torrent(added.id).status) != "stopped":
+            break
+        seen["stops_seen"] += 1
     client.remove_torrent(added.id, delete_data=True)
     seen["after_remove"] = [t.id for t in client.get_torrents()]
     session = client.get_session()

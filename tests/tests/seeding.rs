@@ -226,6 +226,16 @@ fn a_change_of_limits_or_labels_is_on_the_board_when_its_reply_arrives() {
     let torrent = TorrentRef::Id(TorrentId(0));
     let mut patron = sandbox.patron(&state);
     let board = patron.board().expect("the board");
+    let own_ratio = |ratio: Option<SeedLimit<f64>>| {
+        sandbox.patron(&state).set_seeding(SetSeeding {
+            torrent: Some(torrent),
+            own: OwnSeedingChange {
+                ratio: Some(ratio),
+                ..OwnSeedingChange::default()
+            },
+            ..SetSeeding::default()
+        })
+    };
     let line = |what: &str| {
         board
             .get(torrent)
@@ -233,16 +243,7 @@ fn a_change_of_limits_or_labels_is_on_the_board_when_its_reply_arrives() {
     };
     for round in 1..=20u32 {
         let ratio = f64::from(round) / 4.0;
-        patron
-            .set_seeding(SetSeeding {
-                torrent: Some(torrent),
-                own: OwnSeedingChange {
-                    ratio: Some(Some(SeedLimit::At(ratio))),
-                    ..OwnSeedingChange::default()
-                },
-                ..SetSeeding::default()
-            })
-            .expect("its own ratio");
+        own_ratio(Some(SeedLimit::At(ratio))).expect("its own ratio");
         assert_eq!(
             line("own").seed_limits.ratio,
             Some(ratio),
@@ -258,16 +259,7 @@ fn a_change_of_limits_or_labels_is_on_the_board_when_its_reply_arrives() {
         assert_eq!(line("labels").labels, [label], "round {round}");
     }
     // Its own ratio goes; the broker's shows.
-    patron
-        .set_seeding(SetSeeding {
-            torrent: Some(torrent),
-            own: OwnSeedingChange {
-                ratio: Some(None),
-                ..OwnSeedingChange::default()
-            },
-            ..SetSeeding::default()
-        })
-        .expect("the broker's ratio again");
+    own_ratio(None).expect("the broker's ratio again");
     for round in 1..=20u32 {
         let ratio = f64::from(round) / 2.0;
         patron

@@ -681,6 +681,10 @@ fn the_python_transmission_rpc_package_drives_the_broker() {
     assert_eq!(seen["total_size"], 200_000, "{seen}");
     assert_eq!(seen["status_started"], "downloading", "{seen}");
     assert_eq!(seen["status_stopped"], "stopped", "{seen}");
+    assert_eq!(
+        seen["stops_seen"], 10,
+        "each start and stop seen at once: {seen}"
+    );
     assert_eq!(seen["after_remove"], serde_json::json!([]), "{seen}");
 }
 

@@ -101,6 +101,18 @@ pub struct Link {
     adds: Arc<Semaphore>,
     magnets: Arc<Semaphore>,
     torrents: watch::Receiver<Arc<Torrents>>,
+    /// What publishes to `torrents`: the board's thread at each change, and each call once
+    /// its reply is in (see [`Link::catch_up`]); one at a time, each reading the board under
+    /// the lock, so the last to publish has the newest read.
+    publisher: Arc<Publisher>,
+    /// The board, as a call reads it once its reply is in, and its change counter then.
+    board: Mutex<Option<(Board, u64)>>,
+}
+
+/// The sending side of the torrents, and the lock its publishers take.
+struct Publisher {
+    sender: watch::Sender<Arc<Torrents>>,
+    lock: Mutex<()>,
 }
 
 impl Link {
@@ -113,10 +125,15 @@ impl Link {
             ..options
         };
         let (sender, torrents) = watch::channel(Arc::new(Torrents::default()));
+        let publisher = Arc::new(Publisher {
+            sender,
+            lock: Mutex::new(()),
+        });
         let board_options = options.clone();
+        let following = publisher.clone();
         std::thread::Builder::new()
             .name("board".into())
-            .spawn(move || follow_board(&board_options, &sender))
+            .spawn(move || follow_board(&board_options, &following))
             .map_err(|source| Error::Io {
                 context: "cannot start the board's thread".into(),
                 source,
@@ -128,6 +145,8 @@ impl Link {
             adds: Arc::new(Semaphore::new(ADDS)),
             magnets: Arc::new(Semaphore::new(MAGNETS)),
             torrents,
+            publisher,
+            board: Mutex::new(None),
         }))
     }
 
@@ -184,6 +203,9 @@ impl Link {
                 _ => Patron::connect_with(&link.options)?,
             };
             let result = request(&mut patron);
+            // What the reply changed is in the torrents before the caller answers its
+            // client: a `torrent-stop` then a `torrent-get` must show it stopped.
+            link.catch_up();
             let broken = matches!(
                 result,
                 Err(Error::BrokerStopped(_)
@@ -205,28 +227,72 @@ impl Link {
     }
 }
 
+impl Link {
+    /// Publishes the board as it is now (the broker writes a change to it before its reply).
+    /// Where a text on it was cut, the board's thread asks the broker and publishes.
+    fn catch_up(&self) {
+        let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
+        if board.is_none() {
+            *board = Board::open(&self.options).ok().map(|b| (b, u64::MAX));
+        }
+        let Some((reader, caught_up)) = board.as_mut() else {
+            return;
+        };
+        // A broker restarted since: its new board, or none.
+        if reader.refresh().is_err() {
+            *board = None;
+            return;
+        }
+        // A call that changed nothing (files, peers: many per `torrent-get`) reads no list.
+        let changes = reader.header().changes;
+        if changes == *caught_up {
+            return;
+        }
+        *caught_up = changes;
+        let _publishing = self
+            .publisher
+            .lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = reader.list_exact() {
+            publish(&self.publisher.sender, list, None);
+        }
+    }
+}
+
 /// Publishes the board's torrents at every change until nobody listens; with no broker,
 /// says so and looks again every second.
-fn follow_board(options: &ConnectOptions, sender: &watch::Sender<Arc<Torrents>>) {
+fn follow_board(options: &ConnectOptions, publisher: &Publisher) {
+    let sender = &publisher.sender;
+    let publishing = || publisher.lock.lock().unwrap_or_else(|e| e.into_inner());
     while !sender.is_closed() {
         let mut board = match Board::open(options) {
             Ok(board) => board,
             Err(e) => {
+                let _publishing = publishing();
                 publish(sender, Vec::new(), Some(e.to_string()));
+                drop(_publishing);
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
         };
         // Asked for the whole list when the board cut a text; kept between changes.
         let mut lister: Option<Patron> = None;
-        publish(sender, whole_list(options, &board, &mut lister), None);
+        {
+            let _publishing = publishing();
+            publish(sender, whole_list(options, &board, &mut lister), None);
+        }
         loop {
             // The timeout only lets this thread notice that nobody listens any more.
             match board.wait_for_change(Duration::from_secs(1)) {
                 Ok(_) if sender.is_closed() => return,
-                Ok(true) => publish(sender, whole_list(options, &board, &mut lister), None),
+                Ok(true) => {
+                    let _publishing = publishing();
+                    publish(sender, whole_list(options, &board, &mut lister), None)
+                }
                 Ok(false) => {}
                 Err(e) => {
+                    let _publishing = publishing();
                     publish(sender, Vec::new(), Some(e.to_string()));
                     break;
                 }
