@@ -50,7 +50,10 @@ impl TorrentEntry {
             Life::Running(handle) | Life::Settling(handle) => Source::Engine(handle.clone()),
             Life::Restarting => Source::Restarting,
             Life::Moving(status) => Source::Frozen(status.clone()),
-            Life::Dormant(dormant) => Source::Dormant(dormant.bytes),
+            Life::Dormant(dormant) => Source::Dormant {
+                bytes: dormant.bytes,
+                paused: self.restore.engine_paused(),
+            },
         }
     }
 
@@ -140,8 +143,9 @@ pub enum Source {
     /// The status it had when its data began to move (shown [`TorrentState::Moving`]).
     Frozen(Arc<TorrentStatus>),
     /// Nothing: a complete seed out of the engine while idle, of this many bytes (its
-    /// selected files'); shown seeding, with no peer and no rate.
-    Dormant(u64),
+    /// selected files'); shown seeding (or paused, by a user, a seeding limit or the queue),
+    /// with no peer and no rate.
+    Dormant { bytes: u64, paused: bool },
 }
 
 /// A torrent's status as patrons see it: the engine's (or what stands for it while it is out
@@ -154,12 +158,19 @@ pub fn shown_status(info: &TorrentInfo, source: &Source, place: Overlay) -> Torr
             state: TorrentState::Moving,
             ..(**status).clone()
         },
-        Source::Dormant(bytes) => TorrentStatus {
+        Source::Dormant { bytes, paused } => TorrentStatus {
             progress: 1.0,
             bytes_done: *bytes,
             bytes_total: *bytes,
             complete: true,
-            ..TorrentStatus::idle(info, TorrentState::Seeding)
+            ..TorrentStatus::idle(
+                info,
+                if *paused {
+                    TorrentState::Paused
+                } else {
+                    TorrentState::Seeding
+                },
+            )
         },
     };
     place.apply(&mut status);
@@ -193,6 +204,9 @@ pub struct Dormant {
     pub bytes: u64,
     /// When it left the engine: one that announces (trackers, DHT) wakes to do so.
     pub since: std::time::Instant,
+    /// Since when it has been idle (before it left the engine): the queue's stall rule
+    /// counts from there, asleep or awake.
+    pub idle_since: std::time::Instant,
     /// Whether it announces (trackers, DHT or LSD): it then wakes to do so now and then.
     pub announces: bool,
 }

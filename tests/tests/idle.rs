@@ -222,7 +222,9 @@ fn a_file_edited_while_its_seed_slept_is_hashed_again_when_it_wakes() {
     let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
     let size = 256 << 10;
     make_seed(&sandbox, &state, "s0.bin", size);
-    wait_status(&sandbox, &state, "0", "seeding", |s| s["state"] == "seeding");
+    wait_status(&sandbox, &state, "0", "seeding", |s| {
+        s["state"] == "seeding"
+    });
     e2e::wait_for("the seed out of the engine", STEP_TIMEOUT, || {
         slept(&seeder.log()) >= 1
     });
@@ -246,4 +248,65 @@ fn a_file_edited_while_its_seed_slept_is_hashed_again_when_it_wakes() {
         "{}",
         seeder.log()
     );
+}
+
+/// What only changes a dormant seed's record changes it out of the engine, where it stays:
+/// a user's pause, a seeding limit reached, the queue holding it back (a wake for each of
+/// thousands of sleeping seeds would be a storm). Only what makes it run again wakes it:
+/// a resume, its turn in the queue.
+#[test]
+fn a_dormant_seed_is_paused_or_queued_by_its_record_without_waking() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
+    for i in 0..3 {
+        make_seed(&sandbox, &state, &format!("s{i}.bin"), 64 << 10);
+    }
+    for id in ["0", "1", "2"] {
+        wait_status(&sandbox, &state, id, "seeding", |s| s["state"] == "seeding");
+    }
+    e2e::wait_for("the seeds out of the engine", STEP_TIMEOUT, || {
+        slept(&seeder.log()) >= 3
+    });
+    // A user's pause.
+    let paused = ok_json(&sandbox, &state, &["pause", "0"]);
+    assert_eq!(paused["state"], "paused", "{paused}");
+    // A seeding limit its seeding time already passed.
+    ok_json(&sandbox, &state, &["set", "1", "--seed-time", "1s"]);
+    wait_status(&sandbox, &state, "1", "paused by its limit", |s| {
+        s["state"] == "paused"
+    });
+    // The queue: no seed may run.
+    ok_json(&sandbox, &state, &["queue", "--seeds", "0"]);
+    wait_status(&sandbox, &state, "2", "queued", |s| s["state"] == "queued");
+    let status = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(status["state"], "paused", "{status}");
+    assert_eq!(status["progress"], 1.0, "{status}");
+    assert_eq!(woken(&seeder.log()), 0, "nothing woken: {}", seeder.log());
+    // A resume and the queue's turn wake them, to seed on.
+    ok_json(&sandbox, &state, &["resume", "0"]);
+    ok_json(&sandbox, &state, &["queue", "--seeds", "none"]);
+    for id in ["0", "2"] {
+        wait_status(&sandbox, &state, id, "seeding again", |s| {
+            s["state"] == "seeding" && s["complete"] == true
+        });
+    }
+    assert_eq!(woken(&seeder.log()), 2, "{}", seeder.log());
+    let status = e2e::status_json(&sandbox, &state, "1");
+    assert_eq!(
+        status["state"], "paused",
+        "still held by its limit: {status}"
+    );
+    assert!(
+        !seeder.log().contains("every piece is hashed again"),
+        "a wake reads nothing: {}",
+        seeder.log()
+    );
+}
+
+/// How many wakes the broker's log tells of.
+fn woken(log: &str) -> usize {
+    log.lines()
+        .filter(|line| line.contains("woken: back in the engine"))
+        .count()
 }

@@ -44,7 +44,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 pub struct Woken(Mutex<HashSet<TorrentId>>);
 
 impl Woken {
-    fn add(&self, id: TorrentId) {
+    pub(super) fn add(&self, id: TorrentId) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
     }
 
@@ -99,7 +99,7 @@ impl Drop for Seen {
 fn same_source(handle: Option<&ManagedTorrentHandle>, source: &Source) -> bool {
     match (handle, source) {
         (Some(seen), Source::Engine(now)) => Arc::ptr_eq(seen, now),
-        (None, Source::Dormant(_)) => true,
+        (None, Source::Dormant { .. }) => true,
         _ => false,
     }
 }
@@ -108,8 +108,8 @@ fn same_source(handle: Option<&ManagedTorrentHandle>, source: &Source) -> bool {
 fn pulse_from(source: &Source) -> Pulse {
     match source {
         Source::Engine(handle) => engine::pulse_of(handle),
-        Source::Dormant(bytes) => Pulse {
-            stage: (3, true),
+        Source::Dormant { bytes, paused } => Pulse {
+            stage: (if *paused { 2 } else { 3 }, true),
             have: *bytes,
             uploaded: 0,
             peers: 0,
@@ -278,7 +278,7 @@ fn refresh_board(
                     // line stays as it is until it has a handle (the change that gives it one
                     // marks it). A dormant seed is looked at as one asleep.
                     let source = entry.source();
-                    if matches!(source, Source::Engine(_) | Source::Dormant(_)) {
+                    if matches!(source, Source::Engine(_) | Source::Dormant { .. }) {
                         let holders = entry.holders.len() as u32;
                         let ephemeral = entry.restore.ephemeral;
                         // While it seeds: milliseconds until the minute of seeding time it
@@ -530,7 +530,7 @@ pub(super) fn fan_out(
             .filter(|entry| !entry.holders.is_empty())
             .filter_map(|entry| {
                 let source = entry.source();
-                matches!(source, Source::Engine(_) | Source::Dormant(_))
+                matches!(source, Source::Engine(_) | Source::Dormant { .. })
                     .then(|| (entry.info.clone(), source, entry.overlay(&seeding)))
             })
             .collect()

@@ -249,6 +249,7 @@ impl Service {
         });
         service.restore().await?;
         policy::start(&service);
+        sleep::start(&service);
         service.resume_due_moves();
         Ok(service)
     }

@@ -13,6 +13,19 @@ impl Service {
     pub async fn pause(self: &Arc<Self>, torrent: TorrentRef) -> Result<TorrentStatus, ProtoError> {
         // The engine and the records change together, and never under a close or a recheck.
         let _adding = self.adding.lock().await;
+        if let (id, Life::Dormant(_)) = self.life_of(torrent)? {
+            // Out of the engine while idle: paused by its record alone (a wake adds it
+            // paused), its clocks stopped as the engine's pause would stop them.
+            self.update_record(id, |restore| {
+                restore.paused = true;
+                restore.queued = false;
+                restore.stop_clocks(crate::counts::now_ms());
+            })?;
+            self.dormant_changed(id);
+            tracing::info!(torrent = %id, "paused, out of the engine");
+            self.queue.nudge();
+            return self.current_status(id).ok_or_else(|| super::gone(id));
+        }
         let (id, handle) = self.running_awake(torrent).await?;
         // Recorded first: if the record cannot say so, nothing changes. A paused torrent is
         // out of the queue.
@@ -51,6 +64,17 @@ impl Service {
         torrent: TorrentRef,
     ) -> Result<TorrentStatus, ProtoError> {
         let _adding = self.adding.lock().await;
+        if let (id, Life::Dormant(_)) = self.life_of(torrent)? {
+            let held = self
+                .state()
+                .registry
+                .get(id)
+                .is_some_and(|e| e.restore.engine_paused());
+            if !held {
+                // Seeding out of the engine: running already, nothing to resume.
+                return self.current_status(id).ok_or_else(|| super::gone(id));
+            }
+        }
         let (id, handle) = self.running_awake(torrent).await?;
         // Paused by a seeding limit: resumed by hand, it seeds on.
         self.lift_reached_limit(id)?;

@@ -23,7 +23,6 @@ pub fn start(service: &Arc<Service>) {
                 _ = tick.tick() => {
                     service.follow_alt_schedule();
                     service.count_and_limit_seeding().await;
-                    service.sleep_and_wake().await;
                     service.queue.looks_for_stalls()
                 }
                 _ = service.shutdown.wait() => return,

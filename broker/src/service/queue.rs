@@ -29,6 +29,9 @@ pub struct Queue {
     activity: Mutex<HashMap<TorrentId, (u64, Instant)>>,
 }
 
+/// Bytes moved of a seed just woken, not looked at yet: its idle time goes on from its sleep.
+const WOKEN: u64 = u64::MAX;
+
 impl Queue {
     /// A queue with these settings.
     pub fn new(settings: QueueSettings) -> Queue {
@@ -51,6 +54,15 @@ impl Queue {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+    }
+
+    /// A seed back in the engine from a sleep, idle since `idle_since`: stalled as it would
+    /// have been had it stayed (until its first move).
+    pub fn woke_idle(&self, id: TorrentId, idle_since: Instant) {
+        self.activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (WOKEN, idle_since));
     }
 
     /// Asks the queue to look again soon.
@@ -276,9 +288,10 @@ impl Service {
                     Life::Running(handle) => {
                         Some((*id, Ok(handle.clone()), e.queue_rank, e.restore.queued))
                     }
-                    // A seed that runs, out of the engine while idle (since then).
+                    // A seed out of the engine while idle (since then), or held there by
+                    // the queue.
                     Life::Dormant(dormant) => {
-                        Some((*id, Err(dormant.since), e.queue_rank, e.restore.queued))
+                        Some((*id, Err(dormant.idle_since), e.queue_rank, e.restore.queued))
                     }
                     Life::Settling(_) | Life::Restarting | Life::Moving(_) => None,
                 })
@@ -304,11 +317,15 @@ impl Service {
             };
             let handle = match handle {
                 Ok(handle) => handle,
+                // Held by the queue out of the engine: a seed waiting for its turn.
+                Err(_) if queued => {
+                    candidates.push(candidate(Kind::Seed, false, false, false));
+                    continue;
+                }
                 // Idle since before it left the engine: stalled as a seed in it would be.
-                Err(since) => {
-                    let idle = now.saturating_duration_since(since)
-                        + self.config.sleep_seeds_after.unwrap_or_default();
-                    let stalled = stall.is_some_and(|stall| idle >= stall);
+                Err(idle_since) => {
+                    let stalled = stall
+                        .is_some_and(|stall| now.saturating_duration_since(idle_since) >= stall);
                     candidates.push(candidate(Kind::Seed, true, false, stalled));
                     continue;
                 }
@@ -332,7 +349,7 @@ impl Service {
                 QueueLook::Live { complete, moved } => {
                     live.push(id);
                     let since = match activity.get(&id) {
-                        Some((before, since)) if *before == moved => *since,
+                        Some((before, since)) if *before == moved || *before == WOKEN => *since,
                         _ => now,
                     };
                     activity.insert(id, (moved, since));
@@ -386,13 +403,30 @@ impl Service {
         }
         let changed = recorded_change || !turns.is_empty();
         for (id, turn) in turns {
-            // A dormant seed the queue holds back is woken to be paused.
             let dormant = self
                 .state()
                 .registry
                 .get(id)
                 .is_some_and(|e| matches!(e.life, Life::Dormant(_)));
+            if dormant && turn == Turn::Queue {
+                // Held back out of the engine by its record alone (a wake adds it paused):
+                // a queue that shrinks wakes none of the seeds it holds.
+                let held = {
+                    let mut state = self.state();
+                    state.registry.get_mut(id).map(|entry| {
+                        entry.restore.queued = true;
+                        entry.restore.stop_clocks(crate::counts::now_ms());
+                        recorded_change |= !entry.restore.ephemeral;
+                    })
+                };
+                if held.is_some() {
+                    tracing::info!(torrent = %id, ?turn, "queue, out of the engine");
+                    self.dormant_changed(id);
+                }
+                continue;
+            }
             if dormant {
+                // Its turn to run: into the engine (paused, as its record says), then started.
                 if let Err(e) = self.wake_locked(id).await {
                     tracing::warn!(torrent = %id, ?turn, "the queue cannot wake it: {}", e.message);
                     continue;

@@ -367,7 +367,10 @@ impl Service {
                         if r.seeding_since.is_none() || r.paused {
                             continue;
                         }
-                        let have = runs.get(id).map_or(e.info.total_bytes, |run| run.have);
+                        let have = match &e.life {
+                            Life::Dormant(dormant) => dormant.bytes,
+                            _ => runs.get(id).map_or(e.info.total_bytes, |run| run.have),
+                        };
                         if let Some(stop) = reached_limit(r, &r.seed_limits(&broker), have, wall) {
                             reached.push((*id, stop));
                         }
@@ -556,33 +559,23 @@ impl Service {
             return;
         }
         let _adding = self.adding.lock().await;
-        // A dormant seed past its limit is woken to be paused.
-        for (id, _) in &reached {
-            let dormant = self
-                .state()
-                .registry
-                .get(*id)
-                .is_some_and(|e| matches!(e.life, Life::Dormant(_)));
-            if dormant {
-                if let Err(e) = self.wake_locked(*id).await {
-                    tracing::warn!(torrent = %id, "past a seeding limit, but cannot wake it: {}", e.message);
-                }
-            }
-        }
-        let pausing: Vec<(TorrentId, engine::ManagedTorrentHandle, SeedStop)> = {
+        // A dormant seed is paused by its record alone (its wake adds it paused): a limit
+        // reached by thousands of sleeping seeds at once wakes none of them.
+        let pausing: Vec<(TorrentId, Option<engine::ManagedTorrentHandle>, SeedStop)> = {
             let mut state = self.state();
             reached
                 .into_iter()
                 .filter_map(|(id, stop)| {
                     let entry = state.registry.get_mut(id)?;
                     // Paused meanwhile (by hand), or being added again: left as it is.
-                    let Life::Running(handle) = &entry.life else {
-                        return None;
+                    let handle = match &entry.life {
+                        Life::Running(handle) => Some(handle.clone()),
+                        Life::Dormant(_) => None,
+                        _ => return None,
                     };
                     if entry.restore.paused {
                         return None;
                     }
-                    let handle = handle.clone();
                     entry.restore.paused = true;
                     entry.restore.queued = false;
                     entry.restore.stopped_by = Some(stop);
@@ -598,6 +591,11 @@ impl Service {
             tracing::warn!("the seeding limits' pauses are not recorded: {why}");
         }
         for (id, handle, stop) in pausing {
+            let Some(handle) = handle else {
+                tracing::info!(torrent = %id, "paused out of the engine: it reached its {} limit", stop.as_str());
+                self.dormant_changed(id);
+                continue;
+            };
             match self.engine.pause(&handle).await {
                 Ok(engine::Applied::Now) => {
                     tracing::info!(torrent = %id, "paused: it reached its {} limit", stop.as_str())

@@ -9,10 +9,17 @@
 //! read unless its files changed, DESIGN §4 "verified means verified"):
 //! - an incoming connection for its info hash (the engine asks the broker, see
 //!   [`crate::engine::Engine::set_incoming_waker`]);
-//! - a request that needs its handle: peers, files, a stream, pause, recheck, move, a
-//!   queue turn ([`Service::running_awake`], [`Service::live`]);
+//! - a request that needs its handle: files, a stream, resume of one paused, recheck, move,
+//!   `peers --add`, a joiner's peers, the queue's turn to start it
+//!   ([`Service::running_awake`], [`Service::live`]);
 //! - its next announce, for one that announces (trackers, DHT, LSD): every
 //!   [`REANNOUNCE_EVERY`] it wakes, announces, and sleeps again once idle.
+//!
+//! What only changes its record does not wake it: listing its peers, a pause, a seeding
+//! limit reached, the queue holding it back, its rates and labels (taken at its wake).
+//!
+//! The sleeper runs in a task of its own: it waits for the add lock once per seed, and
+//! neither the policy task's clocks nor a request wait for more than one seed's sleep.
 
 use super::Service;
 use crate::registry::{Dormant, Life, Unrestored};
@@ -53,33 +60,58 @@ const PEER_WAITS: Duration = Duration::from_secs(5);
 /// ends at once; one whose files changed hashes them, and is shown checking meanwhile).
 const WAKE_CHECK_LIMIT: Duration = Duration::from_secs(10);
 
+/// How long one look may go on putting seeds to sleep; the rest wait for the next look.
+const LOOK_BUDGET: Duration = Duration::from_secs(3);
+
+/// The longest a seed that could not sleep waits before it is tried again (the wait doubles
+/// at each refusal, from `--sleep-seeds-after`).
+const MAX_BACK_OFF: Duration = Duration::from_secs(30 * 60);
+
 /// What the sleeper remembers between looks: since when each seed in the engine has been
 /// idle, and what it had uploaded then (only those: none once it sleeps).
 #[derive(Default)]
 pub struct Sleeper {
-    idle_since: Mutex<HashMap<TorrentId, (Instant, u64)>>,
-    last_look: Mutex<Option<Instant>>,
+    idle_since: Mutex<HashMap<TorrentId, Idle>>,
+}
+
+/// One seed idle in the engine, as the sleeper last saw it.
+#[derive(Clone, Copy)]
+struct Idle {
+    /// Since when (in the future for one that could not sleep: it waits out its back-off).
+    since: Instant,
+    /// What it had uploaded then: a change is not idle.
+    uploaded: u64,
+    /// How many times in a row it could not sleep when due.
+    refusals: u32,
+}
+
+/// Starts the sleeper's task (nothing, with `--sleep-seeds-after none`); it ends when the
+/// broker stops.
+pub fn start(service: &Arc<Service>) {
+    let Some(after) = service.config.sleep_seeds_after else {
+        return;
+    };
+    let service = service.clone();
+    service.clone().runtime.spawn(async move {
+        let mut look = tokio::time::interval(LOOK_EVERY);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = look.tick() => service.sleep_and_wake(after).await,
+                _ = service.shutdown.wait() => return,
+            }
+            if service.is_stopping() {
+                return;
+            }
+        }
+    });
 }
 
 impl Service {
-    /// Puts to sleep the seeds idle long enough, and wakes the dormant ones due to announce.
-    /// Called by the policy task; looks at most every [`LOOK_EVERY`].
-    pub(super) async fn sleep_and_wake(self: &Arc<Self>) {
-        let Some(after) = self.config.sleep_seeds_after else {
-            return;
-        };
+    /// Puts to sleep the seeds idle for `after` (the longest idle first, within a budget),
+    /// and wakes the dormant ones due to announce.
+    async fn sleep_and_wake(self: &Arc<Self>, after: Duration) {
         let now = Instant::now();
-        {
-            let mut last = self
-                .sleeper
-                .last_look
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|at| now.duration_since(at) < LOOK_EVERY) {
-                return;
-            }
-            *last = Some(now);
-        }
         let awake = self.awake.now();
         // Streams first, apart: the streams' lock is never taken under the state lock
         // (opening a stream takes them in the other order).
@@ -94,8 +126,10 @@ impl Service {
                     Life::Running(handle) if may_sleep(entry) && !streamed.contains(id) => {
                         candidates.push((*id, handle.clone()))
                     }
+                    // (Paused, by a user, a limit or the queue, it does not announce.)
                     Life::Dormant(dormant)
                         if dormant.announces
+                            && !entry.restore.engine_paused()
                             && now.duration_since(dormant.since) >= REANNOUNCE_EVERY =>
                     {
                         to_wake.push(*id)
@@ -116,23 +150,25 @@ impl Service {
             for (id, handle) in candidates {
                 // Asleep in the status loop: idle as it was. Awake there: a peer, or only
                 // its line that changed (its minute of seeding time)? The engine says.
-                let since = match idle.get(&id).copied() {
+                let seen = match idle.get(&id).copied() {
                     Some(known) if !awake.contains(&id) => known,
                     known => {
                         let pulse = crate::engine::pulse_of(&handle);
                         match known {
                             _ if pulse.peers > 0 => continue,
-                            Some((since, uploaded)) if pulse.uploaded == uploaded => {
-                                (since, uploaded)
-                            }
-                            _ => (now, pulse.uploaded),
+                            Some(known) if pulse.uploaded == known.uploaded => known,
+                            _ => Idle {
+                                since: now,
+                                uploaded: pulse.uploaded,
+                                refusals: 0,
+                            },
                         }
                     }
                 };
-                if now.duration_since(since.0) >= after {
-                    due.push(id);
+                if now.saturating_duration_since(seen.since) >= after {
+                    due.push((seen.since, id));
                 }
-                kept.insert(id, since);
+                kept.insert(id, seen);
             }
             // Only those idle now are remembered.
             *idle = kept;
@@ -140,18 +176,25 @@ impl Service {
         if due.is_empty() && to_wake.is_empty() {
             return;
         }
-        // A bounded number per look, each under the add lock on its own: requests, adds
-        // and the queue wait for one torrent at most, never for thousands.
+        // The longest idle first, a bounded number per look and within a time budget, each
+        // under the add lock on its own: requests, adds and the queue wait for one torrent
+        // at most, never for thousands.
+        due.sort_unstable();
         due.truncate(MAX_PER_LOOK);
         to_wake.truncate(MAX_PER_LOOK / 4);
         let mut slept = 0;
-        for id in due {
+        for (idle_since, id) in due {
+            if now.elapsed() >= LOOK_BUDGET {
+                break;
+            }
             let _adding = self.adding.lock().await;
             if self.is_stopping() {
                 return;
             }
-            if self.sleep_locked(id).await {
+            if self.sleep_locked(id, idle_since).await {
                 slept += 1;
+            } else {
+                self.refused_sleep(id, after);
             }
         }
         // A few at a time: ten thousand seeds that slept together must not all wake at once.
@@ -169,9 +212,43 @@ impl Service {
         }
     }
 
+    /// A seed due that could not sleep (its files changed, a peer came, a request): tried
+    /// again after a wait that doubles at each refusal, so that those that cannot sleep
+    /// neither take every look nor stamp their files every few seconds.
+    fn refused_sleep(&self, id: TorrentId, after: Duration) {
+        let mut idle = self
+            .sleeper
+            .idle_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(seen) = idle.get_mut(&id) {
+            let back_off = after
+                .saturating_mul(1 << seen.refusals.min(16))
+                .min(MAX_BACK_OFF);
+            seen.since = Instant::now() + back_off;
+            seen.refusals = seen.refusals.saturating_add(1);
+        }
+    }
+
+    /// Whether torrent `id`'s record holds it paused (a user's pause, a limit, the queue).
+    fn record_paused(&self, id: TorrentId) -> bool {
+        self.state()
+            .registry
+            .get(id)
+            .is_some_and(|e| e.restore.engine_paused())
+    }
+
+    /// Marks a dormant seed's change (its record: paused, queued) for the board and its
+    /// holders now; no engine tells of it.
+    pub(super) fn dormant_changed(&self, id: TorrentId) {
+        self.sync_board(id);
+        self.woken.add(id);
+        self.status_nudge.notify_one();
+    }
+
     /// Takes one idle seed out of the engine (the caller holds the add lock); whether it
     /// did. Looked at again here: a peer, a reader or a request may have come meanwhile.
-    async fn sleep_locked(self: &Arc<Self>, id: TorrentId) -> bool {
+    async fn sleep_locked(self: &Arc<Self>, id: TorrentId, idle_since: Instant) -> bool {
         let reading = self.streams.reads(id);
         let handle = {
             let state = self.state();
@@ -220,6 +297,7 @@ impl Service {
             entry.life = Life::Dormant(Dormant {
                 bytes: status.bytes_total,
                 since: Instant::now(),
+                idle_since,
                 announces,
             });
         }
@@ -279,6 +357,9 @@ impl Service {
     ) -> Option<crate::engine::ManagedTorrentHandle> {
         match self.life_of(TorrentRef::Id(id)).ok()? {
             (_, Life::Running(handle) | Life::Settling(handle)) => Some(handle),
+            // Paused (by a user, a limit or the queue), it would refuse the peer in the
+            // engine too: it stays out.
+            (_, Life::Dormant(_)) if self.record_paused(id) => None,
             (_, Life::Dormant(_)) => match self.wake_locked(id).await {
                 Ok(handle) => Some(handle),
                 Err(e) => {
@@ -301,13 +382,13 @@ impl Service {
         if self.is_stopping() {
             return Err(ProtoError::engine("the broker is stopping"));
         }
-        let spec = match self.life_of(TorrentRef::Id(id))? {
+        let (spec, idle_since) = match self.life_of(TorrentRef::Id(id))? {
             (_, Life::Running(handle) | Life::Settling(handle)) => return Ok(handle),
-            (_, Life::Dormant(_)) => self
+            (_, Life::Dormant(dormant)) => self
                 .state()
                 .registry
                 .get(id)
-                .map(|e| e.restore.clone())
+                .map(|e| (e.restore.clone(), dormant.idle_since))
                 .ok_or_else(|| super::gone(id))?,
             _ => return self.running(TorrentRef::Id(id)).map(|(_, handle)| handle),
         };
@@ -343,10 +424,25 @@ impl Service {
                 let _ =
                     tokio::time::timeout(WAKE_CHECK_LIMIT, added.handle.wait_until_initialized())
                         .await;
-                if let Some(entry) = self.state().registry.get_mut(id) {
-                    entry.life = Life::Running(added.handle.clone());
+                // Rates changed while it was added (a change that finds it dormant is
+                // recorded only) are its record's now.
+                let rates = {
+                    let mut state = self.state();
+                    state.registry.get_mut(id).map(|entry| {
+                        entry.life = Life::Running(added.handle.clone());
+                        (entry.restore.labels.clone(), entry.restore.rates)
+                    })
+                };
+                if let Some((labels, rates)) = rates {
+                    let rates = self.label_rates(&labels, rates);
+                    crate::engine::set_torrent_limits(
+                        &added.handle,
+                        Some(rates.download),
+                        Some(rates.upload),
+                    );
                 }
-                tracing::debug!(torrent = %id, "woken");
+                self.queue.woke_idle(id, idle_since);
+                tracing::info!(torrent = %id, "woken: back in the engine");
                 self.status_nudge.notify_one();
                 Ok(added.handle)
             }
