@@ -575,6 +575,24 @@ impl Engine {
         true
     }
 
+    /// Whether torrent `id`'s fast-resume state vouches, with no engine, for all its
+    /// `pieces`: its bitfield has every one, and its files (`files`, relative to
+    /// `data_folder`, every file the engine would list, in its order) are as when that was
+    /// last known true. What a resume's vouch asks (DESIGN §4), and more. Blocking.
+    pub fn vouches_complete(
+        &self,
+        id: TorrentId,
+        data_folder: &Path,
+        files: &[PathBuf],
+        pieces: u64,
+    ) -> bool {
+        self.fast_resume.has_every_piece(id, pieces)
+            && self.fast_resume.stamps_match(
+                id,
+                &crate::storage::stamps_of(&self.roots, data_folder, files),
+            )
+    }
+
     /// Whether torrent `id`'s files are as its fast-resume record says they were when
     /// verified (`now`: their stamps, every file the engine lists, in its order).
     pub fn stamps_match(&self, id: TorrentId, now: &[Option<FileStamp>]) -> bool {

@@ -689,10 +689,36 @@ impl TorrentRegistry {
         restore: RestoreSpec,
         holder: Option<PatronId>,
     ) -> TorrentInfo {
+        let files = match self.torrents.contains_key(&info.id) {
+            true => Arc::from(Vec::new()),
+            false => files_of(&handle, &restore.data_folder),
+        };
+        self.insert_with(info, Life::Running(handle), files, restore, holder)
+    }
+
+    /// Records a seed restored out of the engine (see [`crate::service::sleep`]), owning
+    /// `files`.
+    pub fn insert_dormant(
+        &mut self,
+        info: TorrentInfo,
+        dormant: Dormant,
+        files: Arc<[PathBuf]>,
+        restore: RestoreSpec,
+    ) {
+        self.insert_with(info, Life::Dormant(dormant), files, restore, None);
+    }
+
+    fn insert_with(
+        &mut self,
+        info: TorrentInfo,
+        life: Life,
+        files: Arc<[PathBuf]>,
+        restore: RestoreSpec,
+        holder: Option<PatronId>,
+    ) -> TorrentInfo {
         self.version += 1;
         self.touched.insert(info.id);
         if !self.torrents.contains_key(&info.id) {
-            let files = files_of(&handle, &restore.data_folder);
             self.claim(info.id, &files);
             let mut restore = restore;
             let last = self.last_queue_position();
@@ -706,7 +732,7 @@ impl TorrentRegistry {
                 info.id,
                 Box::new(TorrentEntry {
                     info: info.clone(),
-                    life: Life::Running(handle),
+                    life,
                     holders: BTreeSet::new(),
                     last_status: None,
                     restore,

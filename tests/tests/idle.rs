@@ -310,3 +310,67 @@ fn woken(log: &str) -> usize {
         .filter(|line| line.contains("woken: back in the engine"))
         .count()
 }
+
+/// A restart brings back the seeds whose fast resume vouches for every piece out of the
+/// engine (nothing to add, nothing read): shown seeding, or paused, at once; a leecher's
+/// connection wakes one as it would a seed that slept. One whose file was edited while the
+/// broker was down goes into the engine and is hashed again (DESIGN §4).
+#[test]
+fn a_restart_brings_back_vouched_seeds_out_of_the_engine() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let mut seeder = sandbox.broker(&state, &[]);
+    let size = 256 << 10;
+    let torrents: Vec<_> = (0..3)
+        .map(|i| make_seed(&sandbox, &state, &format!("s{i}.bin"), size))
+        .collect();
+    for id in ["0", "1", "2"] {
+        wait_status(&sandbox, &state, id, "seeding", |s| s["state"] == "seeding");
+    }
+    ok_json(&sandbox, &state, &["pause", "2"]);
+    seeder.stop_cleanly();
+    // Seed 1's file changes while no broker runs (same size; its stamp no longer matches).
+    let path = sandbox.path("seed/s1.bin");
+    let mut bytes = std::fs::read(&path).expect("the seed's file");
+    bytes[size / 2] ^= 0xff;
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&path, &bytes).expect("edited");
+
+    let seeder = sandbox.broker(&state, &[]);
+    let restored = seeder
+        .log()
+        .lines()
+        .find(|line| line.contains("restored the recorded torrents"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        restored.contains("out_of_the_engine=2"),
+        "seeds 0 and 2 out of the engine: {}",
+        seeder.log()
+    );
+    let status = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(status["state"], "seeding", "{status}");
+    assert_eq!(status["bytes_done"], size as u64, "{status}");
+    let status = e2e::status_json(&sandbox, &state, "2");
+    assert_eq!(status["state"], "paused", "{status}");
+    assert_eq!(status["complete"], true, "{status}");
+    let status = wait_status(&sandbox, &state, "1", "the edited seed checked", |s| {
+        s["state"] != "checking"
+    });
+    assert_eq!(
+        status["complete"], false,
+        "the edited piece is not counted: {status}"
+    );
+    // A leecher gets every byte of seed 0, its connection waking it.
+    let leecher_state = sandbox.state_dir("leecher");
+    let _leecher = sandbox.broker(&leecher_state, &[]);
+    let out = sandbox.folder("leecher-out");
+    let mut add = sandbox.add_command(&leecher_state, &torrents[0], &out, Some(&seeder.peer()));
+    add.arg("--wait");
+    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
+    assert_eq!(
+        std::fs::read(out.join("s0.bin")).expect("downloaded"),
+        std::fs::read(sandbox.path("seed/s0.bin")).expect("seeded"),
+    );
+    assert_eq!(woken(&seeder.log()), 1, "{}", seeder.log());
+}

@@ -2,7 +2,7 @@
 //! when it cannot be (DESIGN §4a).
 
 use super::Service;
-use crate::registry::{RestoreSpec, Unrestored};
+use crate::registry::{Dormant, Life, RestoreSpec, Unrestored};
 use crate::torrent_file;
 use proto::{ProtoError, TorrentId, TorrentInfo};
 use std::path::{Path, PathBuf};
@@ -107,11 +107,17 @@ impl Service {
         let started = std::time::Instant::now();
         let (mut finished_moves, mut kept) = (false, 0);
         for batch in in_batches(&mut records, |(id, _)| sizes.get(id).copied().unwrap_or(0)) {
-            let prepared = in_parallel(batch, |(id, spec)| self.prepare(*id, spec));
-            for ((id, spec), prepared) in batch.iter_mut().zip(prepared) {
+            let prepared = in_parallel(batch, |(id, spec)| {
+                let prepared = self.prepare(*id, spec);
+                let dormant = prepared
+                    .as_ref()
+                    .is_ok_and(|prepared| self.restores_dormant(*id, spec, prepared));
+                (prepared, dormant)
+            });
+            for ((id, spec), (prepared, dormant)) in batch.iter_mut().zip(prepared) {
                 let restored = match prepared {
                     Ok(prepared) => {
-                        self.restore_prepared(*id, spec, prepared, &mut finished_moves)
+                        self.restore_prepared(*id, spec, prepared, dormant, &mut finished_moves)
                             .await
                     }
                     Err(failed) => Err(failed),
@@ -131,8 +137,15 @@ impl Service {
             }
         }
         if !records.is_empty() {
+            let dormant = self
+                .state()
+                .registry
+                .iter()
+                .filter(|(_, e)| matches!(e.life, Life::Dormant(_)))
+                .count();
             tracing::info!(
                 restored = records.len() - kept,
+                out_of_the_engine = dormant,
                 kept,
                 ms = started.elapsed().as_millis() as u64,
                 "restored the recorded torrents"
@@ -205,6 +218,29 @@ impl Service {
         })
     }
 
+    /// Whether record `id` comes back out of the engine, a dormant seed (see
+    /// [`super::sleep`]) shown seeding at once: seeds may sleep, it neither announces nor
+    /// dials at its start (no tracker, DHT or LSD, no peer in its record), it has no move
+    /// to finish, and what it verified vouches, with no engine, for every piece (its
+    /// bitfield full, its files as when that was known true: what a resume's vouch asks).
+    /// Blocking: it looks at its files.
+    fn restores_dormant(&self, id: TorrentId, spec: &RestoreSpec, prepared: &Prepared) -> bool {
+        self.config.sleep_seeds_after.is_some()
+            && !self.config.dht
+            && !self.config.lsd
+            && !prepared.checked.has_trackers
+            && !spec.ephemeral
+            && spec.moving.is_none()
+            && !spec.move_due
+            && spec.all_peers().is_empty()
+            && self.engine.vouches_complete(
+                id,
+                &spec.data_folder,
+                &prepared.checked.relative_paths(),
+                prepared.checked.pieces(),
+            )
+    }
+
     /// Where a torrent is restored must be as it was: its save folder and every path beneath.
     fn check_placement(
         &self,
@@ -220,12 +256,14 @@ impl Service {
     }
 
     /// Restores one prepared record (a move it was in the middle of finished or undone
-    /// first, then `moves` set); on failure, the reason and what is known of the torrent.
+    /// first, then `moves` set), into the engine or, `dormant`, out of it; on failure, the
+    /// reason and what is known of the torrent.
     async fn restore_prepared(
         &self,
         id: TorrentId,
         spec: &mut RestoreSpec,
         prepared: Prepared,
+        dormant: bool,
         moves: &mut bool,
     ) -> Result<(), Failed> {
         let Prepared {
@@ -255,6 +293,18 @@ impl Service {
         if let Err(error) = self.room_for_files(&files, Some(id)) {
             return Err(Box::new((error, info, files)));
         }
+        // Two records of one torrent (added again while the first could not be restored):
+        // the second is kept, not silently merged away. (The engine would say so of one in
+        // it; the registry of one out of it too.)
+        let twin = self.state().registry.by_info_hash(checked.info_hash);
+        if let Some(twin) = twin.filter(|twin| *twin != id) {
+            let why = format!("the same torrent is already restored as torrent {twin}");
+            return Err(Box::new((ProtoError::bad_request(why), info, files)));
+        }
+        if dormant {
+            self.restore_dormant(id, spec, &checked);
+            return Ok(());
+        }
         // What the engine verified (under this id) is this torrent's own.
         let added = self
             .engine_add_again(
@@ -281,6 +331,43 @@ impl Service {
             .registry
             .insert_or_hold(info, added.handle, spec.clone(), None);
         Ok(())
+    }
+
+    /// Records a complete seed its fast-resume state vouches for, out of the engine: shown
+    /// seeding (or paused, or queued, as its record says), its clocks running from now as
+    /// the engine's would from its first look.
+    fn restore_dormant(
+        &self,
+        id: TorrentId,
+        spec: &RestoreSpec,
+        checked: &torrent_file::CheckedTorrent,
+    ) {
+        let info = checked.info(id, &spec.save_folder, spec.only_files.as_deref());
+        let mut spec = spec.clone();
+        if !spec.engine_paused() {
+            let wall = crate::counts::now_ms();
+            spec.seeding_since = Some(wall);
+            spec.idle_since = Some(wall);
+        }
+        let files: Arc<[PathBuf]> = checked
+            .files
+            .iter()
+            .zip(&checked.padding)
+            .filter(|(_, padding)| !**padding)
+            .map(|((path, _), _)| spec.data_folder.join(path))
+            .collect::<Vec<_>>()
+            .into();
+        let now = std::time::Instant::now();
+        let dormant = Dormant {
+            bytes: info.total_bytes,
+            since: now,
+            idle_since: now,
+            announces: false,
+        };
+        tracing::debug!(torrent = %id, name = %checked.name, "restored out of the engine");
+        self.state()
+            .registry
+            .insert_dormant(info, dormant, files, spec);
     }
 
     /// A save folder is used again only as it was: an existing folder inside the roots. A
