@@ -207,10 +207,10 @@ impl Client for Broker {
     }
 
     /// Its idle seeds leave the engine after its default `--sleep-seeds-after` (a minute),
-    /// looked for every 5 s; what they held goes back to the system within seconds more
-    /// (jemalloc's background purge).
+    /// looked for every 5 s, up to 2,048 a look (ten thousand: five looks); what they held
+    /// goes back to the system within seconds more (jemalloc's background purge).
     fn settle(&self) -> Duration {
-        Duration::from_secs(60 + 5 + 25)
+        Duration::from_secs(60 + 5 + 25 + 15)
     }
 
     fn add_all(&mut self, data: &Path, torrents: &[(PathBuf, Vec<u8>)]) -> anyhow::Result<()> {

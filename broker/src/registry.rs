@@ -202,13 +202,11 @@ pub enum Life {
 pub struct Dormant {
     /// Bytes of its selected files (all there: it is complete).
     pub bytes: u64,
-    /// When it left the engine: one that announces (trackers, DHT) wakes to do so.
-    pub since: std::time::Instant,
-    /// Since when it has been idle (before it left the engine): the queue's stall rule
-    /// counts from there, asleep or awake.
+    /// Since when it has been idle (before it left the engine), or running again after the
+    /// queue or a pause held it: the queue's stall rule counts from there, asleep or awake.
     pub idle_since: std::time::Instant,
-    /// Whether it announces (trackers, DHT or LSD): it then wakes to do so now and then.
-    pub announces: bool,
+    /// When it wakes to announce, for one that announces (trackers, DHT or LSD).
+    pub next_announce: Option<std::time::Instant>,
 }
 
 impl Life {
@@ -397,6 +395,14 @@ impl RestoreSpec {
         self.idle_ms = self.idle_ms_at(now);
         self.seeding_since = None;
         self.idle_since = None;
+    }
+
+    /// Starts its seeding and idle clocks (a seed that runs again), unless they run.
+    pub fn start_clocks(&mut self, now: u64) {
+        if self.seeding_since.is_none() {
+            self.seeding_since = Some(now);
+            self.idle_since = Some(now);
+        }
     }
 
     /// Whether the engine holds it paused: by a user's pause, or for the queue.

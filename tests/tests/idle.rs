@@ -143,7 +143,7 @@ fn an_idle_seeds_speeds_come_back_with_each_new_peer() {
 
 /// A seed idle for `--sleep-seeds-after` leaves the engine, shown seeding as before; a
 /// leecher's connection for its info hash wakes it (a resume vouched for: nothing hashed
-/// again) and gets every byte; a request that needs the engine (peers) wakes another.
+/// again) and gets every byte; a request that needs the engine (a recheck) wakes another.
 #[test]
 fn an_idle_seed_leaves_the_engine_and_a_peer_or_a_request_wakes_it() {
     let sandbox = Sandbox::new();
@@ -182,8 +182,8 @@ fn an_idle_seed_leaves_the_engine_and_a_peer_or_a_request_wakes_it() {
     // Listing a dormant seed's peers wakes nothing: it has none.
     let peers = ok_json(&sandbox, &state, &["peers", "0"]);
     assert_eq!(peers["peers"], serde_json::json!([]), "{peers}");
-    // The other one is woken by a request that needs the engine, and answers as a seed
-    // in the engine would: its files complete, a recheck taken at once.
+    // The other one answers as a seed in the engine would: its files complete (read from
+    // its .torrent), and a recheck (which wakes it) taken at once.
     let files = ok_json(&sandbox, &state, &["files", "0"]);
     assert_eq!(files["files"][0]["bytes_done"], size as u64, "{files}");
     ok_json(&sandbox, &state, &["recheck", "0"]);
@@ -234,8 +234,8 @@ fn a_file_edited_while_its_seed_slept_is_hashed_again_when_it_wakes() {
     bytes[size / 2] ^= 0xff;
     std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::write(&path, &bytes).expect("edited");
-    // A request that needs the engine wakes it.
-    ok_json(&sandbox, &state, &["files", "0"]);
+    // A request that needs the engine wakes it (a file selection; listing them does not).
+    ok_json(&sandbox, &state, &["files", "0", "--only", "0"]);
     let status = wait_status(&sandbox, &state, "0", "the check's verdict", |s| {
         s["state"] != "checking" && s["complete"] == false
     });
@@ -283,20 +283,38 @@ fn a_dormant_seed_is_paused_or_queued_by_its_record_without_waking() {
     assert_eq!(status["state"], "paused", "{status}");
     assert_eq!(status["progress"], 1.0, "{status}");
     assert_eq!(woken(&seeder.log()), 0, "nothing woken: {}", seeder.log());
-    // A resume and the queue's turn wake them, to seed on.
-    ok_json(&sandbox, &state, &["resume", "0"]);
+    // A resume while the queue holds every seed: it waits for its turn, queued.
+    let resumed = ok_json(&sandbox, &state, &["resume", "0"]);
+    assert_eq!(resumed["state"], "queued", "{resumed}");
+    // The queue's turn: seeding again, by their records, still out of the engine.
     ok_json(&sandbox, &state, &["queue", "--seeds", "none"]);
     for id in ["0", "2"] {
         wait_status(&sandbox, &state, id, "seeding again", |s| {
             s["state"] == "seeding" && s["complete"] == true
         });
     }
-    assert_eq!(woken(&seeder.log()), 2, "{}", seeder.log());
+    // Listing a dormant seed's files reads its .torrent: every file complete, no wake.
+    let files = ok_json(&sandbox, &state, &["files", "2"]);
+    assert_eq!(files["files"][0]["bytes_done"], 64 << 10, "{files}");
+    assert_eq!(woken(&seeder.log()), 0, "nothing woken: {}", seeder.log());
     let status = e2e::status_json(&sandbox, &state, "1");
     assert_eq!(
         status["state"], "paused",
         "still held by its limit: {status}"
     );
+    // A leecher's connection wakes the resumed one, which serves every byte.
+    let leecher_state = sandbox.state_dir("leecher");
+    let _leecher = sandbox.broker(&leecher_state, &[]);
+    let out = sandbox.folder("leecher-out");
+    let torrent = sandbox.path("s0.bin.torrent");
+    let mut add = sandbox.add_command(&leecher_state, &torrent, &out, Some(&seeder.peer()));
+    add.arg("--wait");
+    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
+    assert_eq!(
+        std::fs::read(out.join("s0.bin")).expect("downloaded"),
+        std::fs::read(sandbox.path("seed/s0.bin")).expect("seeded"),
+    );
+    assert_eq!(woken(&seeder.log()), 1, "{}", seeder.log());
     assert!(
         !seeder.log().contains("every piece is hashed again"),
         "a wake reads nothing: {}",
@@ -361,6 +379,24 @@ fn a_restart_brings_back_vouched_seeds_out_of_the_engine() {
         status["complete"], false,
         "the edited piece is not counted: {status}"
     );
+    let hashed: Vec<&str> = seeder
+        .log()
+        .lines()
+        .filter(|line| line.contains("every piece is hashed again"))
+        .map(|line| {
+            if line.contains("torrent=1") {
+                "1"
+            } else {
+                "another"
+            }
+        })
+        .collect();
+    assert_eq!(
+        hashed,
+        ["1"],
+        "only the edited one is hashed: {}",
+        seeder.log()
+    );
     // A leecher gets every byte of seed 0, its connection waking it.
     let leecher_state = sandbox.state_dir("leecher");
     let _leecher = sandbox.broker(&leecher_state, &[]);
@@ -373,4 +409,40 @@ fn a_restart_brings_back_vouched_seeds_out_of_the_engine() {
         std::fs::read(sandbox.path("seed/s0.bin")).expect("seeded"),
     );
     assert_eq!(woken(&seeder.log()), 1, "{}", seeder.log());
+}
+
+/// A download stopped part way (its bitfield not full, its files stamped) comes back into
+/// the engine at a restart, as the download it is: never shown as a complete seed.
+#[test]
+fn a_restart_brings_back_a_part_download_into_the_engine() {
+    let sandbox = Sandbox::new();
+    let size = 4 << 20;
+    let (seeder, _data) = e2e::slow_seeder(&sandbox, size, "400000");
+    let state = sandbox.state_dir("leecher");
+    let mut leecher = sandbox.broker(&state, &[]);
+    let out = sandbox.folder("leecher-out");
+    let add = sandbox.add_command(&state, &seeder.torrent, &out, Some(&seeder.broker.peer()));
+    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
+    wait_status(&sandbox, &state, "0", "a part downloaded", |s| {
+        s["bytes_done"].as_u64().unwrap_or(0) >= 256 << 10
+    });
+    let paused = ok_json(&sandbox, &state, &["pause", "0"]);
+    assert_eq!(paused["complete"], false, "{paused}");
+    leecher.stop_cleanly();
+
+    let leecher = sandbox.broker(&state, &[]);
+    assert!(
+        leecher.log().contains("out_of_the_engine=0"),
+        "{}",
+        leecher.log()
+    );
+    let status = wait_status(&sandbox, &state, "0", "checked", |s| {
+        s["state"] != "checking"
+    });
+    assert_eq!(status["state"], "paused", "{status}");
+    assert_eq!(status["complete"], false, "{status}");
+    assert!(
+        status["bytes_done"].as_u64().unwrap_or(u64::MAX) < size as u64,
+        "{status}"
+    );
 }

@@ -65,13 +65,19 @@ impl Service {
     ) -> Result<TorrentStatus, ProtoError> {
         let _adding = self.adding.lock().await;
         if let (id, Life::Dormant(_)) = self.life_of(torrent)? {
-            let held = self
+            let (paused, peers) = self
                 .state()
                 .registry
                 .get(id)
-                .is_some_and(|e| e.restore.engine_paused());
-            if !held {
-                // Seeding out of the engine: running already, nothing to resume.
+                .map(|e| (e.restore.paused, !e.restore.all_peers().is_empty()))
+                .unwrap_or_default();
+            // Seeding out of the engine (nothing to resume), or queued (it waits for its
+            // turn); paused with no peer to dial: resumed by its record alone, and woken when
+            // a peer comes.
+            if !paused || !peers {
+                if paused {
+                    self.resume_dormant(id).await?;
+                }
                 return self.current_status(id).ok_or_else(|| super::gone(id));
             }
         }
@@ -121,6 +127,38 @@ impl Service {
         }
         tracing::info!(torrent = %id, "resumed (or resumed once its check ends)");
         self.current_status(id).ok_or_else(|| super::gone(id))
+    }
+
+    /// Resumes a paused dormant seed by its record (the caller holds the add lock): with a
+    /// queue, back in its place to start in its turn; without, seeding at once.
+    async fn resume_dormant(self: &Arc<Self>, id: TorrentId) -> Result<(), ProtoError> {
+        // Paused by a seeding limit: resumed by hand, it seeds on.
+        self.lift_reached_limit(id)?;
+        let limited = {
+            let settings = self.queue.settings();
+            settings.max_active_downloads.is_some() || settings.max_active_seeds.is_some()
+        };
+        let wall = crate::counts::now_ms();
+        self.update_record(id, |restore| {
+            restore.paused = false;
+            if limited {
+                restore.queued = true;
+            } else {
+                restore.start_clocks(wall);
+            }
+        })?;
+        if let Some(entry) = self.state().registry.get_mut(id) {
+            if let Life::Dormant(dormant) = &mut entry.life {
+                // Idle from its resume, not from before it was paused.
+                dormant.idle_since = std::time::Instant::now();
+            }
+        }
+        self.dormant_changed(id);
+        if limited {
+            self.advance_queue_locked().await;
+        }
+        tracing::info!(torrent = %id, "resumed, out of the engine");
+        Ok(())
     }
 
     /// A pause or resume reached a torrent checking its data, which librqbit cannot take

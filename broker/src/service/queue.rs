@@ -408,29 +408,37 @@ impl Service {
                 .registry
                 .get(id)
                 .is_some_and(|e| matches!(e.life, Life::Dormant(_)));
-            if dormant && turn == Turn::Queue {
-                // Held back out of the engine by its record alone (a wake adds it paused):
-                // a queue that shrinks wakes none of the seeds it holds.
-                let held = {
+            if dormant {
+                // Held back, or started, out of the engine by its record alone (a wake adds
+                // it as its record says): a queue that shrinks or grows wakes none of the
+                // seeds it holds; a peer wakes one started when it comes.
+                let wall = crate::counts::now_ms();
+                let changed = {
                     let mut state = self.state();
                     state.registry.get_mut(id).map(|entry| {
-                        entry.restore.queued = true;
-                        entry.restore.stop_clocks(crate::counts::now_ms());
+                        let restore = &mut entry.restore;
+                        match turn {
+                            Turn::Queue => {
+                                restore.queued = true;
+                                restore.stop_clocks(wall);
+                            }
+                            Turn::Start => {
+                                restore.queued = false;
+                                restore.start_clocks(wall);
+                                // Idle from its start, not from before it was held.
+                                if let Life::Dormant(dormant) = &mut entry.life {
+                                    dormant.idle_since = Instant::now();
+                                }
+                            }
+                        }
                         recorded_change |= !entry.restore.ephemeral;
                     })
                 };
-                if held.is_some() {
+                if changed.is_some() {
                     tracing::info!(torrent = %id, ?turn, "queue, out of the engine");
                     self.dormant_changed(id);
                 }
                 continue;
-            }
-            if dormant {
-                // Its turn to run: into the engine (paused, as its record says), then started.
-                if let Err(e) = self.wake_locked(id).await {
-                    tracing::warn!(torrent = %id, ?turn, "the queue cannot wake it: {}", e.message);
-                    continue;
-                }
             }
             let handle = {
                 let mut state = self.state();

@@ -39,6 +39,13 @@ fn in_batches<T>(items: &mut [T], bytes: impl Fn(&T) -> u64) -> Vec<&mut [T]> {
     batches
 }
 
+/// Save folders already found restorable (or not) at this start: ten thousand torrents
+/// in one folder resolve it once.
+#[derive(Default)]
+pub(super) struct FolderChecks(
+    std::sync::Mutex<std::collections::HashMap<PathBuf, Result<(), ProtoError>>>,
+);
+
 /// A record ready to be added.
 pub(super) struct Prepared {
     pub(super) checked: torrent_file::CheckedTorrent,
@@ -94,11 +101,10 @@ impl Service {
         // restored; a missing one is a record kept unrestored, as any other failure to restore.
         let ids: Vec<TorrentId> = records.keys().copied().collect();
         let mut sizes = std::collections::HashMap::with_capacity(ids.len());
-        for (id, opened) in ids.iter().zip(in_parallel(&ids, |id| {
-            let file = crate::store::open_state_file(&self.torrent_file_path(*id))?;
-            Ok::<_, std::io::Error>(file.and_then(|f| f.metadata().ok()).map_or(0, |m| m.len()))
+        for (id, size) in ids.iter().zip(in_parallel(&ids, |id| {
+            crate::store::state_file_size(&self.torrent_file_path(*id))
         })) {
-            sizes.insert(*id, opened?);
+            sizes.insert(*id, size?.unwrap_or(0));
         }
         self.board.reserve(records.len());
         // In the queue's order: each restored torrent is then last so far, and keeps its place.
@@ -106,9 +112,10 @@ impl Service {
         records.sort_by_key(|(id, spec)| (spec.queue_position, *id));
         let started = std::time::Instant::now();
         let (mut finished_moves, mut kept) = (false, 0);
+        let folders = FolderChecks::default();
         for batch in in_batches(&mut records, |(id, _)| sizes.get(id).copied().unwrap_or(0)) {
             let prepared = in_parallel(batch, |(id, spec)| {
-                let prepared = self.prepare(*id, spec);
+                let prepared = self.prepare(*id, spec, &folders);
                 let dormant = prepared
                     .as_ref()
                     .is_ok_and(|prepared| self.restores_dormant(*id, spec, prepared));
@@ -185,7 +192,12 @@ impl Service {
     /// What restoring record `id` needs that touches nothing: its .torrent read and checked,
     /// and (unless a move is to be finished first) its folder and paths. Run for many records
     /// at once, on several threads.
-    pub(super) fn prepare(&self, id: TorrentId, spec: &RestoreSpec) -> Result<Prepared, Failed> {
+    pub(super) fn prepare(
+        &self,
+        id: TorrentId,
+        spec: &RestoreSpec,
+        folders: &FolderChecks,
+    ) -> Result<Prepared, Failed> {
         let mut info = TorrentInfo {
             id,
             info_hash: proto::InfoHash([0; 20]),
@@ -208,7 +220,7 @@ impl Service {
         info = checked.info(id, &spec.save_folder, spec.only_files.as_deref());
         let files = checked.full_paths(&spec.data_folder);
         if spec.moving.is_none() {
-            self.check_placement(spec, &checked)
+            self.check_placement(spec, &checked, folders)
                 .map_err(|e| Box::new((e, info.clone(), files.clone())))?;
         }
         Ok(Prepared {
@@ -219,16 +231,12 @@ impl Service {
     }
 
     /// Whether record `id` comes back out of the engine, a dormant seed (see
-    /// [`super::sleep`]) shown seeding at once: seeds may sleep, it neither announces nor
-    /// dials at its start (no tracker, DHT or LSD, no peer in its record), it has no move
-    /// to finish, and what it verified vouches, with no engine, for every piece (its
-    /// bitfield full, its files as when that was known true: what a resume's vouch asks).
-    /// Blocking: it looks at its files.
+    /// [`super::sleep`]) shown seeding at once: seeds may sleep, it has no peer in its
+    /// record to dial at its start, no move to finish, and what it verified vouches, with no
+    /// engine, for every piece (its bitfield full, its files as when that was known true:
+    /// what a resume's vouch asks). Blocking: it looks at its files.
     fn restores_dormant(&self, id: TorrentId, spec: &RestoreSpec, prepared: &Prepared) -> bool {
         self.config.sleep_seeds_after.is_some()
-            && !self.config.dht
-            && !self.config.lsd
-            && !prepared.checked.has_trackers
             && !spec.ephemeral
             && spec.moving.is_none()
             && !spec.move_due
@@ -246,8 +254,24 @@ impl Service {
         &self,
         spec: &RestoreSpec,
         checked: &torrent_file::CheckedTorrent,
+        folders: &FolderChecks,
     ) -> Result<(), ProtoError> {
-        self.check_restorable_folder(&spec.save_folder)?;
+        let known = folders
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&spec.save_folder)
+            .cloned();
+        let folder = known.unwrap_or_else(|| {
+            let checked = self.check_restorable_folder(&spec.save_folder);
+            folders
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(spec.save_folder.clone(), checked.clone());
+            checked
+        });
+        folder?;
         crate::roots::check_torrent_paths(
             &spec.save_folder,
             checked,
@@ -285,7 +309,7 @@ impl Service {
             }
             info = checked.info(id, &spec.save_folder, spec.only_files.as_deref());
             files = checked.full_paths(&spec.data_folder);
-            self.check_placement(spec, &checked)
+            self.check_placement(spec, &checked, &FolderChecks::default())
                 .map_err(|e| Box::new((e, info.clone(), files.clone())))?;
         }
         // Two records with a file in common (one kept while the other was added): the
@@ -358,11 +382,13 @@ impl Service {
             .collect::<Vec<_>>()
             .into();
         let now = std::time::Instant::now();
+        // One that announces is due to at once: the sleeper wakes it in its turn (a few
+        // at each look), and it sleeps again once idle.
+        let announces = checked.has_trackers || self.config.dht || self.config.lsd;
         let dormant = Dormant {
             bytes: info.total_bytes,
-            since: now,
             idle_since: now,
-            announces: false,
+            next_announce: announces.then_some(now),
         };
         tracing::debug!(torrent = %id, name = %checked.name, "restored out of the engine");
         self.state()

@@ -390,16 +390,25 @@ impl Service {
             running
         };
         // The engine's counters, outside every lock.
-        let counted: Vec<(TorrentId, Option<engine::Transfer>)> = running
+        let counted: Vec<(
+            TorrentId,
+            &engine::ManagedTorrentHandle,
+            Option<engine::Transfer>,
+        )> = running
             .iter()
-            .map(|(id, handle)| (*id, engine::transfer(handle)))
+            .map(|(id, handle)| (*id, handle, engine::transfer(handle)))
             .collect();
         // Bytes moved (the board shows them at once), or a clock started or stopped.
         let (mut moved, mut clocks_changed) = (false, false);
         {
             let mut runs = self.seeding.runs.lock().unwrap_or_else(|e| e.into_inner());
             let mut state = self.state();
-            for (id, transfer) in &counted {
+            for (id, handle, transfer) in &counted {
+                // Out of the engine since it was read (the sleeper runs apart), or added
+                // again: what was read is of a run that is over.
+                if !state.registry.get(*id).is_some_and(|e| e.life.is(handle)) {
+                    continue;
+                }
                 // Paused in the engine: its clocks stop.
                 let Some(transfer) = transfer else {
                     runs.remove(id);

@@ -9,14 +9,17 @@
 //! read unless its files changed, DESIGN §4 "verified means verified"):
 //! - an incoming connection for its info hash (the engine asks the broker, see
 //!   [`crate::engine::Engine::set_incoming_waker`]);
-//! - a request that needs its handle: files, a stream, resume of one paused, recheck, move,
-//!   `peers --add`, a joiner's peers, the queue's turn to start it
+//! - a request that needs its handle: a file selection, a stream, recheck, move,
+//!   `peers --add`, a joiner's peers, a resume of one paused with peers to dial
 //!   ([`Service::running_awake`], [`Service::live`]);
 //! - its next announce, for one that announces (trackers, DHT, LSD): every
-//!   [`REANNOUNCE_EVERY`] it wakes, announces, and sleeps again once idle.
+//!   [`REANNOUNCE_EVERY`] it wakes, announces, and sleeps again once idle (one restored
+//!   dormant at a start announces at the sleeper's first looks).
 //!
-//! What only changes its record does not wake it: listing its peers, a pause, a seeding
-//! limit reached, the queue holding it back, its rates and labels (taken at its wake).
+//! What only changes or reads its record does not wake it: listing its peers (none) or its
+//! files (from its .torrent, all complete), a pause, a seeding limit reached, the queue
+//! holding it back or starting it, a resume with no peer to dial, its rates and labels
+//! (taken at its wake). Paused or queued seeds sleep too, and stay out when a peer comes.
 //!
 //! The sleeper runs in a task of its own: it waits for the add lock once per seed, and
 //! neither the policy task's clocks nor a request wait for more than one seed's sleep.
@@ -36,21 +39,30 @@ pub const REANNOUNCE_EVERY: Duration = Duration::from_secs(30 * 60);
 pub const LOOK_EVERY: Duration = Duration::from_secs(5);
 
 /// Whether a torrent in the engine is one that may sleep once idle: recorded (its .torrent
-/// is on disk to wake it from), not paused or queued, no move pending, seeding. (And no
-/// stream reading it: the caller asks the streams, apart.)
+/// is on disk to wake it from), no move pending, seeding or held (paused, queued). (And
+/// complete, no peer, no stream reading it: the engine and the streams are asked apart.)
 fn may_sleep(entry: &crate::registry::TorrentEntry) -> bool {
     let r = &entry.restore;
     !r.ephemeral
-        && !r.paused
-        && !r.queued
         && r.moving.is_none()
         && !r.move_due
-        && r.seeding_since.is_some()
+        && (r.seeding_since.is_some() || r.engine_paused())
 }
 
-/// At most this many seeds are put to sleep at one look (a restart of ten thousand puts
-/// them to sleep over a few minutes, not in one go).
-const MAX_PER_LOOK: usize = 256;
+/// Whether a dormant seed is due to wake and announce. (Paused, by a user, a limit or the
+/// queue, it does not announce.)
+fn due_to_announce(dormant: &Dormant, entry: &crate::registry::TorrentEntry, now: Instant) -> bool {
+    !entry.restore.engine_paused() && dormant.next_announce.is_some_and(|at| now >= at)
+}
+
+/// At most this many seeds are put to sleep at one look, and for at most [`LOOK_BUDGET`]
+/// (ten thousand added at once sleep over half a minute, not in one go; one sleep takes
+/// well under a millisecond).
+const MAX_PER_LOOK: usize = 2048;
+
+/// At most this many dormant seeds are woken to announce at one look (a wake adds a
+/// torrent to the engine).
+const WAKES_PER_LOOK: usize = 64;
 
 /// How long a peer's wake waits for the add lock (a peer waits about this for its
 /// handshake's answer).
@@ -77,12 +89,14 @@ pub struct Sleeper {
 /// One seed idle in the engine, as the sleeper last saw it.
 #[derive(Clone, Copy)]
 struct Idle {
-    /// Since when (in the future for one that could not sleep: it waits out its back-off).
+    /// Since when.
     since: Instant,
     /// What it had uploaded then: a change is not idle.
     uploaded: u64,
     /// How many times in a row it could not sleep when due.
     refusals: u32,
+    /// Not tried again before then (after a refusal: its back-off).
+    retry_at: Option<Instant>,
 }
 
 /// Starts the sleeper's task (nothing, with `--sleep-seeds-after none`); it ends when the
@@ -126,12 +140,7 @@ impl Service {
                     Life::Running(handle) if may_sleep(entry) && !streamed.contains(id) => {
                         candidates.push((*id, handle.clone()))
                     }
-                    // (Paused, by a user, a limit or the queue, it does not announce.)
-                    Life::Dormant(dormant)
-                        if dormant.announces
-                            && !entry.restore.engine_paused()
-                            && now.duration_since(dormant.since) >= REANNOUNCE_EVERY =>
-                    {
+                    Life::Dormant(dormant) if due_to_announce(dormant, entry, now) => {
                         to_wake.push(*id)
                     }
                     _ => {}
@@ -161,11 +170,14 @@ impl Service {
                                 since: now,
                                 uploaded: pulse.uploaded,
                                 refusals: 0,
+                                retry_at: None,
                             },
                         }
                     }
                 };
-                if now.saturating_duration_since(seen.since) >= after {
+                if now.saturating_duration_since(seen.since) >= after
+                    && seen.retry_at.is_none_or(|at| now >= at)
+                {
                     due.push((seen.since, id));
                 }
                 kept.insert(id, seen);
@@ -181,7 +193,7 @@ impl Service {
         // at most, never for thousands.
         due.sort_unstable();
         due.truncate(MAX_PER_LOOK);
-        to_wake.truncate(MAX_PER_LOOK / 4);
+        to_wake.truncate(WAKES_PER_LOOK);
         let mut slept = 0;
         for (idle_since, id) in due {
             if now.elapsed() >= LOOK_BUDGET {
@@ -198,17 +210,34 @@ impl Service {
             }
         }
         // A few at a time: ten thousand seeds that slept together must not all wake at once.
+        let mut woken = 0;
         for id in &to_wake {
+            if now.elapsed() >= LOOK_BUDGET {
+                break;
+            }
             let _adding = self.adding.lock().await;
             if self.is_stopping() {
                 return;
             }
+            // Still due (not paused, queued, woken or gone meanwhile)?
+            let due = self
+                .state()
+                .registry
+                .get(*id)
+                .is_some_and(|entry| match &entry.life {
+                    Life::Dormant(dormant) => due_to_announce(dormant, entry, Instant::now()),
+                    _ => false,
+                });
+            if !due {
+                continue;
+            }
+            woken += 1;
             if let Err(e) = self.wake_locked(*id).await {
                 tracing::warn!(torrent = %id, "cannot wake it to announce: {}", e.message);
             }
         }
-        if slept > 0 || !to_wake.is_empty() {
-            tracing::info!(slept, woken = to_wake.len(), "idle seeds out of the engine");
+        if slept > 0 || woken > 0 {
+            tracing::info!(slept, woken, "idle seeds out of the engine");
         }
     }
 
@@ -225,7 +254,7 @@ impl Service {
             let back_off = after
                 .saturating_mul(1 << seen.refusals.min(16))
                 .min(MAX_BACK_OFF);
-            seen.since = Instant::now() + back_off;
+            seen.retry_at = Some(Instant::now() + back_off);
             seen.refusals = seen.refusals.saturating_add(1);
         }
     }
@@ -264,7 +293,7 @@ impl Service {
             handle.clone()
         };
         let status = crate::engine::status_of(id, "", &handle);
-        if status.state != TorrentState::Seeding
+        if !matches!(status.state, TorrentState::Seeding | TorrentState::Paused)
             || !status.complete
             || crate::engine::peers_known(&handle) > 0
         {
@@ -296,9 +325,8 @@ impl Service {
             }
             entry.life = Life::Dormant(Dormant {
                 bytes: status.bytes_total,
-                since: Instant::now(),
                 idle_since,
-                announces,
+                next_announce: announces.then(|| Instant::now() + REANNOUNCE_EVERY),
             });
         }
         drop(handle);
@@ -396,7 +424,7 @@ impl Service {
         let prepared = {
             let spec = spec.clone();
             let service = self.clone();
-            tokio::task::spawn_blocking(move || service.prepare(id, &spec))
+            tokio::task::spawn_blocking(move || service.prepare(id, &spec, &Default::default()))
                 .await
                 .map_err(|e| ProtoError::engine(format!("the wake's preparation failed: {e}")))?
         };
@@ -424,24 +452,18 @@ impl Service {
                 let _ =
                     tokio::time::timeout(WAKE_CHECK_LIMIT, added.handle.wait_until_initialized())
                         .await;
-                // Rates changed while it was added (a change that finds it dormant is
-                // recorded only) are its record's now.
-                let rates = {
+                let held = {
                     let mut state = self.state();
                     state.registry.get_mut(id).map(|entry| {
                         entry.life = Life::Running(added.handle.clone());
-                        (entry.restore.labels.clone(), entry.restore.rates)
+                        entry.restore.engine_paused()
                     })
                 };
-                if let Some((labels, rates)) = rates {
-                    let rates = self.label_rates(&labels, rates);
-                    crate::engine::set_torrent_limits(
-                        &added.handle,
-                        Some(rates.download),
-                        Some(rates.upload),
-                    );
+                self.apply_recorded_rates(id, &added.handle);
+                // Running, it stalls as it would have had it stayed in.
+                if held == Some(false) {
+                    self.queue.woke_idle(id, idle_since);
                 }
-                self.queue.woke_idle(id, idle_since);
                 tracing::info!(torrent = %id, "woken: back in the engine");
                 self.status_nudge.notify_one();
                 Ok(added.handle)
@@ -451,6 +473,31 @@ impl Service {
                 Err(self.lost_in_wake(id, info, spec, why))
             }
             Err(error) => Err(self.lost_in_wake(id, info, spec, error.message)),
+        }
+    }
+
+    /// Gives a woken seed's handle the rates its record says now: one changed while it was
+    /// added (a change that finds it dormant is recorded only), or while they were applied.
+    fn apply_recorded_rates(&self, id: TorrentId, handle: &crate::engine::ManagedTorrentHandle) {
+        let recorded = |service: &Self| {
+            service
+                .state()
+                .registry
+                .get(id)
+                .map(|e| (e.restore.labels.clone(), e.restore.rates))
+        };
+        let mut applied = None;
+        // A change landing between the read and the setting is read at the next turn.
+        for _ in 0..4 {
+            let now = recorded(self);
+            if now.is_none() || now == applied {
+                return;
+            }
+            if let Some((labels, rates)) = &now {
+                let rates = self.label_rates(labels, *rates);
+                crate::engine::set_torrent_limits(handle, Some(rates.download), Some(rates.upload));
+            }
+            applied = now;
         }
     }
 
