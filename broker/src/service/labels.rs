@@ -131,10 +131,11 @@ impl Service {
     pub fn set_labels(&self, change: SetLabels) -> Result<TorrentStatus, ProtoError> {
         proto::valid_labels(&change.labels).map_err(ProtoError::bad_request)?;
         // A dormant seed takes its labels' rates when it wakes.
-        let (id, handle) = self.running_or_dormant(change.torrent)?;
+        let (id, _) = self.running_or_dormant(change.torrent)?;
         let labels = change.labels;
         self.update_record(id, |r| r.labels = labels.clone())?;
-        if let Some(handle) = handle {
+        // Asked again once recorded: one woken meanwhile may have read the record before.
+        if let Ok((_, Some(handle))) = self.running_or_dormant(proto::TorrentRef::Id(id)) {
             self.apply_label_rates(&[(id, handle)]);
         }
         self.sync_board(id);

@@ -147,15 +147,11 @@ impl Service {
                 restore.start_clocks(wall);
             }
         })?;
-        if let Some(entry) = self.state().registry.get_mut(id) {
-            if let Life::Dormant(dormant) = &mut entry.life {
-                // Idle from its resume, not from before it was paused.
-                dormant.idle_since = std::time::Instant::now();
-            }
-        }
-        self.dormant_changed(id);
         if limited {
+            self.dormant_changed(id);
             self.advance_queue_locked().await;
+        } else {
+            self.dormant_runs_again(id);
         }
         tracing::info!(torrent = %id, "resumed, out of the engine");
         Ok(())

@@ -403,12 +403,23 @@ impl Service {
         }
         let changed = recorded_change || !turns.is_empty();
         for (id, turn) in turns {
-            let dormant = self
+            let (dormant, peers) = self
                 .state()
                 .registry
                 .get(id)
-                .is_some_and(|e| matches!(e.life, Life::Dormant(_)));
-            if dormant {
+                .map(|e| {
+                    let dormant = matches!(e.life, Life::Dormant(_));
+                    (dormant, dormant && !e.restore.all_peers().is_empty())
+                })
+                .unwrap_or_default();
+            if dormant && turn == Turn::Start && peers {
+                // Its turn, and peers of its record to dial: into the engine (paused, as
+                // its record says), then started and dialling below.
+                if let Err(e) = self.wake_locked(id).await {
+                    tracing::warn!(torrent = %id, ?turn, "the queue cannot wake it: {}", e.message);
+                    continue;
+                }
+            } else if dormant {
                 // Held back, or started, out of the engine by its record alone (a wake adds
                 // it as its record says): a queue that shrinks or grows wakes none of the
                 // seeds it holds; a peer wakes one started when it comes.
@@ -425,10 +436,6 @@ impl Service {
                             Turn::Start => {
                                 restore.queued = false;
                                 restore.start_clocks(wall);
-                                // Idle from its start, not from before it was held.
-                                if let Life::Dormant(dormant) = &mut entry.life {
-                                    dormant.idle_since = Instant::now();
-                                }
                             }
                         }
                         recorded_change |= !entry.restore.ephemeral;
@@ -436,7 +443,10 @@ impl Service {
                 };
                 if changed.is_some() {
                     tracing::info!(torrent = %id, ?turn, "queue, out of the engine");
-                    self.dormant_changed(id);
+                    match turn {
+                        Turn::Start => self.dormant_runs_again(id),
+                        Turn::Queue => self.dormant_changed(id),
+                    }
                 }
                 continue;
             }

@@ -39,12 +39,10 @@ fn in_batches<T>(items: &mut [T], bytes: impl Fn(&T) -> u64) -> Vec<&mut [T]> {
     batches
 }
 
-/// Save folders already found restorable (or not) at this start: ten thousand torrents
-/// in one folder resolve it once.
+/// Save folders already found restorable at this start: ten thousand torrents in one
+/// folder resolve it once.
 #[derive(Default)]
-pub(super) struct FolderChecks(
-    std::sync::Mutex<std::collections::HashMap<PathBuf, Result<(), ProtoError>>>,
-);
+pub(super) struct FolderChecks(std::sync::Mutex<std::collections::HashSet<PathBuf>>);
 
 /// A record ready to be added.
 pub(super) struct Prepared {
@@ -98,7 +96,9 @@ impl Service {
         }
         // A .torrent that is not a regular file of ours (a FIFO planted there would hang the
         // start while the lock is held) refuses the start, naming it, before anything is
-        // restored; a missing one is a record kept unrestored, as any other failure to restore.
+        // restored; a missing one, or one that cannot be read (or is swapped after this
+        // look: its read refuses it as this does), is a record kept unrestored, as any other
+        // failure to restore.
         let ids: Vec<TorrentId> = records.keys().copied().collect();
         let mut sizes = std::collections::HashMap::with_capacity(ids.len());
         for (id, size) in ids.iter().zip(in_parallel(&ids, |id| {
@@ -260,18 +260,17 @@ impl Service {
             .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&spec.save_folder)
-            .cloned();
-        let folder = known.unwrap_or_else(|| {
-            let checked = self.check_restorable_folder(&spec.save_folder);
+            .contains(&spec.save_folder);
+        if !known {
+            // Only a folder found fine is remembered: a failure is looked at again for the
+            // next record (it may have been passing).
+            self.check_restorable_folder(&spec.save_folder)?;
             folders
                 .0
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(spec.save_folder.clone(), checked.clone());
-            checked
-        });
-        folder?;
+                .insert(spec.save_folder.clone());
+        }
         crate::roots::check_torrent_paths(
             &spec.save_folder,
             checked,

@@ -406,8 +406,19 @@ impl Service {
             for (id, handle, transfer) in &counted {
                 // Out of the engine since it was read (the sleeper runs apart), or added
                 // again: what was read is of a run that is over.
-                if !state.registry.get(*id).is_some_and(|e| e.life.is(handle)) {
-                    continue;
+                match state.registry.get_mut(*id) {
+                    Some(entry) if entry.life.is(handle) => {}
+                    // Asleep held (paused, queued): its clocks stop, as they would have here.
+                    Some(entry)
+                        if matches!(entry.life, Life::Dormant(_))
+                            && entry.restore.engine_paused()
+                            && entry.restore.seeding_since.is_some() =>
+                    {
+                        entry.restore.stop_clocks(wall);
+                        clocks_changed = true;
+                        continue;
+                    }
+                    _ => continue,
                 }
                 // Paused in the engine: its clocks stop.
                 let Some(transfer) = transfer else {

@@ -141,7 +141,7 @@ impl Service {
                         candidates.push((*id, handle.clone()))
                     }
                     Life::Dormant(dormant) if due_to_announce(dormant, entry, now) => {
-                        to_wake.push(*id)
+                        to_wake.push((dormant.next_announce, *id))
                     }
                     _ => {}
                 }
@@ -193,6 +193,8 @@ impl Service {
         // at most, never for thousands.
         due.sort_unstable();
         due.truncate(MAX_PER_LOOK);
+        // The longest due first.
+        to_wake.sort_unstable();
         to_wake.truncate(WAKES_PER_LOOK);
         let mut slept = 0;
         for (idle_since, id) in due {
@@ -211,7 +213,7 @@ impl Service {
         }
         // A few at a time: ten thousand seeds that slept together must not all wake at once.
         let mut woken = 0;
-        for id in &to_wake {
+        for (_, id) in &to_wake {
             if now.elapsed() >= LOOK_BUDGET {
                 break;
             }
@@ -257,6 +259,20 @@ impl Service {
             seen.retry_at = Some(Instant::now() + back_off);
             seen.refusals = seen.refusals.saturating_add(1);
         }
+    }
+
+    /// A dormant seed the queue started or a resume let go, by its record (the caller
+    /// changed it): idle from now, not from before it was held, and due to announce now,
+    /// as one in the engine would on its start.
+    pub(super) fn dormant_runs_again(&self, id: TorrentId) {
+        if let Some(entry) = self.state().registry.get_mut(id) {
+            if let Life::Dormant(dormant) = &mut entry.life {
+                let now = Instant::now();
+                dormant.idle_since = now;
+                dormant.next_announce = dormant.next_announce.map(|_| now);
+            }
+        }
+        self.dormant_changed(id);
     }
 
     /// Whether torrent `id`'s record holds it paused (a user's pause, a limit, the queue).
@@ -328,6 +344,11 @@ impl Service {
                 idle_since,
                 next_announce: announces.then(|| Instant::now() + REANNOUNCE_EVERY),
             });
+            // Held (paused, queued): its clocks stop now, as the seeding count would have
+            // stopped them in the engine.
+            if entry.restore.engine_paused() && entry.restore.seeding_since.is_some() {
+                entry.restore.stop_clocks(crate::counts::now_ms());
+            }
         }
         drop(handle);
         if let Err(e) = self.engine.stop_torrent(id).await {
@@ -460,9 +481,23 @@ impl Service {
                     })
                 };
                 self.apply_recorded_rates(id, &added.handle);
-                // Running, it stalls as it would have had it stayed in.
+                // Running, it stalls (and sleeps again) as it would have had it stayed in,
+                // until it moves.
                 if held == Some(false) {
                     self.queue.woke_idle(id, idle_since);
+                    self.sleeper
+                        .idle_since
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(
+                            id,
+                            Idle {
+                                since: idle_since,
+                                uploaded: 0,
+                                refusals: 0,
+                                retry_at: None,
+                            },
+                        );
                 }
                 tracing::info!(torrent = %id, "woken: back in the engine");
                 self.status_nudge.notify_one();
