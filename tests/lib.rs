@@ -395,12 +395,14 @@ impl BrokerProcess {
 
     /// Starts a broker that stops itself (SIGSTOP) at stop point `stop_at`, before it is
     /// ready; returns once it is stopped there. [`BrokerProcess::resume_until_ready`] lets it go.
+    /// (Every torrent restored into the engine, where the steps held are: a seed its fast
+    /// resume vouches for would come back out of it, asking nothing until it wakes.)
     pub fn held_at(sandbox: &Sandbox, state: &Path, stop_at: &str) -> BrokerProcess {
         let stop_at_os: &OsStr = stop_at.as_ref();
         let broker = BrokerProcess::spawn(
             sandbox,
             state,
-            &[],
+            ENGINE_RESTORE,
             &[("TORRENT_PATRON_TEST_STOP_AT", stop_at_os)],
         );
         wait_for(
@@ -411,14 +413,15 @@ impl BrokerProcess {
         broker
     }
 
-    /// Starts a broker whose thread reaching step `step` sleeps `millis` there
+    /// Starts a broker whose thread reaching step `step` sleeps `millis` there (restoring
+    /// into the engine, as [`BrokerProcess::held_at`])
     /// (`TORRENT_PATRON_TEST_HOLD_AT`; the rest of the broker goes on), once it is ready.
     pub fn holding_at(sandbox: &Sandbox, state: &Path, step: &str, millis: u64) -> BrokerProcess {
         let hold = std::ffi::OsString::from(format!("{step}={millis}"));
         BrokerProcess::start(
             sandbox,
             state,
-            &[],
+            ENGINE_RESTORE,
             &[("TORRENT_PATRON_TEST_HOLD_AT", hold.as_os_str())],
         )
     }
@@ -529,6 +532,9 @@ impl SilentPeer {
         )
     }
 }
+
+/// A broker's arguments that restore every torrent into the engine (none sleeps).
+const ENGINE_RESTORE: &[&str] = &["--sleep-seeds-after", "never"];
 
 impl Drop for BrokerProcess {
     fn drop(&mut self) {

@@ -180,6 +180,13 @@ pub struct BrokerArgs {
     #[arg(long, env = "TORRENT_PATRON_HOOK_TIMEOUT", value_name = "SECS")]
     pub hook_timeout: Option<u64>,
 
+    /// A complete seed with no peer, no reader and nothing asked of it for this long
+    /// leaves the engine until something needs it (an incoming peer, a request, its next
+    /// announce): it costs memory, not engine state (minutes, or 90s, 2h; `never`)
+    /// [default: 1]
+    #[arg(long, env = "TORRENT_PATRON_SLEEP_SEEDS_AFTER", value_name = "MINUTES|never", value_parser = sleep_after)]
+    pub sleep_seeds_after: Option<Stall>,
+
     /// Append the log to FILE instead of writing it to stderr (relative to the state dir).
     /// The level comes from RUST_LOG [default: info]
     #[arg(long, env = "TORRENT_PATRON_LOG_FILE", value_name = "FILE")]
@@ -245,6 +252,8 @@ struct ConfigFile {
     hook_timeout: Option<u64>,
     move_completed_to: Option<PathBuf>,
     watch_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "file_sleep_after")]
+    sleep_seeds_after: Option<Stall>,
 }
 
 /// The settings the broker runs with, every default resolved.
@@ -302,6 +311,9 @@ pub struct BrokerConfig {
     pub hooks: (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
     /// How long a hook may run.
     pub hook_timeout: Duration,
+    /// How long a complete seed stays idle in the engine before it leaves it (`None`:
+    /// never; see `service::sleep`).
+    pub sleep_seeds_after: Option<Duration>,
     /// Where completed torrents' data moves (a torrent's own wins).
     pub move_completed_to: Option<PathBuf>,
     /// The watch folder (absolute, canonical), if any.
@@ -558,6 +570,13 @@ impl BrokerConfig {
             hook_timeout: Duration::from_secs(
                 args.hook_timeout.or(file.hook_timeout).unwrap_or(60).max(1),
             ),
+            sleep_seeds_after: match args.sleep_seeds_after {
+                Some(Stall(after)) => after.map(Duration::from_secs),
+                None => match file.sleep_seeds_after {
+                    Some(Stall(after)) => after.map(Duration::from_secs),
+                    None => Some(DEFAULT_SLEEP_SEEDS_AFTER),
+                },
+            },
             move_completed_to,
             watch_dir,
             roots_advice,
@@ -681,6 +700,9 @@ fn rate(s: &str) -> Result<u32, String> {
 /// transmission's: a torrent that moved nothing for half an hour is stalled.
 pub const DEFAULT_STALLED_AFTER_SECS: u64 = 30 * 60;
 
+/// How long a complete seed stays idle in the engine, by default.
+pub const DEFAULT_SLEEP_SEEDS_AFTER: Duration = Duration::from_secs(60);
+
 /// A limit on how many torrents run at once (`None`: no limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CountLimit(pub Option<u32>);
@@ -701,6 +723,14 @@ fn stall(s: &str) -> Result<Stall, String> {
     proto::text::parse_time_limit(s).map(Stall).ok_or_else(|| {
         format!("{s:?} is not a stall time: minutes (30), a duration (90s, 2h), or never")
     })
+}
+
+/// How long an idle seed stays in the engine, as users type it: minutes (`1`), a duration
+/// (`90s`, `2h`), or `never`.
+fn sleep_after(s: &str) -> Result<Stall, String> {
+    proto::text::parse_time_limit(s)
+        .map(Stall)
+        .ok_or_else(|| format!("{s:?} is not a time: minutes (1), a duration (90s, 2h), or never"))
 }
 
 /// A ratio limit (`None`: none).
@@ -780,6 +810,13 @@ fn file_count_limit<'de, D: serde::Deserializer<'de>>(
 fn file_stall<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Stall>, D::Error> {
     let value = NumberOrText::deserialize(d)?;
     stall(&value.text())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn file_sleep_after<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Stall>, D::Error> {
+    let value = NumberOrText::deserialize(d)?;
+    sleep_after(&value.text())
         .map(Some)
         .map_err(serde::de::Error::custom)
 }

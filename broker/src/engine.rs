@@ -489,6 +489,27 @@ impl Engine {
         self.forget_verified(id)
     }
 
+    /// The engine's handle of torrent `id`, if the engine has it.
+    pub fn handle(&self, id: TorrentId) -> Option<ManagedTorrentHandle> {
+        self.session.get(TorrentIdOrHash::Id(id.0 as usize))
+    }
+
+    /// What the engine asks for an incoming connection whose info hash no torrent in it has
+    /// (a seed the broker took out while idle): `wake` returns its handle once it is back,
+    /// or none. An engine patch of ours (third_party/README.md).
+    pub fn set_incoming_waker<F, Fut>(&self, wake: F)
+    where
+        F: Fn(proto::InfoHash) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Option<ManagedTorrentHandle>> + Send + 'static,
+    {
+        use futures::FutureExt;
+        let wake = Arc::new(wake);
+        self.session.set_incoming_waker(Arc::new(move |hash| {
+            let wake = wake.clone();
+            async move { wake(proto::InfoHash(hash.0)).await }.boxed()
+        }));
+    }
+
     /// Stops a torrent and takes it out of the engine, its data and what it verified kept
     /// (a close that cannot be recorded puts it back as it was).
     pub async fn stop_torrent(&self, id: TorrentId) -> anyhow::Result<()> {
@@ -517,7 +538,13 @@ impl Engine {
     /// A file that is not there now (its
     /// disk unmounted) leaves the last stamps as they were: they still say what the
     /// bitfield is true of, should the same file come back.
-    pub fn stamp_verified(&self, id: TorrentId, data_folder: &Path, files: &[(PathBuf, bool)]) {
+    /// Returns whether the stamps now vouch for the files as they are.
+    pub fn stamp_verified(
+        &self,
+        id: TorrentId,
+        data_folder: &Path,
+        files: &[(PathBuf, bool)],
+    ) -> bool {
         let paths: Vec<PathBuf> = files.iter().map(|(path, _)| path.clone()).collect();
         let stamps = crate::storage::stamps_of(&self.roots, data_folder, &paths);
         let missing = stamps
@@ -526,7 +553,7 @@ impl Engine {
             .any(|(stamp, (_, padding))| stamp.is_none() && !padding);
         if missing {
             tracing::info!(torrent = %id, "a file of it is not there: its last stamps are kept");
-            return;
+            return false;
         }
         if !self.vouched.holds(id.0 as usize, &stamps) {
             // Changed by someone else since it was last hashed or written by the engine (an
@@ -539,11 +566,31 @@ impl Engine {
             if let Err(e) = crate::store::remove_durably(&self.fast_resume.stamps_path(id)) {
                 tracing::warn!(torrent = %id, "{e}");
             }
-            return;
+            return false;
         }
         if let Err(e) = self.fast_resume.write_stamps(id, &stamps) {
             tracing::warn!(torrent = %id, "{e:#}; its data is hashed again at the next start");
+            return false;
         }
+        true
+    }
+
+    /// Whether torrent `id`'s fast-resume state vouches, with no engine, for all its
+    /// `pieces`: its bitfield has every one, and its files (`files`, relative to
+    /// `data_folder`, every file the engine would list, in its order) are as when that was
+    /// last known true. What a resume's vouch asks (DESIGN §4), and more. Blocking.
+    pub fn vouches_complete(
+        &self,
+        id: TorrentId,
+        data_folder: &Path,
+        files: &[PathBuf],
+        pieces: u64,
+    ) -> bool {
+        self.fast_resume.has_every_piece(id, pieces)
+            && self.fast_resume.stamps_match(
+                id,
+                &crate::storage::stamps_of(&self.roots, data_folder, files),
+            )
     }
 
     /// Whether torrent `id`'s files are as its fast-resume record says they were when
@@ -889,6 +936,14 @@ pub fn name_of(handle: &ManagedTorrentHandle) -> String {
     handle
         .name()
         .unwrap_or_else(|| handle.info_hash().as_string())
+}
+
+/// Peers a torrent knows of and may talk to now: queued to be dialled, connecting, or live.
+pub fn peers_known(handle: &ManagedTorrentHandle) -> u32 {
+    handle.live().map_or(0, |live| {
+        let peers = live.stats_snapshot().peer_stats;
+        peers.queued + peers.connecting + peers.live
+    })
 }
 
 /// A cheap look at a torrent: counters only, no allocation. When it changes the torrent's

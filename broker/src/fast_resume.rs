@@ -134,6 +134,15 @@ impl FastResume {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
+    /// Whether a torrent's bitfield has every one of its `pieces` (the engine's: one bit a
+    /// piece, the first in the high bit of the first byte).
+    pub fn has_every_piece(&self, id: TorrentId, pieces: u64) -> bool {
+        let Ok(Some(bits)) = crate::store::read_state_file(&self.path(id)) else {
+            return false;
+        };
+        bitfield_is_full(&bits, pieces)
+    }
+
     /// Whether a torrent's files are as recorded (no record: not known to be).
     pub fn stamps_match(&self, id: TorrentId, now: &[Option<FileStamp>]) -> bool {
         stamps_at_match(&self.stamps_path(id), now)
@@ -204,6 +213,18 @@ impl FastResume {
     }
 }
 
+/// Whether `bits` holds exactly `pieces` bits, every one set (what follows the last piece in
+/// its byte is not looked at).
+fn bitfield_is_full(bits: &[u8], pieces: u64) -> bool {
+    if pieces == 0 || bits.len() as u64 != pieces.div_ceil(8) {
+        return false;
+    }
+    let whole = (pieces / 8) as usize;
+    let rest = (pieces % 8) as u32;
+    let last = 0xffu8.checked_shl(8 - rest).unwrap_or(0);
+    bits[..whole].iter().all(|b| *b == 0xff) && (rest == 0 || bits[whole] & last == last)
+}
+
 /// Whether the stamps recorded at `path` (a torrent's `.stamps`) are `now` (no record: not
 /// known to be).
 pub fn stamps_at_match(path: &Path, now: &[Option<FileStamp>]) -> bool {
@@ -212,4 +233,24 @@ pub fn stamps_at_match(path: &Path, now: &[Option<FileStamp>]) -> bool {
         .flatten()
         .and_then(|bytes| serde_json::from_slice::<Vec<Option<FileStamp>>>(&bytes).ok());
     recorded.is_some_and(|recorded| recorded == now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bitfield_is_full_only_with_every_piece_and_its_exact_length() {
+        assert!(bitfield_is_full(&[0xff], 8));
+        assert!(bitfield_is_full(&[0xff, 0xe0], 11));
+        assert!(
+            bitfield_is_full(&[0xff, 0xff], 11),
+            "bits past the last piece are not looked at"
+        );
+        assert!(!bitfield_is_full(&[0xff, 0xc0], 11));
+        assert!(!bitfield_is_full(&[0x7f, 0xe0], 11));
+        assert!(!bitfield_is_full(&[0xff], 11), "too short");
+        assert!(!bitfield_is_full(&[0xff, 0xff], 8), "too long");
+        assert!(!bitfield_is_full(&[], 0));
+    }
 }

@@ -50,6 +50,10 @@ impl TorrentEntry {
             Life::Running(handle) | Life::Settling(handle) => Source::Engine(handle.clone()),
             Life::Restarting => Source::Restarting,
             Life::Moving(status) => Source::Frozen(status.clone()),
+            Life::Dormant(dormant) => Source::Dormant {
+                bytes: dormant.bytes,
+                paused: self.restore.engine_paused(),
+            },
         }
     }
 
@@ -138,6 +142,10 @@ pub enum Source {
     Restarting,
     /// The status it had when its data began to move (shown [`TorrentState::Moving`]).
     Frozen(Arc<TorrentStatus>),
+    /// Nothing: a complete seed out of the engine while idle, of this many bytes (its
+    /// selected files'); shown seeding (or paused, by a user, a seeding limit or the queue),
+    /// with no peer and no rate.
+    Dormant { bytes: u64, paused: bool },
 }
 
 /// A torrent's status as patrons see it: the engine's (or what stands for it while it is out
@@ -149,6 +157,20 @@ pub fn shown_status(info: &TorrentInfo, source: &Source, place: Overlay) -> Torr
         Source::Frozen(status) => TorrentStatus {
             state: TorrentState::Moving,
             ..(**status).clone()
+        },
+        Source::Dormant { bytes, paused } => TorrentStatus {
+            progress: 1.0,
+            bytes_done: *bytes,
+            bytes_total: *bytes,
+            complete: true,
+            ..TorrentStatus::idle(
+                info,
+                if *paused {
+                    TorrentState::Paused
+                } else {
+                    TorrentState::Seeding
+                },
+            )
         },
     };
     place.apply(&mut status);
@@ -170,6 +192,21 @@ pub enum Life {
     /// Taken out of the engine while its data moves (`move`): shown as it was when it
     /// stopped, [`TorrentState::Moving`], until it runs again from one place or the other.
     Moving(Arc<TorrentStatus>),
+    /// A complete seed taken out of the engine while nothing asks for it (see
+    /// [`crate::service::sleep`]): shown seeding; whatever needs the engine wakes it first.
+    Dormant(Dormant),
+}
+
+/// What the broker keeps of a seed out of the engine: all it shows, and when it went.
+#[derive(Clone, Copy, Debug)]
+pub struct Dormant {
+    /// Bytes of its selected files (all there: it is complete).
+    pub bytes: u64,
+    /// Since when it has been idle (before it left the engine), or running again after the
+    /// queue or a pause held it: the queue's stall rule counts from there, asleep or awake.
+    pub idle_since: std::time::Instant,
+    /// When it wakes to announce, for one that announces (trackers, DHT or LSD).
+    pub next_announce: Option<std::time::Instant>,
 }
 
 impl Life {
@@ -177,7 +214,7 @@ impl Life {
     pub fn handle(&self) -> Option<&ManagedTorrentHandle> {
         match self {
             Life::Running(handle) | Life::Settling(handle) => Some(handle),
-            Life::Restarting | Life::Moving(_) => None,
+            Life::Restarting | Life::Moving(_) | Life::Dormant(_) => None,
         }
     }
 
@@ -358,6 +395,14 @@ impl RestoreSpec {
         self.idle_ms = self.idle_ms_at(now);
         self.seeding_since = None;
         self.idle_since = None;
+    }
+
+    /// Starts its seeding and idle clocks (a seed that runs again), unless they run.
+    pub fn start_clocks(&mut self, now: u64) {
+        if self.seeding_since.is_none() {
+            self.seeding_since = Some(now);
+            self.idle_since = Some(now);
+        }
     }
 
     /// Whether the engine holds it paused: by a user's pause, or for the queue.
@@ -650,10 +695,36 @@ impl TorrentRegistry {
         restore: RestoreSpec,
         holder: Option<PatronId>,
     ) -> TorrentInfo {
+        let files = match self.torrents.contains_key(&info.id) {
+            true => Arc::from(Vec::new()),
+            false => files_of(&handle, &restore.data_folder),
+        };
+        self.insert_with(info, Life::Running(handle), files, restore, holder)
+    }
+
+    /// Records a seed restored out of the engine (see [`crate::service::sleep`]), owning
+    /// `files`.
+    pub fn insert_dormant(
+        &mut self,
+        info: TorrentInfo,
+        dormant: Dormant,
+        files: Arc<[PathBuf]>,
+        restore: RestoreSpec,
+    ) {
+        self.insert_with(info, Life::Dormant(dormant), files, restore, None);
+    }
+
+    fn insert_with(
+        &mut self,
+        info: TorrentInfo,
+        life: Life,
+        files: Arc<[PathBuf]>,
+        restore: RestoreSpec,
+        holder: Option<PatronId>,
+    ) -> TorrentInfo {
         self.version += 1;
         self.touched.insert(info.id);
         if !self.torrents.contains_key(&info.id) {
-            let files = files_of(&handle, &restore.data_folder);
             self.claim(info.id, &files);
             let mut restore = restore;
             let last = self.last_queue_position();
@@ -667,7 +738,7 @@ impl TorrentRegistry {
                 info.id,
                 Box::new(TorrentEntry {
                     info: info.clone(),
-                    life: Life::Running(handle),
+                    life,
                     holders: BTreeSet::new(),
                     last_status: None,
                     restore,

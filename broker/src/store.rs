@@ -46,6 +46,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// a symlink, never waiting (a FIFO planted there would hang the start while the lock is
 /// held), and only a regular file of this user. `Ok(None)`: there is none.
 pub fn open_state_file(path: &Path) -> io::Result<Option<File>> {
+    Ok(open_state_file_as_is(path)?.map(|(file, _)| file))
+}
+
+/// [`open_state_file`], with what the file is.
+fn open_state_file_as_is(path: &Path) -> io::Result<Option<(File, std::fs::Metadata)>> {
     let opened = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -69,13 +74,45 @@ pub fn open_state_file(path: &Path) -> io::Result<Option<File>> {
         )));
     }
     ours(&meta, path)?;
-    Ok(Some(file))
+    Ok(Some((file, meta)))
+}
+
+/// The size of a file of the broker's state, refused as [`open_state_file`] refuses one
+/// (a link, not a regular file, not the broker's user's), without opening it: a look at
+/// thousands before any is read.
+pub fn state_file_size(path: &Path) -> io::Result<Option<u64>> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot look at {}: {e}", path.display()),
+            ))
+        }
+    };
+    if meta.file_type().is_symlink() {
+        return Err(io::Error::other(format!(
+            "{} is a symbolic link; the broker's state files are never read through one: move it aside",
+            path.display()
+        )));
+    }
+    if !meta.file_type().is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file (a FIFO, a device or a folder?); the broker reads only its own regular files there: move it aside",
+            path.display()
+        )));
+    }
+    ours(&meta, path)?;
+    Ok(Some(meta.len()))
 }
 
 /// Refuses a state file or folder that is not the broker's user's.
 fn ours(meta: &std::fs::Metadata, path: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let uid = nix::unistd::geteuid().as_raw();
+    // Asked once: a restart looks at thousands of files.
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let uid = *EUID.get_or_init(|| nix::unistd::geteuid().as_raw());
     if meta.uid() != uid {
         return Err(io::Error::other(format!(
             "{} belongs to uid {}, not to the broker's user ({uid}): move it aside",
@@ -118,17 +155,19 @@ pub const MAX_STATE_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// than [`MAX_STATE_FILE_BYTES`]. `Ok(None)`: there is none.
 pub fn read_state_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
     use std::io::Read;
-    let Some(file) = open_state_file(path)? else {
+    let Some((file, meta)) = open_state_file_as_is(path)? else {
         return Ok(None);
     };
-    let size = file.metadata()?.len();
+    let size = meta.len();
     if size > MAX_STATE_FILE_BYTES {
         return Err(io::Error::other(format!(
             "{} is {size} bytes, more than any state file of the broker ({MAX_STATE_FILE_BYTES}): move it aside",
             path.display()
         )));
     }
-    let mut bytes = Vec::new();
+    // Room for all of it and the read that finds its end: two reads, not a growing buffer's
+    // many (thousands of small files at a restart).
+    let mut bytes = Vec::with_capacity(size as usize + 1);
     file.take(MAX_STATE_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;

@@ -53,6 +53,8 @@ enum Command {
 
 struct OpenStream {
     patron: PatronId,
+    /// The torrent it reads (kept in the engine while a stream reads it).
+    torrent: TorrentId,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -120,6 +122,16 @@ impl Streams {
         lock(&self.open)
     }
 
+    /// The torrents streams are open on.
+    pub fn torrents_read(&self) -> std::collections::HashSet<TorrentId> {
+        self.open().values().map(|stream| stream.torrent).collect()
+    }
+
+    /// Whether a stream is open on torrent `id`.
+    pub fn reads(&self, id: TorrentId) -> bool {
+        self.open().values().any(|stream| stream.torrent == id)
+    }
+
     /// Open streams whose window is still in the engine.
     pub fn count(&self) -> usize {
         self.live.load(Ordering::Acquire)
@@ -163,6 +175,7 @@ impl Streams {
                 id,
                 OpenStream {
                     patron: patron.id,
+                    torrent,
                     commands,
                 },
             );

@@ -37,6 +37,10 @@ pub struct CheckedTorrent {
     pub bytes: Vec<u8>,
     /// How many trackers loopback-only mode removed.
     pub trackers_removed: usize,
+    /// Bytes per piece.
+    pub piece_length: u64,
+    /// Whether it names a tracker (after loopback-only mode removed what it does).
+    pub has_trackers: bool,
 }
 
 impl CheckedTorrent {
@@ -95,6 +99,11 @@ impl CheckedTorrent {
                 selected: true,
             })
             .collect()
+    }
+
+    /// How many pieces it has.
+    pub fn pieces(&self) -> u64 {
+        self.total_bytes.div_ceil(self.piece_length.max(1))
     }
 
     /// Its files' full paths, written into `data_folder`.
@@ -262,6 +271,8 @@ pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTo
         multi_file,
         bytes: encode_torrent(&tiers, meta.info.raw_bytes.as_ref()),
         trackers_removed,
+        piece_length,
+        has_trackers: !tiers.is_empty(),
     })
 }
 

@@ -140,3 +140,309 @@ fn an_idle_seeds_speeds_come_back_with_each_new_peer() {
         );
     }
 }
+
+/// A seed idle for `--sleep-seeds-after` leaves the engine, shown seeding as before; a
+/// leecher's connection for its info hash wakes it (a resume vouched for: nothing hashed
+/// again) and gets every byte; a request that needs the engine (a recheck) wakes another.
+#[test]
+fn an_idle_seed_leaves_the_engine_and_a_peer_or_a_request_wakes_it() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
+    let size = 256 << 10;
+    let torrents: Vec<_> = (0..2)
+        .map(|i| make_seed(&sandbox, &state, &format!("s{i}.bin"), size))
+        .collect();
+    for id in ["0", "1"] {
+        wait_status(&sandbox, &state, id, "seeding", |s| s["state"] == "seeding");
+    }
+    e2e::wait_for("both seeds out of the engine", STEP_TIMEOUT, || {
+        slept(&seeder.log()) >= 2
+    });
+    for id in ["0", "1"] {
+        let status = e2e::status_json(&sandbox, &state, id);
+        assert_eq!(
+            status["state"], "seeding",
+            "dormant, shown as before: {status}"
+        );
+        assert_eq!(status["progress"], 1.0, "{status}");
+        assert_eq!(status["bytes_done"], size as u64, "{status}");
+    }
+    // A leecher dials it: the engine asks the broker, which wakes it.
+    let leecher_state = sandbox.state_dir("leecher");
+    let _leecher = sandbox.broker(&leecher_state, &[]);
+    let out = sandbox.folder("leecher-out");
+    let mut add = sandbox.add_command(&leecher_state, &torrents[1], &out, Some(&seeder.peer()));
+    add.arg("--wait");
+    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
+    assert_eq!(
+        std::fs::read(out.join("s1.bin")).expect("downloaded"),
+        std::fs::read(sandbox.path("seed/s1.bin")).expect("seeded"),
+    );
+    // Listing a dormant seed's peers wakes nothing: it has none.
+    let peers = ok_json(&sandbox, &state, &["peers", "0"]);
+    assert_eq!(peers["peers"], serde_json::json!([]), "{peers}");
+    // The other one answers as a seed in the engine would: its files complete (read from
+    // its .torrent), and a recheck (which wakes it) taken at once.
+    let files = ok_json(&sandbox, &state, &["files", "0"]);
+    assert_eq!(files["files"][0]["bytes_done"], size as u64, "{files}");
+    ok_json(&sandbox, &state, &["recheck", "0"]);
+    wait_status(&sandbox, &state, "0", "seeding after its recheck", |s| {
+        s["state"] == "seeding"
+    });
+    assert!(
+        !seeder.log().contains("every piece is hashed again"),
+        "a wake reads nothing: {}",
+        seeder.log()
+    );
+}
+
+/// How many seeds the broker's log says left the engine.
+fn slept(log: &str) -> u64 {
+    log.lines()
+        .filter(|line| line.contains("idle seeds out of the engine"))
+        .filter_map(|line| {
+            line.split("slept=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Verified means verified (DESIGN §4), for a seed that slept: a file edited while it was
+/// out of the engine is hashed again when it wakes, and the edited piece is no longer
+/// counted complete nor served.
+#[test]
+fn a_file_edited_while_its_seed_slept_is_hashed_again_when_it_wakes() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
+    let size = 256 << 10;
+    make_seed(&sandbox, &state, "s0.bin", size);
+    wait_status(&sandbox, &state, "0", "seeding", |s| {
+        s["state"] == "seeding"
+    });
+    e2e::wait_for("the seed out of the engine", STEP_TIMEOUT, || {
+        slept(&seeder.log()) >= 1
+    });
+    // One byte in the middle changes (same size; its stamp no longer matches).
+    let path = sandbox.path("seed/s0.bin");
+    let mut bytes = std::fs::read(&path).expect("the seed's file");
+    bytes[size / 2] ^= 0xff;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&path, &bytes).expect("edited");
+    // A request that needs the engine wakes it (a file selection; listing them does not).
+    ok_json(&sandbox, &state, &["files", "0", "--only", "0"]);
+    let status = wait_status(&sandbox, &state, "0", "the check's verdict", |s| {
+        s["state"] != "checking" && s["complete"] == false
+    });
+    assert!(
+        status["bytes_done"].as_u64().unwrap_or(u64::MAX) < size as u64,
+        "the edited piece is not counted: {status}"
+    );
+    assert!(
+        seeder.log().contains("every piece is hashed again"),
+        "{}",
+        seeder.log()
+    );
+}
+
+/// What only changes a dormant seed's record changes it out of the engine, where it stays:
+/// a user's pause, a seeding limit reached, the queue holding it back (a wake for each of
+/// thousands of sleeping seeds would be a storm). Only what makes it run again wakes it:
+/// a resume, its turn in the queue.
+#[test]
+fn a_dormant_seed_is_paused_or_queued_by_its_record_without_waking() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
+    for i in 0..3 {
+        make_seed(&sandbox, &state, &format!("s{i}.bin"), 64 << 10);
+    }
+    for id in ["0", "1", "2"] {
+        wait_status(&sandbox, &state, id, "seeding", |s| s["state"] == "seeding");
+    }
+    e2e::wait_for("the seeds out of the engine", STEP_TIMEOUT, || {
+        slept(&seeder.log()) >= 3
+    });
+    // A user's pause.
+    let paused = ok_json(&sandbox, &state, &["pause", "0"]);
+    assert_eq!(paused["state"], "paused", "{paused}");
+    // A seeding limit its seeding time already passed.
+    ok_json(&sandbox, &state, &["set", "1", "--seed-time", "1s"]);
+    wait_status(&sandbox, &state, "1", "paused by its limit", |s| {
+        s["state"] == "paused"
+    });
+    // The queue: no seed may run.
+    ok_json(&sandbox, &state, &["queue", "--seeds", "0"]);
+    wait_status(&sandbox, &state, "2", "queued", |s| s["state"] == "queued");
+    let status = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(status["state"], "paused", "{status}");
+    assert_eq!(status["progress"], 1.0, "{status}");
+    assert_eq!(woken(&seeder.log()), 0, "nothing woken: {}", seeder.log());
+    // A resume while the queue holds every seed: it waits for its turn, queued.
+    let resumed = ok_json(&sandbox, &state, &["resume", "0"]);
+    assert_eq!(resumed["state"], "queued", "{resumed}");
+    // The queue's turn: seeding again, by their records, still out of the engine.
+    ok_json(&sandbox, &state, &["queue", "--seeds", "none"]);
+    for id in ["0", "2"] {
+        wait_status(&sandbox, &state, id, "seeding again", |s| {
+            s["state"] == "seeding" && s["complete"] == true
+        });
+    }
+    // Listing a dormant seed's files reads its .torrent: every file complete, no wake.
+    let files = ok_json(&sandbox, &state, &["files", "2"]);
+    assert_eq!(files["files"][0]["bytes_done"], 64 << 10, "{files}");
+    assert_eq!(woken(&seeder.log()), 0, "nothing woken: {}", seeder.log());
+    let status = e2e::status_json(&sandbox, &state, "1");
+    assert_eq!(
+        status["state"], "paused",
+        "still held by its limit: {status}"
+    );
+    // A leecher's connection wakes the resumed one, which serves every byte.
+    let leecher_state = sandbox.state_dir("leecher");
+    let _leecher = sandbox.broker(&leecher_state, &[]);
+    let out = sandbox.folder("leecher-out");
+    let torrent = sandbox.path("s0.bin.torrent");
+    let mut add = sandbox.add_command(&leecher_state, &torrent, &out, Some(&seeder.peer()));
+    add.arg("--wait");
+    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
+    assert_eq!(
+        std::fs::read(out.join("s0.bin")).expect("downloaded"),
+        std::fs::read(sandbox.path("seed/s0.bin")).expect("seeded"),
+    );
+    assert_eq!(woken(&seeder.log()), 1, "{}", seeder.log());
+    assert!(
+        !seeder.log().contains("every piece is hashed again"),
+        "a wake reads nothing: {}",
+        seeder.log()
+    );
+}
+
+/// How many wakes the broker's log tells of.
+fn woken(log: &str) -> usize {
+    log.lines()
+        .filter(|line| line.contains("woken: back in the engine"))
+        .count()
+}
+
+/// A restart brings back the seeds whose fast resume vouches for every piece out of the
+/// engine (nothing to add, nothing read): shown seeding, or paused, at once; a leecher's
+/// connection wakes one as it would a seed that slept. One whose file was edited while the
+/// broker was down goes into the engine and is hashed again (DESIGN §4).
+#[test]
+fn a_restart_brings_back_vouched_seeds_out_of_the_engine() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let mut seeder = sandbox.broker(&state, &[]);
+    let size = 256 << 10;
+    let torrents: Vec<_> = (0..3)
+        .map(|i| make_seed(&sandbox, &state, &format!("s{i}.bin"), size))
+        .collect();
+    for id in ["0", "1", "2"] {
+        wait_status(&sandbox, &state, id, "seeding", |s| s["state"] == "seeding");
+    }
+    ok_json(&sandbox, &state, &["pause", "2"]);
+    seeder.stop_cleanly();
+    // Seed 1's file changes while no broker runs (same size; its stamp no longer matches).
+    let path = sandbox.path("seed/s1.bin");
+    let mut bytes = std::fs::read(&path).expect("the seed's file");
+    bytes[size / 2] ^= 0xff;
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&path, &bytes).expect("edited");
+
+    let seeder = sandbox.broker(&state, &[]);
+    let restored = seeder
+        .log()
+        .lines()
+        .find(|line| line.contains("restored the recorded torrents"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        restored.contains("out_of_the_engine=2"),
+        "seeds 0 and 2 out of the engine: {}",
+        seeder.log()
+    );
+    let status = e2e::status_json(&sandbox, &state, "0");
+    assert_eq!(status["state"], "seeding", "{status}");
+    assert_eq!(status["bytes_done"], size as u64, "{status}");
+    let status = e2e::status_json(&sandbox, &state, "2");
+    assert_eq!(status["state"], "paused", "{status}");
+    assert_eq!(status["complete"], true, "{status}");
+    let status = wait_status(&sandbox, &state, "1", "the edited seed checked", |s| {
+        s["state"] != "checking"
+    });
+    assert_eq!(
+        status["complete"], false,
+        "the edited piece is not counted: {status}"
+    );
+    let hashed: Vec<&str> = seeder
+        .log()
+        .lines()
+        .filter(|line| line.contains("every piece is hashed again"))
+        .map(|line| {
+            if line.contains("torrent=1") {
+                "1"
+            } else {
+                "another"
+            }
+        })
+        .collect();
+    assert_eq!(
+        hashed,
+        ["1"],
+        "only the edited one is hashed: {}",
+        seeder.log()
+    );
+    // A leecher gets every byte of seed 0, its connection waking it.
+    let leecher_state = sandbox.state_dir("leecher");
+    let _leecher = sandbox.broker(&leecher_state, &[]);
+    let out = sandbox.folder("leecher-out");
+    let mut add = sandbox.add_command(&leecher_state, &torrents[0], &out, Some(&seeder.peer()));
+    add.arg("--wait");
+    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
+    assert_eq!(
+        std::fs::read(out.join("s0.bin")).expect("downloaded"),
+        std::fs::read(sandbox.path("seed/s0.bin")).expect("seeded"),
+    );
+    assert_eq!(woken(&seeder.log()), 1, "{}", seeder.log());
+}
+
+/// A download stopped part way (its bitfield not full, its files stamped) comes back into
+/// the engine at a restart, as the download it is: never shown as a complete seed.
+#[test]
+fn a_restart_brings_back_a_part_download_into_the_engine() {
+    let sandbox = Sandbox::new();
+    let size = 4 << 20;
+    let (seeder, _data) = e2e::slow_seeder(&sandbox, size, "400000");
+    let state = sandbox.state_dir("leecher");
+    let mut leecher = sandbox.broker(&state, &[]);
+    let out = sandbox.folder("leecher-out");
+    let add = sandbox.add_command(&state, &seeder.torrent, &out, Some(&seeder.broker.peer()));
+    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
+    wait_status(&sandbox, &state, "0", "a part downloaded", |s| {
+        s["bytes_done"].as_u64().unwrap_or(0) >= 256 << 10
+    });
+    let paused = ok_json(&sandbox, &state, &["pause", "0"]);
+    assert_eq!(paused["complete"], false, "{paused}");
+    leecher.stop_cleanly();
+
+    let leecher = sandbox.broker(&state, &[]);
+    assert!(
+        leecher.log().contains("out_of_the_engine=0"),
+        "{}",
+        leecher.log()
+    );
+    let status = wait_status(&sandbox, &state, "0", "checked", |s| {
+        s["state"] != "checking"
+    });
+    assert_eq!(status["state"], "paused", "{status}");
+    assert_eq!(status["complete"], false, "{status}");
+    assert!(
+        status["bytes_done"].as_u64().unwrap_or(u64::MAX) < size as u64,
+        "{status}"
+    );
+}

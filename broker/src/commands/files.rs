@@ -3,7 +3,11 @@
 use crate::service::Service;
 use proto::{Event, FilesRequest, RequestId};
 
-pub async fn run(service: &Service, request: RequestId, files: FilesRequest) -> Event {
+pub async fn run(
+    service: &std::sync::Arc<Service>,
+    request: RequestId,
+    files: FilesRequest,
+) -> Event {
     match service.files(files).await {
         Ok((torrent, files)) => Event::Files {
             request,

@@ -3,7 +3,11 @@
 use crate::service::Service;
 use proto::{Event, PeersRequest, RequestId};
 
-pub async fn run(service: &Service, request: RequestId, peers: PeersRequest) -> Event {
+pub async fn run(
+    service: &std::sync::Arc<Service>,
+    request: RequestId,
+    peers: PeersRequest,
+) -> Event {
     match service.peers(peers).await {
         Ok((torrent, dialled, peers)) => Event::Peers {
             request,

@@ -106,6 +106,23 @@ impl Service {
             );
         }
         let _adding = service.adding.lock().await;
+        // A joiner's peers are dialled: a dormant seed of the same torrent wakes for them.
+        if !peers.is_empty() {
+            let dormant = {
+                let state = service.state();
+                state.registry.by_info_hash(checked.info_hash).filter(|id| {
+                    state
+                        .registry
+                        .get(*id)
+                        .is_some_and(|e| matches!(e.life, crate::registry::Life::Dormant(_)))
+                })
+            };
+            if let Some(id) = dormant {
+                if let Err(e) = service.wake_locked(id).await {
+                    tracing::info!(torrent = %id, "not woken for a joiner's peers: {}", e.message);
+                }
+            }
+        }
         if let Some(joined) = service.join(patron, &create, &peers, checked.info_hash) {
             return Ok(joined);
         }

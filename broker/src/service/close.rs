@@ -132,7 +132,12 @@ impl Service {
         }
         // Then the engine. Should it refuse, the torrent runs on: back in the registry and
         // in the records.
-        if let Err(e) = self.engine_stop(id).await {
+        // A dormant seed is in no engine to stop.
+        let in_engine = !matches!(entry.life, Life::Dormant(_));
+        if let Err(e) = match in_engine {
+            true => self.engine_stop(id).await,
+            false => Ok(()),
+        } {
             self.put_back(patron, id, entry);
             let also = match self.save_record(id) {
                 Ok(()) => String::new(),

@@ -44,7 +44,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 pub struct Woken(Mutex<HashSet<TorrentId>>);
 
 impl Woken {
-    fn add(&self, id: TorrentId) {
+    pub(super) fn add(&self, id: TorrentId) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
     }
 
@@ -75,10 +75,11 @@ struct Seen {
     /// the last look.
     look: (Pulse, u32, bool, Overlay),
     /// Tells the loop what the engine changed (completion, peers, state); aborted when it
-    /// goes.
-    watcher: tokio::task::AbortHandle,
-    /// The engine's handle it watches (a recheck gives the torrent a new one).
-    handle: ManagedTorrentHandle,
+    /// goes. None while the torrent is out of the engine (dormant).
+    watcher: Option<tokio::task::AbortHandle>,
+    /// The engine's handle it watches (a recheck, or a wake, gives the torrent a new one);
+    /// none while it is dormant.
+    handle: Option<ManagedTorrentHandle>,
     /// Looked at every pulse until then (and while it has peers or is not settled).
     awake_until: Instant,
     /// While it seeds asleep: when the minute of its seeding time shown next changes.
@@ -87,7 +88,33 @@ struct Seen {
 
 impl Drop for Seen {
     fn drop(&mut self) {
-        self.watcher.abort();
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
+    }
+}
+
+/// Whether what the loop saw of a torrent was read from `source`: the same engine handle,
+/// or dormant then and now.
+fn same_source(handle: Option<&ManagedTorrentHandle>, source: &Source) -> bool {
+    match (handle, source) {
+        (Some(seen), Source::Engine(now)) => Arc::ptr_eq(seen, now),
+        (None, Source::Dormant { .. }) => true,
+        _ => false,
+    }
+}
+
+/// A torrent's [`Pulse`]: the engine's, or a dormant seed's, which never changes.
+fn pulse_from(source: &Source) -> Pulse {
+    match source {
+        Source::Engine(handle) => engine::pulse_of(handle),
+        Source::Dormant { bytes, paused } => Pulse {
+            stage: (if *paused { 2 } else { 3 }, true),
+            have: *bytes,
+            uploaded: 0,
+            peers: 0,
+        },
+        Source::Restarting | Source::Frozen(_) => Pulse::default(),
     }
 }
 
@@ -218,14 +245,7 @@ fn refresh_board(
     // Which torrents to look at: on a sweep (the first pass is one) all; else those awake,
     // those the broker changed, those the engine woke, and asleep seeds whose minute turns.
     let woken = service.woken.take();
-    type Look = (
-        TorrentId,
-        ManagedTorrentHandle,
-        u32,
-        bool,
-        Overlay,
-        Option<u64>,
-    );
+    type Look = (TorrentId, Source, u32, bool, Overlay, Option<u64>);
     let seeding = service.seed_policy();
     let wall = crate::counts::now_ms();
     let (running, placeholders, mut gone, present, nudged) = {
@@ -256,8 +276,9 @@ fn refresh_board(
                 Some(entry) => {
                     // Being added again ([`crate::registry::Life::Restarting`]) or moving: its
                     // line stays as it is until it has a handle (the change that gives it one
-                    // marks it).
-                    if let Some(handle) = entry.live_handle() {
+                    // marks it). A dormant seed is looked at as one asleep.
+                    let source = entry.source();
+                    if matches!(source, Source::Engine(_) | Source::Dormant { .. }) {
                         let holders = entry.holders.len() as u32;
                         let ephemeral = entry.restore.ephemeral;
                         // While it seeds: milliseconds until the minute of seeding time it
@@ -267,7 +288,7 @@ fn refresh_board(
                             .seeding_since
                             .map(|_| 60_000 - entry.restore.seeding_ms_at(wall) % 60_000);
                         let place = entry.overlay(&seeding);
-                        running.push((id, handle, holders, ephemeral, place, minute));
+                        running.push((id, source, holders, ephemeral, place, minute));
                     }
                 }
                 None => gone.push(id),
@@ -307,11 +328,11 @@ fn refresh_board(
     let mut urgent = Vec::new();
     let mut arrived = false;
     let looked: Vec<TorrentId> = running.iter().map(|(id, ..)| *id).collect();
-    for (id, handle, holders, ephemeral, place, minute) in running {
-        let look = (engine::pulse_of(&handle), holders, ephemeral, place.clone());
+    for (id, source, holders, ephemeral, place, minute) in running {
+        let look = (pulse_from(&source), holders, ephemeral, place.clone());
         let next_minute = minute.map(|in_ms| now + Duration::from_millis(in_ms));
         let before = match seen.get_mut(&id) {
-            Some(known) if Arc::ptr_eq(&known.handle, &handle) => {
+            Some(known) if same_source(known.handle.as_ref(), &source) => {
                 known.next_minute = next_minute;
                 let before = std::mem::replace(&mut known.look, look.clone());
                 if before != look || nudged.contains(&id) {
@@ -322,13 +343,19 @@ fn refresh_board(
             known => {
                 arrived = true;
                 let before = known.map(|k| k.look.clone());
-                let watcher = watch_torrent(service, id, handle.clone());
+                let handle = match &source {
+                    Source::Engine(handle) => Some(handle.clone()),
+                    _ => None,
+                };
+                let watcher = handle
+                    .as_ref()
+                    .map(|handle| watch_torrent(service, id, handle.clone()));
                 seen.insert(
                     id,
                     Box::new(Seen {
                         look: look.clone(),
                         watcher,
-                        handle: handle.clone(),
+                        handle,
                         awake_until: now + AWAKE_AFTER_CHANGE,
                         next_minute,
                     }),
@@ -343,7 +370,7 @@ fn refresh_board(
             urgent.push(id);
         }
         if pass.full || before != Some(look) {
-            moved.push((id, handle, holders, ephemeral, place));
+            moved.push((id, source, holders, ephemeral, place));
         }
     }
     let mut left = false;
@@ -371,16 +398,16 @@ fn refresh_board(
         let state = service.state();
         moved
             .into_iter()
-            .filter_map(|(id, handle, holders, ephemeral, place)| {
+            .filter_map(|(id, source, holders, ephemeral, place)| {
                 let info = state.registry.get(id)?.info.clone();
-                Some((info, handle, holders, ephemeral, place))
+                Some((info, source, holders, ephemeral, place))
             })
             .collect()
     };
     let mut changed: Vec<TorrentSummary> = infos
         .into_iter()
-        .map(|(info, handle, holders, ephemeral, place)| TorrentSummary {
-            status: shown_status(&info, &Source::Engine(handle), place),
+        .map(|(info, source, holders, ephemeral, place)| TorrentSummary {
+            status: shown_status(&info, &source, place),
             info,
             holders,
             held_by_you: false,
@@ -502,19 +529,17 @@ pub(super) fn fan_out(
         entries
             .filter(|entry| !entry.holders.is_empty())
             .filter_map(|entry| {
-                Some((
-                    entry.info.clone(),
-                    entry.live_handle()?,
-                    entry.overlay(&seeding),
-                ))
+                let source = entry.source();
+                matches!(source, Source::Engine(_) | Source::Dormant { .. })
+                    .then(|| (entry.info.clone(), source, entry.overlay(&seeding)))
             })
             .collect()
     };
     let statuses: Vec<TorrentStatus> = held
         .iter()
-        .map(|(info, handle, place)| match computed.get(&info.id) {
+        .map(|(info, source, place)| match computed.get(&info.id) {
             Some(status) => status.clone(),
-            None => shown_status(info, &Source::Engine(handle.clone()), place.clone()),
+            None => shown_status(info, source, place.clone()),
         })
         .collect();
     let mut state = service.state();

@@ -3,21 +3,25 @@
 use super::Service;
 use proto::{FileEntry, FileRef, FilesRequest, ProtoError, TorrentId};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 impl Service {
     /// A torrent's files; with `only`, which of them to download first (recorded, so a restart
     /// keeps the choice; if it cannot be recorded, the engine's selection is put back).
     pub async fn files(
-        &self,
+        self: &Arc<Self>,
         request: FilesRequest,
     ) -> Result<(TorrentId, Vec<FileEntry>), ProtoError> {
         let service = self;
         let Some(only) = request.only else {
+            if let Some(files) = service.dormant_files(request.torrent).await? {
+                return Ok(files);
+            }
             let (id, handle) = service.live(request.torrent).await?;
             return Ok((id, service.engine.files(&handle)?));
         };
         let _adding = service.adding.lock().await;
-        let (id, handle) = service.running(request.torrent)?;
+        let (id, handle) = service.running_awake(request.torrent).await?;
         let files = service.engine.files(&handle)?;
         let chosen = chosen(&only, &files, handle.name().as_deref())?;
         let before = handle.only_files();
@@ -43,6 +47,51 @@ impl Service {
         }
         tracing::info!(torrent = %id, files = chosen.len(), "file selection changed");
         Ok((id, service.engine.files(&handle)?))
+    }
+}
+
+impl Service {
+    /// A dormant seed's files, every one selected and complete, read from its .torrent
+    /// without waking it (a client that lists every torrent's files now and then, as
+    /// transmission's do, would otherwise keep every seed in the engine). `None`: it is not
+    /// dormant, or not every file is selected (the progress of the others is the engine's).
+    async fn dormant_files(
+        self: &Arc<Self>,
+        torrent: proto::TorrentRef,
+    ) -> Result<Option<(TorrentId, Vec<FileEntry>)>, ProtoError> {
+        let (id, crate::registry::Life::Dormant(_)) = self.life_of(torrent)? else {
+            return Ok(None);
+        };
+        let every_file = self
+            .state()
+            .registry
+            .get(id)
+            .is_some_and(|e| e.restore.only_files.is_none());
+        if !every_file {
+            return Ok(None);
+        }
+        let service = self.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let path = service.torrent_file_path(id);
+            let bytes = crate::store::read_state_file(&path).ok().flatten()?;
+            crate::torrent_file::check_torrent_file(&bytes, service.config.loopback_only).ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        // Unreadable now: the engine says (a wake reads it as a start would, and fails as
+        // one would).
+        Ok(read.map(|checked| {
+            let files = checked
+                .file_entries()
+                .into_iter()
+                .map(|file| FileEntry {
+                    bytes_done: file.size,
+                    ..file
+                })
+                .collect();
+            (id, files)
+        }))
     }
 }
 

@@ -130,10 +130,14 @@ impl Service {
     /// its labels carry apply from now on.
     pub fn set_labels(&self, change: SetLabels) -> Result<TorrentStatus, ProtoError> {
         proto::valid_labels(&change.labels).map_err(ProtoError::bad_request)?;
-        let (id, handle) = self.running(change.torrent)?;
+        // A dormant seed takes its labels' rates when it wakes.
+        let (id, _) = self.running_or_dormant(change.torrent)?;
         let labels = change.labels;
         self.update_record(id, |r| r.labels = labels.clone())?;
-        self.apply_label_rates(&[(id, handle)]);
+        // Asked again once recorded: one woken meanwhile may have read the record before.
+        if let Ok((_, Some(handle))) = self.running_or_dormant(proto::TorrentRef::Id(id)) {
+            self.apply_label_rates(&[(id, handle)]);
+        }
         self.sync_board(id);
         self.queue.nudge();
         tracing::info!(torrent = %id, ?labels, "labels set");

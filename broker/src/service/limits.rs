@@ -243,7 +243,8 @@ impl Service {
         download: Option<Option<NonZeroU32>>,
         upload: Option<Option<NonZeroU32>>,
     ) -> Result<RateLimits, ProtoError> {
-        let (id, handle) = self.running(torrent)?;
+        // A dormant seed takes the rates its record says when it wakes.
+        let (id, _) = self.running_or_dormant(torrent)?;
         if download.is_some() || upload.is_some() {
             self.update_record(id, |restore| {
                 if let Some(download) = download {
@@ -253,17 +254,35 @@ impl Service {
                     restore.rates.upload = upload;
                 }
             })?;
-            // Its own where it has them, else its labels'.
+            // Its own where it has them, else its labels'. (Its handle asked for once
+            // recorded: one woken meanwhile may have read the record before.)
             let rates = self
                 .state()
                 .registry
                 .get(id)
                 .map(|e| self.label_rates(&e.restore.labels, e.restore.rates))
                 .unwrap_or_default();
-            engine::set_torrent_limits(&handle, Some(rates.download), Some(rates.upload));
+            if let Ok((_, Some(handle))) = self.running_or_dormant(TorrentRef::Id(id)) {
+                engine::set_torrent_limits(&handle, Some(rates.download), Some(rates.upload));
+            }
             tracing::info!(torrent = %id, ?download, ?upload, "the torrent's rate limits set");
         }
-        Ok(engine::torrent_limits(&handle))
+        let handle = self.running_or_dormant(TorrentRef::Id(id))?.1;
+        Ok(match &handle {
+            Some(handle) => engine::torrent_limits(handle),
+            None => {
+                let rates = self
+                    .state()
+                    .registry
+                    .get(id)
+                    .map(|e| self.label_rates(&e.restore.labels, e.restore.rates))
+                    .unwrap_or_default();
+                proto::RateLimits {
+                    download: rates.download.map(|r| u64::from(r.get())),
+                    upload: rates.upload.map(|r| u64::from(r.get())),
+                }
+            }
+        })
     }
 }
 

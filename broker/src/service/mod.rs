@@ -25,6 +25,7 @@ pub mod queue;
 mod recheck;
 mod restore;
 mod seeding;
+pub mod sleep;
 mod streams;
 #[cfg(test)]
 mod tests;
@@ -175,6 +176,8 @@ pub struct Service {
     pub seeding: seeding::Seeding,
     /// What labels carry (see [`labels`]).
     labels: labels::Labels,
+    /// Idle seeds out of the engine (see [`sleep`]).
+    sleeper: sleep::Sleeper,
     /// Programs run when a torrent is added, completes or fails.
     hooks: crate::hooks::Hooks,
     faults: Faults,
@@ -229,6 +232,7 @@ impl Service {
             rates: limits::BrokerRates::new(config_rates, &settings_now),
             seeding: seeding::Seeding::new(config_seeding),
             labels,
+            sleeper: Default::default(),
             hooks: crate::hooks::Hooks::new(
                 config_hooks.0,
                 config_hooks.1,
@@ -238,8 +242,14 @@ impl Service {
             faults: Faults::default(),
         });
         service.apply_rates();
+        let waking = Arc::downgrade(&service);
+        service.engine.set_incoming_waker(move |info_hash| {
+            let service = waking.upgrade();
+            async move { service?.wake_for_peer(info_hash).await }
+        });
         service.restore().await?;
         policy::start(&service);
+        sleep::start(&service);
         service.resume_due_moves();
         Ok(service)
     }
@@ -330,6 +340,34 @@ impl Service {
                 "torrent {id} is being added again for its recheck: ask again in a moment"
             ))),
             Life::Moving(_) => Err(moving(id)),
+            // The transactions that take the add lock wake it first (`running_awake`).
+            Life::Dormant(_) => Err(ProtoError::engine(format!(
+                "torrent {id} is out of the engine while idle: ask again in a moment"
+            ))),
+        }
+    }
+
+    /// A running torrent's id and engine handle, a dormant seed woken first (see
+    /// [`sleep`]). The caller holds the add lock.
+    async fn running_awake(
+        self: &Arc<Self>,
+        torrent: TorrentRef,
+    ) -> Result<(TorrentId, engine::ManagedTorrentHandle), ProtoError> {
+        if let (id, Life::Dormant(_)) = self.life_of(torrent)? {
+            return Ok((id, self.wake_locked(id).await?));
+        }
+        self.running(torrent)
+    }
+
+    /// A running torrent's id and engine handle, or none for a dormant seed: for a change
+    /// recorded with it that the engine takes when it wakes (its rates).
+    fn running_or_dormant(
+        &self,
+        torrent: TorrentRef,
+    ) -> Result<(TorrentId, Option<engine::ManagedTorrentHandle>), ProtoError> {
+        match self.life_of(torrent)? {
+            (id, Life::Dormant(_)) => Ok((id, None)),
+            _ => self.running(torrent).map(|(id, handle)| (id, Some(handle))),
         }
     }
 
@@ -337,7 +375,7 @@ impl Service {
     /// lock: one being added again for its recheck is waited for (the recheck holds the add
     /// lock until it is back), not refused.
     async fn live(
-        &self,
+        self: &Arc<Self>,
         torrent: TorrentRef,
     ) -> Result<(TorrentId, engine::ManagedTorrentHandle), ProtoError> {
         loop {
@@ -345,6 +383,13 @@ impl Service {
                 (id, Life::Running(handle) | Life::Settling(handle)) => return Ok((id, handle)),
                 (_, Life::Restarting) => drop(self.adding.lock().await),
                 (id, Life::Moving(_)) => return Err(moving(id)),
+                (id, Life::Dormant(_)) => {
+                    let _adding = self.adding.lock().await;
+                    // Woken meanwhile, or not: the next look says.
+                    if matches!(self.life_of(torrent)?, (_, Life::Dormant(_))) {
+                        self.wake_locked(id).await?;
+                    }
+                }
             }
         }
     }
@@ -666,7 +711,7 @@ impl Service {
 
     /// Records that torrent `id`'s files, as they are now, hold what its bitfield says
     /// (see [`crate::storage::FileStamp`]). Blocking: it looks at every file.
-    fn stamp_verified(&self, id: TorrentId) {
+    fn stamp_verified(&self, id: TorrentId) -> bool {
         let found = {
             let state = self.state();
             state
@@ -675,7 +720,7 @@ impl Service {
                 .and_then(|e| Some((e.restore.data_folder.clone(), e.live_handle()?)))
         };
         let Some((folder, handle)) = found else {
-            return;
+            return false;
         };
         // Its check has not ended (a clean stop while it waited behind other torrents'
         // checks): the bitfield on disk is the one its vouch has not yet been asked about,
@@ -684,7 +729,7 @@ impl Service {
         // is true of.
         if !crate::engine::checked(&handle) {
             tracing::info!(torrent = %id, "its check has not ended: its last stamps are kept");
-            return;
+            return false;
         }
         // Every file the engine lists, padding included, in its order: as compared at the
         // next restore (`AddSpec::files`).
@@ -694,9 +739,9 @@ impl Service {
                 .map(|f| (f.relative_filename.clone(), f.attrs.padding))
                 .collect::<Vec<_>>()
         }) else {
-            return;
+            return false;
         };
-        self.engine.stamp_verified(id, &folder, &files);
+        self.engine.stamp_verified(id, &folder, &files)
     }
 
     /// The runtime the service runs on (for threads of the broker's own that add through it).

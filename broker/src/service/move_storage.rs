@@ -130,7 +130,7 @@ impl Service {
     ) -> Result<TorrentStatus, ProtoError> {
         let dest = self.save_folder(Some(to))?;
         let adding = self.adding.lock().await;
-        let (id, handle) = self.running(torrent)?;
+        let (id, handle) = self.running_awake(torrent).await?;
         if handle.with_state(|s| matches!(s, librqbit::ManagedTorrentState::Initializing(_))) {
             return Err(ProtoError::bad_request(format!(
                 "torrent {id} is checking its data: move it once the check is done"

@@ -13,7 +13,20 @@ impl Service {
     pub async fn pause(self: &Arc<Self>, torrent: TorrentRef) -> Result<TorrentStatus, ProtoError> {
         // The engine and the records change together, and never under a close or a recheck.
         let _adding = self.adding.lock().await;
-        let (id, handle) = self.running(torrent)?;
+        if let (id, Life::Dormant(_)) = self.life_of(torrent)? {
+            // Out of the engine while idle: paused by its record alone (a wake adds it
+            // paused), its clocks stopped as the engine's pause would stop them.
+            self.update_record(id, |restore| {
+                restore.paused = true;
+                restore.queued = false;
+                restore.stop_clocks(crate::counts::now_ms());
+            })?;
+            self.dormant_changed(id);
+            tracing::info!(torrent = %id, "paused, out of the engine");
+            self.queue.nudge();
+            return self.current_status(id).ok_or_else(|| super::gone(id));
+        }
+        let (id, handle) = self.running_awake(torrent).await?;
         // Recorded first: if the record cannot say so, nothing changes. A paused torrent is
         // out of the queue.
         let queued = self
@@ -51,7 +64,24 @@ impl Service {
         torrent: TorrentRef,
     ) -> Result<TorrentStatus, ProtoError> {
         let _adding = self.adding.lock().await;
-        let (id, handle) = self.running(torrent)?;
+        if let (id, Life::Dormant(_)) = self.life_of(torrent)? {
+            let (paused, peers) = self
+                .state()
+                .registry
+                .get(id)
+                .map(|e| (e.restore.paused, !e.restore.all_peers().is_empty()))
+                .unwrap_or_default();
+            // Seeding out of the engine (nothing to resume), or queued (it waits for its
+            // turn); paused with no peer to dial: resumed by its record alone, and woken when
+            // a peer comes.
+            if !paused || !peers {
+                if paused {
+                    self.resume_dormant(id).await?;
+                }
+                return self.current_status(id).ok_or_else(|| super::gone(id));
+            }
+        }
+        let (id, handle) = self.running_awake(torrent).await?;
         // Paused by a seeding limit: resumed by hand, it seeds on.
         self.lift_reached_limit(id)?;
         // With a queue, it takes its turn: queued, then started at once if it may run.
@@ -97,6 +127,34 @@ impl Service {
         }
         tracing::info!(torrent = %id, "resumed (or resumed once its check ends)");
         self.current_status(id).ok_or_else(|| super::gone(id))
+    }
+
+    /// Resumes a paused dormant seed by its record (the caller holds the add lock): with a
+    /// queue, back in its place to start in its turn; without, seeding at once.
+    async fn resume_dormant(self: &Arc<Self>, id: TorrentId) -> Result<(), ProtoError> {
+        // Paused by a seeding limit: resumed by hand, it seeds on.
+        self.lift_reached_limit(id)?;
+        let limited = {
+            let settings = self.queue.settings();
+            settings.max_active_downloads.is_some() || settings.max_active_seeds.is_some()
+        };
+        let wall = crate::counts::now_ms();
+        self.update_record(id, |restore| {
+            restore.paused = false;
+            if limited {
+                restore.queued = true;
+            } else {
+                restore.start_clocks(wall);
+            }
+        })?;
+        if limited {
+            self.dormant_changed(id);
+            self.advance_queue_locked().await;
+        } else {
+            self.dormant_runs_again(id);
+        }
+        tracing::info!(torrent = %id, "resumed, out of the engine");
+        Ok(())
     }
 
     /// A pause or resume reached a torrent checking its data, which librqbit cannot take

@@ -2,6 +2,7 @@
 
 use super::{parse_peers, Service};
 use proto::{PeerEntry, PeersRequest, ProtoError, TorrentId};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long the peers' traffic is watched to tell their rates.
@@ -10,10 +11,17 @@ const RATE_WINDOW: Duration = Duration::from_millis(250);
 impl Service {
     /// A torrent's connected peers, after dialling (and recording) any `request` names.
     pub async fn peers(
-        &self,
+        self: &Arc<Self>,
         request: PeersRequest,
     ) -> Result<(TorrentId, Vec<String>, Vec<PeerEntry>), ProtoError> {
         let service = self;
+        // A dormant seed has no peer: listing them wakes nothing (a poll of every torrent's
+        // peers would keep them all in the engine).
+        if request.add.is_empty() {
+            if let Ok((id, crate::registry::Life::Dormant(_))) = service.life_of(request.torrent) {
+                return Ok((id, Vec::new(), Vec::new()));
+            }
+        }
         let (id, handle) = service.live(request.torrent).await?;
         let mut dialled = Vec::new();
         if !request.add.is_empty() {

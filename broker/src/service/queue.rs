@@ -29,6 +29,9 @@ pub struct Queue {
     activity: Mutex<HashMap<TorrentId, (u64, Instant)>>,
 }
 
+/// Bytes moved of a seed just woken, not looked at yet: its idle time goes on from its sleep.
+const WOKEN: u64 = u64::MAX;
+
 impl Queue {
     /// A queue with these settings.
     pub fn new(settings: QueueSettings) -> Queue {
@@ -42,6 +45,24 @@ impl Queue {
     /// The settings in force.
     pub fn settings(&self) -> QueueSettings {
         *self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets what torrent `id` moved when last looked at (it left the engine: its next run
+    /// starts afresh).
+    pub fn forget_activity(&self, id: TorrentId) {
+        self.activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// A seed back in the engine from a sleep, idle since `idle_since`: stalled as it would
+    /// have been had it stayed (until its first move).
+    pub fn woke_idle(&self, id: TorrentId, idle_since: Instant) {
+        self.activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (WOKEN, idle_since));
     }
 
     /// Asks the queue to look again soon.
@@ -265,7 +286,12 @@ impl Service {
                 .filter(|(_, e)| !e.restore.paused)
                 .filter_map(|(id, e)| match &e.life {
                     Life::Running(handle) => {
-                        Some((*id, handle.clone(), e.queue_rank, e.restore.queued))
+                        Some((*id, Ok(handle.clone()), e.queue_rank, e.restore.queued))
+                    }
+                    // A seed out of the engine while idle (since then), or held there by
+                    // the queue.
+                    Life::Dormant(dormant) => {
+                        Some((*id, Err(dormant.idle_since), e.queue_rank, e.restore.queued))
                     }
                     Life::Settling(_) | Life::Restarting | Life::Moving(_) => None,
                 })
@@ -289,6 +315,21 @@ impl Service {
                 checking,
                 stalled,
             };
+            let handle = match handle {
+                Ok(handle) => handle,
+                // Held by the queue out of the engine: a seed waiting for its turn.
+                Err(_) if queued => {
+                    candidates.push(candidate(Kind::Seed, false, false, false));
+                    continue;
+                }
+                // Idle since before it left the engine: stalled as a seed in it would be.
+                Err(idle_since) => {
+                    let stalled = stall
+                        .is_some_and(|stall| now.saturating_duration_since(idle_since) >= stall);
+                    candidates.push(candidate(Kind::Seed, true, false, stalled));
+                    continue;
+                }
+            };
             match engine::queue_look(&handle) {
                 // Failed: outside the queue (it holds no slot), unless a resume put it back
                 // in, to be started again in its turn.
@@ -308,7 +349,7 @@ impl Service {
                 QueueLook::Live { complete, moved } => {
                     live.push(id);
                     let since = match activity.get(&id) {
-                        Some((before, since)) if *before == moved => *since,
+                        Some((before, since)) if *before == moved || *before == WOKEN => *since,
                         _ => now,
                     };
                     activity.insert(id, (moved, since));
@@ -362,6 +403,53 @@ impl Service {
         }
         let changed = recorded_change || !turns.is_empty();
         for (id, turn) in turns {
+            let (dormant, peers) = self
+                .state()
+                .registry
+                .get(id)
+                .map(|e| {
+                    let dormant = matches!(e.life, Life::Dormant(_));
+                    (dormant, dormant && !e.restore.all_peers().is_empty())
+                })
+                .unwrap_or_default();
+            if dormant && turn == Turn::Start && peers {
+                // Its turn, and peers of its record to dial: into the engine (paused, as
+                // its record says), then started and dialling below.
+                if let Err(e) = self.wake_locked(id).await {
+                    tracing::warn!(torrent = %id, ?turn, "the queue cannot wake it: {}", e.message);
+                    continue;
+                }
+            } else if dormant {
+                // Held back, or started, out of the engine by its record alone (a wake adds
+                // it as its record says): a queue that shrinks or grows wakes none of the
+                // seeds it holds; a peer wakes one started when it comes.
+                let wall = crate::counts::now_ms();
+                let changed = {
+                    let mut state = self.state();
+                    state.registry.get_mut(id).map(|entry| {
+                        let restore = &mut entry.restore;
+                        match turn {
+                            Turn::Queue => {
+                                restore.queued = true;
+                                restore.stop_clocks(wall);
+                            }
+                            Turn::Start => {
+                                restore.queued = false;
+                                restore.start_clocks(wall);
+                            }
+                        }
+                        recorded_change |= !entry.restore.ephemeral;
+                    })
+                };
+                if changed.is_some() {
+                    tracing::info!(torrent = %id, ?turn, "queue, out of the engine");
+                    match turn {
+                        Turn::Start => self.dormant_runs_again(id),
+                        Turn::Queue => self.dormant_changed(id),
+                    }
+                }
+                continue;
+            }
             let handle = {
                 let mut state = self.state();
                 let Some(entry) = state.registry.get_mut(id) else {

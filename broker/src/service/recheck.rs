@@ -8,14 +8,18 @@
 use super::Service;
 use crate::registry::{Life, RestoreSpec, Unrestored};
 use proto::{Event, ProtoError, TorrentId, TorrentInfo, TorrentRef, TorrentStatus};
+use std::sync::Arc;
 
 impl Service {
     /// Has the engine hash every piece of a torrent again. Should the engine not take it
     /// back, a recorded torrent is kept as a record not restored (shown in error, tried
     /// again at the next start) and its holders are told it went.
-    pub async fn recheck(&self, torrent: TorrentRef) -> Result<TorrentStatus, ProtoError> {
+    pub async fn recheck(
+        self: &Arc<Self>,
+        torrent: TorrentRef,
+    ) -> Result<TorrentStatus, ProtoError> {
         let _adding = self.adding.lock().await;
-        let (id, handle) = self.running(torrent)?;
+        let (id, handle) = self.running_awake(torrent).await?;
         // A check under way would still write what it found after the new one started.
         if handle.with_state(|s| matches!(s, librqbit::ManagedTorrentState::Initializing(_))) {
             return Err(ProtoError::bad_request(format!(

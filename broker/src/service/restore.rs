@@ -2,7 +2,7 @@
 //! when it cannot be (DESIGN §4a).
 
 use super::Service;
-use crate::registry::{RestoreSpec, Unrestored};
+use crate::registry::{Dormant, Life, RestoreSpec, Unrestored};
 use crate::torrent_file;
 use proto::{ProtoError, TorrentId, TorrentInfo};
 use std::path::{Path, PathBuf};
@@ -39,16 +39,21 @@ fn in_batches<T>(items: &mut [T], bytes: impl Fn(&T) -> u64) -> Vec<&mut [T]> {
     batches
 }
 
+/// Save folders already found restorable at this start: ten thousand torrents in one
+/// folder resolve it once.
+#[derive(Default)]
+pub(super) struct FolderChecks(std::sync::Mutex<std::collections::HashSet<PathBuf>>);
+
 /// A record ready to be added.
-struct Prepared {
-    checked: torrent_file::CheckedTorrent,
-    info: TorrentInfo,
-    files: Arc<[PathBuf]>,
+pub(super) struct Prepared {
+    pub(super) checked: torrent_file::CheckedTorrent,
+    pub(super) info: TorrentInfo,
+    pub(super) files: Arc<[PathBuf]>,
 }
 
 /// A record that cannot be restored: why, and what is known of its torrent (boxed: most
 /// records restore, and the results of a batch are held together).
-type Failed = Box<(ProtoError, TorrentInfo, Arc<[PathBuf]>)>;
+pub(super) type Failed = Box<(ProtoError, TorrentInfo, Arc<[PathBuf]>)>;
 
 /// `f` of each item, in order, on as many threads as there are cores (at most 4). Only for
 /// work that blocks on nothing but the disk: it runs at the start, before anyone is served.
@@ -91,14 +96,15 @@ impl Service {
         }
         // A .torrent that is not a regular file of ours (a FIFO planted there would hang the
         // start while the lock is held) refuses the start, naming it, before anything is
-        // restored; a missing one is a record kept unrestored, as any other failure to restore.
+        // restored; a missing one, or one that cannot be read (or is swapped after this
+        // look: its read refuses it as this does), is a record kept unrestored, as any other
+        // failure to restore.
         let ids: Vec<TorrentId> = records.keys().copied().collect();
         let mut sizes = std::collections::HashMap::with_capacity(ids.len());
-        for (id, opened) in ids.iter().zip(in_parallel(&ids, |id| {
-            let file = crate::store::open_state_file(&self.torrent_file_path(*id))?;
-            Ok::<_, std::io::Error>(file.and_then(|f| f.metadata().ok()).map_or(0, |m| m.len()))
+        for (id, size) in ids.iter().zip(in_parallel(&ids, |id| {
+            crate::store::state_file_size(&self.torrent_file_path(*id))
         })) {
-            sizes.insert(*id, opened?);
+            sizes.insert(*id, size?.unwrap_or(0));
         }
         self.board.reserve(records.len());
         // In the queue's order: each restored torrent is then last so far, and keeps its place.
@@ -106,12 +112,19 @@ impl Service {
         records.sort_by_key(|(id, spec)| (spec.queue_position, *id));
         let started = std::time::Instant::now();
         let (mut finished_moves, mut kept) = (false, 0);
+        let folders = FolderChecks::default();
         for batch in in_batches(&mut records, |(id, _)| sizes.get(id).copied().unwrap_or(0)) {
-            let prepared = in_parallel(batch, |(id, spec)| self.prepare(*id, spec));
-            for ((id, spec), prepared) in batch.iter_mut().zip(prepared) {
+            let prepared = in_parallel(batch, |(id, spec)| {
+                let prepared = self.prepare(*id, spec, &folders);
+                let dormant = prepared
+                    .as_ref()
+                    .is_ok_and(|prepared| self.restores_dormant(*id, spec, prepared));
+                (prepared, dormant)
+            });
+            for ((id, spec), (prepared, dormant)) in batch.iter_mut().zip(prepared) {
                 let restored = match prepared {
                     Ok(prepared) => {
-                        self.restore_prepared(*id, spec, prepared, &mut finished_moves)
+                        self.restore_prepared(*id, spec, prepared, dormant, &mut finished_moves)
                             .await
                     }
                     Err(failed) => Err(failed),
@@ -131,8 +144,15 @@ impl Service {
             }
         }
         if !records.is_empty() {
+            let dormant = self
+                .state()
+                .registry
+                .iter()
+                .filter(|(_, e)| matches!(e.life, Life::Dormant(_)))
+                .count();
             tracing::info!(
                 restored = records.len() - kept,
+                out_of_the_engine = dormant,
                 kept,
                 ms = started.elapsed().as_millis() as u64,
                 "restored the recorded torrents"
@@ -172,7 +192,12 @@ impl Service {
     /// What restoring record `id` needs that touches nothing: its .torrent read and checked,
     /// and (unless a move is to be finished first) its folder and paths. Run for many records
     /// at once, on several threads.
-    fn prepare(&self, id: TorrentId, spec: &RestoreSpec) -> Result<Prepared, Failed> {
+    pub(super) fn prepare(
+        &self,
+        id: TorrentId,
+        spec: &RestoreSpec,
+        folders: &FolderChecks,
+    ) -> Result<Prepared, Failed> {
         let mut info = TorrentInfo {
             id,
             info_hash: proto::InfoHash([0; 20]),
@@ -195,7 +220,7 @@ impl Service {
         info = checked.info(id, &spec.save_folder, spec.only_files.as_deref());
         let files = checked.full_paths(&spec.data_folder);
         if spec.moving.is_none() {
-            self.check_placement(spec, &checked)
+            self.check_placement(spec, &checked, folders)
                 .map_err(|e| Box::new((e, info.clone(), files.clone())))?;
         }
         Ok(Prepared {
@@ -205,13 +230,47 @@ impl Service {
         })
     }
 
+    /// Whether record `id` comes back out of the engine, a dormant seed (see
+    /// [`super::sleep`]) shown seeding at once: seeds may sleep, it has no peer in its
+    /// record to dial at its start, no move to finish, and what it verified vouches, with no
+    /// engine, for every piece (its bitfield full, its files as when that was known true:
+    /// what a resume's vouch asks). Blocking: it looks at its files.
+    fn restores_dormant(&self, id: TorrentId, spec: &RestoreSpec, prepared: &Prepared) -> bool {
+        self.config.sleep_seeds_after.is_some()
+            && !spec.ephemeral
+            && spec.moving.is_none()
+            && !spec.move_due
+            && spec.all_peers().is_empty()
+            && self.engine.vouches_complete(
+                id,
+                &spec.data_folder,
+                &prepared.checked.relative_paths(),
+                prepared.checked.pieces(),
+            )
+    }
+
     /// Where a torrent is restored must be as it was: its save folder and every path beneath.
     fn check_placement(
         &self,
         spec: &RestoreSpec,
         checked: &torrent_file::CheckedTorrent,
+        folders: &FolderChecks,
     ) -> Result<(), ProtoError> {
-        self.check_restorable_folder(&spec.save_folder)?;
+        let known = folders
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&spec.save_folder);
+        if !known {
+            // Only a folder found fine is remembered: a failure is looked at again for the
+            // next record (it may have been passing).
+            self.check_restorable_folder(&spec.save_folder)?;
+            folders
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(spec.save_folder.clone());
+        }
         crate::roots::check_torrent_paths(
             &spec.save_folder,
             checked,
@@ -220,12 +279,14 @@ impl Service {
     }
 
     /// Restores one prepared record (a move it was in the middle of finished or undone
-    /// first, then `moves` set); on failure, the reason and what is known of the torrent.
+    /// first, then `moves` set), into the engine or, `dormant`, out of it; on failure, the
+    /// reason and what is known of the torrent.
     async fn restore_prepared(
         &self,
         id: TorrentId,
         spec: &mut RestoreSpec,
         prepared: Prepared,
+        dormant: bool,
         moves: &mut bool,
     ) -> Result<(), Failed> {
         let Prepared {
@@ -247,13 +308,25 @@ impl Service {
             }
             info = checked.info(id, &spec.save_folder, spec.only_files.as_deref());
             files = checked.full_paths(&spec.data_folder);
-            self.check_placement(spec, &checked)
+            self.check_placement(spec, &checked, &FolderChecks::default())
                 .map_err(|e| Box::new((e, info.clone(), files.clone())))?;
         }
         // Two records with a file in common (one kept while the other was added): the
         // second stays a record, not restored over the first's data.
         if let Err(error) = self.room_for_files(&files, Some(id)) {
             return Err(Box::new((error, info, files)));
+        }
+        // Two records of one torrent (added again while the first could not be restored):
+        // the second is kept, not silently merged away. (The engine would say so of one in
+        // it; the registry of one out of it too.)
+        let twin = self.state().registry.by_info_hash(checked.info_hash);
+        if let Some(twin) = twin.filter(|twin| *twin != id) {
+            let why = format!("the same torrent is already restored as torrent {twin}");
+            return Err(Box::new((ProtoError::bad_request(why), info, files)));
+        }
+        if dormant {
+            self.restore_dormant(id, spec, &checked);
+            return Ok(());
         }
         // What the engine verified (under this id) is this torrent's own.
         let added = self
@@ -281,6 +354,45 @@ impl Service {
             .registry
             .insert_or_hold(info, added.handle, spec.clone(), None);
         Ok(())
+    }
+
+    /// Records a complete seed its fast-resume state vouches for, out of the engine: shown
+    /// seeding (or paused, or queued, as its record says), its clocks running from now as
+    /// the engine's would from its first look.
+    fn restore_dormant(
+        &self,
+        id: TorrentId,
+        spec: &RestoreSpec,
+        checked: &torrent_file::CheckedTorrent,
+    ) {
+        let info = checked.info(id, &spec.save_folder, spec.only_files.as_deref());
+        let mut spec = spec.clone();
+        if !spec.engine_paused() {
+            let wall = crate::counts::now_ms();
+            spec.seeding_since = Some(wall);
+            spec.idle_since = Some(wall);
+        }
+        let files: Arc<[PathBuf]> = checked
+            .files
+            .iter()
+            .zip(&checked.padding)
+            .filter(|(_, padding)| !**padding)
+            .map(|((path, _), _)| spec.data_folder.join(path))
+            .collect::<Vec<_>>()
+            .into();
+        let now = std::time::Instant::now();
+        // One that announces is due to at once: the sleeper wakes it in its turn (a few
+        // at each look), and it sleeps again once idle.
+        let announces = checked.has_trackers || self.config.dht || self.config.lsd;
+        let dormant = Dormant {
+            bytes: info.total_bytes,
+            idle_since: now,
+            next_announce: announces.then_some(now),
+        };
+        tracing::debug!(torrent = %id, name = %checked.name, "restored out of the engine");
+        self.state()
+            .registry
+            .insert_dormant(info, dormant, files, spec);
     }
 
     /// A save folder is used again only as it was: an existing folder inside the roots. A

@@ -84,6 +84,15 @@ pub struct Seeding {
 }
 
 impl Seeding {
+    /// Forgets torrent `id`'s run (it left the engine: its next run counts afresh, whatever
+    /// address the engine's new state gets).
+    pub(super) fn forget_run(&self, id: TorrentId) {
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
     /// Seeding with these limits and action.
     pub fn new(settings: (SeedingLimits, SeedAction)) -> Seeding {
         Seeding {
@@ -353,12 +362,15 @@ impl Service {
                     Life::Running(h) | Life::Settling(h) if awake.contains(id) => {
                         running.push((*id, h.clone()))
                     }
-                    Life::Running(_) | Life::Settling(_) => {
+                    Life::Running(_) | Life::Settling(_) | Life::Dormant(_) => {
                         let r = &e.restore;
                         if r.seeding_since.is_none() || r.paused {
                             continue;
                         }
-                        let have = runs.get(id).map_or(e.info.total_bytes, |run| run.have);
+                        let have = match &e.life {
+                            Life::Dormant(dormant) => dormant.bytes,
+                            _ => runs.get(id).map_or(e.info.total_bytes, |run| run.have),
+                        };
                         if let Some(stop) = reached_limit(r, &r.seed_limits(&broker), have, wall) {
                             reached.push((*id, stop));
                         }
@@ -378,16 +390,36 @@ impl Service {
             running
         };
         // The engine's counters, outside every lock.
-        let counted: Vec<(TorrentId, Option<engine::Transfer>)> = running
+        let counted: Vec<(
+            TorrentId,
+            &engine::ManagedTorrentHandle,
+            Option<engine::Transfer>,
+        )> = running
             .iter()
-            .map(|(id, handle)| (*id, engine::transfer(handle)))
+            .map(|(id, handle)| (*id, handle, engine::transfer(handle)))
             .collect();
         // Bytes moved (the board shows them at once), or a clock started or stopped.
         let (mut moved, mut clocks_changed) = (false, false);
         {
             let mut runs = self.seeding.runs.lock().unwrap_or_else(|e| e.into_inner());
             let mut state = self.state();
-            for (id, transfer) in &counted {
+            for (id, handle, transfer) in &counted {
+                // Out of the engine since it was read (the sleeper runs apart), or added
+                // again: what was read is of a run that is over.
+                match state.registry.get_mut(*id) {
+                    Some(entry) if entry.life.is(handle) => {}
+                    // Asleep held (paused, queued): its clocks stop, as they would have here.
+                    Some(entry)
+                        if matches!(entry.life, Life::Dormant(_))
+                            && entry.restore.engine_paused()
+                            && entry.restore.seeding_since.is_some() =>
+                    {
+                        entry.restore.stop_clocks(wall);
+                        clocks_changed = true;
+                        continue;
+                    }
+                    _ => continue,
+                }
                 // Paused in the engine: its clocks stop.
                 let Some(transfer) = transfer else {
                     runs.remove(id);
@@ -547,20 +579,23 @@ impl Service {
             return;
         }
         let _adding = self.adding.lock().await;
-        let pausing: Vec<(TorrentId, engine::ManagedTorrentHandle, SeedStop)> = {
+        // A dormant seed is paused by its record alone (its wake adds it paused): a limit
+        // reached by thousands of sleeping seeds at once wakes none of them.
+        let pausing: Vec<(TorrentId, Option<engine::ManagedTorrentHandle>, SeedStop)> = {
             let mut state = self.state();
             reached
                 .into_iter()
                 .filter_map(|(id, stop)| {
                     let entry = state.registry.get_mut(id)?;
                     // Paused meanwhile (by hand), or being added again: left as it is.
-                    let Life::Running(handle) = &entry.life else {
-                        return None;
+                    let handle = match &entry.life {
+                        Life::Running(handle) => Some(handle.clone()),
+                        Life::Dormant(_) => None,
+                        _ => return None,
                     };
                     if entry.restore.paused {
                         return None;
                     }
-                    let handle = handle.clone();
                     entry.restore.paused = true;
                     entry.restore.queued = false;
                     entry.restore.stopped_by = Some(stop);
@@ -576,6 +611,11 @@ impl Service {
             tracing::warn!("the seeding limits' pauses are not recorded: {why}");
         }
         for (id, handle, stop) in pausing {
+            let Some(handle) = handle else {
+                tracing::info!(torrent = %id, "paused out of the engine: it reached its {} limit", stop.as_str());
+                self.dormant_changed(id);
+                continue;
+            };
             match self.engine.pause(&handle).await {
                 Ok(engine::Applied::Now) => {
                     tracing::info!(torrent = %id, "paused: it reached its {} limit", stop.as_str())

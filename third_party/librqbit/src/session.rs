@@ -185,7 +185,17 @@ pub struct Session {
     pub ipv4_only: bool,
     pub peer_limit: Option<usize>,
     client_name_and_version: String,
+
+    // torrent-patron patch: see `Session::set_incoming_waker`.
+    incoming_waker: RwLock<Option<IncomingWaker>>,
 }
+
+/// torrent-patron patch: asked for an incoming connection whose info hash no torrent of the
+/// session has. An application that keeps idle torrents out of the session (no live state,
+/// no tasks) adds the one of that info hash back and returns its handle; the connection is
+/// then handed to it once it is live, as to any other. `None`: no such torrent.
+pub type IncomingWaker =
+    Arc<dyn Fn(Id20) -> BoxFuture<'static, Option<ManagedTorrentHandle>> + Send + Sync>;
 
 /// A 40 character hex string is a v1 info hash. Checking the length alone
 /// also matches URLs that happen to be 40 characters long, such as
@@ -857,6 +867,7 @@ impl Session {
                 output_folder: default_output_folder,
                 next_id: AtomicUsize::new(0),
                 db: RwLock::new(Default::default()),
+                incoming_waker: RwLock::new(None),
                 _cancellation_token_drop_guard: token.clone().drop_guard(),
                 cancellation_token: token,
                 announce_port: listen_result.as_ref().and_then(|l| l.announce_port),
@@ -1013,15 +1024,36 @@ impl Session {
             bail!("seems like we are connecting to ourselves, ignoring");
         }
 
-        let (id, torrent) = self
+        let found = self
             .db
             .read()
             .by_info_hash(h.info_hash)
-            .map(|(id, t)| (id, t.clone()))
-            .with_context(|| format!("didn't find a matching torrent {:?}", h.info_hash))?;
+            .map(|(id, t)| (id, t.clone()));
+        let (id, torrent, live_within) = match found {
+            Some((id, torrent)) => (id, torrent, Duration::from_secs(5)),
+            // torrent-patron patch: a torrent the application keeps out of the session is
+            // woken; its check (a resume it vouches for) may take longer on a loaded machine,
+            // so it is given the peer's read timeout.
+            None => {
+                let waker = self.incoming_waker.read().clone();
+                // Bounded as the handshake's read is; and only a torrent of the info hash
+                // asked is taken.
+                let woken = match waker {
+                    Some(waker) => tokio::time::timeout(rwtimeout, waker(h.info_hash))
+                        .await
+                        .ok()
+                        .flatten(),
+                    None => None,
+                };
+                let torrent = woken
+                    .filter(|t| t.info_hash() == h.info_hash)
+                    .with_context(|| format!("didn't find a matching torrent {:?}", h.info_hash))?;
+                (torrent.id(), torrent, rwtimeout)
+            }
+        };
 
         let live = torrent
-            .live_wait_initializing(Duration::from_secs(5))
+            .live_wait_initializing(live_within)
             .await
             .with_context(|| format!("torrent {id} is not live, ignoring connection"))?;
 
@@ -1090,6 +1122,12 @@ impl Session {
     ) -> anyhow::Result<()> {
         let pf = librqbit_upnp::UpnpPortForwarder::new(vec![port], None, bind_device)?;
         pf.run_forever().await
+    }
+
+    /// torrent-patron patch: sets what is asked for an incoming connection whose info hash
+    /// no torrent of the session has (see [`IncomingWaker`]).
+    pub fn set_incoming_waker(&self, waker: IncomingWaker) {
+        *self.incoming_waker.write() = Some(waker);
     }
 
     pub fn get_dht(&self) -> Option<&Dht> {
