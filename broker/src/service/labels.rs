@@ -279,6 +279,16 @@ impl Service {
         rates_in_force(&self.labels.book(), labels, rates)
     }
 
+    /// What torrent `id` runs at as its record says now: its own rates, else its labels'.
+    pub(super) fn recorded_rates(&self, id: proto::TorrentId) -> Option<Rates> {
+        let (labels, rates) = self
+            .state()
+            .registry
+            .get(id)
+            .map(|e| (e.restore.labels.clone(), e.restore.rates))?;
+        Some(self.label_rates(&labels, rates))
+    }
+
     /// The folder an add with `labels` and no folder of its own goes to.
     pub(super) fn label_folder(&self, labels: &[String]) -> Option<PathBuf> {
         label_folder(&self.labels.book(), labels)

@@ -256,12 +256,7 @@ impl Service {
             })?;
             // Its own where it has them, else its labels'. (Its handle asked for once
             // recorded: one woken meanwhile may have read the record before.)
-            let rates = self
-                .state()
-                .registry
-                .get(id)
-                .map(|e| self.label_rates(&e.restore.labels, e.restore.rates))
-                .unwrap_or_default();
+            let rates = self.recorded_rates(id).unwrap_or_default();
             if let Ok((_, Some(handle))) = self.running_or_dormant(TorrentRef::Id(id)) {
                 engine::set_torrent_limits(&handle, Some(rates.download), Some(rates.upload));
             }
@@ -271,12 +266,7 @@ impl Service {
         Ok(match &handle {
             Some(handle) => engine::torrent_limits(handle),
             None => {
-                let rates = self
-                    .state()
-                    .registry
-                    .get(id)
-                    .map(|e| self.label_rates(&e.restore.labels, e.restore.rates))
-                    .unwrap_or_default();
+                let rates = self.recorded_rates(id).unwrap_or_default();
                 proto::RateLimits {
                     download: rates.download.map(|r| u64::from(r.get())),
                     upload: rates.upload.map(|r| u64::from(r.get())),

@@ -660,6 +660,44 @@ impl Service {
         Some(crate::registry::shown_status(&info, &handle, place))
     }
 
+    /// A torrent the engine would not take back (after a recheck, a move, a wake): out of
+    /// the registry, kept as a record not restored (shown in error with `error`, retried at
+    /// the next start) unless ephemeral, its holders told it went (`gone`). `info`: what
+    /// patrons are told of it, else what the registry knew.
+    fn lose_to_unrestored(
+        &self,
+        id: TorrentId,
+        info: Option<TorrentInfo>,
+        restore: RestoreSpec,
+        error: String,
+        gone: String,
+    ) {
+        let mut state = self.state();
+        let (holders, files, known) = match state.registry.remove(id) {
+            Some(entry) => (entry.holders, entry.files, Some(entry.info)),
+            None => Default::default(),
+        };
+        if let Some(info) = info.or(known).filter(|_| !restore.ephemeral) {
+            state.registry.keep_unrestored(
+                id,
+                crate::registry::Unrestored {
+                    info,
+                    restore,
+                    error,
+                    files,
+                },
+            );
+        }
+        for holder in holders {
+            if let Some(patron) = state.patrons.get(&holder) {
+                patron.send(proto::Event::TorrentGone {
+                    id,
+                    reason: gone.clone(),
+                });
+            }
+        }
+    }
+
     /// Brings torrent `id`'s line on the board up to date now (shown, changed, or taken off):
     /// a patron that got the reply to its add or close reads the board accordingly.
     pub fn sync_board(&self, id: TorrentId) {

@@ -20,10 +20,10 @@
 //! `list` is refused with a clear reason. Other torrents and requests go on meanwhile.
 
 use super::{gone, owned_by, Service};
-use crate::registry::{Life, RestoreSpec, Unrestored};
+use crate::registry::{Life, RestoreSpec};
 use crate::relocate::{Relocation, StepError};
 use crate::storage::{stamps_of, FileStamp};
-use proto::{Event, ProtoError, TorrentId, TorrentRef, TorrentStatus};
+use proto::{ProtoError, TorrentId, TorrentRef, TorrentStatus};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -613,30 +613,13 @@ impl Service {
                 };
                 let why = format!("it could not start again from {place}: {}", error.message);
                 tracing::error!(torrent = %id, "{why}");
-                let mut state = self.state();
-                let (holders, files, info) = match state.registry.remove(id) {
-                    Some(entry) => (entry.holders, entry.files, Some(entry.info)),
-                    None => Default::default(),
-                };
-                if let Some(info) = info {
-                    state.registry.keep_unrestored(
-                        id,
-                        Unrestored {
-                            info,
-                            restore: restore.clone(),
-                            error: format!("stopped for a move, then {why}"),
-                            files,
-                        },
-                    );
-                }
-                for holder in holders {
-                    if let Some(patron) = state.patrons.get(&holder) {
-                        patron.send(Event::TorrentGone {
-                            id,
-                            reason: why.clone(),
-                        });
-                    }
-                }
+                self.lose_to_unrestored(
+                    id,
+                    None,
+                    restore.clone(),
+                    format!("stopped for a move, then {why}"),
+                    why.clone(),
+                );
                 Err(ProtoError::engine(format!("torrent {id}: {why}")))
             }
         }

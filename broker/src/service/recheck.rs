@@ -6,8 +6,8 @@
 //! changes ([`Life::Restarting`] in between).
 
 use super::Service;
-use crate::registry::{Life, RestoreSpec, Unrestored};
-use proto::{Event, ProtoError, TorrentId, TorrentInfo, TorrentRef, TorrentStatus};
+use crate::registry::{Life, RestoreSpec};
+use proto::{ProtoError, TorrentId, TorrentInfo, TorrentRef, TorrentStatus};
 use std::sync::Arc;
 
 impl Service {
@@ -76,32 +76,13 @@ impl Service {
         why: String,
     ) -> ProtoError {
         tracing::error!(torrent = %id, "cannot start it again after stopping it for a check: {why}");
-        let mut state = self.state();
-        let (holders, files) = state
-            .registry
-            .remove(id)
-            .map(|entry| (entry.holders, entry.files))
-            .unwrap_or_default();
-        if !restore.ephemeral {
-            let error = format!("stopped for a recheck, then could not start again: {why}");
-            state.registry.keep_unrestored(
-                id,
-                Unrestored {
-                    info,
-                    restore,
-                    error,
-                    files,
-                },
-            );
-        }
-        for holder in holders {
-            if let Some(patron) = state.patrons.get(&holder) {
-                patron.send(Event::TorrentGone {
-                    id,
-                    reason: format!("it could not start again for its recheck: {why}"),
-                });
-            }
-        }
+        self.lose_to_unrestored(
+            id,
+            Some(info),
+            restore,
+            format!("stopped for a recheck, then could not start again: {why}"),
+            format!("it could not start again for its recheck: {why}"),
+        );
         ProtoError::engine(format!(
             "torrent {id} could not start again for its recheck: {why}"
         ))

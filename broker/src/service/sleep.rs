@@ -25,9 +25,9 @@
 //! neither the policy task's clocks nor a request wait for more than one seed's sleep.
 
 use super::Service;
-use crate::registry::{Dormant, Life, Unrestored};
+use crate::registry::{Dormant, Life};
 use crate::service::restore::Prepared;
-use proto::{Event, ProtoError, TorrentId, TorrentRef, TorrentState};
+use proto::{ProtoError, TorrentId, TorrentRef, TorrentState};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -514,25 +514,14 @@ impl Service {
     /// Gives a woken seed's handle the rates its record says now: one changed while it was
     /// added (a change that finds it dormant is recorded only), or while they were applied.
     fn apply_recorded_rates(&self, id: TorrentId, handle: &crate::engine::ManagedTorrentHandle) {
-        let recorded = |service: &Self| {
-            service
-                .state()
-                .registry
-                .get(id)
-                .map(|e| (e.restore.labels.clone(), e.restore.rates))
-        };
         let mut applied = None;
         // A change landing between the read and the setting is read at the next turn.
         for _ in 0..4 {
-            let now = recorded(self);
-            if now.is_none() || now == applied {
+            let Some(rates) = self.recorded_rates(id).filter(|now| Some(*now) != applied) else {
                 return;
-            }
-            if let Some((labels, rates)) = &now {
-                let rates = self.label_rates(labels, *rates);
-                crate::engine::set_torrent_limits(handle, Some(rates.download), Some(rates.upload));
-            }
-            applied = now;
+            };
+            crate::engine::set_torrent_limits(handle, Some(rates.download), Some(rates.upload));
+            applied = Some(rates);
         }
     }
 
@@ -546,29 +535,13 @@ impl Service {
         why: String,
     ) -> ProtoError {
         tracing::error!(torrent = %id, "cannot bring it back into the engine: {why}");
-        let mut state = self.state();
-        let (holders, files) = state
-            .registry
-            .remove(id)
-            .map(|entry| (entry.holders, entry.files))
-            .unwrap_or_default();
-        state.registry.keep_unrestored(
+        self.lose_to_unrestored(
             id,
-            Unrestored {
-                info,
-                restore,
-                error: format!("out of the engine while idle, then could not start again: {why}"),
-                files,
-            },
+            Some(info),
+            restore,
+            format!("out of the engine while idle, then could not start again: {why}"),
+            format!("it could not start again: {why}"),
         );
-        for holder in holders {
-            if let Some(patron) = state.patrons.get(&holder) {
-                patron.send(Event::TorrentGone {
-                    id,
-                    reason: format!("it could not start again: {why}"),
-                });
-            }
-        }
         ProtoError::engine(format!("torrent {id} could not start again: {why}"))
     }
 }
