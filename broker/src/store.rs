@@ -58,22 +58,16 @@ fn open_state_file_as_is(path: &Path) -> io::Result<Option<(File, std::fs::Metad
     let file = match opened {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(io::Error::other(format!(
-                "{} is a symbolic link; the broker's state files are never read through one: move it aside",
-                path.display()
-            )))
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(a_link(path)),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot open {}: {e}", path.display()),
+            ))
         }
-        Err(e) => return Err(io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))),
     };
     let meta = file.metadata()?;
-    if !meta.file_type().is_file() {
-        return Err(io::Error::other(format!(
-            "{} is not a regular file (a FIFO, a device or a folder?); the broker reads only its own regular files there: move it aside",
-            path.display()
-        )));
-    }
-    ours(&meta, path)?;
+    regular_and_ours(&meta, path)?;
     Ok(Some((file, meta)))
 }
 
@@ -92,19 +86,29 @@ pub fn state_file_size(path: &Path) -> io::Result<Option<u64>> {
         }
     };
     if meta.file_type().is_symlink() {
-        return Err(io::Error::other(format!(
-            "{} is a symbolic link; the broker's state files are never read through one: move it aside",
-            path.display()
-        )));
+        return Err(a_link(path));
     }
+    regular_and_ours(&meta, path)?;
+    Ok(Some(meta.len()))
+}
+
+/// The refusal of a state file that is a symbolic link.
+fn a_link(path: &Path) -> io::Error {
+    io::Error::other(format!(
+        "{} is a symbolic link; the broker's state files are never read through one: move it aside",
+        path.display()
+    ))
+}
+
+/// Refuses a state file that is not a regular file of the broker's user.
+fn regular_and_ours(meta: &std::fs::Metadata, path: &Path) -> io::Result<()> {
     if !meta.file_type().is_file() {
         return Err(io::Error::other(format!(
             "{} is not a regular file (a FIFO, a device or a folder?); the broker reads only its own regular files there: move it aside",
             path.display()
         )));
     }
-    ours(&meta, path)?;
-    Ok(Some(meta.len()))
+    ours(meta, path)
 }
 
 /// Refuses a state file or folder that is not the broker's user's.

@@ -5,7 +5,7 @@
 //! upload, a download completing. The cost itself is measured by `tp-bench many-seeds`.
 
 use e2e::{make_seed, ok_json, run, wait_status, Sandbox, STEP_TIMEOUT};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Longer than a torrent stays awake after its last change (3 s), so that what follows
@@ -147,18 +147,8 @@ fn an_idle_seeds_speeds_come_back_with_each_new_peer() {
 #[test]
 fn an_idle_seed_leaves_the_engine_and_a_peer_or_a_request_wakes_it() {
     let sandbox = Sandbox::new();
-    let state = sandbox.state_dir("seeder");
-    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
     let size = 256 << 10;
-    let torrents: Vec<_> = (0..2)
-        .map(|i| make_seed(&sandbox, &state, &format!("s{i}.bin"), size))
-        .collect();
-    for id in ["0", "1"] {
-        wait_status(&sandbox, &state, id, "seeding", |s| s["state"] == "seeding");
-    }
-    e2e::wait_for("both seeds out of the engine", STEP_TIMEOUT, || {
-        slept(&seeder.log()) >= 2
-    });
+    let (state, seeder, torrents) = dormant_seeds(&sandbox, 2, size);
     for id in ["0", "1"] {
         let status = e2e::status_json(&sandbox, &state, id);
         assert_eq!(
@@ -169,16 +159,7 @@ fn an_idle_seed_leaves_the_engine_and_a_peer_or_a_request_wakes_it() {
         assert_eq!(status["bytes_done"], size as u64, "{status}");
     }
     // A leecher dials it: the engine asks the broker, which wakes it.
-    let leecher_state = sandbox.state_dir("leecher");
-    let _leecher = sandbox.broker(&leecher_state, &[]);
-    let out = sandbox.folder("leecher-out");
-    let mut add = sandbox.add_command(&leecher_state, &torrents[1], &out, Some(&seeder.peer()));
-    add.arg("--wait");
-    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
-    assert_eq!(
-        std::fs::read(out.join("s1.bin")).expect("downloaded"),
-        std::fs::read(sandbox.path("seed/s1.bin")).expect("seeded"),
-    );
+    leech_whole(&sandbox, &torrents[1], &seeder, "s1.bin");
     // Listing a dormant seed's peers wakes nothing: it has none.
     let peers = ok_json(&sandbox, &state, &["peers", "0"]);
     assert_eq!(peers["peers"], serde_json::json!([]), "{peers}");
@@ -194,6 +175,56 @@ fn an_idle_seed_leaves_the_engine_and_a_peer_or_a_request_wakes_it() {
         !seeder.log().contains("every piece is hashed again"),
         "a wake reads nothing: {}",
         seeder.log()
+    );
+}
+
+/// A broker that puts seeds to sleep after 2 s, with `count` seeds of `size` bytes
+/// (`seed/s<i>.bin`, torrent i), once all of them are out of the engine: its state dir, the
+/// broker and the .torrents.
+fn dormant_seeds(
+    sandbox: &Sandbox,
+    count: usize,
+    size: usize,
+) -> (PathBuf, e2e::BrokerProcess, Vec<PathBuf>) {
+    let state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
+    let torrents: Vec<_> = (0..count)
+        .map(|i| make_seed(sandbox, &state, &format!("s{i}.bin"), size))
+        .collect();
+    for id in 0..count {
+        wait_status(sandbox, &state, &id.to_string(), "seeding", |s| {
+            s["state"] == "seeding"
+        });
+    }
+    e2e::wait_for("the seeds out of the engine", STEP_TIMEOUT, || {
+        slept(&seeder.log()) >= count as u64
+    });
+    (state, seeder, torrents)
+}
+
+/// Changes byte `at` of `seed/NAME` (same size; its stamp no longer matches: a later
+/// timestamp than its last write).
+fn flip_a_byte(sandbox: &Sandbox, name: &str, at: usize) {
+    let path = sandbox.path(&format!("seed/{name}"));
+    let mut bytes = std::fs::read(&path).expect("the seed's file");
+    bytes[at] ^= 0xff;
+    // Past the file system's timestamp granularity since the last write.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&path, &bytes).expect("edited");
+}
+
+/// A leecher of its own downloads `torrent` whole from `seeder`, and its file `name` is the
+/// seed's byte for byte.
+fn leech_whole(sandbox: &Sandbox, torrent: &Path, seeder: &e2e::BrokerProcess, name: &str) {
+    let leecher_state = sandbox.state_dir("leecher");
+    let _leecher = sandbox.broker(&leecher_state, &[]);
+    let out = sandbox.folder("leecher-out");
+    let mut add = sandbox.add_command(&leecher_state, torrent, &out, Some(&seeder.peer()));
+    add.arg("--wait");
+    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
+    assert_eq!(
+        std::fs::read(out.join(name)).expect("downloaded"),
+        std::fs::read(sandbox.path(&format!("seed/{name}"))).expect("seeded"),
     );
 }
 
@@ -218,22 +249,9 @@ fn slept(log: &str) -> u64 {
 #[test]
 fn a_file_edited_while_its_seed_slept_is_hashed_again_when_it_wakes() {
     let sandbox = Sandbox::new();
-    let state = sandbox.state_dir("seeder");
-    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
     let size = 256 << 10;
-    make_seed(&sandbox, &state, "s0.bin", size);
-    wait_status(&sandbox, &state, "0", "seeding", |s| {
-        s["state"] == "seeding"
-    });
-    e2e::wait_for("the seed out of the engine", STEP_TIMEOUT, || {
-        slept(&seeder.log()) >= 1
-    });
-    // One byte in the middle changes (same size; its stamp no longer matches).
-    let path = sandbox.path("seed/s0.bin");
-    let mut bytes = std::fs::read(&path).expect("the seed's file");
-    bytes[size / 2] ^= 0xff;
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    std::fs::write(&path, &bytes).expect("edited");
+    let (state, seeder, _) = dormant_seeds(&sandbox, 1, size);
+    flip_a_byte(&sandbox, "s0.bin", size / 2);
     // A request that needs the engine wakes it (a file selection; listing them does not).
     ok_json(&sandbox, &state, &["files", "0", "--only", "0"]);
     let status = wait_status(&sandbox, &state, "0", "the check's verdict", |s| {
@@ -257,17 +275,7 @@ fn a_file_edited_while_its_seed_slept_is_hashed_again_when_it_wakes() {
 #[test]
 fn a_dormant_seed_is_paused_or_queued_by_its_record_without_waking() {
     let sandbox = Sandbox::new();
-    let state = sandbox.state_dir("seeder");
-    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
-    for i in 0..3 {
-        make_seed(&sandbox, &state, &format!("s{i}.bin"), 64 << 10);
-    }
-    for id in ["0", "1", "2"] {
-        wait_status(&sandbox, &state, id, "seeding", |s| s["state"] == "seeding");
-    }
-    e2e::wait_for("the seeds out of the engine", STEP_TIMEOUT, || {
-        slept(&seeder.log()) >= 3
-    });
+    let (state, seeder, _) = dormant_seeds(&sandbox, 3, 64 << 10);
     // A user's pause.
     let paused = ok_json(&sandbox, &state, &["pause", "0"]);
     assert_eq!(paused["state"], "paused", "{paused}");
@@ -303,17 +311,7 @@ fn a_dormant_seed_is_paused_or_queued_by_its_record_without_waking() {
         "still held by its limit: {status}"
     );
     // A leecher's connection wakes the resumed one, which serves every byte.
-    let leecher_state = sandbox.state_dir("leecher");
-    let _leecher = sandbox.broker(&leecher_state, &[]);
-    let out = sandbox.folder("leecher-out");
-    let torrent = sandbox.path("s0.bin.torrent");
-    let mut add = sandbox.add_command(&leecher_state, &torrent, &out, Some(&seeder.peer()));
-    add.arg("--wait");
-    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
-    assert_eq!(
-        std::fs::read(out.join("s0.bin")).expect("downloaded"),
-        std::fs::read(sandbox.path("seed/s0.bin")).expect("seeded"),
-    );
+    leech_whole(&sandbox, &sandbox.path("s0.bin.torrent"), &seeder, "s0.bin");
     assert_eq!(woken(&seeder.log()), 1, "{}", seeder.log());
     assert!(
         !seeder.log().contains("every piece is hashed again"),
@@ -347,12 +345,8 @@ fn a_restart_brings_back_vouched_seeds_out_of_the_engine() {
     }
     ok_json(&sandbox, &state, &["pause", "2"]);
     seeder.stop_cleanly();
-    // Seed 1's file changes while no broker runs (same size; its stamp no longer matches).
-    let path = sandbox.path("seed/s1.bin");
-    let mut bytes = std::fs::read(&path).expect("the seed's file");
-    bytes[size / 2] ^= 0xff;
-    std::thread::sleep(Duration::from_millis(20));
-    std::fs::write(&path, &bytes).expect("edited");
+    // Seed 1's file changes while no broker runs.
+    flip_a_byte(&sandbox, "s1.bin", size / 2);
 
     let seeder = sandbox.broker(&state, &[]);
     let restored = seeder
@@ -398,16 +392,7 @@ fn a_restart_brings_back_vouched_seeds_out_of_the_engine() {
         seeder.log()
     );
     // A leecher gets every byte of seed 0, its connection waking it.
-    let leecher_state = sandbox.state_dir("leecher");
-    let _leecher = sandbox.broker(&leecher_state, &[]);
-    let out = sandbox.folder("leecher-out");
-    let mut add = sandbox.add_command(&leecher_state, &torrents[0], &out, Some(&seeder.peer()));
-    add.arg("--wait");
-    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
-    assert_eq!(
-        std::fs::read(out.join("s0.bin")).expect("downloaded"),
-        std::fs::read(sandbox.path("seed/s0.bin")).expect("seeded"),
-    );
+    leech_whole(&sandbox, &torrents[0], &seeder, "s0.bin");
     assert_eq!(woken(&seeder.log()), 1, "{}", seeder.log());
 }
 
