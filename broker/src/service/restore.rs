@@ -368,9 +368,7 @@ impl Service {
         let info = checked.info(id, &spec.save_folder, spec.only_files.as_deref());
         let mut spec = spec.clone();
         if !spec.engine_paused() {
-            let wall = crate::counts::now_ms();
-            spec.seeding_since = Some(wall);
-            spec.idle_since = Some(wall);
+            spec.start_clocks(crate::counts::now_ms());
         }
         let files: Arc<[PathBuf]> = checked
             .files

@@ -473,8 +473,7 @@ impl Service {
                     r.downloaded_ever = r.downloaded_ever.saturating_add(down);
                     moved |= up > 0 || down > 0;
                     if seeding && r.seeding_since.is_none() {
-                        r.seeding_since = Some(wall);
-                        r.idle_since = Some(wall);
+                        r.start_clocks(wall);
                         clocks_changed = true;
                     } else if !seeding && r.seeding_since.is_some() {
                         r.stop_clocks(wall);
