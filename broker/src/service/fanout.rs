@@ -454,15 +454,22 @@ fn watch_torrent(
         peer_went_live.borrow_and_update();
         let completion = handle.wait_until_completed();
         tokio::pin!(completion);
-        let mut completing = true;
+        let (mut completing, mut failed) = (true, false);
         loop {
             let state_changed = handle.state_change_notified();
             tokio::select! {
                 done = &mut completion, if completing => {
                     completing = false;
-                    if done.is_ok() {
-                        let Some(service) = service.upgrade() else { return };
-                        completed(&service, id, &handle).await;
+                    match done {
+                        Ok(()) => {
+                            let Some(service) = service.upgrade() else { return };
+                            completed(&service, id, &handle).await;
+                        }
+                        // The engine gives up the wait when the torrent fails (a full
+                        // disk); a resume runs the same handle on, so the wait starts again
+                        // at its next change (and ends again at once while it is still in
+                        // error).
+                        Err(_) => failed = true,
                     }
                     continue;
                 }
@@ -471,7 +478,12 @@ fn watch_torrent(
                         return;
                     }
                 }
-                () = state_changed => {}
+                () = state_changed => {
+                    if failed {
+                        completion.set(handle.wait_until_completed());
+                        (completing, failed) = (true, false);
+                    }
+                }
             }
             let Some(service) = service.upgrade() else {
                 return;
