@@ -25,10 +25,18 @@
 //!
 //! # Layout (little-endian 64-bit words)
 //! A header of [`HEADER_WORDS`] words, then `capacity` slots of [`SLOT_WORDS`] words each,
-//! then `capacity` lines of [`LINE_WORDS`] words. A slot holds one [`TorrentSummary`]
-//! (without `held_by_you`, which depends on the reader): the status fields and up to
-//! [`NAME_BYTES`] bytes of name, [`FOLDER_BYTES`] of save folder and [`ERROR_BYTES`] of error
-//! message; a longer text is cut at a character boundary and marked with a trailing `…`.
+//! then `capacity` lines of [`LINE_WORDS`] words, then `capacity` extras of [`EXTRA_WORDS`]
+//! words. A slot holds one [`TorrentSummary`] (without `held_by_you`, which depends on the
+//! reader): the status fields and up to [`NAME_BYTES`] bytes of name, [`FOLDER_BYTES`] of
+//! save folder, [`ERROR_BYTES`] of error message and [`LABELS_BYTES`] of labels; a longer
+//! text is cut at a character boundary and marked with a trailing `…`.
+//!
+//! A name of up to [`NAME_INLINE`] bytes and a folder of up to [`FOLDER_INLINE`] sit in the
+//! slot itself; longer ones, error messages and labels sit in the slot's extra, written
+//! (under the slot's seqlock) only when there is one. The pages of a memfd take memory only
+//! once written, so a board of ten thousand idle seeds with ordinary names costs the
+//! slots and lines it uses (about 0.5 KiB a torrent), not room for texts it never has.
+//!
 //! Line `i` is slot `i`'s line of `patron-client list` ([`crate::text::status_line`]),
 //! written by the broker once per change under a seqlock of its own: listing ten thousand
 //! torrents is then a copy of a few pages, not ten thousand decodes and formats.
@@ -45,17 +53,23 @@ use std::time::{Duration, Instant};
 /// First word of every board: "TPBOARD1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TPBOARD1");
 /// Bumped on any change of the layout below.
-pub const LAYOUT_VERSION: u64 = 4;
+pub const LAYOUT_VERSION: u64 = 5;
 /// Words in the header.
 pub const HEADER_WORDS: usize = 16;
 /// Words in a slot.
-pub const SLOT_WORDS: usize = 161;
+pub const SLOT_WORDS: usize = S_FOLDER_INLINE + FOLDER_INLINE / 8;
+/// Words in a slot's extra: its long texts.
+pub const EXTRA_WORDS: usize = X_LABELS + LABELS_BYTES / 8;
 /// Words per torrent in the lines region: its `list` line, ready to print.
 pub const LINE_WORDS: usize = 20;
 /// Longest `list` line kept; a longer one is marked, and readers format it from the slot.
 pub const LINE_BYTES: usize = (LINE_WORDS - L_TEXT) * 8;
 /// Longest name kept whole.
 pub const NAME_BYTES: usize = 256;
+/// Longest name kept in the slot itself.
+pub const NAME_INLINE: usize = 64;
+/// Longest save folder kept in the slot itself.
+pub const FOLDER_INLINE: usize = 96;
 /// Longest save folder kept whole.
 pub const FOLDER_BYTES: usize = 448;
 /// Longest error message kept whole.
@@ -114,11 +128,15 @@ const S_SEED_TIME_LIMIT: usize = 22;
 const S_IDLE_LIMIT: usize = 23;
 /// A seeding limit that is not set.
 const NO_LIMIT: u64 = u64::MAX;
-const S_NAME: usize = 24;
-const S_FOLDER: usize = S_NAME + NAME_BYTES / 8;
-const S_ERROR: usize = S_FOLDER + FOLDER_BYTES / 8;
-const S_LABELS: usize = S_ERROR + ERROR_BYTES / 8;
-const _: () = assert!(S_LABELS + LABELS_BYTES / 8 == SLOT_WORDS);
+const S_NAME_INLINE: usize = 24;
+const S_FOLDER_INLINE: usize = S_NAME_INLINE + NAME_INLINE / 8;
+const _: () = assert!(NAME_INLINE % 8 == 0 && FOLDER_INLINE % 8 == 0);
+
+// Extra words: the texts too long for the slot (each region used only when flagged).
+const X_NAME: usize = 0;
+const X_FOLDER: usize = X_NAME + NAME_BYTES / 8;
+const X_ERROR: usize = X_FOLDER + FOLDER_BYTES / 8;
+const X_LABELS: usize = X_ERROR + ERROR_BYTES / 8;
 
 // Line words: its own sequence, the torrent's id, the length, the text.
 const L_SEQ: usize = 0;
@@ -137,10 +155,22 @@ const NAME_CUT: u64 = 16;
 const FOLDER_CUT: u64 = 32;
 const ERROR_CUT: u64 = 64;
 const LABELS_CUT: u64 = 128;
+/// The name is in the slot's extra, not in the slot.
+const NAME_LONG: u64 = 256;
+/// The save folder is in the slot's extra, not in the slot.
+const FOLDER_LONG: u64 = 512;
 
 /// Bytes a board of `capacity` slots takes.
 pub fn board_bytes(capacity: usize) -> usize {
-    (HEADER_WORDS + capacity * (SLOT_WORDS + LINE_WORDS)) * 8
+    (HEADER_WORDS + capacity * (SLOT_WORDS + LINE_WORDS + EXTRA_WORDS)) * 8
+}
+
+/// One slot: its own words (the sequence in word 0) and its extra, read and written under
+/// the slot's sequence.
+#[derive(Clone, Copy)]
+struct Slot<'a> {
+    words: &'a [AtomicU64],
+    extra: &'a [AtomicU64],
 }
 
 /// A shared mapping, seen only as words.
@@ -311,8 +341,12 @@ impl BoardWriter {
         let (error, error_cut) = cut(error, ERROR_BYTES);
         let labels = status.labels.join(",");
         let (labels, labels_cut) = cut(&labels, LABELS_BYTES);
+        let name_long = name.len() > NAME_INLINE;
+        let folder_long = folder.len() > FOLDER_INLINE;
         let mut flags = OCCUPIED;
         for (on, flag) in [
+            (name_long, NAME_LONG),
+            (folder_long, FOLDER_LONG),
             (status.complete, COMPLETE),
             (status.eta_secs.is_some(), HAS_ETA),
             (summary.ephemeral, EPHEMERAL),
@@ -326,6 +360,7 @@ impl BoardWriter {
             }
         }
         let hash = hash_words(&status.info_hash);
+        let Slot { words: slot, extra } = slot;
         let seq = slot[S_SEQ].load(Ordering::Relaxed);
         slot[S_SEQ].store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
         fence(Ordering::Release);
@@ -363,10 +398,17 @@ impl BoardWriter {
         put(S_RATIO_LIMIT, limits.ratio.map_or(NO_LIMIT, f64::to_bits));
         put(S_SEED_TIME_LIMIT, limits.seed_time_secs.unwrap_or(NO_LIMIT));
         put(S_IDLE_LIMIT, limits.idle_secs.unwrap_or(NO_LIMIT));
-        put_text(&slot[S_NAME..S_FOLDER], name);
-        put_text(&slot[S_FOLDER..S_ERROR], folder);
-        put_text(&slot[S_ERROR..S_LABELS], error);
-        put_text(&slot[S_LABELS..], labels);
+        // (A text that is empty, or fits the slot, leaves the extra's pages unwritten.)
+        match name_long {
+            false => put_text(&slot[S_NAME_INLINE..S_FOLDER_INLINE], name),
+            true => put_text(&extra[X_NAME..X_FOLDER], name),
+        }
+        match folder_long {
+            false => put_text(&slot[S_FOLDER_INLINE..], folder),
+            true => put_text(&extra[X_FOLDER..X_ERROR], folder),
+        }
+        put_text(&extra[X_ERROR..X_LABELS], error);
+        put_text(&extra[X_LABELS..], labels);
         slot[S_SEQ].store(seq.wrapping_add(2) & !1, Ordering::Release);
         let line = crate::text::status_line(status);
         self.write_line(index, status.id, &line);
@@ -391,7 +433,9 @@ impl BoardWriter {
 
     /// Empties slot `index`.
     pub fn clear(&self, index: usize) {
-        let Some(slot) = self.slot(index) else { return };
+        let Some(Slot { words: slot, .. }) = self.slot(index) else {
+            return;
+        };
         let seq = slot[S_SEQ].load(Ordering::Relaxed);
         slot[S_SEQ].store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
         fence(Ordering::Release);
@@ -436,7 +480,7 @@ impl BoardWriter {
         BoardReader::map(self.reader_fd()?)
     }
 
-    fn slot(&self, index: usize) -> Option<&[AtomicU64]> {
+    fn slot(&self, index: usize) -> Option<Slot<'_>> {
         slot_of(self.map.words(), self.capacity, index)
     }
 }
@@ -449,12 +493,16 @@ fn line_of(words: &[AtomicU64], capacity: usize, index: usize) -> Option<&[Atomi
     words.get(start..start + LINE_WORDS)
 }
 
-fn slot_of(words: &[AtomicU64], capacity: usize, index: usize) -> Option<&[AtomicU64]> {
+fn slot_of(words: &[AtomicU64], capacity: usize, index: usize) -> Option<Slot<'_>> {
     if index >= capacity {
         return None;
     }
     let start = HEADER_WORDS + index * SLOT_WORDS;
-    words.get(start..start + SLOT_WORDS)
+    let extra = HEADER_WORDS + capacity * (SLOT_WORDS + LINE_WORDS) + index * EXTRA_WORDS;
+    Some(Slot {
+        words: words.get(start..start + SLOT_WORDS)?,
+        extra: words.get(extra..extra + EXTRA_WORDS)?,
+    })
 }
 
 /// A patron's read-only view of a board.
@@ -550,7 +598,7 @@ impl BoardReader {
     pub fn find(&self, info_hash: &InfoHash) -> Option<TorrentSummary> {
         let wanted = hash_words(info_hash);
         (0..self.in_use()).find_map(|index| {
-            let slot = slot_of(self.map.words(), self.capacity, index)?;
+            let slot = slot_of(self.map.words(), self.capacity, index)?.words;
             let hash = [0, 1, 2].map(|i| slot[S_HASH + i].load(Ordering::Relaxed));
             if hash != wanted {
                 return None;
@@ -565,7 +613,7 @@ impl BoardReader {
         let words = self.map.words();
         (0..self.in_use()).all(|index| {
             slot_of(words, self.capacity, index).is_none_or(|slot| {
-                let flags = slot[S_FLAGS].load(Ordering::Relaxed);
+                let flags = slot.words[S_FLAGS].load(Ordering::Relaxed);
                 flags & OCCUPIED == 0
                     || flags & (NAME_CUT | FOLDER_CUT | ERROR_CUT | LABELS_CUT) == 0
             })
@@ -659,8 +707,9 @@ impl BoardReader {
 
     /// `read` applied to slot `index` between two equal, even sequence numbers: what it
     /// returns comes from one write, never from two.
-    fn consistent<T>(&self, index: usize, read: impl FnMut(&[AtomicU64]) -> T) -> Option<T> {
-        consistent(slot_of(self.map.words(), self.capacity, index)?, read)
+    fn consistent<T>(&self, index: usize, mut read: impl FnMut(Slot<'_>) -> T) -> Option<T> {
+        let slot = slot_of(self.map.words(), self.capacity, index)?;
+        consistent(slot.words, |_| read(slot))
     }
 
     /// Waits until the change counter differs from `seen` or `timeout` passes; returns the
@@ -709,7 +758,8 @@ fn consistent<T>(words: &[AtomicU64], mut read: impl FnMut(&[AtomicU64]) -> T) -
 }
 
 /// Reads a slot's status (the caller checks the sequence around this).
-fn decode_status(slot: &[AtomicU64]) -> Option<TorrentStatus> {
+fn decode_status(slot: Slot<'_>) -> Option<TorrentStatus> {
+    let Slot { words: slot, extra } = slot;
     let get = |word: usize| slot[word].load(Ordering::Relaxed);
     let flags = get(S_FLAGS);
     if flags & OCCUPIED == 0 {
@@ -717,7 +767,10 @@ fn decode_status(slot: &[AtomicU64]) -> Option<TorrentStatus> {
     }
     let lengths = get(S_LENGTHS);
     let name = get_text(
-        &slot[S_NAME..S_FOLDER],
+        match flags & NAME_LONG {
+            0 => &slot[S_NAME_INLINE..S_FOLDER_INLINE],
+            _ => &extra[X_NAME..X_FOLDER],
+        },
         lengths & 0xffff,
         flags & NAME_CUT != 0,
     );
@@ -730,7 +783,7 @@ fn decode_status(slot: &[AtomicU64]) -> Option<TorrentStatus> {
         6 => TorrentState::Queued,
         7 => TorrentState::Moving,
         _ => TorrentState::Error(get_text(
-            &slot[S_ERROR..S_LABELS],
+            &extra[X_ERROR..X_LABELS],
             lengths >> 32 & 0xffff,
             flags & ERROR_CUT != 0,
         )),
@@ -769,7 +822,7 @@ fn decode_status(slot: &[AtomicU64]) -> Option<TorrentStatus> {
         },
         labels: match lengths >> 48 {
             0 => Vec::new(),
-            n => get_text(&slot[S_LABELS..], n, flags & LABELS_CUT != 0)
+            n => get_text(&extra[X_LABELS..], n, flags & LABELS_CUT != 0)
                 .split(',')
                 .map(str::to_owned)
                 .collect(),
@@ -778,12 +831,16 @@ fn decode_status(slot: &[AtomicU64]) -> Option<TorrentStatus> {
 }
 
 /// Reads a slot's whole summary (the caller checks the sequence around this).
-fn decode(slot: &[AtomicU64]) -> Option<TorrentSummary> {
+fn decode(slot: Slot<'_>) -> Option<TorrentSummary> {
     let status = decode_status(slot)?;
+    let Slot { words: slot, extra } = slot;
     let get = |word: usize| slot[word].load(Ordering::Relaxed);
     let flags = get(S_FLAGS);
     let folder = get_text(
-        &slot[S_FOLDER..S_ERROR],
+        match flags & FOLDER_LONG {
+            0 => &slot[S_FOLDER_INLINE..],
+            _ => &extra[X_FOLDER..X_ERROR],
+        },
         get(S_LENGTHS) >> 16 & 0xffff,
         flags & FOLDER_CUT != 0,
     );

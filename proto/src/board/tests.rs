@@ -298,3 +298,41 @@ fn waiters_wake_on_publish_and_time_out_without() {
     assert!(reader.header().stopped);
     assert!(!reader.is_current());
 }
+
+/// A board's texts too long for their slot, error messages and labels live in the slots'
+/// extras, whose pages are written only when used: ten thousand idle seeds with ordinary
+/// names cost their slots and lines, not room for texts they do not have (issue 23).
+#[test]
+fn short_texts_leave_the_extras_unwritten() {
+    const N: usize = 1024;
+    let board = BoardWriter::create(N, 1, 1).unwrap();
+    let stored = || {
+        nix::sys::stat::fstat(board.memfd.as_raw_fd())
+            .unwrap()
+            .st_blocks
+            * 512
+    };
+    for i in 0..N {
+        let name = format!("seed-{i:05}.txt");
+        board.write(i, &summary(i as u64 + 1, &name, TorrentState::Seeding));
+    }
+    board.set_in_use(N);
+    // Its slot and line (352 and 160 bytes); room for every text would be 1.4 KiB.
+    let per_torrent = stored() as usize / N;
+    assert!(
+        per_torrent <= 576,
+        "{per_torrent} bytes stored a torrent (slot and line: {})",
+        (SLOT_WORDS + LINE_WORDS) * 8
+    );
+    // Texts that need the extra still go there, and come back whole.
+    let mut long = summary(
+        7,
+        &"n".repeat(NAME_INLINE + 1),
+        TorrentState::Error("x".into()),
+    );
+    long.info.save_folder = "/f".repeat(FOLDER_INLINE);
+    long.status.labels = vec!["films".into()];
+    board.write(5, &long);
+    assert_eq!(board.reader().unwrap().get(TorrentId(7)), Some(long));
+    assert!(stored() as usize > N * per_torrent);
+}
