@@ -114,12 +114,12 @@ pub use librqbit_core::torrent_metainfo::*;
 #[cfg(test)]
 mod tests;
 
-/// The cargo version of librqbit.
 /// torrent-patron patch: shards of the maps every torrent holds (its peers, its streams).
 /// DashMap's default is four per core, each padded to a cache line: 1 KiB per map per
 /// torrent on 2 cores, 8 KiB on 16, for maps that hold a few entries each.
 pub(crate) const PER_TORRENT_MAP_SHARDS: usize = 4;
 
+/// The cargo version of librqbit.
 pub const fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
