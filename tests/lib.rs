@@ -962,6 +962,148 @@ impl Drop for Tmpfs {
     }
 }
 
+/// One announce a [`Tracker`] was sent.
+#[derive(Debug, Clone)]
+pub struct Announce {
+    /// The info hash, as sent (percent-encoded).
+    pub info_hash: String,
+    /// `started`, `completed`, `stopped`, or empty for a regular announce.
+    pub event: String,
+    /// Bytes uploaded in this tracker session, as the client says.
+    pub uploaded: u64,
+    /// The port it listens on.
+    pub port: u16,
+    /// When it came.
+    pub at: Instant,
+}
+
+/// A small HTTP tracker of the tests' own on 127.0.0.1 (BEP 3, compact peers): it names
+/// every peer that announced a torrent to the others, asks for an announce every
+/// `interval`, and keeps what it was sent. Stopped when dropped.
+pub struct Tracker {
+    addr: std::net::SocketAddr,
+    announces: Arc<Mutex<Vec<Announce>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tracker {
+    /// Starts one asking for an announce every `interval_secs`.
+    pub fn start(interval_secs: u64) -> Tracker {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the tracker");
+        let addr = listener.local_addr().expect("its address");
+        let announces = Arc::new(Mutex::new(Vec::<Announce>::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (announces, stop) = (announces.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Ok(stream) = stream {
+                        answer_announce(stream, interval_secs, &announces);
+                    }
+                }
+            })
+        };
+        Tracker {
+            addr,
+            announces,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Its announce URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/announce", self.addr)
+    }
+
+    /// Every announce so far.
+    pub fn announces(&self) -> Vec<Announce> {
+        self.announces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Its accept returns for this connection, and it sees the stop.
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn answer_announce(
+    mut stream: std::net::TcpStream,
+    interval_secs: u64,
+    announces: &Mutex<Vec<Announce>>,
+) {
+    use std::io::{BufRead, Write};
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(&stream);
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    // The headers: read, not needed.
+    let mut header = String::new();
+    while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+        header.clear();
+    }
+    let query = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|target| target.split_once('?'))
+        .map_or("", |(_, query)| query);
+    let field = |name: &str| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let announce = Announce {
+        info_hash: field("info_hash"),
+        event: field("event"),
+        uploaded: field("uploaded").parse().unwrap_or(0),
+        port: field("port").parse().unwrap_or(0),
+        at: Instant::now(),
+    };
+    let mut peers = Vec::new();
+    {
+        let mut all = announces.lock().unwrap_or_else(|e| e.into_inner());
+        let mut named = std::collections::BTreeSet::new();
+        for other in all.iter() {
+            if other.info_hash == announce.info_hash
+                && other.port != announce.port
+                && other.event != "stopped"
+                && named.insert(other.port)
+            {
+                peers.extend_from_slice(&[127, 0, 0, 1]);
+                peers.extend_from_slice(&other.port.to_be_bytes());
+            }
+        }
+        all.push(announce);
+    }
+    let mut body = format!("d8:intervali{interval_secs}e5:peers{}:", peers.len()).into_bytes();
+    body.extend_from_slice(&peers);
+    body.push(b'e');
+    let mut reply = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    reply.extend_from_slice(&body);
+    let _ = stream.write_all(&reply);
+}
+
 /// Every file under `dir`, relative, with its SHA-256 (empty if `dir` is not there).
 pub fn tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
     fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {

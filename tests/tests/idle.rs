@@ -431,3 +431,96 @@ fn a_restart_brings_back_a_part_download_into_the_engine() {
         "{status}"
     );
 }
+
+/// A seed with a tracker keeps its tracker session while idle (the engine review's first
+/// three findings): it stays in the engine and announces when its tracker asks, once
+/// `started`; a leecher that finds it through the tracker alone gets every byte; and what it
+/// uploaded reaches the tracker in its next announce. Asleep, it announced every 30 minutes
+/// whatever its tracker asked (a tracker that forgets peers sooner stopped naming it), each
+/// wake began a new session (`started`, uploaded 0), and what it uploaded awake was never
+/// reported.
+#[test]
+fn a_seed_with_a_tracker_stays_in_its_tracker_session_while_idle() {
+    let sandbox = Sandbox::new();
+    let tracker = e2e::Tracker::start(1);
+    let state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
+    let size = 256 << 10;
+    let data = sandbox.random_file("seed/tracked.bin", size);
+    let torrent = sandbox.path("tracked.torrent");
+    let mut make = sandbox.client(&state);
+    make.args(["make", "--seed", "--piece-size", "16384", "--tracker"])
+        .arg(tracker.url())
+        .arg("--output")
+        .arg(&torrent)
+        .arg(&data);
+    run(make).expect_code(0);
+    // Another seed, with no tracker, falls asleep meanwhile: the sleeper ran.
+    make_seed(&sandbox, &state, "untracked.bin", size);
+    let port = seeder.port;
+    let from_seed = |tracker: &e2e::Tracker| -> Vec<e2e::Announce> {
+        tracker
+            .announces()
+            .into_iter()
+            .filter(|a| a.port == port)
+            .collect()
+    };
+    e2e::wait_for("the untracked seed asleep", STEP_TIMEOUT, || {
+        slept(&seeder.log()) >= 1
+    });
+    std::thread::sleep(FALL_ASLEEP);
+    let before = from_seed(&tracker).len();
+    std::thread::sleep(Duration::from_secs(4));
+    let idle = from_seed(&tracker).len() - before;
+    assert!(
+        idle >= 2,
+        "an idle seed announced {idle} times in 4 s to a tracker asking every second"
+    );
+    assert_eq!(slept(&seeder.log()), 1, "only the untracked seed sleeps");
+
+    // A leecher that knows only the tracker.
+    let leecher_state = sandbox.state_dir("leecher");
+    let _leecher = sandbox.broker(&leecher_state, &[]);
+    let out = sandbox.folder("leecher-out");
+    let mut add = sandbox.add_command(&leecher_state, &torrent, &out, None);
+    add.arg("--wait");
+    e2e::Running::start(add).finish(STEP_TIMEOUT).expect_code(0);
+    assert_eq!(
+        std::fs::read(out.join("tracked.bin")).expect("downloaded"),
+        std::fs::read(&data).expect("seeded")
+    );
+    e2e::wait_for("its upload reported to the tracker", STEP_TIMEOUT, || {
+        from_seed(&tracker)
+            .iter()
+            .any(|a| a.uploaded >= size as u64)
+    });
+    let started = from_seed(&tracker)
+        .iter()
+        .filter(|a| a.event == "started")
+        .count();
+    assert_eq!(started, 1, "one tracker session: {:?}", from_seed(&tracker));
+
+    // Restarted, it comes back into the engine (not out of it, as a seed with no tracker
+    // whose pieces are vouched for does), and announces on while idle.
+    drop(seeder);
+    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
+    wait_status(&sandbox, &state, "0", "seeding again", |s| {
+        s["state"] == "seeding"
+    });
+    let port = seeder.port;
+    let from_seed = || -> usize {
+        tracker
+            .announces()
+            .iter()
+            .filter(|a| a.port == port)
+            .count()
+    };
+    std::thread::sleep(FALL_ASLEEP);
+    let before = from_seed();
+    std::thread::sleep(Duration::from_secs(4));
+    let idle = from_seed() - before;
+    assert!(
+        idle >= 2,
+        "restarted, an idle seed announced {idle} times in 4 s"
+    );
+}

@@ -241,6 +241,8 @@ impl Service {
             && spec.moving.is_none()
             && !spec.move_due
             && spec.all_peers().is_empty()
+            // One with a tracker runs in the engine, in a tracker session (see the sleeper).
+            && (!prepared.checked.has_trackers || spec.engine_paused())
             && self.engine.vouches_complete(
                 id,
                 &spec.data_folder,

@@ -12,9 +12,17 @@
 //! - a request that needs its handle: a file selection, a stream, recheck, move,
 //!   `peers --add`, a joiner's peers, a resume of one paused with peers to dial
 //!   ([`Service::running_awake`], [`Service::live`]);
-//! - its next announce, for one that announces (trackers, DHT, LSD): every
-//!   [`REANNOUNCE_EVERY`] it wakes, announces, and sleeps again once idle (one restored
-//!   dormant at a start announces at the sleeper's first looks).
+//! - its next announce, for one that announces on DHT or LSD: every [`REANNOUNCE_EVERY`]
+//!   it wakes, announces, and sleeps again once idle (one restored dormant at a start
+//!   announces at the sleeper's first looks).
+//!
+//! A seed with a tracker does not sleep while it runs (held, by a pause or the queue, it
+//! does): a tracker session is the engine's (`started` once, then announces when the
+//! tracker asks, each with what was uploaded since), and a dormant seed could keep none of
+//! it: waking began a new session each time, what it uploaded awake was never reported,
+//! and a tracker that forgets peers sooner than its wakes stopped naming it. One let go by
+//! its record (resumed, started by the queue) wakes at the sleeper's next look to announce,
+//! and stays.
 //!
 //! What only changes or reads its record does not wake it: listing its peers (none) or its
 //! files (from its .torrent, all complete), a pause, a seeding limit reached, the queue
@@ -32,7 +40,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How often a dormant seed that announces wakes to do so (trackers ask for about this).
+/// How often a dormant seed that announces on DHT or LSD wakes to do so (as often as a
+/// tracker usually asks; DHT nodes keep a peer about this long).
 pub const REANNOUNCE_EVERY: Duration = Duration::from_secs(30 * 60);
 
 /// How often the sleeper looks for seeds to put to sleep or to wake for their announce.
@@ -304,6 +313,13 @@ impl Service {
                 return false;
             };
             if reading || !may_sleep(entry) {
+                return false;
+            }
+            // One with a tracker keeps its tracker session while it runs: the engine
+            // announces when the tracker asks and reports what it uploaded. Asleep it could
+            // do neither (a wake begins a new session), and a tracker that forgets peers
+            // sooner than its wakes stopped naming it. (Held, it announces nothing.)
+            if !handle.shared().trackers.is_empty() && !entry.restore.engine_paused() {
                 return false;
             }
             handle.clone()
