@@ -839,6 +839,33 @@ fn a_symlink_in_the_fast_resume_folder_is_never_followed() {
     assert!(elsewhere.join("notes.tmp").exists() && elsewhere.join("old.bitv").exists());
 }
 
+/// A bitfield file touched before its first write (a chmod, a backup tool: its change time
+/// moves) is not written, as one replaced is not; that is said once, not at every verified
+/// piece after (the engine review's seventh finding), and the download completes.
+#[test]
+fn a_bitfield_touched_before_its_first_write_is_left_alone_and_said_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    let (seeder, data) = e2e::slow_seeder(&sandbox, 3 * 1024 * 1024, "1000000");
+    let state = sandbox.state_dir("leecher");
+    let leecher = sandbox.broker(&state, &[]);
+    let downloads = sandbox.folder("downloads");
+    let peer = seeder.broker.peer();
+    let mut add = sandbox.add_command(&state, &seeder.torrent, &downloads, Some(&peer));
+    add.arg("--paused");
+    run(add).expect_code(0);
+    let (_, bitv) = fast_resume_of(&state, 0);
+    e2e::wait_for("its bitfield file", STEP_TIMEOUT, || bitv.is_file());
+    std::fs::set_permissions(&bitv, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    ok_json(&sandbox, &state, &["resume", "0"]);
+    wait_status(&sandbox, &state, "0", "the download to complete", |s| {
+        s["complete"] == true
+    });
+    assert_eq!(sha256(&downloads.join("slow.bin")), sha256(&data));
+    let said = leecher.log().matches("error flushing bitfield").count();
+    assert!(said <= 1, "said {said} times:\n{}", leecher.log());
+}
+
 #[test]
 fn junk_peers_are_refused_and_cannot_push_out_the_peers_named_at_add() {
     let sandbox = Sandbox::new();

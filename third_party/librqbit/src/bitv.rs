@@ -19,15 +19,12 @@ pub trait BitV: Send + Sync {
 
 pub type BoxBitV = Box<dyn BitV>;
 
-struct DiskFlushRequest {
-    snapshot: BitBox<u8, Msb0>,
-}
-
-/// torrent-patron patch: starts the flusher task, given the bitfield as on disk.
+/// torrent-patron patch: starts the flusher task, given the bitfield as on disk. Flushes
+/// reach it through a watch channel: one snapshot waits at most, the latest (with a flush
+/// after every verified piece, an unbounded queue grew by a whole bitfield a piece while
+/// the disk stalled).
 type StartFlusher = Box<
-    dyn FnOnce(BitBox<u8, Msb0>) -> tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>
-        + Send
-        + Sync,
+    dyn FnOnce(BitBox<u8, Msb0>) -> tokio::sync::watch::Sender<BitBox<u8, Msb0>> + Send + Sync,
 >;
 
 pub struct DiskBackedBitV {
@@ -50,15 +47,18 @@ enum Flusher {
         on_disk: BitBox<u8, Msb0>,
         start: StartFlusher,
     },
-    Started(tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>),
+    Started(tokio::sync::watch::Sender<BitBox<u8, Msb0>>),
     /// Only while it starts.
     Starting,
+    /// It stopped (its file replaced or gone, or a write failed): nothing is written any
+    /// more. Said once; the bitfield on disk then only under-claims.
+    Dead,
 }
 
 impl DiskBackedBitV {
     /// torrent-patron patch: where flushes go, the flusher started if it is not yet. `None`:
     /// nothing changed since the load (nothing to write).
-    fn flusher(&mut self) -> Option<&tokio::sync::mpsc::UnboundedSender<DiskFlushRequest>> {
+    fn flusher(&mut self) -> Option<&tokio::sync::watch::Sender<BitBox<u8, Msb0>>> {
         if let Flusher::Waiting { on_disk, .. } = &self.flusher
             && *on_disk == self.bv
         {
@@ -82,7 +82,7 @@ impl Drop for DiskBackedBitV {
     fn drop(&mut self) {
         let snapshot = self.bv.clone();
         if let Some(tx) = self.flusher()
-            && tx.send(DiskFlushRequest { snapshot }).is_err()
+            && tx.send(snapshot).is_err()
         {
             tracing::warn!("error flushing bitv on drop: flusher task is dead")
         }
@@ -156,21 +156,17 @@ impl DiskBackedBitV {
         };
 
         let start_flusher: StartFlusher = Box::new(move |mut written: BitBox<u8, Msb0>| {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DiskFlushRequest>();
+            let (tx, mut rx) = tokio::sync::watch::channel(written.clone());
             crate::spawn_utils::spawn(
                 // torrent-patron patch: no 5 s wakes
                 debug_span!("diskbitv-flusher", ?filename),
                 format!("DiskBackedBitV::flusher {filename:?}"),
                 async move {
                     let mut held: Option<std::fs::File> = None;
-                    loop {
-                        let Some(mut req) = rx.recv().await else {
-                            break;
-                        };
-                        while let Ok(r) = rx.try_recv() {
-                            req = r;
-                        }
-                        if req.snapshot == written {
+                    // Ends once the bitfield is dropped (after its last snapshot).
+                    while rx.changed().await.is_ok() {
+                        let snapshot = rx.borrow_and_update().clone();
+                        if snapshot == written {
                             continue;
                         }
                         let file = match held.take() {
@@ -194,7 +190,7 @@ impl DiskBackedBitV {
 
                         if let Err(e) = spawner
                             .block_in_place_with_semaphore(|| {
-                                file.pwrite_all(0, req.snapshot.as_raw_slice())
+                                file.pwrite_all(0, snapshot.as_raw_slice())
                             })
                             .await
                         {
@@ -211,7 +207,7 @@ impl DiskBackedBitV {
                         // fsynced), so the embedder trusts no bitfield then, and syncs the file
                         // systems at a clean stop. An fsync per piece cost ~15 % of a core with
                         // 1,000 torrents each verifying a piece a second.
-                        written = req.snapshot;
+                        written = snapshot;
                         if !whole(&written) {
                             held = Some(file);
                         }
@@ -277,12 +273,13 @@ impl BitV for DiskBackedBitV {
 
     fn flush(&mut self, _flush_async: bool) -> anyhow::Result<()> {
         let snapshot = self.bv.clone();
-        match self.flusher() {
-            Some(tx) => tx
-                .send(DiskFlushRequest { snapshot })
-                .context("flusher task is dead"),
-            None => Ok(()),
+        let dead = self.flusher().is_some_and(|tx| tx.send(snapshot).is_err());
+        if dead {
+            // Said once (a warning at every verified piece after was only noise).
+            self.flusher = Flusher::Dead;
+            anyhow::bail!("flusher task is dead: the bitfield on disk is not updated any more");
         }
+        Ok(())
     }
 
     fn into_dyn(self) -> Box<dyn BitV> {
