@@ -122,11 +122,22 @@ fn make_torrents(
 }
 
 /// CPU (percent of one core) `pid` uses over `secs`.
-fn idle_cpu_percent(pid: u32, secs: u64) -> anyhow::Result<f64> {
+/// The CPU a process used over `secs` idle, and its RSS over them: the median of one look
+/// a second (either client's periodic work, such as a minute's save of every torrent's
+/// counts, briefly holds buffers a single look could land on).
+fn idle_cpu_and_rss(pid: u32, secs: u64) -> anyhow::Result<(f64, u64)> {
     let before = cpu_secs(&pid.to_string())?;
-    std::thread::sleep(Duration::from_secs(secs));
+    let mut rss = Vec::new();
+    for _ in 0..secs.max(1) {
+        std::thread::sleep(Duration::from_secs(1));
+        rss.push(rss_kib(pid)?);
+    }
     let after = cpu_secs(&pid.to_string())?;
-    Ok((after - before) * 100.0 / secs as f64)
+    rss.sort_unstable();
+    Ok((
+        (after - before) * 100.0 / secs.max(1) as f64,
+        rss[rss.len() / 2],
+    ))
 }
 
 fn fds(pid: u32) -> anyhow::Result<usize> {
@@ -141,8 +152,8 @@ fn idle_figures(
     bench: &ManySeedsBench,
 ) -> anyhow::Result<(f64, u64, usize)> {
     std::thread::sleep(settle);
-    let cpu = idle_cpu_percent(pid, bench.idle_secs)?;
-    Ok((cpu, rss_kib(pid)?, fds(pid)?))
+    let (cpu, rss) = idle_cpu_and_rss(pid, bench.idle_secs)?;
+    Ok((cpu, rss, fds(pid)?))
 }
 
 /// What the rows ask of either client.
