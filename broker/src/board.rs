@@ -44,11 +44,23 @@ pub struct StatusBoard {
     deciding: Mutex<()>,
 }
 
+/// Where a torrent is on the board, and what it shows there, as fingerprints.
+struct Shown {
+    slot: usize,
+    /// Of its whole summary: it changed when this does.
+    whole: u64,
+    /// Of its stage (state, complete) and holders: a change of these wakes readers at once.
+    stage: u64,
+}
+
 struct Inner {
     writer: BoardWriter,
-    /// Slot of each torrent on the board, and what it shows (boxed: a table's empty
-    /// buckets then cost a pointer each, not a whole summary).
-    shown: HashMap<TorrentId, (usize, Box<TorrentSummary>)>,
+    /// Slot of each torrent on the board, and fingerprints of what it shows: not a copy of
+    /// it (a summary and its texts were half a kilobyte an idle seed kept for nothing; the
+    /// board itself holds what it shows).
+    shown: HashMap<TorrentId, Shown>,
+    /// The fingerprints' keys, this process's own (no torrent name can be made to collide).
+    keys: std::collections::hash_map::RandomState,
     /// Empty slots below `in_use`, lowest first, so the used part stays compact.
     free: BTreeSet<usize>,
     /// Slots readers look at: every used slot is below it.
@@ -70,6 +82,7 @@ impl StatusBoard {
             inner: Mutex::new(Inner {
                 writer: BoardWriter::create(slots, std::process::id(), generation)?,
                 shown: HashMap::new(),
+                keys: Default::default(),
                 free: BTreeSet::new(),
                 in_use: 0,
                 generation,
@@ -138,7 +151,7 @@ impl StatusBoard {
             );
         }
         for id in gone {
-            if let Some((slot, _)) = inner.shown.remove(&id) {
+            if let Some(Shown { slot, .. }) = inner.shown.remove(&id) {
                 inner.writer.clear(slot);
                 inner.free.insert(slot);
                 any = true;
@@ -160,11 +173,15 @@ impl StatusBoard {
     /// progress (a patron repeating a cheap request must not wake every reader each time).
     pub fn show(&self, summary: TorrentSummary) {
         let mut inner = self.inner();
-        let matters = inner.shown.get(&summary.info.id).is_none_or(|(_, shown)| {
-            shown.status.state != summary.status.state
-                || shown.status.complete != summary.status.complete
-                || shown.holders != summary.holders
-        });
+        let stage = inner.fingerprint(&(
+            &summary.status.state,
+            summary.status.complete,
+            summary.holders,
+        ));
+        let matters = inner
+            .shown
+            .get(&summary.info.id)
+            .is_none_or(|shown| shown.stage != stage);
         let wrote = inner.show(summary);
         inner.end_batch(wrote, matters);
     }
@@ -172,7 +189,7 @@ impl StatusBoard {
     /// Takes one torrent off the board now.
     pub fn remove(&self, id: TorrentId) {
         let mut inner = self.inner();
-        if let Some((slot, _)) = inner.shown.remove(&id) {
+        if let Some(Shown { slot, .. }) = inner.shown.remove(&id) {
             inner.writer.clear(slot);
             inner.free.insert(slot);
             inner.compact_in_use();
@@ -300,18 +317,30 @@ impl Inner {
         }
     }
 
+    /// A fingerprint of `value` as it would be sent.
+    fn fingerprint<T: serde::Serialize>(&self, value: &T) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = self.keys.build_hasher();
+        proto::hash_wire(value, &mut hasher);
+        hasher.finish()
+    }
+
     /// Writes one torrent, if it changed; returns whether it did.
     fn show(&mut self, summary: TorrentSummary) -> bool {
         let id = summary.info.id;
-        if let Some((slot, shown)) = self.shown.get(&id) {
-            if **shown == summary {
+        let whole = self.fingerprint(&summary);
+        let stage = self.fingerprint(&(
+            &summary.status.state,
+            summary.status.complete,
+            summary.holders,
+        ));
+        let Inner { shown, writer, .. } = self;
+        if let Some(shown) = shown.get_mut(&id) {
+            if shown.whole == whole {
                 return false;
             }
-            let slot = *slot;
-            self.writer.write(slot, &summary);
-            if let Some((_, shown)) = self.shown.get_mut(&id) {
-                **shown = summary;
-            }
+            writer.write(shown.slot, &summary);
+            (shown.whole, shown.stage) = (whole, stage);
             return true;
         }
         let slot = match self.free.pop_first() {
@@ -332,7 +361,7 @@ impl Inner {
             }
         };
         self.writer.write(slot, &summary);
-        self.shown.insert(id, (slot, Box::new(summary)));
+        self.shown.insert(id, Shown { slot, whole, stage });
         true
     }
 
@@ -349,8 +378,8 @@ impl Inner {
     fn grow_to(&mut self, capacity: usize) -> io::Result<()> {
         self.generation += 1;
         let bigger = BoardWriter::create(capacity, std::process::id(), self.generation)?;
-        for (slot, summary) in self.shown.values() {
-            bigger.write(*slot, summary);
+        for shown in self.shown.values() {
+            bigger.copy_from(&self.writer, shown.slot);
         }
         bigger.set_in_use(self.in_use);
         bigger.publish();

@@ -431,6 +431,69 @@ impl BoardWriter {
         line[L_SEQ].store(seq.wrapping_add(2) & !1, Ordering::Release);
     }
 
+    /// Copies slot `index` of `old` (a board of this layout the caller wrote) into the same
+    /// slot here, with its line, as they are: a board that grows takes its slots over with
+    /// their cut texts still marked cut, and writes no extra it does not use.
+    pub fn copy_from(&self, old: &BoardWriter, index: usize) {
+        let (Some(from), Some(to)) = (old.slot(index), self.slot(index)) else {
+            return;
+        };
+        let get = |word: usize| from.words[word].load(Ordering::Relaxed);
+        let (flags, lengths) = (get(S_FLAGS), get(S_LENGTHS));
+        let copy = |from: &[AtomicU64], to: &[AtomicU64], bytes: u64| {
+            let words = usize::try_from(bytes).unwrap_or(0).div_ceil(8);
+            for (a, b) in from.iter().zip(to).take(words) {
+                b.store(a.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        };
+        let seq = to.words[S_SEQ].load(Ordering::Relaxed);
+        to.words[S_SEQ].store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        copy(
+            &from.words[1..],
+            &to.words[1..],
+            (SLOT_WORDS as u64 - 1) * 8,
+        );
+        if flags & NAME_LONG != 0 {
+            copy(&from.extra[X_NAME..], &to.extra[X_NAME..], lengths & 0xffff);
+        }
+        if flags & FOLDER_LONG != 0 {
+            copy(
+                &from.extra[X_FOLDER..],
+                &to.extra[X_FOLDER..],
+                lengths >> 16 & 0xffff,
+            );
+        }
+        copy(
+            &from.extra[X_ERROR..],
+            &to.extra[X_ERROR..],
+            lengths >> 32 & 0xffff,
+        );
+        copy(
+            &from.extra[X_LABELS..],
+            &to.extra[X_LABELS..],
+            lengths >> 48,
+        );
+        to.words[S_SEQ].store(seq.wrapping_add(2) & !1, Ordering::Release);
+
+        let (Some(from), Some(to)) = (
+            line_of(old.map.words(), old.capacity, index),
+            line_of(self.map.words(), self.capacity, index),
+        ) else {
+            return;
+        };
+        let len = from[L_LEN].load(Ordering::Relaxed);
+        let seq = to[L_SEQ].load(Ordering::Relaxed);
+        to[L_SEQ].store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        to[L_ID].store(from[L_ID].load(Ordering::Relaxed), Ordering::Relaxed);
+        to[L_LEN].store(len, Ordering::Relaxed);
+        if len != TOO_LONG {
+            copy(&from[L_TEXT..], &to[L_TEXT..], len);
+        }
+        to[L_SEQ].store(seq.wrapping_add(2) & !1, Ordering::Release);
+    }
+
     /// Empties slot `index`.
     pub fn clear(&self, index: usize) {
         let Some(Slot { words: slot, .. }) = self.slot(index) else {

@@ -1560,3 +1560,25 @@ impl Event {
 
 #[cfg(test)]
 mod tests;
+
+/// Feeds `value`'s wire form (postcard, as sent) to `hasher`, with no buffer: a fingerprint
+/// of what would be sent, to tell whether it changed without keeping a copy of it.
+pub fn hash_wire<T: serde::Serialize + ?Sized>(value: &T, hasher: &mut impl std::hash::Hasher) {
+    struct Feed<'a, H>(&'a mut H);
+    impl<H: std::hash::Hasher> postcard::ser_flavors::Flavor for Feed<'_, H> {
+        type Output = ();
+        fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+            self.0.write_u8(byte);
+            Ok(())
+        }
+        fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+            self.0.write(bytes);
+            Ok(())
+        }
+        fn finalize(self) -> postcard::Result<()> {
+            Ok(())
+        }
+    }
+    // (Serializing into a hasher cannot fail: no size limit, no buffer.)
+    let _ = postcard::serialize_with_flavor(value, Feed(hasher));
+}

@@ -336,3 +336,39 @@ fn short_texts_leave_the_extras_unwritten() {
     assert_eq!(board.reader().unwrap().get(TorrentId(7)), Some(long));
     assert!(stored() as usize > N * per_torrent);
 }
+
+/// A board that grows takes its slots over as they are: texts in the slot or its extra,
+/// cut ones still marked cut (`list --json` then asks the broker for them whole), errors,
+/// labels and `list` lines.
+#[test]
+fn a_copied_slot_reads_as_the_original() {
+    let old = BoardWriter::create(4, 1, 1).unwrap();
+    let mut cut = summary(1, &"é".repeat(NAME_BYTES), TorrentState::Seeding);
+    cut.info.save_folder = "/f".repeat(FOLDER_BYTES);
+    let long = summary(
+        2,
+        &"n".repeat(NAME_INLINE + 3),
+        TorrentState::Error("no".into()),
+    );
+    let mut labelled = summary(3, "short", TorrentState::Paused);
+    labelled.status.labels = vec!["films".into(), "4k".into()];
+    for (index, s) in [&cut, &long, &labelled].into_iter().enumerate() {
+        old.write(index, s);
+    }
+    old.set_in_use(3);
+    let new = BoardWriter::create(8, 1, 2).unwrap();
+    for index in 0..3 {
+        new.copy_from(&old, index);
+    }
+    new.set_in_use(3);
+    let (before, after) = (old.reader().unwrap(), new.reader().unwrap());
+    assert_eq!(
+        after.iter().collect::<Vec<_>>(),
+        before.iter().collect::<Vec<_>>()
+    );
+    assert!(!after.all_texts_whole(), "the cut name is still marked cut");
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    before.write_list(&mut a).unwrap();
+    after.write_list(&mut b).unwrap();
+    assert_eq!(String::from_utf8(b).unwrap(), String::from_utf8(a).unwrap());
+}
