@@ -217,7 +217,7 @@ impl Service {
         // Both places are its own until it runs from one: no add may take the new one.
         let both: Arc<[PathBuf]> = old_files.iter().chain(new_files.iter()).cloned().collect();
         self.state().registry.set_files(id, both);
-        let written = self.update_record(id, |r| r.moving = Some(journal.clone()));
+        let written = self.update_record(id, |r| r.moving = Some(Box::new(journal.clone())));
         if let Err(error) = written {
             self.state().registry.set_files(id, old_files);
             return Err(error);
@@ -286,7 +286,7 @@ impl Service {
             // One device number, yet two file systems (a bind mount): a copy it is, written
             // down as such before anything is copied.
             journal.how = MoveHow::Copy;
-            moved = match self.update_record(id, |r| r.moving = Some(journal.clone())) {
+            moved = match self.update_record(id, |r| r.moving = Some(Box::new(journal.clone()))) {
                 Ok(()) => self.move_files(&relocation, MoveHow::Copy, &leaving).await,
                 Err(error) => Err(StepError::from(anyhow::anyhow!(error.message))),
             };
@@ -297,7 +297,7 @@ impl Service {
             crate::stop_point::at("move:copied");
             journal.placing = true;
             let unchanged = matches!(moved, Ok(true));
-            moved = match self.update_record(id, |r| r.moving = Some(journal.clone())) {
+            moved = match self.update_record(id, |r| r.moving = Some(Box::new(journal.clone()))) {
                 Ok(()) => {
                     let placing = relocation.clone();
                     tokio::task::spawn_blocking(move || placing.place_each())
@@ -339,7 +339,7 @@ impl Service {
         let committed = self.update_record(id, |r| {
             r.save_folder = dest.clone();
             r.data_folder = to_data.clone();
-            r.moving = Some(journal.clone());
+            r.moving = Some(Box::new(journal.clone()));
             // Moved (by the policy or by hand): no move is due any more.
             r.move_due = false;
         });
