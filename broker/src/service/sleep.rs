@@ -377,6 +377,7 @@ impl Service {
             }
             return false;
         }
+        self.state().registry.repack(id);
         // What its run counted is done with: its next run (after a wake) counts afresh.
         self.seeding.forget_run(id);
         self.queue.forget_activity(id);
