@@ -658,9 +658,7 @@ impl TorrentRegistry {
     }
 
     /// Moves what torrent `id` keeps into fresh allocations, for one that goes on with no
-    /// engine for long (asleep): made while it was added, among the engine's allocations
-    /// for it, they would hold most of the pages those leave behind (an idle seed then cost
-    /// about twice what it costs restored asleep after a restart).
+    /// engine for long (asleep; see the sleeper's `repack_dormant`).
     pub fn repack(&mut self, id: TorrentId) {
         let Some(entry) = self.torrents.get_mut(&id) else {
             return;
@@ -672,7 +670,11 @@ impl TorrentRegistry {
         let fresh = Box::new(TorrentEntry {
             info: entry.info.clone(),
             life: std::mem::replace(&mut entry.life, Life::Restarting),
-            holders: std::mem::take(&mut entry.holders),
+            // (An empty set that once held a patron keeps its node: left with the old entry.)
+            holders: match entry.holders.is_empty() {
+                true => BTreeSet::new(),
+                false => std::mem::take(&mut entry.holders),
+            },
             last_status: entry.last_status.as_deref().cloned().map(Box::new),
             restore: entry.restore.clone(),
             files,
@@ -1066,5 +1068,53 @@ mod tests {
         assert_eq!(owner(&registry, &["/d/old.iso"], None), Some(3));
         registry.forget_unrestored(TorrentRef::Id(TorrentId(3)));
         assert_eq!(owner(&registry, &["/d/old.iso"], None), None);
+    }
+
+    /// A repacked entry is the same entry: its info, life, record, files and holders (a
+    /// patron's, or none: an emptied set is dropped, not moved).
+    #[test]
+    fn a_repacked_entry_keeps_everything() {
+        let mut registry = TorrentRegistry::default();
+        let info = |id: u64| TorrentInfo {
+            id: TorrentId(id),
+            info_hash: InfoHash([id as u8; 20]),
+            name: format!("t{id}"),
+            save_folder: "/d".into(),
+            total_bytes: 7,
+        };
+        let dormant = || Dormant {
+            bytes: 7,
+            idle_since: std::time::Instant::now(),
+            next_announce: None,
+        };
+        let mut restore = RestoreSpec::new("/d".into(), "/d/data".into());
+        restore.labels = vec!["films".into()];
+        for id in [1, 2] {
+            let files: Arc<[PathBuf]> = vec![PathBuf::from(format!("/d/{id}.iso"))].into();
+            registry.insert_dormant(info(id), dormant(), files, restore.clone());
+        }
+        registry.get_mut(TorrentId(1)).unwrap().holders.insert(9);
+        // Held once, then let go: an empty set that had a node.
+        let two = registry.get_mut(TorrentId(2)).unwrap();
+        two.holders.insert(9);
+        two.holders.remove(&9);
+        for id in [1, 2] {
+            registry.repack(TorrentId(id));
+            let entry = registry.get(TorrentId(id)).unwrap();
+            assert_eq!(entry.info, info(id));
+            assert!(matches!(
+                entry.life,
+                Life::Dormant(Dormant { bytes: 7, .. })
+            ));
+            assert_eq!(entry.restore.labels, restore.labels);
+            assert_eq!(entry.restore.data_folder, restore.data_folder);
+            assert_eq!(&*entry.files, [PathBuf::from(format!("/d/{id}.iso"))]);
+        }
+        assert_eq!(
+            registry.get(TorrentId(1)).unwrap().holders,
+            BTreeSet::from([9])
+        );
+        assert!(registry.get(TorrentId(2)).unwrap().holders.is_empty());
+        assert_eq!(owner(&registry, &["/d/2.iso"], None), Some(2));
     }
 }

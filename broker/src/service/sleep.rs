@@ -93,6 +93,8 @@ const MAX_BACK_OFF: Duration = Duration::from_secs(30 * 60);
 #[derive(Default)]
 pub struct Sleeper {
     idle_since: Mutex<HashMap<TorrentId, Idle>>,
+    /// Seeds put to sleep since the dormant entries were last moved into fresh allocations.
+    unpacked: std::sync::atomic::AtomicUsize,
 }
 
 /// One seed idle in the engine, as the sleeper last saw it.
@@ -195,6 +197,7 @@ impl Service {
             *idle = kept;
         }
         if due.is_empty() && to_wake.is_empty() {
+            self.repack_dormant();
             return;
         }
         // The longest idle first, a bounded number per look and within a time budget, each
@@ -249,6 +252,37 @@ impl Service {
         }
         if slept > 0 || woken > 0 {
             tracing::info!(slept, woken, "idle seeds out of the engine");
+        }
+    }
+
+    /// Once seeds stop falling asleep (a look with none due), every dormant seed's entry is
+    /// moved into fresh allocations, a chunk per hold of the state lock. Made while the
+    /// seeds were added, among the engine's allocations for them, the entries held most of
+    /// the pages the engine's freed state would give back; moved one by one as each slept,
+    /// they landed beside the state of seeds still awake. Moved once all are out, they
+    /// fill the oldest pages and leave the rest empty (`tp-bench many-seeds`, 1,000 and
+    /// 4,000 seeds added then asleep: 4.1 KiB a seed, against 4.7 moved one by one).
+    fn repack_dormant(&self) {
+        if self
+            .sleeper
+            .unpacked
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            return;
+        }
+        let dormant: Vec<TorrentId> = self
+            .state()
+            .registry
+            .iter()
+            .filter(|(_, entry)| matches!(entry.life, Life::Dormant(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for chunk in dormant.chunks(1024) {
+            let mut state = self.state();
+            for id in chunk {
+                state.registry.repack(*id);
+            }
         }
     }
 
@@ -377,7 +411,9 @@ impl Service {
             }
             return false;
         }
-        self.state().registry.repack(id);
+        self.sleeper
+            .unpacked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // What its run counted is done with: its next run (after a wake) counts afresh.
         self.seeding.forget_run(id);
         self.queue.forget_activity(id);
