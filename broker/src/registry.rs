@@ -205,7 +205,8 @@ pub struct Dormant {
     /// Since when it has been idle (before it left the engine), or running again after the
     /// queue or a pause held it: the queue's stall rule counts from there, asleep or awake.
     pub idle_since: std::time::Instant,
-    /// When it wakes to announce, for one that announces (trackers, DHT or LSD).
+    /// When it wakes to announce, for one that announces (DHT or LSD; a tracker's, only
+    /// once let go by its record: it then stays in the engine).
     pub next_announce: Option<std::time::Instant>,
 }
 
@@ -313,6 +314,9 @@ pub struct RestoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving: Option<Box<crate::service::MoveJournal>>,
 }
+
+/// The longest file list [`TorrentRegistry::repack`] moves.
+pub const REPACKED_FILES: usize = 64;
 
 /// How many peers a torrent's record keeps (the latest named win): `peers --add` must not
 /// grow a record without bound.
@@ -663,8 +667,10 @@ impl TorrentRegistry {
         let Some(entry) = self.torrents.get_mut(&id) else {
             return;
         };
+        // (A long file list stays where it is: copying it would hold the state lock for
+        // its length, for little, as its paths fill pages of their own.)
         let files = match Arc::strong_count(&entry.files) {
-            1 => entry.files.iter().cloned().collect(),
+            1 if entry.files.len() <= REPACKED_FILES => entry.files.iter().cloned().collect(),
             _ => entry.files.clone(),
         };
         let fresh = Box::new(TorrentEntry {

@@ -44,6 +44,10 @@ use std::time::{Duration, Instant};
 /// tracker usually asks; DHT nodes keep a peer about this long).
 pub const REANNOUNCE_EVERY: Duration = Duration::from_secs(30 * 60);
 
+/// Dormant entries moved into fresh allocations per hold of the state lock (each at most
+/// [`crate::registry::REPACKED_FILES`] paths: a few milliseconds).
+const REPACK_CHUNK: usize = 1024;
+
 /// How often the sleeper looks for seeds to put to sleep or to wake for their announce.
 pub const LOOK_EVERY: Duration = Duration::from_secs(5);
 
@@ -56,6 +60,17 @@ fn may_sleep(entry: &crate::registry::TorrentEntry) -> bool {
         && r.moving.is_none()
         && !r.move_due
         && (r.seeding_since.is_some() || r.engine_paused())
+}
+
+/// Whether a seed in the engine is in a tracker session it keeps while it runs: the engine
+/// announces when the tracker asks and reports what it uploaded. Asleep it could do
+/// neither (a wake begins a new session), and a tracker that forgets peers sooner than its
+/// wakes stopped naming it. (Held, by a pause or the queue, it announces nothing.)
+fn in_tracker_session(
+    handle: &crate::engine::ManagedTorrentHandle,
+    entry: &crate::registry::TorrentEntry,
+) -> bool {
+    !handle.shared().trackers.is_empty() && !entry.restore.engine_paused()
 }
 
 /// Whether a dormant seed is due to wake and announce. (Paused, by a user, a limit or the
@@ -93,8 +108,8 @@ const MAX_BACK_OFF: Duration = Duration::from_secs(30 * 60);
 #[derive(Default)]
 pub struct Sleeper {
     idle_since: Mutex<HashMap<TorrentId, Idle>>,
-    /// Seeds put to sleep since the dormant entries were last moved into fresh allocations.
-    unpacked: std::sync::atomic::AtomicUsize,
+    /// Seeds put to sleep since the last move of dormant entries into fresh allocations.
+    unpacked: Mutex<Vec<TorrentId>>,
 }
 
 /// One seed idle in the engine, as the sleeper last saw it.
@@ -148,7 +163,11 @@ impl Service {
             let mut to_wake = Vec::new();
             for (id, entry) in state.registry.iter() {
                 match &entry.life {
-                    Life::Running(handle) if may_sleep(entry) && !streamed.contains(id) => {
+                    Life::Running(handle)
+                        if may_sleep(entry)
+                            && !streamed.contains(id)
+                            && !in_tracker_session(handle, entry) =>
+                    {
                         candidates.push((*id, handle.clone()))
                     }
                     Life::Dormant(dormant) if due_to_announce(dormant, entry, now) => {
@@ -255,33 +274,33 @@ impl Service {
         }
     }
 
-    /// Once seeds stop falling asleep (a look with none due), every dormant seed's entry is
-    /// moved into fresh allocations, a chunk per hold of the state lock. Made while the
-    /// seeds were added, among the engine's allocations for them, the entries held most of
-    /// the pages the engine's freed state would give back; moved one by one as each slept,
-    /// they landed beside the state of seeds still awake. Moved once all are out, they
-    /// fill the oldest pages and leave the rest empty (`tp-bench many-seeds`, 1,000 and
-    /// 4,000 seeds added then asleep: 4.1 KiB a seed, against 4.7 moved one by one).
+    /// Once seeds stop falling asleep (a look with none due), the entries of those that
+    /// fell asleep since the last time are moved into fresh allocations, a chunk per hold
+    /// of the state lock. Made while the seeds were added, among the engine's allocations
+    /// for them, the entries held most of the pages the engine's freed state would give
+    /// back; moved one by one as each slept, they landed beside the state of seeds still
+    /// awake. Moved once all are out, they fill the oldest pages and leave the rest empty
+    /// (`tp-bench many-seeds`, 1,000 and 4,000 seeds added then asleep: 4.1 KiB a seed,
+    /// against 4.7 moved one by one).
     fn repack_dormant(&self) {
-        if self
-            .sleeper
-            .unpacked
-            .swap(0, std::sync::atomic::Ordering::Relaxed)
-            == 0
-        {
-            return;
-        }
-        let dormant: Vec<TorrentId> = self
-            .state()
-            .registry
-            .iter()
-            .filter(|(_, entry)| matches!(entry.life, Life::Dormant(_)))
-            .map(|(id, _)| *id)
-            .collect();
-        for chunk in dormant.chunks(1024) {
+        let slept = std::mem::take(
+            &mut *self
+                .sleeper
+                .unpacked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for chunk in slept.chunks(REPACK_CHUNK) {
             let mut state = self.state();
-            for id in chunk {
-                state.registry.repack(*id);
+            for &id in chunk {
+                // Asleep still (not woken, closed or added again meanwhile).
+                if state
+                    .registry
+                    .get(id)
+                    .is_some_and(|entry| matches!(entry.life, Life::Dormant(_)))
+                {
+                    state.registry.repack(id);
+                }
             }
         }
     }
@@ -349,11 +368,8 @@ impl Service {
             if reading || !may_sleep(entry) {
                 return false;
             }
-            // One with a tracker keeps its tracker session while it runs: the engine
-            // announces when the tracker asks and reports what it uploaded. Asleep it could
-            // do neither (a wake begins a new session), and a tracker that forgets peers
-            // sooner than its wakes stopped naming it. (Held, it announces nothing.)
-            if !handle.shared().trackers.is_empty() && !entry.restore.engine_paused() {
+            // (Let go by its record since it was looked at: it keeps its session.)
+            if in_tracker_session(handle, entry) {
                 return false;
             }
             handle.clone()
@@ -413,7 +429,9 @@ impl Service {
         }
         self.sleeper
             .unpacked
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id);
         // What its run counted is done with: its next run (after a wake) counts afresh.
         self.seeding.forget_run(id);
         self.queue.forget_activity(id);
