@@ -61,6 +61,8 @@ struct Inner {
     shown: HashMap<TorrentId, Shown>,
     /// The fingerprints' keys, this process's own (no torrent name can be made to collide).
     keys: std::collections::hash_map::RandomState,
+    /// Fingerprints that could not be taken whole (each made unique by this count).
+    unhashable: u64,
     /// Empty slots below `in_use`, lowest first, so the used part stays compact.
     free: BTreeSet<usize>,
     /// Slots readers look at: every used slot is below it.
@@ -83,6 +85,7 @@ impl StatusBoard {
                 writer: BoardWriter::create(slots, std::process::id(), generation)?,
                 shown: HashMap::new(),
                 keys: Default::default(),
+                unhashable: 0,
                 free: BTreeSet::new(),
                 in_use: 0,
                 generation,
@@ -317,11 +320,15 @@ impl Inner {
         }
     }
 
-    /// A fingerprint of `value` as it would be sent.
-    fn fingerprint<T: serde::Serialize>(&self, value: &T) -> u64 {
+    /// A fingerprint of `value` as it would be sent (one that could not be taken whole
+    /// differs from every other: the torrent is written again rather than a change missed).
+    fn fingerprint<T: serde::Serialize>(&mut self, value: &T) -> u64 {
         use std::hash::{BuildHasher, Hasher};
         let mut hasher = self.keys.build_hasher();
-        proto::hash_wire(value, &mut hasher);
+        if !proto::hash_wire(value, &mut hasher) {
+            self.unhashable += 1;
+            hasher.write_u64(self.unhashable);
+        }
         hasher.finish()
     }
 

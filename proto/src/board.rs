@@ -537,8 +537,7 @@ impl BoardWriter {
         self.publish();
     }
 
-    /// Reads the board back, as a patron would (the broker uses it to copy a board it
-    /// outgrew, and tests use it).
+    /// Reads the board back, as a patron would (tests use it).
     pub fn reader(&self) -> io::Result<BoardReader> {
         BoardReader::map(self.reader_fd()?)
     }

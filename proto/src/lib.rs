@@ -1562,8 +1562,14 @@ impl Event {
 mod tests;
 
 /// Feeds `value`'s wire form (postcard, as sent) to `hasher`, with no buffer: a fingerprint
-/// of what would be sent, to tell whether it changed without keeping a copy of it.
-pub fn hash_wire<T: serde::Serialize + ?Sized>(value: &T, hasher: &mut impl std::hash::Hasher) {
+/// of what would be sent, to tell whether it changed without keeping a copy of it. Whether
+/// all of it went in (a value that cannot be serialized fed only its first fields: the
+/// caller must not take that fingerprint for the value's).
+#[must_use]
+pub fn hash_wire<T: serde::Serialize + ?Sized>(
+    value: &T,
+    hasher: &mut impl std::hash::Hasher,
+) -> bool {
     struct Feed<'a, H>(&'a mut H);
     impl<H: std::hash::Hasher> postcard::ser_flavors::Flavor for Feed<'_, H> {
         type Output = ();
@@ -1579,6 +1585,6 @@ pub fn hash_wire<T: serde::Serialize + ?Sized>(value: &T, hasher: &mut impl std:
             Ok(())
         }
     }
-    // (Serializing into a hasher cannot fail: no size limit, no buffer.)
-    let _ = postcard::serialize_with_flavor(value, Feed(hasher));
+    // (Into a hasher: no size limit, no buffer; only the value itself can refuse.)
+    postcard::serialize_with_flavor(value, Feed(hasher)).is_ok()
 }
