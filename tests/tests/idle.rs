@@ -507,6 +507,12 @@ fn a_seed_with_a_tracker_stays_in_its_tracker_session_while_idle() {
     wait_status(&sandbox, &state, "0", "seeding again", |s| {
         s["state"] == "seeding"
     });
+    // The untracked seed only: the tracked one is not restored out (and woken at once).
+    assert!(
+        seeder.log().contains("out_of_the_engine=1"),
+        "{}",
+        seeder.log()
+    );
     let port = seeder.port;
     let from_seed = || -> usize {
         tracker
