@@ -44,6 +44,10 @@ pub struct StatusBoard {
     deciding: Mutex<()>,
 }
 
+/// A write to the board wakes sleeping readers at once (not at most every [`WAKE_EVERY`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Urgent(bool);
+
 /// Where a torrent is on the board, and what it shows there, as fingerprints.
 struct Shown {
     slot: usize,
@@ -163,7 +167,7 @@ impl StatusBoard {
         }
         for summary in changed {
             structural |= !inner.shown.contains_key(&summary.info.id);
-            any |= inner.show(summary);
+            any |= inner.show(summary).is_some();
         }
         if any {
             inner.compact_in_use();
@@ -176,17 +180,8 @@ impl StatusBoard {
     /// progress (a patron repeating a cheap request must not wake every reader each time).
     pub fn show(&self, summary: TorrentSummary) {
         let mut inner = self.inner();
-        let stage = inner.fingerprint(&(
-            &summary.status.state,
-            summary.status.complete,
-            summary.holders,
-        ));
-        let matters = inner
-            .shown
-            .get(&summary.info.id)
-            .is_none_or(|shown| shown.stage != stage);
-        let wrote = inner.show(summary);
-        inner.end_batch(wrote, matters);
+        let written = inner.show(summary);
+        inner.end_batch(written.is_some(), written == Some(Urgent(true)));
     }
 
     /// Takes one torrent off the board now.
@@ -332,8 +327,9 @@ impl Inner {
         hasher.finish()
     }
 
-    /// Writes one torrent, if it changed; returns whether it did.
-    fn show(&mut self, summary: TorrentSummary) -> bool {
+    /// Writes one torrent, if it changed: whether it did, and then whether that is urgent
+    /// (it is new, or its stage or holders changed).
+    fn show(&mut self, summary: TorrentSummary) -> Option<Urgent> {
         let id = summary.info.id;
         let whole = self.fingerprint(&summary);
         let stage = self.fingerprint(&(
@@ -344,11 +340,12 @@ impl Inner {
         let Inner { shown, writer, .. } = self;
         if let Some(shown) = shown.get_mut(&id) {
             if shown.whole == whole {
-                return false;
+                return None;
             }
             writer.write(shown.slot, &summary);
+            let urgent = Urgent(shown.stage != stage);
             (shown.whole, shown.stage) = (whole, stage);
-            return true;
+            return Some(urgent);
         }
         let slot = match self.free.pop_first() {
             Some(slot) => slot,
@@ -360,7 +357,7 @@ impl Inner {
             None => {
                 if let Err(e) = self.grow() {
                     tracing::error!("cannot grow the status board: {e}");
-                    return false;
+                    return None;
                 }
                 self.in_use += 1;
                 self.writer.set_in_use(self.in_use);
@@ -369,7 +366,7 @@ impl Inner {
         };
         self.writer.write(slot, &summary);
         self.shown.insert(id, Shown { slot, whole, stage });
-        true
+        Some(Urgent(true))
     }
 
     /// Moves everything to a board twice as large and tells readers of the old one.
