@@ -272,6 +272,17 @@ impl Service {
         if slept > 0 || woken > 0 {
             tracing::info!(slept, woken, "idle seeds out of the engine");
         }
+        // Seeds that never stop falling asleep (thousands on DHT, each waking every 30
+        // minutes) would keep the list growing: a chunk's worth is moved anyway.
+        let waiting = self
+            .sleeper
+            .unpacked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        if waiting >= REPACK_CHUNK {
+            self.repack_dormant();
+        }
     }
 
     /// Once seeds stop falling asleep (a look with none due), the entries of those that
