@@ -10,15 +10,8 @@ fn a_full_disk_puts_the_torrent_in_error_and_others_carry_on() {
         return;
     }
     let sandbox = Sandbox::new();
-    let big = sandbox.random_file("seed/big.bin", 3 * 1024 * 1024);
+    let (slow, _) = three_slow_mebibytes(&sandbox);
     let small = sandbox.random_file("seed/small.bin", 500_000);
-    let slow = Seeder::start(
-        &sandbox,
-        "seeder",
-        &big,
-        64 * 1024,
-        &["--max-upload-rate", "1000000"],
-    );
     let other = Seeder::start(&sandbox, "other-seeder", &small, 16 * 1024, &[]);
     let state = sandbox.state_dir("leecher");
     let _broker = sandbox.broker(&state, &[]);
@@ -77,14 +70,7 @@ fn a_download_resumed_after_a_full_disk_runs_its_completion_hook() {
         return;
     }
     let sandbox = Sandbox::new();
-    let big = sandbox.random_file("seed/big.bin", 3 * 1024 * 1024);
-    let seeder = Seeder::start(
-        &sandbox,
-        "seeder",
-        &big,
-        64 * 1024,
-        &["--max-upload-rate", "1000000"],
-    );
+    let (seeder, big) = three_slow_mebibytes(&sandbox);
     let seen = sandbox.folder("seen");
     let hook = script(
         &sandbox.path("hook.sh"),
@@ -119,4 +105,17 @@ fn a_download_resumed_after_a_full_disk_runs_its_completion_hook() {
     wait_for("its completion hook", STEP_TIMEOUT, || {
         seen.join(format!("completed-{}", id.0)).exists()
     });
+}
+
+/// A seeder of 3 MiB (`seed/big.bin`) at 1 MB/s: a disk can fill while it downloads.
+fn three_slow_mebibytes(sandbox: &Sandbox) -> (Seeder, std::path::PathBuf) {
+    let big = sandbox.random_file("seed/big.bin", 3 * 1024 * 1024);
+    let seeder = Seeder::start(
+        sandbox,
+        "seeder",
+        &big,
+        64 * 1024,
+        &["--max-upload-rate", "1000000"],
+    );
+    (seeder, big)
 }
