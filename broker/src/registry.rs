@@ -208,6 +208,10 @@ pub struct Dormant {
     /// When it wakes to announce, for one that announces (DHT or LSD; a tracker's, only
     /// once let go by its record: it then stays in the engine).
     pub next_announce: Option<std::time::Instant>,
+    /// Whether it has a tracker: let go by its record (a resume, the queue), it wakes at the
+    /// sleeper's next look, ahead of those that only announce on DHT or LSD, and stays in
+    /// the engine for its tracker session.
+    pub tracker: bool,
 }
 
 impl Life {
@@ -1092,6 +1096,7 @@ mod tests {
             bytes: 7,
             idle_since: std::time::Instant::now(),
             next_announce: None,
+            tracker: false,
         };
         let mut restore = RestoreSpec::new("/d".into(), "/d/data".into());
         restore.labels = vec!["films".into()];

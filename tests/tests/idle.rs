@@ -530,3 +530,77 @@ fn a_seed_with_a_tracker_stays_in_its_tracker_session_while_idle() {
         "restarted, an idle seed announced {idle} times in 4 s"
     );
 }
+
+/// The wakes each of the sleeper's looks made, in order (looks that woke none left out).
+fn wakes_per_look(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|line| line.contains("idle seeds out of the engine"))
+        .filter_map(|line| {
+            line.split("woken=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .filter(|&woken| woken > 0)
+        .collect()
+}
+
+/// Seeds with a tracker that slept while the queue held them, and that the queue lets go
+/// together, are back in their tracker sessions together: all woken at the sleeper's next
+/// look, not a few a look as seeds that wake only to announce on DHT are (64 a look: ten
+/// thousand resumed waited some thirteen minutes for their tracker).
+#[test]
+fn seeds_with_a_tracker_let_go_together_wake_together() {
+    // More than the 64 a look of announce-only wakes, few enough for one look's budget in
+    // a debug build.
+    const SEEDS: usize = 70;
+    let sandbox = Sandbox::new();
+    let tracker = e2e::Tracker::start(60);
+    let state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
+    ok_json(&sandbox, &state, &["queue", "--seeds", "0"]);
+    let mut patron = sandbox.patron(&state);
+    for i in 0..SEEDS {
+        let data = sandbox.random_file(&format!("seed/t{i}.bin"), 1000 + i);
+        let made = patron
+            .make(patron_client::proto::MakeTorrent {
+                path: data.display().to_string(),
+                piece_size: None,
+                trackers: vec![tracker.url()],
+                seed: true,
+            })
+            .expect("make and seed");
+        assert!(made.seeding.is_some(), "seeding {i}");
+    }
+    e2e::wait_for("the queued seeds out of the engine", STEP_TIMEOUT, || {
+        slept(&seeder.log()) >= SEEDS as u64
+    });
+    assert_eq!(
+        wakes_per_look(&seeder.log()),
+        Vec::<u64>::new(),
+        "held, none wakes"
+    );
+    let released = Instant::now();
+    ok_json(&sandbox, &state, &["queue", "--seeds", "none"]);
+    e2e::wait_for("every seed woken", STEP_TIMEOUT, || {
+        wakes_per_look(&seeder.log()).iter().sum::<u64>() >= SEEDS as u64
+    });
+    assert_eq!(
+        wakes_per_look(&seeder.log()),
+        vec![SEEDS as u64],
+        "one look woke them all"
+    );
+    // Each in its tracker session again.
+    let port = seeder.port;
+    e2e::wait_for("each seed announced", STEP_TIMEOUT, || {
+        let announced: std::collections::HashSet<String> = tracker
+            .announces()
+            .into_iter()
+            .filter(|a| a.port == port && a.at >= released)
+            .map(|a| a.info_hash)
+            .collect();
+        announced.len() >= SEEDS
+    });
+}

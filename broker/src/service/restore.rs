@@ -388,6 +388,7 @@ impl Service {
             bytes: info.total_bytes,
             idle_since: now,
             next_announce: announces.then_some(now),
+            tracker: checked.has_trackers,
         };
         tracing::debug!(torrent = %id, name = %checked.name, "restored out of the engine");
         self.state()

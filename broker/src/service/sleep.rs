@@ -22,7 +22,7 @@
 //! it: waking began a new session each time, what it uploaded awake was never reported,
 //! and a tracker that forgets peers sooner than its wakes stopped naming it. One let go by
 //! its record (resumed, started by the queue) wakes at the sleeper's next look to announce,
-//! and stays.
+//! ahead of the seeds that wake only to announce on DHT or LSD, and stays.
 //!
 //! What only changes or reads its record does not wake it: listing its peers (none) or its
 //! files (from its .torrent, all complete), a pause, a seeding limit reached, the queue
@@ -79,13 +79,14 @@ fn due_to_announce(dormant: &Dormant, entry: &crate::registry::TorrentEntry, now
     !entry.restore.engine_paused() && dormant.next_announce.is_some_and(|at| now >= at)
 }
 
-/// At most this many seeds are put to sleep at one look, and for at most [`LOOK_BUDGET`]
-/// (ten thousand added at once sleep over half a minute, not in one go; one sleep takes
-/// well under a millisecond).
+/// At most this many seeds are put to sleep at one look, and as many with a tracker woken
+/// (let go by a resume or the queue), all within the look's [`LOOK_BUDGET`] (ten thousand
+/// added at once sleep over half a minute, not in one go; one sleep takes well under a
+/// millisecond).
 const MAX_PER_LOOK: usize = 2048;
 
-/// At most this many dormant seeds are woken to announce at one look (a wake adds a
-/// torrent to the engine).
+/// At most this many dormant seeds that announce only on DHT or LSD are woken to announce
+/// at one look (a wake adds a torrent to the engine; they sleep again once idle).
 const WAKES_PER_LOOK: usize = 64;
 
 /// How long a peer's wake waits for the add lock (a peer waits about this for its
@@ -157,7 +158,7 @@ impl Service {
         // (opening a stream takes them in the other order).
         let streamed = self.streams.torrents_read();
         // What to look at, under the state lock; the engine is asked outside it.
-        let (candidates, mut to_wake) = {
+        let (candidates, to_wake) = {
             let state = self.state();
             let mut candidates = Vec::new();
             let mut to_wake = Vec::new();
@@ -171,7 +172,7 @@ impl Service {
                         candidates.push((*id, handle.clone()))
                     }
                     Life::Dormant(dormant) if due_to_announce(dormant, entry, now) => {
-                        to_wake.push((dormant.next_announce, *id))
+                        to_wake.push((dormant.tracker, dormant.next_announce, *id))
                     }
                     _ => {}
                 }
@@ -219,14 +220,25 @@ impl Service {
             self.repack_dormant();
             return;
         }
+        // Seeds with a tracker a resume or the queue let go first: they stay in the engine
+        // for their tracker session, and a user who resumed ten thousand waits for them.
+        // (The longest due first in each kind.)
+        let (mut tracked, mut announce_only): (Vec<_>, Vec<_>) =
+            to_wake.into_iter().partition(|(tracker, ..)| *tracker);
+        tracked.sort_unstable();
+        tracked.truncate(MAX_PER_LOOK);
+        // A few at a time: ten thousand seeds that slept together must not all wake at once
+        // to announce on DHT.
+        announce_only.sort_unstable();
+        announce_only.truncate(WAKES_PER_LOOK);
+        let Some(mut woken) = self.wake_to_announce(&tracked, now).await else {
+            return;
+        };
         // The longest idle first, a bounded number per look and within a time budget, each
         // under the add lock on its own: requests, adds and the queue wait for one torrent
         // at most, never for thousands.
         due.sort_unstable();
         due.truncate(MAX_PER_LOOK);
-        // The longest due first.
-        to_wake.sort_unstable();
-        to_wake.truncate(WAKES_PER_LOOK);
         let mut slept = 0;
         for (idle_since, id) in due {
             if now.elapsed() >= LOOK_BUDGET {
@@ -242,33 +254,10 @@ impl Service {
                 self.refused_sleep(id, after);
             }
         }
-        // A few at a time: ten thousand seeds that slept together must not all wake at once.
-        let mut woken = 0;
-        for (_, id) in &to_wake {
-            if now.elapsed() >= LOOK_BUDGET {
-                break;
-            }
-            let _adding = self.adding.lock().await;
-            if self.is_stopping() {
-                return;
-            }
-            // Still due (not paused, queued, woken or gone meanwhile)?
-            let due = self
-                .state()
-                .registry
-                .get(*id)
-                .is_some_and(|entry| match &entry.life {
-                    Life::Dormant(dormant) => due_to_announce(dormant, entry, Instant::now()),
-                    _ => false,
-                });
-            if !due {
-                continue;
-            }
-            woken += 1;
-            if let Err(e) = self.wake_locked(*id).await {
-                tracing::warn!(torrent = %id, "cannot wake it to announce: {}", e.message);
-            }
-        }
+        let Some(announcing) = self.wake_to_announce(&announce_only, now).await else {
+            return;
+        };
+        woken += announcing;
         if slept > 0 || woken > 0 {
             tracing::info!(slept, woken, "idle seeds out of the engine");
         }
@@ -283,6 +272,43 @@ impl Service {
         if waiting >= REPACK_CHUNK {
             self.repack_dormant();
         }
+    }
+
+    /// Wakes the dormant seeds `to_wake` that are still due to announce, one under the add
+    /// lock at a time, until the look's budget (counted from `look`) runs out; how many it
+    /// woke, or `None` if the broker is stopping.
+    async fn wake_to_announce(
+        self: &Arc<Self>,
+        to_wake: &[(bool, Option<Instant>, TorrentId)],
+        look: Instant,
+    ) -> Option<usize> {
+        let mut woken = 0;
+        for &(_, _, id) in to_wake {
+            if look.elapsed() >= LOOK_BUDGET {
+                break;
+            }
+            let _adding = self.adding.lock().await;
+            if self.is_stopping() {
+                return None;
+            }
+            // Still due (not paused, queued, woken or gone meanwhile)?
+            let due = self
+                .state()
+                .registry
+                .get(id)
+                .is_some_and(|entry| match &entry.life {
+                    Life::Dormant(dormant) => due_to_announce(dormant, entry, Instant::now()),
+                    _ => false,
+                });
+            if !due {
+                continue;
+            }
+            woken += 1;
+            if let Err(e) = self.wake_locked(id).await {
+                tracing::warn!(torrent = %id, "cannot wake it to announce: {}", e.message);
+            }
+        }
+        Some(woken)
     }
 
     /// Once seeds stop falling asleep (a look with none due), the entries of those that
@@ -392,7 +418,8 @@ impl Service {
         {
             return false;
         }
-        let announces = !handle.shared().trackers.is_empty() || self.config.dht || self.config.lsd;
+        let tracker = !handle.shared().trackers.is_empty();
+        let announces = tracker || self.config.dht || self.config.lsd;
         // Its files as they are now, its pieces true of them (as at a clean stop): the
         // wake's vouch holds only while they stay so. Not stamped (a file missing, or
         // changed by someone else since the engine hashed it): it stays in the engine, where
@@ -420,6 +447,7 @@ impl Service {
                 bytes: status.bytes_total,
                 idle_since,
                 next_announce: announces.then(|| Instant::now() + REANNOUNCE_EVERY),
+                tracker,
             });
             // Held (paused, queued): its clocks stop now, as the seeding count would have
             // stopped them in the engine.
