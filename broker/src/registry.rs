@@ -319,6 +319,41 @@ pub struct RestoreSpec {
     pub moving: Option<Box<crate::service::MoveJournal>>,
 }
 
+/// What `entry` keeps, in fresh allocations (see [`TorrentRegistry::repack`]).
+fn copy_of(entry: &TorrentEntry) -> TorrentEntry {
+    // (A long file list stays where it is: copying it would hold the state lock for its
+    // length, for little, as its paths fill pages of their own.)
+    let files = match Arc::strong_count(&entry.files) {
+        1 if entry.files.len() <= REPACKED_FILES => entry.files.iter().cloned().collect(),
+        _ => entry.files.clone(),
+    };
+    TorrentEntry {
+        info: entry.info.clone(),
+        life: entry.life.clone(),
+        // (An empty set that once held a patron keeps its node: not copied.)
+        holders: match entry.holders.is_empty() {
+            true => BTreeSet::new(),
+            false => entry.holders.clone(),
+        },
+        last_status: entry.last_status.as_deref().cloned().map(Box::new),
+        restore: entry.restore.clone(),
+        files,
+        queue_rank: entry.queue_rank,
+    }
+}
+
+/// What [`TorrentRegistry::repack`] moved out of: dropped, it frees it.
+#[derive(Default)]
+pub struct Repacked {
+    // (The boxes the map held, as they are: freed later, not moved out of.)
+    #[allow(clippy::vec_box)]
+    entries: Vec<Box<TorrentEntry>>,
+    owners: Vec<OwnersPlace>,
+}
+
+/// A file's place in the owners map: its path, and the torrents that have it.
+type OwnersPlace = (PathBuf, Vec<TorrentId>);
+
 /// The longest file list [`TorrentRegistry::repack`] moves.
 pub const REPACKED_FILES: usize = 64;
 
@@ -665,32 +700,51 @@ impl TorrentRegistry {
         self.torrents.get_mut(&id).map(|entry| &mut **entry)
     }
 
-    /// Moves what torrent `id` keeps into fresh allocations, for one that goes on with no
-    /// engine for long (asleep; see the sleeper's `repack_dormant`).
-    pub fn repack(&mut self, id: TorrentId) {
-        let Some(entry) = self.torrents.get_mut(&id) else {
-            return;
-        };
-        // (A long file list stays where it is: copying it would hold the state lock for
-        // its length, for little, as its paths fill pages of their own.)
-        let files = match Arc::strong_count(&entry.files) {
-            1 if entry.files.len() <= REPACKED_FILES => entry.files.iter().cloned().collect(),
-            _ => entry.files.clone(),
-        };
-        let fresh = Box::new(TorrentEntry {
-            info: entry.info.clone(),
-            life: std::mem::replace(&mut entry.life, Life::Restarting),
-            // (An empty set that once held a patron keeps its node: left with the old entry.)
-            holders: match entry.holders.is_empty() {
-                true => BTreeSet::new(),
-                false => std::mem::take(&mut entry.holders),
-            },
-            last_status: entry.last_status.as_deref().cloned().map(Box::new),
-            restore: entry.restore.clone(),
-            files,
-            queue_rank: entry.queue_rank,
-        });
-        *entry = fresh;
+    /// Moves what the torrents `ids` keep (their entries, and their files' places in the
+    /// owners map) into fresh allocations, for ones that go on with no engine for long
+    /// (asleep; see the sleeper's `repack_dormant`). Returns what they held, for the caller
+    /// to free outside its lock.
+    ///
+    /// Every copy is made before any original is freed. Made one by one, each copy would
+    /// take the place the one before it just freed (the allocator's thread cache hands the
+    /// last freed back first) and nothing would move; made together, they fill the gaps of
+    /// the oldest pages, and the pages the originals leave empty go back to the system.
+    pub fn repack(&mut self, ids: &[TorrentId]) -> Repacked {
+        let fresh: Vec<(TorrentId, Box<TorrentEntry>, Vec<OwnersPlace>)> = ids
+            .iter()
+            .filter_map(|id| {
+                let entry = self.torrents.get(id)?;
+                Some((*id, Box::new(copy_of(entry)), self.owners_of(&entry.files)))
+            })
+            .collect();
+        let mut old = Repacked::default();
+        for (id, copy, owned) in fresh {
+            if let Some(entry) = self.torrents.get_mut(&id) {
+                old.entries.push(std::mem::replace(entry, copy));
+            }
+            for (path, owners) in owned {
+                if let Some(was) = self.owners.remove_entry(&path) {
+                    old.owners.push(was);
+                }
+                self.owners.insert(path, owners);
+            }
+        }
+        old
+    }
+
+    /// A copy of the owners map's places of `files` (none for a long list: see
+    /// [`copy_of`]).
+    fn owners_of(&self, files: &[PathBuf]) -> Vec<OwnersPlace> {
+        if files.len() > REPACKED_FILES {
+            return Vec::new();
+        }
+        files
+            .iter()
+            .filter_map(|file| {
+                let (path, owners) = self.owners.get_key_value(file)?;
+                Some((path.clone(), owners.clone()))
+            })
+            .collect()
     }
 
     /// Marks torrent `id` changed for the status loop, though its entry is not: what it
@@ -1109,8 +1163,9 @@ mod tests {
         let two = registry.get_mut(TorrentId(2)).unwrap();
         two.holders.insert(9);
         two.holders.remove(&9);
+        // (A seed that slept, woke and slept again is named twice.)
+        drop(registry.repack(&[TorrentId(1), TorrentId(2), TorrentId(1)]));
         for id in [1, 2] {
-            registry.repack(TorrentId(id));
             let entry = registry.get(TorrentId(id)).unwrap();
             assert_eq!(entry.info, info(id));
             assert!(matches!(
@@ -1126,6 +1181,7 @@ mod tests {
             BTreeSet::from([9])
         );
         assert!(registry.get(TorrentId(2)).unwrap().holders.is_empty());
+        assert_eq!(owner(&registry, &["/d/1.iso"], None), Some(1));
         assert_eq!(owner(&registry, &["/d/2.iso"], None), Some(2));
     }
 }
