@@ -938,6 +938,14 @@ pub fn name_of(handle: &ManagedTorrentHandle) -> String {
         .unwrap_or_else(|| handle.info_hash().as_string())
 }
 
+/// Whether a torrent is private (BEP 27): the engine announces it to its trackers only,
+/// never on DHT or LSD. (Not known until its metadata is: not private then.)
+pub fn is_private(handle: &ManagedTorrentHandle) -> bool {
+    handle
+        .with_metadata(|meta| meta.info.info().private)
+        .unwrap_or(false)
+}
+
 /// Peers a torrent knows of and may talk to now: queued to be dialled, connecting, or live.
 pub fn peers_known(handle: &ManagedTorrentHandle) -> u32 {
     handle.live().map_or(0, |live| {

@@ -208,7 +208,8 @@ pub struct Dormant {
     /// When it wakes to announce, for one that announces (DHT or LSD; a tracker's, only
     /// once let go by its record: it then stays in the engine).
     pub next_announce: Option<std::time::Instant>,
-    /// Whether it has a tracker: let go by its record (a resume, the queue), it wakes at the
+    /// Whether it has a tracker the engine announces to
+    /// ([`crate::torrent_file::is_announce_url`]): let go by its record (a resume, the queue), it wakes at the
     /// sleeper's next look, ahead of those that only announce on DHT or LSD, and stays in
     /// the engine for its tracker session.
     pub tracker: bool,

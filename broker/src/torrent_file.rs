@@ -39,8 +39,11 @@ pub struct CheckedTorrent {
     pub trackers_removed: usize,
     /// Bytes per piece.
     pub piece_length: u64,
-    /// Whether it names a tracker (after loopback-only mode removed what it does).
+    /// Whether it names a tracker the engine announces to ([`is_announce_url`]; after
+    /// loopback-only mode removed what it does).
     pub has_trackers: bool,
+    /// Whether it is private (BEP 27): announced to its trackers only, never on DHT or LSD.
+    pub private: bool,
 }
 
 impl CheckedTorrent {
@@ -272,7 +275,11 @@ pub fn check_torrent_file(bytes: &[u8], loopback_only: bool) -> Result<CheckedTo
         bytes: encode_torrent(&tiers, meta.info.raw_bytes.as_ref()),
         trackers_removed,
         piece_length,
-        has_trackers: !tiers.is_empty(),
+        has_trackers: tiers
+            .iter()
+            .flatten()
+            .any(|t| url::Url::parse(t).is_ok_and(|url| is_announce_url(&url))),
+        private: meta.info.data.private,
     })
 }
 
@@ -436,6 +443,19 @@ pub fn is_loopback_url(url: &str) -> bool {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
+    }
+}
+
+/// Whether the engine announces to a tracker at this URL: `http` or `https`, or `udp` with
+/// a port, as its tracker client (librqbit-tracker-comms) takes. Any other URL (`wss://`)
+/// the engine keeps in the torrent's tracker set but never announces to (one that does not
+/// parse it drops). The broker asks this, not whether the set is empty, wherever a seed's
+/// tracker session matters (see [`crate::service::sleep`]).
+pub fn is_announce_url(url: &url::Url) -> bool {
+    match url.scheme() {
+        "http" | "https" => true,
+        "udp" => url.port().is_some(),
+        _ => false,
     }
 }
 
@@ -691,6 +711,36 @@ mod tests {
         assert!(text.contains("127.0.0.1:6969"), "{text}");
         let kept = check_torrent_file(&bytes, false).expect("valid");
         assert_eq!(kept.trackers_removed, 0);
+    }
+
+    /// A torrent "has trackers" only if the engine announces to one of them: a `wss://`
+    /// or a `udp://` with no port alone is none (such a seed has no tracker session to keep).
+    #[test]
+    fn only_trackers_the_engine_announces_to_count() {
+        let info = single_file_info("a.bin", 10, 16384, 1);
+        let s = |t: &str| format!("{}:{t}", t.len());
+        let with = |trackers: &[&str]| {
+            let tiers: String = trackers.iter().map(|t| format!("l{}e", s(t))).collect();
+            let announce = format!("13:announce-listl{tiers}e");
+            check_torrent_file(&torrent_with(&info, &announce), false).expect("valid")
+        };
+        for (trackers, has) in [
+            (&["wss://127.0.0.1:9/announce"][..], false),
+            (&["udp://127.0.0.1/announce"][..], false),
+            (&["not a url"][..], false),
+            (&["udp://127.0.0.1:6969/announce"][..], true),
+            (&["https://127.0.0.1/announce"][..], true),
+            (
+                &[
+                    "wss://127.0.0.1:9/announce",
+                    "http://127.0.0.1:6969/announce",
+                ][..],
+                true,
+            ),
+        ] {
+            assert_eq!(with(trackers).has_trackers, has, "{trackers:?}");
+        }
+        assert!(!with(&[]).private);
     }
 
     #[test]

@@ -604,3 +604,35 @@ fn seeds_with_a_tracker_let_go_together_wake_together() {
         announced.len() >= SEEDS
     });
 }
+
+/// A seed whose only tracker the engine cannot announce to (`wss://`: librqbit announces
+/// over http, https and udp) has no tracker session to keep: it sleeps as a seed with no
+/// tracker does, and a restart brings it back asleep (the restore and the sleeper ask the
+/// same question of its trackers).
+#[test]
+fn a_seed_whose_tracker_the_engine_cannot_announce_to_sleeps_as_one_without() {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir("seeder");
+    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
+    let data = sandbox.random_file("seed/websocket.bin", 64 << 10);
+    let torrent = sandbox.path("websocket.torrent");
+    let mut make = sandbox.client(&state);
+    make.args(["make", "--seed", "--piece-size", "16384"])
+        .args(["--tracker", "wss://127.0.0.1:9/announce", "--output"])
+        .arg(&torrent)
+        .arg(&data);
+    run(make).expect_code(0);
+    e2e::wait_for("the seed asleep", STEP_TIMEOUT, || {
+        slept(&seeder.log()) >= 1
+    });
+    drop(seeder);
+    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
+    wait_status(&sandbox, &state, "0", "seeding again", |s| {
+        s["state"] == "seeding"
+    });
+    assert!(
+        seeder.log().contains("out_of_the_engine=1"),
+        "{}",
+        seeder.log()
+    );
+}

@@ -381,9 +381,12 @@ impl Service {
             .collect::<Vec<_>>()
             .into();
         let now = std::time::Instant::now();
-        // One that announces is due to at once: the sleeper wakes it in its turn (a few
-        // at each look), and it sleeps again once idle.
-        let announces = checked.has_trackers || self.config.dht || self.config.lsd;
+        // One that announces is due to at once: the sleeper wakes it in its turn (64 a look
+        // of those that announce on DHT or LSD only, and they sleep again once idle; one
+        // with a tracker is restored out of the engine only while held, and wakes to stay
+        // once let go).
+        let announces =
+            checked.has_trackers || (!checked.private && (self.config.dht || self.config.lsd));
         let dormant = Dormant {
             bytes: info.total_bytes,
             idle_since: now,

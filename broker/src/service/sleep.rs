@@ -44,9 +44,14 @@ use std::time::{Duration, Instant};
 /// tracker usually asks; DHT nodes keep a peer about this long).
 pub const REANNOUNCE_EVERY: Duration = Duration::from_secs(30 * 60);
 
-/// Dormant entries moved into fresh allocations per hold of the state lock (each at most
-/// [`crate::registry::REPACKED_FILES`] paths: a few milliseconds).
+/// At most this many dormant entries, and [`REPACK_PATHS`] of their paths, are moved into
+/// fresh allocations per hold of the state lock (a few milliseconds).
 const REPACK_CHUNK: usize = 1024;
+
+/// At most this many paths (each torrent's files, up to
+/// [`crate::registry::REPACKED_FILES`], and their places in the owners map) are copied per
+/// hold of the state lock.
+const REPACK_PATHS: usize = 8192;
 
 /// How often the sleeper looks for seeds to put to sleep or to wake for their announce.
 pub const LOOK_EVERY: Duration = Duration::from_secs(5);
@@ -70,7 +75,18 @@ fn in_tracker_session(
     handle: &crate::engine::ManagedTorrentHandle,
     entry: &crate::registry::TorrentEntry,
 ) -> bool {
-    !handle.shared().trackers.is_empty() && !entry.restore.engine_paused()
+    has_tracker(handle) && !entry.restore.engine_paused()
+}
+
+/// Whether the engine announces this torrent to a tracker (to a URL its tracker client
+/// takes: a `wss://` alone is none, as at a restore:
+/// [`crate::torrent_file::CheckedTorrent::has_trackers`]).
+fn has_tracker(handle: &crate::engine::ManagedTorrentHandle) -> bool {
+    handle
+        .shared()
+        .trackers
+        .iter()
+        .any(crate::torrent_file::is_announce_url)
 }
 
 /// Whether a dormant seed is due to wake and announce. (Paused, by a user, a limit or the
@@ -97,8 +113,14 @@ const PEER_WAITS: Duration = Duration::from_secs(5);
 /// ends at once; one whose files changed hashes them, and is shown checking meanwhile).
 const WAKE_CHECK_LIMIT: Duration = Duration::from_secs(10);
 
-/// How long one look may go on putting seeds to sleep; the rest wait for the next look.
+/// How long one look may go on waking and putting seeds to sleep; the rest wait for the
+/// next look. Seeds with a tracker let go by their record are woken first, for at most
+/// [`TRACKER_WAKES_BUDGET`] of it: ten thousand resumed at once still leave each look time
+/// to put seeds to sleep and to wake those due to announce on DHT.
 const LOOK_BUDGET: Duration = Duration::from_secs(3);
+
+/// The part of [`LOOK_BUDGET`] that wakes of seeds with a tracker may take.
+const TRACKER_WAKES_BUDGET: Duration = Duration::from_secs(2);
 
 /// The longest a seed that could not sleep waits before it is tried again (the wait doubles
 /// at each refusal, from `--sleep-seeds-after`).
@@ -157,8 +179,14 @@ impl Service {
         // Streams first, apart: the streams' lock is never taken under the state lock
         // (opening a stream takes them in the other order).
         let streamed = self.streams.torrents_read();
-        // What to look at, under the state lock; the engine is asked outside it.
+        // What to look at, under the state lock; the engine is asked outside it. Under the
+        // add lock too: a change in flight (the queue letting go of many seeds, one at a
+        // time) is seen whole, not half.
         let (candidates, to_wake) = {
+            let _adding = self.adding.lock().await;
+            if self.is_stopping() {
+                return;
+            }
             let state = self.state();
             let mut candidates = Vec::new();
             let mut to_wake = Vec::new();
@@ -231,7 +259,11 @@ impl Service {
         // to announce on DHT.
         announce_only.sort_unstable();
         announce_only.truncate(WAKES_PER_LOOK);
-        let Some(mut woken) = self.wake_to_announce(&tracked, now).await else {
+        let tracked: Vec<TorrentId> = tracked.into_iter().map(|(.., id)| id).collect();
+        let Some(mut woken) = self
+            .wake_to_announce(&tracked, now, TRACKER_WAKES_BUDGET)
+            .await
+        else {
             return;
         };
         // The longest idle first, a bounded number per look and within a time budget, each
@@ -254,7 +286,11 @@ impl Service {
                 self.refused_sleep(id, after);
             }
         }
-        let Some(announcing) = self.wake_to_announce(&announce_only, now).await else {
+        let announce_only: Vec<TorrentId> = announce_only.into_iter().map(|(.., id)| id).collect();
+        let Some(announcing) = self
+            .wake_to_announce(&announce_only, now, LOOK_BUDGET)
+            .await
+        else {
             return;
         };
         woken += announcing;
@@ -275,16 +311,17 @@ impl Service {
     }
 
     /// Wakes the dormant seeds `to_wake` that are still due to announce, one under the add
-    /// lock at a time, until the look's budget (counted from `look`) runs out; how many it
-    /// woke, or `None` if the broker is stopping.
+    /// lock at a time, until `budget` since the look began (at `look`) is spent; how many
+    /// it woke, or `None` if the broker is stopping.
     async fn wake_to_announce(
         self: &Arc<Self>,
-        to_wake: &[(bool, Option<Instant>, TorrentId)],
+        to_wake: &[TorrentId],
         look: Instant,
+        budget: Duration,
     ) -> Option<usize> {
         let mut woken = 0;
-        for &(_, _, id) in to_wake {
-            if look.elapsed() >= LOOK_BUDGET {
+        for &id in to_wake {
+            if look.elapsed() >= budget {
                 break;
             }
             let _adding = self.adding.lock().await;
@@ -321,28 +358,37 @@ impl Service {
     /// 2,000 and 10,000 seeds added then asleep: 3.3 KiB a seed; 4.7 when each copy was
     /// made as its original was freed, into the place the one before had left).
     fn repack_dormant(&self) {
-        let slept = std::mem::take(
+        let mut slept = std::mem::take(
             &mut *self
                 .sleeper
                 .unpacked
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        for chunk in slept.chunks(REPACK_CHUNK) {
+        // (A seed that slept, woke and slept again is named twice.)
+        slept.sort_unstable();
+        slept.dedup();
+        let mut rest = &slept[..];
+        while !rest.is_empty() {
             let moved_out = {
                 let mut state = self.state();
-                // Asleep still (not woken, closed or added again meanwhile).
-                let dormant: Vec<TorrentId> = chunk
-                    .iter()
-                    .copied()
-                    .filter(|id| {
-                        state
-                            .registry
-                            .get(*id)
-                            .is_some_and(|entry| matches!(entry.life, Life::Dormant(_)))
-                    })
-                    .collect();
-                state.registry.repack(&dormant)
+                // Those asleep still (not woken, closed or added again meanwhile), as many
+                // as one hold of the lock copies.
+                let mut chunk = Vec::new();
+                let mut paths = 0;
+                while let Some((&id, more)) = rest.split_first() {
+                    if chunk.len() >= REPACK_CHUNK || paths >= REPACK_PATHS {
+                        break;
+                    }
+                    rest = more;
+                    if let Some(entry) = state.registry.get(id) {
+                        if matches!(entry.life, Life::Dormant(_)) {
+                            paths += entry.files.len().min(crate::registry::REPACKED_FILES);
+                            chunk.push(id);
+                        }
+                    }
+                }
+                state.registry.repack(&chunk)
             };
             // (Freed outside the lock.)
             drop(moved_out);
@@ -425,8 +471,9 @@ impl Service {
         {
             return false;
         }
-        let tracker = !handle.shared().trackers.is_empty();
-        let announces = tracker || self.config.dht || self.config.lsd;
+        let tracker = has_tracker(&handle);
+        let announces = tracker
+            || (!crate::engine::is_private(&handle) && (self.config.dht || self.config.lsd));
         // Its files as they are now, its pieces true of them (as at a clean stop): the
         // wake's vouch holds only while they stay so. Not stamped (a file missing, or
         // changed by someone else since the engine hashed it): it stays in the engine, where
