@@ -105,6 +105,18 @@ impl Board {
         self.reader.iter()
     }
 
+    /// One torrent's line, by id or info hash, and whether its texts are whole (none was
+    /// cut to fit its slot): what one torrent's status needs, without looking at the others.
+    pub fn summary_whole(&self, torrent: TorrentRef) -> Option<(TorrentSummary, bool)> {
+        match torrent {
+            TorrentRef::Id(id) => self.reader.get_whole(id),
+            TorrentRef::InfoHash(hash) => {
+                let id = self.reader.find(&hash)?.info.id;
+                self.reader.get_whole(id)
+            }
+        }
+    }
+
     /// Whether every text on the board is whole (none was cut to fit its slot: a save
     /// folder, name or error message too long for it). A few loads, not a list.
     pub fn texts_whole(&self) -> bool {
@@ -210,7 +222,7 @@ impl Board {
     /// itself; a reader that keeps a board between reads without waiting calls this first.
     pub fn refresh(&mut self) -> Result<()> {
         let header = self.reader.header();
-        if header.stopped || !proto::board::process_alive(header.broker_pid) {
+        if header.stopped || !self.reader.broker_alive() {
             // The waker belonged to that broker.
             self.waker = None;
             self.no_waker = false;

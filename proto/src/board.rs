@@ -573,6 +573,9 @@ pub struct BoardReader {
     capacity: usize,
     /// The slot of the torrent looked up last (a reader polling one torrent finds it at once).
     hint: std::sync::atomic::AtomicUsize,
+    /// A pidfd of the broker that writes it (none where the kernel has no pidfds, or the
+    /// broker had gone when it was mapped: `/proc` is asked then).
+    broker: Option<OwnedFd>,
 }
 
 /// How often a reader retries a slot the writer is busy with before giving up on it for
@@ -608,11 +611,34 @@ impl BoardReader {
         if capacity > MAX_CAPACITY || board_bytes(capacity) > len {
             return Err(invalid("more slots than bytes"));
         }
+        let broker = broker_watch(w[H_PID].load(Ordering::Relaxed) as u32);
         Ok(BoardReader {
             map,
             capacity,
             hint: std::sync::atomic::AtomicUsize::new(0),
+            broker,
         })
+    }
+
+    /// Whether the broker that writes this board still runs (exists and is not a zombie).
+    /// Asked before every read a patron keeps its board for: a poll of a pidfd (well
+    /// under a microsecond), not a read of `/proc` (several: the Python package's
+    /// `status()` spent most of its time there).
+    pub fn broker_alive(&self) -> bool {
+        match &self.broker {
+            // A pidfd reads as ready once its process has ended, reaped or not.
+            Some(pidfd) => {
+                let mut fds = [nix::poll::PollFd::new(
+                    pidfd.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                !matches!(
+                    nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+                    Ok(n) if n > 0
+                )
+            }
+            None => process_alive(self.header().broker_pid),
+        }
     }
 
     /// The header, now.
@@ -633,7 +659,7 @@ impl BoardReader {
     /// broker still runs (a SIGKILLed broker marks nothing).
     pub fn is_current(&self) -> bool {
         let header = self.header();
-        !header.stopped && !header.superseded && process_alive(header.broker_pid)
+        !header.stopped && !header.superseded && self.broker_alive()
     }
 
     /// Slots worth looking at.
@@ -674,12 +700,20 @@ impl BoardReader {
     pub fn all_texts_whole(&self) -> bool {
         let words = self.map.words();
         (0..self.in_use()).all(|index| {
-            slot_of(words, self.capacity, index).is_none_or(|slot| {
-                let flags = slot.words[S_FLAGS].load(Ordering::Relaxed);
-                flags & OCCUPIED == 0
-                    || flags & (NAME_CUT | FOLDER_CUT | ERROR_CUT | LABELS_CUT) == 0
-            })
+            slot_of(words, self.capacity, index).is_none_or(|slot| texts_whole(slot.words))
         })
+    }
+
+    /// Torrent `id`'s line, and whether its texts are whole (none cut to fit its slot),
+    /// from one write: what one torrent's status needs, a few loads whatever the number of
+    /// torrents on the board ([`Self::all_texts_whole`] looks at every slot).
+    pub fn get_whole(&self, id: TorrentId) -> Option<(TorrentSummary, bool)> {
+        let index = self.index_of(id)?;
+        let (summary, whole) =
+            self.consistent(index, |slot| (decode(slot), texts_whole(slot.words)))?;
+        summary
+            .filter(|summary| summary.info.id == id)
+            .map(|summary| (summary, whole))
     }
 
     /// Every torrent on the board, in slot order.
@@ -796,6 +830,12 @@ impl BoardReader {
             futex_wait(futex, word, left);
         }
     }
+}
+
+/// Whether the slot `words` holds no text cut to fit it (an empty slot holds none).
+fn texts_whole(words: &[AtomicU64]) -> bool {
+    let flags = words[S_FLAGS].load(Ordering::Relaxed);
+    flags & OCCUPIED == 0 || flags & (NAME_CUT | FOLDER_CUT | ERROR_CUT | LABELS_CUT) == 0
 }
 
 /// `read` applied to `words` (a slot or a line, its sequence in word 0) between two equal,
@@ -964,6 +1004,14 @@ fn get_text(words: &[AtomicU64], len: u64, cut: bool) -> String {
         text.push('…');
     }
     text
+}
+
+/// A pidfd of the broker with this pid (see [`BoardReader::broker_alive`]): none if it has
+/// gone already, or the kernel has no pidfds. (Like `/proc`, it would name another process
+/// only if the broker died and its pid were taken again before this runs.)
+fn broker_watch(pid: u32) -> Option<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
 /// Whether a process with this pid runs (exists and is not a zombie waiting to be reaped).

@@ -774,9 +774,7 @@ impl Connection {
     ) -> PyResult<Option<Py<Status>>> {
         self.check_open(py)?;
         let torrent = torrent_ref(torrent)?;
-        let found = self.with_board(py, |board| {
-            board.summary(torrent).map(|s| (s, board.texts_whole()))
-        })?;
+        let found = self.with_board(py, |board| board.summary_whole(torrent))?;
         match found {
             Some((summary, true)) => Py::new(py, Status::from_summary(summary)).map(Some),
             Some((_, false)) if !ask => Ok(None),

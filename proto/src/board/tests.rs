@@ -92,6 +92,24 @@ fn list_lines_are_the_status_lines_in_id_order() {
     assert_eq!(String::from_utf8(printed).unwrap().lines().count(), 2);
 }
 
+/// One torrent's status asks only its own slot whether a text was cut.
+#[test]
+fn one_torrents_texts_are_whole_or_not_whatever_the_others() {
+    let board = BoardWriter::create(2, 1, 1).unwrap();
+    let mut cut = summary(1, "cut", TorrentState::Seeding);
+    cut.info.save_folder = "/d".repeat(FOLDER_BYTES);
+    board.write(0, &cut);
+    board.write(1, &summary(2, "whole", TorrentState::Seeding));
+    board.set_in_use(2);
+    let reader = board.reader().unwrap();
+    assert!(!reader.all_texts_whole());
+    let (read, whole) = reader.get_whole(TorrentId(2)).unwrap();
+    assert_eq!((read.info.id, whole), (TorrentId(2), true));
+    let (read, whole) = reader.get_whole(TorrentId(1)).unwrap();
+    assert_eq!((read.info.id, whole), (TorrentId(1), false));
+    assert!(reader.get_whole(TorrentId(3)).is_none());
+}
+
 #[test]
 fn long_texts_are_cut_at_a_character_and_marked() {
     let board = BoardWriter::create(1, 1, 1).unwrap();
