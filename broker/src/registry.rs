@@ -336,7 +336,12 @@ fn copy_of(entry: &TorrentEntry) -> TorrentEntry {
             true => BTreeSet::new(),
             false => entry.holders.clone(),
         },
-        last_status: entry.last_status.as_deref().cloned().map(Box::new),
+        // What its holders were last sent: with none, nothing (256 bytes a seed; a patron
+        // that holds it later is sent its status anew, see `fanout::fan_out`).
+        last_status: match entry.holders.is_empty() {
+            true => None,
+            false => entry.last_status.as_deref().cloned().map(Box::new),
+        },
         restore: entry.restore.clone(),
         files,
         queue_rank: entry.queue_rank,
@@ -1136,7 +1141,8 @@ mod tests {
     }
 
     /// A repacked entry is the same entry: its info, life, record, files and holders (a
-    /// patron's, or none: an emptied set is dropped, not moved).
+    /// patron's, or none: an emptied set is dropped, not moved), and the status its
+    /// holders were last sent while it has any.
     #[test]
     fn a_repacked_entry_keeps_everything() {
         let mut registry = TorrentRegistry::default();
@@ -1164,6 +1170,11 @@ mod tests {
         let two = registry.get_mut(TorrentId(2)).unwrap();
         two.holders.insert(9);
         two.holders.remove(&9);
+        // Both were sent a status while held.
+        for id in [1, 2] {
+            let sent = TorrentStatus::idle(&info(id), proto::TorrentState::Seeding);
+            registry.get_mut(TorrentId(id)).unwrap().last_status = Some(Box::new(sent));
+        }
         // (A seed that slept, woke and slept again is named twice.)
         drop(registry.repack(&[TorrentId(1), TorrentId(2), TorrentId(1)]));
         for id in [1, 2] {
@@ -1182,6 +1193,16 @@ mod tests {
             BTreeSet::from([9])
         );
         assert!(registry.get(TorrentId(2)).unwrap().holders.is_empty());
+        // What holders were last sent: kept while one holds it, dropped with none.
+        let sent = |id: u64| {
+            registry
+                .get(TorrentId(id))
+                .unwrap()
+                .last_status
+                .as_deref()
+                .map(|s| s.id)
+        };
+        assert_eq!((sent(1), sent(2)), (Some(TorrentId(1)), None));
         assert_eq!(owner(&registry, &["/d/1.iso"], None), Some(1));
         assert_eq!(owner(&registry, &["/d/2.iso"], None), Some(2));
     }

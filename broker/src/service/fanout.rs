@@ -547,16 +547,19 @@ pub(super) fn fan_out(
             })
             .collect()
     };
-    let statuses: Vec<TorrentStatus> = held
+    let statuses: Vec<(TorrentStatus, bool)> = held
         .iter()
-        .map(|(info, source, place)| match computed.get(&info.id) {
-            Some(status) => status.clone(),
-            None => shown_status(info, source, place.clone()),
+        .map(|(info, source, place)| {
+            let status = match computed.get(&info.id) {
+                Some(status) => status.clone(),
+                None => shown_status(info, source, place.clone()),
+            };
+            (status, matches!(source, Source::Dormant { .. }))
         })
         .collect();
     let mut state = service.state();
     let state = &mut *state;
-    for status in statuses {
+    for (status, dormant) in statuses {
         // Closed meanwhile: nothing to say. (What was sent is the loop's own note, not a
         // change of the torrent.)
         let Some(entry) = state.registry.get_mut_quietly(status.id) else {
@@ -565,11 +568,14 @@ pub(super) fn fan_out(
         if !changed(entry.last_status.as_deref(), &status) {
             continue;
         }
-        if status.complete && !entry.last_status.as_deref().is_some_and(|s| s.complete) {
+        // A seed asleep changes nothing by itself: with no status sent before (none was
+        // kept while no one held it), its first to a new holder is not news to log.
+        let news = entry.last_status.is_some() || !dormant;
+        if news && status.complete && !entry.last_status.as_deref().is_some_and(|s| s.complete) {
             tracing::info!(torrent = %status.id, name = %entry.info.name, "torrent complete");
         }
         let before = entry.last_status.as_deref().map(|s| &s.state);
-        if before != Some(&status.state) {
+        if news && before != Some(&status.state) {
             let (id, name) = (status.id, &entry.info.name);
             let from = before.map_or("new", |s| s.as_str());
             match &status.state {
