@@ -1561,30 +1561,63 @@ impl Event {
 #[cfg(test)]
 mod tests;
 
-/// Feeds `value`'s wire form (postcard, as sent) to `hasher`, with no buffer: a fingerprint
-/// of what would be sent, to tell whether it changed without keeping a copy of it. Whether
-/// all of it went in (a value that cannot be serialized fed only its first fields: the
-/// caller must not take that fingerprint for the value's).
+/// Feeds `value`'s wire form (postcard, as sent) to `hasher`, through a small buffer on the
+/// stack: a fingerprint of what would be sent, to tell whether it changed without keeping a
+/// copy of it. Whether all of it went in (a value that cannot be serialized fed only its
+/// first fields: the caller must not take that fingerprint for the value's).
+///
+/// (Buffered: postcard hands over a field at a time, a few bytes each, and a hasher's
+/// `write` costs about as much for a few bytes as for a hundred. The same value always
+/// feeds the same bytes in the same pieces, so its fingerprint does not change.)
 #[must_use]
 pub fn hash_wire<T: serde::Serialize + ?Sized>(
     value: &T,
     hasher: &mut impl std::hash::Hasher,
 ) -> bool {
-    struct Feed<'a, H>(&'a mut H);
+    const BUFFER: usize = 128;
+    struct Feed<'a, H> {
+        hasher: &'a mut H,
+        buffer: [u8; BUFFER],
+        len: usize,
+    }
+    impl<H: std::hash::Hasher> Feed<'_, H> {
+        fn flush(&mut self) {
+            self.hasher.write(&self.buffer[..self.len]);
+            self.len = 0;
+        }
+    }
     impl<H: std::hash::Hasher> postcard::ser_flavors::Flavor for Feed<'_, H> {
         type Output = ();
         fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-            self.0.write_u8(byte);
+            if self.len == BUFFER {
+                self.flush();
+            }
+            self.buffer[self.len] = byte;
+            self.len += 1;
             Ok(())
         }
         fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-            self.0.write(bytes);
+            if bytes.len() > BUFFER - self.len {
+                self.flush();
+                if bytes.len() > BUFFER {
+                    self.hasher.write(bytes);
+                    return Ok(());
+                }
+            }
+            self.buffer[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
             Ok(())
         }
-        fn finalize(self) -> postcard::Result<()> {
+        fn finalize(mut self) -> postcard::Result<()> {
+            self.flush();
             Ok(())
         }
     }
-    // (Into a hasher: no size limit, no buffer; only the value itself can refuse.)
-    postcard::serialize_with_flavor(value, Feed(hasher)).is_ok()
+    // (Into a hasher: no size limit; only the value itself can refuse.)
+    let feed = Feed {
+        hasher,
+        buffer: [0; BUFFER],
+        len: 0,
+    };
+    postcard::serialize_with_flavor(value, feed).is_ok()
 }

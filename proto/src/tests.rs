@@ -498,3 +498,28 @@ fn alternative_schedules_read_as_users_type_them_and_span_midnight() {
         assert_eq!(AltSchedule::parse(bad), None, "{bad:?}");
     }
 }
+
+/// A wire fingerprint is the hash of the value's wire form, whatever its length against the
+/// buffer it goes through: equal values, equal fingerprints; any change, another.
+#[test]
+fn wire_fingerprints_are_the_wire_forms_hashes() {
+    use std::hash::{BuildHasher, Hasher};
+    let keys = std::collections::hash_map::RandomState::new();
+    let print = |value: &(String, u64, Vec<u8>)| {
+        let mut hasher = keys.build_hasher();
+        assert!(crate::hash_wire(value, &mut hasher));
+        hasher.finish()
+    };
+    for len in [0, 5, 120, 127, 128, 129, 300] {
+        let value = ("x".repeat(len), 7, vec![1u8; len]);
+        let mut wire = keys.build_hasher();
+        wire.write(&postcard::to_stdvec(&value).unwrap());
+        assert_eq!(print(&value), wire.finish(), "{len}");
+        let mut number = value.clone();
+        number.1 = 8;
+        let mut longer = value.clone();
+        longer.2.push(1);
+        assert_ne!(print(&value), print(&number), "{len}");
+        assert_ne!(print(&value), print(&longer), "{len}");
+    }
+}
