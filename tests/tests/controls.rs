@@ -638,6 +638,12 @@ fn fast_resume_state_vouches_only_for_the_record_that_wrote_it() {
     let mut add = sandbox.add_command(&state, &seeder.torrent, &first, Some(&peer));
     add.arg("--wait");
     run(add).expect_code(0);
+    // Its files stamped as verified: done just after the completion `--wait` returns at
+    // (on a loaded machine, after the folder below went away: nothing then vouched for it).
+    let (dir, _) = fast_resume_of(&state, 0);
+    e2e::wait_for("torrent 0's files stamped", STEP_TIMEOUT, || {
+        dir.join("0.stamps").is_file()
+    });
     let away = sandbox.path("first-away");
     std::fs::rename(&first, &away).expect("unmount");
     let broker = restart(&sandbox, &state, broker, Signal::SIGTERM);
@@ -653,7 +659,6 @@ fn fast_resume_state_vouches_only_for_the_record_that_wrote_it() {
     // Each record has a bitfield of its own: torrent 1's describes `second`, and torrent 0
     // keeps the one that describes `first` (one per info hash, the old record took the new
     // one's pieces as its own and would have seeded whatever its folder held).
-    let (dir, _) = fast_resume_of(&state, 0);
     for id in [0, 1] {
         assert!(
             dir.join(format!("{id}.bitv")).is_file(),
