@@ -573,9 +573,18 @@ pub struct BoardReader {
     capacity: usize,
     /// The slot of the torrent looked up last (a reader polling one torrent finds it at once).
     hint: std::sync::atomic::AtomicUsize,
-    /// A pidfd of the broker that writes it (none where the kernel has no pidfds, or the
-    /// broker had gone when it was mapped: `/proc` is asked then).
-    broker: Option<OwnedFd>,
+    /// How the broker that writes it is watched.
+    broker: BrokerWatch,
+}
+
+/// How a board reader tells whether its broker still runs.
+enum BrokerWatch {
+    /// Through a pidfd of it.
+    Pidfd(OwnedFd),
+    /// It had gone when the board was mapped.
+    Gone,
+    /// By its pid in `/proc` (a kernel without pidfds, or not allowed one).
+    Proc,
 }
 
 /// How often a reader retries a slot the writer is busy with before giving up on it for
@@ -627,7 +636,7 @@ impl BoardReader {
     pub fn broker_alive(&self) -> bool {
         match &self.broker {
             // A pidfd reads as ready once its process has ended, reaped or not.
-            Some(pidfd) => {
+            BrokerWatch::Pidfd(pidfd) => {
                 let mut fds = [nix::poll::PollFd::new(
                     pidfd.as_fd(),
                     nix::poll::PollFlags::POLLIN,
@@ -637,7 +646,8 @@ impl BoardReader {
                     Ok(n) if n > 0
                 )
             }
-            None => process_alive(self.header().broker_pid),
+            BrokerWatch::Gone => false,
+            BrokerWatch::Proc => process_alive(self.header().broker_pid),
         }
     }
 
@@ -1006,12 +1016,22 @@ fn get_text(words: &[AtomicU64], len: u64, cut: bool) -> String {
     text
 }
 
-/// A pidfd of the broker with this pid (see [`BoardReader::broker_alive`]): none if it has
-/// gone already, or the kernel has no pidfds. (Like `/proc`, it would name another process
-/// only if the broker died and its pid were taken again before this runs.)
-fn broker_watch(pid: u32) -> Option<OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
-    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+/// How to watch the broker with this pid (see [`BoardReader::broker_alive`]): a pidfd of it
+/// (close-on-exec, as every pidfd), or gone already. (Like `/proc`, a pidfd would name
+/// another process only if the broker died and its pid were taken again before this runs;
+/// once open, it names that process whatever becomes of the pid.)
+fn broker_watch(pid: u32) -> BrokerWatch {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return BrokerWatch::Gone;
+    };
+    match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(pidfd) => BrokerWatch::Pidfd(pidfd),
+        Err(rustix::io::Errno::SRCH) => BrokerWatch::Gone,
+        Err(_) => BrokerWatch::Proc,
+    }
 }
 
 /// Whether a process with this pid runs (exists and is not a zombie waiting to be reaped).

@@ -390,3 +390,35 @@ fn a_copied_slot_reads_as_the_original() {
     after.write_list(&mut b).unwrap();
     assert_eq!(String::from_utf8(b).unwrap(), String::from_utf8(a).unwrap());
 }
+
+/// A reader tells its broker gone as soon as it ends, reaped or not (a pidfd of it), and one
+/// mapped after its broker went never takes it for alive.
+#[test]
+fn a_reader_sees_its_broker_end_even_unreaped() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("a process to stand for the broker");
+    let board = BoardWriter::create(1, child.id(), 1).unwrap();
+    let reader = board.reader().unwrap();
+    assert!(matches!(reader.broker, BrokerWatch::Pidfd(_)));
+    assert!(reader.broker_alive());
+    child.kill().expect("killed");
+    // Not reaped (a zombie) until the end of the test.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.broker_alive() {
+        assert!(
+            Instant::now() < deadline,
+            "the ended broker still seen alive"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !board.reader().unwrap().broker_alive(),
+        "mapped after it ended"
+    );
+    child.wait().expect("reaped");
+    let mapped_after = board.reader().unwrap();
+    assert!(matches!(mapped_after.broker, BrokerWatch::Gone));
+    assert!(!mapped_after.broker_alive());
+}
