@@ -28,6 +28,9 @@ pub struct TorrentEntry {
     pub holders: BTreeSet<PatronId>,
     /// The status its holders were last sent.
     pub last_status: Option<Box<TorrentStatus>>,
+    /// Whether that status was let go while no one held it (see [`TorrentRegistry::repack`]):
+    /// the next one sent is not news to log.
+    pub status_forgotten: bool,
     /// How to add it again after a restart.
     pub restore: RestoreSpec,
     /// Every file it has on disk (full paths): no other torrent may have one of them.
@@ -342,6 +345,8 @@ fn copy_of(entry: &TorrentEntry) -> TorrentEntry {
             true => None,
             false => entry.last_status.as_deref().cloned().map(Box::new),
         },
+        status_forgotten: entry.status_forgotten
+            || (entry.holders.is_empty() && entry.last_status.is_some()),
         restore: entry.restore.clone(),
         files,
         queue_rank: entry.queue_rank,
@@ -838,6 +843,7 @@ impl TorrentRegistry {
                     life,
                     holders: BTreeSet::new(),
                     last_status: None,
+                    status_forgotten: false,
                     restore,
                     files,
                     queue_rank: self.torrents.len() as u32 + 1,
@@ -1195,14 +1201,14 @@ mod tests {
         assert!(registry.get(TorrentId(2)).unwrap().holders.is_empty());
         // What holders were last sent: kept while one holds it, dropped with none.
         let sent = |id: u64| {
-            registry
-                .get(TorrentId(id))
-                .unwrap()
-                .last_status
-                .as_deref()
-                .map(|s| s.id)
+            let entry = registry.get(TorrentId(id)).unwrap();
+            (
+                entry.last_status.as_deref().map(|s| s.id),
+                entry.status_forgotten,
+            )
         };
-        assert_eq!((sent(1), sent(2)), (Some(TorrentId(1)), None));
+        assert_eq!(sent(1), (Some(TorrentId(1)), false));
+        assert_eq!(sent(2), (None, true));
         assert_eq!(owner(&registry, &["/d/1.iso"], None), Some(1));
         assert_eq!(owner(&registry, &["/d/2.iso"], None), Some(2));
     }

@@ -502,6 +502,11 @@ async fn completed(service: &Arc<Service>, id: TorrentId, handle: &ManagedTorren
     // checked would miss a download quicker than this task's start: its hook and its move
     // to --move-completed-to were lost).
     let seeded = crate::engine::transfer(handle).is_none_or(|t| t.downloaded == 0);
+    if !seeded {
+        // Logged here, held or not (a status to holders may come later, or never).
+        let name = crate::engine::name_of(handle);
+        tracing::info!(torrent = %id, name = %name, "torrent complete");
+    }
     service.woken.add(id);
     service.status_nudge.notify_one();
     // A download slot is free, and a seed may need one.
@@ -547,19 +552,16 @@ pub(super) fn fan_out(
             })
             .collect()
     };
-    let statuses: Vec<(TorrentStatus, bool)> = held
+    let statuses: Vec<TorrentStatus> = held
         .iter()
-        .map(|(info, source, place)| {
-            let status = match computed.get(&info.id) {
-                Some(status) => status.clone(),
-                None => shown_status(info, source, place.clone()),
-            };
-            (status, matches!(source, Source::Dormant { .. }))
+        .map(|(info, source, place)| match computed.get(&info.id) {
+            Some(status) => status.clone(),
+            None => shown_status(info, source, place.clone()),
         })
         .collect();
     let mut state = service.state();
     let state = &mut *state;
-    for (status, dormant) in statuses {
+    for status in statuses {
         // Closed meanwhile: nothing to say. (What was sent is the loop's own note, not a
         // change of the torrent.)
         let Some(entry) = state.registry.get_mut_quietly(status.id) else {
@@ -568,12 +570,8 @@ pub(super) fn fan_out(
         if !changed(entry.last_status.as_deref(), &status) {
             continue;
         }
-        // A seed asleep changes nothing by itself: with no status sent before (none was
-        // kept while no one held it), its first to a new holder is not news to log.
-        let news = entry.last_status.is_some() || !dormant;
-        if news && status.complete && !entry.last_status.as_deref().is_some_and(|s| s.complete) {
-            tracing::info!(torrent = %status.id, name = %entry.info.name, "torrent complete");
-        }
+        // (A status let go while no one held it: what is sent now is not news.)
+        let news = !entry.status_forgotten;
         let before = entry.last_status.as_deref().map(|s| &s.state);
         if news && before != Some(&status.state) {
             let (id, name) = (status.id, &entry.info.name);
@@ -597,6 +595,7 @@ pub(super) fn fan_out(
             Some(last) => **last = status,
             None => entry.last_status = Some(Box::new(status)),
         }
+        entry.status_forgotten = false;
     }
 }
 
