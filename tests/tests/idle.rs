@@ -228,19 +228,26 @@ fn leech_whole(sandbox: &Sandbox, torrent: &Path, seeder: &e2e::BrokerProcess, n
     );
 }
 
-/// How many seeds the broker's log says left the engine.
-fn slept(log: &str) -> u64 {
+/// What each of the sleeper's looks says it did (`key` = `slept` or `woken`), in order,
+/// looks that did none of it left out.
+fn per_look(log: &str, key: &str) -> Vec<u64> {
     log.lines()
         .filter(|line| line.contains("idle seeds out of the engine"))
         .filter_map(|line| {
-            line.split("slept=")
+            line.split(&format!("{key}="))
                 .nth(1)?
                 .split_whitespace()
                 .next()?
                 .parse::<u64>()
                 .ok()
         })
-        .sum()
+        .filter(|&count| count > 0)
+        .collect()
+}
+
+/// How many seeds the broker's log says left the engine.
+fn slept(log: &str) -> u64 {
+    per_look(log, "slept").iter().sum()
 }
 
 /// Verified means verified (DESIGN §4), for a seed that slept: a file edited while it was
@@ -446,15 +453,7 @@ fn a_seed_with_a_tracker_stays_in_its_tracker_session_while_idle() {
     let state = sandbox.state_dir("seeder");
     let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
     let size = 256 << 10;
-    let data = sandbox.random_file("seed/tracked.bin", size);
-    let torrent = sandbox.path("tracked.torrent");
-    let mut make = sandbox.client(&state);
-    make.args(["make", "--seed", "--piece-size", "16384", "--tracker"])
-        .arg(tracker.url())
-        .arg("--output")
-        .arg(&torrent)
-        .arg(&data);
-    run(make).expect_code(0);
+    let (data, torrent) = make_tracked_seed(&sandbox, &state, "tracked.bin", size, &tracker.url());
     // Another seed, with no tracker, falls asleep meanwhile: the sleeper ran.
     make_seed(&sandbox, &state, "untracked.bin", size);
     let port = seeder.port;
@@ -502,17 +501,8 @@ fn a_seed_with_a_tracker_stays_in_its_tracker_session_while_idle() {
 
     // Restarted, it comes back into the engine (not out of it, as a seed with no tracker
     // whose pieces are vouched for does), and announces on while idle.
-    drop(seeder);
-    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
-    wait_status(&sandbox, &state, "0", "seeding again", |s| {
-        s["state"] == "seeding"
-    });
     // The untracked seed only: the tracked one is not restored out (and woken at once).
-    assert!(
-        seeder.log().contains("out_of_the_engine=1"),
-        "{}",
-        seeder.log()
-    );
+    let seeder = restarted_sleeper(&sandbox, &state, seeder, 1);
     let port = seeder.port;
     let from_seed = || -> usize {
         tracker
@@ -533,18 +523,7 @@ fn a_seed_with_a_tracker_stays_in_its_tracker_session_while_idle() {
 
 /// The wakes each of the sleeper's looks made, in order (looks that woke none left out).
 fn wakes_per_look(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter(|line| line.contains("idle seeds out of the engine"))
-        .filter_map(|line| {
-            line.split("woken=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .filter(|&woken| woken > 0)
-        .collect()
+    per_look(log, "woken")
 }
 
 /// Seeds with a tracker that slept while the queue held them, and that the queue lets go
@@ -614,25 +593,65 @@ fn a_seed_whose_tracker_the_engine_cannot_announce_to_sleeps_as_one_without() {
     let sandbox = Sandbox::new();
     let state = sandbox.state_dir("seeder");
     let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
-    let data = sandbox.random_file("seed/websocket.bin", 64 << 10);
-    let torrent = sandbox.path("websocket.torrent");
-    let mut make = sandbox.client(&state);
-    make.args(["make", "--seed", "--piece-size", "16384"])
-        .args(["--tracker", "wss://127.0.0.1:9/announce", "--output"])
-        .arg(&torrent)
-        .arg(&data);
-    run(make).expect_code(0);
+    make_tracked_seed(
+        &sandbox,
+        &state,
+        "websocket.bin",
+        64 << 10,
+        "wss://127.0.0.1:9/announce",
+    );
     e2e::wait_for("the seed asleep", STEP_TIMEOUT, || {
         slept(&seeder.log()) >= 1
     });
+    restarted_sleeper(&sandbox, &state, seeder, 1);
+}
+
+/// `patron-client make DATA --seed --tracker URL` (16 KiB pieces) of `size` random bytes at
+/// `seed/NAME` on `state`'s broker: the data's path and the .torrent's.
+fn make_tracked_seed(
+    sandbox: &Sandbox,
+    state: &Path,
+    name: &str,
+    size: usize,
+    tracker: &str,
+) -> (PathBuf, PathBuf) {
+    let data = sandbox.random_file(&format!("seed/{name}"), size);
+    let torrent = sandbox.path(&format!("{name}.torrent"));
+    let mut make = sandbox.client(state);
+    make.args([
+        "make",
+        "--seed",
+        "--piece-size",
+        "16384",
+        "--tracker",
+        tracker,
+    ])
+    .arg("--output")
+    .arg(&torrent)
+    .arg(&data);
+    run(make).expect_code(0);
+    (data, torrent)
+}
+
+/// Stops `seeder` and starts it again (seeds sleep after 2 s): torrent 0 seeds again, and
+/// the restore brought back `out_of_the_engine` of the seeds out of the engine.
+fn restarted_sleeper(
+    sandbox: &Sandbox,
+    state: &Path,
+    seeder: e2e::BrokerProcess,
+    out_of_the_engine: usize,
+) -> e2e::BrokerProcess {
     drop(seeder);
-    let seeder = sandbox.broker(&state, &["--sleep-seeds-after", "2s"]);
-    wait_status(&sandbox, &state, "0", "seeding again", |s| {
+    let seeder = sandbox.broker(state, &["--sleep-seeds-after", "2s"]);
+    wait_status(sandbox, state, "0", "seeding again", |s| {
         s["state"] == "seeding"
     });
     assert!(
-        seeder.log().contains("out_of_the_engine=1"),
+        seeder
+            .log()
+            .contains(&format!("out_of_the_engine={out_of_the_engine} ")),
         "{}",
         seeder.log()
     );
+    seeder
 }
