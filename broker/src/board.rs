@@ -332,6 +332,14 @@ impl Inner {
     fn show(&mut self, summary: TorrentSummary) -> Option<Urgent> {
         let id = summary.info.id;
         let whole = self.fingerprint(&summary);
+        // Unchanged (most torrents a sweep looks at): its stage is not hashed.
+        if self
+            .shown
+            .get(&id)
+            .is_some_and(|shown| shown.whole == whole)
+        {
+            return None;
+        }
         let stage = self.fingerprint(&(
             &summary.status.state,
             summary.status.complete,
@@ -339,9 +347,6 @@ impl Inner {
         ));
         let Inner { shown, writer, .. } = self;
         if let Some(shown) = shown.get_mut(&id) {
-            if shown.whole == whole {
-                return None;
-            }
             writer.write(shown.slot, &summary);
             let urgent = Urgent(shown.stage != stage);
             (shown.whole, shown.stage) = (whole, stage);
