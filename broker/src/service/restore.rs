@@ -385,8 +385,7 @@ impl Service {
         // of those that announce on DHT or LSD only, and they sleep again once idle; one
         // with a tracker is restored out of the engine only while held, and wakes to stay
         // once let go).
-        let announces =
-            checked.has_trackers || (!checked.private && (self.config.dht || self.config.lsd));
+        let announces = self.announces(checked.has_trackers, checked.private);
         let dormant = Dormant {
             bytes: info.total_bytes,
             idle_since: now,

@@ -472,8 +472,7 @@ impl Service {
             return false;
         }
         let tracker = has_tracker(&handle);
-        let announces = tracker
-            || (!crate::engine::is_private(&handle) && (self.config.dht || self.config.lsd));
+        let announces = self.announces(tracker, crate::engine::is_private(&handle));
         // Its files as they are now, its pieces true of them (as at a clean stop): the
         // wake's vouch holds only while they stay so. Not stamped (a file missing, or
         // changed by someone else since the engine hashed it): it stays in the engine, where
@@ -535,6 +534,12 @@ impl Service {
             .remove(&id);
         tracing::debug!(torrent = %id, "idle: out of the engine until something needs it");
         true
+    }
+
+    /// Whether a seed out of the engine has anything to announce (and so wakes to): to a
+    /// tracker the engine announces to, or on DHT or LSD unless it is private (BEP 27).
+    pub(super) fn announces(&self, tracker: bool, private: bool) -> bool {
+        tracker || (!private && (self.config.dht || self.config.lsd))
     }
 
     /// Wakes a dormant seed for the engine's incoming connection of its info hash: its
