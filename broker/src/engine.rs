@@ -15,7 +15,10 @@ use librqbit::{
     ListenerOptions, ManagedTorrent, PeerConnectionOptions, Session, SessionOptions,
     TorrentStatsState,
 };
-use proto::{FileEntry, InfoHash, PeerEntry, ProtoError, TorrentId, TorrentState, TorrentStatus};
+use proto::{
+    BannedPeer, ErrorKind, FileEntry, InfoHash, PeerEntry, ProtoError, TorrentId, TorrentState,
+    TorrentStatus,
+};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -362,10 +365,50 @@ impl Engine {
 
     /// Fetches a magnet's metadata (bounded by `timeout`) and returns the .torrent bytes and
     /// the peers seen meanwhile.
+    ///
+    /// The engine tries each address it has once and gives up when none answered: a named
+    /// peer that dropped the first connection (a client still starting, or busy with this
+    /// broker's other connections: qBittorrent does both) would fail the add in
+    /// milliseconds. So every address is tried again after a pause that doubles (0.5, 1, 2
+    /// and 4 s: [`MAGNET_RETRIES`] times, while the time allows). A peer that answers but
+    /// does not have the torrent looks the same, so the retries stop there: such an add is
+    /// refused after 7.5 s, not after the whole timeout.
     pub async fn resolve_magnet(
         &self,
         uri: &str,
         peers: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Vec<SocketAddr>), ProtoError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = MAGNET_RETRY_FIRST;
+        let mut retries = 0;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self
+                .resolve_magnet_once(uri, peers.clone(), left, timeout)
+                .await
+            {
+                Err(e)
+                    if e.kind == ErrorKind::MetadataTimeout
+                        && retries < MAGNET_RETRIES
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!("no peer gave the magnet's metadata yet; again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    retries += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// One try of [`Engine::resolve_magnet`], bounded by `left` (of the whole `timeout`).
+    async fn resolve_magnet_once(
+        &self,
+        uri: &str,
+        peers: Vec<SocketAddr>,
+        left: Duration,
         timeout: Duration,
     ) -> Result<(Vec<u8>, Vec<SocketAddr>), ProtoError> {
         let no_source = peers.is_empty() && !self.dht;
@@ -378,7 +421,7 @@ impl Engine {
         let add = self
             .session
             .add_torrent(AddTorrent::from_url(uri.to_owned()), Some(options));
-        match tokio::time::timeout(timeout, add).await {
+        match tokio::time::timeout(left, add).await {
             Err(_) => Err(ProtoError::metadata_timeout(format!("no peer sent the magnet's metadata within {timeout:?}"),
             )),
             // Not a timeout: the engine gave up at once, having nothing to ask.
@@ -690,6 +733,7 @@ impl Engine {
         let Some(live) = handle.live() else {
             return Ok(Vec::new()); // paused since the look above: dialled at resume
         };
+        Self::refuse_banned_by(|peer| live.banned_why(peer), peers)?;
         let mut dialled = Vec::new();
         for peer in peers {
             match live.add_peer(*peer) {
@@ -703,6 +747,33 @@ impl Engine {
             }
         }
         Ok(dialled)
+    }
+
+    /// Refuses peers the torrent banned (one sent a piece that failed its hash check): it
+    /// does not dial them, whoever names them, until the torrent is paused and resumed.
+    pub fn refuse_banned(
+        &self,
+        handle: &ManagedTorrentHandle,
+        peers: &[SocketAddr],
+    ) -> Result<(), ProtoError> {
+        match handle.live() {
+            Some(live) => Self::refuse_banned_by(|peer| live.banned_why(peer), peers),
+            None => Ok(()),
+        }
+    }
+
+    fn refuse_banned_by(
+        banned_why: impl Fn(SocketAddr) -> Option<String>,
+        peers: &[SocketAddr],
+    ) -> Result<(), ProtoError> {
+        for peer in peers {
+            if let Some(why) = banned_why(*peer) {
+                return Err(ProtoError::invalid_peer(format!(
+                    "{peer} is banned by this torrent: it {why} (a pause and resume lifts the ban)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// A torrent's files (padding files left out): path, size, bytes verified, selected.
@@ -753,12 +824,12 @@ impl Engine {
         Some(handle.output_folder().join(relative))
     }
 
-    /// A torrent's connected peers, with rates measured over `window`.
+    /// A torrent's connected peers, with rates measured over `window`, and those it banned.
     pub async fn peers(
         &self,
         handle: &ManagedTorrentHandle,
         window: Duration,
-    ) -> Result<Vec<PeerEntry>, ProtoError> {
+    ) -> Result<(Vec<PeerEntry>, Vec<BannedPeer>), ProtoError> {
         let total_pieces = handle
             .with_metadata(|meta| meta.info.lengths().total_pieces())
             .map_err(|e| engine_error("the torrent's pieces are not known yet", e))?;
@@ -799,7 +870,17 @@ impl Engine {
             })
             .collect();
         peers.sort_by(|a, b| a.address.cmp(&b.address));
-        Ok(peers)
+        let banned = handle
+            .live()
+            .map(|live| live.banned_peers())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(address, reason)| BannedPeer {
+                address: address.to_string(),
+                reason,
+            })
+            .collect();
+        Ok((peers, banned))
     }
 
     /// Stops the engine (pausing every torrent): nothing writes a torrent's files after.
@@ -832,6 +913,11 @@ pub fn path_text(path: &Path) -> String {
 /// Ids handed out ahead of what `next-id` says, per write of it (after a crash, the ids go
 /// on from the mark: a gap of at most this many).
 const IDS_AHEAD: usize = 64;
+
+/// The first pause before a magnet's addresses are all tried again ([`Engine::resolve_magnet`]).
+const MAGNET_RETRY_FIRST: Duration = Duration::from_millis(500);
+/// How many times a magnet's addresses are tried again, each pause twice the one before.
+const MAGNET_RETRIES: u32 = 4;
 
 /// The first id a start may hand out: what `next-id` says (0 in a new state dir). A file
 /// that is there but cannot be read as one number refuses the start, as the records do.

@@ -3,7 +3,7 @@
 
 use crate::Error;
 use proto::{
-    Event, FileEntry, MadeTorrent, PeerEntry, QueueSettings, RateLimits, TorrentInfo,
+    BannedPeer, Event, FileEntry, MadeTorrent, PeerEntry, QueueSettings, RateLimits, TorrentInfo,
     TorrentStatus, TorrentSummary,
 };
 use serde_json::{json, Value};
@@ -231,6 +231,14 @@ pub fn peer_json(peer: &PeerEntry) -> serde_json::Value {
     })
 }
 
+/// A banned peer as JSON: `address` and `reason`.
+pub fn banned_json(peer: &BannedPeer) -> serde_json::Value {
+    json!({
+        "address": peer.address,
+        "reason": peer.reason,
+    })
+}
+
 /// Any event as its JSON line (without `request`).
 pub fn event_json(event: Event) -> Value {
     match event {
@@ -302,12 +310,14 @@ pub fn event_json(event: Event) -> Value {
             torrent,
             dialled,
             peers,
+            banned,
             ..
         } => json!({
             "event": "peers",
             "id": torrent.0,
             "dialled": dialled,
             "peers": peers.iter().map(peer_json).collect::<Vec<_>>(),
+            "banned": banned.iter().map(banned_json).collect::<Vec<_>>(),
         }),
         // Streams run on connections of their own (`cat`), never on this one.
         Event::StreamOpened { .. }

@@ -464,11 +464,13 @@ impl Patron {
                 torrent,
                 dialled,
                 peers,
+                banned,
                 ..
             } => Ok(PeerList {
                 torrent,
                 dialled,
                 peers,
+                banned,
             }),
             other => Err(error_or_unexpected(other)),
         }
@@ -572,6 +574,8 @@ pub struct PeerList {
     pub dialled: Vec<String>,
     /// Its connected peers, by address.
     pub peers: Vec<proto::PeerEntry>,
+    /// The peers it banned while it runs (each sent data that failed a hash check).
+    pub banned: Vec<proto::BannedPeer>,
 }
 
 /// Why a request's lists are longer than the broker decodes (it would refuse the request

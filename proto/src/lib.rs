@@ -76,7 +76,7 @@ pub use status::{TorrentState, TorrentStatus};
 
 /// The protocol version spoken by this build. Bumped on any incompatible wire change;
 /// the broker refuses a patron whose version differs, with a clear error on both sides.
-pub const PROTOCOL_VERSION: u32 = 11;
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// The largest serialized request the broker accepts (a .torrent file rides inside one).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -924,6 +924,16 @@ pub struct PeerEntry {
     pub progress: Option<f64>,
 }
 
+/// A peer a torrent banned ([`Event::Peers`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BannedPeer {
+    /// Its address: `IP:PORT` on loopback (where every peer shares the address), else
+    /// `IP:0` (the whole address is banned, whatever port it comes from).
+    pub address: String,
+    /// Why, as a phrase ("sent piece 3 with data that failed its hash check").
+    pub reason: String,
+}
+
 /// The broker's number for an open stream, unique for the broker's run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct StreamId(pub u64);
@@ -1435,6 +1445,9 @@ pub enum Event {
         dialled: Vec<String>,
         /// Its connected peers, by address.
         peers: Vec<PeerEntry>,
+        /// The peers it banned while it runs (each sent a piece that failed its hash check):
+        /// they are not dialled again and their connections are refused.
+        banned: Vec<BannedPeer>,
     },
     /// Reply to [`RequestBody::OpenStream`].
     StreamOpened {

@@ -335,6 +335,10 @@ fn every_event_round_trips() {
             request: RequestId(13),
             torrent: TorrentId(2),
             dialled: vec!["127.0.0.1:6881".into()],
+            banned: vec![crate::BannedPeer {
+                address: "127.0.0.1:6882".into(),
+                reason: "sent piece 3 with data that failed its hash check".into(),
+            }],
             peers: vec![crate::PeerEntry {
                 address: "127.0.0.1:6881".into(),
                 client: Some("Transmission 3.00".into()),

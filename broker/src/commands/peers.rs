@@ -9,11 +9,12 @@ pub async fn run(
     peers: PeersRequest,
 ) -> Event {
     match service.peers(peers).await {
-        Ok((torrent, dialled, peers)) => Event::Peers {
+        Ok((torrent, dialled, (peers, banned))) => Event::Peers {
             request,
             torrent,
             dialled,
             peers,
+            banned,
         },
         Err(error) => Event::Error { request, error },
     }

@@ -1,7 +1,7 @@
 //! A torrent's peers (`Peers`), after dialling any the patron names.
 
 use super::{parse_peers, Service};
-use proto::{PeerEntry, PeersRequest, ProtoError, TorrentId};
+use proto::{BannedPeer, PeerEntry, PeersRequest, ProtoError, TorrentId};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +13,13 @@ impl Service {
     pub async fn peers(
         self: &Arc<Self>,
         request: PeersRequest,
-    ) -> Result<(TorrentId, Vec<String>, Vec<PeerEntry>), ProtoError> {
+    ) -> Result<(TorrentId, Vec<String>, (Vec<PeerEntry>, Vec<BannedPeer>)), ProtoError> {
         let service = self;
         // A dormant seed has no peer: listing them wakes nothing (a poll of every torrent's
         // peers would keep them all in the engine).
         if request.add.is_empty() {
             if let Ok((id, crate::registry::Life::Dormant(_))) = service.life_of(request.torrent) {
-                return Ok((id, Vec::new(), Vec::new()));
+                return Ok((id, Vec::new(), (Vec::new(), Vec::new())));
             }
         }
         let (id, handle) = service.live(request.torrent).await?;
@@ -29,6 +29,7 @@ impl Service {
             let peers = parse_peers(&request.add, loopback_only, own)?;
             // Nothing is done unless all of it can be: a paused or checking torrent dials nobody.
             service.engine.check_live(&handle)?;
+            service.engine.refuse_banned(&handle, &peers)?;
             // Remembered first, so that a restart (or a resume) dials them too.
             service.remember_peers(id, &peers)?;
             dialled = service.engine.dial(&handle, &peers)?;

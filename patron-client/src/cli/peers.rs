@@ -2,7 +2,7 @@
 
 use super::output::{bytes, shown};
 use super::{torrent_ref, Context, Exit};
-use patron_client::json::peer_json;
+use patron_client::json::{banned_json, peer_json};
 use patron_client::proto::{PeerEntry, TorrentRef};
 use patron_client::Error;
 use serde_json::json;
@@ -29,9 +29,22 @@ pub fn run(ctx: &Context, args: Args) -> Result<Exit, Error> {
         "id": list.torrent.0,
         "dialled": list.dialled,
         "peers": list.peers.iter().map(peer_json).collect::<Vec<_>>(),
+        "banned": list.banned.iter().map(banned_json).collect::<Vec<_>>(),
     });
-    ctx.out
-        .emit(|| table(&args.add, &list.dialled, &list.peers), value);
+    ctx.out.emit(
+        || {
+            let mut text = table(&args.add, &list.dialled, &list.peers);
+            for peer in &list.banned {
+                text.push_str(&format!(
+                    "\nbanned: {} ({})",
+                    peer.address,
+                    shown(&peer.reason)
+                ));
+            }
+            text
+        },
+        value,
+    );
     Ok(Exit::Success)
 }
 
@@ -49,7 +62,7 @@ fn table(asked: &[String], dialled: &[String], peers: &[PeerEntry]) -> String {
         }
         if already > 0 {
             said.push(format!(
-                "{} already known to this torrent (connected, or dialled again now and then)",
+                "{} already connected or being dialled",
                 count(already)
             ));
         }

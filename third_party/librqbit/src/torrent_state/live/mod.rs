@@ -291,6 +291,7 @@ impl TorrentStateLive {
                 live_outgoing_peers: Default::default(),
                 peer_went_live: paused.shared.peer_went_live.clone(),
                 live: this.clone(),
+                banned: Default::default(),
             },
             _locked: RwLock::new(TorrentStateLocked {
                 pieces: Some(PieceTracker::new(paused.chunk_tracker)),
@@ -465,6 +466,10 @@ impl TorrentStateLive {
         checked_peer: CheckedIncomingConnection,
     ) -> anyhow::Result<AddIncomingPeerResult> {
         use dashmap::mapref::entry::Entry;
+        // torrent-patron patch: a banned peer is not taken back.
+        if let Some(why) = self.peers.banned_why(checked_peer.addr) {
+            anyhow::bail!("refusing a banned peer ({why})");
+        }
         let (tx, rx) = unbounded_channel();
         let permit = match self.peer_semaphore.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -824,16 +829,21 @@ impl TorrentStateLive {
 
     /// torrent-patron patch: dials `addr` now, for a torrent that already runs (the HTTP API's
     /// `add_peers` is the only other way in). A peer not seen before is queued; one that is
-    /// dead and waiting out its back-off is queued again at once. Returns whether it was
-    /// queued (false: it is already connecting or connected, or not needed).
+    /// dead and waiting out its back-off, or that a finished torrent let go as not needed,
+    /// is queued again at once (asked for by name, it is needed: a leecher whose metadata
+    /// came over the last connection needs a new one). Returns whether it was queued
+    /// (false: it is already queued, connecting or connected).
     pub fn add_peer(&self, addr: SocketAddr) -> crate::Result<bool> {
+        if self.peers.banned_why(addr).is_some() {
+            return Ok(false);
+        }
         if self.add_peer_if_not_seen(addr)? {
             return Ok(true);
         }
         let requeue = self
             .peers
             .with_peer_mut(addr, "add_peer", |peer| {
-                if matches!(peer.get_state(), PeerState::Dead) {
+                if matches!(peer.get_state(), PeerState::Dead | PeerState::NotNeeded) {
                     peer.stats.reset_backoff();
                     peer.set_state(PeerState::Queued, &self.peers);
                     true
@@ -851,6 +861,10 @@ impl TorrentStateLive {
     }
 
     pub(crate) fn add_peer_if_not_seen(&self, addr: SocketAddr) -> crate::Result<bool> {
+        // torrent-patron patch: a banned peer is not dialled, whoever names it.
+        if self.peers.banned_why(addr).is_some() {
+            return Ok(false);
+        }
         match self.peers.add_if_not_seen(addr) {
             Some(handle) => handle,
             None => return Ok(false),
@@ -873,6 +887,17 @@ impl TorrentStateLive {
             total_piece_download_ms: self.stats.total_piece_download_ms.load(Relaxed),
             peer_stats: self.peers.stats(),
         }
+    }
+
+    /// torrent-patron patch: the peers banned while the torrent runs, with why (a loopback
+    /// peer by address and port, any other by address, with port 0).
+    pub fn banned_peers(&self) -> Vec<(SocketAddr, String)> {
+        self.peers.banned.lock().clone()
+    }
+
+    /// torrent-patron patch: why `addr` is banned, if it is.
+    pub fn banned_why(&self, addr: SocketAddr) -> Option<String> {
+        self.peers.banned_why(addr)
     }
 
     pub fn per_peer_stats_snapshot(&self, filter: PeerStatsFilter) -> PeerStatsSnapshot {
@@ -1485,7 +1510,10 @@ impl PeerHandler {
 
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
 
-        if self.state.is_finished_and_no_active_streams() {
+        // torrent-patron patch: a banned peer is not dialled again.
+        if self.state.is_finished_and_no_active_streams()
+            || self.state.peers.banned_why(handle).is_some()
+        {
             debug!("torrent finished, not re-queueing");
             pe.value_mut().set_state(PeerState::NotNeeded, peers);
             return Ok(());
@@ -2125,6 +2153,12 @@ impl PeerHandler {
                         info_hash = ?state.shared.info_hash,
                         ?addr,
                         "checksum for piece={} did not validate. disconnecting peer.", index
+                    );
+                    // torrent-patron patch: and banning it. Upstream dialled it again after
+                    // its back-off, for another wrong piece each time.
+                    state.peers.ban(
+                        addr,
+                        format!("sent piece {index} with data that failed its hash check"),
                     );
                     state
                         .lock_write("mark_piece_broken")

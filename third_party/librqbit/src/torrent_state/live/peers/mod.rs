@@ -29,6 +29,26 @@ pub(crate) struct PeerStates {
     // torrent-patron patch: the live state these peers are of, whose speed estimators a peer
     // going live starts (they stop once idle). Empty in tests of the peers alone.
     pub live: std::sync::Weak<super::TorrentStateLive>,
+    // torrent-patron patch: peers banned for as long as the torrent runs (`ban`), with why.
+    pub banned: parking_lot::Mutex<Vec<(SocketAddr, String)>>,
+}
+
+/// torrent-patron patch: the most peers a torrent knows of (libtorrent's default
+/// max_peerlist_size is 3,000): trackers and DHT keep naming new ones for as long as it runs.
+const MAX_KNOWN_PEERS: usize = 4096;
+
+/// torrent-patron patch: the most peers a torrent keeps banned; past it the oldest ban goes.
+const MAX_BANNED: usize = 256;
+
+/// torrent-patron patch: what a ban covers. Elsewhere a peer is its address (libtorrent bans
+/// the address too: a liar that dials again from another port is still banned); on loopback
+/// every peer shares one address, so there it is the address and port.
+pub(crate) fn ban_key(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_loopback() {
+        addr
+    } else {
+        SocketAddr::new(addr.ip(), 0)
+    }
 }
 
 impl Drop for PeerStates {
@@ -40,6 +60,46 @@ impl Drop for PeerStates {
 }
 
 impl PeerStates {
+    /// torrent-patron patch: bans `addr` (see `ban_key`) for as long as the torrent runs: it
+    /// is not dialled again, and its connections are refused.
+    pub(crate) fn ban(&self, addr: SocketAddr, why: String) {
+        let key = ban_key(addr);
+        let mut banned = self.banned.lock();
+        if banned.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        if banned.len() >= MAX_BANNED {
+            banned.remove(0);
+        }
+        banned.push((key, why));
+    }
+
+    /// torrent-patron patch: forgets one peer that is dead or not needed (no connection, no
+    /// task of it left that needs its entry: a back-off's wait finds it gone and does
+    /// nothing). Whether there was one.
+    fn forget_one_idle_peer(&self) -> bool {
+        let idle = self
+            .states
+            .iter()
+            .find(|e| matches!(e.value().get_state(), PeerState::Dead | PeerState::NotNeeded))
+            .map(|e| *e.key());
+        match idle {
+            // The iteration's shard lock is released before the removal takes it again.
+            Some(addr) => self.drop_peer(addr).is_some(),
+            None => false,
+        }
+    }
+
+    /// torrent-patron patch: whether `addr` is banned, and why.
+    pub fn banned_why(&self, addr: SocketAddr) -> Option<String> {
+        let key = ban_key(addr);
+        self.banned
+            .lock()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, why)| why.clone())
+    }
+
     /// torrent-patron patch: a peer went live. Whoever sleeps on `peer_went_live` is woken,
     /// and the torrent's speed estimators run again (see `TorrentStateLive::estimate_speeds`).
     pub(crate) fn went_live(&self) {
@@ -57,6 +117,15 @@ impl PeerStates {
 
     pub fn add_if_not_seen(&self, addr: SocketAddr) -> Option<PeerHandle> {
         use dashmap::mapref::entry::Entry;
+        // torrent-patron patch: the list of known peers is bounded (libtorrent's
+        // max_peerlist_size): past it, a peer not connected nor waited for is forgotten to
+        // make room, and with none such the new one is not taken.
+        if self.states.len() >= MAX_KNOWN_PEERS
+            && !self.states.contains_key(&addr)
+            && !self.forget_one_idle_peer()
+        {
+            return None;
+        }
         match self.states.entry(addr) {
             Entry::Occupied(_) => None,
             Entry::Vacant(vac) => {
@@ -222,7 +291,51 @@ mod tests {
             states: Default::default(),
             peer_went_live: Default::default(),
             live: std::sync::Weak::new(),
+            banned: Default::default(),
         }
+    }
+
+    // torrent-patron patch: the list of known peers is bounded; an idle one makes room.
+    #[test]
+    fn the_known_peers_are_bounded_and_an_idle_one_makes_room() {
+        let peers = make_peer_states();
+        let addr = |n: usize| SocketAddr::from(([127, 0, 0, 1], 1 + n as u16));
+        for n in 0..MAX_KNOWN_PEERS {
+            assert!(peers.add_if_not_seen(addr(n)).is_some());
+        }
+        // All queued (waited for): no room.
+        assert!(peers.add_if_not_seen(addr(MAX_KNOWN_PEERS)).is_none());
+        assert_eq!(peers.states.len(), MAX_KNOWN_PEERS);
+        peers.with_peer_mut(addr(7), "test", |p| {
+            p.set_state(PeerState::NotNeeded, &peers);
+        });
+        assert!(peers.add_if_not_seen(addr(MAX_KNOWN_PEERS)).is_some());
+        assert_eq!(peers.states.len(), MAX_KNOWN_PEERS);
+        assert!(peers.with_peer(addr(7), |_| ()).is_none());
+    }
+
+    // torrent-patron patch: bans, by address and port on loopback, by address elsewhere,
+    // and bounded.
+    #[test]
+    fn a_ban_covers_the_address_elsewhere_and_the_port_on_loopback() {
+        let peers = make_peer_states();
+        peers.ban("127.0.0.1:7000".parse().unwrap(), "lied".into());
+        peers.ban("192.0.2.9:7000".parse().unwrap(), "lied too".into());
+        assert_eq!(
+            peers.banned_why("127.0.0.1:7000".parse().unwrap()).as_deref(),
+            Some("lied")
+        );
+        assert!(peers.banned_why("127.0.0.1:7001".parse().unwrap()).is_none());
+        assert_eq!(
+            peers.banned_why("192.0.2.9:51000".parse().unwrap()).as_deref(),
+            Some("lied too")
+        );
+        for port in 0..1000u16 {
+            peers.ban(SocketAddr::from(([127, 0, 0, 2], port)), "many".into());
+        }
+        assert_eq!(peers.banned.lock().len(), MAX_BANNED);
+        // The oldest went first.
+        assert!(peers.banned_why("127.0.0.1:7000".parse().unwrap()).is_none());
     }
 
     // torrent-patron patch: an idle torrent's periodic work sleeps on `peer_went_live`.
