@@ -1375,6 +1375,9 @@ pub fn write_file(path: &Path, bytes: &[u8]) {
         .expect("write file");
 }
 
+/// Other BitTorrent clients (opentracker, qBittorrent, rtorrent, libtorrent) as peers.
+pub mod swarm;
+
 /// What any process of the user can do to the broker's front door: raw SOCK_SEQPACKET
 /// connections and datagrams framed as ipc-channel frames them (or lying about it).
 pub mod raw {

@@ -850,7 +850,7 @@ fn a_peer_named_twice_is_said_to_be_known() {
         assert!(!out.contains("Dialling 0"), "{out}");
     };
     add("Dialling 1 peer");
-    add("1 peer already known to this torrent");
+    add("1 peer already connected or being dialled");
 }
 
 /// `make --seed` of a file outside the download roots is refused as an add there would be:
