@@ -837,6 +837,12 @@ pub enum Behaviour {
     ChokesForever,
     /// Hangs up right after its handshake.
     LeavesAfterHandshake,
+    /// Has every piece, never sends the first block of any, and sends the others wrong: it
+    /// holds pieces it never completes, for an honest peer to take over.
+    WithholdsFirstBlocks,
+    /// Offers the extension protocol (BEP 10) and sends a piece of metadata (BEP 9) at once,
+    /// before its extended handshake; then hangs up.
+    MetadataBeforeHandshake,
 }
 
 /// A peer of the tests' own speaking the BitTorrent wire protocol (BEP 3, no extension) on
@@ -920,11 +926,21 @@ fn serve(
     }
     let mut ours = Vec::with_capacity(68);
     ours.extend_from_slice(b"\x13BitTorrent protocol");
-    ours.extend_from_slice(&[0; 8]);
+    let extensions = behaviour == Behaviour::MetadataBeforeHandshake;
+    ours.extend_from_slice(&[0, 0, 0, 0, 0, if extensions { 0x10 } else { 0 }, 0, 0]);
     ours.extend_from_slice(info_hash);
     ours.extend_from_slice(b"-TP0001-wirepeer0001");
     stream.write_all(&ours)?;
     if behaviour == Behaviour::LeavesAfterHandshake {
+        return Ok(());
+    }
+    if behaviour == Behaviour::MetadataBeforeHandshake {
+        // Extended message 3 is librqbit's ut_metadata; a data message of piece 0.
+        let mut payload = vec![3u8];
+        payload.extend_from_slice(b"d8:msg_typei1e5:piecei0e10:total_sizei16ee");
+        payload.extend_from_slice(&[0u8; 16]);
+        send(&mut stream, 20, &payload)?;
+        std::thread::sleep(Duration::from_millis(500));
         return Ok(());
     }
     let pieces = data.len().div_ceil(piece);
@@ -963,7 +979,10 @@ fn serve(
         let mut payload = Vec::with_capacity(8 + length);
         payload.extend_from_slice(&message[1..9]);
         match behaviour {
-            Behaviour::Liar => payload.extend(block.iter().map(|b| !b)),
+            Behaviour::WithholdsFirstBlocks if begin == 0 => continue,
+            Behaviour::Liar | Behaviour::WithholdsFirstBlocks => {
+                payload.extend(block.iter().map(|b| !b))
+            }
             _ => payload.extend_from_slice(block),
         }
         send(&mut stream, 7, &payload)?;
@@ -1004,4 +1023,32 @@ fn read_all(
         }
     }
     Ok(())
+}
+
+/// A raw connection to a peer at `addr` for the torrent `info_hash` (hex), after both
+/// handshakes (`extensions`: ours offers BEP 10). Fails the test if the peer does not answer
+/// its handshake within `within`.
+pub fn raw_peer(addr: &str, info_hash: &str, extensions: bool, within: Duration) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect to the peer");
+    stream.set_read_timeout(Some(within)).expect("timeout");
+    let mut ours = Vec::with_capacity(68);
+    ours.extend_from_slice(b"\x13BitTorrent protocol");
+    ours.extend_from_slice(&[0, 0, 0, 0, 0, if extensions { 0x10 } else { 0 }, 0, 0]);
+    ours.extend_from_slice(&hex::decode(info_hash).expect("hex"));
+    ours.extend_from_slice(b"-TP0001-rawpeer00001");
+    stream.write_all(&ours).expect("send the handshake");
+    let mut theirs = [0u8; 68];
+    stream
+        .read_exact(&mut theirs)
+        .unwrap_or_else(|e| panic!("no handshake from {addr} within {within:?}: {e}"));
+    stream
+}
+
+/// One wire message: length, id, payload.
+pub fn wire_message(id: u8, payload: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(5 + payload.len());
+    message.extend_from_slice(&(payload.len() as u32 + 1).to_be_bytes());
+    message.push(id);
+    message.extend_from_slice(payload);
+    message
 }

@@ -2,8 +2,9 @@
 //! wire-protocol peer): the broker finishes from the others, bans the liar and says so in
 //! `peers`; and a peer a seed let go is dialled again when named again.
 
-use e2e::swarm::{Behaviour, WirePeer};
+use e2e::swarm::{raw_peer, wire_message, Behaviour, WirePeer};
 use e2e::{run, sha256, wait_for, Running, Sandbox, STEP_TIMEOUT};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -124,4 +125,193 @@ fn a_peer_a_seed_let_go_is_dialled_again_when_named() {
     std::thread::sleep(Duration::from_millis(500));
     peers(&sandbox, &seeder, &[&leaver.peer()]).expect_code(0);
     wait_for("a second dial", STEP_TIMEOUT, || leaver.connections() == 2);
+}
+
+/// A peer that holds every piece and completes none (it withholds each piece's first block,
+/// and sends the others wrong) stalls a download until an honest peer takes its pieces over:
+/// the honest peer fetches each whole, the download completes, and the honest peer is not
+/// banned. A taken-over piece kept the liar's blocks, so the honest peer's first block
+/// completed it, its check failed, and the honest seed was banned, the download stuck.
+#[test]
+fn an_honest_peer_taking_over_a_liars_pieces_is_not_banned_for_them() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.random_file("shared/hostile.bin", 160 * PIECE);
+    let data = std::fs::read(&file).expect("read");
+    let seeder = sandbox.state_dir("seeder");
+    let honest = sandbox.broker(&seeder, &[]);
+    let (torrent, hash) = seed(&sandbox, &seeder, &file);
+    let liar = WirePeer::start(&hash, data, PIECE, Behaviour::WithholdsFirstBlocks);
+    let leecher = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&leecher, &[]);
+    let out = sandbox.folder("fetched");
+    let mut add = sandbox.add_command(&leecher, &torrent, &out, Some(&liar.peer()));
+    add.arg("--wait");
+    let fetch = Running::start(add);
+    wait_for("the liar to hold pieces", STEP_TIMEOUT, || {
+        liar.connections() > 0
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    peers(&sandbox, &leecher, &[&honest.peer()]).expect_code(0);
+    let done = fetch.finish(2 * STEP_TIMEOUT);
+    let listed = peers(&sandbox, &leecher, &[]).expect_code(0).json_lines();
+    assert_eq!(
+        done.code(),
+        0,
+        "{}{}\npeers: {:?}",
+        done.stdout,
+        done.stderr,
+        listed
+    );
+    assert_eq!(sha256(&out.join("hostile.bin")), sha256(&file));
+    let banned = listed[0]["banned"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !banned.iter().any(|b| b["address"] == honest.peer()),
+        "the honest seed was banned: {banned:?}"
+    );
+}
+
+/// Connections that close before their handshake, or say nothing, do not keep an honest
+/// peer's handshake waiting. A failed check stopped the listener from taking finished
+/// checks until another connection came; 256 silent ones held every slot for 150 s.
+#[test]
+fn silent_and_failed_connections_do_not_keep_an_honest_peer_waiting() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.random_file("shared/hostile.bin", 3 * PIECE);
+    let seeder = sandbox.state_dir("seeder");
+    let broker = sandbox.broker(&seeder, &[]);
+    let (_, hash) = seed(&sandbox, &seeder, &file);
+    let addr = broker.peer();
+    let answer = Duration::from_secs(5);
+    raw_peer(&addr, &hash, false, answer);
+
+    // Twenty that close without a word.
+    let closed: Vec<_> = (0..20)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(closed);
+    std::thread::sleep(Duration::from_millis(200));
+    raw_peer(&addr, &hash, false, answer);
+
+    // Three hundred that stay and say nothing: past the handshake's own timeout (10 s), the
+    // listener takes new peers again.
+    let silent: Vec<_> = (0..300)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_secs(11));
+    raw_peer(&addr, &hash, false, answer);
+    drop(silent);
+}
+
+/// A peer that asks for chunks without reading them is let go once 2,000 wait, and the
+/// broker does not grow by what it asked: it grew by gigabytes a minute.
+#[test]
+fn a_peer_asking_without_reading_is_let_go() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.random_file("shared/hostile.bin", 8 * PIECE);
+    let seeder = sandbox.state_dir("seeder");
+    let broker = sandbox.broker(&seeder, &[]);
+    let (_, hash) = seed(&sandbox, &seeder, &file);
+    let before = broker.rss_kib();
+    let mut stream = raw_peer(&broker.peer(), &hash, false, Duration::from_secs(5));
+    stream.write_all(&wire_message(2, &[])).expect("interested");
+    // Every block of every piece, again and again, never reading a reply.
+    let mut requests = Vec::new();
+    for piece in 0..8u32 {
+        for begin in [0u32, 16 * 1024] {
+            let mut payload = Vec::new();
+            for field in [piece, begin, 16 * 1024] {
+                payload.extend_from_slice(&field.to_be_bytes());
+            }
+            requests.extend(wire_message(6, &payload));
+        }
+    }
+    stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let mut cut_off = false;
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        if stream.write_all(&requests).is_err() {
+            cut_off = true;
+            break;
+        }
+    }
+    let grown = broker.rss_kib().saturating_sub(before);
+    assert!(
+        cut_off,
+        "the broker took requests for a minute without letting the peer go"
+    );
+    assert!(grown < 100 * 1024, "the broker grew by {grown} KiB");
+}
+
+/// A peer that sends its extended handshake (BEP 10, naming ut_pex) over and over costs the
+/// broker nothing more: each used to start a PEX task of its own (gigabytes in seconds).
+#[test]
+fn extended_handshakes_sent_again_and_again_cost_nothing() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.random_file("shared/hostile.bin", 3 * PIECE);
+    let seeder = sandbox.state_dir("seeder");
+    let broker = sandbox.broker(&seeder, &[]);
+    let (_, hash) = seed(&sandbox, &seeder, &file);
+    let mut stream = raw_peer(&broker.peer(), &hash, true, Duration::from_secs(5));
+    let handshake = wire_message(20, b"\x00d1:md6:ut_pexi1eee");
+    let batch: Vec<u8> = (0..1000).flat_map(|_| handshake.clone()).collect();
+    let before = broker.rss_kib();
+    // A reader drains what the broker sends, so that only the handshakes count.
+    let mut drain = stream.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 65536];
+        while matches!(drain.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    for _ in 0..200 {
+        if stream.write_all(&batch).is_err() {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let grown = broker.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "200,000 extended handshakes grew the broker by {grown} KiB"
+    );
+}
+
+/// A peer that sends a piece of metadata before its extended handshake, named by a magnet
+/// beside an honest seed, is that peer's error: the add completes from the seed. It was an
+/// `unwrap` on `None` in the engine: the add failed at once with "internal error".
+#[test]
+fn metadata_before_the_extended_handshake_is_the_peers_error_not_a_panic() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.random_file("shared/hostile.bin", 3 * PIECE);
+    let data = std::fs::read(&file).expect("read");
+    let seeder = sandbox.state_dir("seeder");
+    let honest = sandbox.broker(&seeder, &[]);
+    let (_, hash) = seed(&sandbox, &seeder, &file);
+    let liar = WirePeer::start(&hash, data, PIECE, Behaviour::MetadataBeforeHandshake);
+    let leecher = sandbox.state_dir("leecher");
+    let broker = sandbox.broker(&leecher, &[]);
+    // Alone, it is a peer that gave no metadata.
+    let alone = format!("magnet:?xt=urn:btih:{hash}&x.pe={}", liar.peer());
+    let refused = run(sandbox.add_command(&leecher, &alone, &sandbox.folder("none"), None));
+    assert_eq!(refused.code(), 3, "{}{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stdout.contains("metadata-timeout") && !refused.stderr.contains("internal"),
+        "{}{}",
+        refused.stdout,
+        refused.stderr
+    );
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{hash}&x.pe={}&x.pe={}",
+        liar.peer(),
+        honest.peer()
+    );
+    let out = sandbox.folder("fetched");
+    let mut add = sandbox.add_command(&leecher, &magnet, &out, None);
+    add.arg("--wait");
+    let done = Running::start(add).finish(STEP_TIMEOUT);
+    assert_eq!(done.code(), 0, "{}{}", done.stdout, done.stderr);
+    assert_eq!(sha256(&out.join("hostile.bin")), sha256(&file));
+    assert!(liar.connections() > 0, "the liar was never dialled");
+    assert!(!broker.log().contains("panicked"), "{}", broker.log());
 }

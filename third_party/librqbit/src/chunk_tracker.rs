@@ -252,6 +252,14 @@ impl ChunkTracker {
         self.have.as_slice()[id.get() as usize]
     }
 
+    /// torrent-patron patch: forgets which chunks of a piece were received (a steal: the new
+    /// owner fetches them all), leaving it in flight.
+    pub fn forget_piece_chunks(&mut self, index: ValidPieceIndex) {
+        if let Some(s) = self.chunk_status.get_mut(self.lengths.chunk_range(index)) {
+            s.fill(false);
+        }
+    }
+
     pub fn mark_piece_broken_if_not_have(&mut self, index: ValidPieceIndex) {
         if self
             .have

@@ -210,6 +210,11 @@ impl PieceTracker {
         let info = self.inflight.get_mut(&piece)?;
         info.peer = req.peer;
         info.started = Instant::now();
+        // torrent-patron patch: the thief fetches every chunk of the piece again, so the
+        // chunks the slower peer sent are forgotten: the piece is then one peer's alone,
+        // and a failed hash check is that peer's. Kept, a liar's chunks completed by an
+        // honest thief got the honest peer banned (and the piece never verified).
+        self.chunks.forget_piece_chunks(piece);
 
         Some(AcquireResult::Stolen {
             piece,

@@ -135,6 +135,9 @@ impl SessionDatabase {
 // 10,000 seeds quicker here, and a vouch hung on a dead mount holds its thread.
 const CONCURRENT_RESUMES: usize = 8;
 
+/// torrent-patron patch: how long an incoming connection has to send its handshake.
+const INCOMING_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Session {
     // Core state and services
     pub(crate) db: RwLock<SessionDatabase>,
@@ -1087,8 +1090,16 @@ impl Session {
                             trace!("accepted connection from {addr}");
                             let session = session.upgrade().context("session is dead")?;
                             let span = debug_span!(parent: session.rs(), "incoming", addr=%addr);
+                            // torrent-patron patch: the handshake has 10 s of its own, not
+                            // the peer's read timeout (150 s here): 256 silent connections
+                            // held every slot of the check for that long.
+                            let check = session.check_incoming_connection(addr, A::KIND, Box::new(read), Box::new(write));
                             futs.push(
-                                session.check_incoming_connection(addr, A::KIND, Box::new(read), Box::new(write))
+                                async move {
+                                    tokio::time::timeout(INCOMING_HANDSHAKE_TIMEOUT, check)
+                                        .await
+                                        .unwrap_or_else(|_| Err(anyhow::anyhow!("no handshake within {INCOMING_HANDSHAKE_TIMEOUT:?}")))
+                                }
                                     .map_err(|e| {
                                         debug!("error checking incoming connection: {e:#}");
                                         e
@@ -1105,10 +1116,18 @@ impl Session {
                         }
                     }
                 },
-                Some(Ok((live, checked))) = futs.next(), if !futs.is_empty() => {
-                    let (addr, kind) = (checked.addr, checked.kind);
-                    if let Err(e) = live.add_incoming_peer(checked) {
-                        warn!(?addr, ?kind, "error handing over incoming connection: {e:#}");
+                // torrent-patron patch: every finished check is taken here, a failed one too.
+                // The pattern was `Some(Ok(..))`: a failed check disabled this branch for the
+                // rest of the `select!`, which then waited on `accept` alone, and every finished
+                // check (the next honest peer's too) waited for another connection to arrive.
+                Some(checked) = futs.next(), if !futs.is_empty() => {
+                    // A failed check was logged above; its socket is dropped with it.
+                    if let Ok((live, checked)) = checked {
+                        let (addr, kind) = (checked.addr, checked.kind);
+                        if let Err(e) = live.add_incoming_peer(checked) {
+                            // Debug: a banned peer dialling again must not fill the log.
+                            debug!(?addr, ?kind, "error handing over incoming connection: {e:#}");
+                        }
                     }
                 },
                 else => continue,

@@ -1,4 +1,5 @@
 use std::{net::SocketAddr, sync::Arc};
+use anyhow::Context;
 
 use bencode::from_bytes;
 use buffers::{ByteBuf, ByteBufOwned};
@@ -184,14 +185,22 @@ impl PeerConnectionHandler for Handler {
         trace!("{}: received message: {:?}", self.addr, msg);
 
         if let Message::Extended(ExtendedMessage::UtMetadata(UtMetadata::Data(utdata))) = msg {
+            // torrent-patron patch: a peer's metadata before its extended handshake (or after
+            // the whole of it) is an error of that peer, not a panic.
             let piece_ready = self
                 .locked
                 .write()
                 .as_mut()
-                .unwrap()
+                .context("the peer sent metadata before its extended handshake")?
                 .record_piece(&utdata, &self.info_hash)?;
             if piece_ready {
-                let buf = Bytes::from(self.locked.write().take().unwrap().buffer);
+                let buf = Bytes::from(
+                    self.locked
+                        .write()
+                        .take()
+                        .context("the peer sent metadata after the whole of it")?
+                        .buffer,
+                );
                 let info = from_bytes::<TorrentMetaV1Info<ByteBuf>>(&buf)
                     .map(|i| {
                         use clone_to_owned::CloneToOwned;

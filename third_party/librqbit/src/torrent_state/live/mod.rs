@@ -187,6 +187,9 @@ pub enum AddIncomingPeerResult {
 /// limits allow.
 type UploadQueue = UnboundedSender<(UnboundedSender<WriterRequest>, ChunkInfo)>;
 
+/// torrent-patron patch: the most chunk requests a peer may have waiting to be sent.
+const MAX_QUEUED_UPLOADS: u32 = 2000;
+
 pub struct TorrentStateLive {
     peers: PeerStates,
     pub(crate) shared: Arc<ManagedTorrentShared>,
@@ -586,6 +589,9 @@ impl TorrentStateLive {
             tx,
             counters,
             first_message_received: AtomicBool::new(false),
+            pex_started: AtomicBool::new(false),
+            queued_uploads: Default::default(),
+            metadata_requests: Default::default(),
             cancel_token: self.cancellation_token.child_token(),
             client_name_and_version: self.shared.client_name_and_version().to_owned(),
         };
@@ -650,6 +656,9 @@ impl TorrentStateLive {
             tx,
             counters,
             first_message_received: AtomicBool::new(false),
+            pex_started: AtomicBool::new(false),
+            queued_uploads: Default::default(),
+            metadata_requests: Default::default(),
             cancel_token: state.cancellation_token.child_token(),
             client_name_and_version: state.shared.client_name_and_version().to_owned(),
         };
@@ -722,13 +731,18 @@ impl TorrentStateLive {
                 .upgrade()
                 .ok_or(Error::SessionDestroyed)?;
 
+            // torrent-patron patch: a peer skipped here is marked not needed, not left
+            // queued forever: queued peers cannot make room in the bounded list of known
+            // peers, and a PEX flood of port-0 addresses filled it for good.
             if session.ipv4_only && addr.is_ipv6() {
                 debug!(?addr, "skipping ipv6 peer (ipv4_only=true)");
+                state.peers.mark_peer_not_needed(addr);
                 continue;
             }
 
             if addr.port() == 0 {
                 debug!(?addr, "skipping peer with port 0");
+                state.peers.mark_peer_not_needed(addr);
                 continue;
             }
 
@@ -739,6 +753,7 @@ impl TorrentStateLive {
                     .blocked_outgoing
                     .fetch_add(1, Ordering::Relaxed);
                 debug!(?addr, "blocked outgoing connection (by the blacklist)");
+                state.peers.mark_peer_not_needed(addr);
                 continue;
             }
 
@@ -753,6 +768,7 @@ impl TorrentStateLive {
                     .blocked_outgoing
                     .fetch_add(1, Ordering::Relaxed);
                 debug!(?addr, "blocked outgoing connection (by the allowlist)");
+                state.peers.mark_peer_not_needed(addr);
                 continue;
             }
 
@@ -1212,6 +1228,17 @@ struct PeerHandler {
 
     first_message_received: AtomicBool,
 
+    // torrent-patron patch: whether this connection's PEX task runs: one per connection,
+    // however many extended handshakes the peer sends (each started one: gigabytes).
+    pex_started: AtomicBool,
+
+    // torrent-patron patch: chunks the peer asked for and not yet sent (bounded:
+    // `MAX_QUEUED_UPLOADS`), and the metadata pieces it asked for on this connection
+    // (bounded by what the metadata holds). A peer that asked without reading grew the
+    // broker by gigabytes a minute.
+    queued_uploads: std::sync::atomic::AtomicU32,
+    metadata_requests: std::sync::atomic::AtomicU32,
+
     cancel_token: CancellationToken,
 
     client_name_and_version: String,
@@ -1266,13 +1293,20 @@ impl PeerConnectionHandler for &'_ PeerHandler {
                 metadata_piece_id,
             ))) => {
                 if self.state.metadata.info.info().private {
-                    warn!(
+                    // torrent-patron patch: debug, not warn: a line a peer's message, a peer's flood filled the disk.
+                    debug!(
                         id = self.state.shared.id,
                         info_hash = ?self.state.shared.info_hash,
                         "received noncompliant ut_metadata message from {}, ignoring",
                         self.addr
                     );
                 } else {
+                    // torrent-patron patch: each metadata piece a few times at most.
+                    let pieces = self.state.metadata.info_bytes.len().div_ceil(CHUNK_SIZE as usize);
+                    let asked = self.metadata_requests.fetch_add(1, Ordering::Relaxed) as usize;
+                    if asked >= 4 * pieces + 16 {
+                        anyhow::bail!("the peer asked for the metadata's pieces {asked} times");
+                    }
                     self.send_metadata_piece(metadata_piece_id)
                         .with_context(|| {
                             format!("error sending metadata piece {metadata_piece_id}")
@@ -1281,7 +1315,8 @@ impl PeerConnectionHandler for &'_ PeerHandler {
             }
             Message::Extended(ExtendedMessage::UtPex(pex)) => {
                 if self.state.metadata.info.info().private {
-                    warn!(
+                    // torrent-patron patch: debug, not warn: a line a peer's message, a peer's flood filled the disk.
+                    debug!(
                         id = self.state.shared.id,
                         info_hash = ?self.state.shared.info_hash,
                         "received noncompliant PEX message from {}, ignoring",
@@ -1292,7 +1327,8 @@ impl PeerConnectionHandler for &'_ PeerHandler {
                 }
             }
             message => {
-                warn!(
+                // torrent-patron patch: debug, not warn: a line a peer's message, a peer's flood filled the disk.
+                debug!(
                     id = self.state.shared.id,
                     info_hash = ?self.state.shared.info_hash,
                     "received unsupported message {:?}, ignoring", message
@@ -1316,6 +1352,10 @@ impl PeerConnectionHandler for &'_ PeerHandler {
     }
 
     fn on_uploaded_bytes(&self, bytes: u32) {
+        // torrent-patron patch: one asked-for chunk sent.
+        let _ = self
+            .queued_uploads
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         self.counters
             .uploaded_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
@@ -1358,7 +1398,10 @@ impl PeerConnectionHandler for &'_ PeerHandler {
             }
         }
 
-        if !self.state.metadata.info.info().private && hs.m.ut_pex.is_some() {
+        if !self.state.metadata.info.info().private
+            && hs.m.ut_pex.is_some()
+            && !self.pex_started.swap(true, Ordering::Relaxed)
+        {
             spawn_with_cancel(
                 debug_span!(
                     parent: self.state.shared.span.clone(),
@@ -1698,6 +1741,12 @@ impl PeerHandler {
             );
         }
 
+        // torrent-patron patch: a peer asking faster than it reads is let go (libtorrent's
+        // max_allowed_in_request_queue is 2,000 too).
+        let queued = self.queued_uploads.fetch_add(1, Ordering::Relaxed);
+        if queued >= MAX_QUEUED_UPLOADS {
+            anyhow::bail!("the peer has {queued} requests waiting: it asks faster than it reads");
+        }
         self.state
             .upload_queue()
             .context("torrent is not live")?
@@ -1717,7 +1766,8 @@ impl PeerHandler {
                 match live.bitfield.get_mut(have as usize) {
                     Some(mut v) => *v = true,
                     None => {
-                        warn!(
+                        // torrent-patron patch: debug, not warn: a line a peer's message, a peer's flood filled the disk.
+                        debug!(
                             id = self.state.shared.id,
                             info_hash = ?self.state.shared.info_hash,
                             addr = ?self.addr,
@@ -2155,7 +2205,9 @@ impl PeerHandler {
                         "checksum for piece={} did not validate. disconnecting peer.", index
                     );
                     // torrent-patron patch: and banning it. Upstream dialled it again after
-                    // its back-off, for another wrong piece each time.
+                    // its back-off, for another wrong piece each time. Every chunk of the
+                    // piece is this peer's: a steal forgets the chunks of the peer it took
+                    // the piece from (`PieceTracker::try_steal`).
                     state.peers.ban(
                         addr,
                         format!("sent piece {index} with data that failed its hash check"),

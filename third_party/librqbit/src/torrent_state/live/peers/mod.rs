@@ -78,6 +78,13 @@ impl PeerStates {
     /// task of it left that needs its entry: a back-off's wait finds it gone and does
     /// nothing). Whether there was one.
     fn forget_one_idle_peer(&self) -> bool {
+        // Counted by state: with none idle, no look through every peer (a tracker naming
+        // thousands at each announce cost a core).
+        let idle_count = self.stats.dead.load(std::sync::atomic::Ordering::Relaxed)
+            + self.stats.not_needed.load(std::sync::atomic::Ordering::Relaxed);
+        if idle_count == 0 {
+            return false;
+        }
         let idle = self
             .states
             .iter()
