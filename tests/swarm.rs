@@ -843,6 +843,9 @@ pub enum Behaviour {
     /// Offers the extension protocol (BEP 10) and sends a piece of metadata (BEP 9) at once,
     /// before its extended handshake; then hangs up.
     MetadataBeforeHandshake,
+    /// Offers PEX (BEP 11), names 5,000 peers with port 0 in one message, and never
+    /// unchokes.
+    PexFlood,
 }
 
 /// A peer of the tests' own speaking the BitTorrent wire protocol (BEP 3, no extension) on
@@ -926,7 +929,10 @@ fn serve(
     }
     let mut ours = Vec::with_capacity(68);
     ours.extend_from_slice(b"\x13BitTorrent protocol");
-    let extensions = behaviour == Behaviour::MetadataBeforeHandshake;
+    let extensions = matches!(
+        behaviour,
+        Behaviour::MetadataBeforeHandshake | Behaviour::PexFlood
+    );
     ours.extend_from_slice(&[0, 0, 0, 0, 0, if extensions { 0x10 } else { 0 }, 0, 0]);
     ours.extend_from_slice(info_hash);
     ours.extend_from_slice(b"-TP0001-wirepeer0001");
@@ -943,13 +949,27 @@ fn serve(
         std::thread::sleep(Duration::from_millis(500));
         return Ok(());
     }
+    if behaviour == Behaviour::PexFlood {
+        send(&mut stream, 20, b"\x00d1:md6:ut_pexi1eee")?;
+        let mut added = Vec::with_capacity(6 * 5000);
+        for n in 0..5000u32 {
+            added.extend_from_slice(&[127, 1, (n >> 8) as u8, n as u8, 0, 0]);
+        }
+        // Extended message 1 is librqbit's ut_pex.
+        let mut payload = vec![1u8];
+        payload.extend_from_slice(format!("d5:added{}:", added.len()).as_bytes());
+        payload.extend_from_slice(&added);
+        payload.push(b'e');
+        send(&mut stream, 20, &payload)?;
+    }
     let pieces = data.len().div_ceil(piece);
     let mut bitfield = vec![0u8; pieces.div_ceil(8)];
     for index in 0..pieces {
         bitfield[index / 8] |= 0x80 >> (index % 8);
     }
     send(&mut stream, 5, &bitfield)?;
-    if behaviour != Behaviour::ChokesForever {
+    let never_unchokes = matches!(behaviour, Behaviour::ChokesForever | Behaviour::PexFlood);
+    if !never_unchokes {
         send(&mut stream, 1, &[])?;
     }
     loop {
@@ -965,7 +985,7 @@ fn serve(
         let mut message = vec![0u8; len];
         read_all(&mut stream, &mut message, stop)?;
         // Only a request (6: index, begin, length) asks for an answer.
-        if message[0] != 6 || len != 13 || behaviour == Behaviour::ChokesForever {
+        if message[0] != 6 || len != 13 || never_unchokes {
             continue;
         }
         let field = |at: usize| {

@@ -315,3 +315,35 @@ fn metadata_before_the_extended_handshake_is_the_peers_error_not_a_panic() {
     assert!(liar.connections() > 0, "the liar was never dialled");
     assert!(!broker.log().contains("panicked"), "{}", broker.log());
 }
+
+/// A peer naming thousands of peers with port 0 over PEX does not fill the torrent's
+/// bounded list of known peers for good: an honest seed named after it is dialled and the
+/// download completes. Skipped peers stayed queued, could not make room, and the honest
+/// seed was said to be "already connected or being dialled" while it was neither.
+#[test]
+fn a_pex_flood_of_unusable_peers_leaves_room_for_an_honest_one() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.random_file("shared/hostile.bin", 3 * PIECE);
+    let data = std::fs::read(&file).expect("read");
+    let seeder = sandbox.state_dir("seeder");
+    let honest = sandbox.broker(&seeder, &[]);
+    let (torrent, hash) = seed(&sandbox, &seeder, &file);
+    let flooder = WirePeer::start(&hash, data, PIECE, Behaviour::PexFlood);
+    let leecher = sandbox.state_dir("leecher");
+    let _broker = sandbox.broker(&leecher, &[]);
+    let out = sandbox.folder("fetched");
+    let mut add = sandbox.add_command(&leecher, &torrent, &out, Some(&flooder.peer()));
+    add.arg("--wait");
+    let fetch = Running::start(add);
+    wait_for("the flooder to be dialled", STEP_TIMEOUT, || {
+        flooder.connections() > 0
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let mut named = sandbox.client(&leecher);
+    named.args(["peers", "0", "--add", &honest.peer()]);
+    let said = run(named).expect_code(0).stdout;
+    assert!(said.starts_with("Dialling 1 peer"), "{said}");
+    let done = fetch.finish(STEP_TIMEOUT);
+    assert_eq!(done.code(), 0, "{}{}", done.stdout, done.stderr);
+    assert_eq!(sha256(&out.join("hostile.bin")), sha256(&file));
+}
