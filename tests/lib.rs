@@ -36,6 +36,25 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Sandboxes alive now: their state dirs and deadlines, for the watchdog.
 static LIVE: Mutex<Vec<(u64, Instant, Vec<PathBuf>)>> = Mutex::new(Vec::new());
 static NEXT_SANDBOX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Processes a test started that do not die with the test binary (one that changes user
+/// loses its parent-death signal): the watchdog kills them by pid before it aborts.
+static KILL_AT_ABORT: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Has the watchdog kill `pid` if it aborts the tests; [`forget_at_abort`] once it is gone.
+pub fn kill_at_abort(pid: i32) {
+    KILL_AT_ABORT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(pid);
+}
+
+/// Undoes [`kill_at_abort`] (the process was ended, its pid may be reused).
+pub fn forget_at_abort(pid: i32) {
+    KILL_AT_ABORT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| *p != pid);
+}
 
 fn start_watchdog() {
     static STARTED: std::sync::Once = std::sync::Once::new();
@@ -52,6 +71,13 @@ fn start_watchdog() {
                     if let Some(pid) = broker_pid_of(state) {
                         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                     }
+                }
+                for pid in KILL_AT_ABORT
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                {
+                    let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
                 }
                 std::process::abort();
             }

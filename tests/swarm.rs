@@ -5,8 +5,9 @@
 //!
 //! Every one of them listens on 127.0.0.1 only, with DHT, local discovery, PEX, UPnP and uTP
 //! off (libtorrent is 10–25× slower with uTP on loopback: DESIGN §10), in a folder of the
-//! test's sandbox; each is started by the test and killed by its pid when dropped (and dies
-//! with the test binary: [`crate::die_with_parent`]).
+//! test's sandbox; each is started by the test and killed by its pid when dropped, and dies
+//! with the test binary ([`crate::die_with_parent`]; opentracker, which runs as nobody and
+//! so loses that signal, is killed by the watchdog: [`crate::kill_at_abort`]).
 
 use crate::{have_program, have_root, run, wait_for, Running, Sandbox, STEP_TIMEOUT};
 use std::io::{Read, Write};
@@ -211,6 +212,8 @@ impl OpenTracker {
             .arg(&dir)
             .args(["-u", "nobody"]);
         let process = Running::start(cmd);
+        // Run as nobody, it loses its parent-death signal: the watchdog kills it instead.
+        crate::kill_at_abort(process.pid());
         wait_for(
             &format!("opentracker to listen on {port}"),
             STEP_TIMEOUT,
@@ -249,6 +252,13 @@ impl OpenTracker {
                 s >= seeds && l >= leechers
             },
         );
+    }
+}
+
+impl Drop for OpenTracker {
+    fn drop(&mut self) {
+        // Its `Running` kills it by pid after this.
+        crate::forget_at_abort(self._process.pid());
     }
 }
 
@@ -316,10 +326,12 @@ impl Libtorrent {
 }
 
 /// A qbittorrent-nox with a profile folder of its own, driven through its Web API on
-/// 127.0.0.1 (no login from localhost).
+/// 127.0.0.1 with a password of its own (any local user could otherwise drive it, and set it
+/// to run a program when a torrent completes, as the tests' user: root in CI).
 pub struct Qbittorrent {
     _process: Running,
     web: u16,
+    cookies: PathBuf,
     /// The port it takes peers on (127.0.0.1).
     pub port: u16,
 }
@@ -336,6 +348,8 @@ impl Qbittorrent {
         let (port, web) = (free_port(), free_port());
         let config = profile.join("qBittorrent/config");
         std::fs::create_dir_all(&config).expect("profile");
+        let password = hex::encode(rand::random::<[u8; 16]>());
+        let hash = qbittorrent_password_hash(&password);
         // TCP only (no uTP), nothing beyond lo, no DHT, PEX, LSD, UPnP, and no download of
         // the peer-country database (its only reach for the internet at a start).
         let conf = format!(
@@ -346,7 +360,8 @@ impl Qbittorrent {
              Session\\BTProtocol=TCP\nSession\\MultiConnectionsPerIp=true\n\
              Session\\QueueingSystemEnabled=false\nSession\\DefaultSavePath={save}\n\n\
              [Preferences]\nWebUI\\Address=127.0.0.1\nWebUI\\Port={web}\n\
-             WebUI\\LocalHostAuth=false\nWebUI\\CSRFProtection=false\n\
+             WebUI\\Username=admin\nWebUI\\Password_PBKDF2=\"{hash}\"\n\
+             WebUI\\CSRFProtection=false\n\
              WebUI\\HostHeaderValidation=false\nConnection\\UPnP=false\n\
              Connection\\ResolvePeerCountries=false\nGeneral\\Locale=en\n",
             save = save.display()
@@ -358,6 +373,7 @@ impl Qbittorrent {
         let qb = Qbittorrent {
             _process: process,
             web,
+            cookies: profile.join("cookies.txt"),
             port,
         };
         wait_for(
@@ -365,6 +381,15 @@ impl Qbittorrent {
             STEP_TIMEOUT,
             || listening(web) && listening(port),
         );
+        let mut login = tool("curl");
+        login
+            .args(["-sS", "--fail", "--max-time", "30", "-c"])
+            .arg(&qb.cookies)
+            .args(["--data-urlencode", "username=admin", "--data-urlencode"])
+            .arg(format!("password={password}"))
+            .arg(format!("http://127.0.0.1:{web}/api/v2/auth/login"));
+        let said = run(login).expect_code(0).stdout;
+        assert_eq!(said.trim(), "Ok.", "qBittorrent refused the login");
         qb
     }
 
@@ -375,7 +400,8 @@ impl Qbittorrent {
 
     fn api(&self, path: &str, form: &[(&str, String)]) -> String {
         let mut cmd = tool("curl");
-        cmd.args(["-sS", "--fail", "--max-time", "30"]);
+        cmd.args(["-sS", "--fail", "--max-time", "30", "-b"])
+            .arg(&self.cookies);
         for (key, value) in form {
             cmd.arg("-F").arg(format!("{key}={value}"));
         }
@@ -854,6 +880,7 @@ pub enum Behaviour {
 pub struct WirePeer {
     addr: std::net::SocketAddr,
     connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -864,6 +891,7 @@ impl WirePeer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a wire peer");
         let addr = listener.local_addr().expect("its address");
         let connections = std::sync::Arc::new(AtomicUsize::new(0));
+        let requests = std::sync::Arc::new(AtomicUsize::new(0));
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let info_hash: [u8; 20] = hex::decode(info_hash)
             .expect("hex")
@@ -871,7 +899,8 @@ impl WirePeer {
             .expect("20 bytes");
         let data = std::sync::Arc::new(data);
         {
-            let (connections, stop) = (connections.clone(), stop.clone());
+            let (connections, requests, stop) =
+                (connections.clone(), requests.clone(), stop.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
@@ -879,9 +908,16 @@ impl WirePeer {
                     }
                     let Ok(stream) = stream else { continue };
                     connections.fetch_add(1, Ordering::Relaxed);
-                    let (data, stop) = (data.clone(), stop.clone());
+                    let (data, requests, stop) = (data.clone(), requests.clone(), stop.clone());
                     std::thread::spawn(move || {
-                        let _ = serve(stream, &info_hash, &data, piece, behaviour, &stop);
+                        let peer = Served {
+                            info_hash: &info_hash,
+                            data: &data,
+                            piece,
+                            behaviour,
+                            requests: &requests,
+                        };
+                        let _ = serve(stream, &peer, &stop);
                     });
                 }
             });
@@ -889,6 +925,7 @@ impl WirePeer {
         WirePeer {
             addr,
             connections,
+            requests,
             stop,
         }
     }
@@ -902,6 +939,11 @@ impl WirePeer {
     pub fn connections(&self) -> usize {
         self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// How many block requests it was sent so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Drop for WirePeer {
@@ -912,15 +954,28 @@ impl Drop for WirePeer {
     }
 }
 
+/// What a [`WirePeer`]'s connection serves, and where it counts requests.
+struct Served<'a> {
+    info_hash: &'a [u8; 20],
+    data: &'a [u8],
+    piece: usize,
+    behaviour: Behaviour,
+    requests: &'a std::sync::atomic::AtomicUsize,
+}
+
 /// One connection of a [`WirePeer`].
 fn serve(
     mut stream: TcpStream,
-    info_hash: &[u8; 20],
-    data: &[u8],
-    piece: usize,
-    behaviour: Behaviour,
+    peer: &Served<'_>,
     stop: &std::sync::atomic::AtomicBool,
 ) -> std::io::Result<()> {
+    let Served {
+        info_hash,
+        data,
+        piece,
+        behaviour,
+        requests,
+    } = *peer;
     stream.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut theirs = [0u8; 68];
     read_all(&mut stream, &mut theirs, stop)?;
@@ -985,7 +1040,11 @@ fn serve(
         let mut message = vec![0u8; len];
         read_all(&mut stream, &mut message, stop)?;
         // Only a request (6: index, begin, length) asks for an answer.
-        if message[0] != 6 || len != 13 || never_unchokes {
+        if message[0] != 6 || len != 13 {
+            continue;
+        }
+        requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if never_unchokes {
             continue;
         }
         let field = |at: usize| {
@@ -1071,4 +1130,67 @@ pub fn wire_message(id: u8, payload: &[u8]) -> Vec<u8> {
     message.push(id);
     message.extend_from_slice(payload);
     message
+}
+
+/// A TCP proxy on 127.0.0.1 to `target` that hangs up on its first connection and passes
+/// the others through: a peer that drops the first connection (as qBittorrent did).
+pub struct HangsUpFirst {
+    addr: std::net::SocketAddr,
+    /// Connections it took so far.
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HangsUpFirst {
+    /// Starts one in front of `target` (`IP:PORT`).
+    pub fn start(target: &str) -> HangsUpFirst {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a proxy");
+        let addr = listener.local_addr().expect("its address");
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (target, counted) = (target.to_owned(), connections.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(inbound) = stream else { continue };
+                if counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                    continue; // dropped: hung up on
+                }
+                let Ok(outbound) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (inbound.try_clone(), outbound.try_clone()),
+                    (outbound.try_clone(), inbound.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        HangsUpFirst { addr, connections }
+    }
+
+    /// Its address.
+    pub fn peer(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+/// qBittorrent's form of a Web UI password: `@ByteArray(SALT:KEY)`, both base64, the key
+/// PBKDF2-HMAC-SHA512 of 100,000 rounds (computed by Debian's python3, which the swarm tests
+/// need for libtorrent anyway).
+fn qbittorrent_password_hash(password: &str) -> String {
+    let mut cmd = tool("/usr/bin/python3");
+    cmd.args([
+        "-c",
+        "import base64, hashlib, os, sys\n\
+         salt = os.urandom(16)\n\
+         key = hashlib.pbkdf2_hmac('sha512', sys.argv[1].encode(), salt, 100000)\n\
+         print('@ByteArray(%s:%s)' % (base64.b64encode(salt).decode(), base64.b64encode(key).decode()))",
+        password,
+    ]);
+    run(cmd).expect_code(0).stdout.trim().to_owned()
 }

@@ -372,7 +372,9 @@ impl Engine {
     /// milliseconds. So every address is tried again after a pause that doubles (0.5, 1, 2
     /// and 4 s: [`MAGNET_RETRIES`] times, while the time allows). A peer that answers but
     /// does not have the torrent looks the same, so the retries stop there: such an add is
-    /// refused after 7.5 s, not after the whole timeout.
+    /// refused after 7.5 s, not after the whole timeout. (With DHT on, the engine's stream of
+    /// addresses never ends and it never gives up early, so there is nothing to retry: it
+    /// does not dial again an address it has seen.)
     pub async fn resolve_magnet(
         &self,
         uri: &str,
@@ -733,6 +735,8 @@ impl Engine {
         let Some(live) = handle.live() else {
             return Ok(Vec::new()); // paused since the look above: dialled at resume
         };
+        // A banned peer among others is skipped (the engine does not dial it); named alone it
+        // is refused, saying why.
         Self::refuse_banned_by(|peer| live.banned_why(peer), peers)?;
         let mut dialled = Vec::new();
         for peer in peers {
@@ -749,8 +753,10 @@ impl Engine {
         Ok(dialled)
     }
 
-    /// Refuses peers the torrent banned (one sent a piece that failed its hash check): it
-    /// does not dial them, whoever names them, until the torrent is paused and resumed.
+    /// Refuses a list of peers that are all banned by the torrent (each sent a piece that
+    /// failed its hash check), saying why: the engine does not dial them, whoever names them,
+    /// for as long as the torrent runs (until it is paused, goes to sleep or the broker
+    /// restarts). Among others, banned peers are only skipped.
     pub fn refuse_banned(
         &self,
         handle: &ManagedTorrentHandle,
@@ -766,14 +772,21 @@ impl Engine {
         banned_why: impl Fn(SocketAddr) -> Option<String>,
         peers: &[SocketAddr],
     ) -> Result<(), ProtoError> {
+        let mut first = None;
         for peer in peers {
-            if let Some(why) = banned_why(*peer) {
-                return Err(ProtoError::invalid_peer(format!(
-                    "{peer} is banned by this torrent: it {why} (a pause and resume lifts the ban)"
-                )));
+            match banned_why(*peer) {
+                Some(why) => {
+                    first.get_or_insert((*peer, why));
+                }
+                None => return Ok(()),
             }
         }
-        Ok(())
+        match first {
+            Some((peer, why)) => Err(ProtoError::invalid_peer(format!(
+                "{peer} is banned by this torrent while it runs: it {why}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// A torrent's files (padding files left out): path, size, bytes verified, selected.

@@ -79,6 +79,11 @@ where
 pub struct PieceTracker {
     chunks: ChunkTracker,
     inflight: HashMap<ValidPieceIndex, InflightPiece>,
+    // torrent-patron patch: pieces whose hash is being checked (taken out of flight, neither
+    // queued nor had). A stream's priority pieces were reserved from exactly that set: a
+    // second peer's blocks then landed under the check (an honest owner failed it, and was
+    // banned) or over the verified piece.
+    checking: std::collections::HashSet<ValidPieceIndex>,
 }
 
 impl PieceTracker {
@@ -89,6 +94,7 @@ impl PieceTracker {
         Self {
             chunks,
             inflight: HashMap::new(),
+            checking: Default::default(),
         }
     }
 
@@ -103,7 +109,7 @@ impl PieceTracker {
     /// need to be put back in the queue so they can be re-downloaded on resume.
     pub fn into_chunks(mut self) -> ChunkTracker {
         // Requeue all in-flight pieces so they'll be re-downloaded on resume
-        for piece in self.inflight.into_keys() {
+        for piece in self.inflight.into_keys().chain(self.checking) {
             self.chunks.mark_piece_broken_if_not_have(piece);
         }
         self.chunks
@@ -136,6 +142,7 @@ impl PieceTracker {
         for piece in &mut req.priority_pieces {
             if !self.chunks.is_piece_have(piece)
                 && !self.inflight.contains_key(&piece)
+                && !self.checking.contains(&piece)
                 && (req.peer_has_piece)(piece)
             {
                 return self.reserve_piece(piece, req.peer);
@@ -231,16 +238,19 @@ impl PieceTracker {
     /// and then call `mark_piece_hash_ok` or `mark_piece_hash_failed`.
     pub fn take_inflight(&mut self, piece: ValidPieceIndex) -> Option<Duration> {
         let inflight = self.inflight.remove(&piece)?;
+        self.checking.insert(piece);
         Some(inflight.started.elapsed())
     }
 
     /// Mark piece as downloaded after successful hash verification.
     pub fn mark_piece_hash_ok(&mut self, piece: ValidPieceIndex) {
+        self.checking.remove(&piece);
         self.chunks.mark_piece_downloaded(piece);
     }
 
     /// Mark piece as failed after hash verification failure - requeues the piece.
     pub fn mark_piece_hash_failed(&mut self, piece: ValidPieceIndex) {
+        self.checking.remove(&piece);
         self.chunks.mark_piece_broken_if_not_have(piece);
     }
 

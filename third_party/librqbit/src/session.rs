@@ -1017,8 +1017,10 @@ impl Session {
         }
 
         let mut read_buf = ReadBuf::new();
+        // torrent-patron patch: the handshake has 10 s of its own, not the peer's read timeout
+        // (150 s here): 256 silent connections held every slot of the check for that long.
         let h = read_buf
-            .read_handshake(&mut reader, rwtimeout)
+            .read_handshake(&mut reader, rwtimeout.min(INCOMING_HANDSHAKE_TIMEOUT))
             .await
             .context("error reading handshake")?;
         trace!("received handshake from {addr}: {:?}", h);
@@ -1090,16 +1092,8 @@ impl Session {
                             trace!("accepted connection from {addr}");
                             let session = session.upgrade().context("session is dead")?;
                             let span = debug_span!(parent: session.rs(), "incoming", addr=%addr);
-                            // torrent-patron patch: the handshake has 10 s of its own, not
-                            // the peer's read timeout (150 s here): 256 silent connections
-                            // held every slot of the check for that long.
-                            let check = session.check_incoming_connection(addr, A::KIND, Box::new(read), Box::new(write));
                             futs.push(
-                                async move {
-                                    tokio::time::timeout(INCOMING_HANDSHAKE_TIMEOUT, check)
-                                        .await
-                                        .unwrap_or_else(|_| Err(anyhow::anyhow!("no handshake within {INCOMING_HANDSHAKE_TIMEOUT:?}")))
-                                }
+                                session.check_incoming_connection(addr, A::KIND, Box::new(read), Box::new(write))
                                     .map_err(|e| {
                                         debug!("error checking incoming connection: {e:#}");
                                         e

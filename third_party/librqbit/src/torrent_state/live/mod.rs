@@ -187,6 +187,10 @@ pub enum AddIncomingPeerResult {
 /// limits allow.
 type UploadQueue = UnboundedSender<(UnboundedSender<WriterRequest>, ChunkInfo)>;
 
+/// torrent-patron patch: the most peers taken from one PEX message, and from one connection.
+const MAX_PEX_PEERS_PER_MESSAGE: usize = 200;
+const MAX_PEX_PEERS_PER_CONNECTION: usize = 1000;
+
 /// torrent-patron patch: the most chunk requests a peer may have waiting to be sent.
 const MAX_QUEUED_UPLOADS: u32 = 2000;
 
@@ -485,6 +489,12 @@ impl TorrentStateLive {
             }
         };
 
+        // torrent-patron patch: the bound on known peers holds for incoming ones too (looked
+        // at before the entry is taken: making room removes an entry, maybe of its shard).
+        if !self.peers.states.contains_key(&checked_peer.addr) && !self.peers.has_room() {
+            debug!(addr = %checked_peer.addr, "the list of known peers is full, dropping incoming peer");
+            return Ok(AddIncomingPeerResult::ConcurrencyLimitReached);
+        }
         let counters = match self.peers.states.entry(checked_peer.addr) {
             Entry::Occupied(mut occ) => {
                 let peer = occ.get_mut();
@@ -592,6 +602,7 @@ impl TorrentStateLive {
             pex_started: AtomicBool::new(false),
             queued_uploads: Default::default(),
             metadata_requests: Default::default(),
+            pex_peers_taken: Default::default(),
             cancel_token: self.cancellation_token.child_token(),
             client_name_and_version: self.shared.client_name_and_version().to_owned(),
         };
@@ -659,6 +670,7 @@ impl TorrentStateLive {
             pex_started: AtomicBool::new(false),
             queued_uploads: Default::default(),
             metadata_requests: Default::default(),
+            pex_peers_taken: Default::default(),
             cancel_token: state.cancellation_token.child_token(),
             client_name_and_version: state.shared.client_name_and_version().to_owned(),
         };
@@ -742,6 +754,13 @@ impl TorrentStateLive {
 
             if addr.port() == 0 {
                 debug!(?addr, "skipping peer with port 0");
+                state.peers.mark_peer_not_needed(addr);
+                continue;
+            }
+
+            // Queued before its ban (or another port of a banned address elsewhere).
+            if state.peers.banned_why(addr).is_some() {
+                debug!(?addr, "skipping a banned peer");
                 state.peers.mark_peer_not_needed(addr);
                 continue;
             }
@@ -1238,6 +1257,8 @@ struct PeerHandler {
     // broker by gigabytes a minute.
     queued_uploads: std::sync::atomic::AtomicU32,
     metadata_requests: std::sync::atomic::AtomicU32,
+    // torrent-patron patch: the peers this connection's PEX messages named that were taken.
+    pex_peers_taken: std::sync::atomic::AtomicUsize,
 
     cancel_token: CancellationToken,
 
@@ -1293,7 +1314,7 @@ impl PeerConnectionHandler for &'_ PeerHandler {
                 metadata_piece_id,
             ))) => {
                 if self.state.metadata.info.info().private {
-                    // torrent-patron patch: debug, not warn: a line a peer's message, a peer's flood filled the disk.
+                    // torrent-patron patch: debug, not warn: a peer writes this line at will (a flood of such messages filled the disk).
                     debug!(
                         id = self.state.shared.id,
                         info_hash = ?self.state.shared.info_hash,
@@ -1315,7 +1336,7 @@ impl PeerConnectionHandler for &'_ PeerHandler {
             }
             Message::Extended(ExtendedMessage::UtPex(pex)) => {
                 if self.state.metadata.info.info().private {
-                    // torrent-patron patch: debug, not warn: a line a peer's message, a peer's flood filled the disk.
+                    // torrent-patron patch: debug, not warn: a peer writes this line at will (a flood of such messages filled the disk).
                     debug!(
                         id = self.state.shared.id,
                         info_hash = ?self.state.shared.info_hash,
@@ -1327,7 +1348,7 @@ impl PeerConnectionHandler for &'_ PeerHandler {
                 }
             }
             message => {
-                // torrent-patron patch: debug, not warn: a line a peer's message, a peer's flood filled the disk.
+                // torrent-patron patch: debug, not warn: a peer writes this line at will (a flood of such messages filled the disk).
                 debug!(
                     id = self.state.shared.id,
                     info_hash = ?self.state.shared.info_hash,
@@ -1400,6 +1421,7 @@ impl PeerConnectionHandler for &'_ PeerHandler {
 
         if !self.state.metadata.info.info().private
             && hs.m.ut_pex.is_some()
+            // torrent-patron patch: one PEX task a connection (see `pex_started`).
             && !self.pex_started.swap(true, Ordering::Relaxed)
         {
             spawn_with_cancel(
@@ -1541,6 +1563,15 @@ impl PeerHandler {
                 return Ok(());
             }
         };
+
+        // torrent-patron patch: an incoming peer is never dialled again (its address has
+        // its ephemeral port), so its entry goes with it: a peer connecting again and again
+        // from new ports grew the list of known peers without bound.
+        if self.incoming {
+            drop(pe);
+            self.state.peers.drop_peer(handle);
+            return Ok(());
+        }
 
         let _error = match error {
             Some(e) => e,
@@ -1741,11 +1772,14 @@ impl PeerHandler {
             );
         }
 
-        // torrent-patron patch: a peer asking faster than it reads is let go (libtorrent's
-        // max_allowed_in_request_queue is 2,000 too).
+        // torrent-patron patch: past 2,000 waiting, a request is dropped (libtorrent's
+        // max_allowed_in_request_queue is 2,000 too). Not the peer: under an upload limit the
+        // broker is the slow side, and an honest peer asks again what it waited for too long.
         let queued = self.queued_uploads.fetch_add(1, Ordering::Relaxed);
         if queued >= MAX_QUEUED_UPLOADS {
-            anyhow::bail!("the peer has {queued} requests waiting: it asks faster than it reads");
+            self.queued_uploads.fetch_sub(1, Ordering::Relaxed);
+            debug!(queued, "dropping a request: the peer has this many waiting");
+            return Ok(());
         }
         self.state
             .upload_queue()
@@ -1766,7 +1800,7 @@ impl PeerHandler {
                 match live.bitfield.get_mut(have as usize) {
                     Some(mut v) => *v = true,
                     None => {
-                        // torrent-patron patch: debug, not warn: a line a peer's message, a peer's flood filled the disk.
+                        // torrent-patron patch: debug, not warn: a peer writes this line at will (a flood of such messages filled the disk).
                         debug!(
                             id = self.state.shared.id,
                             info_hash = ?self.state.shared.info_hash,
@@ -2151,11 +2185,16 @@ impl PeerHandler {
                 None => return Ok(()),
             };
 
-            match state
-                .file_ops()
-                .check_piece(chunk_info.piece_index)
-                .with_context(|| format!("error checking piece={index}"))?
-            {
+            // torrent-patron patch: a check that cannot read puts the piece back in the
+            // queue, rather than leaving it in `checking` (neither queued nor had) for good.
+            let checked = state.file_ops().check_piece(chunk_info.piece_index);
+            if checked.is_err() {
+                state
+                    .lock_write("mark_piece_unchecked")
+                    .get_pieces_mut()?
+                    .mark_piece_hash_failed(chunk_info.piece_index);
+            }
+            match checked.with_context(|| format!("error checking piece={index}"))? {
                 true => {
                     {
                         let mut g = state.lock_write("mark_piece_downloaded");
@@ -2266,8 +2305,16 @@ impl PeerHandler {
     }
 
     fn on_pex_message(&self, msg: UtPex<ByteBuf<'_>>) {
+        // torrent-patron patch: at most 200 peers a message (libtorrent's bound on what it
+        // takes) and 1,000 a connection: one peer's PEX filled the bounded list of known
+        // peers with addresses it made up.
+        let taken = self.pex_peers_taken.load(Ordering::Relaxed);
+        let room = MAX_PEX_PEERS_PER_CONNECTION.saturating_sub(taken);
+        let take = room.min(MAX_PEX_PEERS_PER_MESSAGE);
+        self.pex_peers_taken.fetch_add(take, Ordering::Relaxed);
         msg.dropped_peers()
             .chain(msg.added_peers())
+            .take(take)
             .for_each(|peer| {
                 self.state
                     .add_peer_if_not_seen(peer.addr)

@@ -44,10 +44,12 @@ const MAX_BANNED: usize = 256;
 /// the address too: a liar that dials again from another port is still banned); on loopback
 /// every peer shares one address, so there it is the address and port.
 pub(crate) fn ban_key(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_loopback() {
-        addr
+    // An IPv4 peer reaching a dual-stack listener is `::ffff:a.b.c.d`: the same peer.
+    let ip = addr.ip().to_canonical();
+    if ip.is_loopback() {
+        SocketAddr::new(ip, addr.port())
     } else {
-        SocketAddr::new(addr.ip(), 0)
+        SocketAddr::new(ip, 0)
     }
 }
 
@@ -77,6 +79,12 @@ impl PeerStates {
     /// torrent-patron patch: forgets one peer that is dead or not needed (no connection, no
     /// task of it left that needs its entry: a back-off's wait finds it gone and does
     /// nothing). Whether there was one.
+    /// torrent-patron patch: whether one more peer may be known: below the bound, or once
+    /// an idle one is forgotten. Not to be called holding an entry of `states`.
+    pub(crate) fn has_room(&self) -> bool {
+        self.states.len() < MAX_KNOWN_PEERS || self.forget_one_idle_peer()
+    }
+
     fn forget_one_idle_peer(&self) -> bool {
         // Counted by state: with none idle, no look through every peer (a tracker naming
         // thousands at each announce cost a core).
@@ -90,9 +98,19 @@ impl PeerStates {
             .iter()
             .find(|e| matches!(e.value().get_state(), PeerState::Dead | PeerState::NotNeeded))
             .map(|e| *e.key());
-        match idle {
-            // The iteration's shard lock is released before the removal takes it again.
-            Some(addr) => self.drop_peer(addr).is_some(),
+        // The iteration's shard lock is released before the removal takes it again, and the
+        // peer is removed only if it is still idle (a back-off or a dial may have queued it).
+        let Some(addr) = idle else {
+            return false;
+        };
+        match self.states.remove_if(&addr, |_, p| {
+            matches!(p.get_state(), PeerState::Dead | PeerState::NotNeeded)
+        }) {
+            Some((_, peer)) => {
+                self.stats.dec(peer.get_state());
+                self.session_stats.dec(peer.get_state());
+                true
+            }
             None => false,
         }
     }
@@ -127,10 +145,7 @@ impl PeerStates {
         // torrent-patron patch: the list of known peers is bounded (libtorrent's
         // max_peerlist_size): past it, a peer not connected nor waited for is forgotten to
         // make room, and with none such the new one is not taken.
-        if self.states.len() >= MAX_KNOWN_PEERS
-            && !self.states.contains_key(&addr)
-            && !self.forget_one_idle_peer()
-        {
+        if !self.states.contains_key(&addr) && !self.has_room() {
             return None;
         }
         match self.states.entry(addr) {
