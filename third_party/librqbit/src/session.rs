@@ -1081,25 +1081,47 @@ impl Session {
         max_pending_incoming_handshake_checks: usize,
     ) -> anyhow::Result<()> {
         let mut futs = FuturesUnordered::new();
+        // torrent-patron patch: the checks pending, oldest first, each with what cancels it.
+        // At the bound a new connection is still taken and the oldest check is dropped: a
+        // thousand silent connections kept in a queue ahead of an honest peer's held it
+        // past 25 s when accepting waited for a free slot (each silent one holding its slot
+        // for the handshake's 10 s). An honest handshake is over in milliseconds, long before
+        // the bound's worth of newer connections can push it out.
+        let mut pending: std::collections::VecDeque<(u64, CancellationToken)> = Default::default();
+        let mut next_check: u64 = 0;
         let session = Arc::downgrade(&self);
         drop(self);
 
         loop {
             tokio::select! {
-                r = l.accept(), if futs.len() < max_pending_incoming_handshake_checks => {
+                r = l.accept() => {
                     match r {
                         Ok((addr, (read, write))) => {
                             trace!("accepted connection from {addr}");
                             let session = session.upgrade().context("session is dead")?;
                             let span = debug_span!(parent: session.rs(), "incoming", addr=%addr);
-                            futs.push(
-                                session.check_incoming_connection(addr, A::KIND, Box::new(read), Box::new(write))
-                                    .map_err(|e| {
-                                        debug!("error checking incoming connection: {e:#}");
-                                        e
-                                    })
-                                    .instrument(span)
-                            );
+                            if pending.len() >= max_pending_incoming_handshake_checks {
+                                if let Some((_, oldest)) = pending.pop_front() {
+                                    oldest.cancel();
+                                }
+                            }
+                            let (id, cancel) = (next_check, CancellationToken::new());
+                            next_check += 1;
+                            pending.push_back((id, cancel.clone()));
+                            let check = session
+                                .check_incoming_connection(addr, A::KIND, Box::new(read), Box::new(write))
+                                .map_err(|e| {
+                                    debug!("error checking incoming connection: {e:#}");
+                                    e
+                                })
+                                .instrument(span);
+                            futs.push(async move {
+                                let checked = tokio::select! {
+                                    _ = cancel.cancelled() => Err(anyhow::anyhow!("dropped for a newer connection")),
+                                    checked = check => checked,
+                                };
+                                (id, checked)
+                            });
                         }
                         Err(e) => {
                             warn!("error accepting: {e:#}");
@@ -1114,7 +1136,8 @@ impl Session {
                 // The pattern was `Some(Ok(..))`: a failed check disabled this branch for the
                 // rest of the `select!`, which then waited on `accept` alone, and every finished
                 // check (the next honest peer's too) waited for another connection to arrive.
-                Some(checked) = futs.next(), if !futs.is_empty() => {
+                Some((id, checked)) = futs.next(), if !futs.is_empty() => {
+                    pending.retain(|(pending_id, _)| *pending_id != id);
                     // A failed check was logged above; its socket is dropped with it.
                     if let Ok((live, checked)) = checked {
                         let (addr, kind) = (checked.addr, checked.kind);
