@@ -3,10 +3,9 @@
 //! side, and no torrent here names a tracker: peers are given explicitly. Transmission never
 //! dials 127.x peers itself, so where it downloads the broker dials it.
 
+use e2e::swarm::{free_port, listening, same_tree, tool};
 use e2e::{run, sha256, wait_for, Running, Sandbox, STEP_TIMEOUT};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Whether `tool` is installed; a missing one fails the test (see `e2e::require`).
 fn have(tool: &str) -> bool {
@@ -16,19 +15,6 @@ fn have(tool: &str) -> bool {
         other => other,
     };
     e2e::have_program(tool, package)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn tool(program: &str) -> Command {
-    let mut cmd = Command::new(program);
-    e2e::die_with_parent(&mut cmd);
-    cmd
 }
 
 /// `aria2c` on a torrent, loopback-only in effect (no DHT, LPD or PEX; the torrent names no
@@ -174,17 +160,6 @@ fn broker_fetch(
     out
 }
 
-fn same_tree(a: &Path, b: &Path) {
-    for entry in std::fs::read_dir(a).expect("read dir").flatten() {
-        let other = b.join(entry.file_name());
-        if entry.path().is_dir() {
-            same_tree(&entry.path(), &other);
-        } else {
-            assert_eq!(sha256(&entry.path()), sha256(&other), "{}", other.display());
-        }
-    }
-}
-
 #[test]
 fn the_broker_downloads_from_aria2_and_from_transmission() {
     if !have("aria2c") || !have("transmission-daemon") {
@@ -250,24 +225,6 @@ fn made_torrents(sandbox: &Sandbox, seeder: &Path) -> Vec<(&'static str, PathBuf
             (name, torrent)
         })
         .collect()
-}
-
-/// Whether something listens on TCP `port` (any address), read from `/proc/net/tcp{,6}`
-/// rather than by connecting: transmission drops an incoming peer while a handshake from the
-/// same address is pending, and a probe that connects and hangs up leaves one pending for up
-/// to half a second — long enough to turn the broker's real connection away.
-fn listening(port: u16) -> bool {
-    let port = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-        std::fs::read_to_string(table).is_ok_and(|table| {
-            table.lines().skip(1).any(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                // State 0A is LISTEN.
-                fields.get(1).is_some_and(|local| local.ends_with(&port))
-                    && fields.get(3) == Some(&"0A")
-            })
-        })
-    })
 }
 
 /// The broker of `seeder` seeds `torrent` from the shared folder and dials `peer`
