@@ -565,14 +565,7 @@ pub trait Client {
     /// Adds `what` (a .torrent's path or a magnet link) of `info_hash`, seeding from (or
     /// saving into) `folder`; it dials `dial` if given and if it can dial a peer it is given
     /// (else it says false, and the broker must dial it).
-    fn add(
-        &mut self,
-        sandbox: &Sandbox,
-        what: &str,
-        info_hash: &str,
-        folder: &Path,
-        dial: Option<&str>,
-    ) -> bool;
+    fn add(&mut self, what: &str, info_hash: &str, folder: &Path, dial: Option<&str>) -> bool;
     /// The address it takes peers on for `info_hash`.
     fn peer(&self, info_hash: &str) -> String;
     /// Waits until it has every piece of `info_hash`.
@@ -587,14 +580,7 @@ impl Client for Qbittorrent {
     fn name(&self) -> &'static str {
         "qBittorrent"
     }
-    fn add(
-        &mut self,
-        _: &Sandbox,
-        what: &str,
-        info_hash: &str,
-        folder: &Path,
-        dial: Option<&str>,
-    ) -> bool {
+    fn add(&mut self, what: &str, info_hash: &str, folder: &Path, dial: Option<&str>) -> bool {
         Qbittorrent::add(self, what, folder);
         if let Some(peer) = dial {
             wait_for("qBittorrent to hold the torrent", STEP_TIMEOUT, || {
@@ -617,7 +603,7 @@ impl Client for Rtorrent {
     fn name(&self) -> &'static str {
         "rtorrent"
     }
-    fn add(&mut self, _: &Sandbox, what: &str, _: &str, folder: &Path, _: Option<&str>) -> bool {
+    fn add(&mut self, what: &str, _: &str, folder: &Path, _: Option<&str>) -> bool {
         // It drops a magnet without a tracker, as it does a torrent, when DHT is off.
         let what = if what.starts_with("magnet:") && !what.contains("&tr=") {
             format!(
@@ -683,14 +669,7 @@ impl Client for Libtorrents {
     fn name(&self) -> &'static str {
         "libtorrent"
     }
-    fn add(
-        &mut self,
-        _: &Sandbox,
-        what: &str,
-        info_hash: &str,
-        folder: &Path,
-        dial: Option<&str>,
-    ) -> bool {
+    fn add(&mut self, what: &str, info_hash: &str, folder: &Path, dial: Option<&str>) -> bool {
         self.0
             .push((info_hash.to_owned(), Libtorrent::start(what, folder, dial)));
         true
@@ -730,13 +709,7 @@ pub fn the_broker_fetches_from(sandbox: &Sandbox, client: &mut dyn Client) {
     let hashes: Vec<&str> = made.iter().map(|m| m.3.as_str()).collect();
     let tracker = OpenTracker::start(sandbox, tracker_port, &hashes);
     for (_, _, torrent, info_hash) in &made {
-        client.add(
-            sandbox,
-            &torrent.display().to_string(),
-            info_hash,
-            &seeded,
-            None,
-        );
+        client.add(&torrent.display().to_string(), info_hash, &seeded, None);
         client.wait_complete(info_hash);
     }
     tracker.wait_for_swarm(&made[1].3, 1, 0);
@@ -797,7 +770,6 @@ pub fn fetches_from_the_broker(sandbox: &Sandbox, client: &mut dyn Client) {
     );
     let out = sandbox.folder("got-by-peer");
     if !client.add(
-        sandbox,
         &torrent.display().to_string(),
         &info_hash,
         &out,
@@ -814,13 +786,7 @@ pub fn fetches_from_the_broker(sandbox: &Sandbox, client: &mut dyn Client) {
     let (torrent, info_hash) = make(sandbox, &seeder, &trees[1], "by-tracker", Some(&url), false);
     let tracker = OpenTracker::start(sandbox, tracker_port, &[&info_hash]);
     let out = sandbox.folder("got-by-tracker");
-    client.add(
-        sandbox,
-        &torrent.display().to_string(),
-        &info_hash,
-        &out,
-        None,
-    );
+    client.add(&torrent.display().to_string(), &info_hash, &out, None);
     tracker.wait_for_swarm(&info_hash, 0, 1);
     let mut seed = sandbox.add_command(&seeder, &torrent, trees[1].parent().expect("parent"), None);
     seed.arg("--overwrite");
@@ -832,7 +798,7 @@ pub fn fetches_from_the_broker(sandbox: &Sandbox, client: &mut dyn Client) {
     let (_, info_hash) = make(sandbox, &seeder, &trees[2], "by-magnet", None, true);
     let out = sandbox.folder("got-by-magnet");
     let link = magnet(&info_hash, "by-magnet", &broker_peer);
-    if !client.add(sandbox, &link, &info_hash, &out, None) {
+    if !client.add(&link, &info_hash, &out, None) {
         // The metadata comes over one connection, the pieces over another: the broker
         // dials the peer again once it has a torrent to take them into.
         dial(sandbox, &seeder, &info_hash, &client.peer(&info_hash));
@@ -881,6 +847,7 @@ pub struct WirePeer {
     addr: std::net::SocketAddr,
     connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    interested: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -892,6 +859,7 @@ impl WirePeer {
         let addr = listener.local_addr().expect("its address");
         let connections = std::sync::Arc::new(AtomicUsize::new(0));
         let requests = std::sync::Arc::new(AtomicUsize::new(0));
+        let interested = std::sync::Arc::new(AtomicUsize::new(0));
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let info_hash: [u8; 20] = hex::decode(info_hash)
             .expect("hex")
@@ -899,8 +867,8 @@ impl WirePeer {
             .expect("20 bytes");
         let data = std::sync::Arc::new(data);
         {
-            let (connections, requests, stop) =
-                (connections.clone(), requests.clone(), stop.clone());
+            let counters = (requests.clone(), interested.clone());
+            let (connections, stop) = (connections.clone(), stop.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
@@ -908,7 +876,8 @@ impl WirePeer {
                     }
                     let Ok(stream) = stream else { continue };
                     connections.fetch_add(1, Ordering::Relaxed);
-                    let (data, requests, stop) = (data.clone(), requests.clone(), stop.clone());
+                    let (data, (requests, interested), stop) =
+                        (data.clone(), counters.clone(), stop.clone());
                     std::thread::spawn(move || {
                         let peer = Served {
                             info_hash: &info_hash,
@@ -916,6 +885,7 @@ impl WirePeer {
                             piece,
                             behaviour,
                             requests: &requests,
+                            interested: &interested,
                         };
                         let _ = serve(stream, &peer, &stop);
                     });
@@ -926,6 +896,7 @@ impl WirePeer {
             addr,
             connections,
             requests,
+            interested,
             stop,
         }
     }
@@ -938,6 +909,12 @@ impl WirePeer {
     /// How many connections it took so far.
     pub fn connections(&self) -> usize {
         self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many times it was told "interested" so far, on all its connections: the answer
+    /// to its bitfield, so everything it sent before that was read.
+    pub fn interested(&self) -> usize {
+        self.interested.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many block requests it was sent so far.
@@ -961,6 +938,7 @@ struct Served<'a> {
     piece: usize,
     behaviour: Behaviour,
     requests: &'a std::sync::atomic::AtomicUsize,
+    interested: &'a std::sync::atomic::AtomicUsize,
 }
 
 /// One connection of a [`WirePeer`].
@@ -975,6 +953,7 @@ fn serve(
         piece,
         behaviour,
         requests,
+        interested,
     } = *peer;
     stream.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut theirs = [0u8; 68];
@@ -1039,6 +1018,9 @@ fn serve(
         }
         let mut message = vec![0u8; len];
         read_all(&mut stream, &mut message, stop)?;
+        if message[0] == 2 {
+            interested.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         // Only a request (6: index, begin, length) asks for an answer.
         if message[0] != 6 || len != 13 {
             continue;
@@ -1136,6 +1118,7 @@ pub fn wire_message(id: u8, payload: &[u8]) -> Vec<u8> {
 /// the others through: a peer that drops the first connection (as qBittorrent did).
 pub struct HangsUpFirst {
     addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Connections it took so far.
     pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -1146,9 +1129,13 @@ impl HangsUpFirst {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a proxy");
         let addr = listener.local_addr().expect("its address");
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (target, counted) = (target.to_owned(), connections.clone());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (target, counted, stopped) = (target.to_owned(), connections.clone(), stop.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
                 let Ok(inbound) = stream else { continue };
                 if counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
                     continue; // dropped: hung up on
@@ -1170,7 +1157,11 @@ impl HangsUpFirst {
                 }
             }
         });
-        HangsUpFirst { addr, connections }
+        HangsUpFirst {
+            addr,
+            stop,
+            connections,
+        }
     }
 
     /// Its address.
@@ -1193,4 +1184,12 @@ fn qbittorrent_password_hash(password: &str) -> String {
         password,
     ]);
     run(cmd).expect_code(0).stdout.trim().to_owned()
+}
+
+impl Drop for HangsUpFirst {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Its accept returns for this connection, and it sees the stop.
+        let _ = TcpStream::connect(self.addr);
+    }
 }

@@ -3,21 +3,25 @@
 //! `peers`; and a peer a seed let go is dialled again when named again.
 
 use e2e::swarm::{raw_peer, wire_message, Behaviour, HangsUpFirst, WirePeer};
-use e2e::{run, sha256, wait_for, Running, Sandbox, STEP_TIMEOUT};
+use e2e::{run, sha256, wait_for, BrokerProcess, Running, Sandbox, STEP_TIMEOUT};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Two blocks of 16 KiB a piece, so that a peer can leave mid-piece.
 const PIECE: usize = 32 * 1024;
 
-/// `patron-client --json make FILE --seed` on the broker of `state`: the .torrent and its
-/// info hash.
-fn seed(sandbox: &Sandbox, state: &Path, file: &Path) -> (std::path::PathBuf, String) {
+/// Where every test here starts: a broker seeding `size` random bytes that
+/// `patron-client make --seed` made (pieces of [`PIECE`]), the .torrent and its info hash.
+fn seeded(size: usize) -> (Sandbox, PathBuf, PathBuf, BrokerProcess, PathBuf, String) {
+    let sandbox = Sandbox::new();
+    let file = sandbox.random_file("shared/hostile.bin", size);
+    let state = sandbox.state_dir("seeder");
+    let broker = sandbox.broker(&state, &[]);
     let torrent = sandbox.path("hostile.torrent");
-    let mut make = sandbox.client(state);
+    let mut make = sandbox.client(&state);
     make.args(["--json", "make"])
-        .arg(file)
+        .arg(&file)
         .arg("--output")
         .arg(&torrent)
         .args(["--piece-size", &PIECE.to_string(), "--seed"]);
@@ -27,7 +31,31 @@ fn seed(sandbox: &Sandbox, state: &Path, file: &Path) -> (std::path::PathBuf, St
         .find_map(|l| l["info_hash"].as_str())
         .expect("an info hash")
         .to_owned();
-    (torrent, hash)
+    (sandbox, file, state, broker, torrent, hash)
+}
+
+/// A wire peer seeding `file`'s bytes for `hash`, as `behaviour` says.
+fn wire_peer(file: &Path, hash: &str, behaviour: Behaviour) -> WirePeer {
+    let data = std::fs::read(file).expect("read");
+    WirePeer::start(hash, data, PIECE, behaviour)
+}
+
+/// A second broker (state dir `leecher`) and its `add SOURCE --output fetched --wait`,
+/// dialling `peers`: the state dir, the broker, the folder and the running add.
+fn leech(
+    sandbox: &Sandbox,
+    source: &str,
+    peers: &[String],
+) -> (PathBuf, BrokerProcess, PathBuf, Running) {
+    let state = sandbox.state_dir("leecher");
+    let broker = sandbox.broker(&state, &[]);
+    let out = sandbox.folder("fetched");
+    let mut add = sandbox.add_command(&state, source, &out, None);
+    for peer in peers {
+        add.args(["--peer", peer]);
+    }
+    add.arg("--wait");
+    (state, broker, out, Running::start(add))
 }
 
 /// `patron-client --json peers 0 [--add PEER]...`.
@@ -42,23 +70,17 @@ fn peers(sandbox: &Sandbox, state: &Path, add: &[&str]) -> e2e::Output {
 
 #[test]
 fn the_broker_finishes_from_the_others_and_bans_the_liar() {
-    let sandbox = Sandbox::new();
-    let file = sandbox.random_file("shared/hostile.bin", 20 * PIECE + 5_000);
-    let data = std::fs::read(&file).expect("read");
-    let seeder = sandbox.state_dir("seeder");
-    let honest = sandbox.broker(&seeder, &[]);
-    let (torrent, hash) = seed(&sandbox, &seeder, &file);
-    let liar = WirePeer::start(&hash, data.clone(), PIECE, Behaviour::Liar);
-    let leaver = WirePeer::start(&hash, data.clone(), PIECE, Behaviour::LeavesMidPiece);
-    let choker = WirePeer::start(&hash, data, PIECE, Behaviour::ChokesForever);
+    let (sandbox, file, _, honest, torrent, hash) = seeded(20 * PIECE + 5_000);
+    let liar = wire_peer(&file, &hash, Behaviour::Liar);
+    let leaver = wire_peer(&file, &hash, Behaviour::LeavesMidPiece);
+    let choker = wire_peer(&file, &hash, Behaviour::ChokesForever);
 
     // First with the three alone: the liar's pieces fail their hash checks.
-    let leecher = sandbox.state_dir("leecher");
-    let _broker = sandbox.broker(&leecher, &[]);
-    let out = sandbox.folder("fetched");
-    let mut add = sandbox.add_command(&leecher, &torrent, &out, Some(&liar.peer()));
-    add.args(["--peer", &leaver.peer(), "--peer", &choker.peer(), "--wait"]);
-    let fetch = Running::start(add);
+    let (leecher, _broker, out, fetch) = leech(
+        &sandbox,
+        &torrent.display().to_string(),
+        &[liar.peer(), leaver.peer(), choker.peer()],
+    );
     wait_for("the liar to be banned", STEP_TIMEOUT, || {
         // (An error until the add has made the torrent.)
         let listed = peers(&sandbox, &leecher, &[]).json_lines();
@@ -109,16 +131,11 @@ fn the_broker_finishes_from_the_others_and_bans_the_liar() {
 /// a new one: rtorrent does).
 #[test]
 fn a_peer_a_seed_let_go_is_dialled_again_when_named() {
-    let sandbox = Sandbox::new();
-    let file = sandbox.random_file("shared/hostile.bin", 3 * PIECE);
-    let data = std::fs::read(&file).expect("read");
-    let seeder = sandbox.state_dir("seeder");
-    let _broker = sandbox.broker(&seeder, &[]);
-    let (_, hash) = seed(&sandbox, &seeder, &file);
+    let (sandbox, file, seeder, _broker, _, hash) = seeded(3 * PIECE);
     wait_for("the made torrent to seed", STEP_TIMEOUT, || {
         e2e::status_json(&sandbox, &seeder, "0")["state"] == "seeding"
     });
-    let leaver = WirePeer::start(&hash, data, PIECE, Behaviour::LeavesAfterHandshake);
+    let leaver = wire_peer(&file, &hash, Behaviour::LeavesAfterHandshake);
     peers(&sandbox, &seeder, &[&leaver.peer()]).expect_code(0);
     wait_for("the first dial", STEP_TIMEOUT, || leaver.connections() == 1);
     // Named again once the engine saw it go (until then it is "already connected").
@@ -142,19 +159,10 @@ fn a_peer_a_seed_let_go_is_dialled_again_when_named() {
 /// completed it, its check failed, and the honest seed was banned, the download stuck.
 #[test]
 fn an_honest_peer_taking_over_a_liars_pieces_is_not_banned_for_them() {
-    let sandbox = Sandbox::new();
-    let file = sandbox.random_file("shared/hostile.bin", 160 * PIECE);
-    let data = std::fs::read(&file).expect("read");
-    let seeder = sandbox.state_dir("seeder");
-    let honest = sandbox.broker(&seeder, &[]);
-    let (torrent, hash) = seed(&sandbox, &seeder, &file);
-    let liar = WirePeer::start(&hash, data, PIECE, Behaviour::WithholdsFirstBlocks);
-    let leecher = sandbox.state_dir("leecher");
-    let _broker = sandbox.broker(&leecher, &[]);
-    let out = sandbox.folder("fetched");
-    let mut add = sandbox.add_command(&leecher, &torrent, &out, Some(&liar.peer()));
-    add.arg("--wait");
-    let fetch = Running::start(add);
+    let (sandbox, file, _, honest, torrent, hash) = seeded(160 * PIECE);
+    let liar = wire_peer(&file, &hash, Behaviour::WithholdsFirstBlocks);
+    let (leecher, _broker, out, fetch) =
+        leech(&sandbox, &torrent.display().to_string(), &[liar.peer()]);
     wait_for("the liar to be asked for blocks", STEP_TIMEOUT, || {
         liar.requests() > 0
     });
@@ -183,11 +191,7 @@ fn an_honest_peer_taking_over_a_liars_pieces_is_not_banned_for_them() {
 /// with 10 s each, a thousand kept an honest peer waiting past 25 s.
 #[test]
 fn silent_and_failed_connections_do_not_keep_an_honest_peer_waiting() {
-    let sandbox = Sandbox::new();
-    let file = sandbox.random_file("shared/hostile.bin", 3 * PIECE);
-    let seeder = sandbox.state_dir("seeder");
-    let broker = sandbox.broker(&seeder, &[]);
-    let (_, hash) = seed(&sandbox, &seeder, &file);
+    let (_sandbox, _, _, broker, _, hash) = seeded(3 * PIECE);
     let addr = broker.peer();
     let answer = Duration::from_secs(5);
     raw_peer(&addr, &hash, false, answer);
@@ -217,11 +221,7 @@ fn silent_and_failed_connections_do_not_keep_an_honest_peer_waiting() {
 /// minute.
 #[test]
 fn a_peer_asking_without_reading_is_held_to_two_thousand_requests() {
-    let sandbox = Sandbox::new();
-    let file = sandbox.random_file("shared/hostile.bin", 8 * PIECE);
-    let seeder = sandbox.state_dir("seeder");
-    let broker = sandbox.broker(&seeder, &[]);
-    let (_, hash) = seed(&sandbox, &seeder, &file);
+    let (_sandbox, _, _, broker, _, hash) = seeded(8 * PIECE);
     let before = broker.rss_kib();
     let mut stream = raw_peer(&broker.peer(), &hash, false, Duration::from_secs(5));
     stream.write_all(&wire_message(2, &[])).expect("interested");
@@ -258,11 +258,7 @@ fn a_peer_asking_without_reading_is_held_to_two_thousand_requests() {
 /// broker nothing more: each used to start a PEX task of its own (gigabytes in seconds).
 #[test]
 fn extended_handshakes_sent_again_and_again_cost_nothing() {
-    let sandbox = Sandbox::new();
-    let file = sandbox.random_file("shared/hostile.bin", 3 * PIECE);
-    let seeder = sandbox.state_dir("seeder");
-    let broker = sandbox.broker(&seeder, &[]);
-    let (_, hash) = seed(&sandbox, &seeder, &file);
+    let (_sandbox, _, _, broker, _, hash) = seeded(3 * PIECE);
     let mut stream = raw_peer(&broker.peer(), &hash, true, Duration::from_secs(5));
     let handshake = wire_message(20, b"\x00d1:md6:ut_pexi1eee");
     let batch: Vec<u8> = (0..1000).flat_map(|_| handshake.clone()).collect();
@@ -291,13 +287,8 @@ fn extended_handshakes_sent_again_and_again_cost_nothing() {
 /// `unwrap` on `None` in the engine: the add failed at once with "internal error".
 #[test]
 fn metadata_before_the_extended_handshake_is_the_peers_error_not_a_panic() {
-    let sandbox = Sandbox::new();
-    let file = sandbox.random_file("shared/hostile.bin", 3 * PIECE);
-    let data = std::fs::read(&file).expect("read");
-    let seeder = sandbox.state_dir("seeder");
-    let honest = sandbox.broker(&seeder, &[]);
-    let (_, hash) = seed(&sandbox, &seeder, &file);
-    let liar = WirePeer::start(&hash, data, PIECE, Behaviour::MetadataBeforeHandshake);
+    let (sandbox, file, _, honest, _, hash) = seeded(3 * PIECE);
+    let liar = wire_peer(&file, &hash, Behaviour::MetadataBeforeHandshake);
     let leecher = sandbox.state_dir("leecher");
     let broker = sandbox.broker(&leecher, &[]);
     // Alone, it is a peer that gave no metadata.
@@ -331,23 +322,15 @@ fn metadata_before_the_extended_handshake_is_the_peers_error_not_a_panic() {
 /// seed was said to be "already connected or being dialled" while it was neither.
 #[test]
 fn a_pex_flood_of_unusable_peers_leaves_room_for_an_honest_one() {
-    let sandbox = Sandbox::new();
-    let file = sandbox.random_file("shared/hostile.bin", 3 * PIECE);
-    let data = std::fs::read(&file).expect("read");
-    let seeder = sandbox.state_dir("seeder");
-    let honest = sandbox.broker(&seeder, &[]);
-    let (torrent, hash) = seed(&sandbox, &seeder, &file);
-    let flooder = WirePeer::start(&hash, data, PIECE, Behaviour::PexFlood);
-    let leecher = sandbox.state_dir("leecher");
-    let _broker = sandbox.broker(&leecher, &[]);
-    let out = sandbox.folder("fetched");
-    let mut add = sandbox.add_command(&leecher, &torrent, &out, Some(&flooder.peer()));
-    add.arg("--wait");
-    let fetch = Running::start(add);
-    wait_for("the flooder to be dialled", STEP_TIMEOUT, || {
-        flooder.connections() > 0
+    let (sandbox, file, _, honest, torrent, hash) = seeded(3 * PIECE);
+    let flooder = wire_peer(&file, &hash, Behaviour::PexFlood);
+    let (leecher, _broker, out, fetch) =
+        leech(&sandbox, &torrent.display().to_string(), &[flooder.peer()]);
+    // The broker answers the flooder's bitfield, sent after its PEX message, only once it
+    // has read the PEX message.
+    wait_for("the broker to have read the flood", STEP_TIMEOUT, || {
+        flooder.interested() > 0
     });
-    std::thread::sleep(Duration::from_secs(1));
     let mut named = sandbox.client(&leecher);
     named.args(["peers", "0", "--add", &honest.peer()]);
     let said = run(named).expect_code(0).stdout;
@@ -362,19 +345,11 @@ fn a_pex_flood_of_unusable_peers_leaves_room_for_an_honest_one() {
 /// once: the add failed in milliseconds.
 #[test]
 fn a_magnets_peer_that_hangs_up_on_the_first_connection_is_tried_again() {
-    let sandbox = Sandbox::new();
-    let file = sandbox.random_file("shared/hostile.bin", 3 * PIECE);
-    let seeder = sandbox.state_dir("seeder");
-    let honest = sandbox.broker(&seeder, &[]);
-    let (_, hash) = seed(&sandbox, &seeder, &file);
+    let (sandbox, file, _, honest, _, hash) = seeded(3 * PIECE);
     let proxy = HangsUpFirst::start(&honest.peer());
-    let leecher = sandbox.state_dir("leecher");
-    let _broker = sandbox.broker(&leecher, &[]);
     let magnet = format!("magnet:?xt=urn:btih:{hash}&x.pe={}", proxy.peer());
-    let out = sandbox.folder("fetched");
-    let mut add = sandbox.add_command(&leecher, &magnet, &out, None);
-    add.arg("--wait");
-    let done = Running::start(add).finish(STEP_TIMEOUT);
+    let (_, _broker, out, fetch) = leech(&sandbox, &magnet, &[]);
+    let done = fetch.finish(STEP_TIMEOUT);
     assert_eq!(done.code(), 0, "{}{}", done.stdout, done.stderr);
     assert_eq!(sha256(&out.join("hostile.bin")), sha256(&file));
     assert!(proxy.connections.load(std::sync::atomic::Ordering::Relaxed) > 1);
